@@ -1,0 +1,139 @@
+"""The small interfaces the engine talks to. Backends implement them; the engine imports
+nothing else from a backend.
+
+Beyond API.md, the store has two methods the engine uses on its hot path:
+``save_run_changes`` (write only what an event changed, so a fan-out child result costs
+O(1) whatever the run's size) and ``append_timeline_events`` (one round trip per batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import trio
+
+from .model import RunStatus, TimelineEvent, Workflow, WorkflowRun
+from .protocol import BusPacket
+
+
+@dataclass
+class RunChanges:
+    """What one batch of events changed in a run; the store writes exactly these parts.
+
+    ``steps`` are top-level step ids whose StepRun (without its children) changed;
+    ``children`` maps a for-each parent to the child ids that changed; ``context_steps``
+    are keys of ``context["steps"]`` that changed; ``context_keys`` are other top-level keys
+    of ``context`` that changed (``output_path`` writes). ``header`` means the run's own
+    fields (status, timestamps, output, error...) changed.
+    """
+
+    header: bool = False
+    steps: set[str] = field(default_factory=set)
+    children: dict[str, set[str]] = field(default_factory=dict)
+    context_steps: set[str] = field(default_factory=set)
+    context_keys: set[str] = field(default_factory=set)
+    previous_status: RunStatus | None = None
+
+    def touch_child(self, parent: str, child: str) -> None:
+        self.children.setdefault(parent, set()).add(child)
+
+    def merge(self, other: RunChanges) -> None:
+        self.header |= other.header
+        self.steps |= other.steps
+        for parent, kids in other.children.items():
+            self.children.setdefault(parent, set()).update(kids)
+        self.context_steps |= other.context_steps
+        self.context_keys |= other.context_keys
+        if self.previous_status is None:
+            self.previous_status = other.previous_status
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.header or self.steps or self.children or self.context_steps or self.context_keys
+        )
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable workflows, runs, timelines and idempotency keys (SPEC §11)."""
+
+    async def save_workflow(self, wf: Workflow) -> None: ...
+    async def get_workflow(self, workflow_id: str) -> Workflow: ...
+    async def delete_workflow(self, workflow_id: str) -> None: ...
+    async def list_workflows(self, org_id: str = "", limit: int = 50) -> list[Workflow]: ...
+    async def create_run(self, run: WorkflowRun) -> None: ...
+    async def update_run(self, run: WorkflowRun) -> None: ...
+    async def save_run_changes(self, run: WorkflowRun, changes: RunChanges) -> None: ...
+    async def get_run(self, run_id: str) -> WorkflowRun: ...
+    async def delete_run(self, run_id: str) -> None: ...
+    async def count_active_runs(self, org_id: str) -> int: ...
+    async def list_runs_by_workflow(
+        self, workflow_id: str, limit: int = 50
+    ) -> list[WorkflowRun]: ...
+    async def list_runs(self, cursor_unix: int = 0, limit: int = 50) -> list[WorkflowRun]: ...
+    async def list_run_ids_by_status(self, status: str, limit: int = 200) -> list[str]: ...
+    async def append_timeline_event(self, run_id: str, event: TimelineEvent) -> None: ...
+    async def append_timeline_events(
+        self, run_id: str, events: Sequence[TimelineEvent]
+    ) -> None: ...
+    async def list_timeline_events(
+        self, run_id: str, limit: int = 100
+    ) -> list[TimelineEvent]: ...
+    async def try_set_run_idempotency_key(self, key: str, run_id: str) -> bool: ...
+    async def get_run_by_idempotency_key(self, key: str) -> str | None: ...
+    async def delete_run_idempotency_key(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class PayloadStore(Protocol):
+    """Job input/output bytes (UTF-8 JSON) by key; missing → ``NotFoundError``."""
+
+    async def put_context(self, key: str, data: bytes) -> None: ...
+    async def get_context(self, key: str) -> bytes: ...
+    async def put_result(self, key: str, data: bytes) -> None: ...
+    async def get_result(self, key: str) -> bytes: ...
+
+
+@runtime_checkable
+class SchemaRegistry(Protocol):
+    """JSON Schemas by id."""
+
+    async def register(self, schema_id: str, schema: dict[str, Any]) -> None: ...
+    async def get(self, schema_id: str) -> dict[str, Any]: ...
+    async def delete(self, schema_id: str) -> None: ...
+    async def list(self, limit: int = 100) -> list[str]: ...
+    async def validate(self, schema_id: str, value: Any) -> None: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """Subjects with plain and queue-group subscribers (API.md)."""
+
+    async def publish(self, subject: str, packet: BusPacket) -> None: ...
+
+    def subscribe(
+        self, subject: str, queue: str = ""
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[BusPacket]]: ...
+
+
+@runtime_checkable
+class ConfigProvider(Protocol):
+    """Effective configuration for a step; non-empty results go into the job's env."""
+
+    async def effective(
+        self, org_id: str, team_id: str, workflow_id: str, step_id: str
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Wall-clock time for timestamps. Waiting always uses Trio's clock."""
+
+    def now(self) -> datetime: ...
+
+
+__all__ = ["Bus", "Clock", "ConfigProvider", "PayloadStore", "RunChanges", "SchemaRegistry", "Store"]
