@@ -97,7 +97,7 @@ def _str_enum(enum: type[StrEnum], value: Any, default: Any, where: str) -> Any:
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` unless ``value`` is empty (Go's omitempty)."""
-    if value is None or value == "" or value == 0 and not isinstance(value, bool):
+    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
         return
     if isinstance(value, (dict, list)) and not value:
         return
@@ -251,11 +251,11 @@ class Step:
         _put(out, "output_path", self.output_path)
         _put(out, "output_schema", copy.deepcopy(self.output_schema))
         _put(out, "output_schema_id", self.output_schema_id)
-        if self.meta is not None:
-            _put(out, "meta", self.meta.to_dict())
+        if self.meta is not None:  # kept even when empty so that from_dict(to_dict()) == self
+            out["meta"] = self.meta.to_dict()
         _put(out, "on_error", self.on_error)
         if self.retry is not None:
-            _put(out, "retry", self.retry.to_dict())
+            out["retry"] = self.retry.to_dict()
         for key in ("timeout_sec", "delay_sec", "delay_until"):
             _put(out, key, getattr(self, key))
         _put(out, "route_labels", dict(self.route_labels))
@@ -284,9 +284,9 @@ class Step:
             output_path=str(d.get("output_path") or ""),
             output_schema=copy.deepcopy(_dict(d.get("output_schema"), f"{where}.output_schema")),
             output_schema_id=str(d.get("output_schema_id") or ""),
-            meta=StepMeta.from_dict(meta, f"{where}.meta") if meta else None,
+            meta=StepMeta.from_dict(meta, f"{where}.meta") if meta is not None else None,
             on_error=str(d.get("on_error") or ""),
-            retry=RetryConfig.from_dict(retry, f"{where}.retry") if retry else None,
+            retry=RetryConfig.from_dict(retry, f"{where}.retry") if retry is not None else None,
             timeout_sec=_num(d.get("timeout_sec"), f"{where}.timeout_sec"),
             delay_sec=_num(d.get("delay_sec"), f"{where}.delay_sec"),
             delay_until=str(d.get("delay_until") or ""),
@@ -341,6 +341,8 @@ class Workflow:
                 sid = str(raw.get("id") or "") if isinstance(raw, dict) else ""
                 if not sid:
                     raise ValidationError(f"{where}: steps[{i}] has no id")
+                if sid in steps:
+                    raise ValidationError(f"{where}: steps[{i}] repeats step id {sid!r}")
                 steps[sid] = Step.from_dict(raw, sid)
         elif isinstance(raw_steps, dict):
             for sid, raw in raw_steps.items():
@@ -384,12 +386,7 @@ def load_workflow(path: str | Path) -> Workflow:
     except OSError as exc:
         raise ValidationError(f"workflow file {str(p)!r}: {exc.strerror or exc}") from None
     try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = _load_yaml(text) if p.suffix.lower() in (".yaml", ".yml") else json.loads(text)
     except Exception as exc:
         raise ValidationError(f"workflow file {str(p)!r}: cannot parse: {exc}") from None
     if not isinstance(data, dict):
@@ -398,6 +395,25 @@ def load_workflow(path: str | Path) -> Workflow:
         return Workflow.from_dict(data)
     except ValidationError as exc:
         raise ValidationError(f"workflow file {str(p)!r}: {exc}") from None
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` except that timestamps stay strings, as they would in JSON.
+
+    Plain ``safe_load`` turns an unquoted ``delay_until: 2030-01-01T00:00:00Z`` (or any date
+    inside ``input``) into a ``datetime``, which is neither an RFC 3339 string nor
+    JSON-serialisable when the input becomes a job payload.
+    """
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
 
 
 # --------------------------------------------------------------------------------- runs

@@ -116,7 +116,7 @@ class Bus(Protocol):
     async def publish(self, subject: str, packet: BusPacket) -> None: ...
 
     def subscribe(
-        self, subject: str, queue: str = ""
+        self, subject: str, queue: str = "", *, max_buffer: int = 1024
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[BusPacket]]: ...
 
 
@@ -136,4 +136,6 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
-__all__ = ["Bus", "Clock", "ConfigProvider", "PayloadStore", "RunChanges", "SchemaRegistry", "Store"]
+__all__ = [
+    "Bus", "Clock", "ConfigProvider", "PayloadStore", "RunChanges", "SchemaRegistry", "Store",
+]

@@ -244,6 +244,8 @@ def _check_types(obj: Any, where: str) -> None:
             ok = isinstance(value, bool)
         elif isinstance(default, (int, float)):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if f.type == "int":  # annotations are strings here; 1.5 is no step_index
+                ok = ok and isinstance(value, int)
         elif isinstance(default, str):
             ok = isinstance(value, str)
         elif isinstance(default, dict):

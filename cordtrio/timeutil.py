@@ -22,7 +22,7 @@ def parse_ts(value: object, *, field: str = "timestamp") -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     if not isinstance(value, str):
         raise ValueError(f"{field}: expected an RFC 3339 string, got {type(value).__name__}")
     text = value.strip()

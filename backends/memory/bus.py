@@ -1,0 +1,213 @@
+"""In-memory bus: subjects, fan-out subscribers and queue groups over Trio memory channels.
+
+* A subscriber without a queue gets every packet published on its subject.
+* Subscribers sharing a queue name on one subject form a group that gets each packet once:
+  round robin, skipping members whose buffer is full; only when every member is full does
+  ``publish`` wait for the next one in turn. That wait is the backpressure: a slow consumer
+  slows its publishers down instead of growing a buffer without bound. A plain subscriber
+  with a full buffer makes ``publish`` wait too.
+* Subjects match exactly, except that a subscription subject ending in ``>`` (``"sys.job.>"``
+  or just ``">"``) matches every subject that starts with what precedes the ``>`` and is
+  longer than it, like NATS' full wildcard. ``*`` has no special meaning.
+* A subscriber whose channel is closed (it left its ``subscribe`` block, or closed the
+  receive channel itself) is dropped silently; publishing to a subject nobody listens to is
+  not an error.
+
+By default the packet *object* is handed to every subscriber, so receivers must treat packets
+as immutable. ``MemoryBus(codec=True)`` instead encodes each packet once with
+``encode_packet`` and gives each subscriber its own ``decode_packet`` copy, which exercises
+the wire format in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from cordtrio.errors import ProtocolError
+from cordtrio.protocol import BusPacket, decode_packet, encode_packet
+
+DEFAULT_MAX_BUFFER = 1024
+
+_Send = trio.MemorySendChannel[BusPacket]
+
+
+@dataclass(eq=False, slots=True)
+class _Group:
+    """Queue-group members of one subscription subject; ``turn`` is the next in rotation."""
+
+    members: tuple[_Send, ...] = ()
+    turn: int = 0
+
+
+@dataclass(slots=True)
+class _Listeners:
+    """Everyone subscribed under one subscription subject. Tuples are replaced, never
+    mutated, so a publish can iterate them across awaits."""
+
+    plain: tuple[_Send, ...] = ()
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not self.plain and not self.groups
+
+
+class MemoryBus:
+    """A process-local bus implementing the ``Bus`` port (see the module docstring)."""
+
+    def __init__(self, *, codec: bool = False) -> None:
+        self._codec = codec
+        self._exact: dict[str, _Listeners] = {}
+        self._wildcards: dict[str, _Listeners] = {}  # prefix before ">" -> listeners
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        """Deliver ``packet`` to the subject's subscribers.
+
+        A checkpoint, like every Trio operation: if cancelled before delivery nothing is
+        delivered. It waits only while a receiving buffer is full; if cancelled during
+        that wait, subscribers served before it already have the packet.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not isinstance(packet, BusPacket):
+            raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
+                                f"got {type(packet).__name__}")
+        wire = encode_packet(packet) if self._codec else None
+        blocked = False
+        listeners = self._exact.get(subject)
+        if listeners is not None:
+            blocked = await self._deliver(subject, listeners, packet, wire, self._exact)
+        if self._wildcards:
+            for prefix, wild in tuple(self._wildcards.items()):
+                if len(subject) > len(prefix) and subject.startswith(prefix):
+                    blocked |= await self._deliver(prefix, wild, packet, wire, self._wildcards)
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @asynccontextmanager
+    async def subscribe(
+        self, subject: str, queue: str = "", *, max_buffer: int | float = DEFAULT_MAX_BUFFER
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[BusPacket]]:
+        """Subscribe for the duration of the block; yields the receive channel.
+
+        The subscription is active when the block starts. Leaving the block unsubscribes
+        and closes the channel. ``max_buffer`` packets may wait unread (``math.inf``:
+        unbounded, no backpressure) before publishers wait.
+        """
+        if max_buffer != math.inf and (not isinstance(max_buffer, int) or max_buffer < 0):
+            raise ValueError(f"subscribe {subject!r}: max_buffer must be an int >= 0 or inf")
+        send, receive = trio.open_memory_channel[BusPacket](max_buffer)
+        table, key = self._table_for(subject)
+        self._add(table, key, queue, send)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._remove(table, key, queue, send)
+            send.close()
+
+    # ------------------------------------------------------------------------ internals
+
+    def _table_for(self, subject: str) -> tuple[dict[str, _Listeners], str]:
+        if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):
+            return self._wildcards, subject[:-1]
+        return self._exact, subject
+
+    @staticmethod
+    def _add(table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+        listeners = table.setdefault(key, _Listeners())
+        if queue:
+            group = listeners.groups.setdefault(queue, _Group())
+            group.members = (*group.members, send)
+        else:
+            listeners.plain = (*listeners.plain, send)
+
+    @staticmethod
+    def _remove(table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+        listeners = table.get(key)
+        if listeners is None:
+            return
+        if queue:
+            group = listeners.groups.get(queue)
+            if group is not None:
+                group.members = tuple(m for m in group.members if m is not send)
+                if not group.members:
+                    del listeners.groups[queue]
+        else:
+            listeners.plain = tuple(m for m in listeners.plain if m is not send)
+        if listeners.empty() and table.get(key) is listeners:
+            del table[key]
+
+    def _copy(self, packet: BusPacket, wire: bytes | None) -> BusPacket:
+        return packet if wire is None else decode_packet(wire)
+
+    async def _deliver(
+        self,
+        key: str,
+        listeners: _Listeners,
+        packet: BusPacket,
+        wire: bytes | None,
+        table: dict[str, _Listeners],
+    ) -> bool:
+        """Deliver to one listener set; True if it had to wait (a checkpoint happened)."""
+        blocked = False
+        for send in listeners.plain:
+            try:
+                send.send_nowait(self._copy(packet, wire))
+            except trio.WouldBlock:
+                blocked = True
+                try:
+                    await send.send(self._copy(packet, wire))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._remove(table, key, "", send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove(table, key, "", send)
+        for queue, group in tuple(listeners.groups.items()):
+            blocked |= await self._deliver_to_group(key, queue, group, packet, wire, table)
+        return blocked
+
+    async def _deliver_to_group(
+        self,
+        key: str,
+        queue: str,
+        group: _Group,
+        packet: BusPacket,
+        wire: bytes | None,
+        table: dict[str, _Listeners],
+    ) -> bool:
+        """Hand the packet to exactly one member (none if the group has emptied)."""
+        blocked = False
+        while group.members:
+            members = group.members
+            # Prefer a member with room, starting at the one whose turn it is.
+            n = len(members)
+            start = group.turn % n
+            for i in range(n):
+                send = members[(start + i) % n]
+                try:
+                    send.send_nowait(self._copy(packet, wire))
+                except trio.WouldBlock:
+                    continue
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._remove(table, key, queue, send)
+                    continue
+                group.turn = (start + i + 1) % n
+                return blocked
+            if group.members is not members:
+                continue  # dead members were dropped: try the survivors again
+            # Everyone is full: wait for the member whose turn it is.
+            send = members[start]
+            group.turn = (start + 1) % n
+            blocked = True
+            try:
+                await send.send(self._copy(packet, wire))
+                return blocked
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove(table, key, queue, send)
+        return blocked
+
+
+__all__ = ["DEFAULT_MAX_BUFFER", "MemoryBus"]

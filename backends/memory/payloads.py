@@ -1,0 +1,82 @@
+"""In-memory payload store: job inputs (``ctx:<job>``) and results (``res:<job>``) as bytes.
+
+Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
+backend), measured on Trio's clock so ``MockClock`` can skip the time in tests. Expired
+entries read as missing and are purged as later writes happen, so memory stays bounded by the
+entries written within one TTL.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from cordtrio.errors import NotFoundError
+
+DEFAULT_TTL_SECONDS = 24 * 3600.0
+
+
+class MemoryPayloadStore:
+    """Bytes by key with a TTL. ``ttl_seconds=None`` (or ``<= 0``) keeps entries forever.
+
+    Context and result keys share one key space, as in Redis; the ``put_*``/``get_*`` pairs
+    exist so the call sites read as what they store.
+    """
+
+    def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
+        self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
+        self._data: dict[str, tuple[bytes, float]] = {}  # key -> (bytes, expires at)
+        # Writes in order. With one TTL for every entry, this is also expiry order.
+        self._expiry: deque[tuple[float, str]] = deque()
+
+    async def put_context(self, key: str, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        self._put(key, data)
+
+    async def get_context(self, key: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._get(key)
+
+    async def put_result(self, key: str, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        self._put(key, data)
+
+    async def get_result(self, key: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._get(key)
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        await trio.lowlevel.checkpoint()
+        self._data.pop(key, None)
+
+    def _put(self, key: str, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
+        if self._ttl is None:
+            self._data[key] = (bytes(data), float("inf"))
+            return
+        now = trio.current_time()
+        self._purge(now)
+        expires = now + self._ttl
+        self._data[key] = (bytes(data), expires)
+        self._expiry.append((expires, key))
+
+    def _get(self, key: str) -> bytes:
+        entry = self._data.get(key)
+        if entry is None or entry[1] <= trio.current_time():
+            raise NotFoundError(f"payload {key!r} not found")
+        return entry[0]
+
+    def _purge(self, now: float) -> None:
+        """Drop expired entries; O(1) amortised per write."""
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            expires, key = expiry.popleft()
+            entry = self._data.get(key)
+            if entry is not None and entry[1] == expires:  # not rewritten since
+                del self._data[key]
+
+
+__all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]

@@ -1,0 +1,160 @@
+"""What the core is fed (events) and what it asks the shell to do (effects).
+
+Events are facts or commands for one run; effects are instructions the Trio shell carries
+out in a fixed order (see ``cordtrio.engine.run_task``). Both are plain frozen dataclasses,
+so a simulation can record, compare and replay them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from ..model import StepStatus, TimelineEvent
+from ..protocol import JobRequest, JobResult, SystemAlert
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start (or nudge) the run: run a ready pass."""
+
+
+@dataclass(frozen=True)
+class Recover:
+    """The run was loaded by a (re)started engine: rebuild indexes, re-arm every timer,
+    then run a ready pass. Nothing already running is dispatched again."""
+
+
+@dataclass(frozen=True)
+class LoadedOutput:
+    """A job's result payload as the shell loaded it (SPEC §8).
+
+    ``value`` is the decoded JSON (or the raw string when not JSON); ``too_large`` means the
+    payload exceeded the inline limit and only the pointer is recorded; ``error`` is set when
+    loading failed (the pointer is then recorded alone).
+    """
+
+    value: Any = None
+    too_large: bool = False
+    error: str = ""
+    loaded: bool = True
+
+
+@dataclass(frozen=True)
+class ResultReceived:
+    result: JobResult
+    output: LoadedOutput | None = None
+
+
+@dataclass(frozen=True)
+class Approve:
+    step_id: str
+    approved: bool = True
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    reason: str = "workflow run cancelled"
+
+
+class TimerKind(StrEnum):
+    WAKE = "wake"  # a delay ends or a backoff expires: run a ready pass
+    STEP_TIMEOUT = "step_timeout"  # a job's timeout_sec elapsed
+    RUN_TIMEOUT = "run_timeout"  # the workflow's timeout_sec elapsed
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+    target: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class DispatchFailed:
+    """Storing the payload or publishing the job failed; the step fails (SPEC §5)."""
+
+    target_id: str
+    job_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AlertOutcome:
+    """The shell published (``error == ""``) or failed to publish a notify step's alert."""
+
+    step_id: str
+    error: str = ""
+
+
+Event = (
+    Start | Recover | ResultReceived | Approve | CancelRun | TimerFired | DispatchFailed
+    | AlertOutcome
+)
+
+# ----------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Store ``payload`` at ``context_key`` (when set), then publish ``request``."""
+
+    step_id: str
+    target_id: str
+    job_id: str
+    request: JobRequest
+    payload: dict[str, Any]
+    context_key: str = ""
+
+
+@dataclass(frozen=True)
+class PublishAlert:
+    """Publish a notify step's alert; report back with ``AlertOutcome``."""
+
+    step_id: str
+    alert: SystemAlert
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    """Publish a ``JobCancel`` for a running job."""
+
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordTimeline:
+    event: TimelineEvent
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    """Feed ``TimerFired(kind, target, job_id)`` back at ``at`` (wall clock)."""
+
+    at: datetime
+    kind: TimerKind
+    target: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """Call the ``on_step_finished`` hook."""
+
+    step_id: str
+    status: StepStatus
+
+
+Effect = Dispatch | PublishAlert | CancelJob | RecordTimeline | ArmTimer | StepFinished
+
+
+@dataclass
+class Outcome:
+    """What one ``decide`` call produced."""
+
+    effects: list[Effect] = field(default_factory=list)

@@ -1,0 +1,68 @@
+"""A workflow compiled for execution: the facts every decision needs, computed once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model import Workflow
+
+MAX_INLINE_OUTPUT_BYTES = 256 * 1024
+"""Outputs up to this size are copied into ``context.steps``; larger ones keep the pointer."""
+
+SENDER_ID = "workflow-engine"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A workflow plus what the engine knows about its environment.
+
+    ``order`` is definition order (the ready pass walks it); ``handlers`` are the steps named
+    by some ``on_error`` (never started on their own); ``schemas`` holds the registry
+    schemas the workflow refers to, resolved by the shell (``None``: no registry).
+    """
+
+    workflow: Workflow
+    order: tuple[str, ...]
+    handlers: frozenset[str]
+    handler_sources: Mapping[str, tuple[str, ...]]
+    schemas: Mapping[str, dict[str, Any] | None] | None = None
+    has_payload_store: bool = True
+    dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        workflow: Workflow,
+        *,
+        schemas: Mapping[str, dict[str, Any] | None] | None = None,
+        has_payload_store: bool = True,
+    ) -> Plan:
+        order = tuple(workflow.steps)
+        sources: dict[str, list[str]] = {}
+        dependents: dict[str, list[str]] = {}
+        for sid in order:
+            step = workflow.steps[sid]
+            if step.on_error and step.on_error in workflow.steps and step.on_error != sid:
+                sources.setdefault(step.on_error, []).append(sid)
+            for dep in step.depends_on:
+                dependents.setdefault(dep, []).append(sid)
+        return cls(
+            workflow=workflow,
+            order=order,
+            handlers=frozenset(sources),
+            handler_sources={h: tuple(s) for h, s in sources.items()},
+            schemas=schemas,
+            has_payload_store=has_payload_store,
+            dependents={d: tuple(s) for d, s in dependents.items()},
+        )
+
+    def schema_ids(self) -> set[str]:
+        """Registry schema ids the workflow's steps refer to."""
+        ids: set[str] = set()
+        for step in self.workflow.steps.values():
+            for sid in (step.input_schema_id.strip(), step.output_schema_id.strip()):
+                if sid:
+                    ids.add(sid)
+        return ids

@@ -1,0 +1,159 @@
+"""The run as the core sees it: the stored document plus indexes rebuilt from it.
+
+``RunState`` owns a ``WorkflowRun`` and, per for-each parent, a ``FanoutIndex`` so that a
+child result costs O(log n) instead of a scan of every sibling. The indexes are derived
+data: they are never stored and are rebuilt from the children on load.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..model import StepRun, StepStatus, TimelineEvent, WorkflowRun
+from ..ports import RunChanges
+from .events import Effect, RecordTimeline
+from .plan import Plan
+
+
+def child_id(step_id: str, index: int) -> str:
+    return f"{step_id}[{index}]"
+
+
+def child_index(cid: str) -> int:
+    return int(cid[cid.rindex("[") + 1 : -1])
+
+
+@dataclass
+class FanoutIndex:
+    """Counters and queues of one for-each parent.
+
+    Children are dispatched in index order: ``next_fresh`` is the lowest never-dispatched
+    child (fresh children always form a suffix), ``ready`` a heap of retried children whose
+    backoff is over, ``backoff`` the retried children still waiting.
+    """
+
+    total: int = 0
+    next_fresh: int = 0
+    ready: list[int] = field(default_factory=list)
+    backoff: set[int] = field(default_factory=set)
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0  # failed, cancelled or timed_out
+
+    @classmethod
+    def rebuild(cls, parent: StepRun, step_id: str, now: datetime) -> FanoutIndex:
+        idx = cls(total=len(parent.children))
+        fresh: list[int] = []
+        for cid, child in parent.children.items():
+            i = child_index(cid)
+            status = child.status
+            if status == StepStatus.RUNNING:
+                idx.running += 1
+            elif status == StepStatus.SUCCEEDED:
+                idx.succeeded += 1
+            elif status.is_terminal:
+                idx.failed += 1
+            elif child.attempts == 0:
+                fresh.append(i)
+            elif child.next_attempt_at is not None and child.next_attempt_at > now:
+                idx.backoff.add(i)
+            else:
+                idx.ready.append(i)
+        heapq.heapify(idx.ready)
+        idx.next_fresh = min(fresh) if fresh else idx.total
+        # Fresh children below next_fresh cannot exist, but be robust to odd stored data:
+        # any fresh child below the minimum is impossible by construction of min().
+        return idx
+
+    def has_pending(self) -> bool:
+        return self.next_fresh < self.total or bool(self.ready) or bool(self.backoff)
+
+    def pop_next(self) -> int | None:
+        """The lowest-index child ready to dispatch, or None."""
+        if self.ready and (self.ready[0] < self.next_fresh or self.next_fresh >= self.total):
+            return heapq.heappop(self.ready)
+        if self.next_fresh < self.total:
+            i = self.next_fresh
+            self.next_fresh += 1
+            return i
+        return None
+
+    def push_back(self, i: int) -> None:
+        """Undo ``pop_next`` for a child that could not be dispatched this time."""
+        if i == self.next_fresh - 1:
+            self.next_fresh -= 1
+        else:
+            heapq.heappush(self.ready, i)
+
+
+@dataclass
+class RunState:
+    """A run and its derived indexes. The core mutates it in place (see ``Tx``)."""
+
+    run: WorkflowRun
+    fanouts: dict[str, FanoutIndex] = field(default_factory=dict)
+
+    def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
+        idx = self.fanouts.get(step_id)
+        if idx is None:
+            parent = self.run.steps[step_id]
+            idx = FanoutIndex.rebuild(parent, step_id, now)
+            self.fanouts[step_id] = idx
+        return idx
+
+
+@dataclass
+class Tx:
+    """The working area of one ``decide`` call: inputs, and the effects and changes it
+    accumulates. Core functions take a ``Tx`` and append to it; nothing here does I/O."""
+
+    plan: Plan
+    state: RunState
+    now: datetime
+    effects: list[Effect] = field(default_factory=list)
+    changes: RunChanges = field(default_factory=RunChanges)
+
+    @property
+    def run(self) -> WorkflowRun:
+        return self.state.run
+
+    def touch_step(self, step_id: str) -> None:
+        self.changes.steps.add(step_id)
+
+    def touch_child(self, parent: str, cid: str) -> None:
+        self.changes.touch_child(parent, cid)
+
+    def touch_header(self) -> None:
+        self.changes.header = True
+
+    def timeline(
+        self,
+        type_: str,
+        *,
+        step_id: str = "",
+        job_id: str = "",
+        status: str = "",
+        result_ptr: str = "",
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        run = self.run
+        self.effects.append(
+            RecordTimeline(
+                TimelineEvent(
+                    time=self.now,
+                    type=type_,
+                    run_id=run.id,
+                    workflow_id=run.workflow_id,
+                    step_id=step_id,
+                    job_id=job_id,
+                    status=status,
+                    result_ptr=result_ptr,
+                    message=message,
+                    data=data or {},
+                )
+            )
+        )

@@ -1,0 +1,449 @@
+"""The worker side: consume job requests from the bus, run user handlers, report results.
+
+A worker is a bus, a payload store and a mapping ``topic -> async handler``::
+
+    async def resize(job: Job) -> dict: ...
+
+    async with open_worker(bus, payloads, {"job.images.resize": resize}, worker_id="w1"):
+        ...
+
+For every ``JobRequest`` on ``sys.job.submit`` whose topic has a handler, the worker loads the
+input payload, runs the handler under the job's budget deadline, stores the JSON return value
+at ``res:<job_id>`` and publishes a ``JobResult`` on ``sys.job.result``. A ``JobCancel`` on
+``sys.job.cancel`` cancels the matching handler. Nothing a handler or a backend does can kill
+the worker; only leaving the ``async with`` block (or cancelling ``serve_worker``) stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from .errors import CordtrioError
+from .payloads import key_from_pointer, pointer_for_key, result_key
+from .ports import Bus, PayloadStore
+from .protocol import (
+    PROTOCOL_VERSION,
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    JobResult,
+    JobStatus,
+)
+
+logger = logging.getLogger("cordtrio.worker")
+
+QUEUE_PREFIX = "cordtrio-worker:"
+
+
+class JobDenied(CordtrioError):
+    """Raised by a handler that refuses the job (policy, permissions, bad request).
+
+    Reported as ``DENIED`` with the exception's message; the engine treats it like a failure
+    for retry purposes (SPEC §6) but it tells the operator the worker said *no*, not *oops*.
+    """
+
+
+@dataclass
+class Job:
+    """What a handler receives: the request plus its decoded input.
+
+    ``input`` is the JSON object stored at the request's ``context_ptr`` (``{}`` when the
+    request has no pointer). ``item`` is the for-each item: ``input["item"]`` when present,
+    else the JSON-decoded ``env["foreach_item"]``, else ``None`` (see ``Job.from_request``).
+    """
+
+    request: JobRequest
+    input: dict[str, Any] = field(default_factory=dict)
+    item: Any = None
+
+    @classmethod
+    def from_request(cls, request: JobRequest, input: dict[str, Any] | None = None) -> Job:
+        """Build a job the way the worker does, deriving ``item`` from input/env."""
+        data = {} if input is None else input
+        return cls(request, data, _item_of(request, data))
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def topic(self) -> str:
+        return self.request.topic
+
+    @property
+    def run_id(self) -> str:
+        """The workflow run this job belongs to (``env["run_id"]``, ``""`` if absent)."""
+        return self.request.env.get("run_id", "")
+
+    @property
+    def step_id(self) -> str:
+        """The step (or for-each child, ``step[i]``) id (``env["step_id"]``)."""
+        return self.request.env.get("step_id", "")
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number: the ``@n`` suffix of the job id (1 when there is none)."""
+        _, sep, suffix = self.request.job_id.rpartition("@")
+        if sep and suffix.isdigit():
+            return int(suffix)
+        return 1
+
+
+def _item_of(request: JobRequest, data: dict[str, Any]) -> Any:
+    if "item" in data:
+        return data["item"]
+    raw = request.env.get("foreach_item")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # not JSON: hand the handler the raw string rather than nothing
+
+
+Handler = Callable[[Job], Awaitable[Any]]
+"""An async function taking a ``Job``; its JSON-serializable return value is the result."""
+
+
+class _Running:
+    """A job in progress: its cancel scope and, once cancelled, the reason."""
+
+    __slots__ = ("reason", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.reason: str | None = None
+
+
+class Worker:
+    """A running worker: identity, counters, and the jobs it is executing.
+
+    Counters: ``handled`` (jobs finished with any status), ``succeeded``, ``failed`` (finished
+    with any other status: failed, denied, timeout, cancelled) and ``running`` (in progress
+    now). Jobs interrupted by the worker's own shutdown are not counted as handled.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        payloads: PayloadStore,
+        handlers: Mapping[str, Handler],
+        *,
+        worker_id: str,
+        max_concurrency: int,
+        queue: str,
+    ) -> None:
+        self.worker_id = worker_id
+        self.queue = queue
+        self.max_concurrency = max_concurrency
+        self.handled = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.running = 0
+        self._bus = bus
+        self._payloads = payloads
+        self._handlers = dict(handlers)
+        self._jobs: dict[str, _Running] = {}
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this worker has handlers for."""
+        return frozenset(self._handlers)
+
+    def cancel_job(self, job_id: str, reason: str = "") -> bool:
+        """Cancel a running job (reported as CANCELLED). False if it is not running here."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        if entry.reason is None:
+            entry.reason = reason
+        entry.scope.cancel()
+        return True
+
+    # ------------------------------------------------------------------------- serving
+
+    async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
+        async with (
+            self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue) as submits,
+            self._bus.subscribe(SUBJECT_CANCEL) as cancels,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._listen_cancels, cancels)
+            task_status.started(self)
+            async with trio.open_nursery() as jobs:
+                await self._consume(submits, jobs)
+            # The submit channel ended (bus closed) and every job has reported: stop.
+            nursery.cancel_scope.cancel()
+
+    async def _listen_cancels(self, cancels: trio.abc.ReceiveChannel[BusPacket]) -> None:
+        async for packet in cancels:
+            payload = packet.payload
+            if isinstance(payload, JobCancel):
+                self.cancel_job(payload.job_id, payload.reason)
+
+    async def _consume(
+        self, submits: trio.abc.ReceiveChannel[BusPacket], jobs: trio.Nursery
+    ) -> None:
+        # A packet is taken from the channel only once a slot is free, so jobs this worker
+        # cannot start yet stay with the bus (and with other members of the queue group).
+        slots = trio.Semaphore(self.max_concurrency)
+        handlers = self._handlers
+        running = self._jobs
+        while True:
+            await slots.acquire()
+            try:
+                packet = await submits.receive()
+            except trio.EndOfChannel:
+                slots.release()
+                return
+            request = packet.payload
+            if not isinstance(request, JobRequest):
+                slots.release()
+                continue
+            handler = handlers.get(request.topic)
+            if handler is None:  # a job for another worker's topic set
+                slots.release()
+                continue
+            if request.job_id in running:
+                # A duplicate delivery of a job in progress here: its result is coming.
+                logger.debug("worker %s: duplicate of running job %s dropped",
+                             self.worker_id, request.job_id)
+                slots.release()
+                continue
+            entry = _Running()
+            running[request.job_id] = entry  # registered now, so an early cancel finds it
+            self.running += 1
+            jobs.start_soon(self._run_job, packet.trace_id, request, handler, entry, slots)
+
+    async def _run_job(
+        self,
+        trace_id: str,
+        request: JobRequest,
+        handler: Handler,
+        entry: _Running,
+        slots: trio.Semaphore,
+    ) -> None:
+        # The slot is held until the result is published, so a slow bus slows intake
+        # instead of piling up finished jobs.
+        try:
+            await self._run_and_report(trace_id, request, handler, entry)
+        finally:
+            slots.release()
+
+    async def _run_and_report(
+        self, trace_id: str, request: JobRequest, handler: Handler, entry: _Running
+    ) -> None:
+        job_id = request.job_id
+        started = trio.current_time()
+        result: JobResult | None = None
+        try:
+            with entry.scope:
+                result = await self._execute(request, handler)
+        finally:
+            del self._jobs[job_id]
+            self.running -= 1
+        if entry.scope.cancel_called:  # even if the handler swallowed the Cancelled
+            result = JobResult(
+                job_id,
+                JobStatus.CANCELLED,
+                error_code="JobCancelled",
+                error_message=f"cancelled: {entry.reason or 'no reason given'}",
+            )
+        assert result is not None  # only the per-job scope can swallow the body's exit
+        result.worker_id = self.worker_id
+        result.execution_ms = int((trio.current_time() - started) * 1000)
+        self.handled += 1
+        if result.status == JobStatus.SUCCEEDED:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
+        try:
+            await self._bus.publish(SUBJECT_RESULT, packet)
+        except Exception:
+            logger.exception("worker %s: publishing the result of job %s failed",
+                             self.worker_id, job_id)
+
+    async def _execute(self, request: JobRequest, handler: Handler) -> JobResult:
+        """Load the input, run the handler, store its output; every outcome is a result."""
+        job_id = request.job_id
+        ptr = request.context_ptr
+        data: Any
+        if ptr:
+            try:
+                raw = await self._payloads.get_context(key_from_pointer(ptr))
+            except Exception as exc:
+                return _failure(
+                    JobStatus.FAILED, type(exc).__name__,
+                    f"job {job_id}: cannot load input from {ptr}: {exc}", job_id,
+                )
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                return _failure(
+                    JobStatus.FAILED, "InvalidInput",
+                    f"job {job_id}: input at {ptr} is not valid JSON: {exc}", job_id,
+                )
+            if not isinstance(data, dict):
+                return _failure(
+                    JobStatus.FAILED, "InvalidInput",
+                    f"job {job_id}: input at {ptr} is not a JSON object "
+                    f"(got {type(data).__name__})", job_id,
+                )
+        else:
+            data = {}
+        job = Job(request, data, _item_of(request, data))
+
+        budget = request.budget
+        deadline_ms = budget.deadline_ms if budget is not None else 0
+        error: Exception | None = None
+        output: Any = None
+        if deadline_ms > 0:
+            with trio.move_on_after(deadline_ms / 1000) as deadline:
+                try:
+                    output = await handler(job)
+                except Exception as exc:
+                    error = exc
+            if deadline.cancel_called:  # even if the handler swallowed the Cancelled
+                return _failure(
+                    JobStatus.TIMEOUT, "DeadlineExceeded",
+                    f"deadline of {deadline_ms} ms exceeded", job_id,
+                )
+        else:
+            try:
+                output = await handler(job)
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
+            return _failure(status, type(error).__name__, str(error) or type(error).__name__,
+                            job_id)
+
+        try:
+            body = json.dumps(output).encode()  # default encoder: the cached fast path
+        except (TypeError, ValueError) as exc:
+            return _failure(
+                JobStatus.FAILED, "ResultNotSerializable",
+                f"job {job_id}: handler returned a value that is not JSON-serializable: {exc}",
+                job_id,
+            )
+        key = result_key(job_id)
+        try:
+            await self._payloads.put_result(key, body)
+        except Exception as exc:
+            logger.exception("worker %s: storing the result of job %s at %s failed",
+                             self.worker_id, job_id, key)
+            return _failure(
+                JobStatus.FAILED, type(exc).__name__,
+                f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
+            )
+        return JobResult(job_id, JobStatus.SUCCEEDED, result_ptr=pointer_for_key(key))
+
+
+def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:
+    return JobResult(job_id, status, error_code=code, error_message=message)
+
+
+def default_queue(topics: Mapping[str, Any] | frozenset[str]) -> str:
+    """The queue group of a worker serving ``topics``: workers with the same topic set share
+    jobs between them, workers with different sets each see every job."""
+    return QUEUE_PREFIX + ",".join(sorted(topics))
+
+
+def _make_worker(
+    bus: Bus,
+    payloads: PayloadStore,
+    handlers: Mapping[str, Handler],
+    worker_id: str,
+    max_concurrency: int,
+    queue: str | None,
+) -> Worker:
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+    if not handlers:
+        raise ValueError("a worker needs at least one topic handler")
+    return Worker(
+        bus,
+        payloads,
+        handlers,
+        worker_id=worker_id or f"worker-{uuid.uuid4().hex[:12]}",
+        max_concurrency=max_concurrency,
+        queue=default_queue(handlers) if queue is None else queue,
+    )
+
+
+async def serve_worker(
+    bus: Bus,
+    payloads: PayloadStore,
+    handlers: Mapping[str, Handler],
+    *,
+    worker_id: str = "",
+    max_concurrency: int = 64,
+    queue: str | None = None,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a worker until cancelled; for ``nursery.start``, which returns the ``Worker``
+    once both subscriptions are active. Returns on its own only if the bus closes the
+    submit channel (after the jobs in progress have reported)."""
+    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue)
+    await worker._serve(task_status)
+
+
+@asynccontextmanager
+async def open_worker(
+    bus: Bus,
+    payloads: PayloadStore,
+    handlers: Mapping[str, Handler],
+    *,
+    worker_id: str = "",
+    max_concurrency: int = 64,
+    queue: str | None = None,
+) -> AsyncIterator[Worker]:
+    """Serve ``handlers`` for the duration of the block and yield the ``Worker``.
+
+    The subscriptions are active when the body starts, so nothing published from the body
+    is missed. ``queue`` defaults to ``default_queue(handlers)``; ``worker_id`` defaults to a
+    random ``worker-<hex>``. Leaving the block cancels the handlers still running (no result
+    is published for them) and unsubscribes.
+    """
+    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue)
+    body_error: BaseException | None = None
+    unwrapped: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(worker._serve)  # subscriptions active from here on
+                try:
+                    yield worker
+                finally:
+                    nursery.cancel_scope.cancel()
+            except BaseException as exc:
+                body_error = exc
+                raise
+    except BaseExceptionGroup as group:
+        # The nursery wraps what its body raised (a failed subscribe, or the caller's own
+        # exception); hand it back unwrapped so ``pytest.raises(ValueError)`` around the
+        # block works. Anything else stays grouped.
+        if body_error is None or len(group.exceptions) != 1 or (
+            group.exceptions[0] is not body_error
+        ):
+            raise
+        unwrapped = body_error
+    if unwrapped is not None:
+        raise unwrapped  # outside the except block: no spurious exception chaining
+
+
+__all__ = ["Handler", "Job", "JobDenied", "Worker", "default_queue", "open_worker",
+           "serve_worker"]

@@ -1,0 +1,115 @@
+"""The payload store port (API.md "Payload store"), run against every storage backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from cordtrio.backends.memory import MemoryPayloadStore
+from cordtrio.errors import NotFoundError
+from cordtrio.payloads import context_key, result_key
+from cordtrio.ports import PayloadStore
+
+DAY = 24 * 3600
+
+
+async def test_backend_implements_the_payload_store_protocol(payloads: PayloadStore) -> None:
+    assert isinstance(payloads, PayloadStore)
+
+
+async def test_context_and_result_round_trip_bytes(payloads: PayloadStore) -> None:
+    await payloads.put_context(context_key("job-1"), b'{"width": 3}')
+    await payloads.put_result(result_key("job-1"), '{"ok": "é"}'.encode())
+    assert await payloads.get_context("ctx:job-1") == b'{"width": 3}'
+    assert await payloads.get_result("res:job-1") == '{"ok": "é"}'.encode()
+
+
+async def test_a_second_put_overwrites(payloads: PayloadStore) -> None:
+    await payloads.put_result("res:j", b"1")
+    await payloads.put_result("res:j", b"2")
+    assert await payloads.get_result("res:j") == b"2"
+
+
+async def test_missing_payloads_raise_not_found_naming_the_key(payloads: PayloadStore) -> None:
+    with pytest.raises(NotFoundError, match="ctx:nope"):
+        await payloads.get_context("ctx:nope")
+    with pytest.raises(NotFoundError, match="res:nope"):
+        await payloads.get_result("res:nope")
+
+
+async def test_stored_bytes_do_not_alias_the_callers_buffer(payloads: PayloadStore) -> None:
+    buf = bytearray(b"abc")
+    await payloads.put_context("ctx:j", buf)  # type: ignore[arg-type]
+    buf[0] = ord("x")
+    assert await payloads.get_context("ctx:j") == b"abc"
+
+
+async def test_payloads_expire_after_the_ttl(
+    storage: Any, payloads: PayloadStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    if "trio_clock_ttl" not in storage.capabilities:
+        pytest.skip("backend TTLs do not follow Trio's clock")
+    await payloads.put_context("ctx:j", b"x")
+    await trio.sleep(DAY - 1)
+    assert await payloads.get_context("ctx:j") == b"x"
+    await trio.sleep(2)
+    with pytest.raises(NotFoundError, match="ctx:j"):
+        await payloads.get_context("ctx:j")
+
+
+async def test_rewriting_a_payload_restarts_its_ttl(
+    storage: Any, payloads: PayloadStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    if "trio_clock_ttl" not in storage.capabilities:
+        pytest.skip("backend TTLs do not follow Trio's clock")
+    await payloads.put_result("res:j", b"1")
+    await trio.sleep(DAY - 10)
+    await payloads.put_result("res:j", b"2")
+    await trio.sleep(20)
+    assert await payloads.get_result("res:j") == b"2"
+    await trio.sleep(DAY)
+    with pytest.raises(NotFoundError):
+        await payloads.get_result("res:j")
+
+
+# ------------------------------------------------------------------ memory backend only
+
+
+async def test_memory_ttl_is_configurable_and_can_be_disabled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    short = MemoryPayloadStore(ttl_seconds=5)
+    forever = MemoryPayloadStore(ttl_seconds=None)
+    for store in (short, forever):
+        await store.put_context("ctx:j", b"x")
+    await trio.sleep(10 * DAY)
+    with pytest.raises(NotFoundError):
+        await short.get_context("ctx:j")
+    assert await forever.get_context("ctx:j") == b"x"
+
+
+async def test_memory_expired_entries_are_purged_by_later_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryPayloadStore(ttl_seconds=60)
+    for i in range(100):
+        await store.put_result(f"res:{i}", b"x")
+    await trio.sleep(61)
+    await store.put_result("res:new", b"y")
+    assert set(store._data) == {"res:new"}
+
+
+async def test_memory_delete_removes_a_payload() -> None:
+    store = MemoryPayloadStore()
+    await store.put_result("res:j", b"x")
+    await store.delete("res:j")
+    await store.delete("res:j")  # deleting again is fine
+    with pytest.raises(NotFoundError):
+        await store.get_result("res:j")
+
+
+async def test_memory_put_rejects_non_bytes() -> None:
+    with pytest.raises(TypeError, match="ctx:j"):
+        await MemoryPayloadStore().put_context("ctx:j", "text")  # type: ignore[arg-type]
