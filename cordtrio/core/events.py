@@ -7,7 +7,7 @@ so a simulation can record, compare and replay them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -151,10 +151,3 @@ class StepFinished:
 
 
 Effect = Dispatch | PublishAlert | CancelJob | RecordTimeline | ArmTimer | StepFinished
-
-
-@dataclass
-class Outcome:
-    """What one ``decide`` call produced."""
-
-    effects: list[Effect] = field(default_factory=list)

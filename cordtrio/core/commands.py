@@ -1,0 +1,162 @@
+"""Commands and timers (SPEC §7, §9): approve, cancel, timeouts, shell feedback, recovery,
+and rerun_from."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+
+from ..errors import InvalidStateError, NotFoundError
+from ..model import RunStatus, StepRun, StepStatus, Workflow, WorkflowRun
+from ..protocol import JobResult, JobStatus
+from .events import ArmTimer, CancelJob, TimerKind
+from .finish import finish, stop_everything
+from .ready import arm_run_timeout
+from .results import apply_result, locate
+from .state import Tx
+from .status import set_run_status
+
+
+def approve(tx: Tx, step_id: str, approved: bool) -> None:
+    """Resolve a waiting approval. Raises before changing anything when it cannot."""
+    run = tx.run
+    if step_id not in tx.plan.workflow.steps:
+        raise NotFoundError(f"run {run.id}: step '{step_id}' not found")
+    sr = run.steps.get(step_id)
+    if sr is None or sr.status != StepStatus.WAITING:
+        state = sr.status.value if sr is not None else "not started"
+        raise InvalidStateError(f"run {run.id}: step '{step_id}' not waiting ({state})")
+    if approved:
+        finish(tx, step_id, sr, StepStatus.SUCCEEDED, timeline="step_approved")
+    else:
+        finish(tx, step_id, sr, StepStatus.FAILED, message="approval rejected",
+               timeline="step_rejected")
+
+
+def cancel(tx: Tx, reason: str) -> None:
+    """Cancel the run: every non-terminal step and child, one JobCancel per running job."""
+    if tx.run.status.is_terminal:
+        return
+    stop_everything(tx, reason=reason)
+    set_run_status(tx, RunStatus.CANCELLED, message="run cancelled")
+
+
+def step_timeout(tx: Tx, target: str, job_id: str) -> None:
+    """SPEC §6: no result within ``timeout_sec`` counts as a TIMEOUT result for that
+    attempt; the job is told to stop."""
+    found = locate(tx, target)
+    if found is None:
+        return
+    step, sr, _ = found
+    if sr.job_id != job_id or sr.status != StepStatus.RUNNING:
+        return  # the attempt already ended
+    tx.effects.append(CancelJob(job_id, "step timed out"))
+    message = f"step timed out after {step.timeout_sec:g}s"
+    apply_result(tx, JobResult(job_id=job_id, status=JobStatus.TIMEOUT, error_message=message),
+                 None)
+
+
+def run_timeout(tx: Tx) -> None:
+    """SPEC §7: the workflow's ``timeout_sec`` elapsed."""
+    if tx.run.status.is_terminal:
+        return
+    set_run_status(tx, RunStatus.TIMED_OUT, message="run timed out")
+
+
+def dispatch_failed(tx: Tx, target: str, job_id: str, message: str) -> None:
+    found = locate(tx, target)
+    if found is None:
+        return
+    step, sr, parent = found
+    if sr.job_id != job_id or sr.status != StepStatus.RUNNING:
+        return
+    finish(tx, step.id, sr, StepStatus.FAILED, parent=parent,
+           message=f"dispatch failed: {message}")
+
+
+def alert_outcome(tx: Tx, step_id: str, error: str) -> None:
+    sr = tx.run.steps.get(step_id)
+    if sr is None or sr.status != StepStatus.RUNNING:
+        return
+    if error:
+        finish(tx, step_id, sr, StepStatus.FAILED, message=error, timeline="step_event_failed")
+    else:
+        finish(tx, step_id, sr, StepStatus.SUCCEEDED, timeline="step_event_emitted")
+
+
+def recover(tx: Tx) -> None:
+    """Re-arm every timer the stored run implies; dispatch nothing already running."""
+    run = tx.run
+    if run.status.is_terminal:
+        return
+    if run.status != RunStatus.PENDING:
+        arm_run_timeout(tx)
+    for sid, sr in run.steps.items():
+        step = tx.plan.workflow.steps.get(sid)
+        if step is None:
+            continue
+        _rearm(tx, sr, step.timeout_sec)
+        for child in sr.children.values():
+            _rearm(tx, child, step.timeout_sec)
+
+
+def _rearm(tx: Tx, sr: StepRun, timeout_sec: float) -> None:
+    if sr.status.is_terminal:
+        return
+    if sr.next_attempt_at is not None:
+        tx.effects.append(ArmTimer(sr.next_attempt_at, TimerKind.WAKE, sr.step_id))
+    elif sr.status == StepStatus.RUNNING and sr.job_id and timeout_sec > 0:
+        started = sr.started_at or tx.now
+        tx.effects.append(ArmTimer(started + timedelta(seconds=float(timeout_sec)),
+                                   TimerKind.STEP_TIMEOUT, sr.step_id, sr.job_id))
+
+
+def rerun_from(
+    workflow: Workflow,
+    old: WorkflowRun,
+    step_id: str,
+    dry_run: bool,
+    new_id: str,
+    now: datetime,
+    dependencies: set[str],
+) -> WorkflowRun:
+    """SPEC §9: a new pending run reusing ``old``'s input; with ``step_id``, the step's
+    transitive ``dependencies`` (which must all have succeeded) are copied over."""
+    if step_id and step_id not in workflow.steps:
+        raise NotFoundError(f"run {old.id}: step '{step_id}' not found in workflow {workflow.id}")
+    new = WorkflowRun(
+        id=new_id,
+        workflow_id=old.workflow_id,
+        org_id=old.org_id,
+        team_id=old.team_id,
+        input=copy.deepcopy(old.input),
+        status=RunStatus.PENDING,
+        triggered_by=old.triggered_by,
+        created_at=now,
+        updated_at=now,
+        labels=dict(old.labels),
+        metadata=dict(old.metadata),
+        rerun_of=old.id,
+        rerun_step=step_id,
+        dry_run=dry_run,
+    )
+    new.metadata["rerun_of"] = old.id
+    if step_id:
+        new.metadata["rerun_step"] = step_id
+    if dry_run:
+        new.metadata["dry_run"] = "true"
+        new.labels["dry_run"] = "true"
+    old_steps_ctx = old.context.get("steps") if isinstance(old.context.get("steps"), dict) else {}
+    kept_ctx: dict[str, object] = {}
+    for dep in sorted(dependencies):
+        prev = old.steps.get(dep)
+        if prev is None or prev.status != StepStatus.SUCCEEDED:
+            raise InvalidStateError(f"run {old.id}: dependency {dep} not succeeded")
+        new.steps[dep] = copy.deepcopy(prev)
+        assert isinstance(old_steps_ctx, dict)
+        for key, value in old_steps_ctx.items():
+            if key == dep or (key.startswith(dep + "[") and key.endswith("]")):
+                kept_ctx[key] = copy.deepcopy(value)
+    if kept_ctx:
+        new.context["steps"] = kept_ctx
+    return new

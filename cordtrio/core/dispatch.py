@@ -1,0 +1,202 @@
+"""Turning a ready step (or for-each child) into a job (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
+from ..expr import render
+from ..model import Step, StepRun, StepStatus, WorkflowRun
+from ..payloads import context_key, pointer_for_key
+from ..protocol import ActorType, Budget, JobMetadata, JobPriority, JobRequest
+from ..schemas import validate_value
+from .events import ArmTimer, Dispatch, TimerKind
+from .finish import finish
+from .plan import Plan
+from .scope import NO_ITEM, build_scope
+from .state import Tx
+
+_PRIORITIES = {
+    "critical": JobPriority.CRITICAL,
+    "interactive": JobPriority.INTERACTIVE,
+    "batch": JobPriority.BATCH,
+}
+_ACTOR_TYPES = {"human": ActorType.HUMAN, "service": ActorType.SERVICE}
+
+
+def dispatch(
+    tx: Tx, step: Step, sr: StepRun, *, parent: str = "", index: int = -1
+) -> bool:
+    """Dispatch the next attempt of ``sr``. Returns False when the step failed instead
+    (bad input, schema violation); the failure is already recorded."""
+    run = tx.run
+    target = sr.step_id
+    attempt = sr.attempts + 1
+    job_id = f"{run.id}:{target}@{attempt}"
+    item = sr.item if parent else NO_ITEM
+    try:
+        payload = build_payload(tx.plan, run, step, build_scope(tx.plan, run, step.id, item),
+                                item)
+    except CordtrioError as exc:
+        finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=str(exc))
+        return False
+    request = build_request(tx.plan, run, step, target, job_id)
+    if parent:
+        request.env["foreach_index"] = str(index)
+        request.env["foreach_item"] = json.dumps(item, default=str)
+    sr.status = StepStatus.RUNNING
+    sr.started_at = tx.now
+    sr.completed_at = None
+    sr.next_attempt_at = None
+    sr.attempts = attempt
+    sr.job_id = job_id
+    sr.input = payload
+    if parent:
+        tx.touch_child(parent, target)
+    else:
+        tx.touch_step(target)
+    data: dict[str, Any] = {}
+    if request.context_ptr:
+        data["context_ptr"] = request.context_ptr
+    if parent:
+        data["foreach_index"] = index
+    tx.timeline("step_dispatched", step_id=target, job_id=job_id,
+                status=str(StepStatus.RUNNING.value), data=data)
+    tx.effects.append(
+        Dispatch(
+            step_id=step.id,
+            target_id=target,
+            job_id=job_id,
+            request=request,
+            payload=payload,
+            context_key=context_key(job_id) if tx.plan.has_payload_store else "",
+        )
+    )
+    if step.timeout_sec > 0:
+        tx.effects.append(
+            ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
+                     TimerKind.STEP_TIMEOUT, target, job_id)
+        )
+    return True
+
+
+def build_payload(
+    plan: Plan, run: WorkflowRun, step: Step, scope: dict[str, Any], item: Any
+) -> dict[str, Any]:
+    """The job's input: ``step.input`` rendered (must be a map) or the run's input, plus
+    ``item`` for a for-each child; validated against the step's input schema."""
+    if step.input:
+        try:
+            rendered = render(step.input, scope)
+        except ExpressionError as exc:
+            raise ExpressionError(f"step '{step.id}' input: {exc}") from None
+        if not isinstance(rendered, dict):
+            raise ValidationError(
+                f"step '{step.id}': step input must be object, got {type_name(rendered)}"
+            )
+        payload = rendered
+    else:
+        payload = dict(run.input)
+    if item is not NO_ITEM:
+        payload["item"] = item
+    validate_input(plan, step, payload)
+    return payload
+
+
+def validate_input(plan: Plan, step: Step, payload: dict[str, Any]) -> None:
+    if step.input_schema:
+        validate_value(step.input_schema, payload, where=f"step '{step.id}' input")
+    elif step.input_schema_id.strip():
+        validate_with_registry(plan, step.input_schema_id.strip(), payload,
+                               where=f"step '{step.id}' input")
+
+
+def validate_with_registry(plan: Plan, schema_id: str, value: Any, *, where: str) -> None:
+    """Validate against a registry schema the shell resolved into the plan."""
+    if plan.schemas is None:
+        raise ValidationError(f"{where}: schema registry unavailable")
+    schema = plan.schemas.get(schema_id)
+    if schema is None:
+        raise NotFoundError(f"{where}: schema '{schema_id}' not found")
+    validate_value(schema, value, where=f"{where} (schema '{schema_id}')")
+
+
+def build_request(plan: Plan, run: WorkflowRun, step: Step, target: str, job_id: str) -> JobRequest:
+    wf_id = plan.workflow.id
+    topic = step.topic or f"job.workflow.{wf_id}"
+    raw_priority = run.input.get("priority")
+    priority = JobPriority.BATCH
+    if isinstance(raw_priority, str):
+        priority = _PRIORITIES.get(raw_priority.strip().lower(), JobPriority.BATCH)
+    raw_memory = run.input.get("memory_id")
+    memory_id = raw_memory.strip() if isinstance(raw_memory, str) and raw_memory.strip() else ""
+    memory_id = memory_id or f"run:{run.id}"
+    env = {
+        "workflow_id": wf_id,
+        "run_id": run.id,
+        "step_id": target,
+        "tenant_id": run.org_id,
+        "team_id": run.team_id,
+        "memory_id": memory_id,
+        "context_mode": "raw",
+    }
+    labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
+    if step.worker_id:
+        labels["worker_id"] = step.worker_id
+    labels.update(step.route_labels)
+    if run.dry_run or run.metadata.get("dry_run") == "true":
+        env["dry_run"] = "true"
+        labels["dry_run"] = "true"
+    meta = build_meta(run, step)
+    return JobRequest(
+        job_id=job_id,
+        topic=topic,
+        priority=priority,
+        context_ptr=pointer_for_key(context_key(job_id)) if plan.has_payload_store else "",
+        adapter_id=step.worker_id,
+        env=env,
+        workflow_id=wf_id,
+        memory_id=memory_id,
+        budget=Budget(deadline_ms=int(step.timeout_sec * 1000)) if step.timeout_sec > 0 else None,
+        tenant_id=run.org_id,
+        principal_id=meta.actor_id if meta is not None and meta.actor_id else "",
+        labels=labels,
+        meta=meta,
+    )
+
+
+def build_meta(run: WorkflowRun, step: Step) -> JobMetadata | None:
+    """Step governance metadata for the job; None when there is nothing to say."""
+    meta = JobMetadata(tenant_id=run.org_id.strip())
+    sm = step.meta
+    if sm is not None:
+        meta.actor_id = sm.actor_id.strip()
+        meta.actor_type = _ACTOR_TYPES.get(sm.actor_type.strip().lower(), ActorType.UNSPECIFIED)
+        meta.idempotency_key = sm.idempotency_key.strip()
+        meta.pack_id = sm.pack_id.strip()
+        meta.capability = sm.capability.strip()
+        meta.risk_tags = [t.strip() for t in sm.risk_tags if t.strip()]
+        meta.requires = [t.strip() for t in sm.requires if t.strip()]
+        meta.labels = dict(sm.labels)
+    if meta == JobMetadata():
+        return None
+    return meta
+
+
+def type_name(value: Any) -> str:
+    """JSON-ish name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__

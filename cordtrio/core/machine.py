@@ -1,0 +1,92 @@
+"""``decide``: the one entry point of the pure core.
+
+(plan, run state, event, now) → effects, with the run state updated in place and the parts
+that changed recorded in ``Outcome.changes`` (so the store writes only those). No I/O, no
+clock, no randomness: the same inputs always give the same outputs, which is what makes
+simulation and property tests cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..ports import RunChanges
+from .commands import (
+    alert_outcome,
+    approve,
+    cancel,
+    dispatch_failed,
+    recover,
+    run_timeout,
+    step_timeout,
+)
+from .events import (
+    AlertOutcome,
+    Approve,
+    CancelRun,
+    DispatchFailed,
+    Effect,
+    Event,
+    Recover,
+    ResultReceived,
+    Start,
+    TimerFired,
+    TimerKind,
+)
+from .plan import Plan
+from .ready import ready_pass
+from .results import apply_result
+from .state import RunState, Tx
+
+
+@dataclass
+class Outcome:
+    """What one event did: effects for the shell, and the parts of the run that changed."""
+
+    effects: list[Effect] = field(default_factory=list)
+    changes: RunChanges = field(default_factory=RunChanges)
+
+
+def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
+    """Apply ``event`` to ``state`` at wall-clock ``now``.
+
+    Commands that cannot apply (approving a step that is not waiting) raise
+    ``NotFoundError``/``InvalidStateError`` before changing anything. Results and timers
+    never raise: stale or foreign ones change nothing (SPEC §6).
+    """
+    tx = Tx(plan, state, now)
+    tx.changes.previous_status = state.run.status
+    match event:
+        case Start():
+            ready_pass(tx)
+        case Recover():
+            recover(tx)
+            ready_pass(tx)
+        case ResultReceived(result=result, output=output):
+            if apply_result(tx, result, output):
+                ready_pass(tx)
+        case Approve(step_id=step_id, approved=approved):
+            approve(tx, step_id, approved)
+            ready_pass(tx)
+        case CancelRun(reason=reason):
+            cancel(tx, reason)
+        case TimerFired(kind=TimerKind.WAKE):
+            ready_pass(tx)
+        case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
+            step_timeout(tx, target, job_id)
+            ready_pass(tx)
+        case TimerFired(kind=TimerKind.RUN_TIMEOUT):
+            run_timeout(tx)
+        case DispatchFailed(target_id=target, job_id=job_id, message=message):
+            dispatch_failed(tx, target, job_id, message)
+            ready_pass(tx)
+        case AlertOutcome(step_id=step_id, error=error):
+            alert_outcome(tx, step_id, error)
+            ready_pass(tx)
+        case _:
+            raise TypeError(f"decide: unknown event {event!r}")
+    if tx.changes:
+        state.run.updated_at = now
+        tx.changes.header = True
+    return Outcome(tx.effects, tx.changes)

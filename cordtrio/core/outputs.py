@@ -1,0 +1,64 @@
+"""Recording a step's output into the run context (SPEC §8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..model import Step
+from .events import LoadedOutput
+from .state import Tx
+
+
+def record_output(
+    tx: Tx, target_id: str, step: Step, result_ptr: str, output: LoadedOutput | None,
+    *, is_child: bool,
+) -> None:
+    """``context.steps[target] = {result_ptr, output}``; for non-child steps with
+    ``output_path``, also write the output (or the pointer when too large) at that path."""
+    entry: dict[str, Any] = {"result_ptr": result_ptr}
+    value: Any = result_ptr
+    if output is not None and output.loaded and not output.error and not output.too_large:
+        entry["output"] = output.value
+        value = output.value
+    _steps_map(tx)[target_id] = entry
+    tx.changes.context_steps.add(target_id)
+    if not is_child and step.output_path.strip():
+        write_output_path(tx, step.output_path, value)
+
+
+def record_inline_output(tx: Tx, step: Step, value: Any) -> None:
+    """Condition steps: their boolean goes where a job's output would."""
+    _steps_map(tx)[step.id] = {"output": value}
+    tx.changes.context_steps.add(step.id)
+    if step.output_path.strip():
+        write_output_path(tx, step.output_path, value)
+
+
+def write_output_path(tx: Tx, path: str, value: Any) -> None:
+    """Set ``value`` at dotted ``path`` in the context, creating maps on the way.
+
+    Paths are validated when the workflow is saved; a path with an empty segment that
+    slipped through is ignored rather than crashing the run."""
+    parts = [p.strip() for p in path.strip().split(".")]
+    if not parts or any(not p for p in parts):
+        return
+    cur = tx.run.context
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+    if parts[0] == "steps":
+        tx.changes.context_keys.add("steps")
+    else:
+        tx.changes.context_keys.add(parts[0])
+
+
+def _steps_map(tx: Tx) -> dict[str, Any]:
+    steps = tx.run.context.get("steps")
+    if not isinstance(steps, dict):
+        steps = {}
+        tx.run.context["steps"] = steps
+    return steps
