@@ -5,6 +5,7 @@ The public names are listed in ``__all__``; see API.md in the docs for the contr
 
 from __future__ import annotations
 
+from .engine import Engine, SystemClock, TrioWallClock, open_engine
 from .errors import (
     CordtrioError,
     ExpressionError,
@@ -50,6 +51,7 @@ from .protocol import (
     decode_packet,
     encode_packet,
 )
+from .worker import Job, JobDenied, Worker, open_worker
 
 __all__ = [
     "SUBJECT_CANCEL",
@@ -63,10 +65,13 @@ __all__ = [
     "Budget",
     "BusPacket",
     "CordtrioError",
+    "Engine",
     "ExpressionError",
     "Heartbeat",
     "InvalidStateError",
+    "Job",
     "JobCancel",
+    "JobDenied",
     "JobMetadata",
     "JobPriority",
     "JobProgress",
@@ -84,11 +89,16 @@ __all__ = [
     "StepType",
     "StoreError",
     "SystemAlert",
+    "SystemClock",
     "TimelineEvent",
+    "TrioWallClock",
     "ValidationError",
+    "Worker",
     "Workflow",
     "WorkflowRun",
     "decode_packet",
     "encode_packet",
     "load_workflow",
+    "open_engine",
+    "open_worker",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..model import RunStatus
 from ..ports import RunChanges
 from .commands import (
     alert_outcome,
@@ -62,7 +63,8 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
             ready_pass(tx)
         case Recover():
             recover(tx)
-            ready_pass(tx)
+            if state.run.status != RunStatus.PENDING:  # a created, never started run waits
+                ready_pass(tx)
         case ResultReceived(result=result, output=output):
             if apply_result(tx, result, output):
                 ready_pass(tx)

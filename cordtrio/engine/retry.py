@@ -1,0 +1,45 @@
+"""Retrying backend calls: a store that blinks must never fail a run (or lose one)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from ..errors import CordtrioError, StoreError
+
+T = TypeVar("T")
+log = logging.getLogger("cordtrio.engine")
+
+INITIAL_DELAY = 0.05
+MAX_DELAY = 5.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Backend trouble (connection, timeout, ``StoreError``) is transient; a definite
+    answer (not found, invalid) is not."""
+    if isinstance(exc, StoreError):
+        return True
+    if isinstance(exc, CordtrioError):
+        return False
+    return isinstance(exc, Exception)
+
+
+async def retrying(op: Callable[[], Awaitable[T]], what: str) -> T:
+    """Await ``op()`` until it succeeds, backing off (50 ms doubling to 5 s) on transient
+    errors; definite errors propagate at once. Cancellation ends the wait, as always."""
+    delay = INITIAL_DELAY
+    attempt = 0
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            log.warning("%s failed (attempt %d, retrying in %.2fs): %r", what, attempt, delay,
+                        exc)
+        await trio.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY)
