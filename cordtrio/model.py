@@ -508,12 +508,16 @@ class WorkflowRun:
     rerun_step: str = ""
     dry_run: bool = False
 
-    def header_dict(self) -> dict[str, Any]:
-        """Everything but ``steps`` and ``context`` (stored separately for O(1) updates)."""
+    def header_dict(self, *, with_input: bool = True) -> dict[str, Any]:
+        """Everything but ``steps`` and ``context`` (stored separately for O(1) updates).
+
+        ``with_input=False`` leaves out ``input``, which never changes once a run is
+        created and may be large: stores rewrite the header on every event."""
         out: dict[str, Any] = {"id": self.id, "workflow_id": self.workflow_id}
         _put(out, "org_id", self.org_id)
         _put(out, "team_id", self.team_id)
-        _put(out, "input", copy.deepcopy(self.input))
+        if with_input:
+            _put(out, "input", copy.deepcopy(self.input))
         out["status"] = str(self.status.value)
         _put(out, "started_at", format_ts(self.started_at))
         _put(out, "completed_at", format_ts(self.completed_at))

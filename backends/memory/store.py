@@ -255,7 +255,11 @@ class MemoryStore:
         if changes.header:
             if run.updated_at is None:
                 run.updated_at = self._now()
-            record.header = run.header_dict()
+            # The input never changes after creation: keep the stored copy (O(1) updates).
+            header = run.header_dict(with_input=False)
+            if "input" in record.header:
+                header["input"] = record.header["input"]
+            record.header = header
         for sid in changes.steps:
             sr = run.steps.get(sid)
             if sr is None:

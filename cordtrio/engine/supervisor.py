@@ -182,15 +182,18 @@ class Engine:
         return run.id
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
-        """Return the run once it is terminal. Woken by this engine's run task; polls the
-        store every ``poll_interval`` seconds too, for runs driven elsewhere."""
+        """Return the run once it is terminal. Woken by this engine's run task; a run not
+        active here (driven by another engine) is re-read every ``poll_interval`` s."""
         while True:
             finished = self._finished.setdefault(run_id, trio.Event())
             run = await self.store.get_run(run_id)
             if run.status.is_terminal:
                 return run
-            with trio.move_on_after(poll_interval):
-                await finished.wait()
+            if run_id in self._runs:
+                await finished.wait()  # set by the run's task when the run ends
+            else:
+                with trio.move_on_after(poll_interval):
+                    await finished.wait()
 
     # ------------------------------------------------------------------ routing
 
