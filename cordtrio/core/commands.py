@@ -11,6 +11,7 @@ from ..model import RunStatus, StepRun, StepStatus, Workflow, WorkflowRun
 from ..protocol import JobResult, JobStatus
 from .events import ArmTimer, CancelJob, TimerKind
 from .finish import finish, stop_everything
+from .outputs import get_path, set_path
 from .ready import arm_run_timeout
 from .results import apply_result, locate
 from .state import Tx
@@ -146,6 +147,9 @@ def rerun_from(
     if dry_run:
         new.metadata["dry_run"] = "true"
         new.labels["dry_run"] = "true"
+    else:  # a real rerun of a dry run is real
+        new.metadata.pop("dry_run", None)
+        new.labels.pop("dry_run", None)
     old_steps_ctx = old.context.get("steps") if isinstance(old.context.get("steps"), dict) else {}
     kept_ctx: dict[str, object] = {}
     for dep in sorted(dependencies):
@@ -159,4 +163,10 @@ def rerun_from(
                 kept_ctx[key] = copy.deepcopy(value)
     if kept_ctx:
         new.context["steps"] = kept_ctx
+    for dep in sorted(dependencies):  # values the copied steps wrote at their output_path
+        path = workflow.steps[dep].output_path.strip() if dep in workflow.steps else ""
+        found, value = get_path(old.context, path)
+        if found:
+            set_path(new.context, path, copy.deepcopy(value))
     return new
+

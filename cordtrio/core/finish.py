@@ -27,14 +27,16 @@ def finish(
     timeline: str | None = "step_completed",
 ) -> None:
     """Move ``sr`` (step ``step_id``, or a child of ``parent``) to terminal ``status``."""
+    if parent:
+        tx.state.fanout(parent, tx.now)  # index the children before this one changes
     previous = sr.status
     sr.status = status
     sr.completed_at = tx.now
     sr.next_attempt_at = None
     if status == StepStatus.SUCCEEDED:
         sr.error = {}
-    elif message:
-        sr.error = {"message": message}
+    elif message or status != StepStatus.CANCELLED:
+        sr.error = {"message": message}  # this outcome's message, even when empty
     target = sr.step_id
     if parent:
         tx.touch_child(parent, target)

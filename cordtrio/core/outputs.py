@@ -35,14 +35,27 @@ def record_inline_output(tx: Tx, step: Step, value: Any) -> None:
 
 
 def write_output_path(tx: Tx, path: str, value: Any) -> None:
-    """Set ``value`` at dotted ``path`` in the context, creating maps on the way.
+    """Set ``value`` at dotted ``path`` in the context and record the changed key.
 
     Paths are validated when the workflow is saved; a path with an empty segment that
     slipped through is ignored rather than crashing the run."""
+    top = set_path(tx.run.context, path, value)
+    if top is not None:
+        tx.changes.context_keys.add(top)
+
+
+def split_path(path: str) -> list[str] | None:
+    """``"a.b.c"`` → ``["a", "b", "c"]``; None when a segment is empty."""
     parts = [p.strip() for p in path.strip().split(".")]
-    if not parts or any(not p for p in parts):
-        return
-    cur = tx.run.context
+    return None if not parts or any(not p for p in parts) else parts
+
+
+def set_path(context: dict[str, Any], path: str, value: Any) -> str | None:
+    """Write ``value`` at ``path``, creating maps on the way; returns the top-level key."""
+    parts = split_path(path)
+    if parts is None:
+        return None
+    cur = context
     for part in parts[:-1]:
         nxt = cur.get(part)
         if not isinstance(nxt, dict):
@@ -50,10 +63,20 @@ def write_output_path(tx: Tx, path: str, value: Any) -> None:
             cur[part] = nxt
         cur = nxt
     cur[parts[-1]] = value
-    if parts[0] == "steps":
-        tx.changes.context_keys.add("steps")
-    else:
-        tx.changes.context_keys.add(parts[0])
+    return parts[0]
+
+
+def get_path(context: dict[str, Any], path: str) -> tuple[bool, Any]:
+    """(found, value) at ``path``."""
+    parts = split_path(path)
+    if parts is None:
+        return False, None
+    cur: Any = context
+    for part in parts:
+        if not isinstance(cur, dict) or part not in cur:
+            return False, None
+        cur = cur[part]
+    return True, cur
 
 
 def _steps_map(tx: Tx) -> dict[str, Any]:

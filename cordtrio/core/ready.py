@@ -23,6 +23,7 @@ from .state import Tx
 from .status import failure_stands, set_run_status, update_run_status
 
 _VISITABLE = (StepStatus.PENDING, StepStatus.WAITING)
+_FAILED = (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.TIMED_OUT)
 
 
 def ready_pass(tx: Tx) -> None:
@@ -40,7 +41,14 @@ def ready_pass(tx: Tx) -> None:
         for sid in tx.plan.order:
             if _visit(tx, sid, only_handlers):
                 changed = True
+                # a failure in this pass: start nothing more (no dispatch-then-cancel)
+                only_handlers = only_handlers or _failed(tx, sid)
         update_run_status(tx)
+
+
+def _failed(tx: Tx, sid: str) -> bool:
+    sr = tx.run.steps.get(sid)
+    return sr is not None and sr.status in _FAILED
 
 
 def arm_run_timeout(tx: Tx) -> None:

@@ -149,11 +149,12 @@ def backoff_seconds(retry: RetryConfig | None, attempts: int) -> int:
 
 def schedule_retry(tx: Tx, step: Step, sr: StepRun, parent: str, message: str) -> None:
     delay = backoff_seconds(step.retry, sr.attempts)
+    # index the children before this one changes (a rebuild would see it in backoff)
+    idx = tx.state.fanout(parent, tx.now) if parent else None
     sr.status = StepStatus.PENDING
     sr.next_attempt_at = tx.now + timedelta(seconds=delay)
     sr.error = {"message": message} if message else {}
-    if parent:
-        idx = tx.state.fanout(parent, tx.now)
+    if idx is not None:
         idx.running -= 1
         idx.backoff.add(child_index(sr.step_id))
         tx.touch_child(parent, sr.step_id)

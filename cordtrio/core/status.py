@@ -30,6 +30,8 @@ def compute_run_status(plan: Plan, run: WorkflowRun) -> RunStatus:
         elif status == StepStatus.WAITING:
             waiting = True
             all_succeeded = False
+            if sid in plan.handlers:
+                handler_busy = True  # a triggered approval handler is not terminal yet
         elif status != StepStatus.SUCCEEDED:
             all_succeeded = False
             if sid in plan.handlers:

@@ -1,0 +1,54 @@
+"""Rules fixed after review: no dispatch-then-cancel in one pass, a real rerun of a dry run,
+output_path values carried into a rerun, and the last attempt's (empty) error message."""
+
+from __future__ import annotations
+
+from harness import T0, Sim, step, workflow
+
+from cordtrio.core.commands import rerun_from
+from cordtrio.model import RetryConfig, RunStatus, StepStatus, StepType
+from cordtrio.validation import collect_dependencies
+
+
+def test_a_failure_in_a_pass_stops_later_steps_from_being_dispatched() -> None:
+    wf = workflow(
+        step("gate", type=StepType.CONDITION, condition=""),  # fails: expression required
+        step("later"),
+    )
+    sim = Sim(wf)
+    sim.start()
+    assert sim.status("gate") == StepStatus.FAILED
+    assert sim.dispatched() == [] and sim.cancels == []
+    assert sim.run.status == RunStatus.FAILED
+
+
+def test_rerun_without_dry_run_of_a_dry_run_is_real() -> None:
+    wf = workflow(step("a"))
+    sim = Sim(wf, dry_run=True, metadata={"dry_run": "true"}, labels={"dry_run": "true"})
+    sim.start()
+    sim.succeed("run-1:a@1")
+    new = rerun_from(wf, sim.run, "", False, "run-2", T0, set())
+    assert not new.dry_run
+    assert "dry_run" not in new.metadata and "dry_run" not in new.labels
+
+
+def test_rerun_carries_the_output_path_values_of_copied_dependencies() -> None:
+    wf = workflow(step("fetch", output_path="data.fetched"), step("use", depends_on=["fetch"]))
+    sim = Sim(wf)
+    sim.start()
+    sim.succeed("run-1:fetch@1", {"rows": 3})
+    sim.fail("run-1:use@1")
+    new = rerun_from(wf, sim.run, "use", False, "run-2", T0, collect_dependencies(wf, "use"))
+    assert new.context["data"] == {"fetched": {"rows": 3}}
+    assert new.context["data"] is not sim.run.context["data"]
+
+
+def test_the_last_attempts_empty_error_message_replaces_the_previous_one() -> None:
+    wf = workflow(step("a", retry=RetryConfig(max_retries=1)))
+    sim = Sim(wf)
+    sim.start()
+    sim.fail("run-1:a@1", "first problem")
+    sim.advance(1)
+    sim.fail("run-1:a@2", "")
+    assert sim.status("a") == StepStatus.FAILED
+    assert sim.sr("a").error == {"message": ""}

@@ -1,0 +1,133 @@
+"""SPEC §10: the timeline events a run records, and their fields."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from harness import T0, Sim, step, workflow
+
+from cordtrio.core.events import Approve
+from cordtrio.model import RetryConfig, StepType
+from cordtrio.protocol import JobStatus
+
+SPEC_TYPES = {
+    "step_dispatched", "step_completed", "step_output_invalid", "step_condition_evaluated",
+    "step_condition_failed", "step_skipped", "step_waiting", "step_approved", "step_rejected",
+    "step_delay_started", "step_delay_completed", "step_delay_failed", "step_event_emitted",
+    "step_event_failed", "step_error_handler_started", "run_status",
+}
+
+
+def _happy_run():
+    wf = workflow(
+        step("check", type=StepType.CONDITION, condition="input.go"),
+        step("fetch", depends_on=["check"], retry=RetryConfig(max_retries=1)),
+        step("fan", for_each="input.xs", depends_on=["fetch"]),
+        step("ok", type=StepType.APPROVAL, depends_on=["fan"]),
+        step("wait", type=StepType.DELAY, delay_sec=10, depends_on=["ok"]),
+        step("tell", type=StepType.NOTIFY, depends_on=["wait"]),
+        step("skip", condition="false"),
+    )
+    sim = Sim(wf, run_input={"go": True, "xs": [1]})
+    sim.start()
+    sim.fail("run-1:fetch@1", "flaky")
+    sim.advance(1)
+    sim.succeed("run-1:fetch@2", {"a": 1})
+    sim.succeed("run-1:fan[0]@1")
+    sim.feed(Approve("ok"))
+    sim.advance(10)
+    sim.answer_alerts()
+    return sim
+
+
+def _fields(ev):
+    return (ev.type, ev.step_id, ev.job_id, ev.status, ev.result_ptr, ev.message, ev.data)
+
+
+def test_every_event_names_the_run_and_workflow_and_is_stamped_with_decide_time():
+    sim = _happy_run()
+    assert sim.timeline
+    for ev in sim.timeline:
+        assert (ev.run_id, ev.workflow_id) == ("run-1", "wf1")
+        assert T0 <= ev.time <= T0 + timedelta(seconds=11)
+    assert sim.events("step_delay_completed")[0].time == T0 + timedelta(seconds=11)
+
+
+def test_representative_run_records_the_expected_events_in_order():
+    sim = _happy_run()
+    ptr2 = "redis://res:run-1:fetch@2"
+    expected = [
+        ("run_status", "", "", "running", "", "", {}),
+        ("step_condition_evaluated", "check", "", "succeeded", "", "", {"value": True}),
+        ("step_dispatched", "fetch", "run-1:fetch@1", "running", "", "",
+         {"context_ptr": "redis://ctx:run-1:fetch@1"}),
+        ("step_skipped", "skip", "", "succeeded", "", "condition evaluated to false", {}),
+        ("step_retry_scheduled", "fetch", "run-1:fetch@1", "pending", "", "flaky",
+         {"attempt": 1, "backoff_sec": 1}),
+        ("step_dispatched", "fetch", "run-1:fetch@2", "running", "", "",
+         {"context_ptr": "redis://ctx:run-1:fetch@2"}),
+        ("step_completed", "fetch", "run-1:fetch@2", "succeeded", ptr2, "", {}),
+        ("step_dispatched", "fan[0]", "run-1:fan[0]@1", "running", "", "",
+         {"context_ptr": "redis://ctx:run-1:fan[0]@1", "foreach_index": 0}),
+        ("step_completed", "fan[0]", "run-1:fan[0]@1", "succeeded",
+         "redis://res:run-1:fan[0]@1", "", {}),
+        ("step_completed", "fan", "", "succeeded", "", "", {}),
+        ("step_waiting", "ok", "", "waiting", "", "approval requested", {}),
+        ("run_status", "", "", "waiting", "", "", {}),
+        ("step_approved", "ok", "", "succeeded", "", "", {}),
+        ("step_delay_started", "wait", "", "running", "", "", {"delay_ms": 10000}),
+        ("run_status", "", "", "running", "", "", {}),
+        ("step_delay_completed", "wait", "", "succeeded", "", "", {}),
+        ("step_event_emitted", "tell", "", "succeeded", "", "", {}),
+        ("run_status", "", "", "succeeded", "", "", {}),
+    ]
+    assert [_fields(ev) for ev in sim.timeline] == expected
+
+
+def _first(type_, *steps, drive=None):
+    sim = Sim(workflow(*steps, validate=False))
+    sim.start()
+    if drive is not None:
+        drive(sim)
+    [ev] = sim.events(type_)
+    return ev
+
+
+def test_failure_events_carry_step_status_and_message():
+    ev = _first("step_condition_failed", step("c", type=StepType.CONDITION, condition=""))
+    assert _fields(ev)[:6] == ("step_condition_failed", "c", "", "failed", "",
+                               "condition expression required")
+    ev = _first("step_delay_failed", step("d", type=StepType.DELAY, delay_until="nope"))
+    assert (ev.step_id, ev.status) == ("d", "failed") and "delay_until" in ev.message
+    ev = _first("step_event_failed", step("n", type=StepType.NOTIFY),
+                drive=lambda s: s.answer_alerts(error="bus down"))
+    assert (ev.step_id, ev.status, ev.message) == ("n", "failed", "bus down")
+    ev = _first("step_rejected", step("g", type=StepType.APPROVAL),
+                drive=lambda s: s.feed(Approve("g", approved=False)))
+    assert (ev.step_id, ev.status) == ("g", "failed")
+
+
+def test_output_invalid_and_handler_started_events():
+    sim = Sim(workflow(step("out", output_schema={"type": "object", "required": ["x"]},
+                            on_error="h"), step("h")))
+    sim.start()
+    sim.succeed("run-1:out@1", {"y": 1})
+    [inv] = sim.events("step_output_invalid")
+    assert (inv.step_id, inv.job_id, inv.status, inv.result_ptr) == (
+        "out", "run-1:out@1", "failed", "redis://res:run-1:out@1")
+    assert "x" in inv.message
+    [handler] = sim.events("step_error_handler_started")
+    assert (handler.step_id, handler.status, handler.data) == (
+        "h", "pending", {"failed_step": "out"})
+    assert {ev.type for ev in sim.timeline} <= SPEC_TYPES
+
+
+def test_step_completed_for_a_failure_carries_the_error_message():
+    sim = Sim(workflow(step("a")))
+    sim.start()
+    sim.fail("run-1:a@1", "exit 3", JobStatus.DENIED)
+    [ev] = sim.events("step_completed")
+    assert (ev.step_id, ev.job_id, ev.status, ev.message) == ("a", "run-1:a@1", "failed",
+                                                              "exit 3")
+    last = sim.timeline[-1]
+    assert (last.type, last.status, last.step_id) == ("run_status", "failed", "")
