@@ -5,17 +5,26 @@ A backend is one entry in ``STORAGE_BACKENDS`` (store + payload store + schema r
 ``fakeredis`` or ``redis`` is one entry (plus the capabilities it has). Tests that need a
 capability a backend lacks skip themselves (``storage.capabilities``/``bus_backend.
 capabilities``): ``trio_clock_ttl`` — payload TTLs measured on Trio's clock, so ``MockClock``
-can expire them; ``wildcard`` — ``>`` subscriptions.
+can expire them; ``wildcard`` — ``>`` subscriptions; ``redis`` — a Redis store (its TTL is
+checked with the ``TTL`` command in ``tests/redis`` instead).
+
+``fakeredis`` needs no server. ``redis`` uses a real ``redis-server`` started once per session
+on a free 127.0.0.1 port (``STORAGE_SESSION_FIXTURES``) and flushed before each test; without
+``redis-server`` on ``PATH`` its tests skip, except under ``CI=true`` where they fail. Real
+Redis I/O cannot run under ``MockClock`` autojump (the clock would jump while a reply is in
+flight), so ``redis`` skips tests that use ``autojump_clock``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import trio
+import trio.testing
 
 from cordtrio.backends.memory import (
     MemoryBus,
@@ -80,9 +89,40 @@ async def memory_codec_bus() -> AsyncIterator[BusBackend]:
     yield BusBackend(MemoryBus(codec=True), frozenset({"wildcard"}))
 
 
+@asynccontextmanager
+async def fakeredis_storage(clock: Clock) -> AsyncIterator[Storage]:
+    import fakeredis
+
+    from cordtrio.backends.redis import connect
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())  # a fresh, empty server
+    async with connect("fakeredis", client=client, clock=clock) as r:
+        yield Storage(r.store, r.payloads, r.schemas, capabilities=frozenset({"redis"}))
+
+
+_REDIS_SERVER: dict[str, str] = {}  # "url" of the session's redis-server, once started
+
+
+@asynccontextmanager
+async def redis_storage(clock: Clock) -> AsyncIterator[Storage]:
+    from cordtrio.backends.redis import connect
+
+    current = trio.lowlevel.current_clock()
+    if isinstance(current, trio.testing.MockClock) and current.autojump_threshold != float("inf"):
+        pytest.skip("real Redis I/O cannot run under MockClock autojump")
+    async with connect(_REDIS_SERVER["url"], clock=clock) as r:
+        await r.redis.call("flushall", "", "flushall")
+        yield Storage(r.store, r.payloads, r.schemas, capabilities=frozenset({"redis"}))
+
+
 STORAGE_BACKENDS: dict[str, StorageFactory] = {
     "memory": memory_storage,
+    "fakeredis": fakeredis_storage,
+    "redis": redis_storage,
 }
+
+STORAGE_SESSION_FIXTURES: dict[str, str] = {"redis": "redis_server_url"}
+"""Backends that need a session fixture (a server) before their factory can run."""
 
 BUS_BACKENDS: dict[str, BusFactory] = {
     "memory": memory_bus,
@@ -96,8 +136,29 @@ def wall_clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``redis-server`` for the whole session; skips (fails under ``CI=true``) without one."""
+    from cordtrio.backends.redis.testing import find_redis_server, in_ci, run_redis_server
+
+    if find_redis_server() is None:
+        message = "redis-server is not on PATH (apt-get install redis-server)"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true: the Redis conformance tests must run")
+        pytest.skip(message)
+    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
+        _REDIS_SERVER["url"] = server.url
+        try:
+            yield server.url
+        finally:
+            _REDIS_SERVER.pop("url", None)
+
+
 @pytest.fixture(params=list(STORAGE_BACKENDS))
 def storage_factory(request: pytest.FixtureRequest) -> StorageFactory:
+    needs = STORAGE_SESSION_FIXTURES.get(request.param)
+    if needs:
+        request.getfixturevalue(needs)
     return STORAGE_BACKENDS[request.param]
 
 

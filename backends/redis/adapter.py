@@ -1,0 +1,199 @@
+"""The one bridge between cordtrio's Trio world and redis-py's asyncio client.
+
+Every Redis call of the backend goes through ``RedisAdapter``: it runs an asyncio coroutine on
+the trio-asyncio loop opened by ``connect`` (``trio_asyncio.aio_as_trio``) and translates what
+can go wrong into cordtrio's errors, so no raw redis-py or asyncio exception escapes:
+
+* connection trouble (refused, reset, timeouts, a loading or read-only server, any other
+  server error) → ``StoreError`` naming the URL (password masked). ``StoreError`` is what the
+  engine treats as transient and retries;
+* data that is not what cordtrio wrote (a ``WRONGTYPE`` reply: a string where a hash is
+  expected...) → ``RedisDataError`` naming the key. It is *not* a ``StoreError``: retrying
+  cannot fix it, so the engine gives up on that run instead of retrying forever. The store
+  raises the same error for corrupt JSON.
+
+Cancellation works as usual: cancelling the Trio scope cancels the asyncio task (redis-py then
+drops the connection, whose reply would otherwise be read by the next command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis.exceptions as rx
+import trio_asyncio
+
+from cordtrio.errors import CordtrioError, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_WATCH_RETRIES = 50
+"""Optimistic (WATCH) transactions retried this often before giving up with StoreError."""
+
+
+class RedisDataError(CordtrioError):
+    """The value under a Redis key is not what cordtrio stores there: corrupt JSON, a missing
+    part, or a key of the wrong Redis type. The message names the key. Not transient."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the userinfo or a ``password=`` query item) masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostport}"
+    query = "&".join(
+        (item.split("=", 1)[0] + "=***") if item.lower().startswith("password=") else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets(url: str) -> list[str]:
+    """The password(s) in ``url``, to be scrubbed from any message that might echo them."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    out: list[str] = []
+    if parts.password:
+        out += [parts.password, unquote(parts.password)]
+    for item in parts.query.split("&"):
+        if item.lower().startswith("password="):
+            value = item.split("=", 1)[1]
+            out += [value, unquote(value)]
+    return [s for s in out if s]
+
+
+# What the client and its loop raise for backend trouble. Anything else (a TypeError...) is a
+# bug and propagates unchanged rather than being retried forever as "transient".
+_BACKEND_ERRORS = (rx.RedisError, OSError, asyncio.TimeoutError, RuntimeError, EOFError)
+
+
+def is_wrongtype(exc: BaseException) -> bool:
+    return isinstance(exc, rx.ResponseError) and "WRONGTYPE" in str(exc)
+
+
+class RedisAdapter:
+    """Runs redis-py asyncio calls from Trio, on one loop and one client (connection pool).
+
+    ``run(what, fn, key=...)`` awaits ``fn(client)`` on the asyncio side; ``pipeline`` sends a
+    batch of commands in one round trip (``MULTI``/``EXEC`` when ``transaction``);
+    ``transaction`` runs an optimistic ``WATCH`` transaction, retried on conflicts.
+    ``what`` and ``key`` only serve the error messages.
+    """
+
+    def __init__(self, client: Any, loop: Any, url: str) -> None:
+        self.client = client
+        self.loop = loop
+        self.url = mask_url(url)
+        self._secrets = _secrets(url)
+
+    # ------------------------------------------------------------------------ calls
+
+    async def run(
+        self, what: str, fn: Callable[[Any], Awaitable[T]], *, key: str = ""
+    ) -> T:
+        """``await fn(client)`` on the asyncio loop, with errors translated."""
+        try:
+            return await trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client)
+        except _BACKEND_ERRORS as exc:
+            raise self.translate(exc, what, key) from None
+        except asyncio.CancelledError as exc:  # not ours (ours arrives as trio.Cancelled)
+            raise StoreError(f"redis {self.url}: {what}: cancelled on the asyncio side") from exc
+
+    async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One command: ``client.<method>(*args, **kwargs)``."""
+
+        async def go(client: Any) -> Any:
+            return await getattr(client, method)(*args, **kwargs)
+
+        return await self.run(what, go, key=key)
+
+    async def pipeline(
+        self,
+        what: str,
+        key: str,
+        commands: Iterable[tuple[str, tuple[Any, ...]]] | Callable[[Any], None],
+        *,
+        transaction: bool = True,
+        raise_on_error: bool = True,
+    ) -> list[Any]:
+        """Send commands in one round trip and return their replies. ``commands`` is a list
+        of ``(method, args)`` or a function queueing them on the pipeline. With
+        ``raise_on_error=False`` a failed command's reply is its exception (translated)."""
+
+        async def go(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=transaction) as pipe:
+                if callable(commands):
+                    commands(pipe)
+                else:
+                    for method, args in commands:
+                        getattr(pipe, method)(*args)
+                return list(await pipe.execute(raise_on_error=raise_on_error))
+
+        replies = await self.run(what, go, key=key)
+        if raise_on_error:
+            return replies
+        return [
+            self.translate(r, what, key) if isinstance(r, Exception) else r for r in replies
+        ]
+
+    async def transaction(
+        self, what: str, key: str, watch: Iterable[str], fn: Callable[[Any], Awaitable[T]]
+    ) -> T:
+        """Optimistic transaction: ``WATCH`` the keys, then ``fn(pipe)`` reads in immediate
+        mode, calls ``pipe.multi()``, queues writes and returns ``await pipe.execute()``
+        (or whatever it likes). Retried from the start when a watched key changed."""
+        watched = list(watch)
+
+        async def go(client: Any) -> T:
+            async with client.pipeline(transaction=True) as pipe:
+                for _ in range(MAX_WATCH_RETRIES):
+                    try:
+                        await pipe.watch(*watched)
+                        return await fn(pipe)
+                    except rx.WatchError:
+                        await pipe.reset()
+                        continue
+            raise StoreError(
+                f"redis {self.url}: {what}: key {key!r} kept changing "
+                f"({MAX_WATCH_RETRIES} attempts)"
+            )
+
+        return await self.run(what, go, key=key)
+
+    # ----------------------------------------------------------------------- errors
+
+    def translate(self, exc: BaseException, what: str, key: str = "") -> CordtrioError:
+        """The cordtrio error for a redis-py/asyncio/OS exception."""
+        if isinstance(exc, CordtrioError):
+            return exc
+        text = self._scrub(str(exc) or type(exc).__name__)
+        if is_wrongtype(exc):
+            return RedisDataError(
+                f"redis key {key!r} holds the wrong kind of value for {what} ({text})"
+            )
+        if isinstance(exc, rx.DataError):
+            return RedisDataError(f"redis key {key!r}: {what}: cannot encode value ({text})")
+        return StoreError(f"redis {self.url}: {what}: {type(exc).__name__}: {text}")
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+__all__ = ["RedisAdapter", "RedisDataError", "is_wrongtype", "mask_url"]

@@ -1,0 +1,175 @@
+"""``connect(url)``: the trio-asyncio loop, one connection pool, and the three Redis backends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aredis
+import trio
+import trio_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from cordtrio.errors import CordtrioError, StoreError
+from cordtrio.ports import Clock
+
+from .adapter import RedisAdapter, mask_url
+from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
+from .schemas import RedisSchemaRegistry
+from .store import RedisStore
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds ``connect`` waits for the first PING before giving up."""
+
+SOCKET_TIMEOUT = 30.0
+"""Seconds a command may wait for its reply before it fails (a ``StoreError``)."""
+
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass
+class RedisBackends:
+    """What ``connect`` yields: the three backends over one connection pool."""
+
+    store: RedisStore
+    payloads: RedisPayloadStore
+    schemas: RedisSchemaRegistry
+    redis: RedisAdapter
+    """The Trio→asyncio bridge (and its ``client``), for tools and tests."""
+
+    @property
+    def url(self) -> str:
+        """The URL connected to, password masked."""
+        return self.redis.url
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    payload_ttl_seconds: int | None = DEFAULT_TTL_SECONDS,
+    client: Any = None,
+    clock: Clock | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    socket_timeout: float | None = SOCKET_TIMEOUT,
+) -> AsyncIterator[RedisBackends]:
+    """Open a trio-asyncio loop and one Redis connection pool for ``url``, check the server
+    answers (PING), and yield ``RedisBackends`` (``.store``, ``.payloads``, ``.schemas``).
+    The pool and the loop are closed on exit.
+
+    A bad URL, a refused or unreachable server or a failed AUTH raise ``StoreError`` (a
+    ``CordtrioError``) naming the URL, password masked, within ``connect_timeout`` seconds.
+
+    ``client`` uses an existing ``redis.asyncio.Redis`` (or ``fakeredis.FakeAsyncRedis``)
+    instead of creating one from ``url`` (which then only names it in messages); it is not
+    closed on exit, but its connections — bound to this block's loop — are dropped.
+    ``clock`` stamps the timestamps the store fills in; ``payload_ttl_seconds`` (``None``: no
+    expiry) applies to every payload written.
+
+    Timers of redis-py run on the asyncio loop, whose time is Trio's clock: do not combine a
+    real server with ``trio.testing.MockClock(autojump_threshold=0)``, which would jump the
+    clock while a reply is in flight and time the command out (fakeredis does no I/O and is
+    fine with it).
+    """
+    shown = mask_url(url) if client is None else (url or "fakeredis")
+    own = client is None
+    if own:
+        try:
+            client = aredis.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                health_check_interval=30,
+            )
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise StoreError(f"redis {shown}: bad URL: {exc}") from None
+    leaf: BaseException | None = None
+    from_body: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            adapter = RedisAdapter(client, loop, url if own else shown)
+            try:
+                await _ping(adapter, shown, connect_timeout)
+                try:
+                    yield RedisBackends(
+                        store=RedisStore(adapter, clock=clock),
+                        payloads=RedisPayloadStore(adapter, ttl_seconds=payload_ttl_seconds),
+                        schemas=RedisSchemaRegistry(adapter),
+                        redis=adapter,
+                    )
+                except BaseException as exc:
+                    from_body = exc
+                    raise
+            finally:
+                await _close(adapter, own)
+    except BaseExceptionGroup as group:
+        # trio-asyncio's nurseries wrap whatever leaves the block (our errors, the body's,
+        # Cancelled) in exception groups: hand a lone exception back as itself.
+        if from_body is not None and _leaves(group) == _leaves(from_body):
+            leaf = from_body  # exactly what the body raised (a group of its own stays one)
+        else:
+            leaf = _lone(group)
+        if leaf is None:
+            raise
+    if leaf is not None:
+        raise leaf
+
+
+def _leaves(exc: BaseException) -> list[int]:
+    """Identities of the exceptions inside ``exc`` (itself if it is not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [id(exc)]
+
+
+def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single exception inside (nested) one-member groups, or None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _ping(adapter: RedisAdapter, shown: str, timeout: float) -> None:
+    try:
+        with trio.fail_after(timeout):
+            await adapter.call("ping", "", "ping")
+    except trio.TooSlowError:
+        raise StoreError(
+            f"redis {shown}: cannot connect: no answer to PING within {timeout:g}s"
+        ) from None
+    except CordtrioError as exc:
+        detail = str(exc)
+        prefix = f"redis {adapter.url}: ping: "
+        if detail.startswith(prefix):
+            detail = detail[len(prefix):]
+        raise StoreError(f"redis {shown}: cannot connect: {detail}") from None
+
+
+async def _close(adapter: RedisAdapter, own: bool) -> None:
+    """Close our pool (or drop a caller's client's connections) while the loop still runs."""
+    async def close(c: Any) -> None:
+        if own:
+            await c.aclose(close_connection_pool=True)
+        else:
+            await c.connection_pool.disconnect()
+
+    with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+        scope.shield = True
+        try:
+            await adapter.run("close", close)
+        except CordtrioError as exc:
+            log.warning("closing %s: %s", adapter.url, exc)
+
+
+__all__ = ["CONNECT_TIMEOUT", "RedisBackends", "connect"]

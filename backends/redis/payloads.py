@@ -1,0 +1,53 @@
+"""Redis payload store: job inputs at ``ctx:<job>`` and results at ``res:<job>`` (SPEC §11),
+each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them itself."""
+
+from __future__ import annotations
+
+from cordtrio.errors import NotFoundError
+
+from .adapter import RedisAdapter
+
+DEFAULT_TTL_SECONDS = 24 * 3600
+
+
+class RedisPayloadStore:
+    """Bytes by key with a TTL. ``ttl_seconds=None`` (or ``<= 0``) keeps entries forever.
+
+    The TTL is Redis's own (wall-clock) expiry: unlike the memory payload store it does not
+    follow Trio's clock, so ``MockClock`` cannot make an entry expire.
+    """
+
+    def __init__(self, redis: RedisAdapter, *, ttl_seconds: int | None = DEFAULT_TTL_SECONDS
+                 ) -> None:
+        self._redis = redis
+        self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
+
+    async def put_context(self, key: str, data: bytes) -> None:
+        await self._put(key, data)
+
+    async def get_context(self, key: str) -> bytes:
+        return await self._get(key)
+
+    async def put_result(self, key: str, data: bytes) -> None:
+        await self._put(key, data)
+
+    async def get_result(self, key: str) -> bytes:
+        return await self._get(key)
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        await self._redis.call("delete payload", key, "delete", key)
+
+    async def _put(self, key: str, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
+        await self._redis.call("put payload", key, "set", key, bytes(data), ex=self.ttl_seconds)
+
+    async def _get(self, key: str) -> bytes:
+        raw = await self._redis.call("get payload", key, "get", key)
+        if raw is None:
+            raise NotFoundError(f"payload {key!r} not found")
+        return bytes(raw)
+
+
+__all__ = ["DEFAULT_TTL_SECONDS", "RedisPayloadStore"]
