@@ -20,6 +20,15 @@ from .model import RunStatus, TimelineEvent, Workflow, WorkflowRun
 from .protocol import BusPacket
 
 
+def child_order_key(child_id: str) -> tuple[str, int]:
+    """Sort key that puts for-each children ``step[i]`` in index order (O(k log k) for k
+    changed children, never a scan of all of them)."""
+    base, sep, rest = child_id.rpartition("[")
+    if sep and rest.endswith("]") and rest[:-1].isdigit():
+        return base, int(rest[:-1])
+    return child_id, -1
+
+
 @dataclass
 class RunChanges:
     """What one batch of events changed in a run; the store writes exactly these parts.
@@ -37,6 +46,10 @@ class RunChanges:
     context_steps: set[str] = field(default_factory=set)
     context_keys: set[str] = field(default_factory=set)
     previous_status: RunStatus | None = None
+
+    def ordered_children(self, parent: str) -> list[str]:
+        """The changed children of ``parent`` in index order (stores keep that order)."""
+        return sorted(self.children.get(parent, ()), key=child_order_key)
 
     def touch_child(self, parent: str, child: str) -> None:
         self.children.setdefault(parent, set()).add(child)
@@ -137,5 +150,12 @@ class Clock(Protocol):
 
 
 __all__ = [
-    "Bus", "Clock", "ConfigProvider", "PayloadStore", "RunChanges", "SchemaRegistry", "Store",
+    "Bus",
+    "Clock",
+    "ConfigProvider",
+    "PayloadStore",
+    "RunChanges",
+    "SchemaRegistry",
+    "Store",
+    "child_order_key",
 ]

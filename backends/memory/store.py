@@ -267,8 +267,8 @@ class MemoryStore:
                 record.children.pop(sid, None)
             else:
                 record.steps[sid] = _step_dict(sr)
-        for parent, kids in changes.children.items():
-            self._write_children(record, run, parent, kids)
+        for parent in changes.children:
+            self._write_children(record, run, parent, changes.ordered_children(parent))
         for key in changes.context_keys:
             self._write_context_key(record, run, key)
         if changes.context_steps:
@@ -441,7 +441,7 @@ class MemoryStore:
 
     @staticmethod
     def _write_children(
-        record: _RunRecord, run: WorkflowRun, parent: str, kids: set[str]
+        record: _RunRecord, run: WorkflowRun, parent: str, kids: list[str]
     ) -> None:
         sr = run.steps.get(parent)
         if sr is None:

@@ -84,7 +84,7 @@ from typing import Any
 
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepRun, TimelineEvent, Workflow, WorkflowRun
-from cordtrio.ports import Clock, RunChanges
+from cordtrio.ports import Clock, RunChanges, child_order_key
 from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
 
@@ -815,12 +815,12 @@ class RedisStore:
             else:
                 ops.put(step_field(sid),
                         _dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
-        for parent, kids in changes.children.items():
+        for parent in changes.children:
             psr: StepRun | None = run.steps.get(parent)
             if psr is None:
                 ops.drop_prefix(child_prefix(parent))
                 continue
-            for cid in _ordered(kids, psr.children):
+            for cid in changes.ordered_children(parent):
                 child = psr.children.get(cid)
                 if child is None:
                     ops.drop(child_field(parent, cid))
@@ -855,7 +855,7 @@ class RedisStore:
             else:
                 if CTX_STEPS_MARKER not in ops.writes:
                     ops.put(CTX_STEPS_MARKER, _EMPTY_MAP)
-                for sk in _ordered(changes.context_steps, ctx_steps):
+                for sk in sorted(changes.context_steps, key=child_order_key):
                     if sk in ctx_steps:
                         ops.put(ctxstep_field(sk),
                                 _dumps(ctx_steps[sk], f"{where} context.steps.{sk}"))

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 from ..model import StepRun, StepStatus
 from .events import CancelJob, StepFinished
-from .state import Tx, child_index
+from .outputs import record_inline_output
+from .state import Tx, child_id, child_index
 
 
 def finish(
@@ -82,7 +83,23 @@ def _child_finished(
                message=f"{why}: {message}" if message else why)
         cancel_children(tx, parent_id, parent, reason=f"{why}, siblings cancelled")
     elif idx.succeeded == idx.total:
+        _record_fanout_output(tx, parent_id, idx.total)
         finish(tx, parent_id, parent, StepStatus.SUCCEEDED)
+
+
+def _record_fanout_output(tx: Tx, parent_id: str, total: int) -> None:
+    """The parent's output is its children's outputs in index order (null where a child
+    has no inline output), so ``${steps.<step>.output}`` works like for any step."""
+    step = tx.plan.workflow.steps.get(parent_id)
+    if step is None:
+        return
+    entries = tx.run.context.get("steps")
+    entries = entries if isinstance(entries, dict) else {}
+    outputs = []
+    for i in range(total):
+        entry = entries.get(child_id(parent_id, i))
+        outputs.append(entry.get("output") if isinstance(entry, dict) else None)
+    record_inline_output(tx, step, outputs)
 
 
 def _trigger_handler(tx: Tx, step_id: str, message: str) -> None:

@@ -208,7 +208,19 @@ class RunTask:
                 continue
             effects.extend(outcome.effects)
             changes.merge(outcome.changes)
-        await self._execute(effects, changes)
+        try:
+            await self._execute(effects, changes)
+        except BaseException as exc:
+            # The task is going down (a definite store error such as the run having been
+            # deleted, a shell bug, or the engine closing): answer this batch's callers too,
+            # or they would wait forever (``_fail_leftovers`` only sees unread envelopes).
+            error = exc if isinstance(exc, Exception) else CordtrioError(
+                f"run {self.run_id}: engine stopped")
+            for envelope in batch:
+                envelope.error = envelope.error or error
+                if envelope.done is not None:
+                    envelope.done.set()
+            raise
         for envelope in batch:
             if envelope.done is not None:
                 envelope.done.set()

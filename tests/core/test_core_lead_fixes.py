@@ -52,3 +52,15 @@ def test_the_last_attempts_empty_error_message_replaces_the_previous_one() -> No
     sim.fail("run-1:a@2", "")
     assert sim.status("a") == StepStatus.FAILED
     assert sim.sr("a").error == {"message": ""}
+
+
+def test_a_fanout_parent_output_is_its_childrens_outputs_in_index_order() -> None:
+    wf = workflow(step("each", for_each="input.items", output_path="all"),
+                  step("sum", depends_on=["each"], input={"values": "${steps.each.output}"}))
+    sim = Sim(wf, run_input={"items": [1, 2, 3]})
+    sim.start()
+    for i in (2, 0, 1):
+        sim.succeed(f"run-1:each[{i}]@1", {"n": i * 10})
+    assert sim.run.context["steps"]["each"]["output"] == [{"n": 0}, {"n": 10}, {"n": 20}]
+    assert sim.run.context["all"] == [{"n": 0}, {"n": 10}, {"n": 20}]
+    assert sim.dispatches[-1].payload["values"] == [{"n": 0}, {"n": 10}, {"n": 20}]
