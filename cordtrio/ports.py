@@ -19,6 +19,20 @@ import trio
 from .model import RunStatus, TimelineEvent, Workflow, WorkflowRun
 from .protocol import BusPacket
 
+TIMELINE_CAP = 1000
+"""Newest timeline entries a store keeps per run (SPEC §10)."""
+
+DEFAULT_WORKFLOW_LIMIT = 50
+DEFAULT_RUN_LIMIT = 50
+DEFAULT_STATUS_LIMIT = 200
+DEFAULT_TIMELINE_LIMIT = 100
+"""Listing defaults used when a store method gets ``limit <= 0``."""
+
+
+def status_text(status: object) -> str:
+    """A run status (enum or string) as its stored lower-case string."""
+    return str(status.value) if isinstance(status, RunStatus) else str(status).strip().lower()
+
 
 def child_order_key(child_id: str) -> tuple[str, int]:
     """Sort key that puts for-each children ``step[i]`` in index order (O(k log k) for k

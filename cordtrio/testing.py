@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .engine.clock import TrioWallClock
+from .clock import TrioWallClock
 from .ports import Bus
 from .protocol import BusPacket
 

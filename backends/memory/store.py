@@ -39,33 +39,29 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import trio
 
+from cordtrio.clock import SystemClock
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepRun, TimelineEvent, Workflow, WorkflowRun
-from cordtrio.ports import Clock, RunChanges
+from cordtrio.ports import (
+    DEFAULT_RUN_LIMIT,
+    DEFAULT_STATUS_LIMIT,
+    DEFAULT_TIMELINE_LIMIT,
+    DEFAULT_WORKFLOW_LIMIT,
+    TIMELINE_CAP,
+    Clock,
+    RunChanges,
+    status_text,
+)
 from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
 
 log = logging.getLogger(__name__)
 
-TIMELINE_CAP = 1000
-"""Newest timeline entries kept per run (SPEC §10)."""
-
-DEFAULT_WORKFLOW_LIMIT = 50
-DEFAULT_RUN_LIMIT = 50
-DEFAULT_STATUS_LIMIT = 200
-DEFAULT_TIMELINE_LIMIT = 100
-
-
-class SystemClock:
-    """Wall-clock UTC time; the default when no clock is injected."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 # An index maps an id to its sort key: (timestamp, write sequence). Newest = largest.
@@ -75,10 +71,6 @@ _Index = dict[str, tuple[float, int]]
 def _newest(index: _Index, limit: int) -> list[str]:
     """Ids of ``index`` newest first, at most ``limit`` (O(n log limit))."""
     return [rid for rid, _ in heapq.nlargest(limit, index.items(), key=lambda kv: kv[1])]
-
-
-def _status_str(status: Any) -> str:
-    return str(status.value) if isinstance(status, RunStatus) else str(status).strip().lower()
 
 
 def _is_terminal(status: str) -> bool:
@@ -330,7 +322,7 @@ class MemoryStore:
         """Ids of runs currently in ``status``, most recently updated first."""
         await trio.lowlevel.checkpoint()
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
-        return _newest(self._runs_by_status.get(_status_str(status), {}), limit)
+        return _newest(self._runs_by_status.get(status_text(status), {}), limit)
 
     # -------------------------------------------------------------------------- timeline
 
@@ -499,7 +491,7 @@ class MemoryStore:
 
     def _reindex(self, run_id: str, record: _RunRecord, run: WorkflowRun, *, new: bool) -> None:
         """Bring the run's index entries in line with its header (status, org, times)."""
-        status = _status_str(record.header.get("status", "pending"))
+        status = status_text(record.header.get("status", "pending"))
         org_id = run.org_id
         workflow_id = run.workflow_id
         created = run.created_at.timestamp() if run.created_at else 0.0
@@ -531,4 +523,4 @@ class MemoryStore:
         record.updated = updated
 
 
-__all__ = ["TIMELINE_CAP", "MemoryStore", "SystemClock"]
+__all__ = ["MemoryStore"]

@@ -79,12 +79,23 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from cordtrio.clock import SystemClock
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepRun, TimelineEvent, Workflow, WorkflowRun
-from cordtrio.ports import Clock, RunChanges, child_order_key
+from cordtrio.ports import (
+    DEFAULT_RUN_LIMIT,
+    DEFAULT_STATUS_LIMIT,
+    DEFAULT_TIMELINE_LIMIT,
+    DEFAULT_WORKFLOW_LIMIT,
+    TIMELINE_CAP,
+    Clock,
+    RunChanges,
+    child_order_key,
+    status_text,
+)
 from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
 
@@ -92,13 +103,6 @@ from .adapter import RedisAdapter, RedisDataError
 
 log = logging.getLogger(__name__)
 
-TIMELINE_CAP = 1000
-"""Newest timeline entries kept per run (SPEC §10)."""
-
-DEFAULT_WORKFLOW_LIMIT = 50
-DEFAULT_RUN_LIMIT = 50
-DEFAULT_STATUS_LIMIT = 200
-DEFAULT_TIMELINE_LIMIT = 100
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 
@@ -184,11 +188,6 @@ def ctxstep_field(key: str) -> str:
 # ------------------------------------------------------------------------- helpers
 
 
-class _SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
 def _dumps(value: Any, where: str) -> bytes:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
@@ -206,10 +205,6 @@ def _loads(raw: bytes, key: str, field: str = "") -> Any:
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
-
-
-def _status_str(status: Any) -> str:
-    return str(status.value) if isinstance(status, RunStatus) else str(status).strip().lower()
 
 
 def _is_terminal(status: str) -> bool:
@@ -303,7 +298,7 @@ class RedisStore:
 
     def __init__(self, redis: RedisAdapter, *, clock: Clock | None = None) -> None:
         self._redis = redis
-        self._clock: Clock = clock if clock is not None else _SystemClock()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._last_rank = 0
 
     def _now(self) -> datetime:
@@ -433,7 +428,7 @@ class RedisStore:
             run.updated_at = run.created_at
         key = run_key(run.id)
         fields = self._whole_run(run)
-        status = _status_str(run.status)
+        status = status_text(run.status)
 
         async def txn(pipe: Any) -> None:
             if await pipe.exists(key):
@@ -455,7 +450,7 @@ class RedisStore:
             run.updated_at = self._now()
         _check_workflow_id(run.workflow_id)
         fields = self._whole_run(run)
-        status = _status_str(run.status)
+        status = status_text(run.status)
 
         async def txn(pipe: Any) -> None:
             old = await self._old_header(pipe, key, run.id)
@@ -470,7 +465,7 @@ class RedisStore:
                     pipe.zrem(runs_by_workflow_key(old_wf), run.id)
                 pipe.zadd(runs_by_workflow_key(run.workflow_id), {run.id: _ts(run.created_at)})
             if old is not None:
-                previous: Sequence[str] = (_status_str(old.get("status") or "pending"),)
+                previous: Sequence[str] = (status_text(old.get("status") or "pending"),)
                 old_org = str(old.get("org_id") or "")
                 if old_org != run.org_id:
                     pipe.srem(active_runs_key(old_org), run.id)
@@ -495,11 +490,11 @@ class RedisStore:
             run.updated_at = self._now()
         ops = self._change_ops(run, changes)
         key = run_key(run.id)
-        status = _status_str(run.status)
+        status = status_text(run.status)
         if changes.header:
             prev = changes.previous_status
             previous: Sequence[str] = (
-                RUN_STATUSES if prev is None else (_status_str(prev),)
+                RUN_STATUSES if prev is None else (status_text(prev),)
             )
         else:
             previous = ()
@@ -575,7 +570,7 @@ class RedisStore:
             pipe.zrem(RUNS_ALL, run_id)
             if old is not None:
                 pipe.zrem(runs_by_workflow_key(str(old.get("workflow_id") or "")), run_id)
-                pipe.zrem(runs_by_status_key(_status_str(old.get("status") or "pending")),
+                pipe.zrem(runs_by_status_key(status_text(old.get("status") or "pending")),
                           run_id)
                 pipe.srem(active_runs_key(str(old.get("org_id") or "")), run_id)
             else:  # corrupt header: at least leave no status entry behind
@@ -619,7 +614,7 @@ class RedisStore:
     ) -> list[str]:
         """Ids of runs currently in ``status``, most recently updated first."""
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
-        index = runs_by_status_key(_status_str(status))
+        index = runs_by_status_key(status_text(status))
         ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
                                      limit - 1)
         return [_text(x) for x in ids]

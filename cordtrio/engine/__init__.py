@@ -1,6 +1,6 @@
 """The Trio shell: supervisor, per-run tasks, timers; it executes the core's effects."""
 
-from .clock import SystemClock, TrioWallClock
+from ..clock import SystemClock, TrioWallClock
 from .supervisor import Engine, open_engine
 
 __all__ = ["Engine", "SystemClock", "TrioWallClock", "open_engine"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from ..clock import TrioWallClock
 from ..core.commands import rerun_from as core_rerun_from
 from ..core.events import Approve, CancelRun, Event, ResultReceived, Start
 from ..core.plan import Plan
@@ -27,7 +28,6 @@ from ..ports import Bus, Clock, ConfigProvider, PayloadStore, SchemaRegistry, St
 from ..protocol import SUBJECT_RESULT, JobResult
 from ..schemas import validate_value
 from ..validation import collect_dependencies
-from .clock import TrioWallClock
 from .retry import retrying
 from .run_task import Envelope, Redirect, RunTask
 
