@@ -154,6 +154,12 @@ def _check_step(wf: Workflow, key: str, step: Step) -> None:
             raise ValidationError(f"{where} depends on itself")
         if dep not in wf.steps:
             raise ValidationError(f"{where} depends on unknown step {dep!r}")
+        if any(other.on_error == dep for other in wf.steps.values()):
+            # A handler runs only after a failure: its dependents could never start in a
+            # run where nothing fails, and that run would never end.
+            raise ValidationError(
+                f"{where} depends on on_error handler {dep!r}, which runs only after a failure"
+            )
 
     _check_expr(step.condition, f"{where}: condition")
     _check_expr(step.for_each, f"{where}: for_each")

@@ -315,3 +315,13 @@ def test_topological_order_rejects_cycles() -> None:
 def test_step_type_enum_accepted_from_string() -> None:
     wf = Workflow(id="wf", steps={"a": Step(id="a", type=StepType.APPROVAL)})
     validate_workflow(wf)
+
+
+def test_a_step_may_not_depend_on_an_on_error_handler() -> None:
+    wf = Workflow.from_dict({"id": "wf", "steps": {
+        "work": {"topic": "t", "on_error": "cleanup"},
+        "cleanup": {"topic": "t"},
+        "after": {"topic": "t", "depends_on": ["cleanup"]},
+    }})
+    with pytest.raises(ValidationError, match="step 'after' depends on on_error handler 'cleanup'"):
+        validate_workflow(wf)

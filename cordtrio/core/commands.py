@@ -7,12 +7,12 @@ import copy
 from datetime import datetime, timedelta
 
 from ..errors import InvalidStateError, NotFoundError
-from ..model import RunStatus, StepRun, StepStatus, Workflow, WorkflowRun
+from ..model import RunStatus, StepRun, StepStatus, StepType, Workflow, WorkflowRun
 from ..protocol import JobResult, JobStatus
-from .events import ArmTimer, CancelJob, TimerKind
+from .events import ArmTimer, CancelJob, PublishAlert, TimerKind
 from .finish import finish, stop_everything
 from .outputs import get_path, set_path
-from .ready import arm_run_timeout
+from .ready import arm_run_timeout, build_alert
 from .results import apply_result, locate
 from .state import Tx
 from .status import set_run_status
@@ -96,6 +96,9 @@ def recover(tx: Tx) -> None:
         step = tx.plan.workflow.steps.get(sid)
         if step is None:
             continue
+        if step.type == StepType.NOTIFY and sr.status == StepStatus.RUNNING:
+            # its alert's outcome was lost with the previous engine: publish it again
+            tx.effects.append(PublishAlert(sid, build_alert(step, sr.input)))
         _rearm(tx, sr, step.timeout_sec)
         for child in sr.children.values():
             _rearm(tx, child, step.timeout_sec)

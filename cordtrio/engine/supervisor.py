@@ -216,8 +216,10 @@ class Engine:
         task = self._runs.get(run_id)
         if task is None:
             task = RunTask(self, run_id)
-            self._runs[run_id] = task
+            # Start first: on a closed engine start_soon raises, and a task registered but
+            # never started would swallow every later envelope for the run (callers hang).
             self._nursery.start_soon(task.run, name=f"cordtrio-run:{run_id}")
+            self._runs[run_id] = task
         task.send.send_nowait(envelope)
 
     def _route_result(self, result: JobResult) -> None:
@@ -228,6 +230,9 @@ class Engine:
     def _run_exited(self, task: RunTask) -> None:
         if self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
+            # A task can end with its run unfinished (it crashed, its run or workflow was
+            # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
+            self._run_finished(task.run_id)
 
     def _run_finished(self, run_id: str) -> None:
         event = self._finished.pop(run_id, None)

@@ -64,3 +64,19 @@ def test_a_fanout_parent_output_is_its_childrens_outputs_in_index_order() -> Non
     assert sim.run.context["steps"]["each"]["output"] == [{"n": 0}, {"n": 10}, {"n": 20}]
     assert sim.run.context["all"] == [{"n": 0}, {"n": 10}, {"n": 20}]
     assert sim.dispatches[-1].payload["values"] == [{"n": 0}, {"n": 10}, {"n": 20}]
+
+
+def test_recovery_republishes_a_notify_alert_whose_outcome_was_lost() -> None:
+    from cordtrio.core.events import Recover
+    from cordtrio.model import WorkflowRun
+
+    wf = workflow(step("tell", type=StepType.NOTIFY, input={"message": "hi ${input.who}"}))
+    sim = Sim(wf, run_input={"who": "ann"})
+    sim.start()
+    assert [a.alert.message for a in sim.alerts] == ["hi ann"]
+    # the engine died before the alert's outcome came back: a new one loads the stored run
+    again = Sim(wf, run=WorkflowRun.from_dict(sim.run.to_dict()))
+    again.feed(Recover())
+    assert [a.alert.message for a in again.alerts] == ["hi ann"]
+    again.answer_alerts()
+    assert again.run.status == RunStatus.SUCCEEDED
