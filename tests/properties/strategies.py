@@ -162,7 +162,8 @@ def workflows(
     Steps are generated as ``s0, s1, ...``; step ``sI`` depends on up to three of
     ``s0..s(I-1)``. With ``handlers``, some steps name a *later* step in ``on_error``; no
     step depends on a handler (validation rejects that: a handler runs only after a
-    failure, so its dependents could never start in a run where nothing fails). With ``run_timeout``, the workflow sometimes has a ``timeout_sec`` of
+    failure, so its dependents could never start in a run where nothing fails). With
+    ``run_timeout``, the workflow sometimes has a ``timeout_sec`` of
     30–600 s. With ``shuffle``, the definition order is a random permutation half of the
     time.
     """
