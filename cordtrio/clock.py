@@ -7,18 +7,29 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
+_ANCHOR: trio.lowlevel.RunVar[tuple[datetime, float]] = trio.lowlevel.RunVar("cordtrio_clock")
+
 
 class TrioWallClock:
-    """``now()`` = the wall time at creation + Trio time elapsed since.
+    """``now()`` = a wall time anchored once per ``trio.run`` + Trio time elapsed since.
 
-    Under ``trio.testing.MockClock`` timestamps follow virtual time; under the real clock
-    they follow real time (drift from NTP adjustments is not followed, by design: timers
-    and timestamps can never disagree). Must be created inside ``trio.run``.
+    Every ``TrioWallClock`` in the same ``trio.run`` shares the anchor, so an engine that
+    is closed and reopened in a simulation reads the same time as the one before it (its
+    stored backoffs and delays fire on time). Under ``trio.testing.MockClock`` timestamps
+    follow virtual time; under the real clock they follow real time (NTP adjustments are
+    not followed, by design: timers and timestamps never disagree). ``start`` pins the
+    anchor of this clock alone. Must be created inside ``trio.run``.
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._wall0 = (start or datetime.now(UTC)).astimezone(UTC)
-        self._trio0 = trio.current_time()
+        if start is not None:
+            self._wall0, self._trio0 = start.astimezone(UTC), trio.current_time()
+            return
+        try:
+            self._wall0, self._trio0 = _ANCHOR.get()
+        except LookupError:
+            self._wall0, self._trio0 = datetime.now(UTC), trio.current_time()
+            _ANCHOR.set((self._wall0, self._trio0))
 
     def now(self) -> datetime:
         return self._wall0 + timedelta(seconds=trio.current_time() - self._trio0)

@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import key_from_pointer, pointer_for_key, result_key
 from .ports import Bus, PayloadStore
@@ -419,30 +420,9 @@ async def open_worker(
     is published for them) and unsubscribes.
     """
     worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue)
-    body_error: BaseException | None = None
-    unwrapped: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(worker._serve)  # subscriptions active from here on
-                try:
-                    yield worker
-                finally:
-                    nursery.cancel_scope.cancel()
-            except BaseException as exc:
-                body_error = exc
-                raise
-    except BaseExceptionGroup as group:
-        # The nursery wraps what its body raised (a failed subscribe, or the caller's own
-        # exception); hand it back unwrapped so ``pytest.raises(ValueError)`` around the
-        # block works. Anything else stays grouped.
-        if body_error is None or len(group.exceptions) != 1 or (
-            group.exceptions[0] is not body_error
-        ):
-            raise
-        unwrapped = body_error
-    if unwrapped is not None:
-        raise unwrapped  # outside the except block: no spurious exception chaining
+    async with open_service_nursery() as nursery:
+        await nursery.start(worker._serve)  # subscriptions active from here on
+        yield worker
 
 
 __all__ = ["Handler", "Job", "JobDenied", "Worker", "default_queue", "open_worker",

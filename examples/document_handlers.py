@@ -49,14 +49,8 @@ async def extract(job: Job) -> dict[str, Any]:
 
 
 async def summarize(job: Job) -> dict[str, Any]:
-    """Combine the per-document results found in the run context (``steps["extract[i]"]``)."""
-    documents = job.input.get("documents") or []
-    steps = job.input.get("steps") or {}
-    extracted = [
-        steps[f"extract[{i}]"]["output"]
-        for i in range(len(documents))
-        if isinstance(steps.get(f"extract[{i}]"), dict) and "output" in steps[f"extract[{i}]"]
-    ]
+    """Combine the per-document results (the for-each step's output: one per child)."""
+    extracted = [r for r in job.input.get("extracted") or [] if isinstance(r, dict)]
     await trio.sleep(0.2)
     keywords: dict[str, int] = {}
     for result in extracted:

@@ -30,3 +30,12 @@ async def test_trio_wall_clock_follows_the_mock_clock(autojump_clock: object) ->
     before = clock.now()
     await trio.sleep(3600)
     assert (clock.now() - before).total_seconds() == 3600
+
+
+async def test_clocks_in_one_trio_run_agree_so_a_reopened_engine_keeps_time(
+    autojump_clock: object,
+) -> None:
+    first = TrioWallClock()
+    await trio.sleep(7200)
+    second = TrioWallClock()  # e.g. the default clock of an engine opened later
+    assert second.now() == first.now()

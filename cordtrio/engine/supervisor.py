@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from .._nursery import open_service_nursery
 from ..clock import TrioWallClock
 from ..core.commands import rerun_from as core_rerun_from
 from ..core.events import Approve, CancelRun, Event, ResultReceived, Start
@@ -334,39 +335,20 @@ async def open_engine(
     Leaving the block cancels every run task; run state stays in the store for the next
     engine. ``new_id`` makes run ids deterministic (simulations); default ``uuid4``.
     """
-    body_error: BaseException | None = None
-    unwrapped: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            engine = Engine(
-                nursery,
-                store,
-                bus,
-                payloads=payloads,
-                schemas=schemas,
-                config=config,
-                clock=clock or TrioWallClock(),
-                on_step_dispatched=on_step_dispatched,
-                on_step_finished=on_step_finished,
-                new_id=new_id or (lambda: str(uuid.uuid4())),
-            )
-            await nursery.start(engine._consume_results)
-            if recover:
-                await engine._recover()
-            try:
-                yield engine
-            except BaseException as exc:
-                body_error = exc
-                raise
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The nursery wraps what the caller's block raised; hand it back unwrapped (as
-        # ``open_worker`` does) so ``except NotFoundError`` around the block works.
-        if body_error is None or len(group.exceptions) != 1 or (
-            group.exceptions[0] is not body_error
-        ):
-            raise
-        unwrapped = body_error
-    if unwrapped is not None:
-        raise unwrapped  # outside the except block: no spurious exception chaining
+    async with open_service_nursery() as nursery:
+        engine = Engine(
+            nursery,
+            store,
+            bus,
+            payloads=payloads,
+            schemas=schemas,
+            config=config,
+            clock=clock or TrioWallClock(),
+            on_step_dispatched=on_step_dispatched,
+            on_step_finished=on_step_finished,
+            new_id=new_id or (lambda: str(uuid.uuid4())),
+        )
+        await nursery.start(engine._consume_results)
+        if recover:
+            await engine._recover()
+        yield engine

@@ -1,0 +1,121 @@
+"""The cost model (ports.py, SPEC §12): a fan-out child result writes O(1) parts of the run
+and makes O(1) store calls, whatever the number of children."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from test_engine_kit import WF, ok, put_output, step, workflow
+
+from cordtrio.backends.memory import MemoryStore
+from cordtrio.engine import open_engine
+from cordtrio.model import RunStatus, StepStatus
+from cordtrio.ports import RunChanges
+from cordtrio.protocol import SUBJECT_SUBMIT
+
+
+def parts(changes: RunChanges) -> int:
+    return (len(changes.steps) + sum(len(kids) for kids in changes.children.values())
+            + len(changes.context_steps) + len(changes.context_keys))
+
+
+class CountingStore:
+    """Proxies a ``MemoryStore``, counting calls per method and the parts written by each
+    ``save_run_changes``."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+        self.writes: list[int] = []
+
+    async def save_run_changes(self, run: Any, changes: RunChanges) -> None:
+        self.calls["save_run_changes"] += 1
+        self.writes.append(parts(changes))
+        await self._inner.save_run_changes(run, changes)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._inner, name)
+
+        @functools.wraps(method)
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await method(*args, **kwargs)
+
+        return counted
+
+    def snapshot(self) -> tuple[int, int]:
+        return sum(self.calls.values()), len(self.writes)
+
+
+async def fan_out(n: int, bus: Any, payloads: Any) -> dict[str, Any]:
+    """Run a for_each over ``n`` items (max_parallel 100), answering each child by hand,
+    one result at a time, oldest job first; measure the store traffic per child result."""
+    store = CountingStore(MemoryStore())
+    await store.save_workflow(workflow(
+        step("fan", for_each="input.items", max_parallel=100, input={"x": "${item}"}),
+        step("after", depends_on=["fan"])))
+    calls_per_result: list[int] = []
+    parts_per_result: list[int] = []
+    async with (
+        bus.subscribe(SUBJECT_SUBMIT, max_buffer=n + 10) as jobs,
+        open_engine(store, bus, payloads=payloads) as engine,
+    ):
+        run_id = await engine.submit(WF, {"items": list(range(n))})
+        creating = list(store.writes)
+        queue = [jobs.receive_nowait().payload.job_id for _ in range(min(n, 100))]
+        answered = 0
+        while answered < n:
+            job_id = queue[answered]
+            answered += 1
+            ptr = await put_output(payloads, job_id, {"i": answered})
+            calls, writes = store.snapshot()
+            await engine.handle_job_result(ok(job_id, ptr))
+            after_calls, after_writes = store.snapshot()
+            calls_per_result.append(after_calls - calls)
+            parts_per_result.append(sum(store.writes[writes:after_writes]))
+            while True:
+                try:
+                    request = jobs.receive_nowait().payload
+                except trio.WouldBlock:
+                    break
+                if "[" in request.job_id:
+                    queue.append(request.job_id)
+        assert len(queue) == n
+        run = await store.get_run(run_id)
+        assert run.steps["fan"].status == StepStatus.SUCCEEDED
+        assert run.steps["after"].status == StepStatus.RUNNING
+        assert run.status == RunStatus.RUNNING
+        steps = run.context["steps"]
+        assert len(steps) == n + 1 and len(steps["fan"]["output"]) == n  # children + parent
+    return {
+        "creating": creating,
+        "calls": calls_per_result,
+        "parts": parts_per_result,
+        "writes": store.writes,
+    }
+
+
+async def test_a_child_result_costs_the_same_for_100_and_10000_children(
+        bus, payloads, autojump_clock):
+    small = await fan_out(100, bus, payloads)
+    big = await fan_out(10_000, bus, payloads)
+
+    # creating the children is the one write of O(N) parts
+    assert max(small["creating"]) >= 100 and max(big["creating"]) >= 10_000
+    assert max(big["writes"]) == max(big["creating"])
+    assert sorted(big["writes"])[-2] <= 6
+
+    small_mean = statistics.mean(small["parts"])
+    big_mean = statistics.mean(big["parts"])
+    assert 1 <= small_mean <= 6 and 1 <= big_mean <= 6, (small_mean, big_mean)
+    assert big_mean <= 1.5 * small_mean, (small_mean, big_mean)
+    assert max(big["parts"]) <= 6  # not just on average: every child result is O(1)
+    assert min(big["parts"]) >= 1  # (and every one is persisted)
+
+    # store calls per child result are bounded by a constant
+    assert max(big["calls"]) <= 3 and max(small["calls"]) <= 3
