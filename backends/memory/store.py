@@ -235,8 +235,11 @@ class MemoryStore:
         self._write_whole(record, run)
         self._reindex(run.id, record, run, new=False)
 
-    async def save_run_changes(self, run: WorkflowRun, changes: RunChanges) -> None:
-        """Write only the parts of ``run`` named in ``changes`` (see ``RunChanges``).
+    async def save_run_changes(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None:
+        """Write only the parts of ``run`` named in ``changes`` (see ``RunChanges``), and
+        append ``timeline`` — all in one atomic step.
 
         A named part that is absent from ``run`` is deleted from the store. Naming
         ``"steps"`` in ``context_keys`` rewrites the whole ``context["steps"]`` map. Indexes
@@ -252,7 +255,10 @@ class MemoryStore:
             if "input" in record.header:
                 header["input"] = record.header["input"]
             record.header = header
-        for sid in changes.steps:
+        # in the run's own order, so a reloaded run lists its steps the same way every time
+        ordered = [sid for sid in run.steps if sid in changes.steps]
+        ordered += sorted(changes.steps.difference(run.steps))
+        for sid in ordered:
             sr = run.steps.get(sid)
             if sr is None:
                 record.steps.pop(sid, None)
@@ -267,6 +273,8 @@ class MemoryStore:
             self._write_context_steps(record, run, changes.context_steps)
         if changes.header:
             self._reindex(run.id, record, run, new=False)
+        if timeline:
+            self._append(run.id, timeline)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         await trio.lowlevel.checkpoint()

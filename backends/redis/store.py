@@ -476,10 +476,14 @@ class RedisStore:
 
         await self._redis.transaction("update run", key, [key], txn)
 
-    async def save_run_changes(self, run: WorkflowRun, changes: RunChanges) -> None:
+    async def save_run_changes(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None:
         """Write only the parts of ``run`` named in ``changes`` (see ``RunChanges`` and the
-        module docstring): one ``MULTI``/``EXEC``, no read. A named part that is absent from
-        ``run`` is deleted. Indexes move only when ``changes.header`` is set."""
+        module docstring) and append ``timeline``: one ``MULTI``/``EXEC``, no read. A named
+        part that is absent from ``run`` is deleted. Indexes move only when
+        ``changes.header`` is set."""
+        docs = self._timeline_docs(run.id, timeline)
         if not changes:
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
@@ -511,6 +515,7 @@ class RedisStore:
                 self._queue_ops(pipe, key, ops)
                 if changes.header:
                     self._queue_index(pipe, run, status, previous=previous)
+                self._queue_timeline(pipe, run.id, docs)
                 await pipe.execute()
 
             await self._redis.transaction("save run changes", key, [key], txn)
@@ -521,6 +526,7 @@ class RedisStore:
             self._queue_ops(pipe, key, ops)
             if changes.header:
                 self._queue_index(pipe, run, status, previous=previous)
+            self._queue_timeline(pipe, run.id, docs)
 
         replies = await self._redis.pipeline("save run changes", key, commands)
         if not replies[0]:
@@ -652,10 +658,26 @@ class RedisStore:
         self, run_id: str, events: Sequence[TimelineEvent]
     ) -> None:
         """Append a batch in order: ``RPUSH`` + ``LTRIM`` in one round trip."""
+        docs = self._timeline_docs(run_id, events)
+        if not docs:
+            return
+        key = timeline_key(run_id)
+        await self._redis.pipeline(
+            "append timeline", key,
+            [("rpush", (key, *docs)), ("ltrim", (key, -TIMELINE_CAP, -1))],
+            transaction=False,
+        )
+
+    @staticmethod
+    def _queue_timeline(pipe: Any, run_id: str, docs: list[bytes]) -> None:
+        if docs:
+            key = timeline_key(run_id)
+            pipe.rpush(key, *docs)
+            pipe.ltrim(key, -TIMELINE_CAP, -1)
+
+    def _timeline_docs(self, run_id: str, events: Sequence[TimelineEvent]) -> list[bytes]:
         if not run_id:
             raise ValidationError("run id required")
-        if not events:
-            return
         now: str | None = None
         docs: list[bytes] = []
         for event in events:
@@ -666,12 +688,7 @@ class RedisStore:
             if not doc.get("run_id"):
                 doc["run_id"] = run_id
             docs.append(_dumps(doc, f"run {run_id!r}: timeline event"))
-        key = timeline_key(run_id)
-        await self._redis.pipeline(
-            "append timeline", key,
-            [("rpush", (key, *docs)), ("ltrim", (key, -TIMELINE_CAP, -1))],
-            transaction=False,
-        )
+        return docs
 
     async def list_timeline_events(
         self, run_id: str, limit: int = DEFAULT_TIMELINE_LIMIT

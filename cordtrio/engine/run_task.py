@@ -296,10 +296,10 @@ class RunTask:
         store = self.engine.store
         run = self.state.run
         events: list[TimelineEvent] = [e.event for e in effects if isinstance(e, RecordTimeline)]
-        if changes:
-            await retrying(lambda: store.save_run_changes(run, changes),
+        if changes:  # state and timeline in one atomic write: a crash keeps both or neither
+            await retrying(lambda: store.save_run_changes(run, changes, events),
                            f"save run {self.run_id}")
-        if events:
+        elif events:
             await retrying(lambda: store.append_timeline_events(self.run_id, events),
                            f"append timeline of run {self.run_id}")
 

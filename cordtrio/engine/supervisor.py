@@ -147,7 +147,7 @@ class Engine:
         if idempotency_key:
             existing = await self.store.get_run_by_idempotency_key(idempotency_key)
             if existing:
-                return existing
+                return await self._resubmitted(existing)
         now = self.clock.now()
         run = WorkflowRun(
             id=self._new_id(),
@@ -171,7 +171,7 @@ class Engine:
         ):
             existing = await self.store.get_run_by_idempotency_key(idempotency_key)
             if existing:
-                return existing
+                return await self._resubmitted(existing)
         try:
             await self.store.create_run(run)
         except BaseException:
@@ -181,6 +181,17 @@ class Engine:
             raise
         await self._call(run.id, Start())
         return run.id
+
+    async def _resubmitted(self, run_id: str) -> str:
+        """A submit repeated with the same idempotency key: the run it created is returned,
+        and started if an earlier submit was interrupted before starting it."""
+        try:
+            run = await self.store.get_run(run_id)
+        except NotFoundError:
+            return run_id  # the key outlived its run: nothing to start
+        if run.status == RunStatus.PENDING and run.started_at is None:
+            await self._call(run_id, Start())
+        return run_id
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not

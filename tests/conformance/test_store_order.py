@@ -1,4 +1,4 @@
-"""Children come back in index order, however the changes named them."""
+"""save_run_changes: children kept in index order; the timeline written in the same step."""
 
 from __future__ import annotations
 
@@ -17,3 +17,18 @@ async def test_children_created_in_one_change_come_back_in_index_order(store: St
     got = await store.get_run("run-1")
     assert list(got.steps["each"].children) == ids
     assert list(got.steps["each"].children.values())[7].item == 7
+
+
+async def test_save_run_changes_writes_the_timeline_in_the_same_step(store: Store) -> None:
+    from cordtrio.model import RunStatus, TimelineEvent
+
+    await store.create_run(WorkflowRun(id="run-1", workflow_id="wf"))
+    r = await store.get_run("run-1")
+    r.status = RunStatus.RUNNING
+    events = [TimelineEvent(type="run_status", status="running"),
+              TimelineEvent(type="step_dispatched", step_id="a")]
+    await store.save_run_changes(r, RunChanges(header=True, previous_status=RunStatus.PENDING),
+                                 events)
+    assert [e.type for e in await store.list_timeline_events("run-1")] == [
+        "run_status", "step_dispatched"]
+    assert (await store.get_run("run-1")).status == RunStatus.RUNNING

@@ -293,11 +293,11 @@ class BlinkingStore(MemoryStore):
         self.failures = failures
         self.error = error
 
-    async def save_run_changes(self, run: Any, changes: Any) -> None:
+    async def save_run_changes(self, run: Any, changes: Any, timeline: Any = ()) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise self.error
-        await super().save_run_changes(run, changes)
+        await super().save_run_changes(run, changes, timeline)
 
 
 @pytest.mark.parametrize("error", [StoreError("redis blinked"), ConnectionError("reset")])

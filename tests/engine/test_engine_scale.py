@@ -33,10 +33,10 @@ class CountingStore:
         self.calls: Counter[str] = Counter()
         self.writes: list[int] = []
 
-    async def save_run_changes(self, run: Any, changes: RunChanges) -> None:
+    async def save_run_changes(self, run: Any, changes: RunChanges, timeline: Any = ()) -> None:
         self.calls["save_run_changes"] += 1
         self.writes.append(parts(changes))
-        await self._inner.save_run_changes(run, changes)
+        await self._inner.save_run_changes(run, changes, timeline)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._inner, name)

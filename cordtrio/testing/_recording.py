@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import trio
 
-from .clock import TrioWallClock
-from .ports import Bus
-from .protocol import BusPacket
+from ..clock import TrioWallClock
+from ..ports import Bus
+from ..protocol import BusPacket
 
 __all__ = ["Published", "RecordingBus", "TrioWallClock"]
 

@@ -1,0 +1,251 @@
+"""A fault-injecting bus: drop, duplicate, reorder and delay packets, seeded.
+
+``FaultyBus`` wraps any ``Bus``. Every ``publish`` draws from one ``random.Random`` and, with
+the probabilities of the subject's ``SubjectFaults``:
+
+* **drop** — the packet is silently lost (``publish`` still returns normally);
+* **duplicate** — the packet is delivered twice;
+* **delay** — the packet is delivered later, after ``uniform(0, max_delay)`` seconds of Trio
+  time (from the bus' own nursery, so ``publish`` does not wait);
+* **reorder** — the packet is held back and released right *after* the next packet on the
+  same subject (or after ``max_delay`` seconds if no other packet comes).
+
+Delays need a nursery, so open the bus with ``async with open_faulty_bus(inner, rng) as bus``.
+``bus.stop()`` ends the injection (held packets are released at once); ``bus.injected``
+counts what was injected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import trio
+
+from ..ports import Bus
+from ..protocol import BusPacket
+
+__all__ = [
+    "FAULT_KINDS",
+    "FaultProfile",
+    "FaultyBus",
+    "SubjectFaults",
+    "open_faulty_bus",
+    "resolve_profile",
+]
+
+FAULT_KINDS = ("drop", "duplicate", "reorder", "delay")
+
+FaultListener = Callable[[str, str, BusPacket], None]
+"""Called as ``(kind, subject, packet)`` for every injected fault."""
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SubjectFaults:
+    """Fault probabilities (each in [0, 1]) for one subject, and the longest delay (s)."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    delay: float = 0.0
+    max_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in FAULT_KINDS:
+            _probability(name, getattr(self, name))
+        if self.max_delay < 0:
+            raise ValueError(f"max_delay must be >= 0, got {self.max_delay!r}")
+
+    @property
+    def any(self) -> bool:
+        return bool(self.drop or self.duplicate or self.reorder or self.delay)
+
+
+_NO_FAULTS = SubjectFaults()
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Per-subject fault settings: ``subjects[subject]`` if present, else ``default``."""
+
+    default: SubjectFaults = _NO_FAULTS
+    subjects: Mapping[str, SubjectFaults] = field(default_factory=dict)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subjects", MappingProxyType(dict(self.subjects)))
+
+    def for_subject(self, subject: str) -> SubjectFaults:
+        return self.subjects.get(subject, self.default)
+
+    @property
+    def any(self) -> bool:
+        return self.default.any or any(f.any for f in self.subjects.values())
+
+    @classmethod
+    def none(cls) -> FaultProfile:
+        """No bus faults at all."""
+        return cls(name="none")
+
+    @classmethod
+    def light(cls) -> FaultProfile:
+        """A few percent of packets dropped, duplicated, reordered or delayed (≤ 2 s)."""
+        return cls(SubjectFaults(drop=0.02, duplicate=0.03, reorder=0.03, delay=0.05,
+                                 max_delay=2.0), name="light")
+
+    @classmethod
+    def heavy(cls) -> FaultProfile:
+        """A hostile network: 10 % drops, many duplicates, reorders and delays (≤ 10 s)."""
+        return cls(SubjectFaults(drop=0.10, duplicate=0.10, reorder=0.10, delay=0.20,
+                                 max_delay=10.0), name="heavy")
+
+
+PRESETS: Mapping[str, Callable[[], FaultProfile]] = MappingProxyType({
+    "none": FaultProfile.none,
+    "light": FaultProfile.light,
+    "heavy": FaultProfile.heavy,
+})
+
+
+def resolve_profile(profile: FaultProfile | str | None) -> FaultProfile:
+    """A profile, or a preset by name (``none``, ``light``, ``heavy``); None means none."""
+    if profile is None:
+        return FaultProfile.none()
+    if isinstance(profile, FaultProfile):
+        return profile
+    try:
+        return PRESETS[profile]()
+    except KeyError:
+        raise ValueError(f"unknown fault profile {profile!r}; presets: {sorted(PRESETS)}"
+                         ) from None
+
+
+class FaultyBus:
+    """A ``Bus`` that injects faults into what is published (see the module docstring).
+
+    Subscriptions go straight to the inner bus. Create it with ``open_faulty_bus``; a
+    ``FaultyBus`` built directly needs ``attach(nursery)`` before delays can be injected.
+    """
+
+    def __init__(
+        self,
+        inner: Bus,
+        rng: random.Random,
+        *,
+        profile: FaultProfile | str | None = "light",
+        on_fault: FaultListener | None = None,
+    ) -> None:
+        self.inner = inner
+        self.profile = resolve_profile(profile)
+        self.injected: Counter[str] = Counter()
+        self.active = True
+        self._rng = rng
+        self._on_fault = on_fault
+        self._nursery: trio.Nursery | None = None
+        self._held: dict[str, tuple[int, BusPacket]] = {}  # subject -> (token, packet)
+        self._token = 0
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """The nursery delayed and held packets are released from."""
+        self._nursery = nursery
+
+    @property
+    def total_injected(self) -> int:
+        return sum(self.injected.values())
+
+    def stop(self) -> None:
+        """Stop injecting faults; release every held packet now (delayed ones still
+        arrive when their delay is over)."""
+        self.active = False
+        for subject in list(self._held):
+            _, packet = self._held.pop(subject)
+            self._spawn(self._later, 0.0, subject, packet)
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        faults = self.profile.for_subject(subject)
+        if not self.active or not faults.any or self._nursery is None:
+            await self.inner.publish(subject, packet)
+            return
+        rng = self._rng
+        if rng.random() < faults.drop:
+            self._note("drop", subject, packet)
+            await trio.lowlevel.checkpoint()
+            return
+        copies = 1
+        sent = False
+        if rng.random() < faults.duplicate:
+            self._note("duplicate", subject, packet)
+            copies = 2
+        for _ in range(copies):
+            if rng.random() < faults.delay:
+                self._note("delay", subject, packet)
+                self._spawn(self._later, rng.uniform(0.0, faults.max_delay), subject, packet)
+            elif subject not in self._held and rng.random() < faults.reorder:
+                self._note("reorder", subject, packet)
+                self._token += 1
+                self._held[subject] = (self._token, packet)
+                self._spawn(self._release_late, max(faults.max_delay, 1.0), subject,
+                            self._token)
+            else:
+                sent = True
+                await self.inner.publish(subject, packet)
+                held = self._held.pop(subject, None)
+                if held is not None:  # the held packet goes out right after this one
+                    await self.inner.publish(subject, held[1])
+        if not sent:
+            await trio.lowlevel.checkpoint()
+
+    def subscribe(self, subject: str, queue: str = "", *, max_buffer: int = 1024
+                  ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[BusPacket]]:
+        return self.inner.subscribe(subject, queue, max_buffer=max_buffer)
+
+    # ----------------------------------------------------------------------- internals
+
+    def _note(self, kind: str, subject: str, packet: BusPacket) -> None:
+        self.injected[kind] += 1
+        if self._on_fault is not None:
+            self._on_fault(kind, subject, packet)
+
+    def _spawn(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    async def _later(self, delay: float, subject: str, packet: BusPacket) -> None:
+        await trio.sleep(delay)
+        await self.inner.publish(subject, packet)
+
+    async def _release_late(self, after: float, subject: str, token: int) -> None:
+        await trio.sleep(after)
+        held = self._held.get(subject)
+        if held is not None and held[0] == token:
+            del self._held[subject]
+            await self.inner.publish(subject, held[1])
+
+
+@asynccontextmanager
+async def open_faulty_bus(
+    inner: Bus,
+    rng: random.Random,
+    *,
+    profile: FaultProfile | str | None = "light",
+    on_fault: FaultListener | None = None,
+) -> AsyncIterator[FaultyBus]:
+    """A ``FaultyBus`` over ``inner`` for the duration of the block. Leaving the block
+    drops packets still delayed or held."""
+    bus = FaultyBus(inner, rng, profile=profile, on_fault=on_fault)
+    async with trio.open_nursery() as nursery:
+        bus.attach(nursery)
+        try:
+            yield bus
+        finally:
+            bus.active = False
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,61 @@
+"""What docs/testing.md shows: a user's own workflow and handlers under faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cordtrio import Job, load_workflow
+from cordtrio.model import Step, StepType, Workflow
+from cordtrio.testing import SimulationFailure, run_under_faults
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_pipeline_under_faults() -> None:
+    from examples import document_handlers as h
+
+    workflow = load_workflow(ROOT / "examples" / "document_pipeline.yaml")
+    handlers = {"job.docs.fetch": h.fetch, "job.docs.extract": h.extract,
+                "job.docs.summarize": h.summarize}
+    for seed in range(10):
+        report = run_under_faults(workflow, handlers, seed=seed, faults="light",
+                                  inputs={"source": "inbox", "count": 6})
+        assert report.runs == 4
+    calm = run_under_faults(workflow, handlers, seed=0, faults="none", crash=False,
+                            inputs={"source": "inbox", "count": 6})
+    assert calm.statuses == {"succeeded": 4}
+
+
+def test_user_handlers_are_called() -> None:
+    seen: list[str] = []
+
+    async def charge(job: Job) -> dict[str, Any]:
+        seen.append(job.job_id)
+        return {"charged": job.input.get("amount")}
+
+    wf = Workflow(id="pay", steps={
+        "charge": Step(id="charge", type=StepType.WORKER, topic="job.charge", timeout_sec=10,
+                       input={"amount": "${input.amount}"}),
+    })
+    report = run_under_faults(wf, {"job.charge": charge}, seed=1, faults="none",
+                              crash=False, inputs={"amount": 5})
+    assert report.statuses == {"succeeded": 4}
+    assert len(seen) == 4
+
+
+def test_a_step_without_timeout_can_hang_forever_and_says_so() -> None:
+    wf = Workflow(id="naive", steps={
+        "call": Step(id="call", type=StepType.WORKER, topic="job.call"),  # no timeout_sec
+    })
+    failure = None
+    for seed in range(30):
+        try:
+            run_under_faults(wf, seed=seed, faults="heavy", bound=3600)
+        except SimulationFailure as exc:
+            failure = exc
+            break
+    assert failure is not None
+    assert failure.invariant == "liveness"
+    assert "timeout_sec" in str(failure) and "naive/call" in str(failure)
+    assert f"seed={failure.seed}" in str(failure)
