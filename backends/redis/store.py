@@ -74,8 +74,6 @@ conformance suite runs on both) with these differences:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -100,111 +98,37 @@ from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
 
 from .adapter import RedisAdapter, RedisDataError
+from .keys import (
+    CTX_STEPS_MARKER,
+    CTXSTEP,
+    EMPTY_MAP,
+    HEADER,
+    INPUT,
+    ORD,
+    RUNS_ALL,
+    WF_INDEX_ALL,
+    active_runs_key,
+    child_field,
+    child_prefix,
+    ctx_field,
+    ctxstep_field,
+    idempotency_key,
+    run_key,
+    runs_by_status_key,
+    runs_by_workflow_key,
+    step_field,
+    timeline_key,
+    workflow_key,
+    workflow_org_index,
+)
+from .run_hash import FieldOps, assemble, dumps, loads, ordered, text
 
 log = logging.getLogger(__name__)
 
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 
-# ----------------------------------------------------------------------------- keys
-
-WF_INDEX_ALL = "wf:index:all"
-RUNS_ALL = "wf:runs:all"
-
-
-def workflow_key(workflow_id: str) -> str:
-    return "wf:def:" + workflow_id
-
-
-def workflow_org_index(org_id: str) -> str:
-    return "wf:index:org:" + org_id
-
-
-def run_key(run_id: str) -> str:
-    return "wf:run:" + run_id
-
-
-def runs_by_workflow_key(workflow_id: str) -> str:
-    return "wf:runs:" + workflow_id
-
-
-def runs_by_status_key(status: str) -> str:
-    return "wf:runs:status:" + status
-
-
-def active_runs_key(org_id: str) -> str:
-    return "wf:runs:active:" + org_id
-
-
-def timeline_key(run_id: str) -> str:
-    return "wf:run:timeline:" + run_id
-
-
-def idempotency_key(key: str) -> str:
-    return "wf:run:idempotency:" + key
-
-
-# ------------------------------------------------------------------- run hash fields
-
-HEADER = "header"
-INPUT = "input"
-STEP = "step:"
-CHILD = "child:"
-CTX = "ctx:"
-CTX_STEPS_MARKER = "ctx:steps"
-CTXSTEP = "ctxstep:"
-ORD = "ord:"
-_EMPTY_MAP = b"{}"
-
-
-def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace(":", "%3A")
-
-
-def _unescape(part: str) -> str:
-    return part.replace("%3A", ":").replace("%25", "%")
-
-
-def step_field(step_id: str) -> str:
-    return STEP + step_id
-
-
-def child_prefix(parent: str) -> str:
-    return CHILD + _escape(parent) + ":"
-
-
-def child_field(parent: str, child: str) -> str:
-    return child_prefix(parent) + child
-
-
-def ctx_field(key: str) -> str:
-    return CTX + key
-
-
-def ctxstep_field(key: str) -> str:
-    return CTXSTEP + key
-
-
 # ------------------------------------------------------------------------- helpers
-
-
-def _dumps(value: Any, where: str) -> bytes:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
-
-
-def _loads(raw: bytes, key: str, field: str = "") -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = f"redis key {key!r}" + (f" field {field!r}" if field else "")
-        raise RedisDataError(f"{where}: corrupt JSON ({exc})") from None
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
 
 
 def _is_terminal(status: str) -> bool:
@@ -232,58 +156,6 @@ def _check_run_id(run_id: str) -> None:
             f"run {run_id!r}: id not allowed with the Redis store "
             f"(key wf:run:{run_id} is taken by another record)"
         )
-
-
-class _FieldOps:
-    """The field writes and deletions one change makes to a run hash, last one wins.
-
-    ``drop_prefix`` removes every stored field with a prefix (a step's children, the
-    ``context["steps"]`` entries); resolving it needs the stored field names. ``fresh``
-    fields were dropped and written again, so they get a new rank (at the end).
-    """
-
-    def __init__(self) -> None:
-        self.writes: dict[str, bytes] = {}
-        self.deletes: set[str] = set()
-        self.prefixes: list[str] = []
-        self.fresh: set[str] = set()
-
-    def put(self, field: str, value: bytes) -> None:
-        if field in self.deletes or any(field.startswith(p) for p in self.prefixes):
-            self.deletes.discard(field)
-            self.fresh.add(field)
-        self.writes[field] = value
-
-    def drop(self, field: str) -> None:
-        self.writes.pop(field, None)
-        self.fresh.discard(field)
-        self.deletes.add(field)
-
-    def drop_prefix(self, prefix: str) -> None:
-        for field in [f for f in self.writes if f.startswith(prefix)]:
-            del self.writes[field]
-            self.fresh.discard(field)
-        self.prefixes.append(prefix)
-
-    def resolve(self, stored: Iterable[str]) -> None:
-        """Turn prefix drops into field deletions, given the fields stored now."""
-        for field in stored:
-            if field.startswith(ORD) or field in self.writes:
-                continue
-            if any(field.startswith(p) for p in self.prefixes):
-                self.deletes.add(field)
-        self.prefixes = []
-
-
-def _ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
-    """``keys`` in the order they appear in ``order`` (then the ones absent from it)."""
-    wanted = set(keys)
-    if len(wanted) <= 1:
-        return list(wanted)
-    out = [k for k in order if k in wanted]
-    seen = set(out)
-    out.extend(sorted(k for k in wanted if k not in seen))
-    return out
 
 
 # --------------------------------------------------------------------------- store
@@ -329,7 +201,7 @@ class RedisStore:
             old_org = ""
             if old_raw is not None:
                 try:
-                    old = _loads(old_raw, key)
+                    old = loads(old_raw, key)
                     old_org = str(old.get("org_id") or "")
                     old_created = parse_ts(old.get("created_at"))
                 except (RedisDataError, AttributeError, ValueError) as exc:
@@ -340,7 +212,7 @@ class RedisStore:
             doc["updated_at"] = format_ts(now)
             score = now.timestamp()
             pipe.multi()
-            pipe.set(key, _dumps(doc, f"workflow {wf.id!r}"))
+            pipe.set(key, dumps(doc, f"workflow {wf.id!r}"))
             if old_org and old_org != wf.org_id:
                 pipe.zrem(workflow_org_index(old_org), wf.id)
             pipe.zadd(WF_INDEX_ALL, {wf.id: score})
@@ -370,7 +242,7 @@ class RedisStore:
                 raise NotFoundError(f"workflow {workflow_id!r} not found")
             org_id = ""
             try:
-                org_id = str(_loads(raw, key).get("org_id") or "")
+                org_id = str(loads(raw, key).get("org_id") or "")
             except (RedisDataError, AttributeError) as exc:
                 log.warning("workflow %r: deleting a corrupt entry: %s", workflow_id, exc)
             pipe.multi()
@@ -388,7 +260,7 @@ class RedisStore:
         """Workflows of ``org_id`` (all workflows when empty), most recently saved first."""
         limit = limit if limit > 0 else DEFAULT_WORKFLOW_LIMIT
         index = workflow_org_index(org_id) if org_id else WF_INDEX_ALL
-        ids = [_text(x) for x in
+        ids = [text(x) for x in
                await self._redis.call("list workflows", index, "zrevrange", index, 0, limit - 1)]
         if not ids:
             return []
@@ -406,7 +278,7 @@ class RedisStore:
 
     @staticmethod
     def _workflow(key: str, raw: bytes) -> Workflow:
-        doc = _loads(raw, key)
+        doc = loads(raw, key)
         try:
             return Workflow.from_dict(doc)
         except ValidationError as exc:
@@ -505,7 +377,7 @@ class RedisStore:
 
         if ops.prefixes:  # the rare path: removing a step's children / all context steps
             async def txn(pipe: Any) -> None:
-                stored = [_text(f) for f in await pipe.hkeys(key)]
+                stored = [text(f) for f in await pipe.hkeys(key)]
                 if HEADER not in stored:
                     if stored:
                         raise RedisDataError(f"redis key {key!r}: run has no header field")
@@ -557,7 +429,7 @@ class RedisStore:
         fields = await self._redis.call("get run", key, "hgetall", key)
         if not fields:
             raise NotFoundError(f"run {run_id!r} not found")
-        return _assemble(key, fields)
+        return assemble(key, fields)
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
@@ -570,7 +442,7 @@ class RedisStore:
             if idem:
                 await pipe.watch(idempotency_key(idem))
                 holder = await pipe.get(idempotency_key(idem))
-                release = holder is not None and _text(holder) == run_id
+                release = holder is not None and text(holder) == run_id
             pipe.multi()
             pipe.delete(key, timeline_key(run_id))
             pipe.zrem(RUNS_ALL, run_id)
@@ -600,7 +472,7 @@ class RedisStore:
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
         index = runs_by_workflow_key(workflow_id)
         ids = await self._redis.call("list runs", index, "zrevrange", index, 0, limit - 1)
-        return await self._runs([_text(x) for x in ids])
+        return await self._runs([text(x) for x in ids])
 
     async def list_runs(
         self, cursor_unix: int = 0, limit: int = DEFAULT_RUN_LIMIT
@@ -613,7 +485,7 @@ class RedisStore:
             "list runs", RUNS_ALL, "zrevrangebyscore", RUNS_ALL, top, "-inf",
             start=0, num=limit,
         )
-        return await self._runs([_text(x) for x in ids])
+        return await self._runs([text(x) for x in ids])
 
     async def list_run_ids_by_status(
         self, status: str, limit: int = DEFAULT_STATUS_LIMIT
@@ -623,7 +495,7 @@ class RedisStore:
         index = runs_by_status_key(status_text(status))
         ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
                                      limit - 1)
-        return [_text(x) for x in ids]
+        return [text(x) for x in ids]
 
     async def _runs(self, ids: list[str]) -> list[WorkflowRun]:
         """The runs with these ids, in order, skipping missing and corrupt ones."""
@@ -644,7 +516,7 @@ class RedisStore:
             if not reply:
                 continue  # deleted between the index read and now
             try:
-                out.append(_assemble(key, reply))
+                out.append(assemble(key, reply))
             except RedisDataError as exc:  # listing skips corrupt entries (SPEC §11)
                 log.warning("corrupt run skipped: %s", exc)
         return out
@@ -687,7 +559,7 @@ class RedisStore:
                 doc["time"] = now
             if not doc.get("run_id"):
                 doc["run_id"] = run_id
-            docs.append(_dumps(doc, f"run {run_id!r}: timeline event"))
+            docs.append(dumps(doc, f"run {run_id!r}: timeline event"))
         return docs
 
     async def list_timeline_events(
@@ -700,7 +572,7 @@ class RedisStore:
         out: list[TimelineEvent] = []
         for raw in raws:
             try:
-                out.append(TimelineEvent.from_dict(_loads(raw, key)))
+                out.append(TimelineEvent.from_dict(loads(raw, key)))
             except (RedisDataError, ValidationError) as exc:
                 log.warning("run %r: corrupt timeline entry skipped: %s", run_id, exc)
         return out
@@ -718,7 +590,7 @@ class RedisStore:
     async def get_run_by_idempotency_key(self, key: str) -> str | None:
         rkey = idempotency_key(key)
         raw = await self._redis.call("get idempotency key", rkey, "get", rkey)
-        return None if raw is None else _text(raw)
+        return None if raw is None else text(raw)
 
     async def delete_run_idempotency_key(self, key: str) -> None:
         rkey = idempotency_key(key)
@@ -737,7 +609,7 @@ class RedisStore:
             log.warning("run %r: stored run has no header", run_id)
             return None
         try:
-            old = _loads(raw, key, HEADER)
+            old = loads(raw, key, HEADER)
         except RedisDataError as exc:
             log.warning("run %r: %s", run_id, exc)
             return None
@@ -766,7 +638,7 @@ class RedisStore:
         else:
             pipe.sadd(active_runs_key(run.org_id), run.id)
 
-    def _queue_ops(self, pipe: Any, key: str, ops: _FieldOps) -> None:
+    def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:
         """Queue the hash writes: one HSET (values, and ranks of re-created fields), an
         HSETNX per other written field (its rank, if new), one HDEL."""
         if ops.deletes:
@@ -776,7 +648,7 @@ class RedisStore:
             keep_rank: list[tuple[str, bytes]] = []
             for field, value in ops.writes.items():  # ranks in write order
                 if field in (HEADER, INPUT) or (
-                        field == CTX_STEPS_MARKER and value == _EMPTY_MAP):
+                        field == CTX_STEPS_MARKER and value == EMPTY_MAP):
                     continue  # unranked: a map "steps" always comes last
                 if field in ops.fresh:
                     mapping[ORD + field] = self._rank()
@@ -790,43 +662,43 @@ class RedisStore:
         """Every field of the run's hash (``create_run``/``update_run``)."""
         where = f"run {run.id!r}"
         fields: dict[str, bytes] = {
-            HEADER: _dumps(run.header_dict(with_input=False), where),
-            INPUT: _dumps(run.input, f"{where}.input"),
+            HEADER: dumps(run.header_dict(with_input=False), where),
+            INPUT: dumps(run.input, f"{where}.input"),
         }
 
         def put(field: str, value: bytes) -> None:
             fields[field] = value
-            if field != CTX_STEPS_MARKER or value != _EMPTY_MAP:
+            if field != CTX_STEPS_MARKER or value != EMPTY_MAP:
                 fields[ORD + field] = self._rank()
 
         for sid, sr in run.steps.items():
-            put(step_field(sid), _dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+            put(step_field(sid), dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
             for cid, child in sr.children.items():
-                put(child_field(sid, cid), _dumps(child.to_dict(), f"{where} step {cid!r}"))
+                put(child_field(sid, cid), dumps(child.to_dict(), f"{where} step {cid!r}"))
         for k, v in run.context.items():
             if k == "steps" and isinstance(v, dict):
-                put(CTX_STEPS_MARKER, _EMPTY_MAP)
+                put(CTX_STEPS_MARKER, EMPTY_MAP)
                 for sk, sv in v.items():
-                    put(ctxstep_field(sk), _dumps(sv, f"{where} context.steps.{sk}"))
+                    put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
             else:
-                put(ctx_field(k), _dumps(v, f"{where} context.{k}"))
+                put(ctx_field(k), dumps(v, f"{where} context.{k}"))
         return fields
 
     @staticmethod
-    def _change_ops(run: WorkflowRun, changes: RunChanges) -> _FieldOps:
+    def _change_ops(run: WorkflowRun, changes: RunChanges) -> FieldOps:
         """The hash writes for ``changes``, in the order ``MemoryStore`` applies them."""
         where = f"run {run.id!r}"
-        ops = _FieldOps()
+        ops = FieldOps()
         if changes.header:
-            ops.put(HEADER, _dumps(run.header_dict(with_input=False), where))
-        for sid in _ordered(changes.steps, run.steps):
+            ops.put(HEADER, dumps(run.header_dict(with_input=False), where))
+        for sid in ordered(changes.steps, run.steps):
             sr = run.steps.get(sid)
             if sr is None:
                 ops.drop(step_field(sid))
                 ops.drop_prefix(child_prefix(sid))
             else:
                 ops.put(step_field(sid),
-                        _dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+                        dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
         for parent in changes.children:
             psr: StepRun | None = run.steps.get(parent)
             if psr is None:
@@ -838,9 +710,9 @@ class RedisStore:
                     ops.drop(child_field(parent, cid))
                 else:
                     ops.put(child_field(parent, cid),
-                            _dumps(child.to_dict(), f"{where} step {cid!r}"))
+                            dumps(child.to_dict(), f"{where} step {cid!r}"))
         context = run.context
-        for k in _ordered(changes.context_keys, context):
+        for k in ordered(changes.context_keys, context):
             present = k in context
             value = context.get(k)
             if k == "steps":
@@ -849,14 +721,14 @@ class RedisStore:
                     ops.drop(CTX_STEPS_MARKER)
                 elif isinstance(value, dict):
                     ops.drop(CTX_STEPS_MARKER)  # re-created: a new rank
-                    ops.put(CTX_STEPS_MARKER, _EMPTY_MAP)
+                    ops.put(CTX_STEPS_MARKER, EMPTY_MAP)
                     for sk, sv in value.items():
-                        ops.put(ctxstep_field(sk), _dumps(sv, f"{where} context.steps.{sk}"))
+                        ops.put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
                 else:
                     ops.drop(CTX_STEPS_MARKER)
-                    ops.put(CTX_STEPS_MARKER, _dumps(value, f"{where} context.steps"))
+                    ops.put(CTX_STEPS_MARKER, dumps(value, f"{where} context.steps"))
             elif present:
-                ops.put(ctx_field(k), _dumps(value, f"{where} context.{k}"))
+                ops.put(ctx_field(k), dumps(value, f"{where} context.{k}"))
             else:
                 ops.drop(ctx_field(k))
         if changes.context_steps:
@@ -866,11 +738,11 @@ class RedisStore:
                     ops.drop(ctxstep_field(sk))
             else:
                 if CTX_STEPS_MARKER not in ops.writes:
-                    ops.put(CTX_STEPS_MARKER, _EMPTY_MAP)
+                    ops.put(CTX_STEPS_MARKER, EMPTY_MAP)
                 for sk in sorted(changes.context_steps, key=child_order_key):
                     if sk in ctx_steps:
                         ops.put(ctxstep_field(sk),
-                                _dumps(ctx_steps[sk], f"{where} context.steps.{sk}"))
+                                dumps(ctx_steps[sk], f"{where} context.steps.{sk}"))
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops
@@ -881,77 +753,6 @@ def _parse_or_none(value: Any) -> datetime | None:
         return parse_ts(value)
     except ValueError:
         return None
-
-
-_LAST = 1 << 80  # rank of a field without one: after the others
-
-
-def _assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
-    """A ``WorkflowRun`` from the fields of its hash (see the module docstring)."""
-    fields = {_text(k): v for k, v in raw_fields.items()}
-    header_raw = fields.get(HEADER)
-    if header_raw is None:
-        raise RedisDataError(f"redis key {key!r}: run has no {HEADER!r} field")
-    header = _loads(header_raw, key, HEADER)
-    if not isinstance(header, dict):
-        raise RedisDataError(f"redis key {key!r} field {HEADER!r}: not a JSON object")
-    ranks: dict[str, int] = {}
-    for name, value in fields.items():
-        if name.startswith(ORD):
-            with contextlib.suppress(ValueError):
-                ranks[name[len(ORD):]] = int(value)
-
-    def by_rank(names: Iterable[str]) -> list[str]:
-        return sorted(names, key=lambda n: (ranks.get(n, _LAST), n))
-
-    steps: list[str] = []
-    children: dict[str, list[str]] = {}
-    ctx_keys: list[str] = []
-    ctx_steps: list[str] = []
-    for name in fields:
-        if name.startswith(STEP):
-            steps.append(name)
-        elif name.startswith(CHILD):
-            parent = _unescape(name[len(CHILD):].split(":", 1)[0])
-            children.setdefault(parent, []).append(name)
-        elif name.startswith(CTXSTEP):
-            ctx_steps.append(name)
-        elif name.startswith(CTX):
-            ctx_keys.append(name)
-
-    doc = dict(header)
-    if INPUT in fields:
-        doc["input"] = _loads(fields[INPUT], key, INPUT)
-    context: dict[str, Any] = {}
-    steps_map: dict[str, Any] | None = None
-    for name in by_rank(ctx_keys):
-        value = _loads(fields[name], key, name)
-        ck = name[len(CTX):]
-        if ck == "steps" and isinstance(value, dict):
-            steps_map = value
-        else:
-            context[ck] = value
-    if steps_map is not None:
-        for name in by_rank(ctx_steps):
-            steps_map[name[len(CTXSTEP):]] = _loads(fields[name], key, name)
-        context["steps"] = steps_map
-    doc["context"] = context
-    run_steps: dict[str, Any] = {}
-    for name in by_rank(steps):
-        sid = name[len(STEP):]
-        sd = _loads(fields[name], key, name)
-        kids = children.get(sid)
-        if kids and isinstance(sd, dict):
-            prefix = child_prefix(sid)
-            sd["children"] = {
-                n[len(prefix):]: _loads(fields[n], key, n) for n in by_rank(kids)
-            }
-        run_steps[sid] = sd
-    doc["steps"] = run_steps
-    try:
-        return WorkflowRun.from_dict(doc)
-    except ValidationError as exc:
-        raise RedisDataError(f"redis key {key!r}: corrupt run: {exc}") from None
 
 
 __all__ = [

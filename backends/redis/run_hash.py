@@ -1,0 +1,161 @@
+"""A run as a Redis hash: encoding the parts a change names, and reassembling a run.
+
+One field per part (``header``, ``input``, ``step:<id>``, ``child:<parent>:<child>``,
+``ctx:<key>``, ``ctxstep:<key>``) plus ``ord:<field>`` ranks that keep insertion order
+(Redis does not keep field order in large hashes). See ``store.py`` for the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from cordtrio.errors import ValidationError
+from cordtrio.model import WorkflowRun
+
+from .adapter import RedisDataError
+from .keys import CHILD, CTX, CTXSTEP, HEADER, INPUT, ORD, STEP, child_prefix, unescape
+
+
+def dumps(value: Any, where: str) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
+
+
+def loads(raw: bytes, key: str, field: str = "") -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f"redis key {key!r}" + (f" field {field!r}" if field else "")
+        raise RedisDataError(f"{where}: corrupt JSON ({exc})") from None
+
+
+def text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
+
+
+class FieldOps:
+    """The field writes and deletions one change makes to a run hash, last one wins.
+
+    ``drop_prefix`` removes every stored field with a prefix (a step's children, the
+    ``context["steps"]`` entries); resolving it needs the stored field names. ``fresh``
+    fields were dropped and written again, so they get a new rank (at the end).
+    """
+
+    def __init__(self) -> None:
+        self.writes: dict[str, bytes] = {}
+        self.deletes: set[str] = set()
+        self.prefixes: list[str] = []
+        self.fresh: set[str] = set()
+
+    def put(self, field: str, value: bytes) -> None:
+        if field in self.deletes or any(field.startswith(p) for p in self.prefixes):
+            self.deletes.discard(field)
+            self.fresh.add(field)
+        self.writes[field] = value
+
+    def drop(self, field: str) -> None:
+        self.writes.pop(field, None)
+        self.fresh.discard(field)
+        self.deletes.add(field)
+
+    def drop_prefix(self, prefix: str) -> None:
+        for field in [f for f in self.writes if f.startswith(prefix)]:
+            del self.writes[field]
+            self.fresh.discard(field)
+        self.prefixes.append(prefix)
+
+    def resolve(self, stored: Iterable[str]) -> None:
+        """Turn prefix drops into field deletions, given the fields stored now."""
+        for field in stored:
+            if field.startswith(ORD) or field in self.writes:
+                continue
+            if any(field.startswith(p) for p in self.prefixes):
+                self.deletes.add(field)
+        self.prefixes = []
+
+
+def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
+    """``keys`` in the order they appear in ``order`` (then the ones absent from it)."""
+    wanted = set(keys)
+    if len(wanted) <= 1:
+        return list(wanted)
+    out = [k for k in order if k in wanted]
+    seen = set(out)
+    out.extend(sorted(k for k in wanted if k not in seen))
+    return out
+
+
+LAST = 1 << 80  # rank of a field without one: after the others
+
+
+def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
+    """A ``WorkflowRun`` from the fields of its hash (see the module docstring)."""
+    fields = {text(k): v for k, v in raw_fields.items()}
+    header_raw = fields.get(HEADER)
+    if header_raw is None:
+        raise RedisDataError(f"redis key {key!r}: run has no {HEADER!r} field")
+    header = loads(header_raw, key, HEADER)
+    if not isinstance(header, dict):
+        raise RedisDataError(f"redis key {key!r} field {HEADER!r}: not a JSON object")
+    ranks: dict[str, int] = {}
+    for name, value in fields.items():
+        if name.startswith(ORD):
+            with contextlib.suppress(ValueError):
+                ranks[name[len(ORD):]] = int(value)
+
+    def by_rank(names: Iterable[str]) -> list[str]:
+        return sorted(names, key=lambda n: (ranks.get(n, LAST), n))
+
+    steps: list[str] = []
+    children: dict[str, list[str]] = {}
+    ctx_keys: list[str] = []
+    ctx_steps: list[str] = []
+    for name in fields:
+        if name.startswith(STEP):
+            steps.append(name)
+        elif name.startswith(CHILD):
+            parent = unescape(name[len(CHILD):].split(":", 1)[0])
+            children.setdefault(parent, []).append(name)
+        elif name.startswith(CTXSTEP):
+            ctx_steps.append(name)
+        elif name.startswith(CTX):
+            ctx_keys.append(name)
+
+    doc = dict(header)
+    if INPUT in fields:
+        doc["input"] = loads(fields[INPUT], key, INPUT)
+    context: dict[str, Any] = {}
+    steps_map: dict[str, Any] | None = None
+    for name in by_rank(ctx_keys):
+        value = loads(fields[name], key, name)
+        ck = name[len(CTX):]
+        if ck == "steps" and isinstance(value, dict):
+            steps_map = value
+        else:
+            context[ck] = value
+    if steps_map is not None:
+        for name in by_rank(ctx_steps):
+            steps_map[name[len(CTXSTEP):]] = loads(fields[name], key, name)
+        context["steps"] = steps_map
+    doc["context"] = context
+    run_steps: dict[str, Any] = {}
+    for name in by_rank(steps):
+        sid = name[len(STEP):]
+        sd = loads(fields[name], key, name)
+        kids = children.get(sid)
+        if kids and isinstance(sd, dict):
+            prefix = child_prefix(sid)
+            sd["children"] = {
+                n[len(prefix):]: loads(fields[n], key, n) for n in by_rank(kids)
+            }
+        run_steps[sid] = sd
+    doc["steps"] = run_steps
+    try:
+        return WorkflowRun.from_dict(doc)
+    except ValidationError as exc:
+        raise RedisDataError(f"redis key {key!r}: corrupt run: {exc}") from None
