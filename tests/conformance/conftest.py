@@ -90,6 +90,16 @@ async def memory_codec_bus() -> AsyncIterator[BusBackend]:
 
 
 @asynccontextmanager
+async def nng_bus() -> AsyncIterator[BusBackend]:
+    """A client of an nng router on a private ``ipc://`` path (real sockets)."""
+    pytest.importorskip("pynng")
+    from cordtrio.backends.nng.testing import open_loopback
+
+    async with open_loopback("ipc") as (_router, client):
+        yield BusBackend(client, frozenset({"wildcard"}))
+
+
+@asynccontextmanager
 async def fakeredis_storage(clock: Clock) -> AsyncIterator[Storage]:
     import fakeredis
 
@@ -127,6 +137,7 @@ STORAGE_SESSION_FIXTURES: dict[str, str] = {"redis": "redis_server_url"}
 BUS_BACKENDS: dict[str, BusFactory] = {
     "memory": memory_bus,
     "memory-codec": memory_codec_bus,
+    "nng": nng_bus,
 }
 
 

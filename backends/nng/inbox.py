@@ -1,0 +1,144 @@
+"""A subscriber's bounded buffer that tells the router how much room it has.
+
+``Inbox`` is the receive channel an nng-bus ``subscribe`` yields. It holds at most
+``capacity`` packets; the router may only send a subscription as many packets as the
+inbox has granted it *room* for, and the inbox grants more room (``on_room``) as its
+consumer takes packets out. So a full subscriber makes publishers wait at the router —
+the backpressure of ``MemoryBus`` — without a round trip per packet and without a stuck
+consumer being able to stall anyone but the publishers that need *it*.
+
+``capacity=0`` works like an unbuffered memory channel: room is granted while a receiver
+is waiting. ``capacity=math.inf`` is unbounded (no room accounting at all).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from cordtrio.protocol import BusPacket
+
+
+class Inbox(trio.abc.ReceiveChannel[BusPacket]):
+    """Bounded FIFO of packets with room accounting (see the module docstring).
+
+    Besides ``receive``/``aclose`` (and ``async for``), ``receive_nowait`` and ``close``
+    work as on a Trio memory channel.
+    """
+
+    def __init__(self, capacity: int | float) -> None:
+        self.capacity = capacity
+        self._items: deque[BusPacket] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._granted = 0  # room granted to the sender and not used by an arrival yet
+        self._closed = False  # by the consumer
+        self._ended = False  # by the bus: EndOfChannel once drained
+        self.on_room: Callable[[int], None] | None = None
+        self.on_close: Callable[[list[BusPacket]], None] | None = None
+
+    # ---------------------------------------------------------------- the bus's side
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffered(self) -> int:
+        """Packets waiting to be read."""
+        return len(self._items)
+
+    def initial_room(self) -> int | None:
+        """Start the room accounting afresh (a new subscription or connection) and return
+        the room to announce; ``None`` when unbounded."""
+        self._granted = 0
+        if self.capacity == math.inf:
+            return None
+        room = self._deficit(0)
+        self._granted = room
+        return room
+
+    def put(self, packet: BusPacket) -> bool:
+        """A packet arrived (it used one unit of room). False if the consumer closed the
+        inbox: the caller decides what happens to the packet."""
+        self.arrived()
+        if self._closed:
+            return False
+        self._items.append(packet)
+        self._lot.unpark()
+        return True
+
+    def arrived(self) -> None:
+        """Account for an arrival without queueing anything (e.g. an undecodable packet)."""
+        if self._granted > 0:
+            self._granted -= 1
+
+    def end(self) -> None:
+        """The bus is closing: receivers get what is buffered, then ``EndOfChannel``."""
+        self._ended = True
+        self._lot.unpark_all()
+
+    def replenish(self, waiting: int = 0) -> None:
+        """Grant the room that has opened up since the last grant."""
+        if self.capacity == math.inf or self._closed or self._ended:
+            return
+        room = self._deficit(waiting)
+        if room > 0:
+            self._granted += room
+            if self.on_room is not None:
+                self.on_room(room)
+
+    def _deficit(self, waiting: int) -> int:
+        # unbuffered: one packet per receiver waiting now
+        target = int(self.capacity) if self.capacity > 0 else len(self._lot) + waiting
+        return max(0, target - len(self._items) - self._granted)
+
+    # ----------------------------------------------------------- the consumer's side
+
+    def receive_nowait(self) -> BusPacket:
+        if self._closed:
+            raise trio.ClosedResourceError("this subscription's channel is closed")
+        if self._items:
+            packet = self._items.popleft()
+            self.replenish()
+            return packet
+        if self._ended:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> BusPacket:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            packet = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return packet
+        while True:
+            self.replenish(waiting=1)  # an unbuffered inbox has room while we wait
+            await self._lot.park()
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                continue
+
+    def close(self) -> None:
+        """Close the consumer's end; buffered packets go to ``on_close``."""
+        if self._closed:
+            return
+        self._closed = True
+        leftover = list(self._items)
+        self._items.clear()
+        self._lot.unpark_all()
+        if self.on_close is not None:
+            self.on_close(leftover)
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+__all__ = ["Inbox"]
