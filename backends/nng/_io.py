@@ -51,6 +51,26 @@ class TrioSocket:
             except pynng.TryAgain:
                 await trio.lowlevel.wait_readable(self._send_fd)
 
+    async def receive_forever(
+        self, on_message: Callable[[pynng.Message], None], who: str, batch: int = 256
+    ) -> None:
+        """Feed every received message to ``on_message``, up to ``batch`` per wake-up.
+        A frame ``on_message`` fails on is logged and dropped; the loop never dies of it."""
+        while True:
+            await self.wait_receivable()
+            for _ in range(batch):
+                try:
+                    msg = self.try_receive()
+                except pynng.NNGException as exc:
+                    log.warning("%s: receive failed: %s", who, exc)
+                    break
+                if msg is None:
+                    break
+                try:
+                    on_message(msg)
+                except Exception:
+                    log.exception("%s: failed to handle a frame; dropped", who)
+
     def close(self) -> None:
         if self.closed:
             return

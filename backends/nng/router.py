@@ -500,21 +500,7 @@ class NngRouter:
     # ------------------------------------------------------------------ receiving
 
     async def _receive_loop(self) -> None:
-        io = self._io
-        while True:
-            await io.wait_receivable()
-            for _ in range(RECV_BATCH):
-                try:
-                    msg = io.try_receive()
-                except pynng.NNGException as exc:
-                    log.warning("nng router: receive failed: %s", exc)
-                    break
-                if msg is None:
-                    break
-                try:
-                    self._on_message(msg)
-                except Exception:
-                    log.exception("nng router: failed to handle a frame; dropped")
+        await self._io.receive_forever(self._on_message, "nng router", RECV_BATCH)
 
     def _on_message(self, msg: pynng.Message) -> None:
         pipe = msg.pipe
