@@ -55,6 +55,7 @@ from cordtrio.ports import (
     TIMELINE_CAP,
     Clock,
     RunChanges,
+    child_order_key,
     status_text,
 )
 from cordtrio.timeutil import format_ts, parse_ts
@@ -267,10 +268,13 @@ class MemoryStore:
                 record.steps[sid] = _step_dict(sr)
         for parent in changes.children:
             self._write_children(record, run, parent, changes.ordered_children(parent))
-        for key in changes.context_keys:
+        # stable orders (not str-hash order), so a reloaded run is the same in every process
+        for key in [k for k in run.context if k in changes.context_keys] + sorted(
+                changes.context_keys.difference(run.context)):
             self._write_context_key(record, run, key)
         if changes.context_steps:
-            self._write_context_steps(record, run, changes.context_steps)
+            self._write_context_steps(
+                record, run, sorted(changes.context_steps, key=child_order_key))
         if changes.header:
             self._reindex(run.id, record, run, new=False)
         if timeline:
@@ -473,7 +477,7 @@ class MemoryStore:
             record.context_keys.pop(key, None)
 
     @staticmethod
-    def _write_context_steps(record: _RunRecord, run: WorkflowRun, keys: set[str]) -> None:
+    def _write_context_steps(record: _RunRecord, run: WorkflowRun, keys: list[str]) -> None:
         ctx_steps = run.context.get("steps")
         if not isinstance(ctx_steps, dict):
             if record.context_steps is not None:

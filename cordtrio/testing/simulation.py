@@ -414,34 +414,6 @@ class _Sim:
             self.all_done.set()
 
 
-class _OrderedSet(set[str]):
-    """A set that iterates in a given order (not in str-hash order)."""
-
-    def __init__(self, items: set[str], order: Iterator[str] | list[str]) -> None:
-        super().__init__(items)
-        known = [k for k in order if k in items]
-        self._order = known + sorted(items.difference(known))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._order)
-
-
-def _deterministic_changes(run: WorkflowRun, changes: RunChanges) -> RunChanges:
-    """``changes`` with its sets iterating in the run's own order, so a store that iterates
-    them (``MemoryStore`` does) stores steps in an order that does not depend on
-    ``PYTHONHASHSEED`` (a reloaded run would otherwise differ between processes)."""
-    ctx_steps = run.context.get("steps")
-    return RunChanges(
-        header=changes.header,
-        steps=_OrderedSet(changes.steps, list(run.steps)),
-        children=changes.children,
-        context_steps=_OrderedSet(changes.context_steps,
-                                  list(ctx_steps) if isinstance(ctx_steps, dict) else []),
-        context_keys=_OrderedSet(changes.context_keys, list(run.context)),
-        previous_status=changes.previous_status,
-    )
-
-
 class _ObservedStore(FlakyStore):
     """The simulation's view of the store: every *successful* write is reported."""
 
@@ -456,7 +428,7 @@ class _ObservedStore(FlakyStore):
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
     ) -> None:
-        await super().save_run_changes(run, _deterministic_changes(run, changes), timeline)
+        await super().save_run_changes(run, changes, timeline)
         self.sim.on_saved(run)
         if timeline:
             self.sim.on_timeline(run.id, timeline)
