@@ -1,154 +1,271 @@
-"""Throughput benchmarks of cordtrio on the in-memory backends (a baseline; see issue 6).
+"""cordtrio benchmarks (issue 6): workloads x backends x sizes, peers in the same invocation.
 
-    python -m benchmarks                       # W1 and W2, 3 repetitions each
-    python -m benchmarks --workload w2 --size 10000 --repeat 5 --out results.json
+    python -m benchmarks                                  # every workload, every backend
+    python -m benchmarks --workload w1,w2 --backend memory --size w2=1000,10000 --repeat 5
+    python -m benchmarks --peers celery,prefect --out results.json --plot results.png
 
-Workloads (no-op handlers returning a small dict, worker in-process):
-  w1  chains: RUNS runs x 5 dependent steps, all in flight at once
-  w2  fan-out: one run, for_each over SIZE items with max_parallel 100, then a join step
+Workloads (no-op handlers returning a small dict):
+  w1  chains: N runs x 5 dependent steps, all in flight
+  w2  fan-out: one run, for_each over N items, max_parallel 100, then a join
+  w3  wide DAG: N runs of 50 parallel branches x 4 steps joining at the end
+  w4  waiting runs: N runs parked on an approval (memory per waiting run), then approved
+      and drained
+  w5  retries: N runs x 5 steps, every step fails once (backoff 1 s, real clock)
+Backends: memory (worker in-process), redis (+ memory bus, worker in-process), redis-nng
+(+ nng bus, worker in another process). Redis backends and the Celery peer share one
+redis-server the harness starts on a free 127.0.0.1 port (no persistence) and stops.
 
-Prints a table (median and min-max of steps/s, runs/s, dispatch->result latency p50/p99,
-peak RSS) and writes machine-readable results as JSON (default
-benchmarks/results/latest.json). Real clock, real time: numbers are noisy on a shared
-machine, which is why medians of several repetitions are reported.
+Sizes: --size N[,N...] for every selected workload, --size wN=N[,N...] for one, or
+--size wN@BACKEND=N[,N...] for one on one backend or peer (repeatable). Defaults keep a
+full run (every workload and backend, Celery, 3 repetitions) under ~10 minutes on a busy
+2-core machine -- memory: w1 1000, w2 1000+10000, w3 30, w4 10000, w5 200; Redis backends
+and peers: w1 100, w2 1000, w3 3, w4 200, w5 50. The issue's sizes:
+  --size w1=1000 --size w2=1000,10000,100000 --size w3=100 --size w4=10000 --size w5=500
+Figures: median steps/s and runs/s with min-max over the repetitions, dispatch->result
+latency p50/p99, peak RSS, Redis commands per step (INFO commandstats). Details:
+docs/benchmarks.md. Real clock: numbers on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
-import statistics
-import time
-from dataclasses import asdict, dataclass
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cordtrio import Job, Workflow, open_engine, open_worker
-from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
+from .backends import BACKENDS, NEEDS_REDIS
+from .measure import RedisStats, Sample, run_sample
+from .peers import Peer, all_peers
+from .plot import PlotUnavailable, plot
+from .report import print_report, summarize, write_json
+from .workloads import WORKLOADS, Workload
 
-
-@dataclass
-class Sample:
-    workload: str
-    size: int
-    steps: int
-    runs: int
-    seconds: float
-    latency_p50_ms: float
-    latency_p99_ms: float
-
-    @property
-    def steps_per_s(self) -> float:
-        return self.steps / self.seconds
-
-    @property
-    def runs_per_s(self) -> float:
-        return self.runs / self.seconds
+DEFAULT_OUT = "benchmarks/results/latest.json"
 
 
-def _workflow(workload: str) -> Workflow:
-    if workload == "w1":
-        return Workflow.from_dict({"id": "w1", "steps": {
-            f"s{i}": {"topic": "job.noop", "depends_on": [f"s{i - 1}"] if i else []}
-            for i in range(5)}})
-    return Workflow.from_dict({"id": "w2", "steps": {
-        "each": {"topic": "job.noop", "for_each": "input.items", "max_parallel": 100,
-                 "input": {"n": "${item}"}},
-        "join": {"topic": "job.noop", "depends_on": ["each"]}}})
+def _csv(value: str, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if items == ["all"]:
+        return list(allowed)
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"{what}: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(allowed)}")
+    return items
 
 
-async def _once(workload: str, size: int) -> Sample:
-    store, bus, payloads = MemoryStore(), MemoryBus(), MemoryPayloadStore()
-    wf = _workflow(workload)
-    await store.save_workflow(wf)
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
+Sizes = dict[tuple[str, str], tuple[int, ...]]
+"""Explicit sizes by (workload, backend); backend "" applies to every backend."""
 
-    def dispatched(run_id: str, step_id: str, job_id: str) -> None:
-        sent[f"{run_id}/{step_id}"] = time.perf_counter()
 
-    def finished(run_id: str, step_id: str, status: object) -> None:
-        t = sent.pop(f"{run_id}/{step_id}", None)
-        if t is not None:
-            latencies.append(time.perf_counter() - t)
+def parse_sizes(specs: list[str], workloads: list[str]) -> Sizes:
+    """``--size`` values: ``N,N`` (every workload), ``wN=N,N`` (one workload) or
+    ``wN@BACKEND=N,N`` (one workload on one backend or peer, e.g. ``w2@memory``)."""
+    sizes: Sizes = {}
+    for spec in specs:
+        target, _, numbers = spec.rpartition("=")
+        try:
+            values = tuple(int(n) for n in numbers.split(",") if n.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--size {spec!r}: sizes must be integers") from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"--size {spec!r}: sizes must be >= 1")
+        name, _, backend = target.partition("@")
+        if name and name not in WORKLOADS:
+            raise argparse.ArgumentTypeError(f"--size {spec!r}: unknown workload {name!r}")
+        for w in [name] if name else workloads:
+            sizes[(w, backend)] = values
+    return sizes
 
-    async def noop(job: Job) -> dict[str, Any]:
-        return {"ok": True}
 
-    async with (
-        open_engine(store, bus, payloads=payloads, on_step_dispatched=dispatched,
-                    on_step_finished=finished) as engine,
-        open_worker(bus, payloads, {"job.noop": noop}, max_concurrency=256),
-    ):
-        start = time.perf_counter()
-        if workload == "w1":
-            ids = [await engine.submit(wf.id) for _ in range(size)]
-            steps, runs = size * 5, size
-        else:
-            ids = [await engine.submit(wf.id, {"items": list(range(size))})]
-            steps, runs = size + 1, 1
-        for run_id in ids:
-            run = await engine.wait_run(run_id)
-            if run.status != "succeeded":
-                raise SystemExit(f"run {run_id} ended {run.status.value}")
-        seconds = time.perf_counter() - start
-    latencies.sort()
-    return Sample(workload, size, steps, runs, seconds,
-                  1000 * latencies[len(latencies) // 2],
-                  1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
+def sizes_for(workload: Workload, backend: str, explicit: Sizes) -> tuple[int, ...]:
+    """``--size`` for this workload and backend, else for this workload, else the default
+    (memory: the issue's sizes; Redis backends and peers: smaller ones)."""
+    for key in ((workload.name, backend), (workload.name, "")):
+        if key in explicit:
+            return explicit[key]
+    return workload.default_sizes if backend == "memory" else workload.remote_sizes
+
+
+def plan(workloads: list[str], backends: list[str], explicit: Sizes
+         ) -> list[tuple[Workload, str, int]]:
+    """(workload, backend, size) in measuring order."""
+    return [(WORKLOADS[name], backend, size) for name in workloads for backend in backends
+            for size in sizes_for(WORKLOADS[name], backend, explicit)]
+
+
+@contextmanager
+def redis_server(console: Console, needed: bool) -> Iterator[RedisStats | None]:
+    """The harness's redis-server (None, with the reason printed, if it cannot start)."""
+    if not needed:
+        yield None
+        return
+    try:
+        from cordtrio.backends.redis.testing import run_redis_server
+    except ImportError as exc:
+        console.print(f"[yellow]Redis backends and Celery skipped: cannot import {exc.name} "
+                      "(pip install 'cordtrio[redis]')")
+        yield None
+        return
+    with ExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="cordtrio-bench-"))
+        try:
+            server = stack.enter_context(run_redis_server(directory))
+        except Exception as exc:
+            console.print(f"[yellow]Redis backends and Celery skipped: {exc}")
+            server = None
+        if server is None:
+            yield None
+            return
+        stats = RedisStats(server.url)
+        stack.callback(stats.close)
+        console.print(f"redis-server on {server.host}:{server.port} (no persistence)")
+        yield stats
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=["w1", "w2", "all"], default="all")
-    parser.add_argument("--size", type=int, default=0,
-                        help="runs for w1 (default 1000), items for w2 (default 10000)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--workload", default="all", help="w1,w2,w3,w4,w5 or all")
+    parser.add_argument("--backend", default="all", help="memory,redis,redis-nng or all")
+    parser.add_argument("--size", action="append", default=[],
+                        help="N[,N...], wN=N[,N...] or wN@BACKEND=N[,N...] (repeatable)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--peers", default="", help="celery,prefect (default: none)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
+    parser.add_argument("--plot", default="", help="PNG plot of cost per step vs size")
     args = parser.parse_args(argv)
+    peer_factories = all_peers()
+    try:
+        workloads = _csv(args.workload, list(WORKLOADS), "--workload")
+        backends = _csv(args.backend, BACKENDS, "--backend")
+        peer_names = _csv(args.peers, list(peer_factories), "--peers") if args.peers else []
+        sizes = parse_sizes(args.size, workloads)
+        if args.repeat < 1:
+            raise argparse.ArgumentTypeError("--repeat must be >= 1")
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+
     console = Console()
-    workloads = ["w1", "w2"] if args.workload == "all" else [args.workload]
-    results: list[dict[str, Any]] = []
-    table = Table(title="cordtrio, in-memory backends (median, min-max)")
-    for col in ("workload", "size", "steps/s", "runs/s", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="right")
-    for workload in workloads:
-        size = args.size or (1000 if workload == "w1" else 10000)
-        samples = []
-        for i in range(args.repeat):
-            with console.status(f"{workload} size {size}: repetition {i + 1}/{args.repeat}"):
-                samples.append(trio.run(_once, workload, size))
-        sps = [s.steps_per_s for s in samples]
-        rps = [s.runs_per_s for s in samples]
-        table.add_row(
-            workload, str(size),
-            f"{statistics.median(sps):,.0f} ({min(sps):,.0f}-{max(sps):,.0f})",
-            f"{statistics.median(rps):,.1f}",
-            f"{statistics.median(s.latency_p50_ms for s in samples):.2f}",
-            f"{statistics.median(s.latency_p99_ms for s in samples):.2f}",
-        )
-        results.append({
-            "workload": workload, "size": size,
-            "steps_per_s_median": statistics.median(sps), "steps_per_s_min": min(sps),
-            "steps_per_s_max": max(sps), "runs_per_s_median": statistics.median(rps),
-            "samples": [asdict(s) for s in samples],
-        })
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(table)
-    console.print(f"peak RSS {peak_rss_mib:,.0f} MiB")
+    if not console.is_terminal:  # a file or pipe: wide enough for the tables
+        console = Console(width=170)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        console.print(f"[yellow]{message}")
+
+    peers: list[Peer] = []
+    for name in peer_names:
+        peer = peer_factories[name]()
+        reason = peer.unavailable()
+        if reason:
+            note(f"peer {name} skipped: {reason}")
+        else:
+            peers.append(peer)
+    needs_redis = any(b in NEEDS_REDIS for b in backends) or any(p.needs_redis for p in peers)
+    samples: list[Sample] = []
+    with ExitStack() as stack:
+        redis = stack.enter_context(redis_server(console, needs_redis))
+        if redis is None:
+            dropped = [b for b in backends if b in NEEDS_REDIS]
+            if dropped:
+                note(f"backends {', '.join(dropped)} skipped: no redis-server")
+            backends = [b for b in backends if b not in NEEDS_REDIS]
+            for p in [p for p in peers if p.needs_redis]:
+                note(f"peer {p.name} skipped: no redis-server")
+                peers.remove(p)
+        todo = plan(workloads, backends, sizes)
+        peer_todo = [(p, WORKLOADS[w], size) for p in peers for w in workloads
+                      if w in p.workloads for size in sizes_for(WORKLOADS[w], p.key, sizes)]
+        total = (len(todo) + len(peer_todo)) * args.repeat
+        progress = stack.enter_context(Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=False))
+        overall = progress.add_task("samples", total=total)
+        current = progress.add_task("", total=1)
+        for workload, backend, size in todo:
+            expected = _expected_steps(workload, size)
+            for rep in range(args.repeat):
+                progress.update(current, description=f"{workload.name} {backend} size {size:,} "
+                                f"rep {rep + 1}/{args.repeat}", total=expected, completed=0)
+
+                def tick(done: int, expected: int = expected) -> None:
+                    progress.update(current, completed=min(done, expected))
+
+                try:
+                    sample = trio.run(run_sample, workload, backend, size, redis, tick)
+                    samples.append(sample)
+                    _log_sample(progress, sample, rep, args.repeat)
+                except Exception as exc:
+                    note(f"{workload.name} on {backend} size {size} failed: "
+                         f"{type(exc).__name__}: {exc}")
+                    console.print(traceback.format_exc(limit=3), style="dim")
+                    progress.advance(overall, args.repeat - rep)
+                    break
+                progress.advance(overall)
+        _run_peers(peer_todo, args.repeat, redis, progress, overall, current, samples, note)
+
+    summaries = summarize(samples)
+    titles = {name: w.summary for name, w in WORKLOADS.items()}
+    ratios = print_report(console, summaries, titles, [p.name for p in peers])
+    settings: dict[str, Any] = {"workloads": workloads, "backends": backends,
+                                "repeat": args.repeat, "peers": [p.name for p in peers],
+                                "sizes": {f"{w}@{b}" if b else w: list(v)
+                                          for (w, b), v in sizes.items()}}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"python": platform.python_version(), "machine": platform.machine(),
-                               "peak_rss_mib": peak_rss_mib, "results": results}, indent=2))
+    write_json(out, summaries, ratios, settings, notes)
     console.print(f"results written to {out}")
+    if args.plot:
+        try:
+            plot(Path(args.plot), summaries, titles)
+            console.print(f"plot written to {args.plot}")
+        except PlotUnavailable as exc:
+            console.print(f"[yellow]plot skipped: {exc}")
     return 0
+
+
+def _log_sample(progress: Progress, s: Sample, rep: int, repeat: int) -> None:
+    """One line per finished sample (above the live bar; the record when output is a file)."""
+    progress.console.print(
+        f"{s.workload} {s.backend} size {s.size:,} rep {rep + 1}/{repeat}: "
+        f"{s.steps_per_s:,.0f} steps/s in {s.seconds:.1f} s", style="dim", highlight=False)
+
+
+def _expected_steps(workload: Workload, size: int) -> int:
+    per_run = len(workload.workflow().steps)
+    return size + 1 if workload.name == "w2" else size * per_run
+
+
+def _run_peers(todo: list[tuple[Peer, Workload, int]], repeat: int, redis: RedisStats | None,
+               progress: Progress, overall: Any, current: Any, samples: list[Sample],
+               note: Any) -> None:
+    """Each peer in one session (its workers started once), its workloads in order."""
+    by_peer: dict[str, list[tuple[Peer, Workload, int]]] = {}
+    for item in todo:
+        by_peer.setdefault(item[0].name, []).append(item)
+    for name, items in by_peer.items():
+        peer = items[0][0]
+        progress.update(current, description=f"starting {name}", total=1, completed=0)
+        try:
+            with peer.session(redis, note) as session:
+                for _, workload, size in items:
+                    progress.update(current, description=f"{workload.name} {name} size "
+                                    f"{size:,} x {repeat}", completed=0)
+                    done = session.run(workload.name, size, repeat)
+                    samples.extend(done)
+                    for rep, sample in enumerate(done):
+                        _log_sample(progress, sample, rep, repeat)
+                    progress.advance(overall, repeat)
+        except Exception as exc:
+            note(f"peer {name} failed: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ The public names are listed in ``__all__``; see API.md in the docs for the contr
 
 from __future__ import annotations
 
+from .client import Client
 from .engine import Engine, SystemClock, TrioWallClock, open_engine
 from .errors import (
     CordtrioError,
     ExpressionError,
     InvalidStateError,
+    LeaseLostError,
     NotFoundError,
     ProtocolError,
     StoreError,
@@ -64,6 +66,7 @@ __all__ = [
     "ActorType",
     "Budget",
     "BusPacket",
+    "Client",
     "CordtrioError",
     "Engine",
     "ExpressionError",
@@ -78,6 +81,7 @@ __all__ = [
     "JobRequest",
     "JobResult",
     "JobStatus",
+    "LeaseLostError",
     "NotFoundError",
     "ProtocolError",
     "RetryConfig",

@@ -32,6 +32,11 @@ class ProtocolError(CordtrioError, ValueError):
     """Bytes or a packet that are not a valid cordtrio bus message."""
 
 
+class LeaseLostError(CordtrioError):
+    """An engine wrote (or was about to act) for a run whose lease it no longer holds: another
+    engine owns the run now. The write was refused; the engine stops driving that run."""
+
+
 class StoreError(CordtrioError):
     """A backend (store, payload store, bus) failed; usually transient."""
 
@@ -40,6 +45,7 @@ __all__ = [
     "CordtrioError",
     "ExpressionError",
     "InvalidStateError",
+    "LeaseLostError",
     "NotFoundError",
     "ProtocolError",
     "StoreError",

@@ -7,7 +7,6 @@ small; ``from_dict`` accepts any subset of keys.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ValidationError
-from .timeutil import format_ts, parse_ts
+from .fields import (
+    _dict,
+    _format,
+    _list_of_str,
+    _num,
+    _put,
+    _str_enum,
+    _ts,
+    json_copy,
+)
 
 
 class StepType(StrEnum):
@@ -86,60 +94,6 @@ _TERMINAL_STEP = frozenset(
 )
 
 
-def _str_enum(enum: type[StrEnum], value: Any, default: Any, where: str) -> Any:
-    if value is None or value == "":
-        return default
-    try:
-        return enum(str(value).strip().lower())
-    except ValueError:
-        raise ValidationError(f"{where}: unknown {enum.__name__} {value!r}") from None
-
-
-def _put(out: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` unless ``value`` is empty (Go's omitempty)."""
-    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
-        return
-    if isinstance(value, (dict, list)) and not value:
-        return
-    out[key] = value
-
-
-def _dict(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValidationError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list_of_str(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise ValidationError(f"{where}: expected a list, got {type(value).__name__}")
-    return [str(v) for v in value]
-
-
-def _num(value: Any, where: str) -> float | int:
-    if value is None or value == "":
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            return float(value) if "." in str(value) else int(str(value))
-        except (TypeError, ValueError):
-            raise ValidationError(f"{where}: expected a number, got {value!r}") from None
-    return value
-
-
-def _ts(value: Any, where: str) -> datetime | None:
-    try:
-        return parse_ts(value, field=where)
-    except ValueError as exc:
-        raise ValidationError(str(exc)) from None
-
-
 # --------------------------------------------------------------------------- definitions
 
 
@@ -160,14 +114,18 @@ class RetryConfig:
         _put(out, "multiplier", self.multiplier)
         return out
 
+    def clone(self) -> RetryConfig:
+        return RetryConfig(self.max_retries, self.initial_backoff_sec, self.max_backoff_sec,
+                           self.multiplier)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "retry") -> RetryConfig:
         d = _dict(d, where)
         return cls(
-            max_retries=int(_num(d.get("max_retries"), f"{where}.max_retries")),
-            initial_backoff_sec=_num(d.get("initial_backoff_sec"), f"{where}.initial_backoff_sec"),
-            max_backoff_sec=_num(d.get("max_backoff_sec"), f"{where}.max_backoff_sec"),
-            multiplier=_num(d.get("multiplier"), f"{where}.multiplier"),
+            max_retries=int(_num(d.get("max_retries"), (where, "max_retries"))),
+            initial_backoff_sec=_num(d.get("initial_backoff_sec"), (where, "initial_backoff_sec")),
+            max_backoff_sec=_num(d.get("max_backoff_sec"), (where, "max_backoff_sec")),
+            multiplier=_num(d.get("multiplier"), (where, "multiplier")),
         )
 
 
@@ -193,6 +151,11 @@ class StepMeta:
         _put(out, "labels", dict(self.labels))
         return out
 
+    def clone(self) -> StepMeta:
+        return StepMeta(self.actor_id, self.actor_type, self.idempotency_key, self.pack_id,
+                        self.capability, list(self.risk_tags), list(self.requires),
+                        dict(self.labels))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "meta") -> StepMeta:
         d = _dict(d, where)
@@ -202,9 +165,9 @@ class StepMeta:
             idempotency_key=str(d.get("idempotency_key") or ""),
             pack_id=str(d.get("pack_id") or ""),
             capability=str(d.get("capability") or ""),
-            risk_tags=_list_of_str(d.get("risk_tags"), f"{where}.risk_tags"),
-            requires=_list_of_str(d.get("requires"), f"{where}.requires"),
-            labels={str(k): str(v) for k, v in _dict(d.get("labels"), f"{where}.labels").items()},
+            risk_tags=_list_of_str(d.get("risk_tags"), (where, "risk_tags")),
+            requires=_list_of_str(d.get("requires"), (where, "requires")),
+            labels={str(k): str(v) for k, v in _dict(d.get("labels"), (where, "labels")).items()},
         )
 
 
@@ -245,11 +208,11 @@ class Step:
         _put(out, "depends_on", list(self.depends_on))
         for key in ("condition", "for_each", "max_parallel"):
             _put(out, key, getattr(self, key))
-        _put(out, "input", copy.deepcopy(self.input))
-        _put(out, "input_schema", copy.deepcopy(self.input_schema))
+        _put(out, "input", json_copy(self.input))
+        _put(out, "input_schema", json_copy(self.input_schema))
         _put(out, "input_schema_id", self.input_schema_id)
         _put(out, "output_path", self.output_path)
-        _put(out, "output_schema", copy.deepcopy(self.output_schema))
+        _put(out, "output_schema", json_copy(self.output_schema))
         _put(out, "output_schema_id", self.output_schema_id)
         if self.meta is not None:  # kept even when empty so that from_dict(to_dict()) == self
             out["meta"] = self.meta.to_dict()
@@ -261,6 +224,23 @@ class Step:
         _put(out, "route_labels", dict(self.route_labels))
         return out
 
+    def clone(self) -> Step:
+        """A deep copy (what ``from_dict(to_dict())`` gives, without re-parsing)."""
+        return Step(
+            id=self.id, name=self.name, type=self.type, worker_id=self.worker_id,
+            topic=self.topic, depends_on=list(self.depends_on), condition=self.condition,
+            for_each=self.for_each, max_parallel=self.max_parallel,
+            input=json_copy(self.input), input_schema=json_copy(self.input_schema),
+            input_schema_id=self.input_schema_id, output_path=self.output_path,
+            output_schema=json_copy(self.output_schema),
+            output_schema_id=self.output_schema_id,
+            meta=self.meta.clone() if self.meta is not None else None,
+            on_error=self.on_error,
+            retry=self.retry.clone() if self.retry is not None else None,
+            timeout_sec=self.timeout_sec, delay_sec=self.delay_sec,
+            delay_until=self.delay_until, route_labels=dict(self.route_labels),
+        )
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], step_id: str = "") -> Step:
         sid = str(d.get("id") or step_id) if isinstance(d, dict) else step_id
@@ -271,28 +251,28 @@ class Step:
         return cls(
             id=sid,
             name=str(d.get("name") or ""),
-            type=_str_enum(StepType, d.get("type"), StepType.WORKER, f"{where}.type"),
+            type=_str_enum(StepType, d.get("type"), StepType.WORKER, (where, "type")),
             worker_id=str(d.get("worker_id") or ""),
             topic=str(d.get("topic") or ""),
-            depends_on=_list_of_str(d.get("depends_on"), f"{where}.depends_on"),
+            depends_on=_list_of_str(d.get("depends_on"), (where, "depends_on")),
             condition=str(d.get("condition") or ""),
             for_each=str(d.get("for_each") or ""),
-            max_parallel=int(_num(d.get("max_parallel"), f"{where}.max_parallel")),
-            input=copy.deepcopy(_dict(d.get("input"), f"{where}.input")),
-            input_schema=copy.deepcopy(_dict(d.get("input_schema"), f"{where}.input_schema")),
+            max_parallel=int(_num(d.get("max_parallel"), (where, "max_parallel"))),
+            input=json_copy(_dict(d.get("input"), (where, "input"))),
+            input_schema=json_copy(_dict(d.get("input_schema"), (where, "input_schema"))),
             input_schema_id=str(d.get("input_schema_id") or ""),
             output_path=str(d.get("output_path") or ""),
-            output_schema=copy.deepcopy(_dict(d.get("output_schema"), f"{where}.output_schema")),
+            output_schema=json_copy(_dict(d.get("output_schema"), (where, "output_schema"))),
             output_schema_id=str(d.get("output_schema_id") or ""),
             meta=StepMeta.from_dict(meta, f"{where}.meta") if meta is not None else None,
             on_error=str(d.get("on_error") or ""),
             retry=RetryConfig.from_dict(retry, f"{where}.retry") if retry is not None else None,
-            timeout_sec=_num(d.get("timeout_sec"), f"{where}.timeout_sec"),
-            delay_sec=_num(d.get("delay_sec"), f"{where}.delay_sec"),
+            timeout_sec=_num(d.get("timeout_sec"), (where, "timeout_sec")),
+            delay_sec=_num(d.get("delay_sec"), (where, "delay_sec")),
             delay_until=str(d.get("delay_until") or ""),
             route_labels={
                 str(k): str(v)
-                for k, v in _dict(d.get("route_labels"), f"{where}.route_labels").items()
+                for k, v in _dict(d.get("route_labels"), (where, "route_labels")).items()
             },
         )
 
@@ -321,13 +301,26 @@ class Workflow:
         for key in ("id", "org_id", "team_id", "name", "description", "version", "timeout_sec"):
             _put(out, key, getattr(self, key))
         out["steps"] = {sid: step.to_dict() for sid, step in self.steps.items()}
-        _put(out, "config", copy.deepcopy(self.config))
-        _put(out, "input_schema", copy.deepcopy(self.input_schema))
-        _put(out, "parameters", copy.deepcopy(self.parameters))
+        _put(out, "config", json_copy(self.config))
+        _put(out, "input_schema", json_copy(self.input_schema))
+        _put(out, "parameters", json_copy(self.parameters))
         _put(out, "created_by", self.created_by)
-        _put(out, "created_at", format_ts(self.created_at))
-        _put(out, "updated_at", format_ts(self.updated_at))
+        _put(out, "created_at", _format(self.created_at))
+        _put(out, "updated_at", _format(self.updated_at))
         return out
+
+    def clone(self) -> Workflow:
+        """A deep copy (what ``from_dict(to_dict())`` gives, without re-parsing): stores
+        that keep parsed workflows hand out clones."""
+        return Workflow(
+            id=self.id, org_id=self.org_id, team_id=self.team_id, name=self.name,
+            description=self.description, version=self.version,
+            timeout_sec=self.timeout_sec,
+            steps={sid: step.clone() for sid, step in self.steps.items()},
+            config=json_copy(self.config), input_schema=json_copy(self.input_schema),
+            parameters=json_copy(self.parameters), created_by=self.created_by,
+            created_at=self.created_at, updated_at=self.updated_at,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
@@ -362,14 +355,14 @@ class Workflow:
             name=str(d.get("name") or ""),
             description=str(d.get("description") or ""),
             version=str(d.get("version") or ""),
-            timeout_sec=_num(d.get("timeout_sec"), f"{where}.timeout_sec"),
+            timeout_sec=_num(d.get("timeout_sec"), (where, "timeout_sec")),
             steps=steps,
-            config=copy.deepcopy(_dict(d.get("config"), f"{where}.config")),
-            input_schema=copy.deepcopy(_dict(d.get("input_schema"), f"{where}.input_schema")),
-            parameters=copy.deepcopy(params if isinstance(params, list) else [params]),
+            config=json_copy(_dict(d.get("config"), (where, "config"))),
+            input_schema=json_copy(_dict(d.get("input_schema"), (where, "input_schema"))),
+            parameters=json_copy(params if isinstance(params, list) else [params]),
             created_by=str(d.get("created_by") or ""),
-            created_at=_ts(d.get("created_at"), f"{where}.created_at"),
-            updated_at=_ts(d.get("updated_at"), f"{where}.updated_at"),
+            created_at=_ts(d.get("created_at"), (where, "created_at")),
+            updated_at=_ts(d.get("updated_at"), (where, "updated_at")),
         )
 
 
@@ -439,45 +432,91 @@ class StepRun:
     def to_dict(self, *, with_children: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"step_id": self.step_id, "status": str(self.status.value)}
         if self.started_at is not None:
-            out["started_at"] = format_ts(self.started_at)
+            out["started_at"] = _format(self.started_at)
         if self.completed_at is not None:
-            out["completed_at"] = format_ts(self.completed_at)
+            out["completed_at"] = _format(self.completed_at)
         if self.next_attempt_at is not None:
-            out["next_attempt_at"] = format_ts(self.next_attempt_at)
+            out["next_attempt_at"] = _format(self.next_attempt_at)
         if self.attempts:
             out["attempts"] = self.attempts
         if self.input:
-            out["input"] = copy.deepcopy(self.input)
+            out["input"] = json_copy(self.input)
         if self.output is not None:
-            out["output"] = copy.deepcopy(self.output)
+            out["output"] = json_copy(self.output)
         if self.error:
-            out["error"] = copy.deepcopy(self.error)
+            out["error"] = json_copy(self.error)
         if self.job_id:
             out["job_id"] = self.job_id
         if self.item is not None:
-            out["item"] = copy.deepcopy(self.item)
+            out["item"] = json_copy(self.item)
         if with_children and self.children:
             out["children"] = {cid: c.to_dict() for cid, c in self.children.items()}
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], step_id: str = "") -> StepRun:
+        if type(d) is dict:
+            fast = cls._from_stored(d, step_id)
+            if fast is not None:
+                return fast
         where = f"step run {d.get('step_id') or step_id!r}" if isinstance(d, dict) else "step run"
         d = _dict(d, where)
-        children = _dict(d.get("children"), f"{where}.children")
+        children = _dict(d.get("children"), (where, "children"))
         return cls(
             step_id=str(d.get("step_id") or step_id),
-            status=_str_enum(StepStatus, d.get("status"), StepStatus.PENDING, f"{where}.status"),
-            started_at=_ts(d.get("started_at"), f"{where}.started_at"),
-            completed_at=_ts(d.get("completed_at"), f"{where}.completed_at"),
-            next_attempt_at=_ts(d.get("next_attempt_at"), f"{where}.next_attempt_at"),
-            attempts=int(_num(d.get("attempts"), f"{where}.attempts")),
-            input=copy.deepcopy(_dict(d.get("input"), f"{where}.input")),
-            output=copy.deepcopy(d.get("output")),
-            error=copy.deepcopy(_dict(d.get("error"), f"{where}.error")),
+            status=_str_enum(StepStatus, d.get("status"), StepStatus.PENDING, (where, "status")),
+            started_at=_ts(d.get("started_at"), (where, "started_at")),
+            completed_at=_ts(d.get("completed_at"), (where, "completed_at")),
+            next_attempt_at=_ts(d.get("next_attempt_at"), (where, "next_attempt_at")),
+            attempts=int(_num(d.get("attempts"), (where, "attempts"))),
+            input=json_copy(_dict(d.get("input"), (where, "input"))),
+            output=json_copy(d.get("output")),
+            error=json_copy(_dict(d.get("error"), (where, "error"))),
             job_id=str(d.get("job_id") or ""),
-            item=copy.deepcopy(d.get("item")),
+            item=json_copy(d.get("item")),
             children={str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()},
+        )
+
+
+    @classmethod
+    def _from_stored(cls, d: dict[str, Any], step_id: str) -> StepRun | None:
+        """``from_dict`` for the documents ``to_dict`` writes (every field of its own type),
+        which stores read back on every load; None sends anything else down the checking
+        path, which gives the same result or the error."""
+        sid = d.get("step_id") or step_id
+        status = d.get("status")
+        member = StepStatus._value2member_map_.get(status) if type(status) is str else None
+        attempts = d.get("attempts", 0)
+        input_ = d.get("input")
+        error = d.get("error")
+        job_id = d.get("job_id") or ""
+        children = d.get("children")
+        if (type(sid) is not str or member is None or type(attempts) is not int
+                or (input_ is not None and type(input_) is not dict)
+                or (error is not None and type(error) is not dict)
+                or type(job_id) is not str
+                or (children is not None and type(children) is not dict)):
+            return None
+        try:
+            started = _ts(d.get("started_at"), "")
+            completed = _ts(d.get("completed_at"), "")
+            next_attempt = _ts(d.get("next_attempt_at"), "")
+        except ValidationError:
+            return None
+        return cls(
+            step_id=sid,
+            status=member,  # type: ignore[arg-type]
+            started_at=started,
+            completed_at=completed,
+            next_attempt_at=next_attempt,
+            attempts=attempts,
+            input=json_copy(input_) if input_ else {},
+            output=json_copy(d.get("output")),
+            error=json_copy(error) if error else {},
+            job_id=job_id,
+            item=json_copy(d.get("item")),
+            children={str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()}
+            if children else {},
         )
 
 
@@ -513,32 +552,47 @@ class WorkflowRun:
 
         ``with_input=False`` leaves out ``input``, which never changes once a run is
         created and may be large: stores rewrite the header on every event."""
+        # Written out rather than looped over _put: stores call this on every event.
         out: dict[str, Any] = {"id": self.id, "workflow_id": self.workflow_id}
-        _put(out, "org_id", self.org_id)
-        _put(out, "team_id", self.team_id)
-        if with_input:
-            _put(out, "input", copy.deepcopy(self.input))
+        if self.org_id:
+            out["org_id"] = self.org_id
+        if self.team_id:
+            out["team_id"] = self.team_id
+        if with_input and self.input:
+            out["input"] = json_copy(self.input)
         out["status"] = str(self.status.value)
-        _put(out, "started_at", format_ts(self.started_at))
-        _put(out, "completed_at", format_ts(self.completed_at))
-        _put(out, "output", copy.deepcopy(self.output))
-        _put(out, "error", copy.deepcopy(self.error))
+        if self.started_at is not None:
+            out["started_at"] = _format(self.started_at)
+        if self.completed_at is not None:
+            out["completed_at"] = _format(self.completed_at)
+        if self.output:
+            out["output"] = json_copy(self.output)
+        if self.error:
+            out["error"] = json_copy(self.error)
         _put(out, "total_cost", self.total_cost)
-        _put(out, "triggered_by", self.triggered_by)
-        _put(out, "created_at", format_ts(self.created_at))
-        _put(out, "updated_at", format_ts(self.updated_at))
-        _put(out, "labels", dict(self.labels))
-        _put(out, "metadata", dict(self.metadata))
-        _put(out, "idempotency_key", self.idempotency_key)
-        _put(out, "rerun_of", self.rerun_of)
-        _put(out, "rerun_step", self.rerun_step)
+        if self.triggered_by:
+            out["triggered_by"] = self.triggered_by
+        if self.created_at is not None:
+            out["created_at"] = _format(self.created_at)
+        if self.updated_at is not None:
+            out["updated_at"] = _format(self.updated_at)
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        if self.idempotency_key:
+            out["idempotency_key"] = self.idempotency_key
+        if self.rerun_of:
+            out["rerun_of"] = self.rerun_of
+        if self.rerun_step:
+            out["rerun_step"] = self.rerun_step
         if self.dry_run:
             out["dry_run"] = True
         return out
 
     def to_dict(self) -> dict[str, Any]:
         out = self.header_dict()
-        _put(out, "context", copy.deepcopy(self.context))
+        _put(out, "context", json_copy(self.context))
         out["steps"] = {sid: sr.to_dict() for sid, sr in self.steps.items()}
         return out
 
@@ -547,33 +601,38 @@ class WorkflowRun:
         rid = str(d.get("id") or "") if isinstance(d, dict) else ""
         where = f"run {rid!r}"
         d = _dict(d, where)
-        steps = _dict(d.get("steps"), f"{where}.steps")
+        steps = _dict(d.get("steps"), (where, "steps"))
         return cls(
             id=rid,
             workflow_id=str(d.get("workflow_id") or ""),
             org_id=str(d.get("org_id") or ""),
             team_id=str(d.get("team_id") or ""),
-            input=copy.deepcopy(_dict(d.get("input"), f"{where}.input")),
-            context=copy.deepcopy(_dict(d.get("context"), f"{where}.context")),
-            status=_str_enum(RunStatus, d.get("status"), RunStatus.PENDING, f"{where}.status"),
-            started_at=_ts(d.get("started_at"), f"{where}.started_at"),
-            completed_at=_ts(d.get("completed_at"), f"{where}.completed_at"),
-            output=copy.deepcopy(_dict(d.get("output"), f"{where}.output")),
-            error=copy.deepcopy(_dict(d.get("error"), f"{where}.error")),
+            input=json_copy(_dict(d.get("input"), (where, "input"))),
+            context=json_copy(_dict(d.get("context"), (where, "context"))),
+            status=_str_enum(RunStatus, d.get("status"), RunStatus.PENDING, (where, "status")),
+            started_at=_ts(d.get("started_at"), (where, "started_at")),
+            completed_at=_ts(d.get("completed_at"), (where, "completed_at")),
+            output=json_copy(_dict(d.get("output"), (where, "output"))),
+            error=json_copy(_dict(d.get("error"), (where, "error"))),
             steps={str(k): StepRun.from_dict(v, str(k)) for k, v in steps.items()},
-            total_cost=float(_num(d.get("total_cost"), f"{where}.total_cost")),
+            total_cost=float(_num(d.get("total_cost"), (where, "total_cost"))),
             triggered_by=str(d.get("triggered_by") or ""),
-            created_at=_ts(d.get("created_at"), f"{where}.created_at"),
-            updated_at=_ts(d.get("updated_at"), f"{where}.updated_at"),
-            labels={str(k): str(v) for k, v in _dict(d.get("labels"), f"{where}.labels").items()},
+            created_at=_ts(d.get("created_at"), (where, "created_at")),
+            updated_at=_ts(d.get("updated_at"), (where, "updated_at")),
+            labels={str(k): str(v) for k, v in _dict(d.get("labels"), (where, "labels")).items()},
             metadata={
-                str(k): str(v) for k, v in _dict(d.get("metadata"), f"{where}.metadata").items()
+                str(k): str(v) for k, v in _dict(d.get("metadata"), (where, "metadata")).items()
             },
             idempotency_key=str(d.get("idempotency_key") or ""),
             rerun_of=str(d.get("rerun_of") or ""),
             rerun_step=str(d.get("rerun_step") or ""),
             dry_run=bool(d.get("dry_run") or False),
         )
+
+
+TimelineRow = tuple[Any, ...]
+TIMELINE_ROW_FIELDS = ("time", "type", "run_id", "workflow_id", "step_id", "job_id", "status",
+                       "result_ptr", "message", "data")
 
 
 @dataclass
@@ -592,19 +651,52 @@ class TimelineEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"time": format_ts(self.time), "type": self.type}
-        for key in ("run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr",
-                    "message"):
-            _put(out, key, getattr(self, key))
+        out: dict[str, Any] = {"time": _format(self.time), "type": self.type}
+        # written out: one to_dict per timeline event, several per step
+        if self.run_id:
+            out["run_id"] = self.run_id
+        if self.workflow_id:
+            out["workflow_id"] = self.workflow_id
+        if self.step_id:
+            out["step_id"] = self.step_id
+        if self.job_id:
+            out["job_id"] = self.job_id
+        if self.status:
+            out["status"] = self.status
+        if self.result_ptr:
+            out["result_ptr"] = self.result_ptr
+        if self.message:
+            out["message"] = self.message
         if self.data:
-            out["data"] = copy.deepcopy(self.data)
+            out["data"] = json_copy(self.data)
+        return out
+
+    def to_row(self) -> TimelineRow:
+        """The event as a tuple of ``to_dict`` values (``TIMELINE_ROW_FIELDS`` order; empty
+        ones as ``""``/None, trailing empty ones left out; at least time, type and run id):
+        what in-memory stores keep, at half the size of a dict."""
+        row = (_format(self.time), self.type, self.run_id, self.workflow_id, self.step_id,
+               self.job_id, self.status, self.result_ptr, self.message,
+               json_copy(self.data) if self.data else None)
+        end = len(row)
+        while end > 3 and not row[end - 1]:
+            end -= 1  # trailing empty fields are left out (shorter tuple)
+        return row[:end]
+
+    @staticmethod
+    def row_to_dict(row: TimelineRow) -> dict[str, Any]:
+        """``to_dict`` of the event a row came from."""
+        out: dict[str, Any] = {"time": row[0], "type": row[1]}
+        for key, value in zip(TIMELINE_ROW_FIELDS[2:], row[2:], strict=False):
+            if value:
+                out[key] = value
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TimelineEvent:
         d = _dict(d, "timeline event")
         return cls(
-            time=_ts(d.get("time"), "timeline event.time"),
+            time=_ts(d.get("time"), ("timeline event", "time")),
             type=str(d.get("type") or ""),
             run_id=str(d.get("run_id") or ""),
             workflow_id=str(d.get("workflow_id") or ""),
@@ -613,7 +705,7 @@ class TimelineEvent:
             status=str(d.get("status") or ""),
             result_ptr=str(d.get("result_ptr") or ""),
             message=str(d.get("message") or ""),
-            data=copy.deepcopy(_dict(d.get("data"), "timeline event.data")),
+            data=json_copy(_dict(d.get("data"), ("timeline event", "data"))),
         )
 
 
@@ -623,6 +715,7 @@ TERMINAL_STEP_STATUSES = _TERMINAL_STEP
 __all__ = [
     "TERMINAL_RUN_STATUSES",
     "TERMINAL_STEP_STATUSES",
+    "TIMELINE_ROW_FIELDS",
     "RetryConfig",
     "RunStatus",
     "Step",
@@ -631,6 +724,7 @@ __all__ = [
     "StepStatus",
     "StepType",
     "TimelineEvent",
+    "TimelineRow",
     "Workflow",
     "WorkflowRun",
     "load_workflow",

@@ -61,6 +61,11 @@ class RunChanges:
     context_steps: set[str] = field(default_factory=set)
     context_keys: set[str] = field(default_factory=set)
     previous_status: RunStatus | None = None
+    lease_owner: str | None = None
+    """Multi-engine fencing (``RunLeases`` stores): when set, the write happens only if this
+    owner holds the run's lease, checked in the same atomic step, else nothing is written
+    and ``LeaseLostError`` is raised. It is not a change: it does not make the record
+    truthy, and with no parts named the timeline alone is appended (fenced)."""
 
     def ordered_children(self, parent: str) -> list[str]:
         """The changed children of ``parent`` in index order (stores keep that order)."""
@@ -119,6 +124,79 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class RunLeases(Protocol):
+    """Optional store capability for several engines over one store (multi-engine mode).
+
+    A run is driven by at most one engine at a time: the holder of its *lease* (a key with a
+    TTL, renewed by the holder, released when it lets the run go). Commands and job results
+    that reach an engine not holding the lease go to the run's durable *inbox*, and the
+    holder is woken to apply them. A store without this capability runs single-engine.
+    Writes are fenced by ``RunChanges.lease_owner`` in ``save_run_changes``. A store
+    normally used by one engine only may set the class attribute
+    ``multi_engine_default = False`` (``open_engine`` then needs ``multi_engine=True`` or
+    an ``engine_id``).
+
+    ``ttl`` is in seconds. Memory stores measure it on Trio's clock (``MockClock`` expires
+    leases), Redis on the server's clock.
+    """
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        """Take the lease if it is free (or extend it if ``owner`` holds it); False when
+        another owner holds it."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, run_ids: Sequence[str], ttl: float
+    ) -> set[str]:
+        """Extend every lease of ``run_ids`` that ``owner`` still holds, in one call; return
+        the ids it no longer holds (expired, or taken by another owner)."""
+        ...
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        """Drop the lease if ``owner`` holds it (compare-and-delete); else do nothing."""
+        ...
+
+    async def lease_owner(self, run_id: str) -> str | None:
+        """Who holds the run's lease now, or None."""
+        ...
+
+    async def unleased(self, run_ids: Sequence[str]) -> list[str]:
+        """The ids among ``run_ids`` whose lease nobody holds (one call), in order."""
+        ...
+
+    async def push_command(self, run_id: str, data: bytes) -> str | None:
+        """Append ``data`` to the run's inbox and, atomically with it, wake the lease holder
+        (returned), or — nobody holding the lease — queue the run for any engine (None)."""
+        ...
+
+    async def push_unassigned(self, run_id: str, data: bytes) -> None:
+        """Append ``data`` to the run's inbox and queue the run for any engine."""
+        ...
+
+    async def take_commands(self, run_id: str) -> list[bytes]:
+        """Move the run's inbox to the end of its *processing* list and return that whole
+        list, oldest first (atomically): every command taken and not yet acknowledged,
+        so a new owner re-applies what a previous one took and never persisted. The inbox
+        is at-least-once; applying a command twice is harmless (see docs/decisions.md)."""
+        ...
+
+    async def ack_commands(self, run_id: str, owner: str, count: int) -> bool:
+        """Drop the first ``count`` commands of the run's processing list — once the batch
+        that applied them is persisted — if ``owner`` holds the run's lease (atomically);
+        False, dropping nothing, when it does not (the next owner re-applies them)."""
+        ...
+
+    async def runs_with_commands(self, limit: int = 1000) -> list[str]:
+        """Ids of runs whose inbox or processing list holds commands (takeover scans)."""
+        ...
+
+    async def wait_wakeups(self, owner: str, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` s for a run id woken for ``owner`` or queued for any
+        engine; return the ids taken (empty on timeout)."""
+        ...
+
+
+@runtime_checkable
 class PayloadStore(Protocol):
     """Job input/output bytes (UTF-8 JSON) by key; missing → ``NotFoundError``."""
 
@@ -172,6 +250,7 @@ __all__ = [
     "ConfigProvider",
     "PayloadStore",
     "RunChanges",
+    "RunLeases",
     "SchemaRegistry",
     "Store",
     "child_order_key",

@@ -199,13 +199,27 @@ class Worker:
     ) -> None:
         # A packet is taken from the channel only once a slot is free, so jobs this worker
         # cannot start yet stay with the bus (and with other members of the queue group).
+        # Packets already buffered are taken without a schedule point each (one wake-up
+        # starts a whole burst of jobs); the loop blocks only when out of slots or packets.
         slots = trio.Semaphore(self.max_concurrency)
         handlers = self._handlers
         running = self._jobs
+        receive_nowait = getattr(submits, "receive_nowait", None)
         while True:
-            await slots.acquire()
             try:
-                packet = await submits.receive()
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                await slots.acquire()
+            try:
+                if receive_nowait is None:
+                    raise trio.WouldBlock
+                packet = receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    packet = await submits.receive()
+                except trio.EndOfChannel:
+                    slots.release()
+                    return
             except trio.EndOfChannel:
                 slots.release()
                 return

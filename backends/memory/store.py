@@ -32,11 +32,9 @@ checks them):
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +44,15 @@ import trio
 
 from cordtrio.clock import SystemClock
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
-from cordtrio.model import RunStatus, StepRun, TimelineEvent, Workflow, WorkflowRun
+from cordtrio.model import (
+    RunStatus,
+    StepRun,
+    TimelineEvent,
+    TimelineRow,
+    Workflow,
+    WorkflowRun,
+    json_copy,
+)
 from cordtrio.ports import (
     DEFAULT_RUN_LIMIT,
     DEFAULT_STATUS_LIMIT,
@@ -60,6 +66,8 @@ from cordtrio.ports import (
 )
 from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
+
+from .leases import LeaseBook, MemoryRunLeases
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +95,10 @@ class _RunRecord:
 
     header: dict[str, Any]
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    children: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # None rather than an empty dict (64 bytes each, per parked run: W4)
+    children: dict[str, dict[str, dict[str, Any]]] | None = None
     context_steps: dict[str, Any] | None = None  # None: the context has no "steps" map
-    context_keys: dict[str, Any] = field(default_factory=dict)
+    context_keys: dict[str, Any] | None = None
     # What the indexes currently hold for this run.
     status: str = ""
     org_id: str = ""
@@ -100,13 +109,14 @@ class _RunRecord:
     def assemble(self) -> WorkflowRun:
         """A fresh ``WorkflowRun`` (``from_dict`` deep-copies, so nothing is shared)."""
         doc = dict(self.header)
-        context = dict(self.context_keys)
+        context = dict(self.context_keys) if self.context_keys else {}
         if self.context_steps is not None:
             context["steps"] = self.context_steps
         doc["context"] = context
         steps: dict[str, Any] = {}
+        children = self.children or {}
         for sid, sd in self.steps.items():
-            kids = self.children.get(sid)
+            kids = children.get(sid)
             steps[sid] = {**sd, "children": kids} if kids else sd
         doc["steps"] = steps
         return WorkflowRun.from_dict(doc)
@@ -116,8 +126,9 @@ def _step_dict(sr: StepRun) -> dict[str, Any]:
     return sr.to_dict(with_children=False)
 
 
-class MemoryStore:
-    """Workflows, runs (with their indexes), timelines and idempotency keys, in memory.
+class MemoryStore(MemoryRunLeases):
+    """Workflows, runs (with their indexes), timelines and idempotency keys, in memory; and
+    run leases with command inboxes (``RunLeases``, see ``leases.py``) for several engines.
 
     Every method is a Trio checkpoint and then runs to completion without yielding, so each
     call is atomic with respect to other tasks. ``clock`` (an object with ``now()`` returning
@@ -128,15 +139,21 @@ class MemoryStore:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._seq = itertools.count()
         self._workflows: dict[str, dict[str, Any]] = {}
+        self._parsed: dict[str, Workflow] = {}  # from_dict of each doc, handed out cloned
         self._wf_all: _Index = {}
         self._wf_by_org: dict[str, _Index] = {}
         self._runs: dict[str, _RunRecord] = {}
         self._runs_all: _Index = {}
         self._runs_by_workflow: dict[str, _Index] = {}
         self._runs_by_status: dict[str, _Index] = {}
-        self._active_by_org: dict[str, set[str]] = {}
-        self._timelines: dict[str, deque[dict[str, Any]]] = {}
+        # non-terminal runs per org, counted (a set of ids would cost ~70 bytes per run)
+        self._active_by_org: dict[str, int] = {}
+        # A plain list per run, trimmed to the newest TIMELINE_CAP on append: an empty deque
+        # costs ~600 bytes, which parked runs (W4) would pay each.
+        # Rows (``TimelineEvent.to_row``), not dicts: half the memory per event.
+        self._timelines: dict[str, list[TimelineRow]] = {}
         self._idempotency: dict[str, str] = {}
+        self._lease_book = LeaseBook()
 
     def _now(self) -> datetime:
         return self._clock.now()
@@ -159,6 +176,7 @@ class MemoryStore:
         if old is not None:
             self._unindex_workflow(wf.id, str(old.get("org_id") or ""))
         self._workflows[wf.id] = doc
+        self._parsed[wf.id] = Workflow.from_dict(doc)
         key = (now.timestamp(), next(self._seq))
         self._wf_all[wf.id] = key
         if wf.org_id:
@@ -166,15 +184,16 @@ class MemoryStore:
 
     async def get_workflow(self, workflow_id: str) -> Workflow:
         await trio.lowlevel.checkpoint()
-        doc = self._workflows.get(workflow_id)
-        if doc is None:
+        parsed = self._parsed.get(workflow_id)
+        if parsed is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
-        return Workflow.from_dict(doc)
+        return parsed.clone()
 
     async def delete_workflow(self, workflow_id: str) -> None:
         """Remove the definition and its index entries (its runs are kept)."""
         await trio.lowlevel.checkpoint()
         doc = self._workflows.pop(workflow_id, None)
+        self._parsed.pop(workflow_id, None)
         if doc is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
         self._unindex_workflow(workflow_id, str(doc.get("org_id") or ""))
@@ -247,6 +266,8 @@ class MemoryStore:
         move only when ``changes.header`` is set.
         """
         await trio.lowlevel.checkpoint()
+        if changes.lease_owner is not None:
+            self._check_fence(run.id, changes.lease_owner)
         record = self._record(run.id)
         if changes.header:
             if run.updated_at is None:
@@ -263,7 +284,8 @@ class MemoryStore:
             sr = run.steps.get(sid)
             if sr is None:
                 record.steps.pop(sid, None)
-                record.children.pop(sid, None)
+                if record.children:
+                    record.children.pop(sid, None)
             else:
                 record.steps[sid] = _step_dict(sr)
         for parent in changes.children:
@@ -292,11 +314,8 @@ class MemoryStore:
         self._runs_all.pop(run_id, None)
         self._drop(self._runs_by_workflow, record.workflow_id, run_id)
         self._drop(self._runs_by_status, record.status, run_id)
-        active = self._active_by_org.get(record.org_id)
-        if active is not None:
-            active.discard(run_id)
-            if not active:
-                del self._active_by_org[record.org_id]
+        if not _is_terminal(record.status):
+            self._count_active(record.org_id, -1)
         self._timelines.pop(run_id, None)
         key = str(record.header.get("idempotency_key") or "")
         if key and self._idempotency.get(key) == run_id:
@@ -305,7 +324,7 @@ class MemoryStore:
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""
         await trio.lowlevel.checkpoint()
-        return len(self._active_by_org.get(org_id, ()))
+        return self._active_by_org.get(org_id, 0)
 
     async def list_runs_by_workflow(
         self, workflow_id: str, limit: int = DEFAULT_RUN_LIMIT
@@ -360,9 +379,9 @@ class MemoryStore:
             return []
         start = max(0, len(timeline) - limit)
         out: list[TimelineEvent] = []
-        for doc in itertools.islice(timeline, start, None):
+        for row in timeline[start:]:
             try:
-                out.append(TimelineEvent.from_dict(doc))
+                out.append(TimelineEvent.from_dict(TimelineEvent.row_to_dict(row)))
             except ValidationError as exc:  # pragma: no cover - cannot happen in memory
                 log.warning("run %r: corrupt timeline entry skipped: %s", run_id, exc)
         return out
@@ -372,16 +391,17 @@ class MemoryStore:
             raise ValidationError("run id required")
         timeline = self._timelines.get(run_id)
         if timeline is None:
-            timeline = self._timelines[run_id] = deque(maxlen=TIMELINE_CAP)
+            timeline = self._timelines[run_id] = []
         now: str | None = None
         for event in events:
-            doc = event.to_dict()
-            if not doc.get("time"):
-                now = now or format_ts(self._now())
-                doc["time"] = now
-            if not doc.get("run_id"):
-                doc["run_id"] = run_id
-            timeline.append(doc)
+            row = event.to_row()
+            if not row[0] or not row[2]:
+                if not row[0]:
+                    now = now or format_ts(self._now())
+                row = (row[0] or now, row[1], row[2] or run_id, *row[3:])
+            timeline.append(row)
+        if len(timeline) > TIMELINE_CAP:
+            del timeline[:len(timeline) - TIMELINE_CAP]
 
     # ----------------------------------------------------------------------- idempotency
 
@@ -431,17 +451,17 @@ class MemoryStore:
             sid: {cid: child.to_dict() for cid, child in sr.children.items()}
             for sid, sr in run.steps.items()
             if sr.children
-        }
+        } or None
         context = run.context
         ctx_steps = context.get("steps")
         if isinstance(ctx_steps, dict):
-            record.context_steps = copy.deepcopy(ctx_steps)
+            record.context_steps = json_copy(ctx_steps)
             record.context_keys = {
-                k: copy.deepcopy(v) for k, v in context.items() if k != "steps"
-            }
+                k: json_copy(v) for k, v in context.items() if k != "steps"
+            } or None
         else:
             record.context_steps = None
-            record.context_keys = copy.deepcopy(context)
+            record.context_keys = json_copy(context) or None
 
     @staticmethod
     def _write_children(
@@ -449,8 +469,11 @@ class MemoryStore:
     ) -> None:
         sr = run.steps.get(parent)
         if sr is None:
-            record.children.pop(parent, None)
+            if record.children:
+                record.children.pop(parent, None)
             return
+        if record.children is None:
+            record.children = {}
         stored = record.children.setdefault(parent, {})
         for cid in kids:
             child = sr.children.get(cid)
@@ -460,20 +483,25 @@ class MemoryStore:
                 stored[cid] = child.to_dict()
         if not stored:
             del record.children[parent]
+            if not record.children:
+                record.children = None
 
     @staticmethod
     def _write_context_key(record: _RunRecord, run: WorkflowRun, key: str) -> None:
         present = key in run.context
         value = run.context.get(key)
         if key == "steps" and (isinstance(value, dict) or not present):
-            record.context_keys.pop("steps", None)
-            record.context_steps = copy.deepcopy(value) if present else None
+            if record.context_keys:
+                record.context_keys.pop("steps", None)
+            record.context_steps = json_copy(value) if present else None
             return
         if key == "steps":  # a non-map "steps" is stored like any other key
             record.context_steps = None
         if present:
-            record.context_keys[key] = copy.deepcopy(value)
-        else:
+            if record.context_keys is None:
+                record.context_keys = {}
+            record.context_keys[key] = json_copy(value)
+        elif record.context_keys:
             record.context_keys.pop(key, None)
 
     @staticmethod
@@ -486,10 +514,11 @@ class MemoryStore:
             return
         if record.context_steps is None:
             record.context_steps = {}
-            record.context_keys.pop("steps", None)
+            if record.context_keys:
+                record.context_keys.pop("steps", None)
         for key in keys:
             if key in ctx_steps:
-                record.context_steps[key] = copy.deepcopy(ctx_steps[key])
+                record.context_steps[key] = json_copy(ctx_steps[key])
             else:
                 record.context_steps.pop(key, None)
 
@@ -501,6 +530,13 @@ class MemoryStore:
             if not index:
                 del indexes[name]
 
+    def _count_active(self, org_id: str, delta: int) -> None:
+        count = self._active_by_org.get(org_id, 0) + delta
+        if count > 0:
+            self._active_by_org[org_id] = count
+        else:
+            self._active_by_org.pop(org_id, None)
+
     def _reindex(self, run_id: str, record: _RunRecord, run: WorkflowRun, *, new: bool) -> None:
         """Bring the run's index entries in line with its header (status, org, times)."""
         status = status_text(record.header.get("status", "pending"))
@@ -509,6 +545,14 @@ class MemoryStore:
         created = run.created_at.timestamp() if run.created_at else 0.0
         updated = run.updated_at.timestamp() if run.updated_at else created
         seq = next(self._seq)
+        if (not new and status == record.status and org_id == record.org_id
+                and workflow_id == record.workflow_id and created == record.created):
+            # The common case (a step event): only the update time moves.
+            key = (updated, seq)  # one tuple shared by both indexes
+            self._runs_by_status[status][run_id] = key
+            self._runs_all[run_id] = key
+            record.updated = updated
+            return
 
         if new or workflow_id != record.workflow_id or created != record.created:
             if not new:
@@ -516,17 +560,14 @@ class MemoryStore:
             self._runs_by_workflow.setdefault(workflow_id, {})[run_id] = (created, seq)
         if not new and status != record.status:
             self._drop(self._runs_by_status, record.status, run_id)
-        self._runs_by_status.setdefault(status, {})[run_id] = (updated, seq)
-        self._runs_all[run_id] = (updated, seq)
+        key = (updated, seq)
+        self._runs_by_status.setdefault(status, {})[run_id] = key
+        self._runs_all[run_id] = key
 
-        if not new:
-            active = self._active_by_org.get(record.org_id)
-            if active is not None:
-                active.discard(run_id)
-                if not active:
-                    del self._active_by_org[record.org_id]
+        if not new and not _is_terminal(record.status):
+            self._count_active(record.org_id, -1)
         if not _is_terminal(status):
-            self._active_by_org.setdefault(org_id, set()).add(run_id)
+            self._count_active(org_id, 1)
 
         record.status = status
         record.org_id = org_id

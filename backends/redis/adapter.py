@@ -7,6 +7,12 @@ can go wrong into cordtrio's errors, so no raw redis-py or asyncio exception esc
 * connection trouble (refused, reset, timeouts, a loading or read-only server, any other
   server error) → ``StoreError`` naming the URL (password masked). ``StoreError`` is what the
   engine treats as transient and retries;
+* a lost connection (refused, reset, closed by the server, a server still loading its data)
+  is first ridden out: the call is retried with a short backoff for up to
+  ``reconnect_timeout`` seconds (default ``RECONNECT_TIMEOUT``), so a Redis restart of a
+  second or two fails nothing — not a worker's payload read, not a step's dispatch — while a
+  server that stays away still gives a ``StoreError`` within a few seconds. Timeouts are not
+  retried here (the time is already spent, and the command may have run);
 * data that is not what cordtrio wrote (a ``WRONGTYPE`` reply: a string where a hash is
   expected...) → ``RedisDataError`` naming the key. It is *not* a ``StoreError``: retrying
   cannot fix it, so the engine gives up on that run instead of retrying forever. The store
@@ -25,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
+import trio
 import trio_asyncio
 
 from cordtrio.errors import CordtrioError, StoreError
@@ -82,8 +89,28 @@ def _secrets(url: str) -> list[str]:
 _BACKEND_ERRORS = (rx.RedisError, OSError, asyncio.TimeoutError, RuntimeError, EOFError)
 
 
+RECONNECT_TIMEOUT = 3.0
+"""Seconds a call keeps retrying a lost connection before it fails with ``StoreError``."""
+
+_RECONNECT_DELAY = 0.05  # first backoff between reconnection attempts, doubling...
+_RECONNECT_DELAY_CAP = 0.5  # ...up to this
+
+# Errors that are not a lost connection although redis-py files them under ConnectionError:
+# retrying a wrong password or a missing permission cannot help.
+_NOT_A_DISCONNECT = (rx.AuthenticationError, rx.AuthorizationError,
+                     rx.ExternalAuthProviderError)
+
+
 def is_wrongtype(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and "WRONGTYPE" in str(exc)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True for a connection that is down (refused, reset, closed, the server still loading
+    its data, the pool exhausted): worth waiting for. False for timeouts and auth errors."""
+    if isinstance(exc, _NOT_A_DISCONNECT):
+        return False
+    return isinstance(exc, rx.ConnectionError | ConnectionError)
 
 
 class RedisAdapter:
@@ -95,24 +122,45 @@ class RedisAdapter:
     ``what`` and ``key`` only serve the error messages.
     """
 
-    def __init__(self, client: Any, loop: Any, url: str) -> None:
+    def __init__(
+        self, client: Any, loop: Any, url: str, *, reconnect_timeout: float = RECONNECT_TIMEOUT
+    ) -> None:
         self.client = client
         self.loop = loop
         self.url = mask_url(url)
         self._secrets = _secrets(url)
+        self.reconnect_timeout = reconnect_timeout
 
     # ------------------------------------------------------------------------ calls
 
     async def run(
-        self, what: str, fn: Callable[[Any], Awaitable[T]], *, key: str = ""
+        self, what: str, fn: Callable[[Any], Awaitable[T]], *, key: str = "",
+        reconnect: bool = True,
     ) -> T:
-        """``await fn(client)`` on the asyncio loop, with errors translated."""
-        try:
-            return await trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client)
-        except _BACKEND_ERRORS as exc:
-            raise self.translate(exc, what, key) from None
-        except asyncio.CancelledError as exc:  # not ours (ours arrives as trio.Cancelled)
-            raise StoreError(f"redis {self.url}: {what}: cancelled on the asyncio side") from exc
+        """``await fn(client)`` on the asyncio loop, with errors translated. A lost
+        connection is retried for up to ``reconnect_timeout`` s (unless ``reconnect`` is
+        False); ``fn`` must be safe to run again (every caller's is: plain commands, and
+        pipelines/transactions that either ran whole or not at all)."""
+        delay = _RECONNECT_DELAY
+        give_up_at: float | None = None
+        while True:
+            try:
+                return await trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client)
+            except _BACKEND_ERRORS as exc:
+                now = trio.current_time()
+                if give_up_at is None:
+                    give_up_at = now + self.reconnect_timeout
+                if not reconnect or not is_disconnect(exc) or now >= give_up_at:
+                    error = self.translate(exc, what, key)
+                    if reconnect and is_disconnect(exc):
+                        error.args = (f"{error} (no connection for {self.reconnect_timeout:g}s)",)
+                    raise error from None
+                log.debug("redis %s: %s: connection lost (%s), retrying", self.url, what, exc)
+            except asyncio.CancelledError as exc:  # not ours (ours arrives as trio.Cancelled)
+                raise StoreError(
+                    f"redis {self.url}: {what}: cancelled on the asyncio side") from exc
+            await trio.sleep(min(delay, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, _RECONNECT_DELAY_CAP)
 
     async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """One command: ``client.<method>(*args, **kwargs)``."""
@@ -133,22 +181,28 @@ class RedisAdapter:
     ) -> list[Any]:
         """Send commands in one round trip and return their replies. ``commands`` is a list
         of ``(method, args)`` or a function queueing them on the pipeline. With
-        ``raise_on_error=False`` a failed command's reply is its exception (translated)."""
+        ``raise_on_error=False`` a failed command's reply is its exception (translated,
+        naming that command's key — its first argument — when ``commands`` is a list)."""
+        listed = None if callable(commands) else list(commands)  # may be sent twice (run)
 
         async def go(client: Any) -> list[Any]:
             async with client.pipeline(transaction=transaction) as pipe:
-                if callable(commands):
+                if listed is None:
+                    assert callable(commands)
                     commands(pipe)
                 else:
-                    for method, args in commands:
+                    for method, args in listed:
                         getattr(pipe, method)(*args)
                 return list(await pipe.execute(raise_on_error=raise_on_error))
 
         replies = await self.run(what, go, key=key)
         if raise_on_error:
             return replies
+        keys = [args[0] if args and isinstance(args[0], str) else key
+                for _, args in listed] if listed is not None else [key] * len(replies)
         return [
-            self.translate(r, what, key) if isinstance(r, Exception) else r for r in replies
+            self.translate(r, what, k) if isinstance(r, Exception) else r
+            for r, k in zip(replies, keys, strict=True)
         ]
 
     async def transaction(
@@ -196,4 +250,5 @@ class RedisAdapter:
         return text
 
 
-__all__ = ["RedisAdapter", "RedisDataError", "is_wrongtype", "mask_url"]
+__all__ = ["RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError", "is_disconnect",
+           "is_wrongtype", "mask_url"]

@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.ports import Clock
 
-from .adapter import RedisAdapter, mask_url
+from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
@@ -29,6 +29,12 @@ CONNECT_TIMEOUT = 5.0
 
 SOCKET_TIMEOUT = 30.0
 """Seconds a command may wait for its reply before it fails (a ``StoreError``)."""
+
+MAX_CONNECTIONS = 64
+"""Connections in the pool: the most Redis commands in flight at once."""
+
+POOL_WAIT_TIMEOUT = 30.0
+"""Seconds a command waits for a free connection before it fails (a ``StoreError``)."""
 
 CLOSE_TIMEOUT = 2.0
 
@@ -58,6 +64,8 @@ async def connect(
     clock: Clock | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     socket_timeout: float | None = SOCKET_TIMEOUT,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> AsyncIterator[RedisBackends]:
     """Open a trio-asyncio loop and one Redis connection pool for ``url``, check the server
     answers (PING), and yield ``RedisBackends`` (``.store``, ``.payloads``, ``.schemas``).
@@ -65,12 +73,15 @@ async def connect(
 
     A bad URL, a refused or unreachable server or a failed AUTH raise ``StoreError`` (a
     ``CordtrioError``) naming the URL, password masked, within ``connect_timeout`` seconds.
+    Once connected, a call that finds the connection lost (a Redis restart) retries for up to
+    ``reconnect_timeout`` seconds before it raises ``StoreError`` naming the URL.
 
     ``client`` uses an existing ``redis.asyncio.Redis`` (or ``fakeredis.FakeAsyncRedis``)
     instead of creating one from ``url`` (which then only names it in messages); it is not
     closed on exit, but its connections — bound to this block's loop — are dropped.
     ``clock`` stamps the timestamps the store fills in; ``payload_ttl_seconds`` (``None``: no
-    expiry) applies to every payload written.
+    expiry) applies to every payload written. At most ``max_connections`` commands are in
+    flight at once; further ones wait (up to 30 s) for a free connection.
 
     Timers of redis-py run on the asyncio loop, whose time is Trio's clock: do not combine a
     real server with ``trio.testing.MockClock(autojump_threshold=0)``, which would jump the
@@ -81,21 +92,28 @@ async def connect(
     own = client is None
     if own:
         try:
-            client = aredis.Redis.from_url(
+            # A blocking pool: with hundreds of runs in flight, commands wait for a free
+            # connection instead of failing with "too many connections" (redis-py's default
+            # pool raises at once when all are busy).
+            pool = aredis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=max_connections,
+                timeout=POOL_WAIT_TIMEOUT,
                 decode_responses=False,
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
                 health_check_interval=30,
             )
+            client = aredis.Redis(connection_pool=pool)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise StoreError(f"redis {shown}: bad URL: {exc}") from None
     leaf: BaseException | None = None
     from_body: BaseException | None = None
     try:
         async with trio_asyncio.open_loop() as loop:
-            adapter = RedisAdapter(client, loop, url if own else shown)
+            adapter = RedisAdapter(client, loop, url if own else shown,
+                                   reconnect_timeout=reconnect_timeout)
             try:
                 await _ping(adapter, shown, connect_timeout)
                 try:
@@ -143,7 +161,7 @@ def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 async def _ping(adapter: RedisAdapter, shown: str, timeout: float) -> None:
     try:
         with trio.fail_after(timeout):
-            await adapter.call("ping", "", "ping")
+            await adapter.run("ping", lambda client: client.ping(), reconnect=False)
     except trio.TooSlowError:
         raise StoreError(
             f"redis {shown}: cannot connect: no answer to PING within {timeout:g}s"

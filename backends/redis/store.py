@@ -81,7 +81,7 @@ from datetime import datetime
 from typing import Any
 
 from cordtrio.clock import SystemClock
-from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
+from cordtrio.errors import InvalidStateError, LeaseLostError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepRun, TimelineEvent, Workflow, WorkflowRun
 from cordtrio.ports import (
     DEFAULT_RUN_LIMIT,
@@ -121,6 +121,7 @@ from .keys import (
     workflow_key,
     workflow_org_index,
 )
+from .leases import RedisRunLeases, fenced_commands, lease_key
 from .run_hash import FieldOps, assemble, dumps, loads, ordered, text
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,9 @@ def _check_run_id(run_id: str) -> None:
 # --------------------------------------------------------------------------- store
 
 
-class RedisStore:
-    """Workflows, runs (with their indexes), timelines and idempotency keys in Redis.
+class RedisStore(RedisRunLeases):
+    """Workflows, runs (with their indexes), timelines and idempotency keys in Redis; and
+    run leases with command inboxes (``RunLeases``, see ``leases.py``) for several engines.
 
     Built by ``cordtrio.backends.redis.connect``; ``clock`` (``now()`` → aware UTC datetime)
     stamps the timestamps the store fills in, as in ``MemoryStore``.
@@ -356,6 +358,9 @@ class RedisStore:
         part that is absent from ``run`` is deleted. Indexes move only when
         ``changes.header`` is set."""
         docs = self._timeline_docs(run.id, timeline)
+        if changes.lease_owner is not None:
+            await self._save_fenced(run, changes, docs, changes.lease_owner)
+            return
         if not changes:
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
@@ -403,6 +408,67 @@ class RedisStore:
         replies = await self._redis.pipeline("save run changes", key, commands)
         if not replies[0]:
             await self._undo_phantom(run, status if changes.header else None)
+            raise NotFoundError(f"run {run.id!r} not found")
+
+    async def _save_fenced(
+        self, run: WorkflowRun, changes: RunChanges, docs: list[bytes], owner: str
+    ) -> None:
+        """``save_run_changes`` fenced by the run's lease (``changes.lease_owner``).
+
+        The usual commands (HEXISTS, the field writes, the index moves, the timeline) are
+        queued as always, then sent as the arguments of one Lua script that first checks
+        the lease and runs them only if ``owner`` holds it: one round trip, like the
+        unfenced write. The rare ``HKEYS`` path is a ``WATCH`` transaction on the run and the
+        lease with a ``GET`` of the lease before ``MULTI``."""
+        key = run_key(run.id)
+        lease = lease_key(run.id)
+        if changes and changes.header and run.updated_at is None:
+            run.updated_at = self._now()
+        ops = self._change_ops(run, changes) if changes else None
+        status = status_text(run.status)
+        previous: Sequence[str] = ()
+        if changes.header:
+            prev = changes.previous_status
+            previous = RUN_STATUSES if prev is None else (status_text(prev),)
+
+        def lost(holder: Any) -> LeaseLostError:
+            shown = text(holder) if holder else "nobody"
+            return LeaseLostError(f"run {run.id}: lease held by {shown}, not {owner}; "
+                                  "not written")
+
+        def queue(pipe: Any) -> None:
+            pipe.hexists(key, HEADER)
+            if ops is not None:
+                self._queue_ops(pipe, key, ops)
+                if changes.header:
+                    self._queue_index(pipe, run, status, previous=previous)
+            self._queue_timeline(pipe, run.id, docs)
+
+        if ops is not None and ops.prefixes:
+            async def txn(pipe: Any) -> bool:
+                holder = await pipe.get(lease)
+                if holder is None or text(holder) != owner:
+                    raise lost(holder)
+                stored = [text(f) for f in await pipe.hkeys(key)]
+                if HEADER not in stored:
+                    if stored:
+                        raise RedisDataError(f"redis key {key!r}: run has no header field")
+                    raise NotFoundError(f"run {run.id!r} not found")
+                ops.resolve(stored)
+                pipe.multi()
+                queue(pipe)
+                return bool((await pipe.execute())[0])
+
+            existed = await self._redis.transaction("save run changes", key, [lease, key], txn)
+        else:
+            ok, first = await fenced_commands(self._redis, "save run changes", key, lease,
+                                              owner, queue)
+            if not ok:
+                raise lost(first)
+            existed = bool(first)
+        if not existed:
+            if ops is not None:
+                await self._undo_phantom(run, status if changes.header else None)
             raise NotFoundError(f"run {run.id!r} not found")
 
     async def _undo_phantom(self, run: WorkflowRun, status: str | None) -> None:

@@ -3,6 +3,10 @@
 ```python
 with run_redis_server(tmp_dir) as server:      # a free 127.0.0.1 port, no persistence
     async with connect(server.url) as redis: ...
+
+with run_redis_server(tmp_dir, appendonly=True) as server:   # AOF, fsync on every write
+    server.stop()       # SIGTERM, as an operator or a container runtime would
+    server.start()      # the same port, the same data directory: the data is back
 ```
 
 Startup is the one place that waits in real time: it polls PING every 20 ms until the server
@@ -18,9 +22,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cordtrio.errors import CordtrioError
 
@@ -37,11 +43,37 @@ class RedisServer:
     port: int
     password: str | None
     process: subprocess.Popen[bytes]
+    args: list[str] = field(default_factory=list)
+    """The command line it was started with (``start`` reuses it: same port, same dir)."""
+    logfile: Path | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server with SIGTERM (it finishes writing its AOF and exits) and wait."""
+        _stop(self.process)
+
+    def start(self, startup_timeout: float = 10.0) -> None:
+        """Start it again after ``stop``: same port, same data directory and options, so an
+        AOF server comes back with its data. Raises ``CordtrioError`` if it does not answer
+        PING within ``startup_timeout`` s (the port taken meanwhile, say)."""
+        if self.running:
+            raise CordtrioError(f"redis-server on port {self.port} is still running")
+        if not self.args:
+            raise CordtrioError(f"redis-server on port {self.port}: command line unknown")
+        proc = _spawn(self.args)
+        problem = _wait_up(proc, self.host, self.port, startup_timeout, self.logfile)
+        if problem:
+            _stop(proc)
+            raise CordtrioError(f"redis-server did not restart on port {self.port}: {problem}")
+        self.process = proc
 
 
 def find_redis_server() -> str | None:
@@ -81,9 +113,14 @@ def run_redis_server(
     executable: str | None = None,
     startup_timeout: float = 10.0,
     attempts: int = 3,
+    appendonly: bool = False,
 ) -> Iterator[RedisServer]:
-    """Start ``redis-server`` on a free port of ``host`` (no RDB/AOF, working dir
-    ``directory``), wait until it answers PING, yield it, stop it on exit.
+    """Start ``redis-server`` on a free port of ``host`` (no RDB, working dir ``directory``),
+    wait until it answers PING, yield it, stop it on exit (also after a ``stop``/``start``).
+
+    Without ``appendonly`` nothing is persisted; with it the server keeps an AOF in
+    ``directory`` synced on every write (``--appendfsync always``), so ``stop`` + ``start``
+    loses nothing that was acknowledged.
 
     Raises ``RedisServerUnavailable`` if there is no ``redis-server`` and ``CordtrioError``
     if it does not come up (a port taken between choosing and binding is retried).
@@ -95,27 +132,104 @@ def run_redis_server(
     for _ in range(attempts):
         port = free_port(host)
         logfile = Path(directory).resolve() / f"redis-{port}.log"
-        args = [exe, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
+        args = [exe, "--port", str(port), "--bind", host, "--save", "",
                 "--dir", str(Path(directory).resolve()), "--logfile", str(logfile)]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else \
+            ["--appendonly", "no"]
         if password:
             args += ["--requirepass", password]
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = _spawn(args)
+        server = RedisServer(host, port, password, proc, args, logfile)
         try:
-            deadline = time.monotonic() + startup_timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if _pings(host, port):
-                    break
-                time.sleep(0.02)
-            else:
-                log = logfile.read_text(errors="replace") if logfile.exists() else ""
-                last_error = log.strip()[-500:] or f"no PING answer within {startup_timeout}s"
+            last_error = _wait_up(proc, host, port, startup_timeout, logfile)
+            if last_error:
                 continue
-            yield RedisServer(host, port, password, proc)
+            yield server
             return
         finally:
-            _stop(proc)
+            _stop(server.process)
     raise CordtrioError(f"redis-server did not start: {last_error}")
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _wait_up(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float,
+             logfile: Path | None) -> str:
+    """Poll PING until the server answers: "" once it does, else why it did not."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _pings(host, port):
+            return ""
+        time.sleep(0.02)
+    log = logfile.read_text(errors="replace") if logfile and logfile.exists() else ""
+    return log.strip()[-500:] or f"no PING answer within {timeout}s"
+
+
+class CommandCounter:
+    """Counts, client side, the Redis commands a client sends — by name, as the server's
+    ``INFO commandstats`` names them (``hset``, ``multi``, ``config|resetstat``...).
+
+    ```python
+    counter = CommandCounter(redis.redis.client)   # redis: what connect() yielded
+    counter.reset(); await engine.handle_job_result(result); print(counter.counts)
+    ```
+
+    It hooks the client's ``execute_command`` (every command method goes through it) and the
+    pipelines the client makes (queued and immediate commands, plus ``MULTI``/``EXEC`` when a
+    transaction executes). Works with ``redis.asyncio.Redis`` and ``fakeredis``. ``close``
+    removes the hooks.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.counts: Counter[str] = Counter()
+        original_execute = client.execute_command
+        original_pipeline = client.pipeline
+
+        def count(args: tuple[Any, ...]) -> None:
+            name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+            self.counts[name.lower().replace(" ", "|")] += 1
+
+        async def execute_command(*args: Any, **options: Any) -> Any:
+            count(args)
+            return await original_execute(*args, **options)
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = original_pipeline(*args, **kwargs)
+            pipe_execute_command = pipe.execute_command
+            pipe_execute = pipe.execute
+
+            def pipe_command(*cargs: Any, **options: Any) -> Any:
+                count(cargs)
+                return pipe_execute_command(*cargs, **options)
+
+            async def execute(*eargs: Any, **ekwargs: Any) -> Any:
+                transaction = pipe.is_transaction or pipe.explicit_transaction
+                if transaction and pipe.command_stack:
+                    count(("MULTI",))
+                    count(("EXEC",))
+                return await pipe_execute(*eargs, **ekwargs)
+
+            pipe.execute_command = pipe_command
+            pipe.execute = execute
+            return pipe
+
+        client.execute_command = execute_command
+        client.pipeline = pipeline
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        """Remove the hooks (the client's own methods are used again)."""
+        for name in ("execute_command", "pipeline"):
+            self.client.__dict__.pop(name, None)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -129,6 +243,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = [
+    "CommandCounter",
     "RedisServer",
     "RedisServerUnavailable",
     "find_redis_server",

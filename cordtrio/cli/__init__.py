@@ -36,6 +36,7 @@ from .loading import (
 )
 from .report import print_report
 from .run import RunOptions, execute
+from .simulate import add_simulate_parser
 
 __all__ = ["main"]
 
@@ -81,7 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("graph", help="print the workflow's DAG")
     graph.add_argument("workflow", metavar="WORKFLOW_FILE")
     graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    _add_process_commands(commands)
+    add_simulate_parser(commands)
     return parser
+
+
+def _add_process_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``serve``, ``worker``, ``workflows``, ``runs``: cordtrio as processes over Redis and
+    the nng bus (docs/processes.md). Each module sets ``handler`` on its parser."""
+    from . import runs_cmd, serve, worker_cmd, workflows_cmd
+
+    for module in (serve, worker_cmd, workflows_cmd, runs_cmd):
+        module.add_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if getattr(args, "handler", None) is not None:  # the process commands
+            return int(args.handler(args))
         if args.command == "run":
             return _run(args)
         if args.command == "validate":

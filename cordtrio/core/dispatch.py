@@ -169,8 +169,10 @@ def build_request(plan: Plan, run: WorkflowRun, step: Step, target: str, job_id:
 
 def build_meta(run: WorkflowRun, step: Step) -> JobMetadata | None:
     """Step governance metadata for the job; None when there is nothing to say."""
-    meta = JobMetadata(tenant_id=run.org_id.strip())
     sm = step.meta
+    if sm is None and not run.org_id.strip():
+        return None  # the common case, without building two JobMetadata to compare
+    meta = JobMetadata(tenant_id=run.org_id.strip())
     if sm is not None:
         meta.actor_id = sm.actor_id.strip()
         meta.actor_type = _ACTOR_TYPES.get(sm.actor_type.strip().lower(), ActorType.UNSPECIFIED)

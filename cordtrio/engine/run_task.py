@@ -48,8 +48,8 @@ from ..core.events import (
 from ..core.machine import decide
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID, Plan
 from ..core.state import RunState
-from ..errors import CordtrioError, NotFoundError
-from ..model import TimelineEvent
+from ..errors import CordtrioError, LeaseLostError, NotFoundError
+from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..payloads import key_from_pointer
 from ..ports import RunChanges
 from ..protocol import (
@@ -61,9 +61,12 @@ from ..protocol import (
     JobCancel,
     JobStatus,
 )
+from .forwarding import forward_as_guest, forward_results
+from .leases import CLEANUP_TIMEOUT
 from .retry import retrying
 
 if TYPE_CHECKING:
+    from .leases import LeaseKeeper
     from .supervisor import Engine
 
 log = logging.getLogger("cordtrio.engine")
@@ -77,6 +80,8 @@ class Envelope:
     done: trio.Event | None = None
     error: BaseException | None = None
     fired_at: datetime | None = None  # for timers: the wall time they were armed for
+    drain: bool = False  # multi-engine: apply the run's inbox in the store (event unused)
+    queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
 
 
 @dataclass(order=True)
@@ -100,31 +105,120 @@ class RunTask:
         self._seq = 0
         self.plan: Plan | None = None
         self.state: RunState | None = None
+        self._lost = False  # multi-engine: the lease is gone, stop acting at once
+        self._unloadable: CordtrioError | None = None  # the run or workflow cannot load
+        self._in_flight: list[Envelope] = []
+        self._unacked = 0  # multi-engine: commands taken from the inbox, not acknowledged
+        self._crashed = False
 
     # ----------------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        """Load the run, then apply envelopes until the run is terminal and idle."""
+        """Load the run, then apply envelopes until the run is terminal and idle. In
+        multi-engine mode, first take the run's lease (or forward everything to its owner),
+        and let go of the run at the end (see ``engine.leases``)."""
+        keeper = self.engine.leases
         try:
             with self.scope:
+                if keeper is not None:
+                    await keeper.wait_previous(self.run_id)
                 if not await self._load():
                     return
                 await self._loop()
+        except LeaseLostError as exc:
+            self._lost = True
+            log.warning("run %s: %s; another engine drives it now", self.run_id, exc)
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
             log.exception("run %s: task crashed; the run stays in the store", self.run_id)
-            self._fail_leftovers(exc)
+            self._crashed = True
+            if keeper is None:
+                self._fail_leftovers(exc)
         finally:
             self.engine._run_exited(self)
-            self._fail_leftovers()
+            if keeper is None:
+                self._fail_leftovers()
+            else:
+                await self._let_go(keeper)
+
+    def lease_lost(self) -> None:
+        """The keeper found the lease gone: stop acting on the run now."""
+        self._lost = True
+        self.scope.cancel()
+
+    async def _let_go(self, keeper: LeaseKeeper) -> None:
+        """Multi-engine end of the task: hand what was not applied to the run's owner and
+        release the lease. Runs with no checkpoint before the leftovers are taken, so no
+        envelope slips between this task and the next one for the run."""
+        closing = keeper.closing_started(self)
+        try:
+            owned = keeper.holds(self)
+            leftovers = self._take_leftovers()
+            unapplied = self._in_flight  # a batch interrupted (lease lost, engine closing)
+            for envelope in unapplied:
+                if envelope.done is not None and (self._lost or isinstance(
+                        envelope.error, LeaseLostError)):
+                    envelope.error = _Redirect()  # the caller retries: forwarded then
+            if owned or keeper.crashed:
+                for envelope in leftovers:  # API callers retry (on a new task, or fail)
+                    if envelope.done is not None:
+                        envelope.error = envelope.error or _Redirect()
+                        envelope.done.set()
+            if keeper.crashed:
+                return
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                if owned:
+                    await self._drop_poison(keeper)
+                    await keeper.release(self)
+                    await forward_results(keeper, self.run_id, [*unapplied, *leftovers])
+                else:  # never held, or the keeper found the lease gone
+                    await forward_results(keeper, self.run_id, unapplied)
+                    await forward_as_guest(keeper, self.run_id, leftovers)
+        finally:
+            for envelope in self._in_flight:
+                if envelope.done is not None:
+                    envelope.done.set()
+            keeper.closing_done(self, closing)
+
+    async def _drop_poison(self, keeper: LeaseKeeper) -> None:
+        """Acknowledge commands nobody can apply, so the run is not re-activated for them
+        forever: every queued command of a run that cannot be loaded, and the batch that
+        crashed this task (a definite error or a bug — transient store errors are retried
+        inside the batch). Anything else taken stays unacknowledged for the next owner."""
+        count = 0
+        if self._unloadable is not None:
+            _, count = await keeper.take_inbox(self.run_id)
+        elif self._crashed:
+            count = self._unacked
+        if count:
+            log.warning("run %s: dropped %d queued command(s): %s", self.run_id, count,
+                        self._unloadable or "its task crashed applying them")
+            try:
+                await keeper.ack(self.run_id, count)
+            except CordtrioError as exc:
+                log.warning("run %s: could not drop queued commands: %s", self.run_id, exc)
+
+    def _take_leftovers(self) -> list[Envelope]:
+        out: list[Envelope] = []
+        while True:
+            try:
+                out.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+        self._receive.close()
+        return out
 
     async def _load(self) -> bool:
         engine = self.engine
+        keeper = engine.leases
+        if keeper is not None and not await keeper.acquire(self):
+            return False  # another engine owns the run: ``_let_go`` forwards to it
         try:
             run = await retrying(lambda: engine.store.get_run(self.run_id),
                                  f"load run {self.run_id}")
             plan = await engine._plan_for(run.workflow_id)
         except CordtrioError as exc:
             self._fail_leftovers(exc)
+            self._unloadable = exc  # no await here: the task is still the run's route
             return False
         self.plan = plan
         self.state = RunState(run)
@@ -132,19 +226,76 @@ class RunTask:
 
     async def _loop(self) -> None:
         assert self.state is not None
+        keeper = self.engine.leases
         first = True
         while True:
             batch = self._take_ready()
             if first:
                 # Re-arm the timers a stored run implies before anything else touches it
-                # (a no-op for a run that has not started).
+                # (a no-op for a run that has not started); a new owner then applies the
+                # commands queued for the run while nobody held it, and first those an
+                # earlier owner took and never acknowledged (at-least-once: it may have
+                # died or lost the lease before persisting them). The take covers any
+                # drain request already here.
                 first = False
-                batch.insert(0, Envelope(Recover()))
+                inbox = await self._take_inbox(keeper) if keeper is not None else []
+                batch = [Envelope(Recover()), *inbox, *(e for e in batch if not e.drain)]
             if not batch:
                 if self.state.run.status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
+                if keeper is None and self._parked():
+                    # idle until approved: the next envelope reloads it (W4 memory). Not in
+                    # multi-engine mode: letting go would free the lease, and every engine's
+                    # takeover scan would then reload the run every ttl/2.
+                    return
                 batch = await self._wait_for_work()
+            if keeper is not None and any(e.drain for e in batch):
+                batch = [e for e in batch if not e.drain]
+                batch += await self._take_inbox(keeper)
+                if not batch:
+                    continue
+            self._in_flight = batch
             await self._process(batch)
+            self._in_flight = []
+            if self._unacked:  # persisted: the store may forget the commands now
+                assert keeper is not None
+                await keeper.ack(self.run_id, self._unacked)
+                self._unacked = 0
+
+    async def _take_inbox(self, keeper: LeaseKeeper) -> list[Envelope]:
+        """The run's unacknowledged commands, marked ``queued``; counts them for the ack
+        (a take returns every unacknowledged command, so the count is the latest take's)."""
+        envelopes, self._unacked = await keeper.take_inbox(self.run_id)
+        for envelope in envelopes:
+            envelope.queued = True
+        return envelopes
+
+    async def _save_changes(self, run: WorkflowRun, changes: RunChanges,
+                            events: list[TimelineEvent]) -> None:
+        """The run's state write: fenced by the lease in multi-engine mode."""
+        keeper = self.engine.leases
+        if keeper is not None:
+            changes.lease_owner = keeper.owner
+        await self.engine.store.save_run_changes(run, changes, events)
+
+    async def _append_timeline(self, events: list[TimelineEvent]) -> None:
+        keeper = self.engine.leases
+        if keeper is not None and self.state is not None:
+            fenced = RunChanges(lease_owner=keeper.owner)
+            await self.engine.store.save_run_changes(self.state.run, fenced, events)
+        else:
+            await self.engine.store.append_timeline_events(self.run_id, events)
+
+    def _parked(self) -> bool:
+        """Waiting on an approval with no timer armed and no job or alert in flight: nothing
+        but a command can move the run, so its task (channels, scopes, the loaded run) need
+        not stay in memory. Whatever comes next activates a new task that reloads the run
+        (``Engine._deliver``); a run with timers keeps its task, which owns them."""
+        assert self.state is not None
+        run = self.state.run
+        if run.status != RunStatus.WAITING or self._timers:
+            return False
+        return all(sr.status != StepStatus.RUNNING for sr in run.steps.values())
 
     def _take_ready(self) -> list[Envelope]:
         batch: list[Envelope] = []
@@ -157,14 +308,18 @@ class RunTask:
         return batch
 
     async def _wait_for_work(self) -> list[Envelope]:
-        deadline = self._timers[0].deadline if self._timers else math.inf
-        with trio.move_on_at(deadline):
+        if not self._timers:  # no cancel scope to enter and leave: the common case
+            envelope = await self._receive.receive()
+            return [envelope, *self._take_ready()]
+        with trio.move_on_at(self._timers[0].deadline):
             envelope = await self._receive.receive()
             return [envelope, *self._take_ready()]
         return self._take_ready()
 
     def _due_timers(self) -> list[Envelope]:
         out: list[Envelope] = []
+        if not self._timers:
+            return out
         now = trio.current_time()
         while self._timers and self._timers[0].deadline <= now:
             timer = heapq.heappop(self._timers)
@@ -293,14 +448,13 @@ class RunTask:
 
     async def _persist(self, changes: RunChanges, effects: list[Effect]) -> None:
         assert self.state is not None
-        store = self.engine.store
         run = self.state.run
         events: list[TimelineEvent] = [e.event for e in effects if isinstance(e, RecordTimeline)]
         if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            await retrying(lambda: store.save_run_changes(run, changes, events),
+            await retrying(lambda: self._save_changes(run, changes, events),
                            f"save run {self.run_id}")
         elif events:
-            await retrying(lambda: store.append_timeline_events(self.run_id, events),
+            await retrying(lambda: self._append_timeline(events),
                            f"append timeline of run {self.run_id}")
 
     # ------------------------------------------------------------------- effect I/O

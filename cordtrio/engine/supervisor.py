@@ -4,11 +4,15 @@ Commands and results are routed to the owning ``RunTask`` by run id; a run that 
 active yet is activated on demand (its task loads it from the store). API calls wait until
 their envelope is applied, persisted and published (read-your-writes); results from the bus
 are delivered without waiting, so one slow run never holds up another.
+
+Over a store that implements ``RunLeases`` the engine runs in multi-engine mode
+(``engine.leases``): a run is driven only by the engine holding its lease, and what reaches
+another engine is forwarded through the store. API calls for a run another engine owns
+return once the command is checked and queued; the owner applies it asynchronously.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import uuid
@@ -20,21 +24,22 @@ import trio
 
 from .._nursery import open_service_nursery
 from ..clock import TrioWallClock
-from ..core.commands import rerun_from as core_rerun_from
 from ..core.events import Approve, CancelRun, Event, ResultReceived, Start
 from ..core.plan import Plan
-from ..errors import CordtrioError, NotFoundError, ValidationError
+from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
 from ..model import RunStatus, StepStatus, WorkflowRun
-from ..ports import Bus, Clock, ConfigProvider, PayloadStore, SchemaRegistry, Store
+from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunLeases, SchemaRegistry, Store
 from ..protocol import SUBJECT_RESULT, JobResult
-from ..schemas import validate_value
-from ..validation import collect_dependencies
+from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .retry import retrying
 from .run_task import Envelope, Redirect, RunTask
+from .submission import create_rerun, create_submitted_run
 
 log = logging.getLogger("cordtrio.engine")
 
 RESULT_QUEUE = "cordtrio-workflow-engine"
+STALL_PROBE_SEC = 1.0
+"""An API call whose event is not applied after this long checks that the store answers."""
 RECOVERY_PAGE = 1_000_000
 
 StepDispatchedHook = Callable[[str, str, str], Any]
@@ -57,8 +62,11 @@ class Engine:
         on_step_dispatched: StepDispatchedHook | None,
         on_step_finished: StepFinishedHook | None,
         new_id: Callable[[], str],
+        engine_id: str = "",
     ) -> None:
         self._nursery = nursery
+        self.engine_id = engine_id or uuid.uuid4().hex
+        self.leases: LeaseKeeper | None = None  # set by open_engine in multi-engine mode
         self.store = store
         self.bus = bus
         self.payloads = payloads
@@ -111,17 +119,8 @@ class Engine:
 
     async def rerun_from(self, run_id: str, step_id: str = "", dry_run: bool = False) -> str:
         """Create (not start) a new run from ``run_id`` (SPEC §9); returns its id."""
-        old = await self.store.get_run(run_id)
-        workflow = await self.store.get_workflow(old.workflow_id)
-        deps: set[str] = set()
-        if step_id:
-            if step_id not in workflow.steps:
-                raise NotFoundError(f"run {run_id}: step '{step_id}' not found")
-            deps = collect_dependencies(workflow, step_id)
-        new = core_rerun_from(workflow, old, step_id, dry_run, self._new_id(),
-                              self.clock.now(), deps)
-        await self.store.create_run(new)
-        return new.id
+        return await create_rerun(self.store, self.clock, self._new_id, run_id, step_id,
+                                  dry_run)
 
     async def submit(
         self,
@@ -138,58 +137,11 @@ class Engine:
         """Validate ``input`` against the workflow's ``input_schema``, create the run and
         start it. With an ``idempotency_key`` already used, return that run's id and create
         nothing."""
-        workflow = await self.store.get_workflow(workflow_id)
-        payload = copy.deepcopy(input) if input is not None else {}
-        if not isinstance(payload, dict):
-            raise ValidationError(f"workflow '{workflow_id}' input: must be an object")
-        if workflow.input_schema:
-            validate_value(workflow.input_schema, payload, where=f"workflow '{workflow_id}' input")
-        if idempotency_key:
-            existing = await self.store.get_run_by_idempotency_key(idempotency_key)
-            if existing:
-                return await self._resubmitted(existing)
-        now = self.clock.now()
-        run = WorkflowRun(
-            id=self._new_id(),
-            workflow_id=workflow_id,
-            org_id=workflow.org_id if org_id is None else org_id,
-            team_id=workflow.team_id if team_id is None else team_id,
-            input=payload,
-            status=RunStatus.PENDING,
-            triggered_by=triggered_by,
-            created_at=now,
-            updated_at=now,
-            labels=dict(labels or {}),
-            metadata={"dry_run": "true"} if dry_run else {},
-            idempotency_key=idempotency_key or "",
-            dry_run=dry_run,
-        )
-        if dry_run:
-            run.labels["dry_run"] = "true"
-        if idempotency_key and not await self.store.try_set_run_idempotency_key(
-            idempotency_key, run.id
-        ):
-            existing = await self.store.get_run_by_idempotency_key(idempotency_key)
-            if existing:
-                return await self._resubmitted(existing)
-        try:
-            await self.store.create_run(run)
-        except BaseException:
-            if idempotency_key:
-                with trio.CancelScope(shield=True):
-                    await self.store.delete_run_idempotency_key(idempotency_key)
-            raise
-        await self._call(run.id, Start())
-        return run.id
-
-    async def _resubmitted(self, run_id: str) -> str:
-        """A submit repeated with the same idempotency key: the run it created is returned,
-        and started if an earlier submit was interrupted before starting it."""
-        try:
-            run = await self.store.get_run(run_id)
-        except NotFoundError:
-            return run_id  # the key outlived its run: nothing to start
-        if run.status == RunStatus.PENDING and run.started_at is None:
+        run_id, needs_start = await create_submitted_run(
+            self.store, self.clock, self._new_id, workflow_id, input, org_id=org_id,
+            team_id=team_id, idempotency_key=idempotency_key, labels=labels,
+            dry_run=dry_run, triggered_by=triggered_by)
+        if needs_start:
             await self._call(run_id, Start())
         return run_id
 
@@ -214,14 +166,33 @@ class Engine:
         for _ in range(3):
             envelope = Envelope(event, done=trio.Event())
             self._deliver(run_id, envelope)
-            assert envelope.done is not None
-            await envelope.done.wait()
-            if isinstance(envelope.error, Redirect):
+            await self._applied(run_id, envelope)
+            if isinstance(envelope.error, (Redirect, LeaseLostError)):
                 continue  # the task ended just before our envelope; a new one takes it
             if envelope.error is not None:
                 raise envelope.error
             return
         raise CordtrioError(f"run {run_id}: could not deliver {type(event).__name__}")
+
+    async def _applied(self, run_id: str, envelope: Envelope) -> None:
+        """Wait until the run's task has applied ``envelope``. A task that takes longer than
+        ``STALL_PROBE_SEC`` is usually retrying a store that is down: then one cheap store
+        read tells, and if the store fails too the caller gets its ``StoreError`` (naming
+        the store) instead of waiting for as long as the outage lasts. The task keeps the
+        event and applies it once the store is back (unless the engine stops first)."""
+        assert envelope.done is not None
+        while True:
+            with trio.move_on_after(STALL_PROBE_SEC):
+                await envelope.done.wait()
+                return
+            try:
+                await self.store.list_run_ids_by_status(RunStatus.RUNNING.value, 1)
+            except StoreError as exc:
+                if envelope.done.is_set():
+                    return
+                raise StoreError(
+                    f"run {run_id}: {type(envelope.event).__name__} not confirmed, the store "
+                    f"is not answering: {exc}") from exc
 
     def _deliver(self, run_id: str, envelope: Envelope) -> None:
         """Hand an envelope to the run's task, activating one if needed. Never blocks."""
@@ -302,7 +273,10 @@ class Engine:
                     self._route_result(payload)
 
     async def _recover(self) -> int:
-        """Activate every started, non-terminal run in the store (SPEC §12)."""
+        """Activate every started, non-terminal run in the store (SPEC §12); in
+        multi-engine mode only those nobody holds (and runs with queued commands)."""
+        if self.leases is not None:
+            return await self.leases.scan()
         count = 0
         for status in (RunStatus.RUNNING, RunStatus.WAITING):
             ids = await retrying(
@@ -337,6 +311,9 @@ async def open_engine(
     on_step_finished: StepFinishedHook | None = None,
     new_id: Callable[[], str] | None = None,
     recover: bool = True,
+    engine_id: str | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
+    multi_engine: bool | None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine over ``store`` and ``bus``.
 
@@ -345,7 +322,28 @@ async def open_engine(
     re-armed from ``next_attempt_at``, nothing already running dispatched again).
     Leaving the block cancels every run task; run state stays in the store for the next
     engine. ``new_id`` makes run ids deterministic (simulations); default ``uuid4``.
+
+    Over a store implementing ``RunLeases`` (the Redis and memory stores) several engines
+    may share the store: each run is driven by the engine holding its lease (``lease_ttl``
+    seconds, renewed every third of it, released on exit); ``engine_id`` names this engine
+    as lease owner (default: a random id). Recovery then activates only runs whose lease is
+    free, and every ``lease_ttl/2`` the engine takes over runs whose owner died (not with
+    ``recover=False``: such an engine only drives runs routed to it). See
+    ``cordtrio.engine.leases``. ``multi_engine``: None (default) turns this mode on when
+    the store supports it, unless the store says ``multi_engine_default = False`` (the
+    memory store, normally alone with one engine in its process, says so) and no
+    ``engine_id`` is given; False keeps an engine single-engine (no lease traffic); True
+    requires the mode (``ValidationError`` if the store lacks it).
     """
+    if multi_engine is None:
+        leases_on = isinstance(store, RunLeases) and (
+            bool(engine_id) or bool(getattr(store, "multi_engine_default", True)))
+    else:
+        leases_on = multi_engine
+    if leases_on and not isinstance(store, RunLeases):
+        raise ValidationError(
+            f"open_engine: multi_engine=True needs a store with run leases; "
+            f"{type(store).__name__} does not implement cordtrio.ports.RunLeases")
     async with open_service_nursery() as nursery:
         engine = Engine(
             nursery,
@@ -358,8 +356,15 @@ async def open_engine(
             on_step_dispatched=on_step_dispatched,
             on_step_finished=on_step_finished,
             new_id=new_id or (lambda: str(uuid.uuid4())),
+            engine_id=engine_id or "",
         )
+        if leases_on and isinstance(store, RunLeases):
+            keeper = engine.leases = LeaseKeeper(engine, store, engine.engine_id, lease_ttl)
+            await nursery.start(keeper.keep)
+            await nursery.start(keeper.wake_loop)
         await nursery.start(engine._consume_results)
         if recover:
             await engine._recover()
+        if recover and engine.leases is not None:
+            await nursery.start(engine.leases.takeover_loop)
         yield engine

@@ -12,8 +12,14 @@ Simulation (see ``docs/testing.md``):
 - ``run_under_faults(workflow, handlers, seed=..., faults="light")``: your workflow and
   handlers under bus faults, store failures, worker failures/hangs/crashes and engine
   crashes, in virtual time, with invariants checked on every event.
-- ``simulate(seed, ...)`` → ``SimulationReport`` (raises ``SimulationFailure``).
-- Building blocks: ``FaultyBus`` / ``open_faulty_bus`` / ``FaultProfile``, ``FlakyStore``,
+- ``simulate(seed, ...)`` → ``SimulationReport`` (raises ``SimulationFailure``);
+  ``SimulationTotals`` adds reports up. ``store="fakeredis"`` runs on the Redis store;
+  ``engines=2`` runs two engines over one store (run leases). Modules: ``scenario`` (what
+  runs), ``observed`` (the backends as the engines see them), ``invariants`` (what is
+  checked), ``trace`` (what is recorded), ``report`` (what comes back), ``simulation``
+  (the entry points). ``cordtrio simulate`` runs many seeds from the command line.
+- Building blocks: ``FaultyBus`` / ``open_faulty_bus`` / ``FaultProfile``, ``FlakyStore`` /
+  ``FlakyLeaseStore`` / ``flaky_store``,
   ``SimulatedWorker`` / ``WorkerPool``, ``random_workflow`` / ``random_run_input``.
 - Hypothesis strategies: ``cordtrio.testing.strategies`` (imported separately; needs
   ``hypothesis``).
@@ -24,20 +30,20 @@ from __future__ import annotations
 from ._recording import Published, RecordingBus, TrioWallClock
 from .faults import FaultProfile, FaultyBus, SubjectFaults, open_faulty_bus, resolve_profile
 from .generate import random_run_input, random_workflow
-from .simulation import (
-    INVARIANTS,
-    SimulationFailure,
-    SimulationReport,
-    run_under_faults,
-    simulate,
-)
-from .store_faults import FlakyStore
+from .invariants import INVARIANTS
+from .report import SimulationFailure, SimulationReport, SimulationTotals
+from .simulation import FAULT_PRESETS, LEASE_STORES, STORES, run_under_faults, simulate
+from .store_faults import FlakyLeaseStore, FlakyStore, flaky_store
 from .workers import SimulatedFailure, SimulatedWorker, WorkerPool, simulated_handler
 
 __all__ = [
+    "FAULT_PRESETS",
     "INVARIANTS",
+    "LEASE_STORES",
+    "STORES",
     "FaultProfile",
     "FaultyBus",
+    "FlakyLeaseStore",
     "FlakyStore",
     "Published",
     "RecordingBus",
@@ -45,9 +51,11 @@ __all__ = [
     "SimulatedWorker",
     "SimulationFailure",
     "SimulationReport",
+    "SimulationTotals",
     "SubjectFaults",
     "TrioWallClock",
     "WorkerPool",
+    "flaky_store",
     "open_faulty_bus",
     "random_run_input",
     "random_workflow",

@@ -4,7 +4,9 @@
 probability ``fail_rate`` (drawn from ``rng``), ``create_run``, ``save_run_changes`` and
 ``append_timeline_events`` raise ``StoreError`` *before* touching ``inner``, so retrying the
 call is always safe. Everything else is passed through. ``stop()`` ends the failures;
-``failures`` counts them per method.
+``failures`` counts them per method. Over a store with the ``RunLeases`` capability (several
+engines over one store), ``FlakyLeaseStore`` keeps it and fails the lease writes too;
+``flaky_store(inner, ...)`` picks the class.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from ..errors import StoreError
 from ..model import TimelineEvent, Workflow, WorkflowRun
-from ..ports import RunChanges, Store
+from ..ports import RunChanges, RunLeases, Store
 
-__all__ = ["FLAKY_METHODS", "FlakyStore"]
+__all__ = ["FLAKY_METHODS", "FlakyLeaseStore", "FlakyStore", "flaky_store"]
 
 FLAKY_METHODS = ("create_run", "save_run_changes", "append_timeline_events")
 
@@ -128,3 +131,59 @@ class FlakyStore:
 
     async def delete_run_idempotency_key(self, key: str) -> None:
         await self.inner.delete_run_idempotency_key(key)
+
+
+class FlakyLeaseStore(FlakyStore):
+    """``FlakyStore`` over a store with the ``RunLeases`` capability (multi-engine mode),
+    which it keeps: the lease and inbox writes (``acquire_lease``, ``renew_leases``,
+    ``push_command``, ``push_unassigned``) fail like the other writes, before touching the
+    inner store; everything else passes through. ``flaky_store`` picks the right class."""
+
+    inner: Any
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        await self._maybe_fail("acquire_lease", run_id)
+        return bool(await self.inner.acquire_lease(run_id, owner, ttl))
+
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
+        await self._maybe_fail("renew_leases", owner)
+        return set(await self.inner.renew_leases(owner, run_ids, ttl))
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        await self.inner.release_lease(run_id, owner)
+
+    async def lease_owner(self, run_id: str) -> str | None:
+        owner: str | None = await self.inner.lease_owner(run_id)
+        return owner
+
+    async def unleased(self, run_ids: Sequence[str]) -> list[str]:
+        return list(await self.inner.unleased(run_ids))
+
+    async def push_command(self, run_id: str, data: bytes) -> str | None:
+        await self._maybe_fail("push_command", run_id)
+        woken: str | None = await self.inner.push_command(run_id, data)
+        return woken
+
+    async def push_unassigned(self, run_id: str, data: bytes) -> None:
+        await self._maybe_fail("push_unassigned", run_id)
+        await self.inner.push_unassigned(run_id, data)
+
+    async def take_commands(self, run_id: str) -> list[bytes]:
+        return list(await self.inner.take_commands(run_id))
+
+    async def ack_commands(self, run_id: str, owner: str, count: int) -> bool:
+        return bool(await self.inner.ack_commands(run_id, owner, count))
+
+    async def runs_with_commands(self, limit: int = 1000) -> list[str]:
+        return list(await self.inner.runs_with_commands(limit))
+
+    async def wait_wakeups(self, owner: str, timeout: float) -> list[str]:
+        return list(await self.inner.wait_wakeups(owner, timeout))
+
+
+def flaky_store(inner: Store, rng: random.Random, fail_rate: float = 0.05, *,
+                on_fail: Callable[[str, str], None] | None = None) -> FlakyStore:
+    """A ``FlakyLeaseStore`` when ``inner`` has the ``RunLeases`` capability, else a
+    ``FlakyStore``: the wrapper keeps what the engine can do with the inner store."""
+    cls = FlakyLeaseStore if isinstance(inner, RunLeases) else FlakyStore
+    return cls(inner, rng, fail_rate, on_fail=on_fail)

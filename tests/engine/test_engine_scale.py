@@ -119,3 +119,34 @@ async def test_a_child_result_costs_the_same_for_100_and_10000_children(
 
     # store calls per child result are bounded by a constant
     assert max(big["calls"]) <= 3 and max(small["calls"]) <= 3
+
+
+async def test_a_chain_step_costs_one_store_write(bus, payloads, autojump_clock):
+    """A result in a chain of dependent steps is one ``save_run_changes`` (state and timeline
+    together) writing the finished step, the next one and the output: no reads of the run
+    or the workflow, no other call — the per-step cost the W1 benchmark measures."""
+    store = CountingStore(MemoryStore())
+    chain = [step(f"s{i}", depends_on=[f"s{i - 1}"] if i else []) for i in range(5)]
+    await store.save_workflow(workflow(*chain))
+    per_result: list[Counter[str]] = []
+    parts_per_result: list[int] = []
+    async with (
+        bus.subscribe(SUBJECT_SUBMIT, max_buffer=10) as jobs,
+        open_engine(store, bus, payloads=payloads) as engine,
+    ):
+        run_id = await engine.submit(WF)
+        for i in range(5):
+            job_id = jobs.receive_nowait().payload.job_id
+            assert job_id == f"{run_id}:s{i}@1"
+            ptr = await put_output(payloads, job_id, {"i": i})
+            before, writes = Counter(store.calls), len(store.writes)
+            await engine.handle_job_result(ok(job_id, ptr))
+            per_result.append(store.calls - before)
+            parts_per_result.append(sum(store.writes[writes:]))
+        run = await engine.wait_run(run_id)
+    assert run.status == RunStatus.SUCCEEDED
+    assert per_result[:4] == [Counter(save_run_changes=1)] * 4
+    # the last one ends the run (its task may then let go of the run: lease bookkeeping)
+    assert per_result[4]["save_run_changes"] == 1
+    assert not [name for name in per_result[4] if name.startswith(("get_", "list_"))]
+    assert parts_per_result == [3, 3, 3, 3, 2]  # done step + its output (+ the next step)

@@ -4,6 +4,8 @@
   session each, on free 127.0.0.1 ports (skipped without ``redis-server`` on ``PATH``, failed
   instead under ``CI=true``).
 * ``disposable_server`` — a server of the test's own, which it may stop.
+* ``aof_server`` — the same with an AOF synced on every write (in the test's temp dir), which
+  it may stop and start again (``server.stop()``/``server.start()``: same port, same data).
 * ``redis`` — ``connect(...)`` per test, parametrised over ``fakeredis`` (a fresh in-process
   server) and ``redis`` (the real one, flushed first); ``redis_kind`` says which.
 
@@ -57,6 +59,16 @@ def disposable_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A server of the test's own, which the test may stop."""
     _require_redis_server()
     with run_redis_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own with an AOF (``--appendfsync always``), restartable."""
+    _require_redis_server()
+    directory = tmp_path / "aof"
+    directory.mkdir()
+    with run_redis_server(directory, appendonly=True) as server:
         yield server
 
 

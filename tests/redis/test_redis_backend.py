@@ -134,6 +134,25 @@ async def test_the_right_password_connects(redis_password_server: RedisServer) -
         assert "***" in r.url and redis_password_server.password not in r.url
 
 
+async def test_more_commands_in_flight_than_connections_wait_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    """Hundreds of runs in flight issue more concurrent commands than the pool has
+    connections: they queue for a connection, none fails with "too many connections"."""
+    async with connect(redis_server.url, max_connections=4) as r:
+        got: list[bytes] = []
+
+        async def one(i: int) -> None:
+            await r.payloads.put_result(f"res:pool-{i}", str(i).encode())
+            got.append(await r.payloads.get_result(f"res:pool-{i}"))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(one, i)
+        assert sorted(got) == sorted(str(i).encode() for i in range(200))
+
+
 def test_mask_url_hides_passwords_only() -> None:
     assert mask_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert mask_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
@@ -144,7 +163,7 @@ def test_mask_url_hides_passwords_only() -> None:
 async def test_a_server_going_away_gives_store_errors_naming_the_url(
     disposable_server: RedisServer,
 ) -> None:
-    async with connect(disposable_server.url, connect_timeout=1) as r:
+    async with connect(disposable_server.url, connect_timeout=1, reconnect_timeout=0.5) as r:
         await r.store.save_workflow(workflow())
         disposable_server.process.terminate()
         await trio.to_thread.run_sync(disposable_server.process.wait)

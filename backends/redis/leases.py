@@ -1,0 +1,308 @@
+"""Run leases and per-run command inboxes in Redis (``cordtrio.ports.RunLeases``).
+
+Keys (all under ``cordtrio:``, apart from SPEC §11's ``wf:``/``ctx:``/``res:``/``schema:``):
+
+==================================  ======  ================================================
+``cordtrio:lease:<run>``            string  the owner (an engine id), ``PX`` = the lease TTL
+``cordtrio:inbox:<run>``            list    encoded commands for the run, oldest first
+``cordtrio:processing:<run>``       list    commands taken by an owner, not yet acknowledged
+``cordtrio:inboxes``                set     run ids whose inbox or processing list may hold
+                                            commands
+``cordtrio:engine:<owner>:wake``    list    run ids whose inbox the owner must look at
+``cordtrio:commands``               list    run ids with commands and no owner (any engine)
+==================================  ======  ================================================
+
+Every check-and-act is one Lua script (atomic on the server): acquiring (``SET`` when free
+or already ours), renewing many leases (``PEXPIRE`` those still ours — one round trip for all
+of an engine's runs), releasing (compare-and-delete; a non-empty inbox is then queued for any
+engine) and pushing a command (append, then wake the holder read in the same script, or queue
+the run for any engine — so a command is never left with nobody told). The inbox is at-least-once:
+``take_commands`` moves the inbox onto the run's processing list (``RENAME`` when that is
+empty) and returns the processing list, and ``ack_commands`` trims it (``LTRIM``, fenced by
+the lease) once the batch that applied them is persisted — so commands an owner took and
+never persisted (it died, or lost its lease) are re-applied by the next owner.
+``wait_wakeups`` is one ``BLPOP`` over the engine's wake list and the shared queue (it
+holds one pooled connection while it waits).
+
+Inboxes and wake lists expire (``INBOX_TTL_SECONDS`` after their last push), so an engine
+that never comes back leaves nothing behind for long. The push script names the owner's wake
+key from the lease's value, so the layout is for a single Redis server, not Redis Cluster.
+
+Fenced writes (``RunChanges.lease_owner``): ``fenced_commands`` sends the commands the store
+would have put in its ``MULTI``/``EXEC`` as the arguments of one script that checks the lease
+first — still one round trip per write (the commands are executed by the script, so the
+server's ``INFO commandstats`` shows them, the client sends one ``EVALSHA``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .adapter import RedisAdapter
+from .run_hash import text
+
+PREFIX = "cordtrio:"
+COMMANDS_QUEUE = PREFIX + "commands"
+INBOXES = PREFIX + "inboxes"
+INBOX_TTL_SECONDS = 7 * 24 * 3600
+
+
+def lease_key(run_id: str) -> str:
+    return PREFIX + "lease:" + run_id
+
+
+def inbox_key(run_id: str) -> str:
+    return PREFIX + "inbox:" + run_id
+
+
+def processing_key(run_id: str) -> str:
+    return PREFIX + "processing:" + run_id
+
+
+def wake_key(owner: str) -> str:
+    return PREFIX + "engine:" + owner + ":wake"
+
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if redis.call('EXISTS', KEYS[2], KEYS[4]) > 0 then
+    redis.call('RPUSH', KEYS[3], ARGV[2])
+  end
+  return 1
+end
+return 0
+"""
+
+_TAKE = """
+local unpack = unpack or table.unpack
+local held = redis.call('LLEN', KEYS[2])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+if #items > 0 then
+  if held == 0 then
+    redis.call('RENAME', KEYS[1], KEYS[2])
+  else
+    for i = 1, #items, 1000 do
+      redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+    end
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+elseif held == 0 then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return {}
+end
+if held == 0 then
+  return items
+end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+_ACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('LTRIM', KEYS[2], ARGV[2], -1)
+if redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
+return 1
+"""
+
+_PUSH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[2])
+local owner = redis.call('GET', KEYS[2])
+if owner then
+  local wake = ARGV[3] .. owner .. ':wake'
+  redis.call('RPUSH', wake, ARGV[2])
+  redis.call('EXPIRE', wake, ARGV[4])
+  return owner
+end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return false
+"""
+
+
+_FENCED = """
+local unpack = unpack or table.unpack
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  return {0, holder or ''}
+end
+local i = 2
+local first = false
+local firstset = false
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply = redis.call(unpack(ARGV, i + 1, i + n))
+  if not firstset then
+    first = reply
+    firstset = true
+  end
+  i = i + n + 1
+end
+return {1, first}
+"""
+
+MAX_SCRIPT_COMMAND_ARGS = 4000
+"""Longer commands are split (Lua's ``unpack`` stops near 8,000 values)."""
+_PAIRED = {"HSET", "ZADD"}  # key, then (field value) / (score member) pairs
+_LISTED = {"HDEL", "RPUSH", "LPUSH", "SADD", "SREM", "ZREM", "DEL"}  # key, then items
+
+
+def _split(args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    if len(args) <= MAX_SCRIPT_COMMAND_ARGS:
+        return [args]
+    name = str(args[0]).upper()
+    if name == "DEL":
+        step, head, rest = MAX_SCRIPT_COMMAND_ARGS, args[:1], args[1:]
+    elif name in _PAIRED:
+        step, head, rest = MAX_SCRIPT_COMMAND_ARGS - MAX_SCRIPT_COMMAND_ARGS % 2, args[:2], args[2:]
+    elif name in _LISTED:
+        step, head, rest = MAX_SCRIPT_COMMAND_ARGS, args[:2], args[2:]
+    else:
+        raise ValueError(f"redis command {name} with {len(args)} arguments cannot be split")
+    return [head + rest[i:i + step] for i in range(0, len(rest), step)]
+
+
+async def fenced_commands(
+    redis: RedisAdapter, what: str, key: str, lease: str, owner: str,
+    queue: Callable[[Any], None],
+) -> tuple[bool, Any]:
+    """Run the commands ``queue(pipe)`` puts on a pipeline in one Lua script, only if
+    ``owner`` holds ``lease`` (one round trip, atomic like ``MULTI``/``EXEC``). Returns
+    ``(True, reply of the first command)`` or ``(False, the holder or b"")``. ``key`` (the
+    key written) names errors."""
+
+    async def go(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        queue(pipe)
+        argv: list[Any] = [owner]
+        for args, _options in pipe.command_stack:
+            for part in _split(tuple(args)):
+                argv.append(len(part))
+                argv.extend(part)
+        pipe.command_stack.clear()
+        return await client.register_script(_FENCED)(keys=[lease], args=argv, client=client)
+
+    ok, first = await redis.run(what, go, key=key)
+    return bool(ok), first
+
+
+def _ms(ttl: float) -> int:
+    if ttl <= 0:
+        raise ValueError(f"lease ttl must be positive, got {ttl}")
+    return max(1, round(ttl * 1000))
+
+
+class RedisRunLeases:
+    """Mixin of ``RedisStore``: the ``RunLeases`` methods over its ``RedisAdapter``."""
+
+    _redis: RedisAdapter
+
+    async def _script(self, what: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        async def go(client: Any) -> Any:
+            return await client.register_script(source)(keys=keys, args=args, client=client)
+
+        return await self._redis.run(what, go, key=keys[0] if keys else "")
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        got = await self._script("acquire lease", _ACQUIRE, [lease_key(run_id)],
+                                 [owner, _ms(ttl)])
+        return bool(got)
+
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
+        ids = list(run_ids)
+        if not ids:
+            return set()
+        lost = await self._script("renew leases", _RENEW, [lease_key(i) for i in ids],
+                                  [owner, _ms(ttl)])
+        return {ids[int(i) - 1] for i in lost}
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        await self._script("release lease", _RELEASE,
+                           [lease_key(run_id), inbox_key(run_id), COMMANDS_QUEUE,
+                            processing_key(run_id)],
+                           [owner, run_id])
+
+    async def lease_owner(self, run_id: str) -> str | None:
+        key = lease_key(run_id)
+        value = await self._redis.call("get lease", key, "get", key)
+        return None if value is None else text(value)
+
+    async def unleased(self, run_ids: Sequence[str]) -> list[str]:
+        ids = list(run_ids)
+        if not ids:
+            return []
+        values = await self._redis.call("check leases", lease_key(ids[0]), "mget",
+                                        [lease_key(i) for i in ids])
+        return [i for i, v in zip(ids, values, strict=True) if v is None]
+
+    async def push_command(self, run_id: str, data: bytes) -> str | None:
+        owner = await self._script(
+            "queue command", _PUSH,
+            [inbox_key(run_id), lease_key(run_id), COMMANDS_QUEUE, INBOXES],
+            [bytes(data), run_id, PREFIX + "engine:", INBOX_TTL_SECONDS])
+        return None if owner is None else text(owner)
+
+    async def push_unassigned(self, run_id: str, data: bytes) -> None:
+        key = inbox_key(run_id)
+        await self._redis.pipeline("queue command", key, [
+            ("rpush", (key, bytes(data))),
+            ("expire", (key, INBOX_TTL_SECONDS)),
+            ("sadd", (INBOXES, run_id)),
+            ("rpush", (COMMANDS_QUEUE, run_id)),
+        ])
+
+    async def take_commands(self, run_id: str) -> list[bytes]:
+        items = await self._script(
+            "take commands", _TAKE, [inbox_key(run_id), processing_key(run_id), INBOXES],
+            [run_id, INBOX_TTL_SECONDS])
+        return [bytes(item) for item in items or []]
+
+    async def ack_commands(self, run_id: str, owner: str, count: int) -> bool:
+        done = await self._script(
+            "acknowledge commands", _ACK,
+            [lease_key(run_id), processing_key(run_id), inbox_key(run_id), INBOXES],
+            [owner, max(int(count), 0), run_id])
+        return bool(done)
+
+    async def runs_with_commands(self, limit: int = 1000) -> list[str]:
+        members = await self._redis.call("list inboxes", INBOXES, "smembers", INBOXES)
+        return sorted(text(m) for m in members)[:max(limit, 0)]
+
+    async def wait_wakeups(self, owner: str, timeout: float) -> list[str]:
+        key = wake_key(owner)
+        reply = await self._redis.call("wait for wake-ups", key, "blpop",
+                                       [key, COMMANDS_QUEUE], timeout=max(timeout, 0.01))
+        if not reply:
+            return []
+        return [text(reply[1])]
+
+
+__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "fenced_commands", "inbox_key", "lease_key",
+           "processing_key", "wake_key"]

@@ -1,0 +1,267 @@
+"""``cordtrio simulate``: many seeded simulations of the engine under faults.
+
+Without ``--workflow`` each seed runs random valid workflows (``cordtrio.testing.simulate``);
+with ``--workflow FILE [--handlers module] [--input JSON]`` each seed runs *your* workflow
+and handlers (``run_under_faults``). Seeds ``S .. S+N-1`` run in order with a progress bar;
+the first violated invariant (or unexpected error) stops the batch and prints the seed, a
+trace excerpt and the exact command that replays that one seed. Exit status: 0 every seed
+green, 1 a seed failed, 2 a usage or definition problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..testing import (
+    FAULT_PRESETS,
+    LEASE_STORES,
+    STORES,
+    SimulationFailure,
+    SimulationReport,
+    SimulationTotals,
+    run_under_faults,
+    simulate,
+)
+from ..worker import Handler
+from .loading import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    CliError,
+    check_input,
+    load_handlers,
+    parse_input,
+    read_workflow,
+)
+
+__all__ = ["add_simulate_parser", "simulate_command"]
+
+PROG = "cordtrio"
+DEFAULT_SEEDS = 100
+DEFAULT_TRACE_LINES = 30
+
+
+def add_simulate_parser(commands: Any) -> None:
+    """Register ``simulate`` on the ``cordtrio`` subparsers."""
+    sim = commands.add_parser(
+        "simulate", help="run seeded simulations of the engine under faults",
+        description="Run N seeded, deterministic simulations: the real engine with faulty "
+                    "bus, store and workers, engine crashes and recovery, in virtual time, "
+                    "with invariants checked on every event. A failing seed replays "
+                    "exactly with the command printed.",
+        epilog="Exit status: 0 all seeds green, 1 a seed violated an invariant, 2 usage.")
+    sim.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
+                     help=f"how many seeds to run (default {DEFAULT_SEEDS})")
+    sim.add_argument("--start", type=int, default=0, metavar="S",
+                     help="first seed (default 0): seeds S .. S+N-1 run")
+    sim.add_argument("--faults", choices=FAULT_PRESETS, default="light",
+                     help="fault preset for bus, store and workers (default light)")
+    sim.add_argument("--runs", type=int, metavar="R",
+                     help="runs submitted per seed (default 6; 4 with --workflow)")
+    sim.add_argument("--crashes", type=int, default=1, metavar="K",
+                     help="engine crashes (and recoveries) per seed (default 1; 0 = none)")
+    sim.add_argument("--store", choices=STORES, default="memory",
+                     help="memory, or the Redis store over fakeredis (default memory)")
+    sim.add_argument("--engines", type=int, default=1, metavar="E",
+                     help="engines sharing the store, each crashing on its own (default 1; "
+                          "more than 1 needs --store memory)")
+    sim.add_argument("--bound", type=float, metavar="SECONDS",
+                     help="virtual seconds every run has to finish after faults stop "
+                          "(default 7 days)")
+    sim.add_argument("--workflow", metavar="WORKFLOW_FILE",
+                     help="simulate this workflow instead of random ones")
+    sim.add_argument("--handlers", metavar="module[:attr]",
+                     help="with --workflow: HANDLERS (topic -> async handler) called when a "
+                          "simulated job succeeds; topics without one return a stub")
+    sim.add_argument("--input", metavar="JSON|@file",
+                     help="with --workflow: the run input (JSON object, @file, @-)")
+    sim.add_argument("--trace-lines", type=int, default=DEFAULT_TRACE_LINES, metavar="N",
+                     help=f"trace lines shown for a failing seed (default "
+                          f"{DEFAULT_TRACE_LINES})")
+    sim.add_argument("--trace-out", metavar="FILE",
+                     help="write the whole trace of a failing seed to FILE")
+    sim.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    sim.set_defaults(handler=simulate_command)
+
+
+@dataclass
+class _Batch:
+    """What one seed runs, and the arguments that reproduce it."""
+
+    run: Callable[[int], SimulationReport]
+    repro: list[str]
+
+
+def _batch(args: argparse.Namespace) -> _Batch:
+    if args.seeds < 1:
+        raise CliError("--seeds must be at least 1")
+    if args.runs is not None and args.runs < 1:
+        raise CliError("--runs must be at least 1")
+    if args.crashes < 0:
+        raise CliError("--crashes must not be negative")
+    if args.engines < 1:
+        raise CliError("--engines must be at least 1")
+    if args.engines > 1 and args.store not in LEASE_STORES:
+        raise CliError(f"--engines {args.engines} needs --store memory (the simulation uses "
+                       f"run leases only there)")
+    if args.trace_lines < 0:
+        raise CliError("--trace-lines must not be negative")
+    if args.bound is not None and args.bound <= 0:
+        raise CliError("--bound must be positive")
+    if args.workflow is None and (args.handlers or args.input):
+        raise CliError("--handlers and --input need --workflow")
+    options: dict[str, Any] = {"faults": args.faults, "crash": args.crashes,
+                               "store": args.store, "engines": args.engines}
+    repro = ["--faults", args.faults]
+    if args.runs is not None:
+        repro += ["--runs", str(args.runs)]
+    if args.crashes != 1:
+        repro += ["--crashes", str(args.crashes)]
+    if args.store != "memory":
+        repro += ["--store", args.store]
+    if args.engines != 1:
+        repro += ["--engines", str(args.engines)]
+    if args.bound is not None:
+        options["bound"] = args.bound
+        repro += ["--bound", f"{args.bound:g}"]
+    if args.workflow is None:
+        runs = args.runs or 6
+        return _Batch(lambda seed: simulate(seed, runs=runs, **options), repro)
+    workflow = read_workflow(args.workflow)
+    payload = parse_input(args.input)
+    check_input(workflow, payload)
+    handlers: dict[str, Handler] = load_handlers(args.handlers) if args.handlers else {}
+    repro += ["--workflow", args.workflow]
+    if args.handlers:
+        repro += ["--handlers", args.handlers]
+    if args.input:
+        # replay with the input itself: a file or stdin may have changed by then
+        repro += ["--input", json.dumps(payload, separators=(",", ":"), sort_keys=True)]
+    runs = args.runs or 4
+    return _Batch(lambda seed: run_under_faults(workflow, handlers, seed=seed, runs=runs,
+                                                inputs=payload, **options), repro)
+
+
+def simulate_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``cordtrio simulate``: run the seeds, print the summary; 0 all green, 1 a failure."""
+    batch = _batch(args)
+    if console is None:
+        console = Console(file=sys.stdout)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(file=sys.stdout, width=120)  # tables stay readable in logs
+    totals = SimulationTotals()
+    failure: SimulationFailure | None = None
+    crashed: tuple[int, BaseException] | None = None
+    seeds = range(args.start, args.start + args.seeds)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]simulate[/] seed {task.fields[seed]}"), BarColumn(),
+        MofNCompleteColumn(), TextColumn("{task.fields[rate]} scenarios/s"),
+        TimeElapsedColumn(), console=console, transient=True,
+        disable=args.quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("seeds", total=len(seeds), seed=args.start, rate="-")
+        for seed in seeds:
+            progress.update(task, seed=seed)
+            try:
+                totals.add(batch.run(seed))
+            except SimulationFailure as exc:
+                failure = exc
+                break
+            except Exception as exc:  # an engine bug may surface as an error, not a check
+                crashed = (seed, exc)
+                break
+            elapsed = time.perf_counter() - started
+            progress.update(task, advance=1, rate=f"{totals.scenarios / elapsed:.1f}")
+    wall = time.perf_counter() - started
+    failed = (f"seed {failure.seed} ({failure.invariant})" if failure is not None else
+              f"seed {crashed[0]} ({type(crashed[1]).__name__})" if crashed is not None else "")
+    _print_summary(console, totals, wall, failed)
+    if failure is not None:
+        _print_failure(console, args, batch, failure)
+        return EXIT_RUN_FAILED
+    if crashed is not None:
+        seed, error = crashed
+        console.print(f"[bold red]seed {seed} raised[/] "
+                      f"{escape(f'{type(error).__name__}: {error}')}", highlight=False)
+        console.print(f"reproduce: {_command(batch, seed)}", markup=False, highlight=False,
+                      soft_wrap=True)
+        return EXIT_RUN_FAILED
+    console.print(f"[bold green]ok[/]: {totals.scenarios} scenarios, every invariant held",
+                  highlight=False)
+    return EXIT_OK
+
+
+def _command(batch: _Batch, seed: int) -> str:
+    return shlex.join([PROG, "simulate", "--seeds", "1", "--start", str(seed), *batch.repro])
+
+
+def _print_summary(console: Console, totals: SimulationTotals, wall: float,
+                   failed: str) -> None:
+    table = Table(title="simulation summary", box=box.SIMPLE_HEAD, show_header=True)
+    table.add_column("", style="bold")
+    table.add_column("value", justify="right")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(totals.statuses.items()))
+    table.add_row("scenarios", f"{totals.scenarios} passed" + (", 1 failed" if failed else ""))
+    if failed:
+        table.add_row("failed", failed, style="red")
+    table.add_row("runs", f"{totals.runs}" + (f" ({statuses})" if statuses else ""))
+    table.add_row("steps dispatched", str(totals.steps_dispatched))
+    if totals.faults:
+        for kind, count in sorted(totals.faults.items()):
+            table.add_row(f"faults: {kind}", str(count))
+    else:
+        table.add_row("faults injected", "0")
+    table.add_row("engine restarts", str(totals.engine_restarts))
+    table.add_row("virtual time", _duration(totals.virtual_time))
+    table.add_row("real time", f"{wall:.2f}s")
+    rate = totals.scenarios / wall if wall > 0 else 0.0
+    table.add_row("scenarios/s", f"{rate:.1f}")
+    console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d ({seconds:.0f}s)"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h ({seconds:.0f}s)"
+    return f"{seconds:.1f}s"
+
+
+def _print_failure(console: Console, args: argparse.Namespace, batch: _Batch,
+                   failure: SimulationFailure) -> None:
+    console.print(f"[bold red]FAILED[/] seed {failure.seed}: invariant "
+                  f"[bold]{failure.invariant}[/] violated", highlight=False)
+    console.print(f"  {failure.detail}", markup=False, highlight=False, soft_wrap=True)
+    lines = failure.trace[-args.trace_lines:] if args.trace_lines else []
+    if lines:
+        console.print(f"last {len(lines)} of {len(failure.trace)} trace lines:",
+                      highlight=False)
+        for line in lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    if args.trace_out:
+        try:
+            Path(args.trace_out).write_text("".join(f"{line}\n" for line in failure.trace),
+                                            encoding="utf-8")
+        except OSError as exc:
+            console.print(f"cannot write --trace-out {args.trace_out!r}: "
+                          f"{exc.strerror or exc}", markup=False, highlight=False)
+        else:
+            console.print(f"whole trace written to {args.trace_out}", markup=False,
+                          highlight=False)
+    console.print(f"reproduce: {_command(batch, failure.seed)}", markup=False,
+                  highlight=False, soft_wrap=True)

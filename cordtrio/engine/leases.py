@@ -1,0 +1,246 @@
+"""Multi-engine mode: run leases, the durable per-run inbox, wake-ups and takeover.
+
+Used when the store implements ``cordtrio.ports.RunLeases``. Each engine has an
+``engine_id`` (the lease owner). The rules:
+
+* A ``RunTask`` acquires its run's lease before loading the run. Failing that, another
+  engine owns the run: the task *forwards* what it was given (commands and job results) to
+  the run's inbox in the store, which wakes the owner, and ends.
+* The ``LeaseKeeper`` renews every lease this engine holds in one store call every
+  ``ttl/3``. A lease reported lost — or not renewed for a whole ``ttl`` because the store
+  did not answer — cancels its run task at once. Writes are fenced too: the task persists
+  with ``save_run_changes_as(owner, ...)``, which refuses (``LeaseLostError``) when the lease
+  is no longer this engine's, so a paused engine cannot overwrite its successor's state.
+* The owner is woken (``wait_wakeups``) when something lands in a run's inbox; it takes and
+  applies the commands. A new owner drains the inbox before anything else.
+* The inbox is at-least-once: taking commands moves them to the run's processing list, and
+  they are acknowledged (dropped) only after the batch that applied them is persisted. A
+  new owner takes the processing list first, so commands a dead or deposed owner took and
+  never persisted are applied again (the core ignores duplicates).
+* Every ``ttl/2`` each engine looks for running or waiting runs (and runs with queued or
+  unacknowledged commands) whose lease is free and activates them: a crashed engine's runs
+  move after its leases expire; an engine that shuts down releases its leases, so they move
+  at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..core.events import Start
+from ..errors import CordtrioError, LeaseLostError, ProtocolError
+from ..model import RunStatus
+from ..ports import RunLeases
+from ..wire_commands import decode_command
+from .retry import retrying
+
+if TYPE_CHECKING:
+    from .run_task import Envelope, RunTask
+    from .supervisor import Engine
+
+log = logging.getLogger("cordtrio.engine")
+
+DEFAULT_LEASE_TTL = 15.0
+"""Seconds a run lease lives without renewal (renewed every third of it)."""
+
+SCAN_PAGE = 1_000_000
+UNLEASED_CHUNK = 1_000
+WAKE_WAIT_MAX = 5.0
+CLEANUP_TIMEOUT = 5.0
+"""Seconds a finishing run task may spend forwarding leftovers and releasing its lease."""
+
+
+class LeaseKeeper:
+    """One engine's side of the lease protocol (see the module docstring)."""
+
+    def __init__(self, engine: Engine, store: RunLeases, owner: str, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, got {ttl}")
+        self.engine = engine
+        self.store = store
+        self.owner = owner
+        self.ttl = float(ttl)
+        self.held: dict[str, RunTask] = {}
+        self.closing: dict[str, trio.Event] = {}
+        self.crashed = False
+
+    # ------------------------------------------------------------------ per task
+
+    async def acquire(self, task: RunTask) -> bool:
+        """Take the run's lease for ``task``; False when another engine holds it."""
+        got = await retrying(
+            functools.partial(self.store.acquire_lease, task.run_id, self.owner, self.ttl),
+            f"acquire lease of run {task.run_id}")
+        if got:
+            self.held[task.run_id] = task
+        return got
+
+    async def wait_previous(self, run_id: str) -> None:
+        """Wait until an earlier task of the same run in this engine has let go (forwarded
+        its leftovers and released the lease), so the two never overlap."""
+        event = self.closing.get(run_id)
+        if event is not None:
+            await event.wait()
+
+    def closing_started(self, task: RunTask) -> trio.Event:
+        event = trio.Event()
+        self.closing[task.run_id] = event
+        return event
+
+    def closing_done(self, task: RunTask, event: trio.Event) -> None:
+        if self.closing.get(task.run_id) is event:
+            del self.closing[task.run_id]
+        event.set()
+
+    async def release(self, task: RunTask) -> None:
+        if self.held.get(task.run_id) is not task:
+            return
+        del self.held[task.run_id]
+        if self.crashed:
+            return  # a simulated crash leaves its leases to expire
+        try:
+            await self.store.release_lease(task.run_id, self.owner)
+        except Exception:
+            log.warning("run %s: could not release its lease (it expires in %gs)",
+                        task.run_id, self.ttl, exc_info=True)
+
+    def holds(self, task: RunTask) -> bool:
+        return self.held.get(task.run_id) is task
+
+    async def forward(self, run_id: str, data: bytes) -> None:
+        """Queue an encoded command in the run's inbox (waking the owner)."""
+        await retrying(functools.partial(self.store.push_command, run_id, data),
+                       f"queue command for run {run_id}")
+
+    async def take_inbox(self, run_id: str) -> tuple[list[Envelope], int]:
+        """Take the run's unacknowledged commands (earlier takes never acknowledged, then
+        the inbox) as envelopes, oldest first, and how many were taken — the count to
+        acknowledge once they are persisted (undecodable ones included: they are dropped,
+        logged, and acknowledged with the rest)."""
+        from .run_task import Envelope
+
+        raw = await retrying(functools.partial(self.store.take_commands, run_id),
+                             f"take commands of run {run_id}")
+        out: list[Envelope] = []
+        for data in raw:
+            try:
+                out.append(Envelope(decode_command(data)))
+            except ProtocolError as exc:
+                log.warning("run %s: dropping a queued command: %s", run_id, exc)
+        return out, len(raw)
+
+    async def ack(self, run_id: str, count: int) -> None:
+        """Drop the first ``count`` taken commands: the batch that applied them is
+        persisted. ``LeaseLostError`` when the lease is no longer ours (nothing dropped:
+        the next owner applies them again)."""
+        if count <= 0:
+            return
+        done = await retrying(
+            functools.partial(self.store.ack_commands, run_id, self.owner, count),
+            f"acknowledge commands of run {run_id}")
+        if not done:
+            raise LeaseLostError(
+                f"run {run_id}: lease lost by engine {self.owner} before {count} applied "
+                "command(s) were acknowledged; the next owner applies them again")
+
+    # ------------------------------------------------------------------ background
+
+    async def keep(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew this engine's leases every ``ttl/3``; cancel the tasks of lost ones."""
+        task_status.started()
+        last_ok = trio.current_time()
+        while True:
+            await trio.sleep(self.ttl / 3)
+            if self.crashed:
+                return
+            ids = list(self.held)
+            try:
+                lost = await self.store.renew_leases(self.owner, ids, self.ttl) if ids else set()
+            except Exception as exc:
+                log.warning("engine %s: renewing %d leases failed: %r", self.owner, len(ids),
+                            exc)
+                if trio.current_time() - last_ok >= self.ttl * 0.9:
+                    lost = set(ids)  # they may have expired: stop acting on every run
+                    last_ok = trio.current_time()
+                else:
+                    continue
+            else:
+                last_ok = trio.current_time()
+            for run_id in [i for i in ids if i in lost]:  # in a stable order (no set order)
+                task = self.held.pop(run_id, None)
+                if task is not None:
+                    log.warning("run %s: lease lost by engine %s; stopping its task",
+                                run_id, self.owner)
+                    task.lease_lost()
+
+    async def wake_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver a "drain your inbox" envelope for every run woken for this engine (or
+        queued for any engine)."""
+        task_status.started()
+        timeout = min(self.ttl / 3, WAKE_WAIT_MAX)
+        while True:
+            if self.crashed:
+                await trio.sleep_forever()
+            try:
+                ids = await self.store.wait_wakeups(self.owner, timeout)
+            except CordtrioError as exc:
+                log.warning("engine %s: waiting for wake-ups failed: %s", self.owner, exc)
+                await trio.sleep(min(1.0, timeout))
+                continue
+            for run_id in ids:
+                self.engine._deliver(run_id, drain_envelope())
+
+    async def takeover_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Every ``ttl/2``, activate runs nobody holds (see ``scan``)."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.ttl / 2)
+            if self.crashed:
+                return
+            try:
+                await self.scan()
+            except CordtrioError as exc:
+                log.warning("engine %s: takeover scan failed: %s", self.owner, exc)
+
+    async def scan(self) -> int:
+        """Activate every running/waiting run, and every run with queued or unacknowledged
+        commands (a pending run whose ``Start`` was taken and never applied), whose lease
+        is free and that has no task here. Returns how many were activated."""
+        ids: list[str] = []
+        for status in (RunStatus.RUNNING, RunStatus.WAITING):
+            ids += await retrying(
+                functools.partial(self.engine.store.list_run_ids_by_status, status.value,
+                                  SCAN_PAGE), f"list {status.value} runs")
+        ids += await retrying(functools.partial(self.store.runs_with_commands, SCAN_PAGE),
+                              "list runs with queued commands")
+        candidates = [i for i in dict.fromkeys(ids) if i not in self.engine._runs]
+        count = 0
+        for start in range(0, len(candidates), UNLEASED_CHUNK):
+            chunk = candidates[start:start + UNLEASED_CHUNK]
+            free = await retrying(functools.partial(self.store.unleased, chunk),
+                                  "check free leases")
+            for run_id in free:
+                if run_id not in self.engine._runs:
+                    self.engine._deliver(run_id, drain_envelope())
+                    count += 1
+        return count
+
+    def crash(self) -> None:
+        """Test hook: behave like a crashed engine — stop renewing, and leave leases and
+        inboxes as they are when the engine closes (they expire after ``ttl``)."""
+        self.crashed = True
+
+
+def drain_envelope() -> Envelope:
+    """An envelope telling the run task to apply its run's inbox (it carries no event of its
+    own; ``Start`` is a placeholder never decided)."""
+    from .run_task import Envelope
+
+    return Envelope(Start(), drain=True)
+
+
+__all__ = ["DEFAULT_LEASE_TTL", "LeaseKeeper", "drain_envelope"]

@@ -1,0 +1,137 @@
+"""Creating runs and checking commands before they are queued — shared by ``Engine`` and the
+store-only ``Client``, so both accept and refuse exactly the same things."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..core.commands import rerun_from as core_rerun_from
+from ..errors import InvalidStateError, NotFoundError, ValidationError
+from ..model import RunStatus, StepStatus, WorkflowRun
+from ..ports import Clock, Store
+from ..schemas import validate_value
+from ..validation import collect_dependencies
+
+
+async def create_submitted_run(
+    store: Store,
+    clock: Clock,
+    new_id: Callable[[], str],
+    workflow_id: str,
+    input: dict[str, Any] | None,
+    *,
+    org_id: str | None,
+    team_id: str | None,
+    idempotency_key: str | None,
+    labels: dict[str, str] | None,
+    dry_run: bool,
+    triggered_by: str,
+) -> tuple[str, bool]:
+    """Validate ``input`` against the workflow's ``input_schema`` and create the pending run.
+
+    Returns ``(run_id, needs_start)``. With an ``idempotency_key`` already used, nothing is
+    created: the earlier run's id is returned, with ``needs_start`` only when that run was
+    never started (an earlier submit was interrupted before starting it). A key naming a
+    run that does not exist (an earlier submit claimed the key, then failed to create the
+    run and to release the key — a crash, the store gone) is honoured: the run is created
+    under that id now, so the key never points at nothing."""
+    workflow = await store.get_workflow(workflow_id)
+    payload = copy.deepcopy(input) if input is not None else {}
+    if not isinstance(payload, dict):
+        raise ValidationError(f"workflow '{workflow_id}' input: must be an object")
+    if workflow.input_schema:
+        validate_value(workflow.input_schema, payload, where=f"workflow '{workflow_id}' input")
+    claimed = ""  # a run id the key already names, whose run was never created
+    if idempotency_key:
+        existing = await store.get_run_by_idempotency_key(idempotency_key)
+        if existing:
+            if await _exists(store, existing):
+                return existing, await _never_started(store, existing)
+            claimed = existing
+    now = clock.now()
+    run = WorkflowRun(
+        id=claimed or new_id(),
+        workflow_id=workflow_id,
+        org_id=workflow.org_id if org_id is None else org_id,
+        team_id=workflow.team_id if team_id is None else team_id,
+        input=payload,
+        status=RunStatus.PENDING,
+        triggered_by=triggered_by,
+        created_at=now,
+        updated_at=now,
+        labels=dict(labels or {}),
+        metadata={"dry_run": "true"} if dry_run else {},
+        idempotency_key=idempotency_key or "",
+        dry_run=dry_run,
+    )
+    if dry_run:
+        run.labels["dry_run"] = "true"
+    if idempotency_key and not claimed and not await store.try_set_run_idempotency_key(
+            idempotency_key, run.id):
+        existing = await store.get_run_by_idempotency_key(idempotency_key)
+        if existing:
+            return existing, await _never_started(store, existing)
+    try:
+        await store.create_run(run)
+    except InvalidStateError:
+        if not claimed:
+            raise
+        # a concurrent submit with the same key created the claimed run first
+        return claimed, await _never_started(store, claimed)
+    except BaseException:
+        if idempotency_key and not claimed:
+            with trio.CancelScope(shield=True):
+                await store.delete_run_idempotency_key(idempotency_key)
+        raise
+    return run.id, True
+
+
+async def _exists(store: Store, run_id: str) -> bool:
+    try:
+        await store.get_run(run_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def _never_started(store: Store, run_id: str) -> bool:
+    try:
+        run = await store.get_run(run_id)
+    except NotFoundError:
+        return False  # the key outlived its run: nothing to start
+    return run.status == RunStatus.PENDING and run.started_at is None
+
+
+async def create_rerun(
+    store: Store, clock: Clock, new_id: Callable[[], str], run_id: str, step_id: str,
+    dry_run: bool,
+) -> str:
+    """Create (not start) a new run from ``run_id`` (SPEC §9); return its id."""
+    old = await store.get_run(run_id)
+    workflow = await store.get_workflow(old.workflow_id)
+    deps: set[str] = set()
+    if step_id:
+        if step_id not in workflow.steps:
+            raise NotFoundError(f"run {run_id}: step '{step_id}' not found")
+        deps = collect_dependencies(workflow, step_id)
+    new = core_rerun_from(workflow, old, step_id, dry_run, new_id(), clock.now(), deps)
+    await store.create_run(new)
+    return new.id
+
+
+async def check_approvable(store: Store, run_id: str, step_id: str) -> None:
+    """The errors ``approve_step`` gives at once when the command is queued for another
+    engine: an unknown run or step (``NotFoundError``), a step not waiting
+    (``InvalidStateError``) — the same messages the core gives."""
+    run = await store.get_run(run_id)
+    workflow = await store.get_workflow(run.workflow_id)
+    if step_id not in workflow.steps:
+        raise NotFoundError(f"run {run.id}: step '{step_id}' not found")
+    sr = run.steps.get(step_id)
+    if sr is None or sr.status != StepStatus.WAITING:
+        state = sr.status.value if sr is not None else "not started"
+        raise InvalidStateError(f"run {run.id}: step '{step_id}' not waiting ({state})")

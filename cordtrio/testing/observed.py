@@ -1,0 +1,144 @@
+"""The backends as a simulated engine sees them: observed, flaky, and cut by a crash.
+
+``Severable`` is one engine incarnation's handle on a shared backend; a hard crash cuts it.
+``ObservedStore`` (``ObservedLeaseStore`` over a store with run leases) is a ``FlakyStore``
+that reports every successful write to the simulation (and every lease it sees taken,
+renewed or released). ``open_storage`` opens the store the scenario runs on.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..backends.memory import MemoryPayloadStore, MemoryStore
+from ..clock import TrioWallClock
+from ..model import TimelineEvent, WorkflowRun
+from ..ports import PayloadStore, RunChanges, Store
+from .store_faults import FlakyLeaseStore, FlakyStore
+
+if TYPE_CHECKING:
+    from .scenario import Sim
+
+__all__ = ["STORES", "ObservedLeaseStore", "ObservedStore", "Severable", "observed_store",
+           "open_storage"]
+
+STORES = ("memory", "fakeredis")
+
+
+class Severable:
+    """One engine incarnation's handle on a shared backend (store or bus). A crash severs
+    it: from then on every coroutine method fails at once with ``error``, so a crashed
+    engine's clean-up code (shielded lease releases, forwarding of leftovers) cannot reach
+    the store or the bus, as a process that died could not. Other attributes pass through.
+    """
+
+    def __init__(self, inner: Any, error: type[Exception], what: str) -> None:
+        self._inner = inner
+        self._error = error
+        self._what = what
+        self.severed = False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.severed:
+                await trio.lowlevel.checkpoint()
+                raise self._error(f"{self._what}.{name}: this engine crashed (simulated)")
+            return await attr(*args, **kwargs)
+
+        setattr(self, name, call)  # found directly from now on (no __getattr__)
+        return call
+
+
+class ObservedStore(FlakyStore):
+    """The simulation's view of the store: every *successful* write is reported."""
+
+    def __init__(self, sim: Sim, inner: Store) -> None:
+        super().__init__(inner, sim.rng_store, sim.sc.store_fail_rate,
+                         on_fail=sim.on_store_fail)
+        self.sim = sim
+
+    async def create_run(self, run: WorkflowRun) -> None:
+        await super().create_run(run)
+        self.sim.on_created(run)
+
+    async def save_run_changes(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None:
+        await super().save_run_changes(run, changes, timeline)
+        if changes or changes.lease_owner is None:  # not a (fenced) timeline-only append
+            if changes.lease_owner is not None:
+                self.sim.check.acted(run.id, changes.lease_owner, "wrote",
+                                     trio.current_time())
+            self.sim.on_saved(run)
+        if timeline:
+            self.sim.on_timeline(run.id, timeline)
+
+    async def append_timeline_events(self, run_id: str, events: Sequence[TimelineEvent]
+                                     ) -> None:
+        await super().append_timeline_events(run_id, events)
+        self.sim.on_timeline(run_id, events)
+
+
+class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
+    """``ObservedStore`` over a store with run leases: the lease calls that succeed tell
+    the ``single_owner`` check who holds what until when."""
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        got = await super().acquire_lease(run_id, owner, ttl)
+        if got and self.sim.check.lease_held(run_id, owner, trio.current_time() + ttl):
+            self.sim.line(f"lease {run_id} taken by {owner}")
+        return got
+
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
+        lost = await super().renew_leases(owner, run_ids, ttl)
+        expires = trio.current_time() + ttl
+        for run_id in run_ids:
+            if run_id not in lost:
+                self.sim.check.lease_held(run_id, owner, expires)
+        for run_id in sorted(lost):
+            self.sim.line(f"lease {run_id} lost by {owner}")
+        return lost
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        await super().release_lease(run_id, owner)
+        self.sim.check.lease_released(run_id, owner)
+
+
+def observed_store(sim: Sim, handle: Any) -> ObservedStore:
+    """The observed, flaky view of the store through ``handle`` (a ``Severable``), with
+    the lease capability when the scenario uses it (``sim.leased``)."""
+    store = ObservedLeaseStore(sim, handle) if sim.leased else ObservedStore(sim, handle)
+    if not sim.faults_on:
+        store.stop()
+    return store
+
+
+@asynccontextmanager
+async def open_storage(kind: str, clock: TrioWallClock
+                       ) -> AsyncIterator[tuple[Store, PayloadStore]]:
+    """The store and payload store the scenario runs on (``STORES``)."""
+    if kind == "memory":
+        yield MemoryStore(clock=clock), MemoryPayloadStore(ttl_seconds=None)
+        return
+    if kind != "fakeredis":
+        raise ValueError(f"unknown simulation store {kind!r}: expected one of {STORES}")
+    try:
+        import fakeredis
+    except ImportError:  # pragma: no cover - fakeredis is a test extra
+        raise ValueError("store='fakeredis' needs the fakeredis package "
+                         "(pip install fakeredis)") from None
+    from ..backends.redis import connect
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())  # fresh and empty
+    async with connect("fakeredis", client=client, clock=clock,
+                       payload_ttl_seconds=None) as redis:
+        yield redis.store, redis.payloads

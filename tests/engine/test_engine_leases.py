@@ -1,0 +1,299 @@
+"""Several engines over one store (multi-engine mode, ``cordtrio.engine.leases``), on the
+memory backends and Trio's autojump clock: each run is driven by exactly one engine, results
+and commands reaching another engine are forwarded, a dead engine's runs are taken over
+after the lease TTL, a stopped engine's at once, and a lost lease stops the run's task."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import trio
+from test_engine_kit import WF, ok, step, workflow
+
+from cordtrio import Job, open_worker
+from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
+from cordtrio.client import Client
+from cordtrio.engine import TrioWallClock, open_engine
+from cordtrio.engine.supervisor import Engine
+from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
+from cordtrio.model import RunStatus, StepStatus, StepType
+from cordtrio.ports import RunLeases
+
+TTL = 15.0
+
+
+class CountingStore(MemoryStore):
+    """Counts the commands forwarded through the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwarded: Counter[str] = Counter()
+
+    async def push_command(self, run_id: str, data: bytes) -> str | None:
+        self.forwarded[run_id] += 1
+        return await super().push_command(run_id, data)
+
+
+class Dispatches:
+    """Every job id any engine dispatched, with the engine that did."""
+
+    def __init__(self) -> None:
+        self.by_job: dict[str, list[str]] = {}
+
+    def hook(self, engine_id: str) -> Any:
+        def on_dispatched(run_id: str, step_id: str, job_id: str) -> None:
+            self.by_job.setdefault(job_id, []).append(engine_id)
+        return on_dispatched
+
+    def doubles(self) -> dict[str, list[str]]:
+        return {job: who for job, who in self.by_job.items() if len(who) > 1}
+
+
+async def start_engine(store: MemoryStore, bus: MemoryBus, payloads: MemoryPayloadStore,
+                       clock: TrioWallClock, name: str, nursery: trio.Nursery,
+                       **kw: Any) -> tuple[Engine, trio.CancelScope]:
+    """An engine in a task of ``nursery`` (so the test can kill it), and its scope."""
+    ready: list[tuple[Engine, trio.CancelScope]] = []
+    opened = trio.Event()
+
+    async def serve() -> None:
+        with trio.CancelScope() as scope:
+            async with open_engine(store, bus, payloads=payloads, clock=clock,
+                                   engine_id=name, lease_ttl=TTL, multi_engine=True,
+                               **kw) as engine:
+                ready.append((engine, scope))
+                opened.set()
+                await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    await opened.wait()
+    return ready[0]
+
+
+async def echo(job: Job) -> dict[str, Any]:
+    await trio.sleep(0.5)
+    return {"n": job.input.get("n", 0) if isinstance(job.input, dict) else 0}
+
+
+async def test_the_memory_store_offers_leases_on_request(store, bus) -> None:
+    assert isinstance(store, RunLeases)
+    async with open_engine(store, bus) as alone:
+        assert alone.leases is None  # one engine per memory store unless asked
+    async with open_engine(store, bus, multi_engine=True) as shared:
+        assert shared.leases is not None and shared.leases.owner == shared.engine_id
+    async with open_engine(store, bus, engine_id="E") as named:  # naming it asks too
+        assert named.leases is not None and named.leases.owner == "E"
+    async with open_engine(store, bus, engine_id="E", multi_engine=False) as single:
+        assert single.leases is None
+
+
+async def test_multi_engine_needs_a_store_with_leases(bus) -> None:
+    class Plain:
+        pass
+
+    with pytest.raises(ValidationError, match="RunLeases"):
+        async with open_engine(Plain(), bus, multi_engine=True):  # type: ignore[arg-type]
+            pass
+
+
+async def test_two_engines_drive_each_run_once(bus, payloads, clock, autojump_clock) -> None:
+    store = CountingStore()
+    await store.save_workflow(workflow(
+        step("a"), step("b", depends_on=["a"]),
+        step("each", depends_on=["a"], for_each="input.items", max_parallel=2),
+        step("c", depends_on=["b", "each"])))
+    seen = Dispatches()
+    async with trio.open_nursery() as nursery, \
+            open_worker(bus, payloads, {"job.test": echo}, max_concurrency=64):
+        a, _ = await start_engine(store, bus, payloads, clock, "A", nursery,
+                                  on_step_dispatched=seen.hook("A"))
+        b, _ = await start_engine(store, bus, payloads, clock, "B", nursery,
+                                  on_step_dispatched=seen.hook("B"))
+        ids = []
+        for i in range(100):
+            engine = a if i % 2 == 0 else b
+            ids.append(await engine.submit(WF, {"items": [1, 2, 3]}))
+        with trio.fail_after(600):
+            runs = [await (a if i % 3 else b).wait_run(rid) for i, rid in enumerate(ids)]
+        nursery.cancel_scope.cancel()
+    assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 100
+    assert seen.doubles() == {}
+    assert len(seen.by_job) == 100 * 6  # a, b, 3 children, c: each attempt exactly once
+    engines_per_run = {rid: {who for job, (who,) in seen.by_job.items()
+                             if job.startswith(rid + ":")} for rid in ids}
+    assert all(len(who) == 1 for who in engines_per_run.values())
+    assert sum(store.forwarded.values()) > 0  # results did land at the other engine
+
+
+async def test_a_dead_engines_runs_are_taken_over_after_the_ttl(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL),
+                                       step("after", depends_on=["gate"])))
+    async with trio.open_nursery() as nursery:
+        a, a_scope = await start_engine(store, bus, payloads, clock, "A", nursery)
+        ids = [await a.submit(WF) for _ in range(3)]
+        assert {await store.lease_owner(r) for r in ids} == {"A"}
+        assert a.leases is not None
+        a.leases.crash()  # stops renewing; leaves its leases behind on exit
+        a_scope.cancel()
+        await trio.sleep(1)
+        b, _ = await start_engine(store, bus, payloads, clock, "B", nursery)
+        if True:
+            await trio.sleep(TTL / 2 - 2)
+            assert {await store.lease_owner(r) for r in ids} == {"A"}  # not yet
+            assert b.active_runs == 0
+            await trio.sleep(TTL + 1)
+            assert {await store.lease_owner(r) for r in ids} == {"B"}
+            for r in ids:
+                await b.approve_step(r, "gate")
+            run = await store.get_run(ids[0])
+            assert run.steps["after"].status == StepStatus.RUNNING
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_stopped_engine_hands_its_runs_over_at_once(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    async with trio.open_nursery() as nursery:
+        b, _ = await start_engine(store, bus, payloads, clock, "B", nursery)
+        async with open_engine(store, bus, payloads=payloads, clock=clock,
+                               engine_id="A", lease_ttl=TTL, multi_engine=True) as a:
+            run_id = await a.submit(WF)
+        assert await store.lease_owner(run_id) is None  # released on the way out
+        await trio.sleep(TTL / 2 + 0.1)  # B's next takeover scan
+        assert await store.lease_owner(run_id) == "B"
+        await b.approve_step(run_id, "gate")
+        assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
+        nursery.cancel_scope.cancel()
+
+
+async def test_commands_on_another_engine_are_forwarded_to_the_owner(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL),
+                                       step("gate2", type=StepType.APPROVAL)))
+    async with trio.open_nursery() as nursery:
+        a, _ = await start_engine(store, bus, payloads, clock, "A", nursery)
+        b, _ = await start_engine(store, bus, payloads, clock, "B", nursery)
+        first = await a.submit(WF)
+        second = await a.submit(WF)
+        with pytest.raises(NotFoundError, match="nope"):
+            await b.approve_step(first, "nope")
+        with pytest.raises(NotFoundError, match="missing-run"):
+            await b.approve_step("missing-run", "gate")
+        await b.approve_step(first, "gate")  # queued for A, applied by A
+        with trio.fail_after(5):
+            while (await store.get_run(first)).steps["gate"].status != StepStatus.SUCCEEDED:
+                await trio.sleep(0.01)
+        with pytest.raises(InvalidStateError, match="not waiting"):
+            await b.approve_step(first, "gate")
+        assert await store.lease_owner(first) == "A"
+        assert b.active_runs == 0
+        await b.cancel_run(second)
+        done = await b.wait_run(second, poll_interval=0.1)
+        assert done.status == RunStatus.CANCELLED
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lost_lease_stops_the_run_task(store, bus, payloads, clock,
+                                               autojump_clock) -> None:
+    await store.save_workflow(workflow(step("a"), step("b", depends_on=["a"])))
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+        assert a.active_runs == 1
+        await store.release_lease(run_id, "A")  # another engine takes the run over
+        assert await store.acquire_lease(run_id, "X", 3600)
+        # A result reaching A before its next renewal: the fenced write refuses it, the run
+        # is not touched, the result is handed to the new owner's inbox.
+        await a.handle_job_result(ok(f"{run_id}:a@1"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.active_runs == 0
+        stored = await store.get_run(run_id)
+        assert stored.steps["a"].status == StepStatus.RUNNING
+        assert len(await store.take_commands(run_id)) == 1
+
+
+async def test_the_keeper_cancels_a_task_whose_lease_is_gone(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+        await store.release_lease(run_id, "A")
+        await store.acquire_lease(run_id, "X", 3600)
+        await trio.sleep(TTL / 3 + 0.1)  # one renewal period
+        assert a.active_runs == 0
+        await a.approve_step(run_id, "gate")  # now forwarded to X, not applied by A
+        assert (await store.get_run(run_id)).steps["gate"].status == StepStatus.WAITING
+        assert len(await store.take_commands(run_id)) == 1
+
+
+async def test_a_client_submission_is_picked_up_by_an_engine(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("a"), input_schema={
+        "type": "object", "required": ["n"]}))
+    client = Client(store, clock=clock)
+    with pytest.raises(ValidationError, match="input"):
+        await client.submit(WF, {})
+    async with open_worker(bus, payloads, {"job.test": echo}), \
+            open_engine(store, bus, payloads=payloads, clock=clock, lease_ttl=TTL,
+                        multi_engine=True):
+        run_id = await client.submit(WF, {"n": 7}, idempotency_key="k1")
+        assert await client.submit(WF, {"n": 7}, idempotency_key="k1") == run_id
+        with trio.fail_after(60):
+            run = await client.wait_run(run_id, poll_interval=0.1)
+        assert run.status == RunStatus.SUCCEEDED
+        assert run.output == {"a": {"n": 7}}
+        again = await client.rerun_from(run_id)
+        with trio.fail_after(60):
+            assert (await client.wait_run(again, poll_interval=0.1)).status \
+                == RunStatus.SUCCEEDED
+
+
+async def test_a_client_submission_waits_for_an_engine(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    client = Client(store, clock=clock)
+    run_id = await client.submit(WF)
+    await client.cancel_run(run_id)  # queued too: applied after the start
+    assert (await client.get_run(run_id)).status == RunStatus.PENDING
+    async with open_engine(store, bus, payloads=payloads, clock=clock, lease_ttl=TTL,
+                           multi_engine=True):
+        with trio.fail_after(60):
+            run = await client.wait_run(run_id, poll_interval=0.1)
+    assert run.status == RunStatus.CANCELLED
+
+
+async def test_a_client_needs_a_store_with_leases() -> None:
+    class Plain:
+        pass
+
+    with pytest.raises(ValidationError, match="RunLeases"):
+        Client(Plain())  # type: ignore[arg-type]
+
+
+async def test_a_key_left_by_a_failed_submit_names_the_run_created_now(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    # an earlier submit claimed the key, then crashed before creating its run
+    assert await store.try_set_run_idempotency_key("k1", "claimed-run")
+    client = Client(store, clock=clock)
+    assert await client.submit(WF, idempotency_key="k1") == "claimed-run"
+    assert (await store.get_run("claimed-run")).status == RunStatus.PENDING
+    assert await store.try_set_run_idempotency_key("k2", "claimed-too")
+    async with open_engine(store, bus, payloads=payloads, clock=clock) as engine:
+        assert await engine.submit(WF, idempotency_key="k2") == "claimed-too"
+        assert (await store.get_run("claimed-too")).status == RunStatus.WAITING
+        assert await engine.submit(WF, idempotency_key="k2") == "claimed-too"
+
+
+async def test_commands_for_a_missing_run_are_dropped_not_rescanned(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.push_command("deleted-run", b"anything")
+    async with open_engine(store, bus, payloads=payloads, clock=clock, lease_ttl=TTL,
+                           multi_engine=True):
+        await trio.sleep(TTL)
+    assert await store.runs_with_commands() == []
+    assert await store.lease_owner("deleted-run") is None

@@ -1,0 +1,37 @@
+"""The CI batch: 2,000 seeded scenarios under faults (light and heavy alternating, engine
+crashes on) must stay green, and must really inject every kind of fault they claim to.
+
+Its time is printed (``pytest -s``) and bounded: the batch is the simulation's budget in CI
+(2,000 scenarios in under 3 minutes on a 2-core machine, in one process). The bound is on
+this process's CPU time, which other jobs sharing the machine do not inflate (wall time,
+printed too, does)."""
+
+from __future__ import annotations
+
+import time
+
+from cordtrio.testing import SimulationTotals, simulate
+
+SEEDS = range(2000)
+BUDGET_SECONDS = 180.0
+FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "store_failure", "worker_fail",
+               "worker_deny", "worker_hang", "worker_crash", "engine_crash")
+
+
+def test_two_thousand_seeds_under_faults_with_crashes() -> None:
+    totals = SimulationTotals()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for seed in SEEDS:
+        totals.add(simulate(seed, faults="heavy" if seed % 2 else "light", crash=True))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    print(f"\n{totals} — wall {elapsed:.1f}s, cpu {cpu:.1f}s ({len(SEEDS) / cpu:.1f} seeds "
+          "per cpu-second)")
+    assert totals.scenarios == len(SEEDS)
+    # the simulation really exercised what it claims to
+    assert totals.engine_restarts >= len(SEEDS) // 4
+    for status in ("succeeded", "failed", "timed_out"):
+        assert totals.statuses[status] > 0, status
+    for kind in FAULT_KINDS:
+        assert totals.faults[kind] > 0, kind
+    assert cpu < BUDGET_SECONDS, f"{len(SEEDS)} seeds took {cpu:.0f}s of CPU"

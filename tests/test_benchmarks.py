@@ -1,0 +1,100 @@
+"""Smoke test of the benchmark harness (``python -m benchmarks``): every workload at a tiny
+size on the in-memory backend through the harness's own functions, asserting the figures it
+reports (not their values: timing is not tested). W5's 1 s backoffs pass under the
+autojump clock."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main, parse_sizes, plan
+from benchmarks.measure import Sample, command_delta, run_sample
+from benchmarks.peers.celery_bench import CeleryPeer
+from benchmarks.report import ratio_rows, summarize
+from benchmarks.workloads import BRANCH_STEPS, BRANCHES, CHAIN_STEPS, WORKLOADS
+
+TINY = {"w1": 4, "w2": 7, "w3": 2, "w4": 5, "w5": 3}
+STEPS = {"w1": 4 * CHAIN_STEPS, "w2": 7 + 1, "w3": 2 * (BRANCHES * BRANCH_STEPS + 1),
+         "w4": 2 * 5, "w5": 3 * CHAIN_STEPS}
+RUNS = {"w1": 4, "w2": 1, "w3": 2, "w4": 5, "w5": 3}
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+async def test_each_workload_runs_on_memory_and_reports_its_figures(
+        name: str, autojump_clock: object) -> None:
+    progress: list[int] = []
+    sample = await run_sample(WORKLOADS[name], "memory", TINY[name], on_progress=progress.append)
+    assert (sample.workload, sample.backend, sample.size) == (name, "memory", TINY[name])
+    assert (sample.steps, sample.runs) == (STEPS[name], RUNS[name])
+    assert sample.seconds > 0 and sample.steps_per_s > 0 and sample.runs_per_s > 0
+    assert sample.latency_p50_ms is not None and sample.latency_p99_ms is not None
+    assert 0 <= sample.latency_p50_ms <= sample.latency_p99_ms
+    assert sample.redis_commands == {} and sample.redis_commands_per_step is None
+    assert progress and progress[0] == 0
+    if name == "w4":
+        assert sample.extra["active_run_tasks_while_waiting"] >= 0
+        assert "rss_per_waiting_run_bytes" in sample.extra
+        assert sample.extra["heap_bytes_per_waiting_run"] > 0  # the runs live in the store
+        assert sample.extra["park_seconds"] > 0
+        assert "server_bytes_per_waiting_run" not in sample.extra  # no server in memory
+    if name == "w5":
+        assert sample.extra["attempts"] == 2 * STEPS["w5"]
+
+
+def test_main_writes_json_with_medians_over_repetitions(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    assert main(["--workload", "w1,w2", "--backend", "memory", "--size", "w1=3",
+                 "--size", "w2=5,9", "--repeat", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {(r["workload"], r["size"]): r for r in data["results"]}
+    assert set(rows) == {("w1", 3), ("w2", 5), ("w2", 9)}
+    for row in rows.values():
+        assert row["backend"] == "memory" and row["repetitions"] == 2
+        assert row["steps_per_s_min"] <= row["steps_per_s_median"] <= row["steps_per_s_max"]
+        assert row["latency_p50_ms_median"] is not None
+        assert row["peak_rss_mib_max"] is None or row["peak_rss_mib_max"] > 0
+        assert len(row["samples"]) == 2
+    assert rows[("w2", 9)]["samples"][0]["steps"] == 10
+    assert data["ratios"] == [] and data["notes"] == []
+
+
+def test_sizes_and_plan() -> None:
+    sizes = parse_sizes(["10,20", "w2=5", "w2@redis=7"], ["w1", "w2"])
+    assert sizes == {("w1", ""): (10, 20), ("w2", ""): (5,), ("w2", "redis"): (7,)}
+    assert [(w.name, b, n) for w, b, n in plan(["w1", "w2"], ["memory", "redis"], sizes)] == [
+        ("w1", "memory", 10), ("w1", "memory", 20), ("w1", "redis", 10), ("w1", "redis", 20),
+        ("w2", "memory", 5), ("w2", "redis", 7)]
+    default = plan(["w2"], ["memory", "redis"], {})
+    assert [(b, n) for _, b, n in default] == [
+        ("memory", 1000), ("memory", 10000), ("redis", 1000)]  # smaller defaults on Redis
+    with pytest.raises(Exception, match="unknown workload 'w9'"):
+        parse_sizes(["w9=1"], ["w1"])
+
+
+def test_redis_command_counts_and_peer_ratios() -> None:
+    assert command_delta({"hset": 5, "info": 1}, {"hset": 9, "get": 2, "info": 3}) == {
+        "hset": 4, "get": 2}
+    ours = Sample("w1", "redis", 10, 50, 10, 1.0, redis_commands={"hset": 100, "get": 50})
+    theirs = Sample("w1", "celery (solo)", 10, 50, 10, 2.0)
+    summaries = summarize([ours, theirs])
+    assert summaries[0].commands_per_step() == {"hset": 2.0, "get": 1.0}
+    [row] = ratio_rows(summaries, ["celery (solo)"])
+    assert row["cordtrio_backend"] == "redis" and row["ratio"] == pytest.approx(2.0)
+    # other sizes are compared only when the peer has no exact match anywhere (a capped peer)
+    bigger = Sample("w1", "memory", 1000, 5000, 1000, 1.0)
+    capped = Sample("w1", "prefect (local)", 7, 35, 7, 35.0)
+    rows = ratio_rows(summarize([ours, bigger, theirs, capped]),
+                      ["celery (solo)", "prefect (local)"])
+    assert [(r["peer"], r["cordtrio_backend"], r["size"], r["peer_size"]) for r in rows] == [
+        ("celery (solo)", "redis", 10, 10),
+        ("prefect (local)", "redis", 10, 7), ("prefect (local)", "memory", 1000, 7)]
+
+
+def test_a_peer_that_cannot_import_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)  # import celery -> ImportError
+    reason = CeleryPeer().unavailable()
+    assert reason is not None and "celery" in reason
