@@ -25,9 +25,10 @@ drops the connection, whose reply would otherwise be read by the next command).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
@@ -35,6 +36,9 @@ import trio
 import trio_asyncio
 
 from cordtrio.errors import CordtrioError, StoreError
+
+if TYPE_CHECKING:
+    from .batcher import CommandBatcher
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,53 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, rx.ConnectionError | ConnectionError)
 
 
+BATCHABLE = frozenset({
+    "get", "set", "delete", "exists", "hget", "hgetall", "hexists", "scard", "smembers",
+    "lrange", "zrevrange", "zrevrangebyscore",
+})
+"""Commands ``call`` may coalesce: short, non-blocking (never ``BLPOP``), and safe to resend
+after a lost connection, as every ``call`` already is."""
+
+_PLAIN = (str, bytes, int, float)
+
+
+def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Arguments redis-py encodes without complaint: a value it would refuse fails the
+    whole pipeline, so such a call goes out alone and fails alone."""
+    return all(isinstance(a, _PLAIN) for a in args) and all(
+        v is None or isinstance(v, _PLAIN) for v in kwargs.values())
+
+
+DRAIN_PER_TICK = 512
+"""asyncio callbacks the loop runs per Trio scheduling tick (trio-asyncio runs one)."""
+
+
+def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> None:
+    """Make trio-asyncio's ``loop`` run every ready asyncio callback (up to ``budget``) in
+    one Trio tick, as asyncio's own loop does, instead of one callback per tick.
+
+    trio-asyncio (0.16) takes one handle off its queue per ``_main_loop_one`` and then
+    yields to the Trio scheduler; a Redis round trip through redis-py is ~20 callbacks, so
+    with many Trio tasks runnable each command waited ~20 full scheduler rounds (measured:
+    W1 on Redis spent most of its time in those rounds). Callbacks keep their FIFO order;
+    the budget bounds how long Trio tasks wait. A loop without the expected internals is
+    left as it is."""
+    one = getattr(loop, "_main_loop_one", None)
+    if one is None or not hasattr(loop, "_q_recv"):
+        log.debug("trio-asyncio loop internals changed: one callback per tick")
+        return
+
+    async def main_loop_one(no_wait: bool = False) -> None:
+        await one(no_wait)
+        for _ in range(budget):
+            try:
+                await one(True)
+            except trio.WouldBlock:
+                return
+
+    loop._main_loop_one = main_loop_one
+
+
 class RedisAdapter:
     """Runs redis-py asyncio calls from Trio, on one loop and one client (connection pool).
 
@@ -130,6 +181,19 @@ class RedisAdapter:
         self.url = mask_url(url)
         self._secrets = _secrets(url)
         self.reconnect_timeout = reconnect_timeout
+        self._batcher: CommandBatcher | None = None
+        self._shas: dict[str, str] = {}
+
+    def start_batching(self, nursery: trio.Nursery) -> None:
+        """Coalesce concurrent single commands into pipelines from now on; the batcher's
+        tasks run in ``nursery`` (``connect`` opens one for the connection's lifetime)."""
+        from .batcher import CommandBatcher  # it builds on this module
+
+        self._batcher = CommandBatcher(self, nursery)
+
+    def stop_batching(self) -> None:
+        """Send every further command on its own again (the batcher's nursery is closing)."""
+        self._batcher = None
 
     # ------------------------------------------------------------------------ calls
 
@@ -141,6 +205,25 @@ class RedisAdapter:
         connection is retried for up to ``reconnect_timeout`` s (unless ``reconnect`` is
         False); ``fn`` must be safe to run again (every caller's is: plain commands, and
         pipelines/transactions that either ran whole or not at all)."""
+        try:
+            return await self._run_raw(what, fn, reconnect=reconnect)
+        except _BACKEND_ERRORS as exc:
+            raise self._final_error(exc, what, key, reconnect) from None
+
+    def _final_error(self, exc: BaseException, what: str, key: str,
+                     reconnect: bool = True) -> CordtrioError:
+        """The error a call gives up with (``run``'s translation, plus how long a lost
+        connection was waited for)."""
+        error = self.translate(exc, what, key)
+        if reconnect and is_disconnect(exc):
+            error.args = (f"{error} (no connection for {self.reconnect_timeout:g}s)",)
+        return error
+
+    async def _run_raw(
+        self, what: str, fn: Callable[[Any], Awaitable[T]], *, reconnect: bool = True,
+    ) -> T:
+        """``run`` without the translation: the backend exception it gives up with is
+        raised as it is (the batcher translates it once per call it carried)."""
         delay = _RECONNECT_DELAY
         give_up_at: float | None = None
         while True:
@@ -151,10 +234,7 @@ class RedisAdapter:
                 if give_up_at is None:
                     give_up_at = now + self.reconnect_timeout
                 if not reconnect or not is_disconnect(exc) or now >= give_up_at:
-                    error = self.translate(exc, what, key)
-                    if reconnect and is_disconnect(exc):
-                        error.args = (f"{error} (no connection for {self.reconnect_timeout:g}s)",)
-                    raise error from None
+                    raise
                 log.debug("redis %s: %s: connection lost (%s), retrying", self.url, what, exc)
             except asyncio.CancelledError as exc:  # not ours (ours arrives as trio.Cancelled)
                 raise StoreError(
@@ -163,10 +243,36 @@ class RedisAdapter:
             delay = min(delay * 2, _RECONNECT_DELAY_CAP)
 
     async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One command: ``client.<method>(*args, **kwargs)``."""
+        """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,
+        a short non-blocking command with plain arguments is queued and goes out with the
+        others issued in the same Trio tick as one pipeline (``batcher.py``)."""
+        batcher = self._batcher
+        if batcher is not None and method in BATCHABLE and _plain(args, kwargs):
+            return await batcher.call(what, key, method, args, kwargs)
 
         async def go(client: Any) -> Any:
             return await getattr(client, method)(*args, **kwargs)
+
+        return await self.run(what, go, key=key)
+
+    async def script(self, what: str, key: str, source: str, keys: list[str],
+                     args: list[Any]) -> Any:
+        """Run the Lua ``source`` (``EVALSHA``, atomic on the server) on ``keys``/``args``.
+        Batched like ``call`` when it can be; a server that does not know the script yet
+        (``NOSCRIPT``) gets it loaded by redis-py's ``Script`` on the direct path."""
+        batcher = self._batcher
+        if batcher is not None and _plain((*keys, *args), {}):
+            sha = self._shas.get(source)
+            if sha is None:
+                sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+            try:
+                return await batcher.call(what, key, "evalsha", (sha, len(keys), *keys, *args),
+                                          {})
+            except rx.NoScriptError:
+                pass
+
+        async def go(client: Any) -> Any:
+            return await client.register_script(source)(keys=keys, args=args, client=client)
 
         return await self.run(what, go, key=key)
 
@@ -250,5 +356,5 @@ class RedisAdapter:
         return text
 
 
-__all__ = ["RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError", "is_disconnect",
-           "is_wrongtype", "mask_url"]
+__all__ = ["BATCHABLE", "RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError", "is_disconnect",
+           "is_wrongtype", "mask_url", "run_ready_callbacks_per_tick"]

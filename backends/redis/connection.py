@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.ports import Clock
 
-from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
+from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url, run_ready_callbacks_per_tick
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
@@ -111,11 +111,13 @@ async def connect(
     leaf: BaseException | None = None
     from_body: BaseException | None = None
     try:
-        async with trio_asyncio.open_loop() as loop:
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as batching:
+            run_ready_callbacks_per_tick(loop)
             adapter = RedisAdapter(client, loop, url if own else shown,
                                    reconnect_timeout=reconnect_timeout)
             try:
                 await _ping(adapter, shown, connect_timeout)
+                adapter.start_batching(batching)
                 try:
                     yield RedisBackends(
                         store=RedisStore(adapter, clock=clock),
@@ -127,6 +129,7 @@ async def connect(
                     from_body = exc
                     raise
             finally:
+                adapter.stop_batching()
                 await _close(adapter, own)
     except BaseExceptionGroup as group:
         # trio-asyncio's nurseries wrap whatever leaves the block (our errors, the body's,

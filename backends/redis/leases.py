@@ -198,18 +198,15 @@ async def fenced_commands(
     ``(True, reply of the first command)`` or ``(False, the holder or b"")``. ``key`` (the
     key written) names errors."""
 
-    async def go(client: Any) -> Any:
-        pipe = client.pipeline(transaction=False)
-        queue(pipe)
-        argv: list[Any] = [owner]
-        for args, _options in pipe.command_stack:
-            for part in _split(tuple(args)):
-                argv.append(len(part))
-                argv.extend(part)
-        pipe.command_stack.clear()
-        return await client.register_script(_FENCED)(keys=[lease], args=argv, client=client)
-
-    ok, first = await redis.run(what, go, key=key)
+    pipe = redis.client.pipeline(transaction=False)  # only queues: no I/O, no loop needed
+    queue(pipe)
+    argv: list[Any] = [owner]
+    for args, _options in pipe.command_stack:
+        for part in _split(tuple(args)):
+            argv.append(len(part))
+            argv.extend(part)
+    pipe.command_stack.clear()
+    ok, first = await redis.script(what, key, _FENCED, [lease], argv)
     return bool(ok), first
 
 
@@ -225,10 +222,7 @@ class RedisRunLeases:
     _redis: RedisAdapter
 
     async def _script(self, what: str, source: str, keys: list[str], args: list[Any]) -> Any:
-        async def go(client: Any) -> Any:
-            return await client.register_script(source)(keys=keys, args=args, client=client)
-
-        return await self._redis.run(what, go, key=keys[0] if keys else "")
+        return await self._redis.script(what, keys[0] if keys else "", source, keys, args)
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         got = await self._script("acquire lease", _ACQUIRE, [lease_key(run_id)],

@@ -147,6 +147,19 @@ class LeaseKeeper:
                 f"run {run_id}: lease lost by engine {self.owner} before {count} applied "
                 "command(s) were acknowledged; the next owner applies them again")
 
+    async def drop_commands(self, run_id: str, count: int | None, why: str) -> None:
+        """Acknowledge commands that can never be applied (logged): the first ``count``
+        taken, or — ``None`` — every queued one. Failures are logged, not raised (called
+        while the task lets go)."""
+        try:
+            if count is None:
+                _, count = await self.take_inbox(run_id)
+            if count:
+                log.warning("run %s: dropped %d queued command(s): %s", run_id, count, why)
+                await self.ack(run_id, count)
+        except CordtrioError as exc:
+            log.warning("run %s: could not drop queued commands: %s", run_id, exc)
+
     # ------------------------------------------------------------------ background
 
     async def keep(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

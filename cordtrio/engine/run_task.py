@@ -181,21 +181,13 @@ class RunTask:
 
     async def _drop_poison(self, keeper: LeaseKeeper) -> None:
         """Acknowledge commands nobody can apply, so the run is not re-activated for them
-        forever: every queued command of a run that cannot be loaded, and the batch that
-        crashed this task (a definite error or a bug — transient store errors are retried
-        inside the batch). Anything else taken stays unacknowledged for the next owner."""
-        count = 0
+        forever: all of a run that cannot be loaded, or the batch that crashed this task
+        (a definite error or a bug; transient store errors are retried inside the batch).
+        Anything else taken stays unacknowledged for the next owner."""
         if self._unloadable is not None:
-            _, count = await keeper.take_inbox(self.run_id)
-        elif self._crashed:
-            count = self._unacked
-        if count:
-            log.warning("run %s: dropped %d queued command(s): %s", self.run_id, count,
-                        self._unloadable or "its task crashed applying them")
-            try:
-                await keeper.ack(self.run_id, count)
-            except CordtrioError as exc:
-                log.warning("run %s: could not drop queued commands: %s", self.run_id, exc)
+            await keeper.drop_commands(self.run_id, None, str(self._unloadable))
+        elif self._crashed and self._unacked:
+            await keeper.drop_commands(self.run_id, self._unacked, "its task crashed")
 
     def _take_leftovers(self) -> list[Envelope]:
         out: list[Envelope] = []
@@ -252,7 +244,9 @@ class RunTask:
             if keeper is not None and any(e.drain for e in batch):
                 batch = [e for e in batch if not e.drain]
                 batch += await self._take_inbox(keeper)
-                if not batch:
+                if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                    await keeper.ack(self.run_id, self._unacked)
+                    self._unacked = 0
                     continue
             self._in_flight = batch
             await self._process(batch)

@@ -223,3 +223,19 @@ async def test_commands_that_crash_their_task_are_dropped_not_retried_forever(
         assert await store.runs_with_commands() == []
         assert (await store.get_run(bad)).status == RunStatus.PENDING
         assert (await store.get_run(good)).status == RunStatus.WAITING  # others go on
+
+
+async def test_undecodable_commands_are_acknowledged(
+        store, bus, payloads, clock, autojump_clock) -> None:
+    await store.save_workflow(gated())
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as engine:
+        run_id = await engine.submit(WF)
+        await store.push_command(run_id, b"not cbor")  # woken: a drain finds only this
+        await trio.sleep(1)
+        assert await store.runs_with_commands() == []
+        await engine.cancel_run(run_id)
+        await store.push_command(run_id, b"\xa1")  # a finished run: loaded again for it
+        await trio.sleep(TTL)
+        assert await store.runs_with_commands() == []
+        assert engine.active_runs == 0

@@ -1,0 +1,122 @@
+"""Coalescing concurrent Redis commands into pipelines: one bridge hop, one round trip.
+
+Every bridge hop (Trio → asyncio → redis-py → socket and back) costs hundreds of µs of CPU,
+while a command inside a pipeline costs tens (measured: a lone ``GET`` ~380 µs, a ``GET`` in
+a pipeline of 100 ~35 µs). With many run tasks in flight (and the worker) each sending its
+own payload ``GET``/``SET``, most of the time went into hops. ``CommandBatcher`` queues the
+single commands ``RedisAdapter.call`` is asked for and sends those issued within one Trio
+scheduling tick as one non-transactional pipeline.
+
+* **Per-call semantics are kept**: each caller gets its own reply, or its own error
+  translated with its own ``what``/``key`` (the pipeline runs with
+  ``raise_on_error=False``); a lost connection is retried for the whole batch as ``run``
+  retries a lone call, then each caller gets the ``StoreError`` it would have got alone.
+* **No ordering is added or lost**: a task awaits its call before it issues the next, so
+  one task's commands stay in order; commands of different tasks were concurrent anyway.
+  The pipeline is not a transaction — nothing atomic goes through here (``MULTI``/``EXEC``
+  and scripts written for atomicity are sent by the store as they were).
+* **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
+  command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
+  issued meanwhile wait for the next batch, which then carries all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions as rx
+import trio
+
+from cordtrio.errors import CordtrioError, StoreError
+
+from .adapter import _BACKEND_ERRORS, RedisAdapter
+
+MAX_IN_FLIGHT = 4
+"""Pipelines the batcher has in flight at once (each holds one pooled connection)."""
+
+MAX_BATCH = 1000
+"""Commands per pipeline at most; more wait for the next one."""
+
+
+@dataclass(eq=False)
+class _Call:
+    what: str
+    key: str
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Any = None
+    error: BaseException | None = None
+
+
+class CommandBatcher:
+    """Queues ``call``s and sends each tick's worth as one pipeline (see the module doc)."""
+
+    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery) -> None:
+        self._redis = redis
+        self._nursery = nursery
+        self._queue: list[_Call] = []
+        self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._scheduled = False
+
+    async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        """``client.<method>(*args, **kwargs)`` in the next pipeline; its reply or error."""
+        entry = _Call(what, key, method, args, kwargs)
+        self._queue.append(entry)
+        if not self._scheduled:
+            self._scheduled = True
+            self._nursery.start_soon(self._flush)
+        await entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.reply
+
+    async def _flush(self) -> None:
+        """Started by the first call of a tick: by the time it runs, every task that ran in
+        that tick has queued its command. Takes the queue once a pipeline slot is free."""
+        async with self._slots:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if self._queue:
+                self._nursery.start_soon(self._flush)  # the rest: next pipeline
+            else:
+                self._scheduled = False
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        async def go(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for c in batch:
+                    getattr(pipe, c.method)(*c.args, **c.kwargs)
+                return list(await pipe.execute(raise_on_error=False))
+
+        redis = self._redis
+        first = batch[0]
+        try:
+            replies = await redis._run_raw(f"{first.what} (+{len(batch) - 1} batched)", go)
+        except _BACKEND_ERRORS as exc:
+            for c in batch:
+                c.error = redis._final_error(exc, c.what, c.key)
+        except BaseException as exc:
+            for c in batch:
+                c.error = exc if isinstance(exc, Exception) else StoreError(
+                    f"redis {redis.url}: {c.what}: connection closing (key {c.key!r})")
+            raise
+        else:
+            for c, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, rx.NoScriptError):
+                    c.error = reply  # RedisAdapter.script loads it and tries again
+                elif isinstance(reply, Exception):
+                    c.error = (reply if isinstance(reply, CordtrioError)
+                               else redis.translate(reply, c.what, c.key))
+                else:
+                    c.reply = reply
+        finally:
+            for c in batch:
+                c.done.set()
+
+
+__all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]
