@@ -100,9 +100,12 @@ class CommandBatcher:
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.error = redis._final_error(exc, c.what, c.key)
-        except BaseException as exc:
+        except Exception as exc:  # not a backend error (a bug): every caller gets it, as
+            for c in batch:       # it would alone; the batcher (and the connection) live on
+                c.error = exc
+        except BaseException:  # Cancelled: the connection is closing
             for c in batch:
-                c.error = exc if isinstance(exc, Exception) else StoreError(
+                c.error = StoreError(
                     f"redis {redis.url}: {c.what}: connection closing (key {c.key!r})")
             raise
         else:

@@ -198,16 +198,47 @@ async def fenced_commands(
     ``(True, reply of the first command)`` or ``(False, the holder or b"")``. ``key`` (the
     key written) names errors."""
 
+    ok, first = await redis.script(what, key, _FENCED, [lease], _packed(redis, owner, queue))
+    return bool(ok), first
+
+
+def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> list[Any]:
+    """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
+    words (split when long): the arguments of ``_FENCED`` and ``_IF_ABSENT``."""
     pipe = redis.client.pipeline(transaction=False)  # only queues: no I/O, no loop needed
     queue(pipe)
-    argv: list[Any] = [owner]
+    argv: list[Any] = [head]
     for args, _options in pipe.command_stack:
         for part in _split(tuple(args)):
             argv.append(len(part))
             argv.extend(part)
     pipe.command_stack.clear()
-    ok, first = await redis.script(what, key, _FENCED, [lease], argv)
-    return bool(ok), first
+    return argv
+
+
+_IF_ABSENT = """
+local unpack = unpack or table.unpack
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+async def commands_if_absent(
+    redis: RedisAdapter, what: str, key: str, queue: Callable[[Any], None],
+) -> bool:
+    """Run the commands ``queue(pipe)`` puts on a pipeline in one Lua script, only if ``key``
+    does not exist: a create in one round trip, atomic like ``WATCH``/``MULTI``/``EXEC``
+    and, unlike it, batched with other calls (``RedisAdapter.script``). False if ``key``
+    existed (nothing written)."""
+    return bool(await redis.script(what, key, _IF_ABSENT, [key], _packed(redis, "", queue)))
 
 
 def _ms(ttl: float) -> int:
@@ -298,5 +329,5 @@ class RedisRunLeases:
         return [text(reply[1])]
 
 
-__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "fenced_commands", "inbox_key", "lease_key",
-           "processing_key", "wake_key"]
+__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "commands_if_absent", "fenced_commands",
+           "inbox_key", "lease_key", "processing_key", "wake_key"]

@@ -55,8 +55,10 @@ rewriting the whole ``context["steps"]`` map needs the field names first: that r
 reads them with ``HKEYS`` under ``WATCH``. ``save_run_changes`` never moves a run to another
 workflow or org (the engine never changes those); ``update_run`` does.
 
-``create_run``, ``update_run``, ``delete_run``, ``save_workflow`` and ``delete_workflow``
-are optimistic transactions (``WATCH``, read what the index moves need, ``MULTI``/``EXEC``).
+``create_run`` is one Lua script (``EXISTS``, then the writes — one round trip, batched by
+the adapter with other calls); ``update_run``, ``delete_run``, ``save_workflow`` and
+``delete_workflow`` are optimistic transactions (``WATCH``, read what the index moves need,
+``MULTI``/``EXEC``).
 
 Behaviour matches ``cordtrio.backends.memory.MemoryStore`` (see its docstring; the same
 conformance suite runs on both) with these differences:
@@ -121,7 +123,7 @@ from .keys import (
     workflow_key,
     workflow_org_index,
 )
-from .leases import RedisRunLeases, fenced_commands, lease_key
+from .leases import RedisRunLeases, commands_if_absent, fenced_commands, lease_key
 from .run_hash import FieldOps, assemble, dumps, loads, ordered, text
 
 log = logging.getLogger(__name__)
@@ -304,18 +306,17 @@ class RedisStore(RedisRunLeases):
         fields = self._whole_run(run)
         status = status_text(run.status)
 
-        async def txn(pipe: Any) -> None:
-            if await pipe.exists(key):
-                raise InvalidStateError(f"run {run.id!r} already exists")
-            pipe.multi()
+        def queue(pipe: Any) -> None:
             pipe.hset(key, mapping=fields)
             pipe.zadd(runs_by_workflow_key(run.workflow_id), {run.id: _ts(run.created_at)})
             self._queue_index(pipe, run, status, previous=())
             if run.idempotency_key:
                 pipe.set(idempotency_key(run.idempotency_key), run.id, nx=True)
-            await pipe.execute()
 
-        await self._redis.transaction("create run", key, [key], txn)
+        # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
+        # the adapter can batch with other calls, with the same all-or-nothing outcome.
+        if not await commands_if_absent(self._redis, "create run", key, queue):
+            raise InvalidStateError(f"run {run.id!r} already exists")
 
     async def update_run(self, run: WorkflowRun) -> None:
         """Overwrite every part of an existing run and move its index entries."""

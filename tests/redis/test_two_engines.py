@@ -25,6 +25,7 @@ from cordtrio.model import RunStatus, Step, StepType, Workflow
 RUNS = 100
 LEASE_TTL = 1.0  # seconds; renewed every third of it
 DEADLINE = 60.0
+CRASH_TTL = 3.0  # the crash test's leases: long enough to look while they still hold
 
 WORKFLOW = Workflow(id="two", name="two engines", steps={
     "a": Step(id="a", topic="job.two", input={"n": "${input.n}"}),
@@ -41,7 +42,7 @@ async def handler(job: Job) -> dict[str, Any]:
 
 async def start_engine(nursery: trio.Nursery, url: str, bus: MemoryBus, name: str,
                        dispatched: Counter[str], owners: dict[str, set[str]],
-                       forwarded: Counter[str] | None = None,
+                       forwarded: Counter[str] | None = None, lease_ttl: float = LEASE_TTL,
                        ) -> tuple[Engine, trio.CancelScope, RedisBackends]:
     """An engine with its own Redis connection, in a task the test can cancel."""
     got: list[tuple[Engine, trio.CancelScope, RedisBackends]] = []
@@ -64,7 +65,7 @@ async def start_engine(nursery: trio.Nursery, url: str, bus: MemoryBus, name: st
                     redis.store.push_command = counted  # type: ignore[method-assign]
                 async with open_engine(
                     redis.store, bus, payloads=redis.payloads, engine_id=name,
-                    lease_ttl=LEASE_TTL, on_step_dispatched=on_dispatched) as engine:
+                    lease_ttl=lease_ttl, on_step_dispatched=on_dispatched) as engine:
                     got.append((engine, scope, redis))
                     opened.set()
                     await trio.sleep_forever()
@@ -124,21 +125,25 @@ async def test_a_crashed_engines_runs_move_after_the_lease_ttl(
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery, \
                     open_worker(bus, admin.payloads, {"job.two": handler}):
-                a, a_scope, _ = await start_engine(nursery, url, bus, "A", dispatched, owners)
+                a, a_scope, _ = await start_engine(nursery, url, bus, "A", dispatched, owners,
+                                                   lease_ttl=CRASH_TTL)
                 ids = [await a.submit("gate") for _ in range(5)]
                 assert a.leases is not None
                 a.leases.crash()
                 a_scope.cancel()
                 crashed_at = trio.current_time()
-                await start_engine(nursery, url, bus, "B", dispatched, owners)
-                if True:
-                    for run_id in ids:
-                        await client.approve_step(run_id, "ok")  # queued for A...
-                    while {await admin.store.lease_owner(r) for r in ids} != {"B"}:
-                        await trio.sleep(0.02)
-                    taken_after = trio.current_time() - crashed_at
-                    runs = [await client.wait_run(r, poll_interval=0.05) for r in ids]
-                    nursery.cancel_scope.cancel()
-    assert taken_after >= LEASE_TTL * 0.9  # not before A's leases expired
+                await start_engine(nursery, url, bus, "B", dispatched, owners,
+                                   lease_ttl=CRASH_TTL)
+                for run_id in ids:
+                    await client.approve_step(run_id, "ok")  # queued for A...
+                # ...and nobody applies them while A's leases live (B must not steal them):
+                await trio.sleep_until(crashed_at + CRASH_TTL * 0.5)
+                checked_after = trio.current_time() - crashed_at
+                early = [(await admin.store.get_run(r)).status for r in ids]
+                runs = [await client.wait_run(r, poll_interval=0.05) for r in ids]
+                nursery.cancel_scope.cancel()
+    assert checked_after < CRASH_TTL  # else the check below proves nothing
+    assert early == [RunStatus.WAITING] * 5
     assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 5  # ...applied by B
+    assert all(owners[r] == {"B"} for r in ids)  # "after" was dispatched by B alone
     assert [job for job, n in dispatched.items() if n > 1] == []

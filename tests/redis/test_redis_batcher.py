@@ -1,0 +1,195 @@
+"""The Redis adapter's command batcher and its trio-asyncio loop tuning (``batcher.py``,
+``adapter.run_ready_callbacks_per_tick``): concurrent single commands share one pipeline,
+yet each caller gets its own reply or its own error, as if it had been sent alone."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from cordtrio.backends.redis import RedisBackends, RedisDataError, connect
+from cordtrio.backends.redis.testing import RedisServer
+from cordtrio.errors import NotFoundError, StoreError
+
+DEADLINE = 20
+
+
+def count_round_trips(redis: RedisBackends) -> list[str]:
+    """Hook the adapter's bridge hops: one entry (its ``what``) per hop."""
+    adapter = redis.redis
+    hops: list[str] = []
+    original = adapter._run_raw
+
+    async def counted(what: str, fn: Callable[[Any], Awaitable[Any]], **kw: Any) -> Any:
+        hops.append(what)
+        return await original(what, fn, **kw)
+
+    adapter._run_raw = counted  # type: ignore[method-assign]
+    return hops
+
+
+async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None:
+    payloads = redis.payloads
+    hops = count_round_trips(redis)
+    got: dict[int, bytes] = {}
+
+    async def put_then_get(i: int) -> None:
+        await payloads.put_result(f"res:job-{i}", b"value %d" % i)
+        got[i] = await payloads.get_result(f"res:job-{i}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(put_then_get, i)
+    assert got == {i: b"value %d" % i for i in range(50)}
+    assert len(hops) == 2, hops  # 50 SETs in one pipeline, then 50 GETs in another
+    assert "batched" in hops[0]
+
+
+async def test_an_error_stays_with_its_call(redis: RedisBackends) -> None:
+    await redis.redis.call("setup", "h", "hset", "h", "field", "value")
+    await redis.payloads.put_result("res:ok", b"fine")
+    hops = count_round_trips(redis)
+    outcomes: dict[str, Any] = {}
+
+    async def get(key: str) -> None:
+        try:
+            outcomes[key] = await redis.payloads.get_result(key)
+        except Exception as exc:
+            outcomes[key] = exc
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for key in ("h", "res:ok", "res:missing"):
+                nursery.start_soon(get, key)
+    assert len(hops) == 1
+    assert outcomes["res:ok"] == b"fine"
+    assert isinstance(outcomes["h"], RedisDataError)
+    assert "'h'" in str(outcomes["h"])  # names the key of that call
+    assert isinstance(outcomes["res:missing"], NotFoundError)
+
+
+async def test_scripts_are_batched_and_reloaded_after_a_script_flush(
+        redis: RedisBackends) -> None:
+    store = redis.store
+    await redis.redis.call("flush scripts", "", "script_flush")
+    hops = count_round_trips(redis)
+    got: dict[str, bool] = {}
+
+    async def acquire(run_id: str) -> None:
+        got[run_id] = await store.acquire_lease(run_id, "engine-a", 30.0)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:  # the server knows no script: NOSCRIPT
+            for i in range(5):
+                nursery.start_soon(acquire, f"r{i}")
+        assert got == {f"r{i}": True for i in range(5)}
+        hops.clear()
+        async with trio.open_nursery() as nursery:  # now it does: one pipeline for all
+            for i in range(5, 10):
+                nursery.start_soon(acquire, f"r{i}")
+    assert all(got[f"r{i}"] for i in range(10))
+    assert len(hops) == 1, hops
+    assert await store.lease_owner("r7") == "engine-a"
+
+
+async def test_a_cancelled_caller_does_not_disturb_the_others(redis: RedisBackends) -> None:
+    await redis.payloads.put_result("res:a", b"a")
+    results: list[bytes] = []
+
+    async def get() -> None:
+        results.append(await redis.payloads.get_result("res:a"))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as doomed:
+                nursery.start_soon(get)
+                doomed.cancel()
+                with pytest.raises(trio.Cancelled):
+                    await redis.payloads.get_result("res:a")
+        assert doomed.cancelled_caught is False  # the Cancelled went to pytest.raises
+    assert results == [b"a"]
+    assert await redis.payloads.get_result("res:a") == b"a"  # the batcher still works
+
+
+async def test_a_lost_server_fails_every_batched_call(disposable_server: RedisServer) -> None:
+    async with connect(disposable_server.url, reconnect_timeout=0.3) as redis:
+        await redis.payloads.put_result("res:x", b"x")
+        disposable_server.stop()
+        errors: dict[str, BaseException] = {}
+
+        async def get(key: str) -> None:
+            try:
+                await redis.payloads.get_result(key)
+            except StoreError as exc:
+                errors[key] = exc
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for key in ("res:x", "res:y"):
+                    nursery.start_soon(get, key)
+        assert set(errors) == {"res:x", "res:y"}
+        assert all("get payload" in str(e) for e in errors.values())
+
+
+async def test_the_loop_runs_every_ready_callback_in_one_tick(redis: RedisBackends) -> None:
+    loop = redis.redis.loop
+    ran: list[int] = []
+    for i in range(200):
+        loop.call_soon(ran.append, i)
+    for _ in range(5):  # one-callback-per-tick would need 200 scheduler rounds
+        await trio.lowlevel.checkpoint()
+    assert ran == list(range(200))
+
+
+async def test_a_reply_that_never_comes_times_out_and_the_pool_recovers(
+        redis_server: RedisServer) -> None:
+    async with connect(redis_server.url, socket_timeout=0.3) as redis:
+        await redis.payloads.put_result("res:t", b"t")
+        started = trio.current_time()
+        with trio.fail_after(DEADLINE), pytest.raises(StoreError, match=r"no reply within 0\.3s"):
+            # BLPOP that the server holds for 2 s: the adapter gives up after 0.3 s
+            await redis.redis.call("wait", "empty", "blpop", ["cordtrio-test:empty"], timeout=2)
+        assert trio.current_time() - started < 1.5
+        # the abandoned connection is not reused with its late reply: replies stay in step
+        for _ in range(3):
+            assert await redis.payloads.get_result("res:t") == b"t"
+
+
+def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
+    import redis.asyncio as aredis
+    import redis.exceptions as rx
+
+    from cordtrio.backends.redis.connection import _HiredisPackingConnection
+
+    ours, theirs = _HiredisPackingConnection(), aredis.Connection()
+    for args in [("SET", "k", b"v\x00\xff", "EX", 86400), ("ZADD", "z", 1732550000.123456, "m"),
+                 ("HSET", "h", "f\u00e9", "x" * 10_000), ("SCRIPT LOAD", "return 1"),
+                 (b"CONFIG GET", b"maxmemory"), ("EVALSHA", "ab", 1, "k", -5, 0.1)]:
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args)), args
+    with pytest.raises(rx.DataError):  # what redis-py refuses is still refused
+        ours.pack_command("SET", "k", True)
+
+
+async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
+        redis: RedisBackends) -> None:
+    adapter = redis.redis
+    original = adapter._run_raw
+    calls = 0
+
+    async def broken_once(what: str, fn: Callable[[Any], Awaitable[Any]], **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ZeroDivisionError("a bug")
+        return await original(what, fn, **kw)
+
+    adapter._run_raw = broken_once  # type: ignore[method-assign]
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(ZeroDivisionError):
+            await redis.payloads.put_result("res:b", b"b")
+        await redis.payloads.put_result("res:b", b"b")
+        assert await redis.payloads.get_result("res:b") == b"b"
