@@ -26,19 +26,7 @@ from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.protocol import BusPacket, decode_packet, encode_packet
 
-from ._io import PipeEvents, TrioSocket, log, ms
-from .frames import (
-    PROTO,
-    FrameError,
-    Op,
-    bytes_field,
-    decode_frame,
-    describe,
-    int_field,
-    op_name,
-)
-from .inbox import Inbox
-from .router import (
+from ._common import (
     DEFAULT_MAX_BUFFER,
     MAX_PACKET,
     RECV_BATCH,
@@ -52,6 +40,18 @@ from .router import (
     max_frame,
     take_frame,
 )
+from ._io import PipeEvents, TrioSocket, log, ms
+from .frames import (
+    PROTO,
+    FrameError,
+    Op,
+    bytes_field,
+    decode_frame,
+    describe,
+    int_field,
+    op_name,
+)
+from .inbox import Inbox
 
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0

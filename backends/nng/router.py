@@ -15,16 +15,17 @@ nng's polyamorous pair drops a message when a pipe's small send queue is full, s
 router never has more than ``WINDOW`` unacknowledged frames towards one pipe: clients
 return ``credit`` for the frames they receive, and everything waiting for a pipe is
 batched into its next frame. See ``docs/bus.md``.
+
+The table and connection records live in ``table.py``, the limits and helpers shared with
+the client in ``_common.py``; their names are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,20 @@ from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.protocol import BusPacket, decode_packet, encode_packet
 
+from ._common import BATCH_BYTES as BATCH_BYTES
+from ._common import DEFAULT_MAX_BUFFER as DEFAULT_MAX_BUFFER
+from ._common import FRAME_SLACK as FRAME_SLACK
+from ._common import MAX_PACKET as MAX_PACKET
+from ._common import RECV_BATCH as RECV_BATCH
+from ._common import SOCKET_BUFFER as SOCKET_BUFFER
+from ._common import WINDOW as WINDOW
+from ._common import RecentIds as RecentIds
+from ._common import Wakeup as Wakeup
+from ._common import check_max_buffer as check_max_buffer
+from ._common import check_subject as check_subject
+from ._common import encode_for_bus as encode_for_bus
+from ._common import max_frame as max_frame
+from ._common import take_frame as take_frame
 from ._io import PipeEvents, TrioSocket, log
 from .frames import (
     PROTO,
@@ -43,254 +58,17 @@ from .frames import (
     bytes_field,
     decode_frame,
     describe,
-    encode_frame,
     int_field,
     op_name,
     str_field,
 )
 from .inbox import Inbox
-
-DEFAULT_MAX_BUFFER = 1024
-MAX_PACKET = 16 * 1024 * 1024
-"""Largest encoded packet the bus carries (``publish`` raises ``ProtocolError`` above)."""
-BATCH_BYTES = 256 * 1024
-"""A frame stops taking more ops once it holds this many bytes of packets."""
-WINDOW = 2
-"""Unacknowledged frames allowed towards one client pipe (nng queues 2 per pipe)."""
-RECV_BATCH = 256
-SOCKET_BUFFER = 1024
-FRAME_SLACK = 64 * 1024
-
-
-def max_frame(max_packet: int) -> int:
-    """The ``recv_max_size`` both ends use: one packet plus a full batch of others."""
-    return max_packet + BATCH_BYTES + FRAME_SLACK
-
-
-# ------------------------------------------------------------------ subscription table
-
-
-@dataclass(eq=False, slots=True)
-class _Group:
-    members: tuple[_Sub, ...] = ()
-    turn: int = 0
-    waiting: trio.Event | None = None  # for publishes waiting for a member with room
-
-    async def changed(self) -> None:
-        """Wait until a member gets room, joins or leaves."""
-        if self.waiting is None:
-            self.waiting = trio.Event()
-        await self.waiting.wait()
-
-    def notify(self) -> None:
-        if self.waiting is not None:
-            self.waiting.set()
-            self.waiting = None
-
-
-@dataclass(eq=False, slots=True)
-class _Sub:
-    """A subscription: remote (``peer`` + ``sid``) or local (``inbox``)."""
-
-    subject: str
-    queue: str
-    peer: _Peer | None = None
-    sid: int = 0
-    inbox: Inbox | None = None
-    room: int | None = None  # None: unbounded
-    alive: bool = True
-    group: _Group | None = None
-    waiting: trio.Event | None = None  # for publishes waiting for room
-
-    def has_room(self) -> bool:
-        return self.room is None or self.room > 0
-
-    async def changed(self) -> None:
-        """Wait until the subscription gets room or ends."""
-        if self.waiting is None:
-            self.waiting = trio.Event()
-        await self.waiting.wait()
-
-    def notify(self) -> None:
-        if self.waiting is not None:
-            self.waiting.set()
-            self.waiting = None
-        if self.group is not None:
-            self.group.notify()
-
-
-@dataclass(slots=True)
-class _Listeners:
-    plain: tuple[_Sub, ...] = ()
-    groups: dict[str, _Group] = field(default_factory=dict)
-
-    def empty(self) -> bool:
-        return not self.plain and not self.groups
-
-
-def split_subject(subject: str) -> tuple[bool, str]:
-    """``(True, prefix)`` for a ``prefix>`` wildcard subscription, else ``(False, subject)``."""
-    if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):
-        return True, subject[:-1]
-    return False, subject
-
-
-class _Table:
-    """Subject → listeners, with ``>`` wildcards as in ``MemoryBus``. Tuples are replaced,
-    never mutated, so a delivery can iterate them across awaits."""
-
-    def __init__(self) -> None:
-        self.exact: dict[str, _Listeners] = {}
-        self.wild: dict[str, _Listeners] = {}
-
-    def add(self, sub: _Sub) -> None:
-        wild, key = split_subject(sub.subject)
-        listeners = (self.wild if wild else self.exact).setdefault(key, _Listeners())
-        if sub.queue:
-            group = listeners.groups.setdefault(sub.queue, _Group())
-            group.members = (*group.members, sub)
-            sub.group = group
-            group.notify()
-        else:
-            listeners.plain = (*listeners.plain, sub)
-
-    def remove(self, sub: _Sub) -> None:
-        wild, key = split_subject(sub.subject)
-        table = self.wild if wild else self.exact
-        listeners = table.get(key)
-        if listeners is None:
-            return
-        if sub.queue:
-            group = listeners.groups.get(sub.queue)
-            if group is not None:
-                group.members = tuple(m for m in group.members if m is not sub)
-                if not group.members:
-                    del listeners.groups[sub.queue]
-                group.notify()
-        else:
-            listeners.plain = tuple(m for m in listeners.plain if m is not sub)
-        if listeners.empty():
-            del table[key]
-
-    def group(self, subject: str, queue: str) -> _Group | None:
-        wild, key = split_subject(subject)
-        listeners = (self.wild if wild else self.exact).get(key)
-        return None if listeners is None else listeners.groups.get(queue)
-
-    def match(self, subject: str) -> list[_Listeners]:
-        found = []
-        listeners = self.exact.get(subject)
-        if listeners is not None:
-            found.append(listeners)
-        if self.wild:
-            for prefix, wild in tuple(self.wild.items()):
-                if len(subject) > len(prefix) and subject.startswith(prefix):
-                    found.append(wild)
-        return found
-
-    def count(self) -> int:
-        return sum(
-            len(ls.plain) + sum(len(g.members) for g in ls.groups.values())
-            for table in (self.exact, self.wild)
-            for ls in table.values()
-        )
-
-
-class _Peer:
-    """One client connection (an nng pipe)."""
-
-    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int) -> None:
-        self.pipe = pipe
-        self.id = pipe_id
-        self.token = token  # sent in "hello"; credits must quote it
-        self.outbox: deque[Op] = deque()
-        self.sent = 0  # frames handed to nng
-        self.credited = 0  # frames the client says it received
-        self.subs: dict[int, _Sub] = {}
-        self.closed = False
-        self.queued = False  # in the router's ready queue
-
-    def can_send(self) -> bool:
-        return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-class RecentIds:
-    """A bounded set of recently closed pipe ids (frames from them are stale)."""
-
-    def __init__(self, limit: int = 65536) -> None:
-        self._order: deque[int] = deque()
-        self._ids: set[int] = set()
-        self._limit = limit
-
-    def add(self, value: int) -> None:
-        if value in self._ids:
-            return
-        if len(self._order) >= self._limit:
-            self._ids.discard(self._order.popleft())
-        self._order.append(value)
-        self._ids.add(value)
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._ids
-
-
-class Wakeup:
-    """A re-armable wake-up for one waiting task (spurious wake-ups are possible)."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
-def check_max_buffer(subject: str, max_buffer: int | float) -> None:
-    if max_buffer != math.inf and (
-        not isinstance(max_buffer, int) or isinstance(max_buffer, bool) or max_buffer < 0
-    ):
-        raise ValueError(f"subscribe {subject!r}: max_buffer must be an int >= 0 or inf")
-
-
-def check_subject(action: str, subject: object, queue: object = "") -> None:
-    if not isinstance(subject, str) or not subject:
-        raise ValueError(f"{action}: the subject must be a non-empty string, got {subject!r}")
-    if not isinstance(queue, str):
-        raise ValueError(f"{action} {subject!r}: the queue must be a string, got {queue!r}")
-
-
-def encode_for_bus(subject: str, packet: BusPacket, max_packet: int) -> bytes:
-    if not isinstance(packet, BusPacket):
-        raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
-                            f"got {type(packet).__name__}")
-    wire = encode_packet(packet)
-    if len(wire) > max_packet:
-        raise ProtocolError(f"publish {subject!r}: the packet is {len(wire)} bytes encoded, "
-                            f"more than the bus carries ({max_packet})")
-    return wire
-
-
-def take_frame(outbox: deque[Any], first: list[Op] | None = None,
-               resolve: Callable[[Any], Op | None] | None = None) -> bytes:
-    """Encode ops from the front of ``outbox`` into one frame of about ``BATCH_BYTES``."""
-    ops: list[Op] = first or []
-    size = 0
-    while outbox and size < BATCH_BYTES:
-        item = outbox.popleft()
-        op = resolve(item) if resolve is not None else item
-        if op is None:
-            continue
-        ops.append(op)
-        packet = op.get("packet")
-        size += 32 + (len(packet) if isinstance(packet, bytes) else 0)
-    return encode_frame(ops)
-
+from .table import _Group as _Group
+from .table import _Listeners as _Listeners
+from .table import _Peer as _Peer
+from .table import _Sub as _Sub
+from .table import _Table as _Table
+from .table import split_subject as split_subject
 
 # ------------------------------------------------------------------------ the router
 

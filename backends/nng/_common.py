@@ -1,0 +1,110 @@
+"""Limits and small helpers the nng bus router and client share.
+
+Both ends size their sockets and frames from the same constants (``max_frame``), check
+subjects and buffer sizes the same way, and batch ops into frames with ``take_frame``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from cordtrio.errors import ProtocolError
+from cordtrio.protocol import BusPacket, encode_packet
+
+from .frames import Op, encode_frame
+
+DEFAULT_MAX_BUFFER = 1024
+MAX_PACKET = 16 * 1024 * 1024
+"""Largest encoded packet the bus carries (``publish`` raises ``ProtocolError`` above)."""
+BATCH_BYTES = 256 * 1024
+"""A frame stops taking more ops once it holds this many bytes of packets."""
+WINDOW = 2
+"""Unacknowledged frames allowed towards one client pipe (nng queues 2 per pipe)."""
+RECV_BATCH = 256
+SOCKET_BUFFER = 1024
+FRAME_SLACK = 64 * 1024
+
+
+def max_frame(max_packet: int) -> int:
+    """The ``recv_max_size`` both ends use: one packet plus a full batch of others."""
+    return max_packet + BATCH_BYTES + FRAME_SLACK
+
+class RecentIds:
+    """A bounded set of recently closed pipe ids (frames from them are stale)."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._order: deque[int] = deque()
+        self._ids: set[int] = set()
+        self._limit = limit
+
+    def add(self, value: int) -> None:
+        if value in self._ids:
+            return
+        if len(self._order) >= self._limit:
+            self._ids.discard(self._order.popleft())
+        self._order.append(value)
+        self._ids.add(value)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._ids
+
+
+class Wakeup:
+    """A re-armable wake-up for one waiting task (spurious wake-ups are possible)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+def check_max_buffer(subject: str, max_buffer: int | float) -> None:
+    if max_buffer != math.inf and (
+        not isinstance(max_buffer, int) or isinstance(max_buffer, bool) or max_buffer < 0
+    ):
+        raise ValueError(f"subscribe {subject!r}: max_buffer must be an int >= 0 or inf")
+
+
+def check_subject(action: str, subject: object, queue: object = "") -> None:
+    if not isinstance(subject, str) or not subject:
+        raise ValueError(f"{action}: the subject must be a non-empty string, got {subject!r}")
+    if not isinstance(queue, str):
+        raise ValueError(f"{action} {subject!r}: the queue must be a string, got {queue!r}")
+
+
+def encode_for_bus(subject: str, packet: BusPacket, max_packet: int) -> bytes:
+    if not isinstance(packet, BusPacket):
+        raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
+                            f"got {type(packet).__name__}")
+    wire = encode_packet(packet)
+    if len(wire) > max_packet:
+        raise ProtocolError(f"publish {subject!r}: the packet is {len(wire)} bytes encoded, "
+                            f"more than the bus carries ({max_packet})")
+    return wire
+
+
+def take_frame(outbox: deque[Any], first: list[Op] | None = None,
+               resolve: Callable[[Any], Op | None] | None = None) -> bytes:
+    """Encode ops from the front of ``outbox`` into one frame of about ``BATCH_BYTES``."""
+    ops: list[Op] = first or []
+    size = 0
+    while outbox and size < BATCH_BYTES:
+        item = outbox.popleft()
+        op = resolve(item) if resolve is not None else item
+        if op is None:
+            continue
+        ops.append(op)
+        packet = op.get("packet")
+        size += 32 + (len(packet) if isinstance(packet, bytes) else 0)
+    return encode_frame(ops)
+

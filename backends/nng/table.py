@@ -1,0 +1,164 @@
+"""The router's state: the subscription table, queue groups and client connections.
+
+A member of the table is a *remote* subscription (a client pipe plus the client's
+subscription id) or a *local* one (an ``Inbox`` in the router's process). Every
+subscription has *room*: how many more packets its subscriber's bounded buffer can take.
+Subjects map to plain subscribers and queue groups, with ``>`` wildcards, as in
+``MemoryBus``. The delivery logic that uses this state lives in ``router.py``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import pynng
+import trio
+
+from ._common import WINDOW
+from .frames import Op
+from .inbox import Inbox
+
+
+@dataclass(eq=False, slots=True)
+class _Group:
+    members: tuple[_Sub, ...] = ()
+    turn: int = 0
+    waiting: trio.Event | None = None  # for publishes waiting for a member with room
+
+    async def changed(self) -> None:
+        """Wait until a member gets room, joins or leaves."""
+        if self.waiting is None:
+            self.waiting = trio.Event()
+        await self.waiting.wait()
+
+    def notify(self) -> None:
+        if self.waiting is not None:
+            self.waiting.set()
+            self.waiting = None
+
+
+@dataclass(eq=False, slots=True)
+class _Sub:
+    """A subscription: remote (``peer`` + ``sid``) or local (``inbox``)."""
+
+    subject: str
+    queue: str
+    peer: _Peer | None = None
+    sid: int = 0
+    inbox: Inbox | None = None
+    room: int | None = None  # None: unbounded
+    alive: bool = True
+    group: _Group | None = None
+    waiting: trio.Event | None = None  # for publishes waiting for room
+
+    def has_room(self) -> bool:
+        return self.room is None or self.room > 0
+
+    async def changed(self) -> None:
+        """Wait until the subscription gets room or ends."""
+        if self.waiting is None:
+            self.waiting = trio.Event()
+        await self.waiting.wait()
+
+    def notify(self) -> None:
+        if self.waiting is not None:
+            self.waiting.set()
+            self.waiting = None
+        if self.group is not None:
+            self.group.notify()
+
+
+@dataclass(slots=True)
+class _Listeners:
+    plain: tuple[_Sub, ...] = ()
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not self.plain and not self.groups
+
+
+def split_subject(subject: str) -> tuple[bool, str]:
+    """``(True, prefix)`` for a ``prefix>`` wildcard subscription, else ``(False, subject)``."""
+    if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):
+        return True, subject[:-1]
+    return False, subject
+
+
+class _Table:
+    """Subject → listeners, with ``>`` wildcards as in ``MemoryBus``. Tuples are replaced,
+    never mutated, so a delivery can iterate them across awaits."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, _Listeners] = {}
+        self.wild: dict[str, _Listeners] = {}
+
+    def add(self, sub: _Sub) -> None:
+        wild, key = split_subject(sub.subject)
+        listeners = (self.wild if wild else self.exact).setdefault(key, _Listeners())
+        if sub.queue:
+            group = listeners.groups.setdefault(sub.queue, _Group())
+            group.members = (*group.members, sub)
+            sub.group = group
+            group.notify()
+        else:
+            listeners.plain = (*listeners.plain, sub)
+
+    def remove(self, sub: _Sub) -> None:
+        wild, key = split_subject(sub.subject)
+        table = self.wild if wild else self.exact
+        listeners = table.get(key)
+        if listeners is None:
+            return
+        if sub.queue:
+            group = listeners.groups.get(sub.queue)
+            if group is not None:
+                group.members = tuple(m for m in group.members if m is not sub)
+                if not group.members:
+                    del listeners.groups[sub.queue]
+                group.notify()
+        else:
+            listeners.plain = tuple(m for m in listeners.plain if m is not sub)
+        if listeners.empty():
+            del table[key]
+
+    def group(self, subject: str, queue: str) -> _Group | None:
+        wild, key = split_subject(subject)
+        listeners = (self.wild if wild else self.exact).get(key)
+        return None if listeners is None else listeners.groups.get(queue)
+
+    def match(self, subject: str) -> list[_Listeners]:
+        found = []
+        listeners = self.exact.get(subject)
+        if listeners is not None:
+            found.append(listeners)
+        if self.wild:
+            for prefix, wild in tuple(self.wild.items()):
+                if len(subject) > len(prefix) and subject.startswith(prefix):
+                    found.append(wild)
+        return found
+
+    def count(self) -> int:
+        return sum(
+            len(ls.plain) + sum(len(g.members) for g in ls.groups.values())
+            for table in (self.exact, self.wild)
+            for ls in table.values()
+        )
+
+
+class _Peer:
+    """One client connection (an nng pipe)."""
+
+    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int) -> None:
+        self.pipe = pipe
+        self.id = pipe_id
+        self.token = token  # sent in "hello"; credits must quote it
+        self.outbox: deque[Op] = deque()
+        self.sent = 0  # frames handed to nng
+        self.credited = 0  # frames the client says it received
+        self.subs: dict[int, _Sub] = {}
+        self.closed = False
+        self.queued = False  # in the router's ready queue
+
+    def can_send(self) -> bool:
+        return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW

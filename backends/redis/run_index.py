@@ -1,0 +1,136 @@
+"""The run indexes (``wf:runs:*`` zsets, ``wf:runs:active:<org>`` sets): how a write moves a
+run between them, and the listings that read them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from cordtrio.model import RunStatus, WorkflowRun
+from cordtrio.ports import (
+    DEFAULT_RUN_LIMIT,
+    DEFAULT_STATUS_LIMIT,
+    status_text,
+)
+
+from .adapter import RedisDataError
+from .base import RedisStoreBase
+from .keys import (
+    RUNS_ALL,
+    active_runs_key,
+    run_key,
+    runs_by_status_key,
+    runs_by_workflow_key,
+)
+from .run_hash import assemble, text
+
+log = logging.getLogger(__name__)
+
+
+
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+
+
+def _is_terminal(status: str) -> bool:
+    try:
+        return RunStatus(status).is_terminal
+    except ValueError:
+        return False
+
+
+def ts_score(value: datetime | None) -> float:
+    """A timestamp as an index score (unix seconds; 0 when unset)."""
+    return value.timestamp() if value is not None else 0.0
+
+
+
+class RedisRunIndex(RedisStoreBase):
+    """Mixin of ``RedisStore``: queue index moves for run writes; count and list runs."""
+
+    @staticmethod
+    def _queue_index(
+        pipe: Any, run: WorkflowRun, status: str, *, previous: Iterable[str],
+        sync_active: bool = False,
+    ) -> None:
+        """Queue the moves of the status, global and active-set indexes. ``previous``: the
+        status zsets the run may be in now. The active set is left alone when the status
+        stays the same, unless ``sync_active``."""
+        updated = ts_score(run.updated_at) or ts_score(run.created_at)
+        moved = False
+        for old in previous:
+            if old != status:
+                pipe.zrem(runs_by_status_key(old), run.id)
+                moved = True
+        pipe.zadd(runs_by_status_key(status), {run.id: updated})
+        pipe.zadd(RUNS_ALL, {run.id: updated})
+        if not moved and previous and not sync_active:
+            return  # same status as before (and the org never changes here): set unchanged
+        if _is_terminal(status):
+            pipe.srem(active_runs_key(run.org_id), run.id)
+        else:
+            pipe.sadd(active_runs_key(run.org_id), run.id)
+
+
+    async def count_active_runs(self, org_id: str) -> int:
+        """Number of non-terminal runs of ``org_id``."""
+        key = active_runs_key(org_id)
+        return int(await self._redis.call("count active runs", key, "scard", key))
+
+    async def list_runs_by_workflow(
+        self, workflow_id: str, limit: int = DEFAULT_RUN_LIMIT
+    ) -> list[WorkflowRun]:
+        """Runs of a workflow, most recently created first."""
+        limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
+        index = runs_by_workflow_key(workflow_id)
+        ids = await self._redis.call("list runs", index, "zrevrange", index, 0, limit - 1)
+        return await self._runs([text(x) for x in ids])
+
+    async def list_runs(
+        self, cursor_unix: int = 0, limit: int = DEFAULT_RUN_LIMIT
+    ) -> list[WorkflowRun]:
+        """All runs, most recently updated first; with ``cursor_unix > 0`` only those updated
+        strictly before that unix time (pass the last page's oldest ``updated_at``)."""
+        limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
+        top = f"({cursor_unix}" if cursor_unix > 0 else "+inf"
+        ids = await self._redis.call(
+            "list runs", RUNS_ALL, "zrevrangebyscore", RUNS_ALL, top, "-inf",
+            start=0, num=limit,
+        )
+        return await self._runs([text(x) for x in ids])
+
+    async def list_run_ids_by_status(
+        self, status: str, limit: int = DEFAULT_STATUS_LIMIT
+    ) -> list[str]:
+        """Ids of runs currently in ``status``, most recently updated first."""
+        limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
+        index = runs_by_status_key(status_text(status))
+        ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
+                                     limit - 1)
+        return [text(x) for x in ids]
+
+    async def _runs(self, ids: list[str]) -> list[WorkflowRun]:
+        """The runs with these ids, in order, skipping missing and corrupt ones."""
+        if not ids:
+            return []
+        keys = [run_key(rid) for rid in ids]
+        replies = await self._redis.pipeline(
+            "list runs", keys[0], [("hgetall", (k,)) for k in keys],
+            transaction=False, raise_on_error=False,
+        )
+        out: list[WorkflowRun] = []
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, Exception):
+                if not isinstance(reply, RedisDataError):
+                    raise reply
+                log.warning("corrupt run skipped: %s", reply)
+                continue
+            if not reply:
+                continue  # deleted between the index read and now
+            try:
+                out.append(assemble(key, reply))
+            except RedisDataError as exc:  # listing skips corrupt entries (SPEC §11)
+                log.warning("corrupt run skipped: %s", exc)
+        return out

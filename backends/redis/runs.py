@@ -1,0 +1,205 @@
+"""Whole-run writes and reads in Redis: ``create_run``, ``update_run``, ``get_run``,
+``delete_run`` and the encoding of a whole run into its hash fields (layout in ``store.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
+from cordtrio.model import WorkflowRun
+from cordtrio.ports import status_text
+from cordtrio.timeutil import parse_ts
+
+from .adapter import RedisDataError
+from .keys import (
+    CTX_STEPS_MARKER,
+    EMPTY_MAP,
+    HEADER,
+    INPUT,
+    ORD,
+    RUNS_ALL,
+    active_runs_key,
+    child_field,
+    ctx_field,
+    ctxstep_field,
+    idempotency_key,
+    run_key,
+    runs_by_status_key,
+    runs_by_workflow_key,
+    step_field,
+    timeline_key,
+)
+from .leases import commands_if_absent
+from .run_hash import assemble, dumps, loads, text
+from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
+from .workflows import check_workflow_id
+
+log = logging.getLogger(__name__)
+
+
+def _check_run_id(run_id: str) -> None:
+    if run_id.startswith(("timeline:", "idempotency:")):
+        raise ValidationError(
+            f"run {run_id!r}: id not allowed with the Redis store "
+            f"(key wf:run:{run_id} is taken by another record)"
+        )
+
+
+
+def _parse_or_none(value: Any) -> datetime | None:
+    try:
+        return parse_ts(value)
+    except ValueError:
+        return None
+
+
+class RedisRuns(RedisRunIndex):
+    """Mixin of ``RedisStore``: create, overwrite, read and delete whole runs."""
+
+    async def create_run(self, run: WorkflowRun) -> None:
+        """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
+        if not run.id:
+            raise ValidationError("run id required")
+        if not run.workflow_id:
+            raise ValidationError(f"run {run.id!r}: workflow id required")
+        _check_run_id(run.id)
+        check_workflow_id(run.workflow_id)
+        if run.created_at is None:
+            run.created_at = self._now()
+        if run.updated_at is None:
+            run.updated_at = run.created_at
+        key = run_key(run.id)
+        fields = self._whole_run(run)
+        status = status_text(run.status)
+
+        def queue(pipe: Any) -> None:
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(runs_by_workflow_key(run.workflow_id), {run.id: ts_score(run.created_at)})
+            self._queue_index(pipe, run, status, previous=())
+            if run.idempotency_key:
+                pipe.set(idempotency_key(run.idempotency_key), run.id, nx=True)
+
+        # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
+        # the adapter can batch with other calls, with the same all-or-nothing outcome.
+        if not await commands_if_absent(self._redis, "create run", key, queue):
+            raise InvalidStateError(f"run {run.id!r} already exists")
+
+    async def update_run(self, run: WorkflowRun) -> None:
+        """Overwrite every part of an existing run and move its index entries."""
+        key = run_key(run.id)
+        if run.updated_at is None:
+            run.updated_at = self._now()
+        check_workflow_id(run.workflow_id)
+        fields = self._whole_run(run)
+        status = status_text(run.status)
+
+        async def txn(pipe: Any) -> None:
+            old = await self._old_header(pipe, key, run.id)
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            old_wf = str(old.get("workflow_id") or "") if old is not None else ""
+            old_created = old.get("created_at") if old is not None else None
+            if old is None or old_wf != run.workflow_id or (
+                    _parse_or_none(old_created) != run.created_at):
+                if old_wf:
+                    pipe.zrem(runs_by_workflow_key(old_wf), run.id)
+                pipe.zadd(runs_by_workflow_key(run.workflow_id),
+                          {run.id: ts_score(run.created_at)})
+            if old is not None:
+                previous: Sequence[str] = (status_text(old.get("status") or "pending"),)
+                old_org = str(old.get("org_id") or "")
+                if old_org != run.org_id:
+                    pipe.srem(active_runs_key(old_org), run.id)
+            else:  # a corrupt header: the old status is unknown
+                previous = RUN_STATUSES
+            self._queue_index(pipe, run, status, previous=previous, sync_active=True)
+            await pipe.execute()
+
+        await self._redis.transaction("update run", key, [key], txn)
+
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        key = run_key(run_id)
+        fields = await self._redis.call("get run", key, "hgetall", key)
+        if not fields:
+            raise NotFoundError(f"run {run_id!r} not found")
+        return assemble(key, fields)
+
+    async def delete_run(self, run_id: str) -> None:
+        """Remove the run from every index, with its timeline and its idempotency key."""
+        key = run_key(run_id)
+
+        async def txn(pipe: Any) -> None:
+            old = await self._old_header(pipe, key, run_id)
+            idem = str(old.get("idempotency_key") or "") if old is not None else ""
+            release = False
+            if idem:
+                await pipe.watch(idempotency_key(idem))
+                holder = await pipe.get(idempotency_key(idem))
+                release = holder is not None and text(holder) == run_id
+            pipe.multi()
+            pipe.delete(key, timeline_key(run_id))
+            pipe.zrem(RUNS_ALL, run_id)
+            if old is not None:
+                pipe.zrem(runs_by_workflow_key(str(old.get("workflow_id") or "")), run_id)
+                pipe.zrem(runs_by_status_key(status_text(old.get("status") or "pending")),
+                          run_id)
+                pipe.srem(active_runs_key(str(old.get("org_id") or "")), run_id)
+            else:  # corrupt header: at least leave no status entry behind
+                for s in RUN_STATUSES:
+                    pipe.zrem(runs_by_status_key(s), run_id)
+            if release:
+                pipe.delete(idempotency_key(idem))
+            await pipe.execute()
+
+        await self._redis.transaction("delete run", key, [key], txn)
+
+
+    @staticmethod
+    async def _old_header(pipe: Any, key: str, run_id: str) -> dict[str, Any] | None:
+        """The stored header (immediate mode, under WATCH); None if it is corrupt.
+        Raises ``NotFoundError`` if the run does not exist."""
+        raw = await pipe.hget(key, HEADER)
+        if raw is None:
+            if not await pipe.exists(key):
+                raise NotFoundError(f"run {run_id!r} not found")
+            log.warning("run %r: stored run has no header", run_id)
+            return None
+        try:
+            old = loads(raw, key, HEADER)
+        except RedisDataError as exc:
+            log.warning("run %r: %s", run_id, exc)
+            return None
+        return old if isinstance(old, dict) else None
+
+
+    def _whole_run(self, run: WorkflowRun) -> dict[str, bytes]:
+        """Every field of the run's hash (``create_run``/``update_run``)."""
+        where = f"run {run.id!r}"
+        fields: dict[str, bytes] = {
+            HEADER: dumps(run.header_dict(with_input=False), where),
+            INPUT: dumps(run.input, f"{where}.input"),
+        }
+
+        def put(field: str, value: bytes) -> None:
+            fields[field] = value
+            if field != CTX_STEPS_MARKER or value != EMPTY_MAP:
+                fields[ORD + field] = self._rank()
+
+        for sid, sr in run.steps.items():
+            put(step_field(sid), dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+            for cid, child in sr.children.items():
+                put(child_field(sid, cid), dumps(child.to_dict(), f"{where} step {cid!r}"))
+        for k, v in run.context.items():
+            if k == "steps" and isinstance(v, dict):
+                put(CTX_STEPS_MARKER, EMPTY_MAP)
+                for sk, sv in v.items():
+                    put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
+            else:
+                put(ctx_field(k), dumps(v, f"{where} context.{k}"))
+        return fields

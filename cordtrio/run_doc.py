@@ -1,0 +1,376 @@
+"""Run documents: ``WorkflowRun``, its ``StepRun``s, ``TimelineEvent`` audit records, and
+the ``RunStatus``/``StepStatus`` enums with their terminal sets.
+
+Field names are the snake_case keys of SPEC §1. ``to_dict`` omits empty values (like Go's
+``omitempty``) to keep stored documents small; ``from_dict`` accepts any subset of keys.
+The definition-side documents live in ``workflow_doc``; ``cordtrio.model`` re-exports both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .errors import ValidationError
+from .fields import (
+    _dict,
+    _format,
+    _num,
+    _put,
+    _str_enum,
+    _ts,
+    json_copy,
+)
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_RUN
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_STEP
+
+
+_TERMINAL_RUN = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT}
+)
+_TERMINAL_STEP = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.TIMED_OUT}
+)
+
+
+
+
+@dataclass
+class StepRun:
+    """The state of one step (or one for-each child) inside a run."""
+
+    step_id: str = ""
+    status: StepStatus = StepStatus.PENDING
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    attempts: int = 0
+    input: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    error: dict[str, Any] = field(default_factory=dict)
+    job_id: str = ""
+    item: Any = None
+    children: dict[str, StepRun] = field(default_factory=dict)
+
+    def to_dict(self, *, with_children: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"step_id": self.step_id, "status": str(self.status.value)}
+        if self.started_at is not None:
+            out["started_at"] = _format(self.started_at)
+        if self.completed_at is not None:
+            out["completed_at"] = _format(self.completed_at)
+        if self.next_attempt_at is not None:
+            out["next_attempt_at"] = _format(self.next_attempt_at)
+        if self.attempts:
+            out["attempts"] = self.attempts
+        if self.input:
+            out["input"] = json_copy(self.input)
+        if self.output is not None:
+            out["output"] = json_copy(self.output)
+        if self.error:
+            out["error"] = json_copy(self.error)
+        if self.job_id:
+            out["job_id"] = self.job_id
+        if self.item is not None:
+            out["item"] = json_copy(self.item)
+        if with_children and self.children:
+            out["children"] = {cid: c.to_dict() for cid, c in self.children.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], step_id: str = "") -> StepRun:
+        if type(d) is dict:
+            fast = cls._from_stored(d, step_id)
+            if fast is not None:
+                return fast
+        where = f"step run {d.get('step_id') or step_id!r}" if isinstance(d, dict) else "step run"
+        d = _dict(d, where)
+        children = _dict(d.get("children"), (where, "children"))
+        return cls(
+            step_id=str(d.get("step_id") or step_id),
+            status=_str_enum(StepStatus, d.get("status"), StepStatus.PENDING, (where, "status")),
+            started_at=_ts(d.get("started_at"), (where, "started_at")),
+            completed_at=_ts(d.get("completed_at"), (where, "completed_at")),
+            next_attempt_at=_ts(d.get("next_attempt_at"), (where, "next_attempt_at")),
+            attempts=int(_num(d.get("attempts"), (where, "attempts"))),
+            input=json_copy(_dict(d.get("input"), (where, "input"))),
+            output=json_copy(d.get("output")),
+            error=json_copy(_dict(d.get("error"), (where, "error"))),
+            job_id=str(d.get("job_id") or ""),
+            item=json_copy(d.get("item")),
+            children={str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()},
+        )
+
+
+    @classmethod
+    def _from_stored(cls, d: dict[str, Any], step_id: str) -> StepRun | None:
+        """``from_dict`` for the documents ``to_dict`` writes (every field of its own type),
+        which stores read back on every load; None sends anything else down the checking
+        path, which gives the same result or the error."""
+        sid = d.get("step_id") or step_id
+        status = d.get("status")
+        member = StepStatus._value2member_map_.get(status) if type(status) is str else None
+        attempts = d.get("attempts", 0)
+        input_ = d.get("input")
+        error = d.get("error")
+        job_id = d.get("job_id") or ""
+        children = d.get("children")
+        if (type(sid) is not str or member is None or type(attempts) is not int
+                or (input_ is not None and type(input_) is not dict)
+                or (error is not None and type(error) is not dict)
+                or type(job_id) is not str
+                or (children is not None and type(children) is not dict)):
+            return None
+        try:
+            started = _ts(d.get("started_at"), "")
+            completed = _ts(d.get("completed_at"), "")
+            next_attempt = _ts(d.get("next_attempt_at"), "")
+        except ValidationError:
+            return None
+        return cls(
+            step_id=sid,
+            status=member,  # type: ignore[arg-type]
+            started_at=started,
+            completed_at=completed,
+            next_attempt_at=next_attempt,
+            attempts=attempts,
+            input=json_copy(input_) if input_ else {},
+            output=json_copy(d.get("output")),
+            error=json_copy(error) if error else {},
+            job_id=job_id,
+            item=json_copy(d.get("item")),
+            children={str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()}
+            if children else {},
+        )
+
+
+@dataclass
+class WorkflowRun:
+    """One execution of a workflow."""
+
+    id: str = ""
+    workflow_id: str = ""
+    org_id: str = ""
+    team_id: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    status: RunStatus = RunStatus.PENDING
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, StepRun] = field(default_factory=dict)
+    total_cost: float = 0
+    triggered_by: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    rerun_of: str = ""
+    rerun_step: str = ""
+    dry_run: bool = False
+
+    def header_dict(self, *, with_input: bool = True) -> dict[str, Any]:
+        """Everything but ``steps`` and ``context`` (stored separately for O(1) updates).
+
+        ``with_input=False`` leaves out ``input``, which never changes once a run is
+        created and may be large: stores rewrite the header on every event."""
+        # Written out rather than looped over _put: stores call this on every event.
+        out: dict[str, Any] = {"id": self.id, "workflow_id": self.workflow_id}
+        if self.org_id:
+            out["org_id"] = self.org_id
+        if self.team_id:
+            out["team_id"] = self.team_id
+        if with_input and self.input:
+            out["input"] = json_copy(self.input)
+        out["status"] = str(self.status.value)
+        if self.started_at is not None:
+            out["started_at"] = _format(self.started_at)
+        if self.completed_at is not None:
+            out["completed_at"] = _format(self.completed_at)
+        if self.output:
+            out["output"] = json_copy(self.output)
+        if self.error:
+            out["error"] = json_copy(self.error)
+        _put(out, "total_cost", self.total_cost)
+        if self.triggered_by:
+            out["triggered_by"] = self.triggered_by
+        if self.created_at is not None:
+            out["created_at"] = _format(self.created_at)
+        if self.updated_at is not None:
+            out["updated_at"] = _format(self.updated_at)
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        if self.idempotency_key:
+            out["idempotency_key"] = self.idempotency_key
+        if self.rerun_of:
+            out["rerun_of"] = self.rerun_of
+        if self.rerun_step:
+            out["rerun_step"] = self.rerun_step
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.header_dict()
+        _put(out, "context", json_copy(self.context))
+        out["steps"] = {sid: sr.to_dict() for sid, sr in self.steps.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkflowRun:
+        rid = str(d.get("id") or "") if isinstance(d, dict) else ""
+        where = f"run {rid!r}"
+        d = _dict(d, where)
+        steps = _dict(d.get("steps"), (where, "steps"))
+        return cls(
+            id=rid,
+            workflow_id=str(d.get("workflow_id") or ""),
+            org_id=str(d.get("org_id") or ""),
+            team_id=str(d.get("team_id") or ""),
+            input=json_copy(_dict(d.get("input"), (where, "input"))),
+            context=json_copy(_dict(d.get("context"), (where, "context"))),
+            status=_str_enum(RunStatus, d.get("status"), RunStatus.PENDING, (where, "status")),
+            started_at=_ts(d.get("started_at"), (where, "started_at")),
+            completed_at=_ts(d.get("completed_at"), (where, "completed_at")),
+            output=json_copy(_dict(d.get("output"), (where, "output"))),
+            error=json_copy(_dict(d.get("error"), (where, "error"))),
+            steps={str(k): StepRun.from_dict(v, str(k)) for k, v in steps.items()},
+            total_cost=float(_num(d.get("total_cost"), (where, "total_cost"))),
+            triggered_by=str(d.get("triggered_by") or ""),
+            created_at=_ts(d.get("created_at"), (where, "created_at")),
+            updated_at=_ts(d.get("updated_at"), (where, "updated_at")),
+            labels={str(k): str(v) for k, v in _dict(d.get("labels"), (where, "labels")).items()},
+            metadata={
+                str(k): str(v) for k, v in _dict(d.get("metadata"), (where, "metadata")).items()
+            },
+            idempotency_key=str(d.get("idempotency_key") or ""),
+            rerun_of=str(d.get("rerun_of") or ""),
+            rerun_step=str(d.get("rerun_step") or ""),
+            dry_run=bool(d.get("dry_run") or False),
+        )
+
+
+TimelineRow = tuple[Any, ...]
+TIMELINE_ROW_FIELDS = ("time", "type", "run_id", "workflow_id", "step_id", "job_id", "status",
+                       "result_ptr", "message", "data")
+
+
+@dataclass
+class TimelineEvent:
+    """One append-only audit record of a run (SPEC §10)."""
+
+    time: datetime | None = None
+    type: str = ""
+    run_id: str = ""
+    workflow_id: str = ""
+    step_id: str = ""
+    job_id: str = ""
+    status: str = ""
+    result_ptr: str = ""
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"time": _format(self.time), "type": self.type}
+        # written out: one to_dict per timeline event, several per step
+        if self.run_id:
+            out["run_id"] = self.run_id
+        if self.workflow_id:
+            out["workflow_id"] = self.workflow_id
+        if self.step_id:
+            out["step_id"] = self.step_id
+        if self.job_id:
+            out["job_id"] = self.job_id
+        if self.status:
+            out["status"] = self.status
+        if self.result_ptr:
+            out["result_ptr"] = self.result_ptr
+        if self.message:
+            out["message"] = self.message
+        if self.data:
+            out["data"] = json_copy(self.data)
+        return out
+
+    def to_row(self) -> TimelineRow:
+        """The event as a tuple of ``to_dict`` values (``TIMELINE_ROW_FIELDS`` order; empty
+        ones as ``""``/None, trailing empty ones left out; at least time, type and run id):
+        what in-memory stores keep, at half the size of a dict."""
+        row = (_format(self.time), self.type, self.run_id, self.workflow_id, self.step_id,
+               self.job_id, self.status, self.result_ptr, self.message,
+               json_copy(self.data) if self.data else None)
+        end = len(row)
+        while end > 3 and not row[end - 1]:
+            end -= 1  # trailing empty fields are left out (shorter tuple)
+        return row[:end]
+
+    @staticmethod
+    def row_to_dict(row: TimelineRow) -> dict[str, Any]:
+        """``to_dict`` of the event a row came from."""
+        out: dict[str, Any] = {"time": row[0], "type": row[1]}
+        for key, value in zip(TIMELINE_ROW_FIELDS[2:], row[2:], strict=False):
+            if value:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TimelineEvent:
+        d = _dict(d, "timeline event")
+        return cls(
+            time=_ts(d.get("time"), ("timeline event", "time")),
+            type=str(d.get("type") or ""),
+            run_id=str(d.get("run_id") or ""),
+            workflow_id=str(d.get("workflow_id") or ""),
+            step_id=str(d.get("step_id") or ""),
+            job_id=str(d.get("job_id") or ""),
+            status=str(d.get("status") or ""),
+            result_ptr=str(d.get("result_ptr") or ""),
+            message=str(d.get("message") or ""),
+            data=json_copy(_dict(d.get("data"), ("timeline event", "data"))),
+        )
+
+
+TERMINAL_RUN_STATUSES = _TERMINAL_RUN
+TERMINAL_STEP_STATUSES = _TERMINAL_STEP
+
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "TERMINAL_STEP_STATUSES",
+    "TIMELINE_ROW_FIELDS",
+    "RunStatus",
+    "StepRun",
+    "StepStatus",
+    "TimelineEvent",
+    "TimelineRow",
+    "WorkflowRun",
+]
