@@ -9,19 +9,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-from test_engine_kit import WF, ok, step, workflow
+from test_engine_kit import LEASE_TTL as TTL
+from test_engine_kit import WF, ok, start_engine, step, workflow
 
-from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
+from cordtrio.backends.memory import MemoryStore
 from cordtrio.client import Client
 from cordtrio.core.events import Approve, CancelRun, ResultReceived, Start
-from cordtrio.engine import TrioWallClock, open_engine
-from cordtrio.engine.supervisor import Engine
+from cordtrio.engine import open_engine
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.model import RunStatus, StepStatus, StepType, TimelineEvent, WorkflowRun
 from cordtrio.ports import RunChanges
 from cordtrio.wire_commands import encode_command
-
-TTL = 15.0
 
 
 class StallingStore(MemoryStore):
@@ -54,26 +52,6 @@ class StallingStore(MemoryStore):
         if self.renewals_fail and owner == self.stall_owner:
             raise StoreError(f"renew leases of {owner}: injected outage")
         return await super().renew_leases(owner, run_ids, ttl)
-
-
-async def start_engine(store: MemoryStore, bus: MemoryBus, payloads: MemoryPayloadStore,
-                       clock: TrioWallClock, name: str, nursery: trio.Nursery,
-                       **kw: Any) -> tuple[Engine, trio.CancelScope]:
-    ready: list[tuple[Engine, trio.CancelScope]] = []
-    opened = trio.Event()
-
-    async def serve() -> None:
-        with trio.CancelScope() as scope:
-            async with open_engine(store, bus, payloads=payloads, clock=clock,
-                                   engine_id=name, lease_ttl=TTL, multi_engine=True,
-                                   **kw) as engine:
-                ready.append((engine, scope))
-                opened.set()
-                await trio.sleep_forever()
-
-    nursery.start_soon(serve)
-    await opened.wait()
-    return ready[0]
 
 
 def gated() -> Any:

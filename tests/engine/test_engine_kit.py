@@ -16,7 +16,8 @@ from typing import Any
 
 import trio
 
-from cordtrio.backends.memory import MemoryStore
+from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
+from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.engine.supervisor import Engine
 from cordtrio.model import RunStatus, Step, StepType, Workflow, WorkflowRun
 from cordtrio.payloads import pointer_for_key, result_key
@@ -135,3 +136,27 @@ async def create_pending_run(store: MemoryStore, run_id: str, workflow_id: str =
     return run
 
 
+LEASE_TTL = 15.0
+"""Lease TTL of the multi-engine tests' engines."""
+
+
+async def start_engine(store: MemoryStore, bus: MemoryBus, payloads: MemoryPayloadStore,
+                       clock: TrioWallClock, name: str, nursery: trio.Nursery,
+                       **kw: Any) -> tuple[Engine, trio.CancelScope]:
+    """A multi-engine-mode engine named ``name`` in a task of ``nursery`` (so a test can kill
+    it), and its scope."""
+    ready: list[tuple[Engine, trio.CancelScope]] = []
+    opened = trio.Event()
+
+    async def serve() -> None:
+        with trio.CancelScope() as scope:
+            async with open_engine(store, bus, payloads=payloads, clock=clock,
+                                   engine_id=name, lease_ttl=LEASE_TTL, multi_engine=True,
+                                   **kw) as engine:
+                ready.append((engine, scope))
+                opened.set()
+                await trio.sleep_forever()
+
+    nursery.start_soon(serve)
+    await opened.wait()
+    return ready[0]

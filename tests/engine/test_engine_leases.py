@@ -10,18 +10,16 @@ from typing import Any
 
 import pytest
 import trio
-from test_engine_kit import WF, ok, step, workflow
+from test_engine_kit import LEASE_TTL as TTL
+from test_engine_kit import WF, ok, start_engine, step, workflow
 
 from cordtrio import Job, open_worker
-from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
+from cordtrio.backends.memory import MemoryStore
 from cordtrio.client import Client
-from cordtrio.engine import TrioWallClock, open_engine
-from cordtrio.engine.supervisor import Engine
+from cordtrio.engine import open_engine
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepStatus, StepType
 from cordtrio.ports import RunLeases
-
-TTL = 15.0
 
 
 class CountingStore(MemoryStore):
@@ -49,27 +47,6 @@ class Dispatches:
 
     def doubles(self) -> dict[str, list[str]]:
         return {job: who for job, who in self.by_job.items() if len(who) > 1}
-
-
-async def start_engine(store: MemoryStore, bus: MemoryBus, payloads: MemoryPayloadStore,
-                       clock: TrioWallClock, name: str, nursery: trio.Nursery,
-                       **kw: Any) -> tuple[Engine, trio.CancelScope]:
-    """An engine in a task of ``nursery`` (so the test can kill it), and its scope."""
-    ready: list[tuple[Engine, trio.CancelScope]] = []
-    opened = trio.Event()
-
-    async def serve() -> None:
-        with trio.CancelScope() as scope:
-            async with open_engine(store, bus, payloads=payloads, clock=clock,
-                                   engine_id=name, lease_ttl=TTL, multi_engine=True,
-                               **kw) as engine:
-                ready.append((engine, scope))
-                opened.set()
-                await trio.sleep_forever()
-
-    nursery.start_soon(serve)
-    await opened.wait()
-    return ready[0]
 
 
 async def echo(job: Job) -> dict[str, Any]:
