@@ -74,12 +74,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
 
         if ops.prefixes:  # the rare path: removing a step's children / all context steps
             async def txn(pipe: Any) -> None:
-                stored = [text(f) for f in await pipe.hkeys(key)]
-                if HEADER not in stored:
-                    if stored:
-                        raise RedisDataError(f"redis key {key!r}: run has no header field")
-                    raise NotFoundError(f"run {run.id!r} not found")
-                ops.resolve(stored)
+                ops.resolve(await _stored_fields(pipe, key, run.id))
                 pipe.multi()
                 self._queue_ops(pipe, key, ops)
                 if changes.header:
@@ -141,12 +136,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 holder = await pipe.get(lease)
                 if holder is None or text(holder) != owner:
                     raise lost(holder)
-                stored = [text(f) for f in await pipe.hkeys(key)]
-                if HEADER not in stored:
-                    if stored:
-                        raise RedisDataError(f"redis key {key!r}: run has no header field")
-                    raise NotFoundError(f"run {run.id!r} not found")
-                ops.resolve(stored)
+                ops.resolve(await _stored_fields(pipe, key, run.id))
                 pipe.multi()
                 queue(pipe)
                 return bool((await pipe.execute())[0])
@@ -266,3 +256,14 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops
+
+
+async def _stored_fields(pipe: Any, key: str, run_id: str) -> list[str]:
+    """The field names of the run hash at ``key`` (read inside a WATCH transaction), for the
+    writes that remove fields by prefix; a missing run or one without its header fails."""
+    stored = [text(f) for f in await pipe.hkeys(key)]
+    if HEADER not in stored:
+        if stored:
+            raise RedisDataError(f"redis key {key!r}: run has no header field")
+        raise NotFoundError(f"run {run_id!r} not found")
+    return stored
