@@ -98,3 +98,25 @@ def test_a_peer_that_cannot_import_says_why(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "celery", None)  # import celery -> ImportError
     reason = CeleryPeer().unavailable()
     assert reason is not None and "celery" in reason
+
+
+def test_profile_attributes_self_time_to_areas_and_writes_json(tmp_path: Path) -> None:
+    from benchmarks.profile import area_of
+    from benchmarks.profile import main as profile_main
+
+    assert area_of("/x/cordtrio/core/ready.py") == "core (decide)"
+    assert area_of("/x/cordtrio/engine/run_task.py") == "engine shell"
+    assert area_of("/venv/site-packages/trio/_core/_run.py") == "trio"
+    assert area_of("~") == "builtins"
+    out = tmp_path / "profile.json"
+    assert profile_main(["--workload", "w1", "--backend", "memory", "--size", "3",
+                         "--top", "5", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["workload"], data["backend"], data["size"], data["steps"]) == (
+        "w1", "memory", 3, 3 * CHAIN_STEPS)
+    assert len(data["top"]) == 5
+    assert [r["self_s"] for r in data["top"]] == sorted(
+        (r["self_s"] for r in data["top"]), reverse=True)
+    shares = {r["area"]: r["self_pct"] for r in data["areas"]}
+    assert shares["core (decide)"] > 0 and shares["engine shell"] > 0
+    assert abs(sum(shares.values()) - 100) < 0.01
