@@ -51,10 +51,10 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("cordtrio/protocol", "protocol"),
     ("cordtrio/", "cordtrio (other)"),
     ("benchmarks/", "harness"),
+    ("/redis/", "redis-py"),  # before asyncio/: redis/asyncio/ is redis-py's
+    ("hiredis", "redis-py"),
     ("trio_asyncio/", "asyncio bridge"),
     ("asyncio/", "asyncio bridge"),
-    ("/redis/", "redis-py"),
-    ("hiredis", "redis-py"),
     ("/trio/", "trio"),
     ("outcome", "trio"),
     ("/pynng/", "pynng"),

@@ -108,6 +108,7 @@ def test_profile_attributes_self_time_to_areas_and_writes_json(tmp_path: Path) -
     assert area_of("/x/cordtrio/engine/run_task.py") == "engine shell"
     assert area_of("/venv/site-packages/trio/_core/_run.py") == "trio"
     assert area_of("~") == "builtins"
+    assert area_of("/venv/site-packages/redis/asyncio/connection.py") == "redis-py"
     out = tmp_path / "profile.json"
     assert profile_main(["--workload", "w1", "--backend", "memory", "--size", "3",
                          "--top", "5", "--out", str(out)]) == 0
