@@ -32,7 +32,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ..model import RetryConfig, Step, StepType, Workflow
+from ..model import RetryConfig, Step, Workflow
 from .generate import (
     CONDITION_EXPRESSIONS,
     DEFAULT_KINDS,
@@ -40,9 +40,8 @@ from .generate import (
     GATE_EXPRESSION,
     STEP_KINDS,
     WORKER_TOPIC,
+    build_workflow,
     check_kinds,
-    finish_workflow,
-    worker_input,
 )
 
 __all__ = [
@@ -90,35 +89,36 @@ def step_timeouts() -> st.SearchStrategy[int]:
     return st.just(0) | st.integers(min_value=1, max_value=60)
 
 
-def _make_step(draw: st.DrawFn, sid: str, kind: str, depends_on: list[str]) -> Step:
-    step = Step(id=sid, depends_on=depends_on)
-    if kind in ("worker", "gated", "for_each"):
-        step.type = StepType.WORKER
-        step.topic = WORKER_TOPIC
-        step.retry = draw(retry_configs())
-        step.timeout_sec = draw(step_timeouts())
-        step.input = worker_input(draw(st.integers(min_value=0, max_value=2)),
-                                  fan_out=kind == "for_each")
-        if kind == "gated":
-            step.condition = GATE_EXPRESSION
-        if kind == "for_each":
-            step.for_each = FOR_EACH_EXPRESSION
-            step.max_parallel = draw(st.integers(min_value=0, max_value=3))
-    elif kind == "condition":
-        step.type = StepType.CONDITION
-        step.condition = draw(st.sampled_from(CONDITION_EXPRESSIONS))
-    elif kind == "approval":
-        step.type = StepType.APPROVAL
-    elif kind == "delay":
-        step.type = StepType.DELAY
-        step.delay_sec = draw(st.integers(min_value=0, max_value=120))
-        step.timeout_sec = draw(step_timeouts())  # the duration when delay_sec is 0
-    elif kind == "notify":
-        step.type = StepType.NOTIFY
-        step.input = {"message": "step ${input.flag}", "level": "warn", "code": "N1"}
-    else:
-        raise ValueError(f"unknown step kind {kind!r}; expected one of {STEP_KINDS}")
-    return step
+class _HypothesisDraws:
+    """``Draws`` from Hypothesis: every choice shrinks towards the simplest case."""
+
+    def __init__(self, draw: st.DrawFn) -> None:
+        self.draw = draw
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(min_value=lo, max_value=hi))
+
+    def pick(self, options: Sequence[str]) -> str:
+        return self.draw(st.sampled_from(options))
+
+    def retry(self) -> RetryConfig | None:
+        return self.draw(retry_configs())
+
+    def job_timeout(self) -> int:
+        return self.draw(step_timeouts())
+
+    def delay_timeout(self) -> int:
+        return self.draw(step_timeouts())
+
+    def dependencies(self, candidates: list[str]) -> list[str]:
+        if not candidates:
+            return []
+        return self.draw(st.lists(st.sampled_from(candidates), unique=True, max_size=3))
+
+    def shuffled(self, steps: list[Step]) -> list[Step]:
+        if len(steps) > 1 and self.draw(st.booleans()):
+            return list(self.draw(st.permutations(steps)))
+        return steps
 
 
 @st.composite
@@ -134,46 +134,13 @@ def workflows(
     workflow_id: str = "wf-prop",
 ) -> Workflow:
     """A valid workflow: a random DAG of ``min_steps``..``max_steps`` steps of ``kinds``
-    (names from ``STEP_KINDS``; repeat one to make it more likely).
-
-    Steps are generated as ``s0, s1, ...``; step ``sI`` depends on up to three of
-    ``s0..s(I-1)``. With ``handlers``, some steps name a *later* step in ``on_error``; no
-    step depends on a handler (validation rejects that: a handler runs only after a
-    failure, so its dependents could never start in a run where nothing fails). With
-    ``run_timeout``, the workflow sometimes has a ``timeout_sec`` of
-    30–600 s. With ``shuffle``, the definition order is a random permutation half of the
-    time.
+    (names from ``STEP_KINDS``; repeat one to make it more likely). What each option
+    does: ``cordtrio.testing.generate.build_workflow``, shared with the seeded generator.
     """
     try:
         check_kinds(kinds)
     except ValueError as exc:
         raise ValueError(f"workflows(): {exc}") from None
-    n = draw(st.integers(min_value=min_steps, max_value=max_steps))
-    ids = [f"s{i}" for i in range(n)]
-
-    on_error: dict[str, str] = {}
-    if handlers:
-        for i in range(n - 1):
-            if draw(st.integers(min_value=0, max_value=2)) == 2:
-                on_error[ids[i]] = ids[draw(st.integers(min_value=i + 1, max_value=n - 1))]
-    handler_ids = set(on_error.values())
-
-    steps: list[Step] = []
-    for i, sid in enumerate(ids):
-        kind = draw(st.sampled_from(tuple(kinds)))
-        candidates = [d for d in ids[:i] if d not in handler_ids]
-        deps = (
-            draw(st.lists(st.sampled_from(candidates), unique=True, max_size=3))
-            if candidates else []
-        )
-        step = _make_step(draw, sid, kind, deps)
-        step.on_error = on_error.get(sid, "")
-        steps.append(step)
-
-    if shuffle and n > 1 and draw(st.booleans()):
-        steps = list(draw(st.permutations(steps)))
-
-    timeout = 0
-    if run_timeout and draw(st.integers(min_value=0, max_value=4)) == 4:
-        timeout = draw(st.integers(min_value=30, max_value=600))
-    return finish_workflow(steps, timeout, workflow_id)
+    return build_workflow(_HypothesisDraws(draw), min_steps=min_steps, max_steps=max_steps,
+                          kinds=kinds, handlers=handlers, run_timeout=run_timeout,
+                          shuffle=shuffle, workflow_id=workflow_id)
