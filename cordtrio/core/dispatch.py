@@ -24,6 +24,8 @@ _PRIORITIES = {
     "batch": JobPriority.BATCH,
 }
 _ACTOR_TYPES = {"human": ActorType.HUMAN, "service": ActorType.SERVICE}
+_RUNNING = StepStatus.RUNNING  # a module constant: ``StepStatus.X`` costs ~90 ns on 3.11
+_RUNNING_TEXT = str(StepStatus.RUNNING.value)
 
 
 def dispatch(
@@ -37,8 +39,9 @@ def dispatch(
     job_id = f"{run.id}:{target}@{attempt}"
     item = sr.item if parent else NO_ITEM
     try:
-        payload = build_payload(tx.plan, run, step, build_scope(tx.plan, run, step.id, item),
-                                item)
+        # the scope only serves to render ``step.input``: not built for a step without one
+        scope = build_scope(tx.plan, run, step.id, item) if step.input else {}
+        payload = build_payload(tx.plan, run, step, scope, item)
     except CordtrioError as exc:
         finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=str(exc))
         return False
@@ -46,7 +49,7 @@ def dispatch(
     if parent:
         request.env["foreach_index"] = str(index)
         request.env["foreach_item"] = json.dumps(item, default=str)
-    sr.status = StepStatus.RUNNING
+    sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
     sr.next_attempt_at = None
@@ -63,7 +66,7 @@ def dispatch(
     if parent:
         data["foreach_index"] = index
     tx.timeline("step_dispatched", step_id=target, job_id=job_id,
-                status=str(StepStatus.RUNNING.value), data=data)
+                status=_RUNNING_TEXT, data=data)
     tx.effects.append(
         Dispatch(
             step_id=step.id,

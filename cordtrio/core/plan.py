@@ -18,7 +18,7 @@ SENDER_ID = "workflow-engine"
 class Plan:
     """A workflow plus what the engine knows about its environment.
 
-    ``order`` is definition order (the ready pass walks it); ``handlers`` are the steps named
+    ``order`` is definition order (the ready pass follows it); ``handlers`` are the steps named
     by some ``on_error`` (never started on their own); ``schemas`` holds the registry
     schemas the workflow refers to, resolved by the shell (``None``: no registry).
     """
@@ -30,6 +30,9 @@ class Plan:
     schemas: Mapping[str, dict[str, Any] | None] | None = None
     has_payload_store: bool = True
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rechecks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per step: its index in ``order``, then its dependents' indexes: the steps whose
+    readiness may change when it does (see ``frontier.Frontier``)."""
 
     @classmethod
     def build(
@@ -56,6 +59,7 @@ class Plan:
             schemas=schemas,
             has_payload_store=has_payload_store,
             dependents={d: tuple(s) for d, s in dependents.items()},
+            rechecks=_rechecks(order, dependents),
         )
 
     def schema_ids(self) -> set[str]:
@@ -66,3 +70,14 @@ class Plan:
                 if sid:
                     ids.add(sid)
         return ids
+
+
+def _rechecks(
+    order: tuple[str, ...], dependents: Mapping[str, list[str]]
+) -> dict[str, tuple[int, ...]]:
+    """``Plan.rechecks``: each step's position, then its dependents' positions."""
+    position = {sid: i for i, sid in enumerate(order)}
+    return {
+        sid: (i, *(position[d] for d in dependents.get(sid, ())))
+        for sid, i in position.items()
+    }

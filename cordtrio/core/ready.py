@@ -1,8 +1,9 @@
-"""The ready pass (SPEC §3): walk the steps in definition order, start whatever became
-ready, and repeat until nothing changes."""
+"""The ready pass (SPEC §3): visit the steps that can act (the run's ``Frontier``) in
+definition order, start whatever became ready, and repeat until nothing changes."""
 
 from __future__ import annotations
 
+import heapq
 from datetime import timedelta
 from typing import Any
 
@@ -16,34 +17,91 @@ from .dispatch import dispatch, validate_with_registry
 from .events import ArmTimer, PublishAlert, TimerKind
 from .fanout import pump_fanout, start_fanout
 from .finish import finish
+from .frontier import Frontier
 from .outputs import record_inline_output
 from .plan import SENDER_ID
 from .scope import build_scope
 from .state import Tx
-from .status import failure_stands, set_run_status, update_run_status
+from .status import set_run_status, update_run_status
 
 _VISITABLE = (StepStatus.PENDING, StepStatus.WAITING)
 _FAILED = (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.TIMED_OUT)
+# Read on every visit: module constants (reading ``StepStatus.X`` costs ~90 ns on 3.11).
+_PENDING, _RUNNING, _WAITING = StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING
+_SUCCEEDED = StepStatus.SUCCEEDED
+_DELAY = StepType.DELAY
 
 
 def ready_pass(tx: Tx) -> None:
-    """Start every step whose dependencies succeeded; then recompute the run status."""
+    """Start every step whose dependencies succeeded; then recompute the run status.
+
+    Each pass visits the frontier's live steps in definition order: the same steps, in the
+    same order, a walk over every step would act on (the others' visits are no-ops, see
+    ``may_act``). A step that becomes live during a pass is visited in that pass when it
+    comes later in definition order, in the next pass otherwise, as with the full walk."""
     run = tx.run
     if run.status.is_terminal:
         return
     if run.status == RunStatus.PENDING:
         set_run_status(tx, RunStatus.RUNNING)
         arm_run_timeout(tx)
+    front = frontier(tx)
+    order = tx.plan.order
+
+    def acts(sid: str) -> bool:
+        return may_act(tx, sid)
+
     changed = True
     while changed and not run.status.is_terminal:
         changed = False
-        only_handlers = failure_stands(tx.plan, run)
-        for sid in tx.plan.order:
+        front.refresh(run, acts)
+        only_handlers = front.failure_stands(run)
+        todo = sorted(front.live)  # a sorted list is a heap
+        last = -1
+        while todo:
+            i = heapq.heappop(todo)
+            if i <= last:
+                continue  # pushed twice
+            last = i
+            sid = order[i]
             if _visit(tx, sid, only_handlers):
                 changed = True
                 # a failure in this pass: start nothing more (no dispatch-then-cancel)
                 only_handlers = only_handlers or _failed(tx, sid)
+                # Only a visit returning True can wake a step: one returning False at most
+                # moved its own step to running, which unblocks nothing (what it touched is
+                # absorbed by the next refresh).
+                for j in front.refresh(run, acts):
+                    if j > i:
+                        heapq.heappush(todo, j)
         update_run_status(tx)
+
+
+def frontier(tx: Tx) -> Frontier:
+    """The run's frontier, built on first use (after a load, or for another plan)."""
+    front = tx.state.frontier
+    if front is None or front.plan is not tx.plan:
+        front = Frontier.build(tx.plan, tx.run, lambda sid: may_act(tx, sid))
+        tx.state.frontier = front
+    return front
+
+
+def may_act(tx: Tx, sid: str) -> bool:
+    """False only when ``_visit(tx, sid, ...)`` is sure to return False with no side
+    effect whatever the time, until the step's StepRun or a dependency's changes: an
+    untriggered handler, a step waiting for its dependencies or an approval, a job in
+    flight, a finished step. Mirrors ``_visit``'s checks, in its order."""
+    sr = tx.run.steps.get(sid)
+    is_handler = sid in tx.plan.handlers
+    if sr is None:
+        return not is_handler and _deps_succeeded(tx, tx.plan.workflow.steps[sid])
+    status = sr.status
+    if status == _RUNNING:
+        step = tx.plan.workflow.steps[sid]
+        return step.type == _DELAY or bool(step.for_each and sr.children)
+    if status != _PENDING:
+        return False  # finished, or an approval waiting
+    return is_handler or _deps_succeeded(tx, tx.plan.workflow.steps[sid])
 
 
 def _failed(tx: Tx, sid: str) -> bool:
@@ -68,8 +126,8 @@ def _visit(tx: Tx, sid: str, only_handlers: bool) -> bool:
         return False  # an untriggered on_error handler never starts on its own
     if only_handlers and not is_handler:
         return False
-    if sr is not None and sr.status == StepStatus.RUNNING:
-        if step.type == StepType.DELAY:
+    if sr is not None and sr.status == _RUNNING:
+        if step.type == _DELAY:
             return _delay_tick(tx, step, sr)
         if step.for_each and sr.children:
             pump_fanout(tx, step, sr)
@@ -77,7 +135,7 @@ def _visit(tx: Tx, sid: str, only_handlers: bool) -> bool:
         return False
     if sr is not None and sr.status not in _VISITABLE:
         return False
-    if sr is not None and sr.status == StepStatus.WAITING:
+    if sr is not None and sr.status == _WAITING:
         return False  # an approval waits for approve_step
     if not is_handler and not _deps_succeeded(tx, step):
         return False
@@ -120,7 +178,7 @@ def _deps_succeeded(tx: Tx, step: Step) -> bool:
     steps = tx.run.steps
     for dep in step.depends_on:
         sr = steps.get(dep)
-        if sr is None or sr.status != StepStatus.SUCCEEDED:
+        if sr is None or sr.status != _SUCCEEDED:
             return False
     return True
 

@@ -15,6 +15,8 @@ from .outputs import record_output
 from .state import Tx, child_index
 
 _RETRYABLE = (JobStatus.FAILED, JobStatus.DENIED, JobStatus.TIMEOUT)
+# Read on every result: module constants (``StepStatus.X`` costs ~90 ns on Python 3.11).
+_RUNNING, _JOB_SUCCEEDED = StepStatus.RUNNING, JobStatus.SUCCEEDED
 
 
 def parse_job_id(job_id: object) -> tuple[str, str, int] | None:
@@ -69,12 +71,12 @@ def apply_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     if found is None:
         return False
     step, sr, parent = found
-    if sr.job_id != result.job_id or sr.status != StepStatus.RUNNING:
+    if sr.job_id != result.job_id or sr.status != _RUNNING:
         return False  # a stale attempt, or a duplicate of one already handled
     sr.attempts = max(sr.attempts, parsed[2])
     status = result.status
     message = result.error_message
-    if status == JobStatus.SUCCEEDED:
+    if status == _JOB_SUCCEEDED:
         _succeeded(tx, step, sr, parent, result.result_ptr, output)
     elif status in _RETRYABLE:
         if retry_allowed(step.retry, sr.attempts):
