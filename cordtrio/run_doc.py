@@ -24,6 +24,8 @@ from .fields import (
     json_copy,
 )
 
+_new = object.__new__  # clone() copies __dict__ directly: no __init__ call for 12-23 fields
+
 
 class RunStatus(StrEnum):
     PENDING = "pending"
@@ -103,6 +105,27 @@ class StepRun:
         if with_children and self.children:
             out["children"] = {cid: c.to_dict() for cid, c in self.children.items()}
         return out
+
+    def clone(self, *, with_children: bool = True, step_id: str = "") -> StepRun:
+        """A deep copy equal to ``from_dict(to_dict(), step_id)`` (an empty ``step_id`` takes
+        the one given, as ``from_dict`` takes the key), without formatting or parsing
+        anything: in-memory stores keep step runs as objects and copy them with this on every
+        write and read. Datetimes and enum members are immutable and shared."""
+        inp, out, err, item, kids = self.input, self.output, self.error, self.item, self.children
+        fields = self.__dict__.copy()  # strings, numbers, datetimes, the enum: shared
+        if not self.step_id:
+            fields["step_id"] = step_id
+        fields["input"] = json_copy(inp) if inp else {}
+        if not (out is None or type(out) is str):
+            fields["output"] = json_copy(out)
+        fields["error"] = json_copy(err) if err else {}
+        if not (item is None or type(item) is str):
+            fields["item"] = json_copy(item)
+        fields["children"] = ({cid: kid.clone(step_id=cid) for cid, kid in kids.items()}
+                              if with_children and kids else {})
+        copy = _new(StepRun)
+        copy.__dict__ = fields
+        return copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], step_id: str = "") -> StepRun:
@@ -246,6 +269,29 @@ class WorkflowRun:
         _put(out, "context", json_copy(self.context))
         out["steps"] = {sid: sr.to_dict() for sid, sr in self.steps.items()}
         return out
+
+    def clone(self, *, with_steps: bool = True, with_context: bool = True,
+              with_input: bool = True) -> WorkflowRun:
+        """A deep copy equal to ``from_dict(to_dict())``, without formatting or parsing
+        anything (in-memory stores keep runs as objects and copy them on every write and
+        read). ``with_steps``/``with_context``/``with_input=False`` leave those parts empty:
+        a store that keeps them apart copies them on its own."""
+        output, error, labels, metadata = self.output, self.error, self.labels, self.metadata
+        fields = self.__dict__.copy()  # strings, numbers, datetimes, the enum: shared
+        fields["input"] = json_copy(self.input) if with_input and self.input else {}
+        fields["context"] = json_copy(self.context) if with_context and self.context else {}
+        fields["output"] = json_copy(output) if output else {}
+        fields["error"] = json_copy(error) if error else {}
+        fields["steps"] = ({sid: sr.clone(step_id=sid) for sid, sr in self.steps.items()}
+                           if with_steps and self.steps else {})
+        fields["total_cost"] = float(self.total_cost) if self.total_cost else 0.0
+        fields["labels"] = {str(k): str(v) for k, v in labels.items()} if labels else {}
+        fields["metadata"] = ({str(k): str(v) for k, v in metadata.items()}
+                              if metadata else {})
+        fields["dry_run"] = bool(self.dry_run)
+        copy = _new(WorkflowRun)
+        copy.__dict__ = fields
+        return copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkflowRun:

@@ -28,6 +28,8 @@ from .fields import (
     json_copy,
 )
 
+_new = object.__new__  # clone() copies __dict__ directly: no __init__ call for 23 fields
+
 
 class StepType(StrEnum):
     """Kinds of step. Every kind not handled by the engine itself is dispatched as a job."""
@@ -190,21 +192,22 @@ class Step:
         return out
 
     def clone(self) -> Step:
-        """A deep copy (what ``from_dict(to_dict())`` gives, without re-parsing)."""
-        return Step(
-            id=self.id, name=self.name, type=self.type, worker_id=self.worker_id,
-            topic=self.topic, depends_on=list(self.depends_on), condition=self.condition,
-            for_each=self.for_each, max_parallel=self.max_parallel,
-            input=json_copy(self.input), input_schema=json_copy(self.input_schema),
-            input_schema_id=self.input_schema_id, output_path=self.output_path,
-            output_schema=json_copy(self.output_schema),
-            output_schema_id=self.output_schema_id,
-            meta=self.meta.clone() if self.meta is not None else None,
-            on_error=self.on_error,
-            retry=self.retry.clone() if self.retry is not None else None,
-            timeout_sec=self.timeout_sec, delay_sec=self.delay_sec,
-            delay_until=self.delay_until, route_labels=dict(self.route_labels),
-        )
+        """A deep copy (what ``from_dict(to_dict())`` gives, without re-parsing): the
+        instance dict copied at C speed and each mutable field replaced by a copy, as stores
+        hand out a copy of every step on each ``get_workflow``."""
+        inp, in_schema, out_schema = self.input, self.input_schema, self.output_schema
+        meta, retry, route = self.meta, self.retry, self.route_labels
+        fields = self.__dict__.copy()  # strings, numbers, the enum: immutable, shared
+        fields["depends_on"] = list(self.depends_on)
+        fields["input"] = json_copy(inp) if inp else {}
+        fields["input_schema"] = json_copy(in_schema) if in_schema else {}
+        fields["output_schema"] = json_copy(out_schema) if out_schema else {}
+        fields["meta"] = meta.clone() if meta is not None else None
+        fields["retry"] = retry.clone() if retry is not None else None
+        fields["route_labels"] = dict(route) if route else {}
+        copy = _new(Step)
+        copy.__dict__ = fields
+        return copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], step_id: str = "") -> Step:
@@ -277,15 +280,15 @@ class Workflow:
     def clone(self) -> Workflow:
         """A deep copy (what ``from_dict(to_dict())`` gives, without re-parsing): stores
         that keep parsed workflows hand out clones."""
-        return Workflow(
-            id=self.id, org_id=self.org_id, team_id=self.team_id, name=self.name,
-            description=self.description, version=self.version,
-            timeout_sec=self.timeout_sec,
-            steps={sid: step.clone() for sid, step in self.steps.items()},
-            config=json_copy(self.config), input_schema=json_copy(self.input_schema),
-            parameters=json_copy(self.parameters), created_by=self.created_by,
-            created_at=self.created_at, updated_at=self.updated_at,
-        )
+        config, in_schema, params = self.config, self.input_schema, self.parameters
+        fields = self.__dict__.copy()  # strings, numbers, datetimes: immutable, shared
+        fields["steps"] = {sid: step.clone() for sid, step in self.steps.items()}
+        fields["config"] = json_copy(config) if config else {}
+        fields["input_schema"] = json_copy(in_schema) if in_schema else {}
+        fields["parameters"] = json_copy(params) if params else []
+        copy = _new(Workflow)
+        copy.__dict__ = fields
+        return copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:

@@ -397,3 +397,56 @@ def test_step_run_round_trip_property(run: StepRun) -> None:
     d: Any = run.to_dict()
     assert StepRun.from_dict(d) == run
     assert StepRun.from_dict(json.loads(json.dumps(d))) == run
+
+
+# ---------------------------------------------------------------------------- clones
+
+
+def test_clones_equal_a_dict_round_trip_and_share_nothing_mutable() -> None:
+    run, wf = full_run(), full_workflow()
+    run_copy, wf_copy = run.clone(), wf.clone()
+    assert run_copy == WorkflowRun.from_dict(run.to_dict()) == run
+    assert wf_copy == Workflow.from_dict(wf.to_dict()) == wf
+    assert list(run_copy.steps["each"].children) == ["each[0]", "each[1]"]
+    assert list(wf_copy.steps) == list(wf.steps)
+
+    run_copy.input["url"] = "changed"
+    run_copy.context["steps"]["fetch"]["output"]["ok"] = False
+    run_copy.output["a"] = 2
+    run_copy.labels["env"] = "dev"
+    run_copy.steps["each"].children["each[1]"].item["x"].append(3)
+    run_copy.steps["each"].children["each[1]"].error["message"] = "changed"
+    run_copy.steps["fetch"].status = StepStatus.FAILED
+    assert run == full_run()
+    fetch = wf_copy.steps["fetch"]
+    fetch.input["opts"]["tags"].append("c")
+    assert fetch.meta is not None and fetch.retry is not None
+    fetch.meta.labels["k"] = "changed"
+    fetch.meta.risk_tags.append("x")
+    fetch.retry.max_retries = 9
+    fetch.route_labels["zone"] = "us"
+    wf_copy.steps["each"].depends_on.append("x")
+    wf_copy.config["retries"]["default"] = 2
+    wf_copy.parameters[0]["name"] = "changed"
+    assert wf == full_workflow()
+
+
+def test_run_clone_can_leave_out_steps_context_and_input() -> None:
+    header = full_run().clone(with_steps=False, with_context=False, with_input=False)
+    assert (header.steps, header.context, header.input) == ({}, {}, {})
+    expected = full_run()
+    expected.steps, expected.context, expected.input = {}, {}, {}
+    assert header == expected
+
+
+def test_step_run_clone_takes_the_given_id_when_its_own_is_empty() -> None:
+    assert StepRun().clone(step_id="k").step_id == "k" == StepRun.from_dict({}, "k").step_id
+    assert StepRun(step_id="own").clone(step_id="k").step_id == "own"
+    parent = StepRun(step_id="p", children={"p[0]": StepRun()})
+    assert parent.clone().children["p[0]"].step_id == "p[0]"
+    assert parent.clone(with_children=False).children == {}
+
+
+@given(step_run_trees)
+def test_step_run_clone_property(run: StepRun) -> None:
+    assert run.clone() == StepRun.from_dict(run.to_dict()) == run

@@ -15,6 +15,7 @@ import trio
 from cordtrio.errors import NotFoundError
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
+_FOREVER = float("inf")
 
 
 class MemoryPayloadStore:
@@ -56,16 +57,20 @@ class MemoryPayloadStore:
         self._data.pop(key, None)
 
     def _put(self, key: str, data: bytes) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
+        if type(data) is not bytes:  # bytes are immutable: kept as they are
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
+            data = bytes(data)  # a private copy of a mutable buffer
         if self._ttl is None:
-            self._data[key] = (bytes(data), float("inf"))
+            self._data[key] = (data, _FOREVER)
             return
         now = trio.current_time()
-        self._purge(now)
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:
+            self._purge(now)
         expires = now + self._ttl
-        self._data[key] = (bytes(data), expires)
-        self._expiry.append((expires, key))
+        self._data[key] = (data, expires)
+        expiry.append((expires, key))
 
     def _get(self, key: str) -> bytes:
         entry = self._data.get(key)

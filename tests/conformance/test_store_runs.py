@@ -237,3 +237,61 @@ async def test_delete_run_removes_it_everywhere(store: Store) -> None:
     assert await store.count_active_runs("org-a") == 1  # only "other"
     assert await store.list_timeline_events("r") == []
     assert await store.get_run_by_idempotency_key("k1") is None
+
+
+async def test_every_field_of_a_run_survives_create_and_save_changes(store: Store) -> None:
+    r = big_run()
+    r.team_id, r.triggered_by, r.total_cost, r.dry_run = "team-1", "api", 1.5, True
+    r.started_at, r.completed_at = at(1), at(9)
+    r.output, r.error = {"rows": [1, {"a": None}]}, {"message": "m", "code": 3}
+    r.idempotency_key, r.rerun_of, r.rerun_step = "idem-1", "run-0", "fetch"
+    r.steps["fetch"].input = {"q": "x", "n": [1.5, True, None]}
+    r.steps["fetch"].error = {"message": "once"}
+    r.steps["fetch"].next_attempt_at = at(3)
+    r.steps["each"].children["each[1]"].output = {"deep": {"er": [[]]}}
+    await store.create_run(r)
+    got = await store.get_run("run-1")
+    assert got == r
+    assert got.to_dict() == r.to_dict()
+
+    r.status, r.updated_at, r.output = RunStatus.SUCCEEDED, at(20), {"done": [True]}
+    r.steps["each"].status = StepStatus.SUCCEEDED
+    r.steps["each"].children["each[2]"].job_id = "run-1:each[2]@1"
+    r.context["steps"]["each[2]"] = {"output": {"n": 2}}
+    r.context["report"] = ["now", "a", "list"]
+    changes = RunChanges(header=True, steps={"each"}, context_steps={"each[2]"},
+                         context_keys={"report"})
+    changes.touch_child("each", "each[2]")
+    await store.save_run_changes(r, changes)
+    got = await store.get_run("run-1")
+    assert got == r
+    assert got.to_dict() == r.to_dict()
+
+
+async def test_saved_changes_are_copied_in_and_out(store: Store) -> None:
+    await store.create_run(big_run())
+    r = await store.get_run("run-1")
+    r.steps["fetch"].input = {"q": [1]}
+    r.output = {"rows": [1]}
+    r.context["steps"]["fetch"]["output"]["rows"] = [9]
+    r.context["report"] = {"pages": [1]}
+    r.steps["each"].children["each[0]"].item = {"i": [0]}
+    changes = RunChanges(header=True, steps={"fetch"}, context_steps={"fetch"},
+                         context_keys={"report"})
+    changes.touch_child("each", "each[0]")
+    await store.save_run_changes(r, changes)
+    expected = r.to_dict()
+
+    def mutate(x: WorkflowRun) -> None:
+        x.steps["fetch"].input["q"].append(2)
+        x.output["rows"].append(2)
+        x.context["steps"]["fetch"]["output"]["rows"].append(2)
+        x.context["report"]["pages"].append(2)
+        x.steps["each"].children["each[0]"].item["i"].append(2)
+        x.labels["team"] = "changed"
+
+    mutate(r)  # what was passed in
+    got = await store.get_run("run-1")
+    assert got.to_dict() == expected
+    mutate(got)  # what came back
+    assert (await store.get_run("run-1")).to_dict() == expected

@@ -98,3 +98,21 @@ async def test_create_run_claims_its_idempotency_key_if_free(store: Store) -> No
     assert await store.get_run_by_idempotency_key("k1") == "r1"
     await store.delete_run("r2")  # does not release a key it never held
     assert await store.get_run_by_idempotency_key("k1") == "r1"
+
+
+async def test_timeline_reads_back_what_a_document_round_trip_gives(store: Store) -> None:
+    from datetime import timedelta, timezone
+
+    from cordtrio.model import RunStatus
+
+    plus2 = timezone(timedelta(hours=2))
+    e = TimelineEvent(time=at(5).astimezone(plus2), type="run_status", run_id="run-1",
+                      status=RunStatus.RUNNING, data={"rows": [1, {"a": None}]})
+    await store.append_timeline_events("run-1", [e])
+    (got,) = await store.list_timeline_events("run-1")
+    assert got == TimelineEvent.from_dict(e.to_dict())
+    assert got.time == at(5) and got.time.utcoffset() == timedelta(0)
+    assert type(got.status) is str and got.status == "running"
+    got.data["rows"].append(2)
+    (again,) = await store.list_timeline_events("run-1")
+    assert again.data == {"rows": [1, {"a": None}]}

@@ -1,0 +1,209 @@
+"""How ``MemoryStore`` keeps one run: split into parts that are written on their own, each a
+private copy.
+
+A run is kept as its header (a ``WorkflowRun`` without steps and context), one ``StepRun`` per
+step (without children), one per for-each child, one entry per ``context["steps"]`` key and
+one per other top-level context key — so that ``save_run_changes`` costs O(size of the
+change) whatever the size of the run.
+
+The parts are immutable snapshots (``frozen``), not documents: taken on every write and
+thawed into fresh objects on every read (``assemble``), which gives what a
+``to_dict``/``from_dict`` round trip would, without formatting or parsing a timestamp. That is
+what keeps callers from aliasing the store: mutating an object you passed in or got back never
+changes a stored part, and no stored part is ever handed out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cordtrio.model import StepRun, WorkflowRun
+from cordtrio.ports import RunChanges, child_order_key
+
+from .frozen import (
+    Frozen,
+    HeaderSnapshot,
+    StepSnapshot,
+    freeze,
+    freeze_header,
+    freeze_step,
+    thaw,
+    thaw_header,
+    thaw_step,
+)
+
+# A for-each child is kept like a step; one with children of its own (never written by the
+# engine) as a clone, so they are kept too.
+ChildSnapshot = StepSnapshot | StepRun
+
+
+def _freeze_child(child: StepRun, cid: str) -> ChildSnapshot:
+    return child.clone(step_id=cid) if child.children else freeze_step(child, cid)
+
+
+def _thaw_child(snap: ChildSnapshot) -> StepRun:
+    return snap.clone() if isinstance(snap, StepRun) else thaw_step(snap)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run, split so each part can be rewritten on its own (see the module docstring)."""
+
+    header: HeaderSnapshot  # every field but steps, context and input
+    input: Frozen | None  # kept once: it never changes after creation (None: empty)
+    steps: dict[str, StepSnapshot]
+    # None rather than an empty dict (64 bytes each, per parked run: W4)
+    children: dict[str, dict[str, ChildSnapshot]] | None = None
+    context_steps: dict[str, Frozen] | None = None  # None: the context has no "steps" map
+    context_keys: dict[str, Frozen] | None = None
+    # What the indexes currently hold for this run (see ``RunIndexes``).
+    status: str = ""
+    org_id: str = ""
+    workflow_id: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+    @classmethod
+    def of(cls, run: WorkflowRun) -> RunRecord:
+        """A record holding a copy of every part of ``run``."""
+        record = cls(freeze_header(run), freeze(run.input) if run.input else None, {})
+        record.copy_body(run)
+        return record
+
+    def assemble(self) -> WorkflowRun:
+        """A fresh ``WorkflowRun``: every part copied, nothing shared with the record."""
+        run = thaw_header(self.header, self.input)
+        children = self.children
+        steps: dict[str, StepRun] = {}
+        for sid, stored in self.steps.items():
+            step = thaw_step(stored)
+            kids = children.get(sid) if children else None
+            if kids:
+                step.children = {cid: _thaw_child(kid) for cid, kid in kids.items()}
+            steps[sid] = step
+        run.steps = steps
+        keys = self.context_keys
+        context = {k: thaw(v) for k, v in keys.items()} if keys else {}
+        if self.context_steps is not None:
+            context["steps"] = {k: thaw(v) for k, v in self.context_steps.items()}
+        run.context = context
+        return run
+
+    # ----------------------------------------------------------------------------- writes
+
+    def write_whole(self, run: WorkflowRun) -> None:
+        """Replace every part with a copy of ``run``'s."""
+        self.header = freeze_header(run)
+        self.input = freeze(run.input) if run.input else None
+        self.copy_body(run)
+
+    def copy_body(self, run: WorkflowRun) -> None:
+        """Replace the steps, children and context with copies of ``run``'s."""
+        self.steps = {sid: freeze_step(sr, sid) for sid, sr in run.steps.items()}
+        self.children = {
+            sid: {cid: _freeze_child(child, cid) for cid, child in sr.children.items()}
+            for sid, sr in run.steps.items()
+            if sr.children
+        } or None
+        context = run.context
+        ctx_steps = context.get("steps")
+        if isinstance(ctx_steps, dict):
+            self.context_steps = {k: freeze(v) for k, v in ctx_steps.items()}
+            self.context_keys = {k: freeze(v) for k, v in context.items() if k != "steps"} or None
+        else:
+            self.context_steps = None
+            self.context_keys = {k: freeze(v) for k, v in context.items()} or None
+
+    def write_changes(self, run: WorkflowRun, changes: RunChanges) -> None:
+        """Copy in the parts of ``run`` that ``changes`` names (``save_run_changes``); a named
+        part absent from ``run`` is deleted."""
+        if changes.header:
+            # The input never changes after creation: the stored copy is kept (O(1) updates).
+            self.header = freeze_header(run)
+        names = changes.steps
+        if names:
+            # in the run's own order, so a reloaded run lists its steps the same way every time
+            steps = run.steps
+            if len(names) == 1:
+                ordered = list(names)
+            else:
+                ordered = [sid for sid in steps if sid in names]
+                ordered += sorted(names.difference(steps))
+            for sid in ordered:
+                sr = steps.get(sid)
+                if sr is None:
+                    self.steps.pop(sid, None)
+                    if self.children:
+                        self.children.pop(sid, None)
+                else:
+                    self.steps[sid] = freeze_step(sr, sid)
+        for parent in changes.children:
+            self.write_children(run, parent, changes.ordered_children(parent))
+        if changes.context_keys:
+            # stable orders (not str-hash order): a reloaded run is the same in every process
+            keys = changes.context_keys
+            for key in [k for k in run.context if k in keys] + sorted(
+                    keys.difference(run.context)):
+                self.write_context_key(run, key)
+        if changes.context_steps:
+            names = changes.context_steps
+            self.write_context_steps(
+                run, sorted(names, key=child_order_key) if len(names) > 1 else list(names))
+
+    def write_children(self, run: WorkflowRun, parent: str, kids: list[str]) -> None:
+        sr = run.steps.get(parent)
+        if sr is None:
+            if self.children:
+                self.children.pop(parent, None)
+            return
+        if self.children is None:
+            self.children = {}
+        stored = self.children.setdefault(parent, {})
+        for cid in kids:
+            child = sr.children.get(cid)
+            if child is None:
+                stored.pop(cid, None)
+            else:
+                stored[cid] = _freeze_child(child, cid)
+        if not stored:
+            del self.children[parent]
+            if not self.children:
+                self.children = None
+
+    def write_context_key(self, run: WorkflowRun, key: str) -> None:
+        present = key in run.context
+        value = run.context.get(key)
+        if key == "steps" and (isinstance(value, dict) or not present):
+            if self.context_keys:
+                self.context_keys.pop("steps", None)
+            self.context_steps = ({k: freeze(v) for k, v in value.items()}
+                                  if isinstance(value, dict) else None)
+            return
+        if key == "steps":  # a non-map "steps" is stored like any other key
+            self.context_steps = None
+        if present:
+            if self.context_keys is None:
+                self.context_keys = {}
+            self.context_keys[key] = freeze(value)
+        elif self.context_keys:
+            self.context_keys.pop(key, None)
+
+    def write_context_steps(self, run: WorkflowRun, keys: list[str]) -> None:
+        ctx_steps = run.context.get("steps")
+        if not isinstance(ctx_steps, dict):
+            if self.context_steps is not None:
+                for key in keys:
+                    self.context_steps.pop(key, None)
+            return
+        if self.context_steps is None:
+            self.context_steps = {}
+            if self.context_keys:
+                self.context_keys.pop("steps", None)
+        for key in keys:
+            if key in ctx_steps:
+                self.context_steps[key] = freeze(ctx_steps[key])
+            else:
+                self.context_steps.pop(key, None)
+
+
+__all__ = ["RunRecord"]

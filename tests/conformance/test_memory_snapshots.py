@@ -1,0 +1,75 @@
+"""``MemoryStore`` keeps run parts as immutable snapshots (``backends/memory/frozen.py``):
+values ``marshal`` cannot encode take the copying path and behave the same. (Memory only:
+these values are not JSON, which the other stores require.)"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from store_builders import big_run
+
+from cordtrio.backends.memory import MemoryStore
+from cordtrio.model import StepRun, StepStatus
+from cordtrio.ports import RunChanges
+
+
+class Opaque:
+    """A value no serialiser knows: kept by deep copy."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.n == self.n
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_values_marshal_refuses_are_copied_in_and_out() -> None:
+    store = MemoryStore()
+    r = big_run()
+    r.input["ordered"] = OrderedDict(a=[1])
+    r.output = {"status": StepStatus.FAILED, "obj": Opaque(1)}
+    r.steps["fetch"].item = Opaque(2)
+    r.steps["each"].children["each[0]"].output = {"tuple": (1, [2])}
+    r.context["report"] = OrderedDict(title=[1])
+    await store.create_run(r)
+    expected = big_run()
+    expected.input["ordered"] = OrderedDict(a=[1])
+    expected.output = {"status": StepStatus.FAILED, "obj": Opaque(1)}
+    expected.steps["fetch"].item = Opaque(2)
+    expected.steps["each"].children["each[0]"].output = {"tuple": (1, [2])}
+    expected.context["report"] = OrderedDict(title=[1])
+
+    r.input["ordered"]["a"].append(2)
+    r.output["obj"].n = 9
+    r.steps["fetch"].item.n = 9
+    r.steps["each"].children["each[0]"].output["tuple"][1].append(3)
+    r.context["report"]["title"].append(2)
+    got = await store.get_run("run-1")
+    assert got == expected
+    assert type(got.input["ordered"]) is OrderedDict
+    assert got.output["status"] is StepStatus.FAILED
+
+    got.output["obj"].n = 7
+    got.steps["fetch"].item.n = 7
+    assert await store.get_run("run-1") == expected
+
+    got.status = expected.status  # a header write copies the odd values again
+    got.output = {"obj": Opaque(3)}
+    await store.save_run_changes(got, RunChanges(header=True))
+    got.output["obj"].n = 4
+    assert (await store.get_run("run-1")).output == {"obj": Opaque(3)}
+
+
+async def test_a_child_with_children_of_its_own_keeps_them() -> None:
+    store = MemoryStore()
+    r = big_run()
+    grandchild = StepRun(step_id="g", status=StepStatus.RUNNING, item={"k": [1]})
+    r.steps["each"].children["each[0]"].children["g"] = grandchild
+    await store.create_run(r)
+    grandchild.item["k"].append(2)
+    got = await store.get_run("run-1")
+    assert got.steps["each"].children["each[0]"].children["g"].item == {"k": [1]}
+    assert got.to_dict()["steps"]["each"]["children"]["each[0]"]["children"]["g"] == {
+        "step_id": "g", "status": "running", "item": {"k": [1]}}
