@@ -233,31 +233,57 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
     return obj
 
 
+_CHECKS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _checks(cls: type) -> tuple[tuple[str, str], ...]:
+    """``(field, kind)`` per checked field of ``cls``, derived once from the field defaults
+    (nested documents and enums are checked where they are decoded)."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        out: list[tuple[str, str]] = []
+        for f in fields(cls):
+            if (cls, f.name) in _NESTED or (cls, f.name) in _ENUMS:
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            if isinstance(default, bool):
+                kind = "bool"
+            elif isinstance(default, (int, float)):
+                # annotations are strings here; 1.5 is no step_index
+                kind = "int" if f.type == "int" else "number"
+            elif isinstance(default, str):
+                kind = "str"
+            elif isinstance(default, dict):
+                kind = "str_map"
+            elif isinstance(default, list):
+                kind = "str_list"
+            else:
+                continue
+            out.append((f.name, kind))
+        checks = _CHECKS[cls] = tuple(out)
+    return checks
+
+
 def _check_types(obj: Any, where: str) -> None:
     """Reject values whose type does not match the field's default (strings, maps, lists)."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if (type(obj), f.name) in _NESTED or (type(obj), f.name) in _ENUMS:
-            continue
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, (int, float)):
+    for name, kind in _checks(type(obj)):
+        value = getattr(obj, name)
+        if kind == "str":
+            ok = type(value) is str or isinstance(value, str)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "number":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if f.type == "int":  # annotations are strings here; 1.5 is no step_index
-                ok = ok and isinstance(value, int)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        elif isinstance(default, dict):
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str_map":
             ok = isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             )
-        elif isinstance(default, list):
+        else:  # str_list
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        else:
-            ok = True
         if not ok:
-            raise ProtocolError(f"{where}.{f.name}: unexpected type {type(value).__name__}")
+            raise ProtocolError(f"{where}.{name}: unexpected type {type(value).__name__}")
 
 
 def encode_packet(packet: BusPacket) -> bytes:

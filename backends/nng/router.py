@@ -50,7 +50,7 @@ from ._common import check_subject as check_subject
 from ._common import encode_for_bus as encode_for_bus
 from ._common import max_frame as max_frame
 from ._common import take_frame as take_frame
-from ._io import PipeEvents, TrioSocket, log
+from ._io import PipeEvents, ThreadedSender, log
 from .frames import (
     PROTO,
     FrameError,
@@ -82,7 +82,7 @@ class NngRouter:
     """
 
     def __init__(self, sock: pynng.Socket, *, max_packet: int = MAX_PACKET) -> None:
-        self._io = TrioSocket(sock)
+        self._io = ThreadedSender(sock)
         self._max_packet = max_packet
         self._table = _Table()
         self._peers: dict[int, _Peer] = {}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -124,14 +124,16 @@ BATCHABLE = frozenset({
 """Commands ``call`` may coalesce: short, non-blocking (never ``BLPOP``), and safe to resend
 after a lost connection, as every ``call`` already is."""
 
-_PLAIN = (str, bytes, int, float)
+_PLAIN = frozenset({str, bytes, int, float})
+_PLAIN_OR_NONE = _PLAIN | {type(None)}
 
 
 def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Arguments redis-py encodes without complaint: a value it would refuse fails the
-    whole pipeline, so such a call goes out alone and fails alone."""
-    return all(isinstance(a, _PLAIN) for a in args) and all(
-        v is None or isinstance(v, _PLAIN) for v in kwargs.values())
+    """Arguments of exactly these types (not ``bool``, not subclasses), which redis-py
+    encodes without complaint: a value it would refuse
+    fails the whole pipeline, so such a call goes out alone and fails alone."""
+    return set(map(type, args)) <= _PLAIN and (
+        not kwargs or set(map(type, kwargs.values())) <= _PLAIN_OR_NONE)
 
 
 DRAIN_PER_TICK = 512
@@ -185,6 +187,9 @@ class RedisAdapter:
         self.command_timeout = command_timeout
         self._batcher: CommandBatcher | None = None
         self._shas: dict[str, str] = {}
+        self.on_command: Callable[[tuple[Any, ...]], None] | None = None
+        """Called with each command a script carries as arguments (``CommandRecorder``):
+        ``testing.CommandCounter`` counts them."""
 
     def start_batching(self, nursery: trio.Nursery) -> None:
         """Coalesce concurrent single commands into pipelines from now on; the batcher's
@@ -226,17 +231,27 @@ class RedisAdapter:
     ) -> T:
         """``run`` without the translation: the backend exception it gives up with is
         raised as it is (the batcher translates it once per call it carried)."""
+        return await self._retrying(
+            what, lambda: trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client),
+            reconnect=reconnect)
+
+    async def _retrying(
+        self, what: str, attempt: Callable[[], Awaitable[T]], *, reconnect: bool = True,
+    ) -> T:
+        """Every exchange with the server goes through here (a hop over the asyncio
+        bridge): ``await attempt()`` under the reply timeout, retried on a lost
+        connection for up to ``reconnect_timeout`` s (unless ``reconnect`` is False)."""
         delay = _RECONNECT_DELAY
         give_up_at: float | None = None
         while True:
             try:
                 if self.command_timeout is None:
-                    return await trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client)
+                    return await attempt()
                 # The reply timeout is kept here, one Trio scope per hop, rather than by
                 # redis-py (an asyncio timer per reply: measured ~7% of W1's CPU). On expiry
                 # the asyncio task is cancelled and redis-py drops the connection.
                 with trio.move_on_after(self.command_timeout):
-                    return await trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client)
+                    return await attempt()
                 raise TimeoutError(f"no reply within {self.command_timeout:g}s")
             except _BACKEND_ERRORS as exc:
                 now = trio.current_time()
@@ -250,6 +265,20 @@ class RedisAdapter:
                     f"redis {self.url}: {what}: cancelled on the asyncio side") from exc
             await trio.sleep(min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, _RECONNECT_DELAY_CAP)
+
+    async def run_batch(
+        self, what: str, calls: Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]],
+    ) -> list[Any]:
+        """``calls`` (``(method, args, kwargs)``) as one non-transactional pipeline, replies
+        as with ``raise_on_error=False`` (a failed command's reply is its exception, not yet
+        translated); retried whole on a lost connection."""
+        async def go(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for method, args, kwargs in calls:
+                    getattr(pipe, method)(*args, **kwargs)
+                return list(await pipe.execute(raise_on_error=False))
+
+        return await self._run_raw(what, go)
 
     async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,
@@ -274,9 +303,16 @@ class RedisAdapter:
             sha = self._shas.get(source)
             if sha is None:
                 sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+            evalsha = (sha, len(keys), *keys, *args)
             try:
-                return await batcher.call(what, key, "evalsha", (sha, len(keys), *keys, *args),
-                                          {})
+                return await batcher.call(what, key, "evalsha", evalsha, {})
+            except rx.NoScriptError:
+                pass
+            # A fresh or flushed server: load it (the callers that met NOSCRIPT together
+            # load it in one pipeline) and try once more, still batched.
+            await batcher.call(what, key, "script_load", (source,), {})
+            try:
+                return await batcher.call(what, key, "evalsha", evalsha, {})
             except rx.NoScriptError:
                 pass
 

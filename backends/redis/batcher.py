@@ -22,7 +22,6 @@ scheduling tick as one non-transactional pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions as rx
@@ -39,16 +38,21 @@ MAX_BATCH = 1000
 """Commands per pipeline at most; more wait for the next one."""
 
 
-@dataclass(eq=False)
 class _Call:
-    what: str
-    key: str
-    method: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: Any = None
-    error: BaseException | None = None
+    """One queued command, its caller's ``what``/``key`` (for errors), and its outcome."""
+
+    __slots__ = ("args", "done", "error", "key", "kwargs", "method", "reply", "what")
+
+    def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.what = what
+        self.key = key
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.done = trio.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
 
 
 class CommandBatcher:
@@ -87,16 +91,11 @@ class CommandBatcher:
                 await self._send(batch)
 
     async def _send(self, batch: list[_Call]) -> None:
-        async def go(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for c in batch:
-                    getattr(pipe, c.method)(*c.args, **c.kwargs)
-                return list(await pipe.execute(raise_on_error=False))
-
         redis = self._redis
         first = batch[0]
         try:
-            replies = await redis._run_raw(f"{first.what} (+{len(batch) - 1} batched)", go)
+            replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
+                                            [(c.method, c.args, c.kwargs) for c in batch])
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.error = redis._final_error(exc, c.what, c.key)

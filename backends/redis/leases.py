@@ -202,17 +202,90 @@ async def fenced_commands(
     return bool(ok), first
 
 
+class CommandRecorder:
+    """Stands in for a redis-py pipeline to collect the commands ``queue(pipe)`` issues, as
+    the argument tuples redis-py would build: the calls the run writes make (``hexists``,
+    ``hset(key, mapping=...)``, ``zadd(key, mapping)``...) are recorded directly — redis-py's
+    command methods cost several times more, and a run write has ~10 of them — and any
+    other call goes through a real (never executed) redis-py pipeline."""
+
+    def __init__(self, redis: RedisAdapter) -> None:
+        self._redis = redis
+        self.commands: list[tuple[Any, ...]] = []
+
+    def _add(self, args: tuple[Any, ...]) -> None:
+        self.commands.append(args)
+        hook = self._redis.on_command
+        if hook is not None:
+            hook(args)
+
+    def hexists(self, name: str, key: str) -> None:
+        self._add(("HEXISTS", name, key))
+
+    def hsetnx(self, name: str, key: str, value: Any) -> None:
+        self._add(("HSETNX", name, key, value))
+
+    def hdel(self, name: str, *keys: str) -> None:
+        self._add(("HDEL", name, *keys))
+
+    def zrem(self, name: str, *values: Any) -> None:
+        self._add(("ZREM", name, *values))
+
+    def sadd(self, name: str, *values: Any) -> None:
+        self._add(("SADD", name, *values))
+
+    def srem(self, name: str, *values: Any) -> None:
+        self._add(("SREM", name, *values))
+
+    def rpush(self, name: str, *values: Any) -> None:
+        self._add(("RPUSH", name, *values))
+
+    def ltrim(self, name: str, start: int, end: int) -> None:
+        self._add(("LTRIM", name, start, end))
+
+    def hset(self, name: str, key: Any = None, value: Any = None, mapping: Any = None,
+             **more: Any) -> None:
+        if key is not None or value is not None or more or not mapping:
+            self._fallback("hset", (name, key, value, mapping), more)
+            return
+        pieces: list[Any] = ["HSET", name]
+        for pair in mapping.items():
+            pieces.extend(pair)
+        self._add(tuple(pieces))
+
+    def zadd(self, name: str, mapping: Any, **flags: Any) -> None:
+        if any(flags.values()) or not mapping:
+            self._fallback("zadd", (name, mapping), flags)
+            return
+        pieces: list[Any] = ["ZADD", name]
+        for member, score in mapping.items():
+            pieces.append(score)
+            pieces.append(member)
+        self._add(tuple(pieces))
+
+    def _fallback(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # (a CommandCounter sees these through the client's pipeline: no on_command here)
+        pipe = self._redis.client.pipeline(transaction=False)  # only queues: no I/O
+        getattr(pipe, method)(*args, **kwargs)
+        self.commands.extend(tuple(cargs) for cargs, _options in pipe.command_stack)
+        pipe.command_stack.clear()
+
+    def __getattr__(self, method: str) -> Callable[..., None]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self._fallback(method, args, kwargs)
+
+
 def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> list[Any]:
     """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
     words (split when long): the arguments of ``_FENCED`` and ``_IF_ABSENT``."""
-    pipe = redis.client.pipeline(transaction=False)  # only queues: no I/O, no loop needed
-    queue(pipe)
+    recorder = CommandRecorder(redis)
+    queue(recorder)
     argv: list[Any] = [head]
-    for args, _options in pipe.command_stack:
-        for part in _split(tuple(args)):
+    for args in recorder.commands:
+        for part in _split(args):
             argv.append(len(part))
             argv.extend(part)
-    pipe.command_stack.clear()
     return argv
 
 

@@ -18,10 +18,15 @@ from cordtrio.model import WorkflowRun
 from .adapter import RedisDataError
 from .keys import CHILD, CTX, CTXSTEP, HEADER, INPUT, ORD, STEP, child_prefix, unescape
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""What ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))`` uses, made once:
+``dumps`` with non-default options builds a new encoder per call (the run write encodes
+several fields and timeline events per step)."""
+
 
 def dumps(value: Any, where: str) -> bytes:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
 

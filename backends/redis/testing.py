@@ -173,17 +173,22 @@ class CommandCounter:
     ``INFO commandstats`` names them (``hset``, ``multi``, ``config|resetstat``...).
 
     ```python
-    counter = CommandCounter(redis.redis.client)   # redis: what connect() yielded
+    counter = CommandCounter(redis.redis)   # redis: what connect() yielded
     counter.reset(); await engine.handle_job_result(result); print(counter.counts)
     ```
 
-    It hooks the client's ``execute_command`` (every command method goes through it) and the
-    pipelines the client makes (queued and immediate commands, plus ``MULTI``/``EXEC`` when a
-    transaction executes). Works with ``redis.asyncio.Redis`` and ``fakeredis``. ``close``
-    removes the hooks.
+    Given the ``RedisAdapter``, it hooks its client's ``execute_command`` (every command
+    method goes through it) and the pipelines the client makes (queued and immediate
+    commands, plus ``MULTI``/``EXEC`` when a transaction executes), and the adapter's
+    ``on_command`` (the commands a script carries as arguments: a fenced run write, a
+    create). Given a bare client, only the former. Works with ``redis.asyncio.Redis`` and
+    ``fakeredis``. ``close`` removes the hooks.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, target: Any) -> None:
+        adapter = target if hasattr(target, "on_command") else None
+        client = adapter.client if adapter is not None else target
+        self.adapter = adapter
         self.client = client
         self.counts: Counter[str] = Counter()
         original_execute = client.execute_command
@@ -219,6 +224,8 @@ class CommandCounter:
 
         client.execute_command = execute_command
         client.pipeline = pipeline
+        if adapter is not None:
+            adapter.on_command = count
 
     def reset(self) -> None:
         self.counts.clear()
@@ -230,6 +237,8 @@ class CommandCounter:
         """Remove the hooks (the client's own methods are used again)."""
         for name in ("execute_command", "pipeline"):
             self.client.__dict__.pop(name, None)
+        if self.adapter is not None:
+            self.adapter.on_command = None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -18,16 +18,17 @@ DEADLINE = 20
 
 
 def count_round_trips(redis: RedisBackends) -> list[str]:
-    """Hook the adapter's bridge hops: one entry (its ``what``) per hop."""
+    """Hook the adapter's exchanges with the server (each a hop over the asyncio bridge):
+    one entry (its ``what``) per round trip."""
     adapter = redis.redis
     hops: list[str] = []
-    original = adapter._run_raw
+    original = adapter._retrying
 
-    async def counted(what: str, fn: Callable[[Any], Awaitable[Any]], **kw: Any) -> Any:
+    async def counted(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
         hops.append(what)
-        return await original(what, fn, **kw)
+        return await original(what, attempt, **kw)
 
-    adapter._run_raw = counted  # type: ignore[method-assign]
+    adapter._retrying = counted  # type: ignore[method-assign]
     return hops
 
 
@@ -177,17 +178,17 @@ def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
 async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
         redis: RedisBackends) -> None:
     adapter = redis.redis
-    original = adapter._run_raw
+    original = adapter._retrying
     calls = 0
 
-    async def broken_once(what: str, fn: Callable[[Any], Awaitable[Any]], **kw: Any) -> Any:
+    async def broken_once(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ZeroDivisionError("a bug")
-        return await original(what, fn, **kw)
+        return await original(what, attempt, **kw)
 
-    adapter._run_raw = broken_once  # type: ignore[method-assign]
+    adapter._retrying = broken_once  # type: ignore[method-assign]
     with trio.fail_after(DEADLINE):
         with pytest.raises(ZeroDivisionError):
             await redis.payloads.put_result("res:b", b"b")

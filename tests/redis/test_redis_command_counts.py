@@ -107,7 +107,7 @@ async def measure(kind: str, url: str, wf: Workflow, run_input: dict[str, Any],
         bus.subscribe(SUBJECT_SUBMIT, max_buffer=float("inf")) as requests,
     ):
         await redis.store.save_workflow(wf)
-        counter = CommandCounter(redis.redis.client)
+        counter = CommandCounter(redis.redis)
         async with open_engine(redis.store, bus, payloads=redis.payloads,
                                lease_ttl=LEASE_TTL) as engine:
             counter.reset()
