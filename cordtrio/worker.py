@@ -16,6 +16,7 @@ the worker; only leaving the ``async with`` block (or cancelling ``serve_worker`
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import uuid
@@ -119,13 +120,17 @@ Handler = Callable[[Job], Awaitable[Any]]
 
 
 class _Running:
-    """A job in progress: its cancel scope and, once cancelled, the reason."""
+    """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``),
+    the reason once cancelled, and what its report needs."""
 
-    __slots__ = ("reason", "scope")
+    __slots__ = ("reason", "request", "scope", "started", "trace_id")
 
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
+    def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest) -> None:
+        self.scope = scope
         self.reason: str | None = None
+        self.trace_id = trace_id
+        self.request = request
+        self.started = trio.current_time()
 
 
 class Worker:
@@ -183,8 +188,9 @@ class Worker:
         ):
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
-            async with trio.open_nursery() as jobs:
-                await self._consume(submits, jobs)
+            async with trio.open_nursery() as slots:
+                for _ in range(self.max_concurrency):
+                    slots.start_soon(self._slot, submits, slots)
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -194,102 +200,109 @@ class Worker:
             if isinstance(payload, JobCancel):
                 self.cancel_job(payload.job_id, payload.reason)
 
-    async def _consume(
-        self, submits: trio.abc.ReceiveChannel[BusPacket], jobs: trio.Nursery
-    ) -> None:
-        # A packet is taken from the channel only once a slot is free, so jobs this worker
-        # cannot start yet stay with the bus (and with other members of the queue group).
-        # Packets already buffered are taken without a schedule point each (one wake-up
-        # starts a whole burst of jobs); the loop blocks only when out of slots or packets.
-        slots = trio.Semaphore(self.max_concurrency)
+    async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
+                    slots: trio.Nursery) -> None:
+        """One of ``max_concurrency`` long-lived tasks: takes a job request from the bus
+        only when idle (so jobs this worker cannot start yet stay with the bus, and with
+        other members of the queue group), runs it, reports it, and takes the next.
+
+        Its jobs share one cancel scope (entering and leaving a scope costs more than the
+        rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
+        covers then, because a job is registered (and cancellable) only while it runs. The
+        cancelled job is reported once out of the scope, and the slot goes on in a new one.
+
+        Every job starts in the slot's original context, as a task of its own would: a
+        handler that sets context variables (``structlog.bind_contextvars``, tracing) makes
+        its slot hand over to a fresh one started from that context, and end.
+        """
+        clean = contextvars.copy_context()
+        while True:
+            jobs: list[_Running] = []  # the job in progress, if any
+            ended = False
+            with trio.CancelScope() as scope:
+                ended = await self._run_jobs(submits, scope, jobs, clean)
+            if ended:
+                return
+            if jobs:  # cancelled (even if the handler swallowed the Cancelled)
+                entry = jobs[0]
+                result = JobResult(
+                    entry.request.job_id,
+                    JobStatus.CANCELLED,
+                    error_code="JobCancelled",
+                    error_message=f"cancelled: {entry.reason or 'no reason given'}",
+                )
+                await self._report(entry, result)
+            if contextvars.copy_context() != clean:
+                clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
+                return
+
+    async def _run_jobs(
+        self, submits: trio.abc.ReceiveChannel[BusPacket], scope: trio.CancelScope,
+        jobs: list[_Running], clean: contextvars.Context,
+    ) -> bool:
+        """Take and run jobs under ``scope`` until the submit channel ends (True), or
+        ``scope`` is cancelled (False, the job left in ``jobs``; or ``Cancelled`` raised),
+        or a job changed the context (False, ``jobs`` empty)."""
         handlers = self._handlers
         running = self._jobs
         receive_nowait = getattr(submits, "receive_nowait", None)
         while True:
             try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                await slots.acquire()
-            try:
                 if receive_nowait is None:
                     raise trio.WouldBlock
-                packet = receive_nowait()
+                packet = receive_nowait()  # a burst already buffered: no schedule point
             except trio.WouldBlock:
                 try:
                     packet = await submits.receive()
                 except trio.EndOfChannel:
-                    slots.release()
-                    return
+                    return True
             except trio.EndOfChannel:
-                slots.release()
-                return
+                return True
             request = packet.payload
             if not isinstance(request, JobRequest):
-                slots.release()
                 continue
             handler = handlers.get(request.topic)
             if handler is None:  # a job for another worker's topic set
-                slots.release()
                 continue
-            if request.job_id in running:
+            job_id = request.job_id
+            if job_id in running:
                 # A duplicate delivery of a job in progress here: its result is coming.
                 logger.debug("worker %s: duplicate of running job %s dropped",
-                             self.worker_id, request.job_id)
-                slots.release()
+                             self.worker_id, job_id)
                 continue
-            entry = _Running()
-            running[request.job_id] = entry  # registered now, so an early cancel finds it
+            entry = _Running(scope, packet.trace_id, request)
+            jobs.append(entry)
+            running[job_id] = entry  # registered now, so an early cancel finds it
             self.running += 1
-            jobs.start_soon(self._run_job, packet.trace_id, request, handler, entry, slots)
-
-    async def _run_job(
-        self,
-        trace_id: str,
-        request: JobRequest,
-        handler: Handler,
-        entry: _Running,
-        slots: trio.Semaphore,
-    ) -> None:
-        # The slot is held until the result is published, so a slow bus slows intake
-        # instead of piling up finished jobs.
-        try:
-            await self._run_and_report(trace_id, request, handler, entry)
-        finally:
-            slots.release()
-
-    async def _run_and_report(
-        self, trace_id: str, request: JobRequest, handler: Handler, entry: _Running
-    ) -> None:
-        job_id = request.job_id
-        started = trio.current_time()
-        result: JobResult | None = None
-        try:
-            with entry.scope:
+            try:
                 result = await self._execute(request, handler)
-        finally:
-            del self._jobs[job_id]
-            self.running -= 1
-        if entry.scope.cancel_called:  # even if the handler swallowed the Cancelled
-            result = JobResult(
-                job_id,
-                JobStatus.CANCELLED,
-                error_code="JobCancelled",
-                error_message=f"cancelled: {entry.reason or 'no reason given'}",
-            )
-        assert result is not None  # only the per-job scope can swallow the body's exit
+            finally:
+                del running[job_id]
+                self.running -= 1
+            if scope.cancel_called:  # the handler swallowed the Cancelled
+                return False
+            jobs.clear()
+            # The slot is busy until the result is published, so a slow bus slows intake
+            # instead of piling up finished jobs.
+            await self._report(entry, result)
+            if contextvars.copy_context() != clean:
+                return False
+
+    async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
-        result.execution_ms = int((trio.current_time() - started) * 1000)
+        result.execution_ms = int((trio.current_time() - entry.started) * 1000)
         self.handled += 1
         if result.status == JobStatus.SUCCEEDED:
             self.succeeded += 1
         else:
             self.failed += 1
-        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
+        packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
+                           result)
         try:
             await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
             logger.exception("worker %s: publishing the result of job %s failed",
-                             self.worker_id, job_id)
+                             self.worker_id, result.job_id)
 
     async def _execute(self, request: JobRequest, handler: Handler) -> JobResult:
         """Load the input, run the handler, store its output; every outcome is a result."""

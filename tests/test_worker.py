@@ -6,6 +6,7 @@ a result that never comes fails the test at ``fail_after`` instead of hanging it
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections import Counter
@@ -308,6 +309,56 @@ async def test_every_worker_of_a_queue_group_hears_every_cancel(
 
     assert sorted(r.job_id for r in done) == sorted(held["b"])
     assert {(r.status, r.worker_id) for r in done} == {(JobStatus.CANCELLED, "b")}
+
+
+async def test_a_slot_runs_the_next_job_after_a_cancelled_one(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    started = trio.Event()
+
+    async def first_forever(job: Job) -> dict[str, Any]:
+        if job.job_id == "r:s@1":
+            started.set()
+            await trio.sleep_forever()
+        return {"ok": job.job_id}
+
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: first_forever}, max_concurrency=1
+    ) as worker:
+        await submit(bus, make_request("r:s@1"))
+        with trio.fail_after(WAIT):
+            await started.wait()
+        await bus.publish(SUBJECT_CANCEL, BusPacket(payload=JobCancel("r:s@1", "stop")))
+        assert (await next_result(channel)).status == JobStatus.CANCELLED
+        await submit(bus, make_request("r:s@2"))
+        second = await next_result(channel)
+
+    assert (second.job_id, second.status) == ("r:s@2", JobStatus.SUCCEEDED)
+    assert (worker.handled, worker.succeeded, worker.failed) == (2, 1, 1)
+
+
+_JOB_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("job_var", default="unset")
+
+
+async def test_context_variables_set_by_a_handler_do_not_reach_the_next_job(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    seen: list[str] = []
+
+    async def binds(job: Job) -> None:
+        seen.append(_JOB_VAR.get())
+        _JOB_VAR.set(job.job_id)  # like structlog.bind_contextvars in a handler
+        await trio.sleep(0)
+        seen.append(_JOB_VAR.get())
+
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: binds}, max_concurrency=1  # one slot runs both jobs
+    ):
+        for n in (1, 2):
+            await submit(bus, make_request(f"r:s@{n}"))
+            assert (await next_result(channel)).status == JobStatus.SUCCEEDED
+
+    assert seen == ["unset", "r:s@1", "unset", "r:s@2"]
 
 
 async def test_cancel_for_unknown_or_finished_job_is_ignored(

@@ -12,20 +12,17 @@ effects in a fixed order per batch:
    cancels; call hooks; arm timers;
 5. acknowledge the envelopes (read-your-writes for the public API).
 
-Timers live in the task (a heap of deadlines on Trio's clock), so cancelling the task's
-scope — the run's lifetime — kills them all at once.
+Timers live in the task (``timers.Timers``: a heap of deadlines on Trio's clock), so
+cancelling the task's scope — the run's lifetime — kills them all at once. The effects' I/O
+is in ``effects``; envelopes and the API's hand-over objects in ``envelopes``.
 """
 
 from __future__ import annotations
 
-import heapq
-import json
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,33 +34,25 @@ from ..core.events import (
     DispatchFailed,
     Effect,
     Event,
-    LoadedOutput,
     PublishAlert,
     RecordTimeline,
     Recover,
     ResultReceived,
     StepFinished,
-    TimerFired,
 )
 from ..core.machine import decide
-from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID, Plan
+from ..core.plan import Plan
 from ..core.state import RunState
-from ..errors import CordtrioError, LeaseLostError, NotFoundError
+from ..errors import CordtrioError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
-from ..payloads import key_from_pointer
 from ..ports import RunChanges
-from ..protocol import (
-    PROTOCOL_VERSION,
-    SUBJECT_CANCEL,
-    SUBJECT_SUBMIT,
-    SUBJECT_WORKFLOW_EVENT,
-    BusPacket,
-    JobCancel,
-    JobStatus,
-)
+from ..protocol import JobStatus
+from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
+from .envelopes import Envelope, Finish, Preload, Redirect
 from .forwarding import forward_as_guest, forward_results
 from .leases import CLEANUP_TIMEOUT
 from .retry import retrying
+from .timers import Timers
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -72,37 +61,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("cordtrio.engine")
 
 
-@dataclass
-class Envelope:
-    """An event for a run, and (for API calls) a way to wait until it is applied."""
-
-    event: Event
-    done: trio.Event | None = None
-    error: BaseException | None = None
-    fired_at: datetime | None = None  # for timers: the wall time they were armed for
-    drain: bool = False  # multi-engine: apply the run's inbox in the store (event unused)
-    queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
-
-
-@dataclass(order=True)
-class _Timer:
-    deadline: float
-    seq: int
-    event: TimerFired = field(compare=False)
-    at: Any = field(compare=False)
-
-
 class RunTask:
     """Owns one run while it is active in this engine."""
 
-    def __init__(self, engine: Engine, run_id: str) -> None:
+    def __init__(self, engine: Engine, run_id: str, preload: Preload | None = None) -> None:
         self.engine = engine
         self.run_id = run_id
+        self._preload = preload
+        self._finish: Finish | None = None  # wait_run callers woken by this task's finish
         self.send, self._receive = trio.open_memory_channel[Envelope](math.inf)
         self.scope = trio.CancelScope()
-        self._timers: list[_Timer] = []
-        self._armed: set[tuple[str, str, str, Any]] = set()
-        self._seq = 0
+        self._timers = Timers()
         self.plan: Plan | None = None
         self.state: RunState | None = None
         self._lost = False  # multi-engine: the lease is gone, stop acting at once
@@ -125,6 +94,10 @@ class RunTask:
                 if not await self._load():
                     return
                 await self._loop()
+            state = self.state
+            if self._finish is not None and state is not None and not self._lost and \
+                    state.run.status.is_terminal:  # let go of a finished run: hand it over
+                self._finish.run = state.run
         except LeaseLostError as exc:
             self._lost = True
             log.warning("run %s: %s; another engine drives it now", self.run_id, exc)
@@ -139,6 +112,10 @@ class RunTask:
                 self._fail_leftovers()
             else:
                 await self._let_go(keeper)
+
+    def unfinished(self) -> bool:
+        """Loaded here and not terminal: ``wait_run`` may wait without reading the store."""
+        return self.state is not None and not self.state.run.status.is_terminal
 
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
@@ -157,11 +134,11 @@ class RunTask:
             for envelope in unapplied:
                 if envelope.done is not None and (self._lost or isinstance(
                         envelope.error, LeaseLostError)):
-                    envelope.error = _Redirect()  # the caller retries: forwarded then
+                    envelope.error = Redirect()  # the caller retries: forwarded then
             if owned or keeper.crashed:
                 for envelope in leftovers:  # API callers retry (on a new task, or fail)
                     if envelope.done is not None:
-                        envelope.error = envelope.error or _Redirect()
+                        envelope.error = envelope.error or Redirect()
                         envelope.done.set()
             if keeper.crashed:
                 return
@@ -204,10 +181,15 @@ class RunTask:
         keeper = engine.leases
         if keeper is not None and not await keeper.acquire(self):
             return False  # another engine owns the run: ``_let_go`` forwards to it
+        preload, self._preload = self._preload, None
         try:
-            run = await retrying(lambda: engine.store.get_run(self.run_id),
-                                 f"load run {self.run_id}")
-            plan = await engine._plan_for(run.workflow_id)
+            if preload is not None and preload.run is not None and keeper is None:
+                run = preload.run
+            else:
+                run = await retrying(lambda: engine.store.get_run(self.run_id),
+                                     f"load run {self.run_id}")
+            plan = await engine._plan_for(
+                run.workflow_id, preload.workflow if preload is not None else None)
         except CordtrioError as exc:
             self._fail_leftovers(exc)
             self._unloadable = exc  # no await here: the task is still the run's route
@@ -298,29 +280,18 @@ class RunTask:
                 batch.append(self._receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        batch.extend(self._due_timers())
+        if self._timers:
+            batch.extend(self._timers.due())
         return batch
 
     async def _wait_for_work(self) -> list[Envelope]:
         if not self._timers:  # no cancel scope to enter and leave: the common case
             envelope = await self._receive.receive()
             return [envelope, *self._take_ready()]
-        with trio.move_on_at(self._timers[0].deadline):
+        with trio.move_on_at(self._timers.next_deadline):
             envelope = await self._receive.receive()
             return [envelope, *self._take_ready()]
         return self._take_ready()
-
-    def _due_timers(self) -> list[Envelope]:
-        out: list[Envelope] = []
-        if not self._timers:
-            return out
-        now = trio.current_time()
-        while self._timers and self._timers[0].deadline <= now:
-            timer = heapq.heappop(self._timers)
-            self._armed.discard((timer.event.kind, timer.event.target, timer.event.job_id,
-                                 timer.at))
-            out.append(Envelope(timer.event, fired_at=timer.at))
-        return out
 
     def _fail_leftovers(self, error: BaseException | None = None) -> None:
         """Answer envelopes that will never be applied here (the run is gone or ended)."""
@@ -329,7 +300,7 @@ class RunTask:
                 envelope = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 break
-            envelope.error = envelope.error or error or _Redirect()
+            envelope.error = envelope.error or error or Redirect()
             if envelope.done is not None:
                 envelope.done.set()
         self._receive.close()
@@ -374,7 +345,7 @@ class RunTask:
             if envelope.done is not None:
                 envelope.done.set()
         if self.state.run.status.is_terminal:
-            engine._run_finished(self.run_id)
+            self._finish = engine._run_finished(self.run_id) or self._finish
 
     async def _with_output(self, event: Event) -> Event:
         """Attach the result payload to a successful result (SPEC §8 needs it)."""
@@ -390,6 +361,8 @@ class RunTask:
         """Carry out effects in the order described in the module docstring. Feedback
         (a failed payload store or publish, an alert's outcome) goes back through the core
         and its effects are carried out too, until nothing is left."""
+        assert self.state is not None
+        run = self.state.run
         pending = effects
         while pending or changes:
             round_effects: list[Effect] = []
@@ -400,15 +373,15 @@ class RunTask:
                 feedback: list[Event] = []
                 for effect in queue:
                     if isinstance(effect, Dispatch):
-                        problem = await self._store_payload(effect)
+                        problem = await store_payload(self.engine.payloads, effect)
                         if problem:
                             failed.add(effect.job_id)
                             feedback.append(
                                 DispatchFailed(effect.target_id, effect.job_id, problem))
                     elif isinstance(effect, PublishAlert):
-                        error = await self._publish_alert(effect)
+                        error = await publish_alert(self.engine, self.run_id, effect)
                         feedback.append(AlertOutcome(effect.step_id, error))
-                queue = self._decide_more(feedback, changes)
+                queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, round_effects)
             changes = RunChanges()
             feedback = []
@@ -416,19 +389,19 @@ class RunTask:
                 if isinstance(effect, Dispatch):
                     if effect.job_id in failed:
                         continue
-                    problem = await self._publish_job(effect)
+                    problem = await publish_job(self.engine, self.run_id, run, effect)
                     if problem:
                         feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                     else:
                         self.engine._hook_dispatched(self.run_id, effect.target_id,
                                                      effect.job_id)
                 elif isinstance(effect, CancelJob):
-                    await self._publish_cancel(effect)
+                    await publish_cancel(self.engine, self.run_id, effect)
                 elif isinstance(effect, StepFinished):
                     self.engine._hook_finished(self.run_id, effect.step_id, effect.status)
                 elif isinstance(effect, ArmTimer):
-                    self._arm(effect)
-            pending = self._decide_more(feedback, changes)
+                    self._timers.arm(effect, self.engine.clock.now())
+            pending = self._decide_more(feedback, changes) if feedback else []
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""
@@ -451,92 +424,5 @@ class RunTask:
             await retrying(lambda: self._append_timeline(events),
                            f"append timeline of run {self.run_id}")
 
-    # ------------------------------------------------------------------- effect I/O
 
-    async def _store_payload(self, effect: Dispatch) -> str:
-        payloads = self.engine.payloads
-        if not effect.context_key or payloads is None:
-            return ""
-        try:
-            data = json.dumps(effect.payload, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as exc:
-            return f"step input is not JSON: {exc}"
-        try:
-            await payloads.put_context(effect.context_key, data)
-        except Exception as exc:
-            return f"store payload {effect.context_key}: {exc}"
-        return ""
-
-    async def _publish_job(self, effect: Dispatch) -> str:
-        engine = self.engine
-        request = effect.request
-        if engine.config is not None:
-            run = self.state.run if self.state else None
-            try:
-                cfg = await engine.config.effective(
-                    run.org_id if run else "", run.team_id if run else "",
-                    request.workflow_id, effect.target_id)
-                if cfg:
-                    request.env["CORDUM_EFFECTIVE_CONFIG"] = json.dumps(cfg, default=str)
-            except Exception:
-                log.warning("run %s: config provider failed for step %s", self.run_id,
-                            effect.target_id, exc_info=True)
-        try:
-            await engine.bus.publish(SUBJECT_SUBMIT, self._packet(request))
-        except Exception as exc:
-            return f"publish {effect.job_id}: {exc}"
-        return ""
-
-    async def _publish_alert(self, effect: PublishAlert) -> str:
-        try:
-            await self.engine.bus.publish(SUBJECT_WORKFLOW_EVENT, self._packet(effect.alert))
-        except Exception as exc:
-            return f"publish alert: {exc}"
-        return ""
-
-    async def _publish_cancel(self, effect: CancelJob) -> None:
-        cancel = JobCancel(job_id=effect.job_id, reason=effect.reason, requested_by=SENDER_ID)
-        try:
-            await self.engine.bus.publish(SUBJECT_CANCEL, self._packet(cancel))
-        except Exception:
-            log.warning("run %s: could not publish cancel for %s", self.run_id, effect.job_id,
-                        exc_info=True)
-
-    def _packet(self, payload: Any) -> BusPacket:
-        return BusPacket(trace_id=self.run_id, sender_id=SENDER_ID,
-                         created_at=self.engine.clock.now(),
-                         protocol_version=PROTOCOL_VERSION, payload=payload)
-
-    def _arm(self, effect: ArmTimer) -> None:
-        key = (effect.kind, effect.target, effect.job_id, effect.at)
-        if key in self._armed:
-            return
-        self._armed.add(key)
-        delay = (effect.at - self.engine.clock.now()).total_seconds()
-        self._seq += 1
-        heapq.heappush(self._timers, _Timer(trio.current_time() + max(0.0, delay), self._seq,
-                                            TimerFired(effect.kind, effect.target,
-                                                       effect.job_id), effect.at))
-
-
-class _Redirect(CordtrioError):
-    """The run's task ended before applying the envelope; deliver it again."""
-
-
-async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
-    """Read and decode a result payload (SPEC §8): JSON, else the raw string."""
-    try:
-        data = await payloads.get_result(key_from_pointer(result_ptr))
-    except (ValueError, NotFoundError) as exc:
-        return LoadedOutput(error=str(exc), loaded=False)
-    except Exception as exc:
-        return LoadedOutput(error=f"load {result_ptr}: {exc}", loaded=False)
-    text = data.decode("utf-8", errors="replace")
-    try:
-        value: Any = json.loads(text)
-    except ValueError:
-        value = text
-    return LoadedOutput(value=value, too_large=len(data) > MAX_INLINE_OUTPUT_BYTES)
-
-
-Redirect = _Redirect
+__all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "load_output"]

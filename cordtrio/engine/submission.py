@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..core.commands import rerun_from as core_rerun_from
 from ..errors import InvalidStateError, NotFoundError, ValidationError
-from ..model import RunStatus, StepStatus, WorkflowRun
+from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import Clock, Store
 from ..schemas import validate_value
 from ..validation import collect_dependencies
+
+
+@dataclass(slots=True)
+class Submitted:
+    """What ``submit_run`` did: the run's id, whether it needs a ``Start``, and what it read
+    and wrote on the way — the workflow, and the run when this call created it — so the
+    engine's run task need not read them back (``RunTask``'s ``preload``)."""
+
+    run_id: str
+    needs_start: bool
+    workflow: Workflow
+    created: WorkflowRun | None = None
 
 
 async def create_submitted_run(
@@ -31,14 +44,36 @@ async def create_submitted_run(
     dry_run: bool,
     triggered_by: str,
 ) -> tuple[str, bool]:
+    """``submit_run`` returning ``(run_id, needs_start)`` (see there)."""
+    done = await submit_run(store, clock, new_id, workflow_id, input, org_id=org_id,
+                            team_id=team_id, idempotency_key=idempotency_key, labels=labels,
+                            dry_run=dry_run, triggered_by=triggered_by)
+    return done.run_id, done.needs_start
+
+
+async def submit_run(
+    store: Store,
+    clock: Clock,
+    new_id: Callable[[], str],
+    workflow_id: str,
+    input: dict[str, Any] | None,
+    *,
+    org_id: str | None,
+    team_id: str | None,
+    idempotency_key: str | None,
+    labels: dict[str, str] | None,
+    dry_run: bool,
+    triggered_by: str,
+) -> Submitted:
     """Validate ``input`` against the workflow's ``input_schema`` and create the pending run.
 
-    Returns ``(run_id, needs_start)``. With an ``idempotency_key`` already used, nothing is
-    created: the earlier run's id is returned, with ``needs_start`` only when that run was
-    never started (an earlier submit was interrupted before starting it). A key naming a
-    run that does not exist (an earlier submit claimed the key, then failed to create the
-    run and to release the key — a crash, the store gone) is honoured: the run is created
-    under that id now, so the key never points at nothing."""
+    Returns the run id and whether it needs starting (``Submitted``). With an
+    ``idempotency_key`` already used, nothing is created: the earlier run's id is returned,
+    with ``needs_start`` only when that run was never started (an earlier submit was
+    interrupted before starting it). A key naming a run that does not exist (an earlier
+    submit claimed the key, then failed to create the run and to release the key — a crash,
+    the store gone) is honoured: the run is created under that id now, so the key never
+    points at nothing."""
     workflow = await store.get_workflow(workflow_id)
     payload = copy.deepcopy(input) if input is not None else {}
     if not isinstance(payload, dict):
@@ -50,7 +85,7 @@ async def create_submitted_run(
         existing = await store.get_run_by_idempotency_key(idempotency_key)
         if existing:
             if await _exists(store, existing):
-                return existing, await _never_started(store, existing)
+                return Submitted(existing, await _never_started(store, existing), workflow)
             claimed = existing
     now = clock.now()
     run = WorkflowRun(
@@ -74,20 +109,20 @@ async def create_submitted_run(
             idempotency_key, run.id):
         existing = await store.get_run_by_idempotency_key(idempotency_key)
         if existing:
-            return existing, await _never_started(store, existing)
+            return Submitted(existing, await _never_started(store, existing), workflow)
     try:
         await store.create_run(run)
     except InvalidStateError:
         if not claimed:
             raise
         # a concurrent submit with the same key created the claimed run first
-        return claimed, await _never_started(store, claimed)
+        return Submitted(claimed, await _never_started(store, claimed), workflow)
     except BaseException:
         if idempotency_key and not claimed:
             with trio.CancelScope(shield=True):
                 await store.delete_run_idempotency_key(idempotency_key)
         raise
-    return run.id, True
+    return Submitted(run.id, True, workflow, run)
 
 
 async def _exists(store: Store, run_id: str) -> bool:

@@ -27,13 +27,13 @@ from ..clock import TrioWallClock
 from ..core.events import Approve, CancelRun, Event, ResultReceived, Start
 from ..core.plan import Plan
 from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
-from ..model import RunStatus, StepStatus, WorkflowRun
+from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunLeases, SchemaRegistry, Store
 from ..protocol import SUBJECT_RESULT, JobResult
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .retry import retrying
-from .run_task import Envelope, Redirect, RunTask
-from .submission import create_rerun, create_submitted_run
+from .run_task import Envelope, Finish, Preload, Redirect, RunTask
+from .submission import create_rerun, submit_run
 
 log = logging.getLogger("cordtrio.engine")
 
@@ -77,7 +77,7 @@ class Engine:
         self._on_finished = on_step_finished
         self._new_id = new_id
         self._runs: dict[str, RunTask] = {}
-        self._finished: dict[str, trio.Event] = {}
+        self._finished: dict[str, Finish] = {}
         self._plans: dict[tuple[str, Any], Plan] = {}
 
     # ------------------------------------------------------------------ public API
@@ -137,35 +137,55 @@ class Engine:
         """Validate ``input`` against the workflow's ``input_schema``, create the run and
         start it. With an ``idempotency_key`` already used, return that run's id and create
         nothing."""
-        run_id, needs_start = await create_submitted_run(
+        done = await submit_run(
             self.store, self.clock, self._new_id, workflow_id, input, org_id=org_id,
             team_id=team_id, idempotency_key=idempotency_key, labels=labels,
             dry_run=dry_run, triggered_by=triggered_by)
-        if needs_start:
-            await self._call(run_id, Start())
-        return run_id
+        if done.needs_start:
+            # The run task starts from what submit just read and wrote, not a re-read. The
+            # run itself only in single-engine mode: with leases another engine may take
+            # the run (or a Client command reach it) between the create and the start.
+            run = done.created if self.leases is None else None
+            await self._call(done.run_id, Start(), Preload(run, done.workflow))
+        return done.run_id
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not
-        active here (driven by another engine) is re-read every ``poll_interval`` s."""
+        active here (driven by another engine) is re-read every ``poll_interval`` s.
+
+        A run this engine is driving is not read while it is unfinished (the task's state
+        says so), and the task that finished it hands its final state to the first waiter
+        once it has let go of the run (``Finish``): no store read at all then."""
         while True:
-            finished = self._finished.setdefault(run_id, trio.Event())
-            run = await self.store.get_run(run_id)
-            if run.status.is_terminal:
-                return run
-            if run_id in self._runs:
-                await finished.wait()  # set by the run's task when the run ends
+            finished = self._finished.get(run_id)
+            if finished is None:
+                finished = self._finished[run_id] = Finish()
+            task = self._runs.get(run_id)
+            if task is not None and task.unfinished():
+                await finished.event.wait()  # set by the run's task when the run ends
             else:
-                with trio.move_on_after(poll_interval):
-                    await finished.wait()
+                run = await self.store.get_run(run_id)
+                if run.status.is_terminal:
+                    if run_id not in self._runs and self._finished.get(run_id) is finished:
+                        del self._finished[run_id]  # no task to pop it: do not keep it
+                    return run
+                if run_id in self._runs:
+                    await finished.event.wait()
+                else:
+                    with trio.move_on_after(poll_interval):
+                        await finished.event.wait()
+            final = finished.take()
+            if final is not None:
+                return final
 
     # ------------------------------------------------------------------ routing
 
-    async def _call(self, run_id: str, event: Event) -> None:
+    async def _call(self, run_id: str, event: Event, preload: Preload | None = None) -> None:
         """Deliver ``event`` to the run's task and wait until it is applied."""
         for _ in range(3):
             envelope = Envelope(event, done=trio.Event())
-            self._deliver(run_id, envelope)
+            self._deliver(run_id, envelope, preload)
+            preload = None  # a retry goes to a new task: it reads the store
             await self._applied(run_id, envelope)
             if isinstance(envelope.error, (Redirect, LeaseLostError)):
                 continue  # the task ended just before our envelope; a new one takes it
@@ -194,11 +214,12 @@ class Engine:
                     f"run {run_id}: {type(envelope.event).__name__} not confirmed, the store "
                     f"is not answering: {exc}") from exc
 
-    def _deliver(self, run_id: str, envelope: Envelope) -> None:
-        """Hand an envelope to the run's task, activating one if needed. Never blocks."""
+    def _deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
+        """Hand an envelope to the run's task, activating one if needed (``preload``: what
+        a new task may start from instead of reading the store). Never blocks."""
         task = self._runs.get(run_id)
         if task is None:
-            task = RunTask(self, run_id)
+            task = RunTask(self, run_id, preload)
             # Start first: on a closed engine start_soon raises, and a task registered but
             # never started would swallow every later envelope for the run (callers hang).
             self._nursery.start_soon(task.run, name=f"cordtrio-run:{run_id}")
@@ -217,16 +238,21 @@ class Engine:
             # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
             self._run_finished(task.run_id)
 
-    def _run_finished(self, run_id: str) -> None:
-        event = self._finished.pop(run_id, None)
-        if event is not None:
-            event.set()
+    def _run_finished(self, run_id: str) -> Finish | None:
+        """Wake the run's ``wait_run`` callers; returns their ``Finish`` (None: nobody
+        waits) so the task can hand them the final run when it lets go of it."""
+        finished = self._finished.pop(run_id, None)
+        if finished is not None:
+            finished.event.set()
+        return finished
 
-    async def _plan_for(self, workflow_id: str) -> Plan:
+    async def _plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         """The workflow compiled for execution, with its registry schemas resolved;
-        cached per workflow version (``updated_at``)."""
-        workflow = await retrying(lambda: self.store.get_workflow(workflow_id),
-                                  f"load workflow {workflow_id}")
+        cached per workflow version (``updated_at``). ``workflow``: the definition the
+        caller just read (``submit``), used instead of reading it again."""
+        if workflow is None or workflow.id != workflow_id:
+            workflow = await retrying(lambda: self.store.get_workflow(workflow_id),
+                                      f"load workflow {workflow_id}")
         key = (workflow.id, workflow.updated_at)
         plan = self._plans.get(key)
         if plan is not None:

@@ -262,6 +262,26 @@ async def test_wait_run_returns_once_terminal(engine, save):
     assert (await engine.wait_run(run_id)).status == RunStatus.SUCCEEDED  # already terminal
 
 
+async def test_every_waiter_gets_its_own_copy_of_the_finished_run(engine, store, save):
+    await save(step("a"))
+    run_id = await engine.submit(WF)
+    got: list[Any] = []
+
+    async def waiter() -> None:
+        got.append(await engine.wait_run(run_id))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        await succeed(engine, f"{run_id}:a@1")
+    stored = (await store.get_run(run_id)).to_dict()
+    assert [run.to_dict() for run in got] == [stored] * 3
+    assert len({id(run) for run in got}) == 3  # a caller may change what it got
+    got[0].labels["mine"] = "x"
+    assert "mine" not in (await engine.wait_run(run_id)).labels
+
+
 # ------------------------------------------------------------------ hooks, config, ids
 
 

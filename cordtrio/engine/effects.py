@@ -1,0 +1,124 @@
+"""A run task's I/O for the core's effects: job payloads, job requests, cancels and notify
+alerts on the bus, and result payloads read back for the core (SPEC §8).
+
+Every function reports a failure the core must hear about as a message (``""``: it worked)
+instead of raising: ``RunTask`` feeds it back into ``decide`` (``DispatchFailed``,
+``AlertOutcome``). Only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
+from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
+from ..errors import NotFoundError
+from ..model import WorkflowRun
+from ..payloads import key_from_pointer
+from ..ports import PayloadStore
+from ..protocol import (
+    PROTOCOL_VERSION,
+    SUBJECT_CANCEL,
+    SUBJECT_SUBMIT,
+    SUBJECT_WORKFLOW_EVENT,
+    BusPacket,
+    JobCancel,
+)
+
+if TYPE_CHECKING:
+    from .supervisor import Engine
+
+log = logging.getLogger("cordtrio.engine")
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps(..., separators=(",", ":"))`` without building an encoder per call."""
+
+
+async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
+    """Store a job's input payload at its context key (before the job is persisted)."""
+    if not effect.context_key or payloads is None:
+        return ""
+    try:
+        data = _COMPACT_JSON.encode(effect.payload).encode()
+    except (TypeError, ValueError) as exc:
+        return f"step input is not JSON: {exc}"
+    try:
+        await payloads.put_context(effect.context_key, data)
+    except Exception as exc:
+        return f"store payload {effect.context_key}: {exc}"
+    return ""
+
+
+async def publish_job(engine: Engine, run_id: str, run: WorkflowRun | None,
+                      effect: Dispatch) -> str:
+    """Publish a job request, with the step's effective configuration when the engine has
+    a ``ConfigProvider`` (its failure is logged, the job goes out without it)."""
+    request = effect.request
+    if engine.config is not None:
+        try:
+            cfg = await engine.config.effective(
+                run.org_id if run else "", run.team_id if run else "",
+                request.workflow_id, effect.target_id)
+            if cfg:
+                request.env["CORDUM_EFFECTIVE_CONFIG"] = json.dumps(cfg, default=str)
+        except Exception:
+            log.warning("run %s: config provider failed for step %s", run_id,
+                        effect.target_id, exc_info=True)
+    try:
+        await engine.bus.publish(SUBJECT_SUBMIT, packet(engine, run_id, request))
+    except Exception as exc:
+        return f"publish {effect.job_id}: {exc}"
+    return ""
+
+
+async def publish_alert(engine: Engine, run_id: str, effect: PublishAlert) -> str:
+    """Publish a notify step's alert (its outcome decides the step)."""
+    try:
+        await engine.bus.publish(SUBJECT_WORKFLOW_EVENT, packet(engine, run_id, effect.alert))
+    except Exception as exc:
+        return f"publish alert: {exc}"
+    return ""
+
+
+async def publish_cancel(engine: Engine, run_id: str, effect: CancelJob) -> None:
+    """Ask workers to stop a job; best effort (a lost cancel leaves a result to ignore)."""
+    cancel = JobCancel(job_id=effect.job_id, reason=effect.reason, requested_by=SENDER_ID)
+    try:
+        await engine.bus.publish(SUBJECT_CANCEL, packet(engine, run_id, cancel))
+    except Exception:
+        log.warning("run %s: could not publish cancel for %s", run_id, effect.job_id,
+                    exc_info=True)
+
+
+def packet(engine: Engine, run_id: str, payload: Any) -> BusPacket:
+    """The engine's envelope for a bus message about ``run_id`` (traced by the run id)."""
+    return BusPacket(trace_id=run_id, sender_id=SENDER_ID, created_at=engine.clock.now(),
+                     protocol_version=PROTOCOL_VERSION, payload=payload)
+
+
+async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
+    """Read and decode a result payload (SPEC §8): JSON, else the raw string."""
+    try:
+        data = await payloads.get_result(key_from_pointer(result_ptr))
+    except (ValueError, NotFoundError) as exc:
+        return LoadedOutput(error=str(exc), loaded=False)
+    except Exception as exc:
+        return LoadedOutput(error=f"load {result_ptr}: {exc}", loaded=False)
+    text = data.decode("utf-8", errors="replace")
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    return LoadedOutput(value=value, too_large=len(data) > MAX_INLINE_OUTPUT_BYTES)
+
+
+__all__ = [
+    "load_output",
+    "packet",
+    "publish_alert",
+    "publish_cancel",
+    "publish_job",
+    "store_payload",
+]
