@@ -1,8 +1,10 @@
 """Bus messages (mirroring cordum's CAP protocol) and their CBOR wire codec.
 
-Packets are plain dataclasses; ``encode_packet``/``decode_packet`` turn them into CBOR bytes
-and back. Decoding anything that is not a packet raises ``ProtocolError`` and nothing else,
-so a transport can drop a foreign frame with one ``except``.
+Packets are plain dataclasses (with ``slots``: the engine builds a ``JobRequest`` and reads a
+``JobResult`` per step, and slotted fields are cheaper to set and read); ``encode_packet``/
+``decode_packet`` turn them into CBOR bytes and back. Decoding anything that is not a packet
+raises ``ProtocolError`` and nothing else, so a transport can drop a foreign frame with one
+``except``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ActorType(IntEnum):
     SERVICE = 2
 
 
-@dataclass
+@dataclass(slots=True)
 class Budget:
     max_input_tokens: int = 0
     max_output_tokens: int = 0
@@ -62,7 +64,7 @@ class Budget:
     deadline_ms: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class JobMetadata:
     tenant_id: str = ""
     actor_id: str = ""
@@ -75,7 +77,7 @@ class JobMetadata:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRequest:
     job_id: str = ""
     topic: str = ""
@@ -94,7 +96,7 @@ class JobRequest:
     meta: JobMetadata | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class JobResult:
     job_id: str = ""
     status: JobStatus = JobStatus.UNSPECIFIED
@@ -106,14 +108,14 @@ class JobResult:
     artifact_ptrs: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class JobCancel:
     job_id: str = ""
     reason: str = ""
     requested_by: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class JobProgress:
     job_id: str = ""
     percent: int = 0
@@ -123,7 +125,7 @@ class JobProgress:
     status: JobStatus = JobStatus.UNSPECIFIED
 
 
-@dataclass
+@dataclass(slots=True)
 class SystemAlert:
     level: str = ""
     message: str = ""
@@ -131,7 +133,7 @@ class SystemAlert:
     code: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Heartbeat:
     worker_id: str = ""
     region: str = ""
@@ -148,7 +150,7 @@ class Heartbeat:
 Payload = JobRequest | JobResult | JobCancel | JobProgress | SystemAlert | Heartbeat
 
 
-@dataclass
+@dataclass(slots=True)
 class BusPacket:
     trace_id: str = ""
     sender_id: str = ""

@@ -24,7 +24,11 @@ _PRIORITIES = {
     "batch": JobPriority.BATCH,
 }
 _ACTOR_TYPES = {"human": ActorType.HUMAN, "service": ActorType.SERVICE}
-_RUNNING = StepStatus.RUNNING  # a module constant: ``StepStatus.X`` costs ~90 ns on 3.11
+# Module constants: reading ``StepStatus.X`` costs ~90 ns on 3.11 (an enum descriptor).
+_RUNNING = StepStatus.RUNNING
+_BATCH = JobPriority.BATCH
+# ``json.dumps(item, default=str)`` builds a new encoder per call (~2 us): one, built once.
+_ITEM_JSON = json.JSONEncoder(default=str)
 _RUNNING_TEXT = str(StepStatus.RUNNING.value)
 
 
@@ -45,10 +49,11 @@ def dispatch(
     except CordtrioError as exc:
         finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=str(exc))
         return False
-    request = build_request(tx.plan, run, step, target, job_id)
+    ctx_key = context_key(job_id) if tx.plan.has_payload_store else ""
+    request = build_request(tx.plan, run, step, target, job_id, ctx_key)
     if parent:
         request.env["foreach_index"] = str(index)
-        request.env["foreach_item"] = json.dumps(item, default=str)
+        request.env["foreach_item"] = _ITEM_JSON.encode(item)
     sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
@@ -67,16 +72,8 @@ def dispatch(
         data["foreach_index"] = index
     tx.timeline("step_dispatched", step_id=target, job_id=job_id,
                 status=_RUNNING_TEXT, data=data)
-    tx.effects.append(
-        Dispatch(
-            step_id=step.id,
-            target_id=target,
-            job_id=job_id,
-            request=request,
-            payload=payload,
-            context_key=context_key(job_id) if tx.plan.has_payload_store else "",
-        )
-    )
+    # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
+    tx.effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
     if step.timeout_sec > 0:
         tx.effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
@@ -126,13 +123,16 @@ def validate_with_registry(plan: Plan, schema_id: str, value: Any, *, where: str
     validate_value(schema, value, where=f"{where} (schema '{schema_id}')")
 
 
-def build_request(plan: Plan, run: WorkflowRun, step: Step, target: str, job_id: str) -> JobRequest:
+def build_request(
+    plan: Plan, run: WorkflowRun, step: Step, target: str, job_id: str, ctx_key: str
+) -> JobRequest:
+    """The job for ``target``; ``ctx_key`` is where its payload is stored ("" for none)."""
     wf_id = plan.workflow.id
     topic = step.topic or f"job.workflow.{wf_id}"
     raw_priority = run.input.get("priority")
-    priority = JobPriority.BATCH
+    priority = _BATCH
     if isinstance(raw_priority, str):
-        priority = _PRIORITIES.get(raw_priority.strip().lower(), JobPriority.BATCH)
+        priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
     raw_memory = run.input.get("memory_id")
     memory_id = raw_memory.strip() if isinstance(raw_memory, str) and raw_memory.strip() else ""
     memory_id = memory_id or f"run:{run.id}"
@@ -157,7 +157,7 @@ def build_request(plan: Plan, run: WorkflowRun, step: Step, target: str, job_id:
         job_id=job_id,
         topic=topic,
         priority=priority,
-        context_ptr=pointer_for_key(context_key(job_id)) if plan.has_payload_store else "",
+        context_ptr=pointer_for_key(ctx_key) if ctx_key else "",
         adapter_id=step.worker_id,
         env=env,
         workflow_id=wf_id,

@@ -1,8 +1,16 @@
 """What the core is fed (events) and what it asks the shell to do (effects).
 
 Events are facts or commands for one run; effects are instructions the Trio shell carries
-out in a fixed order (see ``cordtrio.engine.run_task``). Both are plain frozen dataclasses,
-so a simulation can record, compare and replay them.
+out in a fixed order (see ``cordtrio.engine.run_task``). Both are plain dataclasses with
+value equality, so a simulation can record, compare and replay them, and nothing changes
+one once it is built.
+
+Commands, timers and cancellations are frozen (hashable values: tests compare sets of
+timers). The five built on every job result (``ResultReceived``, ``LoadedOutput``,
+``Dispatch``, ``RecordTimeline``, ``StepFinished``) are ``slots=True`` and not frozen: a
+frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~4x the
+cost, and a W1 result builds five to seven of them. Three hold a dict or a document, so
+they were never hashable anyway; nothing hashes ``LoadedOutput`` or ``StepFinished``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ class Recover:
     then run a ready pass. Nothing already running is dispatched again."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LoadedOutput:
     """A job's result payload as the shell loaded it (SPEC §8).
 
@@ -44,7 +52,7 @@ class LoadedOutput:
     loaded: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResultReceived:
     result: JobResult
     output: LoadedOutput | None = None
@@ -99,7 +107,7 @@ Event = (
 # ----------------------------------------------------------------------------- effects
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Dispatch:
     """Store ``payload`` at ``context_key`` (when set), then publish ``request``."""
 
@@ -127,7 +135,7 @@ class CancelJob:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordTimeline:
     event: TimelineEvent
 
@@ -142,7 +150,7 @@ class ArmTimer:
     job_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepFinished:
     """Call the ``on_step_finished`` hook."""
 

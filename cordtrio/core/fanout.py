@@ -13,6 +13,8 @@ from .finish import finish
 from .scope import build_scope
 from .state import FanoutIndex, Tx, child_id
 
+_RUNNING = StepStatus.RUNNING  # read per child dispatched: a module constant (see ready.py)
+
 
 def start_fanout(tx: Tx, step: Step, sr: StepRun | None) -> None:
     """Evaluate ``for_each`` and create the children, then dispatch the first ones."""
@@ -55,7 +57,7 @@ def pump_fanout(tx: Tx, step: Step, parent: StepRun) -> None:
             idx.backoff.discard(i)
             heapq.heappush(idx.ready, i)
     limit = step.max_parallel if step.max_parallel > 0 else idx.total
-    while idx.running < limit and parent.status == StepStatus.RUNNING:
+    while idx.running < limit and parent.status == _RUNNING:
         nxt = idx.pop_next()
         if nxt is None:
             return

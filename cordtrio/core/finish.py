@@ -18,6 +18,7 @@ from .state import Tx, child_id, child_index
 # Read on every step's end: module constants (reading ``StepStatus.X`` or ``.value`` goes
 # through an enum descriptor on Python 3.11, ~90 ns each).
 _SUCCEEDED, _CANCELLED = StepStatus.SUCCEEDED, StepStatus.CANCELLED
+_PENDING, _RUNNING = StepStatus.PENDING, StepStatus.RUNNING
 _FAILED_OR_TIMED_OUT = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
 
@@ -69,20 +70,20 @@ def _child_finished(
 ) -> None:
     idx = tx.state.fanout(parent_id, tx.now)
     i = child_index(child.step_id)
-    if previous == StepStatus.RUNNING:
+    if previous == _RUNNING:
         idx.running -= 1
-    elif previous == StepStatus.PENDING:
+    elif previous == _PENDING:
         idx.backoff.discard(i)
         if i >= idx.next_fresh:  # a never-dispatched child ended (e.g. cancelled)
             pass
-    if status == StepStatus.SUCCEEDED:
+    if status == _SUCCEEDED:
         idx.succeeded += 1
     else:
         idx.failed += 1
     parent = tx.run.steps.get(parent_id)
-    if parent is None or parent.status != StepStatus.RUNNING:
+    if parent is None or parent.status != _RUNNING:
         return
-    if status != StepStatus.SUCCEEDED:
+    if status != _SUCCEEDED:
         why = f"for_each child {child.step_id} {status.value}"
         finish(tx, parent_id, parent, StepStatus.FAILED,
                message=f"{why}: {message}" if message else why)

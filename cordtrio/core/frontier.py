@@ -31,6 +31,10 @@ _WAITING = StepStatus.WAITING
 _SUCCEEDED, _TIMED_OUT = StepStatus.SUCCEEDED, StepStatus.TIMED_OUT
 _FAILED = (StepStatus.FAILED, StepStatus.CANCELLED)
 _STOPPED = (RunStatus.CANCELLED, RunStatus.TIMED_OUT)
+_RUN_RUNNING, _RUN_WAITING = RunStatus.RUNNING, RunStatus.WAITING
+_RUN_SUCCEEDED, _RUN_FAILED, _RUN_TIMED_OUT = (
+    RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT
+)
 
 
 @dataclass(slots=True)
@@ -122,16 +126,16 @@ class Frontier:
         if self.dirty:
             self.absorb(run)
         if (self.failed or self.timed_out) and self.busy_handlers:
-            return RunStatus.RUNNING
+            return _RUN_RUNNING
         if self.failed:
-            return RunStatus.FAILED
+            return _RUN_FAILED
         if self.timed_out:
-            return RunStatus.TIMED_OUT
+            return _RUN_TIMED_OUT
         if self.waiting:
-            return RunStatus.WAITING
+            return _RUN_WAITING
         if not self.absent and not self.unfinished:
-            return RunStatus.SUCCEEDED
-        return RunStatus.RUNNING
+            return _RUN_SUCCEEDED
+        return _RUN_RUNNING
 
     def _count(self, sid: str, status: StepStatus | None, sign: int) -> None:
         handler = sid in self.plan.handlers

@@ -41,7 +41,7 @@ from .results import apply_result
 from .state import RunState, Tx
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What one event did: effects for the shell, and the parts of the run that changed."""
 

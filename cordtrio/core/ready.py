@@ -29,7 +29,9 @@ _FAILED = (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.TIMED_OUT)
 # Read on every visit: module constants (reading ``StepStatus.X`` costs ~90 ns on 3.11).
 _PENDING, _RUNNING, _WAITING = StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING
 _SUCCEEDED = StepStatus.SUCCEEDED
-_DELAY = StepType.DELAY
+_CONDITION, _APPROVAL = StepType.CONDITION, StepType.APPROVAL
+_DELAY, _NOTIFY = StepType.DELAY, StepType.NOTIFY
+_RUN_PENDING = RunStatus.PENDING
 
 
 def ready_pass(tx: Tx) -> None:
@@ -42,7 +44,7 @@ def ready_pass(tx: Tx) -> None:
     run = tx.run
     if run.status.is_terminal:
         return
-    if run.status == RunStatus.PENDING:
+    if run.status == _RUN_PENDING:
         set_run_status(tx, RunStatus.RUNNING)
         arm_run_timeout(tx)
     front = frontier(tx)
@@ -139,24 +141,24 @@ def _visit(tx: Tx, sid: str, only_handlers: bool) -> bool:
         return False  # an approval waits for approve_step
     if not is_handler and not _deps_succeeded(tx, step):
         return False
-    if step.type != StepType.CONDITION and step.condition and (sr is None or sr.attempts == 0):
+    kind = step.type
+    if kind != _CONDITION and step.condition and (sr is None or sr.attempts == 0):
         gate = _condition_gate(tx, step, sr)
         if gate is not None:
             return gate
-    kind = step.type
-    if kind == StepType.CONDITION:
+    if kind == _CONDITION:
         _condition_step(tx, step, _ensure(tx, sid, sr))
         return True
-    if kind == StepType.APPROVAL:
+    if kind == _APPROVAL:
         sr = _ensure(tx, sid, sr)
         sr.status = StepStatus.WAITING
         sr.started_at = tx.now
         tx.touch_step(sid)
         tx.timeline("step_waiting", step_id=sid, status="waiting", message="approval requested")
         return True
-    if kind == StepType.DELAY:
+    if kind == _DELAY:
         return _delay_start(tx, step, _ensure(tx, sid, sr))
-    if kind == StepType.NOTIFY:
+    if kind == _NOTIFY:
         return _notify(tx, step, _ensure(tx, sid, sr))
     if step.for_each:
         start_fanout(tx, step, sr)

@@ -16,7 +16,8 @@ from .state import Tx, child_index
 
 _RETRYABLE = (JobStatus.FAILED, JobStatus.DENIED, JobStatus.TIMEOUT)
 # Read on every result: module constants (``StepStatus.X`` costs ~90 ns on Python 3.11).
-_RUNNING, _JOB_SUCCEEDED = StepStatus.RUNNING, JobStatus.SUCCEEDED
+_RUNNING, _SUCCEEDED = StepStatus.RUNNING, StepStatus.SUCCEEDED
+_JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
 def parse_job_id(job_id: object) -> tuple[str, str, int] | None:
@@ -107,7 +108,7 @@ def _succeeded(
     sr.output = result_ptr or None
     if result_ptr:
         record_output(tx, sr.step_id, step, result_ptr, output, is_child=bool(parent))
-    finish(tx, step.id, sr, StepStatus.SUCCEEDED, parent=parent, result_ptr=result_ptr)
+    finish(tx, step.id, sr, _SUCCEEDED, parent=parent, result_ptr=result_ptr)
 
 
 def output_problem(tx: Tx, step: Step, output: LoadedOutput | None) -> str:

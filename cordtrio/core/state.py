@@ -109,7 +109,7 @@ class RunState:
         return idx
 
 
-@dataclass
+@dataclass(slots=True)
 class Tx:
     """The working area of one ``decide`` call: inputs, and the effects and changes it
     accumulates. Core functions take a ``Tx`` and append to it; nothing here does I/O."""
