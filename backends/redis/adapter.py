@@ -132,8 +132,8 @@ def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Arguments of exactly these types (not ``bool``, not subclasses), which redis-py
     encodes without complaint: a value it would refuse
     fails the whole pipeline, so such a call goes out alone and fails alone."""
-    return set(map(type, args)) <= _PLAIN and (
-        not kwargs or set(map(type, kwargs.values())) <= _PLAIN_OR_NONE)
+    return _PLAIN.issuperset(map(type, args)) and (
+        not kwargs or _PLAIN_OR_NONE.issuperset(map(type, kwargs.values())))
 
 
 DRAIN_PER_TICK = 512
@@ -166,6 +166,24 @@ def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> Non
     loop._main_loop_one = main_loop_one
 
 
+def check_callbacks_as_asyncio_does(loop: Any) -> None:
+    """Make trio-asyncio's ``loop`` check the callbacks it is given only in debug mode, as
+    asyncio's own loop does (``BaseEventLoop.call_soon`` calls ``_check_callback`` only
+    when ``loop.get_debug()``). trio-asyncio (0.16) checks every ``call_soon``/``call_at``,
+    and the check (``inspect.iscoroutinefunction`` on each callback) was ~2% of the engine's
+    CPU on Redis — several callbacks per round trip. In debug mode, or on a loop without
+    the expected internals, the loop is left as it is."""
+    check = getattr(loop, "_check_callback", None)
+    if check is None or loop.get_debug():
+        return
+
+    def check_callback(callback: Any, method: str) -> None:
+        if not callable(callback):  # the cheap half of asyncio's check is kept
+            check(callback, method)
+
+    loop._check_callback = check_callback
+
+
 class RedisAdapter:
     """Runs redis-py asyncio calls from Trio, on one loop and one client (connection pool).
 
@@ -187,6 +205,7 @@ class RedisAdapter:
         self.command_timeout = command_timeout
         self._batcher: CommandBatcher | None = None
         self._shas: dict[str, str] = {}
+        self._loading: dict[str, trio.Event] = {}  # SCRIPT LOADs in flight, by SHA
         self.on_command: Callable[[tuple[Any, ...]], None] | None = None
         """Called with each command a script carries as arguments (``CommandRecorder``):
         ``testing.CommandCounter`` counts them."""
@@ -299,18 +318,18 @@ class RedisAdapter:
         Batched like ``call`` when it can be; a server that does not know the script yet
         (``NOSCRIPT``) gets it loaded by redis-py's ``Script`` on the direct path."""
         batcher = self._batcher
-        if batcher is not None and _plain((*keys, *args), {}):
-            sha = self._shas.get(source)
-            if sha is None:
-                sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-            evalsha = (sha, len(keys), *keys, *args)
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        evalsha = (sha, len(keys), *keys, *args)
+        if batcher is not None and _plain(evalsha, {}):
             try:
                 return await batcher.call(what, key, "evalsha", evalsha, {})
             except rx.NoScriptError:
                 pass
-            # A fresh or flushed server: load it (the callers that met NOSCRIPT together
-            # load it in one pipeline) and try once more, still batched.
-            await batcher.call(what, key, "script_load", (source,), {})
+            # A fresh or flushed server: load it once (the callers that meet NOSCRIPT
+            # while it loads wait for that load) and try once more, still batched.
+            await self._load_script(batcher, what, key, sha, source)
             try:
                 return await batcher.call(what, key, "evalsha", evalsha, {})
             except rx.NoScriptError:
@@ -320,6 +339,23 @@ class RedisAdapter:
             return await client.register_script(source)(keys=keys, args=args, client=client)
 
         return await self.run(what, go, key=key)
+
+    async def _load_script(self, batcher: CommandBatcher, what: str, key: str, sha: str,
+                           source: str) -> None:
+        """``SCRIPT LOAD`` ``source`` once for every caller that met ``NOSCRIPT`` meanwhile
+        (before: one per caller — hundreds on a fresh server under load). The loader gets
+        its own error if the load fails; a waiter then retries and meets it (or
+        ``NOSCRIPT`` and the direct path) itself."""
+        loading = self._loading.get(sha)
+        if loading is not None:
+            await loading.wait()
+            return
+        loading = self._loading[sha] = trio.Event()
+        try:
+            await batcher.call(what, key, "script_load", (source,), {})
+        finally:
+            del self._loading[sha]
+            loading.set()
 
     async def pipeline(
         self,
@@ -401,5 +437,6 @@ class RedisAdapter:
         return text
 
 
-__all__ = ["BATCHABLE", "RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError", "is_disconnect",
-           "is_wrongtype", "mask_url", "run_ready_callbacks_per_tick"]
+__all__ = ["BATCHABLE", "RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError",
+           "check_callbacks_as_asyncio_does", "is_disconnect", "is_wrongtype", "mask_url",
+           "run_ready_callbacks_per_tick"]

@@ -39,9 +39,14 @@ MAX_BATCH = 1000
 
 
 class _Call:
-    """One queued command, its caller's ``what``/``key`` (for errors), and its outcome."""
+    """One queued command, its caller's ``what``/``key`` (for errors), and its outcome.
 
-    __slots__ = ("args", "done", "error", "key", "kwargs", "method", "reply", "what")
+    The caller parks itself (``trio.lowlevel.wait_task_rescheduled``) and the sender
+    reschedules it with its reply or error: cheaper than a ``trio.Event`` per call (its
+    parking lot, and a second wake-up through it), which was a sizeable share of a
+    batched command's cost. ``task`` is None once the caller stopped waiting (cancelled)."""
+
+    __slots__ = ("args", "error", "key", "kwargs", "method", "reply", "task", "what")
 
     def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
@@ -50,9 +55,20 @@ class _Call:
         self.method = method
         self.args = args
         self.kwargs = kwargs
-        self.done = trio.Event()
+        self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
         self.reply: Any = None
         self.error: BaseException | None = None
+
+    def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        """The caller is cancelled: it stops waiting (its command may still run)."""
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def wake(self) -> None:
+        """Wake the caller, its ``reply`` or ``error`` set (unless it stopped waiting)."""
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
 
 class CommandBatcher:
@@ -73,7 +89,7 @@ class CommandBatcher:
         if not self._scheduled:
             self._scheduled = True
             self._nursery.start_soon(self._flush)
-        await entry.done.wait()
+        await trio.lowlevel.wait_task_rescheduled(entry.abort)
         if entry.error is not None:
             raise entry.error
         return entry.reply
@@ -118,7 +134,7 @@ class CommandBatcher:
                     c.reply = reply
         finally:
             for c in batch:
-                c.done.set()
+                c.wake()
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]

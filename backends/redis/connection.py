@@ -17,7 +17,13 @@ from redis.backoff import ExponentialBackoff
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.ports import Clock
 
-from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url, run_ready_callbacks_per_tick
+from .adapter import (
+    RECONNECT_TIMEOUT,
+    RedisAdapter,
+    check_callbacks_as_asyncio_does,
+    mask_url,
+    run_ready_callbacks_per_tick,
+)
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
@@ -58,7 +64,7 @@ class _HiredisPackingConnection(aredis.Connection):
     own connection classes."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if _hiredis_pack is None or not all(type(a) in _PACKABLE for a in args):
+        if _hiredis_pack is None or not _PACKABLE.issuperset(map(type, args)):
             return super().pack_command(*args)
         head = args[0]
         if isinstance(head, str):
@@ -143,6 +149,7 @@ async def connect(
     try:
         async with trio_asyncio.open_loop() as loop, trio.open_nursery() as batching:
             run_ready_callbacks_per_tick(loop)
+            check_callbacks_as_asyncio_does(loop)
             adapter = RedisAdapter(client, loop, url if own else shown,
                                    reconnect_timeout=reconnect_timeout,
                                    command_timeout=socket_timeout)

@@ -282,10 +282,15 @@ def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> lis
     recorder = CommandRecorder(redis)
     queue(recorder)
     argv: list[Any] = [head]
+    append, extend = argv.append, argv.extend
     for args in recorder.commands:
+        if len(args) <= MAX_SCRIPT_COMMAND_ARGS:
+            append(len(args))
+            extend(args)
+            continue
         for part in _split(args):
-            argv.append(len(part))
-            argv.extend(part)
+            append(len(part))
+            extend(part)
     return argv
 
 

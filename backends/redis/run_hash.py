@@ -7,8 +7,8 @@ One field per part (``header``, ``input``, ``step:<id>``, ``child:<parent>:<chil
 
 from __future__ import annotations
 
-import contextlib
 import json
+import json.scanner
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,20 +18,49 @@ from cordtrio.model import WorkflowRun
 from .adapter import RedisDataError
 from .keys import CHILD, CTX, CTXSTEP, HEADER, INPUT, ORD, STEP, child_prefix, unescape
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-"""What ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))`` uses, made once:
-``dumps`` with non-default options builds a new encoder per call (the run write encodes
-several fields and timeline events per step)."""
+
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_MARKERS: dict[int, Any] = {}
+_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    _MARKERS, _unserialisable, json.encoder.encode_basestring,  # type: ignore[attr-defined]
+    None, ":", ",", False, False, True)
+"""The C encoder ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))`` builds on
+every call, made once (same bytes: tested): the run write encodes several fields and
+timeline events per step, and building the encoder was a third of each encode. Its
+circular-reference ``_MARKERS`` are empty between calls (cleared if an encode fails)."""
+if _ENCODE is None:  # pragma: no cover - CPython always has the C accelerator
+    _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).iterencode
 
 
 def dumps(value: Any, where: str) -> bytes:
     try:
-        return _ENCODER.encode(value).encode()
+        return "".join(_ENCODE(value, 0)).encode()
     except (TypeError, ValueError) as exc:
+        _MARKERS.clear()
         raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
+    except BaseException:
+        _MARKERS.clear()
+        raise
+
+
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+"""``json.loads``'s own scanner: a stored field is UTF-8 JSON with nothing around it, so
+``loads`` scans it directly, without ``json.loads``'s per-call encoding detection and
+whitespace passes (a run read decodes every field); anything else takes ``json.loads``."""
 
 
 def loads(raw: bytes, key: str, field: str = "") -> Any:
+    if type(raw) is bytes:
+        try:
+            doc = raw.decode()
+            value, end = _SCAN(doc, 0)
+            if end == len(doc):
+                return value
+        except (StopIteration, ValueError, RecursionError):
+            pass  # not the plain case: json.loads decides (and names the error)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -100,7 +129,7 @@ LAST = 1 << 80  # rank of a field without one: after the others
 
 def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
     """A ``WorkflowRun`` from the fields of its hash (see the module docstring)."""
-    fields = {text(k): v for k, v in raw_fields.items()}
+    fields = {k.decode() if type(k) is bytes else text(k): v for k, v in raw_fields.items()}
     header_raw = fields.get(HEADER)
     if header_raw is None:
         raise RedisDataError(f"redis key {key!r}: run has no {HEADER!r} field")
@@ -108,20 +137,18 @@ def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
     if not isinstance(header, dict):
         raise RedisDataError(f"redis key {key!r} field {HEADER!r}: not a JSON object")
     ranks: dict[str, int] = {}
-    for name, value in fields.items():
-        if name.startswith(ORD):
-            with contextlib.suppress(ValueError):
-                ranks[name[len(ORD):]] = int(value)
-
-    def by_rank(names: Iterable[str]) -> list[str]:
-        return sorted(names, key=lambda n: (ranks.get(n, LAST), n))
-
     steps: list[str] = []
     children: dict[str, list[str]] = {}
     ctx_keys: list[str] = []
     ctx_steps: list[str] = []
-    for name in fields:
-        if name.startswith(STEP):
+    # one pass: every field is a rank, a step, a child, a context entry or ignored
+    for name, value in fields.items():
+        if name.startswith(ORD):
+            try:
+                ranks[name[len(ORD):]] = int(value)
+            except ValueError:  # a corrupt rank: the field sorts last
+                continue
+        elif name.startswith(STEP):
             steps.append(name)
         elif name.startswith(CHILD):
             parent = unescape(name[len(CHILD):].split(":", 1)[0])
@@ -130,6 +157,11 @@ def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
             ctx_steps.append(name)
         elif name.startswith(CTX):
             ctx_keys.append(name)
+
+    def by_rank(names: list[str]) -> list[str]:
+        if len(names) <= 1:
+            return names
+        return sorted(names, key=lambda n: (ranks.get(n, LAST), n))
 
     doc = dict(header)
     if INPUT in fields:

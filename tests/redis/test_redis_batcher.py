@@ -97,6 +97,33 @@ async def test_scripts_are_batched_and_reloaded_after_a_script_flush(
     assert await store.lease_owner("r7") == "engine-a"
 
 
+async def test_a_script_is_loaded_once_for_every_caller_that_met_noscript(
+        redis: RedisBackends) -> None:
+    adapter = redis.redis
+    assert adapter._batcher is not None
+    await adapter.call("flush scripts", "", "script_flush")
+    sent: list[str] = []
+    original = adapter._batcher.call
+
+    async def recorded(what: str, key: str, method: str, *rest: Any) -> Any:
+        sent.append(method)
+        return await original(what, key, method, *rest)
+
+    adapter._batcher.call = recorded  # type: ignore[method-assign]
+    got: dict[str, bool] = {}
+
+    async def acquire(run_id: str) -> None:
+        got[run_id] = await redis.store.acquire_lease(run_id, "engine-a", 30.0)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:  # 20 callers meet NOSCRIPT together
+            for i in range(20):
+                nursery.start_soon(acquire, f"r{i}")
+    assert got == {f"r{i}": True for i in range(20)}
+    assert sent.count("script_load") == 1, sent
+    assert sent.count("evalsha") == 40  # each: NOSCRIPT, then the batched retry
+
+
 async def test_a_cancelled_caller_does_not_disturb_the_others(redis: RedisBackends) -> None:
     await redis.payloads.put_result("res:a", b"a")
     results: list[bytes] = []
@@ -144,6 +171,23 @@ async def test_the_loop_runs_every_ready_callback_in_one_tick(redis: RedisBacken
     for _ in range(5):  # one-callback-per-tick would need 200 scheduler rounds
         await trio.lowlevel.checkpoint()
     assert ran == list(range(200))
+
+
+async def test_the_loop_checks_callbacks_as_asyncio_does_outside_debug_mode(
+        redis: RedisBackends) -> None:
+    loop = redis.redis.loop
+    assert not loop.get_debug()
+    with pytest.raises(TypeError, match="callable"):
+        loop.call_soon(5)
+
+    async def coroutine_function() -> None: ...
+
+    # refused by trio-asyncio's own check, accepted (unchecked) by asyncio outside debug mode
+    loop.call_soon(coroutine_function).cancel()
+    ran = trio.Event()
+    loop.call_soon(ran.set)  # and callbacks still run
+    with trio.fail_after(DEADLINE):
+        await ran.wait()
 
 
 async def test_a_reply_that_never_comes_times_out_and_the_pool_recovers(
