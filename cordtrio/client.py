@@ -25,7 +25,7 @@ import trio
 
 from .clock import SystemClock
 from .core.events import Approve, CancelRun, Event, Start
-from .engine.submission import check_approvable, create_rerun, create_submitted_run
+from .engine.submission import check_approvable, create_rerun, submit_run
 from .errors import ValidationError
 from .model import WorkflowRun
 from .ports import Clock, RunLeases, SchemaRegistry, Store
@@ -78,13 +78,13 @@ class Client:
         return the run id. With an ``idempotency_key`` already used, return that run's id
         (queuing its start only if it never started). Raises ``NotFoundError`` for an
         unknown workflow, ``ValidationError`` for a bad input."""
-        run_id, needs_start = await create_submitted_run(
+        done = await submit_run(
             self.store, self.clock, self._new_id, workflow_id, input, org_id=org_id,
             team_id=team_id, idempotency_key=idempotency_key, labels=labels,
             dry_run=dry_run, triggered_by=triggered_by)
-        if needs_start:
-            await self._leases.push_unassigned(run_id, encode_command(Start()))
-        return run_id
+        if done.needs_start:
+            await self._leases.push_unassigned(done.run_id, encode_command(Start()))
+        return done.run_id
 
     async def approve_step(self, run_id: str, step_id: str, approved: bool = True) -> None:
         """Queue the resolution of a waiting approval. Raises ``NotFoundError`` (run or

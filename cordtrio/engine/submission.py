@@ -30,27 +30,6 @@ class Submitted:
     created: WorkflowRun | None = None
 
 
-async def create_submitted_run(
-    store: Store,
-    clock: Clock,
-    new_id: Callable[[], str],
-    workflow_id: str,
-    input: dict[str, Any] | None,
-    *,
-    org_id: str | None,
-    team_id: str | None,
-    idempotency_key: str | None,
-    labels: dict[str, str] | None,
-    dry_run: bool,
-    triggered_by: str,
-) -> tuple[str, bool]:
-    """``submit_run`` returning ``(run_id, needs_start)`` (see there)."""
-    done = await submit_run(store, clock, new_id, workflow_id, input, org_id=org_id,
-                            team_id=team_id, idempotency_key=idempotency_key, labels=labels,
-                            dry_run=dry_run, triggered_by=triggered_by)
-    return done.run_id, done.needs_start
-
-
 async def submit_run(
     store: Store,
     clock: Clock,
