@@ -1,0 +1,287 @@
+"""The worker's results (API.md "Workers"): success, failures and bad input.
+
+One test per promised behaviour, on Trio's autojump clock: handlers that "sleep for an
+hour" cost nothing, and a result that never comes fails at ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC
+
+import pytest
+import trio
+from trio.testing import MockClock
+from worker_kit import (
+    TOPIC,
+    WAIT,
+    assert_no_more_results,
+    echo,
+    make_request,
+    next_result,
+    results,
+    submit,
+    submit_with_input,
+)
+
+from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
+from cordtrio.errors import NotFoundError
+from cordtrio.payloads import result_key
+from cordtrio.protocol import (
+    SUBJECT_RESULT,
+    BusPacket,
+    JobRequest,
+    JobResult,
+    JobStatus,
+)
+from cordtrio.worker import Job, JobDenied, open_worker
+
+# ------------------------------------------------------------------------------- success
+
+
+async def test_success_stores_json_result_and_publishes_succeeded_with_pointer(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: echo}, worker_id="w1"
+    ) as worker:
+        await submit_with_input(bus, payloads, "run-1:a@1", {"n": 3})
+        with trio.fail_after(WAIT):
+            packet = await channel.receive()
+
+    result = packet.payload
+    assert isinstance(result, JobResult)
+    assert result.job_id == "run-1:a@1"
+    assert result.status == JobStatus.SUCCEEDED
+    assert result.result_ptr == "redis://res:run-1:a@1"
+    assert result.worker_id == "w1"
+    assert result.error_message == ""
+    assert packet.trace_id == "trace-1"
+    assert packet.sender_id == "w1"
+    assert packet.protocol_version == 1
+    assert packet.created_at is not None and packet.created_at.tzinfo is not None
+    assert packet.created_at.utcoffset() == UTC.utcoffset(None)
+    stored = await payloads.get_result(result_key("run-1:a@1"))
+    assert json.loads(stored) == {"echo": {"n": 3}}
+    assert (worker.handled, worker.succeeded, worker.failed, worker.running) == (1, 1, 0, 0)
+
+
+async def test_handler_sees_input_item_and_job_ids(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    seen: list[Job] = []
+
+    async def record(job: Job) -> None:
+        seen.append(job)
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: record}):
+        await submit_with_input(
+            bus, payloads, "run:1:fan[2]@3", {"item": {"x": 1}, "k": "v"},
+            env={"foreach_item": '{"x": 999}'},
+        )
+        first = await next_result(channel)
+        # No payload pointer: input is {} and the item comes from env.foreach_item (JSON).
+        await submit(bus, make_request("run:1:fan[4]@1", env={"foreach_item": '[1, "two"]'}))
+        second = await next_result(channel)
+
+    assert first.status == second.status == JobStatus.SUCCEEDED
+    assert json.loads(await payloads.get_result(result_key("run:1:fan[2]@3"))) is None
+    with_input, without_input = seen
+    assert with_input.input == {"item": {"x": 1}, "k": "v"}
+    assert with_input.item == {"x": 1}  # the payload's item wins over env
+    assert with_input.job_id == "run:1:fan[2]@3"
+    assert with_input.topic == TOPIC
+    assert with_input.run_id == "run:1"
+    assert with_input.step_id == "fan[2]"
+    assert with_input.attempt == 3
+    assert without_input.input == {}
+    assert without_input.item == [1, "two"]
+    assert without_input.attempt == 1
+
+
+def test_job_properties_without_env_or_attempt_suffix() -> None:
+    job = Job.from_request(JobRequest(job_id="plain", topic=TOPIC))
+    assert (job.run_id, job.step_id, job.attempt, job.item, job.input) == ("", "", 1, None, {})
+    assert Job.from_request(JobRequest(job_id="r:s@x")).attempt == 1
+    raw = Job.from_request(JobRequest(env={"foreach_item": "not json"}))
+    assert raw.item == "not json"
+
+
+# ------------------------------------------------------------------------------ failures
+
+
+async def test_exception_reports_failed_with_message_and_error_code(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    async def boom(job: Job) -> None:
+        if job.step_id == "loud":
+            raise ValueError("disk on fire")
+        raise KeyError  # no message: the class name stands in
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: boom}) as worker:
+        await submit(bus, make_request("r:loud@1"))
+        loud = await next_result(channel)
+        await submit(bus, make_request("r:quiet@1"))
+        quiet = await next_result(channel)
+
+    assert (loud.status, loud.error_code, loud.error_message) == (
+        JobStatus.FAILED, "ValueError", "disk on fire",
+    )
+    assert (quiet.status, quiet.error_code, quiet.error_message) == (
+        JobStatus.FAILED, "KeyError", "KeyError",
+    )
+    assert loud.result_ptr == ""
+    with pytest.raises(NotFoundError):
+        await payloads.get_result(result_key("r:loud@1"))
+    assert (worker.handled, worker.succeeded, worker.failed) == (2, 0, 2)
+
+
+async def test_job_denied_reports_denied(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    async def refuse(job: Job) -> None:
+        raise JobDenied(f"tenant may not resize {job.job_id}")
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: refuse}):
+        await submit(bus, make_request("r:s@1"))
+        result = await next_result(channel)
+
+    assert result.status == JobStatus.DENIED
+    assert result.error_code == "JobDenied"
+    assert result.error_message == "tenant may not resize r:s@1"
+
+
+async def test_budget_deadline_reports_timeout(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    cancelled = False
+
+    async def slow(job: Job) -> None:
+        nonlocal cancelled
+        try:
+            await trio.sleep(3600)
+        except trio.Cancelled:
+            cancelled = True
+            raise
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: slow}):
+        start = trio.current_time()
+        await submit(bus, make_request("r:s@1", deadline_ms=1500))
+        result = await next_result(channel)
+        elapsed = trio.current_time() - start
+
+    assert result.status == JobStatus.TIMEOUT
+    assert result.error_message == "deadline of 1500 ms exceeded"
+    assert cancelled
+    assert 1.5 <= elapsed < 2
+    assert result.execution_ms == 1500
+
+
+async def test_non_serializable_return_reports_failed(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    async def opaque(job: Job) -> object:
+        return {"handle": object()}
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: opaque}):
+        await submit(bus, make_request("r:s@1"))
+        result = await next_result(channel)
+
+    assert result.status == JobStatus.FAILED
+    assert result.error_code == "ResultNotSerializable"
+    assert "r:s@1" in result.error_message
+    with pytest.raises(NotFoundError):
+        await payloads.get_result(result_key("r:s@1"))
+
+
+async def test_missing_context_payload_reports_failed_naming_the_pointer(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    called = False
+
+    async def never(job: Job) -> None:
+        nonlocal called
+        called = True
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: never}):
+        await submit(bus, make_request("r:s@1", context_ptr="redis://ctx:r:s@1"))
+        result = await next_result(channel)
+
+    assert result.status == JobStatus.FAILED
+    assert "r:s@1" in result.error_message
+    assert "redis://ctx:r:s@1" in result.error_message
+    assert not called
+
+
+async def test_input_that_is_not_a_json_object_reports_failed(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    await payloads.put_context("ctx:bad", b"{not json")
+    await payloads.put_context("ctx:list", b"[1, 2]")
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}):
+        await submit(bus, make_request("r:bad@1", context_ptr="redis://ctx:bad"))
+        bad = await next_result(channel)
+        await submit(bus, make_request("r:list@1", context_ptr="redis://ctx:list"))
+        listed = await next_result(channel)
+        await submit(bus, make_request("r:ptr@1", context_ptr="s3://elsewhere"))
+        foreign = await next_result(channel)
+
+    for result, ptr in ((bad, "redis://ctx:bad"), (listed, "redis://ctx:list"),
+                        (foreign, "s3://elsewhere")):
+        assert result.status == JobStatus.FAILED
+        assert ptr in result.error_message
+        assert result.job_id in result.error_message
+
+
+async def test_result_store_failure_reports_failed_and_worker_survives(
+    bus: MemoryBus, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyPayloads(MemoryPayloadStore):
+        fail_next = True
+
+        async def put_result(self, key: str, data: bytes) -> None:
+            if self.fail_next:
+                self.fail_next = False
+                raise OSError("connection reset")
+            await super().put_result(key, data)
+
+    payloads = FlakyPayloads()
+    with caplog.at_level(logging.ERROR, logger="cordtrio.worker"):
+        async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}):
+            await submit(bus, make_request("r:a@1"))
+            first = await next_result(channel)
+            await submit(bus, make_request("r:b@1"))
+            second = await next_result(channel)
+
+    assert (first.status, first.error_code) == (JobStatus.FAILED, "OSError")
+    assert "res:r:a@1" in first.error_message
+    assert second.status == JobStatus.SUCCEEDED
+    assert any("r:a@1" in record.getMessage() for record in caplog.records)
+
+
+async def test_result_publish_failure_is_logged_and_worker_survives(
+    payloads: MemoryPayloadStore,
+    autojump_clock: MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FlakyBus(MemoryBus):
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            # Fail by job id, not "the first result": Trio schedules the two jobs in either
+            # order.
+            job_id = getattr(packet.payload, "job_id", "")
+            if subject == SUBJECT_RESULT and job_id == "r:lost@1":
+                raise OSError("socket closed")
+            await super().publish(subject, packet)
+
+    bus = FlakyBus()
+    with caplog.at_level(logging.ERROR, logger="cordtrio.worker"):
+        async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}) as w:
+            await submit(bus, make_request("r:lost@1"))
+            await submit(bus, make_request("r:kept@1"))
+            kept = await next_result(channel)
+            await assert_no_more_results(channel)
+
+    assert kept.job_id == "r:kept@1"
+    assert w.handled == 2
+    assert any("r:lost@1" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,171 @@
+"""Worker scheduling (API.md "Workers"): concurrency, topics, queue groups, the
+block's lifetime.
+
+One test per promised behaviour, on Trio's autojump clock: handlers that "sleep for an
+hour" cost nothing, and a result that never comes fails at ``fail_after``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+from worker_kit import (
+    TOPIC,
+    WAIT,
+    assert_no_more_results,
+    echo,
+    make_request,
+    next_result,
+    results,
+    submit,
+)
+
+from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
+from cordtrio.protocol import (
+    JobStatus,
+)
+from cordtrio.worker import Job, default_queue, open_worker
+
+# --------------------------------------------------------------------------- scheduling
+
+
+async def test_max_concurrency_caps_running_handlers(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    limit, jobs = 3, 10
+    current = peak = 0
+
+    async def busy(job: Job) -> None:
+        nonlocal current, peak
+        current += 1
+        peak = max(peak, current)
+        try:
+            await trio.sleep(1)
+        finally:
+            current -= 1
+
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: busy}, max_concurrency=limit
+    ):
+        for i in range(jobs):
+            await submit(bus, make_request(f"r:s[{i}]@1"))
+        done = [await next_result(channel) for _ in range(jobs)]
+
+    assert peak == limit
+    assert sorted(r.job_id for r in done) == sorted(f"r:s[{i}]@1" for i in range(jobs))
+    assert all(r.status == JobStatus.SUCCEEDED for r in done)
+
+
+async def test_unknown_topic_is_ignored(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}) as worker:
+        await submit(bus, make_request("r:other@1", topic="job.someone.else"))
+        await submit(bus, make_request("r:mine@1"))
+        assert (await next_result(channel)).job_id == "r:mine@1"
+        await assert_no_more_results(channel)
+    assert worker.handled == 1
+
+
+async def test_same_topic_set_shares_jobs_and_other_topic_sets_see_every_job(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    jobs = 40
+    handled_by: Counter[str] = Counter()
+
+    async def work(job: Job) -> None:
+        await trio.sleep(0.1)
+
+    async with (
+        results(bus) as channel,
+        open_worker(bus, payloads, {TOPIC: work}, worker_id="a") as a,
+        open_worker(bus, payloads, {TOPIC: work}, worker_id="b") as b,
+        open_worker(bus, payloads, {TOPIC: work, "job.other": work}, worker_id="c") as c,
+    ):
+        assert a.queue == b.queue == default_queue({TOPIC: work}) == "cordtrio-worker:" + TOPIC
+        assert c.queue == "cordtrio-worker:job.other," + TOPIC
+        for i in range(jobs):
+            await submit(bus, make_request(f"r:s[{i}]@1"))
+        for _ in range(2 * jobs):
+            result = await next_result(channel)
+            handled_by[result.worker_id] += 1
+        await assert_no_more_results(channel)
+
+    assert handled_by["a"] + handled_by["b"] == jobs  # each job exactly once in the group
+    assert handled_by["a"] > 0 and handled_by["b"] > 0
+    assert handled_by["c"] == jobs  # another topic set: its own group, sees every job
+    assert (a.handled, b.handled, c.handled) == (handled_by["a"], handled_by["b"], jobs)
+
+
+async def test_leaving_the_block_cancels_running_handlers_without_results(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    started = trio.Event()
+    cancelled: list[str] = []
+
+    async def forever(job: Job) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(job.job_id)
+            raise
+
+    async with results(bus) as channel:
+        async with open_worker(bus, payloads, {TOPIC: forever}) as worker:
+            await submit(bus, make_request("r:s@1"))
+            with trio.fail_after(WAIT):
+                await started.wait()
+        assert cancelled == ["r:s@1"]
+        assert worker.handled == 0
+        await assert_no_more_results(channel)
+        # Unsubscribed: a job published now reaches nobody and nothing runs it.
+        await submit(bus, make_request("r:t@1"))
+        await assert_no_more_results(channel)
+    assert cancelled == ["r:s@1"]
+
+
+async def test_exception_in_the_body_propagates_unwrapped(
+    bus: MemoryBus, payloads: MemoryPayloadStore
+) -> None:
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with open_worker(bus, payloads, {TOPIC: echo}):
+            raise RuntimeError("body failed")
+
+
+async def test_subscribe_failure_propagates_unwrapped(payloads: MemoryPayloadStore) -> None:
+    class DeadBus(MemoryBus):
+        def subscribe(self, subject: str, queue: str = "") -> Any:
+            raise OSError("bus unreachable")
+
+    with pytest.raises(OSError, match="bus unreachable"):
+        async with open_worker(DeadBus(), payloads, {TOPIC: echo}):
+            pytest.fail("the body must not run without subscriptions")
+
+
+async def test_outer_cancellation_propagates_through_the_block(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    after_block = False
+    with trio.CancelScope() as scope:
+        async with open_worker(bus, payloads, {TOPIC: echo}):
+            scope.cancel()
+            await trio.sleep(1)
+        after_block = True
+    assert scope.cancelled_caught
+    assert not after_block
+
+
+async def test_bad_arguments_are_rejected(
+    bus: MemoryBus, payloads: MemoryPayloadStore
+) -> None:
+    with pytest.raises(ValueError, match="max_concurrency"):
+        async with open_worker(bus, payloads, {TOPIC: echo}, max_concurrency=0):
+            pass
+    with pytest.raises(ValueError, match="handler"):
+        async with open_worker(bus, payloads, {}):
+            pass
