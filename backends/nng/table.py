@@ -20,22 +20,38 @@ from .frames import Op
 from .inbox import Inbox
 
 
+class Changes:
+    """Wakes every task waiting at the moment of ``notify`` (a notify with nobody waiting is
+    forgotten): publishes waiting for room in a subscription or a queue group."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+
 @dataclass(eq=False, slots=True)
 class _Group:
     members: tuple[_Sub, ...] = ()
     turn: int = 0
-    waiting: trio.Event | None = None  # for publishes waiting for a member with room
+    changes: Changes = field(default_factory=Changes)
 
     async def changed(self) -> None:
         """Wait until a member gets room, joins or leaves."""
-        if self.waiting is None:
-            self.waiting = trio.Event()
-        await self.waiting.wait()
+        await self.changes.wait()
 
     def notify(self) -> None:
-        if self.waiting is not None:
-            self.waiting.set()
-            self.waiting = None
+        self.changes.notify()
 
 
 @dataclass(eq=False, slots=True)
@@ -50,21 +66,17 @@ class _Sub:
     room: int | None = None  # None: unbounded
     alive: bool = True
     group: _Group | None = None
-    waiting: trio.Event | None = None  # for publishes waiting for room
+    changes: Changes = field(default_factory=Changes)
 
     def has_room(self) -> bool:
         return self.room is None or self.room > 0
 
     async def changed(self) -> None:
         """Wait until the subscription gets room or ends."""
-        if self.waiting is None:
-            self.waiting = trio.Event()
-        await self.waiting.wait()
+        await self.changes.wait()
 
     def notify(self) -> None:
-        if self.waiting is not None:
-            self.waiting.set()
-            self.waiting = None
+        self.changes.notify()
         if self.group is not None:
             self.group.notify()
 
