@@ -14,12 +14,10 @@ from .run_doc import _TERMINAL_STEP as _TERMINAL_STEP
 from .run_doc import (
     TERMINAL_RUN_STATUSES,
     TERMINAL_STEP_STATUSES,
-    TIMELINE_ROW_FIELDS,
     RunStatus,
     StepRun,
     StepStatus,
     TimelineEvent,
-    TimelineRow,
     WorkflowRun,
 )
 from .workflow_doc import _ENGINE_TYPES as _ENGINE_TYPES
@@ -36,7 +34,6 @@ from .workflow_doc import _load_yaml as _load_yaml
 __all__ = [
     "TERMINAL_RUN_STATUSES",
     "TERMINAL_STEP_STATUSES",
-    "TIMELINE_ROW_FIELDS",
     "RetryConfig",
     "RunStatus",
     "Step",
@@ -45,7 +42,6 @@ __all__ = [
     "StepStatus",
     "StepType",
     "TimelineEvent",
-    "TimelineRow",
     "Workflow",
     "WorkflowRun",
     "load_workflow",

@@ -331,9 +331,6 @@ class WorkflowRun:
         )
 
 
-TimelineRow = tuple[Any, ...]
-TIMELINE_ROW_FIELDS = ("time", "type", "run_id", "workflow_id", "step_id", "job_id", "status",
-                       "result_ptr", "message", "data")
 
 
 @dataclass
@@ -372,27 +369,6 @@ class TimelineEvent:
             out["data"] = json_copy(self.data)
         return out
 
-    def to_row(self) -> TimelineRow:
-        """The event as a tuple of ``to_dict`` values (``TIMELINE_ROW_FIELDS`` order; empty
-        ones as ``""``/None, trailing empty ones left out; at least time, type and run id):
-        what in-memory stores keep, at half the size of a dict."""
-        row = (_format(self.time), self.type, self.run_id, self.workflow_id, self.step_id,
-               self.job_id, self.status, self.result_ptr, self.message,
-               json_copy(self.data) if self.data else None)
-        end = len(row)
-        while end > 3 and not row[end - 1]:
-            end -= 1  # trailing empty fields are left out (shorter tuple)
-        return row[:end]
-
-    @staticmethod
-    def row_to_dict(row: TimelineRow) -> dict[str, Any]:
-        """``to_dict`` of the event a row came from."""
-        out: dict[str, Any] = {"time": row[0], "type": row[1]}
-        for key, value in zip(TIMELINE_ROW_FIELDS[2:], row[2:], strict=False):
-            if value:
-                out[key] = value
-        return out
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TimelineEvent:
         d = _dict(d, "timeline event")
@@ -416,11 +392,9 @@ TERMINAL_STEP_STATUSES = _TERMINAL_STEP
 __all__ = [
     "TERMINAL_RUN_STATUSES",
     "TERMINAL_STEP_STATUSES",
-    "TIMELINE_ROW_FIELDS",
     "RunStatus",
     "StepRun",
     "StepStatus",
     "TimelineEvent",
-    "TimelineRow",
     "WorkflowRun",
 ]

@@ -1,6 +1,6 @@
 """Run timelines of ``MemoryStore``: append-only, the newest ``TIMELINE_CAP`` events per run.
 
-An event is kept as a row: a tuple of its fields in ``TIMELINE_ROW_FIELDS`` order, trailing
+An event is kept as a row: a tuple of its fields in ``TimelineEvent``'s field order, trailing
 empty ones left out, the time as the (immutable) datetime and the data frozen
 (``frozen.freeze``). A row of strings, a datetime and bytes is cheap to build (no timestamp
 formatting, no dict copy), half the memory of a dict, and invisible to the cyclic garbage
