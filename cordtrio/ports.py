@@ -9,7 +9,7 @@ write, so a crash never keeps one without the other) and ``append_timeline_event
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -229,6 +229,38 @@ class Bus(Protocol):
 
 
 @runtime_checkable
+class JobInbox(Protocol):
+    """A worker's share of the job queues (SPEC §13), from ``JobBus.consume_jobs``.
+
+    ``receive`` yields job request packets for the consumer's topics; the bus keeps owning
+    each job until ``ack(job_id)`` (call it once the job's result is published). At most
+    ``capacity`` jobs are held unacknowledged at once: the next one arrives after an ack.
+    When the bus takes held jobs back (the worker's connection was reset or declared dead,
+    and they went to another worker), it calls ``on_lost(job_id)`` for each one that was
+    already received, so that the worker stops them without reporting; jobs not yet
+    received are simply never returned by ``receive``.
+    """
+
+    on_lost: Callable[[str], None] | None
+
+    async def receive(self) -> BusPacket: ...
+
+    def receive_nowait(self) -> BusPacket: ...
+
+    def ack(self, job_id: str) -> None: ...
+
+
+@runtime_checkable
+class JobBus(Bus, Protocol):
+    """A bus that delivers job requests at least once (SPEC §13): a request published on
+    ``sys.job.submit`` waits in its topic's queue until a consumer of that topic takes it."""
+
+    def consume_jobs(
+        self, topics: Collection[str], *, capacity: int
+    ) -> AbstractAsyncContextManager[JobInbox]: ...
+
+
+@runtime_checkable
 class ConfigProvider(Protocol):
     """Effective configuration for a step; non-empty results go into the job's env."""
 
@@ -248,6 +280,8 @@ __all__ = [
     "Bus",
     "Clock",
     "ConfigProvider",
+    "JobBus",
+    "JobInbox",
     "PayloadStore",
     "RunChanges",
     "RunLeases",

@@ -9,7 +9,9 @@ A worker is a bus, a payload store and a mapping ``topic -> async handler``::
 
 For every ``JobRequest`` on ``sys.job.submit`` whose topic has a handler, the worker loads the
 input payload, runs the handler under the job's budget deadline, stores the JSON return value
-at ``res:<job_id>`` and publishes a ``JobResult`` on ``sys.job.result``. A ``JobCancel`` on
+at ``res:<job_id>``, publishes a ``JobResult`` on ``sys.job.result`` and then acknowledges
+the job to the bus (SPEC §13: until then the bus owns it, and hands it to another worker if
+this one is lost — a handler may therefore run more than once for one attempt). A ``JobCancel`` on
 ``sys.job.cancel`` cancels the matching handler. Nothing a handler or a backend does can kill
 the worker; only leaving the ``async with`` block (or cancelling ``serve_worker``) stops it.
 """
@@ -21,7 +23,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,14 +33,16 @@ import trio
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import key_from_pointer, pointer_for_key, result_key
-from .ports import Bus, PayloadStore
+from .ports import Bus, JobBus, JobInbox, PayloadStore
 from .protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
+    SUBJECT_PROGRESS,
     SUBJECT_RESULT,
     SUBJECT_SUBMIT,
     BusPacket,
     JobCancel,
+    JobProgress,
     JobRequest,
     JobResult,
     JobStatus,
@@ -47,6 +51,9 @@ from .protocol import (
 logger = logging.getLogger("cordtrio.worker")
 
 QUEUE_PREFIX = "cordtrio-worker:"
+
+DEFAULT_PREFETCH = 4
+"""Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
 
 
 class JobDenied(CordtrioError):
@@ -123,11 +130,12 @@ class _Running:
     """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``),
     the reason once cancelled, and what its report needs."""
 
-    __slots__ = ("reason", "request", "scope", "started", "trace_id")
+    __slots__ = ("lost", "reason", "request", "scope", "started", "trace_id")
 
     def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest) -> None:
         self.scope = scope
         self.reason: str | None = None
+        self.lost = False  # the bus took the job back: stop without reporting
         self.trace_id = trace_id
         self.request = request
         self.started = trio.current_time()
@@ -150,10 +158,14 @@ class Worker:
         worker_id: str,
         max_concurrency: int,
         queue: str,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         self.worker_id = worker_id
         self.queue = queue
         self.max_concurrency = max_concurrency
+        self.prefetch = prefetch
+        self.lost = 0
+        """Jobs the bus took back from this worker (its connection was reset)."""
         self.handled = 0
         self.succeeded = 0
         self.failed = 0
@@ -162,6 +174,7 @@ class Worker:
         self._payloads = payloads
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
+        self._inbox: JobInbox | None = None
 
     @property
     def topics(self) -> frozenset[str]:
@@ -178,14 +191,35 @@ class Worker:
         entry.scope.cancel()
         return True
 
+    def _job_lost(self, job_id: str) -> None:
+        """The bus handed ``job_id`` to another worker: stop it here, report nothing."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return
+        entry.lost = True
+        if entry.reason is None:
+            entry.reason = "the bus took the job back"
+        entry.scope.cancel()
+
     # ------------------------------------------------------------------------- serving
+
+    def _submits(self) -> AbstractAsyncContextManager[Any]:
+        """Where jobs come from: the bus's job queues (acknowledged, at-least-once) when it
+        has them, else a queue-group subscription to ``sys.job.submit``."""
+        if isinstance(self._bus, JobBus):
+            return self._bus.consume_jobs(self.topics,
+                                          capacity=self.max_concurrency + self.prefetch)
+        return self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue)
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
         async with (
-            self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue) as submits,
+            self._submits() as submits,
             self._bus.subscribe(SUBJECT_CANCEL) as cancels,
             trio.open_nursery() as nursery,
         ):
+            if isinstance(self._bus, JobBus):
+                self._inbox = submits
+                submits.on_lost = self._job_lost
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
@@ -223,7 +257,9 @@ class Worker:
                 ended = await self._run_jobs(submits, scope, jobs, clean)
             if ended:
                 return
-            if jobs:  # cancelled (even if the handler swallowed the Cancelled)
+            if jobs and jobs[0].lost:  # taken back by the bus: another worker runs it
+                self.lost += 1
+            elif jobs:  # cancelled (even if the handler swallowed the Cancelled)
                 entry = jobs[0]
                 result = JobResult(
                     entry.request.job_id,
@@ -275,6 +311,9 @@ class Worker:
             running[job_id] = entry  # registered now, so an early cancel finds it
             self.running += 1
             try:
+                budget = request.budget
+                if budget is not None and budget.deadline_ms > 0:
+                    await self._report_start(entry)
                 result = await self._execute(request, handler)
             finally:
                 del running[job_id]
@@ -287,6 +326,19 @@ class Worker:
             await self._report(entry, result)
             if contextvars.copy_context() != clean:
                 return False
+
+    async def _report_start(self, entry: _Running) -> None:
+        """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
+        from its dispatch). Only jobs with a deadline need it, so only they pay for it."""
+        progress = JobProgress(entry.request.job_id, status=JobStatus.RUNNING,
+                               message=f"started by {self.worker_id}")
+        packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC),
+                           PROTOCOL_VERSION, progress)
+        try:
+            await self._bus.publish(SUBJECT_PROGRESS, packet)
+        except Exception:
+            logger.warning("worker %s: publishing the start of job %s failed",
+                           self.worker_id, entry.request.job_id, exc_info=True)
 
     async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
@@ -301,8 +353,13 @@ class Worker:
         try:
             await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
+            # not acknowledged: the bus hands the job to another worker once this one's
+            # connection is reset, or when it leaves
             logger.exception("worker %s: publishing the result of job %s failed",
                              self.worker_id, result.job_id)
+            return
+        if self._inbox is not None:
+            self._inbox.ack(result.job_id)
 
     async def _execute(self, request: JobRequest, handler: Handler) -> JobResult:
         """Load the input, run the handler, store its output; every outcome is a result."""
@@ -356,6 +413,10 @@ class Worker:
                 error = exc
         if error is not None:
             status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
+            if status == JobStatus.FAILED:
+                logger.warning("worker %s: job %s (topic %s) failed: %s: %s",
+                               self.worker_id, job_id, request.topic,
+                               type(error).__name__, error, exc_info=error)
             return _failure(status, type(error).__name__, str(error) or type(error).__name__,
                             job_id)
 
@@ -397,9 +458,12 @@ def _make_worker(
     worker_id: str,
     max_concurrency: int,
     queue: str | None,
+    prefetch: int = DEFAULT_PREFETCH,
 ) -> Worker:
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be at least 0, got {prefetch}")
     if not handlers:
         raise ValueError("a worker needs at least one topic handler")
     return Worker(
@@ -409,6 +473,7 @@ def _make_worker(
         worker_id=worker_id or f"worker-{uuid.uuid4().hex[:12]}",
         max_concurrency=max_concurrency,
         queue=default_queue(handlers) if queue is None else queue,
+        prefetch=prefetch,
     )
 
 
@@ -420,12 +485,14 @@ async def serve_worker(
     worker_id: str = "",
     max_concurrency: int = 64,
     queue: str | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a worker until cancelled; for ``nursery.start``, which returns the ``Worker``
     once both subscriptions are active. Returns on its own only if the bus closes the
     submit channel (after the jobs in progress have reported)."""
-    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue)
+    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue,
+                          prefetch)
     await worker._serve(task_status)
 
 
@@ -438,15 +505,20 @@ async def open_worker(
     worker_id: str = "",
     max_concurrency: int = 64,
     queue: str | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
 ) -> AsyncIterator[Worker]:
     """Serve ``handlers`` for the duration of the block and yield the ``Worker``.
 
     The subscriptions are active when the body starts, so nothing published from the body
-    is missed. ``queue`` defaults to ``default_queue(handlers)``; ``worker_id`` defaults to a
-    random ``worker-<hex>``. Leaving the block cancels the handlers still running (no result
-    is published for them) and unsubscribes.
+    is missed. On a ``JobBus`` (``MemoryBus``, nng) the worker consumes one job queue per
+    topic of ``handlers`` and holds at most ``max_concurrency + prefetch`` jobs; on another
+    bus it joins the queue group ``queue`` (default ``default_queue(handlers)``) of
+    ``sys.job.submit``. ``worker_id`` defaults to a random ``worker-<hex>``. Leaving the
+    block cancels the handlers still running (no result is published for them: their jobs
+    go back to the bus for another worker) and unsubscribes.
     """
-    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue)
+    worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue,
+                          prefetch)
     async with open_service_nursery() as nursery:
         await nursery.start(worker._serve)  # subscriptions active from here on
         yield worker

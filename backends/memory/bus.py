@@ -13,6 +13,14 @@
   receive channel itself) is dropped silently; publishing to a subject nobody listens to is
   not an error.
 
+Job requests (SPEC §13) are delivered at least once besides: a ``JobRequest`` published on
+``sys.job.submit`` goes into its topic's job queue (``backends/job_queues.py``) and to one
+worker that consumes that topic with ``consume_jobs``; it waits there while no such worker
+has room, and a worker that leaves without acknowledging a job hands it back to the queue
+for the next one. Plain subscribers of ``sys.job.submit`` still see every request (a
+monitoring tap), but taking a job is ``consume_jobs``' business. A ``JobCancel`` on
+``sys.job.cancel`` drops a job still queued.
+
 By default the packet *object* is handed to every subscriber, so receivers must treat packets
 as immutable. ``MemoryBus(codec=True)`` instead encodes each packet once with
 ``encode_packet`` and gives each subscriber its own ``decode_packet`` copy, which exercises
@@ -21,17 +29,41 @@ the wire format in tests.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import trio
 
 from cordtrio.errors import ProtocolError
-from cordtrio.protocol import BusPacket, decode_packet, encode_packet
+from cordtrio.protocol import (
+    PROTOCOL_VERSION,
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    decode_packet,
+    encode_packet,
+)
+
+from ..job_queues import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_REDELIVERIES,
+    Assignment,
+    Consumer,
+    JobQueues,
+    LostJob,
+    worker_lost_result,
+)
 
 DEFAULT_MAX_BUFFER = 1024
+
+log = logging.getLogger("cordtrio.bus")
 
 _Send = trio.MemorySendChannel[BusPacket]
 
@@ -56,13 +88,56 @@ class _Listeners:
         return not self.plain and not self.groups
 
 
-class MemoryBus:
-    """A process-local bus implementing the ``Bus`` port (see the module docstring)."""
+class MemoryJobInbox:
+    """A worker's job inbox on a ``MemoryBus`` (the ``JobInbox`` port). The bus never takes
+    a received job back (a member leaves only by leaving its ``consume_jobs`` block), so
+    ``on_lost`` is never called here."""
 
-    def __init__(self, *, codec: bool = False) -> None:
+    def __init__(self, bus: MemoryBus) -> None:
+        self._bus = bus
+        self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
+        self.consumer: Consumer | None = None
+        self.on_lost: Callable[[str], None] | None = None
+
+    async def receive(self) -> BusPacket:
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> BusPacket:
+        return self._receive.receive_nowait()
+
+    def ack(self, job_id: str) -> None:
+        if self.consumer is not None:
+            self._bus._hand_out(self._bus.jobs.ack(self.consumer, job_id))
+
+    def __aiter__(self) -> MemoryJobInbox:
+        return self
+
+    async def __anext__(self) -> BusPacket:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class MemoryBus:
+    """A process-local bus implementing the ``JobBus`` port (see the module docstring).
+
+    ``max_redeliveries`` and ``max_pending`` configure the job queues (``jobs``, whose
+    counters serve monitoring): see ``backends/job_queues.py``.
+    """
+
+    def __init__(
+        self,
+        *,
+        codec: bool = False,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
         self._codec = codec
         self._exact: dict[str, _Listeners] = {}
         self._wildcards: dict[str, _Listeners] = {}  # prefix before ">" -> listeners
+        self.jobs = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)
+        self._room = trio.lowlevel.ParkingLot()  # publishers waiting for queue space
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -77,6 +152,16 @@ class MemoryBus:
                                 f"got {type(packet).__name__}")
         wire = encode_packet(packet) if self._codec else None
         blocked = False
+        payload = packet.payload
+        if subject == SUBJECT_SUBMIT and isinstance(payload, JobRequest):
+            while self.jobs.full:
+                blocked = True
+                await self._room.park()
+            assignment = self.jobs.offer(payload.job_id, payload.topic, (packet, wire))
+            if assignment is not None:
+                self._hand_out((assignment,))
+        elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel):
+            self.jobs.cancel(payload.job_id)
         listeners = self._exact.get(subject)
         if listeners is not None:
             blocked = await self._deliver(subject, listeners, packet, wire, self._exact)
@@ -109,7 +194,45 @@ class MemoryBus:
             self._remove(table, key, queue, send)
             send.close()
 
+    @asynccontextmanager
+    async def consume_jobs(
+        self, topics: Collection[str], *, capacity: int
+    ) -> AsyncIterator[MemoryJobInbox]:
+        """Take jobs of ``topics`` for the duration of the block, at most ``capacity``
+        unacknowledged at once (see ``JobInbox``). Leaving the block hands every job not
+        acknowledged back to its queue (or, past the redelivery bound, reports it lost)."""
+        inbox = MemoryJobInbox(self)
+        consumer, assignments = self.jobs.add(topics, capacity, inbox)
+        inbox.consumer = consumer
+        self._hand_out(assignments)
+        try:
+            yield inbox
+        finally:
+            inbox._send.close()
+            assignments, lost = self.jobs.remove(consumer)
+            self._hand_out(assignments)
+            if lost:
+                with trio.CancelScope(shield=True):
+                    await self._report_lost(lost)
+
     # ------------------------------------------------------------------------ internals
+
+    def _hand_out(self, assignments: Collection[Assignment]) -> None:
+        for a in assignments:
+            packet, wire = a.job.item
+            inbox: MemoryJobInbox = a.consumer.handle
+            inbox._send.send_nowait(self._copy(packet, wire))
+        if not self.jobs.full:
+            self._room.unpark_all()
+
+    async def _report_lost(self, lost: list[LostJob]) -> None:
+        for job in lost:
+            packet, _ = job.item
+            log.warning("job %s: its worker was lost %d times; reported as failed",
+                        job.job_id, job.deliveries)
+            result = worker_lost_result(job.job_id, job.deliveries)
+            await self.publish(SUBJECT_RESULT, BusPacket(
+                packet.trace_id, "cordtrio-bus", datetime.now(UTC), PROTOCOL_VERSION, result))
 
     def _table_for(self, subject: str) -> tuple[dict[str, _Listeners], str]:
         if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):

@@ -81,12 +81,12 @@ async def memory_storage(clock: Clock) -> AsyncIterator[Storage]:
 
 @asynccontextmanager
 async def memory_bus() -> AsyncIterator[BusBackend]:
-    yield BusBackend(MemoryBus(), frozenset({"wildcard"}))
+    yield BusBackend(MemoryBus(), frozenset({"wildcard", "jobs"}))
 
 
 @asynccontextmanager
 async def memory_codec_bus() -> AsyncIterator[BusBackend]:
-    yield BusBackend(MemoryBus(codec=True), frozenset({"wildcard"}))
+    yield BusBackend(MemoryBus(codec=True), frozenset({"wildcard", "jobs"}))
 
 
 @asynccontextmanager
@@ -204,5 +204,13 @@ async def bus_backend(request: pytest.FixtureRequest) -> AsyncIterator[BusBacken
 
 @pytest.fixture
 def bus(bus_backend: BusBackend) -> Bus:
+    return bus_backend.bus
+
+
+@pytest.fixture
+def job_bus(bus_backend: BusBackend) -> Bus:
+    """A bus backend that delivers jobs at least once (SPEC §13)."""
+    if "jobs" not in bus_backend.capabilities:
+        pytest.skip("this bus backend has no job queues yet")
     return bus_backend.bus
 

@@ -1,0 +1,329 @@
+"""Job queues: at-least-once delivery of job requests to workers, as a pure state machine.
+
+Every bus backend that hosts delivery (``MemoryBus``, the nng router) keeps one
+``JobQueues`` and does only the I/O around it. The rules (SPEC §13):
+
+* **One queue per topic.** A job request goes to exactly one consumer that serves its
+  topic, whatever else consumers serve (round robin over the consumers with room).
+* **A job waits for a worker.** With no consumer of its topic (or none with room) it stays
+  queued, in publish order, until one has room. The number of queued jobs is bounded
+  (``max_pending``): past it the host makes publishers wait (``full``), nothing is dropped.
+* **Acknowledged delivery.** A job handed to a consumer stays owned by the queues until
+  that consumer acknowledges it (after publishing its result). A consumer holds at most
+  ``capacity`` unacknowledged jobs; an ack frees a slot, which takes the oldest job queued
+  for any of its topics.
+* **Redelivery.** A consumer that goes away (its connection dropped, it stopped answering
+  liveness probes, it left) hands every job it had not acknowledged back to the front of
+  its topic's queue, same job id. A job may be redelivered ``max_redeliveries`` times;
+  past that it is *lost*: the host reports it to the engine as a failed attempt ("worker
+  lost") and the step's retry policy decides what happens next.
+* **Duplicates are absorbed.** A request whose job id is already queued or held is
+  ignored (an engine that restarts re-publishes the current attempt of every running step;
+  the job it finds still owned here must not run twice for that).
+* **Cancelled jobs don't run.** ``cancel(job_id)`` drops a queued job and marks a held one
+  so that it is not redelivered.
+
+No I/O, no clock, no Trio: methods return what the host must do (``Assignment``s to send,
+``LostJob``s to report). ``item`` is whatever the host delivers (a packet object or its
+encoded bytes).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cordtrio.protocol import JobResult, JobStatus
+
+WORKER_LOST = "WorkerLost"
+"""``error_code`` of the failed result a host reports for a lost job."""
+
+DEFAULT_MAX_REDELIVERIES = 3
+"""Deliveries of one attempt after the first before it counts as lost (SPEC §13)."""
+
+DEFAULT_MAX_PENDING = 100_000
+"""Queued (not yet delivered) jobs a host keeps before publishers of jobs wait."""
+
+DEFAULT_PREFETCH = 4
+"""Jobs a worker may hold beyond its concurrency, so that a finished slot finds its next
+job already there instead of waiting for a round trip."""
+
+
+@dataclass(eq=False, slots=True)
+class QueuedJob:
+    """One job request owned by the queues: queued (``holder is None``) or held."""
+
+    job_id: str
+    topic: str
+    item: Any
+    seq: int
+    deliveries: int = 0
+    holder: Consumer | None = None
+    cancelled: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Consumer:
+    """A worker's claim on jobs of ``topics``: at most ``capacity`` held at once.
+
+    ``handle`` is the host's own reference (an inbox, a connection and its id)."""
+
+    topics: frozenset[str]
+    capacity: int
+    handle: Any = None
+    held: dict[str, QueuedJob] = field(default_factory=dict)
+    active: bool = True
+
+    @property
+    def room(self) -> int:
+        return self.capacity - len(self.held)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Deliver ``job.item`` to ``consumer`` (it now holds the job)."""
+
+    consumer: Consumer
+    job: QueuedJob
+
+
+@dataclass(frozen=True, slots=True)
+class LostJob:
+    """A job whose consumers were lost too often: report it as a failed attempt."""
+
+    job_id: str
+    topic: str
+    item: Any
+    deliveries: int
+
+
+@dataclass(slots=True)
+class _Topic:
+    queue: deque[QueuedJob] = field(default_factory=deque)
+    consumers: list[Consumer] = field(default_factory=list)
+    turn: int = 0
+
+
+def worker_lost_result(job_id: str, deliveries: int) -> JobResult:
+    """The result reported for a job whose workers were all lost: a failed attempt, so the
+    step's retry policy applies (SPEC §13)."""
+    return JobResult(
+        job_id, JobStatus.FAILED, worker_id="cordtrio-bus", error_code=WORKER_LOST,
+        error_message=(f"worker lost: job {job_id} was delivered {deliveries} times and "
+                       "each worker holding it was lost before reporting a result"),
+    )
+
+
+class JobQueues:
+    """The job queues of one bus host (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        if max_redeliveries < 0:
+            raise ValueError(f"max_redeliveries must be >= 0, got {max_redeliveries}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_redeliveries = max_redeliveries
+        self.max_pending = max_pending
+        self._jobs: dict[str, QueuedJob] = {}
+        self._topics: dict[str, _Topic] = {}
+        self._seq = 0
+        self.pending = 0
+        """Jobs queued, waiting for a consumer with room."""
+        self.redelivered = 0
+        """Jobs handed back to their queue because their consumer was lost (total)."""
+        self.lost = 0
+        """Jobs reported lost after ``max_redeliveries`` (total)."""
+        self.duplicates = 0
+        """Requests ignored because their job id was already queued or held (total)."""
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def full(self) -> bool:
+        """Publishers of new jobs must wait (the queued jobs reached ``max_pending``)."""
+        return self.pending >= self.max_pending
+
+    @property
+    def held(self) -> int:
+        """Jobs delivered and not yet acknowledged."""
+        return len(self._jobs) - self.pending
+
+    def owns(self, job_id: str) -> bool:
+        """The job is queued or held here."""
+        return job_id in self._jobs
+
+    def pending_by_topic(self) -> dict[str, int]:
+        """Queued jobs per topic (for metrics), topics with none left out."""
+        return {name: sum(1 for j in t.queue if self._jobs.get(j.job_id) is j)
+                for name, t in self._topics.items() if t.queue}
+
+    # ------------------------------------------------------------------ changes
+
+    def offer(self, job_id: str, topic: str, item: Any) -> Assignment | None:
+        """A job request was published: queue it, and hand it to a consumer with room if
+        there is one (returned). A duplicate of a queued or held job is ignored."""
+        if job_id in self._jobs:
+            self.duplicates += 1
+            return None
+        self._seq += 1
+        job = QueuedJob(job_id, topic, item, self._seq)
+        self._jobs[job_id] = job
+        t = self._topic(topic)
+        consumer = self._next_consumer(t)
+        if consumer is None:
+            t.queue.append(job)
+            self.pending += 1
+            return None
+        return self._assign(consumer, job)
+
+    def add(self, topics: Collection[str], capacity: int, handle: Any = None
+            ) -> tuple[Consumer, list[Assignment]]:
+        """A consumer joins; it is handed the oldest queued jobs of its topics at once."""
+        if capacity < 1:
+            raise ValueError(f"a job consumer needs capacity >= 1, got {capacity}")
+        if not topics:
+            raise ValueError("a job consumer needs at least one topic")
+        consumer = Consumer(frozenset(topics), capacity, handle)
+        for name in consumer.topics:
+            self._topic(name).consumers.append(consumer)
+        return consumer, self._fill(consumer)
+
+    def ack(self, consumer: Consumer, job_id: str) -> list[Assignment]:
+        """``consumer`` is done with ``job_id`` (its result is published): forget the job
+        and fill the freed slot. Unknown ids (already redelivered elsewhere) are ignored."""
+        job = consumer.held.pop(job_id, None)
+        if job is None:
+            return []
+        if self._jobs.get(job_id) is job:
+            del self._jobs[job_id]
+        job.holder = None
+        return self._fill(consumer) if consumer.active else []
+
+    def cancel(self, job_id: str) -> bool:
+        """The job was cancelled: drop it if queued, never redeliver it if held. True when
+        it was known here."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if job.holder is None:
+            del self._jobs[job_id]
+            self.pending -= 1  # its queue entry is skipped lazily
+        else:
+            job.cancelled = True
+        return True
+
+    def remove(self, consumer: Consumer) -> tuple[list[Assignment], list[LostJob]]:
+        """``consumer`` is gone: every job it held goes back to the front of its queue (or,
+        past ``max_redeliveries``, is lost), and is handed on to consumers with room."""
+        if not consumer.active:
+            return [], []
+        consumer.active = False
+        for name in consumer.topics:
+            t = self._topics.get(name)
+            if t is not None:
+                t.consumers = [c for c in t.consumers if c is not consumer]
+                self._forget_if_idle(name, t)
+        lost: list[LostJob] = []
+        back: dict[str, list[QueuedJob]] = {}
+        for job in sorted(consumer.held.values(), key=lambda j: j.seq):
+            job.holder = None
+            if self._jobs.get(job.job_id) is not job:
+                continue
+            if job.cancelled:
+                del self._jobs[job.job_id]
+            elif job.deliveries > self.max_redeliveries:
+                del self._jobs[job.job_id]
+                self.lost += 1
+                lost.append(LostJob(job.job_id, job.topic, job.item, job.deliveries))
+            else:
+                self.redelivered += 1
+                back.setdefault(job.topic, []).append(job)
+        consumer.held.clear()
+        assignments: list[Assignment] = []
+        for name, jobs in back.items():
+            t = self._topic(name)
+            t.queue.extendleft(reversed(jobs))  # older than anything queued after them
+            self.pending += len(jobs)
+            for other in tuple(t.consumers):
+                assignments += self._fill(other)
+        return assignments, lost
+
+    def drain(self) -> Iterator[QueuedJob]:
+        """Every job still owned (queued or held), for a host that shuts down."""
+        return iter(tuple(self._jobs.values()))
+
+    # ------------------------------------------------------------------ internals
+
+    def _topic(self, name: str) -> _Topic:
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = _Topic()
+        return t
+
+    def _forget_if_idle(self, name: str, t: _Topic) -> None:
+        if not t.consumers and not t.queue:
+            del self._topics[name]
+
+    def _next_consumer(self, t: _Topic) -> Consumer | None:
+        consumers = t.consumers
+        n = len(consumers)
+        for i in range(n):
+            c = consumers[(t.turn + i) % n]
+            if len(c.held) < c.capacity:
+                t.turn = (t.turn + i + 1) % n
+                return c
+        return None
+
+    def _assign(self, consumer: Consumer, job: QueuedJob) -> Assignment:
+        job.holder = consumer
+        job.deliveries += 1
+        consumer.held[job.job_id] = job
+        return Assignment(consumer, job)
+
+    def _fill(self, consumer: Consumer) -> list[Assignment]:
+        """Hand ``consumer`` the oldest queued jobs of its topics while it has room."""
+        out: list[Assignment] = []
+        while len(consumer.held) < consumer.capacity:
+            best: _Topic | None = None
+            best_name = ""
+            for name in consumer.topics:
+                t = self._topics.get(name)
+                if t is None:
+                    continue
+                self._skip_stale(t)
+                if t.queue and (best is None or t.queue[0].seq < best.queue[0].seq):
+                    best, best_name = t, name
+            if best is None:
+                break
+            job = best.queue.popleft()
+            self.pending -= 1
+            out.append(self._assign(consumer, job))
+            self._forget_if_idle(best_name, best)
+        return out
+
+    def _skip_stale(self, t: _Topic) -> None:
+        """Drop queue entries of jobs cancelled while queued."""
+        q = t.queue
+        while q and self._jobs.get(q[0].job_id) is not q[0]:
+            q.popleft()
+
+
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_PREFETCH",
+    "WORKER_LOST",
+    "Assignment",
+    "Consumer",
+    "JobQueues",
+    "LostJob",
+    "QueuedJob",
+    "worker_lost_result",
+]
