@@ -2,11 +2,13 @@
 
 When several engines share a store, a command or job result for a run another engine owns
 is written to that run's inbox in the store and applied by the owner. Only the events that
-cross engines are encodable: ``Start``, ``Approve``, ``CancelRun`` and ``ResultReceived``
+cross engines are encodable: ``Start``, ``Approve``, ``CancelRun``, ``JobStarted`` and
+``ResultReceived``
 (its ``JobResult`` travels in the bus protocol's CBOR codec, so a result keeps exactly the
 fields the bus gave it; a loaded output does not travel — the owner loads it again).
 
-The format is one CBOR map: ``{"v": 1, "kind": "start" | "approve" | "cancel" | "result",
+The format is one CBOR map: ``{"v": 1, "kind": "start" | "approve" | "cancel" | "started" |
+"result",
 ...}``. Anything else decodes to ``ProtocolError`` naming what is wrong.
 """
 
@@ -14,19 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.events import Approve, CancelRun, Event, ResultReceived, Start
+from .core.events import Approve, CancelRun, Event, JobStarted, ResultReceived, Start
 from .errors import ProtocolError
 from .protocol import BusPacket, JobResult, decode_packet, encode_packet
 
 WIRE_VERSION = 1
 
-RunCommand = Start | Approve | CancelRun | ResultReceived
+RunCommand = Start | Approve | CancelRun | JobStarted | ResultReceived
 """The events a run's inbox carries."""
 
 
 def is_wire_command(event: Event) -> bool:
     """True when ``event`` can be written to a run's inbox."""
-    return isinstance(event, (Start, Approve, CancelRun, ResultReceived))
+    return isinstance(event, (Start, Approve, CancelRun, JobStarted, ResultReceived))
 
 
 def encode_command(event: Event) -> bytes:
@@ -40,6 +42,8 @@ def encode_command(event: Event) -> bytes:
         body.update(kind="approve", step_id=event.step_id, approved=bool(event.approved))
     elif isinstance(event, CancelRun):
         body.update(kind="cancel", reason=event.reason)
+    elif isinstance(event, JobStarted):
+        body.update(kind="started", job_id=event.job_id)
     elif isinstance(event, ResultReceived):
         body.update(kind="result", packet=encode_packet(BusPacket(payload=event.result)))
     else:
@@ -72,6 +76,11 @@ def decode_command(data: bytes) -> RunCommand:
         if not isinstance(reason, str):
             raise ProtocolError("run command cancel: reason must be a string")
         return CancelRun(reason) if reason else CancelRun()
+    if kind == "started":
+        job_id = body.get("job_id")
+        if not isinstance(job_id, str):
+            raise ProtocolError("run command started: job_id must be a string")
+        return JobStarted(job_id)
     if kind == "result":
         packet = body.get("packet")
         if not isinstance(packet, bytes):

@@ -7,13 +7,14 @@ import copy
 from datetime import datetime, timedelta
 
 from ..errors import InvalidStateError, NotFoundError
-from ..model import RunStatus, StepRun, StepStatus, StepType, Workflow, WorkflowRun
+from ..model import RunStatus, Step, StepRun, StepStatus, StepType, Workflow, WorkflowRun
 from ..protocol import JobResult, JobStatus
+from .dispatch import redispatch
 from .events import ArmTimer, CancelJob, PublishAlert, TimerKind
 from .finish import finish, stop_everything
 from .outputs import get_path, set_path
 from .ready import arm_run_timeout, build_alert
-from .results import apply_result, locate
+from .results import apply_result, locate, parse_job_id
 from .state import Tx
 from .status import set_run_status
 
@@ -51,10 +52,34 @@ def step_timeout(tx: Tx, target: str, job_id: str) -> None:
     step, sr, _ = found
     if sr.job_id != job_id or sr.status != StepStatus.RUNNING:
         return  # the attempt already ended
+    if (sr.started_at is not None
+            and tx.now < sr.started_at + timedelta(seconds=float(step.timeout_sec))):
+        return  # the job started later than this timer assumed: a later timer is armed
     tx.effects.append(CancelJob(job_id, "step timed out"))
     message = f"step timed out after {step.timeout_sec:g}s"
     apply_result(tx, JobResult(job_id=job_id, status=JobStatus.TIMEOUT, error_message=message),
                  None)
+
+
+def job_started(tx: Tx, job_id: str) -> None:
+    """A worker started ``job_id``: its step's timeout counts from now (SPEC §6)."""
+    parsed = parse_job_id(job_id)
+    if parsed is None or parsed[0] != tx.run.id or tx.run.status.is_terminal:
+        return
+    target = parsed[1]
+    found = locate(tx, target)
+    if found is None:
+        return
+    step, sr, parent = found
+    if sr.job_id != job_id or sr.status != StepStatus.RUNNING or step.timeout_sec <= 0:
+        return
+    sr.started_at = tx.now
+    if parent:
+        tx.touch_child(parent, target)
+    else:
+        tx.touch_step(target)
+    tx.effects.append(ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
+                               TimerKind.STEP_TIMEOUT, target, job_id))
 
 
 def run_timeout(tx: Tx) -> None:
@@ -99,17 +124,27 @@ def recover(tx: Tx) -> None:
         if step.type == StepType.NOTIFY and sr.status == StepStatus.RUNNING:
             # its alert's outcome was lost with the previous engine: publish it again
             tx.effects.append(PublishAlert(sid, build_alert(step, sr.input)))
-        _rearm(tx, sr, step.timeout_sec)
+        _rearm(tx, step, sr)
         for child in sr.children.values():
-            _rearm(tx, child, step.timeout_sec)
+            _rearm(tx, step, child, parent=sid)
 
 
-def _rearm(tx: Tx, sr: StepRun, timeout_sec: float) -> None:
+def _rearm(tx: Tx, step: Step, sr: StepRun, parent: str = "") -> None:
+    """Re-arm what ``sr`` waits for; publish its running job again (SPEC §12)."""
     if sr.status.is_terminal:
         return
+    timeout_sec = step.timeout_sec
     if sr.next_attempt_at is not None:
         tx.effects.append(ArmTimer(sr.next_attempt_at, TimerKind.WAKE, sr.step_id))
-    elif sr.status == StepStatus.RUNNING and sr.job_id and timeout_sec > 0:
+        return
+    if sr.status != StepStatus.RUNNING or not sr.job_id or sr.children:
+        return
+    if not step.type.is_worker_like:
+        return
+    redispatch(tx, step, sr, parent=parent)
+    # From the last known start: the job may be running at a worker that will not report
+    # its start again (the bus absorbs the duplicate), and the run must still end.
+    if timeout_sec > 0:
         started = sr.started_at or tx.now
         tx.effects.append(ArmTimer(started + timedelta(seconds=float(timeout_sec)),
                                    TimerKind.STEP_TIMEOUT, sr.step_id, sr.job_id))

@@ -74,12 +74,28 @@ def dispatch(
                 status=_RUNNING_TEXT, data=data)
     # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
     tx.effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
-    if step.timeout_sec > 0:
+    if step.timeout_sec > 0 and not tx.plan.starts_reported:
         tx.effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
                      TimerKind.STEP_TIMEOUT, target, job_id)
         )
     return True
+
+
+def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:
+    """Publish the current attempt of a running job again, same job id and input (SPEC
+    §12: after a restart, a job in flight may have died with the old engine). The bus
+    ignores it if it still owns the job; a worker that runs it twice is at-least-once."""
+    run = tx.run
+    ctx_key = context_key(sr.job_id) if tx.plan.has_payload_store else ""
+    request = build_request(tx.plan, run, step, sr.step_id, sr.job_id, ctx_key)
+    if parent:
+        index = sr.step_id.rpartition("[")[2].rstrip("]")
+        request.env["foreach_index"] = index
+        request.env["foreach_item"] = _ITEM_JSON.encode(sr.item)
+    payload = sr.input if isinstance(sr.input, dict) else {}
+    tx.effects.append(Dispatch(step.id, sr.step_id, sr.job_id, request, payload, ctx_key,
+                               again=True))
 
 
 def build_payload(

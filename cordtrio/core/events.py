@@ -59,6 +59,14 @@ class ResultReceived:
 
 
 @dataclass(frozen=True)
+class JobStarted:
+    """A worker acknowledged starting ``job_id`` (SPEC §6/§13): its step's timeout counts
+    from now. Stale or unknown jobs change nothing."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class Approve:
     step_id: str
     approved: bool = True
@@ -100,8 +108,8 @@ class AlertOutcome:
 
 
 Event = (
-    Start | Recover | ResultReceived | Approve | CancelRun | TimerFired | DispatchFailed
-    | AlertOutcome
+    Start | Recover | ResultReceived | JobStarted | Approve | CancelRun | TimerFired
+    | DispatchFailed | AlertOutcome
 )
 
 # ----------------------------------------------------------------------------- effects
@@ -109,7 +117,10 @@ Event = (
 
 @dataclass(slots=True)
 class Dispatch:
-    """Store ``payload`` at ``context_key`` (when set), then publish ``request``."""
+    """Store ``payload`` at ``context_key`` (when set), then publish ``request``.
+
+    ``again``: the same attempt published once more after a restart (SPEC §12: the job may
+    have died with the old engine); it is not a new dispatch (no hook)."""
 
     step_id: str
     target_id: str
@@ -117,6 +128,7 @@ class Dispatch:
     request: JobRequest
     payload: dict[str, Any]
     context_key: str = ""
+    again: bool = False
 
 
 @dataclass(frozen=True)

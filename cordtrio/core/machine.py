@@ -18,6 +18,7 @@ from .commands import (
     approve,
     cancel,
     dispatch_failed,
+    job_started,
     recover,
     run_timeout,
     step_timeout,
@@ -29,6 +30,7 @@ from .events import (
     DispatchFailed,
     Effect,
     Event,
+    JobStarted,
     Recover,
     ResultReceived,
     Start,
@@ -68,6 +70,8 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
         case ResultReceived(result=result, output=output):
             if apply_result(tx, result, output):
                 ready_pass(tx)
+        case JobStarted(job_id=job_id):
+            job_started(tx, job_id)
         case Approve(step_id=step_id, approved=approved):
             approve(tx, step_id, approved)
             ready_pass(tx)

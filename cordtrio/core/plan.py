@@ -29,6 +29,9 @@ class Plan:
     handler_sources: Mapping[str, tuple[str, ...]]
     schemas: Mapping[str, dict[str, Any] | None] | None = None
     has_payload_store: bool = True
+    starts_reported: bool = False
+    """Workers report when a job starts (``JobStarted``, over a bus with job queues): a
+    step's ``timeout_sec`` counts from there, not from the dispatch (SPEC §6, §13)."""
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rechecks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """Per step: its index in ``order``, then its dependents' indexes: the steps whose
@@ -41,6 +44,7 @@ class Plan:
         *,
         schemas: Mapping[str, dict[str, Any] | None] | None = None,
         has_payload_store: bool = True,
+        starts_reported: bool = False,
     ) -> Plan:
         order = tuple(workflow.steps)
         sources: dict[str, list[str]] = {}
@@ -58,6 +62,7 @@ class Plan:
             handler_sources={h: tuple(s) for h, s in sources.items()},
             schemas=schemas,
             has_payload_store=has_payload_store,
+            starts_reported=starts_reported,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
         )

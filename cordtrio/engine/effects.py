@@ -26,6 +26,7 @@ from ..protocol import (
     BusPacket,
     JobCancel,
 )
+from .retry import retrying
 
 if TYPE_CHECKING:
     from .supervisor import Engine
@@ -37,17 +38,19 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
-    """Store a job's input payload at its context key (before the job is persisted)."""
+    """Store a job's input payload at its context key (before the job is persisted). An
+    unreachable store is waited out (SPEC §13); only a definite error is reported."""
     if not effect.context_key or payloads is None:
         return ""
     try:
         data = _COMPACT_JSON.encode(effect.payload).encode()
     except (TypeError, ValueError) as exc:
         return f"step input is not JSON: {exc}"
+    key = effect.context_key
     try:
-        await payloads.put_context(effect.context_key, data)
+        await retrying(lambda: payloads.put_context(key, data), f"store payload {key}")
     except Exception as exc:
-        return f"store payload {effect.context_key}: {exc}"
+        return f"store payload {key}: {exc}"
     return ""
 
 
@@ -101,7 +104,8 @@ def packet(engine: Engine, run_id: str, payload: Any) -> BusPacket:
 async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
     """Read and decode a result payload (SPEC §8): JSON, else the raw string."""
     try:
-        data = await payloads.get_result(key_from_pointer(result_ptr))
+        key = key_from_pointer(result_ptr)
+        data = await retrying(lambda: payloads.get_result(key), f"load {result_ptr}")
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception as exc:

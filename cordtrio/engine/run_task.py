@@ -392,7 +392,7 @@ class RunTask:
                     problem = await publish_job(self.engine, self.run_id, run, effect)
                     if problem:
                         feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-                    else:
+                    elif not effect.again:
                         self.engine._hook_dispatched(self.run_id, effect.target_id,
                                                      effect.job_id)
                 elif isinstance(effect, CancelJob):

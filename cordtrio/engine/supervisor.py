@@ -24,12 +24,21 @@ import trio
 
 from .._nursery import open_service_nursery
 from ..clock import TrioWallClock
-from ..core.events import Approve, CancelRun, Event, ResultReceived, Start
+from ..core.events import Approve, CancelRun, Event, JobStarted, ResultReceived, Start
 from ..core.plan import Plan
 from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
 from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
-from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunLeases, SchemaRegistry, Store
-from ..protocol import SUBJECT_RESULT, JobResult
+from ..ports import (
+    Bus,
+    Clock,
+    ConfigProvider,
+    JobBus,
+    PayloadStore,
+    RunLeases,
+    SchemaRegistry,
+    Store,
+)
+from ..protocol import SUBJECT_PROGRESS, SUBJECT_RESULT, JobProgress, JobResult, JobStatus
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .retry import retrying
 from .run_task import Envelope, Finish, Preload, Redirect, RunTask
@@ -266,7 +275,8 @@ class Engine:
                     resolved[schema_id] = await self.schemas.get(schema_id)
                 except NotFoundError:
                     resolved[schema_id] = None
-        plan = Plan.build(workflow, schemas=resolved, has_payload_store=self.payloads is not None)
+        plan = Plan.build(workflow, schemas=resolved, has_payload_store=self.payloads is not None,
+                          starts_reported=self.starts_reported)
         if len(self._plans) > 1024:
             self._plans.clear()
         self._plans[key] = plan
@@ -290,6 +300,12 @@ class Engine:
 
     # ------------------------------------------------------------------ background
 
+    @property
+    def starts_reported(self) -> bool:
+        """Workers report job starts (SPEC §13: over a bus with job queues, cordtrio's
+        workers do): a step's ``timeout_sec`` counts from its job's start."""
+        return isinstance(self.bus, JobBus)
+
     async def _consume_results(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with self.bus.subscribe(SUBJECT_RESULT, queue=RESULT_QUEUE) as channel:
             task_status.started()
@@ -297,6 +313,17 @@ class Engine:
                 payload = getattr(packet, "payload", None)
                 if isinstance(payload, JobResult):
                     self._route_result(payload)
+
+    async def _consume_starts(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Feed workers' start acknowledgements (``JobProgress`` RUNNING) to their runs."""
+        async with self.bus.subscribe(SUBJECT_PROGRESS, queue=RESULT_QUEUE) as channel:
+            task_status.started()
+            async for packet in channel:
+                payload = getattr(packet, "payload", None)
+                if isinstance(payload, JobProgress) and payload.status == JobStatus.RUNNING:
+                    run_id = _run_id_of(payload)
+                    if run_id is not None:
+                        self._deliver(run_id, Envelope(JobStarted(payload.job_id)))
 
     async def _recover(self) -> int:
         """Activate every started, non-terminal run in the store (SPEC §12); in
@@ -389,6 +416,8 @@ async def open_engine(
             await nursery.start(keeper.keep)
             await nursery.start(keeper.wake_loop)
         await nursery.start(engine._consume_results)
+        if engine.starts_reported:
+            await nursery.start(engine._consume_starts)
         if recover:
             await engine._recover()
         if recover and engine.leases is not None:

@@ -69,10 +69,12 @@ class Sim:
         run_input: dict[str, Any] | None = None,
         schemas: dict[str, Any] | None = None,
         has_payload_store: bool = True,
+        starts_reported: bool = False,
         now: datetime = T0,
         **run_fields: Any,
     ) -> None:
-        self.plan = Plan.build(wf, schemas=schemas, has_payload_store=has_payload_store)
+        self.plan = Plan.build(wf, schemas=schemas, has_payload_store=has_payload_store,
+                               starts_reported=starts_reported)
         if run is None:
             run = WorkflowRun(
                 id=RUN_ID, workflow_id=wf.id, org_id=wf.org_id, team_id=wf.team_id,

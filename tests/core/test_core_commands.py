@@ -10,7 +10,15 @@ import pytest
 from harness import T0, Sim, step, workflow
 
 from cordtrio.core.commands import rerun_from
-from cordtrio.core.events import Approve, ArmTimer, CancelRun, Recover, TimerKind
+from cordtrio.core.events import (
+    Approve,
+    ArmTimer,
+    CancelRun,
+    Dispatch,
+    JobStarted,
+    Recover,
+    TimerKind,
+)
 from cordtrio.errors import InvalidStateError, NotFoundError
 from cordtrio.model import RetryConfig, RunStatus, StepRun, StepStatus, StepType, WorkflowRun
 from cordtrio.validation import collect_dependencies
@@ -221,7 +229,7 @@ def _reload(sim, *, at):
     return new
 
 
-def test_recover_rearms_timers_and_dispatches_nothing_running():
+def test_recover_rearms_timers_and_publishes_running_jobs_again():
     wf = workflow(
         step("slow", timeout_sec=100),
         step("flaky", retry=RetryConfig(max_retries=3, initial_backoff_sec=50)),
@@ -238,13 +246,24 @@ def test_recover_rearms_timers_and_dispatches_nothing_running():
         ArmTimer(T0 + timedelta(seconds=50), TimerKind.WAKE, "flaky"),
         ArmTimer(T0 + timedelta(seconds=80), TimerKind.WAKE, "d"),
     }
-    assert back.dispatches == []
+    # the running job goes out again: same job id, input and request, marked ``again``
+    (again,) = back.dispatches
+    first = sim_dispatch(sim, "run-1:slow@1")
+    assert again.again and not first.again
+    assert (again.job_id, again.target_id, again.request, again.payload, again.context_key) == (
+        first.job_id, first.target_id, first.request, first.payload, first.context_key)
+    back.dispatches.clear()
     back.advance(40)
     assert back.dispatched() == ["run-1:flaky@2"]
     back.advance(30)
     assert back.status("d") == StepStatus.SUCCEEDED
     back.advance(20)
     assert back.status("slow") == StepStatus.TIMED_OUT
+
+
+def sim_dispatch(sim: Sim, job_id: str) -> Dispatch:
+    (found,) = [d for d in sim.dispatches if d.job_id == job_id]
+    return found
 
 
 def test_recover_after_backoff_expired_dispatches_the_retry_at_once():
@@ -263,7 +282,12 @@ def test_recover_fanout_keeps_max_parallel_and_index_order():
     sim.start()
     sim.fail("run-1:fan[0]@1")  # backoff; fan[2] takes the slot
     back = _reload(sim, at=T0 + timedelta(seconds=1))
-    assert back.dispatches == []
+    assert [d.job_id for d in back.dispatches] == ["run-1:fan[1]@1", "run-1:fan[2]@1"]
+    for again in back.dispatches:  # published again with their for-each env
+        first = sim_dispatch(sim, again.job_id)
+        assert again.again and again.request == first.request
+        assert again.payload == first.payload
+    back.dispatches.clear()
     assert ArmTimer(T0 + timedelta(seconds=5), TimerKind.WAKE, "fan[0]") in back.timers
     back.advance(5)
     back.succeed("run-1:fan[1]@1")
@@ -291,3 +315,42 @@ def test_recover_of_a_terminal_run_does_nothing():
     sim = Sim(workflow(step("a")), run=run)
     out = sim.feed(Recover())
     assert out.effects == [] and not out.changes
+
+
+# ------------------------------------------------------------------ job starts (SPEC §6, §13)
+
+
+def test_with_starts_reported_a_step_timeout_counts_from_the_jobs_start():
+    sim = Sim(workflow(step("slow", timeout_sec=100)), starts_reported=True)
+    sim.start()
+    assert [t for t in sim.timers if t.kind == TimerKind.STEP_TIMEOUT] == []  # queued
+    sim.now = T0 + timedelta(seconds=500)
+    out = sim.feed(JobStarted("run-1:slow@1"))
+    assert ArmTimer(T0 + timedelta(seconds=600), TimerKind.STEP_TIMEOUT, "slow",
+                    "run-1:slow@1") in out.effects
+    assert sim.sr("slow").started_at == T0 + timedelta(seconds=500)
+    assert "slow" in out.changes.steps
+    sim.advance(99)
+    assert sim.status("slow") == StepStatus.RUNNING
+    sim.advance(1)
+    assert sim.status("slow") == StepStatus.TIMED_OUT
+
+
+def test_a_timer_armed_before_a_later_start_does_not_time_the_job_out():
+    sim = Sim(workflow(step("slow", timeout_sec=100)))  # armed at dispatch: T0 + 100
+    sim.start()
+    sim.now = T0 + timedelta(seconds=50)
+    sim.feed(JobStarted("run-1:slow@1"))  # a redelivery started it again at 50
+    sim.advance(50)  # T0 + 100: the first timer fires, too early for the new start
+    assert sim.status("slow") == StepStatus.RUNNING
+    sim.advance(50)
+    assert sim.status("slow") == StepStatus.TIMED_OUT
+
+
+def test_starts_of_stale_unknown_or_untimed_jobs_change_nothing():
+    sim = Sim(workflow(step("slow", timeout_sec=100), step("free")), starts_reported=True)
+    sim.start()
+    for job_id in ("run-1:slow@7", "other-run:slow@1", "run-1:nope@1", "garbage",
+                   "run-1:free@1"):
+        out = sim.feed(JobStarted(job_id))
+        assert out.effects == [] and not out.changes, job_id

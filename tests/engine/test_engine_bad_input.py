@@ -13,7 +13,7 @@ from test_engine_kit import WF, fail, ok, put_output, step, succeed, timeline_ty
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.engine import open_engine
-from cordtrio.errors import NotFoundError, StoreError
+from cordtrio.errors import NotFoundError, StoreError, ValidationError
 from cordtrio.model import RetryConfig, RunStatus, StepStatus, StepType
 from cordtrio.protocol import (
     SUBJECT_RESULT,
@@ -199,28 +199,57 @@ async def test_output_schema_violation_fails_the_step(engine, store, save):
 
 
 class FlakyPayloads(MemoryPayloadStore):
-    """``put_context`` fails for the jobs of step ``boom``."""
+    """``put_context`` fails for the jobs of step ``boom``: a transient outage (a
+    connection error) while ``down``, a definite error (``ValidationError``) when
+    ``definite``."""
+
+    def __init__(self, *, definite: bool = False) -> None:
+        super().__init__(ttl_seconds=None)
+        self.down = True
+        self.definite = definite
+        self.attempts = 0
 
     async def put_context(self, key: str, data: bytes) -> None:
         if ":boom@" in key:
-            raise ConnectionError("payload store down")
+            self.attempts += 1
+            if self.definite:
+                raise ValidationError(f"payload {key}: refused")
+            if self.down:
+                raise ConnectionError("payload store down")
         await super().put_context(key, data)
 
 
-async def test_payload_store_failure_fails_the_step(store, bus, submits, save):
+async def test_a_definite_payload_store_error_fails_the_step(store, bus, submits, save):
     await save(step("boom"), step("fine"))
-    async with open_engine(store, bus, payloads=FlakyPayloads(ttl_seconds=None)) as engine:
+    async with open_engine(store, bus, payloads=FlakyPayloads(definite=True)) as engine:
         run_id = await engine.submit(WF)
         run = await store.get_run(run_id)
         assert run.steps["boom"].status == StepStatus.FAILED
         assert run.steps["boom"].error["message"].startswith("dispatch failed: ")
-        assert "payload store down" in run.steps["boom"].error["message"]
+        assert "refused" in run.steps["boom"].error["message"]
         assert run.status == RunStatus.FAILED
         assert f"{run_id}:boom@1" not in submits.job_ids  # never published
         await save(step("fine"), id="ok")
         other = await engine.submit("ok")  # the engine keeps serving
         await succeed(engine, f"{other}:fine@1")
         assert (await store.get_run(other)).status == RunStatus.SUCCEEDED
+
+
+async def test_a_payload_store_outage_is_waited_out(store, bus, submits, save, autojump_clock):
+    await save(step("boom"))
+    payloads = FlakyPayloads()
+    async with open_engine(store, bus, payloads=payloads) as engine, trio.open_nursery() as n:
+        n.start_soon(engine.submit, WF)
+        await trio.sleep(30)  # the store stays down for 30 s
+        assert payloads.attempts > 3
+        assert submits.job_ids == []
+        payloads.down = False
+        await trio.sleep(10)
+        (job_id,) = submits.job_ids  # dispatched once the store is back
+        run_id = job_id.rpartition(":")[0]
+        assert (await store.get_run(run_id)).steps["boom"].status == StepStatus.RUNNING
+        await succeed(engine, job_id)
+        assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
 
 
 class BrokenBus(MemoryBus):

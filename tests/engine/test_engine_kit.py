@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import trio
+import trio.testing
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.engine import TrioWallClock, open_engine
@@ -22,7 +23,7 @@ from cordtrio.engine.supervisor import Engine
 from cordtrio.model import RunStatus, Step, StepType, Workflow, WorkflowRun
 from cordtrio.payloads import pointer_for_key, result_key
 from cordtrio.ports import Bus, PayloadStore
-from cordtrio.protocol import JobResult, JobStatus
+from cordtrio.protocol import SUBJECT_PROGRESS, BusPacket, JobProgress, JobResult, JobStatus
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 WF = "wf"
@@ -65,6 +66,28 @@ async def succeed(engine: Engine, job_id: str, value: Any = None) -> None:
     """Answer ``job_id`` with SUCCEEDED (and an output when ``value`` is not None)."""
     ptr = await put_output(engine.payloads, job_id, value) if value is not None else ""
     await engine.handle_job_result(ok(job_id, ptr))
+
+
+async def started(bus: Bus, job_id: str) -> None:
+    """Acknowledge the start of ``job_id`` as a worker does (its step's timeout counts from
+    here), and let the engine take it in."""
+    await bus.publish(SUBJECT_PROGRESS, BusPacket(
+        payload=JobProgress(job_id, status=JobStatus.RUNNING)))
+    await trio.testing.wait_all_tasks_blocked()
+
+
+class PlainBus:
+    """A ``MemoryBus`` seen through the plain ``Bus`` port only (publish/subscribe, no job
+    queues): what a third-party bus offers. Workers don't report job starts over it."""
+
+    def __init__(self, inner: MemoryBus | None = None) -> None:
+        self.inner = inner or MemoryBus()
+
+    async def publish(self, subject: str, packet: Any) -> None:
+        await self.inner.publish(subject, packet)
+
+    def subscribe(self, subject: str, queue: str = "", *, max_buffer: int = 1024) -> Any:
+        return self.inner.subscribe(subject, queue, max_buffer=max_buffer)
 
 
 async def timeline_types(store: MemoryStore, run_id: str, step_id: str | None = None) -> list[str]:

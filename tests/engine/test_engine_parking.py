@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from test_engine_kit import WF, step, succeed
+from test_engine_kit import WF, started, step, succeed
 
 from cordtrio.model import RunStatus, StepStatus, StepType
 
@@ -39,7 +39,7 @@ async def test_a_waiting_run_with_a_timer_or_a_job_keeps_its_task(engine, store,
     await save(step("gate", type=StepType.APPROVAL),
                step("slow", timeout_sec=60))  # runs beside the gate, with a timeout
     run_id = await engine.submit(WF)
-    await trio.testing.wait_all_tasks_blocked()
+    await started(engine.bus, f"{run_id}:slow@1")  # the timeout counts from here
     run = await store.get_run(run_id)
     assert run.status == RunStatus.WAITING
     assert run.steps["slow"].status == StepStatus.RUNNING

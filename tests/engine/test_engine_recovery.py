@@ -1,5 +1,7 @@
 """Restarting the engine (SPEC §12): a new engine over the same store and bus re-arms the
-timers a stored run implies and re-dispatches nothing that is already running."""
+timers a stored run implies and publishes the current attempt of every running job again
+(same job id: the job may have died with the old engine; a bus that still owns it absorbs
+the duplicate)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ async def test_a_new_engine_resumes_every_kind_of_wait(
     async with engine() as second:
         assert second.active_runs == 4
         await trio.testing.wait_all_tasks_blocked()
-        assert submits.new(seen) == []  # nothing already running is dispatched again
+        # the running job is published again, same id; the bus still had it queued
+        assert [r.job_id for r in submits.new(seen)] == [f"{running}:r@1"]
+        assert bus.jobs.duplicates == 1 and bus.jobs.owns(f"{running}:r@1")
 
         await trio.sleep(BACKOFF - 150 + 1)
         assert [t - t0 for t in submits.times_of(f"{backoff}:a@2")] == pytest.approx(
@@ -67,7 +71,7 @@ async def test_a_new_engine_resumes_every_kind_of_wait(
         await succeed(second, f"{running}:r@1")  # the result of a job from before
         await succeed(second, f"{running}:s@1")
         assert (await store.get_run(running)).status == RunStatus.SUCCEEDED
-        assert submits.job_ids.count(f"{running}:r@1") == 1
+        assert submits.job_ids.count(f"{running}:r@1") == 2
 
         run = await second.wait_run(delay)
         assert run.status == RunStatus.SUCCEEDED
@@ -102,7 +106,7 @@ async def test_a_running_jobs_timeout_is_re_armed(
     assert run.status == RunStatus.TIMED_OUT
     assert [c.job_id for c in cancels.payloads] == [f"{run_id}:t@1"]
     assert [t - t0 for t, _ in cancels.items] == pytest.approx([1000], abs=1e-3)
-    assert submits.job_ids == [f"{run_id}:t@1"]
+    assert submits.job_ids == [f"{run_id}:t@1"] * 2  # published again on recovery
 
 
 async def test_recovery_does_not_start_a_pending_run(store, bus, payloads, submits, saved):
@@ -139,18 +143,20 @@ async def test_a_fan_out_resumes_where_it_was(store, bus, payloads, clock, submi
     assert submits.job_ids == [f"{run_id}:fan[{i}]@1" for i in (0, 1, 2, 3)]
     async with open_engine(store, bus, payloads=payloads, clock=clock) as second:
         await trio.testing.wait_all_tasks_blocked()
-        assert len(submits.job_ids) == 4  # fan[2], fan[3] running: nothing re-dispatched
+        # fan[2], fan[3] running: published again (same ids), nothing new dispatched
+        assert submits.job_ids[4:] == [f"{run_id}:fan[{i}]@1" for i in (2, 3)]
         await succeed(second, f"{run_id}:fan[2]@1")  # a slot frees: fan[1] is still in
         assert submits.job_ids[-1] == f"{run_id}:fan[4]@1"  # backoff, so fan[4] goes
         await trio.sleep(61)  # fan[1]'s backoff is over, but both slots are taken
-        assert len(submits.job_ids) == 5
+        assert len(submits.job_ids) == 7
         await succeed(second, f"{run_id}:fan[3]@1")
         assert submits.job_ids[-1] == f"{run_id}:fan[1]@2"
         await succeed(second, f"{run_id}:fan[4]@1")
         await succeed(second, f"{run_id}:fan[1]@2")
         run = await second.wait_run(run_id)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    assert sorted(submits.job_ids) == sorted(set(submits.job_ids))  # no duplicates
+    assert len(submits.job_ids) == len(set(submits.job_ids)) + 2  # only the two again
+    assert bus.jobs.duplicates == 2  # ...which the bus, still owning them, absorbed
     assert trio.current_time() - t0 < 3600
 
 

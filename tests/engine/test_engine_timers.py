@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from test_engine_kit import WF, fail, ok, step, timeline_types
+from test_engine_kit import T0, WF, PlainBus, Tap, fail, ok, started, step, tapping, timeline_types
 
+from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.model import RetryConfig, RunStatus, StepStatus, StepType
-from cordtrio.protocol import SUBJECT_SUBMIT
+from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
 
 # Seconds of real time per test, for minutes to hours of virtual time. Generous so that a
 # loaded CI machine never trips it; a real wait of even one backoff would.
@@ -88,14 +89,56 @@ async def test_delay_of_hours_completes(engine, store, save, submits, autojump_c
     assert "step_delay_completed" in await timeline_types(store, run_id, "nap")
 
 
-async def test_step_timeout_cancels_the_job_and_retries_as_timeout(
+async def test_step_timeout_counts_from_the_workers_start_not_the_queue(
         engine, store, save, submits, cancels, autojump_clock):
+    await save(step("slow", timeout_sec=30))
+    t0 = trio.current_time()
+    run_id = await engine.submit(WF)
+    job = f"{run_id}:slow@1"
+    await trio.sleep(100)  # queued behind other work for 100 s: no timeout
+    assert (await store.get_run(run_id)).steps["slow"].status == StepStatus.RUNNING
+    await started(engine.bus, job)
+    await trio.sleep(29)
+    assert (await store.get_run(run_id)).steps["slow"].status == StepStatus.RUNNING
+    run = await engine.wait_run(run_id)
+    assert run.steps["slow"].status == StepStatus.TIMED_OUT
+    assert [c.job_id for c in cancels.payloads] == [job]
+    assert [t - t0 for t, _ in cancels.items] == pytest.approx([130], abs=1e-3)
+
+
+async def test_a_later_start_of_the_same_job_restarts_its_timeout(
+        engine, store, save, submits, cancels, autojump_clock):
+    await save(step("slow", timeout_sec=30))
+    t0 = trio.current_time()
+    run_id = await engine.submit(WF)
+    job = f"{run_id}:slow@1"
+    await started(engine.bus, job)
+    await trio.sleep(20)
+    await started(engine.bus, job)  # its worker was lost: another one started it again
+    run = await engine.wait_run(run_id)
+    assert run.steps["slow"].status == StepStatus.TIMED_OUT
+    assert [t - t0 for t, _ in cancels.items] == pytest.approx([50], abs=1e-3)
+
+
+async def test_step_timeout_cancels_the_job_and_retries_as_timeout(
+        store, save, autojump_clock):
+    """Over a bus whose workers don't report starts, the timeout counts from dispatch."""
     retry = RetryConfig(max_retries=2, initial_backoff_sec=10)
     await save(step("slow", timeout_sec=30, retry=retry))
-    t0 = trio.current_time()
-    run_id = await engine.submit(WF)  # nobody answers
-    run = await engine.wait_run(run_id)
+    bus = PlainBus()
+    async with (
+        tapping(bus, SUBJECT_SUBMIT) as submits,
+        tapping(bus, SUBJECT_CANCEL) as cancels,
+        open_engine(store, bus, clock=TrioWallClock(start=T0)) as engine,
+    ):
+        t0 = trio.current_time()
+        run_id = await engine.submit(WF)  # nobody answers
+        run = await engine.wait_run(run_id)
+    await _check_three_timeouts(run, run_id, t0, submits, cancels)
 
+
+async def _check_three_timeouts(run, run_id: str, t0: float, submits: Tap, cancels: Tap
+                                ) -> None:
     job = f"{run_id}:slow@"
     # dispatch at 0, timeout at 30, backoff 10 → 40, timeout 70, backoff 20 → 90, timeout 120
     assert [t - t0 for t in submits.times_of(job)] == pytest.approx([0, 40, 90], abs=1e-3)
