@@ -176,6 +176,10 @@ class Simulation:
     def _absorb(self, effects: list[Effect]) -> None:
         for eff in effects:
             match eff:
+                case Dispatch(job_id=job_id, target_id=target, again=True):
+                    # recovery publishes a running job again: the same attempt, in flight
+                    assert self.in_flight.get(job_id) == target, (
+                        f"{job_id} published again but not in flight")
                 case Dispatch(job_id=job_id, target_id=target):
                     assert job_id not in self.in_flight, f"{job_id} dispatched twice"
                     self.in_flight[job_id] = target
