@@ -230,6 +230,26 @@ def test_run_of_a_broken_workflow_is_exit_2(capsys, tmp_path):
     assert_one_line_error(capsys.readouterr().err, "'load'")
 
 
+def test_validate_rejects_a_misspelled_key(capsys, tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(BROKEN.replace("depends_on", "depend_on"))
+    assert main(["validate", str(path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "typo.yaml", "step 'load'",
+                          "'depend_on'", "did you mean 'depends_on'?")
+
+
+def test_yaml_syntax_error_shows_file_line_column_and_caret(capsys, tmp_path):
+    path = tmp_path / "syntax.yaml"
+    path.write_text("id: wf\nsteps:\n  a:\n    topic: t\n    retry: {max_retries: 3}: x\n")
+    for command in (["validate", str(path)], ["run", str(path)]):
+        assert main(command) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("cordtrio: error: workflow file ")
+        assert "syntax.yaml" in lines[0] and "line 5, column 28" in lines[0]
+        assert lines[1].strip() == "retry: {max_retries: 3}: x"
+        assert lines[2].strip() == "^"
+
+
 def test_graph_mermaid_has_the_edges(capsys):
     assert main(["graph", DEPLOY]) == 0
     out = capsys.readouterr().out
