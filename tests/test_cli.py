@@ -343,3 +343,14 @@ async def test_readme_testing_example_runs_on_the_autojump_clock(autojump_clock,
         run = await engine.wait_run(await engine.submit("flaky_call"))
     assert run.status == "succeeded"
     assert run.steps["call"].attempts == 2
+
+
+def test_readme_embedding_example_runs(capsys):
+    # README "Embedding": the snippet as written, run as a script.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Embedding", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert out.startswith("succeeded [")
+    assert "thumb-a.png" in out and out.index("thumb-a.png") < out.index("thumb-c.png")
