@@ -124,6 +124,14 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class RunPresence(Protocol):
+    """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
+    whose data vanished (a Redis restarted without persistence) from leases taken over."""
+
+    async def missing_runs(self, run_ids: Sequence[str]) -> list[str]: ...
+
+
+@runtime_checkable
 class RunLeases(Protocol):
     """Optional store capability for several engines over one store (multi-engine mode).
 
@@ -251,6 +259,7 @@ __all__ = [
     "PayloadStore",
     "RunChanges",
     "RunLeases",
+    "RunPresence",
     "SchemaRegistry",
     "Store",
     "child_order_key",

@@ -130,6 +130,16 @@ class RedisRuns(RedisRunIndex):
             raise NotFoundError(f"run {run_id!r} not found")
         return assemble(key, fields)
 
+    async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Those of ``run_ids`` whose run key is gone (``ports.RunPresence``): one
+        pipelined ``EXISTS`` per id, one round trip."""
+        if not run_ids:
+            return []
+        keys = [run_key(rid) for rid in run_ids]
+        replies = await self._redis.pipeline(
+            "check runs exist", keys[0], [("exists", (k,)) for k in keys], transaction=False)
+        return [rid for rid, n in zip(run_ids, replies, strict=True) if not n]
+
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
         key = run_key(run_id)

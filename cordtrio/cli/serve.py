@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -115,9 +116,25 @@ async def _open_router(listen: list[str]) -> AsyncIterator[Any]:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
 
 
+async def _check_persistence(redis: Any) -> Any:
+    """Warn (one line on stderr) when Redis keeps nothing across a restart."""
+    from ..backends.redis.persistence import check_persistence
+
+    found = await check_persistence(redis.redis)
+    if found.keeps_data is False:
+        _warn(f"Redis at {redis.url} keeps nothing across a restart (appendonly no, "
+              "no RDB snapshots): a Redis restart loses every run, workflow and queued "
+              "command. Start it with --appendonly yes (see docs/processes.md)")
+    elif found.keeps_data is None:
+        _say(f"could not check whether Redis keeps its data ({found.problem}); make sure "
+             "it runs with --appendonly yes")
+    return found
+
+
 async def _run_engine(options: ServeOptions, redis: Any, router: Any,
                       shutdown: Shutdown) -> None:
     metrics = ServeMetrics(trio.current_time)
+    persistence = await _check_persistence(redis)
     extra: dict[str, Any] = {}
     if options.lease_ttl is not None:
         extra["lease_ttl"] = options.lease_ttl
@@ -127,8 +144,8 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
         state: dict[str, Any] = {"engine": None}
         if options.http is not None:
             host, port = options.http
-            routes = {"/health": lambda: _health(redis, state),
-                      "/metrics": lambda: _metrics(redis, state, metrics)}
+            routes = {"/health": lambda: _health(redis, state, persistence),
+                      "/metrics": lambda: _metrics(redis, state, metrics, persistence)}
             try:
                 bound = await nursery.start(serve_http, host, port, routes)
             except OSError as exc:
@@ -158,17 +175,19 @@ async def _redis_up(redis: Any) -> bool:
     return False
 
 
-async def _health(redis: Any, state: dict[str, Any]) -> Response:
+async def _health(redis: Any, state: dict[str, Any], persistence: Any) -> Response:
     up = await _redis_up(redis)
     engine = state["engine"]
     body = {"status": "ok" if up else "unavailable", "redis": "up" if up else "down",
             "engine": "ready" if engine is not None else "starting",
-            "active_runs": engine.active_runs if engine is not None else 0}
+            "active_runs": engine.active_runs if engine is not None else 0,
+            "persistence": persistence.mode}
     return Response(200 if up else 503, (json.dumps(body) + "\n").encode(),
                     "application/json")
 
 
-async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> Response:
+async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics,
+                   persistence: Any) -> Response:
     up = await _redis_up(redis)
     counts: dict[str, int] = {}
     if up:
@@ -179,12 +198,17 @@ async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> 
                 continue
             counts[status.value] = len(ids)
     engine = state["engine"]
-    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up)
+    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up,
+                          persistence.keeps_data)
     return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
 def _say(message: str) -> None:
     print(f"cordtrio serve: {message}", flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"cordtrio serve: WARNING: {message}", file=sys.stderr, flush=True)
 
 
 __all__ = ["ServeOptions", "add_parser", "run_serve", "serve"]

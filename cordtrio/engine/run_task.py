@@ -47,6 +47,7 @@ from ..errors import CordtrioError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
 from ..protocol import JobStatus
+from ..ratelog import rate_limited
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
 from .envelopes import Envelope, Finish, Preload, Redirect
 from .forwarding import forward_as_guest, forward_results
@@ -100,7 +101,8 @@ class RunTask:
                 self._finish.run = state.run
         except LeaseLostError as exc:
             self._lost = True
-            log.warning("run %s: %s; another engine drives it now", self.run_id, exc)
+            rate_limited(log).warning("lease lost", "run %s: %s; another engine drives it "
+                                      "now", self.run_id, exc)
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
             log.exception("run %s: task crashed; the run stays in the store", self.run_id)
             self._crashed = True
