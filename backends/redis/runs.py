@@ -120,6 +120,7 @@ class RedisRuns(RedisRunIndex):
             self._queue_index(pipe, run, status, previous=())
             if run.idempotency_key:
                 pipe.set(idempotency_key(run.idempotency_key), run.id, nx=True)
+            self._queue_retention(pipe, run, status)
 
         # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
         # the adapter can batch with other calls, with the same all-or-nothing outcome.
@@ -156,6 +157,7 @@ class RedisRuns(RedisRunIndex):
             else:  # a corrupt header: the old status is unknown
                 previous = RUN_STATUSES
             self._queue_index(pipe, run, status, previous=previous, sync_active=True)
+            self._queue_retention(pipe, run, status)
             await pipe.execute()
 
         await self._redis.transaction("update run", key, [key], txn)

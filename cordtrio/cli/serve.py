@@ -44,6 +44,7 @@ class ServeOptions:
     http: tuple[str, int] | None
     lease_ttl: float | None = None
     engine_id: str = ""
+    retention_seconds: float = 7 * 86400.0
 
 
 def add_parser(commands: Any) -> None:
@@ -65,6 +66,10 @@ def add_parser(commands: Any) -> None:
                    help="seconds a run stays owned by an engine that stopped renewing its "
                         "lease (a crashed one) before another engine takes it over "
                         "(default 15)")
+    p.add_argument("--retention", metavar="DURATION", default="7d",
+                   help="how long finished runs (with their timelines and idempotency "
+                        "keys) are kept in Redis: e.g. 7d, 12h, 30m, 3600s; 0 keeps them "
+                        "forever (default 7d)")
     p.add_argument("--engine-id", metavar="ID", default="",
                    help="this engine's name as a lease owner (default: random)")
     p.set_defaults(handler=run_serve)
@@ -83,16 +88,40 @@ def run_serve(args: argparse.Namespace) -> int:
     lease_ttl = args.lease_ttl
     if lease_ttl is not None and lease_ttl <= 0:
         raise CliError("--lease-ttl must be positive")
+    try:
+        retention = parse_duration(args.retention)
+    except ValueError as exc:
+        raise CliError(f"--retention: {exc}") from None
     options = ServeOptions(redis_url(args), list(args.listen), http, lease_ttl,
-                           args.engine_id)
+                           args.engine_id, retention)
     return run_trio(serve, options)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"90s"`` or plain seconds → seconds (``0``: none).
+    Raises ``ValueError`` naming the text."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"bad duration {text!r}: expected e.g. 7d, 12h, 30m, 90s or 0"
+                         ) from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"bad duration {text!r}: must be 0 or positive")
+    return value
 
 
 async def serve(options: ServeOptions) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit status."""
     async with (
         on_signals(_say) as shutdown,
-        open_redis(options.redis_url) as redis,
+        open_redis(options.redis_url,
+                   retention_seconds=options.retention_seconds or None) as redis,
         _open_router(options.listen) as router,
     ):
         await _run_engine(options, redis, router, shutdown)
@@ -158,8 +187,10 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
                                on_step_finished=metrics.step_finished,
                                recover=True, **extra) as engine:
             state["engine"] = engine
+            kept = (f"finished runs kept {options.retention_seconds:g}s"
+                    if options.retention_seconds else "finished runs kept forever")
             _say(f"ready: engine {engine.engine_id}, bus {', '.join(router.urls)}, "
-                 f"redis {redis.url}, {engine.active_runs} run(s) resumed")
+                 f"redis {redis.url}, {engine.active_runs} run(s) resumed, {kept}")
             shutdown.ready()
             await shutdown.wait()
         nursery.cancel_scope.cancel()  # the HTTP server
@@ -211,4 +242,4 @@ def _warn(message: str) -> None:
     print(f"cordtrio serve: WARNING: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["ServeOptions", "add_parser", "run_serve", "serve"]
+__all__ = ["ServeOptions", "add_parser", "parse_duration", "run_serve", "serve"]
