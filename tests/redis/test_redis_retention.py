@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import fakeredis
 import pytest
 import trio
-from conftest import fresh_fakeredis
 
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus
@@ -33,7 +33,8 @@ def _workflow() -> Workflow:
 
 def _connect(redis_url: str, **kw: Any) -> Any:
     if redis_url == "fakeredis":
-        return connect("fakeredis", client=fresh_fakeredis(), **kw)
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return connect("fakeredis", client=client, **kw)
     return connect(redis_url, **kw)
 
 
