@@ -39,6 +39,17 @@ class LeaseLostError(CordtrioError):
     engine owns the run now. The write was refused; the engine stops driving that run."""
 
 
+class PayloadPointerError(CordtrioError, ValueError):
+    """A payload pointer or key outside the payload namespace (``ctx:<job>``/``res:<job>``,
+    or their ``redis://`` forms), or malformed. Nothing is read or written for it; the
+    message names the pointer."""
+
+
+class CorruptDataError(CordtrioError):
+    """Stored data that cannot be read as what cordtrio stores there (corrupt JSON, a key of
+    the wrong type, a missing part). The message names the key. Retrying cannot fix it."""
+
+
 class StoreError(CordtrioError):
     """A backend (store, payload store, bus) failed; usually transient."""
 
@@ -66,10 +77,12 @@ class RunFailedError(CordtrioError):
 
 __all__ = [
     "CordtrioError",
+    "CorruptDataError",
     "ExpressionError",
     "InvalidStateError",
     "LeaseLostError",
     "NotFoundError",
+    "PayloadPointerError",
     "ProtocolError",
     "RunFailedError",
     "StoreError",

@@ -1,18 +1,31 @@
-"""Payload pointers: where job inputs (``ctx:<job>``) and results (``res:<job>``) live."""
+"""Payload pointers: where job inputs (``ctx:<job>``) and results (``res:<job>``) live.
+
+**The payload namespace.** A payload store reads and writes only keys of its own namespace:
+``ctx:<job>`` (job inputs) and ``res:<job>`` (job results). A pointer is such a key,
+bare or in its ``redis://`` form. Anything else — ``redis://secret:token``, a run's
+``wf:run:<id>`` — is refused with ``PayloadPointerError`` naming the pointer, before any
+read: a job result or request cannot make the engine or a worker copy an arbitrary key.
+``check_payload_key`` is the one rule; every payload store calls it in ``get_*``/``put_*``.
+"""
 
 from __future__ import annotations
 
+from .errors import PayloadPointerError
+
 POINTER_SCHEME = "redis://"
+CONTEXT_PREFIX = "ctx:"
+RESULT_PREFIX = "res:"
+PAYLOAD_PREFIXES = (CONTEXT_PREFIX, RESULT_PREFIX)
 
 
 def context_key(job_id: str) -> str:
     """Key of a job's input payload."""
-    return "ctx:" + job_id
+    return CONTEXT_PREFIX + job_id
 
 
 def result_key(job_id: str) -> str:
     """Key of a job's result payload."""
-    return "res:" + job_id
+    return RESULT_PREFIX + job_id
 
 
 def pointer_for_key(key: str) -> str:
@@ -20,14 +33,51 @@ def pointer_for_key(key: str) -> str:
     return POINTER_SCHEME + key
 
 
-def key_from_pointer(ptr: str) -> str:
-    """Payload key named by a pointer. Raises ``ValueError`` naming the pointer if malformed."""
-    if not isinstance(ptr, str) or not ptr.startswith(POINTER_SCHEME):
-        raise ValueError(f"bad payload pointer {ptr!r}: expected {POINTER_SCHEME}<key>")
-    key = ptr[len(POINTER_SCHEME):]
-    if not key or key.strip() != key or "\n" in key:
-        raise ValueError(f"bad payload pointer {ptr!r}: empty or malformed key")
+def check_payload_key(key: str, prefix: str = "", *, pointer: str = "") -> str:
+    """``key`` if it is a key of the payload namespace (with ``prefix``: of that half of it,
+    ``ctx:`` or ``res:``); else ``PayloadPointerError`` naming ``pointer`` (or the key)."""
+    shown = pointer or key
+    if not isinstance(key, str):
+        raise PayloadPointerError(f"payload key {shown!r}: expected a string")
+    allowed = (prefix,) if prefix else PAYLOAD_PREFIXES
+    if not key.startswith(allowed) or key in allowed:
+        names = " or ".join(p + "<job>" for p in allowed)
+        raise PayloadPointerError(
+            f"payload pointer {shown!r} refused: outside the payload namespace "
+            f"(expected {names}); nothing was read")
+    if key.strip() != key or any(c in key for c in "\r\n\x00"):
+        raise PayloadPointerError(f"payload pointer {shown!r} refused: malformed key")
     return key
 
 
-__all__ = ["context_key", "key_from_pointer", "pointer_for_key", "result_key"]
+def key_from_pointer(ptr: str, prefix: str = "") -> str:
+    """Payload key named by a pointer (``redis://ctx:<job>``, ``redis://res:<job>`` or the
+    bare key). Raises ``PayloadPointerError`` (a ``ValueError``) naming the pointer if it is
+    malformed or outside the payload namespace (``check_payload_key``)."""
+    if not isinstance(ptr, str) or not ptr:
+        raise PayloadPointerError(f"bad payload pointer {ptr!r}: expected {POINTER_SCHEME}<key>")
+    key = ptr[len(POINTER_SCHEME):] if ptr.startswith(POINTER_SCHEME) else ptr
+    return check_payload_key(key, prefix, pointer=ptr)
+
+
+def pointer_problem(ptr: str, prefix: str = "") -> str:
+    """Why ``ptr`` is refused (``key_from_pointer``'s message), or ``""`` when it is fine."""
+    try:
+        key_from_pointer(ptr, prefix)
+    except PayloadPointerError as exc:
+        return str(exc)
+    return ""
+
+
+__all__ = [
+    "CONTEXT_PREFIX",
+    "PAYLOAD_PREFIXES",
+    "POINTER_SCHEME",
+    "RESULT_PREFIX",
+    "check_payload_key",
+    "context_key",
+    "key_from_pointer",
+    "pointer_for_key",
+    "pointer_problem",
+    "result_key",
+]

@@ -124,6 +124,23 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class RunRepair(Protocol):
+    """Optional for stores whose data can be corrupted from outside (Redis): mark a run
+    that cannot be read ``failed`` with ``reason`` (naming the key), so it never stays
+    ``running``. Returns the message recorded; ``NotFoundError`` if nothing is stored."""
+
+    async def fail_unreadable_run(self, run_id: str, reason: str) -> str: ...
+
+
+@runtime_checkable
+class RunPresence(Protocol):
+    """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
+    whose data vanished (a Redis restarted without persistence) from leases taken over."""
+
+    async def missing_runs(self, run_ids: Sequence[str]) -> list[str]: ...
+
+
+@runtime_checkable
 class RunLeases(Protocol):
     """Optional store capability for several engines over one store (multi-engine mode).
 
@@ -285,6 +302,8 @@ __all__ = [
     "PayloadStore",
     "RunChanges",
     "RunLeases",
+    "RunPresence",
+    "RunRepair",
     "SchemaRegistry",
     "Store",
     "child_order_key",

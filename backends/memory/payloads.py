@@ -13,6 +13,7 @@ from collections import deque
 import trio
 
 from cordtrio.errors import NotFoundError
+from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _FOREVER = float("inf")
@@ -21,8 +22,9 @@ _FOREVER = float("inf")
 class MemoryPayloadStore:
     """Bytes by key with a TTL. ``ttl_seconds=None`` (or ``<= 0``) keeps entries forever.
 
-    Context and result keys share one key space, as in Redis; the ``put_*``/``get_*`` pairs
-    exist so the call sites read as what they store.
+    Context and result keys share one key space, as in Redis: ``*_context`` take only
+    ``ctx:<job>`` keys, ``*_result`` only ``res:<job>`` keys; any other key raises
+    ``PayloadPointerError`` (``cordtrio.payloads.check_payload_key``) and nothing is read.
 
     Every method is a cancellation point (it raises ``Cancelled`` in a cancelled scope) but
     not a schedule point: a dict lookup need not give up the CPU, and the engine and the
@@ -37,24 +39,24 @@ class MemoryPayloadStore:
 
     async def put_context(self, key: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(key, data)
+        self._put(check_payload_key(key, CONTEXT_PREFIX), data)
 
     async def get_context(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._get(key)
+        return self._get(check_payload_key(key, CONTEXT_PREFIX))
 
     async def put_result(self, key: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(key, data)
+        self._put(check_payload_key(key, RESULT_PREFIX), data)
 
     async def get_result(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._get(key)
+        return self._get(check_payload_key(key, RESULT_PREFIX))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._data.pop(key, None)
+        self._data.pop(check_payload_key(key), None)
 
     def _put(self, key: str, data: bytes) -> None:
         if type(data) is not bytes:  # bytes are immutable: kept as they are

@@ -193,6 +193,11 @@ class MemoryStore(MemoryRunLeases):
         await trio.lowlevel.checkpoint()
         return self._record(run_id).assemble()
 
+    async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Those of ``run_ids`` that are not stored (``ports.RunPresence``)."""
+        await trio.lowlevel.checkpoint()
+        return [rid for rid in run_ids if rid not in self._runs]
+
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
         await trio.lowlevel.checkpoint()

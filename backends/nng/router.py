@@ -35,6 +35,7 @@ import trio
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.protocol import BusPacket, decode_packet, encode_packet
+from cordtrio.ratelog import rate_limited
 
 from ._common import BATCH_BYTES as BATCH_BYTES
 from ._common import DEFAULT_MAX_BUFFER as DEFAULT_MAX_BUFFER
@@ -300,7 +301,8 @@ class NngRouter:
 
     def _garbage(self, peer: _Peer, what: str, exc: Exception) -> None:
         self.dropped_frames += 1
-        log.warning("nng router: dropped a malformed %s from pipe %d: %s", what, peer.id, exc)
+        rate_limited(log).warning(f"{id(self)} {what}", "nng router: dropped a malformed %s "
+                                  "from pipe %d: %s", what, peer.id, exc)
 
     def _on_op(self, peer: _Peer, op: Any) -> None:
         name = op_name(op)

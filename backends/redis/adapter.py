@@ -35,7 +35,7 @@ import redis.exceptions as rx
 import trio
 import trio_asyncio
 
-from cordtrio.errors import CordtrioError, StoreError
+from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
 if TYPE_CHECKING:
     from .batcher import CommandBatcher
@@ -48,7 +48,7 @@ MAX_WATCH_RETRIES = 50
 """Optimistic (WATCH) transactions retried this often before giving up with StoreError."""
 
 
-class RedisDataError(CordtrioError):
+class RedisDataError(CorruptDataError):
     """The value under a Redis key is not what cordtrio stores there: corrupt JSON, a missing
     part, or a key of the wrong Redis type. The message names the key. Not transient."""
 

@@ -6,24 +6,47 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
 from cordtrio.clock import SystemClock
+from cordtrio.model import RunStatus, WorkflowRun
 from cordtrio.ports import Clock
 
 from .adapter import RedisAdapter
+from .keys import idempotency_key, run_key, timeline_key
+
+TERMINAL_STATUSES = frozenset(s.value for s in RunStatus if s.is_terminal)
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+"""Finished runs are kept a week by default (``connect(retention_seconds=...)``)."""
 
 
 class RedisStoreBase:
     """Base of the ``RedisStore`` mixins: the ``RedisAdapter``, the clock that stamps the
     timestamps the store fills in, and the rank counter of ``ord:<field>`` entries."""
 
-    def __init__(self, redis: RedisAdapter, *, clock: Clock | None = None) -> None:
+    def __init__(self, redis: RedisAdapter, *, clock: Clock | None = None,
+                 retention_seconds: float | None = None) -> None:
         self._redis = redis
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._last_rank = 0
+        self.retention_seconds: int | None = (
+            max(1, int(retention_seconds)) if retention_seconds else None)
+        """Finished runs expire this long after they finish (``None``: kept forever)."""
 
     def _now(self) -> datetime:
         return self._clock.now()
+
+    def _queue_retention(self, pipe: Any, run: WorkflowRun, status: str) -> None:
+        """With a retention, a run written in a terminal status gets ``EXPIRE`` on its hash,
+        its timeline and its idempotency key — queued after those writes, in the same
+        transaction or script (no extra round trip)."""
+        ttl = self.retention_seconds
+        if ttl is None or status not in TERMINAL_STATUSES:
+            return
+        pipe.expire(run_key(run.id), ttl)
+        pipe.expire(timeline_key(run.id), ttl)
+        if run.idempotency_key:
+            pipe.expire(idempotency_key(run.idempotency_key), ttl)
 
     def _rank(self) -> bytes:
         """A fresh insertion rank: increasing within this process, and across processes as

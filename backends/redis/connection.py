@@ -24,6 +24,7 @@ from .adapter import (
     mask_url,
     run_ready_callbacks_per_tick,
 )
+from .base import DEFAULT_RETENTION_SECONDS
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
@@ -95,6 +96,7 @@ async def connect(
     url: str,
     *,
     payload_ttl_seconds: int | None = DEFAULT_TTL_SECONDS,
+    retention_seconds: float | None = DEFAULT_RETENTION_SECONDS,
     client: Any = None,
     clock: Clock | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
@@ -115,8 +117,11 @@ async def connect(
     instead of creating one from ``url`` (which then only names it in messages); it is not
     closed on exit, but its connections — bound to this block's loop — are dropped.
     ``clock`` stamps the timestamps the store fills in; ``payload_ttl_seconds`` (``None``: no
-    expiry) applies to every payload written. At most ``max_connections`` commands are in
-    flight at once; further ones wait (up to 30 s) for a free connection.
+    expiry) applies to every payload written. ``retention_seconds`` (default 7 days; ``0`` or
+    ``None`` keeps everything): a run that finishes expires that long after its last write,
+    with its timeline and idempotency key (``EXPIRE`` in the same write), and listings drop
+    the ids of expired runs from the indexes as they meet them. At most ``max_connections``
+    commands are in flight at once; further ones wait (up to 30 s) for a free connection.
 
     Timers of redis-py run on the asyncio loop, whose time is Trio's clock: do not combine a
     real server with ``trio.testing.MockClock(autojump_threshold=0)``, which would jump the
@@ -158,7 +163,8 @@ async def connect(
                 adapter.start_batching(batching)
                 try:
                     yield RedisBackends(
-                        store=RedisStore(adapter, clock=clock),
+                        store=RedisStore(adapter, clock=clock,
+                                         retention_seconds=retention_seconds),
                         payloads=RedisPayloadStore(adapter, ttl_seconds=payload_ttl_seconds),
                         schemas=RedisSchemaRegistry(adapter),
                         redis=adapter,

@@ -4,6 +4,7 @@ each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them
 from __future__ import annotations
 
 from cordtrio.errors import NotFoundError
+from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 from .adapter import RedisAdapter
 
@@ -12,6 +13,10 @@ DEFAULT_TTL_SECONDS = 24 * 3600
 
 class RedisPayloadStore:
     """Bytes by key with a TTL. ``ttl_seconds=None`` (or ``<= 0``) keeps entries forever.
+
+    Only keys of the payload namespace are read or written: ``*_context`` take ``ctx:<job>``,
+    ``*_result`` ``res:<job>``; any other key (``secret:token``, ``wf:run:<id>``) raises
+    ``PayloadPointerError`` before a command is sent (``cordtrio.payloads``).
 
     The TTL is Redis's own (wall-clock) expiry: unlike the memory payload store it does not
     follow Trio's clock, so ``MockClock`` cannot make an entry expire.
@@ -23,19 +28,20 @@ class RedisPayloadStore:
         self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
 
     async def put_context(self, key: str, data: bytes) -> None:
-        await self._put(key, data)
+        await self._put(check_payload_key(key, CONTEXT_PREFIX), data)
 
     async def get_context(self, key: str) -> bytes:
-        return await self._get(key)
+        return await self._get(check_payload_key(key, CONTEXT_PREFIX))
 
     async def put_result(self, key: str, data: bytes) -> None:
-        await self._put(key, data)
+        await self._put(check_payload_key(key, RESULT_PREFIX), data)
 
     async def get_result(self, key: str) -> bytes:
-        return await self._get(key)
+        return await self._get(check_payload_key(key, RESULT_PREFIX))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
+        check_payload_key(key)
         await self._redis.call("delete payload", key, "delete", key)
 
     async def _put(self, key: str, data: bytes) -> None:

@@ -80,6 +80,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 if changes.header:
                     self._queue_index(pipe, run, status, previous=previous)
                 self._queue_timeline(pipe, run.id, docs)
+                if changes.header:
+                    self._queue_retention(pipe, run, status)
                 await pipe.execute()
 
             await self._redis.transaction("save run changes", key, [key], txn)
@@ -91,6 +93,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             if changes.header:
                 self._queue_index(pipe, run, status, previous=previous)
             self._queue_timeline(pipe, run.id, docs)
+            if changes.header:
+                self._queue_retention(pipe, run, status)
 
         replies = await self._redis.pipeline("save run changes", key, commands)
         if not replies[0]:
@@ -130,6 +134,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 if changes.header:
                     self._queue_index(pipe, run, status, previous=previous)
             self._queue_timeline(pipe, run.id, docs)
+            if ops is not None and changes.header:
+                self._queue_retention(pipe, run, status)
 
         if ops is not None and ops.prefixes:
             async def txn(pipe: Any) -> bool:

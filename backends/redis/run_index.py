@@ -15,9 +15,10 @@ from cordtrio.ports import (
     DEFAULT_STATUS_LIMIT,
     status_text,
 )
+from cordtrio.ratelog import RateLimitedLog
 
 from .adapter import RedisDataError
-from .base import RedisStoreBase
+from .base import TERMINAL_STATUSES, RedisStoreBase
 from .keys import (
     RUNS_ALL,
     active_runs_key,
@@ -28,6 +29,8 @@ from .keys import (
 from .run_hash import assemble, text
 
 log = logging.getLogger(__name__)
+_CORRUPT_LOG = RateLimitedLog(log)
+"""Listings meet the same corrupt entry on every call: one line per key per minute."""
 
 
 
@@ -86,7 +89,7 @@ class RedisRunIndex(RedisStoreBase):
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
         index = runs_by_workflow_key(workflow_id)
         ids = await self._redis.call("list runs", index, "zrevrange", index, 0, limit - 1)
-        return await self._runs([text(x) for x in ids])
+        return await self._runs([text(x) for x in ids], index)
 
     async def list_runs(
         self, cursor_unix: int = 0, limit: int = DEFAULT_RUN_LIMIT
@@ -106,13 +109,25 @@ class RedisRunIndex(RedisStoreBase):
     ) -> list[str]:
         """Ids of runs currently in ``status``, most recently updated first."""
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
-        index = runs_by_status_key(status_text(status))
-        ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
-                                     limit - 1)
+        status = status_text(status)
+        index = runs_by_status_key(status)
+        if self.retention_seconds is None or status not in TERMINAL_STATUSES:
+            ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
+                                         limit - 1)
+            return [text(x) for x in ids]
+        # Finished runs expire ``retention_seconds`` after their last write, which is their
+        # score here: drop the expired ids in the same round trip.
+        cutoff = self._now().timestamp() - self.retention_seconds
+        _, ids = await self._redis.pipeline(
+            "list runs by status", index,
+            [("zremrangebyscore", (index, "-inf", f"({cutoff}")),
+             ("zrevrange", (index, 0, limit - 1))], transaction=False)
         return [text(x) for x in ids]
 
-    async def _runs(self, ids: list[str]) -> list[WorkflowRun]:
-        """The runs with these ids, in order, skipping missing and corrupt ones."""
+    async def _runs(self, ids: list[str], index: str = RUNS_ALL) -> list[WorkflowRun]:
+        """The runs with these ids, in order, skipping missing and corrupt ones. Ids of runs
+        that are gone (expired after the retention) are dropped from ``index`` and
+        ``wf:runs:all`` on the way."""
         if not ids:
             return []
         keys = [run_key(rid) for rid in ids]
@@ -121,16 +136,24 @@ class RedisRunIndex(RedisStoreBase):
             transaction=False, raise_on_error=False,
         )
         out: list[WorkflowRun] = []
-        for key, reply in zip(keys, replies, strict=True):
+        gone: list[str] = []
+        for rid, key, reply in zip(ids, keys, replies, strict=True):
             if isinstance(reply, Exception):
                 if not isinstance(reply, RedisDataError):
                     raise reply
-                log.warning("corrupt run skipped: %s", reply)
+                _CORRUPT_LOG.warning(key, "corrupt run skipped: %s", reply)
                 continue
             if not reply:
-                continue  # deleted between the index read and now
+                gone.append(rid)  # expired, or deleted between the index read and now
+                continue
             try:
                 out.append(assemble(key, reply))
             except RedisDataError as exc:  # listing skips corrupt entries (SPEC §11)
-                log.warning("corrupt run skipped: %s", exc)
+                _CORRUPT_LOG.warning(key, "corrupt run skipped: %s", exc)
+        if gone:
+            commands = [("zrem", (RUNS_ALL, *gone))]
+            if index != RUNS_ALL:
+                commands.append(("zrem", (index, *gone)))
+            await self._redis.pipeline("drop expired run ids", index, commands,
+                                       transaction=False)
         return out

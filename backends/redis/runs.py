@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
-from cordtrio.model import WorkflowRun
+from cordtrio.model import RunStatus, WorkflowRun
 from cordtrio.ports import status_text
-from cordtrio.timeutil import parse_ts
+from cordtrio.timeutil import format_ts, parse_ts
 
 from .adapter import RedisDataError
 from .keys import (
@@ -50,6 +50,44 @@ def _check_run_id(run_id: str) -> None:
 
 
 
+CORRUPT_RUN_PREFIX = "wf:corrupt:run:"
+CORRUPT_FIELD = "corrupt:"
+
+
+def _readable_header(key: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    raw = fields.get(HEADER)
+    if raw is None:
+        return None
+    try:
+        header = loads(raw, key, HEADER)
+    except RedisDataError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _unreadable(key: str, field: str, raw: Any) -> bool:
+    """A run-hash field (other than the header) that ``assemble`` would refuse."""
+    if field.startswith((ORD, CORRUPT_FIELD)):
+        return False
+    try:
+        value = loads(raw, key, field)
+    except RedisDataError:
+        return True
+    return field.startswith(("step:", "child:")) and not isinstance(value, dict)
+
+
+async def _active_sets(pipe: Any) -> list[str]:
+    """Every org's active-run set (``SCAN``): a run whose org is unknown is removed from
+    all of them."""
+    found: list[str] = []
+    cursor: Any = 0
+    while True:
+        cursor, keys = await pipe.scan(cursor, match=active_runs_key("*"), count=1000)
+        found += [text(k) for k in keys]
+        if not int(cursor):
+            return found
+
+
 def _parse_or_none(value: Any) -> datetime | None:
     try:
         return parse_ts(value)
@@ -82,6 +120,7 @@ class RedisRuns(RedisRunIndex):
             self._queue_index(pipe, run, status, previous=())
             if run.idempotency_key:
                 pipe.set(idempotency_key(run.idempotency_key), run.id, nx=True)
+            self._queue_retention(pipe, run, status)
 
         # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
         # the adapter can batch with other calls, with the same all-or-nothing outcome.
@@ -118,6 +157,7 @@ class RedisRuns(RedisRunIndex):
             else:  # a corrupt header: the old status is unknown
                 previous = RUN_STATUSES
             self._queue_index(pipe, run, status, previous=previous, sync_active=True)
+            self._queue_retention(pipe, run, status)
             await pipe.execute()
 
         await self._redis.transaction("update run", key, [key], txn)
@@ -129,6 +169,83 @@ class RedisRuns(RedisRunIndex):
         if not fields:
             raise NotFoundError(f"run {run_id!r} not found")
         return assemble(key, fields)
+
+    async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Those of ``run_ids`` whose run key is gone (``ports.RunPresence``): one
+        pipelined ``EXISTS`` per id, one round trip."""
+        if not run_ids:
+            return []
+        keys = [run_key(rid) for rid in run_ids]
+        replies = await self._redis.pipeline(
+            "check runs exist", keys[0], [("exists", (k,)) for k in keys], transaction=False)
+        return [rid for rid, n in zip(run_ids, replies, strict=True) if not n]
+
+    async def fail_unreadable_run(self, run_id: str, reason: str) -> str:
+        """Mark a run whose stored data cannot be read ``failed``, with ``reason`` as its
+        error (``ports.RunRepair``), so it leaves the running/waiting indexes for good.
+        Returns what was done, for the log.
+
+        Fields that do not parse are set aside in the hash as ``corrupt:<field>`` (read by
+        nobody, kept for inspection) and the header is rewritten as failed. A run without a
+        readable header, or whose key is not a hash, is moved whole to
+        ``wf:corrupt:run:<id>`` and replaced by a failed run naming that key. Raises
+        ``NotFoundError`` if nothing is stored under the run's key."""
+        key = run_key(run_id)
+        aside = CORRUPT_RUN_PREFIX + run_id
+        active_sets: list[str] | None = None  # every org's set, when the org is unknown
+
+        async def txn(pipe: Any) -> str:
+            nonlocal active_sets
+            kind = text(await pipe.type(key))
+            if kind == "none":
+                raise NotFoundError(f"run {run_id!r} not found")
+            fields: dict[str, Any] = {}
+            header: dict[str, Any] | None = None
+            if kind == "hash":
+                fields = {text(k): v for k, v in (await pipe.hgetall(key)).items()}
+                header = _readable_header(key, fields)
+            bad: list[str] = []
+            if header is not None:
+                bad = [f for f, v in fields.items() if f != HEADER and _unreadable(key, f, v)]
+                kept = {f: v for f, v in fields.items() if f not in bad}
+                try:
+                    assemble(key, kept)
+                except (RedisDataError, ValueError, TypeError):
+                    header = None  # still not a run: set it all aside
+            if header is None and active_sets is None:
+                active_sets = await _active_sets(pipe)
+            now = self._now()
+            pipe.multi()
+            if header is None:
+                pipe.rename(key, aside)
+                stub = WorkflowRun(id=run_id, created_at=now)
+                header = stub.header_dict(with_input=False)
+                pipe.hset(key, mapping={INPUT: EMPTY_MAP})
+                done = f"its data was moved to {aside!r}"
+            else:
+                for f in bad:
+                    pipe.hset(key, CORRUPT_FIELD + f, fields[f])
+                    pipe.hdel(key, f, ORD + f)
+                done = ("unreadable field(s) " + ", ".join(repr(f) for f in bad) +
+                        " set aside as 'corrupt:<field>'") if bad else "header rewritten"
+            message = f"{reason}; run marked failed, {done}"
+            header.update(status=RunStatus.FAILED.value, error={"message": message},
+                          completed_at=format_ts(now), updated_at=format_ts(now))
+            pipe.hset(key, HEADER, dumps(header, f"run {run_id!r}"))
+            for status in RUN_STATUSES:
+                if status != RunStatus.FAILED.value:
+                    pipe.zrem(runs_by_status_key(status), run_id)
+            score = now.timestamp()
+            pipe.zadd(runs_by_status_key(RunStatus.FAILED.value), {run_id: score})
+            pipe.zadd(RUNS_ALL, {run_id: score})
+            org = header.get("org_id")
+            for active in ([active_runs_key(str(org or ""))] if active_sets is None
+                           else active_sets):
+                pipe.srem(active, run_id)
+            await pipe.execute()
+            return message
+
+        return await self._redis.transaction("fail unreadable run", key, [key, aside], txn)
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""

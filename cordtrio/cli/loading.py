@@ -24,6 +24,8 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_WAITING = 3
+EXIT_CORRUPT = 6
+"""Stored data (a run, a workflow) that cannot be read; the message names the key."""
 EXIT_INTERRUPTED = 130
 
 

@@ -76,8 +76,9 @@ class ServeMetrics:
             self.latency.observe(max(0.0, self._now() - started))
 
     def render(self, runs_by_status: Mapping[str, int], active_runs: int,
-               redis_up: bool) -> str:
-        """The exposition text, ending with a newline."""
+               redis_up: bool, persistent: bool | None = None) -> str:
+        """The exposition text, ending with a newline. ``persistent``: whether Redis keeps
+        its data across a restart (checked at start; ``None``: unknown, not exported)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -86,6 +87,11 @@ class ServeMetrics:
 
         family("cordtrio_up", "gauge", "1 while Redis answers, else 0.")
         out.append(f"cordtrio_up {1 if redis_up else 0}")
+        if persistent is not None:
+            family("cordtrio_redis_persistent", "gauge",
+                   "1 when Redis keeps its data across a restart (AOF or RDB), 0 when a "
+                   "restart loses every run.")
+            out.append(f"cordtrio_redis_persistent {1 if persistent else 0}")
         family("cordtrio_runs", "gauge", "Runs in the store by status (capped per status).")
         for status in sorted(runs_by_status):
             out.append(f'cordtrio_runs{{status="{status}"}} {runs_by_status[status]}')

@@ -7,6 +7,7 @@ line with its exit status. ``on_signals`` turns SIGINT/SIGTERM into a graceful s
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,20 +15,40 @@ from typing import Any, TypeVar
 
 import trio
 
-from .loading import CliError
+from ..errors import CorruptDataError
+from .loading import EXIT_CORRUPT, CliError, one_line
 
 T = TypeVar("T")
 
 
 def run_trio(fn: Callable[..., Awaitable[T]], *args: object) -> T:
-    """``trio.run(fn, *args)``, re-raising a lone ``CliError``/``KeyboardInterrupt``."""
+    """``trio.run(fn, *args)``, re-raising a lone ``CliError``/``KeyboardInterrupt``; stored
+    data that cannot be read (``CorruptDataError``) becomes a one-line ``CliError`` naming
+    the key (exit status 6)."""
     try:
         return trio.run(fn, *args)
     except BaseExceptionGroup as group:
         error = single(group)
         if isinstance(error, (CliError, KeyboardInterrupt)):
             raise error from None
+        if isinstance(error, CorruptDataError):
+            raise _corrupt(error) from None
         raise
+    except CorruptDataError as error:
+        raise _corrupt(error) from None
+
+
+_RECORD_KEY = re.compile(r"key '(wf:(run|def):([^']*))'")
+
+
+def _corrupt(error: CorruptDataError) -> CliError:
+    """One line naming the run or workflow (from the key in the message) and the key."""
+    message = one_line(str(error))
+    found = _RECORD_KEY.search(message)
+    what = ""
+    if found is not None:
+        what = f"{'run' if found.group(2) == 'run' else 'workflow'} {found.group(3)}: "
+    return CliError(f"{what}stored data cannot be read: {message}", EXIT_CORRUPT)
 
 
 def single(error: BaseException) -> BaseException:

@@ -38,10 +38,11 @@ def redis_url(args: argparse.Namespace) -> str:
 
 
 @asynccontextmanager
-async def open_redis(url: str) -> AsyncIterator[Any]:
+async def open_redis(url: str, **options: Any) -> AsyncIterator[Any]:
     """``connect(url)`` with connection problems reported as ``CliError`` (exit status 4).
 
     Only errors raised while connecting are translated; errors of the block propagate.
+    ``options`` go to ``connect`` (``retention_seconds``...).
     """
     try:
         from ..backends.redis import connect, mask_url
@@ -50,7 +51,7 @@ async def open_redis(url: str) -> AsyncIterator[Any]:
                        f"'cordtrio[redis]'): {exc}") from None
     entered = False
     try:
-        async with connect(url) as backends:
+        async with connect(url, **options) as backends:
             entered = True
             yield backends
     except CordtrioError as exc:

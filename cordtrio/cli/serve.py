@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class ServeOptions:
     http: tuple[str, int] | None
     lease_ttl: float | None = None
     engine_id: str = ""
+    retention_seconds: float = 7 * 86400.0
 
 
 def add_parser(commands: Any) -> None:
@@ -66,6 +68,10 @@ def add_parser(commands: Any) -> None:
                    help="seconds a run stays owned by an engine that stopped renewing its "
                         "lease (a crashed one) before another engine takes it over "
                         "(default 15)")
+    p.add_argument("--retention", metavar="DURATION", default="7d",
+                   help="how long finished runs (with their timelines and idempotency "
+                        "keys) are kept in Redis: e.g. 7d, 12h, 30m, 3600s; 0 keeps them "
+                        "forever (default 7d)")
     p.add_argument("--engine-id", metavar="ID", default="",
                    help="this engine's name as a lease owner (default: random)")
     add_log_level_argument(p)
@@ -86,16 +92,40 @@ def run_serve(args: argparse.Namespace) -> int:
     lease_ttl = args.lease_ttl
     if lease_ttl is not None and lease_ttl <= 0:
         raise CliError("--lease-ttl must be positive")
+    try:
+        retention = parse_duration(args.retention)
+    except ValueError as exc:
+        raise CliError(f"--retention: {exc}") from None
     options = ServeOptions(redis_url(args), list(args.listen), http, lease_ttl,
-                           args.engine_id)
+                           args.engine_id, retention)
     return run_trio(serve, options)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"90s"`` or plain seconds → seconds (``0``: none).
+    Raises ``ValueError`` naming the text."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"bad duration {text!r}: expected e.g. 7d, 12h, 30m, 90s or 0"
+                         ) from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"bad duration {text!r}: must be 0 or positive")
+    return value
 
 
 async def serve(options: ServeOptions) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit status."""
     async with (
         on_signals(_say) as shutdown,
-        open_redis(options.redis_url) as redis,
+        open_redis(options.redis_url,
+                   retention_seconds=options.retention_seconds or None) as redis,
         _open_router(options.listen) as router,
     ):
         await _run_engine(options, redis, router, shutdown)
@@ -119,9 +149,25 @@ async def _open_router(listen: list[str]) -> AsyncIterator[Any]:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
 
 
+async def _check_persistence(redis: Any) -> Any:
+    """Warn (one line on stderr) when Redis keeps nothing across a restart."""
+    from ..backends.redis.persistence import check_persistence
+
+    found = await check_persistence(redis.redis)
+    if found.keeps_data is False:
+        _warn(f"Redis at {redis.url} keeps nothing across a restart (appendonly no, "
+              "no RDB snapshots): a Redis restart loses every run, workflow and queued "
+              "command. Start it with --appendonly yes (see docs/processes.md)")
+    elif found.keeps_data is None:
+        _say(f"could not check whether Redis keeps its data ({found.problem}); make sure "
+             "it runs with --appendonly yes")
+    return found
+
+
 async def _run_engine(options: ServeOptions, redis: Any, router: Any,
                       shutdown: Shutdown) -> None:
     metrics = ServeMetrics(trio.current_time)
+    persistence = await _check_persistence(redis)
     extra: dict[str, Any] = {}
     if options.lease_ttl is not None:
         extra["lease_ttl"] = options.lease_ttl
@@ -131,8 +177,8 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
         state: dict[str, Any] = {"engine": None}
         if options.http is not None:
             host, port = options.http
-            routes = {"/health": lambda: _health(redis, state),
-                      "/metrics": lambda: _metrics(redis, state, metrics)}
+            routes = {"/health": lambda: _health(redis, state, persistence),
+                      "/metrics": lambda: _metrics(redis, state, metrics, persistence)}
             try:
                 bound = await nursery.start(serve_http, host, port, routes)
             except OSError as exc:
@@ -145,8 +191,11 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
                                on_step_finished=metrics.step_finished,
                                recover=True, **extra) as engine:
             state["engine"] = engine
+            kept = (f"finished runs kept {options.retention_seconds:g}s"
+                    if options.retention_seconds else "finished runs kept forever")
             _say(f"ready: engine {engine.engine_id}, bus {', '.join(router.urls)}, "
-                 f"redis {redis.url}, {engine.active_runs} run(s) resumed at start-up")
+                 f"redis {redis.url}, {engine.active_runs} run(s) resumed at start-up, "
+                 f"{kept}")
             shutdown.ready()
             await shutdown.wait()
         nursery.cancel_scope.cancel()  # the HTTP server
@@ -162,17 +211,19 @@ async def _redis_up(redis: Any) -> bool:
     return False
 
 
-async def _health(redis: Any, state: dict[str, Any]) -> Response:
+async def _health(redis: Any, state: dict[str, Any], persistence: Any) -> Response:
     up = await _redis_up(redis)
     engine = state["engine"]
     body = {"status": "ok" if up else "unavailable", "redis": "up" if up else "down",
             "engine": "ready" if engine is not None else "starting",
-            "active_runs": engine.active_runs if engine is not None else 0}
+            "active_runs": engine.active_runs if engine is not None else 0,
+            "persistence": persistence.mode}
     return Response(200 if up else 503, (json.dumps(body) + "\n").encode(),
                     "application/json")
 
 
-async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> Response:
+async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics,
+                   persistence: Any) -> Response:
     up = await _redis_up(redis)
     counts: dict[str, int] = {}
     if up:
@@ -183,7 +234,8 @@ async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> 
                 continue
             counts[status.value] = len(ids)
     engine = state["engine"]
-    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up)
+    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up,
+                          persistence.keeps_data)
     return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -194,4 +246,8 @@ def _say(message: str) -> None:
     log.info("%s", message)
 
 
-__all__ = ["ServeOptions", "add_parser", "run_serve", "serve"]
+def _warn(message: str) -> None:
+    print(f"cordtrio serve: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["ServeOptions", "add_parser", "parse_duration", "run_serve", "serve"]

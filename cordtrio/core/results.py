@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from ..errors import CordtrioError
 from ..model import RetryConfig, Step, StepRun, StepStatus
+from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from ..schemas import validate_value
 from .dispatch import validate_with_registry
@@ -97,6 +98,13 @@ def apply_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
 def _succeeded(
     tx: Tx, step: Step, sr: StepRun, parent: str, result_ptr: str, output: LoadedOutput | None
 ) -> None:
+    refused = pointer_problem(result_ptr, RESULT_PREFIX) if result_ptr else ""
+    if refused:  # a pointer outside the payload namespace: nothing of it enters the run
+        message = f"step '{sr.step_id}': {refused}"
+        tx.timeline("step_output_invalid", step_id=sr.step_id, job_id=sr.job_id,
+                    status="failed", message=message)
+        finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=message)
+        return
     if result_ptr and (step.output_schema or step.output_schema_id.strip()):
         problem = output_problem(tx, step, output)
         if problem:

@@ -16,7 +16,7 @@ from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
 from ..model import WorkflowRun
-from ..payloads import key_from_pointer
+from ..payloads import RESULT_PREFIX, key_from_pointer
 from ..ports import PayloadStore
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -102,9 +102,10 @@ def packet(engine: Engine, run_id: str, payload: Any) -> BusPacket:
 
 
 async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
-    """Read and decode a result payload (SPEC §8): JSON, else the raw string."""
+    """Read and decode a result payload (SPEC §8): JSON, else the raw string. A pointer
+    outside the payload namespace is refused unread (``cordtrio.payloads``)."""
     try:
-        key = key_from_pointer(result_ptr)
+        key = key_from_pointer(result_ptr, RESULT_PREFIX)
         data = await retrying(lambda: payloads.get_result(key), f"load {result_ptr}")
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)

@@ -35,7 +35,8 @@ import trio
 from ..core.events import Start
 from ..errors import CordtrioError, LeaseLostError, ProtocolError
 from ..model import RunStatus
-from ..ports import RunLeases
+from ..ports import RunLeases, RunPresence
+from ..ratelog import RateLimitedLog
 from ..wire_commands import decode_command
 from .retry import retrying
 
@@ -68,6 +69,7 @@ class LeaseKeeper:
         self.held: dict[str, RunTask] = {}
         self.closing: dict[str, trio.Event] = {}
         self.crashed = False
+        self._log = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ per task
 
@@ -175,8 +177,8 @@ class LeaseKeeper:
             try:
                 lost = await self.store.renew_leases(self.owner, ids, self.ttl) if ids else set()
             except Exception as exc:
-                log.warning("engine %s: renewing %d leases failed: %r", self.owner, len(ids),
-                            exc)
+                self._log.warning("renew", "engine %s: renewing %d leases failed: %r",
+                                  self.owner, len(ids), exc)
                 if trio.current_time() - last_ok >= self.ttl * 0.9:
                     lost = set(ids)  # they may have expired: stop acting on every run
                     last_ok = trio.current_time()
@@ -184,12 +186,34 @@ class LeaseKeeper:
                     continue
             else:
                 last_ok = trio.current_time()
-            for run_id in [i for i in ids if i in lost]:  # in a stable order (no set order)
+            gone = [i for i in ids if i in lost and i in self.held]  # stable order
+            if gone:
+                await self._report_lost(gone)
+            for run_id in gone:
                 task = self.held.pop(run_id, None)
                 if task is not None:
-                    log.warning("run %s: lease lost by engine %s; stopping its task",
-                                run_id, self.owner)
                     task.lease_lost()
+
+    async def _report_lost(self, run_ids: list[str]) -> None:
+        """One line per cause for leases lost in one renewal: runs whose data is gone from
+        the store (a Redis restarted without persistence), and the others (their lease
+        expired or another engine holds it)."""
+        vanished: list[str] = []
+        store = self.engine.store
+        if isinstance(store, RunPresence):
+            try:
+                vanished = await store.missing_runs(run_ids)
+            except Exception as exc:  # only the wording of the report depends on it
+                log.debug("engine %s: could not check which runs exist: %r", self.owner, exc)
+        if vanished:
+            log.warning("engine %s: Redis lost %d run(s)' data (restart without "
+                        "persistence?): their run keys and leases are gone; stopping their "
+                        "tasks (%s)", self.owner, len(vanished), _sample(vanished))
+        rest = [i for i in run_ids if i not in set(vanished)]
+        if rest:
+            log.warning("engine %s: lost the lease of %d run(s) (expired, or another engine "
+                        "holds it now); stopping their tasks (%s)", self.owner, len(rest),
+                        _sample(rest))
 
     async def wake_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver a "drain your inbox" envelope for every run woken for this engine (or
@@ -257,6 +281,12 @@ def abbreviate_ids(ids: list[str], shown: int = 5, width: int = 8) -> str:
     short = [i if len(i) <= width else i[:width] + "…" for i in ids[:shown]]
     more = f" (+{len(ids) - shown} more)" if len(ids) > shown else ""
     return ", ".join(short) + more
+
+
+def _sample(run_ids: list[str], shown: int = 3) -> str:
+    """``"run a, b, c and 17 more"``: a few ids for the log line, not all of them."""
+    more = f" and {len(run_ids) - shown} more" if len(run_ids) > shown else ""
+    return "run " + ", ".join(run_ids[:shown]) + more
 
 
 def drain_envelope() -> Envelope:

@@ -43,16 +43,18 @@ from ..core.events import (
 from ..core.machine import decide
 from ..core.plan import Plan
 from ..core.state import RunState
-from ..errors import CordtrioError, LeaseLostError
+from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
 from ..protocol import JobStatus
+from ..ratelog import rate_limited
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
 from .envelopes import Envelope, Finish, Preload, Redirect
 from .forwarding import forward_as_guest, forward_results
 from .leases import CLEANUP_TIMEOUT
 from .retry import retrying
 from .timers import Timers
+from .unreadable import fail_unreadable, load_run
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -100,9 +102,12 @@ class RunTask:
                 self._finish.run = state.run
         except LeaseLostError as exc:
             self._lost = True
-            log.warning("run %s: %s; another engine drives it now", self.run_id, exc)
+            rate_limited(log).warning("lease lost", "run %s: %s; another engine drives it "
+                                      "now", self.run_id, exc)
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
-            log.exception("run %s: task crashed; the run stays in the store", self.run_id)
+            if not isinstance(exc, CorruptDataError) or not await fail_unreadable(
+                    self.engine, self.run_id, exc):
+                log.exception("run %s: task crashed; the run stays in the store", self.run_id)
             self._crashed = True
             if keeper is None:
                 self._fail_leftovers(exc)
@@ -186,8 +191,7 @@ class RunTask:
             if preload is not None and preload.run is not None and keeper is None:
                 run = preload.run
             else:
-                run = await retrying(lambda: engine.store.get_run(self.run_id),
-                                     f"load run {self.run_id}")
+                run = await load_run(engine, self.run_id)
             plan = await engine._plan_for(
                 run.workflow_id, preload.workflow if preload is not None else None)
         except CordtrioError as exc:

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from cordtrio.backends.memory import MemoryPayloadStore
-from cordtrio.errors import NotFoundError
-from cordtrio.payloads import context_key, result_key
+from cordtrio.errors import NotFoundError, PayloadPointerError
+from cordtrio.payloads import context_key, key_from_pointer, result_key
 from cordtrio.ports import PayloadStore
 
 DAY = 24 * 3600
@@ -72,6 +72,64 @@ async def test_rewriting_a_payload_restarts_its_ttl(
     await trio.sleep(DAY)
     with pytest.raises(NotFoundError):
         await payloads.get_result("res:j")
+
+
+# ------------------------------------------------------------------ the payload namespace
+
+FOREIGN_KEYS = ["secret:token", "other:key", "wf:run:r1", "ctx:", "res:", "", "CTX:j",
+                "xctx:j", " ctx:j", "ctx:j\n"]
+
+
+async def _plant(storage: Any, key: str, value: bytes) -> bool:
+    """Write ``key`` behind the payload store's back (Redis backends); False if it cannot."""
+    if "redis" not in storage.capabilities or not key:
+        return False
+    await storage.payloads._redis.call("test", key, "set", key, value)
+    return True
+
+
+@pytest.mark.parametrize("key", FOREIGN_KEYS)
+async def test_keys_outside_the_payload_namespace_are_refused_unread(
+    storage: Any, payloads: PayloadStore, key: str
+) -> None:
+    """A key other payload-store code did not write is never read (nor written): the error
+    names it, even when a value sits there."""
+    planted = await _plant(storage, key, b'"the secret"')
+    for call in (payloads.get_result, payloads.get_context):
+        with pytest.raises(PayloadPointerError, match="refused") as info:
+            await call(key)
+        assert repr(key) in str(info.value)
+    for put in (payloads.put_result, payloads.put_context):
+        with pytest.raises(PayloadPointerError):
+            await put(key, b"x")
+    if planted:  # still there, untouched
+        assert await storage.payloads._redis.call("test", key, "get", key) == b'"the secret"'
+
+
+async def test_each_half_of_the_namespace_reads_only_its_own_keys(
+    payloads: PayloadStore,
+) -> None:
+    """Inputs are read as ``ctx:`` keys and results as ``res:`` keys, never the other way."""
+    await payloads.put_context("ctx:j", b"{}")
+    await payloads.put_result("res:j", b"{}")
+    with pytest.raises(PayloadPointerError, match="ctx:j"):
+        await payloads.get_result("ctx:j")
+    with pytest.raises(PayloadPointerError, match="res:j"):
+        await payloads.get_context("res:j")
+
+
+def test_pointers_resolve_only_into_the_payload_namespace() -> None:
+    assert key_from_pointer("redis://res:run:a@1") == "res:run:a@1"
+    assert key_from_pointer("res:run:a@1") == "res:run:a@1"  # the bare form
+    assert key_from_pointer("redis://ctx:run:a@1", "ctx:") == "ctx:run:a@1"
+    for bad in ("redis://secret:token", "redis://other:key", "secret:token", "redis://",
+                "redis://wf:run:x", "http://res:x", "redis:// res:x"):
+        with pytest.raises(PayloadPointerError) as info:
+            key_from_pointer(bad)
+        assert repr(bad) in str(info.value)
+        assert isinstance(info.value, ValueError)  # the documented ValueError still holds
+    with pytest.raises(PayloadPointerError, match="redis://ctx:j"):
+        key_from_pointer("redis://ctx:j", "res:")
 
 
 # ------------------------------------------------------------------ memory backend only

@@ -24,7 +24,7 @@ def test_health_metrics_and_clean_stop_on_sigterm(deployment: Deployment) -> Non
     status, body = _get(port, "/health")
     assert status == 200
     assert json.loads(body) == {"status": "ok", "redis": "up", "engine": "ready",
-                                "active_runs": 0}
+                                "active_runs": 0, "persistence": "none"}
     status, text = _get(port, "/metrics")
     assert status == 200
     lines = text.splitlines()

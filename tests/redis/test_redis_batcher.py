@@ -51,7 +51,7 @@ async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None
 
 
 async def test_an_error_stays_with_its_call(redis: RedisBackends) -> None:
-    await redis.redis.call("setup", "h", "hset", "h", "field", "value")
+    await redis.redis.call("setup", "res:h", "hset", "res:h", "field", "value")
     await redis.payloads.put_result("res:ok", b"fine")
     hops = count_round_trips(redis)
     outcomes: dict[str, Any] = {}
@@ -64,12 +64,12 @@ async def test_an_error_stays_with_its_call(redis: RedisBackends) -> None:
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            for key in ("h", "res:ok", "res:missing"):
+            for key in ("res:h", "res:ok", "res:missing"):
                 nursery.start_soon(get, key)
     assert len(hops) == 1
     assert outcomes["res:ok"] == b"fine"
-    assert isinstance(outcomes["h"], RedisDataError)
-    assert "'h'" in str(outcomes["h"])  # names the key of that call
+    assert isinstance(outcomes["res:h"], RedisDataError)
+    assert "'res:h'" in str(outcomes["res:h"])  # names the key of that call
     assert isinstance(outcomes["res:missing"], NotFoundError)
 
 

@@ -94,11 +94,13 @@ SPOIL_RUN = {
 
 
 @pytest.mark.parametrize("spoil", list(SPOIL_RUN))
-async def test_a_corrupt_run_found_on_load_fails_alone(
+async def test_a_corrupt_run_found_on_load_ends_failed_naming_the_key(
     redis: RedisBackends, spoil: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Runs A and B wait at their gate; the engine goes; A's key is spoiled; a new engine
-    recovers both: A is reported naming its key, B finishes, the engine serves new runs."""
+    recovers both: A ends ``failed`` with an error naming its key (out of the waiting index
+    and the org's active set, readable again), logged once without a traceback; B finishes,
+    the engine serves new runs."""
     await redis.store.save_workflow(gated("wf"))
     bus = MemoryBus()
     with trio.fail_after(DEADLINE):
@@ -112,23 +114,33 @@ async def test_a_corrupt_run_found_on_load_fails_alone(
         caplog.set_level(logging.WARNING)
         async with engine_over(redis, bus) as engine:
             await approve_and_wait(engine, b, 2)
-            await expect_data_error(lambda: engine.approve_step(a, "gate"), key)
-            await expect_data_error(lambda: engine.wait_run(a), key)
-            await expect_data_error(lambda: engine.cancel_run(a), key)
+            failed = await engine.wait_run(a)
+            assert failed.status == RunStatus.FAILED
+            assert key in failed.error["message"] and "marked failed" in failed.error["message"]
+            try:  # a terminal run now: the approval changes nothing, whatever it says
+                await engine.approve_step(a, "gate")
+            except CordtrioError as exc:
+                assert not isinstance(exc, RedisDataError)
+            assert (await engine.wait_run(a)).status == RunStatus.FAILED
             assert a not in engine._runs  # no task left holding it
             c = await parked(redis, engine, "wf", 3)  # the engine still serves
             await approve_and_wait(engine, c, 3)
-    assert [r.id for r in await redis.store.list_runs()] in ([c, b], [b, c])  # A skipped
-    skipped = [r.getMessage() for r in caplog.records if "corrupt run skipped" in r.getMessage()]
-    assert skipped and all(key in m for m in skipped), skipped  # named right, not the first
+    assert (await redis.store.get_run(a)).status == RunStatus.FAILED  # readable again
+    assert a not in await redis.store.list_run_ids_by_status("waiting")
+    assert a in await redis.store.list_run_ids_by_status("failed")
+    assert await redis.store.count_active_runs("org-x") == 0
+    about_a = [r for r in caplog.records if a in r.getMessage()]
+    assert len(about_a) == 1 and about_a[0].levelno == logging.ERROR, about_a
+    assert key in about_a[0].getMessage() and not about_a[0].exc_info
 
 
-async def test_a_run_spoiled_while_active_fails_alone(
+async def test_a_run_spoiled_while_active_ends_failed_alone(
     redis: RedisBackends, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A's key becomes a list while its task holds it in memory: the next write fails with
-    ``RedisDataError`` naming the key (not retried as transient), A's task ends and is
-    logged; B, in the same engine at the same time, finishes; the engine keeps serving."""
+    ``RedisDataError`` naming the key (not retried as transient), A is marked failed naming
+    the key (its list kept aside) and logged in one line; B, in the same engine at the same
+    time, finishes; the engine keeps serving."""
     await redis.store.save_workflow(gated("wf"))
     bus = MemoryBus()
     caplog.set_level(logging.WARNING)
@@ -142,11 +154,14 @@ async def test_a_run_spoiled_while_active_fails_alone(
             async with trio.open_nursery() as nursery:  # both at once
                 nursery.start_soon(approve_and_wait, engine, b, 2)
                 await expect_data_error(lambda: engine.approve_step(a, "gate"), key)
-            await expect_data_error(lambda: engine.approve_step(a, "gate"), key)
+            failed = await engine.wait_run(a)
+            assert failed.status == RunStatus.FAILED and key in failed.error["message"]
             c = await parked(redis, engine, "wf", 3)
             await approve_and_wait(engine, c, 3)
-    crashed = [r for r in caplog.records if a in r.getMessage() and r.exc_info]
-    assert crashed and all(key in str(r.exc_info[1]) for r in crashed if r.exc_info)
+    assert await raw(redis, "lrange", f"wf:corrupt:run:{a}", 0, -1) == [b"not", b"a", b"hash"]
+    assert a not in await redis.store.list_run_ids_by_status("waiting")
+    about_a = [r for r in caplog.records if a in r.getMessage()]
+    assert len(about_a) == 1 and not about_a[0].exc_info, about_a
     assert not any("retrying" in r.getMessage() for r in caplog.records)
 
 
