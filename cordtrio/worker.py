@@ -47,6 +47,7 @@ from .protocol import (
     JobResult,
     JobStatus,
 )
+from .retry import retrying
 
 logger = logging.getLogger("cordtrio.worker")
 
@@ -368,7 +369,9 @@ class Worker:
         data: Any
         if ptr:
             try:
-                raw = await self._payloads.get_context(key_from_pointer(ptr))
+                key = key_from_pointer(ptr)
+                raw = await retrying(lambda: self._payloads.get_context(key),
+                                     f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
                     JobStatus.FAILED, type(exc).__name__,
@@ -430,7 +433,9 @@ class Worker:
             )
         key = result_key(job_id)
         try:
-            await self._payloads.put_result(key, body)
+            # an unreachable store is waited out (SPEC §13); only a definite error fails
+            await retrying(lambda: self._payloads.put_result(key, body),
+                           f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
                              self.worker_id, job_id, key)

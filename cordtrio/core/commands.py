@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from ..errors import InvalidStateError, NotFoundError
 from ..model import RunStatus, Step, StepRun, StepStatus, StepType, Workflow, WorkflowRun
 from ..protocol import JobResult, JobStatus
-from .dispatch import redispatch
+from .dispatch import arm_resend, redispatch
 from .events import ArmTimer, CancelJob, PublishAlert, TimerKind
 from .finish import finish, stop_everything
 from .outputs import get_path, set_path
@@ -59,6 +59,20 @@ def step_timeout(tx: Tx, target: str, job_id: str) -> None:
     message = f"step timed out after {step.timeout_sec:g}s"
     apply_result(tx, JobResult(job_id=job_id, status=JobStatus.TIMEOUT, error_message=message),
                  None)
+
+
+def resend(tx: Tx, target: str, job_id: str) -> None:
+    """``job_id`` has had no result for ``plan.resend_after`` seconds: publish it again
+    (SPEC §13). A bus that still owns the job (queued, or held by a live worker) ignores
+    it; one that does not — its result was lost with an engine — runs it again."""
+    found = locate(tx, target)
+    if found is None:
+        return
+    step, sr, parent = found
+    if sr.job_id != job_id or sr.status != StepStatus.RUNNING:
+        return
+    redispatch(tx, step, sr, parent=parent)
+    arm_resend(tx, target, job_id)
 
 
 def job_started(tx: Tx, job_id: str) -> None:
@@ -142,6 +156,8 @@ def _rearm(tx: Tx, step: Step, sr: StepRun, parent: str = "") -> None:
     if not step.type.is_worker_like:
         return
     redispatch(tx, step, sr, parent=parent)
+    if tx.plan.resend_after > 0:
+        arm_resend(tx, sr.step_id, sr.job_id)
     # From the last known start: the job may be running at a worker that will not report
     # its start again (the bus absorbs the duplicate), and the run must still end.
     if timeout_sec > 0:

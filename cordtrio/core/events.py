@@ -81,6 +81,7 @@ class TimerKind(StrEnum):
     WAKE = "wake"  # a delay ends or a backoff expires: run a ready pass
     STEP_TIMEOUT = "step_timeout"  # a job's timeout_sec elapsed
     RUN_TIMEOUT = "run_timeout"  # the workflow's timeout_sec elapsed
+    RESEND = "resend"  # a job still without a result: publish it again (SPEC §13)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .commands import (
     dispatch_failed,
     job_started,
     recover,
+    resend,
     run_timeout,
     step_timeout,
 )
@@ -82,6 +83,8 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
         case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
             step_timeout(tx, target, job_id)
             ready_pass(tx)
+        case TimerFired(kind=TimerKind.RESEND, target=target, job_id=job_id):
+            resend(tx, target, job_id)
         case TimerFired(kind=TimerKind.RUN_TIMEOUT):
             run_timeout(tx)
         case DispatchFailed(target_id=target, job_id=job_id, message=message):

@@ -32,6 +32,10 @@ class Plan:
     starts_reported: bool = False
     """Workers report when a job starts (``JobStarted``, over a bus with job queues): a
     step's ``timeout_sec`` counts from there, not from the dispatch (SPEC §6, §13)."""
+    resend_after: float = 0.0
+    """Seconds after which a job still without a result is published again, same job id,
+    and again at that interval (0: never). Only over a bus with job queues, which ignores
+    a job it still owns: what goes out again is a job whose result was lost (SPEC §13)."""
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rechecks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """Per step: its index in ``order``, then its dependents' indexes: the steps whose
@@ -45,6 +49,7 @@ class Plan:
         schemas: Mapping[str, dict[str, Any] | None] | None = None,
         has_payload_store: bool = True,
         starts_reported: bool = False,
+        resend_after: float = 0.0,
     ) -> Plan:
         order = tuple(workflow.steps)
         sources: dict[str, list[str]] = {}
@@ -63,6 +68,7 @@ class Plan:
             schemas=schemas,
             has_payload_store=has_payload_store,
             starts_reported=starts_reported,
+            resend_after=resend_after,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
         )

@@ -26,7 +26,7 @@ from ..protocol import (
     BusPacket,
     JobCancel,
 )
-from .retry import retrying
+from ..retry import retrying
 
 if TYPE_CHECKING:
     from .supervisor import Engine

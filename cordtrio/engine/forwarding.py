@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..core.events import Approve, CancelRun, ResultReceived, Start
 from ..errors import CordtrioError
+from ..retry import retrying
 from ..wire_commands import encode_command, is_wire_command
-from .retry import retrying
 from .submission import check_approvable
 
 if TYPE_CHECKING:

@@ -37,8 +37,8 @@ from ..errors import CordtrioError, LeaseLostError, ProtocolError
 from ..model import RunStatus
 from ..ports import RunLeases, RunPresence
 from ..ratelog import RateLimitedLog
+from ..retry import retrying
 from ..wire_commands import decode_command
-from .retry import retrying
 
 if TYPE_CHECKING:
     from .run_task import Envelope, RunTask

@@ -48,11 +48,11 @@ from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
 from ..protocol import JobStatus
 from ..ratelog import rate_limited
+from ..retry import retrying
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
 from .envelopes import Envelope, Finish, Preload, Redirect
 from .forwarding import forward_as_guest, forward_results
 from .leases import CLEANUP_TIMEOUT
-from .retry import retrying
 from .timers import Timers
 from .unreadable import fail_unreadable, load_run
 

@@ -39,10 +39,13 @@ from ..ports import (
     Store,
 )
 from ..protocol import SUBJECT_PROGRESS, SUBJECT_RESULT, JobProgress, JobResult, JobStatus
+from ..retry import retrying
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
-from .retry import retrying
 from .run_task import Envelope, Finish, Preload, Redirect, RunTask
 from .submission import create_rerun, submit_run
+
+DEFAULT_RESEND_AFTER = 60.0
+"""Seconds without a result after which a job is published again (``open_engine``)."""
 
 log = logging.getLogger("cordtrio.engine")
 
@@ -72,8 +75,10 @@ class Engine:
         on_step_finished: StepFinishedHook | None,
         new_id: Callable[[], str],
         engine_id: str = "",
+        resend_after: float = 0.0,
     ) -> None:
         self._nursery = nursery
+        self.resend_after = resend_after if isinstance(bus, JobBus) else 0.0
         self.engine_id = engine_id or uuid.uuid4().hex
         self.leases: LeaseKeeper | None = None  # set by open_engine in multi-engine mode
         self.store = store
@@ -284,7 +289,8 @@ class Engine:
                 except NotFoundError:
                     resolved[schema_id] = None
         plan = Plan.build(workflow, schemas=resolved, has_payload_store=self.payloads is not None,
-                          starts_reported=self.starts_reported)
+                          starts_reported=self.starts_reported,
+                          resend_after=self.resend_after)
         if len(self._plans) > 1024:
             self._plans.clear()
         self._plans[key] = plan
@@ -375,12 +381,17 @@ async def open_engine(
     engine_id: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     multi_engine: bool | None = None,
+    resend_after: float = DEFAULT_RESEND_AFTER,
 ) -> AsyncIterator[Engine]:
     """Open an engine over ``store`` and ``bus``.
 
     On entry it subscribes to job results (queue group ``cordtrio-workflow-engine``) and,
     with ``recover=True``, resumes every running or waiting run in the store (timers
-    re-armed from ``next_attempt_at``, nothing already running dispatched again).
+    re-armed from ``next_attempt_at``, the current attempt of every running job published
+    again: the bus ignores a job it still owns). Over a bus with job queues (``JobBus``),
+    a job still without a result after ``resend_after`` seconds (default 60) is published
+    again, and again at that interval, so that a result lost with an engine (or a job
+    lost with a restarted router) is run again (SPEC §13); 0 turns it off.
     Leaving the block cancels every run task; run state stays in the store for the next
     engine. ``new_id`` makes run ids deterministic (simulations); default ``uuid4``.
 
@@ -418,6 +429,7 @@ async def open_engine(
             on_step_finished=on_step_finished,
             new_id=new_id or (lambda: str(uuid.uuid4())),
             engine_id=engine_id or "",
+            resend_after=resend_after,
         )
         if leases_on and isinstance(store, RunLeases):
             keeper = engine.leases = LeaseKeeper(engine, store, engine.engine_id, lease_ttl)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import CordtrioError, CorruptDataError, NotFoundError
 from ..model import WorkflowRun
 from ..ports import RunRepair
-from .retry import retrying
+from ..retry import retrying
 
 if TYPE_CHECKING:
     from .supervisor import Engine

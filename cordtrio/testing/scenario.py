@@ -281,8 +281,9 @@ def _hint(sc: Scenario) -> str:
             if s.type not in ENGINE_STEP_TYPES and s.timeout_sec <= 0]
     if not bare:
         return ""
-    return (f" (hint: job steps without timeout_sec wait forever for a lost request, result "
-            f"or a hung/crashed worker: {', '.join(bare[:5])})")
+    return (f" (hint: a job step without timeout_sec runs as long as its handler does; a "
+            f"handler that never returns, in a worker that stays alive, keeps it running: "
+            f"{', '.join(bare[:5])})")
 
 
 async def _observe_bus(sim: Sim, bus: MemoryBus, *,

@@ -13,6 +13,7 @@ from cordtrio.engine import open_engine
 from cordtrio.model import RetryConfig, RunStatus, StepStatus, StepType
 
 BACKOFF, NAP = 300, 2 * 3600
+# (the engines here do not publish jobs again while they wait: test_engine_resend.py does)
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ async def saved(store):
 async def test_a_new_engine_resumes_every_kind_of_wait(
         store, bus, payloads, clock, submits, saved, autojump_clock):
     def engine():
-        return open_engine(store, bus, payloads=payloads, clock=clock)
+        return open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0)
 
     t0 = trio.current_time()
     async with engine() as first:
@@ -82,13 +83,13 @@ async def test_a_new_engine_resumes_every_kind_of_wait(
 
 async def test_timers_that_fell_due_while_down_fire_at_once(
         store, bus, payloads, clock, submits, saved, autojump_clock):
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as first:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as first:
         backoff = await first.submit("backoff")
         await first.handle_job_result(fail(f"{backoff}:a@1"))
         delay = await first.submit("delay")
     await trio.sleep(NAP + 60)  # down for longer than both waits
     t1 = trio.current_time()
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as second:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as second:
         assert (await second.wait_run(delay)).status == RunStatus.SUCCEEDED
         await trio.testing.wait_all_tasks_blocked()  # (blocked tasks take priority over
         assert trio.current_time() == t1  # the autojump: no time passed)
@@ -98,10 +99,10 @@ async def test_timers_that_fell_due_while_down_fire_at_once(
 async def test_a_running_jobs_timeout_is_re_armed(
         store, bus, payloads, clock, submits, cancels, saved, autojump_clock):
     t0 = trio.current_time()
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as first:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as first:
         run_id = await first.submit("timeout")
         await trio.sleep(400)
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as second:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as second:
         run = await second.wait_run(run_id)
     assert run.status == RunStatus.TIMED_OUT
     assert [c.job_id for c in cancels.payloads] == [f"{run_id}:t@1"]
@@ -122,7 +123,7 @@ async def test_recovery_does_not_start_a_pending_run(store, bus, payloads, submi
 
 async def test_recover_false_resumes_nothing(store, bus, payloads, clock, submits, saved,
                                              autojump_clock):
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as first:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as first:
         run_id = await first.submit("delay")
     async with open_engine(store, bus, payloads=payloads, clock=clock, recover=False) as e:
         await trio.sleep(NAP * 2)
@@ -136,12 +137,12 @@ async def test_a_fan_out_resumes_where_it_was(store, bus, payloads, clock, submi
     await store.save_workflow(workflow(
         step("fan", for_each="input.items", max_parallel=2, retry=retry), timeout_sec=3600))
     t0 = trio.current_time()
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as first:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as first:
         run_id = await first.submit("wf", {"items": list(range(5))})
         await succeed(first, f"{run_id}:fan[0]@1")  # fan[2] dispatched
         await first.handle_job_result(fail(f"{run_id}:fan[1]@1"))  # backoff; fan[3] goes
     assert submits.job_ids == [f"{run_id}:fan[{i}]@1" for i in (0, 1, 2, 3)]
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as second:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as second:
         await trio.testing.wait_all_tasks_blocked()
         # fan[2], fan[3] running: published again (same ids), nothing new dispatched
         assert submits.job_ids[4:] == [f"{run_id}:fan[{i}]@1" for i in (2, 3)]
@@ -164,11 +165,11 @@ async def test_the_workflow_timeout_survives_a_restart(store, bus, payloads, clo
                                                        autojump_clock):
     await store.save_workflow(workflow(step("a"), timeout_sec=1000))
     t0 = trio.current_time()
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as first:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as first:
         run_id = await first.submit("wf")
         await trio.sleep(400)
     await trio.sleep(100)
-    async with open_engine(store, bus, payloads=payloads, clock=clock) as second:
+    async with open_engine(store, bus, payloads=payloads, clock=clock, resend_after=0) as second:
         run = await second.wait_run(run_id)
     assert run.status == RunStatus.TIMED_OUT
     assert [t - t0 for t, _ in cancels.items] == pytest.approx([1000], abs=1e-3)

@@ -197,7 +197,7 @@ async def test_a_workflow_key_of_the_wrong_type_is_named(redis: RedisBackends) -
 
 
 def test_data_errors_are_cordtrio_errors_but_never_transient() -> None:
-    from cordtrio.engine.retry import is_transient
+    from cordtrio.retry import is_transient
 
     error = RedisDataError("redis key 'wf:run:x': bad")
     assert isinstance(error, CordtrioError) and not is_transient(error)

@@ -55,17 +55,35 @@ def test_user_handlers_are_called() -> None:
     assert len(seen) == 4
 
 
-def test_a_step_without_timeout_can_hang_forever_and_says_so() -> None:
+def test_steps_without_timeouts_end_under_heavy_faults() -> None:
+    wf = Workflow(id="naive", steps={
+        "call": Step(id="call", type=StepType.WORKER, topic="job.call"),  # no timeout_sec
+        "next": Step(id="next", type=StepType.WORKER, topic="job.call", depends_on=["call"]),
+    })
+    crashes = 0
+    for seed in range(30):  # dropped cancels, duplicates, crashed workers and engines
+        report = run_under_faults(wf, seed=seed, faults="heavy", bound=3600)
+        assert report.runs == 4
+        crashes += report.faults_injected.get("worker_crash", 0)
+    assert crashes > 0
+
+
+def test_a_handler_that_never_returns_keeps_its_step_running_and_says_so() -> None:
     wf = Workflow(id="naive", steps={
         "call": Step(id="call", type=StepType.WORKER, topic="job.call"),  # no timeout_sec
     })
+
+    async def stuck(job: Job) -> None:
+        import trio
+
+        await trio.sleep_forever()
+
     failure = None
-    for seed in range(30):
-        try:
-            run_under_faults(wf, seed=seed, faults="heavy", bound=3600)
-        except SimulationFailure as exc:
-            failure = exc
-            break
+    try:
+        run_under_faults(wf, {"job.call": stuck}, seed=0, faults="none", crash=False,
+                         bound=3600)
+    except SimulationFailure as exc:
+        failure = exc
     assert failure is not None
     assert failure.invariant == "liveness"
     assert "timeout_sec" in str(failure) and "naive/call" in str(failure)

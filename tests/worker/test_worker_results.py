@@ -26,7 +26,7 @@ from worker_kit import (
 )
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
-from cordtrio.errors import NotFoundError
+from cordtrio.errors import NotFoundError, ValidationError
 from cordtrio.payloads import result_key
 from cordtrio.protocol import (
     SUBJECT_RESULT,
@@ -234,19 +234,41 @@ async def test_input_that_is_not_a_json_object_reports_failed(
         assert result.job_id in result.error_message
 
 
-async def test_result_store_failure_reports_failed_and_worker_survives(
+async def test_a_result_store_outage_is_waited_out(
     bus: MemoryBus, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     class FlakyPayloads(MemoryPayloadStore):
-        fail_next = True
+        failures = 3
 
         async def put_result(self, key: str, data: bytes) -> None:
-            if self.fail_next:
-                self.fail_next = False
+            if self.failures:
+                self.failures -= 1
                 raise OSError("connection reset")
             await super().put_result(key, data)
 
     payloads = FlakyPayloads()
+    with caplog.at_level(logging.WARNING):
+        async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}):
+            await submit(bus, make_request("r:a@1"))
+            first = await next_result(channel)
+    assert first.status == JobStatus.SUCCEEDED  # not a failure: the store came back
+    assert payloads.failures == 0
+    assert any("res:r:a@1" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_definite_result_store_error_reports_failed_and_worker_survives(
+    bus: MemoryBus, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class RefusingPayloads(MemoryPayloadStore):
+        refuse_next = True
+
+        async def put_result(self, key: str, data: bytes) -> None:
+            if self.refuse_next:
+                self.refuse_next = False
+                raise ValidationError(f"payload {key}: too large")
+            await super().put_result(key, data)
+
+    payloads = RefusingPayloads()
     with caplog.at_level(logging.ERROR, logger="cordtrio.worker"):
         async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}):
             await submit(bus, make_request("r:a@1"))
@@ -254,7 +276,7 @@ async def test_result_store_failure_reports_failed_and_worker_survives(
             await submit(bus, make_request("r:b@1"))
             second = await next_result(channel)
 
-    assert (first.status, first.error_code) == (JobStatus.FAILED, "OSError")
+    assert (first.status, first.error_code) == (JobStatus.FAILED, "ValidationError")
     assert "res:r:a@1" in first.error_message
     assert second.status == JobStatus.SUCCEEDED
     assert any("r:a@1" in record.getMessage() for record in caplog.records)

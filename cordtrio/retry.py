@@ -8,10 +8,10 @@ from typing import TypeVar
 
 import trio
 
-from ..errors import CordtrioError, StoreError
+from .errors import CordtrioError, StoreError
 
 T = TypeVar("T")
-log = logging.getLogger("cordtrio.engine")
+log = logging.getLogger("cordtrio.retry")
 
 INITIAL_DELAY = 0.05
 MAX_DELAY = 5.0
