@@ -28,7 +28,7 @@ from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.protocol import (
     JobStatus,
 )
-from cordtrio.worker import Job, default_queue, open_worker
+from cordtrio.worker import Job, open_worker
 
 # --------------------------------------------------------------------------- scheduling
 
