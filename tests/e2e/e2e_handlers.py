@@ -59,3 +59,6 @@ HANDLERS = {
     "job.e2e.flaky": flaky,
     "job.e2e.hang": hang_once,
 }
+
+UPGRADED = {**HANDLERS, "job.e2e.extra": work}
+"""A newer worker's handlers: one topic more (``--handlers e2e_handlers.py:UPGRADED``)."""
