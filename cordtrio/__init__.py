@@ -1,12 +1,19 @@
 """cordtrio: a workflow engine on Trio's structured concurrency.
 
-The public names are listed in ``__all__``; see API.md in the docs for the contract.
+The public names are listed in ``__all__``; docs/api.md describes them.
 """
 
 from __future__ import annotations
 
 from .client import Client
-from .engine import Engine, SystemClock, TrioWallClock, open_engine
+from .engine import (
+    Engine,
+    SystemClock,
+    TrioWallClock,
+    open_engine,
+    run_workflow,
+    serve_engine,
+)
 from .errors import (
     CordtrioError,
     ExpressionError,
@@ -14,6 +21,7 @@ from .errors import (
     LeaseLostError,
     NotFoundError,
     ProtocolError,
+    RunFailedError,
     StoreError,
     ValidationError,
 )
@@ -53,7 +61,7 @@ from .protocol import (
     decode_packet,
     encode_packet,
 )
-from .worker import Job, JobDenied, Worker, open_worker
+from .worker import Job, JobDenied, Worker, open_worker, serve_worker
 
 __all__ = [
     "SUBJECT_CANCEL",
@@ -85,6 +93,7 @@ __all__ = [
     "NotFoundError",
     "ProtocolError",
     "RetryConfig",
+    "RunFailedError",
     "RunStatus",
     "Step",
     "StepMeta",
@@ -105,4 +114,7 @@ __all__ = [
     "load_workflow",
     "open_engine",
     "open_worker",
+    "run_workflow",
+    "serve_engine",
+    "serve_worker",
 ]

@@ -81,7 +81,10 @@ def _str_enum(enum: type[StrEnum], value: Any, default: Any, where: Where) -> An
     try:
         return enum(str(value).strip().lower())
     except ValueError:
-        raise ValidationError(f"{_w(where)}: unknown {enum.__name__} {value!r}") from None
+        valid = ", ".join(member.value for member in enum)
+        raise ValidationError(
+            f"{_w(where)}: unknown {enum.__name__} {value!r} (expected one of: {valid})"
+        ) from None
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from .errors import ValidationError
+from .errors import NotFoundError, ValidationError
 from .fields import (
     _dict,
     _format,
@@ -225,6 +225,26 @@ class WorkflowRun:
     rerun_step: str = ""
     dry_run: bool = False
 
+    def output_of(self, step_id: str) -> Any:
+        """The decoded output of a step (or of a for-each child ``"<step>[<i>]"``), as kept
+        in ``context["steps"][step_id]["output"]``; ``None`` when the step has none (not
+        finished, skipped, or an output over 256 KiB, of which only the pointer
+        ``context["steps"][step_id]["result_ptr"]`` is kept). A for-each parent's output is
+        the list of its children's outputs in index order; a condition step's is its
+        boolean."""
+        entry = self.context.get("steps", {}).get(step_id)
+        return entry.get("output") if isinstance(entry, dict) else None
+
+    def outputs_of(self, step_id: str) -> list[Any]:
+        """The outputs of a for-each step's children in index order (``None`` for a child
+        without one), whatever their number and state; ``[]`` for a step without children.
+        Raises ``NotFoundError`` if the run has no such step."""
+        sr = self.steps.get(step_id)
+        if sr is None:
+            raise NotFoundError(f"run {self.id!r} has no step {step_id!r}")
+        ids = sorted(sr.children, key=_child_index)
+        return [self.output_of(child_id) for child_id in ids]
+
     def header_dict(self, *, with_input: bool = True) -> dict[str, Any]:
         """Everything but ``steps`` and ``context`` (stored separately for O(1) updates).
 
@@ -388,6 +408,12 @@ class TimelineEvent:
 
 TERMINAL_RUN_STATUSES = _TERMINAL_RUN
 TERMINAL_STEP_STATUSES = _TERMINAL_STEP
+
+def _child_index(child_id: str) -> int:
+    """The ``i`` of a for-each child id ``<step>[<i>]``."""
+    digits = child_id.rpartition("[")[2].rstrip("]")
+    return int(digits) if digits.isdigit() else -1
+
 
 __all__ = [
     "TERMINAL_RUN_STATUSES",

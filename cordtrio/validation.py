@@ -143,7 +143,10 @@ def _check_step(wf: Workflow, key: str, step: Step) -> None:
     try:
         stype = StepType(str(step.type).strip().lower())
     except ValueError:
-        raise ValidationError(f"{where}: unknown step type {step.type!r}") from None
+        valid = ", ".join(member.value for member in StepType)
+        raise ValidationError(
+            f"{where}: unknown step type {step.type!r} (expected one of: {valid})"
+        ) from None
     if stype.is_worker_like and not step.topic and not step.worker_id:
         raise ValidationError(
             f"{where} needs a topic or a worker_id (type {stype.value!r} is dispatched as a job)"

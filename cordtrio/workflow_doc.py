@@ -9,8 +9,9 @@ small; ``from_dict`` accepts any subset of keys. The run-side documents live in
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -62,6 +63,16 @@ _ENGINE_TYPES = frozenset(
 )
 
 
+def _check_keys(d: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """Reject a key that is not a field of the document (a misspelling such as
+    ``depend_on`` would otherwise be dropped without a word), suggesting the closest field."""
+    for key in d:
+        if key in allowed:
+            continue
+        name = str(key)
+        close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValidationError(f"{where}: unknown key {name!r}{hint}")
 
 
 @dataclass
@@ -86,8 +97,13 @@ class RetryConfig:
                            self.multiplier)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "retry") -> RetryConfig:
+    def from_dict(
+        cls, d: dict[str, Any] | None, where: str = "retry", *, strict: bool = True
+    ) -> RetryConfig:
+        """Parse a ``retry`` object. ``strict`` rejects keys that are not fields."""
         d = _dict(d, where)
+        if strict:
+            _check_keys(d, _RETRY_KEYS, where)
         return cls(
             max_retries=int(_num(d.get("max_retries"), (where, "max_retries"))),
             initial_backoff_sec=_num(d.get("initial_backoff_sec"), (where, "initial_backoff_sec")),
@@ -124,8 +140,14 @@ class StepMeta:
                         dict(self.labels))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "meta") -> StepMeta:
+    def from_dict(
+        cls, d: dict[str, Any] | None, where: str = "meta", *, strict: bool = True
+    ) -> StepMeta:
+        """Parse a ``meta`` object. ``strict`` rejects keys that are not fields (``labels``
+        itself is free-form)."""
         d = _dict(d, where)
+        if strict:
+            _check_keys(d, _META_KEYS, where)
         return cls(
             actor_id=str(d.get("actor_id") or ""),
             actor_type=str(d.get("actor_type") or ""),
@@ -164,6 +186,15 @@ class Step:
     delay_sec: float = 0
     delay_until: str = ""
     route_labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Step(type="approval") gets the enum member, as from_dict gives; an unknown string
+        # is kept for validate_workflow (and save_workflow) to reject with the step's id.
+        kind = self.type
+        if type(kind) is not StepType and isinstance(kind, str):
+            member = StepType._value2member_map_.get(kind.strip().lower())
+            if member is not None:
+                self.type = member  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -210,10 +241,19 @@ class Step:
         return copy
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], step_id: str = "") -> Step:
+    def from_dict(cls, d: dict[str, Any], step_id: str = "", *, strict: bool = True) -> Step:
+        """Parse a step document; ``step_id`` is its key in the workflow's ``steps``.
+
+        ``strict`` (the default, for definitions written by people) rejects keys that are
+        not fields of ``Step``, ``RetryConfig`` or ``StepMeta``, naming the step and the key
+        and suggesting the closest field. Stores read their own documents with
+        ``strict=False``: a key they do not know is ignored.
+        """
         sid = str(d.get("id") or step_id) if isinstance(d, dict) else step_id
         where = f"step {sid!r}" if sid else "step"
         d = _dict(d, where)
+        if strict:
+            _check_keys(d, _STEP_KEYS, where)
         meta = d.get("meta")
         retry = d.get("retry")
         return cls(
@@ -232,9 +272,11 @@ class Step:
             output_path=str(d.get("output_path") or ""),
             output_schema=json_copy(_dict(d.get("output_schema"), (where, "output_schema"))),
             output_schema_id=str(d.get("output_schema_id") or ""),
-            meta=StepMeta.from_dict(meta, f"{where}.meta") if meta is not None else None,
+            meta=(StepMeta.from_dict(meta, f"{where}.meta", strict=strict)
+                  if meta is not None else None),
             on_error=str(d.get("on_error") or ""),
-            retry=RetryConfig.from_dict(retry, f"{where}.retry") if retry is not None else None,
+            retry=(RetryConfig.from_dict(retry, f"{where}.retry", strict=strict)
+                   if retry is not None else None),
             timeout_sec=_num(d.get("timeout_sec"), (where, "timeout_sec")),
             delay_sec=_num(d.get("delay_sec"), (where, "delay_sec")),
             delay_until=str(d.get("delay_until") or ""),
@@ -264,6 +306,12 @@ class Workflow:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # Workflow(steps={"a": Step(topic="t")}): a step's id defaults to its key.
+        for key, step in self.steps.items():
+            if isinstance(step, Step) and not step.id:
+                step.id = key
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in ("id", "org_id", "team_id", "name", "description", "version", "timeout_sec"):
@@ -291,10 +339,20 @@ class Workflow:
         return copy
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Workflow:
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> Workflow:
+        """Parse a workflow document (the cordum JSON shape; ``steps`` an object keyed by
+        step id, or a list of steps with ids).
+
+        ``strict`` (the default) rejects keys that are not fields of the workflow or of its
+        steps (``step 'b': unknown key 'depend_on' (did you mean 'depends_on'?)``). Stores
+        read stored documents with ``strict=False`` so that data written by another version
+        of cordtrio stays readable.
+        """
         d = _dict(d, "workflow")
         wid = str(d.get("id") or "")
         where = f"workflow {wid!r}" if wid else "workflow"
+        if strict:
+            _check_keys(d, _WORKFLOW_KEYS, where)
         raw_steps = d.get("steps") or {}
         steps: dict[str, Step] = {}
         if isinstance(raw_steps, list):  # tolerate a list of steps with ids
@@ -304,10 +362,10 @@ class Workflow:
                     raise ValidationError(f"{where}: steps[{i}] has no id")
                 if sid in steps:
                     raise ValidationError(f"{where}: steps[{i}] repeats step id {sid!r}")
-                steps[sid] = Step.from_dict(raw, sid)
+                steps[sid] = Step.from_dict(raw, sid, strict=strict)
         elif isinstance(raw_steps, dict):
             for sid, raw in raw_steps.items():
-                step = Step.from_dict(raw, str(sid))
+                step = Step.from_dict(raw, str(sid), strict=strict)
                 if step.id != str(sid):
                     raise ValidationError(
                         f"{where}: step key {sid!r} does not match its id {step.id!r}"
@@ -334,28 +392,66 @@ class Workflow:
         )
 
 
+_WORKFLOW_KEYS = frozenset(f.name for f in fields(Workflow))
+_STEP_KEYS = frozenset(f.name for f in fields(Step))
+_RETRY_KEYS = frozenset(f.name for f in fields(RetryConfig))
+_META_KEYS = frozenset(f.name for f in fields(StepMeta))
+
+
 def load_workflow(path: str | Path) -> Workflow:
     """Read a workflow definition from a ``.yaml``/``.yml``/``.json`` file.
 
-    Raises ``ValidationError`` naming the file for unreadable or malformed content. The
-    definition is not validated as a graph here; ``validate_workflow`` (and every store's
-    ``save_workflow``) does that.
+    Raises ``ValidationError`` naming the file for unreadable or malformed content: a syntax
+    error gives the line and column, followed by the offending line and a caret on lines of
+    their own; a key that is not a field of the workflow, a step, its ``retry`` or its
+    ``meta`` is rejected (``Workflow.from_dict`` with ``strict=True``). The definition is not
+    validated as a graph here; ``validate_workflow`` (and every store's ``save_workflow``)
+    does that.
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValidationError(f"workflow file {str(p)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"workflow file {str(p)!r}: not UTF-8 text: {exc}") from None
     try:
         data = _load_yaml(text) if p.suffix.lower() in (".yaml", ".yml") else json.loads(text)
     except Exception as exc:
-        raise ValidationError(f"workflow file {str(p)!r}: cannot parse: {exc}") from None
+        raise ValidationError(_syntax_error(str(p), text, exc)) from None
     if not isinstance(data, dict):
         raise ValidationError(f"workflow file {str(p)!r}: top level must be a mapping")
     try:
         return Workflow.from_dict(data)
     except ValidationError as exc:
         raise ValidationError(f"workflow file {str(p)!r}: {exc}") from None
+
+
+def _syntax_error(name: str, text: str, exc: Exception) -> str:
+    """``workflow file 'x.yaml', line 5, column 12: <problem>`` and, on lines of their own,
+    the offending line with a caret under the column (lines and columns count from 1)."""
+    import yaml
+
+    line = column = 0
+    problem = str(exc)
+    context = ""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        line, column = exc.problem_mark.line + 1, exc.problem_mark.column + 1
+        problem = exc.problem or problem
+        mark = exc.context_mark
+        if exc.context and mark is not None and (mark.line, mark.column) != (line - 1,
+                                                                            column - 1):
+            context = f" ({exc.context} at line {mark.line + 1}, column {mark.column + 1})"
+    elif isinstance(exc, json.JSONDecodeError):
+        line, column, problem = exc.lineno, exc.colno, exc.msg
+    if not line:
+        return f"workflow file {name!r}: cannot parse: {problem}"
+    head = f"workflow file {name!r}, line {line}, column {column}: {problem}{context}"
+    lines = text.splitlines()
+    if line > len(lines):
+        return head
+    source = lines[line - 1].expandtabs(1)
+    return f"{head}\n    {source}\n    {' ' * (column - 1)}^"
 
 
 def _load_yaml(text: str) -> Any:

@@ -53,8 +53,8 @@ def assert_one_line_error(err: str, *needles: str) -> None:
 # ------------------------------------------------------------------------------ run
 
 
-def test_document_pipeline_succeeds_quietly_and_reports_every_step(capsys):
-    assert main(["run", DOCS, "--handlers", DOCS_HANDLERS, "--quiet"]) == 0
+def test_document_pipeline_reports_every_step(capsys):
+    assert main(["run", DOCS, "--handlers", DOCS_HANDLERS]) == 0
     out = capsys.readouterr().out
     for step in ("fetch", "extract", "check", "summarize", "notify"):
         assert step in out
@@ -62,7 +62,33 @@ def test_document_pipeline_succeeds_quietly_and_reports_every_step(capsys):
     assert "step_retry_scheduled" in out  # ... and its retry is in the timeline
     assert "Summarized 8 documents" in out  # the notify step's alert
     assert "succeeded" in out
-    assert "dispatch " not in out  # --quiet: no per-job progress lines
+
+
+def test_quiet_prints_only_the_outcome_line(capsys):
+    assert main(["run", DOCS, "--handlers", DOCS_HANDLERS, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1, captured.out
+    assert lines[0].startswith("run ") and "of 'document_pipeline': succeeded in " in lines[0]
+    assert captured.err == ""
+
+
+def test_quiet_failure_adds_the_step_errors_on_stderr(capsys):
+    code = main(["run", DEPLOY, "--handlers", DEPLOY_HANDLERS, "--approve-all", "--quiet",
+                 "--input", '{"fail_deploy": true}'])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1
+    assert ": failed in " in captured.out and "step 'deploy'" in captured.out
+    assert "cordtrio: step 'deploy' failed: " in captured.err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cordtrio.cli.build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == "cordtrio 0.1.0"
+    assert main(["--version"]) == 0
 
 
 def test_document_pipeline_json_is_the_final_run(capsys):
@@ -139,10 +165,21 @@ def test_flaky_call_times_out_once_then_succeeds(capsys):
     assert run["context"]["steps"]["call"]["output"]["attempt"] == 2
 
 
-def test_timeout_cancels_the_run(capsys):
-    code = main(["run", FLAKY, "--handlers", FLAKY_HANDLERS, "--timeout", "0.3", "--quiet"])
+def test_timeout_ends_the_run_timed_out(capsys):
+    code, run = run_json(capsys, FLAKY, "--handlers", FLAKY_HANDLERS, "--timeout", "0.3")
     assert code == 1
-    assert "cancelled" in capsys.readouterr().out
+    assert run["status"] == "timed_out"
+    assert any(e["type"] == "run_status" and e["status"] == "timed_out"
+               for e in run["timeline"])
+
+
+def test_json_includes_the_timeline_with_rfc3339_times(capsys):
+    code, run = run_json(capsys, FLAKY, "--handlers", FLAKY_HANDLERS)
+    assert code == 0
+    types = [e["type"] for e in run["timeline"]]
+    assert types[0] == "run_status" and "step_dispatched" in types
+    assert all(e["time"].endswith("Z") and "T" in e["time"] for e in run["timeline"])
+    assert run["created_at"].endswith("Z")
 
 
 def test_handlers_can_be_a_file_path(capsys):
@@ -230,6 +267,26 @@ def test_run_of_a_broken_workflow_is_exit_2(capsys, tmp_path):
     assert_one_line_error(capsys.readouterr().err, "'load'")
 
 
+def test_validate_rejects_a_misspelled_key(capsys, tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(BROKEN.replace("depends_on", "depend_on"))
+    assert main(["validate", str(path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "typo.yaml", "step 'load'",
+                          "'depend_on'", "did you mean 'depends_on'?")
+
+
+def test_yaml_syntax_error_shows_file_line_column_and_caret(capsys, tmp_path):
+    path = tmp_path / "syntax.yaml"
+    path.write_text("id: wf\nsteps:\n  a:\n    topic: t\n    retry: {max_retries: 3}: x\n")
+    for command in (["validate", str(path)], ["run", str(path)]):
+        assert main(command) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("cordtrio: error: workflow file ")
+        assert "syntax.yaml" in lines[0] and "line 5, column 28" in lines[0]
+        assert lines[1].strip() == "retry: {max_retries: 3}: x"
+        assert lines[2].strip() == "^"
+
+
 def test_graph_mermaid_has_the_edges(capsys):
     assert main(["graph", DEPLOY]) == 0
     out = capsys.readouterr().out
@@ -286,3 +343,14 @@ async def test_readme_testing_example_runs_on_the_autojump_clock(autojump_clock,
         run = await engine.wait_run(await engine.submit("flaky_call"))
     assert run.status == "succeeded"
     assert run.steps["call"].attempts == 2
+
+
+def test_readme_embedding_example_runs(capsys):
+    # README "Embedding": the snippet as written, run as a script.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Embedding", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert out.startswith("succeeded [")
+    assert "thumb-a.png" in out and out.index("thumb-a.png") < out.index("thumb-c.png")

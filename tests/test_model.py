@@ -326,8 +326,8 @@ def test_load_yml_extension(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "problem"),
     [
-        ("bad.yaml", "id: w\nsteps: [unclosed\n", "cannot parse"),
-        ("bad.json", "{not json", "cannot parse"),
+        ("bad.yaml", "id: w\nsteps: [unclosed\n", "line 3, column 1"),
+        ("bad.json", "{not json", "line 1, column 2"),
         ("list.yaml", "- a\n- b\n", "top level must be a mapping"),
         ("type.yaml", "id: w\nsteps:\n  a: {type: teleport}\n", "teleport"),
     ],

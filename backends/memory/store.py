@@ -103,7 +103,7 @@ class MemoryStore(MemoryRunLeases):
         wf.created_at = created or wf.created_at or now
         wf.updated_at = now
         # what a document store would keep: the round trip normalises (UTC times, enums)
-        parsed = Workflow.from_dict(wf.to_dict())
+        parsed = Workflow.from_dict(wf.to_dict(), strict=False)
         if old is not None:
             self._unindex_workflow(wf.id, old.org_id)
         self._workflows[wf.id] = parsed

@@ -134,6 +134,6 @@ class RedisWorkflows(RedisStoreBase):
     def _workflow(key: str, raw: bytes) -> Workflow:
         doc = loads(raw, key)
         try:
-            return Workflow.from_dict(doc)
+            return Workflow.from_dict(doc, strict=False)  # stored data: tolerate unknown keys
         except ValidationError as exc:
             raise RedisDataError(f"redis key {key!r}: corrupt workflow: {exc}") from None

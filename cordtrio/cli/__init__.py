@@ -10,7 +10,7 @@ approval, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -34,7 +34,8 @@ from .loading import (
     parse_input,
     read_workflow,
 )
-from .report import print_report
+from .output import json_text
+from .report import outcome_text, print_report, step_errors
 from .run import RunOptions, execute
 from .simulate import add_simulate_parser
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 succeeded, 1 run failed/timed out/cancelled, "
                "2 usage or definition error, 3 run waiting for approval.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -66,13 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--approve-all", action="store_true",
                      help="approve every approval step as soon as it waits")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="cancel the run if it is not finished after SECONDS")
+                     help="end the run timed_out if it is not finished after SECONDS (a "
+                          "run timeout, like the workflow's timeout_sec)")
     run.add_argument("--max-concurrency", type=int, default=64, metavar="N",
                      help="jobs the in-process worker runs at once (default 64)")
     run.add_argument("--quiet", "-q", action="store_true",
-                     help="no live display: a line per finished step, then the summary")
+                     help="print only the one-line outcome (and the steps' errors on stderr)")
     run.add_argument("--json", action="store_true",
-                     help="print the final run as JSON instead of the summary")
+                     help="print the final run as JSON, with its timeline, instead of the "
+                          "summary")
 
     validate = commands.add_parser("validate", help="check a workflow definition")
     validate.add_argument("workflow", metavar="WORKFLOW_FILE")
@@ -85,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_commands(commands)
     add_simulate_parser(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cordtrio")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
 
 
 def _add_process_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -164,7 +175,13 @@ def _run(args: argparse.Namespace) -> int:
         raise
     run = outcome.run
     if args.json:
-        print(json.dumps(run.to_dict(), indent=2, ensure_ascii=False, default=str))
+        document = run.to_dict()
+        document["timeline"] = [event.to_dict() for event in outcome.timeline]
+        print(json_text(document))
+    elif args.quiet:
+        console.print(outcome_text(workflow, run), soft_wrap=True)
+        for line in step_errors(run):
+            print(f"{PROG}: {line}", file=sys.stderr)
     else:
         print_report(console, workflow, run, outcome.timeline, outcome.alerts)
     if outcome.waiting:

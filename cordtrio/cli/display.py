@@ -2,7 +2,7 @@
 
 Three views get the same calls (engine hooks, a store poll every ~0.1 s, notes and alerts):
 ``LiveView`` redraws a rich ``Live`` panel (a TTY); ``PlainView`` prints one line per event
-(stdout not a TTY, or ``--quiet``); ``RunView`` itself shows nothing (``--json``).
+(stdout not a TTY); ``RunView`` itself shows nothing (``--json``, ``--quiet``).
 """
 
 from __future__ import annotations
@@ -249,8 +249,10 @@ class LiveView(RunView):
 
 
 def make_view(console: Console, *, quiet: bool, json_output: bool) -> RunView:
-    if json_output:
+    """``--json`` and ``--quiet`` show no progress; a terminal gets the live panel, anything
+    else a line per event."""
+    if json_output or quiet:
         return RunView()
-    if quiet or not console.is_terminal or console.is_dumb_terminal:
-        return PlainView(console, verbose=not quiet)
+    if not console.is_terminal or console.is_dumb_terminal:
+        return PlainView(console, verbose=True)
     return LiveView(console)

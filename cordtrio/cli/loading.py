@@ -30,8 +30,8 @@ EXIT_INTERRUPTED = 130
 class CliError(Exception):
     """A problem to report as ``cordtrio: error: <message>`` with exit status ``code``."""
 
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(one_line(message))
+    def __init__(self, message: str, code: int = EXIT_USAGE, *, keep_lines: bool = False) -> None:
+        super().__init__(str(message).rstrip() if keep_lines else one_line(message))
         self.code = code
 
 
@@ -44,6 +44,9 @@ def read_workflow(path: str) -> Workflow:
     """Load and validate a workflow definition (the checks ``save_workflow`` makes)."""
     try:
         workflow = load_workflow(path)
+    except CordtrioError as exc:  # a syntax error shows the line and a caret below it
+        raise CliError(str(exc), keep_lines=True) from None
+    try:
         validate_workflow(workflow)
     except CordtrioError as exc:
         raise CliError(str(exc)) from None

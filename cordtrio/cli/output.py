@@ -6,9 +6,13 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from rich.console import Console
+
+from ..timeutil import format_ts
 
 
 def console() -> Console:
@@ -23,8 +27,22 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps`` ``default`` of every ``--json`` output: datetimes as RFC 3339 UTC
+    (``2026-12-02T23:03:11.761171Z``, as in stored documents), enums as their values."""
+    if isinstance(value, datetime):
+        return format_ts(value)
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=json_default)
+
+
 def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=str), flush=True)
+    print(json_text(value), flush=True)
 
 
-__all__ = ["add_json_argument", "console", "print_json"]
+__all__ = ["add_json_argument", "console", "json_default", "json_text", "print_json"]

@@ -20,6 +20,8 @@ STATUS_STYLE = {
     "failed": "red", "cancelled": "magenta", "timed_out": "red", "not run": "dim",
 }
 PREVIEW_WIDTH = 60
+STEP_MIN_WIDTH = 24
+"""The Step column never gets narrower than its longest id, up to this many characters."""
 MAX_CHILD_ROWS = 12
 """For-each steps with more children show only the children that failed or retried."""
 
@@ -112,11 +114,13 @@ def summary_table(workflow: Workflow, run: WorkflowRun,
     handlers = {s.on_error for s in workflow.steps.values() if s.on_error}
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, title="Steps", title_justify="left",
                   title_style="bold")
-    table.add_column("Step", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Attempts", justify="right")
-    table.add_column("Duration", justify="right")
-    table.add_column("Output", no_wrap=True, overflow="ellipsis")
+    # Step and Status keep their width; a long output or error wraps in its own column.
+    table.add_column("Step", no_wrap=True, min_width=min(STEP_MIN_WIDTH, max(
+        [4, *(len(sid) + 2 for sid in run.steps), *(len(sid) for sid in workflow.steps)])))
+    table.add_column("Status", no_wrap=True, min_width=len("succeeded"))
+    table.add_column("Attempts", justify="right", no_wrap=True)
+    table.add_column("Duration", justify="right", no_wrap=True)
+    table.add_column("Output", overflow="fold", ratio=1)
     for step_id in workflow.steps:
         sr = run.steps.get(step_id)
         if sr is None:
@@ -127,9 +131,8 @@ def summary_table(workflow: Workflow, run: WorkflowRun,
         style = STATUS_STYLE.get(sr.status.value, "")
         attempts = sr.attempts
         output = _output_of(run, step_id, sr)
-        if sr.children:
+        if sr.children:  # Attempts stays the parent's own; its children are counted here
             kids = list(sr.children.values())
-            attempts = sum(c.attempts for c in kids)
             ok = sum(c.status == StepStatus.SUCCEEDED for c in kids)
             retried = sum(c.attempts > 1 for c in kids)
             output = f"{ok}/{len(kids)} items succeeded" + (
@@ -208,9 +211,30 @@ def print_report(console: Console, workflow: Workflow, run: WorkflowRun,
         console.print()
     console.print(timeline_table(run, timeline))
     console.print()
+    console.print(outcome_text(workflow, run))
+
+
+def outcome_text(workflow: Workflow, run: WorkflowRun) -> Text:
+    """``run <id> of 'wf': succeeded in 1.20s`` (and the run's error when it has one)."""
     took = ""
     if run.started_at is not None and run.completed_at is not None:
         took = f" in {fmt_seconds((run.completed_at - run.started_at).total_seconds())}"
     style = STATUS_STYLE.get(run.status.value, "")
-    console.print(Text.assemble(f"run {run.id} of {workflow.id!r}: ",
-                                (run.status.value, f"bold {style}"), took))
+    error = run.error if isinstance(run.error, dict) else {}
+    why = ""
+    if error.get("message") and run.status != StepStatus.SUCCEEDED:
+        where = f"step {error['step_id']!r}: " if error.get("step_id") else ""
+        why = f": {where}{' '.join(str(error['message']).split())}"
+    return Text.assemble(f"run {run.id} of {workflow.id!r}: ",
+                         (run.status.value, f"bold {style}"), took, why)
+
+
+def step_errors(run: WorkflowRun) -> list[str]:
+    """``step 'x': <error>`` for every step and child that ended failed or timed out."""
+    out = []
+    for step_id, sr in run.steps.items():
+        for item_id, item in ((step_id, sr), *sr.children.items()):
+            if item.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and item.error:
+                message = " ".join(str(item.error.get("message", "")).split())
+                out.append(f"step {item_id!r} {item.status.value}: {message}")
+    return out

@@ -4,7 +4,9 @@ The command opens a ``MemoryStore``, ``MemoryBus``, ``MemoryPayloadStore`` and
 ``MemorySchemaRegistry``, an engine over them and a worker serving the handlers, submits the
 run and watches it: the engine hooks and a store poll (every ``POLL_INTERVAL`` seconds) feed
 the progress view; approvals are granted when asked to (``--approve-all``); a run that
-waits for an approval nobody will give, or outlives ``--timeout``, ends the watch.
+waits for an approval nobody will give ends the watch. ``--timeout`` becomes the run's
+timeout (the smaller of it and the workflow's ``timeout_sec``): the engine ends the run
+``timed_out`` and cancels its jobs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .display import RunView
 from .loading import EXIT_RUN_FAILED, CliError
 
 POLL_INTERVAL = 0.1
+TIMEOUT_GRACE = 5.0
+"""Seconds past ``--timeout`` after which the command cancels a run the engine has not yet
+ended ``timed_out``."""
 TIMELINE_LIMIT = 1000
 WORKER_ID = "cordtrio-cli"
 
@@ -53,6 +58,10 @@ class Outcome:
 
 async def execute(workflow: Workflow, options: RunOptions, view: RunView) -> Outcome:
     """Run ``workflow`` to the end (or until it can only wait) and return what happened."""
+    if options.timeout:  # the command's timeout is a run timeout: the run ends timed_out
+        workflow = workflow.clone()
+        declared = workflow.timeout_sec
+        workflow.timeout_sec = min(declared, options.timeout) if declared > 0 else options.timeout
     store = MemoryStore()
     bus = MemoryBus()
     payloads = MemoryPayloadStore()
@@ -123,7 +132,8 @@ async def _watch(engine: Engine, run_id: str, view: RunView,
                     await engine.approve_step(run_id, step_id, approved=True)
         elif waiting and not _can_progress(run):
             return run, waiting
-        if not cancelled and trio.current_time() >= deadline:
+        if not cancelled and trio.current_time() >= deadline + TIMEOUT_GRACE:
+            # The engine ends the run timed_out at the deadline; this is only a backstop.
             cancelled = True
             await engine.cancel_run(run_id)
             view.note("cancel", "", f"run cancelled: --timeout {options.timeout:g}s elapsed")

@@ -11,6 +11,7 @@ cancelled or timed out, 2 bad input (unknown run or step, invalid input, a step 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from ..errors import CordtrioError, InvalidStateError, NotFoundError, ValidationError
 from ..model import RunStatus, WorkflowRun
+from ..timeutil import format_ts
 from .loading import EXIT_OK, EXIT_RUN_FAILED, CliError, parse_input
 from .output import add_json_argument, console, print_json
 from .process import run_trio
@@ -239,19 +241,34 @@ async def _list(args: argparse.Namespace, store: Any) -> int:
 
 def _run_summary(run: WorkflowRun) -> dict[str, Any]:
     return {"id": run.id, "workflow_id": run.workflow_id, "status": run.status.value,
-            "created_at": run.created_at, "completed_at": run.completed_at}
+            "created_at": format_ts(run.created_at),
+            "completed_at": format_ts(run.completed_at)}
 
 
 def runs_table(runs: list[WorkflowRun]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for column in ("Run", "Workflow", "Status", "Created", "Completed"):
-        table.add_column(column, no_wrap=True)
+    """Run ids are never shortened (they are what every other command takes) and the status
+    always shows; the workflow id is ellipsized and the times wrap when space is short."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+    id_width = max([len("Run"), *(len(run.id) for run in runs)])
+    status_width = max(len(s.value) for s in RunStatus)
+    table.add_column("Run", no_wrap=True, min_width=id_width)
+    table.add_column("Workflow", overflow="ellipsis", min_width=5)
+    table.add_column("Status", no_wrap=True, min_width=status_width)
+    table.add_column("Created", overflow="fold", min_width=10)
+    table.add_column("Completed", overflow="fold", min_width=10)
     for run in runs:
         table.add_row(run.id, run.workflow_id, run.status.value,
-                      run.created_at.isoformat(timespec="seconds") if run.created_at else "",
-                      run.completed_at.isoformat(timespec="seconds")
-                      if run.completed_at else "")
+                      _when(run.created_at), _when(run.completed_at))
     return table
+
+
+def _when(value: datetime | None) -> str:
+    """A timestamp to the second in RFC 3339 UTC, with a space for the ``T`` (which RFC 3339
+    allows for readability) so that a narrow column wraps it between date and time:
+    ``2026-12-02 23:03:11Z``. ``--json`` keeps the full ``2026-12-02T23:03:11.761171Z``."""
+    if value is None:
+        return ""
+    return (format_ts(value.replace(microsecond=0)) or "").replace("T", " ")
 
 
 async def _show(args: argparse.Namespace, store: Any, run: WorkflowRun) -> int:

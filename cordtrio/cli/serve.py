@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..errors import CordtrioError
 from ..model import RunStatus
 from .http import Response, parse_address, serve_http
 from .loading import EXIT_OK, CliError
+from .logs import add_log_level_argument, configure_logging
 from .metrics import ServeMetrics
 from .process import Shutdown, on_signals, run_trio
 from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
@@ -66,10 +68,12 @@ def add_parser(commands: Any) -> None:
                         "(default 15)")
     p.add_argument("--engine-id", metavar="ID", default="",
                    help="this engine's name as a lease owner (default: random)")
+    add_log_level_argument(p)
     p.set_defaults(handler=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     for address in args.listen:
         if not address.startswith(("ipc://", "tcp://")):
             raise CliError(f"--listen {address!r}: expected ipc:///path or tcp://HOST:PORT")
@@ -142,7 +146,7 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
                                recover=True, **extra) as engine:
             state["engine"] = engine
             _say(f"ready: engine {engine.engine_id}, bus {', '.join(router.urls)}, "
-                 f"redis {redis.url}, {engine.active_runs} run(s) resumed")
+                 f"redis {redis.url}, {engine.active_runs} run(s) resumed at start-up")
             shutdown.ready()
             await shutdown.wait()
         nursery.cancel_scope.cancel()  # the HTTP server
@@ -183,8 +187,11 @@ async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> 
     return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
+log = logging.getLogger("cordtrio.serve")
+
+
 def _say(message: str) -> None:
-    print(f"cordtrio serve: {message}", flush=True)
+    log.info("%s", message)
 
 
 __all__ = ["ServeOptions", "add_parser", "run_serve", "serve"]

@@ -12,6 +12,7 @@ Exit status: 0 after a signal, 2 usage or handlers problem, 4 Redis or the bus u
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from ..errors import CordtrioError
 from ..worker import Handler, default_queue, open_worker
 from .loading import EXIT_OK, CliError, load_handlers
+from .logs import add_log_level_argument, configure_logging
 from .process import on_signals, run_trio
 from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
 
@@ -45,10 +47,12 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="S",
                    help=f"give up if the bus is not reachable within S seconds "
                         f"(default {CONNECT_TIMEOUT:g})")
+    add_log_level_argument(p)
     p.set_defaults(handler=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     if args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
     if not args.connect.startswith(("ipc://", "tcp://")):
@@ -90,8 +94,11 @@ async def _open_bus(address: str, timeout: float) -> AsyncIterator[Any]:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
 
 
+log = logging.getLogger("cordtrio.worker")
+
+
 def _say(message: str) -> None:
-    print(f"cordtrio worker: {message}", flush=True)
+    log.info("%s", message)
 
 
 __all__ = ["add_parser", "run_worker"]

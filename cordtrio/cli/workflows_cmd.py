@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..errors import CordtrioError, NotFoundError
 from ..model import Workflow
+from ..timeutil import format_ts
 from .graph import to_dot, to_mermaid
 from .loading import EXIT_OK, CliError, read_workflow
 from .output import add_json_argument, console, print_json
@@ -141,10 +142,13 @@ async def _get(url: str, workflow_id: str) -> Workflow:
 
 def workflows_table(workflows: list[Workflow]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for column in ("ID", "Name", "Version", "Steps", "Updated"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("ID", no_wrap=True, min_width=max([2, *(len(w.id) for w in workflows)]))
+    table.add_column("Name", overflow="ellipsis", no_wrap=True)
+    table.add_column("Version", no_wrap=True)
+    table.add_column("Steps", no_wrap=True, justify="right")
+    table.add_column("Updated", overflow="fold")
     for w in workflows:
-        updated = w.updated_at.isoformat(timespec="seconds") if w.updated_at else ""
+        updated = format_ts(w.updated_at.replace(microsecond=0)) if w.updated_at else ""
         table.add_row(w.id, w.name, str(w.version), str(len(w.steps)), updated)
     return table
 

@@ -9,8 +9,9 @@ Used when the store implements ``cordtrio.ports.RunLeases``. Each engine has an
 * The ``LeaseKeeper`` renews every lease this engine holds in one store call every
   ``ttl/3``. A lease reported lost — or not renewed for a whole ``ttl`` because the store
   did not answer — cancels its run task at once. Writes are fenced too: the task persists
-  with ``save_run_changes_as(owner, ...)``, which refuses (``LeaseLostError``) when the lease
-  is no longer this engine's, so a paused engine cannot overwrite its successor's state.
+  with ``save_run_changes`` and ``RunChanges.lease_owner`` set to its id, which the store
+  refuses (``LeaseLostError``) when the lease is no longer this engine's, so a paused
+  engine cannot overwrite its successor's state.
 * The owner is woken (``wait_wakeups``) when something lands in a run's inbox; it takes and
   applies the commands. A new owner drains the inbox before anything else.
 * The inbox is at-least-once: taking commands moves them to the run's processing list, and
@@ -231,7 +232,7 @@ class LeaseKeeper:
         ids += await retrying(functools.partial(self.store.runs_with_commands, SCAN_PAGE),
                               "list runs with queued commands")
         candidates = [i for i in dict.fromkeys(ids) if i not in self.engine._runs]
-        count = 0
+        taken: list[str] = []
         for start in range(0, len(candidates), UNLEASED_CHUNK):
             chunk = candidates[start:start + UNLEASED_CHUNK]
             free = await retrying(functools.partial(self.store.unleased, chunk),
@@ -239,13 +240,23 @@ class LeaseKeeper:
             for run_id in free:
                 if run_id not in self.engine._runs:
                     self.engine._deliver(run_id, drain_envelope())
-                    count += 1
-        return count
+                    taken.append(run_id)
+        if taken:
+            log.info("engine %s: took over %d run(s) with no live owner: %s",
+                     self.owner, len(taken), abbreviate_ids(taken))
+        return len(taken)
 
     def crash(self) -> None:
         """Test hook: behave like a crashed engine — stop renewing, and leave leases and
         inboxes as they are when the engine closes (they expire after ``ttl``)."""
         self.crashed = True
+
+
+def abbreviate_ids(ids: list[str], shown: int = 5, width: int = 8) -> str:
+    """``3f2a9c1e…, 77b0d2aa… (+12 more)``: the first ``shown`` ids cut to ``width``."""
+    short = [i if len(i) <= width else i[:width] + "…" for i in ids[:shown]]
+    more = f" (+{len(ids) - shown} more)" if len(ids) > shown else ""
+    return ", ".join(short) + more
 
 
 def drain_envelope() -> Envelope:
@@ -256,4 +267,4 @@ def drain_envelope() -> Envelope:
     return Envelope(Start(), drain=True)
 
 
-__all__ = ["DEFAULT_LEASE_TTL", "LeaseKeeper", "drain_envelope"]
+__all__ = ["DEFAULT_LEASE_TTL", "LeaseKeeper", "abbreviate_ids", "drain_envelope"]

@@ -158,6 +158,14 @@ class Engine:
             await self._call(done.run_id, Start(), Preload(run, done.workflow))
         return done.run_id
 
+    async def run(self, workflow_id: str, input: dict[str, Any] | None = None,
+                  **options: Any) -> WorkflowRun:
+        """Submit, wait, and return the run if it succeeded; else raise
+        ``RunFailedError`` (``cordtrio.engine.embedding.run_workflow``)."""
+        from .embedding import run_workflow
+
+        return await run_workflow(self, workflow_id, input, **options)
+
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not
         active here (driven by another engine) is re-read every ``poll_interval`` s.

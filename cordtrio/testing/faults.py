@@ -10,6 +10,13 @@ the probabilities of the subject's ``SubjectFaults``:
 * **reorder** — the packet is held back and released right *after* the next packet on the
   same subject (or after ``max_delay`` seconds if no other packet comes).
 
+Over a bus with job queues (``ports.JobBus``: ``MemoryBus``, nng) ``open_faulty_bus`` gives a
+``FaultyJobBus``, which models what such a bus really does (SPEC §13): job requests and
+results are never dropped (a real client re-sends a publish until the router confirms it),
+but they are duplicated, delayed and reordered; workers take jobs through the inner bus's
+job queues, so a worker that crashes hands its jobs to the others. Every other subject
+(cancels, alerts, start reports) can still be dropped.
+
 Delays need a nursery, so open the bus with ``async with open_faulty_bus(inner, rng) as bus``.
 ``bus.stop()`` ends the injection (held packets are released at once); ``bus.injected``
 counts what was injected.
@@ -19,20 +26,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import trio
 
-from ..ports import Bus
-from ..protocol import BusPacket
+from ..ports import Bus, JobBus, JobInbox
+from ..protocol import SUBJECT_RESULT, SUBJECT_SUBMIT, BusPacket
 
 __all__ = [
     "FAULT_KINDS",
     "FaultProfile",
     "FaultyBus",
+    "FaultyJobBus",
     "SubjectFaults",
     "open_faulty_bus",
     "resolve_profile",
@@ -170,13 +178,16 @@ class FaultyBus:
             _, packet = self._held.pop(subject)
             self._spawn(self._later, 0.0, subject, packet)
 
+    def _can_drop(self, subject: str) -> bool:
+        return True
+
     async def publish(self, subject: str, packet: BusPacket) -> None:
         faults = self.profile.for_subject(subject)
         if not self.active or not faults.any or self._nursery is None:
             await self.inner.publish(subject, packet)
             return
         rng = self._rng
-        if rng.random() < faults.drop:
+        if rng.random() < faults.drop and self._can_drop(subject):
             self._note("drop", subject, packet)
             await trio.lowlevel.checkpoint()
             return
@@ -231,6 +242,22 @@ class FaultyBus:
             await self.inner.publish(subject, held[1])
 
 
+class FaultyJobBus(FaultyBus):
+    """A ``FaultyBus`` over a ``JobBus``: jobs and results are never dropped (see the
+    module docstring), and ``consume_jobs`` goes straight to the inner bus."""
+
+    _NEVER_DROPPED = frozenset({SUBJECT_SUBMIT, SUBJECT_RESULT})
+
+    def _can_drop(self, subject: str) -> bool:
+        return subject not in self._NEVER_DROPPED
+
+    def consume_jobs(self, topics: Collection[str], *, capacity: int
+                     ) -> AbstractAsyncContextManager[JobInbox]:
+        inner = self.inner
+        assert isinstance(inner, JobBus)
+        return inner.consume_jobs(topics, capacity=capacity)
+
+
 @asynccontextmanager
 async def open_faulty_bus(
     inner: Bus,
@@ -241,7 +268,8 @@ async def open_faulty_bus(
 ) -> AsyncIterator[FaultyBus]:
     """A ``FaultyBus`` over ``inner`` for the duration of the block. Leaving the block
     drops packets still delayed or held."""
-    bus = FaultyBus(inner, rng, profile=profile, on_fault=on_fault)
+    kind = FaultyJobBus if isinstance(inner, JobBus) else FaultyBus
+    bus = kind(inner, rng, profile=profile, on_fault=on_fault)
     async with trio.open_nursery() as nursery:
         bus.attach(nursery)
         try:

@@ -116,7 +116,15 @@ def simulated_handler(
             await trio.sleep_forever()
         u -= spec.crash_rate
         if u < spec.hang_rate:
-            note("hang", job.job_id)
+            budget = job.request.budget
+            if (budget is None or budget.deadline_ms <= 0) and on_crash is not None:
+                # Without a deadline nothing tells a hung handler from a long job; what
+                # the bus can detect is a hung *process* (it stops heartbeating): that is
+                # a lost worker, simulated as a crash.
+                note("crash", job.job_id)
+                on_crash()
+            else:
+                note("hang", job.job_id)
             await trio.sleep_forever()
         u -= spec.hang_rate
         await trio.sleep(latency)

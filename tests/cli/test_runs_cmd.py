@@ -4,6 +4,7 @@ reads see it pending, waiting gives up with status 5."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ def test_submit_without_an_engine_leaves_the_run_pending(
     run_id = json.loads(capsys.readouterr().out)["run_id"]
 
     assert main(["runs", "list", "--status", "pending", "--redis", url, "--json"]) == 0
-    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [run_id]
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in listed] == [run_id]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", listed[0]["created_at"])
     assert main(["runs", "list", "--status", "running", "--redis", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["runs", "list", "--workflow", "approval_deploy", "--redis", url]) == 0

@@ -5,6 +5,7 @@ after the lease TTL, a stopped engine's at once, and a lost lease stops the run'
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -105,7 +106,8 @@ async def test_two_engines_drive_each_run_once(bus, payloads, clock, autojump_cl
 
 
 async def test_a_dead_engines_runs_are_taken_over_after_the_ttl(
-        store, bus, payloads, clock, autojump_clock) -> None:
+        store, bus, payloads, clock, autojump_clock, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cordtrio.engine")
     await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL),
                                        step("after", depends_on=["gate"])))
     async with trio.open_nursery() as nursery:
@@ -123,6 +125,10 @@ async def test_a_dead_engines_runs_are_taken_over_after_the_ttl(
             assert b.active_runs == 0
             await trio.sleep(TTL + 1)
             assert {await store.lease_owner(r) for r in ids} == {"B"}
+            (line,) = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+            assert line.startswith("engine B: took over 3 run(s)")
+            for r in ids:  # each id abbreviated to its first 8 characters
+                assert r[:8] + "…" in line and r not in line
             for r in ids:
                 await b.approve_step(r, "gate")
             run = await store.get_run(ids[0])

@@ -224,6 +224,19 @@ async def test_a_corrupt_child_or_context_field_names_the_key_and_field(
         await redis.store.get_run("r1")
 
 
+async def test_stored_workflow_with_unknown_keys_stays_readable(redis: RedisBackends) -> None:
+    """Definitions are strict when loaded from files; stored documents are not, so data
+    written by another version of cordtrio (a field this one does not know) still loads."""
+    await raw(redis, "set", "wf:def:w1", json.dumps({
+        "id": "w1", "added_later": True,
+        "steps": {"a": {"topic": "t", "priority_hint": 3, "retry": {"max_retries": 1,
+                                                                     "jitter": 0.1}}},
+    }).encode())
+    wf = await redis.store.get_workflow("w1")
+    assert wf.steps["a"].topic == "t" and wf.steps["a"].retry is not None
+    assert wf.steps["a"].retry.max_retries == 1
+
+
 async def test_corrupt_workflows_timelines_payloads_and_schemas(redis: RedisBackends) -> None:
     store = redis.store
     await store.save_workflow(workflow("w1"))

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 import trio
 from hypothesis import given, settings
 
+from cordtrio.backends.job_queues import DEFAULT_MAX_REDELIVERIES
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.errors import StoreError
 from cordtrio.model import RunStatus, WorkflowRun
-from cordtrio.ports import RunChanges
-from cordtrio.protocol import SUBJECT_RESULT, BusPacket, JobResult, JobStatus
+from cordtrio.ports import Bus, RunChanges
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobResult,
+    JobStatus,
+)
 from cordtrio.testing import (
     FaultProfile,
     FlakyStore,
@@ -34,13 +43,14 @@ def packet(n: int) -> BusPacket:
 
 
 async def publish_and_collect(profile: FaultProfile, count: int = 5, *, seed: int = 1,
-                              settle: float = 60.0) -> list[str]:
-    bus = MemoryBus()
+                              settle: float = 60.0, subject: str = SUBJECT_RESULT,
+                              bus: Bus | None = None) -> list[str]:
+    bus = bus or MemoryBus()
     got: list[str] = []
-    async with bus.subscribe(SUBJECT_RESULT, max_buffer=math.inf) as channel, \
+    async with bus.subscribe(subject, max_buffer=math.inf) as channel, \
             open_faulty_bus(bus, random.Random(seed), profile=profile) as faulty:
         for n in range(count):
-            await faulty.publish(SUBJECT_RESULT, packet(n))
+            await faulty.publish(subject, packet(n))
         await trio.sleep(settle)
         while True:
             try:
@@ -50,12 +60,36 @@ async def publish_and_collect(profile: FaultProfile, count: int = 5, *, seed: in
     return got
 
 
-def only(**faults: float) -> FaultProfile:
-    return FaultProfile(subjects={SUBJECT_RESULT: SubjectFaults(**faults)})
+def only(subject: str = SUBJECT_RESULT, **faults: float) -> FaultProfile:
+    return FaultProfile(subjects={subject: SubjectFaults(**faults)})
 
 
 async def test_faulty_bus_drops(autojump_clock: trio.testing.MockClock) -> None:
-    assert await publish_and_collect(only(drop=1.0)) == []
+    assert await publish_and_collect(only(SUBJECT_CANCEL, drop=1.0),
+                                     subject=SUBJECT_CANCEL) == []
+    # over a bus without job queues, results are lost too
+    assert await publish_and_collect(only(drop=1.0), bus=PlainBus()) == []
+
+
+async def test_over_a_job_bus_jobs_and_results_are_never_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    for subject in (SUBJECT_RESULT, SUBJECT_SUBMIT):
+        got = await publish_and_collect(only(subject, drop=1.0), subject=subject)
+        assert got == [f"run:s@{n}" for n in range(5)]
+
+
+class PlainBus:
+    """A ``MemoryBus`` behind the plain ``Bus`` port (no job queues)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBus()
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        await self.inner.publish(subject, packet)
+
+    def subscribe(self, subject: str, queue: str = "", *, max_buffer: float = 1024) -> Any:
+        return self.inner.subscribe(subject, queue, max_buffer=max_buffer)
 
 
 async def test_faulty_bus_duplicates(autojump_clock: trio.testing.MockClock) -> None:
@@ -163,8 +197,8 @@ async def test_worker_pool_counts_and_crashes(autojump_clock: trio.testing.MockC
         await nursery.start(pool.run, bus, payloads)
         async with open_engine(store, bus, payloads=payloads, clock=TrioWallClock()) as engine:
             run_id = await engine.submit("wf")
-            with trio.move_on_after(10):
-                await engine.wait_run(run_id)
+            with trio.fail_after(600):
+                lost = await engine.wait_run(run_id)
             pool.calm()
             pool.spec = SimulatedWorker(latency=(0.1, 0.2))
             rerun = await engine.submit("wf")
@@ -173,7 +207,10 @@ async def test_worker_pool_counts_and_crashes(autojump_clock: trio.testing.MockC
     assert final.status == RunStatus.SUCCEEDED
     assert pool.crashes >= 1
     assert ("crash", f"{run_id}:a@1") in events
-    assert pool.executions[f"{run_id}:a@1"] == 1
+    # each crash hands the job to the restarted worker, until the redelivery bound
+    assert pool.executions[f"{run_id}:a@1"] == 1 + DEFAULT_MAX_REDELIVERIES
+    assert lost.status == RunStatus.FAILED
+    assert "worker lost" in lost.steps["a"].error["message"]
     assert pool.per_step[(rerun, "a")] == 1
 
 

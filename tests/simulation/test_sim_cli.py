@@ -101,13 +101,29 @@ def test_the_users_workflow_and_handlers(capsys: pytest.CaptureFixture[str]) -> 
     assert "8 (" in out  # 4 seeds x 2 runs
 
 
+def test_a_workflow_without_timeouts_ends_under_heavy_faults(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    wf = tmp_path / "naive.yaml"
+    wf.write_text("id: naive\nsteps:\n  call:\n    topic: job.call\n"
+                  "  next:\n    topic: job.call\n    depends_on: [call]\n")  # no timeout_sec
+    assert main(["simulate", "--seeds", "30", "--faults", "heavy", "--workflow", str(wf),
+                 "--input", '{"n": 1}', "--bound", "3600"]) == 0
+    out = capsys.readouterr().out
+    assert "30 passed" in out and "worker_crash" in out
+
+
 def test_a_failing_user_workflow_replays_with_its_input(
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
     wf = tmp_path / "naive.yaml"
     wf.write_text("id: naive\nsteps:\n  call:\n    topic: job.call\n")  # no timeout_sec
-    assert main(["simulate", "--seeds", "30", "--faults", "heavy", "--workflow", str(wf),
-                 "--input", '{"n": 1}', "--bound", "3600"]) == 1
+    handlers = tmp_path / "stuck_handlers.py"
+    handlers.write_text("import trio\n\n\nasync def call(job):\n"
+                        "    await trio.sleep_forever()  # a handler that never returns\n\n\n"
+                        "HANDLERS = {'job.call': call}\n")
+    assert main(["simulate", "--seeds", "3", "--faults", "light", "--workflow", str(wf),
+                 "--handlers", str(handlers), "--input", '{"n": 1}', "--bound", "3600"]) == 1
     out = capsys.readouterr().out
     assert "invariant liveness violated" in out and "timeout_sec" in out
     replay = next(line for line in out.splitlines() if line.startswith("reproduce: "))

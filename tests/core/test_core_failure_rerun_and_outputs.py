@@ -1,5 +1,7 @@
-"""Rules fixed after review: no dispatch-then-cancel in one pass, a real rerun of a dry run,
-output_path values carried into a rerun, and the last attempt's (empty) error message."""
+"""A failure stops a ready pass from dispatching more (no dispatch-then-cancel); a rerun of
+a dry run is real and carries the output_path values of copied dependencies; the last
+attempt's (even empty) error message; a fan-out parent's output; a notify alert whose
+outcome was lost is published again on recovery."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Engine bugs the simulation found: state and timeline are one write; a re-submit starts
-a run that an interrupted submit created but never started."""
+"""Submitting and persisting: a re-submit starts a run that an interrupted submit created
+but never started; a run's state changes and its timeline events are one write."""
 
 from __future__ import annotations
 
