@@ -13,8 +13,9 @@ async with open_nng_bus("tcp://engine-host:7400") as bus:
 ```
 
 Same semantics as ``MemoryBus`` (subjects, ``>`` wildcards, fan-out to plain subscribers,
-one-of-N inside a queue group, bounded buffers whose fullness makes ``publish`` wait), over
-``ipc://`` and ``tcp://``. Topology, frame format, guarantees and where a message can be
+one-of-N inside a queue group, bounded buffers, at-least-once job delivery with
+``consume_jobs``), over ``ipc://`` and ``tcp://``; the router cuts off clients that go
+silent or stop reading. Topology, frame format, guarantees and where a message can be
 lost: ``docs/bus.md``. ``python -m cordtrio.backends.nng ADDRESS...`` runs a standalone
 router.
 """
@@ -23,14 +24,16 @@ from __future__ import annotations
 
 from .client import CONNECT_TIMEOUT, NngBus, open_nng_bus
 from .frames import FrameError
-from .inbox import Inbox
-from .router import MAX_PACKET, NngRouter, open_nng_router
+from .inbox import Inbox, JobChannel
+from .router import MAX_PACKET, LocalJobInbox, NngRouter, open_nng_router
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "MAX_PACKET",
     "FrameError",
     "Inbox",
+    "JobChannel",
+    "LocalJobInbox",
     "NngBus",
     "NngRouter",
     "open_nng_bus",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pynng
@@ -52,12 +52,16 @@ class TrioSocket:
                 await trio.lowlevel.wait_readable(self._send_fd)
 
     async def receive_forever(
-        self, on_message: Callable[[pynng.Message], None], who: str, batch: int = 256
+        self, on_message: Callable[[pynng.Message], None], who: str, batch: int = 256,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Feed every received message to ``on_message``, up to ``batch`` per wake-up.
-        A frame ``on_message`` fails on is logged and dropped; the loop never dies of it."""
+        """Feed every received message to ``on_message``, up to ``batch`` per wake-up
+        (after awaiting ``gate``, if given). A frame ``on_message`` fails on is logged and
+        dropped; the loop never dies of it."""
         while True:
             await self.wait_receivable()
+            if gate is not None:
+                await gate()
             for _ in range(batch):
                 try:
                     msg = self.try_receive()

@@ -11,9 +11,11 @@ again and re-sends the publishes still waiting for their ``puback``. See ``docs/
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +26,19 @@ import trio
 
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
-from cordtrio.protocol import BusPacket, decode_packet, encode_packet
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_PROGRESS,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobProgress,
+    JobRequest,
+    JobResult,
+    decode_packet,
+    encode_packet,
+)
 
 from ._common import (
     DEFAULT_MAX_BUFFER,
@@ -51,9 +65,14 @@ from .frames import (
     int_field,
     op_name,
 )
-from .inbox import Inbox
+from .inbox import Inbox, JobChannel
 
 CONNECT_TIMEOUT = 10.0
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds without sending anything after which the client sends a ``ping``."""
+LIVENESS_TIMEOUT = 5.0
+"""Until the router announces its own: seconds without a frame after which the client
+drops the connection and redials."""
 CLOSE_TIMEOUT = 2.0
 MAX_IN_FLIGHT = 1024
 LEFT_GROUPS = 4096  # group subscriptions remembered after leaving (to bounce stragglers)
@@ -79,6 +98,8 @@ class _Subscription:
 class _Publish:
     subject: str
     wire: bytes
+    job_id: str = ""  # the job a job-queue packet is about (the router reads no packets)
+    topic: str = ""  # a job request's topic
     done: trio.Event = field(default_factory=trio.Event)
     acked: bool = False
     error: str | None = None
@@ -92,16 +113,36 @@ class _Pending:
     id: int
 
 
+_JOB_SUBJECTS = {SUBJECT_SUBMIT: JobRequest, SUBJECT_CANCEL: JobCancel,
+                 SUBJECT_RESULT: JobResult, SUBJECT_PROGRESS: JobProgress}
+
+
+def _job_fields(subject: str, packet: BusPacket) -> tuple[str, str]:
+    """``(job id, topic)`` the router needs to see of a job-queue packet, else empty."""
+    kind = _JOB_SUBJECTS.get(subject)
+    payload = packet.payload
+    if kind is None or not isinstance(payload, kind):
+        return "", ""
+    assert isinstance(payload, JobRequest | JobCancel | JobResult | JobProgress)
+    topic = payload.topic if isinstance(payload, JobRequest) else ""
+    return payload.job_id, topic
+
+
 class NngBus:
     """A ``Bus`` over a connection to an ``NngRouter``; open it with ``open_nng_bus``.
 
     ``connected`` tells whether the router is reachable right now; ``connections`` counts
     the connections made so far (it grows on every reconnection); ``dropped_frames`` counts
-    malformed frames, ops and packets that were logged and ignored.
+    malformed frames, ops and packets that were logged and ignored; ``liveness_resets``
+    counts connections dropped because the router was not heard from in time.
     """
 
     def __init__(self, address: str, sock: pynng.Socket, *, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_packet: int = MAX_PACKET) -> None:
+                 max_packet: int = MAX_PACKET,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
+        if not heartbeat_interval > 0:
+            raise ValueError(f"open_nng_bus: heartbeat_interval must be positive, "
+                             f"got {heartbeat_interval!r}")
         self.address = address
         self._io = TrioSocket(sock)
         self._max_packet = max_packet
@@ -110,6 +151,8 @@ class NngBus:
         self._subacks: dict[int, trio.Event] = {}
         self._left: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._pubs: dict[int, _Publish] = {}
+        self._consumers: dict[int, JobChannel] = {}
+        self._jobacks: dict[int, trio.Event] = {}
         self._room_due: dict[int, int] = {}
         self._byes: dict[int, trio.Event] = {}
         self._bounced = 0  # bounces queued so far
@@ -117,6 +160,12 @@ class NngBus:
         self._outbox: deque[Op | _Pending] = deque()
         self._wake = Wakeup()
         self._pipe_id: int | None = None
+        self._pipe: pynng.Pipe | None = None
+        self._heartbeat = heartbeat_interval
+        self._live = LIVENESS_TIMEOUT  # the router's, from its hello
+        self._last_heard = 0.0  # Trio clock: the last frame from the router
+        self._last_sent = 0.0  # the last frame handed to nng
+        self._paused: trio.Event | None = None  # tests: a process that stopped running
         self._dead = RecentIds()
         self._conn: int | None = None  # the router's token for this connection
         self._frames_in = 0  # frames received on this connection
@@ -128,6 +177,7 @@ class NngBus:
         self.closed = False
         self.connections = 0
         self.dropped_frames = 0
+        self.liveness_resets = 0
 
     # ------------------------------------------------------------------ Bus
 
@@ -139,11 +189,12 @@ class NngBus:
         await trio.lowlevel.checkpoint_if_cancelled()
         check_subject("publish", subject)
         wire = encode_for_bus(subject, packet, self._max_packet)
+        job_id, topic = _job_fields(subject, packet)
         self._check_open()
         async with self._in_flight:
             self._check_open()
             pid = next(self._ids)
-            pub = _Publish(subject, wire)
+            pub = _Publish(subject, wire, job_id, topic)
             self._pubs[pid] = pub
             self._queue(_Pending("pub", pid))
             try:
@@ -181,6 +232,51 @@ class NngBus:
             yield inbox
         finally:
             inbox.close()
+
+    @asynccontextmanager
+    async def consume_jobs(
+        self, topics: Collection[str], *, capacity: int
+    ) -> AsyncIterator[JobChannel]:
+        """Take jobs of ``topics`` for the duration of the block, at most ``capacity``
+        unacknowledged at once (the ``JobInbox`` port). The router knows the consumer when
+        the block starts. When the connection is reset, the jobs received on it and not
+        acknowledged go to ``on_lost`` (the router gives them to another worker); leaving
+        the block hands every job not acknowledged back to the router."""
+        names = frozenset(topics)
+        if not names or not all(isinstance(t, str) and t for t in names):
+            raise ValueError(f"consume_jobs: give at least one topic, got {topics!r}")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"consume_jobs: capacity must be an int >= 1, got {capacity!r}")
+        self._check_open()
+        inbox = JobChannel(next(self._ids), names, capacity)
+        inbox.on_ack = partial(self._ack_job, inbox.cid)
+        inbox.on_close = partial(self._stop_consuming, inbox.cid)
+        acked = trio.Event()
+        self._consumers[inbox.cid] = inbox
+        self._jobacks[inbox.cid] = acked
+        self._queue(self._jobs_op(inbox))
+        try:
+            await acked.wait()
+            self._check_open()
+            yield inbox
+        finally:
+            inbox.close()
+
+    @staticmethod
+    def _jobs_op(inbox: JobChannel) -> Op:
+        return {"op": "jobs", "cid": inbox.cid, "topics": sorted(inbox.topics),
+                "cap": inbox.capacity}
+
+    def _ack_job(self, cid: int, job_id: str) -> None:
+        if cid in self._consumers and self._pipe_id is not None:
+            self._queue({"op": "ack", "cid": cid, "jid": job_id})
+
+    def _stop_consuming(self, cid: int) -> None:
+        self._jobacks.pop(cid, None)
+        if self._consumers.pop(cid, None) is None or self.closed:
+            return
+        if self._pipe_id is not None:
+            self._queue({"op": "unjobs", "cid": cid})
 
     def _unsubscribe(self, sub: _Subscription, leftover: list[BusPacket]) -> None:
         """The subscriber closed its channel (or left its block)."""
@@ -237,8 +333,10 @@ class NngBus:
         if self._pipe_id is not None:
             self._pipe_removed(self._pipe_id)
         self._pipe_id = pipe_id
+        self._pipe = pipe
         self.connections += 1
         self._conn = None
+        self._last_heard = self._last_sent = trio.current_time()
         self._frames_in = 0
         self._credit_sent = 0
         # Rebuild the outbox from the state: subscriptions (with fresh room), then the
@@ -247,6 +345,7 @@ class NngBus:
         self._outbox.clear()
         self._room_due.clear()
         self._outbox.extend(sub.op() for sub in self._subs.values())
+        self._outbox.extend(self._jobs_op(inbox) for inbox in self._consumers.values())
         self._outbox.extend(_Pending("pub", pid) for pid in sorted(self._pubs))
         self._outbox.extend(bounces)
         self._connected.set()
@@ -260,7 +359,13 @@ class NngBus:
         if pipe_id != self._pipe_id:
             return
         self._pipe_id = None
+        self._pipe = None
         self._conn = None
+        for inbox in tuple(self._consumers.values()):  # the router took those jobs back
+            lost = inbox.reset()
+            if lost:
+                log.warning("nng bus: the connection to %s was reset; %d job(s) received "
+                            "on it go to another worker", self.address, len(lost))
         self._connected = trio.Event()
         if self._send_scope is not None:
             self._send_scope.cancel()
@@ -272,7 +377,28 @@ class NngBus:
     # ------------------------------------------------------------------ receiving
 
     async def _receive_loop(self) -> None:
-        await self._io.receive_forever(self._on_message, "nng bus", RECV_BATCH)
+        await self._io.receive_forever(self._on_message, "nng bus", RECV_BATCH,
+                                       gate=self._unpaused)
+
+    async def _unpaused(self) -> None:
+        while self._paused is not None:
+            await self._paused.wait()
+
+    async def _heartbeat_loop(self) -> None:
+        """Ping the router after ``heartbeat_interval`` of silence (so that it knows we are
+        alive) and drop a connection the router has been silent on for longer than its
+        liveness timeout."""
+        while True:
+            tick = min(self._heartbeat, self._live / 3) / 2
+            await trio.sleep(tick)
+            await self._unpaused()
+            if self._pipe_id is None or self._conn is None:
+                continue
+            now = trio.current_time()
+            if now - self._last_heard > self._live:
+                self._reset(now - self._last_heard)
+            elif now - self._last_sent >= 2 * tick and not self._outbox:
+                self._queue({"op": "ping"})
 
     def _on_message(self, msg: pynng.Message) -> None:
         pipe = msg.pipe
@@ -281,6 +407,14 @@ class NngBus:
             return
         if pipe_id != self._pipe_id:
             self._pipe_added(pipe)  # the frame overtook the connect event
+        now = trio.current_time()
+        if self._conn is not None and now - self._last_heard > self._live:
+            # Nothing heard for longer than the router waits before cutting us off (this
+            # process was stopped, or its loop blocked): the router has given our jobs to
+            # others. Drop the connection before delivering anything that was on it.
+            self._reset(now - self._last_heard)
+            return
+        self._last_heard = now
         self._frames_in += 1
         if self._frames_in - self._credit_sent >= self._window:
             self._wake.set()  # the router may be waiting for credit: send it on its own
@@ -300,10 +434,24 @@ class NngBus:
         self.dropped_frames += 1
         log.warning("nng bus: dropped a malformed %s from %s: %s", what, self.address, exc)
 
+    def _reset(self, silence: float) -> None:
+        """Drop the current connection (nng redials)."""
+        pipe, pipe_id = self._pipe, self._pipe_id
+        if pipe is None or pipe_id is None:
+            return
+        self.liveness_resets += 1
+        log.warning("nng bus: heard nothing from %s for %.1f s; dropping the connection "
+                    "and redialling", self.address, silence)
+        self._pipe_removed(pipe_id)
+        with contextlib.suppress(Exception):
+            pipe.close()
+
     def _on_op(self, op: Any) -> None:
         name = op_name(op)
         if name == "msg":
             self._deliver(int_field(op, "sid"), bytes_field(op, "packet"))
+        elif name == "job":
+            self._deliver_job(int_field(op, "cid"), bytes_field(op, "packet"))
         elif name == "puback":
             pub = self._pubs.get(int_field(op, "pid"))
             if pub is not None:
@@ -315,6 +463,12 @@ class NngBus:
             acked = self._subacks.get(int_field(op, "sid"))
             if acked is not None:
                 acked.set()
+        elif name == "jobsack":
+            acked = self._jobacks.get(int_field(op, "cid"))
+            if acked is not None:
+                acked.set()
+        elif name == "ping":
+            pass  # hearing from the router is all it is for
         elif name == "bye":
             done = self._byes.get(int_field(op, "n"))
             if done is not None:
@@ -323,6 +477,9 @@ class NngBus:
             self._conn = int_field(op, "conn")
             window = op.get("window")
             self._window = window if isinstance(window, int) and window > 0 else WINDOW
+            live = op.get("live")
+            valid = isinstance(live, int | float) and not isinstance(live, bool)
+            self._live = float(live) if valid and 0 < live < math.inf else LIVENESS_TIMEOUT
             if op.get("proto") != PROTO:
                 log.warning("nng bus: router at %s speaks protocol %r, this client %d",
                             self.address, op.get("proto"), PROTO)
@@ -345,6 +502,22 @@ class NngBus:
             return
         sub.inbox.put(packet)
 
+    def _deliver_job(self, cid: int, wire: bytes) -> None:
+        inbox = self._consumers.get(cid)
+        if inbox is None:
+            return  # it left: the router hands the job to another consumer
+        try:
+            packet = decode_packet(wire)
+        except ProtocolError as exc:
+            self._garbage(f"job for consumer {cid}", exc)
+            return
+        payload = packet.payload
+        if not isinstance(payload, JobRequest):
+            self._garbage(f"job for consumer {cid}",
+                          FrameError(f"not a JobRequest: {type(payload).__name__}"))
+            return
+        inbox.put(payload.job_id, packet)
+
     # ------------------------------------------------------------------ sending
 
     def _resolve(self, item: Op | _Pending) -> Op | None:
@@ -354,12 +527,20 @@ class NngBus:
             pub = self._pubs.get(item.id)
             if pub is None:
                 return None  # given up (cancelled) before it was sent
-            return {"op": "pub", "pid": item.id, "subject": pub.subject, "packet": pub.wire}
+            op: Op = {"op": "pub", "pid": item.id, "subject": pub.subject, "packet": pub.wire}
+            if pub.job_id:
+                op["jid"] = pub.job_id
+                if pub.topic:
+                    op["topic"] = pub.topic
+            return op
         room = self._room_due.pop(item.id, 0)
         return {"op": "room", "sid": item.id, "n": room} if room else None
 
     async def _writer_loop(self) -> None:
         while True:
+            if self._paused is not None:
+                await self._paused.wait()
+                continue
             # Credit rides along with every frame; on its own only when the router may
             # have run out of it (``window`` frames received since the last credit).
             owed = self._frames_in - self._credit_sent if self._conn is not None else 0
@@ -371,6 +552,7 @@ class NngBus:
                 first.append({"op": "credit", "conn": self._conn, "n": self._frames_in})
                 self._credit_sent = self._frames_in
             frame = take_frame(self._outbox, first, self._resolve)
+            self._last_sent = trio.current_time()
             with trio.CancelScope() as scope:
                 self._send_scope = scope
                 try:
@@ -391,6 +573,8 @@ class NngBus:
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             for sid in self._subs:
                 self._queue({"op": "unsub", "sid": sid})
+            for cid in self._consumers:
+                self._queue({"op": "unjobs", "cid": cid})
             while self.connected:
                 bounced = self._bounced
                 n = next(self._ids)
@@ -406,6 +590,7 @@ class NngBus:
     def _start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._receive_loop)
         nursery.start_soon(self._writer_loop)
+        nursery.start_soon(self._heartbeat_loop)
 
     def _shutdown(self) -> None:
         self.closed = True
@@ -413,10 +598,12 @@ class NngBus:
             self._events.active = False
         for pub in self._pubs.values():
             pub.done.set()
-        for acked in self._subacks.values():
+        for acked in (*self._subacks.values(), *self._jobacks.values()):
             acked.set()
         for sub in self._subs.values():
             sub.inbox.end()
+        for inbox in self._consumers.values():
+            inbox.end()
         self._connected.set()
         self._io.close()
 
@@ -431,6 +618,7 @@ async def open_nng_bus(
     max_in_flight: int = MAX_IN_FLIGHT,
     max_packet: int = MAX_PACKET,
     close_timeout: float = CLOSE_TIMEOUT,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[NngBus]:
     """Dial the router at ``address`` and yield a ``Bus`` for this process.
 
@@ -442,6 +630,10 @@ async def open_nng_bus(
     up to ``close_timeout`` seconds for the router to have taken everything sent (packets
     handed back to queue groups above all), ends subscriber channels (their readers see
     ``EndOfChannel``) and closes the connection.
+
+    The client pings the router after ``heartbeat_interval`` seconds without sending (at
+    least three times per liveness timeout the router announces), and drops and redials
+    a connection the router has said nothing on for longer than that timeout.
     """
     try:
         sock = pynng.Pair1(recv_max_size=max_frame(max_packet),
@@ -450,7 +642,12 @@ async def open_nng_bus(
                            reconnect_time_max=ms(reconnect_max))
     except pynng.NNGException as exc:
         raise CordtrioError(f"nng bus: cannot open a socket: {exc}") from exc
-    bus = NngBus(address, sock, max_in_flight=max_in_flight, max_packet=max_packet)
+    try:
+        bus = NngBus(address, sock, max_in_flight=max_in_flight, max_packet=max_packet,
+                     heartbeat_interval=heartbeat_interval)
+    except ValueError:
+        sock.close()
+        raise
     try:
         bus._events = PipeEvents(sock, bus._pipe_added, bus._pipe_removed)
         try:

@@ -15,13 +15,25 @@ client → router
     ``{"op": "credit", "conn": int, "n": int}``  (frames received on this connection;
     rides along with other ops, sent alone once ``window`` frames await it)
     ``{"op": "bye", "n": int}``  (answered in kind once every op before it is handled)
+    ``{"op": "jobs", "cid": int, "topics": [str], "cap": int}``  (take jobs of these
+    topics, at most ``cap`` unacknowledged; answered by ``jobsack``)
+    ``{"op": "unjobs", "cid": int}``  (stop: unacknowledged jobs go to other consumers)
+    ``{"op": "ack", "cid": int, "jid": str}``  (the job's result is published)
+    ``{"op": "ping"}``  (sent after a heartbeat interval of silence)
+    A ``pub`` of a job request on ``sys.job.submit`` also carries ``"jid"`` and
+    ``"topic"``, of a job cancel, result or progress ``"jid"``, read from the packet by
+    the client, so that the router never decodes packets.
 
 router → client
-    ``{"op": "hello", "conn": int, "proto": 1, "window": int}``  (first frame of every
-    connection: the token credits quote, and how many frames may await credit)
+    ``{"op": "hello", "conn": int, "proto": 1, "window": int, "live": float}``  (first
+    frame of every connection: the token credits quote, how many frames may await
+    credit, and the liveness timeout)
     ``{"op": "suback", "sid": int}``
     ``{"op": "puback", "pid": int}`` (``"error": str`` if the packet was rejected)
     ``{"op": "msg", "sid": int, "packet": bytes}``  (uses one unit of the sid's room)
+    ``{"op": "jobsack", "cid": int}``
+    ``{"op": "job", "cid": int, "packet": bytes}``  (a job for consumer ``cid``)
+    ``{"op": "ping"}``
     ``{"op": "bye", "n": int}``
 
 ``packet`` is ``cordtrio.protocol.encode_packet`` output. Anything else on the socket is a

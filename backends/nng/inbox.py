@@ -141,4 +141,120 @@ class Inbox(trio.abc.ReceiveChannel[BusPacket]):
         await trio.lowlevel.checkpoint()
 
 
-__all__ = ["Inbox"]
+
+
+class JobChannel:
+    """A worker's job inbox on an nng bus client (the ``JobInbox`` port).
+
+    Jobs arrive (``put``) at most ``capacity`` unacknowledged at once; ``receive`` hands
+    them out in order and remembers them as *received* until ``ack``. When the client's
+    connection is reset, the router takes back every job it had delivered on it: ``reset``
+    calls ``on_lost`` for each received, unacknowledged one (the worker stops it without
+    reporting) and forgets those not received yet, which are never returned.
+    """
+
+    def __init__(self, cid: int, topics: frozenset[str], capacity: int) -> None:
+        self.cid = cid
+        self.topics = topics
+        self.capacity = capacity
+        self._items: deque[tuple[str, BusPacket]] = deque()
+        self._received: set[str] = set()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._ended = False
+        self.on_lost: Callable[[str], None] | None = None
+        self.on_ack: Callable[[str], None] | None = None
+        self.on_close: Callable[[], None] | None = None
+
+    # ---------------------------------------------------------------- the bus's side
+
+    @property
+    def buffered(self) -> int:
+        """Jobs delivered and not received yet."""
+        return len(self._items)
+
+    @property
+    def held(self) -> int:
+        """Jobs delivered on the current connection and not acknowledged."""
+        return len(self._items) + len(self._received)
+
+    def put(self, job_id: str, packet: BusPacket) -> None:
+        if self._closed or self._ended:
+            return
+        self._items.append((job_id, packet))
+        self._lot.unpark()
+
+    def reset(self) -> list[str]:
+        """The connection these jobs came on is gone: drop what was not received, report
+        what was received and not acknowledged to ``on_lost``; return those ids."""
+        self._items.clear()
+        lost = sorted(self._received)
+        self._received.clear()
+        if self.on_lost is not None:
+            for job_id in lost:
+                self.on_lost(job_id)
+        return lost
+
+    def end(self) -> None:
+        """The bus is closing: receivers get what is buffered, then ``EndOfChannel``."""
+        self._ended = True
+        self._lot.unpark_all()
+
+    # ----------------------------------------------------------- the consumer's side
+
+    def receive_nowait(self) -> BusPacket:
+        if self._items:
+            job_id, packet = self._items.popleft()
+            self._received.add(job_id)
+            return packet
+        if self._closed or self._ended:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> BusPacket:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            packet = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return packet
+        while True:
+            await self._lot.park()
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                continue
+
+    def ack(self, job_id: str) -> None:
+        """The job's result is published: the bus may forget it. A job taken back
+        meanwhile (its connection was reset) is not acknowledged: it is not ours any
+        more."""
+        if job_id in self._received:
+            self._received.discard(job_id)
+            if self.on_ack is not None:
+                self.on_ack(job_id)
+
+    def close(self) -> None:
+        """Leave: the bus hands every job not acknowledged to another consumer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._items.clear()
+        self._received.clear()
+        self._lot.unpark_all()
+        if self.on_close is not None:
+            self.on_close()
+
+    def __aiter__(self) -> JobChannel:
+        return self
+
+    async def __anext__(self) -> BusPacket:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+__all__ = ["Inbox", "JobChannel"]

@@ -22,10 +22,13 @@ the client in ``_common.py``; their names are re-exported here for existing impo
 
 from __future__ import annotations
 
+import contextlib
+import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -34,8 +37,27 @@ import trio
 
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
-from cordtrio.protocol import BusPacket, decode_packet, encode_packet
+from cordtrio.protocol import (
+    PROTOCOL_VERSION,
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    decode_packet,
+    encode_packet,
+)
 
+from ..job_queues import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_REDELIVERIES,
+    Assignment,
+    Consumer,
+    JobQueues,
+    LostJob,
+    worker_lost_result,
+)
 from ._common import BATCH_BYTES as BATCH_BYTES
 from ._common import DEFAULT_MAX_BUFFER as DEFAULT_MAX_BUFFER
 from ._common import FRAME_SLACK as FRAME_SLACK
@@ -63,6 +85,7 @@ from .frames import (
     str_field,
 )
 from .inbox import Inbox
+from .table import Changes
 from .table import _Group as _Group
 from .table import _Listeners as _Listeners
 from .table import _Peer as _Peer
@@ -73,15 +96,83 @@ from .table import split_subject as split_subject
 # ------------------------------------------------------------------------ the router
 
 
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds of silence after which either end of a connection sends a ``ping``."""
+LIVENESS_TIMEOUT = 5.0
+"""Seconds without a frame after which the router cuts a client (and a client redials)."""
+SLOW_CONSUMER_TIMEOUT = 5.0
+"""Seconds a remote plain subscriber may go without room before its client is cut off."""
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+"""Packet bytes the router queues for one client before cutting it off."""
+
+
+class LocalJobInbox:
+    """A job inbox in the router's own process (the ``JobInbox`` port). The router never
+    takes a received job back from it, so ``on_lost`` is never called."""
+
+    def __init__(self, router: NngRouter) -> None:
+        self._router = router
+        self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
+        self.consumer: Consumer | None = None
+        self.on_lost: Callable[[str], None] | None = None
+
+    async def receive(self) -> BusPacket:
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> BusPacket:
+        return self._receive.receive_nowait()
+
+    def ack(self, job_id: str) -> None:
+        if self.consumer is not None and not self._router.closed:
+            self._router._hand_out(self._router.jobs.ack(self.consumer, job_id))
+
+    def __aiter__(self) -> LocalJobInbox:
+        return self
+
+    async def __anext__(self) -> BusPacket:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class _RemoteConsumer:
+    """The handle of a job consumer on a client connection."""
+
+    __slots__ = ("cid", "peer")
+
+    def __init__(self, peer: _Peer, cid: int) -> None:
+        self.peer = peer
+        self.cid = cid
+
+
 class NngRouter:
-    """The hub of an nng bus, and a ``Bus`` for the process hosting it.
+    """The hub of an nng bus, and a ``JobBus`` for the process hosting it.
 
     Open it with ``open_nng_router``. ``urls`` are the addresses it listens on (a
-    ``tcp://host:0`` address is reported with the port nng picked). ``peer_count``,
-    ``subscription_count`` and ``dropped_frames`` are there for monitoring and tests.
+    ``tcp://host:0`` address is reported with the port nng picked). For monitoring:
+    ``peer_count``, ``subscription_count``, ``dropped_frames``; the job queues'
+    ``pending_jobs``, ``held_jobs``, ``redelivered_jobs``, ``lost_jobs``; and the clients
+    cut off, ``liveness_cuts`` (silent for ``liveness_timeout``) and ``slow_consumers``.
     """
 
-    def __init__(self, sock: pynng.Socket, *, max_packet: int = MAX_PACKET) -> None:
+    def __init__(
+        self,
+        sock: pynng.Socket,
+        *,
+        max_packet: int = MAX_PACKET,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        liveness_timeout: float = LIVENESS_TIMEOUT,
+        slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ) -> None:
+        for name, value in (("heartbeat_interval", heartbeat_interval),
+                            ("liveness_timeout", liveness_timeout),
+                            ("slow_consumer_timeout", slow_consumer_timeout)):
+            if not value > 0:
+                raise ValueError(f"open_nng_router: {name} must be positive, got {value!r}")
         self._io = ThreadedSender(sock)
         self._max_packet = max_packet
         self._table = _Table()
@@ -90,22 +181,43 @@ class NngRouter:
         self._ready: deque[_Peer] = deque()
         self._wake = Wakeup()
         self._local: set[_Sub] = set()
+        self._blocked: set[_Sub] = set()  # remote plain subscriptions with packets pending
         self._nursery: trio.Nursery | None = None
         self._events: PipeEvents | None = None
+        self.jobs = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)
+        self._jobs_room = Changes()  # publishers of jobs waiting while the queues are full
+        self._local_consumers: set[LocalJobInbox] = set()
+        self.liveness_timeout = liveness_timeout
+        self.heartbeat_interval = min(heartbeat_interval, liveness_timeout / 3)
+        self.slow_consumer_timeout = slow_consumer_timeout
+        self.max_pending_bytes = max_pending_bytes
         self.closed = False
         self.urls: list[str] = []
         self.dropped_frames = 0
+        self.liveness_cuts = 0
+        self.slow_consumers = 0
 
     # ------------------------------------------------------------------ Bus (local)
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Hand ``packet`` to every matching subscriber, local or remote; waits while a
-        subscriber it must reach has no room (like ``MemoryBus``)."""
+        local subscriber it must reach (or every member of a queue group) has no room,
+        like ``MemoryBus``. A job request also goes to its topic's job queue (waiting while
+        the queues are full)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         check_subject("publish", subject)
         wire = encode_for_bus(subject, packet, self._max_packet)
         if self.closed:
             raise trio.ClosedResourceError("the nng router is closed")
+        payload = packet.payload
+        if subject == SUBJECT_SUBMIT and isinstance(payload, JobRequest):
+            while self.jobs.full:
+                await self._jobs_room.wait()
+                if self.closed:
+                    raise trio.ClosedResourceError("the nng router is closed")
+            self._offer_job(payload.job_id, payload.topic, wire)
+        elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel):
+            self._cancel_job(payload.job_id)
         for wait in self._deliver(subject, wire):
             await wait()
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -131,6 +243,28 @@ class NngRouter:
         finally:
             inbox.close()
 
+    @asynccontextmanager
+    async def consume_jobs(
+        self, topics: Collection[str], *, capacity: int
+    ) -> AsyncIterator[LocalJobInbox]:
+        """Take jobs of ``topics`` in this process for the duration of the block, at most
+        ``capacity`` unacknowledged at once (``JobInbox``). Leaving the block hands every
+        job not acknowledged back to its queue (past the bound: reported lost)."""
+        if self.closed:
+            raise trio.ClosedResourceError("the nng router is closed")
+        inbox = LocalJobInbox(self)
+        consumer, assignments = self.jobs.add(topics, capacity, inbox)
+        inbox.consumer = consumer
+        self._local_consumers.add(inbox)
+        self._hand_out(assignments)
+        try:
+            yield inbox
+        finally:
+            self._local_consumers.discard(inbox)
+            inbox._send.close()
+            if not self.closed:
+                self._remove_consumer(consumer)
+
     def _local_left(self, sub: _Sub, leftover: list[BusPacket]) -> None:
         self._local.discard(sub)
         self._drop_sub(sub)
@@ -150,16 +284,44 @@ class NngRouter:
         """Subscriptions known to the router, local and remote."""
         return self._table.count()
 
+    @property
+    def pending_jobs(self) -> int:
+        """Jobs queued, waiting for a consumer of their topic with room."""
+        return self.jobs.pending
+
+    @property
+    def held_jobs(self) -> int:
+        """Jobs delivered to a consumer and not acknowledged yet."""
+        return self.jobs.held
+
+    @property
+    def redelivered_jobs(self) -> int:
+        """Jobs handed back to their queue because their consumer was lost (total)."""
+        return self.jobs.redelivered
+
+    @property
+    def lost_jobs(self) -> int:
+        """Jobs reported failed ("worker lost") past the redelivery bound (total)."""
+        return self.jobs.lost
+
+    @property
+    def queued_bytes(self) -> int:
+        """Packet bytes waiting in the router for clients to take them."""
+        return sum(peer.queued_bytes for peer in self._peers.values())
+
     # ------------------------------------------------------------------ delivery
 
     def _deliver(self, subject: str, wire: bytes) -> list[Callable[[], Awaitable[None]]]:
-        """Hand the packet to every subscriber with room now; return what must wait."""
+        """Hand the packet to every subscriber with room now (a remote plain subscriber
+        without room gets it queued here); return what must wait."""
         waits: list[Callable[[], Awaitable[None]]] = []
         for listeners in self._table.match(subject):
             for sub in listeners.plain:
                 if not sub.alive:
                     continue
-                if sub.has_room():
+                if sub.peer is not None and (sub.pending or not sub.has_room()):
+                    self._hold(sub, wire)
+                elif sub.has_room():
                     self._push(sub, wire)
                 else:
                     waits.append(partial(self._deliver_plain, sub, wire))
@@ -167,6 +329,30 @@ class NngRouter:
                 if not self._try_group(group, wire):
                     waits.append(partial(self._deliver_to_group, group, wire))
         return waits
+
+    def _hold(self, sub: _Sub, wire: bytes) -> None:
+        """Queue a packet for a remote plain subscriber that has no room: publishers never
+        wait for it; a subscriber that stays without room is cut off (``_check_peers``)."""
+        peer = sub.peer
+        assert peer is not None
+        if peer.doomed or peer.closed:
+            return
+        if self._over_bound(peer, wire):
+            return
+        if not sub.pending:
+            sub.blocked_since = trio.current_time()
+            self._blocked.add(sub)
+        sub.pending.append(wire)
+        peer.queued_bytes += len(wire)
+
+    def _over_bound(self, peer: _Peer, wire: bytes) -> bool:
+        """Queueing ``wire`` for ``peer`` would pass ``max_pending_bytes``: it is cut off
+        instead (a client that does not keep up)."""
+        if peer.queued_bytes + len(wire) <= self.max_pending_bytes:
+            return False
+        self._doom(peer, f"more than {self.max_pending_bytes} bytes of packets would wait "
+                         "for it", slow=True)
+        return True
 
     async def _deliver_plain(self, sub: _Sub, wire: bytes) -> None:
         while sub.alive and not sub.has_room():
@@ -214,6 +400,18 @@ class NngRouter:
     def _add_room(self, sub: _Sub, n: int) -> None:
         if sub.room is not None and sub.alive:
             sub.room += n
+            if sub.pending:
+                peer = sub.peer
+                assert peer is not None
+                while sub.pending and sub.has_room():
+                    wire = sub.pending.popleft()
+                    peer.queued_bytes -= len(wire)
+                    self._push(sub, wire)
+                if sub.pending:
+                    sub.blocked_since = trio.current_time()  # it made progress
+                else:
+                    sub.blocked_since = None
+                    self._blocked.discard(sub)
             sub.notify()
 
     def _drop_sub(self, sub: _Sub) -> None:
@@ -223,6 +421,11 @@ class NngRouter:
         self._table.remove(sub)
         sub.notify()
         peer = sub.peer
+        if sub.pending:
+            if peer is not None:
+                peer.queued_bytes -= sum(map(len, sub.pending))
+            sub.pending.clear()
+        self._blocked.discard(sub)
         if peer is not None and peer.subs.get(sub.sid) is sub:
             del peer.subs[sub.sid]
 
@@ -234,11 +437,69 @@ class NngRouter:
         assert self._nursery is not None
         self._nursery.start_soon(self._deliver_to_group, group, wire)
 
+    # ------------------------------------------------------------------ job queues
+
+    def _offer_job(self, job_id: str, topic: str, wire: bytes) -> None:
+        assignment = self.jobs.offer(job_id, topic, wire)
+        if assignment is not None:
+            self._hand_out((assignment,))
+
+    def _cancel_job(self, job_id: str) -> None:
+        self.jobs.cancel(job_id)
+        self._jobs_room.notify()
+
+    def _hand_out(self, assignments: Iterable[Assignment]) -> None:
+        todo = deque(assignments)
+        while todo:
+            a = todo.popleft()
+            wire: bytes = a.job.item
+            handle = a.consumer.handle
+            if isinstance(handle, _RemoteConsumer):
+                self._send(handle.peer, {"op": "job", "cid": handle.cid, "packet": wire})
+                continue
+            assert isinstance(handle, LocalJobInbox)
+            try:
+                packet = decode_packet(wire)
+            except ProtocolError as exc:  # from a client: it cannot run; drop the job
+                self.dropped_frames += 1
+                log.warning("nng router: dropped job %s, its packet does not decode: %s",
+                            a.job.job_id, exc)
+                todo.extend(self.jobs.ack(a.consumer, a.job.job_id))
+                continue
+            # (a closed inbox is leaving: its consumer is removed right after)
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                handle._send.send_nowait(packet)
+        if not self.jobs.full:
+            self._jobs_room.notify()
+
+    def _remove_consumer(self, consumer: Consumer) -> None:
+        assignments, lost = self.jobs.remove(consumer)
+        self._hand_out(assignments)
+        if lost and self._nursery is not None and not self.closed:
+            self._nursery.start_soon(self._report_lost, lost)
+
+    async def _report_lost(self, lost: list[LostJob]) -> None:
+        for job in lost:
+            log.warning("nng router: job %s: its worker was lost %d times; reported as "
+                        "failed", job.job_id, job.deliveries)
+            trace_id = job.job_id.rpartition(":")[0]
+            with contextlib.suppress(ProtocolError):
+                trace_id = decode_packet(job.item).trace_id
+            result = worker_lost_result(job.job_id, job.deliveries)
+            with contextlib.suppress(trio.ClosedResourceError):
+                await self.publish(SUBJECT_RESULT, BusPacket(
+                    trace_id, "cordtrio-bus", datetime.now(UTC), PROTOCOL_VERSION, result))
+
     # ------------------------------------------------------------------ peers
 
     def _send(self, peer: _Peer, op: Op) -> None:
-        if peer.closed:
+        if peer.closed or peer.doomed:
             return
+        packet = op.get("packet")
+        if packet is not None:
+            if self._over_bound(peer, packet):
+                return
+            peer.queued_bytes += len(packet)
         peer.outbox.append(op)
         self._kick(peer)
 
@@ -249,10 +510,10 @@ class NngRouter:
             self._wake.set()
 
     def _open_peer(self, pipe: pynng.Pipe, pipe_id: int) -> _Peer:
-        peer = _Peer(pipe, pipe_id, secrets.randbits(62))
+        peer = _Peer(pipe, pipe_id, secrets.randbits(62), trio.current_time())
         self._peers[pipe_id] = peer
         self._send(peer, {"op": "hello", "conn": peer.token, "proto": PROTO,
-                          "window": WINDOW})
+                          "window": WINDOW, "live": self.liveness_timeout})
         log.debug("nng router: client pipe %d connected", pipe_id)
         return peer
 
@@ -261,7 +522,33 @@ class NngRouter:
         peer.outbox.clear()
         for sub in tuple(peer.subs.values()):
             self._drop_sub(sub)
+        peer.queued_bytes = 0
+        consumers = tuple(peer.consumers.values())
+        peer.consumers.clear()
+        for consumer in consumers:
+            self._remove_consumer(consumer)
         log.debug("nng router: client pipe %d gone", peer.id)
+
+    def _doom(self, peer: _Peer, reason: str, *, slow: bool = False) -> None:
+        """Cut ``peer`` off as soon as the current operation is over (nothing more is
+        queued for it meanwhile)."""
+        if peer.doomed or peer.closed:
+            return
+        peer.doomed = reason
+        peer.outbox.clear()
+        if slow:
+            self.slow_consumers += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._cut, peer)
+
+    async def _cut(self, peer: _Peer) -> None:
+        if peer.closed:
+            return
+        log.warning("nng router: cut off client pipe %d (%s): %s", peer.id,
+                    _remote(peer.pipe), peer.doomed)
+        with contextlib.suppress(Exception):
+            peer.pipe.close()
+        self._pipe_removed(peer.id)
 
     def _pipe_added(self, pipe: pynng.Pipe) -> None:
         pipe_id = pipe.id
@@ -275,6 +562,41 @@ class NngRouter:
         if peer is not None:
             self._close_peer(peer)
 
+    async def _check_peers(self) -> None:
+        """Ping idle clients, cut off silent ones and subscribers that stay without room.
+        Time during which the router itself did not run (a stalled or stopped process)
+        does not count against its clients."""
+        tick = min(self.heartbeat_interval, self.liveness_timeout,
+                   self.slow_consumer_timeout) / 4
+        last = trio.current_time()
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            stalled = now - last - tick
+            last = now
+            if stalled > tick:
+                for peer in self._peers.values():
+                    peer.last_heard += stalled
+                for sub in self._blocked:
+                    if sub.blocked_since is not None:
+                        sub.blocked_since += stalled
+            for peer in tuple(self._peers.values()):
+                if peer.doomed:
+                    continue
+                if now - peer.last_heard > self.liveness_timeout:
+                    self.liveness_cuts += 1
+                    self._doom(peer, f"heard nothing from it for "
+                                     f"{now - peer.last_heard:.1f} s")
+                elif now - peer.last_sent >= self.heartbeat_interval and not peer.outbox:
+                    peer.last_sent = now  # don't queue another ping before this one goes
+                    self._send(peer, {"op": "ping"})
+            for sub in tuple(self._blocked):
+                owner = sub.peer
+                if (owner is not None and sub.blocked_since is not None
+                        and now - sub.blocked_since > self.slow_consumer_timeout):
+                    self._doom(owner, f"its subscription to {sub.subject!r} had no room for "
+                                     f"{now - sub.blocked_since:.1f} s", slow=True)
+
     # ------------------------------------------------------------------ receiving
 
     async def _receive_loop(self) -> None:
@@ -286,6 +608,9 @@ class NngRouter:
         if pipe is None or pipe_id < 0 or pipe_id in self._dead:
             return  # from a connection that is already gone
         peer = self._peers.get(pipe_id) or self._open_peer(pipe, pipe_id)
+        if peer.doomed:
+            return
+        peer.last_heard = trio.current_time()
         data = msg.bytes
         try:
             ops = decode_frame(data)
@@ -305,15 +630,7 @@ class NngRouter:
     def _on_op(self, peer: _Peer, op: Any) -> None:
         name = op_name(op)
         if name == "pub":
-            pid = int_field(op, "pid")
-            subject = str_field(op, "subject", empty=False)
-            wire = packet_field(op)
-            waits = self._deliver(subject, wire)
-            if waits:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._finish_publish, peer, pid, waits)
-            else:
-                self._send(peer, {"op": "puback", "pid": pid})
+            self._on_pub(peer, op)
         elif name == "room":
             sub = peer.subs.get(int_field(op, "sid"))
             n = int_field(op, "n")
@@ -327,6 +644,14 @@ class NngRouter:
             if conn == peer.token and received > peer.credited:
                 peer.credited = min(received, peer.sent)
                 self._kick(peer)
+        elif name == "ack":
+            cid = int_field(op, "cid")
+            job_id = str_field(op, "jid", empty=False)
+            consumer = peer.consumers.get(cid)
+            if consumer is not None:
+                self._hand_out(self.jobs.ack(consumer, job_id))
+        elif name == "ping":
+            pass  # hearing from the client is all it is for
         elif name == "sub":
             sid = int_field(op, "sid")
             subject = str_field(op, "subject", empty=False)
@@ -346,6 +671,28 @@ class NngRouter:
             gone = peer.subs.get(int_field(op, "sid"))
             if gone is not None:
                 self._drop_sub(gone)
+        elif name == "jobs":
+            cid = int_field(op, "cid")
+            capacity = int_field(op, "cap")
+            topics = op.get("topics")
+            if (not isinstance(topics, list) or not topics
+                    or not all(isinstance(t, str) and t for t in topics)):
+                raise FrameError(f"'jobs' op: 'topics' must be a non-empty list of "
+                                 f"strings: {topics!r}")
+            if capacity < 1:
+                raise FrameError(f"'jobs' op: 'cap' must be >= 1: {capacity}")
+            old_consumer = peer.consumers.pop(cid, None)
+            if old_consumer is not None:
+                self._remove_consumer(old_consumer)
+            consumer, assignments = self.jobs.add(topics, capacity,
+                                                  _RemoteConsumer(peer, cid))
+            peer.consumers[cid] = consumer
+            self._send(peer, {"op": "jobsack", "cid": cid})
+            self._hand_out(assignments)
+        elif name == "unjobs":
+            gone_consumer = peer.consumers.pop(int_field(op, "cid"), None)
+            if gone_consumer is not None:
+                self._remove_consumer(gone_consumer)
         elif name == "bye":  # answered after every op before it: the client may go
             self._send(peer, {"op": "bye", "n": int_field(op, "n")})
         elif name == "bounce":
@@ -354,6 +701,40 @@ class NngRouter:
             self._bounce(subject, queue, packet_field(op))
         else:
             raise FrameError(f"unknown op {name!r}")
+
+    def _on_pub(self, peer: _Peer, op: Op) -> None:
+        pid = int_field(op, "pid")
+        subject = str_field(op, "subject", empty=False)
+        wire = packet_field(op)
+        job_id = str_field(op, "jid", default="") if "jid" in op else ""
+        if subject == SUBJECT_SUBMIT and job_id:
+            topic = str_field(op, "topic", empty=False)
+            if self.jobs.full:  # no puback until the queues have room
+                assert self._nursery is not None
+                self._nursery.start_soon(self._publish_job_later, peer, pid, subject, wire,
+                                         job_id, topic)
+                return
+            self._offer_job(job_id, topic, wire)
+        elif subject == SUBJECT_CANCEL and job_id:
+            self._cancel_job(job_id)
+        self._fan_out(peer, pid, subject, wire)
+
+    def _fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes) -> None:
+        waits = self._deliver(subject, wire)
+        if waits:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_publish, peer, pid, waits)
+        else:
+            self._send(peer, {"op": "puback", "pid": pid})
+
+    async def _publish_job_later(self, peer: _Peer, pid: int, subject: str, wire: bytes,
+                                 job_id: str, topic: str) -> None:
+        while self.jobs.full and not peer.closed:
+            await self._jobs_room.wait()
+        if peer.closed:
+            return  # the client sends it again on its next connection
+        self._offer_job(job_id, topic, wire)
+        self._fan_out(peer, pid, subject, wire)
 
     async def _finish_publish(
         self, peer: _Peer, pid: int, waits: list[Callable[[], Awaitable[None]]]
@@ -373,8 +754,9 @@ class NngRouter:
             peer.queued = False
             if not peer.can_send():
                 continue
-            frame = take_frame(peer.outbox)
+            frame = take_frame(peer.outbox, resolve=peer.taken)
             peer.sent += 1
+            peer.last_sent = trio.current_time()
             try:
                 await self._io.send(pynng.Message(frame, peer.pipe))
             except pynng.NNGException as exc:
@@ -387,19 +769,31 @@ class NngRouter:
         self._nursery = nursery
         nursery.start_soon(self._receive_loop)
         nursery.start_soon(self._writer_loop)
+        nursery.start_soon(self._check_peers)
 
     def _shutdown(self) -> None:
         self.closed = True
         if self._events is not None:
             self._events.active = False
         for peer in tuple(self._peers.values()):
-            self._close_peer(peer)
+            peer.closed = True
+            peer.outbox.clear()
         self._peers.clear()
         for sub in tuple(self._local):
             self._drop_sub(sub)
             if sub.inbox is not None:
                 sub.inbox.end()
+        for inbox in tuple(self._local_consumers):
+            inbox._send.close()
+        self._jobs_room.notify()
         self._io.close()
+
+
+def _remote(pipe: pynng.Pipe) -> str:
+    try:
+        return str(pipe.remote_address)
+    except Exception:
+        return "?"
 
 
 def packet_field(op: Op) -> bytes:
@@ -424,12 +818,26 @@ def resolved_url(address: str, listener: pynng.Listener) -> str:
 
 @asynccontextmanager
 async def open_nng_router(
-    *addresses: str, max_packet: int = MAX_PACKET
+    *addresses: str,
+    max_packet: int = MAX_PACKET,
+    max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    liveness_timeout: float = LIVENESS_TIMEOUT,
+    slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT,
+    max_pending_bytes: int = MAX_PENDING_BYTES,
 ) -> AsyncIterator[NngRouter]:
     """Listen on ``addresses`` (``ipc://path``, ``tcp://host:port``...) for bus clients and
-    yield the router, which is also a ``Bus`` for this process. Leaving the block closes
-    every client connection (clients keep redialling until a router is back) and ends
-    the local subscribers' channels."""
+    yield the router, which is also a ``JobBus`` for this process. Leaving the block
+    closes every client connection (clients keep redialling until a router is back) and
+    ends the local subscribers' channels.
+
+    ``max_redeliveries`` and ``max_pending`` configure the job queues
+    (``backends/job_queues.py``). A client the router hears nothing from for
+    ``liveness_timeout`` seconds is cut off (its unacknowledged jobs go to other
+    workers); both ends ping after ``heartbeat_interval`` seconds of silence. A client
+    with a plain subscription that has had no room for ``slow_consumer_timeout`` seconds,
+    or with more than ``max_pending_bytes`` of packets waiting for it, is cut off too."""
     if not addresses:
         raise ValueError("open_nng_router: give at least one address to listen on")
     try:
@@ -437,7 +845,15 @@ async def open_nng_router(
                            recv_buffer_size=SOCKET_BUFFER, send_buffer_size=SOCKET_BUFFER)
     except pynng.NNGException as exc:
         raise CordtrioError(f"nng router: cannot open a socket: {exc}") from exc
-    router = NngRouter(sock, max_packet=max_packet)
+    try:
+        router = NngRouter(sock, max_packet=max_packet, max_redeliveries=max_redeliveries,
+                           max_pending=max_pending, heartbeat_interval=heartbeat_interval,
+                           liveness_timeout=liveness_timeout,
+                           slow_consumer_timeout=slow_consumer_timeout,
+                           max_pending_bytes=max_pending_bytes)
+    except ValueError:
+        sock.close()
+        raise
     try:
         router._events = PipeEvents(sock, router._pipe_added, router._pipe_removed)
         for address in addresses:
@@ -453,4 +869,13 @@ async def open_nng_router(
         router._shutdown()
 
 
-__all__ = ["MAX_PACKET", "NngRouter", "open_nng_router"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "LIVENESS_TIMEOUT",
+    "MAX_PACKET",
+    "MAX_PENDING_BYTES",
+    "SLOW_CONSUMER_TIMEOUT",
+    "LocalJobInbox",
+    "NngRouter",
+    "open_nng_router",
+]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pynng
 import trio
 
+from ..job_queues import Consumer
 from ._common import WINDOW
 from .frames import Op
 from .inbox import Inbox
@@ -67,6 +68,10 @@ class _Sub:
     alive: bool = True
     group: _Group | None = None
     changes: Changes = field(default_factory=Changes)
+    # a remote plain subscription's packets waiting at the router for room, and since when
+    # it has made no progress (see ``NngRouter``: slow consumers)
+    pending: deque[bytes] = field(default_factory=deque)
+    blocked_since: float | None = None
 
     def has_room(self) -> bool:
         return self.room is None or self.room > 0
@@ -161,7 +166,7 @@ class _Table:
 class _Peer:
     """One client connection (an nng pipe)."""
 
-    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int) -> None:
+    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int, now: float) -> None:
         self.pipe = pipe
         self.id = pipe_id
         self.token = token  # sent in "hello"; credits must quote it
@@ -169,8 +174,20 @@ class _Peer:
         self.sent = 0  # frames handed to nng
         self.credited = 0  # frames the client says it received
         self.subs: dict[int, _Sub] = {}
+        self.consumers: dict[int, Consumer] = {}  # job consumers, by the client's id
         self.closed = False
         self.queued = False  # in the router's ready queue
+        self.last_heard = now  # Trio clock: the last frame from the client
+        self.last_sent = now  # the last frame handed to nng for it
+        self.queued_bytes = 0  # packet bytes waiting for it (outbox and pending)
+        self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
+
+    def taken(self, op: Op) -> Op:
+        """An op left the outbox for a frame: its packet no longer counts as queued."""
+        packet = op.get("packet")
+        if packet is not None:
+            self.queued_bytes -= len(packet)
+        return op
 
     def can_send(self) -> bool:
         return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW

@@ -1,11 +1,14 @@
-"""Test helpers: a router and clients on a private address in one process."""
+"""Test helpers: a router and clients on a private address in one process, and a way
+to make a client look stopped."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import trio
 
 from .client import NngBus, open_nng_bus
 from .router import NngRouter, open_nng_router
@@ -38,4 +41,19 @@ async def open_loopback(transport: str = "ipc") -> AsyncIterator[tuple[NngRouter
             shutil.rmtree(directory, ignore_errors=True)
 
 
-__all__ = ["open_loopback", "private_ipc_address"]
+
+
+@contextmanager
+def paused(bus: NngBus) -> Iterator[None]:
+    """Inside the block ``bus`` neither reads frames, nor sends any, nor pings: to the
+    router it looks like a process that was stopped (SIGSTOP) or whose event loop is
+    blocked. Leaving the block lets it go on, as a stopped process resumes."""
+    bus._paused = trio.Event()
+    try:
+        yield
+    finally:
+        event, bus._paused = bus._paused, None
+        event.set()
+
+
+__all__ = ["open_loopback", "paused", "private_ipc_address"]

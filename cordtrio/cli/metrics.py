@@ -22,6 +22,28 @@ MAX_TRACKED = 100_000
 """Dispatches remembered while waiting for their step to finish (oldest dropped beyond)."""
 
 
+BUS_FIGURES: dict[str, tuple[str, str]] = {
+    "peers": ("gauge", "Client connections to the bus router."),
+    "pending_jobs": ("gauge", "Jobs waiting for a worker of their topic."),
+    "held_jobs": ("gauge", "Jobs delivered to a worker and not acknowledged yet."),
+    "redelivered_jobs": ("counter", "Jobs handed to another worker after theirs was lost."),
+    "lost_jobs": ("counter", "Jobs reported failed after too many lost workers."),
+    "liveness_cuts": ("counter", "Bus clients cut off for not answering in time."),
+    "slow_consumers": ("counter", "Bus clients cut off for not reading their packets."),
+}
+"""Figures of the bus router ``/metrics`` shows (name → Prometheus type, help)."""
+
+
+def bus_figures(router: object) -> dict[str, int]:
+    """``BUS_FIGURES`` read from an ``NngRouter`` (``peers`` is its ``peer_count``)."""
+    out = {}
+    for name in BUS_FIGURES:
+        value = getattr(router, "peer_count" if name == "peers" else name, None)
+        if isinstance(value, int):
+            out[name] = value
+    return out
+
+
 class Histogram:
     """A cumulative Prometheus histogram over fixed buckets."""
 
@@ -76,8 +98,10 @@ class ServeMetrics:
             self.latency.observe(max(0.0, self._now() - started))
 
     def render(self, runs_by_status: Mapping[str, int], active_runs: int,
-               redis_up: bool) -> str:
-        """The exposition text, ending with a newline."""
+               redis_up: bool, bus: Mapping[str, int] | None = None) -> str:
+        """The exposition text, ending with a newline. ``bus``: the bus router's figures
+        (``BUS_FIGURES`` names → values), rendered as ``cordtrio_bus_<name>`` (counters
+        with ``_total``)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -102,6 +126,11 @@ class ServeMetrics:
         family("cordtrio_step_result_latency_seconds", "histogram",
                "Seconds from a step's last job dispatch to the step finishing.")
         out.extend(self.latency.render("cordtrio_step_result_latency_seconds"))
+        for name, (kind, help_text) in BUS_FIGURES.items():
+            if bus is not None and name in bus:
+                metric = f"cordtrio_bus_{name}{'_total' if kind == 'counter' else ''}"
+                family(metric, kind, help_text)
+                out.append(f"{metric} {bus[name]}")
         return "\n".join(out) + "\n"
 
 
@@ -109,4 +138,4 @@ def _num(value: float) -> str:
     return repr(float(value)) if value != int(value) else f"{int(value)}"
 
 
-__all__ = ["LATENCY_BUCKETS", "Histogram", "ServeMetrics"]
+__all__ = ["BUS_FIGURES", "LATENCY_BUCKETS", "Histogram", "ServeMetrics", "bus_figures"]

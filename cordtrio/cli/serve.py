@@ -28,7 +28,7 @@ from ..model import RunStatus
 from .http import Response, parse_address, serve_http
 from .loading import EXIT_OK, CliError
 from .logs import add_log_level_argument, configure_logging
-from .metrics import ServeMetrics
+from .metrics import ServeMetrics, bus_figures
 from .process import Shutdown, on_signals, run_trio
 from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
 
@@ -132,7 +132,7 @@ async def _run_engine(options: ServeOptions, redis: Any, router: Any,
         if options.http is not None:
             host, port = options.http
             routes = {"/health": lambda: _health(redis, state),
-                      "/metrics": lambda: _metrics(redis, state, metrics)}
+                      "/metrics": lambda: _metrics(redis, state, metrics, router)}
             try:
                 bound = await nursery.start(serve_http, host, port, routes)
             except OSError as exc:
@@ -172,7 +172,8 @@ async def _health(redis: Any, state: dict[str, Any]) -> Response:
                     "application/json")
 
 
-async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> Response:
+async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics,
+                   router: Any) -> Response:
     up = await _redis_up(redis)
     counts: dict[str, int] = {}
     if up:
@@ -183,7 +184,8 @@ async def _metrics(redis: Any, state: dict[str, Any], metrics: ServeMetrics) -> 
                 continue
             counts[status.value] = len(ids)
     engine = state["engine"]
-    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up)
+    text = metrics.render(counts, engine.active_runs if engine is not None else 0, up,
+                          bus_figures(router))
     return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 

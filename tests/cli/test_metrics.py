@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cordtrio.cli.metrics import Histogram, ServeMetrics
+from cordtrio.cli.metrics import Histogram, ServeMetrics, bus_figures
 from cordtrio.model import StepStatus
 
 
@@ -55,3 +55,24 @@ def test_dispatch_to_finish_latency_and_counters() -> None:
 def test_redis_down_is_visible() -> None:
     text = ServeMetrics(FakeClock()).render({}, active_runs=0, redis_up=False)
     assert "cordtrio_up 0" in text.splitlines()
+
+
+def test_the_bus_routers_figures_are_shown() -> None:
+    class Router:  # the monitoring attributes of an NngRouter
+        peer_count = 3
+        pending_jobs = 5
+        held_jobs = 2
+        redelivered_jobs = 7
+        lost_jobs = 1
+        liveness_cuts = 4
+        slow_consumers = 6
+
+    text = ServeMetrics(FakeClock()).render({}, active_runs=0, redis_up=True,
+                                            bus=bus_figures(Router()))
+    lines = text.splitlines()
+    for sample in ("cordtrio_bus_peers 3", "cordtrio_bus_pending_jobs 5",
+                   "cordtrio_bus_held_jobs 2", "cordtrio_bus_redelivered_jobs_total 7",
+                   "cordtrio_bus_lost_jobs_total 1", "cordtrio_bus_liveness_cuts_total 4",
+                   "cordtrio_bus_slow_consumers_total 6"):
+        assert sample in lines
+    assert "# TYPE cordtrio_bus_liveness_cuts_total counter" in lines

@@ -5,8 +5,10 @@ A backend is one entry in ``STORAGE_BACKENDS`` (store + payload store + schema r
 ``fakeredis`` or ``redis`` is one entry (plus the capabilities it has). Tests that need a
 capability a backend lacks skip themselves (``storage.capabilities``/``bus_backend.
 capabilities``): ``trio_clock_ttl`` — payload TTLs measured on Trio's clock, so ``MockClock``
-can expire them; ``wildcard`` — ``>`` subscriptions; ``redis`` — a Redis store (its TTL is
-checked with the ``TTL`` command in ``tests/redis`` instead).
+can expire them; ``wildcard`` — ``>`` subscriptions; ``jobs`` — job queues (``consume_jobs``);
+``backpressure`` — a plain subscriber with a full buffer makes ``publish`` wait (an nng
+client's subscribers are remote: the router queues for them instead); ``redis`` — a Redis
+store (its TTL is checked with the ``TTL`` command in ``tests/redis`` instead).
 
 ``fakeredis`` needs no server. ``redis`` uses a real ``redis-server`` started once per session
 on a free 127.0.0.1 port (``STORAGE_SESSION_FIXTURES``) and flushed before each test; without
@@ -81,12 +83,13 @@ async def memory_storage(clock: Clock) -> AsyncIterator[Storage]:
 
 @asynccontextmanager
 async def memory_bus() -> AsyncIterator[BusBackend]:
-    yield BusBackend(MemoryBus(), frozenset({"wildcard", "jobs"}))
+    yield BusBackend(MemoryBus(), frozenset({"wildcard", "jobs", "backpressure"}))
 
 
 @asynccontextmanager
 async def memory_codec_bus() -> AsyncIterator[BusBackend]:
-    yield BusBackend(MemoryBus(codec=True), frozenset({"wildcard", "jobs"}))
+    yield BusBackend(MemoryBus(codec=True),
+                     frozenset({"wildcard", "jobs", "backpressure"}))
 
 
 @asynccontextmanager
@@ -96,7 +99,7 @@ async def nng_bus() -> AsyncIterator[BusBackend]:
     from cordtrio.backends.nng.testing import open_loopback
 
     async with open_loopback("ipc") as (_router, client):
-        yield BusBackend(client, frozenset({"wildcard"}))
+        yield BusBackend(client, frozenset({"wildcard", "jobs"}))
 
 
 @asynccontextmanager
