@@ -16,7 +16,7 @@ from cordtrio.backends.redis.testing import find_redis_server, in_ci, run_redis_
 
 
 @contextmanager
-def _deployment(directory: Path) -> Iterator[Deployment]:
+def _deployment(directory: Path, *, appendonly: bool = False) -> Iterator[Deployment]:
     if find_redis_server() is None:
         message = "redis-server is not on PATH (apt-get install redis-server)"
         if in_ci():
@@ -24,7 +24,7 @@ def _deployment(directory: Path) -> Iterator[Deployment]:
         pytest.skip(message)
     # ipc paths must fit a sockaddr_un (~107 bytes): not under the (long) tmp_path
     sockets = Path(tempfile.mkdtemp(prefix="ct-"))
-    with run_redis_server(directory) as server:
+    with run_redis_server(directory, appendonly=appendonly) as server:
         deployment = Deployment(directory, server, f"ipc://{sockets}/bus.ipc")
         try:
             yield deployment
@@ -37,6 +37,14 @@ def _deployment(directory: Path) -> Iterator[Deployment]:
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     """A deployment of the test's own."""
     with _deployment(tmp_path) as d:
+        yield d
+
+
+@pytest.fixture
+def aof_deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment whose redis-server keeps an AOF (fsync on every write), so it can be
+    killed and started again on the same port without losing data."""
+    with _deployment(tmp_path, appendonly=True) as d:
         yield d
 
 

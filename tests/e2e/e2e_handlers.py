@@ -1,8 +1,8 @@
 """Handlers for the process tests: every execution is appended to a per-worker file.
 
 ``$CORDTRIO_E2E_DIR/<$CORDTRIO_E2E_WORKER>.log`` gets ``start <job_id>`` when a handler
-begins and ``done <job_id>`` when it returns, so a test can tell which worker ran what, how
-often, and whether it finished.
+begins and ``done <job_id>`` when it returns (``work`` also ``stop <job_id>`` when it is
+cancelled), so a test can tell which worker ran what, how often, and whether it finished.
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ def _record(event: str, job: Job) -> None:
 
 
 async def work(job: Job) -> dict[str, Any]:
-    """Sleeps ``input.sleep`` seconds, returns the item (or ``input.n``)."""
+    """Sleeps ``input.sleep`` seconds (``$CORDTRIO_E2E_SLEEP`` seconds if set: a slow
+    worker), returns the item (or ``input.n``). Records ``stop`` if cancelled meanwhile."""
     _record("start", job)
-    await trio.sleep(float(job.input.get("sleep") or 0))
+    try:
+        await trio.sleep(float(os.environ.get("CORDTRIO_E2E_SLEEP")
+                               or job.input.get("sleep") or 0))
+    except trio.Cancelled:
+        _record("stop", job)
+        raise
     _record("done", job)
     return {"value": job.item if job.item is not None else job.input.get("n"),
             "attempt": job.attempt}
@@ -59,3 +65,6 @@ HANDLERS = {
     "job.e2e.flaky": flaky,
     "job.e2e.hang": hang_once,
 }
+
+UPGRADED = {**HANDLERS, "job.e2e.extra": work}
+"""A newer worker's handlers: one topic more (``--handlers e2e_handlers.py:UPGRADED``)."""

@@ -127,10 +127,11 @@ class Deployment:
             proc.wait_for("ready:", timeout=30)
         return proc
 
-    def worker(self, name: str, *extra: str, wait: bool = True) -> Proc:
-        """Start ``cordtrio worker`` recording to ``records/<name>.log``."""
+    def worker(self, name: str, *extra: str, wait: bool = True, **env: str) -> Proc:
+        """Start ``cordtrio worker`` recording to ``records/<name>.log`` (``env``: more
+        environment variables, e.g. ``CORDTRIO_E2E_SLEEP``)."""
         proc = self.start(name, "worker", "--connect", self.bus, "--handlers", HANDLERS,
-                          "--worker-id", name, *extra, CORDTRIO_E2E_WORKER=name)
+                          "--worker-id", name, *extra, CORDTRIO_E2E_WORKER=name, **env)
         if wait:
             proc.wait_for("ready:", timeout=30)
         return proc
