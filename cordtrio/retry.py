@@ -27,19 +27,35 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+_waiting = 0
+
+
+def calls_waiting() -> int:
+    """Backend calls of this process waiting out a transient failure right now (for
+    ``/health``: above 0 the process is degraded — its runs wait for a backend)."""
+    return _waiting
+
+
 async def retrying(op: Callable[[], Awaitable[T]], what: str) -> T:
     """Await ``op()`` until it succeeds, backing off (50 ms doubling to 5 s) on transient
     errors; definite errors propagate at once. Cancellation ends the wait, as always."""
+    global _waiting
     delay = INITIAL_DELAY
     attempt = 0
-    while True:
-        try:
-            return await op()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            attempt += 1
-            log.warning("%s failed (attempt %d, retrying in %.2fs): %r", what, attempt, delay,
-                        exc)
-        await trio.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY)
+    try:
+        while True:
+            try:
+                return await op()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                if attempt == 1:
+                    _waiting += 1
+                log.warning("%s failed (attempt %d, retrying in %.2fs): %r", what, attempt,
+                            delay, exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+    finally:
+        if attempt:
+            _waiting -= 1

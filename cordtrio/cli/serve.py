@@ -26,6 +26,7 @@ import trio
 from ..engine import open_engine
 from ..errors import CordtrioError
 from ..model import RunStatus
+from ..retry import calls_waiting
 from .http import Response, parse_address, serve_http
 from .loading import EXIT_OK, CliError
 from .logs import add_log_level_argument, configure_logging
@@ -215,7 +216,9 @@ async def _redis_up(redis: Any) -> bool:
 async def _health(redis: Any, state: dict[str, Any], persistence: Any) -> Response:
     up = await _redis_up(redis)
     engine = state["engine"]
-    body = {"status": "ok" if up else "unavailable", "redis": "up" if up else "down",
+    waiting = calls_waiting()  # writes and reads waiting out a store outage
+    status = "unavailable" if not up else "degraded" if waiting else "ok"
+    body = {"status": status, "redis": "up" if up else "down", "waiting_calls": waiting,
             "engine": "ready" if engine is not None else "starting",
             "active_runs": engine.active_runs if engine is not None else 0,
             "persistence": persistence.mode}

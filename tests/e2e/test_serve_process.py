@@ -23,8 +23,8 @@ def test_health_metrics_and_clean_stop_on_sigterm(deployment: Deployment) -> Non
     port = deployment.http_port(serve)
     status, body = _get(port, "/health")
     assert status == 200
-    assert json.loads(body) == {"status": "ok", "redis": "up", "engine": "ready",
-                                "active_runs": 0, "persistence": "none"}
+    assert json.loads(body) == {"status": "ok", "redis": "up", "waiting_calls": 0,
+                                "engine": "ready", "active_runs": 0, "persistence": "none"}
     status, text = _get(port, "/metrics")
     assert status == 200
     lines = text.splitlines()
