@@ -416,10 +416,10 @@ class Worker:
                 error = exc
         if error is not None:
             status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
-            if status == JobStatus.FAILED:
-                logger.warning("worker %s: job %s (topic %s) failed: %s: %s",
-                               self.worker_id, job_id, request.topic,
-                               type(error).__name__, error, exc_info=error)
+            if status == JobStatus.FAILED:  # with its traceback, for the operator
+                logger.info("worker %s: job %s (topic %s) failed: %s: %s",
+                            self.worker_id, job_id, request.topic,
+                            type(error).__name__, error, exc_info=error)
             return _failure(status, type(error).__name__, str(error) or type(error).__name__,
                             job_id)
 

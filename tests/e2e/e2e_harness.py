@@ -204,6 +204,23 @@ def attempts_by_target(executions: dict[str, Counter[str]]) -> Counter[str]:
     return out
 
 
+def distinct_attempts_by_target(executions: dict[str, Counter[str]]) -> Counter[str]:
+    """Distinct attempts (job ids) started per ``run:step`` over all workers: a job run
+    twice by at-least-once delivery counts once."""
+    seen: set[str] = set()
+    for counts in executions.values():
+        seen.update(counts)
+    return Counter(job_id.rpartition("@")[0] for job_id in seen)
+
+
+def runs_per_job(executions: dict[str, Counter[str]]) -> Counter[str]:
+    """Handler starts per job id (one attempt) over all workers."""
+    out: Counter[str] = Counter()
+    for counts in executions.values():
+        out.update(counts)
+    return out
+
+
 def poll(check: Callable[[], T | None], what: str, timeout: float = 20.0,
          interval: float = 0.2) -> T:
     """Call ``check`` until it returns something other than None (or fail after timeout)."""
