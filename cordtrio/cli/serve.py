@@ -28,7 +28,16 @@ from .http import Response, parse_address, serve_http
 from .loading import EXIT_OK, CliError
 from .metrics import ServeMetrics, bus_figures
 from .process import Shutdown, on_signals, run_trio
-from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
+from .remote import (
+    EXIT_UNAVAILABLE,
+    TOKEN_ENV,
+    add_redis_argument,
+    add_token_argument,
+    bus_token,
+    is_loopback_address,
+    open_redis,
+    redis_url,
+)
 
 STATUS_COUNT_CAP = 100_000
 """``cordtrio_runs`` counts at most this many runs per status (one ZRANGE each)."""
@@ -43,6 +52,7 @@ class ServeOptions:
     http: tuple[str, int] | None
     lease_ttl: float | None = None
     engine_id: str = ""
+    token: str | None = None
 
 
 def add_parser(commands: Any) -> None:
@@ -66,6 +76,10 @@ def add_parser(commands: Any) -> None:
                         "(default 15)")
     p.add_argument("--engine-id", metavar="ID", default="",
                    help="this engine's name as a lease owner (default: random)")
+    add_token_argument(p)
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback tcp:// address without a bus "
+                        "token (anyone who can reach it can then use the bus)")
     p.set_defaults(handler=run_serve)
 
 
@@ -82,8 +96,15 @@ def run_serve(args: argparse.Namespace) -> int:
     lease_ttl = args.lease_ttl
     if lease_ttl is not None and lease_ttl <= 0:
         raise CliError("--lease-ttl must be positive")
+    token = bus_token(args)
+    if token is None and not args.insecure:
+        for address in args.listen:
+            if not is_loopback_address(address):
+                raise CliError(f"--listen {address}: a bus other machines can reach needs a "
+                               f"token (--token-file PATH or ${TOKEN_ENV}); pass --insecure "
+                               "to listen without one")
     options = ServeOptions(redis_url(args), list(args.listen), http, lease_ttl,
-                           args.engine_id)
+                           args.engine_id, token)
     return run_trio(serve, options)
 
 
@@ -92,7 +113,7 @@ async def serve(options: ServeOptions) -> int:
     async with (
         on_signals(_say) as shutdown,
         open_redis(options.redis_url) as redis,
-        _open_router(options.listen) as router,
+        _open_router(options.listen, options.token) as router,
     ):
         await _run_engine(options, redis, router, shutdown)
     _say("stopped; runs stay resumable in Redis")
@@ -100,13 +121,13 @@ async def serve(options: ServeOptions) -> int:
 
 
 @asynccontextmanager
-async def _open_router(listen: list[str]) -> AsyncIterator[Any]:
+async def _open_router(listen: list[str], token: str | None) -> AsyncIterator[Any]:
     """The nng router on ``listen``; an unusable address is a ``CliError`` (status 4)."""
     from ..backends.nng import open_nng_router
 
     entered = False
     try:
-        async with open_nng_router(*listen) as router:
+        async with open_nng_router(*listen, token=token) as router:
             entered = True
             yield router
     except CordtrioError as exc:

@@ -20,7 +20,14 @@ from ..errors import CordtrioError
 from ..worker import Handler, default_queue, open_worker
 from .loading import EXIT_OK, CliError, load_handlers
 from .process import on_signals, run_trio
-from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
+from .remote import (
+    EXIT_UNAVAILABLE,
+    add_redis_argument,
+    add_token_argument,
+    bus_token,
+    open_redis,
+    redis_url,
+)
 
 CONNECT_TIMEOUT = 10.0
 
@@ -45,6 +52,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="S",
                    help=f"give up if the bus is not reachable within S seconds "
                         f"(default {CONNECT_TIMEOUT:g})")
+    add_token_argument(p)
     p.set_defaults(handler=run_worker)
 
 
@@ -54,17 +62,19 @@ def run_worker(args: argparse.Namespace) -> int:
     if not args.connect.startswith(("ipc://", "tcp://")):
         raise CliError(f"--connect {args.connect!r}: expected ipc:///path or tcp://HOST:PORT")
     url = redis_url(args)
+    token = bus_token(args)
     handlers = load_handlers(args.handlers)
     if not handlers:
         raise CliError(f"--handlers {args.handlers}: no handlers in it")
-    return run_trio(_work, args, url, handlers)
+    return run_trio(_work, args, url, handlers, token)
 
 
-async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handler]) -> int:
+async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handler],
+                token: str | None) -> int:
     async with (
         on_signals(_say) as shutdown,
         open_redis(url) as redis,
-        _open_bus(args.connect, args.connect_timeout) as bus,
+        _open_bus(args.connect, args.connect_timeout, token) as bus,
         open_worker(bus, redis.payloads, handlers, worker_id=args.worker_id,
                     max_concurrency=args.concurrency) as worker,
     ):
@@ -76,12 +86,12 @@ async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handl
 
 
 @asynccontextmanager
-async def _open_bus(address: str, timeout: float) -> AsyncIterator[Any]:
+async def _open_bus(address: str, timeout: float, token: str | None) -> AsyncIterator[Any]:
     from ..backends.nng import open_nng_bus
 
     entered = False
     try:
-        async with open_nng_bus(address, connect_timeout=timeout) as bus:
+        async with open_nng_bus(address, connect_timeout=timeout, token=token) as bus:
             entered = True
             yield bus
     except CordtrioError as exc:
