@@ -190,6 +190,35 @@ async def test_past_the_bound_a_job_whose_workers_keep_dropping_is_reported_lost
     assert router.lost_jobs == 1 and router.pending_jobs == router.held_jobs == 0
 
 
+async def test_a_client_publishing_jobs_waits_while_the_queues_are_full(url: str) -> None:
+    async with (
+        open_nng_router(url, max_pending=2, **FAST) as router,
+        clients(router.urls[0], 2) as (engine, worker),
+    ):
+        await engine.publish(SUBJECT_SUBMIT, job("r:s0@1"))
+        await engine.publish(SUBJECT_SUBMIT, job("r:s1@1"))
+        done = trio.Event()
+
+        async def third() -> None:
+            await engine.publish(SUBJECT_SUBMIT, job("r:s2@1"))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(third)
+            await trio.sleep(0.2)  # time enough for a puback, were one coming
+            assert not done.is_set() and router.pending_jobs == 2
+            async with worker.consume_jobs(["job.a"], capacity=1) as inbox:
+                with trio.fail_after(WAIT):
+                    await done.wait()  # one taken: room for the third
+                    got = [job_id_of(await inbox.receive())]
+                    inbox.ack(got[0])
+                    got.append(job_id_of(await inbox.receive()))
+                    inbox.ack(got[1])
+                    got.append(job_id_of(await inbox.receive()))
+                    inbox.ack(got[2])
+    assert got == ["r:s0@1", "r:s1@1", "r:s2@1"]
+
+
 # ------------------------------------------------------------------ liveness
 
 
