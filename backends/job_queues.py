@@ -159,6 +159,10 @@ class JobQueues:
         """The job is queued or held here."""
         return job_id in self._jobs
 
+    def get(self, job_id: str) -> QueuedJob | None:
+        """The job if it is queued or held here (``holder`` tells which)."""
+        return self._jobs.get(job_id)
+
     def pending_by_topic(self) -> dict[str, int]:
         """Queued jobs per topic (for metrics), topics with none left out."""
         return {name: sum(1 for j in t.queue if self._jobs.get(j.job_id) is j)

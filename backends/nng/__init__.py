@@ -14,8 +14,9 @@ async with open_nng_bus("tcp://engine-host:7400") as bus:
 
 Same semantics as ``MemoryBus`` (subjects, ``>`` wildcards, fan-out to plain subscribers,
 one-of-N inside a queue group, bounded buffers, at-least-once job delivery with
-``consume_jobs``), over ``ipc://`` and ``tcp://``; the router cuts off clients that go
-silent or stop reading. Topology, frame format, guarantees and where a message can be
+``consume_jobs``), over ``ipc://``, ``tcp://`` and ``tls+tcp://``; the router cuts off
+clients that go silent or stop reading, and with a ``token`` admits only connections that
+prove they hold it. Topology, frame format, guarantees and where a message can be
 lost: ``docs/bus.md``. ``python -m cordtrio.backends.nng ADDRESS...`` runs a standalone
 router.
 """

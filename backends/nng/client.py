@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Collection
@@ -40,6 +41,7 @@ from cordtrio.protocol import (
     encode_packet,
 )
 
+from ._auth import RateLimited, check_token, proof
 from ._common import (
     DEFAULT_MAX_BUFFER,
     MAX_PACKET,
@@ -131,7 +133,9 @@ def _job_fields(subject: str, packet: BusPacket) -> tuple[str, str]:
 class NngBus:
     """A ``Bus`` over a connection to an ``NngRouter``; open it with ``open_nng_bus``.
 
-    ``connected`` tells whether the router is reachable right now; ``connections`` counts
+    ``connected`` tells whether the router is reachable (and has accepted this client)
+    right now; ``refused`` says why the router or this client refused the last
+    connection (a token mismatch), empty once one is accepted; ``connections`` counts
     the connections made so far (it grows on every reconnection); ``dropped_frames`` counts
     malformed frames, ops and packets that were logged and ignored; ``liveness_resets``
     counts connections dropped because the router was not heard from in time.
@@ -139,7 +143,9 @@ class NngBus:
 
     def __init__(self, address: str, sock: pynng.Socket, *, max_in_flight: int = MAX_IN_FLIGHT,
                  max_packet: int = MAX_PACKET,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL,
+                 token: str | None = None) -> None:
+        check_token("open_nng_bus", token)
         if not heartbeat_interval > 0:
             raise ValueError(f"open_nng_bus: heartbeat_interval must be positive, "
                              f"got {heartbeat_interval!r}")
@@ -166,6 +172,12 @@ class NngBus:
         self._last_heard = 0.0  # Trio clock: the last frame from the router
         self._last_sent = 0.0  # the last frame handed to nng
         self._paused: trio.Event | None = None  # tests: a process that stopped running
+        self._token = token
+        self._accepted = False  # the router has said hello (and accepted our proof)
+        self._auth_op: Op | None = None  # our proof, to go first on this connection
+        self._auth_sent = False
+        self._refusal_log = RateLimited(log)
+        self.refused = ""
         self._dead = RecentIds()
         self._conn: int | None = None  # the router's token for this connection
         self._frames_in = 0  # frames received on this connection
@@ -309,12 +321,20 @@ class NngBus:
 
     @property
     def connected(self) -> bool:
-        return self._pipe_id is not None
+        return self._accepted
 
     async def wait_connected(self) -> None:
-        """Return once connected to the router."""
-        while self._pipe_id is None and not self.closed:
+        """Return once connected to the router (and accepted by it), or once a connection
+        was refused (``refused`` says why)."""
+        while not self._accepted and not self.closed and not self.refused:
             await self._connected.wait()
+
+    def _may_send(self) -> bool:
+        """Ops may go out on this connection: without a token from the start (the router's
+        hello is not awaited), with one once our proof is on its way ahead of them."""
+        if self._pipe_id is None or self.refused:
+            return False
+        return self._token is None or self._auth_sent
 
     def _check_open(self) -> None:
         if self.closed:
@@ -336,6 +356,8 @@ class NngBus:
         self._pipe = pipe
         self.connections += 1
         self._conn = None
+        self._accepted = self._auth_sent = False
+        self._auth_op = None
         self._last_heard = self._last_sent = trio.current_time()
         self._frames_in = 0
         self._credit_sent = 0
@@ -348,7 +370,6 @@ class NngBus:
         self._outbox.extend(self._jobs_op(inbox) for inbox in self._consumers.values())
         self._outbox.extend(_Pending("pub", pid) for pid in sorted(self._pubs))
         self._outbox.extend(bounces)
-        self._connected.set()
         self._wake.set()
         if self.connections > 1:
             log.info("nng bus: reconnected to %s (%d subscriptions, %d publishes re-sent)",
@@ -361,6 +382,7 @@ class NngBus:
         self._pipe_id = None
         self._pipe = None
         self._conn = None
+        self._accepted = False
         for inbox in tuple(self._consumers.values()):  # the router took those jobs back
             lost = inbox.reset()
             if lost:
@@ -392,7 +414,7 @@ class NngBus:
             tick = min(self._heartbeat, self._live / 3) / 2
             await trio.sleep(tick)
             await self._unpaused()
-            if self._pipe_id is None or self._conn is None:
+            if self._pipe_id is None or not self._accepted:
                 continue
             now = trio.current_time()
             if now - self._last_heard > self._live:
@@ -469,6 +491,11 @@ class NngBus:
                 acked.set()
         elif name == "ping":
             pass  # hearing from the router is all it is for
+        elif name == "authok":
+            if self._auth_sent:
+                self._accept()
+        elif name == "denied":
+            self._refuse(f"the router at {self.address} refused this client's token")
         elif name == "bye":
             done = self._byes.get(int_field(op, "n"))
             if done is not None:
@@ -483,6 +510,7 @@ class NngBus:
             if op.get("proto") != PROTO:
                 log.warning("nng bus: router at %s speaks protocol %r, this client %d",
                             self.address, op.get("proto"), PROTO)
+            self._hello(op)
         else:
             raise FrameError(f"unknown op {name!r}")
 
@@ -501,6 +529,41 @@ class NngBus:
             sub.inbox.replenish()
             return
         sub.inbox.put(packet)
+
+    def _hello(self, op: Op) -> None:
+        nonce = op.get("nonce")
+        if nonce is not None and not isinstance(nonce, bytes):
+            raise FrameError(f"'hello' op: 'nonce' must be bytes: {nonce!r}")
+        if self._token is None:
+            if nonce is not None:
+                self._refuse(f"the router at {self.address} requires a token, and this "
+                             "client has none")
+            else:
+                self._accept()
+        elif nonce is None:
+            self._refuse(f"the router at {self.address} has no token, and this client, "
+                         "which has one, does not talk to a bus without authentication")
+        elif self._conn is not None and not self._auth_sent:
+            self._auth_op = {"op": "auth", "mac": proof(self._token, nonce, self._conn)}
+            self._wake.set()
+
+    def _accept(self) -> None:
+        self._accepted = True
+        self.refused = ""
+        self._connected.set()
+
+    def _refuse(self, reason: str) -> None:
+        """The connection cannot be used (a token mismatch): say so, drop it (nng redials;
+        ``open_nng_bus`` gives up if this is its first connection)."""
+        self.refused = reason
+        self._refusal_log.log(logging.ERROR, "nng bus: %s", reason)
+        self._connected.set()  # wake open_nng_bus
+        pipe, pipe_id = self._pipe, self._pipe_id
+        if pipe_id is not None:
+            self._pipe_removed(pipe_id)
+        if pipe is not None:
+            with contextlib.suppress(Exception):
+                pipe.close()
 
     def _deliver_job(self, cid: int, wire: bytes) -> None:
         inbox = self._consumers.get(cid)
@@ -544,10 +607,16 @@ class NngBus:
             # Credit rides along with every frame; on its own only when the router may
             # have run out of it (``window`` frames received since the last credit).
             owed = self._frames_in - self._credit_sent if self._conn is not None else 0
-            if self._pipe_id is None or not (self._outbox or owed >= self._window):
+            auth = self._auth_op if self._pipe_id is not None else None
+            if auth is None and (not self._may_send()
+                                 or not (self._outbox or owed >= self._window)):
                 await self._wake.wait()
                 continue
             first: list[Op] = []
+            if auth is not None:  # our proof goes first; the rest may follow it at once
+                first.append(auth)
+                self._auth_op = None
+                self._auth_sent = True
             if owed:
                 first.append({"op": "credit", "conn": self._conn, "n": self._frames_in})
                 self._credit_sent = self._frames_in
@@ -608,6 +677,32 @@ class NngBus:
         self._io.close()
 
 
+def client_tls(address: str, ca_file: str | None,
+               server_name: str | None) -> pynng.TLSConfig | None:
+    """The client's TLS configuration: needed exactly when the address is ``tls+...``."""
+    scheme, _, rest = address.partition("://")
+    if not scheme.startswith("tls+"):
+        if ca_file or server_name:
+            raise ValueError("open_nng_bus: tls_ca_file/tls_server_name given for "
+                             f"{address!r}, which is not a tls+tcp:// address")
+        return None
+    if not ca_file:
+        raise CordtrioError(f"nng bus: {address!r} needs tls_ca_file (the router's "
+                            "certificate or its CA)")
+    if server_name is None:
+        server_name = rest.rpartition(":")[0].strip("[]")
+    try:
+        with open(ca_file, encoding="ascii") as f:
+            ca = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CordtrioError(f"nng bus: cannot read tls_ca_file {ca_file!r}: {exc}") from None
+    try:
+        return pynng.TLSConfig(pynng.TLSConfig.MODE_CLIENT, ca_string=ca,
+                               server_name=server_name)
+    except pynng.NNGException as exc:
+        raise CordtrioError(f"nng bus: unusable tls_ca_file {ca_file!r}: {exc}") from exc
+
+
 @asynccontextmanager
 async def open_nng_bus(
     address: str,
@@ -619,6 +714,9 @@ async def open_nng_bus(
     max_packet: int = MAX_PACKET,
     close_timeout: float = CLOSE_TIMEOUT,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    token: str | None = None,
+    tls_ca_file: str | None = None,
+    tls_server_name: str | None = None,
 ) -> AsyncIterator[NngBus]:
     """Dial the router at ``address`` and yield a ``Bus`` for this process.
 
@@ -634,17 +732,24 @@ async def open_nng_bus(
     The client pings the router after ``heartbeat_interval`` seconds without sending (at
     least three times per liveness timeout the router announces), and drops and redials
     a connection the router has said nothing on for longer than that timeout.
+
+    ``token``: the router's token, proven (never sent) on every connection; a mismatch
+    (a wrong token, a token on one side only) is a ``CordtrioError`` naming the address
+    on the first connection, and logged on later ones. A ``tls+tcp://`` address needs
+    ``tls_ca_file`` (PEM: the router's certificate or its CA); ``tls_server_name`` is the
+    name the certificate must carry (default: the address's host).
     """
+    tls = client_tls(address, tls_ca_file, tls_server_name)
     try:
         sock = pynng.Pair1(recv_max_size=max_frame(max_packet),
                            recv_buffer_size=SOCKET_BUFFER, send_buffer_size=SOCKET_BUFFER,
                            reconnect_time_min=ms(reconnect_min),
-                           reconnect_time_max=ms(reconnect_max))
+                           reconnect_time_max=ms(reconnect_max), tls_config=tls)
     except pynng.NNGException as exc:
         raise CordtrioError(f"nng bus: cannot open a socket: {exc}") from exc
     try:
         bus = NngBus(address, sock, max_in_flight=max_in_flight, max_packet=max_packet,
-                     heartbeat_interval=heartbeat_interval)
+                     heartbeat_interval=heartbeat_interval, token=token)
     except ValueError:
         sock.close()
         raise
@@ -659,6 +764,9 @@ async def open_nng_bus(
             if connect_timeout is not None:
                 with trio.move_on_after(connect_timeout):
                     await bus.wait_connected()
+                if bus.refused:
+                    raise CordtrioError(f"nng bus: cannot use the bus at {address!r}: "
+                                        f"{bus.refused}")
                 if not bus.connected:
                     raise CordtrioError(f"nng bus: no router answered at {address!r} within "
                                         f"{connect_timeout:g} s")

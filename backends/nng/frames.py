@@ -20,6 +20,8 @@ client → router
     ``{"op": "unjobs", "cid": int}``  (stop: unacknowledged jobs go to other consumers)
     ``{"op": "ack", "cid": int, "jid": str}``  (the job's result is published)
     ``{"op": "ping"}``  (sent after a heartbeat interval of silence)
+    ``{"op": "auth", "mac": bytes}``  (with a token, first: HMAC-SHA256(token, nonce +
+    conn as 8 big-endian bytes))
     A ``pub`` of a job request on ``sys.job.submit`` also carries ``"jid"`` and
     ``"topic"``, of a job cancel, result or progress ``"jid"``, read from the packet by
     the client, so that the router never decodes packets.
@@ -27,7 +29,8 @@ client → router
 router → client
     ``{"op": "hello", "conn": int, "proto": 1, "window": int, "live": float}``  (first
     frame of every connection: the token credits quote, how many frames may await
-    credit, and the liveness timeout)
+    credit, and the liveness timeout; ``"nonce": bytes`` when the router has a token)
+    ``{"op": "authok"}`` / ``{"op": "denied"}``  (the proof is good / missing or wrong)
     ``{"op": "suback", "sid": int}``
     ``{"op": "puback", "pid": int}`` (``"error": str`` if the packet was rejected)
     ``{"op": "msg", "sid": int, "packet": bytes}``  (uses one unit of the sid's room)

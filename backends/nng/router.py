@@ -23,6 +23,7 @@ the client in ``_common.py``; their names are re-exported here for existing impo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import secrets
 from collections import deque
@@ -40,11 +41,14 @@ from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
+    SUBJECT_PROGRESS,
     SUBJECT_RESULT,
     SUBJECT_SUBMIT,
     BusPacket,
     JobCancel,
+    JobProgress,
     JobRequest,
+    JobResult,
     decode_packet,
     encode_packet,
 )
@@ -59,6 +63,7 @@ from ..job_queues import (
     LostJob,
     worker_lost_result,
 )
+from ._auth import RateLimited, check_token, new_nonce, verify
 from ._common import BATCH_BYTES as BATCH_BYTES
 from ._common import DEFAULT_MAX_BUFFER as DEFAULT_MAX_BUFFER
 from ._common import FRAME_SLACK as FRAME_SLACK
@@ -105,6 +110,8 @@ SLOW_CONSUMER_TIMEOUT = 5.0
 """Seconds a remote plain subscriber may go without room before its client is cut off."""
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 """Packet bytes the router queues for one client before cutting it off."""
+DENIED_LINGER = 0.2
+"""Seconds a refused connection stays open so that the ``denied`` frame reaches it."""
 
 
 class LocalJobInbox:
@@ -154,7 +161,9 @@ class NngRouter:
     ``tcp://host:0`` address is reported with the port nng picked). For monitoring:
     ``peer_count``, ``subscription_count``, ``dropped_frames``; the job queues'
     ``pending_jobs``, ``held_jobs``, ``redelivered_jobs``, ``lost_jobs``; and the clients
-    cut off, ``liveness_cuts`` (silent for ``liveness_timeout``) and ``slow_consumers``.
+    cut off, ``liveness_cuts`` (silent for ``liveness_timeout``) and ``slow_consumers``;
+    ``auth_failures`` (connections that could not prove they hold the token) and
+    ``forbidden_ops`` (job packets a connection may not publish, dropped).
     """
 
     def __init__(
@@ -168,7 +177,9 @@ class NngRouter:
         liveness_timeout: float = LIVENESS_TIMEOUT,
         slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        token: str | None = None,
     ) -> None:
+        check_token("open_nng_router", token)
         for name, value in (("heartbeat_interval", heartbeat_interval),
                             ("liveness_timeout", liveness_timeout),
                             ("slow_consumer_timeout", slow_consumer_timeout)):
@@ -197,6 +208,11 @@ class NngRouter:
         self.dropped_frames = 0
         self.liveness_cuts = 0
         self.slow_consumers = 0
+        self.auth_failures = 0
+        self.forbidden_ops = 0
+        self._token = token
+        self._auth_log = RateLimited(log)
+        self._forbidden_log = RateLimited(log)
 
     # ------------------------------------------------------------------ Bus (local)
 
@@ -513,8 +529,12 @@ class NngRouter:
     def _open_peer(self, pipe: pynng.Pipe, pipe_id: int) -> _Peer:
         peer = _Peer(pipe, pipe_id, secrets.randbits(62), trio.current_time())
         self._peers[pipe_id] = peer
-        self._send(peer, {"op": "hello", "conn": peer.token, "proto": PROTO,
-                          "window": WINDOW, "live": self.liveness_timeout})
+        hello: Op = {"op": "hello", "conn": peer.token, "proto": PROTO, "window": WINDOW,
+                     "live": self.liveness_timeout}
+        if self._token is not None:
+            peer.authed = False
+            peer.nonce = hello["nonce"] = new_nonce()
+        self._send(peer, hello)
         log.debug("nng router: client pipe %d connected", pipe_id)
         return peer
 
@@ -542,11 +562,14 @@ class NngRouter:
         assert self._nursery is not None
         self._nursery.start_soon(self._cut, peer)
 
-    async def _cut(self, peer: _Peer) -> None:
+    async def _cut(self, peer: _Peer, linger: float = 0.0) -> None:
+        if linger:
+            await trio.sleep(linger)
         if peer.closed:
             return
-        log.warning("nng router: cut off client pipe %d (%s): %s", peer.id,
-                    _remote(peer.pipe), peer.doomed)
+        if peer.authed:
+            log.warning("nng router: cut off client pipe %d (%s): %s", peer.id,
+                        _remote(peer.pipe), peer.doomed)
         with contextlib.suppress(Exception):
             peer.pipe.close()
         self._pipe_removed(peer.id)
@@ -584,6 +607,11 @@ class NngRouter:
             for peer in tuple(self._peers.values()):
                 if peer.doomed:
                     continue
+                if not peer.authed:
+                    if now - peer.last_heard > self.liveness_timeout:
+                        self._deny(peer, f"no proof that it holds the token within "
+                                         f"{self.liveness_timeout:g} s")
+                    continue
                 if now - peer.last_heard > self.liveness_timeout:
                     self.liveness_cuts += 1
                     self._doom(peer, f"heard nothing from it for "
@@ -618,11 +646,40 @@ class NngRouter:
         except FrameError as exc:
             self._garbage(peer, f"frame ({describe(data)})", exc)
             return
+        if not peer.authed:
+            ops = self._authenticate(peer, ops)
         for op in ops:
             try:
                 self._on_op(peer, op)
             except FrameError as exc:
                 self._garbage(peer, "op", exc)
+
+    def _authenticate(self, peer: _Peer, ops: list[Any]) -> list[Any]:
+        """The first op of an unauthenticated connection must be a good ``auth``: then the
+        rest of the frame is handled; else nothing is, and the connection is refused."""
+        assert self._token is not None
+        first = ops[0] if ops else None
+        if not isinstance(first, dict) or first.get("op") != "auth":
+            self._deny(peer, "it sent something else before proving it holds the token")
+            return []
+        if not verify(self._token, peer.nonce, peer.token, first.get("mac")):
+            self._deny(peer, "its proof does not match the token")
+            return []
+        peer.authed = True
+        self._send(peer, {"op": "authok"})
+        return ops[1:]
+
+    def _deny(self, peer: _Peer, reason: str) -> None:
+        """A connection that cannot prove it holds the token: tell it, count it, close it."""
+        if peer.doomed or peer.closed:
+            return
+        self.auth_failures += 1
+        self._auth_log.log(logging.WARNING, "nng router: refused client pipe %d (%s): %s",
+                           peer.id, _remote(peer.pipe), reason)
+        self._send(peer, {"op": "denied"})
+        peer.doomed = reason
+        assert self._nursery is not None
+        self._nursery.start_soon(self._cut, peer, DENIED_LINGER)
 
     def _garbage(self, peer: _Peer, what: str, exc: Exception) -> None:
         self.dropped_frames += 1
@@ -652,8 +709,8 @@ class NngRouter:
             consumer = peer.consumers.get(cid)
             if consumer is not None:
                 self._hand_out(self.jobs.ack(consumer, job_id))
-        elif name == "ping":
-            pass  # hearing from the client is all it is for
+        elif name in ("ping", "auth"):
+            pass  # hearing from the client is all a ping is for; auth: already proven
         elif name == "sub":
             sid = int_field(op, "sid")
             subject = str_field(op, "subject", empty=False)
@@ -700,7 +757,9 @@ class NngRouter:
         elif name == "bounce":
             subject = str_field(op, "subject", empty=False)
             queue = str_field(op, "queue", empty=False)
-            self._bounce(subject, queue, packet_field(op))
+            wire = packet_field(op)
+            if not self._refused(peer, subject, wire, ""):
+                self._bounce(subject, queue, wire)
         else:
             raise FrameError(f"unknown op {name!r}")
 
@@ -709,6 +768,10 @@ class NngRouter:
         subject = str_field(op, "subject", empty=False)
         wire = packet_field(op)
         job_id = str_field(op, "jid", default="") if "jid" in op else ""
+        reason = self._refused(peer, subject, wire, job_id)
+        if reason:
+            self._send(peer, {"op": "puback", "pid": pid, "error": f"forbidden: {reason}"})
+            return
         if subject == SUBJECT_SUBMIT and job_id:
             topic = str_field(op, "topic", empty=False)
             if self.jobs.full:  # no puback until the queues have room
@@ -720,6 +783,43 @@ class NngRouter:
         elif subject == SUBJECT_CANCEL and job_id:
             self._cancel_job(job_id)
         self._fan_out(peer, pid, subject, wire)
+
+    def _refused(self, peer: _Peer, subject: str, wire: bytes, claimed: str) -> str:
+        """Why ``peer`` may not publish this job packet ("" if it may): job results and
+        progress only from the connection holding the job (the router's own process may
+        publish anything); on a router with a token, no job requests or cancels from a
+        connection that takes jobs. Counted, logged (rate-limited)."""
+        reason = self._check_job_packet(peer, subject, wire, claimed)
+        if reason:
+            self.forbidden_ops += 1
+            self._forbidden_log.log(logging.WARNING, "nng router: dropped a packet on %r "
+                                    "from client pipe %d: %s", subject, peer.id, reason)
+        return reason
+
+    def _check_job_packet(self, peer: _Peer, subject: str, wire: bytes, claimed: str) -> str:
+        if subject in (SUBJECT_SUBMIT, SUBJECT_CANCEL):
+            if self._token is not None and peer.consumers:
+                return "a connection that takes jobs may not publish job requests or cancels"
+            return ""
+        if subject not in (SUBJECT_RESULT, SUBJECT_PROGRESS):
+            return ""
+        kind = JobResult if subject == SUBJECT_RESULT else JobProgress
+        try:  # (small packets: a pointer to the output, not the output)
+            payload = decode_packet(wire).payload
+        except ProtocolError as exc:
+            raise FrameError(f"a packet on {subject!r} does not decode: {exc}") from None
+        if not isinstance(payload, kind):
+            return f"not a {kind.__name__}"
+        job_id = payload.job_id
+        if claimed and claimed != job_id:
+            return f"the packet is about job {job_id}, the op says {claimed}"
+        job = self.jobs.get(job_id)
+        if job is None:
+            return ""  # not held here: acknowledged already, or from before a restart
+        handle = job.holder.handle if job.holder is not None else None
+        if isinstance(handle, _RemoteConsumer) and handle.peer is peer:
+            return ""
+        return f"job {job_id} is not held by this connection"
 
     def _fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes) -> None:
         waits = self._deliver(subject, wire)
@@ -810,12 +910,46 @@ def packet_field(op: Op) -> bytes:
 def resolved_url(address: str, listener: pynng.Listener) -> str:
     """``tcp://host:0`` → the address with the port nng bound; others unchanged."""
     scheme, sep, rest = address.partition("://")
-    if sep and scheme in ("tcp", "tcp4") and rest.endswith(":0"):
+    if sep and scheme in ("tcp", "tcp4", "tls+tcp") and rest.endswith(":0"):
         try:
             return f"{scheme}://{listener.local_address}"
         except Exception:  # pragma: no cover - an exotic address family
             return address
     return address
+
+
+def uses_tls(address: str) -> bool:
+    return address.partition("://")[0].startswith("tls+")
+
+
+def _read_pem(who: str, option: str, path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CordtrioError(f"{who}: cannot read {option} {path!r}: {exc}") from None
+
+
+def server_tls(addresses: tuple[str, ...], cert_file: str | None,
+               key_file: str | None) -> pynng.TLSConfig | None:
+    """The router's TLS configuration: needed exactly when an address is ``tls+...``."""
+    tls_addresses = [a for a in addresses if uses_tls(a)]
+    if not tls_addresses:
+        if cert_file or key_file:
+            raise ValueError("open_nng_router: tls_cert_file/tls_key_file given, but no "
+                             "tls+tcp:// address to use them on")
+        return None
+    if not cert_file or not key_file:
+        raise CordtrioError(f"nng router: {tls_addresses[0]!r} needs tls_cert_file and "
+                            "tls_key_file")
+    cert = _read_pem("nng router", "tls_cert_file", cert_file)
+    key = _read_pem("nng router", "tls_key_file", key_file)
+    try:
+        return pynng.TLSConfig(pynng.TLSConfig.MODE_SERVER, own_cert_string=cert,
+                               own_key_string=key)
+    except pynng.NNGException as exc:
+        raise CordtrioError(f"nng router: unusable TLS certificate or key "
+                            f"({cert_file}, {key_file}): {exc}") from exc
 
 
 @asynccontextmanager
@@ -828,6 +962,9 @@ async def open_nng_router(
     liveness_timeout: float = LIVENESS_TIMEOUT,
     slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT,
     max_pending_bytes: int = MAX_PENDING_BYTES,
+    token: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> AsyncIterator[NngRouter]:
     """Listen on ``addresses`` (``ipc://path``, ``tcp://host:port``...) for bus clients and
     yield the router, which is also a ``JobBus`` for this process. Leaving the block
@@ -839,12 +976,19 @@ async def open_nng_router(
     ``liveness_timeout`` seconds is cut off (its unacknowledged jobs go to other
     workers); both ends ping after ``heartbeat_interval`` seconds of silence. A client
     with a plain subscription that has had no room for ``slow_consumer_timeout`` seconds,
-    or with more than ``max_pending_bytes`` of packets waiting for it, is cut off too."""
+    or with more than ``max_pending_bytes`` of packets waiting for it, is cut off too.
+
+    With a ``token``, a connection must prove it holds the same token (HMAC challenge,
+    the token never crosses the wire) before anything it sends is handled or anything is
+    sent to it. ``tls+tcp://`` addresses need ``tls_cert_file`` and ``tls_key_file``
+    (PEM). See ``docs/bus.md`` (*Security*)."""
     if not addresses:
         raise ValueError("open_nng_router: give at least one address to listen on")
+    tls = server_tls(addresses, tls_cert_file, tls_key_file)
     try:
         sock = pynng.Pair1(polyamorous=True, recv_max_size=max_frame(max_packet),
-                           recv_buffer_size=SOCKET_BUFFER, send_buffer_size=SOCKET_BUFFER)
+                           recv_buffer_size=SOCKET_BUFFER, send_buffer_size=SOCKET_BUFFER,
+                           tls_config=tls)
     except pynng.NNGException as exc:
         raise CordtrioError(f"nng router: cannot open a socket: {exc}") from exc
     try:
@@ -852,7 +996,7 @@ async def open_nng_router(
                            max_pending=max_pending, heartbeat_interval=heartbeat_interval,
                            liveness_timeout=liveness_timeout,
                            slow_consumer_timeout=slow_consumer_timeout,
-                           max_pending_bytes=max_pending_bytes)
+                           max_pending_bytes=max_pending_bytes, token=token)
     except ValueError:
         sock.close()
         raise

@@ -181,6 +181,8 @@ class _Peer:
         self.last_sent = now  # the last frame handed to nng for it
         self.queued_bytes = 0  # packet bytes waiting for it (outbox and pending)
         self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
+        self.authed = True  # proved it holds the token (always, on a router without one)
+        self.nonce = b""  # the challenge of its hello, with a token
 
     def taken(self, op: Op) -> Op:
         """An op left the outbox for a frame: its packet no longer counts as queued."""

@@ -30,6 +30,8 @@ BUS_FIGURES: dict[str, tuple[str, str]] = {
     "lost_jobs": ("counter", "Jobs reported failed after too many lost workers."),
     "liveness_cuts": ("counter", "Bus clients cut off for not answering in time."),
     "slow_consumers": ("counter", "Bus clients cut off for not reading their packets."),
+    "auth_failures": ("counter", "Bus connections refused for lacking the token."),
+    "forbidden_ops": ("counter", "Job packets dropped: their sender may not publish them."),
 }
 """Figures of the bus router ``/metrics`` shows (name → Prometheus type, help)."""
 

@@ -32,7 +32,16 @@ from .loading import EXIT_OK, CliError
 from .logs import add_log_level_argument, configure_logging
 from .metrics import ServeMetrics, bus_figures
 from .process import Shutdown, on_signals, run_trio
-from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
+from .remote import (
+    EXIT_UNAVAILABLE,
+    TOKEN_ENV,
+    add_redis_argument,
+    add_token_argument,
+    bus_token,
+    is_loopback_address,
+    open_redis,
+    redis_url,
+)
 
 STATUS_COUNT_CAP = 100_000
 """``cordtrio_runs`` counts at most this many runs per status (one ZRANGE each)."""
@@ -48,6 +57,7 @@ class ServeOptions:
     lease_ttl: float | None = None
     engine_id: str = ""
     retention_seconds: float = 7 * 86400.0
+    token: str | None = None
 
 
 def add_parser(commands: Any) -> None:
@@ -76,6 +86,10 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--engine-id", metavar="ID", default="",
                    help="this engine's name as a lease owner (default: random)")
     add_log_level_argument(p)
+    add_token_argument(p)
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback tcp:// address without a bus "
+                        "token (anyone who can reach it can then use the bus)")
     p.set_defaults(handler=run_serve)
 
 
@@ -97,8 +111,15 @@ def run_serve(args: argparse.Namespace) -> int:
         retention = parse_duration(args.retention)
     except ValueError as exc:
         raise CliError(f"--retention: {exc}") from None
+    token = bus_token(args)
+    if token is None and not args.insecure:
+        for address in args.listen:
+            if not is_loopback_address(address):
+                raise CliError(f"--listen {address}: a bus other machines can reach needs a "
+                               f"token (--token-file PATH or ${TOKEN_ENV}); pass --insecure "
+                               "to listen without one")
     options = ServeOptions(redis_url(args), list(args.listen), http, lease_ttl,
-                           args.engine_id, retention)
+                           args.engine_id, retention, token)
     return run_trio(serve, options)
 
 
@@ -127,7 +148,7 @@ async def serve(options: ServeOptions) -> int:
         on_signals(_say) as shutdown,
         open_redis(options.redis_url,
                    retention_seconds=options.retention_seconds or None) as redis,
-        _open_router(options.listen) as router,
+        _open_router(options.listen, options.token) as router,
     ):
         await _run_engine(options, redis, router, shutdown)
     _say("stopped; runs stay resumable in Redis")
@@ -135,13 +156,13 @@ async def serve(options: ServeOptions) -> int:
 
 
 @asynccontextmanager
-async def _open_router(listen: list[str]) -> AsyncIterator[Any]:
+async def _open_router(listen: list[str], token: str | None) -> AsyncIterator[Any]:
     """The nng router on ``listen``; an unusable address is a ``CliError`` (status 4)."""
     from ..backends.nng import open_nng_router
 
     entered = False
     try:
-        async with open_nng_router(*listen) as router:
+        async with open_nng_router(*listen, token=token) as router:
             entered = True
             yield router
     except CordtrioError as exc:

@@ -18,11 +18,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..errors import CordtrioError
-from ..worker import Handler, default_queue, open_worker
+from ..worker import DEFAULT_PREFETCH, Handler, default_queue, open_worker
 from .loading import EXIT_OK, CliError, load_handlers
 from .logs import add_log_level_argument, configure_logging
 from .process import on_signals, run_trio
-from .remote import EXIT_UNAVAILABLE, add_redis_argument, open_redis, redis_url
+from .remote import (
+    EXIT_UNAVAILABLE,
+    add_redis_argument,
+    add_token_argument,
+    bus_token,
+    open_redis,
+    redis_url,
+)
 
 CONNECT_TIMEOUT = 10.0
 
@@ -42,12 +49,16 @@ def add_parser(commands: Any) -> None:
                    help="module whose HANDLERS (or attr) maps topic -> async handler")
     p.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="handlers running at once (default 64)")
+    p.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="N",
+                   help="jobs held beyond --concurrency so a finished slot finds its next "
+                        f"job waiting (default {DEFAULT_PREFETCH})")
     p.add_argument("--worker-id", default="", metavar="ID",
                    help="this worker's id in results (default: random)")
     p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="S",
                    help=f"give up if the bus is not reachable within S seconds "
                         f"(default {CONNECT_TIMEOUT:g})")
     add_log_level_argument(p)
+    add_token_argument(p)
     p.set_defaults(handler=run_worker)
 
 
@@ -55,22 +66,26 @@ def run_worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     if args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
+    if args.prefetch < 0:
+        raise CliError("--prefetch must be at least 0")
     if not args.connect.startswith(("ipc://", "tcp://")):
         raise CliError(f"--connect {args.connect!r}: expected ipc:///path or tcp://HOST:PORT")
     url = redis_url(args)
+    token = bus_token(args)
     handlers = load_handlers(args.handlers)
     if not handlers:
         raise CliError(f"--handlers {args.handlers}: no handlers in it")
-    return run_trio(_work, args, url, handlers)
+    return run_trio(_work, args, url, handlers, token)
 
 
-async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handler]) -> int:
+async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handler],
+                token: str | None) -> int:
     async with (
         on_signals(_say) as shutdown,
         open_redis(url) as redis,
-        _open_bus(args.connect, args.connect_timeout) as bus,
+        _open_bus(args.connect, args.connect_timeout, token) as bus,
         open_worker(bus, redis.payloads, handlers, worker_id=args.worker_id,
-                    max_concurrency=args.concurrency) as worker,
+                    max_concurrency=args.concurrency, prefetch=args.prefetch) as worker,
     ):
         _say(f"ready: {worker.worker_id} on {args.connect}, queue "
              f"{default_queue(handlers)!r}, topics {', '.join(sorted(handlers))}")
@@ -80,12 +95,12 @@ async def _work(args: argparse.Namespace, url: str, handlers: Mapping[str, Handl
 
 
 @asynccontextmanager
-async def _open_bus(address: str, timeout: float) -> AsyncIterator[Any]:
+async def _open_bus(address: str, timeout: float, token: str | None) -> AsyncIterator[Any]:
     from ..backends.nng import open_nng_bus
 
     entered = False
     try:
-        async with open_nng_bus(address, connect_timeout=timeout) as bus:
+        async with open_nng_bus(address, connect_timeout=timeout, token=token) as bus:
             entered = True
             yield bus
     except CordtrioError as exc:

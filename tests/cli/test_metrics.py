@@ -66,6 +66,8 @@ def test_the_bus_routers_figures_are_shown() -> None:
         lost_jobs = 1
         liveness_cuts = 4
         slow_consumers = 6
+        auth_failures = 8
+        forbidden_ops = 9
 
     text = ServeMetrics(FakeClock()).render({}, active_runs=0, redis_up=True,
                                             bus=bus_figures(Router()))
@@ -73,6 +75,7 @@ def test_the_bus_routers_figures_are_shown() -> None:
     for sample in ("cordtrio_bus_peers 3", "cordtrio_bus_pending_jobs 5",
                    "cordtrio_bus_held_jobs 2", "cordtrio_bus_redelivered_jobs_total 7",
                    "cordtrio_bus_lost_jobs_total 1", "cordtrio_bus_liveness_cuts_total 4",
-                   "cordtrio_bus_slow_consumers_total 6"):
+                   "cordtrio_bus_slow_consumers_total 6", "cordtrio_bus_auth_failures_total 8",
+                   "cordtrio_bus_forbidden_ops_total 9"):
         assert sample in lines
     assert "# TYPE cordtrio_bus_liveness_cuts_total counter" in lines

@@ -16,6 +16,7 @@ import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -432,49 +433,55 @@ async def test_garbage_sent_to_a_client_is_logged_and_dropped(
     caplog.set_level(logging.WARNING, logger="cordtrio.bus.nng")
     url = f"ipc://{ipc_dir}/fake.ipc"
     with pynng.Pair1(listen=url) as fake:
-        async with (
-            open_nng_bus(url, close_timeout=0.1) as client,  # the fake never says bye
-            trio.open_nursery() as nursery,
-        ):
-            subscribed: list[trio.abc.ReceiveChannel[BusPacket]] = []
-            ready = trio.Event()
+        hello = cbor2.dumps([{"op": "hello", "conn": 1, "proto": 1, "window": 1000}])
+        async with trio.open_nursery() as greeter:  # (the send waits for the client's dial)
+            greeter.start_soon(partial(trio.to_thread.run_sync, fake.send, hello,
+                                       abandon_on_cancel=True))
+            async with (
+                open_nng_bus(url, close_timeout=0.1) as client,  # the fake never says bye
+                trio.open_nursery() as nursery,
+            ):
+                subscribed: list[trio.abc.ReceiveChannel[BusPacket]] = []
+                ready = trio.Event()
 
-            async def subscriber() -> None:
-                async with client.subscribe("s") as channel:
-                    subscribed.append(channel)
-                    ready.set()
-                    await trio.sleep_forever()
+                async def subscriber() -> None:
+                    async with client.subscribe("s") as channel:
+                        subscribed.append(channel)
+                        ready.set()
+                        await trio.sleep_forever()
 
-            nursery.start_soon(subscriber)
-            with trio.fail_after(WAIT):
-                frame = await receive_raw(fake)
-            ops = cbor2.loads(frame.bytes)
-            sid, room = next((op["sid"], op["room"]) for op in ops if op["op"] == "sub")
-            assert room == 1024  # the subscriber's buffer
-            garbage = random_frames(2) + [cbor2.dumps(x) for x in FOREIGN_CBOR] + [
-                cbor2.dumps([{"op": "msg", "sid": sid, "packet": cbor2.dumps({"trace_id": 5})}]),
-                cbor2.dumps([{"op": "puback", "pid": "x"}]),
-            ]
-            for data in garbage:
-                fake.send(data)
-            fake.send(cbor2.dumps([
-                {"op": "hello", "conn": 1, "proto": 1, "window": 1000},
-                {"op": "suback", "sid": sid},
-                {"op": "msg", "sid": sid, "packet": encode_packet(packet(3))},
-            ]))
-            with trio.fail_after(WAIT):
-                await ready.wait()
-            assert traces(await take(subscribed[0], 1)) == ["t3"]
-            # Both packets are consumed (the undecodable one dropped and logged): the
-            # client gives their room back.
-            returned = 0
-            with trio.fail_after(WAIT):
-                while returned < 2:
-                    returned += sum(op["n"] for op in cbor2.loads((await receive_raw(fake)).bytes)
-                                    if op["op"] == "room" and op["sid"] == sid)
-            assert returned == 2
-            assert client.dropped_frames >= len(garbage) - 1
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(subscriber)
+                with trio.fail_after(WAIT):
+                    frame = await receive_raw(fake)
+                ops = cbor2.loads(frame.bytes)
+                sid, room = next((op["sid"], op["room"]) for op in ops if op["op"] == "sub")
+                assert room == 1024  # the subscriber's buffer
+                garbage = random_frames(2) + [cbor2.dumps(x) for x in FOREIGN_CBOR] + [
+                    cbor2.dumps([{"op": "msg", "sid": sid,
+                                  "packet": cbor2.dumps({"trace_id": 5})}]),
+                    cbor2.dumps([{"op": "puback", "pid": "x"}]),
+                ]
+                for data in garbage:
+                    fake.send(data)
+                fake.send(cbor2.dumps([
+                    {"op": "hello", "conn": 1, "proto": 1, "window": 1000},
+                    {"op": "suback", "sid": sid},
+                    {"op": "msg", "sid": sid, "packet": encode_packet(packet(3))},
+                ]))
+                with trio.fail_after(WAIT):
+                    await ready.wait()
+                assert traces(await take(subscribed[0], 1)) == ["t3"]
+                # Both packets are consumed (the undecodable one dropped and logged): the
+                # client gives their room back.
+                returned = 0
+                with trio.fail_after(WAIT):
+                    while returned < 2:
+                        frame = cbor2.loads((await receive_raw(fake)).bytes)
+                        returned += sum(op["n"] for op in frame
+                                        if op["op"] == "room" and op["sid"] == sid)
+                assert returned == 2
+                assert client.dropped_frames >= len(garbage) - 1
+                nursery.cancel_scope.cancel()
     assert "dropped a malformed" in caplog.text
 
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -189,6 +190,35 @@ async def test_past_the_bound_a_job_whose_workers_keep_dropping_is_reported_lost
     assert router.lost_jobs == 1 and router.pending_jobs == router.held_jobs == 0
 
 
+async def test_a_client_publishing_jobs_waits_while_the_queues_are_full(url: str) -> None:
+    async with (
+        open_nng_router(url, max_pending=2, **FAST) as router,
+        clients(router.urls[0], 2) as (engine, worker),
+    ):
+        await engine.publish(SUBJECT_SUBMIT, job("r:s0@1"))
+        await engine.publish(SUBJECT_SUBMIT, job("r:s1@1"))
+        done = trio.Event()
+
+        async def third() -> None:
+            await engine.publish(SUBJECT_SUBMIT, job("r:s2@1"))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(third)
+            await trio.sleep(0.2)  # time enough for a puback, were one coming
+            assert not done.is_set() and router.pending_jobs == 2
+            async with worker.consume_jobs(["job.a"], capacity=1) as inbox:
+                with trio.fail_after(WAIT):
+                    await done.wait()  # one taken: room for the third
+                    got = [job_id_of(await inbox.receive())]
+                    inbox.ack(got[0])
+                    got.append(job_id_of(await inbox.receive()))
+                    inbox.ack(got[1])
+                    got.append(job_id_of(await inbox.receive()))
+                    inbox.ack(got[2])
+    assert got == ["r:s0@1", "r:s1@1", "r:s2@1"]
+
+
 # ------------------------------------------------------------------ liveness
 
 
@@ -279,39 +309,42 @@ async def test_a_client_that_heard_nothing_for_too_long_drops_what_came_meanwhil
     before are reported lost, and the client redials."""
     url = f"ipc://{tmp_path}/fake.ipc"
     lost: list[str] = []
+    inboxes: list[Any] = []
+
+    async def consume(client: NngBus) -> None:
+        async with client.consume_jobs(["job.a"], capacity=5) as inbox:
+            inbox.on_lost = lost.append
+            inboxes.append(inbox)
+            await trio.sleep_forever()
+
+    hello = cbor2.dumps([{"op": "hello", "conn": 1, "proto": 1, "window": 1000, "live": 1.0}])
     with pynng.Pair1(listen=url) as fake:
-        async with open_nng_bus(url, close_timeout=0.1, reconnect_min=0.01,
-                                reconnect_max=0.05) as client, trio.open_nursery() as nursery:
-            inboxes: list[Any] = []
-
-            async def consume() -> None:
-                async with client.consume_jobs(["job.a"], capacity=5) as inbox:
-                    inbox.on_lost = lost.append
-                    inboxes.append(inbox)
-                    await trio.sleep_forever()
-
-            nursery.start_soon(consume)
-            cid = await fake_expects_jobs(fake)
-            fake.send(cbor2.dumps([
-                {"op": "hello", "conn": 1, "proto": 1, "window": 1000, "live": 1.0},
-                {"op": "jobsack", "cid": cid},
-                {"op": "job", "cid": cid, "packet": encode_packet(job("r:x@1"))},
-            ]))
-            await eventually(lambda: bool(inboxes), "the consumer")
-            inbox = inboxes[0]
-            with trio.fail_after(WAIT):
-                assert job_id_of(await inbox.receive()) == "r:x@1"
-            with paused(client):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, fake.send, hello,
+                                       abandon_on_cancel=True))  # waits for the dial
+            async with open_nng_bus(url, close_timeout=0.1, reconnect_min=0.01,
+                                    reconnect_max=0.05) as client:
+                nursery.start_soon(consume, client)
+                cid = await fake_expects_jobs(fake)
                 fake.send(cbor2.dumps([
-                    {"op": "job", "cid": cid, "packet": encode_packet(job("r:y@1"))}]))
-                await trio.sleep(1.5)  # longer than the 1.0 s the router announced
-            # it redials and registers its consumer again
-            assert await fake_expects_jobs(fake) == cid
-            assert client.liveness_resets == 1 and client.connections == 2
-            assert lost == ["r:x@1"]
-            with pytest.raises(trio.WouldBlock):
-                inbox.receive_nowait()  # r:y@1 never comes out
-            nursery.cancel_scope.cancel()
+                    {"op": "jobsack", "cid": cid},
+                    {"op": "job", "cid": cid, "packet": encode_packet(job("r:x@1"))},
+                ]))
+                await eventually(lambda: bool(inboxes), "the consumer")
+                inbox = inboxes[0]
+                with trio.fail_after(WAIT):
+                    assert job_id_of(await inbox.receive()) == "r:x@1"
+                with paused(client):
+                    fake.send(cbor2.dumps([
+                        {"op": "job", "cid": cid, "packet": encode_packet(job("r:y@1"))}]))
+                    await trio.sleep(1.5)  # longer than the 1.0 s the router announced
+                # it redials and registers its consumer again
+                assert await fake_expects_jobs(fake) == cid
+                assert client.liveness_resets == 1 and client.connections == 2
+                assert lost == ["r:x@1"]
+                with pytest.raises(trio.WouldBlock):
+                    inbox.receive_nowait()  # r:y@1 never comes out
+                nursery.cancel_scope.cancel()
 
 
 async def fake_expects_jobs(fake: Any) -> int:
