@@ -1,4 +1,4 @@
-"""cordtrio benchmarks (issue 6): workloads x backends x sizes, peers in the same invocation.
+"""cordtrio benchmarks: workloads x backends x sizes, peers in the same invocation.
 
     python -m benchmarks                                  # every workload, every backend
     python -m benchmarks --workload w1,w2 --backend memory --size w2=1000,10000 --repeat 5
@@ -19,7 +19,7 @@ Sizes: --size N[,N...] for every selected workload, --size wN=N[,N...] for one, 
 --size wN@BACKEND=N[,N...] for one on one backend or peer (repeatable). Defaults keep a
 full run (every workload and backend, Celery, 3 repetitions) under ~10 minutes on a busy
 2-core machine -- memory: w1 1000, w2 1000+10000, w3 30, w4 10000, w5 200; Redis backends
-and peers: w1 100, w2 1000, w3 3, w4 200, w5 50. The issue's sizes:
+and peers: w1 100, w2 1000, w3 3, w4 200, w5 50. The full sizes:
   --size w1=1000 --size w2=1000,10000,100000 --size w3=100 --size w4=10000 --size w5=500
 Figures: median steps/s and runs/s with min-max over the repetitions, dispatch->result
 latency p50/p99, peak RSS, Redis commands per step (INFO commandstats). Details:
@@ -87,7 +87,7 @@ def parse_sizes(specs: list[str], workloads: list[str]) -> Sizes:
 
 def sizes_for(workload: Workload, backend: str, explicit: Sizes) -> tuple[int, ...]:
     """``--size`` for this workload and backend, else for this workload, else the default
-    (memory: the issue's sizes; Redis backends and peers: smaller ones)."""
+    (memory: the full sizes; Redis backends and peers: smaller ones)."""
     for key in ((workload.name, backend), (workload.name, "")):
         if key in explicit:
             return explicit[key]

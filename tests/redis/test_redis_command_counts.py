@@ -1,4 +1,4 @@
-"""How many Redis commands the engine issues per step (issue 3's note), and that the number
+"""How many Redis commands the engine issues per step, and that the number
 does not grow with the run: a chain of 5 vs 50 steps, a fan-out of 100 vs 2,000 children.
 
 The test plays the worker itself: it takes each ``JobRequest`` off the bus, writes the result

@@ -1,4 +1,4 @@
-"""Corrupt data under a working engine (issue 3): a run or workflow key holding garbage is
+"""Corrupt data under a working engine: a run or workflow key holding garbage is
 reported as ``RedisDataError`` naming the key, and neither crashes the engine nor touches the
 other runs. On fakeredis and a real server (``redis`` fixture).
 

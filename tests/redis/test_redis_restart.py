@@ -1,4 +1,4 @@
-"""Redis going away under a working engine (issue 3): a restart mid-run loses and fails
+"""Redis going away under a working engine: a restart mid-run loses and fails
 nothing; a server that never comes back gives errors naming the URL, fast.
 
 Real ``redis-server`` processes with an AOF synced on every write, real time (the asyncio

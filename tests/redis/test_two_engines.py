@@ -1,4 +1,4 @@
-"""Two engines, one real Redis server (issue 3): runs submitted across both are each driven
+"""Two engines, one real Redis server: runs submitted across both are each driven
 by exactly one engine at a time — no attempt (job id) is ever dispatched twice — and all
 complete; results are load-balanced across the engines (queue group), so many reach the
 engine that does not own their run and are forwarded through Redis. A crashed engine's runs
