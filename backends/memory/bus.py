@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +60,7 @@ from ..job_queues import (
     LostJob,
     worker_lost_result,
 )
+from ..local_jobs import LocalJobInbox
 
 DEFAULT_MAX_BUFFER = 1024
 
@@ -86,37 +87,6 @@ class _Listeners:
 
     def empty(self) -> bool:
         return not self.plain and not self.groups
-
-
-class MemoryJobInbox:
-    """A worker's job inbox on a ``MemoryBus`` (the ``JobInbox`` port). The bus never takes
-    a received job back (a member leaves only by leaving its ``consume_jobs`` block), so
-    ``on_lost`` is never called here."""
-
-    def __init__(self, bus: MemoryBus) -> None:
-        self._bus = bus
-        self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
-        self.consumer: Consumer | None = None
-        self.on_lost: Callable[[str], None] | None = None
-
-    async def receive(self) -> BusPacket:
-        return await self._receive.receive()
-
-    def receive_nowait(self) -> BusPacket:
-        return self._receive.receive_nowait()
-
-    def ack(self, job_id: str) -> None:
-        if self.consumer is not None:
-            self._bus._hand_out(self._bus.jobs.ack(self.consumer, job_id))
-
-    def __aiter__(self) -> MemoryJobInbox:
-        return self
-
-    async def __anext__(self) -> BusPacket:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class MemoryBus:
@@ -197,18 +167,18 @@ class MemoryBus:
     @asynccontextmanager
     async def consume_jobs(
         self, topics: Collection[str], *, capacity: int
-    ) -> AsyncIterator[MemoryJobInbox]:
+    ) -> AsyncIterator[LocalJobInbox]:
         """Take jobs of ``topics`` for the duration of the block, at most ``capacity``
         unacknowledged at once (see ``JobInbox``). Leaving the block hands every job not
         acknowledged back to its queue (or, past the redelivery bound, reports it lost)."""
-        inbox = MemoryJobInbox(self)
+        inbox = LocalJobInbox(self._acknowledge)
         consumer, assignments = self.jobs.add(topics, capacity, inbox)
         inbox.consumer = consumer
         self._hand_out(assignments)
         try:
             yield inbox
         finally:
-            inbox._send.close()
+            inbox.close()
             assignments, lost = self.jobs.remove(consumer)
             self._hand_out(assignments)
             if lost:
@@ -217,11 +187,14 @@ class MemoryBus:
 
     # ------------------------------------------------------------------------ internals
 
+    def _acknowledge(self, consumer: Consumer, job_id: str) -> None:
+        self._hand_out(self.jobs.ack(consumer, job_id))
+
     def _hand_out(self, assignments: Collection[Assignment]) -> None:
         for a in assignments:
             packet, wire = a.job.item
-            inbox: MemoryJobInbox = a.consumer.handle
-            inbox._send.send_nowait(self._copy(packet, wire))
+            inbox: LocalJobInbox = a.consumer.handle
+            inbox.deliver(self._copy(packet, wire))
         if not self.jobs.full:
             self._room.unpark_all()
 

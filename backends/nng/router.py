@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
@@ -63,6 +62,7 @@ from ..job_queues import (
     LostJob,
     worker_lost_result,
 )
+from ..local_jobs import LocalJobInbox
 from ._auth import RateLimited, check_token, new_nonce, verify
 from ._common import BATCH_BYTES as BATCH_BYTES
 from ._common import DEFAULT_MAX_BUFFER as DEFAULT_MAX_BUFFER
@@ -112,36 +112,6 @@ MAX_PENDING_BYTES = 8 * 1024 * 1024
 """Packet bytes the router queues for one client before cutting it off."""
 DENIED_LINGER = 0.2
 """Seconds a refused connection stays open so that the ``denied`` frame reaches it."""
-
-
-class LocalJobInbox:
-    """A job inbox in the router's own process (the ``JobInbox`` port). The router never
-    takes a received job back from it, so ``on_lost`` is never called."""
-
-    def __init__(self, router: NngRouter) -> None:
-        self._router = router
-        self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
-        self.consumer: Consumer | None = None
-        self.on_lost: Callable[[str], None] | None = None
-
-    async def receive(self) -> BusPacket:
-        return await self._receive.receive()
-
-    def receive_nowait(self) -> BusPacket:
-        return self._receive.receive_nowait()
-
-    def ack(self, job_id: str) -> None:
-        if self.consumer is not None and not self._router.closed:
-            self._router._hand_out(self._router.jobs.ack(self.consumer, job_id))
-
-    def __aiter__(self) -> LocalJobInbox:
-        return self
-
-    async def __anext__(self) -> BusPacket:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class _RemoteConsumer:
@@ -269,7 +239,7 @@ class NngRouter:
         job not acknowledged back to its queue (past the bound: reported lost)."""
         if self.closed:
             raise trio.ClosedResourceError("the nng router is closed")
-        inbox = LocalJobInbox(self)
+        inbox = LocalJobInbox(self._acknowledge)
         consumer, assignments = self.jobs.add(topics, capacity, inbox)
         inbox.consumer = consumer
         self._local_consumers.add(inbox)
@@ -278,7 +248,7 @@ class NngRouter:
             yield inbox
         finally:
             self._local_consumers.discard(inbox)
-            inbox._send.close()
+            inbox.close()
             if not self.closed:
                 self._remove_consumer(consumer)
 
@@ -465,6 +435,10 @@ class NngRouter:
         self.jobs.cancel(job_id)
         self._jobs_room.notify()
 
+    def _acknowledge(self, consumer: Consumer, job_id: str) -> None:
+        if not self.closed:
+            self._hand_out(self.jobs.ack(consumer, job_id))
+
     def _hand_out(self, assignments: Iterable[Assignment]) -> None:
         todo = deque(assignments)
         while todo:
@@ -483,9 +457,7 @@ class NngRouter:
                             a.job.job_id, exc)
                 todo.extend(self.jobs.ack(a.consumer, a.job.job_id))
                 continue
-            # (a closed inbox is leaving: its consumer is removed right after)
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                handle._send.send_nowait(packet)
+            handle.deliver(packet)
         if not self.jobs.full:
             self._jobs_room.notify()
 
@@ -886,7 +858,7 @@ class NngRouter:
             if sub.inbox is not None:
                 sub.inbox.end()
         for inbox in tuple(self._local_consumers):
-            inbox._send.close()
+            inbox.close()
         self._jobs_room.notify()
         self._io.close()
 

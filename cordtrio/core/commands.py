@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from ..errors import InvalidStateError, NotFoundError
 from ..model import RunStatus, Step, StepRun, StepStatus, StepType, Workflow, WorkflowRun
 from ..protocol import JobResult, JobStatus
-from .dispatch import arm_resend, redispatch
+from .dispatch import redispatch
 from .events import ArmTimer, CancelJob, PublishAlert, TimerKind
 from .finish import finish, stop_everything
 from .outputs import get_path, set_path
@@ -61,18 +61,32 @@ def step_timeout(tx: Tx, target: str, job_id: str) -> None:
                  None)
 
 
-def resend(tx: Tx, target: str, job_id: str) -> None:
-    """``job_id`` has had no result for ``plan.resend_after`` seconds: publish it again
-    (SPEC §13). A bus that still owns the job (queued, or held by a live worker) ignores
-    it; one that does not — its result was lost with an engine — runs it again."""
-    found = locate(tx, target)
-    if found is None:
+def resend_due(tx: Tx) -> None:
+    """Publish again every running job without a result for ``plan.resend_after`` seconds
+    since its dispatch or start (SPEC §13). A bus that still owns the job (queued, or held
+    by a live worker) ignores it; one that does not — its result was lost with an engine,
+    or it died with a restarted router — runs it again. Changes no state."""
+    after = tx.plan.resend_after
+    run = tx.run
+    if after <= 0 or run.status.is_terminal:
         return
-    step, sr, parent = found
-    if sr.job_id != job_id or sr.status != StepStatus.RUNNING:
-        return
-    redispatch(tx, step, sr, parent=parent)
-    arm_resend(tx, target, job_id)
+    due = tx.now - timedelta(seconds=after)
+    steps = tx.plan.workflow.steps
+    for sid, sr in run.steps.items():
+        step = steps.get(sid)
+        if step is None or not step.type.is_worker_like or sr.status != StepStatus.RUNNING:
+            continue
+        if sr.children:
+            for child in sr.children.values():
+                if _resendable(child, due):
+                    redispatch(tx, step, child, parent=sid)
+        elif _resendable(sr, due):
+            redispatch(tx, step, sr)
+
+
+def _resendable(sr: StepRun, due: datetime) -> bool:
+    return (sr.status == StepStatus.RUNNING and bool(sr.job_id)
+            and sr.started_at is not None and sr.started_at <= due)
 
 
 def job_started(tx: Tx, job_id: str) -> None:
@@ -156,8 +170,6 @@ def _rearm(tx: Tx, step: Step, sr: StepRun, parent: str = "") -> None:
     if not step.type.is_worker_like:
         return
     redispatch(tx, step, sr, parent=parent)
-    if tx.plan.resend_after > 0:
-        arm_resend(tx, sr.step_id, sr.job_id)
     # From the last known start: the job may be running at a worker that will not report
     # its start again (the bus absorbs the duplicate), and the run must still end.
     if timeout_sec > 0:

@@ -74,20 +74,12 @@ def dispatch(
                 status=_RUNNING_TEXT, data=data)
     # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
     tx.effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
-    if tx.plan.resend_after > 0:
-        arm_resend(tx, target, job_id)
     if step.timeout_sec > 0 and not tx.plan.starts_reported:
         tx.effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
                      TimerKind.STEP_TIMEOUT, target, job_id)
         )
     return True
-
-
-def arm_resend(tx: Tx, target: str, job_id: str) -> None:
-    """Check on ``job_id`` after ``plan.resend_after`` seconds (see ``resend``)."""
-    tx.effects.append(ArmTimer(tx.now + timedelta(seconds=tx.plan.resend_after),
-                               TimerKind.RESEND, target, job_id))
 
 
 def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:

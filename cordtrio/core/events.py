@@ -67,6 +67,12 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class ResendDue:
+    """Publish again every running job that has had no result for ``plan.resend_after``
+    seconds (SPEC §13); the shell sends it to active runs every ``resend_after``."""
+
+
+@dataclass(frozen=True)
 class Approve:
     step_id: str
     approved: bool = True
@@ -81,7 +87,6 @@ class TimerKind(StrEnum):
     WAKE = "wake"  # a delay ends or a backoff expires: run a ready pass
     STEP_TIMEOUT = "step_timeout"  # a job's timeout_sec elapsed
     RUN_TIMEOUT = "run_timeout"  # the workflow's timeout_sec elapsed
-    RESEND = "resend"  # a job still without a result: publish it again (SPEC §13)
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class AlertOutcome:
 
 Event = (
     Start | Recover | ResultReceived | JobStarted | Approve | CancelRun | TimerFired
-    | DispatchFailed | AlertOutcome
+    | DispatchFailed | AlertOutcome | ResendDue
 )
 
 # ----------------------------------------------------------------------------- effects

@@ -20,7 +20,7 @@ from .commands import (
     dispatch_failed,
     job_started,
     recover,
-    resend,
+    resend_due,
     run_timeout,
     step_timeout,
 )
@@ -33,6 +33,7 @@ from .events import (
     Event,
     JobStarted,
     Recover,
+    ResendDue,
     ResultReceived,
     Start,
     TimerFired,
@@ -83,8 +84,8 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
         case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
             step_timeout(tx, target, job_id)
             ready_pass(tx)
-        case TimerFired(kind=TimerKind.RESEND, target=target, job_id=job_id):
-            resend(tx, target, job_id)
+        case ResendDue():
+            resend_due(tx)
         case TimerFired(kind=TimerKind.RUN_TIMEOUT):
             run_timeout(tx)
         case DispatchFailed(target_id=target, job_id=job_id, message=message):

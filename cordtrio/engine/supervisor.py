@@ -24,7 +24,15 @@ import trio
 
 from .._nursery import open_service_nursery
 from ..clock import TrioWallClock
-from ..core.events import Approve, CancelRun, Event, JobStarted, ResultReceived, Start
+from ..core.events import (
+    Approve,
+    CancelRun,
+    Event,
+    JobStarted,
+    ResendDue,
+    ResultReceived,
+    Start,
+)
 from ..core.plan import Plan
 from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
 from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
@@ -328,6 +336,15 @@ class Engine:
                 if isinstance(payload, JobResult):
                     self._route_result(payload)
 
+    async def _resend_loop(self) -> None:
+        """Every ``resend_after`` seconds, have each active run publish again its jobs
+        that have had no result for that long (SPEC §13; ``core.commands.resend_due``):
+        one sweep for the whole engine, nothing per job."""
+        while True:
+            await trio.sleep(self.resend_after)
+            for run_id in tuple(self._runs):
+                self._deliver(run_id, Envelope(ResendDue()))
+
     async def _consume_starts(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Feed workers' start acknowledgements (``JobProgress`` RUNNING) to their runs."""
         async with self.bus.subscribe(SUBJECT_PROGRESS, queue=RESULT_QUEUE) as channel:
@@ -389,9 +406,9 @@ async def open_engine(
     with ``recover=True``, resumes every running or waiting run in the store (timers
     re-armed from ``next_attempt_at``, the current attempt of every running job published
     again: the bus ignores a job it still owns). Over a bus with job queues (``JobBus``),
-    a job still without a result after ``resend_after`` seconds (default 60) is published
-    again, and again at that interval, so that a result lost with an engine (or a job
-    lost with a restarted router) is run again (SPEC §13); 0 turns it off.
+    every ``resend_after`` seconds (default 60) each active run publishes again its jobs
+    that have had no result for that long, so that a result lost with an engine (or a
+    job lost with a restarted router) is run again (SPEC §13); 0 turns it off.
     Leaving the block cancels every run task; run state stays in the store for the next
     engine. ``new_id`` makes run ids deterministic (simulations); default ``uuid4``.
 
@@ -438,6 +455,8 @@ async def open_engine(
         await nursery.start(engine._consume_results)
         if engine.starts_reported:
             await nursery.start(engine._consume_starts)
+        if engine.resend_after > 0:
+            nursery.start_soon(engine._resend_loop)
         if recover:
             await engine._recover()
         if recover and engine.leases is not None:

@@ -17,8 +17,10 @@ from cordtrio.core.events import (
     Dispatch,
     JobStarted,
     Recover,
+    ResendDue,
     TimerKind,
 )
+from cordtrio.core.plan import Plan
 from cordtrio.errors import InvalidStateError, NotFoundError
 from cordtrio.model import RetryConfig, RunStatus, StepRun, StepStatus, StepType, WorkflowRun
 from cordtrio.validation import collect_dependencies
@@ -354,3 +356,33 @@ def test_starts_of_stale_unknown_or_untimed_jobs_change_nothing():
                    "run-1:free@1"):
         out = sim.feed(JobStarted(job_id))
         assert out.effects == [] and not out.changes, job_id
+
+
+# ------------------------------------------------------------------ resending (SPEC §13)
+
+
+def test_resend_due_publishes_again_only_running_jobs_without_a_result_for_long_enough():
+    wf = workflow(step("a"), step("fan", for_each="input.xs"), step("gate", type=APPROVAL))
+    sim = Sim(wf, run_input={"xs": [1, 2]})
+    sim.plan = Plan.build(wf, resend_after=60.0)
+    sim.start()
+    sim.succeed("run-1:fan[0]@1")
+    sim.now = T0 + timedelta(seconds=30)
+    assert sim.feed(ResendDue()).effects == []  # not overdue yet
+    sim.now = T0 + timedelta(seconds=60)
+    out = sim.feed(ResendDue())
+    again = [e for e in out.effects if isinstance(e, Dispatch)]
+    assert sorted(d.job_id for d in again) == ["run-1:a@1", "run-1:fan[1]@1"]
+    assert all(d.again for d in again) and not out.changes  # state untouched
+    (child,) = [d for d in again if d.target_id == "fan[1]"]
+    assert child.request.env["foreach_index"] == "1" and child.payload["item"] == 2
+
+
+def test_resend_due_is_off_without_resend_after_and_on_finished_runs():
+    sim = Sim(workflow(step("a")))
+    sim.start()
+    sim.now = T0 + timedelta(hours=5)
+    assert sim.feed(ResendDue()).effects == []
+    sim.plan = Plan.build(sim.plan.workflow, resend_after=60.0)
+    sim.succeed("run-1:a@1")
+    assert sim.feed(ResendDue()).effects == []
