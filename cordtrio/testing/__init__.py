@@ -32,7 +32,14 @@ from .faults import FaultProfile, FaultyBus, SubjectFaults, open_faulty_bus, res
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
 from .report import SimulationFailure, SimulationReport, SimulationTotals
-from .simulation import FAULT_PRESETS, LEASE_STORES, STORES, run_under_faults, simulate
+from .simulation import (
+    FAULT_PRESETS,
+    LEASE_STORES,
+    STORES,
+    Budget,
+    run_under_faults,
+    simulate,
+)
 from .store_faults import FlakyLeaseStore, FlakyStore, flaky_store
 from .workers import SimulatedFailure, SimulatedWorker, WorkerPool, simulated_handler
 
@@ -41,6 +48,7 @@ __all__ = [
     "INVARIANTS",
     "LEASE_STORES",
     "STORES",
+    "Budget",
     "FaultProfile",
     "FaultyBus",
     "FlakyLeaseStore",

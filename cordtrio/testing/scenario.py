@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ from .observed import STORES, ObservedStore, Severable, observed_store, open_sto
 from .trace import packet_line, saved_line, timeline_lines
 from .workers import SimulatedWorker, WorkerPool
 
-__all__ = ["LEASE_STORES", "STORES", "Scenario", "Sim", "play"]
+__all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 ENGINE_STEP_TYPES = (StepType.CONDITION, StepType.APPROVAL, StepType.DELAY, StepType.NOTIFY)
@@ -71,6 +72,40 @@ class Scenario:
     approve_rate: float
     store: str = "memory"
     engines: int = 1
+    budget: Budget = field(default_factory=lambda: Budget())
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one seed may spend before it fails with invariant ``budget`` instead of
+    running on: ``virtual`` seconds of virtual time beyond ``horizon + bound``, ``steps``
+    Trio task steps, ``cpu`` seconds of real CPU time."""
+
+    virtual: float = 600.0
+    steps: int = 5_000_000
+    cpu: float = 120.0
+
+
+class BudgetWatch(trio.abc.Instrument):
+    """Counts Trio task steps; every 1024 steps also reads the CPU clock. Over budget,
+    the seed fails (``budget``), which cancels the scenario."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.steps = 0
+        self.cpu0 = time.process_time()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        if self.steps & 1023 or self.sim.failure is not None:
+            return
+        budget = self.sim.sc.budget
+        cpu = time.process_time() - self.cpu0
+        if self.steps > budget.steps:
+            self.sim.over_budget(f"{self.steps} Trio task steps > the budget of "
+                                 f"{budget.steps}")
+        elif cpu > budget.cpu:
+            self.sim.over_budget(f"{cpu:.1f} s of CPU time > the budget of {budget.cpu:g} s")
 
 
 class Sim:
@@ -133,6 +168,16 @@ class Sim:
             self.failure = (invariant, detail)
             if self.root is not None:
                 self.root.cancel()
+
+    def over_budget(self, what: str) -> None:
+        """The seed ran out of its ``Budget``: fail it, saying what it was waiting for."""
+        stuck = self.stuck()
+        waiting = (f"submitted {len(self.accepted)} of {self.sc.runs} runs"
+                   + ("" if self.submitting_done else " (the submitter is still at work)")
+                   + f", engines up: {sorted(self.engines) or 'none'}, "
+                   + (f"runs not terminal: {', '.join(stuck[:5])}" if stuck
+                      else "every accepted run terminal"))
+        self.fail("budget", f"seed {self.seed} ran out of budget: {what}; {waiting}")
 
     def new_id(self) -> str:
         self._id_seq += 1
@@ -235,6 +280,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             for k in range(sc.engines):
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
+            nursery.start_soon(_virtual_budget, sim, t0)
             await _submitter(sim)
             sim.submitting_done = True
             sim.check_done()
@@ -260,6 +306,16 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 sim.line("-- all runs terminal")
                 await _final_checks(sim, inner)
             nursery.cancel_scope.cancel()
+
+
+async def _virtual_budget(sim: Sim, t0: float) -> None:
+    """Fail the seed (``budget``) if it is still going ``budget.virtual`` seconds after
+    ``horizon + bound``: the liveness check should have ended it by then."""
+    sc = sim.sc
+    limit = sc.horizon + sc.bound + sc.budget.virtual
+    await trio.sleep_until(t0 + limit)
+    sim.over_budget(f"{limit:g} s of virtual time (horizon {sc.horizon:g} s + bound "
+                    f"{sc.bound:g} s + {sc.budget.virtual:g} s)")
 
 
 async def _lost_runs(sim: Sim, inner: Store) -> bool:
@@ -306,6 +362,7 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
     under a new engine id, as a restarted process would. Each incarnation reaches the
     store and the bus through ``Severable`` handles that its crash cuts."""
     incarnation = 0
+    started = False
     label = f" {name}" if sim.sc.engines > 1 else ""
     while True:
         owner = f"sim-{name}-{incarnation}"
@@ -328,13 +385,17 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
                                    on_step_finished=sim.on_finished, **options) as engine:
                 sim.engines[name] = engine
                 sim.engine_ready.set()
-                if incarnation == 0:
+                if not started:
+                    started = True
                     task_status.started()
                 await trio.sleep_forever()
         incarnation += 1
         sim.engines.pop(name, None)
         sim.engine_scopes.pop(name, None)
-        if not sim.engines:
+        # A new "engine ready" event only replaces one that fired: an incarnation that
+        # crashed while still opening never set the current one, and whoever waits on it
+        # must be woken by the next engine that does open.
+        if not sim.engines and sim.engine_ready.is_set():
             sim.engine_ready = trio.Event()
         sim.engine_restarts += 1
         sim.line("engine down" + label)
