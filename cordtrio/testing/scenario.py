@@ -30,6 +30,7 @@ import trio
 
 from ..backends.memory import MemoryBus
 from ..clock import TrioWallClock
+from ..engine.leases import DEFAULT_LEASE_TTL
 from ..engine.supervisor import Engine, open_engine
 from ..errors import CordtrioError, StoreError
 from ..model import StepType, TimelineEvent, Workflow, WorkflowRun
@@ -40,6 +41,7 @@ from .faults import FaultProfile, open_faulty_bus
 from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
+from .oracle import Oracle
 from .trace import packet_line, saved_line, timeline_lines
 from .workers import SimulatedWorker, WorkerPool
 
@@ -128,6 +130,7 @@ class Sim:
         self.trace: list[str] = []
         self.failure: tuple[str, str] | None = None
         self.check = Invariants(sc.workflows, self.fail)
+        self.oracle = Oracle(sc.workflows, self.fail, self.trace, EPOCH)
         self.root: trio.CancelScope | None = None
         # crash points: trace line counts at which an engine is cancelled
         self.crash_at = sorted(self.rng.randint(5, max(6, 60 * sc.runs))
@@ -158,6 +161,7 @@ class Sim:
             name = names[0] if len(names) == 1 else self.rng.choice(names)
             self.trace.append(f"{trio.current_time():.6f} !! engine crash"
                               + (f" {name}" if self.sc.engines > 1 else ""))
+            self.oracle.engine_crashed(trio.current_time())
             self.engine_scopes.pop(name).cancel()
             for handle in self.severs.pop(name, ()):
                 handle.severed = True
@@ -188,6 +192,7 @@ class Sim:
     def on_saved(self, run: WorkflowRun) -> None:
         self.line(saved_line(run))
         self.check.saved(run)
+        self.oracle.saved(run, trio.current_time())
         if self.check.latest[run.id].waiting:
             self.waiting.set()
         self.check_done()
@@ -198,11 +203,13 @@ class Sim:
     def on_timeline(self, run_id: str, events: Sequence[TimelineEvent]) -> None:
         for text in timeline_lines(run_id, events):
             self.line(text)
+        self.oracle.timeline(run_id, events)
 
     def on_dispatched(self, run_id: str, target: str, job_id: str, owner: str = "") -> None:
         self.dispatches += 1
         self.line(f"hook dispatched {job_id}")
         self.check.dispatched(run_id, target, job_id)
+        self.oracle.job_dispatched(job_id, trio.current_time())
         if owner and self.leased:
             self.check.acted(run_id, owner, f"dispatched {job_id} of", trio.current_time())
 
@@ -211,9 +218,13 @@ class Sim:
 
     def on_packet(self, subject: str, packet: BusPacket) -> None:
         self.line(f"bus {packet_line(subject, packet)}")
+        self.oracle.published(subject, packet, trio.current_time())
         p = packet.payload
         if isinstance(p, JobRequest):
             self.check.job_sent(p.env.get("run_id", ""), p.env.get("step_id", ""), p.job_id)
+
+    def on_publish(self, subject: str, packet: BusPacket) -> None:
+        self.oracle.published(subject, packet, trio.current_time())
 
     def on_fault(self, kind: str, subject: str, packet: BusPacket) -> None:
         self.line(f"fault {kind} {packet_line(subject, packet)}")
@@ -261,6 +272,8 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
     # fakeredis keeps TTLs on the wall clock and its BLPOP (the lease wake-ups) blocks the
     # thread in real time: over it the engine runs single-engine mode (no leases)
     sim.leased = isinstance(inner, RunLeases) and sc.store in LEASE_STORES
+    if sim.leased:
+        sim.oracle.lease_ttl = DEFAULT_LEASE_TTL
     bus = MemoryBus()
     for wf in sc.workflows:
         await inner.save_workflow(wf)
@@ -272,7 +285,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
         sim.root = root
         async with (
             open_faulty_bus(bus, sim.rng_bus, profile=sc.profile,
-                            on_fault=sim.on_fault) as fbus,
+                            on_fault=sim.on_fault, on_publish=sim.on_publish) as fbus,
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_observe_bus, sim, bus)
@@ -294,8 +307,13 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             pool.calm()
             if not sim.engine_ready.is_set():
                 await sim.engine_ready.wait()
-            with trio.move_on_after(sc.bound):
-                await sim.all_done.wait()
+            until = trio.current_time() + sc.bound
+            while not sim.all_done.is_set() and trio.current_time() < until:
+                with trio.move_on_at(min(until, trio.current_time() + 60.0)):
+                    await sim.all_done.wait()
+                sim.oracle.overdue(trio.current_time())  # a timer that never fires
+                if sim.failure is not None:
+                    return
             if not sim.all_done.is_set():
                 if await _lost_runs(sim, inner):
                     return
@@ -385,6 +403,7 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
                                    on_step_finished=sim.on_finished, **options) as engine:
                 sim.engines[name] = engine
                 sim.engine_ready.set()
+                sim.oracle.engine_up(trio.current_time())
                 if not started:
                     started = True
                     task_status.started()
@@ -448,6 +467,7 @@ async def _approver(sim: Sim) -> None:
             for sid in latest[rid].waiting:
                 ok = sim.rng.random() < sim.sc.approve_rate
                 sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}")
+                sim.oracle.approval(rid, sid, ok)
                 with trio.move_on_after(60):
                     try:
                         await engine.approve_step(rid, sid, ok)
@@ -466,5 +486,7 @@ async def _final_checks(sim: Sim, inner: Store) -> None:
             return
         events = await inner.list_timeline_events(rid, TIMELINE_CAP)
         sim.check.final(run, events)
+        sim.oracle.final(run, events)
         if sim.failure is not None:
             return
+    sim.oracle.cancels_owed()
