@@ -38,6 +38,7 @@ from ..testing import (
     run_under_faults,
     simulate,
 )
+from ..testing.oracle import SITUATIONS
 from ..worker import Handler
 from .loading import (
     EXIT_OK,
@@ -243,6 +244,8 @@ def _print_summary(console: Console, totals: SimulationTotals, wall: float,
     else:
         table.add_row("faults injected", "0")
     table.add_row("engine restarts", str(totals.engine_restarts))
+    for name in SITUATIONS:
+        table.add_row(f"seen: {name}", str(totals.situations.get(name, 0)))
     table.add_row("virtual time", _duration(totals.virtual_time))
     table.add_row("real time", f"{wall:.2f}s")
     rate = totals.scenarios / wall if wall > 0 else 0.0

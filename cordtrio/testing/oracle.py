@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..backends.job_queues import WORKER_LOST
 from ..errors import CordtrioError
 from ..expr import evaluate
 from ..model import (
@@ -66,7 +67,14 @@ from ..model import (
 )
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult, JobStatus
 
-__all__ = ["ORACLE_RULES", "RUN_SLACK", "SLACK", "Oracle", "expected_status"]
+__all__ = ["ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK", "Oracle", "expected_status"]
+
+SITUATIONS = ("recovery with a pending timer", "sibling cancel", "gate skip", "run timeout",
+              "worker lost")
+"""Interesting situations the oracle counts (``SimulationReport.situations``): an engine
+(re)opened while a stored run waited for a retry or delay timer; a failed fan-out's
+siblings cancelled; a false gate skipping its step; a run ending by its workflow timeout;
+a job reported lost by the bus after its redeliveries."""
 
 ORACLE_RULES = ("justified", "sibling_cancel", "job_cancel", "finished", "run_status", "gate",
                 "run_timeout", "timer")
@@ -177,6 +185,8 @@ class Oracle:
         """A packet was sent (worker results, engine requests and cancels, bus results)."""
         p = packet.payload
         if isinstance(p, JobResult):
+            if p.job_id not in self.results and p.error_code == WORKER_LOST:
+                self.note("worker lost")
             self.results.setdefault(p.job_id, {}).setdefault(p.status, now)
         elif isinstance(p, JobCancel):
             self.cancels.setdefault(p.job_id, now)
@@ -197,6 +207,8 @@ class Oracle:
         self.disrupted = max(self.disrupted, now + self.lease_ttl)
 
     def engine_up(self, now: float) -> None:
+        if any(target != _RUN_TIMER for _, target in self.due):
+            self.note("recovery with a pending timer")
         self.disrupted = max(self.disrupted, now)
 
     def timeline(self, run_id: str, events: Sequence[TimelineEvent]) -> None:

@@ -204,6 +204,7 @@ def simulate(
         statuses=dict(sorted(statuses.items())),
         engine_restarts=sim.engine_restarts,
         trace=sim.trace,
+        situations=dict(sorted(sim.oracle.counts.items())),
     )
 
 
