@@ -18,7 +18,10 @@ virtual time, with invariants checked on every event.
 Everything random comes from ``random.Random`` streams derived from the seed (ids included)
 and Trio's scheduler is made deterministic for the duration of the run, so the same seed
 gives the same trace, bit for bit (``SimulationReport.trace_hash``). The invariants are
-listed in ``cordtrio.testing.invariants``.
+listed in ``cordtrio.testing.invariants``; the outcome oracle (``cordtrio.testing.oracle``)
+checks that each run ended as the spec implies for what was delivered; each seed has a
+``Budget``. ``python -m cordtrio.testing.mutations`` measures how fast engine mutants are
+caught.
 """
 
 from __future__ import annotations
