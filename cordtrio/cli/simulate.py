@@ -31,12 +31,14 @@ from ..testing import (
     FAULT_PRESETS,
     LEASE_STORES,
     STORES,
+    Budget,
     SimulationFailure,
     SimulationReport,
     SimulationTotals,
     run_under_faults,
     simulate,
 )
+from ..testing.oracle import SITUATIONS
 from ..worker import Handler
 from .loading import (
     EXIT_OK,
@@ -94,6 +96,12 @@ def add_simulate_parser(commands: Any) -> None:
                           f"{DEFAULT_TRACE_LINES})")
     sim.add_argument("--trace-out", metavar="FILE",
                      help="write the whole trace of a failing seed to FILE")
+    sim.add_argument("--max-cpu", type=float, metavar="SECONDS",
+                     help=f"CPU seconds one seed may use before it fails (invariant budget; "
+                          f"default {Budget.cpu:g})")
+    sim.add_argument("--max-steps", type=int, metavar="N",
+                     help=f"Trio task steps one seed may take before it fails (invariant "
+                          f"budget; default {Budget.steps})")
     sim.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sim.set_defaults(handler=simulate_command)
 
@@ -122,6 +130,10 @@ def _batch(args: argparse.Namespace) -> _Batch:
         raise CliError("--trace-lines must not be negative")
     if args.bound is not None and args.bound <= 0:
         raise CliError("--bound must be positive")
+    if args.max_cpu is not None and args.max_cpu <= 0:
+        raise CliError("--max-cpu must be positive")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CliError("--max-steps must be at least 1")
     if args.workflow is None and (args.handlers or args.input):
         raise CliError("--handlers and --input need --workflow")
     options: dict[str, Any] = {"faults": args.faults, "crash": args.crashes,
@@ -138,6 +150,11 @@ def _batch(args: argparse.Namespace) -> _Batch:
     if args.bound is not None:
         options["bound"] = args.bound
         repro += ["--bound", f"{args.bound:g}"]
+    if args.max_cpu is not None or args.max_steps is not None:
+        options["budget"] = Budget(cpu=args.max_cpu or Budget.cpu,
+                                   steps=args.max_steps or Budget.steps)
+        repro += ["--max-cpu", f"{options['budget'].cpu:g}",
+                  "--max-steps", str(options["budget"].steps)]
     if args.workflow is None:
         runs = args.runs or 6
         return _Batch(lambda seed: simulate(seed, runs=runs, **options), repro)
@@ -227,6 +244,8 @@ def _print_summary(console: Console, totals: SimulationTotals, wall: float,
     else:
         table.add_row("faults injected", "0")
     table.add_row("engine restarts", str(totals.engine_restarts))
+    for name in SITUATIONS:
+        table.add_row(f"seen: {name}", str(totals.situations.get(name, 0)))
     table.add_row("virtual time", _duration(totals.virtual_time))
     table.add_row("real time", f"{wall:.2f}s")
     rate = totals.scenarios / wall if wall > 0 else 0.0

@@ -17,7 +17,9 @@ Simulation (see ``docs/testing.md``):
   ``engines=2`` runs two engines over one store (run leases). Modules: ``scenario`` (what
   runs), ``observed`` (the backends as the engines see them), ``invariants`` (what is
   checked), ``trace`` (what is recorded), ``report`` (what comes back), ``simulation``
-  (the entry points). ``cordtrio simulate`` runs many seeds from the command line.
+  (the entry points), ``oracle`` (the outcome oracle), ``mutations`` (the mutation
+  check, ``python -m cordtrio.testing.mutations``). ``cordtrio simulate`` runs many seeds
+  from the command line.
 - Building blocks: ``FaultyBus`` / ``open_faulty_bus`` / ``FaultProfile``, ``FlakyStore`` /
   ``FlakyLeaseStore`` / ``flaky_store``,
   ``SimulatedWorker`` / ``WorkerPool``, ``random_workflow`` / ``random_run_input``.
@@ -32,7 +34,14 @@ from .faults import FaultProfile, FaultyBus, SubjectFaults, open_faulty_bus, res
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
 from .report import SimulationFailure, SimulationReport, SimulationTotals
-from .simulation import FAULT_PRESETS, LEASE_STORES, STORES, run_under_faults, simulate
+from .simulation import (
+    FAULT_PRESETS,
+    LEASE_STORES,
+    STORES,
+    Budget,
+    run_under_faults,
+    simulate,
+)
 from .store_faults import FlakyLeaseStore, FlakyStore, flaky_store
 from .workers import SimulatedFailure, SimulatedWorker, WorkerPool, simulated_handler
 
@@ -41,6 +50,7 @@ __all__ = [
     "INVARIANTS",
     "LEASE_STORES",
     "STORES",
+    "Budget",
     "FaultProfile",
     "FaultyBus",
     "FlakyLeaseStore",

@@ -51,6 +51,9 @@ FAULT_KINDS = ("drop", "duplicate", "reorder", "delay")
 FaultListener = Callable[[str, str, BusPacket], None]
 """Called as ``(kind, subject, packet)`` for every injected fault."""
 
+PublishListener = Callable[[str, BusPacket], None]
+"""Called as ``(subject, packet)`` for every packet published, before any fault."""
+
 
 def _probability(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
@@ -151,8 +154,10 @@ class FaultyBus:
         *,
         profile: FaultProfile | str | None = "light",
         on_fault: FaultListener | None = None,
+        on_publish: PublishListener | None = None,
     ) -> None:
         self.inner = inner
+        self._on_publish = on_publish
         self.profile = resolve_profile(profile)
         self.injected: Counter[str] = Counter()
         self.active = True
@@ -182,6 +187,8 @@ class FaultyBus:
         return True
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
+        if self._on_publish is not None:
+            self._on_publish(subject, packet)
         faults = self.profile.for_subject(subject)
         if not self.active or not faults.any or self._nursery is None:
             await self.inner.publish(subject, packet)
@@ -265,11 +272,13 @@ async def open_faulty_bus(
     *,
     profile: FaultProfile | str | None = "light",
     on_fault: FaultListener | None = None,
+    on_publish: PublishListener | None = None,
 ) -> AsyncIterator[FaultyBus]:
     """A ``FaultyBus`` over ``inner`` for the duration of the block. Leaving the block
-    drops packets still delayed or held."""
+    drops packets still delayed or held. ``on_publish`` sees every packet published,
+    before any fault."""
     kind = FaultyJobBus if isinstance(inner, JobBus) else FaultyBus
-    bus = kind(inner, rng, profile=profile, on_fault=on_fault)
+    bus = kind(inner, rng, profile=profile, on_fault=on_fault, on_publish=on_publish)
     async with trio.open_nursery() as nursery:
         bus.attach(nursery)
         try:

@@ -46,6 +46,8 @@ class SimulationReport:
     statuses: dict[str, int] = field(default_factory=dict)
     engine_restarts: int = 0
     trace: list[str] = field(repr=False, default_factory=list)
+    situations: dict[str, int] = field(default_factory=dict)
+    """How often the oracle saw each interesting situation (``oracle.SITUATIONS``)."""
 
     def __str__(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults_injected.items()) if v)
@@ -67,6 +69,7 @@ class SimulationTotals:
     real_time: float = 0.0
     faults: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    situations: Counter[str] = field(default_factory=Counter)
 
     def add(self, report: SimulationReport) -> None:
         self.scenarios += 1
@@ -77,6 +80,7 @@ class SimulationTotals:
         self.real_time += report.real_time
         self.faults.update({k: v for k, v in report.faults_injected.items() if v})
         self.statuses.update(report.statuses)
+        self.situations.update(report.situations)
 
     @property
     def rate(self) -> float:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ import trio
 
 from ..backends.memory import MemoryBus
 from ..clock import TrioWallClock
+from ..engine.leases import DEFAULT_LEASE_TTL
 from ..engine.supervisor import Engine, open_engine
 from ..errors import CordtrioError, StoreError
 from ..model import StepType, TimelineEvent, Workflow, WorkflowRun
@@ -39,10 +41,11 @@ from .faults import FaultProfile, open_faulty_bus
 from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
+from .oracle import Oracle
 from .trace import packet_line, saved_line, timeline_lines
 from .workers import SimulatedWorker, WorkerPool
 
-__all__ = ["LEASE_STORES", "STORES", "Scenario", "Sim", "play"]
+__all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 ENGINE_STEP_TYPES = (StepType.CONDITION, StepType.APPROVAL, StepType.DELAY, StepType.NOTIFY)
@@ -71,6 +74,40 @@ class Scenario:
     approve_rate: float
     store: str = "memory"
     engines: int = 1
+    budget: Budget = field(default_factory=lambda: Budget())
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one seed may spend before it fails with invariant ``budget`` instead of
+    running on: ``virtual`` seconds of virtual time beyond ``horizon + bound``, ``steps``
+    Trio task steps, ``cpu`` seconds of real CPU time."""
+
+    virtual: float = 600.0
+    steps: int = 5_000_000
+    cpu: float = 120.0
+
+
+class BudgetWatch(trio.abc.Instrument):
+    """Counts Trio task steps; every 1024 steps also reads the CPU clock. Over budget,
+    the seed fails (``budget``), which cancels the scenario."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.steps = 0
+        self.cpu0 = time.process_time()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        if self.steps & 1023 or self.sim.failure is not None:
+            return
+        budget = self.sim.sc.budget
+        cpu = time.process_time() - self.cpu0
+        if self.steps > budget.steps:
+            self.sim.over_budget(f"{self.steps} Trio task steps > the budget of "
+                                 f"{budget.steps}")
+        elif cpu > budget.cpu:
+            self.sim.over_budget(f"{cpu:.1f} s of CPU time > the budget of {budget.cpu:g} s")
 
 
 class Sim:
@@ -93,6 +130,7 @@ class Sim:
         self.trace: list[str] = []
         self.failure: tuple[str, str] | None = None
         self.check = Invariants(sc.workflows, self.fail)
+        self.oracle = Oracle(sc.workflows, self.fail, self.trace, EPOCH)
         self.root: trio.CancelScope | None = None
         # crash points: trace line counts at which an engine is cancelled
         self.crash_at = sorted(self.rng.randint(5, max(6, 60 * sc.runs))
@@ -123,6 +161,7 @@ class Sim:
             name = names[0] if len(names) == 1 else self.rng.choice(names)
             self.trace.append(f"{trio.current_time():.6f} !! engine crash"
                               + (f" {name}" if self.sc.engines > 1 else ""))
+            self.oracle.engine_crashed(trio.current_time())
             self.engine_scopes.pop(name).cancel()
             for handle in self.severs.pop(name, ()):
                 handle.severed = True
@@ -134,6 +173,16 @@ class Sim:
             if self.root is not None:
                 self.root.cancel()
 
+    def over_budget(self, what: str) -> None:
+        """The seed ran out of its ``Budget``: fail it, saying what it was waiting for."""
+        stuck = self.stuck()
+        waiting = (f"submitted {len(self.accepted)} of {self.sc.runs} runs"
+                   + ("" if self.submitting_done else " (the submitter is still at work)")
+                   + f", engines up: {sorted(self.engines) or 'none'}, "
+                   + (f"runs not terminal: {', '.join(stuck[:5])}" if stuck
+                      else "every accepted run terminal"))
+        self.fail("budget", f"seed {self.seed} ran out of budget: {what}; {waiting}")
+
     def new_id(self) -> str:
         self._id_seq += 1
         return f"run-{self._id_seq:03d}-{self.rng_ids.getrandbits(24):06x}"
@@ -143,6 +192,7 @@ class Sim:
     def on_saved(self, run: WorkflowRun) -> None:
         self.line(saved_line(run))
         self.check.saved(run)
+        self.oracle.saved(run, trio.current_time())
         if self.check.latest[run.id].waiting:
             self.waiting.set()
         self.check_done()
@@ -153,11 +203,13 @@ class Sim:
     def on_timeline(self, run_id: str, events: Sequence[TimelineEvent]) -> None:
         for text in timeline_lines(run_id, events):
             self.line(text)
+        self.oracle.timeline(run_id, events)
 
     def on_dispatched(self, run_id: str, target: str, job_id: str, owner: str = "") -> None:
         self.dispatches += 1
         self.line(f"hook dispatched {job_id}")
         self.check.dispatched(run_id, target, job_id)
+        self.oracle.job_dispatched(job_id, trio.current_time())
         if owner and self.leased:
             self.check.acted(run_id, owner, f"dispatched {job_id} of", trio.current_time())
 
@@ -166,9 +218,13 @@ class Sim:
 
     def on_packet(self, subject: str, packet: BusPacket) -> None:
         self.line(f"bus {packet_line(subject, packet)}")
+        self.oracle.published(subject, packet, trio.current_time())
         p = packet.payload
         if isinstance(p, JobRequest):
             self.check.job_sent(p.env.get("run_id", ""), p.env.get("step_id", ""), p.job_id)
+
+    def on_publish(self, subject: str, packet: BusPacket) -> None:
+        self.oracle.published(subject, packet, trio.current_time())
 
     def on_fault(self, kind: str, subject: str, packet: BusPacket) -> None:
         self.line(f"fault {kind} {packet_line(subject, packet)}")
@@ -216,6 +272,8 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
     # fakeredis keeps TTLs on the wall clock and its BLPOP (the lease wake-ups) blocks the
     # thread in real time: over it the engine runs single-engine mode (no leases)
     sim.leased = isinstance(inner, RunLeases) and sc.store in LEASE_STORES
+    if sim.leased:
+        sim.oracle.lease_ttl = DEFAULT_LEASE_TTL
     bus = MemoryBus()
     for wf in sc.workflows:
         await inner.save_workflow(wf)
@@ -227,7 +285,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
         sim.root = root
         async with (
             open_faulty_bus(bus, sim.rng_bus, profile=sc.profile,
-                            on_fault=sim.on_fault) as fbus,
+                            on_fault=sim.on_fault, on_publish=sim.on_publish) as fbus,
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_observe_bus, sim, bus)
@@ -235,6 +293,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             for k in range(sc.engines):
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
+            nursery.start_soon(_virtual_budget, sim, t0)
             await _submitter(sim)
             sim.submitting_done = True
             sim.check_done()
@@ -248,8 +307,13 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             pool.calm()
             if not sim.engine_ready.is_set():
                 await sim.engine_ready.wait()
-            with trio.move_on_after(sc.bound):
-                await sim.all_done.wait()
+            until = trio.current_time() + sc.bound
+            while not sim.all_done.is_set() and trio.current_time() < until:
+                with trio.move_on_at(min(until, trio.current_time() + 60.0)):
+                    await sim.all_done.wait()
+                sim.oracle.overdue(trio.current_time())  # a timer that never fires
+                if sim.failure is not None:
+                    return
             if not sim.all_done.is_set():
                 if await _lost_runs(sim, inner):
                     return
@@ -260,6 +324,16 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 sim.line("-- all runs terminal")
                 await _final_checks(sim, inner)
             nursery.cancel_scope.cancel()
+
+
+async def _virtual_budget(sim: Sim, t0: float) -> None:
+    """Fail the seed (``budget``) if it is still going ``budget.virtual`` seconds after
+    ``horizon + bound``: the liveness check should have ended it by then."""
+    sc = sim.sc
+    limit = sc.horizon + sc.bound + sc.budget.virtual
+    await trio.sleep_until(t0 + limit)
+    sim.over_budget(f"{limit:g} s of virtual time (horizon {sc.horizon:g} s + bound "
+                    f"{sc.bound:g} s + {sc.budget.virtual:g} s)")
 
 
 async def _lost_runs(sim: Sim, inner: Store) -> bool:
@@ -306,6 +380,7 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
     under a new engine id, as a restarted process would. Each incarnation reaches the
     store and the bus through ``Severable`` handles that its crash cuts."""
     incarnation = 0
+    started = False
     label = f" {name}" if sim.sc.engines > 1 else ""
     while True:
         owner = f"sim-{name}-{incarnation}"
@@ -328,13 +403,18 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
                                    on_step_finished=sim.on_finished, **options) as engine:
                 sim.engines[name] = engine
                 sim.engine_ready.set()
-                if incarnation == 0:
+                sim.oracle.engine_up(trio.current_time())
+                if not started:
+                    started = True
                     task_status.started()
                 await trio.sleep_forever()
         incarnation += 1
         sim.engines.pop(name, None)
         sim.engine_scopes.pop(name, None)
-        if not sim.engines:
+        # A new "engine ready" event only replaces one that fired: an incarnation that
+        # crashed while still opening never set the current one, and whoever waits on it
+        # must be woken by the next engine that does open.
+        if not sim.engines and sim.engine_ready.is_set():
             sim.engine_ready = trio.Event()
         sim.engine_restarts += 1
         sim.line("engine down" + label)
@@ -387,6 +467,7 @@ async def _approver(sim: Sim) -> None:
             for sid in latest[rid].waiting:
                 ok = sim.rng.random() < sim.sc.approve_rate
                 sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}")
+                sim.oracle.approval(rid, sid, ok)
                 with trio.move_on_after(60):
                     try:
                         await engine.approve_step(rid, sid, ok)
@@ -405,5 +486,7 @@ async def _final_checks(sim: Sim, inner: Store) -> None:
             return
         events = await inner.list_timeline_events(rid, TIMELINE_CAP)
         sim.check.final(run, events)
+        sim.oracle.final(run, events)
         if sim.failure is not None:
             return
+    sim.oracle.cancels_owed()

@@ -18,7 +18,10 @@ virtual time, with invariants checked on every event.
 Everything random comes from ``random.Random`` streams derived from the seed (ids included)
 and Trio's scheduler is made deterministic for the duration of the run, so the same seed
 gives the same trace, bit for bit (``SimulationReport.trace_hash``). The invariants are
-listed in ``cordtrio.testing.invariants``.
+listed in ``cordtrio.testing.invariants``; the outcome oracle (``cordtrio.testing.oracle``)
+checks that each run ended as the spec implies for what was delivered; each seed has a
+``Budget``. ``python -m cordtrio.testing.mutations`` measures how fast engine mutants are
+caught.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .faults import FAULT_KINDS, FaultProfile, resolve_profile
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
 from .report import SimulationFailure, SimulationReport, SimulationTotals
-from .scenario import LEASE_STORES, STORES, Scenario, Sim, play
+from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
 from .trace import TRACE_TAIL, count_faults, trace_hash
 from .workers import SimulatedWorker
 
@@ -50,6 +53,7 @@ __all__ = [
     "INVARIANTS",
     "LEASE_STORES",
     "STORES",
+    "Budget",
     "SimulationFailure",
     "SimulationReport",
     "SimulationTotals",
@@ -113,6 +117,7 @@ def simulate(
     store: str = "memory",
     engines: int = 1,
     quiet: bool = True,
+    budget: Budget | None = None,
 ) -> SimulationReport:
     """Run one deterministic simulation; raise ``SimulationFailure`` on a violated
     invariant, else return a ``SimulationReport``.
@@ -135,6 +140,9 @@ def simulate(
     crashes and restarts on its own; the ``single_owner`` invariant checks that a run has
     one driver at a time).
     ``quiet``: silence cordtrio's log warnings while simulating.
+    ``budget``: what the seed may spend (``Budget``: virtual time beyond ``horizon +
+    bound``, Trio task steps, CPU seconds) before it fails with invariant ``budget``
+    rather than running on.
     """
     if store not in STORES:
         raise ValueError(f"simulate(): unknown store {store!r}: expected one of {STORES}")
@@ -173,12 +181,13 @@ def simulate(
         profile=profile, worker=spec, handlers=dict(handlers or {}),
         store_fail_rate=fail_rate, crashes=crashes, horizon=horizon, bound=bound,
         workers=workers, approve_rate=approve_rate, store=store, engines=engines,
+        budget=budget or Budget(),
     )
     sim = Sim(scenario)
     started = time.perf_counter()
     clock = trio.testing.MockClock(autojump_threshold=0)
     with _deterministic_scheduling(seed), _quiet_logs(quiet):
-        trio.run(play, sim, clock=clock)
+        trio.run(play, sim, clock=clock, instruments=[BudgetWatch(sim)])
     real = time.perf_counter() - started
     if sim.failure is not None:
         invariant, detail = sim.failure
@@ -198,6 +207,7 @@ def simulate(
         statuses=dict(sorted(statuses.items())),
         engine_restarts=sim.engine_restarts,
         trace=sim.trace,
+        situations=dict(sorted(sim.oracle.counts.items())),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from cordtrio.testing import SimulationTotals, simulate
+from cordtrio.testing.oracle import SITUATIONS
 
 SEEDS = range(2000)
 FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "store_failure", "worker_fail",
@@ -32,3 +33,7 @@ def test_two_thousand_seeds_under_faults_with_crashes() -> None:
         assert totals.statuses[status] > 0, status
     for kind in FAULT_KINDS:
         assert totals.faults[kind] > 0, kind
+    # ... and reached the situations the outcome oracle is there to judge
+    print(f"situations: {dict(totals.situations)}")
+    for situation in SITUATIONS:
+        assert totals.situations[situation] > 0, situation
