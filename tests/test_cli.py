@@ -117,7 +117,8 @@ def test_plain_progress_lines_when_stdout_is_not_a_tty(capsys):
     out = capsys.readouterr().out
     assert "dispatch  extract[0]" in out
     assert "retry     extract[2]" in out
-    assert "attempt 1 failed: transient OCR failure on doc-3" in out
+    # the failure says what kind it was: the exception class the worker reported
+    assert "attempt 1 failed: RuntimeError: transient OCR failure on doc-3" in out
     assert "\x1b[" not in out  # no escape codes in a log file
 
 

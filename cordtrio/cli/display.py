@@ -20,6 +20,7 @@ from rich.text import Text
 from ..model import StepRun, StepStatus, Workflow, WorkflowRun
 from ..ports import Clock
 from ..protocol import SystemAlert
+from .output import error_text
 from .report import STATUS_STYLE, attempt_of, fmt_seconds, is_child, retry_wait, step_counts
 
 
@@ -124,7 +125,7 @@ class PlainView(RunView):
 
 
 def _error(sr: StepRun) -> str:
-    return str(sr.error.get("message", "")) or "failed"
+    return error_text(sr.error) or "failed"
 
 
 def _all_step_runs(run: WorkflowRun) -> list[tuple[str, StepRun]]:
@@ -222,7 +223,7 @@ class LiveView(RunView):
         bar: RenderableType = Text("")
         if sr is not None and retry_wait(sr, now) is not None:
             state = "retrying"
-            detail = f"attempt {sr.attempts} failed: {sr.error.get('message', '')}"
+            detail = f"attempt {sr.attempts} failed: {error_text(sr.error)}"
         elif sr is not None and state == "waiting":
             detail = "waiting for approval (--approve-all approves it)"
         elif sr is not None and fan_out and sr.children:

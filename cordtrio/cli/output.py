@@ -46,3 +46,14 @@ def print_json(value: Any) -> None:
 
 
 __all__ = ["add_json_argument", "console", "json_default", "json_text", "print_json"]
+
+
+def error_text(error: dict[str, Any]) -> str:
+    """A step's or run's error for people: ``KeyError: 'missing'`` when the worker said
+    what kind of failure it was (``code``), else the message alone."""
+    message = " ".join(str(error.get("message", "")).split())
+    code = str(error.get("code") or "")
+    if code and not message.startswith(code):
+        return f"{code}: {message}" if message else code
+    return message
+

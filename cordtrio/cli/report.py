@@ -14,6 +14,7 @@ from rich.text import Text
 
 from ..model import StepRun, StepStatus, TimelineEvent, Workflow, WorkflowRun
 from ..protocol import SystemAlert
+from .output import error_text
 
 STATUS_STYLE = {
     "pending": "dim", "running": "cyan", "waiting": "yellow", "succeeded": "green",
@@ -101,7 +102,7 @@ def _duration(sr: StepRun) -> str:
 
 def _output_of(run: WorkflowRun, step_id: str, sr: StepRun) -> str:
     if sr.error and sr.status != StepStatus.SUCCEEDED:
-        return str(sr.error.get("message", ""))
+        return error_text(sr.error)
     entry = run.context.get("steps", {}).get(step_id)
     if isinstance(entry, dict) and "output" in entry:
         return preview(entry["output"])
@@ -224,7 +225,7 @@ def outcome_text(workflow: Workflow, run: WorkflowRun) -> Text:
     why = ""
     if error.get("message") and run.status != StepStatus.SUCCEEDED:
         where = f"step {error['step_id']!r}: " if error.get("step_id") else ""
-        why = f": {where}{' '.join(str(error['message']).split())}"
+        why = f": {where}{error_text(error)}"
     return Text.assemble(f"run {run.id} of {workflow.id!r}: ",
                          (run.status.value, f"bold {style}"), took, why)
 
@@ -235,6 +236,6 @@ def step_errors(run: WorkflowRun) -> list[str]:
     for step_id, sr in run.steps.items():
         for item_id, item in ((step_id, sr), *sr.children.items()):
             if item.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and item.error:
-                message = " ".join(str(item.error.get("message", "")).split())
+                message = error_text(item.error)
                 out.append(f"step {item_id!r} {item.status.value}: {message}")
     return out

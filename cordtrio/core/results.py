@@ -86,6 +86,8 @@ def apply_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         else:
             final = StepStatus.TIMED_OUT if status == JobStatus.TIMEOUT else StepStatus.FAILED
             finish(tx, step.id, sr, final, parent=parent, message=message)
+        if result.error_code:  # what kind of failure (an exception's class, WorkerLost)
+            sr.error["code"] = result.error_code
     elif status == JobStatus.CANCELLED:
         finish(tx, step.id, sr, StepStatus.CANCELLED, parent=parent, message=message)
     else:

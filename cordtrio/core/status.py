@@ -116,5 +116,9 @@ def _run_error(plan: Plan, run: WorkflowRun, message: str) -> dict[str, object]:
     for sid in plan.order:
         sr = run.steps.get(sid)
         if sr is not None and sr.status in (StepStatus.FAILED, StepStatus.TIMED_OUT):
-            return {"step_id": sid, "message": str(sr.error.get("message", ""))}
+            error: dict[str, object] = {"step_id": sid,
+                                        "message": str(sr.error.get("message", ""))}
+            if sr.error.get("code"):
+                error["code"] = sr.error["code"]
+            return error
     return {"message": message} if message else {}

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from harness import T0, Sim, step, workflow
 
-from cordtrio.core.events import ArmTimer, LoadedOutput, TimerFired, TimerKind
+from cordtrio.core.events import ArmTimer, LoadedOutput, ResultReceived, TimerFired, TimerKind
 from cordtrio.core.results import backoff_seconds, parse_job_id, retry_allowed
 from cordtrio.model import RetryConfig, RunStatus, StepRun, StepStatus, WorkflowRun
-from cordtrio.protocol import JobStatus
+from cordtrio.protocol import JobResult, JobStatus
 
 # ------------------------------------------------------------------------- job ids
 
@@ -328,3 +328,16 @@ def test_output_load_error_with_schema_fails():
                output=LoadedOutput(error="payload expired"))
     assert sim.status("s") == StepStatus.FAILED
     assert "payload expired" in sim.sr("s").error["message"]
+
+
+def test_a_failure_keeps_the_kind_the_worker_reported_in_its_error():
+    sim = Sim(workflow(step("s", retry=RetryConfig(max_retries=1, initial_backoff_sec=5))))
+    sim.start()
+    sim.feed(ResultReceived(JobResult("run-1:s@1", JobStatus.FAILED, error_code="KeyError",
+                                      error_message="'missing'")))
+    assert sim.sr("s").error == {"message": "'missing'", "code": "KeyError"}  # in backoff
+    sim.advance(5)
+    sim.feed(ResultReceived(JobResult("run-1:s@2", JobStatus.FAILED, error_code="WorkerLost",
+                                      error_message="worker lost: ...")))
+    assert sim.sr("s").error == {"message": "worker lost: ...", "code": "WorkerLost"}
+    assert sim.run.error == {"step_id": "s", "message": "worker lost: ...", "code": "WorkerLost"}
