@@ -28,6 +28,11 @@ WINDOW = 2
 RECV_BATCH = 256
 SOCKET_BUFFER = 1024
 FRAME_SLACK = 64 * 1024
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds of silence after which either end of a connection sends a ``ping``."""
+LIVENESS_TIMEOUT = 5.0
+"""Seconds without a frame after which the router cuts a client off, and a client (until
+the router announces its own timeout in ``hello``) drops the connection and redials."""
 
 
 def max_frame(max_packet: int) -> int:

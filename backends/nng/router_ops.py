@@ -1,0 +1,181 @@
+"""The router's receiving side: frames from clients, and what each op does.
+
+Every frame is decoded, checked and split into ops (see the table in ``docs/bus.md``,
+*Frame format*); each op goes to the part of the router that owns it: subscriptions and
+room to ``Delivery``, job consumers and acknowledgements to ``JobDelivery``, credit to
+``Peers``, the token handshake and forbidden publishes to ``Gate``. A malformed frame or
+op is logged (rate-limited), counted in ``dropped_frames`` and dropped; nothing on the wire
+raises out of the receive loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pynng
+import trio
+
+from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
+from cordtrio.ratelog import rate_limited
+
+from ._common import RECV_BATCH
+from ._io import log
+from .frames import (
+    FrameError,
+    Op,
+    bytes_field,
+    decode_frame,
+    describe,
+    int_field,
+    op_name,
+    str_field,
+)
+
+if TYPE_CHECKING:
+    from .router import NngRouter
+    from .router_peers import _Peer
+
+
+def packet_field(op: Op) -> bytes:
+    """A packet's bytes, checked to be a CBOR map (fully decoded only by subscribers)."""
+    wire = bytes_field(op, "packet")
+    if not wire or not 0xA0 <= wire[0] <= 0xBF:
+        raise FrameError(f"{op.get('op')!r} op: the packet is not a CBOR map "
+                         f"({describe(wire)})")
+    return wire
+
+
+class OpHandler:
+    """Reads the router's socket and handles every op clients send."""
+
+    def __init__(self, router: NngRouter) -> None:
+        self._router = router
+
+    async def receive_loop(self) -> None:
+        await self._router._io.receive_forever(self._on_message, "nng router", RECV_BATCH)
+
+    def _on_message(self, msg: pynng.Message) -> None:
+        conns = self._router._conns
+        pipe = msg.pipe
+        pipe_id = pipe.id if pipe is not None else -1
+        if pipe is None or pipe_id < 0 or pipe_id in conns.dead:
+            return  # from a connection that is already gone
+        peer = conns.by_pipe.get(pipe_id) or conns.open(pipe, pipe_id)
+        if peer.doomed:
+            return
+        peer.last_heard = trio.current_time()
+        data = msg.bytes
+        try:
+            ops = decode_frame(data)
+        except FrameError as exc:
+            self._garbage(peer, f"frame ({describe(data)})", exc)
+            return
+        if not peer.authed:
+            ops = self._router._gate.authenticate(peer, ops)
+        for op in ops:
+            try:
+                self._on_op(peer, op)
+            except FrameError as exc:
+                self._garbage(peer, "op", exc)
+
+    def _garbage(self, peer: _Peer, what: str, exc: Exception) -> None:
+        self._router.dropped_frames += 1
+        rate_limited(log).warning(f"{id(self._router)} {what}", "nng router: dropped a "
+                                  "malformed %s from pipe %d: %s", what, peer.id, exc)
+
+    def _on_op(self, peer: _Peer, op: Any) -> None:
+        router = self._router
+        name = op_name(op)
+        if name == "pub":
+            self._on_pub(peer, op)
+        elif name == "room":
+            sid = int_field(op, "sid")
+            n = int_field(op, "n")
+            if n < 0:
+                raise FrameError(f"'room' op: negative room {n}")
+            router._delivery.remote_room(peer, sid, n)
+        elif name == "credit":
+            router._conns.credit(peer, int_field(op, "conn"), int_field(op, "n"))
+        elif name == "ack":
+            cid = int_field(op, "cid")
+            router._jobs.ack_remote(peer, cid, str_field(op, "jid", empty=False))
+        elif name in ("ping", "auth"):
+            pass  # hearing from the client is all a ping is for; auth: already proven
+        elif name == "sub":
+            sid = int_field(op, "sid")
+            subject = str_field(op, "subject", empty=False)
+            queue = str_field(op, "queue", default="")
+            room = op.get("room")
+            if room is not None and (not isinstance(room, int) or isinstance(room, bool)
+                                     or room < 0):
+                raise FrameError(f"'sub' op: 'room' must be an integer >= 0: {room!r}")
+            router._delivery.add_remote(peer, sid, subject, queue, room)
+        elif name == "unsub":
+            router._delivery.remove_remote(peer, int_field(op, "sid"))
+        elif name == "jobs":
+            cid = int_field(op, "cid")
+            capacity = int_field(op, "cap")
+            topics = op.get("topics")
+            if (not isinstance(topics, list) or not topics
+                    or not all(isinstance(t, str) and t for t in topics)):
+                raise FrameError(f"'jobs' op: 'topics' must be a non-empty list of "
+                                 f"strings: {topics!r}")
+            if capacity < 1:
+                raise FrameError(f"'jobs' op: 'cap' must be >= 1: {capacity}")
+            router._jobs.add_remote(peer, cid, topics, capacity)
+        elif name == "unjobs":
+            router._jobs.remove_remote(peer, int_field(op, "cid"))
+        elif name == "bye":  # answered after every op before it: the client may go
+            router._conns.send(peer, {"op": "bye", "n": int_field(op, "n")})
+        elif name == "bounce":
+            subject = str_field(op, "subject", empty=False)
+            queue = str_field(op, "queue", empty=False)
+            wire = packet_field(op)
+            if not router._gate.refused(peer, subject, wire, ""):
+                router._delivery.bounce(subject, queue, wire)
+        else:
+            raise FrameError(f"unknown op {name!r}")
+
+    def _on_pub(self, peer: _Peer, op: Op) -> None:
+        router = self._router
+        pid = int_field(op, "pid")
+        subject = str_field(op, "subject", empty=False)
+        wire = packet_field(op)
+        job_id = str_field(op, "jid", default="") if "jid" in op else ""
+        reason = router._gate.refused(peer, subject, wire, job_id)
+        if reason:
+            router._conns.send(peer, {"op": "puback", "pid": pid,
+                                      "error": f"forbidden: {reason}"})
+            return
+        if subject == SUBJECT_SUBMIT and job_id:
+            topic = str_field(op, "topic", empty=False)
+            if router._jobs.queues.full:  # no puback until the queues have room
+                assert router._nursery is not None
+                router._nursery.start_soon(router._jobs.publish_later, peer, pid, subject,
+                                           wire, job_id, topic)
+                return
+            router._jobs.offer(job_id, topic, wire)
+        elif subject == SUBJECT_CANCEL and job_id:
+            router._jobs.cancel(job_id)
+        self.fan_out(peer, pid, subject, wire)
+
+    def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes) -> None:
+        """Deliver a client's publish; ``puback`` once every subscriber has it."""
+        router = self._router
+        waits = router._delivery.deliver(subject, wire)
+        if waits:
+            assert router._nursery is not None
+            router._nursery.start_soon(self._finish_publish, peer, pid, waits)
+        else:
+            router._conns.send(peer, {"op": "puback", "pid": pid})
+
+    async def _finish_publish(
+        self, peer: _Peer, pid: int, waits: list[Callable[[], Awaitable[None]]]
+    ) -> None:
+        for wait in waits:
+            await wait()
+        self._router._conns.send(peer, {"op": "puback", "pid": pid})
+
+
+__all__ = ["OpHandler", "packet_field"]
