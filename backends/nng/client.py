@@ -25,6 +25,7 @@ import trio
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError
 from cordtrio.protocol import BusPacket
+from cordtrio.ratelog import rate_limited
 
 from ._auth import check_token
 from ._common import (
@@ -164,7 +165,8 @@ class NngBus:
 
     def _garbage(self, what: str, exc: Exception) -> None:
         self.dropped_frames += 1
-        log.warning("nng bus: dropped a malformed %s from %s: %s", what, self.address, exc)
+        rate_limited(log).warning(f"{id(self)} {what}", "nng bus: dropped a malformed %s "
+                                  "from %s: %s", what, self.address, exc)
 
     # ------------------------------------------------------------------ lifecycle
 
