@@ -34,6 +34,7 @@ from .loading import (
     parse_input,
     read_workflow,
 )
+from .logs import configure_logging
 from .output import json_text
 from .report import outcome_text, print_report, step_errors
 from .run import RunOptions, execute
@@ -153,6 +154,8 @@ def _console() -> Console:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the live display or the summary reports what happens; the log only what goes wrong
+    configure_logging("warning")
     workflow = read_workflow(args.workflow)
     payload = parse_input(args.input)
     check_input(workflow, payload)
