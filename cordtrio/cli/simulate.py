@@ -39,6 +39,7 @@ from ..testing import (
     simulate,
 )
 from ..testing.oracle import SITUATIONS
+from ..testing.swarm import SWARM_KINDS
 from ..worker import Handler
 from .loading import (
     EXIT_OK,
@@ -70,8 +71,12 @@ def add_simulate_parser(commands: Any) -> None:
                      help=f"how many seeds to run (default {DEFAULT_SEEDS})")
     sim.add_argument("--start", type=int, default=0, metavar="S",
                      help="first seed (default 0): seeds S .. S+N-1 run")
-    sim.add_argument("--faults", choices=FAULT_PRESETS, default="light",
-                     help="fault preset for bus, store and workers (default light)")
+    sim.add_argument("--faults", choices=FAULT_PRESETS, default="swarm",
+                     help="fault preset for bus, store and workers, or swarm: a mix drawn "
+                          "per seed (default swarm)")
+    sim.add_argument("--no-fault", action="append", default=[], metavar="KIND",
+                     choices=SWARM_KINDS,
+                     help="with --faults swarm: turn this fault kind off (repeatable)")
     sim.add_argument("--runs", type=int, metavar="R",
                      help="runs submitted per seed (default 6; 4 with --workflow)")
     sim.add_argument("--crashes", type=int, default=1, metavar="K",
@@ -134,11 +139,17 @@ def _batch(args: argparse.Namespace) -> _Batch:
         raise CliError("--max-cpu must be positive")
     if args.max_steps is not None and args.max_steps < 1:
         raise CliError("--max-steps must be at least 1")
+    if args.no_fault and args.faults != "swarm":
+        raise CliError("--no-fault needs --faults swarm")
     if args.workflow is None and (args.handlers or args.input):
         raise CliError("--handlers and --input need --workflow")
     options: dict[str, Any] = {"faults": args.faults, "crash": args.crashes,
                                "store": args.store, "engines": args.engines}
     repro = ["--faults", args.faults]
+    if args.no_fault:
+        options["disabled"] = tuple(args.no_fault)
+        for kind in args.no_fault:
+            repro += ["--no-fault", kind]
     if args.runs is not None:
         repro += ["--runs", str(args.runs)]
     if args.crashes != 1:

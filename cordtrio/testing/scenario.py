@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from ..backends.job_queues import WORKER_LOST
 from ..backends.memory import MemoryBus
 from ..clock import TrioWallClock
 from ..engine.leases import DEFAULT_LEASE_TTL
@@ -250,6 +251,23 @@ class Sim:
                 if not ((r := latest.get(rid)) and r.status.is_terminal)]
 
 
+class _ObservedMemoryBus(MemoryBus):
+    """The ``MemoryBus`` under the scenario: the results the bus publishes itself (a job
+    whose workers were all lost, ``WORKER_LOST``) reach the oracle before any subscriber
+    has them, as results published through the ``FaultyBus`` do; the bus-wide observer
+    would see them only after the engine may have applied them."""
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__()
+        self._sim = sim
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        p = packet.payload
+        if isinstance(p, JobResult) and p.error_code == WORKER_LOST:
+            self._sim.on_publish(subject, packet)
+        await super().publish(subject, packet)
+
+
 def job_topics(workflows: Sequence[Workflow]) -> tuple[str, ...]:
     topics: dict[str, None] = {}
     for wf in workflows:
@@ -274,7 +292,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
     sim.leased = isinstance(inner, RunLeases) and sc.store in LEASE_STORES
     if sim.leased:
         sim.oracle.lease_ttl = DEFAULT_LEASE_TTL
-    bus = MemoryBus()
+    bus = _ObservedMemoryBus(sim)
     for wf in sc.workflows:
         await inner.save_workflow(wf)
     topics = job_topics(sc.workflows) or (WORKER_TOPIC,)

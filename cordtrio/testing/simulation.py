@@ -45,6 +45,7 @@ from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
 from .report import SimulationFailure, SimulationReport, SimulationTotals
 from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
+from .swarm import Swarm, draw_swarm
 from .trace import TRACE_TAIL, count_faults, trace_hash
 from .workers import SimulatedWorker
 
@@ -62,7 +63,9 @@ __all__ = [
 ]
 
 STORE_FAIL_RATES = {"none": 0.0, "light": 0.05, "heavy": 0.2}
-FAULT_PRESETS = tuple(STORE_FAIL_RATES)
+FAULT_PRESETS = (*STORE_FAIL_RATES, "swarm")
+"""The names ``faults`` takes: three fixed points and ``swarm`` (a mix drawn per seed,
+``cordtrio.testing.swarm``)."""
 
 
 @contextmanager
@@ -118,6 +121,7 @@ def simulate(
     engines: int = 1,
     quiet: bool = True,
     budget: Budget | None = None,
+    disabled: Sequence[str] = (),
 ) -> SimulationReport:
     """Run one deterministic simulation; raise ``SimulationFailure`` on a violated
     invariant, else return a ``SimulationReport``.
@@ -128,7 +132,9 @@ def simulate(
     ``random_run_input``). ``faults`` is a bus ``FaultProfile`` or a preset name (``none``,
     ``light``, ``heavy``); the same name also picks the worker behaviour
     (``SimulatedWorker.preset``) and the store failure rate (0, 5 %, 20 %) unless
-    ``worker`` / ``store_fail_rate`` say otherwise. ``crash``: crash and restart the engine
+    ``worker`` / ``store_fail_rate`` say otherwise. ``faults="swarm"`` draws bus, store and
+    worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``); the fault
+    kinds in ``disabled`` are then off. ``crash``: crash and restart the engine
     (True = once, or a number of times) at random events during the horizon. ``handlers``:
     your own handlers by topic, called when a simulated job succeeds. After ``horizon``,
     faults stop and every run must be terminal within ``bound`` virtual seconds.
@@ -165,16 +171,30 @@ def simulate(
             raise ValueError("simulate(): workflows must not be empty")
         for wf in wfs:
             validate_workflow(wf)
-    profile = resolve_profile(faults)
+    swarm: Swarm | None = None
+    if faults == "swarm":
+        swarm = draw_swarm(seed, disabled)
+        profile = swarm.profile()
+    elif disabled:
+        raise ValueError("simulate(): disabled needs faults='swarm'")
+    else:
+        profile = resolve_profile(faults)
     preset = profile.name if profile.name in STORE_FAIL_RATES else "light"
-    if worker is None:
+    if swarm is not None and worker is None:
+        spec = swarm.worker()
+    elif worker is None:
         spec = SimulatedWorker.preset(preset if isinstance(faults, str) or profile.any
                                       else "none")
     elif isinstance(worker, str):
         spec = SimulatedWorker.preset(worker)
     else:
         spec = worker
-    fail_rate = STORE_FAIL_RATES.get(preset, 0.0) if store_fail_rate is None else store_fail_rate
+    if store_fail_rate is not None:
+        fail_rate = store_fail_rate
+    elif swarm is not None:
+        fail_rate = swarm.rates["store_failure"]
+    else:
+        fail_rate = STORE_FAIL_RATES.get(preset, 0.0)
     crashes = int(crash) if not isinstance(crash, bool) else (1 if crash else 0)
     scenario = Scenario(
         seed=seed, workflows=tuple(wfs), inputs=inputs or _default_inputs, runs=runs,
