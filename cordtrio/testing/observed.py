@@ -94,8 +94,12 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         got = await super().acquire_lease(run_id, owner, ttl)
+        before = self.sim.check.leases.get(run_id)
         if got and self.sim.check.lease_held(run_id, owner, trio.current_time() + ttl):
             self.sim.line(f"lease {run_id} taken by {owner}")
+            if before is not None and _engine(before[0]) in self.sim.down_since \
+                    and _engine(before[0]) != _engine(owner):
+                self.sim.oracle.note("takeover before restart")
         return got
 
     async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
@@ -111,6 +115,11 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     async def release_lease(self, run_id: str, owner: str) -> None:
         await super().release_lease(run_id, owner)
         self.sim.check.lease_released(run_id, owner)
+
+
+def _engine(owner: str) -> str:
+    """The engine name of a lease owner ``sim-<name>-<incarnation>``."""
+    return owner.split("-")[1] if owner.count("-") >= 2 else owner
 
 
 def observed_store(sim: Sim, handle: Any) -> ObservedStore:

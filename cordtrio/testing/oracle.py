@@ -67,14 +67,21 @@ from ..model import (
 )
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult, JobStatus
 
-__all__ = ["ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK", "Oracle", "expected_status"]
+__all__ = ["MULTI_ENGINE_SITUATIONS", "ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK",
+           "Oracle", "expected_status"]
 
 SITUATIONS = ("recovery with a pending timer", "sibling cancel", "gate skip", "run timeout",
-              "worker lost")
+              "worker lost", "crash with a pending timer", "crash right after a restart")
 """Interesting situations the oracle counts (``SimulationReport.situations``): an engine
 (re)opened while a stored run waited for a retry or delay timer; a failed fan-out's
 siblings cancelled; a false gate skipping its step; a run ending by its workflow timeout;
-a job reported lost by the bus after its redeliveries."""
+a job reported lost by the bus after its redeliveries; an engine crashed while a retry or
+delay timer was pending; an engine crashed as it reopened after a crash. (The scenario
+notes the last two, and ``MULTI_ENGINE_SITUATIONS``.)"""
+
+MULTI_ENGINE_SITUATIONS = ("takeover before restart",)
+"""Situations only scenarios with several engines reach: an engine took over a crashed
+engine's run (its lease expired) before the crashed engine came back."""
 
 ORACLE_RULES = ("justified", "sibling_cancel", "job_cancel", "finished", "run_status", "gate",
                 "run_timeout", "timer")
@@ -206,8 +213,12 @@ class Oracle:
         self.crashes.append(now)
         self.disrupted = max(self.disrupted, now + self.lease_ttl)
 
+    def timer_pending(self) -> bool:
+        """A stored run waits for a retry backoff or a delay (not its workflow timeout)."""
+        return any(target != _RUN_TIMER for _, target in self.due)
+
     def engine_up(self, now: float) -> None:
-        if any(target != _RUN_TIMER for _, target in self.due):
+        if self.timer_pending():
             self.note("recovery with a pending timer")
         self.disrupted = max(self.disrupted, now)
 

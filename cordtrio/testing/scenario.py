@@ -49,6 +49,8 @@ from .workers import SimulatedWorker, WorkerPool
 __all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+CRASH_MODES = {"timer": "with a pending timer", "restart": "right after a restart"}
+"""How a planned engine crash is placed, besides at a drawn virtual time (see _crasher)."""
 ENGINE_STEP_TYPES = (StepType.CONDITION, StepType.APPROVAL, StepType.DELAY, StepType.NOTIFY)
 LEASE_STORES = ("memory",)
 """Stores whose run leases the simulation uses (multi-engine mode, ``engines`` > 1)."""
@@ -133,9 +135,16 @@ class Sim:
         self.check = Invariants(sc.workflows, self.fail)
         self.oracle = Oracle(sc.workflows, self.fail, self.trace, EPOCH)
         self.root: trio.CancelScope | None = None
-        # crash points: trace line counts at which an engine is cancelled
-        self.crash_at = sorted(self.rng.randint(5, max(6, 60 * sc.runs))
-                               for _ in range(sc.crashes))
+        self.rng_crashes = stream("crashes")
+        # engine crashes, placed in virtual time (see _crasher): the mode of the next one,
+        # the virtual time from which the next trace event crashes an engine, its target
+        self.crash_mode = ""
+        self.crash_due = math.inf
+        self.crash_target = ""
+        self.crashed = trio.Event()
+        self.down_since: dict[str, float] = {}  # engines down (crashed, not yet back)
+        self.lease_ttl = DEFAULT_LEASE_TTL
+        self.slow_restarts = False  # restarts slower than the lease TTL (takeover first)
         self.engines: dict[str, Engine] = {}  # the engines up, by name (e0, e1...)
         self.engine_scopes: dict[str, trio.CancelScope] = {}
         self.engine_ready = trio.Event()  # set while at least one engine is up
@@ -154,18 +163,46 @@ class Sim:
     # ------------------------------------------------------------------------ tracing
 
     def line(self, text: str) -> None:
-        self.trace.append(f"{trio.current_time():.6f} {text}")
-        if (self.crash_at and len(self.trace) >= self.crash_at[0] and self.faults_on
-                and self.engine_scopes):
-            self.crash_at.pop(0)
-            names = sorted(self.engine_scopes)
-            name = names[0] if len(names) == 1 else self.rng.choice(names)
-            self.trace.append(f"{trio.current_time():.6f} !! engine crash"
-                              + (f" {name}" if self.sc.engines > 1 else ""))
-            self.oracle.engine_crashed(trio.current_time())
-            self.engine_scopes.pop(name).cancel()
-            for handle in self.severs.pop(name, ()):
-                handle.severed = True
+        now = trio.current_time()
+        self.trace.append(f"{now:.6f} {text}")
+        if now >= self.crash_due and self.faults_on and self.engine_scopes:
+            self.crash()
+        elif (self.crash_mode == "timer" and self.crash_due == math.inf
+              and self.oracle.timer_pending()):
+            # a retry or delay timer is pending: crash soon, while it still is
+            self.crash_due = now + self.rng_crashes.choice((0.0, self.rng_crashes.uniform(0, 2)))
+
+    def crash(self) -> None:
+        """Crash an engine now (the planned one if it is up): cancel it, cut its handles."""
+        now = trio.current_time()
+        names = sorted(self.engine_scopes)
+        if self.crash_target in self.engine_scopes:
+            name = self.crash_target
+        else:
+            name = names[0] if len(names) == 1 else self.rng_crashes.choice(names)
+        self.trace.append(f"{now:.6f} !! engine crash"
+                          + (f" {name}" if self.sc.engines > 1 else "")
+                          + (f" ({CRASH_MODES[self.crash_mode]})"
+                             if self.crash_mode in CRASH_MODES else ""))
+        if self.crash_mode == "timer":
+            self.oracle.note("crash with a pending timer")
+        elif self.crash_mode == "restart":
+            self.oracle.note("crash right after a restart")
+        self.crash_due = math.inf
+        self.crash_mode = ""
+        self.crashed.set()
+        self.down_since[name] = now
+        self.oracle.engine_crashed(now)
+        self.engine_scopes.pop(name).cancel()
+        for handle in self.severs.pop(name, ()):
+            handle.severed = True
+
+    def restarting(self, name: str) -> None:
+        """Engine ``name`` is reopening: a crash planned "right after a restart" is due."""
+        if self.crash_mode == "restart" and self.crash_due == math.inf:
+            self.crash_target = name
+            self.crash_due = trio.current_time() + self.rng_crashes.choice(
+                (0.0, self.rng_crashes.uniform(0, 2)))
 
     def fail(self, invariant: str, detail: str) -> None:
         if self.failure is None:
@@ -290,8 +327,14 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
     # fakeredis keeps TTLs on the wall clock and its BLPOP (the lease wake-ups) blocks the
     # thread in real time: over it the engine runs single-engine mode (no leases)
     sim.leased = isinstance(inner, RunLeases) and sc.store in LEASE_STORES
+    if sim.leased and sc.engines > 1:
+        # half the seeds: a short lease TTL; a third: restarts slower than it, so another
+        # engine takes the crashed engine's runs over before it comes back
+        if sim.rng_crashes.random() < 0.5:
+            sim.lease_ttl = sim.rng_crashes.uniform(2.0, 8.0)
+        sim.slow_restarts = sim.rng_crashes.random() < 0.35
     if sim.leased:
-        sim.oracle.lease_ttl = DEFAULT_LEASE_TTL
+        sim.oracle.lease_ttl = sim.lease_ttl
     bus = _ObservedMemoryBus(sim)
     for wf in sc.workflows:
         await inner.save_workflow(wf)
@@ -311,6 +354,7 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             for k in range(sc.engines):
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
+            nursery.start_soon(_crasher, sim, t0)
             nursery.start_soon(_virtual_budget, sim, t0)
             await _submitter(sim)
             sim.submitting_done = True
@@ -342,6 +386,38 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 sim.line("-- all runs terminal")
                 await _final_checks(sim, inner)
             nursery.cancel_scope.cancel()
+
+
+async def _crasher(sim: Sim, t0: float) -> None:
+    """Crash an engine ``sc.crashes`` times during the first 85 % of the horizon, the k-th
+    crash within the k-th of as many equal windows. Each crash has a mode drawn from the
+    seed: ``time`` (the first trace event from a virtual time drawn in the window: the
+    engine is cut mid-operation), ``timer`` (soon after a stored run starts waiting for a
+    retry backoff or a delay) or, from the second crash on, ``restart`` (as a crashed
+    engine reopens, often before its recovery is done). A crash whose trigger has not come
+    by the end of its window happens then, so every planned crash happens."""
+    sc = sim.sc
+    rng = sim.rng_crashes
+    if sc.crashes < 1:
+        return
+    window = 0.85 * sc.horizon / sc.crashes
+    for i in range(sc.crashes):
+        start, end = t0 + i * window, t0 + (i + 1) * window
+        mode = rng.choice(("time", "timer", "restart") if i else ("time", "timer"))
+        due = rng.uniform(start, max(start, end - 5.0))
+        if mode != "restart":  # "restart" is armed at once: the engine may reopen soon
+            await trio.sleep_until(max(start, trio.current_time()))
+        sim.crashed = trio.Event()
+        sim.crash_target = ""
+        sim.crash_mode = mode
+        sim.crash_due = max(due, trio.current_time()) if mode == "time" else math.inf
+        with trio.move_on_at(max(end, trio.current_time() + 5.0)):
+            await sim.crashed.wait()
+        if not sim.crashed.is_set():  # its trigger never came: crash now
+            sim.crash_mode = ""
+            while not sim.engine_scopes:
+                await trio.sleep(0.5)
+            sim.crash()
 
 
 async def _virtual_budget(sim: Sim, t0: float) -> None:
@@ -406,7 +482,8 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
         def dispatched(run_id: str, target: str, job_id: str, owner: str = owner) -> None:
             sim.on_dispatched(run_id, target, job_id, owner)
 
-        options: dict[str, Any] = {"engine_id": owner} if sim.leased else {}
+        options: dict[str, Any] = ({"engine_id": owner, "lease_ttl": sim.lease_ttl}
+                                   if sim.leased else {})
         store_handle = Severable(inner, StoreError, "store")
         bus_handle = Severable(bus, ConnectionError, "bus")
         store = observed_store(sim, store_handle)
@@ -416,6 +493,9 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
             sim.severs[name] = (store_handle, bus_handle)
             sim.line(("engine open" if incarnation == 0 else "engine restart (recovering)")
                      + label)
+            sim.down_since.pop(name, None)
+            if incarnation:
+                sim.restarting(name)
             async with open_engine(store, bus_handle, payloads=payloads, clock=clock,
                                    new_id=sim.new_id, on_step_dispatched=dispatched,
                                    on_step_finished=sim.on_finished, **options) as engine:
@@ -436,7 +516,10 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
             sim.engine_ready = trio.Event()
         sim.engine_restarts += 1
         sim.line("engine down" + label)
-        await trio.sleep(sim.rng.uniform(0.1, 10.0))
+        if sim.slow_restarts:
+            await trio.sleep(sim.rng.uniform(sim.lease_ttl + 1.0, 2 * sim.lease_ttl + 10.0))
+        else:
+            await trio.sleep(sim.rng.uniform(0.1, 10.0))
 
 
 async def _current_engine(sim: Sim) -> Engine:

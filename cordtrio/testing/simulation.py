@@ -9,7 +9,8 @@ virtual time, with invariants checked on every event.
   (drops, duplicates, reorders, delays), a ``WorkerPool`` of simulated workers (latency,
   failures, denials, hangs, crashes);
 * the engine (``open_engine``; or several, ``engines=``), which is crashed (its scope
-  cancelled) at a random event and reopened over the same store (recovery; over a store
+  cancelled, its handles cut) at virtual times drawn from the seed and reopened over the
+  same store (recovery; over a store
   with run leases, another engine takes the run over once the dead engine's lease expires);
 * a submitter (with idempotency keys, retrying what fails) and an approver;
 * after ``horizon`` virtual seconds every fault stops, and every accepted run must become
@@ -135,7 +136,9 @@ def simulate(
     ``worker`` / ``store_fail_rate`` say otherwise. ``faults="swarm"`` draws bus, store and
     worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``); the fault
     kinds in ``disabled`` are then off. ``crash``: crash and restart the engine
-    (True = once, or a number of times) at random events during the horizon. ``handlers``:
+    (True = one to three times, as the seed draws; or a number of times; False or 0 =
+    never), at virtual times drawn from the seed during the horizon, some while a timer is
+    pending and some right as a crashed engine reopens (``scenario._crasher``). ``handlers``:
     your own handlers by topic, called when a simulated job succeeds. After ``horizon``,
     faults stop and every run must be terminal within ``bound`` virtual seconds.
     ``store``: ``"memory"`` (``MemoryStore``) or ``"fakeredis"`` (the Redis store and
@@ -195,7 +198,13 @@ def simulate(
         fail_rate = swarm.rates["store_failure"]
     else:
         fail_rate = STORE_FAIL_RATES.get(preset, 0.0)
-    crashes = int(crash) if not isinstance(crash, bool) else (1 if crash else 0)
+    if isinstance(crash, bool):
+        # True: one to three crashes, as many as the seed says
+        crashes = random.Random(f"cordtrio-sim:{seed}:crash-count").randint(1, 3) if crash else 0
+    else:
+        crashes = int(crash)
+    if crashes < 0:
+        raise ValueError(f"simulate(): crash must not be negative, got {crash}")
     scenario = Scenario(
         seed=seed, workflows=tuple(wfs), inputs=inputs or _default_inputs, runs=runs,
         profile=profile, worker=spec, handlers=dict(handlers or {}),
