@@ -30,11 +30,12 @@ import trio
 
 from ..backends.job_queues import WORKER_LOST
 from ..backends.memory import MemoryBus
+from ..client import Client
 from ..clock import TrioWallClock
 from ..engine.leases import DEFAULT_LEASE_TTL
 from ..engine.supervisor import Engine, open_engine
 from ..errors import CordtrioError, StoreError
-from ..model import StepType, TimelineEvent, Workflow, WorkflowRun
+from ..model import StepStatus, StepType, TimelineEvent, Workflow, WorkflowRun
 from ..ports import TIMELINE_CAP, PayloadStore, RunLeases, Store
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult
 from ..worker import Handler
@@ -43,7 +44,7 @@ from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
 from .oracle import Oracle
-from .trace import packet_line, saved_line, timeline_lines
+from .trace import all_step_runs, packet_line, saved_line, timeline_lines
 from .workers import SimulatedWorker, WorkerPool
 
 __all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
@@ -78,6 +79,9 @@ class Scenario:
     store: str = "memory"
     engines: int = 1
     budget: Budget = field(default_factory=lambda: Budget())
+    store_ambiguous_rate: float = 0.0
+    store_read_fail_rate: float = 0.0
+    operator: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,18 @@ class Sim:
         self.all_done = trio.Event()
         self.submitting_done = False
         self.waiting = trio.Event()  # set when a stored run has a step waiting
+        # (step or child, status, job id) of each run's open steps, as last stored
+        self.last_open: dict[str, list[tuple[str, str, str]]] = {}
+        # the operator: a store-only Client (with run leases) used for a share of the
+        # submits, approvals, cancels and reruns; how often runs are cancelled and rerun
+        self.rng_ops = stream("operator")
+        self.client: Client | None = None
+        self.client_share = 0.0
+        self.cancel_rate = self.rng_ops.choice((0.0, self.rng_ops.uniform(0.05, 0.4)))
+        self.rerun_rate = self.rng_ops.choice((0.0, self.rng_ops.uniform(0.1, 0.5)))
+        if not sc.operator:
+            self.cancel_rate = self.rerun_rate = 0.0
+        self.reruns: dict[str, str] = {}  # rerun run id -> the run it was made from
 
     # ------------------------------------------------------------------------ tracing
 
@@ -228,6 +244,9 @@ class Sim:
     # --------------------------------------------------------------------- observers
 
     def on_saved(self, run: WorkflowRun) -> None:
+        self.last_open[run.id] = [
+            (sr.step_id, sr.status.value, sr.job_id) for _, sr in all_step_runs(run)
+            if sr.status in (StepStatus.RUNNING, StepStatus.PENDING, StepStatus.WAITING)]
         self.line(saved_line(run))
         self.check.saved(run)
         self.oracle.saved(run, trio.current_time())
@@ -270,6 +289,13 @@ class Sim:
     def on_store_fail(self, method: str, run_id: str) -> None:
         self.line(f"fault store {method} {run_id}")
 
+    def on_store_fault(self, kind: str, method: str, key: str) -> None:
+        """An ambiguous write (applied, reply lost) or a failed read."""
+        self.line(f"fault store_{'ambiguous' if kind == 'ambiguous' else 'read_failure'} "
+                  f"{method} {key}")
+        if kind == "ambiguous":
+            self.oracle.note("ambiguous write")
+
     def on_worker(self, what: str, detail: str) -> None:
         self.line(f"worker {what} {detail}")
 
@@ -282,10 +308,20 @@ class Sim:
             self.all_done.set()
 
     def stuck(self) -> list[str]:
+        """The accepted runs not terminal, each with its open steps and their job ids
+        (``run-001 (running: s2 running job run-001:s2@1, s3 waiting)``)."""
         latest = self.check.latest
-        return [f"{rid} ({r.status.value if (r := latest.get(rid)) else '?'})"
-                for rid in self.accepted
-                if not ((r := latest.get(rid)) and r.status.is_terminal)]
+        out = []
+        for rid in self.accepted:
+            view = latest.get(rid)
+            if view is not None and view.status.is_terminal:
+                continue
+            steps = ", ".join(
+                f"{sid} {status}" + (f" job {job}" if job else "")
+                for sid, status, job in self.last_open.get(rid, ()))
+            out.append(f"{rid} ({view.status.value if view else 'not stored'}"
+                       + (f": {steps}" if steps else "") + ")")
+        return out
 
 
 class _ObservedMemoryBus(MemoryBus):
@@ -355,6 +391,11 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
             nursery.start_soon(_crasher, sim, t0)
+            if sim.leased:
+                # the Client's own view of the store: flaky and observed, never severed
+                sim.client = Client(observed_store(sim, inner), clock=clock, new_id=sim.new_id)
+                sim.client_share = sim.rng_ops.choice((0.0, sim.rng_ops.uniform(0.2, 0.8)))
+            nursery.start_soon(_operator, sim, t0)
             nursery.start_soon(_virtual_budget, sim, t0)
             await _submitter(sim)
             sim.submitting_done = True
@@ -530,6 +571,14 @@ async def _current_engine(sim: Sim) -> Engine:
     return sim.engines[names[0] if len(names) == 1 else sim.rng.choice(names)]
 
 
+async def _via(sim: Sim) -> tuple[str, Engine | Client]:
+    """Who the driver goes through this time: the ``Client`` (its seeded share of the
+    time, with run leases) or an engine that is up."""
+    if sim.client is not None and sim.rng_ops.random() < sim.client_share:
+        return " (client)", sim.client
+    return "", await _current_engine(sim)
+
+
 async def _submitter(sim: Sim) -> None:
     sc = sim.sc
     wf_ids = list(sim.workflows)
@@ -539,19 +588,80 @@ async def _submitter(sim: Sim) -> None:
         payload = sc.inputs(sim.rng, wf)
         key = f"sim-{sim.seed}-{i}"
         while True:
-            engine = await _current_engine(sim)
+            how, api = await _via(sim)
             run_id: str | None = None
             with trio.move_on_after(60):
                 try:
-                    run_id = await engine.submit(wf.id, payload, idempotency_key=key,
-                                                 triggered_by="simulation")
+                    run_id = await api.submit(wf.id, payload, idempotency_key=key,
+                                              triggered_by="simulation")
                 except (CordtrioError, RuntimeError) as exc:
-                    sim.line(f"submit {key} failed: {type(exc).__name__}")
+                    sim.line(f"submit {key} failed{how}: {type(exc).__name__}")
             if run_id is not None:
                 sim.accepted[run_id] = None
-                sim.line(f"submit {key} accepted {run_id}")
+                sim.line(f"submit {key} accepted {run_id}{how}")
                 break
             await trio.sleep(sim.rng.uniform(0.1, 2.0))
+
+
+async def _operator(sim: Sim, t0: float) -> None:
+    """During the horizon, now and then: cancel a run that is not terminal
+    (``cancel_rate``), or rerun a terminal one from its start or from one of its steps
+    (``rerun_rate``), through the Client or an engine. The oracle hears of each cancel
+    before it is asked for; a rerun joins the runs that must end."""
+    sc = sim.sc
+    latest = sim.check.latest
+    if not (sim.cancel_rate or sim.rerun_rate):
+        return
+    rng = sim.rng_ops
+    while trio.current_time() < t0 + 0.9 * sc.horizon:
+        await trio.sleep(rng.uniform(5.0, 30.0))
+        open_runs = [r for r in sim.accepted if (v := latest.get(r)) is not None
+                     and not v.status.is_terminal]
+        done = [r for r in sim.accepted if (v := latest.get(r)) is not None
+                and v.status.is_terminal and r not in sim.reruns.values()]
+        if open_runs and rng.random() < sim.cancel_rate:
+            rid = rng.choice(open_runs)
+            how, api = await _via(sim)
+            sim.line(f"cancel {rid}{how}")
+            sim.oracle.cancel_requested(rid)
+            with trio.move_on_after(60):
+                try:
+                    await api.cancel_run(rid)
+                except (CordtrioError, RuntimeError) as exc:
+                    sim.line(f"cancel {rid} failed{how}: {type(exc).__name__}")
+        if done and rng.random() < sim.rerun_rate:
+            await _rerun(sim, rng.choice(done))
+
+
+async def _rerun(sim: Sim, rid: str) -> None:
+    rng = sim.rng_ops
+    wf = sim.workflows[sim.check.latest[rid].workflow_id]
+    step = rng.choice(("", *sorted(wf.steps)))
+    how, api = await _via(sim)
+    new: str | None = None
+    with trio.move_on_after(60):
+        try:
+            new = await api.rerun_from(rid, step)
+            if isinstance(api, Engine):  # an engine's rerun_from creates, not starts
+                sim.line(f"rerun {rid} from {step or 'the start'} created {new}")
+                while True:
+                    try:
+                        await (await _current_engine(sim)).start_run(wf.id, new)
+                        break
+                    except (CordtrioError, RuntimeError) as exc:
+                        sim.line(f"start {new} failed: {type(exc).__name__}")
+                        await trio.sleep(rng.uniform(0.1, 2.0))
+        except (CordtrioError, RuntimeError) as exc:
+            sim.line(f"rerun {rid} failed{how}: {type(exc).__name__}")
+            return
+    if new is not None:
+        sim.reruns[new] = rid
+        sim.accepted[new] = None
+        if sim.all_done.is_set():  # one more run that must end (it may have already)
+            sim.all_done = trio.Event()
+            sim.check_done()
+        sim.oracle.note("rerun")
+        sim.line(f"rerun {rid} from {step or 'the start'} accepted {new}{how}")
 
 
 async def _approver(sim: Sim) -> None:
@@ -561,19 +671,19 @@ async def _approver(sim: Sim) -> None:
         await trio.sleep(sim.rng.uniform(1.0, 15.0))
         if not sim.engines:
             continue
-        engine = await _current_engine(sim)
         sim.waiting = trio.Event()
         for rid in list(latest):
             # a triggered approval handler waits in a *running* run; none in a terminal one
             for sid in latest[rid].waiting:
                 ok = sim.rng.random() < sim.sc.approve_rate
-                sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}")
+                how, api = await _via(sim)
+                sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}{how}")
                 sim.oracle.approval(rid, sid, ok)
                 with trio.move_on_after(60):
                     try:
-                        await engine.approve_step(rid, sid, ok)
+                        await api.approve_step(rid, sid, ok)
                     except (CordtrioError, RuntimeError) as exc:
-                        sim.line(f"approve {rid}:{sid} failed: {type(exc).__name__}")
+                        sim.line(f"approve {rid}:{sid} failed{how}: {type(exc).__name__}")
         if any(view.waiting for view in latest.values()):
             sim.waiting.set()  # something is still waiting (e.g. the engine was down)
 

@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 STORE_FAIL_RATES = {"none": 0.0, "light": 0.05, "heavy": 0.2}
+STORE_AMBIGUOUS_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
+STORE_READ_FAIL_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
 FAULT_PRESETS = (*STORE_FAIL_RATES, "swarm")
 """The names ``faults`` takes: three fixed points and ``swarm`` (a mix drawn per seed,
 ``cordtrio.testing.swarm``)."""
@@ -123,6 +125,8 @@ def simulate(
     quiet: bool = True,
     budget: Budget | None = None,
     disabled: Sequence[str] = (),
+    store_ambiguous_rate: float | None = None,
+    store_read_fail_rate: float | None = None,
 ) -> SimulationReport:
     """Run one deterministic simulation; raise ``SimulationFailure`` on a violated
     invariant, else return a ``SimulationReport``.
@@ -133,7 +137,9 @@ def simulate(
     ``random_run_input``). ``faults`` is a bus ``FaultProfile`` or a preset name (``none``,
     ``light``, ``heavy``); the same name also picks the worker behaviour
     (``SimulatedWorker.preset``) and the store failure rate (0, 5 %, 20 %) unless
-    ``worker`` / ``store_fail_rate`` say otherwise. ``faults="swarm"`` draws bus, store and
+    ``worker`` / ``store_fail_rate`` say otherwise, and the rates of ambiguous store writes
+    (applied, reply lost: 0, 2 %, 5 %; ``store_ambiguous_rate``) and failed store reads
+    (0, 2 %, 5 %; ``store_read_fail_rate``). ``faults="swarm"`` draws bus, store and
     worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``); the fault
     kinds in ``disabled`` are then off. ``crash``: crash and restart the engine
     (True = one to three times, as the seed draws; or a number of times; False or 0 =
@@ -198,6 +204,18 @@ def simulate(
         fail_rate = swarm.rates["store_failure"]
     else:
         fail_rate = STORE_FAIL_RATES.get(preset, 0.0)
+    if store_ambiguous_rate is not None:
+        ambiguous = store_ambiguous_rate
+    elif swarm is not None:
+        ambiguous = swarm.rates["store_ambiguous"]
+    else:
+        ambiguous = STORE_AMBIGUOUS_RATES.get(preset, 0.0)
+    if store_read_fail_rate is not None:
+        read_fail = store_read_fail_rate
+    elif swarm is not None:
+        read_fail = swarm.rates["store_read_failure"]
+    else:
+        read_fail = STORE_READ_FAIL_RATES.get(preset, 0.0)
     if isinstance(crash, bool):
         # True: one to three crashes, as many as the seed says
         crashes = random.Random(f"cordtrio-sim:{seed}:crash-count").randint(1, 3) if crash else 0
@@ -210,7 +228,8 @@ def simulate(
         profile=profile, worker=spec, handlers=dict(handlers or {}),
         store_fail_rate=fail_rate, crashes=crashes, horizon=horizon, bound=bound,
         workers=workers, approve_rate=approve_rate, store=store, engines=engines,
-        budget=budget or Budget(),
+        budget=budget or Budget(), store_ambiguous_rate=ambiguous,
+        store_read_fail_rate=read_fail, operator=swarm is not None or profile.any,
     )
     sim = Sim(scenario)
     started = time.perf_counter()
@@ -227,7 +246,8 @@ def simulate(
     injected.update(count_faults(sim.trace))
     return SimulationReport(
         seed=seed,
-        runs=len(sim.accepted),
+        runs=len(sim.accepted) - len(sim.reruns),
+        reruns=len(sim.reruns),
         steps_dispatched=sim.dispatches,
         faults_injected=injected,
         virtual_time=clock.current_time(),

@@ -34,6 +34,8 @@ SWARM_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "delay": (0.0, 0.5),
     # store, per call
     "store_failure": (0.0, 0.3),
+    "store_ambiguous": (0.0, 0.2),
+    "store_read_failure": (0.0, 0.2),
     # workers, per job
     "worker_fail": (0.0, 0.5),
     "worker_deny": (0.0, 0.15),

@@ -14,7 +14,8 @@ from cordtrio.testing import SimulationTotals, simulate
 from cordtrio.testing.oracle import MULTI_ENGINE_SITUATIONS, SITUATIONS
 
 SEEDS = range(2000)
-FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "store_failure", "worker_fail",
+FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "store_failure", "store_ambiguous",
+               "store_read_failure", "worker_fail",
                "worker_deny", "worker_hang", "worker_crash", "engine_crash")
 
 

@@ -50,6 +50,8 @@ def test_a_swarm_seed_injects_exactly_the_kinds_it_switched_on() -> None:
         if swarm.rates["store_failure"] == 0:
             assert report.faults_injected.get("store_failure", 0) == 0
         for kind in ("fail", "deny", "hang", "crash"):
+            if kind == "crash" and swarm.rates["worker_hang"]:
+                continue  # a hung job without a deadline is a lost (crashed) worker
             if swarm.rates[f"worker_{kind}"] == 0:
                 assert report.faults_injected.get(f"worker_{kind}", 0) == 0, (seed, kind)
     assert seen_off > 0
