@@ -63,17 +63,23 @@ class ObservedStore(FlakyStore):
 
     def __init__(self, sim: Sim, inner: Store) -> None:
         super().__init__(inner, sim.rng_store, sim.sc.store_fail_rate,
-                         on_fail=sim.on_store_fail)
+                         on_fail=sim.on_store_fail, ambiguous_rate=sim.sc.store_ambiguous_rate,
+                         read_fail_rate=sim.sc.store_read_fail_rate,
+                         on_fault=sim.on_store_fault)
         self.sim = sim
 
-    async def create_run(self, run: WorkflowRun) -> None:
-        await super().create_run(run)
-        self.sim.on_created(run)
+    def _written(self, method: str, *args: Any) -> None:
+        # reported as soon as it is applied: its reply may yet be lost, or the engine
+        # crash before it gets it
+        if method == "create_run":
+            self.sim.on_created(args[0])
+        elif method == "save_run_changes":
+            self._saved(*args)
+        else:
+            self.sim.on_timeline(*args)
 
-    async def save_run_changes(
-        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
-    ) -> None:
-        await super().save_run_changes(run, changes, timeline)
+    def _saved(self, run: WorkflowRun, changes: RunChanges,
+               timeline: Sequence[TimelineEvent]) -> None:
         if changes or changes.lease_owner is None:  # not a (fenced) timeline-only append
             if changes.lease_owner is not None:
                 self.sim.check.acted(run.id, changes.lease_owner, "wrote",
@@ -82,11 +88,6 @@ class ObservedStore(FlakyStore):
         if timeline:
             self.sim.on_timeline(run.id, timeline)
 
-    async def append_timeline_events(self, run_id: str, events: Sequence[TimelineEvent]
-                                     ) -> None:
-        await super().append_timeline_events(run_id, events)
-        self.sim.on_timeline(run_id, events)
-
 
 class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     """``ObservedStore`` over a store with run leases: the lease calls that succeed tell
@@ -94,7 +95,12 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         got = await super().acquire_lease(run_id, owner, ttl)
+        before = self.sim.check.leases.get(run_id)
         if got and self.sim.check.lease_held(run_id, owner, trio.current_time() + ttl):
+            # (judged before the trace line, which may itself crash an engine)
+            if before is not None and _engine(before[0]) in self.sim.down_since \
+                    and _engine(before[0]) != _engine(owner):
+                self.sim.oracle.note("takeover before restart")
             self.sim.line(f"lease {run_id} taken by {owner}")
         return got
 
@@ -111,6 +117,11 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     async def release_lease(self, run_id: str, owner: str) -> None:
         await super().release_lease(run_id, owner)
         self.sim.check.lease_released(run_id, owner)
+
+
+def _engine(owner: str) -> str:
+    """The engine name of a lease owner ``sim-<name>-<incarnation>``."""
+    return owner.split("-")[1] if owner.count("-") >= 2 else owner
 
 
 def observed_store(sim: Sim, handle: Any) -> ObservedStore:
