@@ -88,6 +88,7 @@ class Sim:
         self.rng = stream("driver")
         self.rng_bus = stream("bus")
         self.rng_store = stream("store")
+        self.store_fail_rate = sc.store_fail_rate
         self.rng_workers = stream("workers")
         self.rng_ids = stream("ids")
         self.trace: list[str] = []
