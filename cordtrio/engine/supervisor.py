@@ -5,15 +5,19 @@ active yet is activated on demand (its task loads it from the store). API calls 
 their envelope is applied, persisted and published (read-your-writes); results from the bus
 are delivered without waiting, so one slow run never holds up another.
 
-Over a store that implements ``RunLeases`` the engine runs in multi-engine mode
-(``engine.leases``): a run is driven only by the engine holding its lease, and what reaches
+Who owns a run is a strategy chosen once in ``open_engine`` (``host.Ownership``): alone on
+its store the engine owns every run (``ownership.SingleEngine``); over a store that
+implements ``RunLeases`` it runs in multi-engine mode (``leases.LeaseKeeper``, also
+``engine.leases``): a run is driven only by the engine holding its lease, and what reaches
 another engine is forwarded through the store. API calls for a run another engine owns
 return once the command is checked and queued; the owner applies it asynchronously.
+
+The engine is its run tasks' ``host.RunHost`` and its ownership strategy's
+``host.RunRouter``; neither sees more of it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +30,15 @@ from .._nursery import open_service_nursery
 from ..clock import TrioWallClock
 from ..core.events import Approve, CancelRun, Event, JobStarted, ResultReceived, Start
 from ..core.plan import Plan
-from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
+from ..errors import (
+    CordtrioError,
+    CorruptDataError,
+    LeaseLostError,
+    NotFoundError,
+    RunFailedError,
+    StoreError,
+    ValidationError,
+)
 from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import (
     Bus,
@@ -40,9 +52,13 @@ from ..ports import (
 )
 from ..protocol import SUBJECT_PROGRESS, SUBJECT_RESULT, JobProgress, JobResult, JobStatus
 from ..retry import retrying
+from .envelopes import Envelope, Finish, Preload, Redirect
+from .host import Ownership, StepDispatchedHook, StepFinishedHook
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
-from .run_task import Envelope, Finish, Preload, Redirect, RunTask
+from .ownership import SingleEngine
+from .run_task import RunTask
 from .submission import create_rerun, submit_run
+from .unreadable import fail_unreadable, load_run
 
 DEFAULT_RESEND_AFTER = 60.0
 """Seconds without a result after which a job is published again (``open_engine``)."""
@@ -52,10 +68,6 @@ log = logging.getLogger("cordtrio.engine")
 RESULT_QUEUE = "cordtrio-workflow-engine"
 STALL_PROBE_SEC = 1.0
 """An API call whose event is not applied after this long checks that the store answers."""
-RECOVERY_PAGE = 1_000_000
-
-StepDispatchedHook = Callable[[str, str, str], Any]
-StepFinishedHook = Callable[[str, str, StepStatus], Any]
 
 
 class Engine:
@@ -81,6 +93,7 @@ class Engine:
         self.resend_after = resend_after if isinstance(bus, JobBus) else 0.0
         self.engine_id = engine_id or uuid.uuid4().hex
         self.leases: LeaseKeeper | None = None  # set by open_engine in multi-engine mode
+        self.ownership: Ownership = SingleEngine(store, self)  # replaced by open_engine
         self.store = store
         self.bus = bus
         self.payloads = payloads
@@ -159,7 +172,7 @@ class Engine:
             # The run task starts from what submit just read and wrote, not a re-read. The
             # run itself only in single-engine mode: with leases another engine may take
             # the run (or a Client command reach it) between the create and the start.
-            run = done.created if self.leases is None else None
+            run = self.ownership.fresh_run(done.created)
             await self._call(done.run_id, Start(), Preload(run, done.workflow))
         return done.run_id
 
@@ -167,9 +180,12 @@ class Engine:
                   **options: Any) -> WorkflowRun:
         """Submit, wait, and return the run if it succeeded; else raise
         ``RunFailedError`` (``cordtrio.engine.embedding.run_workflow``)."""
-        from .embedding import run_workflow
-
-        return await run_workflow(self, workflow_id, input, **options)
+        poll_interval = options.pop("poll_interval", 1.0)
+        run_id = await self.submit(workflow_id, input, **options)
+        run = await self.wait_run(run_id, poll_interval=poll_interval)
+        if run.status != RunStatus.SUCCEEDED:
+            raise RunFailedError(run)
+        return run
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not
@@ -206,7 +222,7 @@ class Engine:
         """Deliver ``event`` to the run's task and wait until it is applied."""
         for _ in range(3):
             envelope = Envelope(event, done=trio.Event())
-            self._deliver(run_id, envelope, preload)
+            self.deliver(run_id, envelope, preload)
             preload = None  # a retry goes to a new task: it reads the store
             await self._applied(run_id, envelope)
             if isinstance(envelope.error, (Redirect, LeaseLostError)):
@@ -236,7 +252,7 @@ class Engine:
                     f"run {run_id}: {type(envelope.event).__name__} not confirmed, the store "
                     f"is not answering: {exc}") from exc
 
-    def _deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
+    def deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
         """Hand an envelope to the run's task, activating one if needed (``preload``: what
         a new task may start from instead of reading the store). Never blocks."""
         task = self._runs.get(run_id)
@@ -248,19 +264,32 @@ class Engine:
             self._runs[run_id] = task
         task.send.send_nowait(envelope)
 
+    def is_active(self, run_id: str) -> bool:
+        return run_id in self._runs
+
     def _route_result(self, result: JobResult) -> None:
         run_id = _run_id_of(result)
         if run_id is not None:
-            self._deliver(run_id, Envelope(ResultReceived(result)))
+            self.deliver(run_id, Envelope(ResultReceived(result)))
 
-    def _run_exited(self, task: RunTask) -> None:
-        if self._runs.get(task.run_id) is task:
+    # ------------------------------------------------------------------ RunHost
+
+    def run_exited(self, task: object) -> None:
+        if isinstance(task, RunTask) and self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
             # A task can end with its run unfinished (it crashed, its run or workflow was
             # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
-            self._run_finished(task.run_id)
+            self.run_finished(task.run_id)
 
-    def _run_finished(self, run_id: str) -> Finish | None:
+    async def load_run(self, run_id: str) -> WorkflowRun:
+        return await load_run(self.store, run_id)
+
+    async def mark_unreadable(self, run_id: str, error: Exception) -> bool:
+        if not isinstance(error, CorruptDataError):
+            return False
+        return await fail_unreadable(self.store, run_id, error)
+
+    def run_finished(self, run_id: str) -> Finish | None:
         """Wake the run's ``wait_run`` callers; returns their ``Finish`` (None: nobody
         waits) so the task can hand them the final run when it lets go of it."""
         finished = self._finished.pop(run_id, None)
@@ -268,7 +297,7 @@ class Engine:
             finished.event.set()
         return finished
 
-    async def _plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
+    async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         """The workflow compiled for execution, with its registry schemas resolved;
         cached per workflow version (``updated_at``). ``workflow``: the definition the
         caller just read (``submit``), used instead of reading it again."""
@@ -296,16 +325,14 @@ class Engine:
         self._plans[key] = plan
         return plan
 
-    # ------------------------------------------------------------------ hooks
-
-    def _hook_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
+    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
         if self._on_dispatched is not None:
             try:
                 self._on_dispatched(run_id, step_id, job_id)
             except Exception:
                 log.exception("on_step_dispatched hook failed for %s", job_id)
 
-    def _hook_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
+    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
         if self._on_finished is not None:
             try:
                 self._on_finished(run_id, step_id, status)
@@ -337,24 +364,7 @@ class Engine:
                 if isinstance(payload, JobProgress) and payload.status == JobStatus.RUNNING:
                     run_id = _run_id_of(payload)
                     if run_id is not None:
-                        self._deliver(run_id, Envelope(JobStarted(payload.job_id)))
-
-    async def _recover(self) -> int:
-        """Activate every started, non-terminal run in the store (SPEC §12); in
-        multi-engine mode only those nobody holds (and runs with queued commands)."""
-        if self.leases is not None:
-            return await self.leases.scan()
-        count = 0
-        for status in (RunStatus.RUNNING, RunStatus.WAITING):
-            ids = await retrying(
-                functools.partial(self.store.list_run_ids_by_status, status.value,
-                                  RECOVERY_PAGE),
-                f"list {status.value} runs")
-            for run_id in ids:
-                if run_id not in self._runs:
-                    self._deliver(run_id, Envelope(Start()))
-                    count += 1
-        return count
+                        self.deliver(run_id, Envelope(JobStarted(payload.job_id)))
 
 
 def _run_id_of(result: object) -> str | None:
@@ -432,14 +442,15 @@ async def open_engine(
             resend_after=resend_after,
         )
         if leases_on and isinstance(store, RunLeases):
-            keeper = engine.leases = LeaseKeeper(engine, store, engine.engine_id, lease_ttl)
-            await nursery.start(keeper.keep)
-            await nursery.start(keeper.wake_loop)
+            keeper = LeaseKeeper(store, store, engine, engine.engine_id, lease_ttl)
+            engine.leases = keeper
+            engine.ownership = keeper
+        await engine.ownership.start(nursery)
         await nursery.start(engine._consume_results)
         if engine.starts_reported:
             await nursery.start(engine._consume_starts)
         if recover:
-            await engine._recover()
-        if recover and engine.leases is not None:
-            await nursery.start(engine.leases.takeover_loop)
+            # every started, non-terminal run in the store (SPEC §12); in multi-engine mode
+            # those nobody holds (and runs with queued commands), and again every ttl/2
+            await engine.ownership.recover(nursery)
         yield engine
