@@ -1,8 +1,8 @@
 """One Trio task per active run: the only writer of that run's state.
 
-The task receives envelopes (commands and job results) through an unbounded memory
-channel, folds them into the run with the pure core (``decide``), and executes the
-effects in a fixed order per batch:
+The task receives envelopes (commands and job results) in its ``Mailbox`` (unbounded; a
+waiting task is woken by the put), folds them into the run with the pure core
+(``decide``), and executes the effects in a fixed order per batch:
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -20,7 +20,6 @@ is in ``effects``; envelopes and the API's hand-over objects in ``envelopes``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 
 import trio
@@ -49,7 +48,7 @@ from ..protocol import JobStatus
 from ..ratelog import rate_limited
 from ..retry import retrying
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
-from .envelopes import Envelope, Finish, Preload, Redirect
+from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
 from .host import RunHost
 from .timers import Timers
 
@@ -66,7 +65,7 @@ class RunTask:
         self.run_id = run_id
         self._preload = preload
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
-        self.send, self._receive = trio.open_memory_channel[Envelope](math.inf)
+        self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
         self._timers = Timers()
         self.plan: Plan | None = None
@@ -116,14 +115,7 @@ class RunTask:
         self.scope.cancel()
 
     def take_leftovers(self) -> list[Envelope]:
-        out: list[Envelope] = []
-        while True:
-            try:
-                out.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                break
-        self._receive.close()
-        return out
+        return self.mailbox.close()
 
     def fail_leftovers(self, error: BaseException | None = None) -> None:
         """Answer envelopes that will never be applied here (the run is gone or ended)."""
@@ -195,23 +187,17 @@ class RunTask:
         return all(sr.status != StepStatus.RUNNING for sr in run.steps.values())
 
     def _take_ready(self) -> list[Envelope]:
-        batch: list[Envelope] = []
-        while True:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                break
+        batch = self.mailbox.take_all()
         if self._timers:
             batch.extend(self._timers.due())
         return batch
 
     async def _wait_for_work(self) -> list[Envelope]:
         if not self._timers:  # no cancel scope to enter and leave: the common case
-            envelope = await self._receive.receive()
-            return [envelope, *self._take_ready()]
-        with trio.move_on_at(self._timers.next_deadline):
-            envelope = await self._receive.receive()
-            return [envelope, *self._take_ready()]
+            await self.mailbox.wait()
+        else:
+            with trio.move_on_at(self._timers.next_deadline):
+                await self.mailbox.wait()
         return self._take_ready()
 
     # -------------------------------------------------------------------- one batch

@@ -12,7 +12,7 @@ from cordtrio.backends.memory import MemoryBus, MemoryStore
 from cordtrio.clock import TrioWallClock
 from cordtrio.core.events import ResultReceived, Start
 from cordtrio.core.plan import Plan
-from cordtrio.engine.envelopes import Envelope, Finish
+from cordtrio.engine.envelopes import Envelope, Finish, Reply
 from cordtrio.engine.host import RunHost
 from cordtrio.engine.ownership import SingleEngine
 from cordtrio.engine.run_task import RunTask
@@ -33,7 +33,7 @@ class Host:
         self.told: list[tuple[Any, ...]] = []
 
     def deliver(self, run_id: str, envelope: Envelope) -> None:
-        self.tasks[run_id].send.send_nowait(envelope)
+        self.tasks[run_id].mailbox.put(envelope)
 
     def is_active(self, run_id: str) -> bool:
         return run_id in self.tasks
@@ -71,7 +71,7 @@ async def test_a_run_task_runs_a_run_for_a_host_of_its_own() -> None:
     task = host.tasks["r1"] = RunTask(host, "r1")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(task.run)
-        started = Envelope(Start(), done=trio.Event())
+        started = Envelope(Start(), done=Reply())
         host.deliver("r1", started)
         await started.done.wait()  # type: ignore[union-attr]
         assert host.told == [("dispatched", "r1:a@1")]
