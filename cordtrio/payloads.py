@@ -45,7 +45,7 @@ def check_payload_key(key: str, prefix: str = "", *, pointer: str = "") -> str:
         raise PayloadPointerError(
             f"payload pointer {shown!r} refused: outside the payload namespace "
             f"(expected {names}); nothing was read")
-    if key.strip() != key or any(c in key for c in "\r\n\x00"):
+    if key.strip() != key or "\r" in key or "\n" in key or "\x00" in key:
         raise PayloadPointerError(f"payload pointer {shown!r} refused: malformed key")
     return key
 

@@ -100,6 +100,13 @@ class Mailbox:
             self._reader = None
             trio.lowlevel.reschedule(reader)
 
+    def poke(self) -> None:
+        """Wake the waiting task with nothing new (a timer of its run is due)."""
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(reader)
+
     def take_all(self) -> list[Envelope]:
         """Everything waiting, oldest first (maybe nothing)."""
         items = self._items

@@ -24,6 +24,7 @@ from ..core.plan import Plan
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
 from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges
 from .envelopes import Envelope, Finish
+from .timers import Alarm
 
 StepDispatchedHook = Callable[[str, str, str], Any]
 StepFinishedHook = Callable[[str, str, StepStatus], Any]
@@ -132,6 +133,10 @@ class RunHost(Protocol):
 
     @property
     def ownership(self) -> Ownership: ...
+
+    @property
+    def alarm(self) -> Alarm:
+        """Wakes the task at its next timer deadline."""
 
     async def load_run(self, run_id: str) -> WorkflowRun:
         """The stored run (a run whose data cannot be read is marked failed first)."""

@@ -68,6 +68,7 @@ class RunTask:
         self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
         self._timers = Timers()
+        self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
         self.plan: Plan | None = None
         self.state: RunState | None = None
         self.lost = False  # the lease is gone (multi-engine): stop acting at once
@@ -163,6 +164,8 @@ class RunTask:
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
                 batch = await self._wait_for_work()
+                if not batch:
+                    continue
             if any(e.drain for e in batch):
                 batch = [e for e in batch if not e.drain]
                 batch += await owner.take_commands(self.run_id)
@@ -193,11 +196,13 @@ class RunTask:
         return batch
 
     async def _wait_for_work(self) -> list[Envelope]:
-        if not self._timers:  # no cancel scope to enter and leave: the common case
-            await self.mailbox.wait()
-        else:
-            with trio.move_on_at(self._timers.next_deadline):
-                await self.mailbox.wait()
+        """The next envelopes, or the timers that came due (maybe nothing: a stale poke)."""
+        if self._timers:
+            deadline = self._timers.next_deadline
+            if deadline != self._alarm_at:  # one alarm per deadline, not per wait
+                self._alarm_at = deadline
+                self.host.alarm.set(deadline, self.mailbox)
+        await self.mailbox.wait()
         return self._take_ready()
 
     # -------------------------------------------------------------------- one batch

@@ -67,6 +67,7 @@ from .ownership import SingleEngine
 from .run_task import RunTask
 from .stalls import StallWatch
 from .submission import create_rerun, submit_run
+from .timers import Alarm
 from .unreadable import fail_unreadable, load_run
 
 DEFAULT_RESEND_AFTER = 60.0
@@ -113,6 +114,7 @@ class Engine:
         self._runs: dict[str, RunTask] = {}
         self._finished: dict[str, Finish] = {}
         self._plans: dict[tuple[str, Any], Plan] = {}
+        self.alarm = Alarm()
         self._stalls = StallWatch(
             lambda: store.list_run_ids_by_status(RunStatus.RUNNING.value, 1))
 
@@ -459,6 +461,7 @@ async def open_engine(
                 engine.ownership = keeper
             await engine.ownership.start(nursery)
             await nursery.start(engine._stalls.run)
+            await nursery.start(engine.alarm.run)
             await nursery.start(engine._consume_results)
             if engine.starts_reported:
                 await nursery.start(engine._consume_starts)

@@ -159,3 +159,26 @@ async def test_the_engine_tunes_the_collector_while_open_unless_told_not_to(stor
     assert gc.get_freeze_count() == 0
     async with open_engine(store, bus, tune_gc=False):
         assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+async def test_the_alarm_pokes_each_mailbox_at_its_deadline(autojump_clock) -> None:
+    from cordtrio.engine.timers import Alarm
+
+    alarm, early, late = Alarm(), Mailbox(), Mailbox()
+    woken: list[tuple[str, float]] = []
+
+    async def waiter(name: str, box: Mailbox) -> None:
+        await box.wait()
+        woken.append((name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alarm.run)
+        start = trio.current_time()
+        nursery.start_soon(waiter, "late", late)
+        nursery.start_soon(waiter, "early", early)
+        await trio.testing.wait_all_tasks_blocked()
+        alarm.set(start + 10, late)
+        alarm.set(start + 5, early)  # earlier than what the alarm sleeps until
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert woken == [("early", start + 5), ("late", start + 10)]

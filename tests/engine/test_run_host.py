@@ -16,6 +16,7 @@ from cordtrio.engine.envelopes import Envelope, Finish, Reply
 from cordtrio.engine.host import RunHost
 from cordtrio.engine.ownership import SingleEngine
 from cordtrio.engine.run_task import RunTask
+from cordtrio.engine.timers import Alarm
 from cordtrio.model import RunStatus, StepStatus, Workflow, WorkflowRun
 
 
@@ -30,6 +31,7 @@ class Host:
         self.clock = TrioWallClock()
         self.tasks: dict[str, RunTask] = {}
         self.ownership = SingleEngine(store, self)
+        self.alarm = Alarm()
         self.told: list[tuple[Any, ...]] = []
 
     def deliver(self, run_id: str, envelope: Envelope) -> None:
