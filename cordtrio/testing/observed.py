@@ -9,9 +9,10 @@ renewed or released). ``open_storage`` opens the store the scenario runs on.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -19,10 +20,8 @@ from ..backends.memory import MemoryPayloadStore, MemoryStore
 from ..clock import TrioWallClock
 from ..model import TimelineEvent, WorkflowRun
 from ..ports import PayloadStore, RunChanges, Store
+from .invariants import Invariants
 from .store_faults import FlakyLeaseStore, FlakyStore
-
-if TYPE_CHECKING:
-    from .scenario import Sim
 
 __all__ = ["STORES", "ObservedLeaseStore", "ObservedStore", "Severable", "observed_store",
            "open_storage"]
@@ -58,13 +57,34 @@ class Severable:
         return call
 
 
+class Sim(Protocol):
+    """What an observed store reports to: the scenario (``scenario.Sim``)."""
+
+    rng_store: random.Random
+    store_fail_rate: float
+    store_ambiguous_rate: float
+    store_read_fail_rate: float
+    check: Invariants
+    oracle: Any
+    down_since: dict[str, float]
+    leased: bool
+    faults_on: bool
+
+    def line(self, text: str) -> None: ...
+    def on_saved(self, run: WorkflowRun) -> None: ...
+    def on_created(self, run: WorkflowRun) -> None: ...
+    def on_timeline(self, run_id: str, events: Sequence[TimelineEvent]) -> None: ...
+    def on_store_fail(self, method: str, run_id: str) -> None: ...
+    def on_store_fault(self, kind: str, method: str, key: str) -> None: ...
+
+
 class ObservedStore(FlakyStore):
     """The simulation's view of the store: every *successful* write is reported."""
 
     def __init__(self, sim: Sim, inner: Store) -> None:
-        super().__init__(inner, sim.rng_store, sim.sc.store_fail_rate,
-                         on_fail=sim.on_store_fail, ambiguous_rate=sim.sc.store_ambiguous_rate,
-                         read_fail_rate=sim.sc.store_read_fail_rate,
+        super().__init__(inner, sim.rng_store, sim.store_fail_rate,
+                         on_fail=sim.on_store_fail, ambiguous_rate=sim.store_ambiguous_rate,
+                         read_fail_rate=sim.store_read_fail_rate,
                          on_fault=sim.on_store_fault)
         self.sim = sim
 

@@ -132,6 +132,9 @@ class Sim:
         self.rng = stream("driver")
         self.rng_bus = stream("bus")
         self.rng_store = stream("store")
+        self.store_fail_rate = sc.store_fail_rate
+        self.store_ambiguous_rate = sc.store_ambiguous_rate
+        self.store_read_fail_rate = sc.store_read_fail_rate
         self.rng_workers = stream("workers")
         self.rng_ids = stream("ids")
         self.trace: list[str] = []
