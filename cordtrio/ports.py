@@ -278,6 +278,17 @@ class JobBus(Bus, Protocol):
 
 
 @runtime_checkable
+class DirectBus(Protocol):
+    """A bus in the listener's own process (``MemoryBus``), which can hand a packet to a
+    callback from within ``publish`` instead of through a subscription channel: the
+    engine routes job results into run mailboxes without a task of its own in between."""
+
+    def listen(
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+    ) -> AbstractAsyncContextManager[None]: ...
+
+
+@runtime_checkable
 class ConfigProvider(Protocol):
     """Effective configuration for a step; non-empty results go into the job's env."""
 

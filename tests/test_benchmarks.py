@@ -121,3 +121,11 @@ def test_profile_attributes_self_time_to_areas_and_writes_json(tmp_path: Path) -
     shares = {r["area"]: r["self_pct"] for r in data["areas"]}
     assert shares["core (decide)"] > 0 and shares["engine shell"] > 0
     assert abs(sum(shares.values()) - 100) < 0.01
+
+
+def test_switches_counts_task_switches_per_step(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.switches import main as switches_main
+
+    assert switches_main(["--workload", "w1", "--backend", "memory", "--size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "15 steps" in out and "task switches per step" in out

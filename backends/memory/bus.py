@@ -9,6 +9,9 @@
 * Subjects match exactly, except that a subscription subject ending in ``>`` (``"sys.job.>"``
   or just ``">"``) matches every subject that starts with what precedes the ``>`` and is
   longer than it, like NATS' full wildcard. ``*`` has no special meaning.
+* ``listen`` is a subscription that is a callback, called from within ``publish`` (no
+  buffer, no task: the engine routes results into run mailboxes with it). It never makes
+  ``publish`` wait; an exception it raises is logged, not raised in the publisher.
 * A subscriber whose channel is closed (it left its ``subscribe`` block, or closed the
   receive channel itself) is dropped silently; publishing to a subject nobody listens to is
   not an error.
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,6 +92,21 @@ class _Listeners:
         return not self.plain and not self.groups
 
 
+class _Callback:
+    """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[BusPacket], None]) -> None:
+        self._callback = callback
+
+    def send_nowait(self, packet: BusPacket) -> None:
+        try:
+            self._callback(packet)
+        except Exception:
+            log.exception("a bus listener failed on a packet")
+
+
 class MemoryBus:
     """A process-local bus implementing the ``JobBus`` port (see the module docstring).
 
@@ -112,20 +130,18 @@ class MemoryBus:
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
 
-        A checkpoint, like every Trio operation: if cancelled before delivery nothing is
-        delivered. It waits only while a receiving buffer is full; if cancelled during
-        that wait, subscribers served before it already have the packet.
+        A cancellation point: if cancelled before delivery nothing is delivered. It is a
+        schedule point only when it waits, while a receiving buffer is full; if cancelled
+        during that wait, subscribers served before it already have the packet.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if not isinstance(packet, BusPacket):
             raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
                                 f"got {type(packet).__name__}")
         wire = encode_packet(packet) if self._codec else None
-        blocked = False
         payload = packet.payload
         if subject == SUBJECT_SUBMIT and isinstance(payload, JobRequest):
             while self.jobs.full:
-                blocked = True
                 await self._room.park()
             assignment = self.jobs.offer(payload.job_id, payload.topic, (packet, wire))
             if assignment is not None:
@@ -134,13 +150,11 @@ class MemoryBus:
             self.jobs.cancel(payload.job_id)
         listeners = self._exact.get(subject)
         if listeners is not None:
-            blocked = await self._deliver(subject, listeners, packet, wire, self._exact)
+            await self._deliver(subject, listeners, packet, wire, self._exact)
         if self._wildcards:
             for prefix, wild in tuple(self._wildcards.items()):
                 if len(subject) > len(prefix) and subject.startswith(prefix):
-                    blocked |= await self._deliver(prefix, wild, packet, wire, self._wildcards)
-        if not blocked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+                    await self._deliver(prefix, wild, packet, wire, self._wildcards)
 
     @asynccontextmanager
     async def subscribe(
@@ -163,6 +177,21 @@ class MemoryBus:
         finally:
             self._remove(table, key, queue, send)
             send.close()
+
+    @asynccontextmanager
+    async def listen(
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+    ) -> AsyncIterator[None]:
+        """Call ``callback(packet)`` from ``publish`` for the duration of the block, as a
+        subscriber of ``subject`` (in queue group ``queue``: ``""`` for none) would receive
+        ``packet`` (``DirectBus``)."""
+        send = _Callback(callback)
+        table, key = self._table_for(subject)
+        self._add(table, key, queue, send)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            self._remove(table, key, queue, send)  # type: ignore[arg-type]
 
     @asynccontextmanager
     async def consume_jobs(

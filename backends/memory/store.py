@@ -67,8 +67,10 @@ class MemoryStore(MemoryRunLeases):
     """Workflows, runs (with their indexes), timelines and idempotency keys, in memory; and
     run leases with command inboxes (``RunLeases``, see ``leases.py``) for several engines.
 
-    Every method is a Trio checkpoint and then runs to completion without yielding, so each
-    call is atomic with respect to other tasks. ``clock`` (an object with ``now()`` returning
+    Every method is a cancellation point (it raises ``Cancelled`` in a cancelled scope) but
+    not a schedule point, and runs to completion without yielding, so each call is atomic
+    with respect to other tasks: a dict update need not give up the CPU, and an engine
+    step does several. ``clock`` (an object with ``now()`` returning
     an aware UTC datetime) stamps the timestamps the store fills in.
     """
 
@@ -93,7 +95,7 @@ class MemoryStore(MemoryRunLeases):
     async def save_workflow(self, wf: Workflow) -> None:
         """Validate (SPEC §1) and upsert ``wf``; sets ``created_at`` on the first save and
         ``updated_at`` on every save, on the stored copy and on ``wf``."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         validate_workflow(wf)
         if not wf.id:
             raise ValidationError("workflow id required")
@@ -113,7 +115,7 @@ class MemoryStore(MemoryRunLeases):
             self._wf_by_org.setdefault(wf.org_id, {})[wf.id] = key
 
     async def get_workflow(self, workflow_id: str) -> Workflow:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         parsed = self._workflows.get(workflow_id)
         if parsed is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
@@ -121,7 +123,7 @@ class MemoryStore(MemoryRunLeases):
 
     async def delete_workflow(self, workflow_id: str) -> None:
         """Remove the definition and its index entries (its runs are kept)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         parsed = self._workflows.pop(workflow_id, None)
         if parsed is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
@@ -131,7 +133,7 @@ class MemoryStore(MemoryRunLeases):
         self, org_id: str = "", limit: int = DEFAULT_WORKFLOW_LIMIT
     ) -> list[Workflow]:
         """Workflows of ``org_id`` (all workflows when empty), most recently saved first."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_WORKFLOW_LIMIT
         index = self._wf_by_org.get(org_id, {}) if org_id else self._wf_all
         workflows = self._workflows
@@ -141,7 +143,7 @@ class MemoryStore(MemoryRunLeases):
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not run.id:
             raise ValidationError("run id required")
         if not run.workflow_id:
@@ -160,7 +162,7 @@ class MemoryStore(MemoryRunLeases):
 
     async def update_run(self, run: WorkflowRun) -> None:
         """Overwrite every part of an existing run and move its index entries."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         record = self._record(run.id)
         if run.updated_at is None:
             run.updated_at = self._now()
@@ -177,7 +179,7 @@ class MemoryStore(MemoryRunLeases):
         ``"steps"`` in ``context_keys`` rewrites the whole ``context["steps"]`` map. Indexes
         move only when ``changes.header`` is set.
         """
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         record = self._record(run.id)
@@ -190,17 +192,17 @@ class MemoryStore(MemoryRunLeases):
             self._timelines.append(run.id, timeline)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._record(run_id).assemble()
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Those of ``run_ids`` that are not stored (``ports.RunPresence``)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return [rid for rid in run_ids if rid not in self._runs]
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         record = self._record(run_id)
         del self._runs[run_id]
         self._index.remove(run_id, record)
@@ -211,14 +213,14 @@ class MemoryStore(MemoryRunLeases):
 
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._index.active_by_org.get(org_id, 0)
 
     async def list_runs_by_workflow(
         self, workflow_id: str, limit: int = DEFAULT_RUN_LIMIT
     ) -> list[WorkflowRun]:
         """Runs of a workflow, most recently created first."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
         ids = newest(self._index.by_workflow.get(workflow_id, {}), limit)
         return self._assemble_many(ids)
@@ -228,7 +230,7 @@ class MemoryStore(MemoryRunLeases):
     ) -> list[WorkflowRun]:
         """All runs, most recently updated first; with ``cursor_unix > 0`` only those updated
         strictly before that unix time (pass the last page's oldest ``updated_at``)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
         index = self._index.all
         if cursor_unix > 0:
@@ -239,28 +241,28 @@ class MemoryStore(MemoryRunLeases):
         self, status: str, limit: int = DEFAULT_STATUS_LIMIT
     ) -> list[str]:
         """Ids of runs currently in ``status``, most recently updated first."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
         return newest(self._index.by_status.get(status_text(status), {}), limit)
 
     # -------------------------------------------------------------------------- timeline
 
     async def append_timeline_event(self, run_id: str, event: TimelineEvent) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._timelines.append(run_id, (event,))
 
     async def append_timeline_events(
         self, run_id: str, events: Sequence[TimelineEvent]
     ) -> None:
         """Append a batch in order (one call for all the events of one transition)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._timelines.append(run_id, events)
 
     async def list_timeline_events(
         self, run_id: str, limit: int = DEFAULT_TIMELINE_LIMIT
     ) -> list[TimelineEvent]:
         """The newest ``limit`` events of the run, oldest first; ``[]`` for an unknown run."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_TIMELINE_LIMIT
         return self._timelines.newest(run_id, limit)
 
@@ -268,7 +270,7 @@ class MemoryStore(MemoryRunLeases):
 
     async def try_set_run_idempotency_key(self, key: str, run_id: str) -> bool:
         """Claim ``key`` for ``run_id`` unless it is already claimed; True if claimed now."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not key or not run_id:
             raise ValidationError("idempotency key and run id required")
         if key in self._idempotency:
@@ -277,11 +279,11 @@ class MemoryStore(MemoryRunLeases):
         return True
 
     async def get_run_by_idempotency_key(self, key: str) -> str | None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._idempotency.get(key)
 
     async def delete_run_idempotency_key(self, key: str) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._idempotency.pop(key, None)
 
     # -------------------------------------------------------------------------- helpers

@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
@@ -37,8 +37,12 @@ import trio_asyncio
 
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
-if TYPE_CHECKING:
-    from .batcher import CommandBatcher
+
+class CommandBatcher(Protocol):
+    """What the adapter hands its commands to once batching is on (``batcher.py``)."""
+
+    async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any: ...
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +214,10 @@ class RedisAdapter:
         """Called with each command a script carries as arguments (``CommandRecorder``):
         ``testing.CommandCounter`` counts them."""
 
-    def start_batching(self, nursery: trio.Nursery) -> None:
-        """Coalesce concurrent single commands into pipelines from now on; the batcher's
-        tasks run in ``nursery`` (``connect`` opens one for the connection's lifetime)."""
-        from .batcher import CommandBatcher  # it builds on this module
-
-        self._batcher = CommandBatcher(self, nursery)
+    def start_batching(self, batcher: CommandBatcher) -> None:
+        """Coalesce concurrent single commands into pipelines from now on, through
+        ``batcher`` (``batcher.CommandBatcher``, built on this adapter by ``connect``)."""
+        self._batcher = batcher
 
     def stop_batching(self) -> None:
         """Send every further command on its own again (the batcher's nursery is closing)."""

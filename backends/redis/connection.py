@@ -25,6 +25,7 @@ from .adapter import (
     run_ready_callbacks_per_tick,
 )
 from .base import DEFAULT_RETENTION_SECONDS
+from .batcher import CommandBatcher
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
@@ -160,7 +161,7 @@ async def connect(
                                    command_timeout=socket_timeout)
             try:
                 await _ping(adapter, shown, connect_timeout)
-                adapter.start_batching(batching)
+                adapter.start_batching(CommandBatcher(adapter, batching))
                 try:
                     yield RedisBackends(
                         store=RedisStore(adapter, clock=clock,

@@ -38,7 +38,8 @@ from ..testing import (
     run_under_faults,
     simulate,
 )
-from ..testing.oracle import SITUATIONS
+from ..testing.oracle import MULTI_ENGINE_SITUATIONS, SITUATIONS
+from ..testing.swarm import SWARM_KINDS
 from ..worker import Handler
 from .loading import (
     EXIT_OK,
@@ -70,12 +71,17 @@ def add_simulate_parser(commands: Any) -> None:
                      help=f"how many seeds to run (default {DEFAULT_SEEDS})")
     sim.add_argument("--start", type=int, default=0, metavar="S",
                      help="first seed (default 0): seeds S .. S+N-1 run")
-    sim.add_argument("--faults", choices=FAULT_PRESETS, default="light",
-                     help="fault preset for bus, store and workers (default light)")
+    sim.add_argument("--faults", choices=FAULT_PRESETS, default="swarm",
+                     help="fault preset for bus, store and workers, or swarm: a mix drawn "
+                          "per seed (default swarm)")
+    sim.add_argument("--no-fault", action="append", default=[], metavar="KIND",
+                     choices=SWARM_KINDS,
+                     help="with --faults swarm: turn this fault kind off (repeatable)")
     sim.add_argument("--runs", type=int, metavar="R",
                      help="runs submitted per seed (default 6; 4 with --workflow)")
-    sim.add_argument("--crashes", type=int, default=1, metavar="K",
-                     help="engine crashes (and recoveries) per seed (default 1; 0 = none)")
+    sim.add_argument("--crashes", type=int, metavar="K",
+                     help="engine crashes (and recoveries) per seed (default: one to three, "
+                          "drawn per seed; 0 = none)")
     sim.add_argument("--store", choices=STORES, default="memory",
                      help="memory, or the Redis store over fakeredis (default memory)")
     sim.add_argument("--engines", type=int, default=1, metavar="E",
@@ -119,7 +125,7 @@ def _batch(args: argparse.Namespace) -> _Batch:
         raise CliError("--seeds must be at least 1")
     if args.runs is not None and args.runs < 1:
         raise CliError("--runs must be at least 1")
-    if args.crashes < 0:
+    if args.crashes is not None and args.crashes < 0:
         raise CliError("--crashes must not be negative")
     if args.engines < 1:
         raise CliError("--engines must be at least 1")
@@ -134,14 +140,21 @@ def _batch(args: argparse.Namespace) -> _Batch:
         raise CliError("--max-cpu must be positive")
     if args.max_steps is not None and args.max_steps < 1:
         raise CliError("--max-steps must be at least 1")
+    if args.no_fault and args.faults != "swarm":
+        raise CliError("--no-fault needs --faults swarm")
     if args.workflow is None and (args.handlers or args.input):
         raise CliError("--handlers and --input need --workflow")
-    options: dict[str, Any] = {"faults": args.faults, "crash": args.crashes,
+    options: dict[str, Any] = {"faults": args.faults,
+                               "crash": True if args.crashes is None else args.crashes,
                                "store": args.store, "engines": args.engines}
     repro = ["--faults", args.faults]
+    if args.no_fault:
+        options["disabled"] = tuple(args.no_fault)
+        for kind in args.no_fault:
+            repro += ["--no-fault", kind]
     if args.runs is not None:
         repro += ["--runs", str(args.runs)]
-    if args.crashes != 1:
+    if args.crashes is not None:
         repro += ["--crashes", str(args.crashes)]
     if args.store != "memory":
         repro += ["--store", args.store]
@@ -244,7 +257,7 @@ def _print_summary(console: Console, totals: SimulationTotals, wall: float,
     else:
         table.add_row("faults injected", "0")
     table.add_row("engine restarts", str(totals.engine_restarts))
-    for name in SITUATIONS:
+    for name in (*SITUATIONS, *MULTI_ENGINE_SITUATIONS):
         table.add_row(f"seen: {name}", str(totals.situations.get(name, 0)))
     table.add_row("virtual time", _duration(totals.virtual_time))
     table.add_row("real time", f"{wall:.2f}s")

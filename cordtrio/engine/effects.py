@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
 from ..model import WorkflowRun
 from ..payloads import RESULT_PREFIX, key_from_pointer
-from ..ports import PayloadStore
+from ..ports import Bus, Clock, ConfigProvider, PayloadStore
 from ..protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -27,9 +27,6 @@ from ..protocol import (
     JobCancel,
 )
 from ..retry import retrying
-
-if TYPE_CHECKING:
-    from .supervisor import Engine
 
 log = logging.getLogger("cordtrio.engine")
 
@@ -54,14 +51,14 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
     return ""
 
 
-async def publish_job(engine: Engine, run_id: str, run: WorkflowRun | None,
-                      effect: Dispatch) -> str:
+async def publish_job(bus: Bus, clock: Clock, config: ConfigProvider | None, run_id: str,
+                      run: WorkflowRun | None, effect: Dispatch) -> str:
     """Publish a job request, with the step's effective configuration when the engine has
     a ``ConfigProvider`` (its failure is logged, the job goes out without it)."""
     request = effect.request
-    if engine.config is not None:
+    if config is not None:
         try:
-            cfg = await engine.config.effective(
+            cfg = await config.effective(
                 run.org_id if run else "", run.team_id if run else "",
                 request.workflow_id, effect.target_id)
             if cfg:
@@ -70,34 +67,34 @@ async def publish_job(engine: Engine, run_id: str, run: WorkflowRun | None,
             log.warning("run %s: config provider failed for step %s", run_id,
                         effect.target_id, exc_info=True)
     try:
-        await engine.bus.publish(SUBJECT_SUBMIT, packet(engine, run_id, request))
+        await bus.publish(SUBJECT_SUBMIT, packet(clock, run_id, request))
     except Exception as exc:
         return f"publish {effect.job_id}: {exc}"
     return ""
 
 
-async def publish_alert(engine: Engine, run_id: str, effect: PublishAlert) -> str:
+async def publish_alert(bus: Bus, clock: Clock, run_id: str, effect: PublishAlert) -> str:
     """Publish a notify step's alert (its outcome decides the step)."""
     try:
-        await engine.bus.publish(SUBJECT_WORKFLOW_EVENT, packet(engine, run_id, effect.alert))
+        await bus.publish(SUBJECT_WORKFLOW_EVENT, packet(clock, run_id, effect.alert))
     except Exception as exc:
         return f"publish alert: {exc}"
     return ""
 
 
-async def publish_cancel(engine: Engine, run_id: str, effect: CancelJob) -> None:
+async def publish_cancel(bus: Bus, clock: Clock, run_id: str, effect: CancelJob) -> None:
     """Ask workers to stop a job; best effort (a lost cancel leaves a result to ignore)."""
     cancel = JobCancel(job_id=effect.job_id, reason=effect.reason, requested_by=SENDER_ID)
     try:
-        await engine.bus.publish(SUBJECT_CANCEL, packet(engine, run_id, cancel))
+        await bus.publish(SUBJECT_CANCEL, packet(clock, run_id, cancel))
     except Exception:
         log.warning("run %s: could not publish cancel for %s", run_id, effect.job_id,
                     exc_info=True)
 
 
-def packet(engine: Engine, run_id: str, payload: Any) -> BusPacket:
+def packet(clock: Clock, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id)."""
-    return BusPacket(trace_id=run_id, sender_id=SENDER_ID, created_at=engine.clock.now(),
+    return BusPacket(trace_id=run_id, sender_id=SENDER_ID, created_at=clock.now(),
                      protocol_version=PROTOCOL_VERSION, payload=payload)
 
 

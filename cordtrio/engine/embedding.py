@@ -7,8 +7,7 @@ from typing import Any
 
 import trio
 
-from ..errors import RunFailedError
-from ..model import RunStatus, WorkflowRun
+from ..model import WorkflowRun
 from ..ports import Bus, Store
 from .supervisor import Engine, open_engine
 
@@ -43,11 +42,7 @@ async def run_workflow(
 
     A run waiting for an approval waits here too: bound the call with ``trio.fail_after``
     (the run goes on in the engine when the call is cancelled)."""
-    run_id = await engine.submit(workflow_id, input, **submit_options)
-    run = await engine.wait_run(run_id, poll_interval=poll_interval)
-    if run.status != RunStatus.SUCCEEDED:
-        raise RunFailedError(run)
-    return run
+    return await engine.run(workflow_id, input, poll_interval=poll_interval, **submit_options)
 
 
 __all__ = ["run_workflow", "serve_engine"]

@@ -1,12 +1,14 @@
 """What travels between the engine's API, its result consumer and a run's task: envelopes
-(an event plus a way to wait for it), what a new task may start from (``Preload``), and
-how ``wait_run`` learns that a run finished (``Finish``)."""
+(an event plus a way to wait for it: ``Reply``), a run task's ``Mailbox``, what a new task
+may start from (``Preload``), and how ``wait_run`` learns that a run finished (``Finish``)."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
+import outcome
 import trio
 
 from ..core.events import Event
@@ -14,16 +16,125 @@ from ..errors import CordtrioError
 from ..model import Workflow, WorkflowRun
 
 
+class Reply:
+    """An API caller waiting for its envelope to be applied: ``trio.Event`` for one waiter,
+    without a ``ParkingLot``, and with ``interrupt`` for the engine's stall watchdog."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """The envelope is applied (or answered with its ``error``): wake the caller."""
+        self._set = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    def interrupt(self, error: BaseException) -> None:
+        """Raise ``error`` in the waiting caller now; the envelope stays with the run task
+        (it is applied later, nobody waits for it then)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiter is not None
+
+    async def wait(self) -> None:
+        """Until ``set``. A cancellation point (a schedule point only when it waits)."""
+        if self._set:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        if self._waiter is not None:
+            raise RuntimeError("a Reply has one waiter")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 @dataclass(slots=True)
 class Envelope:
     """An event for a run, and (for API calls) a way to wait until it is applied."""
 
     event: Event
-    done: trio.Event | None = None
+    done: Reply | None = None
     error: BaseException | None = None
     fired_at: datetime | None = None  # for timers: the wall time they were armed for
     drain: bool = False  # multi-engine: apply the run's inbox in the store (event unused)
     queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
+
+
+class Mailbox:
+    """A run task's inbox: envelopes are put without waiting, and a task waiting for one is
+    woken directly (no memory channel: no buffer object, no ``ParkingLot`` per run).
+    Unbounded on purpose (see docs/architecture.md, *Backpressure*). One reader."""
+
+    __slots__ = ("_items", "_reader", "closed")
+
+    def __init__(self) -> None:
+        self._items: deque[Envelope] = deque()
+        self._reader: trio.lowlevel.Task | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, envelope: Envelope) -> None:
+        """Hand ``envelope`` over; ``trio.BrokenResourceError`` once the task closed it."""
+        if self.closed:
+            raise trio.BrokenResourceError("the run task has let go of its mailbox")
+        self._items.append(envelope)
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(reader)
+
+    def poke(self) -> None:
+        """Wake the waiting task with nothing new (a timer of its run is due)."""
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(reader)
+
+    def take_all(self) -> list[Envelope]:
+        """Everything waiting, oldest first (maybe nothing)."""
+        items = self._items
+        if not items:
+            return []
+        out = list(items)
+        items.clear()
+        return out
+
+    def close(self) -> list[Envelope]:
+        """No more puts; returns what was never taken."""
+        self.closed = True
+        return self.take_all()
+
+    async def wait(self) -> None:
+        """Until something is in the mailbox. Only the run task waits; it is woken by the
+        next ``put`` (cancel its scope, or a deadline around this call, to stop waiting).
+        When something is there already, only a cancellation point."""
+        if self._items:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        self._reader = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._reader = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 @dataclass(slots=True)
@@ -56,4 +167,4 @@ class Redirect(CordtrioError):
     """The run's task ended before applying the envelope; deliver it again."""
 
 
-__all__ = ["Envelope", "Finish", "Preload", "Redirect"]
+__all__ = ["Envelope", "Finish", "Mailbox", "Preload", "Redirect", "Reply"]

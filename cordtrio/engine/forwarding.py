@@ -11,44 +11,61 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..core.events import Approve, CancelRun, ResultReceived, Start
 from ..errors import CordtrioError
+from ..ports import Store
 from ..retry import retrying
 from ..wire_commands import encode_command, is_wire_command
+from .envelopes import Envelope, Redirect
 from .submission import check_approvable
-
-if TYPE_CHECKING:
-    from .leases import LeaseKeeper
-    from .run_task import Envelope
 
 log = logging.getLogger("cordtrio.engine")
 
 
-async def forward_as_guest(keeper: LeaseKeeper, run_id: str,
+class Inboxes(Protocol):
+    """Where commands for a run owned by another engine go (``LeaseKeeper``)."""
+
+    async def forward(self, run_id: str, data: bytes) -> None:
+        """Queue an encoded command in the run's inbox (waking the owner)."""
+
+
+async def forward_as_guest(keeper: Inboxes, store: Store, run_id: str,
                            envelopes: Sequence[Envelope]) -> None:
     """This engine does not own the run: check and queue each command for the owner, then
     answer its caller. Drain requests are dropped (the owner was woken when the commands
-    were queued, or drains its inbox when it takes the run)."""
-    for envelope in envelopes:
-        try:
+    were queued, or drains its inbox when it takes the run). A command whose hand-over was
+    cut short (the task's cleanup time ran out, the store not answering) is answered with
+    ``Redirect``, not as queued: its caller delivers it again."""
+    try:
+        for envelope in envelopes:
             if envelope.drain or not is_wire_command(envelope.event):
+                _answer(envelope)
                 continue
-            if envelope.done is not None:
-                await _check(keeper, run_id, envelope)
-            if isinstance(envelope.event, ResultReceived):
-                # the owner reloads the payload itself: a loaded output does not travel
-                envelope.event = ResultReceived(envelope.event.result)
-            await keeper.forward(run_id, encode_command(envelope.event))
-        except CordtrioError as exc:
-            envelope.error = exc
-        finally:
-            if envelope.done is not None:
+            try:
+                if envelope.done is not None:
+                    await _check(store, run_id, envelope)
+                if isinstance(envelope.event, ResultReceived):
+                    # the owner reloads the payload itself: a loaded output does not travel
+                    envelope.event = ResultReceived(envelope.event.result)
+                await keeper.forward(run_id, encode_command(envelope.event))
+            except CordtrioError as exc:
+                envelope.error = exc
+            _answer(envelope)
+    finally:
+        for envelope in envelopes:
+            if envelope.done is not None and not envelope.done.is_set():
+                envelope.error = envelope.error or Redirect()
                 envelope.done.set()
 
 
-async def forward_results(keeper: LeaseKeeper, run_id: str,
+def _answer(envelope: Envelope) -> None:
+    if envelope.done is not None:
+        envelope.done.set()
+
+
+async def forward_results(keeper: Inboxes, run_id: str,
                           envelopes: Sequence[Envelope]) -> int:
     """The owner lets the run go with these envelopes unapplied: queue the job results
     (nobody would resend them); API calls are answered by the caller's retry; commands
@@ -69,9 +86,8 @@ async def forward_results(keeper: LeaseKeeper, run_id: str,
     return count
 
 
-async def _check(keeper: LeaseKeeper, run_id: str, envelope: Envelope) -> None:
+async def _check(store: Store, run_id: str, envelope: Envelope) -> None:
     """The errors an API call must give at once, read from the stored run."""
-    store = keeper.engine.store
     event = envelope.event
     if isinstance(event, Approve):
         await retrying(lambda: check_approvable(store, run_id, event.step_id),

@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..core.events import Start
 from ..errors import CordtrioError, LeaseLostError, ProtocolError
-from ..model import RunStatus
-from ..ports import RunLeases, RunPresence
+from ..model import RunStatus, TimelineEvent, WorkflowRun
+from ..ports import RunChanges, RunLeases, RunPresence, Store
 from ..ratelog import RateLimitedLog
 from ..retry import retrying
 from ..wire_commands import decode_command
-
-if TYPE_CHECKING:
-    from .run_task import Envelope, RunTask
-    from .supervisor import Engine
+from .envelopes import Envelope, Redirect
+from .forwarding import forward_as_guest, forward_results
+from .host import OwnedRun, RunRouter
 
 log = logging.getLogger("cordtrio.engine")
 
@@ -57,62 +56,145 @@ CLEANUP_TIMEOUT = 5.0
 
 
 class LeaseKeeper:
-    """One engine's side of the lease protocol (see the module docstring)."""
+    """One engine's side of the lease protocol (see the module docstring): the
+    multi-engine ``host.Ownership``. ``store`` and ``leases`` are the same object (a store
+    implementing ``RunLeases``)."""
 
-    def __init__(self, engine: Engine, store: RunLeases, owner: str, ttl: float) -> None:
+    def __init__(self, store: Store, leases: RunLeases, router: RunRouter, owner: str,
+                 ttl: float) -> None:
         if ttl <= 0:
             raise ValueError(f"lease_ttl must be positive, got {ttl}")
-        self.engine = engine
-        self.store = store
+        self.router = router
+        self.runs_store = store
+        self.store = leases
         self.owner = owner
         self.ttl = float(ttl)
-        self.held: dict[str, RunTask] = {}
+        self.held: dict[str, OwnedRun] = {}
         self.closing: dict[str, trio.Event] = {}
         self.crashed = False
+        self._unacked: dict[str, int] = {}  # commands taken per run, not acknowledged
         self._log = RateLimitedLog(log)
 
-    # ------------------------------------------------------------------ per task
+    # ------------------------------------------------------------------ Ownership
 
-    async def acquire(self, task: RunTask) -> bool:
-        """Take the run's lease for ``task``; False when another engine holds it."""
-        got = await retrying(
-            functools.partial(self.store.acquire_lease, task.run_id, self.owner, self.ttl),
-            f"acquire lease of run {task.run_id}")
-        if got:
-            self.held[task.run_id] = task
-        return got
+    def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
+        """Never: another engine, or a ``Client`` command, may reach the run between its
+        creation and its start, so a new task reads the store once it holds the lease."""
+        return None
 
-    async def wait_previous(self, run_id: str) -> None:
-        """Wait until an earlier task of the same run in this engine has let go (forwarded
-        its leftovers and released the lease), so the two never overlap."""
+    def may_unload_idle(self) -> bool:
+        """No: letting go would free the lease, and every engine's takeover scan would
+        then reload the run every ttl/2."""
+        return False
+
+    async def acquire(self, run: OwnedRun) -> bool:
+        """Take the run's lease for ``run``'s task, once an earlier task of the same run in
+        this engine has let go; False when another engine holds it."""
+        run_id = run.run_id
         event = self.closing.get(run_id)
         if event is not None:
             await event.wait()
+        got = await retrying(
+            functools.partial(self.store.acquire_lease, run_id, self.owner, self.ttl),
+            f"acquire lease of run {run_id}")
+        if got:
+            self.held[run_id] = run
+        return got
 
-    def closing_started(self, task: RunTask) -> trio.Event:
-        event = trio.Event()
-        self.closing[task.run_id] = event
-        return event
+    async def take_commands(self, run_id: str) -> list[Envelope]:
+        """The run's unacknowledged commands, marked ``queued``; counted for the next
+        ``acknowledge`` (a take returns every unacknowledged command, so the count is the
+        latest take's)."""
+        envelopes, self._unacked[run_id] = await self.take_inbox(run_id)
+        for envelope in envelopes:
+            envelope.queued = True
+        return envelopes
 
-    def closing_done(self, task: RunTask, event: trio.Event) -> None:
-        if self.closing.get(task.run_id) is event:
-            del self.closing[task.run_id]
-        event.set()
+    async def acknowledge(self, run_id: str) -> None:
+        count = self._unacked.pop(run_id, 0)
+        if count:
+            await self.ack(run_id, count)
 
-    async def release(self, task: RunTask) -> None:
-        if self.held.get(task.run_id) is not task:
+    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                           events: list[TimelineEvent]) -> None:
+        """The run's state write, fenced by the lease."""
+        changes.lease_owner = self.owner
+        await self.runs_store.save_run_changes(run, changes, events)
+
+    async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
+        fenced = RunChanges(lease_owner=self.owner)
+        await self.runs_store.save_run_changes(run, fenced, events)
+
+    async def let_go(self, run: OwnedRun) -> None:
+        """Hand what was not applied to the run's owner and release the lease. Runs with no
+        checkpoint before the leftovers are taken, so no envelope slips between this task
+        and the next one for the run."""
+        run_id = run.run_id
+        closing = self.closing[run_id] = trio.Event()
+        unacked = self._unacked.pop(run_id, 0)
+        try:
+            owned = self.held.get(run_id) is run
+            leftovers = run.take_leftovers()
+            unapplied = run.in_flight  # a batch interrupted (lease lost, engine closing)
+            for envelope in unapplied:
+                if envelope.done is not None and (run.lost or isinstance(
+                        envelope.error, LeaseLostError)):
+                    envelope.error = Redirect()  # the caller retries: forwarded then
+            if owned or self.crashed:
+                for envelope in leftovers:  # API callers retry (on a new task, or fail)
+                    if envelope.done is not None:
+                        envelope.error = envelope.error or Redirect()
+                        envelope.done.set()
+            if self.crashed:
+                return
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                if owned:
+                    await self._drop_poison(run, unacked)
+                    await self.release(run)
+                    await forward_results(self, run_id, [*unapplied, *leftovers])
+                else:  # never held, or the keeper found the lease gone
+                    await forward_results(self, run_id, unapplied)
+                    await forward_as_guest(self, self.runs_store, run_id, leftovers)
+        finally:
+            for envelope in run.in_flight:
+                if envelope.done is not None:
+                    envelope.done.set()
+            if self.closing.get(run_id) is closing:
+                del self.closing[run_id]
+            closing.set()
+
+    async def _drop_poison(self, run: OwnedRun, unacked: int) -> None:
+        """Acknowledge commands nobody can apply, so the run is not re-activated for them
+        forever: all of a run that cannot be loaded, or the batch that crashed its task
+        (a definite error or a bug; transient store errors are retried inside the batch).
+        Anything else taken stays unacknowledged for the next owner."""
+        if run.unloadable is not None:
+            await self.drop_commands(run.run_id, None, str(run.unloadable))
+        elif run.crashed and unacked:
+            await self.drop_commands(run.run_id, unacked, "its task crashed")
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.keep)
+        await nursery.start(self.wake_loop)
+
+    async def recover(self, nursery: trio.Nursery) -> int:
+        count = await self.scan()
+        await nursery.start(self.takeover_loop)
+        return count
+
+    # ------------------------------------------------------------------ the store
+
+    async def release(self, run: OwnedRun) -> None:
+        if self.held.get(run.run_id) is not run:
             return
-        del self.held[task.run_id]
+        del self.held[run.run_id]
         if self.crashed:
             return  # a simulated crash leaves its leases to expire
         try:
-            await self.store.release_lease(task.run_id, self.owner)
+            await self.store.release_lease(run.run_id, self.owner)
         except Exception:
             log.warning("run %s: could not release its lease (it expires in %gs)",
-                        task.run_id, self.ttl, exc_info=True)
-
-    def holds(self, task: RunTask) -> bool:
-        return self.held.get(task.run_id) is task
+                        run.run_id, self.ttl, exc_info=True)
 
     async def forward(self, run_id: str, data: bytes) -> None:
         """Queue an encoded command in the run's inbox (waking the owner)."""
@@ -124,8 +206,6 @@ class LeaseKeeper:
         the inbox) as envelopes, oldest first, and how many were taken — the count to
         acknowledge once they are persisted (undecodable ones included: they are dropped,
         logged, and acknowledged with the rest)."""
-        from .run_task import Envelope
-
         raw = await retrying(functools.partial(self.store.take_commands, run_id),
                              f"take commands of run {run_id}")
         out: list[Envelope] = []
@@ -199,7 +279,7 @@ class LeaseKeeper:
         the store (a Redis restarted without persistence), and the others (their lease
         expired or another engine holds it)."""
         vanished: list[str] = []
-        store = self.engine.store
+        store = self.runs_store
         if isinstance(store, RunPresence):
             try:
                 vanished = await store.missing_runs(run_ids)
@@ -230,7 +310,7 @@ class LeaseKeeper:
                 await trio.sleep(min(1.0, timeout))
                 continue
             for run_id in ids:
-                self.engine._deliver(run_id, drain_envelope())
+                self.router.deliver(run_id, drain_envelope())
 
     async def takeover_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Every ``ttl/2``, activate runs nobody holds (see ``scan``)."""
@@ -251,19 +331,19 @@ class LeaseKeeper:
         ids: list[str] = []
         for status in (RunStatus.RUNNING, RunStatus.WAITING):
             ids += await retrying(
-                functools.partial(self.engine.store.list_run_ids_by_status, status.value,
+                functools.partial(self.runs_store.list_run_ids_by_status, status.value,
                                   SCAN_PAGE), f"list {status.value} runs")
         ids += await retrying(functools.partial(self.store.runs_with_commands, SCAN_PAGE),
                               "list runs with queued commands")
-        candidates = [i for i in dict.fromkeys(ids) if i not in self.engine._runs]
+        candidates = [i for i in dict.fromkeys(ids) if not self.router.is_active(i)]
         taken: list[str] = []
         for start in range(0, len(candidates), UNLEASED_CHUNK):
             chunk = candidates[start:start + UNLEASED_CHUNK]
             free = await retrying(functools.partial(self.store.unleased, chunk),
                                   "check free leases")
             for run_id in free:
-                if run_id not in self.engine._runs:
-                    self.engine._deliver(run_id, drain_envelope())
+                if not self.router.is_active(run_id):
+                    self.router.deliver(run_id, drain_envelope())
                     taken.append(run_id)
         if taken:
             log.info("engine %s: took over %d run(s) with no live owner: %s",
@@ -292,8 +372,6 @@ def _sample(run_ids: list[str], shown: int = 3) -> str:
 def drain_envelope() -> Envelope:
     """An envelope telling the run task to apply its run's inbox (it carries no event of its
     own; ``Start`` is a placeholder never decided)."""
-    from .run_task import Envelope
-
     return Envelope(Start(), drain=True)
 
 

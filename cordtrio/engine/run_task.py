@@ -1,8 +1,8 @@
 """One Trio task per active run: the only writer of that run's state.
 
-The task receives envelopes (commands and job results) through an unbounded memory
-channel, folds them into the run with the pure core (``decide``), and executes the
-effects in a fixed order per batch:
+The task receives envelopes (commands and job results) in its ``Mailbox`` (unbounded; a
+waiting task is woken by the put), folds them into the run with the pure core
+(``decide``), and executes the effects in a fixed order per batch:
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -20,9 +20,7 @@ is in ``effects``; envelopes and the API's hand-over objects in ``envelopes``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,79 +42,69 @@ from ..core.machine import decide
 from ..core.plan import Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
-from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
+from ..model import RunStatus, StepStatus, TimelineEvent
 from ..ports import RunChanges
 from ..protocol import JobStatus
 from ..ratelog import rate_limited
 from ..retry import retrying
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
-from .envelopes import Envelope, Finish, Preload, Redirect
-from .forwarding import forward_as_guest, forward_results
-from .leases import CLEANUP_TIMEOUT
+from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
+from .host import RunHost
 from .timers import Timers
-from .unreadable import fail_unreadable, load_run
-
-if TYPE_CHECKING:
-    from .leases import LeaseKeeper
-    from .supervisor import Engine
 
 log = logging.getLogger("cordtrio.engine")
 
 
 class RunTask:
-    """Owns one run while it is active in this engine."""
+    """Owns one run while it is active in this engine (``host.OwnedRun`` for the
+    engine's ownership strategy)."""
 
-    def __init__(self, engine: Engine, run_id: str, preload: Preload | None = None) -> None:
-        self.engine = engine
+    def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None) -> None:
+        self.host = host
+        self.owner = host.ownership
         self.run_id = run_id
         self._preload = preload
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
-        self.send, self._receive = trio.open_memory_channel[Envelope](math.inf)
+        self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
         self._timers = Timers()
+        self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
         self.plan: Plan | None = None
         self.state: RunState | None = None
-        self._lost = False  # multi-engine: the lease is gone, stop acting at once
-        self._unloadable: CordtrioError | None = None  # the run or workflow cannot load
-        self._in_flight: list[Envelope] = []
-        self._unacked = 0  # multi-engine: commands taken from the inbox, not acknowledged
-        self._crashed = False
+        self.lost = False  # the lease is gone (multi-engine): stop acting at once
+        self.unloadable: CordtrioError | None = None  # the run or workflow cannot load
+        self.in_flight: list[Envelope] = []
+        self.crashed = False
+        self.error: BaseException | None = None  # what crashed the task
 
     # ----------------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        """Load the run, then apply envelopes until the run is terminal and idle. In
-        multi-engine mode, first take the run's lease (or forward everything to its owner),
-        and let go of the run at the end (see ``engine.leases``)."""
-        keeper = self.engine.leases
+        """Take the run (``Ownership.acquire``: in multi-engine mode, its lease), load it,
+        then apply envelopes until the run is terminal and idle; let go of the run at the
+        end (``Ownership.let_go``)."""
         try:
             with self.scope:
-                if keeper is not None:
-                    await keeper.wait_previous(self.run_id)
                 if not await self._load():
                     return
                 await self._loop()
             state = self.state
-            if self._finish is not None and state is not None and not self._lost and \
+            if self._finish is not None and state is not None and not self.lost and \
                     state.run.status.is_terminal:  # let go of a finished run: hand it over
                 self._finish.run = state.run
         except LeaseLostError as exc:
-            self._lost = True
+            self.lost = True
             rate_limited(log).warning("lease lost", "run %s: %s; another engine drives it "
                                       "now", self.run_id, exc)
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
-            if not isinstance(exc, CorruptDataError) or not await fail_unreadable(
-                    self.engine, self.run_id, exc):
+            if not isinstance(exc, CorruptDataError) or not await self.host.mark_unreadable(
+                    self.run_id, exc):
                 log.exception("run %s: task crashed; the run stays in the store", self.run_id)
-            self._crashed = True
-            if keeper is None:
-                self._fail_leftovers(exc)
+            self.crashed = True
+            self.error = exc
         finally:
-            self.engine._run_exited(self)
-            if keeper is None:
-                self._fail_leftovers()
-            else:
-                await self._let_go(keeper)
+            self.host.run_exited(self)
+            await self.owner.let_go(self)
 
     def unfinished(self) -> bool:
         """Loaded here and not terminal: ``wait_run`` may wait without reading the store."""
@@ -124,79 +112,33 @@ class RunTask:
 
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
-        self._lost = True
+        self.lost = True
         self.scope.cancel()
 
-    async def _let_go(self, keeper: LeaseKeeper) -> None:
-        """Multi-engine end of the task: hand what was not applied to the run's owner and
-        release the lease. Runs with no checkpoint before the leftovers are taken, so no
-        envelope slips between this task and the next one for the run."""
-        closing = keeper.closing_started(self)
-        try:
-            owned = keeper.holds(self)
-            leftovers = self._take_leftovers()
-            unapplied = self._in_flight  # a batch interrupted (lease lost, engine closing)
-            for envelope in unapplied:
-                if envelope.done is not None and (self._lost or isinstance(
-                        envelope.error, LeaseLostError)):
-                    envelope.error = Redirect()  # the caller retries: forwarded then
-            if owned or keeper.crashed:
-                for envelope in leftovers:  # API callers retry (on a new task, or fail)
-                    if envelope.done is not None:
-                        envelope.error = envelope.error or Redirect()
-                        envelope.done.set()
-            if keeper.crashed:
-                return
-            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
-                if owned:
-                    await self._drop_poison(keeper)
-                    await keeper.release(self)
-                    await forward_results(keeper, self.run_id, [*unapplied, *leftovers])
-                else:  # never held, or the keeper found the lease gone
-                    await forward_results(keeper, self.run_id, unapplied)
-                    await forward_as_guest(keeper, self.run_id, leftovers)
-        finally:
-            for envelope in self._in_flight:
-                if envelope.done is not None:
-                    envelope.done.set()
-            keeper.closing_done(self, closing)
+    def take_leftovers(self) -> list[Envelope]:
+        return self.mailbox.close()
 
-    async def _drop_poison(self, keeper: LeaseKeeper) -> None:
-        """Acknowledge commands nobody can apply, so the run is not re-activated for them
-        forever: all of a run that cannot be loaded, or the batch that crashed this task
-        (a definite error or a bug; transient store errors are retried inside the batch).
-        Anything else taken stays unacknowledged for the next owner."""
-        if self._unloadable is not None:
-            await keeper.drop_commands(self.run_id, None, str(self._unloadable))
-        elif self._crashed and self._unacked:
-            await keeper.drop_commands(self.run_id, self._unacked, "its task crashed")
-
-    def _take_leftovers(self) -> list[Envelope]:
-        out: list[Envelope] = []
-        while True:
-            try:
-                out.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                break
-        self._receive.close()
-        return out
+    def fail_leftovers(self, error: BaseException | None = None) -> None:
+        """Answer envelopes that will never be applied here (the run is gone or ended)."""
+        for envelope in self.take_leftovers():
+            envelope.error = envelope.error or error or Redirect()
+            if envelope.done is not None:
+                envelope.done.set()
 
     async def _load(self) -> bool:
-        engine = self.engine
-        keeper = engine.leases
-        if keeper is not None and not await keeper.acquire(self):
-            return False  # another engine owns the run: ``_let_go`` forwards to it
+        if not await self.owner.acquire(self):
+            return False  # another engine owns the run: ``let_go`` forwards to it
         preload, self._preload = self._preload, None
         try:
-            if preload is not None and preload.run is not None and keeper is None:
+            if preload is not None and preload.run is not None:
                 run = preload.run
             else:
-                run = await load_run(engine, self.run_id)
-            plan = await engine._plan_for(
+                run = await self.host.load_run(self.run_id)
+            plan = await self.host.plan_for(
                 run.workflow_id, preload.workflow if preload is not None else None)
         except CordtrioError as exc:
-            self._fail_leftovers(exc)
-            self._unloadable = exc  # no await here: the task is still the run's route
+            self.fail_leftovers(exc)
+            self.unloadable = exc  # no await here: the task is still the run's route
             return False
         self.plan = plan
         self.state = RunState(run)
@@ -204,73 +146,43 @@ class RunTask:
 
     async def _loop(self) -> None:
         assert self.state is not None
-        keeper = self.engine.leases
-        first = True
+        owner = self.owner
+        # Re-arm the timers a stored run implies before anything else touches it (a no-op
+        # for a run that has not started); then apply the commands queued for the run in
+        # the store (multi-engine: while nobody held it, and first those an earlier owner
+        # took and never acknowledged — at-least-once: it may have died or lost the lease
+        # before persisting them). The take covers any drain request already here (not
+        # one arriving during it: that one is applied next).
+        ready = self._take_ready()
+        inbox = await owner.take_commands(self.run_id)
+        batch = [Envelope(Recover()), *inbox, *(e for e in ready if not e.drain)]
         while True:
-            batch = self._take_ready()
-            if first:
-                # Re-arm the timers a stored run implies before anything else touches it
-                # (a no-op for a run that has not started); a new owner then applies the
-                # commands queued for the run while nobody held it, and first those an
-                # earlier owner took and never acknowledged (at-least-once: it may have
-                # died or lost the lease before persisting them). The take covers any
-                # drain request already here.
-                first = False
-                inbox = await self._take_inbox(keeper) if keeper is not None else []
-                batch = [Envelope(Recover()), *inbox, *(e for e in batch if not e.drain)]
             if not batch:
                 if self.state.run.status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
-                if keeper is None and self._parked():
-                    # idle until approved: the next envelope reloads it (W4 memory). Not in
-                    # multi-engine mode: letting go would free the lease, and every engine's
-                    # takeover scan would then reload the run every ttl/2.
+                if self._parked() and owner.may_unload_idle():
+                    # idle until approved: the next envelope reloads it (W4 memory)
                     return
                 batch = await self._wait_for_work()
-            if keeper is not None and any(e.drain for e in batch):
-                batch = [e for e in batch if not e.drain]
-                batch += await self._take_inbox(keeper)
-                if not batch:  # nothing, or only undecodable commands (dropped, logged)
-                    await keeper.ack(self.run_id, self._unacked)
-                    self._unacked = 0
+                if not batch:
                     continue
-            self._in_flight = batch
+            if any(e.drain for e in batch):
+                batch = [e for e in batch if not e.drain]
+                batch += await owner.take_commands(self.run_id)
+                if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                    await owner.acknowledge(self.run_id)
+                    continue
+            self.in_flight = batch
             await self._process(batch)
-            self._in_flight = []
-            if self._unacked:  # persisted: the store may forget the commands now
-                assert keeper is not None
-                await keeper.ack(self.run_id, self._unacked)
-                self._unacked = 0
-
-    async def _take_inbox(self, keeper: LeaseKeeper) -> list[Envelope]:
-        """The run's unacknowledged commands, marked ``queued``; counts them for the ack
-        (a take returns every unacknowledged command, so the count is the latest take's)."""
-        envelopes, self._unacked = await keeper.take_inbox(self.run_id)
-        for envelope in envelopes:
-            envelope.queued = True
-        return envelopes
-
-    async def _save_changes(self, run: WorkflowRun, changes: RunChanges,
-                            events: list[TimelineEvent]) -> None:
-        """The run's state write: fenced by the lease in multi-engine mode."""
-        keeper = self.engine.leases
-        if keeper is not None:
-            changes.lease_owner = keeper.owner
-        await self.engine.store.save_run_changes(run, changes, events)
-
-    async def _append_timeline(self, events: list[TimelineEvent]) -> None:
-        keeper = self.engine.leases
-        if keeper is not None and self.state is not None:
-            fenced = RunChanges(lease_owner=keeper.owner)
-            await self.engine.store.save_run_changes(self.state.run, fenced, events)
-        else:
-            await self.engine.store.append_timeline_events(self.run_id, events)
+            self.in_flight = []
+            await owner.acknowledge(self.run_id)  # persisted: the store may forget them
+            batch = self._take_ready()
 
     def _parked(self) -> bool:
         """Waiting on an approval with no timer armed and no job or alert in flight: nothing
         but a command can move the run, so its task (channels, scopes, the loaded run) need
-        not stay in memory. Whatever comes next activates a new task that reloads the run
-        (``Engine._deliver``); a run with timers keeps its task, which owns them."""
+        not stay in memory. Whatever comes next activates a new task that reloads the run;
+        a run with timers keeps its task, which owns them."""
         assert self.state is not None
         run = self.state.run
         if run.status != RunStatus.WAITING or self._timers:
@@ -278,47 +190,31 @@ class RunTask:
         return all(sr.status != StepStatus.RUNNING for sr in run.steps.values())
 
     def _take_ready(self) -> list[Envelope]:
-        batch: list[Envelope] = []
-        while True:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                break
+        batch = self.mailbox.take_all()
         if self._timers:
             batch.extend(self._timers.due())
         return batch
 
     async def _wait_for_work(self) -> list[Envelope]:
-        if not self._timers:  # no cancel scope to enter and leave: the common case
-            envelope = await self._receive.receive()
-            return [envelope, *self._take_ready()]
-        with trio.move_on_at(self._timers.next_deadline):
-            envelope = await self._receive.receive()
-            return [envelope, *self._take_ready()]
+        """The next envelopes, or the timers that came due (maybe nothing: a stale poke)."""
+        if self._timers:
+            deadline = self._timers.next_deadline
+            if deadline != self._alarm_at:  # one alarm per deadline, not per wait
+                self._alarm_at = deadline
+                self.host.alarm.set(deadline, self.mailbox)
+        await self.mailbox.wait()
         return self._take_ready()
-
-    def _fail_leftovers(self, error: BaseException | None = None) -> None:
-        """Answer envelopes that will never be applied here (the run is gone or ended)."""
-        while True:
-            try:
-                envelope = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                break
-            envelope.error = envelope.error or error or Redirect()
-            if envelope.done is not None:
-                envelope.done.set()
-        self._receive.close()
 
     # -------------------------------------------------------------------- one batch
 
     async def _process(self, batch: list[Envelope]) -> None:
         assert self.plan is not None and self.state is not None
-        engine = self.engine
+        host = self.host
         effects: list[Effect] = []
         changes = RunChanges()
         for envelope in batch:
             event = await self._with_output(envelope.event)
-            now = engine.clock.now()
+            now = host.clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
@@ -349,14 +245,14 @@ class RunTask:
             if envelope.done is not None:
                 envelope.done.set()
         if self.state.run.status.is_terminal:
-            self._finish = engine._run_finished(self.run_id) or self._finish
+            self._finish = host.run_finished(self.run_id) or self._finish
 
     async def _with_output(self, event: Event) -> Event:
         """Attach the result payload to a successful result (SPEC §8 needs it)."""
         if not isinstance(event, ResultReceived) or event.output is not None:
             return event
         result = event.result
-        payloads = self.engine.payloads
+        payloads = self.host.payloads
         if result.status != JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
             return event
         return ResultReceived(result, await load_output(payloads, result.result_ptr))
@@ -366,6 +262,7 @@ class RunTask:
         (a failed payload store or publish, an alert's outcome) goes back through the core
         and its effects are carried out too, until nothing is left."""
         assert self.state is not None
+        host = self.host
         run = self.state.run
         pending = effects
         while pending or changes:
@@ -377,13 +274,13 @@ class RunTask:
                 feedback: list[Event] = []
                 for effect in queue:
                     if isinstance(effect, Dispatch):
-                        problem = await store_payload(self.engine.payloads, effect)
+                        problem = await store_payload(host.payloads, effect)
                         if problem:
                             failed.add(effect.job_id)
                             feedback.append(
                                 DispatchFailed(effect.target_id, effect.job_id, problem))
                     elif isinstance(effect, PublishAlert):
-                        error = await publish_alert(self.engine, self.run_id, effect)
+                        error = await publish_alert(host.bus, host.clock, self.run_id, effect)
                         feedback.append(AlertOutcome(effect.step_id, error))
                 queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, round_effects)
@@ -393,18 +290,18 @@ class RunTask:
                 if isinstance(effect, Dispatch):
                     if effect.job_id in failed:
                         continue
-                    problem = await publish_job(self.engine, self.run_id, run, effect)
+                    problem = await publish_job(host.bus, host.clock, host.config, self.run_id, run,
+                                                effect)
                     if problem:
                         feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                     elif not effect.again:
-                        self.engine._hook_dispatched(self.run_id, effect.target_id,
-                                                     effect.job_id)
+                        host.step_dispatched(self.run_id, effect.target_id, effect.job_id)
                 elif isinstance(effect, CancelJob):
-                    await publish_cancel(self.engine, self.run_id, effect)
+                    await publish_cancel(host.bus, host.clock, self.run_id, effect)
                 elif isinstance(effect, StepFinished):
-                    self.engine._hook_finished(self.run_id, effect.step_id, effect.status)
+                    host.step_finished(self.run_id, effect.step_id, effect.status)
                 elif isinstance(effect, ArmTimer):
-                    self._timers.arm(effect, self.engine.clock.now())
+                    self._timers.arm(effect, host.clock.now())
             pending = self._decide_more(feedback, changes) if feedback else []
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
@@ -412,7 +309,7 @@ class RunTask:
         assert self.plan is not None and self.state is not None
         effects: list[Effect] = []
         for event in events:
-            outcome = decide(self.plan, self.state, event, self.engine.clock.now())
+            outcome = decide(self.plan, self.state, event, self.host.clock.now())
             effects.extend(outcome.effects)
             changes.merge(outcome.changes)
         return effects
@@ -422,10 +319,10 @@ class RunTask:
         run = self.state.run
         events: list[TimelineEvent] = [e.event for e in effects if isinstance(e, RecordTimeline)]
         if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            await retrying(lambda: self._save_changes(run, changes, events),
+            await retrying(lambda: self.owner.save_changes(run, changes, events),
                            f"save run {self.run_id}")
         elif events:
-            await retrying(lambda: self._append_timeline(events),
+            await retrying(lambda: self.owner.append_timeline(run, events),
                            f"append timeline of run {self.run_id}")
 
 

@@ -5,15 +5,19 @@ active yet is activated on demand (its task loads it from the store). API calls 
 their envelope is applied, persisted and published (read-your-writes); results from the bus
 are delivered without waiting, so one slow run never holds up another.
 
-Over a store that implements ``RunLeases`` the engine runs in multi-engine mode
-(``engine.leases``): a run is driven only by the engine holding its lease, and what reaches
+Who owns a run is a strategy chosen once in ``open_engine`` (``host.Ownership``): alone on
+its store the engine owns every run (``ownership.SingleEngine``); over a store that
+implements ``RunLeases`` it runs in multi-engine mode (``leases.LeaseKeeper``, also
+``engine.leases``): a run is driven only by the engine holding its lease, and what reaches
 another engine is forwarded through the store. API calls for a run another engine owns
 return once the command is checked and queued; the owner applies it asynchronously.
+
+The engine is its run tasks' ``host.RunHost`` and its ownership strategy's
+``host.RunRouter``; neither sees more of it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,23 +38,45 @@ from ..core.events import (
     Start,
 )
 from ..core.plan import Plan
-from ..errors import CordtrioError, LeaseLostError, NotFoundError, StoreError, ValidationError
+from ..errors import (
+    CordtrioError,
+    CorruptDataError,
+    LeaseLostError,
+    NotFoundError,
+    RunFailedError,
+    ValidationError,
+)
 from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import (
     Bus,
     Clock,
     ConfigProvider,
+    DirectBus,
     JobBus,
     PayloadStore,
     RunLeases,
     SchemaRegistry,
     Store,
 )
-from ..protocol import SUBJECT_PROGRESS, SUBJECT_RESULT, JobProgress, JobResult, JobStatus
+from ..protocol import (
+    SUBJECT_PROGRESS,
+    SUBJECT_RESULT,
+    BusPacket,
+    JobProgress,
+    JobResult,
+    JobStatus,
+)
 from ..retry import retrying
+from .envelopes import Envelope, Finish, Preload, Redirect, Reply
+from .gc_tuning import freeze_startup, long_lived_gc
+from .host import Ownership, StepDispatchedHook, StepFinishedHook
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
-from .run_task import Envelope, Finish, Preload, Redirect, RunTask
+from .ownership import SingleEngine
+from .run_task import RunTask
+from .stalls import StallWatch
 from .submission import create_rerun, submit_run
+from .timers import Alarm
+from .unreadable import fail_unreadable, load_run
 
 DEFAULT_RESEND_AFTER = 60.0
 """Seconds without a result after which a job is published again (``open_engine``)."""
@@ -58,12 +84,6 @@ DEFAULT_RESEND_AFTER = 60.0
 log = logging.getLogger("cordtrio.engine")
 
 RESULT_QUEUE = "cordtrio-workflow-engine"
-STALL_PROBE_SEC = 1.0
-"""An API call whose event is not applied after this long checks that the store answers."""
-RECOVERY_PAGE = 1_000_000
-
-StepDispatchedHook = Callable[[str, str, str], Any]
-StepFinishedHook = Callable[[str, str, StepStatus], Any]
 
 
 class Engine:
@@ -89,6 +109,7 @@ class Engine:
         self.resend_after = resend_after if isinstance(bus, JobBus) else 0.0
         self.engine_id = engine_id or uuid.uuid4().hex
         self.leases: LeaseKeeper | None = None  # set by open_engine in multi-engine mode
+        self.ownership: Ownership = SingleEngine(store, self)  # replaced by open_engine
         self.store = store
         self.bus = bus
         self.payloads = payloads
@@ -101,6 +122,9 @@ class Engine:
         self._runs: dict[str, RunTask] = {}
         self._finished: dict[str, Finish] = {}
         self._plans: dict[tuple[str, Any], Plan] = {}
+        self.alarm = Alarm()
+        self._stalls = StallWatch(
+            lambda: store.list_run_ids_by_status(RunStatus.RUNNING.value, 1))
 
     # ------------------------------------------------------------------ public API
 
@@ -167,7 +191,7 @@ class Engine:
             # The run task starts from what submit just read and wrote, not a re-read. The
             # run itself only in single-engine mode: with leases another engine may take
             # the run (or a Client command reach it) between the create and the start.
-            run = done.created if self.leases is None else None
+            run = self.ownership.fresh_run(done.created)
             await self._call(done.run_id, Start(), Preload(run, done.workflow))
         return done.run_id
 
@@ -175,9 +199,12 @@ class Engine:
                   **options: Any) -> WorkflowRun:
         """Submit, wait, and return the run if it succeeded; else raise
         ``RunFailedError`` (``cordtrio.engine.embedding.run_workflow``)."""
-        from .embedding import run_workflow
-
-        return await run_workflow(self, workflow_id, input, **options)
+        poll_interval = options.pop("poll_interval", 1.0)
+        run_id = await self.submit(workflow_id, input, **options)
+        run = await self.wait_run(run_id, poll_interval=poll_interval)
+        if run.status != RunStatus.SUCCEEDED:
+            raise RunFailedError(run)
+        return run
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not
@@ -213,10 +240,15 @@ class Engine:
     async def _call(self, run_id: str, event: Event, preload: Preload | None = None) -> None:
         """Deliver ``event`` to the run's task and wait until it is applied."""
         for _ in range(3):
-            envelope = Envelope(event, done=trio.Event())
-            self._deliver(run_id, envelope, preload)
+            reply = Reply()
+            envelope = Envelope(event, done=reply)
+            self.deliver(run_id, envelope, preload)
             preload = None  # a retry goes to a new task: it reads the store
-            await self._applied(run_id, envelope)
+            self._stalls.watch(reply, run_id, type(event).__name__)
+            try:
+                await reply.wait()  # or StoreError from the watchdog (``stalls``)
+            finally:
+                self._stalls.forget(reply)
             if isinstance(envelope.error, (Redirect, LeaseLostError)):
                 continue  # the task ended just before our envelope; a new one takes it
             if envelope.error is not None:
@@ -224,27 +256,7 @@ class Engine:
             return
         raise CordtrioError(f"run {run_id}: could not deliver {type(event).__name__}")
 
-    async def _applied(self, run_id: str, envelope: Envelope) -> None:
-        """Wait until the run's task has applied ``envelope``. A task that takes longer than
-        ``STALL_PROBE_SEC`` is usually retrying a store that is down: then one cheap store
-        read tells, and if the store fails too the caller gets its ``StoreError`` (naming
-        the store) instead of waiting for as long as the outage lasts. The task keeps the
-        event and applies it once the store is back (unless the engine stops first)."""
-        assert envelope.done is not None
-        while True:
-            with trio.move_on_after(STALL_PROBE_SEC):
-                await envelope.done.wait()
-                return
-            try:
-                await self.store.list_run_ids_by_status(RunStatus.RUNNING.value, 1)
-            except StoreError as exc:
-                if envelope.done.is_set():
-                    return
-                raise StoreError(
-                    f"run {run_id}: {type(envelope.event).__name__} not confirmed, the store "
-                    f"is not answering: {exc}") from exc
-
-    def _deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
+    def deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
         """Hand an envelope to the run's task, activating one if needed (``preload``: what
         a new task may start from instead of reading the store). Never blocks."""
         task = self._runs.get(run_id)
@@ -254,21 +266,34 @@ class Engine:
             # never started would swallow every later envelope for the run (callers hang).
             self._nursery.start_soon(task.run, name=f"cordtrio-run:{run_id}")
             self._runs[run_id] = task
-        task.send.send_nowait(envelope)
+        task.mailbox.put(envelope)
+
+    def is_active(self, run_id: str) -> bool:
+        return run_id in self._runs
 
     def _route_result(self, result: JobResult) -> None:
         run_id = _run_id_of(result)
         if run_id is not None:
-            self._deliver(run_id, Envelope(ResultReceived(result)))
+            self.deliver(run_id, Envelope(ResultReceived(result)))
 
-    def _run_exited(self, task: RunTask) -> None:
-        if self._runs.get(task.run_id) is task:
+    # ------------------------------------------------------------------ RunHost
+
+    def run_exited(self, task: object) -> None:
+        if isinstance(task, RunTask) and self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
             # A task can end with its run unfinished (it crashed, its run or workflow was
             # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
-            self._run_finished(task.run_id)
+            self.run_finished(task.run_id)
 
-    def _run_finished(self, run_id: str) -> Finish | None:
+    async def load_run(self, run_id: str) -> WorkflowRun:
+        return await load_run(self.store, run_id)
+
+    async def mark_unreadable(self, run_id: str, error: Exception) -> bool:
+        if not isinstance(error, CorruptDataError):
+            return False
+        return await fail_unreadable(self.store, run_id, error)
+
+    def run_finished(self, run_id: str) -> Finish | None:
         """Wake the run's ``wait_run`` callers; returns their ``Finish`` (None: nobody
         waits) so the task can hand them the final run when it lets go of it."""
         finished = self._finished.pop(run_id, None)
@@ -276,7 +301,7 @@ class Engine:
             finished.event.set()
         return finished
 
-    async def _plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
+    async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         """The workflow compiled for execution, with its registry schemas resolved;
         cached per workflow version (``updated_at``). ``workflow``: the definition the
         caller just read (``submit``), used instead of reading it again."""
@@ -304,16 +329,14 @@ class Engine:
         self._plans[key] = plan
         return plan
 
-    # ------------------------------------------------------------------ hooks
-
-    def _hook_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
+    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
         if self._on_dispatched is not None:
             try:
                 self._on_dispatched(run_id, step_id, job_id)
             except Exception:
                 log.exception("on_step_dispatched hook failed for %s", job_id)
 
-    def _hook_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
+    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
         if self._on_finished is not None:
             try:
                 self._on_finished(run_id, step_id, status)
@@ -329,6 +352,12 @@ class Engine:
         return isinstance(self.bus, JobBus)
 
     async def _consume_results(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Route job results to their runs: from within the publisher's call on a bus in
+        this process (``DirectBus``: no task in between), else from a subscription."""
+        if isinstance(self.bus, DirectBus):
+            async with self.bus.listen(SUBJECT_RESULT, RESULT_QUEUE, self._on_result):
+                task_status.started()
+                await trio.sleep_forever()
         async with self.bus.subscribe(SUBJECT_RESULT, queue=RESULT_QUEUE) as channel:
             task_status.started()
             async for packet in channel:
@@ -343,35 +372,30 @@ class Engine:
         while True:
             await trio.sleep(self.resend_after)
             for run_id in tuple(self._runs):
-                self._deliver(run_id, Envelope(ResendDue()))
+                self.deliver(run_id, Envelope(ResendDue()))
+
+    def _on_result(self, packet: BusPacket) -> None:
+        payload = getattr(packet, "payload", None)
+        if isinstance(payload, JobResult):
+            self._route_result(payload)
 
     async def _consume_starts(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Feed workers' start acknowledgements (``JobProgress`` RUNNING) to their runs."""
+        if isinstance(self.bus, DirectBus):
+            async with self.bus.listen(SUBJECT_PROGRESS, RESULT_QUEUE, self._on_progress):
+                task_status.started()
+                await trio.sleep_forever()
         async with self.bus.subscribe(SUBJECT_PROGRESS, queue=RESULT_QUEUE) as channel:
             task_status.started()
             async for packet in channel:
-                payload = getattr(packet, "payload", None)
-                if isinstance(payload, JobProgress) and payload.status == JobStatus.RUNNING:
-                    run_id = _run_id_of(payload)
-                    if run_id is not None:
-                        self._deliver(run_id, Envelope(JobStarted(payload.job_id)))
+                self._on_progress(packet)
 
-    async def _recover(self) -> int:
-        """Activate every started, non-terminal run in the store (SPEC §12); in
-        multi-engine mode only those nobody holds (and runs with queued commands)."""
-        if self.leases is not None:
-            return await self.leases.scan()
-        count = 0
-        for status in (RunStatus.RUNNING, RunStatus.WAITING):
-            ids = await retrying(
-                functools.partial(self.store.list_run_ids_by_status, status.value,
-                                  RECOVERY_PAGE),
-                f"list {status.value} runs")
-            for run_id in ids:
-                if run_id not in self._runs:
-                    self._deliver(run_id, Envelope(Start()))
-                    count += 1
-        return count
+    def _on_progress(self, packet: BusPacket) -> None:
+        payload = getattr(packet, "payload", None)
+        if isinstance(payload, JobProgress) and payload.status == JobStatus.RUNNING:
+            run_id = _run_id_of(payload)
+            if run_id is not None:
+                self.deliver(run_id, Envelope(JobStarted(payload.job_id)))
 
 
 def _run_id_of(result: object) -> str | None:
@@ -399,6 +423,7 @@ async def open_engine(
     lease_ttl: float = DEFAULT_LEASE_TTL,
     multi_engine: bool | None = None,
     resend_after: float = DEFAULT_RESEND_AFTER,
+    tune_gc: bool = True,
 ) -> AsyncIterator[Engine]:
     """Open an engine over ``store`` and ``bus``.
 
@@ -423,6 +448,12 @@ async def open_engine(
     memory store, normally alone with one engine in its process, says so) and no
     ``engine_id`` is given; False keeps an engine single-engine (no lease traffic); True
     requires the mode (``ValidationError`` if the store lacks it).
+
+    ``tune_gc`` (default True): while the engine is open, CPython's cyclic garbage
+    collector runs less often (generation 0 every 50,000 allocations instead of 700), and
+    what exists once the engine has started is frozen out of its sight (``gc.freeze``);
+    both are undone when the last such engine closes (``cordtrio.engine.gc_tuning``).
+    False leaves the collector alone.
     """
     if multi_engine is None:
         leases_on = isinstance(store, RunLeases) and (
@@ -433,32 +464,29 @@ async def open_engine(
         raise ValidationError(
             f"open_engine: multi_engine=True needs a store with run leases; "
             f"{type(store).__name__} does not implement cordtrio.ports.RunLeases")
-    async with open_service_nursery() as nursery:
-        engine = Engine(
-            nursery,
-            store,
-            bus,
-            payloads=payloads,
-            schemas=schemas,
-            config=config,
-            clock=clock or TrioWallClock(),
-            on_step_dispatched=on_step_dispatched,
-            on_step_finished=on_step_finished,
-            new_id=new_id or (lambda: str(uuid.uuid4())),
-            engine_id=engine_id or "",
-            resend_after=resend_after,
-        )
-        if leases_on and isinstance(store, RunLeases):
-            keeper = engine.leases = LeaseKeeper(engine, store, engine.engine_id, lease_ttl)
-            await nursery.start(keeper.keep)
-            await nursery.start(keeper.wake_loop)
-        await nursery.start(engine._consume_results)
-        if engine.starts_reported:
-            await nursery.start(engine._consume_starts)
-        if engine.resend_after > 0:
-            nursery.start_soon(engine._resend_loop)
-        if recover:
-            await engine._recover()
-        if recover and engine.leases is not None:
-            await nursery.start(engine.leases.takeover_loop)
-        yield engine
+    with long_lived_gc(tune_gc):
+        async with open_service_nursery() as nursery:
+            engine = Engine(
+                nursery, store, bus, payloads=payloads, schemas=schemas, config=config,
+                clock=clock or TrioWallClock(), on_step_dispatched=on_step_dispatched,
+                on_step_finished=on_step_finished,
+                new_id=new_id or (lambda: str(uuid.uuid4())), engine_id=engine_id or "",
+                resend_after=resend_after)
+            if leases_on and isinstance(store, RunLeases):
+                keeper = LeaseKeeper(store, store, engine, engine.engine_id, lease_ttl)
+                engine.leases = keeper
+                engine.ownership = keeper
+            await engine.ownership.start(nursery)
+            await nursery.start(engine._stalls.run)
+            await nursery.start(engine.alarm.run)
+            await nursery.start(engine._consume_results)
+            if engine.starts_reported:
+                await nursery.start(engine._consume_starts)
+            if engine.resend_after > 0:
+                nursery.start_soon(engine._resend_loop)
+            if recover:
+                # every started, non-terminal run in the store (SPEC §12); in multi-engine
+                # mode those nobody holds (and runs with queued commands), again every ttl/2
+                await engine.ownership.recover(nursery)
+            freeze_startup(tune_gc)
+            yield engine

@@ -1,17 +1,20 @@
 """A run task's timers: a heap of deadlines on Trio's clock (SPEC §6 backoffs, delays,
-step timeouts). The task waits for its next envelope with ``move_on_at(next deadline)``;
-cancelling the task's scope drops them all at once."""
+step timeouts, job resends), owned by the task, so cancelling the task's scope drops them
+all at once. The task waits for its next envelope in its mailbox; the engine's one
+``Alarm`` pokes that mailbox at the task's next deadline, so a wait opens no cancel scope
+of its own (entering and leaving one per wait cost more than the rest of the wait)."""
 
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import trio
 
 from ..core.events import ArmTimer, TimerFired
-from .envelopes import Envelope
+from .envelopes import Envelope, Mailbox
 
 
 @dataclass(order=True, slots=True)
@@ -67,4 +70,38 @@ class Timers:
         return out
 
 
-__all__ = ["Timers"]
+class Alarm:
+    """Wakes run tasks at their next timer deadline (one per engine; see the module
+    docstring). An entry whose task has moved on only wakes it once for nothing: the task
+    finds no timer due and waits again."""
+
+    __slots__ = ("_heap", "_scope", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Mailbox]] = []
+        self._seq = 0
+        self._scope: trio.CancelScope | None = None
+
+    def set(self, deadline: float, mailbox: Mailbox) -> None:
+        """Poke ``mailbox`` once Trio's clock reaches ``deadline``."""
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, mailbox))
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        heap = self._heap
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._scope = scope
+                await trio.sleep_forever()
+            self._scope = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].poke()
+
+
+__all__ = ["Alarm", "Timers"]

@@ -6,22 +6,17 @@ metrics. One ERROR line per run, no traceback."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ..errors import CordtrioError, CorruptDataError, NotFoundError
 from ..model import WorkflowRun
-from ..ports import RunRepair
+from ..ports import RunRepair, Store
 from ..retry import retrying
-
-if TYPE_CHECKING:
-    from .supervisor import Engine
 
 log = logging.getLogger("cordtrio.engine")
 
 
-async def fail_unreadable(engine: Engine, run_id: str, error: CorruptDataError) -> bool:
+async def fail_unreadable(store: Store, run_id: str, error: CorruptDataError) -> bool:
     """Mark ``run_id`` failed because of ``error``; True when the store did it. Logged."""
-    store = engine.store
     if not isinstance(store, RunRepair):
         log.error("run %s: stored data cannot be read: %s", run_id, error)
         return False
@@ -40,16 +35,16 @@ async def fail_unreadable(engine: Engine, run_id: str, error: CorruptDataError) 
     return True
 
 
-async def load_run(engine: Engine, run_id: str) -> WorkflowRun:
+async def load_run(store: Store, run_id: str) -> WorkflowRun:
     """``store.get_run`` (transient failures retried); a run that cannot be read is marked
     failed and read again — the task then holds a terminal run. Raises the original
     ``CorruptDataError`` if it cannot be repaired."""
     try:
-        return await retrying(lambda: engine.store.get_run(run_id), f"load run {run_id}")
+        return await retrying(lambda: store.get_run(run_id), f"load run {run_id}")
     except CorruptDataError as exc:
-        if not await fail_unreadable(engine, run_id, exc):
+        if not await fail_unreadable(store, run_id, exc):
             raise
-    return await retrying(lambda: engine.store.get_run(run_id), f"load run {run_id}")
+    return await retrying(lambda: store.get_run(run_id), f"load run {run_id}")
 
 
 __all__ = ["fail_unreadable", "load_run"]

@@ -241,9 +241,12 @@ class Invariants:
                 last[e.step_id] = e
             elif e.type == "run_status" and e.status:
                 run_event = e
+        copied = self._copied_by_rerun(run)
         for _, sr in all_step_runs(run):
             ev = last.get(sr.step_id)
             said = StepStatus(ev.status) if ev is not None else None
+            if said is None and sr.step_id.split("[")[0] in copied:
+                continue  # copied over from the run it reruns (SPEC §9): no event here
             if said is not None and said.is_terminal and said != sr.status:
                 self.fail("timeline", f"run {run.id}: {sr.step_id} is {sr.status.value} but "
                           f"its last timeline event {ev.type if ev else ''} says "
@@ -254,6 +257,25 @@ class Invariants:
         if run_event is not None and run_event.status != run.status.value:
             self.fail("timeline", f"run {run.id} is {run.status.value} but its last "
                       f"run_status event says {run_event.status}")
+
+
+    def _copied_by_rerun(self, run: WorkflowRun) -> set[str]:
+        wf = self.workflows.get(run.workflow_id)
+        return copied_by_rerun(wf, run) if wf is not None else set()
+
+
+def copied_by_rerun(wf: Workflow, run: WorkflowRun) -> set[str]:
+    """The steps a rerun from ``run.rerun_step`` copied from the run it reruns (SPEC §9):
+    the step's transitive ``depends_on``. They have no events in the new run's timeline."""
+    if not run.rerun_of or not run.rerun_step or run.rerun_step not in wf.steps:
+        return set()
+    todo, seen = list(wf.steps[run.rerun_step].depends_on), set()
+    while todo:
+        sid = todo.pop()
+        if sid not in seen and sid in wf.steps:
+            seen.add(sid)
+            todo.extend(wf.steps[sid].depends_on)
+    return seen
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> str:

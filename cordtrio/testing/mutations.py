@@ -1,17 +1,18 @@
 """Does the simulation catch engine bugs? Apply plausible one-line bugs ("mutants") to
 ``cordtrio/core`` and count the seeds until the simulation fails.
 
-``python -m cordtrio.testing.mutations [--seeds 300] [--only NAME ...] [--jobs 2]``
+``python -m cordtrio.testing.mutations [--seeds 300] [--only NAME ...] [--faults ...]
+[--jobs 2]``
 
 Each mutant is a textual patch (``old`` → ``new``, which must match exactly once) of one
 file of ``cordtrio/core``. For each mutant, the whole ``cordtrio`` package is copied into
 a temporary directory, the patch is applied to the copy, and a subprocess whose
 ``sys.path`` starts with that directory runs seeds 0, 1, 2... (``simulate(seed,
 faults=...)``, default options otherwise) until one fails or ``--seeds`` pass, once under
-``light`` faults and once under ``heavy``. The table gives, per mutant and preset, the
-number of seeds up to and including the first failure ("-" when none failed) and the
-invariant (for the oracle, its rule) that caught it. Exit status 0 when every mutant was
-caught under at least one preset, 1 otherwise.
+each of ``--faults`` (default ``light``, ``heavy`` and ``swarm``). The table gives, per
+mutant and preset, the number of seeds up to and including the first failure ("-" when
+none failed) and the invariant (for the oracle, its rule) that caught it. Exit status 0
+when every mutant was caught under at least one preset, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=300, help="seeds per run (300)")
     parser.add_argument("--only", nargs="*", default=None, metavar="NAME",
                         help=f"these mutants only: {', '.join(m.name for m in MUTANTS)}")
-    parser.add_argument("--faults", nargs="*", default=["light", "heavy"],
-                        help="presets to run (light heavy)")
+    parser.add_argument("--faults", nargs="*", default=["light", "heavy", "swarm"],
+                        help="presets to run (light heavy swarm)")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at once (2)")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if args.only is None or m.name in args.only]

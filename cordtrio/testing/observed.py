@@ -9,9 +9,10 @@ renewed or released). ``open_storage`` opens the store the scenario runs on.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -19,10 +20,8 @@ from ..backends.memory import MemoryPayloadStore, MemoryStore
 from ..clock import TrioWallClock
 from ..model import TimelineEvent, WorkflowRun
 from ..ports import PayloadStore, RunChanges, Store
+from .invariants import Invariants
 from .store_faults import FlakyLeaseStore, FlakyStore
-
-if TYPE_CHECKING:
-    from .scenario import Sim
 
 __all__ = ["STORES", "ObservedLeaseStore", "ObservedStore", "Severable", "observed_store",
            "open_storage"]
@@ -58,22 +57,49 @@ class Severable:
         return call
 
 
+class Sim(Protocol):
+    """What an observed store reports to: the scenario (``scenario.Sim``)."""
+
+    rng_store: random.Random
+    store_fail_rate: float
+    store_ambiguous_rate: float
+    store_read_fail_rate: float
+    check: Invariants
+    oracle: Any
+    down_since: dict[str, float]
+    leased: bool
+    faults_on: bool
+
+    def line(self, text: str) -> None: ...
+    def on_saved(self, run: WorkflowRun) -> None: ...
+    def on_created(self, run: WorkflowRun) -> None: ...
+    def on_timeline(self, run_id: str, events: Sequence[TimelineEvent]) -> None: ...
+    def on_store_fail(self, method: str, run_id: str) -> None: ...
+    def on_store_fault(self, kind: str, method: str, key: str) -> None: ...
+
+
 class ObservedStore(FlakyStore):
     """The simulation's view of the store: every *successful* write is reported."""
 
     def __init__(self, sim: Sim, inner: Store) -> None:
-        super().__init__(inner, sim.rng_store, sim.sc.store_fail_rate,
-                         on_fail=sim.on_store_fail)
+        super().__init__(inner, sim.rng_store, sim.store_fail_rate,
+                         on_fail=sim.on_store_fail, ambiguous_rate=sim.store_ambiguous_rate,
+                         read_fail_rate=sim.store_read_fail_rate,
+                         on_fault=sim.on_store_fault)
         self.sim = sim
 
-    async def create_run(self, run: WorkflowRun) -> None:
-        await super().create_run(run)
-        self.sim.on_created(run)
+    def _written(self, method: str, *args: Any) -> None:
+        # reported as soon as it is applied: its reply may yet be lost, or the engine
+        # crash before it gets it
+        if method == "create_run":
+            self.sim.on_created(args[0])
+        elif method == "save_run_changes":
+            self._saved(*args)
+        else:
+            self.sim.on_timeline(*args)
 
-    async def save_run_changes(
-        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
-    ) -> None:
-        await super().save_run_changes(run, changes, timeline)
+    def _saved(self, run: WorkflowRun, changes: RunChanges,
+               timeline: Sequence[TimelineEvent]) -> None:
         if changes or changes.lease_owner is None:  # not a (fenced) timeline-only append
             if changes.lease_owner is not None:
                 self.sim.check.acted(run.id, changes.lease_owner, "wrote",
@@ -82,11 +108,6 @@ class ObservedStore(FlakyStore):
         if timeline:
             self.sim.on_timeline(run.id, timeline)
 
-    async def append_timeline_events(self, run_id: str, events: Sequence[TimelineEvent]
-                                     ) -> None:
-        await super().append_timeline_events(run_id, events)
-        self.sim.on_timeline(run_id, events)
-
 
 class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     """``ObservedStore`` over a store with run leases: the lease calls that succeed tell
@@ -94,7 +115,12 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         got = await super().acquire_lease(run_id, owner, ttl)
+        before = self.sim.check.leases.get(run_id)
         if got and self.sim.check.lease_held(run_id, owner, trio.current_time() + ttl):
+            # (judged before the trace line, which may itself crash an engine)
+            if before is not None and _engine(before[0]) in self.sim.down_since \
+                    and _engine(before[0]) != _engine(owner):
+                self.sim.oracle.note("takeover before restart")
             self.sim.line(f"lease {run_id} taken by {owner}")
         return got
 
@@ -111,6 +137,11 @@ class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     async def release_lease(self, run_id: str, owner: str) -> None:
         await super().release_lease(run_id, owner)
         self.sim.check.lease_released(run_id, owner)
+
+
+def _engine(owner: str) -> str:
+    """The engine name of a lease owner ``sim-<name>-<incarnation>``."""
+    return owner.split("-")[1] if owner.count("-") >= 2 else owner
 
 
 def observed_store(sim: Sim, handle: Any) -> ObservedStore:

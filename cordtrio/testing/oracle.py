@@ -66,15 +66,26 @@ from ..model import (
     WorkflowRun,
 )
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult, JobStatus
+from .invariants import copied_by_rerun
 
-__all__ = ["ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK", "Oracle", "expected_status"]
+__all__ = ["MULTI_ENGINE_SITUATIONS", "ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK",
+           "Oracle", "expected_status"]
 
 SITUATIONS = ("recovery with a pending timer", "sibling cancel", "gate skip", "run timeout",
-              "worker lost")
+              "worker lost", "crash with a pending timer", "crash right after a restart",
+              "ambiguous write", "run cancelled", "rerun")
 """Interesting situations the oracle counts (``SimulationReport.situations``): an engine
 (re)opened while a stored run waited for a retry or delay timer; a failed fan-out's
 siblings cancelled; a false gate skipping its step; a run ending by its workflow timeout;
-a job reported lost by the bus after its redeliveries."""
+a job reported lost by the bus after its redeliveries; an engine crashed while a retry or
+delay timer was pending; an engine crashed as it reopened after a crash; a store write
+applied whose reply was lost; a run ended ``cancelled`` (on request); a run rerun (SPEC
+§9) accepted. (The scenario notes the crashes, the ambiguous writes, the reruns and
+``MULTI_ENGINE_SITUATIONS``.)"""
+
+MULTI_ENGINE_SITUATIONS = ("takeover before restart",)
+"""Situations only scenarios with several engines reach: an engine took over a crashed
+engine's run (its lease expired) before the crashed engine came back."""
 
 ORACLE_RULES = ("justified", "sibling_cancel", "job_cancel", "finished", "run_status", "gate",
                 "run_timeout", "timer")
@@ -206,8 +217,12 @@ class Oracle:
         self.crashes.append(now)
         self.disrupted = max(self.disrupted, now + self.lease_ttl)
 
+    def timer_pending(self) -> bool:
+        """A stored run waits for a retry backoff or a delay (not its workflow timeout)."""
+        return any(target != _RUN_TIMER for _, target in self.due)
+
     def engine_up(self, now: float) -> None:
-        if any(target != _RUN_TIMER for _, target in self.due):
+        if self.timer_pending():
             self.note("recovery with a pending timer")
         self.disrupted = max(self.disrupted, now)
 
@@ -257,10 +272,13 @@ class Oracle:
         # stands): other steps' backoffs need not fire
         failing = any(sr.status in (_FAILED, _TIMED_OUT, _CANCELLED)
                       for sr in run.steps.values())
+        copied = copied_by_rerun(wf, run) if rid not in self.prev else set()
         for sid, target, sr in _targets(run):
             seen = _Seen(sr.status, sr.job_id, sr.attempts, sr.next_attempt_at, sr.started_at)
             after[target] = seen
             old = before.get(target)
+            if old is None and sid in copied:
+                continue  # copied by a rerun from the run it reruns: done there
             if old != seen:
                 step = wf.steps.get(sid)
                 if step is not None:
@@ -277,6 +295,8 @@ class Oracle:
         if wf.timeout_sec > 0 and run.started_at is not None and not ended:
             self._arm(rid, _RUN_TIMER, self.vt(run.started_at) + wf.timeout_sec)
         if ended and not (was is not None and was.is_terminal):
+            if run.status == RunStatus.CANCELLED:
+                self.note("run cancelled")
             self._run_ended(run, wf, now, before)
         if ended:
             for key in [k for k in self.due if k[0] == rid]:
@@ -393,9 +413,12 @@ class Oracle:
         if status == RunStatus.TIMED_OUT and deadline is not None and now + 1e-6 >= deadline:
             self.note("run timeout")
             return
+        # cancelled by the run's own end: open before, and not by a CANCELLED result of
+        # the job it was running (a pending retry's old job may have reported one)
         stopped = {sid for sid, sr in run.steps.items() if sr.status == _CANCELLED
                    and (sid not in before or before[sid].status in _OPEN)
-                   and not self._had(sr.job_id, (JobStatus.CANCELLED,))}
+                   and not (sid in before and before[sid].status == _RUNNING
+                            and self._had(sr.job_id, (JobStatus.CANCELLED,)))}
         expected = expected_status(wf, run, stopped)
         if expected != status:
             self.violation("run_status", rid, "", "", f"ended {status.value}, but its "
@@ -441,6 +464,7 @@ class Oracle:
         if wf is None:
             return
         skipped = {e.step_id for e in events if e.type == "step_skipped"}
+        skipped |= copied_by_rerun(wf, run)  # skipped (or not) in the run it reruns
         for sid, sr in run.steps.items():
             step = wf.steps.get(sid)
             if (step is not None and step.condition and step.type not in ENGINE_TYPES

@@ -48,6 +48,8 @@ class SimulationReport:
     trace: list[str] = field(repr=False, default_factory=list)
     situations: dict[str, int] = field(default_factory=dict)
     """How often the oracle saw each interesting situation (``oracle.SITUATIONS``)."""
+    reruns: int = 0
+    """Runs made by rerunning a terminal run (not in ``runs``; in ``statuses``)."""
 
     def __str__(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults_injected.items()) if v)

@@ -28,12 +28,14 @@ from typing import Any
 
 import trio
 
+from ..backends.job_queues import WORKER_LOST
 from ..backends.memory import MemoryBus
+from ..client import Client
 from ..clock import TrioWallClock
 from ..engine.leases import DEFAULT_LEASE_TTL
 from ..engine.supervisor import Engine, open_engine
 from ..errors import CordtrioError, StoreError
-from ..model import StepType, TimelineEvent, Workflow, WorkflowRun
+from ..model import StepStatus, StepType, TimelineEvent, Workflow, WorkflowRun
 from ..ports import TIMELINE_CAP, PayloadStore, RunLeases, Store
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult
 from ..worker import Handler
@@ -42,12 +44,14 @@ from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
 from .oracle import Oracle
-from .trace import packet_line, saved_line, timeline_lines
+from .trace import all_step_runs, packet_line, saved_line, timeline_lines
 from .workers import SimulatedWorker, WorkerPool
 
 __all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+CRASH_MODES = {"timer": "with a pending timer", "restart": "right after a restart"}
+"""How a planned engine crash is placed, besides at a drawn virtual time (see _crasher)."""
 ENGINE_STEP_TYPES = (StepType.CONDITION, StepType.APPROVAL, StepType.DELAY, StepType.NOTIFY)
 LEASE_STORES = ("memory",)
 """Stores whose run leases the simulation uses (multi-engine mode, ``engines`` > 1)."""
@@ -75,6 +79,9 @@ class Scenario:
     store: str = "memory"
     engines: int = 1
     budget: Budget = field(default_factory=lambda: Budget())
+    store_ambiguous_rate: float = 0.0
+    store_read_fail_rate: float = 0.0
+    operator: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class Sim:
         self.rng = stream("driver")
         self.rng_bus = stream("bus")
         self.rng_store = stream("store")
+        self.store_fail_rate = sc.store_fail_rate
+        self.store_ambiguous_rate = sc.store_ambiguous_rate
+        self.store_read_fail_rate = sc.store_read_fail_rate
         self.rng_workers = stream("workers")
         self.rng_ids = stream("ids")
         self.trace: list[str] = []
@@ -132,9 +142,16 @@ class Sim:
         self.check = Invariants(sc.workflows, self.fail)
         self.oracle = Oracle(sc.workflows, self.fail, self.trace, EPOCH)
         self.root: trio.CancelScope | None = None
-        # crash points: trace line counts at which an engine is cancelled
-        self.crash_at = sorted(self.rng.randint(5, max(6, 60 * sc.runs))
-                               for _ in range(sc.crashes))
+        self.rng_crashes = stream("crashes")
+        # engine crashes, placed in virtual time (see _crasher): the mode of the next one,
+        # the virtual time from which the next trace event crashes an engine, its target
+        self.crash_mode = ""
+        self.crash_due = math.inf
+        self.crash_target = ""
+        self.crashed = trio.Event()
+        self.down_since: dict[str, float] = {}  # engines down (crashed, not yet back)
+        self.lease_ttl = DEFAULT_LEASE_TTL
+        self.slow_restarts = False  # restarts slower than the lease TTL (takeover first)
         self.engines: dict[str, Engine] = {}  # the engines up, by name (e0, e1...)
         self.engine_scopes: dict[str, trio.CancelScope] = {}
         self.engine_ready = trio.Event()  # set while at least one engine is up
@@ -149,22 +166,62 @@ class Sim:
         self.all_done = trio.Event()
         self.submitting_done = False
         self.waiting = trio.Event()  # set when a stored run has a step waiting
+        # (step or child, status, job id) of each run's open steps, as last stored
+        self.last_open: dict[str, list[tuple[str, str, str]]] = {}
+        # the operator: a store-only Client (with run leases) used for a share of the
+        # submits, approvals, cancels and reruns; how often runs are cancelled and rerun
+        self.rng_ops = stream("operator")
+        self.client: Client | None = None
+        self.client_share = 0.0
+        self.cancel_rate = self.rng_ops.choice((0.0, self.rng_ops.uniform(0.05, 0.4)))
+        self.rerun_rate = self.rng_ops.choice((0.0, self.rng_ops.uniform(0.1, 0.5)))
+        if not sc.operator:
+            self.cancel_rate = self.rerun_rate = 0.0
+        self.reruns: dict[str, str] = {}  # rerun run id -> the run it was made from
 
     # ------------------------------------------------------------------------ tracing
 
     def line(self, text: str) -> None:
-        self.trace.append(f"{trio.current_time():.6f} {text}")
-        if (self.crash_at and len(self.trace) >= self.crash_at[0] and self.faults_on
-                and self.engine_scopes):
-            self.crash_at.pop(0)
-            names = sorted(self.engine_scopes)
-            name = names[0] if len(names) == 1 else self.rng.choice(names)
-            self.trace.append(f"{trio.current_time():.6f} !! engine crash"
-                              + (f" {name}" if self.sc.engines > 1 else ""))
-            self.oracle.engine_crashed(trio.current_time())
-            self.engine_scopes.pop(name).cancel()
-            for handle in self.severs.pop(name, ()):
-                handle.severed = True
+        now = trio.current_time()
+        self.trace.append(f"{now:.6f} {text}")
+        if now >= self.crash_due and self.faults_on and self.engine_scopes:
+            self.crash()
+        elif (self.crash_mode == "timer" and self.crash_due == math.inf
+              and self.oracle.timer_pending()):
+            # a retry or delay timer is pending: crash soon, while it still is
+            self.crash_due = now + self.rng_crashes.choice((0.0, self.rng_crashes.uniform(0, 2)))
+
+    def crash(self) -> None:
+        """Crash an engine now (the planned one if it is up): cancel it, cut its handles."""
+        now = trio.current_time()
+        names = sorted(self.engine_scopes)
+        if self.crash_target in self.engine_scopes:
+            name = self.crash_target
+        else:
+            name = names[0] if len(names) == 1 else self.rng_crashes.choice(names)
+        self.trace.append(f"{now:.6f} !! engine crash"
+                          + (f" {name}" if self.sc.engines > 1 else "")
+                          + (f" ({CRASH_MODES[self.crash_mode]})"
+                             if self.crash_mode in CRASH_MODES else ""))
+        if self.crash_mode == "timer":
+            self.oracle.note("crash with a pending timer")
+        elif self.crash_mode == "restart":
+            self.oracle.note("crash right after a restart")
+        self.crash_due = math.inf
+        self.crash_mode = ""
+        self.crashed.set()
+        self.down_since[name] = now
+        self.oracle.engine_crashed(now)
+        self.engine_scopes.pop(name).cancel()
+        for handle in self.severs.pop(name, ()):
+            handle.severed = True
+
+    def restarting(self, name: str) -> None:
+        """Engine ``name`` is reopening: a crash planned "right after a restart" is due."""
+        if self.crash_mode == "restart" and self.crash_due == math.inf:
+            self.crash_target = name
+            self.crash_due = trio.current_time() + self.rng_crashes.choice(
+                (0.0, self.rng_crashes.uniform(0, 2)))
 
     def fail(self, invariant: str, detail: str) -> None:
         if self.failure is None:
@@ -190,6 +247,9 @@ class Sim:
     # --------------------------------------------------------------------- observers
 
     def on_saved(self, run: WorkflowRun) -> None:
+        self.last_open[run.id] = [
+            (sr.step_id, sr.status.value, sr.job_id) for _, sr in all_step_runs(run)
+            if sr.status in (StepStatus.RUNNING, StepStatus.PENDING, StepStatus.WAITING)]
         self.line(saved_line(run))
         self.check.saved(run)
         self.oracle.saved(run, trio.current_time())
@@ -232,6 +292,13 @@ class Sim:
     def on_store_fail(self, method: str, run_id: str) -> None:
         self.line(f"fault store {method} {run_id}")
 
+    def on_store_fault(self, kind: str, method: str, key: str) -> None:
+        """An ambiguous write (applied, reply lost) or a failed read."""
+        self.line(f"fault store_{'ambiguous' if kind == 'ambiguous' else 'read_failure'} "
+                  f"{method} {key}")
+        if kind == "ambiguous":
+            self.oracle.note("ambiguous write")
+
     def on_worker(self, what: str, detail: str) -> None:
         self.line(f"worker {what} {detail}")
 
@@ -244,10 +311,37 @@ class Sim:
             self.all_done.set()
 
     def stuck(self) -> list[str]:
+        """The accepted runs not terminal, each with its open steps and their job ids
+        (``run-001 (running: s2 running job run-001:s2@1, s3 waiting)``)."""
         latest = self.check.latest
-        return [f"{rid} ({r.status.value if (r := latest.get(rid)) else '?'})"
-                for rid in self.accepted
-                if not ((r := latest.get(rid)) and r.status.is_terminal)]
+        out = []
+        for rid in self.accepted:
+            view = latest.get(rid)
+            if view is not None and view.status.is_terminal:
+                continue
+            steps = ", ".join(
+                f"{sid} {status}" + (f" job {job}" if job else "")
+                for sid, status, job in self.last_open.get(rid, ()))
+            out.append(f"{rid} ({view.status.value if view else 'not stored'}"
+                       + (f": {steps}" if steps else "") + ")")
+        return out
+
+
+class _ObservedMemoryBus(MemoryBus):
+    """The ``MemoryBus`` under the scenario: the results the bus publishes itself (a job
+    whose workers were all lost, ``WORKER_LOST``) reach the oracle before any subscriber
+    has them, as results published through the ``FaultyBus`` do; the bus-wide observer
+    would see them only after the engine may have applied them."""
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__()
+        self._sim = sim
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        p = packet.payload
+        if isinstance(p, JobResult) and p.error_code == WORKER_LOST:
+            self._sim.on_publish(subject, packet)
+        await super().publish(subject, packet)
 
 
 def job_topics(workflows: Sequence[Workflow]) -> tuple[str, ...]:
@@ -272,9 +366,15 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
     # fakeredis keeps TTLs on the wall clock and its BLPOP (the lease wake-ups) blocks the
     # thread in real time: over it the engine runs single-engine mode (no leases)
     sim.leased = isinstance(inner, RunLeases) and sc.store in LEASE_STORES
+    if sim.leased and sc.engines > 1:
+        # half the seeds: a short lease TTL; a third: restarts slower than it, so another
+        # engine takes the crashed engine's runs over before it comes back
+        if sim.rng_crashes.random() < 0.5:
+            sim.lease_ttl = sim.rng_crashes.uniform(2.0, 8.0)
+        sim.slow_restarts = sim.rng_crashes.random() < 0.35
     if sim.leased:
-        sim.oracle.lease_ttl = DEFAULT_LEASE_TTL
-    bus = MemoryBus()
+        sim.oracle.lease_ttl = sim.lease_ttl
+    bus = _ObservedMemoryBus(sim)
     for wf in sc.workflows:
         await inner.save_workflow(wf)
     topics = job_topics(sc.workflows) or (WORKER_TOPIC,)
@@ -293,6 +393,12 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             for k in range(sc.engines):
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
+            nursery.start_soon(_crasher, sim, t0)
+            if sim.leased:
+                # the Client's own view of the store: flaky and observed, never severed
+                sim.client = Client(observed_store(sim, inner), clock=clock, new_id=sim.new_id)
+                sim.client_share = sim.rng_ops.choice((0.0, sim.rng_ops.uniform(0.2, 0.8)))
+            nursery.start_soon(_operator, sim, t0)
             nursery.start_soon(_virtual_budget, sim, t0)
             await _submitter(sim)
             sim.submitting_done = True
@@ -324,6 +430,38 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 sim.line("-- all runs terminal")
                 await _final_checks(sim, inner)
             nursery.cancel_scope.cancel()
+
+
+async def _crasher(sim: Sim, t0: float) -> None:
+    """Crash an engine ``sc.crashes`` times during the first 85 % of the horizon, the k-th
+    crash within the k-th of as many equal windows. Each crash has a mode drawn from the
+    seed: ``time`` (the first trace event from a virtual time drawn in the window: the
+    engine is cut mid-operation), ``timer`` (soon after a stored run starts waiting for a
+    retry backoff or a delay) or, from the second crash on, ``restart`` (as a crashed
+    engine reopens, often before its recovery is done). A crash whose trigger has not come
+    by the end of its window happens then, so every planned crash happens."""
+    sc = sim.sc
+    rng = sim.rng_crashes
+    if sc.crashes < 1:
+        return
+    window = 0.85 * sc.horizon / sc.crashes
+    for i in range(sc.crashes):
+        start, end = t0 + i * window, t0 + (i + 1) * window
+        mode = rng.choice(("time", "timer", "restart") if i else ("time", "timer"))
+        due = rng.uniform(start, max(start, end - 5.0))
+        if mode != "restart":  # "restart" is armed at once: the engine may reopen soon
+            await trio.sleep_until(max(start, trio.current_time()))
+        sim.crashed = trio.Event()
+        sim.crash_target = ""
+        sim.crash_mode = mode
+        sim.crash_due = max(due, trio.current_time()) if mode == "time" else math.inf
+        with trio.move_on_at(max(end, trio.current_time() + 5.0)):
+            await sim.crashed.wait()
+        if not sim.crashed.is_set():  # its trigger never came: crash now
+            sim.crash_mode = ""
+            while not sim.engine_scopes:
+                await trio.sleep(0.5)
+            sim.crash()
 
 
 async def _virtual_budget(sim: Sim, t0: float) -> None:
@@ -388,7 +526,8 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
         def dispatched(run_id: str, target: str, job_id: str, owner: str = owner) -> None:
             sim.on_dispatched(run_id, target, job_id, owner)
 
-        options: dict[str, Any] = {"engine_id": owner} if sim.leased else {}
+        options: dict[str, Any] = ({"engine_id": owner, "lease_ttl": sim.lease_ttl}
+                                   if sim.leased else {})
         store_handle = Severable(inner, StoreError, "store")
         bus_handle = Severable(bus, ConnectionError, "bus")
         store = observed_store(sim, store_handle)
@@ -398,6 +537,9 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
             sim.severs[name] = (store_handle, bus_handle)
             sim.line(("engine open" if incarnation == 0 else "engine restart (recovering)")
                      + label)
+            sim.down_since.pop(name, None)
+            if incarnation:
+                sim.restarting(name)
             async with open_engine(store, bus_handle, payloads=payloads, clock=clock,
                                    new_id=sim.new_id, on_step_dispatched=dispatched,
                                    on_step_finished=sim.on_finished, **options) as engine:
@@ -418,7 +560,10 @@ async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
             sim.engine_ready = trio.Event()
         sim.engine_restarts += 1
         sim.line("engine down" + label)
-        await trio.sleep(sim.rng.uniform(0.1, 10.0))
+        if sim.slow_restarts:
+            await trio.sleep(sim.rng.uniform(sim.lease_ttl + 1.0, 2 * sim.lease_ttl + 10.0))
+        else:
+            await trio.sleep(sim.rng.uniform(0.1, 10.0))
 
 
 async def _current_engine(sim: Sim) -> Engine:
@@ -427,6 +572,14 @@ async def _current_engine(sim: Sim) -> Engine:
         await sim.engine_ready.wait()
     names = sorted(sim.engines)
     return sim.engines[names[0] if len(names) == 1 else sim.rng.choice(names)]
+
+
+async def _via(sim: Sim) -> tuple[str, Engine | Client]:
+    """Who the driver goes through this time: the ``Client`` (its seeded share of the
+    time, with run leases) or an engine that is up."""
+    if sim.client is not None and sim.rng_ops.random() < sim.client_share:
+        return " (client)", sim.client
+    return "", await _current_engine(sim)
 
 
 async def _submitter(sim: Sim) -> None:
@@ -438,19 +591,80 @@ async def _submitter(sim: Sim) -> None:
         payload = sc.inputs(sim.rng, wf)
         key = f"sim-{sim.seed}-{i}"
         while True:
-            engine = await _current_engine(sim)
+            how, api = await _via(sim)
             run_id: str | None = None
             with trio.move_on_after(60):
                 try:
-                    run_id = await engine.submit(wf.id, payload, idempotency_key=key,
-                                                 triggered_by="simulation")
+                    run_id = await api.submit(wf.id, payload, idempotency_key=key,
+                                              triggered_by="simulation")
                 except (CordtrioError, RuntimeError) as exc:
-                    sim.line(f"submit {key} failed: {type(exc).__name__}")
+                    sim.line(f"submit {key} failed{how}: {type(exc).__name__}")
             if run_id is not None:
                 sim.accepted[run_id] = None
-                sim.line(f"submit {key} accepted {run_id}")
+                sim.line(f"submit {key} accepted {run_id}{how}")
                 break
             await trio.sleep(sim.rng.uniform(0.1, 2.0))
+
+
+async def _operator(sim: Sim, t0: float) -> None:
+    """During the horizon, now and then: cancel a run that is not terminal
+    (``cancel_rate``), or rerun a terminal one from its start or from one of its steps
+    (``rerun_rate``), through the Client or an engine. The oracle hears of each cancel
+    before it is asked for; a rerun joins the runs that must end."""
+    sc = sim.sc
+    latest = sim.check.latest
+    if not (sim.cancel_rate or sim.rerun_rate):
+        return
+    rng = sim.rng_ops
+    while trio.current_time() < t0 + 0.9 * sc.horizon:
+        await trio.sleep(rng.uniform(5.0, 30.0))
+        open_runs = [r for r in sim.accepted if (v := latest.get(r)) is not None
+                     and not v.status.is_terminal]
+        done = [r for r in sim.accepted if (v := latest.get(r)) is not None
+                and v.status.is_terminal and r not in sim.reruns.values()]
+        if open_runs and rng.random() < sim.cancel_rate:
+            rid = rng.choice(open_runs)
+            how, api = await _via(sim)
+            sim.line(f"cancel {rid}{how}")
+            sim.oracle.cancel_requested(rid)
+            with trio.move_on_after(60):
+                try:
+                    await api.cancel_run(rid)
+                except (CordtrioError, RuntimeError) as exc:
+                    sim.line(f"cancel {rid} failed{how}: {type(exc).__name__}")
+        if done and rng.random() < sim.rerun_rate:
+            await _rerun(sim, rng.choice(done))
+
+
+async def _rerun(sim: Sim, rid: str) -> None:
+    rng = sim.rng_ops
+    wf = sim.workflows[sim.check.latest[rid].workflow_id]
+    step = rng.choice(("", *sorted(wf.steps)))
+    how, api = await _via(sim)
+    new: str | None = None
+    with trio.move_on_after(60):
+        try:
+            new = await api.rerun_from(rid, step)
+            if isinstance(api, Engine):  # an engine's rerun_from creates, not starts
+                sim.line(f"rerun {rid} from {step or 'the start'} created {new}")
+                while True:
+                    try:
+                        await (await _current_engine(sim)).start_run(wf.id, new)
+                        break
+                    except (CordtrioError, RuntimeError) as exc:
+                        sim.line(f"start {new} failed: {type(exc).__name__}")
+                        await trio.sleep(rng.uniform(0.1, 2.0))
+        except (CordtrioError, RuntimeError) as exc:
+            sim.line(f"rerun {rid} failed{how}: {type(exc).__name__}")
+            return
+    if new is not None:
+        sim.reruns[new] = rid
+        sim.accepted[new] = None
+        if sim.all_done.is_set():  # one more run that must end (it may have already)
+            sim.all_done = trio.Event()
+            sim.check_done()
+        sim.oracle.note("rerun")
+        sim.line(f"rerun {rid} from {step or 'the start'} accepted {new}{how}")
 
 
 async def _approver(sim: Sim) -> None:
@@ -460,19 +674,19 @@ async def _approver(sim: Sim) -> None:
         await trio.sleep(sim.rng.uniform(1.0, 15.0))
         if not sim.engines:
             continue
-        engine = await _current_engine(sim)
         sim.waiting = trio.Event()
         for rid in list(latest):
             # a triggered approval handler waits in a *running* run; none in a terminal one
             for sid in latest[rid].waiting:
                 ok = sim.rng.random() < sim.sc.approve_rate
-                sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}")
+                how, api = await _via(sim)
+                sim.line(f"{'approve' if ok else 'reject'} {rid}:{sid}{how}")
                 sim.oracle.approval(rid, sid, ok)
                 with trio.move_on_after(60):
                     try:
-                        await engine.approve_step(rid, sid, ok)
+                        await api.approve_step(rid, sid, ok)
                     except (CordtrioError, RuntimeError) as exc:
-                        sim.line(f"approve {rid}:{sid} failed: {type(exc).__name__}")
+                        sim.line(f"approve {rid}:{sid} failed{how}: {type(exc).__name__}")
         if any(view.waiting for view in latest.values()):
             sim.waiting.set()  # something is still waiting (e.g. the engine was down)
 

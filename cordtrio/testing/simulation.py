@@ -9,7 +9,8 @@ virtual time, with invariants checked on every event.
   (drops, duplicates, reorders, delays), a ``WorkerPool`` of simulated workers (latency,
   failures, denials, hangs, crashes);
 * the engine (``open_engine``; or several, ``engines=``), which is crashed (its scope
-  cancelled) at a random event and reopened over the same store (recovery; over a store
+  cancelled, its handles cut) at virtual times drawn from the seed and reopened over the
+  same store (recovery; over a store
   with run leases, another engine takes the run over once the dead engine's lease expires);
 * a submitter (with idempotency keys, retrying what fails) and an approver;
 * after ``horizon`` virtual seconds every fault stops, and every accepted run must become
@@ -45,6 +46,7 @@ from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
 from .report import SimulationFailure, SimulationReport, SimulationTotals
 from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
+from .swarm import Swarm, draw_swarm
 from .trace import TRACE_TAIL, count_faults, trace_hash
 from .workers import SimulatedWorker
 
@@ -62,7 +64,11 @@ __all__ = [
 ]
 
 STORE_FAIL_RATES = {"none": 0.0, "light": 0.05, "heavy": 0.2}
-FAULT_PRESETS = tuple(STORE_FAIL_RATES)
+STORE_AMBIGUOUS_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
+STORE_READ_FAIL_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
+FAULT_PRESETS = (*STORE_FAIL_RATES, "swarm")
+"""The names ``faults`` takes: three fixed points and ``swarm`` (a mix drawn per seed,
+``cordtrio.testing.swarm``)."""
 
 
 @contextmanager
@@ -118,6 +124,9 @@ def simulate(
     engines: int = 1,
     quiet: bool = True,
     budget: Budget | None = None,
+    disabled: Sequence[str] = (),
+    store_ambiguous_rate: float | None = None,
+    store_read_fail_rate: float | None = None,
 ) -> SimulationReport:
     """Run one deterministic simulation; raise ``SimulationFailure`` on a violated
     invariant, else return a ``SimulationReport``.
@@ -128,8 +137,14 @@ def simulate(
     ``random_run_input``). ``faults`` is a bus ``FaultProfile`` or a preset name (``none``,
     ``light``, ``heavy``); the same name also picks the worker behaviour
     (``SimulatedWorker.preset``) and the store failure rate (0, 5 %, 20 %) unless
-    ``worker`` / ``store_fail_rate`` say otherwise. ``crash``: crash and restart the engine
-    (True = once, or a number of times) at random events during the horizon. ``handlers``:
+    ``worker`` / ``store_fail_rate`` say otherwise, and the rates of ambiguous store writes
+    (applied, reply lost: 0, 2 %, 5 %; ``store_ambiguous_rate``) and failed store reads
+    (0, 2 %, 5 %; ``store_read_fail_rate``). ``faults="swarm"`` draws bus, store and
+    worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``); the fault
+    kinds in ``disabled`` are then off. ``crash``: crash and restart the engine
+    (True = one to three times, as the seed draws; or a number of times; False or 0 =
+    never), at virtual times drawn from the seed during the horizon, some while a timer is
+    pending and some right as a crashed engine reopens (``scenario._crasher``). ``handlers``:
     your own handlers by topic, called when a simulated job succeeds. After ``horizon``,
     faults stop and every run must be terminal within ``bound`` virtual seconds.
     ``store``: ``"memory"`` (``MemoryStore``) or ``"fakeredis"`` (the Redis store and
@@ -165,23 +180,56 @@ def simulate(
             raise ValueError("simulate(): workflows must not be empty")
         for wf in wfs:
             validate_workflow(wf)
-    profile = resolve_profile(faults)
+    swarm: Swarm | None = None
+    if faults == "swarm":
+        swarm = draw_swarm(seed, disabled)
+        profile = swarm.profile()
+    elif disabled:
+        raise ValueError("simulate(): disabled needs faults='swarm'")
+    else:
+        profile = resolve_profile(faults)
     preset = profile.name if profile.name in STORE_FAIL_RATES else "light"
-    if worker is None:
+    if swarm is not None and worker is None:
+        spec = swarm.worker()
+    elif worker is None:
         spec = SimulatedWorker.preset(preset if isinstance(faults, str) or profile.any
                                       else "none")
     elif isinstance(worker, str):
         spec = SimulatedWorker.preset(worker)
     else:
         spec = worker
-    fail_rate = STORE_FAIL_RATES.get(preset, 0.0) if store_fail_rate is None else store_fail_rate
-    crashes = int(crash) if not isinstance(crash, bool) else (1 if crash else 0)
+    if store_fail_rate is not None:
+        fail_rate = store_fail_rate
+    elif swarm is not None:
+        fail_rate = swarm.rates["store_failure"]
+    else:
+        fail_rate = STORE_FAIL_RATES.get(preset, 0.0)
+    if store_ambiguous_rate is not None:
+        ambiguous = store_ambiguous_rate
+    elif swarm is not None:
+        ambiguous = swarm.rates["store_ambiguous"]
+    else:
+        ambiguous = STORE_AMBIGUOUS_RATES.get(preset, 0.0)
+    if store_read_fail_rate is not None:
+        read_fail = store_read_fail_rate
+    elif swarm is not None:
+        read_fail = swarm.rates["store_read_failure"]
+    else:
+        read_fail = STORE_READ_FAIL_RATES.get(preset, 0.0)
+    if isinstance(crash, bool):
+        # True: one to three crashes, as many as the seed says
+        crashes = random.Random(f"cordtrio-sim:{seed}:crash-count").randint(1, 3) if crash else 0
+    else:
+        crashes = int(crash)
+    if crashes < 0:
+        raise ValueError(f"simulate(): crash must not be negative, got {crash}")
     scenario = Scenario(
         seed=seed, workflows=tuple(wfs), inputs=inputs or _default_inputs, runs=runs,
         profile=profile, worker=spec, handlers=dict(handlers or {}),
         store_fail_rate=fail_rate, crashes=crashes, horizon=horizon, bound=bound,
         workers=workers, approve_rate=approve_rate, store=store, engines=engines,
-        budget=budget or Budget(),
+        budget=budget or Budget(), store_ambiguous_rate=ambiguous,
+        store_read_fail_rate=read_fail, operator=swarm is not None or profile.any,
     )
     sim = Sim(scenario)
     started = time.perf_counter()
@@ -198,7 +246,8 @@ def simulate(
     injected.update(count_faults(sim.trace))
     return SimulationReport(
         seed=seed,
-        runs=len(sim.accepted),
+        runs=len(sim.accepted) - len(sim.reruns),
+        reruns=len(sim.reruns),
         steps_dispatched=sim.dispatches,
         faults_injected=injected,
         virtual_time=clock.current_time(),

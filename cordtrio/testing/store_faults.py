@@ -1,9 +1,19 @@
-"""A store that blinks: transient write failures, injected before anything is written.
+"""A store that blinks: failed writes, ambiguous writes and failed reads, seeded.
 
-``FlakyStore(inner, rng, fail_rate)`` implements the ``Store`` port over any store. With
-probability ``fail_rate`` (drawn from ``rng``), ``create_run``, ``save_run_changes`` and
-``append_timeline_events`` raise ``StoreError`` *before* touching ``inner``, so retrying the
-call is always safe. Everything else is passed through. ``stop()`` ends the failures;
+``FlakyStore(inner, rng, fail_rate, ambiguous_rate=..., read_fail_rate=...)`` implements
+the ``Store`` port over any store. The writes (``create_run``, ``save_run_changes``,
+``append_timeline_events``):
+
+* with probability ``fail_rate`` raise ``StoreError`` *before* touching ``inner`` (nothing
+  written);
+* with probability ``ambiguous_rate`` raise ``AmbiguousStoreError`` (a ``StoreError``)
+  *after* the write was applied: the reply was lost, the caller cannot tell it happened.
+
+The reads (``get_run``, ``list_timeline_events``, ``get_run_by_idempotency_key``,
+``list_run_ids_by_status``) raise ``StoreError`` with probability ``read_fail_rate``.
+Everything else is passed through. ``on_fail(method, run_id)`` hears of each failed
+write, ``on_fault(kind, method, run_id)`` of each ambiguous write (``"ambiguous"``) and
+failed read (``"read"``). ``stop()`` ends the failures;
 ``failures`` counts them per method. Over a store with the ``RunLeases`` capability (several
 engines over one store), ``FlakyLeaseStore`` keeps it and fails the lease writes too;
 ``flaky_store(inner, ...)`` picks the class.
@@ -22,9 +32,16 @@ from ..errors import StoreError
 from ..model import TimelineEvent, Workflow, WorkflowRun
 from ..ports import RunChanges, RunLeases, Store
 
-__all__ = ["FLAKY_METHODS", "FlakyLeaseStore", "FlakyStore", "flaky_store"]
+__all__ = ["FLAKY_METHODS", "FLAKY_READS", "AmbiguousStoreError", "FlakyLeaseStore",
+           "FlakyStore", "flaky_store"]
 
 FLAKY_METHODS = ("create_run", "save_run_changes", "append_timeline_events")
+FLAKY_READS = ("get_run", "list_timeline_events", "get_run_by_idempotency_key",
+               "list_run_ids_by_status")
+
+
+class AmbiguousStoreError(StoreError):
+    """An injected ambiguous write: it was applied, but its reply was lost."""
 
 
 class FlakyStore:
@@ -37,11 +54,19 @@ class FlakyStore:
         fail_rate: float = 0.05,
         *,
         on_fail: Callable[[str, str], None] | None = None,
+        ambiguous_rate: float = 0.0,
+        read_fail_rate: float = 0.0,
+        on_fault: Callable[[str, str, str], None] | None = None,
     ) -> None:
-        if not 0.0 <= fail_rate <= 1.0:
-            raise ValueError(f"fail_rate must be a probability in [0, 1], got {fail_rate!r}")
+        for name, rate in (("fail_rate", fail_rate), ("ambiguous_rate", ambiguous_rate),
+                           ("read_fail_rate", read_fail_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {rate!r}")
         self.inner = inner
         self.fail_rate = fail_rate
+        self.ambiguous_rate = ambiguous_rate
+        self.read_fail_rate = read_fail_rate
+        self._on_fault = on_fault
         self.active = True
         self.failures: Counter[str] = Counter()
         self._rng = rng
@@ -63,22 +88,71 @@ class FlakyStore:
             await trio.lowlevel.checkpoint()
             raise StoreError(f"{method} {run_id}: injected transient store failure")
 
+    def _written(self, method: str, *args: Any) -> None:
+        """Called right after each write applied to the inner store, with the write's
+        arguments, before its reply may be lost (a hook for subclasses)."""
+
+    async def _maybe_lose_reply(self, method: str, run_id: str) -> None:
+        """After a write was applied: maybe lose its reply (``AmbiguousStoreError``)."""
+        if (self.active and self.ambiguous_rate > 0
+                and self._rng.random() < self.ambiguous_rate):
+            self.failures[f"{method} (ambiguous)"] += 1
+            if self._on_fault is not None:
+                self._on_fault("ambiguous", method, run_id)
+            await trio.lowlevel.checkpoint()
+            raise AmbiguousStoreError(f"{method} {run_id}: injected lost reply (the write "
+                                      "was applied)")
+
+    async def _maybe_fail_read(self, method: str, key: str) -> None:
+        if (self.active and self.read_fail_rate > 0
+                and self._rng.random() < self.read_fail_rate):
+            self.failures[f"{method} (read)"] += 1
+            if self._on_fault is not None:
+                self._on_fault("read", method, key)
+            await trio.lowlevel.checkpoint()
+            raise StoreError(f"{method} {key}: injected transient read failure")
+
     # ------------------------------------------------------------------ flaky writes
 
     async def create_run(self, run: WorkflowRun) -> None:
         await self._maybe_fail("create_run", run.id)
         await self.inner.create_run(run)
+        self._written("create_run", run)
+        await self._maybe_lose_reply("create_run", run.id)
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
     ) -> None:
         await self._maybe_fail("save_run_changes", run.id)
         await self.inner.save_run_changes(run, changes, timeline)
+        self._written("save_run_changes", run, changes, timeline)
+        await self._maybe_lose_reply("save_run_changes", run.id)
 
     async def append_timeline_events(self, run_id: str, events: Sequence[TimelineEvent]
                                      ) -> None:
         await self._maybe_fail("append_timeline_events", run_id)
         await self.inner.append_timeline_events(run_id, events)
+        self._written("append_timeline_events", run_id, events)
+        await self._maybe_lose_reply("append_timeline_events", run_id)
+
+    # ------------------------------------------------------------------- flaky reads
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        await self._maybe_fail_read("get_run", run_id)
+        return await self.inner.get_run(run_id)
+
+    async def list_timeline_events(self, run_id: str, limit: int = 100
+                                   ) -> list[TimelineEvent]:
+        await self._maybe_fail_read("list_timeline_events", run_id)
+        return await self.inner.list_timeline_events(run_id, limit)
+
+    async def get_run_by_idempotency_key(self, key: str) -> str | None:
+        await self._maybe_fail_read("get_run_by_idempotency_key", key)
+        return await self.inner.get_run_by_idempotency_key(key)
+
+    async def list_run_ids_by_status(self, status: str, limit: int = 200) -> list[str]:
+        await self._maybe_fail_read("list_run_ids_by_status", status)
+        return await self.inner.list_run_ids_by_status(status, limit)
 
     # ------------------------------------------------------------------ pass-through
 
@@ -97,9 +171,6 @@ class FlakyStore:
     async def update_run(self, run: WorkflowRun) -> None:
         await self.inner.update_run(run)
 
-    async def get_run(self, run_id: str) -> WorkflowRun:
-        return await self.inner.get_run(run_id)
-
     async def delete_run(self, run_id: str) -> None:
         await self.inner.delete_run(run_id)
 
@@ -113,21 +184,11 @@ class FlakyStore:
     async def list_runs(self, cursor_unix: int = 0, limit: int = 50) -> list[WorkflowRun]:
         return await self.inner.list_runs(cursor_unix, limit)
 
-    async def list_run_ids_by_status(self, status: str, limit: int = 200) -> list[str]:
-        return await self.inner.list_run_ids_by_status(status, limit)
-
     async def append_timeline_event(self, run_id: str, event: TimelineEvent) -> None:
         await self.inner.append_timeline_event(run_id, event)
 
-    async def list_timeline_events(self, run_id: str, limit: int = 100
-                                   ) -> list[TimelineEvent]:
-        return await self.inner.list_timeline_events(run_id, limit)
-
     async def try_set_run_idempotency_key(self, key: str, run_id: str) -> bool:
         return await self.inner.try_set_run_idempotency_key(key, run_id)
-
-    async def get_run_by_idempotency_key(self, key: str) -> str | None:
-        return await self.inner.get_run_by_idempotency_key(key)
 
     async def delete_run_idempotency_key(self, key: str) -> None:
         await self.inner.delete_run_idempotency_key(key)
@@ -182,8 +243,11 @@ class FlakyLeaseStore(FlakyStore):
 
 
 def flaky_store(inner: Store, rng: random.Random, fail_rate: float = 0.05, *,
-                on_fail: Callable[[str, str], None] | None = None) -> FlakyStore:
+                on_fail: Callable[[str, str], None] | None = None,
+                ambiguous_rate: float = 0.0, read_fail_rate: float = 0.0,
+                on_fault: Callable[[str, str, str], None] | None = None) -> FlakyStore:
     """A ``FlakyLeaseStore`` when ``inner`` has the ``RunLeases`` capability, else a
     ``FlakyStore``: the wrapper keeps what the engine can do with the inner store."""
     cls = FlakyLeaseStore if isinstance(inner, RunLeases) else FlakyStore
-    return cls(inner, rng, fail_rate, on_fail=on_fail)
+    return cls(inner, rng, fail_rate, on_fail=on_fail, ambiguous_rate=ambiguous_rate,
+               read_fail_rate=read_fail_rate, on_fault=on_fault)

@@ -78,7 +78,9 @@ def trace_hash(trace: Iterable[str]) -> str:
 
 def count_faults(trace: Sequence[str]) -> dict[str, int]:
     """Injected faults by kind, read back from the trace: bus faults (``drop``,
-    ``duplicate``, ``reorder``, ``delay``), ``store_failure``, ``worker_<kind>`` and
+    ``duplicate``, ``reorder``, ``delay``), ``store_failure`` (a write failed before it was
+    applied), ``store_ambiguous`` (applied, reply lost), ``store_read_failure``,
+    ``worker_<kind>`` and
     ``engine_crash``."""
     counts: Counter[str] = Counter()
     for line in trace:

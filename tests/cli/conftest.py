@@ -1,8 +1,11 @@
 """A real redis-server for the command-line tests (skipped without one, failed under
-``CI=true``), flushed before each test that uses it."""
+``CI=true``), flushed before each test that uses it; and the root logger as each test found
+it (``serve`` and ``worker`` install a log handler at ``--log-level``, which would print
+into later tests' stderr)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,15 @@ from cordtrio.backends.redis.testing import (
     in_ci,
     run_redis_server,
 )
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

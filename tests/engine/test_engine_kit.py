@@ -22,7 +22,7 @@ from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.engine.supervisor import Engine
 from cordtrio.model import RunStatus, Step, StepType, Workflow, WorkflowRun
 from cordtrio.payloads import pointer_for_key, result_key
-from cordtrio.ports import Bus, PayloadStore
+from cordtrio.ports import Bus, DirectBus, PayloadStore
 from cordtrio.protocol import SUBJECT_PROGRESS, BusPacket, JobProgress, JobResult, JobStatus
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -106,12 +106,15 @@ class Tap:
     can check what a call had handed to the bus by the time it returned.
     """
 
-    def __init__(self, channel: trio.MemoryReceiveChannel[Any]) -> None:
+    def __init__(self, channel: trio.MemoryReceiveChannel[Any] | None) -> None:
         self._channel = channel
         self._items: list[tuple[float, Any]] = []
 
+    def _record(self, packet: Any) -> None:
+        self._items.append((trio.current_time(), packet.payload))
+
     def _pull(self) -> None:
-        while True:
+        while self._channel is not None:
             try:
                 packet = self._channel.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
@@ -119,6 +122,7 @@ class Tap:
             self._items.append((trio.current_time(), packet.payload))
 
     async def _run(self) -> None:
+        assert self._channel is not None
         async for packet in self._channel:
             self._items.append((trio.current_time(), packet.payload))
 
@@ -144,6 +148,13 @@ class Tap:
 
 @asynccontextmanager
 async def tapping(bus: Bus, subject: str) -> AsyncIterator[Tap]:
+    """On a bus in this process (``DirectBus``) the tap records each packet from within the
+    publisher's call; elsewhere from a subscription (see ``Tap``)."""
+    if isinstance(bus, DirectBus):
+        tap = Tap(None)
+        async with bus.listen(subject, "", tap._record):
+            yield tap
+        return
     async with bus.subscribe(subject, max_buffer=math.inf) as channel, trio.open_nursery() as n:
         tap = Tap(channel)
         n.start_soon(tap._run)

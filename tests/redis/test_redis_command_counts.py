@@ -168,6 +168,9 @@ def cross_check(m: Measured) -> None:
     counted += Counter({"set": len(m.middle()), "get": counted["evalsha"]})
     server = Counter(m.server_total)
     server.pop("blpop", None)
+    # the engine's stall watchdog reads one id (ZREVRANGE) when an API call waits over a
+    # second, which a loaded machine can cause during the submit; it is not per result
+    server.pop("zrevrange", None)
     assert server == counted
 
 

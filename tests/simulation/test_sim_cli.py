@@ -3,6 +3,7 @@ and the command that replays it (exit 1), the user's own workflow, and usage err
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_an_error_escaping_a_seed_is_a_failure_too(
     out = capsys.readouterr().out
     assert "seed 7 raised RuntimeError: engine blew up [badly]" in out
     assert "7 passed, 1 failed" in out
-    assert "reproduce: cordtrio simulate --seeds 1 --start 7 --faults light --runs 2" in out
+    assert "reproduce: cordtrio simulate --seeds 1 --start 7 --faults swarm --runs 2" in out
 
 
 def test_the_users_workflow_and_handlers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,7 +99,8 @@ def test_the_users_workflow_and_handlers(capsys: pytest.CaptureFixture[str]) -> 
                  "--input", '{"source": "inbox", "count": 3}', "--runs", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 passed" in out
-    assert "8 (" in out  # 4 seeds x 2 runs
+    runs = re.search(r"runs\s+(\d+) \(", out)
+    assert runs is not None and int(runs.group(1)) >= 8  # 4 seeds x 2 runs (+ reruns)
 
 
 def test_a_workflow_without_timeouts_ends_under_heavy_faults(
@@ -148,3 +150,14 @@ def test_usage_errors(argv: list[str], message: str,
 def test_bad_choice_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--faults", "medium"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_swarm_is_the_default_and_no_fault_turns_kinds_off(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--seeds", "4", "--no-fault", "drop", "--no-fault", "delay",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "4 passed" in out and "faults: drop" not in out and "faults: delay" not in out
+    assert main(["simulate", "--seeds", "1", "--faults", "light", "--no-fault", "drop"]) == 2
+    assert "--no-fault needs --faults swarm" in capsys.readouterr().err

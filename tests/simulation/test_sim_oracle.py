@@ -29,7 +29,7 @@ def test_siblings_left_running_by_a_failed_fan_out_are_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(finish, "cancel_children", lambda *args, **kwargs: None)
-    failure = _first_failure(range(20))
+    failure = _first_failure(range(40))
     assert failure.invariant == "oracle"
     assert failure.detail.startswith("rule sibling_cancel: run run-")
     assert "fan-out failed while children" in failure.detail

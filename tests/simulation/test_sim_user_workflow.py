@@ -88,3 +88,8 @@ def test_a_handler_that_never_returns_keeps_its_step_running_and_says_so() -> No
     assert failure.invariant == "liveness"
     assert "timeout_sec" in str(failure) and "naive/call" in str(failure)
     assert f"seed={failure.seed}" in str(failure)
+    # the message names the step still running and its job id, not only the run
+    import re
+
+    assert re.search(r"run-\d+-\w+ \(running: call running job run-\d+-\w+:call@1",
+                     failure.detail), failure.detail

@@ -1,0 +1,163 @@
+"""The narrow interfaces between a run task and the rest of the engine.
+
+A ``RunTask`` (``run_task``) sees the engine only through ``RunHost``: where its plan, bus,
+payloads, clock and hooks come from, and whom it tells that the run finished or that it
+exited. Who *owns* a run is a strategy (``Ownership``), chosen once when the engine opens:
+
+* ``ownership.SingleEngine`` — the engine is alone on its store: every run is its own, there
+  is nothing to acquire, renew or forward;
+* ``leases.LeaseKeeper`` — several engines share the store (multi-engine mode): a run is
+  driven by the holder of its lease, and whatever reaches another engine is forwarded.
+
+The strategies see a run task through ``OwnedRun`` and the engine through ``RunRouter``, so
+no module here imports the engine (``supervisor``) or the run task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from ..core.plan import Plan
+from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
+from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges
+from .envelopes import Envelope, Finish
+from .timers import Alarm
+
+StepDispatchedHook = Callable[[str, str, str], Any]
+StepFinishedHook = Callable[[str, str, StepStatus], Any]
+
+
+class OwnedRun(Protocol):
+    """What an ownership strategy sees of a run task."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def lost(self) -> bool:
+        """The lease was lost while the task held the run: it stopped acting at once."""
+
+    @property
+    def crashed(self) -> bool:
+        """The task ended with an error (a bug, or a definite store error)."""
+
+    @property
+    def unloadable(self) -> BaseException | None:
+        """Why the run or its workflow could not be loaded (None: it was)."""
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the task, for the callers still waiting (None: nothing went wrong)."""
+
+    @property
+    def in_flight(self) -> list[Envelope]:
+        """The batch being applied when the task stopped (empty between batches)."""
+
+    def take_leftovers(self) -> list[Envelope]:
+        """Close the task's mailbox and return what was never taken from it."""
+
+    def fail_leftovers(self, error: BaseException | None = None) -> None:
+        """Close the mailbox and answer every envelope left in it with ``error`` (default:
+        ``Redirect``, the caller delivers again)."""
+
+    def lease_lost(self) -> None:
+        """Stop acting on the run now (its scope is cancelled)."""
+
+
+class RunRouter(Protocol):
+    """The engine's routing, as ownership strategies use it."""
+
+    def deliver(self, run_id: str, envelope: Envelope) -> None:
+        """Hand ``envelope`` to the run's task, activating one if needed; never blocks."""
+
+    def is_active(self, run_id: str) -> bool:
+        """The run has a task in this engine."""
+
+
+class Ownership(Protocol):
+    """Who drives a run: acquire it, save under it, take its queued commands, let it go."""
+
+    def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
+        """The run ``submit`` just created, if a new task may start from it instead of
+        reading the store (None: it must read)."""
+
+    def may_unload_idle(self) -> bool:
+        """Whether a run waiting on nothing but a command may end its task (W4 memory)."""
+
+    async def acquire(self, run: OwnedRun) -> bool:
+        """Take the run for ``run``'s task; False when another engine drives it."""
+
+    async def take_commands(self, run_id: str) -> list[Envelope]:
+        """The commands queued for the run in the store, marked ``queued`` (none when
+        commands cannot be queued); acknowledged by ``acknowledge`` once applied."""
+
+    async def acknowledge(self, run_id: str) -> None:
+        """The batch that applied the commands taken last is persisted: drop them."""
+
+    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                           events: list[TimelineEvent]) -> None:
+        """Persist ``changes`` and the timeline ``events`` in one write, as the run's
+        driver (refused with ``LeaseLostError`` when it no longer is)."""
+
+    async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
+        """Append timeline ``events`` of a batch that changed nothing else."""
+
+    async def let_go(self, run: OwnedRun) -> None:
+        """The task is ending: answer or hand over what it did not apply, give the run up."""
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the strategy's background tasks (renewals, wake-ups) in ``nursery``."""
+
+    async def recover(self, nursery: trio.Nursery) -> int:
+        """Activate the runs this engine should drive after a start; returns how many (and
+        keeps doing so in ``nursery`` if the strategy takes runs over)."""
+
+
+class RunHost(Protocol):
+    """Everything a run task needs from the engine."""
+
+    @property
+    def bus(self) -> Bus: ...
+
+    @property
+    def payloads(self) -> PayloadStore | None: ...
+
+    @property
+    def config(self) -> ConfigProvider | None: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def ownership(self) -> Ownership: ...
+
+    @property
+    def alarm(self) -> Alarm:
+        """Wakes the task at its next timer deadline."""
+
+    async def load_run(self, run_id: str) -> WorkflowRun:
+        """The stored run (a run whose data cannot be read is marked failed first)."""
+
+    async def mark_unreadable(self, run_id: str, error: Exception) -> bool:
+        """Fail a run whose stored data cannot be read; True when the store did it."""
+
+    async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
+        """The workflow compiled for execution (cached per version)."""
+
+    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None: ...
+
+    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None: ...
+
+    def run_finished(self, run_id: str) -> Finish | None:
+        """The run is terminal: wake its ``wait_run`` callers; their ``Finish`` (None:
+        nobody waits) gets the final run once the task lets go."""
+
+    def run_exited(self, task: object) -> None:
+        """The task is ending: route further envelopes to a new task."""
+
+
+__all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "StepDispatchedHook",
+           "StepFinishedHook"]

@@ -1,0 +1,76 @@
+"""Single-engine ownership: the engine is alone on its store, so every run is its own.
+
+Nothing to acquire, renew or forward: writes are not fenced, commands are never queued in
+the store, a parked run may end its task (the next envelope reloads it), and envelopes a
+task did not apply are answered with ``Redirect`` so their callers deliver them again, to a
+new task. The multi-engine strategy is ``leases.LeaseKeeper``; both implement
+``host.Ownership``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+
+from ..core.events import Start
+from ..model import RunStatus, TimelineEvent, WorkflowRun
+from ..ports import RunChanges, Store
+from ..retry import retrying
+from .envelopes import Envelope
+from .host import OwnedRun, RunRouter
+
+RECOVERY_PAGE = 1_000_000
+
+
+class SingleEngine:
+    """``host.Ownership`` for an engine alone on its store."""
+
+    def __init__(self, store: Store, router: RunRouter) -> None:
+        self.store = store
+        self.router = router
+
+    def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
+        return created
+
+    def may_unload_idle(self) -> bool:
+        return True
+
+    async def acquire(self, run: OwnedRun) -> bool:
+        return True
+
+    async def take_commands(self, run_id: str) -> list[Envelope]:
+        return []
+
+    async def acknowledge(self, run_id: str) -> None:
+        return None
+
+    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                           events: list[TimelineEvent]) -> None:
+        await self.store.save_run_changes(run, changes, events)
+
+    async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
+        await self.store.append_timeline_events(run.id, events)
+
+    async def let_go(self, run: OwnedRun) -> None:
+        run.fail_leftovers(run.error)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        return None
+
+    async def recover(self, nursery: trio.Nursery) -> int:
+        """Activate every running and waiting run in the store (SPEC §12)."""
+        count = 0
+        for status in (RunStatus.RUNNING, RunStatus.WAITING):
+            ids = await retrying(
+                functools.partial(self.store.list_run_ids_by_status, status.value,
+                                  RECOVERY_PAGE),
+                f"list {status.value} runs")
+            for run_id in ids:
+                if not self.router.is_active(run_id):
+                    self.router.deliver(run_id, Envelope(Start()))
+                    count += 1
+        return count
+
+
+__all__ = ["RECOVERY_PAGE", "SingleEngine"]

@@ -1,0 +1,88 @@
+"""The engine's watchdog for API calls whose run task does not answer (``STALL_PROBE_SEC``).
+
+An API call waits until its run task has applied its envelope. A task that takes longer than
+``STALL_PROBE_SEC`` is usually retrying a store that is down: then one cheap store read
+tells, and if the store fails too the caller gets its ``StoreError`` (naming the store)
+instead of waiting for as long as the outage lasts. The task keeps the envelope and applies
+it once the store is back (unless the engine stops first).
+
+One watchdog task per engine does this for every waiting call (one probe for all the calls
+stalled at that moment), so a call itself opens no cancel scope: it registers, waits, and
+unregisters. The watchdog sleeps only while some call waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..errors import StoreError
+from .envelopes import Reply
+
+STALL_PROBE_SEC = 1.0
+"""An API call whose event is not applied after this long checks that the store answers."""
+
+
+class _Call:
+    __slots__ = ("check_at", "run_id", "what")
+
+    def __init__(self, check_at: float, run_id: str, what: str) -> None:
+        self.check_at = check_at
+        self.run_id = run_id
+        self.what = what
+
+
+class StallWatch:
+    """Probes the store for API calls waiting longer than ``period`` (see the module
+    docstring); ``probe`` is the cheap store read."""
+
+    def __init__(self, probe: Callable[[], Awaitable[object]],
+                 period: float = STALL_PROBE_SEC) -> None:
+        self._probe = probe
+        self._period = period
+        self._calls: dict[Reply, _Call] = {}
+        self._idle = trio.lowlevel.ParkingLot()
+
+    def watch(self, reply: Reply, run_id: str, what: str) -> None:
+        """Watch the caller waiting on ``reply`` (until ``forget``)."""
+        if not self._calls:
+            self._idle.unpark_all()
+        self._calls[reply] = _Call(trio.current_time() + self._period, run_id, what)
+
+    def forget(self, reply: Reply) -> None:
+        self._calls.pop(reply, None)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        calls = self._calls
+        while True:
+            if not calls:
+                await self._idle.park()
+                continue
+            await trio.sleep_until(min(c.check_at for c in calls.values()))
+            now = trio.current_time()
+            stalled = [(r, c) for r, c in calls.items() if c.check_at <= now]
+            if not stalled:
+                continue
+            try:
+                await self._probe()
+            except Exception as exc:
+                for reply, call in stalled:
+                    if calls.pop(reply, None) is None or reply.is_set():
+                        continue
+                    if isinstance(exc, StoreError):
+                        error: Exception = StoreError(
+                            f"run {call.run_id}: {call.what} not confirmed, the store is not "
+                            f"answering: {exc}")
+                        error.__cause__ = exc
+                    else:
+                        error = exc
+                    reply.interrupt(error)
+            else:
+                for _, call in stalled:
+                    call.check_at = now + self._period
+
+
+__all__ = ["STALL_PROBE_SEC", "StallWatch"]

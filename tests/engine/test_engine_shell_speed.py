@@ -1,0 +1,184 @@
+"""What the in-memory hot path relies on, and what it relaxes (docs/decisions.md, *Engine
+shell speed*): run mailboxes wake their task directly, results reach a run without a task
+of the engine's in between, the memory store and bus are cancellation points that yield
+only when they must wait, and the engine tunes the garbage collector unless told not to."""
+
+from __future__ import annotations
+
+import gc
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from test_engine_kit import WF, step
+
+from cordtrio.backends.memory import MemoryBus, MemoryStore
+from cordtrio.core.events import Start
+from cordtrio.engine import open_engine
+from cordtrio.engine.envelopes import Envelope, Mailbox, Reply
+from cordtrio.engine.gc_tuning import GEN0_THRESHOLD
+from cordtrio.protocol import SUBJECT_RESULT, BusPacket, JobResult, JobStatus
+from cordtrio.worker import open_worker
+
+
+class Steps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+async def test_a_put_wakes_the_waiting_task_and_nothing_else() -> None:
+    box = Mailbox()
+    got: list[list[Envelope]] = []
+
+    async def reader() -> None:
+        await box.wait()
+        got.append(box.take_all())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        first, second = Envelope(Start()), Envelope(Start())
+        box.put(first)
+        box.put(second)  # before the reader runs: one wake-up, one batch
+    assert got == [[first, second]]
+    assert box.close() == []
+    with pytest.raises(trio.BrokenResourceError):
+        box.put(first)
+
+
+async def test_waiting_on_a_full_mailbox_or_a_set_reply_is_only_a_cancellation_point(
+) -> None:
+    box, reply = Mailbox(), Reply()
+    box.put(Envelope(Start()))
+    reply.set()
+    steps = Steps()
+    trio.lowlevel.add_instrument(steps)
+    await box.wait()
+    await reply.wait()
+    trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 0  # no schedule point
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await box.wait()
+    assert scope.cancelled_caught
+
+
+async def test_a_reply_raises_what_interrupts_it() -> None:
+    reply = Reply()
+
+    async def interrupt() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        assert reply.waiting
+        reply.interrupt(ValueError("stalled"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(interrupt)
+        with pytest.raises(ValueError, match="stalled"):
+            await reply.wait()
+    assert not reply.is_set()
+
+
+async def test_the_memory_store_is_a_cancellation_point_not_a_schedule_point() -> None:
+    store = MemoryStore()
+    steps = Steps()
+    trio.lowlevel.add_instrument(steps)
+    await store.list_run_ids_by_status("running")
+    trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 0
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.list_run_ids_by_status("running")
+    assert scope.cancelled_caught
+
+
+async def test_a_publish_nobody_makes_wait_is_not_a_schedule_point() -> None:
+    bus = MemoryBus()
+    seen: list[Any] = []
+    async with bus.listen(SUBJECT_RESULT, "engines", seen.append), \
+            bus.subscribe(SUBJECT_RESULT) as channel:
+        packet = BusPacket("t", "test", datetime.now(UTC), 1,
+                           JobResult("r:a@1", JobStatus.SUCCEEDED))
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        await bus.publish(SUBJECT_RESULT, packet)
+        trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 0
+        assert seen == [packet]  # the listener was called from within publish
+        assert channel.receive_nowait() is packet  # the subscriber has its copy
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await bus.publish(SUBJECT_RESULT, packet)
+        assert scope.cancelled_caught and seen == [packet]  # nothing delivered
+    await bus.publish(SUBJECT_RESULT, packet)  # the listener left with its block
+    assert seen == [packet]
+
+
+async def test_a_failing_listener_does_not_fail_the_publisher(caplog) -> None:
+    bus = MemoryBus()
+
+    def broken(packet: BusPacket) -> None:
+        raise RuntimeError("listener bug")
+
+    async with bus.listen(SUBJECT_RESULT, "", broken):
+        await bus.publish(SUBJECT_RESULT, BusPacket("t", "test", datetime.now(UTC), 1,
+                                                    JobResult("r:a@1", JobStatus.SUCCEEDED)))
+    assert "a bus listener failed" in caplog.text
+
+
+async def echo(job: Any) -> dict[str, Any]:
+    return {"ok": True}
+
+
+async def test_one_step_costs_two_task_switches_on_the_memory_backends(store, payloads,
+                                                                       save) -> None:
+    """The worker's slot and the run's task; the engine's result routing runs inside the
+    worker's publish. (Counted on 20 steps, with slack for the submit and the wait.)"""
+    await save(*[step(f"s{i}", depends_on=[f"s{i - 1}"] if i else []) for i in range(20)])
+    bus = MemoryBus()
+    async with open_engine(store, bus, payloads=payloads) as engine, \
+            open_worker(bus, payloads, {"job.test": echo}):
+        run_id = await engine.submit(WF)
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        await engine.wait_run(run_id)
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.steps <= 2 * 20 + 4
+
+
+async def test_the_engine_tunes_the_collector_while_open_unless_told_not_to(store, bus):
+    before = gc.get_threshold()
+    async with open_engine(store, bus):
+        assert gc.get_threshold()[0] == max(GEN0_THRESHOLD, before[0])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    async with open_engine(store, bus, tune_gc=False):
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+async def test_the_alarm_pokes_each_mailbox_at_its_deadline(autojump_clock) -> None:
+    from cordtrio.engine.timers import Alarm
+
+    alarm, early, late = Alarm(), Mailbox(), Mailbox()
+    woken: list[tuple[str, float]] = []
+
+    async def waiter(name: str, box: Mailbox) -> None:
+        await box.wait()
+        woken.append((name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alarm.run)
+        start = trio.current_time()
+        nursery.start_soon(waiter, "late", late)
+        nursery.start_soon(waiter, "early", early)
+        await trio.testing.wait_all_tasks_blocked()
+        alarm.set(start + 10, late)
+        alarm.set(start + 5, early)  # earlier than what the alarm sleeps until
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert woken == [("early", start + 5), ("late", start + 10)]
