@@ -47,7 +47,7 @@ from .protocol import (
     JobResult,
     JobStatus,
 )
-from .retry import retrying
+from .retry import retry_after
 
 logger = logging.getLogger("cordtrio.worker")
 
@@ -370,8 +370,11 @@ class Worker:
         if ptr:
             try:
                 key = key_from_pointer(ptr)
-                raw = await retrying(lambda: self._payloads.get_context(key),
-                                     f"worker {self.worker_id}: load input {ptr}")
+                try:
+                    raw = await self._payloads.get_context(key)
+                except Exception as exc:
+                    raw = await retry_after(exc, lambda: self._payloads.get_context(key),
+                                            f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
                     JobStatus.FAILED, type(exc).__name__,
@@ -434,8 +437,11 @@ class Worker:
         key = result_key(job_id)
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
-            await retrying(lambda: self._payloads.put_result(key, body),
-                           f"worker {self.worker_id}: store result {key}")
+            try:
+                await self._payloads.put_result(key, body)
+            except Exception as exc:
+                await retry_after(exc, lambda: self._payloads.put_result(key, body),
+                                  f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
                              self.worker_id, job_id, key)

@@ -46,7 +46,7 @@ from ..model import RunStatus, StepStatus, TimelineEvent
 from ..ports import RunChanges
 from ..protocol import JobStatus
 from ..ratelog import rate_limited
-from ..retry import retrying
+from ..retry import retry_after
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
 from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
 from .host import RunHost
@@ -318,12 +318,19 @@ class RunTask:
         assert self.state is not None
         run = self.state.run
         events: list[TimelineEvent] = [e.event for e in effects if isinstance(e, RecordTimeline)]
+        owner = self.owner
         if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            await retrying(lambda: self.owner.save_changes(run, changes, events),
-                           f"save run {self.run_id}")
+            try:
+                await owner.save_changes(run, changes, events)
+            except Exception as exc:  # retried until it works (only a definite error ends it)
+                await retry_after(exc, lambda: owner.save_changes(run, changes, events),
+                                  f"save run {self.run_id}")
         elif events:
-            await retrying(lambda: self.owner.append_timeline(run, events),
-                           f"append timeline of run {self.run_id}")
+            try:
+                await owner.append_timeline(run, events)
+            except Exception as exc:
+                await retry_after(exc, lambda: owner.append_timeline(run, events),
+                                  f"append timeline of run {self.run_id}")
 
 
 __all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "load_output"]
