@@ -188,7 +188,7 @@ class Worker:
         if entry is None:
             return False
         if entry.reason is None:
-            entry.reason = reason
+            entry.reason = reason or ""
         entry.scope.cancel()
         return True
 
@@ -319,8 +319,8 @@ class Worker:
             finally:
                 del running[job_id]
                 self.running -= 1
-            if scope.cancel_called:  # the handler swallowed the Cancelled
-                return False
+            if entry.reason is not None:  # cancelled (``cancel_job`` and ``_job_lost`` set a
+                return False  # reason first) and the handler swallowed the Cancelled
             jobs.clear()
             # The slot is busy until the result is published, so a slow bus slows intake
             # instead of piling up finished jobs.

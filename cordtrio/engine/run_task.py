@@ -64,6 +64,7 @@ class RunTask:
         self.owner = host.ownership
         self.run_id = run_id
         self._preload = preload
+        self._created = False  # started from the run ``submit`` created, not the store
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
         self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
@@ -132,6 +133,7 @@ class RunTask:
         try:
             if preload is not None and preload.run is not None:
                 run = preload.run
+                self._created = True
             else:
                 run = await self.host.load_run(self.run_id)
             plan = await self.host.plan_for(
@@ -155,7 +157,9 @@ class RunTask:
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
         inbox = await owner.take_commands(self.run_id)
-        batch = [Envelope(Recover()), *inbox, *(e for e in ready if not e.drain)]
+        batch = [*inbox, *(e for e in ready if not e.drain)]
+        if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
+            batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
         while True:
             if not batch:
