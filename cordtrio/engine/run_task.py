@@ -264,7 +264,8 @@ class RunTask:
         payloads = self.host.payloads
         if result.status is not JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
             return event
-        return ResultReceived(result, await load_output(payloads, result.result_ptr))
+        event.output = await load_output(payloads, result.result_ptr)  # the engine's own event
+        return event
 
     async def _execute(self, effects: list[Effect], changes: RunChanges) -> None:
         """Carry out effects in the order described in the module docstring. Feedback
@@ -275,7 +276,9 @@ class RunTask:
         run_id = self.run_id
         run = self.state.run
         pending = effects
-        while pending or changes:
+        if not pending and not changes:
+            return
+        while True:
             round_effects: list[Effect] = []
             timeline: list[TimelineEvent] = []
             failed: set[str] = set()
@@ -297,7 +300,6 @@ class RunTask:
                         feedback.append(AlertOutcome(effect.step_id, error))
                 queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, timeline)
-            changes = RunChanges()
             feedback = []
             for effect in round_effects:  # post-commit stage
                 if isinstance(effect, Dispatch):
@@ -315,7 +317,12 @@ class RunTask:
                     await publish_cancel(host.bus, host.clock, run_id, effect)
                 elif isinstance(effect, ArmTimer):
                     self._timers.arm(effect, host.clock.now())
-            pending = self._decide_more(feedback, changes) if feedback else []
+            if not feedback:
+                return
+            changes = RunChanges()
+            pending = self._decide_more(feedback, changes)
+            if not pending and not changes:
+                return
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""
