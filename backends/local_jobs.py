@@ -7,7 +7,7 @@ leaving its ``consume_jobs`` block), so ``on_lost`` is never called here."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -25,12 +25,9 @@ class LocalJobInbox:
         self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
         self.consumer: Consumer | None = None
         self.on_lost: Callable[[str], None] | None = None
-
-    async def receive(self) -> BusPacket:
-        return await self._receive.receive()
-
-    def receive_nowait(self) -> BusPacket:
-        return self._receive.receive_nowait()
+        # the channel's own methods: no coroutine of ours in between, on every job
+        self.receive: Callable[[], Awaitable[BusPacket]] = self._receive.receive
+        self.receive_nowait: Callable[[], BusPacket] = self._receive.receive_nowait
 
     def ack(self, job_id: str) -> None:
         if self.consumer is not None:

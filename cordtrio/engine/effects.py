@@ -98,8 +98,7 @@ async def publish_cancel(bus: Bus, clock: Clock, run_id: str, effect: CancelJob)
 
 def packet(clock: Clock, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id)."""
-    return BusPacket(trace_id=run_id, sender_id=SENDER_ID, created_at=clock.now(),
-                     protocol_version=PROTOCOL_VERSION, payload=payload)
+    return BusPacket(run_id, SENDER_ID, clock.now(), PROTOCOL_VERSION, payload)
 
 
 async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
