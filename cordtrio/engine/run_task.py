@@ -271,58 +271,70 @@ class RunTask:
         """Carry out effects in the order described in the module docstring. Feedback
         (a failed payload store or publish, an alert's outcome) goes back through the core
         and its effects are carried out too, until nothing is left."""
-        assert self.state is not None
-        host = self.host
-        run_id = self.run_id
-        run = self.state.run
         pending = effects
         if not pending and not changes:
             return
         while True:
             round_effects: list[Effect] = []
             timeline: list[TimelineEvent] = []
-            failed: set[str] = set()
+            failed: set[str] = set()  # job ids whose payload could not be stored
             queue = pending
-            while queue:  # pre-commit stage
+            while queue:
                 round_effects += queue
-                feedback: list[Event] = []
-                for effect in queue:
-                    if isinstance(effect, RecordTimeline):
-                        timeline.append(effect.event)
-                    elif isinstance(effect, Dispatch):
-                        problem = await store_payload(host.payloads, effect)
-                        if problem:
-                            failed.add(effect.job_id)
-                            feedback.append(
-                                DispatchFailed(effect.target_id, effect.job_id, problem))
-                    elif isinstance(effect, PublishAlert):
-                        error = await publish_alert(host.bus, host.clock, run_id, effect)
-                        feedback.append(AlertOutcome(effect.step_id, error))
+                feedback = await self._before_commit(queue, timeline, failed)
                 queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, timeline)
-            feedback = []
-            for effect in round_effects:  # post-commit stage
-                if isinstance(effect, Dispatch):
-                    if effect.job_id in failed:
-                        continue
-                    problem = await publish_job(host.bus, host.clock, host.config, run_id, run,
-                                                effect)
-                    if problem:
-                        feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-                    elif not effect.again:
-                        host.step_dispatched(run_id, effect.target_id, effect.job_id)
-                elif isinstance(effect, StepFinished):
-                    host.step_finished(run_id, effect.step_id, effect.status)
-                elif isinstance(effect, CancelJob):
-                    await publish_cancel(host.bus, host.clock, run_id, effect)
-                elif isinstance(effect, ArmTimer):
-                    self._timers.arm(effect, host.clock.now())
+            feedback = await self._after_commit(round_effects, failed)
             if not feedback:
                 return
             changes = RunChanges()
             pending = self._decide_more(feedback, changes)
             if not pending and not changes:
                 return
+
+    async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
+                             failed: set[str]) -> list[Event]:
+        """Gather the timeline rows; store job payloads and publish notify alerts, whose
+        outcome the core must know before anything is persisted (returned as feedback)."""
+        host = self.host
+        feedback: list[Event] = []
+        for effect in effects:
+            if isinstance(effect, RecordTimeline):
+                timeline.append(effect.event)
+            elif isinstance(effect, Dispatch):
+                problem = await store_payload(host.payloads, effect)
+                if problem:
+                    failed.add(effect.job_id)
+                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
+            elif isinstance(effect, PublishAlert):
+                error = await publish_alert(host.bus, host.clock, self.run_id, effect)
+                feedback.append(AlertOutcome(effect.step_id, error))
+        return feedback
+
+    async def _after_commit(self, effects: list[Effect], failed: set[str]) -> list[Event]:
+        """Publish job requests (a failure is returned as feedback) and cancels, call the
+        hooks, arm timers: in the order the core gave them."""
+        assert self.state is not None
+        host = self.host
+        run_id = self.run_id
+        feedback: list[Event] = []
+        for effect in effects:
+            if isinstance(effect, Dispatch):
+                if effect.job_id in failed:
+                    continue
+                problem = await publish_job(host.bus, host.clock, host.config, run_id,
+                                            self.state.run, effect)
+                if problem:
+                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
+                elif not effect.again:
+                    host.step_dispatched(run_id, effect.target_id, effect.job_id)
+            elif isinstance(effect, StepFinished):
+                host.step_finished(run_id, effect.step_id, effect.status)
+            elif isinstance(effect, CancelJob):
+                await publish_cancel(host.bus, host.clock, run_id, effect)
+            elif isinstance(effect, ArmTimer):
+                self._timers.arm(effect, host.clock.now())
+        return feedback
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""
