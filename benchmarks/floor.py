@@ -252,12 +252,21 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
             f"{name} {values[-1]:,.0f}" for name, values in samples.items()) + " steps/s")
     medians = {name: statistics.median(values) for name, values in samples.items()}
     floor = medians["floor"]
+    # On a shared machine the load drifts between rounds: a ratio within each round (its
+    # samples close in time), then their median, is steadier than a ratio of medians.
+    pairs = {"cordtrio/floor": ("cordtrio", "floor")}
+    if against:
+        pairs["cordtrio/against"] = ("cordtrio", "against")
     return {"workload": "w1", "backend": "memory", "size": size, "rounds": rounds,
             "against": against, "samples_steps_per_s": samples,
             "median_steps_per_s": medians,
             "ratio_to_floor": {name: m / floor for name, m in medians.items()},
             "ratio_cordtrio_to_against": (medians["cordtrio"] / medians["against"]
-                                          if against else None)}
+                                          if against else None),
+            "median_of_round_ratios": {
+                label: statistics.median(x / y for x, y in zip(samples[a], samples[b],
+                                                                strict=True))
+                for label, (a, b) in pairs.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ratio[name]:.2f} x floor")
         if args.against:
             print(f"cordtrio / against: {result['ratio_cordtrio_to_against']:.2f} x")
+        print("median of the per-round ratios: " + ", ".join(
+            f"{label} {value:.2f} x" for label, value in result["median_of_round_ratios"].items()))
     else:
         result = {"workload": "w1-floor", "size": args.size, **trio.run(drive_floor, args.size)}
         print(f"floor, {args.size} runs x {CHAIN_STEPS} steps: {result['steps_per_s']:,.0f} "

@@ -152,4 +152,5 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
         data["median_steps_per_s"]["cordtrio"] / data["median_steps_per_s"]["floor"])
     assert data["ratio_cordtrio_to_against"] is None
+    assert set(data["median_of_round_ratios"]) == {"cordtrio/floor"}
     assert "x floor" in capsys.readouterr().out
