@@ -319,8 +319,11 @@ class Worker:
             finally:
                 del running[job_id]
                 self.running -= 1
-            if entry.reason is not None:  # cancelled (``cancel_job`` and ``_job_lost`` set a
-                return False  # reason first) and the handler swallowed the Cancelled
+            # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
+            # ``_job_lost`` give a reason before they cancel (cheaper than the scope's
+            # ``cancel_called``, which reads the clock).
+            if entry.reason is not None:
+                return False
             jobs.clear()
             # The slot is busy until the result is published, so a slow bus slows intake
             # instead of piling up finished jobs.
