@@ -24,6 +24,7 @@ compared in one sitting. ``--out`` writes every sample and the medians as JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -198,6 +199,7 @@ async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
     once its run started, then every run waited for): ``runs`` runs of ``steps`` chained
     no-op jobs. Returns steps/s (wall clock, as the harness measures it), CPU µs and task
     switches per step."""
+    gc.collect()  # start clean, as the cordtrio sample does
     switches = TaskSteps()
     async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
         floor = _Floor(run_tasks, steps)
@@ -219,7 +221,10 @@ async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
 
 
 def cordtrio_w1(size: int) -> float:
-    """cordtrio's in-memory W1 at ``size`` runs, one sample through the harness: steps/s."""
+    """cordtrio's in-memory W1 at ``size`` runs, one sample through the harness: steps/s.
+    The collector first clears what earlier samples of this process left (as a fresh
+    process of ``python -m benchmarks`` starts clean)."""
+    gc.collect()
     sample = trio.run(run_sample, WORKLOADS["w1"], "memory", size)
     return sample.steps_per_s
 
