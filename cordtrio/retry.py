@@ -39,23 +39,41 @@ def calls_waiting() -> int:
 async def retrying(op: Callable[[], Awaitable[T]], what: str) -> T:
     """Await ``op()`` until it succeeds, backing off (50 ms doubling to 5 s) on transient
     errors; definite errors propagate at once. Cancellation ends the wait, as always."""
-    global _waiting
-    delay = INITIAL_DELAY
-    attempt = 0
     try:
+        return await op()
+    except Exception as exc:
+        return await retry_after(exc, op, what)
+
+
+async def retry_after(first: Exception, op: Callable[[], Awaitable[T]], what: str) -> T:
+    """``retrying`` once the first attempt of ``op`` has failed with ``first``: raise it if
+    it is definite, else back off and try again. A hot path makes its first attempt itself,
+    so a call that works builds no closure and no message::
+
+        try:
+            data = await payloads.get_result(key)
+        except Exception as exc:
+            data = await retry_after(exc, lambda: payloads.get_result(key), f"load {key}")
+    """
+    global _waiting
+    if not is_transient(first):
+        raise first
+    delay = INITIAL_DELAY
+    attempt = 1
+    _waiting += 1
+    try:
+        log.warning("%s failed (attempt %d, retrying in %.2fs): %r", what, attempt, delay,
+                    first)
         while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
             try:
                 return await op()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 attempt += 1
-                if attempt == 1:
-                    _waiting += 1
                 log.warning("%s failed (attempt %d, retrying in %.2fs): %r", what, attempt,
                             delay, exc)
-            await trio.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
     finally:
-        if attempt:
-            _waiting -= 1
+        _waiting -= 1

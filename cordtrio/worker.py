@@ -47,7 +47,7 @@ from .protocol import (
     JobResult,
     JobStatus,
 )
-from .retry import retrying
+from .retry import retry_after
 
 logger = logging.getLogger("cordtrio.worker")
 
@@ -188,7 +188,7 @@ class Worker:
         if entry is None:
             return False
         if entry.reason is None:
-            entry.reason = reason
+            entry.reason = reason or ""
         entry.scope.cancel()
         return True
 
@@ -319,7 +319,10 @@ class Worker:
             finally:
                 del running[job_id]
                 self.running -= 1
-            if scope.cancel_called:  # the handler swallowed the Cancelled
+            # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
+            # ``_job_lost`` give a reason before they cancel (cheaper than the scope's
+            # ``cancel_called``, which reads the clock).
+            if entry.reason is not None:
                 return False
             jobs.clear()
             # The slot is busy until the result is published, so a slow bus slows intake
@@ -370,8 +373,11 @@ class Worker:
         if ptr:
             try:
                 key = key_from_pointer(ptr)
-                raw = await retrying(lambda: self._payloads.get_context(key),
-                                     f"worker {self.worker_id}: load input {ptr}")
+                try:
+                    raw = await self._payloads.get_context(key)
+                except Exception as exc:
+                    raw = await retry_after(exc, lambda: self._payloads.get_context(key),
+                                            f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
                     JobStatus.FAILED, type(exc).__name__,
@@ -434,8 +440,11 @@ class Worker:
         key = result_key(job_id)
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
-            await retrying(lambda: self._payloads.put_result(key, body),
-                           f"worker {self.worker_id}: store result {key}")
+            try:
+                await self._payloads.put_result(key, body)
+            except Exception as exc:
+                await retry_after(exc, lambda: self._payloads.put_result(key, body),
+                                  f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
                              self.worker_id, job_id, key)

@@ -129,3 +129,28 @@ def test_switches_counts_task_switches_per_step(capsys: pytest.CaptureFixture[st
     assert switches_main(["--workload", "w1", "--backend", "memory", "--size", "3"]) == 0
     out = capsys.readouterr().out
     assert "15 steps" in out and "task switches per step" in out
+
+
+def test_floor_drives_w1_shape_and_compares_with_cordtrio(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trio
+
+    from benchmarks.floor import drive_floor
+    from benchmarks.floor import main as floor_main
+
+    alone = trio.run(drive_floor, 3)
+    assert alone["steps"] == 3 * CHAIN_STEPS
+    assert alone["steps_per_s"] > 0 and alone["task_switches_per_step"] > 0
+    out = tmp_path / "floor.json"
+    assert floor_main(["--compare", "--rounds", "2", "--size", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["workload"], data["backend"], data["size"], data["rounds"]) == (
+        "w1", "memory", 3, 2)
+    samples = data["samples_steps_per_s"]
+    assert set(samples) == {"floor", "cordtrio"} and all(len(v) == 2 for v in samples.values())
+    assert data["ratio_to_floor"]["floor"] == 1.0
+    assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
+        data["median_steps_per_s"]["cordtrio"] / data["median_steps_per_s"]["floor"])
+    assert data["ratio_cordtrio_to_against"] is None
+    assert set(data["median_of_round_ratios"]) == {"cordtrio/floor"}
+    assert "x floor" in capsys.readouterr().out

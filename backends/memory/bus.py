@@ -92,6 +92,18 @@ class _Listeners:
         return not self.plain and not self.groups
 
 
+@dataclass(slots=True)
+class _Wait:
+    """A listener that had no room for a packet: a plain subscriber (``send``) or a queue
+    group (``group``) of subscription ``key`` in ``table``."""
+
+    table: dict[str, _Listeners]
+    key: str
+    queue: str
+    group: _Group | None
+    send: _Send | None
+
+
 class _Callback:
     """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it."""
 
@@ -148,13 +160,18 @@ class MemoryBus:
                 self._hand_out((assignment,))
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel):
             self.jobs.cancel(payload.job_id)
+        # Everyone with room gets the packet now, without a schedule point; only then does
+        # the publisher wait, in turn, for those whose buffers are full.
+        waits: list[_Wait] = []
         listeners = self._exact.get(subject)
         if listeners is not None:
-            await self._deliver(subject, listeners, packet, wire, self._exact)
+            self._offer(subject, listeners, packet, wire, self._exact, waits)
         if self._wildcards:
             for prefix, wild in tuple(self._wildcards.items()):
                 if len(subject) > len(prefix) and subject.startswith(prefix):
-                    await self._deliver(prefix, wild, packet, wire, self._wildcards)
+                    self._offer(prefix, wild, packet, wire, self._wildcards, waits)
+        if waits:
+            await self._wait_for_room(waits, packet, wire)
 
     @asynccontextmanager
     async def subscribe(
@@ -224,7 +241,7 @@ class MemoryBus:
             packet, wire = a.job.item
             inbox: LocalJobInbox = a.consumer.handle
             inbox.deliver(self._copy(packet, wire))
-        if not self.jobs.full:
+        if self._room and not self.jobs.full:
             self._room.unpark_all()
 
     async def _report_lost(self, lost: list[LostJob]) -> None:
@@ -269,32 +286,30 @@ class MemoryBus:
     def _copy(self, packet: BusPacket, wire: bytes | None) -> BusPacket:
         return packet if wire is None else decode_packet(wire)
 
-    async def _deliver(
+    def _offer(
         self,
         key: str,
         listeners: _Listeners,
         packet: BusPacket,
         wire: bytes | None,
         table: dict[str, _Listeners],
-    ) -> bool:
-        """Deliver to one listener set; True if it had to wait (a checkpoint happened)."""
-        blocked = False
+        waits: list[_Wait],
+    ) -> None:
+        """Deliver to every listener of one set that has room (and to one member of each
+        queue group); add those whose buffers are full to ``waits``."""
         for send in listeners.plain:
             try:
                 send.send_nowait(self._copy(packet, wire))
             except trio.WouldBlock:
-                blocked = True
-                try:
-                    await send.send(self._copy(packet, wire))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._remove(table, key, "", send)
+                waits.append(_Wait(table, key, "", None, send))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._remove(table, key, "", send)
-        for queue, group in tuple(listeners.groups.items()):
-            blocked |= await self._deliver_to_group(key, queue, group, packet, wire, table)
-        return blocked
+        if listeners.groups:
+            for queue, group in tuple(listeners.groups.items()):
+                if not self._offer_to_group(key, queue, group, packet, wire, table):
+                    waits.append(_Wait(table, key, queue, group, None))
 
-    async def _deliver_to_group(
+    def _offer_to_group(
         self,
         key: str,
         queue: str,
@@ -303,11 +318,10 @@ class MemoryBus:
         wire: bytes | None,
         table: dict[str, _Listeners],
     ) -> bool:
-        """Hand the packet to exactly one member (none if the group has emptied)."""
-        blocked = False
+        """Hand the packet to the first member with room, starting at the one whose turn
+        it is: True when one took it (or the group has emptied), False when all are full."""
         while group.members:
             members = group.members
-            # Prefer a member with room, starting at the one whose turn it is.
             n = len(members)
             start = group.turn % n
             for i in range(n):
@@ -320,19 +334,35 @@ class MemoryBus:
                     self._remove(table, key, queue, send)
                     continue
                 group.turn = (start + i + 1) % n
-                return blocked
-            if group.members is not members:
-                continue  # dead members were dropped: try the survivors again
-            # Everyone is full: wait for the member whose turn it is.
-            send = members[start]
-            group.turn = (start + 1) % n
-            blocked = True
-            try:
-                await send.send(self._copy(packet, wire))
-                return blocked
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._remove(table, key, queue, send)
-        return blocked
+                return True
+            if group.members is members:
+                return False
+            # dead members were dropped: try the survivors again
+        return True
+
+    async def _wait_for_room(self, waits: list[_Wait], packet: BusPacket,
+                             wire: bytes | None) -> None:
+        """Wait, in turn, until each full listener takes the packet (a queue group: the
+        member whose turn it is, unless another one has room by then)."""
+        for w in waits:
+            if w.group is None:
+                assert w.send is not None
+                try:
+                    await w.send.send(self._copy(packet, wire))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._remove(w.table, w.key, "", w.send)
+                continue
+            group = w.group
+            while not self._offer_to_group(w.key, w.queue, group, packet, wire, w.table):
+                members = group.members
+                start = group.turn % len(members)
+                send = members[start]
+                group.turn = (start + 1) % len(members)
+                try:
+                    await send.send(self._copy(packet, wire))
+                    break
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._remove(w.table, w.key, w.queue, send)
 
 
 __all__ = ["DEFAULT_MAX_BUFFER", "MemoryBus"]

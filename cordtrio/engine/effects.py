@@ -26,7 +26,7 @@ from ..protocol import (
     BusPacket,
     JobCancel,
 )
-from ..retry import retrying
+from ..retry import retry_after
 
 log = logging.getLogger("cordtrio.engine")
 
@@ -45,7 +45,11 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
         return f"step input is not JSON: {exc}"
     key = effect.context_key
     try:
-        await retrying(lambda: payloads.put_context(key, data), f"store payload {key}")
+        try:
+            await payloads.put_context(key, data)
+        except Exception as exc:
+            await retry_after(exc, lambda: payloads.put_context(key, data),
+                              f"store payload {key}")
     except Exception as exc:
         return f"store payload {key}: {exc}"
     return ""
@@ -94,8 +98,7 @@ async def publish_cancel(bus: Bus, clock: Clock, run_id: str, effect: CancelJob)
 
 def packet(clock: Clock, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id)."""
-    return BusPacket(trace_id=run_id, sender_id=SENDER_ID, created_at=clock.now(),
-                     protocol_version=PROTOCOL_VERSION, payload=payload)
+    return BusPacket(run_id, SENDER_ID, clock.now(), PROTOCOL_VERSION, payload)
 
 
 async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
@@ -103,7 +106,10 @@ async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
     outside the payload namespace is refused unread (``cordtrio.payloads``)."""
     try:
         key = key_from_pointer(result_ptr, RESULT_PREFIX)
-        data = await retrying(lambda: payloads.get_result(key), f"load {result_ptr}")
+        try:
+            data = await payloads.get_result(key)
+        except Exception as exc:
+            data = await retry_after(exc, lambda: payloads.get_result(key), f"load {result_ptr}")
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception as exc:

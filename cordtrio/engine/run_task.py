@@ -46,7 +46,7 @@ from ..model import RunStatus, StepStatus, TimelineEvent
 from ..ports import RunChanges
 from ..protocol import JobStatus
 from ..ratelog import rate_limited
-from ..retry import retrying
+from ..retry import retry_after
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
 from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
 from .host import RunHost
@@ -64,6 +64,7 @@ class RunTask:
         self.owner = host.ownership
         self.run_id = run_id
         self._preload = preload
+        self._created = False  # started from the run ``submit`` created, not the store
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
         self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
@@ -132,6 +133,7 @@ class RunTask:
         try:
             if preload is not None and preload.run is not None:
                 run = preload.run
+                self._created = True
             else:
                 run = await self.host.load_run(self.run_id)
             plan = await self.host.plan_for(
@@ -155,7 +157,10 @@ class RunTask:
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
         inbox = await owner.take_commands(self.run_id)
-        batch = [Envelope(Recover()), *inbox, *(e for e in ready if not e.drain)]
+        batch = [*inbox, *(e for e in ready if not e.drain)]
+        if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
+            batch.insert(0, Envelope(Recover()))
+        mailbox = self.mailbox
         while True:
             if not batch:
                 if self.state.run.status.is_terminal:
@@ -163,10 +168,13 @@ class RunTask:
                 if self._parked() and owner.may_unload_idle():
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
-                batch = await self._wait_for_work()
+                if self._timers:
+                    self._set_alarm()
+                await mailbox.wait()
+                batch = self._take_ready()  # maybe nothing: a stale poke of the alarm
                 if not batch:
                     continue
-            if any(e.drain for e in batch):
+            if _has_drain(batch):
                 batch = [e for e in batch if not e.drain]
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
@@ -195,30 +203,30 @@ class RunTask:
             batch.extend(self._timers.due())
         return batch
 
-    async def _wait_for_work(self) -> list[Envelope]:
-        """The next envelopes, or the timers that came due (maybe nothing: a stale poke)."""
-        if self._timers:
-            deadline = self._timers.next_deadline
-            if deadline != self._alarm_at:  # one alarm per deadline, not per wait
-                self._alarm_at = deadline
-                self.host.alarm.set(deadline, self.mailbox)
-        await self.mailbox.wait()
-        return self._take_ready()
+    def _set_alarm(self) -> None:
+        """Have the engine's alarm poke the mailbox at the next timer deadline (once per
+        deadline, not per wait)."""
+        deadline = self._timers.next_deadline
+        if deadline != self._alarm_at:
+            self._alarm_at = deadline
+            self.host.alarm.set(deadline, self.mailbox)
 
     # -------------------------------------------------------------------- one batch
 
     async def _process(self, batch: list[Envelope]) -> None:
         assert self.plan is not None and self.state is not None
-        host = self.host
+        plan, state, clock = self.plan, self.state, self.host.clock
         effects: list[Effect] = []
-        changes = RunChanges()
+        changes: RunChanges | None = None
         for envelope in batch:
-            event = await self._with_output(envelope.event)
-            now = host.clock.now()
+            event = envelope.event
+            if event.__class__ is ResultReceived and event.output is None:
+                event = await self._with_output(event)
+            now = clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
-                outcome = decide(self.plan, self.state, event, now)
+                outcome = decide(plan, state, event, now)
             except CordtrioError as exc:
                 envelope.error = exc
                 continue
@@ -226,10 +234,13 @@ class RunTask:
                 log.exception("run %s: core failed on %r", self.run_id, event)
                 envelope.error = exc
                 continue
-            effects.extend(outcome.effects)
-            changes.merge(outcome.changes)
+            effects += outcome.effects
+            if changes is None:
+                changes = outcome.changes  # the core's own, fresh for every decide
+            else:
+                changes.merge(outcome.changes)
         try:
-            await self._execute(effects, changes)
+            await self._execute(effects, changes if changes is not None else RunChanges())
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
@@ -244,65 +255,86 @@ class RunTask:
         for envelope in batch:
             if envelope.done is not None:
                 envelope.done.set()
-        if self.state.run.status.is_terminal:
-            self._finish = host.run_finished(self.run_id) or self._finish
+        if state.run.status.is_terminal:
+            self._finish = self.host.run_finished(self.run_id) or self._finish
 
-    async def _with_output(self, event: Event) -> Event:
+    async def _with_output(self, event: ResultReceived) -> ResultReceived:
         """Attach the result payload to a successful result (SPEC §8 needs it)."""
-        if not isinstance(event, ResultReceived) or event.output is not None:
-            return event
         result = event.result
         payloads = self.host.payloads
-        if result.status != JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
+        if result.status is not JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
             return event
-        return ResultReceived(result, await load_output(payloads, result.result_ptr))
+        event.output = await load_output(payloads, result.result_ptr)  # the engine's own event
+        return event
 
     async def _execute(self, effects: list[Effect], changes: RunChanges) -> None:
         """Carry out effects in the order described in the module docstring. Feedback
         (a failed payload store or publish, an alert's outcome) goes back through the core
         and its effects are carried out too, until nothing is left."""
+        pending = effects
+        if not pending and not changes:
+            return
+        while True:
+            round_effects: list[Effect] = []
+            timeline: list[TimelineEvent] = []
+            failed: set[str] = set()  # job ids whose payload could not be stored
+            queue = pending
+            while queue:
+                round_effects += queue
+                feedback = await self._before_commit(queue, timeline, failed)
+                queue = self._decide_more(feedback, changes) if feedback else []
+            await self._persist(changes, timeline)
+            feedback = await self._after_commit(round_effects, failed)
+            if not feedback:
+                return
+            changes = RunChanges()
+            pending = self._decide_more(feedback, changes)
+            if not pending and not changes:
+                return
+
+    async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
+                             failed: set[str]) -> list[Event]:
+        """Gather the timeline rows; store job payloads and publish notify alerts, whose
+        outcome the core must know before anything is persisted (returned as feedback)."""
+        host = self.host
+        feedback: list[Event] = []
+        for effect in effects:
+            if isinstance(effect, RecordTimeline):
+                timeline.append(effect.event)
+            elif isinstance(effect, Dispatch):
+                problem = await store_payload(host.payloads, effect)
+                if problem:
+                    failed.add(effect.job_id)
+                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
+            elif isinstance(effect, PublishAlert):
+                error = await publish_alert(host.bus, host.clock, self.run_id, effect)
+                feedback.append(AlertOutcome(effect.step_id, error))
+        return feedback
+
+    async def _after_commit(self, effects: list[Effect], failed: set[str]) -> list[Event]:
+        """Publish job requests (a failure is returned as feedback) and cancels, call the
+        hooks, arm timers: in the order the core gave them."""
         assert self.state is not None
         host = self.host
-        run = self.state.run
-        pending = effects
-        while pending or changes:
-            round_effects: list[Effect] = []
-            failed: set[str] = set()
-            queue = pending
-            while queue:  # pre-commit stage
-                round_effects.extend(queue)
-                feedback: list[Event] = []
-                for effect in queue:
-                    if isinstance(effect, Dispatch):
-                        problem = await store_payload(host.payloads, effect)
-                        if problem:
-                            failed.add(effect.job_id)
-                            feedback.append(
-                                DispatchFailed(effect.target_id, effect.job_id, problem))
-                    elif isinstance(effect, PublishAlert):
-                        error = await publish_alert(host.bus, host.clock, self.run_id, effect)
-                        feedback.append(AlertOutcome(effect.step_id, error))
-                queue = self._decide_more(feedback, changes) if feedback else []
-            await self._persist(changes, round_effects)
-            changes = RunChanges()
-            feedback = []
-            for effect in round_effects:  # post-commit stage
-                if isinstance(effect, Dispatch):
-                    if effect.job_id in failed:
-                        continue
-                    problem = await publish_job(host.bus, host.clock, host.config, self.run_id, run,
-                                                effect)
-                    if problem:
-                        feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-                    elif not effect.again:
-                        host.step_dispatched(self.run_id, effect.target_id, effect.job_id)
-                elif isinstance(effect, CancelJob):
-                    await publish_cancel(host.bus, host.clock, self.run_id, effect)
-                elif isinstance(effect, StepFinished):
-                    host.step_finished(self.run_id, effect.step_id, effect.status)
-                elif isinstance(effect, ArmTimer):
-                    self._timers.arm(effect, host.clock.now())
-            pending = self._decide_more(feedback, changes) if feedback else []
+        run_id = self.run_id
+        feedback: list[Event] = []
+        for effect in effects:
+            if isinstance(effect, Dispatch):
+                if effect.job_id in failed:
+                    continue
+                problem = await publish_job(host.bus, host.clock, host.config, run_id,
+                                            self.state.run, effect)
+                if problem:
+                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
+                elif not effect.again:
+                    host.step_dispatched(run_id, effect.target_id, effect.job_id)
+            elif isinstance(effect, StepFinished):
+                host.step_finished(run_id, effect.step_id, effect.status)
+            elif isinstance(effect, CancelJob):
+                await publish_cancel(host.bus, host.clock, run_id, effect)
+            elif isinstance(effect, ArmTimer):
+                self._timers.arm(effect, host.clock.now())
+        return feedback
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""
@@ -314,16 +346,30 @@ class RunTask:
             changes.merge(outcome.changes)
         return effects
 
-    async def _persist(self, changes: RunChanges, effects: list[Effect]) -> None:
+    async def _persist(self, changes: RunChanges, events: list[TimelineEvent]) -> None:
         assert self.state is not None
         run = self.state.run
-        events: list[TimelineEvent] = [e.event for e in effects if isinstance(e, RecordTimeline)]
+        owner = self.owner
         if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            await retrying(lambda: self.owner.save_changes(run, changes, events),
-                           f"save run {self.run_id}")
+            try:
+                await owner.save_changes(run, changes, events)
+            except Exception as exc:  # retried until it works (only a definite error ends it)
+                await retry_after(exc, lambda: owner.save_changes(run, changes, events),
+                                  f"save run {self.run_id}")
         elif events:
-            await retrying(lambda: self.owner.append_timeline(run, events),
-                           f"append timeline of run {self.run_id}")
+            try:
+                await owner.append_timeline(run, events)
+            except Exception as exc:
+                await retry_after(exc, lambda: owner.append_timeline(run, events),
+                                  f"append timeline of run {self.run_id}")
+
+
+def _has_drain(batch: list[Envelope]) -> bool:
+    """A request to apply the run's queued commands is among ``batch`` (multi-engine)."""
+    for envelope in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
+        if envelope.drain:
+            return True
+    return False
 
 
 __all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "load_output"]
