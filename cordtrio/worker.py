@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import key_from_pointer, pointer_for_key, result_key
@@ -370,7 +371,7 @@ class Worker:
         if ptr:
             try:
                 key = key_from_pointer(ptr)
-                raw = await retrying(lambda: self._payloads.get_context(key),
+                raw = await retrying(lambda: json_payloads.get_context(self._payloads, key),
                                      f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
@@ -378,7 +379,7 @@ class Worker:
                     f"job {job_id}: cannot load input from {ptr}: {exc}", job_id,
                 )
             try:
-                data = json.loads(raw)
+                data = raw.value()
             except ValueError as exc:
                 return _failure(
                     JobStatus.FAILED, "InvalidInput",
@@ -424,7 +425,7 @@ class Worker:
                             job_id)
 
         try:
-            body = json.dumps(output).encode()  # default encoder: the cached fast path
+            body = json_payloads.encode(self._payloads, output, compact=False)
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
@@ -434,7 +435,7 @@ class Worker:
         key = result_key(job_id)
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
-            await retrying(lambda: self._payloads.put_result(key, body),
+            await retrying(lambda: json_payloads.put_result(self._payloads, key, body),
                            f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
