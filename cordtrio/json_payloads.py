@@ -98,6 +98,17 @@ class JsonPayload:
         """A payload a store kept as bytes (handed out as they are: bytes are immutable)."""
         return cls(data, None, len(data), False)
 
+    def parts(self) -> tuple[bytes | None, bytes | None, int, bool]:
+        """The payload as a tuple of immutable values, for a store to keep: unlike the
+        object, such a tuple is untracked by the cyclic garbage collector once it has seen
+        it, and stores keep payloads for a day."""
+        return (self._text, self._frozen, self._bound, self._compact)
+
+    @classmethod
+    def of_parts(cls, parts: tuple[bytes | None, bytes | None, int, bool]) -> JsonPayload:
+        """The payload ``parts()`` describes."""
+        return cls(*parts)
+
     def value(self) -> Any:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""

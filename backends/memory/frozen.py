@@ -10,9 +10,11 @@ several times cheaper than copying the objects in Python, and the bytes cannot b
 Empty maps are kept as ``None`` and thawed into fresh ones.
 
 Why snapshots rather than live model objects copied on read: a step's write then costs one
-tuple (most of a step's fields are immutable), and tuples of immutable values, bytes and
-strings are invisible to the cyclic garbage collector, whose full collections would
-otherwise walk every stored run's objects again and again.
+tuple (most of a step's fields are immutable), and a tuple of strings, numbers, datetimes
+and bytes is untracked by the cyclic garbage collector the first time it sees it, whose
+full collections would otherwise walk every stored run's objects again and again. (That is
+also why a status is kept as its string, not as the enum member, an object the collector
+tracks.)
 
 ``marshal`` refuses what it cannot encode (custom objects, ``str``/``dict`` subclasses such
 as enum members or an ``OrderedDict`` slipped into an input): such a value is kept as a
@@ -27,9 +29,11 @@ from __future__ import annotations
 import marshal
 from typing import Any
 
-from cordtrio.model import StepRun, WorkflowRun, json_copy
+from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun, json_copy
 
 _new = object.__new__  # the thawed documents' __dict__ is filled in directly: no __init__
+_STEP_STATUS: dict[str, Any] = dict(StepStatus._value2member_map_)  # stored text -> member
+_RUN_STATUS: dict[str, Any] = dict(RunStatus._value2member_map_)
 _dumps, _loads = marshal.dumps, marshal.loads
 
 
@@ -101,8 +105,10 @@ StepSnapshot = tuple[Any, ...]
 def freeze_step(sr: StepRun, step_id: str) -> StepSnapshot:
     """``sr`` without its children (the store keeps those apart); an empty step id takes
     ``step_id`` (its key), as ``StepRun.from_dict`` does."""
-    output, item = sr.output, sr.item
-    return (sr.step_id or step_id, sr.status, sr.started_at, sr.completed_at,
+    output, item, status = sr.output, sr.item, sr.status
+    return (sr.step_id or step_id,
+            status._value_ if status.__class__ is StepStatus else status,
+            sr.started_at, sr.completed_at,
             sr.next_attempt_at, sr.attempts, sr.job_id,
             freeze(sr.input) if sr.input else None,
             output if output is None or type(output) is str else freeze_field(output),
@@ -116,7 +122,9 @@ def thaw_step(snap: StepSnapshot) -> StepRun:
         = snap
     step = _new(StepRun)
     step.__dict__ = {
-        "step_id": sid, "status": status, "started_at": started, "completed_at": completed,
+        "step_id": sid,
+        "status": _STEP_STATUS.get(status, status) if status.__class__ is str else status,
+        "started_at": started, "completed_at": completed,
         "next_attempt_at": next_attempt, "attempts": attempts,
         "input": _thaw_map(inp), "output": output if type(output) is str else thaw_field(output),
         "error": _thaw_map(err), "job_id": job_id,
@@ -140,12 +148,14 @@ def freeze_header(run: WorkflowRun) -> HeaderSnapshot:
     """Every field of ``run`` but ``steps``, ``context`` and ``input`` (kept apart: the input
     never changes after creation, and a step event rewrites only the header)."""
     output, error, labels, metadata = run.output, run.error, run.labels, run.metadata
+    status = run.status
     return (run.id, run.workflow_id, run.org_id, run.team_id,
             freeze(output) if output else None, freeze(error) if error else None,
             run.total_cost, run.triggered_by,
             freeze(labels) if labels else None, freeze(metadata) if metadata else None,
             run.idempotency_key, run.rerun_of, run.rerun_step, run.dry_run,
-            run.status, run.started_at, run.completed_at, run.created_at, run.updated_at)
+            status._value_ if status.__class__ is RunStatus else status,
+            run.started_at, run.completed_at, run.created_at, run.updated_at)
 
 
 def thaw_header(snap: HeaderSnapshot, input_: Frozen | None) -> WorkflowRun:
@@ -160,7 +170,9 @@ def thaw_header(snap: HeaderSnapshot, input_: Frozen | None) -> WorkflowRun:
     run.__dict__ = {
         "id": rid, "workflow_id": workflow_id, "org_id": org_id, "team_id": team_id,
         "input": thaw(input_) if input_ is not None else {},
-        "context": {}, "status": status, "started_at": started, "completed_at": completed,
+        "context": {},
+        "status": _RUN_STATUS.get(status, status) if status.__class__ is str else status,
+        "started_at": started, "completed_at": completed,
         "output": _thaw_map(output), "error": _thaw_map(error),
         "steps": {}, "total_cost": float(total_cost) if total_cost else 0.0,
         "triggered_by": triggered_by, "created_at": created, "updated_at": updated,

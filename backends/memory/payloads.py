@@ -21,6 +21,7 @@ from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _FOREVER = float("inf")
+_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts()``)
 
 
 class MemoryPayloadStore:
@@ -46,8 +47,8 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> (bytes or JsonPayload, expires at)
-        self._data: dict[str, tuple[bytes | JsonPayload, float]] = {}
+        # key -> (bytes or JsonPayload.parts(), expires at)
+        self._data: dict[str, tuple[bytes | _Parts, float]] = {}
         # Writes in order. With one TTL for every entry, this is also expiry order.
         self._expiry: deque[tuple[float, str]] = deque()
 
@@ -76,7 +77,7 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), payload)  # immutable: kept as is
+        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts())
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -84,7 +85,7 @@ class MemoryPayloadStore:
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(check_payload_key(key, RESULT_PREFIX), payload)
+        self._put(check_payload_key(key, RESULT_PREFIX), payload.parts())
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -92,7 +93,7 @@ class MemoryPayloadStore:
 
     # ---------------------------------------------------------------------- entries
 
-    def _put(self, key: str, data: bytes | JsonPayload) -> None:
+    def _put(self, key: str, data: bytes | _Parts) -> None:
         if self._ttl is None:
             self._data[key] = (data, _FOREVER)
             return
@@ -104,7 +105,7 @@ class MemoryPayloadStore:
         self._data[key] = (data, expires)
         expiry.append((expires, key))
 
-    def _get(self, key: str) -> bytes | JsonPayload:
+    def _get(self, key: str) -> bytes | _Parts:
         entry = self._data.get(key)
         if entry is None or (entry[1] is not _FOREVER and entry[1] <= trio.current_time()):
             raise NotFoundError(f"payload {key!r} not found")
@@ -132,12 +133,12 @@ def _private(key: str, data: bytes) -> bytes:
     return bytes(data)  # a private copy of a mutable buffer
 
 
-def _text(entry: bytes | JsonPayload) -> bytes:
-    return entry if type(entry) is bytes else entry.text()  # type: ignore[union-attr]
+def _text(entry: bytes | _Parts) -> bytes:
+    return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
 
 
-def _payload(entry: bytes | JsonPayload) -> JsonPayload:
-    return entry if type(entry) is JsonPayload else JsonPayload.of_text(entry)  # type: ignore[arg-type]
+def _payload(entry: bytes | _Parts) -> JsonPayload:
+    return JsonPayload.of_text(entry) if type(entry) is bytes else JsonPayload.of_parts(entry)  # type: ignore[arg-type]
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]
