@@ -451,11 +451,3 @@ def test_step_run_clone_takes_the_given_id_when_its_own_is_empty() -> None:
 def test_step_run_clone_property(run: StepRun) -> None:
     assert run.clone() == StepRun.from_dict(run.to_dict()) == run
 
-
-def test_fresh_step_run_equals_the_default_one_and_shares_nothing():
-    a, b = StepRun.fresh("s"), StepRun.fresh("s")
-    assert a == StepRun(step_id="s") and vars(a) == vars(StepRun(step_id="s"))
-    a.input["x"] = 1
-    a.error["y"] = 2
-    a.children["c"] = StepRun()
-    assert b == StepRun(step_id="s")

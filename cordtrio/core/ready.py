@@ -170,7 +170,7 @@ def _visit(tx: Tx, sid: str, only_handlers: bool) -> bool:
 
 def _ensure(tx: Tx, sid: str, sr: StepRun | None) -> StepRun:
     if sr is None:
-        sr = StepRun.fresh(sid)
+        sr = StepRun(step_id=sid)
         tx.run.steps[sid] = sr
         tx.touch_step(sid)
     return sr
