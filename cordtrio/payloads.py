@@ -33,15 +33,19 @@ def pointer_for_key(key: str) -> str:
     return POINTER_SCHEME + key
 
 
+def _well_formed(key: str, prefix: str) -> bool:
+    """The common case of ``check_payload_key``, in a few C-level calls: it runs on every
+    payload read and write."""
+    return (key.__class__ is str and len(key) > 4
+            and (key.startswith(prefix) if prefix else key.startswith(PAYLOAD_PREFIXES))
+            and key.strip() == key
+            and "\n" not in key and "\r" not in key and "\x00" not in key)  # no line breaks, NUL
+
+
 def check_payload_key(key: str, prefix: str = "", *, pointer: str = "") -> str:
     """``key`` if it is a key of the payload namespace (with ``prefix``: of that half of it,
     ``ctx:`` or ``res:``); else ``PayloadPointerError`` naming ``pointer`` (or the key)."""
-    # the common case first, in a few C-level calls (``in`` scans a string in C; a set's
-    # ``isdisjoint`` would look every character up): on every payload read and write
-    if (key.__class__ is str and len(key) > 4
-            and (key.startswith(prefix) if prefix else key.startswith(PAYLOAD_PREFIXES))
-            and key.strip() == key and "\n" not in key and "\r" not in key
-            and "\x00" not in key):
+    if _well_formed(key, prefix):
         return key
     shown = pointer or key
     if not isinstance(key, str):
@@ -67,6 +71,9 @@ def key_from_pointer(ptr: str, prefix: str = "") -> str:
 
 def pointer_problem(ptr: str, prefix: str = "") -> str:
     """Why ``ptr`` is refused (``key_from_pointer``'s message), or ``""`` when it is fine."""
+    if ptr.__class__ is str and ptr.startswith(POINTER_SCHEME) and _well_formed(
+            ptr[len(POINTER_SCHEME):], prefix):
+        return ""  # the common case (every job result), without raising and catching
     try:
         key_from_pointer(ptr, prefix)
     except PayloadPointerError as exc:

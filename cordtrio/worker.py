@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import key_from_pointer, pointer_for_key, result_key
@@ -374,17 +375,18 @@ class Worker:
             try:
                 key = key_from_pointer(ptr)
                 try:
-                    raw = await self._payloads.get_context(key)
+                    raw = await json_payloads.get_context(self._payloads, key)
                 except Exception as exc:
-                    raw = await retry_after(exc, lambda: self._payloads.get_context(key),
-                                            f"worker {self.worker_id}: load input {ptr}")
+                    raw = await retry_after(
+                        exc, lambda: json_payloads.get_context(self._payloads, key),
+                        f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
                     JobStatus.FAILED, type(exc).__name__,
                     f"job {job_id}: cannot load input from {ptr}: {exc}", job_id,
                 )
             try:
-                data = json.loads(raw)
+                data = raw.value()
             except ValueError as exc:
                 return _failure(
                     JobStatus.FAILED, "InvalidInput",
@@ -430,7 +432,7 @@ class Worker:
                             job_id)
 
         try:
-            body = json.dumps(output).encode()  # default encoder: the cached fast path
+            body = json_payloads.encode(self._payloads, output, compact=False)
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
@@ -441,10 +443,11 @@ class Worker:
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
-                await self._payloads.put_result(key, body)
+                await json_payloads.put_result(self._payloads, key, body)
             except Exception as exc:
-                await retry_after(exc, lambda: self._payloads.put_result(key, body),
-                                  f"worker {self.worker_id}: store result {key}")
+                await retry_after(
+                    exc, lambda: json_payloads.put_result(self._payloads, key, body),
+                    f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
                              self.worker_id, job_id, key)

@@ -450,3 +450,4 @@ def test_step_run_clone_takes_the_given_id_when_its_own_is_empty() -> None:
 @given(step_run_trees)
 def test_step_run_clone_property(run: StepRun) -> None:
     assert run.clone() == StepRun.from_dict(run.to_dict()) == run
+

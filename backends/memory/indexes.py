@@ -11,9 +11,10 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from cordtrio.model import RunStatus, WorkflowRun
+from cordtrio.model import RunStatus
 from cordtrio.ports import status_text
 
+from .frozen import H_CREATED, H_ORG, H_STATUS, H_UPDATED, H_WORKFLOW, HeaderSnapshot
 from .run_record import RunRecord
 
 Index = dict[str, tuple[float, int]]
@@ -42,7 +43,13 @@ def drop(indexes: dict[str, Index], name: str, key: str) -> None:
 
 
 class RunIndexes:
-    """Where each run is listed; ``RunRecord`` remembers what is indexed for its run."""
+    """Where each run is listed; ``RunRecord`` remembers what is indexed for its run.
+
+    Kept up to date lazily: a header write only stamps the record with its place in the
+    write order and marks it dirty (one dict store, on every engine step); the listings
+    and the active-run count bring the dirty runs' entries in line first (``flush``),
+    which gives the very entries writing them one by one would have.
+    """
 
     def __init__(self, seq: itertools.count[int]) -> None:
         self._seq = seq  # shared with the workflow index: one write order per store
@@ -51,14 +58,36 @@ class RunIndexes:
         self.by_status: dict[str, Index] = {}
         # non-terminal runs per org, counted (a set of ids would cost ~70 bytes per run)
         self.active_by_org: dict[str, int] = {}
+        self._dirty: dict[str, RunRecord] = {}
+
+    def written(self, run_id: str, record: RunRecord, old: HeaderSnapshot | None) -> None:
+        """``record.header`` was just written (``old``: the header it replaced, None for a
+        new run): stamp the write's order and mark the run for the next ``flush``."""
+        seq = record.seq = next(self._seq)
+        header = record.header
+        if (old is None or old[H_CREATED] != header[H_CREATED]
+                or old[H_WORKFLOW] != header[H_WORKFLOW]):
+            record.created_seq = seq  # the workflow listing's tie-break: this write
+        self._dirty[run_id] = record
 
     def remove(self, run_id: str, record: RunRecord) -> None:
         """Take a deleted run out of every index."""
+        self._dirty.pop(run_id, None)
+        if not record.indexed:
+            return
         self.all.pop(run_id, None)
         drop(self.by_workflow, record.workflow_id, run_id)
         drop(self.by_status, record.status, run_id)
         if not is_terminal(record.status):
             self._count_active(record.org_id, -1)
+
+    def flush(self) -> None:
+        """Bring the index entries of every run written since the last flush in line."""
+        dirty = self._dirty
+        if dirty:
+            for run_id, record in dirty.items():
+                self._reindex(run_id, record)
+            dirty.clear()
 
     def _count_active(self, org_id: str, delta: int) -> None:
         count = self.active_by_org.get(org_id, 0) + delta
@@ -67,45 +96,32 @@ class RunIndexes:
         else:
             self.active_by_org.pop(org_id, None)
 
-    def reindex(self, run_id: str, record: RunRecord, run: WorkflowRun, *, new: bool) -> None:
-        """Bring the run's index entries in line with its header (status, org, times), just
-        written from ``run``."""
-        status = status_text(run.status)  # what the record's header now holds
-        org_id = run.org_id
-        workflow_id = run.workflow_id
-        created_at, updated_at = run.created_at, run.updated_at
-        created = created_at.timestamp() if created_at else 0.0
+    def _reindex(self, run_id: str, record: RunRecord) -> None:
+        """The run's index entries from its header (status, org, times, write order)."""
+        header = record.header
+        status = status_text(header[H_STATUS])
+        org_id = header[H_ORG]
+        workflow_id = header[H_WORKFLOW]
+        created_at, updated_at = header[H_CREATED], header[H_UPDATED]
+        created = created_at.timestamp() if created_at else 0.0  # the times as unix seconds
         updated = updated_at.timestamp() if updated_at else created
-        seq = next(self._seq)
-        if (not new and status == record.status and org_id == record.org_id
-                and workflow_id == record.workflow_id and created == record.created):
-            # The common case (a step event): only the update time moves.
-            key = (updated, seq)  # one tuple shared by both indexes
-            self.by_status[status][run_id] = key
-            self.all[run_id] = key
-            record.updated = updated
-            return
-
-        if new or workflow_id != record.workflow_id or created != record.created:
-            if not new:
-                drop(self.by_workflow, record.workflow_id, run_id)
-            self.by_workflow.setdefault(workflow_id, {})[run_id] = (created, seq)
+        new = not record.indexed
+        if not new and workflow_id != record.workflow_id:
+            drop(self.by_workflow, record.workflow_id, run_id)
+        self.by_workflow.setdefault(workflow_id, {})[run_id] = (created, record.created_seq)
         if not new and status != record.status:
             drop(self.by_status, record.status, run_id)
-        key = (updated, seq)
+        key = (updated, record.seq)  # one tuple shared by both indexes
         self.by_status.setdefault(status, {})[run_id] = key
         self.all[run_id] = key
-
         if not new and not is_terminal(record.status):
             self._count_active(record.org_id, -1)
         if not is_terminal(status):
             self._count_active(org_id, 1)
-
+        record.indexed = True
         record.status = status
         record.org_id = org_id
         record.workflow_id = workflow_id
-        record.created = created
-        record.updated = updated
 
 
 __all__ = ["Index", "RunIndexes", "drop", "is_terminal", "newest"]

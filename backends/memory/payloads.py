@@ -1,4 +1,7 @@
-"""In-memory payload store: job inputs (``ctx:<job>``) and results (``res:<job>``) as bytes.
+"""In-memory payload store: job inputs (``ctx:<job>``) and results (``res:<job>``) as bytes,
+or as ``JsonPayload`` values (``cordtrio.json_payloads``): the engine and a worker in the same
+process then hand each other plain JSON values without formatting or parsing text. Either
+form can be read either way (the bytes are the JSON text the bytes path would have stored).
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests. Expired
@@ -13,10 +16,12 @@ from collections import deque
 import trio
 
 from cordtrio.errors import NotFoundError
+from cordtrio.json_payloads import JsonPayload
 from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _FOREVER = float("inf")
+_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts()``)
 
 
 class MemoryPayloadStore:
@@ -31,38 +36,64 @@ class MemoryPayloadStore:
     worker do several of these per step.
     """
 
+    takes_json_payloads = True
+    """``json_payloads.ValuePayloads`` is offered (False in a subclass that overrides the bytes
+    methods, to count or fail calls: every payload then takes the bytes path)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(name in cls.__dict__ for name in _BYTES_METHODS):
+            cls.takes_json_payloads = False
+
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        self._data: dict[str, tuple[bytes, float]] = {}  # key -> (bytes, expires at)
+        # key -> (bytes or JsonPayload.parts(), expires at)
+        self._data: dict[str, tuple[bytes | _Parts, float]] = {}
         # Writes in order. With one TTL for every entry, this is also expiry order.
         self._expiry: deque[tuple[float, str]] = deque()
 
     async def put_context(self, key: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), data)
+        self._put(check_payload_key(key, CONTEXT_PREFIX), _private(key, data))
 
     async def get_context(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._get(check_payload_key(key, CONTEXT_PREFIX))
+        return _text(self._get(check_payload_key(key, CONTEXT_PREFIX)))
 
     async def put_result(self, key: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(check_payload_key(key, RESULT_PREFIX), data)
+        self._put(check_payload_key(key, RESULT_PREFIX), _private(key, data))
 
     async def get_result(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._get(check_payload_key(key, RESULT_PREFIX))
+        return _text(self._get(check_payload_key(key, RESULT_PREFIX)))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._data.pop(check_payload_key(key), None)
 
-    def _put(self, key: str, data: bytes) -> None:
-        if type(data) is not bytes:  # bytes are immutable: kept as they are
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
-            data = bytes(data)  # a private copy of a mutable buffer
+    # ------------------------------------------------ json_payloads.ValuePayloads
+
+    async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts())
+
+    async def get_context_payload(self, key: str) -> JsonPayload:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return _payload(self._get(check_payload_key(key, CONTEXT_PREFIX)))
+
+    async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._put(check_payload_key(key, RESULT_PREFIX), payload.parts())
+
+    async def get_result_payload(self, key: str) -> JsonPayload:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return _payload(self._get(check_payload_key(key, RESULT_PREFIX)))
+
+    # ---------------------------------------------------------------------- entries
+
+    def _put(self, key: str, data: bytes | _Parts) -> None:
         if self._ttl is None:
             self._data[key] = (data, _FOREVER)
             return
@@ -74,9 +105,9 @@ class MemoryPayloadStore:
         self._data[key] = (data, expires)
         expiry.append((expires, key))
 
-    def _get(self, key: str) -> bytes:
+    def _get(self, key: str) -> bytes | _Parts:
         entry = self._data.get(key)
-        if entry is None or entry[1] <= trio.current_time():
+        if entry is None or (entry[1] is not _FOREVER and entry[1] <= trio.current_time()):
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]
 
@@ -88,6 +119,26 @@ class MemoryPayloadStore:
             entry = self._data.get(key)
             if entry is not None and entry[1] == expires:  # not rewritten since
                 del self._data[key]
+
+
+_BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
+
+
+def _private(key: str, data: bytes) -> bytes:
+    """``data`` as the store keeps it: bytes are immutable and kept as they are."""
+    if type(data) is bytes:
+        return data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
+    return bytes(data)  # a private copy of a mutable buffer
+
+
+def _text(entry: bytes | _Parts) -> bytes:
+    return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
+
+
+def _payload(entry: bytes | _Parts) -> JsonPayload:
+    return JsonPayload.of_text(entry) if type(entry) is bytes else JsonPayload.of_parts(entry)  # type: ignore[arg-type]
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]

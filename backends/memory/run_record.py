@@ -56,12 +56,14 @@ class RunRecord:
     children: dict[str, dict[str, ChildSnapshot]] | None = None
     context_steps: dict[str, Frozen] | None = None  # None: the context has no "steps" map
     context_keys: dict[str, Frozen] | None = None
-    # What the indexes currently hold for this run (see ``RunIndexes``).
+    # Where the indexes stand (``RunIndexes``): the write order of the latest header write
+    # and of the one that set the run's creation time or workflow; what the indexes hold.
+    seq: int = 0
+    created_seq: int = 0
+    indexed: bool = False
     status: str = ""
     org_id: str = ""
     workflow_id: str = ""
-    created: float = 0.0
-    updated: float = 0.0
 
     @classmethod
     def of(cls, run: WorkflowRun) -> RunRecord:
@@ -122,21 +124,26 @@ class RunRecord:
             self.header = freeze_header(run)
         names = changes.steps
         if names:
-            # in the run's own order, so a reloaded run lists its steps the same way every time
-            steps = run.steps
-            if len(names) == 1:
-                ordered = list(names)
-            else:
-                ordered = [sid for sid in steps if sid in names]
-                ordered += sorted(names.difference(steps))
-            for sid in ordered:
+            stored, steps = self.steps, run.steps
+            fresh: list[str] = []
+            for sid in names:
                 sr = steps.get(sid)
                 if sr is None:
-                    self.steps.pop(sid, None)
+                    stored.pop(sid, None)
                     if self.children:
                         self.children.pop(sid, None)
+                elif sid in stored:  # rewriting a key keeps its place
+                    stored[sid] = freeze_step(sr, sid)
                 else:
-                    self.steps[sid] = freeze_step(sr, sid)
+                    fresh.append(sid)
+            if fresh:
+                # new keys in the run's own order, so a reloaded run lists its steps the same
+                # way every time (not in str-hash order)
+                if len(fresh) > 1:
+                    wanted = set(fresh)
+                    fresh = [sid for sid in steps if sid in wanted]
+                for sid in fresh:
+                    stored[sid] = freeze_step(steps[sid], sid)
         for parent in changes.children:
             self.write_children(run, parent, changes.ordered_children(parent))
         if changes.context_keys:

@@ -2,11 +2,12 @@
 
 Everything is kept as private copies: workflows parsed once and handed out with ``clone``;
 runs split into parts (``run_record.RunRecord``: header, steps, children, context entries, so
-``save_run_changes`` costs O(size of the change)), each an immutable snapshot (``frozen``)
+``save_run_changes`` costs O(size of the change)), each an immutable snapshot (``frozen``:
+a flat tuple whose immutable fields are kept as they are and whose mutable values are frozen)
 taken on write and thawed into fresh objects on read; timelines as rows (``timelines``). Every
 value that crosses the API is a copy: mutating an object you passed in or got back never
-changes the store. The listing indexes are in ``indexes``, leases and command inboxes in
-``leases``.
+changes the store. The listing indexes are in ``indexes`` (brought up to date when a listing
+reads them, not on every write), leases and command inboxes in ``leases``.
 
 Decisions SPEC §11 leaves open (every backend must behave the same; the conformance suite
 checks them):
@@ -156,7 +157,7 @@ class MemoryStore(MemoryRunLeases):
             run.updated_at = run.created_at
         record = RunRecord.of(run)
         self._runs[run.id] = record
-        self._index.reindex(run.id, record, run, new=True)
+        self._index.written(run.id, record, None)
         if run.idempotency_key:
             self._idempotency.setdefault(run.idempotency_key, run.id)
 
@@ -166,8 +167,9 @@ class MemoryStore(MemoryRunLeases):
         record = self._record(run.id)
         if run.updated_at is None:
             run.updated_at = self._now()
+        old = record.header
         record.write_whole(run)
-        self._index.reindex(run.id, record, run, new=False)
+        self._index.written(run.id, record, old)
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
@@ -183,11 +185,12 @@ class MemoryStore(MemoryRunLeases):
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         record = self._record(run.id)
+        old = record.header
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
         record.write_changes(run, changes)
         if changes.header:
-            self._index.reindex(run.id, record, run, new=False)
+            self._index.written(run.id, record, old)
         if timeline:
             self._timelines.append(run.id, timeline)
 
@@ -214,6 +217,7 @@ class MemoryStore(MemoryRunLeases):
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._index.flush()
         return self._index.active_by_org.get(org_id, 0)
 
     async def list_runs_by_workflow(
@@ -222,6 +226,7 @@ class MemoryStore(MemoryRunLeases):
         """Runs of a workflow, most recently created first."""
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
+        self._index.flush()
         ids = newest(self._index.by_workflow.get(workflow_id, {}), limit)
         return self._assemble_many(ids)
 
@@ -232,6 +237,7 @@ class MemoryStore(MemoryRunLeases):
         strictly before that unix time (pass the last page's oldest ``updated_at``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_RUN_LIMIT
+        self._index.flush()
         index = self._index.all
         if cursor_unix > 0:
             index = {rid: key for rid, key in index.items() if key[0] < cursor_unix}
@@ -243,6 +249,7 @@ class MemoryStore(MemoryRunLeases):
         """Ids of runs currently in ``status``, most recently updated first."""
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
+        self._index.flush()
         return newest(self._index.by_status.get(status_text(status), {}), limit)
 
     # -------------------------------------------------------------------------- timeline

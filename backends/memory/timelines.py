@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from cordtrio.errors import ValidationError
@@ -22,6 +23,11 @@ from cordtrio.timeutil import parse_ts
 from .frozen import freeze, thaw
 
 Row = tuple[Any, ...]
+
+
+_TEXT_FIELDS = attrgetter("type", "run_id", "workflow_id", "step_id", "job_id", "status",
+                          "result_ptr", "message")
+_ONLY_STR = frozenset({str})
 
 
 def _text(value: Any) -> str:
@@ -64,15 +70,20 @@ class Timelines:
                 when = now = now or _time(self._now())
             elif when.tzinfo is not UTC:
                 when = _time(when)
+            fields = _TEXT_FIELDS(event)  # one C call for the eight text fields
+            if not _ONLY_STR.issuperset(map(type, fields)):
+                fields = tuple(map(_text, fields))
+            if not fields[1]:
+                fields = (fields[0], run_id, *fields[2:])
             data = event.data
-            row = (when, _text(event.type), _text(event.run_id) or run_id,
-                   _text(event.workflow_id), _text(event.step_id), _text(event.job_id),
-                   _text(event.status), _text(event.result_ptr), _text(event.message),
-                   freeze(data) if data else None)
-            end = 10
+            if data:
+                rows.append((when, *fields, freeze(data)))
+                continue
+            row = (when, *fields)
+            end = 9
             while end > 3 and not row[end - 1]:
                 end -= 1  # trailing empty fields are left out (a shorter tuple)
-            rows.append(row[:end] if end < 10 else row)
+            rows.append(row[:end] if end < 9 else row)
         if len(rows) > TIMELINE_CAP:
             del rows[:len(rows) - TIMELINE_CAP]
 

@@ -62,15 +62,15 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     """
     tx = Tx(plan, state, now)
     tx.changes.previous_status = state.run.status
-    match event:
+    match event:  # the most frequent event first: each case is an isinstance check
+        case ResultReceived(result=result, output=output):
+            if apply_result(tx, result, output):
+                ready_pass(tx)
         case Start():
             ready_pass(tx)
         case Recover():
             recover(tx)
             if state.run.status != RunStatus.PENDING:  # a created, never started run waits
-                ready_pass(tx)
-        case ResultReceived(result=result, output=output):
-            if apply_result(tx, result, output):
                 ready_pass(tx)
         case JobStarted(job_id=job_id):
             job_started(tx, job_id)

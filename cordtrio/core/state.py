@@ -109,21 +109,23 @@ class RunState:
         return idx
 
 
-@dataclass(slots=True)
 class Tx:
     """The working area of one ``decide`` call: inputs, and the effects and changes it
-    accumulates. Core functions take a ``Tx`` and append to it; nothing here does I/O."""
+    accumulates. Core functions take a ``Tx`` and append to it; nothing here does I/O.
 
-    plan: Plan
-    state: RunState
-    now: datetime
-    effects: list[Effect] = field(default_factory=list)
-    changes: RunChanges = field(default_factory=RunChanges)
-    run: WorkflowRun = field(init=False)
-    """``state.run``, read a score of times per event: an attribute, not a property."""
+    A plain slotted class rather than a dataclass: one is made per event, and a generated
+    ``__init__`` with default factories and ``__post_init__`` costs twice as much."""
 
-    def __post_init__(self) -> None:
-        self.run = self.state.run
+    __slots__ = ("changes", "effects", "now", "plan", "run", "state")
+
+    def __init__(self, plan: Plan, state: RunState, now: datetime) -> None:
+        self.plan = plan
+        self.state = state
+        self.now = now
+        self.effects: list[Effect] = []
+        self.changes = RunChanges()
+        self.run: WorkflowRun = state.run
+        """``state.run``, read a score of times per event: an attribute, not a property."""
 
     def touch_step(self, step_id: str) -> None:
         """Record that ``step_id``'s StepRun changed: for the store, and for the frontier."""

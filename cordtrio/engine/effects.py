@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any
 
+from .. import json_payloads
 from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
@@ -30,9 +31,6 @@ from ..retry import retry_after
 
 log = logging.getLogger("cordtrio.engine")
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-"""``json.dumps(..., separators=(",", ":"))`` without building an encoder per call."""
-
 
 async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
     """Store a job's input payload at its context key (before the job is persisted). An
@@ -40,15 +38,15 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
     if not effect.context_key or payloads is None:
         return ""
     try:
-        data = _COMPACT_JSON.encode(effect.payload).encode()
+        data = json_payloads.encode(payloads, effect.payload, compact=True)
     except (TypeError, ValueError) as exc:
         return f"step input is not JSON: {exc}"
     key = effect.context_key
     try:
         try:
-            await payloads.put_context(key, data)
+            await json_payloads.put_context(payloads, key, data)
         except Exception as exc:
-            await retry_after(exc, lambda: payloads.put_context(key, data),
+            await retry_after(exc, lambda: json_payloads.put_context(payloads, key, data),
                               f"store payload {key}")
     except Exception as exc:
         return f"store payload {key}: {exc}"
@@ -107,19 +105,16 @@ async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
     try:
         key = key_from_pointer(result_ptr, RESULT_PREFIX)
         try:
-            data = await payloads.get_result(key)
+            data = await json_payloads.get_result(payloads, key)
         except Exception as exc:
-            data = await retry_after(exc, lambda: payloads.get_result(key), f"load {result_ptr}")
+            data = await retry_after(exc, lambda: json_payloads.get_result(payloads, key),
+                                     f"load {result_ptr}")
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception as exc:
         return LoadedOutput(error=f"load {result_ptr}: {exc}", loaded=False)
-    text = data.decode("utf-8", errors="replace")
-    try:
-        value: Any = json.loads(text)
-    except ValueError:
-        value = text
-    return LoadedOutput(value=value, too_large=len(data) > MAX_INLINE_OUTPUT_BYTES)
+    return LoadedOutput(value=data.value_or_text(),
+                        too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
 
 
 __all__ = [

@@ -6,7 +6,7 @@ from harness import Sim, step, workflow
 
 from cordtrio.core.events import DispatchFailed
 from cordtrio.model import RunStatus, StepMeta, StepStatus
-from cordtrio.protocol import ActorType, JobPriority
+from cordtrio.protocol import ActorType, Budget, JobPriority, JobRequest
 
 
 def _one(run_input=None, *, sim_kw=None, wf_kw=None, **step_kw):
@@ -145,6 +145,19 @@ def test_request_identity_fields():
     assert req.adapter_id == "w1"
     assert req.workflow_id == "wf1"
     assert req.tenant_id == "org1"
+
+
+def test_every_request_field_lands_where_it_belongs():
+    meta = StepMeta(actor_id="alice")
+    req = _req(_one({"priority": "critical", "memory_id": "mem"}, worker_id="w1", topic="t",
+                    timeout_sec=2, meta=meta))
+    assert req == JobRequest(
+        job_id="run-1:s@1", topic="t", priority=JobPriority.CRITICAL,
+        context_ptr="redis://ctx:run-1:s@1", adapter_id="w1", env=req.env, parent_job_id="",
+        workflow_id="wf1", step_index=0, memory_id="mem", budget=Budget(deadline_ms=2000),
+        tenant_id="org1", principal_id="alice", labels=req.labels, meta=req.meta)
+    assert req.env["memory_id"] == "mem" and req.labels["worker_id"] == "w1"
+    assert req.meta is not None and req.meta.actor_id == "alice"
 
 
 def test_labels_include_worker_id_and_route_labels():

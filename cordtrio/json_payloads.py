@@ -1,0 +1,214 @@
+"""Job payloads as the engine and the worker hand them to a payload store: JSON, without
+the text when the store is in-process.
+
+A payload store keeps UTF-8 JSON bytes (``ports.PayloadStore``). A store in the same process
+as the engine and the worker (``MemoryPayloadStore``) can also take and hand out a
+``JsonPayload``: a value known to be plain JSON (dicts with string keys, lists, strings,
+numbers, booleans, null), kept as an immutable snapshot, so that neither side formats or
+parses any text. Nothing changes for the caller:
+
+* ``JsonPayload.of`` accepts what ``json.dumps`` accepts and raises what it raises (a value
+  that is not plain JSON — a tuple, an integer key, an unknown object, a cycle — takes the
+  JSON path itself);
+* ``value()`` gives what ``json.loads`` of the text would give, a fresh copy every time:
+  mutating a value after it was put, or after it was read, never changes the stored one;
+* ``text()`` is the very text the bytes path would have stored (compact separators for job
+  inputs, ``json.dumps``' defaults for results), and ``too_large`` measures that text.
+
+``put_context``/``get_context``/``put_result``/``get_result`` here pick the path: the
+payload's own methods on a store that has them (``ValuePayloads``), the bytes otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+from typing import Any, Protocol
+
+from .ports import PayloadStore
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""What the engine stores job inputs with (``json.dumps(..., separators=(",", ":"))``)."""
+_DEFAULT = json.JSONEncoder()
+"""What the worker stores results with (``json.dumps(value)``)."""
+
+_MAX_DEPTH = 64  # deeper values take the JSON path (which sees cycles and recursion limits)
+_MAX_INT_BITS = 4000  # ~1200 digits: far below the int-to-str digit limit json.dumps hits
+_SCALAR_BOUND = {bool: 5, type(None): 4, float: 26}  # the longest text of each
+
+
+def _bound(value: Any, depth: int) -> int:
+    """An upper bound of the length of ``value``'s JSON text (either separator style), or
+    -1 when ``value`` is not plain JSON."""
+    cls = type(value)
+    if cls is str:
+        return 6 * len(value) + 2  # every character escaped as \\uXXXX at worst
+    if cls is dict:
+        if depth > _MAX_DEPTH:
+            return -1
+        total = 2
+        for key, item in value.items():
+            if type(key) is not str:
+                return -1
+            size = _bound(item, depth + 1)
+            if size < 0:
+                return -1
+            total += 6 * len(key) + 6 + size  # the key quoted, ": " and ", "
+        return total
+    if cls is list:
+        if depth > _MAX_DEPTH:
+            return -1
+        total = 2
+        for item in value:
+            size = _bound(item, depth + 1)
+            if size < 0:
+                return -1
+            total += size + 2
+        return total
+    if cls is int:
+        bits = value.bit_length()
+        return bits // 3 + 2 if bits <= _MAX_INT_BITS else -1
+    return _SCALAR_BOUND.get(cls, -1)
+
+
+class JsonPayload:
+    """One payload: its JSON text, or a plain JSON value kept as an immutable snapshot."""
+
+    __slots__ = ("_bound", "_compact", "_frozen", "_text")
+
+    def __init__(self, text: bytes | None, frozen: bytes | None, bound: int,
+                 compact: bool) -> None:
+        self._text = text
+        self._frozen = frozen  # marshal of a plain value: exact types, no shared parts
+        self._bound = bound  # the text's length, or an upper bound of it
+        self._compact = compact
+
+    @classmethod
+    def of(cls, value: Any, *, compact: bool) -> JsonPayload:
+        """``value`` as a payload (``compact``: a job input's separators). Raises
+        ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
+        bound = _bound(value, 0)
+        if bound >= 0:
+            return cls(None, marshal.dumps(value, 2), bound, compact)
+        text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
+        return cls(text, None, len(text), compact)
+
+    @classmethod
+    def of_text(cls, data: bytes) -> JsonPayload:
+        """A payload a store kept as bytes (handed out as they are: bytes are immutable)."""
+        return cls(data, None, len(data), False)
+
+    def parts(self) -> tuple[bytes | None, bytes | None, int, bool]:
+        """The payload as a tuple of immutable values, for a store to keep: unlike the
+        object, such a tuple is untracked by the cyclic garbage collector once it has seen
+        it, and stores keep payloads for a day."""
+        return (self._text, self._frozen, self._bound, self._compact)
+
+    @classmethod
+    def of_parts(cls, parts: tuple[bytes | None, bytes | None, int, bool]) -> JsonPayload:
+        """The payload ``parts()`` describes."""
+        return cls(*parts)
+
+    def value(self) -> Any:
+        """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
+        is not JSON)."""
+        if self._frozen is not None:
+            return marshal.loads(self._frozen)
+        assert self._text is not None
+        return json.loads(self._text)
+
+    def value_or_text(self) -> Any:
+        """``value()``, or the text itself (decoded, bad bytes replaced) when it is not JSON:
+        how the engine reads a result (SPEC §8)."""
+        if self._frozen is not None:
+            return marshal.loads(self._frozen)
+        assert self._text is not None
+        text = self._text.decode("utf-8", errors="replace")
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    def text(self) -> bytes:
+        """The JSON text, as the bytes path stores it."""
+        if self._text is None:
+            assert self._frozen is not None
+            value = marshal.loads(self._frozen)
+            self._text = (_COMPACT if self._compact else _DEFAULT).encode(value).encode()
+            self._bound = len(self._text)
+        return self._text
+
+    def too_large(self, limit: int) -> bool:
+        """The text is longer than ``limit`` bytes."""
+        return self._bound > limit and len(self.text()) > limit
+
+
+class ValuePayloads(Protocol):
+    """What an in-process payload store offers beside the bytes (``MemoryPayloadStore``):
+    payloads kept and handed out as ``JsonPayload``, under the same keys, TTLs and errors."""
+
+    async def put_context_payload(self, key: str, payload: JsonPayload) -> None: ...
+    async def get_context_payload(self, key: str) -> JsonPayload: ...
+    async def put_result_payload(self, key: str, payload: JsonPayload) -> None: ...
+    async def get_result_payload(self, key: str) -> JsonPayload: ...
+
+
+def _values(payloads: PayloadStore) -> ValuePayloads | None:
+    return payloads if getattr(payloads, "takes_json_payloads", False) else None  # type: ignore[return-value]
+
+
+def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload | bytes:
+    """``value`` as ``payloads`` takes it: a ``JsonPayload`` for an in-process store, the
+    JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does."""
+    if _values(payloads) is not None:
+        return JsonPayload.of(value, compact=compact)
+    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+
+
+async def put_context(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
+    """Store a job input made by ``encode``."""
+    if isinstance(data, JsonPayload):
+        values = _values(payloads)
+        if values is not None:
+            await values.put_context_payload(key, data)
+            return
+        data = data.text()
+    await payloads.put_context(key, data)
+
+
+async def put_result(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
+    """Store a job result made by ``encode``."""
+    if isinstance(data, JsonPayload):
+        values = _values(payloads)
+        if values is not None:
+            await values.put_result_payload(key, data)
+            return
+        data = data.text()
+    await payloads.put_result(key, data)
+
+
+async def get_context(payloads: PayloadStore, key: str) -> JsonPayload:
+    """A job input, whichever way the store keeps it."""
+    values = _values(payloads)
+    if values is not None:
+        return await values.get_context_payload(key)
+    return JsonPayload.of_text(await payloads.get_context(key))
+
+
+async def get_result(payloads: PayloadStore, key: str) -> JsonPayload:
+    """A job result, whichever way the store keeps it."""
+    values = _values(payloads)
+    if values is not None:
+        return await values.get_result_payload(key)
+    return JsonPayload.of_text(await payloads.get_result(key))
+
+
+__all__ = [
+    "JsonPayload",
+    "ValuePayloads",
+    "encode",
+    "get_context",
+    "get_result",
+    "put_context",
+    "put_result",
+]

@@ -1,0 +1,137 @@
+"""Payloads handed over as values in-process (``cordtrio.json_payloads``): the same values,
+texts and errors as the JSON bytes path, and no sharing with the caller."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import trio
+
+from cordtrio import json_payloads
+from cordtrio.backends.memory import MemoryPayloadStore
+from cordtrio.errors import NotFoundError, PayloadPointerError
+from cordtrio.json_payloads import JsonPayload
+
+COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+PLAIN: list[Any] = [
+    {}, [], "", 0, -1, 2**200, 1.5, -0.0, 1e300, math.inf, True, None,
+    {"ok": True}, {"a": [1, 2.5, "x", None, {"b": False}], "é": "\u2603\ud800"},
+    [[[]]], {"k" * 50: "v" * 500}, json.loads("[" * 40 + "1" + "]" * 40),
+]
+ODD: list[Any] = [
+    (1, 2), {1: "int key"}, {"t": (1, [2])}, {True: 1}, {None: 2}, [{"deep": (3,)}],
+    {"big": 2**4100}, json.loads("[" * 100 + "]" * 100),
+]
+
+
+def _round_trip(value: Any, compact: bool) -> Any:
+    return json.loads((COMPACT if compact else json.JSONEncoder()).encode(value))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("value", PLAIN + ODD)
+def test_a_payload_reads_back_what_a_json_round_trip_gives(value: Any, compact: bool) -> None:
+    payload = JsonPayload.of(value, compact=compact)
+    expected = _round_trip(value, compact)
+    assert payload.value() == expected or (payload.value() != payload.value())  # nan
+    assert repr(payload.value()) == repr(expected)
+    text = (COMPACT.encode(value) if compact else json.dumps(value)).encode()
+    assert payload.text() == text
+    assert payload.value_or_text() == expected
+
+
+def test_nan_reads_back_as_nan() -> None:
+    assert math.isnan(JsonPayload.of(math.nan, compact=True).value())
+    assert JsonPayload.of([math.nan], compact=True).text() == b"[NaN]"
+
+
+class Unknown:
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    Unknown(), {"a": Unknown()}, {"s": {1, 2}}, {(1, 2): "tuple key"}, b"bytes",
+    {"huge": 10**5000}], ids=["object", "nested", "set", "tuple-key", "bytes", "huge-int"])
+def test_what_json_refuses_is_refused_with_its_error(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError)) as expected:
+        json.dumps(value)
+    with pytest.raises(type(expected.value)) as got:
+        JsonPayload.of(value, compact=False)
+    assert str(got.value) == str(expected.value)
+
+
+def test_a_cycle_is_refused_as_json_refuses_it() -> None:
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    with pytest.raises(ValueError, match="Circular reference"):
+        JsonPayload.of(cycle, compact=True)
+
+
+def test_nothing_is_shared_with_the_caller() -> None:
+    value = {"a": [1, {"b": 2}]}
+    payload = JsonPayload.of(value, compact=True)
+    value["a"][1]["b"] = 99  # type: ignore[index]
+    got = payload.value()
+    assert got == {"a": [1, {"b": 2}]}
+    got["a"].append(3)
+    assert payload.value() == {"a": [1, {"b": 2}]}
+    assert payload.value() is not payload.value()
+
+
+def test_too_large_measures_the_text() -> None:
+    small = JsonPayload.of({"s": "x" * 100}, compact=False)
+    assert not small.too_large(1000)
+    assert small.too_large(len(b'{"s": "' + b"x" * 100 + b'"}') - 1)
+    escaped = JsonPayload.of("\u2603" * 100, compact=True)  # six bytes per character
+    assert escaped.too_large(599) and not escaped.too_large(602)
+    assert JsonPayload.of_text(b"not json").value_or_text() == "not json"
+    with pytest.raises(ValueError):
+        JsonPayload.of_text(b"not json").value()
+
+
+async def test_the_memory_store_reads_either_form_either_way() -> None:
+    store = MemoryPayloadStore()
+    assert store.takes_json_payloads
+    await json_payloads.put_context(store, "ctx:j", json_payloads.encode(
+        store, {"a": (1, 2)}, compact=True))
+    assert await store.get_context("ctx:j") == b'{"a":[1,2]}'
+    assert (await json_payloads.get_context(store, "ctx:j")).value() == {"a": [1, 2]}
+    await store.put_result("res:j", b'{"x": 1}')
+    assert (await json_payloads.get_result(store, "res:j")).value() == {"x": 1}
+    await json_payloads.put_result(store, "res:k", JsonPayload.of({"y": 2}, compact=False))
+    assert await store.get_result("res:k") == b'{"y": 2}'
+    with pytest.raises(PayloadPointerError):
+        await store.put_result_payload("ctx:j", JsonPayload.of(1, compact=False))
+    with pytest.raises(NotFoundError, match="res:none"):
+        await store.get_result_payload("res:none")
+
+
+async def test_payload_entries_expire_like_bytes(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryPayloadStore(ttl_seconds=10)
+    await store.put_context_payload("ctx:j", JsonPayload.of({}, compact=True))
+    await trio.sleep(9)
+    assert (await store.get_context_payload("ctx:j")).value() == {}
+    await trio.sleep(2)
+    with pytest.raises(NotFoundError):
+        await store.get_context_payload("ctx:j")
+
+
+async def test_a_store_that_changes_the_bytes_path_gets_bytes() -> None:
+    class Counting(MemoryPayloadStore):
+        puts = 0
+
+        async def put_result(self, key: str, data: bytes) -> None:
+            self.puts += 1
+            await super().put_result(key, data)
+
+    store = Counting()
+    assert not store.takes_json_payloads
+    data = json_payloads.encode(store, {"z": 1}, compact=False)
+    assert data == b'{"z": 1}'
+    await json_payloads.put_result(store, "res:j", data)
+    await json_payloads.put_result(store, "res:k", JsonPayload.of([1], compact=False))
+    assert store.puts == 2 and await store.get_result("res:k") == b"[1]"
