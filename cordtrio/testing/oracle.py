@@ -73,14 +73,17 @@ __all__ = ["MULTI_ENGINE_SITUATIONS", "ORACLE_RULES", "RUN_SLACK", "SITUATIONS",
 
 SITUATIONS = ("recovery with a pending timer", "sibling cancel", "gate skip", "run timeout",
               "worker lost", "crash with a pending timer", "crash right after a restart",
-              "ambiguous write", "run cancelled", "rerun")
+              "ambiguous write", "run cancelled", "rerun", "redelivery", "partition")
 """Interesting situations the oracle counts (``SimulationReport.situations``): an engine
 (re)opened while a stored run waited for a retry or delay timer; a failed fan-out's
 siblings cancelled; a false gate skipping its step; a run ending by its workflow timeout;
 a job reported lost by the bus after its redeliveries; an engine crashed while a retry or
 delay timer was pending; an engine crashed as it reopened after a crash; a store write
 applied whose reply was lost; a run ended ``cancelled`` (on request); a run rerun (SPEC
-§9) accepted. (The scenario notes the crashes, the ambiguous writes, the reruns and
+§9) accepted; a job a crashed worker was running started by another worker (the bus
+redelivered it); jobs or results held by a partition between engines and workers,
+delivered when it healed. (The scenario notes the crashes, the ambiguous writes, the
+reruns, the redeliveries, the partitions and
 ``MULTI_ENGINE_SITUATIONS``.)"""
 
 MULTI_ENGINE_SITUATIONS = ("takeover before restart",)

@@ -39,7 +39,7 @@ from ..model import StepStatus, StepType, TimelineEvent, Workflow, WorkflowRun
 from ..ports import TIMELINE_CAP, PayloadStore, RunLeases, Store
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult
 from ..worker import Handler
-from .faults import FaultProfile, open_faulty_bus
+from .faults import FaultProfile, FaultyBus, open_faulty_bus
 from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
@@ -82,6 +82,7 @@ class Scenario:
     store_ambiguous_rate: float = 0.0
     store_read_fail_rate: float = 0.0
     operator: bool = True
+    partition: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,8 @@ class Sim:
 
     def on_worker(self, what: str, detail: str) -> None:
         self.line(f"worker {what} {detail}")
+        if what == "redelivered":
+            self.oracle.note("redelivery")
 
     def check_done(self) -> None:
         latest = self.check.latest
@@ -394,7 +397,8 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
             nursery.start_soon(_approver, sim)
             nursery.start_soon(_crasher, sim, t0)
-            if sim.leased:
+            nursery.start_soon(_partitioner, sim, t0, fbus)
+            if sim.leased and sc.operator:
                 # the Client's own view of the store: flaky and observed, never severed
                 sim.client = Client(observed_store(sim, inner), clock=clock, new_id=sim.new_id)
                 sim.client_share = sim.rng_ops.choice((0.0, sim.rng_ops.uniform(0.2, 0.8)))
@@ -462,6 +466,32 @@ async def _crasher(sim: Sim, t0: float) -> None:
             while not sim.engine_scopes:
                 await trio.sleep(0.5)
             sim.crash()
+
+
+async def _partitioner(sim: Sim, t0: float, bus: FaultyBus) -> None:
+    """Cut the network between engines and workers ``sc.partition`` of the horizon, in
+    one to three partitions during its first 85 %, the k-th within the k-th of as many
+    equal windows (``FaultyBus.cut``: jobs and results wait, cancels are lost)."""
+    sc = sim.sc
+    if sc.partition <= 0:
+        return
+    rng = random.Random(f"cordtrio-sim:{sc.seed}:partitions")
+    count = rng.randint(1, 3)
+    window = 0.85 * sc.horizon / count
+    length = min(sc.partition * sc.horizon / count, window)
+    for i in range(count):
+        await trio.sleep_until(t0 + i * window + rng.uniform(0.0, window - length))
+        if not sim.faults_on:
+            return
+        sim.line(f"-- partition: engines cut off from workers for {length:.1f}s")
+        bus.cut()
+        await trio.sleep(length)
+        if bus.partitioned:
+            held = bus.held_by_partition
+            bus.heal()
+            sim.line(f"-- partition healed ({held} job(s) and result(s) delivered)")
+            if held:
+                sim.oracle.note("partition")
 
 
 async def _virtual_budget(sim: Sim, t0: float) -> None:
