@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .faults import FAULT_KINDS, FaultProfile, resolve_profile
 from .swarm import SWARM_KINDS, draw_swarm
@@ -75,8 +76,9 @@ class FaultMix:
             profile = FaultProfile(replace(profile.default, **bus),
                                    {s: replace(f, **bus) for s, f in profile.subjects.items()},
                                    name=profile.name)
-        worker = replace(self.worker, **{_WORKER_FIELDS[k]: 0.0 for k in disabled
-                                         if k in _WORKER_FIELDS})
+        zero: dict[str, Any] = {_WORKER_FIELDS[k]: 0.0 for k in disabled
+                                if k in _WORKER_FIELDS}
+        worker = replace(self.worker, **zero)
         off = set(disabled)
         return FaultMix(
             profile, worker,

@@ -45,9 +45,9 @@ from .cuts import cut_workflows
 from .faults import FAULT_KINDS, FaultProfile, resolve_profile
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
+from .mix import STORE_FAIL_RATES, resolve_mix
 from .report import SimulationFailure, SimulationReport, SimulationTotals
 from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
-from .mix import STORE_FAIL_RATES, resolve_mix
 from .trace import TRACE_TAIL, count_faults, trace_hash
 from .workers import SimulatedWorker
 

@@ -159,5 +159,9 @@ def test_swarm_is_the_default_and_no_fault_turns_kinds_off(
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "4 passed" in out and "faults: drop" not in out and "faults: delay" not in out
-    assert main(["simulate", "--seeds", "1", "--faults", "light", "--no-fault", "drop"]) == 2
-    assert "--no-fault needs --faults swarm" in capsys.readouterr().err
+    # under a preset too
+    assert main(["simulate", "--seeds", "2", "--faults", "heavy", "--no-fault", "drop",
+                 "--no-fault", "store_failure", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 passed" in out and "faults: drop" not in out
+    assert "faults: store_failure" not in out and "faults: duplicate" in out
