@@ -67,6 +67,7 @@ from ..model import (
 )
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult, JobStatus
 from .invariants import copied_by_rerun
+from .trace import violation_detail
 
 __all__ = ["MULTI_ENGINE_SITUATIONS", "ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK",
            "Oracle", "expected_status"]
@@ -251,13 +252,8 @@ class Oracle:
         return bool(starts) and now + 1e-6 >= min(starts) + float(step.timeout_sec)
 
     def violation(self, rule: str, run_id: str, target: str, job_id: str, what: str) -> None:
-        keys = [k for k in (job_id, f"{run_id}:{target}" if target else "") if k]
-        lines = [f"    #{i} {line}" for i, line in enumerate(self.trace)
-                 if any(k in line for k in keys) or (not keys and run_id in line)][-8:]
-        where = f"run {run_id}" + (f" step {target}" if target else "") + (
-            f" job {job_id}" if job_id else "")
-        self.fail("oracle", f"rule {rule}: {where}: {what}"
-                  + ("\n  trace lines that led there:\n" + "\n".join(lines) if lines else ""))
+        self.fail("oracle", f"rule {rule}: "
+                  + violation_detail(self.trace, run_id, target, job_id, what))
 
     # ------------------------------------------------------------- on each write
 

@@ -44,7 +44,7 @@ from .generate import WORKER_TOPIC
 from .invariants import Invariants
 from .observed import STORES, ObservedStore, Severable, observed_store, open_storage
 from .oracle import Oracle
-from .trace import all_step_runs, packet_line, saved_line, timeline_lines
+from .trace import all_step_runs, packet_line, saved_line, timeline_lines, violation_detail
 from .workers import SimulatedWorker, WorkerPool
 
 __all__ = ["LEASE_STORES", "STORES", "Budget", "BudgetWatch", "Scenario", "Sim", "play"]
@@ -140,7 +140,7 @@ class Sim:
         self.rng_ids = stream("ids")
         self.trace: list[str] = []
         self.failure: tuple[str, str] | None = None
-        self.check = Invariants(sc.workflows, self.fail)
+        self.check = Invariants(sc.workflows, self.fail, self.trace)
         self.oracle = Oracle(sc.workflows, self.fail, self.trace, EPOCH)
         self.root: trio.CancelScope | None = None
         self.rng_crashes = stream("crashes")
@@ -428,8 +428,12 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                 if await _lost_runs(sim, inner):
                     return
                 stuck = sim.stuck()
-                sim.fail("liveness", f"{len(stuck)} run(s) not terminal {sc.bound:g}s "
-                         f"after faults stopped: {', '.join(stuck[:10])}{_hint(sc)}")
+                what = (f"{len(stuck)} run(s) not terminal {sc.bound:g}s after faults "
+                        f"stopped: {', '.join(stuck[:10])}{_hint(sc)}")
+                first = next(r for r in sim.accepted if not (
+                    (v := sim.check.latest.get(r)) is not None and v.status.is_terminal))
+                target, _, job = (sim.last_open.get(first) or [("", "", "")])[0]
+                sim.fail("liveness", violation_detail(sim.trace, first, target, job, what))
             else:
                 sim.line("-- all runs terminal")
                 await _final_checks(sim, inner)

@@ -56,6 +56,9 @@ def test_a_broken_core_fails_with_seed_trace_and_the_replay_command(
     out = capsys.readouterr().out
     assert "FAILED seed" in out and "invariant attempts violated" in out
     assert "max_retries + 1" in out
+    # the run, the step, its job id and the trace lines about them
+    assert re.search(r"run run-\S+ step s\S+ job run-\S+@\d+: ", out)
+    assert "trace lines that led there:\n    #" in out
     assert "last 5 of" in out and "!! VIOLATION attempts" in out
     replay = next(line for line in out.splitlines() if line.startswith("reproduce: "))
     command = shlex.split(replay.removeprefix("reproduce: "))
