@@ -42,10 +42,10 @@ from ..model import Workflow
 from ..validation import validate_workflow
 from ..worker import Handler
 from .cuts import cut_workflows
-from .faults import FAULT_KINDS, FaultProfile, resolve_profile
+from .faults import FaultProfile, resolve_profile
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
-from .mix import STORE_FAIL_RATES, resolve_mix
+from .mix import FAULT_SWITCHES, STORE_FAIL_RATES, resolve_mix
 from .report import SimulationFailure, SimulationReport, SimulationTotals
 from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
 from .trace import TRACE_TAIL, count_faults, trace_hash
@@ -232,7 +232,7 @@ def simulate(
         raise SimulationFailure(seed, invariant, detail, sim.trace[-TRACE_TAIL:], sim.trace)
     latest = sim.check.latest
     statuses = Counter(latest[rid].status.value for rid in sim.accepted)
-    injected = dict.fromkeys(FAULT_KINDS, 0)
+    injected = dict.fromkeys((*FAULT_SWITCHES, "engine_crash"), 0)
     injected.update(count_faults(sim.trace))
     return SimulationReport(
         seed=seed,
