@@ -53,6 +53,9 @@ EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 CRASH_MODES = {"timer": "with a pending timer", "restart": "right after a restart"}
 """How a planned engine crash is placed, besides at a drawn virtual time (see _crasher)."""
 ENGINE_STEP_TYPES = (StepType.CONDITION, StepType.APPROVAL, StepType.DELAY, StepType.NOTIFY)
+IDLE_SETTLE = 30.0
+"""Virtual seconds a seed goes on once idle (every run terminal, every planned crash
+done, no rerun to come) before its faults stop, instead of idling to the horizon."""
 LEASE_STORES = ("memory",)
 """Stores whose run leases the simulation uses (multi-engine mode, ``engines`` > 1)."""
 
@@ -165,6 +168,8 @@ class Sim:
         self.accepted: dict[str, None] = {}
         self.dispatches = 0
         self.all_done = trio.Event()
+        self.crashes_done = False  # every planned engine crash has happened
+        self.idle = trio.Event()  # see check_idle: the rest of the horizon would idle
         self.submitting_done = False
         self.waiting = trio.Event()  # set when a stored run has a step waiting
         # (step or child, status, job id) of each run's open steps, as last stored
@@ -312,6 +317,13 @@ class Sim:
             for rid in self.accepted
         ):
             self.all_done.set()
+            self.check_idle()
+
+    def check_idle(self) -> None:
+        """Set ``idle`` once nothing the horizon still holds can matter: every run is
+        terminal, every planned crash has happened, and no rerun can come."""
+        if self.all_done.is_set() and self.crashes_done and not self.rerun_rate:
+            self.idle.set()
 
     def stuck(self) -> list[str]:
         """The accepted runs not terminal, each with its open steps and their job ids
@@ -407,7 +419,10 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
             await _submitter(sim)
             sim.submitting_done = True
             sim.check_done()
-            await trio.sleep_until(t0 + sc.horizon)
+            with trio.move_on_at(t0 + sc.horizon):
+                await sim.idle.wait()
+                # what the last writes started (cancels of a cancelled run's jobs) goes on
+                await trio.sleep(IDLE_SETTLE)
             # Faults stop: the system must now converge.
             sim.faults_on = False
             sim.line("-- faults stop")
@@ -450,6 +465,14 @@ async def _crasher(sim: Sim, t0: float) -> None:
     by the end of its window happens then, so every planned crash happens."""
     sc = sim.sc
     rng = sim.rng_crashes
+    try:
+        await _crashes(sim, t0, sc, rng)
+    finally:
+        sim.crashes_done = True
+        sim.check_idle()
+
+
+async def _crashes(sim: Sim, t0: float, sc: Scenario, rng: random.Random) -> None:
     if sc.crashes < 1:
         return
     window = 0.85 * sc.horizon / sc.crashes

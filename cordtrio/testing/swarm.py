@@ -7,11 +7,13 @@ switched on with probability ½, and when on, its probability is drawn uniformly
 range; one seed in four then picks one of the kinds it switched on and *hammers* it (its
 probability goes to the top of its range). So some seeds see no drops at all but many
 worker crashes, others lose a third of their cancels and nothing else; the space between
-the presets gets covered, and so do the far corners.
+the presets gets covered, and so do the far corners. ``partition`` is not a probability
+but the share of the horizon during which engines and workers are cut off from each other
+(``FaultyBus.cut``); it is drawn from a stream of its own and never hammered.
 
 ``draw_swarm(seed, disabled=...)`` gives the ``Swarm`` of one seed (the same for the same
-seed, in any process); kinds in ``disabled`` are forced off (the shrinker turns faults off
-one by one this way).
+seed, in any process); kinds in ``disabled`` are forced off (``cordtrio.testing.mix`` does
+the same for the presets; the shrinker turns faults off one by one this way).
 """
 
 from __future__ import annotations

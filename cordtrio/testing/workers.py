@@ -160,7 +160,7 @@ class WorkerPool:
         handlers: Mapping[str, Handler] | None = None,
         topics: tuple[str, ...] = (),
         workers: int = 2,
-        max_concurrency: int = 64,
+        max_concurrency: int = 16,
         listener: WorkerListener | None = None,
     ) -> None:
         if workers < 1:
