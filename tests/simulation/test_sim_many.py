@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cordtrio.testing import Budget, SimulationFailure
+from cordtrio.testing import SimulationFailure
 from cordtrio.testing.batch import simulate_seeds
 
 
@@ -24,6 +24,7 @@ def test_two_processes_add_up_to_one() -> None:
 
 def test_the_first_failing_seed_is_raised_with_its_trace() -> None:
     with pytest.raises(SimulationFailure) as caught:
-        simulate_seeds(range(3, 6), jobs=2, faults="light", budget=Budget(steps=500))
-    assert caught.value.seed == 3 and caught.value.invariant == "budget"
-    assert caught.value.trace and "ran out of budget" in caught.value.detail
+        # 1.5 virtual seconds are too short for any run: every seed fails
+        simulate_seeds(range(3, 6), jobs=2, faults="light", horizon=1.0, bound=0.5)
+    assert caught.value.seed == 3 and caught.value.invariant == "liveness"
+    assert caught.value.trace and "not terminal 0.5s after faults stopped" in str(caught.value)
