@@ -412,9 +412,12 @@ class Oracle:
         if status == RunStatus.TIMED_OUT and deadline is not None and now + 1e-6 >= deadline:
             self.note("run timeout")
             return
+        # cancelled by the run's end: open before it, and not by a CANCELLED result of
+        # its running job (a pending step's job id is its last, finished attempt's)
         stopped = {sid for sid, sr in run.steps.items() if sr.status == _CANCELLED
                    and (sid not in before or before[sid].status in _OPEN)
-                   and not self._had(sr.job_id, (JobStatus.CANCELLED,))}
+                   and not (sid in before and before[sid].status == _RUNNING
+                            and self._had(sr.job_id, (JobStatus.CANCELLED,)))}
         expected = expected_status(wf, run, stopped)
         if expected != status:
             self.violation("run_status", rid, "", "", f"ended {status.value}, but its "

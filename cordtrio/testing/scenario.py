@@ -37,7 +37,7 @@ from ..engine.supervisor import Engine, open_engine
 from ..errors import CordtrioError, StoreError
 from ..model import StepStatus, StepType, TimelineEvent, Workflow, WorkflowRun
 from ..ports import TIMELINE_CAP, PayloadStore, RunLeases, Store
-from ..protocol import BusPacket, JobCancel, JobRequest, JobResult
+from ..protocol import BusPacket, JobRequest, JobResult
 from ..worker import Handler
 from .faults import FaultProfile, FaultyBus, open_faulty_bus
 from .generate import WORKER_TOPIC
@@ -343,10 +343,11 @@ class Sim:
 
 
 class _ObservedMemoryBus(MemoryBus):
-    """The ``MemoryBus`` under the scenario: the results the bus publishes itself (a job
-    whose workers were all lost, ``WORKER_LOST``) reach the oracle before any subscriber
-    has them, as results published through the ``FaultyBus`` do; the bus-wide observer
-    would see them only after the engine may have applied them."""
+    """The ``MemoryBus`` under the scenario, observed as packets enter it (a subscriber of
+    every subject would cost a task step per packet): each packet is traced and checked
+    (``Sim.on_packet``) as it is published. The results the bus publishes itself (a job
+    whose workers were all lost, ``WORKER_LOST``) reach the oracle this way too, before
+    any subscriber has them, as results published through the ``FaultyBus`` do."""
 
     def __init__(self, sim: Sim) -> None:
         super().__init__()
@@ -356,6 +357,7 @@ class _ObservedMemoryBus(MemoryBus):
         p = packet.payload
         if isinstance(p, JobResult) and p.error_code == WORKER_LOST:
             self._sim.on_publish(subject, packet)
+        self._sim.on_packet(subject, packet)
         await super().publish(subject, packet)
 
 
@@ -403,7 +405,6 @@ async def _play(sim: Sim, clock: TrioWallClock, inner: Store, payloads: PayloadS
                             on_fault=sim.on_fault, on_publish=sim.on_publish) as fbus,
             trio.open_nursery() as nursery,
         ):
-            await nursery.start(_observe_bus, sim, bus)
             await nursery.start(pool.run, fbus, payloads)
             for k in range(sc.engines):
                 await nursery.start(_engine_loop, sim, f"e{k}", inner, fbus, payloads, clock)
@@ -553,19 +554,6 @@ def _hint(sc: Scenario) -> str:
     return (f" (hint: a job step without timeout_sec runs as long as its handler does; a "
             f"handler that never returns, in a worker that stays alive, keeps it running: "
             f"{', '.join(bare[:5])})")
-
-
-async def _observe_bus(sim: Sim, bus: MemoryBus, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    async with bus.subscribe(">", max_buffer=math.inf) as channel:
-        task_status.started()
-        async for packet in channel:
-            # the subject is not in the packet; infer it from the payload type
-            p = packet.payload
-            subject = ("sys.job.submit" if isinstance(p, JobRequest) else
-                       "sys.job.result" if isinstance(p, JobResult) else
-                       "sys.job.cancel" if isinstance(p, JobCancel) else "sys.workflow.event")
-            sim.on_packet(subject, packet)
 
 
 async def _engine_loop(sim: Sim, name: str, inner: Store, bus: Any,
