@@ -100,17 +100,18 @@ class Budget:
 
 
 class BudgetWatch(trio.abc.Instrument):
-    """Counts Trio task steps; every 1024 steps also reads the CPU clock. Over budget,
-    the seed fails (``budget``), which cancels the scenario."""
+    """Counts Trio task steps against the budget; every 1024 steps also reads the CPU
+    clock. Over budget, the seed fails (``budget``), which cancels the scenario."""
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.steps = 0
+        self.limit = sim.sc.budget.steps
         self.cpu0 = time.process_time()
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.steps += 1
-        if self.steps & 1023 or self.sim.failure is not None:
+        if (self.steps & 1023 and self.steps <= self.limit) or self.sim.failure is not None:
             return
         budget = self.sim.sc.budget
         cpu = time.process_time() - self.cpu0
