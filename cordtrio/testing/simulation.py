@@ -178,7 +178,7 @@ def simulate(
     under any preset (``cordtrio.testing.mix``). ``crash``: crash and restart the engine
     (True = one to three times, as the seed draws; or a number of times; False or 0 =
     never), at virtual times drawn from the seed during the horizon, some while a timer is
-    pending and some right as a crashed engine reopens (``scenario._crasher``). ``handlers``:
+    pending and some right as a crashed engine reopens (``drivers.crasher``). ``handlers``:
     your own handlers by topic, called when a simulated job succeeds. After ``horizon``,
     faults stop and every run must be terminal within ``bound`` virtual seconds.
     ``store``: ``"memory"`` (``MemoryStore``) or ``"fakeredis"`` (the Redis store and
