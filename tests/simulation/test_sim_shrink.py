@@ -52,6 +52,9 @@ def test_a_failing_seed_shrinks_to_a_smaller_one_that_fails_the_same_way(
     again = shrink(failure, {"faults": "light"})
     assert again.options == o and again.changes == shrunk.changes
     assert f"simulate({failure.seed}, " in shrunk.call() and "runs=" in shrunk.call()
+    flags = shrunk.flags()
+    assert flags[:4] == ["--runs", str(o["runs"]), "--crashes", "0"]
+    assert "--no-operator" in flags and flags.count("--no-fault") == len(o["disabled"])
 
 
 def test_the_command_line_prints_a_minimal_replay_command_that_fails_the_same_way(
