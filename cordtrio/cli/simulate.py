@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..model import Workflow
 from ..testing import (
     FAULT_PRESETS,
     LEASE_STORES,
@@ -38,8 +39,9 @@ from ..testing import (
     run_under_faults,
     simulate,
 )
+from ..testing.mix import FAULT_SWITCHES
 from ..testing.oracle import MULTI_ENGINE_SITUATIONS, SITUATIONS
-from ..testing.swarm import SWARM_KINDS
+from ..testing.shrink import Shrunk, shrink
 from ..worker import Handler
 from .loading import (
     EXIT_OK,
@@ -75,8 +77,9 @@ def add_simulate_parser(commands: Any) -> None:
                      help="fault preset for bus, store and workers, or swarm: a mix drawn "
                           "per seed (default swarm)")
     sim.add_argument("--no-fault", action="append", default=[], metavar="KIND",
-                     choices=SWARM_KINDS,
-                     help="with --faults swarm: turn this fault kind off (repeatable)")
+                     choices=FAULT_SWITCHES,
+                     help=f"turn this fault kind off (repeatable): "
+                          f"{', '.join(FAULT_SWITCHES)}")
     sim.add_argument("--runs", type=int, metavar="R",
                      help="runs submitted per seed (default 6; 4 with --workflow)")
     sim.add_argument("--crashes", type=int, metavar="K",
@@ -108,16 +111,30 @@ def add_simulate_parser(commands: Any) -> None:
     sim.add_argument("--max-steps", type=int, metavar="N",
                      help=f"Trio task steps one seed may take before it fails (invariant "
                           f"budget; default {Budget.steps})")
+    sim.add_argument("--no-operator", action="store_true",
+                     help="no cancels, reruns or Client calls (under faults they are on)")
+    sim.add_argument("--keep-workflow", action="append", default=[], metavar="ID",
+                     help="run only this one of the seed's workflows (repeatable)")
+    sim.add_argument("--drop-step", action="append", default=[], metavar="WORKFLOW/STEP",
+                     help="run the seed's workflows without this step (repeatable)")
+    sim.add_argument("--no-shrink", action="store_true",
+                     help="do not shrink a failing seed to a minimal reproduction")
     sim.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sim.set_defaults(handler=simulate_command)
 
 
 @dataclass
 class _Batch:
-    """What one seed runs, and the arguments that reproduce it."""
+    """What one seed runs (``runner(seed, **options)``), and the arguments that
+    reproduce it; ``workflows``: the user's workflow (None: the seed's random ones)."""
 
-    run: Callable[[int], SimulationReport]
+    runner: Callable[..., SimulationReport]
+    options: dict[str, Any]
     repro: list[str]
+    workflows: list[Workflow] | None = None
+
+    def run(self, seed: int) -> SimulationReport:
+        return self.runner(seed, **self.options)
 
 
 def _batch(args: argparse.Namespace) -> _Batch:
@@ -140,18 +157,44 @@ def _batch(args: argparse.Namespace) -> _Batch:
         raise CliError("--max-cpu must be positive")
     if args.max_steps is not None and args.max_steps < 1:
         raise CliError("--max-steps must be at least 1")
-    if args.no_fault and args.faults != "swarm":
-        raise CliError("--no-fault needs --faults swarm")
     if args.workflow is None and (args.handlers or args.input):
         raise CliError("--handlers and --input need --workflow")
     options: dict[str, Any] = {"faults": args.faults,
                                "crash": True if args.crashes is None else args.crashes,
                                "store": args.store, "engines": args.engines}
-    repro = ["--faults", args.faults]
     if args.no_fault:
         options["disabled"] = tuple(args.no_fault)
-        for kind in args.no_fault:
-            repro += ["--no-fault", kind]
+    if args.no_operator:
+        options["operator"] = False
+    if args.keep_workflow:
+        options["keep_workflows"] = tuple(args.keep_workflow)
+    if args.drop_step:
+        options["drop_steps"] = tuple(args.drop_step)
+    if args.bound is not None:
+        options["bound"] = args.bound
+    if args.max_cpu is not None or args.max_steps is not None:
+        options["budget"] = Budget(cpu=args.max_cpu or Budget.cpu,
+                                   steps=args.max_steps or Budget.steps)
+    if args.workflow is None:
+        options["runs"] = args.runs or 6
+        return _Batch(simulate, options, _repro(args))
+    workflow = read_workflow(args.workflow)
+    payload = parse_input(args.input)
+    check_input(workflow, payload)
+    handlers: dict[str, Handler] = load_handlers(args.handlers) if args.handlers else {}
+    options["runs"] = args.runs or 4
+
+    def runner(seed: int, **options: Any) -> SimulationReport:
+        return run_under_faults(workflow, handlers, seed=seed, inputs=payload, **options)
+
+    return _Batch(runner, options, _repro(args, payload), [workflow])
+
+
+def _repro(args: argparse.Namespace, payload: Any = None) -> list[str]:
+    """The options of ``args`` that a replay of one of its seeds needs."""
+    repro = ["--faults", args.faults]
+    for kind in args.no_fault:
+        repro += ["--no-fault", kind]
     if args.runs is not None:
         repro += ["--runs", str(args.runs)]
     if args.crashes is not None:
@@ -160,30 +203,34 @@ def _batch(args: argparse.Namespace) -> _Batch:
         repro += ["--store", args.store]
     if args.engines != 1:
         repro += ["--engines", str(args.engines)]
+    if args.no_operator:
+        repro.append("--no-operator")
+    for wf in args.keep_workflow:
+        repro += ["--keep-workflow", wf]
+    for ref in args.drop_step:
+        repro += ["--drop-step", ref]
     if args.bound is not None:
-        options["bound"] = args.bound
         repro += ["--bound", f"{args.bound:g}"]
     if args.max_cpu is not None or args.max_steps is not None:
-        options["budget"] = Budget(cpu=args.max_cpu or Budget.cpu,
-                                   steps=args.max_steps or Budget.steps)
-        repro += ["--max-cpu", f"{options['budget'].cpu:g}",
-                  "--max-steps", str(options["budget"].steps)]
-    if args.workflow is None:
-        runs = args.runs or 6
-        return _Batch(lambda seed: simulate(seed, runs=runs, **options), repro)
-    workflow = read_workflow(args.workflow)
-    payload = parse_input(args.input)
-    check_input(workflow, payload)
-    handlers: dict[str, Handler] = load_handlers(args.handlers) if args.handlers else {}
-    repro += ["--workflow", args.workflow]
-    if args.handlers:
-        repro += ["--handlers", args.handlers]
-    if args.input:
-        # replay with the input itself: a file or stdin may have changed by then
-        repro += ["--input", json.dumps(payload, separators=(",", ":"), sort_keys=True)]
-    runs = args.runs or 4
-    return _Batch(lambda seed: run_under_faults(workflow, handlers, seed=seed, runs=runs,
-                                                inputs=payload, **options), repro)
+        repro += ["--max-cpu", f"{args.max_cpu or Budget.cpu:g}",
+                  "--max-steps", str(args.max_steps or Budget.steps)]
+    if args.workflow is not None:
+        repro += ["--workflow", args.workflow]
+        if args.handlers:
+            repro += ["--handlers", args.handlers]
+        if args.input:
+            # replay with the input itself: a file or stdin may have changed by then
+            repro += ["--input", json.dumps(payload, separators=(",", ":"), sort_keys=True)]
+    return repro
+
+
+def _shrunk_args(args: argparse.Namespace, shrunk: Shrunk) -> argparse.Namespace:
+    """``args`` with what the shrinking changed (the options of ``Shrunk.flags``)."""
+    o = shrunk.options
+    return argparse.Namespace(**{
+        **vars(args), "runs": o["runs"], "crashes": o["crash"], "engines": o["engines"],
+        "no_fault": list(o["disabled"]), "no_operator": not o["operator"],
+        "keep_workflow": list(o["keep_workflows"]), "drop_step": list(o["drop_steps"])})
 
 
 def simulate_command(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -223,6 +270,8 @@ def simulate_command(args: argparse.Namespace, console: Console | None = None) -
     _print_summary(console, totals, wall, failed)
     if failure is not None:
         _print_failure(console, args, batch, failure)
+        if not args.no_shrink:
+            _print_shrunk(console, args, batch, failure)
         return EXIT_RUN_FAILED
     if crashed is not None:
         seed, error = crashed
@@ -237,7 +286,11 @@ def simulate_command(args: argparse.Namespace, console: Console | None = None) -
 
 
 def _command(batch: _Batch, seed: int) -> str:
-    return shlex.join([PROG, "simulate", "--seeds", "1", "--start", str(seed), *batch.repro])
+    return _replay(batch.repro, seed)
+
+
+def _replay(repro: list[str], seed: int) -> str:
+    return shlex.join([PROG, "simulate", "--seeds", "1", "--start", str(seed), *repro])
 
 
 def _print_summary(console: Console, totals: SimulationTotals, wall: float,
@@ -297,3 +350,31 @@ def _print_failure(console: Console, args: argparse.Namespace, batch: _Batch,
                           highlight=False)
     console.print(f"reproduce: {_command(batch, failure.seed)}", markup=False,
                   highlight=False, soft_wrap=True)
+
+
+def _print_shrunk(console: Console, args: argparse.Namespace, batch: _Batch,
+                  failure: SimulationFailure) -> None:
+    """Shrink the failing seed and print the minimal reproduction and its command."""
+    console.print(f"shrinking seed {failure.seed} (--no-shrink to skip)...", highlight=False)
+    shrunk = shrink(failure, batch.options, run=batch.runner, workflows=batch.workflows)
+    small = shrunk.failure
+    console.print(f"shrunk in {shrunk.tries} replays: "
+                  f"{'; '.join(shrunk.changes) or 'nothing could be removed'}",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  {small.detail}", markup=False, highlight=False, soft_wrap=True)
+    lines = small.trace[-args.trace_lines:] if args.trace_lines else []
+    if lines:
+        console.print(f"last {len(lines)} of {len(small.trace)} trace lines:",
+                      highlight=False)
+        for line in lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    repro = _repro(_shrunk_args(args, shrunk), _payload(batch))
+    console.print(f"minimal: {_replay(repro, failure.seed)}", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+def _payload(batch: _Batch) -> Any:
+    """The run input of a ``--workflow`` batch, as its replay command gives it."""
+    if "--input" in batch.repro:
+        return json.loads(batch.repro[batch.repro.index("--input") + 1])
+    return None

@@ -15,9 +15,11 @@ Simulation (see ``docs/testing.md``):
 - ``simulate(seed, ...)`` → ``SimulationReport`` (raises ``SimulationFailure``);
   ``SimulationTotals`` adds reports up. ``store="fakeredis"`` runs on the Redis store;
   ``engines=2`` runs two engines over one store (run leases). Modules: ``scenario`` (what
-  runs), ``observed`` (the backends as the engines see them), ``invariants`` (what is
-  checked), ``trace`` (what is recorded), ``report`` (what comes back), ``simulation``
-  (the entry points), ``oracle`` (the outcome oracle), ``mutations`` (the mutation
+  runs; its ``state`` and ``drivers``), ``observed`` (the backends as the engines see
+  them), ``invariants`` (what is checked), ``trace`` (what is recorded), ``report``
+  (what comes back), ``simulation`` (the entry points), ``oracle`` (the outcome oracle),
+  ``mix`` (a seed's faults), ``cuts`` (smaller workflows), ``shrink`` (a failing seed
+  made minimal), ``batch`` (many seeds over processes), ``mutations`` (the mutation
   check, ``python -m cordtrio.testing.mutations``). ``cordtrio simulate`` runs many seeds
   from the command line.
 - Building blocks: ``FaultyBus`` / ``open_faulty_bus`` / ``FaultProfile``, ``FlakyStore`` /

@@ -17,9 +17,16 @@ but they are duplicated, delayed and reordered; workers take jobs through the in
 job queues, so a worker that crashes hands its jobs to the others. Every other subject
 (cancels, alerts, start reports) can still be dropped.
 
+A **partition** cuts the network between the engines and the workers for a while
+(``bus.cut()`` … ``bus.heal()``): job requests and results published meanwhile are held
+and delivered when it heals (a client re-sends a publish until the router has it, so
+neither is lost), in an order drawn from the seed; cancels are lost (a worker's plain
+subscription misses what is published while its connection is down). Each packet held or
+lost is counted as a ``partition`` fault.
+
 Delays need a nursery, so open the bus with ``async with open_faulty_bus(inner, rng) as bus``.
-``bus.stop()`` ends the injection (held packets are released at once); ``bus.injected``
-counts what was injected.
+``bus.stop()`` ends the injection (held packets are released at once, a partition
+heals); ``bus.injected`` counts what was injected.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from types import MappingProxyType
 import trio
 
 from ..ports import Bus, JobBus, JobInbox
-from ..protocol import SUBJECT_RESULT, SUBJECT_SUBMIT, BusPacket
+from ..protocol import SUBJECT_CANCEL, SUBJECT_RESULT, SUBJECT_SUBMIT, BusPacket
 
 __all__ = [
     "FAULT_KINDS",
@@ -47,6 +54,9 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("drop", "duplicate", "reorder", "delay")
+
+_PARTITIONED = frozenset({SUBJECT_SUBMIT, SUBJECT_RESULT, SUBJECT_CANCEL})
+"""What crosses between engines and workers: what a partition holds (or loses)."""
 
 FaultListener = Callable[[str, str, BusPacket], None]
 """Called as ``(kind, subject, packet)`` for every injected fault."""
@@ -166,6 +176,8 @@ class FaultyBus:
         self._nursery: trio.Nursery | None = None
         self._held: dict[str, tuple[int, BusPacket]] = {}  # subject -> (token, packet)
         self._token = 0
+        self.partitioned = False
+        self._cut: list[tuple[str, BusPacket]] = []  # held by the partition, in order
 
     def attach(self, nursery: trio.Nursery) -> None:
         """The nursery delayed and held packets are released from."""
@@ -179,8 +191,25 @@ class FaultyBus:
         """Stop injecting faults; release every held packet now (delayed ones still
         arrive when their delay is over)."""
         self.active = False
+        self.heal()
         for subject in list(self._held):
             _, packet = self._held.pop(subject)
+            self._spawn(self._later, 0.0, subject, packet)
+
+    def cut(self) -> None:
+        """Partition engines from workers until ``heal`` (see the module docstring)."""
+        self.partitioned = True
+
+    @property
+    def held_by_partition(self) -> int:
+        """Jobs and results the partition holds now."""
+        return len(self._cut)
+
+    def heal(self) -> None:
+        """End the partition: deliver the jobs and results it held."""
+        self.partitioned = False
+        held, self._cut = self._cut, []
+        for subject, packet in held:
             self._spawn(self._later, 0.0, subject, packet)
 
     def _can_drop(self, subject: str) -> bool:
@@ -189,6 +218,12 @@ class FaultyBus:
     async def publish(self, subject: str, packet: BusPacket) -> None:
         if self._on_publish is not None:
             self._on_publish(subject, packet)
+        if self.partitioned and subject in _PARTITIONED and self._nursery is not None:
+            self._note("partition", subject, packet)
+            if subject != SUBJECT_CANCEL:
+                self._cut.append((subject, packet))
+            await trio.lowlevel.checkpoint()
+            return
         faults = self.profile.for_subject(subject)
         if not self.active or not faults.any or self._nursery is None:
             await self.inner.publish(subject, packet)

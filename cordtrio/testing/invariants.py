@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import RunStatus, StepStatus, TimelineEvent, Workflow, WorkflowRun
-from .trace import all_step_runs
+from .trace import all_step_runs, violation_detail
 
 __all__ = ["INVARIANTS", "Invariants", "RunView"]
 
@@ -102,16 +102,24 @@ def stable_dict(run: WorkflowRun) -> dict[str, Any]:
 class Invariants:
     """Checks the invariants on the events a simulation observes (see the module doc)."""
 
-    def __init__(self, workflows: Sequence[Workflow], fail: Fail) -> None:
+    def __init__(self, workflows: Sequence[Workflow], fail: Fail,
+                 trace: Sequence[str] = ()) -> None:
         self.workflows = {wf.id: wf for wf in workflows}
         self.handler_ids = {
             wf.id: {s.on_error for s in wf.steps.values() if s.on_error} for wf in workflows
         }
         self.fail = fail
+        self.trace = trace  # the simulation's trace: a violation quotes its lines
         self.latest: dict[str, RunView] = {}
         self.leases: dict[str, tuple[str, float]] = {}  # run -> (owner, expires at)
         self.terminal: dict[str, dict[str, Any]] = {}  # first terminal snapshot per run
         self.sent_jobs: dict[tuple[str, str], dict[str, None]] = {}
+
+    def violation(self, invariant: str, run_id: str, target: str, job_id: str,
+                  what: str) -> None:
+        """Fail ``invariant`` naming the run, step and job, and the trace lines about
+        them (``trace.violation_detail``)."""
+        self.fail(invariant, violation_detail(self.trace, run_id, target, job_id, what))
 
     # ------------------------------------------------------------------ on each write
 
@@ -122,9 +130,9 @@ class Invariants:
         if first is not None:
             snapshot = stable_dict(run)
             if snapshot != first:
-                self.fail("terminal_stable", f"run {rid} was stored {first['status']} and "
-                          f"then changed (now {run.status.value}, "
-                          f"{_changed(first, snapshot)})")
+                self.violation("terminal_stable", rid, "", "",
+                               f"run {rid} was stored {first['status']} and then changed "
+                               f"(now {run.status.value}, {_changed(first, snapshot)})")
                 return
         elif run.status.is_terminal:
             self.terminal[rid] = stable_dict(run)
@@ -143,27 +151,29 @@ class Invariants:
                 sources = [s.id for s in wf.steps.values() if s.on_error == sid]
                 if not any((src := run.steps.get(s)) is not None and src.status in (
                         StepStatus.FAILED, StepStatus.TIMED_OUT) for s in sources):
-                    self.fail("dependencies", f"run {run.id}: handler {sid} started "
-                              f"({sr.status.value}) but none of {sources} failed")
+                    self.violation("dependencies", run.id, sid, sr.job_id,
+                                   f"handler {sid} started ({sr.status.value}) but none of "
+                                   f"{sources} failed")
             else:
                 for dep in step.depends_on:
                     d = run.steps.get(dep)
                     if d is None or d.status != StepStatus.SUCCEEDED:
-                        self.fail("dependencies", f"run {run.id}: {sid} is "
-                                  f"{sr.status.value} but its dependency {dep} is "
-                                  f"{d.status.value if d else 'absent'}")
+                        self.violation("dependencies", run.id, sid, sr.job_id,
+                                       f"{sid} is {sr.status.value} but its dependency "
+                                       f"{dep} is {d.status.value if d else 'absent'}")
             if step.max_parallel > 0 and sr.children:
                 running = [c.step_id for c in sr.children.values()
                            if c.status == StepStatus.RUNNING]
                 if len(running) > step.max_parallel:
-                    self.fail("max_parallel", f"run {run.id}: {sid} has {len(running)} "
-                              f"children running {running} > max_parallel "
-                              f"{step.max_parallel}")
+                    self.violation("max_parallel", run.id, sid, "",
+                                   f"{sid} has {len(running)} children running {running} "
+                                   f"> max_parallel {step.max_parallel}")
         for _, sr in all_step_runs(run):
             limit = max_attempts(wf, sr.step_id)
             if sr.attempts > limit:
-                self.fail("attempts", f"run {run.id}: {sr.step_id} has attempts "
-                          f"{sr.attempts} > max_retries + 1 = {limit}")
+                self.violation("attempts", run.id, sr.step_id, sr.job_id,
+                               f"{sr.step_id} has attempts {sr.attempts} > max_retries + 1 "
+                               f"= {limit}")
 
     # --------------------------------------------------------------- on each dispatch
 
@@ -173,7 +183,8 @@ class Invariants:
         view = self.latest.get(run_id)
         wf = self.workflows.get(view.workflow_id) if view is not None else None
         if view is None or wf is None:
-            self.fail("dependencies", f"{job_id} dispatched before its run was stored")
+            self.violation("dependencies", run_id, target, job_id,
+                           f"{job_id} dispatched before its run was stored")
             return
         base = split_target(target)
         step = wf.steps.get(base)
@@ -183,8 +194,9 @@ class Invariants:
             for dep in step.depends_on:
                 status = view.steps.get(dep)
                 if status != StepStatus.SUCCEEDED:
-                    self.fail("dependencies", f"{job_id} dispatched while dependency "
-                              f"{dep} of {base} is {status.value if status else 'absent'}")
+                    self.violation("dependencies", run_id, target, job_id,
+                                   f"{job_id} dispatched while dependency {dep} of {base} "
+                                   f"is {status.value if status else 'absent'}")
         self.job_sent(run_id, target, job_id)
 
     def job_sent(self, run_id: str, target: str, job_id: str) -> None:
@@ -197,8 +209,9 @@ class Invariants:
         jobs[job_id] = None
         limit = max_attempts(wf, target)
         if len(jobs) > limit or job_attempt(job_id) > limit:
-            self.fail("attempts", f"run {run_id}: {target} attempted {len(jobs)} times "
-                      f"({', '.join(jobs)}) > max_retries + 1 = {limit}")
+            self.violation("attempts", run_id, target, job_id,
+                           f"{target} attempted {len(jobs)} times ({', '.join(jobs)}) > "
+                           f"max_retries + 1 = {limit}")
 
     # ------------------------------------------------------------ leases (one owner)
 
@@ -220,7 +233,8 @@ class Invariants:
             state = ("nobody holds its lease" if held is None else
                      f"its lease is {held[0]}'s" if held[0] != owner else
                      f"its lease expired at {held[1]:.6f}")
-            self.fail("single_owner", f"engine {owner} {what} run {run_id} but {state}")
+            self.violation("single_owner", run_id, "", "",
+                           f"engine {owner} {what} run {run_id} but {state}")
 
     # -------------------------------------------------------------------- at the end
 
@@ -228,8 +242,9 @@ class Invariants:
         """The run as finally stored, and its timeline."""
         first = self.terminal.get(run.id)
         if first is not None and stable_dict(run) != first:
-            self.fail("terminal_stable", f"stored run {run.id} differs from its first "
-                      f"terminal snapshot ({_changed(first, stable_dict(run))})")
+            self.violation("terminal_stable", run.id, "", "",
+                           f"stored run {run.id} differs from its first terminal snapshot "
+                           f"({_changed(first, stable_dict(run))})")
             return
         self._check_timeline(run, events)
 
@@ -248,15 +263,17 @@ class Invariants:
             if said is None and sr.step_id.split("[")[0] in copied:
                 continue  # copied over from the run it reruns (SPEC §9): no event here
             if said is not None and said.is_terminal and said != sr.status:
-                self.fail("timeline", f"run {run.id}: {sr.step_id} is {sr.status.value} but "
-                          f"its last timeline event {ev.type if ev else ''} says "
-                          f"{said.value}")
+                self.violation("timeline", run.id, sr.step_id, sr.job_id,
+                               f"{sr.step_id} is {sr.status.value} but its last timeline "
+                               f"event {ev.type if ev else ''} says {said.value}")
             if sr.status == StepStatus.SUCCEEDED and said != StepStatus.SUCCEEDED:
-                self.fail("timeline", f"run {run.id}: {sr.step_id} succeeded but its last "
-                          f"timeline event says {said.value if said else 'nothing'}")
+                self.violation("timeline", run.id, sr.step_id, sr.job_id,
+                               f"{sr.step_id} succeeded but its last timeline event says "
+                               f"{said.value if said else 'nothing'}")
         if run_event is not None and run_event.status != run.status.value:
-            self.fail("timeline", f"run {run.id} is {run.status.value} but its last "
-                      f"run_status event says {run_event.status}")
+            self.violation("timeline", run.id, "", "",
+                           f"run {run.id} is {run.status.value} but its last run_status "
+                           f"event says {run_event.status}")
 
 
     def _copied_by_rerun(self, run: WorkflowRun) -> set[str]:

@@ -67,20 +67,24 @@ from ..model import (
 )
 from ..protocol import BusPacket, JobCancel, JobRequest, JobResult, JobStatus
 from .invariants import copied_by_rerun
+from .trace import violation_detail
 
 __all__ = ["MULTI_ENGINE_SITUATIONS", "ORACLE_RULES", "RUN_SLACK", "SITUATIONS", "SLACK",
            "Oracle", "expected_status"]
 
 SITUATIONS = ("recovery with a pending timer", "sibling cancel", "gate skip", "run timeout",
               "worker lost", "crash with a pending timer", "crash right after a restart",
-              "ambiguous write", "run cancelled", "rerun")
+              "ambiguous write", "run cancelled", "rerun", "redelivery", "partition")
 """Interesting situations the oracle counts (``SimulationReport.situations``): an engine
 (re)opened while a stored run waited for a retry or delay timer; a failed fan-out's
 siblings cancelled; a false gate skipping its step; a run ending by its workflow timeout;
 a job reported lost by the bus after its redeliveries; an engine crashed while a retry or
 delay timer was pending; an engine crashed as it reopened after a crash; a store write
 applied whose reply was lost; a run ended ``cancelled`` (on request); a run rerun (SPEC
-§9) accepted. (The scenario notes the crashes, the ambiguous writes, the reruns and
+§9) accepted; a job a crashed worker was running started by another worker (the bus
+redelivered it); jobs or results held by a partition between engines and workers,
+delivered when it healed. (The scenario notes the crashes, the ambiguous writes, the
+reruns, the redeliveries, the partitions and
 ``MULTI_ENGINE_SITUATIONS``.)"""
 
 MULTI_ENGINE_SITUATIONS = ("takeover before restart",)
@@ -248,13 +252,8 @@ class Oracle:
         return bool(starts) and now + 1e-6 >= min(starts) + float(step.timeout_sec)
 
     def violation(self, rule: str, run_id: str, target: str, job_id: str, what: str) -> None:
-        keys = [k for k in (job_id, f"{run_id}:{target}" if target else "") if k]
-        lines = [f"    #{i} {line}" for i, line in enumerate(self.trace)
-                 if any(k in line for k in keys) or (not keys and run_id in line)][-8:]
-        where = f"run {run_id}" + (f" step {target}" if target else "") + (
-            f" job {job_id}" if job_id else "")
-        self.fail("oracle", f"rule {rule}: {where}: {what}"
-                  + ("\n  trace lines that led there:\n" + "\n".join(lines) if lines else ""))
+        self.fail("oracle", f"rule {rule}: "
+                  + violation_detail(self.trace, run_id, target, job_id, what))
 
     # ------------------------------------------------------------- on each write
 
@@ -413,8 +412,8 @@ class Oracle:
         if status == RunStatus.TIMED_OUT and deadline is not None and now + 1e-6 >= deadline:
             self.note("run timeout")
             return
-        # cancelled by the run's own end: open before, and not by a CANCELLED result of
-        # the job it was running (a pending retry's old job may have reported one)
+        # cancelled by the run's end: open before it, and not by a CANCELLED result of
+        # its running job (a pending step's job id is its last, finished attempt's)
         stopped = {sid for sid, sr in run.steps.items() if sr.status == _CANCELLED
                    and (sid not in before or before[sid].status in _OPEN)
                    and not (sid in before and before[sid].status == _RUNNING

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["SimulationFailure", "SimulationReport", "SimulationTotals"]
 
@@ -24,12 +25,22 @@ class SimulationFailure(AssertionError):
         self.detail = detail
         self.trace_tail = list(trace_tail)
         self.reproduce = reproduce or f"simulate({seed}, ...) (same arguments)"
+        self._args = (seed, invariant, detail, list(trace_tail), list(trace))
         tail = "\n".join(f"    {line}" for line in self.trace_tail)
         super().__init__(
             f"simulation seed={seed}: invariant '{invariant}' violated: {detail}\n"
             f"  reproduce with {self.reproduce}\n"
             f"  last {len(self.trace_tail)} trace lines:\n{tail}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (it crosses processes in ``batch.simulate_seeds``)."""
+        return (_failure, (*self._args, self.reproduce))
+
+
+def _failure(seed: int, invariant: str, detail: str, tail: list[str], trace: list[str],
+             reproduce: str) -> SimulationFailure:
+    return SimulationFailure(seed, invariant, detail, tail, trace, reproduce=reproduce)
 
 
 @dataclass
@@ -83,6 +94,18 @@ class SimulationTotals:
         self.faults.update({k: v for k, v in report.faults_injected.items() if v})
         self.statuses.update(report.statuses)
         self.situations.update(report.situations)
+
+    def merge(self, other: SimulationTotals) -> None:
+        """Add the sums of ``other`` (another part of the same batch)."""
+        self.scenarios += other.scenarios
+        self.runs += other.runs
+        self.steps_dispatched += other.steps_dispatched
+        self.engine_restarts += other.engine_restarts
+        self.virtual_time += other.virtual_time
+        self.real_time += other.real_time
+        self.faults.update(other.faults)
+        self.statuses.update(other.statuses)
+        self.situations.update(other.situations)
 
     @property
     def rate(self) -> float:

@@ -41,12 +41,13 @@ import trio.testing
 from ..model import Workflow
 from ..validation import validate_workflow
 from ..worker import Handler
-from .faults import FAULT_KINDS, FaultProfile, resolve_profile
+from .cuts import cut_workflows
+from .faults import FaultProfile, resolve_profile
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
+from .mix import FAULT_SWITCHES, STORE_FAIL_RATES, resolve_mix
 from .report import SimulationFailure, SimulationReport, SimulationTotals
 from .scenario import LEASE_STORES, STORES, Budget, BudgetWatch, Scenario, Sim, play
-from .swarm import Swarm, draw_swarm
 from .trace import TRACE_TAIL, count_faults, trace_hash
 from .workers import SimulatedWorker
 
@@ -63,9 +64,6 @@ __all__ = [
     "simulate",
 ]
 
-STORE_FAIL_RATES = {"none": 0.0, "light": 0.05, "heavy": 0.2}
-STORE_AMBIGUOUS_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
-STORE_READ_FAIL_RATES = {"none": 0.0, "light": 0.02, "heavy": 0.05}
 FAULT_PRESETS = (*STORE_FAIL_RATES, "swarm")
 """The names ``faults`` takes: three fixed points and ``swarm`` (a mix drawn per seed,
 ``cordtrio.testing.swarm``)."""
@@ -105,6 +103,37 @@ def _default_inputs(rng: random.Random, wf: Workflow) -> dict[str, Any]:
     return random_run_input(rng)
 
 
+def crash_count(seed: int, crash: bool | int) -> int:
+    """How many times ``simulate(seed, crash=crash)`` crashes an engine: True draws one
+    to three from the seed, False none, a number that many."""
+    if isinstance(crash, bool):
+        return random.Random(f"cordtrio-sim:{seed}:crash-count").randint(1, 3) if crash else 0
+    if crash < 0:
+        raise ValueError(f"simulate(): crash must not be negative, got {crash}")
+    return int(crash)
+
+
+def scenario_workflows(seed: int, workflows: Sequence[Workflow] | None = None,
+                       keep: Sequence[str] = (), drop: Sequence[str] = ()) -> list[Workflow]:
+    """The workflows ``simulate(seed, workflows=...)`` runs: ``workflows`` (validated), or
+    one to three random ones drawn from the seed; then cut (``cuts.cut_workflows``)."""
+    if workflows is None:
+        rng = random.Random(f"cordtrio-sim:{seed}:workflows")
+        # job steps without a timeout too: over a bus with job queues every run must end
+        # without one (SPEC §13; the liveness invariant checks it)
+        wfs = [random_workflow(rng, workflow_id=f"wf-{i}", require_timeouts=False)
+               for i in range(rng.randint(1, 3))]
+    else:
+        wfs = list(workflows)
+        if not wfs:
+            raise ValueError("simulate(): workflows must not be empty")
+        for wf in wfs:
+            validate_workflow(wf)
+    if keep or drop:
+        wfs = cut_workflows(wfs, keep=keep, drop=drop)
+    return wfs
+
+
 def simulate(
     seed: int,
     *,
@@ -127,6 +156,9 @@ def simulate(
     disabled: Sequence[str] = (),
     store_ambiguous_rate: float | None = None,
     store_read_fail_rate: float | None = None,
+    keep_workflows: Sequence[str] = (),
+    drop_steps: Sequence[str] = (),
+    operator: bool = True,
 ) -> SimulationReport:
     """Run one deterministic simulation; raise ``SimulationFailure`` on a violated
     invariant, else return a ``SimulationReport``.
@@ -140,11 +172,13 @@ def simulate(
     ``worker`` / ``store_fail_rate`` say otherwise, and the rates of ambiguous store writes
     (applied, reply lost: 0, 2 %, 5 %; ``store_ambiguous_rate``) and failed store reads
     (0, 2 %, 5 %; ``store_read_fail_rate``). ``faults="swarm"`` draws bus, store and
-    worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``); the fault
-    kinds in ``disabled`` are then off. ``crash``: crash and restart the engine
+    worker fault rates from the seed (``cordtrio.testing.swarm.draw_swarm``), and the
+    share of the horizon during which engines and workers are partitioned
+    (``partition``). The fault kinds in ``disabled`` (``mix.FAULT_SWITCHES``) are off,
+    under any preset (``cordtrio.testing.mix``). ``crash``: crash and restart the engine
     (True = one to three times, as the seed draws; or a number of times; False or 0 =
     never), at virtual times drawn from the seed during the horizon, some while a timer is
-    pending and some right as a crashed engine reopens (``scenario._crasher``). ``handlers``:
+    pending and some right as a crashed engine reopens (``drivers.crasher``). ``handlers``:
     your own handlers by topic, called when a simulated job succeeds. After ``horizon``,
     faults stop and every run must be terminal within ``bound`` virtual seconds.
     ``store``: ``"memory"`` (``MemoryStore``) or ``"fakeredis"`` (the Redis store and
@@ -158,6 +192,10 @@ def simulate(
     ``budget``: what the seed may spend (``Budget``: virtual time beyond ``horizon +
     bound``, Trio task steps, CPU seconds) before it fails with invariant ``budget``
     rather than running on.
+    ``keep_workflows``, ``drop_steps``: run only these of the seed's workflows, without
+    these steps (``"wf-0/s3"``; see ``cordtrio.testing.cuts``). ``operator=False``: no
+    cancels, reruns or ``Client`` calls (under faults they are on). The shrinker
+    (``cordtrio.testing.shrink``) uses these to make a failing seed smaller.
     """
     if store not in STORES:
         raise ValueError(f"simulate(): unknown store {store!r}: expected one of {STORES}")
@@ -168,68 +206,20 @@ def simulate(
     if engines > 1 and store not in LEASE_STORES:
         raise ValueError(f"simulate(): engines={engines} needs run leases, which the "
                          f"simulation uses only on store {LEASE_STORES} (not {store!r})")
-    rng = random.Random(f"cordtrio-sim:{seed}:workflows")
-    if workflows is None:
-        # job steps without a timeout too: over a bus with job queues every run must end
-        # without one (SPEC §13; the liveness invariant checks it)
-        wfs = [random_workflow(rng, workflow_id=f"wf-{i}", require_timeouts=False)
-               for i in range(rng.randint(1, 3))]
-    else:
-        wfs = list(workflows)
-        if not wfs:
-            raise ValueError("simulate(): workflows must not be empty")
-        for wf in wfs:
-            validate_workflow(wf)
-    swarm: Swarm | None = None
-    if faults == "swarm":
-        swarm = draw_swarm(seed, disabled)
-        profile = swarm.profile()
-    elif disabled:
-        raise ValueError("simulate(): disabled needs faults='swarm'")
-    else:
-        profile = resolve_profile(faults)
-    preset = profile.name if profile.name in STORE_FAIL_RATES else "light"
-    if swarm is not None and worker is None:
-        spec = swarm.worker()
-    elif worker is None:
-        spec = SimulatedWorker.preset(preset if isinstance(faults, str) or profile.any
-                                      else "none")
-    elif isinstance(worker, str):
-        spec = SimulatedWorker.preset(worker)
-    else:
-        spec = worker
-    if store_fail_rate is not None:
-        fail_rate = store_fail_rate
-    elif swarm is not None:
-        fail_rate = swarm.rates["store_failure"]
-    else:
-        fail_rate = STORE_FAIL_RATES.get(preset, 0.0)
-    if store_ambiguous_rate is not None:
-        ambiguous = store_ambiguous_rate
-    elif swarm is not None:
-        ambiguous = swarm.rates["store_ambiguous"]
-    else:
-        ambiguous = STORE_AMBIGUOUS_RATES.get(preset, 0.0)
-    if store_read_fail_rate is not None:
-        read_fail = store_read_fail_rate
-    elif swarm is not None:
-        read_fail = swarm.rates["store_read_failure"]
-    else:
-        read_fail = STORE_READ_FAIL_RATES.get(preset, 0.0)
-    if isinstance(crash, bool):
-        # True: one to three crashes, as many as the seed says
-        crashes = random.Random(f"cordtrio-sim:{seed}:crash-count").randint(1, 3) if crash else 0
-    else:
-        crashes = int(crash)
-    if crashes < 0:
-        raise ValueError(f"simulate(): crash must not be negative, got {crash}")
+    wfs = scenario_workflows(seed, workflows, keep_workflows, drop_steps)
+    mix = resolve_mix(seed, faults, disabled=disabled, worker=worker,
+                      store_fail_rate=store_fail_rate,
+                      store_ambiguous_rate=store_ambiguous_rate,
+                      store_read_fail_rate=store_read_fail_rate)
+    crashes = crash_count(seed, crash)
     scenario = Scenario(
         seed=seed, workflows=tuple(wfs), inputs=inputs or _default_inputs, runs=runs,
-        profile=profile, worker=spec, handlers=dict(handlers or {}),
-        store_fail_rate=fail_rate, crashes=crashes, horizon=horizon, bound=bound,
+        profile=mix.profile, worker=mix.worker, handlers=dict(handlers or {}),
+        store_fail_rate=mix.store_fail_rate, crashes=crashes, horizon=horizon, bound=bound,
         workers=workers, approve_rate=approve_rate, store=store, engines=engines,
-        budget=budget or Budget(), store_ambiguous_rate=ambiguous,
-        store_read_fail_rate=read_fail, operator=swarm is not None or profile.any,
+        budget=budget or Budget(), store_ambiguous_rate=mix.store_ambiguous_rate,
+        store_read_fail_rate=mix.store_read_fail_rate, partition=mix.partition,
+        operator=operator and (faults == "swarm" or resolve_profile(faults).any),
     )
     sim = Sim(scenario)
     started = time.perf_counter()
@@ -242,7 +232,7 @@ def simulate(
         raise SimulationFailure(seed, invariant, detail, sim.trace[-TRACE_TAIL:], sim.trace)
     latest = sim.check.latest
     statuses = Counter(latest[rid].status.value for rid in sim.accepted)
-    injected = dict.fromkeys(FAULT_KINDS, 0)
+    injected = dict.fromkeys((*FAULT_SWITCHES, "engine_crash"), 0)
     injected.update(count_faults(sim.trace))
     return SimulationReport(
         seed=seed,

@@ -7,11 +7,13 @@ switched on with probability ½, and when on, its probability is drawn uniformly
 range; one seed in four then picks one of the kinds it switched on and *hammers* it (its
 probability goes to the top of its range). So some seeds see no drops at all but many
 worker crashes, others lose a third of their cancels and nothing else; the space between
-the presets gets covered, and so do the far corners.
+the presets gets covered, and so do the far corners. ``partition`` is not a probability
+but the share of the horizon during which engines and workers are cut off from each other
+(``FaultyBus.cut``); it is drawn from a stream of its own and never hammered.
 
 ``draw_swarm(seed, disabled=...)`` gives the ``Swarm`` of one seed (the same for the same
-seed, in any process); kinds in ``disabled`` are forced off (the shrinker turns faults off
-one by one this way).
+seed, in any process); kinds in ``disabled`` are forced off (``cordtrio.testing.mix`` does
+the same for the presets; the shrinker turns faults off one by one this way).
 """
 
 from __future__ import annotations
@@ -41,10 +43,16 @@ SWARM_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "worker_deny": (0.0, 0.15),
     "worker_hang": (0.0, 0.1),
     "worker_crash": (0.0, 0.08),
+    # the network between engines and workers: the share of the horizon it is cut
+    "partition": (0.0, 0.2),
 })
 """Each swarm fault kind and the range its probability is drawn from when it is on."""
 
 SWARM_KINDS = tuple(SWARM_RANGES)
+
+_OWN_STREAM = ("partition",)
+"""Kinds drawn from a stream of their own, never hammered: adding them left the mixes
+of the other kinds as they were."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ def draw_swarm(seed: int, disabled: Collection[str] = ()) -> Swarm:
     rng = random.Random(f"cordtrio-sim:{seed}:swarm")
     rates: dict[str, float] = {}
     for kind, (lo, hi) in SWARM_RANGES.items():
+        if kind in _OWN_STREAM:
+            continue
         on = rng.random() < 0.5
         value = rng.uniform(lo, hi)
         rates[kind] = value if on else 0.0
@@ -100,10 +110,14 @@ def draw_swarm(seed: int, disabled: Collection[str] = ()) -> Swarm:
     max_latency = rng.uniform(1.0, 10.0)
     hammered = ""
     if rng.random() < 0.25:
-        switched_on = [k for k in SWARM_KINDS if rates[k] > 0]
+        switched_on = [k for k in SWARM_KINDS if rates.get(k, 0.0) > 0]
         if switched_on:
             hammered = rng.choice(switched_on)
             rates[hammered] = SWARM_RANGES[hammered][1]
+    for kind in _OWN_STREAM:
+        own = random.Random(f"cordtrio-sim:{seed}:swarm:{kind}")
+        on = own.random() < 0.5
+        rates[kind] = own.uniform(*SWARM_RANGES[kind]) if on else 0.0
     for kind in disabled:
         rates[kind] = 0.0
     if hammered in disabled:

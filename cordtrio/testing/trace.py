@@ -23,6 +23,7 @@ __all__ = [
     "saved_line",
     "timeline_lines",
     "trace_hash",
+    "violation_detail",
 ]
 
 TRACE_TAIL = 30
@@ -74,6 +75,22 @@ def trace_hash(trace: Iterable[str]) -> str:
         digest.update(line.encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def violation_detail(trace: Sequence[str], run_id: str, target: str, job_id: str,
+                     what: str) -> str:
+    """A violation's detail: ``run R step S job J: what``, then the trace lines about that
+    job or step (about the run when neither is known), with their numbers: the first two
+    and the last six when there are more than eight."""
+    keys = [k for k in (job_id, f"{run_id}:{target}" if target else "") if k]
+    lines = [f"    #{i} {line}" for i, line in enumerate(trace)
+             if any(k in line for k in keys) or (not keys and run_id and run_id in line)]
+    if len(lines) > 8:  # how it began, and the last of it
+        lines = [*lines[:2], "    ...", *lines[-6:]]
+    where = f"run {run_id}" + (f" step {target}" if target else "") + (
+        f" job {job_id}" if job_id else "")
+    return (f"{where}: {what}"
+            + ("\n  trace lines that led there:\n" + "\n".join(lines) if lines else ""))
 
 
 def count_faults(trace: Sequence[str]) -> dict[str, int]:

@@ -12,7 +12,8 @@ worker dies: every job it runs is lost without a result, and it restarts after
 ``restart_delay``), *hang* (never answers; only a ``JobCancel`` ends it), *fail* (raises),
 *deny* (raises ``JobDenied``) or *succeed* (after its latency, the user's handler runs, if
 any, else ``{"job": job_id, "item": item}`` is returned). ``executions`` counts handler
-starts per job id and ``per_step`` per ``(run_id, step_id)``.
+starts per job id and ``per_step`` per ``(run_id, step_id)``. A job that a crashed worker
+was running and that another worker then starts is reported as ``redelivered``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class WorkerPool:
         handlers: Mapping[str, Handler] | None = None,
         topics: tuple[str, ...] = (),
         workers: int = 2,
-        max_concurrency: int = 64,
+        max_concurrency: int = 16,
         listener: WorkerListener | None = None,
     ) -> None:
         if workers < 1:
@@ -176,6 +177,7 @@ class WorkerPool:
         if not self._topics:
             raise ValueError("a worker pool needs at least one topic")
         self._listener = listener
+        self._lost: set[str] = set()  # jobs of crashed workers, not started again yet
 
     def calm(self) -> None:
         self.spec = self.spec.calm()
@@ -185,19 +187,29 @@ class WorkerPool:
             self._listener(what, detail)
 
     def _handlers(self, scope: trio.CancelScope, name: str) -> dict[str, Handler]:
+        running: set[str] = set()  # the jobs this worker runs now
+
         def crash() -> None:
             if not scope.cancel_called:
                 self.crashes += 1
                 self._note("worker_crash", name)
+                self._lost.update(running)  # the bus hands them to the other workers
                 scope.cancel()
 
         def make(topic: str) -> Handler:
             async def handler(job: Job) -> Any:
                 self.executions[job.job_id] += 1
                 self.per_step[(job.run_id, job.step_id)] += 1
+                if job.job_id in self._lost:
+                    self._lost.discard(job.job_id)
+                    self._note("redelivered", job.job_id)
                 inner = simulated_handler(self.spec, self._rng, self._user.get(topic),
                                           on_crash=crash, listener=self._note)
-                return await inner(job)
+                running.add(job.job_id)
+                try:
+                    return await inner(job)
+                finally:
+                    running.discard(job.job_id)
 
             return handler
 

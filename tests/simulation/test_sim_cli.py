@@ -56,6 +56,9 @@ def test_a_broken_core_fails_with_seed_trace_and_the_replay_command(
     out = capsys.readouterr().out
     assert "FAILED seed" in out and "invariant attempts violated" in out
     assert "max_retries + 1" in out
+    # the run, the step, its job id and the trace lines about them
+    assert re.search(r"run run-\S+ step s\S+ job run-\S+@\d+: ", out)
+    assert "trace lines that led there:\n    #" in out
     assert "last 5 of" in out and "!! VIOLATION attempts" in out
     replay = next(line for line in out.splitlines() if line.startswith("reproduce: "))
     command = shlex.split(replay.removeprefix("reproduce: "))
@@ -159,5 +162,9 @@ def test_swarm_is_the_default_and_no_fault_turns_kinds_off(
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "4 passed" in out and "faults: drop" not in out and "faults: delay" not in out
-    assert main(["simulate", "--seeds", "1", "--faults", "light", "--no-fault", "drop"]) == 2
-    assert "--no-fault needs --faults swarm" in capsys.readouterr().err
+    # under a preset too
+    assert main(["simulate", "--seeds", "2", "--faults", "heavy", "--no-fault", "drop",
+                 "--no-fault", "store_failure", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 passed" in out and "faults: drop" not in out
+    assert "faults: store_failure" not in out and "faults: duplicate" in out

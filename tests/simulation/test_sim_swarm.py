@@ -57,9 +57,13 @@ def test_a_swarm_seed_injects_exactly_the_kinds_it_switched_on() -> None:
     assert seen_off > 0
 
 
-def test_swarm_is_deterministic_and_disabled_needs_swarm() -> None:
+def test_swarm_is_deterministic_and_disabled_works_under_presets_too() -> None:
     a = simulate(3, faults="swarm", disabled=("delay",))
     b = simulate(3, faults="swarm", disabled=("delay",))
     assert a.trace_hash == b.trace_hash and a.faults_injected["delay"] == 0
-    with pytest.raises(ValueError, match="disabled needs faults='swarm'"):
-        simulate(3, faults="light", disabled=("delay",))
+    heavy = simulate(3, faults="heavy", disabled=("delay", "worker_fail", "store_failure"))
+    for kind in ("delay", "worker_fail", "store_failure"):
+        assert heavy.faults_injected.get(kind, 0) == 0, kind
+    assert heavy.faults_injected["duplicate"] > 0
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        simulate(3, faults="light", disabled=("earthquake",))
