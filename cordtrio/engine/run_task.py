@@ -62,6 +62,9 @@ class RunTask:
     def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None) -> None:
         self.host = host
         self.owner = host.ownership
+        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
+        # host attribute, set by the engine when its store commits its payload store
+        self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
         self.run_id = run_id
         self._preload = preload
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
@@ -268,13 +271,14 @@ class RunTask:
         while pending or changes:
             round_effects: list[Effect] = []
             failed: set[str] = set()
+            staged = changes.payloads if self._stage_payloads else None
             queue = pending
             while queue:  # pre-commit stage
                 round_effects.extend(queue)
                 feedback: list[Event] = []
                 for effect in queue:
                     if isinstance(effect, Dispatch):
-                        problem = await store_payload(host.payloads, effect)
+                        problem = await store_payload(host.payloads, effect, staged)
                         if problem:
                             failed.add(effect.job_id)
                             feedback.append(
