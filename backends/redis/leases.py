@@ -334,8 +334,12 @@ class RedisRunLeases:
         return await self._redis.script(what, keys[0] if keys else "", source, keys, args)
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        got = await self._script("acquire lease", _ACQUIRE, [lease_key(run_id)],
-                                 [owner, _ms(ttl)])
+        """A free lease (the usual case: a run that just started) is taken with one
+        ``SET NX PX``; one held already (by ``owner``: extended) takes the script."""
+        key, ms = lease_key(run_id), _ms(ttl)
+        if await self._redis.call("acquire lease", key, "set", key, owner, px=ms, nx=True):
+            return True
+        got = await self._script("acquire lease", _ACQUIRE, [key], [owner, ms])
         return bool(got)
 
     async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
@@ -382,6 +386,11 @@ class RedisRunLeases:
         ])
 
     async def take_commands(self, run_id: str) -> list[bytes]:
+        """A run that is not in ``cordtrio:inboxes`` has no commands (every push adds it,
+        and only an emptied inbox and processing list remove it): one ``SISMEMBER`` then,
+        the take script otherwise."""
+        if not await self._redis.call("take commands", INBOXES, "sismember", INBOXES, run_id):
+            return []
         items = await self._script(
             "take commands", _TAKE, [inbox_key(run_id), processing_key(run_id), INBOXES],
             [run_id, INBOX_TTL_SECONDS])
