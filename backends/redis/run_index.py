@@ -71,6 +71,9 @@ class RedisRunIndex(RedisStoreBase):
         pipe.zadd(RUNS_ALL, {run.id: updated})
         if not moved and previous and not sync_active:
             return  # same status as before (and the org never changes here): set unchanged
+        if not sync_active and len(previous) == 1 and \
+                _is_terminal(previous[0]) == _is_terminal(status):
+            return  # active before and after (or neither): the set is right already
         if _is_terminal(status):
             pipe.srem(active_runs_key(run.org_id), run.id)
         else:
