@@ -149,8 +149,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         await self._redis.transaction("save run changes", key, watched, txn)
 
     def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:
-        """Queue the hash writes: one HSET (values, and ranks of re-created fields), an
-        HSETNX per other written field (its rank, if new), one HDEL."""
+        """Queue the hash writes of the rare path (``_save_reading_fields``): one HSET
+        (values, and ranks of re-created fields), an HSETNX per other written field (its
+        rank, if new), one HDEL."""
         if ops.deletes:
             pipe.hdel(key, *ops.deletes, *(ORD + f for f in ops.deletes))
         if ops.writes:

@@ -15,7 +15,7 @@ server:
 3. one ``HDEL`` (removed parts) and one ``HSET`` (values and new ranks);
 4. one ``RPUSH`` of the timeline events, ``LTRIM``-ed only once the list outgrows the cap;
 5. the index moves, the retention ``EXPIRE``s and the payload ``SET``s, sent as plain
-   commands (length, then words), as ``leases.fenced_commands`` does.
+   commands (length, then words), as ``leases.commands_if_absent`` does.
 
 Long argument lists are sent in slices (Lua's ``unpack`` stops near 8,000 values).
 """
