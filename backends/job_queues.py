@@ -31,7 +31,7 @@ encoded bytes).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +45,6 @@ DEFAULT_MAX_REDELIVERIES = 3
 
 DEFAULT_MAX_PENDING = 100_000
 """Queued (not yet delivered) jobs a host keeps before publishers of jobs wait."""
-
-DEFAULT_PREFETCH = 4
-"""Jobs a worker may hold beyond its concurrency, so that a finished slot finds its next
-job already there instead of waiting for a round trip."""
-
 
 @dataclass(eq=False, slots=True)
 class QueuedJob:
@@ -163,11 +158,6 @@ class JobQueues:
         """The job if it is queued or held here (``holder`` tells which)."""
         return self._jobs.get(job_id)
 
-    def pending_by_topic(self) -> dict[str, int]:
-        """Queued jobs per topic (for metrics), topics with none left out."""
-        return {name: sum(1 for j in t.queue if self._jobs.get(j.job_id) is j)
-                for name, t in self._topics.items() if t.queue}
-
     # ------------------------------------------------------------------ changes
 
     def offer(self, job_id: str, topic: str, item: Any) -> Assignment | None:
@@ -259,10 +249,6 @@ class JobQueues:
                 assignments += self._fill(other)
         return assignments, lost
 
-    def drain(self) -> Iterator[QueuedJob]:
-        """Every job still owned (queued or held), for a host that shuts down."""
-        return iter(tuple(self._jobs.values()))
-
     # ------------------------------------------------------------------ internals
 
     def _topic(self, name: str) -> _Topic:
@@ -322,7 +308,6 @@ class JobQueues:
 __all__ = [
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_REDELIVERIES",
-    "DEFAULT_PREFETCH",
     "WORKER_LOST",
     "Assignment",
     "Consumer",

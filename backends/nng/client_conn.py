@@ -27,8 +27,7 @@ from ._io import TrioSocket, log
 from .frames import PROTO, FrameError, Op, bytes_field, decode_frame, describe, int_field, op_name
 
 if TYPE_CHECKING:
-    from .client import NngBus
-    from .client_subs import _Pending
+    from .client_host import ClientHost, Pending
 
 
 class Connection:
@@ -36,11 +35,11 @@ class Connection:
     its outbox and the tasks that drive it. ``refused`` says why the last connection was
     refused (empty once one is accepted); ``connections`` and ``liveness_resets`` count."""
 
-    def __init__(self, bus: NngBus, sock: pynng.Socket, *, heartbeat_interval: float,
+    def __init__(self, bus: ClientHost, sock: pynng.Socket, *, heartbeat_interval: float,
                  token: str | None) -> None:
         self._bus = bus
         self._io = TrioSocket(sock)
-        self.outbox: deque[Op | _Pending] = deque()
+        self.outbox: deque[Op | Pending] = deque()
         self._wake = Wakeup()
         self.pipe_id: int | None = None
         self._pipe: pynng.Pipe | None = None
@@ -65,7 +64,7 @@ class Connection:
         self.connections = 0
         self.liveness_resets = 0
 
-    def queue(self, item: Op | _Pending) -> None:
+    def queue(self, item: Op | Pending) -> None:
         self.outbox.append(item)
         self._wake.set()
 

@@ -23,13 +23,13 @@ from .frames import FrameError, Op
 from .inbox import JobChannel
 
 if TYPE_CHECKING:
-    from .client import NngBus
+    from .client_host import ClientHost
 
 
 class JobConsumers:
     """A client's job consumers (``consumers``, by ``cid``)."""
 
-    def __init__(self, bus: NngBus) -> None:
+    def __init__(self, bus: ClientHost) -> None:
         self._bus = bus
         self.consumers: dict[int, JobChannel] = {}
         self._jobacks: dict[int, trio.Event] = {}

@@ -34,11 +34,12 @@ from cordtrio.protocol import (
     encode_packet,
 )
 
+from .client_host import Pending
 from .frames import Op
 from .inbox import Inbox
 
 if TYPE_CHECKING:
-    from .client import NngBus
+    from .client_host import ClientHost
 
 MAX_IN_FLIGHT = 1024
 LEFT_GROUPS = 4096  # group subscriptions remembered after leaving (to bounce stragglers)
@@ -71,14 +72,6 @@ class _Publish:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """An outbox entry resolved when the frame is built: a publish or a room grant."""
-
-    kind: str  # "pub" | "room"
-    id: int
-
-
 _JOB_SUBJECTS = {SUBJECT_SUBMIT: JobRequest, SUBJECT_CANCEL: JobCancel,
                  SUBJECT_RESULT: JobResult, SUBJECT_PROGRESS: JobProgress}
 
@@ -99,7 +92,7 @@ class Subscriptions:
     ``puback`` (``pubs``, by ``pid``); ``bounced`` counts the packets handed back to
     queue groups."""
 
-    def __init__(self, bus: NngBus, max_in_flight: int) -> None:
+    def __init__(self, bus: ClientHost, max_in_flight: int) -> None:
         self._bus = bus
         self.subs: dict[int, _Subscription] = {}
         self._subacks: dict[int, trio.Event] = {}
@@ -120,7 +113,7 @@ class Subscriptions:
             pid = next(bus._ids)
             pub = _Publish(subject, wire, job_id, topic)
             self.pubs[pid] = pub
-            bus._link.queue(_Pending("pub", pid))
+            bus._link.queue(Pending("pub", pid))
             try:
                 await pub.done.wait()
             finally:
@@ -138,11 +131,11 @@ class Subscriptions:
             pub.acked = True
             pub.done.set()
 
-    def pending_pubs(self) -> Iterator[_Pending]:
+    def pending_pubs(self) -> Iterator[Pending]:
         """The publishes still unconfirmed, to send again on a new connection."""
-        return (_Pending("pub", pid) for pid in sorted(self.pubs))
+        return (Pending("pub", pid) for pid in sorted(self.pubs))
 
-    def resolve(self, item: Op | _Pending) -> Op | None:
+    def resolve(self, item: Op | Pending) -> Op | None:
         """The op an outbox entry stands for now (None: nothing to send any more)."""
         if isinstance(item, dict):
             return item
@@ -211,7 +204,7 @@ class Subscriptions:
             return
         if sid not in self.room_due:
             self.room_due[sid] = 0
-            self._bus._link.queue(_Pending("room", sid))
+            self._bus._link.queue(Pending("room", sid))
         self.room_due[sid] += n
 
     def deliver(self, sid: int, wire: bytes) -> None:

@@ -63,9 +63,9 @@ from .router_jobs import _RemoteConsumer as _RemoteConsumer
 from .router_ops import OpHandler
 from .router_ops import packet_field as packet_field
 from .router_peers import Peers
-from .router_peers import _Peer as _Peer
 from .table import _Group as _Group
 from .table import _Listeners as _Listeners
+from .table import _Peer as _Peer
 from .table import _Sub as _Sub
 from .table import _Table as _Table
 from .table import split_subject as split_subject

@@ -19,11 +19,11 @@ from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
 from ._auth import RateLimited, new_nonce, verify
 from ._io import log
 from .frames import Op
-from .router_peers import remote_address
+from .table import remote_address
 
 if TYPE_CHECKING:
-    from .router import NngRouter
-    from .router_peers import _Peer
+    from .router_host import RouterHost
+    from .table import _Peer
 
 DENIED_LINGER = 0.2
 """Seconds a refused connection stays open so that the ``denied`` frame reaches it."""
@@ -33,7 +33,7 @@ class Gate:
     """Who may use the router (``token``), and what they may publish; ``auth_failures``
     counts the connections refused, ``forbidden_ops`` the packets dropped."""
 
-    def __init__(self, router: NngRouter, token: str | None) -> None:
+    def __init__(self, router: RouterHost, token: str | None) -> None:
         self._router = router
         self.token = token
         self._auth_log = RateLimited(log)

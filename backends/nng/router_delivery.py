@@ -24,8 +24,8 @@ from .inbox import Inbox
 from .table import _Group, _Sub, _Table
 
 if TYPE_CHECKING:
-    from .router import NngRouter
-    from .router_peers import _Peer
+    from .router_host import RouterHost
+    from .table import _Peer
 
 
 class Delivery:
@@ -33,7 +33,7 @@ class Delivery:
     subscriptions (an ``Inbox`` in the router's process) and remote ones alike.
     ``blocked``: the remote plain subscriptions with packets waiting for room."""
 
-    def __init__(self, router: NngRouter) -> None:
+    def __init__(self, router: RouterHost) -> None:
         self._router = router
         self.table = _Table()
         self._local: set[_Sub] = set()

@@ -37,8 +37,8 @@ from .frames import FrameError
 from .table import Changes
 
 if TYPE_CHECKING:
-    from .router import NngRouter
-    from .router_peers import _Peer
+    from .router_host import RouterHost
+    from .table import _Peer
 
 
 class _RemoteConsumer:
@@ -55,7 +55,7 @@ class JobDelivery:
     """The router's job queues (``queues``) and their consumers; ``room`` wakes the
     publishers of jobs waiting while the queues are full."""
 
-    def __init__(self, router: NngRouter, *, max_redeliveries: int,
+    def __init__(self, router: RouterHost, *, max_redeliveries: int,
                  max_pending: int) -> None:
         self._router = router
         self.queues = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)

@@ -33,8 +33,8 @@ from .frames import (
 )
 
 if TYPE_CHECKING:
-    from .router import NngRouter
-    from .router_peers import _Peer
+    from .router_host import RouterHost
+    from .table import _Peer
 
 
 def packet_field(op: Op) -> bytes:
@@ -49,7 +49,7 @@ def packet_field(op: Op) -> bytes:
 class OpHandler:
     """Reads the router's socket and handles every op clients send."""
 
-    def __init__(self, router: NngRouter) -> None:
+    def __init__(self, router: RouterHost) -> None:
         self._router = router
 
     async def receive_loop(self) -> None:

@@ -22,57 +22,17 @@ import trio
 from ._common import WINDOW, RecentIds, Wakeup, take_frame
 from ._io import log
 from .frames import PROTO, Op
+from .table import _Peer, remote_address
 
 if TYPE_CHECKING:
-    from ..job_queues import Consumer
-    from .router import NngRouter
-    from .table import _Sub
-
-
-class _Peer:
-    """One client connection (an nng pipe)."""
-
-    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int, now: float) -> None:
-        self.pipe = pipe
-        self.id = pipe_id
-        self.token = token  # sent in "hello"; credits must quote it
-        self.outbox: deque[Op] = deque()
-        self.sent = 0  # frames handed to nng
-        self.credited = 0  # frames the client says it received
-        self.subs: dict[int, _Sub] = {}
-        self.consumers: dict[int, Consumer] = {}  # job consumers, by the client's id
-        self.closed = False
-        self.queued = False  # in the router's ready queue
-        self.last_heard = now  # Trio clock: the last frame from the client
-        self.last_sent = now  # the last frame handed to nng for it
-        self.queued_bytes = 0  # packet bytes waiting for it (outbox and pending)
-        self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
-        self.authed = True  # proved it holds the token (always, on a router without one)
-        self.nonce = b""  # the challenge of its hello, with a token
-
-    def taken(self, op: Op) -> Op:
-        """An op left the outbox for a frame: its packet no longer counts as queued."""
-        packet = op.get("packet")
-        if packet is not None:
-            self.queued_bytes -= len(packet)
-        return op
-
-    def can_send(self) -> bool:
-        return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW
-
-
-def remote_address(pipe: pynng.Pipe) -> str:
-    try:
-        return str(pipe.remote_address)
-    except Exception:
-        return "?"
+    from .router_host import RouterHost
 
 
 class Peers:
     """The router's client connections, by pipe id; ``liveness_cuts`` and
     ``slow_consumers`` count the clients cut off."""
 
-    def __init__(self, router: NngRouter) -> None:
+    def __init__(self, router: RouterHost) -> None:
         self._router = router
         self.by_pipe: dict[int, _Peer] = {}
         self.dead = RecentIds()  # pipes gone: frames still arriving from them are stale

@@ -1,11 +1,15 @@
-"""The router's subscription table and queue groups.
+"""The router's records: its client connections, subscription table and queue groups.
+
+A client connection (an nng pipe) is a ``_Peer``: its outbox and send window, its
+subscriptions and job consumers, when it was last heard, whether it is authenticated or
+about to be cut off; ``router_peers.py`` keeps them.
 
 A member of the table is a *remote* subscription (a client pipe plus the client's
 subscription id) or a *local* one (an ``Inbox`` in the router's process). Every
 subscription has *room*: how many more packets its subscriber's bounded buffer can take.
 Subjects map to plain subscribers and queue groups, with ``>`` wildcards, as in
 ``MemoryBus``. The delivery logic that uses this state lives in ``router_delivery.py``,
-the client connections (``_Peer``) in ``router_peers.py``.
+the client connections' upkeep in ``router_peers.py``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,54 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pynng
 import trio
 
+from ._common import WINDOW
+from .frames import Op
 from .inbox import Inbox
 
 if TYPE_CHECKING:
-    from .router_peers import _Peer
+    from ..job_queues import Consumer
+
+
+class _Peer:
+    """One client connection (an nng pipe)."""
+
+    def __init__(self, pipe: pynng.Pipe, pipe_id: int, token: int, now: float) -> None:
+        self.pipe = pipe
+        self.id = pipe_id
+        self.token = token  # sent in "hello"; credits must quote it
+        self.outbox: deque[Op] = deque()
+        self.sent = 0  # frames handed to nng
+        self.credited = 0  # frames the client says it received
+        self.subs: dict[int, _Sub] = {}
+        self.consumers: dict[int, Consumer] = {}  # job consumers, by the client's id
+        self.closed = False
+        self.queued = False  # in the router's ready queue
+        self.last_heard = now  # Trio clock: the last frame from the client
+        self.last_sent = now  # the last frame handed to nng for it
+        self.queued_bytes = 0  # packet bytes waiting for it (outbox and pending)
+        self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
+        self.authed = True  # proved it holds the token (always, on a router without one)
+        self.nonce = b""  # the challenge of its hello, with a token
+
+    def taken(self, op: Op) -> Op:
+        """An op left the outbox for a frame: its packet no longer counts as queued."""
+        packet = op.get("packet")
+        if packet is not None:
+            self.queued_bytes -= len(packet)
+        return op
+
+    def can_send(self) -> bool:
+        return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW
+
+
+def remote_address(pipe: pynng.Pipe) -> str:
+    try:
+        return str(pipe.remote_address)
+    except Exception:
+        return "?"
 
 
 class Changes:

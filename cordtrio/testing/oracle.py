@@ -413,9 +413,12 @@ class Oracle:
         if status == RunStatus.TIMED_OUT and deadline is not None and now + 1e-6 >= deadline:
             self.note("run timeout")
             return
+        # cancelled by the run's own end: open before, and not by a CANCELLED result of
+        # the job it was running (a pending retry's old job may have reported one)
         stopped = {sid for sid, sr in run.steps.items() if sr.status == _CANCELLED
                    and (sid not in before or before[sid].status in _OPEN)
-                   and not self._had(sr.job_id, (JobStatus.CANCELLED,))}
+                   and not (sid in before and before[sid].status == _RUNNING
+                            and self._had(sr.job_id, (JobStatus.CANCELLED,)))}
         expected = expected_status(wf, run, stopped)
         if expected != status:
             self.violation("run_status", rid, "", "", f"ended {status.value}, but its "

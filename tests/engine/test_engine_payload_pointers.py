@@ -63,7 +63,8 @@ async def test_a_result_pointer_inside_the_namespace_still_works(
 async def test_a_redis_key_named_by_a_result_never_enters_the_run() -> None:
     """On Redis, ``other:key`` holds a secret: the run fails naming the pointer and the secret
     is nowhere in the stored run or its timeline."""
-    fakeredis = pytest.importorskip("fakeredis")
+    import fakeredis
+
     from cordtrio.backends.redis import connect
 
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())

@@ -19,12 +19,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
-import pytest
-
-pytest.importorskip("pynng")
-
 import cbor2
 import pynng
+import pytest
 import trio
 import trio.testing
 

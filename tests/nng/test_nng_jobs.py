@@ -19,12 +19,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import pytest
-
-pytest.importorskip("pynng")
-
 import cbor2
 import pynng
+import pytest
 import trio
 
 from cordtrio.backends.job_queues import WORKER_LOST

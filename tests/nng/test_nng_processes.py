@@ -14,10 +14,8 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 
+import pynng  # noqa: F401  (a test dependency: missing means broken, not skipped)
 import pytest
-
-pytest.importorskip("pynng")
-
 import trio
 
 from cordtrio.backends.nng import open_nng_router

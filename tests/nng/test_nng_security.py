@@ -13,12 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pytest.importorskip("pynng")
-
 import cbor2
 import pynng
+import pytest
 import trio
 
 from cordtrio.backends.memory import MemoryPayloadStore, MemoryStore

@@ -169,6 +169,9 @@ def cross_check(m: Measured) -> None:
     server = Counter(m.server_total)
     server.pop("blpop", None)
     assert server.pop("ltrim", 0) <= counted["rpush"]
+    # the engine's stall watchdog reads one id (ZREVRANGE) when an API call waits over a
+    # second, which a loaded machine can cause during the submit; it is not per result
+    server.pop("zrevrange", None)
     assert server == counted
 
 

@@ -13,19 +13,20 @@ import cordtrio.testing.scenario as scenario
 from cordtrio.cli import main
 from cordtrio.testing import Budget, SimulationFailure, simulate
 
-# Seeds on which a crash hits an engine still opening after a restart (crashes placed
-# "right after a restart"): an old driver replaced the "engine ready" event without firing
-# it, and the submitter waited forever.
-CRASH_WHILE_OPENING = (2, 5, 8)
 
-
-@pytest.mark.parametrize("seed", CRASH_WHILE_OPENING)
-def test_a_crash_while_a_restarted_engine_opens_loses_no_wakeup(seed: int) -> None:
-    report = simulate(seed, crash=3, budget=Budget(cpu=30.0))
-    events = [line.split(" ", 1)[1] for line in report.trace]
-    # the situation itself: a crash right as a restarted engine opens
-    assert any(a.startswith("engine restart") and b.startswith("!! engine crash")
+def _crashes_while_opening(trace: list[str]) -> bool:
+    events = [line.split(" ", 1)[1] for line in trace]
+    return any(a.startswith("engine restart") and b.startswith("!! engine crash")
                for a, b in itertools.pairwise(events))
+
+
+def test_a_crash_while_a_restarted_engine_opens_loses_no_wakeup() -> None:
+    """Crashes placed "right after a restart" hit an engine still opening (an old driver
+    replaced the "engine ready" event without firing it, and the submitter waited
+    forever): every seed finishes, and the situation occurs on several of them."""
+    reached = [seed for seed in range(30)
+               if _crashes_while_opening(simulate(seed, crash=3, budget=Budget(cpu=30.0)).trace)]
+    assert len(reached) >= 3, reached
 
 
 def test_the_command_finishes_with_three_crashes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 
+import fakeredis  # noqa: F401  (a test dependency)
 import pytest
 
 from cordtrio.testing import SimulationTotals, simulate
-
-pytest.importorskip("fakeredis")
 
 SEEDS = range(24)
 PROFILES = ("none", "light", "heavy")
