@@ -129,3 +129,11 @@ def test_switches_counts_task_switches_per_step(capsys: pytest.CaptureFixture[st
     assert switches_main(["--workload", "w1", "--backend", "memory", "--size", "3"]) == 0
     out = capsys.readouterr().out
     assert "15 steps" in out and "task switches per step" in out
+
+
+def test_switches_measures_the_engine_on_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.switches import main as switches_main
+
+    assert switches_main(["--workload", "w1", "--backend", "redis", "--size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "10 steps" in out and "µs CPU per step" in out
