@@ -6,14 +6,18 @@ One drive of the workload (same sessions as ``python -m benchmarks``) with a
 ``trio.abc.Instrument`` counting ``before_task_step`` — every time Trio runs a task until
 its next schedule point — divided by the workload's steps. Also the time the cyclic garbage
 collector took (``gc.callbacks``) and CPU time per step. docs/architecture.md (*One event,
-end to end*) explains the count on the in-memory backends.
+end to end*) explains the count on the in-memory backends. The Redis backends run on a
+redis-server started (without persistence) for the drive; with ``redis-nng`` the figures are
+the engine process's (the worker runs in its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import tempfile
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import trio
@@ -49,11 +53,13 @@ class GcTime:
             self.collections += 1
 
 
-async def count(workload: str, backend: str, size: int) -> dict[str, float]:
+async def count(workload: str, backend: str, size: int, redis_url: str | None = None
+                ) -> dict[str, float]:
     """Drive ``workload`` once and return its figures per step."""
     wl = WORKLOADS[workload]
     wf = wl.workflow()
-    async with open_session(backend, wf, LatencyRecorder().hooks()) as session:
+    async with open_session(backend, wf, LatencyRecorder().hooks(),
+                            redis_url=redis_url) as session:
         steps, collector = TaskSteps(), GcTime()
         trio.lowlevel.add_instrument(steps)
         gc.callbacks.append(collector)
@@ -74,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.switches",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="w1", choices=sorted(WORKLOADS))
-    parser.add_argument("--backend", default="memory",
-                        choices=[b for b in BACKENDS if b not in NEEDS_REDIS])
+    parser.add_argument("--backend", default="memory", choices=BACKENDS)
     parser.add_argument("--size", type=int, default=1000)
     args = parser.parse_args(argv)
-    got = trio.run(count, args.workload, args.backend, args.size)
+    with ExitStack() as stack:
+        url = None
+        if args.backend in NEEDS_REDIS:
+            from cordtrio.backends.redis.testing import run_redis_server  # optional
+            directory = stack.enter_context(tempfile.TemporaryDirectory())
+            url = stack.enter_context(run_redis_server(directory)).url
+        got = trio.run(count, args.workload, args.backend, args.size, url)
     print(f"{args.workload} on {args.backend}, size {args.size}: {got['steps']:.0f} steps, "
           f"{got['task_switches_per_step']:.2f} task switches per step, "
           f"{got['steps_per_s']:,.0f} steps/s, {got['cpu_us_per_step']:.0f} µs CPU per step, "

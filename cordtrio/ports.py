@@ -66,6 +66,10 @@ class RunChanges:
     owner holds the run's lease, checked in the same atomic step, else nothing is written
     and ``LeaseLostError`` is raised. It is not a change: it does not make the record
     truthy, and with no parts named the timeline alone is appended (fenced)."""
+    payloads: dict[str, bytes] = field(default_factory=dict)
+    """Job input payloads (context key → bytes) to write in the same atomic write as the
+    changes that dispatch their jobs. Only for a store that commits the engine's payload
+    store (``PayloadCommit``): the engine then stores no payload of its own first."""
 
     def ordered_children(self, parent: str) -> list[str]:
         """The changed children of ``parent`` in index order (stores keep that order)."""
@@ -83,10 +87,12 @@ class RunChanges:
         self.context_keys |= other.context_keys
         if self.previous_status is None:
             self.previous_status = other.previous_status
+        self.payloads.update(other.payloads)
 
     def __bool__(self) -> bool:
         return bool(
             self.header or self.steps or self.children or self.context_steps or self.context_keys
+            or self.payloads
         )
 
 
@@ -130,6 +136,16 @@ class RunRepair(Protocol):
     ``running``. Returns the message recorded; ``NotFoundError`` if nothing is stored."""
 
     async def fail_unreadable_run(self, run_id: str, reason: str) -> str: ...
+
+
+@runtime_checkable
+class PayloadCommit(Protocol):
+    """Optional for stores that can write job input payloads of a payload store together
+    with a run's changes (``RunChanges.payloads``): the dispatching step and its job's input
+    in one atomic write and one round trip instead of a put and a write. The engine asks
+    once, when it opens, whether its payload store is one of those."""
+
+    def commits_payloads_of(self, payloads: object) -> bool: ...
 
 
 @runtime_checkable
@@ -310,6 +326,7 @@ __all__ = [
     "ConfigProvider",
     "JobBus",
     "JobInbox",
+    "PayloadCommit",
     "PayloadStore",
     "RunChanges",
     "RunLeases",

@@ -154,3 +154,11 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert data["ratio_cordtrio_to_against"] is None
     assert set(data["median_of_round_ratios"]) == {"cordtrio/floor"}
     assert "x floor" in capsys.readouterr().out
+
+
+def test_switches_measures_the_engine_on_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.switches import main as switches_main
+
+    assert switches_main(["--workload", "w1", "--backend", "redis", "--size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "10 steps" in out and "µs CPU per step" in out

@@ -123,19 +123,20 @@ def is_disconnect(exc: BaseException) -> bool:
 
 BATCHABLE = frozenset({
     "get", "set", "delete", "exists", "hget", "hgetall", "hexists", "scard", "smembers",
-    "lrange", "zrevrange", "zrevrangebyscore",
+    "sismember", "lrange", "zrevrange", "zrevrangebyscore",
 })
 """Commands ``call`` may coalesce: short, non-blocking (never ``BLPOP``), and safe to resend
 after a lost connection, as every ``call`` already is."""
 
 _PLAIN = frozenset({str, bytes, int, float})
-_PLAIN_OR_NONE = _PLAIN | {type(None)}
+_PLAIN_OR_NONE = _PLAIN | {type(None), bool}
 
 
 def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Arguments of exactly these types (not ``bool``, not subclasses), which redis-py
     encodes without complaint: a value it would refuse
-    fails the whole pipeline, so such a call goes out alone and fails alone."""
+    fails the whole pipeline, so such a call goes out alone and fails alone. Keyword
+    arguments may also be ``bool`` (flags such as ``SET``'s ``nx``)."""
     return _PLAIN.issuperset(map(type, args)) and (
         not kwargs or _PLAIN_OR_NONE.issuperset(map(type, kwargs.values())))
 

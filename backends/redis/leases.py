@@ -28,10 +28,8 @@ Inboxes and wake lists expire (``INBOX_TTL_SECONDS`` after their last push), so 
 that never comes back leaves nothing behind for long. The push script names the owner's wake
 key from the lease's value, so the layout is for a single Redis server, not Redis Cluster.
 
-Fenced writes (``RunChanges.lease_owner``): ``fenced_commands`` sends the commands the store
-would have put in its ``MULTI``/``EXEC`` as the arguments of one script that checks the lease
-first — still one round trip per write (the commands are executed by the script, so the
-server's ``INFO commandstats`` shows them, the client sends one ``EVALSHA``).
+Fenced writes (``RunChanges.lease_owner``): the run write's own script checks the lease
+first (``step_write.py``), in the same round trip.
 """
 
 from __future__ import annotations
@@ -147,27 +145,6 @@ return false
 """
 
 
-_FENCED = """
-local unpack = unpack or table.unpack
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] then
-  return {0, holder or ''}
-end
-local i = 2
-local first = false
-local firstset = false
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local reply = redis.call(unpack(ARGV, i + 1, i + n))
-  if not firstset then
-    first = reply
-    firstset = true
-  end
-  i = i + n + 1
-end
-return {1, first}
-"""
-
 MAX_SCRIPT_COMMAND_ARGS = 4000
 """Longer commands are split (Lua's ``unpack`` stops near 8,000 values)."""
 _PAIRED = {"HSET", "ZADD"}  # key, then (field value) / (score member) pairs
@@ -189,25 +166,12 @@ def _split(args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return [head + rest[i:i + step] for i in range(0, len(rest), step)]
 
 
-async def fenced_commands(
-    redis: RedisAdapter, what: str, key: str, lease: str, owner: str,
-    queue: Callable[[Any], None],
-) -> tuple[bool, Any]:
-    """Run the commands ``queue(pipe)`` puts on a pipeline in one Lua script, only if
-    ``owner`` holds ``lease`` (one round trip, atomic like ``MULTI``/``EXEC``). Returns
-    ``(True, reply of the first command)`` or ``(False, the holder or b"")``. ``key`` (the
-    key written) names errors."""
-
-    ok, first = await redis.script(what, key, _FENCED, [lease], _packed(redis, owner, queue))
-    return bool(ok), first
-
-
 class CommandRecorder:
     """Stands in for a redis-py pipeline to collect the commands ``queue(pipe)`` issues, as
-    the argument tuples redis-py would build: the calls the run writes make (``hexists``,
-    ``hset(key, mapping=...)``, ``zadd(key, mapping)``...) are recorded directly — redis-py's
-    command methods cost several times more, and a run write has ~10 of them — and any
-    other call goes through a real (never executed) redis-py pipeline."""
+    the argument tuples redis-py would build: the calls a run create makes
+    (``hset(key, mapping=...)``, ``zadd(key, mapping)``...) are recorded directly — redis-py's
+    command methods cost several times more — and any other call goes through a real
+    (never executed) redis-py pipeline."""
 
     def __init__(self, redis: RedisAdapter) -> None:
         self._redis = redis
@@ -278,7 +242,7 @@ class CommandRecorder:
 
 def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> list[Any]:
     """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
-    words (split when long): the arguments of ``_FENCED`` and ``_IF_ABSENT``."""
+    words (split when long): the arguments of ``_IF_ABSENT``."""
     recorder = CommandRecorder(redis)
     queue(recorder)
     argv: list[Any] = [head]
@@ -334,8 +298,12 @@ class RedisRunLeases:
         return await self._redis.script(what, keys[0] if keys else "", source, keys, args)
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        got = await self._script("acquire lease", _ACQUIRE, [lease_key(run_id)],
-                                 [owner, _ms(ttl)])
+        """A free lease (the usual case: a run that just started) is taken with one
+        ``SET NX PX``; one held already (by ``owner``: extended) takes the script."""
+        key, ms = lease_key(run_id), _ms(ttl)
+        if await self._redis.call("acquire lease", key, "set", key, owner, px=ms, nx=True):
+            return True
+        got = await self._script("acquire lease", _ACQUIRE, [key], [owner, ms])
         return bool(got)
 
     async def renew_leases(self, owner: str, run_ids: Sequence[str], ttl: float) -> set[str]:
@@ -382,6 +350,11 @@ class RedisRunLeases:
         ])
 
     async def take_commands(self, run_id: str) -> list[bytes]:
+        """A run that is not in ``cordtrio:inboxes`` has no commands (every push adds it,
+        and only an emptied inbox and processing list remove it): one ``SISMEMBER`` then,
+        the take script otherwise."""
+        if not await self._redis.call("take commands", INBOXES, "sismember", INBOXES, run_id):
+            return []
         items = await self._script(
             "take commands", _TAKE, [inbox_key(run_id), processing_key(run_id), INBOXES],
             [run_id, INBOX_TTL_SECONDS])
@@ -407,5 +380,5 @@ class RedisRunLeases:
         return [text(reply[1])]
 
 
-__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "commands_if_absent", "fenced_commands",
+__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "commands_if_absent",
            "inbox_key", "lease_key", "processing_key", "wake_key"]

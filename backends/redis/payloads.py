@@ -27,6 +27,12 @@ class RedisPayloadStore:
         self._redis = redis
         self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
 
+    @property
+    def adapter(self) -> RedisAdapter:
+        """The connection it writes through (a ``RedisStore`` on the same one writes job
+        inputs in its run writes: ``RedisStore.commits_payloads_of``)."""
+        return self._redis
+
     async def put_context(self, key: str, data: bytes) -> None:
         await self._put(check_payload_key(key, CONTEXT_PREFIX), data)
 

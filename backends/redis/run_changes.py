@@ -1,5 +1,6 @@
-"""``save_run_changes``, the engine's hot path: write only the run-hash fields an event changed
-(one ``MULTI``/``EXEC`` or, fenced by the run's lease, one script), see ``store.py``.
+"""``save_run_changes``, the engine's hot path: write only the run-hash fields an event changed,
+with the step's timeline, index moves and dispatched job inputs, in one purpose-built script
+(``step_write``; fenced by the run's lease in multi-engine mode), see ``store.py``.
 """
 
 from __future__ import annotations
@@ -23,37 +24,50 @@ from .keys import (
     HEADER,
     INPUT,
     ORD,
-    RUNS_ALL,
-    active_runs_key,
     child_field,
     child_prefix,
     ctx_field,
     ctxstep_field,
     run_key,
-    runs_by_status_key,
     step_field,
+    timeline_key,
 )
-from .leases import fenced_commands, lease_key
+from .leases import lease_key
+from .payloads import RedisPayloadStore
 from .run_hash import FieldOps, dumps, ordered, text
 from .run_index import RUN_STATUSES, RedisRunIndex
+from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
 from .timelines import RedisTimelines
 
 
 class RedisRunChanges(RedisRunIndex, RedisTimelines):
-    """Mixin of ``RedisStore``: partial, optionally lease-fenced run writes."""
+    """Mixin of ``RedisStore``: partial, optionally lease-fenced run writes, with the job
+    input payloads they dispatch (``ports.PayloadCommit``)."""
+
+    _commits_payloads = False  # a payload store was accepted by ``commits_payloads_of``
+    _payload_ttl: int | None = None  # and its TTL
+
+    def commits_payloads_of(self, payloads: object) -> bool:
+        """True for a ``RedisPayloadStore`` on this store's connection (``connect`` builds
+        one): its job inputs are written by ``save_run_changes`` (``RunChanges.payloads``)
+        with its TTL. One TTL per store: a second payload store with another is refused."""
+        if not isinstance(payloads, RedisPayloadStore) or payloads.adapter is not self._redis:
+            return False
+        if not self._commits_payloads:
+            self._commits_payloads, self._payload_ttl = True, payloads.ttl_seconds
+        return self._payload_ttl == payloads.ttl_seconds
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
     ) -> None:
         """Write only the parts of ``run`` named in ``changes`` (see ``RunChanges`` and the
-        module docstring) and append ``timeline``: one ``MULTI``/``EXEC``, no read. A named
-        part that is absent from ``run`` is deleted. Indexes move only when
-        ``changes.header`` is set."""
+        module docstring), the payloads it carries, and append ``timeline``: one script
+        (``step_write``), no read before it. A named part that is absent from ``run`` is
+        deleted. Indexes move only when ``changes.header`` is set. Fenced by the run's
+        lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
-        if changes.lease_owner is not None:
-            await self._save_fenced(run, changes, docs, changes.lease_owner)
-            return
-        if not changes:
+        owner = changes.lease_owner
+        if not changes and owner is None:
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
             if not await self._redis.call("save run changes", key, "exists", key):
@@ -62,126 +76,82 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
         ops = self._change_ops(run, changes)
-        key = run_key(run.id)
-        status = status_text(run.status)
-        if changes.header:
-            prev = changes.previous_status
-            previous: Sequence[str] = (
-                RUN_STATUSES if prev is None else (status_text(prev),)
-            )
-        else:
-            previous = ()
-
         if ops.prefixes:  # the rare path: removing a step's children / all context steps
-            async def txn(pipe: Any) -> None:
-                ops.resolve(await _stored_fields(pipe, key, run.id))
-                pipe.multi()
-                self._queue_ops(pipe, key, ops)
-                if changes.header:
-                    self._queue_index(pipe, run, status, previous=previous)
-                self._queue_timeline(pipe, run.id, docs)
-                if changes.header:
-                    self._queue_retention(pipe, run, status)
-                await pipe.execute()
-
-            await self._redis.transaction("save run changes", key, [key], txn)
+            await self._save_reading_fields(run, changes, ops, docs)
             return
-
-        def commands(pipe: Any) -> None:
-            pipe.hexists(key, HEADER)
-            self._queue_ops(pipe, key, ops)
-            if changes.header:
-                self._queue_index(pipe, run, status, previous=previous)
-            self._queue_timeline(pipe, run.id, docs)
-            if changes.header:
-                self._queue_retention(pipe, run, status)
-
-        replies = await self._redis.pipeline("save run changes", key, commands)
-        if not replies[0]:
-            await self._undo_phantom(run, status if changes.header else None)
+        key = run_key(run.id)
+        args = StepArgs(owner or "", self._redis.on_command)
+        args.fields(ops, self._rank)
+        args.timeline(docs)
+        if changes.header:
+            self._queue_index(args, run, status_text(run.status),
+                              previous=self._previous(changes))
+            self._queue_retention(args, run, status_text(run.status))
+        if changes.payloads:
+            args.payloads(changes.payloads, self._committed_ttl())
+        reply = await self._redis.script(
+            "save run changes", key, STEP_SCRIPT,
+            step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key))
+        if reply[0] == 1:
+            return
+        if reply[0] == NOT_FOUND:
             raise NotFoundError(f"run {run.id!r} not found")
+        raise self._lost(run, reply[1], owner)
 
-    async def _save_fenced(
-        self, run: WorkflowRun, changes: RunChanges, docs: list[bytes], owner: str
-    ) -> None:
-        """``save_run_changes`` fenced by the run's lease (``changes.lease_owner``).
+    @staticmethod
+    def _previous(changes: RunChanges) -> Sequence[str]:
+        """The status zsets the run may be in before a header write."""
+        prev = changes.previous_status
+        return RUN_STATUSES if prev is None else (status_text(prev),)
 
-        The usual commands (HEXISTS, the field writes, the index moves, the timeline) are
-        queued as always, then sent as the arguments of one Lua script that first checks
-        the lease and runs them only if ``owner`` holds it: one round trip, like the
-        unfenced write. The rare ``HKEYS`` path is a ``WATCH`` transaction on the run and the
-        lease with a ``GET`` of the lease before ``MULTI``."""
+    def _committed_ttl(self) -> int | None:
+        if not self._commits_payloads:
+            raise ValueError("RunChanges.payloads given, but no payload store is committed "
+                             "by this store (commits_payloads_of)")
+        return self._payload_ttl
+
+    @staticmethod
+    def _lost(run: WorkflowRun, holder: Any, owner: str | None) -> LeaseLostError:
+        shown = text(holder) if holder else "nobody"
+        return LeaseLostError(f"run {run.id}: lease held by {shown}, not {owner}; "
+                              "not written")
+
+    async def _save_reading_fields(self, run: WorkflowRun, changes: RunChanges, ops: FieldOps,
+                                   docs: list[bytes]) -> None:
+        """``save_run_changes`` when parts are removed by prefix (a step with its children,
+        the whole ``context["steps"]`` map): the field names are read with ``HKEYS`` in a
+        ``WATCH`` transaction on the run (and the lease, read before ``MULTI``, when
+        fenced), then the writes go in its ``MULTI``/``EXEC``."""
         key = run_key(run.id)
         lease = lease_key(run.id)
-        if changes and changes.header and run.updated_at is None:
-            run.updated_at = self._now()
-        ops = self._change_ops(run, changes) if changes else None
+        owner = changes.lease_owner
         status = status_text(run.status)
-        previous: Sequence[str] = ()
-        if changes.header:
-            prev = changes.previous_status
-            previous = RUN_STATUSES if prev is None else (status_text(prev),)
-
-        def lost(holder: Any) -> LeaseLostError:
-            shown = text(holder) if holder else "nobody"
-            return LeaseLostError(f"run {run.id}: lease held by {shown}, not {owner}; "
-                                  "not written")
-
-        def queue(pipe: Any) -> None:
-            pipe.hexists(key, HEADER)
-            if ops is not None:
-                self._queue_ops(pipe, key, ops)
-                if changes.header:
-                    self._queue_index(pipe, run, status, previous=previous)
-            self._queue_timeline(pipe, run.id, docs)
-            if ops is not None and changes.header:
-                self._queue_retention(pipe, run, status)
-
-        if ops is not None and ops.prefixes:
-            async def txn(pipe: Any) -> bool:
-                holder = await pipe.get(lease)
-                if holder is None or text(holder) != owner:
-                    raise lost(holder)
-                ops.resolve(await _stored_fields(pipe, key, run.id))
-                pipe.multi()
-                queue(pipe)
-                return bool((await pipe.execute())[0])
-
-            existed = await self._redis.transaction("save run changes", key, [lease, key], txn)
-        else:
-            ok, first = await fenced_commands(self._redis, "save run changes", key, lease,
-                                              owner, queue)
-            if not ok:
-                raise lost(first)
-            existed = bool(first)
-        if not existed:
-            if ops is not None:
-                await self._undo_phantom(run, status if changes.header else None)
-            raise NotFoundError(f"run {run.id!r} not found")
-
-    async def _undo_phantom(self, run: WorkflowRun, status: str | None) -> None:
-        """``save_run_changes`` wrote to a run that did not exist: remove what it wrote
-        (unless the run was created in the meantime)."""
-        key = run_key(run.id)
+        ttl = self._committed_ttl() if changes.payloads else None
 
         async def txn(pipe: Any) -> None:
-            # Created in the meantime? create_run always writes "input"; we never do.
-            if await pipe.hexists(key, INPUT):
-                return
+            if owner is not None:
+                holder = await pipe.get(lease)
+                if holder is None or text(holder) != owner:
+                    raise self._lost(run, holder, owner)
+            ops.resolve(await _stored_fields(pipe, key, run.id))
             pipe.multi()
-            pipe.delete(key)
-            if status is not None:
-                pipe.zrem(runs_by_status_key(status), run.id)
-                pipe.zrem(RUNS_ALL, run.id)
-                pipe.srem(active_runs_key(run.org_id), run.id)
+            self._queue_ops(pipe, key, ops)
+            if changes.header:
+                self._queue_index(pipe, run, status, previous=self._previous(changes))
+            self._queue_timeline(pipe, run.id, docs)
+            if changes.header:
+                self._queue_retention(pipe, run, status)
+            for payload_key, data in changes.payloads.items():
+                pipe.set(payload_key, data, ex=ttl)
             await pipe.execute()
 
-        await self._redis.transaction("save run changes (undo)", key, [key], txn)
-
+        watched = [key] if owner is None else [lease, key]
+        await self._redis.transaction("save run changes", key, watched, txn)
 
     def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:
-        """Queue the hash writes: one HSET (values, and ranks of re-created fields), an
-        HSETNX per other written field (its rank, if new), one HDEL."""
+        """Queue the hash writes of the rare path (``_save_reading_fields``): one HSET
+        (values, and ranks of re-created fields), an HSETNX per other written field (its
+        rank, if new), one HDEL."""
         if ops.deletes:
             pipe.hdel(key, *ops.deletes, *(ORD + f for f in ops.deletes))
         if ops.writes:

@@ -5,7 +5,7 @@ run between them, and the listings that read them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,12 +55,13 @@ class RedisRunIndex(RedisStoreBase):
 
     @staticmethod
     def _queue_index(
-        pipe: Any, run: WorkflowRun, status: str, *, previous: Iterable[str],
+        pipe: Any, run: WorkflowRun, status: str, *, previous: Sequence[str],
         sync_active: bool = False,
     ) -> None:
         """Queue the moves of the status, global and active-set indexes. ``previous``: the
-        status zsets the run may be in now. The active set is left alone when the status
-        stays the same, unless ``sync_active``."""
+        status zsets the run may be in now. The active set is left alone when the run
+        stays active (or finished) — the same status, or one known previous status on the
+        same side — unless ``sync_active``."""
         updated = ts_score(run.updated_at) or ts_score(run.created_at)
         moved = False
         for old in previous:
@@ -71,6 +72,9 @@ class RedisRunIndex(RedisStoreBase):
         pipe.zadd(RUNS_ALL, {run.id: updated})
         if not moved and previous and not sync_active:
             return  # same status as before (and the org never changes here): set unchanged
+        if not sync_active and len(previous) == 1 and \
+                _is_terminal(previous[0]) == _is_terminal(status):
+            return  # active before and after (or neither): the set is right already
         if _is_terminal(status):
             pipe.srem(active_runs_key(run.org_id), run.id)
         else:

@@ -17,8 +17,8 @@ from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
 from ..model import WorkflowRun
-from ..payloads import RESULT_PREFIX, key_from_pointer
-from ..ports import Bus, Clock, ConfigProvider, PayloadStore
+from ..payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, key_from_pointer
+from ..ports import Bus, Clock, ConfigProvider, PayloadCommit, PayloadStore
 from ..protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -32,9 +32,19 @@ from ..retry import retry_after
 log = logging.getLogger("cordtrio.engine")
 
 
-async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
+def commits_payloads(store: object, payloads: PayloadStore | None) -> bool:
+    """Whether ``store`` writes ``payloads``' job inputs in its run writes
+    (``ports.PayloadCommit``): then ``store_payload`` only stages them."""
+    return payloads is not None and isinstance(store, PayloadCommit) and \
+        store.commits_payloads_of(payloads)
+
+
+async def store_payload(payloads: PayloadStore | None, effect: Dispatch,
+                        staged: dict[str, bytes] | None = None) -> str:
     """Store a job's input payload at its context key (before the job is persisted). An
-    unreachable store is waited out (SPEC §13); only a definite error is reported."""
+    unreachable store is waited out (SPEC §13); only a definite error is reported. With
+    ``staged`` (the store commits the payloads, ``commits_payloads``) the payload is only
+    encoded and put there, for the run write that persists the dispatch to carry."""
     if not effect.context_key or payloads is None:
         return ""
     try:
@@ -42,6 +52,13 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch) -> str:
     except (TypeError, ValueError) as exc:
         return f"step input is not JSON: {exc}"
     key = effect.context_key
+    if staged is not None:
+        try:
+            staged[check_payload_key(key, CONTEXT_PREFIX)] = (
+                data.text() if isinstance(data, json_payloads.JsonPayload) else data)
+        except ValueError as exc:
+            return f"store payload {key}: {exc}"
+        return ""
     try:
         try:
             await json_payloads.put_context(payloads, key, data)
@@ -118,6 +135,7 @@ async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
 
 
 __all__ = [
+    "commits_payloads",
     "load_output",
     "packet",
     "publish_alert",

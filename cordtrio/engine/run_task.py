@@ -62,6 +62,9 @@ class RunTask:
     def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None) -> None:
         self.host = host
         self.owner = host.ownership
+        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
+        # host attribute, set by the engine when its store commits its payload store
+        self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
         self.run_id = run_id
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
@@ -278,10 +281,11 @@ class RunTask:
             round_effects: list[Effect] = []
             timeline: list[TimelineEvent] = []
             failed: set[str] = set()  # job ids whose payload could not be stored
+            staged = changes.payloads if self._stage_payloads else None
             queue = pending
             while queue:
                 round_effects += queue
-                feedback = await self._before_commit(queue, timeline, failed)
+                feedback = await self._before_commit(queue, timeline, failed, staged)
                 queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, timeline)
             feedback = await self._after_commit(round_effects, failed)
@@ -293,16 +297,17 @@ class RunTask:
                 return
 
     async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             failed: set[str]) -> list[Event]:
-        """Gather the timeline rows; store job payloads and publish notify alerts, whose
-        outcome the core must know before anything is persisted (returned as feedback)."""
+                             failed: set[str], staged: dict[str, bytes] | None) -> list[Event]:
+        """Gather the timeline rows; store job payloads (or, with ``staged``, hand them to
+        the run write) and publish notify alerts, whose outcome the core must know before
+        anything is persisted (returned as feedback)."""
         host = self.host
         feedback: list[Event] = []
         for effect in effects:
             if isinstance(effect, RecordTimeline):
                 timeline.append(effect.event)
             elif isinstance(effect, Dispatch):
-                problem = await store_payload(host.payloads, effect)
+                problem = await store_payload(host.payloads, effect, staged)
                 if problem:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))

@@ -67,6 +67,7 @@ from ..protocol import (
     JobStatus,
 )
 from ..retry import retrying
+from .effects import commits_payloads
 from .envelopes import Envelope, Finish, Preload, Redirect, Reply
 from .gc_tuning import freeze_startup, long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
@@ -113,6 +114,8 @@ class Engine:
         self.store = store
         self.bus = bus
         self.payloads = payloads
+        self.payloads_in_changes = commits_payloads(store, payloads)
+        """Job inputs go into the run writes (``run_task``), not a put of their own."""
         self.schemas = schemas
         self.config = config
         self.clock = clock

@@ -403,17 +403,18 @@ async def test_a_child_result_rewrites_only_that_childs_fields(redis: RedisBacke
 
 
 class RoundTrips:
-    """Counts what goes through the backend's bridge (one count per round trip)."""
+    """Counts what goes through the backend's bridge (one count per round trip, a lone
+    call or a batch of calls alike)."""
 
     def __init__(self, r: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = r.redis.run
+        original = r.redis._run_raw
 
         async def counting(*args: Any, **kw: Any) -> Any:
             self.count += 1
             return await original(*args, **kw)
 
-        monkeypatch.setattr(r.redis, "run", counting)
+        monkeypatch.setattr(r.redis, "_run_raw", counting)
 
 
 async def test_a_child_result_is_one_round_trip_whatever_the_run_size(
@@ -426,7 +427,9 @@ async def test_a_child_result_is_one_round_trip_whatever_the_run_size(
         for i in (0, n // 2, n - 1):
             trips.count = 0
             await redis.store.save_run_changes(r, child_result(r, i))
-            assert trips.count == 1
+            # (the first write on a server that does not know the script yet also loads
+            # it: NOSCRIPT, SCRIPT LOAD, then the write)
+            assert trips.count in ((1, 3) if (n, i) == (100, 0) else (1,))
         assert (await redis.store.get_run(r.id)).to_dict() == r.to_dict()
 
 
@@ -460,9 +463,9 @@ async def test_redis_commands_per_child_result_are_a_small_constant(
         seen.append(stats)
     small, big = seen
     assert small == big
-    # MULTI, HEXISTS (does the run exist?), one HSET (header, child, context entry),
-    # HSETNX ×2 (ranks of the child and the context entry), ZADD ×2 (status, all), EXEC
-    assert small == {"multi": 1, "hexists": 1, "hset": 1, "hsetnx": 2, "zadd": 2, "exec": 1}
+    # one script: HMGET (does the run exist? which ranks exist?), one HSET (header, child,
+    # context entry, the ranks of the new ones), ZADD ×2 (status, all)
+    assert small == {"evalsha": 1, "hmget": 1, "hset": 1, "zadd": 2}
 
 
 # ------------------------------------------------------------------------ the adapter

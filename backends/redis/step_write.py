@@ -1,0 +1,199 @@
+"""The run write of an engine step as one purpose-built Lua script (``STEP_SCRIPT``).
+
+An engine step writes a few run-hash fields (the header, the finished and the dispatched
+step, a context entry), appends its timeline events, moves the run's index entries, and —
+for a dispatch — stores the next job's input at ``ctx:<job>`` (``RunChanges.payloads``).
+``save_run_changes`` sends all of it as the arguments of one ``EVALSHA``, batched with the
+other runs' calls into one pipeline (``batcher.py``), and the script does the minimum on the
+server:
+
+1. fenced writes (multi-engine mode) first check the lease: ``GET`` — not held, nothing is
+   written and the holder is returned;
+2. one ``HMGET`` reads whether the run exists (its ``header``) and which of the written
+   fields already have an insertion rank — a missing run is reported before anything is
+   written (nothing to undo), and a rank is written only for a field that has none, in
+3. one ``HDEL`` (removed parts) and one ``HSET`` (values and new ranks);
+4. one ``RPUSH`` of the timeline events, ``LTRIM``-ed only once the list outgrows the cap;
+5. the index moves, the retention ``EXPIRE``s and the payload ``SET``s, sent as plain
+   commands (length, then words), as ``leases.commands_if_absent`` does.
+
+Long argument lists are sent in slices (Lua's ``unpack`` stops near 8,000 values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cordtrio.ports import TIMELINE_CAP
+
+from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD
+from .run_hash import FieldOps
+
+NOT_FOUND = 2
+"""``STEP_SCRIPT``'s first reply element when the run does not exist (1: written, 0: the
+lease is held by someone else, whose name is the second element)."""
+
+STEP_SCRIPT = """
+local CHUNK = 4000
+local function call_in_slices(cmd, key, list)
+  local last
+  for i = 1, #list, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #list) do part[#part + 1] = list[j] end
+    last = redis.call(cmd, key, unpack(part))
+  end
+  return last
+end
+local owner = ARGV[1]
+if owner ~= '' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder ~= owner then
+    return {0, holder or ''}
+  end
+end
+local nv, nr, nd, nt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local cap = tonumber(ARGV[6])
+local v0 = 7
+local r0 = v0 + 2 * nv
+local d0 = r0 + 2 * nr
+local t0 = d0 + nd
+local probe = {'header'}
+for j = 0, nr - 1 do probe[#probe + 1] = ARGV[r0 + 2 * j] end
+local got = {}
+for i = 1, #probe, CHUNK do
+  local part = {}
+  for j = i, math.min(i + CHUNK - 1, #probe) do part[#part + 1] = probe[j] end
+  local reply = redis.call('HMGET', KEYS[1], unpack(part))
+  for j = 1, #part do got[i + j - 1] = reply[j] end
+end
+if not got[1] then
+  return {2}
+end
+if nd > 0 then
+  local dels = {}
+  for j = d0, t0 - 1 do dels[#dels + 1] = ARGV[j] end
+  call_in_slices('HDEL', KEYS[1], dels)
+end
+local sets = {}
+for j = v0, r0 - 1 do sets[#sets + 1] = ARGV[j] end
+for j = 0, nr - 1 do
+  if not got[j + 2] then
+    sets[#sets + 1] = ARGV[r0 + 2 * j]
+    sets[#sets + 1] = ARGV[r0 + 2 * j + 1]
+  end
+end
+if #sets > 0 then
+  call_in_slices('HSET', KEYS[1], sets)
+end
+local i = t0
+if nt > 0 then
+  local docs = {}
+  for j = t0, t0 + nt - 1 do docs[#docs + 1] = ARGV[j] end
+  if call_in_slices('RPUSH', KEYS[3], docs) > cap then
+    redis.call('LTRIM', KEYS[3], -cap, -1)
+  end
+  i = t0 + nt
+end
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {1}
+"""
+
+
+class StepArgs:
+    """Collects ``STEP_SCRIPT``'s arguments; doubles as the pipeline ``_queue_index`` and
+    ``_queue_retention`` queue their commands on (they become the plain commands at the
+    end). ``on_command`` (the adapter's, for ``testing.CommandCounter``) hears every
+    command the script will run, but the conditional ``LTRIM``."""
+
+    def __init__(self, owner: str, on_command: Callable[[tuple[Any, ...]], None] | None
+                 ) -> None:
+        self._owner = owner
+        self._on_command = on_command
+        self._values: list[Any] = []
+        self._ranks: list[Any] = []
+        self._deletes: list[str] = []
+        self._timeline: list[bytes] = []
+        self._tail: list[Any] = []
+
+    def fields(self, ops: FieldOps, rank: Callable[[], bytes]) -> None:
+        """The hash writes of ``ops``: values; a fresh rank for a field written anew, a
+        rank if absent for any other ranked field; deletions with their ranks."""
+        values, ranks = self._values, self._ranks
+        for field, value in ops.writes.items():
+            values += (field, value)
+            if field in (HEADER, INPUT) or (field == CTX_STEPS_MARKER and value == EMPTY_MAP):
+                continue  # unranked: a map "steps" always comes last
+            if field in ops.fresh:
+                values += (ORD + field, rank())
+            else:
+                ranks += (ORD + field, rank())
+        for field in ops.deletes:
+            self._deletes += (field, ORD + field)
+
+    def timeline(self, docs: list[bytes]) -> None:
+        self._timeline = docs
+
+    def payloads(self, payloads: Mapping[str, bytes], ttl: int | None) -> None:
+        for key, data in payloads.items():
+            if ttl is None:
+                self._command("SET", key, data)
+            else:
+                self._command("SET", key, data, "EX", ttl)
+
+    # the pipeline methods the index and retention moves use
+    def zadd(self, name: str, mapping: Mapping[str, float]) -> None:
+        for member, score in mapping.items():
+            self._command("ZADD", name, score, member)
+
+    def zrem(self, name: str, *members: str) -> None:
+        self._command("ZREM", name, *members)
+
+    def sadd(self, name: str, *members: str) -> None:
+        self._command("SADD", name, *members)
+
+    def srem(self, name: str, *members: str) -> None:
+        self._command("SREM", name, *members)
+
+    def expire(self, name: str, seconds: int) -> None:
+        self._command("EXPIRE", name, seconds)
+
+    def _command(self, *args: Any) -> None:
+        self._tail += (len(args), *args)
+        if self._on_command is not None:
+            self._on_command(args)
+
+    def argv(self, run_key: str) -> list[Any]:
+        """The script's arguments (after the commands above were queued)."""
+        report = self._on_command
+        if report is not None:
+            self._report(report, run_key)
+        return [self._owner, len(self._values) // 2, len(self._ranks) // 2,
+                len(self._deletes), len(self._timeline), TIMELINE_CAP,
+                *self._values, *self._ranks, *self._deletes, *self._timeline, *self._tail]
+
+    def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
+        """The commands the script runs before the plain ones (those were reported as
+        they were queued; the order of the counts does not matter)."""
+        if self._owner:
+            report(("GET", "lease"))
+        report(("HMGET", run_key, HEADER, *self._ranks[::2]))
+        if self._deletes:
+            report(("HDEL", run_key, *self._deletes))
+        if self._values:
+            report(("HSET", run_key, *self._values))
+        if self._timeline:
+            report(("RPUSH", "timeline", *self._timeline))
+
+
+def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
+    """``STEP_SCRIPT``'s keys (the plain commands name theirs in the arguments)."""
+    return [run_key, lease_key, timeline_key]
+
+
+__all__ = ["NOT_FOUND", "STEP_SCRIPT", "StepArgs", "step_keys"]

@@ -1,0 +1,181 @@
+"""The run write of an engine step (``step_write``): job inputs committed with the run,
+all or nothing; a missing run or a lost lease writes nothing at all; the engine hands its
+job inputs to a store that commits them and publishes jobs whose payloads are there."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+
+from cordtrio import open_engine
+from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
+from cordtrio.backends.redis import RedisBackends, RedisPayloadStore, connect
+from cordtrio.errors import LeaseLostError, NotFoundError
+from cordtrio.model import (
+    RunStatus,
+    Step,
+    StepRun,
+    StepStatus,
+    TimelineEvent,
+    Workflow,
+    WorkflowRun,
+)
+from cordtrio.payloads import key_from_pointer
+from cordtrio.ports import PayloadCommit, RunChanges
+from cordtrio.protocol import SUBJECT_SUBMIT, JobRequest
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CTX = "ctx:run-1:s1@1"
+
+
+async def raw(r: RedisBackends, method: str, *args: Any) -> Any:
+    return await r.redis.call("test", "", method, *args)
+
+
+async def a_run(r: RedisBackends) -> WorkflowRun:
+    run = WorkflowRun(id="run-1", workflow_id="wf-1", org_id="org-a",
+                      status=RunStatus.RUNNING, input={}, created_at=T0, updated_at=T0)
+    run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
+    await r.store.create_run(run)
+    return run
+
+
+def dispatch_next(run: WorkflowRun) -> RunChanges:
+    """What the engine writes when s0 succeeds and s1 is dispatched: the header, both
+    steps, s0's context entry, and s1's input payload."""
+    run.steps["s0"].status = StepStatus.SUCCEEDED
+    run.steps["s1"] = StepRun(step_id="s1", status=StepStatus.RUNNING, attempts=1)
+    run.context["steps"] = {"s0": {"output": {"ok": True}}}
+    run.updated_at = T0 + timedelta(seconds=1)
+    return RunChanges(header=True, steps={"s0", "s1"}, context_steps={"s0"},
+                      previous_status=RunStatus.RUNNING, payloads={CTX: b'{"x":1}'})
+
+
+EVENT = TimelineEvent(type="step_dispatched", step_id="s1")
+
+
+async def test_the_store_commits_only_its_own_payload_store(redis: RedisBackends) -> None:
+    assert isinstance(redis.store, PayloadCommit)
+    assert redis.store.commits_payloads_of(redis.payloads)
+    assert not redis.store.commits_payloads_of(MemoryPayloadStore())
+    other_ttl = RedisPayloadStore(redis.redis, ttl_seconds=60)
+    assert not redis.store.commits_payloads_of(other_ttl)
+
+
+async def test_a_step_write_stores_the_dispatched_jobs_input_with_its_ttl(
+        redis: RedisBackends) -> None:
+    assert redis.store.commits_payloads_of(redis.payloads)
+    run = await a_run(redis)
+    await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
+    assert await redis.payloads.get_context(CTX) == b'{"x":1}'
+    assert 0 < await raw(redis, "ttl", CTX) <= redis.payloads.ttl_seconds
+    stored = await redis.store.get_run(run.id)
+    assert stored.to_dict() == run.to_dict()
+    assert list(stored.steps) == ["s0", "s1"]
+    assert [e.type for e in await redis.store.list_timeline_events(run.id)] == [
+        "step_dispatched"]
+
+
+async def test_a_step_write_to_a_missing_run_writes_nothing(redis: RedisBackends) -> None:
+    assert redis.store.commits_payloads_of(redis.payloads)
+    run = await a_run(redis)
+    await redis.store.delete_run(run.id)
+    with pytest.raises(NotFoundError):
+        await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
+    assert not await raw(redis, "exists", CTX, "wf:run:run-1", "wf:run:timeline:run-1")
+    assert await redis.store.list_run_ids_by_status("running") == []
+
+
+async def test_a_fenced_step_write_without_the_lease_writes_nothing(
+        redis: RedisBackends) -> None:
+    assert redis.store.commits_payloads_of(redis.payloads)
+    run = await a_run(redis)
+    assert await redis.store.acquire_lease(run.id, "engine-b", 30.0)
+    changes = dispatch_next(run)
+    changes.lease_owner = "engine-a"
+    with pytest.raises(LeaseLostError, match="engine-b"):
+        await redis.store.save_run_changes(run, changes, [EVENT])
+    assert not await raw(redis, "exists", CTX, "wf:run:timeline:run-1")
+    assert (await redis.store.get_run(run.id)).steps["s0"].status == StepStatus.RUNNING
+    changes.lease_owner = "engine-b"
+    await redis.store.save_run_changes(run, changes, [EVENT])
+    assert await redis.payloads.get_context(CTX) == b'{"x":1}'
+
+
+async def test_a_write_that_removes_a_step_commits_its_payloads_too(
+        redis: RedisBackends) -> None:
+    assert redis.store.commits_payloads_of(redis.payloads)
+    run = await a_run(redis)
+    run.steps.pop("s0")  # removing a step reads the stored field names first
+    changes = RunChanges(header=True, steps={"s0"}, previous_status=RunStatus.RUNNING,
+                         payloads={CTX: b"{}"}, lease_owner="engine-a")
+    assert await redis.store.acquire_lease(run.id, "engine-a", 30.0)
+    await redis.store.save_run_changes(run, changes)
+    assert await redis.payloads.get_context(CTX) == b"{}"
+    assert "s0" not in (await redis.store.get_run(run.id)).steps
+
+
+async def test_payloads_without_a_committed_payload_store_are_refused(
+        redis: RedisBackends) -> None:
+    run = await a_run(redis)
+    with pytest.raises(ValueError, match="commits_payloads_of"):
+        await redis.store.save_run_changes(run, dispatch_next(run))
+
+
+async def test_the_engine_commits_job_inputs_with_the_step(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    puts: list[str] = []
+    original = redis.payloads.put_context
+
+    async def put_context(key: str, data: bytes) -> None:
+        puts.append(key)
+        await original(key, data)
+
+    monkeypatch.setattr(redis.payloads, "put_context", put_context)
+    wf = Workflow(id="wf-c", steps={
+        "a": Step(id="a", topic="job.a", input={"n": "${input.n}"}),
+        "b": Step(id="b", topic="job.b", depends_on=["a"], input={"m": 2})})
+    await redis.store.save_workflow(wf)
+    bus = MemoryBus()
+    with trio.fail_after(30):
+        async with (
+            bus.subscribe(SUBJECT_SUBMIT, max_buffer=float("inf")) as requests,
+            open_engine(redis.store, bus, payloads=redis.payloads) as engine,
+        ):
+            assert engine.payloads_in_changes
+            await engine.submit(wf.id, {"n": 7})
+            request = (await requests.receive()).payload
+            assert isinstance(request, JobRequest)
+            key = key_from_pointer(request.context_ptr, "ctx:")
+            assert await redis.payloads.get_context(key) == b'{"n":7}'
+    assert puts == []  # no put of its own: the step's script wrote it
+
+
+async def test_the_engine_puts_job_inputs_of_another_payload_store_itself(
+        fake_redis: RedisBackends) -> None:
+    wf = Workflow(id="wf-c", steps={"a": Step(id="a", topic="job.a", input={"n": 1})})
+    await fake_redis.store.save_workflow(wf)
+    bus = MemoryBus()
+    payloads = MemoryPayloadStore()
+    with trio.fail_after(30):
+        async with (
+            bus.subscribe(SUBJECT_SUBMIT, max_buffer=float("inf")) as requests,
+            open_engine(fake_redis.store, bus, payloads=payloads) as engine,
+        ):
+            assert not engine.payloads_in_changes
+            await engine.submit(wf.id, {})
+            request = (await requests.receive()).payload
+            key = key_from_pointer(request.context_ptr, "ctx:")
+            assert await payloads.get_context(key) == b'{"n":1}'
+
+
+async def test_two_connections_do_not_commit_each_others_payloads(
+        redis_url: str) -> None:
+    if redis_url == "fakeredis":
+        pytest.skip("needs a server two connections share")
+    async with connect(redis_url) as one, connect(redis_url) as two:
+        assert one.store.commits_payloads_of(one.payloads)
+        assert not one.store.commits_payloads_of(two.payloads)
