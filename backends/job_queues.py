@@ -198,7 +198,8 @@ class JobQueues:
         if self._jobs.get(job_id) is job:
             del self._jobs[job_id]
         job.holder = None
-        return self._fill(consumer) if consumer.active else []
+        # nothing queued anywhere (the usual case under capacity): nothing to hand on
+        return self._fill(consumer) if self.pending and consumer.active else []
 
     def cancel(self, job_id: str) -> bool:
         """The job was cancelled: drop it if queued, never redeliver it if held. True when
@@ -280,7 +281,7 @@ class JobQueues:
     def _fill(self, consumer: Consumer) -> list[Assignment]:
         """Hand ``consumer`` the oldest queued jobs of its topics while it has room."""
         out: list[Assignment] = []
-        while len(consumer.held) < consumer.capacity:
+        while self.pending and len(consumer.held) < consumer.capacity:
             best: _Topic | None = None
             best_name = ""
             for name in consumer.topics:

@@ -134,13 +134,14 @@ class _Running:
 
     __slots__ = ("lost", "reason", "request", "scope", "started", "trace_id")
 
-    def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest) -> None:
+    def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest,
+                 started: float) -> None:
         self.scope = scope
         self.reason: str | None = None
         self.lost = False  # the bus took the job back: stop without reporting
         self.trace_id = trace_id
         self.request = request
-        self.started = trio.current_time()
+        self.started = started  # Trio time
 
 
 class Worker:
@@ -177,6 +178,9 @@ class Worker:
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._inbox: JobInbox | None = None
+        # Trio's clock, asked directly (set when serving starts): two frames fewer than
+        # ``trio.current_time()`` at each job's start and report
+        self._now: Callable[[], float] = trio.current_time
 
     @property
     def topics(self) -> frozenset[str]:
@@ -214,6 +218,7 @@ class Worker:
         return self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue)
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
+        self._now = trio.lowlevel.current_clock().current_time
         async with (
             self._submits() as submits,
             self._bus.subscribe(SUBJECT_CANCEL) as cancels,
@@ -308,7 +313,7 @@ class Worker:
                 logger.debug("worker %s: duplicate of running job %s dropped",
                              self.worker_id, job_id)
                 continue
-            entry = _Running(scope, packet.trace_id, request)
+            entry = _Running(scope, packet.trace_id, request, self._now())
             jobs.append(entry)
             running[job_id] = entry  # registered now, so an early cancel finds it
             self.running += 1
@@ -347,7 +352,7 @@ class Worker:
 
     async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
-        result.execution_ms = int((trio.current_time() - entry.started) * 1000)
+        result.execution_ms = int((self._now() - entry.started) * 1000)
         self.handled += 1
         if result.status == JobStatus.SUCCEEDED:
             self.succeeded += 1

@@ -153,13 +153,16 @@ class MemoryBus:
         wire = encode_packet(packet) if self._codec else None
         payload = packet.payload
         if subject == SUBJECT_SUBMIT and isinstance(payload, JobRequest):
-            while self.jobs.full:
+            jobs = self.jobs
+            while jobs.pending >= jobs.max_pending:  # ``jobs.full``, on every job
                 await self._room.park()
-            assignment = self.jobs.offer(payload.job_id, payload.topic, (packet, wire))
-            if assignment is not None:
-                self._hand_out((assignment,))
-        elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel):
-            self.jobs.cancel(payload.job_id)
+            assignment = jobs.offer(payload.job_id, payload.topic, (packet, wire))
+            if assignment is not None:  # (an offer never frees queue space: no unpark)
+                inbox: LocalJobInbox = assignment.consumer.handle
+                inbox.deliver(self._copy(packet, wire))
+        elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
+                self.jobs.cancel(payload.job_id):
+            self._hand_out(())  # a queued job dropped: room for a waiting publisher
         # Everyone with room gets the packet now, without a schedule point; only then does
         # the publisher wait, in turn, for those whose buffers are full.
         waits: list[_Wait] = []
@@ -234,7 +237,9 @@ class MemoryBus:
     # ------------------------------------------------------------------------ internals
 
     def _acknowledge(self, consumer: Consumer, job_id: str) -> None:
-        self._hand_out(self.jobs.ack(consumer, job_id))
+        assignments = self.jobs.ack(consumer, job_id)
+        if assignments:  # none: nothing was queued, so no publisher waits for room
+            self._hand_out(assignments)
 
     def _hand_out(self, assignments: Collection[Assignment]) -> None:
         for a in assignments:
@@ -320,6 +325,16 @@ class MemoryBus:
     ) -> bool:
         """Hand the packet to the first member with room, starting at the one whose turn
         it is: True when one took it (or the group has emptied), False when all are full."""
+        members = group.members
+        if len(members) == 1:  # the usual group (one engine's result consumer): no turns
+            try:
+                members[0].send_nowait(self._copy(packet, wire))
+                group.turn = 0
+                return True
+            except trio.WouldBlock:
+                return False
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove(table, key, queue, members[0])
         while group.members:
             members = group.members
             n = len(members)

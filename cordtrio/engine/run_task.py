@@ -72,6 +72,7 @@ class RunTask:
         self.mailbox = Mailbox()
         self.scope = trio.CancelScope()
         self._timers = Timers()
+        self._armed = self._timers.heap  # truthy while a timer is armed
         self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
         self.plan: Plan | None = None
         self.state: RunState | None = None
@@ -171,7 +172,7 @@ class RunTask:
                 if self._parked() and owner.may_unload_idle():
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
-                if self._timers:
+                if self._armed:
                     self._set_alarm()
                 await mailbox.wait()
                 batch = self._take_ready()  # maybe nothing: a stale poke of the alarm
@@ -196,13 +197,13 @@ class RunTask:
         a run with timers keeps its task, which owns them."""
         assert self.state is not None
         run = self.state.run
-        if run.status != RunStatus.WAITING or self._timers:
+        if run.status != RunStatus.WAITING or self._armed:
             return False
         return all(sr.status != StepStatus.RUNNING for sr in run.steps.values())
 
     def _take_ready(self) -> list[Envelope]:
         batch = self.mailbox.take_all()
-        if self._timers:
+        if self._armed:
             batch.extend(self._timers.due())
         return batch
 

@@ -28,20 +28,22 @@ class _Timer:
 class Timers:
     """Armed deadlines of one run, each at most once (the core may ask again on redo)."""
 
-    __slots__ = ("_armed", "_heap", "_seq")
+    __slots__ = ("_armed", "_seq", "heap")
 
     def __init__(self) -> None:
-        self._heap: list[_Timer] = []
+        self.heap: list[_Timer] = []
+        """The armed timers, earliest first (read-only outside): a list, so a run task's
+        "any timer armed?" on every wake-up is a plain truth test, not a method call."""
         self._armed: set[tuple[str, str, str, datetime]] = set()
         self._seq = 0
 
     def __bool__(self) -> bool:
-        return bool(self._heap)
+        return bool(self.heap)
 
     @property
     def next_deadline(self) -> float:
         """Trio time of the earliest timer (only when there is one)."""
-        return self._heap[0].deadline
+        return self.heap[0].deadline
 
     def arm(self, effect: ArmTimer, now: datetime) -> None:
         """Fire ``effect`` at its wall time ``at``, measured from ``now`` on Trio's clock."""
@@ -51,14 +53,14 @@ class Timers:
         self._armed.add(key)
         delay = (effect.at - now).total_seconds()
         self._seq += 1
-        heapq.heappush(self._heap, _Timer(trio.current_time() + max(0.0, delay), self._seq,
-                                          TimerFired(effect.kind, effect.target,
-                                                     effect.job_id), effect.at))
+        heapq.heappush(self.heap, _Timer(trio.current_time() + max(0.0, delay), self._seq,
+                                         TimerFired(effect.kind, effect.target,
+                                                    effect.job_id), effect.at))
 
     def due(self) -> list[Envelope]:
         """Envelopes of the timers whose deadline has passed, removed from the heap."""
         out: list[Envelope] = []
-        heap = self._heap
+        heap = self.heap
         if not heap:
             return out
         now = trio.current_time()
