@@ -80,10 +80,16 @@ class Timelines:
                 rows.append((when, *fields, freeze(data)))
                 continue
             row = (when, *fields)
-            end = 9
+            if row[8]:  # a message: nothing to leave out
+                rows.append(row)
+                continue
+            if row[7]:  # a result pointer, no message (a step that completed)
+                rows.append(row[:8])
+                continue
+            end = 7
             while end > 3 and not row[end - 1]:
                 end -= 1  # trailing empty fields are left out (a shorter tuple)
-            rows.append(row[:end] if end < 9 else row)
+            rows.append(row[:end])
         if len(rows) > TIMELINE_CAP:
             del rows[:len(rows) - TIMELINE_CAP]
 
