@@ -50,9 +50,15 @@ def _bound(value: Any, depth: int) -> int:
         for key, item in value.items():
             if type(key) is not str:
                 return -1
-            size = _bound(item, depth + 1)
-            if size < 0:
-                return -1
+            item_cls = type(item)
+            if item_cls is str:  # the common leaves without a call (``_bound``'s own rules)
+                size = 6 * len(item) + 2
+            elif item_cls in _SCALAR_BOUND:
+                size = _SCALAR_BOUND[item_cls]
+            else:
+                size = _bound(item, depth + 1)
+                if size < 0:
+                    return -1
             total += 6 * len(key) + 6 + size  # the key quoted, ": " and ", "
         return total
     if cls is list:

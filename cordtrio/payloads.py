@@ -42,6 +42,23 @@ def _well_formed(key: str, prefix: str) -> bool:
             and "\n" not in key and "\r" not in key and "\x00" not in key)  # no line breaks, NUL
 
 
+# what a well-formed pointer starts with, per prefix ("": either half of the namespace)
+_POINTER_STARTS: dict[str, str | tuple[str, ...]] = {
+    prefix: POINTER_SCHEME + prefix for prefix in PAYLOAD_PREFIXES}
+_POINTER_STARTS[""] = tuple(POINTER_SCHEME + prefix for prefix in PAYLOAD_PREFIXES)
+_SHORTEST_POINTER = len(POINTER_SCHEME) + 4
+
+
+def _pointer_well_formed(ptr: str, prefix: str) -> bool:
+    """``_well_formed`` of the key a ``redis://`` pointer names, read on the pointer itself
+    (no slice): the scheme and the prefix have no white space or line break, so the key
+    has one exactly where the pointer has (the key's first character is its prefix's)."""
+    return (ptr.__class__ is str and len(ptr) > _SHORTEST_POINTER
+            and ptr.startswith(_POINTER_STARTS[prefix])
+            and not ptr[-1].isspace()  # ``key.strip() == key``: its end; its start is "ctx:"/"res:"
+            and "\n" not in ptr and "\r" not in ptr and "\x00" not in ptr)
+
+
 def check_payload_key(key: str, prefix: str = "", *, pointer: str = "") -> str:
     """``key`` if it is a key of the payload namespace (with ``prefix``: of that half of it,
     ``ctx:`` or ``res:``); else ``PayloadPointerError`` naming ``pointer`` (or the key)."""
@@ -63,6 +80,8 @@ def key_from_pointer(ptr: str, prefix: str = "") -> str:
     """Payload key named by a pointer (``redis://ctx:<job>``, ``redis://res:<job>`` or the
     bare key). Raises ``PayloadPointerError`` (a ``ValueError``) naming the pointer if it is
     malformed or outside the payload namespace (``check_payload_key``)."""
+    if prefix in _POINTER_STARTS and _pointer_well_formed(ptr, prefix):
+        return ptr[len(POINTER_SCHEME):]  # the common case: a pointer the engine made
     if not isinstance(ptr, str) or not ptr:
         raise PayloadPointerError(f"bad payload pointer {ptr!r}: expected {POINTER_SCHEME}<key>")
     key = ptr[len(POINTER_SCHEME):] if ptr.startswith(POINTER_SCHEME) else ptr
@@ -71,8 +90,7 @@ def key_from_pointer(ptr: str, prefix: str = "") -> str:
 
 def pointer_problem(ptr: str, prefix: str = "") -> str:
     """Why ``ptr`` is refused (``key_from_pointer``'s message), or ``""`` when it is fine."""
-    if ptr.__class__ is str and ptr.startswith(POINTER_SCHEME) and _well_formed(
-            ptr[len(POINTER_SCHEME):], prefix):
+    if prefix in _POINTER_STARTS and _pointer_well_formed(ptr, prefix):
         return ""  # the common case (every job result), without raising and catching
     try:
         key_from_pointer(ptr, prefix)

@@ -58,7 +58,7 @@ class MemoryPayloadStore:
 
     async def get_context(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return _text(self._get(check_payload_key(key, CONTEXT_PREFIX)))
+        return _text(self._get(key, CONTEXT_PREFIX))
 
     async def put_result(self, key: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -66,7 +66,7 @@ class MemoryPayloadStore:
 
     async def get_result(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return _text(self._get(check_payload_key(key, RESULT_PREFIX)))
+        return _text(self._get(key, RESULT_PREFIX))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
@@ -81,7 +81,7 @@ class MemoryPayloadStore:
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(check_payload_key(key, CONTEXT_PREFIX)))
+        return _payload(self._get(key, CONTEXT_PREFIX))
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -89,7 +89,7 @@ class MemoryPayloadStore:
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(check_payload_key(key, RESULT_PREFIX)))
+        return _payload(self._get(key, RESULT_PREFIX))
 
     # ---------------------------------------------------------------------- entries
 
@@ -105,8 +105,14 @@ class MemoryPayloadStore:
         self._data[key] = (data, expires)
         expiry.append((expires, key))
 
-    def _get(self, key: str) -> bytes | _Parts:
-        entry = self._data.get(key)
+    def _get(self, key: str, prefix: str) -> bytes | _Parts:
+        """The entry at ``key``, a key of the ``prefix`` half of the namespace
+        (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
+        entry = self._data.get(key) if key.__class__ is str else None
+        if entry is None or not key.startswith(prefix):
+            # Only a key that passed ``check_payload_key`` is ever stored: a stored key
+            # with the right prefix needs no check; any other gets it (and its error).
+            check_payload_key(key, prefix)
         if entry is None or (entry[1] is not _FOREVER and entry[1] <= trio.current_time()):
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]

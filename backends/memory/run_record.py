@@ -152,10 +152,20 @@ class RunRecord:
             for key in [k for k in run.context if k in keys] + sorted(
                     keys.difference(run.context)):
                 self.write_context_key(run, key)
-        if changes.context_steps:
-            names = changes.context_steps
-            self.write_context_steps(
-                run, sorted(names, key=child_order_key) if len(names) > 1 else list(names))
+        names = changes.context_steps
+        if names:
+            ctx_steps = run.context.get("steps")
+            stored_steps = self.context_steps
+            if len(names) == 1 and stored_steps is not None and isinstance(ctx_steps, dict):
+                # the common case (one job's output), ``write_context_steps`` inlined
+                for key in names:
+                    if key in ctx_steps:
+                        stored_steps[key] = freeze(ctx_steps[key])
+                    else:
+                        stored_steps.pop(key, None)
+            else:
+                self.write_context_steps(
+                    run, sorted(names, key=child_order_key) if len(names) > 1 else list(names))
 
     def write_children(self, run: WorkflowRun, parent: str, kids: list[str]) -> None:
         sr = run.steps.get(parent)

@@ -184,7 +184,9 @@ class MemoryStore(MemoryRunLeases):
         await trio.lowlevel.checkpoint_if_cancelled()
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
-        record = self._record(run.id)
+        record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step
+        if record is None:
+            raise NotFoundError(f"run {run.id!r} not found")
         old = record.header
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()

@@ -27,7 +27,6 @@ Row = tuple[Any, ...]
 
 _TEXT_FIELDS = attrgetter("type", "run_id", "workflow_id", "step_id", "job_id", "status",
                           "result_ptr", "message")
-_ONLY_STR = frozenset({str})
 
 
 def _text(value: Any) -> str:
@@ -71,7 +70,9 @@ class Timelines:
             elif when.tzinfo is not UTC:
                 when = _time(when)
             fields = _TEXT_FIELDS(event)  # one C call for the eight text fields
-            if not _ONLY_STR.issuperset(map(type, fields)):
+            if not (type(fields[0]) is type(fields[1]) is type(fields[2]) is type(fields[3])
+                    is type(fields[4]) is type(fields[5]) is type(fields[6])
+                    is type(fields[7]) is str):  # not all plain strings (C-level checks)
                 fields = tuple(map(_text, fields))
             if not fields[1]:
                 fields = (fields[0], run_id, *fields[2:])
@@ -80,10 +81,16 @@ class Timelines:
                 rows.append((when, *fields, freeze(data)))
                 continue
             row = (when, *fields)
-            end = 9
+            if row[8]:  # a message: nothing to leave out
+                rows.append(row)
+                continue
+            if row[7]:  # a result pointer, no message (a step that completed)
+                rows.append(row[:8])
+                continue
+            end = 7
             while end > 3 and not row[end - 1]:
                 end -= 1  # trailing empty fields are left out (a shorter tuple)
-            rows.append(row[:end] if end < 9 else row)
+            rows.append(row[:end])
         if len(rows) > TIMELINE_CAP:
             del rows[:len(rows) - TIMELINE_CAP]
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
 from ..expr import render
-from ..model import Step, StepRun, StepStatus, WorkflowRun
-from ..payloads import context_key, pointer_for_key
+from ..model import Step, StepRun, StepStatus, TimelineEvent, WorkflowRun
+from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME, context_key
 from ..protocol import ActorType, Budget, JobMetadata, JobPriority, JobRequest
 from ..schemas import validate_value
-from .events import ArmTimer, Dispatch, TimerKind
+from .events import ArmTimer, Dispatch, RecordTimeline, TimerKind
 from .finish import finish
 from .plan import Plan
 from .scope import NO_ITEM, build_scope
@@ -49,7 +49,7 @@ def dispatch(
     except CordtrioError as exc:
         finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=str(exc))
         return False
-    ctx_key = context_key(job_id) if tx.plan.has_payload_store else ""
+    ctx_key = CONTEXT_PREFIX + job_id if tx.plan.has_payload_store else ""  # context_key()
     request = build_request(tx.plan, run, step, target, job_id, ctx_key)
     if parent:
         request.env["foreach_index"] = str(index)
@@ -70,12 +70,17 @@ def dispatch(
         data["context_ptr"] = request.context_ptr
     if parent:
         data["foreach_index"] = index
-    tx.timeline("step_dispatched", step_id=target, job_id=job_id,
-                status=_RUNNING_TEXT, data=data)
+    effects = tx.effects
+    # ``tx.timeline`` inlined (every job starts here): positional, in ``TimelineEvent``'s
+    # field order (time, type, run_id, workflow_id, step_id, job_id, status, result_ptr,
+    # message, data)
+    effects.append(RecordTimeline(TimelineEvent(
+        tx.now, "step_dispatched", run.id, run.workflow_id, target, job_id, _RUNNING_TEXT, "",
+        "", data)))
     # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
-    tx.effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
+    effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
     if step.timeout_sec > 0 and not tx.plan.starts_reported:
-        tx.effects.append(
+        effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
                      TimerKind.STEP_TIMEOUT, target, job_id)
         )
@@ -174,7 +179,7 @@ def build_request(
     # principal_id, labels, meta): fifteen keywords cost ~1 us more per job
     # (tests/core/test_core_dispatch.py checks every field lands where it belongs).
     return JobRequest(
-        job_id, topic, priority, pointer_for_key(ctx_key) if ctx_key else "", step.worker_id,
+        job_id, topic, priority, POINTER_SCHEME + ctx_key if ctx_key else "", step.worker_id,
         env, "", wf_id, 0, memory_id,
         Budget(deadline_ms=int(step.timeout_sec * 1000)) if step.timeout_sec > 0 else None,
         run.org_id, meta.actor_id if meta is not None and meta.actor_id else "", labels, meta,

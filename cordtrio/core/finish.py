@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..model import StepRun, StepStatus
-from .events import CancelJob, StepFinished
+from ..model import StepRun, StepStatus, TimelineEvent
+from .events import CancelJob, RecordTimeline, StepFinished
 from .outputs import record_inline_output
 from .state import Tx, child_id, child_index
 
@@ -49,16 +49,15 @@ def finish(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
+    effects = tx.effects
     if timeline:
-        tx.timeline(
-            timeline,
-            step_id=target,
-            job_id=sr.job_id,
-            status=str(status),  # a StrEnum's str() is its value
-            result_ptr=result_ptr,
-            message=message,
-        )
-    tx.effects.append(StepFinished(target, status))
+        # ``tx.timeline`` inlined (every step ends here): the fields positionally, in
+        # ``TimelineEvent``'s order; a StrEnum's str() is its value
+        run = tx.run
+        effects.append(RecordTimeline(TimelineEvent(
+            tx.now, timeline, run.id, run.workflow_id, target, sr.job_id, str(status),
+            result_ptr, message, {})))
+    effects.append(StepFinished(target, status))
     if parent:
         _child_finished(tx, parent, sr, previous, status, message)
     elif status in _FAILED_OR_TIMED_OUT:

@@ -27,7 +27,7 @@ MayAct = Callable[[str], bool]
 
 # Module constants: on Python 3.11 reading ``StepStatus.X`` costs a descriptor call (~90 ns)
 # and the frontier reads them on every event.
-_WAITING = StepStatus.WAITING
+_WAITING, _PENDING, _RUNNING = StepStatus.WAITING, StepStatus.PENDING, StepStatus.RUNNING
 _SUCCEEDED, _TIMED_OUT = StepStatus.SUCCEEDED, StepStatus.TIMED_OUT
 _FAILED = (StepStatus.FAILED, StepStatus.CANCELLED)
 _STOPPED = (RunStatus.CANCELLED, RunStatus.TIMED_OUT)
@@ -79,8 +79,10 @@ class Frontier:
     def absorb(self, run: WorkflowRun) -> None:
         """Fold the touched steps into the counts and mark what to recheck."""
         rechecks = self.plan.rechecks
+        handlers = self.plan.handlers
         steps = run.steps
         seen = self.seen
+        recheck = self.recheck
         for sid in self.dirty:
             affected = rechecks.get(sid)
             if affected is None:
@@ -90,10 +92,22 @@ class Frontier:
             status = sr.status if sr is not None else None
             old = seen[i]
             if status != old:
-                self._count(sid, old, -1)
-                self._count(sid, status, 1)
+                if sid in handlers:
+                    self._count(sid, old, -1)
+                    self._count(sid, status, 1)
+                else:  # ``_count`` inlined for the common moves of a counted step
+                    if old is None:
+                        self.absent -= 1
+                    elif old is _RUNNING or old is _PENDING:
+                        self.unfinished -= 1
+                    else:
+                        self._count(sid, old, -1)
+                    if status is _RUNNING or status is _PENDING:
+                        self.unfinished += 1
+                    elif status is not _SUCCEEDED:
+                        self._count(sid, status, 1)
                 seen[i] = status
-            self.recheck.update(affected)
+            recheck.update(affected)
         self.dirty.clear()
 
     def refresh(self, run: WorkflowRun, may_act: MayAct) -> list[int]:

@@ -48,7 +48,9 @@ def ready_pass(tx: Tx) -> None:
     if run.status == _RUN_PENDING:
         set_run_status(tx, RunStatus.RUNNING)
         arm_run_timeout(tx)
-    front = frontier(tx)
+    front = tx.state.frontier
+    if front is None or front.plan is not tx.plan:
+        front = frontier(tx)
     order = tx.plan.order
 
     acts = partial(may_act, tx)  # a C-level call: one Python frame per step checked, not two
