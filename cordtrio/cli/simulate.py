@@ -327,17 +327,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def _print_failure(console: Console, args: argparse.Namespace, batch: _Batch,
-                   failure: SimulationFailure) -> None:
-    console.print(f"[bold red]FAILED[/] seed {failure.seed}: invariant "
-                  f"[bold]{failure.invariant}[/] violated", highlight=False)
-    console.print(f"  {failure.detail}", markup=False, highlight=False, soft_wrap=True)
+def _print_trace_tail(console: Console, args: argparse.Namespace,
+                      failure: SimulationFailure) -> None:
+    """The last ``--trace-lines`` lines of a failure's trace."""
     lines = failure.trace[-args.trace_lines:] if args.trace_lines else []
     if lines:
         console.print(f"last {len(lines)} of {len(failure.trace)} trace lines:",
                       highlight=False)
         for line in lines:
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_failure(console: Console, args: argparse.Namespace, batch: _Batch,
+                   failure: SimulationFailure) -> None:
+    console.print(f"[bold red]FAILED[/] seed {failure.seed}: invariant "
+                  f"[bold]{failure.invariant}[/] violated", highlight=False)
+    console.print(f"  {failure.detail}", markup=False, highlight=False, soft_wrap=True)
+    _print_trace_tail(console, args, failure)
     if args.trace_out:
         try:
             Path(args.trace_out).write_text("".join(f"{line}\n" for line in failure.trace),
@@ -362,12 +368,7 @@ def _print_shrunk(console: Console, args: argparse.Namespace, batch: _Batch,
                   f"{'; '.join(shrunk.changes) or 'nothing could be removed'}",
                   markup=False, highlight=False, soft_wrap=True)
     console.print(f"  {small.detail}", markup=False, highlight=False, soft_wrap=True)
-    lines = small.trace[-args.trace_lines:] if args.trace_lines else []
-    if lines:
-        console.print(f"last {len(lines)} of {len(small.trace)} trace lines:",
-                      highlight=False)
-        for line in lines:
-            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    _print_trace_tail(console, args, small)
     repro = _repro(_shrunk_args(args, shrunk), _payload(batch))
     console.print(f"minimal: {_replay(repro, failure.seed)}", markup=False,
                   highlight=False, soft_wrap=True)
