@@ -12,10 +12,12 @@ puts a job's result straight into its run's mailbox and wakes the parked run tas
 payload store, no retries: what cordtrio costs above this is the price of what it does
 (durable state, the pure core, payloads, acknowledgements, cancellation, hooks).
 
-``--compare`` measures, in one process and interleaved for ``--rounds`` rounds, the floor
-and cordtrio's in-memory W1 through the same harness code as ``python -m benchmarks``
+``--compare`` measures, in one process and interleaved for ``--rounds`` rounds, the floor,
+the floor carrying cordtrio's own core, memory store and payload store (``floor+core``,
+``benchmarks.floor_core``: what the parts cost without the shell around them) and
+cordtrio's in-memory W1 through the same harness code as ``python -m benchmarks``
 (``measure.run_sample``: a fresh engine and worker per sample), and prints the median
-steps/s of each and the ratio cordtrio/floor. ``--against DIR`` adds, in the same rounds,
+steps/s of each and their ratios to the floor. ``--against DIR`` adds, in the same rounds,
 W1 measured by another checkout's own harness (``python -m benchmarks`` run in ``DIR`` with
 ``--against-python``, one sample per round), so that two versions and the floor are
 compared in one sitting. ``--out`` writes every sample and the medians as JSON.
@@ -37,7 +39,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -178,7 +180,11 @@ class _Floor:
         self.finished.pop(run_id).set()
 
 
-async def _submit_many(floor: _Floor, runs: int, concurrency: int = 64) -> list[str]:
+class Submits(Protocol):
+    async def submit(self) -> str: ...
+
+
+async def submit_many(floor: Submits, runs: int, concurrency: int = 64) -> list[str]:
     """As the harness submits W1: ``concurrency`` tasks, each submitting its share."""
     ids: list[str] = []
 
@@ -208,7 +214,7 @@ async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
         await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
         trio.lowlevel.add_instrument(switches)
         wall, cpu = time.perf_counter(), time.process_time()
-        for run_id in await _submit_many(floor, runs):
+        for run_id in await submit_many(floor, runs):
             record = await floor.wait_run(run_id)
             assert record["status"] == "succeeded"
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -244,11 +250,15 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
             report: Any = print) -> dict[str, Any]:
     """Interleave the floor, cordtrio (and another checkout) for ``rounds`` rounds; return
     every sample, the medians and the ratios to the floor."""
-    samples: dict[str, list[float]] = {"floor": [], "cordtrio": []}
+    from .floor_core import drive_floor_core  # imports cordtrio's parts: not for the floor
+
+    samples: dict[str, list[float]] = {"floor": [], "floor+core": [], "cordtrio": []}
     if against:
         samples["against"] = []
     for r in range(rounds):
         samples["floor"].append(trio.run(drive_floor, size)["steps_per_s"])
+        gc.collect()
+        samples["floor+core"].append(trio.run(drive_floor_core, size)["steps_per_s"])
         samples["cordtrio"].append(cordtrio_w1(size))
         if against:
             samples["against"].append(
@@ -259,7 +269,9 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     floor = medians["floor"]
     # On a shared machine the load drifts between rounds: a ratio within each round (its
     # samples close in time), then their median, is steadier than a ratio of medians.
-    pairs = {"cordtrio/floor": ("cordtrio", "floor")}
+    pairs = {"cordtrio/floor": ("cordtrio", "floor"),
+             "floor+core/floor": ("floor+core", "floor"),
+             "cordtrio/floor+core": ("cordtrio", "floor+core")}
     if against:
         pairs["cordtrio/against"] = ("cordtrio", "against")
     return {"workload": "w1", "backend": "memory", "size": size, "rounds": rounds,

@@ -138,7 +138,11 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     from benchmarks.floor import drive_floor
     from benchmarks.floor import main as floor_main
 
+    from benchmarks.floor_core import drive_floor_core
+
     alone = trio.run(drive_floor, 3)
+    with_core = trio.run(drive_floor_core, 3)  # every run succeeded, or it raises
+    assert with_core["steps"] == 3 * CHAIN_STEPS and with_core["task_switches_per_step"] > 0
     assert alone["steps"] == 3 * CHAIN_STEPS
     assert alone["steps_per_s"] > 0 and alone["task_switches_per_step"] > 0
     out = tmp_path / "floor.json"
@@ -147,12 +151,14 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert (data["workload"], data["backend"], data["size"], data["rounds"]) == (
         "w1", "memory", 3, 2)
     samples = data["samples_steps_per_s"]
-    assert set(samples) == {"floor", "cordtrio"} and all(len(v) == 2 for v in samples.values())
+    assert set(samples) == {"floor", "floor+core", "cordtrio"}
+    assert all(len(v) == 2 for v in samples.values())
     assert data["ratio_to_floor"]["floor"] == 1.0
     assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
         data["median_steps_per_s"]["cordtrio"] / data["median_steps_per_s"]["floor"])
     assert data["ratio_cordtrio_to_against"] is None
-    assert set(data["median_of_round_ratios"]) == {"cordtrio/floor"}
+    assert set(data["median_of_round_ratios"]) == {
+        "cordtrio/floor", "floor+core/floor", "cordtrio/floor+core"}
     assert "x floor" in capsys.readouterr().out
 
 

@@ -1,0 +1,171 @@
+"""The floor carrying cordtrio's own parts: ``drive_floor_core`` (``benchmarks.floor``).
+
+The floor's shell (``benchmarks.floor``: one task per run, a pool of worker tasks over a
+memory channel, a result put straight into the run's mailbox, no schedule point that
+nothing waits for) doing what a W1 step needs done: the pure core's ``decide`` folds every
+event into the run, each change is written to the real ``MemoryStore`` (state and timeline,
+``save_run_changes``), each job's input is put in the real ``MemoryPayloadStore`` at its
+``ctx:`` key and read there by the worker, whose result goes to its ``res:`` key and is
+read back for the core (SPEC §8), with the engine's garbage-collector tuning on.
+
+No bus, no job queues, no acknowledgements, no envelopes, no hooks, no timers, no
+cancellation, no retries of store calls, no ``wait_run`` hand-over: what cordtrio costs
+above *this* is the shell around its parts; what this costs above the floor is the parts
+themselves (core, store, payloads). ``--compare`` measures the three side by side.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import uuid
+from typing import Any
+
+import trio
+
+from backends.memory import MemoryPayloadStore, MemoryStore
+from cordtrio import json_payloads
+from cordtrio.clock import TrioWallClock
+from cordtrio.core.events import Dispatch, Event, LoadedOutput, RecordTimeline, ResultReceived, Start
+from cordtrio.core.machine import decide
+from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES, Plan
+from cordtrio.core.state import RunState
+from cordtrio.engine.gc_tuning import freeze_startup, long_lived_gc
+from cordtrio.model import RunStatus, TimelineEvent, WorkflowRun
+from cordtrio.payloads import key_from_pointer, pointer_for_key, result_key
+from cordtrio.protocol import JobRequest, JobResult, JobStatus
+
+from .floor import WORKERS, _Mailbox, _Signal, submit_many
+from .switches import TaskSteps
+from .workloads import CHAIN_STEPS, WORKLOADS
+
+
+class _Job:
+    __slots__ = ("reply_to", "request")
+
+    def __init__(self, request: JobRequest, reply_to: _Mailbox) -> None:
+        self.request = request
+        self.reply_to = reply_to
+
+
+async def _worker(jobs: trio.MemoryReceiveChannel[_Job], payloads: MemoryPayloadStore) -> None:
+    """Take a job, read its input, run the no-op, store its result, answer the run."""
+    while True:
+        try:
+            job = jobs.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                job = await jobs.receive()
+            except trio.EndOfChannel:
+                return
+        except trio.EndOfChannel:
+            return
+        request = job.request
+        data = await json_payloads.get_context(payloads, key_from_pointer(request.context_ptr))
+        data.value()  # the handler's input, decoded
+        output = {"ok": True}  # the no-op handler's result (benchmarks.workloads.noop)
+        key = result_key(request.job_id)
+        await json_payloads.put_result(
+            payloads, key, json_payloads.encode(payloads, output, compact=False))
+        job.reply_to.put(JobResult(request.job_id, JobStatus.SUCCEEDED,  # type: ignore[arg-type]
+                                   result_ptr=pointer_for_key(key)))
+
+
+class _FloorCore:
+    """The stores, the job channel and the run tasks' nursery of one drive."""
+
+    def __init__(self, run_tasks: trio.Nursery, plan: Plan, store: MemoryStore,
+                 payloads: MemoryPayloadStore) -> None:
+        self.run_tasks = run_tasks
+        self.plan = plan
+        self.store = store
+        self.payloads = payloads
+        self.clock = TrioWallClock()
+        self.finished: dict[str, _Signal] = {}
+        self.send, self.receive = trio.open_memory_channel[_Job](math.inf)
+
+    async def submit(self) -> str:
+        """Create the run in the store, start its task, return once it started the run."""
+        now = self.clock.now()
+        run = WorkflowRun(id=str(uuid.uuid4()), workflow_id=self.plan.workflow.id, input={},
+                          status=RunStatus.PENDING, created_at=now, updated_at=now)
+        await self.store.create_run(run)
+        self.finished[run.id] = _Signal()
+        started = _Signal()
+        self.run_tasks.start_soon(self.run, run, started)
+        await started.wait()
+        return run.id
+
+    async def wait_run(self, run_id: str) -> WorkflowRun:
+        finished = self.finished.get(run_id)
+        if finished is not None:
+            await finished.wait()
+        return await self.store.get_run(run_id)
+
+    async def run(self, run: WorkflowRun, started: _Signal | None) -> None:
+        """One run's task: decide, store job inputs, write the changes, send the jobs."""
+        plan, state, payloads, mailbox = self.plan, RunState(run), self.payloads, _Mailbox()
+        event: Event = Start()
+        while True:
+            outcome = decide(plan, state, event, self.clock.now())
+            timeline: list[TimelineEvent] = []
+            jobs: list[JobRequest] = []
+            for effect in outcome.effects:
+                if isinstance(effect, RecordTimeline):
+                    timeline.append(effect.event)
+                elif isinstance(effect, Dispatch):
+                    await json_payloads.put_context(payloads, effect.context_key,
+                                                    json_payloads.encode(
+                                                        payloads, effect.payload, compact=True))
+                    jobs.append(effect.request)
+            await self.store.save_run_changes(state.run, outcome.changes, timeline)
+            for request in jobs:
+                self.send.send_nowait(_Job(request, mailbox))
+            if started is not None:
+                started.set()
+                started = None
+            if state.run.status.is_terminal:
+                break
+            result: JobResult = await mailbox.get()  # type: ignore[assignment]
+            data = await json_payloads.get_result(payloads,
+                                                  key_from_pointer(result.result_ptr))
+            event = ResultReceived(result, LoadedOutput(
+                value=data.value_or_text(), too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES)))
+        self.finished.pop(run.id).set()
+
+
+async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
+    """One drive in W1's shape (as ``floor.drive_floor``) through cordtrio's core, memory
+    store and payload store. Returns steps/s, CPU µs and task switches per step."""
+    if steps != CHAIN_STEPS:
+        raise ValueError(f"the W1 workflow has {CHAIN_STEPS} steps")
+    gc.collect()
+    store, payloads = MemoryStore(), MemoryPayloadStore()
+    workflow = WORKLOADS["w1"].workflow()
+    await store.save_workflow(workflow)
+    plan = Plan.build(await store.get_workflow(workflow.id))
+    switches = TaskSteps()
+    with long_lived_gc():
+        async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
+            floor = _FloorCore(run_tasks, plan, store, payloads)
+            for _ in range(WORKERS):
+                workers.start_soon(_worker, floor.receive, payloads)
+            await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
+            freeze_startup()
+            trio.lowlevel.add_instrument(switches)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for run_id in await submit_many(floor, runs):
+                run = await floor.wait_run(run_id)
+                if run.status != RunStatus.SUCCEEDED:
+                    raise RuntimeError(f"run {run_id} ended {run.status.value}")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            trio.lowlevel.remove_instrument(switches)
+            floor.send.close()
+    total = runs * steps
+    return {"steps": total, "seconds": wall, "steps_per_s": total / wall,
+            "cpu_us_per_step": 1e6 * cpu / total,
+            "task_switches_per_step": switches.steps / total}
+
+
+__all__ = ["drive_floor_core"]
