@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -286,6 +287,46 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
                 for label, (a, b) in pairs.items()}}
 
 
+PARTS = {  # name: drive_floor_core's options (what of cordtrio the floor carries)
+    "floor+core": {"store": False, "payloads": False},
+    "floor+core+store": {"store": True, "payloads": False},
+    "floor+core+payloads": {"store": False, "payloads": True},
+    "floor+core+store+payloads": {"store": True, "payloads": True},
+}
+
+
+def parts(rounds: int, size: int, report: Any = print) -> dict[str, Any]:
+    """Interleave, for ``rounds`` rounds, the floor, the floor carrying cordtrio's core
+    alone, with its memory store, with its payload store, with both, and cordtrio; return
+    every sample, the median µs per step (wall) of each, and what each part adds."""
+    from .floor_core import drive_floor_core
+
+    names = ["floor", *PARTS, "cordtrio"]
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        samples["floor"].append(trio.run(drive_floor, size)["steps_per_s"])
+        for name, options in PARTS.items():
+            gc.collect()
+            samples[name].append(
+                trio.run(partial(drive_floor_core, size, **options))["steps_per_s"])
+        samples["cordtrio"].append(cordtrio_w1(size))
+        report(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{name} {values[-1]:,.0f}" for name, values in samples.items()) + " steps/s")
+    us = {name: 1e6 / statistics.median(values) for name, values in samples.items()}
+    added = {
+        "core (decide and the run's objects)": us["floor+core"] - us["floor"],
+        "memory store": us["floor+core+store"] - us["floor+core"],
+        "payload store": us["floor+core+payloads"] - us["floor+core"],
+        "store and payloads together": us["floor+core+store+payloads"] - us["floor+core"],
+        "the engine's shell (bus, worker, envelopes, API)":
+            us["cordtrio"] - us["floor+core+store+payloads"],
+    }
+    return {"workload": "w1", "backend": "memory", "size": size, "rounds": rounds,
+            "samples_steps_per_s": samples,
+            "median_steps_per_s": {n: statistics.median(v) for n, v in samples.items()},
+            "median_us_per_step": us, "us_per_step_added": added}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per drive (default: W1's memory size)")
     parser.add_argument("--compare", action="store_true",
                         help="interleave the floor and cordtrio's in-memory W1")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare (5)")
+    parser.add_argument("--parts", action="store_true",
+                        help="what cordtrio's core, store, payloads and shell each add to "
+                             "the floor (interleaved rounds)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of --compare or --parts (5)")
     parser.add_argument("--against", default="",
                         help="another checkout whose harness measures W1 in the same rounds")
     parser.add_argument("--against-python", default="",
@@ -304,7 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size and --rounds must be >= 1")
     if args.against and not args.compare:
         parser.error("--against needs --compare")
-    if args.compare:
+    if args.parts and args.compare:
+        parser.error("--parts and --compare are separate measurements")
+    if args.parts:
+        result = parts(args.rounds, args.size)
+        for name, us in result["median_us_per_step"].items():
+            print(f"{name:>26}: median {result['median_steps_per_s'][name]:>9,.0f} steps/s  "
+                  f"{us:6.1f} µs per step")
+        for part, us in result["us_per_step_added"].items():
+            print(f"  + {us:6.1f} µs  {part}")
+    elif args.compare:
         result = compare(args.rounds, args.size, args.against, args.against_python)
         med, ratio = result["median_steps_per_s"], result["ratio_to_floor"]
         for name in med:

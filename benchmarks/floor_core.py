@@ -27,7 +27,14 @@ import trio
 from backends.memory import MemoryPayloadStore, MemoryStore
 from cordtrio import json_payloads
 from cordtrio.clock import TrioWallClock
-from cordtrio.core.events import Dispatch, Event, LoadedOutput, RecordTimeline, ResultReceived, Start
+from cordtrio.core.events import (
+    Dispatch,
+    Event,
+    LoadedOutput,
+    RecordTimeline,
+    ResultReceived,
+    Start,
+)
 from cordtrio.core.machine import decide
 from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES, Plan
 from cordtrio.core.state import RunState
@@ -42,15 +49,21 @@ from .workloads import CHAIN_STEPS, WORKLOADS
 
 
 class _Job:
-    __slots__ = ("reply_to", "request")
+    __slots__ = ("payload", "reply_to", "request")
 
-    def __init__(self, request: JobRequest, reply_to: _Mailbox) -> None:
+    def __init__(self, request: JobRequest, payload: Any, reply_to: _Mailbox) -> None:
         self.request = request
+        self.payload = payload  # the input itself when the drive has no payload store
         self.reply_to = reply_to
 
 
-async def _worker(jobs: trio.MemoryReceiveChannel[_Job], payloads: MemoryPayloadStore) -> None:
-    """Take a job, read its input, run the no-op, store its result, answer the run."""
+_OUTPUT = {"ok": True}  # the no-op handler's result (benchmarks.workloads.noop)
+
+
+async def _worker(jobs: trio.MemoryReceiveChannel[_Job],
+                  payloads: MemoryPayloadStore | None) -> None:
+    """Take a job, read its input, run the no-op, store its result, answer the run (the
+    result's value itself when there is no payload store)."""
     while True:
         try:
             job = jobs.receive_nowait()
@@ -62,35 +75,43 @@ async def _worker(jobs: trio.MemoryReceiveChannel[_Job], payloads: MemoryPayload
         except trio.EndOfChannel:
             return
         request = job.request
+        if payloads is None:
+            job.reply_to.put((JobResult(request.job_id, JobStatus.SUCCEEDED), dict(_OUTPUT)))
+            continue
         data = await json_payloads.get_context(payloads, key_from_pointer(request.context_ptr))
         data.value()  # the handler's input, decoded
-        output = {"ok": True}  # the no-op handler's result (benchmarks.workloads.noop)
         key = result_key(request.job_id)
         await json_payloads.put_result(
-            payloads, key, json_payloads.encode(payloads, output, compact=False))
-        job.reply_to.put(JobResult(request.job_id, JobStatus.SUCCEEDED,  # type: ignore[arg-type]
-                                   result_ptr=pointer_for_key(key)))
+            payloads, key, json_payloads.encode(payloads, dict(_OUTPUT), compact=False))
+        job.reply_to.put((JobResult(request.job_id, JobStatus.SUCCEEDED,
+                                    result_ptr=pointer_for_key(key)), None))
 
 
 class _FloorCore:
-    """The stores, the job channel and the run tasks' nursery of one drive."""
+    """The parts, the job channel and the run tasks' nursery of one drive. Without a
+    store a run is kept as the core's own object; without a payload store job inputs and
+    results are handed over as values."""
 
-    def __init__(self, run_tasks: trio.Nursery, plan: Plan, store: MemoryStore,
-                 payloads: MemoryPayloadStore) -> None:
+    def __init__(self, run_tasks: trio.Nursery, plan: Plan, store: MemoryStore | None,
+                 payloads: MemoryPayloadStore | None) -> None:
         self.run_tasks = run_tasks
         self.plan = plan
         self.store = store
         self.payloads = payloads
         self.clock = TrioWallClock()
+        self.runs: dict[str, WorkflowRun] = {}  # without a store
         self.finished: dict[str, _Signal] = {}
         self.send, self.receive = trio.open_memory_channel[_Job](math.inf)
 
     async def submit(self) -> str:
-        """Create the run in the store, start its task, return once it started the run."""
+        """Create the run (in the store), start its task, return once it started the run."""
         now = self.clock.now()
         run = WorkflowRun(id=str(uuid.uuid4()), workflow_id=self.plan.workflow.id, input={},
                           status=RunStatus.PENDING, created_at=now, updated_at=now)
-        await self.store.create_run(run)
+        if self.store is not None:
+            await self.store.create_run(run)
+        else:
+            self.runs[run.id] = run
         self.finished[run.id] = _Signal()
         started = _Signal()
         self.run_tasks.start_soon(self.run, run, started)
@@ -101,56 +122,72 @@ class _FloorCore:
         finished = self.finished.get(run_id)
         if finished is not None:
             await finished.wait()
+        if self.store is None:
+            return self.runs[run_id]
         return await self.store.get_run(run_id)
 
     async def run(self, run: WorkflowRun, started: _Signal | None) -> None:
         """One run's task: decide, store job inputs, write the changes, send the jobs."""
-        plan, state, payloads, mailbox = self.plan, RunState(run), self.payloads, _Mailbox()
+        plan, state, mailbox = self.plan, RunState(run), _Mailbox()
+        store, payloads = self.store, self.payloads
         event: Event = Start()
         while True:
             outcome = decide(plan, state, event, self.clock.now())
             timeline: list[TimelineEvent] = []
-            jobs: list[JobRequest] = []
+            jobs: list[_Job] = []
             for effect in outcome.effects:
                 if isinstance(effect, RecordTimeline):
                     timeline.append(effect.event)
                 elif isinstance(effect, Dispatch):
+                    if payloads is None:
+                        jobs.append(_Job(effect.request, effect.payload, mailbox))
+                        continue
                     await json_payloads.put_context(payloads, effect.context_key,
                                                     json_payloads.encode(
                                                         payloads, effect.payload, compact=True))
-                    jobs.append(effect.request)
-            await self.store.save_run_changes(state.run, outcome.changes, timeline)
-            for request in jobs:
-                self.send.send_nowait(_Job(request, mailbox))
+                    jobs.append(_Job(effect.request, None, mailbox))
+            if store is not None:
+                await store.save_run_changes(state.run, outcome.changes, timeline)
+            for job in jobs:
+                self.send.send_nowait(job)
             if started is not None:
                 started.set()
                 started = None
             if state.run.status.is_terminal:
                 break
-            result: JobResult = await mailbox.get()  # type: ignore[assignment]
-            data = await json_payloads.get_result(payloads,
-                                                  key_from_pointer(result.result_ptr))
-            event = ResultReceived(result, LoadedOutput(
-                value=data.value_or_text(), too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES)))
+            result, value = await mailbox.get()
+            if payloads is not None:
+                data = await json_payloads.get_result(payloads,
+                                                      key_from_pointer(result.result_ptr))
+                value = data.value_or_text()
+                output = LoadedOutput(value=value,
+                                      too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
+            else:
+                output = LoadedOutput(value=value)
+            event = ResultReceived(result, output)
         self.finished.pop(run.id).set()
 
 
-async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
-    """One drive in W1's shape (as ``floor.drive_floor``) through cordtrio's core, memory
-    store and payload store. Returns steps/s, CPU µs and task switches per step."""
+async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool = True,
+                           payloads: bool = True) -> dict[str, float]:
+    """One drive in W1's shape (as ``floor.drive_floor``) through cordtrio's core and,
+    unless turned off, its memory store and payload store. Returns steps/s, CPU µs and
+    task switches per step."""
     if steps != CHAIN_STEPS:
         raise ValueError(f"the W1 workflow has {CHAIN_STEPS} steps")
     gc.collect()
-    store, payloads = MemoryStore(), MemoryPayloadStore()
     workflow = WORKLOADS["w1"].workflow()
-    await store.save_workflow(workflow)
-    plan = Plan.build(await store.get_workflow(workflow.id))
+    runs_store = MemoryStore()
+    await runs_store.save_workflow(workflow)
+    plan = Plan.build(await runs_store.get_workflow(workflow.id),
+                      has_payload_store=payloads)
     switches = TaskSteps()
     with long_lived_gc():
         async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
-            floor = _FloorCore(run_tasks, plan, store, payloads)
+            floor = _FloorCore(run_tasks, plan, runs_store if store else None,
+                               MemoryPayloadStore() if payloads else None)
             for _ in range(WORKERS):
-                workers.start_soon(_worker, floor.receive, payloads)
+                workers.start_soon(_worker, floor.receive, floor.payloads)
             await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
             freeze_startup()
             trio.lowlevel.add_instrument(switches)

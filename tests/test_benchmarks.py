@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,6 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
 
     from benchmarks.floor import drive_floor
     from benchmarks.floor import main as floor_main
-
     from benchmarks.floor_core import drive_floor_core
 
     alone = trio.run(drive_floor, 3)
@@ -160,6 +160,31 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert set(data["median_of_round_ratios"]) == {
         "cordtrio/floor", "floor+core/floor", "cordtrio/floor+core"}
     assert "x floor" in capsys.readouterr().out
+
+
+def test_floor_parts_adds_cordtrio_parts_one_at_a_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trio
+
+    from benchmarks.floor import PARTS
+    from benchmarks.floor import main as floor_main
+    from benchmarks.floor_core import drive_floor_core
+
+    for options in PARTS.values():  # each carries the runs to success (or raises)
+        assert trio.run(partial(drive_floor_core, 2, **options))["steps"] == 2 * CHAIN_STEPS
+    out = tmp_path / "parts.json"
+    assert floor_main(["--parts", "--rounds", "1", "--size", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["samples_steps_per_s"]) == {"floor", *PARTS, "cordtrio"}
+    us = data["median_us_per_step"]
+    added = data["us_per_step_added"]
+    assert added["core (decide and the run's objects)"] == pytest.approx(
+        us["floor+core"] - us["floor"])
+    assert added["the engine's shell (bus, worker, envelopes, API)"] == pytest.approx(
+        us["cordtrio"] - us["floor+core+store+payloads"])
+    assert "µs per step" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        floor_main(["--parts", "--compare"])
 
 
 def test_switches_measures_the_engine_on_redis(capsys: pytest.CaptureFixture[str]) -> None:
