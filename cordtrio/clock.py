@@ -3,7 +3,7 @@ timestamps and timers together (hours of backoff pass instantly and consistently
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import trio
 
@@ -27,16 +27,22 @@ class TrioWallClock:
         self._trio_clock = trio.lowlevel.current_clock()
         if start is not None:
             self._wall0, self._trio0 = start.astimezone(UTC), trio.current_time()
+            self._ts0 = self._wall0.timestamp()
             return
         try:
             self._wall0, self._trio0 = _ANCHOR.get()
         except LookupError:
             self._wall0, self._trio0 = datetime.now(UTC), trio.current_time()
             _ANCHOR.set((self._wall0, self._trio0))
+        self._ts0 = self._wall0.timestamp()
 
     def now(self) -> datetime:
-        # timedelta's positional form: keyword arguments cost as much as the rest
-        return self._wall0 + timedelta(0, self._trio_clock.current_time() - self._trio0)
+        # ``fromtimestamp`` on the anchor's POSIX time: a third of the cost of adding a
+        # ``timedelta`` to the anchor, and an engine reads this clock several times a step.
+        # Monotonic like Trio's clock (float addition and rounding to the microsecond never
+        # go back); within a microsecond of the exact sum.
+        return datetime.fromtimestamp(
+            self._ts0 + (self._trio_clock.current_time() - self._trio0), UTC)
 
 
 class SystemClock:

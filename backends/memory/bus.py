@@ -138,6 +138,9 @@ class MemoryBus:
         self._wildcards: dict[str, _Listeners] = {}  # prefix before ">" -> listeners
         self.jobs = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)
         self._room = trio.lowlevel.ParkingLot()  # publishers waiting for queue space
+        # Subjects whose one listener is a ``listen`` callback (one engine's job results):
+        # ``publish`` calls it straight away. Rebuilt whenever anyone (un)subscribes.
+        self._direct: dict[str, _Callback] = {}
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -163,6 +166,10 @@ class MemoryBus:
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):
             self._hand_out(())  # a queued job dropped: room for a waiting publisher
+        direct = self._direct.get(subject)
+        if direct is not None:
+            direct.send_nowait(self._copy(packet, wire))
+            return
         # Everyone with room gets the packet now, without a schedule point; only then does
         # the publisher wait, in turn, for those whose buffers are full.
         waits: list[_Wait] = []
@@ -263,8 +270,34 @@ class MemoryBus:
             return self._wildcards, subject[:-1]
         return self._exact, subject
 
+    def _add(self, table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+        self._add_listener(table, key, queue, send)
+        self._refresh_direct()
+
+    def _remove(self, table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+        self._remove_listener(table, key, queue, send)
+        self._refresh_direct()
+
+    def _refresh_direct(self) -> None:
+        """Find the subjects ``publish`` may hand straight to a callback: exactly one
+        listener, a ``listen`` callback in a queue group, and no wildcard subscription
+        that also matches."""
+        direct: dict[str, _Callback] = {}
+        for key, listeners in self._exact.items():
+            if listeners.plain or len(listeners.groups) != 1:
+                continue
+            (group,) = listeners.groups.values()
+            if len(group.members) != 1 or not isinstance(group.members[0], _Callback):
+                continue
+            if any(len(key) > len(prefix) and key.startswith(prefix)
+                   for prefix in self._wildcards):
+                continue
+            direct[key] = group.members[0]
+        self._direct = direct
+
     @staticmethod
-    def _add(table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+    def _add_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send
+                      ) -> None:
         listeners = table.setdefault(key, _Listeners())
         if queue:
             group = listeners.groups.setdefault(queue, _Group())
@@ -273,7 +306,8 @@ class MemoryBus:
             listeners.plain = (*listeners.plain, send)
 
     @staticmethod
-    def _remove(table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
+    def _remove_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send
+                         ) -> None:
         listeners = table.get(key)
         if listeners is None:
             return

@@ -282,6 +282,32 @@ async def test_memory_bus_with_codec_gives_each_subscriber_its_own_decoded_copy(
     assert got_a is not p and got_b is not got_a
 
 
+async def test_memory_bus_listen_callback_shares_packets_as_a_subscriber_would() -> None:
+    """A ``listen`` callback alone on its subject is called straight from ``publish``; a
+    plain, a wildcard or a second group member joining later gets its packets as before,
+    and once they leave the callback alone gets them again."""
+    bus = MemoryBus()
+    heard: list[BusPacket] = []
+    async with bus.listen("res", "engines", heard.append):
+        await bus.publish("res", packet(1))
+        async with bus.subscribe("res") as plain:
+            await bus.publish("res", packet(2))
+            assert job_ids(drain(plain)) == ["run:step@2"]
+        async with bus.subscribe(">") as everything:
+            await bus.publish("res", packet(3))
+            assert job_ids(drain(everything)) == ["run:step@3"]
+        async with bus.subscribe("res", queue="engines") as member:
+            for n in (4, 5):
+                await bus.publish("res", packet(n))
+            assert job_ids(drain(member)) == ["run:step@5"]  # round robin: one each
+        await bus.publish("res", packet(6))
+        async with bus.listen("res", "engines", lambda _: 1 / 0):  # a failing callback
+            for n in (7, 8):
+                await bus.publish("res", packet(n))  # its error is logged, not raised
+    await bus.publish("res", packet(9))  # nobody listens any more
+    assert job_ids(heard) == [f"run:step@{n}" for n in (1, 2, 3, 4, 6, 7)]
+
+
 async def test_memory_bus_rejects_what_is_not_a_packet() -> None:
     with pytest.raises(ProtocolError, match=r"s\.subject"):
         await MemoryBus().publish("s.subject", {"job_id": "x"})  # type: ignore[arg-type]
