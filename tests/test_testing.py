@@ -39,3 +39,9 @@ async def test_clocks_in_one_trio_run_agree_so_a_reopened_engine_keeps_time(
     await trio.sleep(7200)
     second = TrioWallClock()  # e.g. the default clock of an engine opened later
     assert second.now() == first.now()
+
+
+def test_first_failing_seed_is_none_when_every_seed_passes() -> None:
+    from cordtrio.testing import first_failing_seed
+
+    assert first_failing_seed(range(3), runs=2) is None

@@ -41,6 +41,7 @@ from .simulation import (
     LEASE_STORES,
     STORES,
     Budget,
+    first_failing_seed,
     run_under_faults,
     simulate,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SubjectFaults",
     "TrioWallClock",
     "WorkerPool",
+    "first_failing_seed",
     "flaky_store",
     "open_faulty_bus",
     "random_run_input",

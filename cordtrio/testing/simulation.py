@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -248,6 +248,18 @@ def simulate(
         trace=sim.trace,
         situations=dict(sorted(sim.oracle.counts.items())),
     )
+
+
+def first_failing_seed(seeds: Iterable[int], **options: Any) -> SimulationFailure | None:
+    """``simulate`` each of ``seeds`` in order with ``options``; return the first failure
+    (None when every seed passed): how a test shows that a deliberately broken engine is
+    caught, and by which seed."""
+    for seed in seeds:
+        try:
+            simulate(seed, **options)
+        except SimulationFailure as failure:
+            return failure
+    return None
 
 
 def run_under_faults(

@@ -11,25 +11,17 @@ import pytest
 import cordtrio.core.finish as finish
 import cordtrio.core.ready as ready
 from cordtrio.model import Workflow
-from cordtrio.testing import SimulationFailure, simulate
+from cordtrio.testing import first_failing_seed
 from cordtrio.testing.mutations import MUTANTS, apply_mutant, first_failure
 from cordtrio.testing.oracle import expected_status
-
-
-def _first_failure(seeds: range, **options: Any) -> SimulationFailure:
-    for seed in seeds:
-        try:
-            simulate(seed, **options)
-        except SimulationFailure as failure:
-            return failure
-    pytest.fail(f"no seed in {seeds} caught the mutation")
 
 
 def test_siblings_left_running_by_a_failed_fan_out_are_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(finish, "cancel_children", lambda *args, **kwargs: None)
-    failure = _first_failure(range(40))
+    failure = first_failing_seed(range(40))
+    assert failure is not None, "no seed caught it"
     assert failure.invariant == "oracle"
     assert failure.detail.startswith("rule sibling_cancel: run run-")
     assert "fan-out failed while children" in failure.detail
@@ -44,7 +36,8 @@ def test_a_false_gate_that_fails_the_step_is_caught(monkeypatch: pytest.MonkeyPa
         original(tx, step_id, sr, status, **kw)
 
     monkeypatch.setattr(ready, "finish", fail_instead_of_skip)
-    failure = _first_failure(range(20))
+    failure = first_failing_seed(range(20))
+    assert failure is not None, "no seed caught it"
     assert failure.invariant == "oracle"
     assert "rule gate:" in failure.detail and "must be skipped" in failure.detail
 

@@ -4,13 +4,12 @@ every time, and the command printed for it replays that failure."""
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 import pytest
 
 import cordtrio.core.finish as finish
 from cordtrio.cli import main
-from cordtrio.testing import SimulationFailure, simulate
+from cordtrio.testing import SimulationFailure, first_failing_seed, simulate
 from cordtrio.testing.cuts import cut_workflows
 from cordtrio.testing.generate import random_workflow
 from cordtrio.testing.shrink import rule_of, shrink
@@ -22,20 +21,12 @@ def _siblings_left_running(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finish, "cancel_children", lambda *args, **kwargs: None)
 
 
-def _first_failure(seeds: range, **options: Any) -> SimulationFailure:
-    for seed in seeds:
-        try:
-            simulate(seed, **options)
-        except SimulationFailure as failure:
-            return failure
-    pytest.fail(f"no seed in {seeds} failed")
-
-
 def test_a_failing_seed_shrinks_to_a_smaller_one_that_fails_the_same_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _siblings_left_running(monkeypatch)
-    failure = _first_failure(range(40), faults="light")
+    failure = first_failing_seed(range(40), faults="light")
+    assert failure is not None, "no seed caught it"
     shrunk = shrink(failure, {"faults": "light"})
     assert rule_of(shrunk.failure) == rule_of(failure) == "oracle/sibling_cancel"
     o = shrunk.options
