@@ -5,6 +5,7 @@ Test doubles:
 - ``TrioWallClock``: wall-clock timestamps that follow Trio's clock, so under
   ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``)
   timestamps and timers agree while hours of backoff pass instantly.
+- ``PlainBus``: any bus behind the plain ``Bus`` port (no job queues, no callbacks).
 - ``RecordingBus``: wraps any bus and records every published packet.
 
 Simulation (see ``docs/testing.md``):
@@ -31,7 +32,7 @@ Simulation (see ``docs/testing.md``):
 
 from __future__ import annotations
 
-from ._recording import Published, RecordingBus, TrioWallClock
+from ._recording import PlainBus, Published, RecordingBus, TrioWallClock
 from .faults import FaultProfile, FaultyBus, SubjectFaults, open_faulty_bus, resolve_profile
 from .generate import random_run_input, random_workflow
 from .invariants import INVARIANTS
@@ -58,6 +59,7 @@ __all__ = [
     "FaultyBus",
     "FlakyLeaseStore",
     "FlakyStore",
+    "PlainBus",
     "Published",
     "RecordingBus",
     "SimulatedFailure",

@@ -3,7 +3,9 @@
 - ``TrioWallClock``: wall-clock timestamps that follow Trio's clock, so under
   ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``)
   timestamps and timers agree while hours of backoff pass instantly.
-- ``RecordingBus``: wraps any bus and records every published packet, so a test can assert
+- ``PlainBus``: any bus seen through the plain ``Bus`` port only, so a test can run the
+  engine and workers as they run over a third-party bus (no job queues, no callbacks).
+- ``RecordingBus``: a ``PlainBus`` that records every published packet, so a test can assert
   what the engine sent (job requests, cancels, alerts) and when.
 """
 
@@ -19,7 +21,7 @@ from ..clock import TrioWallClock
 from ..ports import Bus
 from ..protocol import BusPacket
 
-__all__ = ["Published", "RecordingBus", "TrioWallClock"]
+__all__ = ["PlainBus", "Published", "RecordingBus", "TrioWallClock"]
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,16 @@ class Published:
     packet: BusPacket
 
 
-class RecordingBus:
-    """A bus wrapper that records what is published, then forwards it."""
+class PlainBus:
+    """``inner`` behind the plain ``Bus`` port only: ``publish`` and ``subscribe``, neither
+    job queues (``ports.JobBus``) nor callbacks (``ports.DirectBus``). Over it the engine takes
+    results from a subscription and workers share jobs through a queue group of
+    ``sys.job.submit``, without reporting job starts: what a third-party bus offers."""
 
     def __init__(self, inner: Bus) -> None:
         self.inner = inner
-        self.published: list[Published] = []
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
-        self.published.append(Published(trio.current_time(), subject, packet))
         await self.inner.publish(subject, packet)
 
     @asynccontextmanager
@@ -48,6 +51,18 @@ class RecordingBus:
     ) -> AsyncIterator[trio.abc.ReceiveChannel[BusPacket]]:
         async with self.inner.subscribe(subject, queue, max_buffer=max_buffer) as channel:
             yield channel
+
+
+class RecordingBus(PlainBus):
+    """A bus wrapper that records what is published, then forwards it."""
+
+    def __init__(self, inner: Bus) -> None:
+        super().__init__(inner)
+        self.published: list[Published] = []
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        self.published.append(Published(trio.current_time(), subject, packet))
+        await self.inner.publish(subject, packet)
 
     def payloads(self, subject: str) -> list[object]:
         """Payloads published on ``subject``, in order."""

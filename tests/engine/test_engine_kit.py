@@ -76,20 +76,6 @@ async def started(bus: Bus, job_id: str) -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
-class PlainBus:
-    """A ``MemoryBus`` seen through the plain ``Bus`` port only (publish/subscribe, no job
-    queues): what a third-party bus offers. Workers don't report job starts over it."""
-
-    def __init__(self, inner: MemoryBus | None = None) -> None:
-        self.inner = inner or MemoryBus()
-
-    async def publish(self, subject: str, packet: Any) -> None:
-        await self.inner.publish(subject, packet)
-
-    def subscribe(self, subject: str, queue: str = "", *, max_buffer: int = 1024) -> Any:
-        return self.inner.subscribe(subject, queue, max_buffer=max_buffer)
-
-
 async def timeline_types(store: MemoryStore, run_id: str, step_id: str | None = None) -> list[str]:
     events = await store.list_timeline_events(run_id, limit=1000)
     return [e.type for e in events if step_id is None or e.step_id == step_id]

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from test_engine_kit import T0, WF, PlainBus, Tap, fail, ok, started, step, tapping, timeline_types
+from test_engine_kit import T0, WF, Tap, fail, ok, started, step, tapping, timeline_types
 
+from cordtrio.backends.memory import MemoryBus
 from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.model import RetryConfig, RunStatus, StepStatus, StepType
 from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
+from cordtrio.testing import PlainBus
 
 # Seconds of real time per test, for minutes to hours of virtual time. Generous so that a
 # loaded CI machine never trips it; a real wait of even one backoff would.
@@ -125,7 +127,7 @@ async def test_step_timeout_cancels_the_job_and_retries_as_timeout(
     """Over a bus whose workers don't report starts, the timeout counts from dispatch."""
     retry = RetryConfig(max_retries=2, initial_backoff_sec=10)
     await save(step("slow", timeout_sec=30, retry=retry))
-    bus = PlainBus()
+    bus = PlainBus(MemoryBus())
     async with (
         tapping(bus, SUBJECT_SUBMIT) as submits,
         tapping(bus, SUBJECT_CANCEL) as cancels,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 import pytest
 import trio
@@ -27,6 +26,7 @@ from cordtrio.protocol import (
 from cordtrio.testing import (
     FaultProfile,
     FlakyStore,
+    PlainBus,
     SimulatedWorker,
     SubjectFaults,
     open_faulty_bus,
@@ -68,7 +68,7 @@ async def test_faulty_bus_drops(autojump_clock: trio.testing.MockClock) -> None:
     assert await publish_and_collect(only(SUBJECT_CANCEL, drop=1.0),
                                      subject=SUBJECT_CANCEL) == []
     # over a bus without job queues, results are lost too
-    assert await publish_and_collect(only(drop=1.0), bus=PlainBus()) == []
+    assert await publish_and_collect(only(drop=1.0), bus=PlainBus(MemoryBus())) == []
 
 
 async def test_over_a_job_bus_jobs_and_results_are_never_dropped(
@@ -77,19 +77,6 @@ async def test_over_a_job_bus_jobs_and_results_are_never_dropped(
     for subject in (SUBJECT_RESULT, SUBJECT_SUBMIT):
         got = await publish_and_collect(only(subject, drop=1.0), subject=subject)
         assert got == [f"run:s@{n}" for n in range(5)]
-
-
-class PlainBus:
-    """A ``MemoryBus`` behind the plain ``Bus`` port (no job queues)."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryBus()
-
-    async def publish(self, subject: str, packet: BusPacket) -> None:
-        await self.inner.publish(subject, packet)
-
-    def subscribe(self, subject: str, queue: str = "", *, max_buffer: float = 1024) -> Any:
-        return self.inner.subscribe(subject, queue, max_buffer=max_buffer)
 
 
 async def test_faulty_bus_duplicates(autojump_clock: trio.testing.MockClock) -> None:
