@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import trio
+from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
 from cordtrio.json_payloads import JsonPayload
@@ -53,55 +53,58 @@ class MemoryPayloadStore:
         self._expiry: deque[tuple[float, str]] = deque()
 
     async def put_context(self, key: str, data: bytes) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, CONTEXT_PREFIX), _private(key, data))
 
     async def get_context(self, key: str) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         return _text(self._get(key, CONTEXT_PREFIX))
 
     async def put_result(self, key: str, data: bytes) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, RESULT_PREFIX), _private(key, data))
 
     async def get_result(self, key: str) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         return _text(self._get(key, RESULT_PREFIX))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._data.pop(check_payload_key(key), None)
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts())
 
     async def get_context_payload(self, key: str) -> JsonPayload:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(key, CONTEXT_PREFIX))
+        await checkpoint_if_cancelled()
+        entry = self._get(key, CONTEXT_PREFIX)
+        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, RESULT_PREFIX), payload.parts())
 
     async def get_result_payload(self, key: str) -> JsonPayload:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(key, RESULT_PREFIX))
+        await checkpoint_if_cancelled()
+        entry = self._get(key, RESULT_PREFIX)
+        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------------- entries
 
     def _put(self, key: str, data: bytes | _Parts) -> None:
-        if self._ttl is None:
+        ttl = self._ttl
+        if ttl is None:
             self._data[key] = (data, _FOREVER)
             return
-        now = trio.current_time()
+        now = current_clock().current_time()  # ``trio.current_time()``, one call fewer
         expiry = self._expiry
         if expiry and expiry[0][0] <= now:
             self._purge(now)
-        expires = now + self._ttl
+        expires = now + ttl
         self._data[key] = (data, expires)
         expiry.append((expires, key))
 
@@ -113,7 +116,8 @@ class MemoryPayloadStore:
             # Only a key that passed ``check_payload_key`` is ever stored: a stored key
             # with the right prefix needs no check; any other gets it (and its error).
             check_payload_key(key, prefix)
-        if entry is None or (entry[1] is not _FOREVER and entry[1] <= trio.current_time()):
+        if entry is None or (entry[1] is not _FOREVER
+                             and entry[1] <= current_clock().current_time()):
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]
 
@@ -143,8 +147,7 @@ def _text(entry: bytes | _Parts) -> bytes:
     return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
 
 
-def _payload(entry: bytes | _Parts) -> JsonPayload:
-    return JsonPayload.of_text(entry) if type(entry) is bytes else JsonPayload.of_parts(entry)  # type: ignore[arg-type]
+_of_text, _of_parts = JsonPayload.of_text, JsonPayload.of_parts  # a stored entry as a payload
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]
