@@ -35,6 +35,12 @@ _DEFAULT = json.JSONEncoder()
 _MAX_DEPTH = 64  # deeper values take the JSON path (which sees cycles and recursion limits)
 _MAX_INT_BITS = 4000  # ~1200 digits: far below the int-to-str digit limit json.dumps hits
 _SCALAR_BOUND = {bool: 5, type(None): 4, float: 26}  # the longest text of each
+_SCALARS = frozenset({int, float, bool, type(None)})  # JSON's leaves but strings
+_LEAVES = frozenset({str, *_SCALARS})
+_SHORT_FROZEN = 2 * _MAX_INT_BITS // 15  # no int above _MAX_INT_BITS marshals this short
+_TEXT_PER_FROZEN_BYTE = 7  # a plain value's JSON text is at most 7 x its marshal's length
+_new = object.__new__
+_dumps, _loads = marshal.dumps, marshal.loads
 
 
 def _bound(value: Any, depth: int) -> int:
@@ -77,59 +83,110 @@ def _bound(value: Any, depth: int) -> int:
     return _SCALAR_BOUND.get(cls, -1)
 
 
-class JsonPayload:
-    """One payload: its JSON text, or a plain JSON value kept as an immutable snapshot."""
+def _plain(value: Any, depth: int) -> bool:
+    """``_bound(value, depth) >= 0`` for a value whose ints need no check (its marshal is
+    shorter than ``_SHORT_FROZEN``): the same walk, without the sizes."""
+    cls = type(value)
+    if cls is dict:
+        if depth > _MAX_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            item_cls = type(item)
+            if item_cls is not str and item_cls not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if cls is list:
+        if depth > _MAX_DEPTH:
+            return False
+        if _LEAVES.issuperset(map(type, value)):  # a list of leaves: one C-level pass
+            return True
+        for item in value:
+            if type(item) not in _LEAVES and not _plain(item, depth + 1):
+                return False
+        return True
+    return cls in _LEAVES
 
-    __slots__ = ("_bound", "_compact", "_frozen", "_text")
+
+class JsonPayload:
+    """One payload: its JSON text, or a plain JSON value kept as an immutable snapshot.
+
+    Kept as one tuple, ``parts()``: a store keeps that very tuple and wraps it again on a
+    read (``of_parts``), without copying anything."""
+
+    __slots__ = ("_parts",)
 
     def __init__(self, text: bytes | None, frozen: bytes | None, bound: int,
                  compact: bool) -> None:
-        self._text = text
-        self._frozen = frozen  # marshal of a plain value: exact types, no shared parts
-        self._bound = bound  # the text's length, or an upper bound of it
-        self._compact = compact
+        # text; marshal of a plain value (exact types, no shared parts); the text's length,
+        # or an upper bound of it; whether the text has a job input's separators
+        self._parts = (text, frozen, bound, compact)
 
     @classmethod
     def of(cls, value: Any, *, compact: bool) -> JsonPayload:
         """``value`` as a payload (``compact``: a job input's separators). Raises
         ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
-        bound = _bound(value, 0)
-        if bound >= 0:
-            return cls(None, marshal.dumps(value, 2), bound, compact)
+        # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles):
+        # that takes the JSON path. What it accepts but JSON does not (tuples, sets, bytes,
+        # keys that are not strings...) is told by the walk. A plain value's text is at
+        # most 7 bytes per byte of its marshal (version 2: no shared references; the worst
+        # case is ``false`` and its separator for the one byte of ``False`` in a list).
+        try:
+            frozen: bytes | None = _dumps(value, 2)
+        except ValueError:
+            frozen = None
+        if frozen is not None:
+            size = len(frozen)
+            if size < _SHORT_FROZEN:
+                if _plain(value, 0):
+                    payload = _new(cls)
+                    payload._parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+                    return payload
+            else:
+                bound = _bound(value, 0)
+                if bound >= 0:
+                    return cls(None, frozen, bound, compact)
         text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
         return cls(text, None, len(text), compact)
 
     @classmethod
     def of_text(cls, data: bytes) -> JsonPayload:
         """A payload a store kept as bytes (handed out as they are: bytes are immutable)."""
-        return cls(data, None, len(data), False)
+        payload = _new(cls)
+        payload._parts = (data, None, len(data), False)
+        return payload
 
     def parts(self) -> tuple[bytes | None, bytes | None, int, bool]:
         """The payload as a tuple of immutable values, for a store to keep: unlike the
         object, such a tuple is untracked by the cyclic garbage collector once it has seen
         it, and stores keep payloads for a day."""
-        return (self._text, self._frozen, self._bound, self._compact)
+        return self._parts
 
     @classmethod
     def of_parts(cls, parts: tuple[bytes | None, bytes | None, int, bool]) -> JsonPayload:
         """The payload ``parts()`` describes."""
-        return cls(*parts)
+        payload = _new(cls)
+        payload._parts = parts
+        return payload
 
     def value(self) -> Any:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
-        if self._frozen is not None:
-            return marshal.loads(self._frozen)
-        assert self._text is not None
-        return json.loads(self._text)
+        parts = self._parts
+        if parts[1] is not None:
+            return _loads(parts[1])
+        assert parts[0] is not None
+        return json.loads(parts[0])
 
     def value_or_text(self) -> Any:
         """``value()``, or the text itself (decoded, bad bytes replaced) when it is not JSON:
         how the engine reads a result (SPEC §8)."""
-        if self._frozen is not None:
-            return marshal.loads(self._frozen)
-        assert self._text is not None
-        text = self._text.decode("utf-8", errors="replace")
+        parts = self._parts
+        if parts[1] is not None:
+            return _loads(parts[1])
+        assert parts[0] is not None
+        text = parts[0].decode("utf-8", errors="replace")
         try:
             return json.loads(text)
         except ValueError:
@@ -137,16 +194,16 @@ class JsonPayload:
 
     def text(self) -> bytes:
         """The JSON text, as the bytes path stores it."""
-        if self._text is None:
-            assert self._frozen is not None
-            value = marshal.loads(self._frozen)
-            self._text = (_COMPACT if self._compact else _DEFAULT).encode(value).encode()
-            self._bound = len(self._text)
-        return self._text
+        text, frozen, _, compact = self._parts
+        if text is None:
+            assert frozen is not None
+            text = (_COMPACT if compact else _DEFAULT).encode(_loads(frozen)).encode()
+            self._parts = (text, frozen, len(text), compact)
+        return text
 
     def too_large(self, limit: int) -> bool:
         """The text is longer than ``limit`` bytes."""
-        return self._bound > limit and len(self.text()) > limit
+        return self._parts[2] > limit and len(self.text()) > limit
 
 
 class ValuePayloads(Protocol):
@@ -159,14 +216,15 @@ class ValuePayloads(Protocol):
     async def get_result_payload(self, key: str) -> JsonPayload: ...
 
 
-def _values(payloads: PayloadStore) -> ValuePayloads | None:
-    return payloads if getattr(payloads, "takes_json_payloads", False) else None  # type: ignore[return-value]
+# ``getattr(payloads, "takes_json_payloads", False)`` picks the path: a store with
+# ``ValuePayloads`` says so (``MemoryPayloadStore``); read in place, not through a helper,
+# since these run four times per engine step.
 
 
 def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload | bytes:
     """``value`` as ``payloads`` takes it: a ``JsonPayload`` for an in-process store, the
     JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does."""
-    if _values(payloads) is not None:
+    if getattr(payloads, "takes_json_payloads", False):
         return JsonPayload.of(value, compact=compact)
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
@@ -174,9 +232,8 @@ def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload 
 async def put_context(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
     """Store a job input made by ``encode``."""
     if isinstance(data, JsonPayload):
-        values = _values(payloads)
-        if values is not None:
-            await values.put_context_payload(key, data)
+        if getattr(payloads, "takes_json_payloads", False):
+            await payloads.put_context_payload(key, data)  # type: ignore[attr-defined]
             return
         data = data.text()
     await payloads.put_context(key, data)
@@ -185,9 +242,8 @@ async def put_context(payloads: PayloadStore, key: str, data: JsonPayload | byte
 async def put_result(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
     """Store a job result made by ``encode``."""
     if isinstance(data, JsonPayload):
-        values = _values(payloads)
-        if values is not None:
-            await values.put_result_payload(key, data)
+        if getattr(payloads, "takes_json_payloads", False):
+            await payloads.put_result_payload(key, data)  # type: ignore[attr-defined]
             return
         data = data.text()
     await payloads.put_result(key, data)
@@ -195,17 +251,15 @@ async def put_result(payloads: PayloadStore, key: str, data: JsonPayload | bytes
 
 async def get_context(payloads: PayloadStore, key: str) -> JsonPayload:
     """A job input, whichever way the store keeps it."""
-    values = _values(payloads)
-    if values is not None:
-        return await values.get_context_payload(key)
+    if getattr(payloads, "takes_json_payloads", False):
+        return await payloads.get_context_payload(key)  # type: ignore[attr-defined, no-any-return]
     return JsonPayload.of_text(await payloads.get_context(key))
 
 
 async def get_result(payloads: PayloadStore, key: str) -> JsonPayload:
     """A job result, whichever way the store keeps it."""
-    values = _values(payloads)
-    if values is not None:
-        return await values.get_result_payload(key)
+    if getattr(payloads, "takes_json_payloads", False):
+        return await payloads.get_result_payload(key)  # type: ignore[attr-defined, no-any-return]
     return JsonPayload.of_text(await payloads.get_result(key))
 
 

@@ -33,36 +33,28 @@ def pointer_for_key(key: str) -> str:
     return POINTER_SCHEME + key
 
 
-def _well_formed(key: str, prefix: str) -> bool:
-    """The common case of ``check_payload_key``, in a few C-level calls: it runs on every
-    payload read and write."""
-    return (key.__class__ is str and len(key) > 4
-            and (key.startswith(prefix) if prefix else key.startswith(PAYLOAD_PREFIXES))
-            and key.strip() == key
-            and "\n" not in key and "\r" not in key and "\x00" not in key)  # no line breaks, NUL
-
-
-# what a well-formed pointer starts with, per prefix ("": either half of the namespace)
+# What a well-formed pointer starts with, per prefix ("": either half of the namespace).
+# ``key_from_pointer`` and ``pointer_problem`` (every job) read ``check_payload_key``'s
+# common case on the pointer itself, without a slice or a call: the scheme and the prefix
+# have no white space or line break, so the key has one exactly where the pointer has, and
+# its start is "ctx:"/"res:" (only its end can be white space).
 _POINTER_STARTS: dict[str, str | tuple[str, ...]] = {
     prefix: POINTER_SCHEME + prefix for prefix in PAYLOAD_PREFIXES}
 _POINTER_STARTS[""] = tuple(POINTER_SCHEME + prefix for prefix in PAYLOAD_PREFIXES)
-_SHORTEST_POINTER = len(POINTER_SCHEME) + 4
-
-
-def _pointer_well_formed(ptr: str, prefix: str) -> bool:
-    """``_well_formed`` of the key a ``redis://`` pointer names, read on the pointer itself
-    (no slice): the scheme and the prefix have no white space or line break, so the key
-    has one exactly where the pointer has (the key's first character is its prefix's)."""
-    return (ptr.__class__ is str and len(ptr) > _SHORTEST_POINTER
-            and ptr.startswith(_POINTER_STARTS[prefix])
-            and not ptr[-1].isspace()  # ``key.strip() == key``: its end; its start is "ctx:"/"res:"
-            and "\n" not in ptr and "\r" not in ptr and "\x00" not in ptr)
+_SCHEME_LENGTH = len(POINTER_SCHEME)
+_SHORTEST_POINTER = _SCHEME_LENGTH + 4
+_NO_START = "\x00"  # what no well-formed pointer starts with (for an unknown prefix)
 
 
 def check_payload_key(key: str, prefix: str = "", *, pointer: str = "") -> str:
     """``key`` if it is a key of the payload namespace (with ``prefix``: of that half of it,
     ``ctx:`` or ``res:``); else ``PayloadPointerError`` naming ``pointer`` (or the key)."""
-    if _well_formed(key, prefix):
+    # The common case in a few C-level calls, without a call of its own: it runs on every
+    # payload write.
+    if (key.__class__ is str and len(key) > 4
+            and key.startswith(prefix or PAYLOAD_PREFIXES)
+            and key.strip() == key
+            and "\n" not in key and "\r" not in key and "\x00" not in key):  # no line breaks, NUL
         return key
     shown = pointer or key
     if not isinstance(key, str):
@@ -80,17 +72,23 @@ def key_from_pointer(ptr: str, prefix: str = "") -> str:
     """Payload key named by a pointer (``redis://ctx:<job>``, ``redis://res:<job>`` or the
     bare key). Raises ``PayloadPointerError`` (a ``ValueError``) naming the pointer if it is
     malformed or outside the payload namespace (``check_payload_key``)."""
-    if prefix in _POINTER_STARTS and _pointer_well_formed(ptr, prefix):
-        return ptr[len(POINTER_SCHEME):]  # the common case: a pointer the engine made
+    if (ptr.__class__ is str and len(ptr) > _SHORTEST_POINTER
+            and ptr.startswith(_POINTER_STARTS.get(prefix, _NO_START))
+            and not ptr[-1].isspace()  # ``key.strip() == key``
+            and "\n" not in ptr and "\r" not in ptr and "\x00" not in ptr):
+        return ptr[_SCHEME_LENGTH:]  # the common case: a pointer the engine made
     if not isinstance(ptr, str) or not ptr:
         raise PayloadPointerError(f"bad payload pointer {ptr!r}: expected {POINTER_SCHEME}<key>")
-    key = ptr[len(POINTER_SCHEME):] if ptr.startswith(POINTER_SCHEME) else ptr
+    key = ptr[_SCHEME_LENGTH:] if ptr.startswith(POINTER_SCHEME) else ptr
     return check_payload_key(key, prefix, pointer=ptr)
 
 
 def pointer_problem(ptr: str, prefix: str = "") -> str:
     """Why ``ptr`` is refused (``key_from_pointer``'s message), or ``""`` when it is fine."""
-    if prefix in _POINTER_STARTS and _pointer_well_formed(ptr, prefix):
+    if (ptr.__class__ is str and len(ptr) > _SHORTEST_POINTER
+            and ptr.startswith(_POINTER_STARTS.get(prefix, _NO_START))
+            and not ptr[-1].isspace()
+            and "\n" not in ptr and "\r" not in ptr and "\x00" not in ptr):
         return ""  # the common case (every job result), without raising and catching
     try:
         key_from_pointer(ptr, prefix)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cordtrio import json_payloads
 from cordtrio.backends.memory import MemoryPayloadStore
@@ -91,6 +93,34 @@ def test_too_large_measures_the_text() -> None:
     assert JsonPayload.of_text(b"not json").value_or_text() == "not json"
     with pytest.raises(ValueError):
         JsonPayload.of_text(b"not json").value()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30,
+)
+WORST_TEXT_PER_BYTE: list[Any] = [  # the most text per byte kept: falses, escaped characters
+    [False] * 300, [[False]] * 100, {"": False}, "\x01" * 100, "\U0001f600" * 50,
+    {"\x01" * 10: [None, True, -1, 1e-300]}, [2**4000 - 1],
+]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("value", PLAIN + ODD + WORST_TEXT_PER_BYTE)
+def test_too_large_tells_one_byte_over(value: Any, compact: bool) -> None:
+    size = len(JsonPayload.of(value, compact=compact).text())
+    assert JsonPayload.of(value, compact=compact).too_large(size - 1)
+    assert not JsonPayload.of(value, compact=compact).too_large(size)
+
+
+@given(json_values, st.booleans())
+def test_any_json_value_reads_back_and_measures_as_its_text(value: Any, compact: bool) -> None:
+    text = (COMPACT if compact else json.JSONEncoder()).encode(value).encode()
+    assert JsonPayload.of(value, compact=compact).text() == text
+    assert repr(JsonPayload.of(value, compact=compact).value()) == repr(json.loads(text))
+    assert JsonPayload.of(value, compact=compact).too_large(len(text) - 1)
+    assert not JsonPayload.of(value, compact=compact).too_large(len(text))
 
 
 async def test_the_memory_store_reads_either_form_either_way() -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections import deque
 
-import trio
+from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
 from cordtrio.json_payloads import JsonPayload
 from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
-_FOREVER = float("inf")
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts()``)
 
 
@@ -47,63 +46,73 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> (bytes or JsonPayload.parts(), expires at)
-        self._data: dict[str, tuple[bytes | _Parts, float]] = {}
-        # Writes in order. With one TTL for every entry, this is also expiry order.
-        self._expiry: deque[tuple[float, str]] = deque()
+        # key -> bytes or JsonPayload.parts(); and, with a TTL, key -> when it expires
+        self._data: dict[str, bytes | _Parts] = {}
+        self._expires: dict[str, float] = {}
+        # Writes in order (expiry time and key side by side, rather than as pairs: a pair is
+        # one more object per write for the garbage collector to see). With one TTL for
+        # every entry, this is also expiry order.
+        self._expiry_times: deque[float] = deque()
+        self._expiry_keys: deque[str] = deque()
 
     async def put_context(self, key: str, data: bytes) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, CONTEXT_PREFIX), _private(key, data))
 
     async def get_context(self, key: str) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         return _text(self._get(key, CONTEXT_PREFIX))
 
     async def put_result(self, key: str, data: bytes) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, RESULT_PREFIX), _private(key, data))
 
     async def get_result(self, key: str) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         return _text(self._get(key, RESULT_PREFIX))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._data.pop(check_payload_key(key), None)
+        self._expires.pop(key, None)
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts())
 
     async def get_context_payload(self, key: str) -> JsonPayload:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(key, CONTEXT_PREFIX))
+        await checkpoint_if_cancelled()
+        entry = self._get(key, CONTEXT_PREFIX)
+        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         self._put(check_payload_key(key, RESULT_PREFIX), payload.parts())
 
     async def get_result_payload(self, key: str) -> JsonPayload:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return _payload(self._get(key, RESULT_PREFIX))
+        await checkpoint_if_cancelled()
+        entry = self._get(key, RESULT_PREFIX)
+        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------------- entries
 
     def _put(self, key: str, data: bytes | _Parts) -> None:
-        if self._ttl is None:
-            self._data[key] = (data, _FOREVER)
+        ttl = self._ttl
+        if ttl is None:
+            self._data[key] = data
             return
-        now = trio.current_time()
-        expiry = self._expiry
-        if expiry and expiry[0][0] <= now:
+        now = current_clock().current_time()  # ``trio.current_time()``, one call fewer
+        times = self._expiry_times
+        if times and times[0] <= now:
             self._purge(now)
-        expires = now + self._ttl
-        self._data[key] = (data, expires)
-        expiry.append((expires, key))
+        expires = now + ttl
+        self._data[key] = data
+        self._expires[key] = expires
+        times.append(expires)
+        self._expiry_keys.append(key)
 
     def _get(self, key: str, prefix: str) -> bytes | _Parts:
         """The entry at ``key``, a key of the ``prefix`` half of the namespace
@@ -113,17 +122,20 @@ class MemoryPayloadStore:
             # Only a key that passed ``check_payload_key`` is ever stored: a stored key
             # with the right prefix needs no check; any other gets it (and its error).
             check_payload_key(key, prefix)
-        if entry is None or (entry[1] is not _FOREVER and entry[1] <= trio.current_time()):
+        if entry is None or (self._ttl is not None
+                             and self._expires[key] <= current_clock().current_time()):
             raise NotFoundError(f"payload {key!r} not found")
-        return entry[0]
+        return entry
 
     def _purge(self, now: float) -> None:
         """Drop expired entries; O(1) amortised per write."""
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
-            expires, key = expiry.popleft()
-            entry = self._data.get(key)
-            if entry is not None and entry[1] == expires:  # not rewritten since
+        times, keys = self._expiry_times, self._expiry_keys
+        expires_at = self._expires
+        while times and times[0] <= now:
+            expires = times.popleft()
+            key = keys.popleft()
+            if expires_at.get(key) == expires:  # not rewritten since
+                del expires_at[key]
                 del self._data[key]
 
 
@@ -143,8 +155,7 @@ def _text(entry: bytes | _Parts) -> bytes:
     return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
 
 
-def _payload(entry: bytes | _Parts) -> JsonPayload:
-    return JsonPayload.of_text(entry) if type(entry) is bytes else JsonPayload.of_parts(entry)  # type: ignore[arg-type]
+_of_text, _of_parts = JsonPayload.of_text, JsonPayload.of_parts  # a stored entry as a payload
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]

@@ -70,27 +70,31 @@ class Timelines:
             elif when.tzinfo is not UTC:
                 when = _time(when)
             fields = _TEXT_FIELDS(event)  # one C call for the eight text fields
-            if not (type(fields[0]) is type(fields[1]) is type(fields[2]) is type(fields[3])
-                    is type(fields[4]) is type(fields[5]) is type(fields[6])
-                    is type(fields[7]) is str):  # not all plain strings (C-level checks)
-                fields = tuple(map(_text, fields))
-            if not fields[1]:
-                fields = (fields[0], run_id, *fields[2:])
+            kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = fields
+            if not (type(kind) is type(rid) is type(workflow_id) is type(step_id)
+                    is type(job_id) is type(status) is type(result_ptr) is type(message)
+                    is str):  # not all plain strings (C-level checks)
+                kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
+                    _text, fields)
+            if not rid:
+                rid = run_id
             data = event.data
             if data:
-                rows.append((when, *fields, freeze(data)))
-                continue
-            row = (when, *fields)
-            if row[8]:  # a message: nothing to leave out
-                rows.append(row)
-                continue
-            if row[7]:  # a result pointer, no message (a step that completed)
-                rows.append(row[:8])
-                continue
-            end = 7
-            while end > 3 and not row[end - 1]:
-                end -= 1  # trailing empty fields are left out (a shorter tuple)
-            rows.append(row[:end])
+                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
+                             message, freeze(data)))
+            elif message:  # nothing to leave out
+                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
+                             message))
+            elif result_ptr:  # no message (a step that completed)
+                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr))
+            elif status:
+                rows.append((when, kind, rid, workflow_id, step_id, job_id, status))
+            else:  # trailing empty fields are left out (a shorter tuple)
+                row = (when, kind, rid, workflow_id, step_id, job_id)
+                end = 6
+                while end > 3 and not row[end - 1]:
+                    end -= 1
+                rows.append(row[:end])
         if len(rows) > TIMELINE_CAP:
             del rows[:len(rows) - TIMELINE_CAP]
 
