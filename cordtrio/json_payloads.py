@@ -35,6 +35,7 @@ _DEFAULT = json.JSONEncoder()
 _MAX_DEPTH = 64  # deeper values take the JSON path (which sees cycles and recursion limits)
 _MAX_INT_BITS = 4000  # ~1200 digits: far below the int-to-str digit limit json.dumps hits
 _SCALAR_BOUND = {bool: 5, type(None): 4, float: 26}  # the longest text of each
+_MAX_CHAR_TEXT = 12  # the longest text of one character: "\\ud83d\\ude00" for U+1F600
 _SCALARS = frozenset({int, float, bool, type(None)})  # JSON's leaves but strings
 _LEAVES = frozenset({str, *_SCALARS})
 _SHORT_FROZEN = 2 * _MAX_INT_BITS // 15  # no int above _MAX_INT_BITS marshals this short
@@ -48,7 +49,9 @@ def _bound(value: Any, depth: int) -> int:
     -1 when ``value`` is not plain JSON."""
     cls = type(value)
     if cls is str:
-        return 6 * len(value) + 2  # every character escaped as \\uXXXX at worst
+        # every character escaped at worst: \\uXXXX, or a surrogate pair \\uXXXX\\uXXXX
+        # for one outside the Basic Multilingual Plane
+        return _MAX_CHAR_TEXT * len(value) + 2
     if cls is dict:
         if depth > _MAX_DEPTH:
             return -1
@@ -58,14 +61,14 @@ def _bound(value: Any, depth: int) -> int:
                 return -1
             item_cls = type(item)
             if item_cls is str:  # the common leaves without a call (``_bound``'s own rules)
-                size = 6 * len(item) + 2
+                size = _MAX_CHAR_TEXT * len(item) + 2
             elif item_cls in _SCALAR_BOUND:
                 size = _SCALAR_BOUND[item_cls]
             else:
                 size = _bound(item, depth + 1)
                 if size < 0:
                     return -1
-            total += 6 * len(key) + 6 + size  # the key quoted, ": " and ", "
+            total += _MAX_CHAR_TEXT * len(key) + 6 + size  # the key quoted, ": " and ", "
         return total
     if cls is list:
         if depth > _MAX_DEPTH:

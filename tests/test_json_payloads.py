@@ -103,6 +103,7 @@ json_values = st.recursive(
 WORST_TEXT_PER_BYTE: list[Any] = [  # the most text per byte kept: falses, escaped characters
     [False] * 300, [[False]] * 100, {"": False}, "\x01" * 100, "\U0001f600" * 50,
     {"\x01" * 10: [None, True, -1, 1e-300]}, [2**4000 - 1],
+    "\U0001f600" * 300, {"\U0001f600" * 200: ["\U0001f600" * 200]},  # 12 characters each
 ]
 
 
