@@ -1,0 +1,98 @@
+"""Waiting for the Celery peer's results without hanging on a lost notification.
+
+Celery's Redis result backend tells a waiting ``AsyncResult.get()`` that its task is done
+through a pub/sub message. The waiter subscribes to the task's channel, then reads the
+stored result once; if the worker stores and publishes between the two as the server
+sees them (a busy 2-core machine makes it likely over thousands of results), the message
+reaches nobody and ``get()`` waits out its whole timeout although the result is stored.
+The harness measured that as a 10-minute hang; the worker was idle and every result was
+in Redis.
+
+``collect`` therefore waits with ``get()`` in short slices and, after each slice that
+ends without the result, reads the stored result itself: a finished task whose message
+was lost costs at most one slice, and is counted (``Collected.lost_notifications``). It
+fails fast, with the cause in the message, when the worker process has exited or when the
+server's key count (every finished task stores its result) has not moved for ``stall``
+seconds.
+
+It only needs the results' ``id`` and ``get``, the backend's stored state, a progress count
+and the worker's exit code, so it is tested without Celery (``tests/test_benchmarks.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+SLICE = 0.5
+"""Seconds one ``get()`` waits before the stored result is read directly."""
+
+
+class PeerStalled(RuntimeError):
+    """The Celery peer stopped making progress (its message names why)."""
+
+
+class Result(Protocol):
+    id: str
+
+    def get(self, *, timeout: float, disable_sync_subtasks: bool) -> Any: ...
+
+
+@dataclass
+class Collected:
+    results: int
+    lost_notifications: int
+
+
+def collect(
+    results: Sequence[Result],
+    *,
+    stored_status: Callable[[str], str],
+    worker_exit: Callable[[], str | None],
+    progress: Callable[[], int],
+    timeout_error: type[BaseException],
+    timeout: float,
+    stall: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Collected:
+    """Wait for every result in order. ``stored_status(task_id)`` reads the task's state
+    from the result backend (``PENDING`` when nothing is stored), ``worker_exit()`` says
+    why the worker is gone (None while it runs), ``progress()`` is a count that grows while
+    the worker gets on (the server's keys), ``timeout_error`` is what ``get`` raises when
+    its slice ends. Raises ``PeerStalled`` when the worker has exited, when neither a result
+    came nor ``progress()`` moved for ``stall`` seconds, or after ``timeout`` s in all."""
+    start = last_progress = clock()
+    seen = progress()
+    lost = 0
+    for done, result in enumerate(results):
+        while True:
+            try:
+                result.get(timeout=SLICE, disable_sync_subtasks=False)
+                break
+            except timeout_error:
+                pass
+            status = stored_status(result.id)
+            if status in READY:
+                if status != "SUCCESS":
+                    raise PeerStalled(f"celery task {result.id} ended {status}")
+                lost += 1  # stored, but its notification never reached get()
+                break
+            gone = worker_exit()
+            now = clock()
+            count = progress()
+            if count != seen:
+                seen, last_progress = count, now
+            where = f"{done} of {len(results)} results in, waiting for task {result.id}"
+            if gone is not None:
+                raise PeerStalled(f"the celery worker exited ({gone}); {where}")
+            if now - last_progress > stall:
+                raise PeerStalled(f"no celery progress for {stall:.0f} s (no result, no new "
+                                  f"key in Redis) while the worker runs; {where} (state "
+                                  f"{status})")
+            if now - start > timeout:
+                raise PeerStalled(f"celery results not in after {timeout:.0f} s; {where}")
+        last_progress = clock()
+    return Collected(len(results), lost)
