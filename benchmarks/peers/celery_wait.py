@@ -21,6 +21,7 @@ and the worker's exit code, so it is tested without Celery (``tests/test_benchma
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ def collect(
                 if status != "SUCCESS":
                     raise PeerStalled(f"celery task {result.id} ended {status}")
                 lost += 1  # stored, but its notification never reached get()
+                # get() reads the stored result when it starts waiting: it returns now,
+                # and Celery drops its subscription (left over, it would be unsubscribed
+                # from AsyncResult.__del__ at exit, after the server has stopped).
+                with contextlib.suppress(timeout_error):
+                    result.get(timeout=SLICE, disable_sync_subtasks=False)
                 break
             gone = worker_exit()
             now = clock()
