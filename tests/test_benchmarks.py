@@ -122,6 +122,11 @@ def test_profile_attributes_self_time_to_areas_and_writes_json(tmp_path: Path) -
     shares = {r["area"]: r["self_pct"] for r in data["areas"]}
     assert shares["core (decide)"] > 0 and shares["engine shell"] > 0
     assert abs(sum(shares.values()) - 100) < 0.01
+    assert data["timer"] == "wall"
+    assert profile_main(["--workload", "w1", "--backend", "memory", "--size", "3",
+                         "--top", "5", "--cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["timer"] == "thread CPU" and data["total_self_s"] > 0
 
 
 def test_switches_counts_task_switches_per_step(capsys: pytest.CaptureFixture[str]) -> None:
