@@ -219,7 +219,7 @@ def test_celery_results_whose_notification_is_lost_are_read_from_the_backend() -
     slow = _FakeResult("slow", clock, arrives_after=3)  # notified after 3 slices
     lost = _FakeResult("lost", clock, arrives_after=math.inf)  # stored, never notified
     got = _collect([slow, lost], clock, stored={"lost": "SUCCESS"})
-    assert got == Collected(results=2, lost_notifications=1)
+    assert got == Collected(results=2, read_stored=1)
     assert slow.gets == 4 and lost.gets == 2  # then handed back to Celery once
     assert clock.now == 5 * SLICE  # not the whole timeout (this fake never answers get)
 

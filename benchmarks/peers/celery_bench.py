@@ -10,10 +10,11 @@
 W4 has no equivalent (Celery has no approval steps). The worker runs ``--pool=solo`` by
 default (one process, like cordtrio's single worker process; see docs/benchmarks.md for the
 prefork measurement); ``CORDTRIO_BENCH_CELERY_POOL=prefork`` runs prefork with 2 processes.
-Results are awaited through ``celery_wait.collect``: Celery's own ``get()``, with the
-stored result read when its notification is lost, and a clear failure instead of a hang
-when the worker exits or stops making progress. The worker's stderr goes to a file (a
-pipe nobody reads would block a worker that logs more than the pipe holds).
+Results are awaited through ``celery_wait.collect``: Celery's own ``get()`` in 0.5 s
+slices, with the stored result read when its notification does not come, and a clear
+failure instead of a hang when the worker exits or stops making progress. The worker's
+stderr goes to a file (a pipe nobody reads would block a worker that logs more than the
+pipe holds).
 """
 
 from __future__ import annotations
@@ -116,17 +117,17 @@ class CelerySession:
         return str(self.m.app.backend.get_task_meta(task_id, cache=False)["status"])
 
     def wait(self, results: list[Any], timeout: float = RESULT_TIMEOUT) -> int:
-        """Wait for ``results`` (``celery_wait.collect``); the lost notifications."""
+        """Wait for ``results`` (``celery_wait.collect``); how many were read stored."""
         from celery.exceptions import TimeoutError as CeleryTimeout
 
         got = collect(results, stored_status=self._stored_status,
                       worker_exit=self._worker_exit, progress=self.redis.key_count,
                       timeout_error=CeleryTimeout, timeout=timeout,
                       stall=min(STALL_TIMEOUT, timeout))
-        if got.lost_notifications:
-            self.log(f"{self.name}: {got.lost_notifications} of {got.results} result "
-                     "notifications lost (stored results read from Redis)")
-        return got.lost_notifications
+        if got.read_stored:
+            self.log(f"{self.name}: {got.read_stored} of {got.results} results read from "
+                     "Redis after a 0.5 s wait without their notification")
+        return got.read_stored
 
     def run(self, workload: str, size: int, repeat: int) -> list[Sample]:
         return [self.run_once(workload, size) for _ in range(repeat)]
@@ -154,11 +155,11 @@ class CelerySession:
             steps, runs = size * RETRY_STEPS, size
         else:
             raise ValueError(f"the Celery peer has no equivalent of {workload}")
-        lost = self.wait(results)
+        read_stored = self.wait(results)
         seconds = time.perf_counter() - start
         delta = command_delta(before, self.redis.commandstats())
         extra = {"attempts": float(2 * steps)} if workload == "w5" else {}
-        if lost:
-            extra["lost_result_notifications"] = float(lost)
+        if read_stored:
+            extra["results_read_stored"] = float(read_stored)
         return Sample(workload, self.name, size, steps, runs, seconds, redis_commands=delta,
                       extra=extra)

@@ -10,7 +10,11 @@ in Redis.
 
 ``collect`` therefore waits with ``get()`` in short slices and, after each slice that
 ends without the result, reads the stored result itself: a finished task whose message
-was lost costs at most one slice, and is counted (``Collected.lost_notifications``). It
+was lost costs at most one slice. Such results are counted (``Collected.read_stored``):
+lost messages, and messages Celery's client had not read yet — for a chord of 1,000
+tasks its ``get()`` returns ~2.4 s after the callback's result is stored here, while it
+reads the 1,000 header tasks' messages first; a slice cuts that to at most 0.5 s (each
+``get()`` also reads the stored result when it starts waiting), which favours Celery. It
 fails fast, with the cause in the message, when the worker process has exited or when the
 server's key count (every finished task stores its result) has not moved for ``stall``
 seconds.
@@ -45,7 +49,8 @@ class Result(Protocol):
 @dataclass
 class Collected:
     results: int
-    lost_notifications: int
+    read_stored: int
+    """Results found stored after a slice in which ``get()`` did not return."""
 
 
 def collect(
@@ -67,7 +72,7 @@ def collect(
     came nor ``progress()`` moved for ``stall`` seconds, or after ``timeout`` s in all."""
     start = last_progress = clock()
     seen = progress()
-    lost = 0
+    stored = 0
     for done, result in enumerate(results):
         while True:
             try:
@@ -79,7 +84,7 @@ def collect(
             if status in READY:
                 if status != "SUCCESS":
                     raise PeerStalled(f"celery task {result.id} ended {status}")
-                lost += 1  # stored, but its notification never reached get()
+                stored += 1  # its notification lost, or not read by Celery yet
                 # get() reads the stored result when it starts waiting: it returns now,
                 # and Celery drops its subscription (left over, it would be unsubscribed
                 # from AsyncResult.__del__ at exit, after the server has stopped).
@@ -101,4 +106,4 @@ def collect(
             if now - start > timeout:
                 raise PeerStalled(f"celery results not in after {timeout:.0f} s; {where}")
         last_progress = clock()
-    return Collected(len(results), lost)
+    return Collected(len(results), stored)
