@@ -29,6 +29,7 @@ docs/benchmarks.md. Real clock: numbers on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
+import signal
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -268,5 +269,13 @@ def _run_peers(todo: list[tuple[Peer, Workload, int]], repeat: int, redis: Redis
             note(f"peer {name} failed: {type(exc).__name__}: {exc}")
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner) ends the harness as Ctrl-C does, through its
+    context managers: the redis-server and the peers' worker processes it started are
+    stopped, not left running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 if __name__ == "__main__":
+    _interrupt_on_sigterm()
     raise SystemExit(main())

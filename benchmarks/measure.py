@@ -20,6 +20,8 @@ from .backends import NEEDS_REDIS, Hooks, open_session
 from .workloads import Workload
 
 PROGRESS_INTERVAL = 0.2
+HARNESS_COMMANDS = frozenset({"info", "dbsize"})
+"""Commands the harness's own client sends, left out of the per-step counts."""
 
 
 @dataclass
@@ -111,8 +113,8 @@ def peak_rss_mib() -> float | None:
 
 class RedisStats:
     """A plain (synchronous) client on the harness's server for what the harness itself
-    asks: flushing between samples, ``INFO commandstats`` and ``INFO memory``. Its own
-    ``INFO`` calls are left out of the counts."""
+    asks: flushing between samples, ``INFO commandstats``, ``INFO memory`` and ``DBSIZE``.
+    Its own ``INFO`` and ``DBSIZE`` calls are left out of the counts."""
 
     def __init__(self, url: str) -> None:
         import redis
@@ -128,6 +130,10 @@ class RedisStats:
         return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()
                 if isinstance(v, dict) and "calls" in v}
 
+    def key_count(self) -> int:
+        """Keys in the server's database (``DBSIZE``): a progress count for peers."""
+        return int(self._client.dbsize())
+
     def used_memory(self) -> int:
         return int(self._client.info("memory")["used_memory"])
 
@@ -137,8 +143,9 @@ class RedisStats:
 
 def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Calls per command between two ``commandstats`` snapshots, without the harness's own
-    ``info`` calls, largest first."""
-    delta = {name: n - before.get(name, 0) for name, n in after.items() if name != "info"}
+    ``info`` and ``dbsize`` calls, largest first."""
+    delta = {name: n - before.get(name, 0) for name, n in after.items()
+             if name not in HARNESS_COMMANDS}
     return dict(sorted(((k, v) for k, v in delta.items() if v > 0), key=lambda kv: -kv[1]))
 
 

@@ -6,6 +6,7 @@ autojump clock."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -122,6 +123,11 @@ def test_profile_attributes_self_time_to_areas_and_writes_json(tmp_path: Path) -
     shares = {r["area"]: r["self_pct"] for r in data["areas"]}
     assert shares["core (decide)"] > 0 and shares["engine shell"] > 0
     assert abs(sum(shares.values()) - 100) < 0.01
+    assert data["timer"] == "wall"
+    assert profile_main(["--workload", "w1", "--backend", "memory", "--size", "3",
+                         "--top", "5", "--cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["timer"] == "thread CPU" and data["total_self_s"] > 0
 
 
 def test_switches_counts_task_switches_per_step(capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,3 +199,80 @@ def test_switches_measures_the_engine_on_redis(capsys: pytest.CaptureFixture[str
     assert switches_main(["--workload", "w1", "--backend", "redis", "--size", "2"]) == 0
     out = capsys.readouterr().out
     assert "10 steps" in out and "µs CPU per step" in out
+
+
+class _Late(Exception):
+    """What the fake results' ``get`` raises when its slice ends (Celery's TimeoutError)."""
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _FakeResult:
+    """A Celery result whose ``get`` answers after ``arrives_after`` slices, or never (its
+    notification lost); each slice that ends without it advances the fake clock."""
+
+    def __init__(self, task_id: str, clock: _FakeClock, arrives_after: float) -> None:
+        self.id = task_id
+        self.clock = clock
+        self.slices_left = arrives_after
+        self.gets = 0
+
+    def get(self, *, timeout: float, disable_sync_subtasks: bool) -> object:
+        self.gets += 1
+        if self.slices_left <= 0:
+            return {"ok": True}
+        self.slices_left -= 1
+        self.clock.now += timeout
+        raise _Late
+
+
+def _collect(results: list[_FakeResult], clock: _FakeClock, stored: dict[str, str],
+             exit_reason: str | None = None, keys: list[int] | None = None) -> object:
+    from benchmarks.peers.celery_wait import collect
+
+    counts = iter(keys or [])
+    return collect(results, stored_status=lambda tid: stored.get(tid, "PENDING"),
+                   worker_exit=lambda: exit_reason,
+                   progress=lambda: next(counts, 0), timeout_error=_Late,
+                   timeout=600, stall=60, clock=clock)
+
+
+def test_celery_results_whose_notification_is_lost_are_read_from_the_backend() -> None:
+    from benchmarks.peers.celery_wait import SLICE, Collected
+
+    clock = _FakeClock()
+    slow = _FakeResult("slow", clock, arrives_after=3)  # notified after 3 slices
+    lost = _FakeResult("lost", clock, arrives_after=math.inf)  # stored, never notified
+    got = _collect([slow, lost], clock, stored={"lost": "SUCCESS"})
+    assert got == Collected(results=2, read_stored=1)
+    assert slow.gets == 4 and lost.gets == 2  # then handed back to Celery once
+    assert clock.now == 5 * SLICE  # not the whole timeout (this fake never answers get)
+
+
+def test_the_celery_peer_fails_fast_when_its_worker_exits_or_stalls() -> None:
+    from benchmarks.peers.celery_wait import PeerStalled
+
+    clock = _FakeClock()
+    with pytest.raises(PeerStalled, match=r"worker exited \(exit code 1; stderr: boom\)"):
+        _collect([_FakeResult("a", clock, math.inf)], clock, {}, "exit code 1; stderr: boom")
+    assert clock.now < 1  # at the first slice, not after the timeout
+
+    clock = _FakeClock()
+    with pytest.raises(PeerStalled, match=r"no celery progress for 60 s .* 1 of 2 results in, "
+                                          r"waiting for task b \(state PENDING\)"):
+        _collect([_FakeResult("a", clock, 0), _FakeResult("b", clock, math.inf)], clock, {})
+    assert 60 < clock.now < 61
+
+    clock = _FakeClock()  # the server's keys keep growing: the worker is getting on
+    with pytest.raises(PeerStalled, match="not in after 600 s"):
+        _collect([_FakeResult("a", clock, math.inf)], clock, {}, keys=list(range(2000)))
+
+    clock = _FakeClock()
+    with pytest.raises(PeerStalled, match="task a ended FAILURE"):
+        _collect([_FakeResult("a", clock, math.inf)], clock, {"a": "FAILURE"})
