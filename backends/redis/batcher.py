@@ -18,6 +18,11 @@ scheduling tick as one non-transactional pipeline.
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
   command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
   issued meanwhile wait for the next batch, which then carries all of them.
+* **Scripts**: the ``EVALSHA``s of the store's own scripts in one batch (an engine step's
+  run write, a run create, a lease release: ``script_merge.MERGED``) go as one ``EVALSHA``
+  of a script that runs each call in turn, each with its own reply or error. Should the
+  server not know that script (``NOSCRIPT``: restarted, flushed), it is loaded and the
+  call sent once more.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import trio
 from cordtrio.errors import CordtrioError, StoreError
 
 from .adapter import _BACKEND_ERRORS, RedisAdapter
+from .script_merge import MERGED, MergedScripts
 
 MAX_IN_FLIGHT = 4
 """Pipelines the batcher has in flight at once (each holds one pooled connection)."""
@@ -74,8 +80,10 @@ class _Call:
 class CommandBatcher:
     """Queues ``call``s and sends each tick's worth as one pipeline (see the module doc)."""
 
-    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery) -> None:
+    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery,
+                 scripts: MergedScripts = MERGED) -> None:
         self._redis = redis
+        self._scripts = scripts
         self._nursery = nursery
         self._queue: list[_Call] = []
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
@@ -109,9 +117,17 @@ class CommandBatcher:
     async def _send(self, batch: list[_Call]) -> None:
         redis = self._redis
         first = batch[0]
+        merged, one = self._merge(batch)
+        if one is None:
+            sent = batch
+        else:
+            ids = set(map(id, merged))
+            sent = [one, *(c for c in batch if id(c) not in ids)]
         try:
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
-                                            [(c.method, c.args, c.kwargs) for c in batch])
+                                            [(c.method, c.args, c.kwargs) for c in sent])
+            if one is not None:
+                replies = await self._unmerge(batch, merged, sent, replies)
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.error = redis._final_error(exc, c.what, c.key)
@@ -135,6 +151,37 @@ class CommandBatcher:
         finally:
             for c in batch:
                 c.wake()
+
+    def _merge(self, batch: list[_Call]) -> tuple[list[_Call], _Call | None]:
+        """The calls of ``batch`` to merge and their merged call (none unless two or
+        more). The merged call goes first: the calls of one batch are concurrent."""
+        scripts = self._scripts
+        merged = [c for c in batch if scripts.mergeable(c.method, c.args)]
+        if len(merged) < 2:
+            return [], None
+        first = merged[0]
+        one = _Call(first.what, first.key, "evalsha",
+                    scripts.call_args([c.args for c in merged]), {})
+        one.task = None  # nobody waits on it: its reply is split among the merged calls
+        return merged, one
+
+    async def _unmerge(self, batch: list[_Call], merged: list[_Call], sent: list[_Call],
+                       replies: list[Any]) -> list[Any]:
+        """The replies in the order of ``batch``, the merged call's (the first sent) split
+        per call; sent once more after loading its script if the server did not know it."""
+        scripts = self._scripts
+        reply = replies[0]
+        if isinstance(reply, rx.NoScriptError):
+            _, reply = await self._redis.run_batch(
+                f"{merged[0].what} (load the merged scripts)",
+                [("script_load", (scripts.source,), {}), ("evalsha", sent[0].args, {})])
+        if isinstance(reply, Exception):  # the whole call failed: each caller gets it
+            split: list[Any] = [reply] * len(merged)
+        else:
+            split = scripts.replies(reply, len(merged))
+        by_call = {id(c): r for c, r in zip(sent[1:], replies[1:], strict=True)}
+        by_call.update(zip(map(id, merged), split, strict=True))
+        return [by_call[id(c)] for c in batch]
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]

@@ -83,7 +83,7 @@ end
 return lost
 """
 
-_RELEASE = """
+RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if redis.call('EXISTS', KEYS[2], KEYS[4]) > 0 then
@@ -242,7 +242,7 @@ class CommandRecorder:
 
 def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> list[Any]:
     """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
-    words (split when long): the arguments of ``_IF_ABSENT``."""
+    words (split when long): the arguments of ``IF_ABSENT_SCRIPT``."""
     recorder = CommandRecorder(redis)
     queue(recorder)
     argv: list[Any] = [head]
@@ -258,7 +258,7 @@ def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> lis
     return argv
 
 
-_IF_ABSENT = """
+IF_ABSENT_SCRIPT = """
 local unpack = unpack or table.unpack
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -280,7 +280,8 @@ async def commands_if_absent(
     does not exist: a create in one round trip, atomic like ``WATCH``/``MULTI``/``EXEC``
     and, unlike it, batched with other calls (``RedisAdapter.script``). False if ``key``
     existed (nothing written)."""
-    return bool(await redis.script(what, key, _IF_ABSENT, [key], _packed(redis, "", queue)))
+    return bool(await redis.script(what, key, IF_ABSENT_SCRIPT, [key],
+                                   _packed(redis, "", queue)))
 
 
 def _ms(ttl: float) -> int:
@@ -315,7 +316,7 @@ class RedisRunLeases:
         return {ids[int(i) - 1] for i in lost}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
-        await self._script("release lease", _RELEASE,
+        await self._script("release lease", RELEASE_SCRIPT,
                            [lease_key(run_id), inbox_key(run_id), COMMANDS_QUEUE,
                             processing_key(run_id)],
                            [owner, run_id])
@@ -380,5 +381,6 @@ class RedisRunLeases:
         return [text(reply[1])]
 
 
-__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "commands_if_absent",
+__all__ = ["COMMANDS_QUEUE", "IF_ABSENT_SCRIPT", "RELEASE_SCRIPT", "RedisRunLeases",
+           "commands_if_absent",
            "inbox_key", "lease_key", "processing_key", "wake_key"]
