@@ -13,6 +13,7 @@ from cordtrio.model import RunStatus, WorkflowRun
 from cordtrio.ports import Clock
 
 from .adapter import RedisAdapter
+from .field_mirror import FieldMirror
 from .keys import idempotency_key, run_key, timeline_key
 
 TERMINAL_STATUSES = frozenset(s.value for s in RunStatus if s.is_terminal)
@@ -29,6 +30,8 @@ class RedisStoreBase:
         self._redis = redis
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._last_rank = 0
+        self._mirror = FieldMirror()
+        """The hash field names of the runs this store created, read or wrote."""
         self.retention_seconds: int | None = (
             max(1, int(retention_seconds)) if retention_seconds else None)
         """Finished runs expire this long after they finish (``None``: kept forever)."""

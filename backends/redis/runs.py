@@ -135,6 +135,7 @@ class RedisRuns(RedisRunIndex):
         done = await commands_if_absent(self._redis, "create run", key, queue, lease)
         if not done:
             raise InvalidStateError(f"run {run.id!r} already exists")
+        self._mirror.put(run, fields)
         return done
 
     async def update_run(self, run: WorkflowRun) -> None:
@@ -170,7 +171,9 @@ class RedisRuns(RedisRunIndex):
             self._queue_retention(pipe, run, status)
             await pipe.execute()
 
+        self._mirror.forget(run)
         await self._redis.transaction("update run", key, [key], txn)
+        self._mirror.put(run, fields)
 
 
     async def get_run(self, run_id: str) -> WorkflowRun:
@@ -178,7 +181,9 @@ class RedisRuns(RedisRunIndex):
         fields = await self._redis.call("get run", key, "hgetall", key)
         if not fields:
             raise NotFoundError(f"run {run_id!r} not found")
-        return assemble(key, fields)
+        run = assemble(key, fields)
+        self._mirror.put(run, (k.decode() if type(k) is bytes else text(k) for k in fields))
+        return run
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Those of ``run_ids`` whose run key is gone (``ports.RunPresence``): one
