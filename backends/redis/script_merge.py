@@ -37,9 +37,12 @@ local out = {}
 for c = 0, n - 1 do
   local f = F[tonumber(ARGV[2 + 3 * c])]
   local nk, na = tonumber(ARGV[3 + 3 * c]), tonumber(ARGV[4 + 3 * c])
-  local keys, args = {}, {}
-  for j = 1, nk do keys[j] = KEYS[ki + j - 1] end
-  for j = 1, na do args[j] = ARGV[ai + j - 1] end
+  local keys, args = {unpack(KEYS, ki, ki + nk - 1)}, {}
+  if na <= 4000 then
+    args = {unpack(ARGV, ai, ai + na - 1)}
+  else  -- unpack stops near 8,000 values
+    for j = 1, na do args[j] = ARGV[ai + j - 1] end
+  end
   ki, ai = ki + nk, ai + na
   local ok, res = pcall(f, keys, args)
   if ok then

@@ -127,3 +127,17 @@ async def test_the_merged_script_is_loaded_again_after_a_script_flush(
         {r.id: (lambda r=r: store.save_run_changes(r, step_done(r))) for r in runs})
     assert got == {r.id: None for r in runs}
     assert sent == [1]  # loaded: merged again at once
+
+
+async def test_a_merged_call_with_thousands_of_arguments(redis: RedisBackends) -> None:
+    store = redis.store
+    big, small = a_run(0), a_run(1)
+    big.steps["s0"].children = {f"s0[{i}]": StepRun(step_id=f"s0[{i}]", item=i)
+                                for i in range(3000)}  # a create of ~12,000 arguments
+    sent = sent_evalshas(redis)
+    got = await concurrently({r.id: (lambda r=r: store.create_run(r)) for r in (big, small)})
+    assert got == {big.id: None, small.id: None}
+    assert sent == [1]
+    stored = await store.get_run(big.id)
+    assert list(stored.steps["s0"].children) == list(big.steps["s0"].children)
+    assert (await store.get_run(small.id)).to_dict() == small.to_dict()
