@@ -39,8 +39,8 @@ DEADLINE = 120  # seconds: the 2,000-child fan-out on a real server takes a few
 # context entry; fan-out: header, the child, its context entry) — the store knows which
 # fields the run holds (it created the run: ``field_mirror``), so the script reads none, it
 # checks the count HSET reports — moves the run in the global index (ZADD wf:runs:all; the
-# status stays "running", so its status zset entry stays as it is), appends the timeline (RPUSH; LTRIM only past the cap) and, for a chain, SETs the next
-# job's input payload.
+# status stays "running", so its status zset entry stays as it is), appends the timeline
+# (RPUSH; LTRIM only past the cap) and, for a chain, SETs the next job's input payload.
 #
 # With run leases (a store that implements ``RunLeases``, as the Redis store does for several
 # engines) the script first GETs the lease (the fence).
