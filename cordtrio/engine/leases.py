@@ -112,9 +112,14 @@ class LeaseKeeper:
         if event is not None:
             await event.wait()
         since = self._leased_at_create.pop(run_id, None)
-        if since is not None and trio.current_time() - since < self.ttl / 3:
-            self.held[run_id] = run  # taken with the create, a moment ago
-            return True
+        if since is not None:
+            if trio.current_time() - since < self.ttl / 3:
+                self.held[run_id] = run  # taken with the create, a moment ago
+                return True
+            # taken with the create too long ago (a stalled engine) to be sure it was
+            # never lost meanwhile: this task forwards what it was given, and a task that
+            # reads the store applies it (the lease, if still ours, wakes this engine)
+            return False
         got = await retrying(
             functools.partial(self.store.acquire_lease, run_id, self.owner, self.ttl),
             f"acquire lease of run {run_id}")
