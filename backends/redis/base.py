@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from cordtrio.clock import SystemClock
-from cordtrio.model import RunStatus, WorkflowRun
+from cordtrio.model import RunStatus, Workflow, WorkflowRun
 from cordtrio.ports import Clock
 
 from .adapter import RedisAdapter
@@ -32,6 +32,8 @@ class RedisStoreBase:
         self._last_rank = 0
         self._mirror = FieldMirror()
         """The hash field names of the runs this store created, read or wrote."""
+        self._parsed_workflows: dict[str, tuple[bytes, Workflow]] = {}
+        """Per workflow key: the bytes ``get_workflow`` read last, and what they parse to."""
         self.retention_seconds: int | None = (
             max(1, int(retention_seconds)) if retention_seconds else None)
         """Finished runs expire this long after they finish (``None``: kept forever)."""
