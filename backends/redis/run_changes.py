@@ -88,7 +88,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         args.timeline(docs)
         if changes.header:
             self._queue_index(args, run, status_text(run.status),
-                              previous=self._previous(changes), keep_status_score=True)
+                              previous=self._previous(changes))
             self._queue_retention(args, run, status_text(run.status))
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
@@ -149,8 +149,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             pipe.multi()
             self._queue_ops(pipe, key, ops)
             if changes.header:
-                self._queue_index(pipe, run, status, previous=self._previous(changes),
-                                  keep_status_score=True)
+                self._queue_index(pipe, run, status, previous=self._previous(changes))
             self._queue_timeline(pipe, run.id, docs)
             if changes.header:
                 self._queue_retention(pipe, run, status)

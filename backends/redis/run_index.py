@@ -36,26 +36,6 @@ _CORRUPT_LOG = RateLimitedLog(log)
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 
-_ORDER_TMP = "cordtrio:tmp:status-order"
-"""Scratch key of ``_BY_UPDATE``: created and deleted inside the script (never seen)."""
-
-_BY_UPDATE = """
-local n = redis.call('ZINTERSTORE', KEYS[3], 2, KEYS[1], KEYS[2], 'WEIGHTS', 0, 1)
-local ids
-if n == redis.call('ZCARD', KEYS[1]) then
-  ids = redis.call('ZREVRANGE', KEYS[3], 0, tonumber(ARGV[1]) - 1)
-else
-  ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-end
-redis.call('DEL', KEYS[3])
-return ids
-"""
-"""The ids of an unfinished status zset (``KEYS[1]``), most recently updated first: an
-engine step does not rewrite a run's score there when its status stays the same, so the
-order is that of the same ids in ``wf:runs:all`` (``KEYS[2]``, the score of the last
-write), through a scratch intersection. Were some id missing from ``wf:runs:all`` (data
-changed by hand), the status zset's own order."""
-
 
 def _is_terminal(status: str) -> bool:
     try:
@@ -76,24 +56,19 @@ class RedisRunIndex(RedisStoreBase):
     @staticmethod
     def _queue_index(
         pipe: Any, run: WorkflowRun, status: str, *, previous: Sequence[str],
-        sync_active: bool = False, keep_status_score: bool = False,
+        sync_active: bool = False,
     ) -> None:
         """Queue the moves of the status, global and active-set indexes. ``previous``: the
         status zsets the run may be in now. The active set is left alone when the run
         stays active (or finished) — the same status, or one known previous status on the
-        same side — unless ``sync_active``. ``keep_status_score`` (an engine step): a run
-        that stays in the same unfinished status keeps its entry there as it is — that
-        index is listed in ``wf:runs:all``'s order (``list_run_ids_by_status``), only a
-        finished run's score matters (the retention)."""
+        same side — unless ``sync_active``."""
         updated = ts_score(run.updated_at) or ts_score(run.created_at)
         moved = False
         for old in previous:
             if old != status:
                 pipe.zrem(runs_by_status_key(old), run.id)
                 moved = True
-        if not (keep_status_score and not moved and previous and status not in
-                TERMINAL_STATUSES):
-            pipe.zadd(runs_by_status_key(status), {run.id: updated})
+        pipe.zadd(runs_by_status_key(status), {run.id: updated})
         pipe.zadd(RUNS_ALL, {run.id: updated})
         if not moved and previous and not sync_active:
             return  # same status as before (and the org never changes here): set unchanged
@@ -140,11 +115,7 @@ class RedisRunIndex(RedisStoreBase):
         limit = limit if limit > 0 else DEFAULT_STATUS_LIMIT
         status = status_text(status)
         index = runs_by_status_key(status)
-        if status not in TERMINAL_STATUSES:
-            ids = await self._redis.script("list runs by status", index, _BY_UPDATE,
-                                           [index, RUNS_ALL, _ORDER_TMP], [limit])
-            return [text(x) for x in ids]
-        if self.retention_seconds is None:
+        if self.retention_seconds is None or status not in TERMINAL_STATUSES:
             ids = await self._redis.call("list runs by status", index, "zrevrange", index, 0,
                                          limit - 1)
             return [text(x) for x in ids]

@@ -483,9 +483,8 @@ async def test_redis_commands_per_child_result_are_a_small_constant(
     small, big = seen
     assert small == big
     # one script: one HSET (header, child, context entry, the ranks of the new ones; the
-    # store knows which fields the run holds: it created it), one ZADD (wf:runs:all; the
-    # run stays running: its status entry is left as it is)
-    assert small == {"evalsha": 1, "hset": 1, "zadd": 1}
+    # store knows which fields the run holds: it created it), ZADD ×2 (status, all)
+    assert small == {"evalsha": 1, "hset": 1, "zadd": 2}
 
 
 # ------------------------------------------------------------------------ the adapter
