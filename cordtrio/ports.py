@@ -230,6 +230,20 @@ class RunLeases(Protocol):
 
 
 @runtime_checkable
+class LeasedRunCreate(Protocol):
+    """Optional for stores with ``RunLeases``: create a run and take its lease in one atomic
+    write. The engine that submits a run then holds it from its creation on — no other
+    engine and no queued command can reach it first (a command pushed meanwhile wakes this
+    engine) — so its run task starts from the run it created, with nothing read back."""
+
+    async def create_run_leased(self, run: WorkflowRun, owner: str, ttl: float) -> bool:
+        """``create_run`` (``InvalidStateError`` if the id exists, nothing written), and
+        ``owner`` takes the run's lease for ``ttl`` seconds in the same write. False when
+        another owner held that lease already: the run is created all the same, unleased."""
+        ...
+
+
+@runtime_checkable
 class PayloadStore(Protocol):
     """Job input/output bytes (UTF-8 JSON) by key; missing → ``NotFoundError``."""
 
@@ -326,6 +340,7 @@ __all__ = [
     "ConfigProvider",
     "JobBus",
     "JobInbox",
+    "LeasedRunCreate",
     "PayloadCommit",
     "PayloadStore",
     "RunChanges",

@@ -161,6 +161,17 @@ class MemoryStore(MemoryRunLeases):
         if run.idempotency_key:
             self._idempotency.setdefault(run.idempotency_key, run.id)
 
+    async def create_run_leased(self, run: WorkflowRun, owner: str, ttl: float) -> bool:
+        """``create_run`` and, with no checkpoint between, ``owner`` takes the run's lease
+        (``ports.LeasedRunCreate``); False when another owner held it (created anyway)."""
+        await self.create_run(run)
+        book = self._lease_book
+        holder = book.holder(run.id)
+        if holder is not None and holder != owner:
+            return False
+        book.leases[run.id] = (owner, trio.current_time() + ttl)
+        return True
+
     async def update_run(self, run: WorkflowRun) -> None:
         """Overwrite every part of an existing run and move its index entries."""
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from cordtrio.clock import SystemClock
-from cordtrio.model import RunStatus, WorkflowRun
+from cordtrio.model import RunStatus, Workflow, WorkflowRun
 from cordtrio.ports import Clock
 
 from .adapter import RedisAdapter
+from .field_mirror import FieldMirror
 from .keys import idempotency_key, run_key, timeline_key
 
 TERMINAL_STATUSES = frozenset(s.value for s in RunStatus if s.is_terminal)
@@ -29,6 +30,10 @@ class RedisStoreBase:
         self._redis = redis
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._last_rank = 0
+        self._mirror = FieldMirror()
+        """The hash field names of the runs this store created, read or wrote."""
+        self._parsed_workflows: dict[str, tuple[bytes, Workflow]] = {}
+        """Per workflow key: the bytes ``get_workflow`` read last, and what they parse to."""
         self.retention_seconds: int | None = (
             max(1, int(retention_seconds)) if retention_seconds else None)
         """Finished runs expire this long after they finish (``None``: kept forever)."""

@@ -18,6 +18,13 @@ scheduling tick as one non-transactional pipeline.
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
   command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
   issued meanwhile wait for the next batch, which then carries all of them.
+* **Merged calls**: the ``EVALSHA``s of the store's own scripts in one batch (an engine
+  step's run write, a run create, a lease release: ``script_merge.MERGED``) go as one
+  ``EVALSHA`` of a script that runs each call in turn, each with its own reply or error.
+  Should the server not know that script (``NOSCRIPT``: restarted, flushed), it is loaded
+  and the call sent once more. The plain ``GET``s of a batch (payloads, mostly) go as one
+  ``MGET``; a key it finds no string at is asked again with ``GET`` (``MGET`` answers nil
+  for a key of another type, where ``GET`` fails), so each caller gets what ``GET`` gives.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import trio
 from cordtrio.errors import CordtrioError, StoreError
 
 from .adapter import _BACKEND_ERRORS, RedisAdapter
+from .script_merge import MERGED, MergedScripts
 
 MAX_IN_FLIGHT = 4
 """Pipelines the batcher has in flight at once (each holds one pooled connection)."""
@@ -74,8 +82,10 @@ class _Call:
 class CommandBatcher:
     """Queues ``call``s and sends each tick's worth as one pipeline (see the module doc)."""
 
-    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery) -> None:
+    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery,
+                 scripts: MergedScripts = MERGED) -> None:
         self._redis = redis
+        self._scripts = scripts
         self._nursery = nursery
         self._queue: list[_Call] = []
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
@@ -109,9 +119,17 @@ class CommandBatcher:
     async def _send(self, batch: list[_Call]) -> None:
         redis = self._redis
         first = batch[0]
+        groups = self._merge(batch)
+        if groups:
+            merged = {id(c) for group in groups for c in group.members}
+            sent = [*(g.call for g in groups), *(c for c in batch if id(c) not in merged)]
+        else:
+            sent = batch
         try:
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
-                                            [(c.method, c.args, c.kwargs) for c in batch])
+                                            [(c.method, c.args, c.kwargs) for c in sent])
+            if groups:
+                replies = await self._unmerge(batch, groups, sent, replies)
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.error = redis._final_error(exc, c.what, c.key)
@@ -135,6 +153,78 @@ class CommandBatcher:
         finally:
             for c in batch:
                 c.wake()
+
+    def _merge(self, batch: list[_Call]) -> list[_Group]:
+        """The calls of ``batch`` that go as one command (two or more of a kind): the
+        store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``. The merged
+        calls go first: the calls of one batch are concurrent."""
+        scripts = self._scripts
+        evals = [c for c in batch if scripts.mergeable(c.method, c.args)]
+        gets = [c for c in batch if c.method == "get" and len(c.args) == 1 and not c.kwargs]
+        groups: list[_Group] = []
+        if len(evals) > 1:
+            groups.append(_Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
+                                              scripts.call_args([c.args for c in evals]),
+                                              {}), "evalsha"))
+        if len(gets) > 1:
+            groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
+                                             ([c.args[0] for c in gets],), {}), "mget"))
+        return groups
+
+    async def _unmerge(self, batch: list[_Call], groups: list[_Group], sent: list[_Call],
+                       replies: list[Any]) -> list[Any]:
+        """The replies in the order of ``batch``, each merged call's (sent first) split per
+        call it carried."""
+        by_call = {id(c): r for c, r in zip(sent[len(groups):], replies[len(groups):],
+                                            strict=True)}
+        for group, reply in zip(groups, replies, strict=False):
+            if group.kind == "evalsha":
+                split = await self._split_scripts(group, reply)
+            else:
+                split = await self._split_gets(group, reply)
+            by_call.update(zip(map(id, group.members), split, strict=True))
+        return [by_call[id(c)] for c in batch]
+
+    async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
+        """Each script call's reply; the merged script sent once more after loading it if
+        the server did not know it."""
+        scripts = self._scripts
+        if isinstance(reply, rx.NoScriptError):
+            _, reply = await self._redis.run_batch(
+                f"{group.members[0].what} (load the merged scripts)",
+                [("script_load", (scripts.source,), {}), ("evalsha", group.call.args, {})])
+        if isinstance(reply, Exception):  # the whole call failed: each caller gets it
+            return [reply] * len(group.members)
+        return scripts.replies(reply, len(group.members))
+
+    async def _split_gets(self, group: _Group, reply: Any) -> list[Any]:
+        """Each ``GET``'s value. ``MGET`` answers nil for a key that holds another kind of
+        value, where ``GET`` fails: the keys it found no string at (missing keys, usually
+        none) are asked again with ``GET``, each for its own reply or error."""
+        if isinstance(reply, Exception):
+            return [reply] * len(group.members)
+        values = list(reply)
+        again = [i for i, v in enumerate(values) if v is None]
+        if again:
+            members = group.members
+            more = await self._redis.run_batch(
+                f"{members[again[0]].what} (+{len(again) - 1} batched)",
+                [("get", members[i].args, {}) for i in again])
+            for i, value in zip(again, more, strict=True):
+                values[i] = value
+        return values
+
+
+class _Group:
+    """Calls of one batch sent as one command (``call``), split back by ``kind``."""
+
+    __slots__ = ("call", "kind", "members")
+
+    def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
+        call.task = None  # nobody waits on it: its reply is split among the members
+        self.members = members
+        self.call = call
+        self.kind = kind
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]

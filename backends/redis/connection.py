@@ -28,6 +28,7 @@ from .base import DEFAULT_RETENTION_SECONDS
 from .batcher import CommandBatcher
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
+from .script_merge import MERGED
 from .store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,8 @@ async def connect(
                                    command_timeout=socket_timeout)
             try:
                 await _ping(adapter, shown, connect_timeout)
-                adapter.start_batching(CommandBatcher(adapter, batching))
+                await _load_scripts(adapter)
+                adapter.start_batching(CommandBatcher(adapter, batching, MERGED))
                 try:
                     yield RedisBackends(
                         store=RedisStore(adapter, clock=clock,
@@ -220,6 +222,19 @@ async def _ping(adapter: RedisAdapter, shown: str, timeout: float) -> None:
         if detail.startswith(prefix):
             detail = detail[len(prefix):]
         raise StoreError(f"redis {shown}: cannot connect: {detail}") from None
+
+
+async def _load_scripts(adapter: RedisAdapter) -> None:
+    """``SCRIPT LOAD`` the scripts of an engine step (alone and merged, ``script_merge``)
+    up front, in one round trip: otherwise the first calls of a busy engine all meet
+    ``NOSCRIPT`` and are sent twice. A server that refuses is left alone: the calls load
+    what they need when they meet ``NOSCRIPT``."""
+    try:
+        await adapter.pipeline("load scripts", "", [
+            ("script_load", (source,)) for source in (*MERGED.sources, MERGED.source)],
+            transaction=False)
+    except CordtrioError as exc:
+        log.info("%s: scripts not loaded up front: %s", adapter.url, exc)
 
 
 async def _close(adapter: RedisAdapter, own: bool) -> None:

@@ -83,7 +83,7 @@ end
 return lost
 """
 
-_RELEASE = """
+RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if redis.call('EXISTS', KEYS[2], KEYS[4]) > 0 then
@@ -240,12 +240,12 @@ class CommandRecorder:
         return lambda *args, **kwargs: self._fallback(method, args, kwargs)
 
 
-def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> list[Any]:
+def _packed(redis: RedisAdapter, head: list[Any], queue: Callable[[Any], None]) -> list[Any]:
     """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
-    words (split when long): the arguments of ``_IF_ABSENT``."""
+    words (split when long): the arguments of ``IF_ABSENT_SCRIPT``."""
     recorder = CommandRecorder(redis)
     queue(recorder)
-    argv: list[Any] = [head]
+    argv: list[Any] = head
     append, extend = argv.append, argv.extend
     for args in recorder.commands:
         if len(args) <= MAX_SCRIPT_COMMAND_ARGS:
@@ -258,29 +258,54 @@ def _packed(redis: RedisAdapter, head: Any, queue: Callable[[Any], None]) -> lis
     return argv
 
 
-_IF_ABSENT = """
+IF_ABSENT_SCRIPT = """
 local unpack = unpack or table.unpack
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local i = 2
+local done = 1
+if ARGV[1] ~= '' then
+  if not redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then
+    if redis.call('GET', KEYS[2]) == ARGV[1] then
+      redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+    else
+      done = 2
+    end
+  end
+end
+local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
-return 1
+return done
 """
+"""Only if ``KEYS[1]`` does not exist (else 0): take the lease ``KEYS[2]`` for ``ARGV[1]``
+(unless it is empty) for ``ARGV[2]`` ms, then run the commands packed from ``ARGV[3]`` on;
+1, or 2 when another owner held the lease (the commands ran all the same)."""
+
+CREATED, CREATED_UNLEASED = 1, 2
+"""``commands_if_absent``'s replies when it wrote (0: the key existed, nothing written)."""
 
 
 async def commands_if_absent(
     redis: RedisAdapter, what: str, key: str, queue: Callable[[Any], None],
-) -> bool:
+    lease: tuple[str, str, float] | None = None,
+) -> int:
     """Run the commands ``queue(pipe)`` puts on a pipeline in one Lua script, only if ``key``
     does not exist: a create in one round trip, atomic like ``WATCH``/``MULTI``/``EXEC``
-    and, unlike it, batched with other calls (``RedisAdapter.script``). False if ``key``
-    existed (nothing written)."""
-    return bool(await redis.script(what, key, _IF_ABSENT, [key], _packed(redis, "", queue)))
+    and, unlike it, batched with other calls (``RedisAdapter.script``). ``lease`` =
+    (lease key, owner, ttl): the owner takes that lease in the same script (``SET NX PX``).
+    0 if ``key`` existed (nothing written), ``CREATED``, or ``CREATED_UNLEASED`` when another
+    owner held the lease."""
+    if lease is None:
+        keys, head = [key], ["", 0]
+    else:
+        lease_key_, owner, ttl = lease
+        keys, head = [key, lease_key_], [owner, _ms(ttl)]
+    return int(await redis.script(what, key, IF_ABSENT_SCRIPT, keys,
+                                  _packed(redis, head, queue)))
 
 
 def _ms(ttl: float) -> int:
@@ -315,7 +340,7 @@ class RedisRunLeases:
         return {ids[int(i) - 1] for i in lost}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
-        await self._script("release lease", _RELEASE,
+        await self._script("release lease", RELEASE_SCRIPT,
                            [lease_key(run_id), inbox_key(run_id), COMMANDS_QUEUE,
                             processing_key(run_id)],
                            [owner, run_id])
@@ -380,5 +405,6 @@ class RedisRunLeases:
         return [text(reply[1])]
 
 
-__all__ = ["COMMANDS_QUEUE", "RedisRunLeases", "commands_if_absent",
-           "inbox_key", "lease_key", "processing_key", "wake_key"]
+__all__ = ["COMMANDS_QUEUE", "CREATED", "CREATED_UNLEASED", "IF_ABSENT_SCRIPT",
+           "RELEASE_SCRIPT", "RedisRunLeases", "commands_if_absent", "inbox_key", "lease_key",
+           "processing_key", "wake_key"]

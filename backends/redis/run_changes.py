@@ -81,7 +81,10 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             return
         key = run_key(run.id)
         args = StepArgs(owner or "", self._redis.on_command)
-        args.fields(ops, self._rank)
+        known = self._mirror.get(run)
+        if known is not None and (HEADER not in ops.writes or HEADER not in known):
+            known = None  # the header write is how the script tells a missing run
+        args.fields(ops, self._rank, known)
         args.timeline(docs)
         if changes.header:
             self._queue_index(args, run, status_text(run.status),
@@ -89,11 +92,20 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             self._queue_retention(args, run, status_text(run.status))
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
-        reply = await self._redis.script(
-            "save run changes", key, STEP_SCRIPT,
-            step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key))
+        try:
+            reply = await self._redis.script(
+                "save run changes", key, STEP_SCRIPT,
+                step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key))
+        except BaseException:
+            self._mirror.forget(run)  # it may have run all the same: read next time
+            raise
         if reply[0] == 1:
+            if args.after is not None and not int(reply[1]):
+                self._mirror.put(run, args.after)
+            else:
+                self._mirror.forget(run)  # written without a mirror, or it was off
             return
+        self._mirror.forget(run)
         if reply[0] == NOT_FOUND:
             raise NotFoundError(f"run {run.id!r} not found")
         raise self._lost(run, reply[1], owner)
@@ -146,6 +158,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             await pipe.execute()
 
         watched = [key] if owner is None else [lease, key]
+        self._mirror.forget(run)
         await self._redis.transaction("save run changes", key, watched, txn)
 
     def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:

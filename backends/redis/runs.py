@@ -33,7 +33,7 @@ from .keys import (
     step_field,
     timeline_key,
 )
-from .leases import commands_if_absent
+from .leases import CREATED, commands_if_absent, lease_key
 from .run_hash import assemble, dumps, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
 from .workflows import check_workflow_id
@@ -100,6 +100,14 @@ class RedisRuns(RedisRunIndex):
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
+        await self._create(run, None)
+
+    async def create_run_leased(self, run: WorkflowRun, owner: str, ttl: float) -> bool:
+        """``create_run``, and ``owner`` takes the run's lease in the same script
+        (``ports.LeasedRunCreate``); False when another owner held it (created anyway)."""
+        return await self._create(run, (lease_key(run.id), owner, ttl)) == CREATED
+
+    async def _create(self, run: WorkflowRun, lease: tuple[str, str, float] | None) -> int:
         if not run.id:
             raise ValidationError("run id required")
         if not run.workflow_id:
@@ -124,8 +132,11 @@ class RedisRuns(RedisRunIndex):
 
         # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
         # the adapter can batch with other calls, with the same all-or-nothing outcome.
-        if not await commands_if_absent(self._redis, "create run", key, queue):
+        done = await commands_if_absent(self._redis, "create run", key, queue, lease)
+        if not done:
             raise InvalidStateError(f"run {run.id!r} already exists")
+        self._mirror.put(run, fields)
+        return done
 
     async def update_run(self, run: WorkflowRun) -> None:
         """Overwrite every part of an existing run and move its index entries."""
@@ -160,7 +171,9 @@ class RedisRuns(RedisRunIndex):
             self._queue_retention(pipe, run, status)
             await pipe.execute()
 
+        self._mirror.forget(run)
         await self._redis.transaction("update run", key, [key], txn)
+        self._mirror.put(run, fields)
 
 
     async def get_run(self, run_id: str) -> WorkflowRun:
@@ -168,7 +181,9 @@ class RedisRuns(RedisRunIndex):
         fields = await self._redis.call("get run", key, "hgetall", key)
         if not fields:
             raise NotFoundError(f"run {run_id!r} not found")
-        return assemble(key, fields)
+        run = assemble(key, fields)
+        self._mirror.put(run, (k.decode() if type(k) is bytes else text(k) for k in fields))
+        return run
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Those of ``run_ids`` whose run key is gone (``ports.RunPresence``): one

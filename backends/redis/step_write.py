@@ -4,15 +4,24 @@ An engine step writes a few run-hash fields (the header, the finished and the di
 step, a context entry), appends its timeline events, moves the run's index entries, and —
 for a dispatch — stores the next job's input at ``ctx:<job>`` (``RunChanges.payloads``).
 ``save_run_changes`` sends all of it as the arguments of one ``EVALSHA``, batched with the
-other runs' calls into one pipeline (``batcher.py``), and the script does the minimum on the
-server:
+other runs' calls into one pipeline (and one merged ``EVALSHA``: ``script_merge``), and the
+script does the minimum on the server:
 
 1. fenced writes (multi-engine mode) first check the lease: ``GET`` — not held, nothing is
    written and the holder is returned;
-2. one ``HMGET`` reads whether the run exists (its ``header``) and which of the written
-   fields already have an insertion rank — a missing run is reported before anything is
-   written (nothing to undo), and a rank is written only for a field that has none, in
-3. one ``HDEL`` (removed parts) and one ``HSET`` (values and new ranks);
+2. when the store knows which fields the run's hash holds (``field_mirror``: the run object
+   it created, read or last wrote, the header among the written fields), it knows which
+   written fields are new and gives those a rank, and the script reads nothing: ``HDEL``
+   (removed parts), one ``HSET`` (values and new ranks), and a check that ``HSET`` added
+   as many fields as predicted. If not, either the hash holds nothing but what was just
+   written — the run was gone: the key is deleted again and the run reported missing — or
+   the run changed behind the store's back: the written fields that should have had a
+   rank are given one if they have none (an ``HMGET`` and an ``HSET``) and the store drops
+   what it knew (``resynced``);
+3. otherwise one ``HMGET`` reads whether the run exists (its ``header``) and which of the
+   written fields already have an insertion rank — a missing run is reported before
+   anything is written (nothing to undo), and a rank is written only for a field that has
+   none — then ``HDEL`` and one ``HSET``;
 4. one ``RPUSH`` of the timeline events, ``LTRIM``-ed only once the list outgrows the cap;
 5. the index moves, the retention ``EXPIRE``s and the payload ``SET``s, sent as plain
    commands (length, then words), as ``leases.commands_if_absent`` does.
@@ -31,7 +40,8 @@ from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD
 from .run_hash import FieldOps
 
 NOT_FOUND = 2
-"""``STEP_SCRIPT``'s first reply element when the run does not exist (1: written, 0: the
+"""``STEP_SCRIPT``'s first reply element when the run does not exist (1: written, with
+``resynced`` — 1 when the known field names were wrong — as the second element; 0: the
 lease is held by someone else, whose name is the second element)."""
 
 STEP_SCRIPT = """
@@ -55,37 +65,74 @@ end
 local nv, nr, nd, nt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
   tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
-local v0 = 7
+local expected = tonumber(ARGV[7])
+local v0 = 8
 local r0 = v0 + 2 * nv
 local d0 = r0 + 2 * nr
 local t0 = d0 + nd
-local probe = {'header'}
-for j = 0, nr - 1 do probe[#probe + 1] = ARGV[r0 + 2 * j] end
-local got = {}
-for i = 1, #probe, CHUNK do
-  local part = {}
-  for j = i, math.min(i + CHUNK - 1, #probe) do part[#part + 1] = probe[j] end
-  local reply = redis.call('HMGET', KEYS[1], unpack(part))
-  for j = 1, #part do got[i + j - 1] = reply[j] end
+local function ranked(fields)
+  local got = {}
+  for i = 1, #fields, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #fields) do part[#part + 1] = fields[j] end
+    local reply = redis.call('HMGET', KEYS[1], unpack(part))
+    for j = 1, #part do got[i + j - 1] = reply[j] end
+  end
+  return got
 end
-if not got[1] then
-  return {2}
+local function rank_if_absent(sets, got, first)
+  for j = 0, nr - 1 do
+    if not got[j + first] then
+      sets[#sets + 1] = ARGV[r0 + 2 * j]
+      sets[#sets + 1] = ARGV[r0 + 2 * j + 1]
+    end
+  end
+end
+local function rank_fields()
+  local fields = {}
+  for j = 0, nr - 1 do fields[#fields + 1] = ARGV[r0 + 2 * j] end
+  return fields
+end
+local resynced = 0
+local sets = {}
+for j = v0, r0 - 1 do sets[#sets + 1] = ARGV[j] end
+if not expected then
+  local probe = rank_fields()
+  table.insert(probe, 1, 'header')
+  local got = ranked(probe)
+  if not got[1] then
+    return {2}
+  end
+  rank_if_absent(sets, got, 2)
 end
 if nd > 0 then
   local dels = {}
   for j = d0, t0 - 1 do dels[#dels + 1] = ARGV[j] end
   call_in_slices('HDEL', KEYS[1], dels)
 end
-local sets = {}
-for j = v0, r0 - 1 do sets[#sets + 1] = ARGV[j] end
-for j = 0, nr - 1 do
-  if not got[j + 2] then
-    sets[#sets + 1] = ARGV[r0 + 2 * j]
-    sets[#sets + 1] = ARGV[r0 + 2 * j + 1]
+if not expected then
+  if #sets > 0 then
+    call_in_slices('HSET', KEYS[1], sets)
   end
-end
-if #sets > 0 then
-  call_in_slices('HSET', KEYS[1], sets)
+else
+  local added = 0
+  for i = 1, #sets, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #sets) do part[#part + 1] = sets[j] end
+    added = added + redis.call('HSET', KEYS[1], unpack(part))
+  end
+  if added ~= expected then
+    if redis.call('HLEN', KEYS[1]) == #sets / 2 then
+      redis.call('DEL', KEYS[1])
+      return {2}
+    end
+    local more = {}
+    rank_if_absent(more, ranked(rank_fields()), 1)
+    if #more > 0 then
+      call_in_slices('HSET', KEYS[1], more)
+    end
+    resynced = 1
+  end
 end
 local i = t0
 if nt > 0 then
@@ -101,7 +148,7 @@ while i <= #ARGV do
   redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
-return {1}
+return {1, resynced}
 """
 
 
@@ -120,21 +167,34 @@ class StepArgs:
         self._deletes: list[str] = []
         self._timeline: list[bytes] = []
         self._tail: list[Any] = []
+        self._expected: int | None = None
+        self.after: set[str] | None = None
+        """With ``known`` field names: the names the hash holds once the script wrote."""
 
-    def fields(self, ops: FieldOps, rank: Callable[[], bytes]) -> None:
+    def fields(self, ops: FieldOps, rank: Callable[[], bytes],
+               known: set[str] | None = None) -> None:
         """The hash writes of ``ops``: values; a fresh rank for a field written anew, a
-        rank if absent for any other ranked field; deletions with their ranks."""
+        rank if absent for any other ranked field; deletions with their ranks. With
+        ``known`` (the field names the hash holds, ``field_mirror``), a field is new when
+        it is not among them, and the script reads nothing: it checks that ``HSET`` added
+        as many fields as that predicts."""
         values, ranks = self._values, self._ranks
         for field, value in ops.writes.items():
             values += (field, value)
             if field in (HEADER, INPUT) or (field == CTX_STEPS_MARKER and value == EMPTY_MAP):
                 continue  # unranked: a map "steps" always comes last
-            if field in ops.fresh:
+            if field in ops.fresh or (known is not None and ORD + field not in known):
                 values += (ORD + field, rank())
             else:
                 ranks += (ORD + field, rank())
         for field in ops.deletes:
             self._deletes += (field, ORD + field)
+        if known is not None:
+            after = known.difference(self._deletes) if self._deletes else set(known)
+            written = values[::2]
+            self._expected = sum(1 for name in written if name not in after)
+            after.update(written)
+            self.after = after
 
     def timeline(self, docs: list[bytes]) -> None:
         self._timeline = docs
@@ -173,8 +233,9 @@ class StepArgs:
         report = self._on_command
         if report is not None:
             self._report(report, run_key)
+        expected = "" if self._expected is None else self._expected
         return [self._owner, len(self._values) // 2, len(self._ranks) // 2,
-                len(self._deletes), len(self._timeline), TIMELINE_CAP,
+                len(self._deletes), len(self._timeline), TIMELINE_CAP, expected,
                 *self._values, *self._ranks, *self._deletes, *self._timeline, *self._tail]
 
     def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
@@ -182,7 +243,8 @@ class StepArgs:
         they were queued; the order of the counts does not matter)."""
         if self._owner:
             report(("GET", "lease"))
-        report(("HMGET", run_key, HEADER, *self._ranks[::2]))
+        if self._expected is None:  # else the script reads nothing (unless it must resync)
+            report(("HMGET", run_key, HEADER, *self._ranks[::2]))
         if self._deletes:
             report(("HDEL", run_key, *self._deletes))
         if self._values:

@@ -42,37 +42,43 @@ Payloads (``ctx:<job>``/``res:<job>``) are in ``payloads.py``, schemas (``schema
 
 ``get_run`` is one ``HGETALL`` plus reassembly. ``save_run_changes`` — an engine step — is
 one purpose-built Lua script (``step_write.py``), batched with the other runs' calls into one
-pipeline: in multi-engine mode a ``GET`` of the run's lease (the fence); one ``HMGET`` that
-tells whether the run exists (its ``header``; if not, nothing is written and
-``NotFoundError`` is raised) and which written fields have a rank already; one ``HSET`` of
-the changed fields and the ranks of the new ones; an ``HDEL`` for removed parts; one
-``RPUSH`` of the step's timeline events (``LTRIM`` once past the cap); when the header
-changed, the index moves — ``ZADD`` to the status zset and ``wf:runs:all`` (new
-``updated_at`` score) and, when the status changed, ``ZREM`` from the previous status zset
-and, when the run became finished or active again, ``SREM``/``SADD`` of the org's active
-set; and the ``SET`` of each job input the step dispatches (``RunChanges.payloads``: the
-engine hands them over when its payload store is this store's, ``commits_payloads_of``).
-The previous status is ``changes.previous_status`` (the engine always sets it); without it
-the run is removed from every other status zset. Measured on a real server, a chain step
-(a result and the next dispatch) is 9 commands the server executes, 7 of them inside the
-script (see ``tests/redis/test_redis_command_counts.py``); a fan-out child result the same
-for 100 or 5,000 children. Only removing a whole step (which drops its children) or
-rewriting the whole ``context["steps"]`` map needs the field names first: that rare path
-reads them with ``HKEYS`` under ``WATCH`` (and the lease, when fenced), then writes in
-``MULTI``/``EXEC``. ``save_run_changes`` never moves a run to another workflow or org (the
-engine never changes those); ``update_run`` does.
+pipeline and one ``EVALSHA`` (``script_merge.py``): in multi-engine mode a ``GET`` of the
+run's lease (the fence); one ``HSET`` of the changed fields and the ranks of the new ones —
+the store knows which fields the hash holds for a run object it created, read or wrote
+(``field_mirror.py``), and the script checks the count ``HSET`` reports (a missing run, or
+one changed behind the store's back, is caught there: nothing written, ``NotFoundError``;
+or the ranks put right and read from then on); for any other run object one ``HMGET``
+first tells whether the run exists (its ``header``; if not, nothing is written and
+``NotFoundError`` is raised) and which written fields have a rank already; an ``HDEL`` for
+removed parts; one ``RPUSH`` of the step's timeline events (``LTRIM`` once past the cap);
+when the header changed, the index moves — ``ZADD`` to the status zset and ``wf:runs:all``
+(new ``updated_at`` score) and, when the status changed, ``ZREM`` from the previous status
+zset and, when the run became finished or active again, ``SREM``/``SADD`` of the org's
+active set; and the ``SET`` of each job input the step dispatches (``RunChanges.payloads``:
+the engine hands them over when its payload store is this store's,
+``commits_payloads_of``). The previous status is ``changes.previous_status`` (the engine
+always sets it); without it the run is removed from every other status zset. Measured on a
+real server, a chain step (a result and the next dispatch) is 8 commands the server
+executes, 6 of them inside the script (see ``tests/redis/test_redis_command_counts.py``);
+a fan-out child result the same for 100 or 5,000 children. Only removing a whole step
+(which drops its children) or rewriting the whole ``context["steps"]`` map needs the field
+names first: that rare path reads them with ``HKEYS`` under ``WATCH`` (and the lease, when
+fenced), then writes in ``MULTI``/``EXEC``. ``save_run_changes`` never moves a run to
+another workflow or org (the engine never changes those); ``update_run`` does.
 
 ``create_run`` is one Lua script (``EXISTS``, then the writes — one round trip, batched by
-the adapter with other calls); ``update_run``, ``delete_run``, ``save_workflow`` and
-``delete_workflow`` are optimistic transactions (``WATCH``, read what the index moves need,
-``MULTI``/``EXEC``).
+the adapter with other calls); ``create_run_leased`` (``ports.LeasedRunCreate``, the
+multi-engine submit) takes the run's lease in the same script (``SET NX PX``);
+``update_run``, ``delete_run``, ``save_workflow`` and ``delete_workflow`` are optimistic
+transactions (``WATCH``, read what the index moves need, ``MULTI``/``EXEC``).
 
 The code is split by responsibility into mixins that ``RedisStore`` combines:
 ``workflows.py`` (definitions and their indexes), ``runs.py`` (whole-run create, update, get,
 delete), ``run_changes.py`` (``save_run_changes``, unfenced and lease-fenced),
 ``run_index.py`` (run index moves and listings), ``timelines.py``, ``idempotency.py``,
-``step_write.py`` (the script of an engine step), ``leases.py`` (leases and command
-inboxes) over ``base.py`` (connection, clock, ranks).
+``step_write.py`` (the script of an engine step), ``field_mirror.py`` (the field names the
+store knows per run object), ``leases.py`` (leases and command inboxes) over ``base.py``
+(connection, clock, ranks).
 
 Behaviour matches ``cordtrio.backends.memory.MemoryStore`` (see its docstring; the same
 conformance suite runs on both) with these differences:

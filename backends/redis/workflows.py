@@ -25,6 +25,9 @@ from .run_hash import dumps, loads, text
 
 log = logging.getLogger(__name__)
 
+PARSED_WORKFLOWS_KEPT = 256
+"""Workflow definitions ``get_workflow`` keeps parsed (the oldest read goes first)."""
+
 
 def check_workflow_id(workflow_id: str) -> None:
     if workflow_id == "all" or workflow_id.startswith(("status:", "active:")):
@@ -84,7 +87,18 @@ class RedisWorkflows(RedisStoreBase):
         raw = await self._redis.call("get workflow", key, "get", key)
         if raw is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
-        return self._workflow(key, raw)
+        # Every submit reads its workflow: the definition as it was read last is kept, and
+        # while the stored bytes are the same a copy of it is returned instead of parsing
+        # them again (a copy: callers may change what they get, as from the memory store).
+        parsed = self._parsed_workflows
+        last = parsed.get(key)
+        if last is not None and last[0] == raw:
+            return last[1].clone()
+        wf = self._workflow(key, raw)
+        if len(parsed) >= PARSED_WORKFLOWS_KEPT:
+            parsed.pop(next(iter(parsed)))
+        parsed[key] = (bytes(raw), wf.clone())
+        return wf
 
     async def delete_workflow(self, workflow_id: str) -> None:
         """Remove the definition and its index entries (its runs are kept)."""

@@ -80,9 +80,14 @@ class RunRouter(Protocol):
 class Ownership(Protocol):
     """Who drives a run: acquire it, save under it, take its queued commands, let it go."""
 
+    async def create_run(self, run: WorkflowRun) -> None:
+        """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
+        its lease in the same write when the store can: ``ports.LeasedRunCreate``)."""
+
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
         """The run ``submit`` just created, if a new task may start from it instead of
-        reading the store (None: it must read)."""
+        reading the store (None: it must read). A task that starts from it takes no
+        commands from the store first: none can be queued for it yet."""
 
     def may_unload_idle(self) -> bool:
         """Whether a run waiting on nothing but a command may end its task (W4 memory)."""

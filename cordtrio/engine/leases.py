@@ -35,7 +35,7 @@ import trio
 from ..core.events import Start
 from ..errors import CordtrioError, LeaseLostError, ProtocolError
 from ..model import RunStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, RunLeases, RunPresence, Store
+from ..ports import LeasedRunCreate, RunChanges, RunLeases, RunPresence, Store
 from ..ratelog import RateLimitedLog
 from ..retry import retrying
 from ..wire_commands import decode_command
@@ -73,13 +73,30 @@ class LeaseKeeper:
         self.closing: dict[str, trio.Event] = {}
         self.crashed = False
         self._unacked: dict[str, int] = {}  # commands taken per run, not acknowledged
+        # runs ``create_run`` took the lease of, with when (Trio's clock), until a task of
+        # the run acquires it
+        self._leased_at_create: dict[str, float] = {}
         self._log = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ Ownership
 
+    async def create_run(self, run: WorkflowRun) -> None:
+        """Create the run holding its lease from the start, when the store can
+        (``LeasedRunCreate``); else create it unleased (a task acquires the lease)."""
+        store = self.runs_store
+        if not isinstance(store, LeasedRunCreate):
+            await store.create_run(run)
+        elif await store.create_run_leased(run, self.owner, self.ttl):
+            self._leased_at_create[run.id] = trio.current_time()
+
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
-        """Never: another engine, or a ``Client`` command, may reach the run between its
-        creation and its start, so a new task reads the store once it holds the lease."""
+        """The created run if ``create_run`` took its lease with it: nothing can have
+        reached the run before (a command queued since wakes this engine). Otherwise
+        None: another engine, or a ``Client`` command, may have reached the run between
+        its creation and its start, so a new task reads the store once it holds the
+        lease."""
+        if created is not None and created.id in self._leased_at_create:
+            return created
         return None
 
     def may_unload_idle(self) -> bool:
@@ -94,6 +111,15 @@ class LeaseKeeper:
         event = self.closing.get(run_id)
         if event is not None:
             await event.wait()
+        since = self._leased_at_create.pop(run_id, None)
+        if since is not None:
+            if trio.current_time() - since < self.ttl / 3:
+                self.held[run_id] = run  # taken with the create, a moment ago
+                return True
+            # taken with the create too long ago (a stalled engine) to be sure it was
+            # never lost meanwhile: this task forwards what it was given, and a task that
+            # reads the store applies it (the lease, if still ours, wakes this engine)
+            return False
         got = await retrying(
             functools.partial(self.store.acquire_lease, run_id, self.owner, self.ttl),
             f"acquire lease of run {run_id}")

@@ -30,6 +30,9 @@ class SingleEngine:
         self.store = store
         self.router = router
 
+    async def create_run(self, run: WorkflowRun) -> None:
+        await self.store.create_run(run)
+
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
         return created
 

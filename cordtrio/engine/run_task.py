@@ -160,7 +160,10 @@ class RunTask:
         # before persisting them). The take covers any drain request already here (not
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
-        inbox = await owner.take_commands(self.run_id)
+        if self._created and not _has_drain(ready):
+            inbox = []  # a run submit just created: nothing queued for it (fresh_run)
+        else:
+            inbox = await owner.take_commands(self.run_id)
         batch = [*inbox, *(e for e in ready if not e.drain)]
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))

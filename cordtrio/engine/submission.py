@@ -4,7 +4,7 @@ store-only ``Client``, so both accept and refuse exactly the same things."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ async def submit_run(
     labels: dict[str, str] | None,
     dry_run: bool,
     triggered_by: str,
+    create: Callable[[WorkflowRun], Awaitable[None]] | None = None,
 ) -> Submitted:
     """Validate ``input`` against the workflow's ``input_schema`` and create the pending run.
 
@@ -52,7 +53,8 @@ async def submit_run(
     interrupted before starting it). A key naming a run that does not exist (an earlier
     submit claimed the key, then failed to create the run and to release the key — a crash,
     the store gone) is honoured: the run is created under that id now, so the key never
-    points at nothing."""
+    points at nothing. ``create`` creates the run (default ``store.create_run``; the engine
+    passes its ownership's, which may take the run's lease with it)."""
     workflow = await store.get_workflow(workflow_id)
     payload = copy.deepcopy(input) if input is not None else {}
     if not isinstance(payload, dict):
@@ -90,7 +92,7 @@ async def submit_run(
         if existing:
             return Submitted(existing, await _never_started(store, existing), workflow)
     try:
-        await store.create_run(run)
+        await (create or store.create_run)(run)
     except InvalidStateError:
         if not claimed:
             raise

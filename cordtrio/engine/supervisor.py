@@ -189,11 +189,13 @@ class Engine:
         done = await submit_run(
             self.store, self.clock, self._new_id, workflow_id, input, org_id=org_id,
             team_id=team_id, idempotency_key=idempotency_key, labels=labels,
-            dry_run=dry_run, triggered_by=triggered_by)
+            dry_run=dry_run, triggered_by=triggered_by,
+            create=self.ownership.create_run)
         if done.needs_start:
             # The run task starts from what submit just read and wrote, not a re-read. The
-            # run itself only in single-engine mode: with leases another engine may take
-            # the run (or a Client command reach it) between the create and the start.
+            # run itself only when nothing can have reached it in between: single-engine
+            # mode, or a lease taken with the create (else another engine may take the run,
+            # or a Client command reach it, between the create and the start).
             run = self.ownership.fresh_run(done.created)
             await self._call(done.run_id, Start(), Preload(run, done.workflow))
         return done.run_id

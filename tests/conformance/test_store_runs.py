@@ -139,6 +139,28 @@ async def test_status_index_lists_most_recently_updated_first_with_a_limit(
     assert await store.list_run_ids_by_status("no-such-status") == []
 
 
+async def test_an_engine_step_in_the_same_status_moves_the_run_first_in_its_status(
+    store: Store,
+) -> None:
+    for i in range(3):
+        await store.create_run(run(f"r{i}", status=RunStatus.RUNNING, created=i))
+    assert await store.list_run_ids_by_status("running") == ["r2", "r1", "r0"]
+    r0 = await store.get_run("r0")
+    r0.updated_at = at(100)
+    await store.save_run_changes(
+        r0, RunChanges(header=True, previous_status=RunStatus.RUNNING))
+    assert await store.list_run_ids_by_status("running") == ["r0", "r2", "r1"]
+    assert await store.list_run_ids_by_status("running", limit=1) == ["r0"]
+    r1 = await store.get_run("r1")
+    r1.updated_at = at(200)
+    r1.status = RunStatus.SUCCEEDED
+    await store.save_run_changes(
+        r1, RunChanges(header=True, previous_status=RunStatus.RUNNING))
+    assert await store.list_run_ids_by_status("running") == ["r0", "r2"]
+    assert await store.list_run_ids_by_status("succeeded") == ["r1"]
+    assert [r.id for r in await store.list_runs()] == ["r1", "r0", "r2"]
+
+
 async def test_active_run_count_per_org_follows_status(store: Store) -> None:
     await store.create_run(run("a1", org_id="org-a"))
     await store.create_run(run("a2", org_id="org-a", status=RunStatus.WAITING))

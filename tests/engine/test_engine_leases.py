@@ -280,3 +280,90 @@ async def test_commands_for_a_missing_run_are_dropped_not_rescanned(
         await trio.sleep(TTL)
     assert await store.runs_with_commands() == []
     assert await store.lease_owner("deleted-run") is None
+
+
+class StoreCalls(MemoryStore):
+    """Counts the store calls a submit's run task makes; ``on_create`` runs right after a
+    leased create (before the run's task starts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.on_create: Any = None
+
+    async def create_run_leased(self, run: Any, owner: str, ttl: float) -> bool:
+        self.calls["create_run_leased"] += 1
+        got = await super().create_run_leased(run, owner, ttl)
+        if self.on_create is not None:
+            await self.on_create(run.id)
+        return got
+
+    async def get_run(self, run_id: str) -> Any:
+        self.calls["get_run"] += 1
+        return await super().get_run(run_id)
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        self.calls["acquire_lease"] += 1
+        return await super().acquire_lease(run_id, owner, ttl)
+
+    async def take_commands(self, run_id: str) -> list[bytes]:
+        self.calls["take_commands"] += 1
+        return await super().take_commands(run_id)
+
+
+async def test_a_submitted_run_is_created_leased_and_started_without_reading_it(
+        bus, payloads, clock, autojump_clock) -> None:
+    store = StoreCalls()
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+        assert await store.lease_owner(run_id) == "A"
+        assert (await store.get_run(run_id)).steps["gate"].status == StepStatus.WAITING
+        store.calls["get_run"] -= 1  # the test's own
+        assert store.calls == Counter({"create_run_leased": 1})
+        await a.approve_step(run_id, "gate")
+        assert (await a.wait_run(run_id)).status == RunStatus.SUCCEEDED
+
+
+async def test_a_command_queued_between_the_create_and_the_start_is_applied(
+        bus, payloads, clock, autojump_clock) -> None:
+    store = StoreCalls()
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    client = Client(store)
+
+    async def cancel_at_once(run_id: str) -> None:
+        await client.cancel_run(run_id)  # the lease names A: A is woken for it
+
+    store.on_create = cancel_at_once
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+        with trio.fail_after(60):
+            done = await a.wait_run(run_id, poll_interval=0.1)
+    assert done.status == RunStatus.CANCELLED
+
+
+async def test_a_lease_taken_with_the_create_long_ago_is_not_trusted(
+        bus, payloads, clock, autojump_clock) -> None:
+    store = StoreCalls()
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        keeper = a.leases
+        assert keeper is not None
+
+        fresh_run = keeper.fresh_run
+
+        def stalled(created: Any) -> Any:  # as if the engine stalled before the start
+            keeper._leased_at_create[created.id] -= TTL
+            return fresh_run(created)
+
+        keeper.fresh_run = stalled  # type: ignore[method-assign]
+        run_id = await a.submit(WF)  # the start goes through the store: read, not trusted
+        with trio.fail_after(60):
+            while (await store.get_run(run_id)).steps.get("gate") is None:
+                await trio.sleep(0.1)
+        assert store.calls["take_commands"] >= 1
+        await a.approve_step(run_id, "gate")
+        assert (await a.wait_run(run_id, poll_interval=0.1)).status == RunStatus.SUCCEEDED

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from cordtrio.backends.redis import RedisBackends, RedisDataError, connect
-from cordtrio.backends.redis.testing import RedisServer
+from cordtrio.backends.redis.testing import CommandCounter, RedisServer
 from cordtrio.errors import NotFoundError, StoreError
 
 DEADLINE = 20
@@ -66,7 +66,9 @@ async def test_an_error_stays_with_its_call(redis: RedisBackends) -> None:
         async with trio.open_nursery() as nursery:
             for key in ("res:h", "res:ok", "res:missing"):
                 nursery.start_soon(get, key)
-    assert len(hops) == 1
+    # one MGET for the three; the two it found no string at (a hash, nothing) asked again
+    # with GET, which tells them apart
+    assert len(hops) == 2, hops
     assert outcomes["res:ok"] == b"fine"
     assert isinstance(outcomes["res:h"], RedisDataError)
     assert "'res:h'" in str(outcomes["res:h"])  # names the key of that call
@@ -95,6 +97,24 @@ async def test_scripts_are_batched_and_reloaded_after_a_script_flush(
     assert all(got[f"r{i}"] for i in range(10))
     assert len(hops) == 1, hops
     assert await store.lease_owner("r7") == "engine-a"
+
+
+async def test_concurrent_gets_are_one_mget(redis: RedisBackends) -> None:
+    for i in range(20):
+        await redis.payloads.put_result(f"res:job-{i}", b"value %d" % i)
+    counter = CommandCounter(redis.redis)
+    got: dict[int, bytes] = {}
+
+    async def get(i: int) -> None:
+        got[i] = await redis.payloads.get_result(f"res:job-{i}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(get, i)
+    counter.close()
+    assert got == {i: b"value %d" % i for i in range(20)}
+    assert dict(counter.counts) == {"mget": 1}
 
 
 async def test_a_script_is_loaded_once_for_every_caller_that_met_noscript(

@@ -1,0 +1,116 @@
+"""Several calls of the store's Lua scripts, issued in the same Trio tick, as one ``EVALSHA``.
+
+The batcher (``batcher.py``) already sends a tick's commands as one pipeline; with hundreds
+of runs in flight most of them are ``EVALSHA``s of the same few scripts (an engine step's
+run write, a run create, a lease release). ``MergedScripts`` turns those into one call of a
+script that holds each mergeable script as a Lua function and runs every call in turn: the
+server parses and dispatches one command instead of one per call, and redis-py packs and
+parses one. Calls stay independent:
+
+* each runs in ``pcall``: an error (a key of the wrong type, say) is that call's alone, and
+  the calls after it still run, as they would have as separate scripts (a script that
+  fails part-way keeps what it wrote before the error either way: Redis does not roll back);
+* each gets its own reply, or its error as a ``ResponseError`` with the server's message,
+  which the batcher translates for its caller as it would a lone call's.
+
+Argument layout of the merged script: ``ARGV[1]`` = the number of calls ``n``, then per call
+its function's number, its key count and its argument count (``3 n`` values), then every
+call's arguments one after the other; ``KEYS`` = every call's keys one after the other.
+Its reply: per call ``{1, reply}`` or ``{0, error message}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions as rx
+
+from .leases import IF_ABSENT_SCRIPT, RELEASE_SCRIPT
+from .step_write import STEP_SCRIPT
+
+_MAIN = """
+local n = tonumber(ARGV[1])
+local ki, ai = 1, 2 + 3 * n
+local out = {}
+for c = 0, n - 1 do
+  local f = F[tonumber(ARGV[2 + 3 * c])]
+  local nk, na = tonumber(ARGV[3 + 3 * c]), tonumber(ARGV[4 + 3 * c])
+  local keys, args = {unpack(KEYS, ki, ki + nk - 1)}, {}
+  if na <= 4000 then
+    args = {unpack(ARGV, ai, ai + na - 1)}
+  else  -- unpack stops near 8,000 values
+    for j = 1, na do args[j] = ARGV[ai + j - 1] end
+  end
+  ki, ai = ki + nk, ai + na
+  local ok, res = pcall(f, keys, args)
+  if ok then
+    out[c + 1] = {1, res}
+  else
+    if type(res) == 'table' then res = res.err or res.message or 'script error' end
+    out[c + 1] = {0, tostring(res)}
+  end
+end
+return out
+"""
+
+
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+class MergedScripts:
+    """The merged script of ``sources`` (scripts that read their keys and arguments only
+    from ``KEYS``/``ARGV``), and how to build its call and read its reply."""
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self.sources = tuple(sources)
+        parts = ["local F = {}"]
+        for i, body in enumerate(sources, start=1):
+            parts.append(f"F[{i}] = function(KEYS, ARGV)\n{body}\nend")
+        parts.append(_MAIN)
+        self.source = "\n".join(parts)
+        self.sha = _sha(self.source)
+        self._number = {_sha(body): i for i, body in enumerate(sources, start=1)}
+
+    def mergeable(self, method: str, args: tuple[Any, ...]) -> bool:
+        """Is this batched call an ``EVALSHA`` of one of the scripts?"""
+        return method == "evalsha" and args[0] in self._number
+
+    def call_args(self, calls: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` arguments of the merged script for these ``evalsha`` argument
+        tuples (``(sha, numkeys, *keys, *args)``)."""
+        keys: list[Any] = []
+        head: list[Any] = [len(calls)]
+        rest: list[Any] = []
+        for sha, numkeys, *tail in calls:
+            nk = int(numkeys)
+            keys += tail[:nk]
+            rest += tail[nk:]
+            head += (self._number[sha], nk, len(tail) - nk)
+        return (self.sha, len(keys), *keys, *head, *rest)
+
+    @staticmethod
+    def replies(reply: Any, count: int) -> list[Any]:
+        """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
+        if not isinstance(reply, list) or len(reply) != count:
+            raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
+        out: list[Any] = []
+        for item in reply:
+            ok = bool(item) and item[0] == 1
+            value = item[1] if len(item) > 1 else None
+            if ok:
+                out.append(value)
+            else:
+                text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+                out.append(rx.ResponseError(text))
+        return out
+
+
+MERGED = MergedScripts((STEP_SCRIPT, IF_ABSENT_SCRIPT, RELEASE_SCRIPT))
+"""The store's scripts that a batch merges: an engine step's run write, a run create (or
+any ``commands_if_absent``), a lease release."""
+
+
+__all__ = ["MERGED", "MergedScripts"]

@@ -1,0 +1,143 @@
+"""Concurrent calls of the store's scripts share one ``EVALSHA`` (``script_merge``), yet each
+call keeps its own reply and its own error, as if it had been sent alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+
+from cordtrio.backends.redis import RedisBackends, RedisDataError
+from cordtrio.errors import LeaseLostError, NotFoundError
+from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
+from cordtrio.ports import RunChanges
+
+DEADLINE = 20
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def sent_evalshas(redis: RedisBackends) -> list[int]:
+    """Hook the batcher's pipelines: per pipeline sent, its number of ``EVALSHA``s."""
+    adapter = redis.redis
+    counts: list[int] = []
+    original = adapter.run_batch
+
+    async def counted(what: str, calls: Any) -> Any:
+        counts.append(sum(1 for method, _a, _k in calls if method == "evalsha"))
+        return await original(what, calls)
+
+    adapter.run_batch = counted  # type: ignore[method-assign]
+    return counts
+
+
+def a_run(i: int) -> WorkflowRun:
+    run = WorkflowRun(id=f"run-{i}", workflow_id="wf-1", org_id="org-a",
+                      status=RunStatus.RUNNING, input={}, created_at=T0, updated_at=T0)
+    run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
+    return run
+
+
+def step_done(run: WorkflowRun) -> RunChanges:
+    run.steps["s0"].status = StepStatus.SUCCEEDED
+    run.updated_at = T0 + timedelta(seconds=1)
+    return RunChanges(header=True, steps={"s0"}, previous_status=RunStatus.RUNNING)
+
+
+async def concurrently(calls: dict[str, Any]) -> dict[str, Any]:
+    """Run the coroutine functions together; each one's result or exception."""
+    out: dict[str, Any] = {}
+
+    async def one(name: str) -> None:
+        try:
+            out[name] = await calls[name]()
+        except Exception as exc:
+            out[name] = exc
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for name in calls:
+                nursery.start_soon(one, name)
+    return out
+
+
+async def test_concurrent_creates_and_step_writes_are_one_evalsha(
+        redis: RedisBackends) -> None:
+    store = redis.store
+    runs = [a_run(i) for i in range(10)]
+    sent = sent_evalshas(redis)
+    created = await concurrently({r.id: (lambda r=r: store.create_run(r)) for r in runs})
+    assert created == {r.id: None for r in runs}
+    assert sent == [1]
+    sent.clear()
+    written = await concurrently(
+        {r.id: (lambda r=r: store.save_run_changes(r, step_done(r))) for r in runs})
+    assert written == {r.id: None for r in runs}
+    assert sent == [1]
+    for r in runs:
+        assert (await store.get_run(r.id)).to_dict() == r.to_dict()
+    assert sorted(await store.list_run_ids_by_status("running")) == sorted(
+        r.id for r in runs)
+
+
+async def test_each_merged_call_keeps_its_own_outcome(redis: RedisBackends) -> None:
+    store = redis.store
+    runs = [a_run(i) for i in range(4)]
+    for r in runs:
+        await store.create_run(r)
+    await store.delete_run("run-1")  # missing: NotFoundError, nothing written
+    await redis.redis.call("corrupt", "", "set", "wf:run:run-2", "not a hash")
+    assert await store.acquire_lease("run-3", "engine-b", 30.0)
+    fenced = step_done(runs[3])
+    fenced.lease_owner = "engine-a"  # held by engine-b: LeaseLostError
+    sent = sent_evalshas(redis)
+    got = await concurrently({
+        "ok": lambda: store.save_run_changes(runs[0], step_done(runs[0])),
+        "missing": lambda: store.save_run_changes(runs[1], step_done(runs[1])),
+        "corrupt": lambda: store.save_run_changes(runs[2], step_done(runs[2])),
+        "fenced": lambda: store.save_run_changes(runs[3], fenced),
+        "duplicate": lambda: store.create_run(a_run(0)),
+        "release": lambda: store.release_lease("run-3", "engine-b"),
+    })
+    assert sent == [1]
+    assert got["ok"] is None
+    assert isinstance(got["missing"], NotFoundError)
+    assert isinstance(got["corrupt"], RedisDataError)
+    assert "wf:run:run-2" in str(got["corrupt"])
+    assert isinstance(got["fenced"], LeaseLostError)
+    assert "already exists" in str(got["duplicate"])
+    assert got["release"] is None
+    assert (await store.get_run("run-0")).steps["s0"].status == StepStatus.SUCCEEDED
+    assert (await store.get_run("run-3")).steps["s0"].status == StepStatus.RUNNING
+    with pytest.raises(NotFoundError):
+        await store.get_run("run-1")
+    assert await store.lease_owner("run-3") is None
+
+
+async def test_the_merged_script_is_loaded_again_after_a_script_flush(
+        redis: RedisBackends) -> None:
+    store = redis.store
+    runs = [a_run(i) for i in range(5)]
+    await redis.redis.call("flush scripts", "", "script_flush")
+    got = await concurrently({r.id: (lambda r=r: store.create_run(r)) for r in runs})
+    assert got == {r.id: None for r in runs}
+    sent = sent_evalshas(redis)
+    got = await concurrently(
+        {r.id: (lambda r=r: store.save_run_changes(r, step_done(r))) for r in runs})
+    assert got == {r.id: None for r in runs}
+    assert sent == [1]  # loaded: merged again at once
+
+
+async def test_a_merged_call_with_thousands_of_arguments(redis: RedisBackends) -> None:
+    store = redis.store
+    big, small = a_run(0), a_run(1)
+    big.steps["s0"].children = {f"s0[{i}]": StepRun(step_id=f"s0[{i}]", item=i)
+                                for i in range(3000)}  # a create of ~12,000 arguments
+    sent = sent_evalshas(redis)
+    got = await concurrently({r.id: (lambda r=r: store.create_run(r)) for r in (big, small)})
+    assert got == {big.id: None, small.id: None}
+    assert sent == [1]
+    stored = await store.get_run(big.id)
+    assert list(stored.steps["s0"].children) == list(big.steps["s0"].children)
+    assert (await store.get_run(small.id)).to_dict() == small.to_dict()
