@@ -4,10 +4,11 @@ fields changed behind its back, a write whose reply was lost that ran all the sa
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from redis_kit import T0, a_run, raw
 
 from cordtrio.backends.redis import RedisBackends
 from cordtrio.backends.redis.testing import CommandCounter
@@ -15,20 +16,7 @@ from cordtrio.errors import NotFoundError, StoreError
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 from cordtrio.ports import RunChanges
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 EVENT = TimelineEvent(type="step_dispatched", step_id="s1")
-
-
-async def raw(r: RedisBackends, method: str, *args: Any) -> Any:
-    return await r.redis.call("test", "", method, *args)
-
-
-async def a_run(r: RedisBackends) -> WorkflowRun:
-    run = WorkflowRun(id="run-1", workflow_id="wf-1", org_id="org-a",
-                      status=RunStatus.RUNNING, input={}, created_at=T0, updated_at=T0)
-    run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
-    await r.store.create_run(run)
-    return run
 
 
 def next_step(run: WorkflowRun, i: int) -> RunChanges:

@@ -4,11 +4,11 @@ job inputs to a store that commits them and publishes jobs whose payloads are th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 import trio
+from redis_kit import T0, a_run, raw
 
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
@@ -27,20 +27,7 @@ from cordtrio.payloads import key_from_pointer
 from cordtrio.ports import PayloadCommit, RunChanges
 from cordtrio.protocol import SUBJECT_SUBMIT, JobRequest
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CTX = "ctx:run-1:s1@1"
-
-
-async def raw(r: RedisBackends, method: str, *args: Any) -> Any:
-    return await r.redis.call("test", "", method, *args)
-
-
-async def a_run(r: RedisBackends) -> WorkflowRun:
-    run = WorkflowRun(id="run-1", workflow_id="wf-1", org_id="org-a",
-                      status=RunStatus.RUNNING, input={}, created_at=T0, updated_at=T0)
-    run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
-    await r.store.create_run(run)
-    return run
 
 
 def dispatch_next(run: WorkflowRun) -> RunChanges:
