@@ -40,13 +40,13 @@ from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from .measure import run_sample
 from .switches import TaskSteps
-from .workloads import CHAIN_STEPS, WORKLOADS
+from .workloads import CHAIN_STEPS, WORKLOADS, submit_many
 
 WORKERS = 256
 """Worker tasks in the pool (the in-process worker's ``max_concurrency`` in the harness)."""
@@ -181,26 +181,6 @@ class _Floor:
         self.finished.pop(run_id).set()
 
 
-class Submits(Protocol):
-    async def submit(self) -> str: ...
-
-
-async def submit_many(floor: Submits, runs: int, concurrency: int = 64) -> list[str]:
-    """As the harness submits W1: ``concurrency`` tasks, each submitting its share."""
-    ids: list[str] = []
-
-    async def submitter(n: int) -> None:
-        for _ in range(n):
-            ids.append(await floor.submit())
-
-    async with trio.open_nursery() as nursery:
-        for k in range(concurrency):
-            share = runs // concurrency + (1 if k < runs % concurrency else 0)
-            if share:
-                nursery.start_soon(submitter, share)
-    return ids
-
-
 async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
     """One drive of the floor in W1's shape (runs submitted from 64 tasks, each returning
     once its run started, then every run waited for): ``runs`` runs of ``steps`` chained
@@ -215,7 +195,7 @@ async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
         await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
         trio.lowlevel.add_instrument(switches)
         wall, cpu = time.perf_counter(), time.process_time()
-        for run_id in await submit_many(floor, runs):
+        for run_id in await submit_many(floor.submit, runs):
             record = await floor.wait_run(run_id)
             assert record["status"] == "succeeded"
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -43,9 +43,9 @@ from cordtrio.model import RunStatus, TimelineEvent, WorkflowRun
 from cordtrio.payloads import key_from_pointer, pointer_for_key, result_key
 from cordtrio.protocol import JobRequest, JobResult, JobStatus
 
-from .floor import WORKERS, _Mailbox, _Signal, submit_many
+from .floor import WORKERS, _Mailbox, _Signal
 from .switches import TaskSteps
-from .workloads import CHAIN_STEPS, WORKLOADS
+from .workloads import CHAIN_STEPS, WORKLOADS, submit_many
 
 
 class _Job:
@@ -192,7 +192,7 @@ async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool =
             freeze_startup()
             trio.lowlevel.add_instrument(switches)
             wall, cpu = time.perf_counter(), time.process_time()
-            for run_id in await submit_many(floor, runs):
+            for run_id in await submit_many(floor.submit, runs):
                 run = await floor.wait_run(run_id)
                 if run.status != RunStatus.SUCCEEDED:
                     raise RuntimeError(f"run {run_id} ended {run.status.value}")

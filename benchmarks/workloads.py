@@ -125,14 +125,15 @@ async def _wait_all(engine: Engine, run_ids: list[str]) -> None:
                                "expected succeeded")
 
 
-async def _submit_many(engine: Engine, wf: Workflow, runs: int, concurrency: int = 64,
-                       input: dict[str, Any] | None = None) -> list[str]:
-    """Submit ``runs`` runs from ``concurrency`` tasks: many in flight, as many clients would."""
+async def submit_many(submit: Callable[[], Awaitable[str]], runs: int,
+                      concurrency: int = 64) -> list[str]:
+    """Call ``submit`` ``runs`` times from ``concurrency`` tasks: many in flight, as many
+    clients would; the ids in the order the calls returned."""
     ids: list[str] = []
 
     async def submitter(n: int) -> None:
         for _ in range(n):
-            ids.append(await engine.submit(wf.id, input))
+            ids.append(await submit())
 
     async with trio.open_nursery() as nursery:
         for k in range(concurrency):
@@ -140,6 +141,11 @@ async def _submit_many(engine: Engine, wf: Workflow, runs: int, concurrency: int
             if share:
                 nursery.start_soon(submitter, share)
     return ids
+
+
+async def _submit_many(engine: Engine, wf: Workflow, runs: int) -> list[str]:
+    """Submit ``runs`` runs of ``wf`` to ``engine`` (``submit_many``)."""
+    return await submit_many(lambda: engine.submit(wf.id), runs)
 
 
 async def _drive_runs(engine: Engine, wf: Workflow, runs: int, steps_per_run: int) -> Measured:
