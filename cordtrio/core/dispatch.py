@@ -39,8 +39,7 @@ def dispatch(
     (bad input, schema violation); the failure is already recorded."""
     run = tx.run
     target = sr.step_id
-    attempt = sr.attempts + 1
-    job_id = f"{run.id}:{target}@{attempt}"
+    job_id = f"{run.id}:{target}@{sr.attempts + 1}"
     item = sr.item if parent else NO_ITEM
     try:
         # the scope only serves to render ``step.input``: not built for a step without one
@@ -49,16 +48,28 @@ def dispatch(
     except CordtrioError as exc:
         finish(tx, step.id, sr, StepStatus.FAILED, parent=parent, message=str(exc))
         return False
+    start_job(tx, step, sr, job_id, payload, parent, index)
+    return True
+
+
+def start_job(
+    tx: Tx, step: Step, sr: StepRun, job_id: str, payload: dict[str, Any], parent: str = "",
+    index: int = -1,
+) -> None:
+    """``dispatch`` once the payload is built: ``sr`` becomes the running attempt
+    ``job_id``, and the job's timeline event, ``Dispatch`` and timer are emitted."""
+    run = tx.run
+    target = sr.step_id
     ctx_key = CONTEXT_PREFIX + job_id if tx.plan.has_payload_store else ""  # context_key()
     request = build_request(tx.plan, run, step, target, job_id, ctx_key)
     if parent:
         request.env["foreach_index"] = str(index)
-        request.env["foreach_item"] = _ITEM_JSON.encode(item)
+        request.env["foreach_item"] = _ITEM_JSON.encode(sr.item)
     sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
     sr.next_attempt_at = None
-    sr.attempts = attempt
+    sr.attempts += 1
     sr.job_id = job_id
     sr.input = payload
     if parent:
@@ -84,7 +95,6 @@ def dispatch(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
                      TimerKind.STEP_TIMEOUT, target, job_id)
         )
-    return True
 
 
 def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:

@@ -40,6 +40,7 @@ from .events import (
     TimerKind,
 )
 from .plan import Plan
+from .quick import quick_result
 from .ready import ready_pass
 from .results import apply_result
 from .state import RunState, Tx
@@ -64,7 +65,7 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     tx.changes.previous_status = state.run.status
     match event:  # the most frequent event first: each case is an isinstance check
         case ResultReceived(result=result, output=output):
-            if apply_result(tx, result, output):
+            if not quick_result(tx, result, output) and apply_result(tx, result, output):
                 ready_pass(tx)
         case Start():
             ready_pass(tx)

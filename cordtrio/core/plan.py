@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Workflow
+from ..model import StepType, Workflow
 
 MAX_INLINE_OUTPUT_BYTES = 256 * 1024
 """Outputs up to this size are copied into ``context.steps``; larger ones keep the pointer."""
@@ -40,6 +40,10 @@ class Plan:
     rechecks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """Per step: its index in ``order``, then its dependents' indexes: the steps whose
     readiness may change when it does (see ``frontier.Frontier``)."""
+    plain_jobs: frozenset[str] = frozenset()
+    """Steps that are nothing but a job: worker-like, no ``condition``, no ``for_each``,
+    not an ``on_error`` handler, an id that is not a for-each child's. A result of one, and
+    the start of one, take the short way (``core.quick``)."""
 
     @classmethod
     def build(
@@ -58,7 +62,7 @@ class Plan:
             step = workflow.steps[sid]
             if step.on_error and step.on_error in workflow.steps and step.on_error != sid:
                 sources.setdefault(step.on_error, []).append(sid)
-            for dep in step.depends_on:
+            for dep in dict.fromkeys(step.depends_on):  # a dependency named twice counts once
                 dependents.setdefault(dep, []).append(sid)
         return cls(
             workflow=workflow,
@@ -71,6 +75,12 @@ class Plan:
             resend_after=resend_after,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
+            plain_jobs=frozenset(
+                sid for sid, step in workflow.steps.items()
+                if isinstance(step.type, StepType) and step.type.is_worker_like
+                and not step.condition and not step.for_each and sid not in sources
+                and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
+            ),
         )
 
     def schema_ids(self) -> set[str]:

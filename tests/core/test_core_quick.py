@@ -1,0 +1,107 @@
+"""The short way of deciding a job result (``cordtrio.core.quick``): taken for plain jobs,
+and deciding exactly like the general path, including when a dependent cannot start.
+(tests/properties/test_quick_properties.py compares both over random runs.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+from harness import Sim, step, workflow
+
+from cordtrio.core import machine, quick
+from cordtrio.model import RetryConfig, RunStatus, StepStatus, Workflow
+from cordtrio.protocol import JobStatus
+
+
+def _drive(wf: Workflow, short_way: bool, play: Callable[[Sim], None]) -> tuple[Sim, list[bool]]:
+    """Play ``play`` on a new run, with the short way on or off; what ``quick_result``
+    answered each time it was asked."""
+    taken: list[bool] = []
+
+    def asked(*args: Any) -> bool:
+        answer = quick.quick_result(*args) if short_way else False
+        taken.append(answer)
+        return answer
+
+    sim = Sim(wf, run_input={"k": 1})
+    with mock.patch.object(machine, "quick_result", asked):
+        sim.start()
+        play(sim)
+    return sim, taken
+
+
+def _same_both_ways(wf: Workflow, play: Callable[[Sim], None]) -> tuple[Sim, list[bool]]:
+    fast, taken = _drive(wf, True, play)
+    slow, _ = _drive(wf, False, play)
+    assert len(fast.outcomes) == len(slow.outcomes)
+    for a, b in zip(fast.outcomes, slow.outcomes, strict=True):
+        assert repr(a.effects) == repr(b.effects)
+        assert a.changes == b.changes
+    assert fast.run.to_dict() == slow.run.to_dict()
+    return fast, taken
+
+
+def _succeed_all(sim: Sim) -> None:
+    while sim.running_jobs():
+        for job in sorted(sim.running_jobs()):
+            sim.succeed(job, {"v": job})
+
+
+def test_a_chain_of_jobs_goes_the_short_way_and_ends_as_the_general_path_does() -> None:
+    wf = workflow(step("a"), step("b", depends_on=["a"], output_path="out.b"),
+                  step("c", depends_on=["b"], input={"x": "${steps.b.output.v}"}, timeout_sec=5))
+    sim, taken = _same_both_ways(wf, _succeed_all)
+    assert taken == [True, True, True]
+    assert sim.run.status == RunStatus.SUCCEEDED
+    assert sim.dispatched() == ["run-1:a@1", "run-1:b@1", "run-1:c@1"]
+    assert sim.dispatches[-1].payload == {"x": "run-1:b@1"}
+
+
+def test_a_join_starts_once_its_last_dependency_succeeds() -> None:
+    wf = workflow(step("a"), step("b"), step("c"), step("j", depends_on=["c", "a", "b"]))
+    sim, taken = _same_both_ways(wf, _succeed_all)
+    assert taken == [True] * 4
+    assert sim.dispatched()[-1] == "run-1:j@1"
+
+
+def test_a_dependent_that_cannot_start_hands_over_to_the_general_path() -> None:
+    """b's input cannot be rendered: it fails, its handler starts, c (a later sibling)
+    does not start, exactly as the general path decides."""
+    wf = workflow(
+        step("a"),
+        step("b", depends_on=["a"], input={"x": "${nosuch(1)}"}, on_error="h"),
+        step("c", depends_on=["a"]),
+        step("h"),
+        validate=False,
+    )
+
+    def play(sim: Sim) -> None:
+        sim.succeed("run-1:a@1", {"v": 1})
+        for job in sorted(sim.running_jobs()):
+            sim.succeed(job)
+
+    sim, taken = _same_both_ways(wf, play)
+    assert taken[0] is True
+    assert sim.status("b") == StepStatus.FAILED
+    assert sim.status("h") == StepStatus.SUCCEEDED
+    assert sim.status("c") is None
+
+
+def test_other_results_go_the_general_path() -> None:
+    """A failure, a stale result, a gated dependent: the general path decides."""
+    wf = workflow(step("a", retry=RetryConfig(max_retries=1)), step("b", depends_on=["a"]),
+                  step("g", depends_on=["b"], condition="input.k > 0"),
+                  validate=False)
+
+    def play(sim: Sim) -> None:
+        sim.fail("run-1:a@1")
+        sim.advance(10)
+        sim.succeed("run-1:a@1")  # stale
+        sim.succeed("run-1:a@2")
+        sim.result("run-1:b@1", JobStatus.SUCCEEDED)
+
+    sim, taken = _same_both_ways(wf, play)
+    assert taken == [False, False, True, False]
+    assert sim.status("g") == StepStatus.RUNNING

@@ -1,0 +1,65 @@
+"""The short way of deciding a job result (``cordtrio.core.quick``) decides exactly like
+the general path (``apply_result`` then ``ready_pass``): replaying a run with the short way
+turned off gives the same effects in the same order, the same changes and the same run,
+event after event."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sim_driver import COMMON, _describe, examples, new_run, reloaded, simulate
+from strategies import run_inputs, workflows
+
+from cordtrio.core import machine
+from cordtrio.core.machine import Outcome, decide
+from cordtrio.core.plan import Plan
+from cordtrio.core.state import RunState
+from cordtrio.model import Workflow
+
+
+def _changes(out: Outcome) -> tuple[Any, ...]:
+    c = out.changes
+    return (c.header, c.steps, c.children, c.context_steps, c.context_keys, c.previous_status)
+
+
+def _replay_without_short_way(wf: Workflow, run_input: dict[str, Any], data: Any) -> None:
+    outcomes: list[Outcome] = []
+    runs: list[dict[str, Any]] = []
+
+    def record(sim: Any, _fed: Any, out: Outcome) -> None:
+        outcomes.append(out)
+        runs.append(sim.run.to_dict())
+
+    sim = simulate(data, wf, run_input, record)
+    plan = Plan.build(wf)
+    state = RunState(new_run(wf, sim.run_id, run_input))
+    with mock.patch.object(machine, "quick_result", lambda *_: False):
+        for i, step in enumerate(sim.log):
+            if step.kind == "reload":
+                state = reloaded(state)
+            again = decide(plan, state, step.event, step.now)
+            what = f"event {i} ({step.kind} {_describe(step.event)})"
+            assert repr(again.effects) == repr(outcomes[i].effects), sim.fail_text(
+                f"{what}: effects differ")
+            assert _changes(again) == _changes(outcomes[i]), sim.fail_text(
+                f"{what}: changes differ")
+            assert state.run.to_dict() == runs[i], sim.fail_text(f"{what}: runs differ")
+
+
+@settings(COMMON, max_examples=examples(150))
+@given(wf=workflows(), run_input=run_inputs(), data=st.data())
+def test_short_way_decides_like_the_general_path(wf: Workflow, run_input: dict[str, Any],
+                                                 data: Any) -> None:
+    _replay_without_short_way(wf, run_input, data)
+
+
+@settings(COMMON, max_examples=examples(150))
+@given(wf=workflows(kinds=("worker", "worker", "worker", "gated", "for_each", "approval")),
+       run_input=run_inputs(), data=st.data())
+def test_short_way_decides_like_the_general_path_on_job_heavy_workflows(
+    wf: Workflow, run_input: dict[str, Any], data: Any
+) -> None:
+    _replay_without_short_way(wf, run_input, data)
