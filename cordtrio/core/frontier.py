@@ -64,6 +64,9 @@ class Frontier:
     @classmethod
     def build(cls, plan: Plan, run: WorkflowRun, may_act: MayAct) -> Frontier:
         """The frontier of ``run`` as it is now (one walk over the steps)."""
+        if not run.steps:  # a run not started yet: every new run, known from the plan
+            return cls(plan=plan, live=set(plan.roots), seen=[None] * len(plan.order),
+                       absent=len(plan.order) - len(plan.handlers))
         front = cls(plan=plan, seen=[None] * len(plan.order))
         steps = run.steps
         seen = front.seen

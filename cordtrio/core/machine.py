@@ -8,11 +8,9 @@ simulation and property tests cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..model import RunStatus
-from ..ports import RunChanges
 from .commands import (
     alert_outcome,
     approve,
@@ -29,7 +27,6 @@ from .events import (
     Approve,
     CancelRun,
     DispatchFailed,
-    Effect,
     Event,
     JobStarted,
     Recover,
@@ -43,15 +40,7 @@ from .plan import Plan
 from .quick import quick_result
 from .ready import ready_pass
 from .results import apply_result
-from .state import RunState, Tx
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one event did: effects for the shell, and the parts of the run that changed."""
-
-    effects: list[Effect] = field(default_factory=list)
-    changes: RunChanges = field(default_factory=RunChanges)
+from .state import Outcome, RunState, Tx
 
 
 def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
@@ -65,7 +54,11 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     tx.changes.previous_status = state.run.status
     match event:  # the most frequent event first: each case is an isinstance check
         case ResultReceived(result=result, output=output):
-            if not quick_result(tx, result, output) and apply_result(tx, result, output):
+            if quick_result(tx, result, output):
+                state.run.updated_at = now  # the short way always changes the run
+                tx.changes.header = True
+                return tx
+            if apply_result(tx, result, output):
                 ready_pass(tx)
         case Start():
             ready_pass(tx)
@@ -100,4 +93,7 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     if tx.changes:
         state.run.updated_at = now
         tx.changes.header = True
-    return Outcome(tx.effects, tx.changes)
+    return tx
+
+
+__all__ = ["Outcome", "decide"]

@@ -40,6 +40,8 @@ class Plan:
     rechecks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """Per step: its index in ``order``, then its dependents' indexes: the steps whose
     readiness may change when it does (see ``frontier.Frontier``)."""
+    roots: tuple[int, ...] = ()
+    """Positions of the steps a new run starts with: no dependency, not a handler."""
     plain_jobs: frozenset[str] = frozenset()
     """Steps that are nothing but a job: worker-like, no ``condition``, no ``for_each``,
     not an ``on_error`` handler, an id that is not a for-each child's. A result of one, and
@@ -75,6 +77,8 @@ class Plan:
             resend_after=resend_after,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
+            roots=tuple(i for i, sid in enumerate(order)
+                        if not workflow.steps[sid].depends_on and sid not in sources),
             plain_jobs=frozenset(
                 sid for sid, step in workflow.steps.items()
                 if isinstance(step.type, StepType) and step.type.is_worker_like

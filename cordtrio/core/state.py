@@ -109,14 +109,23 @@ class RunState:
         return idx
 
 
-class Tx:
+@dataclass(slots=True)
+class Outcome:
+    """What one event did: effects for the shell, and the parts of the run that changed."""
+
+    effects: list[Effect] = field(default_factory=list)
+    changes: RunChanges = field(default_factory=RunChanges)
+
+
+class Tx(Outcome):
     """The working area of one ``decide`` call: inputs, and the effects and changes it
     accumulates. Core functions take a ``Tx`` and append to it; nothing here does I/O.
+    It is also the ``Outcome`` that ``decide`` returns: one object less per event.
 
     A plain slotted class rather than a dataclass: one is made per event, and a generated
     ``__init__`` with default factories and ``__post_init__`` costs twice as much."""
 
-    __slots__ = ("changes", "effects", "now", "plan", "run", "state")
+    __slots__ = ("now", "plan", "run", "state")
 
     def __init__(self, plan: Plan, state: RunState, now: datetime) -> None:
         self.plan = plan
