@@ -37,7 +37,7 @@ from .events import (
     TimerKind,
 )
 from .plan import Plan
-from .quick import quick_result
+from .quick import quick_result, quick_start
 from .ready import ready_pass
 from .results import apply_result
 from .state import Outcome, RunState, Tx
@@ -61,7 +61,8 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
             if apply_result(tx, result, output):
                 ready_pass(tx)
         case Start():
-            ready_pass(tx)
+            if not quick_start(tx):
+                ready_pass(tx)
         case Recover():
             recover(tx)
             if state.run.status != RunStatus.PENDING:  # a created, never started run waits

@@ -1,22 +1,25 @@
-"""The most common event, decided the short way: a plain job step succeeded, and those of
-its dependents (plain jobs not started yet) whose dependencies have all succeeded start.
+"""The two most common events, decided the short way: a new run starts and its first
+steps are plain jobs; a plain job step succeeded, and those of its dependents (plain jobs
+not started yet) whose dependencies have all succeeded start.
 
-Why: every step of a chain ends like this, and the general path (``apply_result``, then a
-``ready_pass`` that absorbs the touched steps into the ``Frontier``, asks ``may_act`` of
-each, sorts the live ones and ``_visit``s them, then recomputes the run status) spends
-most of its time finding out what this knows from the plan: which steps can move.
+Why: every run starts like this and every step of a chain ends like this, and the general
+path (``apply_result``, then a ``ready_pass`` that absorbs the touched steps into the
+``Frontier``, asks ``may_act`` of each, sorts the live ones and ``_visit``s them, then
+recomputes the run status) spends most of its time finding out what the plan already
+says: which steps can move.
 
-``quick_result`` first checks everything that makes the short way exact (no step in the
-frontier is live, no failure stands, the run is running, the step and its dependents are
-``Plan.plain_jobs``, the dependents have no StepRun yet), and returns False having changed
-nothing when one does not hold: the general path then decides. Otherwise it gives the
-same effects in the same order, the same changes and the same run as the general path
-(tests/core/test_core_quick.py replays random runs both ways), and leaves the frontier as
-exact as a rebuild.
+``quick_start`` and ``quick_result`` first check everything that makes the short way exact
+(for a result: no step in the frontier is live, no failure stands, the run is running, the
+step and its dependents are ``Plan.plain_jobs``, the dependents have no StepRun yet), and
+return False having changed nothing when one does not hold: the general path then decides.
+Otherwise they give the same effects in the same order, the same changes and the same run
+as the general path (tests/properties/test_quick_properties.py replays random runs both
+ways, tests/core/test_core_quick.py the corner cases), and leave the frontier as exact as
+a rebuild.
 """
-
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -26,16 +29,17 @@ from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, start_job
 from .events import LoadedOutput, RecordTimeline, StepFinished
+from .frontier import Frontier
 from .outputs import record_output
-from .ready import may_act, ready_pass
+from .ready import arm_run_timeout, may_act, ready_pass
 from .results import parse_job_id
 from .scope import NO_ITEM, build_scope
 from .state import Tx
-from .status import update_run_status
+from .status import set_run_status, update_run_status
 
 # Module constants: reading ``StepStatus.X`` costs an enum descriptor call on Python 3.11.
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
-_RUN_RUNNING = RunStatus.RUNNING
+_RUN_PENDING, _RUN_RUNNING = RunStatus.PENDING, RunStatus.RUNNING
 _RUNNING, _SUCCEEDED = StepStatus.RUNNING, StepStatus.SUCCEEDED
 _SUCCEEDED_TEXT = str(StepStatus.SUCCEEDED.value)
 
@@ -93,38 +97,76 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         result_ptr, "", {})))
     effects.append(StepFinished(target, _SUCCEEDED))
 
-    # the ready pass: only the dependents can have become ready, and they start in
-    # definition order (``dependents`` is in that order)
-    ready: list[tuple[Step, dict[str, Any]]] = []
+    # the ready pass: only the dependents can have become ready
+    if not _start_plain(tx, front, dependents):
+        # one fails instead of starting, which may start handlers: the general ready
+        # pass, from where ``apply_result`` would leave it
+        front.dirty.append(target)
+        ready_pass(tx)
+        return True
+    front.seen[plan.rechecks[target][0]] = _SUCCEEDED  # what ``Frontier.absorb`` would do
+    front.unfinished -= 1
+    update_run_status(tx)
+    return True
+
+
+def quick_start(tx: Tx) -> bool:
+    """Decide ``Start`` for a new run whose first steps are all plain jobs as
+    ``ready_pass`` would; False, with nothing changed, otherwise."""
+    run = tx.run
+    plan = tx.plan
+    if run.status is not _RUN_PENDING or run.steps or not plan.roots:
+        return False
+    order = plan.order
+    plain = plan.plain_jobs
+    for i in plan.roots:
+        if order[i] not in plain:
+            return False
+    set_run_status(tx, _RUN_RUNNING)
+    arm_run_timeout(tx)
+    front = Frontier.build(plan, run, partial(may_act, tx))  # from the plan: no steps yet
+    tx.state.frontier = front
+    if not _start_plain(tx, front, [order[i] for i in plan.roots]):
+        ready_pass(tx)  # one fails instead of starting: the general pass from here
+        return True
+    front.live.clear()  # the roots, all started
+    update_run_status(tx)
+    return True
+
+
+def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
+    """Start those of ``candidates`` (plain jobs without a StepRun, in definition order)
+    whose dependencies all succeeded, as ``_visit`` would one after the other, and count
+    them in ``front``. False, having changed nothing, when one cannot start (its input
+    does not render or validate): every input is built before anything starts, which
+    gives the same inputs since starting a job changes nothing an input reads."""
+    run = tx.run
+    plan = tx.plan
+    steps = run.steps
     defs = plan.workflow.steps
-    for sid in dependents:
-        dep_step = defs[sid]
-        if not _deps_succeeded(steps, dep_step):
+    ready: list[tuple[Step, dict[str, Any]]] = []
+    for sid in candidates:
+        step = defs[sid]
+        if not _deps_succeeded(steps, step):
             continue
         try:
-            scope = build_scope(plan, run, sid) if dep_step.input else {}
-            ready.append((dep_step, build_payload(plan, run, dep_step, scope, NO_ITEM)))
+            scope = build_scope(plan, run, sid) if step.input else {}
+            ready.append((step, build_payload(plan, run, step, scope, NO_ITEM)))
         except CordtrioError:
-            # this step fails instead of starting, which may start handlers: the general
-            # ready pass, from where ``apply_result`` would leave it
-            front.dirty.append(target)
-            ready_pass(tx)
-            return True
+            return False
     position = plan.rechecks  # a step's position in ``order`` comes first
-    front.seen[position[target][0]] = _SUCCEEDED
-    front.unfinished += len(ready) - 1  # the target ended, the started ones run
-    front.absent -= len(ready)
-    for dep_step, payload in ready:
-        sid = dep_step.id
-        dep = StepRun(step_id=sid)
-        steps[sid] = dep
-        start_job(tx, dep_step, dep, f"{run.id}:{sid}@1", payload)
-        front.seen[position[sid][0]] = _RUNNING
-    # What ``Frontier.absorb`` would make of the touches: the counts above; ``live``
-    # stays empty (a finished step, a running plain job and a step with a dependency not
-    # succeeded yet cannot act).
+    seen = front.seen
+    for step, payload in ready:
+        sid = step.id
+        sr = StepRun(step_id=sid)
+        steps[sid] = sr
+        start_job(tx, step, sr, f"{run.id}:{sid}@1", payload)
+        seen[position[sid][0]] = _RUNNING
+    # What ``Frontier.absorb`` would make of the touches: these counts; and the started
+    # jobs cannot act, nor can the steps depending on them.
     front.dirty.clear()
-    update_run_status(tx)
+    front.absent -= len(ready)
+    front.unfinished += len(ready)
     return True
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from harness import T0, Sim, step, workflow
 
-from cordtrio.core import ready
+from cordtrio.core import machine, ready
 from cordtrio.core.events import Approve, RecordTimeline
 from cordtrio.core.state import Tx
 from cordtrio.model import RunStatus, StepStatus, StepType, WorkflowRun
@@ -34,6 +34,9 @@ def test_a_result_visits_only_the_steps_it_can_move(monkeypatch: pytest.MonkeyPa
         return real(tx, sid, only_handlers)
 
     monkeypatch.setattr(ready, "_visit", counting)
+    # the general path's visits (the short way for plain jobs, ``core.quick``, visits none)
+    monkeypatch.setattr(machine, "quick_start", lambda _tx: False)
+    monkeypatch.setattr(machine, "quick_result", lambda *_: False)
     sim = Sim(_wide())
     sim.start()
     assert sorted(visits) == sorted(f"b{b}s0" for b in range(50))

@@ -11,6 +11,7 @@ from unittest import mock
 from harness import Sim, step, workflow
 
 from cordtrio.core import machine, quick
+from cordtrio.core.state import Tx
 from cordtrio.model import RetryConfig, RunStatus, StepStatus, Workflow
 from cordtrio.protocol import JobStatus
 
@@ -25,8 +26,12 @@ def _drive(wf: Workflow, short_way: bool, play: Callable[[Sim], None]) -> tuple[
         taken.append(answer)
         return answer
 
+    def start(tx: Any) -> bool:
+        return quick.quick_start(tx) if short_way else False
+
     sim = Sim(wf, run_input={"k": 1})
-    with mock.patch.object(machine, "quick_result", asked):
+    with (mock.patch.object(machine, "quick_result", asked),
+          mock.patch.object(machine, "quick_start", start)):
         sim.start()
         play(sim)
     return sim, taken
@@ -105,3 +110,27 @@ def test_other_results_go_the_general_path() -> None:
     sim, taken = _same_both_ways(wf, play)
     assert taken == [False, False, True, False]
     assert sim.status("g") == StepStatus.RUNNING
+
+
+def test_a_first_step_that_cannot_start_hands_over_to_the_general_path() -> None:
+    wf = workflow(
+        step("a", input={"x": "${nosuch(1)}"}, on_error="h"),
+        step("b"),
+        step("c", depends_on=["b"]),
+        step("h"),
+        validate=False,
+    )
+    sim, _ = _same_both_ways(wf, _succeed_all)
+    assert sim.status("a") == StepStatus.FAILED
+    assert sim.status("h") == StepStatus.SUCCEEDED
+    assert sim.status("b") is None
+
+
+def test_a_start_goes_the_short_way_only_when_every_first_step_is_a_plain_job() -> None:
+    plain = workflow(step("a"), step("b"), step("c", depends_on=["a", "b"]))
+    gated = workflow(step("a"), step("g", condition="input.k > 0"))
+    for wf, short in ((plain, True), (gated, False)):
+        sim = Sim(wf, run_input={"k": 1})
+        tx = Tx(sim.plan, sim.state, sim.now)
+        assert quick.quick_start(tx) is short
+        _same_both_ways(wf, _succeed_all)

@@ -150,7 +150,9 @@ def test_incremental_ready_pass_decides_like_the_full_walk(
     sim = simulate(data, wf, run_input, lambda _s, _f, out: outcomes.append(out))
     plan = Plan.build(wf)
     state = RunState(new_run(wf, sim.run_id, run_input))
-    with mock.patch.object(machine, "ready_pass", full_walk_ready_pass):
+    with (mock.patch.object(machine, "ready_pass", full_walk_ready_pass),
+          mock.patch.object(machine, "quick_start", lambda _tx: False),
+          mock.patch.object(machine, "quick_result", lambda *_: False)):
         for i, step in enumerate(sim.log):
             if step.kind == "reload":
                 state = reloaded(state)

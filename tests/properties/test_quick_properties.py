@@ -1,7 +1,7 @@
-"""The short way of deciding a job result (``cordtrio.core.quick``) decides exactly like
-the general path (``apply_result`` then ``ready_pass``): replaying a run with the short way
-turned off gives the same effects in the same order, the same changes and the same run,
-event after event."""
+"""The short ways of deciding a new run's start and a job result (``cordtrio.core.quick``)
+decide exactly like the general path (``ready_pass``, ``apply_result`` then ``ready_pass``):
+replaying a run with the short ways turned off gives the same effects in the same order,
+the same changes and the same run, event after event."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _replay_without_short_way(wf: Workflow, run_input: dict[str, Any], data: Any
     sim = simulate(data, wf, run_input, record)
     plan = Plan.build(wf)
     state = RunState(new_run(wf, sim.run_id, run_input))
-    with mock.patch.object(machine, "quick_result", lambda *_: False):
+    with (mock.patch.object(machine, "quick_start", lambda _tx: False),
+          mock.patch.object(machine, "quick_result", lambda *_: False)):
         for i, step in enumerate(sim.log):
             if step.kind == "reload":
                 state = reloaded(state)
