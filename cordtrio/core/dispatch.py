@@ -179,11 +179,13 @@ def build_request(
     labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
     if step.worker_id:
         labels["worker_id"] = step.worker_id
-    labels.update(step.route_labels)
+    if step.route_labels:
+        labels.update(step.route_labels)
     if run.dry_run or run.metadata.get("dry_run") == "true":
         env["dry_run"] = "true"
         labels["dry_run"] = "true"
-    meta = build_meta(run, step)
+    # ``build_meta``'s own first test, without the call (the common case: nothing to say)
+    meta = build_meta(run, step) if step.meta is not None or run.org_id else None
     # Positional, in JobRequest's field order (job_id, topic, priority, context_ptr,
     # adapter_id, env, parent_job_id, workflow_id, step_index, memory_id, budget, tenant_id,
     # principal_id, labels, meta): fifteen keywords cost ~1 us more per job

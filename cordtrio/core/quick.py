@@ -106,7 +106,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return True
     front.seen[plan.rechecks[target][0]] = _SUCCEEDED  # what ``Frontier.absorb`` would do
     front.unfinished -= 1
-    update_run_status(tx)
+    status = front.run_status(run)  # ``update_run_status`` for a running run
+    if status != _RUN_RUNNING:
+        set_run_status(tx, status)
     return True
 
 
@@ -147,13 +149,16 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
     ready: list[tuple[Step, dict[str, Any]]] = []
     for sid in candidates:
         step = defs[sid]
-        if not _deps_succeeded(steps, step):
-            continue
-        try:
-            scope = build_scope(plan, run, sid) if step.input else {}
-            ready.append((step, build_payload(plan, run, step, scope, NO_ITEM)))
-        except CordtrioError:
-            return False
+        for dep in step.depends_on:  # ``ready._deps_succeeded``, inlined
+            sr = steps.get(dep)
+            if sr is None or sr.status != _SUCCEEDED:
+                break
+        else:
+            try:
+                scope = build_scope(plan, run, sid) if step.input else {}
+                ready.append((step, build_payload(plan, run, step, scope, NO_ITEM)))
+            except CordtrioError:
+                return False
     position = plan.rechecks  # a step's position in ``order`` comes first
     seen = front.seen
     for step, payload in ready:
@@ -167,12 +172,4 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
     front.dirty.clear()
     front.absent -= len(ready)
     front.unfinished += len(ready)
-    return True
-
-
-def _deps_succeeded(steps: dict[str, Any], step: Step) -> bool:
-    for dep in step.depends_on:
-        sr = steps.get(dep)
-        if sr is None or sr.status != _SUCCEEDED:
-            return False
     return True
