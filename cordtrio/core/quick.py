@@ -32,7 +32,6 @@ from .events import LoadedOutput, RecordTimeline, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
 from .ready import arm_run_timeout, may_act, ready_pass
-from .results import parse_job_id
 from .scope import NO_ITEM, build_scope
 from .state import Tx
 from .status import set_run_status, update_run_status
@@ -59,11 +58,15 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         front.refresh(run, partial(may_act, tx))
     if front.live or front.failed or front.timed_out:
         return False
+    # ``parse_job_id``, inlined for the only shape this takes (``<run>:<step>@<digits>``,
+    # where splitting at the last ``@`` then the last ``:`` splits as it does)
     job_id = result.job_id
-    parsed = parse_job_id(job_id)
-    if parsed is None or parsed[0] != run.id:
+    if type(job_id) is not str:
         return False
-    target = parsed[1]
+    head, at, number = job_id.rpartition("@")
+    run_id, colon, target = head.rpartition(":")
+    if not (at and colon and run_id and target and run_id == run.id and number.isdigit()):
+        return False
     plain = plan.plain_jobs
     steps = run.steps
     sr = steps.get(target)
@@ -82,7 +85,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
 
     # ``apply_result`` → ``_succeeded`` → ``finish``, for a top-level step that succeeded
     now = tx.now
-    sr.attempts = max(sr.attempts, parsed[2])
+    sr.attempts = max(sr.attempts, int(number))
     sr.output = result_ptr or None
     if result_ptr:
         record_output(tx, target, step, result_ptr, output, is_child=False)

@@ -134,3 +134,17 @@ def test_a_start_goes_the_short_way_only_when_every_first_step_is_a_plain_job() 
         tx = Tx(sim.plan, sim.state, sim.now)
         assert quick.quick_start(tx) is short
         _same_both_ways(wf, _succeed_all)
+
+
+def test_odd_job_ids_are_read_as_the_general_path_reads_them() -> None:
+    wf = workflow(step("a"), step("b", depends_on=["a"]))
+
+    def play(sim: Sim) -> None:
+        for job_id in ("run-1:a", "run-1:a@", "run-1:a@x", ":a@1", "run-1:@1", "a@1",
+                       "run-1:a@01", "run-1:a@2", "other:a@1", "run-1:run-1:a@1", "@1"):
+            sim.result(job_id, JobStatus.SUCCEEDED)
+        _succeed_all(sim)
+
+    sim, taken = _same_both_ways(wf, play)
+    assert taken.count(True) == 2
+    assert sim.run.status == RunStatus.SUCCEEDED
