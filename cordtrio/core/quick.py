@@ -157,6 +157,9 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
             if sr is None or sr.status != _SUCCEEDED:
                 break
         else:
+            if not (step.input or step.input_schema or step.input_schema_id):
+                ready.append((step, dict(run.input)))  # ``build_payload``'s plainest case
+                continue
             try:
                 scope = build_scope(plan, run, sid) if step.input else {}
                 ready.append((step, build_payload(plan, run, step, scope, NO_ITEM)))
