@@ -71,7 +71,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     steps = run.steps
     sr = steps.get(target)
     if (target not in plain or sr is None or sr.job_id != job_id or sr.status is not _RUNNING
-            or sr.children):
+            or sr.children or sr.step_id != target):
         return False
     step = plan.workflow.steps[target]
     result_ptr = result.result_ptr
