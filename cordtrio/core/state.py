@@ -98,7 +98,8 @@ class RunState:
     run: WorkflowRun
     fanouts: dict[str, FanoutIndex] = field(default_factory=dict)
     frontier: Frontier | None = None
-    """Built by the first ready pass (``ready.frontier``), then fed by ``Tx.touch_step``."""
+    """Built by the first ready pass (``ready.frontier``) or a new run's short start
+    (``quick.quick_start``), then fed by ``Tx.touch_step``."""
 
     def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
         idx = self.fanouts.get(step_id)
