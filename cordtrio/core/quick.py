@@ -124,14 +124,16 @@ def quick_start(tx: Tx) -> bool:
         return False
     order = plan.order
     plain = plan.plain_jobs
+    roots = []
     for i in plan.roots:
         if order[i] not in plain:
             return False
+        roots.append(order[i])
     set_run_status(tx, _RUN_RUNNING)
     arm_run_timeout(tx)
     front = Frontier.build(plan, run, partial(may_act, tx))  # from the plan: no steps yet
     tx.state.frontier = front
-    if not _start_plain(tx, front, [order[i] for i in plan.roots]):
+    if not _start_plain(tx, front, roots):
         ready_pass(tx)  # one fails instead of starting: the general pass from here
         return True
     front.live.clear()  # the roots, all started

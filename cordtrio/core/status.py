@@ -77,7 +77,7 @@ def set_run_status(tx: Tx, status: RunStatus, *, message: str = "") -> None:
             run.output = _run_output(tx.plan, run)
         elif status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and not run.error:
             run.error = _run_error(tx.plan, run, message)
-    tx.timeline("run_status", status=str(status.value), message=message)
+    tx.timeline("run_status", status=str(status), message=message)  # a StrEnum: its value
     if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
         stop_everything(tx, reason=f"workflow run {status.value}")
 
