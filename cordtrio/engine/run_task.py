@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 import trio
 
@@ -225,10 +226,15 @@ class RunTask:
         plan, state, clock = self.plan, self.state, self.host.clock
         effects: list[Effect] = []
         changes: RunChanges | None = None
+        now = None
         for envelope in batch:
             event = envelope.event
             if event.__class__ is ResultReceived and event.output is None:
-                event = await self._with_output(event)
+                result = event.result  # SPEC §8: the core needs a success's result payload
+                payloads = self.host.payloads
+                if result.status is JobStatus.SUCCEEDED and result.result_ptr and \
+                        payloads is not None:  # (the engine's own event: set in place)
+                    event.output = await load_output(payloads, result.result_ptr)
             now = clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
@@ -247,7 +253,8 @@ class RunTask:
             else:
                 changes.merge(outcome.changes)
         try:
-            await self._execute(effects, changes if changes is not None else RunChanges())
+            await self._execute(effects, changes if changes is not None else RunChanges(),
+                                now if now is not None else clock.now())
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
@@ -265,19 +272,12 @@ class RunTask:
         if state.run.status.is_terminal:
             self._finish = self.host.run_finished(self.run_id) or self._finish
 
-    async def _with_output(self, event: ResultReceived) -> ResultReceived:
-        """Attach the result payload to a successful result (SPEC §8 needs it)."""
-        result = event.result
-        payloads = self.host.payloads
-        if result.status is not JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
-            return event
-        event.output = await load_output(payloads, result.result_ptr)  # the engine's own event
-        return event
-
-    async def _execute(self, effects: list[Effect], changes: RunChanges) -> None:
+    async def _execute(self, effects: list[Effect], changes: RunChanges, now: datetime
+                       ) -> None:
         """Carry out effects in the order described in the module docstring. Feedback
         (a failed payload store or publish, an alert's outcome) goes back through the core
-        and its effects are carried out too, until nothing is left."""
+        and its effects are carried out too, until nothing is left. ``now``: when the core
+        decided, the time of the bus messages sent."""
         pending = effects
         if not pending and not changes:
             return
@@ -289,10 +289,10 @@ class RunTask:
             queue = pending
             while queue:
                 round_effects += queue
-                feedback = await self._before_commit(queue, timeline, failed, staged)
+                feedback = await self._before_commit(queue, timeline, failed, staged, now)
                 queue = self._decide_more(feedback, changes) if feedback else []
             await self._persist(changes, timeline)
-            feedback = await self._after_commit(round_effects, failed)
+            feedback = await self._after_commit(round_effects, failed, now)
             if not feedback:
                 return
             changes = RunChanges()
@@ -301,7 +301,8 @@ class RunTask:
                 return
 
     async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             failed: set[str], staged: dict[str, bytes] | None) -> list[Event]:
+                             failed: set[str], staged: dict[str, bytes] | None,
+                             now: datetime) -> list[Event]:
         """Gather the timeline rows; store job payloads (or, with ``staged``, hand them to
         the run write) and publish notify alerts, whose outcome the core must know before
         anything is persisted (returned as feedback)."""
@@ -316,11 +317,12 @@ class RunTask:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
             elif isinstance(effect, PublishAlert):
-                error = await publish_alert(host.bus, host.clock, self.run_id, effect)
+                error = await publish_alert(host.bus, now, self.run_id, effect)
                 feedback.append(AlertOutcome(effect.step_id, error))
         return feedback
 
-    async def _after_commit(self, effects: list[Effect], failed: set[str]) -> list[Event]:
+    async def _after_commit(self, effects: list[Effect], failed: set[str], now: datetime
+                            ) -> list[Event]:
         """Publish job requests (a failure is returned as feedback) and cancels, call the
         hooks, arm timers: in the order the core gave them."""
         assert self.state is not None
@@ -331,7 +333,7 @@ class RunTask:
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:
                     continue
-                problem = await publish_job(host.bus, host.clock, host.config, run_id,
+                problem = await publish_job(host.bus, now, host.config, run_id,
                                             self.state.run, effect)
                 if problem:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
@@ -340,7 +342,7 @@ class RunTask:
             elif isinstance(effect, StepFinished):
                 host.step_finished(run_id, effect.step_id, effect.status)
             elif isinstance(effect, CancelJob):
-                await publish_cancel(host.bus, host.clock, run_id, effect)
+                await publish_cancel(host.bus, now, run_id, effect)
             elif isinstance(effect, ArmTimer):
                 self._timers.arm(effect, host.clock.now())
         return feedback
