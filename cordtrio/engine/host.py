@@ -80,6 +80,10 @@ class RunRouter(Protocol):
 class Ownership(Protocol):
     """Who drives a run: acquire it, save under it, take its queued commands, let it go."""
 
+    queues_commands: bool
+    """Commands can be queued for a run in the store: a task acknowledges every batch it
+    applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
+
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
         its lease in the same write when the store can: ``ports.LeasedRunCreate``)."""

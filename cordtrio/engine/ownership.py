@@ -26,6 +26,8 @@ RECOVERY_PAGE = 1_000_000
 class SingleEngine:
     """``host.Ownership`` for an engine alone on its store."""
 
+    queues_commands = False
+
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
         self.router = router

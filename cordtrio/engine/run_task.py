@@ -66,6 +66,9 @@ class RunTask:
         # the store writes job inputs with the run (``RunChanges.payloads``): an optional
         # host attribute, set by the engine when its store commits its payload store
         self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
+        # whether applied batches must be acknowledged (``Ownership.queues_commands``): not
+        # for an engine alone on its store, whose ``acknowledge`` does nothing
+        self._acknowledges: bool = getattr(self.owner, "queues_commands", True)
         self.run_id = run_id
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
@@ -191,7 +194,8 @@ class RunTask:
             self.in_flight = batch
             await self._process(batch)
             self.in_flight = []
-            await owner.acknowledge(self.run_id)  # persisted: the store may forget them
+            if self._acknowledges:
+                await owner.acknowledge(self.run_id)  # persisted: the store may forget them
             batch = self._take_ready()
 
     def _parked(self) -> bool:
@@ -278,6 +282,7 @@ class RunTask:
         (a failed payload store or publish, an alert's outcome) goes back through the core
         and its effects are carried out too, until nothing is left. ``now``: when the core
         decided, the time of the bus messages sent."""
+        assert self.state is not None
         pending = effects
         if not pending and not changes:
             return
@@ -291,7 +296,15 @@ class RunTask:
                 round_effects += queue
                 feedback = await self._before_commit(queue, timeline, failed, staged, now)
                 queue = self._decide_more(feedback, changes) if feedback else []
-            await self._persist(changes, timeline)
+            # state and timeline in one atomic write: a crash keeps both or neither
+            # (``_persist``'s first try inlined: one coroutine fewer per batch)
+            if changes:
+                try:
+                    await self.owner.save_changes(self.state.run, changes, timeline)
+                except Exception as exc:
+                    await self._persist(changes, timeline, exc)
+            elif timeline:
+                await self._persist(changes, timeline)
             feedback = await self._after_commit(round_effects, failed, now)
             if not feedback:
                 return
@@ -357,16 +370,23 @@ class RunTask:
             changes.merge(outcome.changes)
         return effects
 
-    async def _persist(self, changes: RunChanges, events: list[TimelineEvent]) -> None:
+    async def _persist(self, changes: RunChanges, events: list[TimelineEvent],
+                       failure: Exception | None = None) -> None:
+        """Write ``changes`` and ``events`` (just the events when nothing else changed),
+        retried until it works (only a definite error ends it); ``failure``: the first try
+        of the write already failed with it."""
         assert self.state is not None
         run = self.state.run
         owner = self.owner
-        if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            try:
-                await owner.save_changes(run, changes, events)
-            except Exception as exc:  # retried until it works (only a definite error ends it)
-                await retry_after(exc, lambda: owner.save_changes(run, changes, events),
-                                  f"save run {self.run_id}")
+        if changes:
+            if failure is None:
+                try:
+                    await owner.save_changes(run, changes, events)
+                    return
+                except Exception as exc:
+                    failure = exc
+            await retry_after(failure, lambda: owner.save_changes(run, changes, events),
+                              f"save run {self.run_id}")
         elif events:
             try:
                 await owner.append_timeline(run, events)
