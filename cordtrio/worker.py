@@ -409,7 +409,10 @@ class Worker:
                 )
         else:
             data = {}
-        job = Job(request, data, _item_of(request, data))
+        # ``_item_of`` only when there is an item to find (most jobs have none)
+        item = _item_of(request, data) if "item" in data or "foreach_item" in request.env \
+            else None
+        job = Job(request, data, item)
 
         budget = request.budget
         deadline_ms = budget.deadline_ms if budget is not None else 0

@@ -66,9 +66,9 @@ class RunTask:
         # the store writes job inputs with the run (``RunChanges.payloads``): an optional
         # host attribute, set by the engine when its store commits its payload store
         self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
-        # whether applied batches must be acknowledged (``Ownership.queues_commands``): not
-        # for an engine alone on its store, whose ``acknowledge`` does nothing
-        self._acknowledges: bool = getattr(self.owner, "queues_commands", True)
+        # ``Ownership.queues_commands``: drain requests come, applied batches are
+        # acknowledged; not for an engine alone on its store (nothing to do for either)
+        self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
         self.run_id = run_id
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
@@ -172,6 +172,8 @@ class RunTask:
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
+        queues_commands = self._queues_commands  # else no drain requests, nothing to acknowledge
+        timers = self._timers
         while True:
             if not batch:
                 if self.state.run.status.is_terminal:
@@ -182,10 +184,12 @@ class RunTask:
                 if self._armed:
                     self._set_alarm()
                 await mailbox.wait()
-                batch = self._take_ready()  # maybe nothing: a stale poke of the alarm
-                if not batch:
+                batch = mailbox.take_all()  # ``_take_ready`` inlined, as below
+                if self._armed:
+                    batch.extend(timers.due())
+                if not batch:  # a stale poke of the alarm
                     continue
-            if _has_drain(batch):
+            if queues_commands and _has_drain(batch):
                 batch = [e for e in batch if not e.drain]
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
@@ -194,9 +198,11 @@ class RunTask:
             self.in_flight = batch
             await self._process(batch)
             self.in_flight = []
-            if self._acknowledges:
+            if queues_commands:
                 await owner.acknowledge(self.run_id)  # persisted: the store may forget them
-            batch = self._take_ready()
+            batch = mailbox.take_all()  # ``_take_ready`` inlined: once or twice per step
+            if self._armed:
+                batch.extend(timers.due())
 
     def _parked(self) -> bool:
         """Waiting on an approval with no timer armed and no job or alert in flight: nothing
