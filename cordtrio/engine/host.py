@@ -15,7 +15,7 @@ no module here imports the engine (``supervisor``) or the run task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -106,10 +106,11 @@ class Ownership(Protocol):
     async def acknowledge(self, run_id: str) -> None:
         """The batch that applied the commands taken last is persisted: drop them."""
 
-    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
-                           events: list[TimelineEvent]) -> None:
+    def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                     events: list[TimelineEvent]) -> Awaitable[None]:
         """Persist ``changes`` and the timeline ``events`` in one write, as the run's
-        driver (refused with ``LeaseLostError`` when it no longer is)."""
+        driver (refused with ``LeaseLostError`` when it no longer is): await the result
+        (an implementation may hand over the store's own call, one coroutine fewer)."""
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         """Append timeline ``events`` of a batch that changed nothing else."""

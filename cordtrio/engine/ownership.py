@@ -10,6 +10,7 @@ new task. The multi-engine strategy is ``leases.LeaseKeeper``; both implement
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 
 import trio
 
@@ -50,9 +51,9 @@ class SingleEngine:
     async def acknowledge(self, run_id: str) -> None:
         return None
 
-    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
-                           events: list[TimelineEvent]) -> None:
-        await self.store.save_run_changes(run, changes, events)
+    def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                     events: list[TimelineEvent]) -> Awaitable[None]:
+        return self.store.save_run_changes(run, changes, events)  # the store's own call
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         await self.store.append_timeline_events(run.id, events)
