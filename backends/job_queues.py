@@ -76,9 +76,10 @@ class Consumer:
         return self.capacity - len(self.held)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
-    """Deliver ``job.item`` to ``consumer`` (it now holds the job)."""
+    """Deliver ``job.item`` to ``consumer`` (it now holds the job). Not frozen: one is made
+    for every job, and a frozen dataclass sets each field through ``object.__setattr__``."""
 
     consumer: Consumer
     job: QueuedJob

@@ -176,8 +176,10 @@ class MemoryBus:
             return
         # Everyone with room gets the packet now, without a schedule point; only then does
         # the publisher wait, in turn, for those whose buffers are full.
-        waits: list[_Wait] = []
         listeners = self._exact.get(subject)
+        if listeners is None and not self._wildcards:
+            return  # no subscriber (a job request, taken by the job queues alone)
+        waits: list[_Wait] = []
         if listeners is not None:
             self._offer(subject, listeners, packet, wire, self._exact, waits)
         if self._wildcards:
