@@ -76,9 +76,10 @@ class Consumer:
         return self.capacity - len(self.held)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
-    """Deliver ``job.item`` to ``consumer`` (it now holds the job)."""
+    """Deliver ``job.item`` to ``consumer`` (it now holds the job). Not frozen: one is made
+    for every job, and a frozen dataclass sets each field through ``object.__setattr__``."""
 
     consumer: Consumer
     job: QueuedJob
@@ -169,8 +170,15 @@ class JobQueues:
         self._seq += 1
         job = QueuedJob(job_id, topic, item, self._seq)
         self._jobs[job_id] = job
-        t = self._topic(topic)
-        consumer = self._next_consumer(t)
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = _Topic()
+        consumers = t.consumers
+        if len(consumers) == 1:  # one worker (pool) for the topic: ``_next_consumer`` inlined
+            only = consumers[0]
+            consumer = only if len(only.held) < only.capacity else None
+        else:
+            consumer = self._next_consumer(t)
         if consumer is None:
             t.queue.append(job)
             self.pending += 1

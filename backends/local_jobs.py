@@ -1,15 +1,29 @@
 """A worker's job inbox in the process that hosts the job queues (``MemoryBus``, the nng
-router's own process): the ``JobInbox`` port over an unbounded memory channel. Unbounded is
-safe: the job queues never hand a consumer more than its capacity of unacknowledged jobs.
-The host never takes a job back from a consumer in its own process (it leaves only by
-leaving its ``consume_jobs`` block), so ``on_lost`` is never called here."""
+router's own process): the ``JobInbox`` port over an unbounded buffer. Unbounded is safe:
+the job queues never hand a consumer more than its capacity of unacknowledged jobs. The
+host never takes a job back from a consumer in its own process (it leaves only by leaving
+its ``consume_jobs`` block), so ``on_lost`` is never called here.
+
+Not a Trio memory channel, for the same reason as the engine's run ``Mailbox``: a job is
+handed straight to a waiting reader (``trio.lowlevel.reschedule``), and a reader finding the
+inbox empty waits at once — no ``WouldBlock`` raised and caught, no extra checkpoint, on
+every job a worker takes."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 
+import outcome
 import trio
+from trio.lowlevel import (
+    Abort,
+    Task,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 from cordtrio.protocol import BusPacket
 
@@ -18,16 +32,20 @@ from .job_queues import Consumer
 
 class LocalJobInbox:
     """The ``JobInbox`` of a local consumer; ``acknowledge(consumer, job_id)`` is the
-    host's: it forgets the job and fills the freed slot."""
+    host's: it forgets the job and fills the freed slot. Several tasks may receive at once
+    (a worker's slots): the one waiting longest gets the next job."""
+
+    receive_takes_ready_job = True
+    """``receive`` takes a buffered job without a schedule point (it is only a cancellation
+    point then), so a reader may call it without trying ``receive_nowait`` first."""
 
     def __init__(self, acknowledge: Callable[[Consumer, str], None]) -> None:
         self._acknowledge = acknowledge
-        self._send, self._receive = trio.open_memory_channel[BusPacket](math.inf)
+        self._jobs: deque[BusPacket] = deque()
+        self._readers: dict[Task, None] = {}  # waiting readers, longest waiting first
+        self._closed = False
         self.consumer: Consumer | None = None
         self.on_lost: Callable[[str], None] | None = None
-        # the channel's own methods: no coroutine of ours in between, on every job
-        self.receive: Callable[[], Awaitable[BusPacket]] = self._receive.receive
-        self.receive_nowait: Callable[[], BusPacket] = self._receive.receive_nowait
 
     def ack(self, job_id: str) -> None:
         if self.consumer is not None:
@@ -36,14 +54,49 @@ class LocalJobInbox:
     def deliver(self, packet: BusPacket) -> None:
         """Hand the consumer a job (the host's side). A closed inbox is leaving: its
         consumer is removed right after, which hands its jobs on."""
-        try:  # noqa: SIM105 (not contextlib.suppress: this is on every job's path)
-            self._send.send_nowait(packet)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        if self._closed:
+            return
+        readers = self._readers
+        if readers:
+            reader = next(iter(readers))
+            del readers[reader]
+            reschedule(reader, outcome.Value(packet))
+        else:
+            self._jobs.append(packet)
+
+    def receive_nowait(self) -> BusPacket:
+        """A buffered job; ``trio.WouldBlock`` when there is none (``trio.EndOfChannel``
+        once closed and empty)."""
+        if self._jobs:
+            return self._jobs.popleft()
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> BusPacket:
+        """The next job: a buffered one at once (a cancellation point, not a schedule
+        point), else wait for one; ``trio.EndOfChannel`` once closed and empty."""
+        if self._jobs or self._closed:
+            await checkpoint_if_cancelled()
+            return self.receive_nowait()  # nothing ran since the check: still there
+        task = current_task()
+        readers = self._readers
+        readers[task] = None
+
+        def abort(_: object) -> Abort:
+            del readers[task]
+            return Abort.SUCCEEDED
+
+        packet: BusPacket = await wait_task_rescheduled(abort)
+        return packet
 
     def close(self) -> None:
-        """No more jobs: a reader gets what is buffered, then ``EndOfChannel``."""
-        self._send.close()
+        """No more jobs: a reader gets what is buffered, then ``EndOfChannel`` (readers
+        waiting now get it at once)."""
+        self._closed = True
+        readers, self._readers = self._readers, {}
+        for reader in readers:
+            reschedule(reader, outcome.Error(trio.EndOfChannel()))
 
     def __aiter__(self) -> LocalJobInbox:
         return self

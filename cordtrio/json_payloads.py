@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import marshal
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from .ports import PayloadStore
@@ -232,38 +233,46 @@ def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload 
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
 
-async def put_context(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
-    """Store a job input made by ``encode``."""
+# The four calls below return the store's own awaitable rather than awaiting it in a
+# coroutine of their own: one coroutine fewer on each of the four payload calls of a step.
+
+
+def put_context(payloads: PayloadStore, key: str,
+                data: JsonPayload | bytes) -> Awaitable[None]:
+    """Store a job input made by ``encode`` (await the result)."""
     if isinstance(data, JsonPayload):
         if getattr(payloads, "takes_json_payloads", False):
-            await payloads.put_context_payload(key, data)  # type: ignore[attr-defined]
-            return
+            return payloads.put_context_payload(key, data)  # type: ignore[attr-defined, no-any-return]
         data = data.text()
-    await payloads.put_context(key, data)
+    return payloads.put_context(key, data)
 
 
-async def put_result(payloads: PayloadStore, key: str, data: JsonPayload | bytes) -> None:
-    """Store a job result made by ``encode``."""
+def put_result(payloads: PayloadStore, key: str,
+               data: JsonPayload | bytes) -> Awaitable[None]:
+    """Store a job result made by ``encode`` (await the result)."""
     if isinstance(data, JsonPayload):
         if getattr(payloads, "takes_json_payloads", False):
-            await payloads.put_result_payload(key, data)  # type: ignore[attr-defined]
-            return
+            return payloads.put_result_payload(key, data)  # type: ignore[attr-defined, no-any-return]
         data = data.text()
-    await payloads.put_result(key, data)
+    return payloads.put_result(key, data)
 
 
-async def get_context(payloads: PayloadStore, key: str) -> JsonPayload:
-    """A job input, whichever way the store keeps it."""
+def get_context(payloads: PayloadStore, key: str) -> Awaitable[JsonPayload]:
+    """A job input, whichever way the store keeps it (await the result)."""
     if getattr(payloads, "takes_json_payloads", False):
-        return await payloads.get_context_payload(key)  # type: ignore[attr-defined, no-any-return]
-    return JsonPayload.of_text(await payloads.get_context(key))
+        return payloads.get_context_payload(key)  # type: ignore[attr-defined, no-any-return]
+    return _of_text(payloads.get_context(key))
 
 
-async def get_result(payloads: PayloadStore, key: str) -> JsonPayload:
-    """A job result, whichever way the store keeps it."""
+def get_result(payloads: PayloadStore, key: str) -> Awaitable[JsonPayload]:
+    """A job result, whichever way the store keeps it (await the result)."""
     if getattr(payloads, "takes_json_payloads", False):
-        return await payloads.get_result_payload(key)  # type: ignore[attr-defined, no-any-return]
-    return JsonPayload.of_text(await payloads.get_result(key))
+        return payloads.get_result_payload(key)  # type: ignore[attr-defined, no-any-return]
+    return _of_text(payloads.get_result(key))
+
+
+async def _of_text(read: Awaitable[bytes]) -> JsonPayload:
+    return JsonPayload.of_text(await read)
 
 
 __all__ = [

@@ -288,17 +288,21 @@ class Worker:
         or a job changed the context (False, ``jobs`` empty)."""
         handlers = self._handlers
         running = self._jobs
-        receive_nowait = getattr(submits, "receive_nowait", None)
+        # A burst already buffered is taken without a schedule point: by ``receive_nowait``
+        # first, or by ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised
+        # and caught on every job that finds the inbox empty)
+        receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
+            else getattr(submits, "receive_nowait", None)
+        receive = submits.receive
         while True:
             try:
                 if receive_nowait is None:
-                    raise trio.WouldBlock
-                packet = receive_nowait()  # a burst already buffered: no schedule point
-            except trio.WouldBlock:
-                try:
-                    packet = await submits.receive()
-                except trio.EndOfChannel:
-                    return True
+                    packet = await receive()
+                else:
+                    try:
+                        packet = receive_nowait()
+                    except trio.WouldBlock:
+                        packet = await receive()
             except trio.EndOfChannel:
                 return True
             request = packet.payload
@@ -405,7 +409,10 @@ class Worker:
                 )
         else:
             data = {}
-        job = Job(request, data, _item_of(request, data))
+        # ``_item_of`` only when there is an item to find (most jobs have none)
+        item = _item_of(request, data) if "item" in data or "foreach_item" in request.env \
+            else None
+        job = Job(request, data, item)
 
         budget = request.budget
         deadline_ms = budget.deadline_ms if budget is not None else 0

@@ -107,14 +107,14 @@ class _Wait:
 class _Callback:
     """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it."""
 
-    __slots__ = ("_callback",)
+    __slots__ = ("callback",)
 
     def __init__(self, callback: Callable[[BusPacket], None]) -> None:
-        self._callback = callback
+        self.callback = callback
 
     def send_nowait(self, packet: BusPacket) -> None:
         try:
-            self._callback(packet)
+            self.callback(packet)
         except Exception:
             log.exception("a bus listener failed on a packet")
 
@@ -139,8 +139,9 @@ class MemoryBus:
         self.jobs = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)
         self._room = trio.lowlevel.ParkingLot()  # publishers waiting for queue space
         # Subjects whose one listener is a ``listen`` callback (one engine's job results):
-        # ``publish`` calls it straight away. Rebuilt whenever anyone (un)subscribes.
-        self._direct: dict[str, _Callback] = {}
+        # ``publish`` calls that callback straight away (as ``_Callback.send_nowait`` does,
+        # one call fewer). Rebuilt whenever anyone (un)subscribes.
+        self._direct: dict[str, Callable[[BusPacket], None]] = {}
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -162,18 +163,23 @@ class MemoryBus:
             assignment = jobs.offer(payload.job_id, payload.topic, (packet, wire))
             if assignment is not None:  # (an offer never frees queue space: no unpark)
                 inbox: LocalJobInbox = assignment.consumer.handle
-                inbox.deliver(self._copy(packet, wire))
+                inbox.deliver(packet if wire is None else decode_packet(wire))
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):
             self._hand_out(())  # a queued job dropped: room for a waiting publisher
         direct = self._direct.get(subject)
         if direct is not None:
-            direct.send_nowait(self._copy(packet, wire))
+            try:
+                direct(packet if wire is None else decode_packet(wire))
+            except Exception:
+                log.exception("a bus listener failed on a packet")
             return
         # Everyone with room gets the packet now, without a schedule point; only then does
         # the publisher wait, in turn, for those whose buffers are full.
-        waits: list[_Wait] = []
         listeners = self._exact.get(subject)
+        if listeners is None and not self._wildcards:
+            return  # no subscriber (a job request, taken by the job queues alone)
+        waits: list[_Wait] = []
         if listeners is not None:
             self._offer(subject, listeners, packet, wire, self._exact, waits)
         if self._wildcards:
@@ -282,7 +288,7 @@ class MemoryBus:
         """Find the subjects ``publish`` may hand straight to a callback: exactly one
         listener, a ``listen`` callback in a queue group, and no wildcard subscription
         that also matches."""
-        direct: dict[str, _Callback] = {}
+        direct: dict[str, Callable[[BusPacket], None]] = {}
         for key, listeners in self._exact.items():
             if listeners.plain or len(listeners.groups) != 1:
                 continue
@@ -292,7 +298,7 @@ class MemoryBus:
             if any(len(key) > len(prefix) and key.startswith(prefix)
                    for prefix in self._wildcards):
                 continue
-            direct[key] = group.members[0]
+            direct[key] = group.members[0].callback
         self._direct = direct
 
     @staticmethod

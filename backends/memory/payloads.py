@@ -4,7 +4,9 @@ process then hand each other plain JSON values without formatting or parsing tex
 form can be read either way (the bytes are the JSON text the bytes path would have stored).
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
-backend), measured on Trio's clock so ``MockClock`` can skip the time in tests. Expired
+backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
+the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
+clock; it is asked directly from then on, not looked up on every call). Expired
 entries read as missing and are purged as later writes happen, so memory stays bounded by the
 entries written within one TTL.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from trio.abc import Clock
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
@@ -54,6 +57,7 @@ class MemoryPayloadStore:
         # every entry, this is also expiry order.
         self._expiry_times: deque[float] = deque()
         self._expiry_keys: deque[str] = deque()
+        self._clock: Clock | None = None  # Trio's, once known (see the module docstring)
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
@@ -104,7 +108,10 @@ class MemoryPayloadStore:
         if ttl is None:
             self._data[key] = data
             return
-        now = current_clock().current_time()  # ``trio.current_time()``, one call fewer
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = current_clock()
+        now = clock.current_time()
         times = self._expiry_times
         if times and times[0] <= now:
             self._purge(now)
@@ -122,9 +129,14 @@ class MemoryPayloadStore:
             # Only a key that passed ``check_payload_key`` is ever stored: a stored key
             # with the right prefix needs no check; any other gets it (and its error).
             check_payload_key(key, prefix)
-        if entry is None or (self._ttl is not None
-                             and self._expires[key] <= current_clock().current_time()):
+        if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
+        if self._ttl is not None:
+            clock = self._clock
+            if clock is None:
+                clock = self._clock = current_clock()
+            if self._expires[key] <= clock.current_time():
+                raise NotFoundError(f"payload {key!r} not found")
         return entry
 
     def _purge(self, now: float) -> None:

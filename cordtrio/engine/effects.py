@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from .. import json_payloads
@@ -18,7 +19,7 @@ from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
 from ..model import WorkflowRun
 from ..payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, key_from_pointer
-from ..ports import Bus, Clock, ConfigProvider, PayloadCommit, PayloadStore
+from ..ports import Bus, ConfigProvider, PayloadCommit, PayloadStore
 from ..protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -70,7 +71,7 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch,
     return ""
 
 
-async def publish_job(bus: Bus, clock: Clock, config: ConfigProvider | None, run_id: str,
+async def publish_job(bus: Bus, now: datetime, config: ConfigProvider | None, run_id: str,
                       run: WorkflowRun | None, effect: Dispatch) -> str:
     """Publish a job request, with the step's effective configuration when the engine has
     a ``ConfigProvider`` (its failure is logged, the job goes out without it)."""
@@ -86,34 +87,36 @@ async def publish_job(bus: Bus, clock: Clock, config: ConfigProvider | None, run
             log.warning("run %s: config provider failed for step %s", run_id,
                         effect.target_id, exc_info=True)
     try:
-        await bus.publish(SUBJECT_SUBMIT, packet(clock, run_id, request))
+        await bus.publish(SUBJECT_SUBMIT, packet(now, run_id, request))
     except Exception as exc:
         return f"publish {effect.job_id}: {exc}"
     return ""
 
 
-async def publish_alert(bus: Bus, clock: Clock, run_id: str, effect: PublishAlert) -> str:
+async def publish_alert(bus: Bus, now: datetime, run_id: str, effect: PublishAlert) -> str:
     """Publish a notify step's alert (its outcome decides the step)."""
     try:
-        await bus.publish(SUBJECT_WORKFLOW_EVENT, packet(clock, run_id, effect.alert))
+        await bus.publish(SUBJECT_WORKFLOW_EVENT, packet(now, run_id, effect.alert))
     except Exception as exc:
         return f"publish alert: {exc}"
     return ""
 
 
-async def publish_cancel(bus: Bus, clock: Clock, run_id: str, effect: CancelJob) -> None:
+async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob) -> None:
     """Ask workers to stop a job; best effort (a lost cancel leaves a result to ignore)."""
     cancel = JobCancel(job_id=effect.job_id, reason=effect.reason, requested_by=SENDER_ID)
     try:
-        await bus.publish(SUBJECT_CANCEL, packet(clock, run_id, cancel))
+        await bus.publish(SUBJECT_CANCEL, packet(now, run_id, cancel))
     except Exception:
         log.warning("run %s: could not publish cancel for %s", run_id, effect.job_id,
                     exc_info=True)
 
 
-def packet(clock: Clock, run_id: str, payload: Any) -> BusPacket:
-    """The engine's envelope for a bus message about ``run_id`` (traced by the run id)."""
-    return BusPacket(run_id, SENDER_ID, clock.now(), PROTOCOL_VERSION, payload)
+def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
+    """The engine's envelope for a bus message about ``run_id`` (traced by the run id), sent
+    at ``now`` (the time the run task decided at: one clock read per event, not per
+    message)."""
+    return BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION, payload)
 
 
 async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:

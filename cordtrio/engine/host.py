@@ -15,7 +15,7 @@ no module here imports the engine (``supervisor``) or the run task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -80,6 +80,14 @@ class RunRouter(Protocol):
 class Ownership(Protocol):
     """Who drives a run: acquire it, save under it, take its queued commands, let it go."""
 
+    queues_commands: bool
+    """Commands can be queued for a run in the store: a task acknowledges every batch it
+    applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
+
+    may_lose_runs: bool
+    """Another engine may take a run over (its lease lost): each run task runs in a cancel
+    scope that ``OwnedRun.lease_lost`` cancels. False: tasks need no scope of their own."""
+
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
         its lease in the same write when the store can: ``ports.LeasedRunCreate``)."""
@@ -102,10 +110,11 @@ class Ownership(Protocol):
     async def acknowledge(self, run_id: str) -> None:
         """The batch that applied the commands taken last is persisted: drop them."""
 
-    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
-                           events: list[TimelineEvent]) -> None:
+    def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                     events: list[TimelineEvent]) -> Awaitable[None]:
         """Persist ``changes`` and the timeline ``events`` in one write, as the run's
-        driver (refused with ``LeaseLostError`` when it no longer is)."""
+        driver (refused with ``LeaseLostError`` when it no longer is): await the result
+        (an implementation may hand over the store's own call, one coroutine fewer)."""
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         """Append timeline ``events`` of a batch that changed nothing else."""

@@ -60,6 +60,9 @@ class LeaseKeeper:
     multi-engine ``host.Ownership``. ``store`` and ``leases`` are the same object (a store
     implementing ``RunLeases``)."""
 
+    queues_commands = True
+    may_lose_runs = True
+
     def __init__(self, store: Store, leases: RunLeases, router: RunRouter, owner: str,
                  ttl: float) -> None:
         if ttl <= 0:

@@ -10,6 +10,7 @@ new task. The multi-engine strategy is ``leases.LeaseKeeper``; both implement
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 
 import trio
 
@@ -25,6 +26,9 @@ RECOVERY_PAGE = 1_000_000
 
 class SingleEngine:
     """``host.Ownership`` for an engine alone on its store."""
+
+    queues_commands = False
+    may_lose_runs = False
 
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
@@ -48,9 +52,9 @@ class SingleEngine:
     async def acknowledge(self, run_id: str) -> None:
         return None
 
-    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
-                           events: list[TimelineEvent]) -> None:
-        await self.store.save_run_changes(run, changes, events)
+    def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                     events: list[TimelineEvent]) -> Awaitable[None]:
+        return self.store.save_run_changes(run, changes, events)  # the store's own call
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         await self.store.append_timeline_events(run.id, events)

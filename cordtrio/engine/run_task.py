@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
 
 import trio
 
@@ -65,12 +67,18 @@ class RunTask:
         # the store writes job inputs with the run (``RunChanges.payloads``): an optional
         # host attribute, set by the engine when its store commits its payload store
         self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
+        # ``Ownership.queues_commands``: drain requests come, applied batches are
+        # acknowledged; not for an engine alone on its store (nothing to do for either)
+        self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
         self.run_id = run_id
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
         self.mailbox = Mailbox()
-        self.scope = trio.CancelScope()
+        # ``lease_lost`` cancels it; an engine alone on its store loses no run, and its
+        # tasks skip entering and leaving a scope (``Ownership.may_lose_runs``)
+        self.scope: trio.CancelScope | AbstractContextManager[None] = (
+            trio.CancelScope() if getattr(self.owner, "may_lose_runs", True) else _NO_SCOPE)
         self._timers = Timers()
         self._armed = self._timers.heap  # truthy while a timer is armed
         self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
@@ -118,7 +126,8 @@ class RunTask:
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
         self.lost = True
-        self.scope.cancel()
+        if isinstance(self.scope, trio.CancelScope):
+            self.scope.cancel()
 
     def take_leftovers(self) -> list[Envelope]:
         return self.mailbox.close()
@@ -168,20 +177,25 @@ class RunTask:
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
+        queues_commands = self._queues_commands  # else no drain requests, nothing to acknowledge
+        timers = self._timers
         while True:
             if not batch:
                 if self.state.run.status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
-                if self._parked() and owner.may_unload_idle():
+                if self.state.run.status is _WAITING and self._parked() and \
+                        owner.may_unload_idle():  # (``_parked``'s first test, inline)
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
                 if self._armed:
                     self._set_alarm()
                 await mailbox.wait()
-                batch = self._take_ready()  # maybe nothing: a stale poke of the alarm
-                if not batch:
+                batch = mailbox.take_all()  # ``_take_ready`` inlined, as below
+                if self._armed:
+                    batch.extend(timers.due())
+                if not batch:  # a stale poke of the alarm
                     continue
-            if _has_drain(batch):
+            if queues_commands and _has_drain(batch):
                 batch = [e for e in batch if not e.drain]
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
@@ -190,8 +204,11 @@ class RunTask:
             self.in_flight = batch
             await self._process(batch)
             self.in_flight = []
-            await owner.acknowledge(self.run_id)  # persisted: the store may forget them
-            batch = self._take_ready()
+            if queues_commands:
+                await owner.acknowledge(self.run_id)  # persisted: the store may forget them
+            batch = mailbox.take_all()  # ``_take_ready`` inlined: once or twice per step
+            if self._armed:
+                batch.extend(timers.due())
 
     def _parked(self) -> bool:
         """Waiting on an approval with no timer armed and no job or alert in flight: nothing
@@ -225,10 +242,15 @@ class RunTask:
         plan, state, clock = self.plan, self.state, self.host.clock
         effects: list[Effect] = []
         changes: RunChanges | None = None
+        now = None
         for envelope in batch:
             event = envelope.event
             if event.__class__ is ResultReceived and event.output is None:
-                event = await self._with_output(event)
+                result = event.result  # SPEC §8: the core needs a success's result payload
+                payloads = self.host.payloads
+                if result.status is JobStatus.SUCCEEDED and result.result_ptr and \
+                        payloads is not None:  # (the engine's own event: set in place)
+                    event.output = await load_output(payloads, result.result_ptr)
             now = clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
@@ -247,7 +269,8 @@ class RunTask:
             else:
                 changes.merge(outcome.changes)
         try:
-            await self._execute(effects, changes if changes is not None else RunChanges())
+            await self._execute(effects, changes if changes is not None else RunChanges(),
+                                now if now is not None else clock.now())
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
@@ -265,19 +288,13 @@ class RunTask:
         if state.run.status.is_terminal:
             self._finish = self.host.run_finished(self.run_id) or self._finish
 
-    async def _with_output(self, event: ResultReceived) -> ResultReceived:
-        """Attach the result payload to a successful result (SPEC §8 needs it)."""
-        result = event.result
-        payloads = self.host.payloads
-        if result.status is not JobStatus.SUCCEEDED or not result.result_ptr or payloads is None:
-            return event
-        event.output = await load_output(payloads, result.result_ptr)  # the engine's own event
-        return event
-
-    async def _execute(self, effects: list[Effect], changes: RunChanges) -> None:
+    async def _execute(self, effects: list[Effect], changes: RunChanges, now: datetime
+                       ) -> None:
         """Carry out effects in the order described in the module docstring. Feedback
         (a failed payload store or publish, an alert's outcome) goes back through the core
-        and its effects are carried out too, until nothing is left."""
+        and its effects are carried out too, until nothing is left. ``now``: when the core
+        decided, the time of the bus messages sent."""
+        assert self.state is not None
         pending = effects
         if not pending and not changes:
             return
@@ -289,10 +306,18 @@ class RunTask:
             queue = pending
             while queue:
                 round_effects += queue
-                feedback = await self._before_commit(queue, timeline, failed, staged)
+                feedback = await self._before_commit(queue, timeline, failed, staged, now)
                 queue = self._decide_more(feedback, changes) if feedback else []
-            await self._persist(changes, timeline)
-            feedback = await self._after_commit(round_effects, failed)
+            # state and timeline in one atomic write: a crash keeps both or neither
+            # (``_persist``'s first try inlined: one coroutine fewer per batch)
+            if changes:
+                try:
+                    await self.owner.save_changes(self.state.run, changes, timeline)
+                except Exception as exc:
+                    await self._persist(changes, timeline, exc)
+            elif timeline:
+                await self._persist(changes, timeline)
+            feedback = await self._after_commit(round_effects, failed, now)
             if not feedback:
                 return
             changes = RunChanges()
@@ -301,7 +326,8 @@ class RunTask:
                 return
 
     async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             failed: set[str], staged: dict[str, bytes] | None) -> list[Event]:
+                             failed: set[str], staged: dict[str, bytes] | None,
+                             now: datetime) -> list[Event]:
         """Gather the timeline rows; store job payloads (or, with ``staged``, hand them to
         the run write) and publish notify alerts, whose outcome the core must know before
         anything is persisted (returned as feedback)."""
@@ -316,11 +342,12 @@ class RunTask:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
             elif isinstance(effect, PublishAlert):
-                error = await publish_alert(host.bus, host.clock, self.run_id, effect)
+                error = await publish_alert(host.bus, now, self.run_id, effect)
                 feedback.append(AlertOutcome(effect.step_id, error))
         return feedback
 
-    async def _after_commit(self, effects: list[Effect], failed: set[str]) -> list[Event]:
+    async def _after_commit(self, effects: list[Effect], failed: set[str], now: datetime
+                            ) -> list[Event]:
         """Publish job requests (a failure is returned as feedback) and cancels, call the
         hooks, arm timers: in the order the core gave them."""
         assert self.state is not None
@@ -331,7 +358,7 @@ class RunTask:
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:
                     continue
-                problem = await publish_job(host.bus, host.clock, host.config, run_id,
+                problem = await publish_job(host.bus, now, host.config, run_id,
                                             self.state.run, effect)
                 if problem:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
@@ -340,7 +367,7 @@ class RunTask:
             elif isinstance(effect, StepFinished):
                 host.step_finished(run_id, effect.step_id, effect.status)
             elif isinstance(effect, CancelJob):
-                await publish_cancel(host.bus, host.clock, run_id, effect)
+                await publish_cancel(host.bus, now, run_id, effect)
             elif isinstance(effect, ArmTimer):
                 self._timers.arm(effect, host.clock.now())
         return feedback
@@ -355,22 +382,33 @@ class RunTask:
             changes.merge(outcome.changes)
         return effects
 
-    async def _persist(self, changes: RunChanges, events: list[TimelineEvent]) -> None:
+    async def _persist(self, changes: RunChanges, events: list[TimelineEvent],
+                       failure: Exception | None = None) -> None:
+        """Write ``changes`` and ``events`` (just the events when nothing else changed),
+        retried until it works (only a definite error ends it); ``failure``: the first try
+        of the write already failed with it."""
         assert self.state is not None
         run = self.state.run
         owner = self.owner
-        if changes:  # state and timeline in one atomic write: a crash keeps both or neither
-            try:
-                await owner.save_changes(run, changes, events)
-            except Exception as exc:  # retried until it works (only a definite error ends it)
-                await retry_after(exc, lambda: owner.save_changes(run, changes, events),
-                                  f"save run {self.run_id}")
+        if changes:
+            if failure is None:
+                try:
+                    await owner.save_changes(run, changes, events)
+                    return
+                except Exception as exc:
+                    failure = exc
+            await retry_after(failure, lambda: owner.save_changes(run, changes, events),
+                              f"save run {self.run_id}")
         elif events:
             try:
                 await owner.append_timeline(run, events)
             except Exception as exc:
                 await retry_after(exc, lambda: owner.append_timeline(run, events),
                                   f"append timeline of run {self.run_id}")
+
+
+_NO_SCOPE = nullcontext()  # (reusable: it keeps no state)
+_WAITING = RunStatus.WAITING  # a module global: several times cheaper than the enum lookup
 
 
 def _has_drain(batch: list[Envelope]) -> bool:
