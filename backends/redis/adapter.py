@@ -37,6 +37,8 @@ import trio_asyncio
 
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
+from . import lean_pipeline
+
 
 class CommandBatcher(Protocol):
     """What the adapter hands its commands to once batching is on (``batcher.py``)."""
@@ -212,8 +214,8 @@ class RedisAdapter:
         self._shas: dict[str, str] = {}
         self._loading: dict[str, trio.Event] = {}  # SCRIPT LOADs in flight, by SHA
         self.on_command: Callable[[tuple[Any, ...]], None] | None = None
-        """Called with each command a script carries as arguments (``CommandRecorder``):
-        ``testing.CommandCounter`` counts them."""
+        """Called with each command a script carries as arguments (``CommandRecorder``) and
+        each command a batch sends (``run_batch``): ``testing.CommandCounter`` counts them."""
 
     def start_batching(self, batcher: CommandBatcher) -> None:
         """Coalesce concurrent single commands into pipelines from now on, through
@@ -293,14 +295,14 @@ class RedisAdapter:
     ) -> list[Any]:
         """``calls`` (``(method, args, kwargs)``) as one non-transactional pipeline, replies
         as with ``raise_on_error=False`` (a failed command's reply is its exception, not yet
-        translated); retried whole on a lost connection."""
-        async def go(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for method, args, kwargs in calls:
-                    getattr(pipe, method)(*args, **kwargs)
-                return list(await pipe.execute(raise_on_error=False))
-
-        return await self._run_raw(what, go)
+        translated); retried whole on a lost connection. Sent by ``lean_pipeline``."""
+        client = self.client
+        commands = [lean_pipeline.command(client, method, args, kwargs)
+                    for method, args, kwargs in calls]
+        if self.on_command is not None:
+            for args, _ in commands:
+                self.on_command(args)
+        return await self._run_raw(what, lambda c: lean_pipeline.execute(c, commands))
 
     async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,
