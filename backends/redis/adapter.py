@@ -143,6 +143,11 @@ def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         not kwargs or _PLAIN_OR_NONE.issuperset(map(type, kwargs.values())))
 
 
+BATCH_CONNECTIONS = 4
+"""Connections ``run_batch`` keeps between batches: the batcher has this many batches in
+flight at most (``batcher.MAX_IN_FLIGHT``)."""
+
+
 DRAIN_PER_TICK = 512
 """asyncio callbacks the loop runs per Trio scheduling tick (trio-asyncio runs one)."""
 
@@ -211,6 +216,8 @@ class RedisAdapter:
         self.reconnect_timeout = reconnect_timeout
         self.command_timeout = command_timeout
         self._batcher: CommandBatcher | None = None
+        self._connections = lean_pipeline.KeptConnections(client.connection_pool,
+                                                          BATCH_CONNECTIONS)
         self._shas: dict[str, str] = {}
         self._loading: dict[str, trio.Event] = {}  # SCRIPT LOADs in flight, by SHA
         self.on_command: Callable[[tuple[Any, ...]], None] | None = None
@@ -302,7 +309,13 @@ class RedisAdapter:
         if self.on_command is not None:
             for args, _ in commands:
                 self.on_command(args)
-        return await self._run_raw(what, lambda c: lean_pipeline.execute(c, commands))
+        return await self._run_raw(
+            what, lambda c: lean_pipeline.execute(c, commands, self._connections))
+
+    async def release_connections(self) -> None:
+        """Give the connections kept for batches back to the pool (before it closes); asyncio
+        side (inside ``run``)."""
+        await self._connections.release_all()
 
     async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,

@@ -36,11 +36,12 @@ import trio
 
 from cordtrio.errors import CordtrioError, StoreError
 
-from .adapter import _BACKEND_ERRORS, RedisAdapter
+from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
 from .script_merge import MERGED, MergedScripts
 
-MAX_IN_FLIGHT = 4
-"""Pipelines the batcher has in flight at once (each holds one pooled connection)."""
+MAX_IN_FLIGHT = BATCH_CONNECTIONS
+"""Pipelines the batcher has in flight at once (each holds one connection, which the
+adapter keeps for the next batch)."""
 
 MAX_BATCH = 1000
 """Commands per pipeline at most; more wait for the next one."""

@@ -49,14 +49,52 @@ def command(client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, A
     return queued
 
 
-async def execute(client: Any, commands: list[Command]) -> list[Any]:
-    """Send ``commands`` in one round trip on a pooled connection; their replies, a failed
-    command's reply being its ``ResponseError``. Any other error (a lost connection, a
-    timeout, cancellation) drops the connection, whose unread replies would otherwise reach
-    the next user, and propagates."""
-    pool = client.connection_pool
+class KeptConnections:
+    """Connections of the client's pool kept between batches, up to ``keep`` idle.
+
+    Borrowing from redis-py's ``BlockingConnectionPool`` for each batch (a condition, a
+    timeout scope, a readiness probe, observability hooks, and as much to give it back)
+    cost more than sending a small pipeline. The batcher has at most a few pipelines in
+    flight, so it keeps that many connections; ``release_all`` gives them back before the
+    pool closes. A kept connection still checks its health (``PING`` after
+    ``health_check_interval``) and reconnects after a drop, as redis-py's do; a
+    connection found disconnected goes back to the pool instead."""
+
+    def __init__(self, pool: Any, keep: int) -> None:
+        self._pool = pool
+        self._keep = keep
+        self._idle: list[Any] = []
+        self._open = True
+
+    async def take(self) -> Any:
+        """An idle kept connection, else one from the pool."""
+        if self._idle:
+            return self._idle.pop()
+        return await self._pool.get_connection()
+
+    async def give_back(self, conn: Any) -> None:
+        """Keep ``conn`` for the next batch, or return it to the pool."""
+        if self._open and len(self._idle) < self._keep and conn.is_connected:
+            self._idle.append(conn)
+        else:
+            await self._pool.release(conn)
+
+    async def release_all(self) -> None:
+        """Return every kept connection to the pool and keep none from now on."""
+        self._open = False
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
+
+
+async def execute(client: Any, commands: list[Command], connections: KeptConnections
+                  ) -> list[Any]:
+    """Send ``commands`` in one round trip on a connection of ``connections``; their
+    replies, a failed command's reply being its ``ResponseError``. Any other error (a lost
+    connection, a timeout, cancellation) drops the connection, whose unread replies would
+    otherwise reach the next user, and propagates."""
     callbacks = client.response_callbacks
-    conn = await pool.get_connection()
+    conn = await connections.take()
     try:
         await conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
         replies: list[Any] = []
@@ -77,8 +115,8 @@ async def execute(client: Any, commands: list[Command]) -> list[Any]:
         await conn.disconnect(nowait=True)
         raise
     finally:
-        await pool.release(conn)
+        await connections.give_back(conn)
     return replies
 
 
-__all__ = ["Command", "command", "execute"]
+__all__ = ["Command", "KeptConnections", "command", "execute"]
