@@ -37,8 +37,8 @@ def command(client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, A
         return ("GET", args[0]), {}
     if method == "evalsha" and not kwargs:
         return ("EVALSHA", *args), {}
-    if method == "set" and len(args) == 2 and (
-            not kwargs or (len(kwargs) == 1 and type(kwargs.get("ex")) in (int, type(None)))):
+    if method == "set" and len(args) == 2 and (not kwargs or (
+            len(kwargs) == 1 and "ex" in kwargs and type(kwargs["ex"]) in (int, type(None)))):
         ex = kwargs.get("ex")
         return (("SET", *args) if ex is None else ("SET", *args, "EX", ex)), {}
     if method == "mget" and len(args) == 1 and not kwargs and type(args[0]) is list and args[0]:
