@@ -317,18 +317,24 @@ class RedisAdapter:
         side (inside ``run``)."""
         await self._connections.release_all()
 
-    async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,
-        a short non-blocking command with plain arguments is queued and goes out with the
-        others issued in the same Trio tick as one pipeline (``batcher.py``)."""
+    def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any
+             ) -> Awaitable[Any]:
+        """One command: ``client.<method>(*args, **kwargs)``, to be awaited. Once
+        ``start_batching`` ran, a short non-blocking command with plain arguments is queued
+        and goes out with the others issued in the same Trio tick as one pipeline
+        (``batcher.py``).
+
+        A plain function handing back the coroutine to await, not a coroutine of its own:
+        a waiting caller's every suspension and wake-up passes through each coroutine
+        frame of its chain, and this one would add nothing but that cost."""
         batcher = self._batcher
         if batcher is not None and method in BATCHABLE and _plain(args, kwargs):
-            return await batcher.call(what, key, method, args, kwargs)
+            return batcher.call(what, key, method, args, kwargs)
 
         async def go(client: Any) -> Any:
             return await getattr(client, method)(*args, **kwargs)
 
-        return await self.run(what, go, key=key)
+        return self.run(what, go, key=key)
 
     async def script(self, what: str, key: str, source: str, keys: list[str],
                      args: list[Any]) -> Any:
