@@ -37,6 +37,8 @@ import trio_asyncio
 
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
+from . import lean_pipeline
+
 
 class CommandBatcher(Protocol):
     """What the adapter hands its commands to once batching is on (``batcher.py``)."""
@@ -141,6 +143,11 @@ def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         not kwargs or _PLAIN_OR_NONE.issuperset(map(type, kwargs.values())))
 
 
+BATCH_CONNECTIONS = 4
+"""Connections ``run_batch`` keeps between batches: the batcher has this many batches in
+flight at most (``batcher.MAX_IN_FLIGHT``)."""
+
+
 DRAIN_PER_TICK = 512
 """asyncio callbacks the loop runs per Trio scheduling tick (trio-asyncio runs one)."""
 
@@ -209,11 +216,13 @@ class RedisAdapter:
         self.reconnect_timeout = reconnect_timeout
         self.command_timeout = command_timeout
         self._batcher: CommandBatcher | None = None
+        self._connections = lean_pipeline.KeptConnections(client.connection_pool,
+                                                          BATCH_CONNECTIONS)
         self._shas: dict[str, str] = {}
         self._loading: dict[str, trio.Event] = {}  # SCRIPT LOADs in flight, by SHA
         self.on_command: Callable[[tuple[Any, ...]], None] | None = None
-        """Called with each command a script carries as arguments (``CommandRecorder``):
-        ``testing.CommandCounter`` counts them."""
+        """Called with each command a script carries as arguments (``CommandRecorder``) and
+        each command a batch sends (``run_batch``): ``testing.CommandCounter`` counts them."""
 
     def start_batching(self, batcher: CommandBatcher) -> None:
         """Coalesce concurrent single commands into pipelines from now on, through
@@ -293,27 +302,39 @@ class RedisAdapter:
     ) -> list[Any]:
         """``calls`` (``(method, args, kwargs)``) as one non-transactional pipeline, replies
         as with ``raise_on_error=False`` (a failed command's reply is its exception, not yet
-        translated); retried whole on a lost connection."""
-        async def go(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for method, args, kwargs in calls:
-                    getattr(pipe, method)(*args, **kwargs)
-                return list(await pipe.execute(raise_on_error=False))
+        translated); retried whole on a lost connection. Sent by ``lean_pipeline``."""
+        client = self.client
+        commands = [lean_pipeline.command(client, method, args, kwargs)
+                    for method, args, kwargs in calls]
+        if self.on_command is not None:
+            for args, _ in commands:
+                self.on_command(args)
+        return await self._run_raw(
+            what, lambda c: lean_pipeline.execute(c, commands, self._connections))
 
-        return await self._run_raw(what, go)
+    async def release_connections(self) -> None:
+        """Give the connections kept for batches back to the pool (before it closes); asyncio
+        side (inside ``run``)."""
+        await self._connections.release_all()
 
-    async def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One command: ``client.<method>(*args, **kwargs)``. Once ``start_batching`` ran,
-        a short non-blocking command with plain arguments is queued and goes out with the
-        others issued in the same Trio tick as one pipeline (``batcher.py``)."""
+    def call(self, what: str, key: str, method: str, *args: Any, **kwargs: Any
+             ) -> Awaitable[Any]:
+        """One command: ``client.<method>(*args, **kwargs)``, to be awaited. Once
+        ``start_batching`` ran, a short non-blocking command with plain arguments is queued
+        and goes out with the others issued in the same Trio tick as one pipeline
+        (``batcher.py``).
+
+        A plain function handing back the coroutine to await, not a coroutine of its own:
+        a waiting caller's every suspension and wake-up passes through each coroutine
+        frame of its chain, and this one would add nothing but that cost."""
         batcher = self._batcher
         if batcher is not None and method in BATCHABLE and _plain(args, kwargs):
-            return await batcher.call(what, key, method, args, kwargs)
+            return batcher.call(what, key, method, args, kwargs)
 
         async def go(client: Any) -> Any:
             return await getattr(client, method)(*args, **kwargs)
 
-        return await self.run(what, go, key=key)
+        return self.run(what, go, key=key)
 
     async def script(self, what: str, key: str, source: str, keys: list[str],
                      args: list[Any]) -> Any:

@@ -19,7 +19,8 @@ scheduling tick as one non-transactional pipeline.
   command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
   issued meanwhile wait for the next batch, which then carries all of them.
 * **Merged calls**: the ``EVALSHA``s of the store's own scripts in one batch (an engine
-  step's run write, a run create, a lease release: ``script_merge.MERGED``) go as one
+  step's run write, a run create, a lease release: ``script_merge.MERGED``) and its
+  ``SET key value EX ttl``s (payload writes, ``script_merge.set_ex_args``) go as one
   ``EVALSHA`` of a script that runs each call in turn, each with its own reply or error.
   Should the server not know that script (``NOSCRIPT``: restarted, flushed), it is loaded
   and the call sent once more. The plain ``GET``s of a batch (payloads, mostly) go as one
@@ -36,11 +37,12 @@ import trio
 
 from cordtrio.errors import CordtrioError, StoreError
 
-from .adapter import _BACKEND_ERRORS, RedisAdapter
-from .script_merge import MERGED, MergedScripts
+from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
+from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
 
-MAX_IN_FLIGHT = 4
-"""Pipelines the batcher has in flight at once (each holds one pooled connection)."""
+MAX_IN_FLIGHT = BATCH_CONNECTIONS
+"""Pipelines the batcher has in flight at once (each holds one connection, which the
+adapter keeps for the next batch)."""
 
 MAX_BATCH = 1000
 """Commands per pipeline at most; more wait for the next one."""
@@ -143,29 +145,47 @@ class CommandBatcher:
             raise
         else:
             for c, reply in zip(batch, replies, strict=True):
-                if isinstance(reply, rx.NoScriptError):
+                if not isinstance(reply, Exception):
+                    c.reply = reply
+                elif isinstance(reply, rx.NoScriptError):
                     c.error = reply  # RedisAdapter.script loads it and tries again
-                elif isinstance(reply, Exception):
+                else:
                     c.error = (reply if isinstance(reply, CordtrioError)
                                else redis.translate(reply, c.what, c.key))
-                else:
-                    c.reply = reply
         finally:
-            for c in batch:
-                c.wake()
+            reschedule = trio.lowlevel.reschedule
+            for c in batch:  # _Call.wake, inline: once per call of every batch
+                task, c.task = c.task, None
+                if task is not None:
+                    reschedule(task)
 
     def _merge(self, batch: list[_Call]) -> list[_Group]:
         """The calls of ``batch`` that go as one command (two or more of a kind): the
         store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``. The merged
         calls go first: the calls of one batch are concurrent."""
         scripts = self._scripts
-        evals = [c for c in batch if scripts.mergeable(c.method, c.args)]
+        evals: list[_Call] = []
+        evals_args: list[tuple[Any, ...]] = []
+        sets: list[int] = []  # which of evals are payload SETs (their reply: True)
+        merge_sets = scripts.mergeable("evalsha", (SET_EX_SHA,))
+        for c in batch:
+            if c.method == "evalsha":
+                if scripts.mergeable(c.method, c.args):
+                    evals.append(c)
+                    evals_args.append(c.args)
+            elif c.method == "set" and merge_sets:
+                args = set_ex_args(c.method, c.args, c.kwargs)
+                if args is not None:
+                    sets.append(len(evals))
+                    evals.append(c)
+                    evals_args.append(args)
         gets = [c for c in batch if c.method == "get" and len(c.args) == 1 and not c.kwargs]
         groups: list[_Group] = []
         if len(evals) > 1:
-            groups.append(_Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
-                                              scripts.call_args([c.args for c in evals]),
-                                              {}), "evalsha"))
+            group = _Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
+                                        scripts.call_args(evals_args), {}), "evalsha")
+            group.sets = sets
+            groups.append(group)
         if len(gets) > 1:
             groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
                                              ([c.args[0] for c in gets],), {}), "mget"))
@@ -195,7 +215,11 @@ class CommandBatcher:
                 [("script_load", (scripts.source,), {}), ("evalsha", group.call.args, {})])
         if isinstance(reply, Exception):  # the whole call failed: each caller gets it
             return [reply] * len(group.members)
-        return scripts.replies(reply, len(group.members))
+        replies = scripts.replies(reply, len(group.members))
+        for i in group.sets:  # SET's OK, as redis-py's SET reply: True
+            if not isinstance(replies[i], Exception):
+                replies[i] = True
+        return replies
 
     async def _split_gets(self, group: _Group, reply: Any) -> list[Any]:
         """Each ``GET``'s value. ``MGET`` answers nil for a key that holds another kind of
@@ -218,11 +242,12 @@ class CommandBatcher:
 class _Group:
     """Calls of one batch sent as one command (``call``), split back by ``kind``."""
 
-    __slots__ = ("call", "kind", "members")
+    __slots__ = ("call", "kind", "members", "sets")
 
     def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
         call.task = None  # nobody waits on it: its reply is split among the members
         self.members = members
+        self.sets: list[int] = []  # the members that are payload SETs (script_merge)
         self.call = call
         self.kind = kind
 

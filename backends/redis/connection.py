@@ -240,6 +240,7 @@ async def _load_scripts(adapter: RedisAdapter) -> None:
 async def _close(adapter: RedisAdapter, own: bool) -> None:
     """Close our pool (or drop a caller's client's connections) while the loop still runs."""
     async def close(c: Any) -> None:
+        await adapter.release_connections()
         if own:
             await c.aclose(close_connection_pool=True)
         else:

@@ -108,9 +108,28 @@ class MergedScripts:
         return out
 
 
-MERGED = MergedScripts((STEP_SCRIPT, IF_ABSENT_SCRIPT, RELEASE_SCRIPT))
+SET_EX_SCRIPT = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
+"""``SET key value EX ttl`` as a script: how a batch's payload writes ride in the merged
+script (``set_ex_args``) instead of costing a command (packing, a reply to read) each."""
+
+SET_EX_SHA = _sha(SET_EX_SCRIPT)
+
+MERGED = MergedScripts((STEP_SCRIPT, IF_ABSENT_SCRIPT, RELEASE_SCRIPT, SET_EX_SCRIPT))
 """The store's scripts that a batch merges: an engine step's run write, a run create (or
-any ``commands_if_absent``), a lease release."""
+any ``commands_if_absent``), a lease release; and payload writes (``SET_EX_SCRIPT``)."""
 
 
-__all__ = ["MERGED", "MergedScripts"]
+def set_ex_args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[Any, ...] | None:
+    """The ``EVALSHA`` arguments of ``SET_EX_SCRIPT`` doing the call ``client.<method>(*args,
+    **kwargs)`` if it is a ``SET key value ex=<seconds>`` (whose reply, ``OK``, the caller
+    gets as ``True``, as redis-py gives it); else None."""
+    if method != "set" or len(args) != 2 or len(kwargs) != 1:
+        return None
+    ex = kwargs.get("ex")
+    if type(ex) is not int or ex <= 0:  # an invalid TTL fails alone, with SET's own error
+        return None
+    return (SET_EX_SHA, 1, args[0], args[1], ex)
+
+
+__all__ = ["MERGED", "SET_EX_SCRIPT", "SET_EX_SHA", "MergedScripts", "set_ex_args"]

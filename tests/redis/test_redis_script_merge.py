@@ -10,6 +10,8 @@ import pytest
 import trio
 
 from cordtrio.backends.redis import RedisBackends, RedisDataError
+from cordtrio.backends.redis.payloads import DEFAULT_TTL_SECONDS
+from cordtrio.backends.redis.script_merge import set_ex_args
 from cordtrio.errors import LeaseLostError, NotFoundError
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 from cordtrio.ports import RunChanges
@@ -141,3 +143,54 @@ async def test_a_merged_call_with_thousands_of_arguments(redis: RedisBackends) -
     stored = await store.get_run(big.id)
     assert list(stored.steps["s0"].children) == list(big.steps["s0"].children)
     assert (await store.get_run(small.id)).to_dict() == small.to_dict()
+
+
+def sent_methods(redis: RedisBackends) -> list[list[str]]:
+    """Hook the batcher's pipelines: per pipeline sent, the methods of its commands."""
+    adapter = redis.redis
+    sent: list[list[str]] = []
+    original = adapter.run_batch
+
+    async def recorded(what: str, calls: Any) -> Any:
+        sent.append([method for method, _a, _k in calls])
+        return await original(what, calls)
+
+    adapter.run_batch = recorded  # type: ignore[method-assign]
+    return sent
+
+
+async def test_payload_writes_ride_in_the_merged_script(redis: RedisBackends) -> None:
+    store, payloads, adapter = redis.store, redis.payloads, redis.redis
+    runs = [a_run(i) for i in range(3)]
+    for r in runs:
+        await store.create_run(r)
+    assert await adapter.call("lone set", "res:lone", "set", "res:lone", b"x", ex=60) is True
+    sent = sent_methods(redis)
+    got = await concurrently({
+        **{f"put-{i}": (lambda i=i: payloads.put_result(f"res:job-{i}", b"v%d" % i))
+           for i in range(5)},
+        **{r.id: (lambda r=r: store.save_run_changes(r, step_done(r))) for r in runs},
+        "set": lambda: adapter.call("set", "res:raw", "set", "res:raw", b"x", ex=60),
+    })
+    assert got == {**{f"put-{i}": None for i in range(5)}, **{r.id: None for r in runs},
+                   "set": True}  # as the lone SET's reply
+    assert sent == [["evalsha"]]  # one command carried the nine calls
+    for i in range(5):
+        assert await payloads.get_result(f"res:job-{i}") == b"v%d" % i
+    ttl = await adapter.run("ttl", lambda c: c.ttl("res:job-0"))
+    assert 0 < ttl <= DEFAULT_TTL_SECONDS
+    for r in runs:
+        assert (await store.get_run(r.id)).to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize(("args", "kwargs", "merged"), [
+    (("k", b"v"), {"ex": 60}, True),
+    (("k", b"v"), {}, False),  # no TTL
+    (("k", b"v"), {"ex": 0}, False),  # refused by the server: fails alone, as itself
+    (("k", b"v"), {"ex": 60, "nx": True}, False),
+    (("k", b"v"), {"px": 60}, False),
+])
+def test_only_plain_payload_writes_merge(args: tuple[Any, ...], kwargs: dict[str, Any],
+                                         merged: bool) -> None:
+    assert (set_ex_args("set", args, kwargs) is not None) is merged
+    assert set_ex_args("get", ("k",), {}) is None
