@@ -84,10 +84,6 @@ class Ownership(Protocol):
     """Commands can be queued for a run in the store: a task acknowledges every batch it
     applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
 
-    may_lose_runs: bool
-    """Another engine may take a run over (its lease lost): each run task runs in a cancel
-    scope that ``OwnedRun.lease_lost`` cancels. False: tasks need no scope of their own."""
-
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
         its lease in the same write when the store can: ``ports.LeasedRunCreate``)."""

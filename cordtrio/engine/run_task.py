@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 
 import trio
@@ -75,10 +74,7 @@ class RunTask:
         self._created = False  # started from the run ``submit`` created, not the store
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
         self.mailbox = Mailbox()
-        # ``lease_lost`` cancels it; an engine alone on its store loses no run, and its
-        # tasks skip entering and leaving a scope (``Ownership.may_lose_runs``)
-        self.scope: trio.CancelScope | AbstractContextManager[None] = (
-            trio.CancelScope() if getattr(self.owner, "may_lose_runs", True) else _NO_SCOPE)
+        self.scope = trio.CancelScope()  # the run's cancellation (a lost lease)
         self._timers = Timers()
         self._armed = self._timers.heap  # truthy while a timer is armed
         self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
@@ -126,8 +122,7 @@ class RunTask:
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
         self.lost = True
-        if isinstance(self.scope, trio.CancelScope):
-            self.scope.cancel()
+        self.scope.cancel()
 
     def take_leftovers(self) -> list[Envelope]:
         return self.mailbox.close()
@@ -407,7 +402,6 @@ class RunTask:
                                   f"append timeline of run {self.run_id}")
 
 
-_NO_SCOPE = nullcontext()  # (reusable: it keeps no state)
 _WAITING = RunStatus.WAITING  # a module global: several times cheaper than the enum lookup
 
 

@@ -184,11 +184,11 @@ async def test_the_alarm_pokes_each_mailbox_at_its_deadline(autojump_clock) -> N
     assert woken == [("early", start + 5), ("late", start + 10)]
 
 
-def test_only_multi_engine_ownership_queues_commands_and_loses_runs() -> None:
-    """A run task skips acknowledging batches and entering a cancel scope of its own only
-    for an ownership that says it needs neither (an engine alone on its store)."""
+def test_only_multi_engine_ownership_queues_commands() -> None:
+    """A run task skips acknowledging batches only for an ownership that queues no
+    commands (an engine alone on its store)."""
     from cordtrio.engine.leases import LeaseKeeper
     from cordtrio.engine.ownership import SingleEngine
 
-    assert not SingleEngine.queues_commands and not SingleEngine.may_lose_runs
-    assert LeaseKeeper.queues_commands and LeaseKeeper.may_lose_runs
+    assert not SingleEngine.queues_commands
+    assert LeaseKeeper.queues_commands
