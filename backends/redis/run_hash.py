@@ -35,12 +35,27 @@ if _ENCODE is None:  # pragma: no cover - CPython always has the C accelerator
     _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).iterencode
 
 
-def dumps(value: Any, where: str) -> bytes:
+Where = str | tuple[Any, ...]
+"""Where a value goes, for the error of one that cannot be encoded: a string, or a format
+string and its arguments, formatted only then (every step encodes several values)."""
+
+
+def encode_value(value: Any) -> str:
+    """The JSON text of ``value`` as ``dumps`` writes it (its errors raised as they are)."""
+    try:
+        return "".join(_ENCODE(value, 0))
+    except BaseException:
+        _MARKERS.clear()
+        raise
+
+
+def dumps(value: Any, where: Where) -> bytes:
     try:
         return "".join(_ENCODE(value, 0)).encode()
     except (TypeError, ValueError) as exc:
         _MARKERS.clear()
-        raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
+        place = where if isinstance(where, str) else where[0].format(*where[1:])
+        raise ValidationError(f"{place}: not JSON-serialisable: {exc}") from None
     except BaseException:
         _MARKERS.clear()
         raise
@@ -87,7 +102,8 @@ class FieldOps:
         self.fresh: set[str] = set()
 
     def put(self, field: str, value: bytes) -> None:
-        if field in self.deletes or any(field.startswith(p) for p in self.prefixes):
+        if field in self.deletes or (
+                self.prefixes and any(field.startswith(p) for p in self.prefixes)):
             self.deletes.discard(field)
             self.fresh.add(field)
         self.writes[field] = value

@@ -36,6 +36,7 @@ from .keys import (
 from .leases import CREATED, commands_if_absent, lease_key
 from .run_hash import assemble, dumps, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
+from .run_json import header_json, step_json
 from .workflows import check_workflow_id
 
 log = logging.getLogger(__name__)
@@ -312,10 +313,10 @@ class RedisRuns(RedisRunIndex):
 
     def _whole_run(self, run: WorkflowRun) -> dict[str, bytes]:
         """Every field of the run's hash (``create_run``/``update_run``)."""
-        where = f"run {run.id!r}"
+        rid = run.id
         fields: dict[str, bytes] = {
-            HEADER: dumps(run.header_dict(with_input=False), where),
-            INPUT: dumps(run.input, f"{where}.input"),
+            HEADER: header_json(run, ("run {!r}", rid)),
+            INPUT: dumps(run.input, ("run {!r}.input", rid)),
         }
 
         def put(field: str, value: bytes) -> None:
@@ -324,14 +325,15 @@ class RedisRuns(RedisRunIndex):
                 fields[ORD + field] = self._rank()
 
         for sid, sr in run.steps.items():
-            put(step_field(sid), dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+            put(step_field(sid), step_json(sr, ("run {!r} step {!r}", rid, sid),
+                                           with_children=False))
             for cid, child in sr.children.items():
-                put(child_field(sid, cid), dumps(child.to_dict(), f"{where} step {cid!r}"))
+                put(child_field(sid, cid), step_json(child, ("run {!r} step {!r}", rid, cid)))
         for k, v in run.context.items():
             if k == "steps" and isinstance(v, dict):
                 put(CTX_STEPS_MARKER, EMPTY_MAP)
                 for sk, sv in v.items():
-                    put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
+                    put(ctxstep_field(sk), dumps(sv, ("run {!r} context.steps.{}", rid, sk)))
             else:
-                put(ctx_field(k), dumps(v, f"{where} context.{k}"))
+                put(ctx_field(k), dumps(v, ("run {!r} context.{}", rid, k)))
         return fields
