@@ -14,6 +14,7 @@ bytes or the error ``dumps`` gives (tested against it).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -25,6 +26,10 @@ from .run_hash import Where, dumps, encode_value
 _esc: Callable[[Any], str] = encode_basestring
 """The string escape of ``dumps`` (``ensure_ascii=False``); raises TypeError on a non-string,
 which sends the part down the general path."""
+
+_stamp: Callable[[datetime], str] = _format  # type: ignore[assignment]
+"""A timestamp's text (``_format``, cached; never None for a datetime). Timestamps (ISO
+8601) and status values never need escaping: they are quoted as they are."""
 
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
 """What a field of an unexpected type raises on the direct path (the general path then
@@ -76,11 +81,12 @@ def _header(run: WorkflowRun) -> str:
         s += ',"org_id":' + _esc(run.org_id)
     if run.team_id:
         s += ',"team_id":' + _esc(run.team_id)
-    s += ',"status":' + _esc(status._value_ if type(status) is RunStatus else str(status.value))
+    s += ',"status":' + ('"' + status._value_ + '"' if type(status) is RunStatus
+                             else _esc(str(status.value)))
     if run.started_at is not None:
-        s += ',"started_at":' + _esc(_format(run.started_at))
+        s += ',"started_at":' + '"' + _stamp(run.started_at) + '"'
     if run.completed_at is not None:
-        s += ',"completed_at":' + _esc(_format(run.completed_at))
+        s += ',"completed_at":' + '"' + _stamp(run.completed_at) + '"'
     if run.output:
         s += ',"output":' + encode_value(run.output)
     if run.error:
@@ -90,9 +96,9 @@ def _header(run: WorkflowRun) -> str:
     if run.triggered_by:
         s += ',"triggered_by":' + _esc(run.triggered_by)
     if run.created_at is not None:
-        s += ',"created_at":' + _esc(_format(run.created_at))
+        s += ',"created_at":' + '"' + _stamp(run.created_at) + '"'
     if run.updated_at is not None:
-        s += ',"updated_at":' + _esc(_format(run.updated_at))
+        s += ',"updated_at":' + '"' + _stamp(run.updated_at) + '"'
     if run.labels:
         s += ',"labels":' + encode_value(run.labels)
     if run.metadata:
@@ -114,13 +120,14 @@ def _step(sr: StepRun, with_children: bool) -> str:
     if type(attempts) is not int:
         raise TypeError("attempts")  # a bool or an int enum: the encoder decides
     s = ('{"step_id":' + _esc(sr.step_id) + ',"status":'
-         + _esc(status._value_ if type(status) is StepStatus else str(status.value)))
+         + ('"' + status._value_ + '"' if type(status) is StepStatus
+            else _esc(str(status.value))))
     if sr.started_at is not None:
-        s += ',"started_at":' + _esc(_format(sr.started_at))
+        s += ',"started_at":' + '"' + _stamp(sr.started_at) + '"'
     if sr.completed_at is not None:
-        s += ',"completed_at":' + _esc(_format(sr.completed_at))
+        s += ',"completed_at":' + '"' + _stamp(sr.completed_at) + '"'
     if sr.next_attempt_at is not None:
-        s += ',"next_attempt_at":' + _esc(_format(sr.next_attempt_at))
+        s += ',"next_attempt_at":' + '"' + _stamp(sr.next_attempt_at) + '"'
     if attempts:
         s += ',"attempts":' + str(attempts)
     if sr.input:
@@ -140,7 +147,7 @@ def _step(sr: StepRun, with_children: bool) -> str:
 
 def _event(event: TimelineEvent, run_id: str, now: str | None) -> str:
     time = event.time
-    s = ('{"time":' + _esc(now if time is None else _format(time))
+    s = ('{"time":' + (_esc(now) if time is None else '"' + _stamp(time) + '"')
          + ',"type":' + _esc(event.type))
     if event.run_id:
         s += ',"run_id":' + _esc(event.run_id)

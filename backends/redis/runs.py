@@ -34,7 +34,7 @@ from .keys import (
     timeline_key,
 )
 from .leases import CREATED, commands_if_absent, lease_key
-from .run_hash import assemble, dumps, loads, text
+from .run_hash import assemble, assemble_named, dumps, field_names, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
 from .run_json import header_json, step_json
 from .workflows import check_workflow_id
@@ -179,11 +179,12 @@ class RedisRuns(RedisRunIndex):
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         key = run_key(run_id)
-        fields = await self._redis.call("get run", key, "hgetall", key)
-        if not fields:
+        raw = await self._redis.call("get run", key, "hgetall", key)
+        if not raw:
             raise NotFoundError(f"run {run_id!r} not found")
-        run = assemble(key, fields)
-        self._mirror.put(run, (k.decode() if type(k) is bytes else text(k) for k in fields))
+        fields = field_names(raw)
+        run = assemble_named(key, fields)
+        self._mirror.put(run, fields)
         return run
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
