@@ -68,7 +68,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
         owner = changes.lease_owner
-        if not changes and owner is None:
+        if owner is None and not changes:
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
             if not await self._redis.call("save run changes", key, "exists", key):
@@ -88,9 +88,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         args.fields(ops, self._rank, known)
         args.timeline(docs)
         if changes.header:
-            self._queue_index(args, run, status_text(run.status),
-                              previous=self._previous(changes))
-            self._queue_retention(args, run, status_text(run.status))
+            status = status_text(run.status)
+            self._queue_index(args, run, status, previous=self._previous(changes))
+            self._queue_retention(args, run, status)
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
         try:
