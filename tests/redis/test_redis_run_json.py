@@ -131,3 +131,32 @@ def test_plain_parts_are_written_without_building_their_documents(
         monkeypatch.setattr(cls, name, refuse)
     assert [header_json(run, "w"), step_json(sr, "w", with_children=False),
             event_json(event, "r", "now", "w")] == expected
+
+
+def _hash_of(run: WorkflowRun) -> dict[bytes, bytes]:
+    """The run's hash fields as ``create_run`` writes them (values written directly)."""
+    from cordtrio.backends.redis.store import RedisStore
+
+    store = RedisStore.__new__(RedisStore)
+    store._last_rank = 0
+    return {k.encode(): v for k, v in store._whole_run(run).items()}
+
+
+@pytest.mark.parametrize("run", [
+    RUNS[0], RUNS[1],
+    WorkflowRun(id="r", workflow_id="wf", status=RunStatus.RUNNING, created_at=T0,
+                context={"k": [1], "steps": {"a": {"output": {"ok": True}}, "b": {}}},
+                steps={"a": STEPS[1], "b": STEPS[2]}),
+])
+def test_a_run_reads_back_as_from_dict_of_its_document(run: WorkflowRun) -> None:
+    """``assemble`` puts the decoded context and steps in without ``from_dict``'s copy:
+    the same run as ``from_dict`` of the whole document, sharing nothing between reads."""
+    from cordtrio.backends.redis.run_hash import assemble
+
+    fields = _hash_of(run)
+    got, again = assemble("k", fields), assemble("k", fields)
+    assert got == WorkflowRun.from_dict(run.to_dict()) == again
+    if "k" in got.context:
+        assert got.context is not again.context
+        got.context["k"].append(2)
+        assert again.context["k"] == [1]
