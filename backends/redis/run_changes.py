@@ -212,7 +212,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     ops.put(child_field(parent, cid),
                             step_json(child, ("run {!r} step {!r}", rid, cid)))
         context = run.context
-        for k in ordered(changes.context_keys, context):
+        for k in ordered(changes.context_keys, context) if changes.context_keys else ():
             present = k in context
             value = context.get(k)
             if k == "steps":
