@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import NotFoundError, ValidationError
 from .fields import (
@@ -24,6 +24,22 @@ from .fields import (
     json_copy,
 )
 
+_T = TypeVar("_T")
+
+
+def _made(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """``cls(**fields)`` for a document class: its ``__dict__`` set directly, as ``clone``
+    does (a dataclass ``__init__`` with 12-22 keyword arguments costs several times more);
+    a subclass, which may add fields or ``__post_init__``, is built through ``__init__``."""
+    if cls is StepRun or cls is WorkflowRun:
+        made = _new(cls)
+        made.__dict__ = fields
+        return made  # type: ignore[no-any-return]
+    return cls(**fields)
+
+
+_STR_ONLY = frozenset((str,))
+_DICT_OR_NONE = frozenset((dict, type(None)))
 _new = object.__new__  # clone() copies __dict__ directly: no __init__ call for 12-23 fields
 
 
@@ -181,21 +197,21 @@ class StepRun:
             next_attempt = _ts(d.get("next_attempt_at"), "")
         except ValidationError:
             return None
-        return cls(
-            step_id=sid,
-            status=member,  # type: ignore[arg-type]
-            started_at=started,
-            completed_at=completed,
-            next_attempt_at=next_attempt,
-            attempts=attempts,
-            input=json_copy(input_) if input_ else {},
-            output=json_copy(d.get("output")),
-            error=json_copy(error) if error else {},
-            job_id=job_id,
-            item=json_copy(d.get("item")),
-            children={str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()}
+        return _made(cls, {
+            "step_id": sid,
+            "status": member,
+            "started_at": started,
+            "completed_at": completed,
+            "next_attempt_at": next_attempt,
+            "attempts": attempts,
+            "input": json_copy(input_) if input_ else {},
+            "output": json_copy(d.get("output")),
+            "error": json_copy(error) if error else {},
+            "job_id": job_id,
+            "item": json_copy(d.get("item")),
+            "children": {str(k): StepRun.from_dict(v, str(k)) for k, v in children.items()}
             if children else {},
-        )
+        })
 
 
 @dataclass
@@ -319,6 +335,10 @@ class WorkflowRun:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkflowRun:
+        if type(d) is dict:
+            fast = cls._from_stored(d)
+            if fast is not None:
+                return fast
         rid = str(d.get("id") or "") if isinstance(d, dict) else ""
         where = f"run {rid!r}"
         d = _dict(d, where)
@@ -351,6 +371,47 @@ class WorkflowRun:
         )
 
 
+    @classmethod
+    def _from_stored(cls, d: dict[str, Any]) -> WorkflowRun | None:
+        """``from_dict`` for the documents stores write (every field of its own type), as
+        ``StepRun._from_stored``; None sends anything else down the checking path."""
+        texts = (d.get("id") or "", d.get("workflow_id") or "", d.get("org_id") or "",
+                 d.get("team_id") or "", d.get("triggered_by") or "",
+                 d.get("idempotency_key") or "", d.get("rerun_of") or "",
+                 d.get("rerun_step") or "")
+        status = d.get("status")
+        member = RunStatus._value2member_map_.get(status) if type(status) is str else None
+        cost = d.get("total_cost", 0)
+        maps = (d.get("input"), d.get("context"), d.get("output"), d.get("error"),
+                d.get("steps"), d.get("labels"), d.get("metadata"))
+        if (member is None or (type(cost) is not int and type(cost) is not float)
+                or not _STR_ONLY.issuperset(map(type, texts))
+                or not _DICT_OR_NONE.issuperset(map(type, maps))):
+            return None
+        try:
+            started, completed, created, updated = (
+                _ts(d.get("started_at"), ""), _ts(d.get("completed_at"), ""),
+                _ts(d.get("created_at"), ""), _ts(d.get("updated_at"), ""))
+        except ValidationError:
+            return None
+        input_, context, output, error, steps, labels, metadata = maps
+        rid, wf, org, team, triggered, idem, rerun_of, rerun_step = texts
+        return _made(cls, {
+            "id": rid, "workflow_id": wf, "org_id": org, "team_id": team,
+            "input": json_copy(input_) if input_ else {},
+            "context": json_copy(context) if context else {},
+            "status": member, "started_at": started, "completed_at": completed,
+            "output": json_copy(output) if output else {},
+            "error": json_copy(error) if error else {},
+            "steps": {str(k): StepRun.from_dict(v, str(k)) for k, v in steps.items()}
+            if steps else {},
+            "total_cost": float(cost), "triggered_by": triggered,
+            "created_at": created, "updated_at": updated,
+            "labels": {str(k): str(v) for k, v in labels.items()} if labels else {},
+            "metadata": {str(k): str(v) for k, v in metadata.items()} if metadata else {},
+            "idempotency_key": idem, "rerun_of": rerun_of, "rerun_step": rerun_step,
+            "dry_run": bool(d.get("dry_run") or False),
+        })
 
 
 @dataclass

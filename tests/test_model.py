@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cordtrio import run_doc
 from cordtrio.errors import ValidationError
 from cordtrio.model import (
     RetryConfig,
@@ -451,3 +454,82 @@ def test_step_run_clone_takes_the_given_id_when_its_own_is_empty() -> None:
 def test_step_run_clone_property(run: StepRun) -> None:
     assert run.clone() == StepRun.from_dict(run.to_dict()) == run
 
+
+
+class _Doc(dict):  # type: ignore[type-arg]
+    """A document that is not a plain dict: ``from_dict`` takes its checking path."""
+
+
+_RUN_DOCS: list[dict[str, Any]] = [
+    {},
+    {"id": "r", "workflow_id": "wf", "status": "running", "created_at": "2024-05-01T12:30:15Z"},
+    {"id": "r", "workflow_id": "wf", "org_id": "o", "team_id": "t", "input": {"x": [1]},
+     "context": {"steps": {"a": {"output": {"ok": True}}}}, "status": "succeeded",
+     "started_at": "2024-05-01T12:30:15.5Z", "completed_at": "2024-05-01T14:30:15+02:00",
+     "output": {"o": 1}, "error": {"message": "m"}, "steps": {"a": {"status": "failed"}},
+     "total_cost": 2, "triggered_by": "cron", "updated_at": "2024-05-01T12:30:16Z",
+     "labels": {"k": "v", "n": 1}, "metadata": {"m": None}, "idempotency_key": "i",
+     "rerun_of": "r0", "rerun_step": "a", "dry_run": True},
+    {"id": 7, "workflow_id": "wf", "status": "running"},
+    {"id": "r", "status": "RUNNING", "total_cost": "1.5", "dry_run": "yes"},
+    {"id": "r", "status": "running", "total_cost": True},
+    {"id": "r", "status": "running", "labels": ["not", "a", "map"]},
+    {"id": "r", "status": "nope"},
+    {"id": "r", "status": "running", "started_at": "yesterday"},
+    {"id": "r", "status": "running", "steps": {"a": {"status": "running", "attempts": "2"}}},
+]
+
+
+@pytest.mark.parametrize("doc", _RUN_DOCS)
+def test_run_from_dict_of_a_plain_dict_is_the_checking_path(doc: dict[str, Any]) -> None:
+    """Stored documents take a fast path; it gives what the checking path gives, or
+    leaves the document to it (which then raises the same error)."""
+    try:
+        expected = WorkflowRun.from_dict(_Doc(doc))
+    except ValidationError as exc:
+        with pytest.raises(ValidationError, match="^" + re.escape(str(exc)) + "$"):
+            WorkflowRun.from_dict(doc)
+        return
+    got = WorkflowRun.from_dict(doc)
+    assert got == expected and type(got) is WorkflowRun
+    assert got.to_dict() == expected.to_dict()
+
+
+def test_stored_documents_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = _RUN_DOCS[2]
+    expected = WorkflowRun.from_dict(_Doc(doc))
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("checking path taken")
+
+    monkeypatch.setattr(run_doc, "_str_enum", refuse)
+    assert WorkflowRun.from_dict(doc) == expected
+
+
+def test_a_subclass_from_dict_is_built_through_its_init() -> None:
+    @dataclass
+    class Tagged(WorkflowRun):
+        tag: str = "default"
+
+    run = Tagged.from_dict({"id": "r", "status": "running", "steps": {"a": {}}})
+    assert type(run) is Tagged and run.tag == "default" and run.steps["a"].step_id == "a"
+
+
+@pytest.mark.parametrize("doc", [
+    {}, {"status": "running", "attempts": 1, "job_id": "j", "output": "redis://x"},
+    {"step_id": "s", "status": "failed", "started_at": "2024-05-01T12:30:15Z",
+     "completed_at": "2024-05-01T12:30:16Z", "next_attempt_at": "2024-05-01T12:31:00Z",
+     "input": {"i": 1}, "error": {"message": "m"}, "item": [1], "output": {"o": [None]},
+     "children": {"s[0]": {"status": "succeeded"}}},
+    {"status": "running", "attempts": True}, {"status": "Running"}, {"status": "x"},
+    {"status": "running", "input": []}, {"status": "running", "started_at": 5},
+])
+def test_step_from_dict_of_a_plain_dict_is_the_checking_path(doc: dict[str, Any]) -> None:
+    try:
+        expected = StepRun.from_dict(_Doc(doc), "id")
+    except ValidationError as exc:
+        with pytest.raises(ValidationError, match="^" + re.escape(str(exc)) + "$"):
+            StepRun.from_dict(doc, "id")
+        return
+    got = StepRun.from_dict(doc, "id")
+    assert got == expected and type(got) is StepRun

@@ -43,8 +43,9 @@ class FieldMirror:
         return entry[1]
 
     def put(self, run: WorkflowRun, names: Iterable[str]) -> None:
-        """The hash of ``run`` holds exactly ``names`` now."""
-        known = set(names)
+        """The hash of ``run`` holds exactly ``names`` now (a set is kept as it is: the
+        caller hands it over)."""
+        known = names if type(names) is set else set(names)
         if len(known) > MAX_MIRRORED:
             self.forget(run)
             return

@@ -36,6 +36,7 @@ from .leases import lease_key
 from .payloads import RedisPayloadStore
 from .run_hash import FieldOps, dumps, ordered, text
 from .run_index import RUN_STATUSES, RedisRunIndex
+from .run_json import header_json, step_json
 from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
 from .timelines import RedisTimelines
 
@@ -67,7 +68,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
         owner = changes.lease_owner
-        if not changes and owner is None:
+        if owner is None and not changes:
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
             if not await self._redis.call("save run changes", key, "exists", key):
@@ -87,9 +88,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         args.fields(ops, self._rank, known)
         args.timeline(docs)
         if changes.header:
-            self._queue_index(args, run, status_text(run.status),
-                              previous=self._previous(changes))
-            self._queue_retention(args, run, status_text(run.status))
+            status = status_text(run.status)
+            self._queue_index(args, run, status, previous=self._previous(changes))
+            self._queue_retention(args, run, status)
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
         try:
@@ -186,18 +187,18 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
     @staticmethod
     def _change_ops(run: WorkflowRun, changes: RunChanges) -> FieldOps:
         """The hash writes for ``changes``, in the order ``MemoryStore`` applies them."""
-        where = f"run {run.id!r}"
+        rid = run.id
         ops = FieldOps()
         if changes.header:
-            ops.put(HEADER, dumps(run.header_dict(with_input=False), where))
+            ops.put(HEADER, header_json(run, ("run {!r}", rid)))
         for sid in ordered(changes.steps, run.steps):
             sr = run.steps.get(sid)
             if sr is None:
                 ops.drop(step_field(sid))
                 ops.drop_prefix(child_prefix(sid))
             else:
-                ops.put(step_field(sid),
-                        dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+                ops.put(step_field(sid), step_json(sr, ("run {!r} step {!r}", rid, sid),
+                                                   with_children=False))
         for parent in changes.children:
             psr: StepRun | None = run.steps.get(parent)
             if psr is None:
@@ -209,9 +210,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     ops.drop(child_field(parent, cid))
                 else:
                     ops.put(child_field(parent, cid),
-                            dumps(child.to_dict(), f"{where} step {cid!r}"))
+                            step_json(child, ("run {!r} step {!r}", rid, cid)))
         context = run.context
-        for k in ordered(changes.context_keys, context):
+        for k in ordered(changes.context_keys, context) if changes.context_keys else ():
             present = k in context
             value = context.get(k)
             if k == "steps":
@@ -222,12 +223,13 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     ops.drop(CTX_STEPS_MARKER)  # re-created: a new rank
                     ops.put(CTX_STEPS_MARKER, EMPTY_MAP)
                     for sk, sv in value.items():
-                        ops.put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
+                        ops.put(ctxstep_field(sk),
+                                dumps(sv, ("run {!r} context.steps.{}", rid, sk)))
                 else:
                     ops.drop(CTX_STEPS_MARKER)
-                    ops.put(CTX_STEPS_MARKER, dumps(value, f"{where} context.steps"))
+                    ops.put(CTX_STEPS_MARKER, dumps(value, ("run {!r} context.steps", rid)))
             elif present:
-                ops.put(ctx_field(k), dumps(value, f"{where} context.{k}"))
+                ops.put(ctx_field(k), dumps(value, ("run {!r} context.{}", rid, k)))
             else:
                 ops.drop(ctx_field(k))
         if changes.context_steps:
@@ -238,10 +240,11 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             else:
                 if CTX_STEPS_MARKER not in ops.writes:
                     ops.put(CTX_STEPS_MARKER, EMPTY_MAP)
-                for sk in sorted(changes.context_steps, key=child_order_key):
+                keys = changes.context_steps
+                for sk in sorted(keys, key=child_order_key) if len(keys) > 1 else keys:
                     if sk in ctx_steps:
                         ops.put(ctxstep_field(sk),
-                                dumps(ctx_steps[sk], f"{where} context.steps.{sk}"))
+                                dumps(ctx_steps[sk], ("run {!r} context.steps.{}", rid, sk)))
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cordtrio.errors import ValidationError
-from cordtrio.model import WorkflowRun
+from cordtrio.model import StepRun, WorkflowRun
 
 from .adapter import RedisDataError
 from .keys import CHILD, CTX, CTXSTEP, HEADER, INPUT, ORD, STEP, child_prefix, unescape
@@ -35,12 +35,27 @@ if _ENCODE is None:  # pragma: no cover - CPython always has the C accelerator
     _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).iterencode
 
 
-def dumps(value: Any, where: str) -> bytes:
+Where = str | tuple[Any, ...]
+"""Where a value goes, for the error of one that cannot be encoded: a string, or a format
+string and its arguments, formatted only then (every step encodes several values)."""
+
+
+def encode_value(value: Any) -> str:
+    """The JSON text of ``value`` as ``dumps`` writes it (its errors raised as they are)."""
+    try:
+        return "".join(_ENCODE(value, 0))
+    except BaseException:
+        _MARKERS.clear()
+        raise
+
+
+def dumps(value: Any, where: Where) -> bytes:
     try:
         return "".join(_ENCODE(value, 0)).encode()
     except (TypeError, ValueError) as exc:
         _MARKERS.clear()
-        raise ValidationError(f"{where}: not JSON-serialisable: {exc}") from None
+        place = where if isinstance(where, str) else where[0].format(*where[1:])
+        raise ValidationError(f"{place}: not JSON-serialisable: {exc}") from None
     except BaseException:
         _MARKERS.clear()
         raise
@@ -87,7 +102,8 @@ class FieldOps:
         self.fresh: set[str] = set()
 
     def put(self, field: str, value: bytes) -> None:
-        if field in self.deletes or any(field.startswith(p) for p in self.prefixes):
+        if field in self.deletes or (
+                self.prefixes and any(field.startswith(p) for p in self.prefixes)):
             self.deletes.discard(field)
             self.fresh.add(field)
         self.writes[field] = value
@@ -127,9 +143,22 @@ def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
 LAST = 1 << 80  # rank of a field without one: after the others
 
 
+def field_names(raw_fields: dict[Any, Any]) -> dict[str, Any]:
+    """The fields of a run hash as Redis returns them, keyed by their names as text."""
+    return {k.decode() if type(k) is bytes else text(k): v for k, v in raw_fields.items()}
+
+
 def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
     """A ``WorkflowRun`` from the fields of its hash (see the module docstring)."""
-    fields = {k.decode() if type(k) is bytes else text(k): v for k, v in raw_fields.items()}
+    return assemble_named(key, field_names(raw_fields))
+
+
+def assemble_named(key: str, fields: dict[str, Any]) -> WorkflowRun:
+    """``assemble`` of fields keyed by name (``field_names``).
+
+    The run is ``WorkflowRun.from_dict`` of the header and input; its context and steps are
+    put in afterwards, as ``from_dict`` would build them but without copying the context:
+    every value here was just decoded, and so belongs to this run alone."""
     header_raw = fields.get(HEADER)
     if header_raw is None:
         raise RedisDataError(f"redis key {key!r}: run has no {HEADER!r} field")
@@ -166,6 +195,7 @@ def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
     doc = dict(header)
     if INPUT in fields:
         doc["input"] = loads(fields[INPUT], key, INPUT)
+    doc["context"] = doc["steps"] = {}  # put in below
     context: dict[str, Any] = {}
     steps_map: dict[str, Any] | None = None
     for name in by_rank(ctx_keys):
@@ -179,20 +209,21 @@ def assemble(key: str, raw_fields: dict[Any, Any]) -> WorkflowRun:
         for name in by_rank(ctx_steps):
             steps_map[name[len(CTXSTEP):]] = loads(fields[name], key, name)
         context["steps"] = steps_map
-    doc["context"] = context
-    run_steps: dict[str, Any] = {}
-    for name in by_rank(steps):
-        sid = name[len(STEP):]
-        sd = loads(fields[name], key, name)
-        kids = children.get(sid)
-        if kids and isinstance(sd, dict):
-            prefix = child_prefix(sid)
-            sd["children"] = {
-                n[len(prefix):]: loads(fields[n], key, n) for n in by_rank(kids)
-            }
-        run_steps[sid] = sd
-    doc["steps"] = run_steps
+    run_steps: dict[str, StepRun] = {}
     try:
-        return WorkflowRun.from_dict(doc)
+        run = WorkflowRun.from_dict(doc)
+        for name in by_rank(steps):
+            sid = name[len(STEP):]
+            sd = loads(fields[name], key, name)
+            kids = children.get(sid)
+            if kids and isinstance(sd, dict):
+                prefix = child_prefix(sid)
+                sd["children"] = {
+                    n[len(prefix):]: loads(fields[n], key, n) for n in by_rank(kids)
+                }
+            run_steps[sid] = StepRun.from_dict(sd, sid)
     except ValidationError as exc:
         raise RedisDataError(f"redis key {key!r}: corrupt run: {exc}") from None
+    run.context = context
+    run.steps = run_steps
+    return run

@@ -38,10 +38,7 @@ RUN_STATUSES = tuple(s.value for s in RunStatus)
 
 
 def _is_terminal(status: str) -> bool:
-    try:
-        return RunStatus(status).is_terminal
-    except ValueError:
-        return False
+    return status in TERMINAL_STATUSES  # an unknown status is not terminal
 
 
 def ts_score(value: datetime | None) -> float:

@@ -34,8 +34,9 @@ from .keys import (
     timeline_key,
 )
 from .leases import CREATED, commands_if_absent, lease_key
-from .run_hash import assemble, dumps, loads, text
+from .run_hash import assemble, assemble_named, dumps, field_names, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
+from .run_json import header_json, step_json
 from .workflows import check_workflow_id
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,12 @@ class RedisRuns(RedisRunIndex):
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         key = run_key(run_id)
-        fields = await self._redis.call("get run", key, "hgetall", key)
-        if not fields:
+        raw = await self._redis.call("get run", key, "hgetall", key)
+        if not raw:
             raise NotFoundError(f"run {run_id!r} not found")
-        run = assemble(key, fields)
-        self._mirror.put(run, (k.decode() if type(k) is bytes else text(k) for k in fields))
+        fields = field_names(raw)
+        run = assemble_named(key, fields)
+        self._mirror.put(run, fields)
         return run
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
@@ -312,10 +314,10 @@ class RedisRuns(RedisRunIndex):
 
     def _whole_run(self, run: WorkflowRun) -> dict[str, bytes]:
         """Every field of the run's hash (``create_run``/``update_run``)."""
-        where = f"run {run.id!r}"
+        rid = run.id
         fields: dict[str, bytes] = {
-            HEADER: dumps(run.header_dict(with_input=False), where),
-            INPUT: dumps(run.input, f"{where}.input"),
+            HEADER: header_json(run, ("run {!r}", rid)),
+            INPUT: dumps(run.input, ("run {!r}.input", rid)),
         }
 
         def put(field: str, value: bytes) -> None:
@@ -324,14 +326,15 @@ class RedisRuns(RedisRunIndex):
                 fields[ORD + field] = self._rank()
 
         for sid, sr in run.steps.items():
-            put(step_field(sid), dumps(sr.to_dict(with_children=False), f"{where} step {sid!r}"))
+            put(step_field(sid), step_json(sr, ("run {!r} step {!r}", rid, sid),
+                                           with_children=False))
             for cid, child in sr.children.items():
-                put(child_field(sid, cid), dumps(child.to_dict(), f"{where} step {cid!r}"))
+                put(child_field(sid, cid), step_json(child, ("run {!r} step {!r}", rid, cid)))
         for k, v in run.context.items():
             if k == "steps" and isinstance(v, dict):
                 put(CTX_STEPS_MARKER, EMPTY_MAP)
                 for sk, sv in v.items():
-                    put(ctxstep_field(sk), dumps(sv, f"{where} context.steps.{sk}"))
+                    put(ctxstep_field(sk), dumps(sv, ("run {!r} context.steps.{}", rid, sk)))
             else:
-                put(ctx_field(k), dumps(v, f"{where} context.{k}"))
+                put(ctx_field(k), dumps(v, ("run {!r} context.{}", rid, k)))
         return fields

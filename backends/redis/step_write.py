@@ -39,6 +39,9 @@ from cordtrio.ports import TIMELINE_CAP
 from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD
 from .run_hash import FieldOps
 
+_UNRANKED = frozenset((HEADER, INPUT, CTX_STEPS_MARKER))
+"""Fields without a rank (``CTX_STEPS_MARKER`` only as the map marker ``{}``)."""
+
 NOT_FOUND = 2
 """``STEP_SCRIPT``'s first reply element when the run does not exist (1: written, with
 ``resynced`` — 1 when the known field names were wrong — as the second element; 0: the
@@ -179,11 +182,12 @@ class StepArgs:
         it is not among them, and the script reads nothing: it checks that ``HSET`` added
         as many fields as that predicts."""
         values, ranks = self._values, self._ranks
+        fresh = ops.fresh
         for field, value in ops.writes.items():
             values += (field, value)
-            if field in (HEADER, INPUT) or (field == CTX_STEPS_MARKER and value == EMPTY_MAP):
+            if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
                 continue  # unranked: a map "steps" always comes last
-            if field in ops.fresh or (known is not None and ORD + field not in known):
+            if (known is not None and ORD + field not in known) or field in fresh:
                 values += (ORD + field, rank())
             else:
                 ranks += (ORD + field, rank())
@@ -191,9 +195,9 @@ class StepArgs:
             self._deletes += (field, ORD + field)
         if known is not None:
             after = known.difference(self._deletes) if self._deletes else set(known)
-            written = values[::2]
-            self._expected = sum(1 for name in written if name not in after)
-            after.update(written)
+            held = len(after)
+            after.update(values[::2])
+            self._expected = len(after) - held  # the written names the hash lacked
             self.after = after
 
     def timeline(self, docs: list[bytes]) -> None:

@@ -18,7 +18,8 @@ from cordtrio.timeutil import format_ts
 from .adapter import RedisDataError
 from .base import RedisStoreBase
 from .keys import timeline_key
-from .run_hash import dumps, loads
+from .run_hash import loads
+from .run_json import event_json
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,9 @@ class RedisTimelines(RedisStoreBase):
         now: str | None = None
         docs: list[bytes] = []
         for event in events:
-            doc = event.to_dict()
-            if not doc.get("time"):
-                now = now or format_ts(self._now())
-                doc["time"] = now
-            if not doc.get("run_id"):
-                doc["run_id"] = run_id
-            docs.append(dumps(doc, f"run {run_id!r}: timeline event"))
+            if event.time is None and now is None:
+                now = format_ts(self._now())
+            docs.append(event_json(event, run_id, now, ("run {!r}: timeline event", run_id)))
         return docs
 
     async def list_timeline_events(

@@ -1,0 +1,162 @@
+"""The run parts written straight from the objects (``run_json``): the same bytes as
+``dumps`` of their documents, or the same error, for plain and unusual field values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import pytest
+
+from cordtrio.backends.redis.run_hash import dumps
+from cordtrio.backends.redis.run_json import event_json, header_json, step_json
+from cordtrio.errors import ValidationError
+from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
+
+T0 = datetime(2026, 12, 3, 10, 0, 0, 123456, tzinfo=UTC)
+T1 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+
+
+class Colour(StrEnum):
+    RED = "red"
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+ODD = ["é\n\u2028\x00\"\\", 7, 2.5, True, None, [1, (2, 3)], {"k": {"n": [None]}},
+       {1: "int key"}, Colour.RED, Level.HIGH, 10**30]
+"""Values of types the documents do not declare, or that need escaping."""
+
+RUNS = [
+    WorkflowRun(id="r1", workflow_id="wf"),
+    WorkflowRun(id="r\"2", workflow_id="w\u00e9", org_id="o", team_id="t",
+                input={"x": 1}, context={"a": 1}, status=RunStatus.SUCCEEDED,
+                started_at=T0, completed_at=T1, output={"out": [1, "é"]},
+                error={"message": "boom"}, total_cost=1.25, triggered_by="cron",
+                created_at=T0, updated_at=T1, labels={"a": "b"}, metadata={"m": "n"},
+                idempotency_key="idem", rerun_of="r0", rerun_step="s", dry_run=True),
+    WorkflowRun(id="r3", workflow_id="wf", total_cost=3, status=RunStatus.WAITING),
+    WorkflowRun(id="r4", workflow_id="wf", total_cost=0.0, dry_run=1),  # type: ignore[arg-type]
+] + [WorkflowRun(id="odd", workflow_id="wf", org_id=v, triggered_by=v, rerun_of=v,
+                 total_cost=v, output=v, labels=v)  # type: ignore[arg-type]
+     for v in ODD]
+
+STEPS = [
+    StepRun(),
+    StepRun(step_id="s", status=StepStatus.RUNNING, started_at=T0, attempts=1, job_id="j"),
+    StepRun(step_id="s\u2028", status=StepStatus.FAILED, started_at=T0, completed_at=T1,
+            next_attempt_at=T0, attempts=3, input={"i": [1]}, output={"o": 1},
+            error={"message": "x"}, job_id="j", item={"n": 1},
+            children={"s[0]": StepRun(step_id="s[0]", output="o"), "s[1]": StepRun()}),
+] + [StepRun(step_id=v, output=v, item=v, attempts=v, job_id=v,  # type: ignore[arg-type]
+             input=v, error=v) for v in ODD]
+
+EVENTS = [
+    TimelineEvent(),
+    TimelineEvent(time=T0, type="step_completed", run_id="r", workflow_id="wf",
+                  step_id="s", job_id="j", status="succeeded", result_ptr="redis://x",
+                  message="m\n", data={"context_ptr": "redis://ctx"}),
+    TimelineEvent(time=T1, type="run_status", run_id="other", status="running"),
+] + [TimelineEvent(time=T0, type=v, step_id=v, message=v, data=v)  # type: ignore[arg-type]
+     for v in ODD]
+
+
+def _same(fast: Any, general: Any) -> None:
+    """Both give the same bytes, or both raise the same error."""
+    try:
+        expected = general()
+    except Exception as exc:
+        with pytest.raises(type(exc)) as got:
+            fast()
+        assert str(got.value) == str(exc)
+        return
+    assert fast() == expected
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_header_json_writes_the_header_document(run: WorkflowRun) -> None:
+    _same(lambda: header_json(run, "where"),
+          lambda: dumps(run.header_dict(with_input=False), "where"))
+
+
+@pytest.mark.parametrize("sr", STEPS)
+@pytest.mark.parametrize("with_children", [True, False])
+def test_step_json_writes_the_step_document(sr: StepRun, with_children: bool) -> None:
+    _same(lambda: step_json(sr, "where", with_children=with_children),
+          lambda: dumps(sr.to_dict(with_children=with_children), "where"))
+
+
+def _stored_event(event: TimelineEvent, run_id: str, now: str) -> bytes:
+    doc = event.to_dict()
+    if not doc.get("time"):
+        doc["time"] = now
+    if not doc.get("run_id"):
+        doc["run_id"] = run_id
+    return dumps(doc, "where")
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_json_writes_the_stored_event(event: TimelineEvent) -> None:
+    now = "2026-12-03T10:00:00Z"
+    _same(lambda: event_json(event, "run-1", now, "where"),
+          lambda: _stored_event(event, "run-1", now))
+
+
+def test_a_value_that_is_not_json_fails_as_dumps_fails_and_leaves_nothing_behind() -> None:
+    with pytest.raises(ValidationError, match=r"run 'r' step 's': not JSON-serialisable"):
+        step_json(StepRun(step_id="s", item=[object()]), ("run {!r} step {!r}", "r", "s"))
+    with pytest.raises(ValidationError, match=r"^run 'r': not JSON-serialisable"):
+        header_json(WorkflowRun(id="r", output={"o": object()}), ("run {!r}", "r"))
+    with pytest.raises(ValidationError, match="timeline event: not JSON-serialisable"):
+        event_json(TimelineEvent(time=T0, data={"x": {1, 2}}), "r", None, "timeline event")
+    assert step_json(StepRun(step_id="s", item=[[]]), "w") == \
+        b'{"step_id":"s","status":"pending","item":[[]]}'
+
+
+def test_plain_parts_are_written_without_building_their_documents(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparisons above exercise the direct path: plain parts never build a dict."""
+    run, sr, event = RUNS[1], STEPS[2], EVENTS[1]
+    expected = [dumps(run.header_dict(with_input=False), "w"),
+                dumps(sr.to_dict(with_children=False), "w"), _stored_event(event, "r", "now")]
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("document built")
+
+    for cls, name in [(WorkflowRun, "header_dict"), (StepRun, "to_dict"),
+                      (TimelineEvent, "to_dict")]:
+        monkeypatch.setattr(cls, name, refuse)
+    assert [header_json(run, "w"), step_json(sr, "w", with_children=False),
+            event_json(event, "r", "now", "w")] == expected
+
+
+def _hash_of(run: WorkflowRun) -> dict[bytes, bytes]:
+    """The run's hash fields as ``create_run`` writes them (values written directly)."""
+    from cordtrio.backends.redis.store import RedisStore
+
+    store = RedisStore.__new__(RedisStore)
+    store._last_rank = 0
+    return {k.encode(): v for k, v in store._whole_run(run).items()}
+
+
+@pytest.mark.parametrize("run", [
+    RUNS[0], RUNS[1],
+    WorkflowRun(id="r", workflow_id="wf", status=RunStatus.RUNNING, created_at=T0,
+                context={"k": [1], "steps": {"a": {"output": {"ok": True}}, "b": {}}},
+                steps={"a": STEPS[1], "b": STEPS[2]}),
+])
+def test_a_run_reads_back_as_from_dict_of_its_document(run: WorkflowRun) -> None:
+    """``assemble`` puts the decoded context and steps in without ``from_dict``'s copy:
+    the same run as ``from_dict`` of the whole document, sharing nothing between reads."""
+    from cordtrio.backends.redis.run_hash import assemble
+
+    fields = _hash_of(run)
+    got, again = assemble("k", fields), assemble("k", fields)
+    assert got == WorkflowRun.from_dict(run.to_dict()) == again
+    if "k" in got.context:
+        assert got.context is not again.context
+        got.context["k"].append(2)
+        assert again.context["k"] == [1]
