@@ -44,8 +44,12 @@ MAX_IN_FLIGHT = BATCH_CONNECTIONS
 """Pipelines the batcher has in flight at once (each holds one connection, which the
 adapter keeps for the next batch)."""
 
-MAX_BATCH = 1000
-"""Commands per pipeline at most; more wait for the next one."""
+MAX_BATCH = 64
+"""Commands per pipeline at most; the rest go in the next pipelines, up to ``MAX_IN_FLIGHT``
+at once. Small enough that the engine works on the replies of one pipeline while the
+server runs the next: with hundreds of runs in step, one pipeline carrying every command
+of a tick left the engine idle for the server's whole turn (W1 on Redis, 1,500 runs,
+alternated: ~13 % more steps/s at 64 than at 1,000, a few more hops per step)."""
 
 
 class _Call:

@@ -50,6 +50,32 @@ async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None
     assert "batched" in hops[0]
 
 
+async def test_more_calls_than_a_pipeline_holds_go_in_several_each_with_its_reply(
+        redis: RedisBackends) -> None:
+    """Past ``MAX_BATCH`` commands the rest go in the next pipelines (several in flight,
+    so the server runs one while the engine reads another); every caller still gets its
+    own reply."""
+    from cordtrio.backends.redis.batcher import MAX_BATCH
+
+    payloads = redis.payloads
+    hops = count_round_trips(redis)
+    calls = 2 * MAX_BATCH + 10
+    got: dict[int, bytes] = {}
+
+    async def put_then_get(i: int) -> None:
+        await payloads.put_result(f"res:job-{i}", b"value %d" % i)
+        got[i] = await payloads.get_result(f"res:job-{i}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for i in range(calls):
+                nursery.start_soon(put_then_get, i)
+    assert got == {i: b"value %d" % i for i in range(calls)}
+    # pipelines of at most MAX_BATCH commands (a caller's GET may ride with the SETs of a
+    # later pipeline): at least 2 * calls / MAX_BATCH hops, where one batch per tick made 2
+    assert len(hops) >= -(-2 * calls // MAX_BATCH) > 2, hops
+
+
 async def test_an_error_stays_with_its_call(redis: RedisBackends) -> None:
     await redis.redis.call("setup", "res:h", "hset", "res:h", "field", "value")
     await redis.payloads.put_result("res:ok", b"fine")
