@@ -32,9 +32,10 @@ def count_round_trips(redis: RedisBackends) -> list[str]:
     return hops
 
 
-async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None:
+async def put_then_get_concurrently(redis: RedisBackends, calls: int) -> dict[int, bytes]:
+    """``calls`` tasks at once, each storing its own payload and reading it back; what
+    each read."""
     payloads = redis.payloads
-    hops = count_round_trips(redis)
     got: dict[int, bytes] = {}
 
     async def put_then_get(i: int) -> None:
@@ -43,8 +44,14 @@ async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            for i in range(50):
+            for i in range(calls):
                 nursery.start_soon(put_then_get, i)
+    return got
+
+
+async def test_concurrent_calls_share_one_pipeline(redis: RedisBackends) -> None:
+    hops = count_round_trips(redis)
+    got = await put_then_get_concurrently(redis, 50)
     assert got == {i: b"value %d" % i for i in range(50)}
     assert len(hops) == 2, hops  # 50 SETs in one pipeline, then 50 GETs in another
     assert "batched" in hops[0]
@@ -57,19 +64,9 @@ async def test_more_calls_than_a_pipeline_holds_go_in_several_each_with_its_repl
     own reply."""
     from cordtrio.backends.redis.batcher import MAX_BATCH
 
-    payloads = redis.payloads
     hops = count_round_trips(redis)
     calls = 2 * MAX_BATCH + 10
-    got: dict[int, bytes] = {}
-
-    async def put_then_get(i: int) -> None:
-        await payloads.put_result(f"res:job-{i}", b"value %d" % i)
-        got[i] = await payloads.get_result(f"res:job-{i}")
-
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            for i in range(calls):
-                nursery.start_soon(put_then_get, i)
+    got = await put_then_get_concurrently(redis, calls)
     assert got == {i: b"value %d" % i for i in range(calls)}
     # pipelines of at most MAX_BATCH commands (a caller's GET may ride with the SETs of a
     # later pipeline): at least 2 * calls / MAX_BATCH hops, where one batch per tick made 2
