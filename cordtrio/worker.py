@@ -54,6 +54,8 @@ logger = logging.getLogger("cordtrio.worker")
 
 QUEUE_PREFIX = "cordtrio-worker:"
 
+_SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
+
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
 
@@ -358,7 +360,7 @@ class Worker:
         result.worker_id = self.worker_id
         result.execution_ms = int((self._now() - entry.started) * 1000)
         self.handled += 1
-        if result.status == JobStatus.SUCCEEDED:
+        if result.status is _SUCCEEDED:
             self.succeeded += 1
         else:
             self.failed += 1
@@ -467,7 +469,7 @@ class Worker:
                 JobStatus.FAILED, type(exc).__name__,
                 f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
             )
-        return JobResult(job_id, JobStatus.SUCCEEDED, result_ptr=pointer_for_key(key))
+        return JobResult(job_id, _SUCCEEDED, result_ptr=pointer_for_key(key))
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:

@@ -81,21 +81,23 @@ class Mailbox:
     woken directly (no memory channel: no buffer object, no ``ParkingLot`` per run).
     Unbounded on purpose (see docs/architecture.md, *Backpressure*). One reader."""
 
-    __slots__ = ("_items", "_reader", "closed")
+    __slots__ = ("_reader", "closed", "items")
 
     def __init__(self) -> None:
-        self._items: deque[Envelope] = deque()
+        self.items: deque[Envelope] = deque()
+        """What waits to be taken (read-only outside: the run task's "anything there?"
+        after each batch is a plain truth test, not a method call)."""
         self._reader: trio.lowlevel.Task | None = None
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     def put(self, envelope: Envelope) -> None:
         """Hand ``envelope`` over; ``trio.BrokenResourceError`` once the task closed it."""
         if self.closed:
             raise trio.BrokenResourceError("the run task has let go of its mailbox")
-        self._items.append(envelope)
+        self.items.append(envelope)
         reader = self._reader
         if reader is not None:
             self._reader = None
@@ -110,7 +112,7 @@ class Mailbox:
 
     def take_all(self) -> list[Envelope]:
         """Everything waiting, oldest first (maybe nothing)."""
-        items = self._items
+        items = self.items
         if not items:
             return []
         out = list(items)
@@ -127,7 +129,7 @@ class Mailbox:
         ``Reply.wait``). Only the run task waits; it is woken by the next ``put`` (cancel its
         scope, or a deadline around this call, to stop waiting). When something is there
         already, only a cancellation point."""
-        if self._items:
+        if self.items:
             return trio.lowlevel.checkpoint_if_cancelled()
         self._reader = trio.lowlevel.current_task()
         return trio.lowlevel.wait_task_rescheduled(self._abort)

@@ -40,12 +40,12 @@ from ..core.events import (
     StepFinished,
 )
 from ..core.machine import decide
-from ..core.plan import Plan
+from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent
 from ..ports import RunChanges
-from ..protocol import JobStatus
+from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
@@ -164,15 +164,16 @@ class RunTask:
         # before persisting them). The take covers any drain request already here (not
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
-        if self._created and not _has_drain(ready):
-            inbox = []  # a run submit just created: nothing queued for it (fresh_run)
+        queues_commands = self._queues_commands  # else no drain requests, nothing to acknowledge
+        if self._created and not (queues_commands and _has_drain(ready)):
+            batch = ready  # a run submit just created: nothing queued for it (fresh_run)
         else:
             inbox = await owner.take_commands(self.run_id)
-        batch = [*inbox, *(e for e in ready if not e.drain)]
+            batch = [*inbox, *(e for e in ready if not e.drain)]
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
-        queues_commands = self._queues_commands  # else no drain requests, nothing to acknowledge
+        pending = mailbox.items  # a truth test, not a call: is anything waiting?
         timers = self._timers
         while True:
             if not batch:
@@ -201,7 +202,8 @@ class RunTask:
             self.in_flight = []
             if queues_commands:
                 await owner.acknowledge(self.run_id)  # persisted: the store may forget them
-            batch = mailbox.take_all()  # ``_take_ready`` inlined: once or twice per step
+            # ``_take_ready`` inlined: once or twice per step, and usually nothing is there
+            batch = mailbox.take_all() if pending else []
             if self._armed:
                 batch.extend(timers.due())
 
@@ -348,13 +350,24 @@ class RunTask:
         assert self.state is not None
         host = self.host
         run_id = self.run_id
+        config = host.config
         feedback: list[Event] = []
         for effect in effects:
+            if isinstance(effect, RecordTimeline):
+                continue  # persisted already (half of a step's effects: tested first)
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:
                     continue
-                problem = await publish_job(host.bus, now, host.config, run_id,
-                                            self.state.run, effect)
+                if config is None:  # ``publish_job`` without a config to add: inlined
+                    try:
+                        await host.bus.publish(SUBJECT_SUBMIT, BusPacket(
+                            run_id, SENDER_ID, now, PROTOCOL_VERSION, effect.request))
+                        problem = ""
+                    except Exception as exc:
+                        problem = f"publish {effect.job_id}: {exc}"
+                else:
+                    problem = await publish_job(host.bus, now, config, run_id,
+                                                self.state.run, effect)
                 if problem:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                 elif not effect.again:
