@@ -245,7 +245,7 @@ class RunTask:
             if event.__class__ is ResultReceived and event.output is None:
                 result = event.result  # SPEC §8: the core needs a success's result payload
                 payloads = self.host.payloads
-                if result.status is JobStatus.SUCCEEDED and result.result_ptr and \
+                if result.status is _JOB_SUCCEEDED and result.result_ptr and \
                         payloads is not None:  # (the engine's own event: set in place)
                     event.output = await load_output(payloads, result.result_ptr)
             now = clock.now()
@@ -415,7 +415,9 @@ class RunTask:
                                   f"append timeline of run {self.run_id}")
 
 
-_WAITING = RunStatus.WAITING  # a module global: several times cheaper than the enum lookup
+# module globals: several times cheaper than the enum lookup
+_WAITING = RunStatus.WAITING
+_JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
 def _has_drain(batch: list[Envelope]) -> bool:

@@ -218,6 +218,13 @@ class Engine:
         A run this engine is driving is not read while it is unfinished (the task's state
         says so), and the task that finished it hands its final state to the first waiter
         once it has let go of the run (``Finish``): no store read at all then."""
+        if run_id not in self._runs and run_id not in self._finished:
+            # Nobody drives or awaits the run here (usually: it finished before the call):
+            # one read answers, without a ``Finish`` to register and drop. Not finished: the
+            # loop below registers, then reads again (nothing ends unseen in between).
+            run = await self.store.get_run(run_id)
+            if run.status.is_terminal:
+                return run
         while True:
             finished = self._finished.get(run_id)
             if finished is None:
