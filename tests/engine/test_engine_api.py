@@ -282,6 +282,52 @@ async def test_every_waiter_gets_its_own_copy_of_the_finished_run(engine, store,
     assert "mine" not in (await engine.wait_run(run_id)).labels
 
 
+async def test_waiting_for_a_run_that_finished_before_the_call_reads_it_once(
+        engine, store, save):
+    """Nobody drives or awaits the run: ``wait_run`` answers with one store read, and
+    what it returns is what the waiting path returns (the stored run)."""
+    await save(step("a"))
+    run_id = await engine.submit(WF)
+    await succeed(engine, f"{run_id}:a@1")
+    assert not engine.is_active(run_id)
+    reads: list[str] = []
+    get_run = store.get_run
+
+    async def counted(rid: str) -> Any:
+        reads.append(rid)
+        return await get_run(rid)
+
+    store.get_run = counted
+    got = await engine.wait_run(run_id)
+    assert reads == [run_id]
+    assert got.to_dict() == (await get_run(run_id)).to_dict()
+    assert run_id not in engine._finished  # nothing registered, nothing left behind
+
+
+async def test_waiting_for_a_created_run_waits_until_it_is_started_and_ends(
+        engine, store, save, autojump_clock):
+    """A run not finished and not driven here takes the waiting path after the first
+    read: it is woken when a task of this engine finishes the run."""
+    await save(step("a"))
+    await create_pending_run(store, "r1")
+    got: list[Any] = []
+    done = trio.Event()
+
+    async def waiter() -> None:
+        got.append(await engine.wait_run("r1", poll_interval=3600))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        await engine.start_run(WF, "r1")
+        await succeed(engine, "r1:a@1")
+        with trio.fail_after(60):  # woken by the task, not by the hour-long poll
+            await done.wait()
+    assert got[0].status == RunStatus.SUCCEEDED
+
+
 # ------------------------------------------------------------------ hooks, config, ids
 
 
