@@ -43,7 +43,7 @@ from ..core.machine import decide
 from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
-from ..model import RunStatus, StepStatus, TimelineEvent
+from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
 from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
@@ -73,6 +73,7 @@ class RunTask:
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
         self._finish: Finish | None = None  # wait_run callers woken by this task's finish
+        self.ended: WorkflowRun | None = None  # the final run, when nobody waited for it
         self.mailbox = Mailbox()
         self.scope = trio.CancelScope()  # the run's cancellation (a lost lease)
         self._timers = Timers()
@@ -98,9 +99,13 @@ class RunTask:
                     return
                 await self._loop()
             state = self.state
-            if self._finish is not None and state is not None and not self.lost and \
-                    state.run.status.is_terminal:  # let go of a finished run: hand it over
-                self._finish.run = state.run
+            if state is not None and not self.lost and state.run.status.is_terminal:
+                # let go of a finished run: hand it to its waiters, or (nobody waited) to
+                # the engine, for the next ``wait_run`` (``Engine.run_exited``)
+                if self._finish is not None:
+                    self._finish.run = state.run
+                else:
+                    self.ended = state.run
         except LeaseLostError as exc:
             self.lost = True
             rate_limited(log).warning("lease lost", "run %s: %s; another engine drives it "

@@ -19,7 +19,7 @@ from test_engine_kit import (
 )
 
 from cordtrio.backends.memory import MemoryStore
-from cordtrio.engine import open_engine
+from cordtrio.engine import open_engine, supervisor
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepStatus, StepType
 from cordtrio.protocol import SUBJECT_SUBMIT, JobCancel, JobRequest
@@ -282,26 +282,71 @@ async def test_every_waiter_gets_its_own_copy_of_the_finished_run(engine, store,
     assert "mine" not in (await engine.wait_run(run_id)).labels
 
 
-async def test_waiting_for_a_run_that_finished_before_the_call_reads_it_once(
+def count_reads(store: MemoryStore) -> list[str]:
+    """The run ids ``store.get_run`` is called with from now on."""
+    reads: list[str] = []
+    get_run = store.get_run
+
+    async def counted(run_id: str) -> Any:
+        reads.append(run_id)
+        return await get_run(run_id)
+
+    store.get_run = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_run_that_ended_before_the_wait_is_answered_without_a_read(
         engine, store, save):
-    """Nobody drives or awaits the run: ``wait_run`` answers with one store read, and
-    what it returns is what the waiting path returns (the stored run)."""
+    """Nobody waited when the run ended: its task left the final run with the engine, and
+    ``wait_run`` answers with it, which is what the store holds."""
     await save(step("a"))
     run_id = await engine.submit(WF)
     await succeed(engine, f"{run_id}:a@1")
     assert not engine.is_active(run_id)
-    reads: list[str] = []
-    get_run = store.get_run
-
-    async def counted(rid: str) -> Any:
-        reads.append(rid)
-        return await get_run(rid)
-
-    store.get_run = counted
+    reads = count_reads(store)
     got = await engine.wait_run(run_id)
-    assert reads == [run_id]
-    assert got.to_dict() == (await get_run(run_id)).to_dict()
+    assert reads == []
+    stored = (await store.get_run(run_id)).to_dict()
+    assert got.to_dict() == stored
+    again = await engine.wait_run(run_id)  # given once: the next caller reads the store
+    assert reads == [run_id, run_id] and again is not got and again.to_dict() == stored
     assert run_id not in engine._finished  # nothing registered, nothing left behind
+
+
+async def test_a_run_deleted_after_it_ended_is_not_found(engine, store, save):
+    await save(step("a"))
+    run_id = await engine.submit(WF)
+    await succeed(engine, f"{run_id}:a@1")
+    await store.delete_run(run_id)
+    with pytest.raises(NotFoundError):
+        await engine.wait_run(run_id)
+
+
+async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, save):
+    """A new task may change the run: what it kept is dropped when it starts, and the new
+    task's own final run (loaded from the store) is kept when it ends."""
+    await save(step("a"))
+    run_id = await engine.submit(WF)
+    await succeed(engine, f"{run_id}:a@1")
+    first = engine._ended[run_id]
+    await engine.cancel_run(run_id)  # a terminal run is left as it is, by a new task
+    assert engine._ended[run_id] is not first
+    reads = count_reads(store)
+    got = await engine.wait_run(run_id)
+    assert reads == [] and got.to_dict() == (await store.get_run(run_id)).to_dict()
+
+
+async def test_an_engine_keeps_a_bounded_number_of_ended_runs(engine, store, save,
+                                                              monkeypatch):
+    monkeypatch.setattr(supervisor, "ENDED_KEPT", 2)
+    await save(step("a"))
+    run_ids = [await engine.submit(WF) for _ in range(3)]
+    for run_id in run_ids:
+        await succeed(engine, f"{run_id}:a@1")
+    reads = count_reads(store)
+    for run_id in run_ids:
+        assert (await engine.wait_run(run_id)).status == RunStatus.SUCCEEDED
+    assert reads == run_ids[:1]  # the oldest was dropped
 
 
 async def test_waiting_for_a_created_run_waits_until_it_is_started_and_ends(
