@@ -4,6 +4,7 @@ store-only ``Client``, so both accept and refuse exactly the same things."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,20 @@ from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import Clock, Store
 from ..schemas import validate_value
 from ..validation import collect_dependencies
+
+
+def random_run_id() -> str:
+    """A new run id: ``str(uuid.uuid4())``'s text (RFC 4122 version 4, the same random
+    bits), written straight from 16 random bytes. Building the ``UUID`` object and its text
+    cost twice as much, once per run (tests/engine/test_engine_submit_and_persist.py checks
+    the two agree)."""
+    return uuid4_text(os.urandom(16).hex())
+
+
+def uuid4_text(h: str) -> str:
+    """``str(uuid.UUID(bytes=bytes.fromhex(h), version=4))`` for 32 hex digits ``h``: the
+    version nibble set to 4, the variant's two top bits to ``10``."""
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)

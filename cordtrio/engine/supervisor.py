@@ -76,7 +76,7 @@ from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .ownership import SingleEngine
 from .run_task import RunTask
 from .stalls import StallWatch
-from .submission import create_rerun, submit_run
+from .submission import create_rerun, random_run_id, submit_run
 from .timers import Alarm
 from .unreadable import fail_unreadable, load_run
 
@@ -528,7 +528,7 @@ async def open_engine(
                 nursery, store, bus, payloads=payloads, schemas=schemas, config=config,
                 clock=clock or TrioWallClock(), on_step_dispatched=on_step_dispatched,
                 on_step_finished=on_step_finished,
-                new_id=new_id or (lambda: str(uuid.uuid4())), engine_id=engine_id or "",
+                new_id=new_id or random_run_id, engine_id=engine_id or "",
                 resend_after=resend_after)
             if leases_on and isinstance(store, RunLeases):
                 keeper = LeaseKeeper(store, store, engine, engine.engine_id, lease_ttl)

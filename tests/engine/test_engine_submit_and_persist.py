@@ -3,8 +3,12 @@ but never started; a run's state changes and its timeline events are one write."
 
 from __future__ import annotations
 
+import os
+import uuid
+
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.engine import open_engine
+from cordtrio.engine.submission import random_run_id, uuid4_text
 from cordtrio.model import RunStatus, StepStatus, Workflow, WorkflowRun
 from cordtrio.ports import RunChanges
 
@@ -53,3 +57,18 @@ async def test_save_run_changes_appends_the_timeline_it_is_given() -> None:
                                  [TimelineEvent(type="run_status", status="running")])
     assert [e.type for e in await store.list_timeline_events("r1")] == ["run_status"]
     assert (await store.get_run("r1")).status == RunStatus.RUNNING
+
+
+def test_run_ids_are_uuid4_texts_as_the_uuid_module_writes_them() -> None:
+    """``random_run_id`` writes the text of a version-4 UUID itself: for the same random
+    bytes it is exactly what ``uuid`` gives (every value of the variant nibble included)."""
+    samples = [os.urandom(16) for _ in range(2000)]
+    samples += [bytes([0] * 8 + [k << 4] + [0xFF] * 7) for k in range(16)]
+    for raw in samples:
+        assert uuid4_text(raw.hex()) == str(uuid.UUID(bytes=raw, version=4))
+    ids = {random_run_id() for _ in range(100)}
+    assert len(ids) == 100
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == run_id
