@@ -286,6 +286,28 @@ async def test_bus_failure_on_submit_fails_the_step(store, payloads, save):
         assert (await store.get_run(other)).status == RunStatus.SUCCEEDED
 
 
+class EmptyConfig:
+    async def effective(self, *_: str) -> dict[str, Any]:
+        return {}
+
+
+async def test_a_failed_job_publish_is_the_same_with_or_without_a_config_provider():
+    """A job request is published by ``publish_job`` when a config provider may add to it,
+    and directly when there is none: a failed publish fails the step the same way."""
+    outcomes = []
+    for config in (None, EmptyConfig()):
+        store, payloads = MemoryStore(), MemoryPayloadStore()
+        await store.save_workflow(workflow(step("a")))
+        async with open_engine(store, BrokenBus(SUBJECT_SUBMIT), payloads=payloads,
+                               config=config, new_id=lambda: "r1") as engine:
+            run = await store.get_run(await engine.submit(WF))
+        timeline = await store.list_timeline_events(run.id)
+        outcomes.append((run.status, run.steps["a"].status, run.steps["a"].error,
+                         [(e.type, e.step_id, e.message) for e in timeline]))
+    assert outcomes[0] == outcomes[1]
+    assert "publish r1:a@1: bus unreachable" in outcomes[0][2]["message"]
+
+
 async def test_bus_failure_on_notify_fails_the_step(store, payloads, save):
     bus = BrokenBus(SUBJECT_WORKFLOW_EVENT)
     await save(step("tell", type=StepType.NOTIFY, input={"message": "hi"}),
