@@ -1,7 +1,7 @@
 """The one bridge between cordtrio's Trio world and redis-py's asyncio client.
 
 Every Redis call of the backend goes through ``RedisAdapter``: it runs an asyncio coroutine on
-the trio-asyncio loop opened by ``connect`` (``trio_asyncio.aio_as_trio``) and translates what
+the trio-asyncio loop opened by ``connect`` (``loop.run_aio_coroutine``) and translates what
 can go wrong into cordtrio's errors, so no raw redis-py or asyncio exception escapes:
 
 * connection trouble (refused, reset, timeouts, a loading or read-only server, any other
@@ -33,11 +33,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
 import trio
-import trio_asyncio
 
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
-from . import lean_pipeline
+from . import lean_pipeline, reply_watch
 
 
 class CommandBatcher(Protocol):
@@ -262,9 +261,10 @@ class RedisAdapter:
     ) -> T:
         """``run`` without the translation: the backend exception it gives up with is
         raised as it is (the batcher translates it once per call it carried)."""
+        # loop.run_aio_coroutine: trio-asyncio's own core of aio_as_trio, without its
+        # wrapper object and the extra coroutine frame it puts around each call.
         return await self._retrying(
-            what, lambda: trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client),
-            reconnect=reconnect)
+            what, lambda: self.loop.run_aio_coroutine(fn(self.client)), reconnect=reconnect)
 
     async def _retrying(
         self, what: str, attempt: Callable[[], Awaitable[T]], *, reconnect: bool = True,
@@ -302,15 +302,43 @@ class RedisAdapter:
     ) -> list[Any]:
         """``calls`` (``(method, args, kwargs)``) as one non-transactional pipeline, replies
         as with ``raise_on_error=False`` (a failed command's reply is its exception, not yet
-        translated); retried whole on a lost connection. Sent by ``lean_pipeline``."""
+        translated); retried whole on a lost connection for up to ``reconnect_timeout`` s.
+        Sent by ``lean_pipeline``.
+
+        Asyncio-flavored: the batcher's senders await it on the loop, so a batch costs no
+        hop over the bridge. The reply timeout is the sender's ``reply_watch.ReplyWatch``;
+        a timed-out round trip raises ``TimeoutError`` (not retried), as ``run`` does."""
         client = self.client
         commands = [lean_pipeline.command(client, method, args, kwargs)
                     for method, args, kwargs in calls]
         if self.on_command is not None:
             for args, _ in commands:
                 self.on_command(args)
-        return await self._run_raw(
-            what, lambda c: lean_pipeline.execute(c, commands, self._connections))
+        watch = reply_watch.CURRENT.get()
+        delay = _RECONNECT_DELAY
+        give_up_at: float | None = None
+        while True:
+            try:
+                if watch is None:
+                    return await lean_pipeline.execute(client, commands, self._connections)
+                watch.start()
+                try:
+                    return await lean_pipeline.execute(client, commands, self._connections)
+                finally:
+                    watch.stop()
+            except asyncio.CancelledError:
+                if watch is not None and watch.timed_out():
+                    raise TimeoutError(f"no reply within {watch.timeout:g}s") from None
+                raise
+            except _BACKEND_ERRORS as exc:
+                now = self.loop.time()
+                if give_up_at is None:
+                    give_up_at = now + self.reconnect_timeout
+                if not is_disconnect(exc) or now >= give_up_at:
+                    raise
+                log.debug("redis %s: %s: connection lost (%s), retrying", self.url, what, exc)
+            await asyncio.sleep(min(delay, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, _RECONNECT_DELAY_CAP)
 
     async def release_connections(self) -> None:
         """Give the connections kept for batches back to the pool (before it closes); asyncio

@@ -4,7 +4,6 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,17 +17,17 @@ DEADLINE = 20
 
 
 def count_round_trips(redis: RedisBackends) -> list[str]:
-    """Hook the adapter's exchanges with the server (each a hop over the asyncio bridge):
-    one entry (its ``what``) per round trip."""
+    """Hook the batcher's exchanges with the server: one entry (its ``what``) per
+    pipeline sent."""
     adapter = redis.redis
     hops: list[str] = []
-    original = adapter._retrying
+    original = adapter.run_batch
 
-    async def counted(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
+    async def counted(what: str, calls: Any) -> Any:
         hops.append(what)
-        return await original(what, attempt, **kw)
+        return await original(what, calls)
 
-    adapter._retrying = counted  # type: ignore[method-assign]
+    adapter.run_batch = counted  # type: ignore[method-assign]
     return hops
 
 
@@ -267,17 +266,17 @@ def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
 async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
         redis: RedisBackends) -> None:
     adapter = redis.redis
-    original = adapter._retrying
+    original = adapter.run_batch
     calls = 0
 
-    async def broken_once(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
+    async def broken_once(what: str, batch: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ZeroDivisionError("a bug")
-        return await original(what, attempt, **kw)
+        return await original(what, batch)
 
-    adapter._retrying = broken_once  # type: ignore[method-assign]
+    adapter.run_batch = broken_once  # type: ignore[method-assign]
     with trio.fail_after(DEADLINE):
         with pytest.raises(ZeroDivisionError):
             await redis.payloads.put_result("res:b", b"b")
