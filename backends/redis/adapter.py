@@ -37,6 +37,7 @@ import trio
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
 from . import lean_pipeline, reply_watch
+from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
 
 
 class CommandBatcher(Protocol):
@@ -145,54 +146,6 @@ def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 BATCH_CONNECTIONS = 4
 """Connections ``run_batch`` keeps between batches: the batcher has this many batches in
 flight at most (``batcher.MAX_IN_FLIGHT``)."""
-
-
-DRAIN_PER_TICK = 512
-"""asyncio callbacks the loop runs per Trio scheduling tick (trio-asyncio runs one)."""
-
-
-def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> None:
-    """Make trio-asyncio's ``loop`` run every ready asyncio callback (up to ``budget``) in
-    one Trio tick, as asyncio's own loop does, instead of one callback per tick.
-
-    trio-asyncio (0.16) takes one handle off its queue per ``_main_loop_one`` and then
-    yields to the Trio scheduler; a Redis round trip through redis-py is ~20 callbacks, so
-    with many Trio tasks runnable each command waited ~20 full scheduler rounds (measured:
-    W1 on Redis spent most of its time in those rounds). Callbacks keep their FIFO order;
-    the budget bounds how long Trio tasks wait. A loop without the expected internals is
-    left as it is."""
-    one = getattr(loop, "_main_loop_one", None)
-    if one is None or not hasattr(loop, "_q_recv"):
-        log.debug("trio-asyncio loop internals changed: one callback per tick")
-        return
-
-    async def main_loop_one(no_wait: bool = False) -> None:
-        await one(no_wait)
-        for _ in range(budget):
-            try:
-                await one(True)
-            except trio.WouldBlock:
-                return
-
-    loop._main_loop_one = main_loop_one
-
-
-def check_callbacks_as_asyncio_does(loop: Any) -> None:
-    """Make trio-asyncio's ``loop`` check the callbacks it is given only in debug mode, as
-    asyncio's own loop does (``BaseEventLoop.call_soon`` calls ``_check_callback`` only
-    when ``loop.get_debug()``). trio-asyncio (0.16) checks every ``call_soon``/``call_at``,
-    and the check (``inspect.iscoroutinefunction`` on each callback) was ~2% of the engine's
-    CPU on Redis — several callbacks per round trip. In debug mode, or on a loop without
-    the expected internals, the loop is left as it is."""
-    check = getattr(loop, "_check_callback", None)
-    if check is None or loop.get_debug():
-        return
-
-    def check_callback(callback: Any, method: str) -> None:
-        if not callable(callback):  # the cheap half of asyncio's check is kept
-            check(callback, method)
-
-    loop._check_callback = check_callback
 
 
 class RedisAdapter:

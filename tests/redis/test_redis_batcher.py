@@ -282,3 +282,43 @@ async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
             await redis.payloads.put_result("res:b", b"b")
         await redis.payloads.put_result("res:b", b"b")
         assert await redis.payloads.get_result("res:b") == b"b"
+
+
+async def test_a_batched_reply_that_never_comes_times_out_and_the_batcher_recovers(
+        disposable_server: RedisServer) -> None:
+    async with connect(disposable_server.url, socket_timeout=0.2) as redis:
+        await redis.payloads.put_result("res:p", b"p")
+        # every client's commands wait 600 ms on the server: the batched GET gets no reply
+        await redis.redis.run("pause", lambda client: client.client_pause(600))
+        started = trio.current_time()
+        with trio.fail_after(DEADLINE), pytest.raises(StoreError, match=r"no reply within 0\.2s"):
+            await redis.payloads.get_result("res:p")
+        assert trio.current_time() - started < 0.55
+        await trio.sleep(0.6)
+        # the abandoned connection is not reused with its late reply: replies stay in step
+        for _ in range(3):
+            got = await put_then_get_concurrently(redis, 5)
+            assert got == {i: b"value %d" % i for i in range(5)}
+        assert await redis.payloads.get_result("res:p") == b"p"
+
+
+async def test_calls_while_the_batcher_closes_fail_as_the_connection_closing(
+        redis: RedisBackends) -> None:
+    batcher = redis.redis._batcher
+    assert batcher is not None
+    failed: list[BaseException] = []
+
+    async def get(key: str) -> None:
+        try:
+            await batcher.call("get", key, "get", (key,), {})
+        except StoreError as exc:
+            failed.append(exc)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for key in ("a", "b"):
+                nursery.start_soon(get, key)
+            await batcher.aclose()  # type: ignore[attr-defined]
+        await get("c")  # after the close
+    assert len(failed) == 3
+    assert all("connection closing" in str(e) for e in failed)
