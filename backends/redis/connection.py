@@ -20,11 +20,7 @@ from cordtrio.ports import Clock
 from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
 from .base import DEFAULT_RETENTION_SECONDS
 from .batcher import CommandBatcher
-from .loop_tuning import (
-    check_callbacks_as_asyncio_does,
-    run_ready_callbacks_per_tick,
-    synchronize_cheaply,
-)
+from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .script_merge import MERGED
@@ -156,7 +152,6 @@ async def connect(
         async with trio_asyncio.open_loop() as loop:
             run_ready_callbacks_per_tick(loop)
             check_callbacks_as_asyncio_does(loop)
-            synchronize_cheaply(loop)
             adapter = RedisAdapter(client, loop, url if own else shown,
                                    reconnect_timeout=reconnect_timeout,
                                    command_timeout=socket_timeout)

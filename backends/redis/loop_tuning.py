@@ -7,7 +7,6 @@ same results cheaper; a loop without the expected internals is left as it is.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -63,43 +62,4 @@ def check_callbacks_as_asyncio_does(loop: Any) -> None:
     loop._check_callback = check_callback
 
 
-def synchronize_cheaply(loop: Any) -> None:
-    """Make ``loop.synchronize`` (trio-asyncio's reader task awaits it after each read from
-    a socket) park its caller with Trio's low-level ``wait_task_rescheduled`` and wake it
-    from the queued callback, instead of a ``trio.Event`` per call (its parking lot and a
-    second wake-up through it). Same meaning: it returns once every callback queued before
-    it ran; a cancelled caller stops waiting. A loop without ``_queue_handle`` is left as
-    it is."""
-    queue_handle = getattr(loop, "_queue_handle", None)
-    if queue_handle is None or not hasattr(loop, "synchronize"):
-        log.debug("trio-asyncio loop internals changed: synchronize left as it is")
-        return
-
-    async def synchronize() -> None:
-        waiter = _Waiter(trio.lowlevel.current_task())
-        queue_handle(asyncio.Handle(waiter.wake, (), loop))
-        await trio.lowlevel.wait_task_rescheduled(waiter.abort)
-
-    loop.synchronize = synchronize
-
-
-class _Waiter:
-    """A parked Trio task, woken once (unless it stopped waiting: cancelled)."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task: trio.lowlevel.Task | None = task
-
-    def wake(self) -> None:
-        task, self.task = self.task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self.task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-
-__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick",
-           "synchronize_cheaply"]
+__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick"]
