@@ -4,6 +4,7 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -322,3 +323,21 @@ async def test_calls_while_the_batcher_closes_fail_as_the_connection_closing(
         await get("c")  # after the close
     assert len(failed) == 3
     assert all("connection closing" in str(e) for e in failed)
+
+
+async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
+        redis: RedisBackends) -> None:
+    """A batch of one call skips the merging (``_send``): the general path would not merge a
+    lone call of any mergeable kind either."""
+    from cordtrio.backends.redis.batcher import _Call
+    from cordtrio.backends.redis.leases import RELEASE_SCRIPT
+    from cordtrio.backends.redis.script_merge import MERGED
+
+    batcher: Any = redis.redis._batcher
+    sha = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
+    assert MERGED.mergeable("evalsha", (sha,))  # a kind the batcher merges
+    for method, args, kwargs in [("get", ("k",), {}), ("set", ("k", b"v"), {"ex": 60}),
+                                 ("evalsha", (sha, 1, "k", "owner"), {})]:
+        assert batcher._merge([_Call("w", "k", method, args, kwargs)]) == []
+    await redis.payloads.put_result("res:lone", b"lone")
+    assert await redis.payloads.get_result("res:lone") == b"lone"
