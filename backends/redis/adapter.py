@@ -1,7 +1,7 @@
 """The one bridge between cordtrio's Trio world and redis-py's asyncio client.
 
 Every Redis call of the backend goes through ``RedisAdapter``: it runs an asyncio coroutine on
-the trio-asyncio loop opened by ``connect`` (``trio_asyncio.aio_as_trio``) and translates what
+the trio-asyncio loop opened by ``connect`` (``loop.run_aio_coroutine``) and translates what
 can go wrong into cordtrio's errors, so no raw redis-py or asyncio exception escapes:
 
 * connection trouble (refused, reset, timeouts, a loading or read-only server, any other
@@ -33,11 +33,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
 import trio
-import trio_asyncio
 
 from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
 
-from . import lean_pipeline
+from . import lean_pipeline, reply_watch
+from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
 
 
 class CommandBatcher(Protocol):
@@ -148,54 +148,6 @@ BATCH_CONNECTIONS = 4
 flight at most (``batcher.MAX_IN_FLIGHT``)."""
 
 
-DRAIN_PER_TICK = 512
-"""asyncio callbacks the loop runs per Trio scheduling tick (trio-asyncio runs one)."""
-
-
-def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> None:
-    """Make trio-asyncio's ``loop`` run every ready asyncio callback (up to ``budget``) in
-    one Trio tick, as asyncio's own loop does, instead of one callback per tick.
-
-    trio-asyncio (0.16) takes one handle off its queue per ``_main_loop_one`` and then
-    yields to the Trio scheduler; a Redis round trip through redis-py is ~20 callbacks, so
-    with many Trio tasks runnable each command waited ~20 full scheduler rounds (measured:
-    W1 on Redis spent most of its time in those rounds). Callbacks keep their FIFO order;
-    the budget bounds how long Trio tasks wait. A loop without the expected internals is
-    left as it is."""
-    one = getattr(loop, "_main_loop_one", None)
-    if one is None or not hasattr(loop, "_q_recv"):
-        log.debug("trio-asyncio loop internals changed: one callback per tick")
-        return
-
-    async def main_loop_one(no_wait: bool = False) -> None:
-        await one(no_wait)
-        for _ in range(budget):
-            try:
-                await one(True)
-            except trio.WouldBlock:
-                return
-
-    loop._main_loop_one = main_loop_one
-
-
-def check_callbacks_as_asyncio_does(loop: Any) -> None:
-    """Make trio-asyncio's ``loop`` check the callbacks it is given only in debug mode, as
-    asyncio's own loop does (``BaseEventLoop.call_soon`` calls ``_check_callback`` only
-    when ``loop.get_debug()``). trio-asyncio (0.16) checks every ``call_soon``/``call_at``,
-    and the check (``inspect.iscoroutinefunction`` on each callback) was ~2% of the engine's
-    CPU on Redis — several callbacks per round trip. In debug mode, or on a loop without
-    the expected internals, the loop is left as it is."""
-    check = getattr(loop, "_check_callback", None)
-    if check is None or loop.get_debug():
-        return
-
-    def check_callback(callback: Any, method: str) -> None:
-        if not callable(callback):  # the cheap half of asyncio's check is kept
-            check(callback, method)
-
-    loop._check_callback = check_callback
-
-
 class RedisAdapter:
     """Runs redis-py asyncio calls from Trio, on one loop and one client (connection pool).
 
@@ -262,9 +214,10 @@ class RedisAdapter:
     ) -> T:
         """``run`` without the translation: the backend exception it gives up with is
         raised as it is (the batcher translates it once per call it carried)."""
+        # loop.run_aio_coroutine: trio-asyncio's own core of aio_as_trio, without its
+        # wrapper object and the extra coroutine frame it puts around each call.
         return await self._retrying(
-            what, lambda: trio_asyncio.aio_as_trio(fn, loop=self.loop)(self.client),
-            reconnect=reconnect)
+            what, lambda: self.loop.run_aio_coroutine(fn(self.client)), reconnect=reconnect)
 
     async def _retrying(
         self, what: str, attempt: Callable[[], Awaitable[T]], *, reconnect: bool = True,
@@ -302,15 +255,43 @@ class RedisAdapter:
     ) -> list[Any]:
         """``calls`` (``(method, args, kwargs)``) as one non-transactional pipeline, replies
         as with ``raise_on_error=False`` (a failed command's reply is its exception, not yet
-        translated); retried whole on a lost connection. Sent by ``lean_pipeline``."""
+        translated); retried whole on a lost connection for up to ``reconnect_timeout`` s.
+        Sent by ``lean_pipeline``.
+
+        Asyncio-flavored: the batcher's senders await it on the loop, so a batch costs no
+        hop over the bridge. The reply timeout is the sender's ``reply_watch.ReplyWatch``;
+        a timed-out round trip raises ``TimeoutError`` (not retried), as ``run`` does."""
         client = self.client
         commands = [lean_pipeline.command(client, method, args, kwargs)
                     for method, args, kwargs in calls]
         if self.on_command is not None:
             for args, _ in commands:
                 self.on_command(args)
-        return await self._run_raw(
-            what, lambda c: lean_pipeline.execute(c, commands, self._connections))
+        watch = reply_watch.CURRENT.get()
+        delay = _RECONNECT_DELAY
+        give_up_at: float | None = None
+        while True:
+            try:
+                if watch is None:
+                    return await lean_pipeline.execute(client, commands, self._connections)
+                watch.start()
+                try:
+                    return await lean_pipeline.execute(client, commands, self._connections)
+                finally:
+                    watch.stop()
+            except asyncio.CancelledError:
+                if watch is not None and watch.timed_out():
+                    raise TimeoutError(f"no reply within {watch.timeout:g}s") from None
+                raise
+            except _BACKEND_ERRORS as exc:
+                now = self.loop.time()
+                if give_up_at is None:
+                    give_up_at = now + self.reconnect_timeout
+                if not is_disconnect(exc) or now >= give_up_at:
+                    raise
+                log.debug("redis %s: %s: connection lost (%s), retrying", self.url, what, exc)
+            await asyncio.sleep(min(delay, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, _RECONNECT_DELAY_CAP)
 
     async def release_connections(self) -> None:
         """Give the connections kept for batches back to the pool (before it closes); asyncio

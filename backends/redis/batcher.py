@@ -1,4 +1,4 @@
-"""Coalescing concurrent Redis commands into pipelines: one bridge hop, one round trip.
+"""Coalescing concurrent Redis commands into pipelines: one round trip, no bridge hop.
 
 Every bridge hop (Trio → asyncio → redis-py → socket and back) costs hundreds of µs of CPU,
 while a command inside a pipeline costs tens (measured: a lone ``GET`` ~380 µs, a ``GET`` in
@@ -18,6 +18,15 @@ scheduling tick as one non-transactional pipeline.
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
   command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
   issued meanwhile wait for the next batch, which then carries all of them.
+* **No hop per batch**: the batches are sent by ``MAX_IN_FLIGHT`` long-lived *sender*
+  tasks on the asyncio side of the trio-asyncio loop. A call queues its command and, if
+  no sender is already on its way, wakes an idle one (an asyncio future's result: one
+  callback on the loop, which runs the sender in the next Trio tick, after every task of
+  this tick queued its command); the sender wakes each caller with Trio's
+  ``reschedule``. Before, each batch was a new Trio task and a new asyncio task bridged
+  by ``aio_as_trio`` (tasks, futures and done-callbacks both ways, two more scheduler
+  rounds): most of what a batch of one command cost. The reply timeout of a round trip
+  is the sender's ``reply_watch.ReplyWatch``; ``aclose`` stops the senders.
 * **Merged calls**: the ``EVALSHA``s of the store's own scripts in one batch (an engine
   step's run write, a run create, a lease release: ``script_merge.MERGED``) and its
   ``SET key value EX ttl``s (payload writes, ``script_merge.set_ex_args``) go as one
@@ -30,6 +39,7 @@ scheduling tick as one non-transactional pipeline.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.exceptions as rx
@@ -37,7 +47,9 @@ import trio
 
 from cordtrio.errors import CordtrioError, StoreError
 
+from . import reply_watch
 from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
+from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
 
 MAX_IN_FLIGHT = BATCH_CONNECTIONS
@@ -88,50 +100,91 @@ class _Call:
 class CommandBatcher:
     """Queues ``call``s and sends each tick's worth as one pipeline (see the module doc)."""
 
-    def __init__(self, redis: RedisAdapter, nursery: trio.Nursery,
-                 scripts: MergedScripts = MERGED) -> None:
+    def __init__(self, redis: RedisAdapter, scripts: MergedScripts = MERGED) -> None:
         self._redis = redis
         self._scripts = scripts
-        self._nursery = nursery
+        self._loop = redis.loop
         self._queue: list[_Call] = []
-        self._slots = trio.Semaphore(MAX_IN_FLIGHT)
-        self._scheduled = False
+        self._idle: list[asyncio.Future[None]] = []  # the idle senders' wake-up futures
+        self._waking = False  # a sender was woken and has not taken the queue yet
+        self._closed = False
+        self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
     async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> Any:
         """``client.<method>(*args, **kwargs)`` in the next pipeline; its reply or error."""
+        if self._closed:
+            raise StoreError(f"redis {self._redis.url}: {what}: connection closing "
+                             f"(key {key!r})")
         entry = _Call(what, key, method, args, kwargs)
         self._queue.append(entry)
-        if not self._scheduled:
-            self._scheduled = True
-            self._nursery.start_soon(self._flush)
+        if not self._waking:
+            self._wake()
         await trio.lowlevel.wait_task_rescheduled(entry.abort)
         if entry.error is not None:
             raise entry.error
         return entry.reply
 
-    async def _flush(self) -> None:
-        """Started by the first call of a tick: by the time it runs, every task that ran in
-        that tick has queued its command. Takes the queue once a pipeline slot is free."""
-        async with self._slots:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            if self._queue:
-                self._nursery.start_soon(self._flush)  # the rest: next pipeline
-            else:
-                self._scheduled = False
-            if batch:
-                await self._send(batch)
+    def _wake(self) -> None:
+        """Wake an idle sender for the queue (none idle: a busy one takes it when done)."""
+        if self._idle:
+            self._waking = True
+            self._idle.pop().set_result(None)
+
+    async def _sender(self) -> None:
+        """One sender (asyncio side): takes up to ``MAX_BATCH`` queued calls, sends them,
+        wakes their callers; waits for a wake-up when the queue is empty."""
+        watch = None
+        if self._redis.command_timeout is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            watch = ReplyWatch(self._loop, task, self._redis.command_timeout)
+            reply_watch.CURRENT.set(watch)
+        try:
+            while True:
+                if not self._queue:
+                    waiter = self._loop.create_future()
+                    self._idle.append(waiter)
+                    await waiter
+                self._waking = False
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                if self._queue:
+                    self._wake()  # the rest: another sender's pipeline
+                if batch:
+                    await self._send(batch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def aclose(self) -> None:
+        """Stop the senders (Trio side). A call still queued or in flight fails with
+        ``StoreError`` (the connection is closing); later calls fail at once."""
+        self._closed = True
+        for sender in self._senders:
+            sender.cancel()
+        await self._loop.run_aio_future(
+            asyncio.gather(*self._senders, return_exceptions=True))
+        queued, self._queue = self._queue, []
+        self._fail_closing(queued)
+
+    def _fail_closing(self, batch: list[_Call]) -> None:
+        url = self._redis.url
+        for c in batch:
+            c.error = StoreError(f"redis {url}: {c.what}: connection closing (key {c.key!r})")
+            c.wake()
 
     async def _send(self, batch: list[_Call]) -> None:
+        """Send ``batch`` (asyncio side) and wake each caller with its reply or error."""
         redis = self._redis
         first = batch[0]
-        groups = self._merge(batch)
-        if groups:
-            merged = {id(c) for group in groups for c in group.members}
-            sent = [*(g.call for g in groups), *(c for c in batch if id(c) not in merged)]
-        else:
-            sent = batch
         try:
+            groups = self._merge(batch) if len(batch) > 1 else None  # one call: no merging
+            if groups:
+                merged = {id(c) for group in groups for c in group.members}
+                sent = [*(g.call for g in groups), *(c for c in batch if id(c) not in merged)]
+            else:
+                sent = batch
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
                                             [(c.method, c.args, c.kwargs) for c in sent])
             if groups:
@@ -142,10 +195,8 @@ class CommandBatcher:
         except Exception as exc:  # not a backend error (a bug): every caller gets it, as
             for c in batch:       # it would alone; the batcher (and the connection) live on
                 c.error = exc
-        except BaseException:  # Cancelled: the connection is closing
-            for c in batch:
-                c.error = StoreError(
-                    f"redis {redis.url}: {c.what}: connection closing (key {c.key!r})")
+        except BaseException:  # CancelledError: the connection is closing
+            self._fail_closing(batch)
             raise
         else:
             for c, reply in zip(batch, replies, strict=True):
@@ -156,12 +207,11 @@ class CommandBatcher:
                 else:
                     c.error = (reply if isinstance(reply, CordtrioError)
                                else redis.translate(reply, c.what, c.key))
-        finally:
-            reschedule = trio.lowlevel.reschedule
-            for c in batch:  # _Call.wake, inline: once per call of every batch
-                task, c.task = c.task, None
-                if task is not None:
-                    reschedule(task)
+        reschedule = trio.lowlevel.reschedule
+        for c in batch:  # _Call.wake, inline: once per call of every batch
+            task, c.task = c.task, None
+            if task is not None:
+                reschedule(task)
 
     def _merge(self, batch: list[_Call]) -> list[_Group]:
         """The calls of ``batch`` that go as one command (two or more of a kind): the

@@ -17,15 +17,10 @@ from redis.backoff import ExponentialBackoff
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.ports import Clock
 
-from .adapter import (
-    RECONNECT_TIMEOUT,
-    RedisAdapter,
-    check_callbacks_as_asyncio_does,
-    mask_url,
-    run_ready_callbacks_per_tick,
-)
+from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
 from .base import DEFAULT_RETENTION_SECONDS
 from .batcher import CommandBatcher
+from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .script_merge import MERGED
@@ -154,16 +149,18 @@ async def connect(
     leaf: BaseException | None = None
     from_body: BaseException | None = None
     try:
-        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as batching:
+        async with trio_asyncio.open_loop() as loop:
             run_ready_callbacks_per_tick(loop)
             check_callbacks_as_asyncio_does(loop)
             adapter = RedisAdapter(client, loop, url if own else shown,
                                    reconnect_timeout=reconnect_timeout,
                                    command_timeout=socket_timeout)
+            batcher: CommandBatcher | None = None
             try:
                 await _ping(adapter, shown, connect_timeout)
                 await _load_scripts(adapter)
-                adapter.start_batching(CommandBatcher(adapter, batching, MERGED))
+                batcher = CommandBatcher(adapter, MERGED)
+                adapter.start_batching(batcher)
                 try:
                     yield RedisBackends(
                         store=RedisStore(adapter, clock=clock,
@@ -177,7 +174,7 @@ async def connect(
                     raise
             finally:
                 adapter.stop_batching()
-                await _close(adapter, own)
+                await _close(adapter, own, batcher)
     except BaseExceptionGroup as group:
         # trio-asyncio's nurseries wrap whatever leaves the block (our errors, the body's,
         # Cancelled) in exception groups: hand a lone exception back as itself.
@@ -237,8 +234,9 @@ async def _load_scripts(adapter: RedisAdapter) -> None:
         log.info("%s: scripts not loaded up front: %s", adapter.url, exc)
 
 
-async def _close(adapter: RedisAdapter, own: bool) -> None:
-    """Close our pool (or drop a caller's client's connections) while the loop still runs."""
+async def _close(adapter: RedisAdapter, own: bool, batcher: CommandBatcher | None) -> None:
+    """Stop the batcher's senders, then close our pool (or drop a caller's client's
+    connections) while the loop still runs."""
     async def close(c: Any) -> None:
         await adapter.release_connections()
         if own:
@@ -249,6 +247,8 @@ async def _close(adapter: RedisAdapter, own: bool) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT) as scope:
         scope.shield = True
         try:
+            if batcher is not None:
+                await batcher.aclose()
             await adapter.run("close", close)
         except CordtrioError as exc:
             log.warning("closing %s: %s", adapter.url, exc)

@@ -422,18 +422,19 @@ async def test_a_child_result_rewrites_only_that_childs_fields(redis: RedisBacke
 
 
 class RoundTrips:
-    """Counts what goes through the backend's bridge (one count per round trip, a lone
-    call or a batch of calls alike)."""
+    """Counts the backend's round trips (a lone call over the bridge or a batch of calls
+    sent by the batcher alike)."""
 
     def __init__(self, r: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = r.redis._run_raw
+        for name in ("_run_raw", "run_batch"):
+            original = getattr(r.redis, name)
 
-        async def counting(*args: Any, **kw: Any) -> Any:
-            self.count += 1
-            return await original(*args, **kw)
+            async def counting(*args: Any, _original: Any = original, **kw: Any) -> Any:
+                self.count += 1
+                return await _original(*args, **kw)
 
-        monkeypatch.setattr(r.redis, "_run_raw", counting)
+            monkeypatch.setattr(r.redis, name, counting)
 
 
 async def test_a_child_result_is_one_round_trip_whatever_the_run_size(

@@ -4,7 +4,7 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import hashlib
 from typing import Any
 
 import pytest
@@ -18,17 +18,17 @@ DEADLINE = 20
 
 
 def count_round_trips(redis: RedisBackends) -> list[str]:
-    """Hook the adapter's exchanges with the server (each a hop over the asyncio bridge):
-    one entry (its ``what``) per round trip."""
+    """Hook the batcher's exchanges with the server: one entry (its ``what``) per
+    pipeline sent."""
     adapter = redis.redis
     hops: list[str] = []
-    original = adapter._retrying
+    original = adapter.run_batch
 
-    async def counted(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
+    async def counted(what: str, calls: Any) -> Any:
         hops.append(what)
-        return await original(what, attempt, **kw)
+        return await original(what, calls)
 
-    adapter._retrying = counted  # type: ignore[method-assign]
+    adapter.run_batch = counted  # type: ignore[method-assign]
     return hops
 
 
@@ -267,19 +267,77 @@ def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
 async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
         redis: RedisBackends) -> None:
     adapter = redis.redis
-    original = adapter._retrying
+    original = adapter.run_batch
     calls = 0
 
-    async def broken_once(what: str, attempt: Callable[[], Awaitable[Any]], **kw: Any) -> Any:
+    async def broken_once(what: str, batch: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ZeroDivisionError("a bug")
-        return await original(what, attempt, **kw)
+        return await original(what, batch)
 
-    adapter._retrying = broken_once  # type: ignore[method-assign]
+    adapter.run_batch = broken_once  # type: ignore[method-assign]
     with trio.fail_after(DEADLINE):
         with pytest.raises(ZeroDivisionError):
             await redis.payloads.put_result("res:b", b"b")
         await redis.payloads.put_result("res:b", b"b")
         assert await redis.payloads.get_result("res:b") == b"b"
+
+
+async def test_a_batched_reply_that_never_comes_times_out_and_the_batcher_recovers(
+        disposable_server: RedisServer) -> None:
+    async with connect(disposable_server.url, socket_timeout=0.2) as redis:
+        await redis.payloads.put_result("res:p", b"p")
+        # every client's commands wait 600 ms on the server: the batched GET gets no reply
+        await redis.redis.run("pause", lambda client: client.client_pause(600))
+        started = trio.current_time()
+        with trio.fail_after(DEADLINE), pytest.raises(StoreError, match=r"no reply within 0\.2s"):
+            await redis.payloads.get_result("res:p")
+        assert trio.current_time() - started < 0.55
+        await trio.sleep(0.6)
+        # the abandoned connection is not reused with its late reply: replies stay in step
+        for _ in range(3):
+            got = await put_then_get_concurrently(redis, 5)
+            assert got == {i: b"value %d" % i for i in range(5)}
+        assert await redis.payloads.get_result("res:p") == b"p"
+
+
+async def test_calls_while_the_batcher_closes_fail_as_the_connection_closing(
+        redis: RedisBackends) -> None:
+    batcher = redis.redis._batcher
+    assert batcher is not None
+    failed: list[BaseException] = []
+
+    async def get(key: str) -> None:
+        try:
+            await batcher.call("get", key, "get", (key,), {})
+        except StoreError as exc:
+            failed.append(exc)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for key in ("a", "b"):
+                nursery.start_soon(get, key)
+            await batcher.aclose()  # type: ignore[attr-defined]
+        await get("c")  # after the close
+    assert len(failed) == 3
+    assert all("connection closing" in str(e) for e in failed)
+
+
+async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
+        redis: RedisBackends) -> None:
+    """A batch of one call skips the merging (``_send``): the general path would not merge a
+    lone call of any mergeable kind either."""
+    from cordtrio.backends.redis.batcher import _Call
+    from cordtrio.backends.redis.leases import RELEASE_SCRIPT
+    from cordtrio.backends.redis.script_merge import MERGED
+
+    batcher: Any = redis.redis._batcher
+    sha = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
+    assert MERGED.mergeable("evalsha", (sha,))  # a kind the batcher merges
+    for method, args, kwargs in [("get", ("k",), {}), ("set", ("k", b"v"), {"ex": 60}),
+                                 ("evalsha", (sha, 1, "k", "owner"), {})]:
+        assert batcher._merge([_Call("w", "k", method, args, kwargs)]) == []
+    await redis.payloads.put_result("res:lone", b"lone")
+    assert await redis.payloads.get_result("res:lone") == b"lone"
