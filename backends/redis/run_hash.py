@@ -131,12 +131,13 @@ class FieldOps:
 
 def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
     """``keys`` in the order they appear in ``order`` (then the ones absent from it)."""
-    wanted = set(keys)
+    wanted = keys if type(keys) is set else set(keys)
     if len(wanted) <= 1:
         return list(wanted)
     out = [k for k in order if k in wanted]
-    seen = set(out)
-    out.extend(sorted(k for k in wanted if k not in seen))
+    if len(out) < len(wanted):
+        seen = set(out)
+        out.extend(sorted(k for k in wanted if k not in seen))
     return out
 
 

@@ -187,14 +187,17 @@ class StepArgs:
             values += (field, value)
             if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
                 continue  # unranked: a map "steps" always comes last
-            if (known is not None and ORD + field not in known) or field in fresh:
-                values += (ORD + field, rank())
+            ord_field = ORD + field
+            if (known is not None and ord_field not in known) or field in fresh:
+                values += (ord_field, rank())
             else:
-                ranks += (ORD + field, rank())
-        for field in ops.deletes:
-            self._deletes += (field, ORD + field)
+                ranks += (ord_field, rank())
+        deletes = ops.deletes
+        if deletes:
+            for field in deletes:
+                self._deletes += (field, ORD + field)
         if known is not None:
-            after = known.difference(self._deletes) if self._deletes else set(known)
+            after = known.difference(self._deletes) if deletes else set(known)
             held = len(after)
             after.update(values[::2])
             self._expected = len(after) - held  # the written names the hash lacked
