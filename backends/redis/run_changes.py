@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cordtrio.errors import LeaseLostError, NotFoundError
-from cordtrio.model import StepRun, TimelineEvent, WorkflowRun
+from cordtrio.model import RunStatus, StepRun, TimelineEvent, WorkflowRun
 from cordtrio.ports import (
     RunChanges,
     child_order_key,
@@ -89,10 +89,10 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         args.fields(ops, self._rank, known)
         args.timeline(docs)
         if changes.header:
-            status = status_text(run.status)
+            status = _status_text(run.status)
             prev = changes.previous_status
             self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
-                              else (status_text(prev),))
+                              else (_status_text(prev),))
             self._queue_retention(args, run, status)
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
@@ -253,6 +253,12 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops
+
+
+def _status_text(status: object) -> str:
+    """``status_text`` without the enum's Python-level ``value`` property for a
+    ``RunStatus`` (its ``_value_`` is the same string): every step writes a status."""
+    return status._value_ if type(status) is RunStatus else status_text(status)  # type: ignore[attr-defined]
 
 
 async def _stored_fields(pipe: Any, key: str, run_id: str) -> list[str]:
