@@ -4,8 +4,8 @@ insertion ranks of run-hash fields (see ``store.py`` for the key layout).
 
 from __future__ import annotations
 
-from time import time_ns
 from datetime import datetime
+from time import time_ns
 from typing import Any
 
 from cordtrio.clock import SystemClock
