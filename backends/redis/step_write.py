@@ -215,8 +215,10 @@ class StepArgs:
 
     # the pipeline methods the index and retention moves use
     def zadd(self, name: str, mapping: Mapping[str, float]) -> None:
-        for member, score in mapping.items():
-            self._command("ZADD", name, score, member)
+        for member, score in mapping.items():  # (two per step: queued without _command)
+            self._tail += (4, "ZADD", name, score, member)
+            if self._on_command is not None:
+                self._on_command(("ZADD", name, score, member))
 
     def zrem(self, name: str, *members: str) -> None:
         self._command("ZREM", name, *members)
