@@ -4,8 +4,8 @@ insertion ranks of run-hash fields (see ``store.py`` for the key layout).
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
+from time import time_ns
 from typing import Any
 
 from cordtrio.clock import SystemClock
@@ -56,5 +56,8 @@ class RedisStoreBase:
     def _rank(self) -> bytes:
         """A fresh insertion rank: increasing within this process, and across processes as
         far as their wall clocks agree (nanoseconds since the epoch)."""
-        self._last_rank = max(self._last_rank + 1, time.time_ns())
-        return str(self._last_rank).encode()
+        rank = time_ns()
+        if rank <= self._last_rank:
+            rank = self._last_rank + 1
+        self._last_rank = rank
+        return b"%d" % rank  # a step takes several: no max() or str().encode() calls

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cordtrio.errors import LeaseLostError, NotFoundError
-from cordtrio.model import StepRun, TimelineEvent, WorkflowRun
+from cordtrio.model import RunStatus, StepRun, TimelineEvent, WorkflowRun
 from cordtrio.ports import (
     RunChanges,
     child_order_key,
@@ -24,6 +24,7 @@ from .keys import (
     HEADER,
     INPUT,
     ORD,
+    STEP,
     child_field,
     child_prefix,
     ctx_field,
@@ -88,8 +89,10 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         args.fields(ops, self._rank, known)
         args.timeline(docs)
         if changes.header:
-            status = status_text(run.status)
-            self._queue_index(args, run, status, previous=self._previous(changes))
+            status = _status_text(run.status)
+            prev = changes.previous_status
+            self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
+                              else (_status_text(prev),))
             self._queue_retention(args, run, status)
         if changes.payloads:
             args.payloads(changes.payloads, self._committed_ttl())
@@ -189,16 +192,18 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         """The hash writes for ``changes``, in the order ``MemoryStore`` applies them."""
         rid = run.id
         ops = FieldOps()
+        put = ops.put
         if changes.header:
-            ops.put(HEADER, header_json(run, ("run {!r}", rid)))
-        for sid in ordered(changes.steps, run.steps):
-            sr = run.steps.get(sid)
+            put(HEADER, header_json(run, ("run {!r}", rid)))
+        steps = run.steps
+        for sid in ordered(changes.steps, steps):
+            sr = steps.get(sid)
             if sr is None:
                 ops.drop(step_field(sid))
                 ops.drop_prefix(child_prefix(sid))
             else:
-                ops.put(step_field(sid), step_json(sr, ("run {!r} step {!r}", rid, sid),
-                                                   with_children=False))
+                put(STEP + sid, step_json(sr, ("run {!r} step {!r}", rid, sid),
+                                          with_children=False))
         for parent in changes.children:
             psr: StepRun | None = run.steps.get(parent)
             if psr is None:
@@ -239,15 +244,21 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     ops.drop(ctxstep_field(sk))
             else:
                 if CTX_STEPS_MARKER not in ops.writes:
-                    ops.put(CTX_STEPS_MARKER, EMPTY_MAP)
+                    put(CTX_STEPS_MARKER, EMPTY_MAP)
                 keys = changes.context_steps
                 for sk in sorted(keys, key=child_order_key) if len(keys) > 1 else keys:
                     if sk in ctx_steps:
-                        ops.put(ctxstep_field(sk),
-                                dumps(ctx_steps[sk], ("run {!r} context.steps.{}", rid, sk)))
+                        put(CTXSTEP + sk,
+                            dumps(ctx_steps[sk], ("run {!r} context.steps.{}", rid, sk)))
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops
+
+
+def _status_text(status: object) -> str:
+    """``status_text`` without the enum's Python-level ``value`` property for a
+    ``RunStatus`` (its ``_value_`` is the same string): every step writes a status."""
+    return status._value_ if type(status) is RunStatus else status_text(status)  # type: ignore[attr-defined]
 
 
 async def _stored_fields(pipe: Any, key: str, run_id: str) -> list[str]:

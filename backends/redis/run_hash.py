@@ -131,16 +131,20 @@ class FieldOps:
 
 def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
     """``keys`` in the order they appear in ``order`` (then the ones absent from it)."""
-    wanted = set(keys)
+    wanted = keys if type(keys) is set else set(keys)
     if len(wanted) <= 1:
         return list(wanted)
     out = [k for k in order if k in wanted]
-    seen = set(out)
-    out.extend(sorted(k for k in wanted if k not in seen))
+    if len(out) < len(wanted):
+        seen = set(out)
+        out.extend(sorted(k for k in wanted if k not in seen))
     return out
 
 
 LAST = 1 << 80  # rank of a field without one: after the others
+_ORD_KIND, _STEP_KIND, _CHILD_KIND, _CTXSTEP_KIND, _CTX_KIND = (
+    p[:-1] for p in (ORD, STEP, CHILD, CTXSTEP, CTX))
+"""The field-name prefixes without their ":" (what ``str.partition`` gives)."""
 
 
 def field_names(raw_fields: dict[Any, Any]) -> dict[str, Any]:
@@ -165,32 +169,39 @@ def assemble_named(key: str, fields: dict[str, Any]) -> WorkflowRun:
     header = loads(header_raw, key, HEADER)
     if not isinstance(header, dict):
         raise RedisDataError(f"redis key {key!r} field {HEADER!r}: not a JSON object")
-    ranks: dict[str, int] = {}
     steps: list[str] = []
     children: dict[str, list[str]] = {}
     ctx_keys: list[str] = []
     ctx_steps: list[str] = []
-    # one pass: every field is a rank, a step, a child, a context entry or ignored
-    for name, value in fields.items():
-        if name.startswith(ORD):
-            try:
-                ranks[name[len(ORD):]] = int(value)
-            except ValueError:  # a corrupt rank: the field sorts last
-                continue
-        elif name.startswith(STEP):
+    # one pass: every field is a rank, a step, a child, a context entry or ignored (a
+    # prefix is the name up to its first ":"; ranks are read only for groups to sort)
+    for name in fields:
+        kind, colon, _ = name.partition(":")
+        if kind == _ORD_KIND or not colon:
+            continue
+        if kind == _STEP_KIND:
             steps.append(name)
-        elif name.startswith(CHILD):
+        elif kind == _CTXSTEP_KIND:
+            ctx_steps.append(name)
+        elif kind == _CTX_KIND:
+            ctx_keys.append(name)
+        elif kind == _CHILD_KIND:
             parent = unescape(name[len(CHILD):].split(":", 1)[0])
             children.setdefault(parent, []).append(name)
-        elif name.startswith(CTXSTEP):
-            ctx_steps.append(name)
-        elif name.startswith(CTX):
-            ctx_keys.append(name)
+
+    def rank(name: str) -> tuple[int, str]:
+        raw = fields.get(ORD + name)
+        if raw is not None:
+            try:
+                return int(raw), name
+            except ValueError:  # a corrupt rank: the field sorts last
+                pass
+        return LAST, name
 
     def by_rank(names: list[str]) -> list[str]:
         if len(names) <= 1:
             return names
-        return sorted(names, key=lambda n: (ranks.get(n, LAST), n))
+        return sorted(names, key=rank)
 
     doc = dict(header)
     if INPUT in fields:

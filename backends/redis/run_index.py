@@ -59,7 +59,10 @@ class RedisRunIndex(RedisStoreBase):
         status zsets the run may be in now. The active set is left alone when the run
         stays active (or finished) — the same status, or one known previous status on the
         same side — unless ``sync_active``."""
-        updated = ts_score(run.updated_at) or ts_score(run.created_at)
+        stamp = run.updated_at
+        updated = stamp.timestamp() if stamp is not None else 0.0
+        if not updated:
+            updated = ts_score(run.created_at)
         moved = False
         for old in previous:
             if old != status:

@@ -18,7 +18,7 @@ from datetime import datetime
 from json.encoder import encode_basestring
 from typing import Any
 
-from cordtrio.fields import _format
+from cordtrio.fields import _TS_CACHE, _format
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 
 from .run_hash import Where, dumps, encode_value
@@ -31,6 +31,10 @@ _stamp: Callable[[datetime], str] = _format  # type: ignore[assignment]
 """A timestamp's text (``_format``, cached; never None for a datetime). Timestamps (ISO
 8601) and status values never need escaping: they are quoted as they are."""
 
+_cached = _TS_CACHE.get
+"""``_format``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
+``dict.get`` instead of a Python call, and a step stamps ten fields, most of them hits."""
+
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
 """What a field of an unexpected type raises on the direct path (the general path then
 writes it, or raises the error ``dumps`` raises)."""
@@ -42,114 +46,114 @@ def _text(value: Any) -> str:
 
 
 def header_json(run: WorkflowRun, where: Where) -> bytes:
-    """``dumps(run.header_dict(with_input=False), where)``."""
+    """``dumps(run.header_dict(with_input=False), where)``.
+
+    Each optional field is its text or ``""``, and one f-string joins them: one string
+    built, instead of a concatenation per field."""
     try:
         status = run.status
         cost = run.total_cost
         if type(cost) is not float and type(cost) is not int:
             raise TypeError("total_cost")  # header_dict's empty test (``_put``) decides
-        s = '{"id":' + _esc(run.id) + ',"workflow_id":' + _esc(run.workflow_id)
-        if run.org_id:
-            s += ',"org_id":' + _esc(run.org_id)
-        if run.team_id:
-            s += ',"team_id":' + _esc(run.team_id)
-        s += ',"status":' + ('"' + status._value_ + '"' if type(status) is RunStatus
-                                 else _esc(str(status.value)))
-        if run.started_at is not None:
-            s += ',"started_at":"' + _stamp(run.started_at) + '"'
-        if run.completed_at is not None:
-            s += ',"completed_at":"' + _stamp(run.completed_at) + '"'
-        if run.output:
-            s += ',"output":' + encode_value(run.output)
-        if run.error:
-            s += ',"error":' + encode_value(run.error)
-        if cost:
-            s += ',"total_cost":' + encode_value(cost)
-        if run.triggered_by:
-            s += ',"triggered_by":' + _esc(run.triggered_by)
-        if run.created_at is not None:
-            s += ',"created_at":"' + _stamp(run.created_at) + '"'
-        if run.updated_at is not None:
-            s += ',"updated_at":"' + _stamp(run.updated_at) + '"'
-        if run.labels:
-            s += ',"labels":' + encode_value(run.labels)
-        if run.metadata:
-            s += ',"metadata":' + encode_value(run.metadata)
-        if run.idempotency_key:
-            s += ',"idempotency_key":' + _esc(run.idempotency_key)
-        if run.rerun_of:
-            s += ',"rerun_of":' + _esc(run.rerun_of)
-        if run.rerun_step:
-            s += ',"rerun_step":' + _esc(run.rerun_step)
-        if run.dry_run:
-            s += ',"dry_run":true'
-        return (s + "}").encode()
+        v: Any = run.org_id
+        org = f',"org_id":{_esc(v)}' if v else ""
+        v = run.team_id
+        team = f',"team_id":{_esc(v)}' if v else ""
+        st = f'"{status._value_}"' if type(status) is RunStatus else _esc(str(status.value))
+        v = run.started_at
+        started = "" if v is None else f',"started_at":"{_cached(v) or _stamp(v)}"'
+        v = run.completed_at
+        completed = "" if v is None else f',"completed_at":"{_cached(v) or _stamp(v)}"'
+        v = run.output
+        output = f',"output":{encode_value(v)}' if v else ""
+        v = run.error
+        error = f',"error":{encode_value(v)}' if v else ""
+        total = f',"total_cost":{encode_value(cost)}' if cost else ""
+        v = run.triggered_by
+        trigger = f',"triggered_by":{_esc(v)}' if v else ""
+        v = run.created_at
+        created = "" if v is None else f',"created_at":"{_cached(v) or _stamp(v)}"'
+        v = run.updated_at
+        updated = "" if v is None else f',"updated_at":"{_cached(v) or _stamp(v)}"'
+        v = run.labels
+        labels = f',"labels":{encode_value(v)}' if v else ""
+        v = run.metadata
+        metadata = f',"metadata":{encode_value(v)}' if v else ""
+        v = run.idempotency_key
+        idem = f',"idempotency_key":{_esc(v)}' if v else ""
+        v = run.rerun_of
+        rerun_of = f',"rerun_of":{_esc(v)}' if v else ""
+        v = run.rerun_step
+        rerun_step = f',"rerun_step":{_esc(v)}' if v else ""
+        dry = ',"dry_run":true' if run.dry_run else ""
+        return (f'{{"id":{_esc(run.id)},"workflow_id":{_esc(run.workflow_id)}{org}{team}'
+                f',"status":{st}{started}{completed}{output}{error}{total}{trigger}{created}'
+                f'{updated}{labels}{metadata}{idem}{rerun_of}{rerun_step}{dry}}}').encode()
     except _UNEXPECTED:
         return dumps(run.header_dict(with_input=False), where)
 
 
 def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes:
-    """``dumps(sr.to_dict(with_children=with_children), where)``."""
+    """``dumps(sr.to_dict(with_children=with_children), where)`` (built as ``header_json``)."""
     try:
         status = sr.status
-        attempts = sr.attempts
-        if type(attempts) is not int:
+        v: Any = sr.attempts
+        if type(v) is not int:
             raise TypeError("attempts")  # a bool or an int enum: the encoder decides
-        s = ('{"step_id":' + _esc(sr.step_id) + ',"status":'
-             + ('"' + status._value_ + '"' if type(status) is StepStatus
-                else _esc(str(status.value))))
-        if sr.started_at is not None:
-            s += ',"started_at":"' + _stamp(sr.started_at) + '"'
-        if sr.completed_at is not None:
-            s += ',"completed_at":"' + _stamp(sr.completed_at) + '"'
-        if sr.next_attempt_at is not None:
-            s += ',"next_attempt_at":"' + _stamp(sr.next_attempt_at) + '"'
-        if attempts:
-            s += ',"attempts":' + str(attempts)
-        if sr.input:
-            s += ',"input":' + encode_value(sr.input)
-        if sr.output is not None:
-            s += ',"output":' + _text(sr.output)
-        if sr.error:
-            s += ',"error":' + encode_value(sr.error)
-        if sr.job_id:
-            s += ',"job_id":' + _esc(sr.job_id)
-        if sr.item is not None:
-            s += ',"item":' + _text(sr.item)
+        attempts = f',"attempts":{v}' if v else ""
+        st = f'"{status._value_}"' if type(status) is StepStatus else _esc(str(status.value))
+        v = sr.started_at
+        started = "" if v is None else f',"started_at":"{_cached(v) or _stamp(v)}"'
+        v = sr.completed_at
+        completed = "" if v is None else f',"completed_at":"{_cached(v) or _stamp(v)}"'
+        v = sr.next_attempt_at
+        retry = "" if v is None else f',"next_attempt_at":"{_cached(v) or _stamp(v)}"'
+        v = sr.input
+        given = f',"input":{encode_value(v)}' if v else ""
+        v = sr.output
+        output = "" if v is None else f',"output":{_text(v)}'
+        v = sr.error
+        error = f',"error":{encode_value(v)}' if v else ""
+        v = sr.job_id
+        job = f',"job_id":{_esc(v)}' if v else ""
+        v = sr.item
+        item = "" if v is None else f',"item":{_text(v)}'
+        kids = ""
         if with_children and sr.children:
-            kids = {cid: c.to_dict() for cid, c in sr.children.items()}
-            s += ',"children":' + encode_value(kids)
-        return (s + "}").encode()
+            docs = {cid: c.to_dict() for cid, c in sr.children.items()}
+            kids = f',"children":{encode_value(docs)}'
+        return (f'{{"step_id":{_esc(sr.step_id)},"status":{st}{started}{completed}{retry}'
+                f'{attempts}{given}{output}{error}{job}{item}{kids}}}').encode()
     except _UNEXPECTED:
         return dumps(sr.to_dict(with_children=with_children), where)
 
 
 def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where) -> bytes:
     """A timeline event as the run's timeline stores it: ``event.to_dict()`` with ``now``
-    as its time if it has none and ``run_id`` (last) if it names no run."""
+    as its time if it has none and ``run_id`` (last) if it names no run (built as
+    ``header_json``)."""
     try:
-        time = event.time
-        s = ('{"time":' + (_esc(now) if time is None else '"' + _stamp(time) + '"')
-             + ',"type":' + _esc(event.type))
-        if event.run_id:
-            s += ',"run_id":' + _esc(event.run_id)
-        if event.workflow_id:
-            s += ',"workflow_id":' + _esc(event.workflow_id)
-        if event.step_id:
-            s += ',"step_id":' + _esc(event.step_id)
-        if event.job_id:
-            s += ',"job_id":' + _esc(event.job_id)
-        if event.status:
-            s += ',"status":' + _esc(event.status)
-        if event.result_ptr:
-            s += ',"result_ptr":' + _esc(event.result_ptr)
-        if event.message:
-            s += ',"message":' + _esc(event.message)
-        if event.data:
-            s += ',"data":' + encode_value(event.data)
-        if not event.run_id:
-            s += ',"run_id":' + _esc(run_id)
-        return (s + "}").encode()
+        v: Any = event.time
+        time = _esc(now) if v is None else f'"{_cached(v) or _stamp(v)}"'
+        named = event.run_id
+        rid = f',"run_id":{_esc(named)}' if named else ""
+        v = event.workflow_id
+        wf = f',"workflow_id":{_esc(v)}' if v else ""
+        v = event.step_id
+        step = f',"step_id":{_esc(v)}' if v else ""
+        v = event.job_id
+        job = f',"job_id":{_esc(v)}' if v else ""
+        v = event.status
+        st = f',"status":{_esc(v)}' if v else ""
+        v = event.result_ptr
+        result = f',"result_ptr":{_esc(v)}' if v else ""
+        v = event.message
+        message = f',"message":{_esc(v)}' if v else ""
+        v = event.data
+        data = f',"data":{encode_value(v)}' if v else ""
+        owner = "" if named else f',"run_id":{_esc(run_id)}'
+        return (f'{{"time":{time},"type":{_esc(event.type)}{rid}{wf}{step}{job}{st}{result}'
+                f'{message}{data}{owner}}}').encode()
     except _UNEXPECTED:
         doc = event.to_dict()
         if not doc.get("time"):

@@ -187,14 +187,17 @@ class StepArgs:
             values += (field, value)
             if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
                 continue  # unranked: a map "steps" always comes last
-            if (known is not None and ORD + field not in known) or field in fresh:
-                values += (ORD + field, rank())
+            ord_field = ORD + field
+            if (known is not None and ord_field not in known) or field in fresh:
+                values += (ord_field, rank())
             else:
-                ranks += (ORD + field, rank())
-        for field in ops.deletes:
-            self._deletes += (field, ORD + field)
+                ranks += (ord_field, rank())
+        deletes = ops.deletes
+        if deletes:
+            for field in deletes:
+                self._deletes += (field, ORD + field)
         if known is not None:
-            after = known.difference(self._deletes) if self._deletes else set(known)
+            after = known.difference(self._deletes) if deletes else set(known)
             held = len(after)
             after.update(values[::2])
             self._expected = len(after) - held  # the written names the hash lacked
@@ -212,8 +215,10 @@ class StepArgs:
 
     # the pipeline methods the index and retention moves use
     def zadd(self, name: str, mapping: Mapping[str, float]) -> None:
-        for member, score in mapping.items():
-            self._command("ZADD", name, score, member)
+        for member, score in mapping.items():  # (two per step: queued without _command)
+            self._tail += (4, "ZADD", name, score, member)
+            if self._on_command is not None:
+                self._on_command(("ZADD", name, score, member))
 
     def zrem(self, name: str, *members: str) -> None:
         self._command("ZREM", name, *members)

@@ -174,3 +174,60 @@ def test_a_run_reads_back_as_from_dict_of_its_document(run: WorkflowRun) -> None
         assert got.context is not again.context
         got.context["k"].append(2)
         assert again.context["k"] == [1]
+
+
+def test_a_run_read_ignores_fields_of_no_kind_and_sorts_unranked_parts_last() -> None:
+    """``assemble`` tells a field's kind by the name before its first ``:``: a name without
+    one (``step``, ``ord``) is no part, and a part whose rank is missing or corrupt comes
+    after the ranked ones, as when every rank was parsed up front."""
+    from cordtrio.backends.redis.run_hash import assemble
+
+    run = WorkflowRun(id="r", workflow_id="wf", status=RunStatus.RUNNING, created_at=T0,
+                      steps={"a": STEPS[1], "b": STEPS[2], "c": StepRun(step_id="c")})
+    fields = _hash_of(run)
+    odd = dict(fields)
+    odd.update({b"step": b"{}", b"ord": b"1", b"ctx": b"[]", b"child": b"{}"})
+    assert assemble("k", odd) == assemble("k", fields) == WorkflowRun.from_dict(run.to_dict())
+    del odd[b"ord:step:a"]
+    odd[b"ord:step:b"] = b"not a rank"
+    assert list(assemble("k", odd).steps) == ["c", "a", "b"]  # unranked: by name, last
+
+
+def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> None:
+    """``run_json`` looks timestamps up in ``_format``'s cache dict itself: the dict must
+    stay the one it holds (emptied on a flip, never replaced) and give ``format_ts``'s
+    text, for a hit, a miss, and an entry kept over a flip."""
+    from cordtrio import fields
+    from cordtrio.backends.redis import run_json
+    from cordtrio.timeutil import format_ts
+
+    cache = fields._TS_CACHE
+    stamps = [T0 + timedelta(microseconds=i) for i in range(2 * fields._TS_CACHE_MAX + 3)]
+    for ts in stamps:
+        assert fields._format(ts) == format_ts(ts)
+    assert fields._TS_CACHE is cache and run_json._cached.__self__ is cache
+    assert len(cache) <= fields._TS_CACHE_MAX
+    for ts in (stamps[0], stamps[-1], T1):  # evicted, cached, never seen (another zone)
+        sr = StepRun(step_id="s", started_at=ts)
+        assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
+        assert (cache.get(ts) or fields._format(ts)) == format_ts(ts)
+
+
+def test_ranks_keep_increasing_when_the_clock_does_not() -> None:
+    from unittest import mock
+
+    from cordtrio.backends.redis import base
+    from cordtrio.backends.redis.store import RedisStore
+
+    store = RedisStore.__new__(RedisStore)
+    store._last_rank = 0
+    with mock.patch.object(base, "time_ns", side_effect=[50, 50, 40, 100]):
+        assert [store._rank() for _ in range(4)] == [b"50", b"51", b"52", b"100"]
+
+
+@pytest.mark.parametrize("keys", [{"b", "z", "a"}, ["b", "z", "a", "b"], iter(["z", "a", "b"])])
+def test_ordered_follows_the_order_then_names_the_absent_ones_sorted(keys: Any) -> None:
+    from cordtrio.backends.redis.run_hash import ordered
+
+    assert ordered(keys, ["a", "x", "b"]) == ["a", "b", "z"]
+    assert ordered({"a"}, []) == ["a"]
