@@ -54,6 +54,9 @@ CTX = "ctx:"
 CTX_STEPS_MARKER = "ctx:steps"
 CTXSTEP = "ctxstep:"
 ORD = "ord:"
+SAVED = "saved"
+"""The run-hash field holding the token of the last step write (``step_write``); a name
+without a ``:``, so a run read ignores it."""
 EMPTY_MAP = b"{}"
 
 

@@ -5,6 +5,8 @@ with the step's timeline, index moves and dispatched job inputs, in one purpose-
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from .keys import (
     HEADER,
     INPUT,
     ORD,
+    SAVED,
     STEP,
     child_field,
     child_prefix,
@@ -40,6 +43,15 @@ from .run_index import RUN_STATUSES, RedisRunIndex
 from .run_json import header_json, step_json
 from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
 from .timelines import RedisTimelines
+
+_WRITE_TOKENS = itertools.count()
+_TOKEN_PREFIX = os.urandom(6).hex()
+
+
+def _write_token() -> str:
+    """A token no other step write carries (this process's random prefix and a counter):
+    ``STEP_SCRIPT`` applies a write whose token the run hash already holds only once."""
+    return f"{_TOKEN_PREFIX}{next(_WRITE_TOKENS)}"
 
 
 class RedisRunChanges(RedisRunIndex, RedisTimelines):
@@ -82,7 +94,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             await self._save_reading_fields(run, changes, ops, docs)
             return
         key = run_key(run.id)
-        args = StepArgs(owner or "", self._redis.on_command)
+        token = _write_token()  # the same bytes when the adapter sends the script again
+        ops.writes[SAVED] = token.encode()
+        args = StepArgs(owner or "", self._redis.on_command, token)
         known = self._mirror.get(run)
         if known is not None and (HEADER not in ops.writes or HEADER not in known):
             known = None  # the header write is how the script tells a missing run

@@ -9,6 +9,10 @@ script does the minimum on the server:
 
 1. fenced writes (multi-engine mode) first check the lease: ``GET`` — not held, nothing is
    written and the holder is returned;
+   then the write's token (``SAVED``, unique per write, written with the fields): when the
+   hash already holds it, this very write was applied before — its reply was lost with the
+   connection and the adapter sent it again — and nothing is applied twice (the timeline
+   ``RPUSH`` is not idempotent); ``HGET``;
 2. when the store knows which fields the run's hash holds (``field_mirror``: the run object
    it created, read or last wrote, the header among the written fields), it knows which
    written fields are new and gives those a rank, and the script reads nothing: ``HDEL``
@@ -36,10 +40,10 @@ from typing import Any
 
 from cordtrio.ports import TIMELINE_CAP
 
-from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD
+from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD, SAVED
 from .run_hash import FieldOps
 
-_UNRANKED = frozenset((HEADER, INPUT, CTX_STEPS_MARKER))
+_UNRANKED = frozenset((HEADER, INPUT, CTX_STEPS_MARKER, SAVED))
 """Fields without a rank (``CTX_STEPS_MARKER`` only as the map marker ``{}``)."""
 
 NOT_FOUND = 2
@@ -65,11 +69,15 @@ if owner ~= '' then
     return {0, holder or ''}
   end
 end
+local token = ARGV[8]
+if token ~= '' and redis.call('HGET', KEYS[1], 'saved') == token then
+  return {1, 1}
+end
 local nv, nr, nd, nt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
   tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
 local expected = tonumber(ARGV[7])
-local v0 = 8
+local v0 = 9
 local r0 = v0 + 2 * nv
 local d0 = r0 + 2 * nr
 local t0 = d0 + nd
@@ -161,9 +169,10 @@ class StepArgs:
     end). ``on_command`` (the adapter's, for ``testing.CommandCounter``) hears every
     command the script will run, but the conditional ``LTRIM``."""
 
-    def __init__(self, owner: str, on_command: Callable[[tuple[Any, ...]], None] | None
-                 ) -> None:
+    def __init__(self, owner: str, on_command: Callable[[tuple[Any, ...]], None] | None,
+                 token: str = "") -> None:
         self._owner = owner
+        self._token = token  # written as the ``SAVED`` field by ``fields``' ops (caller)
         self._on_command = on_command
         self._values: list[Any] = []
         self._ranks: list[Any] = []
@@ -244,7 +253,7 @@ class StepArgs:
             self._report(report, run_key)
         expected = "" if self._expected is None else self._expected
         return [self._owner, len(self._values) // 2, len(self._ranks) // 2,
-                len(self._deletes), len(self._timeline), TIMELINE_CAP, expected,
+                len(self._deletes), len(self._timeline), TIMELINE_CAP, expected, self._token,
                 *self._values, *self._ranks, *self._deletes, *self._timeline, *self._tail]
 
     def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
@@ -252,6 +261,8 @@ class StepArgs:
         they were queued; the order of the counts does not matter)."""
         if self._owner:
             report(("GET", "lease"))
+        if self._token:
+            report(("HGET", run_key, SAVED))
         if self._expected is None:  # else the script reads nothing (unless it must resync)
             report(("HMGET", run_key, HEADER, *self._ranks[::2]))
         if self._deletes:

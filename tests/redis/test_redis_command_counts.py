@@ -34,18 +34,20 @@ from cordtrio.protocol import SUBJECT_SUBMIT, JobRequest, JobResult, JobStatus
 DEADLINE = 120  # seconds: the 2,000-child fan-out on a real server takes a few
 
 # What one result costs, measured (real server and fakeredis alike): GET the result payload,
-# then one script (EVALSHA) that writes the changed hash fields and the ranks of the new ones
-# in one HSET (chain: header, the finished step, the dispatched step, the finished step's
-# context entry; fan-out: header, the child, its context entry) — the store knows which
-# fields the run holds (it created the run: ``field_mirror``), so the script reads none, it
-# checks the count HSET reports — moves the run in the status and global indexes (2 ZADD),
-# appends the timeline (RPUSH; LTRIM only past the cap) and, for a chain, SETs the next
-# job's input payload.
+# then one script (EVALSHA) that reads the run's last write token (HGET: a write sent again
+# after a lost reply is not applied twice), writes the changed hash fields and the ranks of
+# the new ones in one HSET (chain: header, the finished step, the dispatched step, the
+# finished step's context entry; fan-out: header, the child, its context entry) — the store
+# knows which fields the run holds (it created the run: ``field_mirror``), so the script
+# reads no other field, it checks the count HSET reports — moves the run in the status and
+# global indexes (2 ZADD), appends the timeline (RPUSH; LTRIM only past the cap) and, for a
+# chain, SETs the next job's input payload.
 #
 # With run leases (a store that implements ``RunLeases``, as the Redis store does for several
 # engines) the script first GETs the lease (the fence).
-CHAIN_STEP = Counter({"get": 1, "evalsha": 1, "hset": 1, "zadd": 2, "rpush": 1, "set": 1})
-FANOUT_CHILD = Counter({"get": 1, "evalsha": 1, "hset": 1, "zadd": 2, "rpush": 1})
+CHAIN_STEP = Counter(
+    {"get": 1, "evalsha": 1, "hget": 1, "hset": 1, "zadd": 2, "rpush": 1, "set": 1})
+FANOUT_CHILD = Counter({"get": 1, "evalsha": 1, "hget": 1, "hset": 1, "zadd": 2, "rpush": 1})
 FENCE = [Counter(), Counter({"get": 1})]
 """Unfenced (one engine), or fenced by the lease (its GET inside the script)."""
 LEASE_TTL = 3600.0  # no lease renewal or takeover scan during a measurement

@@ -66,6 +66,35 @@ async def test_a_step_write_stores_the_dispatched_jobs_input_with_its_ttl(
         "step_dispatched"]
 
 
+async def test_a_step_write_sent_again_after_a_lost_reply_is_applied_once(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter sends a write again when the connection broke before its reply came: the
+    server may have applied it already. The timeline append must not happen twice."""
+    assert redis.store.commits_payloads_of(redis.payloads)
+    run = await a_run(redis)
+    adapter = redis.store._redis
+    script = adapter.script
+
+    async def twice(*args: object) -> object:
+        await script(*args)  # applied; its reply lost with the connection
+        return await script(*args)  # the same bytes, sent again
+
+    monkeypatch.setattr(adapter, "script", twice)
+    await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
+    run.steps["s1"].status = StepStatus.SUCCEEDED
+    await redis.store.save_run_changes(
+        run, RunChanges(header=True, steps={"s1"}),
+        [TimelineEvent(type="step_succeeded", step_id="s1")])
+    monkeypatch.undo()
+    assert [e.type for e in await redis.store.list_timeline_events(run.id)] == [
+        "step_dispatched", "step_succeeded"]
+    stored = await redis.store.get_run(run.id)
+    assert stored.to_dict() == run.to_dict()
+    # and a later write (a new token) is applied as usual
+    await redis.store.save_run_changes(run, RunChanges(header=True), [EVENT])
+    assert len(await redis.store.list_timeline_events(run.id)) == 3
+
+
 async def test_a_step_write_to_a_missing_run_writes_nothing(redis: RedisBackends) -> None:
     assert redis.store.commits_payloads_of(redis.payloads)
     run = await a_run(redis)
