@@ -116,16 +116,21 @@ def _plain(value: Any, depth: int) -> bool:
 class JsonPayload:
     """One payload: its JSON text, or a plain JSON value kept as an immutable snapshot.
 
-    Kept as one tuple, ``parts()``: a store keeps that very tuple and wraps it again on a
+    Kept as one tuple, ``parts``: a store keeps that very tuple and wraps it again on a
     read (``of_parts``), without copying anything."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("parts",)
+
+    parts: tuple[bytes | None, bytes | None, int, bool]
+    """The payload as a tuple of immutable values, for a store to keep: unlike the object,
+    such a tuple is untracked by the cyclic garbage collector once it has seen it, and
+    stores keep payloads for a day. (An attribute, not a method: read on every put.)"""
 
     def __init__(self, text: bytes | None, frozen: bytes | None, bound: int,
                  compact: bool) -> None:
         # text; marshal of a plain value (exact types, no shared parts); the text's length,
         # or an upper bound of it; whether the text has a job input's separators
-        self._parts = (text, frozen, bound, compact)
+        self.parts = (text, frozen, bound, compact)
 
     @classmethod
     def of(cls, value: Any, *, compact: bool) -> JsonPayload:
@@ -136,6 +141,10 @@ class JsonPayload:
         # keys that are not strings...) is told by the walk. A plain value's text is at
         # most 7 bytes per byte of its marshal (version 2: no shared references; the worst
         # case is ``false`` and its separator for the one byte of ``False`` in a list).
+        if value.__class__ is dict and not value:
+            # the commonest job input (a run without input, a step without ``input``): one
+            # payload made once, its text set so nothing ever changes it
+            return _EMPTY_COMPACT if compact else _EMPTY_DEFAULT
         try:
             frozen: bytes | None = _dumps(value, 2)
         except ValueError:
@@ -145,7 +154,7 @@ class JsonPayload:
             if size < _SHORT_FROZEN:
                 if _plain(value, 0):
                     payload = _new(cls)
-                    payload._parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+                    payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
                     return payload
             else:
                 bound = _bound(value, 0)
@@ -158,26 +167,20 @@ class JsonPayload:
     def of_text(cls, data: bytes) -> JsonPayload:
         """A payload a store kept as bytes (handed out as they are: bytes are immutable)."""
         payload = _new(cls)
-        payload._parts = (data, None, len(data), False)
+        payload.parts = (data, None, len(data), False)
         return payload
-
-    def parts(self) -> tuple[bytes | None, bytes | None, int, bool]:
-        """The payload as a tuple of immutable values, for a store to keep: unlike the
-        object, such a tuple is untracked by the cyclic garbage collector once it has seen
-        it, and stores keep payloads for a day."""
-        return self._parts
 
     @classmethod
     def of_parts(cls, parts: tuple[bytes | None, bytes | None, int, bool]) -> JsonPayload:
-        """The payload ``parts()`` describes."""
+        """The payload ``parts`` describes."""
         payload = _new(cls)
-        payload._parts = parts
+        payload.parts = parts
         return payload
 
     def value(self) -> Any:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
-        parts = self._parts
+        parts = self.parts
         if parts[1] is not None:
             return _loads(parts[1])
         assert parts[0] is not None
@@ -186,7 +189,7 @@ class JsonPayload:
     def value_or_text(self) -> Any:
         """``value()``, or the text itself (decoded, bad bytes replaced) when it is not JSON:
         how the engine reads a result (SPEC §8)."""
-        parts = self._parts
+        parts = self.parts
         if parts[1] is not None:
             return _loads(parts[1])
         assert parts[0] is not None
@@ -198,16 +201,20 @@ class JsonPayload:
 
     def text(self) -> bytes:
         """The JSON text, as the bytes path stores it."""
-        text, frozen, _, compact = self._parts
+        text, frozen, _, compact = self.parts
         if text is None:
             assert frozen is not None
             text = (_COMPACT if compact else _DEFAULT).encode(_loads(frozen)).encode()
-            self._parts = (text, frozen, len(text), compact)
+            self.parts = (text, frozen, len(text), compact)
         return text
 
     def too_large(self, limit: int) -> bool:
         """The text is longer than ``limit`` bytes."""
-        return self._parts[2] > limit and len(self.text()) > limit
+        return self.parts[2] > limit and len(self.text()) > limit
+
+
+_EMPTY_COMPACT = JsonPayload(b"{}", _dumps({}, 2), 2, True)
+_EMPTY_DEFAULT = JsonPayload(b"{}", _dumps({}, 2), 2, False)
 
 
 class ValuePayloads(Protocol):

@@ -44,7 +44,7 @@ def child_order_key(child_id: str) -> tuple[str, int]:
     return child_id, -1
 
 
-@dataclass
+@dataclass(init=False)
 class RunChanges:
     """What one batch of events changed in a run; the store writes exactly these parts.
 
@@ -70,6 +70,23 @@ class RunChanges:
     """Job input payloads (context key → bytes) to write in the same atomic write as the
     changes that dispatch their jobs. Only for a store that commits the engine's payload
     store (``PayloadCommit``): the engine then stores no payload of its own first."""
+
+    def __init__(
+        self, header: bool = False, steps: set[str] | None = None,
+        children: dict[str, set[str]] | None = None, context_steps: set[str] | None = None,
+        context_keys: set[str] | None = None, previous_status: RunStatus | None = None,
+        lease_owner: str | None = None, payloads: dict[str, bytes] | None = None,
+    ) -> None:
+        # Written out rather than generated: one is made per engine step, and the generated
+        # ``__init__`` (default factories) costs about twice as much.
+        self.header = header
+        self.steps = set() if steps is None else steps
+        self.children = {} if children is None else children
+        self.context_steps = set() if context_steps is None else context_steps
+        self.context_keys = set() if context_keys is None else context_keys
+        self.previous_status = previous_status
+        self.lease_owner = lease_owner
+        self.payloads = {} if payloads is None else payloads
 
     def ordered_children(self, parent: str) -> list[str]:
         """The changed children of ``parent`` in index order (stores keep that order)."""

@@ -4,6 +4,7 @@ texts and errors as the JSON bytes path, and no sharing with the caller."""
 from __future__ import annotations
 
 import json
+import marshal
 import math
 from typing import Any
 
@@ -82,6 +83,24 @@ def test_nothing_is_shared_with_the_caller() -> None:
     got["a"].append(3)
     assert payload.value() == {"a": [1, {"b": 2}]}
     assert payload.value() is not payload.value()
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_empty_object_reads_as_the_general_path_gives_it(compact: bool) -> None:
+    shared = JsonPayload.of({}, compact=compact)  # made once, handed to every caller
+    general = JsonPayload(None, marshal.dumps({}, 2), 2, compact)
+    assert shared.parts[1:] == general.parts[1:]
+    assert shared.text() == general.text() == b"{}"
+    got = shared.value()
+    got["changed"] = True
+    assert shared.value() == general.value() == {}
+    assert shared.value() is not shared.value()
+    assert shared.too_large(1) and not shared.too_large(2)
+
+    class Mapping(dict[str, Any]):
+        pass
+
+    assert JsonPayload.of(Mapping(), compact=compact).text() == b"{}"  # the JSON path
 
 
 def test_too_large_measures_the_text() -> None:

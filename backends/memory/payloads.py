@@ -23,7 +23,7 @@ from cordtrio.json_payloads import JsonPayload
 from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
-_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts()``)
+_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
 
 
 class MemoryPayloadStore:
@@ -49,7 +49,7 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> bytes or JsonPayload.parts(); and, with a TTL, key -> when it expires
+        # key -> bytes or JsonPayload.parts; and, with a TTL, key -> when it expires
         self._data: dict[str, bytes | _Parts] = {}
         self._expires: dict[str, float] = {}
         # Writes in order (expiry time and key side by side, rather than as pairs: a pair is
@@ -85,21 +85,29 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts())
+        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
         entry = self._get(key, CONTEXT_PREFIX)
-        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
+        if entry.__class__ is bytes:
+            return _of_text(entry)  # type: ignore[arg-type]
+        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+        payload.parts = entry  # type: ignore[assignment]
+        return payload
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, RESULT_PREFIX), payload.parts())
+        self._put(check_payload_key(key, RESULT_PREFIX), payload.parts)
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
         entry = self._get(key, RESULT_PREFIX)
-        return _of_text(entry) if entry.__class__ is bytes else _of_parts(entry)  # type: ignore[arg-type]
+        if entry.__class__ is bytes:
+            return _of_text(entry)  # type: ignore[arg-type]
+        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+        payload.parts = entry  # type: ignore[assignment]
+        return payload
 
     # ---------------------------------------------------------------------- entries
 
@@ -167,7 +175,8 @@ def _text(entry: bytes | _Parts) -> bytes:
     return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
 
 
-_of_text, _of_parts = JsonPayload.of_text, JsonPayload.of_parts  # a stored entry as a payload
+_of_text = JsonPayload.of_text  # a stored text as a payload
+_new = object.__new__
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any
 
 from cordtrio.errors import ValidationError
@@ -23,10 +22,6 @@ from cordtrio.timeutil import parse_ts
 from .frozen import freeze, thaw
 
 Row = tuple[Any, ...]
-
-
-_TEXT_FIELDS = attrgetter("type", "run_id", "workflow_id", "step_id", "job_id", "status",
-                          "result_ptr", "message")
 
 
 def _text(value: Any) -> str:
@@ -69,13 +64,22 @@ class Timelines:
                 when = now = now or _time(self._now())
             elif when.tzinfo is not UTC:
                 when = _time(when)
-            fields = _TEXT_FIELDS(event)  # one C call for the eight text fields
-            kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = fields
+            # attribute by attribute: each read a specialized bytecode, several times
+            # cheaper than one ``operator.attrgetter`` call for the eight
+            kind = event.type
+            rid = event.run_id
+            workflow_id = event.workflow_id
+            step_id = event.step_id
+            job_id = event.job_id
+            status = event.status
+            result_ptr = event.result_ptr
+            message = event.message
             if not (type(kind) is type(rid) is type(workflow_id) is type(step_id)
                     is type(job_id) is type(status) is type(result_ptr) is type(message)
-                    is str):  # not all plain strings (C-level checks)
+                    is str):  # not all plain strings
                 kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
-                    _text, fields)
+                    _text, (kind, rid, workflow_id, step_id, job_id, status, result_ptr,
+                            message))
             if not rid:
                 rid = run_id
             data = event.data

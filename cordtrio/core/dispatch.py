@@ -160,12 +160,16 @@ def build_request(
     """The job for ``target``; ``ctx_key`` is where its payload is stored ("" for none)."""
     wf_id = plan.workflow.id
     topic = step.topic or f"job.workflow.{wf_id}"
-    raw_priority = run.input.get("priority")
     priority = _BATCH
-    if isinstance(raw_priority, str):
-        priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
-    raw_memory = run.input.get("memory_id")
-    memory_id = raw_memory.strip() if isinstance(raw_memory, str) and raw_memory.strip() else ""
+    memory_id = ""
+    run_input = run.input
+    if run_input:  # a run without input (the common case) has neither to look up
+        raw_priority = run_input.get("priority")
+        if isinstance(raw_priority, str):
+            priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
+        raw_memory = run_input.get("memory_id")
+        if isinstance(raw_memory, str):
+            memory_id = raw_memory.strip()
     memory_id = memory_id or f"run:{run.id}"
     env = {
         "workflow_id": wf_id,

@@ -171,7 +171,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
     seen = front.seen
     for step, payload in ready:
         sid = step.id
-        sr = StepRun(step_id=sid)
+        sr = StepRun(sid)  # positional: cheaper than the keyword
         steps[sid] = sr
         start_job(tx, step, sr, f"{run.id}:{sid}@1", payload)
         seen[position[sid][0]] = _RUNNING

@@ -128,8 +128,15 @@ def test_memory_id_from_input_else_run_scoped():
     assert _req(_one({"memory_id": "mem-7"})).memory_id == "mem-7"
     assert _req(_one({"memory_id": ""})).memory_id == "run:run-1"
     assert _req(_one({"memory_id": 5})).memory_id == "run:run-1"
+    assert _req(_one({"memory_id": "  "})).memory_id == "run:run-1"
+    assert _req(_one({"memory_id": " mem-8 "})).memory_id == "mem-8"
     req = _req(_one({}))
     assert req.memory_id == req.env["memory_id"] == "run:run-1"
+
+
+def test_a_run_without_input_gets_the_request_of_a_run_whose_input_says_nothing():
+    # a run without input skips looking the priority and memory id up: the same request
+    assert _req(_one({})) == _req(_one({"unrelated": "value", "priority": 3}))
 
 
 def test_env_keys():
