@@ -35,7 +35,10 @@ only the fields an event changed — O(1) whatever the size of the run:
   store) keep them. Small hashes keep insertion order in Redis but large ones do not, so the
   order is stored: a new field gets a fresh rank (a nanosecond-clock based counter), an
   existing one keeps its rank, a deleted one loses it. ``header``, ``input`` and the
-  ``ctx:steps`` map marker have no rank (a map ``steps`` always comes last).
+  ``ctx:steps`` map marker have no rank (a map ``steps`` always comes last);
+* ``saved`` — the token of the last step write (``step_write``): a write the adapter sends
+  again after a lost reply finds it there and is not applied twice. No rank; run reads
+  ignore it.
 
 Payloads (``ctx:<job>``/``res:<job>``) are in ``payloads.py``, schemas (``schema:<id>``,
 ``schema:index``) in ``schemas.py``.

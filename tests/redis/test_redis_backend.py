@@ -324,10 +324,12 @@ async def test_keys_follow_the_spec_layout(redis: RedisBackends) -> None:
     assert parts == {
         "header", "input", "step:fetch", "step:each", "child:each:each[0]",
         "child:each:each[1]", "ctx:report", "ctx:steps", "ctxstep:fetch", "ctxstep:each[0]",
+        "saved",  # the last step write's token (a write sent again is applied once)
     }
     assert {f for f in fields if f.startswith("ord:")} == {
-        f"ord:{f}" for f in parts - {"header", "input", "ctx:steps"}}  # ranks, not needed
-    # for the header, the input and the marker of a map context["steps"] (always last)
+        f"ord:{f}" for f in parts - {"header", "input", "ctx:steps", "saved"}}  # ranks, not
+    # needed for the header, the input, the marker of a map context["steps"] (always last)
+    # and the token
     header = json.loads(await raw(redis, "hget", "wf:run:run-1", "header"))
     assert header["status"] == "running" and "input" not in header
     assert json.loads(await raw(redis, "hget", "wf:run:run-1", "input")) == {"n": 2}
@@ -407,8 +409,11 @@ async def test_a_child_result_rewrites_only_that_childs_fields(redis: RedisBacke
     changes.touch_child("each", "each[7]")
     await redis.store.save_run_changes(r, changes)
     after = await raw(redis, "hgetall", "wf:run:r")
-    assert {k for k in after if after[k] != before.get(k)} == {b"child:each:each[7]"}
-    assert set(after) == set(before)
+    # (and the write's token, ``saved``: a write sent again after a lost reply is not
+    # applied twice)
+    assert {k for k in after if after[k] != before.get(k)} == {b"child:each:each[7]",
+                                                              b"saved"}
+    assert set(after) == set(before) | {b"saved"}
     r.steps["each"].children["each[8]"].status = StepStatus.RUNNING  # as stored
     r.status = RunStatus.RUNNING
 
@@ -417,7 +422,7 @@ async def test_a_child_result_rewrites_only_that_childs_fields(redis: RedisBacke
     again = await raw(redis, "hgetall", "wf:run:r")
     changed = {k.decode() for k in again if again[k] != after.get(k)}
     assert changed == {"header", "child:each:each[9]", "ctxstep:each[9]",
-                       "ord:ctxstep:each[9]"}  # a new context entry gets its rank
+                       "ord:ctxstep:each[9]", "saved"}  # a new context entry gets its rank
     assert (await redis.store.get_run("r")).to_dict() == r.to_dict()
 
 
@@ -483,9 +488,10 @@ async def test_redis_commands_per_child_result_are_a_small_constant(
         seen.append(stats)
     small, big = seen
     assert small == big
-    # one script: one HSET (header, child, context entry, the ranks of the new ones; the
-    # store knows which fields the run holds: it created it), ZADD ×2 (status, all)
-    assert small == {"evalsha": 1, "hset": 1, "zadd": 2}
+    # one script: the write's token (HGET), one HSET (header, child, context entry, the
+    # ranks of the new ones; the store knows which fields the run holds: it created it),
+    # ZADD ×2 (status, all)
+    assert small == {"evalsha": 1, "hget": 1, "hset": 1, "zadd": 2}
 
 
 # ------------------------------------------------------------------------ the adapter
