@@ -55,7 +55,6 @@ from ..ports import (
     JobBus,
     PayloadStore,
     RunLeases,
-    RunPresence,
     SchemaRegistry,
     Store,
 )
@@ -69,6 +68,7 @@ from ..protocol import (
 )
 from ..retry import retrying
 from .effects import commits_payloads
+from .ended_runs import EndedRuns
 from .envelopes import Envelope, Finish, Preload, Redirect, Reply
 from .gc_tuning import freeze_startup, long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
@@ -79,9 +79,6 @@ from .stalls import StallWatch
 from .submission import create_rerun, random_run_id, submit_run
 from .timers import Alarm
 from .unreadable import fail_unreadable, load_run
-
-ENDED_KEPT = 1024
-"""Final runs an engine keeps for ``wait_run`` calls that come after the run ended."""
 
 DEFAULT_RESEND_AFTER = 60.0
 """Seconds without a result after which a job is published again (``open_engine``)."""
@@ -128,10 +125,7 @@ class Engine:
         self._new_id = new_id
         self._runs: dict[str, RunTask] = {}
         self._finished: dict[str, Finish] = {}
-        self._ended: dict[str, WorkflowRun] = {}
-        """Final runs that ended here with nobody waiting, oldest first (``ENDED_KEPT``):
-        ``wait_run`` takes one instead of reading it back (``_take_ended``)."""
-        self._presence = store if isinstance(store, RunPresence) else None
+        self._ended = EndedRuns(store)  # for a ``wait_run`` after the run ended
         self._plans: dict[tuple[str, Any], Plan] = {}
         self.alarm = Alarm()
         self._stalls = StallWatch(
@@ -232,7 +226,7 @@ class Engine:
             # register and drop. Not finished: the loop below registers, then reads again
             # (nothing ends unseen in between).
             if run_id in self._ended:
-                final = await self._take_ended(run_id)
+                final = await self._ended.take(run_id)
                 if final is not None:
                     return final
             run = await self.store.get_run(run_id)
@@ -259,26 +253,6 @@ class Engine:
             final = finished.take()
             if final is not None:
                 return final
-
-    async def _take_ended(self, run_id: str) -> WorkflowRun | None:
-        """The final run a task of this engine kept (to the first caller only: it may
-        change what it gets), if the run is still stored; None: read the store."""
-        final = self._ended.pop(run_id)
-        assert self._presence is not None  # nothing is kept without it (``run_exited``)
-        if await self._presence.missing_runs([run_id]):
-            return None  # deleted since: the read raises the store's own NotFoundError
-        return final
-
-    def _keep_ended(self, run_id: str, run: WorkflowRun) -> None:
-        """Keep a final run nobody waited for, for the next ``wait_run``; only an engine
-        alone on its store (nothing else writes its runs, SingleEngine), over a store that
-        tells a deleted run (``RunPresence``). A new task for the run drops it (``deliver``)."""
-        if self.leases is not None or self._presence is None:
-            return
-        ended = self._ended
-        if len(ended) >= ENDED_KEPT:
-            del ended[next(iter(ended))]
-        ended[run_id] = run
 
     # ------------------------------------------------------------------ routing
 
@@ -307,7 +281,7 @@ class Engine:
         task = self._runs.get(run_id)
         if task is None:
             if self._ended:
-                self._ended.pop(run_id, None)  # the new task may change the run
+                self._ended.drop(run_id)  # the new task may change the run
             task = RunTask(self, run_id, preload)
             # Start first: on a closed engine start_soon raises, and a task registered but
             # never started would swallow every later envelope for the run (callers hang).
@@ -337,8 +311,9 @@ class Engine:
     def run_exited(self, task: object) -> None:
         if isinstance(task, RunTask) and self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
-            if task.ended is not None:
-                self._keep_ended(task.run_id, task.ended)
+            if task.ended is not None and self.leases is None:
+                # kept only by an engine alone on its store (nothing else writes its runs)
+                self._ended.keep(task.run_id, task.ended)
             # A task can end with its run unfinished (it crashed, its run or workflow was
             # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
             self.run_finished(task.run_id)

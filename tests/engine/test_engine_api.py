@@ -19,7 +19,7 @@ from test_engine_kit import (
 )
 
 from cordtrio.backends.memory import MemoryStore
-from cordtrio.engine import open_engine, supervisor
+from cordtrio.engine import ended_runs, open_engine
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepStatus, StepType
 from cordtrio.protocol import SUBJECT_SUBMIT, JobCancel, JobRequest
@@ -328,9 +328,9 @@ async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, 
     await save(step("a"))
     run_id = await engine.submit(WF)
     await succeed(engine, f"{run_id}:a@1")
-    first = engine._ended[run_id]
+    first = engine._ended._runs[run_id]
     await engine.cancel_run(run_id)  # a terminal run is left as it is, by a new task
-    assert engine._ended[run_id] is not first
+    assert engine._ended._runs[run_id] is not first
     reads = count_reads(store)
     got = await engine.wait_run(run_id)
     assert reads == [] and got.to_dict() == (await store.get_run(run_id)).to_dict()
@@ -338,7 +338,7 @@ async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, 
 
 async def test_an_engine_keeps_a_bounded_number_of_ended_runs(engine, store, save,
                                                               monkeypatch):
-    monkeypatch.setattr(supervisor, "ENDED_KEPT", 2)
+    monkeypatch.setattr(ended_runs, "ENDED_KEPT", 2)
     await save(step("a"))
     run_ids = [await engine.submit(WF) for _ in range(3)]
     for run_id in run_ids:

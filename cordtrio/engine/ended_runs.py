@@ -1,0 +1,62 @@
+"""Final runs kept for the ``wait_run`` that comes after the run ended (single engine).
+
+A run that ends with nobody waiting is usually waited for soon after (``Engine.run`` and
+the benchmarks' harness submit, then wait): reading it back from the store would cost a
+full run read. An engine alone on its store (nothing else writes its runs) keeps the final
+run its task held instead — at most ``ENDED_KEPT``, oldest dropped first — and gives it to
+the next ``wait_run``, once (the caller may change what it gets), after asking the store
+whether the run still exists (``ports.RunPresence``: a deleted run is read, and not found,
+as before). A new task for the run drops it (the task may change the run).
+"""
+
+from __future__ import annotations
+
+from ..model import WorkflowRun
+from ..ports import RunPresence
+
+ENDED_KEPT = 1024
+"""Final runs an engine keeps for ``wait_run`` calls that come after the run ended."""
+
+
+class EndedRuns:
+    """The final runs of runs that ended here with nobody waiting, oldest first."""
+
+    __slots__ = ("_presence", "_runs")
+
+    def __init__(self, store: object) -> None:
+        self._presence = store if isinstance(store, RunPresence) else None
+        self._runs: dict[str, WorkflowRun] = {}
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def keep(self, run_id: str, run: WorkflowRun) -> None:
+        """Keep ``run`` for the next ``wait_run`` (nothing, over a store that cannot tell
+        a deleted run). Only for an engine alone on its store: the caller checks."""
+        if self._presence is None:
+            return
+        runs = self._runs
+        if len(runs) >= ENDED_KEPT:
+            del runs[next(iter(runs))]
+        runs[run_id] = run
+
+    def drop(self, run_id: str) -> None:
+        """Forget the run's kept final run (a new task may change the run)."""
+        self._runs.pop(run_id, None)
+
+    async def take(self, run_id: str) -> WorkflowRun | None:
+        """The kept final run (to the first caller only), if the run is still stored;
+        None: nothing kept, or deleted since (the caller reads the store, which raises the
+        store's own ``NotFoundError``)."""
+        final = self._runs.pop(run_id, None)
+        if final is None or self._presence is None:
+            return None
+        if await self._presence.missing_runs([run_id]):
+            return None
+        return final
+
+
+__all__ = ["ENDED_KEPT", "EndedRuns"]
