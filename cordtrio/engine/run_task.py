@@ -40,12 +40,12 @@ from ..core.events import (
     StepFinished,
 )
 from ..core.machine import decide
-from ..core.plan import SENDER_ID, Plan
+from ..core.plan import Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
-from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
+from ..protocol import JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
 from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
@@ -363,16 +363,8 @@ class RunTask:
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:
                     continue
-                if config is None:  # ``publish_job`` without a config to add: inlined
-                    try:
-                        await host.bus.publish(SUBJECT_SUBMIT, BusPacket(
-                            run_id, SENDER_ID, now, PROTOCOL_VERSION, effect.request))
-                        problem = ""
-                    except Exception as exc:
-                        problem = f"publish {effect.job_id}: {exc}"
-                else:
-                    problem = await publish_job(host.bus, now, config, run_id,
-                                                self.state.run, effect)
+                problem = await publish_job(host.bus, now, config, run_id, self.state.run,
+                                            effect)
                 if problem:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                 elif not effect.again:
