@@ -292,8 +292,8 @@ class EmptyConfig:
 
 
 async def test_a_failed_job_publish_is_the_same_with_or_without_a_config_provider():
-    """A job request is published by ``publish_job`` when a config provider may add to it,
-    and directly when there is none: a failed publish fails the step the same way."""
+    """A failed job publish fails the step the same way whether a config provider may add
+    to the request or there is none."""
     outcomes = []
     for config in (None, EmptyConfig()):
         store, payloads = MemoryStore(), MemoryPayloadStore()
