@@ -1,12 +1,18 @@
-"""Final runs kept for the ``wait_run`` that comes after the run ended (single engine).
+"""Final runs kept for the ``wait_run`` that comes after the run ended.
 
 A run that ends with nobody waiting is usually waited for soon after (``Engine.run`` and
 the benchmarks' harness submit, then wait): reading it back from the store would cost a
-full run read. An engine alone on its store (nothing else writes its runs) keeps the final
-run its task held instead — at most ``ENDED_KEPT``, oldest dropped first — and gives it to
-the next ``wait_run``, once (the caller may change what it gets), after asking the store
-whether the run still exists (``ports.RunPresence``: a deleted run is read, and not found,
-as before). A new task for the run drops it (the task may change the run).
+full run read. The engine keeps the final run its task held instead — at most
+``ENDED_KEPT``, oldest dropped first — and gives it to the next ``wait_run``, once (the
+caller may change what it gets), after asking the store whether the run still exists
+(``ports.RunPresence``: a deleted run is read, and not found, as before). A new task for
+the run here drops it (the task may change the run).
+
+This holds with several engines on one store too: a terminal run is never changed again
+(SPEC §9: cancelling it changes nothing, approving needs a waiting step, a rerun is a new
+run), and the task's final run is what the store holds — its last write was fenced by the
+run's lease, so a task that lost the lease keeps nothing. It is what a waiter that was
+already there gets anyway (``Finish``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class EndedRuns:
 
     def keep(self, run_id: str, run: WorkflowRun) -> None:
         """Keep ``run`` for the next ``wait_run`` (nothing, over a store that cannot tell
-        a deleted run). Only for an engine alone on its store: the caller checks."""
+        a deleted run)."""
         if self._presence is None:
             return
         runs = self._runs

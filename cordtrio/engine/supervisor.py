@@ -311,8 +311,8 @@ class Engine:
     def run_exited(self, task: object) -> None:
         if isinstance(task, RunTask) and self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
-            if task.ended is not None and self.leases is None:
-                # kept only by an engine alone on its store (nothing else writes its runs)
+            if task.ended is not None:
+                # a terminal run stays as its task left it (``ended_runs``)
                 self._ended.keep(task.run_id, task.ended)
             # A task can end with its run unfinished (it crashed, its run or workflow was
             # deleted): wake ``wait_run`` callers so they re-read the store (and poll).

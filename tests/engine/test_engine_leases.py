@@ -367,3 +367,32 @@ async def test_a_lease_taken_with_the_create_long_ago_is_not_trusted(
         assert store.calls["take_commands"] >= 1
         await a.approve_step(run_id, "gate")
         assert (await a.wait_run(run_id, poll_interval=0.1)).status == RunStatus.SUCCEEDED
+
+
+async def test_a_run_that_ended_before_the_wait_is_answered_without_a_read_by_its_engine(
+        bus, payloads, clock, autojump_clock) -> None:
+    """Multi-engine mode too: the engine whose task finished the run keeps the final run
+    for the next ``wait_run`` (a terminal run never changes again); another engine reads
+    the store, and a run deleted since is not found."""
+    store = StoreCalls()
+    await store.save_workflow(workflow(step("gate", type=StepType.APPROVAL)))
+    async with trio.open_nursery() as nursery:
+        a, _ = await start_engine(store, bus, payloads, clock, "A", nursery)
+        b, _ = await start_engine(store, bus, payloads, clock, "B", nursery)
+        first, second, third = [await a.submit(WF) for _ in range(3)]
+        for run_id in (first, second, third):
+            await a.approve_step(run_id, "gate")
+            while a.is_active(run_id):
+                await trio.sleep(0.1)
+        reads = store.calls["get_run"]
+        got = await a.wait_run(first)
+        assert store.calls["get_run"] == reads
+        assert got.status == RunStatus.SUCCEEDED
+        assert got.to_dict() == (await store.get_run(first)).to_dict()
+        reads = store.calls["get_run"]
+        assert (await b.wait_run(second)).status == RunStatus.SUCCEEDED
+        assert store.calls["get_run"] == reads + 1  # B did not drive it: B reads it
+        await store.delete_run(third)
+        with pytest.raises(NotFoundError):
+            await a.wait_run(third)
+        nursery.cancel_scope.cancel()
