@@ -24,12 +24,18 @@ and peers: w1 100, w2 1000, w3 3, w4 200, w5 50. The full sizes:
 Figures: median steps/s and runs/s with min-max over the repetitions, dispatch->result
 latency p50/p99, peak RSS, Redis commands per step (INFO commandstats). Details:
 docs/benchmarks.md. Real clock: numbers on a shared machine are noisy.
+
+Two versions in one invocation: --against DIR (another checkout) --against-python PY
+measures every repetition with DIR's own harness too, right before or after this one's
+(alternating; each sample in a fresh process), and prints this/other ratios
+(benchmarks/against.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -41,6 +47,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .against import Against, against_rows, against_table, this_checkout
 from .backends import BACKENDS, NEEDS_REDIS
 from .measure import RedisStats, Sample, run_sample
 from .peers import Peer, all_peers
@@ -142,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default="", help="celery,prefect (default: none)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
     parser.add_argument("--plot", default="", help="PNG plot of cost per step vs size")
+    parser.add_argument("--against", default="",
+                        help="another checkout measured in the same repetitions (alternated)")
+    parser.add_argument("--against-python", default="",
+                        help="the Python that runs --against's harness (default: this one)")
     args = parser.parse_args(argv)
     peer_factories = all_peers()
     try:
@@ -153,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             raise argparse.ArgumentTypeError("--repeat must be >= 1")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    if args.against_python and not args.against:
+        parser.error("--against-python needs --against")
+    against = Against(args.against, args.against_python or sys.executable) \
+        if args.against else None
 
     console = Console()
     if not console.is_terminal:  # a file or pipe: wide enough for the tables
@@ -201,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
                 def tick(done: int, expected: int = expected) -> None:
                     progress.update(current, completed=min(done, expected))
 
+                if against is not None:  # both versions, fresh processes, alternated
+                    pair = [this_checkout(sys.executable), against]
+                    for checkout in pair[::-1] if rep % 2 else pair:
+                        _sample_checkout(checkout, workload, backend, size, rep,
+                                         args.repeat, samples, progress, note)
+                    progress.advance(overall)
+                    continue
                 try:
                     sample = trio.run(run_sample, workload, backend, size, redis, tick)
                     samples.append(sample)
@@ -217,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarize(samples)
     titles = {name: w.summary for name, w in WORKLOADS.items()}
     ratios = print_report(console, summaries, titles, [p.name for p in peers])
+    versus = against_rows(summaries) if against is not None else []
+    if against is not None:
+        console.print(against_table(versus, against.checkout))
     settings: dict[str, Any] = {"workloads": workloads, "backends": backends,
                                 "repeat": args.repeat, "peers": [p.name for p in peers],
                                 "sizes": {f"{w}@{b}" if b else w: list(v)
-                                          for (w, b), v in sizes.items()}}
+                                          for (w, b), v in sizes.items()},
+                                "against": args.against,
+                                "against_python": against.python if against else ""}
     out = Path(args.out)
-    write_json(out, summaries, ratios, settings, notes)
+    write_json(out, summaries, ratios, settings, notes, versus)
     console.print(f"results written to {out}")
     if args.plot:
         try:
@@ -238,6 +265,19 @@ def _log_sample(progress: Progress, s: Sample, rep: int, repeat: int) -> None:
     progress.console.print(
         f"{s.workload} {s.backend} size {s.size:,} rep {rep + 1}/{repeat}: "
         f"{s.steps_per_s:,.0f} steps/s in {s.seconds:.1f} s", style="dim", highlight=False)
+
+
+def _sample_checkout(checkout: Against, workload: Workload, backend: str, size: int,
+                     rep: int, repeat: int, samples: list[Sample], progress: Progress,
+                     note: Any) -> None:
+    """A checkout's sample of this repetition (a failure is noted, the rest goes on)."""
+    try:
+        sample = checkout.sample(workload.name, backend, size)
+    except Exception as exc:
+        note(f"{workload.name} on {backend} size {size} by {checkout.checkout} failed: {exc}")
+        return
+    samples.append(sample)
+    _log_sample(progress, sample, rep, repeat)
 
 
 def _expected_steps(workload: Workload, size: int) -> int:

@@ -18,6 +18,9 @@ from .measure import Sample
 
 TOP_COMMANDS = 4
 
+AGAINST_SUFFIX = " (against)"
+"""Appended to the backend name of another checkout's samples (``benchmarks.against``)."""
+
 
 @dataclass
 class Summary:
@@ -145,7 +148,8 @@ def ratio_rows(summaries: Sequence[Summary], peers: Sequence[str]) -> list[dict[
     backend's nearest size instead; both sizes are in the row."""
     rows = []
     for peer in (s for s in summaries if s.backend in peers):
-        mine = [s for s in summaries if s.backend not in peers and s.workload == peer.workload]
+        mine = [s for s in summaries if s.backend not in peers and s.workload == peer.workload
+                and not s.backend.endswith(AGAINST_SUFFIX)]
         exact = [s for s in mine if s.size == peer.size]
         chosen: dict[str, Summary] = {s.backend: s for s in exact}
         if not exact:
@@ -192,10 +196,12 @@ def print_report(console: Console, summaries: Sequence[Summary], titles: dict[st
 
 
 def write_json(path: Path, summaries: Sequence[Summary], ratios: Sequence[dict[str, Any]],
-               settings: dict[str, Any], notes: Sequence[str]) -> None:
+               settings: dict[str, Any], notes: Sequence[str],
+               against: Sequence[dict[str, Any]] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "settings": settings, "notes": list(notes),
         "results": [s.to_json() for s in summaries], "ratios": list(ratios),
+        "against": list(against),
     }, indent=2))

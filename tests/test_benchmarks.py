@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main, parse_sizes, plan
+from benchmarks.against import Against, against_rows, sample_from_json
 from benchmarks.measure import Sample, command_delta, run_sample
 from benchmarks.peers.celery_bench import CeleryPeer
 from benchmarks.report import ratio_rows, summarize
@@ -94,6 +95,45 @@ def test_redis_command_counts_and_peer_ratios() -> None:
     assert [(r["peer"], r["cordtrio_backend"], r["size"], r["peer_size"]) for r in rows] == [
         ("celery (solo)", "redis", 10, 10),
         ("prefect (local)", "redis", 10, 7), ("prefect (local)", "memory", 1000, 7)]
+
+
+def test_against_measures_two_checkouts_alternated_and_reports_their_ratios(
+        tmp_path: Path) -> None:
+    """``--against`` with this checkout as the other one: every repetition measured by both
+    harnesses (fresh processes), labelled apart, with this/other ratios in the JSON."""
+    out = tmp_path / "versus.json"
+    root = str(Path(__file__).resolve().parents[1])
+    assert main(["--workload", "w1", "--backend", "memory", "--size", "w1=3", "--repeat",
+                 "2", "--against", root, "--against-python", sys.executable,
+                 "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["notes"] == []
+    backends = {r["backend"]: r for r in data["results"]}
+    assert set(backends) == {"memory", "memory (against)"}
+    assert all(r["repetitions"] == 2 and r["samples"][0]["steps"] == 3 * CHAIN_STEPS
+               for r in backends.values())
+    [row] = data["against"]
+    assert (row["workload"], row["backend"], row["size"]) == ("w1", "memory", 3)
+    assert row["ratio_of_medians"] == pytest.approx(
+        backends["memory"]["steps_per_s_median"]
+        / backends["memory (against)"]["steps_per_s_median"])
+    assert len(row["ratios"]) == 2 and row["median_of_ratios"] > 0
+    assert data["settings"]["against"] == root
+
+
+def test_against_pairs_repetitions_and_reports_a_failed_checkout(tmp_path: Path) -> None:
+    ours = [Sample("w1", "redis", 10, 50, 10, s) for s in (1.0, 2.0, 4.0)]
+    theirs = [Sample("w1", "redis (against)", 10, 50, 10, s) for s in (2.0, 2.0, 2.0)]
+    other_size = Sample("w1", "redis (against)", 20, 100, 20, 1.0)
+    [row] = against_rows(summarize([*ours, *theirs, other_size]))
+    assert row["ratios"] == [2.0, 1.0, 0.5] and row["median_of_ratios"] == 1.0
+    assert row["ratio_of_medians"] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="no w1 sample on redis at size 10"):
+        sample_from_json({"results": [], "notes": ["backends redis skipped"]}, "w1", "redis",
+                         10)
+    broken = Against(str(tmp_path), sys.executable)  # no harness there
+    with pytest.raises(RuntimeError, match=f"{tmp_path}: exit 1"):
+        broken.sample("w1", "memory", 3)
 
 
 def test_a_peer_that_cannot_import_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
