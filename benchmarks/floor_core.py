@@ -38,7 +38,7 @@ from cordtrio.core.events import (
 from cordtrio.core.machine import decide
 from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES, Plan
 from cordtrio.core.state import RunState
-from cordtrio.engine.gc_tuning import freeze_startup, long_lived_gc
+from cordtrio.engine.gc_tuning import long_lived_gc
 from cordtrio.model import RunStatus, TimelineEvent, WorkflowRun
 from cordtrio.payloads import key_from_pointer, pointer_for_key, result_key
 from cordtrio.protocol import JobRequest, JobResult, JobStatus
@@ -189,7 +189,6 @@ async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool =
             for _ in range(WORKERS):
                 workers.start_soon(_worker, floor.receive, floor.payloads)
             await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
-            freeze_startup()
             trio.lowlevel.add_instrument(switches)
             wall, cpu = time.perf_counter(), time.process_time()
             for run_id in await submit_many(floor.submit, runs):

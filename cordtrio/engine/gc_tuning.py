@@ -2,13 +2,18 @@
 
 A busy engine allocates many short-lived container objects per step (envelopes, effects,
 decoded packets); with CPython's default generation-0 threshold (700) the collector runs
-every few steps and walks everything young, and every full collection walks the whole heap
-— the modules, plans and stored runs of start-up included. While at least one engine with
-``tune_gc=True`` is open: generation 0 is collected every ``GEN0_THRESHOLD`` allocations,
-and what exists once the engine has started (``freeze_startup``) is moved out of the
-collector's sight (``gc.freeze``). When the last such engine closes, the thresholds are
-restored and the frozen objects handed back (``gc.unfreeze``). Nothing is disabled: cycles
-are still collected, just less often.
+every few steps and walks everything young. While at least one engine with
+``tune_gc=True`` is open, generation 0 is collected every ``GEN0_THRESHOLD`` allocations;
+when the last such engine closes, the thresholds are restored. Nothing is disabled:
+cycles are still collected, just less often.
+
+Nothing is frozen out of the collector's sight (``gc.freeze``): what is alive when an
+engine starts includes the garbage of whatever ran before (an earlier engine, in a process
+that opens engine after engine: tests, simulations, restarts), and frozen garbage is never
+freed while an engine is open, nor soon after (handed back, it does not count towards a
+full collection) — such a process grew by every engine's leftovers. Collecting before
+freezing costs a full collection per engine start; freezing bought nothing measurable on
+W1 or W4.
 """
 
 from __future__ import annotations
@@ -40,13 +45,6 @@ def long_lived_gc(enabled: bool = True) -> Iterator[None]:
         _open -= 1
         if _open == 0 and _saved is not None:
             gc.set_threshold(*_saved)
-            gc.unfreeze()
 
 
-def freeze_startup(enabled: bool = True) -> None:
-    """Move every object alive now into the permanent generation (after start-up)."""
-    if enabled:
-        gc.freeze()
-
-
-__all__ = ["GEN0_THRESHOLD", "freeze_startup", "long_lived_gc"]
+__all__ = ["GEN0_THRESHOLD", "long_lived_gc"]

@@ -70,7 +70,7 @@ from ..retry import retrying
 from .effects import commits_payloads
 from .ended_runs import EndedRuns
 from .envelopes import Envelope, Finish, Preload, Redirect, Reply
-from .gc_tuning import freeze_startup, long_lived_gc
+from .gc_tuning import long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .ownership import SingleEngine
@@ -483,10 +483,9 @@ async def open_engine(
     requires the mode (``ValidationError`` if the store lacks it).
 
     ``tune_gc`` (default True): while the engine is open, CPython's cyclic garbage
-    collector runs less often (generation 0 every 50,000 allocations instead of 700), and
-    what exists once the engine has started is frozen out of its sight (``gc.freeze``);
-    both are undone when the last such engine closes (``cordtrio.engine.gc_tuning``).
-    False leaves the collector alone.
+    collector runs less often (generation 0 every 50,000 allocations instead of 700),
+    undone when the last such engine closes (``cordtrio.engine.gc_tuning``). False leaves
+    the collector alone.
     """
     if multi_engine is None:
         leases_on = isinstance(store, RunLeases) and (
@@ -521,5 +520,4 @@ async def open_engine(
                 # every started, non-terminal run in the store (SPEC §12); in multi-engine
                 # mode those nobody holds (and runs with queued commands), again every ttl/2
                 await engine.ownership.recover(nursery)
-            freeze_startup(tune_gc)
             yield engine
