@@ -50,14 +50,21 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     ``NotFoundError``/``InvalidStateError`` before changing anything. Results and timers
     never raise: stale or foreign ones change nothing (SPEC §6).
     """
-    tx = Tx(plan, state, now)
-    tx.changes.previous_status = state.run.status
-    match event:  # the most frequent event first: each case is an isinstance check
-        case ResultReceived(result=result, output=output):
-            if quick_result(tx, result, output):
-                state.run.updated_at = now  # the short way always changes the run
-                tx.changes.header = True
-                return tx
+    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+    if event.__class__ is ResultReceived:  # the most frequent event, before the ``match``
+        result, output = event.result, event.output  # type: ignore[attr-defined]
+        if quick_result(tx, result, output):
+            state.run.updated_at = now  # the short way always changes the run
+            tx.changes.header = True
+            return tx
+        if apply_result(tx, result, output):
+            ready_pass(tx)
+        if tx.changes:
+            state.run.updated_at = now
+            tx.changes.header = True
+        return tx
+    match event:  # each case is an isinstance check
+        case ResultReceived(result=result, output=output):  # a subclass
             if apply_result(tx, result, output):
                 ready_pass(tx)
         case Start():

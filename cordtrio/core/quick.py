@@ -92,7 +92,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     sr.status = _SUCCEEDED
     sr.completed_at = now
     sr.next_attempt_at = None
-    sr.error = {}
+    if sr.error:
+        sr.error = {}
     tx.changes.steps.add(target)
     effects = tx.effects
     effects.append(RecordTimeline(TimelineEvent(
@@ -109,9 +110,12 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return True
     front.seen[plan.rechecks[target][0]] = _SUCCEEDED  # what ``Frontier.absorb`` would do
     front.unfinished -= 1
-    status = front.run_status(run)  # ``update_run_status`` for a running run
-    if status != _RUN_RUNNING:
-        set_run_status(tx, status)
+    # ``update_run_status`` for a running run; without a call while steps are left and none
+    # waits (no failure stands: checked above)
+    if front.waiting or not (front.unfinished or front.absent):
+        status = front.run_status(run)
+        if status != _RUN_RUNNING:
+            set_run_status(tx, status)
     return True
 
 
