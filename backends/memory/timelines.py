@@ -23,7 +23,7 @@ from cordtrio.model import TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
 
-from .frozen import freeze, thaw
+from .frozen import Frozen, freeze, thaw
 
 Row = tuple[Any, ...]
 
@@ -82,6 +82,7 @@ class Timelines:
                 rid = run_id
             data = event.data
             if data:
+                frozen: Frozen
                 try:  # ``freeze`` inlined: one call less per job started
                     frozen = dumps(data, 2)
                 except ValueError:
