@@ -44,7 +44,7 @@ def child_order_key(child_id: str) -> tuple[str, int]:
     return child_id, -1
 
 
-@dataclass(init=False)
+@dataclass(init=False, slots=True)
 class RunChanges:
     """What one batch of events changed in a run; the store writes exactly these parts.
 

@@ -16,6 +16,7 @@ changes a stored part, and no stored part is ever handed out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from marshal import dumps
 
 from cordtrio.model import StepRun, WorkflowRun
 from cordtrio.ports import RunChanges, child_order_key
@@ -160,7 +161,10 @@ class RunRecord:
                 # the common case (one job's output), ``write_context_steps`` inlined
                 for key in names:
                     if key in ctx_steps:
-                        stored_steps[key] = freeze(ctx_steps[key])
+                        try:  # ``freeze`` inlined: one call less per job result
+                            stored_steps[key] = dumps(ctx_steps[key], 2)
+                        except ValueError:
+                            stored_steps[key] = freeze(ctx_steps[key])
                     else:
                         stored_steps.pop(key, None)
             else:

@@ -5,13 +5,17 @@ empty ones left out, the time as the (immutable) datetime and the data frozen
 (``frozen.freeze``). A row of strings, a datetime and bytes is cheap to build (no timestamp
 formatting, no dict copy), half the memory of a dict, and invisible to the cyclic garbage
 collector — which matters with millions of events in memory. Reading builds fresh
-``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip gives.
+``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip gives: a text field
+that is not a plain string (an enum member such as a ``RunStatus``, a number) is kept as
+given and made a string there, not on append (every event the engine writes has plain
+strings only, and checking eight types per event cost ~1,500 instructions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from marshal import dumps
 from typing import Any
 
 from cordtrio.errors import ValidationError
@@ -19,7 +23,7 @@ from cordtrio.model import TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
 
-from .frozen import freeze, thaw
+from .frozen import Frozen, freeze, thaw
 
 Row = tuple[Any, ...]
 
@@ -74,18 +78,17 @@ class Timelines:
             status = event.status
             result_ptr = event.result_ptr
             message = event.message
-            if not (type(kind) is type(rid) is type(workflow_id) is type(step_id)
-                    is type(job_id) is type(status) is type(result_ptr) is type(message)
-                    is str):  # not all plain strings
-                kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
-                    _text, (kind, rid, workflow_id, step_id, job_id, status, result_ptr,
-                            message))
             if not rid:
                 rid = run_id
             data = event.data
             if data:
+                frozen: Frozen
+                try:  # ``freeze`` inlined: one call less per job started
+                    frozen = dumps(data, 2)
+                except ValueError:
+                    frozen = freeze(data)
                 rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
-                             message, freeze(data)))
+                             message, frozen))
             elif message:  # nothing to leave out
                 rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
                              message))
@@ -116,9 +119,11 @@ class Timelines:
 def _event(row: Row) -> TimelineEvent:
     fields = row + ("",) * (10 - len(row))
     data = fields[9]
-    return TimelineEvent(time=fields[0], type=fields[1], run_id=fields[2],
-                         workflow_id=fields[3], step_id=fields[4], job_id=fields[5],
-                         status=fields[6], result_ptr=fields[7], message=fields[8],
+    kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
+        _text, fields[1:9])
+    return TimelineEvent(time=fields[0], type=kind, run_id=rid, workflow_id=workflow_id,
+                         step_id=step_id, job_id=job_id, status=status,
+                         result_ptr=result_ptr, message=message,
                          data=thaw(data) if data else {})
 
 

@@ -58,13 +58,7 @@ def start_job(
 ) -> None:
     """``dispatch`` once the payload is built: ``sr`` becomes the running attempt
     ``job_id``, and the job's timeline event, ``Dispatch`` and timer are emitted."""
-    run = tx.run
     target = sr.step_id
-    ctx_key = CONTEXT_PREFIX + job_id if tx.plan.has_payload_store else ""  # context_key()
-    request = build_request(tx.plan, run, step, target, job_id, ctx_key)
-    if parent:
-        request.env["foreach_index"] = str(index)
-        request.env["foreach_item"] = _ITEM_JSON.encode(sr.item)
     sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
@@ -76,10 +70,24 @@ def start_job(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
+    emit_job(tx, step, target, job_id, payload, parent, index, sr.item)
+
+
+def emit_job(
+    tx: Tx, step: Step, target: str, job_id: str, payload: dict[str, Any], parent: str = "",
+    index: int = -1, item: Any = None,
+) -> None:
+    """The effects of starting ``job_id`` for ``target`` (a step, or with ``parent`` the
+    for-each child ``index`` of ``item``): its timeline event, ``Dispatch`` and timer."""
+    run = tx.run
+    ctx_key = CONTEXT_PREFIX + job_id if tx.plan.has_payload_store else ""  # context_key()
+    request = build_request(tx.plan, run, step, target, job_id, ctx_key)
     data: dict[str, Any] = {}
-    if request.context_ptr:
+    if ctx_key:
         data["context_ptr"] = request.context_ptr
     if parent:
+        request.env["foreach_index"] = str(index)
+        request.env["foreach_item"] = _ITEM_JSON.encode(item)
         data["foreach_index"] = index
     effects = tx.effects
     # ``tx.timeline`` inlined (every job starts here): positional, in ``TimelineEvent``'s

@@ -50,47 +50,50 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     ``NotFoundError``/``InvalidStateError`` before changing anything. Results and timers
     never raise: stale or foreign ones change nothing (SPEC §6).
     """
-    tx = Tx(plan, state, now)
-    tx.changes.previous_status = state.run.status
-    match event:  # the most frequent event first: each case is an isinstance check
-        case ResultReceived(result=result, output=output):
-            if quick_result(tx, result, output):
-                state.run.updated_at = now  # the short way always changes the run
-                tx.changes.header = True
-                return tx
-            if apply_result(tx, result, output):
+    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+    # the most frequent event first, tested without the ``match`` (a class pattern reads its
+    # attributes through a generic lookup)
+    if event.__class__ is ResultReceived or isinstance(event, ResultReceived):
+        result, output = event.result, event.output
+        if quick_result(tx, result, output):
+            state.run.updated_at = now  # the short way always changes the run
+            tx.changes.header = True
+            return tx
+        if apply_result(tx, result, output):
+            ready_pass(tx)
+    else:
+        match event:  # each case is an isinstance check
+            case Start():
+                if not quick_start(tx):
+                    ready_pass(tx)
+            case Recover():
+                recover(tx)
+                if state.run.status != RunStatus.PENDING:  # a created, never started run waits
+                    ready_pass(tx)
+            case JobStarted(job_id=job_id):
+                job_started(tx, job_id)
+            case Approve(step_id=step_id, approved=approved):
+                approve(tx, step_id, approved)
                 ready_pass(tx)
-        case Start():
-            if not quick_start(tx):
+            case CancelRun(reason=reason):
+                cancel(tx, reason)
+            case TimerFired(kind=TimerKind.WAKE):
                 ready_pass(tx)
-        case Recover():
-            recover(tx)
-            if state.run.status != RunStatus.PENDING:  # a created, never started run waits
+            case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
+                step_timeout(tx, target, job_id)
                 ready_pass(tx)
-        case JobStarted(job_id=job_id):
-            job_started(tx, job_id)
-        case Approve(step_id=step_id, approved=approved):
-            approve(tx, step_id, approved)
-            ready_pass(tx)
-        case CancelRun(reason=reason):
-            cancel(tx, reason)
-        case TimerFired(kind=TimerKind.WAKE):
-            ready_pass(tx)
-        case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
-            step_timeout(tx, target, job_id)
-            ready_pass(tx)
-        case ResendDue():
-            resend_due(tx)
-        case TimerFired(kind=TimerKind.RUN_TIMEOUT):
-            run_timeout(tx)
-        case DispatchFailed(target_id=target, job_id=job_id, message=message):
-            dispatch_failed(tx, target, job_id, message)
-            ready_pass(tx)
-        case AlertOutcome(step_id=step_id, error=error):
-            alert_outcome(tx, step_id, error)
-            ready_pass(tx)
-        case _:
-            raise TypeError(f"decide: unknown event {event!r}")
+            case ResendDue():
+                resend_due(tx)
+            case TimerFired(kind=TimerKind.RUN_TIMEOUT):
+                run_timeout(tx)
+            case DispatchFailed(target_id=target, job_id=job_id, message=message):
+                dispatch_failed(tx, target, job_id, message)
+                ready_pass(tx)
+            case AlertOutcome(step_id=step_id, error=error):
+                alert_outcome(tx, step_id, error)
+                ready_pass(tx)
+            case _:
+                raise TypeError(f"decide: unknown event {event!r}")
     if tx.changes:
         state.run.updated_at = now
         tx.changes.header = True

@@ -27,7 +27,7 @@ from ..errors import CordtrioError
 from ..model import RunStatus, Step, StepRun, StepStatus, TimelineEvent
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
-from .dispatch import build_payload, start_job
+from .dispatch import build_payload, emit_job
 from .events import LoadedOutput, RecordTimeline, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
@@ -92,7 +92,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     sr.status = _SUCCEEDED
     sr.completed_at = now
     sr.next_attempt_at = None
-    sr.error = {}
+    if sr.error:
+        sr.error = {}
     tx.changes.steps.add(target)
     effects = tx.effects
     effects.append(RecordTimeline(TimelineEvent(
@@ -109,9 +110,12 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return True
     front.seen[plan.rechecks[target][0]] = _SUCCEEDED  # what ``Frontier.absorb`` would do
     front.unfinished -= 1
-    status = front.run_status(run)  # ``update_run_status`` for a running run
-    if status != _RUN_RUNNING:
-        set_run_status(tx, status)
+    # ``update_run_status`` for a running run; without a call while steps are left and none
+    # waits (no failure stands: checked above)
+    if front.waiting or not (front.unfinished or front.absent):
+        status = front.run_status(run)
+        if status != _RUN_RUNNING:
+            set_run_status(tx, status)
     return True
 
 
@@ -169,11 +173,18 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
                 return False
     position = plan.rechecks  # a step's position in ``order`` comes first
     seen = front.seen
+    touched = tx.changes.steps
+    now = tx.now
     for step, payload in ready:
         sid = step.id
-        sr = StepRun(sid)  # positional: cheaper than the keyword
-        steps[sid] = sr
-        start_job(tx, step, sr, f"{run.id}:{sid}@1", payload)
+        job_id = f"{run.id}:{sid}@1"
+        # the StepRun ``start_job`` makes of a new one, made so at once (positional, in field
+        # order: step_id, status, started_at, completed_at, next_attempt_at, attempts,
+        # input, output, error, job_id, item, children)
+        steps[sid] = StepRun(sid, _RUNNING, now, None, None, 1, payload, None, {}, job_id, None,
+                             {})
+        touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
+        emit_job(tx, step, sid, job_id, payload)
         seen[position[sid][0]] = _RUNNING
     # What ``Frontier.absorb`` would make of the touches: these counts; and the started
     # jobs cannot act, nor can the steps depending on them.

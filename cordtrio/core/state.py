@@ -133,9 +133,10 @@ class Tx(Outcome):
         self.state = state
         self.now = now
         self.effects: list[Effect] = []
-        self.changes = RunChanges()
         self.run: WorkflowRun = state.run
         """``state.run``, read a score of times per event: an attribute, not a property."""
+        # positional: (header, steps, children, context_steps, context_keys, previous_status)
+        self.changes = RunChanges(False, None, None, None, None, self.run.status)
 
     def touch_step(self, step_id: str) -> None:
         """Record that ``step_id``'s StepRun changed: for the store, and for the frontier."""

@@ -31,6 +31,18 @@ async def test_timeline_is_chronological_and_round_trips(store: Store) -> None:
     assert [e.to_dict() for e in got] == [e.to_dict() for e in events]
 
 
+async def test_timeline_text_fields_read_back_as_plain_strings(store: Store) -> None:
+    from cordtrio.model import RunStatus, StepStatus
+
+    e = TimelineEvent(time=at(1), type=RunStatus.FAILED, run_id="", step_id=StepStatus.RUNNING,
+                      job_id="j", status=StepStatus.SUCCEEDED, message=RunStatus.WAITING)
+    await store.append_timeline_events("run-1", [e])
+    (got,) = await store.list_timeline_events("run-1")
+    fields = (got.type, got.run_id, got.step_id, got.status, got.message)
+    assert fields == ("failed", "run-1", "running", "succeeded", "waiting")
+    assert all(type(f) is str for f in fields)
+
+
 async def test_timeline_limit_returns_the_newest_events_oldest_first(store: Store) -> None:
     await store.append_timeline_events("run-1", [event(i) for i in range(10)])
     got = await store.list_timeline_events("run-1", limit=3)
