@@ -133,7 +133,7 @@ class JsonPayload:
         self.parts = (text, frozen, bound, compact)
 
     @classmethod
-    def of(cls, value: Any, *, compact: bool) -> JsonPayload:
+    def of(cls, value: Any, compact: bool) -> JsonPayload:
         """``value`` as a payload (``compact``: a job input's separators). Raises
         ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
         # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles):
@@ -232,11 +232,12 @@ class ValuePayloads(Protocol):
 # since these run four times per engine step.
 
 
-def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload | bytes:
+def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | bytes:
     """``value`` as ``payloads`` takes it: a ``JsonPayload`` for an in-process store, the
-    JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does."""
+    JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does.
+    (``compact`` may be passed by position: a keyword argument costs more on every job.)"""
     if getattr(payloads, "takes_json_payloads", False):
-        return JsonPayload.of(value, compact=compact)
+        return JsonPayload.of(value, compact)
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
 

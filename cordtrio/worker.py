@@ -446,7 +446,7 @@ class Worker:
                             job_id)
 
         try:
-            body = json_payloads.encode(self._payloads, output, compact=False)
+            body = json_payloads.encode(self._payloads, output, False)  # not compact
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
@@ -469,7 +469,8 @@ class Worker:
                 JobStatus.FAILED, type(exc).__name__,
                 f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
             )
-        return JobResult(job_id, _SUCCEEDED, result_ptr=pointer_for_key(key))
+        # by position (``result_ptr``): keyword arguments to a class cost more
+        return JobResult(job_id, _SUCCEEDED, pointer_for_key(key))
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:
