@@ -247,7 +247,8 @@ class Worker:
                     slots: trio.Nursery) -> None:
         """One of ``max_concurrency`` long-lived tasks: takes a job request from the bus
         only when idle (so jobs this worker cannot start yet stay with the bus, and with
-        other members of the queue group), runs it, reports it, and takes the next.
+        other members of the queue group), runs it, reports it, and takes the next; until
+        the submit channel ends.
 
         Its jobs share one cancel scope (entering and leaving a scope costs more than the
         rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
@@ -257,19 +258,71 @@ class Worker:
         Every job starts in the slot's original context, as a task of its own would: a
         handler that sets context variables (``structlog.bind_contextvars``, tracing) makes
         its slot hand over to a fresh one started from that context, and end.
+
+        One coroutine, the job loop inlined in the scope loop: a slot waits for every job,
+        and each frame between the task and its wait is resumed and left again each time.
         """
         clean = contextvars.copy_context()
+        handlers = self._handlers
+        running = self._jobs
+        # A burst already buffered is taken without a schedule point: by ``receive_nowait``
+        # first, or by ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised
+        # and caught on every job that finds the inbox empty)
+        receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
+            else getattr(submits, "receive_nowait", None)
+        receive = submits.receive
         while True:
-            jobs: list[_Running] = []  # the job in progress, if any
-            ended = False
+            entry: _Running | None = None  # the job in progress, if any
             with trio.CancelScope() as scope:
-                ended = await self._run_jobs(submits, scope, jobs, clean)
-            if ended:
-                return
-            if jobs and jobs[0].lost:  # taken back by the bus: another worker runs it
-                self.lost += 1
-            elif jobs:  # cancelled (even if the handler swallowed the Cancelled)
-                entry = jobs[0]
+                while True:  # jobs, until the scope is cancelled or the context changed
+                    try:
+                        if receive_nowait is None:
+                            packet = await receive()
+                        else:
+                            try:
+                                packet = receive_nowait()
+                            except trio.WouldBlock:
+                                packet = await receive()
+                    except trio.EndOfChannel:
+                        return
+                    request = packet.payload
+                    if not isinstance(request, JobRequest):
+                        continue
+                    handler = handlers.get(request.topic)
+                    if handler is None:  # a job for another worker's topic set
+                        continue
+                    job_id = request.job_id
+                    if job_id in running:
+                        # A duplicate delivery of a job in progress here: its result is
+                        # coming.
+                        logger.debug("worker %s: duplicate of running job %s dropped",
+                                     self.worker_id, job_id)
+                        continue
+                    entry = _Running(scope, packet.trace_id, request, self._now())
+                    running[job_id] = entry  # registered now, so an early cancel finds it
+                    self.running += 1
+                    try:
+                        budget = request.budget
+                        if budget is not None and budget.deadline_ms > 0:
+                            await self._report_start(entry)
+                        result = await self._execute(request, handler)
+                    finally:
+                        del running[job_id]
+                        self.running -= 1
+                    # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
+                    # ``_job_lost`` give a reason before they cancel (cheaper than the
+                    # scope's ``cancel_called``, which reads the clock).
+                    if entry.reason is not None:
+                        break
+                    reported, entry = entry, None
+                    # The slot is busy until the result is published, so a slow bus slows
+                    # intake instead of piling up finished jobs.
+                    await self._report(reported, result)
+                    if contextvars.copy_context() != clean:
+                        break
+            if entry is not None and entry.lost:  # taken back by the bus: another worker
+                self.lost += 1                      # runs it
+            elif entry is not None:  # cancelled (even if the handler swallowed the Cancelled)
                 result = JobResult(
                     entry.request.job_id,
                     JobStatus.CANCELLED,
@@ -280,68 +333,6 @@ class Worker:
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
-
-    async def _run_jobs(
-        self, submits: trio.abc.ReceiveChannel[BusPacket], scope: trio.CancelScope,
-        jobs: list[_Running], clean: contextvars.Context,
-    ) -> bool:
-        """Take and run jobs under ``scope`` until the submit channel ends (True), or
-        ``scope`` is cancelled (False, the job left in ``jobs``; or ``Cancelled`` raised),
-        or a job changed the context (False, ``jobs`` empty)."""
-        handlers = self._handlers
-        running = self._jobs
-        # A burst already buffered is taken without a schedule point: by ``receive_nowait``
-        # first, or by ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised
-        # and caught on every job that finds the inbox empty)
-        receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
-            else getattr(submits, "receive_nowait", None)
-        receive = submits.receive
-        while True:
-            try:
-                if receive_nowait is None:
-                    packet = await receive()
-                else:
-                    try:
-                        packet = receive_nowait()
-                    except trio.WouldBlock:
-                        packet = await receive()
-            except trio.EndOfChannel:
-                return True
-            request = packet.payload
-            if not isinstance(request, JobRequest):
-                continue
-            handler = handlers.get(request.topic)
-            if handler is None:  # a job for another worker's topic set
-                continue
-            job_id = request.job_id
-            if job_id in running:
-                # A duplicate delivery of a job in progress here: its result is coming.
-                logger.debug("worker %s: duplicate of running job %s dropped",
-                             self.worker_id, job_id)
-                continue
-            entry = _Running(scope, packet.trace_id, request, self._now())
-            jobs.append(entry)
-            running[job_id] = entry  # registered now, so an early cancel finds it
-            self.running += 1
-            try:
-                budget = request.budget
-                if budget is not None and budget.deadline_ms > 0:
-                    await self._report_start(entry)
-                result = await self._execute(request, handler)
-            finally:
-                del running[job_id]
-                self.running -= 1
-            # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
-            # ``_job_lost`` give a reason before they cancel (cheaper than the scope's
-            # ``cancel_called``, which reads the clock).
-            if entry.reason is not None:
-                return False
-            jobs.clear()
-            # The slot is busy until the result is published, so a slow bus slows intake
-            # instead of piling up finished jobs.
-            await self._report(entry, result)
-            if contextvars.copy_context() != clean:
-                return False
 
     async def _report_start(self, entry: _Running) -> None:
         """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
