@@ -160,9 +160,11 @@ class MemoryBus:
             jobs = self.jobs
             while jobs.pending >= jobs.max_pending:  # ``jobs.full``, on every job
                 await self._room.park()
-            assignment = jobs.offer(payload.job_id, payload.topic, (packet, wire))
-            if assignment is not None:  # (an offer never frees queue space: no unpark)
-                inbox: LocalJobInbox = assignment.consumer.handle
+            job = jobs.offer(payload.job_id, payload.topic, (packet, wire))
+            if job is not None:  # (an offer never frees queue space: no unpark)
+                holder = job.holder
+                assert holder is not None  # the consumer the job was handed to
+                inbox: LocalJobInbox = holder.handle
                 inbox.deliver(packet if wire is None else decode_packet(wire))
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):
