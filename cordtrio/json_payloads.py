@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import marshal
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 
 from .ports import PayloadStore
 
@@ -283,12 +284,36 @@ async def _of_text(read: Awaitable[bytes]) -> JsonPayload:
     return JsonPayload.of_text(await read)
 
 
+class StorePath(NamedTuple):
+    """``encode``, ``get_context`` and ``put_result`` for one store, its path picked once
+    (``path_for``): a worker loads an input and stores a result on every job, and calls the
+    store's own methods then, without a call here and a ``getattr`` per payload."""
+
+    encode: Callable[[Any, bool], JsonPayload | bytes]
+    """``encode(value, compact)``."""
+    get_context: Callable[[str], Awaitable[JsonPayload]]
+    """``get_context(key)``."""
+    put_result: Callable[[str, Any], Awaitable[None]]
+    """``put_result(key, data)``, ``data`` made by this path's ``encode``."""
+
+
+def path_for(payloads: PayloadStore) -> StorePath:
+    """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
+    if getattr(payloads, "takes_json_payloads", False):
+        store: Any = payloads
+        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload)
+    return StorePath(partial(encode, payloads), partial(get_context, payloads),
+                     partial(put_result, payloads))
+
+
 __all__ = [
     "JsonPayload",
+    "StorePath",
     "ValuePayloads",
     "encode",
     "get_context",
     "get_result",
+    "path_for",
     "put_context",
     "put_result",
 ]

@@ -132,18 +132,21 @@ Handler = Callable[[Job], Awaitable[Any]]
 
 class _Running:
     """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``),
-    the reason once cancelled, and what its report needs."""
+    the reason once cancelled, and what its report needs.
 
-    __slots__ = ("lost", "reason", "request", "scope", "started", "trace_id")
+    One per turn of a slot (one cancel scope), reused for each job the turn runs, one
+    after the other: ``trace_id`` and ``started`` are set as a job starts (an object made
+    and dropped on every job costs more). A turn ends when its job is cancelled, so
+    ``reason`` and ``lost`` are set at most once."""
 
-    def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest,
-                 started: float) -> None:
+    __slots__ = ("lost", "reason", "scope", "started", "trace_id")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.reason: str | None = None
         self.lost = False  # the bus took the job back: stop without reporting
-        self.trace_id = trace_id
-        self.request = request
-        self.started = started  # Trio time
+        self.trace_id = ""
+        self.started = 0.0  # Trio time
 
 
 class Worker:
@@ -177,6 +180,7 @@ class Worker:
         self.running = 0
         self._bus = bus
         self._payloads = payloads
+        self._path = json_payloads.path_for(payloads)  # how this store takes payloads
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._inbox: JobInbox | None = None
@@ -272,8 +276,9 @@ class Worker:
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         while True:
-            entry: _Running | None = None  # the job in progress, if any
+            busy = False  # a job in progress (``entry``'s)
             with trio.CancelScope() as scope:
+                entry = _Running(scope)
                 while True:  # jobs, until the scope is cancelled or the context changed
                     try:
                         if receive_nowait is None:
@@ -298,13 +303,15 @@ class Worker:
                         logger.debug("worker %s: duplicate of running job %s dropped",
                                      self.worker_id, job_id)
                         continue
-                    entry = _Running(scope, packet.trace_id, request, self._now())
+                    entry.trace_id = packet.trace_id
+                    entry.started = self._now()
+                    busy = True
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     self.running += 1
                     try:
                         budget = request.budget
                         if budget is not None and budget.deadline_ms > 0:
-                            await self._report_start(entry)
+                            await self._report_start(entry, job_id)
                         result = await self._execute(request, handler)
                     finally:
                         del running[job_id]
@@ -314,17 +321,17 @@ class Worker:
                     # scope's ``cancel_called``, which reads the clock).
                     if entry.reason is not None:
                         break
-                    reported, entry = entry, None
+                    busy = False
                     # The slot is busy until the result is published, so a slow bus slows
                     # intake instead of piling up finished jobs.
-                    await self._report(reported, result)
+                    await self._report(entry, result)
                     if contextvars.copy_context() != clean:
                         break
-            if entry is not None and entry.lost:  # taken back by the bus: another worker
-                self.lost += 1                      # runs it
-            elif entry is not None:  # cancelled (even if the handler swallowed the Cancelled)
+            if busy and entry.lost:  # taken back by the bus: another worker runs it
+                self.lost += 1
+            elif busy:  # cancelled (even if the handler swallowed the Cancelled)
                 result = JobResult(
-                    entry.request.job_id,
+                    job_id,
                     JobStatus.CANCELLED,
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
@@ -334,10 +341,10 @@ class Worker:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
 
-    async def _report_start(self, entry: _Running) -> None:
+    async def _report_start(self, entry: _Running, job_id: str) -> None:
         """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
         from its dispatch). Only jobs with a deadline need it, so only they pay for it."""
-        progress = JobProgress(entry.request.job_id, status=JobStatus.RUNNING,
+        progress = JobProgress(job_id, status=JobStatus.RUNNING,
                                message=f"started by {self.worker_id}")
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC),
                            PROTOCOL_VERSION, progress)
@@ -345,7 +352,7 @@ class Worker:
             await self._bus.publish(SUBJECT_PROGRESS, packet)
         except Exception:
             logger.warning("worker %s: publishing the start of job %s failed",
-                           self.worker_id, entry.request.job_id, exc_info=True)
+                           self.worker_id, job_id, exc_info=True)
 
     async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
@@ -377,10 +384,10 @@ class Worker:
             try:
                 key = key_from_pointer(ptr)
                 try:
-                    raw = await json_payloads.get_context(self._payloads, key)
+                    raw = await self._path.get_context(key)
                 except Exception as exc:
                     raw = await retry_after(
-                        exc, lambda: json_payloads.get_context(self._payloads, key),
+                        exc, lambda: self._path.get_context(key),
                         f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
@@ -437,7 +444,7 @@ class Worker:
                             job_id)
 
         try:
-            body = json_payloads.encode(self._payloads, output, False)  # not compact
+            body = self._path.encode(output, False)  # not compact
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
@@ -448,10 +455,10 @@ class Worker:
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
-                await json_payloads.put_result(self._payloads, key, body)
+                await self._path.put_result(key, body)
             except Exception as exc:
                 await retry_after(
-                    exc, lambda: json_payloads.put_result(self._payloads, key, body),
+                    exc, lambda: self._path.put_result(key, body),
                     f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
