@@ -182,8 +182,11 @@ class JsonPayload:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
         parts = self.parts
-        if parts[1] is not None:
-            return _loads(parts[1])
+        frozen = parts[1]
+        if frozen is _EMPTY_FROZEN:  # the shared empty object (most job inputs): no loads
+            return {}
+        if frozen is not None:
+            return _loads(frozen)
         assert parts[0] is not None
         return json.loads(parts[0])
 
@@ -214,8 +217,9 @@ class JsonPayload:
         return self.parts[2] > limit and len(self.text()) > limit
 
 
-_EMPTY_COMPACT = JsonPayload(b"{}", _dumps({}, 2), 2, True)
-_EMPTY_DEFAULT = JsonPayload(b"{}", _dumps({}, 2), 2, False)
+_EMPTY_FROZEN = _dumps({}, 2)  # the empty payloads' snapshot, known by its identity
+_EMPTY_COMPACT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, True)
+_EMPTY_DEFAULT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, False)
 
 
 class ValuePayloads(Protocol):

@@ -33,7 +33,7 @@ import trio
 from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
-from .payloads import key_from_pointer, pointer_for_key, result_key
+from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, JobInbox, PayloadStore
 from .protocol import (
     PROTOCOL_VERSION,
@@ -451,7 +451,7 @@ class Worker:
                 f"job {job_id}: handler returned a value that is not JSON-serializable: {exc}",
                 job_id,
             )
-        key = result_key(job_id)
+        key = RESULT_PREFIX + job_id  # ``result_key``, without the call
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
@@ -468,7 +468,7 @@ class Worker:
                 f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
             )
         # by position (``result_ptr``): keyword arguments to a class cost more
-        return JobResult(job_id, _SUCCEEDED, pointer_for_key(key))
+        return JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)  # ``pointer_for_key``
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:

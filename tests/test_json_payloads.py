@@ -95,6 +95,9 @@ def test_the_empty_object_reads_as_the_general_path_gives_it(compact: bool) -> N
     got["changed"] = True
     assert shared.value() == general.value() == {}
     assert shared.value() is not shared.value()
+    kept = JsonPayload.of_parts(shared.parts)  # as a store hands it back
+    assert type(kept.value()) is dict and kept.value() == general.value()
+    assert kept.value_or_text() == general.value_or_text() == {}
     assert shared.too_large(1) and not shared.too_large(2)
 
     class Mapping(dict[str, Any]):

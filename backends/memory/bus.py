@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from cordtrio.errors import ProtocolError
 from cordtrio.protocol import (
@@ -150,7 +151,7 @@ class MemoryBus:
         schedule point only when it waits, while a receiving buffer is full; if cancelled
         during that wait, subscribers served before it already have the packet.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         if not isinstance(packet, BusPacket):
             raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
                                 f"got {type(packet).__name__}")
