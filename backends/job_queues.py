@@ -161,9 +161,11 @@ class JobQueues:
 
     # ------------------------------------------------------------------ changes
 
-    def offer(self, job_id: str, topic: str, item: Any) -> Assignment | None:
+    def offer(self, job_id: str, topic: str, item: Any) -> QueuedJob | None:
         """A job request was published: queue it, and hand it to a consumer with room if
-        there is one (returned). A duplicate of a queued or held job is ignored."""
+        there is one: the job is returned then, held by that consumer (``holder``), for the
+        host to deliver ``item`` to (no ``Assignment`` made: this runs for every job). None
+        when it waits in its queue; a duplicate of a queued or held job is ignored (None)."""
         if job_id in self._jobs:
             self.duplicates += 1
             return None
@@ -183,7 +185,10 @@ class JobQueues:
             t.queue.append(job)
             self.pending += 1
             return None
-        return self._assign(consumer, job)
+        job.holder = consumer  # ``_assign`` without its ``Assignment``
+        job.deliveries = 1
+        consumer.held[job_id] = job
+        return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
             ) -> tuple[Consumer, list[Assignment]]:

@@ -12,7 +12,8 @@ every job a worker takes."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import outcome
 import trio
@@ -73,12 +74,15 @@ class LocalJobInbox:
             raise trio.EndOfChannel
         raise trio.WouldBlock
 
-    async def receive(self) -> BusPacket:
-        """The next job: a buffered one at once (a cancellation point, not a schedule
-        point), else wait for one; ``trio.EndOfChannel`` once closed and empty."""
+    def receive(self) -> Coroutine[Any, Any, BusPacket]:
+        """The next job (await it at once): a buffered one (a cancellation point, not a
+        schedule point), else wait for one; ``trio.EndOfChannel`` once closed and empty.
+
+        Not a coroutine of its own, like the engine's ``Mailbox.wait``: it returns Trio's
+        wait itself (one coroutine fewer on every job a worker waits for), so the reader is
+        registered as it is called, and must await the result straight away."""
         if self._jobs or self._closed:
-            await checkpoint_if_cancelled()
-            return self.receive_nowait()  # nothing ran since the check: still there
+            return self._take()
         task = current_task()
         readers = self._readers
         readers[task] = None
@@ -87,8 +91,11 @@ class LocalJobInbox:
             del readers[task]
             return Abort.SUCCEEDED
 
-        packet: BusPacket = await wait_task_rescheduled(abort)
-        return packet
+        return wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    async def _take(self) -> BusPacket:
+        await checkpoint_if_cancelled()
+        return self.receive_nowait()  # nothing ran since the check: still there
 
     def close(self) -> None:
         """No more jobs: a reader gets what is buffered, then ``EndOfChannel`` (readers

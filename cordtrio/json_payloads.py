@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import marshal
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 
 from .ports import PayloadStore
 
@@ -133,7 +134,7 @@ class JsonPayload:
         self.parts = (text, frozen, bound, compact)
 
     @classmethod
-    def of(cls, value: Any, *, compact: bool) -> JsonPayload:
+    def of(cls, value: Any, compact: bool) -> JsonPayload:
         """``value`` as a payload (``compact``: a job input's separators). Raises
         ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
         # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles):
@@ -181,8 +182,11 @@ class JsonPayload:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
         parts = self.parts
-        if parts[1] is not None:
-            return _loads(parts[1])
+        frozen = parts[1]
+        if frozen is _EMPTY_FROZEN:  # the shared empty object (most job inputs): no loads
+            return {}
+        if frozen is not None:
+            return _loads(frozen)
         assert parts[0] is not None
         return json.loads(parts[0])
 
@@ -213,8 +217,9 @@ class JsonPayload:
         return self.parts[2] > limit and len(self.text()) > limit
 
 
-_EMPTY_COMPACT = JsonPayload(b"{}", _dumps({}, 2), 2, True)
-_EMPTY_DEFAULT = JsonPayload(b"{}", _dumps({}, 2), 2, False)
+_EMPTY_FROZEN = _dumps({}, 2)  # the empty payloads' snapshot, known by its identity
+_EMPTY_COMPACT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, True)
+_EMPTY_DEFAULT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, False)
 
 
 class ValuePayloads(Protocol):
@@ -232,11 +237,12 @@ class ValuePayloads(Protocol):
 # since these run four times per engine step.
 
 
-def encode(payloads: PayloadStore, value: Any, *, compact: bool) -> JsonPayload | bytes:
+def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | bytes:
     """``value`` as ``payloads`` takes it: a ``JsonPayload`` for an in-process store, the
-    JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does."""
+    JSON bytes otherwise. Raises ``TypeError``/``ValueError`` as ``json.dumps`` does.
+    (``compact`` may be passed by position: a keyword argument costs more on every job.)"""
     if getattr(payloads, "takes_json_payloads", False):
-        return JsonPayload.of(value, compact=compact)
+        return JsonPayload.of(value, compact)
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
 
@@ -282,12 +288,36 @@ async def _of_text(read: Awaitable[bytes]) -> JsonPayload:
     return JsonPayload.of_text(await read)
 
 
+class StorePath(NamedTuple):
+    """``encode``, ``get_context`` and ``put_result`` for one store, its path picked once
+    (``path_for``): a worker loads an input and stores a result on every job, and calls the
+    store's own methods then, without a call here and a ``getattr`` per payload."""
+
+    encode: Callable[[Any, bool], JsonPayload | bytes]
+    """``encode(value, compact)``."""
+    get_context: Callable[[str], Awaitable[JsonPayload]]
+    """``get_context(key)``."""
+    put_result: Callable[[str, Any], Awaitable[None]]
+    """``put_result(key, data)``, ``data`` made by this path's ``encode``."""
+
+
+def path_for(payloads: PayloadStore) -> StorePath:
+    """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
+    if getattr(payloads, "takes_json_payloads", False):
+        store: Any = payloads
+        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload)
+    return StorePath(partial(encode, payloads), partial(get_context, payloads),
+                     partial(put_result, payloads))
+
+
 __all__ = [
     "JsonPayload",
+    "StorePath",
     "ValuePayloads",
     "encode",
     "get_context",
     "get_result",
+    "path_for",
     "put_context",
     "put_result",
 ]

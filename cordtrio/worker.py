@@ -33,7 +33,7 @@ import trio
 from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
-from .payloads import key_from_pointer, pointer_for_key, result_key
+from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, JobInbox, PayloadStore
 from .protocol import (
     PROTOCOL_VERSION,
@@ -132,18 +132,21 @@ Handler = Callable[[Job], Awaitable[Any]]
 
 class _Running:
     """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``),
-    the reason once cancelled, and what its report needs."""
+    the reason once cancelled, and what its report needs.
 
-    __slots__ = ("lost", "reason", "request", "scope", "started", "trace_id")
+    One per turn of a slot (one cancel scope), reused for each job the turn runs, one
+    after the other: ``trace_id`` and ``started`` are set as a job starts (an object made
+    and dropped on every job costs more). A turn ends when its job is cancelled, so
+    ``reason`` and ``lost`` are set at most once."""
 
-    def __init__(self, scope: trio.CancelScope, trace_id: str, request: JobRequest,
-                 started: float) -> None:
+    __slots__ = ("lost", "reason", "scope", "started", "trace_id")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.reason: str | None = None
         self.lost = False  # the bus took the job back: stop without reporting
-        self.trace_id = trace_id
-        self.request = request
-        self.started = started  # Trio time
+        self.trace_id = ""
+        self.started = 0.0  # Trio time
 
 
 class Worker:
@@ -177,6 +180,7 @@ class Worker:
         self.running = 0
         self._bus = bus
         self._payloads = payloads
+        self._path = json_payloads.path_for(payloads)  # how this store takes payloads
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._inbox: JobInbox | None = None
@@ -247,7 +251,8 @@ class Worker:
                     slots: trio.Nursery) -> None:
         """One of ``max_concurrency`` long-lived tasks: takes a job request from the bus
         only when idle (so jobs this worker cannot start yet stay with the bus, and with
-        other members of the queue group), runs it, reports it, and takes the next.
+        other members of the queue group), runs it, reports it, and takes the next; until
+        the submit channel ends.
 
         Its jobs share one cancel scope (entering and leaving a scope costs more than the
         rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
@@ -257,37 +262,11 @@ class Worker:
         Every job starts in the slot's original context, as a task of its own would: a
         handler that sets context variables (``structlog.bind_contextvars``, tracing) makes
         its slot hand over to a fresh one started from that context, and end.
+
+        One coroutine, the job loop inlined in the scope loop: a slot waits for every job,
+        and each frame between the task and its wait is resumed and left again each time.
         """
         clean = contextvars.copy_context()
-        while True:
-            jobs: list[_Running] = []  # the job in progress, if any
-            ended = False
-            with trio.CancelScope() as scope:
-                ended = await self._run_jobs(submits, scope, jobs, clean)
-            if ended:
-                return
-            if jobs and jobs[0].lost:  # taken back by the bus: another worker runs it
-                self.lost += 1
-            elif jobs:  # cancelled (even if the handler swallowed the Cancelled)
-                entry = jobs[0]
-                result = JobResult(
-                    entry.request.job_id,
-                    JobStatus.CANCELLED,
-                    error_code="JobCancelled",
-                    error_message=f"cancelled: {entry.reason or 'no reason given'}",
-                )
-                await self._report(entry, result)
-            if contextvars.copy_context() != clean:
-                clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
-                return
-
-    async def _run_jobs(
-        self, submits: trio.abc.ReceiveChannel[BusPacket], scope: trio.CancelScope,
-        jobs: list[_Running], clean: contextvars.Context,
-    ) -> bool:
-        """Take and run jobs under ``scope`` until the submit channel ends (True), or
-        ``scope`` is cancelled (False, the job left in ``jobs``; or ``Cancelled`` raised),
-        or a job changed the context (False, ``jobs`` empty)."""
         handlers = self._handlers
         running = self._jobs
         # A burst already buffered is taken without a schedule point: by ``receive_nowait``
@@ -297,56 +276,75 @@ class Worker:
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         while True:
-            try:
-                if receive_nowait is None:
-                    packet = await receive()
-                else:
+            busy = False  # a job in progress (``entry``'s)
+            with trio.CancelScope() as scope:
+                entry = _Running(scope)
+                while True:  # jobs, until the scope is cancelled or the context changed
                     try:
-                        packet = receive_nowait()
-                    except trio.WouldBlock:
-                        packet = await receive()
-            except trio.EndOfChannel:
-                return True
-            request = packet.payload
-            if not isinstance(request, JobRequest):
-                continue
-            handler = handlers.get(request.topic)
-            if handler is None:  # a job for another worker's topic set
-                continue
-            job_id = request.job_id
-            if job_id in running:
-                # A duplicate delivery of a job in progress here: its result is coming.
-                logger.debug("worker %s: duplicate of running job %s dropped",
-                             self.worker_id, job_id)
-                continue
-            entry = _Running(scope, packet.trace_id, request, self._now())
-            jobs.append(entry)
-            running[job_id] = entry  # registered now, so an early cancel finds it
-            self.running += 1
-            try:
-                budget = request.budget
-                if budget is not None and budget.deadline_ms > 0:
-                    await self._report_start(entry)
-                result = await self._execute(request, handler)
-            finally:
-                del running[job_id]
-                self.running -= 1
-            # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
-            # ``_job_lost`` give a reason before they cancel (cheaper than the scope's
-            # ``cancel_called``, which reads the clock).
-            if entry.reason is not None:
-                return False
-            jobs.clear()
-            # The slot is busy until the result is published, so a slow bus slows intake
-            # instead of piling up finished jobs.
-            await self._report(entry, result)
+                        if receive_nowait is None:
+                            packet = await receive()
+                        else:
+                            try:
+                                packet = receive_nowait()
+                            except trio.WouldBlock:
+                                packet = await receive()
+                    except trio.EndOfChannel:
+                        return
+                    request = packet.payload
+                    if not isinstance(request, JobRequest):
+                        continue
+                    handler = handlers.get(request.topic)
+                    if handler is None:  # a job for another worker's topic set
+                        continue
+                    job_id = request.job_id
+                    if job_id in running:
+                        # A duplicate delivery of a job in progress here: its result is
+                        # coming.
+                        logger.debug("worker %s: duplicate of running job %s dropped",
+                                     self.worker_id, job_id)
+                        continue
+                    entry.trace_id = packet.trace_id
+                    entry.started = self._now()
+                    busy = True
+                    running[job_id] = entry  # registered now, so an early cancel finds it
+                    self.running += 1
+                    try:
+                        budget = request.budget
+                        if budget is not None and budget.deadline_ms > 0:
+                            await self._report_start(entry, job_id)
+                        result = await self._execute(request, handler)
+                    finally:
+                        del running[job_id]
+                        self.running -= 1
+                    # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
+                    # ``_job_lost`` give a reason before they cancel (cheaper than the
+                    # scope's ``cancel_called``, which reads the clock).
+                    if entry.reason is not None:
+                        break
+                    busy = False
+                    # The slot is busy until the result is published, so a slow bus slows
+                    # intake instead of piling up finished jobs.
+                    await self._report(entry, result)
+                    if contextvars.copy_context() != clean:
+                        break
+            if busy and entry.lost:  # taken back by the bus: another worker runs it
+                self.lost += 1
+            elif busy:  # cancelled (even if the handler swallowed the Cancelled)
+                result = JobResult(
+                    job_id,
+                    JobStatus.CANCELLED,
+                    error_code="JobCancelled",
+                    error_message=f"cancelled: {entry.reason or 'no reason given'}",
+                )
+                await self._report(entry, result)
             if contextvars.copy_context() != clean:
-                return False
+                clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
+                return
 
-    async def _report_start(self, entry: _Running) -> None:
+    async def _report_start(self, entry: _Running, job_id: str) -> None:
         """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
         from its dispatch). Only jobs with a deadline need it, so only they pay for it."""
-        progress = JobProgress(entry.request.job_id, status=JobStatus.RUNNING,
+        progress = JobProgress(job_id, status=JobStatus.RUNNING,
                                message=f"started by {self.worker_id}")
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC),
                            PROTOCOL_VERSION, progress)
@@ -354,7 +352,7 @@ class Worker:
             await self._bus.publish(SUBJECT_PROGRESS, packet)
         except Exception:
             logger.warning("worker %s: publishing the start of job %s failed",
-                           self.worker_id, entry.request.job_id, exc_info=True)
+                           self.worker_id, job_id, exc_info=True)
 
     async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
@@ -386,10 +384,10 @@ class Worker:
             try:
                 key = key_from_pointer(ptr)
                 try:
-                    raw = await json_payloads.get_context(self._payloads, key)
+                    raw = await self._path.get_context(key)
                 except Exception as exc:
                     raw = await retry_after(
-                        exc, lambda: json_payloads.get_context(self._payloads, key),
+                        exc, lambda: self._path.get_context(key),
                         f"worker {self.worker_id}: load input {ptr}")
             except Exception as exc:
                 return _failure(
@@ -446,21 +444,21 @@ class Worker:
                             job_id)
 
         try:
-            body = json_payloads.encode(self._payloads, output, compact=False)
+            body = self._path.encode(output, False)  # not compact
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
                 f"job {job_id}: handler returned a value that is not JSON-serializable: {exc}",
                 job_id,
             )
-        key = result_key(job_id)
+        key = RESULT_PREFIX + job_id  # ``result_key``, without the call
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
-                await json_payloads.put_result(self._payloads, key, body)
+                await self._path.put_result(key, body)
             except Exception as exc:
                 await retry_after(
-                    exc, lambda: json_payloads.put_result(self._payloads, key, body),
+                    exc, lambda: self._path.put_result(key, body),
                     f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
@@ -469,7 +467,8 @@ class Worker:
                 JobStatus.FAILED, type(exc).__name__,
                 f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
             )
-        return JobResult(job_id, _SUCCEEDED, result_ptr=pointer_for_key(key))
+        # by position (``result_ptr``): keyword arguments to a class cost more
+        return JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)  # ``pointer_for_key``
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:

@@ -95,6 +95,9 @@ def test_the_empty_object_reads_as_the_general_path_gives_it(compact: bool) -> N
     got["changed"] = True
     assert shared.value() == general.value() == {}
     assert shared.value() is not shared.value()
+    kept = JsonPayload.of_parts(shared.parts)  # as a store hands it back
+    assert type(kept.value()) is dict and kept.value() == general.value()
+    assert kept.value_or_text() == general.value_or_text() == {}
     assert shared.too_large(1) and not shared.too_large(2)
 
     class Mapping(dict[str, Any]):
@@ -185,3 +188,34 @@ async def test_a_store_that_changes_the_bytes_path_gets_bytes() -> None:
     await json_payloads.put_result(store, "res:j", data)
     await json_payloads.put_result(store, "res:k", JsonPayload.of([1], compact=False))
     assert store.puts == 2 and await store.get_result("res:k") == b"[1]"
+
+
+class _BytesOnly(MemoryPayloadStore):
+    """A store that changed the bytes path: payloads take it too."""
+
+    async def get_context(self, key: str) -> bytes:
+        return await super().get_context(key)
+
+
+@pytest.mark.parametrize("store_class", [MemoryPayloadStore, _BytesOnly])
+@pytest.mark.parametrize("value", [{}, {"ok": True}, {"a": (1, 2)}, [1, "x", None]])
+async def test_a_store_path_gives_what_the_module_functions_give(
+        store_class: type[MemoryPayloadStore], value: Any) -> None:
+    store = store_class()
+    path = json_payloads.path_for(store)
+    for compact in (True, False):
+        made = path.encode(value, compact)
+        general = json_payloads.encode(store, value, compact=compact)
+        assert type(made) is type(general)
+        text = made.text() if isinstance(made, JsonPayload) else made
+        assert text == (general.text() if isinstance(general, JsonPayload) else general)
+    await path.put_result("res:p", path.encode(value, False))
+    await json_payloads.put_result(store, "res:g", json_payloads.encode(store, value, False))
+    assert await store.get_result("res:p") == await store.get_result("res:g")
+    await json_payloads.put_context(store, "ctx:j", json_payloads.encode(store, value, True))
+    assert repr((await path.get_context("ctx:j")).value()) == repr(
+        (await json_payloads.get_context(store, "ctx:j")).value())
+    with pytest.raises(NotFoundError):
+        await path.get_context("ctx:none")
+    with pytest.raises(PayloadPointerError):
+        await path.get_context("wf:run:x")

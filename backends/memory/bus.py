@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from cordtrio.errors import ProtocolError
 from cordtrio.protocol import (
@@ -150,7 +151,7 @@ class MemoryBus:
         schedule point only when it waits, while a receiving buffer is full; if cancelled
         during that wait, subscribers served before it already have the packet.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         if not isinstance(packet, BusPacket):
             raise ProtocolError(f"publish {subject!r}: expected a BusPacket, "
                                 f"got {type(packet).__name__}")
@@ -160,9 +161,11 @@ class MemoryBus:
             jobs = self.jobs
             while jobs.pending >= jobs.max_pending:  # ``jobs.full``, on every job
                 await self._room.park()
-            assignment = jobs.offer(payload.job_id, payload.topic, (packet, wire))
-            if assignment is not None:  # (an offer never frees queue space: no unpark)
-                inbox: LocalJobInbox = assignment.consumer.handle
+            job = jobs.offer(payload.job_id, payload.topic, (packet, wire))
+            if job is not None:  # (an offer never frees queue space: no unpark)
+                holder = job.holder
+                assert holder is not None  # the consumer the job was handed to
+                inbox: LocalJobInbox = holder.handle
                 inbox.deliver(packet if wire is None else decode_packet(wire))
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):

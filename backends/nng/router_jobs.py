@@ -73,9 +73,9 @@ class JobDelivery:
         self.offer(job_id, topic, wire)
 
     def offer(self, job_id: str, topic: str, wire: bytes) -> None:
-        assignment = self.queues.offer(job_id, topic, wire)
-        if assignment is not None:
-            self.hand_out((assignment,))
+        job = self.queues.offer(job_id, topic, wire)
+        if job is not None and job.holder is not None:
+            self.hand_out((Assignment(job.holder, job),))
 
     def cancel(self, job_id: str) -> None:
         self.queues.cancel(job_id)
