@@ -75,9 +75,9 @@ async def test_a_step_write_sent_again_after_a_lost_reply_is_applied_once(
     adapter = redis.store._redis
     script = adapter.script
 
-    async def twice(*args: object) -> object:
-        await script(*args)  # applied; its reply lost with the connection
-        return await script(*args)  # the same bytes, sent again
+    async def twice(*args: object, **kwargs: bool) -> object:
+        await script(*args, **kwargs)  # applied; its reply lost with the connection
+        return await script(*args, **kwargs)  # the same bytes, sent again
 
     monkeypatch.setattr(adapter, "script", twice)
     await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
