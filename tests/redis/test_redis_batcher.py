@@ -341,3 +341,37 @@ async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
         assert batcher._merge([_Call("w", "k", method, args, kwargs)]) == []
     await redis.payloads.put_result("res:lone", b"lone")
     assert await redis.payloads.get_result("res:lone") == b"lone"
+
+
+async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
+        redis: RedisBackends) -> None:
+    """``call_plain`` (the payload store's reads and writes, not type-checked) gives what
+    ``call`` gives, alone and batched with others, for a stored key, a missing one and a
+    write with and without a TTL."""
+    adapter = redis.redis
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("set", ("res:plain-a", b"a"), {"ex": 60}),
+        ("set", ("res:plain-b", b"b"), {"ex": None}),
+        ("get", ("res:plain-a",), {}),
+        ("get", ("res:plain-b",), {}),
+        ("get", ("res:plain-missing",), {}),
+    ]
+    for method, args, kwargs in calls:  # one at a time
+        assert (await adapter.call_plain("plain", args[0], method, args, kwargs)
+                == await adapter.call("checked", args[0], method, *args, **kwargs))
+    for concurrent in (adapter.call_plain, None):  # batched together
+        got: dict[int, Any] = {}
+
+        async def one(i: int, plain: Any = concurrent) -> None:
+            method, args, kwargs = calls[i]
+            got[i] = await (plain("plain", args[0], method, args, kwargs) if plain else
+                            adapter.call("checked", args[0], method, *args, **kwargs))
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for i in range(len(calls)):
+                    nursery.start_soon(one, i)
+        if concurrent is not None:
+            plain_got = got
+    assert plain_got == got
+    assert got[2] == b"a" and got[3] == b"b" and got[4] is None
