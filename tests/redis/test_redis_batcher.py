@@ -359,19 +359,22 @@ async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
     for method, args, kwargs in calls:  # one at a time
         assert (await adapter.call_plain("plain", args[0], method, args, kwargs)
                 == await adapter.call("checked", args[0], method, *args, **kwargs))
-    for concurrent in (adapter.call_plain, None):  # batched together
+
+    async def batched(plain: bool) -> dict[int, Any]:
         got: dict[int, Any] = {}
 
-        async def one(i: int, plain: Any = concurrent) -> None:
+        async def one(i: int) -> None:
             method, args, kwargs = calls[i]
-            got[i] = await (plain("plain", args[0], method, args, kwargs) if plain else
-                            adapter.call("checked", args[0], method, *args, **kwargs))
+            got[i] = await (
+                adapter.call_plain("plain", args[0], method, args, kwargs) if plain
+                else adapter.call("checked", args[0], method, *args, **kwargs))
 
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 for i in range(len(calls)):
                     nursery.start_soon(one, i)
-        if concurrent is not None:
-            plain_got = got
-    assert plain_got == got
+        return got
+
+    got = await batched(plain=True)
+    assert got == await batched(plain=False)
     assert got[2] == b"a" and got[3] == b"b" and got[4] is None
