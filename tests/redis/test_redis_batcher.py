@@ -4,6 +4,7 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from typing import Any
 
@@ -258,10 +259,24 @@ def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
     ours, theirs = _HiredisPackingConnection(), aredis.Connection()
     for args in [("SET", "k", b"v\x00\xff", "EX", 86400), ("ZADD", "z", 1732550000.123456, "m"),
                  ("HSET", "h", "f\u00e9", "x" * 10_000), ("SCRIPT LOAD", "return 1"),
-                 (b"CONFIG GET", b"maxmemory"), ("EVALSHA", "ab", 1, "k", -5, 0.1)]:
+                 (b"CONFIG GET", b"maxmemory"), ("EVALSHA", "ab", 1, "k", -5, 0.1),
+                 ("ZADD", "z", 1e20, "m", 1e-07, "n", float("inf"), "o"),
+                 ("SET", "k", memoryview(b"v")), ("SET", "k", bytearray(b"v")),
+                 ("SET", _Text("k"), b"v"), ("EXPIRE", "k", _Number.TTL)]:
         assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args)), args
-    with pytest.raises(rx.DataError):  # what redis-py refuses is still refused
-        ours.pack_command("SET", "k", True)
+    for refused in (True, None, object()):  # what redis-py refuses is still refused
+        with pytest.raises(rx.DataError):
+            ours.pack_command("SET", "k", refused)
+
+
+class _Text(str):
+    """A ``str`` subclass (hiredis packs it as the ``str`` it is)."""
+
+
+class _Number(enum.IntEnum):
+    """An ``int`` enum (hiredis refuses it: redis-py's path encodes it)."""
+
+    TTL = 60
 
 
 async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
