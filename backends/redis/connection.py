@@ -56,8 +56,8 @@ class _HiredisPackingConnection(aredis.Connection):
     ``Encoder.encode`` per argument: a fenced run write is ~80 arguments, and packing was the
     largest single cost of W1 (~15% of the engine's CPU). The bytes are the same (checked for
     str, bytes, int, float and memoryview); what hiredis refuses (a bool, None, a
-    bytearray...) takes redis-py's path, which encodes or refuses it as before. ``rediss://`` and ``unix://`` URLs keep redis-py's
-    own connection classes."""
+    bytearray...) takes redis-py's path, which encodes or refuses it as before.
+    ``rediss://`` and ``unix://`` URLs keep redis-py's own connection classes."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if _hiredis_pack is None:
