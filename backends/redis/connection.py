@@ -63,12 +63,12 @@ class _HiredisPackingConnection(aredis.Connection):
         if _hiredis_pack is None:
             return super().pack_command(*args)
         head = args[0]
-        if isinstance(head, str):
-            packed = (*head.encode().split(), *args[1:])
+        packed = args  # not copied unless the name is several words ("SCRIPT LOAD"): a
+        if isinstance(head, str):  # merged batch call has thousands of arguments
+            if head.split() != [head]:
+                packed = (*head.encode().split(), *args[1:])
         elif isinstance(head, bytes) and b" " in head:
             packed = (*head.split(), *args[1:])
-        else:
-            packed = args
         try:
             # hiredis refuses (TypeError) what it cannot pack as redis-py would: a bool,
             # None, a bytearray, an int enum... Those take redis-py's path, which encodes
