@@ -317,17 +317,29 @@ class RedisAdapter:
 
         return self.run(what, go, key=key)
 
+    def call_plain(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """``call`` of a ``BATCHABLE`` method whose arguments are plain by construction
+        (``str`` keys, ``bytes`` values, an ``int`` TTL: the payload store's), batched
+        without ``call``'s type check of every argument (each payload read and write)."""
+        batcher = self._batcher
+        if batcher is not None:
+            return batcher.call(what, key, method, args, kwargs)
+        return self.call(what, key, method, *args, **kwargs)
+
     async def script(self, what: str, key: str, source: str, keys: list[str],
-                     args: list[Any]) -> Any:
+                     args: list[Any], *, plain: bool = False) -> Any:
         """Run the Lua ``source`` (``EVALSHA``, atomic on the server) on ``keys``/``args``.
         Batched like ``call`` when it can be; a server that does not know the script yet
-        (``NOSCRIPT``) gets it loaded by redis-py's ``Script`` on the direct path."""
+        (``NOSCRIPT``) gets it loaded by redis-py's ``Script`` on the direct path.
+        ``plain``: the caller built ``keys``/``args`` of plain types only (``str``, ``bytes``,
+        ``int``, ``float``), so they are not checked one by one (a step write has ~50)."""
         batcher = self._batcher
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
         evalsha = (sha, len(keys), *keys, *args)
-        if batcher is not None and _plain(evalsha, {}):
+        if batcher is not None and (plain or _plain(evalsha, {})):
             try:
                 return await batcher.call(what, key, "evalsha", evalsha, {})
             except rx.NoScriptError:

@@ -72,7 +72,7 @@ class _Call:
     parking lot, and a second wake-up through it), which was a sizeable share of a
     batched command's cost. ``task`` is None once the caller stopped waiting (cancelled)."""
 
-    __slots__ = ("args", "error", "key", "kwargs", "method", "reply", "task", "what")
+    __slots__ = ("args", "error", "key", "kwargs", "merged", "method", "reply", "task", "what")
 
     def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
@@ -84,6 +84,7 @@ class _Call:
         self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
         self.reply: Any = None
         self.error: BaseException | None = None
+        self.merged = False  # sent as part of a merged call (``CommandBatcher._merge``)
 
     def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         """The caller is cancelled: it stops waiting (its command may still run)."""
@@ -181,14 +182,21 @@ class CommandBatcher:
         try:
             groups = self._merge(batch) if len(batch) > 1 else None  # one call: no merging
             if groups:
-                merged = {id(c) for group in groups for c in group.members}
-                sent = [*(g.call for g in groups), *(c for c in batch if id(c) not in merged)]
+                # the merged calls' members are marked ``merged`` by ``_merge``
+                calls = [c for c in batch if not c.merged]
+                sent = [*(g.call for g in groups), *calls]
             else:
-                sent = batch
+                calls = sent = batch
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
                                             [(c.method, c.args, c.kwargs) for c in sent])
             if groups:
-                replies = await self._unmerge(batch, groups, sent, replies)
+                merged, replies = replies[:len(groups)], replies[len(groups):]
+                for group, reply in zip(groups, merged, strict=True):
+                    calls += group.members
+                    if group.kind == "evalsha":
+                        replies += await self._split_scripts(group, reply)
+                    else:
+                        replies += await self._split_gets(group, reply)
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.error = redis._final_error(exc, c.what, c.key)
@@ -199,7 +207,7 @@ class CommandBatcher:
             self._fail_closing(batch)
             raise
         else:
-            for c, reply in zip(batch, replies, strict=True):
+            for c, reply in zip(calls, replies, strict=True):
                 if not isinstance(reply, Exception):
                     c.reply = reply
                 elif isinstance(reply, rx.NoScriptError):
@@ -214,26 +222,30 @@ class CommandBatcher:
                 reschedule(task)
 
     def _merge(self, batch: list[_Call]) -> list[_Group]:
-        """The calls of ``batch`` that go as one command (two or more of a kind): the
-        store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``. The merged
-        calls go first: the calls of one batch are concurrent."""
+        """The calls of ``batch`` that go as one command (two or more of a kind), marked
+        ``merged``: the store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``.
+        The merged calls go first: the calls of one batch are concurrent."""
         scripts = self._scripts
         evals: list[_Call] = []
         evals_args: list[tuple[Any, ...]] = []
         sets: list[int] = []  # which of evals are payload SETs (their reply: True)
+        gets: list[_Call] = []
         merge_sets = scripts.mergeable("evalsha", (SET_EX_SHA,))
         for c in batch:
-            if c.method == "evalsha":
-                if scripts.mergeable(c.method, c.args):
+            method = c.method
+            if method == "get":
+                if len(c.args) == 1 and not c.kwargs:
+                    gets.append(c)
+            elif method == "evalsha":
+                if scripts.mergeable(method, c.args):
                     evals.append(c)
                     evals_args.append(c.args)
-            elif c.method == "set" and merge_sets:
-                args = set_ex_args(c.method, c.args, c.kwargs)
+            elif method == "set" and merge_sets:
+                args = set_ex_args(method, c.args, c.kwargs)
                 if args is not None:
                     sets.append(len(evals))
                     evals.append(c)
                     evals_args.append(args)
-        gets = [c for c in batch if c.method == "get" and len(c.args) == 1 and not c.kwargs]
         groups: list[_Group] = []
         if len(evals) > 1:
             group = _Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
@@ -244,20 +256,6 @@ class CommandBatcher:
             groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
                                              ([c.args[0] for c in gets],), {}), "mget"))
         return groups
-
-    async def _unmerge(self, batch: list[_Call], groups: list[_Group], sent: list[_Call],
-                       replies: list[Any]) -> list[Any]:
-        """The replies in the order of ``batch``, each merged call's (sent first) split per
-        call it carried."""
-        by_call = {id(c): r for c, r in zip(sent[len(groups):], replies[len(groups):],
-                                            strict=True)}
-        for group, reply in zip(groups, replies, strict=False):
-            if group.kind == "evalsha":
-                split = await self._split_scripts(group, reply)
-            else:
-                split = await self._split_gets(group, reply)
-            by_call.update(zip(map(id, group.members), split, strict=True))
-        return [by_call[id(c)] for c in batch]
 
     async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
         """Each script call's reply; the merged script sent once more after loading it if
@@ -300,6 +298,8 @@ class _Group:
 
     def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
         call.task = None  # nobody waits on it: its reply is split among the members
+        for member in members:
+            member.merged = True
         self.members = members
         self.sets: list[int] = []  # the members that are payload SETs (script_merge)
         self.call = call

@@ -48,8 +48,6 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
     _hiredis_pack = None  # type: ignore[assignment]
 
-_PACKABLE = frozenset({bytes, str, int, float})
-
 
 class _HiredisPackingConnection(aredis.Connection):
     """redis-py's asyncio connection, packing commands with hiredis's C packer.
@@ -57,19 +55,28 @@ class _HiredisPackingConnection(aredis.Connection):
     redis-py uses hiredis for *parsing* replies but packs asyncio commands in Python, one
     ``Encoder.encode`` per argument: a fenced run write is ~80 arguments, and packing was the
     largest single cost of W1 (~15% of the engine's CPU). The bytes are the same (checked for
-    str, bytes, int and float); anything else (a bool, a memoryview...) takes redis-py's path,
-    which encodes or refuses it as before. ``rediss://`` and ``unix://`` URLs keep redis-py's
-    own connection classes."""
+    str, bytes, int, float and memoryview); what hiredis refuses (a bool, None, a
+    bytearray...) takes redis-py's path, which encodes or refuses it as before.
+    ``rediss://`` and ``unix://`` URLs keep redis-py's own connection classes."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if _hiredis_pack is None or not _PACKABLE.issuperset(map(type, args)):
+        if _hiredis_pack is None:
             return super().pack_command(*args)
         head = args[0]
-        if isinstance(head, str):
-            args = (*head.encode().split(), *args[1:])
-        elif b" " in head:
-            args = (*head.split(), *args[1:])
-        return [_hiredis_pack(args)]
+        packed = args  # not copied unless the name is several words ("SCRIPT LOAD"): a
+        if isinstance(head, str):  # merged batch call has thousands of arguments
+            if head.split() != [head]:
+                packed = (*head.encode().split(), *args[1:])
+        elif isinstance(head, bytes) and b" " in head:
+            packed = (*head.split(), *args[1:])
+        try:
+            # hiredis refuses (TypeError) what it cannot pack as redis-py would: a bool,
+            # None, a bytearray, an int enum... Those take redis-py's path, which encodes
+            # or refuses them. Trying first costs nothing per argument; checking each one's
+            # type (a merged batch call has thousands) did.
+            return [_hiredis_pack(packed)]
+        except TypeError:
+            return super().pack_command(*args)
 
 
 @dataclass

@@ -3,6 +3,9 @@ each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 from cordtrio.errors import NotFoundError
 from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 
@@ -33,33 +36,40 @@ class RedisPayloadStore:
         inputs in its run writes: ``RedisStore.commits_payloads_of``)."""
         return self._redis
 
+    # Each read and write is one coroutine frame over the batcher's: a waiting caller's
+    # every suspension and wake-up passes through each frame of its chain.
     async def put_context(self, key: str, data: bytes) -> None:
         await self._put(check_payload_key(key, CONTEXT_PREFIX), data)
 
     async def get_context(self, key: str) -> bytes:
-        return await self._get(check_payload_key(key, CONTEXT_PREFIX))
+        key = check_payload_key(key, CONTEXT_PREFIX)
+        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def put_result(self, key: str, data: bytes) -> None:
         await self._put(check_payload_key(key, RESULT_PREFIX), data)
 
     async def get_result(self, key: str) -> bytes:
-        return await self._get(check_payload_key(key, RESULT_PREFIX))
+        key = check_payload_key(key, RESULT_PREFIX)
+        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         check_payload_key(key)
         await self._redis.call("delete payload", key, "delete", key)
 
-    async def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes) -> Awaitable[Any]:
+        """The ``SET key data EX ttl`` of a write, to be awaited."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"payload {key!r}: expected bytes, got {type(data).__name__}")
-        await self._redis.call("put payload", key, "set", key, bytes(data), ex=self.ttl_seconds)
+        return self._redis.call_plain("put payload", key, "set", (key, bytes(data)),
+                                      {"ex": self.ttl_seconds})
 
-    async def _get(self, key: str) -> bytes:
-        raw = await self._redis.call("get payload", key, "get", key)
-        if raw is None:
-            raise NotFoundError(f"payload {key!r} not found")
-        return bytes(raw)
+
+def _found(key: str, raw: Any) -> bytes:
+    """The payload ``GET`` answered with for ``key``."""
+    if raw is None:
+        raise NotFoundError(f"payload {key!r} not found")
+    return bytes(raw)
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "RedisPayloadStore"]

@@ -113,7 +113,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         try:
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
-                step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key))
+                step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),
+                plain=args.plain)
         except BaseException:
             self._mirror.forget(run)  # it may have run all the same: read next time
             raise

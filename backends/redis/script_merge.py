@@ -84,11 +84,13 @@ class MergedScripts:
         keys: list[Any] = []
         head: list[Any] = [len(calls)]
         rest: list[Any] = []
-        for sha, numkeys, *tail in calls:
-            nk = int(numkeys)
-            keys += tail[:nk]
-            rest += tail[nk:]
-            head += (self._number[sha], nk, len(tail) - nk)
+        number = self._number
+        for call in calls:  # slices of each call's tuple: no unpacked copy of it first
+            nk = int(call[1])
+            end = 2 + nk
+            keys += call[2:end]
+            rest += call[end:]
+            head += (number[call[0]], nk, len(call) - end)
         return (self.sha, len(keys), *keys, *head, *rest)
 
     @staticmethod

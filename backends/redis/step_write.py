@@ -182,6 +182,9 @@ class StepArgs:
         self._expected: int | None = None
         self.after: set[str] | None = None
         """With ``known`` field names: the names the hash holds once the script wrote."""
+        self.plain = True
+        """Every argument is a ``str``, ``bytes``, ``int`` or ``float`` (``script``'s
+        ``plain``): all are built here but the payloads a step dispatches, checked then."""
 
     def fields(self, ops: FieldOps, rank: Callable[[], bytes],
                known: set[str] | None = None) -> None:
@@ -217,6 +220,8 @@ class StepArgs:
 
     def payloads(self, payloads: Mapping[str, bytes], ttl: int | None) -> None:
         for key, data in payloads.items():
+            if type(data) is not bytes or type(key) is not str:
+                self.plain = False  # the adapter checks every argument (``script``)
             if ttl is None:
                 self._command("SET", key, data)
             else:

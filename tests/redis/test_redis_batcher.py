@@ -4,6 +4,7 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from typing import Any
 
@@ -258,10 +259,24 @@ def test_the_hiredis_packer_sends_the_bytes_redis_py_would() -> None:
     ours, theirs = _HiredisPackingConnection(), aredis.Connection()
     for args in [("SET", "k", b"v\x00\xff", "EX", 86400), ("ZADD", "z", 1732550000.123456, "m"),
                  ("HSET", "h", "f\u00e9", "x" * 10_000), ("SCRIPT LOAD", "return 1"),
-                 (b"CONFIG GET", b"maxmemory"), ("EVALSHA", "ab", 1, "k", -5, 0.1)]:
+                 (b"CONFIG GET", b"maxmemory"), ("EVALSHA", "ab", 1, "k", -5, 0.1),
+                 ("ZADD", "z", 1e20, "m", 1e-07, "n", float("inf"), "o"),
+                 ("SET", "k", memoryview(b"v")), ("SET", "k", bytearray(b"v")),
+                 ("SET", _Text("k"), b"v"), ("EXPIRE", "k", _Number.TTL)]:
         assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args)), args
-    with pytest.raises(rx.DataError):  # what redis-py refuses is still refused
-        ours.pack_command("SET", "k", True)
+    for refused in (True, None, object()):  # what redis-py refuses is still refused
+        with pytest.raises(rx.DataError):
+            ours.pack_command("SET", "k", refused)
+
+
+class _Text(str):
+    """A ``str`` subclass (hiredis packs it as the ``str`` it is)."""
+
+
+class _Number(enum.IntEnum):
+    """An ``int`` enum (hiredis refuses it: redis-py's path encodes it)."""
+
+    TTL = 60
 
 
 async def test_a_bug_in_one_batch_reaches_its_callers_and_the_batcher_lives_on(
@@ -341,3 +356,40 @@ async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
         assert batcher._merge([_Call("w", "k", method, args, kwargs)]) == []
     await redis.payloads.put_result("res:lone", b"lone")
     assert await redis.payloads.get_result("res:lone") == b"lone"
+
+
+async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
+        redis: RedisBackends) -> None:
+    """``call_plain`` (the payload store's reads and writes, not type-checked) gives what
+    ``call`` gives, alone and batched with others, for a stored key, a missing one and a
+    write with and without a TTL."""
+    adapter = redis.redis
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("set", ("res:plain-a", b"a"), {"ex": 60}),
+        ("set", ("res:plain-b", b"b"), {"ex": None}),
+        ("get", ("res:plain-a",), {}),
+        ("get", ("res:plain-b",), {}),
+        ("get", ("res:plain-missing",), {}),
+    ]
+    for method, args, kwargs in calls:  # one at a time
+        assert (await adapter.call_plain("plain", args[0], method, args, kwargs)
+                == await adapter.call("checked", args[0], method, *args, **kwargs))
+
+    async def batched(plain: bool) -> dict[int, Any]:
+        got: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            method, args, kwargs = calls[i]
+            got[i] = await (
+                adapter.call_plain("plain", args[0], method, args, kwargs) if plain
+                else adapter.call("checked", args[0], method, *args, **kwargs))
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for i in range(len(calls)):
+                    nursery.start_soon(one, i)
+        return got
+
+    got = await batched(plain=True)
+    assert got == await batched(plain=False)
+    assert got[2] == b"a" and got[3] == b"b" and got[4] is None

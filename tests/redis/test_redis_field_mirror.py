@@ -100,8 +100,8 @@ async def test_a_write_whose_reply_was_lost_is_retried_without_reordering(
     await redis.store.save_run_changes(run, next_step(run, 0))
     original = redis.redis.script
 
-    async def runs_then_fails(*args: Any) -> Any:
-        await original(*args)
+    async def runs_then_fails(*args: Any, **kwargs: Any) -> Any:
+        await original(*args, **kwargs)
         raise StoreError("reply lost")
 
     monkeypatch.setattr(redis.redis, "script", runs_then_fails)

@@ -13,6 +13,7 @@ from redis_kit import T0, a_run, raw
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.backends.redis import RedisBackends, RedisPayloadStore, connect
+from cordtrio.backends.redis.step_write import StepArgs
 from cordtrio.errors import LeaseLostError, NotFoundError
 from cordtrio.model import (
     RunStatus,
@@ -66,6 +67,26 @@ async def test_a_step_write_stores_the_dispatched_jobs_input_with_its_ttl(
         "step_dispatched"]
 
 
+async def test_a_step_write_with_unchecked_payload_types_writes_as_a_plain_one(
+        redis: RedisBackends) -> None:
+    """A step write's arguments skip the adapter's type check (``StepArgs.plain``) unless
+    a payload is not ``bytes``: a ``bytearray`` one takes the checked path and is stored
+    the same."""
+    assert redis.store.commits_payloads_of(redis.payloads)
+    for data in (b'{"x":1}', bytearray(b'{"x":1}')):
+        run = await a_run(redis)
+        changes = dispatch_next(run)
+        changes.payloads = {CTX: data}  # type: ignore[dict-item]
+        args = StepArgs("", None)
+        args.payloads(changes.payloads, 60)
+        assert args.plain is (type(data) is bytes)
+        await redis.store.save_run_changes(run, changes, [EVENT])
+        assert await redis.payloads.get_context(CTX) == b'{"x":1}'
+        assert (await redis.store.get_run(run.id)).to_dict() == run.to_dict()
+        await redis.store.delete_run(run.id)
+        await redis.payloads.delete(CTX)
+
+
 async def test_a_step_write_sent_again_after_a_lost_reply_is_applied_once(
         redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
     """The adapter sends a write again when the connection broke before its reply came: the
@@ -75,9 +96,9 @@ async def test_a_step_write_sent_again_after_a_lost_reply_is_applied_once(
     adapter = redis.store._redis
     script = adapter.script
 
-    async def twice(*args: object) -> object:
-        await script(*args)  # applied; its reply lost with the connection
-        return await script(*args)  # the same bytes, sent again
+    async def twice(*args: object, **kwargs: bool) -> object:
+        await script(*args, **kwargs)  # applied; its reply lost with the connection
+        return await script(*args, **kwargs)  # the same bytes, sent again
 
     monkeypatch.setattr(adapter, "script", twice)
     await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
