@@ -63,7 +63,9 @@ class Measured:
     server_bytes: int | None = None
     """Bytes the server received over the same calls (``total_net_input_bytes``)."""
     background: Counter[str] = field(default_factory=Counter)
-    """Not the result's: the lease keeper's wait for wake-ups (a BLPOP every few seconds)."""
+    """Not the result's: the lease keeper's wait for wake-ups (a BLPOP every few seconds),
+    and the engine's stall watchdog's read of one id (a ZREVRANGE when an API call has
+    waited over a second, which a loaded machine can cause)."""
     """INFO commandstats over all result calls but the last (after it, the run task ends
     in the background: it may release its lease while we read the stats)."""
 
@@ -113,6 +115,7 @@ async def measure(kind: str, url: str, wf: Workflow, run_input: dict[str, Any],
             counter.reset()
             run_id = await engine.submit(wf.id, run_input)
             out.submit = Counter(counter.counts)
+            out.background["zrevrange"] += out.submit.pop("zrevrange", 0)  # stall watchdog
             if admin is not None:
                 await admin.redis.call("resetstat", "", "config_resetstat")
             for i in range(jobs):
@@ -138,6 +141,7 @@ async def answer(engine: Engine, redis: RedisBackends, counter: CommandCounter,
                                              result_ptr=pointer_for_key(key)))
     counts = Counter(counter.counts)
     out.background["blpop"] += counts.pop("blpop", 0)
+    out.background["zrevrange"] += counts.pop("zrevrange", 0)  # stall watchdog
     out.per_result.append(counts)
     counter.counts = before + counter.counts  # the server saw the put too
 
