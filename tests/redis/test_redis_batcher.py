@@ -393,3 +393,43 @@ async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
     got = await batched(plain=True)
     assert got == await batched(plain=False)
     assert got[2] == b"a" and got[3] == b"b" and got[4] is None
+
+
+async def test_a_one_command_pipeline_is_batched_and_answers_as_redis_py_would(
+        redis: RedisBackends) -> None:
+    """A non-transactional pipeline of one short command (a run's presence check) goes out
+    through the batcher, and gives what redis-py's own pipeline gives: replies for a key
+    present, missing or of another kind, and the same error for a wrong-type read (its
+    text that of a lone command, without redis-py's "Command # 1 of pipeline" prefix)."""
+    adapter = redis.redis
+    await adapter.call("setup", "k:hash", "hset", "k:hash", "field", "value")
+    await adapter.call("setup", "k:string", "set", "k:string", "text")
+    cases: list[tuple[str, tuple[Any, ...]]] = [
+        ("exists", ("k:hash",)), ("exists", ("k:missing",)), ("exists", ("k:string",)),
+        ("hget", ("k:hash", "field")), ("hget", ("k:missing", "field")),
+        ("hget", ("k:string", "field")), ("get", ("k:string",)),
+    ]
+
+    async def answers() -> list[Any]:
+        out: list[Any] = []
+        for method, args in cases:
+            try:
+                out.append(await adapter.pipeline("one", args[0], [(method, args)],
+                                                  transaction=False))
+            except RedisDataError as exc:
+                out.append((type(exc), repr(args[0]) in str(exc), "WRONGTYPE" in str(exc)))
+        return out
+
+    hops = count_round_trips(redis)
+    batched = await answers()
+    assert len(hops) == len(cases)  # each through the batcher
+    batcher: Any = adapter._batcher
+    adapter.stop_batching()
+    try:
+        general = await answers()
+    finally:
+        adapter.start_batching(batcher)
+    assert len(hops) == len(cases)  # the general path: redis-py's pipeline, not a batch
+    assert batched == general
+    assert batched[:3] == [[1], [0], [1]]
+    assert batched[5] == (RedisDataError, True, True)
