@@ -219,6 +219,30 @@ async def test_the_loop_runs_every_ready_callback_in_one_tick(redis: RedisBacken
     assert ran == list(range(200))
 
 
+async def test_asyncio_timers_run_when_due_while_the_loop_waits(
+        fake_redis: RedisBackends, autojump_clock: trio.testing.MockClock) -> None:
+    """The loop waits for its next callback without a deadline of its own: its asyncio
+    timers still run when due, earliest first, though a later timer (the batcher's reply
+    timeout, 30 s) was armed before them."""
+    loop = fake_redis.redis.loop
+    await fake_redis.payloads.put_result("res:timer", b"t")  # a round trip: its watch armed
+    start = trio.current_time()
+    fired: list[float] = []
+    done = trio.Event()
+
+    def fire() -> None:
+        fired.append(trio.current_time() - start)
+        if len(fired) == 2:
+            done.set()
+
+    loop.call_later(2.0, fire)
+    loop.call_later(1.0, fire)
+    with trio.fail_after(10):
+        await done.wait()
+    assert fired == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert await fake_redis.payloads.get_result("res:timer") == b"t"  # and calls go on
+
+
 async def test_the_loop_checks_callbacks_as_asyncio_does_outside_debug_mode(
         redis: RedisBackends) -> None:
     loop = redis.redis.loop
