@@ -110,6 +110,36 @@ class _TimerAlarm:
             self._send.send_nowait(self._wake)
 
 
+def watch_fds_without_synchronizing(loop: Any) -> None:
+    """Make trio-asyncio's ``loop`` wait for a reader's (or writer's) next readiness right
+    after calling it, instead of first waiting until the loop ran every callback queued
+    so far (``synchronize``: a ``trio.Event``, a queued callback and a second wake-up of
+    the watching task per read). A stream's reader only buffers what it reads and wakes
+    the task awaiting it, so reading on before that task ran is what asyncio's own loop
+    does when the socket stays readable. A loop without the expected internals is left
+    as it is."""
+    if not hasattr(loop, "_io_task"):
+        return
+
+    async def io_task(fd: Any, handle: Any, wait_ready: Any) -> None:
+        with handle._scope:
+            try:
+                while not handle._cancelled:
+                    try:
+                        await wait_ready(fd)
+                    except OSError:
+                        if handle._cancelled:  # closed right after its handle was cancelled
+                            break
+                        raise
+                    if handle._cancelled:
+                        break
+                    handle._run()
+            except Exception as exc:
+                handle._raise(exc)
+
+    loop._io_task = io_task
+
+
 def check_callbacks_as_asyncio_does(loop: Any) -> None:
     """Make trio-asyncio's ``loop`` check the callbacks it is given only in debug mode, as
     asyncio's own loop does (``BaseEventLoop.call_soon`` calls ``_check_callback`` only
@@ -128,4 +158,5 @@ def check_callbacks_as_asyncio_does(loop: Any) -> None:
     loop._check_callback = check_callback
 
 
-__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick"]
+__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick",
+           "watch_fds_without_synchronizing"]

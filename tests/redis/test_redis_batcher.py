@@ -243,6 +243,26 @@ async def test_asyncio_timers_run_when_due_while_the_loop_waits(
     assert await fake_redis.payloads.get_result("res:timer") == b"t"  # and calls go on
 
 
+async def test_payloads_larger_than_the_socket_buffers_arrive_whole(
+        redis: RedisBackends) -> None:
+    """Writes and replies of several MiB each, several at once, cross the socket in many
+    reads and writes (the loop's readers and writers called again as the socket stays
+    ready): each caller gets back exactly what it stored."""
+    payloads = redis.payloads
+    blobs = {f"res:big-{i}": bytes([65 + i]) * (3 * 1024 * 1024 + i) for i in range(4)}
+    got: dict[str, bytes] = {}
+
+    async def round_trip(key: str) -> None:
+        await payloads.put_result(key, blobs[key])
+        got[key] = await payloads.get_result(key)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for key in blobs:
+                nursery.start_soon(round_trip, key)
+    assert got == blobs
+
+
 async def test_the_loop_checks_callbacks_as_asyncio_does_outside_debug_mode(
         redis: RedisBackends) -> None:
     loop = redis.redis.loop
