@@ -388,6 +388,14 @@ class RedisAdapter:
         ``raise_on_error=False`` a failed command's reply is its exception (translated,
         naming that command's key — its first argument — when ``commands`` is a list)."""
         listed = None if callable(commands) else list(commands)  # may be sent twice (run)
+        if (listed is not None and len(listed) == 1 and not transaction and raise_on_error
+                and self._batcher is not None):
+            # One command (a lone run's presence check): the batcher's round trip gives
+            # the same reply or error without a bridge hop and redis-py's pipeline object
+            # (measured: ~985k instructions alone, ~560k batched).
+            method, args = listed[0]
+            if method in BATCHABLE and _plain(args, {}):
+                return [await self._batcher.call(what, key, method, args, {})]
 
         async def go(client: Any) -> list[Any]:
             async with client.pipeline(transaction=transaction) as pipe:

@@ -44,6 +44,7 @@ from typing import Any
 
 import redis.exceptions as rx
 import trio
+from outcome import Error, Value
 
 from cordtrio.errors import CordtrioError, StoreError
 
@@ -65,14 +66,15 @@ alternated: ~13 % more steps/s at 64 than at 1,000, a few more hops per step).""
 
 
 class _Call:
-    """One queued command, its caller's ``what``/``key`` (for errors), and its outcome.
+    """One queued command and its caller's ``what``/``key`` (for errors).
 
     The caller parks itself (``trio.lowlevel.wait_task_rescheduled``) and the sender
-    reschedules it with its reply or error: cheaper than a ``trio.Event`` per call (its
-    parking lot, and a second wake-up through it), which was a sizeable share of a
-    batched command's cost. ``task`` is None once the caller stopped waiting (cancelled)."""
+    reschedules it with its reply or error as the outcome of that wait: cheaper than a
+    ``trio.Event`` per call (its parking lot, and a second wake-up through it), which was
+    a sizeable share of a batched command's cost. ``task`` is None once the caller stopped
+    waiting (cancelled) or was answered."""
 
-    __slots__ = ("args", "error", "key", "kwargs", "merged", "method", "reply", "task", "what")
+    __slots__ = ("args", "key", "kwargs", "merged", "method", "task", "what")
 
     def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
@@ -82,8 +84,6 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-        self.reply: Any = None
-        self.error: BaseException | None = None
         self.merged = False  # sent as part of a merged call (``CommandBatcher._merge``)
 
     def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -91,11 +91,11 @@ class _Call:
         self.task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def wake(self) -> None:
-        """Wake the caller, its ``reply`` or ``error`` set (unless it stopped waiting)."""
+    def fail(self, error: BaseException) -> None:
+        """Wake the caller with ``error`` (unless it stopped waiting)."""
         task, self.task = self.task, None
         if task is not None:
-            trio.lowlevel.reschedule(task)
+            trio.lowlevel.reschedule(task, Error(error))
 
 
 class CommandBatcher:
@@ -121,10 +121,7 @@ class CommandBatcher:
         self._queue.append(entry)
         if not self._waking:
             self._wake()
-        await trio.lowlevel.wait_task_rescheduled(entry.abort)
-        if entry.error is not None:
-            raise entry.error
-        return entry.reply
+        return await trio.lowlevel.wait_task_rescheduled(entry.abort)
 
     def _wake(self) -> None:
         """Wake an idle sender for the queue (none idle: a busy one takes it when done)."""
@@ -172,8 +169,7 @@ class CommandBatcher:
     def _fail_closing(self, batch: list[_Call]) -> None:
         url = self._redis.url
         for c in batch:
-            c.error = StoreError(f"redis {url}: {c.what}: connection closing (key {c.key!r})")
-            c.wake()
+            c.fail(StoreError(f"redis {url}: {c.what}: connection closing (key {c.key!r})"))
 
     async def _send(self, batch: list[_Call]) -> None:
         """Send ``batch`` (asyncio side) and wake each caller with its reply or error."""
@@ -199,27 +195,27 @@ class CommandBatcher:
                         replies += await self._split_gets(group, reply)
         except _BACKEND_ERRORS as exc:
             for c in batch:
-                c.error = redis._final_error(exc, c.what, c.key)
+                c.fail(redis._final_error(exc, c.what, c.key))
         except Exception as exc:  # not a backend error (a bug): every caller gets it, as
             for c in batch:       # it would alone; the batcher (and the connection) live on
-                c.error = exc
+                c.fail(exc)
         except BaseException:  # CancelledError: the connection is closing
             self._fail_closing(batch)
             raise
         else:
+            reschedule = trio.lowlevel.reschedule
             for c, reply in zip(calls, replies, strict=True):
+                task = c.task  # inline, once per call of every batch: a reply wakes its caller
+                if task is None:
+                    continue  # cancelled: stopped waiting
+                c.task = None
                 if not isinstance(reply, Exception):
-                    c.reply = reply
+                    reschedule(task, Value(reply))
                 elif isinstance(reply, rx.NoScriptError):
-                    c.error = reply  # RedisAdapter.script loads it and tries again
+                    reschedule(task, Error(reply))  # RedisAdapter.script loads it, tries again
                 else:
-                    c.error = (reply if isinstance(reply, CordtrioError)
-                               else redis.translate(reply, c.what, c.key))
-        reschedule = trio.lowlevel.reschedule
-        for c in batch:  # _Call.wake, inline: once per call of every batch
-            task, c.task = c.task, None
-            if task is not None:
-                reschedule(task)
+                    reschedule(task, Error(reply if isinstance(reply, CordtrioError)
+                                           else redis.translate(reply, c.what, c.key)))
 
     def _merge(self, batch: list[_Call]) -> list[_Group]:
         """The calls of ``batch`` that go as one command (two or more of a kind), marked

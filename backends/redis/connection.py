@@ -20,7 +20,11 @@ from cordtrio.ports import Clock
 from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
 from .base import DEFAULT_RETENTION_SECONDS
 from .batcher import CommandBatcher
-from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
+from .loop_tuning import (
+    check_callbacks_as_asyncio_does,
+    run_ready_callbacks_per_tick,
+    watch_fds_without_synchronizing,
+)
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
 from .schemas import RedisSchemaRegistry
 from .script_merge import MERGED
@@ -159,6 +163,7 @@ async def connect(
         async with trio_asyncio.open_loop() as loop:
             run_ready_callbacks_per_tick(loop)
             check_callbacks_as_asyncio_does(loop)
+            watch_fds_without_synchronizing(loop)
             adapter = RedisAdapter(client, loop, url if own else shown,
                                    reconnect_timeout=reconnect_timeout,
                                    command_timeout=socket_timeout)

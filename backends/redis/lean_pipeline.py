@@ -12,7 +12,7 @@ command, the client's response callback applied, a failed command's reply its
 (so URL options, AUTH, TLS, health checks and reconnects stay redis-py's).
 
 ``command`` builds a call's ``(args, options)`` as redis-py's command method would: the
-batcher's hot commands (``GET``, ``SET`` with ``ex``, ``MGET``, ``EVALSHA``) directly,
+batcher's hot commands (``GET``, ``SET`` with ``ex``, ``MGET``, ``EVALSHA``, ``EXISTS``) directly,
 anything else by queueing it on a ``Pipeline`` used only to record it. The tests check both
 give the same commands and replies as redis-py's ``Pipeline``.
 """
@@ -41,6 +41,8 @@ def command(client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, A
             len(kwargs) == 1 and "ex" in kwargs and type(kwargs["ex"]) in (int, type(None)))):
         ex = kwargs.get("ex")
         return (("SET", *args) if ex is None else ("SET", *args, "EX", ex)), {}
+    if method == "exists" and args and not kwargs:  # a run's presence check
+        return ("EXISTS", *args), {}
     if method == "mget" and len(args) == 1 and not kwargs and type(args[0]) is list and args[0]:
         return ("MGET", *args[0]), {}
     recorder = type(client).pipeline(client, transaction=False)  # the class's: unhooked

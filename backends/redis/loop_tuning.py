@@ -7,6 +7,7 @@ same results cheaper; a loop without the expected internals is left as it is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -20,21 +21,41 @@ DRAIN_PER_TICK = 512
 
 def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> None:
     """Make trio-asyncio's ``loop`` run every ready asyncio callback (up to ``budget``) in
-    one Trio tick, as asyncio's own loop does, instead of one callback per tick.
+    one Trio tick, as asyncio's own loop does, instead of one callback per tick; and wait
+    for the next callback without a Trio cancel scope per wait.
 
     trio-asyncio (0.16) takes one handle off its queue per ``_main_loop_one`` and then
     yields to the Trio scheduler; a Redis round trip through redis-py is ~20 callbacks, so
     with many Trio tasks runnable each command waited ~20 full scheduler rounds (measured:
     W1 on Redis spent most of its time in those rounds). Callbacks keep their FIFO order;
-    the budget bounds how long Trio tasks wait. A loop without the expected internals is
-    left as it is."""
+    the budget bounds how long Trio tasks wait.
+
+    When its queue is empty, trio-asyncio waits for the next callback inside
+    ``trio.move_on_after(<earliest asyncio timer>)``, a new cancel scope per wait (~50k
+    instructions: a lone Redis round trip waits twice). Here the loop's task waits on the
+    queue alone, and a ``_TimerAlarm`` task (one cancel scope, its deadline moved only when
+    an earlier timer appears) queues a no-op callback when the earliest timer is due, so
+    the loop wakes and runs it as before. A loop without the expected internals is left
+    as it is."""
     one = getattr(loop, "_main_loop_one", None)
-    if one is None or not hasattr(loop, "_q_recv"):
+    recv = getattr(loop, "_q_recv", None)
+    timers = getattr(loop, "_timers", None)
+    nursery = getattr(loop, "_nursery", None)
+    if one is None or recv is None or not isinstance(timers, list) or nursery is None:
         log.debug("trio-asyncio loop internals changed: one callback per tick")
         return
+    held = _HeldBack(recv)
+    alarm = _TimerAlarm(loop)
+    nursery.start_soon(alarm.run)
+    loop._q_recv = held  # ``one`` takes what ``main_loop_one`` received from here first
 
     async def main_loop_one(no_wait: bool = False) -> None:
-        await one(no_wait)
+        if not no_wait and held.item is None and not (timers and timers[0]._when
+                                                      <= loop.time()):
+            if timers:
+                alarm.ring_at(timers[0]._when)
+            held.item = await recv.receive()  # no cancel scope: the alarm wakes us
+        await one(True)
         for _ in range(budget):
             try:
                 await one(True)
@@ -42,6 +63,81 @@ def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> Non
                 return
 
     loop._main_loop_one = main_loop_one
+
+
+class _HeldBack:
+    """The loop's queue (its receiving end) with one item received ahead: trio-asyncio's
+    own ``_main_loop_one(no_wait=True)`` takes it first, so that it handles every item."""
+
+    __slots__ = ("_recv", "item")
+
+    def __init__(self, recv: Any) -> None:
+        self._recv = recv
+        self.item: Any = None
+
+    def receive_nowait(self) -> Any:
+        item = self.item
+        if item is None:
+            return self._recv.receive_nowait()
+        self.item = None
+        return item
+
+
+def _nothing() -> None:
+    pass
+
+
+class _TimerAlarm:
+    """Queues a no-op callback on the loop when its earliest asyncio timer is due (set by
+    ``ring_at`` before the loop's task waits), which wakes the task to run that timer."""
+
+    def __init__(self, loop: Any) -> None:
+        self._send = loop._q_send
+        self._scope = trio.CancelScope()
+        self._wake = asyncio.Handle(_nothing, (), loop)
+        self._wake.cancel()  # a cancelled handle: the loop takes it and runs nothing
+
+    def ring_at(self, when: float) -> None:
+        """Ring at ``when`` at the latest."""
+        if when < self._scope.deadline:
+            self._scope.deadline = when
+
+    async def run(self) -> None:
+        while True:
+            with self._scope:
+                await trio.sleep_forever()
+            self._scope = trio.CancelScope()
+            self._send.send_nowait(self._wake)
+
+
+def watch_fds_without_synchronizing(loop: Any) -> None:
+    """Make trio-asyncio's ``loop`` wait for a reader's (or writer's) next readiness right
+    after calling it, instead of first waiting until the loop ran every callback queued
+    so far (``synchronize``: a ``trio.Event``, a queued callback and a second wake-up of
+    the watching task per read). A stream's reader only buffers what it reads and wakes
+    the task awaiting it, so reading on before that task ran is what asyncio's own loop
+    does when the socket stays readable. A loop without the expected internals is left
+    as it is."""
+    if not hasattr(loop, "_io_task"):
+        return
+
+    async def io_task(fd: Any, handle: Any, wait_ready: Any) -> None:
+        with handle._scope:
+            try:
+                while not handle._cancelled:
+                    try:
+                        await wait_ready(fd)
+                    except OSError:
+                        if handle._cancelled:  # closed right after its handle was cancelled
+                            break
+                        raise
+                    if handle._cancelled:
+                        break
+                    handle._run()
+            except Exception as exc:
+                handle._raise(exc)
+
+    loop._io_task = io_task
 
 
 def check_callbacks_as_asyncio_does(loop: Any) -> None:
@@ -62,4 +158,5 @@ def check_callbacks_as_asyncio_does(loop: Any) -> None:
     loop._check_callback = check_callback
 
 
-__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick"]
+__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick",
+           "watch_fds_without_synchronizing"]

@@ -1,10 +1,16 @@
 """Redis payload store: job inputs at ``ctx:<job>`` and results at ``res:<job>`` (SPEC §11),
-each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them itself."""
+each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them itself.
+
+A result written through a store that also reads results (an engine and a worker in one
+process sharing it) is kept until its first read, which it answers without a round trip
+(``RECENT_RESULTS_BYTES``)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any
+
+import trio
 
 from cordtrio.errors import NotFoundError
 from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
@@ -12,6 +18,11 @@ from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 from .adapter import RedisAdapter
 
 DEFAULT_TTL_SECONDS = 24 * 3600
+
+RECENT_RESULTS_BYTES = 4 * 1024 * 1024
+"""Bytes of results written here and not yet read here that a store keeps at most (the
+oldest are dropped first: a result nobody here reads, one of a cancelled job say, only
+waits its turn)."""
 
 
 class RedisPayloadStore:
@@ -23,12 +34,24 @@ class RedisPayloadStore:
 
     The TTL is Redis's own (wall-clock) expiry: unlike the memory payload store it does not
     follow Trio's clock, so ``MockClock`` cannot make an entry expire.
+
+    Results read back in the process that wrote them: once ``get_result`` has been called
+    (an engine reads through this store), each result ``put_result`` stores is also kept,
+    up to ``RECENT_RESULTS_BYTES``, until ``get_result`` takes it: an engine and a worker
+    sharing the store (one process) skip the engine's ``GET`` of every result (a parked
+    caller and a round trip, ~45k instructions per W1 step). It is the value this process
+    stored under that key; a result the worker wrote elsewhere, a second read, and one
+    ``delete`` dropped are read from Redis. A store that never reads results (a worker's
+    own process) keeps nothing.
     """
 
     def __init__(self, redis: RedisAdapter, *, ttl_seconds: int | None = DEFAULT_TTL_SECONDS
                  ) -> None:
         self._redis = redis
         self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
+        self._reads_results = False  # set by the first ``get_result``
+        self._recent: dict[str, bytes] = {}  # results written here, not yet read here
+        self._recent_bytes = 0
 
     @property
     def adapter(self) -> RedisAdapter:
@@ -46,16 +69,45 @@ class RedisPayloadStore:
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def put_result(self, key: str, data: bytes) -> None:
-        await self._put(check_payload_key(key, RESULT_PREFIX), data)
+        key = check_payload_key(key, RESULT_PREFIX)
+        if not self._reads_results:
+            await self._put(key, data)
+            return
+        self._forget(key)  # until this write succeeded: Redis may keep the older value
+        await self._put(key, data)
+        self._remember(key, bytes(data))
 
     async def get_result(self, key: str) -> bytes:
         key = check_payload_key(key, RESULT_PREFIX)
+        self._reads_results = True
+        data = self._recent.pop(key, None)
+        if data is not None:
+            self._recent_bytes -= len(data)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return data
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         check_payload_key(key)
+        self._forget(key)
         await self._redis.call("delete payload", key, "delete", key)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        """Keep the result just stored for this process's read, dropping the oldest kept
+        beyond ``RECENT_RESULTS_BYTES``."""
+        if len(data) > RECENT_RESULTS_BYTES:
+            return
+        recent = self._recent
+        recent[key] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > RECENT_RESULTS_BYTES:
+            self._forget(next(iter(recent)))
+
+    def _forget(self, key: str) -> None:
+        data = self._recent.pop(key, None)
+        if data is not None:
+            self._recent_bytes -= len(data)
 
     def _put(self, key: str, data: bytes) -> Awaitable[Any]:
         """The ``SET key data EX ttl`` of a write, to be awaited."""
@@ -72,4 +124,4 @@ def _found(key: str, raw: Any) -> bytes:
     return bytes(raw)
 
 
-__all__ = ["DEFAULT_TTL_SECONDS", "RedisPayloadStore"]
+__all__ = ["DEFAULT_TTL_SECONDS", "RECENT_RESULTS_BYTES", "RedisPayloadStore"]

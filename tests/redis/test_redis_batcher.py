@@ -219,6 +219,50 @@ async def test_the_loop_runs_every_ready_callback_in_one_tick(redis: RedisBacken
     assert ran == list(range(200))
 
 
+async def test_asyncio_timers_run_when_due_while_the_loop_waits(
+        fake_redis: RedisBackends, autojump_clock: trio.testing.MockClock) -> None:
+    """The loop waits for its next callback without a deadline of its own: its asyncio
+    timers still run when due, earliest first, though a later timer (the batcher's reply
+    timeout, 30 s) was armed before them."""
+    loop = fake_redis.redis.loop
+    await fake_redis.payloads.put_result("res:timer", b"t")  # a round trip: its watch armed
+    start = trio.current_time()
+    fired: list[float] = []
+    done = trio.Event()
+
+    def fire() -> None:
+        fired.append(trio.current_time() - start)
+        if len(fired) == 2:
+            done.set()
+
+    loop.call_later(2.0, fire)
+    loop.call_later(1.0, fire)
+    with trio.fail_after(10):
+        await done.wait()
+    assert fired == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert await fake_redis.payloads.get_result("res:timer") == b"t"  # and calls go on
+
+
+async def test_payloads_larger_than_the_socket_buffers_arrive_whole(
+        redis: RedisBackends) -> None:
+    """Writes and replies of several MiB each, several at once, cross the socket in many
+    reads and writes (the loop's readers and writers called again as the socket stays
+    ready): each caller gets back exactly what it stored."""
+    payloads = redis.payloads
+    blobs = {f"res:big-{i}": bytes([65 + i]) * (3 * 1024 * 1024 + i) for i in range(4)}
+    got: dict[str, bytes] = {}
+
+    async def round_trip(key: str) -> None:
+        await payloads.put_result(key, blobs[key])
+        got[key] = await payloads.get_result(key)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for key in blobs:
+                nursery.start_soon(round_trip, key)
+    assert got == blobs
+
+
 async def test_the_loop_checks_callbacks_as_asyncio_does_outside_debug_mode(
         redis: RedisBackends) -> None:
     loop = redis.redis.loop
@@ -393,3 +437,43 @@ async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
     got = await batched(plain=True)
     assert got == await batched(plain=False)
     assert got[2] == b"a" and got[3] == b"b" and got[4] is None
+
+
+async def test_a_one_command_pipeline_is_batched_and_answers_as_redis_py_would(
+        redis: RedisBackends) -> None:
+    """A non-transactional pipeline of one short command (a run's presence check) goes out
+    through the batcher, and gives what redis-py's own pipeline gives: replies for a key
+    present, missing or of another kind, and the same error for a wrong-type read (its
+    text that of a lone command, without redis-py's "Command # 1 of pipeline" prefix)."""
+    adapter = redis.redis
+    await adapter.call("setup", "k:hash", "hset", "k:hash", "field", "value")
+    await adapter.call("setup", "k:string", "set", "k:string", "text")
+    cases: list[tuple[str, tuple[Any, ...]]] = [
+        ("exists", ("k:hash",)), ("exists", ("k:missing",)), ("exists", ("k:string",)),
+        ("hget", ("k:hash", "field")), ("hget", ("k:missing", "field")),
+        ("hget", ("k:string", "field")), ("get", ("k:string",)),
+    ]
+
+    async def answers() -> list[Any]:
+        out: list[Any] = []
+        for method, args in cases:
+            try:
+                out.append(await adapter.pipeline("one", args[0], [(method, args)],
+                                                  transaction=False))
+            except RedisDataError as exc:
+                out.append((type(exc), repr(args[0]) in str(exc), "WRONGTYPE" in str(exc)))
+        return out
+
+    hops = count_round_trips(redis)
+    batched = await answers()
+    assert len(hops) == len(cases)  # each through the batcher
+    batcher: Any = adapter._batcher
+    adapter.stop_batching()
+    try:
+        general = await answers()
+    finally:
+        adapter.start_batching(batcher)
+    assert len(hops) == len(cases)  # the general path: redis-py's pipeline, not a batch
+    assert batched == general
+    assert batched[:3] == [[1], [0], [1]]
+    assert batched[5] == (RedisDataError, True, True)

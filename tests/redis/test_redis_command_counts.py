@@ -25,6 +25,7 @@ import trio
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus
 from cordtrio.backends.redis import RedisBackends, connect
+from cordtrio.backends.redis.payloads import RedisPayloadStore
 from cordtrio.backends.redis.testing import CommandCounter
 from cordtrio.engine.supervisor import Engine
 from cordtrio.model import RunStatus, Step, Workflow
@@ -134,7 +135,9 @@ async def answer(engine: Engine, redis: RedisBackends, counter: CommandCounter,
     request = packet.payload
     assert isinstance(request, JobRequest)
     key = result_key(request.job_id)
-    await redis.payloads.put_result(key, b'{"ok": true}')
+    # a worker of another process: its own payload store (a store shared with the engine
+    # would answer the engine's read of the result itself, without a GET)
+    await RedisPayloadStore(redis.redis).put_result(key, b'{"ok": true}')
     before = Counter(counter.counts)
     counter.reset()
     await engine.handle_job_result(JobResult(request.job_id, JobStatus.SUCCEEDED,

@@ -114,6 +114,8 @@ async def test_writes_reply_as_with_redis_py(redis: RedisBackends) -> None:
     ("set", ("k", "v"), {"nx": True}),
     ("set", ("k", "v"), {"ex": 5, "nx": True}),
     ("mget", (["a", "b", "c"],), {}),
+    ("exists", ("k",), {}),
+    ("exists", ("k1", "k2"), {}),
     ("evalsha", ("f" * 40, 2, "k1", "k2", "arg", 3, 1.5), {}),
 ])
 def test_the_hot_commands_are_built_as_redis_py_builds_them(
