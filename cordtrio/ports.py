@@ -166,6 +166,17 @@ class PayloadCommit(Protocol):
 
 
 @runtime_checkable
+class SharedWorkflows(Protocol):
+    """A store in the engine's own process (``MemoryStore``) that can lend a definition
+    instead of copying it: ``get_workflow_shared`` returns the stored ``Workflow`` itself,
+    which the caller must not change (a save replaces it, never changes it). ``submit``
+    reads the definition only to check the input and to find its cached plan, so a copy
+    per run (~57k instructions for a five-step chain) would be thrown away."""
+
+    async def get_workflow_shared(self, workflow_id: str) -> Workflow: ...
+
+
+@runtime_checkable
 class RunPresence(Protocol):
     """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
     whose data vanished (a Redis restarted without persistence) from leases taken over."""
@@ -365,6 +376,7 @@ __all__ = [
     "RunPresence",
     "RunRepair",
     "SchemaRegistry",
+    "SharedWorkflows",
     "Store",
     "child_order_key",
 ]

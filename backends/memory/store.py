@@ -122,6 +122,15 @@ class MemoryStore(MemoryRunLeases):
             raise NotFoundError(f"workflow {workflow_id!r} not found")
         return parsed.clone()
 
+    async def get_workflow_shared(self, workflow_id: str) -> Workflow:
+        """The stored definition itself, not a copy (``ports.SharedWorkflows``): the caller
+        must not change it. A save stores a new object, so a lent one never changes."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parsed = self._workflows.get(workflow_id)
+        if parsed is None:
+            raise NotFoundError(f"workflow {workflow_id!r} not found")
+        return parsed
+
     async def delete_workflow(self, workflow_id: str) -> None:
         """Remove the definition and its index entries (its runs are kept)."""
         await trio.lowlevel.checkpoint_if_cancelled()
