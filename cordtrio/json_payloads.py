@@ -289,9 +289,10 @@ async def _of_text(read: Awaitable[bytes]) -> JsonPayload:
 
 
 class StorePath(NamedTuple):
-    """``encode``, ``get_context`` and ``put_result`` for one store, its path picked once
-    (``path_for``): a worker loads an input and stores a result on every job, and calls the
-    store's own methods then, without a call here and a ``getattr`` per payload."""
+    """``encode`` and the four payload calls for one store, its path picked once
+    (``path_for``): a worker loads an input and stores a result on every job, the engine
+    stores an input and loads a result, and each calls the store's own methods then,
+    without a call here and a ``getattr`` per payload."""
 
     encode: Callable[[Any, bool], JsonPayload | bytes]
     """``encode(value, compact)``."""
@@ -299,15 +300,21 @@ class StorePath(NamedTuple):
     """``get_context(key)``."""
     put_result: Callable[[str, Any], Awaitable[None]]
     """``put_result(key, data)``, ``data`` made by this path's ``encode``."""
+    put_context: Callable[[str, Any], Awaitable[None]]
+    """``put_context(key, data)``, ``data`` made by this path's ``encode``."""
+    get_result: Callable[[str], Awaitable[JsonPayload]]
+    """``get_result(key)``."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
     """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
     if getattr(payloads, "takes_json_payloads", False):
         store: Any = payloads
-        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload)
+        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
+                         store.put_context_payload, store.get_result_payload)
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
-                     partial(put_result, payloads))
+                     partial(put_result, payloads), partial(put_context, payloads),
+                     partial(get_result, payloads))
 
 
 __all__ = [

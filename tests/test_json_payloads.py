@@ -219,3 +219,11 @@ async def test_a_store_path_gives_what_the_module_functions_give(
         await path.get_context("ctx:none")
     with pytest.raises(PayloadPointerError):
         await path.get_context("wf:run:x")
+    await path.put_context("ctx:p", path.encode(value, True))
+    assert await store.get_context("ctx:p") == await store.get_context("ctx:j")
+    assert repr((await path.get_result("res:p")).value()) == repr(
+        (await json_payloads.get_result(store, "res:g")).value())
+    with pytest.raises(NotFoundError):
+        await path.get_result("res:none")
+    with pytest.raises(PayloadPointerError):
+        await path.put_context("res:p", path.encode(value, True))
