@@ -304,12 +304,24 @@ class StorePath(NamedTuple):
     """``put_context(key, data)``, ``data`` made by this path's ``encode``."""
     get_result: Callable[[str], Awaitable[JsonPayload]]
     """``get_result(key)``."""
+    # An in-process store's own calls, not awaited (``MemoryPayloadStore.calls_now``); None
+    # for other stores. They raise what the awaited calls raise, with no cancellation check.
+    put_context_now: Callable[[str, Any], None] | None = None
+    get_context_now: Callable[[str], JsonPayload] | None = None
+    put_result_now: Callable[[str, Any], None] | None = None
+    get_result_now: Callable[[str], JsonPayload] | None = None
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
     """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
     if getattr(payloads, "takes_json_payloads", False):
         store: Any = payloads
+        if getattr(store, "calls_now", False):
+            return StorePath(JsonPayload.of, store.get_context_payload,
+                             store.put_result_payload, store.put_context_payload,
+                             store.get_result_payload, store.put_context_payload_now,
+                             store.get_context_payload_now, store.put_result_payload_now,
+                             store.get_result_payload_now)
         return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
                          store.put_context_payload, store.get_result_payload)
     return StorePath(partial(encode, payloads), partial(get_context, payloads),

@@ -190,6 +190,50 @@ async def test_a_store_that_changes_the_bytes_path_gets_bytes() -> None:
     assert store.puts == 2 and await store.get_result("res:k") == b"[1]"
 
 
+async def test_a_store_that_changes_a_payload_call_is_awaited_for_every_payload() -> None:
+    """The calls made without awaiting (``calls_now``) are the store's own: a subclass that
+    overrides any payload method (to count or fail calls) is awaited, so it sees them all."""
+    class Counting(MemoryPayloadStore):
+        gets = 0
+
+        async def get_result_payload(self, key: str) -> JsonPayload:
+            self.gets += 1
+            return await super().get_result_payload(key)
+
+    assert MemoryPayloadStore.calls_now and not Counting.calls_now
+    store = Counting()
+    path = json_payloads.path_for(store)
+    assert path.get_result_now is None and path.put_context_now is None
+    await path.put_result("res:j", path.encode({"z": 1}, False))
+    assert (await path.get_result("res:j")).value() == {"z": 1} and store.gets == 1
+
+
+@pytest.mark.parametrize("value", [{}, {"ok": True}, [1, "x", None]])
+async def test_the_calls_made_without_awaiting_answer_as_the_awaited_ones(value: Any) -> None:
+    store = MemoryPayloadStore()
+    path = json_payloads.path_for(store)
+    assert path.put_context_now is not None and path.get_context_now is not None
+    assert path.put_result_now is not None and path.get_result_now is not None
+    path.put_context_now("ctx:n", path.encode(value, True))
+    await path.put_context("ctx:a", path.encode(value, True))
+    assert await store.get_context("ctx:n") == await store.get_context("ctx:a")
+    assert repr(path.get_context_now("ctx:n").value()) == repr(
+        (await path.get_context("ctx:a")).value())
+    path.put_result_now("res:n", path.encode(value, False))
+    await path.put_result("res:a", path.encode(value, False))
+    assert await store.get_result("res:n") == await store.get_result("res:a")
+    assert repr(path.get_result_now("res:n").value()) == repr(
+        (await path.get_result("res:a")).value())
+    for call in (lambda: path.get_context_now("ctx:none"),
+                 lambda: path.get_result_now("res:none")):
+        with pytest.raises(NotFoundError):
+            call()
+    with pytest.raises(PayloadPointerError):
+        path.get_result_now("wf:run:x")
+    with pytest.raises(PayloadPointerError):
+        path.put_context_now("res:n", path.encode(value, True))
+
+
 class _BytesOnly(MemoryPayloadStore):
     """A store that changed the bytes path: payloads take it too."""
 

@@ -42,10 +42,18 @@ class MemoryPayloadStore:
     """``json_payloads.ValuePayloads`` is offered (False in a subclass that overrides the bytes
     methods, to count or fail calls: every payload then takes the bytes path)."""
 
+    calls_now = True
+    """The ``*_payload_now`` methods may be called instead of awaiting the ``*_payload``
+    ones (``json_payloads.path_for``): the engine and a worker in this process then skip a
+    coroutine and a cancellation check per payload. False in a subclass that overrides any
+    payload method (to count or fail calls: those go through the methods it overrides)."""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if any(name in cls.__dict__ for name in _BYTES_METHODS):
             cls.takes_json_payloads = False
+        if any(name in cls.__dict__ for name in (*_BYTES_METHODS, *_VALUE_METHODS)):
+            cls.calls_now = False
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
@@ -85,10 +93,26 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
+        self.put_context_payload_now(key, payload)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
+        return self.get_context_payload_now(key)
+
+    async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
+        await checkpoint_if_cancelled()
+        self.put_result_payload_now(key, payload)
+
+    async def get_result_payload(self, key: str) -> JsonPayload:
+        await checkpoint_if_cancelled()
+        return self.get_result_payload_now(key)
+
+    # ---------------------------- the same, called without awaiting (``calls_now``)
+
+    def put_context_payload_now(self, key: str, payload: JsonPayload) -> None:
+        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
+
+    def get_context_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, CONTEXT_PREFIX)
         if entry.__class__ is bytes:
             return _of_text(entry)  # type: ignore[arg-type]
@@ -96,12 +120,10 @@ class MemoryPayloadStore:
         payload.parts = entry  # type: ignore[assignment]
         return payload
 
-    async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
-        await checkpoint_if_cancelled()
+    def put_result_payload_now(self, key: str, payload: JsonPayload) -> None:
         self._put(check_payload_key(key, RESULT_PREFIX), payload.parts)
 
-    async def get_result_payload(self, key: str) -> JsonPayload:
-        await checkpoint_if_cancelled()
+    def get_result_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, RESULT_PREFIX)
         if entry.__class__ is bytes:
             return _of_text(entry)  # type: ignore[arg-type]
@@ -160,6 +182,7 @@ class MemoryPayloadStore:
 
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
+_VALUE_METHODS = tuple(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now"))
 
 
 def _private(key: str, data: bytes) -> bytes:

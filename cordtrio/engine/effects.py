@@ -64,7 +64,11 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
         return ""
     try:
         try:
-            await path.put_context(key, data)
+            put_now = path.put_context_now
+            if put_now is not None:
+                put_now(key, data)  # an in-process store: nothing to await
+            else:
+                await path.put_context(key, data)
         except Exception as exc:
             await retry_after(exc, lambda: path.put_context(key, data),
                               f"store payload {key}")
@@ -128,7 +132,9 @@ async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
     try:
         key = key_from_pointer(result_ptr, RESULT_PREFIX)
         try:
-            data = await path.get_result(key)
+            get_now = path.get_result_now
+            # an in-process store: nothing to await
+            data = get_now(key) if get_now is not None else await path.get_result(key)
         except Exception as exc:
             data = await retry_after(exc, lambda: path.get_result(key),
                                      f"load {result_ptr}")
