@@ -177,6 +177,20 @@ class SharedWorkflows(Protocol):
 
 
 @runtime_checkable
+class WritesNow(Protocol):
+    """A store in the engine's own process (``MemoryStore``) whose run write need not be
+    awaited: ``save_run_changes_now`` does what ``save_run_changes`` does, with no
+    cancellation check, when ``writes_now`` is true (False in a subclass that changes the
+    awaited write). An engine alone on such a store writes a step with it."""
+
+    writes_now: bool
+
+    def save_run_changes_now(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None: ...
+
+
+@runtime_checkable
 class RunPresence(Protocol):
     """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
     whose data vanished (a Redis restarted without persistence) from leases taken over."""
@@ -378,5 +392,6 @@ __all__ = [
     "SchemaRegistry",
     "SharedWorkflows",
     "Store",
+    "WritesNow",
     "child_order_key",
 ]

@@ -75,6 +75,17 @@ class MemoryStore(MemoryRunLeases):
     an aware UTC datetime) stamps the timestamps the store fills in.
     """
 
+    writes_now = True
+    """``save_run_changes_now`` may be called instead of awaiting ``save_run_changes``
+    (``ports.WritesNow``): a single engine then skips a coroutine and a cancellation check
+    per step. False in a subclass that overrides either (to count, stall or fail writes:
+    those go through the method it overrides)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "save_run_changes" in cls.__dict__ or "save_run_changes_now" in cls.__dict__:
+            cls.writes_now = False
+
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._seq = itertools.count()
@@ -202,6 +213,12 @@ class MemoryStore(MemoryRunLeases):
         move only when ``changes.header`` is set.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        self.save_run_changes_now(run, changes, timeline)
+
+    def save_run_changes_now(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None:
+        """``save_run_changes``, not awaited (no cancellation check): ``writes_now``."""
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step

@@ -10,7 +10,7 @@ new task. The multi-engine strategy is ``leases.LeaseKeeper``; both implement
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -32,6 +32,13 @@ class SingleEngine:
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
         self.router = router
+        # The store's write called without awaiting it (``ports.WritesNow``), or None: only
+        # the store's own (not reached through a wrapper, which may count or fail calls).
+        now = getattr(store, "save_run_changes_now", None)
+        self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
+                                        None] | None = (
+            now if getattr(store, "writes_now", False) and getattr(now, "__self__", None)
+            is store else None)
 
     async def create_run(self, run: WorkflowRun) -> None:
         await self.store.create_run(run)

@@ -70,6 +70,8 @@ class RunTask:
         # ``Ownership.queues_commands``: drain requests come, applied batches are
         # acknowledged; not for an engine alone on its store (nothing to do for either)
         self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
+        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
+        self._save_now = getattr(self.owner, "save_changes_now", None)
         # the payload store's calls, picked once (``json_payloads.path_for``): an optional
         # host attribute, set by the engine for all its run tasks
         payloads = host.payloads
@@ -320,7 +322,11 @@ class RunTask:
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
             if changes:
                 try:
-                    await self.owner.save_changes(self.state.run, changes, timeline)
+                    save_now = self._save_now
+                    if save_now is not None:
+                        save_now(self.state.run, changes, timeline)
+                    else:
+                        await self.owner.save_changes(self.state.run, changes, timeline)
                 except Exception as exc:
                     await self._persist(changes, timeline, exc)
             elif timeline:
