@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple, Protocol
 
-from .ports import PayloadStore
+from .ports import PayloadStore, own_call
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """What the engine stores job inputs with (``json.dumps(..., separators=(",", ":"))``)."""
@@ -316,7 +316,7 @@ def path_for(payloads: PayloadStore) -> StorePath:
     """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
     if getattr(payloads, "takes_json_payloads", False):
         store: Any = payloads
-        if getattr(store, "calls_now", False):
+        if own_call(store, "calls_now", "get_context_payload_now"):
             return StorePath(JsonPayload.of, store.get_context_payload,
                              store.put_result_payload, store.put_context_payload,
                              store.get_result_payload, store.put_context_payload_now,

@@ -35,6 +35,17 @@ def status_text(status: object) -> str:
     return str(status.value) if isinstance(status, RunStatus) else str(status).strip().lower()
 
 
+def own_call(obj: object, flag: str, name: str) -> Any:
+    """``obj.<name>``, a call offered without awaiting (``PublishNow``, ``WritesNow``), when
+    ``obj`` offers it itself and its ``flag`` is true; None when it is missing, turned off
+    (a subclass that changes the awaited call), or reached through a wrapper (which may
+    count, fail or cut what it passes on, and must see every call)."""
+    method = getattr(obj, name, None)
+    if getattr(obj, flag, False) and getattr(method, "__self__", None) is obj:
+        return method
+    return None
+
+
 def child_order_key(child_id: str) -> tuple[str, int]:
     """Sort key that puts for-each children ``step[i]`` in index order (O(k log k) for k
     changed children, never a scan of all of them)."""
@@ -361,6 +372,20 @@ class DirectBus(Protocol):
 
 
 @runtime_checkable
+class PublishNow(Protocol):
+    """A bus in the publisher's own process (``MemoryBus``) that can deliver some packets
+    without being awaited: ``publish_now`` does what ``publish`` would, with no
+    cancellation check, when nothing can make it wait, and returns False having done
+    nothing otherwise; only when ``publishes_now`` is true (False in a subclass that
+    changes ``publish``). The engine publishes job requests, and a worker results, with it
+    first."""
+
+    publishes_now: bool
+
+    def publish_now(self, subject: str, packet: BusPacket) -> bool: ...
+
+
+@runtime_checkable
 class ConfigProvider(Protocol):
     """Effective configuration for a step; non-empty results go into the job's env."""
 
@@ -385,6 +410,7 @@ __all__ = [
     "LeasedRunCreate",
     "PayloadCommit",
     "PayloadStore",
+    "PublishNow",
     "RunChanges",
     "RunLeases",
     "RunPresence",
@@ -394,4 +420,5 @@ __all__ = [
     "Store",
     "WritesNow",
     "child_order_key",
+    "own_call",
 ]

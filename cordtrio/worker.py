@@ -34,7 +34,7 @@ from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
-from .ports import Bus, JobBus, JobInbox, PayloadStore
+from .ports import Bus, JobBus, JobInbox, PayloadStore, own_call
 from .protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -179,6 +179,8 @@ class Worker:
         self.failed = 0
         self.running = 0
         self._bus = bus
+        # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
+        self._publish_now = own_call(bus, "publishes_now", "publish_now")
         self._payloads = payloads
         self._path = json_payloads.path_for(payloads)  # how this store takes payloads
         self._handlers = dict(handlers)
@@ -365,7 +367,9 @@ class Worker:
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
                            result)
         try:
-            await self._bus.publish(SUBJECT_RESULT, packet)
+            publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
+            if publish_now is None or not publish_now(SUBJECT_RESULT, packet):
+                await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
             # not acknowledged: the bus hands the job to another worker once this one's
             # connection is reset, or when it leaves

@@ -16,7 +16,7 @@ import trio
 
 from ..core.events import Start
 from ..model import RunStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, Store
+from ..ports import RunChanges, Store, own_call
 from ..retry import retrying
 from .envelopes import Envelope
 from .host import OwnedRun, RunRouter
@@ -32,13 +32,10 @@ class SingleEngine:
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
         self.router = router
-        # The store's write called without awaiting it (``ports.WritesNow``), or None: only
-        # the store's own (not reached through a wrapper, which may count or fail calls).
-        now = getattr(store, "save_run_changes_now", None)
+        # The store's write called without awaiting it (``ports.WritesNow``), or None
         self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
-                                        None] | None = (
-            now if getattr(store, "writes_now", False) and getattr(now, "__self__", None)
-            is store else None)
+                                        None] | None = own_call(
+            store, "writes_now", "save_run_changes_now")
 
     async def create_run(self, run: WorkflowRun) -> None:
         await self.store.create_run(run)

@@ -45,7 +45,7 @@ from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..json_payloads import StorePath, path_for
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges
+from ..ports import RunChanges, own_call
 from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
@@ -72,6 +72,7 @@ class RunTask:
         self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
         # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
         self._save_now = getattr(self.owner, "save_changes_now", None)
+        self._publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
         # the payload store's calls, picked once (``json_payloads.path_for``): an optional
         # host attribute, set by the engine for all its run tasks
         payloads = host.payloads
@@ -369,6 +370,7 @@ class RunTask:
         run_id = self.run_id
         config = host.config
         bus = host.bus
+        publish_now = self._publish_now
         feedback: list[Event] = []
         for effect in effects:
             if isinstance(effect, RecordTimeline):
@@ -378,8 +380,10 @@ class RunTask:
                     continue
                 if config is None:  # ``publish_job`` without a config provider, inline
                     try:
-                        await bus.publish(SUBJECT_SUBMIT, BusPacket(
-                            run_id, SENDER_ID, now, PROTOCOL_VERSION, effect.request))
+                        packet = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
+                                           effect.request)
+                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, packet):
+                            await bus.publish(SUBJECT_SUBMIT, packet)
                         problem = ""
                     except Exception as exc:
                         problem = f"publish {effect.job_id}: {exc}"

@@ -22,8 +22,17 @@ from cordtrio.engine.envelopes import Envelope, Mailbox, Reply
 from cordtrio.engine.gc_tuning import GEN0_THRESHOLD
 from cordtrio.engine.ownership import SingleEngine
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
-from cordtrio.ports import RunChanges
-from cordtrio.protocol import SUBJECT_RESULT, BusPacket, JobResult, JobStatus
+from cordtrio.ports import RunChanges, own_call
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    JobResult,
+    JobStatus,
+)
 from cordtrio.worker import open_worker
 
 
@@ -140,6 +149,44 @@ async def test_a_write_not_awaited_stores_what_the_awaited_one_stores() -> None:
     assert first.steps["a"].job_id == "r:a@1"
     assert [e.to_dict() for e in await stores[0].list_timeline_events("r")] == [
         e.to_dict() for e in await stores[1].list_timeline_events("r")]
+
+
+def _job(job_id: str) -> BusPacket:
+    return BusPacket("t", "test", datetime.now(UTC), 1, JobRequest(job_id, "jobs"))
+
+
+async def test_publish_now_delivers_a_job_or_a_result_as_publish_would() -> None:
+    """``ports.PublishNow``: what cannot wait goes out at once; anything else is left to
+    ``publish`` (False, nothing done)."""
+    bus = MemoryBus(max_pending=1)
+    seen: list[Any] = []
+    result = BusPacket("t", "w", datetime.now(UTC), 1, JobResult("r:a@1", JobStatus.SUCCEEDED))
+    assert not bus.publish_now(SUBJECT_RESULT, result)  # no listener: a subscriber's business
+    async with bus.listen(SUBJECT_RESULT, "engines", seen.append), \
+            bus.consume_jobs(["jobs"], capacity=1) as inbox:
+        assert bus.publish_now(SUBJECT_RESULT, result) and seen == [result]
+        assert bus.publish_now(SUBJECT_SUBMIT, _job("r:a@1"))
+        assert inbox.receive_nowait().payload.job_id == "r:a@1"
+        assert bus.publish_now(SUBJECT_SUBMIT, _job("r:b@1"))  # queued: no room yet
+        assert bus.jobs.pending == 1
+        assert not bus.publish_now(SUBJECT_SUBMIT, _job("r:c@1"))  # publish would wait
+        assert bus.jobs.pending == 1 and not bus.jobs.owns("r:c@1")
+        inbox.ack("r:a@1")
+        assert inbox.receive_nowait().payload.job_id == "r:b@1"
+        async with bus.subscribe(SUBJECT_SUBMIT) as tap:
+            assert not bus.publish_now(SUBJECT_SUBMIT, _job("r:d@1"))  # the tap's copy
+            assert not bus.jobs.owns("r:d@1")
+            with pytest.raises(trio.WouldBlock):
+                tap.receive_nowait()
+    assert not bus.publish_now(SUBJECT_CANCEL, BusPacket(
+        "t", "e", datetime.now(UTC), 1, JobCancel("r:b@1")))
+
+    class Observed(MemoryBus):
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            await super().publish(subject, packet)
+
+    assert MemoryBus.publishes_now and not Observed.publishes_now
+    assert own_call(Observed(), "publishes_now", "publish_now") is None
 
 
 async def test_a_publish_nobody_makes_wait_is_not_a_schedule_point() -> None:
