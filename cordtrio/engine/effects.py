@@ -64,16 +64,33 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
         return ""
     try:
         try:
-            put_now = path.put_context_now
-            if put_now is not None:
-                put_now(key, data)  # an in-process store: nothing to await
-            else:
-                await path.put_context(key, data)
+            await path.put_context(key, data)
         except Exception as exc:
             await retry_after(exc, lambda: path.put_context(key, data),
                               f"store payload {key}")
     except Exception as exc:
         return f"store payload {key}: {exc}"
+    return ""
+
+
+def store_payload_now(path: StorePath | None, effect: Dispatch) -> str | None:
+    """``store_payload`` into an in-process store (``StorePath.put_context_now``), not
+    awaited (a coroutine fewer per job). None when it must be awaited instead: another
+    store, or a write that failed in a way ``store_payload`` may wait out (it writes
+    again)."""
+    put_now = path.put_context_now if path is not None else None
+    if put_now is None or not effect.context_key:
+        return None
+    try:
+        data = path.encode(effect.payload, True)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        return f"step input is not JSON: {exc}"
+    try:
+        put_now(effect.context_key, data)
+    except (ValueError, NotFoundError) as exc:  # definite (a key outside the namespace)
+        return f"store payload {effect.context_key}: {exc}"
+    except Exception:
+        return None
     return ""
 
 
@@ -118,6 +135,23 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
                     exc_info=True)
 
 
+def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
+    """``load_output`` from an in-process store (``StorePath.get_result_now``), not awaited
+    (a coroutine fewer per result). None when it must be awaited instead: another store, or
+    a read that failed in a way ``load_output`` may wait out (it reads again)."""
+    get_now = path.get_result_now
+    if get_now is None:
+        return None
+    try:
+        data = get_now(key_from_pointer(result_ptr, RESULT_PREFIX))
+    except (ValueError, NotFoundError) as exc:
+        return LoadedOutput(error=str(exc), loaded=False)
+    except Exception:
+        return None
+    return LoadedOutput(value=data.value_or_text(),
+                        too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
+
+
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id), sent
     at ``now`` (the time the run task decided at: one clock read per event, not per
@@ -132,9 +166,7 @@ async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
     try:
         key = key_from_pointer(result_ptr, RESULT_PREFIX)
         try:
-            get_now = path.get_result_now
-            # an in-process store: nothing to await
-            data = get_now(key) if get_now is not None else await path.get_result(key)
+            data = await path.get_result(key)
         except Exception as exc:
             data = await retry_after(exc, lambda: path.get_result(key),
                                      f"load {result_ptr}")
@@ -149,9 +181,11 @@ async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
 __all__ = [
     "commits_payloads",
     "load_output",
+    "load_output_now",
     "packet",
     "publish_alert",
     "publish_cancel",
     "publish_job",
     "store_payload",
+    "store_payload_now",
 ]

@@ -49,7 +49,15 @@ from ..ports import RunChanges, own_call
 from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
-from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
+from .effects import (
+    load_output,
+    load_output_now,
+    publish_alert,
+    publish_cancel,
+    publish_job,
+    store_payload,
+    store_payload_now,
+)
 from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
 from .host import RunHost
 from .timers import Timers
@@ -261,7 +269,9 @@ class RunTask:
                 path = self._path
                 if result.status is _JOB_SUCCEEDED and result.result_ptr and \
                         path is not None:  # (the engine's own event: set in place)
-                    event.output = await load_output(path, result.result_ptr)
+                    loaded = load_output_now(path, result.result_ptr)
+                    event.output = loaded if loaded is not None else \
+                        await load_output(path, result.result_ptr)
             now = clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
@@ -321,7 +331,7 @@ class RunTask:
                 queue = self._decide_more(feedback, changes) if feedback else []
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
-            if changes:
+            if changes.header or changes:  # (a step writes its header: no ``__bool__`` call)
                 try:
                     save_now = self._save_now
                     if save_now is not None:
@@ -352,7 +362,9 @@ class RunTask:
             if isinstance(effect, RecordTimeline):
                 timeline.append(effect.event)
             elif isinstance(effect, Dispatch):
-                problem = await store_payload(self._path, effect, staged)
+                problem = store_payload_now(self._path, effect) if staged is None else None
+                if problem is None:
+                    problem = await store_payload(self._path, effect, staged)
                 if problem:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
