@@ -307,9 +307,12 @@ class StorePath(NamedTuple):
     # An in-process store's own calls, not awaited (``MemoryPayloadStore.calls_now``); None
     # for other stores. They raise what the awaited calls raise, with no cancellation check.
     put_context_now: Callable[[str, Any], None] | None = None
-    get_context_now: Callable[[str], JsonPayload] | None = None
+    context_at_now: Callable[[str], JsonPayload] | None = None
+    """The job input a context *pointer* names: ``get_context(key_from_pointer(ptr))``."""
     put_result_now: Callable[[str, Any], None] | None = None
-    get_result_now: Callable[[str], JsonPayload] | None = None
+    result_at_now: Callable[[str], JsonPayload] | None = None
+    """The result a result *pointer* names:
+    ``get_result(key_from_pointer(ptr, RESULT_PREFIX))``."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
@@ -320,8 +323,8 @@ def path_for(payloads: PayloadStore) -> StorePath:
             return StorePath(JsonPayload.of, store.get_context_payload,
                              store.put_result_payload, store.put_context_payload,
                              store.get_result_payload, store.put_context_payload_now,
-                             store.get_context_payload_now, store.put_result_payload_now,
-                             store.get_result_payload_now)
+                             store.context_payload_at_now, store.put_result_payload_now,
+                             store.result_payload_at_now)
         return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
                          store.put_context_payload, store.get_result_payload)
     return StorePath(partial(encode, payloads), partial(get_context, payloads),

@@ -386,12 +386,14 @@ class Worker:
         data: Any
         if ptr:
             try:
-                key = key_from_pointer(ptr)
+                read_now = self._path.context_at_now  # an in-process store: no await
                 try:
-                    get_now = self._path.get_context_now  # an in-process store: no await
-                    raw = get_now(key) if get_now is not None else \
-                        await self._path.get_context(key)
+                    if read_now is not None:
+                        raw = read_now(ptr)
+                    else:
+                        raw = await self._path.get_context(key_from_pointer(ptr))
                 except Exception as exc:
+                    key = key_from_pointer(ptr)
                     raw = await retry_after(
                         exc, lambda: self._path.get_context(key),
                         f"worker {self.worker_id}: load input {ptr}")

@@ -20,7 +20,13 @@ from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
 from cordtrio.json_payloads import JsonPayload
-from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
+from cordtrio.payloads import (
+    CONTEXT_PREFIX,
+    POINTER_SCHEME,
+    RESULT_PREFIX,
+    check_payload_key,
+    key_from_pointer,
+)
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
@@ -131,7 +137,46 @@ class MemoryPayloadStore:
         payload.parts = entry  # type: ignore[assignment]
         return payload
 
+    def context_payload_at_now(self, pointer: str) -> JsonPayload:
+        """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
+        input), without checking a pointer to a stored key again: only checked keys are
+        stored."""
+        entry = self._entry_at(pointer, _CONTEXT_POINTER)
+        if entry is None:
+            return self.get_context_payload_now(key_from_pointer(pointer))
+        payload = _new(JsonPayload)
+        payload.parts = entry
+        return payload
+
+    def result_payload_at_now(self, pointer: str) -> JsonPayload:
+        """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
+        engine reads a result), without checking a pointer to a stored key again."""
+        entry = self._entry_at(pointer, _RESULT_POINTER)
+        if entry is None:
+            return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+        payload = _new(JsonPayload)
+        payload.parts = entry
+        return payload
+
     # ---------------------------------------------------------------------- entries
+
+    def _entry_at(self, pointer: str, start: str) -> _Parts | None:
+        """The payload entry (not bytes) stored at the key ``pointer`` names, when ``pointer``
+        starts with ``start`` (the scheme and a prefix); None for anything else, for the
+        general path to read or refuse. ``NotFoundError`` if it expired."""
+        if pointer.__class__ is not str or not pointer.startswith(start):
+            return None
+        key = pointer[_SCHEME_LENGTH:]
+        entry = self._data.get(key)
+        if entry is None or entry.__class__ is bytes:
+            return None
+        if self._ttl is not None:
+            clock = self._clock
+            if clock is None:
+                clock = self._clock = current_clock()
+            if self._expires[key] <= clock.current_time():
+                raise NotFoundError(f"payload {key!r} not found")
+        return entry  # type: ignore[return-value]
 
     def _put(self, key: str, data: bytes | _Parts) -> None:
         ttl = self._ttl
@@ -181,8 +226,11 @@ class MemoryPayloadStore:
                 del self._data[key]
 
 
+_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
+_SCHEME_LENGTH = len(POINTER_SCHEME)
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
-_VALUE_METHODS = tuple(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now"))
+_VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
+                  "context_payload_at_now", "result_payload_at_now")
 
 
 def _private(key: str, data: bytes) -> bytes:

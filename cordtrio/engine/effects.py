@@ -136,14 +136,14 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
 
 
 def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
-    """``load_output`` from an in-process store (``StorePath.get_result_now``), not awaited
+    """``load_output`` from an in-process store (``StorePath.result_at_now``), not awaited
     (a coroutine fewer per result). None when it must be awaited instead: another store, or
     a read that failed in a way ``load_output`` may wait out (it reads again)."""
-    get_now = path.get_result_now
-    if get_now is None:
+    read_now = path.result_at_now
+    if read_now is None:
         return None
     try:
-        data = get_now(key_from_pointer(result_ptr, RESULT_PREFIX))
+        data = read_now(result_ptr)
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception:
