@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple, Protocol
 
-from .ports import PayloadStore
+from .ports import PayloadStore, own_call
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """What the engine stores job inputs with (``json.dumps(..., separators=(",", ":"))``)."""
@@ -289,9 +289,10 @@ async def _of_text(read: Awaitable[bytes]) -> JsonPayload:
 
 
 class StorePath(NamedTuple):
-    """``encode``, ``get_context`` and ``put_result`` for one store, its path picked once
-    (``path_for``): a worker loads an input and stores a result on every job, and calls the
-    store's own methods then, without a call here and a ``getattr`` per payload."""
+    """``encode`` and the four payload calls for one store, its path picked once
+    (``path_for``): a worker loads an input and stores a result on every job, the engine
+    stores an input and loads a result, and each calls the store's own methods then,
+    without a call here and a ``getattr`` per payload."""
 
     encode: Callable[[Any, bool], JsonPayload | bytes]
     """``encode(value, compact)``."""
@@ -299,15 +300,36 @@ class StorePath(NamedTuple):
     """``get_context(key)``."""
     put_result: Callable[[str, Any], Awaitable[None]]
     """``put_result(key, data)``, ``data`` made by this path's ``encode``."""
+    put_context: Callable[[str, Any], Awaitable[None]]
+    """``put_context(key, data)``, ``data`` made by this path's ``encode``."""
+    get_result: Callable[[str], Awaitable[JsonPayload]]
+    """``get_result(key)``."""
+    # An in-process store's own calls, not awaited (``MemoryPayloadStore.calls_now``); None
+    # for other stores. They raise what the awaited calls raise, with no cancellation check.
+    put_context_now: Callable[[str, Any], None] | None = None
+    context_at_now: Callable[[str], JsonPayload] | None = None
+    """The job input a context *pointer* names: ``get_context(key_from_pointer(ptr))``."""
+    put_result_now: Callable[[str, Any], None] | None = None
+    result_at_now: Callable[[str], JsonPayload] | None = None
+    """The result a result *pointer* names:
+    ``get_result(key_from_pointer(ptr, RESULT_PREFIX))``."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
     """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
     if getattr(payloads, "takes_json_payloads", False):
         store: Any = payloads
-        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload)
+        if own_call(store, "calls_now", "get_context_payload_now"):
+            return StorePath(JsonPayload.of, store.get_context_payload,
+                             store.put_result_payload, store.put_context_payload,
+                             store.get_result_payload, store.put_context_payload_now,
+                             store.context_payload_at_now, store.put_result_payload_now,
+                             store.result_payload_at_now)
+        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
+                         store.put_context_payload, store.get_result_payload)
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
-                     partial(put_result, payloads))
+                     partial(put_result, payloads), partial(put_context, payloads),
+                     partial(get_result, payloads))
 
 
 __all__ = [

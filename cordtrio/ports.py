@@ -35,6 +35,17 @@ def status_text(status: object) -> str:
     return str(status.value) if isinstance(status, RunStatus) else str(status).strip().lower()
 
 
+def own_call(obj: object, flag: str, name: str) -> Any:
+    """``obj.<name>``, a call offered without awaiting (``PublishNow``, ``WritesNow``), when
+    ``obj`` offers it itself and its ``flag`` is true; None when it is missing, turned off
+    (a subclass that changes the awaited call), or reached through a wrapper (which may
+    count, fail or cut what it passes on, and must see every call)."""
+    method = getattr(obj, name, None)
+    if getattr(obj, flag, False) and getattr(method, "__self__", None) is obj:
+        return method
+    return None
+
+
 def child_order_key(child_id: str) -> tuple[str, int]:
     """Sort key that puts for-each children ``step[i]`` in index order (O(k log k) for k
     changed children, never a scan of all of them)."""
@@ -163,6 +174,31 @@ class PayloadCommit(Protocol):
     once, when it opens, whether its payload store is one of those."""
 
     def commits_payloads_of(self, payloads: object) -> bool: ...
+
+
+@runtime_checkable
+class SharedWorkflows(Protocol):
+    """A store in the engine's own process (``MemoryStore``) that can lend a definition
+    instead of copying it: ``get_workflow_shared`` returns the stored ``Workflow`` itself,
+    which the caller must not change (a save replaces it, never changes it). ``submit``
+    reads the definition only to check the input and to find its cached plan, so a copy
+    per run (~57k instructions for a five-step chain) would be thrown away."""
+
+    async def get_workflow_shared(self, workflow_id: str) -> Workflow: ...
+
+
+@runtime_checkable
+class WritesNow(Protocol):
+    """A store in the engine's own process (``MemoryStore``) whose run write need not be
+    awaited: ``save_run_changes_now`` does what ``save_run_changes`` does, with no
+    cancellation check, when ``writes_now`` is true (False in a subclass that changes the
+    awaited write). An engine alone on such a store writes a step with it."""
+
+    writes_now: bool
+
+    def save_run_changes_now(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -336,6 +372,20 @@ class DirectBus(Protocol):
 
 
 @runtime_checkable
+class PublishNow(Protocol):
+    """A bus in the publisher's own process (``MemoryBus``) that can deliver some packets
+    without being awaited: ``publish_now`` does what ``publish`` would, with no
+    cancellation check, when nothing can make it wait, and returns False having done
+    nothing otherwise; only when ``publishes_now`` is true (False in a subclass that
+    changes ``publish``). The engine publishes job requests, and a worker results, with it
+    first."""
+
+    publishes_now: bool
+
+    def publish_now(self, subject: str, packet: BusPacket) -> bool: ...
+
+
+@runtime_checkable
 class ConfigProvider(Protocol):
     """Effective configuration for a step; non-empty results go into the job's env."""
 
@@ -360,11 +410,15 @@ __all__ = [
     "LeasedRunCreate",
     "PayloadCommit",
     "PayloadStore",
+    "PublishNow",
     "RunChanges",
     "RunLeases",
     "RunPresence",
     "RunRepair",
     "SchemaRegistry",
+    "SharedWorkflows",
     "Store",
+    "WritesNow",
     "child_order_key",
+    "own_call",
 ]

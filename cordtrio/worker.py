@@ -34,7 +34,7 @@ from . import json_payloads
 from ._nursery import open_service_nursery
 from .errors import CordtrioError
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
-from .ports import Bus, JobBus, JobInbox, PayloadStore
+from .ports import Bus, JobBus, JobInbox, PayloadStore, own_call
 from .protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -179,6 +179,8 @@ class Worker:
         self.failed = 0
         self.running = 0
         self._bus = bus
+        # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
+        self._publish_now = own_call(bus, "publishes_now", "publish_now")
         self._payloads = payloads
         self._path = json_payloads.path_for(payloads)  # how this store takes payloads
         self._handlers = dict(handlers)
@@ -365,7 +367,9 @@ class Worker:
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
                            result)
         try:
-            await self._bus.publish(SUBJECT_RESULT, packet)
+            publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
+            if publish_now is None or not publish_now(SUBJECT_RESULT, packet):
+                await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
             # not acknowledged: the bus hands the job to another worker once this one's
             # connection is reset, or when it leaves
@@ -382,10 +386,14 @@ class Worker:
         data: Any
         if ptr:
             try:
-                key = key_from_pointer(ptr)
+                read_now = self._path.context_at_now  # an in-process store: no await
                 try:
-                    raw = await self._path.get_context(key)
+                    if read_now is not None:
+                        raw = read_now(ptr)
+                    else:
+                        raw = await self._path.get_context(key_from_pointer(ptr))
                 except Exception as exc:
+                    key = key_from_pointer(ptr)
                     raw = await retry_after(
                         exc, lambda: self._path.get_context(key),
                         f"worker {self.worker_id}: load input {ptr}")
@@ -455,7 +463,11 @@ class Worker:
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
-                await self._path.put_result(key, body)
+                put_now = self._path.put_result_now
+                if put_now is not None:
+                    put_now(key, body)  # an in-process store: nothing to await
+                else:
+                    await self._path.put_result(key, body)
             except Exception as exc:
                 await retry_after(
                     exc, lambda: self._path.put_result(key, body),

@@ -17,6 +17,7 @@ from cordtrio import json_payloads
 from cordtrio.backends.memory import MemoryPayloadStore
 from cordtrio.errors import NotFoundError, PayloadPointerError
 from cordtrio.json_payloads import JsonPayload
+from cordtrio.payloads import key_from_pointer
 
 COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -190,6 +191,74 @@ async def test_a_store_that_changes_the_bytes_path_gets_bytes() -> None:
     assert store.puts == 2 and await store.get_result("res:k") == b"[1]"
 
 
+async def test_a_store_that_changes_a_payload_call_is_awaited_for_every_payload() -> None:
+    """The calls made without awaiting (``calls_now``) are the store's own: a subclass that
+    overrides any payload method (to count or fail calls) is awaited, so it sees them all."""
+    class Counting(MemoryPayloadStore):
+        gets = 0
+
+        async def get_result_payload(self, key: str) -> JsonPayload:
+            self.gets += 1
+            return await super().get_result_payload(key)
+
+    assert MemoryPayloadStore.calls_now and not Counting.calls_now
+    store = Counting()
+    path = json_payloads.path_for(store)
+    assert path.result_at_now is None and path.put_context_now is None
+    await path.put_result("res:j", path.encode({"z": 1}, False))
+    assert (await path.get_result("res:j")).value() == {"z": 1} and store.gets == 1
+
+
+@pytest.mark.parametrize("value", [{}, {"ok": True}, [1, "x", None]])
+async def test_the_calls_made_without_awaiting_answer_as_the_awaited_ones(value: Any) -> None:
+    store = MemoryPayloadStore()
+    path = json_payloads.path_for(store)
+    assert path.put_context_now is not None and path.context_at_now is not None
+    assert path.put_result_now is not None and path.result_at_now is not None
+    path.put_context_now("ctx:n", path.encode(value, True))
+    await path.put_context("ctx:a", path.encode(value, True))
+    assert await store.get_context("ctx:n") == await store.get_context("ctx:a")
+    assert repr(path.context_at_now("redis://ctx:n").value()) == repr(
+        (await path.get_context("ctx:a")).value())
+    path.put_result_now("res:n", path.encode(value, False))
+    await path.put_result("res:a", path.encode(value, False))
+    assert await store.get_result("res:n") == await store.get_result("res:a")
+    assert repr(path.result_at_now("redis://res:n").value()) == repr(
+        (await path.get_result("res:a")).value())
+    assert path.result_at_now("res:n").value() == value  # a bare key is a pointer too
+    with pytest.raises(PayloadPointerError):
+        path.put_context_now("res:n", path.encode(value, True))
+
+
+@pytest.mark.parametrize("pointer", [
+    "redis://ctx:none", "redis://res:none", "redis://ctx:n", "redis://res:n", "ctx:n",
+    "redis://wf:run:x", "redis://ctx:n ", "redis://res:n\n", "", "redis://",
+    "redis://redis://res:n"])
+async def test_reading_at_a_pointer_refuses_and_misses_as_the_general_path(
+        pointer: str) -> None:
+    """``context_at_now``/``result_at_now`` skip the pointer check only for a pointer to a
+    stored key; anything else gets ``key_from_pointer``'s own error, or ``NotFoundError``."""
+    store = MemoryPayloadStore()
+    path = json_payloads.path_for(store)
+    path.put_context_now("ctx:n", path.encode({"a": 1}, True))
+    path.put_result_now("res:n", path.encode({"b": 2}, False))
+    await store.put_result("res:t", b'{"c": 3}')  # stored as text
+    for at, prefix, get in ((path.context_at_now, "", store.get_context_payload),
+                            (path.result_at_now, "res:", store.get_result_payload)):
+        assert at is not None
+        try:
+            expected: Any = (await get(key_from_pointer(pointer, prefix))).value()
+        except Exception as exc:
+            expected = (type(exc), str(exc))
+        try:
+            got: Any = at(pointer).value()
+        except Exception as exc:
+            got = (type(exc), str(exc))
+        assert got == expected
+    assert path.result_at_now is not None
+    assert path.result_at_now("redis://res:t").value() == {"c": 3}
+
+
 class _BytesOnly(MemoryPayloadStore):
     """A store that changed the bytes path: payloads take it too."""
 
@@ -219,3 +288,11 @@ async def test_a_store_path_gives_what_the_module_functions_give(
         await path.get_context("ctx:none")
     with pytest.raises(PayloadPointerError):
         await path.get_context("wf:run:x")
+    await path.put_context("ctx:p", path.encode(value, True))
+    assert await store.get_context("ctx:p") == await store.get_context("ctx:j")
+    assert repr((await path.get_result("res:p")).value()) == repr(
+        (await json_payloads.get_result(store, "res:g")).value())
+    with pytest.raises(NotFoundError):
+        await path.get_result("res:none")
+    with pytest.raises(PayloadPointerError):
+        await path.put_context("res:p", path.encode(value, True))

@@ -127,6 +127,16 @@ class MemoryBus:
     counters serve monitoring): see ``backends/job_queues.py``.
     """
 
+    publishes_now = True
+    """``publish_now`` may be tried before awaiting ``publish`` (``ports.PublishNow``). False
+    in a subclass that overrides either (to observe, fail or count packets: those go
+    through the method it overrides)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "publish" in cls.__dict__ or "publish_now" in cls.__dict__:
+            cls.publishes_now = False
+
     def __init__(
         self,
         *,
@@ -191,6 +201,35 @@ class MemoryBus:
                     self._offer(prefix, wild, packet, wire, self._wildcards, waits)
         if waits:
             await self._wait_for_room(waits, packet, wire)
+
+    def publish_now(self, subject: str, packet: BusPacket) -> bool:
+        """``publish`` without awaiting it (no cancellation check) for the two packets of
+        every job step, when nothing can make it wait: a job request the job queues alone
+        take (they have room, nobody subscribes to its subject), or a packet a ``listen``
+        callback alone takes (a job result for the engine). False, having done nothing,
+        for anything else: then await ``publish``."""
+        if self._codec or packet.__class__ is not BusPacket:
+            return False
+        direct = self._direct.get(subject)
+        if subject == SUBJECT_SUBMIT:
+            payload = packet.payload
+            jobs = self.jobs
+            if (payload.__class__ is not JobRequest or direct is not None
+                    or subject in self._exact or self._wildcards
+                    or jobs.pending >= jobs.max_pending):
+                return False
+            job = jobs.offer(payload.job_id, payload.topic, (packet, None))  # type: ignore[union-attr]
+            if job is not None:  # handed to a consumer (``publish``'s own steps)
+                inbox: LocalJobInbox = job.holder.handle  # type: ignore[union-attr]
+                inbox.deliver(packet)
+            return True
+        if direct is None or subject == SUBJECT_CANCEL:
+            return False
+        try:
+            direct(packet)
+        except Exception:
+            log.exception("a bus listener failed on a packet")
+        return True
 
     @asynccontextmanager
     async def subscribe(

@@ -20,7 +20,13 @@ from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
 from cordtrio.json_payloads import JsonPayload
-from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
+from cordtrio.payloads import (
+    CONTEXT_PREFIX,
+    POINTER_SCHEME,
+    RESULT_PREFIX,
+    check_payload_key,
+    key_from_pointer,
+)
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
@@ -42,10 +48,18 @@ class MemoryPayloadStore:
     """``json_payloads.ValuePayloads`` is offered (False in a subclass that overrides the bytes
     methods, to count or fail calls: every payload then takes the bytes path)."""
 
+    calls_now = True
+    """The ``*_payload_now`` methods may be called instead of awaiting the ``*_payload``
+    ones (``json_payloads.path_for``): the engine and a worker in this process then skip a
+    coroutine and a cancellation check per payload. False in a subclass that overrides any
+    payload method (to count or fail calls: those go through the methods it overrides)."""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if any(name in cls.__dict__ for name in _BYTES_METHODS):
             cls.takes_json_payloads = False
+        if any(name in cls.__dict__ for name in (*_BYTES_METHODS, *_VALUE_METHODS)):
+            cls.calls_now = False
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
@@ -85,10 +99,26 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
+        self.put_context_payload_now(key, payload)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
+        return self.get_context_payload_now(key)
+
+    async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
+        await checkpoint_if_cancelled()
+        self.put_result_payload_now(key, payload)
+
+    async def get_result_payload(self, key: str) -> JsonPayload:
+        await checkpoint_if_cancelled()
+        return self.get_result_payload_now(key)
+
+    # ---------------------------- the same, called without awaiting (``calls_now``)
+
+    def put_context_payload_now(self, key: str, payload: JsonPayload) -> None:
+        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
+
+    def get_context_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, CONTEXT_PREFIX)
         if entry.__class__ is bytes:
             return _of_text(entry)  # type: ignore[arg-type]
@@ -96,12 +126,10 @@ class MemoryPayloadStore:
         payload.parts = entry  # type: ignore[assignment]
         return payload
 
-    async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
-        await checkpoint_if_cancelled()
+    def put_result_payload_now(self, key: str, payload: JsonPayload) -> None:
         self._put(check_payload_key(key, RESULT_PREFIX), payload.parts)
 
-    async def get_result_payload(self, key: str) -> JsonPayload:
-        await checkpoint_if_cancelled()
+    def get_result_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, RESULT_PREFIX)
         if entry.__class__ is bytes:
             return _of_text(entry)  # type: ignore[arg-type]
@@ -109,7 +137,46 @@ class MemoryPayloadStore:
         payload.parts = entry  # type: ignore[assignment]
         return payload
 
+    def context_payload_at_now(self, pointer: str) -> JsonPayload:
+        """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
+        input), without checking a pointer to a stored key again: only checked keys are
+        stored."""
+        entry = self._entry_at(pointer, _CONTEXT_POINTER)
+        if entry is None:
+            return self.get_context_payload_now(key_from_pointer(pointer))
+        payload = _new(JsonPayload)
+        payload.parts = entry
+        return payload
+
+    def result_payload_at_now(self, pointer: str) -> JsonPayload:
+        """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
+        engine reads a result), without checking a pointer to a stored key again."""
+        entry = self._entry_at(pointer, _RESULT_POINTER)
+        if entry is None:
+            return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+        payload = _new(JsonPayload)
+        payload.parts = entry
+        return payload
+
     # ---------------------------------------------------------------------- entries
+
+    def _entry_at(self, pointer: str, start: str) -> _Parts | None:
+        """The payload entry (not bytes) stored at the key ``pointer`` names, when ``pointer``
+        starts with ``start`` (the scheme and a prefix); None for anything else, for the
+        general path to read or refuse. ``NotFoundError`` if it expired."""
+        if pointer.__class__ is not str or not pointer.startswith(start):
+            return None
+        key = pointer[_SCHEME_LENGTH:]
+        entry = self._data.get(key)
+        if entry is None or entry.__class__ is bytes:
+            return None
+        if self._ttl is not None:
+            clock = self._clock
+            if clock is None:
+                clock = self._clock = current_clock()
+            if self._expires[key] <= clock.current_time():
+                raise NotFoundError(f"payload {key!r} not found")
+        return entry  # type: ignore[return-value]
 
     def _put(self, key: str, data: bytes | _Parts) -> None:
         ttl = self._ttl
@@ -159,7 +226,11 @@ class MemoryPayloadStore:
                 del self._data[key]
 
 
+_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
+_SCHEME_LENGTH = len(POINTER_SCHEME)
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
+_VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
+                  "context_payload_at_now", "result_payload_at_now")
 
 
 def _private(key: str, data: bytes) -> bytes:

@@ -75,6 +75,17 @@ class MemoryStore(MemoryRunLeases):
     an aware UTC datetime) stamps the timestamps the store fills in.
     """
 
+    writes_now = True
+    """``save_run_changes_now`` may be called instead of awaiting ``save_run_changes``
+    (``ports.WritesNow``): a single engine then skips a coroutine and a cancellation check
+    per step. False in a subclass that overrides either (to count, stall or fail writes:
+    those go through the method it overrides)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "save_run_changes" in cls.__dict__ or "save_run_changes_now" in cls.__dict__:
+            cls.writes_now = False
+
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._seq = itertools.count()
@@ -121,6 +132,15 @@ class MemoryStore(MemoryRunLeases):
         if parsed is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
         return parsed.clone()
+
+    async def get_workflow_shared(self, workflow_id: str) -> Workflow:
+        """The stored definition itself, not a copy (``ports.SharedWorkflows``): the caller
+        must not change it. A save stores a new object, so a lent one never changes."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parsed = self._workflows.get(workflow_id)
+        if parsed is None:
+            raise NotFoundError(f"workflow {workflow_id!r} not found")
+        return parsed
 
     async def delete_workflow(self, workflow_id: str) -> None:
         """Remove the definition and its index entries (its runs are kept)."""
@@ -193,6 +213,12 @@ class MemoryStore(MemoryRunLeases):
         move only when ``changes.header`` is set.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        self.save_run_changes_now(run, changes, timeline)
+
+    def save_run_changes_now(
+        self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
+    ) -> None:
+        """``save_run_changes``, not awaited (no cancellation check): ``writes_now``."""
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step

@@ -44,6 +44,10 @@ class LoadedOutput:
     ``value`` is the decoded JSON (or the raw string when not JSON); ``too_large`` means the
     payload exceeded the inline limit and only the pointer is recorded; ``error`` is set when
     loading failed (the pointer is then recorded alone).
+
+    Loaded without ``error``, it says the shell read the payload at the result's pointer,
+    which a shell does only for a pointer of the payload namespace (``key_from_pointer``,
+    ``RESULT_PREFIX``): the core checks only a pointer the shell did not read at.
     """
 
     value: Any = None

@@ -46,6 +46,9 @@ class Plan:
     """Steps that are nothing but a job: worker-like, no ``condition``, no ``for_each``,
     not an ``on_error`` handler, an id that is not a for-each child's. A result of one, and
     the start of one, take the short way (``core.quick``)."""
+    checked_outputs: frozenset[str] = frozenset()
+    """Steps whose output is validated (an ``output_schema`` or ``output_schema_id``): a
+    result of one takes the general way (``core.quick``, once per result)."""
 
     @classmethod
     def build(
@@ -85,6 +88,9 @@ class Plan:
                 and not step.condition and not step.for_each and sid not in sources
                 and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
             ),
+            checked_outputs=frozenset(
+                sid for sid, step in workflow.steps.items()
+                if step.output_schema or step.output_schema_id.strip()),
         )
 
     def schema_ids(self) -> set[str]:

@@ -75,9 +75,11 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return False
     step = plan.workflow.steps[target]
     result_ptr = result.result_ptr
-    if result_ptr and (pointer_problem(result_ptr, RESULT_PREFIX) or step.output_schema
-                       or step.output_schema_id.strip()):
-        return False  # refused, or to validate: the general path's business
+    if result_ptr and (target in plan.checked_outputs or (
+            # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
+            (output is None or not output.loaded or output.error)
+            and pointer_problem(result_ptr, RESULT_PREFIX))):
+        return False  # to validate, or refused: the general path's business
     dependents = plan.dependents.get(target, ())
     for sid in dependents:
         if sid not in plain or sid in steps:

@@ -100,7 +100,9 @@ def apply_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
 def _succeeded(
     tx: Tx, step: Step, sr: StepRun, parent: str, result_ptr: str, output: LoadedOutput | None
 ) -> None:
-    refused = pointer_problem(result_ptr, RESULT_PREFIX) if result_ptr else ""
+    # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
+    refused = pointer_problem(result_ptr, RESULT_PREFIX) if result_ptr and (
+        output is None or not output.loaded or output.error) else ""
     if refused:  # a pointer outside the payload namespace: nothing of it enters the run
         message = f"step '{sr.step_id}': {refused}"
         tx.timeline("step_output_invalid", step_id=sr.step_id, job_id=sr.job_id,

@@ -17,6 +17,7 @@ from .. import json_payloads
 from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
 from ..errors import NotFoundError
+from ..json_payloads import StorePath
 from ..model import WorkflowRun
 from ..payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, key_from_pointer
 from ..ports import Bus, ConfigProvider, PayloadCommit, PayloadStore
@@ -40,16 +41,17 @@ def commits_payloads(store: object, payloads: PayloadStore | None) -> bool:
         store.commits_payloads_of(payloads)
 
 
-async def store_payload(payloads: PayloadStore | None, effect: Dispatch,
+async def store_payload(path: StorePath | None, effect: Dispatch,
                         staged: dict[str, bytes] | None = None) -> str:
-    """Store a job's input payload at its context key (before the job is persisted). An
+    """Store a job's input payload at its context key (before the job is persisted), through
+    the payload store's ``path`` (``json_payloads.path_for``; None: no payload store). An
     unreachable store is waited out (SPEC §13); only a definite error is reported. With
     ``staged`` (the store commits the payloads, ``commits_payloads``) the payload is only
     encoded and put there, for the run write that persists the dispatch to carry."""
-    if not effect.context_key or payloads is None:
+    if not effect.context_key or path is None:
         return ""
     try:
-        data = json_payloads.encode(payloads, effect.payload, compact=True)
+        data = path.encode(effect.payload, True)  # compact
     except (TypeError, ValueError) as exc:
         return f"step input is not JSON: {exc}"
     key = effect.context_key
@@ -62,12 +64,33 @@ async def store_payload(payloads: PayloadStore | None, effect: Dispatch,
         return ""
     try:
         try:
-            await json_payloads.put_context(payloads, key, data)
+            await path.put_context(key, data)
         except Exception as exc:
-            await retry_after(exc, lambda: json_payloads.put_context(payloads, key, data),
+            await retry_after(exc, lambda: path.put_context(key, data),
                               f"store payload {key}")
     except Exception as exc:
         return f"store payload {key}: {exc}"
+    return ""
+
+
+def store_payload_now(path: StorePath | None, effect: Dispatch) -> str | None:
+    """``store_payload`` into an in-process store (``StorePath.put_context_now``), not
+    awaited (a coroutine fewer per job). None when it must be awaited instead: another
+    store, or a write that failed in a way ``store_payload`` may wait out (it writes
+    again)."""
+    put_now = path.put_context_now if path is not None else None
+    if put_now is None or not effect.context_key:
+        return None
+    try:
+        data = path.encode(effect.payload, True)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        return f"step input is not JSON: {exc}"
+    try:
+        put_now(effect.context_key, data)
+    except (ValueError, NotFoundError) as exc:  # definite (a key outside the namespace)
+        return f"store payload {effect.context_key}: {exc}"
+    except Exception:
+        return None
     return ""
 
 
@@ -112,6 +135,23 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
                     exc_info=True)
 
 
+def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
+    """``load_output`` from an in-process store (``StorePath.result_at_now``), not awaited
+    (a coroutine fewer per result). None when it must be awaited instead: another store, or
+    a read that failed in a way ``load_output`` may wait out (it reads again)."""
+    read_now = path.result_at_now
+    if read_now is None:
+        return None
+    try:
+        data = read_now(result_ptr)
+    except (ValueError, NotFoundError) as exc:
+        return LoadedOutput(error=str(exc), loaded=False)
+    except Exception:
+        return None
+    return LoadedOutput(value=data.value_or_text(),
+                        too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
+
+
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id), sent
     at ``now`` (the time the run task decided at: one clock read per event, not per
@@ -119,15 +159,16 @@ def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
     return BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION, payload)
 
 
-async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
-    """Read and decode a result payload (SPEC §8): JSON, else the raw string. A pointer
-    outside the payload namespace is refused unread (``cordtrio.payloads``)."""
+async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
+    """Read and decode a result payload (SPEC §8) through the payload store's ``path``
+    (``json_payloads.path_for``): JSON, else the raw string. A pointer outside the payload
+    namespace is refused unread (``cordtrio.payloads``)."""
     try:
         key = key_from_pointer(result_ptr, RESULT_PREFIX)
         try:
-            data = await json_payloads.get_result(payloads, key)
+            data = await path.get_result(key)
         except Exception as exc:
-            data = await retry_after(exc, lambda: json_payloads.get_result(payloads, key),
+            data = await retry_after(exc, lambda: path.get_result(key),
                                      f"load {result_ptr}")
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
@@ -140,9 +181,11 @@ async def load_output(payloads: Any, result_ptr: str) -> LoadedOutput:
 __all__ = [
     "commits_payloads",
     "load_output",
+    "load_output_now",
     "packet",
     "publish_alert",
     "publish_cancel",
     "publish_job",
     "store_payload",
+    "store_payload_now",
 ]

@@ -10,13 +10,13 @@ new task. The multi-engine strategy is ``leases.LeaseKeeper``; both implement
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from ..core.events import Start
 from ..model import RunStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, Store
+from ..ports import RunChanges, Store, own_call
 from ..retry import retrying
 from .envelopes import Envelope
 from .host import OwnedRun, RunRouter
@@ -32,6 +32,10 @@ class SingleEngine:
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
         self.router = router
+        # The store's write called without awaiting it (``ports.WritesNow``), or None
+        self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
+                                        None] | None = own_call(
+            store, "writes_now", "save_run_changes_now")
 
     async def create_run(self, run: WorkflowRun) -> None:
         await self.store.create_run(run)

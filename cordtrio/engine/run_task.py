@@ -40,15 +40,24 @@ from ..core.events import (
     StepFinished,
 )
 from ..core.machine import decide
-from ..core.plan import Plan
+from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
+from ..json_payloads import StorePath, path_for
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges
-from ..protocol import JobStatus
+from ..ports import RunChanges, own_call
+from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
-from .effects import load_output, publish_alert, publish_cancel, publish_job, store_payload
+from .effects import (
+    load_output,
+    load_output_now,
+    publish_alert,
+    publish_cancel,
+    publish_job,
+    store_payload,
+    store_payload_now,
+)
 from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
 from .host import RunHost
 from .timers import Timers
@@ -69,6 +78,14 @@ class RunTask:
         # ``Ownership.queues_commands``: drain requests come, applied batches are
         # acknowledged; not for an engine alone on its store (nothing to do for either)
         self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
+        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
+        self._save_now = getattr(self.owner, "save_changes_now", None)
+        self._publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
+        # the payload store's calls, picked once (``json_payloads.path_for``): an optional
+        # host attribute, set by the engine for all its run tasks
+        payloads = host.payloads
+        self._path: StorePath | None = getattr(host, "payload_path", None) or (
+            path_for(payloads) if payloads is not None else None)
         self.run_id = run_id
         self._preload = preload
         self._created = False  # started from the run ``submit`` created, not the store
@@ -249,10 +266,12 @@ class RunTask:
             event = envelope.event
             if event.__class__ is ResultReceived and event.output is None:
                 result = event.result  # SPEC §8: the core needs a success's result payload
-                payloads = self.host.payloads
+                path = self._path
                 if result.status is _JOB_SUCCEEDED and result.result_ptr and \
-                        payloads is not None:  # (the engine's own event: set in place)
-                    event.output = await load_output(payloads, result.result_ptr)
+                        path is not None:  # (the engine's own event: set in place)
+                    loaded = load_output_now(path, result.result_ptr)
+                    event.output = loaded if loaded is not None else \
+                        await load_output(path, result.result_ptr)
             now = clock.now()
             if envelope.fired_at is not None and envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
@@ -312,9 +331,13 @@ class RunTask:
                 queue = self._decide_more(feedback, changes) if feedback else []
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
-            if changes:
+            if changes.header or changes:  # (a step writes its header: no ``__bool__`` call)
                 try:
-                    await self.owner.save_changes(self.state.run, changes, timeline)
+                    save_now = self._save_now
+                    if save_now is not None:
+                        save_now(self.state.run, changes, timeline)
+                    else:
+                        await self.owner.save_changes(self.state.run, changes, timeline)
                 except Exception as exc:
                     await self._persist(changes, timeline, exc)
             elif timeline:
@@ -339,7 +362,9 @@ class RunTask:
             if isinstance(effect, RecordTimeline):
                 timeline.append(effect.event)
             elif isinstance(effect, Dispatch):
-                problem = await store_payload(host.payloads, effect, staged)
+                problem = store_payload_now(self._path, effect) if staged is None else None
+                if problem is None:
+                    problem = await store_payload(self._path, effect, staged)
                 if problem:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
@@ -356,6 +381,8 @@ class RunTask:
         host = self.host
         run_id = self.run_id
         config = host.config
+        bus = host.bus
+        publish_now = self._publish_now
         feedback: list[Event] = []
         for effect in effects:
             if isinstance(effect, RecordTimeline):
@@ -363,8 +390,18 @@ class RunTask:
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:
                     continue
-                problem = await publish_job(host.bus, now, config, run_id, self.state.run,
-                                            effect)
+                if config is None:  # ``publish_job`` without a config provider, inline
+                    try:
+                        packet = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
+                                           effect.request)
+                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, packet):
+                            await bus.publish(SUBJECT_SUBMIT, packet)
+                        problem = ""
+                    except Exception as exc:
+                        problem = f"publish {effect.job_id}: {exc}"
+                else:
+                    problem = await publish_job(host.bus, now, config, run_id, self.state.run,
+                                                effect)
                 if problem:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                 elif not effect.again:

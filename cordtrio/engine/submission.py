@@ -37,7 +37,8 @@ def uuid4_text(h: str) -> str:
 class Submitted:
     """What ``submit_run`` did: the run's id, whether it needs a ``Start``, and what it read
     and wrote on the way — the workflow, and the run when this call created it — so the
-    engine's run task need not read them back (``RunTask``'s ``preload``)."""
+    engine's run task need not read them back (``RunTask``'s ``preload``). The workflow may
+    be the store's own (``ports.SharedWorkflows``): read it, never change it."""
 
     run_id: str
     needs_start: bool
@@ -70,7 +71,12 @@ async def submit_run(
     the store gone) is honoured: the run is created under that id now, so the key never
     points at nothing. ``create`` creates the run (default ``store.create_run``; the engine
     passes its ownership's, which may take the run's lease with it)."""
-    workflow = await store.get_workflow(workflow_id)
+    # read-only here and in the run task (its plan): a store that can lend its definition
+    # (``SharedWorkflows``) need not copy it for every run
+    # (``getattr``: a runtime protocol's ``isinstance`` costs more than the copy saved)
+    shared = getattr(store, "get_workflow_shared", None)
+    workflow: Workflow = await (shared(workflow_id) if shared is not None
+                                else store.get_workflow(workflow_id))
     payload = copy.deepcopy(input) if input is not None else {}
     if not isinstance(payload, dict):
         raise ValidationError(f"workflow '{workflow_id}' input: must be an object")

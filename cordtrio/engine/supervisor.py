@@ -46,6 +46,7 @@ from ..errors import (
     RunFailedError,
     ValidationError,
 )
+from ..json_payloads import path_for
 from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
 from ..ports import (
     Bus,
@@ -117,6 +118,8 @@ class Engine:
         self.payloads = payloads
         self.payloads_in_changes = commits_payloads(store, payloads)
         """Job inputs go into the run writes (``run_task``), not a put of their own."""
+        self.payload_path = path_for(payloads) if payloads is not None else None
+        """The payload store's calls, picked once for every run task (``path_for``)."""
         self.schemas = schemas
         self.config = config
         self.clock = clock

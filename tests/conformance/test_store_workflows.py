@@ -116,3 +116,23 @@ async def test_workflows_are_copied_in_and_out(store: Store) -> None:
     assert again.steps["fetch"].input == {}
     assert list(again.steps) == ["fetch", "load"]
     assert again.name == "workflow wf-1"
+
+
+async def test_a_lent_definition_reads_as_a_copy_does_and_a_save_leaves_it_alone(
+    store: Store, wall_clock: Any
+) -> None:
+    """``ports.SharedWorkflows`` (stores in the engine's process): the stored definition
+    itself, equal to what ``get_workflow`` copies out; saving again stores a new one."""
+    shared = getattr(store, "get_workflow_shared", None)
+    if shared is None:
+        pytest.skip("this store copies every definition it hands out")
+    await store.save_workflow(workflow(description="v1"))
+    lent = await shared("wf-1")
+    assert lent.to_dict() == (await store.get_workflow("wf-1")).to_dict()
+    assert await shared("wf-1") is lent  # not a copy
+    wall_clock.advance(60)
+    await store.save_workflow(workflow(description="v2"))
+    assert lent.description == "v1"
+    assert (await shared("wf-1")).description == "v2"
+    with pytest.raises(NotFoundError):
+        await shared("nowhere")

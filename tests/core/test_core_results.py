@@ -341,3 +341,28 @@ def test_a_failure_keeps_the_kind_the_worker_reported_in_its_error():
                                       error_message="worker lost: ...")))
     assert sim.sr("s").error == {"message": "worker lost: ...", "code": "WorkerLost"}
     assert sim.run.error == {"step_id": "s", "message": "worker lost: ...", "code": "WorkerLost"}
+
+
+@pytest.mark.parametrize("output", [None, LoadedOutput(error="refused unread", loaded=False)])
+@pytest.mark.parametrize("pointer", ["redis://secret:token", "redis://ctx:run-1:s@1",
+                                     "wf:run:x", "redis://res:run-1:s@1 "])
+def test_a_pointer_the_shell_did_not_read_at_is_checked_and_refused(output, pointer):
+    """A foreign pointer fails the step, nothing of it enters the run; the core checks it
+    unless the shell read the payload there (``LoadedOutput``: only a valid pointer is
+    read), on the short way (``core.quick``) as on the general one."""
+    sim = _sim()
+    sim.result("run-1:s@1", JobStatus.SUCCEEDED, result_ptr=pointer, output=output)
+    assert sim.status("s") == StepStatus.FAILED
+    [ev] = sim.events("step_output_invalid")
+    assert "refused" in ev.message
+    assert "s" not in sim.run.context.get("steps", {})
+    assert sim.status("t") is None
+
+
+def test_a_pointer_the_shell_read_at_is_taken_as_read():
+    sim = _sim()
+    sim.result("run-1:s@1", JobStatus.SUCCEEDED, result_ptr="redis://res:run-1:s@1",
+               output=LoadedOutput(value={"rows": 1}))
+    assert sim.status("s") == StepStatus.SUCCEEDED
+    assert sim.run.context["steps"]["s"] == {"result_ptr": "redis://res:run-1:s@1",
+                                             "output": {"rows": 1}}

@@ -20,7 +20,19 @@ from cordtrio.core.events import Start
 from cordtrio.engine import open_engine
 from cordtrio.engine.envelopes import Envelope, Mailbox, Reply
 from cordtrio.engine.gc_tuning import GEN0_THRESHOLD
-from cordtrio.protocol import SUBJECT_RESULT, BusPacket, JobResult, JobStatus
+from cordtrio.engine.ownership import SingleEngine
+from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
+from cordtrio.ports import RunChanges, own_call
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    JobResult,
+    JobStatus,
+)
 from cordtrio.worker import open_worker
 
 
@@ -95,6 +107,86 @@ async def test_the_memory_store_is_a_cancellation_point_not_a_schedule_point() -
         scope.cancel()
         await store.list_run_ids_by_status("running")
     assert scope.cancelled_caught
+
+
+async def test_a_single_engine_writes_its_own_memory_store_without_awaiting() -> None:
+    """``ports.WritesNow``: the store's own write, never one reached through a wrapper or
+    a subclass that changes the awaited write (to count, stall or fail it)."""
+    store = MemoryStore()
+    assert SingleEngine(store, None).save_changes_now == store.save_run_changes_now  # type: ignore[arg-type]
+
+    class Counting(MemoryStore):
+        async def save_run_changes(self, *args: Any, **kwargs: Any) -> None:
+            await super().save_run_changes(*args, **kwargs)
+
+    class Wrapper:
+        def __init__(self, inner: MemoryStore) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    assert not Counting.writes_now
+    for other in (Counting(), Wrapper(store)):
+        assert SingleEngine(other, None).save_changes_now is None  # type: ignore[arg-type]
+
+
+async def test_a_write_not_awaited_stores_what_the_awaited_one_stores() -> None:
+    run = WorkflowRun(id="r", workflow_id="wf", status=RunStatus.RUNNING,
+                      created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    stores = MemoryStore(), MemoryStore()
+    for store in stores:
+        await store.create_run(run)
+    run.steps["a"] = StepRun("a", StepStatus.RUNNING, attempts=1, job_id="r:a@1")
+    run.context["steps"] = {"a": {"result_ptr": "redis://res:r:a@1"}}
+    changes = RunChanges(True, {"a"}, None, {"a"})
+    event = TimelineEvent(run.created_at, "step_dispatched", "r", "wf", "a", "r:a@1",
+                          "running", "", "", {"context_ptr": "redis://ctx:r:a@1"})
+    await stores[0].save_run_changes(run, changes, [event])
+    stores[1].save_run_changes_now(run, changes, [event])
+    first, second = [await store.get_run("r") for store in stores]
+    assert first.to_dict() == second.to_dict()
+    assert first.steps["a"].job_id == "r:a@1"
+    assert [e.to_dict() for e in await stores[0].list_timeline_events("r")] == [
+        e.to_dict() for e in await stores[1].list_timeline_events("r")]
+
+
+def _job(job_id: str) -> BusPacket:
+    return BusPacket("t", "test", datetime.now(UTC), 1, JobRequest(job_id, "jobs"))
+
+
+async def test_publish_now_delivers_a_job_or_a_result_as_publish_would() -> None:
+    """``ports.PublishNow``: what cannot wait goes out at once; anything else is left to
+    ``publish`` (False, nothing done)."""
+    bus = MemoryBus(max_pending=1)
+    seen: list[Any] = []
+    result = BusPacket("t", "w", datetime.now(UTC), 1, JobResult("r:a@1", JobStatus.SUCCEEDED))
+    assert not bus.publish_now(SUBJECT_RESULT, result)  # no listener: a subscriber's business
+    async with bus.listen(SUBJECT_RESULT, "engines", seen.append), \
+            bus.consume_jobs(["jobs"], capacity=1) as inbox:
+        assert bus.publish_now(SUBJECT_RESULT, result) and seen == [result]
+        assert bus.publish_now(SUBJECT_SUBMIT, _job("r:a@1"))
+        assert inbox.receive_nowait().payload.job_id == "r:a@1"
+        assert bus.publish_now(SUBJECT_SUBMIT, _job("r:b@1"))  # queued: no room yet
+        assert bus.jobs.pending == 1
+        assert not bus.publish_now(SUBJECT_SUBMIT, _job("r:c@1"))  # publish would wait
+        assert bus.jobs.pending == 1 and not bus.jobs.owns("r:c@1")
+        inbox.ack("r:a@1")
+        assert inbox.receive_nowait().payload.job_id == "r:b@1"
+        async with bus.subscribe(SUBJECT_SUBMIT) as tap:
+            assert not bus.publish_now(SUBJECT_SUBMIT, _job("r:d@1"))  # the tap's copy
+            assert not bus.jobs.owns("r:d@1")
+            with pytest.raises(trio.WouldBlock):
+                tap.receive_nowait()
+    assert not bus.publish_now(SUBJECT_CANCEL, BusPacket(
+        "t", "e", datetime.now(UTC), 1, JobCancel("r:b@1")))
+
+    class Observed(MemoryBus):
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            await super().publish(subject, packet)
+
+    assert MemoryBus.publishes_now and not Observed.publishes_now
+    assert own_call(Observed(), "publishes_now", "publish_now") is None
 
 
 async def test_a_publish_nobody_makes_wait_is_not_a_schedule_point() -> None:
