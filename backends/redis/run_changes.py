@@ -26,7 +26,6 @@ from .keys import (
     HEADER,
     INPUT,
     ORD,
-    SAVED,
     STEP,
     child_field,
     child_prefix,
@@ -95,8 +94,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             return
         key = run_key(run.id)
         token = _write_token()  # the same bytes when the adapter sends the script again
-        ops.writes[SAVED] = token.encode()
-        args = StepArgs(owner or "", self._redis.on_command, token)
+        args = StepArgs(owner or "", self._redis.on_command, token, run.id)
         known = self._mirror.get(run)
         if known is not None and (HEADER not in ops.writes or HEADER not in known):
             known = None  # the header write is how the script tells a missing run

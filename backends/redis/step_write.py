@@ -27,10 +27,19 @@ script does the minimum on the server:
    anything is written (nothing to undo), and a rank is written only for a field that has
    none — then ``HDEL`` and one ``HSET``;
 4. one ``RPUSH`` of the timeline events, ``LTRIM``-ed only once the list outgrows the cap;
-5. the index moves, the retention ``EXPIRE``s and the payload ``SET``s, sent as plain
-   commands (length, then words), as ``leases.commands_if_absent`` does.
+5. the index moves (``ZREM`` from the previous status zset, ``ZADD`` to the new one and
+   ``wf:runs:all``), the other commands the index and retention queue (``SADD``/``SREM``
+   of the active set, ``EXPIRE``), sent as plain commands (length, then words), as
+   ``leases.commands_if_absent`` does, and the payload ``SET``s.
 
-Long argument lists are sent in slices (Lua's ``unpack`` stops near 8,000 values).
+The arguments are laid out for the packer: each one costs the client ~1-2k instructions
+to pack (a float score ~7k), and an engine step sends one write per step. So the write's
+token, counts, payload TTL and index score travel as one space-separated argument (its
+``shape``); the script adds what it can derive — the ``saved`` field, the ``ord:`` name of
+a new field's rank and of a deleted field, the run's id as the index member (taken from
+its key), the timeline cap — and the index and payload writes are sections of keys
+rather than whole commands. Long argument lists are sent in slices (Lua's ``unpack``
+stops near 8,000 values).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from typing import Any
 
 from cordtrio.ports import TIMELINE_CAP
 
-from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD, SAVED
+from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD, SAVED, run_key
 from .run_hash import FieldOps
 
 _UNRANKED = frozenset((HEADER, INPUT, CTX_STEPS_MARKER, SAVED))
@@ -51,9 +60,16 @@ NOT_FOUND = 2
 ``resynced`` — 1 when the known field names were wrong — as the second element; 0: the
 lease is held by someone else, whose name is the second element)."""
 
-STEP_SCRIPT = """
+NO_VALUE = "-"
+"""An absent word of the ``shape`` argument (no token, no known count, no TTL, no score)."""
+
+STEP_SCRIPT = f"""
 local CHUNK = 4000
-local function call_in_slices(cmd, key, list)
+local CAP = {TIMELINE_CAP}
+local ORD = '{ORD}'
+local SAVED = '{SAVED}'
+local RUN_ID_AT = {len(run_key("")) + 1}
+""" + """local function call_in_slices(cmd, key, list)
   local last
   for i = 1, #list, CHUNK do
     local part = {}
@@ -69,18 +85,27 @@ if owner ~= '' then
     return {0, holder or ''}
   end
 end
-local token = ARGV[8]
-if token ~= '' and redis.call('HGET', KEYS[1], 'saved') == token then
+local shape = {}
+for word in string.gmatch(ARGV[2], '%S+') do shape[#shape + 1] = word end
+local token = shape[1]
+if token ~= '-' and redis.call('HGET', KEYS[1], SAVED) == token then
   return {1, 1}
 end
-local nv, nr, nd, nt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  tonumber(ARGV[5])
-local cap = tonumber(ARGV[6])
-local expected = tonumber(ARGV[7])
-local v0 = 9
-local r0 = v0 + 2 * nv
-local d0 = r0 + 2 * nr
-local t0 = d0 + nd
+local np, nn, nr, nd = tonumber(shape[2]), tonumber(shape[3]), tonumber(shape[4]),
+  tonumber(shape[5])
+local nt, nz, nx, npay = tonumber(shape[6]), tonumber(shape[7]), tonumber(shape[8]),
+  tonumber(shape[9])
+local expected = tonumber(shape[10])
+local ttl, score = shape[11], shape[12]
+local v0 = 3                 -- (field, value) pairs
+local n0 = v0 + 2 * np       -- (field, value, rank) triples: fields written anew
+local r0 = n0 + 3 * nn       -- (ord field, rank) pairs: ranks written if absent
+local d0 = r0 + 2 * nr       -- deleted fields (with their ranks)
+local t0 = d0 + nd           -- timeline events
+local z0 = t0 + nt           -- index zsets the run is added to (with the score)
+local x0 = z0 + nz           -- index zsets the run is removed from
+local p0 = x0 + nx           -- (key, payload) pairs
+local c0 = p0 + 2 * npay     -- plain commands (length, then words), to the end
 local function ranked(fields)
   local got = {}
   for i = 1, #fields, CHUNK do
@@ -106,7 +131,17 @@ local function rank_fields()
 end
 local resynced = 0
 local sets = {}
-for j = v0, r0 - 1 do sets[#sets + 1] = ARGV[j] end
+for j = v0, n0 - 1 do sets[#sets + 1] = ARGV[j] end
+for j = n0, r0 - 1, 3 do
+  sets[#sets + 1] = ARGV[j]
+  sets[#sets + 1] = ARGV[j + 1]
+  sets[#sets + 1] = ORD .. ARGV[j]
+  sets[#sets + 1] = ARGV[j + 2]
+end
+if token ~= '-' then
+  sets[#sets + 1] = SAVED
+  sets[#sets + 1] = token
+end
 if not expected then
   local probe = rank_fields()
   table.insert(probe, 1, 'header')
@@ -118,7 +153,10 @@ if not expected then
 end
 if nd > 0 then
   local dels = {}
-  for j = d0, t0 - 1 do dels[#dels + 1] = ARGV[j] end
+  for j = d0, t0 - 1 do
+    dels[#dels + 1] = ARGV[j]
+    dels[#dels + 1] = ORD .. ARGV[j]
+  end
   call_in_slices('HDEL', KEYS[1], dels)
 end
 if not expected then
@@ -145,19 +183,30 @@ else
     resynced = 1
   end
 end
-local i = t0
 if nt > 0 then
   local docs = {}
-  for j = t0, t0 + nt - 1 do docs[#docs + 1] = ARGV[j] end
-  if call_in_slices('RPUSH', KEYS[3], docs) > cap then
-    redis.call('LTRIM', KEYS[3], -cap, -1)
+  for j = t0, z0 - 1 do docs[#docs + 1] = ARGV[j] end
+  if call_in_slices('RPUSH', KEYS[3], docs) > CAP then
+    redis.call('LTRIM', KEYS[3], -CAP, -1)
   end
-  i = t0 + nt
 end
+if nz + nx > 0 then
+  local id = string.sub(KEYS[1], RUN_ID_AT)
+  for j = x0, p0 - 1 do redis.call('ZREM', ARGV[j], id) end
+  for j = z0, x0 - 1 do redis.call('ZADD', ARGV[j], score, id) end
+end
+local i = c0
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
+end
+for j = p0, c0 - 1, 2 do
+  if ttl == '-' then
+    redis.call('SET', ARGV[j], ARGV[j + 1])
+  else
+    redis.call('SET', ARGV[j], ARGV[j + 1], 'EX', ttl)
+  end
 end
 return {1, resynced}
 """
@@ -165,19 +214,27 @@ return {1, resynced}
 
 class StepArgs:
     """Collects ``STEP_SCRIPT``'s arguments; doubles as the pipeline ``_queue_index`` and
-    ``_queue_retention`` queue their commands on (they become the plain commands at the
-    end). ``on_command`` (the adapter's, for ``testing.CommandCounter``) hears every
-    command the script will run, but the conditional ``LTRIM``."""
+    ``_queue_retention`` queue their commands on (the index moves of the run become the
+    script's index sections, the rest plain commands at the end). ``on_command`` (the
+    adapter's, for ``testing.CommandCounter``) hears every command the script will run,
+    but the conditional ``LTRIM``."""
 
     def __init__(self, owner: str, on_command: Callable[[tuple[Any, ...]], None] | None,
-                 token: str = "") -> None:
+                 token: str = "", run_id: str = "") -> None:
         self._owner = owner
-        self._token = token  # written as the ``SAVED`` field by ``fields``' ops (caller)
+        self._token = token  # written as the ``SAVED`` field by the script
+        self._run_id = run_id  # the only member of the index moves
         self._on_command = on_command
-        self._values: list[Any] = []
-        self._ranks: list[Any] = []
+        self._values: list[Any] = []  # (field, value) pairs
+        self._new: list[Any] = []  # (field, value, rank) triples
+        self._ranks: list[Any] = []  # (ord field, rank) pairs
         self._deletes: list[str] = []
         self._timeline: list[bytes] = []
+        self._added_to: list[str] = []
+        self._removed_from: list[str] = []
+        self._score: float | None = None
+        self._payloads: list[Any] = []
+        self._ttl: int | None = None
         self._tail: list[Any] = []
         self._expected: int | None = None
         self.after: set[str] | None = None
@@ -189,29 +246,37 @@ class StepArgs:
     def fields(self, ops: FieldOps, rank: Callable[[], bytes],
                known: set[str] | None = None) -> None:
         """The hash writes of ``ops``: values; a fresh rank for a field written anew, a
-        rank if absent for any other ranked field; deletions with their ranks. With
-        ``known`` (the field names the hash holds, ``field_mirror``), a field is new when
-        it is not among them, and the script reads nothing: it checks that ``HSET`` added
-        as many fields as that predicts."""
-        values, ranks = self._values, self._ranks
+        rank if absent for any other ranked field; deletions (the script drops their
+        ranks). With ``known`` (the field names the hash holds, ``field_mirror``), a field
+        is new when it has no rank among them, and the script reads nothing: it checks
+        that ``HSET`` added as many fields as that predicts."""
+        values, new, ranks = self._values, self._new, self._ranks
         fresh = ops.fresh
+        new_ranks: list[str] = []
         for field, value in ops.writes.items():
-            values += (field, value)
             if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
-                continue  # unranked: a map "steps" always comes last
+                values += (field, value)  # unranked: a map "steps" always comes last
+                continue
             ord_field = ORD + field
             if (known is not None and ord_field not in known) or field in fresh:
-                values += (ord_field, rank())
+                new += (field, value, rank())
+                new_ranks.append(ord_field)
             else:
+                values += (field, value)
                 ranks += (ord_field, rank())
         deletes = ops.deletes
         if deletes:
-            for field in deletes:
-                self._deletes += (field, ORD + field)
+            self._deletes += deletes
         if known is not None:
-            after = known.difference(self._deletes) if deletes else set(known)
+            after = known.difference(deletes, [ORD + f for f in deletes]) if deletes \
+                else set(known)
             held = len(after)
             after.update(values[::2])
+            if new:
+                after.update(new[::3])
+                after.update(new_ranks)
+            if self._token:
+                after.add(SAVED)
             self._expected = len(after) - held  # the written names the hash lacked
             self.after = after
 
@@ -219,23 +284,33 @@ class StepArgs:
         self._timeline = docs
 
     def payloads(self, payloads: Mapping[str, bytes], ttl: int | None) -> None:
+        self._ttl = ttl
+        report = self._on_command
         for key, data in payloads.items():
             if type(data) is not bytes or type(key) is not str:
                 self.plain = False  # the adapter checks every argument (``script``)
-            if ttl is None:
-                self._command("SET", key, data)
-            else:
-                self._command("SET", key, data, "EX", ttl)
+            self._payloads += (key, data)
+            if report is not None:
+                report(("SET", key, data) if ttl is None else ("SET", key, data, "EX", ttl))
 
     # the pipeline methods the index and retention moves use
     def zadd(self, name: str, mapping: Mapping[str, float]) -> None:
-        for member, score in mapping.items():  # (two per step: queued without _command)
-            self._tail += (4, "ZADD", name, score, member)
+        """Add the run to the index ``name`` with the write's score (one per write)."""
+        for member, score in mapping.items():
+            if member != self._run_id or (self._score is not None and score != self._score):
+                raise ValueError("a step write adds its own run to indexes, with one score")
+            self._score = score
+            self._added_to.append(name)
             if self._on_command is not None:
                 self._on_command(("ZADD", name, score, member))
 
     def zrem(self, name: str, *members: str) -> None:
-        self._command("ZREM", name, *members)
+        """Remove the run from the index ``name``."""
+        if members != (self._run_id,):
+            raise ValueError("a step write removes its own run from indexes")
+        self._removed_from.append(name)
+        if self._on_command is not None:
+            self._on_command(("ZREM", name, *members))
 
     def sadd(self, name: str, *members: str) -> None:
         self._command("SADD", name, *members)
@@ -256,10 +331,16 @@ class StepArgs:
         report = self._on_command
         if report is not None:
             self._report(report, run_key)
-        expected = "" if self._expected is None else self._expected
-        return [self._owner, len(self._values) // 2, len(self._ranks) // 2,
-                len(self._deletes), len(self._timeline), TIMELINE_CAP, expected, self._token,
-                *self._values, *self._ranks, *self._deletes, *self._timeline, *self._tail]
+        values, new, ranks, deletes, timeline = (
+            self._values, self._new, self._ranks, self._deletes, self._timeline)
+        added_to, removed_from, payloads = self._added_to, self._removed_from, self._payloads
+        shape = (f"{self._token or NO_VALUE} {_count(len(values) // 2)}"
+                 f" {_count(len(new) // 3)} {_count(len(ranks) // 2)} {_count(len(deletes))}"
+                 f" {_count(len(timeline))} {_count(len(added_to))}"
+                 f" {_count(len(removed_from))} {_count(len(payloads) // 2)}"
+                 f" {_word(self._expected)} {_word(self._ttl)} {_word(self._score)}")
+        return [self._owner, shape, *values, *new, *ranks, *deletes, *timeline, *added_to,
+                *removed_from, *payloads, *self._tail]
 
     def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
         """The commands the script runs before the plain ones (those were reported as
@@ -272,10 +353,23 @@ class StepArgs:
             report(("HMGET", run_key, HEADER, *self._ranks[::2]))
         if self._deletes:
             report(("HDEL", run_key, *self._deletes))
-        if self._values:
+        if self._values or self._new or self._token:
             report(("HSET", run_key, *self._values))
         if self._timeline:
             report(("RPUSH", "timeline", *self._timeline))
+
+
+_COUNTS = tuple(str(n) for n in range(256))
+"""The texts of small counts (a step write has a dozen in its ``shape``)."""
+
+
+def _count(n: int) -> str:
+    return _COUNTS[n] if n < 256 else str(n)
+
+
+def _word(value: float | None) -> str:
+    """A ``shape`` word: the number's text, ``NO_VALUE`` for None."""
+    return NO_VALUE if value is None else repr(value)
 
 
 def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
