@@ -268,8 +268,9 @@ class StepArgs:
         if deletes:
             self._deletes += deletes
         if known is not None:
-            after = known.difference(deletes, [ORD + f for f in deletes]) if deletes \
-                else set(known)
+            after = known  # the mirror's own set, updated in place: a failed write drops it
+            if deletes:
+                after.difference_update(deletes, [ORD + f for f in deletes])
             held = len(after)
             after.update(values[::2])
             if new:
@@ -334,11 +335,13 @@ class StepArgs:
         values, new, ranks, deletes, timeline = (
             self._values, self._new, self._ranks, self._deletes, self._timeline)
         added_to, removed_from, payloads = self._added_to, self._removed_from, self._payloads
-        shape = (f"{self._token or NO_VALUE} {_count(len(values) // 2)}"
-                 f" {_count(len(new) // 3)} {_count(len(ranks) // 2)} {_count(len(deletes))}"
-                 f" {_count(len(timeline))} {_count(len(added_to))}"
-                 f" {_count(len(removed_from))} {_count(len(payloads) // 2)}"
-                 f" {_word(self._expected)} {_word(self._ttl)} {_word(self._score)}")
+        n, expected, ttl, score = _COUNTS, self._expected, self._ttl, self._score
+        shape = (f"{self._token or NO_VALUE} {n[len(values) >> 1]} {n[len(new) // 3]}"
+                 f" {n[len(ranks) >> 1]} {n[len(deletes)]} {n[len(timeline)]}"
+                 f" {n[len(added_to)]} {n[len(removed_from)]} {n[len(payloads) >> 1]}"
+                 f" {NO_VALUE if expected is None else n[expected]}"
+                 f" {NO_VALUE if ttl is None else n[ttl]}"
+                 f" {NO_VALUE if score is None else repr(score)}")
         return [self._owner, shape, *values, *new, *ranks, *deletes, *timeline, *added_to,
                 *removed_from, *payloads, *self._tail]
 
@@ -359,17 +362,17 @@ class StepArgs:
             report(("RPUSH", "timeline", *self._timeline))
 
 
-_COUNTS = tuple(str(n) for n in range(256))
-"""The texts of small counts (a step write has a dozen in its ``shape``)."""
+class _Texts(dict[int, str]):
+    """The texts of counts, cached (a step write's ``shape`` has a dozen numbers)."""
+
+    def __missing__(self, n: int) -> str:
+        text = str(n)
+        if len(self) < 4096:
+            self[n] = text
+        return text
 
 
-def _count(n: int) -> str:
-    return _COUNTS[n] if n < 256 else str(n)
-
-
-def _word(value: float | None) -> str:
-    """A ``shape`` word: the number's text, ``NO_VALUE`` for None."""
-    return NO_VALUE if value is None else repr(value)
+_COUNTS = _Texts()
 
 
 def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
