@@ -98,7 +98,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         known = self._mirror.get(run)
         if known is not None and (HEADER not in ops.writes or HEADER not in known):
             known = None  # the header write is how the script tells a missing run
-        args.fields(ops, self._rank, known)
+        args.fields(ops, self._ranks, known)
         args.timeline(docs)
         if changes.header:
             status = _status_text(run.status)

@@ -69,7 +69,9 @@ local CAP = {TIMELINE_CAP}
 local ORD = '{ORD}'
 local SAVED = '{SAVED}'
 local RUN_ID_AT = {len(run_key("")) + 1}
-""" + """local function call_in_slices(cmd, key, list)
+""" + """
+local NEW = string.byte('n')
+local function call_in_slices(cmd, key, list)
   local last
   for i = 1, #list, CHUNK do
     local part = {}
@@ -91,21 +93,29 @@ local token = shape[1]
 if token ~= '-' and redis.call('HGET', KEYS[1], SAVED) == token then
   return {1, 1}
 end
-local np, nn, nr, nd = tonumber(shape[2]), tonumber(shape[3]), tonumber(shape[4]),
+local nr, nu, nd, nt = tonumber(shape[2]), tonumber(shape[3]), tonumber(shape[4]),
   tonumber(shape[5])
-local nt, nz, nx, npay = tonumber(shape[6]), tonumber(shape[7]), tonumber(shape[8]),
-  tonumber(shape[9])
-local expected = tonumber(shape[10])
-local ttl, score = shape[11], shape[12]
-local v0 = 3                 -- (field, value) pairs
-local n0 = v0 + 2 * np       -- (field, value, rank) triples: fields written anew
-local r0 = n0 + 3 * nn       -- (ord field, rank) pairs: ranks written if absent
-local d0 = r0 + 2 * nr       -- deleted fields (with their ranks)
+local nz, nx, npay = tonumber(shape[6]), tonumber(shape[7]), tonumber(shape[8])
+local expected = tonumber(shape[9])
+local ttl, score, first, flags = shape[10], shape[11], shape[12], shape[13]
+local r0 = 3                 -- ranked (field, value) pairs, in write order
+local u0 = r0 + 2 * nr       -- unranked (field, value) pairs
+local d0 = u0 + 2 * nu       -- deleted fields (with their ranks)
 local t0 = d0 + nd           -- timeline events
 local z0 = t0 + nt           -- index zsets the run is added to (with the score)
 local x0 = z0 + nz           -- index zsets the run is removed from
 local p0 = x0 + nx           -- (key, payload) pairs
 local c0 = p0 + 2 * npay     -- plain commands (length, then words), to the end
+-- the j-th ranked field's rank (from 0): first + j, in decimal (ranks have 19 digits,
+-- more than a Lua number holds exactly: the last 9 are added apart)
+local function rank_at(j)
+  if #first <= 15 then
+    return string.format('%d', tonumber(first) + j)
+  end
+  local high = tonumber(string.sub(first, 1, -10))
+  local low = tonumber(string.sub(first, -9)) + j
+  return string.format('%d%09d', high + math.floor(low / 1e9), low % 1e9)
+end
 local function ranked(fields)
   local got = {}
   for i = 1, #fields, CHUNK do
@@ -116,40 +126,48 @@ local function ranked(fields)
   end
   return got
 end
-local function rank_if_absent(sets, got, first)
+-- a rank for each known ranked field (flag 'k') without one; with_header: also reads
+-- whether the run exists (false if not, nothing added)
+local function rank_if_absent(sets, with_header)
+  local names, at = {}, {}
+  if with_header then names[1] = 'header' end
   for j = 0, nr - 1 do
-    if not got[j + first] then
-      sets[#sets + 1] = ARGV[r0 + 2 * j]
-      sets[#sets + 1] = ARGV[r0 + 2 * j + 1]
+    if string.byte(flags, j + 1) ~= NEW then
+      names[#names + 1] = ORD .. ARGV[r0 + 2 * j]
+      at[#names] = j
     end
   end
-end
-local function rank_fields()
-  local fields = {}
-  for j = 0, nr - 1 do fields[#fields + 1] = ARGV[r0 + 2 * j] end
-  return fields
+  if #names == 0 then return true end
+  local got = ranked(names)
+  if with_header and not got[1] then return false end
+  for i, j in pairs(at) do
+    if not got[i] then
+      sets[#sets + 1] = names[i]
+      sets[#sets + 1] = rank_at(j)
+    end
+  end
+  return true
 end
 local resynced = 0
 local sets = {}
-for j = v0, n0 - 1 do sets[#sets + 1] = ARGV[j] end
-for j = n0, r0 - 1, 3 do
-  sets[#sets + 1] = ARGV[j]
-  sets[#sets + 1] = ARGV[j + 1]
-  sets[#sets + 1] = ORD .. ARGV[j]
-  sets[#sets + 1] = ARGV[j + 2]
+for j = 0, nr - 1 do
+  local field = ARGV[r0 + 2 * j]
+  sets[#sets + 1] = field
+  sets[#sets + 1] = ARGV[r0 + 2 * j + 1]
+  if string.byte(flags, j + 1) == NEW then
+    sets[#sets + 1] = ORD .. field
+    sets[#sets + 1] = rank_at(j)
+  end
 end
+for j = u0, d0 - 1 do sets[#sets + 1] = ARGV[j] end
 if token ~= '-' then
   sets[#sets + 1] = SAVED
   sets[#sets + 1] = token
 end
 if not expected then
-  local probe = rank_fields()
-  table.insert(probe, 1, 'header')
-  local got = ranked(probe)
-  if not got[1] then
+  if not rank_if_absent(sets, true) then
     return {2}
   end
-  rank_if_absent(sets, got, 2)
 end
 if nd > 0 then
   local dels = {}
@@ -176,7 +194,7 @@ else
       return {2}
     end
     local more = {}
-    rank_if_absent(more, ranked(rank_fields()), 1)
+    rank_if_absent(more, false)
     if #more > 0 then
       call_in_slices('HSET', KEYS[1], more)
     end
@@ -225,9 +243,10 @@ class StepArgs:
         self._token = token  # written as the ``SAVED`` field by the script
         self._run_id = run_id  # the only member of the index moves
         self._on_command = on_command
-        self._values: list[Any] = []  # (field, value) pairs
-        self._new: list[Any] = []  # (field, value, rank) triples
-        self._ranks: list[Any] = []  # (ord field, rank) pairs
+        self._ranked: list[Any] = []  # (field, value) pairs of ranked fields, in order
+        self._flags = ""  # per ranked field: "n" ranked now, "k" ranked if it has no rank
+        self._first_rank = 0  # the first ranked field's rank; the others follow it
+        self._values: list[Any] = []  # (field, value) pairs of unranked fields
         self._deletes: list[str] = []
         self._timeline: list[bytes] = []
         self._added_to: list[str] = []
@@ -243,27 +262,32 @@ class StepArgs:
         """Every argument is a ``str``, ``bytes``, ``int`` or ``float`` (``script``'s
         ``plain``): all are built here but the payloads a step dispatches, checked then."""
 
-    def fields(self, ops: FieldOps, rank: Callable[[], bytes],
+    def fields(self, ops: FieldOps, ranks: Callable[[int], int],
                known: set[str] | None = None) -> None:
-        """The hash writes of ``ops``: values; a fresh rank for a field written anew, a
-        rank if absent for any other ranked field; deletions (the script drops their
+        """The hash writes of ``ops``: values; each ranked field, in write order, the next
+        of consecutive ranks (``ranks(count)`` gives the first) — written for a field
+        written anew, written if absent for any other; deletions (the script drops their
         ranks). With ``known`` (the field names the hash holds, ``field_mirror``), a field
         is new when it has no rank among them, and the script reads nothing: it checks
         that ``HSET`` added as many fields as that predicts."""
-        values, new, ranks = self._values, self._new, self._ranks
+        ranked, values = self._ranked, self._values
         fresh = ops.fresh
+        flags = ""
         new_ranks: list[str] = []
         for field, value in ops.writes.items():
             if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
                 values += (field, value)  # unranked: a map "steps" always comes last
                 continue
+            ranked += (field, value)
             ord_field = ORD + field
             if (known is not None and ord_field not in known) or field in fresh:
-                new += (field, value, rank())
+                flags += "n"
                 new_ranks.append(ord_field)
             else:
-                values += (field, value)
-                ranks += (ord_field, rank())
+                flags += "k"
+        if flags:
+            self._flags = flags
+            self._first_rank = ranks(len(flags))
         deletes = ops.deletes
         if deletes:
             self._deletes += deletes
@@ -273,8 +297,8 @@ class StepArgs:
                 after.difference_update(deletes, [ORD + f for f in deletes])
             held = len(after)
             after.update(values[::2])
-            if new:
-                after.update(new[::3])
+            if ranked:
+                after.update(ranked[::2])
                 after.update(new_ranks)
             if self._token:
                 after.add(SAVED)
@@ -332,17 +356,18 @@ class StepArgs:
         report = self._on_command
         if report is not None:
             self._report(report, run_key)
-        values, new, ranks, deletes, timeline = (
-            self._values, self._new, self._ranks, self._deletes, self._timeline)
+        ranked, values, deletes, timeline = (
+            self._ranked, self._values, self._deletes, self._timeline)
         added_to, removed_from, payloads = self._added_to, self._removed_from, self._payloads
         n, expected, ttl, score = _COUNTS, self._expected, self._ttl, self._score
-        shape = (f"{self._token or NO_VALUE} {n[len(values) >> 1]} {n[len(new) // 3]}"
-                 f" {n[len(ranks) >> 1]} {n[len(deletes)]} {n[len(timeline)]}"
+        shape = (f"{self._token or NO_VALUE} {n[len(ranked) >> 1]} {n[len(values) >> 1]}"
+                 f" {n[len(deletes)]} {n[len(timeline)]}"
                  f" {n[len(added_to)]} {n[len(removed_from)]} {n[len(payloads) >> 1]}"
                  f" {NO_VALUE if expected is None else n[expected]}"
                  f" {NO_VALUE if ttl is None else n[ttl]}"
-                 f" {NO_VALUE if score is None else repr(score)}")
-        return [self._owner, shape, *values, *new, *ranks, *deletes, *timeline, *added_to,
+                 f" {NO_VALUE if score is None else repr(score)}"
+                 f" {self._first_rank} {self._flags or NO_VALUE}")
+        return [self._owner, shape, *ranked, *values, *deletes, *timeline, *added_to,
                 *removed_from, *payloads, *self._tail]
 
     def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
@@ -353,11 +378,11 @@ class StepArgs:
         if self._token:
             report(("HGET", run_key, SAVED))
         if self._expected is None:  # else the script reads nothing (unless it must resync)
-            report(("HMGET", run_key, HEADER, *self._ranks[::2]))
+            report(("HMGET", run_key, HEADER))
         if self._deletes:
             report(("HDEL", run_key, *self._deletes))
-        if self._values or self._new or self._token:
-            report(("HSET", run_key, *self._values))
+        if self._values or self._ranked or self._token:
+            report(("HSET", run_key, *self._ranked, *self._values))
         if self._timeline:
             report(("RPUSH", "timeline", *self._timeline))
 
