@@ -33,13 +33,16 @@ script does the minimum on the server:
    ``leases.commands_if_absent`` does, and the payload ``SET``s.
 
 The arguments are laid out for the packer: each one costs the client ~1-2k instructions
-to pack (a float score ~7k), and an engine step sends one write per step. So the write's
-token, counts, payload TTL and index score travel as one space-separated argument (its
-``shape``); the script adds what it can derive — the ``saved`` field, the ``ord:`` name of
-a new field's rank and of a deleted field, the run's id as the index member (taken from
-its key), the timeline cap — and the index and payload writes are sections of keys
-rather than whole commands. Long argument lists are sent in slices (Lua's ``unpack``
-stops near 8,000 values).
+to pack (a float score ~7k), and an engine step sends one write per step (a chain step:
+18 arguments, 44 before). So the write's token, counts, payload TTL, index score, first
+rank and which ranked fields are new travel as one space-separated argument (its
+``shape``); the script derives the rest — the ``saved`` field, each ranked field's rank
+(the write's first rank plus the field's place among them, in write order: the
+consecutive ranks ``_rank`` would have given one by one) and its ``ord:`` name, the
+ranks of deleted fields, the run's id as the index member (taken from its key), the
+timeline cap — and the index and payload writes are sections of keys rather than whole
+commands. Long argument lists are sent in slices (Lua's ``unpack`` stops near 8,000
+values).
 """
 
 from __future__ import annotations
