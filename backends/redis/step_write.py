@@ -34,15 +34,16 @@ script does the minimum on the server:
 
 The arguments are laid out for the packer: each one costs the client ~1-2k instructions
 to pack (a float score ~7k), and an engine step sends one write per step (a chain step:
-18 arguments, 44 before). So the write's token, counts, payload TTL, index score, first
-rank and which ranked fields are new travel as one space-separated argument (its
-``shape``); the script derives the rest — the ``saved`` field, each ranked field's rank
-(the write's first rank plus the field's place among them, in write order: the
-consecutive ranks ``_rank`` would have given one by one) and its ``ord:`` name, the
-ranks of deleted fields, the run's id as the index member (taken from its key), the
-timeline cap — and the index and payload writes are sections of keys rather than whole
-commands. Long argument lists are sent in slices (Lua's ``unpack`` stops near 8,000
-values).
+15 arguments, 44 before). So the write's token, counts, payload TTL, index score, first
+rank, which ranked fields are new and whether the header and the map marker are written
+travel as one space-separated argument (its ``shape``); the script derives the rest — the
+``saved`` field, each ranked field's rank (the write's first rank plus the field's place
+among them, in write order: the consecutive ranks ``_rank`` would have given one by one)
+and its ``ord:`` name, the ranks of deleted fields, the run's id as the index member
+(taken from its key), the timeline cap, the ``header`` field's name and the
+``context["steps"]`` map marker — and the index and payload writes are sections of keys
+rather than whole commands. Long argument lists are sent in slices (Lua's ``unpack``
+stops near 8,000 values).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ local CAP = {TIMELINE_CAP}
 local ORD = '{ORD}'
 local SAVED = '{SAVED}'
 local RUN_ID_AT = {len(run_key("")) + 1}
+local HEADER, STEPS_MAP, EMPTY_MAP = '{HEADER}', '{CTX_STEPS_MARKER}', '{EMPTY_MAP.decode()}'
 """ + """
 local NEW = string.byte('n')
 local function call_in_slices(cmd, key, list)
@@ -101,8 +103,11 @@ local nr, nu, nd, nt = tonumber(shape[2]), tonumber(shape[3]), tonumber(shape[4]
 local nz, nx, npay = tonumber(shape[6]), tonumber(shape[7]), tonumber(shape[8])
 local expected = tonumber(shape[9])
 local ttl, score, first, flags = shape[10], shape[11], shape[12], shape[13]
+local with_header = string.find(shape[14], 'h', 1, true) ~= nil
+local with_steps_map = string.find(shape[14], 'm', 1, true) ~= nil
 local r0 = 3                 -- ranked (field, value) pairs, in write order
-local u0 = r0 + 2 * nr       -- unranked (field, value) pairs
+local h0 = r0 + 2 * nr       -- the header's value (with_header)
+local u0 = with_header and h0 + 1 or h0  -- other unranked (field, value) pairs
 local d0 = u0 + 2 * nu       -- deleted fields (with their ranks)
 local t0 = d0 + nd           -- timeline events
 local z0 = t0 + nt           -- index zsets the run is added to (with the score)
@@ -162,7 +167,15 @@ for j = 0, nr - 1 do
     sets[#sets + 1] = rank_at(j)
   end
 end
+if with_header then
+  sets[#sets + 1] = HEADER
+  sets[#sets + 1] = ARGV[h0]
+end
 for j = u0, d0 - 1 do sets[#sets + 1] = ARGV[j] end
+if with_steps_map then
+  sets[#sets + 1] = STEPS_MAP
+  sets[#sets + 1] = EMPTY_MAP
+end
 if token ~= '-' then
   sets[#sets + 1] = SAVED
   sets[#sets + 1] = token
@@ -249,7 +262,9 @@ class StepArgs:
         self._ranked: list[Any] = []  # (field, value) pairs of ranked fields, in order
         self._flags = ""  # per ranked field: "n" ranked now, "k" ranked if it has no rank
         self._first_rank = 0  # the first ranked field's rank; the others follow it
-        self._values: list[Any] = []  # (field, value) pairs of unranked fields
+        self._header: bytes | None = None  # its value (the script adds its name)
+        self._steps_map = False  # the map marker written (the script writes it)
+        self._values: list[Any] = []  # (field, value) pairs of other unranked fields
         self._deletes: list[str] = []
         self._timeline: list[bytes] = []
         self._added_to: list[str] = []
@@ -279,7 +294,13 @@ class StepArgs:
         new_ranks: list[str] = []
         for field, value in ops.writes.items():
             if field in _UNRANKED and (field != CTX_STEPS_MARKER or value == EMPTY_MAP):
-                values += (field, value)  # unranked: a map "steps" always comes last
+                # unranked: a map "steps" always comes last
+                if field == HEADER:
+                    self._header = value
+                elif field == CTX_STEPS_MARKER:
+                    self._steps_map = True
+                else:
+                    values += (field, value)
                 continue
             ranked += (field, value)
             ord_field = ORD + field
@@ -300,6 +321,10 @@ class StepArgs:
                 after.difference_update(deletes, [ORD + f for f in deletes])
             held = len(after)
             after.update(values[::2])
+            if self._header is not None:
+                after.add(HEADER)
+            if self._steps_map:
+                after.add(CTX_STEPS_MARKER)
             if ranked:
                 after.update(ranked[::2])
                 after.update(new_ranks)
@@ -363,15 +388,17 @@ class StepArgs:
             self._ranked, self._values, self._deletes, self._timeline)
         added_to, removed_from, payloads = self._added_to, self._removed_from, self._payloads
         n, expected, ttl, score = _COUNTS, self._expected, self._ttl, self._score
+        header = self._header
         shape = (f"{self._token or NO_VALUE} {n[len(ranked) >> 1]} {n[len(values) >> 1]}"
                  f" {n[len(deletes)]} {n[len(timeline)]}"
                  f" {n[len(added_to)]} {n[len(removed_from)]} {n[len(payloads) >> 1]}"
                  f" {NO_VALUE if expected is None else n[expected]}"
                  f" {NO_VALUE if ttl is None else n[ttl]}"
                  f" {NO_VALUE if score is None else repr(score)}"
-                 f" {self._first_rank} {self._flags or NO_VALUE}")
-        return [self._owner, shape, *ranked, *values, *deletes, *timeline, *added_to,
-                *removed_from, *payloads, *self._tail]
+                 f" {self._first_rank} {self._flags or NO_VALUE}"
+                 f" {_MARKS[header is not None, self._steps_map]}")
+        return [self._owner, shape, *ranked, *(() if header is None else (header,)), *values,
+                *deletes, *timeline, *added_to, *removed_from, *payloads, *self._tail]
 
     def _report(self, report: Callable[[tuple[Any, ...]], None], run_key: str) -> None:
         """The commands the script runs before the plain ones (those were reported as
@@ -384,10 +411,15 @@ class StepArgs:
             report(("HMGET", run_key, HEADER))
         if self._deletes:
             report(("HDEL", run_key, *self._deletes))
-        if self._values or self._ranked or self._token:
+        if self._values or self._ranked or self._token or self._header or self._steps_map:
             report(("HSET", run_key, *self._ranked, *self._values))
         if self._timeline:
             report(("RPUSH", "timeline", *self._timeline))
+
+
+_MARKS = {(False, False): NO_VALUE, (True, False): "h", (False, True): "m", (True, True): "hm"}
+"""The ``shape``'s last word: the header written ("h", its value alone, before the other
+unranked fields), the ``context["steps"]`` map marker written ("m", no argument)."""
 
 
 class _Texts(dict[int, str]):
