@@ -98,17 +98,17 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         known = self._mirror.get(run)
         if known is not None and (HEADER not in ops.writes or HEADER not in known):
             known = None  # the header write is how the script tells a missing run
-        args.fields(ops, self._ranks, known)
-        args.timeline(docs)
-        if changes.header:
-            status = _status_text(run.status)
-            prev = changes.previous_status
-            self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
-                              else (_status_text(prev),))
-            self._queue_retention(args, run, status)
-        if changes.payloads:
-            args.payloads(changes.payloads, self._committed_ttl())
-        try:
+        try:  # ``fields`` updates the mirror's names in place: any failure drops them
+            args.fields(ops, self._ranks, known)
+            args.timeline(docs)
+            if changes.header:
+                status = _status_text(run.status)
+                prev = changes.previous_status
+                self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
+                                  else (_status_text(prev),))
+                self._queue_retention(args, run, status)
+            if changes.payloads:
+                args.payloads(changes.payloads, self._committed_ttl())
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
                 step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),
