@@ -26,7 +26,6 @@ from .keys import (
     HEADER,
     INPUT,
     ORD,
-    SAVED,
     STEP,
     child_field,
     child_prefix,
@@ -95,22 +94,21 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             return
         key = run_key(run.id)
         token = _write_token()  # the same bytes when the adapter sends the script again
-        ops.writes[SAVED] = token.encode()
-        args = StepArgs(owner or "", self._redis.on_command, token)
+        args = StepArgs(owner or "", self._redis.on_command, token, run.id)
         known = self._mirror.get(run)
         if known is not None and (HEADER not in ops.writes or HEADER not in known):
             known = None  # the header write is how the script tells a missing run
-        args.fields(ops, self._rank, known)
-        args.timeline(docs)
-        if changes.header:
-            status = _status_text(run.status)
-            prev = changes.previous_status
-            self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
-                              else (_status_text(prev),))
-            self._queue_retention(args, run, status)
-        if changes.payloads:
-            args.payloads(changes.payloads, self._committed_ttl())
-        try:
+        try:  # ``fields`` updates the mirror's names in place: any failure drops them
+            args.fields(ops, self._ranks, known)
+            args.timeline(docs)
+            if changes.header:
+                status = _status_text(run.status)
+                prev = changes.previous_status
+                self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
+                                  else (_status_text(prev),))
+                self._queue_retention(args, run, status)
+            if changes.payloads:
+                args.payloads(changes.payloads, self._committed_ttl())
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
                 step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),

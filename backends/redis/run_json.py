@@ -35,6 +35,25 @@ _cached = _TS_CACHE.get
 """``_format``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
 ``dict.get`` instead of a Python call, and a step stamps ten fields, most of them hits."""
 
+_QUOTED: dict[str, str] = {}
+_QUOTED_MAX = 8192
+_quoted = _QUOTED.get
+"""The escaped texts of the ids a step writes again and again (the run's and workflow's id
+in the header and every event, step and job ids, statuses, event types), looked up first
+(``_quoted(v) or _quote(v)``): a hit is a ``dict.get`` instead of an escape (~1k
+instructions), and a step writes ~18 of them. Emptied when full; with hundreds of runs in
+flight a job id is written again (its completion) after a few thousand other ids."""
+
+
+def _quote(value: Any) -> str:
+    """``_esc(value)``, kept in ``_QUOTED`` (a non-string raises, as ``_esc`` does)."""
+    text = _esc(value)
+    if len(_QUOTED) >= _QUOTED_MAX:
+        _QUOTED.clear()
+    _QUOTED[value] = text
+    return text
+
+
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
 """What a field of an unexpected type raises on the direct path (the general path then
 writes it, or raises the error ``dumps`` raises)."""
@@ -56,9 +75,9 @@ def header_json(run: WorkflowRun, where: Where) -> bytes:
         if type(cost) is not float and type(cost) is not int:
             raise TypeError("total_cost")  # header_dict's empty test (``_put``) decides
         v: Any = run.org_id
-        org = f',"org_id":{_esc(v)}' if v else ""
+        org = f',"org_id":{_quoted(v) or _quote(v)}' if v else ""
         v = run.team_id
-        team = f',"team_id":{_esc(v)}' if v else ""
+        team = f',"team_id":{_quoted(v) or _quote(v)}' if v else ""
         st = f'"{status._value_}"' if type(status) is RunStatus else _esc(str(status.value))
         v = run.started_at
         started = "" if v is None else f',"started_at":"{_cached(v) or _stamp(v)}"'
@@ -86,7 +105,11 @@ def header_json(run: WorkflowRun, where: Where) -> bytes:
         v = run.rerun_step
         rerun_step = f',"rerun_step":{_esc(v)}' if v else ""
         dry = ',"dry_run":true' if run.dry_run else ""
-        return (f'{{"id":{_esc(run.id)},"workflow_id":{_esc(run.workflow_id)}{org}{team}'
+        v = run.id
+        rid = _quoted(v) or _quote(v)
+        v = run.workflow_id
+        wf = _quoted(v) or _quote(v)
+        return (f'{{"id":{rid},"workflow_id":{wf}{org}{team}'
                 f',"status":{st}{started}{completed}{output}{error}{total}{trigger}{created}'
                 f'{updated}{labels}{metadata}{idem}{rerun_of}{rerun_step}{dry}}}').encode()
     except _UNEXPECTED:
@@ -115,14 +138,16 @@ def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes
         v = sr.error
         error = f',"error":{encode_value(v)}' if v else ""
         v = sr.job_id
-        job = f',"job_id":{_esc(v)}' if v else ""
+        job = f',"job_id":{_quoted(v) or _quote(v)}' if v else ""
         v = sr.item
         item = "" if v is None else f',"item":{_text(v)}'
         kids = ""
         if with_children and sr.children:
             docs = {cid: c.to_dict() for cid, c in sr.children.items()}
             kids = f',"children":{encode_value(docs)}'
-        return (f'{{"step_id":{_esc(sr.step_id)},"status":{st}{started}{completed}{retry}'
+        v = sr.step_id
+        sid = _quoted(v) or _quote(v)
+        return (f'{{"step_id":{sid},"status":{st}{started}{completed}{retry}'
                 f'{attempts}{given}{output}{error}{job}{item}{kids}}}').encode()
     except _UNEXPECTED:
         return dumps(sr.to_dict(with_children=with_children), where)
@@ -136,23 +161,25 @@ def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where)
         v: Any = event.time
         time = _esc(now) if v is None else f'"{_cached(v) or _stamp(v)}"'
         named = event.run_id
-        rid = f',"run_id":{_esc(named)}' if named else ""
+        rid = f',"run_id":{_quoted(named) or _quote(named)}' if named else ""
         v = event.workflow_id
-        wf = f',"workflow_id":{_esc(v)}' if v else ""
+        wf = f',"workflow_id":{_quoted(v) or _quote(v)}' if v else ""
         v = event.step_id
-        step = f',"step_id":{_esc(v)}' if v else ""
+        step = f',"step_id":{_quoted(v) or _quote(v)}' if v else ""
         v = event.job_id
-        job = f',"job_id":{_esc(v)}' if v else ""
+        job = f',"job_id":{_quoted(v) or _quote(v)}' if v else ""
         v = event.status
-        st = f',"status":{_esc(v)}' if v else ""
+        st = f',"status":{_quoted(v) or _quote(v)}' if v else ""
         v = event.result_ptr
         result = f',"result_ptr":{_esc(v)}' if v else ""
         v = event.message
         message = f',"message":{_esc(v)}' if v else ""
         v = event.data
         data = f',"data":{encode_value(v)}' if v else ""
-        owner = "" if named else f',"run_id":{_esc(run_id)}'
-        return (f'{{"time":{time},"type":{_esc(event.type)}{rid}{wf}{step}{job}{st}{result}'
+        owner = "" if named else f',"run_id":{_quoted(run_id) or _quote(run_id)}'
+        v = event.type
+        kind = _quoted(v) or _quote(v)
+        return (f'{{"time":{time},"type":{kind}{rid}{wf}{step}{job}{st}{result}'
                 f'{message}{data}{owner}}}').encode()
     except _UNEXPECTED:
         doc = event.to_dict()

@@ -112,3 +112,19 @@ async def test_a_write_whose_reply_was_lost_is_retried_without_reordering(
     counts = await counted(redis, lambda: redis.store.save_run_changes(run, changes))
     assert counts["hmget"] == 1  # the retry reads: s2 has its rank already, kept
     await same_as_stored(redis, run)
+
+
+async def test_a_write_refused_before_it_is_sent_leaves_what_the_store_knew(
+        redis: RedisBackends) -> None:
+    """The step write updates the known field names as it builds its arguments: a write
+    refused before it is sent (payloads without a committed payload store) drops them,
+    and the next write reads."""
+    run = await a_run(redis)
+    changes = next_step(run, 0)
+    changes.payloads = {"ctx:run-1:s1@1": b"{}"}
+    with pytest.raises(ValueError, match="commits_payloads_of"):
+        await redis.store.save_run_changes(run, changes)
+    changes.payloads = {}
+    counts = await counted(redis, lambda: redis.store.save_run_changes(run, changes))
+    assert counts["hmget"] == 1
+    await same_as_stored(redis, run)

@@ -213,6 +213,33 @@ def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> N
         assert (cache.get(ts) or fields._format(ts)) == format_ts(ts)
 
 
+def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
+    """Ids, statuses and event types are escaped once and looked up after (``_QUOTED``):
+    a hit, a miss, a string equal to a cached one of another type, and the cache emptied
+    when full all give ``dumps``' bytes; a value that is not a string is not kept."""
+    from cordtrio.backends.redis import run_json
+
+    cache = run_json._QUOTED
+    assert run_json._quoted.__self__ is cache
+    event = TimelineEvent(time=T0, type="step_completed", run_id="r\"1", workflow_id="wf",
+                          step_id=Colour.RED, job_id="j\u2028", status="succeeded")
+    run = WorkflowRun(id="r\"1", workflow_id="red", org_id="o")
+    for _ in range(2):  # a miss, then a hit
+        _same(lambda: event_json(event, "run-1", None, "w"),
+              lambda: _stored_event(event, "run-1", "unused"))
+        _same(lambda: header_json(run, "w"),
+              lambda: dumps(run.header_dict(with_input=False), "w"))
+    assert cache["r\"1"] == '"r\\"1"'
+    for i in range(run_json._QUOTED_MAX + 1):
+        run_json._quote(f"id-{i}")
+    assert len(cache) <= run_json._QUOTED_MAX and run_json._quoted.__self__ is cache
+    sr = StepRun(step_id="id-0", job_id="j\u2028")  # emptied since: a miss again
+    assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
+    with pytest.raises(TypeError):
+        run_json._quote(Level.HIGH)
+    assert Level.HIGH not in cache
+
+
 def test_ranks_keep_increasing_when_the_clock_does_not() -> None:
     from unittest import mock
 

@@ -216,3 +216,31 @@ async def test_two_connections_do_not_commit_each_others_payloads(
     async with connect(redis_url) as one, connect(redis_url) as two:
         assert one.store.commits_payloads_of(one.payloads)
         assert not one.store.commits_payloads_of(two.payloads)
+
+
+@pytest.mark.parametrize("first", [1999999999999999998, 50])
+async def test_a_step_writes_ranks_follow_its_first_in_write_order(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch, first: int) -> None:
+    """The script derives each ranked field's rank from the write's first (one argument,
+    not one per field): consecutive, in write order, past a carry into the tenth-last
+    digit of a 19-digit rank and for a short one; a field that has a rank keeps it."""
+    from cordtrio.backends.redis import base
+
+    clock = [first - 10]
+    redis.store._last_rank = 0
+    monkeypatch.setattr(base, "time_ns", lambda: clock[0])
+    run = await a_run(redis)
+    clock[0] = first
+    held = await raw(redis, "hget", "wf:run:run-1", "ord:step:s0")
+    run.steps["s0"].status = StepStatus.SUCCEEDED
+    for sid in ("s1", "s2"):
+        run.steps[sid] = StepRun(step_id=sid, status=StepStatus.RUNNING, attempts=1)
+    run.context["steps"] = {"s0": {"output": {"ok": True}}}
+    changes = RunChanges(steps={"s0", "s1", "s2"}, context_steps={"s0"})
+    await redis.store.save_run_changes(run, changes)
+    ranks = await raw(redis, "hmget", "wf:run:run-1", "ord:step:s0", "ord:step:s1",
+                      "ord:step:s2", "ord:ctxstep:s0")
+    assert ranks == [held, b"%d" % (first + 1), b"%d" % (first + 2), b"%d" % (first + 3)]
+    assert redis.store._last_rank == first + 3
+    stored = await redis.store.get_run(run.id)
+    assert list(stored.steps) == ["s0", "s1", "s2"]
