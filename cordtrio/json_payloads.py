@@ -319,14 +319,14 @@ def path_for(payloads: PayloadStore) -> StorePath:
     """The functions above, bound to ``payloads`` (the same answers, by the same path)."""
     if getattr(payloads, "takes_json_payloads", False):
         store: Any = payloads
-        if own_call(store, "calls_now", "get_context_payload_now"):
-            return StorePath(JsonPayload.of, store.get_context_payload,
-                             store.put_result_payload, store.put_context_payload,
-                             store.get_result_payload, store.put_context_payload_now,
-                             store.context_payload_at_now, store.put_result_payload_now,
-                             store.result_payload_at_now)
-        return StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
+        path = StorePath(JsonPayload.of, store.get_context_payload, store.put_result_payload,
                          store.put_context_payload, store.get_result_payload)
+        if own_call(store, "calls_now", "get_context_payload_now"):
+            path = path._replace(put_context_now=store.put_context_payload_now,
+                                 context_at_now=store.context_payload_at_now,
+                                 put_result_now=store.put_result_payload_now,
+                                 result_at_now=store.result_payload_at_now)
+        return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
                      partial(get_result, payloads))

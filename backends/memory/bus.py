@@ -171,12 +171,7 @@ class MemoryBus:
             jobs = self.jobs
             while jobs.pending >= jobs.max_pending:  # ``jobs.full``, on every job
                 await self._room.park()
-            job = jobs.offer(payload.job_id, payload.topic, (packet, wire))
-            if job is not None:  # (an offer never frees queue space: no unpark)
-                holder = job.holder
-                assert holder is not None  # the consumer the job was handed to
-                inbox: LocalJobInbox = holder.handle
-                inbox.deliver(packet if wire is None else decode_packet(wire))
+            self._queue_job(payload, packet, wire)  # (an offer never frees space: no unpark)
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):
             self._hand_out(())  # a queued job dropped: room for a waiting publisher
@@ -218,10 +213,7 @@ class MemoryBus:
                     or subject in self._exact or self._wildcards
                     or jobs.pending >= jobs.max_pending):
                 return False
-            job = jobs.offer(payload.job_id, payload.topic, (packet, None))  # type: ignore[union-attr]
-            if job is not None:  # handed to a consumer (``publish``'s own steps)
-                inbox: LocalJobInbox = job.holder.handle  # type: ignore[union-attr]
-                inbox.deliver(packet)
+            self._queue_job(payload, packet, None)  # type: ignore[arg-type]
             return True
         if direct is None or subject == SUBJECT_CANCEL:
             return False
@@ -230,6 +222,16 @@ class MemoryBus:
         except Exception:
             log.exception("a bus listener failed on a packet")
         return True
+
+    def _queue_job(self, request: JobRequest, packet: BusPacket, wire: bytes | None) -> None:
+        """Offer a job request to the job queues; one handed to a waiting consumer at once
+        goes straight into its inbox (decoded from ``wire`` when the bus encodes)."""
+        job = self.jobs.offer(request.job_id, request.topic, (packet, wire))
+        if job is not None:
+            holder = job.holder
+            assert holder is not None  # the consumer the job was handed to
+            inbox: LocalJobInbox = holder.handle
+            inbox.deliver(packet if wire is None else decode_packet(wire))
 
     @asynccontextmanager
     async def subscribe(

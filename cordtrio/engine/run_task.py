@@ -40,18 +40,19 @@ from ..core.events import (
     StepFinished,
 )
 from ..core.machine import decide
-from ..core.plan import SENDER_ID, Plan
+from ..core.plan import Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..json_payloads import StorePath, path_for
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges, own_call
-from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
+from ..protocol import SUBJECT_SUBMIT, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
 from .effects import (
     load_output,
     load_output_now,
+    packet,
     publish_alert,
     publish_cancel,
     publish_job,
@@ -392,10 +393,9 @@ class RunTask:
                     continue
                 if config is None:  # ``publish_job`` without a config provider, inline
                     try:
-                        packet = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
-                                           effect.request)
-                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, packet):
-                            await bus.publish(SUBJECT_SUBMIT, packet)
+                        request = packet(now, run_id, effect.request)
+                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, request):
+                            await bus.publish(SUBJECT_SUBMIT, request)
                         problem = ""
                     except Exception as exc:
                         problem = f"publish {effect.job_id}: {exc}"
