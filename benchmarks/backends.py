@@ -49,6 +49,8 @@ class Hooks:
 class Session:
     engine: Engine
     probe: Probe
+    worker_pid: int | None = None
+    """The worker's own process, when it has one (``redis-nng``)."""
 
 
 @asynccontextmanager
@@ -79,12 +81,12 @@ async def open_session(backend: str, workflow: Workflow, hooks: Hooks, *,
                 yield Session(engine, probe)
         else:
             async with (
-                _nng_worker(redis_url) as router,
+                _nng_worker(redis_url) as (router, worker_pid),
                 open_engine(redis.store, router, payloads=redis.payloads, schemas=redis.schemas,
                             on_step_dispatched=hooks.dispatched,
                             on_step_finished=hooks.finished) as engine,
             ):
-                yield Session(engine, probe)
+                yield Session(engine, probe, worker_pid)
 
 
 @asynccontextmanager
@@ -109,9 +111,10 @@ async def _memory(workflow: Workflow, hooks: Hooks) -> AsyncIterator[Session]:
 
 
 @asynccontextmanager
-async def _nng_worker(redis_url: str) -> AsyncIterator[Any]:
+async def _nng_worker(redis_url: str) -> AsyncIterator[tuple[Any, int]]:
     """An nng router on a free 127.0.0.1 port and a worker process dialled into it, ready
-    (its subscriptions active) when the body starts; the process is stopped on exit."""
+    (its subscriptions active) when the body starts: the router and the worker's pid. The
+    process is stopped on exit."""
     from cordtrio.backends.nng import open_nng_router  # optional dependency
     from cordtrio.backends.redis.testing import free_port
 
@@ -126,7 +129,7 @@ async def _nng_worker(redis_url: str) -> AsyncIterator[Any]:
                     nursery.start_soon(_fail_if_exits, proc, nursery.cancel_scope)
                     await ready.receive()
                     nursery.cancel_scope.cancel()
-            yield router
+            yield router, proc.pid
         finally:
             with trio.CancelScope(shield=True):
                 await _stop(proc)

@@ -5,10 +5,13 @@ latency per step (from the engine's ``on_step_dispatched`` / ``on_step_finished`
 last attempt for retried steps), the process's peak RSS during the sample (Linux ``VmHWM``,
 reset before each sample through ``/proc/self/clear_refs``), and, on Redis backends, the
 commands the server executed during the drive (``INFO commandstats`` before and after).
+CPU time per step of each process taking part (the engine's, a worker process's,
+redis-server's), so a reader sees which one a backend is bound by.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -137,8 +140,49 @@ class RedisStats:
     def used_memory(self) -> int:
         return int(self._client.info("memory")["used_memory"])
 
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far, user and system (``INFO cpu``)."""
+        cpu = self._client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     def close(self) -> None:
         self._client.close()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time of process ``pid`` so far (Linux ``/proc/PID/stat``; a
+    clock-tick resolution, 10 ms), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU time per step of the processes in a sample: this (engine) process, the worker's
+    own process if it has one, and redis-server. Read just before and after the drive."""
+
+    def __init__(self, worker_pid: int | None, redis: RedisStats | None) -> None:
+        self._worker_pid, self._redis = worker_pid, redis
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        return {
+            "engine": time.process_time(),
+            "worker": (process_cpu_seconds(self._worker_pid)
+                       if self._worker_pid is not None else None),
+            "redis": self._redis.cpu_seconds() if self._redis is not None else None,
+        }
+
+    def per_step_us(self, steps: int) -> dict[str, float]:
+        """``cpu_us_per_step_<process>`` for each process that could be read."""
+        end = self._read()
+        return {f"cpu_us_per_step_{name}": 1e6 * (after - before) / steps
+                for name, after in end.items()
+                if after is not None and (before := self._start[name]) is not None
+                and steps > 0}
 
 
 def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -166,16 +210,18 @@ async def run_sample(workload: Workload, backend: str, size: int,
                             redis_url=redis.url if redis else None,
                             server_memory=redis.used_memory if redis else None) as session:
         before = redis.commandstats() if redis else {}
+        cpu = CpuMeter(session.worker_pid, redis)
         async with trio.open_nursery() as nursery:
             if on_progress is not None:
                 nursery.start_soon(_report_progress, recorder, on_progress)
             measured = await workload.drive(session.engine, wf, size, session.probe)
             nursery.cancel_scope.cancel()
+        cpu_per_step = cpu.per_step_us(measured.steps)
         after = redis.commandstats() if redis else {}
     p50, p99 = recorder.percentiles_ms()
     return Sample(workload.name, backend, size, measured.steps, measured.runs,
                   measured.seconds, p50, p99, peak_rss_mib(), command_delta(before, after),
-                  measured.extra)
+                  {**measured.extra, **cpu_per_step})
 
 
 async def _report_progress(recorder: LatencyRecorder, report: Callable[[int], None]) -> None:

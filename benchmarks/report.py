@@ -112,11 +112,22 @@ def _commands(summary: Summary) -> tuple[str, str]:
     return f"{sum(per_step.values()):.1f}", " ".join(f"{n} {v:.1f}" for n, v in top)
 
 
+CPU_PROCESSES = ("engine", "worker", "redis")
+
+
+def _cpu(summary: Summary) -> str:
+    """CPU µs per step of the engine process, a worker process and redis-server (medians;
+    ``—`` for a process the sample does not have or could not read)."""
+    return " / ".join(_num(summary.extra(f"cpu_us_per_step_{name}"), ",.0f")
+                      for name in CPU_PROCESSES)
+
+
 def workload_table(workload: str, summary: str, rows: Sequence[Summary]) -> Table:
     """One workload's table: a row per backend and size."""
     table = Table(title=f"{workload}: {summary}", title_justify="left")
     columns = ["backend", "size", "steps/s", "runs/s", "p50 ms", "p99 ms", "RSS MiB",
-               "redis/step", "top redis commands per step"]
+               "CPU µs/step engine / worker / redis", "redis/step",
+               "top redis commands per step"]
     redis = any(r.commands_per_step() for r in rows)
     if not redis:  # memory only: no Redis columns
         columns = columns[:-2]
@@ -136,7 +147,7 @@ def workload_table(workload: str, summary: str, rows: Sequence[Summary]) -> Tabl
         else:
             cells += [_num(r.median("latency_p50_ms"), ".1f"),
                       _num(r.median("latency_p99_ms"), ".1f")]
-        cells += [_num(r.peak_rss_mib, ",.0f"), *(_commands(r) if redis else ())]
+        cells += [_num(r.peak_rss_mib, ",.0f"), _cpu(r), *(_commands(r) if redis else ())]
         table.add_row(*cells)
     return table
 

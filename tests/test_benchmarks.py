@@ -38,6 +38,9 @@ async def test_each_workload_runs_on_memory_and_reports_its_figures(
     assert 0 <= sample.latency_p50_ms <= sample.latency_p99_ms
     assert sample.redis_commands == {} and sample.redis_commands_per_step is None
     assert progress and progress[0] == 0
+    assert sample.extra["cpu_us_per_step_engine"] > 0  # the engine process's own CPU
+    assert "cpu_us_per_step_worker" not in sample.extra  # the worker is in process
+    assert "cpu_us_per_step_redis" not in sample.extra
     if name == "w4":
         assert sample.extra["active_run_tasks_while_waiting"] >= 0
         assert "rss_per_waiting_run_bytes" in sample.extra
@@ -95,6 +98,42 @@ def test_redis_command_counts_and_peer_ratios() -> None:
     assert [(r["peer"], r["cordtrio_backend"], r["size"], r["peer_size"]) for r in rows] == [
         ("celery (solo)", "redis", 10, 10),
         ("prefect (local)", "redis", 10, 7), ("prefect (local)", "memory", 1000, 7)]
+
+
+def test_process_cpu_is_read_from_proc_and_unknown_processes_read_as_none() -> None:
+    import os
+
+    from benchmarks.measure import process_cpu_seconds
+
+    mine = process_cpu_seconds(os.getpid())
+    assert mine is not None and mine > 0  # this interpreter has imported a lot by now
+    assert process_cpu_seconds(2**22 + 1) is None  # above Linux's pid_max limit
+
+
+def test_cpu_per_step_of_the_engine_worker_and_redis_processes_on_redis_nng(
+        tmp_path: Path) -> None:
+    import trio
+
+    from benchmarks.measure import RedisStats
+    from benchmarks.report import workload_table
+    from cordtrio.backends.redis.testing import run_redis_server
+
+    with run_redis_server(str(tmp_path)) as server:
+        stats = RedisStats(server.url)
+        try:
+            sample = trio.run(run_sample, WORKLOADS["w1"], "redis-nng", 20, stats)
+        finally:
+            stats.close()
+    assert sample.steps == 20 * CHAIN_STEPS
+    cpu = {k: v for k, v in sample.extra.items() if k.startswith("cpu_us_per_step_")}
+    assert set(cpu) == {"cpu_us_per_step_engine", "cpu_us_per_step_worker",
+                        "cpu_us_per_step_redis"}
+    assert cpu["cpu_us_per_step_engine"] > 0 and cpu["cpu_us_per_step_redis"] > 0
+    assert cpu["cpu_us_per_step_worker"] >= 0  # clock ticks of 10 ms: a short drive may read 0
+    [summary] = summarize([sample])
+    table = workload_table("w1", "chains", [summary])
+    cells = [cell for column in table.columns for cell in column.cells]
+    assert f"{cpu['cpu_us_per_step_engine']:,.0f} / " in " ".join(map(str, cells))
 
 
 def test_against_measures_two_checkouts_alternated_and_reports_their_ratios(
