@@ -131,7 +131,8 @@ def workload_table(workload: str, summary: str, rows: Sequence[Summary]) -> Tabl
     redis = any(r.commands_per_step() for r in rows)
     if not redis:  # memory only: no Redis columns
         columns = columns[:-2]
-    if workload == "w4":
+    if workload == "w4":  # CPU covers the park phase too, which steps/s leaves out: JSON only
+        columns.remove("CPU µs/step engine / worker / redis")
         columns[4:6] = ["park s", "heap B/wait", *(["redis B/wait"] if redis else []),
                         "tasks waiting"]
     for col in columns:
@@ -147,7 +148,8 @@ def workload_table(workload: str, summary: str, rows: Sequence[Summary]) -> Tabl
         else:
             cells += [_num(r.median("latency_p50_ms"), ".1f"),
                       _num(r.median("latency_p99_ms"), ".1f")]
-        cells += [_num(r.peak_rss_mib, ",.0f"), _cpu(r), *(_commands(r) if redis else ())]
+        cells += [_num(r.peak_rss_mib, ",.0f"), *([_cpu(r)] if workload != "w4" else []),
+                  *(_commands(r) if redis else ())]
         table.add_row(*cells)
     return table
 
