@@ -153,7 +153,7 @@ class MemoryPayloadStore:
                 if self._ttl is not None and self._expires[key] <= self._clock_now():
                     raise NotFoundError(f"payload {key!r} not found")
                 payload = _new(JsonPayload)
-                payload.parts = entry
+                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
                 return payload
         return self.get_context_payload_now(key_from_pointer(pointer))
 
@@ -167,7 +167,7 @@ class MemoryPayloadStore:
                 if self._ttl is not None and self._expires[key] <= self._clock_now():
                     raise NotFoundError(f"payload {key!r} not found")
                 payload = _new(JsonPayload)
-                payload.parts = entry
+                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
                 return payload
         return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
 
