@@ -106,6 +106,8 @@ class _FloorCore:
         self.payloads = payloads
         # the in-process calls cordtrio's engine and worker make (not awaited)
         self.path = json_payloads.path_for(payloads) if payloads is not None else None
+        if self.path is not None and self.path.put_context_now is None:
+            raise RuntimeError("the payload store offers no plain (non-awaited) calls")
         self.clock = TrioWallClock()
         self.runs: dict[str, WorkflowRun] = {}  # without a store
         self.finished: dict[str, _Signal] = {}
