@@ -71,8 +71,9 @@ class MemoryPayloadStore:
         # every entry, this is also expiry order.
         self._expiry_times: deque[float] = deque()
         self._expiry_keys: deque[str] = deque()
-        # Trio's clock reading, once known (see the module docstring): ``_time`` finds it
-        self._clock_now: Callable[[], float] = self._time
+        # Trio's clock reading, once known (see the module docstring); until then ``_time``
+        # finds it (not a bound method kept here: that would make the store a cycle)
+        self._clock_now: Callable[[], float] | None = None
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
@@ -150,7 +151,8 @@ class MemoryPayloadStore:
             key = pointer[_SCHEME_LENGTH:]
             entry = self._data.get(key)
             if entry is not None and entry.__class__ is not bytes:
-                if self._ttl is not None and self._expires[key] <= self._clock_now():
+                if self._ttl is not None and \
+                        self._expires[key] <= (self._clock_now or self._time)():
                     raise NotFoundError(f"payload {key!r} not found")
                 payload = _new(JsonPayload)
                 payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
@@ -164,7 +166,8 @@ class MemoryPayloadStore:
             key = pointer[_SCHEME_LENGTH:]
             entry = self._data.get(key)
             if entry is not None and entry.__class__ is not bytes:
-                if self._ttl is not None and self._expires[key] <= self._clock_now():
+                if self._ttl is not None and \
+                        self._expires[key] <= (self._clock_now or self._time)():
                     raise NotFoundError(f"payload {key!r} not found")
                 payload = _new(JsonPayload)
                 payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
@@ -191,7 +194,7 @@ class MemoryPayloadStore:
         if ttl is None:
             self._data[key] = data
             return
-        now = self._clock_now()
+        now = (self._clock_now or self._time)()
         times = self._expiry_times
         if times and times[0] <= now:
             self._purge(now)
@@ -211,7 +214,7 @@ class MemoryPayloadStore:
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None and self._expires[key] <= self._clock_now():
+        if self._ttl is not None and self._expires[key] <= (self._clock_now or self._time)():
             raise NotFoundError(f"payload {key!r} not found")
         return entry
 
