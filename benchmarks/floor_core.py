@@ -4,9 +4,12 @@ The floor's shell (``benchmarks.floor``: one task per run, a pool of worker task
 memory channel, a result put straight into the run's mailbox, no schedule point that
 nothing waits for) doing what a W1 step needs done: the pure core's ``decide`` folds every
 event into the run, each change is written to the real ``MemoryStore`` (state and timeline,
-``save_run_changes``), each job's input is put in the real ``MemoryPayloadStore`` at its
+``save_run_changes_now``), each job's input is put in the real ``MemoryPayloadStore`` at its
 ``ctx:`` key and read there by the worker, whose result goes to its ``res:`` key and is
-read back for the core (SPEC §8), with the engine's garbage-collector tuning on.
+read back for the core (SPEC §8), with the engine's garbage-collector tuning on. The store
+and payload calls are the plain, non-awaited ones cordtrio's engine and worker make on
+in-process backends (``MemoryStore.writes_now``, ``json_payloads.path_for``'s ``*_now``
+calls), so this measures what the parts cost cordtrio as it runs them.
 
 No bus, no job queues, no acknowledgements, no envelopes, no hooks, no timers, no
 cancellation, no retries of store calls, no ``wait_run`` hand-over: what cordtrio costs
@@ -19,7 +22,6 @@ from __future__ import annotations
 import gc
 import math
 import time
-import uuid
 from typing import Any
 
 import trio
@@ -39,8 +41,10 @@ from cordtrio.core.machine import decide
 from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES, Plan
 from cordtrio.core.state import RunState
 from cordtrio.engine.gc_tuning import long_lived_gc
+from cordtrio.engine.submission import random_run_id
+from cordtrio.json_payloads import StorePath
 from cordtrio.model import RunStatus, TimelineEvent, WorkflowRun
-from cordtrio.payloads import key_from_pointer, pointer_for_key, result_key
+from cordtrio.payloads import POINTER_SCHEME, RESULT_PREFIX
 from cordtrio.protocol import JobRequest, JobResult, JobStatus
 
 from .floor import WORKERS, _Mailbox, _Signal
@@ -60,10 +64,14 @@ class _Job:
 _OUTPUT = {"ok": True}  # the no-op handler's result (benchmarks.workloads.noop)
 
 
-async def _worker(jobs: trio.MemoryReceiveChannel[_Job],
-                  payloads: MemoryPayloadStore | None) -> None:
+async def _worker(jobs: trio.MemoryReceiveChannel[_Job], path: StorePath | None) -> None:
     """Take a job, read its input, run the no-op, store its result, answer the run (the
-    result's value itself when there is no payload store)."""
+    result's value itself when there is no payload store). The payload calls are the ones
+    cordtrio's worker makes on an in-process store: ``json_payloads.path_for``'s plain
+    calls, not awaited (``MemoryPayloadStore.calls_now``)."""
+    read_now = path.context_at_now if path is not None else None
+    put_now = path.put_result_now if path is not None else None
+    encode = path.encode if path is not None else None
     while True:
         try:
             job = jobs.receive_nowait()
@@ -75,16 +83,14 @@ async def _worker(jobs: trio.MemoryReceiveChannel[_Job],
         except trio.EndOfChannel:
             return
         request = job.request
-        if payloads is None:
+        if read_now is None or put_now is None or encode is None:
             job.reply_to.put((JobResult(request.job_id, JobStatus.SUCCEEDED), dict(_OUTPUT)))
             continue
-        data = await json_payloads.get_context(payloads, key_from_pointer(request.context_ptr))
-        data.value()  # the handler's input, decoded
-        key = result_key(request.job_id)
-        await json_payloads.put_result(
-            payloads, key, json_payloads.encode(payloads, dict(_OUTPUT), compact=False))
+        read_now(request.context_ptr).value()  # the handler's input, decoded
+        key = RESULT_PREFIX + request.job_id
+        put_now(key, encode(dict(_OUTPUT), False))  # a result: not compact
         job.reply_to.put((JobResult(request.job_id, JobStatus.SUCCEEDED,
-                                    result_ptr=pointer_for_key(key)), None))
+                                    result_ptr=POINTER_SCHEME + key), None))
 
 
 class _FloorCore:
@@ -98,6 +104,10 @@ class _FloorCore:
         self.plan = plan
         self.store = store
         self.payloads = payloads
+        # the in-process calls cordtrio's engine and worker make (not awaited)
+        self.path = json_payloads.path_for(payloads) if payloads is not None else None
+        if self.path is not None and self.path.put_context_now is None:
+            raise RuntimeError("the payload store offers no plain (non-awaited) calls")
         self.clock = TrioWallClock()
         self.runs: dict[str, WorkflowRun] = {}  # without a store
         self.finished: dict[str, _Signal] = {}
@@ -106,7 +116,7 @@ class _FloorCore:
     async def submit(self) -> str:
         """Create the run (in the store), start its task, return once it started the run."""
         now = self.clock.now()
-        run = WorkflowRun(id=str(uuid.uuid4()), workflow_id=self.plan.workflow.id, input={},
+        run = WorkflowRun(id=random_run_id(), workflow_id=self.plan.workflow.id, input={},
                           status=RunStatus.PENDING, created_at=now, updated_at=now)
         if self.store is not None:
             await self.store.create_run(run)
@@ -127,9 +137,13 @@ class _FloorCore:
         return await self.store.get_run(run_id)
 
     async def run(self, run: WorkflowRun, started: _Signal | None) -> None:
-        """One run's task: decide, store job inputs, write the changes, send the jobs."""
+        """One run's task: decide, store job inputs, write the changes, send the jobs. The
+        store and payload calls are the plain ones cordtrio's engine makes on in-process
+        backends (``MemoryStore.save_run_changes_now``, ``StorePath.put_context_now`` and
+        ``result_at_now``), not awaited."""
         plan, state, mailbox = self.plan, RunState(run), _Mailbox()
-        store, payloads = self.store, self.payloads
+        store, path = self.store, self.path
+        save_now = store.save_run_changes_now if store is not None else None
         event: Event = Start()
         while True:
             outcome = decide(plan, state, event, self.clock.now())
@@ -139,15 +153,13 @@ class _FloorCore:
                 if isinstance(effect, RecordTimeline):
                     timeline.append(effect.event)
                 elif isinstance(effect, Dispatch):
-                    if payloads is None:
+                    if path is None or path.put_context_now is None:
                         jobs.append(_Job(effect.request, effect.payload, mailbox))
                         continue
-                    await json_payloads.put_context(payloads, effect.context_key,
-                                                    json_payloads.encode(
-                                                        payloads, effect.payload, compact=True))
+                    path.put_context_now(effect.context_key, path.encode(effect.payload, True))
                     jobs.append(_Job(effect.request, None, mailbox))
-            if store is not None:
-                await store.save_run_changes(state.run, outcome.changes, timeline)
+            if save_now is not None:
+                save_now(state.run, outcome.changes, timeline)
             for job in jobs:
                 self.send.send_nowait(job)
             if started is not None:
@@ -156,11 +168,9 @@ class _FloorCore:
             if state.run.status.is_terminal:
                 break
             result, value = await mailbox.get()
-            if payloads is not None:
-                data = await json_payloads.get_result(payloads,
-                                                      key_from_pointer(result.result_ptr))
-                value = data.value_or_text()
-                output = LoadedOutput(value=value,
+            if path is not None and path.result_at_now is not None:
+                data = path.result_at_now(result.result_ptr)
+                output = LoadedOutput(value=data.value_or_text(),
                                       too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
             else:
                 output = LoadedOutput(value=value)
@@ -187,7 +197,7 @@ async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool =
             floor = _FloorCore(run_tasks, plan, runs_store if store else None,
                                MemoryPayloadStore() if payloads else None)
             for _ in range(WORKERS):
-                workers.start_soon(_worker, floor.receive, floor.payloads)
+                workers.start_soon(_worker, floor.receive, floor.path)
             await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
             trio.lowlevel.add_instrument(switches)
             wall, cpu = time.perf_counter(), time.process_time()

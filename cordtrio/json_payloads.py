@@ -153,7 +153,17 @@ class JsonPayload:
         if frozen is not None:
             size = len(frozen)
             if size < _SHORT_FROZEN:
-                if _plain(value, 0):
+                if type(value) is dict:
+                    # ``_plain(value, 0)`` for a map (most results), its loop without the call
+                    for key, item in value.items():
+                        if type(key) is not str or (
+                                type(item) not in _LEAVES and not _plain(item, 1)):
+                            break
+                    else:
+                        payload = _new(cls)
+                        payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+                        return payload
+                elif _plain(value, 0):
                     payload = _new(cls)
                     payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
                     return payload

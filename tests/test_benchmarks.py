@@ -10,6 +10,7 @@ import math
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,3 +356,39 @@ def test_the_celery_peer_fails_fast_when_its_worker_exits_or_stalls() -> None:
     clock = _FakeClock()
     with pytest.raises(PeerStalled, match="task a ended FAILURE"):
         _collect([_FakeResult("a", clock, math.inf)], clock, {"a": "FAILURE"})
+
+
+def test_floor_with_parts_makes_the_plain_calls_the_engine_makes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``floor+core+store+payloads`` carries cordtrio's real parts as the engine calls them
+    in process: every step writes its changes with ``save_run_changes_now`` and puts a job
+    input and a result in the payload store, not awaited."""
+    import trio
+
+    from backends.memory import MemoryPayloadStore, MemoryStore
+    from benchmarks.floor_core import drive_floor_core
+
+    puts: list[str] = []
+    saves: list[str] = []
+    put, save = MemoryPayloadStore._put, MemoryStore.save_run_changes_now
+
+    def counting_put(self: Any, key: str, prefix: str, data: Any) -> None:
+        puts.append(prefix)
+        put(self, key, prefix, data)
+
+    def counting_save(self: Any, run: Any, *args: Any) -> None:
+        saves.append(run.id)
+        save(self, run, *args)
+
+    async def awaited(*args: Any) -> None:
+        raise AssertionError("awaited")
+
+    monkeypatch.setattr(MemoryPayloadStore, "_put", counting_put)
+    monkeypatch.setattr(MemoryStore, "save_run_changes_now", counting_save)
+    for name in ("put_context_payload", "get_context_payload", "put_result_payload",
+                 "get_result_payload", "save_run_changes"):
+        cls = MemoryStore if name == "save_run_changes" else MemoryPayloadStore
+        monkeypatch.setattr(cls, name, awaited)
+    assert trio.run(drive_floor_core, 2)["steps"] == 2 * CHAIN_STEPS
+    assert sorted(puts) == ["ctx:"] * 2 * CHAIN_STEPS + ["res:"] * 2 * CHAIN_STEPS
+    assert len(saves) == 2 * (CHAIN_STEPS + 1)  # the start, and every result

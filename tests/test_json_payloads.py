@@ -17,7 +17,7 @@ from cordtrio import json_payloads
 from cordtrio.backends.memory import MemoryPayloadStore
 from cordtrio.errors import NotFoundError, PayloadPointerError
 from cordtrio.json_payloads import JsonPayload
-from cordtrio.payloads import key_from_pointer
+from cordtrio.payloads import check_payload_key, key_from_pointer
 
 COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -296,3 +296,35 @@ async def test_a_store_path_gives_what_the_module_functions_give(
         await path.get_result("res:none")
     with pytest.raises(PayloadPointerError):
         await path.put_context("res:p", path.encode(value, True))
+
+
+_KEYS = ["ctx:run:s@1", "res:run:s@1", "res:é\tx", "ctx:a\nb", "res:a\rb", "res:a\x00b",
+         "ctx:j ", "\tctx:j", "ctx:", "res:", "wf:run:x", "ctx", "", "ctx:\u2028x",
+         "res:j\u00a0", 7, None, b"ctx:j"]
+
+
+@pytest.mark.parametrize("key", _KEYS)
+async def test_the_memory_store_writes_exactly_the_keys_the_namespace_rule_passes(
+        key: Any) -> None:
+    """``MemoryPayloadStore`` tests a key's common case without calling
+    ``check_payload_key``: every write (bytes or payload, awaited or not) refuses with the
+    rule's own error, or stores, exactly as the rule says."""
+    store = MemoryPayloadStore()
+    payload = JsonPayload.of({"a": 1}, compact=False)
+    for prefix, now, awaited in (
+            ("ctx:", store.put_context_payload_now, store.put_context),
+            ("res:", store.put_result_payload_now, store.put_result)):
+        try:
+            expected: Any = check_payload_key(key, prefix)
+        except Exception as exc:
+            expected = (type(exc), str(exc))
+        for kind in ("now", "awaited"):
+            try:
+                if kind == "now":
+                    now(key, payload)
+                else:
+                    await awaited(key, payload.text())
+                got: Any = key
+            except Exception as exc:
+                got = (type(exc), str(exc))
+            assert got == expected

@@ -14,8 +14,8 @@ entries written within one TTL.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
-from trio.abc import Clock
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
@@ -71,11 +71,14 @@ class MemoryPayloadStore:
         # every entry, this is also expiry order.
         self._expiry_times: deque[float] = deque()
         self._expiry_keys: deque[str] = deque()
-        self._clock: Clock | None = None  # Trio's, once known (see the module docstring)
+        # Trio's clock reading, once known (see the module docstring); until then ``_time``
+        # finds it (not a bound method kept here: that would make the store a cycle)
+        self._clock_now: Callable[[], float] | None = None
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, CONTEXT_PREFIX), _private(key, data))
+        key = check_payload_key(key, CONTEXT_PREFIX)  # the key's error before the data's
+        self._put(key, CONTEXT_PREFIX, _private(key, data))
 
     async def get_context(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -83,7 +86,8 @@ class MemoryPayloadStore:
 
     async def put_result(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
-        self._put(check_payload_key(key, RESULT_PREFIX), _private(key, data))
+        key = check_payload_key(key, RESULT_PREFIX)  # the key's error before the data's
+        self._put(key, RESULT_PREFIX, _private(key, data))
 
     async def get_result(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -116,7 +120,7 @@ class MemoryPayloadStore:
     # ---------------------------- the same, called without awaiting (``calls_now``)
 
     def put_context_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(check_payload_key(key, CONTEXT_PREFIX), payload.parts)
+        self._put(key, CONTEXT_PREFIX, payload.parts)
 
     def get_context_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, CONTEXT_PREFIX)
@@ -127,7 +131,7 @@ class MemoryPayloadStore:
         return payload
 
     def put_result_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(check_payload_key(key, RESULT_PREFIX), payload.parts)
+        self._put(key, RESULT_PREFIX, payload.parts)
 
     def get_result_payload_now(self, key: str) -> JsonPayload:
         entry = self._get(key, RESULT_PREFIX)
@@ -141,52 +145,56 @@ class MemoryPayloadStore:
         """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
         input), without checking a pointer to a stored key again: only checked keys are
         stored."""
-        entry = self._entry_at(pointer, _CONTEXT_POINTER)
-        if entry is None:
-            return self.get_context_payload_now(key_from_pointer(pointer))
-        payload = _new(JsonPayload)
-        payload.parts = entry
-        return payload
+        # a pointer to a stored payload entry (not bytes): read here, in one frame (a worker
+        # reads every job's input so); anything else takes the general path and its errors
+        if pointer.__class__ is str and pointer.startswith(_CONTEXT_POINTER):
+            key = pointer[_SCHEME_LENGTH:]
+            entry = self._data.get(key)
+            if entry is not None and entry.__class__ is not bytes:
+                if self._ttl is not None and \
+                        self._expires[key] <= (self._clock_now or self._time)():
+                    raise NotFoundError(f"payload {key!r} not found")
+                payload = _new(JsonPayload)
+                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
+                return payload
+        return self.get_context_payload_now(key_from_pointer(pointer))
 
     def result_payload_at_now(self, pointer: str) -> JsonPayload:
         """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
         engine reads a result), without checking a pointer to a stored key again."""
-        entry = self._entry_at(pointer, _RESULT_POINTER)
-        if entry is None:
-            return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
-        payload = _new(JsonPayload)
-        payload.parts = entry
-        return payload
+        if pointer.__class__ is str and pointer.startswith(_RESULT_POINTER):  # as above
+            key = pointer[_SCHEME_LENGTH:]
+            entry = self._data.get(key)
+            if entry is not None and entry.__class__ is not bytes:
+                if self._ttl is not None and \
+                        self._expires[key] <= (self._clock_now or self._time)():
+                    raise NotFoundError(f"payload {key!r} not found")
+                payload = _new(JsonPayload)
+                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
+                return payload
+        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
 
     # ---------------------------------------------------------------------- entries
 
-    def _entry_at(self, pointer: str, start: str) -> _Parts | None:
-        """The payload entry (not bytes) stored at the key ``pointer`` names, when ``pointer``
-        starts with ``start`` (the scheme and a prefix); None for anything else, for the
-        general path to read or refuse. ``NotFoundError`` if it expired."""
-        if pointer.__class__ is not str or not pointer.startswith(start):
-            return None
-        key = pointer[_SCHEME_LENGTH:]
-        entry = self._data.get(key)
-        if entry is None or entry.__class__ is bytes:
-            return None
-        if self._ttl is not None:
-            clock = self._clock
-            if clock is None:
-                clock = self._clock = current_clock()
-            if self._expires[key] <= clock.current_time():
-                raise NotFoundError(f"payload {key!r} not found")
-        return entry  # type: ignore[return-value]
+    def _time(self) -> float:
+        """Trio's clock (that of the first ``trio.run`` to ask: see the module docstring)."""
+        self._clock_now = now = current_clock().current_time
+        return now()
 
-    def _put(self, key: str, data: bytes | _Parts) -> None:
+    def _put(self, key: str, prefix: str, data: bytes | _Parts) -> None:
+        """Store ``data`` at ``key``, a key of the ``prefix`` half of the namespace
+        (``PayloadPointerError`` for any other key, and nothing is stored)."""
+        # ``check_payload_key``'s common case, tested here without its call (two payloads
+        # are written per engine step); anything else gets the call and its error
+        if not (key.__class__ is str and len(key) > 4 and key.startswith(prefix)
+                and key.strip() == key and "\n" not in key and "\r" not in key
+                and "\x00" not in key):
+            check_payload_key(key, prefix)
         ttl = self._ttl
         if ttl is None:
             self._data[key] = data
             return
-        clock = self._clock
-        if clock is None:
-            clock = self._clock = current_clock()
-        now = clock.current_time()
+        now = (self._clock_now or self._time)()
         times = self._expiry_times
         if times and times[0] <= now:
             self._purge(now)
@@ -206,12 +214,8 @@ class MemoryPayloadStore:
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None:
-            clock = self._clock
-            if clock is None:
-                clock = self._clock = current_clock()
-            if self._expires[key] <= clock.current_time():
-                raise NotFoundError(f"payload {key!r} not found")
+        if self._ttl is not None and self._expires[key] <= (self._clock_now or self._time)():
+            raise NotFoundError(f"payload {key!r} not found")
         return entry
 
     def _purge(self, now: float) -> None:

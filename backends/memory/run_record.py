@@ -70,7 +70,8 @@ class RunRecord:
     def of(cls, run: WorkflowRun) -> RunRecord:
         """A record holding a copy of every part of ``run``."""
         record = cls(freeze_header(run), freeze(run.input) if run.input else None, {})
-        record.copy_body(run)
+        if run.steps or run.context:  # a new run has neither: its record is complete
+            record.copy_body(run)
         return record
 
     def assemble(self) -> WorkflowRun:

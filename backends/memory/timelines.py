@@ -2,9 +2,10 @@
 
 An event is kept as a row: a tuple of its fields in ``TimelineEvent``'s field order, trailing
 empty ones left out, the time as the (immutable) datetime and the data frozen
-(``frozen.freeze``). A row of strings, a datetime and bytes is cheap to build (no timestamp
-formatting, no dict copy), half the memory of a dict, and invisible to the cyclic garbage
-collector — which matters with millions of events in memory. Reading builds fresh
+(``frozen.freeze``), or, when it is one entry of text (a dispatched job's pointer), as that
+key and value in two more fields. A row of strings, a datetime and bytes is cheap to build
+(no timestamp formatting, no dict copy), half the memory of a dict, and invisible to the
+cyclic garbage collector — which matters with millions of events in memory. Reading builds fresh
 ``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip gives: a text field
 that is not a plain string (an enum member such as a ``RunStatus``, a number) is kept as
 given and made a string there, not on append (every event the engine writes has plain
@@ -81,6 +82,14 @@ class Timelines:
             if not rid:
                 rid = run_id
             data = event.data
+            if data and len(data) == 1:
+                # one entry of text (a dispatched job's ``context_ptr``): kept as two more
+                # fields, read back as the map; ~2k instructions fewer than ``marshal``
+                ((key, value),) = data.items()
+                if type(key) is str and type(value) is str:
+                    rows.append((when, kind, rid, workflow_id, step_id, job_id, status,
+                                 result_ptr, message, key, value))
+                    continue
             if data:
                 frozen: Frozen
                 try:  # ``freeze`` inlined: one call less per job started
@@ -117,14 +126,20 @@ class Timelines:
 
 
 def _event(row: Row) -> TimelineEvent:
-    fields = row + ("",) * (10 - len(row))
-    data = fields[9]
+    if len(row) == _WITH_ENTRY:  # data of one text entry, kept as its key and value
+        data: Any = {row[9]: row[10]}
+        fields = (*row[:9], data)
+    else:
+        fields = row + ("",) * (10 - len(row))
+        data = thaw(fields[9]) if fields[9] else {}
     kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
         _text, fields[1:9])
     return TimelineEvent(time=fields[0], type=kind, run_id=rid, workflow_id=workflow_id,
                          step_id=step_id, job_id=job_id, status=status,
-                         result_ptr=result_ptr, message=message,
-                         data=thaw(data) if data else {})
+                         result_ptr=result_ptr, message=message, data=data)
+
+
+_WITH_ENTRY = 11  # a row's length when its data is one text entry (``Timelines.append``)
 
 
 __all__ = ["Timelines"]

@@ -87,10 +87,22 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
 
     # ``apply_result`` → ``_succeeded`` → ``finish``, for a top-level step that succeeded
     now = tx.now
-    sr.attempts = max(sr.attempts, int(number))
+    attempt = int(number)
+    if attempt > sr.attempts:  # ``max``, without its call (slow on this path)
+        sr.attempts = attempt
     sr.output = result_ptr or None
     if result_ptr:
-        record_output(tx, target, step, result_ptr, output, is_child=False)
+        ctx_steps = run.context.get("steps")
+        if type(ctx_steps) is dict and not step.output_path:
+            # ``record_output``'s common case, without its call: the entry, and its change
+            if (output is not None and output.loaded and not output.error
+                    and not output.too_large):
+                ctx_steps[target] = {"result_ptr": result_ptr, "output": output.value}
+            else:
+                ctx_steps[target] = {"result_ptr": result_ptr}
+            tx.changes.context_steps.add(target)
+        else:
+            record_output(tx, target, step, result_ptr, output, is_child=False)
     sr.status = _SUCCEEDED
     sr.completed_at = now
     sr.next_attempt_at = None

@@ -128,3 +128,22 @@ async def test_timeline_reads_back_what_a_document_round_trip_gives(store: Store
     got.data["rows"].append(2)
     (again,) = await store.list_timeline_events("run-1")
     assert again.data == {"rows": [1, {"a": None}]}
+
+
+@pytest.mark.parametrize("data", [
+    {"context_ptr": "redis://ctx:r:s@1"}, {"k": ""}, {"": "v"}, {"k": 1}, {"k": None},
+    {"k": ["v"]}, {"a": "1", "b": "2"}, {}])
+async def test_timeline_data_of_any_shape_round_trips_unshared(
+        store: Store, data: dict[str, Any]) -> None:
+    """One entry of text (a dispatched job's pointer, the commonest data) reads back as any
+    other data does: the same map, a copy the caller may change, with every other field."""
+    for message, result_ptr in (("", ""), ("m", ""), ("", "p")):
+        e = TimelineEvent(time=at(1), type="step_dispatched", run_id="run-d", step_id="s",
+                          job_id="j", status="running", result_ptr=result_ptr,
+                          message=message, data=dict(data))
+        await store.append_timeline_events("run-d", [e])
+        (got,) = await store.list_timeline_events("run-d", 1)
+        assert got.to_dict() == e.to_dict() and got.data == data
+        got.data["x"] = "y"
+        (again,) = await store.list_timeline_events("run-d", 1)
+        assert again.data == data

@@ -148,3 +148,30 @@ def test_odd_job_ids_are_read_as_the_general_path_reads_them() -> None:
     sim, taken = _same_both_ways(wf, play)
     assert taken.count(True) == 2
     assert sim.run.status == RunStatus.SUCCEEDED
+
+
+def test_every_kind_of_loaded_output_is_recorded_as_the_general_path_records_it() -> None:
+    """The short way writes a result's context entry itself (``record_output``'s common
+    case): a loaded value, a value too large to inline, a payload that failed to load, no
+    payload loaded, and a step with an ``output_path``, each as the general path does."""
+    from cordtrio.core.events import LoadedOutput
+
+    outputs: list[LoadedOutput | None] = [
+        LoadedOutput({"v": 1}), LoadedOutput({"v": 2}, too_large=True),
+        LoadedOutput(error="gone", loaded=False), None, LoadedOutput([1, "x"])]
+    wf = workflow(step("a"), step("b", depends_on=["a"], output_path="out.b"),
+                  step("c", depends_on=["b"]), step("d", depends_on=["c"]),
+                  step("e", depends_on=["d"], output_path="out.e"))
+
+    def play(sim: Sim) -> None:
+        for output in outputs:
+            (job,) = sim.running_jobs()
+            sim.result(job, JobStatus.SUCCEEDED, result_ptr=f"redis://res:{job}",
+                       output=output)
+
+    sim, taken = _same_both_ways(wf, play)
+    assert taken == [True] * 5
+    steps = sim.run.context["steps"]
+    assert steps["a"] == {"result_ptr": "redis://res:run-1:a@1", "output": {"v": 1}}
+    assert steps["b"] == {"result_ptr": "redis://res:run-1:b@1"}
+    assert sim.run.context["out"] == {"b": "redis://res:run-1:b@1", "e": [1, "x"]}
