@@ -25,7 +25,9 @@ scheduling tick as one non-transactional pipeline.
   work arriving a few results at a time (a worker in another process), a batch per tick
   was mostly one or two commands, each a send that wakes redis-server (W1 on redis-nng:
   ~0.42 → ~0.29 batches per step, ~2% fewer engine instructions); a call waits at most
-  one round trip it would otherwise have overlapped.
+  one round trip it would otherwise have overlapped. Behind a batch whose reply never
+  comes (a server that hangs, the connection open) a call goes out once that batch timed
+  out, so it fails within twice the reply timeout rather than once.
 * **No hop per batch**: the batches are sent by ``MAX_IN_FLIGHT`` long-lived *sender*
   tasks on the asyncio side of the trio-asyncio loop. A call queues its command and, if
   no sender is already on its way, wakes an idle one (an asyncio future's result: one
