@@ -46,6 +46,9 @@ class CommandBatcher(Protocol):
     async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> Any: ...
 
+    def reconnect_wait(self, waiting: bool) -> None:
+        """A batch starts (True) or ends (False) a wait for a lost connection."""
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -260,7 +263,9 @@ class RedisAdapter:
 
         Asyncio-flavored: the batcher's senders await it on the loop, so a batch costs no
         hop over the bridge. The reply timeout is the sender's ``reply_watch.ReplyWatch``;
-        a timed-out round trip raises ``TimeoutError`` (not retried), as ``run`` does."""
+        a timed-out round trip raises ``TimeoutError`` (not retried), as ``run`` does. The
+        batcher hears when a wait for a lost connection starts and ends
+        (``reconnect_wait``)."""
         client = self.client
         commands = [lean_pipeline.command(client, method, args, kwargs)
                     for method, args, kwargs in calls]
@@ -290,7 +295,14 @@ class RedisAdapter:
                 if not is_disconnect(exc) or now >= give_up_at:
                     raise
                 log.debug("redis %s: %s: connection lost (%s), retrying", self.url, what, exc)
-            await asyncio.sleep(min(delay, max(0.0, give_up_at - now)))
+            batcher = self._batcher
+            if batcher is not None:
+                batcher.reconnect_wait(True)
+            try:
+                await asyncio.sleep(min(delay, max(0.0, give_up_at - now)))
+            finally:
+                if batcher is not None:
+                    batcher.reconnect_wait(False)
             delay = min(delay * 2, _RECONNECT_DELAY_CAP)
 
     async def release_connections(self) -> None:

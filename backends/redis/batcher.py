@@ -16,8 +16,18 @@ scheduling tick as one non-transactional pipeline.
   The pipeline is not a transaction — nothing atomic goes through here (``MULTI``/``EXEC``
   and scripts written for atomicity are sent by the store as they were).
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
-  command already sent would). At most ``MAX_IN_FLIGHT`` batches are in flight; commands
-  issued meanwhile wait for the next batch, which then carries all of them.
+  command already sent would).
+* **While a batch is in flight, calls wait for it** (unless ``MAX_BATCH`` are queued: then
+  another sender takes them, up to ``MAX_IN_FLIGHT`` batches in flight): the sender takes
+  what was queued meanwhile as soon as its reply is in. Not while a batch waits out a lost
+  connection (``RedisAdapter.run_batch``'s retries): calls then go out as before, each
+  waiting it out for itself rather than after the batch ahead of it. With the engine's
+  work arriving a few results at a time (a worker in another process), a batch per tick
+  was mostly one or two commands, each a send that wakes redis-server (W1 on redis-nng:
+  ~0.42 → ~0.29 batches per step, ~2% fewer engine instructions); a call waits at most
+  one round trip it would otherwise have overlapped. Behind a batch whose reply never
+  comes (a server that hangs, the connection open) a call goes out once that batch timed
+  out, so it fails within twice the reply timeout rather than once.
 * **No hop per batch**: the batches are sent by ``MAX_IN_FLIGHT`` long-lived *sender*
   tasks on the asyncio side of the trio-asyncio loop. A call queues its command and, if
   no sender is already on its way, wakes an idle one (an asyncio future's result: one
@@ -108,6 +118,7 @@ class CommandBatcher:
         self._queue: list[_Call] = []
         self._idle: list[asyncio.Future[None]] = []  # the idle senders' wake-up futures
         self._waking = False  # a sender was woken and has not taken the queue yet
+        self._reconnecting = 0  # batches waiting out a lost connection
         self._closed = False
         self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
@@ -118,10 +129,20 @@ class CommandBatcher:
             raise StoreError(f"redis {self._redis.url}: {what}: connection closing "
                              f"(key {key!r})")
         entry = _Call(what, key, method, args, kwargs)
-        self._queue.append(entry)
-        if not self._waking:
+        queue = self._queue
+        queue.append(entry)
+        # a sender in flight takes the queue when its reply is in (module doc)
+        if not self._waking and (len(self._idle) == MAX_IN_FLIGHT or len(queue) >= MAX_BATCH
+                                 or self._reconnecting):
             self._wake()
         return await trio.lowlevel.wait_task_rescheduled(entry.abort)
+
+    def reconnect_wait(self, waiting: bool) -> None:
+        """A batch in flight starts (True) or ends (False) a wait for a lost connection:
+        meanwhile the calls queued behind it are sent without waiting for it."""
+        self._reconnecting += 1 if waiting else -1
+        if waiting and self._queue and not self._waking:
+            self._wake()
 
     def _wake(self) -> None:
         """Wake an idle sender for the queue (none idle: a busy one takes it when done)."""

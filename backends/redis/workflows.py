@@ -85,19 +85,32 @@ class RedisWorkflows(RedisStoreBase):
     async def get_workflow(self, workflow_id: str) -> Workflow:
         key = workflow_key(workflow_id)
         raw = await self._redis.call("get workflow", key, "get", key)
+        # a copy: callers may change what they get, as from the memory store
+        return self._parsed(workflow_id, key, raw).clone()
+
+    async def get_workflow_shared(self, workflow_id: str) -> Workflow:
+        """``get_workflow`` without the copy (``ports.SharedWorkflows``): the definition
+        kept for the stored bytes itself, which the caller must not change. The bytes are
+        read as by ``get_workflow``, so a definition saved by anyone is seen at once."""
+        key = workflow_key(workflow_id)
+        return self._parsed(workflow_id, key,
+                            await self._redis.call("get workflow", key, "get", key))
+
+    def _parsed(self, workflow_id: str, key: str, raw: bytes | None) -> Workflow:
+        """The definition the stored ``raw`` parses to. Every submit reads its workflow:
+        the definition parsed last is kept per key and, while the stored bytes are the
+        same, given again instead of parsing them again. Nobody changes a kept one
+        (``get_workflow`` hands out copies)."""
         if raw is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found")
-        # Every submit reads its workflow: the definition as it was read last is kept, and
-        # while the stored bytes are the same a copy of it is returned instead of parsing
-        # them again (a copy: callers may change what they get, as from the memory store).
         parsed = self._parsed_workflows
         last = parsed.get(key)
         if last is not None and last[0] == raw:
-            return last[1].clone()
+            return last[1]
         wf = self._workflow(key, raw)
         if len(parsed) >= PARSED_WORKFLOWS_KEPT:
             parsed.pop(next(iter(parsed)))
-        parsed[key] = (bytes(raw), wf.clone())
+        parsed[key] = (bytes(raw), wf)
         return wf
 
     async def delete_workflow(self, workflow_id: str) -> None:

@@ -175,7 +175,10 @@ class LeaseKeeper:
                         envelope.done.set()
             if self.crashed:
                 return
-            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            # one shielded scope with the cleanup's deadline (not a shield plus a
+            # ``move_on_after``: a cancel scope fewer per run)
+            with trio.CancelScope(shield=True,
+                                  deadline=trio.current_time() + CLEANUP_TIMEOUT):
                 if owned:
                     await self._drop_poison(run, unacked)
                     await self.release(run)

@@ -4,6 +4,7 @@ yet each caller gets its own reply or its own error, as if it had been sent alon
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 from typing import Any
@@ -139,6 +140,96 @@ async def test_concurrent_gets_are_one_mget(redis: RedisBackends) -> None:
     counter.close()
     assert got == {i: b"value %d" % i for i in range(20)}
     assert dict(counter.counts) == {"mget": 1}
+
+
+async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it(
+        redis: RedisBackends) -> None:
+    """A call made while a pipeline is in flight (and no full batch waits) is not sent in a
+    pipeline of its own: it waits for that round trip and goes out with every call made
+    meanwhile, each in a tick of its own here, as one pipeline; each gets its own reply."""
+    adapter = redis.redis
+    for i in range(5):
+        await adapter.call("setup", f"k{i}", "set", f"k{i}", f"v{i}")
+    hops: list[str] = []
+    release = asyncio.Event()
+    original = adapter.run_batch
+
+    async def held(what: str, calls: Any) -> Any:
+        hops.append(what)
+        if len(hops) == 1:
+            await release.wait()  # the first round trip stays in flight until released
+        return await original(what, calls)
+
+    adapter.run_batch = held  # type: ignore[method-assign]
+    got: dict[int, bytes] = {}
+
+    async def get(i: int) -> None:
+        got[i] = await adapter.call("get", f"k{i}", "get", f"k{i}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(get, 0)
+            while not hops:
+                await trio.sleep(0)
+            for i in range(1, 5):
+                nursery.start_soon(get, i)
+                for _ in range(3):  # a few ticks apart: the sender would have taken it
+                    await trio.sleep(0)
+            assert hops == ["get (+0 batched)"]
+            release.set()
+    assert got == {i: b"v%d" % i for i in range(5)}
+    assert hops == ["get (+0 batched)", "get (+3 batched)"]
+
+
+async def test_calls_are_not_held_behind_a_batch_waiting_out_a_lost_connection(
+        redis: RedisBackends) -> None:
+    """While the batch in flight waits for a lost connection to come back, the calls queued
+    behind it go out at once in a pipeline of their own (each then waits it out for
+    itself, as it would alone), and so do the calls made meanwhile."""
+    adapter = redis.redis
+    batcher = adapter._batcher
+    assert batcher is not None
+    for i in range(4):
+        await adapter.call("setup", f"k{i}", "set", f"k{i}", f"v{i}")
+    hops: list[str] = []
+    release = asyncio.Event()
+    original = adapter.run_batch
+
+    async def held(what: str, calls: Any) -> Any:
+        hops.append(what)
+        if len(hops) == 1:
+            await release.wait()  # the first round trip stays in flight until released
+        return await original(what, calls)
+
+    adapter.run_batch = held  # type: ignore[method-assign]
+    got: dict[int, bytes] = {}
+
+    async def get(i: int) -> None:
+        got[i] = await adapter.call("get", f"k{i}", "get", f"k{i}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(get, 0)
+            while not hops:
+                await trio.sleep(0)
+            nursery.start_soon(get, 1)
+            for _ in range(3):
+                await trio.sleep(0)
+            assert hops == ["get (+0 batched)"]  # held behind the first
+            batcher.reconnect_wait(True)  # as run_batch does before each reconnection wait
+            while len(hops) < 2:
+                await trio.sleep(0)
+            nursery.start_soon(get, 2)
+            while len(got) < 2:  # both answered: their senders are idle again
+                await trio.sleep(0)
+            batcher.reconnect_wait(False)
+            nursery.start_soon(get, 3)
+            for _ in range(3):
+                await trio.sleep(0)
+            assert len(hops) == 3  # held again: the first batch is still in flight
+            release.set()
+    assert got == {i: b"v%d" % i for i in range(4)}
+    assert hops == ["get (+0 batched)"] * 4
 
 
 async def test_a_script_is_loaded_once_for_every_caller_that_met_noscript(
