@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pynng
 import trio
 
-from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
+from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket
 from cordtrio.ratelog import rate_limited
 
 from ._common import RECV_BATCH
@@ -132,7 +132,7 @@ class OpHandler:
             subject = str_field(op, "subject", empty=False)
             queue = str_field(op, "queue", empty=False)
             wire = packet_field(op)
-            if not router._gate.refused(peer, subject, wire, ""):
+            if not router._gate.refused(peer, subject, wire, "")[0]:
                 router._delivery.bounce(subject, queue, wire)
         else:
             raise FrameError(f"unknown op {name!r}")
@@ -143,7 +143,7 @@ class OpHandler:
         subject = str_field(op, "subject", empty=False)
         wire = packet_field(op)
         job_id = str_field(op, "jid", default="") if "jid" in op else ""
-        reason = router._gate.refused(peer, subject, wire, job_id)
+        reason, packet = router._gate.refused(peer, subject, wire, job_id)
         if reason:
             router._conns.send(peer, {"op": "puback", "pid": pid,
                                       "error": f"forbidden: {reason}"})
@@ -158,12 +158,14 @@ class OpHandler:
             router._jobs.offer(job_id, topic, wire)
         elif subject == SUBJECT_CANCEL and job_id:
             router._jobs.cancel(job_id)
-        self.fan_out(peer, pid, subject, wire)
+        self.fan_out(peer, pid, subject, wire, packet)
 
-    def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes) -> None:
-        """Deliver a client's publish; ``puback`` once every subscriber has it."""
+    def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes,
+                packet: BusPacket | None = None) -> None:
+        """Deliver a client's publish (``packet``: ``wire`` decoded already, for a local
+        subscriber to take); ``puback`` once every subscriber has it."""
         router = self._router
-        waits = router._delivery.deliver(subject, wire)
+        waits = router._delivery.deliver(subject, wire, packet)
         if waits:
             assert router._nursery is not None
             router._nursery.start_soon(self._finish_publish, peer, pid, waits)
