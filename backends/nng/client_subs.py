@@ -108,7 +108,12 @@ class Subscriptions:
         bus = self._bus
         job_id, topic = _job_fields(subject, packet)
         bus._check_open()
-        async with self._in_flight:
+        in_flight = self._in_flight
+        try:  # a free slot is taken without a schedule point: the puback is one anyway
+            in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            await in_flight.acquire()
+        try:
             bus._check_open()
             pid = next(bus._ids)
             pub = _Publish(subject, wire, job_id, topic)
@@ -118,6 +123,8 @@ class Subscriptions:
                 await pub.done.wait()
             finally:
                 self.pubs.pop(pid, None)
+        finally:
+            in_flight.release()
         if pub.error is not None:
             raise ProtocolError(f"publish {subject!r}: the router rejected the packet: "
                                 f"{pub.error}")
