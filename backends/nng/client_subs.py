@@ -67,6 +67,7 @@ class _Publish:
     wire: bytes
     job_id: str = ""  # the job a job-queue packet is about (the router reads no packets)
     topic: str = ""  # a job request's topic
+    ride: int = 0  # a result's: the consumer whose job it acknowledges (``JobChannel.ride``)
     done: trio.Event = field(default_factory=trio.Event)
     acked: bool = False
     error: str | None = None
@@ -116,13 +117,17 @@ class Subscriptions:
         try:
             bus._check_open()
             pid = next(bus._ids)
-            pub = _Publish(subject, wire, job_id, topic)
+            # a worker's result acknowledges its job: no ``ack`` op of its own
+            ride = bus._jobs.ride(job_id) if subject == SUBJECT_RESULT and job_id else 0
+            pub = _Publish(subject, wire, job_id, topic, ride)
             self.pubs[pid] = pub
             bus._link.queue(Pending("pub", pid))
             try:
                 await pub.done.wait()
             finally:
                 self.pubs.pop(pid, None)
+                if ride and (pub.error is not None or not pub.acked):
+                    bus._jobs.unride(ride, job_id)
         finally:
             in_flight.release()
         if pub.error is not None:
@@ -155,6 +160,8 @@ class Subscriptions:
                 op["jid"] = pub.job_id
                 if pub.topic:
                     op["topic"] = pub.topic
+                if pub.ride and self._bus._jobs.riding(pub.ride, pub.job_id):
+                    op["ack"] = pub.ride
             return op
         room = self.room_due.pop(item.id, 0)
         return {"op": "room", "sid": item.id, "n": room} if room else None

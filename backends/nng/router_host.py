@@ -96,7 +96,8 @@ class OpsPart(Protocol):
     """The op handler (``router_ops.OpHandler``)."""
 
     def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes,
-                packet: BusPacket | None = None) -> None: ...
+                packet: BusPacket | None = None, ack: tuple[int, str] | None = None
+                ) -> None: ...
 
 
 class RouterHost(Protocol):
