@@ -9,12 +9,15 @@ raises ``ProtocolError`` and nothing else, so a transport can drop a foreign fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any
 
 from .errors import ProtocolError
+from .fields import _TS_CACHE
 from .timeutil import format_ts, parse_ts
 
 SUBJECT_SUBMIT = "sys.job.submit"
@@ -170,6 +173,7 @@ _PAYLOAD_TYPES: dict[str, type] = {
     "heartbeat": Heartbeat,
 }
 _PAYLOAD_TAGS: dict[type, str] = {cls: tag for tag, cls in _PAYLOAD_TYPES.items()}
+_TAG_SET = frozenset(_PAYLOAD_TYPES)
 _NESTED: dict[tuple[type, str], type] = {
     (JobRequest, "budget"): Budget,
     (JobRequest, "meta"): JobMetadata,
@@ -180,133 +184,182 @@ _ENUMS: dict[tuple[type, str], type[IntEnum]] = {
     (JobProgress, "status"): JobStatus,
     (JobMetadata, "actor_type"): ActorType,
 }
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_ENUM_MEMBERS: dict[type[IntEnum], dict[int, IntEnum]] = {
+    enum: {member.value: member for member in enum} for enum in _ENUMS.values()
+}
+"""A wire number's member per enum (a dict lookup: calling the enum runs Python code)."""
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
+"""Classes no ``IntEnum`` is an instance of: a value of one is kept only when truthy."""
+_ONLY_STR = {str}
+
+# What decoding checks a field's value against (``_Plan.kinds``): one of these, the field's
+# ``IntEnum`` or its nested class. Compared by identity.
+_STR, _INT, _NUMBER, _BOOL, _STR_MAP, _STR_LIST, _ANY = (
+    "str", "int", "number", "bool", "str_map", "str_list", "any")
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = tuple(f.name for f in fields(cls))
-        _FIELD_NAMES[cls] = names
-    return names
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How the fields of one payload class go on the wire and come back, derived once per
+    class from its dataclass fields (not per packet: the engine and a worker each encode
+    and decode packets on every step)."""
+
+    names: tuple[str, ...]  # field order: the order of the encoded map's keys
+    values: Callable[[Any], tuple[Any, ...]]  # all field values in one call
+    nested: tuple[tuple[str, type], ...]
+    kinds: dict[str, Any]  # field name -> what its decoded value is checked against
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        kinds: dict[str, Any] = {}
+        for f in fields(cls):
+            kind: Any = _NESTED.get((cls, f.name)) or _ENUMS.get((cls, f.name))
+            if kind is None:
+                default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+                if isinstance(default, bool):
+                    kind = _BOOL
+                elif isinstance(default, (int, float)):
+                    # annotations are strings here; 1.5 is no step_index
+                    kind = _INT if f.type == "int" else _NUMBER
+                elif isinstance(default, str):
+                    kind = _STR
+                elif isinstance(default, dict):
+                    kind = _STR_MAP
+                elif isinstance(default, list):
+                    kind = _STR_LIST
+                else:
+                    kind = _ANY
+            kinds[f.name] = kind
+        names = tuple(kinds)
+        assert len(names) > 1  # attrgetter of one name returns the value, not a tuple
+        nested = tuple((name, kinds[name]) for name in names if (cls, name) in _NESTED)
+        plan = _PLANS[cls] = _Plan(names, attrgetter(*names), nested, kinds)
+    return plan
 
 
 def _to_plain(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    cls = type(obj)
-    for name in _names(cls):
-        value = getattr(obj, name)
-        if (cls, name) in _NESTED:
-            if value is not None:
-                out[name] = _to_plain(value)
-        elif isinstance(value, IntEnum):
-            out[name] = int(value)
-        elif value or value is False:
-            out[name] = value
+    """The wire map of a payload (or nested document): its fields in order, without the
+    empty ones (``False`` and every ``IntEnum`` are kept: cbor2 writes an ``IntEnum`` as
+    its number)."""
+    plan = _PLANS.get(obj.__class__) or _plan(obj.__class__)
+    out = {name: value for name, value in zip(plan.names, plan.values(obj), strict=True)
+           if value or value is False
+           or (value.__class__ not in _PLAIN_TYPES and isinstance(value, IntEnum))}
+    for name, _ in plan.nested:
+        value = out.get(name)
+        if value is not None:
+            out[name] = _to_plain(value)
     return out
 
 
+def _unexpected(where: str, name: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"{where}.{name}: unexpected type {type(value).__name__}")
+
+
+def _is_str_map(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    if not value:
+        return True
+    types = set(map(type, value))  # decoded CBOR text is exactly ``str``: one C pass
+    types.update(map(type, value.values()))
+    return types == _ONLY_STR or all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and (
+        not value or set(map(type, value)) == _ONLY_STR
+        or all(isinstance(v, str) for v in value))
+
+
 def _from_plain(cls: type, data: Any, where: str) -> Any:
+    """A payload (or nested document) from its wire map; a value whose type does not match
+    its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
+    unknown fields are ignored (forward compatible)."""
     if not isinstance(data, dict):
         raise ProtocolError(f"{where}: expected a map, got {type(data).__name__}")
-    known = _names(cls)
+    kinds = (_PLANS.get(cls) or _plan(cls)).kinds
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        if name not in known:
+        kind = kinds.get(name)
+        if kind is None:
             continue  # forward compatible: ignore fields we do not know
-        nested = _NESTED.get((cls, name))
-        enum = _ENUMS.get((cls, name))
-        if nested is not None:
-            kwargs[name] = None if value is None else _from_plain(nested, value, f"{where}.{name}")
-        elif enum is not None:
+        if kind is _STR:
+            if value.__class__ is not str and not isinstance(value, str):
+                raise _unexpected(where, name, value)
+        elif kind is _INT:
+            if value.__class__ is not int and (not isinstance(value, int)
+                                               or isinstance(value, bool)):
+                raise _unexpected(where, name, value)
+        elif kind is _STR_MAP:
+            if not _is_str_map(value):
+                raise _unexpected(where, name, value)
+        elif kind is _STR_LIST:
+            if not _is_str_list(value):
+                raise _unexpected(where, name, value)
+        elif kind is _NUMBER:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise _unexpected(where, name, value)
+        elif kind is _BOOL:
+            if not isinstance(value, bool):
+                raise _unexpected(where, name, value)
+        elif kind in _ENUM_MEMBERS:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ProtocolError(f"{where}.{name}: expected an integer enum, got {value!r}")
-            try:
-                kwargs[name] = enum(value)
-            except ValueError:
-                kwargs[name] = value  # unknown CAP number: kept, the engine reports it
-        else:
-            kwargs[name] = value
+            # an unknown CAP number is kept as it is: the engine reports it
+            value = _ENUM_MEMBERS[kind].get(value, value)
+        elif kind is not _ANY:  # a nested document
+            value = None if value is None else _from_plain(kind, value, f"{where}.{name}")
+        kwargs[name] = value
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - defensive
         raise ProtocolError(f"{where}: {exc}") from None
-    _check_types(obj, where)
-    return obj
 
 
-_CHECKS: dict[type, tuple[tuple[str, str], ...]] = {}
 
-
-def _checks(cls: type) -> tuple[tuple[str, str], ...]:
-    """``(field, kind)`` per checked field of ``cls``, derived once from the field defaults
-    (nested documents and enums are checked where they are decoded)."""
-    checks = _CHECKS.get(cls)
-    if checks is None:
-        out: list[tuple[str, str]] = []
-        for f in fields(cls):
-            if (cls, f.name) in _NESTED or (cls, f.name) in _ENUMS:
-                continue
-            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-            if isinstance(default, bool):
-                kind = "bool"
-            elif isinstance(default, (int, float)):
-                # annotations are strings here; 1.5 is no step_index
-                kind = "int" if f.type == "int" else "number"
-            elif isinstance(default, str):
-                kind = "str"
-            elif isinstance(default, dict):
-                kind = "str_map"
-            elif isinstance(default, list):
-                kind = "str_list"
-            else:
-                continue
-            out.append((f.name, kind))
-        checks = _CHECKS[cls] = tuple(out)
-    return checks
-
-
-def _check_types(obj: Any, where: str) -> None:
-    """Reject values whose type does not match the field's default (strings, maps, lists)."""
-    for name, kind in _checks(type(obj)):
-        value = getattr(obj, name)
-        if kind == "str":
-            ok = type(value) is str or isinstance(value, str)
-        elif kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind == "number":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif kind == "bool":
-            ok = isinstance(value, bool)
-        elif kind == "str_map":
-            ok = isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            )
-        else:  # str_list
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if not ok:
-            raise ProtocolError(f"{where}.{name}: unexpected type {type(value).__name__}")
+def _created_at(value: Any) -> datetime | None:
+    """``parse_ts`` of a packet's ``created_at``; the text ``encode_packet`` writes (UTC,
+    ``Z``) is parsed by ``fromisoformat`` alone, which gives the same datetime."""
+    if value.__class__ is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
+    return parse_ts(value, field="created_at")
 
 
 def encode_packet(packet: BusPacket) -> bytes:
     """Serialize a packet to CBOR bytes."""
     import cbor2
 
-    if not isinstance(packet, BusPacket):
+    if packet.__class__ is not BusPacket and not isinstance(packet, BusPacket):
         raise ProtocolError(f"encode_packet: expected a BusPacket, got {type(packet).__name__}")
+    created = packet.created_at
     body: dict[str, Any] = {
         "trace_id": packet.trace_id,
         "sender_id": packet.sender_id,
-        "created_at": format_ts(packet.created_at),
+        # the engine stamps a job request with the time its step write has just formatted
+        "created_at": _TS_CACHE.get(created) or format_ts(created),  # type: ignore[arg-type]
         "protocol_version": packet.protocol_version,
     }
-    if packet.payload is not None:
-        tag = _PAYLOAD_TAGS.get(type(packet.payload))
+    payload = packet.payload
+    if payload is not None:
+        tag = _PAYLOAD_TAGS.get(payload.__class__)
         if tag is None:
             raise ProtocolError(
-                f"encode_packet: unknown payload type {type(packet.payload).__name__}"
+                f"encode_packet: unknown payload type {type(payload).__name__}"
             )
-        body[tag] = _to_plain(packet.payload)
+        body[tag] = _to_plain(payload)
     try:
         return cbor2.dumps(body)
     except Exception as exc:
@@ -317,10 +370,12 @@ def decode_packet(data: bytes) -> BusPacket:
     """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``."""
     import cbor2
 
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
+    if data.__class__ is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
     try:
-        body = cbor2.loads(bytes(data))
+        body = cbor2.loads(data)
     except Exception as exc:
         raise ProtocolError(f"decode_packet: not CBOR: {exc}") from None
     if not isinstance(body, dict):
@@ -334,15 +389,17 @@ def decode_packet(data: bytes) -> BusPacket:
         if not isinstance(version, int) or isinstance(version, bool):
             raise ProtocolError("decode_packet: protocol_version must be an integer")
         try:
-            created = parse_ts(body.get("created_at"), field="created_at")
+            created = _created_at(body.get("created_at"))
         except ValueError as exc:
             raise ProtocolError(f"decode_packet: {exc}") from None
         payload = None
-        tags = [tag for tag in _PAYLOAD_TYPES if tag in body]
-        if len(tags) > 1:
-            raise ProtocolError(f"decode_packet: more than one payload: {tags}")
+        tags = body.keys() & _TAG_SET
         if tags:
-            payload = _from_plain(_PAYLOAD_TYPES[tags[0]], body[tags[0]], tags[0])
+            if len(tags) > 1:
+                raise ProtocolError(f"decode_packet: more than one payload: "
+                                    f"{[tag for tag in _PAYLOAD_TYPES if tag in tags]}")
+            (tag,) = tags
+            payload = _from_plain(_PAYLOAD_TYPES[tag], body[tag], tag)
         return BusPacket(trace_id, sender_id, created, version, payload)
     except ProtocolError:
         raise

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum
 from typing import Any
 
 import cbor2
@@ -11,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cordtrio.errors import ProtocolError
+from cordtrio.fields import _format
 from cordtrio.protocol import (
     PROTOCOL_VERSION,
     ActorType,
@@ -28,6 +31,7 @@ from cordtrio.protocol import (
     decode_packet,
     encode_packet,
 )
+from cordtrio.timeutil import format_ts, parse_ts
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -334,3 +338,81 @@ def test_packet_shaped_maps_decode_or_raise_protocol_error_only(value: dict[str,
     except Exception:
         return
     _decodes_or_protocol_error(data)
+
+
+# ----------------------------------------------- the codec's shortcuts, against the plain path
+
+
+def _plain_encode(packet: BusPacket) -> bytes:
+    """``encode_packet`` written the plain way: every field of the dataclass in order,
+    empty ones left out, ``IntEnum`` values as numbers, nested documents as maps."""
+    def plain(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if f.name in ("budget", "meta"):
+                if value is not None:
+                    out[f.name] = plain(value)
+            elif isinstance(value, IntEnum):
+                out[f.name] = int(value)
+            elif value or value is False:
+                out[f.name] = value
+        return out
+
+    body: dict[str, Any] = {"trace_id": packet.trace_id, "sender_id": packet.sender_id,
+                            "created_at": format_ts(packet.created_at),
+                            "protocol_version": packet.protocol_version}
+    if packet.payload is not None:
+        tag = {JobRequest: "job_request", JobResult: "job_result", JobCancel: "job_cancel",
+               JobProgress: "job_progress", SystemAlert: "alert",
+               Heartbeat: "heartbeat"}[type(packet.payload)]
+        body[tag] = plain(packet.payload)
+    return cbor2.dumps(body)
+
+
+@given(packets)
+@settings(max_examples=300, deadline=None)
+def test_encoding_gives_the_bytes_of_the_plain_field_walk(p: BusPacket) -> None:
+    assert encode_packet(p) == _plain_encode(p)
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)),
+                                               timezone(timedelta(hours=-5, minutes=-30))])),
+       st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_created_at_is_written_as_format_ts_writes_it_whether_or_not_its_text_is_cached(
+    when: datetime, cached: bool
+) -> None:
+    if cached:  # the engine's step write formats the time it stamps its job requests with
+        _format(when.astimezone(UTC))
+    raw = cbor2.loads(encode_packet(BusPacket(created_at=when)))
+    assert raw["created_at"] == format_ts(when)
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=2))]))
+       .map(lambda d: d.isoformat().replace("+00:00", "Z"))
+       | st.sampled_from(["2030-01-01", "2030-01-01T00:00:00", "2030-01-01T00:00:00z",
+                          " 2030-01-01T00:00:00Z", "2030-01-01T00:00:00.5Z", "Z", "",
+                          "2030-01-01T00:00:00+00:00", "yesterday"])
+       | st.text(max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_created_at_decodes_as_parse_ts_reads_it(text: str) -> None:
+    try:
+        expected = parse_ts(text, field="created_at")
+    except ValueError:
+        with pytest.raises(ProtocolError):
+            decode_packet(body(created_at=text))
+        return
+    got = decode_packet(body(created_at=text)).created_at
+    assert got == expected
+    assert got is None or got.tzinfo is UTC
+
+
+def test_str_maps_and_lists_are_checked_key_by_key() -> None:
+    for bad in ({"a": "b", "c": 1}, {1: "a"}, {"a": None}):
+        with pytest.raises(ProtocolError):
+            decode_packet(body(job_request={"env": bad}))
+    with pytest.raises(ProtocolError):
+        decode_packet(body(job_result={"artifact_ptrs": ["a", 2]}))
+    got = decode_packet(body(job_request={"env": {}, "labels": {"a": "b"}}))
+    assert got.payload == JobRequest(labels={"a": "b"})

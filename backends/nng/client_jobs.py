@@ -67,6 +67,26 @@ class JobConsumers:
         """Every consumer's ``jobs`` op, for a new connection."""
         return (self._jobs_op(inbox) for inbox in self.consumers.values())
 
+    def ride(self, job_id: str) -> int:
+        """The result of ``job_id`` is being published: the ``cid`` of the consumer that
+        received it (its ``pub`` carries the acknowledgement, ``JobChannel.ride``), 0 if
+        none did."""
+        for cid, inbox in self.consumers.items():
+            if inbox.ride(job_id):
+                return cid
+        return 0
+
+    def riding(self, cid: int, job_id: str) -> bool:
+        """The acknowledgement of ``job_id`` still rides with its result (not taken back by a
+        reset of the connection meanwhile)."""
+        inbox = self.consumers.get(cid)
+        return inbox is not None and inbox.riding(job_id)
+
+    def unride(self, cid: int, job_id: str) -> None:
+        inbox = self.consumers.get(cid)
+        if inbox is not None:
+            inbox.unride(job_id)
+
     def _ack_job(self, cid: int, job_id: str) -> None:
         link = self._bus._link
         if cid in self.consumers and link.pipe_id is not None:

@@ -67,6 +67,7 @@ class _Publish:
     wire: bytes
     job_id: str = ""  # the job a job-queue packet is about (the router reads no packets)
     topic: str = ""  # a job request's topic
+    ride: int = 0  # a result's: the consumer whose job it acknowledges (``JobChannel.ride``)
     done: trio.Event = field(default_factory=trio.Event)
     acked: bool = False
     error: str | None = None
@@ -108,16 +109,27 @@ class Subscriptions:
         bus = self._bus
         job_id, topic = _job_fields(subject, packet)
         bus._check_open()
-        async with self._in_flight:
+        in_flight = self._in_flight
+        try:  # a free slot is taken without a schedule point: the puback is one anyway
+            in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            await in_flight.acquire()
+        try:
             bus._check_open()
             pid = next(bus._ids)
-            pub = _Publish(subject, wire, job_id, topic)
+            # a worker's result acknowledges its job: no ``ack`` op of its own
+            ride = bus._jobs.ride(job_id) if subject == SUBJECT_RESULT and job_id else 0
+            pub = _Publish(subject, wire, job_id, topic, ride)
             self.pubs[pid] = pub
             bus._link.queue(Pending("pub", pid))
             try:
                 await pub.done.wait()
             finally:
                 self.pubs.pop(pid, None)
+                if ride and (pub.error is not None or not pub.acked):
+                    bus._jobs.unride(ride, job_id)
+        finally:
+            in_flight.release()
         if pub.error is not None:
             raise ProtocolError(f"publish {subject!r}: the router rejected the packet: "
                                 f"{pub.error}")
@@ -148,6 +160,8 @@ class Subscriptions:
                 op["jid"] = pub.job_id
                 if pub.topic:
                     op["topic"] = pub.topic
+                if pub.ride and self._bus._jobs.riding(pub.ride, pub.job_id):
+                    op["ack"] = pub.ride
             return op
         room = self.room_due.pop(item.id, 0)
         return {"op": "room", "sid": item.id, "n": room} if room else None

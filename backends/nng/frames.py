@@ -24,7 +24,9 @@ client → router
     conn as 8 big-endian bytes))
     A ``pub`` of a job request on ``sys.job.submit`` also carries ``"jid"`` and
     ``"topic"``, of a job cancel, result or progress ``"jid"``, read from the packet by
-    the client, so that the router never decodes packets.
+    the client, so that the router never decodes packets. A result's ``pub`` from the
+    worker that received the job also carries ``"ack": int`` (its consumer's ``cid``): the
+    router acknowledges the job once it has handed the result out (no ``ack`` op).
 
 router → client
     ``{"op": "hello", "conn": int, "proto": 1, "window": int, "live": float}``  (first

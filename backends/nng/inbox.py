@@ -159,6 +159,7 @@ class JobChannel:
         self.capacity = capacity
         self._items: deque[tuple[str, BusPacket]] = deque()
         self._received: set[str] = set()
+        self._riding: set[str] = set()  # received, their result on its way with their ack
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._ended = False
@@ -176,7 +177,7 @@ class JobChannel:
     @property
     def held(self) -> int:
         """Jobs delivered on the current connection and not acknowledged."""
-        return len(self._items) + len(self._received)
+        return len(self._items) + len(self._received) + len(self._riding)
 
     def put(self, job_id: str, packet: BusPacket) -> None:
         if self._closed or self._ended:
@@ -188,8 +189,9 @@ class JobChannel:
         """The connection these jobs came on is gone: drop what was not received, report
         what was received and not acknowledged to ``on_lost``; return those ids."""
         self._items.clear()
-        lost = sorted(self._received)
+        lost = sorted(self._received | self._riding)
         self._received.clear()
+        self._riding.clear()
         if self.on_lost is not None:
             for job_id in lost:
                 self.on_lost(job_id)
@@ -230,11 +232,33 @@ class JobChannel:
     def ack(self, job_id: str) -> None:
         """The job's result is published: the bus may forget it. A job taken back
         meanwhile (its connection was reset) is not acknowledged: it is not ours any
-        more."""
+        more; nor is one whose result carried its acknowledgement (``ride``)."""
         if job_id in self._received:
             self._received.discard(job_id)
             if self.on_ack is not None:
                 self.on_ack(job_id)
+        else:
+            self._riding.discard(job_id)
+
+    def ride(self, job_id: str) -> bool:
+        """The job's result is being published: its ``pub`` carries the acknowledgement (the
+        router acknowledges the job once it has handed the result out), so ``ack`` sends
+        nothing. False if the job is not one received here."""
+        if job_id not in self._received:
+            return False
+        self._received.discard(job_id)
+        self._riding.add(job_id)
+        return True
+
+    def riding(self, job_id: str) -> bool:
+        return job_id in self._riding
+
+    def unride(self, job_id: str) -> None:
+        """The result did not go out (refused, or the publish was given up): the job is
+        received and unacknowledged again."""
+        if job_id in self._riding:
+            self._riding.discard(job_id)
+            self._received.add(job_id)
 
     def close(self) -> None:
         """Leave: the bus hands every job not acknowledged to another consumer."""
@@ -243,6 +267,7 @@ class JobChannel:
         self._closed = True
         self._items.clear()
         self._received.clear()
+        self._riding.clear()
         self._lot.unpark_all()
         if self.on_close is not None:
             self.on_close()

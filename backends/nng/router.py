@@ -24,14 +24,14 @@ to be defined here are re-exported for existing imports.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 
 import pynng
 import trio
 
 from cordtrio._nursery import open_service_nursery
-from cordtrio.errors import CordtrioError
+from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket, JobCancel, JobRequest
 
 from ..job_queues import DEFAULT_MAX_PENDING, DEFAULT_MAX_REDELIVERIES, JobQueues
@@ -89,6 +89,16 @@ class NngRouter:
     ``auth_failures`` (connections that could not prove they hold the token) and
     ``forbidden_ops`` (job packets a connection may not publish, dropped).
     """
+
+    publishes_now = True
+    """``publish_now`` may be tried before awaiting ``publish`` (``ports.PublishNow``). False
+    in a subclass that overrides either (to observe, fail or count packets: those go
+    through the method it overrides)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "publish" in cls.__dict__ or "publish_now" in cls.__dict__:
+            cls.publishes_now = False
 
     def __init__(
         self,
@@ -148,6 +158,26 @@ class NngRouter:
             await wait()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def publish_now(self, subject: str, packet: BusPacket) -> bool:
+        """``publish`` without awaiting it (no cancellation check) for a job request the
+        job queues alone take: they have room and nobody subscribes to its subject, so
+        nothing can make it wait (the engine's job requests, ``ports.PublishNow``). False,
+        having done nothing, for anything else: then await ``publish``."""
+        if (subject != SUBJECT_SUBMIT or packet.__class__ is not BusPacket or self.closed
+                or not self._delivery.table.unheard(subject)):
+            return False
+        payload = packet.payload
+        jobs = self._jobs
+        if payload.__class__ is not JobRequest or jobs.queues.full:
+            return False
+        try:
+            wire = encode_for_bus(subject, packet, self._max_packet)
+        except ProtocolError:
+            return False  # ``publish`` raises it
+        assert isinstance(payload, JobRequest)
+        jobs.offer(payload.job_id, payload.topic, wire)
+        return True
+
     @asynccontextmanager
     async def subscribe(
         self, subject: str, queue: str = "", *, max_buffer: int | float = DEFAULT_MAX_BUFFER
@@ -163,6 +193,24 @@ class NngRouter:
             yield inbox
         finally:
             inbox.close()
+
+    @asynccontextmanager
+    async def listen(
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+    ) -> AsyncIterator[None]:
+        """Call ``callback(packet)`` for the duration of the block, as a subscriber of
+        ``subject`` (in queue group ``queue``: ``""`` for none) in this process would
+        receive ``packet``, from within the delivery: no buffer, no task, never makes a
+        publisher wait (``ports.DirectBus``; the engine routes job results with it). An
+        exception it raises is logged."""
+        check_subject("listen", subject, queue)
+        if self.closed:
+            raise trio.ClosedResourceError("the nng router is closed")
+        sub = self._delivery.add_callback(subject, queue, callback)
+        try:
+            yield
+        finally:
+            self._delivery.remove_callback(sub)
 
     @asynccontextmanager
     async def consume_jobs(

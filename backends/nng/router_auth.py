@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
+from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket
 
 from ._auth import RateLimited, new_nonce, verify
 from ._io import log
@@ -80,23 +80,27 @@ class Gate:
 
     # ------------------------------------------------------------------ forbidden ops
 
-    def refused(self, peer: _Peer, subject: str, wire: bytes, claimed: str) -> str:
+    def refused(self, peer: _Peer, subject: str, wire: bytes, claimed: str
+                ) -> tuple[str, BusPacket | None]:
         """Why ``peer`` may not publish this job packet ("" if it may): job results and
         progress only from the connection holding the job (the router's own process may
         publish anything); on a router with a token, no job requests or cancels from a
-        connection that takes jobs. Counted, logged (rate-limited)."""
-        reason = self._check_job_packet(peer, subject, wire, claimed)
+        connection that takes jobs. Counted, logged (rate-limited). With it, the packet
+        if the check decoded it (``JobDelivery.holder_refusal``)."""
+        reason, packet = self._check_job_packet(peer, subject, wire, claimed)
         if reason:
             self.forbidden_ops += 1
             self._forbidden_log.log(logging.WARNING, "nng router: dropped a packet on %r "
                                     "from client pipe %d: %s", subject, peer.id, reason)
-        return reason
+        return reason, packet
 
-    def _check_job_packet(self, peer: _Peer, subject: str, wire: bytes, claimed: str) -> str:
+    def _check_job_packet(self, peer: _Peer, subject: str, wire: bytes, claimed: str
+                          ) -> tuple[str, BusPacket | None]:
         if subject in (SUBJECT_SUBMIT, SUBJECT_CANCEL):
             if self.token is not None and peer.consumers:
-                return "a connection that takes jobs may not publish job requests or cancels"
-            return ""
+                return ("a connection that takes jobs may not publish job requests or "
+                        "cancels"), None
+            return "", None
         return self._router._jobs.holder_refusal(peer, subject, wire, claimed)
 
 

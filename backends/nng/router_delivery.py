@@ -50,6 +50,19 @@ class Delivery:
         self._local.add(sub)
         return inbox
 
+    def add_callback(self, subject: str, queue: str,
+                     callback: Callable[[BusPacket], None]) -> _Sub:
+        """A ``listen`` subscriber: ``callback`` gets each packet from within the delivery
+        (its own decoded copy), with no buffer and no room to wait for."""
+        sub = _Sub(subject, queue, callback=callback)
+        self.table.add(sub)
+        self._local.add(sub)
+        return sub
+
+    def remove_callback(self, sub: _Sub) -> None:
+        self._local.discard(sub)
+        self.drop_sub(sub)
+
     def _local_left(self, sub: _Sub, leftover: list[BusPacket]) -> None:
         self._local.discard(sub)
         self.drop_sub(sub)
@@ -102,9 +115,12 @@ class Delivery:
 
     # ------------------------------------------------------------------ delivery
 
-    def deliver(self, subject: str, wire: bytes) -> list[Callable[[], Awaitable[None]]]:
+    def deliver(self, subject: str, wire: bytes, packet: BusPacket | None = None
+                ) -> list[Callable[[], Awaitable[None]]]:
         """Hand the packet to every subscriber with room now (a remote plain subscriber
-        without room gets it queued here); return what must wait."""
+        without room gets it queued here); return what must wait. ``packet``: ``wire``
+        already decoded by the caller, which does not keep it: the first local subscriber
+        handed the packet now takes it instead of decoding a copy of its own."""
         waits: list[Callable[[], Awaitable[None]]] = []
         for listeners in self.table.match(subject):
             for sub in listeners.plain:
@@ -113,12 +129,16 @@ class Delivery:
                 if sub.peer is not None and (sub.pending or not sub.has_room()):
                     self._hold(sub, wire)
                 elif sub.has_room():
-                    self._push(sub, wire)
+                    if self._push(sub, wire, packet):
+                        packet = None
                 else:
                     waits.append(partial(self._deliver_plain, sub, wire))
             for group in tuple(listeners.groups.values()):
-                if not self._try_group(group, wire):
+                taker = self._try_group(group, wire, packet)
+                if taker is None:
                     waits.append(partial(self._deliver_to_group, group, wire))
+                elif taker:
+                    packet = None
         return waits
 
     def _hold(self, sub: _Sub, wire: bytes) -> None:
@@ -142,42 +162,56 @@ class Delivery:
         if sub.alive:
             self._push(sub, wire)
 
-    def _try_group(self, group: _Group, wire: bytes) -> bool:
-        """Give the packet to the next member with room; False if none has any. A group
+    def _try_group(self, group: _Group, wire: bytes, packet: BusPacket | None = None
+                   ) -> bool | None:
+        """Give the packet to the next member with room; None if none has any. True when
+        a local member took ``packet`` (the caller's decoded copy), else False. A group
         that has emptied counts as served (nobody to give it to)."""
         members = group.members
         n = len(members)
         if not n:
-            return True
+            return False
         start = group.turn % n
         for i in range(n):
             sub = members[(start + i) % n]
             if sub.alive and sub.has_room():
                 group.turn = (start + i + 1) % n
-                self._push(sub, wire)
-                return True
-        return False
+                return self._push(sub, wire, packet)
+        return None
 
     async def _deliver_to_group(self, group: _Group, wire: bytes) -> None:
-        while not self._try_group(group, wire):
+        while self._try_group(group, wire) is None:
             await group.changed()
 
-    def _push(self, sub: _Sub, wire: bytes) -> None:
+    def _push(self, sub: _Sub, wire: bytes, packet: BusPacket | None = None) -> bool:
+        """Hand ``wire`` to ``sub``; True if a local subscriber took ``packet`` (given
+        when the caller has decoded ``wire`` and will not use that copy again)."""
         if sub.room is not None:
             sub.room -= 1
-        if sub.inbox is not None:
+        peer = sub.peer
+        if peer is not None:
+            self._router._conns.send(peer, {"op": "msg", "sid": sub.sid, "packet": wire})
+            return False
+        taken = packet is not None
+        if packet is None:
             try:
                 packet = decode_packet(wire)  # each local subscriber gets its own copy
             except ProtocolError as exc:
-                sub.inbox.arrived()
                 self._router.dropped_frames += 1
                 log.warning("nng router: dropped a malformed packet for %r: %s",
                             sub.subject, exc)
-                sub.inbox.replenish()
-                return
+                if sub.inbox is not None:
+                    sub.inbox.arrived()
+                    sub.inbox.replenish()
+                return False
+        if sub.inbox is not None:
             sub.inbox.put(packet)
-        elif sub.peer is not None:
-            self._router._conns.send(sub.peer, {"op": "msg", "sid": sub.sid, "packet": wire})
+        elif sub.callback is not None:
+            try:
+                sub.callback(packet)
+            except Exception:
+                log.exception("nng router: a bus listener failed on a packet")
+        return taken
 
     def add_room(self, sub: _Sub, n: int) -> None:
         if sub.room is not None and sub.alive:
@@ -199,7 +233,7 @@ class Delivery:
     def bounce(self, subject: str, queue: str, wire: bytes) -> None:
         """Re-deliver a queue-group packet its member could not take to the group."""
         group = self.table.group(subject, queue)
-        if group is None or self._try_group(group, wire):
+        if group is None or self._try_group(group, wire) is not None:
             return
         nursery = self._router._nursery
         assert nursery is not None

@@ -182,28 +182,32 @@ class JobDelivery:
 
     # ------------------------------------------------------------------ the holder rule
 
-    def holder_refusal(self, peer: _Peer, subject: str, wire: bytes, claimed: str) -> str:
+    def holder_refusal(self, peer: _Peer, subject: str, wire: bytes, claimed: str
+                       ) -> tuple[str, BusPacket | None]:
         """Why ``peer`` may not publish this result or progress ("" if it may): only the
-        connection holding the job may (a job not held here is anybody's)."""
+        connection holding the job may (a job not held here is anybody's). With it, the
+        packet as decoded for the check (None if it was not decoded), which the caller may
+        hand to a subscriber instead of decoding it again."""
         if subject not in (SUBJECT_RESULT, SUBJECT_PROGRESS):
-            return ""
+            return "", None
         kind = JobResult if subject == SUBJECT_RESULT else JobProgress
         try:  # (small packets: a pointer to the output, not the output)
-            payload = decode_packet(wire).payload
+            packet = decode_packet(wire)
         except ProtocolError as exc:
             raise FrameError(f"a packet on {subject!r} does not decode: {exc}") from None
+        payload = packet.payload
         if not isinstance(payload, kind):
-            return f"not a {kind.__name__}"
+            return f"not a {kind.__name__}", None
         job_id = payload.job_id
         if claimed and claimed != job_id:
-            return f"the packet is about job {job_id}, the op says {claimed}"
+            return f"the packet is about job {job_id}, the op says {claimed}", None
         job = self.queues.get(job_id)
         if job is None:
-            return ""  # not held here: acknowledged already, or from before a restart
+            return "", packet  # not held here: acknowledged already, or from before a restart
         handle = job.holder.handle if job.holder is not None else None
         if isinstance(handle, _RemoteConsumer) and handle.peer is peer:
-            return ""
-        return f"job {job_id} is not held by this connection"
+            return "", packet
+        return f"job {job_id} is not held by this connection", None
 
 
 __all__ = ["JobDelivery"]

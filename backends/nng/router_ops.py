@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pynng
 import trio
 
-from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT
+from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_RESULT, SUBJECT_SUBMIT, BusPacket
 from cordtrio.ratelog import rate_limited
 
 from ._common import RECV_BATCH
@@ -132,7 +132,7 @@ class OpHandler:
             subject = str_field(op, "subject", empty=False)
             queue = str_field(op, "queue", empty=False)
             wire = packet_field(op)
-            if not router._gate.refused(peer, subject, wire, ""):
+            if not router._gate.refused(peer, subject, wire, "")[0]:
                 router._delivery.bounce(subject, queue, wire)
         else:
             raise FrameError(f"unknown op {name!r}")
@@ -143,7 +143,10 @@ class OpHandler:
         subject = str_field(op, "subject", empty=False)
         wire = packet_field(op)
         job_id = str_field(op, "jid", default="") if "jid" in op else ""
-        reason = router._gate.refused(peer, subject, wire, job_id)
+        # a worker's result may carry its job's acknowledgement (the consumer's ``cid``)
+        ack = int_field(op, "ack") if "ack" in op and job_id and subject == SUBJECT_RESULT \
+            else None
+        reason, packet = router._gate.refused(peer, subject, wire, job_id)
         if reason:
             router._conns.send(peer, {"op": "puback", "pid": pid,
                                       "error": f"forbidden: {reason}"})
@@ -158,24 +161,35 @@ class OpHandler:
             router._jobs.offer(job_id, topic, wire)
         elif subject == SUBJECT_CANCEL and job_id:
             router._jobs.cancel(job_id)
-        self.fan_out(peer, pid, subject, wire)
+        self.fan_out(peer, pid, subject, wire, packet,
+                     None if ack is None else (ack, job_id))
 
-    def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes) -> None:
-        """Deliver a client's publish; ``puback`` once every subscriber has it."""
+    def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes,
+                packet: BusPacket | None = None, ack: tuple[int, str] | None = None) -> None:
+        """Deliver a client's publish (``packet``: ``wire`` decoded already, for a local
+        subscriber to take); ``puback`` once every subscriber has it, and then acknowledge
+        the job ``ack`` names (consumer ``cid``, job id): a result that carried it."""
         router = self._router
-        waits = router._delivery.deliver(subject, wire)
+        waits = router._delivery.deliver(subject, wire, packet)
         if waits:
             assert router._nursery is not None
-            router._nursery.start_soon(self._finish_publish, peer, pid, waits)
+            router._nursery.start_soon(self._finish_publish, peer, pid, waits, ack)
         else:
-            router._conns.send(peer, {"op": "puback", "pid": pid})
+            self._handed_out(peer, pid, ack)
 
     async def _finish_publish(
-        self, peer: _Peer, pid: int, waits: list[Callable[[], Awaitable[None]]]
+        self, peer: _Peer, pid: int, waits: list[Callable[[], Awaitable[None]]],
+        ack: tuple[int, str] | None,
     ) -> None:
         for wait in waits:
             await wait()
-        self._router._conns.send(peer, {"op": "puback", "pid": pid})
+        self._handed_out(peer, pid, ack)
+
+    def _handed_out(self, peer: _Peer, pid: int, ack: tuple[int, str] | None) -> None:
+        router = self._router
+        router._conns.send(peer, {"op": "puback", "pid": pid})
+        if ack is not None and not peer.closed:
+            router._jobs.ack_remote(peer, *ack)
 
 
 __all__ = ["OpHandler", "packet_field"]

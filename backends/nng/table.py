@@ -15,6 +15,7 @@ the client connections' upkeep in ``router_peers.py``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ from .frames import Op
 from .inbox import Inbox
 
 if TYPE_CHECKING:
+    from cordtrio.protocol import BusPacket
+
     from ..job_queues import Consumer
 
 
@@ -104,13 +107,15 @@ class _Group:
 
 @dataclass(eq=False, slots=True)
 class _Sub:
-    """A subscription: remote (``peer`` + ``sid``) or local (``inbox``)."""
+    """A subscription: remote (``peer`` + ``sid``) or local (``inbox``, or ``callback``
+    for a ``listen`` block: unbounded, called from within the delivery)."""
 
     subject: str
     queue: str
     peer: _Peer | None = None
     sid: int = 0
     inbox: Inbox | None = None
+    callback: Callable[[BusPacket], None] | None = None
     room: int | None = None  # None: unbounded
     alive: bool = True
     group: _Group | None = None
@@ -201,6 +206,10 @@ class _Table:
                 if len(subject) > len(prefix) and subject.startswith(prefix):
                     found.append(wild)
         return found
+
+    def unheard(self, subject: str) -> bool:
+        """Nobody subscribes to ``subject`` (and no wildcard could match it)."""
+        return subject not in self.exact and not self.wild
 
     def count(self) -> int:
         return sum(

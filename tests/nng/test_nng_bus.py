@@ -532,3 +532,19 @@ async def test_an_engine_and_workers_on_their_own_connections_run_a_fan_out(
     assert run.context["steps"]["sum"]["output"] == {"total": sum(i * i for i in range(10))}
     assert w1.handled + w2.handled == 12
     assert w1.handled and w2.handled  # both connections took a share
+
+
+async def test_a_client_has_at_most_max_in_flight_publishes_waiting_for_the_router(
+    ipc_dir: str,
+) -> None:
+    """A free slot is taken at once, a publish past the bound waits for one; all arrive."""
+    async with open_nng_router(f"ipc://{ipc_dir}/bus.ipc") as router, \
+            router.subscribe("s", max_buffer=0) as slow, \
+            open_nng_bus(router.urls[0], connect_timeout=WAIT, max_in_flight=2) as client, \
+            trio.open_nursery() as nursery:
+        for n in range(5):
+            nursery.start_soon(client.publish, "s", packet(n))
+        await trio.testing.wait_all_tasks_blocked()  # on their slot or their puback
+        assert len(client._pubsub.pubs) == 2
+        got = [await slow.receive() for _ in range(5)]
+    assert sorted(traces(got)) == [f"t{n}" for n in range(5)]
