@@ -145,24 +145,24 @@ class MemoryPayloadStore:
         """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
         input), without checking a pointer to a stored key again: only checked keys are
         stored."""
-        # a pointer to a stored payload entry (not bytes): read here, in one frame (a worker
-        # reads every job's input so); anything else takes the general path and its errors
-        if pointer.__class__ is str and pointer.startswith(_CONTEXT_POINTER):
-            key = pointer[_SCHEME_LENGTH:]
-            entry = self._data.get(key)
-            if entry is not None and entry.__class__ is not bytes:
-                if self._ttl is not None and \
-                        self._expires[key] <= (self._clock_now or self._time)():
-                    raise NotFoundError(f"payload {key!r} not found")
-                payload = _new(JsonPayload)
-                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
-                return payload
+        payload = self._stored_at(pointer, _CONTEXT_POINTER)
+        if payload is not None:
+            return payload
         return self.get_context_payload_now(key_from_pointer(pointer))
 
     def result_payload_at_now(self, pointer: str) -> JsonPayload:
         """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
         engine reads a result), without checking a pointer to a stored key again."""
-        if pointer.__class__ is str and pointer.startswith(_RESULT_POINTER):  # as above
+        payload = self._stored_at(pointer, _RESULT_POINTER)
+        if payload is not None:
+            return payload
+        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+
+    def _stored_at(self, pointer: str, prefix: str) -> JsonPayload | None:
+        """The payload entry (not bytes) a ``prefix`` pointer names, read in one frame (a
+        worker reads every job's input so, the engine every result); None for anything
+        else, which then takes the general path and its errors."""
+        if pointer.__class__ is str and pointer.startswith(prefix):
             key = pointer[_SCHEME_LENGTH:]
             entry = self._data.get(key)
             if entry is not None and entry.__class__ is not bytes:
@@ -172,7 +172,7 @@ class MemoryPayloadStore:
                 payload = _new(JsonPayload)
                 payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
                 return payload
-        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+        return None
 
     # ---------------------------------------------------------------------- entries
 

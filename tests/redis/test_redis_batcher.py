@@ -142,6 +142,28 @@ async def test_concurrent_gets_are_one_mget(redis: RedisBackends) -> None:
     assert dict(counter.counts) == {"mget": 1}
 
 
+class _FirstBatchHeld:
+    """Holds the adapter's first round trip in flight until ``release`` is set and records
+    every batch sent (``hops``); ``get(i)`` reads ``k<i>`` into ``got``."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.hops: list[str] = []
+        self.release = asyncio.Event()
+        self.got: dict[int, bytes] = {}
+        self._original = adapter.run_batch
+        adapter.run_batch = self._held
+
+    async def _held(self, what: str, calls: Any) -> Any:
+        self.hops.append(what)
+        if len(self.hops) == 1:
+            await self.release.wait()
+        return await self._original(what, calls)
+
+    async def get(self, i: int) -> None:
+        self.got[i] = await self.adapter.call("get", f"k{i}", "get", f"k{i}")
+
+
 async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it(
         redis: RedisBackends) -> None:
     """A call made while a pipeline is in flight (and no full batch waits) is not sent in a
@@ -150,21 +172,8 @@ async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it
     adapter = redis.redis
     for i in range(5):
         await adapter.call("setup", f"k{i}", "set", f"k{i}", f"v{i}")
-    hops: list[str] = []
-    release = asyncio.Event()
-    original = adapter.run_batch
-
-    async def held(what: str, calls: Any) -> Any:
-        hops.append(what)
-        if len(hops) == 1:
-            await release.wait()  # the first round trip stays in flight until released
-        return await original(what, calls)
-
-    adapter.run_batch = held  # type: ignore[method-assign]
-    got: dict[int, bytes] = {}
-
-    async def get(i: int) -> None:
-        got[i] = await adapter.call("get", f"k{i}", "get", f"k{i}")
+    held = _FirstBatchHeld(adapter)
+    hops, release, got, get = held.hops, held.release, held.got, held.get
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -191,21 +200,8 @@ async def test_calls_are_not_held_behind_a_batch_waiting_out_a_lost_connection(
     assert batcher is not None
     for i in range(4):
         await adapter.call("setup", f"k{i}", "set", f"k{i}", f"v{i}")
-    hops: list[str] = []
-    release = asyncio.Event()
-    original = adapter.run_batch
-
-    async def held(what: str, calls: Any) -> Any:
-        hops.append(what)
-        if len(hops) == 1:
-            await release.wait()  # the first round trip stays in flight until released
-        return await original(what, calls)
-
-    adapter.run_batch = held  # type: ignore[method-assign]
-    got: dict[int, bytes] = {}
-
-    async def get(i: int) -> None:
-        got[i] = await adapter.call("get", f"k{i}", "get", f"k{i}")
+    held = _FirstBatchHeld(adapter)
+    hops, release, got, get = held.hops, held.release, held.got, held.get
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
