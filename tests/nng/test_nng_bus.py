@@ -14,7 +14,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -24,6 +24,7 @@ import pynng
 import pytest
 import trio
 import trio.testing
+from nng_waits import WAIT, eventually
 
 from cordtrio.backends.memory import MemoryPayloadStore, MemoryStore
 from cordtrio.backends.nng import (
@@ -44,8 +45,6 @@ from cordtrio.protocol import (
 )
 from cordtrio.worker import Job, open_worker
 
-WAIT = 10  # seconds: generous bound for anything that should take milliseconds
-
 
 def packet(n: int, sender: str = "test") -> BusPacket:
     return BusPacket(trace_id=f"t{n}", sender_id=sender,
@@ -59,15 +58,6 @@ def traces(packets: list[BusPacket]) -> list[str]:
 async def take(channel: trio.abc.ReceiveChannel[BusPacket], count: int) -> list[BusPacket]:
     with trio.fail_after(WAIT):
         return [await channel.receive() for _ in range(count)]
-
-
-async def eventually(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    """Poll ``condition`` every 10 ms (bounded): for reconnections, which take real time."""
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

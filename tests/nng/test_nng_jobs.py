@@ -23,6 +23,7 @@ import cbor2
 import pynng
 import pytest
 import trio
+from nng_waits import WAIT, eventually
 
 from cordtrio.backends.job_queues import WORKER_LOST
 from cordtrio.backends.memory import MemoryPayloadStore
@@ -40,7 +41,6 @@ from cordtrio.protocol import (
 )
 from cordtrio.worker import Job, open_worker
 
-WAIT = 10
 LIVE = 0.5  # the routers' liveness timeout in these tests
 FAST = {"liveness_timeout": LIVE, "heartbeat_interval": 0.1}
 
@@ -61,17 +61,6 @@ def result(packet: BusPacket) -> JobResult:
     return packet.payload
 
 
-async def eventually(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def url(tmp_path: Any) -> str:
-    return f"ipc://{tmp_path}/bus.ipc"
 
 
 @asynccontextmanager

@@ -5,13 +5,13 @@ hands to a local subscriber. Over real sockets (``ipc://``); every wait is bound
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 import trio
+from nng_waits import WAIT, eventually
 
 from cordtrio.backends.nng import NngBus, NngRouter, open_nng_bus, open_nng_router
 from cordtrio.ports import DirectBus, PublishNow, own_call
@@ -28,8 +28,6 @@ from cordtrio.protocol import (
     encode_packet,
 )
 
-WAIT = 10
-
 
 def job(job_id: str, topic: str = "job.a") -> BusPacket:
     return BusPacket(trace_id=job_id.rpartition(":")[0], sender_id="test",
@@ -44,17 +42,6 @@ def result(job_id: str) -> BusPacket:
                                        result_ptr=f"res:{job_id}", execution_ms=3))
 
 
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    with trio.move_on_after(WAIT):
-        while not condition():
-            await trio.sleep(0.005)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def url(tmp_path: Any) -> str:
-    return f"ipc://{tmp_path}/bus.ipc"
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ import cbor2
 import pynng
 import pytest
 import trio
+from nng_waits import WAIT, eventually
 
 from cordtrio.backends.memory import MemoryPayloadStore, MemoryStore
 from cordtrio.backends.nng import NngBus, open_nng_bus, open_nng_router
@@ -37,21 +38,7 @@ from cordtrio.protocol import (
 )
 from cordtrio.worker import Job, open_worker
 
-WAIT = 10
 TOKEN = "correct horse battery staple"
-
-
-async def eventually(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"ipc://{tmp_path}/bus.ipc"
 
 
 @asynccontextmanager
