@@ -26,8 +26,12 @@ scheduling tick as one non-transactional pipeline.
   was mostly one or two commands, each a send that wakes redis-server (W1 on redis-nng:
   ~0.42 → ~0.29 batches per step, ~2% fewer engine instructions); a call waits at most
   one round trip it would otherwise have overlapped. Behind a batch whose reply never
-  comes (a server that hangs, the connection open) a call goes out once that batch timed
-  out, so it fails within twice the reply timeout rather than once.
+  comes (a server that hangs, or one connection half-open) a call goes out once that
+  batch timed out: it fails within twice the reply timeout rather than once, or, on a
+  half-open connection, is answered after up to one reply timeout on another connection.
+  So calls are held only when replies are timed (``connect``'s ``socket_timeout``, 30 s
+  by default); with ``socket_timeout=None`` nothing bounds a batch in flight, and each
+  call goes out without waiting for it, as before.
 * **No hop per batch**: the batches are sent by ``MAX_IN_FLIGHT`` long-lived *sender*
   tasks on the asyncio side of the trio-asyncio loop. A call queues its command and, if
   no sender is already on its way, wakes an idle one (an asyncio future's result: one
@@ -119,6 +123,7 @@ class CommandBatcher:
         self._idle: list[asyncio.Future[None]] = []  # the idle senders' wake-up futures
         self._waking = False  # a sender was woken and has not taken the queue yet
         self._reconnecting = 0  # batches waiting out a lost connection
+        self._holds = redis.command_timeout is not None  # calls wait for a batch in flight
         self._closed = False
         self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
@@ -133,7 +138,7 @@ class CommandBatcher:
         queue.append(entry)
         # a sender in flight takes the queue when its reply is in (module doc)
         if not self._waking and (len(self._idle) == MAX_IN_FLIGHT or len(queue) >= MAX_BATCH
-                                 or self._reconnecting):
+                                 or self._reconnecting or not self._holds):
             self._wake()
         return await trio.lowlevel.wait_task_rescheduled(entry.abort)
 

@@ -190,6 +190,30 @@ async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it
     assert hops == ["get (+0 batched)", "get (+3 batched)"]
 
 
+async def test_without_a_reply_timeout_calls_are_not_held_behind_a_batch_in_flight(
+        redis_url: str) -> None:
+    """With ``socket_timeout=None`` nothing bounds a batch in flight (one connection may be
+    half-open and never answer): a call made meanwhile goes out on another connection at
+    once instead of waiting for that batch."""
+    import fakeredis
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()) \
+        if redis_url == "fakeredis" else None
+    async with connect(redis_url, client=client, socket_timeout=None) as backends:
+        adapter = backends.redis
+        await adapter.call("setup", "k1", "set", "k1", "v1")
+        held = _FirstBatchHeld(adapter)  # the first round trip never gets its reply
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held.get, 0)
+                while not held.hops:
+                    await trio.sleep(0)
+                await held.get(1)
+                assert held.got == {1: b"v1"}
+                assert held.hops == ["get (+0 batched)", "get (+0 batched)"]
+                nursery.cancel_scope.cancel()
+
+
 async def test_calls_are_not_held_behind_a_batch_waiting_out_a_lost_connection(
         redis: RedisBackends) -> None:
     """While the batch in flight waits for a lost connection to come back, the calls queued
