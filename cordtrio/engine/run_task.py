@@ -34,7 +34,6 @@ from ..core.events import (
     Effect,
     Event,
     PublishAlert,
-    RecordTimeline,
     Recover,
     ResultReceived,
     StepFinished,
@@ -360,8 +359,8 @@ class RunTask:
         host = self.host
         feedback: list[Event] = []
         for effect in effects:
-            if isinstance(effect, RecordTimeline):
-                timeline.append(effect.event)
+            if isinstance(effect, TimelineEvent):
+                timeline.append(effect)
             elif isinstance(effect, Dispatch):
                 problem = store_payload_now(self._path, effect) if staged is None else None
                 if problem is None:
@@ -386,7 +385,7 @@ class RunTask:
         publish_now = self._publish_now
         feedback: list[Event] = []
         for effect in effects:
-            if isinstance(effect, RecordTimeline):
+            if isinstance(effect, TimelineEvent):
                 continue  # persisted already (half of a step's effects: tested first)
             if isinstance(effect, Dispatch):
                 if effect.job_id in failed:

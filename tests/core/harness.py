@@ -20,7 +20,6 @@ from cordtrio.core.events import (
     Event,
     LoadedOutput,
     PublishAlert,
-    RecordTimeline,
     ResultReceived,
     Start,
     StepFinished,
@@ -140,8 +139,8 @@ class Sim:
         self.effects.extend(out.effects)
         for eff in out.effects:
             match eff:
-                case RecordTimeline(event=ev):
-                    self.timeline.append(ev)
+                case TimelineEvent():
+                    self.timeline.append(eff)
                 case Dispatch():
                     self.dispatches.append(eff)
                 case CancelJob():

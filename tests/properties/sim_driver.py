@@ -33,7 +33,6 @@ from cordtrio.core.events import (
     Event,
     LoadedOutput,
     PublishAlert,
-    RecordTimeline,
     Recover,
     ResultReceived,
     Start,
@@ -45,7 +44,7 @@ from cordtrio.core.machine import Outcome, decide
 from cordtrio.core.plan import Plan
 from cordtrio.core.state import RunState
 from cordtrio.errors import InvalidStateError, NotFoundError
-from cordtrio.model import Step, StepRun, StepStatus, Workflow, WorkflowRun
+from cordtrio.model import Step, StepRun, StepStatus, TimelineEvent, Workflow, WorkflowRun
 from cordtrio.protocol import JobResult, JobStatus
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -192,7 +191,7 @@ class Simulation:
                     heapq.heappush(self.timers, (eff.at, self._seq, eff))
                 case PublishAlert(step_id=sid):
                     self.alerts.append(sid)
-                case RecordTimeline() | StepFinished():
+                case TimelineEvent() | StepFinished():
                     pass
 
     def _check_jobs_agree(self) -> None:
