@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -58,6 +58,7 @@ FLAKINESS = (2, 0, 4, 6)
 (Each result's roll shrinks to success, so a shrunk example fails only where it must.)"""
 
 FAILURES = (JobStatus.FAILED, JobStatus.DENIED, JobStatus.TIMEOUT, JobStatus.CANCELLED)
+_EFFECT_TYPES = get_args(Effect)  # the classes the engine's run task dispatches on
 
 COMMON = settings(
     deadline=None,
@@ -174,6 +175,8 @@ class Simulation:
 
     def _absorb(self, effects: list[Effect]) -> None:
         for eff in effects:
+            # the engine tells effects apart by exact type: a subclass would be dropped
+            assert type(eff) in _EFFECT_TYPES, f"effect of no Effect class: {eff!r}"
             match eff:
                 case Dispatch(job_id=job_id, target_id=target, again=True):
                     # recovery publishes a running job again: the same attempt, in flight
