@@ -33,7 +33,6 @@ from cordtrio.core.events import (
     Dispatch,
     Event,
     LoadedOutput,
-    RecordTimeline,
     ResultReceived,
     Start,
 )
@@ -150,8 +149,8 @@ class _FloorCore:
             timeline: list[TimelineEvent] = []
             jobs: list[_Job] = []
             for effect in outcome.effects:
-                if isinstance(effect, RecordTimeline):
-                    timeline.append(effect.event)
+                if isinstance(effect, TimelineEvent):
+                    timeline.append(effect)
                 elif isinstance(effect, Dispatch):
                     if path is None or path.put_context_now is None:
                         jobs.append(_Job(effect.request, effect.payload, mailbox))

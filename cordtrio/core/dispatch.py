@@ -12,7 +12,7 @@ from ..model import Step, StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME, context_key
 from ..protocol import ActorType, Budget, JobMetadata, JobPriority, JobRequest
 from ..schemas import validate_value
-from .events import ArmTimer, Dispatch, RecordTimeline, TimerKind
+from .events import ArmTimer, Dispatch, TimerKind
 from .finish import finish
 from .plan import Plan
 from .scope import NO_ITEM, build_scope
@@ -93,9 +93,9 @@ def emit_job(
     # ``tx.timeline`` inlined (every job starts here): positional, in ``TimelineEvent``'s
     # field order (time, type, run_id, workflow_id, step_id, job_id, status, result_ptr,
     # message, data)
-    effects.append(RecordTimeline(TimelineEvent(
+    effects.append(TimelineEvent(
         tx.now, "step_dispatched", run.id, run.workflow_id, target, job_id, _RUNNING_TEXT, "",
-        "", data)))
+        "", data))
     # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
     effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
     if step.timeout_sec > 0 and not tx.plan.starts_reported:

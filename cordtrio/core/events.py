@@ -6,11 +6,15 @@ value equality, so a simulation can record, compare and replay them, and nothing
 one once it is built.
 
 Commands, timers and cancellations are frozen (hashable values: tests compare sets of
-timers). The five built on every job result (``ResultReceived``, ``LoadedOutput``,
-``Dispatch``, ``RecordTimeline``, ``StepFinished``) are ``slots=True`` and not frozen: a
-frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~4x the
-cost, and a W1 result builds five to seven of them. Three hold a dict or a document, so
-they were never hashable anyway; nothing hashes ``LoadedOutput`` or ``StepFinished``.
+timers). The four built on every job result (``ResultReceived``, ``LoadedOutput``,
+``Dispatch``, ``StepFinished``) are ``slots=True`` and not frozen: a frozen dataclass's
+``__init__`` sets each field through ``object.__setattr__``, ~4x the cost, and a W1 result
+builds four to six of them. Two hold a dict or a document, so they were never hashable
+anyway; nothing hashes ``LoadedOutput`` or ``StepFinished``.
+
+A ``TimelineEvent`` among the effects is itself the instruction to record it (persisted
+with the batch's state): no wrapper object, which cost as much as the event (two per W1
+step).
 """
 
 from __future__ import annotations
@@ -157,11 +161,6 @@ class CancelJob:
     reason: str
 
 
-@dataclass(slots=True)
-class RecordTimeline:
-    event: TimelineEvent
-
-
 @dataclass(frozen=True)
 class ArmTimer:
     """Feed ``TimerFired(kind, target, job_id)`` back at ``at`` (wall clock)."""
@@ -180,4 +179,4 @@ class StepFinished:
     status: StepStatus
 
 
-Effect = Dispatch | PublishAlert | CancelJob | RecordTimeline | ArmTimer | StepFinished
+Effect = Dispatch | PublishAlert | CancelJob | TimelineEvent | ArmTimer | StepFinished

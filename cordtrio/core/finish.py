@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..model import StepRun, StepStatus, TimelineEvent
-from .events import CancelJob, RecordTimeline, StepFinished
+from .events import CancelJob, StepFinished
 from .outputs import record_inline_output
 from .state import Tx, child_id, child_index
 
@@ -54,9 +54,9 @@ def finish(
         # ``tx.timeline`` inlined (every step ends here): the fields positionally, in
         # ``TimelineEvent``'s order; a StrEnum's str() is its value
         run = tx.run
-        effects.append(RecordTimeline(TimelineEvent(
+        effects.append(TimelineEvent(
             tx.now, timeline, run.id, run.workflow_id, target, sr.job_id, str(status),
-            result_ptr, message, {})))
+            result_ptr, message, {}))
     effects.append(StepFinished(target, status))
     if parent:
         _child_finished(tx, parent, sr, previous, status, message)

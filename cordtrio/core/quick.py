@@ -28,7 +28,7 @@ from ..model import RunStatus, Step, StepRun, StepStatus, TimelineEvent
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
-from .events import LoadedOutput, RecordTimeline, StepFinished
+from .events import LoadedOutput, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
 from .ready import arm_run_timeout, may_act, ready_pass
@@ -110,9 +110,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         sr.error = {}
     tx.changes.steps.add(target)
     effects = tx.effects
-    effects.append(RecordTimeline(TimelineEvent(
+    effects.append(TimelineEvent(
         now, "step_completed", run.id, run.workflow_id, target, job_id, _SUCCEEDED_TEXT,
-        result_ptr, "", {})))
+        result_ptr, "", {}))
     effects.append(StepFinished(target, _SUCCEEDED))
 
     # the ready pass: only the dependents can have become ready

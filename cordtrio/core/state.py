@@ -15,7 +15,7 @@ from typing import Any
 
 from ..model import StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
-from .events import Effect, RecordTimeline
+from .events import Effect
 from .frontier import Frontier
 from .plan import Plan
 
@@ -169,7 +169,7 @@ class Tx(Outcome):
         # step_id, job_id, status, result_ptr, message, data): keywords cost ~0.5 us more
         # per event, and an event makes two or three (tests/core/test_core_frontier.py
         # checks every field lands where it belongs).
-        self.effects.append(RecordTimeline(TimelineEvent(
+        self.effects.append(TimelineEvent(
             self.now, type_, run.id, run.workflow_id, step_id, job_id, status, result_ptr,
             message, data or {},
-        )))
+        ))

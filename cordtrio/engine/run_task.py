@@ -34,7 +34,6 @@ from ..core.events import (
     Effect,
     Event,
     PublishAlert,
-    RecordTimeline,
     Recover,
     ResultReceived,
     StepFinished,
@@ -359,17 +358,19 @@ class RunTask:
         anything is persisted (returned as feedback)."""
         host = self.host
         feedback: list[Event] = []
+        # by exact type: the core builds every effect of its own class, and ``type(x) is C``
+        # is an inline check where ``isinstance`` is a call (~7 of them a W1 step here)
         for effect in effects:
-            if isinstance(effect, RecordTimeline):
-                timeline.append(effect.event)
-            elif isinstance(effect, Dispatch):
+            if type(effect) is TimelineEvent:
+                timeline.append(effect)
+            elif type(effect) is Dispatch:
                 problem = store_payload_now(self._path, effect) if staged is None else None
                 if problem is None:
                     problem = await store_payload(self._path, effect, staged)
                 if problem:
                     failed.add(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-            elif isinstance(effect, PublishAlert):
+            elif type(effect) is PublishAlert:
                 error = await publish_alert(host.bus, now, self.run_id, effect)
                 feedback.append(AlertOutcome(effect.step_id, error))
         return feedback
@@ -385,10 +386,10 @@ class RunTask:
         bus = host.bus
         publish_now = self._publish_now
         feedback: list[Event] = []
-        for effect in effects:
-            if isinstance(effect, RecordTimeline):
+        for effect in effects:  # by exact type, as in ``_before_commit``
+            if type(effect) is TimelineEvent:
                 continue  # persisted already (half of a step's effects: tested first)
-            if isinstance(effect, Dispatch):
+            if type(effect) is Dispatch:
                 if effect.job_id in failed:
                     continue
                 if config is None:  # ``publish_job`` without a config provider, inline
@@ -406,11 +407,11 @@ class RunTask:
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
                 elif not effect.again:
                     host.step_dispatched(run_id, effect.target_id, effect.job_id)
-            elif isinstance(effect, StepFinished):
+            elif type(effect) is StepFinished:
                 host.step_finished(run_id, effect.step_id, effect.status)
-            elif isinstance(effect, CancelJob):
+            elif type(effect) is CancelJob:
                 await publish_cancel(host.bus, now, run_id, effect)
-            elif isinstance(effect, ArmTimer):
+            elif type(effect) is ArmTimer:
                 self._timers.arm(effect, host.clock.now())
         return feedback
 

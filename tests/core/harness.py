@@ -9,7 +9,7 @@ time, earliest first (stale timers included — the core must ignore those itsel
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from cordtrio.core.events import (
     AlertOutcome,
@@ -20,7 +20,6 @@ from cordtrio.core.events import (
     Event,
     LoadedOutput,
     PublishAlert,
-    RecordTimeline,
     ResultReceived,
     Start,
     StepFinished,
@@ -38,6 +37,7 @@ RUN_ID = "run-1"
 WF_ID = "wf1"
 ORG = "org1"
 TEAM = "team1"
+_EFFECT_TYPES = get_args(Effect)  # the classes the engine's run task dispatches on
 
 
 def step(sid: str, **kw: Any) -> Step:
@@ -139,9 +139,11 @@ class Sim:
         self.outcomes.append(out)
         self.effects.extend(out.effects)
         for eff in out.effects:
+            # the engine tells effects apart by exact type: a subclass would be dropped
+            assert type(eff) in _EFFECT_TYPES, f"effect of no Effect class: {eff!r}"
             match eff:
-                case RecordTimeline(event=ev):
-                    self.timeline.append(ev)
+                case TimelineEvent():
+                    self.timeline.append(eff)
                 case Dispatch():
                     self.dispatches.append(eff)
                 case CancelJob():

@@ -11,9 +11,9 @@ import pytest
 from harness import T0, Sim, step, workflow
 
 from cordtrio.core import machine, ready
-from cordtrio.core.events import Approve, RecordTimeline
+from cordtrio.core.events import Approve
 from cordtrio.core.state import Tx
-from cordtrio.model import RunStatus, StepStatus, StepType, WorkflowRun
+from cordtrio.model import RunStatus, StepStatus, StepType, TimelineEvent, WorkflowRun
 
 
 def _wide(branches: int = 50, depth: int = 4) -> Any:
@@ -75,14 +75,14 @@ def test_timeline_fills_every_field_by_name() -> None:
     tx.timeline("t", step_id="s", job_id="j", status="st", result_ptr="p", message="m",
                 data={"k": 1})
     [effect] = tx.effects
-    assert isinstance(effect, RecordTimeline)
-    ev = effect.event
+    assert isinstance(effect, TimelineEvent)
+    ev = effect
     assert (ev.time, ev.type, ev.run_id, ev.workflow_id, ev.step_id, ev.job_id, ev.status,
             ev.result_ptr, ev.message, ev.data) == (
         T0, "t", sim.run.id, sim.run.workflow_id, "s", "j", "st", "p", "m", {"k": 1})
     tx.timeline("u")
     second = tx.effects[1]
-    assert isinstance(second, RecordTimeline) and second.event.data == {}
+    assert isinstance(second, TimelineEvent) and second.data == {}
 
 
 def test_a_busy_error_handler_keeps_the_run_running() -> None:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -33,7 +33,6 @@ from cordtrio.core.events import (
     Event,
     LoadedOutput,
     PublishAlert,
-    RecordTimeline,
     Recover,
     ResultReceived,
     Start,
@@ -45,7 +44,7 @@ from cordtrio.core.machine import Outcome, decide
 from cordtrio.core.plan import Plan
 from cordtrio.core.state import RunState
 from cordtrio.errors import InvalidStateError, NotFoundError
-from cordtrio.model import Step, StepRun, StepStatus, Workflow, WorkflowRun
+from cordtrio.model import Step, StepRun, StepStatus, TimelineEvent, Workflow, WorkflowRun
 from cordtrio.protocol import JobResult, JobStatus
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -59,6 +58,7 @@ FLAKINESS = (2, 0, 4, 6)
 (Each result's roll shrinks to success, so a shrunk example fails only where it must.)"""
 
 FAILURES = (JobStatus.FAILED, JobStatus.DENIED, JobStatus.TIMEOUT, JobStatus.CANCELLED)
+_EFFECT_TYPES = get_args(Effect)  # the classes the engine's run task dispatches on
 
 COMMON = settings(
     deadline=None,
@@ -175,6 +175,8 @@ class Simulation:
 
     def _absorb(self, effects: list[Effect]) -> None:
         for eff in effects:
+            # the engine tells effects apart by exact type: a subclass would be dropped
+            assert type(eff) in _EFFECT_TYPES, f"effect of no Effect class: {eff!r}"
             match eff:
                 case Dispatch(job_id=job_id, target_id=target, again=True):
                     # recovery publishes a running job again: the same attempt, in flight
@@ -192,7 +194,7 @@ class Simulation:
                     heapq.heappush(self.timers, (eff.at, self._seq, eff))
                 case PublishAlert(step_id=sid):
                     self.alerts.append(sid)
-                case RecordTimeline() | StepFinished():
+                case TimelineEvent() | StepFinished():
                     pass
 
     def _check_jobs_agree(self) -> None:
