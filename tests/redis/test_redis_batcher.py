@@ -163,6 +163,12 @@ class _FirstBatchHeld:
     async def get(self, i: int) -> None:
         self.got[i] = await self.adapter.call("get", f"k{i}", "get", f"k{i}")
 
+    async def first_in_flight(self, nursery: trio.Nursery) -> None:
+        """Start ``get(0)`` and return once its round trip is in flight (and held)."""
+        nursery.start_soon(self.get, 0)
+        while not self.hops:
+            await trio.sleep(0)
+
 
 async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it(
         redis: RedisBackends) -> None:
@@ -177,9 +183,7 @@ async def test_calls_made_while_a_pipeline_is_in_flight_go_out_together_after_it
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(get, 0)
-            while not hops:
-                await trio.sleep(0)
+            await held.first_in_flight(nursery)
             for i in range(1, 5):
                 nursery.start_soon(get, i)
                 for _ in range(3):  # a few ticks apart: the sender would have taken it
@@ -205,9 +209,7 @@ async def test_without_a_reply_timeout_calls_are_not_held_behind_a_batch_in_flig
         held = _FirstBatchHeld(adapter)  # the first round trip never gets its reply
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(held.get, 0)
-                while not held.hops:
-                    await trio.sleep(0)
+                await held.first_in_flight(nursery)
                 await held.get(1)
                 assert held.got == {1: b"v1"}
                 assert held.hops == ["get (+0 batched)", "get (+0 batched)"]
@@ -229,9 +231,7 @@ async def test_calls_are_not_held_behind_a_batch_waiting_out_a_lost_connection(
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(get, 0)
-            while not hops:
-                await trio.sleep(0)
+            await held.first_in_flight(nursery)
             nursery.start_soon(get, 1)
             for _ in range(3):
                 await trio.sleep(0)
