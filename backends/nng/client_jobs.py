@@ -76,11 +76,12 @@ class JobConsumers:
                 return cid
         return 0
 
-    def riding(self, cid: int, job_id: str) -> bool:
-        """The acknowledgement of ``job_id`` still rides with its result (not taken back by a
-        reset of the connection meanwhile)."""
+    def carry(self, cid: int, job_id: str) -> bool:
+        """The result's ``pub`` is being written: True if it carries the acknowledgement of
+        ``job_id`` (still riding: not acknowledged meanwhile, nor taken back by a reset of
+        the connection), ``JobChannel.carry``."""
         inbox = self.consumers.get(cid)
-        return inbox is not None and inbox.riding(job_id)
+        return inbox is not None and inbox.carry(job_id)
 
     def unride(self, cid: int, job_id: str) -> None:
         inbox = self.consumers.get(cid)

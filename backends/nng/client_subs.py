@@ -160,7 +160,7 @@ class Subscriptions:
                 op["jid"] = pub.job_id
                 if pub.topic:
                     op["topic"] = pub.topic
-                if pub.ride and self._bus._jobs.riding(pub.ride, pub.job_id):
+                if pub.ride and self._bus._jobs.carry(pub.ride, pub.job_id):
                     op["ack"] = pub.ride
             return op
         room = self.room_due.pop(item.id, 0)

@@ -159,7 +159,8 @@ class JobChannel:
         self.capacity = capacity
         self._items: deque[tuple[str, BusPacket]] = deque()
         self._received: set[str] = set()
-        self._riding: set[str] = set()  # received, their result on its way with their ack
+        # received, their result on its way with their ack: True once its ``pub`` carries it
+        self._riding: dict[str, bool] = {}
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._ended = False
@@ -189,7 +190,7 @@ class JobChannel:
         """The connection these jobs came on is gone: drop what was not received, report
         what was received and not acknowledged to ``on_lost``; return those ids."""
         self._items.clear()
-        lost = sorted(self._received | self._riding)
+        lost = sorted(self._received | self._riding.keys())
         self._received.clear()
         self._riding.clear()
         if self.on_lost is not None:
@@ -237,8 +238,9 @@ class JobChannel:
             self._received.discard(job_id)
             if self.on_ack is not None:
                 self.on_ack(job_id)
-        else:
-            self._riding.discard(job_id)
+        elif job_id in self._riding and not self._riding.pop(job_id) \
+                and self.on_ack is not None:
+            self.on_ack(job_id)  # acknowledged before its result's ``pub`` went out: not in it
 
     def ride(self, job_id: str) -> bool:
         """The job's result is being published: its ``pub`` carries the acknowledgement (the
@@ -247,17 +249,26 @@ class JobChannel:
         if job_id not in self._received:
             return False
         self._received.discard(job_id)
-        self._riding.add(job_id)
+        self._riding[job_id] = False
         return True
 
     def riding(self, job_id: str) -> bool:
         return job_id in self._riding
 
+    def carry(self, job_id: str) -> bool:
+        """The result's ``pub`` is being written: True if it is to carry the
+        acknowledgement (the job still rides: not acknowledged meanwhile, nor taken back),
+        and from now on ``ack`` sends nothing."""
+        if job_id not in self._riding:
+            return False
+        self._riding[job_id] = True
+        return True
+
     def unride(self, job_id: str) -> None:
         """The result did not go out (refused, or the publish was given up): the job is
         received and unacknowledged again."""
         if job_id in self._riding:
-            self._riding.discard(job_id)
+            del self._riding[job_id]
             self._received.add(job_id)
 
     def close(self) -> None:

@@ -587,3 +587,21 @@ def test_a_job_channel_takes_an_acknowledgement_riding_back_when_its_result_fail
     assert channel.ride("b")
     assert channel.reset() == ["b"] and lost == ["b"]  # its result may not have gone out
     assert channel.held == 0 and not channel.riding("b")
+
+
+def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_own() -> None:
+    """``ack`` while the result's ``pub`` waits to be written: the ``pub`` no longer
+    carries the acknowledgement, so ``ack`` sends it; once the ``pub`` carries it, ``ack``
+    sends nothing."""
+    channel = JobChannel(1, frozenset({"job.a"}), 2)
+    sent: list[str] = []
+    channel.on_ack = sent.append
+    for n in ("a", "b"):
+        channel.put(n, job(f"r:{n}@1"))
+        channel.receive_nowait()
+    assert channel.ride("a") and channel.ride("b")
+    channel.ack("a")  # before its pub was written
+    assert sent == ["a"] and not channel.carry("a") and channel.held == 1
+    assert channel.carry("b")  # its pub carries the acknowledgement
+    channel.ack("b")
+    assert sent == ["a"] and channel.held == 0
