@@ -385,6 +385,21 @@ class PublishNow(Protocol):
     def publish_now(self, subject: str, packet: BusPacket) -> bool: ...
 
 
+class OffersPublishNow:
+    """Base of a bus that offers ``publish_now`` (``PublishNow``): ``publishes_now`` is true
+    on the class implementing it and false on a subclass that overrides ``publish`` or
+    ``publish_now`` (to observe, fail or count packets: those then go through the method
+    it overrides)."""
+
+    publishes_now = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        implemented = any("publish_now" in base.__dict__ for base in cls.__mro__[1:])
+        if implemented and ("publish" in cls.__dict__ or "publish_now" in cls.__dict__):
+            cls.publishes_now = False
+
+
 @runtime_checkable
 class ConfigProvider(Protocol):
     """Effective configuration for a step; non-empty results go into the job's env."""

@@ -43,6 +43,7 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from cordtrio.errors import ProtocolError
+from cordtrio.ports import OffersPublishNow
 from cordtrio.protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -120,22 +121,12 @@ class _Callback:
             log.exception("a bus listener failed on a packet")
 
 
-class MemoryBus:
+class MemoryBus(OffersPublishNow):
     """A process-local bus implementing the ``JobBus`` port (see the module docstring).
 
     ``max_redeliveries`` and ``max_pending`` configure the job queues (``jobs``, whose
     counters serve monitoring): see ``backends/job_queues.py``.
     """
-
-    publishes_now = True
-    """``publish_now`` may be tried before awaiting ``publish`` (``ports.PublishNow``). False
-    in a subclass that overrides either (to observe, fail or count packets: those go
-    through the method it overrides)."""
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "publish" in cls.__dict__ or "publish_now" in cls.__dict__:
-            cls.publishes_now = False
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ import trio
 
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
+from cordtrio.ports import OffersPublishNow
 from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket, JobCancel, JobRequest
 
 from ..job_queues import DEFAULT_MAX_PENDING, DEFAULT_MAX_REDELIVERIES, JobQueues
@@ -78,7 +79,7 @@ MAX_PENDING_BYTES = 8 * 1024 * 1024
 """Packet bytes the router queues for one client before cutting it off."""
 
 
-class NngRouter:
+class NngRouter(OffersPublishNow):
     """The hub of an nng bus, and a ``JobBus`` for the process hosting it.
 
     Open it with ``open_nng_router``. ``urls`` are the addresses it listens on (a
@@ -89,16 +90,6 @@ class NngRouter:
     ``auth_failures`` (connections that could not prove they hold the token) and
     ``forbidden_ops`` (job packets a connection may not publish, dropped).
     """
-
-    publishes_now = True
-    """``publish_now`` may be tried before awaiting ``publish`` (``ports.PublishNow``). False
-    in a subclass that overrides either (to observe, fail or count packets: those go
-    through the method it overrides)."""
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "publish" in cls.__dict__ or "publish_now" in cls.__dict__:
-            cls.publishes_now = False
 
     def __init__(
         self,
