@@ -1,0 +1,114 @@
+"""A worker's result acknowledges its job on the nng bus: the ``ack`` riding with the
+result's ``pub``, checked by the router, and the client's bookkeeping of it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+import trio
+from nng_job_clients import FAST, RawClient, clients, job, job_id_of, result
+from nng_waits import WAIT, eventually
+
+from cordtrio.backends.nng import open_nng_router
+from cordtrio.backends.nng.inbox import JobChannel
+from cordtrio.protocol import (
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobResult,
+    JobStatus,
+    encode_packet,
+)
+
+
+def done(job_id: str) -> BusPacket:
+    return BusPacket(trace_id="r", sender_id="w", created_at=datetime(2030, 1, 1, tzinfo=UTC),
+                     payload=JobResult(job_id=job_id, status=JobStatus.SUCCEEDED))
+
+
+async def test_the_result_of_a_held_job_acknowledges_it_once_handed_out(url: str) -> None:
+    """The holder's ``pub`` of a result carries the job's acknowledgement: when its publish
+    returns the router has forgotten the job and filled the slot; ``ack`` sends nothing."""
+    async with (
+        open_nng_router(url, **FAST) as router,
+        router.subscribe(SUBJECT_RESULT) as results,
+        clients(router.urls[0], 1) as (bus,),
+        bus.consume_jobs(["job.a"], capacity=1) as inbox,
+    ):
+        for i in range(2):
+            await router.publish(SUBJECT_SUBMIT, job(f"r:s{i}@1"))
+        with trio.fail_after(WAIT):
+            assert job_id_of(await inbox.receive()) == "r:s0@1"
+        await bus.publish(SUBJECT_RESULT, done("r:s0@1"))
+        assert router.jobs.get("r:s0@1") is None  # acknowledged before the puback left
+        assert result(results.receive_nowait()).job_id == "r:s0@1"
+        with trio.fail_after(WAIT):  # the freed slot took the next job, no ack called yet
+            assert job_id_of(await inbox.receive()) == "r:s1@1"
+        inbox.ack("r:s0@1")  # nothing left to acknowledge
+        assert inbox.held == 1 and router.held_jobs == 1
+        await bus.publish(SUBJECT_RESULT, done("r:s9@1"))  # not a job of ours: no ack
+        inbox.ack("r:s1@1")  # received, its result never published: acknowledged by op
+        await eventually(lambda: router.held_jobs == 0, "the ack op")
+        assert inbox.held == 0
+
+
+async def test_an_ack_on_a_raw_pub_is_checked_and_only_for_the_holders_result(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cordtrio.bus.nng")
+    async with open_nng_router(url, **FAST) as router:
+        raw = RawClient(router.urls[0])
+        try:
+            await router.publish(SUBJECT_SUBMIT, job("r:a@1"))
+            await router.publish(SUBJECT_SUBMIT, job("r:b@1"))
+            assert sorted(await raw.take_jobs(7, ["job.a"], 2, 2)) == ["r:a@1", "r:b@1"]
+            pub = {"op": "pub", "subject": SUBJECT_RESULT, "jid": "r:a@1"}
+            raw.send({**pub, "pid": 1, "packet": encode_packet(done("r:a@1")), "ack": "7"})
+            raw.send({**pub, "pid": 2, "packet": encode_packet(done("r:a@1")), "ack": 8})
+            raw.send({**pub, "pid": 3, "packet": encode_packet(done("r:a@1")), "ack": 7})
+            acks = await raw.ops_until(lambda got: sum(o["op"] == "puback" for o in got) >= 2)
+            assert [o["pid"] for o in acks if o["op"] == "puback"] == [2, 3]  # 1: malformed
+            assert router.dropped_frames == 1
+            assert router.jobs.get("r:a@1") is None  # consumer 8 is no consumer: pid 3 did
+            assert router.jobs.get("r:b@1") is not None and router.held_jobs == 1
+        finally:
+            raw.close()
+
+
+def test_a_job_channel_takes_an_acknowledgement_riding_back_when_its_result_fails() -> None:
+    channel = JobChannel(1, frozenset({"job.a"}), 2)
+    sent: list[str] = []
+    lost: list[str] = []
+    channel.on_ack, channel.on_lost = sent.append, lost.append
+    for n in ("a", "b"):
+        channel.put(n, job(f"r:{n}@1"))
+        channel.receive_nowait()
+    assert not channel.ride("r:zz@1")  # never received here
+    assert channel.ride("a") and channel.riding("a") and channel.held == 2
+    channel.unride("a")  # refused or given up: received and unacknowledged again
+    assert not channel.riding("a")
+    channel.ack("a")
+    assert sent == ["a"]
+    assert channel.ride("b")
+    assert channel.reset() == ["b"] and lost == ["b"]  # its result may not have gone out
+    assert channel.held == 0 and not channel.riding("b")
+
+
+def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_own() -> None:
+    """``ack`` while the result's ``pub`` waits to be written: the ``pub`` no longer
+    carries the acknowledgement, so ``ack`` sends it; once the ``pub`` carries it, ``ack``
+    sends nothing."""
+    channel = JobChannel(1, frozenset({"job.a"}), 2)
+    sent: list[str] = []
+    channel.on_ack = sent.append
+    for n in ("a", "b"):
+        channel.put(n, job(f"r:{n}@1"))
+        channel.receive_nowait()
+    assert channel.ride("a") and channel.ride("b")
+    channel.ack("a")  # before its pub was written
+    assert sent == ["a"] and not channel.carry("a") and channel.held == 1
+    assert channel.carry("b")  # its pub carries the acknowledgement
+    channel.ack("b")
+    assert sent == ["a"] and channel.held == 0
