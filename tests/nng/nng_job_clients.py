@@ -11,7 +11,7 @@ from typing import Any
 import cbor2
 import pynng
 import trio
-from nng_waits import WAIT
+from nng_waits import WAIT, receive_raw
 
 from cordtrio.backends.nng import NngBus, open_nng_bus
 from cordtrio.protocol import BusPacket, JobRequest, JobResult, decode_packet
@@ -43,14 +43,6 @@ async def clients(url: str, count: int) -> AsyncIterator[list[NngBus]]:
             open_nng_bus(url, connect_timeout=WAIT, reconnect_min=0.01, reconnect_max=0.05,
                          heartbeat_interval=0.1))
                for _ in range(count)]
-
-
-async def receive_raw(sock: Any) -> Any:
-    while True:
-        try:
-            return sock.recv_msg(block=False)
-        except pynng.TryAgain:
-            await trio.sleep(0.005)
 
 
 class RawClient:

@@ -24,7 +24,7 @@ import pynng
 import pytest
 import trio
 import trio.testing
-from nng_waits import WAIT, eventually
+from nng_waits import WAIT, eventually, receive_raw
 
 from cordtrio.backends.memory import MemoryPayloadStore, MemoryStore
 from cordtrio.backends.nng import (
@@ -470,14 +470,6 @@ async def test_garbage_sent_to_a_client_is_logged_and_dropped(
                 assert client.dropped_frames >= len(garbage) - 1
                 nursery.cancel_scope.cancel()
     assert "dropped a malformed" in caplog.text
-
-
-async def receive_raw(sock: Any) -> Any:
-    while True:
-        try:
-            return sock.recv_msg(block=False)
-        except pynng.TryAgain:
-            await trio.sleep(0.005)
 
 
 # ------------------------------------------------------------------ the engine on nng

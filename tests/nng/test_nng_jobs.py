@@ -29,10 +29,9 @@ from nng_job_clients import (
     clients,
     job,
     job_id_of,
-    receive_raw,
     result,
 )
-from nng_waits import WAIT, eventually
+from nng_waits import WAIT, eventually, receive_raw
 
 from cordtrio.backends.job_queues import WORKER_LOST
 from cordtrio.backends.memory import MemoryPayloadStore

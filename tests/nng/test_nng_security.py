@@ -17,7 +17,7 @@ import cbor2
 import pynng
 import pytest
 import trio
-from nng_waits import WAIT, eventually
+from nng_waits import WAIT, eventually, receive_raw
 
 from cordtrio.backends.memory import MemoryPayloadStore, MemoryStore
 from cordtrio.backends.nng import NngBus, open_nng_bus, open_nng_router
@@ -51,14 +51,6 @@ async def client(url: str, token: str | None = TOKEN, **options: Any) -> AsyncIt
 def packet(payload: Any, trace: str = "r") -> BusPacket:
     return BusPacket(trace_id=trace, sender_id="test",
                      created_at=datetime(2030, 1, 1, tzinfo=UTC), payload=payload)
-
-
-async def receive_raw(sock: Any) -> Any:
-    while True:
-        try:
-            return sock.recv_msg(block=False)
-        except pynng.TryAgain:
-            await trio.sleep(0.005)
 
 
 # ------------------------------------------------------------------ the token
