@@ -13,7 +13,9 @@ payload store, no retries: what cordtrio costs above this is the price of what i
 (durable state, the pure core, payloads, acknowledgements, cancellation, hooks).
 
 ``--compare`` measures, in one process and interleaved for ``--rounds`` rounds, the floor,
-the floor carrying cordtrio's own core, memory store and payload store (``floor+core``,
+the floor doing every W1 step's SPEC duties with plain objects (``floor+duties``,
+``benchmarks.floor_duties``: what the duties cost written the leanest way), the floor
+carrying cordtrio's own core, memory store and payload store (``floor+core``,
 ``benchmarks.floor_core``: what the parts cost without the shell around them) and
 cordtrio's in-memory W1 through the same harness code as ``python -m benchmarks``
 (``measure.run_sample``: a fresh engine and worker per sample), and prints the median
@@ -58,17 +60,17 @@ class _Mailbox:
     __slots__ = ("items", "reader")
 
     def __init__(self) -> None:
-        self.items: deque[dict[str, Any]] = deque()
+        self.items: deque[Any] = deque()  # a result, in whatever form the drive sends it
         self.reader: trio.lowlevel.Task | None = None
 
-    def put(self, item: dict[str, Any]) -> None:
+    def put(self, item: Any) -> None:
         self.items.append(item)
         reader = self.reader
         if reader is not None:
             self.reader = None
             trio.lowlevel.reschedule(reader)
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> Any:
         if not self.items:
             self.reader = trio.lowlevel.current_task()
 
@@ -232,12 +234,15 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     """Interleave the floor, cordtrio (and another checkout) for ``rounds`` rounds; return
     every sample, the medians and the ratios to the floor."""
     from .floor_core import drive_floor_core  # imports cordtrio's parts: not for the floor
+    from .floor_duties import drive_floor_duties
 
-    samples: dict[str, list[float]] = {"floor": [], "floor+core": [], "cordtrio": []}
+    samples: dict[str, list[float]] = {"floor": [], "floor+duties": [], "floor+core": [],
+                                       "cordtrio": []}
     if against:
         samples["against"] = []
     for r in range(rounds):
         samples["floor"].append(trio.run(drive_floor, size)["steps_per_s"])
+        samples["floor+duties"].append(trio.run(drive_floor_duties, size)["steps_per_s"])
         gc.collect()
         samples["floor+core"].append(trio.run(drive_floor_core, size)["steps_per_s"])
         samples["cordtrio"].append(cordtrio_w1(size))
@@ -251,7 +256,9 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     # On a shared machine the load drifts between rounds: a ratio within each round (its
     # samples close in time), then their median, is steadier than a ratio of medians.
     pairs = {"cordtrio/floor": ("cordtrio", "floor"),
+             "floor+duties/floor": ("floor+duties", "floor"),
              "floor+core/floor": ("floor+core", "floor"),
+             "cordtrio/floor+duties": ("cordtrio", "floor+duties"),
              "cordtrio/floor+core": ("cordtrio", "floor+core")}
     if against:
         pairs["cordtrio/against"] = ("cordtrio", "against")

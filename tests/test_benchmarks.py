@@ -225,8 +225,11 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     from benchmarks.floor import drive_floor
     from benchmarks.floor import main as floor_main
     from benchmarks.floor_core import drive_floor_core
+    from benchmarks.floor_duties import drive_floor_duties
 
     alone = trio.run(drive_floor, 3)
+    duties = trio.run(drive_floor_duties, 3)  # every run and step finished, or it raises
+    assert duties["steps"] == 3 * CHAIN_STEPS and duties["steps_per_s"] > 0
     with_core = trio.run(drive_floor_core, 3)  # every run succeeded, or it raises
     assert with_core["steps"] == 3 * CHAIN_STEPS and with_core["task_switches_per_step"] > 0
     assert alone["steps"] == 3 * CHAIN_STEPS
@@ -237,14 +240,15 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert (data["workload"], data["backend"], data["size"], data["rounds"]) == (
         "w1", "memory", 3, 2)
     samples = data["samples_steps_per_s"]
-    assert set(samples) == {"floor", "floor+core", "cordtrio"}
+    assert set(samples) == {"floor", "floor+duties", "floor+core", "cordtrio"}
     assert all(len(v) == 2 for v in samples.values())
     assert data["ratio_to_floor"]["floor"] == 1.0
     assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
         data["median_steps_per_s"]["cordtrio"] / data["median_steps_per_s"]["floor"])
     assert data["ratio_cordtrio_to_against"] is None
     assert set(data["median_of_round_ratios"]) == {
-        "cordtrio/floor", "floor+core/floor", "cordtrio/floor+core"}
+        "cordtrio/floor", "floor+duties/floor", "floor+core/floor", "cordtrio/floor+duties",
+        "cordtrio/floor+core"}
     assert "x floor" in capsys.readouterr().out
 
 
@@ -392,3 +396,36 @@ def test_floor_with_parts_makes_the_plain_calls_the_engine_makes(
     assert trio.run(drive_floor_core, 2)["steps"] == 2 * CHAIN_STEPS
     assert sorted(puts) == ["ctx:"] * 2 * CHAIN_STEPS + ["res:"] * 2 * CHAIN_STEPS
     assert len(saves) == 2 * (CHAIN_STEPS + 1)  # the start, and every result
+
+
+def test_floor_duties_does_each_steps_duties() -> None:
+    """The lean drive really does the work it stands for: every run's steps succeed in
+    order, each input and result is in the payload store, each change in the store."""
+    import trio
+
+    from benchmarks import floor_duties
+
+    seen: dict[str, Any] = {}
+    original = floor_duties._FloorDuties.__init__
+
+    def keep(self: Any, *args: Any) -> None:
+        original(self, *args)
+        seen["floor"] = self
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(floor_duties._FloorDuties, "__init__", keep)
+        trio.run(floor_duties.drive_floor_duties, 4)
+    floor = seen["floor"]
+    assert len(floor.store.headers) == 4 and not floor.unacked
+    for run_id, (status, _) in floor.store.headers.items():
+        assert status == "succeeded"
+        steps = floor.store.steps[run_id]
+        assert [steps[f"s{i}"][0] for i in range(CHAIN_STEPS)] == ["succeeded"] * CHAIN_STEPS
+        rows = [row[1] for row in floor.store.timelines[run_id]]
+        assert rows.count("step_dispatched") == rows.count("step_completed") == CHAIN_STEPS
+        assert rows[0] == "run_status" and rows[-1] == "run_status"
+        assert set(floor.store.context[run_id]) == {f"s{i}" for i in range(CHAIN_STEPS)}
+        for i in range(CHAIN_STEPS):
+            job = f"{run_id}:s{i}@1"
+            assert floor.payloads.get(f"redis://res:{job}", 0.0) == {"ok": True}
+            assert floor.payloads.get(f"redis://ctx:{job}", 0.0) == {}
