@@ -323,7 +323,7 @@ class RunTask:
         while True:
             after: list[Effect] = []  # the effects but the timeline's, for ``_after_commit``
             timeline: list[TimelineEvent] = []
-            failed: set[str] = set()  # job ids whose payload could not be stored
+            failed: list[str] = []  # job ids whose payload could not be stored (rare: a list)
             staged = changes.payloads if self._stage_payloads else None
             queue = pending
             while queue:
@@ -352,7 +352,7 @@ class RunTask:
                 return
 
     async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             after: list[Effect], failed: set[str],
+                             after: list[Effect], failed: list[str],
                              staged: dict[str, bytes] | None, now: datetime) -> list[Event]:
         """Gather the timeline rows, and the other effects in ``after`` (for
         ``_after_commit``: half of a step's effects are timeline rows, walked once); store
@@ -373,14 +373,14 @@ class RunTask:
                 if problem is None:
                     problem = await store_payload(self._path, effect, staged)
                 if problem:
-                    failed.add(effect.job_id)
+                    failed.append(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
             elif type(effect) is PublishAlert:
                 error = await publish_alert(host.bus, now, self.run_id, effect)
                 feedback.append(AlertOutcome(effect.step_id, error))
         return feedback
 
-    async def _after_commit(self, effects: list[Effect], failed: set[str], now: datetime
+    async def _after_commit(self, effects: list[Effect], failed: list[str], now: datetime
                             ) -> list[Event]:
         """Publish job requests (a failure is returned as feedback) and cancels, call the
         hooks, arm timers: in the order the core gave them (``effects``: without the
