@@ -259,7 +259,7 @@ class RunTask:
     async def _process(self, batch: list[Envelope]) -> None:
         assert self.plan is not None and self.state is not None
         plan, state, clock = self.plan, self.state, self.host.clock
-        effects: list[Effect] = []
+        effects: list[Effect] | None = None
         changes: RunChanges | None = None
         now = None
         for envelope in batch:
@@ -284,13 +284,14 @@ class RunTask:
                 log.exception("run %s: core failed on %r", self.run_id, event)
                 envelope.error = exc
                 continue
-            effects += outcome.effects
-            if changes is None:
-                changes = outcome.changes  # the core's own, fresh for every decide
+            if effects is None or changes is None:  # the first decided: the core's own,
+                effects, changes = outcome.effects, outcome.changes  # fresh for every decide
             else:
+                effects += outcome.effects
                 changes.merge(outcome.changes)
         try:
-            await self._execute(effects, changes if changes is not None else RunChanges(),
+            await self._execute(effects if effects is not None else [],
+                                changes if changes is not None else RunChanges(),
                                 now if now is not None else clock.now())
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
@@ -320,14 +321,14 @@ class RunTask:
         if not pending and not changes:
             return
         while True:
-            round_effects: list[Effect] = []
+            after: list[Effect] = []  # the effects but the timeline's, for ``_after_commit``
             timeline: list[TimelineEvent] = []
-            failed: set[str] = set()  # job ids whose payload could not be stored
+            failed: list[str] = []  # job ids whose payload could not be stored (rare: a list)
             staged = changes.payloads if self._stage_payloads else None
             queue = pending
             while queue:
-                round_effects += queue
-                feedback = await self._before_commit(queue, timeline, failed, staged, now)
+                feedback = await self._before_commit(queue, timeline, after, failed, staged,
+                                                     now)
                 queue = self._decide_more(feedback, changes) if feedback else []
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
@@ -342,7 +343,7 @@ class RunTask:
                     await self._persist(changes, timeline, exc)
             elif timeline:
                 await self._persist(changes, timeline)
-            feedback = await self._after_commit(round_effects, failed, now)
+            feedback = await self._after_commit(after, failed, now)
             if not feedback:
                 return
             changes = RunChanges()
@@ -351,11 +352,13 @@ class RunTask:
                 return
 
     async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             failed: set[str], staged: dict[str, bytes] | None,
-                             now: datetime) -> list[Event]:
-        """Gather the timeline rows; store job payloads (or, with ``staged``, hand them to
-        the run write) and publish notify alerts, whose outcome the core must know before
-        anything is persisted (returned as feedback)."""
+                             after: list[Effect], failed: list[str],
+                             staged: dict[str, bytes] | None, now: datetime) -> list[Event]:
+        """Gather the timeline rows, and the other effects in ``after`` (for
+        ``_after_commit``: half of a step's effects are timeline rows, walked once); store
+        job payloads (or, with ``staged``, hand them to the run write) and publish notify
+        alerts, whose outcome the core must know before anything is persisted (returned as
+        feedback)."""
         host = self.host
         feedback: list[Event] = []
         # by exact type: the core builds every effect of its own class, and ``type(x) is C``
@@ -363,22 +366,25 @@ class RunTask:
         for effect in effects:
             if type(effect) is TimelineEvent:
                 timeline.append(effect)
-            elif type(effect) is Dispatch:
+                continue
+            after.append(effect)
+            if type(effect) is Dispatch:
                 problem = store_payload_now(self._path, effect) if staged is None else None
                 if problem is None:
                     problem = await store_payload(self._path, effect, staged)
                 if problem:
-                    failed.add(effect.job_id)
+                    failed.append(effect.job_id)
                     feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
             elif type(effect) is PublishAlert:
                 error = await publish_alert(host.bus, now, self.run_id, effect)
                 feedback.append(AlertOutcome(effect.step_id, error))
         return feedback
 
-    async def _after_commit(self, effects: list[Effect], failed: set[str], now: datetime
+    async def _after_commit(self, effects: list[Effect], failed: list[str], now: datetime
                             ) -> list[Event]:
         """Publish job requests (a failure is returned as feedback) and cancels, call the
-        hooks, arm timers: in the order the core gave them."""
+        hooks, arm timers: in the order the core gave them (``effects``: without the
+        timeline rows, persisted already)."""
         assert self.state is not None
         host = self.host
         run_id = self.run_id
@@ -387,8 +393,6 @@ class RunTask:
         publish_now = self._publish_now
         feedback: list[Event] = []
         for effect in effects:  # by exact type, as in ``_before_commit``
-            if type(effect) is TimelineEvent:
-                continue  # persisted already (half of a step's effects: tested first)
             if type(effect) is Dispatch:
                 if effect.job_id in failed:
                     continue

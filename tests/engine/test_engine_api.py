@@ -392,6 +392,26 @@ async def test_hooks_are_called(store, bus, payloads, save, submits):
     assert finished[1:] == [(r, "fan[0]", StepStatus.FAILED), (r, "fan", StepStatus.FAILED)]
 
 
+async def test_a_batch_is_carried_out_in_the_cores_order_after_its_timeline_is_written(
+        store, bus, payloads, save, submits):
+    """The effects after the commit (the hooks, the job requests) come in the order the core
+    gave them, the timeline rows among them written with the run and handled once."""
+    calls: list[tuple[Any, ...]] = []
+    await save(step("a"), step("b", depends_on=["a"]))
+    async with open_engine(store, bus, payloads=payloads,
+                           on_step_dispatched=lambda *a: calls.append(("dispatched", *a)),
+                           on_step_finished=lambda *a: calls.append(("finished", *a))
+                           ) as engine:
+        r = await engine.submit(WF)
+        await succeed(engine, f"{r}:a@1")
+        assert calls == [("dispatched", r, "a", f"{r}:a@1"),
+                         ("finished", r, "a", StepStatus.SUCCEEDED),
+                         ("dispatched", r, "b", f"{r}:b@1")]
+        assert submits.job_ids == [f"{r}:a@1", f"{r}:b@1"]
+        types = await timeline_types(store, r)
+        assert types.count("step_completed") == 1 and types.count("step_dispatched") == 2
+
+
 async def test_a_raising_hook_does_not_break_the_run(store, bus, payloads, save):
     def boom(*_: Any) -> None:
         raise RuntimeError("hook bug")
