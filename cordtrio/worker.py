@@ -182,7 +182,11 @@ class Worker:
         # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
         self._publish_now = own_call(bus, "publishes_now", "publish_now")
         self._payloads = payloads
-        self._path = json_payloads.path_for(payloads)  # how this store takes payloads
+        self._path = path = json_payloads.path_for(payloads)  # how this store takes payloads
+        # the three calls every job makes, taken from the path once (None: await the path's)
+        self._encode = path.encode
+        self._read_input_now = path.context_at_now
+        self._put_result_now = path.put_result_now
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._inbox: JobInbox | None = None
@@ -312,9 +316,10 @@ class Worker:
                     self.running += 1
                     try:
                         budget = request.budget
-                        if budget is not None and budget.deadline_ms > 0:
+                        deadline_ms = budget.deadline_ms if budget is not None else 0
+                        if deadline_ms > 0:
                             await self._report_start(entry, job_id)
-                        result = await self._execute(request, handler)
+                        result = await self._execute(request, handler, deadline_ms)
                     finally:
                         del running[job_id]
                         self.running -= 1
@@ -379,14 +384,16 @@ class Worker:
         if self._inbox is not None:
             self._inbox.ack(result.job_id)
 
-    async def _execute(self, request: JobRequest, handler: Handler) -> JobResult:
-        """Load the input, run the handler, store its output; every outcome is a result."""
+    async def _execute(self, request: JobRequest, handler: Handler,
+                       deadline_ms: int) -> JobResult:
+        """Load the input, run the handler (under ``deadline_ms``, the request's budget, when
+        it is positive), store its output; every outcome is a result."""
         job_id = request.job_id
         ptr = request.context_ptr
         data: Any
         if ptr:
             try:
-                read_now = self._path.context_at_now  # an in-process store: no await
+                read_now = self._read_input_now  # an in-process store: no await
                 try:
                     if read_now is not None:
                         raw = read_now(ptr)
@@ -422,8 +429,6 @@ class Worker:
             else None
         job = Job(request, data, item)
 
-        budget = request.budget
-        deadline_ms = budget.deadline_ms if budget is not None else 0
         error: Exception | None = None
         output: Any = None
         if deadline_ms > 0:
@@ -452,7 +457,7 @@ class Worker:
                             job_id)
 
         try:
-            body = self._path.encode(output, False)  # not compact
+            body = self._encode(output, False)  # not compact
         except (TypeError, ValueError) as exc:
             return _failure(
                 JobStatus.FAILED, "ResultNotSerializable",
@@ -463,7 +468,7 @@ class Worker:
         try:
             # an unreachable store is waited out (SPEC §13); only a definite error fails
             try:
-                put_now = self._path.put_result_now
+                put_now = self._put_result_now
                 if put_now is not None:
                     put_now(key, body)  # an in-process store: nothing to await
                 else:
