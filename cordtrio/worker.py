@@ -174,10 +174,8 @@ class Worker:
         self.prefetch = prefetch
         self.lost = 0
         """Jobs the bus took back from this worker (its connection was reset)."""
-        self.handled = 0
         self.succeeded = 0
         self.failed = 0
-        self.running = 0
         self._bus = bus
         # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
         self._publish_now = own_call(bus, "publishes_now", "publish_now")
@@ -193,6 +191,17 @@ class Worker:
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report
         self._now: Callable[[], float] = trio.current_time
+
+    @property
+    def handled(self) -> int:
+        """Jobs finished with any status: ``succeeded + failed`` (counted once, by status)."""
+        return self.succeeded + self.failed
+
+    @property
+    def running(self) -> int:
+        """Jobs in progress now: those registered for ``cancel_job`` (counted by the map
+        that holds them, not beside it)."""
+        return len(self._jobs)
 
     @property
     def topics(self) -> frozenset[str]:
@@ -313,7 +322,6 @@ class Worker:
                     entry.started = self._now()
                     busy = True
                     running[job_id] = entry  # registered now, so an early cancel finds it
-                    self.running += 1
                     try:
                         budget = request.budget
                         deadline_ms = budget.deadline_ms if budget is not None else 0
@@ -322,7 +330,6 @@ class Worker:
                         result = await self._execute(request, handler, deadline_ms)
                     finally:
                         del running[job_id]
-                        self.running -= 1
                     # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
                     # ``_job_lost`` give a reason before they cancel (cheaper than the
                     # scope's ``cancel_called``, which reads the clock).
@@ -364,7 +371,6 @@ class Worker:
     async def _report(self, entry: _Running, result: JobResult) -> None:
         result.worker_id = self.worker_id
         result.execution_ms = int((self._now() - entry.started) * 1000)
-        self.handled += 1
         if result.status is _SUCCEEDED:
             self.succeeded += 1
         else:
