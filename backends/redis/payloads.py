@@ -2,12 +2,13 @@
 each written with ``SET key value EX ttl`` (default 24 h), so Redis expires them itself.
 
 A result written through a store that also reads results (an engine and a worker in one
-process sharing it) is kept until its first read, which it answers without a round trip
-(``RECENT_RESULTS_BYTES``)."""
+process sharing it) is kept until its first read, which it answers without a round trip;
+so is a job input that a run write of this process stored, once the store reads job inputs
+(``RECENT_PAYLOADS_BYTES``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import trio
@@ -19,10 +20,10 @@ from .adapter import RedisAdapter
 
 DEFAULT_TTL_SECONDS = 24 * 3600
 
-RECENT_RESULTS_BYTES = 4 * 1024 * 1024
-"""Bytes of results written here and not yet read here that a store keeps at most (the
-oldest are dropped first: a result nobody here reads, one of a cancelled job say, only
-waits its turn)."""
+RECENT_PAYLOADS_BYTES = 4 * 1024 * 1024
+"""Bytes of payloads written here and not yet read here that a store keeps at most (the
+oldest are dropped first: a result nobody here reads, one of a cancelled job say, or a job
+input another process's worker took, only waits its turn)."""
 
 
 class RedisPayloadStore:
@@ -37,12 +38,17 @@ class RedisPayloadStore:
 
     Results read back in the process that wrote them: once ``get_result`` has been called
     (an engine reads through this store), each result ``put_result`` stores is also kept,
-    up to ``RECENT_RESULTS_BYTES``, until ``get_result`` takes it: an engine and a worker
+    up to ``RECENT_PAYLOADS_BYTES``, until ``get_result`` takes it: an engine and a worker
     sharing the store (one process) skip the engine's ``GET`` of every result (a parked
     caller and a round trip, ~45k instructions per W1 step). It is the value this process
     stored under that key; a result the worker wrote elsewhere, a second read, and one
     ``delete`` dropped are read from Redis. A store that never reads results (a worker's
     own process) keeps nothing.
+
+    Job inputs likewise, once ``get_context`` has been called (a worker reads through this
+    store): each one ``put_context`` stores, or a run write of a ``RedisStore`` committing
+    this store's payloads stores (``committed``), is kept until ``get_context`` takes it,
+    and the worker sharing the store skips its ``GET`` of every job's input.
     """
 
     def __init__(self, redis: RedisAdapter, *, ttl_seconds: int | None = DEFAULT_TTL_SECONDS
@@ -50,7 +56,8 @@ class RedisPayloadStore:
         self._redis = redis
         self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
         self._reads_results = False  # set by the first ``get_result``
-        self._recent: dict[str, bytes] = {}  # results written here, not yet read here
+        self._reads_contexts = False  # set by the first ``get_context``
+        self._recent: dict[str, bytes] = {}  # payloads written here, not yet read here
         self._recent_bytes = 0
 
     @property
@@ -62,24 +69,47 @@ class RedisPayloadStore:
     # Each read and write is one coroutine frame over the batcher's: a waiting caller's
     # every suspension and wake-up passes through each frame of its chain.
     async def put_context(self, key: str, data: bytes) -> None:
-        await self._put(check_payload_key(key, CONTEXT_PREFIX), data)
+        await self._put_kept(check_payload_key(key, CONTEXT_PREFIX), data,
+                             self._reads_contexts)
 
     async def get_context(self, key: str) -> bytes:
         key = check_payload_key(key, CONTEXT_PREFIX)
-        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
+        self._reads_contexts = True
+        return await self._get_kept(key)
 
     async def put_result(self, key: str, data: bytes) -> None:
+        await self._put_kept(check_payload_key(key, RESULT_PREFIX), data, self._reads_results)
+
+    async def get_result(self, key: str) -> bytes:
         key = check_payload_key(key, RESULT_PREFIX)
-        if not self._reads_results:
+        self._reads_results = True
+        return await self._get_kept(key)
+
+    def committing(self, payloads: Mapping[str, bytes]) -> None:
+        """A run write is about to store these job inputs (``RedisStore``): until it
+        succeeded, Redis may keep older values, so none of them is answered from here."""
+        if self._recent:
+            for key in payloads:
+                self._forget(key)
+
+    def committed(self, payloads: Mapping[str, bytes]) -> None:
+        """A run write stored these job inputs: kept for this process's read (once it
+        reads job inputs, ``get_context``)."""
+        if self._reads_contexts:
+            for key, data in payloads.items():
+                self._remember(key, data if type(data) is bytes else bytes(data))
+
+    async def _put_kept(self, key: str, data: bytes, keep: bool) -> None:
+        """Write the payload; keep it for this process's read when ``keep``."""
+        if not keep:
             await self._put(key, data)
             return
         self._forget(key)  # until this write succeeded: Redis may keep the older value
         await self._put(key, data)
         self._remember(key, bytes(data))
 
-    async def get_result(self, key: str) -> bytes:
-        key = check_payload_key(key, RESULT_PREFIX)
-        self._reads_results = True
+    async def _get_kept(self, key: str) -> bytes:
+        """The payload kept since this process wrote it (taken: once), else Redis's."""
         data = self._recent.pop(key, None)
         if data is not None:
             self._recent_bytes -= len(data)
@@ -94,14 +124,15 @@ class RedisPayloadStore:
         await self._redis.call("delete payload", key, "delete", key)
 
     def _remember(self, key: str, data: bytes) -> None:
-        """Keep the result just stored for this process's read, dropping the oldest kept
-        beyond ``RECENT_RESULTS_BYTES``."""
-        if len(data) > RECENT_RESULTS_BYTES:
+        """Keep the payload just stored for this process's read, dropping the oldest kept
+        beyond ``RECENT_PAYLOADS_BYTES``."""
+        if len(data) > RECENT_PAYLOADS_BYTES:
             return
         recent = self._recent
+        self._forget(key)
         recent[key] = data
         self._recent_bytes += len(data)
-        while self._recent_bytes > RECENT_RESULTS_BYTES:
+        while self._recent_bytes > RECENT_PAYLOADS_BYTES:
             self._forget(next(iter(recent)))
 
     def _forget(self, key: str) -> None:
@@ -124,4 +155,4 @@ def _found(key: str, raw: Any) -> bytes:
     return bytes(raw)
 
 
-__all__ = ["DEFAULT_TTL_SECONDS", "RECENT_RESULTS_BYTES", "RedisPayloadStore"]
+__all__ = ["DEFAULT_TTL_SECONDS", "RECENT_PAYLOADS_BYTES", "RedisPayloadStore"]

@@ -59,16 +59,23 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
 
     _commits_payloads = False  # a payload store was accepted by ``commits_payloads_of``
     _payload_ttl: int | None = None  # and its TTL
+    _payload_stores: tuple[RedisPayloadStore, ...] = ()  # the accepted ones
 
     def commits_payloads_of(self, payloads: object) -> bool:
         """True for a ``RedisPayloadStore`` on this store's connection (``connect`` builds
         one): its job inputs are written by ``save_run_changes`` (``RunChanges.payloads``)
-        with its TTL. One TTL per store: a second payload store with another is refused."""
+        with its TTL, and it hears of each write (``committing``/``committed``: it answers
+        its own process's read of such an input without a round trip). One TTL per store:
+        a second payload store with another is refused."""
         if not isinstance(payloads, RedisPayloadStore) or payloads.adapter is not self._redis:
             return False
         if not self._commits_payloads:
             self._commits_payloads, self._payload_ttl = True, payloads.ttl_seconds
-        return self._payload_ttl == payloads.ttl_seconds
+        if self._payload_ttl != payloads.ttl_seconds:
+            return False
+        if payloads not in self._payload_stores:
+            self._payload_stores += (payloads,)
+        return True
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
@@ -109,6 +116,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 self._queue_retention(args, run, status)
             if changes.payloads:
                 args.payloads(changes.payloads, self._committed_ttl())
+                self._committing(changes.payloads)
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
                 step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),
@@ -121,6 +129,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 self._mirror.put(run, args.after)
             else:
                 self._mirror.forget(run)  # written without a mirror, or it was off
+            if changes.payloads:
+                self._committed(changes.payloads)
             return
         self._mirror.forget(run)
         if reply[0] == NOT_FOUND:
@@ -138,6 +148,14 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             raise ValueError("RunChanges.payloads given, but no payload store is committed "
                              "by this store (commits_payloads_of)")
         return self._payload_ttl
+
+    def _committing(self, payloads: dict[str, bytes]) -> None:
+        for store in self._payload_stores:
+            store.committing(payloads)
+
+    def _committed(self, payloads: dict[str, bytes]) -> None:
+        for store in self._payload_stores:
+            store.committed(payloads)
 
     @staticmethod
     def _lost(run: WorkflowRun, holder: Any, owner: str | None) -> LeaseLostError:
@@ -176,7 +194,11 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
 
         watched = [key] if owner is None else [lease, key]
         self._mirror.forget(run)
+        if changes.payloads:
+            self._committing(changes.payloads)
         await self._redis.transaction("save run changes", key, watched, txn)
+        if changes.payloads:
+            self._committed(changes.payloads)
 
     def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:
         """Queue the hash writes of the rare path (``_save_reading_fields``): one HSET

@@ -387,7 +387,7 @@ class StepArgs:
         ranked, values, deletes, timeline = (
             self._ranked, self._values, self._deletes, self._timeline)
         added_to, removed_from, payloads = self._added_to, self._removed_from, self._payloads
-        n, expected, ttl, score = _COUNTS, self._expected, self._ttl, self._score
+        n, expected, ttl, score = COUNTS, self._expected, self._ttl, self._score
         header = self._header
         shape = (f"{self._token or NO_VALUE} {n[len(ranked) >> 1]} {n[len(values) >> 1]}"
                  f" {n[len(deletes)]} {n[len(timeline)]}"
@@ -423,7 +423,8 @@ unranked fields), the ``context["steps"]`` map marker written ("m", no argument)
 
 
 class _Texts(dict[int, str]):
-    """The texts of counts, cached (a step write's ``shape`` has a dozen numbers)."""
+    """The decimal texts of counts, cached (a step write's ``shape`` has a dozen numbers,
+    the merged script's head a few per call: ``script_merge``)."""
 
     def __missing__(self, n: int) -> str:
         text = str(n)
@@ -432,7 +433,7 @@ class _Texts(dict[int, str]):
         return text
 
 
-_COUNTS = _Texts()
+COUNTS = _Texts()
 
 
 def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
@@ -440,4 +441,4 @@ def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
     return [run_key, lease_key, timeline_key]
 
 
-__all__ = ["NOT_FOUND", "STEP_SCRIPT", "StepArgs", "step_keys"]
+__all__ = ["COUNTS", "NOT_FOUND", "STEP_SCRIPT", "StepArgs", "step_keys"]

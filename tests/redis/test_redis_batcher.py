@@ -330,6 +330,20 @@ async def test_the_loop_runs_every_ready_callback_in_one_tick(redis: RedisBacken
     assert ran == list(range(200))
 
 
+async def test_a_due_timer_runs_once_the_ready_callbacks_ran(redis: RedisBackends) -> None:
+    """The loop stops draining when its queue is empty (no exception per tick); a timer
+    already due then runs at its next turn, without waiting for another callback."""
+    loop = redis.redis.loop
+    ran: list[str] = []
+    loop.call_at(loop.time() - 1, ran.append, "timer")
+    for i in range(3):
+        loop.call_soon(ran.append, f"soon-{i}")
+    for _ in range(5):
+        await trio.lowlevel.checkpoint()
+    assert sorted(ran) == ["soon-0", "soon-1", "soon-2", "timer"]
+    assert [r for r in ran if r != "timer"] == ["soon-0", "soon-1", "soon-2"]
+
+
 async def test_asyncio_timers_run_when_due_while_the_loop_waits(
         fake_redis: RedisBackends, autojump_clock: trio.testing.MockClock) -> None:
     """The loop waits for its next callback without a deadline of its own: its asyncio

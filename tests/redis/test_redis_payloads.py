@@ -1,8 +1,12 @@
-"""The Redis payload store's results read back where they were written: a store that
-reads results (an engine's) answers a result it wrote itself (its process's worker)
-without a round trip, and that answer is what Redis holds."""
+"""The Redis payload store's payloads read back where they were written: a store that
+reads results (an engine's) answers a result it wrote itself (its process's worker), and
+one that reads job inputs (a worker's) a job input its process's run writes stored,
+without a round trip; that answer is what Redis holds."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -10,7 +14,11 @@ from cordtrio.backends.redis import RedisBackends
 from cordtrio.backends.redis import payloads as payloads_module
 from cordtrio.backends.redis.payloads import RedisPayloadStore
 from cordtrio.backends.redis.testing import CommandCounter
-from cordtrio.errors import NotFoundError, StoreError
+from cordtrio.errors import LeaseLostError, NotFoundError, StoreError
+from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
+from cordtrio.ports import RunChanges
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def read_from_redis(redis: RedisBackends, key: str) -> bytes:
@@ -82,7 +90,7 @@ async def test_a_failed_write_keeps_nothing_of_the_key(redis: RedisBackends,
 
 async def test_kept_results_are_bounded_oldest_dropped_first(
         redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(payloads_module, "RECENT_RESULTS_BYTES", 10)
+    monkeypatch.setattr(payloads_module, "RECENT_PAYLOADS_BYTES", 10)
     store = redis.payloads
     with pytest.raises(NotFoundError):
         await store.get_result("res:before")
@@ -94,3 +102,99 @@ async def test_kept_results_are_bounded_oldest_dropped_first(
         assert await store.get_result(key) == await read_from_redis(redis, key)
     assert counter.counts["get"] == 4 + 2  # read_from_redis's, then res:1's and res:big's
     counter.close()
+
+
+def a_run(run_id: str) -> WorkflowRun:
+    run = WorkflowRun(id=run_id, workflow_id="wf-1", status=RunStatus.RUNNING, input={},
+                      created_at=T0, updated_at=T0)
+    run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
+    return run
+
+
+async def test_a_job_input_a_run_write_stored_here_is_answered_as_redis_would(
+        redis: RedisBackends) -> None:
+    """A worker sharing the store with the engine (one process) reads the job input the
+    engine's run write stored without a round trip; that answer is what Redis holds."""
+    store, payloads = redis.store, redis.payloads
+    assert store.commits_payloads_of(payloads)
+    with pytest.raises(NotFoundError):
+        await payloads.get_context("ctx:before")  # this store reads job inputs from now on
+    run = a_run("run-ctx")
+    await store.create_run(run)
+    await store.save_run_changes(run, RunChanges(steps={"s0"},
+                                                 payloads={"ctx:job-1": b'{"n": 1}'}))
+    counter = CommandCounter(redis.redis)
+    assert await payloads.get_context("ctx:job-1") == b'{"n": 1}'
+    assert counter.counts["get"] == 0
+    assert await read_context_from_redis(redis, "ctx:job-1") == b'{"n": 1}'
+    assert await payloads.get_context("ctx:job-1") == b'{"n": 1}'  # a second read: Redis's
+    assert counter.counts["get"] == 2
+    counter.close()
+
+
+async def test_a_job_input_of_a_write_that_failed_is_not_kept(redis: RedisBackends) -> None:
+    store, payloads = redis.store, redis.payloads
+    assert store.commits_payloads_of(payloads)
+    with pytest.raises(NotFoundError):
+        await payloads.get_context("ctx:before")
+    run = a_run("run-lost")
+    await store.create_run(run)
+    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:j": b"old"}))
+    with pytest.raises(LeaseLostError):  # fenced by a lease nobody holds: nothing written
+        await store.save_run_changes(run, RunChanges(steps={"s0"}, lease_owner="other",
+                                                     payloads={"ctx:j": b"new"}))
+    assert await payloads.get_context("ctx:j") == b"old" == await read_context_from_redis(
+        redis, "ctx:j")
+
+
+async def test_job_inputs_are_kept_only_once_this_store_reads_them(
+        redis: RedisBackends) -> None:
+    """An engine's own process (its workers elsewhere) keeps none of the inputs it writes."""
+    store, payloads = redis.store, redis.payloads
+    assert store.commits_payloads_of(payloads)
+    run = a_run("run-alone")
+    await store.create_run(run)
+    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:e": b"e"}))
+    await payloads.put_context("ctx:p", b"p")
+    counter = CommandCounter(redis.redis)
+    assert await payloads.get_context("ctx:e") == b"e"
+    assert await payloads.get_context("ctx:p") == b"p"
+    assert counter.counts["get"] == 2
+    counter.reset()
+    await payloads.put_context("ctx:p", b"p2")  # reading job inputs now: kept
+    await payloads.delete("ctx:e")
+    assert await payloads.get_context("ctx:p") == b"p2"
+    assert counter.counts["get"] == 0
+    with pytest.raises(NotFoundError, match="ctx:e"):
+        await payloads.get_context("ctx:e")
+    counter.close()
+
+
+async def read_context_from_redis(redis: RedisBackends, key: str) -> bytes:
+    """``key`` read by a store that kept nothing: the general path, a GET."""
+    return await RedisPayloadStore(redis.redis).get_context(key)
+
+
+async def test_a_job_input_of_a_write_whose_reply_was_lost_is_read_from_redis(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write ran, but its caller got an error: the input kept from the write before is
+    not answered any more (Redis holds the new one)."""
+    store, payloads, adapter = redis.store, redis.payloads, redis.redis
+    assert store.commits_payloads_of(payloads)
+    with pytest.raises(NotFoundError):
+        await payloads.get_context("ctx:before")
+    run = a_run("run-unknown")
+    await store.create_run(run)
+    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:u": b"old"}))
+    script = adapter.script
+
+    async def ran_then_failed(*args: Any, **kwargs: Any) -> Any:
+        await script(*args, **kwargs)
+        raise StoreError("redis: save run changes: connection lost")
+
+    monkeypatch.setattr(adapter, "script", ran_then_failed)
+    with pytest.raises(StoreError):
+        await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:u": b"new"}))
+    monkeypatch.undo()
+    assert await payloads.get_context("ctx:u") == b"new" == await read_context_from_redis(
+        redis, "ctx:u")

@@ -3,6 +3,7 @@ call keeps its own reply and its own error, as if it had been sent alone."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import trio
 
 from cordtrio.backends.redis import RedisBackends, RedisDataError
 from cordtrio.backends.redis.payloads import DEFAULT_TTL_SECONDS
-from cordtrio.backends.redis.script_merge import set_ex_args
+from cordtrio.backends.redis.script_merge import MERGED, SET_EX_SHA, set_ex_args
 from cordtrio.errors import LeaseLostError, NotFoundError
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 from cordtrio.ports import RunChanges
@@ -194,3 +195,15 @@ def test_only_plain_payload_writes_merge(args: tuple[Any, ...], kwargs: dict[str
                                          merged: bool) -> None:
     assert (set_ex_args("set", args, kwargs) is not None) is merged
     assert set_ex_args("get", ("k",), {}) is None
+
+
+def test_the_merged_head_is_one_text_argument() -> None:
+    """The call counts travel as one space-separated text (the script splits it), and every
+    count and a payload write's TTL as decimal text: the bytes the server gets for them are
+    those of the integers."""
+    step_sha = hashlib.sha1(MERGED.sources[0].encode()).hexdigest()
+    step = (step_sha, 3, "k1", "k2", "k3", "a", b"b")
+    put = set_ex_args("set", ("res:x", b"v"), {"ex": 86400})
+    assert put == (SET_EX_SHA, 1, "res:x", b"v", "86400")
+    assert MERGED.call_args([step, put]) == (
+        MERGED.sha, "4", "k1", "k2", "k3", "res:x", "2 1 3 2 4 1 2", "a", b"b", b"v", "86400")
