@@ -35,9 +35,10 @@ def json_copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-_TS_CACHE: dict[datetime, str] = {}
-"""The texts ``_format`` made last (a hit is one ``dict.get``: hot writers look here first,
-``_TS_CACHE.get(ts) or _format(ts)``; the dict is never replaced, only emptied)."""
+RECENT_TS_TEXTS: dict[datetime, str] = {}
+"""The texts ``timestamp_text`` made last, for hot writers to look up first (a hit is one
+``dict.get``, not a call): ``RECENT_TS_TEXTS.get(ts) or timestamp_text(ts)``. Read it, never
+write it; the dict is never replaced, only emptied."""
 _TS_OLD: dict[datetime, str] = {}  # the previous generation: hot entries survive a flip
 _TS_CACHE_MAX = 2048
 """Entries per generation: both full hold ~650 KB. Bounded memory matters (W4), but so do
@@ -46,13 +47,13 @@ only after ~1,500 other texts; at 512 per generation most of those were made aga
 30k instructions per engine step)."""
 
 
-def _format(value: datetime | None) -> str | None:
+def timestamp_text(value: datetime | None) -> str | None:
     """``format_ts``, cached: a run's header repeats the same timestamps (created, started)
     on every write, and one event stamps several fields with the same ``now``. (A datetime
     hashes in C and caches its hash; ``isoformat`` costs twenty times more.)"""
     if value is None:
         return None
-    text = _TS_CACHE.get(value)
+    text = RECENT_TS_TEXTS.get(value)
     if text is None:
         text = _TS_OLD.get(value)
         if text is None:
@@ -61,11 +62,11 @@ def _format(value: datetime | None) -> str | None:
             else:
                 text = format_ts(value)
                 assert text is not None
-        if len(_TS_CACHE) >= _TS_CACHE_MAX:
+        if len(RECENT_TS_TEXTS) >= _TS_CACHE_MAX:
             _TS_OLD.clear()
-            _TS_OLD.update(_TS_CACHE)
-            _TS_CACHE.clear()
-        _TS_CACHE[value] = text
+            _TS_OLD.update(RECENT_TS_TEXTS)
+            RECENT_TS_TEXTS.clear()
+        RECENT_TS_TEXTS[value] = text
     return text
 
 

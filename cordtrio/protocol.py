@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from .errors import ProtocolError
-from .fields import _TS_CACHE
+from .fields import RECENT_TS_TEXTS
 from .timeutil import format_ts, parse_ts
 
 SUBJECT_SUBMIT = "sys.job.submit"
@@ -349,7 +349,7 @@ def encode_packet(packet: BusPacket) -> bytes:
         "trace_id": packet.trace_id,
         "sender_id": packet.sender_id,
         # the engine stamps a job request with the time its step write has just formatted
-        "created_at": _TS_CACHE.get(created) or format_ts(created),  # type: ignore[arg-type]
+        "created_at": RECENT_TS_TEXTS.get(created) or format_ts(created),  # type: ignore[arg-type]
         "protocol_version": packet.protocol_version,
     }
     payload = packet.payload

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 from .errors import NotFoundError, ValidationError
 from .fields import (
     _dict,
-    _format,
     _num,
     _put,
     _str_enum,
     _ts,
     json_copy,
+    timestamp_text,
 )
 
 _T = TypeVar("_T")
@@ -105,11 +105,11 @@ class StepRun:
     def to_dict(self, *, with_children: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"step_id": self.step_id, "status": str(self.status.value)}
         if self.started_at is not None:
-            out["started_at"] = _format(self.started_at)
+            out["started_at"] = timestamp_text(self.started_at)
         if self.completed_at is not None:
-            out["completed_at"] = _format(self.completed_at)
+            out["completed_at"] = timestamp_text(self.completed_at)
         if self.next_attempt_at is not None:
-            out["next_attempt_at"] = _format(self.next_attempt_at)
+            out["next_attempt_at"] = timestamp_text(self.next_attempt_at)
         if self.attempts:
             out["attempts"] = self.attempts
         if self.input:
@@ -276,9 +276,9 @@ class WorkflowRun:
             out["input"] = json_copy(self.input)
         out["status"] = str(self.status.value)
         if self.started_at is not None:
-            out["started_at"] = _format(self.started_at)
+            out["started_at"] = timestamp_text(self.started_at)
         if self.completed_at is not None:
-            out["completed_at"] = _format(self.completed_at)
+            out["completed_at"] = timestamp_text(self.completed_at)
         if self.output:
             out["output"] = json_copy(self.output)
         if self.error:
@@ -287,9 +287,9 @@ class WorkflowRun:
         if self.triggered_by:
             out["triggered_by"] = self.triggered_by
         if self.created_at is not None:
-            out["created_at"] = _format(self.created_at)
+            out["created_at"] = timestamp_text(self.created_at)
         if self.updated_at is not None:
-            out["updated_at"] = _format(self.updated_at)
+            out["updated_at"] = timestamp_text(self.updated_at)
         if self.labels:
             out["labels"] = dict(self.labels)
         if self.metadata:
@@ -430,7 +430,7 @@ class TimelineEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"time": _format(self.time), "type": self.type}
+        out: dict[str, Any] = {"time": timestamp_text(self.time), "type": self.type}
         # written out: one to_dict per timeline event, several per step
         if self.run_id:
             out["run_id"] = self.run_id

@@ -20,13 +20,13 @@ from typing import Any
 from .errors import ValidationError
 from .fields import (
     _dict,
-    _format,
     _list_of_str,
     _num,
     _put,
     _str_enum,
     _ts,
     json_copy,
+    timestamp_text,
 )
 
 _new = object.__new__  # clone() copies __dict__ directly: no __init__ call for 23 fields
@@ -321,8 +321,8 @@ class Workflow:
         _put(out, "input_schema", json_copy(self.input_schema))
         _put(out, "parameters", json_copy(self.parameters))
         _put(out, "created_by", self.created_by)
-        _put(out, "created_at", _format(self.created_at))
-        _put(out, "updated_at", _format(self.updated_at))
+        _put(out, "created_at", timestamp_text(self.created_at))
+        _put(out, "updated_at", timestamp_text(self.updated_at))
         return out
 
     def clone(self) -> Workflow:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cordtrio.errors import ProtocolError
-from cordtrio.fields import _format
+from cordtrio.fields import timestamp_text
 from cordtrio.protocol import (
     PROTOCOL_VERSION,
     ActorType,
@@ -384,7 +384,7 @@ def test_created_at_is_written_as_format_ts_writes_it_whether_or_not_its_text_is
     when: datetime, cached: bool
 ) -> None:
     if cached:  # the engine's step write formats the time it stamps its job requests with
-        _format(when.astimezone(UTC))
+        timestamp_text(when.astimezone(UTC))
     raw = cbor2.loads(encode_packet(BusPacket(created_at=when)))
     assert raw["created_at"] == format_ts(when)
 

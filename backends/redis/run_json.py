@@ -18,7 +18,7 @@ from datetime import datetime
 from json.encoder import encode_basestring
 from typing import Any
 
-from cordtrio.fields import _TS_CACHE, _format
+from cordtrio.fields import RECENT_TS_TEXTS, timestamp_text
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 
 from .run_hash import Where, dumps, encode_value
@@ -27,12 +27,12 @@ _esc: Callable[[Any], str] = encode_basestring
 """The string escape of ``dumps`` (``ensure_ascii=False``); raises TypeError on a non-string,
 which sends the part down the general path."""
 
-_stamp: Callable[[datetime], str] = _format  # type: ignore[assignment]
-"""A timestamp's text (``_format``, cached; never None for a datetime). Timestamps (ISO
+_stamp: Callable[[datetime], str] = timestamp_text  # type: ignore[assignment]
+"""A timestamp's text (``timestamp_text``, cached; never None for a datetime). Timestamps (ISO
 8601) and status values never need escaping: they are quoted as they are."""
 
-_cached = _TS_CACHE.get
-"""``_format``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
+_cached = RECENT_TS_TEXTS.get
+"""``timestamp_text``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
 ``dict.get`` instead of a Python call, and a step stamps ten fields, most of them hits."""
 
 _QUOTED: dict[str, str] = {}

@@ -194,23 +194,23 @@ def test_a_run_read_ignores_fields_of_no_kind_and_sorts_unranked_parts_last() ->
 
 
 def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> None:
-    """``run_json`` looks timestamps up in ``_format``'s cache dict itself: the dict must
+    """``run_json`` looks timestamps up in ``timestamp_text``'s cache dict itself: the dict must
     stay the one it holds (emptied on a flip, never replaced) and give ``format_ts``'s
     text, for a hit, a miss, and an entry kept over a flip."""
     from cordtrio import fields
     from cordtrio.backends.redis import run_json
     from cordtrio.timeutil import format_ts
 
-    cache = fields._TS_CACHE
-    stamps = [T0 + timedelta(microseconds=i) for i in range(2 * fields._TS_CACHE_MAX + 3)]
+    cache = fields.RECENT_TS_TEXTS
+    stamps = [T0 + timedelta(microseconds=i) for i in range(2 * fields.RECENT_TS_TEXTS_MAX + 3)]
     for ts in stamps:
-        assert fields._format(ts) == format_ts(ts)
-    assert fields._TS_CACHE is cache and run_json._cached.__self__ is cache
-    assert len(cache) <= fields._TS_CACHE_MAX
+        assert fields.timestamp_text(ts) == format_ts(ts)
+    assert fields.RECENT_TS_TEXTS is cache and run_json._cached.__self__ is cache
+    assert len(cache) <= fields.RECENT_TS_TEXTS_MAX
     for ts in (stamps[0], stamps[-1], T1):  # evicted, cached, never seen (another zone)
         sr = StepRun(step_id="s", started_at=ts)
         assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
-        assert (cache.get(ts) or fields._format(ts)) == format_ts(ts)
+        assert (cache.get(ts) or fields.timestamp_text(ts)) == format_ts(ts)
 
 
 def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
