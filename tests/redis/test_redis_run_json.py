@@ -202,11 +202,11 @@ def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> N
     from cordtrio.timeutil import format_ts
 
     cache = fields.RECENT_TS_TEXTS
-    stamps = [T0 + timedelta(microseconds=i) for i in range(2 * fields.RECENT_TS_TEXTS_MAX + 3)]
+    stamps = [T0 + timedelta(microseconds=i) for i in range(2 * fields._TS_CACHE_MAX + 3)]
     for ts in stamps:
         assert fields.timestamp_text(ts) == format_ts(ts)
     assert fields.RECENT_TS_TEXTS is cache and run_json._cached.__self__ is cache
-    assert len(cache) <= fields.RECENT_TS_TEXTS_MAX
+    assert len(cache) <= fields._TS_CACHE_MAX
     for ts in (stamps[0], stamps[-1], T1):  # evicted, cached, never seen (another zone)
         sr = StepRun(step_id="s", started_at=ts)
         assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
