@@ -8,6 +8,8 @@ so is a job input that a run write of this process stored, once the store reads 
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -19,6 +21,10 @@ from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
 from .adapter import RedisAdapter
 
 DEFAULT_TTL_SECONDS = 24 * 3600
+
+clock = time.monotonic
+"""What a kept payload's age is measured with (Redis expires keys on real time, not on
+Trio's clock); read before each write is sent."""
 
 RECENT_PAYLOADS_BYTES = 4 * 1024 * 1024
 """Bytes of payloads written here and not yet read here that a store keeps at most (the
@@ -57,7 +63,8 @@ class RedisPayloadStore:
         self.ttl_seconds = int(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
         self._reads_results = False  # set by the first ``get_result``
         self._reads_contexts = False  # set by the first ``get_context``
-        self._recent: dict[str, bytes] = {}  # payloads written here, not yet read here
+        # payloads written here, not yet read here: (bytes, until when they may be answered)
+        self._recent: dict[str, tuple[bytes, float]] = {}
         self._recent_bytes = 0
 
     @property
@@ -92,12 +99,14 @@ class RedisPayloadStore:
             for key in payloads:
                 self._forget(key)
 
-    def committed(self, payloads: Mapping[str, bytes]) -> None:
-        """A run write stored these job inputs: kept for this process's read (once it
-        reads job inputs, ``get_context``)."""
+    def committed(self, payloads: Mapping[str, bytes], sent_at: float) -> None:
+        """A run write sent at ``sent_at`` (``clock()``, read before it went) stored these
+        job inputs: kept for this process's read (once it reads job inputs,
+        ``get_context``), no longer than Redis keeps them."""
         if self._reads_contexts:
+            until = self._until(sent_at)
             for key, data in payloads.items():
-                self._remember(key, data if type(data) is bytes else bytes(data))
+                self._remember(key, data if type(data) is bytes else bytes(data), until)
 
     async def _put_kept(self, key: str, data: bytes, keep: bool) -> None:
         """Write the payload; keep it for this process's read when ``keep``."""
@@ -105,16 +114,20 @@ class RedisPayloadStore:
             await self._put(key, data)
             return
         self._forget(key)  # until this write succeeded: Redis may keep the older value
+        sent_at = clock()
         await self._put(key, data)
-        self._remember(key, bytes(data))
+        self._remember(key, bytes(data), self._until(sent_at))
 
     async def _get_kept(self, key: str) -> bytes:
-        """The payload kept since this process wrote it (taken: once), else Redis's."""
-        data = self._recent.pop(key, None)
-        if data is not None:
+        """The payload kept since this process wrote it (taken: once; not once Redis may
+        have expired it), else Redis's."""
+        kept = self._recent.pop(key, None)
+        if kept is not None:
+            data, until = kept
             self._recent_bytes -= len(data)
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return data
+            if clock() < until:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return data
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def delete(self, key: str) -> None:
@@ -123,22 +136,27 @@ class RedisPayloadStore:
         self._forget(key)
         await self._redis.call("delete payload", key, "delete", key)
 
-    def _remember(self, key: str, data: bytes) -> None:
-        """Keep the payload just stored for this process's read, dropping the oldest kept
-        beyond ``RECENT_PAYLOADS_BYTES``."""
+    def _until(self, sent_at: float) -> float:
+        """Until when a payload written at ``sent_at`` may be answered from here: its TTL
+        counted from before the write went, so never after Redis expires it."""
+        return sent_at + self.ttl_seconds if self.ttl_seconds is not None else math.inf
+
+    def _remember(self, key: str, data: bytes, until: float) -> None:
+        """Keep the payload just stored for this process's read (until ``until``), dropping
+        the oldest kept beyond ``RECENT_PAYLOADS_BYTES``."""
         if len(data) > RECENT_PAYLOADS_BYTES:
             return
         recent = self._recent
         self._forget(key)
-        recent[key] = data
+        recent[key] = (data, until)
         self._recent_bytes += len(data)
         while self._recent_bytes > RECENT_PAYLOADS_BYTES:
             self._forget(next(iter(recent)))
 
     def _forget(self, key: str) -> None:
-        data = self._recent.pop(key, None)
-        if data is not None:
-            self._recent_bytes -= len(data)
+        kept = self._recent.pop(key, None)
+        if kept is not None:
+            self._recent_bytes -= len(kept[0])
 
     def _put(self, key: str, data: bytes) -> Awaitable[Any]:
         """The ``SET key data EX ttl`` of a write, to be awaited."""

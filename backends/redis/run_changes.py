@@ -18,6 +18,7 @@ from cordtrio.ports import (
     status_text,
 )
 
+from . import payloads as payload_store
 from .adapter import RedisDataError
 from .keys import (
     CTX_STEPS_MARKER,
@@ -116,7 +117,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 self._queue_retention(args, run, status)
             if changes.payloads:
                 args.payloads(changes.payloads, self._committed_ttl())
-                self._committing(changes.payloads)
+                sent_at = self._committing(changes.payloads)
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
                 step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),
@@ -130,7 +131,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             else:
                 self._mirror.forget(run)  # written without a mirror, or it was off
             if changes.payloads:
-                self._committed(changes.payloads)
+                self._committed(changes.payloads, sent_at)
             return
         self._mirror.forget(run)
         if reply[0] == NOT_FOUND:
@@ -149,13 +150,15 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                              "by this store (commits_payloads_of)")
         return self._payload_ttl
 
-    def _committing(self, payloads: dict[str, bytes]) -> None:
+    def _committing(self, payloads: dict[str, bytes]) -> float:
+        """Tell the payload stores a write of these inputs is going: the time it went."""
         for store in self._payload_stores:
             store.committing(payloads)
+        return payload_store.clock()
 
-    def _committed(self, payloads: dict[str, bytes]) -> None:
+    def _committed(self, payloads: dict[str, bytes], sent_at: float) -> None:
         for store in self._payload_stores:
-            store.committed(payloads)
+            store.committed(payloads, sent_at)
 
     @staticmethod
     def _lost(run: WorkflowRun, holder: Any, owner: str | None) -> LeaseLostError:
@@ -194,11 +197,10 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
 
         watched = [key] if owner is None else [lease, key]
         self._mirror.forget(run)
-        if changes.payloads:
-            self._committing(changes.payloads)
+        sent_at = self._committing(changes.payloads) if changes.payloads else 0.0
         await self._redis.transaction("save run changes", key, watched, txn)
         if changes.payloads:
-            self._committed(changes.payloads)
+            self._committed(changes.payloads, sent_at)
 
     def _queue_ops(self, pipe: Any, key: str, ops: FieldOps) -> None:
         """Queue the hash writes of the rare path (``_save_reading_fields``): one HSET

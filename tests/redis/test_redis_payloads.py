@@ -1,7 +1,7 @@
 """The Redis payload store's payloads read back where they were written: a store that
 reads results (an engine's) answers a result it wrote itself (its process's worker), and
 one that reads job inputs (a worker's) a job input its process's run writes stored,
-without a round trip; that answer is what Redis holds."""
+without a round trip, within the payload's TTL; that answer is what Redis holds."""
 
 from __future__ import annotations
 
@@ -198,3 +198,41 @@ async def test_a_job_input_of_a_write_whose_reply_was_lost_is_read_from_redis(
     monkeypatch.undo()
     assert await payloads.get_context("ctx:u") == b"new" == await read_context_from_redis(
         redis, "ctx:u")
+
+
+class FakeClock:
+    """Stands in for ``payloads.clock`` (Redis's real time): moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_kept_payloads_are_not_answered_once_redis_may_have_expired_them(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept result or job input is answered from here only within its TTL, counted from
+    before its write went: past it, the read goes to Redis (which expires the key itself)."""
+    clock = FakeClock()
+    monkeypatch.setattr(payloads_module, "clock", clock)
+    store, payloads = redis.store, redis.payloads
+    ttl = payloads.ttl_seconds
+    assert ttl is not None and store.commits_payloads_of(payloads)
+    for read in (payloads.get_result, payloads.get_context):  # both kinds read here now
+        with pytest.raises(NotFoundError):
+            await read("res:before" if read == payloads.get_result else "ctx:before")
+    run = a_run("run-ttl")
+    await store.create_run(run)
+    await payloads.put_result("res:soon", b"1")
+    await payloads.put_result("res:late", b"2")
+    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:late": b"3"}))
+    counter = CommandCounter(redis.redis)
+    clock.now += ttl - 1
+    assert await payloads.get_result("res:soon") == b"1"  # within its TTL: kept
+    assert counter.counts["get"] == 0
+    clock.now += 1  # the TTL has run out: Redis decides (here it still holds them)
+    assert await payloads.get_result("res:late") == b"2"
+    assert await payloads.get_context("ctx:late") == b"3"
+    assert counter.counts["get"] == 2
+    counter.close()
