@@ -219,13 +219,15 @@ class _FloorDuties:
                            run.workflow_id, run.mailbox)
         run.steps[sid] = _Step(job_id, at, payload)
         rows.append((at, "step_dispatched", sid, job_id, "running", {"context_ptr": pointer}))
-        self.on_dispatched(run.id, sid, job_id)
         return _Packet(run.id, "workflow-engine", at, request)
 
-    def send_jobs(self, packets: list[_Packet]) -> None:
+    def send_jobs(self, run: _Run, packets: list[_Packet]) -> None:
+        """After the write: each job held until acknowledged, sent, its hook called."""
         for packet in packets:
-            self.unacked[packet.payload.job_id] = packet
+            job_id = packet.payload.job_id
+            self.unacked[job_id] = packet
             self.send.send_nowait(packet)
+            self.on_dispatched(run.id, packet.payload.env["step_id"], job_id)
 
     async def run(self, run: _Run, started: _Signal) -> None:
         """One run's task: start the roots, then fold each result in (SPEC §5, §6, §8)."""
@@ -235,7 +237,7 @@ class _FloorDuties:
         rows: list[tuple[Any, ...]] = [(at, "run_status", "", "", "running", {})]
         packets = [self.start_job(run, _ORDER[0], now, at, rows)]
         self.store.write(run, [_ORDER[0]], None, rows)
-        self.send_jobs(packets)
+        self.send_jobs(run, packets)
         started.set()
         while run.status == "running":
             result: _Result = (await run.mailbox.get()).payload
@@ -252,7 +254,6 @@ class _FloorDuties:
             step.status, step.completed_at, step.output = "succeeded", at, result.result_ptr
             run.ctx_steps[target] = {"result_ptr": result.result_ptr, "output": output}
             rows = [(at, "step_completed", target, result.job_id, "succeeded", {})]
-            self.on_finished(run.id, target, "succeeded")
             changed, packets = [target], []
             for sid in _DEPENDENTS[target]:
                 if all(d in run.steps and run.steps[d].status == "succeeded"
@@ -265,7 +266,8 @@ class _FloorDuties:
                 rows.append((at, "run_status", "", "", "succeeded", {}))
             run.updated_at = at
             self.store.write(run, changed, target, rows)
-            self.send_jobs(packets)
+            self.on_finished(run.id, target, "succeeded")  # after the write, as SPEC's hooks
+            self.send_jobs(run, packets)
         self.finished.pop(run.id).set()
 
     async def worker(self, worker_id: str) -> None:
