@@ -111,18 +111,26 @@ def a_run(run_id: str) -> WorkflowRun:
     return run
 
 
-async def test_a_job_input_a_run_write_stored_here_is_answered_as_redis_would(
-        redis: RedisBackends) -> None:
-    """A worker sharing the store with the engine (one process) reads the job input the
-    engine's run write stored without a round trip; that answer is what Redis holds."""
+async def input_written_for_a_reader(redis: RedisBackends, run_id: str, key: str,
+                                     data: bytes) -> WorkflowRun:
+    """A store reading job inputs (a worker in the engine's process), and ``data`` written
+    at ``key`` by a run write of the store beside it: the run."""
     store, payloads = redis.store, redis.payloads
     assert store.commits_payloads_of(payloads)
     with pytest.raises(NotFoundError):
         await payloads.get_context("ctx:before")  # this store reads job inputs from now on
-    run = a_run("run-ctx")
+    run = a_run(run_id)
     await store.create_run(run)
-    await store.save_run_changes(run, RunChanges(steps={"s0"},
-                                                 payloads={"ctx:job-1": b'{"n": 1}'}))
+    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={key: data}))
+    return run
+
+
+async def test_a_job_input_a_run_write_stored_here_is_answered_as_redis_would(
+        redis: RedisBackends) -> None:
+    """A worker sharing the store with the engine (one process) reads the job input the
+    engine's run write stored without a round trip; that answer is what Redis holds."""
+    payloads = redis.payloads
+    await input_written_for_a_reader(redis, "run-ctx", "ctx:job-1", b'{"n": 1}')
     counter = CommandCounter(redis.redis)
     assert await payloads.get_context("ctx:job-1") == b'{"n": 1}'
     assert counter.counts["get"] == 0
@@ -134,12 +142,7 @@ async def test_a_job_input_a_run_write_stored_here_is_answered_as_redis_would(
 
 async def test_a_job_input_of_a_write_that_failed_is_not_kept(redis: RedisBackends) -> None:
     store, payloads = redis.store, redis.payloads
-    assert store.commits_payloads_of(payloads)
-    with pytest.raises(NotFoundError):
-        await payloads.get_context("ctx:before")
-    run = a_run("run-lost")
-    await store.create_run(run)
-    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:j": b"old"}))
+    run = await input_written_for_a_reader(redis, "run-lost", "ctx:j", b"old")
     with pytest.raises(LeaseLostError):  # fenced by a lease nobody holds: nothing written
         await store.save_run_changes(run, RunChanges(steps={"s0"}, lease_owner="other",
                                                      payloads={"ctx:j": b"new"}))
@@ -180,12 +183,7 @@ async def test_a_job_input_of_a_write_whose_reply_was_lost_is_read_from_redis(
     """The write ran, but its caller got an error: the input kept from the write before is
     not answered any more (Redis holds the new one)."""
     store, payloads, adapter = redis.store, redis.payloads, redis.redis
-    assert store.commits_payloads_of(payloads)
-    with pytest.raises(NotFoundError):
-        await payloads.get_context("ctx:before")
-    run = a_run("run-unknown")
-    await store.create_run(run)
-    await store.save_run_changes(run, RunChanges(steps={"s0"}, payloads={"ctx:u": b"old"}))
+    run = await input_written_for_a_reader(redis, "run-unknown", "ctx:u", b"old")
     script = adapter.script
 
     async def ran_then_failed(*args: Any, **kwargs: Any) -> Any:
