@@ -123,7 +123,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             raise
         if reply[0] == 1:
             if known is not None and not int(reply[1]):
-                self._mirror.put(run, known)  # the names after the write (updated in place)
+                self._mirror.kept(run, known)  # the names after the write (updated in place)
             else:
                 self._mirror.forget(run)  # written without a mirror, or it was off
             if changes.payloads:
