@@ -67,6 +67,8 @@ from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
 from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
 
+_current_task = trio.lowlevel.current_task
+
 MAX_IN_FLIGHT = BATCH_CONNECTIONS
 """Pipelines the batcher has in flight at once (each holds one connection, which the
 adapter keeps for the next batch)."""
@@ -97,7 +99,7 @@ class _Call:
         self.method = method
         self.args = args
         self.kwargs = kwargs
-        self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        self.task: trio.lowlevel.Task | None = _current_task()
         self.merged = False  # sent as part of a merged call (``CommandBatcher._merge``)
 
     def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -252,14 +254,15 @@ class CommandBatcher:
         evals_args: list[tuple[Any, ...]] = []
         sets: list[int] = []  # which of evals are payload SETs (their reply: True)
         gets: list[_Call] = []
-        merge_sets = scripts.mergeable("evalsha", (SET_EX_SHA,))
+        numbers = scripts.numbers
+        merge_sets = SET_EX_SHA in numbers
         for c in batch:
             method = c.method
             if method == "get":
                 if len(c.args) == 1 and not c.kwargs:
                     gets.append(c)
             elif method == "evalsha":
-                if scripts.mergeable(method, c.args):
+                if c.args[0] in numbers:  # ``scripts.mergeable``
                     evals.append(c)
                     evals_args.append(c.args)
             elif method == "set" and merge_sets:
