@@ -153,7 +153,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         return args.argv(key), args.plain
 
     @staticmethod
-    def _previous(changes: RunChanges) -> Sequence[str]:
+    def _previous(changes: RunChanges) -> tuple[str, ...]:
         """The status zsets the run may be in before a header write."""
         prev = changes.previous_status
         return RUN_STATUSES if prev is None else (status_text(prev),)

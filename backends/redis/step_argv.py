@@ -31,6 +31,8 @@ from .run_json import header_json, step_json
 from .step_write import COUNTS, NO_VALUE
 
 _NONE: tuple[()] = ()
+_FLAGS = {True: "k", False: "n"}
+"""A ranked field's flag (``StepArgs.fields``) by whether the mirror holds its rank."""
 
 
 def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
@@ -97,16 +99,10 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
     if known is None:
         flags = "k" * count
         expected = NO_VALUE
-    else:
-        flags = ""
-        new_ranks = []
-        for field in ranked[::2]:
-            ord_field = ORD + field
-            if ord_field in known:
-                flags += "k"
-            else:
-                flags += "n"
-                new_ranks.append(ord_field)
+    else:  # in C: "n" for each field whose rank the mirror lacks (the script ranks it)
+        names = ranked[::2]
+        ords = list(map(ORD.__add__, names))
+        flags = "".join(map(_FLAGS.__getitem__, map(known.__contains__, ords)))
         if deletes:
             known.difference_update(deletes, [ORD + f for f in deletes])
         held = len(known)
@@ -115,8 +111,8 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
         if steps_map:
             known.add(CTX_STEPS_MARKER)
         if ranked:
-            known.update(ranked[::2])
-            known.update(new_ranks)
+            known.update(names)
+            known.update(ords)  # the new ranks (the others are there)
         if token:
             known.add(SAVED)
         expected = COUNTS[len(known) - held]

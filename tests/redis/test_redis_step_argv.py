@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +164,56 @@ def test_step_argv_of_the_engines_chain_steps() -> None:
         run.updated_at = T0 + timedelta(seconds=next(ticks))
         for mirrored in (None, known):
             _both(store, run, changes, mirrored, "", [b'{"type":"x"}'])
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.commands.append((name, *args))
+
+
+def _queue_index_as_written_before(pipe: Any, run: WorkflowRun, status: str,
+                                   previous: tuple[str, ...], sync_active: bool) -> None:
+    """The index moves as ``_queue_index`` queued them one by one (the reference)."""
+    from cordtrio.backends.redis.base import TERMINAL_STATUSES
+    from cordtrio.backends.redis.keys import RUNS_ALL, active_runs_key, runs_by_status_key
+    stamp = run.updated_at
+    updated = stamp.timestamp() if stamp is not None else 0.0
+    if not updated:
+        updated = run.created_at.timestamp() if run.created_at is not None else 0.0
+    moved = False
+    for old in previous:
+        if old != status:
+            pipe.zrem(runs_by_status_key(old), run.id)
+            moved = True
+    pipe.zadd(runs_by_status_key(status), {run.id: updated})
+    pipe.zadd(RUNS_ALL, {run.id: updated})
+    if not moved and previous and not sync_active:
+        return
+    if not sync_active and len(previous) == 1 and \
+            (previous[0] in TERMINAL_STATUSES) == (status in TERMINAL_STATUSES):
+        return
+    if status in TERMINAL_STATUSES:
+        pipe.srem(active_runs_key(run.org_id), run.id)
+    else:
+        pipe.sadd(active_runs_key(run.org_id), run.id)
+
+
+STATUSES = [s.value for s in RunStatus] + ["unknown"]
+
+
+@pytest.mark.parametrize("sync_active", [False, True])
+@pytest.mark.parametrize("status", STATUSES)
+def test_index_moves_are_those_queued_one_by_one(status: str, sync_active: bool) -> None:
+    from cordtrio.backends.redis.run_index import RUN_STATUSES, RedisRunIndex
+    for previous in [(), RUN_STATUSES, *((s,) for s in STATUSES), ("running", "unknown")]:
+        for updated in (None, T0):
+            run = WorkflowRun(id="r1", org_id="o", created_at=T0 - timedelta(days=1),
+                              updated_at=updated)
+            got, want = _Recorder(), _Recorder()
+            RedisRunIndex._queue_index(got, run, status, previous=previous,
+                                       sync_active=sync_active)
+            _queue_index_as_written_before(want, run, status, previous, sync_active)
+            assert got.commands == want.commands
