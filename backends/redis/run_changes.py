@@ -89,7 +89,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
         owner = changes.lease_owner
-        if owner is None and not changes:
+        if owner is None and not changes.header and not changes:  # (a step: the header)
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
             if not await self._redis.call("save run changes", key, "exists", key):
