@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cordtrio.errors import LeaseLostError, NotFoundError
@@ -45,14 +45,11 @@ from .step_argv import step_argv
 from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
 from .timelines import RedisTimelines
 
-_WRITE_TOKENS = itertools.count()
 _TOKEN_PREFIX = os.urandom(6).hex()
-
-
-def _write_token() -> str:
-    """A token no other step write carries (this process's random prefix and a counter):
-    ``STEP_SCRIPT`` applies a write whose token the run hash already holds only once."""
-    return f"{_TOKEN_PREFIX}{next(_WRITE_TOKENS)}"
+_WRITE_TOKENS: Iterator[str] = map((_TOKEN_PREFIX + "{}").format, itertools.count())
+"""Tokens no other step write carries (this process's random prefix and a counter, made in
+C: ``next``): ``STEP_SCRIPT`` applies a write whose token the run hash already holds only
+once."""
 
 
 class RedisRunChanges(RedisRunIndex, RedisTimelines):
@@ -98,7 +95,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
         key = run_key(run.id)
-        token = _write_token()  # the same bytes when the adapter sends the script again
+        token = next(_WRITE_TOKENS)  # the same bytes when the adapter sends it again
         known = self._mirror.get(run) if changes.header else None
         if known is not None and HEADER not in known:
             known = None  # the header write is how the script tells a missing run

@@ -108,9 +108,8 @@ class MergedScripts:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
         out: list[Any] = []
         for item in reply:
-            ok = bool(item) and item[0] == 1
-            value = item[1] if len(item) > 1 else None
-            if ok:
+            value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
+            if item and item[0] == 1:
                 out.append(value)
             else:
                 text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
