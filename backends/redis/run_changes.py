@@ -34,7 +34,6 @@ from .keys import (
     ctxstep_field,
     run_key,
     step_field,
-    timeline_key,
 )
 from .leases import lease_key
 from .payloads import RedisPayloadStore
@@ -94,7 +93,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             return
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
-        key = run_key(run.id)
+        keys = step_keys(run.id)
+        key = keys[0]
         token = next(_WRITE_TOKENS)  # the same bytes when the adapter sends it again
         known = self._mirror.get(run) if changes.header else None
         if known is not None and HEADER not in known:
@@ -113,8 +113,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                 sent_at = self._committing(changes.payloads)
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
-                step_keys(key, lease_key(run.id), timeline_key(run.id)), built[0],
-                plain=built[1])
+                keys, built[0], plain=built[1])
         except BaseException:
             self._mirror.forget(run)  # it may have run all the same: read next time
             raise
