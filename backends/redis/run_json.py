@@ -74,6 +74,8 @@ _HEAD_VALUES: Callable[[WorkflowRun], tuple[Any, ...]] = attrgetter(
 """The header's fields with values of their own: a header with any of them set is not
 kept (equal values may be written differently: ``1`` and ``1.0``, dicts in another
 order)."""
+_NUMBERS = frozenset((float, int))
+"""The types of a cost written as it is (a bool or an int enum: the encoder decides)."""
 _HEADS: dict[str, tuple[tuple[Any, ...], str, str]] = {}
 _HEADS_MAX = 4096
 """Per run id: the fields a header was last built from and its text before and after its
@@ -94,7 +96,7 @@ def header_json(run: WorkflowRun, where: Where) -> bytes:
         key = _HEAD_FIELDS(run)
         values = _HEAD_VALUES(run)
         cost = values[0]
-        if type(cost) is not float and type(cost) is not int:
+        if type(cost) not in _NUMBERS:
             raise TypeError("total_cost")  # header_dict's empty test (``_put``) decides
         status = key[0]
         kept = type(status) is RunStatus and not any(values)
