@@ -36,23 +36,26 @@ _cached = RECENT_TS_TEXTS.get
 """``timestamp_text``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
 ``dict.get`` instead of a Python call, and a step stamps ten fields, most of them hits."""
 
-_QUOTED: dict[str, str] = {}
 _QUOTED_MAX = 8192
-_quoted = _QUOTED.get
-"""The escaped texts of the ids a step writes again and again (the run's and workflow's id
-in the header and every event, step and job ids, statuses, event types), looked up first
-(``_quoted(v) or _quote(v)``): a hit is a ``dict.get`` instead of an escape (~1k
-instructions), and a step writes ~18 of them. Emptied when full; with hundreds of runs in
-flight a job id is written again (its completion) after a few thousand other ids."""
 
 
-def _quote(value: Any) -> str:
-    """``_esc(value)``, kept in ``_QUOTED`` (a non-string raises, as ``_esc`` does)."""
-    text = _esc(value)
-    if len(_QUOTED) >= _QUOTED_MAX:
-        _QUOTED.clear()
-    _QUOTED[value] = text
-    return text
+class _Quoted(dict[Any, str]):
+    """The escaped texts of the ids a step writes again and again (the run's and workflow's
+    id in the header and every event, step and job ids, statuses, event types):
+    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions), and a step
+    writes ~18 of them. A miss escapes (a non-string raises, as ``_esc`` does). Emptied
+    when full; with hundreds of runs in flight a job id is written again (its completion)
+    after a few thousand other ids."""
+
+    def __missing__(self, value: Any) -> str:
+        text = _esc(value)
+        if len(self) >= _QUOTED_MAX:
+            self.clear()
+        self[value] = text
+        return text
+
+
+_QUOTED = _Quoted()
 
 
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
@@ -110,8 +113,8 @@ def header_json(run: WorkflowRun, where: Where) -> bytes:
         (_, wf_id, org_id, team_id, started_at, completed_at, triggered_by, created_at,
          idempotency_key, rerun_of_id, rerun_step_id, dry_run) = key
         _, out, err, label_map, metadata_map = values
-        org = f',"org_id":{_quoted(org_id) or _quote(org_id)}' if org_id else ""
-        team = f',"team_id":{_quoted(team_id) or _quote(team_id)}' if team_id else ""
+        org = f',"org_id":{_QUOTED[org_id]}' if org_id else ""
+        team = f',"team_id":{_QUOTED[team_id]}' if team_id else ""
         st = f'"{status._value_}"' if type(status) is RunStatus else _esc(str(status.value))
         started = ("" if started_at is None
                    else f',"started_at":"{_cached(started_at) or _stamp(started_at)}"')
@@ -132,8 +135,8 @@ def header_json(run: WorkflowRun, where: Where) -> bytes:
         rerun_step = f',"rerun_step":{_esc(rerun_step_id)}' if rerun_step_id else ""
         dry = ',"dry_run":true' if dry_run else ""
         v = run.id
-        rid = _quoted(v) or _quote(v)
-        wf = _quoted(wf_id) or _quote(wf_id)
+        rid = _QUOTED[v]
+        wf = _QUOTED[wf_id]
         head = (f'{{"id":{rid},"workflow_id":{wf}{org}{team},"status":{st}{started}'
                 f'{completed}{output}{error}{total}{trigger}{created}')
         tail = f'{labels}{metadata}{idem}{rerun_of}{rerun_step}{dry}}}'
@@ -170,13 +173,13 @@ def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes
         given = f',"input":{encode_value(given_input)}' if given_input else ""
         output = "" if out is None else f',"output":{_text(out)}'
         error = f',"error":{encode_value(err)}' if err else ""
-        job = f',"job_id":{_quoted(job_id) or _quote(job_id)}' if job_id else ""
+        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
         item = "" if item_value is None else f',"item":{_text(item_value)}'
         kids = ""
         if with_children and children:
             docs = {cid: c.to_dict() for cid, c in children.items()}
             kids = f',"children":{encode_value(docs)}'
-        sid = _quoted(step_id) or _quote(step_id)
+        sid = _QUOTED[step_id]
         return (f'{{"step_id":{sid},"status":{st}{started}{completed}{retry}'
                 f'{attempts}{given}{output}{error}{job}{item}{kids}}}').encode()
     except _UNEXPECTED:
@@ -197,16 +200,16 @@ def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where)
         (at, kind, named, wf_id, step_id, job_id, status, result_ptr, text,
          data_value) = _EVENT_FIELDS(event)
         time = _esc(now) if at is None else f'"{_cached(at) or _stamp(at)}"'
-        rid = f',"run_id":{_quoted(named) or _quote(named)}' if named else ""
-        wf = f',"workflow_id":{_quoted(wf_id) or _quote(wf_id)}' if wf_id else ""
-        step = f',"step_id":{_quoted(step_id) or _quote(step_id)}' if step_id else ""
-        job = f',"job_id":{_quoted(job_id) or _quote(job_id)}' if job_id else ""
-        st = f',"status":{_quoted(status) or _quote(status)}' if status else ""
+        rid = f',"run_id":{_QUOTED[named]}' if named else ""
+        wf = f',"workflow_id":{_QUOTED[wf_id]}' if wf_id else ""
+        step = f',"step_id":{_QUOTED[step_id]}' if step_id else ""
+        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
+        st = f',"status":{_QUOTED[status]}' if status else ""
         result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
         message = f',"message":{_esc(text)}' if text else ""
         data = f',"data":{encode_value(data_value)}' if data_value else ""
-        owner = "" if named else f',"run_id":{_quoted(run_id) or _quote(run_id)}'
-        return (f'{{"time":{time},"type":{_quoted(kind) or _quote(kind)}{rid}{wf}{step}{job}'
+        owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
+        return (f'{{"time":{time},"type":{_QUOTED[kind]}{rid}{wf}{step}{job}'
                 f'{st}{result}{message}{data}{owner}}}').encode()
     except _UNEXPECTED:
         doc = event.to_dict()

@@ -222,7 +222,6 @@ def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
     from cordtrio.backends.redis import run_json
 
     cache = run_json._QUOTED
-    assert run_json._quoted.__self__ is cache
     event = TimelineEvent(time=T0, type="step_completed", run_id="r\"1", workflow_id="wf",
                           step_id=Colour.RED, job_id="j\u2028", status="succeeded")
     run = WorkflowRun(id="r\"1", workflow_id="red", org_id="o")
@@ -233,12 +232,12 @@ def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
               lambda: dumps(run.header_dict(with_input=False), "w"))
     assert cache["r\"1"] == '"r\\"1"'
     for i in range(run_json._QUOTED_MAX + 1):
-        run_json._quote(f"id-{i}")
-    assert len(cache) <= run_json._QUOTED_MAX and run_json._quoted.__self__ is cache
+        assert cache[f"id-{i}"] == f'"id-{i}"'
+    assert len(cache) <= run_json._QUOTED_MAX and run_json._QUOTED is cache
     sr = StepRun(step_id="id-0", job_id="j\u2028")  # emptied since: a miss again
     assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
     with pytest.raises(TypeError):
-        run_json._quote(Level.HIGH)
+        cache[Level.HIGH]
     assert Level.HIGH not in cache
 
 
