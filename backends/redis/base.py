@@ -21,6 +21,15 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 """Finished runs are kept a week by default (``connect(retention_seconds=...)``)."""
 
 
+def retention_keys(run: WorkflowRun) -> list[str]:
+    """The keys a finished run's retention expires: its hash, its timeline and its
+    idempotency key (if it has one)."""
+    keys = [run_key(run.id), timeline_key(run.id)]
+    if run.idempotency_key:
+        keys.append(idempotency_key(run.idempotency_key))
+    return keys
+
+
 class RedisStoreBase:
     """Base of the ``RedisStore`` mixins: the ``RedisAdapter``, the clock that stamps the
     timestamps the store fills in, and the rank counter of ``ord:<field>`` entries."""
@@ -48,10 +57,8 @@ class RedisStoreBase:
         ttl = self.retention_seconds
         if ttl is None or status not in TERMINAL_STATUSES:
             return
-        pipe.expire(run_key(run.id), ttl)
-        pipe.expire(timeline_key(run.id), ttl)
-        if run.idempotency_key:
-            pipe.expire(idempotency_key(run.idempotency_key), ttl)
+        for key in retention_keys(run):
+            pipe.expire(key, ttl)
 
     def _rank(self) -> bytes:
         """A fresh insertion rank: increasing within this process, and across processes as

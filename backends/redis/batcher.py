@@ -67,6 +67,8 @@ from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
 from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
 
+_current_task = trio.lowlevel.current_task
+
 MAX_IN_FLIGHT = BATCH_CONNECTIONS
 """Pipelines the batcher has in flight at once (each holds one connection, which the
 adapter keeps for the next batch)."""
@@ -88,7 +90,7 @@ class _Call:
     a sizeable share of a batched command's cost. ``task`` is None once the caller stopped
     waiting (cancelled) or was answered."""
 
-    __slots__ = ("args", "key", "kwargs", "merged", "method", "task", "what")
+    __slots__ = ("args", "key", "kwargs", "method", "task", "what")
 
     def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
@@ -97,8 +99,7 @@ class _Call:
         self.method = method
         self.args = args
         self.kwargs = kwargs
-        self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-        self.merged = False  # sent as part of a merged call (``CommandBatcher._merge``)
+        self.task: trio.lowlevel.Task | None = _current_task()
 
     def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         """The caller is cancelled: it stops waiting (its command may still run)."""
@@ -202,10 +203,8 @@ class CommandBatcher:
         redis = self._redis
         first = batch[0]
         try:
-            groups = self._merge(batch) if len(batch) > 1 else None  # one call: no merging
+            groups, calls = self._merge(batch) if len(batch) > 1 else _UNMERGED
             if groups:
-                # the merged calls' members are marked ``merged`` by ``_merge``
-                calls = [c for c in batch if not c.merged]
                 sent = [*(g.call for g in groups), *calls]
             else:
                 calls = sent = batch
@@ -243,41 +242,52 @@ class CommandBatcher:
                     reschedule(task, Error(reply if isinstance(reply, CordtrioError)
                                            else redis.translate(reply, c.what, c.key)))
 
-    def _merge(self, batch: list[_Call]) -> list[_Group]:
-        """The calls of ``batch`` that go as one command (two or more of a kind), marked
-        ``merged``: the store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``.
-        The merged calls go first: the calls of one batch are concurrent."""
+    def _merge(self, batch: list[_Call]) -> tuple[list[_Group], list[_Call]]:
+        """The calls of ``batch`` that go as one command (two or more of a kind): the
+        store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``; and the calls
+        sent as they are. The merged calls go first, a lone call of a mergeable kind
+        after the others: the calls of one batch are concurrent."""
         scripts = self._scripts
         evals: list[_Call] = []
         evals_args: list[tuple[Any, ...]] = []
         sets: list[int] = []  # which of evals are payload SETs (their reply: True)
         gets: list[_Call] = []
-        merge_sets = scripts.mergeable("evalsha", (SET_EX_SHA,))
+        rest: list[_Call] = []
+        numbers = scripts.numbers
+        merge_sets = SET_EX_SHA in numbers
         for c in batch:
             method = c.method
             if method == "get":
                 if len(c.args) == 1 and not c.kwargs:
                     gets.append(c)
+                    continue
             elif method == "evalsha":
-                if scripts.mergeable(method, c.args):
+                if c.args[0] in numbers:  # ``scripts.mergeable``
                     evals.append(c)
                     evals_args.append(c.args)
+                    continue
             elif method == "set" and merge_sets:
                 args = set_ex_args(method, c.args, c.kwargs)
                 if args is not None:
                     sets.append(len(evals))
                     evals.append(c)
                     evals_args.append(args)
+                    continue
+            rest.append(c)
         groups: list[_Group] = []
         if len(evals) > 1:
             group = _Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
                                         scripts.call_args(evals_args), {}), "evalsha")
             group.sets = sets
             groups.append(group)
+        else:
+            rest += evals
         if len(gets) > 1:
             groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
                                              ([c.args[0] for c in gets],), {}), "mget"))
-        return groups
+        else:
+            rest += gets
+        return groups, rest
 
     async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
         """Each script call's reply; the merged script sent once more after loading it if
@@ -313,6 +323,10 @@ class CommandBatcher:
         return values
 
 
+_UNMERGED: tuple[list[_Group], list[_Call]] = ([], [])
+"""``_merge``'s answer for a batch of one call (not merged)."""
+
+
 class _Group:
     """Calls of one batch sent as one command (``call``), split back by ``kind``."""
 
@@ -320,8 +334,6 @@ class _Group:
 
     def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
         call.task = None  # nobody waits on it: its reply is split among the members
-        for member in members:
-            member.merged = True
         self.members = members
         self.sets: list[int] = []  # the members that are payload SETs (script_merge)
         self.call = call

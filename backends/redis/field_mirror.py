@@ -63,6 +63,14 @@ class FieldMirror:
 
         entries[key] = (weakref.ref(run, gone), known)
 
+    def kept(self, run: WorkflowRun, names: set[str]) -> None:
+        """A write through ``names`` (``get``'s set, updated in place) succeeded: they are
+        what the hash holds, and the entry that holds them stays (unless they grew past
+        ``MAX_MIRRORED``). Nothing is put back if the entry went or was replaced meanwhile:
+        the next write reads."""
+        if len(names) > MAX_MIRRORED:
+            self.forget(run)
+
     def forget(self, run: WorkflowRun) -> None:
         entry = self._entries.get(id(run))
         if entry is not None and entry[0]() is run:

@@ -46,8 +46,11 @@ INBOXES = PREFIX + "inboxes"
 INBOX_TTL_SECONDS = 7 * 24 * 3600
 
 
+_LEASE = PREFIX + "lease:"
+
+
 def lease_key(run_id: str) -> str:
-    return PREFIX + "lease:" + run_id
+    return _LEASE + run_id
 
 
 def inbox_key(run_id: str) -> str:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cordtrio.errors import LeaseLostError, NotFoundError
-from cordtrio.model import RunStatus, StepRun, TimelineEvent, WorkflowRun
+from cordtrio.model import StepRun, TimelineEvent, WorkflowRun
 from cordtrio.ports import (
     RunChanges,
     child_order_key,
@@ -34,24 +34,21 @@ from .keys import (
     ctxstep_field,
     run_key,
     step_field,
-    timeline_key,
 )
 from .leases import lease_key
 from .payloads import RedisPayloadStore
 from .run_hash import FieldOps, dumps, ordered, text
-from .run_index import RUN_STATUSES, RedisRunIndex
+from .run_index import RUN_STATUSES, RedisRunIndex, run_status_text
 from .run_json import header_json, step_json
+from .step_argv import step_argv
 from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
 from .timelines import RedisTimelines
 
-_WRITE_TOKENS = itertools.count()
 _TOKEN_PREFIX = os.urandom(6).hex()
-
-
-def _write_token() -> str:
-    """A token no other step write carries (this process's random prefix and a counter):
-    ``STEP_SCRIPT`` applies a write whose token the run hash already holds only once."""
-    return f"{_TOKEN_PREFIX}{next(_WRITE_TOKENS)}"
+_WRITE_TOKENS: Iterator[str] = map((_TOKEN_PREFIX + "{}").format, itertools.count())
+"""Tokens no other step write carries (this process's random prefix and a counter, made in
+C: ``next``): ``STEP_SCRIPT`` applies a write whose token the run hash already holds only
+once."""
 
 
 class RedisRunChanges(RedisRunIndex, RedisTimelines):
@@ -88,7 +85,7 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
         owner = changes.lease_owner
-        if owner is None and not changes:
+        if owner is None and not changes.header and not changes:  # (a step: the header)
             # Nothing to write, but a missing run is still an error.
             key = run_key(run.id)
             if not await self._redis.call("save run changes", key, "exists", key):
@@ -96,38 +93,33 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             return
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
-        ops = self._change_ops(run, changes)
-        if ops.prefixes:  # the rare path: removing a step's children / all context steps
-            await self._save_reading_fields(run, changes, ops, docs)
-            return
-        key = run_key(run.id)
-        token = _write_token()  # the same bytes when the adapter sends the script again
-        args = StepArgs(owner or "", self._redis.on_command, token, run.id)
-        known = self._mirror.get(run)
-        if known is not None and (HEADER not in ops.writes or HEADER not in known):
+        keys = step_keys(run.id)
+        key = keys[0]
+        token = next(_WRITE_TOKENS)  # the same bytes when the adapter sends it again
+        known = self._mirror.get(run) if changes.header else None
+        if known is not None and HEADER not in known:
             known = None  # the header write is how the script tells a missing run
-        try:  # ``fields`` updates the mirror's names in place: any failure drops them
-            args.fields(ops, self._ranks, known)
-            args.timeline(docs)
-            if changes.header:
-                status = _status_text(run.status)
-                prev = changes.previous_status
-                self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
-                                  else (_status_text(prev),))
-                self._queue_retention(args, run, status)
+        try:  # the arguments update the mirror's names in place: any failure drops them
+            built = None if self._redis.on_command is not None else step_argv(
+                run, changes, owner or "", token, known, self._ranks, docs,
+                self.retention_seconds, self._committed_ttl() if changes.payloads else None)
+            if built is None:  # commands are counted, or parts are removed by prefix
+                ops = self._change_ops(run, changes)
+                if ops.prefixes:  # the rare path: a step's children / all context steps
+                    await self._save_reading_fields(run, changes, ops, docs)
+                    return
+                built = self._step_args(run, changes, ops, owner, token, known, key, docs)
             if changes.payloads:
-                args.payloads(changes.payloads, self._committed_ttl())
                 sent_at = self._committing(changes.payloads)
             reply = await self._redis.script(
                 "save run changes", key, STEP_SCRIPT,
-                step_keys(key, lease_key(run.id), timeline_key(run.id)), args.argv(key),
-                plain=args.plain)
+                keys, built[0], plain=built[1])
         except BaseException:
             self._mirror.forget(run)  # it may have run all the same: read next time
             raise
         if reply[0] == 1:
-            if args.after is not None and not int(reply[1]):
-                self._mirror.put(run, args.after)
+            if known is not None and not int(reply[1]):
+                self._mirror.kept(run, known)  # the names after the write (updated in place)
             else:
                 self._mirror.forget(run)  # written without a mirror, or it was off
             if changes.payloads:
@@ -138,8 +130,26 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             raise NotFoundError(f"run {run.id!r} not found")
         raise self._lost(run, reply[1], owner)
 
+    def _step_args(self, run: WorkflowRun, changes: RunChanges, ops: FieldOps,
+                   owner: str | None, token: str, known: set[str] | None, key: str,
+                   docs: list[bytes]) -> tuple[list[Any], bool]:
+        """``step_argv``'s result the general way (``FieldOps`` → ``StepArgs``), which also
+        reports each command to the adapter's ``on_command`` (``testing.CommandCounter``)."""
+        args = StepArgs(owner or "", self._redis.on_command, token, run.id)
+        args.fields(ops, self._ranks, known)
+        args.timeline(docs)
+        if changes.header:
+            status = run_status_text(run.status)
+            prev = changes.previous_status
+            self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
+                              else (run_status_text(prev),))
+            self._queue_retention(args, run, status)
+        if changes.payloads:
+            args.payloads(changes.payloads, self._committed_ttl())
+        return args.argv(key), args.plain
+
     @staticmethod
-    def _previous(changes: RunChanges) -> Sequence[str]:
+    def _previous(changes: RunChanges) -> tuple[str, ...]:
         """The status zsets the run may be in before a header write."""
         prev = changes.previous_status
         return RUN_STATUSES if prev is None else (status_text(prev),)
@@ -290,12 +300,6 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
                     else:
                         ops.drop(ctxstep_field(sk))
         return ops
-
-
-def _status_text(status: object) -> str:
-    """``status_text`` without the enum's Python-level ``value`` property for a
-    ``RunStatus`` (its ``_value_`` is the same string): every step writes a status."""
-    return status._value_ if type(status) is RunStatus else status_text(status)  # type: ignore[attr-defined]
 
 
 async def _stored_fields(pipe: Any, key: str, run_id: str) -> list[str]:

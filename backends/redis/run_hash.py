@@ -134,7 +134,7 @@ def ordered(keys: Iterable[str], order: Iterable[str]) -> list[str]:
     wanted = keys if type(keys) is set else set(keys)
     if len(wanted) <= 1:
         return list(wanted)
-    out = [k for k in order if k in wanted]
+    out = list(filter(wanted.__contains__, order))  # no Python-level step per key
     if len(out) < len(wanted):
         seen = set(out)
         out.extend(sorted(k for k in wanted if k not in seen))

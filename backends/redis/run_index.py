@@ -5,8 +5,8 @@ run between them, and the listings that read them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from cordtrio.model import RunStatus, WorkflowRun
@@ -47,39 +47,65 @@ def ts_score(value: datetime | None) -> float:
 
 
 
+def run_status_text(status: object) -> str:
+    """``status_text`` without the enum's Python-level ``value`` property for a
+    ``RunStatus`` (its ``_value_`` is the same string): every step writes a status."""
+    return status._value_ if type(status) is RunStatus else status_text(status)  # type: ignore[attr-defined]
+
+
+def index_moves(run: WorkflowRun, status: str, previous: tuple[str, ...],
+                sync_active: bool = False,
+                ) -> tuple[tuple[str, ...], tuple[str, ...], float, tuple[str, str] | None]:
+    """The index moves of a write of ``run`` in ``status``: the status zsets it leaves, the
+    zsets it is added to (its status's and ``wf:runs:all``) with its score (``updated_at``,
+    else ``created_at``), and the active-set command (``SADD``/``SREM`` and the set), if
+    any (``status_moves``)."""
+    stamp = run.updated_at
+    updated = stamp.timestamp() if stamp is not None else 0.0
+    if not updated:
+        updated = ts_score(run.created_at)
+    removed, added, active = status_moves(status, previous, sync_active)
+    return removed, added, updated, None if active is None else (
+        active, active_runs_key(run.org_id))
+
+
+@lru_cache(maxsize=1024)
+def status_moves(status: str, previous: tuple[str, ...], sync_active: bool,
+                 ) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    """``index_moves`` by status (a few statuses: cached): the status zsets left, the zsets
+    added to, and ``SADD``/``SREM`` of the active set or None. ``previous``: the status
+    zsets the run may be in now. The active set is left alone when the run stays active
+    (or finished) — the same status, or one known previous status on the same side —
+    unless ``sync_active``."""
+    removed = tuple(runs_by_status_key(old) for old in previous if old != status)
+    added = (runs_by_status_key(status), RUNS_ALL)
+    if not removed and previous and not sync_active:
+        return removed, added, None  # same status (and the org never changes here)
+    if not sync_active and len(previous) == 1 and \
+            _is_terminal(previous[0]) == _is_terminal(status):
+        return removed, added, None  # active before and after (or neither)
+    return removed, added, "SREM" if _is_terminal(status) else "SADD"
+
+
 class RedisRunIndex(RedisStoreBase):
     """Mixin of ``RedisStore``: queue index moves for run writes; count and list runs."""
 
     @staticmethod
     def _queue_index(
-        pipe: Any, run: WorkflowRun, status: str, *, previous: Sequence[str],
+        pipe: Any, run: WorkflowRun, status: str, *, previous: tuple[str, ...],
         sync_active: bool = False,
     ) -> None:
-        """Queue the moves of the status, global and active-set indexes. ``previous``: the
-        status zsets the run may be in now. The active set is left alone when the run
-        stays active (or finished) — the same status, or one known previous status on the
-        same side — unless ``sync_active``."""
-        stamp = run.updated_at
-        updated = stamp.timestamp() if stamp is not None else 0.0
-        if not updated:
-            updated = ts_score(run.created_at)
-        moved = False
-        for old in previous:
-            if old != status:
-                pipe.zrem(runs_by_status_key(old), run.id)
-                moved = True
-        pipe.zadd(runs_by_status_key(status), {run.id: updated})
-        pipe.zadd(RUNS_ALL, {run.id: updated})
-        if not moved and previous and not sync_active:
-            return  # same status as before (and the org never changes here): set unchanged
-        if not sync_active and len(previous) == 1 and \
-                _is_terminal(previous[0]) == _is_terminal(status):
-            return  # active before and after (or neither): the set is right already
-        if _is_terminal(status):
-            pipe.srem(active_runs_key(run.org_id), run.id)
-        else:
-            pipe.sadd(active_runs_key(run.org_id), run.id)
-
+        """Queue the moves of the status, global and active-set indexes (``index_moves``)."""
+        removed, added, score, active = index_moves(run, status, previous, sync_active)
+        for name in removed:
+            pipe.zrem(name, run.id)
+        for name in added:
+            pipe.zadd(name, {run.id: score})
+        if active is not None:
+            if active[0] == "SADD":
+                pipe.sadd(active[1], run.id)
+            else:
+                pipe.srem(active[1], run.id)
 
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from json.encoder import encode_basestring
+from operator import attrgetter
 from typing import Any
 
 from cordtrio.fields import RECENT_TS_TEXTS, timestamp_text
@@ -35,23 +36,26 @@ _cached = RECENT_TS_TEXTS.get
 """``timestamp_text``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
 ``dict.get`` instead of a Python call, and a step stamps ten fields, most of them hits."""
 
-_QUOTED: dict[str, str] = {}
 _QUOTED_MAX = 8192
-_quoted = _QUOTED.get
-"""The escaped texts of the ids a step writes again and again (the run's and workflow's id
-in the header and every event, step and job ids, statuses, event types), looked up first
-(``_quoted(v) or _quote(v)``): a hit is a ``dict.get`` instead of an escape (~1k
-instructions), and a step writes ~18 of them. Emptied when full; with hundreds of runs in
-flight a job id is written again (its completion) after a few thousand other ids."""
 
 
-def _quote(value: Any) -> str:
-    """``_esc(value)``, kept in ``_QUOTED`` (a non-string raises, as ``_esc`` does)."""
-    text = _esc(value)
-    if len(_QUOTED) >= _QUOTED_MAX:
-        _QUOTED.clear()
-    _QUOTED[value] = text
-    return text
+class _Quoted(dict[Any, str]):
+    """The escaped texts of the ids a step writes again and again (the run's and workflow's
+    id in the header and every event, step and job ids, statuses, event types):
+    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions), and a step
+    writes ~18 of them. A miss escapes (a non-string raises, as ``_esc`` does). Emptied
+    when full; with hundreds of runs in flight a job id is written again (its completion)
+    after a few thousand other ids."""
+
+    def __missing__(self, value: Any) -> str:
+        text = _esc(value)
+        if len(self) >= _QUOTED_MAX:
+            self.clear()
+        self[value] = text
+        return text
+
+
+_QUOTED = _Quoted()
 
 
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
@@ -64,93 +68,128 @@ def _text(value: Any) -> str:
     return _esc(value) if type(value) is str else encode_value(value)
 
 
+_HEAD_FIELDS: Callable[[WorkflowRun], tuple[Any, ...]] = attrgetter(
+    "status", "workflow_id", "org_id", "team_id", "started_at", "completed_at",
+    "triggered_by", "created_at", "idempotency_key", "rerun_of", "rerun_step", "dry_run")
+"""The header's fields a kept text is checked against (``_HEADS``), read in one C call."""
+_HEAD_VALUES: Callable[[WorkflowRun], tuple[Any, ...]] = attrgetter(
+    "total_cost", "output", "error", "labels", "metadata")
+"""The header's fields with values of their own: a header with any of them set is not
+kept (equal values may be written differently: ``1`` and ``1.0``, dicts in another
+order)."""
+_NUMBERS = frozenset((float, int))
+"""The types of a cost written as it is (a bool or an int enum: the encoder decides)."""
+_HEADS: dict[str, tuple[tuple[Any, ...], str, str]] = {}
+_HEADS_MAX = 4096
+"""Per run id: the fields a header was last built from and its text before and after its
+``updated_at``. A step's write usually changes nothing else in the header: when the run's
+fields are equal to those (the status a ``RunStatus``, and none of ``_HEAD_VALUES`` set),
+the header is those texts around the new ``updated_at``. Equal values give the same text (a
+timestamp's is its UTC time: ``timestamp_text``, itself cached by equality). Emptied when
+full."""
+
+
 def header_json(run: WorkflowRun, where: Where) -> bytes:
     """``dumps(run.header_dict(with_input=False), where)``.
 
     Each optional field is its text or ``""``, and one f-string joins them: one string
-    built, instead of a concatenation per field."""
+    built, instead of a concatenation per field; the text around ``updated_at`` is kept
+    per run (``_HEADS``)."""
     try:
-        status = run.status
-        cost = run.total_cost
-        if type(cost) is not float and type(cost) is not int:
+        key = _HEAD_FIELDS(run)
+        values = _HEAD_VALUES(run)
+        cost = values[0]
+        if type(cost) not in _NUMBERS:
             raise TypeError("total_cost")  # header_dict's empty test (``_put``) decides
-        v: Any = run.org_id
-        org = f',"org_id":{_quoted(v) or _quote(v)}' if v else ""
-        v = run.team_id
-        team = f',"team_id":{_quoted(v) or _quote(v)}' if v else ""
+        status = key[0]
+        kept = type(status) is RunStatus and not any(values)
+        if kept:
+            hit = _HEADS.get(run.id)
+            if hit is not None and hit[0] == key:
+                at = run.updated_at
+                if at is None:
+                    return f"{hit[1]}{hit[2]}".encode()
+                return f'{hit[1]},"updated_at":"{_cached(at) or _stamp(at)}"{hit[2]}'.encode()
+        (_, wf_id, org_id, team_id, started_at, completed_at, triggered_by, created_at,
+         idempotency_key, rerun_of_id, rerun_step_id, dry_run) = key
+        _, out, err, label_map, metadata_map = values
+        org = f',"org_id":{_QUOTED[org_id]}' if org_id else ""
+        team = f',"team_id":{_QUOTED[team_id]}' if team_id else ""
         st = f'"{status._value_}"' if type(status) is RunStatus else _esc(str(status.value))
-        v = run.started_at
-        started = "" if v is None else f',"started_at":"{_cached(v) or _stamp(v)}"'
-        v = run.completed_at
-        completed = "" if v is None else f',"completed_at":"{_cached(v) or _stamp(v)}"'
-        v = run.output
-        output = f',"output":{encode_value(v)}' if v else ""
-        v = run.error
-        error = f',"error":{encode_value(v)}' if v else ""
+        started = ("" if started_at is None
+                   else f',"started_at":"{_cached(started_at) or _stamp(started_at)}"')
+        completed = ("" if completed_at is None else
+                     f',"completed_at":"{_cached(completed_at) or _stamp(completed_at)}"')
+        output = f',"output":{encode_value(out)}' if out else ""
+        error = f',"error":{encode_value(err)}' if err else ""
         total = f',"total_cost":{encode_value(cost)}' if cost else ""
-        v = run.triggered_by
-        trigger = f',"triggered_by":{_esc(v)}' if v else ""
-        v = run.created_at
-        created = "" if v is None else f',"created_at":"{_cached(v) or _stamp(v)}"'
-        v = run.updated_at
+        trigger = f',"triggered_by":{_esc(triggered_by)}' if triggered_by else ""
+        created = ("" if created_at is None
+                   else f',"created_at":"{_cached(created_at) or _stamp(created_at)}"')
+        v: Any = run.updated_at
         updated = "" if v is None else f',"updated_at":"{_cached(v) or _stamp(v)}"'
-        v = run.labels
-        labels = f',"labels":{encode_value(v)}' if v else ""
-        v = run.metadata
-        metadata = f',"metadata":{encode_value(v)}' if v else ""
-        v = run.idempotency_key
-        idem = f',"idempotency_key":{_esc(v)}' if v else ""
-        v = run.rerun_of
-        rerun_of = f',"rerun_of":{_esc(v)}' if v else ""
-        v = run.rerun_step
-        rerun_step = f',"rerun_step":{_esc(v)}' if v else ""
-        dry = ',"dry_run":true' if run.dry_run else ""
+        labels = f',"labels":{encode_value(label_map)}' if label_map else ""
+        metadata = f',"metadata":{encode_value(metadata_map)}' if metadata_map else ""
+        idem = f',"idempotency_key":{_esc(idempotency_key)}' if idempotency_key else ""
+        rerun_of = f',"rerun_of":{_esc(rerun_of_id)}' if rerun_of_id else ""
+        rerun_step = f',"rerun_step":{_esc(rerun_step_id)}' if rerun_step_id else ""
+        dry = ',"dry_run":true' if dry_run else ""
         v = run.id
-        rid = _quoted(v) or _quote(v)
-        v = run.workflow_id
-        wf = _quoted(v) or _quote(v)
-        return (f'{{"id":{rid},"workflow_id":{wf}{org}{team}'
-                f',"status":{st}{started}{completed}{output}{error}{total}{trigger}{created}'
-                f'{updated}{labels}{metadata}{idem}{rerun_of}{rerun_step}{dry}}}').encode()
+        rid = _QUOTED[v]
+        wf = _QUOTED[wf_id]
+        head = (f'{{"id":{rid},"workflow_id":{wf}{org}{team},"status":{st}{started}'
+                f'{completed}{output}{error}{total}{trigger}{created}')
+        tail = f'{labels}{metadata}{idem}{rerun_of}{rerun_step}{dry}}}'
+        if kept:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[run.id] = (key, head, tail)
+        return f"{head}{updated}{tail}".encode()
     except _UNEXPECTED:
         return dumps(run.header_dict(with_input=False), where)
+
+
+_STEP_FIELDS: Callable[[StepRun], tuple[Any, ...]] = attrgetter(
+    "step_id", "status", "started_at", "completed_at", "next_attempt_at", "attempts", "input",
+    "output", "error", "job_id", "item", "children")
+"""A step's fields, read in one C call."""
 
 
 def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes:
     """``dumps(sr.to_dict(with_children=with_children), where)`` (built as ``header_json``)."""
     try:
-        status = sr.status
-        v: Any = sr.attempts
-        if type(v) is not int:
+        (step_id, status, started_at, completed_at, next_attempt_at, tries, given_input,
+         out, err, job_id, item_value, children) = _STEP_FIELDS(sr)
+        if type(tries) is not int:
             raise TypeError("attempts")  # a bool or an int enum: the encoder decides
-        attempts = f',"attempts":{v}' if v else ""
+        attempts = f',"attempts":{tries}' if tries else ""
         st = f'"{status._value_}"' if type(status) is StepStatus else _esc(str(status.value))
-        v = sr.started_at
-        started = "" if v is None else f',"started_at":"{_cached(v) or _stamp(v)}"'
-        v = sr.completed_at
-        completed = "" if v is None else f',"completed_at":"{_cached(v) or _stamp(v)}"'
-        v = sr.next_attempt_at
-        retry = "" if v is None else f',"next_attempt_at":"{_cached(v) or _stamp(v)}"'
-        v = sr.input
-        given = f',"input":{encode_value(v)}' if v else ""
-        v = sr.output
-        output = "" if v is None else f',"output":{_text(v)}'
-        v = sr.error
-        error = f',"error":{encode_value(v)}' if v else ""
-        v = sr.job_id
-        job = f',"job_id":{_quoted(v) or _quote(v)}' if v else ""
-        v = sr.item
-        item = "" if v is None else f',"item":{_text(v)}'
+        started = ("" if started_at is None
+                   else f',"started_at":"{_cached(started_at) or _stamp(started_at)}"')
+        completed = ("" if completed_at is None else
+                     f',"completed_at":"{_cached(completed_at) or _stamp(completed_at)}"')
+        retry = ("" if next_attempt_at is None else
+                 f',"next_attempt_at":"{_cached(next_attempt_at) or _stamp(next_attempt_at)}"')
+        given = f',"input":{encode_value(given_input)}' if given_input else ""
+        output = "" if out is None else f',"output":{_text(out)}'
+        error = f',"error":{encode_value(err)}' if err else ""
+        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
+        item = "" if item_value is None else f',"item":{_text(item_value)}'
         kids = ""
-        if with_children and sr.children:
-            docs = {cid: c.to_dict() for cid, c in sr.children.items()}
+        if with_children and children:
+            docs = {cid: c.to_dict() for cid, c in children.items()}
             kids = f',"children":{encode_value(docs)}'
-        v = sr.step_id
-        sid = _quoted(v) or _quote(v)
+        sid = _QUOTED[step_id]
         return (f'{{"step_id":{sid},"status":{st}{started}{completed}{retry}'
                 f'{attempts}{given}{output}{error}{job}{item}{kids}}}').encode()
     except _UNEXPECTED:
         return dumps(sr.to_dict(with_children=with_children), where)
+
+
+_EVENT_FIELDS: Callable[[TimelineEvent], tuple[Any, ...]] = attrgetter(
+    "time", "type", "run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr",
+    "message", "data")
+"""An event's fields, read in one C call."""
 
 
 def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where) -> bytes:
@@ -158,29 +197,20 @@ def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where)
     as its time if it has none and ``run_id`` (last) if it names no run (built as
     ``header_json``)."""
     try:
-        v: Any = event.time
-        time = _esc(now) if v is None else f'"{_cached(v) or _stamp(v)}"'
-        named = event.run_id
-        rid = f',"run_id":{_quoted(named) or _quote(named)}' if named else ""
-        v = event.workflow_id
-        wf = f',"workflow_id":{_quoted(v) or _quote(v)}' if v else ""
-        v = event.step_id
-        step = f',"step_id":{_quoted(v) or _quote(v)}' if v else ""
-        v = event.job_id
-        job = f',"job_id":{_quoted(v) or _quote(v)}' if v else ""
-        v = event.status
-        st = f',"status":{_quoted(v) or _quote(v)}' if v else ""
-        v = event.result_ptr
-        result = f',"result_ptr":{_esc(v)}' if v else ""
-        v = event.message
-        message = f',"message":{_esc(v)}' if v else ""
-        v = event.data
-        data = f',"data":{encode_value(v)}' if v else ""
-        owner = "" if named else f',"run_id":{_quoted(run_id) or _quote(run_id)}'
-        v = event.type
-        kind = _quoted(v) or _quote(v)
-        return (f'{{"time":{time},"type":{kind}{rid}{wf}{step}{job}{st}{result}'
-                f'{message}{data}{owner}}}').encode()
+        (at, kind, named, wf_id, step_id, job_id, status, result_ptr, text,
+         data_value) = _EVENT_FIELDS(event)
+        time = _esc(now) if at is None else f'"{_cached(at) or _stamp(at)}"'
+        rid = f',"run_id":{_QUOTED[named]}' if named else ""
+        wf = f',"workflow_id":{_QUOTED[wf_id]}' if wf_id else ""
+        step = f',"step_id":{_QUOTED[step_id]}' if step_id else ""
+        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
+        st = f',"status":{_QUOTED[status]}' if status else ""
+        result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
+        message = f',"message":{_esc(text)}' if text else ""
+        data = f',"data":{encode_value(data_value)}' if data_value else ""
+        owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
+        return (f'{{"time":{time},"type":{_QUOTED[kind]}{rid}{wf}{step}{job}'
+                f'{st}{result}{message}{data}{owner}}}').encode()
     except _UNEXPECTED:
         doc = event.to_dict()
         if not doc.get("time"):

@@ -162,7 +162,7 @@ class RedisRuns(RedisRunIndex):
                 pipe.zadd(runs_by_workflow_key(run.workflow_id),
                           {run.id: ts_score(run.created_at)})
             if old is not None:
-                previous: Sequence[str] = (status_text(old.get("status") or "pending"),)
+                previous: tuple[str, ...] = (status_text(old.get("status") or "pending"),)
                 old_org = str(old.get("org_id") or "")
                 if old_org != run.org_id:
                     pipe.srem(active_runs_key(old_org), run.id)

@@ -79,12 +79,12 @@ class MergedScripts:
         parts.append(_MAIN)
         self.source = "\n".join(parts)
         self.sha = _sha(self.source)
-        self._number = {_sha(body): str(i) for i, body in enumerate(sources, start=1)}
+        self.numbers = {_sha(body): str(i) for i, body in enumerate(sources, start=1)}
         """Each script's function number in the merged script (by SHA), as the head's text."""
 
     def mergeable(self, method: str, args: tuple[Any, ...]) -> bool:
         """Is this batched call an ``EVALSHA`` of one of the scripts?"""
-        return method == "evalsha" and args[0] in self._number
+        return method == "evalsha" and args[0] in self.numbers
 
     def call_args(self, calls: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
         """The ``EVALSHA`` arguments of the merged script for these ``evalsha`` argument
@@ -92,7 +92,7 @@ class MergedScripts:
         keys: list[Any] = []
         head: list[str] = [COUNTS[len(calls)]]
         rest: list[Any] = []
-        number = self._number
+        number = self.numbers
         for call in calls:  # slices of each call's tuple: no unpacked copy of it first
             nk = int(call[1])
             end = 2 + nk
@@ -108,9 +108,8 @@ class MergedScripts:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
         out: list[Any] = []
         for item in reply:
-            ok = bool(item) and item[0] == 1
-            value = item[1] if len(item) > 1 else None
-            if ok:
+            value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
+            if item and item[0] == 1:
                 out.append(value)
             else:
                 text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)

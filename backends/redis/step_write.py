@@ -53,7 +53,8 @@ from typing import Any
 
 from cordtrio.ports import TIMELINE_CAP
 
-from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD, SAVED, run_key
+from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, INPUT, ORD, SAVED, run_key, timeline_key
+from .leases import lease_key
 from .run_hash import FieldOps
 
 _UNRANKED = frozenset((HEADER, INPUT, CTX_STEPS_MARKER, SAVED))
@@ -436,9 +437,10 @@ class _Texts(dict[int, str]):
 COUNTS = _Texts()
 
 
-def step_keys(run_key: str, lease_key: str, timeline_key: str) -> list[str]:
-    """``STEP_SCRIPT``'s keys (the plain commands name theirs in the arguments)."""
-    return [run_key, lease_key, timeline_key]
+def step_keys(run_id: str) -> list[str]:
+    """``STEP_SCRIPT``'s keys: the run's hash, lease and timeline (the plain commands name
+    theirs in the arguments)."""
+    return [run_key(run_id), lease_key(run_id), timeline_key(run_id)]
 
 
 __all__ = ["COUNTS", "NOT_FOUND", "STEP_SCRIPT", "StepArgs", "step_keys"]

@@ -79,7 +79,8 @@ The code is split by responsibility into mixins that ``RedisStore`` combines:
 ``workflows.py`` (definitions and their indexes), ``runs.py`` (whole-run create, update, get,
 delete), ``run_changes.py`` (``save_run_changes``, unfenced and lease-fenced),
 ``run_index.py`` (run index moves and listings), ``timelines.py``, ``idempotency.py``,
-``step_write.py`` (the script of an engine step), ``run_hash.py`` (the run hash's fields:
+``step_write.py`` (the script of an engine step) with ``step_argv.py`` (its arguments built
+straight from the run and its changes), ``run_hash.py`` (the run hash's fields:
 encoding and reassembly) with ``run_json.py`` (the header, step and timeline-event JSON
 written straight from the objects), ``field_mirror.py`` (the field names the
 store knows per run object), ``leases.py`` (leases and command inboxes) over ``base.py``

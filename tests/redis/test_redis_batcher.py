@@ -437,7 +437,7 @@ async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
     assert MERGED.mergeable("evalsha", (sha,))  # a kind the batcher merges
     for method, args, kwargs in [("get", ("k",), {}), ("set", ("k", b"v"), {"ex": 60}),
                                  ("evalsha", (sha, 1, "k", "owner"), {})]:
-        assert batcher._merge([_Call("w", "k", method, args, kwargs)]) == []
+        assert batcher._merge([_Call("w", "k", method, args, kwargs)])[0] == []
     await redis.payloads.put_result("res:lone", b"lone")
     assert await redis.payloads.get_result("res:lone") == b"lone"
 

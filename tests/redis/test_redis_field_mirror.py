@@ -128,3 +128,43 @@ async def test_a_write_refused_before_it_is_sent_leaves_what_the_store_knew(
     counts = await counted(redis, lambda: redis.store.save_run_changes(run, changes))
     assert counts["hmget"] == 1
     await same_as_stored(redis, run)
+
+
+def test_names_kept_after_a_write_stay_unless_too_many_or_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FieldMirror.kept``: the set a write updated in place stays mirrored; one grown past
+    ``MAX_MIRRORED`` goes; an entry replaced or dropped meanwhile is not put back."""
+    from cordtrio.backends.redis import field_mirror
+    mirror = field_mirror.FieldMirror()
+    run = WorkflowRun(id="r")
+    mirror.put(run, {"header"})
+    names = mirror.get(run)
+    assert names is not None
+    names.add("step:s0")
+    mirror.kept(run, names)
+    assert mirror.get(run) == {"header", "step:s0"}
+    mirror.put(run, {"header", "other"})  # replaced while the write was in flight
+    mirror.kept(run, names)
+    assert mirror.get(run) == {"header", "other"}
+    mirror.forget(run)
+    mirror.kept(run, names)
+    assert mirror.get(run) is None
+    mirror.put(run, names)
+    monkeypatch.setattr(field_mirror, "MAX_MIRRORED", 1)
+    mirror.kept(run, names)
+    assert mirror.get(run) is None
+
+
+async def test_a_run_mirrored_until_its_names_grow_past_the_limit_then_read(
+        redis: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cordtrio.backends.redis import field_mirror
+    run = await a_run(redis)
+    await redis.store.save_run_changes(run, next_step(run, 0), [EVENT])
+    assert redis.store._mirror.get(run) is not None
+    monkeypatch.setattr(field_mirror, "MAX_MIRRORED", 8)
+    await redis.store.save_run_changes(run, next_step(run, 1), [EVENT])
+    assert redis.store._mirror.get(run) is None  # grew past 8 names: dropped
+    counts = await counted(redis, lambda: redis.store.save_run_changes(
+        run, next_step(run, 2), [EVENT]))
+    assert counts.get("hmget") == 1
+    await same_as_stored(redis, run)

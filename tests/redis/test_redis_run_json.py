@@ -9,6 +9,8 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cordtrio.backends.redis.run_hash import dumps
 from cordtrio.backends.redis.run_json import event_json, header_json, step_json
@@ -220,7 +222,6 @@ def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
     from cordtrio.backends.redis import run_json
 
     cache = run_json._QUOTED
-    assert run_json._quoted.__self__ is cache
     event = TimelineEvent(time=T0, type="step_completed", run_id="r\"1", workflow_id="wf",
                           step_id=Colour.RED, job_id="j\u2028", status="succeeded")
     run = WorkflowRun(id="r\"1", workflow_id="red", org_id="o")
@@ -231,12 +232,12 @@ def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
               lambda: dumps(run.header_dict(with_input=False), "w"))
     assert cache["r\"1"] == '"r\\"1"'
     for i in range(run_json._QUOTED_MAX + 1):
-        run_json._quote(f"id-{i}")
-    assert len(cache) <= run_json._QUOTED_MAX and run_json._quoted.__self__ is cache
+        assert cache[f"id-{i}"] == f'"id-{i}"'
+    assert len(cache) <= run_json._QUOTED_MAX and run_json._QUOTED is cache
     sr = StepRun(step_id="id-0", job_id="j\u2028")  # emptied since: a miss again
     assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
     with pytest.raises(TypeError):
-        run_json._quote(Level.HIGH)
+        cache[Level.HIGH]
     assert Level.HIGH not in cache
 
 
@@ -258,3 +259,45 @@ def test_ordered_follows_the_order_then_names_the_absent_ones_sorted(keys: Any) 
 
     assert ordered(keys, ["a", "x", "b"]) == ["a", "b", "z"]
     assert ordered({"a"}, []) == ["a"]
+
+
+HEADER_VALUES: dict[str, list[Any]] = {
+    "id": ["r1", "r2"],
+    "workflow_id": ["wf", "wf2", Colour.RED, "red"],
+    "org_id": ["", "o", Colour.RED, "red"],
+    "team_id": ["", "t"],
+    "status": [RunStatus.RUNNING, RunStatus.SUCCEEDED, "running", Colour.RED],
+    "started_at": [None, T0, T1, T1.astimezone(UTC), T0.replace(tzinfo=None)],
+    "completed_at": [None, T0, T1],
+    "output": [{}, {"o": 1}, {"o": 1.0}],
+    "error": [{}, {"message": "x"}],
+    "total_cost": [0, 0.0, False, 1, 1.0, True, None],
+    "triggered_by": ["", "cron", 0],
+    "created_at": [None, T0, T1, T1.astimezone(UTC)],
+    "updated_at": [None, T0, T1],
+    "labels": [{}, {"a": "b"}],
+    "metadata": [{}, {"m": "n"}],
+    "idempotency_key": ["", "idem"],
+    "rerun_of": ["", "r0"],
+    "rerun_step": ["", "s"],
+    "dry_run": [False, True, 1, 0],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(sorted(HEADER_VALUES)).flatmap(
+    lambda name: st.tuples(st.just(name), st.sampled_from(HEADER_VALUES[name]))),
+    max_size=12))
+def test_a_header_written_again_after_any_change_is_the_header_document(
+        changes: list[tuple[str, Any]]) -> None:
+    """The texts kept per run around ``updated_at`` (``_HEADS``) never give a stale header:
+    after each change of any field (to a value equal to the old one but of another type,
+    the same instant in another zone...), the header is the document's bytes."""
+    run = WorkflowRun(id="r1", workflow_id="wf", status=RunStatus.RUNNING, created_at=T0,
+                      updated_at=T0)
+    for name, value in [("updated_at", T0), *changes]:
+        setattr(run, name, value)
+        _same(lambda: header_json(run, "where"),
+              lambda: dumps(run.header_dict(with_input=False), "where"))
+        _same(lambda: header_json(run, "where"),  # the kept texts, if any
+              lambda: dumps(run.header_dict(with_input=False), "where"))
