@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from cordtrio.backends.memory import MemoryBus
 from cordtrio.protocol import (
@@ -135,3 +136,58 @@ async def test_publish_now_leaves_the_job_path_to_publish_when_others_take_part(
     async with bus.listen(SUBJECT_RESULT, "q", lambda p: None):
         assert not bus.publish_now(SUBJECT_RESULT, _packet(JobResult("r:a@1")))
         assert not bus.publish_now(SUBJECT_SUBMIT, job)
+
+
+_POINTERS: list[Any] = [
+    "redis://ctx:r:a@1", "redis://res:r:a@1", "redis://ctx:r:b@1", "redis://res:r:b@1",
+    "redis://ctx:r:old@1", "redis://res:r:old@1", "redis://ctx:r:missing@1", "ctx:r:a@1",
+    "res:r:a@1", "redis://ctx:", "redis://res:", "redis://", "", "redis://ctx:r:a@1 ",
+    "redis://ctx:a\nb", "redis://wf:x", "http://ctx:r:a@1", "redis://res:r:a@1\x00", 7, None,
+    b"redis://ctx:r:a@1", type("Pointer", (str,), {})("redis://ctx:r:a@1"),
+]
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return ("value", call().value_or_text())
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("pointer", _POINTERS)
+async def test_reading_a_payload_at_a_pointer_is_the_general_read(
+        pointer: Any, autojump_clock: trio.testing.MockClock) -> None:
+    """``context_payload_at_now``/``result_payload_at_now`` (one frame for a stored key)
+    answer, or fail, as the general read of the key the pointer names: payloads and
+    bytes, live and expired entries, good and bad pointers."""
+    from cordtrio.backends.memory import MemoryPayloadStore
+    from cordtrio.json_payloads import JsonPayload
+    from cordtrio.payloads import RESULT_PREFIX, key_from_pointer
+
+    store = MemoryPayloadStore(ttl_seconds=60)
+    store.put_context_payload_now("ctx:r:old@1", JsonPayload.of({"old": 1}, True))
+    store.put_result_payload_now("res:r:old@1", JsonPayload.of([1, 2], False))
+    await trio.sleep(61)
+    store.put_context_payload_now("ctx:r:a@1", JsonPayload.of({"a": [1, "x"]}, True))
+    store.put_result_payload_now("res:r:a@1", JsonPayload.of({"ok": True}, False))
+    await store.put_context("ctx:r:b@1", b'{"b": 2}')
+    await store.put_result("res:r:b@1", b"not json")
+    assert _outcome(lambda: store.context_payload_at_now(pointer)) == _outcome(
+        lambda: store.get_context_payload_now(key_from_pointer(pointer)))
+    assert _outcome(lambda: store.result_payload_at_now(pointer)) == _outcome(
+        lambda: store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX)))
+    for read_bytes, get in ((store.get_context, store.get_context_payload),
+                            (store.get_result, store.get_result_payload)):
+        try:
+            key = key_from_pointer(pointer)
+        except Exception:
+            continue
+        try:
+            expected: Any = (await get(key)).text()
+        except Exception as exc:
+            expected = (type(exc), str(exc))
+        try:
+            got: Any = await read_bytes(key)
+        except Exception as exc:
+            got = (type(exc), str(exc))
+        assert got == expected

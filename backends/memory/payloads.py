@@ -2,6 +2,8 @@
 or as ``JsonPayload`` values (``cordtrio.json_payloads``): the engine and a worker in the same
 process then hand each other plain JSON values without formatting or parsing text. Either
 form can be read either way (the bytes are the JSON text the bytes path would have stored).
+Every entry is kept as a payload's ``parts`` (bytes written as bytes: those of a text
+payload, read back as the very bytes).
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partialmethod
 
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
@@ -30,6 +33,8 @@ from cordtrio.payloads import (
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
+_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
+_SCHEME_LENGTH = len(POINTER_SCHEME)
 
 
 class MemoryPayloadStore:
@@ -63,8 +68,9 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> bytes or JsonPayload.parts; and, with a TTL, key -> when it expires
-        self._data: dict[str, bytes | _Parts] = {}
+        # key -> JsonPayload.parts (bytes written as bytes: a text payload's); and, with a
+        # TTL, key -> when it expires
+        self._data: dict[str, _Parts] = {}
         self._expires: dict[str, float] = {}
         # Writes in order (expiry time and key side by side, rather than as pairs: a pair is
         # one more object per write for the garbage collector to see). With one TTL for
@@ -78,7 +84,7 @@ class MemoryPayloadStore:
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, CONTEXT_PREFIX)  # the key's error before the data's
-        self._put(key, CONTEXT_PREFIX, _private(key, data))
+        self._put(CONTEXT_PREFIX, key, _of_text(_private(key, data)))
 
     async def get_context(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -87,7 +93,7 @@ class MemoryPayloadStore:
     async def put_result(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, RESULT_PREFIX)  # the key's error before the data's
-        self._put(key, RESULT_PREFIX, _private(key, data))
+        self._put(RESULT_PREFIX, key, _of_text(_private(key, data)))
 
     async def get_result(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -103,76 +109,84 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self.put_context_payload_now(key, payload)
+        self._put(CONTEXT_PREFIX, key, payload)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
-        return self.get_context_payload_now(key)
+        return _payload(self._get(key, CONTEXT_PREFIX))
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self.put_result_payload_now(key, payload)
+        self._put(RESULT_PREFIX, key, payload)
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
-        return self.get_result_payload_now(key)
+        return _payload(self._get(key, RESULT_PREFIX))
 
     # ---------------------------- the same, called without awaiting (``calls_now``)
 
-    def put_context_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(key, CONTEXT_PREFIX, payload.parts)
+    def _put(self, prefix: str, key: str, payload: JsonPayload) -> None:
+        """Store ``payload`` at ``key``, a key of the ``prefix`` half of the namespace
+        (``PayloadPointerError`` for any other key, and nothing is stored)."""
+        parts = payload.parts
+        # ``check_payload_key``'s common case, tested here without its call (two payloads
+        # are written per engine step): a printable key has no line break, NUL or
+        # whitespace but spaces, so it is unchanged by ``strip`` unless it ends with a
+        # space. Anything else gets the call and its error.
+        if not (key.__class__ is str and key.startswith(prefix) and key.isprintable()
+                and key[-1] != " " and key != prefix):
+            check_payload_key(key, prefix)
+        ttl = self._ttl
+        if ttl is None:
+            self._data[key] = parts
+            return
+        now = (self._clock_now or self._time)()
+        times = self._expiry_times
+        if times and times[0] <= now:
+            self._purge(now)
+        expires = now + ttl
+        self._data[key] = parts
+        self._expires[key] = expires
+        times.append(expires)
+        self._expiry_keys.append(key)
+
+    # The two writes of every step, and the two reads below: partial methods, called
+    # without a frame of their own (an engine and a worker make four of them per step).
+    put_context_payload_now = partialmethod(_put, CONTEXT_PREFIX)
+    """``put_context_payload(key, payload)``, not awaited."""
+    put_result_payload_now = partialmethod(_put, RESULT_PREFIX)
+    """``put_result_payload(key, payload)``, not awaited."""
 
     def get_context_payload_now(self, key: str) -> JsonPayload:
-        entry = self._get(key, CONTEXT_PREFIX)
-        if entry.__class__ is bytes:
-            return _of_text(entry)  # type: ignore[arg-type]
-        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-        payload.parts = entry  # type: ignore[assignment]
-        return payload
-
-    def put_result_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(key, RESULT_PREFIX, payload.parts)
+        return _payload(self._get(key, CONTEXT_PREFIX))
 
     def get_result_payload_now(self, key: str) -> JsonPayload:
-        entry = self._get(key, RESULT_PREFIX)
-        if entry.__class__ is bytes:
-            return _of_text(entry)  # type: ignore[arg-type]
-        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-        payload.parts = entry  # type: ignore[assignment]
-        return payload
+        return _payload(self._get(key, RESULT_PREFIX))
 
-    def context_payload_at_now(self, pointer: str) -> JsonPayload:
-        """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
-        input), without checking a pointer to a stored key again: only checked keys are
-        stored."""
-        payload = self._stored_at(pointer, _CONTEXT_POINTER)
-        if payload is not None:
-            return payload
-        return self.get_context_payload_now(key_from_pointer(pointer))
-
-    def result_payload_at_now(self, pointer: str) -> JsonPayload:
-        """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
-        engine reads a result), without checking a pointer to a stored key again."""
-        payload = self._stored_at(pointer, _RESULT_POINTER)
-        if payload is not None:
-            return payload
-        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
-
-    def _stored_at(self, pointer: str, prefix: str) -> JsonPayload | None:
-        """The payload entry (not bytes) a ``prefix`` pointer names, read in one frame (a
-        worker reads every job's input so, the engine every result); None for anything
-        else, which then takes the general path and its errors."""
-        if pointer.__class__ is str and pointer.startswith(prefix):
+    def _payload_at(self, start: str, pointer: str) -> JsonPayload:
+        """The payload a pointer starting with ``start`` names, read in one frame when it
+        names a stored key (only checked keys are stored: it needs no check again); any
+        other pointer takes the general path and its errors."""
+        if pointer.__class__ is str and pointer.startswith(start):
             key = pointer[_SCHEME_LENGTH:]
-            entry = self._data.get(key)
-            if entry is not None and entry.__class__ is not bytes:
+            parts = self._data.get(key)
+            if parts is not None:
                 if self._ttl is not None and \
                         self._expires[key] <= (self._clock_now or self._time)():
                     raise NotFoundError(f"payload {key!r} not found")
-                payload = _new(JsonPayload)
-                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
+                payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+                payload.parts = parts
                 return payload
-        return None
+        if start == _CONTEXT_POINTER:
+            return self.get_context_payload_now(key_from_pointer(pointer))
+        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+
+    context_payload_at_now = partialmethod(_payload_at, _CONTEXT_POINTER)
+    """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
+    input."""
+    result_payload_at_now = partialmethod(_payload_at, _RESULT_POINTER)
+    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``: how the
+    engine reads a result."""
 
     # ---------------------------------------------------------------------- entries
 
@@ -181,30 +195,7 @@ class MemoryPayloadStore:
         self._clock_now = now = current_clock().current_time
         return now()
 
-    def _put(self, key: str, prefix: str, data: bytes | _Parts) -> None:
-        """Store ``data`` at ``key``, a key of the ``prefix`` half of the namespace
-        (``PayloadPointerError`` for any other key, and nothing is stored)."""
-        # ``check_payload_key``'s common case, tested here without its call (two payloads
-        # are written per engine step); anything else gets the call and its error
-        if not (key.__class__ is str and len(key) > 4 and key.startswith(prefix)
-                and key.strip() == key and "\n" not in key and "\r" not in key
-                and "\x00" not in key):
-            check_payload_key(key, prefix)
-        ttl = self._ttl
-        if ttl is None:
-            self._data[key] = data
-            return
-        now = (self._clock_now or self._time)()
-        times = self._expiry_times
-        if times and times[0] <= now:
-            self._purge(now)
-        expires = now + ttl
-        self._data[key] = data
-        self._expires[key] = expires
-        times.append(expires)
-        self._expiry_keys.append(key)
-
-    def _get(self, key: str, prefix: str) -> bytes | _Parts:
+    def _get(self, key: str, prefix: str) -> _Parts:
         """The entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
         entry = self._data.get(key) if key.__class__ is str else None
@@ -230,8 +221,6 @@ class MemoryPayloadStore:
                 del self._data[key]
 
 
-_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
-_SCHEME_LENGTH = len(POINTER_SCHEME)
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
 _VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
                   "context_payload_at_now", "result_payload_at_now")
@@ -246,11 +235,17 @@ def _private(key: str, data: bytes) -> bytes:
     return bytes(data)  # a private copy of a mutable buffer
 
 
-def _text(entry: bytes | _Parts) -> bytes:
-    return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
+def _payload(parts: _Parts) -> JsonPayload:
+    payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+    payload.parts = parts
+    return payload
 
 
-_of_text = JsonPayload.of_text  # a stored text as a payload
+def _text(parts: _Parts) -> bytes:
+    return _payload(parts).text()
+
+
+_of_text = JsonPayload.of_text  # bytes written as bytes: kept as the text of a payload
 _new = object.__new__
 
 
