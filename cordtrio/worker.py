@@ -338,7 +338,9 @@ class Worker:
                     busy = False
                     # The slot is busy until the result is published, so a slow bus slows
                     # intake instead of piling up finished jobs.
-                    await self._report(entry, result)
+                    publishing = self._report(entry, result)
+                    if publishing is not None:
+                        await publishing
                     if contextvars.copy_context() != clean:
                         break
             if busy and entry.lost:  # taken back by the bus: another worker runs it
@@ -350,7 +352,9 @@ class Worker:
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
                 )
-                await self._report(entry, result)
+                publishing = self._report(entry, result)
+                if publishing is not None:
+                    await publishing
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
@@ -368,7 +372,12 @@ class Worker:
             logger.warning("worker %s: publishing the start of job %s failed",
                            self.worker_id, job_id, exc_info=True)
 
-    async def _report(self, entry: _Running, result: JobResult) -> None:
+    def _report(self, entry: _Running, result: JobResult) -> Awaitable[None] | None:
+        """Count ``result``, publish it, then acknowledge the job: at once on a bus that
+        takes it without awaiting (``ports.PublishNow``: None then), else in the awaitable
+        returned (await it at once). A result that cannot be published is logged and not
+        acknowledged: the bus hands the job to another worker once this one's connection
+        is reset, or when it leaves."""
         result.worker_id = self.worker_id
         result.execution_ms = int((self._now() - entry.started) * 1000)
         if result.status is _SUCCEEDED:
@@ -377,18 +386,32 @@ class Worker:
             self.failed += 1
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
                            result)
+        publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
+        if publish_now is None:
+            return self._publish(packet, result)
         try:
-            publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
-            if publish_now is None or not publish_now(SUBJECT_RESULT, packet):
-                await self._bus.publish(SUBJECT_RESULT, packet)
+            if not publish_now(SUBJECT_RESULT, packet):
+                return self._publish(packet, result)
         except Exception:
-            # not acknowledged: the bus hands the job to another worker once this one's
-            # connection is reset, or when it leaves
-            logger.exception("worker %s: publishing the result of job %s failed",
-                             self.worker_id, result.job_id)
+            self._not_published(result)
+            return None
+        if self._inbox is not None:
+            self._inbox.ack(result.job_id)
+        return None
+
+    async def _publish(self, packet: BusPacket, result: JobResult) -> None:
+        """``_report``'s awaited publish, then the acknowledgement."""
+        try:
+            await self._bus.publish(SUBJECT_RESULT, packet)
+        except Exception:
+            self._not_published(result)
             return
         if self._inbox is not None:
             self._inbox.ack(result.job_id)
+
+    def _not_published(self, result: JobResult) -> None:
+        logger.exception("worker %s: publishing the result of job %s failed",
+                         self.worker_id, result.job_id)
 
     async def _execute(self, request: JobRequest, handler: Handler,
                        deadline_ms: int) -> JobResult:
