@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from functools import partialmethod
 
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
@@ -33,8 +32,63 @@ from cordtrio.payloads import (
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
-_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
 _SCHEME_LENGTH = len(POINTER_SCHEME)
+
+
+def _writer(prefix: str) -> Callable[[MemoryPayloadStore, str, JsonPayload], None]:
+    """The write of a payload at a key of the ``prefix`` half of the namespace
+    (``PayloadPointerError`` for any other key, and nothing is stored)."""
+
+    def put(store: MemoryPayloadStore, key: str, payload: JsonPayload) -> None:
+        parts = payload.parts
+        # ``check_payload_key``'s common case, tested here without its call (two payloads
+        # are written per engine step): a printable key has no line break, NUL or
+        # whitespace but spaces, so it is unchanged by ``strip`` unless it ends with a
+        # space. Anything else gets the call and its error.
+        if not (key.__class__ is str and key.startswith(prefix) and key.isprintable()
+                and key[-1] != " " and key != prefix):
+            check_payload_key(key, prefix)
+        ttl = store._ttl
+        if ttl is None:
+            store._data[key] = parts
+            return
+        now = (store._clock_now or store._time)()
+        times = store._expiry_times
+        if times and times[0] <= now:
+            store._purge(now)
+        expires = now + ttl
+        store._data[key] = parts
+        store._expires[key] = expires
+        times.append(expires)
+        store._expiry_keys.append(key)
+
+    return put
+
+
+def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, str], JsonPayload]:
+    """The read of the payload a pointer to a ``prefix`` key names, in one frame when the
+    key is stored (only checked keys are stored: it needs no check again); any other
+    pointer takes the general path, ``key_from_pointer(pointer, pointer_prefix)``, and its
+    errors."""
+    start = POINTER_SCHEME + prefix
+
+    def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
+        if pointer.__class__ is str and pointer.startswith(start):
+            key = pointer[_SCHEME_LENGTH:]
+            parts = store._data.get(key)
+            if parts is not None:
+                if store._ttl is not None and \
+                        store._expires[key] <= (store._clock_now or store._time)():
+                    raise NotFoundError(f"payload {key!r} not found")
+                payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+                payload.parts = parts
+                return payload
+        return _payload(store._get(key_from_pointer(pointer, pointer_prefix), prefix))
+
+    return read
+
+
+_put_context, _put_result = _writer(CONTEXT_PREFIX), _writer(RESULT_PREFIX)
 
 
 class MemoryPayloadStore:
@@ -84,7 +138,7 @@ class MemoryPayloadStore:
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, CONTEXT_PREFIX)  # the key's error before the data's
-        self._put(CONTEXT_PREFIX, key, _of_text(_private(key, data)))
+        _put_context(self, key, _of_text(_private(key, data)))
 
     async def get_context(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -93,7 +147,7 @@ class MemoryPayloadStore:
     async def put_result(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, RESULT_PREFIX)  # the key's error before the data's
-        self._put(RESULT_PREFIX, key, _of_text(_private(key, data)))
+        _put_result(self, key, _of_text(_private(key, data)))
 
     async def get_result(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -109,7 +163,7 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(CONTEXT_PREFIX, key, payload)
+        _put_context(self, key, payload)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
@@ -117,7 +171,7 @@ class MemoryPayloadStore:
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self._put(RESULT_PREFIX, key, payload)
+        _put_result(self, key, payload)
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
@@ -125,68 +179,24 @@ class MemoryPayloadStore:
 
     # ---------------------------- the same, called without awaiting (``calls_now``)
 
-    def _put(self, prefix: str, key: str, payload: JsonPayload) -> None:
-        """Store ``payload`` at ``key``, a key of the ``prefix`` half of the namespace
-        (``PayloadPointerError`` for any other key, and nothing is stored)."""
-        parts = payload.parts
-        # ``check_payload_key``'s common case, tested here without its call (two payloads
-        # are written per engine step): a printable key has no line break, NUL or
-        # whitespace but spaces, so it is unchanged by ``strip`` unless it ends with a
-        # space. Anything else gets the call and its error.
-        if not (key.__class__ is str and key.startswith(prefix) and key.isprintable()
-                and key[-1] != " " and key != prefix):
-            check_payload_key(key, prefix)
-        ttl = self._ttl
-        if ttl is None:
-            self._data[key] = parts
-            return
-        now = (self._clock_now or self._time)()
-        times = self._expiry_times
-        if times and times[0] <= now:
-            self._purge(now)
-        expires = now + ttl
-        self._data[key] = parts
-        self._expires[key] = expires
-        times.append(expires)
-        self._expiry_keys.append(key)
-
-    # The two writes of every step, and the two reads below: partial methods, called
-    # without a frame of their own (an engine and a worker make four of them per step).
-    put_context_payload_now = partialmethod(_put, CONTEXT_PREFIX)
+    # The two writes and two reads of every step (an engine and a worker make them):
+    # functions made for each half of the namespace, so each is one call
+    put_context_payload_now = _put_context
     """``put_context_payload(key, payload)``, not awaited."""
-    put_result_payload_now = partialmethod(_put, RESULT_PREFIX)
+    put_result_payload_now = _put_result
     """``put_result_payload(key, payload)``, not awaited."""
+    context_payload_at_now = _reader(CONTEXT_PREFIX, "")
+    """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
+    input."""
+    result_payload_at_now = _reader(RESULT_PREFIX, RESULT_PREFIX)
+    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``: how the
+    engine reads a result."""
 
     def get_context_payload_now(self, key: str) -> JsonPayload:
         return _payload(self._get(key, CONTEXT_PREFIX))
 
     def get_result_payload_now(self, key: str) -> JsonPayload:
         return _payload(self._get(key, RESULT_PREFIX))
-
-    def _payload_at(self, start: str, pointer: str) -> JsonPayload:
-        """The payload a pointer starting with ``start`` names, read in one frame when it
-        names a stored key (only checked keys are stored: it needs no check again); any
-        other pointer takes the general path and its errors."""
-        if pointer.__class__ is str and pointer.startswith(start):
-            key = pointer[_SCHEME_LENGTH:]
-            parts = self._data.get(key)
-            if parts is not None:
-                if self._ttl is not None and \
-                        self._expires[key] <= (self._clock_now or self._time)():
-                    raise NotFoundError(f"payload {key!r} not found")
-                payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-                payload.parts = parts
-                return payload
-        if start == _CONTEXT_POINTER:
-            return self.get_context_payload_now(key_from_pointer(pointer))
-        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
-
-    context_payload_at_now = partialmethod(_payload_at, _CONTEXT_POINTER)
-    """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
-    input."""
-    result_payload_at_now = partialmethod(_payload_at, _RESULT_POINTER)
-    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``: how the
-    engine reads a result."""
 
     # ---------------------------------------------------------------------- entries
 
