@@ -170,8 +170,6 @@ class JobQueues:
             self.duplicates += 1
             return None
         self._seq += 1
-        job = QueuedJob(job_id, topic, item, self._seq)
-        self._jobs[job_id] = job
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = _Topic()
@@ -182,12 +180,13 @@ class JobQueues:
         else:
             consumer = self._next_consumer(t)
         if consumer is None:
+            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, self._seq)
             t.queue.append(job)
             self.pending += 1
             return None
-        job.holder = consumer  # ``_assign`` without its ``Assignment``
-        job.deliveries = 1
-        consumer.held[job_id] = job
+        # held at once, delivered once: ``_assign`` without its ``Assignment``
+        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(
+            job_id, topic, item, self._seq, 1, consumer)
         return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import outcome
@@ -43,14 +44,23 @@ class LocalJobInbox:
     def __init__(self, acknowledge: Callable[[Consumer, str], None]) -> None:
         self._acknowledge = acknowledge
         self._jobs: deque[BusPacket] = deque()
-        self._readers: dict[Task, None] = {}  # waiting readers, longest waiting first
+        self._readers: deque[Task] = deque()  # waiting readers, longest waiting first
         self._closed = False
-        self.consumer: Consumer | None = None
+        self._consumer: Consumer | None = None
         self.on_lost: Callable[[str], None] | None = None
+        self.ack: Callable[[str], None] = _no_consumer
+        """``ack(job_id)``: the job's result is published. The host's ``acknowledge`` with
+        the consumer bound (once it is set), called without a frame of its own."""
 
-    def ack(self, job_id: str) -> None:
-        if self.consumer is not None:
-            self._acknowledge(self.consumer, job_id)
+    @property
+    def consumer(self) -> Consumer | None:
+        """The host's consumer this inbox serves (set by the host once it has one)."""
+        return self._consumer
+
+    @consumer.setter
+    def consumer(self, consumer: Consumer | None) -> None:
+        self._consumer = consumer
+        self.ack = _no_consumer if consumer is None else partial(self._acknowledge, consumer)
 
     def deliver(self, packet: BusPacket) -> None:
         """Hand the consumer a job (the host's side). A closed inbox is leaving: its
@@ -59,9 +69,7 @@ class LocalJobInbox:
             return
         readers = self._readers
         if readers:
-            reader = next(iter(readers))
-            del readers[reader]
-            reschedule(reader, outcome.Value(packet))
+            reschedule(readers.popleft(), outcome.Value(packet))
         else:
             self._jobs.append(packet)
 
@@ -85,10 +93,10 @@ class LocalJobInbox:
             return self._take()
         task = current_task()
         readers = self._readers
-        readers[task] = None
+        readers.append(task)
 
         def abort(_: object) -> Abort:
-            del readers[task]
+            readers.remove(task)  # (a scan, only when a waiting reader is cancelled)
             return Abort.SUCCEEDED
 
         return wait_task_rescheduled(abort)  # type: ignore[no-any-return]
@@ -101,7 +109,7 @@ class LocalJobInbox:
         """No more jobs: a reader gets what is buffered, then ``EndOfChannel`` (readers
         waiting now get it at once)."""
         self._closed = True
-        readers, self._readers = self._readers, {}
+        readers, self._readers = self._readers, deque()
         for reader in readers:
             reschedule(reader, outcome.Error(trio.EndOfChannel()))
 
@@ -113,6 +121,10 @@ class LocalJobInbox:
             return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+
+def _no_consumer(job_id: str) -> None:
+    """``ack`` before the host set the consumer: nothing was delivered to acknowledge."""
 
 
 __all__ = ["LocalJobInbox"]

@@ -291,7 +291,6 @@ class Worker:
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         while True:
-            busy = False  # a job in progress (``entry``'s)
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
                 while True:  # jobs, until the scope is cancelled or the context changed
@@ -320,7 +319,6 @@ class Worker:
                         continue
                     entry.trace_id = packet.trace_id
                     entry.started = self._now()
-                    busy = True
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     try:
                         budget = request.budget
@@ -335,22 +333,28 @@ class Worker:
                     # scope's ``cancel_called``, which reads the clock).
                     if entry.reason is not None:
                         break
-                    busy = False
                     # The slot is busy until the result is published, so a slow bus slows
                     # intake instead of piling up finished jobs.
-                    await self._report(entry, result)
+                    publishing = self._report(entry, result)
+                    if publishing is not None:
+                        await publishing
                     if contextvars.copy_context() != clean:
                         break
-            if busy and entry.lost:  # taken back by the bus: another worker runs it
+            # Left with a reason: the job in progress was cancelled (only a running job can
+            # be, and it is given its reason first), even if its handler swallowed the
+            # Cancelled; else the context changed after a job.
+            if entry.lost:  # taken back by the bus: another worker runs it
                 self.lost += 1
-            elif busy:  # cancelled (even if the handler swallowed the Cancelled)
+            elif entry.reason is not None:
                 result = JobResult(
                     job_id,
                     JobStatus.CANCELLED,
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
                 )
-                await self._report(entry, result)
+                publishing = self._report(entry, result)
+                if publishing is not None:
+                    await publishing
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
@@ -368,7 +372,12 @@ class Worker:
             logger.warning("worker %s: publishing the start of job %s failed",
                            self.worker_id, job_id, exc_info=True)
 
-    async def _report(self, entry: _Running, result: JobResult) -> None:
+    def _report(self, entry: _Running, result: JobResult) -> Awaitable[None] | None:
+        """Count ``result``, publish it, then acknowledge the job: at once on a bus that
+        takes it without awaiting (``ports.PublishNow``: None then), else in the awaitable
+        returned (await it at once). A result that cannot be published is logged and not
+        acknowledged: the bus hands the job to another worker once this one's connection
+        is reset, or when it leaves."""
         result.worker_id = self.worker_id
         result.execution_ms = int((self._now() - entry.started) * 1000)
         if result.status is _SUCCEEDED:
@@ -377,18 +386,32 @@ class Worker:
             self.failed += 1
         packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
                            result)
+        publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
+        if publish_now is None:
+            return self._publish(packet, result)
         try:
-            publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
-            if publish_now is None or not publish_now(SUBJECT_RESULT, packet):
-                await self._bus.publish(SUBJECT_RESULT, packet)
+            if not publish_now(SUBJECT_RESULT, packet):
+                return self._publish(packet, result)
         except Exception:
-            # not acknowledged: the bus hands the job to another worker once this one's
-            # connection is reset, or when it leaves
-            logger.exception("worker %s: publishing the result of job %s failed",
-                             self.worker_id, result.job_id)
+            self._not_published(result)
+            return None
+        if self._inbox is not None:
+            self._inbox.ack(result.job_id)
+        return None
+
+    async def _publish(self, packet: BusPacket, result: JobResult) -> None:
+        """``_report``'s awaited publish, then the acknowledgement."""
+        try:
+            await self._bus.publish(SUBJECT_RESULT, packet)
+        except Exception:
+            self._not_published(result)
             return
         if self._inbox is not None:
             self._inbox.ack(result.job_id)
+
+    def _not_published(self, result: JobResult) -> None:
+        logger.exception("worker %s: publishing the result of job %s failed",
+                         self.worker_id, result.job_id)
 
     async def _execute(self, request: JobRequest, handler: Handler,
                        deadline_ms: int) -> JobResult:
@@ -435,9 +458,9 @@ class Worker:
             else None
         job = Job(request, data, item)
 
-        error: Exception | None = None
-        output: Any = None
+        output: Any
         if deadline_ms > 0:
+            error: Exception | None = None
             with trio.move_on_after(deadline_ms / 1000) as deadline:
                 try:
                     output = await handler(job)
@@ -448,19 +471,13 @@ class Worker:
                     JobStatus.TIMEOUT, "DeadlineExceeded",
                     f"deadline of {deadline_ms} ms exceeded", job_id,
                 )
+            if error is not None:
+                return self._handler_failed(request, error)
         else:
             try:
                 output = await handler(job)
             except Exception as exc:
-                error = exc
-        if error is not None:
-            status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
-            if status == JobStatus.FAILED:  # with its traceback, for the operator
-                logger.info("worker %s: job %s (topic %s) failed: %s: %s",
-                            self.worker_id, job_id, request.topic,
-                            type(error).__name__, error, exc_info=error)
-            return _failure(status, type(error).__name__, str(error) or type(error).__name__,
-                            job_id)
+                return self._handler_failed(request, exc)
 
         try:
             body = self._encode(output, False)  # not compact
@@ -492,6 +509,16 @@ class Worker:
             )
         # by position (``result_ptr``): keyword arguments to a class cost more
         return JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)  # ``pointer_for_key``
+
+    def _handler_failed(self, request: JobRequest, error: Exception) -> JobResult:
+        """The result of a handler that raised ``error``: denied (``JobDenied``) or failed."""
+        status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
+        if status == JobStatus.FAILED:  # with its traceback, for the operator
+            logger.info("worker %s: job %s (topic %s) failed: %s: %s",
+                        self.worker_id, request.job_id, request.topic,
+                        type(error).__name__, error, exc_info=error)
+        return _failure(status, type(error).__name__, str(error) or type(error).__name__,
+                        request.job_id)
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:

@@ -374,11 +374,15 @@ def test_floor_with_parts_makes_the_plain_calls_the_engine_makes(
 
     puts: list[str] = []
     saves: list[str] = []
-    put, save = MemoryPayloadStore._put, MemoryStore.save_run_changes_now
+    save = MemoryStore.save_run_changes_now
 
-    def counting_put(self: Any, key: str, prefix: str, data: Any) -> None:
-        puts.append(prefix)
-        put(self, key, prefix, data)
+    def counting_put(name: str, prefix: str) -> Any:
+        put = getattr(MemoryPayloadStore, name)
+
+        def counted(self: Any, key: str, payload: Any) -> None:
+            puts.append(prefix)
+            put(self, key, payload)
+        return counted
 
     def counting_save(self: Any, run: Any, *args: Any) -> None:
         saves.append(run.id)
@@ -387,7 +391,10 @@ def test_floor_with_parts_makes_the_plain_calls_the_engine_makes(
     async def awaited(*args: Any) -> None:
         raise AssertionError("awaited")
 
-    monkeypatch.setattr(MemoryPayloadStore, "_put", counting_put)
+    monkeypatch.setattr(MemoryPayloadStore, "put_context_payload_now",
+                        counting_put("put_context_payload_now", "ctx:"))
+    monkeypatch.setattr(MemoryPayloadStore, "put_result_payload_now",
+                        counting_put("put_result_payload_now", "res:"))
     monkeypatch.setattr(MemoryStore, "save_run_changes_now", counting_save)
     for name in ("put_context_payload", "get_context_payload", "put_result_payload",
                  "get_result_payload", "save_run_changes"):

@@ -300,7 +300,9 @@ async def test_a_store_path_gives_what_the_module_functions_give(
 
 _KEYS = ["ctx:run:s@1", "res:run:s@1", "res:é\tx", "ctx:a\nb", "res:a\rb", "res:a\x00b",
          "ctx:j ", "\tctx:j", "ctx:", "res:", "wf:run:x", "ctx", "", "ctx:\u2028x",
-         "res:j\u00a0", 7, None, b"ctx:j"]
+         "res:j\u00a0", 7, None, b"ctx:j", "res:j\u3000", "ctx:j\x85", "res:a b", "res:a\x0bb",
+         "ctx:\x1f", "res:j\t", " res:j", "res:\u00e9", "ctx:\U0001f600", "res:\ud800",
+         type("Key", (str,), {})("res:j")]
 
 
 @pytest.mark.parametrize("key", _KEYS)

@@ -142,8 +142,13 @@ class MemoryBus(OffersPublishNow):
         self._room = trio.lowlevel.ParkingLot()  # publishers waiting for queue space
         # Subjects whose one listener is a ``listen`` callback (one engine's job results):
         # ``publish`` calls that callback straight away (as ``_Callback.send_nowait`` does,
-        # one call fewer). Rebuilt whenever anyone (un)subscribes.
+        # one call fewer). Rebuilt whenever anyone (un)subscribes, with what ``publish_now``
+        # may do on its own: those callbacks but ``sys.job.cancel``'s (a cancel also drops a
+        # queued job), and whether the job queues alone take ``sys.job.submit``. Neither
+        # with ``codec``: every packet is then encoded, by ``publish``.
         self._direct: dict[str, Callable[[BusPacket], None]] = {}
+        self._direct_now: dict[str, Callable[[BusPacket], None]] = {}
+        self._jobs_alone = not codec
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -162,7 +167,8 @@ class MemoryBus(OffersPublishNow):
             jobs = self.jobs
             while jobs.pending >= jobs.max_pending:  # ``jobs.full``, on every job
                 await self._room.park()
-            self._queue_job(payload, packet, wire)  # (an offer never frees space: no unpark)
+            # (an offer never frees space: no unpark)
+            self._queue_job(payload, packet if wire is None else wire)
         elif subject == SUBJECT_CANCEL and isinstance(payload, JobCancel) and \
                 self.jobs.cancel(payload.job_id):
             self._hand_out(())  # a queued job dropped: room for a waiting publisher
@@ -194,35 +200,36 @@ class MemoryBus(OffersPublishNow):
         take (they have room, nobody subscribes to its subject), or a packet a ``listen``
         callback alone takes (a job result for the engine). False, having done nothing,
         for anything else: then await ``publish``."""
-        if self._codec or packet.__class__ is not BusPacket:
+        if packet.__class__ is not BusPacket:
             return False
-        direct = self._direct.get(subject)
-        if subject == SUBJECT_SUBMIT:
-            payload = packet.payload
-            jobs = self.jobs
-            if (payload.__class__ is not JobRequest or direct is not None
-                    or subject in self._exact or self._wildcards
-                    or jobs.pending >= jobs.max_pending):
-                return False
-            self._queue_job(payload, packet, None)  # type: ignore[arg-type]
+        direct = self._direct_now.get(subject)
+        if direct is not None:
+            try:
+                direct(packet)
+            except Exception:
+                log.exception("a bus listener failed on a packet")
             return True
-        if direct is None or subject == SUBJECT_CANCEL:
+        if subject != SUBJECT_SUBMIT or not self._jobs_alone:
             return False
-        try:
-            direct(packet)
-        except Exception:
-            log.exception("a bus listener failed on a packet")
+        request = packet.payload
+        jobs = self.jobs
+        if request.__class__ is not JobRequest or jobs.pending >= jobs.max_pending:
+            return False
+        # ``_queue_job``, inlined: this runs for every job
+        job = jobs.offer(request.job_id, request.topic, packet)  # type: ignore[union-attr]
+        if job is not None:
+            job.holder.handle.deliver(packet)  # type: ignore[union-attr]
         return True
 
-    def _queue_job(self, request: JobRequest, packet: BusPacket, wire: bytes | None) -> None:
+    def _queue_job(self, request: JobRequest, item: BusPacket | bytes) -> None:
         """Offer a job request to the job queues; one handed to a waiting consumer at once
-        goes straight into its inbox (decoded from ``wire`` when the bus encodes)."""
-        job = self.jobs.offer(request.job_id, request.topic, (packet, wire))
+        goes straight into its inbox. ``item`` is what the queues keep: the packet, or its
+        encoding when the bus encodes (each delivery then decodes its own copy)."""
+        job = self.jobs.offer(request.job_id, request.topic, item)
         if job is not None:
             holder = job.holder
             assert holder is not None  # the consumer the job was handed to
-            inbox: LocalJobInbox = holder.handle
-            inbox.deliver(packet if wire is None else decode_packet(wire))
+            holder.handle.deliver(_deliverable(item))
 
     @asynccontextmanager
     async def subscribe(
@@ -291,15 +298,14 @@ class MemoryBus(OffersPublishNow):
 
     def _hand_out(self, assignments: Collection[Assignment]) -> None:
         for a in assignments:
-            packet, wire = a.job.item
             inbox: LocalJobInbox = a.consumer.handle
-            inbox.deliver(self._copy(packet, wire))
+            inbox.deliver(_deliverable(a.job.item))
         if self._room and not self.jobs.full:
             self._room.unpark_all()
 
     async def _report_lost(self, lost: list[LostJob]) -> None:
         for job in lost:
-            packet, _ = job.item
+            packet = _deliverable(job.item)
             log.warning("job %s: its worker was lost %d times; reported as failed",
                         job.job_id, job.deliveries)
             result = worker_lost_result(job.job_id, job.deliveries)
@@ -335,6 +341,11 @@ class MemoryBus(OffersPublishNow):
                 continue
             direct[key] = group.members[0].callback
         self._direct = direct
+        if self._codec:
+            return
+        self._direct_now = {key: call for key, call in direct.items()
+                            if key not in (SUBJECT_SUBMIT, SUBJECT_CANCEL)}
+        self._jobs_alone = SUBJECT_SUBMIT not in self._exact and not self._wildcards
 
     @staticmethod
     def _add_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send
@@ -453,6 +464,12 @@ class MemoryBus(OffersPublishNow):
                     break
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._remove(w.table, w.key, w.queue, send)
+
+
+def _deliverable(item: BusPacket | bytes) -> BusPacket:
+    """A queued job's packet for one delivery: the packet itself, or a copy decoded from
+    its encoding when the bus encodes packets."""
+    return item if isinstance(item, BusPacket) else decode_packet(item)
 
 
 __all__ = ["DEFAULT_MAX_BUFFER", "MemoryBus"]

@@ -2,6 +2,8 @@
 or as ``JsonPayload`` values (``cordtrio.json_payloads``): the engine and a worker in the same
 process then hand each other plain JSON values without formatting or parsing text. Either
 form can be read either way (the bytes are the JSON text the bytes path would have stored).
+Every entry is kept as a payload's ``parts`` (bytes written as bytes: those of a text
+payload, read back as the very bytes).
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
@@ -30,6 +32,63 @@ from cordtrio.payloads import (
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
+_SCHEME_LENGTH = len(POINTER_SCHEME)
+
+
+def _writer(prefix: str) -> Callable[[MemoryPayloadStore, str, JsonPayload], None]:
+    """The write of a payload at a key of the ``prefix`` half of the namespace
+    (``PayloadPointerError`` for any other key, and nothing is stored)."""
+
+    def put(store: MemoryPayloadStore, key: str, payload: JsonPayload) -> None:
+        parts = payload.parts
+        # ``check_payload_key``'s common case, tested here without its call (two payloads
+        # are written per engine step): a printable key has no line break, NUL or
+        # whitespace but spaces, so it is unchanged by ``strip`` unless it ends with a
+        # space. Anything else gets the call and its error.
+        if not (key.__class__ is str and key.startswith(prefix) and key.isprintable()
+                and key[-1] != " " and key != prefix):
+            check_payload_key(key, prefix)
+        ttl = store._ttl
+        if ttl is None:
+            store._data[key] = parts
+            return
+        now = (store._clock_now or store._time)()
+        times = store._expiry_times
+        if times and times[0] <= now:
+            store._purge(now)
+        expires = now + ttl
+        store._data[key] = parts
+        store._expires[key] = expires
+        times.append(expires)
+        store._expiry_keys.append(key)
+
+    return put
+
+
+def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, str], JsonPayload]:
+    """The read of the payload a pointer to a ``prefix`` key names, in one frame when the
+    key is stored (only checked keys are stored: it needs no check again); any other
+    pointer takes the general path, ``key_from_pointer(pointer, pointer_prefix)``, and its
+    errors."""
+    start = POINTER_SCHEME + prefix
+
+    def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
+        if pointer.__class__ is str and pointer.startswith(start):
+            key = pointer[_SCHEME_LENGTH:]
+            parts = store._data.get(key)
+            if parts is not None:
+                if store._ttl is not None and \
+                        store._expires[key] <= (store._clock_now or store._time)():
+                    raise NotFoundError(f"payload {key!r} not found")
+                payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+                payload.parts = parts
+                return payload
+        return _payload(store._get(key_from_pointer(pointer, pointer_prefix), prefix))
+
+    return read
+
+
+_put_context, _put_result = _writer(CONTEXT_PREFIX), _writer(RESULT_PREFIX)
 
 
 class MemoryPayloadStore:
@@ -63,8 +122,9 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> bytes or JsonPayload.parts; and, with a TTL, key -> when it expires
-        self._data: dict[str, bytes | _Parts] = {}
+        # key -> JsonPayload.parts (bytes written as bytes: a text payload's); and, with a
+        # TTL, key -> when it expires
+        self._data: dict[str, _Parts] = {}
         self._expires: dict[str, float] = {}
         # Writes in order (expiry time and key side by side, rather than as pairs: a pair is
         # one more object per write for the garbage collector to see). With one TTL for
@@ -78,7 +138,7 @@ class MemoryPayloadStore:
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, CONTEXT_PREFIX)  # the key's error before the data's
-        self._put(key, CONTEXT_PREFIX, _private(key, data))
+        _put_context(self, key, _of_text(_private(key, data)))
 
     async def get_context(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -87,7 +147,7 @@ class MemoryPayloadStore:
     async def put_result(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
         key = check_payload_key(key, RESULT_PREFIX)  # the key's error before the data's
-        self._put(key, RESULT_PREFIX, _private(key, data))
+        _put_result(self, key, _of_text(_private(key, data)))
 
     async def get_result(self, key: str) -> bytes:
         await checkpoint_if_cancelled()
@@ -103,76 +163,40 @@ class MemoryPayloadStore:
 
     async def put_context_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self.put_context_payload_now(key, payload)
+        _put_context(self, key, payload)
 
     async def get_context_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
-        return self.get_context_payload_now(key)
+        return _payload(self._get(key, CONTEXT_PREFIX))
 
     async def put_result_payload(self, key: str, payload: JsonPayload) -> None:
         await checkpoint_if_cancelled()
-        self.put_result_payload_now(key, payload)
+        _put_result(self, key, payload)
 
     async def get_result_payload(self, key: str) -> JsonPayload:
         await checkpoint_if_cancelled()
-        return self.get_result_payload_now(key)
+        return _payload(self._get(key, RESULT_PREFIX))
 
     # ---------------------------- the same, called without awaiting (``calls_now``)
 
-    def put_context_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(key, CONTEXT_PREFIX, payload.parts)
+    # The two writes and two reads of every step (an engine and a worker make them):
+    # functions made for each half of the namespace, so each is one call
+    put_context_payload_now = _put_context
+    """``put_context_payload(key, payload)``, not awaited."""
+    put_result_payload_now = _put_result
+    """``put_result_payload(key, payload)``, not awaited."""
+    context_payload_at_now = _reader(CONTEXT_PREFIX, "")
+    """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
+    input."""
+    result_payload_at_now = _reader(RESULT_PREFIX, RESULT_PREFIX)
+    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``: how the
+    engine reads a result."""
 
     def get_context_payload_now(self, key: str) -> JsonPayload:
-        entry = self._get(key, CONTEXT_PREFIX)
-        if entry.__class__ is bytes:
-            return _of_text(entry)  # type: ignore[arg-type]
-        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-        payload.parts = entry  # type: ignore[assignment]
-        return payload
-
-    def put_result_payload_now(self, key: str, payload: JsonPayload) -> None:
-        self._put(key, RESULT_PREFIX, payload.parts)
+        return _payload(self._get(key, CONTEXT_PREFIX))
 
     def get_result_payload_now(self, key: str) -> JsonPayload:
-        entry = self._get(key, RESULT_PREFIX)
-        if entry.__class__ is bytes:
-            return _of_text(entry)  # type: ignore[arg-type]
-        payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-        payload.parts = entry  # type: ignore[assignment]
-        return payload
-
-    def context_payload_at_now(self, pointer: str) -> JsonPayload:
-        """``get_context_payload_now(key_from_pointer(pointer))`` (how a worker reads its
-        input), without checking a pointer to a stored key again: only checked keys are
-        stored."""
-        payload = self._stored_at(pointer, _CONTEXT_POINTER)
-        if payload is not None:
-            return payload
-        return self.get_context_payload_now(key_from_pointer(pointer))
-
-    def result_payload_at_now(self, pointer: str) -> JsonPayload:
-        """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))`` (how the
-        engine reads a result), without checking a pointer to a stored key again."""
-        payload = self._stored_at(pointer, _RESULT_POINTER)
-        if payload is not None:
-            return payload
-        return self.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
-
-    def _stored_at(self, pointer: str, prefix: str) -> JsonPayload | None:
-        """The payload entry (not bytes) a ``prefix`` pointer names, read in one frame (a
-        worker reads every job's input so, the engine every result); None for anything
-        else, which then takes the general path and its errors."""
-        if pointer.__class__ is str and pointer.startswith(prefix):
-            key = pointer[_SCHEME_LENGTH:]
-            entry = self._data.get(key)
-            if entry is not None and entry.__class__ is not bytes:
-                if self._ttl is not None and \
-                        self._expires[key] <= (self._clock_now or self._time)():
-                    raise NotFoundError(f"payload {key!r} not found")
-                payload = _new(JsonPayload)
-                payload.parts = entry  # type: ignore[assignment]  # not bytes: tested above
-                return payload
-        return None
+        return _payload(self._get(key, RESULT_PREFIX))
 
     # ---------------------------------------------------------------------- entries
 
@@ -181,30 +205,7 @@ class MemoryPayloadStore:
         self._clock_now = now = current_clock().current_time
         return now()
 
-    def _put(self, key: str, prefix: str, data: bytes | _Parts) -> None:
-        """Store ``data`` at ``key``, a key of the ``prefix`` half of the namespace
-        (``PayloadPointerError`` for any other key, and nothing is stored)."""
-        # ``check_payload_key``'s common case, tested here without its call (two payloads
-        # are written per engine step); anything else gets the call and its error
-        if not (key.__class__ is str and len(key) > 4 and key.startswith(prefix)
-                and key.strip() == key and "\n" not in key and "\r" not in key
-                and "\x00" not in key):
-            check_payload_key(key, prefix)
-        ttl = self._ttl
-        if ttl is None:
-            self._data[key] = data
-            return
-        now = (self._clock_now or self._time)()
-        times = self._expiry_times
-        if times and times[0] <= now:
-            self._purge(now)
-        expires = now + ttl
-        self._data[key] = data
-        self._expires[key] = expires
-        times.append(expires)
-        self._expiry_keys.append(key)
-
-    def _get(self, key: str, prefix: str) -> bytes | _Parts:
+    def _get(self, key: str, prefix: str) -> _Parts:
         """The entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
         entry = self._data.get(key) if key.__class__ is str else None
@@ -230,8 +231,6 @@ class MemoryPayloadStore:
                 del self._data[key]
 
 
-_CONTEXT_POINTER, _RESULT_POINTER = POINTER_SCHEME + CONTEXT_PREFIX, POINTER_SCHEME + RESULT_PREFIX
-_SCHEME_LENGTH = len(POINTER_SCHEME)
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
 _VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
                   "context_payload_at_now", "result_payload_at_now")
@@ -246,11 +245,17 @@ def _private(key: str, data: bytes) -> bytes:
     return bytes(data)  # a private copy of a mutable buffer
 
 
-def _text(entry: bytes | _Parts) -> bytes:
-    return entry if type(entry) is bytes else JsonPayload.of_parts(entry).text()  # type: ignore[arg-type]
+def _payload(parts: _Parts) -> JsonPayload:
+    payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+    payload.parts = parts
+    return payload
 
 
-_of_text = JsonPayload.of_text  # a stored text as a payload
+def _text(parts: _Parts) -> bytes:
+    return _payload(parts).text()
+
+
+_of_text = JsonPayload.of_text  # bytes written as bytes: kept as the text of a payload
 _new = object.__new__
 
 

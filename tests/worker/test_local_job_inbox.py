@@ -124,3 +124,17 @@ async def test_a_worker_on_the_memory_bus_receives_from_the_inbox_directly() -> 
         assert inbox.receive_takes_ready_job
         await bus.publish("sys.job.submit", _packet("a"))
         assert (await inbox.receive()).payload.job_id == "a"
+
+
+def test_ack_calls_the_hosts_acknowledge_with_the_consumer_once_it_is_set() -> None:
+    calls: list[tuple[object, str]] = []
+    inbox = LocalJobInbox(lambda consumer, job_id: calls.append((consumer, job_id)))
+    inbox.ack("a")  # no consumer yet: nothing delivered, nothing to acknowledge
+    consumer = object()
+    inbox.consumer = consumer  # type: ignore[assignment]
+    assert inbox.consumer is consumer
+    inbox.ack("b")
+    inbox.consumer = None
+    inbox.ack("c")
+    assert calls == [(consumer, "b")]
+

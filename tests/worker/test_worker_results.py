@@ -307,3 +307,32 @@ async def test_result_publish_failure_is_logged_and_worker_survives(
     assert kept.job_id == "r:kept@1"
     assert w.handled == 2
     assert any("r:lost@1" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_result_the_bus_fails_to_take_at_once_is_logged_and_not_acknowledged(
+    payloads: MemoryPayloadStore,
+    autojump_clock: MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``publish_now`` (an in-process bus's call, not awaited) raising is a failed publish,
+    as an awaited ``publish`` raising is: logged, and the job is left with the bus."""
+
+    class FailingNowBus(MemoryBus):
+        def publish_now(self, subject: str, packet: BusPacket) -> bool:
+            if subject == SUBJECT_RESULT and packet.payload.job_id == "r:lost@1":  # type: ignore[union-attr]
+                raise OSError("socket closed")
+            return super().publish_now(subject, packet)
+
+    FailingNowBus.publishes_now = True  # taken at once, like the class it derives from
+    bus = FailingNowBus()
+    with caplog.at_level(logging.ERROR, logger="cordtrio.worker"):
+        async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}) as w:
+            await submit(bus, make_request("r:lost@1"))
+            await submit(bus, make_request("r:kept@1"))
+            kept = await next_result(channel)
+            await assert_no_more_results(channel)
+            assert bus.jobs.owns("r:lost@1") and not bus.jobs.owns("r:kept@1")
+
+    assert kept.job_id == "r:kept@1"
+    assert w.handled == 2
+    assert any("r:lost@1" in record.getMessage() for record in caplog.records)

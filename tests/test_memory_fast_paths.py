@@ -1,0 +1,193 @@
+"""The in-process job path's calls that skip a layer give what the general calls give.
+
+``MemoryBus.publish_now`` against an awaited ``publish``, under every kind of subscription
+that changes what a publish does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from cordtrio.backends.memory import MemoryBus
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    JobResult,
+    JobStatus,
+)
+
+
+def _packet(payload: Any) -> BusPacket:
+    return BusPacket("t", "test", datetime(2026, 1, 1, tzinfo=UTC), 1, payload)
+
+
+_PACKETS: list[tuple[str, Callable[[], BusPacket]]] = [
+    (SUBJECT_SUBMIT, lambda: _packet(JobRequest("r:a@1", "jobs"))),
+    (SUBJECT_SUBMIT, lambda: _packet(JobResult("r:a@1"))),  # not a job request
+    (SUBJECT_RESULT, lambda: _packet(JobResult("r:a@1", JobStatus.SUCCEEDED))),
+    (SUBJECT_CANCEL, lambda: _packet(JobCancel("r:q@1"))),
+    ("other.subject", lambda: _packet(JobResult("x"))),
+]
+
+# (subscriptions as (kind, subject, queue)), whether the bus encodes packets
+_SETUPS: list[tuple[list[tuple[str, str, str]], bool]] = [
+    ([], False),
+    ([("listen", SUBJECT_RESULT, "engines")], False),
+    ([("listen", SUBJECT_RESULT, "engines")], True),
+    ([("listen", SUBJECT_SUBMIT, "taps")], False),
+    ([("listen", SUBJECT_CANCEL, "taps")], False),
+    ([("listen", "other.subject", "q")], False),
+    ([("listen", SUBJECT_RESULT, "engines"), ("subscribe", SUBJECT_RESULT, "")], False),
+    ([("listen", SUBJECT_RESULT, "engines"), ("subscribe", "sys.>", "")], False),
+    ([("listen", SUBJECT_RESULT, "engines"), ("subscribe", ">", "")], False),
+    ([("subscribe", SUBJECT_SUBMIT, "")], False),
+    ([("subscribe", SUBJECT_SUBMIT, "q")], False),
+]
+
+
+@asynccontextmanager
+async def _bus(subs: list[tuple[str, str, str]], codec: bool, seen: list[Any]
+               ) -> AsyncIterator[tuple[MemoryBus, list[Any]]]:
+    bus = MemoryBus(codec=codec, max_pending=2)
+    channels: list[Any] = []
+    async with AsyncExitStack() as stack:
+        for i, (kind, subject, queue) in enumerate(subs):
+            if kind == "listen":
+                await stack.enter_async_context(bus.listen(
+                    subject, queue, lambda p, i=i: seen.append((i, p.payload))))
+            else:
+                channels.append((i, await stack.enter_async_context(
+                    bus.subscribe(subject, queue))))
+        inbox = await stack.enter_async_context(bus.consume_jobs(["jobs"], capacity=1))
+        await bus.publish(SUBJECT_SUBMIT, _packet(JobRequest("r:p@1", "jobs")))  # held
+        await bus.publish(SUBJECT_SUBMIT, _packet(JobRequest("r:q@1", "jobs")))  # queued
+        del seen[:]
+        assert inbox.receive_nowait().payload.job_id == "r:p@1"
+        for _, channel in channels:
+            while True:
+                try:
+                    channel.receive_nowait()
+                except trio.WouldBlock:
+                    break
+        yield bus, [inbox, channels]
+
+
+def _state(bus: MemoryBus, seen: list[Any], handles: list[Any]) -> Any:
+    inbox, channels = handles
+    got = []
+    for i, channel in channels:
+        while True:
+            try:
+                got.append((i, channel.receive_nowait().payload))
+            except trio.WouldBlock:
+                break
+    jobs = []
+    while True:
+        try:
+            jobs.append(inbox.receive_nowait().payload)
+        except trio.WouldBlock:
+            break
+    return (list(seen), got, jobs, bus.jobs.pending, bus.jobs.held,
+            sorted(j for j in ("r:a@1", "r:p@1", "r:q@1") if bus.jobs.owns(j)))
+
+
+@pytest.mark.parametrize("subs, codec", _SETUPS)
+@pytest.mark.parametrize("subject, make", _PACKETS)
+async def test_publish_now_does_what_publish_does_or_nothing(
+        subs: list[tuple[str, str, str]], codec: bool, subject: str,
+        make: Callable[[], BusPacket]) -> None:
+    seen_now: list[Any] = []
+    seen: list[Any] = []
+    async with _bus(subs, codec, seen_now) as (fast, fast_handles), \
+            _bus(subs, codec, seen) as (general, general_handles):
+        before = _state(fast, seen_now, fast_handles)
+        assert before == _state(general, seen, general_handles)
+        packet = make()
+        if fast.publish_now(subject, packet):
+            await trio.lowlevel.checkpoint()
+        else:
+            assert _state(fast, seen_now, fast_handles) == before  # nothing done
+            await fast.publish(subject, packet)
+        await general.publish(subject, make())
+        await trio.lowlevel.checkpoint()
+        assert _state(fast, seen_now, fast_handles) == _state(general, seen, general_handles)
+
+
+async def test_publish_now_leaves_the_job_path_to_publish_when_others_take_part() -> None:
+    """A listener of ``sys.job.submit`` or ``sys.job.cancel`` (which also drops a queued
+    job) is served by ``publish``; so is every packet of a bus that encodes them."""
+    job = _packet(JobRequest("r:a@1", "jobs"))
+    for subject, packet in ((SUBJECT_SUBMIT, job), (SUBJECT_CANCEL, _packet(JobCancel("x")))):
+        bus = MemoryBus()
+        async with bus.listen(subject, "q", lambda p: None):
+            assert not bus.publish_now(subject, packet)
+    bus = MemoryBus(codec=True)
+    async with bus.listen(SUBJECT_RESULT, "q", lambda p: None):
+        assert not bus.publish_now(SUBJECT_RESULT, _packet(JobResult("r:a@1")))
+        assert not bus.publish_now(SUBJECT_SUBMIT, job)
+
+
+_POINTERS: list[Any] = [
+    "redis://ctx:r:a@1", "redis://res:r:a@1", "redis://ctx:r:b@1", "redis://res:r:b@1",
+    "redis://ctx:r:old@1", "redis://res:r:old@1", "redis://ctx:r:missing@1", "ctx:r:a@1",
+    "res:r:a@1", "redis://ctx:", "redis://res:", "redis://", "", "redis://ctx:r:a@1 ",
+    "redis://ctx:a\nb", "redis://wf:x", "http://ctx:r:a@1", "redis://res:r:a@1\x00", 7, None,
+    b"redis://ctx:r:a@1", type("Pointer", (str,), {})("redis://ctx:r:a@1"),
+]
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return ("value", call().value_or_text())
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("pointer", _POINTERS)
+async def test_reading_a_payload_at_a_pointer_is_the_general_read(
+        pointer: Any, autojump_clock: trio.testing.MockClock) -> None:
+    """``context_payload_at_now``/``result_payload_at_now`` (one frame for a stored key)
+    answer, or fail, as the general read of the key the pointer names: payloads and
+    bytes, live and expired entries, good and bad pointers."""
+    from cordtrio.backends.memory import MemoryPayloadStore
+    from cordtrio.json_payloads import JsonPayload
+    from cordtrio.payloads import RESULT_PREFIX, key_from_pointer
+
+    store = MemoryPayloadStore(ttl_seconds=60)
+    store.put_context_payload_now("ctx:r:old@1", JsonPayload.of({"old": 1}, True))
+    store.put_result_payload_now("res:r:old@1", JsonPayload.of([1, 2], False))
+    await trio.sleep(61)
+    store.put_context_payload_now("ctx:r:a@1", JsonPayload.of({"a": [1, "x"]}, True))
+    store.put_result_payload_now("res:r:a@1", JsonPayload.of({"ok": True}, False))
+    await store.put_context("ctx:r:b@1", b'{"b": 2}')
+    await store.put_result("res:r:b@1", b"not json")
+    assert _outcome(lambda: store.context_payload_at_now(pointer)) == _outcome(
+        lambda: store.get_context_payload_now(key_from_pointer(pointer)))
+    assert _outcome(lambda: store.result_payload_at_now(pointer)) == _outcome(
+        lambda: store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX)))
+    for read_bytes, get in ((store.get_context, store.get_context_payload),
+                            (store.get_result, store.get_result_payload)):
+        try:
+            key = key_from_pointer(pointer)
+        except Exception:
+            continue
+        try:
+            expected: Any = (await get(key)).text()
+        except Exception as exc:
+            expected = (type(exc), str(exc))
+        try:
+            got: Any = await read_bytes(key)
+        except Exception as exc:
+            got = (type(exc), str(exc))
+        assert got == expected
