@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, itemgetter, or_, truth
 from typing import Any
+
+import cbor2
 
 from .errors import ProtocolError
 from .fields import RECENT_TS_TEXTS
@@ -192,10 +195,15 @@ _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
 """Classes no ``IntEnum`` is an instance of: a value of one is kept only when truthy."""
 _ONLY_STR = {str}
 
-# What decoding checks a field's value against (``_Plan.kinds``): one of these, the field's
-# ``IntEnum`` or its nested class. Compared by identity.
+# What decoding checks a field's value against (``_Plan.kinds``): one of these, the
+# members of the field's ``IntEnum`` by number (a dict) or its nested class. Compared by
+# identity.
 _STR, _INT, _NUMBER, _BOOL, _STR_MAP, _STR_LIST, _ANY = (
     "str", "int", "number", "bool", "str_map", "str_list", "any")
+_WIRE_CLASSES: dict[str, type] = {
+    _STR: str, _INT: int, _NUMBER: float, _BOOL: bool, _STR_MAP: dict, _STR_LIST: list}
+"""The class a decoded value of each kind usually has (cbor2 decodes text as ``str``...):
+a map whose values all have their field's class takes ``_from_plain``'s short way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +215,11 @@ class _Plan:
     names: tuple[str, ...]  # field order: the order of the encoded map's keys
     values: Callable[[Any], tuple[Any, ...]]  # all field values in one call
     nested: tuple[tuple[str, type], ...]
+    nested_names: frozenset[str]
     kinds: dict[str, Any]  # field name -> what its decoded value is checked against
+    wire_classes: dict[str, type]  # field name -> the class its decoded value usually has
+    converted: frozenset[str]  # fields whose decoded value needs more than its class
+    # checked (maps and lists: their items) or is converted (enums, nested documents)
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -217,9 +229,16 @@ def _plan(cls: type) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
         kinds: dict[str, Any] = {}
+        wire_classes: dict[str, type] = {}
         for f in fields(cls):
-            kind: Any = _NESTED.get((cls, f.name)) or _ENUMS.get((cls, f.name))
-            if kind is None:
+            kind: Any = _NESTED.get((cls, f.name))
+            enum = _ENUMS.get((cls, f.name))
+            if kind is not None:
+                wire_classes[f.name] = dict
+            elif enum is not None:
+                kind = _ENUM_MEMBERS[enum]
+                wire_classes[f.name] = int
+            else:
                 default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
                 if isinstance(default, bool):
                     kind = _BOOL
@@ -234,26 +253,46 @@ def _plan(cls: type) -> _Plan:
                     kind = _STR_LIST
                 else:
                     kind = _ANY
+                if kind in _WIRE_CLASSES:
+                    wire_classes[f.name] = _WIRE_CLASSES[kind]
             kinds[f.name] = kind
         names = tuple(kinds)
         assert len(names) > 1  # attrgetter of one name returns the value, not a tuple
         nested = tuple((name, kinds[name]) for name in names if (cls, name) in _NESTED)
-        plan = _PLANS[cls] = _Plan(names, attrgetter(*names), nested, kinds)
+        converted = frozenset(name for name, kind in kinds.items() if kind.__class__ is not str
+                              or kind is _STR_MAP or kind is _STR_LIST)
+        plan = _PLANS[cls] = _Plan(names, attrgetter(*names), nested,
+                                   frozenset(name for name, _ in nested), kinds, wire_classes,
+                                   converted)
     return plan
+
+
+class _KeptWhenEmpty(dict[type, bool]):
+    """Whether a field whose value is of a class goes on the wire even when the value is
+    falsy (``False``, and every ``IntEnum`` member: cbor2 writes it as its number) or is
+    left out with the other empty ones; worked out on the first sight of each class."""
+
+    def __missing__(self, cls: type) -> bool:
+        kept = self[cls] = cls is bool or (cls not in _PLAIN_TYPES and issubclass(cls, IntEnum))
+        return kept
+
+
+_kept_when_empty = _KeptWhenEmpty().__getitem__
 
 
 def _to_plain(obj: Any) -> dict[str, Any]:
     """The wire map of a payload (or nested document): its fields in order, without the
-    empty ones (``False`` and every ``IntEnum`` are kept: cbor2 writes an ``IntEnum`` as
-    its number)."""
+    empty ones (``False`` and every ``IntEnum`` are kept)."""
     plan = _PLANS.get(obj.__class__) or _plan(obj.__class__)
-    out = {name: value for name, value in zip(plan.names, plan.values(obj), strict=True)
-           if value or value is False
-           or (value.__class__ not in _PLAIN_TYPES and isinstance(value, IntEnum))}
-    for name, _ in plan.nested:
-        value = out.get(name)
-        if value is not None:
-            out[name] = _to_plain(value)
+    values = plan.values(obj)
+    # which fields go on the wire, in C: the value is truthy, or of a class kept when empty
+    kept = tuple(map(or_, map(truth, values), map(_kept_when_empty, map(type, values))))
+    out = dict(zip(compress(plan.names, kept), compress(values, kept), strict=True))
+    if plan.nested and not out.keys().isdisjoint(plan.nested_names):
+        for name, _ in plan.nested:
+            value = out.get(name)
+            if value is not None:
+                out[name] = _to_plain(value)
     return out
 
 
@@ -281,7 +320,40 @@ def _is_str_list(value: Any) -> bool:
 def _from_plain(cls: type, data: Any, where: str) -> Any:
     """A payload (or nested document) from its wire map; a value whose type does not match
     its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
-    unknown fields are ignored (forward compatible)."""
+    unknown fields are ignored (forward compatible).
+
+    The usual map (only fields of ``cls``, each value of exactly its field's wire class:
+    checked in two C passes) goes to the class as it is, but for its maps' and lists' items
+    checked and its enums and nested documents converted; anything else, or anything wrong
+    in those, takes the field-by-field walk (``_walk``), which names the first bad field."""
+    plan = _PLANS.get(cls) or _plan(cls)
+    if data.__class__ is dict and (
+            tuple(map(type, data.values())) == tuple(map(plan.wire_classes.get, data))):
+        kinds = plan.kinds
+        done: dict[str, Any] = {}
+        for name in data.keys() & plan.converted:
+            value = data[name]
+            kind = kinds[name]
+            if kind.__class__ is dict:  # an enum's members
+                done[name] = kind.get(value, value)
+            elif kind is _STR_MAP:
+                if not _is_str_map(value):
+                    break
+            elif kind is _STR_LIST:
+                if not _is_str_list(value):
+                    break
+            else:  # a nested document
+                try:
+                    done[name] = _from_plain(kind, value, f"{where}.{name}")
+                except ProtocolError:
+                    break
+        else:
+            return cls(**(data | done)) if done else cls(**data)
+    return _walk(cls, data, where)
+
+
+def _walk(cls: type, data: Any, where: str) -> Any:
+    """``_from_plain`` field by field, in the map's order: the first bad value raises."""
     if not isinstance(data, dict):
         raise ProtocolError(f"{where}: expected a map, got {type(data).__name__}")
     kinds = (_PLANS.get(cls) or _plan(cls)).kinds
@@ -309,11 +381,11 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
         elif kind is _BOOL:
             if not isinstance(value, bool):
                 raise _unexpected(where, name, value)
-        elif kind in _ENUM_MEMBERS:
+        elif kind.__class__ is dict:  # an enum's members
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ProtocolError(f"{where}.{name}: expected an integer enum, got {value!r}")
             # an unknown CAP number is kept as it is: the engine reports it
-            value = _ENUM_MEMBERS[kind].get(value, value)
+            value = kind.get(value, value)
         elif kind is not _ANY:  # a nested document
             value = None if value is None else _from_plain(kind, value, f"{where}.{name}")
         kwargs[name] = value
@@ -322,6 +394,8 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
     except TypeError as exc:  # pragma: no cover - defensive
         raise ProtocolError(f"{where}: {exc}") from None
 
+
+_envelope = itemgetter("trace_id", "sender_id", "created_at", "protocol_version")
 
 
 def _created_at(value: Any) -> datetime | None:
@@ -340,8 +414,6 @@ def _created_at(value: Any) -> datetime | None:
 
 def encode_packet(packet: BusPacket) -> bytes:
     """Serialize a packet to CBOR bytes."""
-    import cbor2
-
     if packet.__class__ is not BusPacket and not isinstance(packet, BusPacket):
         raise ProtocolError(f"encode_packet: expected a BusPacket, got {type(packet).__name__}")
     created = packet.created_at
@@ -368,8 +440,6 @@ def encode_packet(packet: BusPacket) -> bytes:
 
 def decode_packet(data: bytes) -> BusPacket:
     """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``."""
-    import cbor2
-
     if data.__class__ is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
@@ -381,15 +451,23 @@ def decode_packet(data: bytes) -> BusPacket:
     if not isinstance(body, dict):
         raise ProtocolError(f"decode_packet: expected a map, got {type(body).__name__}")
     try:
-        trace_id = body.get("trace_id", "") or ""
-        sender_id = body.get("sender_id", "") or ""
-        version = body.get("protocol_version", PROTOCOL_VERSION)
-        if not isinstance(trace_id, str) or not isinstance(sender_id, str):
-            raise ProtocolError("decode_packet: trace_id/sender_id must be strings")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ProtocolError("decode_packet: protocol_version must be an integer")
+        try:  # the envelope ``encode_packet`` writes: every key there, of the usual class
+            trace_id, sender_id, created, version = _envelope(body)
+            usual = (trace_id.__class__ is str and sender_id.__class__ is str
+                     and version.__class__ is int)
+        except KeyError:
+            usual = False
+        if not usual:  # checked one by one: a missing key takes its default
+            trace_id = body.get("trace_id", "") or ""
+            sender_id = body.get("sender_id", "") or ""
+            version = body.get("protocol_version", PROTOCOL_VERSION)
+            if not isinstance(trace_id, str) or not isinstance(sender_id, str):
+                raise ProtocolError("decode_packet: trace_id/sender_id must be strings")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ProtocolError("decode_packet: protocol_version must be an integer")
+            created = body.get("created_at")
         try:
-            created = _created_at(body.get("created_at"))
+            created = _created_at(created)
         except ValueError as exc:
             raise ProtocolError(f"decode_packet: {exc}") from None
         payload = None
