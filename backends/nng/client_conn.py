@@ -296,7 +296,7 @@ class Connection:
             if owed:
                 first.append({"op": "credit", "conn": self._conn, "n": self._frames_in})
                 self._credit_sent = self._frames_in
-            frame = take_frame(self.outbox, first, bus._pubsub.resolve)
+            frame, _ = take_frame(self.outbox, first, bus._pubsub.resolve)
             self._last_sent = trio.current_time()
             with trio.CancelScope() as scope:
                 self._send_scope = scope

@@ -53,13 +53,6 @@ class _Peer:
         self.authed = True  # proved it holds the token (always, on a router without one)
         self.nonce = b""  # the challenge of its hello, with a token
 
-    def taken(self, op: Op) -> Op:
-        """An op left the outbox for a frame: its packet no longer counts as queued."""
-        packet = op.get("packet")
-        if packet is not None:
-            self.queued_bytes -= len(packet)
-        return op
-
     def can_send(self) -> bool:
         return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW
 
