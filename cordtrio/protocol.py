@@ -193,7 +193,7 @@ _ENUM_MEMBERS: dict[type[IntEnum], dict[int, IntEnum]] = {
 """A wire number's member per enum (a dict lookup: calling the enum runs Python code)."""
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
 """Classes no ``IntEnum`` is an instance of: a value of one is kept only when truthy."""
-_ONLY_STR = {str}
+_ONLY_STR = frozenset({str})
 
 # What decoding checks a field's value against (``_Plan.kinds``): one of these, the
 # members of the field's ``IntEnum`` by number (a dict) or its nested class. Compared by
@@ -301,20 +301,16 @@ def _unexpected(where: str, name: str, value: Any) -> ProtocolError:
 
 
 def _is_str_map(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
-    if not value:
-        return True
-    types = set(map(type, value))  # decoded CBOR text is exactly ``str``: one C pass
-    types.update(map(type, value.values()))
-    return types == _ONLY_STR or all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    # decoded CBOR text is exactly ``str``: a C pass over the keys and one over the values
+    return isinstance(value, dict) and (
+        (_ONLY_STR.issuperset(map(type, value))
+         and _ONLY_STR.issuperset(map(type, value.values())))
+        or all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
 
 
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and (
-        not value or set(map(type, value)) == _ONLY_STR
-        or all(isinstance(v, str) for v in value))
+        _ONLY_STR.issuperset(map(type, value)) or all(isinstance(v, str) for v in value))
 
 
 def _from_plain(cls: type, data: Any, where: str) -> Any:

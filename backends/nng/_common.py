@@ -105,13 +105,15 @@ def take_frame(outbox: deque[Any], first: list[Op] | None = None,
     ops: list[Op] = first or []
     size = packets = 0
     while outbox and size < BATCH_BYTES:
-        item = outbox.popleft()
-        op = resolve(item) if resolve is not None else item
-        if op is None:
-            continue
+        op = outbox.popleft()
+        if resolve is not None:
+            op = resolve(op)
+            if op is None:
+                continue
         ops.append(op)
         packet = op.get("packet")
-        n = len(packet) if isinstance(packet, bytes) else 0
-        packets += n
-        size += 32 + n
+        if isinstance(packet, bytes):
+            packets += len(packet)
+            size += len(packet)
+        size += 32
     return encode_frame(ops), packets

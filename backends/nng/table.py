@@ -15,7 +15,7 @@ the client connections' upkeep in ``router_peers.py``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -189,15 +189,14 @@ class _Table:
         listeners = (self.wild if wild else self.exact).get(key)
         return None if listeners is None else listeners.groups.get(queue)
 
-    def match(self, subject: str) -> list[_Listeners]:
-        found = []
+    def match(self, subject: str) -> Sequence[_Listeners]:
         listeners = self.exact.get(subject)
-        if listeners is not None:
-            found.append(listeners)
-        if self.wild:
-            for prefix, wild in tuple(self.wild.items()):
-                if len(subject) > len(prefix) and subject.startswith(prefix):
-                    found.append(wild)
+        if not self.wild:
+            return () if listeners is None else (listeners,)
+        found = [] if listeners is None else [listeners]
+        for prefix, wild in tuple(self.wild.items()):
+            if len(subject) > len(prefix) and subject.startswith(prefix):
+                found.append(wild)
         return found
 
     def unheard(self, subject: str) -> bool:
