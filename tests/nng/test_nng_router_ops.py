@@ -1,6 +1,7 @@
-"""The router's reading of ops and batching of frames, against their plain rules: a
-``pub`` op's fields checked by class in one go (the field helpers when a check fails) and
-the packet bytes a frame takes out of a client's outbox."""
+"""The reading of ops and batching of frames, against their plain rules: the router's
+checks of a ``pub`` op and a client's of ``job``, ``msg`` and ``puback`` ops, by class in
+one go (the field helpers when a check fails), and the packet bytes a frame takes out of
+an outbox."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 
 import cbor2
 import pytest
+from nng_waits import WAIT
 
-from cordtrio.backends.nng import open_nng_router
+from cordtrio.backends.nng import open_nng_bus, open_nng_router
 from cordtrio.backends.nng._common import BATCH_BYTES, take_frame
-from cordtrio.backends.nng.frames import FrameError, int_field, op_name, str_field
+from cordtrio.backends.nng.frames import FrameError, bytes_field, int_field, op_name, str_field
 from cordtrio.backends.nng.router_ops import packet_field
 from cordtrio.backends.nng.table import _Peer
 from cordtrio.protocol import SUBJECT_RESULT
@@ -102,3 +104,41 @@ def test_a_frame_takes_the_ops_and_counts_the_packet_bytes_of_the_plain_rule(
         assert cbor2.loads(frame) == expected_ops
         assert packet_bytes == expected_bytes
         assert len(outbox) == len(plain_outbox)
+
+
+def plain_client_checks(op: Any) -> None:
+    """What a client checks of the router's ``job``, ``msg`` and ``puback`` ops."""
+    name = op_name(op)
+    if name in ("job", "msg"):
+        int_field(op, "cid" if name == "job" else "sid")
+        bytes_field(op, "packet")
+    elif name == "puback":
+        int_field(op, "pid")
+
+
+def router_ops_to_clients() -> list[Any]:
+    ops: list[Any] = [None, 5, {"pid": 1}, {"op": 7}]
+    for name, key in (("job", "cid"), ("msg", "sid"), ("puback", "pid")):
+        for ident, packet in itertools.product([1, True, "1", None, ABSENT],
+                                               [MAP, "text", bytearray(MAP), None, ABSENT]):
+            op = {"op": name}
+            op.update((k, v) for k, v in ((key, ident), ("packet", packet)) if v is not ABSENT)
+            ops.append(op)
+    return ops
+
+
+async def test_a_client_refuses_the_routers_ops_with_the_field_helpers_message(
+    url: str,
+) -> None:
+    async with open_nng_router(url) as router, \
+            open_nng_bus(router.urls[0], connect_timeout=WAIT) as bus:
+        refused = 0
+        for op in router_ops_to_clients():
+            try:
+                plain_client_checks(op)
+            except FrameError as exc:
+                with pytest.raises(FrameError) as got:
+                    bus._link._on_op(op)
+                assert str(got.value) == str(exc), op
+                refused += 1
+        assert refused > 40
