@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
-from itertools import compress
-from operator import attrgetter, itemgetter, or_, truth
+from operator import itemgetter
 from typing import Any
 
 import cbor2
@@ -200,10 +199,7 @@ _ONLY_STR = frozenset({str})
 # identity.
 _STR, _INT, _NUMBER, _BOOL, _STR_MAP, _STR_LIST, _ANY = (
     "str", "int", "number", "bool", "str_map", "str_list", "any")
-_WIRE_CLASSES: dict[str, type] = {
-    _STR: str, _INT: int, _NUMBER: float, _BOOL: bool, _STR_MAP: dict, _STR_LIST: list}
-"""The class a decoded value of each kind usually has (cbor2 decodes text as ``str``...):
-a map whose values all have their field's class takes ``_from_plain``'s short way."""
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,14 +208,9 @@ class _Plan:
     class from its dataclass fields (not per packet: the engine and a worker each encode
     and decode packets on every step)."""
 
-    names: tuple[str, ...]  # field order: the order of the encoded map's keys
-    values: Callable[[Any], tuple[Any, ...]]  # all field values in one call
-    nested: tuple[tuple[str, type], ...]
-    nested_names: frozenset[str]
     kinds: dict[str, Any]  # field name -> what its decoded value is checked against
-    wire_classes: dict[str, type]  # field name -> the class its decoded value usually has
-    converted: frozenset[str]  # fields whose decoded value needs more than its class
-    # checked (maps and lists: their items) or is converted (enums, nested documents)
+    encode: Callable[[Any], dict[str, Any]]  # ``_to_plain`` of this class
+    decode: Callable[[Any, str], Any]  # ``_from_plain`` of this class
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -229,16 +220,12 @@ def _plan(cls: type) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
         kinds: dict[str, Any] = {}
-        wire_classes: dict[str, type] = {}
         for f in fields(cls):
             kind: Any = _NESTED.get((cls, f.name))
             enum = _ENUMS.get((cls, f.name))
-            if kind is not None:
-                wire_classes[f.name] = dict
-            elif enum is not None:
+            if enum is not None:
                 kind = _ENUM_MEMBERS[enum]
-                wire_classes[f.name] = int
-            else:
+            elif kind is None:
                 default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
                 if isinstance(default, bool):
                     kind = _BOOL
@@ -253,47 +240,90 @@ def _plan(cls: type) -> _Plan:
                     kind = _STR_LIST
                 else:
                     kind = _ANY
-                if kind in _WIRE_CLASSES:
-                    wire_classes[f.name] = _WIRE_CLASSES[kind]
             kinds[f.name] = kind
-        names = tuple(kinds)
-        assert len(names) > 1  # attrgetter of one name returns the value, not a tuple
-        nested = tuple((name, kinds[name]) for name in names if (cls, name) in _NESTED)
-        converted = frozenset(name for name, kind in kinds.items() if kind.__class__ is not str
-                              or kind is _STR_MAP or kind is _STR_LIST)
-        plan = _PLANS[cls] = _Plan(names, attrgetter(*names), nested,
-                                   frozenset(name for name, _ in nested), kinds, wire_classes,
-                                   converted)
+        plan = _PLANS[cls] = _Plan(kinds, *_compile(cls, kinds))
     return plan
 
 
-class _KeptWhenEmpty(dict[type, bool]):
-    """Whether a field whose value is of a class goes on the wire even when the value is
-    falsy (``False``, and every ``IntEnum`` member: cbor2 writes it as its number) or is
-    left out with the other empty ones; worked out on the first sight of each class."""
+# The checks of a decoded value ``v`` of each kind that ``_walk`` makes, for the classes
+# cbor2 decodes to (anything else goes to ``_walk``).
+_USUAL: dict[str, str] = {
+    _STR: "v.__class__ is str", _INT: "v.__class__ is int", _BOOL: "v.__class__ is bool",
+    _NUMBER: "(v.__class__ is float or v.__class__ is int)",
+    _STR_MAP: "v.__class__ is dict and _is_str_map(v)",
+    _STR_LIST: "v.__class__ is list and _is_str_list(v)",
+}
 
-    def __missing__(self, cls: type) -> bool:
-        kept = self[cls] = cls is bool or (cls not in _PLAIN_TYPES and issubclass(cls, IntEnum))
-        return kept
 
+def _compile(cls: type, kinds: dict[str, Any]
+             ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any, str], Any]]:
+    """Straight-line ``_to_plain`` and ``_from_plain`` for one class, generated once from
+    its fields (as ``dataclasses`` generates ``__init__``): a loop over the fields costs
+    the engine and a worker more on every packet than the packet's own CBOR.
 
-_kept_when_empty = _KeptWhenEmpty().__getitem__
+    Encoding writes each field in order unless it is empty (``False`` and every
+    ``IntEnum`` member are kept: cbor2 writes an ``IntEnum`` as its number). Decoding takes
+    each field from the map (its default when absent) if its value has the usual class of
+    its kind, converting enums and nested documents; at the first value that does not,
+    it hands the map to ``_walk``, which goes field by field in the map's order and
+    raises for the first bad one: the same packet, or the same error."""
+    env: dict[str, Any] = {"cls": cls, "_to_plain": _to_plain, "_from_plain": _from_plain,
+                           "_walk": _walk, "_is_str_map": _is_str_map,
+                           "_is_str_list": _is_str_list, "_PLAIN_TYPES": _PLAIN_TYPES,
+                           "IntEnum": IntEnum, "_MISSING": _MISSING, "ProtocolError": ProtocolError}
+    enc = ["def encode(obj):", " out = {}"]
+    dec = ["def decode(data, where):", " if data.__class__ is not dict:",
+           "  return _walk(cls, data, where)"]
+    args = []
+    for i, f in enumerate(fields(cls)):
+        name, kind, arg = f.name, kinds[f.name], f"v{i}"
+        enc += [f" v = obj.{name}",
+                " if v or v is False or (v.__class__ not in _PLAIN_TYPES"
+                " and isinstance(v, IntEnum)):",
+                f"  out[{name!r}] = {'_to_plain(v)' if (cls, name) in _NESTED else 'v'}"]
+        if callable(f.default_factory):
+            env[f"new{i}"] = f.default_factory
+            dec.append(f" v = data.get({name!r}, _MISSING)")
+            dec.append(f" if v is _MISSING: v = new{i}()")
+            if kind in _USUAL:
+                dec.append(f" elif not ({_USUAL[kind]}): return _walk(cls, data, where)")
+        else:
+            env[f"d{i}"] = f.default
+            dec.append(f" v = data.get({name!r}, d{i})")
+            if kind.__class__ is dict:  # an enum: its members by number
+                env[f"m{i}"] = kind
+                dec.append(f" if v.__class__ is int: v = m{i}.get(v, v)")
+                dec.append(f" elif v is not d{i}: return _walk(cls, data, where)")
+            elif kind.__class__ is str:
+                if kind in _USUAL:  # (else _ANY: anything goes)
+                    dec.append(f" if v is not d{i} and not ({_USUAL[kind]}):")
+                    dec.append("  return _walk(cls, data, where)")
+            else:  # a nested document (its default: None)
+                env[f"k{i}"] = kind
+                dec += [" if v is not None:", "  if v.__class__ is not dict:",
+                        "   return _walk(cls, data, where)",
+                        f"  try: v = _from_plain(k{i}, v, where + {'.' + name!r})",
+                        "  except ProtocolError: return _walk(cls, data, where)"]
+        dec.append(f" {arg} = v")
+        args.append(arg)
+    enc.append(" return out")
+    dec.append(f" return cls({', '.join(args)})")
+    source = "\n".join(enc) + "\n" + "\n".join(dec)
+    exec(compile(source, f"<cordtrio.protocol codec of {cls.__name__}>", "exec"), env)
+    return env["encode"], env["decode"]
 
 
 def _to_plain(obj: Any) -> dict[str, Any]:
     """The wire map of a payload (or nested document): its fields in order, without the
     empty ones (``False`` and every ``IntEnum`` are kept)."""
-    plan = _PLANS.get(obj.__class__) or _plan(obj.__class__)
-    values = plan.values(obj)
-    # which fields go on the wire, in C: the value is truthy, or of a class kept when empty
-    kept = tuple(map(or_, map(truth, values), map(_kept_when_empty, map(type, values))))
-    out = dict(zip(compress(plan.names, kept), compress(values, kept), strict=True))
-    if plan.nested and not out.keys().isdisjoint(plan.nested_names):
-        for name, _ in plan.nested:
-            value = out.get(name)
-            if value is not None:
-                out[name] = _to_plain(value)
-    return out
+    return (_PLANS.get(obj.__class__) or _plan(obj.__class__)).encode(obj)
+
+
+def _from_plain(cls: type, data: Any, where: str) -> Any:
+    """A payload (or nested document) from its wire map; a value whose type does not match
+    its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
+    unknown fields are ignored (forward compatible). See ``_compile``."""
+    return (_PLANS.get(cls) or _plan(cls)).decode(data, where)
 
 
 def _unexpected(where: str, name: str, value: Any) -> ProtocolError:
@@ -311,41 +341,6 @@ def _is_str_map(value: Any) -> bool:
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and (
         _ONLY_STR.issuperset(map(type, value)) or all(isinstance(v, str) for v in value))
-
-
-def _from_plain(cls: type, data: Any, where: str) -> Any:
-    """A payload (or nested document) from its wire map; a value whose type does not match
-    its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
-    unknown fields are ignored (forward compatible).
-
-    The usual map (only fields of ``cls``, each value of exactly its field's wire class:
-    checked in two C passes) goes to the class as it is, but for its maps' and lists' items
-    checked and its enums and nested documents converted; anything else, or anything wrong
-    in those, takes the field-by-field walk (``_walk``), which names the first bad field."""
-    plan = _PLANS.get(cls) or _plan(cls)
-    if data.__class__ is dict and (
-            tuple(map(type, data.values())) == tuple(map(plan.wire_classes.get, data))):
-        kinds = plan.kinds
-        done: dict[str, Any] = {}
-        for name in data.keys() & plan.converted:
-            value = data[name]
-            kind = kinds[name]
-            if kind.__class__ is dict:  # an enum's members
-                done[name] = kind.get(value, value)
-            elif kind is _STR_MAP:
-                if not _is_str_map(value):
-                    break
-            elif kind is _STR_LIST:
-                if not _is_str_list(value):
-                    break
-            else:  # a nested document
-                try:
-                    done[name] = _from_plain(kind, value, f"{where}.{name}")
-                except ProtocolError:
-                    break
-        else:
-            return cls(**(data | done)) if done else cls(**data)
-    return _walk(cls, data, where)
 
 
 def _walk(cls: type, data: Any, where: str) -> Any:

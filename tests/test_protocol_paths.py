@@ -1,10 +1,10 @@
-"""The packet codec's short ways against its plain ones (cordtrio.protocol).
+"""The packet codec's generated per-class code against its plain rules (cordtrio.protocol).
 
-Encoding picks the fields that go on the wire in a few C passes; decoding takes a map whose
-values all have their fields' usual classes without checking field by field, and reads the
-envelope ``encode_packet`` writes in one call. Each must give exactly what the plain rule
-gives, for any value in any field: the same wire map (keys, order, value classes), the same
-packet, or the same ``ProtocolError`` message.
+Encoding and decoding run straight-line code generated once per payload class; decoding
+hands any map it does not take as usual to the field-by-field walk, and reads the envelope
+``encode_packet`` writes in one call. Each must give exactly what the plain rule gives, for
+any value in any field: the same wire map (keys, order, value classes), the same packet,
+or the same ``ProtocolError`` message.
 """
 
 from __future__ import annotations
