@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
+
+import cbor2
 
 from .errors import ProtocolError
 from .fields import RECENT_TS_TEXTS
@@ -190,12 +192,14 @@ _ENUM_MEMBERS: dict[type[IntEnum], dict[int, IntEnum]] = {
 """A wire number's member per enum (a dict lookup: calling the enum runs Python code)."""
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
 """Classes no ``IntEnum`` is an instance of: a value of one is kept only when truthy."""
-_ONLY_STR = {str}
+_ONLY_STR = frozenset({str})
 
-# What decoding checks a field's value against (``_Plan.kinds``): one of these, the field's
-# ``IntEnum`` or its nested class. Compared by identity.
+# What decoding checks a field's value against (``_Plan.kinds``): one of these, the
+# members of the field's ``IntEnum`` by number (a dict) or its nested class. Compared by
+# identity.
 _STR, _INT, _NUMBER, _BOOL, _STR_MAP, _STR_LIST, _ANY = (
     "str", "int", "number", "bool", "str_map", "str_list", "any")
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +208,9 @@ class _Plan:
     class from its dataclass fields (not per packet: the engine and a worker each encode
     and decode packets on every step)."""
 
-    names: tuple[str, ...]  # field order: the order of the encoded map's keys
-    values: Callable[[Any], tuple[Any, ...]]  # all field values in one call
-    nested: tuple[tuple[str, type], ...]
     kinds: dict[str, Any]  # field name -> what its decoded value is checked against
+    encode: Callable[[Any], dict[str, Any]]  # ``_to_plain`` of this class
+    decode: Callable[[Any, str], Any]  # ``_from_plain`` of this class
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -218,8 +221,11 @@ def _plan(cls: type) -> _Plan:
     if plan is None:
         kinds: dict[str, Any] = {}
         for f in fields(cls):
-            kind: Any = _NESTED.get((cls, f.name)) or _ENUMS.get((cls, f.name))
-            if kind is None:
+            kind: Any = _NESTED.get((cls, f.name))
+            enum = _ENUMS.get((cls, f.name))
+            if enum is not None:
+                kind = _ENUM_MEMBERS[enum]
+            elif kind is None:
                 default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
                 if isinstance(default, bool):
                     kind = _BOOL
@@ -235,26 +241,89 @@ def _plan(cls: type) -> _Plan:
                 else:
                     kind = _ANY
             kinds[f.name] = kind
-        names = tuple(kinds)
-        assert len(names) > 1  # attrgetter of one name returns the value, not a tuple
-        nested = tuple((name, kinds[name]) for name in names if (cls, name) in _NESTED)
-        plan = _PLANS[cls] = _Plan(names, attrgetter(*names), nested, kinds)
+        plan = _PLANS[cls] = _Plan(kinds, *_compile(cls, kinds))
     return plan
+
+
+# The checks of a decoded value ``v`` of each kind that ``_walk`` makes, for the classes
+# cbor2 decodes to (anything else goes to ``_walk``).
+_USUAL: dict[str, str] = {
+    _STR: "v.__class__ is str", _INT: "v.__class__ is int", _BOOL: "v.__class__ is bool",
+    _NUMBER: "(v.__class__ is float or v.__class__ is int)",
+    _STR_MAP: "v.__class__ is dict and _is_str_map(v)",
+    _STR_LIST: "v.__class__ is list and _is_str_list(v)",
+}
+
+
+def _compile(cls: type, kinds: dict[str, Any]
+             ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any, str], Any]]:
+    """Straight-line ``_to_plain`` and ``_from_plain`` for one class, generated once from
+    its fields (as ``dataclasses`` generates ``__init__``): a loop over the fields costs
+    the engine and a worker more on every packet than the packet's own CBOR.
+
+    Encoding writes each field in order unless it is empty (``False`` and every
+    ``IntEnum`` member are kept: cbor2 writes an ``IntEnum`` as its number). Decoding takes
+    each field from the map (its default when absent) if its value has the usual class of
+    its kind, converting enums and nested documents; at the first value that does not,
+    it hands the map to ``_walk``, which goes field by field in the map's order and
+    raises for the first bad one: the same packet, or the same error."""
+    env: dict[str, Any] = {"cls": cls, "_to_plain": _to_plain, "_from_plain": _from_plain,
+                           "_walk": _walk, "_is_str_map": _is_str_map,
+                           "_is_str_list": _is_str_list, "_PLAIN_TYPES": _PLAIN_TYPES,
+                           "IntEnum": IntEnum, "_MISSING": _MISSING, "ProtocolError": ProtocolError}
+    enc = ["def encode(obj):", " out = {}"]
+    dec = ["def decode(data, where):", " if data.__class__ is not dict:",
+           "  return _walk(cls, data, where)"]
+    args = []
+    for i, f in enumerate(fields(cls)):
+        name, kind, arg = f.name, kinds[f.name], f"v{i}"
+        enc += [f" v = obj.{name}",
+                " if v or v is False or (v.__class__ not in _PLAIN_TYPES"
+                " and isinstance(v, IntEnum)):",
+                f"  out[{name!r}] = {'_to_plain(v)' if (cls, name) in _NESTED else 'v'}"]
+        if callable(f.default_factory):
+            env[f"new{i}"] = f.default_factory
+            dec.append(f" v = data.get({name!r}, _MISSING)")
+            dec.append(f" if v is _MISSING: v = new{i}()")
+            if kind in _USUAL:
+                dec.append(f" elif not ({_USUAL[kind]}): return _walk(cls, data, where)")
+        else:
+            env[f"d{i}"] = f.default
+            dec.append(f" v = data.get({name!r}, d{i})")
+            if kind.__class__ is dict:  # an enum: its members by number
+                env[f"m{i}"] = kind
+                dec.append(f" if v.__class__ is int: v = m{i}.get(v, v)")
+                dec.append(f" elif v is not d{i}: return _walk(cls, data, where)")
+            elif kind.__class__ is str:
+                if kind in _USUAL:  # (else _ANY: anything goes)
+                    dec.append(f" if v is not d{i} and not ({_USUAL[kind]}):")
+                    dec.append("  return _walk(cls, data, where)")
+            else:  # a nested document (its default: None)
+                env[f"k{i}"] = kind
+                dec += [" if v is not None:", "  if v.__class__ is not dict:",
+                        "   return _walk(cls, data, where)",
+                        f"  try: v = _from_plain(k{i}, v, where + {'.' + name!r})",
+                        "  except ProtocolError: return _walk(cls, data, where)"]
+        dec.append(f" {arg} = v")
+        args.append(arg)
+    enc.append(" return out")
+    dec.append(f" return cls({', '.join(args)})")
+    source = "\n".join(enc) + "\n" + "\n".join(dec)
+    exec(compile(source, f"<cordtrio.protocol codec of {cls.__name__}>", "exec"), env)
+    return env["encode"], env["decode"]
 
 
 def _to_plain(obj: Any) -> dict[str, Any]:
     """The wire map of a payload (or nested document): its fields in order, without the
-    empty ones (``False`` and every ``IntEnum`` are kept: cbor2 writes an ``IntEnum`` as
-    its number)."""
-    plan = _PLANS.get(obj.__class__) or _plan(obj.__class__)
-    out = {name: value for name, value in zip(plan.names, plan.values(obj), strict=True)
-           if value or value is False
-           or (value.__class__ not in _PLAIN_TYPES and isinstance(value, IntEnum))}
-    for name, _ in plan.nested:
-        value = out.get(name)
-        if value is not None:
-            out[name] = _to_plain(value)
-    return out
+    empty ones (``False`` and every ``IntEnum`` are kept)."""
+    return (_PLANS.get(obj.__class__) or _plan(obj.__class__)).encode(obj)
+
+
+def _from_plain(cls: type, data: Any, where: str) -> Any:
+    """A payload (or nested document) from its wire map; a value whose type does not match
+    its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
+    unknown fields are ignored (forward compatible). See ``_compile``."""
+    return (_PLANS.get(cls) or _plan(cls)).decode(data, where)
 
 
 def _unexpected(where: str, name: str, value: Any) -> ProtocolError:
@@ -262,26 +331,20 @@ def _unexpected(where: str, name: str, value: Any) -> ProtocolError:
 
 
 def _is_str_map(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
-    if not value:
-        return True
-    types = set(map(type, value))  # decoded CBOR text is exactly ``str``: one C pass
-    types.update(map(type, value.values()))
-    return types == _ONLY_STR or all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    # decoded CBOR text is exactly ``str``: a C pass over the keys and one over the values
+    return isinstance(value, dict) and (
+        (_ONLY_STR.issuperset(map(type, value))
+         and _ONLY_STR.issuperset(map(type, value.values())))
+        or all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
 
 
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and (
-        not value or set(map(type, value)) == _ONLY_STR
-        or all(isinstance(v, str) for v in value))
+        _ONLY_STR.issuperset(map(type, value)) or all(isinstance(v, str) for v in value))
 
 
-def _from_plain(cls: type, data: Any, where: str) -> Any:
-    """A payload (or nested document) from its wire map; a value whose type does not match
-    its field's default (strings, numbers, maps, lists) or enum raises ``ProtocolError``;
-    unknown fields are ignored (forward compatible)."""
+def _walk(cls: type, data: Any, where: str) -> Any:
+    """``_from_plain`` field by field, in the map's order: the first bad value raises."""
     if not isinstance(data, dict):
         raise ProtocolError(f"{where}: expected a map, got {type(data).__name__}")
     kinds = (_PLANS.get(cls) or _plan(cls)).kinds
@@ -309,11 +372,11 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
         elif kind is _BOOL:
             if not isinstance(value, bool):
                 raise _unexpected(where, name, value)
-        elif kind in _ENUM_MEMBERS:
+        elif kind.__class__ is dict:  # an enum's members
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ProtocolError(f"{where}.{name}: expected an integer enum, got {value!r}")
             # an unknown CAP number is kept as it is: the engine reports it
-            value = _ENUM_MEMBERS[kind].get(value, value)
+            value = kind.get(value, value)
         elif kind is not _ANY:  # a nested document
             value = None if value is None else _from_plain(kind, value, f"{where}.{name}")
         kwargs[name] = value
@@ -322,6 +385,8 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
     except TypeError as exc:  # pragma: no cover - defensive
         raise ProtocolError(f"{where}: {exc}") from None
 
+
+_envelope = itemgetter("trace_id", "sender_id", "created_at", "protocol_version")
 
 
 def _created_at(value: Any) -> datetime | None:
@@ -340,8 +405,6 @@ def _created_at(value: Any) -> datetime | None:
 
 def encode_packet(packet: BusPacket) -> bytes:
     """Serialize a packet to CBOR bytes."""
-    import cbor2
-
     if packet.__class__ is not BusPacket and not isinstance(packet, BusPacket):
         raise ProtocolError(f"encode_packet: expected a BusPacket, got {type(packet).__name__}")
     created = packet.created_at
@@ -368,8 +431,6 @@ def encode_packet(packet: BusPacket) -> bytes:
 
 def decode_packet(data: bytes) -> BusPacket:
     """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``."""
-    import cbor2
-
     if data.__class__ is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
@@ -381,15 +442,23 @@ def decode_packet(data: bytes) -> BusPacket:
     if not isinstance(body, dict):
         raise ProtocolError(f"decode_packet: expected a map, got {type(body).__name__}")
     try:
-        trace_id = body.get("trace_id", "") or ""
-        sender_id = body.get("sender_id", "") or ""
-        version = body.get("protocol_version", PROTOCOL_VERSION)
-        if not isinstance(trace_id, str) or not isinstance(sender_id, str):
-            raise ProtocolError("decode_packet: trace_id/sender_id must be strings")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ProtocolError("decode_packet: protocol_version must be an integer")
+        try:  # the envelope ``encode_packet`` writes: every key there, of the usual class
+            trace_id, sender_id, created, version = _envelope(body)
+            usual = (trace_id.__class__ is str and sender_id.__class__ is str
+                     and version.__class__ is int)
+        except KeyError:
+            usual = False
+        if not usual:  # checked one by one: a missing key takes its default
+            trace_id = body.get("trace_id", "") or ""
+            sender_id = body.get("sender_id", "") or ""
+            version = body.get("protocol_version", PROTOCOL_VERSION)
+            if not isinstance(trace_id, str) or not isinstance(sender_id, str):
+                raise ProtocolError("decode_packet: trace_id/sender_id must be strings")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ProtocolError("decode_packet: protocol_version must be an integer")
+            created = body.get("created_at")
         try:
-            created = _created_at(body.get("created_at"))
+            created = _created_at(created)
         except ValueError as exc:
             raise ProtocolError(f"decode_packet: {exc}") from None
         payload = None

@@ -99,17 +99,21 @@ def encode_for_bus(subject: str, packet: BusPacket, max_packet: int) -> bytes:
 
 
 def take_frame(outbox: deque[Any], first: list[Op] | None = None,
-               resolve: Callable[[Any], Op | None] | None = None) -> bytes:
-    """Encode ops from the front of ``outbox`` into one frame of about ``BATCH_BYTES``."""
+               resolve: Callable[[Any], Op | None] | None = None) -> tuple[bytes, int]:
+    """Encode ops from the front of ``outbox`` into one frame of about ``BATCH_BYTES``;
+    with the bytes of the packets it took (they no longer wait in the outbox)."""
     ops: list[Op] = first or []
-    size = 0
+    size = packets = 0
     while outbox and size < BATCH_BYTES:
-        item = outbox.popleft()
-        op = resolve(item) if resolve is not None else item
-        if op is None:
-            continue
+        op = outbox.popleft()
+        if resolve is not None:
+            op = resolve(op)
+            if op is None:
+                continue
         ops.append(op)
         packet = op.get("packet")
-        size += 32 + (len(packet) if isinstance(packet, bytes) else 0)
-    return encode_frame(ops)
-
+        if isinstance(packet, bytes):
+            packets += len(packet)
+            size += len(packet)
+        size += 32
+    return encode_frame(ops), packets

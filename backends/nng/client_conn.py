@@ -236,13 +236,29 @@ class Connection:
 
     def _on_op(self, op: Any) -> None:
         bus = self._bus
-        name = op_name(op)
-        if name == "msg":
-            bus._pubsub.deliver(int_field(op, "sid"), bytes_field(op, "packet"))
-        elif name == "job":
-            bus._jobs.deliver(int_field(op, "cid"), bytes_field(op, "packet"))
+        # the usual op passes these class checks; any other goes through the field helpers,
+        # which raise for it or take it
+        name = op.get("op") if op.__class__ is dict else None
+        if name.__class__ is not str:
+            name = op_name(op)
+        if name == "job":
+            cid = op.get("cid")
+            wire = op.get("packet")
+            if cid.__class__ is not int or wire.__class__ is not bytes:
+                cid = int_field(op, "cid")
+                wire = bytes_field(op, "packet")
+            bus._jobs.deliver(cid, wire)
+        elif name == "msg":
+            sid = op.get("sid")
+            wire = op.get("packet")
+            if sid.__class__ is not int or wire.__class__ is not bytes:
+                sid = int_field(op, "sid")
+                wire = bytes_field(op, "packet")
+            bus._pubsub.deliver(sid, wire)
         elif name == "puback":
-            bus._pubsub.puback(int_field(op, "pid"), op.get("error"))
+            pid = op.get("pid")
+            bus._pubsub.puback(pid if pid.__class__ is int else int_field(op, "pid"),
+                               op.get("error"))
         elif name == "suback":
             bus._pubsub.suback(int_field(op, "sid"))
         elif name == "jobsack":
@@ -296,7 +312,7 @@ class Connection:
             if owed:
                 first.append({"op": "credit", "conn": self._conn, "n": self._frames_in})
                 self._credit_sent = self._frames_in
-            frame = take_frame(self.outbox, first, bus._pubsub.resolve)
+            frame, _ = take_frame(self.outbox, first, bus._pubsub.resolve)
             self._last_sent = trio.current_time()
             with trio.CancelScope() as scope:
                 self._send_scope = scope

@@ -73,19 +73,18 @@ class _Publish:
     error: str | None = None
 
 
-_JOB_SUBJECTS = {SUBJECT_SUBMIT: JobRequest, SUBJECT_CANCEL: JobCancel,
-                 SUBJECT_RESULT: JobResult, SUBJECT_PROGRESS: JobProgress}
+_JOB_SUBJECTS: dict[str, type[JobRequest | JobCancel | JobResult | JobProgress]] = {
+    SUBJECT_SUBMIT: JobRequest, SUBJECT_CANCEL: JobCancel, SUBJECT_RESULT: JobResult,
+    SUBJECT_PROGRESS: JobProgress}
 
 
 def _job_fields(subject: str, packet: BusPacket) -> tuple[str, str]:
     """``(job id, topic)`` the router needs to see of a job-queue packet, else empty."""
     kind = _JOB_SUBJECTS.get(subject)
     payload = packet.payload
-    if kind is None or not isinstance(payload, kind):
+    if kind is None or (payload.__class__ is not kind and not isinstance(payload, kind)):
         return "", ""
-    assert isinstance(payload, JobRequest | JobCancel | JobResult | JobProgress)
-    topic = payload.topic if isinstance(payload, JobRequest) else ""
-    return payload.job_id, topic
+    return payload.job_id, payload.topic if isinstance(payload, JobRequest) else ""
 
 
 class Subscriptions:

@@ -87,21 +87,19 @@ class Gate:
         publish anything); on a router with a token, no job requests or cancels from a
         connection that takes jobs. Counted, logged (rate-limited). With it, the packet
         if the check decoded it (``JobDelivery.holder_refusal``)."""
-        reason, packet = self._check_job_packet(peer, subject, wire, claimed)
-        if reason:
-            self.forbidden_ops += 1
-            self._forbidden_log.log(logging.WARNING, "nng router: dropped a packet on %r "
-                                    "from client pipe %d: %s", subject, peer.id, reason)
-        return reason, packet
-
-    def _check_job_packet(self, peer: _Peer, subject: str, wire: bytes, claimed: str
-                          ) -> tuple[str, BusPacket | None]:
         if subject in (SUBJECT_SUBMIT, SUBJECT_CANCEL):
-            if self.token is not None and peer.consumers:
-                return ("a connection that takes jobs may not publish job requests or "
-                        "cancels"), None
-            return "", None
-        return self._router._jobs.holder_refusal(peer, subject, wire, claimed)
+            if self.token is None or not peer.consumers:
+                return "", None
+            reason = "a connection that takes jobs may not publish job requests or cancels"
+            packet = None
+        else:
+            reason, packet = self._router._jobs.holder_refusal(peer, subject, wire, claimed)
+            if not reason:
+                return reason, packet
+        self.forbidden_ops += 1
+        self._forbidden_log.log(logging.WARNING, "nng router: dropped a packet on %r "
+                                "from client pipe %d: %s", subject, peer.id, reason)
+        return reason, packet
 
 
 __all__ = ["DENIED_LINGER", "Gate"]

@@ -172,10 +172,10 @@ class Delivery:
         if not n:
             return False
         start = group.turn % n
-        for i in range(n):
-            sub = members[(start + i) % n]
-            if sub.alive and sub.has_room():
-                group.turn = (start + i + 1) % n
+        for i in range(start, start + n):
+            sub = members[i % n]
+            if sub.alive and (sub.room is None or sub.room > 0):  # ``has_room``
+                group.turn = (i + 1) % n
                 return self._push(sub, wire, packet)
         return None
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import trio
 
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
     from .table import _Peer
 
 
+_HELD_PAYLOADS: dict[str, type[JobResult] | type[JobProgress]] = {
+    SUBJECT_RESULT: JobResult, SUBJECT_PROGRESS: JobProgress}
+"""The packets only the connection holding their job may publish, by subject."""
+
+
+@final
 class _RemoteConsumer:
     """The handle of a job consumer on a client connection."""
 
@@ -75,7 +81,14 @@ class JobDelivery:
     def offer(self, job_id: str, topic: str, wire: bytes) -> None:
         job = self.queues.offer(job_id, topic, wire)
         if job is not None and job.holder is not None:
-            self.hand_out((Assignment(job.holder, job),))
+            handle = job.holder.handle
+            if handle.__class__ is _RemoteConsumer:  # ``hand_out`` of this one job, inlined
+                self._router._conns.send(handle.peer,
+                                         {"op": "job", "cid": handle.cid, "packet": wire})
+                if not self.queues.full:
+                    self.room.notify()
+            else:
+                self.hand_out((Assignment(job.holder, job),))
 
     def cancel(self, job_id: str) -> None:
         self.queues.cancel(job_id)
@@ -132,13 +145,13 @@ class JobDelivery:
         if not self._router.closed:
             self.hand_out(self.queues.ack(consumer, job_id))
 
-    def hand_out(self, assignments: Iterable[Assignment]) -> None:
-        todo = deque(assignments)
+    def hand_out(self, assignments: Collection[Assignment]) -> None:
+        todo = deque(assignments) if assignments else None  # an ack usually frees no job
         while todo:
             a = todo.popleft()
             wire: bytes = a.job.item
             handle = a.consumer.handle
-            if isinstance(handle, _RemoteConsumer):
+            if handle.__class__ is _RemoteConsumer:
                 self._router._conns.send(handle.peer,
                                          {"op": "job", "cid": handle.cid, "packet": wire})
                 continue
@@ -188,24 +201,25 @@ class JobDelivery:
         connection holding the job may (a job not held here is anybody's). With it, the
         packet as decoded for the check (None if it was not decoded), which the caller may
         hand to a subscriber instead of decoding it again."""
-        if subject not in (SUBJECT_RESULT, SUBJECT_PROGRESS):
+        kind = _HELD_PAYLOADS.get(subject)
+        if kind is None:
             return "", None
-        kind = JobResult if subject == SUBJECT_RESULT else JobProgress
         try:  # (small packets: a pointer to the output, not the output)
             packet = decode_packet(wire)
         except ProtocolError as exc:
             raise FrameError(f"a packet on {subject!r} does not decode: {exc}") from None
         payload = packet.payload
-        if not isinstance(payload, kind):
+        if payload.__class__ is not kind and not isinstance(payload, kind):
             return f"not a {kind.__name__}", None
-        job_id = payload.job_id
+        job_id = payload.job_id  # type: ignore[union-attr]
         if claimed and claimed != job_id:
             return f"the packet is about job {job_id}, the op says {claimed}", None
         job = self.queues.get(job_id)
         if job is None:
             return "", packet  # not held here: acknowledged already, or from before a restart
-        handle = job.holder.handle if job.holder is not None else None
-        if isinstance(handle, _RemoteConsumer) and handle.peer is peer:
+        holder = job.holder
+        handle = holder.handle if holder is not None else None
+        if handle.__class__ is _RemoteConsumer and handle.peer is peer:
             return "", packet
         return f"job {job_id} is not held by this connection", None
 

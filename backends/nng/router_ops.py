@@ -86,7 +86,9 @@ class OpHandler:
 
     def _on_op(self, peer: _Peer, op: Any) -> None:
         router = self._router
-        name = op_name(op)
+        name = op.get("op") if op.__class__ is dict else None
+        if name.__class__ is not str:
+            name = op_name(op)  # raises
         if name == "pub":
             self._on_pub(peer, op)
         elif name == "room":
@@ -139,13 +141,25 @@ class OpHandler:
 
     def _on_pub(self, peer: _Peer, op: Op) -> None:
         router = self._router
-        pid = int_field(op, "pid")
-        subject = str_field(op, "subject", empty=False)
-        wire = packet_field(op)
-        job_id = str_field(op, "jid", default="") if "jid" in op else ""
+        pid = op.get("pid")
+        subject = op.get("subject")
+        wire = op.get("packet")
+        # the usual op passes these class checks; any other goes through the field helpers,
+        # which raise for it (in this order) or take it
+        if (pid.__class__ is not int or subject.__class__ is not str or not subject
+                or wire.__class__ is not bytes or not wire or not 0xA0 <= wire[0] <= 0xBF):
+            pid = int_field(op, "pid")
+            subject = str_field(op, "subject", empty=False)
+            wire = packet_field(op)
+        job_id = op.get("jid", "")
+        if job_id.__class__ is not str:
+            job_id = str_field(op, "jid")
         # a worker's result may carry its job's acknowledgement (the consumer's ``cid``)
-        ack = int_field(op, "ack") if "ack" in op and job_id and subject == SUBJECT_RESULT \
-            else None
+        ack = None
+        if job_id and subject == SUBJECT_RESULT and "ack" in op:
+            ack = op["ack"]
+            if ack.__class__ is not int:
+                ack = int_field(op, "ack")
         reason, packet = router._gate.refused(peer, subject, wire, job_id)
         if reason:
             router._conns.send(peer, {"op": "puback", "pid": pid,

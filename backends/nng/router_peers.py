@@ -52,11 +52,14 @@ class Peers:
             return
         packet = op.get("packet")
         if packet is not None:
-            if self.over_bound(peer, packet):
+            queued = peer.queued_bytes + len(packet)
+            if queued > self._router.max_pending_bytes:
+                self.over_bound(peer, packet)  # cuts it off
                 return
-            peer.queued_bytes += len(packet)
+            peer.queued_bytes = queued
         peer.outbox.append(op)
-        self.kick(peer)
+        if not peer.queued:  # (else the writer has it in its queue already)
+            self.kick(peer)
 
     def kick(self, peer: _Peer) -> None:
         if not peer.queued and peer.can_send():
@@ -79,7 +82,8 @@ class Peers:
             peer.queued = False
             if not peer.can_send():
                 continue
-            frame = take_frame(peer.outbox, resolve=peer.taken)
+            frame, packet_bytes = take_frame(peer.outbox)
+            peer.queued_bytes -= packet_bytes
             peer.sent += 1
             peer.last_sent = trio.current_time()
             try:

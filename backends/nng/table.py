@@ -15,7 +15,7 @@ the client connections' upkeep in ``router_peers.py``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,13 +52,6 @@ class _Peer:
         self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
         self.authed = True  # proved it holds the token (always, on a router without one)
         self.nonce = b""  # the challenge of its hello, with a token
-
-    def taken(self, op: Op) -> Op:
-        """An op left the outbox for a frame: its packet no longer counts as queued."""
-        packet = op.get("packet")
-        if packet is not None:
-            self.queued_bytes -= len(packet)
-        return op
 
     def can_send(self) -> bool:
         return bool(self.outbox) and not self.closed and self.sent - self.credited < WINDOW
@@ -196,15 +189,14 @@ class _Table:
         listeners = (self.wild if wild else self.exact).get(key)
         return None if listeners is None else listeners.groups.get(queue)
 
-    def match(self, subject: str) -> list[_Listeners]:
-        found = []
+    def match(self, subject: str) -> Sequence[_Listeners]:
         listeners = self.exact.get(subject)
-        if listeners is not None:
-            found.append(listeners)
-        if self.wild:
-            for prefix, wild in tuple(self.wild.items()):
-                if len(subject) > len(prefix) and subject.startswith(prefix):
-                    found.append(wild)
+        if not self.wild:
+            return () if listeners is None else (listeners,)
+        found = [] if listeners is None else [listeners]
+        for prefix, wild in tuple(self.wild.items()):
+            if len(subject) > len(prefix) and subject.startswith(prefix):
+                found.append(wild)
         return found
 
     def unheard(self, subject: str) -> bool:
