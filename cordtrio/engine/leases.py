@@ -68,6 +68,9 @@ class LeaseKeeper:
             raise ValueError(f"lease_ttl must be positive, got {ttl}")
         self.router = router
         self.runs_store = store
+        # ``LeasedRunCreate``, told once: a runtime protocol check walks the protocol's
+        # members, and every run submitted would pay for it
+        self._leased_create = isinstance(store, LeasedRunCreate)
         self.store = leases
         self.owner = owner
         self.ttl = float(ttl)
@@ -86,9 +89,10 @@ class LeaseKeeper:
         """Create the run holding its lease from the start, when the store can
         (``LeasedRunCreate``); else create it unleased (a task acquires the lease)."""
         store = self.runs_store
-        if not isinstance(store, LeasedRunCreate):
+        if not self._leased_create:
             await store.create_run(run)
-        elif await store.create_run_leased(run, self.owner, self.ttl):
+        elif await store.create_run_leased(run,  # type: ignore[attr-defined]
+                                           self.owner, self.ttl):
             self._leased_at_create[run.id] = trio.current_time()
 
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
