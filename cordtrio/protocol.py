@@ -282,6 +282,11 @@ def _compile(cls: type, kinds: dict[str, Any]
                 " and isinstance(v, IntEnum)):",
                 f"  out[{name!r}] = {'_to_plain(v)' if (cls, name) in _NESTED else 'v'}"]
         if callable(f.default_factory):
+            # a factory makes a map or list: a nested document or an enum here would be
+            # taken as it came (the general walk converts them)
+            if kind.__class__ is not str or (cls, name) in _NESTED:
+                raise TypeError(f"{cls.__name__}.{name}: a default factory for a nested "
+                                "document or an enum is not supported by the codec")
             env[f"new{i}"] = f.default_factory
             dec.append(f" v = data.get({name!r}, _MISSING)")
             dec.append(f" if v is _MISSING: v = new{i}()")

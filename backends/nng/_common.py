@@ -112,7 +112,7 @@ def take_frame(outbox: deque[Any], first: list[Op] | None = None,
                 continue
         ops.append(op)
         packet = op.get("packet")
-        if isinstance(packet, bytes):
+        if packet is not None:  # counted as ``Peers.send`` counted it in
             packets += len(packet)
             size += len(packet)
         size += 32

@@ -203,7 +203,7 @@ class CommandBatcher:
         redis = self._redis
         first = batch[0]
         try:
-            groups, calls = self._merge(batch) if len(batch) > 1 else _UNMERGED
+            groups, calls = self._merge(batch) if len(batch) > 1 else ([], batch)
             if groups:
                 sent = [*(g.call for g in groups), *calls]
             else:
@@ -245,8 +245,9 @@ class CommandBatcher:
     def _merge(self, batch: list[_Call]) -> tuple[list[_Group], list[_Call]]:
         """The calls of ``batch`` that go as one command (two or more of a kind): the
         store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``; and the calls
-        sent as they are. The merged calls go first, a lone call of a mergeable kind
-        after the others: the calls of one batch are concurrent."""
+        sent as they are. The merged calls go first, then the others in the batch's order
+        (a caller's calls can meet in one batch: one cancelled while its call was queued
+        may make the next, and Redis must apply them in the order they were made)."""
         scripts = self._scripts
         evals: list[_Call] = []
         evals_args: list[tuple[Any, ...]] = []
@@ -287,6 +288,10 @@ class CommandBatcher:
                                              ([c.args[0] for c in gets],), {}), "mget"))
         else:
             rest += gets
+        if len(rest) > 1 and (len(evals) == 1 or len(gets) == 1):
+            # a lone call of a mergeable kind was put last: back to its place
+            merged = {id(c) for g in groups for c in g.members}
+            rest = [c for c in batch if id(c) not in merged]
         return groups, rest
 
     async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
@@ -321,10 +326,6 @@ class CommandBatcher:
             for i, value in zip(again, more, strict=True):
                 values[i] = value
         return values
-
-
-_UNMERGED: tuple[list[_Group], list[_Call]] = ([], [])
-"""``_merge``'s answer for a batch of one call (not merged)."""
 
 
 class _Group:

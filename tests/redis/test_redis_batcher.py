@@ -442,6 +442,23 @@ async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
     assert await redis.payloads.get_result("res:lone") == b"lone"
 
 
+async def test_calls_not_merged_go_in_the_order_they_were_made(
+        redis: RedisBackends) -> None:
+    """A lone call of a mergeable kind is sent where it stood among the calls not merged: a
+    caller cancelled while its ``SET`` was queued may delete the key next, in the same batch,
+    and the key must not come back."""
+    from cordtrio.backends.redis.batcher import _Call
+
+    batcher: Any = redis.redis._batcher
+    batch = [_Call("w", "a", "get", ("a",), {}),
+             _Call("w", "res:k", "set", ("res:k", b"v"), {"ex": 60}),
+             _Call("w", "res:k", "delete", ("res:k",), {}),
+             _Call("w", "b", "get", ("b",), {})]
+    groups, rest = batcher._merge(batch)
+    assert [g.kind for g in groups] == ["mget"]
+    assert [c.method for c in rest] == ["set", "delete"]
+
+
 async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
         redis: RedisBackends) -> None:
     """``call_plain`` (the payload store's reads and writes, not type-checked) gives what
