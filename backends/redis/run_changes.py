@@ -38,10 +38,10 @@ from .keys import (
 from .leases import lease_key
 from .payloads import RedisPayloadStore
 from .run_hash import FieldOps, dumps, ordered, text
-from .run_index import RUN_STATUSES, RedisRunIndex, run_status_text
+from .run_index import RUN_STATUSES, RedisRunIndex
 from .run_json import header_json, step_json
 from .step_argv import step_argv
-from .step_write import NOT_FOUND, STEP_SCRIPT, StepArgs, step_keys
+from .step_write import NOT_FOUND, STEP_SCRIPT, report_step_commands, step_keys
 from .timelines import RedisTimelines
 
 _TOKEN_PREFIX = os.urandom(6).hex()
@@ -100,15 +100,15 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         if known is not None and HEADER not in known:
             known = None  # the header write is how the script tells a missing run
         try:  # the arguments update the mirror's names in place: any failure drops them
-            built = None if self._redis.on_command is not None else step_argv(
+            built = step_argv(
                 run, changes, owner or "", token, known, self._ranks, docs,
                 self.retention_seconds, self._committed_ttl() if changes.payloads else None)
-            if built is None:  # commands are counted, or parts are removed by prefix
-                ops = self._change_ops(run, changes)
-                if ops.prefixes:  # the rare path: a step's children / all context steps
-                    await self._save_reading_fields(run, changes, ops, docs)
-                    return
-                built = self._step_args(run, changes, ops, owner, token, known, key, docs)
+            if built is None:  # the rare path: a step's children / all context steps go
+                await self._save_reading_fields(run, changes, self._change_ops(run, changes),
+                                                docs)
+                return
+            if self._redis.on_command is not None:
+                report_step_commands(built[0], key, self._redis.on_command)
             if changes.payloads:
                 sent_at = self._committing(changes.payloads)
             reply = await self._redis.script(
@@ -129,24 +129,6 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         if reply[0] == NOT_FOUND:
             raise NotFoundError(f"run {run.id!r} not found")
         raise self._lost(run, reply[1], owner)
-
-    def _step_args(self, run: WorkflowRun, changes: RunChanges, ops: FieldOps,
-                   owner: str | None, token: str, known: set[str] | None, key: str,
-                   docs: list[bytes]) -> tuple[list[Any], bool]:
-        """``step_argv``'s result the general way (``FieldOps`` → ``StepArgs``), which also
-        reports each command to the adapter's ``on_command`` (``testing.CommandCounter``)."""
-        args = StepArgs(owner or "", self._redis.on_command, token, run.id)
-        args.fields(ops, self._ranks, known)
-        args.timeline(docs)
-        if changes.header:
-            status = run_status_text(run.status)
-            prev = changes.previous_status
-            self._queue_index(args, run, status, previous=RUN_STATUSES if prev is None
-                              else (run_status_text(prev),))
-            self._queue_retention(args, run, status)
-        if changes.payloads:
-            args.payloads(changes.payloads, self._committed_ttl())
-        return args.argv(key), args.plain
 
     @staticmethod
     def _previous(changes: RunChanges) -> tuple[str, ...]:

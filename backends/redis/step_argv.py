@@ -1,13 +1,15 @@
 """``STEP_SCRIPT``'s arguments for an engine step, built straight from the run and its
-``RunChanges``: the same list ``RunChanges`` → ``FieldOps`` (``_change_ops``) → ``StepArgs``
-→ ``argv`` gives (tested against it), without those layers.
+``RunChanges``: the same list the general way gave (``RunChanges`` → ``FieldOps`` →
+``StepArgs`` → argument list; kept as the reference it is tested against, item by item, in
+``tests/redis/step_args_reference.py``), without those layers. The commands the script runs
+with them are told to a command counter by ``step_write.report_step_commands``.
 
 Each engine step writes the header, a step or two, a context entry, its timeline events, the
-index moves and a job input. Going through ``FieldOps`` (a dict of writes and sets of
-deletions), then ``StepArgs`` (sorting them into ranked and unranked fields, collecting the
-index moves as pipeline calls) and then the argument list reshaped the same few values three
-times: a third of the store's own Python per step. Here each part is put where the script
-reads it as it is encoded.
+index moves and a job input. Going through a dict of writes and sets of deletions, then
+sorting them into ranked and unranked fields and collecting the index moves as pipeline
+calls, and then the argument list reshaped the same few values three times: a third of
+the store's own Python per step. Here each part is put where the script reads it as it is
+encoded.
 
 This covers every write that removes nothing by prefix (those read the hash first:
 ``_save_reading_fields``). Without prefixes, ``FieldOps`` never meets a field written after
@@ -32,18 +34,20 @@ from .step_write import COUNTS, NO_VALUE
 
 _NONE: tuple[()] = ()
 _FLAGS = {True: "k", False: "n"}
-"""A ranked field's flag (``StepArgs.fields``) by whether the mirror holds its rank."""
+"""A ranked field's flag by whether the mirror holds its rank ("k": ranked if it has no
+rank; "n": ranked now)."""
 
 
 def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
               known: set[str] | None, ranks: Callable[[int], int], docs: list[bytes],
               retention: int | None, payload_ttl: int | None,
               ) -> tuple[list[Any], bool] | None:
-    """The arguments and ``plain`` (``StepArgs.plain``) of the step write of ``changes``
-    (``StepArgs.argv`` after ``fields``, ``timeline``, the index and retention moves and
-    ``payloads``), or None if it removes parts by prefix. ``known``: the mirrored field
-    names (with the header among them, and ``changes.header`` set), updated in place to the
-    names the hash holds after the write, as ``StepArgs.fields`` does. ``retention``: the
+    """The arguments of the step write of ``changes`` (the parts, timeline, index and
+    retention moves and payloads) and ``plain`` (every argument a ``str``, ``bytes``,
+    ``int`` or ``float``: the adapter skips its type check), or None if it removes parts by
+    prefix. ``known``: the mirrored field names (with the header among them, and
+    ``changes.header`` set), updated in place to the names the hash holds after the write.
+    ``retention``: the
     store's (``_queue_retention``); ``payload_ttl``: the committed payloads' TTL."""
     rid = run.id
     ranked: list[Any] = []  # (field, value) pairs, in write order

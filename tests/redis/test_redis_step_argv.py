@@ -12,11 +12,13 @@ import fakeredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from step_args_reference import general_argv
 
 from cordtrio.backends.redis.adapter import RedisAdapter
 from cordtrio.backends.redis.keys import HEADER, ORD, run_key
 from cordtrio.backends.redis.payloads import RedisPayloadStore
 from cordtrio.backends.redis.step_argv import step_argv
+from cordtrio.backends.redis.step_write import report_step_commands
 from cordtrio.backends.redis.store import RedisStore
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 from cordtrio.ports import RunChanges
@@ -107,9 +109,13 @@ def _both(store: RedisStore, run: WorkflowRun, changes: RunChanges, known: set[s
         assert direct is None
         return
     store._ranks = _Ranks()  # type: ignore[method-assign]
-    general = store._step_args(run, changes, ops, owner or None, "tok-1", known,
-                               run_key(run.id), docs)
+    heard: list[tuple[Any, ...]] = []
+    general = general_argv(store, run, changes, ops, owner or None, "tok-1", known,
+                           run_key(run.id), docs, heard.append)
     assert direct is not None
+    told: list[tuple[Any, ...]] = []
+    report_step_commands(direct[0], run_key(run.id), told.append)
+    assert sorted(map(repr, told)) == sorted(map(repr, heard))  # the commands counted
     assert direct[1] is general[1]
     assert [(type(a), a) for a in direct[0]] == [(type(a), a) for a in general[0]]
     assert direct_known == known

@@ -13,7 +13,7 @@ from redis_kit import T0, a_run, raw
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.backends.redis import RedisBackends, RedisPayloadStore, connect
-from cordtrio.backends.redis.step_write import StepArgs
+from cordtrio.backends.redis.step_argv import step_argv
 from cordtrio.errors import LeaseLostError, NotFoundError
 from cordtrio.model import (
     RunStatus,
@@ -69,7 +69,7 @@ async def test_a_step_write_stores_the_dispatched_jobs_input_with_its_ttl(
 
 async def test_a_step_write_with_unchecked_payload_types_writes_as_a_plain_one(
         redis: RedisBackends) -> None:
-    """A step write's arguments skip the adapter's type check (``StepArgs.plain``) unless
+    """A step write's arguments skip the adapter's type check (``step_argv``'s ``plain``) unless
     a payload is not ``bytes``: a ``bytearray`` one takes the checked path and is stored
     the same."""
     assert redis.store.commits_payloads_of(redis.payloads)
@@ -77,9 +77,8 @@ async def test_a_step_write_with_unchecked_payload_types_writes_as_a_plain_one(
         run = await a_run(redis)
         changes = dispatch_next(run)
         changes.payloads = {CTX: data}  # type: ignore[dict-item]
-        args = StepArgs("", None)
-        args.payloads(changes.payloads, 60)
-        assert args.plain is (type(data) is bytes)
+        built = step_argv(run, changes, "", "", None, lambda count: 0, [], None, 60)
+        assert built is not None and built[1] is (type(data) is bytes)
         await redis.store.save_run_changes(run, changes, [EVENT])
         assert await redis.payloads.get_context(CTX) == b'{"x":1}'
         assert (await redis.store.get_run(run.id)).to_dict() == run.to_dict()
