@@ -19,12 +19,10 @@ the worker; only leaving the ``async with`` block (or cancelling ``serve_worker`
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +30,7 @@ import trio
 
 from . import json_payloads
 from ._nursery import open_service_nursery
-from .errors import CordtrioError
+from .job import Handler, Job, JobDenied, item_of
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, JobInbox, PayloadStore, own_call
 from .protocol import (
@@ -58,76 +56,6 @@ _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member cos
 
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
-
-
-class JobDenied(CordtrioError):
-    """Raised by a handler that refuses the job (policy, permissions, bad request).
-
-    Reported as ``DENIED`` with the exception's message; the engine treats it like a failure
-    for retry purposes (SPEC §6) but it tells the operator the worker said *no*, not *oops*.
-    """
-
-
-@dataclass
-class Job:
-    """What a handler receives: the request plus its decoded input.
-
-    ``input`` is the JSON object stored at the request's ``context_ptr`` (``{}`` when the
-    request has no pointer). ``item`` is the for-each item: ``input["item"]`` when present,
-    else the JSON-decoded ``env["foreach_item"]``, else ``None`` (see ``Job.from_request``).
-    """
-
-    request: JobRequest
-    input: dict[str, Any] = field(default_factory=dict)
-    item: Any = None
-
-    @classmethod
-    def from_request(cls, request: JobRequest, input: dict[str, Any] | None = None) -> Job:
-        """Build a job the way the worker does, deriving ``item`` from input/env."""
-        data = {} if input is None else input
-        return cls(request, data, _item_of(request, data))
-
-    @property
-    def job_id(self) -> str:
-        return self.request.job_id
-
-    @property
-    def topic(self) -> str:
-        return self.request.topic
-
-    @property
-    def run_id(self) -> str:
-        """The workflow run this job belongs to (``env["run_id"]``, ``""`` if absent)."""
-        return self.request.env.get("run_id", "")
-
-    @property
-    def step_id(self) -> str:
-        """The step (or for-each child, ``step[i]``) id (``env["step_id"]``)."""
-        return self.request.env.get("step_id", "")
-
-    @property
-    def attempt(self) -> int:
-        """The attempt number: the ``@n`` suffix of the job id (1 when there is none)."""
-        _, sep, suffix = self.request.job_id.rpartition("@")
-        if sep and suffix.isdigit():
-            return int(suffix)
-        return 1
-
-
-def _item_of(request: JobRequest, data: dict[str, Any]) -> Any:
-    if "item" in data:
-        return data["item"]
-    raw = request.env.get("foreach_item")
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw  # not JSON: hand the handler the raw string rather than nothing
-
-
-Handler = Callable[[Job], Awaitable[Any]]
-"""An async function taking a ``Job``; its JSON-serializable return value is the result."""
 
 
 class _Running:
@@ -453,8 +381,8 @@ class Worker:
                 )
         else:
             data = {}
-        # ``_item_of`` only when there is an item to find (most jobs have none)
-        item = _item_of(request, data) if "item" in data or "foreach_item" in request.env \
+        # ``item_of`` only when there is an item to find (most jobs have none)
+        item = item_of(request, data) if "item" in data or "foreach_item" in request.env \
             else None
         job = Job(request, data, item)
 
