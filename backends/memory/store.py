@@ -58,7 +58,7 @@ from cordtrio.ports import (
 )
 from cordtrio.validation import validate_workflow
 
-from .frozen import header_idempotency_key
+from .frozen import freeze_header, header_idempotency_key
 from .indexes import Index, RunIndexes, drop, newest
 from .leases import LeaseBook, MemoryRunLeases
 from .run_record import RunRecord
@@ -178,7 +178,7 @@ class MemoryStore(MemoryRunLeases):
             run.updated_at = run.created_at
         record = RunRecord.of(run)
         self._runs[run.id] = record
-        self._index.written(run.id, record, None)
+        self._index.written(run.id, record, record.header, True)
         if run.idempotency_key:
             self._idempotency.setdefault(run.idempotency_key, run.id)
 
@@ -199,9 +199,8 @@ class MemoryStore(MemoryRunLeases):
         record = self._record(run.id)
         if run.updated_at is None:
             run.updated_at = self._now()
-        old = record.header
+        self._index.written(run.id, record, freeze_header(run))
         record.write_whole(run)
-        self._index.written(run.id, record, old)
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
@@ -226,12 +225,12 @@ class MemoryStore(MemoryRunLeases):
         record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step
         if record is None:
             raise NotFoundError(f"run {run.id!r} not found")
-        old = record.header
-        if changes.header and run.updated_at is None:
-            run.updated_at = self._now()
-        record.write_changes(run, changes)
         if changes.header:
-            self._index.written(run.id, record, old)
+            if run.updated_at is None:
+                run.updated_at = self._now()
+            # the input never changes after creation: the stored copy is kept (O(1) updates)
+            self._index.written(run.id, record, freeze_header(run))
+        record.write_changes(run, changes)
         if timeline:
             self._timelines.append(run.id, timeline)
 

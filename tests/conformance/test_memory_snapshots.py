@@ -73,3 +73,26 @@ async def test_a_child_with_children_of_its_own_keeps_them() -> None:
     assert got.steps["each"].children["each[0]"].children["g"].item == {"k": [1]}
     assert got.to_dict()["steps"]["each"]["children"]["each[0]"]["children"]["g"] == {
         "step_id": "g", "status": "running", "item": {"k": [1]}}
+
+
+async def test_steps_added_in_one_change_keep_the_runs_order() -> None:
+    """New steps are stored in the run's own order (not the change set's), after the kept
+    ones, whose places a rewrite does not move; a named step the run lacks is deleted."""
+    for now in (False, True):
+        store = MemoryStore()
+        r = big_run()
+        await store.create_run(r)
+        kept = list(r.steps)
+        del r.steps[kept[0]]
+        r.steps[kept[-1]].status = StepStatus.FAILED
+        fresh = [f"new{i}" for i in (7, 1, 9, 3, 5, 0)]
+        for sid in fresh:
+            r.steps[sid] = StepRun(step_id=sid, status=StepStatus.RUNNING)
+        changes = RunChanges(steps={kept[0], kept[-1], *fresh})
+        if now:
+            store.save_run_changes_now(r, changes)
+        else:
+            await store.save_run_changes(r, changes)
+        got = await store.get_run("run-1")
+        assert list(got.steps) == kept[1:] + fresh
+        assert got.steps[kept[-1]].status == StepStatus.FAILED
