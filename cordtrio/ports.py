@@ -195,7 +195,8 @@ class WritesNow(Protocol):
     awaited write). An engine alone on such a store writes a step with it.
 
     The ``timeline`` events are handed over: the store may keep the very objects (and fill
-    in a missing ``time``), so the caller must not use them after the call (the engine
+    in a missing ``time``, share an empty ``data``), so the caller must not use them after
+    the call (the engine
     builds them for the write and drops them). The run's parts are copied, as with
     ``save_run_changes``."""
 

@@ -4,8 +4,10 @@ The store keeps ``TimelineEvent`` objects that nobody else holds, and copies on 
 
 * An event the engine writes with ``save_run_changes_now`` is handed over
   (``ports.WritesNow``: the caller never touches it again), so it is kept as it is: no field
-  is read on append but its time (one without gets the clock's now). Every engine step
-  appends two or three events; taking each apart into a row cost ~90 instructions an event.
+  is read on append but its time (one without gets the clock's now) and its data (an
+  empty map is dropped for a shared one: parked runs keep a few such events each). Every
+  engine step appends two or three events; taking each apart into a row cost ~90
+  bytecodes an event.
 * An event given to any other method (``append_timeline_event(s)``, an awaited
   ``save_run_changes``) is still the caller's: a private copy is kept (``private``), so
   mutating it afterwards changes nothing stored.
@@ -27,6 +29,9 @@ from cordtrio.fields import json_copy
 from cordtrio.model import TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
+
+_NO_DATA: dict[str, Any] = {}
+"""The data of every kept event without any (never handed out: a read makes a fresh map)."""
 
 
 def _text(value: Any) -> str:
@@ -82,6 +87,8 @@ class Timelines:
         for event in events:
             if event.time is None:
                 event.time = now = now or self._now()
+            if not event.data:  # most events: their own empty map need not be kept (64 bytes)
+                event.data = _NO_DATA
         kept = self._events.get(run_id)
         if kept is None:
             kept = self._events[run_id] = []
