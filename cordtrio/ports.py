@@ -192,7 +192,13 @@ class WritesNow(Protocol):
     """A store in the engine's own process (``MemoryStore``) whose run write need not be
     awaited: ``save_run_changes_now`` does what ``save_run_changes`` does, with no
     cancellation check, when ``writes_now`` is true (False in a subclass that changes the
-    awaited write). An engine alone on such a store writes a step with it."""
+    awaited write). An engine alone on such a store writes a step with it.
+
+    The ``timeline`` events are handed over: the store may keep the very objects (and fill
+    in a missing ``time``, share an empty ``data``), so the caller must not use them after
+    the call (the engine
+    builds them for the write and drops them). The run's parts are copied, as with
+    ``save_run_changes``."""
 
     writes_now: bool
 

@@ -60,12 +60,15 @@ class RunIndexes:
         self.active_by_org: dict[str, int] = {}
         self._dirty: dict[str, RunRecord] = {}
 
-    def written(self, run_id: str, record: RunRecord, old: HeaderSnapshot | None) -> None:
-        """``record.header`` was just written (``old``: the header it replaced, None for a
-        new run): stamp the write's order and mark the run for the next ``flush``."""
+    def written(self, run_id: str, record: RunRecord, header: HeaderSnapshot,
+                new: bool = False) -> None:
+        """The run's header is now ``header`` (``new``: the run was just created, with it):
+        keep it in ``record``, stamp the write's order and mark the run for the next
+        ``flush``."""
+        old = record.header
+        record.header = header
         seq = record.seq = next(self._seq)
-        header = record.header
-        if (old is None or old[H_CREATED] != header[H_CREATED]
+        if (new or old[H_CREATED] != header[H_CREATED]
                 or old[H_WORKFLOW] != header[H_WORKFLOW]):
             record.created_seq = seq  # the workflow listing's tie-break: this write
         self._dirty[run_id] = record

@@ -15,6 +15,7 @@ entries written within one TTL.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ from cordtrio.payloads import (
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
+_Entry = tuple[_Parts, float]  # the parts and when they expire
 _SCHEME_LENGTH = len(POINTER_SCHEME)
 
 
@@ -50,17 +52,16 @@ def _writer(prefix: str) -> Callable[[MemoryPayloadStore, str, JsonPayload], Non
             check_payload_key(key, prefix)
         ttl = store._ttl
         if ttl is None:
-            store._data[key] = parts
+            store._data[key] = (parts, 0.0)
             return
         now = (store._clock_now or store._time)()
-        times = store._expiry_times
-        if times and times[0] <= now:
+        if now >= store._purge_at:
             store._purge(now)
-        expires = now + ttl
-        store._data[key] = parts
-        store._expires[key] = expires
-        times.append(expires)
-        store._expiry_keys.append(key)
+        data = store._data
+        if key in data:  # its earlier place in the purge order is left behind
+            store._left_behind[key] = store._left_behind.get(key, 0) + 1
+        data[key] = (parts, now + ttl)
+        store._order.append(key)
 
     return put
 
@@ -75,13 +76,13 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
     def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
         if pointer.__class__ is str and pointer.startswith(start):
             key = pointer[_SCHEME_LENGTH:]
-            parts = store._data.get(key)
-            if parts is not None:
+            entry = store._data.get(key)
+            if entry is not None:
                 if store._ttl is not None and \
-                        store._expires[key] <= (store._clock_now or store._time)():
+                        entry[1] <= (store._clock_now or store._time)():
                     raise NotFoundError(f"payload {key!r} not found")
                 payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-                payload.parts = parts
+                payload.parts = entry[0]
                 return payload
         return _payload(store._get(key_from_pointer(pointer, pointer_prefix), prefix))
 
@@ -122,15 +123,16 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> JsonPayload.parts (bytes written as bytes: a text payload's); and, with a
-        # TTL, key -> when it expires
-        self._data: dict[str, _Parts] = {}
-        self._expires: dict[str, float] = {}
-        # Writes in order (expiry time and key side by side, rather than as pairs: a pair is
-        # one more object per write for the garbage collector to see). With one TTL for
-        # every entry, this is also expiry order.
-        self._expiry_times: deque[float] = deque()
-        self._expiry_keys: deque[str] = deque()
+        # key -> (JsonPayload.parts (bytes written as bytes: a text payload's), when it
+        # expires (0.0 without a TTL))
+        self._data: dict[str, _Entry] = {}
+        # The keys in write order, which with one TTL for every entry is expiry order; a key
+        # written again (or deleted) leaves its earlier place behind: counted here, so the
+        # purge skips it rather than stop there (a key only, not a pair with its time: one
+        # object fewer per write for the garbage collector to see).
+        self._order: deque[str] = deque()
+        self._left_behind: dict[str, int] = {}
+        self._purge_at = -math.inf  # when the oldest entry expires (a purge finds out)
         # Trio's clock reading, once known (see the module docstring); until then ``_time``
         # finds it (not a bound method kept here: that would make the store a cycle)
         self._clock_now: Callable[[], float] | None = None
@@ -156,8 +158,9 @@ class MemoryPayloadStore:
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
         await checkpoint_if_cancelled()
-        self._data.pop(check_payload_key(key), None)
-        self._expires.pop(key, None)
+        key = check_payload_key(key)
+        if self._data.pop(key, None) is not None and self._ttl is not None:
+            self._left_behind[key] = self._left_behind.get(key, 0) + 1  # its place in order
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
@@ -215,20 +218,31 @@ class MemoryPayloadStore:
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None and self._expires[key] <= (self._clock_now or self._time)():
+        if self._ttl is not None and entry[1] <= (self._clock_now or self._time)():
             raise NotFoundError(f"payload {key!r} not found")
-        return entry
+        return entry[0]
 
     def _purge(self, now: float) -> None:
-        """Drop expired entries; O(1) amortised per write."""
-        times, keys = self._expiry_times, self._expiry_keys
-        expires_at = self._expires
-        while times and times[0] <= now:
-            expires = times.popleft()
-            key = keys.popleft()
-            if expires_at.get(key) == expires:  # not rewritten since
-                del expires_at[key]
-                del self._data[key]
+        """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
+        data, order, left_behind = self._data, self._order, self._left_behind
+        while order:
+            key = order[0]
+            behind = left_behind.get(key)
+            if behind:  # a place the key left behind: its entry is further on (or gone)
+                if behind > 1:
+                    left_behind[key] = behind - 1
+                else:
+                    del left_behind[key]
+            else:
+                entry = data.get(key)
+                if entry is not None:
+                    if entry[1] > now:
+                        self._purge_at = entry[1]
+                        return
+                    del data[key]
+            order.popleft()
+        assert self._ttl is not None
+        self._purge_at = now + self._ttl  # no entry: none expires before the next one
 
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")

@@ -96,8 +96,8 @@ class RunRecord:
     # ----------------------------------------------------------------------------- writes
 
     def write_whole(self, run: WorkflowRun) -> None:
-        """Replace every part with a copy of ``run``'s."""
-        self.header = freeze_header(run)
+        """Replace every part but the header (``RunIndexes.written``) with a copy of
+        ``run``'s."""
         self.input = freeze(run.input) if run.input else None
         self.copy_body(run)
 
@@ -119,35 +119,27 @@ class RunRecord:
             self.context_keys = {k: freeze(v) for k, v in context.items()} or None
 
     def write_changes(self, run: WorkflowRun, changes: RunChanges) -> None:
-        """Copy in the parts of ``run`` that ``changes`` names (``save_run_changes``); a named
-        part absent from ``run`` is deleted."""
-        if changes.header:
-            # The input never changes after creation: the stored copy is kept (O(1) updates).
-            self.header = freeze_header(run)
+        """Copy in the parts of ``run`` that ``changes`` names (``save_run_changes``) but the
+        header (``RunIndexes.written``); a named part absent from ``run`` is deleted."""
         names = changes.steps
         if names:
             stored, steps = self.steps, run.steps
-            fresh: list[str] = []
+            fresh = 0
             for sid in names:
                 sr = steps.get(sid)
                 if sr is None:
                     stored.pop(sid, None)
                     if self.children:
                         self.children.pop(sid, None)
-                elif sid in stored:  # rewriting a key keeps its place
-                    stored[sid] = freeze_step(sr, sid)
-                else:
-                    fresh.append(sid)
-            if fresh:
-                # new keys in the run's own order, so a reloaded run lists its steps the same
-                # way every time (not in str-hash order)
-                if len(fresh) > 1:
-                    wanted = set(fresh)
-                    fresh = [sid for sid in steps if sid in wanted]
-                for sid in fresh:
-                    stored[sid] = freeze_step(steps[sid], sid)
-        for parent in changes.children:
-            self.write_children(run, parent, changes.ordered_children(parent))
+                    continue
+                if sid not in stored:  # (rewriting a key keeps its place)
+                    fresh += 1
+                stored[sid] = freeze_step(sr, sid)
+            if fresh > 1:
+                self._order_fresh(steps, fresh)
+        if changes.children:
+            for parent in changes.children:
+                self.write_children(run, parent, changes.ordered_children(parent))
         if changes.context_keys:
             # stable orders (not str-hash order): a reloaded run is the same in every process
             keys = changes.context_keys
@@ -158,19 +150,27 @@ class RunRecord:
         if names:
             ctx_steps = run.context.get("steps")
             stored_steps = self.context_steps
-            if len(names) == 1 and stored_steps is not None and isinstance(ctx_steps, dict):
-                # the common case (one job's output), ``write_context_steps`` inlined
-                for key in names:
-                    if key in ctx_steps:
-                        try:  # ``freeze`` inlined: one call less per job result
-                            stored_steps[key] = dumps(ctx_steps[key], 2)
-                        except ValueError:
-                            stored_steps[key] = freeze(ctx_steps[key])
-                    else:
-                        stored_steps.pop(key, None)
-            else:
-                self.write_context_steps(
-                    run, sorted(names, key=child_order_key) if len(names) > 1 else list(names))
+            if stored_steps is None or type(ctx_steps) is not dict or len(names) > 1:
+                self.write_context_steps(run, sorted(names, key=child_order_key))
+            else:  # the common case (one job's output), ``write_context_steps`` inlined
+                (key,) = names
+                if key in ctx_steps:
+                    try:  # ``freeze`` inlined: one call less per job result
+                        stored_steps[key] = dumps(ctx_steps[key], 2)
+                    except ValueError:
+                        stored_steps[key] = freeze(ctx_steps[key])
+                else:
+                    stored_steps.pop(key, None)
+
+    def _order_fresh(self, steps: dict[str, StepRun], fresh: int) -> None:
+        """Put the ``fresh`` steps just added (the last ones stored, in set order) in the
+        run's own order, so a reloaded run lists its steps the same way every time (not in
+        str-hash order)."""
+        stored = self.steps
+        added = set(list(stored)[-fresh:])
+        for sid in steps:
+            if sid in added:
+                stored[sid] = stored.pop(sid)
 
     def write_children(self, run: WorkflowRun, parent: str, kids: list[str]) -> None:
         sr = run.steps.get(parent)

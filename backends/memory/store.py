@@ -4,9 +4,10 @@ Everything is kept as private copies: workflows parsed once and handed out with 
 runs split into parts (``run_record.RunRecord``: header, steps, children, context entries, so
 ``save_run_changes`` costs O(size of the change)), each an immutable snapshot (``frozen``:
 a flat tuple whose immutable fields are kept as they are and whose mutable values are frozen)
-taken on write and thawed into fresh objects on read; timelines as rows (``timelines``). Every
-value that crosses the API is a copy: mutating an object you passed in or got back never
-changes the store. The listing indexes are in ``indexes`` (brought up to date when a listing
+taken on write and thawed into fresh objects on read; timeline events as private objects
+(``timelines``: the engine's own, handed over by ``save_run_changes_now``, kept as they are).
+Every value that crosses the API is a copy: mutating an object you passed in or got back
+never changes the store. The listing indexes are in ``indexes`` (brought up to date when a listing
 reads them, not on every write), leases and command inboxes in ``leases``.
 
 Decisions SPEC §11 leaves open (every backend must behave the same; the conformance suite
@@ -57,11 +58,11 @@ from cordtrio.ports import (
 )
 from cordtrio.validation import validate_workflow
 
-from .frozen import header_idempotency_key
+from .frozen import freeze_header, header_idempotency_key
 from .indexes import Index, RunIndexes, drop, newest
 from .leases import LeaseBook, MemoryRunLeases
 from .run_record import RunRecord
-from .timelines import Timelines
+from .timelines import Timelines, private
 
 
 class MemoryStore(MemoryRunLeases):
@@ -177,7 +178,7 @@ class MemoryStore(MemoryRunLeases):
             run.updated_at = run.created_at
         record = RunRecord.of(run)
         self._runs[run.id] = record
-        self._index.written(run.id, record, None)
+        self._index.written(run.id, record, record.header, True)
         if run.idempotency_key:
             self._idempotency.setdefault(run.idempotency_key, run.id)
 
@@ -198,9 +199,8 @@ class MemoryStore(MemoryRunLeases):
         record = self._record(run.id)
         if run.updated_at is None:
             run.updated_at = self._now()
-        old = record.header
+        self._index.written(run.id, record, freeze_header(run))
         record.write_whole(run)
-        self._index.written(run.id, record, old)
 
     async def save_run_changes(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
@@ -213,23 +213,24 @@ class MemoryStore(MemoryRunLeases):
         move only when ``changes.header`` is set.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.save_run_changes_now(run, changes, timeline)
+        self.save_run_changes_now(run, changes, [private(e) for e in timeline])
 
     def save_run_changes_now(
         self, run: WorkflowRun, changes: RunChanges, timeline: Sequence[TimelineEvent] = ()
     ) -> None:
-        """``save_run_changes``, not awaited (no cancellation check): ``writes_now``."""
+        """``save_run_changes``, not awaited (no cancellation check), the ``timeline`` events
+        handed over to the store, which keeps them as they are (``ports.WritesNow``)."""
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step
         if record is None:
             raise NotFoundError(f"run {run.id!r} not found")
-        old = record.header
-        if changes.header and run.updated_at is None:
-            run.updated_at = self._now()
-        record.write_changes(run, changes)
         if changes.header:
-            self._index.written(run.id, record, old)
+            if run.updated_at is None:
+                run.updated_at = self._now()
+            # the input never changes after creation: the stored copy is kept (O(1) updates)
+            self._index.written(run.id, record, freeze_header(run))
+        record.write_changes(run, changes)
         if timeline:
             self._timelines.append(run.id, timeline)
 
@@ -295,14 +296,14 @@ class MemoryStore(MemoryRunLeases):
 
     async def append_timeline_event(self, run_id: str, event: TimelineEvent) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._timelines.append(run_id, (event,))
+        self._timelines.append(run_id, (private(event),))
 
     async def append_timeline_events(
         self, run_id: str, events: Sequence[TimelineEvent]
     ) -> None:
         """Append a batch in order (one call for all the events of one transition)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._timelines.append(run_id, events)
+        self._timelines.append(run_id, [private(e) for e in events])
 
     async def list_timeline_events(
         self, run_id: str, limit: int = DEFAULT_TIMELINE_LIMIT

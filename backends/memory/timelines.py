@@ -1,32 +1,37 @@
 """Run timelines of ``MemoryStore``: append-only, the newest ``TIMELINE_CAP`` events per run.
 
-An event is kept as a row: a tuple of its fields in ``TimelineEvent``'s field order, trailing
-empty ones left out, the time as the (immutable) datetime and the data frozen
-(``frozen.freeze``), or, when it is one entry of text (a dispatched job's pointer), as that
-key and value in two more fields. A row of strings, a datetime and bytes is cheap to build
-(no timestamp formatting, no dict copy), half the memory of a dict, and invisible to the
-cyclic garbage collector — which matters with millions of events in memory. Reading builds fresh
-``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip gives: a text field
-that is not a plain string (an enum member such as a ``RunStatus``, a number) is kept as
-given and made a string there, not on append (every event the engine writes has plain
-strings only, and checking eight types per event cost ~1,500 instructions).
+The store keeps ``TimelineEvent`` objects that nobody else holds, and copies on read.
+
+* An event the engine writes with ``save_run_changes_now`` is handed over
+  (``ports.WritesNow``: the caller never touches it again), so it is kept as it is: no field
+  is read on append but its time (one without gets the clock's now) and its data (an
+  empty map is dropped for a shared one: parked runs keep a few such events each). Every
+  engine step appends two or three events; taking each apart into a row cost ~90
+  bytecodes an event.
+* An event given to any other method (``append_timeline_event(s)``, an awaited
+  ``save_run_changes``) is still the caller's: a private copy is kept (``private``), so
+  mutating it afterwards changes nothing stored.
+
+Reading builds fresh ``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip
+gives (``_read``): the time in UTC, a text field that is not a plain string (an enum member
+such as a ``RunStatus``, a number) made a string, an empty ``run_id`` the run's, the data
+a deep copy. Doing that on read rather than on append costs nothing on the engine's path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from marshal import dumps
 from typing import Any
 
 from cordtrio.errors import ValidationError
+from cordtrio.fields import json_copy
 from cordtrio.model import TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
 
-from .frozen import Frozen, freeze, thaw
-
-Row = tuple[Any, ...]
+_NO_DATA: dict[str, Any] = {}
+"""The data of every kept event without any (never handed out: a read makes a fresh map)."""
 
 
 def _text(value: Any) -> str:
@@ -44,6 +49,25 @@ def _time(value: datetime) -> datetime:
     return parsed
 
 
+def private(event: TimelineEvent) -> TimelineEvent:
+    """A copy of ``event`` that shares nothing mutable with it (its data copied deeply)."""
+    data = event.data
+    return TimelineEvent(event.time, event.type, event.run_id, event.workflow_id,
+                         event.step_id, event.job_id, event.status, event.result_ptr,
+                         event.message, json_copy(data) if data else {})
+
+
+def _read(event: TimelineEvent, run_id: str) -> TimelineEvent:
+    """A fresh event from a kept one, as a document round trip would give it back."""
+    time = event.time
+    data = event.data
+    return TimelineEvent(
+        time if time is None or time.tzinfo is UTC else _time(time), _text(event.type),
+        _text(event.run_id) or run_id, _text(event.workflow_id), _text(event.step_id),
+        _text(event.job_id), _text(event.status), _text(event.result_ptr),
+        _text(event.message), json_copy(data) if data else {})
+
+
 class Timelines:
     """Each run's events, oldest first, trimmed to the newest ``TIMELINE_CAP`` on append.
 
@@ -52,94 +76,35 @@ class Timelines:
 
     def __init__(self, now: Callable[[], datetime]) -> None:
         self._now = now
-        self._rows: dict[str, list[Row]] = {}
+        self._events: dict[str, list[TimelineEvent]] = {}
 
     def append(self, run_id: str, events: Sequence[TimelineEvent]) -> None:
-        """Append in order; an event without ``run_id`` gets ``run_id``, one without
-        ``time`` the clock's now."""
+        """Keep ``events`` (handed over: nobody else holds them) in order; those without
+        ``time`` get the clock's now (an empty ``run_id`` reads back as ``run_id``)."""
         if not run_id:
             raise ValidationError("run id required")
-        rows = self._rows.get(run_id)
-        if rows is None:
-            rows = self._rows[run_id] = []
         now: datetime | None = None
         for event in events:
-            when = event.time
-            if when is None:
-                when = now = now or _time(self._now())
-            elif when.tzinfo is not UTC:
-                when = _time(when)
-            # attribute by attribute: each read a specialized bytecode, several times
-            # cheaper than one ``operator.attrgetter`` call for the eight
-            kind = event.type
-            rid = event.run_id
-            workflow_id = event.workflow_id
-            step_id = event.step_id
-            job_id = event.job_id
-            status = event.status
-            result_ptr = event.result_ptr
-            message = event.message
-            if not rid:
-                rid = run_id
-            data = event.data
-            if data and len(data) == 1:
-                # one entry of text (a dispatched job's ``context_ptr``): kept as two more
-                # fields, read back as the map; ~2k instructions fewer than ``marshal``
-                ((key, value),) = data.items()
-                if type(key) is str and type(value) is str:
-                    rows.append((when, kind, rid, workflow_id, step_id, job_id, status,
-                                 result_ptr, message, key, value))
-                    continue
-            if data:
-                frozen: Frozen
-                try:  # ``freeze`` inlined: one call less per job started
-                    frozen = dumps(data, 2)
-                except ValueError:
-                    frozen = freeze(data)
-                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
-                             message, frozen))
-            elif message:  # nothing to leave out
-                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr,
-                             message))
-            elif result_ptr:  # no message (a step that completed)
-                rows.append((when, kind, rid, workflow_id, step_id, job_id, status, result_ptr))
-            elif status:
-                rows.append((when, kind, rid, workflow_id, step_id, job_id, status))
-            else:  # trailing empty fields are left out (a shorter tuple)
-                row = (when, kind, rid, workflow_id, step_id, job_id)
-                end = 6
-                while end > 3 and not row[end - 1]:
-                    end -= 1
-                rows.append(row[:end])
-        if len(rows) > TIMELINE_CAP:
-            del rows[:len(rows) - TIMELINE_CAP]
+            if event.time is None:
+                event.time = now = now or self._now()
+            if not event.data:  # most events: their own empty map need not be kept (64 bytes)
+                event.data = _NO_DATA
+        kept = self._events.get(run_id)
+        if kept is None:
+            kept = self._events[run_id] = []
+        kept += events
+        if len(kept) > TIMELINE_CAP:
+            del kept[:len(kept) - TIMELINE_CAP]
 
     def newest(self, run_id: str, limit: int) -> list[TimelineEvent]:
         """The newest ``limit`` events of the run, oldest first; ``[]`` for an unknown run."""
-        rows = self._rows.get(run_id)
-        if not rows:
+        kept = self._events.get(run_id)
+        if not kept:
             return []
-        return [_event(row) for row in rows[max(0, len(rows) - limit):]]
+        return [_read(event, run_id) for event in kept[max(0, len(kept) - limit):]]
 
     def drop(self, run_id: str) -> None:
-        self._rows.pop(run_id, None)
+        self._events.pop(run_id, None)
 
 
-def _event(row: Row) -> TimelineEvent:
-    if len(row) == _WITH_ENTRY:  # data of one text entry, kept as its key and value
-        data: Any = {row[9]: row[10]}
-        fields = (*row[:9], data)
-    else:
-        fields = row + ("",) * (10 - len(row))
-        data = thaw(fields[9]) if fields[9] else {}
-    kind, rid, workflow_id, step_id, job_id, status, result_ptr, message = map(
-        _text, fields[1:9])
-    return TimelineEvent(time=fields[0], type=kind, run_id=rid, workflow_id=workflow_id,
-                         step_id=step_id, job_id=job_id, status=status,
-                         result_ptr=result_ptr, message=message, data=data)
-
-
-_WITH_ENTRY = 11  # a row's length when its data is one text entry (``Timelines.append``)
-
-
-__all__ = ["Timelines"]
+__all__ = ["Timelines", "private"]

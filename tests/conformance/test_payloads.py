@@ -159,6 +159,36 @@ async def test_memory_expired_entries_are_purged_by_later_writes(
     assert set(store._data) == {"res:new"}
 
 
+async def test_memory_purge_passes_the_places_a_rewrite_or_delete_left_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A key written again (or deleted) does not hold up the purge of the entries written
+    after its first write, and is itself purged only once its last write expires."""
+    store = MemoryPayloadStore(ttl_seconds=60)
+    await store.put_result("res:again", b"1")
+    await store.put_result("res:gone", b"1")
+    await store.put_result("res:early", b"1")
+    await trio.sleep(30)
+    await store.put_result("res:again", b"2")  # expires at 90
+    await store.delete("res:gone")
+    await store.put_result("res:gone", b"2")  # written again after a delete: expires at 90
+    await store.put_result("res:late", b"1")  # expires at 90
+    await trio.sleep(31)
+    await store.put_result("res:new", b"1")  # at 61: "early" expired, nothing else
+    assert set(store._data) == {"res:again", "res:gone", "res:late", "res:new"}
+    assert await store.get_result("res:again") == b"2"
+    await trio.sleep(30)
+    await store.put_result("res:last", b"1")  # at 91
+    assert set(store._data) == {"res:new", "res:last"}
+    with pytest.raises(NotFoundError):
+        await store.get_result("res:again")
+    await store.delete("res:new")
+    await trio.sleep(60)
+    await store.put_result("res:after", b"1")
+    assert set(store._data) == {"res:after"}
+    assert not store._left_behind
+
+
 async def test_memory_delete_removes_a_payload() -> None:
     store = MemoryPayloadStore()
     await store.put_result("res:j", b"x")
