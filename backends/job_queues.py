@@ -166,28 +166,33 @@ class JobQueues:
         there is one: the job is returned then, held by that consumer (``holder``), for the
         host to deliver ``item`` to (no ``Assignment`` made: this runs for every job). None
         when it waits in its queue; a duplicate of a queued or held job is ignored (None)."""
-        if job_id in self._jobs:
+        jobs = self._jobs
+        if job_id in jobs:
             self.duplicates += 1
             return None
-        self._seq += 1
+        seq = self._seq = self._seq + 1
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = _Topic()
         consumers = t.consumers
         if len(consumers) == 1:  # one worker (pool) for the topic: ``_next_consumer`` inlined
-            only = consumers[0]
-            consumer = only if len(only.held) < only.capacity else None
+            consumer: Consumer | None = consumers[0]
+            held = consumer.held  # type: ignore[union-attr]
+            if len(held) < consumer.capacity:  # type: ignore[union-attr]
+                # held at once, delivered once: ``_assign`` without its ``Assignment``
+                job = jobs[job_id] = held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
+                                                              consumer)
+                return job
         else:
             consumer = self._next_consumer(t)
-        if consumer is None:
-            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, self._seq)
-            t.queue.append(job)
-            self.pending += 1
-            return None
-        # held at once, delivered once: ``_assign`` without its ``Assignment``
-        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(
-            job_id, topic, item, self._seq, 1, consumer)
-        return job
+            if consumer is not None:
+                job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item,
+                                                                       seq, 1, consumer)
+                return job
+        t.queue.append(QueuedJob(job_id, topic, item, seq))
+        jobs[job_id] = t.queue[-1]
+        self.pending += 1
+        return None
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
             ) -> tuple[Consumer, list[Assignment]]:
@@ -207,8 +212,9 @@ class JobQueues:
         job = consumer.held.pop(job_id, None)
         if job is None:
             return []
-        if self._jobs.get(job_id) is job:
-            del self._jobs[job_id]
+        # a held job is the one indexed (a consumer that goes away lets go of every job
+        # it held, and only an ack forgets a held one)
+        del self._jobs[job_id]
         job.holder = None
         # nothing queued anywhere (the usual case under capacity): nothing to hand on
         return self._fill(consumer) if self.pending and consumer.active else []
