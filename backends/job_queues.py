@@ -179,7 +179,7 @@ class JobQueues:
             consumer: Consumer | None = consumers[0]
             held = consumer.held  # type: ignore[union-attr]
             if len(held) < consumer.capacity:  # type: ignore[union-attr]
-                # held at once, delivered once: ``_assign`` without its ``Assignment``
+                # held at once, delivered once (no ``Assignment``: this runs for every job)
                 job = jobs[job_id] = held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
                                                               consumer)
                 return job
@@ -290,38 +290,33 @@ class JobQueues:
                 return c
         return None
 
-    def _assign(self, consumer: Consumer, job: QueuedJob) -> Assignment:
-        job.holder = consumer
-        job.deliveries += 1
-        consumer.held[job.job_id] = job
-        return Assignment(consumer, job)
-
     def _fill(self, consumer: Consumer) -> list[Assignment]:
         """Hand ``consumer`` the oldest queued jobs of its topics while it has room."""
         out: list[Assignment] = []
-        while self.pending and len(consumer.held) < consumer.capacity:
-            best: _Topic | None = None
+        held, topics, jobs = consumer.held, self._topics, self._jobs
+        while self.pending and len(held) < consumer.capacity:
+            best: deque[QueuedJob] | None = None
             best_name = ""
             for name in consumer.topics:
-                t = self._topics.get(name)
+                t = topics.get(name)
                 if t is None:
                     continue
-                self._skip_stale(t)
-                if t.queue and (best is None or t.queue[0].seq < best.queue[0].seq):
-                    best, best_name = t, name
+                q = t.queue
+                while q and jobs.get(q[0].job_id) is not q[0]:
+                    q.popleft()  # a job cancelled while queued
+                if q and (best is None or q[0].seq < best[0].seq):
+                    best, best_name = q, name
             if best is None:
                 break
-            job = best.queue.popleft()
+            job = best.popleft()
             self.pending -= 1
-            out.append(self._assign(consumer, job))
-            self._forget_if_idle(best_name, best)
+            job.holder = consumer
+            job.deliveries += 1
+            held[job.job_id] = job
+            out.append(Assignment(consumer, job))
+            if not best:
+                self._forget_if_idle(best_name, topics[best_name])
         return out
-
-    def _skip_stale(self, t: _Topic) -> None:
-        """Drop queue entries of jobs cancelled while queued."""
-        q = t.queue
-        while q and self._jobs.get(q[0].job_id) is not q[0]:
-            q.popleft()
 
 
 __all__ = [
