@@ -21,10 +21,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from time import perf_counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import trio
