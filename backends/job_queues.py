@@ -176,23 +176,19 @@ class JobQueues:
             t = self._topics[topic] = _Topic()
         consumers = t.consumers
         if len(consumers) == 1:  # one worker (pool) for the topic: ``_next_consumer`` inlined
-            consumer: Consumer | None = consumers[0]
-            held = consumer.held  # type: ignore[union-attr]
-            if len(held) < consumer.capacity:  # type: ignore[union-attr]
-                # held at once, delivered once (no ``Assignment``: this runs for every job)
-                job = jobs[job_id] = held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
-                                                              consumer)
-                return job
+            only = consumers[0]
+            consumer = only if len(only.held) < only.capacity else None
         else:
             consumer = self._next_consumer(t)
-            if consumer is not None:
-                job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item,
-                                                                       seq, 1, consumer)
-                return job
-        t.queue.append(QueuedJob(job_id, topic, item, seq))
-        jobs[job_id] = t.queue[-1]
-        self.pending += 1
-        return None
+        if consumer is None:
+            job = jobs[job_id] = QueuedJob(job_id, topic, item, seq)
+            t.queue.append(job)
+            self.pending += 1
+            return None
+        # held at once, delivered once (no ``Assignment``: this runs for every job)
+        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
+                                                               consumer)
+        return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
             ) -> tuple[Consumer, list[Assignment]]:
