@@ -166,10 +166,11 @@ class JobQueues:
         there is one: the job is returned then, held by that consumer (``holder``), for the
         host to deliver ``item`` to (no ``Assignment`` made: this runs for every job). None
         when it waits in its queue; a duplicate of a queued or held job is ignored (None)."""
-        if job_id in self._jobs:
+        jobs = self._jobs
+        if job_id in jobs:
             self.duplicates += 1
             return None
-        self._seq += 1
+        seq = self._seq = self._seq + 1
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = _Topic()
@@ -180,13 +181,13 @@ class JobQueues:
         else:
             consumer = self._next_consumer(t)
         if consumer is None:
-            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, self._seq)
+            job = jobs[job_id] = QueuedJob(job_id, topic, item, seq)
             t.queue.append(job)
             self.pending += 1
             return None
-        # held at once, delivered once: ``_assign`` without its ``Assignment``
-        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(
-            job_id, topic, item, self._seq, 1, consumer)
+        # held at once, delivered once (no ``Assignment``: this runs for every job)
+        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
+                                                               consumer)
         return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
@@ -207,8 +208,9 @@ class JobQueues:
         job = consumer.held.pop(job_id, None)
         if job is None:
             return []
-        if self._jobs.get(job_id) is job:
-            del self._jobs[job_id]
+        # a held job is the one indexed (a consumer that goes away lets go of every job
+        # it held, and only an ack forgets a held one)
+        del self._jobs[job_id]
         job.holder = None
         # nothing queued anywhere (the usual case under capacity): nothing to hand on
         return self._fill(consumer) if self.pending and consumer.active else []
@@ -284,38 +286,33 @@ class JobQueues:
                 return c
         return None
 
-    def _assign(self, consumer: Consumer, job: QueuedJob) -> Assignment:
-        job.holder = consumer
-        job.deliveries += 1
-        consumer.held[job.job_id] = job
-        return Assignment(consumer, job)
-
     def _fill(self, consumer: Consumer) -> list[Assignment]:
         """Hand ``consumer`` the oldest queued jobs of its topics while it has room."""
         out: list[Assignment] = []
-        while self.pending and len(consumer.held) < consumer.capacity:
-            best: _Topic | None = None
+        held, topics, jobs = consumer.held, self._topics, self._jobs
+        while self.pending and len(held) < consumer.capacity:
+            best: deque[QueuedJob] | None = None
             best_name = ""
             for name in consumer.topics:
-                t = self._topics.get(name)
+                t = topics.get(name)
                 if t is None:
                     continue
-                self._skip_stale(t)
-                if t.queue and (best is None or t.queue[0].seq < best.queue[0].seq):
-                    best, best_name = t, name
+                q = t.queue
+                while q and jobs.get(q[0].job_id) is not q[0]:
+                    q.popleft()  # a job cancelled while queued
+                if q and (best is None or q[0].seq < best[0].seq):
+                    best, best_name = q, name
             if best is None:
                 break
-            job = best.queue.popleft()
+            job = best.popleft()
             self.pending -= 1
-            out.append(self._assign(consumer, job))
-            self._forget_if_idle(best_name, best)
+            job.holder = consumer
+            job.deliveries += 1
+            held[job.job_id] = job
+            out.append(Assignment(consumer, job))
+            if not best:
+                self._forget_if_idle(best_name, topics[best_name])
         return out
-
-    def _skip_stale(self, t: _Topic) -> None:
-        """Drop queue entries of jobs cancelled while queued."""
-        q = t.queue
-        while q and self._jobs.get(q[0].job_id) is not q[0]:
-            q.popleft()
 
 
 __all__ = [

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import trio
@@ -32,7 +33,7 @@ from . import json_payloads
 from ._nursery import open_service_nursery
 from .job import Handler, Job, JobDenied, item_of
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
-from .ports import Bus, JobBus, JobInbox, PayloadStore, own_call
+from .ports import Bus, JobBus, PayloadStore, own_call
 from .protocol import (
     PROTOCOL_VERSION,
     SUBJECT_CANCEL,
@@ -59,22 +60,19 @@ DEFAULT_PREFETCH = 4
 
 
 class _Running:
-    """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``),
-    the reason once cancelled, and what its report needs.
+    """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``)
+    and the reason once cancelled.
 
-    One per turn of a slot (one cancel scope), reused for each job the turn runs, one
-    after the other: ``trace_id`` and ``started`` are set as a job starts (an object made
-    and dropped on every job costs more). A turn ends when its job is cancelled, so
-    ``reason`` and ``lost`` are set at most once."""
+    One per turn of a slot (one cancel scope), registered for each job the turn runs, one
+    after the other. A turn ends when its job is cancelled, so ``reason`` and ``lost`` are
+    set at most once."""
 
-    __slots__ = ("lost", "reason", "scope", "started", "trace_id")
+    __slots__ = ("lost", "reason", "scope")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.reason: str | None = None
         self.lost = False  # the bus took the job back: stop without reporting
-        self.trace_id = ""
-        self.started = 0.0  # Trio time
 
 
 class Worker:
@@ -115,9 +113,12 @@ class Worker:
         self._put_result_now = path.put_result_now
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
-        self._inbox: JobInbox | None = None
+        self._ack: Callable[[str], None] | None = None
+        """The job inbox's ``ack`` on a ``JobBus`` (taken once serving starts)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
-        # ``trio.current_time()`` at each job's start and report
+        # ``trio.current_time()`` at each job's start and report. Only durations are taken
+        # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
+        # cancels out): no frame at all.
         self._now: Callable[[], float] = trio.current_time
 
     @property
@@ -167,14 +168,14 @@ class Worker:
         return self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue)
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
-        self._now = trio.lowlevel.current_clock().current_time
+        self._now = _duration_clock(trio.lowlevel.current_clock())
         async with (
             self._submits() as submits,
             self._bus.subscribe(SUBJECT_CANCEL) as cancels,
             trio.open_nursery() as nursery,
         ):
             if isinstance(self._bus, JobBus):
-                self._inbox = submits
+                self._ack = submits.ack
                 submits.on_lost = self._job_lost
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
@@ -218,6 +219,7 @@ class Worker:
         receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
+        now = self._now
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -245,15 +247,16 @@ class Worker:
                         logger.debug("worker %s: duplicate of running job %s dropped",
                                      self.worker_id, job_id)
                         continue
-                    entry.trace_id = packet.trace_id
-                    entry.started = self._now()
+                    trace_id = packet.trace_id
+                    started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     try:
                         budget = request.budget
-                        deadline_ms = budget.deadline_ms if budget is not None else 0
-                        if deadline_ms > 0:
-                            await self._report_start(entry, job_id)
-                        result = await self._execute(request, handler, deadline_ms)
+                        if budget is None or budget.deadline_ms <= 0:
+                            result = await self._execute(request, handler, 0)
+                        else:
+                            await self._report_start(trace_id, job_id)
+                            result = await self._execute(request, handler, budget.deadline_ms)
                     finally:
                         del running[job_id]
                     # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
@@ -263,7 +266,7 @@ class Worker:
                         break
                     # The slot is busy until the result is published, so a slow bus slows
                     # intake instead of piling up finished jobs.
-                    publishing = self._report(entry, result)
+                    publishing = self._report(trace_id, started, result)
                     if publishing is not None:
                         await publishing
                     if contextvars.copy_context() != clean:
@@ -280,40 +283,40 @@ class Worker:
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
                 )
-                publishing = self._report(entry, result)
+                publishing = self._report(trace_id, started, result)
                 if publishing is not None:
                     await publishing
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
 
-    async def _report_start(self, entry: _Running, job_id: str) -> None:
+    async def _report_start(self, trace_id: str, job_id: str) -> None:
         """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
         from its dispatch). Only jobs with a deadline need it, so only they pay for it."""
         progress = JobProgress(job_id, status=JobStatus.RUNNING,
                                message=f"started by {self.worker_id}")
-        packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC),
-                           PROTOCOL_VERSION, progress)
+        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
+                           progress)
         try:
             await self._bus.publish(SUBJECT_PROGRESS, packet)
         except Exception:
             logger.warning("worker %s: publishing the start of job %s failed",
                            self.worker_id, job_id, exc_info=True)
 
-    def _report(self, entry: _Running, result: JobResult) -> Awaitable[None] | None:
+    def _report(self, trace_id: str, started: float, result: JobResult
+                ) -> Awaitable[None] | None:
         """Count ``result``, publish it, then acknowledge the job: at once on a bus that
         takes it without awaiting (``ports.PublishNow``: None then), else in the awaitable
         returned (await it at once). A result that cannot be published is logged and not
         acknowledged: the bus hands the job to another worker once this one's connection
         is reset, or when it leaves."""
         result.worker_id = self.worker_id
-        result.execution_ms = int((self._now() - entry.started) * 1000)
+        result.execution_ms = int((self._now() - started) * 1000)
         if result.status is _SUCCEEDED:
             self.succeeded += 1
         else:
             self.failed += 1
-        packet = BusPacket(entry.trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
-                           result)
+        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
         publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
         if publish_now is None:
             return self._publish(packet, result)
@@ -323,8 +326,9 @@ class Worker:
         except Exception:
             self._not_published(result)
             return None
-        if self._inbox is not None:
-            self._inbox.ack(result.job_id)
+        ack = self._ack
+        if ack is not None:
+            ack(result.job_id)
         return None
 
     async def _publish(self, packet: BusPacket, result: JobResult) -> None:
@@ -334,8 +338,8 @@ class Worker:
         except Exception:
             self._not_published(result)
             return
-        if self._inbox is not None:
-            self._inbox.ack(result.job_id)
+        if self._ack is not None:
+            self._ack(result.job_id)
 
     def _not_published(self, result: JobResult) -> None:
         logger.exception("worker %s: publishing the result of job %s failed",
@@ -447,6 +451,16 @@ class Worker:
                         type(error).__name__, error, exc_info=error)
         return _failure(status, type(error).__name__, str(error) or type(error).__name__,
                         request.job_id)
+
+
+def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
+    """What a worker times jobs with: Trio's clock (a ``MockClock`` in tests), or, for
+    Trio's own ``SystemClock`` (``offset + perf_counter()``), ``perf_counter`` itself: a
+    duration is the same on both, and a C function runs no Python frame."""
+    cls = type(clock)
+    if cls.__name__ == "SystemClock" and cls.__module__.startswith("trio."):
+        return perf_counter
+    return clock.current_time
 
 
 def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:

@@ -202,23 +202,25 @@ class MemoryBus(OffersPublishNow):
         for anything else: then await ``publish``."""
         if packet.__class__ is not BusPacket:
             return False
-        direct = self._direct_now.get(subject)
-        if direct is not None:
-            try:
-                direct(packet)
-            except Exception:
-                log.exception("a bus listener failed on a packet")
+        if subject == SUBJECT_SUBMIT:  # a job request: the job queues' when they alone take it
+            if not self._jobs_alone:
+                return False
+            request = packet.payload
+            jobs = self.jobs
+            if request.__class__ is not JobRequest or jobs.pending >= jobs.max_pending:
+                return False
+            # ``_queue_job``, inlined: this runs for every job
+            job = jobs.offer(request.job_id, request.topic, packet)  # type: ignore[union-attr]
+            if job is not None:
+                job.holder.handle.deliver(packet)  # type: ignore[union-attr]
             return True
-        if subject != SUBJECT_SUBMIT or not self._jobs_alone:
+        direct = self._direct_now.get(subject)  # (never ``sys.job.submit``'s)
+        if direct is None:
             return False
-        request = packet.payload
-        jobs = self.jobs
-        if request.__class__ is not JobRequest or jobs.pending >= jobs.max_pending:
-            return False
-        # ``_queue_job``, inlined: this runs for every job
-        job = jobs.offer(request.job_id, request.topic, packet)  # type: ignore[union-attr]
-        if job is not None:
-            job.holder.handle.deliver(packet)  # type: ignore[union-attr]
+        try:
+            direct(packet)
+        except Exception:
+            log.exception("a bus listener failed on a packet")
         return True
 
     def _queue_job(self, request: JobRequest, item: BusPacket | bytes) -> None:

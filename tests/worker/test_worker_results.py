@@ -179,6 +179,25 @@ async def test_budget_deadline_reports_timeout(
     assert result.execution_ms == 1500
 
 
+async def test_execution_ms_is_the_handlers_time_on_trios_own_clock(
+    bus: MemoryBus, payloads: MemoryPayloadStore
+) -> None:
+    """Under Trio's ``SystemClock`` the worker times jobs with ``perf_counter`` itself (the
+    clock's offset cancels out of a duration): the same milliseconds the clock would give."""
+    async def sleeps(job: Job) -> dict[str, int]:
+        await trio.sleep(0.05)
+        return {"ok": 1}
+
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: sleeps}):
+        start = trio.current_time()
+        await submit(bus, make_request("r:s@1"))
+        result = await next_result(channel)
+        elapsed_ms = (trio.current_time() - start) * 1000
+
+    assert result.status == JobStatus.SUCCEEDED
+    assert 50 <= result.execution_ms <= elapsed_ms
+
+
 async def test_non_serializable_return_reports_failed(
     bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
 ) -> None:
