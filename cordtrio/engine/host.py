@@ -64,7 +64,7 @@ class OwnedRun(Protocol):
         ``Redirect``, the caller delivers again)."""
 
     def lease_lost(self) -> None:
-        """Stop acting on the run now (its scope is cancelled)."""
+        """Stop acting on the run now (its scope is cancelled; ``Ownership.revokes_runs``)."""
 
 
 class RunRouter(Protocol):
@@ -83,6 +83,10 @@ class Ownership(Protocol):
     queues_commands: bool
     """Commands can be queued for a run in the store: a task acknowledges every batch it
     applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
+
+    revokes_runs: bool
+    """A run can be taken away from its task (``OwnedRun.lease_lost``): each task runs in
+    its own cancel scope. False: only the engine closing ends a task early."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
@@ -157,9 +161,13 @@ class RunHost(Protocol):
     async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         """The workflow compiled for execution (cached per version)."""
 
-    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None: ...
+    @property
+    def on_step_dispatched(self) -> StepDispatchedHook | None:
+        """The hook a task calls after publishing a new job (its failure is logged)."""
 
-    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None: ...
+    @property
+    def on_step_finished(self) -> StepFinishedHook | None:
+        """The hook a task calls after persisting a finished step (its failure is logged)."""
 
     def run_finished(self, run_id: str) -> Finish | None:
         """The run is terminal: wake its ``wait_run`` callers; their ``Finish`` (None:
