@@ -1,8 +1,9 @@
 """One Trio task per active run: the only writer of that run's state.
 
-The task receives envelopes (commands and job results) in its ``Mailbox`` (unbounded; a
-waiting task is woken by the put), folds them into the run with the pure core
-(``decide``), and executes the effects in a fixed order per batch:
+The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
+a waiting task is woken by the put), folds them into the run with the pure core
+(``decide``), and executes the effects in a fixed order per batch (``_carry_out``: one
+pass over them before the write, one over the rest after it):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -13,8 +14,13 @@ waiting task is woken by the put), folds them into the run with the pure core
 5. acknowledge the envelopes (read-your-writes for the public API).
 
 Timers live in the task (``timers.Timers``: a heap of deadlines on Trio's clock), so
-cancelling the task's scope — the run's lifetime — kills them all at once. The effects' I/O
-is in ``effects``; envelopes and the API's hand-over objects in ``envelopes``.
+they end with the task — the run's lifetime — all at once. Where the engine's ownership
+can take a run away (multi-engine: a lost lease; ``Ownership.revokes_runs``) the task runs
+in its own cancel scope, and cancelling it stops the run's task at once; alone on its
+store, only the engine closing ends a task early (the engine nursery's scope), so no scope
+of its own is entered (entering and leaving one costs more than a W1 step's shell work).
+The effects' I/O is in ``effects``; envelopes and the API's hand-over objects in
+``envelopes``; what every task of an engine shares in ``RunWiring``.
 """
 
 from __future__ import annotations
@@ -275,7 +281,7 @@ class RunTask:
             if queues_commands:
                 await owner.acknowledge(self.run_id)  # persisted: the store may forget them
             # ``_take_ready`` inlined: once or twice per step, and usually nothing is there
-            batch = mailbox.take_all()
+            batch = mailbox.take_all() if mailbox.items else []
             if self._armed:
                 batch.extend(timers.due())
 

@@ -313,13 +313,14 @@ class Engine:
             return
         if not isinstance(result, JobResult):
             return
-        job_id = result.job_id
-        if job_id.__class__ is str:
-            head = job_id.rpartition(":")[0]  # "" for no ":" (``_run_id_of``: no run)
-            task = self._runs.get(head) if head else None
-            if task is not None:
-                task.mailbox.put(ResultReceived(result))
-                return
+        try:
+            head = result.job_id.rpartition(":")[0]  # "" for no ":" (no run)
+        except (AttributeError, TypeError):  # not a string: ``_run_id_of`` says no run
+            return
+        task = self._runs.get(head) if head else None
+        if task is not None:
+            task.mailbox.put(ResultReceived(result))
+            return
         run_id = _run_id_of(result)
         if run_id is not None:
             self.deliver(run_id, ResultReceived(result))
