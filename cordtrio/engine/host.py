@@ -10,19 +10,22 @@ exited. Who *owns* a run is a strategy (``Ownership``), chosen once when the eng
   driven by the holder of its lease, and whatever reaches another engine is forwarded.
 
 The strategies see a run task through ``OwnedRun`` and the engine through ``RunRouter``, so
-no module here imports the engine (``supervisor``) or the run task.
+no module here imports the engine (``supervisor``) or the run task. ``RunWiring`` is what
+the run tasks of one host use of it, picked once for all of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import trio
 
 from ..core.plan import Plan
+from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
-from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges
+from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges, own_call
 from .envelopes import Envelope, Finish
 from .timers import Alarm
 
@@ -177,5 +180,39 @@ class RunHost(Protocol):
         """The task is ending: route further envelopes to a new task."""
 
 
-__all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "StepDispatchedHook",
-           "StepFinishedHook"]
+class RunWiring:
+    """What every run task of one engine uses, picked once for all of them (not per run):
+    the ownership's calls, the bus's publish without awaiting, the payload store's calls,
+    the hooks and the clock."""
+
+    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "owner", "path",
+                 "publish_now", "queues_commands", "revokes_runs", "save_now",
+                 "stage_payloads")
+
+    def __init__(self, host: RunHost) -> None:
+        owner = self.owner = host.ownership
+        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
+        # host attribute, set by the engine when its store commits its payload store
+        self.stage_payloads: bool = getattr(host, "payloads_in_changes", False)
+        # ``Ownership.queues_commands``: drain requests come, applied batches are
+        # acknowledged; not for an engine alone on its store (nothing to do for either)
+        self.queues_commands: bool = getattr(owner, "queues_commands", True)
+        self.revokes_runs: bool = getattr(owner, "revokes_runs", True)
+        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
+        self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
+            None = getattr(owner, "save_changes_now", None)
+        self.bus = host.bus
+        self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
+        # the payload store's calls (``json_payloads.path_for``): an optional host
+        # attribute, set by the engine for all its run tasks
+        payloads = host.payloads
+        self.path: StorePath | None = getattr(host, "payload_path", None) or (
+            path_for(payloads) if payloads is not None else None)
+        self.config = host.config
+        self.on_dispatched = host.on_step_dispatched
+        self.on_finished = host.on_step_finished
+        self.now: Callable[[], datetime] = host.clock.now
+
+
+__all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",
+           "StepDispatchedHook", "StepFinishedHook"]

@@ -20,13 +20,13 @@ in its own cancel scope, and cancelling it stops the run's task at once; alone o
 store, only the engine closing ends a task early (the engine nursery's scope), so no scope
 of its own is entered (entering and leaving one costs more than a W1 step's shell work).
 The effects' I/O is in ``effects``; envelopes and the API's hand-over objects in
-``envelopes``; what every task of an engine shares in ``RunWiring``.
+``envelopes``; what every task of an engine shares in ``host.RunWiring``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, cast
 
@@ -49,9 +49,8 @@ from ..core.machine import decide
 from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
-from ..json_payloads import StorePath, path_for
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, own_call
+from ..ports import RunChanges
 from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
@@ -65,44 +64,10 @@ from .effects import (
     store_payload_now,
 )
 from .envelopes import Envelope, Finish, Item, Mailbox, Preload, Redirect
-from .host import RunHost
+from .host import RunHost, RunWiring
 from .timers import Timers
 
 log = logging.getLogger("cordtrio.engine")
-
-
-class RunWiring:
-    """What every run task of one engine uses, picked once for all of them (not per run):
-    the ownership's calls, the bus's publish without awaiting, the payload store's calls,
-    the hooks and the clock."""
-
-    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "owner", "path",
-                 "publish_now", "queues_commands", "revokes_runs", "save_now",
-                 "stage_payloads")
-
-    def __init__(self, host: RunHost) -> None:
-        owner = self.owner = host.ownership
-        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
-        # host attribute, set by the engine when its store commits its payload store
-        self.stage_payloads: bool = getattr(host, "payloads_in_changes", False)
-        # ``Ownership.queues_commands``: drain requests come, applied batches are
-        # acknowledged; not for an engine alone on its store (nothing to do for either)
-        self.queues_commands: bool = getattr(owner, "queues_commands", True)
-        self.revokes_runs: bool = getattr(owner, "revokes_runs", True)
-        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
-        self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
-            None = getattr(owner, "save_changes_now", None)
-        self.bus = host.bus
-        self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
-        # the payload store's calls (``json_payloads.path_for``): an optional host
-        # attribute, set by the engine for all its run tasks
-        payloads = host.payloads
-        self.path: StorePath | None = getattr(host, "payload_path", None) or (
-            path_for(payloads) if payloads is not None else None)
-        self.config = host.config
-        self.on_dispatched = host.on_step_dispatched
-        self.on_finished = host.on_step_finished
-        self.now: Callable[[], datetime] = host.clock.now
 
 
 class RunTask:
