@@ -23,26 +23,28 @@ class TrioWallClock:
 
     def __init__(self, start: datetime | None = None) -> None:
         # ``trio.current_time()`` is this clock's reading: asked directly, two frames fewer
-        # on every timestamp (an engine takes several per step)
-        self._trio_clock = trio.lowlevel.current_clock()
+        # on every timestamp (an engine takes one per batch of events)
+        self._trio_now = trio.lowlevel.current_clock().current_time
         if start is not None:
             self._wall0, self._trio0 = start.astimezone(UTC), trio.current_time()
-            self._ts0 = self._wall0.timestamp()
-            return
-        try:
-            self._wall0, self._trio0 = _ANCHOR.get()
-        except LookupError:
-            self._wall0, self._trio0 = datetime.now(UTC), trio.current_time()
-            _ANCHOR.set((self._wall0, self._trio0))
+        else:
+            try:
+                self._wall0, self._trio0 = _ANCHOR.get()
+            except LookupError:
+                self._wall0, self._trio0 = datetime.now(UTC), trio.current_time()
+                _ANCHOR.set((self._wall0, self._trio0))
         self._ts0 = self._wall0.timestamp()
+        # the anchor's POSIX time minus its Trio time: now = this + Trio's time
+        self._shift = self._ts0 - self._trio0
 
     def now(self) -> datetime:
-        # ``fromtimestamp`` on the anchor's POSIX time: a third of the cost of adding a
-        # ``timedelta`` to the anchor, and an engine reads this clock several times a step.
-        # Monotonic like Trio's clock (float addition and rounding to the microsecond never
-        # go back); within a microsecond of the exact sum.
-        return datetime.fromtimestamp(
-            self._ts0 + (self._trio_clock.current_time() - self._trio0), UTC)
+        # ``fromtimestamp`` on a POSIX time: a third of the cost of adding a ``timedelta``
+        # to the anchor. Monotonic like Trio's clock (adding a constant float and rounding
+        # to the microsecond never go back); within a microsecond of the exact sum.
+        return _fromtimestamp(self._shift + self._trio_now(), UTC)
+
+
+_fromtimestamp = datetime.fromtimestamp
 
 
 class SystemClock:

@@ -1,10 +1,10 @@
 """What travels between the engine's API, its result consumer and a run's task: envelopes
-(an event plus a way to wait for it: ``Reply``), a run task's ``Mailbox``, what a new task
-may start from (``Preload``), and how ``wait_run`` learns that a run finished (``Finish``)."""
+(an event plus a way to wait for it: ``Reply``), or bare events nobody waits for (``Item``),
+a run task's ``Mailbox``, what a new task may start from (``Preload``), and how
+``wait_run`` learns that a run finished (``Finish``)."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +15,12 @@ import trio
 from ..core.events import Event
 from ..errors import CordtrioError
 from ..model import Workflow, WorkflowRun
+
+# Trio's calls, looked up once (``trio.lowlevel.x`` costs two lookups more on every call)
+_reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
 class Reply:
@@ -76,6 +82,13 @@ class Envelope:
     queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
 
 
+Item = Envelope | Event
+"""What a ``Mailbox`` holds: an ``Envelope``, or a bare event that nobody waits for and that
+is neither a timer nor a drain request (a job result from the bus: no envelope built for
+it, nothing to answer). A run task puts a bare event in an envelope only when it hands it
+on (``RunTask.take_leftovers``, ``in_flight``)."""
+
+
 class Mailbox:
     """A run task's inbox: envelopes are put without waiting, and a task waiting for one is
     woken directly (no memory channel: no buffer object, no ``ParkingLot`` per run).
@@ -84,24 +97,25 @@ class Mailbox:
     __slots__ = ("_reader", "closed", "items")
 
     def __init__(self) -> None:
-        self.items: deque[Envelope] = deque()
+        self.items: list[Item] = []
         """What waits to be taken (read-only outside: the run task's "anything there?"
-        after each batch is a plain truth test, not a method call)."""
+        after each batch is a plain truth test, not a method call; ``take_all`` hands the
+        list itself over and starts a new one)."""
         self._reader: trio.lowlevel.Task | None = None
         self.closed = False
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def put(self, envelope: Envelope) -> None:
-        """Hand ``envelope`` over; ``trio.BrokenResourceError`` once the task closed it."""
+    def put(self, item: Item) -> None:
+        """Hand ``item`` over; ``trio.BrokenResourceError`` once the task closed it."""
         if self.closed:
             raise trio.BrokenResourceError("the run task has let go of its mailbox")
-        self.items.append(envelope)
+        self.items.append(item)
         reader = self._reader
         if reader is not None:
             self._reader = None
-            trio.lowlevel.reschedule(reader)
+            _reschedule(reader)
 
     def poke(self) -> None:
         """Wake the waiting task with nothing new (a timer of its run is due)."""
@@ -110,16 +124,15 @@ class Mailbox:
             self._reader = None
             trio.lowlevel.reschedule(reader)
 
-    def take_all(self) -> list[Envelope]:
-        """Everything waiting, oldest first (maybe nothing)."""
+    def take_all(self) -> list[Item]:
+        """Everything waiting, oldest first (maybe nothing): the caller's to keep."""
         items = self.items
         if not items:
             return []
-        out = list(items)
-        items.clear()
-        return out
+        self.items = []
+        return items
 
-    def close(self) -> list[Envelope]:
+    def close(self) -> list[Item]:
         """No more puts; returns what was never taken."""
         self.closed = True
         return self.take_all()
@@ -130,9 +143,9 @@ class Mailbox:
         scope, or a deadline around this call, to stop waiting). When something is there
         already, only a cancellation point."""
         if self.items:
-            return trio.lowlevel.checkpoint_if_cancelled()
-        self._reader = trio.lowlevel.current_task()
-        return trio.lowlevel.wait_task_rescheduled(self._abort)
+            return _checkpoint_if_cancelled()
+        self._reader = _current_task()
+        return _wait_task_rescheduled(self._abort)
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._reader = None
@@ -169,4 +182,4 @@ class Redirect(CordtrioError):
     """The run's task ended before applying the envelope; deliver it again."""
 
 
-__all__ = ["Envelope", "Finish", "Mailbox", "Preload", "Redirect", "Reply"]
+__all__ = ["Envelope", "Finish", "Item", "Mailbox", "Preload", "Redirect", "Reply"]

@@ -10,19 +10,22 @@ exited. Who *owns* a run is a strategy (``Ownership``), chosen once when the eng
   driven by the holder of its lease, and whatever reaches another engine is forwarded.
 
 The strategies see a run task through ``OwnedRun`` and the engine through ``RunRouter``, so
-no module here imports the engine (``supervisor``) or the run task.
+no module here imports the engine (``supervisor``) or the run task. ``RunWiring`` is what
+the run tasks of one host use of it, picked once for all of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import trio
 
 from ..core.plan import Plan
+from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
-from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges
+from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges, own_call
 from .envelopes import Envelope, Finish
 from .timers import Alarm
 
@@ -64,7 +67,7 @@ class OwnedRun(Protocol):
         ``Redirect``, the caller delivers again)."""
 
     def lease_lost(self) -> None:
-        """Stop acting on the run now (its scope is cancelled)."""
+        """Stop acting on the run now (its scope is cancelled; ``Ownership.revokes_runs``)."""
 
 
 class RunRouter(Protocol):
@@ -83,6 +86,10 @@ class Ownership(Protocol):
     queues_commands: bool
     """Commands can be queued for a run in the store: a task acknowledges every batch it
     applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
+
+    revokes_runs: bool
+    """A run can be taken away from its task (``OwnedRun.lease_lost``): each task runs in
+    its own cancel scope. False: only the engine closing ends a task early."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
@@ -157,9 +164,13 @@ class RunHost(Protocol):
     async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         """The workflow compiled for execution (cached per version)."""
 
-    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None: ...
+    @property
+    def on_step_dispatched(self) -> StepDispatchedHook | None:
+        """The hook a task calls after publishing a new job (its failure is logged)."""
 
-    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None: ...
+    @property
+    def on_step_finished(self) -> StepFinishedHook | None:
+        """The hook a task calls after persisting a finished step (its failure is logged)."""
 
     def run_finished(self, run_id: str) -> Finish | None:
         """The run is terminal: wake its ``wait_run`` callers; their ``Finish`` (None:
@@ -169,5 +180,39 @@ class RunHost(Protocol):
         """The task is ending: route further envelopes to a new task."""
 
 
-__all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "StepDispatchedHook",
-           "StepFinishedHook"]
+class RunWiring:
+    """What every run task of one engine uses, picked once for all of them (not per run):
+    the ownership's calls, the bus's publish without awaiting, the payload store's calls,
+    the hooks and the clock."""
+
+    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "owner", "path",
+                 "publish_now", "queues_commands", "revokes_runs", "save_now",
+                 "stage_payloads")
+
+    def __init__(self, host: RunHost) -> None:
+        owner = self.owner = host.ownership
+        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
+        # host attribute, set by the engine when its store commits its payload store
+        self.stage_payloads: bool = getattr(host, "payloads_in_changes", False)
+        # ``Ownership.queues_commands``: drain requests come, applied batches are
+        # acknowledged; not for an engine alone on its store (nothing to do for either)
+        self.queues_commands: bool = getattr(owner, "queues_commands", True)
+        self.revokes_runs: bool = getattr(owner, "revokes_runs", True)
+        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
+        self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
+            None = getattr(owner, "save_changes_now", None)
+        self.bus = host.bus
+        self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
+        # the payload store's calls (``json_payloads.path_for``): an optional host
+        # attribute, set by the engine for all its run tasks
+        payloads = host.payloads
+        self.path: StorePath | None = getattr(host, "payload_path", None) or (
+            path_for(payloads) if payloads is not None else None)
+        self.config = host.config
+        self.on_dispatched = host.on_step_dispatched
+        self.on_finished = host.on_step_finished
+        self.now: Callable[[], datetime] = host.clock.now
+
+
+__all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",
+           "StepDispatchedHook", "StepFinishedHook"]

@@ -1,8 +1,9 @@
 """One Trio task per active run: the only writer of that run's state.
 
-The task receives envelopes (commands and job results) in its ``Mailbox`` (unbounded; a
-waiting task is woken by the put), folds them into the run with the pure core
-(``decide``), and executes the effects in a fixed order per batch:
+The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
+a waiting task is woken by the put), folds them into the run with the pure core
+(``decide``), and executes the effects in a fixed order per batch (``_carry_out``: one
+pass over them before the write, one over the rest after it):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -13,8 +14,13 @@ waiting task is woken by the put), folds them into the run with the pure core
 5. acknowledge the envelopes (read-your-writes for the public API).
 
 Timers live in the task (``timers.Timers``: a heap of deadlines on Trio's clock), so
-cancelling the task's scope — the run's lifetime — kills them all at once. The effects' I/O
-is in ``effects``; envelopes and the API's hand-over objects in ``envelopes``.
+they end with the task — the run's lifetime — all at once. Where the engine's ownership
+can take a run away (multi-engine: a lost lease; ``Ownership.revokes_runs``) the task runs
+in its own cancel scope, and cancelling it stops the run's task at once; alone on its
+store, only the engine closing ends a task early (the engine nursery's scope), so no scope
+of its own is entered (entering and leaving one costs more than a W1 step's shell work).
+The effects' I/O is in ``effects``; envelopes and the API's hand-over objects in
+``envelopes``; what every task of an engine shares in ``host.RunWiring``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any, cast
 
 import trio
 
@@ -39,27 +46,25 @@ from ..core.events import (
     StepFinished,
 )
 from ..core.machine import decide
-from ..core.plan import Plan
+from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
-from ..json_payloads import StorePath, path_for
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, own_call
-from ..protocol import SUBJECT_SUBMIT, JobStatus
+from ..ports import RunChanges
+from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
 from .effects import (
     load_output,
     load_output_now,
-    packet,
     publish_alert,
     publish_cancel,
     publish_job,
     store_payload,
     store_payload_now,
 )
-from .envelopes import Envelope, Finish, Mailbox, Preload, Redirect
-from .host import RunHost
+from .envelopes import Envelope, Finish, Item, Mailbox, Preload, Redirect
+from .host import RunHost, RunWiring
 from .timers import Timers
 
 log = logging.getLogger("cordtrio.engine")
@@ -69,40 +74,33 @@ class RunTask:
     """Owns one run while it is active in this engine (``host.OwnedRun`` for the
     engine's ownership strategy)."""
 
-    def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None) -> None:
+    # what most tasks never change, as class defaults: not set again for every run
+    _created = False  # started from the run ``submit`` created, not the store
+    _finish: Finish | None = None  # wait_run callers woken by this task's finish
+    ended: WorkflowRun | None = None  # the final run, when nobody waited for it
+    _alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
+    plan: Plan | None = None
+    state: RunState | None = None
+    lost = False  # the lease is gone (multi-engine): stop acting at once
+    unloadable: CordtrioError | None = None  # the run or workflow cannot load
+    crashed = False
+    error: BaseException | None = None  # what crashed the task
+
+    def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None,
+                 wiring: RunWiring | None = None) -> None:
         self.host = host
-        self.owner = host.ownership
-        # the store writes job inputs with the run (``RunChanges.payloads``): an optional
-        # host attribute, set by the engine when its store commits its payload store
-        self._stage_payloads: bool = getattr(host, "payloads_in_changes", False)
-        # ``Ownership.queues_commands``: drain requests come, applied batches are
-        # acknowledged; not for an engine alone on its store (nothing to do for either)
-        self._queues_commands: bool = getattr(self.owner, "queues_commands", True)
-        # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
-        self._save_now = getattr(self.owner, "save_changes_now", None)
-        self._publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
-        # the payload store's calls, picked once (``json_payloads.path_for``): an optional
-        # host attribute, set by the engine for all its run tasks
-        payloads = host.payloads
-        self._path: StorePath | None = getattr(host, "payload_path", None) or (
-            path_for(payloads) if payloads is not None else None)
+        self._wiring = wiring = wiring or RunWiring(host)
+        self.owner = wiring.owner
         self.run_id = run_id
         self._preload = preload
-        self._created = False  # started from the run ``submit`` created, not the store
-        self._finish: Finish | None = None  # wait_run callers woken by this task's finish
-        self.ended: WorkflowRun | None = None  # the final run, when nobody waited for it
         self.mailbox = Mailbox()
-        self.scope = trio.CancelScope()  # the run's cancellation (a lost lease)
+        # the run's cancellation, where the ownership can take the run away (a lost lease;
+        # ``Ownership.revokes_runs``): alone on its store, nothing but the engine closing
+        # ends a run's task early (its nursery's scope), so no scope of its own to enter
+        self.scope = trio.CancelScope() if wiring.revokes_runs else None
         self._timers = Timers()
         self._armed = self._timers.heap  # truthy while a timer is armed
-        self._alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
-        self.plan: Plan | None = None
-        self.state: RunState | None = None
-        self.lost = False  # the lease is gone (multi-engine): stop acting at once
-        self.unloadable: CordtrioError | None = None  # the run or workflow cannot load
-        self.in_flight: list[Envelope] = []
-        self.crashed = False
-        self.error: BaseException | None = None  # what crashed the task
+        self._batch: list[Item] = _NOTHING  # the batch being applied (``in_flight``)
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -111,10 +109,12 @@ class RunTask:
         then apply envelopes until the run is terminal and idle; let go of the run at the
         end (``Ownership.let_go``)."""
         try:
-            with self.scope:
-                if not await self._load():
-                    return
+            scope = self.scope
+            if scope is None:
                 await self._loop()
+            else:
+                with scope:
+                    await self._loop()
             state = self.state
             if state is not None and not self.lost and state.run.status.is_terminal:
                 # let go of a finished run: hand it to its waiters, or (nobody waited) to
@@ -144,17 +144,31 @@ class RunTask:
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
         self.lost = True
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    @property
+    def in_flight(self) -> list[Envelope]:
+        """The batch being applied when the task stopped (empty between batches), its bare
+        events in envelopes (once: ``let_go`` may answer them)."""
+        batch = self._batch
+        for i, item in enumerate(batch):
+            if not isinstance(item, Envelope):
+                batch[i] = Envelope(item)
+        return cast(list[Envelope], batch)
 
     def take_leftovers(self) -> list[Envelope]:
-        return self.mailbox.close()
+        return [item if isinstance(item, Envelope) else Envelope(item)
+                for item in self.mailbox.close()]
 
     def fail_leftovers(self, error: BaseException | None = None) -> None:
-        """Answer envelopes that will never be applied here (the run is gone or ended)."""
-        for envelope in self.take_leftovers():
-            envelope.error = envelope.error or error or Redirect()
-            if envelope.done is not None:
-                envelope.done.set()
+        """Answer envelopes that will never be applied here (the run is gone or ended); a
+        bare event (a job result) has nobody to answer."""
+        for item in self.mailbox.close():
+            if isinstance(item, Envelope):
+                item.error = item.error or error or Redirect()
+                if item.done is not None:
+                    item.done.set()
 
     async def _load(self) -> bool:
         if not await self.owner.acquire(self):
@@ -177,6 +191,9 @@ class RunTask:
         return True
 
     async def _loop(self) -> None:
+        """Load the run, then apply batches of envelopes until it is terminal and idle."""
+        if not await self._load():
+            return
         assert self.state is not None
         owner = self.owner
         # Re-arm the timers a stored run implies before anything else touches it (a no-op
@@ -186,23 +203,25 @@ class RunTask:
         # before persisting them). The take covers any drain request already here (not
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
-        queues_commands = self._queues_commands  # else no drain requests, nothing to acknowledge
+        queues_commands = self._wiring.queues_commands  # else no drain requests, no acks
         if self._created and not (queues_commands and _has_drain(ready)):
             batch = ready  # a run submit just created: nothing queued for it (fresh_run)
         else:
-            inbox = await owner.take_commands(self.run_id)
-            batch = [*inbox, *(e for e in ready if not e.drain)]
+            inbox: list[Item] = [*await owner.take_commands(self.run_id)]
+            batch = inbox + _without_drains(ready)
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
-        pending = mailbox.items  # a truth test, not a call: is anything waiting?
         timers = self._timers
+        plan, state = self.plan, self.state
+        assert plan is not None
+        run = state.run  # the core changes it in place, never replaces it
         while True:
             if not batch:
-                if self.state.run.status.is_terminal:
+                status = run.status
+                if status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
-                if self.state.run.status is _WAITING and self._parked() and \
-                        owner.may_unload_idle():  # (``_parked``'s first test, inline)
+                if status is _WAITING and self._parked() and owner.may_unload_idle():
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
                 if self._armed:
@@ -214,18 +233,20 @@ class RunTask:
                 if not batch:  # a stale poke of the alarm
                     continue
             if queues_commands and _has_drain(batch):
-                batch = [e for e in batch if not e.drain]
+                batch = _without_drains(batch)
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
                     await owner.acknowledge(self.run_id)
                     continue
-            self.in_flight = batch
-            await self._process(batch)
-            self.in_flight = []
+            try:
+                await self._process(batch, plan, state)
+            except BaseException:
+                self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
+                raise
             if queues_commands:
                 await owner.acknowledge(self.run_id)  # persisted: the store may forget them
             # ``_take_ready`` inlined: once or twice per step, and usually nothing is there
-            batch = mailbox.take_all() if pending else []
+            batch = mailbox.take_all() if mailbox.items else []
             if self._armed:
                 batch.extend(timers.due())
 
@@ -240,7 +261,7 @@ class RunTask:
             return False
         return all(sr.status != StepStatus.RUNNING for sr in run.steps.values())
 
-    def _take_ready(self) -> list[Envelope]:
+    def _take_ready(self) -> list[Item]:
         batch = self.mailbox.take_all()
         if self._armed:
             batch.extend(self._timers.due())
@@ -256,175 +277,181 @@ class RunTask:
 
     # -------------------------------------------------------------------- one batch
 
-    async def _process(self, batch: list[Envelope]) -> None:
-        assert self.plan is not None and self.state is not None
-        plan, state, clock = self.plan, self.state, self.host.clock
-        effects: list[Effect] | None = None
-        changes: RunChanges | None = None
-        now = None
-        for envelope in batch:
-            event = envelope.event
+    async def _process(self, batch: list[Item], plan: Plan, state: RunState) -> None:
+        """Decide each event of ``batch`` in turn, carry out all their effects together
+        (``_carry_out``), then answer the batch's API callers."""
+        wiring = self._wiring
+        effects: list[Effect]
+        changes: RunChanges | None = None  # None until an event is decided
+        now: datetime
+        waiting = False  # an API caller waits for an envelope of the batch
+        for item in batch:
+            if isinstance(item, Envelope):
+                envelope: Envelope | None = item
+                event = item.event
+                waiting = waiting or item.done is not None
+            else:  # a bare event: nobody waits for it
+                envelope, event = None, item
             if event.__class__ is ResultReceived and event.output is None:
                 result = event.result  # SPEC §8: the core needs a success's result payload
-                path = self._path
+                path = wiring.path
                 if result.status is _JOB_SUCCEEDED and result.result_ptr and \
                         path is not None:  # (the engine's own event: set in place)
                     loaded = load_output_now(path, result.result_ptr)
                     event.output = loaded if loaded is not None else \
                         await load_output(path, result.result_ptr)
-            now = clock.now()
-            if envelope.fired_at is not None and envelope.fired_at > now:
+            now = wiring.now()
+            if envelope is not None and envelope.fired_at is not None and \
+                    envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
                 outcome = decide(plan, state, event, now)
-            except CordtrioError as exc:
-                envelope.error = exc
+            except Exception as exc:
+                if not isinstance(exc, CordtrioError):
+                    # a core bug must not kill the engine or other runs
+                    log.exception("run %s: core failed on %r", self.run_id, event)
+                if envelope is not None:
+                    envelope.error = exc
                 continue
-            except Exception as exc:  # a core bug must not kill the engine or other runs
-                log.exception("run %s: core failed on %r", self.run_id, event)
-                envelope.error = exc
-                continue
-            if effects is None or changes is None:  # the first decided: the core's own,
-                effects, changes = outcome.effects, outcome.changes  # fresh for every decide
+            if changes is None:  # the first decided: the core's own, fresh for every decide
+                effects, changes = outcome.effects, outcome.changes
             else:
                 effects += outcome.effects
                 changes.merge(outcome.changes)
+        run = state.run
         try:
-            await self._execute(effects if effects is not None else [],
-                                changes if changes is not None else RunChanges(),
-                                now if now is not None else clock.now())
+            if changes is not None:
+                await self._carry_out(effects, changes, now, run)
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
-            # or they would wait forever (``_fail_leftovers`` only sees unread envelopes).
+            # or they would wait forever (``fail_leftovers`` only sees unread envelopes).
             error = exc if isinstance(exc, Exception) else CordtrioError(
                 f"run {self.run_id}: engine stopped")
-            for envelope in batch:
-                envelope.error = envelope.error or error
-                if envelope.done is not None:
-                    envelope.done.set()
+            for item in batch:
+                if isinstance(item, Envelope):
+                    item.error = item.error or error
+                    if item.done is not None:
+                        item.done.set()
             raise
-        for envelope in batch:
-            if envelope.done is not None:
-                envelope.done.set()
-        if state.run.status.is_terminal:
+        if waiting:
+            for item in batch:
+                if isinstance(item, Envelope) and item.done is not None:
+                    item.done.set()
+        if run.status.is_terminal:
             self._finish = self.host.run_finished(self.run_id) or self._finish
 
-    async def _execute(self, effects: list[Effect], changes: RunChanges, now: datetime
-                       ) -> None:
-        """Carry out effects in the order described in the module docstring. Feedback
-        (a failed payload store or publish, an alert's outcome) goes back through the core
-        and its effects are carried out too, until nothing is left. ``now``: when the core
-        decided, the time of the bus messages sent."""
-        assert self.state is not None
-        pending = effects
-        if not pending and not changes:
-            return
+    async def _carry_out(self, effects: list[Effect], changes: RunChanges, now: datetime,
+                         run: WorkflowRun) -> None:
+        """Carry out the effects of a batch in the order of the module docstring: one pass
+        before the write, one after it over what is left. Feedback (a payload not stored, a
+        job not published, an alert's outcome) goes back through the core, and its effects
+        are carried out too, until nothing is left. ``now``: when the core decided, the
+        time of the bus messages sent. Effects are told apart by exact type: the core
+        builds each of its own class, and ``x.__class__ is C`` is an inline check where
+        ``isinstance`` is a call."""
+        wiring = self._wiring
+        path, run_id = wiring.path, self.run_id
+        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
         while True:
-            after: list[Effect] = []  # the effects but the timeline's, for ``_after_commit``
+            # before the write: the timeline rows apart, the rest kept for after it; the
+            # jobs' payloads stored (or, ``staged``, handed to the run write) and notify
+            # alerts published, whose outcome the core must know before anything is persisted
             timeline: list[TimelineEvent] = []
-            failed: list[str] = []  # job ids whose payload could not be stored (rare: a list)
-            staged = changes.payloads if self._stage_payloads else None
-            queue = pending
-            while queue:
-                feedback = await self._before_commit(queue, timeline, after, failed, staged,
-                                                     now)
-                queue = self._decide_more(feedback, changes) if feedback else []
+            after: list[Effect] = []
+            failed: list[str] = []  # jobs whose payload could not be stored (rare)
+            staged = changes.payloads if wiring.stage_payloads else None
+            while True:
+                feedback: list[Event] = []
+                for effect in effects:
+                    cls = effect.__class__
+                    if cls is TimelineEvent:
+                        timeline.append(effect)
+                        continue
+                    after.append(effect)
+                    if cls is Dispatch:
+                        problem = store_payload_now(path, effect) if staged is None \
+                            else None
+                        if problem is None:
+                            problem = await store_payload(path, effect, staged)
+                        if problem:
+                            failed.append(effect.job_id)
+                            feedback.append(DispatchFailed(effect.target_id,
+                                                           effect.job_id, problem))
+                    elif cls is PublishAlert:
+                        error = await publish_alert(wiring.bus, now, run_id, effect)
+                        feedback.append(AlertOutcome(effect.step_id, error))
+                if not feedback:
+                    break
+                effects = self._decide_more(feedback, changes)
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
             if changes.header or changes:  # (a step writes its header: no ``__bool__`` call)
                 try:
-                    save_now = self._save_now
+                    save_now = wiring.save_now
                     if save_now is not None:
-                        save_now(self.state.run, changes, timeline)
+                        save_now(run, changes, timeline)
                     else:
-                        await self.owner.save_changes(self.state.run, changes, timeline)
+                        await self.owner.save_changes(run, changes, timeline)
                 except Exception as exc:
                     await self._persist(changes, timeline, exc)
             elif timeline:
                 await self._persist(changes, timeline)
-            feedback = await self._after_commit(after, failed, now)
+            # after the write, in the order the core gave them: publish the jobs (a
+            # failure is fed back), their hooks, the other hooks, cancels, timers
+            feedback = []
+            for effect in after:
+                cls = effect.__class__
+                if cls is Dispatch:
+                    if failed and effect.job_id in failed:
+                        continue
+                    if wiring.config is None:  # ``publish_job`` without a config, inline
+                        try:  # (``effects.packet``, inline)
+                            request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
+                                                effect.request)
+                            publish_now = wiring.publish_now
+                            if publish_now is None or not publish_now(SUBJECT_SUBMIT,
+                                                                      request):
+                                await wiring.bus.publish(SUBJECT_SUBMIT, request)
+                            problem = ""
+                        except Exception as exc:
+                            problem = f"publish {effect.job_id}: {exc}"
+                    else:
+                        problem = await publish_job(wiring.bus, now, wiring.config, run_id,
+                                                    run, effect)
+                    if problem:
+                        feedback.append(DispatchFailed(effect.target_id, effect.job_id,
+                                                       problem))
+                    elif not effect.again and (on_dispatched := wiring.on_dispatched) is not None:
+                        try:
+                            on_dispatched(run_id, effect.target_id, effect.job_id)
+                        except Exception:
+                            log.exception("on_step_dispatched hook failed for %s",
+                                          effect.job_id)
+                elif cls is StepFinished:
+                    if (on_finished := wiring.on_finished) is not None:
+                        try:
+                            on_finished(run_id, effect.step_id, effect.status)
+                        except Exception:
+                            log.exception("on_step_finished hook failed for %s/%s", run_id,
+                                          effect.step_id)
+                elif cls is CancelJob:
+                    await publish_cancel(wiring.bus, now, run_id, effect)
+                elif cls is ArmTimer:
+                    self._timers.arm(effect, wiring.now())
             if not feedback:
                 return
             changes = RunChanges()
-            pending = self._decide_more(feedback, changes)
-            if not pending and not changes:
+            effects = self._decide_more(feedback, changes)
+            if not effects and not changes:
                 return
-
-    async def _before_commit(self, effects: list[Effect], timeline: list[TimelineEvent],
-                             after: list[Effect], failed: list[str],
-                             staged: dict[str, bytes] | None, now: datetime) -> list[Event]:
-        """Gather the timeline rows, and the other effects in ``after`` (for
-        ``_after_commit``: half of a step's effects are timeline rows, walked once); store
-        job payloads (or, with ``staged``, hand them to the run write) and publish notify
-        alerts, whose outcome the core must know before anything is persisted (returned as
-        feedback)."""
-        host = self.host
-        feedback: list[Event] = []
-        # by exact type: the core builds every effect of its own class, and ``type(x) is C``
-        # is an inline check where ``isinstance`` is a call (~7 of them a W1 step here)
-        for effect in effects:
-            if type(effect) is TimelineEvent:
-                timeline.append(effect)
-                continue
-            after.append(effect)
-            if type(effect) is Dispatch:
-                problem = store_payload_now(self._path, effect) if staged is None else None
-                if problem is None:
-                    problem = await store_payload(self._path, effect, staged)
-                if problem:
-                    failed.append(effect.job_id)
-                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-            elif type(effect) is PublishAlert:
-                error = await publish_alert(host.bus, now, self.run_id, effect)
-                feedback.append(AlertOutcome(effect.step_id, error))
-        return feedback
-
-    async def _after_commit(self, effects: list[Effect], failed: list[str], now: datetime
-                            ) -> list[Event]:
-        """Publish job requests (a failure is returned as feedback) and cancels, call the
-        hooks, arm timers: in the order the core gave them (``effects``: without the
-        timeline rows, persisted already)."""
-        assert self.state is not None
-        host = self.host
-        run_id = self.run_id
-        config = host.config
-        bus = host.bus
-        publish_now = self._publish_now
-        feedback: list[Event] = []
-        for effect in effects:  # by exact type, as in ``_before_commit``
-            if type(effect) is Dispatch:
-                if effect.job_id in failed:
-                    continue
-                if config is None:  # ``publish_job`` without a config provider, inline
-                    try:
-                        request = packet(now, run_id, effect.request)
-                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, request):
-                            await bus.publish(SUBJECT_SUBMIT, request)
-                        problem = ""
-                    except Exception as exc:
-                        problem = f"publish {effect.job_id}: {exc}"
-                else:
-                    problem = await publish_job(host.bus, now, config, run_id, self.state.run,
-                                                effect)
-                if problem:
-                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-                elif not effect.again:
-                    host.step_dispatched(run_id, effect.target_id, effect.job_id)
-            elif type(effect) is StepFinished:
-                host.step_finished(run_id, effect.step_id, effect.status)
-            elif type(effect) is CancelJob:
-                await publish_cancel(host.bus, now, run_id, effect)
-            elif type(effect) is ArmTimer:
-                self._timers.arm(effect, host.clock.now())
-        return feedback
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""
         assert self.plan is not None and self.state is not None
         effects: list[Effect] = []
         for event in events:
-            outcome = decide(self.plan, self.state, event, self.host.clock.now())
+            outcome = decide(self.plan, self.state, event, self._wiring.now())
             effects.extend(outcome.effects)
             changes.merge(outcome.changes)
         return effects
@@ -459,12 +486,19 @@ _WAITING = RunStatus.WAITING
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
-def _has_drain(batch: list[Envelope]) -> bool:
+_NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
+
+
+def _has_drain(batch: list[Item]) -> bool:
     """A request to apply the run's queued commands is among ``batch`` (multi-engine)."""
-    for envelope in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
-        if envelope.drain:
+    for item in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
+        if isinstance(item, Envelope) and item.drain:
             return True
     return False
 
 
-__all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "load_output"]
+def _without_drains(batch: list[Item]) -> list[Item]:
+    return [item for item in batch if not (isinstance(item, Envelope) and item.drain)]
+
+
+__all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "RunWiring", "load_output"]

@@ -47,7 +47,7 @@ from ..errors import (
     ValidationError,
 )
 from ..json_payloads import path_for
-from ..model import RunStatus, StepStatus, Workflow, WorkflowRun
+from ..model import RunStatus, Workflow, WorkflowRun
 from ..ports import (
     Bus,
     Clock,
@@ -70,12 +70,12 @@ from ..protocol import (
 from ..retry import retrying
 from .effects import commits_payloads
 from .ended_runs import EndedRuns
-from .envelopes import Envelope, Finish, Preload, Redirect, Reply
+from .envelopes import Envelope, Finish, Item, Preload, Redirect, Reply
 from .gc_tuning import long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .ownership import SingleEngine
-from .run_task import RunTask
+from .run_task import RunTask, RunWiring
 from .stalls import StallWatch
 from .submission import create_rerun, random_run_id, submit_run
 from .timers import Alarm
@@ -123,10 +123,11 @@ class Engine:
         self.schemas = schemas
         self.config = config
         self.clock = clock
-        self._on_dispatched = on_step_dispatched
-        self._on_finished = on_step_finished
+        self.on_step_dispatched = on_step_dispatched
+        self.on_step_finished = on_step_finished
         self._new_id = new_id
         self._runs: dict[str, RunTask] = {}
+        self._wiring: RunWiring | None = None  # what every run task uses (``deliver``)
         self._finished: dict[str, Finish] = {}
         self._ended = EndedRuns(store)  # for a ``wait_run`` after the run ended
         self._plans: dict[tuple[str, Any], Plan] = {}
@@ -278,36 +279,51 @@ class Engine:
             return
         raise CordtrioError(f"run {run_id}: could not deliver {type(event).__name__}")
 
-    def deliver(self, run_id: str, envelope: Envelope, preload: Preload | None = None) -> None:
-        """Hand an envelope to the run's task, activating one if needed (``preload``: what
-        a new task may start from instead of reading the store). Never blocks."""
+    def deliver(self, run_id: str, envelope: Item, preload: Preload | None = None) -> None:
+        """Hand an envelope (or a bare event nobody waits for) to the run's task, activating
+        one if needed (``preload``: what a new task may start from instead of reading the
+        store). Never blocks."""
         task = self._runs.get(run_id)
         if task is None:
             if self._ended:
                 self._ended.drop(run_id)  # the new task may change the run
-            task = RunTask(self, run_id, preload)
+            # (the wiring made once the ownership is final: ``open_engine`` sets it first)
+            wiring = self._wiring or self._wire()
+            task = RunTask(self, run_id, preload, wiring)
             # Start first: on a closed engine start_soon raises, and a task registered but
             # never started would swallow every later envelope for the run (callers hang).
             self._nursery.start_soon(task.run, name=f"cordtrio-run:{run_id}")
             self._runs[run_id] = task
         task.mailbox.put(envelope)
 
+    def _wire(self) -> RunWiring:
+        self._wiring = wiring = RunWiring(self)
+        return wiring
+
     def is_active(self, run_id: str) -> bool:
         return run_id in self._runs
 
-    def _route_result(self, result: JobResult) -> None:
-        # every job step: ``_run_id_of`` and ``deliver`` inlined for a run whose task is
-        # active (two calls fewer); anything else takes the general way below
-        job_id = result.job_id
-        if job_id.__class__ is str:
-            head = job_id.rpartition(":")[0]  # "" for no ":" (``_run_id_of``: no run)
-            task = self._runs.get(head) if head else None
-            if task is not None:
-                task.mailbox.put(Envelope(ResultReceived(result)))
-                return
+    def _on_result(self, packet: BusPacket) -> None:
+        """A job result from the bus, to its run's task as a bare event (nobody waits for
+        it): every job step, so ``_run_id_of`` and ``deliver`` are inlined for a run whose
+        task is active; anything else takes the general way below."""
+        try:
+            result = packet.payload
+        except AttributeError:  # not a packet: nothing to route
+            return
+        if not isinstance(result, JobResult):
+            return
+        try:
+            head = result.job_id.rpartition(":")[0]  # "" for no ":" (no run)
+        except (AttributeError, TypeError):  # not a string: ``_run_id_of`` says no run
+            return
+        task = self._runs.get(head) if head else None
+        if task is not None:
+            task.mailbox.put(ResultReceived(result))
+            return
         run_id = _run_id_of(result)
         if run_id is not None:
-            self.deliver(run_id, Envelope(ResultReceived(result)))
+            self.deliver(run_id, ResultReceived(result))
 
     # ------------------------------------------------------------------ RunHost
 
@@ -365,20 +381,6 @@ class Engine:
         self._plans[key] = plan
         return plan
 
-    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
-        if self._on_dispatched is not None:
-            try:
-                self._on_dispatched(run_id, step_id, job_id)
-            except Exception:
-                log.exception("on_step_dispatched hook failed for %s", job_id)
-
-    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
-        if self._on_finished is not None:
-            try:
-                self._on_finished(run_id, step_id, status)
-            except Exception:
-                log.exception("on_step_finished hook failed for %s/%s", run_id, step_id)
-
     # ------------------------------------------------------------------ background
 
     @property
@@ -397,9 +399,7 @@ class Engine:
         async with self.bus.subscribe(SUBJECT_RESULT, queue=RESULT_QUEUE) as channel:
             task_status.started()
             async for packet in channel:
-                payload = getattr(packet, "payload", None)
-                if isinstance(payload, JobResult):
-                    self._route_result(payload)
+                self._on_result(packet)
 
     async def _resend_loop(self) -> None:
         """Every ``resend_after`` seconds, have each active run publish again its jobs
@@ -409,11 +409,6 @@ class Engine:
             await trio.sleep(self.resend_after)
             for run_id in tuple(self._runs):
                 self.deliver(run_id, Envelope(ResendDue()))
-
-    def _on_result(self, packet: BusPacket) -> None:
-        payload = getattr(packet, "payload", None)
-        if isinstance(payload, JobResult):
-            self._route_result(payload)
 
     async def _consume_starts(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Feed workers' start acknowledgements (``JobProgress`` RUNNING) to their runs."""

@@ -9,9 +9,9 @@ from test_engine_kit import WF, step, succeed
 
 from cordtrio.backends.memory import MemoryBus
 from cordtrio.engine import open_engine
-from cordtrio.engine.supervisor import DEFAULT_RESEND_AFTER
+from cordtrio.engine.supervisor import DEFAULT_RESEND_AFTER, Engine
 from cordtrio.model import RunStatus, StepStatus
-from cordtrio.protocol import JobStatus
+from cordtrio.protocol import BusPacket, JobStatus
 from cordtrio.worker import Job, open_worker
 
 
@@ -34,7 +34,7 @@ async def test_a_running_job_is_published_again_at_the_resend_interval(
 
 
 async def test_a_result_lost_on_the_way_is_recovered_by_running_the_job_again(
-        store, payloads, save, autojump_clock):
+        store, payloads, save, autojump_clock, monkeypatch):
     """The worker published its result and acknowledged the job, but the result never
     reached the run (an engine that took it crashed): the job runs again."""
     await save(step("a"))
@@ -46,19 +46,19 @@ async def test_a_result_lost_on_the_way_is_recovered_by_running_the_job_again(
         runs.append(job.job_id)
         return {"n": len(runs)}
 
+    original = Engine._on_result
+
+    def lossy(engine: Engine, packet: BusPacket) -> None:  # the first result goes nowhere
+        if lose_first[0] and packet.payload.status == JobStatus.SUCCEEDED:
+            lose_first[0] = False
+            return
+        original(engine, packet)
+
+    monkeypatch.setattr(Engine, "_on_result", lossy)
     async with (
         open_engine(store, bus, payloads=payloads) as engine,
         open_worker(bus, payloads, {"job.test": handler}),
     ):
-        original = engine._route_result
-
-        def lossy(result):  # the first result goes nowhere
-            if lose_first[0] and result.status == JobStatus.SUCCEEDED:
-                lose_first[0] = False
-                return
-            original(result)
-
-        engine._route_result = lossy  # type: ignore[method-assign]
         run_id = await engine.submit(WF)
         with trio.fail_after(10 * DEFAULT_RESEND_AFTER):
             run = await engine.wait_run(run_id)

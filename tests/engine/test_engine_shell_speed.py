@@ -302,3 +302,53 @@ def test_only_multi_engine_ownership_queues_commands() -> None:
 
     assert not SingleEngine.queues_commands
     assert LeaseKeeper.queues_commands
+
+
+def test_only_a_run_that_can_be_taken_away_runs_in_a_cancel_scope_of_its_own() -> None:
+    """A run task enters a cancel scope of its own only where its ownership can revoke
+    the run (a lost lease cancels it); alone on its store, nothing would ever cancel it."""
+    from cordtrio.engine.leases import LeaseKeeper
+    from cordtrio.engine.ownership import SingleEngine
+
+    assert not SingleEngine.revokes_runs
+    assert LeaseKeeper.revokes_runs
+
+
+async def test_a_revocable_run_task_stops_at_once_when_its_lease_is_lost(store) -> None:
+    """``lease_lost`` cancels the task's scope: a task parked on its mailbox ends."""
+    from test_run_host import Host
+
+    from cordtrio.backends.memory import MemoryBus
+    from cordtrio.engine.run_task import RunTask
+
+    host = Host(store, MemoryBus())
+    host.ownership.revokes_runs = True
+    task = RunTask(host, "r-missing")
+    assert task.scope is not None
+    box = task.mailbox
+    async with trio.open_nursery() as nursery:
+        async def parked() -> None:
+            with task.scope:
+                await box.wait()
+        nursery.start_soon(parked)
+        await trio.testing.wait_all_tasks_blocked()
+        task.lease_lost()
+    assert task.lost and task.scope.cancelled_caught
+
+
+async def test_a_result_reaches_its_run_bare_and_leaves_it_in_an_envelope(store) -> None:
+    """A job result goes into the run's mailbox as a bare event (nobody waits for it);
+    what the task hands on (forwarding to another engine) is an envelope again."""
+    from test_run_host import Host
+
+    from cordtrio.backends.memory import MemoryBus
+    from cordtrio.core.events import ResultReceived
+    from cordtrio.engine.run_task import RunTask
+
+    task = RunTask(Host(store, MemoryBus()), "r1")
+    result = ResultReceived(JobResult(job_id="r1:a@1", status=JobStatus.SUCCEEDED))
+    task.mailbox.put(result)
+    task.mailbox.put(Envelope(Start()))
+    left = task.take_leftovers()
+    assert [type(e) for e in left] == [Envelope, Envelope]
+    assert left[0].event is result and left[0].done is None and not left[0].drain

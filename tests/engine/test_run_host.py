@@ -49,10 +49,10 @@ class Host:
     async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
         return Plan.build(await self.store.get_workflow(workflow_id))
 
-    def step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
+    def on_step_dispatched(self, run_id: str, step_id: str, job_id: str) -> None:
         self.told.append(("dispatched", job_id))
 
-    def step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
+    def on_step_finished(self, run_id: str, step_id: str, status: StepStatus) -> None:
         self.told.append(("finished", step_id, status))
 
     def run_finished(self, run_id: str) -> Finish | None:
