@@ -30,8 +30,8 @@ from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
 from .events import LoadedOutput, StepFinished
 from .frontier import Frontier
-from .plan import PlainJob
 from .outputs import record_output
+from .plan import PlainJob
 from .ready import arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
 from .state import Tx
