@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ _BATCH = JobPriority.BATCH
 # ``json.dumps(item, default=str)`` builds a new encoder per call (~2 us): one, built once.
 _ITEM_JSON = json.JSONEncoder(default=str)
 _RUNNING_TEXT = str(StepStatus.RUNNING.value)
+_new = object.__new__
 
 
 def dispatch(
@@ -80,24 +82,33 @@ def emit_job(
     """The effects of starting ``job_id`` for ``target`` (a step, or with ``parent`` the
     for-each child ``index`` of ``item``): its timeline event, ``Dispatch`` and timer."""
     run = tx.run
-    ctx_key = CONTEXT_PREFIX + job_id if tx.plan.has_payload_store else ""  # context_key()
-    request = build_request(tx.plan, run, step, target, job_id, ctx_key)
-    data: dict[str, Any] = {}
-    if ctx_key:
-        data["context_ptr"] = request.context_ptr
+    if tx.plan.has_payload_store:
+        ctx_key = CONTEXT_PREFIX + job_id  # ``context_key()``
+        pointer = POINTER_SCHEME + ctx_key
+        data: dict[str, Any] = {"context_ptr": pointer}
+    else:
+        ctx_key = pointer = ""
+        data = {}
+    request = build_request(tx, step, target, job_id, pointer)
     if parent:
         request.env["foreach_index"] = str(index)
         request.env["foreach_item"] = _ITEM_JSON.encode(item)
         data["foreach_index"] = index
     effects = tx.effects
-    # ``tx.timeline`` inlined (every job starts here): positional, in ``TimelineEvent``'s
-    # field order (time, type, run_id, workflow_id, step_id, job_id, status, result_ptr,
-    # message, data)
-    effects.append(TimelineEvent(
-        tx.now, "step_dispatched", run.id, run.workflow_id, target, job_id, _RUNNING_TEXT, "",
-        "", data))
-    # positional (step_id, target_id, job_id, request, payload, context_key): ~0.3 us less
-    effects.append(Dispatch(step.id, target, job_id, request, payload, ctx_key))
+    # the ``step_dispatched`` row, every job's: made with its fields at once, as
+    # ``quick`` makes the ``step_completed`` one (a third of ``TimelineEvent.__init__``;
+    # tests/core/test_core_dispatch.py compares it with one made by ``__init__``)
+    event = _new(TimelineEvent)
+    event.__dict__ = {
+        "time": tx.now, "type": "step_dispatched", "run_id": run.id,
+        "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
+        "status": _RUNNING_TEXT, "result_ptr": "", "message": "", "data": data}
+    effects.append(event)
+    order = _new(Dispatch)  # with its fields at once, like the row
+    order.__dict__ = {
+        "step_id": step.id, "target_id": target, "job_id": job_id, "request": request,
+        "payload": payload, "context_key": ctx_key, "again": False}
+    effects.append(order)
     if step.timeout_sec > 0 and not tx.plan.starts_reported:
         effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
@@ -109,9 +120,9 @@ def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:
     """Publish the current attempt of a running job again, same job id and input (SPEC
     §12: after a restart, a job in flight may have died with the old engine). The bus
     ignores it if it still owns the job; a worker that runs it twice is at-least-once."""
-    run = tx.run
     ctx_key = context_key(sr.job_id) if tx.plan.has_payload_store else ""
-    request = build_request(tx.plan, run, step, sr.step_id, sr.job_id, ctx_key)
+    request = build_request(tx, step, sr.step_id, sr.job_id,
+                            POINTER_SCHEME + ctx_key if ctx_key else "")
     if parent:
         index = sr.step_id.rpartition("[")[2].rstrip("]")
         request.env["foreach_index"] = index
@@ -162,39 +173,61 @@ def validate_with_registry(plan: Plan, schema_id: str, value: Any, *, where: str
     validate_value(schema, value, where=f"{where} (schema '{schema_id}')")
 
 
+@dataclass(slots=True)
+class RunJobs:
+    """What every job of a run says alike (SPEC §5), worked out once per run
+    (``RunState.jobs``): the run's fields it reads never change."""
+
+    env: dict[str, str]
+    """The job's ``env`` but its ``step_id`` (in its place, empty)."""
+    priority: JobPriority
+    memory_id: str
+    dry_run: bool
+
+    @classmethod
+    def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:
+        priority = _BATCH
+        memory_id = ""
+        run_input = run.input
+        if run_input:  # a run without input (the common case) has neither to look up
+            raw_priority = run_input.get("priority")
+            if isinstance(raw_priority, str):
+                priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
+            raw_memory = run_input.get("memory_id")
+            if isinstance(raw_memory, str):
+                memory_id = raw_memory.strip()
+        memory_id = memory_id or f"run:{run.id}"
+        env = {
+            "workflow_id": plan.workflow.id,
+            "run_id": run.id,
+            "step_id": "",
+            "tenant_id": run.org_id,
+            "team_id": run.team_id,
+            "memory_id": memory_id,
+            "context_mode": "raw",
+        }
+        dry_run = run.dry_run or run.metadata.get("dry_run") == "true"
+        if dry_run:
+            env["dry_run"] = "true"
+        return cls(env, priority, memory_id, dry_run)
+
+
 def build_request(
-    plan: Plan, run: WorkflowRun, step: Step, target: str, job_id: str, ctx_key: str
+    tx: Tx, step: Step, target: str, job_id: str, context_ptr: str
 ) -> JobRequest:
-    """The job for ``target``; ``ctx_key`` is where its payload is stored ("" for none)."""
-    wf_id = plan.workflow.id
-    topic = step.topic or f"job.workflow.{wf_id}"
-    priority = _BATCH
-    memory_id = ""
-    run_input = run.input
-    if run_input:  # a run without input (the common case) has neither to look up
-        raw_priority = run_input.get("priority")
-        if isinstance(raw_priority, str):
-            priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
-        raw_memory = run_input.get("memory_id")
-        if isinstance(raw_memory, str):
-            memory_id = raw_memory.strip()
-    memory_id = memory_id or f"run:{run.id}"
-    env = {
-        "workflow_id": wf_id,
-        "run_id": run.id,
-        "step_id": target,
-        "tenant_id": run.org_id,
-        "team_id": run.team_id,
-        "memory_id": memory_id,
-        "context_mode": "raw",
-    }
+    """The job for ``target``; ``context_ptr`` points at its stored payload ("" for none)."""
+    state = tx.state
+    jobs = state.jobs
+    run = tx.run
+    if jobs is None:
+        jobs = state.jobs = RunJobs.of(tx.plan, run)
+    wf_id = tx.plan.workflow.id
     labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
     if step.worker_id:
         labels["worker_id"] = step.worker_id
     if step.route_labels:
         labels.update(step.route_labels)
-    if run.dry_run or run.metadata.get("dry_run") == "true":
-        env["dry_run"] = "true"
+    if jobs.dry_run:
         labels["dry_run"] = "true"
     # ``build_meta``'s own first test, without the call (the common case: nothing to say)
     meta = build_meta(run, step) if step.meta is not None or run.org_id else None
@@ -203,8 +236,8 @@ def build_request(
     # principal_id, labels, meta): fifteen keywords cost ~1 us more per job
     # (tests/core/test_core_dispatch.py checks every field lands where it belongs).
     return JobRequest(
-        job_id, topic, priority, POINTER_SCHEME + ctx_key if ctx_key else "", step.worker_id,
-        env, "", wf_id, 0, memory_id,
+        job_id, step.topic or f"job.workflow.{wf_id}", jobs.priority, context_ptr,
+        step.worker_id, {**jobs.env, "step_id": target}, "", wf_id, 0, jobs.memory_id,
         Budget(deadline_ms=int(step.timeout_sec * 1000)) if step.timeout_sec > 0 else None,
         run.org_id, meta.actor_id if meta is not None and meta.actor_id else "", labels, meta,
     )

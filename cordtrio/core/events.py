@@ -7,10 +7,11 @@ one once it is built.
 
 Commands, timers and cancellations are frozen (hashable values: tests compare sets of
 timers). The four built on every job result (``ResultReceived``, ``LoadedOutput``,
-``Dispatch``, ``StepFinished``) are ``slots=True`` and not frozen: a frozen dataclass's
-``__init__`` sets each field through ``object.__setattr__``, ~4x the cost, and a W1 result
-builds four to six of them. Two hold a dict or a document, so they were never hashable
-anyway; nothing hashes ``LoadedOutput`` or ``StepFinished``.
+``Dispatch``, ``StepFinished``) are not frozen: a frozen dataclass's ``__init__`` sets each
+field through ``object.__setattr__``, ~4x the cost, and a W1 result builds four to six of
+them. Two hold a dict or a document, so they were never hashable anyway; nothing hashes
+``LoadedOutput`` or ``StepFinished``. Three are ``slots=True``; ``Dispatch`` is not, so
+that ``dispatch.emit_job`` can make one with its fields set at once (``__dict__``).
 
 A ``TimelineEvent`` among the effects is itself the instruction to record it (persisted
 with the batch's state): no wrapper object, which cost as much as the event (two per W1
@@ -129,7 +130,7 @@ Event = (
 # ----------------------------------------------------------------------------- effects
 
 
-@dataclass(slots=True)
+@dataclass
 class Dispatch:
     """Store ``payload`` at ``context_key`` (when set), then publish ``request``.
 

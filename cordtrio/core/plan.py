@@ -73,6 +73,9 @@ class Plan:
     result of one takes the general way (``core.quick``, once per result)."""
     plain: Mapping[str, PlainJob] = field(default_factory=dict)
     """``plain_jobs``, each with what the short ways read of it."""
+    sinks: tuple[str, ...] | None = None
+    """The steps nothing depends on, but ``on_error`` handlers, in definition order: the
+    run's output is theirs (None: not worked out, ``status`` finds them)."""
 
     @classmethod
     def build(
@@ -118,6 +121,7 @@ class Plan:
             plain_jobs=plain_jobs,
             checked_outputs=checked_outputs,
             plain=_plain(workflow, order, plain_jobs, checked_outputs, dependents),
+            sinks=tuple(sid for sid in order if sid not in dependents and sid not in sources),
         )
 
     def schema_ids(self) -> set[str]:

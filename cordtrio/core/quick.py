@@ -123,6 +123,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     effects.append(StepFinished(target, _SUCCEEDED))
 
     # the ready pass: only the dependents can have become ready
+    run.updated_at = now  # what ``decide`` does of any event that changed the run
+    changes.header = True
     if dependents and not _start_plain(tx, front, dependents, target):
         # one fails instead of starting, which may start handlers: the general ready
         # pass, from where ``apply_result`` would leave it
@@ -215,9 +217,8 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, step, sid, job_id, payload)
         seen[job.position] = _RUNNING
-    # What ``Frontier.absorb`` would make of the touches: these counts; and the started
-    # jobs cannot act, nor can the steps depending on them.
-    front.dirty.clear()
+    # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
+    # these counts; and the started jobs cannot act, nor can the steps depending on them.
     started = len(ready)
     front.absent -= started
     front.unfinished += started

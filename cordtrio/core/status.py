@@ -102,9 +102,11 @@ def _run_output(plan: Plan, run: WorkflowRun) -> dict[str, object]:
     if not isinstance(steps, dict):
         return {}
     out: dict[str, object] = {}
-    for sid in plan.order:
-        if sid in plan.dependents or sid in plan.handlers:
-            continue
+    sinks = plan.sinks
+    if sinks is None:
+        sinks = tuple(sid for sid in plan.order
+                      if sid not in plan.dependents and sid not in plan.handlers)
+    for sid in sinks:
         entry = steps.get(sid)
         if isinstance(entry, dict) and "output" in entry:
             out[sid] = entry["output"]
