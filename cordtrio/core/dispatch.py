@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
 from ..expr import render
 from ..model import Step, StepRun, StepStatus, TimelineEvent, WorkflowRun
-from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME, context_key
+from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME
 from ..protocol import ActorType, Budget, JobMetadata, JobPriority, JobRequest
 from ..schemas import validate_value
 from .events import ArmTimer, Dispatch, TimerKind
@@ -77,41 +77,74 @@ def start_job(
 
 def emit_job(
     tx: Tx, step: Step, target: str, job_id: str, payload: dict[str, Any], parent: str = "",
-    index: int = -1, item: Any = None,
+    index: int | str = -1, item: Any = None, *, again: bool = False,
 ) -> None:
     """The effects of starting ``job_id`` for ``target`` (a step, or with ``parent`` the
-    for-each child ``index`` of ``item``): its timeline event, ``Dispatch`` and timer."""
+    for-each child ``index`` of ``item``): its timeline event, ``Dispatch`` and timer.
+    ``again``: the same attempt published once more (``redispatch``): its ``Dispatch``
+    alone.
+
+    The job (SPEC §5) is built here, from what the run's jobs share (``RunJobs``), rather
+    than by a function of its own: every job is started here, and one call less is a
+    tenth of what this costs."""
     run = tx.run
-    if tx.plan.has_payload_store:
+    plan = tx.plan
+    state = tx.state
+    jobs = state.jobs
+    if jobs is None:
+        jobs = state.jobs = RunJobs.of(plan, run)
+    if plan.has_payload_store:
         ctx_key = CONTEXT_PREFIX + job_id  # ``context_key()``
         pointer = POINTER_SCHEME + ctx_key
-        data: dict[str, Any] = {"context_ptr": pointer}
     else:
         ctx_key = pointer = ""
-        data = {}
-    request = build_request(tx, step, target, job_id, pointer)
+    wf_id = plan.workflow.id
+    env = {**jobs.env, "step_id": target}
     if parent:
-        request.env["foreach_index"] = str(index)
-        request.env["foreach_item"] = _ITEM_JSON.encode(item)
-        data["foreach_index"] = index
+        env["foreach_index"] = str(index)
+        env["foreach_item"] = _ITEM_JSON.encode(item)
+    labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
+    if step.worker_id:
+        labels["worker_id"] = step.worker_id
+    if step.route_labels:
+        labels.update(step.route_labels)
+    if jobs.dry_run:
+        labels["dry_run"] = "true"
+    # ``build_meta``'s own first test, without the call (the common case: nothing to say)
+    meta = build_meta(run, step) if step.meta is not None or run.org_id else None
+    timeout = step.timeout_sec
+    # Positional, in JobRequest's field order (job_id, topic, priority, context_ptr,
+    # adapter_id, env, parent_job_id, workflow_id, step_index, memory_id, budget, tenant_id,
+    # principal_id, labels, meta): fifteen keywords cost ~1 us more per job
+    # (tests/core/test_core_dispatch.py checks every field lands where it belongs).
+    request = JobRequest(
+        job_id, step.topic or f"job.workflow.{wf_id}", jobs.priority, pointer, step.worker_id,
+        env, "", wf_id, 0, jobs.memory_id,
+        Budget(deadline_ms=int(timeout * 1000)) if timeout > 0 else None,
+        run.org_id, meta.actor_id if meta is not None and meta.actor_id else "", labels, meta,
+    )
     effects = tx.effects
-    # the ``step_dispatched`` row, every job's: made with its fields at once, as
-    # ``quick`` makes the ``step_completed`` one (a third of ``TimelineEvent.__init__``;
-    # tests/core/test_core_dispatch.py compares it with one made by ``__init__``)
-    event = _new(TimelineEvent)
-    event.__dict__ = {
-        "time": tx.now, "type": "step_dispatched", "run_id": run.id,
-        "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
-        "status": _RUNNING_TEXT, "result_ptr": "", "message": "", "data": data}
-    effects.append(event)
-    order = _new(Dispatch)  # with its fields at once, like the row
+    if not again:
+        data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
+        if parent:
+            data["foreach_index"] = index
+        # the ``step_dispatched`` row, every job's, and its ``Dispatch``: made with their
+        # fields at once (a third of what their ``__init__`` costs;
+        # tests/core/test_core_timeline.py compares such rows with ``__init__``'s)
+        event = _new(TimelineEvent)
+        event.__dict__ = {
+            "time": tx.now, "type": "step_dispatched", "run_id": run.id,
+            "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
+            "status": _RUNNING_TEXT, "result_ptr": "", "message": "", "data": data}
+        effects.append(event)
+    order = _new(Dispatch)
     order.__dict__ = {
         "step_id": step.id, "target_id": target, "job_id": job_id, "request": request,
-        "payload": payload, "context_key": ctx_key, "again": False}
+        "payload": payload, "context_key": ctx_key, "again": again}
     effects.append(order)
-    if step.timeout_sec > 0 and not tx.plan.starts_reported:
+    if timeout > 0 and not again and not plan.starts_reported:
         effects.append(
-            ArmTimer(tx.now + timedelta(seconds=float(step.timeout_sec)),
+            ArmTimer(tx.now + timedelta(seconds=float(timeout)),
                      TimerKind.STEP_TIMEOUT, target, job_id)
         )
 
@@ -120,16 +153,9 @@ def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:
     """Publish the current attempt of a running job again, same job id and input (SPEC
     §12: after a restart, a job in flight may have died with the old engine). The bus
     ignores it if it still owns the job; a worker that runs it twice is at-least-once."""
-    ctx_key = context_key(sr.job_id) if tx.plan.has_payload_store else ""
-    request = build_request(tx, step, sr.step_id, sr.job_id,
-                            POINTER_SCHEME + ctx_key if ctx_key else "")
-    if parent:
-        index = sr.step_id.rpartition("[")[2].rstrip("]")
-        request.env["foreach_index"] = index
-        request.env["foreach_item"] = _ITEM_JSON.encode(sr.item)
     payload = sr.input if isinstance(sr.input, dict) else {}
-    tx.effects.append(Dispatch(step.id, sr.step_id, sr.job_id, request, payload, ctx_key,
-                               again=True))
+    index = sr.step_id.rpartition("[")[2].rstrip("]") if parent else -1
+    emit_job(tx, step, sr.step_id, sr.job_id, payload, parent, index, sr.item, again=True)
 
 
 def build_payload(
@@ -210,37 +236,6 @@ class RunJobs:
         if dry_run:
             env["dry_run"] = "true"
         return cls(env, priority, memory_id, dry_run)
-
-
-def build_request(
-    tx: Tx, step: Step, target: str, job_id: str, context_ptr: str
-) -> JobRequest:
-    """The job for ``target``; ``context_ptr`` points at its stored payload ("" for none)."""
-    state = tx.state
-    jobs = state.jobs
-    run = tx.run
-    if jobs is None:
-        jobs = state.jobs = RunJobs.of(tx.plan, run)
-    wf_id = tx.plan.workflow.id
-    labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
-    if step.worker_id:
-        labels["worker_id"] = step.worker_id
-    if step.route_labels:
-        labels.update(step.route_labels)
-    if jobs.dry_run:
-        labels["dry_run"] = "true"
-    # ``build_meta``'s own first test, without the call (the common case: nothing to say)
-    meta = build_meta(run, step) if step.meta is not None or run.org_id else None
-    # Positional, in JobRequest's field order (job_id, topic, priority, context_ptr,
-    # adapter_id, env, parent_job_id, workflow_id, step_index, memory_id, budget, tenant_id,
-    # principal_id, labels, meta): fifteen keywords cost ~1 us more per job
-    # (tests/core/test_core_dispatch.py checks every field lands where it belongs).
-    return JobRequest(
-        job_id, step.topic or f"job.workflow.{wf_id}", jobs.priority, context_ptr,
-        step.worker_id, {**jobs.env, "step_id": target}, "", wf_id, 0, jobs.memory_id,
-        Budget(deadline_ms=int(step.timeout_sec * 1000)) if step.timeout_sec > 0 else None,
-        run.org_id, meta.actor_id if meta is not None and meta.actor_id else "", labels, meta,
-    )
 
 
 def build_meta(run: WorkflowRun, step: Step) -> JobMetadata | None:

@@ -93,9 +93,11 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     changes = tx.changes
     if result_ptr:
         sr.output = result_ptr
-        ctx_steps = run.context.get("steps")
-        if type(ctx_steps) is dict and not job.writes_path:
+        if not job.writes_path:
             # ``record_output``'s common case, without its call: the entry, and its change
+            ctx_steps = run.context.get("steps")
+            if type(ctx_steps) is not dict:  # ``_steps_map``: a run's first output
+                ctx_steps = run.context["steps"] = {}
             if (output is not None and output.loaded and not output.error
                     and not output.too_large):
                 ctx_steps[target] = {"result_ptr": result_ptr, "output": output.value}
