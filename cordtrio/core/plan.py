@@ -73,6 +73,9 @@ class Plan:
     result of one takes the general way (``core.quick``, once per result)."""
     plain: Mapping[str, PlainJob] = field(default_factory=dict)
     """``plain_jobs``, each with what the short ways read of it."""
+    plain_roots: tuple[str, ...] = ()
+    """The ids of ``roots`` when they are all plain jobs (a new run's start takes the short
+    way, ``core.quick``), else none."""
     sinks: tuple[str, ...] | None = None
     """The steps nothing depends on, but ``on_error`` handlers, in definition order: the
     run's output is theirs (None: not worked out, ``status`` finds them)."""
@@ -102,6 +105,8 @@ class Plan:
             and not step.condition and not step.for_each and sid not in sources
             and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
         )
+        roots = tuple(i for i, sid in enumerate(order)
+                      if not workflow.steps[sid].depends_on and sid not in sources)
         checked_outputs = frozenset(
             sid for sid, step in workflow.steps.items()
             if step.output_schema or step.output_schema_id.strip())
@@ -116,11 +121,12 @@ class Plan:
             resend_after=resend_after,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
-            roots=tuple(i for i, sid in enumerate(order)
-                        if not workflow.steps[sid].depends_on and sid not in sources),
+            roots=roots,
             plain_jobs=plain_jobs,
             checked_outputs=checked_outputs,
             plain=_plain(workflow, order, plain_jobs, checked_outputs, dependents),
+            plain_roots=tuple(order[i] for i in roots)
+            if all(order[i] in plain_jobs for i in roots) else (),
             sinks=tuple(sid for sid in order if sid not in dependents and sid not in sources),
         )
 

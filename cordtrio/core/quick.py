@@ -35,7 +35,7 @@ from .plan import PlainJob
 from .ready import arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
 from .state import Tx
-from .status import set_run_status, update_run_status
+from .status import set_run_status
 
 # Module constants: reading ``StepStatus.X`` costs an enum descriptor call on Python 3.11.
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
@@ -149,15 +149,9 @@ def quick_start(tx: Tx) -> bool:
     ``ready_pass`` would; False, with nothing changed, otherwise."""
     run = tx.run
     plan = tx.plan
-    if run.status is not _RUN_PENDING or run.steps or not plan.roots:
+    roots = plan.plain_roots
+    if not roots or run.status is not _RUN_PENDING or run.steps:
         return False
-    order = plan.order
-    plain = plan.plain
-    roots = []
-    for i in plan.roots:
-        if order[i] not in plain:
-            return False
-        roots.append(order[i])
     set_run_status(tx, _RUN_RUNNING)
     arm_run_timeout(tx)
     front = Frontier.build(plan, run, partial(may_act, tx))  # from the plan: no steps yet
@@ -166,7 +160,7 @@ def quick_start(tx: Tx) -> bool:
         ready_pass(tx)  # one fails instead of starting: the general pass from here
         return True
     front.live.clear()  # the roots, all started
-    update_run_status(tx)
+    # ``update_run_status`` would find the run running (its roots are), as it is
     return True
 
 
