@@ -113,36 +113,46 @@ def emit_job(
     # ``build_meta``'s own first test, without the call (the common case: nothing to say)
     meta = build_meta(run, step) if step.meta is not None or run.org_id else None
     timeout = step.timeout_sec
-    # Positional, in JobRequest's field order (job_id, topic, priority, context_ptr,
-    # adapter_id, env, parent_job_id, workflow_id, step_index, memory_id, budget, tenant_id,
-    # principal_id, labels, meta): fifteen keywords cost ~1 us more per job
-    # (tests/core/test_core_dispatch.py checks every field lands where it belongs).
-    request = JobRequest(
-        job_id, step.topic or f"job.workflow.{wf_id}", jobs.priority, pointer, step.worker_id,
-        env, "", wf_id, 0, jobs.memory_id,
-        Budget(deadline_ms=int(timeout * 1000)) if timeout > 0 else None,
-        run.org_id, meta.actor_id if meta is not None and meta.actor_id else "", labels, meta,
-    )
-    effects = tx.effects
-    if not again:
-        data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
-        if parent:
-            data["foreach_index"] = index
-        # the ``step_dispatched`` row, every job's, and its ``Dispatch``: made with their
-        # fields at once (a third of what their ``__init__`` costs;
-        # tests/core/test_core_timeline.py compares such rows with ``__init__``'s)
-        event = _new(TimelineEvent)
-        event.__dict__ = {
-            "time": tx.now, "type": "step_dispatched", "run_id": run.id,
-            "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
-            "status": _RUNNING_TEXT, "result_ptr": "", "message": "", "data": data}
-        effects.append(event)
+    # Its fields set one by one rather than passed to ``__init__`` (fifteen arguments,
+    # whose defaults it tests): half the cost. tests/core/test_core_dispatch.py compares
+    # a request made here with ``JobRequest(...)``'s, so a field added there shows here.
+    request = _new(JobRequest)
+    request.job_id = job_id
+    request.topic = step.topic or f"job.workflow.{wf_id}"
+    request.priority = jobs.priority
+    request.context_ptr = pointer
+    request.adapter_id = step.worker_id
+    request.env = env
+    request.parent_job_id = ""
+    request.workflow_id = wf_id
+    request.step_index = 0
+    request.memory_id = jobs.memory_id
+    request.budget = Budget(deadline_ms=int(timeout * 1000)) if timeout > 0 else None
+    request.tenant_id = run.org_id
+    request.principal_id = meta.actor_id if meta is not None and meta.actor_id else ""
+    request.labels = labels
+    request.meta = meta
+    # its ``Dispatch`` and ``step_dispatched`` row made with their fields at once: a third
+    # of what their ``__init__`` costs (tests/core/test_core_timeline.py compares such
+    # objects with ``__init__``'s)
     order = _new(Dispatch)
     order.__dict__ = {
         "step_id": step.id, "target_id": target, "job_id": job_id, "request": request,
         "payload": payload, "context_key": ctx_key, "again": again}
-    effects.append(order)
-    if timeout > 0 and not again and not plan.starts_reported:
+    effects = tx.effects
+    if again:
+        effects.append(order)
+        return
+    data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
+    if parent:
+        data["foreach_index"] = index
+    event = _new(TimelineEvent)
+    event.__dict__ = {
+        "time": tx.now, "type": "step_dispatched", "run_id": run.id,
+        "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
+        "status": _RUNNING_TEXT, "result_ptr": "", "message": "", "data": data}
+    effects += (event, order)  # one call for two
+    if timeout > 0 and not plan.starts_reported:
         effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(timeout)),
                      TimerKind.STEP_TIMEOUT, target, job_id)

@@ -121,8 +121,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         "time": now, "type": "step_completed", "run_id": run.id,
         "workflow_id": run.workflow_id, "step_id": target, "job_id": job_id,
         "status": _SUCCEEDED_TEXT, "result_ptr": result_ptr, "message": "", "data": {}}
-    effects.append(event)
-    effects.append(StepFinished(target, _SUCCEEDED))
+    finished = _new(StepFinished)
+    finished.__dict__ = {"step_id": target, "status": _SUCCEEDED}
+    effects += (event, finished)  # one call for two
 
     # the ready pass: only the dependents can have become ready
     run.updated_at = now  # what ``decide`` does of any event that changed the run
