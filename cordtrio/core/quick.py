@@ -75,10 +75,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
             or sr.status is not _RUNNING or sr.children or sr.step_id != target):
         return False
     result_ptr = result.result_ptr
-    if result_ptr and (
-            # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
-            (output is None or not output.loaded or output.error)
-            and pointer_problem(result_ptr, RESULT_PREFIX)):
+    loaded = output if output is not None and output.loaded and not output.error else None
+    # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
+    if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
         return False  # refused: the general path's business
     dependents = job.dependents
     for sid in dependents:
@@ -98,9 +97,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
             ctx_steps = run.context.get("steps")
             if type(ctx_steps) is not dict:  # ``_steps_map``: a run's first output
                 ctx_steps = run.context["steps"] = {}
-            if (output is not None and output.loaded and not output.error
-                    and not output.too_large):
-                ctx_steps[target] = {"result_ptr": result_ptr, "output": output.value}
+            if loaded is not None and not loaded.too_large:
+                ctx_steps[target] = {"result_ptr": result_ptr, "output": loaded.value}
             else:
                 ctx_steps[target] = {"result_ptr": result_ptr}
             changes.context_steps.add(target)
@@ -155,7 +153,7 @@ def quick_start(tx: Tx) -> bool:
         return False
     set_run_status(tx, _RUN_RUNNING)
     arm_run_timeout(tx)
-    front = Frontier.build(plan, run, partial(may_act, tx))  # from the plan: no steps yet
+    front = Frontier.new(plan)  # ``Frontier.build`` of a run without steps
     tx.state.frontier = front
     if not _start_plain(tx, front, roots):
         ready_pass(tx)  # one fails instead of starting: the general pass from here
