@@ -62,11 +62,13 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     # ``parse_job_id``, inlined for the only shape this takes (``<run>:<step>@<digits>``,
     # where splitting at the last ``@`` then the last ``:`` splits as it does)
     job_id = result.job_id
-    if type(job_id) is not str:
+    try:
+        head, _, number = job_id.rpartition("@")
+        run_id, colon, target = head.rpartition(":")
+    except (AttributeError, TypeError):  # not a string: free to test this way when it is
         return False
-    head, at, number = job_id.rpartition("@")
-    run_id, colon, target = head.rpartition(":")
-    if not (at and colon and run_id and target and run_id == run.id and number.isdigit()):
+    # (no ``@``: no ``:`` in ``head``, which is empty)
+    if not (colon and run_id and target and run_id == run.id and number.isdigit()):
         return False
     job = front.plan.plain.get(target)
     steps = run.steps
