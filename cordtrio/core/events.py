@@ -10,9 +10,8 @@ timers). The four built on every job result (``ResultReceived``, ``LoadedOutput`
 ``Dispatch``, ``StepFinished``) are not frozen: a frozen dataclass's ``__init__`` sets each
 field through ``object.__setattr__``, ~4x the cost, and a W1 result builds four to six of
 them. Two hold a dict or a document, so they were never hashable anyway; nothing hashes
-``LoadedOutput`` or ``StepFinished``. Two are ``slots=True``; ``Dispatch`` and
-``StepFinished`` are not, so that the core can make one with its fields set at once
-(``__dict__``: a third of what ``__init__`` costs).
+``LoadedOutput`` or ``StepFinished``. The core makes ``Dispatch`` and ``StepFinished``
+on its hot path with their fields set one by one, without ``__init__`` (a third less).
 
 A ``TimelineEvent`` among the effects is itself the instruction to record it (persisted
 with the batch's state): no wrapper object, which cost as much as the event (two per W1
@@ -131,7 +130,7 @@ Event = (
 # ----------------------------------------------------------------------------- effects
 
 
-@dataclass
+@dataclass(slots=True)
 class Dispatch:
     """Store ``payload`` at ``context_key`` (when set), then publish ``request``.
 
@@ -173,7 +172,7 @@ class ArmTimer:
     job_id: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class StepFinished:
     """Call the ``on_step_finished`` hook."""
 

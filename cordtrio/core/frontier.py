@@ -39,7 +39,7 @@ _RUN_SUCCEEDED, _RUN_FAILED, _RUN_TIMED_OUT = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Frontier:
     """Per run: live steps (positions in ``plan.order``) and step-status counts.
 
@@ -83,15 +83,18 @@ class Frontier:
     @classmethod
     def new(cls, plan: Plan) -> Frontier:
         """The frontier of a run not started yet, every new run's: known from the plan.
-        Its fields set at once (``__dict__``, hence no ``__slots__``): a fifth of what
-        ``__init__`` with keywords costs, once per run."""
+        Its fields set here, without ``__init__`` (keywords, defaults tested): half the
+        cost, once per run."""
         order = plan.order
         front = _new(cls)
-        front.__dict__ = {
-            "plan": plan, "live": set(plan.roots), "seen": [None] * len(order), "failed": 0,
-            "timed_out": 0, "waiting": 0, "unfinished": 0,
-            "absent": len(order) - len(plan.handlers), "busy_handlers": 0, "dirty": [],
-            "recheck": set()}
+        front.plan = plan
+        front.live = set(plan.roots)
+        front.seen = [None] * len(order)
+        front.failed = front.timed_out = front.waiting = front.unfinished = 0
+        front.absent = len(order) - len(plan.handlers)
+        front.busy_handlers = 0
+        front.dirty = []
+        front.recheck = set()
         return front
 
     def absorb(self, run: WorkflowRun) -> None:
