@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -11,23 +10,17 @@ from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationEr
 from ..expr import render
 from ..model import Step, StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME
-from ..protocol import ActorType, Budget, JobMetadata, JobPriority, JobRequest
+from ..protocol import ActorType, Budget, JobMetadata, JobRequest
 from ..schemas import validate_value
 from .events import ArmTimer, Dispatch, TimerKind
 from .finish import finish
 from .plan import Plan
 from .scope import NO_ITEM, build_scope
-from .state import Tx
+from .state import RunJobs, Tx
 
-_PRIORITIES = {
-    "critical": JobPriority.CRITICAL,
-    "interactive": JobPriority.INTERACTIVE,
-    "batch": JobPriority.BATCH,
-}
 _ACTOR_TYPES = {"human": ActorType.HUMAN, "service": ActorType.SERVICE}
 # Module constants: reading ``StepStatus.X`` costs ~90 ns on 3.11 (an enum descriptor).
 _RUNNING = StepStatus.RUNNING
-_BATCH = JobPriority.BATCH
 # ``json.dumps(item, default=str)`` builds a new encoder per call (~2 us): one, built once.
 _ITEM_JSON = json.JSONEncoder(default=str)
 _RUNNING_TEXT = str(StepStatus.RUNNING.value)
@@ -216,45 +209,6 @@ def validate_with_registry(plan: Plan, schema_id: str, value: Any, *, where: str
     if schema is None:
         raise NotFoundError(f"{where}: schema '{schema_id}' not found")
     validate_value(schema, value, where=f"{where} (schema '{schema_id}')")
-
-
-@dataclass(slots=True)
-class RunJobs:
-    """What every job of a run says alike (SPEC §5), worked out once per run
-    (``RunState.jobs``): the run's fields it reads never change."""
-
-    env: dict[str, str]
-    """The job's ``env`` but its ``step_id`` (in its place, empty)."""
-    priority: JobPriority
-    memory_id: str
-    dry_run: bool
-
-    @classmethod
-    def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:
-        priority = _BATCH
-        memory_id = ""
-        run_input = run.input
-        if run_input:  # a run without input (the common case) has neither to look up
-            raw_priority = run_input.get("priority")
-            if isinstance(raw_priority, str):
-                priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
-            raw_memory = run_input.get("memory_id")
-            if isinstance(raw_memory, str):
-                memory_id = raw_memory.strip()
-        memory_id = memory_id or f"run:{run.id}"
-        env = {
-            "workflow_id": plan.workflow.id,
-            "run_id": run.id,
-            "step_id": "",
-            "tenant_id": run.org_id,
-            "team_id": run.team_id,
-            "memory_id": memory_id,
-            "context_mode": "raw",
-        }
-        dry_run = run.dry_run or run.metadata.get("dry_run") == "true"
-        if dry_run:
-            env["dry_run"] = "true"
-        return cls(env, priority, memory_id, dry_run)
 
 
 def build_meta(run: WorkflowRun, step: Step) -> JobMetadata | None:

@@ -11,18 +11,22 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..model import StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
+from ..protocol import JobPriority
 from .events import Effect
 from .frontier import Frontier
 from .plan import Plan
 
-if TYPE_CHECKING:
-    from .dispatch import RunJobs
-
 _no_changes = RunChanges.none_yet
+_PRIORITIES = {
+    "critical": JobPriority.CRITICAL,
+    "interactive": JobPriority.INTERACTIVE,
+    "batch": JobPriority.BATCH,
+}
+_BATCH = JobPriority.BATCH
 _new = object.__new__
 
 
@@ -97,6 +101,45 @@ class FanoutIndex:
             heapq.heappush(self.ready, i)
 
 
+@dataclass(slots=True)
+class RunJobs:
+    """What every job of a run says alike (SPEC §5), worked out once per run by its first
+    (``RunState.jobs``, ``dispatch.emit_job``): the run's fields it reads never change."""
+
+    env: dict[str, str]
+    """The job's ``env`` but its ``step_id`` (in its place, empty)."""
+    priority: JobPriority
+    memory_id: str
+    dry_run: bool
+
+    @classmethod
+    def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:
+        priority = _BATCH
+        memory_id = ""
+        run_input = run.input
+        if run_input:  # a run without input (the common case) has neither to look up
+            raw_priority = run_input.get("priority")
+            if isinstance(raw_priority, str):
+                priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
+            raw_memory = run_input.get("memory_id")
+            if isinstance(raw_memory, str):
+                memory_id = raw_memory.strip()
+        memory_id = memory_id or f"run:{run.id}"
+        env = {
+            "workflow_id": plan.workflow.id,
+            "run_id": run.id,
+            "step_id": "",
+            "tenant_id": run.org_id,
+            "team_id": run.team_id,
+            "memory_id": memory_id,
+            "context_mode": "raw",
+        }
+        dry_run = run.dry_run or run.metadata.get("dry_run") == "true"
+        if dry_run:
+            env["dry_run"] = "true"
+        return cls(env, priority, memory_id, dry_run)
+
+
 @dataclass
 class RunState:
     """A run and its derived indexes. The core mutates it in place (see ``Tx``)."""
@@ -107,7 +150,7 @@ class RunState:
     """Built by the first ready pass (``ready.frontier``) or a new run's short start
     (``quick.quick_start``), then fed by ``Tx.touch_step``."""
     jobs: RunJobs | None = None
-    """What every job of the run says alike, found by its first (``dispatch.RunJobs``)."""
+    """What every job of the run says alike, found by its first (``dispatch.emit_job``)."""
 
     def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
         idx = self.fanouts.get(step_id)
