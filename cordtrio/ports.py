@@ -20,6 +20,8 @@ import trio
 from .model import RunStatus, TimelineEvent, Workflow, WorkflowRun
 from .protocol import BusPacket
 
+_new = object.__new__
+
 TIMELINE_CAP = 1000
 """Newest timeline entries a store keeps per run (SPEC §10)."""
 
@@ -98,6 +100,22 @@ class RunChanges:
         self.previous_status = previous_status
         self.lease_owner = lease_owner
         self.payloads = {} if payloads is None else payloads
+
+    @classmethod
+    def none_yet(cls, previous_status: RunStatus | None) -> RunChanges:
+        """No change yet, the run's status being ``previous_status``: what the core starts
+        every event with. Its fields set here, without ``__init__`` (which tests each
+        default): half the cost."""
+        changes = _new(cls)
+        changes.header = False
+        changes.steps = set()
+        changes.children = {}
+        changes.context_steps = set()
+        changes.context_keys = set()
+        changes.previous_status = previous_status
+        changes.lease_owner = None
+        changes.payloads = {}
+        return changes
 
     def ordered_children(self, parent: str) -> list[str]:
         """The changed children of ``parent`` in index order (stores keep that order)."""

@@ -54,12 +54,9 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     # the most frequent event first, tested without the ``match`` (a class pattern reads its
     # attributes through a generic lookup)
     if event.__class__ is ResultReceived or isinstance(event, ResultReceived):
-        result, output = event.result, event.output
-        if quick_result(tx, result, output):
-            state.run.updated_at = now  # the short way always changes the run
-            tx.changes.header = True
-            return tx
-        if apply_result(tx, result, output):
+        if quick_result(tx, event.result, event.output):
+            return tx  # the short way always changes the run: its header is marked
+        if apply_result(tx, event.result, event.output):
             ready_pass(tx)
     else:
         match event:  # each case is an isinstance check

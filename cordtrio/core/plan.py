@@ -6,12 +6,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import StepType, Workflow
+from ..model import Step, StepType, Workflow
 
 MAX_INLINE_OUTPUT_BYTES = 256 * 1024
 """Outputs up to this size are copied into ``context.steps``; larger ones keep the pointer."""
 
 SENDER_ID = "workflow-engine"
+
+
+@dataclass(frozen=True, slots=True)
+class PlainJob:
+    """A step of ``Plan.plain_jobs`` as the short ways (``core.quick``) read it: what they
+    would otherwise look up or test on every result, found once per workflow."""
+
+    step: Step
+    position: int
+    """Its index in ``Plan.order``."""
+    dependents: tuple[str, ...]
+    """``Plan.dependents``: the steps that depend on it."""
+    result_quick: bool
+    """A result of it may take the short way: its dependents are all plain jobs and its
+    output is not validated."""
+    copies_input: bool
+    """No ``input`` and no input schema: its job's input is a copy of the run's, which
+    cannot fail to build."""
+    sole_dependency: str
+    """Its only dependency; "" when it has none or several."""
+    writes_path: bool
+    """It has an ``output_path`` (its output is also written there)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,14 @@ class Plan:
     checked_outputs: frozenset[str] = frozenset()
     """Steps whose output is validated (an ``output_schema`` or ``output_schema_id``): a
     result of one takes the general way (``core.quick``, once per result)."""
+    plain: Mapping[str, PlainJob] = field(default_factory=dict)
+    """``plain_jobs``, each with what the short ways read of it."""
+    plain_roots: tuple[str, ...] = ()
+    """The ids of ``roots`` when they are all plain jobs (a new run's start takes the short
+    way, ``core.quick``), else none."""
+    sinks: tuple[str, ...] | None = None
+    """The steps nothing depends on, but ``on_error`` handlers, in definition order: the
+    run's output is theirs (None: not worked out, ``status`` finds them)."""
 
     @classmethod
     def build(
@@ -69,6 +99,17 @@ class Plan:
                 sources.setdefault(step.on_error, []).append(sid)
             for dep in dict.fromkeys(step.depends_on):  # a dependency named twice counts once
                 dependents.setdefault(dep, []).append(sid)
+        plain_jobs = frozenset(
+            sid for sid, step in workflow.steps.items()
+            if isinstance(step.type, StepType) and step.type.is_worker_like
+            and not step.condition and not step.for_each and sid not in sources
+            and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
+        )
+        roots = tuple(i for i, sid in enumerate(order)
+                      if not workflow.steps[sid].depends_on and sid not in sources)
+        checked_outputs = frozenset(
+            sid for sid, step in workflow.steps.items()
+            if step.output_schema or step.output_schema_id.strip())
         return cls(
             workflow=workflow,
             order=order,
@@ -80,17 +121,13 @@ class Plan:
             resend_after=resend_after,
             dependents={d: tuple(s) for d, s in dependents.items()},
             rechecks=_rechecks(order, dependents),
-            roots=tuple(i for i, sid in enumerate(order)
-                        if not workflow.steps[sid].depends_on and sid not in sources),
-            plain_jobs=frozenset(
-                sid for sid, step in workflow.steps.items()
-                if isinstance(step.type, StepType) and step.type.is_worker_like
-                and not step.condition and not step.for_each and sid not in sources
-                and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
-            ),
-            checked_outputs=frozenset(
-                sid for sid, step in workflow.steps.items()
-                if step.output_schema or step.output_schema_id.strip()),
+            roots=roots,
+            plain_jobs=plain_jobs,
+            checked_outputs=checked_outputs,
+            plain=_plain(workflow, order, plain_jobs, checked_outputs, dependents),
+            plain_roots=tuple(order[i] for i in roots)
+            if all(order[i] in plain_jobs for i in roots) else (),
+            sinks=tuple(sid for sid in order if sid not in dependents and sid not in sources),
         )
 
     def schema_ids(self) -> set[str]:
@@ -101,6 +138,30 @@ class Plan:
                 if sid:
                     ids.add(sid)
         return ids
+
+
+def _plain(
+    workflow: Workflow, order: tuple[str, ...], plain_jobs: frozenset[str],
+    checked_outputs: frozenset[str], dependents: Mapping[str, list[str]],
+) -> dict[str, PlainJob]:
+    """``Plan.plain``."""
+    out: dict[str, PlainJob] = {}
+    for i, sid in enumerate(order):
+        if sid not in plain_jobs:
+            continue
+        step = workflow.steps[sid]
+        after = tuple(dependents.get(sid, ()))
+        deps = tuple(dict.fromkeys(step.depends_on))
+        out[sid] = PlainJob(
+            step=step,
+            position=i,
+            dependents=after,
+            result_quick=sid not in checked_outputs and all(d in plain_jobs for d in after),
+            copies_input=not (step.input or step.input_schema or step.input_schema_id),
+            sole_dependency=deps[0] if len(deps) == 1 else "",
+            writes_path=bool(step.output_path.strip()),
+        )
+    return out
 
 
 def _rechecks(

@@ -24,33 +24,34 @@ from functools import partial
 from typing import Any
 
 from ..errors import CordtrioError
-from ..model import RunStatus, Step, StepRun, StepStatus, TimelineEvent
+from ..model import RunStatus, StepRun, StepStatus, TimelineEvent
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
 from .events import LoadedOutput, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
+from .plan import PlainJob
 from .ready import arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
 from .state import Tx
-from .status import set_run_status, update_run_status
+from .status import set_run_status
 
 # Module constants: reading ``StepStatus.X`` costs an enum descriptor call on Python 3.11.
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 _RUN_PENDING, _RUN_RUNNING = RunStatus.PENDING, RunStatus.RUNNING
 _RUNNING, _SUCCEEDED = StepStatus.RUNNING, StepStatus.SUCCEEDED
 _SUCCEEDED_TEXT = str(StepStatus.SUCCEEDED.value)
+_new = object.__new__
 
 
 def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool:
     """Decide ``ResultReceived(result, output)`` as ``apply_result`` + ``ready_pass``
     would; False, with nothing changed, when this is not the plain case."""
     run = tx.run
-    plan = tx.plan
     front = tx.state.frontier
     if (result.status is not _JOB_SUCCEEDED or run.status is not _RUN_RUNNING
-            or front is None or front.plan is not plan):
+            or front is None or front.plan is not tx.plan):
         return False
     if front.dirty or front.recheck:
         # what the ready pass would do first; the result changes the liveness of its step
@@ -61,28 +62,28 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     # ``parse_job_id``, inlined for the only shape this takes (``<run>:<step>@<digits>``,
     # where splitting at the last ``@`` then the last ``:`` splits as it does)
     job_id = result.job_id
-    if type(job_id) is not str:
+    try:
+        head, _, number = job_id.rpartition("@")
+        run_id, colon, target = head.rpartition(":")
+    except (AttributeError, TypeError):  # not a string: free to test this way when it is
         return False
-    head, at, number = job_id.rpartition("@")
-    run_id, colon, target = head.rpartition(":")
-    if not (at and colon and run_id and target and run_id == run.id and number.isdigit()):
+    # (no ``@``: no ``:`` in ``head``, which is empty)
+    if not (colon and run_id and target and run_id == run.id and number.isdigit()):
         return False
-    plain = plan.plain_jobs
+    job = front.plan.plain.get(target)
     steps = run.steps
     sr = steps.get(target)
-    if (target not in plain or sr is None or sr.job_id != job_id or sr.status is not _RUNNING
-            or sr.children or sr.step_id != target):
+    if (job is None or not job.result_quick or sr is None or sr.job_id != job_id
+            or sr.status is not _RUNNING or sr.children or sr.step_id != target):
         return False
-    step = plan.workflow.steps[target]
     result_ptr = result.result_ptr
-    if result_ptr and (target in plan.checked_outputs or (
-            # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
-            (output is None or not output.loaded or output.error)
-            and pointer_problem(result_ptr, RESULT_PREFIX))):
-        return False  # to validate, or refused: the general path's business
-    dependents = plan.dependents.get(target, ())
+    loaded = output if output is not None and output.loaded and not output.error else None
+    # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
+    if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
+        return False  # refused: the general path's business
+    dependents = job.dependents
     for sid in dependents:
-        if sid not in plain or sid in steps:
+        if sid in steps:
             return False
 
     # ``apply_result`` → ``_succeeded`` → ``finish``, for a top-level step that succeeded
@@ -90,39 +91,58 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     attempt = int(number)
     if attempt > sr.attempts:  # ``max``, without its call (slow on this path)
         sr.attempts = attempt
-    sr.output = result_ptr or None
+    changes = tx.changes
     if result_ptr:
-        ctx_steps = run.context.get("steps")
-        if type(ctx_steps) is dict and not step.output_path:
+        sr.output = result_ptr
+        if not job.writes_path:
             # ``record_output``'s common case, without its call: the entry, and its change
-            if (output is not None and output.loaded and not output.error
-                    and not output.too_large):
-                ctx_steps[target] = {"result_ptr": result_ptr, "output": output.value}
+            ctx_steps = run.context.get("steps")
+            if type(ctx_steps) is not dict:  # ``_steps_map``: a run's first output
+                ctx_steps = run.context["steps"] = {}
+            if loaded is not None and not loaded.too_large:
+                ctx_steps[target] = {"result_ptr": result_ptr, "output": loaded.value}
             else:
                 ctx_steps[target] = {"result_ptr": result_ptr}
-            tx.changes.context_steps.add(target)
+            changes.context_steps.add(target)
         else:
-            record_output(tx, target, step, result_ptr, output, is_child=False)
+            record_output(tx, target, job.step, result_ptr, output, is_child=False)
+    else:
+        sr.output = None
     sr.status = _SUCCEEDED
     sr.completed_at = now
     sr.next_attempt_at = None
     if sr.error:
         sr.error = {}
-    tx.changes.steps.add(target)
+    changes.steps.add(target)
     effects = tx.effects
-    effects.append(TimelineEvent(
-        now, "step_completed", run.id, run.workflow_id, target, job_id, _SUCCEEDED_TEXT,
-        result_ptr, "", {}))
-    effects.append(StepFinished(target, _SUCCEEDED))
+    # the ``step_completed`` row and the hook's effect, their fields set one by one as
+    # ``Tx.timeline`` does (a third less than ``__init__``)
+    event = _new(TimelineEvent)
+    event.time = now
+    event.type = "step_completed"
+    event.run_id = run.id
+    event.workflow_id = run.workflow_id
+    event.step_id = target
+    event.job_id = job_id
+    event.status = _SUCCEEDED_TEXT
+    event.result_ptr = result_ptr
+    event.message = ""
+    event.data = {}
+    finished = _new(StepFinished)
+    finished.step_id = target
+    finished.status = _SUCCEEDED
+    effects += (event, finished)  # one call for two
 
     # the ready pass: only the dependents can have become ready
-    if not _start_plain(tx, front, dependents):
+    run.updated_at = now  # what ``decide`` does of any event that changed the run
+    changes.header = True
+    if dependents and not _start_plain(tx, front, dependents, target):
         # one fails instead of starting, which may start handlers: the general ready
         # pass, from where ``apply_result`` would leave it
         front.dirty.append(target)
         ready_pass(tx)
         return True
-    front.seen[plan.rechecks[target][0]] = _SUCCEEDED  # what ``Frontier.absorb`` would do
+    front.seen[job.position] = _SUCCEEDED  # what ``Frontier.absorb`` would do
     front.unfinished -= 1
     # ``update_run_status`` for a running run; without a call while steps are left and none
     # waits (no failure stands: checked above)
@@ -138,71 +158,81 @@ def quick_start(tx: Tx) -> bool:
     ``ready_pass`` would; False, with nothing changed, otherwise."""
     run = tx.run
     plan = tx.plan
-    if run.status is not _RUN_PENDING or run.steps or not plan.roots:
+    roots = plan.plain_roots
+    if not roots or run.status is not _RUN_PENDING or run.steps:
         return False
-    order = plan.order
-    plain = plan.plain_jobs
-    roots = []
-    for i in plan.roots:
-        if order[i] not in plain:
-            return False
-        roots.append(order[i])
     set_run_status(tx, _RUN_RUNNING)
     arm_run_timeout(tx)
-    front = Frontier.build(plan, run, partial(may_act, tx))  # from the plan: no steps yet
+    front = Frontier.new(plan)  # ``Frontier.build`` of a run without steps
     tx.state.frontier = front
     if not _start_plain(tx, front, roots):
         ready_pass(tx)  # one fails instead of starting: the general pass from here
         return True
     front.live.clear()  # the roots, all started
-    update_run_status(tx)
+    # ``update_run_status`` would find the run running (its roots are), as it is
     return True
 
 
-def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str]) -> bool:
+def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str = "") -> bool:
     """Start those of ``candidates`` (plain jobs without a StepRun, in definition order)
-    whose dependencies all succeeded, as ``_visit`` would one after the other, and count
-    them in ``front``. False, having changed nothing, when one cannot start (its input
-    does not render or validate): every input is built before anything starts, which
-    gives the same inputs since starting a job changes nothing an input reads."""
+    whose dependencies all succeeded (``done`` just did), as ``_visit`` would one after the
+    other, and count them in ``front``. False, having changed nothing, when one cannot
+    start (its input does not render or validate): every input is built before anything
+    starts, which gives the same inputs since starting a job changes nothing an input
+    reads."""
     run = tx.run
-    plan = tx.plan
     steps = run.steps
-    defs = plan.workflow.steps
-    ready: list[tuple[Step, dict[str, Any]]] = []
+    jobs = front.plan.plain
+    ready: list[tuple[PlainJob, dict[str, Any]]] = []
     for sid in candidates:
-        step = defs[sid]
-        for dep in step.depends_on:  # ``ready._deps_succeeded``, inlined
-            sr = steps.get(dep)
-            if sr is None or sr.status != _SUCCEEDED:
-                break
-        else:
-            if not (step.input or step.input_schema or step.input_schema_id):
-                ready.append((step, dict(run.input)))  # ``build_payload``'s plainest case
+        job = jobs[sid]
+        if job.sole_dependency != done:  # else its one dependency just succeeded
+            waits = False
+            for dep in job.step.depends_on:  # ``ready._deps_succeeded``, inlined
+                sr = steps.get(dep)
+                if sr is None or sr.status != _SUCCEEDED:
+                    waits = True
+                    break
+            if waits:
                 continue
-            try:
-                scope = build_scope(plan, run, sid) if step.input else {}
-                ready.append((step, build_payload(plan, run, step, scope, NO_ITEM)))
-            except CordtrioError:
-                return False
-    position = plan.rechecks  # a step's position in ``order`` comes first
+        if job.copies_input:
+            ready.append((job, dict(run.input)))  # ``build_payload``'s plainest case
+            continue
+        step = job.step
+        try:
+            scope = build_scope(tx.plan, run, sid) if step.input else {}
+            ready.append((job, build_payload(tx.plan, run, step, scope, NO_ITEM)))
+        except CordtrioError:
+            return False
     seen = front.seen
     touched = tx.changes.steps
     now = tx.now
-    for step, payload in ready:
+    run_id = run.id
+    for job, payload in ready:
+        step = job.step
         sid = step.id
-        job_id = f"{run.id}:{sid}@1"
-        # the StepRun ``start_job`` makes of a new one, made so at once (positional, in field
-        # order: step_id, status, started_at, completed_at, next_attempt_at, attempts,
-        # input, output, error, job_id, item, children)
-        steps[sid] = StepRun(sid, _RUNNING, now, None, None, 1, payload, None, {}, job_id, None,
-                             {})
+        job_id = f"{run_id}:{sid}@1"
+        # the StepRun ``start_job`` makes of a new one, made so at once (its fields set
+        # here, in field order: a third less than ``__init__``)
+        sr = _new(StepRun)
+        sr.step_id = sid
+        sr.status = _RUNNING
+        sr.started_at = now
+        sr.completed_at = sr.next_attempt_at = None
+        sr.attempts = 1
+        sr.input = payload
+        sr.output = None
+        sr.error = {}
+        sr.job_id = job_id
+        sr.item = None
+        sr.children = {}
+        steps[sid] = sr
         touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, step, sid, job_id, payload)
-        seen[position[sid][0]] = _RUNNING
-    # What ``Frontier.absorb`` would make of the touches: these counts; and the started
-    # jobs cannot act, nor can the steps depending on them.
-    front.dirty.clear()
-    front.absent -= len(ready)
-    front.unfinished += len(ready)
+        seen[job.position] = _RUNNING
+    # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
+    # these counts; and the started jobs cannot act, nor can the steps depending on them.
+    started = len(ready)
+    front.absent -= started
+    front.unfinished += started
     return True

@@ -15,9 +15,19 @@ from typing import Any
 
 from ..model import StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
+from ..protocol import JobPriority
 from .events import Effect
 from .frontier import Frontier
 from .plan import Plan
+
+_no_changes = RunChanges.none_yet
+_PRIORITIES = {
+    "critical": JobPriority.CRITICAL,
+    "interactive": JobPriority.INTERACTIVE,
+    "batch": JobPriority.BATCH,
+}
+_BATCH = JobPriority.BATCH
+_new = object.__new__
 
 
 def child_id(step_id: str, index: int) -> str:
@@ -91,6 +101,45 @@ class FanoutIndex:
             heapq.heappush(self.ready, i)
 
 
+@dataclass(slots=True)
+class RunJobs:
+    """What every job of a run says alike (SPEC §5), worked out once per run by its first
+    (``RunState.jobs``, ``dispatch.emit_job``): the run's fields it reads never change."""
+
+    env: dict[str, str]
+    """The job's ``env`` but its ``step_id`` (in its place, empty)."""
+    priority: JobPriority
+    memory_id: str
+    dry_run: bool
+
+    @classmethod
+    def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:
+        priority = _BATCH
+        memory_id = ""
+        run_input = run.input
+        if run_input:  # a run without input (the common case) has neither to look up
+            raw_priority = run_input.get("priority")
+            if isinstance(raw_priority, str):
+                priority = _PRIORITIES.get(raw_priority.strip().lower(), _BATCH)
+            raw_memory = run_input.get("memory_id")
+            if isinstance(raw_memory, str):
+                memory_id = raw_memory.strip()
+        memory_id = memory_id or f"run:{run.id}"
+        env = {
+            "workflow_id": plan.workflow.id,
+            "run_id": run.id,
+            "step_id": "",
+            "tenant_id": run.org_id,
+            "team_id": run.team_id,
+            "memory_id": memory_id,
+            "context_mode": "raw",
+        }
+        dry_run = run.dry_run or run.metadata.get("dry_run") == "true"
+        if dry_run:
+            env["dry_run"] = "true"
+        return cls(env, priority, memory_id, dry_run)
+
+
 @dataclass
 class RunState:
     """A run and its derived indexes. The core mutates it in place (see ``Tx``)."""
@@ -100,6 +149,8 @@ class RunState:
     frontier: Frontier | None = None
     """Built by the first ready pass (``ready.frontier``) or a new run's short start
     (``quick.quick_start``), then fed by ``Tx.touch_step``."""
+    jobs: RunJobs | None = None
+    """What every job of the run says alike, found by its first (``dispatch.emit_job``)."""
 
     def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
         idx = self.fanouts.get(step_id)
@@ -129,14 +180,14 @@ class Tx(Outcome):
     __slots__ = ("now", "plan", "run", "state")
 
     def __init__(self, plan: Plan, state: RunState, now: datetime) -> None:
+        run = state.run
         self.plan = plan
         self.state = state
         self.now = now
         self.effects: list[Effect] = []
-        self.run: WorkflowRun = state.run
+        self.run: WorkflowRun = run
         """``state.run``, read a score of times per event: an attribute, not a property."""
-        # positional: (header, steps, children, context_steps, context_keys, previous_status)
-        self.changes = RunChanges(False, None, None, None, None, self.run.status)
+        self.changes = _no_changes(run.status)  # ``previous_status``: the run's status now
 
     def touch_step(self, step_id: str) -> None:
         """Record that ``step_id``'s StepRun changed: for the store, and for the frontier."""
@@ -165,11 +216,18 @@ class Tx(Outcome):
         data: dict[str, Any] | None = None,
     ) -> None:
         run = self.run
-        # Positional, in TimelineEvent's field order (time, type, run_id, workflow_id,
-        # step_id, job_id, status, result_ptr, message, data): keywords cost ~0.5 us more
-        # per event, and an event makes two or three (tests/core/test_core_frontier.py
-        # checks every field lands where it belongs).
-        self.effects.append(TimelineEvent(
-            self.now, type_, run.id, run.workflow_id, step_id, job_id, status, result_ptr,
-            message, data or {},
-        ))
+        # its fields set here rather than passed to ``__init__``: a third less, and an
+        # event makes two or three (tests/core/test_core_timeline.py compares rows made
+        # so with ``TimelineEvent(...)``'s)
+        event = _new(TimelineEvent)
+        event.time = self.now
+        event.type = type_
+        event.run_id = run.id
+        event.workflow_id = run.workflow_id
+        event.step_id = step_id
+        event.job_id = job_id
+        event.status = status
+        event.result_ptr = result_ptr
+        event.message = message
+        event.data = data or {}
+        self.effects.append(event)

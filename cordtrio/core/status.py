@@ -7,6 +7,11 @@ from .finish import stop_everything
 from .plan import Plan
 from .state import Tx
 
+# Module constants: reading ``RunStatus.X`` costs an enum descriptor call on Python 3.11.
+_RUNNING, _SUCCEEDED = RunStatus.RUNNING, RunStatus.SUCCEEDED
+_STOPS = (RunStatus.FAILED, RunStatus.TIMED_OUT)
+"""The statuses that stop every job still running."""
+
 
 def compute_run_status(plan: Plan, run: WorkflowRun) -> RunStatus:
     """SPEC §7 over the workflow's steps. Untriggered ``on_error`` handlers do not count;
@@ -68,17 +73,17 @@ def set_run_status(tx: Tx, status: RunStatus, *, message: str = "") -> None:
     if run.status == status:
         return
     run.status = status
-    tx.touch_header()
-    if status == RunStatus.RUNNING and run.started_at is None:
+    tx.changes.header = True  # ``tx.touch_header()``
+    if status is _RUNNING and run.started_at is None:
         run.started_at = tx.now
     if status.is_terminal:
         run.completed_at = tx.now
-        if status == RunStatus.SUCCEEDED:
+        if status is _SUCCEEDED:
             run.output = _run_output(tx.plan, run)
-        elif status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and not run.error:
+        elif status in _STOPS and not run.error:
             run.error = _run_error(tx.plan, run, message)
     tx.timeline("run_status", status=str(status), message=message)  # a StrEnum: its value
-    if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+    if status in _STOPS:
         stop_everything(tx, reason=f"workflow run {status.value}")
 
 
@@ -102,9 +107,11 @@ def _run_output(plan: Plan, run: WorkflowRun) -> dict[str, object]:
     if not isinstance(steps, dict):
         return {}
     out: dict[str, object] = {}
-    for sid in plan.order:
-        if sid in plan.dependents or sid in plan.handlers:
-            continue
+    sinks = plan.sinks
+    if sinks is None:
+        sinks = tuple(sid for sid in plan.order
+                      if sid not in plan.dependents and sid not in plan.handlers)
+    for sid in sinks:
         entry = steps.get(sid)
         if isinstance(entry, dict) and "output" in entry:
             out[sid] = entry["output"]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from harness import T0, Sim, step, workflow
 
 from cordtrio.core.events import Approve
-from cordtrio.model import RetryConfig, StepType
+from cordtrio.model import RetryConfig, RunStatus, StepType, TimelineEvent
 from cordtrio.protocol import JobStatus
 
 SPEC_TYPES = {
@@ -131,3 +131,52 @@ def test_step_completed_for_a_failure_carries_the_error_message():
                                                               "exit 3")
     last = sim.timeline[-1]
     assert (last.type, last.status, last.step_id) == ("run_status", "failed", "")
+
+
+def _made_as_init_makes(obj: object) -> None:
+    """``obj``, made by the core without its ``__init__``, has every field of its class
+    set (in field order, and nothing else, for a class with a ``__dict__``): what
+    ``__init__`` would make."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(obj)]  # type: ignore[arg-type]
+    values = {name: getattr(obj, name) for name in names}  # a slot left unset raises
+    assert type(obj)(**values) == obj
+    if hasattr(obj, "__dict__"):
+        assert list(vars(obj)) == names, type(obj).__name__
+
+
+def test_objects_the_core_makes_at_once_are_what_their_init_makes() -> None:
+    """The hot path makes its rows, StepRuns, ``Dispatch``/``StepFinished`` effects, Tx,
+    RunChanges and a new run's Frontier without their ``__init__``; each has exactly its
+    class's fields."""
+    from cordtrio.core.events import Dispatch, StepFinished
+    from cordtrio.core.state import Tx
+    from cordtrio.ports import RunChanges
+
+    wf = workflow(step("a", timeout_sec=5), step("b", depends_on=["a"]),
+                  step("c", depends_on=["b"], input={"x": "${steps.b.output.v}"}))
+    sim = Sim(wf, run_input={"k": 1})
+    sim.start()
+    sim.succeed("run-1:a@1", {"v": 1})
+    sim.succeed("run-1:b@1", {"v": 2})
+    kinds = set()
+    for effect in sim.effects:
+        if isinstance(effect, (TimelineEvent, Dispatch, StepFinished)):
+            _made_as_init_makes(effect)
+            kinds.add(type(effect))
+    assert kinds == {TimelineEvent, Dispatch, StepFinished}
+    for sr in sim.run.steps.values():
+        _made_as_init_makes(sr)
+    assert RunChanges.none_yet(RunStatus.RUNNING) == RunChanges(
+        previous_status=RunStatus.RUNNING)
+    from cordtrio.core.frontier import Frontier
+
+    plan = sim.plan
+    front = Frontier.new(plan)
+    _made_as_init_makes(front)
+    assert front == Frontier(plan=plan, live=set(plan.roots), seen=[None] * len(plan.order),
+                             absent=len(plan.order) - len(plan.handlers))
+    tx = Tx(sim.plan, sim.state, sim.now)
+    assert (tx.effects, tx.changes) == ([], RunChanges(previous_status=sim.run.status))
+    assert (tx.plan, tx.state, tx.now, tx.run) == (sim.plan, sim.state, sim.now, sim.run)
