@@ -67,7 +67,7 @@ class OwnedRun(Protocol):
         ``Redirect``, the caller delivers again)."""
 
     def lease_lost(self) -> None:
-        """Stop acting on the run now (its scope is cancelled; ``Ownership.revokes_runs``)."""
+        """Stop acting on the run now (its scope is cancelled)."""
 
 
 class RunRouter(Protocol):
@@ -87,9 +87,6 @@ class Ownership(Protocol):
     """Commands can be queued for a run in the store: a task acknowledges every batch it
     applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
 
-    revokes_runs: bool
-    """A run can be taken away from its task (``OwnedRun.lease_lost``): each task runs in
-    its own cancel scope. False: only the engine closing ends a task early."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
@@ -186,7 +183,7 @@ class RunWiring:
     the hooks and the clock."""
 
     __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "owner", "path",
-                 "publish_now", "queues_commands", "revokes_runs", "save_now",
+                 "publish_now", "queues_commands", "save_now",
                  "stage_payloads")
 
     def __init__(self, host: RunHost) -> None:
@@ -197,7 +194,6 @@ class RunWiring:
         # ``Ownership.queues_commands``: drain requests come, applied batches are
         # acknowledged; not for an engine alone on its store (nothing to do for either)
         self.queues_commands: bool = getattr(owner, "queues_commands", True)
-        self.revokes_runs: bool = getattr(owner, "revokes_runs", True)
         # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
         self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
             None = getattr(owner, "save_changes_now", None)

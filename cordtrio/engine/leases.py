@@ -61,7 +61,6 @@ class LeaseKeeper:
     implementing ``RunLeases``)."""
 
     queues_commands = True
-    revokes_runs = True
 
     def __init__(self, store: Store, leases: RunLeases, router: RunRouter, owner: str,
                  ttl: float) -> None:

@@ -28,7 +28,6 @@ class SingleEngine:
     """``host.Ownership`` for an engine alone on its store."""
 
     queues_commands = False
-    revokes_runs = False
 
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store

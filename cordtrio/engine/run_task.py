@@ -14,11 +14,9 @@ pass over them before the write, one over the rest after it):
 5. acknowledge the envelopes (read-your-writes for the public API).
 
 Timers live in the task (``timers.Timers``: a heap of deadlines on Trio's clock), so
-they end with the task — the run's lifetime — all at once. Where the engine's ownership
-can take a run away (multi-engine: a lost lease; ``Ownership.revokes_runs``) the task runs
-in its own cancel scope, and cancelling it stops the run's task at once; alone on its
-store, only the engine closing ends a task early (the engine nursery's scope), so no scope
-of its own is entered (entering and leaving one costs more than a W1 step's shell work).
+they end with the task — the run's lifetime — all at once. The task runs in its own
+cancel scope, the run's cancellation in the shell: cancelling it (a lost lease, in
+multi-engine mode) stops the run's task at once.
 The effects' I/O is in ``effects``; envelopes and the API's hand-over objects in
 ``envelopes``; what every task of an engine shares in ``host.RunWiring``.
 """
@@ -94,10 +92,7 @@ class RunTask:
         self.run_id = run_id
         self._preload = preload
         self.mailbox = Mailbox()
-        # the run's cancellation, where the ownership can take the run away (a lost lease;
-        # ``Ownership.revokes_runs``): alone on its store, nothing but the engine closing
-        # ends a run's task early (its nursery's scope), so no scope of its own to enter
-        self.scope = trio.CancelScope() if wiring.revokes_runs else None
+        self.scope = trio.CancelScope()  # the run's cancellation (a lost lease)
         self._timers = Timers()
         self._armed = self._timers.heap  # truthy while a timer is armed
         self._batch: list[Item] = _NOTHING  # the batch being applied (``in_flight``)
@@ -109,12 +104,8 @@ class RunTask:
         then apply envelopes until the run is terminal and idle; let go of the run at the
         end (``Ownership.let_go``)."""
         try:
-            scope = self.scope
-            if scope is None:
+            with self.scope:
                 await self._loop()
-            else:
-                with scope:
-                    await self._loop()
             state = self.state
             if state is not None and not self.lost and state.run.status.is_terminal:
                 # let go of a finished run: hand it to its waiters, or (nobody waited) to
@@ -144,8 +135,7 @@ class RunTask:
     def lease_lost(self) -> None:
         """The keeper found the lease gone: stop acting on the run now."""
         self.lost = True
-        if self.scope is not None:
-            self.scope.cancel()
+        self.scope.cancel()
 
     @property
     def in_flight(self) -> list[Envelope]:

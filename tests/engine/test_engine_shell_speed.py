@@ -304,17 +304,21 @@ def test_only_multi_engine_ownership_queues_commands() -> None:
     assert LeaseKeeper.queues_commands
 
 
-def test_only_a_run_that_can_be_taken_away_runs_in_a_cancel_scope_of_its_own() -> None:
-    """A run task enters a cancel scope of its own only where its ownership can revoke
-    the run (a lost lease cancels it); alone on its store, nothing would ever cancel it."""
-    from cordtrio.engine.leases import LeaseKeeper
-    from cordtrio.engine.ownership import SingleEngine
+async def test_every_run_task_has_a_cancel_scope_of_its_own(store) -> None:
+    """A run's cancel scope is its cancellation in the shell, in every mode (an engine alone
+    on its store too)."""
+    from test_run_host import Host
 
-    assert not SingleEngine.revokes_runs
-    assert LeaseKeeper.revokes_runs
+    from cordtrio.backends.memory import MemoryBus
+    from cordtrio.engine.run_task import RunTask
+
+    first = RunTask(Host(store, MemoryBus()), "r-1")
+    second = RunTask(Host(store, MemoryBus()), "r-2")
+    assert isinstance(first.scope, trio.CancelScope)
+    assert first.scope is not second.scope
 
 
-async def test_a_revocable_run_task_stops_at_once_when_its_lease_is_lost(store) -> None:
+async def test_a_run_task_stops_at_once_when_its_lease_is_lost(store) -> None:
     """``lease_lost`` cancels the task's scope: a task parked on its mailbox ends."""
     from test_run_host import Host
 
@@ -322,9 +326,7 @@ async def test_a_revocable_run_task_stops_at_once_when_its_lease_is_lost(store) 
     from cordtrio.engine.run_task import RunTask
 
     host = Host(store, MemoryBus())
-    host.ownership.revokes_runs = True
     task = RunTask(host, "r-missing")
-    assert task.scope is not None
     box = task.mailbox
     async with trio.open_nursery() as nursery:
         async def parked() -> None:
