@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from cordtrio.errors import ValidationError
@@ -30,8 +31,9 @@ from cordtrio.model import TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
 
-_NO_DATA: dict[str, Any] = {}
-"""The data of every kept event without any (never handed out: a read makes a fresh map)."""
+_NO_DATA: Any = MappingProxyType({})
+"""The data of every kept event without any: read-only (never handed out either: a read
+makes a fresh map)."""
 
 
 def _text(value: Any) -> str:
@@ -50,9 +52,16 @@ def _time(value: datetime) -> datetime:
 
 
 def private(event: TimelineEvent) -> TimelineEvent:
-    """A copy of ``event`` that shares nothing mutable with it (its data copied deeply)."""
+    """A copy of ``event`` that shares nothing mutable with it (its data copied deeply), its
+    time in UTC. Raises ``ValidationError`` for a time that is not a datetime."""
     data = event.data
-    return TimelineEvent(event.time, event.type, event.run_id, event.workflow_id,
+    time = event.time
+    if time is not None:
+        if not isinstance(time, datetime):
+            raise ValidationError(f"timeline event {event.type!r} of run {event.run_id!r}: "
+                                  f"time must be a datetime, not {type(time).__name__}")
+        time = _time(time)
+    return TimelineEvent(time, event.type, event.run_id, event.workflow_id,
                          event.step_id, event.job_id, event.status, event.result_ptr,
                          event.message, json_copy(data) if data else {})
 

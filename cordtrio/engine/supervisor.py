@@ -123,8 +123,8 @@ class Engine:
         self.schemas = schemas
         self.config = config
         self.clock = clock
-        self.on_step_dispatched = on_step_dispatched
-        self.on_step_finished = on_step_finished
+        self._on_step_dispatched = on_step_dispatched
+        self._on_step_finished = on_step_finished
         self._new_id = new_id
         self._runs: dict[str, RunTask] = {}
         self._wiring: RunWiring | None = None  # what every run task uses (``deliver``)
@@ -141,6 +141,17 @@ class Engine:
     def active_runs(self) -> int:
         """Number of runs with a task in this engine right now."""
         return len(self._runs)
+
+    @property
+    def on_step_dispatched(self) -> StepDispatchedHook | None:
+        """The hook given to ``open_engine`` (fixed for the engine's life: every run task
+        holds it)."""
+        return self._on_step_dispatched
+
+    @property
+    def on_step_finished(self) -> StepFinishedHook | None:
+        """The hook given to ``open_engine`` (fixed for the engine's life)."""
+        return self._on_step_finished
 
     async def start_run(self, workflow_id: str, run_id: str) -> None:
         """Start a created run (SPEC §3). Raises ``NotFoundError`` for a missing workflow
@@ -287,7 +298,7 @@ class Engine:
         if task is None:
             if self._ended:
                 self._ended.drop(run_id)  # the new task may change the run
-            # (the wiring made once the ownership is final: ``open_engine`` sets it first)
+            # (made at the first run: ``open_engine`` has set the ownership by then)
             wiring = self._wiring or self._wire()
             task = RunTask(self, run_id, preload, wiring)
             # Start first: on a closed engine start_soon raises, and a task registered but

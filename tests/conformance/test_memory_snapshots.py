@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from store_builders import at, big_run
 
 from cordtrio.backends.memory import MemoryStore
@@ -142,3 +143,32 @@ async def test_events_handed_over_read_back_as_copied_ones_do() -> None:
         mine[1].data["new"] = 1
         again = await store.list_timeline_events("run-1")
         assert again == got
+
+
+async def test_an_event_whose_time_is_no_datetime_is_refused_and_nothing_is_kept() -> None:
+    """A caller's event with a text time is refused at the append, naming the run; the
+    run's timeline stays readable and holds only the good events."""
+    from cordtrio.errors import ValidationError
+
+    store = MemoryStore()
+    await store.create_run(big_run())
+    good = TimelineEvent(time=at(1), type="run_status", run_id="run-1", status="running")
+    await store.append_timeline_event("run-1", good)
+    bad = TimelineEvent(time=at(2), type="step_completed", run_id="run-1")
+    bad.time = "2026-01-01T00:00:00Z"  # type: ignore[assignment]
+    with pytest.raises(ValidationError, match="run-1"):
+        await store.append_timeline_events("run-1", [bad])
+    with pytest.raises(ValidationError, match="time"):
+        await store.append_timeline_event("run-1", bad)
+    assert [e.type for e in await store.list_timeline_events("run-1")] == ["run_status"]
+
+
+async def test_the_shared_empty_data_of_kept_events_cannot_be_changed() -> None:
+    """Kept events without data share one read-only map: nobody can write into it."""
+    store = MemoryStore()
+    await store.create_run(big_run())
+    event = TimelineEvent(time=at(1), type="run_status", run_id="run-1")
+    store.save_run_changes_now(await store.get_run("run-1"), RunChanges(), [event])
+    with pytest.raises(TypeError):
+        event.data["x"] = 1
+    assert (await store.list_timeline_events("run-1"))[0].data == {}

@@ -354,3 +354,16 @@ async def test_a_result_reaches_its_run_bare_and_leaves_it_in_an_envelope(store)
     left = task.take_leftovers()
     assert [type(e) for e in left] == [Envelope, Envelope]
     assert left[0].event is result and left[0].done is None and not left[0].drain
+
+
+async def test_an_engines_hooks_are_fixed_for_its_life() -> None:
+    """Every run task holds the hooks given to ``open_engine``: they can be read, not
+    replaced (a replacement would be silently ignored by the tasks already wired)."""
+    def dispatched(run_id: str, step_id: str, job_id: str) -> None:
+        pass
+
+    async with open_engine(MemoryStore(), MemoryBus(), on_step_dispatched=dispatched) as engine:
+        assert engine.on_step_dispatched is dispatched
+        assert engine.on_step_finished is None
+        with pytest.raises(AttributeError):
+            engine.on_step_dispatched = None  # type: ignore[misc]
