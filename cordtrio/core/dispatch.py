@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
 from ..expr import render
-from ..model import Step, StepRun, StepStatus, TimelineEvent, WorkflowRun
+from ..model import Step, StepRun, StepStatus, WorkflowRun
 from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME
 from ..protocol import ActorType, Budget, JobMetadata, JobRequest
 from ..schemas import validate_value
@@ -16,7 +16,7 @@ from .events import ArmTimer, Dispatch, TimerKind
 from .finish import finish
 from .plan import Plan
 from .scope import NO_ITEM, build_scope
-from .state import RunJobs, Tx
+from .state import RunJobs, Tx, timeline_row
 
 _ACTOR_TYPES = {"human": ActorType.HUMAN, "service": ActorType.SERVICE}
 # Module constants: reading ``StepStatus.X`` costs ~90 ns on 3.11 (an enum descriptor).
@@ -143,16 +143,8 @@ def emit_job(
     data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
     if parent:
         data["foreach_index"] = index
-    event = _new(TimelineEvent)
-    event.time = tx.now
-    event.type = "step_dispatched"
-    event.run_id = run.id
-    event.workflow_id = run.workflow_id
-    event.step_id = target
-    event.job_id = job_id
-    event.status = _RUNNING_TEXT
-    event.result_ptr = event.message = ""
-    event.data = data
+    event = timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target, job_id,
+                         _RUNNING_TEXT, "", "", data)
     effects += (event, order)  # one call for two
     if timeout > 0 and not plan.starts_reported:
         effects.append(

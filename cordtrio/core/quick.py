@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from ..errors import CordtrioError
-from ..model import RunStatus, StepRun, StepStatus, TimelineEvent
+from ..model import RunStatus, StepRun, StepStatus
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
@@ -34,7 +34,7 @@ from .outputs import record_output
 from .plan import PlainJob
 from .ready import arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
-from .state import Tx
+from .state import Tx, timeline_row
 from .status import set_run_status
 
 # Module constants: reading ``StepStatus.X`` costs an enum descriptor call on Python 3.11.
@@ -115,19 +115,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         sr.error = {}
     changes.steps.add(target)
     effects = tx.effects
-    # the ``step_completed`` row and the hook's effect, their fields set one by one as
-    # ``Tx.timeline`` does (a third less than ``__init__``)
-    event = _new(TimelineEvent)
-    event.time = now
-    event.type = "step_completed"
-    event.run_id = run.id
-    event.workflow_id = run.workflow_id
-    event.step_id = target
-    event.job_id = job_id
-    event.status = _SUCCEEDED_TEXT
-    event.result_ptr = result_ptr
-    event.message = ""
-    event.data = {}
+    # the ``step_completed`` row and the hook's effect, their fields set one by one
+    event = timeline_row(now, "step_completed", run.id, run.workflow_id, target, job_id,
+                         _SUCCEEDED_TEXT, result_ptr, "", {})
     finished = _new(StepFinished)
     finished.step_id = target
     finished.status = _SUCCEEDED
