@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from operator import itemgetter
 
 from cordtrio.model import RunStatus
 from cordtrio.ports import status_text
@@ -18,6 +19,11 @@ from .frozen import H_CREATED, H_ORG, H_STATUS, H_UPDATED, H_WORKFLOW, HeaderSna
 from .run_record import RunRecord
 
 Index = dict[str, tuple[float, int]]
+
+
+# What a run is listed by in its workflow's index: a write that changes either is the one
+# that orders the run there (``RunRecord.created_seq``).
+workflow_place = itemgetter(H_WORKFLOW, H_CREATED)
 
 
 def newest(index: Index, limit: int) -> list[str]:
@@ -52,30 +58,30 @@ class RunIndexes:
     """
 
     def __init__(self, seq: itertools.count[int]) -> None:
-        self._seq = seq  # shared with the workflow index: one write order per store
+        # the next write's place in the write order (shared with the workflow index: one
+        # write order per store)
+        self.next_seq = seq.__next__
         self.all: Index = {}
         self.by_workflow: dict[str, Index] = {}
         self.by_status: dict[str, Index] = {}
         # non-terminal runs per org, counted (a set of ids would cost ~70 bytes per run)
         self.active_by_org: dict[str, int] = {}
-        self._dirty: dict[str, RunRecord] = {}
+        self.dirty: dict[str, RunRecord] = {}  # written since the last ``flush``
 
     def written(self, run_id: str, record: RunRecord, header: HeaderSnapshot,
                 new: bool = False) -> None:
         """The run's header is now ``header`` (``new``: the run was just created, with it):
         keep it in ``record``, stamp the write's order and mark the run for the next
-        ``flush``."""
-        old = record.header
-        record.header = header
-        seq = record.seq = next(self._seq)
-        if (new or old[H_CREATED] != header[H_CREATED]
-                or old[H_WORKFLOW] != header[H_WORKFLOW]):
+        ``flush``. (``MemoryStore.save_run_changes_now`` does the same inline.)"""
+        seq = record.seq = self.next_seq()
+        if new or workflow_place(record.header) != workflow_place(header):
             record.created_seq = seq  # the workflow listing's tie-break: this write
-        self._dirty[run_id] = record
+        record.header = header
+        self.dirty[run_id] = record
 
     def remove(self, run_id: str, record: RunRecord) -> None:
         """Take a deleted run out of every index."""
-        self._dirty.pop(run_id, None)
+        self.dirty.pop(run_id, None)
         if not record.indexed:
             return
         self.all.pop(run_id, None)
@@ -86,7 +92,7 @@ class RunIndexes:
 
     def flush(self) -> None:
         """Bring the index entries of every run written since the last flush in line."""
-        dirty = self._dirty
+        dirty = self.dirty
         if dirty:
             for run_id, record in dirty.items():
                 self._reindex(run_id, record)
@@ -127,4 +133,4 @@ class RunIndexes:
         record.workflow_id = workflow_id
 
 
-__all__ = ["Index", "RunIndexes", "drop", "is_terminal", "newest"]
+__all__ = ["Index", "RunIndexes", "drop", "is_terminal", "newest", "workflow_place"]

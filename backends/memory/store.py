@@ -59,7 +59,7 @@ from cordtrio.ports import (
 from cordtrio.validation import validate_workflow
 
 from .frozen import freeze_header, header_idempotency_key
-from .indexes import Index, RunIndexes, drop, newest
+from .indexes import Index, RunIndexes, drop, newest, workflow_place
 from .leases import LeaseBook, MemoryRunLeases
 from .run_record import RunRecord
 from .timelines import Timelines, private
@@ -229,10 +229,19 @@ class MemoryStore(MemoryRunLeases):
             if run.updated_at is None:
                 run.updated_at = self._now()
             # the input never changes after creation: the stored copy is kept (O(1) updates)
-            self._index.written(run.id, record, freeze_header(run))
+            header = freeze_header(run)
+            index = self._index  # ``index.written(run.id, record, header)``, inlined:
+            seq = record.seq = index.next_seq()
+            if workflow_place(record.header) != workflow_place(header):
+                record.created_seq = seq
+            record.header = header
+            index.dirty[run.id] = record
         record.write_changes(run, changes)
         if timeline:
-            self._timelines.append(run.id, timeline)
+            kept = record.events
+            if kept is None:
+                kept = record.events = self._timelines.kept(run.id)
+            self._timelines.add(kept, timeline)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         await trio.lowlevel.checkpoint_if_cancelled()

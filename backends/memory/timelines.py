@@ -88,19 +88,30 @@ class Timelines:
         self._events: dict[str, list[TimelineEvent]] = {}
 
     def append(self, run_id: str, events: Sequence[TimelineEvent]) -> None:
-        """Keep ``events`` (handed over: nobody else holds them) in order; those without
-        ``time`` get the clock's now (an empty ``run_id`` reads back as ``run_id``)."""
+        """Keep ``events`` (handed over: nobody else holds them) after the run's, in order
+        (see ``add``)."""
+        self.add(self.kept(run_id), events)
+
+    def kept(self, run_id: str) -> list[TimelineEvent]:
+        """The list the run's events are kept in (made empty for a run without any yet): a
+        store may hold on to it, for ``add``, until it ``drop``s the run's."""
         if not run_id:
             raise ValidationError("run id required")
+        kept = self._events.get(run_id)
+        if kept is None:
+            kept = self._events[run_id] = []
+        return kept
+
+    def add(self, kept: list[TimelineEvent], events: Sequence[TimelineEvent]) -> None:
+        """Keep ``events`` (handed over: nobody else holds them) at the end of ``kept`` (a
+        run's list, from ``kept``), in order; those without ``time`` get the clock's now (an
+        empty ``run_id`` reads back as the run's id)."""
         now: datetime | None = None
         for event in events:
             if event.time is None:
                 event.time = now = now or self._now()
             if not event.data:  # most events: their own empty map need not be kept (64 bytes)
                 event.data = _NO_DATA
-        kept = self._events.get(run_id)
-        if kept is None:
-            kept = self._events[run_id] = []
         kept += events
         if len(kept) > TIMELINE_CAP:
             del kept[:len(kept) - TIMELINE_CAP]
