@@ -198,8 +198,10 @@ def _freeze_header_fully(run: WorkflowRun) -> HeaderSnapshot:
     """The 19-field row of any header (see ``HeaderSnapshot``)."""
     row = _HEADER_RAW(run)
     status = row[H_STATUS]
+    output, error, labels, metadata = _HEADER_MAPS(run)
     return (*row[:H_STATUS], getattr(status, "_value_", status), *row[H_STATUS + 1:],
-            *(freeze(value) if value else None for value in _HEADER_MAPS(run)))
+            freeze(output) if output else None, freeze(error) if error else None,
+            freeze(labels) if labels else None, freeze(metadata) if metadata else None)
 
 
 def thaw_header(snap: HeaderSnapshot, input_: Frozen | None) -> WorkflowRun:

@@ -133,7 +133,7 @@ class RunRecord:
             except KeyError:  # one was removed: step by step
                 self._write_steps(run, names)
             else:
-                stored.update(zip(names, snaps))  # (rewriting a key keeps its place)
+                stored.update(zip(names, snaps, strict=True))  # (a rewrite keeps its place)
                 if len(stored) > size + 1:
                     self._order_fresh(run.steps, len(stored) - size)
         if changes.children:
@@ -147,19 +147,17 @@ class RunRecord:
                 self.write_context_key(run, key)
         names = changes.context_steps
         if names:
-            ctx_steps = run.context.get("steps")
             stored_steps = self.context_steps
-            if stored_steps is None or type(ctx_steps) is not dict or len(names) > 1:
-                self.write_context_steps(run, sorted(names, key=child_order_key))
-            else:  # the common case (one job's output), ``write_context_steps`` inlined
-                (key,) = names
-                if key in ctx_steps:
-                    try:  # ``freeze`` inlined: one call less per job result
-                        stored_steps[key] = dumps(ctx_steps[key], 2)
-                    except ValueError:
-                        stored_steps[key] = freeze(ctx_steps[key])
-                else:
-                    stored_steps.pop(key, None)
+            if stored_steps is not None:
+                try:  # the common case (one job's output), ``write_context_steps`` inlined
+                    ctx_steps = run.context["steps"]
+                    if ctx_steps.__class__ is dict:
+                        (key,) = names
+                        stored_steps[key] = dumps(ctx_steps[key], 2)  # ``freeze`` inlined
+                        return
+                except (KeyError, ValueError):  # (no such entry, several, or no marshal)
+                    pass
+            self.write_context_steps(run, sorted(names, key=child_order_key))
 
     def _write_steps(self, run: WorkflowRun, names: set[str]) -> None:
         """``write_changes`` of the steps ``names``, some of which ``run`` no longer has."""

@@ -222,9 +222,10 @@ class MemoryStore(MemoryRunLeases):
         handed over to the store, which keeps them as they are (``ports.WritesNow``)."""
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
-        record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step
-        if record is None:
-            raise NotFoundError(f"run {run.id!r} not found")
+        try:  # ``_record`` inlined: one write per engine step
+            record = self._runs[run.id]
+        except KeyError:
+            raise NotFoundError(f"run {run.id!r} not found") from None
         if changes.header:
             if run.updated_at is None:
                 run.updated_at = self._now()
