@@ -9,6 +9,14 @@ references, so a thawed value is a tree, like ``json_copy`` makes) — one C cal
 several times cheaper than copying the objects in Python, and the bytes cannot be mutated.
 Empty maps are kept as ``None`` and thawed into fresh ones.
 
+Most writes are plain: a step without input or error whose output and item are strings or
+None (every step an engine writes for a job), a header whose output, error, labels and
+metadata are empty (every step's but the last). Such a part is kept as the tuple one
+``operator.attrgetter`` call reads its fields into, the status as its enum value
+(``status._value_``): a C call rather than a Python expression per field (~50 → ~16
+bytecodes a step). Any other part is that row with its maps and odd values frozen (the
+longer row): ``thaw_*`` tell them apart by length, and tests compare both ways.
+
 Why snapshots rather than live model objects copied on read: a step's write then costs one
 tuple (most of a step's fields are immutable), and a tuple of strings, numbers, datetimes
 and bytes is untracked by the cyclic garbage collector the first time it sees it, whose

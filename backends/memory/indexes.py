@@ -32,6 +32,8 @@ def newest(index: Index, limit: int) -> list[str]:
 
 
 _TERMINAL = frozenset(str(s.value) for s in RunStatus if s.is_terminal)
+_STATUS_TEXTS = frozenset(str(s.value) for s in RunStatus)  # ``status_text`` keeps these
+_indexed = itemgetter(H_STATUS, H_ORG, H_WORKFLOW, H_CREATED, H_UPDATED)
 
 
 def is_terminal(status: str) -> bool:
@@ -107,26 +109,29 @@ class RunIndexes:
 
     def _reindex(self, run_id: str, record: RunRecord) -> None:
         """The run's index entries from its header (status, org, times, write order)."""
-        header = record.header
-        status = status_text(header[H_STATUS])
-        org_id = header[H_ORG]
-        workflow_id = header[H_WORKFLOW]
-        created_at, updated_at = header[H_CREATED], header[H_UPDATED]
+        status, org_id, workflow_id, created_at, updated_at = _indexed(record.header)
+        if status.__class__ is not str or status not in _STATUS_TEXTS:  # (most: the text)
+            status = status_text(status)
         created = created_at.timestamp() if created_at else 0.0  # the times as unix seconds
         updated = updated_at.timestamp() if updated_at else created
-        new = not record.indexed
-        if not new and workflow_id != record.workflow_id:
-            drop(self.by_workflow, record.workflow_id, run_id)
+        active = status not in _TERMINAL
+        if record.indexed:  # moved: out of the entries it no longer has
+            if workflow_id != record.workflow_id:
+                drop(self.by_workflow, record.workflow_id, run_id)
+            if status != record.status:
+                drop(self.by_status, record.status, run_id)
+            was_active = record.status not in _TERMINAL
+            if was_active is not active or org_id != record.org_id:  # (else: counted)
+                if was_active:
+                    self._count_active(record.org_id, -1)
+                if active:
+                    self._count_active(org_id, 1)
+        elif active:
+            self._count_active(org_id, 1)
         self.by_workflow.setdefault(workflow_id, {})[run_id] = (created, record.created_seq)
-        if not new and status != record.status:
-            drop(self.by_status, record.status, run_id)
         key = (updated, record.seq)  # one tuple shared by both indexes
         self.by_status.setdefault(status, {})[run_id] = key
         self.all[run_id] = key
-        if not new and not is_terminal(record.status):
-            self._count_active(record.org_id, -1)
-        if not is_terminal(status):
-            self._count_active(org_id, 1)
         record.indexed = True
         record.status = status
         record.org_id = org_id

@@ -38,6 +38,7 @@ _NO_DATA: Any = MappingProxyType({})
 makes a fresh map)."""
 
 
+_ALL_BUT_NEWEST = slice(-TIMELINE_CAP)  # what trimming a timeline to its newest removes
 _time_of = attrgetter("time")
 _data_of = attrgetter("data")
 
@@ -120,8 +121,7 @@ class Timelines:
         for event in filterfalse(_data_of, events):  # most events: no data, and their own
             event.data = _NO_DATA  # empty map need not be kept (64 bytes)
         kept += events
-        if len(kept) > TIMELINE_CAP:
-            del kept[:len(kept) - TIMELINE_CAP]
+        del kept[_ALL_BUT_NEWEST]  # (nothing while the run has at most ``TIMELINE_CAP``)
 
     def newest(self, run_id: str, limit: int) -> list[TimelineEvent]:
         """The newest ``limit`` events of the run, oldest first; ``[]`` for an unknown run."""
