@@ -88,6 +88,8 @@ class Timelines:
     """Each run's events, oldest first, trimmed to the newest ``TIMELINE_CAP`` on append.
 
     A plain list per run: an empty deque costs ~600 bytes, which parked runs (W4) would pay.
+    ``MemoryStore`` keeps a run's list on its record too (``kept``), so that an engine's
+    write appends to it (``add``) without looking it up.
     """
 
     def __init__(self, now: Callable[[], datetime]) -> None:

@@ -146,3 +146,26 @@ def test_one_output_written_the_short_way_reads_back_as_the_general_way(
     assert records[0] == records[1]
     assert list(records[0].context.get("steps", {})) == list(
         records[1].context.get("steps", {}))
+
+
+async def test_a_runs_timeline_is_one_list_whichever_way_events_come() -> None:
+    """The engine's writes append to the list the record holds, the other appends to the
+    one the timelines keep: the same list, until the run is deleted with it."""
+    from cordtrio.backends.memory import MemoryStore
+    from cordtrio.model import TimelineEvent
+
+    def event(n: int) -> TimelineEvent:
+        return TimelineEvent(T1, f"e{n}", "r")
+
+    store = MemoryStore()
+    await store.append_timeline_event("r", event(0))  # before the run exists
+    for again in (False, True):
+        run = WorkflowRun(id="r", workflow_id="wf", created_at=T1)
+        await store.create_run(run)
+        store.save_run_changes_now(run, RunChanges(header=True), [event(1)])
+        await store.append_timeline_events("r", [event(2)])
+        store.save_run_changes_now(run, RunChanges(), [event(3), event(4)])
+        got = [e.type for e in await store.list_timeline_events("r")]
+        assert got == ([] if again else ["e0"]) + ["e1", "e2", "e3", "e4"]
+        await store.delete_run("r")
+        assert await store.list_timeline_events("r") == []
