@@ -9,6 +9,14 @@ references, so a thawed value is a tree, like ``json_copy`` makes) — one C cal
 several times cheaper than copying the objects in Python, and the bytes cannot be mutated.
 Empty maps are kept as ``None`` and thawed into fresh ones.
 
+Most writes are plain: a step without input or error whose output and item are strings or
+None (every step an engine writes for a job), a header whose output, error, labels and
+metadata are empty (every step's but the last). Such a part is kept as the tuple one
+``operator.attrgetter`` call reads its fields into, the status as its enum value
+(``status._value_``): a C call rather than a Python expression per field (~50 → ~16
+bytecodes a step). Any other part is that row with its maps and odd values frozen (the
+longer row): ``thaw_*`` tell them apart by length, and tests compare both ways.
+
 Why snapshots rather than live model objects copied on read: a step's write then costs one
 tuple (most of a step's fields are immutable), and a tuple of strings, numbers, datetimes
 and bytes is untracked by the cyclic garbage collector the first time it sees it, whose
@@ -26,7 +34,9 @@ A thawed part equals what a ``to_dict``/``from_dict`` round trip of the saved pa
 
 from __future__ import annotations
 
+import itertools
 import marshal
+from operator import attrgetter
 from typing import Any
 
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun, json_copy
@@ -97,38 +107,63 @@ def _thaw_map(field: Field) -> Any:
 
 # ----------------------------------------------------------------------------- step runs
 
-# (step_id, status, started, completed, next_attempt, attempts, job_id, input, output,
-#  error, item): input and error as maps, output and item as fields
+# A step is kept as one of two rows. Most steps (every one a W1 run writes) have no input,
+# no error, and no output or item but a string: such a step is its fields read in one C
+# call (``_STEP_ROW``, the status as its string: ``status._value_``), kept as it comes:
+#   (step_id, status, started, completed, next_attempt, attempts, job_id, output, item)
+# Any other step is that row with its output and item as fields, followed by its input
+# and error as maps (``freeze(value) if value else None``): 11 fields.
 StepSnapshot = tuple[Any, ...]
+_STEP_ROW = attrgetter("step_id", "status._value_", "started_at", "completed_at",
+                       "next_attempt_at", "attempts", "job_id", "output", "item")
+# the rest of a plain step: no input, no error, no output or item but a string (compared
+# with these at C speed: an empty map equals {})
+_STEP_REST = attrgetter("input", "error", "output.__class__", "item.__class__")
+_PLAIN_RESTS = tuple(({}, {}, *kinds) for kinds in itertools.product((str, type(None)), repeat=2))
+_PLAIN_STEP = 9  # the length of a plain step's row
 
 
-def freeze_step(sr: StepRun, step_id: str) -> StepSnapshot:
-    """``sr`` without its children (the store keeps those apart); an empty step id takes
-    ``step_id`` (its key), as ``StepRun.from_dict`` does."""
-    output, item, status = sr.output, sr.item, sr.status
-    return (sr.step_id or step_id,
-            status._value_ if status.__class__ is StepStatus else status,
-            sr.started_at, sr.completed_at,
-            sr.next_attempt_at, sr.attempts, sr.job_id,
-            freeze(sr.input) if sr.input else None,
-            output if output is None or type(output) is str else freeze_field(output),
-            freeze(sr.error) if sr.error else None,
-            item if item is None or type(item) is str else freeze_field(item))
+def freeze_step(sr: StepRun) -> StepSnapshot:
+    """``sr`` without its children (the store keeps those apart). Its step id is kept as it
+    is: an empty one reads back as its key (``thaw_step``), as ``StepRun.from_dict`` does."""
+    try:
+        row: StepSnapshot = _STEP_ROW(sr)
+    except AttributeError:  # a status that is no enum member (text)
+        return _freeze_step_fully(sr)
+    if _STEP_REST(sr) in _PLAIN_RESTS:
+        return row
+    return _freeze_step_fully(sr)
 
 
-def thaw_step(snap: StepSnapshot) -> StepRun:
-    """A fresh ``StepRun`` (without children) from ``freeze_step``'s snapshot."""
-    sid, status, started, completed, next_attempt, attempts, job_id, inp, output, err, item \
-        = snap
+def _freeze_step_fully(sr: StepRun) -> StepSnapshot:
+    """The 11-field row of any step (see ``StepSnapshot``)."""
+    status = sr.status
+    inp, error = sr.input, sr.error
+    return (sr.step_id, getattr(status, "_value_", status), sr.started_at, sr.completed_at,
+            sr.next_attempt_at, sr.attempts, sr.job_id, freeze_field(sr.output),
+            freeze_field(sr.item), freeze(inp) if inp else None,
+            freeze(error) if error else None)
+
+
+def thaw_step(snap: StepSnapshot, key: str) -> StepRun:
+    """A fresh ``StepRun`` (without children) from ``freeze_step``'s snapshot of the step
+    kept at ``key`` (its step id when the step had none)."""
+    if len(snap) == _PLAIN_STEP:
+        sid, status, started, completed, next_attempt, attempts, job_id, output, item = snap
+        inp: Any = {}
+        err: Any = {}
+    else:
+        (sid, status, started, completed, next_attempt, attempts, job_id, output, item,
+         inp, err) = snap
+        output, item = thaw_field(output), thaw_field(item)
+        inp, err = _thaw_map(inp), _thaw_map(err)
     step = _new(StepRun)
     step.__dict__ = {
-        "step_id": sid,
+        "step_id": sid or key,
         "status": _STEP_STATUS.get(status, status) if status.__class__ is str else status,
         "started_at": started, "completed_at": completed,
         "next_attempt_at": next_attempt, "attempts": attempts,
-        "input": _thaw_map(inp), "output": output if type(output) is str else thaw_field(output),
-        "error": _thaw_map(err), "job_id": job_id,
-        "item": item if item is None or type(item) is str else thaw_field(item),
+        "input": inp, "output": output, "error": err, "job_id": job_id, "item": item,
         "children": {},
     }
     return step
@@ -136,36 +171,63 @@ def thaw_step(snap: StepSnapshot) -> StepRun:
 
 # --------------------------------------------------------------------------- run headers
 
-# (id, workflow_id, org_id, team_id, output, error, total_cost, triggered_by, labels,
-#  metadata, idempotency_key, rerun_of, rerun_step, dry_run, status, started_at,
-#  completed_at, created_at, updated_at): the four maps frozen (None when empty)
+# A run header (every field but steps, context and input) is kept like a step: a run whose
+# output, error, labels and metadata are empty (most writes: a step's) as its other fields
+# read in one C call, the status as its string:
+#   (id, workflow_id, org_id, team_id, total_cost, triggered_by, idempotency_key, rerun_of,
+#    rerun_step, dry_run, status, started_at, completed_at, created_at, updated_at)
+# any other with those four maps frozen after them (None when empty): 19 fields.
 HeaderSnapshot = tuple[Any, ...]
-H_WORKFLOW, H_ORG, H_IDEMPOTENCY_KEY = 1, 2, 10
-H_STATUS, H_CREATED, H_UPDATED = 14, 17, 18
+_HEADER_FIELDS = ("id", "workflow_id", "org_id", "team_id", "total_cost", "triggered_by",
+                  "idempotency_key", "rerun_of", "rerun_step", "dry_run", "status",
+                  "started_at", "completed_at", "created_at", "updated_at")
+H_WORKFLOW, H_ORG, H_IDEMPOTENCY_KEY, H_STATUS, H_CREATED, H_UPDATED = 1, 2, 6, 10, 13, 14
+_HEADER_ROW = attrgetter(*_HEADER_FIELDS[:H_STATUS], "status._value_",
+                         *_HEADER_FIELDS[H_STATUS + 1:])
+_HEADER_RAW = attrgetter(*_HEADER_FIELDS)
+_HEADER_MAPS = attrgetter("output", "error", "labels", "metadata")
+_NO_MAPS: tuple[Any, ...] = ({}, {}, {}, {})  # compared with, never handed out
+_PLAIN_HEADER = len(_HEADER_FIELDS)
 
 
 def freeze_header(run: WorkflowRun) -> HeaderSnapshot:
     """Every field of ``run`` but ``steps``, ``context`` and ``input`` (kept apart: the input
     never changes after creation, and a step event rewrites only the header)."""
-    output, error, labels, metadata = run.output, run.error, run.labels, run.metadata
-    status = run.status
-    return (run.id, run.workflow_id, run.org_id, run.team_id,
+    try:
+        row: HeaderSnapshot = _HEADER_ROW(run)
+    except AttributeError:  # a status that is no enum member (text)
+        return _freeze_header_fully(run)
+    if _HEADER_MAPS(run) == _NO_MAPS:
+        return row
+    return _freeze_header_fully(run)
+
+
+def _freeze_header_fully(run: WorkflowRun) -> HeaderSnapshot:
+    """The 19-field row of any header (see ``HeaderSnapshot``)."""
+    row = _HEADER_RAW(run)
+    status = row[H_STATUS]
+    output, error, labels, metadata = _HEADER_MAPS(run)
+    return (*row[:H_STATUS], getattr(status, "_value_", status), *row[H_STATUS + 1:],
             freeze(output) if output else None, freeze(error) if error else None,
-            run.total_cost, run.triggered_by,
-            freeze(labels) if labels else None, freeze(metadata) if metadata else None,
-            run.idempotency_key, run.rerun_of, run.rerun_step, run.dry_run,
-            status._value_ if status.__class__ is RunStatus else status,
-            run.started_at, run.completed_at, run.created_at, run.updated_at)
+            freeze(labels) if labels else None, freeze(metadata) if metadata else None)
 
 
 def thaw_header(snap: HeaderSnapshot, input_: Frozen | None) -> WorkflowRun:
     """A fresh ``WorkflowRun`` (no steps, empty context) from ``freeze_header``'s snapshot and
     the frozen input (None: no input)."""
-    (rid, workflow_id, org_id, team_id, output, error, total_cost, triggered_by, labels,
-     metadata, idempotency_key, rerun_of, rerun_step, dry_run, status, started, completed,
-     created, updated) = snap
-    labels = _thaw_map(labels)
-    metadata = _thaw_map(metadata)
+    if len(snap) == _PLAIN_HEADER:
+        (rid, workflow_id, org_id, team_id, total_cost, triggered_by, idempotency_key,
+         rerun_of, rerun_step, dry_run, status, started, completed, created, updated) = snap
+        output: Any = {}
+        error: Any = {}
+        labels: Any = {}
+        metadata: Any = {}
+    else:
+        (rid, workflow_id, org_id, team_id, total_cost, triggered_by, idempotency_key,
+         rerun_of, rerun_step, dry_run, status, started, completed, created, updated,
+         output, error, labels, metadata) = snap
+        output, error = _thaw_map(output), _thaw_map(error)
+        labels, metadata = _thaw_map(labels), _thaw_map(metadata)
     run = _new(WorkflowRun)
     run.__dict__ = {
         "id": rid, "workflow_id": workflow_id, "org_id": org_id, "team_id": team_id,
@@ -173,7 +235,7 @@ def thaw_header(snap: HeaderSnapshot, input_: Frozen | None) -> WorkflowRun:
         "context": {},
         "status": _RUN_STATUS.get(status, status) if status.__class__ is str else status,
         "started_at": started, "completed_at": completed,
-        "output": _thaw_map(output), "error": _thaw_map(error),
+        "output": output, "error": error,
         "steps": {}, "total_cost": float(total_cost) if total_cost else 0.0,
         "triggered_by": triggered_by, "created_at": created, "updated_at": updated,
         "labels": {str(k): str(v) for k, v in labels.items()} if labels else {},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from operator import itemgetter
 
 from cordtrio.model import RunStatus
 from cordtrio.ports import status_text
@@ -20,12 +21,19 @@ from .run_record import RunRecord
 Index = dict[str, tuple[float, int]]
 
 
+# What a run is listed by in its workflow's index: a write that changes either is the one
+# that orders the run there (``RunRecord.created_seq``).
+workflow_place = itemgetter(H_WORKFLOW, H_CREATED)
+
+
 def newest(index: Index, limit: int) -> list[str]:
     """Ids of ``index`` newest first, at most ``limit`` (O(n log limit))."""
     return [rid for rid, _ in heapq.nlargest(limit, index.items(), key=lambda kv: kv[1])]
 
 
 _TERMINAL = frozenset(str(s.value) for s in RunStatus if s.is_terminal)
+_STATUS_TEXTS = frozenset(str(s.value) for s in RunStatus)  # ``status_text`` keeps these
+_indexed = itemgetter(H_STATUS, H_ORG, H_WORKFLOW, H_CREATED, H_UPDATED)
 
 
 def is_terminal(status: str) -> bool:
@@ -52,30 +60,30 @@ class RunIndexes:
     """
 
     def __init__(self, seq: itertools.count[int]) -> None:
-        self._seq = seq  # shared with the workflow index: one write order per store
+        # the next write's place in the write order (shared with the workflow index: one
+        # write order per store)
+        self.next_seq = seq.__next__
         self.all: Index = {}
         self.by_workflow: dict[str, Index] = {}
         self.by_status: dict[str, Index] = {}
         # non-terminal runs per org, counted (a set of ids would cost ~70 bytes per run)
         self.active_by_org: dict[str, int] = {}
-        self._dirty: dict[str, RunRecord] = {}
+        self.dirty: dict[str, RunRecord] = {}  # written since the last ``flush``
 
     def written(self, run_id: str, record: RunRecord, header: HeaderSnapshot,
                 new: bool = False) -> None:
         """The run's header is now ``header`` (``new``: the run was just created, with it):
         keep it in ``record``, stamp the write's order and mark the run for the next
-        ``flush``."""
-        old = record.header
-        record.header = header
-        seq = record.seq = next(self._seq)
-        if (new or old[H_CREATED] != header[H_CREATED]
-                or old[H_WORKFLOW] != header[H_WORKFLOW]):
+        ``flush``. (``MemoryStore.save_run_changes_now`` does the same inline.)"""
+        seq = record.seq = self.next_seq()
+        if new or workflow_place(record.header) != workflow_place(header):
             record.created_seq = seq  # the workflow listing's tie-break: this write
-        self._dirty[run_id] = record
+        record.header = header
+        self.dirty[run_id] = record
 
     def remove(self, run_id: str, record: RunRecord) -> None:
         """Take a deleted run out of every index."""
-        self._dirty.pop(run_id, None)
+        self.dirty.pop(run_id, None)
         if not record.indexed:
             return
         self.all.pop(run_id, None)
@@ -86,7 +94,7 @@ class RunIndexes:
 
     def flush(self) -> None:
         """Bring the index entries of every run written since the last flush in line."""
-        dirty = self._dirty
+        dirty = self.dirty
         if dirty:
             for run_id, record in dirty.items():
                 self._reindex(run_id, record)
@@ -101,30 +109,33 @@ class RunIndexes:
 
     def _reindex(self, run_id: str, record: RunRecord) -> None:
         """The run's index entries from its header (status, org, times, write order)."""
-        header = record.header
-        status = status_text(header[H_STATUS])
-        org_id = header[H_ORG]
-        workflow_id = header[H_WORKFLOW]
-        created_at, updated_at = header[H_CREATED], header[H_UPDATED]
+        status, org_id, workflow_id, created_at, updated_at = _indexed(record.header)
+        if status.__class__ is not str or status not in _STATUS_TEXTS:  # (most: the text)
+            status = status_text(status)
         created = created_at.timestamp() if created_at else 0.0  # the times as unix seconds
         updated = updated_at.timestamp() if updated_at else created
-        new = not record.indexed
-        if not new and workflow_id != record.workflow_id:
-            drop(self.by_workflow, record.workflow_id, run_id)
+        active = status not in _TERMINAL
+        if record.indexed:  # moved: out of the entries it no longer has
+            if workflow_id != record.workflow_id:
+                drop(self.by_workflow, record.workflow_id, run_id)
+            if status != record.status:
+                drop(self.by_status, record.status, run_id)
+            was_active = record.status not in _TERMINAL
+            if was_active is not active or org_id != record.org_id:  # (else: counted)
+                if was_active:
+                    self._count_active(record.org_id, -1)
+                if active:
+                    self._count_active(org_id, 1)
+        elif active:
+            self._count_active(org_id, 1)
         self.by_workflow.setdefault(workflow_id, {})[run_id] = (created, record.created_seq)
-        if not new and status != record.status:
-            drop(self.by_status, record.status, run_id)
         key = (updated, record.seq)  # one tuple shared by both indexes
         self.by_status.setdefault(status, {})[run_id] = key
         self.all[run_id] = key
-        if not new and not is_terminal(record.status):
-            self._count_active(record.org_id, -1)
-        if not is_terminal(status):
-            self._count_active(org_id, 1)
         record.indexed = True
         record.status = status
         record.org_id = org_id
         record.workflow_id = workflow_id
 
 
-__all__ = ["Index", "RunIndexes", "drop", "is_terminal", "newest"]
+__all__ = ["Index", "RunIndexes", "drop", "is_terminal", "newest", "workflow_place"]

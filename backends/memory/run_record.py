@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from marshal import dumps
 
-from cordtrio.model import StepRun, WorkflowRun
+from cordtrio.model import StepRun, TimelineEvent, WorkflowRun
 from cordtrio.ports import RunChanges, child_order_key
 
 from .frozen import (
@@ -39,11 +39,11 @@ ChildSnapshot = StepSnapshot | StepRun
 
 
 def _freeze_child(child: StepRun, cid: str) -> ChildSnapshot:
-    return child.clone(step_id=cid) if child.children else freeze_step(child, cid)
+    return child.clone(step_id=cid) if child.children else freeze_step(child)
 
 
-def _thaw_child(snap: ChildSnapshot) -> StepRun:
-    return snap.clone() if isinstance(snap, StepRun) else thaw_step(snap)
+def _thaw_child(snap: ChildSnapshot, cid: str) -> StepRun:
+    return snap.clone() if isinstance(snap, StepRun) else thaw_step(snap, cid)
 
 
 @dataclass(slots=True)
@@ -65,6 +65,9 @@ class RunRecord:
     status: str = ""
     org_id: str = ""
     workflow_id: str = ""
+    # The run's timeline as ``Timelines`` keeps it (``Timelines.kept``), once a write of the
+    # store's own has appended to it: no look-up per write.
+    events: list[TimelineEvent] | None = None
 
     @classmethod
     def of(cls, run: WorkflowRun) -> RunRecord:
@@ -80,10 +83,10 @@ class RunRecord:
         children = self.children
         steps: dict[str, StepRun] = {}
         for sid, stored in self.steps.items():
-            step = thaw_step(stored)
+            step = thaw_step(stored, sid)
             kids = children.get(sid) if children else None
             if kids:
-                step.children = {cid: _thaw_child(kid) for cid, kid in kids.items()}
+                step.children = {cid: _thaw_child(kid, cid) for cid, kid in kids.items()}
             steps[sid] = step
         run.steps = steps
         keys = self.context_keys
@@ -103,7 +106,7 @@ class RunRecord:
 
     def copy_body(self, run: WorkflowRun) -> None:
         """Replace the steps, children and context with copies of ``run``'s."""
-        self.steps = {sid: freeze_step(sr, sid) for sid, sr in run.steps.items()}
+        self.steps = {sid: freeze_step(sr) for sid, sr in run.steps.items()}
         self.children = {
             sid: {cid: _freeze_child(child, cid) for cid, child in sr.children.items()}
             for sid, sr in run.steps.items()
@@ -123,20 +126,16 @@ class RunRecord:
         header (``RunIndexes.written``); a named part absent from ``run`` is deleted."""
         names = changes.steps
         if names:
-            stored, steps = self.steps, run.steps
-            fresh = 0
-            for sid in names:
-                sr = steps.get(sid)
-                if sr is None:
-                    stored.pop(sid, None)
-                    if self.children:
-                        self.children.pop(sid, None)
-                    continue
-                if sid not in stored:  # (rewriting a key keeps its place)
-                    fresh += 1
-                stored[sid] = freeze_step(sr, sid)
-            if fresh > 1:
-                self._order_fresh(steps, fresh)
+            stored = self.steps
+            size = len(stored)
+            try:  # every step named at once (a C loop), if the run has them all
+                snaps = [*map(freeze_step, map(run.steps.__getitem__, names))]
+            except KeyError:  # one was removed: step by step
+                self._write_steps(run, names)
+            else:
+                stored.update(zip(names, snaps, strict=True))  # (a rewrite keeps its place)
+                if len(stored) > size + 1:
+                    self._order_fresh(run.steps, len(stored) - size)
         if changes.children:
             for parent in changes.children:
                 self.write_children(run, parent, changes.ordered_children(parent))
@@ -148,19 +147,34 @@ class RunRecord:
                 self.write_context_key(run, key)
         names = changes.context_steps
         if names:
-            ctx_steps = run.context.get("steps")
             stored_steps = self.context_steps
-            if stored_steps is None or type(ctx_steps) is not dict or len(names) > 1:
-                self.write_context_steps(run, sorted(names, key=child_order_key))
-            else:  # the common case (one job's output), ``write_context_steps`` inlined
-                (key,) = names
-                if key in ctx_steps:
-                    try:  # ``freeze`` inlined: one call less per job result
-                        stored_steps[key] = dumps(ctx_steps[key], 2)
-                    except ValueError:
-                        stored_steps[key] = freeze(ctx_steps[key])
-                else:
-                    stored_steps.pop(key, None)
+            if stored_steps is not None:
+                try:  # the common case (one job's output), ``write_context_steps`` inlined
+                    ctx_steps = run.context["steps"]
+                    if ctx_steps.__class__ is dict:
+                        (key,) = names
+                        stored_steps[key] = dumps(ctx_steps[key], 2)  # ``freeze`` inlined
+                        return
+                except (KeyError, ValueError):  # (no such entry, several, or no marshal)
+                    pass
+            self.write_context_steps(run, sorted(names, key=child_order_key))
+
+    def _write_steps(self, run: WorkflowRun, names: set[str]) -> None:
+        """``write_changes`` of the steps ``names``, some of which ``run`` no longer has."""
+        stored, steps = self.steps, run.steps
+        fresh = 0
+        for sid in names:
+            sr = steps.get(sid)
+            if sr is None:
+                stored.pop(sid, None)
+                if self.children:
+                    self.children.pop(sid, None)
+                continue
+            if sid not in stored:  # (rewriting a key keeps its place)
+                fresh += 1
+            stored[sid] = freeze_step(sr)
+        if fresh > 1:
+            self._order_fresh(steps, fresh)
 
     def _order_fresh(self, steps: dict[str, StepRun], fresh: int) -> None:
         """Put the ``fresh`` steps just added (the last ones stored, in set order) in the

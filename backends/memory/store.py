@@ -59,7 +59,7 @@ from cordtrio.ports import (
 from cordtrio.validation import validate_workflow
 
 from .frozen import freeze_header, header_idempotency_key
-from .indexes import Index, RunIndexes, drop, newest
+from .indexes import Index, RunIndexes, drop, newest, workflow_place
 from .leases import LeaseBook, MemoryRunLeases
 from .run_record import RunRecord
 from .timelines import Timelines, private
@@ -222,17 +222,27 @@ class MemoryStore(MemoryRunLeases):
         handed over to the store, which keeps them as they are (``ports.WritesNow``)."""
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
-        record = self._runs.get(run.id)  # ``_record`` inlined: one write per engine step
-        if record is None:
-            raise NotFoundError(f"run {run.id!r} not found")
+        try:  # ``_record`` inlined: one write per engine step
+            record = self._runs[run.id]
+        except KeyError:
+            raise NotFoundError(f"run {run.id!r} not found") from None
         if changes.header:
             if run.updated_at is None:
                 run.updated_at = self._now()
             # the input never changes after creation: the stored copy is kept (O(1) updates)
-            self._index.written(run.id, record, freeze_header(run))
+            header = freeze_header(run)
+            index = self._index  # ``index.written(run.id, record, header)``, inlined:
+            seq = record.seq = index.next_seq()
+            if workflow_place(record.header) != workflow_place(header):
+                record.created_seq = seq
+            record.header = header
+            index.dirty[run.id] = record
         record.write_changes(run, changes)
         if timeline:
-            self._timelines.append(run.id, timeline)
+            kept = record.events
+            if kept is None:
+                kept = record.events = self._timelines.kept(run.id)
+            self._timelines.add(kept, timeline)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         await trio.lowlevel.checkpoint_if_cancelled()

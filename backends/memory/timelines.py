@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import filterfalse
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -34,6 +36,11 @@ from cordtrio.timeutil import parse_ts
 _NO_DATA: Any = MappingProxyType({})
 """The data of every kept event without any: read-only (never handed out either: a read
 makes a fresh map)."""
+
+
+_ALL_BUT_NEWEST = slice(-TIMELINE_CAP)  # what trimming a timeline to its newest removes
+_time_of = attrgetter("time")
+_data_of = attrgetter("data")
 
 
 def _text(value: Any) -> str:
@@ -81,6 +88,8 @@ class Timelines:
     """Each run's events, oldest first, trimmed to the newest ``TIMELINE_CAP`` on append.
 
     A plain list per run: an empty deque costs ~600 bytes, which parked runs (W4) would pay.
+    ``MemoryStore`` keeps a run's list on its record too (``kept``), so that an engine's
+    write appends to it (``add``) without looking it up.
     """
 
     def __init__(self, now: Callable[[], datetime]) -> None:
@@ -88,22 +97,33 @@ class Timelines:
         self._events: dict[str, list[TimelineEvent]] = {}
 
     def append(self, run_id: str, events: Sequence[TimelineEvent]) -> None:
-        """Keep ``events`` (handed over: nobody else holds them) in order; those without
-        ``time`` get the clock's now (an empty ``run_id`` reads back as ``run_id``)."""
+        """Keep ``events`` (handed over: nobody else holds them) after the run's, in order
+        (see ``add``)."""
+        self.add(self.kept(run_id), events)
+
+    def kept(self, run_id: str) -> list[TimelineEvent]:
+        """The list the run's events are kept in (made empty for a run without any yet): a
+        store may hold on to it, for ``add``, until it ``drop``s the run's."""
         if not run_id:
             raise ValidationError("run id required")
-        now: datetime | None = None
-        for event in events:
-            if event.time is None:
-                event.time = now = now or self._now()
-            if not event.data:  # most events: their own empty map need not be kept (64 bytes)
-                event.data = _NO_DATA
         kept = self._events.get(run_id)
         if kept is None:
             kept = self._events[run_id] = []
+        return kept
+
+    def add(self, kept: list[TimelineEvent], events: Sequence[TimelineEvent]) -> None:
+        """Keep ``events`` (handed over: nobody else holds them) at the end of ``kept`` (a
+        run's list, from ``kept``), in order; those without ``time`` get the clock's now (an
+        empty ``run_id`` reads back as the run's id)."""
+        if None in map(_time_of, events):  # (the loops in C: two or three events a step)
+            now = self._now()
+            for event in events:
+                if event.time is None:
+                    event.time = now
+        for event in filterfalse(_data_of, events):  # most events: no data, and their own
+            event.data = _NO_DATA  # empty map need not be kept (64 bytes)
         kept += events
-        if len(kept) > TIMELINE_CAP:
-            del kept[:len(kept) - TIMELINE_CAP]
+        del kept[_ALL_BUT_NEWEST]  # (nothing while the run has at most ``TIMELINE_CAP``)
 
     def newest(self, run_id: str, limit: int) -> list[TimelineEvent]:
         """The newest ``limit`` events of the run, oldest first; ``[]`` for an unknown run."""
