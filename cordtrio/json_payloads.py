@@ -333,6 +333,9 @@ class StorePath(NamedTuple):
     result_at_now: Callable[[str], JsonPayload] | None = None
     """The result a result *pointer* names:
     ``get_result(key_from_pointer(ptr, RESULT_PREFIX))``."""
+    store_context_now: Callable[[str, Any], None] | None = None
+    """``put_context_now(key, encode(value, True))`` in one call (``store_context_now(key,
+    value)``): ``encode``'s errors, then ``put_context_now``'s."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
@@ -345,7 +348,8 @@ def path_for(payloads: PayloadStore) -> StorePath:
             path = path._replace(put_context_now=store.put_context_payload_now,
                                  context_at_now=store.context_payload_at_now,
                                  put_result_now=store.put_result_payload_now,
-                                 result_at_now=store.result_payload_at_now)
+                                 result_at_now=store.result_payload_at_now,
+                                 store_context_now=store.put_context_value_now)
         return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),

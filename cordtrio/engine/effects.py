@@ -16,7 +16,7 @@ from typing import Any
 from .. import json_payloads
 from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
-from ..errors import NotFoundError
+from ..errors import NotFoundError, PayloadPointerError
 from ..json_payloads import StorePath
 from ..model import WorkflowRun
 from ..payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, key_from_pointer
@@ -74,21 +74,20 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
 
 
 def store_payload_now(path: StorePath | None, effect: Dispatch) -> str | None:
-    """``store_payload`` into an in-process store (``StorePath.put_context_now``), not
-    awaited (a coroutine fewer per job). None when it must be awaited instead: another
-    store, or a write that failed in a way ``store_payload`` may wait out (it writes
-    again)."""
-    put_now = path.put_context_now if path is not None else None
-    if put_now is None or not effect.context_key:
+    """``store_payload`` into an in-process store (``StorePath.store_context_now``: the
+    input encoded and put in one call), not awaited (a coroutine fewer per job). None when
+    it must be awaited instead: another store, or a write that failed in a way
+    ``store_payload`` may wait out (it writes again)."""
+    store_now = path.store_context_now if path is not None else None
+    key = effect.context_key
+    if store_now is None or not key:
         return None
     try:
-        data = path.encode(effect.payload, True)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as exc:
+        store_now(key, effect.payload)  # the value's errors before the key's
+    except PayloadPointerError as exc:  # definite: a key outside the namespace
+        return f"store payload {key}: {exc}"
+    except (TypeError, ValueError) as exc:  # ``encode``'s: what ``json.dumps`` refuses
         return f"step input is not JSON: {exc}"
-    try:
-        put_now(effect.context_key, data)
-    except (ValueError, NotFoundError) as exc:  # definite (a key outside the namespace)
-        return f"store payload {effect.context_key}: {exc}"
     except Exception:
         return None
     return ""
