@@ -56,7 +56,7 @@ def _writer(prefix: str, compact: bool | None = None
     half = _HALVES[prefix]
     common_key = _key_rule(prefix)
     empty = None if compact is None else _EMPTY_PARTS[not compact]
-    of = JsonPayload.of
+    of, separators = JsonPayload.of, bool(compact)
 
     def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
         if empty is None:
@@ -64,7 +64,7 @@ def _writer(prefix: str, compact: bool | None = None
         elif data.__class__ is dict and not data:  # the commonest job input, without a call
             parts = empty
         else:
-            parts = of(data, compact).parts
+            parts = of(data, separators).parts
         if key.__class__ is not str or common_key(key) is None:
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
