@@ -333,6 +333,10 @@ class StorePath(NamedTuple):
     result_at_now: Callable[[str], JsonPayload] | None = None
     """The result a result *pointer* names:
     ``get_result(key_from_pointer(ptr, RESULT_PREFIX))``."""
+    output_at_now: Callable[[str, int], tuple[Any, bool]] | None = None
+    """What the engine records of the result a result pointer names (SPEC §8):
+    ``(data.value_or_text(), data.too_large(limit))`` of ``data = result_at_now(ptr)``
+    (``output_at_now(ptr, limit)``)."""
     store_context_now: Callable[[str, Any], None] | None = None
     """``put_context_now(key, encode(value, True))`` in one call (``store_context_now(key,
     value)``): ``encode``'s errors, then ``put_context_now``'s."""
@@ -349,6 +353,7 @@ def path_for(payloads: PayloadStore) -> StorePath:
                                  context_at_now=store.context_payload_at_now,
                                  put_result_now=store.put_result_payload_now,
                                  result_at_now=store.result_payload_at_now,
+                                 output_at_now=store.result_output_at_now,
                                  store_context_now=store.put_context_value_now)
         return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),

@@ -135,20 +135,20 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
 
 
 def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
-    """``load_output`` from an in-process store (``StorePath.result_at_now``), not awaited
-    (a coroutine fewer per result). None when it must be awaited instead: another store, or
-    a read that failed in a way ``load_output`` may wait out (it reads again)."""
-    read_now = path.result_at_now
-    if read_now is None:
+    """``load_output`` from an in-process store (``StorePath.output_at_now``: the output
+    and whether it is too large, in one call), not awaited (a coroutine fewer per result).
+    None when it must be awaited instead: another store, or a read that failed in a way
+    ``load_output`` may wait out (it reads again)."""
+    output_now = path.output_at_now
+    if output_now is None:
         return None
     try:
-        data = read_now(result_ptr)
+        value, too_large = output_now(result_ptr, MAX_INLINE_OUTPUT_BYTES)
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception:
         return None
-    # positional (value, too_large): keywords cost ~1k instructions more per result
-    return LoadedOutput(data.value_or_text(), data.too_large(MAX_INLINE_OUTPUT_BYTES))
+    return LoadedOutput(value, too_large)  # positional: keywords cost more per result
 
 
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -207,3 +208,20 @@ async def test_memory_delete_removes_a_payload() -> None:
 async def test_memory_put_rejects_non_bytes() -> None:
     with pytest.raises(TypeError, match="ctx:j"):
         await MemoryPayloadStore().put_context("ctx:j", "text")  # type: ignore[arg-type]
+
+
+async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter() -> None:
+    """Under Trio's ``SystemClock`` (``offset + perf_counter()``, the offset fixed) the store
+    reads ``perf_counter`` itself; entries still expire a TTL after their write."""
+    clock = trio.lowlevel.current_clock()
+    offsets = {round(clock.current_time() - time.perf_counter(), 3) for _ in range(100)}
+    assert len(offsets) <= 2  # a fixed offset (rounding aside)
+    store = MemoryPayloadStore(ttl_seconds=0.05)
+    await store.put_result("res:j", b"x")
+    assert store._clock_now is time.perf_counter
+    assert await store.get_result("res:j") == b"x"
+    await trio.sleep(0.06)
+    with pytest.raises(NotFoundError):
+        await store.get_result("res:j")
+    await store.put_result("res:k", b"y")  # purges the expired entry
+    assert _stored_keys(store) == {"res:k"}
