@@ -201,14 +201,14 @@ class JsonPayload:
     def value(self) -> Any:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
-        parts = self.parts
-        frozen = parts[1]
+        frozen = self.parts[1]
         if frozen is _EMPTY_FROZEN:  # the shared empty object (most job inputs): no loads
             return {}
         if frozen is not None:
             return _loads(frozen)
-        assert parts[0] is not None
-        return json.loads(parts[0])
+        text = self.parts[0]
+        assert text is not None
+        return json.loads(text)
 
     def value_or_text(self) -> Any:
         """``value()``, or the text itself (decoded, bad bytes replaced) when it is not JSON:
