@@ -39,6 +39,7 @@ from cordtrio.payloads import (
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
 _Entry = tuple[_Parts, float]  # the parts and when they expire
+_NEVER = math.inf  # when an entry of a store without a TTL expires
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
 _EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
 
@@ -74,7 +75,7 @@ def _writer(prefix: str, compact: bool | None = None
         entries = store._halves[half]
         ttl = store._ttl
         if ttl is None:
-            entries[pointer] = (parts, 0.0)
+            entries[pointer] = (parts, _NEVER)
             return
         now = (store._clock_now or store._time)()
         if now >= store._purge_at:
@@ -99,8 +100,7 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
             entry = store._halves[half].get(pointer)
         except TypeError:  # not hashable: not a pointer (the general path says so)
             entry = None
-        if entry is not None and (
-                store._ttl is None or entry[1] > (store._clock_now or store._time)()):
+        if entry is not None and entry[1] > (store._clock_now or store._time)():
             payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
             payload.parts = entry[0]
             return payload
@@ -118,8 +118,7 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
         entry = store._halves[1].get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
-    if entry is not None and (
-            store._ttl is None or entry[1] > (store._clock_now or store._time)()):
+    if entry is not None and entry[1] > (store._clock_now or store._time)():
         parts = entry[0]
         if parts[2] <= limit and parts[1] is not None:  # ``too_large``'s first test
             return _loads(parts[1]), False
@@ -166,7 +165,8 @@ class MemoryPayloadStore:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
         # Per half of the namespace (``ctx:`` keys, ``res:`` keys), the entries by pointer
         # (``redis://<key>``, what a read is given): pointer -> (JsonPayload.parts (bytes
-        # written as bytes: a text payload's), when it expires (0.0 without a TTL))
+        # written as bytes: a text payload's), when it expires (``_NEVER`` without a TTL:
+        # a read at a pointer compares it with the clock without asking for the TTL))
         self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
         # The pointers in write order, which with one TTL for every entry is expiry order; a
         # key written again (or deleted) leaves its earlier place behind: counted here, so

@@ -225,3 +225,18 @@ async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter()
         await store.get_result("res:j")
     await store.put_result("res:k", b"y")  # purges the expired entry
     assert _stored_keys(store) == {"res:k"}
+
+
+async def test_memory_without_ttl_reads_at_a_pointer_forever(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reads at a pointer compare an entry's expiry with the clock without asking for
+    the TTL: a store without one keeps its entries expiring never."""
+    store = MemoryPayloadStore(ttl_seconds=None)
+    store.put_context_value_now("ctx:j", {"a": 1})
+    await store.put_result("res:j", b'{"b": 2}')
+    await trio.sleep(10 * DAY)
+    assert store.context_payload_at_now("redis://ctx:j").value() == {"a": 1}
+    assert store.result_payload_at_now("redis://res:j").value() == {"b": 2}
+    assert store.result_output_at_now("redis://res:j", 100) == ({"b": 2}, False)
+    assert _stored_keys(store) == {"ctx:j", "res:j"} and not store._order
