@@ -40,6 +40,7 @@ _SCALAR_BOUND = {bool: 5, type(None): 4, float: 26}  # the longest text of each
 _MAX_CHAR_TEXT = 12  # the longest text of one character: "\\ud83d\\ude00" for U+1F600
 _SCALARS = frozenset({int, float, bool, type(None)})  # JSON's leaves but strings
 _LEAVES = frozenset({str, *_SCALARS})
+_KEY_TYPES = frozenset({str})  # a plain map's keys
 _SHORT_FROZEN = 2 * _MAX_INT_BITS // 15  # no int above _MAX_INT_BITS marshals this short
 _TEXT_PER_FROZEN_BYTE = 7  # a plain value's JSON text is at most 7 x its marshal's length
 _new = object.__new__
@@ -142,35 +143,44 @@ class JsonPayload:
         # keys that are not strings...) is told by the walk. A plain value's text is at
         # most 7 bytes per byte of its marshal (version 2: no shared references; the worst
         # case is ``false`` and its separator for the one byte of ``False`` in a list).
-        if value.__class__ is dict and not value:
-            # the commonest job input (a run without input, a step without ``input``): one
-            # payload made once, its text set so nothing ever changes it
-            return _EMPTY_COMPACT if compact else _EMPTY_DEFAULT
-        try:
-            frozen: bytes | None = _dumps(value, 2)
-        except ValueError:
-            frozen = None
-        if frozen is not None:
-            size = len(frozen)
-            if size < _SHORT_FROZEN:
-                if type(value) is dict:
-                    # ``_plain(value, 0)`` for a map (most results), its loop without the call
-                    for key, item in value.items():
-                        if type(key) is not str or (
-                                type(item) not in _LEAVES and not _plain(item, 1)):
-                            break
-                    else:
-                        payload = _new(cls)
-                        payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
-                        return payload
-                elif _plain(value, 0):
+        if value.__class__ is dict:
+            if not value:
+                # the commonest job input (a run without input, a step without ``input``):
+                # one payload made once, its text set so nothing ever changes it
+                return _EMPTY_COMPACT if compact else _EMPTY_DEFAULT
+            # A map of string keys to leaves (most results, most inputs) is plain JSON, told
+            # by two C-level passes over its keys and values, and marshal takes it.
+            if _KEY_TYPES.issuperset(map(type, value)) and \
+                    _LEAVES.issuperset(map(type, value.values())):
+                frozen = _dumps(value, 2)
+                size = len(frozen)
+                if size < _SHORT_FROZEN:
                     payload = _new(cls)
                     payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
                     return payload
-            else:
-                bound = _bound(value, 0)
-                if bound >= 0:
-                    return cls(None, frozen, bound, compact)
+                return cls._by_marshal(value, frozen, compact)
+        try:
+            frozen = _dumps(value, 2)
+        except ValueError:
+            return cls._by_text(value, compact)
+        return cls._by_marshal(value, frozen, compact)
+
+    @classmethod
+    def _by_marshal(cls, value: Any, frozen: bytes, compact: bool) -> JsonPayload:
+        """``of(value, compact)`` for a value marshal took as ``frozen``."""
+        size = len(frozen)
+        if size < _SHORT_FROZEN:
+            if _plain(value, 0):
+                return cls(None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+        else:
+            bound = _bound(value, 0)
+            if bound >= 0:
+                return cls(None, frozen, bound, compact)
+        return cls._by_text(value, compact)
+
+    @classmethod
+    def _by_text(cls, value: Any, compact: bool) -> JsonPayload:
+        """``of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
         text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
         return cls(text, None, len(text), compact)
 
@@ -191,14 +201,14 @@ class JsonPayload:
     def value(self) -> Any:
         """A fresh copy of the value: ``json.loads`` of the text (``ValueError`` if the text
         is not JSON)."""
-        parts = self.parts
-        frozen = parts[1]
+        frozen = self.parts[1]
         if frozen is _EMPTY_FROZEN:  # the shared empty object (most job inputs): no loads
             return {}
         if frozen is not None:
             return _loads(frozen)
-        assert parts[0] is not None
-        return json.loads(parts[0])
+        text = self.parts[0]
+        assert text is not None
+        return json.loads(text)
 
     def value_or_text(self) -> Any:
         """``value()``, or the text itself (decoded, bad bytes replaced) when it is not JSON:
@@ -323,6 +333,13 @@ class StorePath(NamedTuple):
     result_at_now: Callable[[str], JsonPayload] | None = None
     """The result a result *pointer* names:
     ``get_result(key_from_pointer(ptr, RESULT_PREFIX))``."""
+    output_at_now: Callable[[str, int], tuple[Any, bool]] | None = None
+    """What the engine records of the result a result pointer names (SPEC §8):
+    ``(data.value_or_text(), data.too_large(limit))`` of ``data = result_at_now(ptr)``
+    (``output_at_now(ptr, limit)``)."""
+    store_context_now: Callable[[str, Any], None] | None = None
+    """``put_context_now(key, encode(value, True))`` in one call (``store_context_now(key,
+    value)``): ``encode``'s errors, then ``put_context_now``'s."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
@@ -335,7 +352,9 @@ def path_for(payloads: PayloadStore) -> StorePath:
             path = path._replace(put_context_now=store.put_context_payload_now,
                                  context_at_now=store.context_payload_at_now,
                                  put_result_now=store.put_result_payload_now,
-                                 result_at_now=store.result_payload_at_now)
+                                 result_at_now=store.result_payload_at_now,
+                                 output_at_now=store.result_output_at_now,
+                                 store_context_now=store.put_context_value_now)
         return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),

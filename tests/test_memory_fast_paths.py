@@ -144,12 +144,20 @@ _POINTERS: list[Any] = [
     "res:r:a@1", "redis://ctx:", "redis://res:", "redis://", "", "redis://ctx:r:a@1 ",
     "redis://ctx:a\nb", "redis://wf:x", "http://ctx:r:a@1", "redis://res:r:a@1\x00", 7, None,
     b"redis://ctx:r:a@1", type("Pointer", (str,), {})("redis://ctx:r:a@1"),
+    ["redis://res:r:a@1"], "redis://res:r:late@1", "redis://res:r:big@1",
 ]
 
 
 def _outcome(call: Callable[[], Any]) -> Any:
     try:
         return ("value", call().value_or_text())
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+def _output(call: Callable[[], Any]) -> Any:
+    try:
+        return ("output", call())
     except Exception as exc:
         return (type(exc), str(exc))
 
@@ -172,10 +180,23 @@ async def test_reading_a_payload_at_a_pointer_is_the_general_read(
     store.put_result_payload_now("res:r:a@1", JsonPayload.of({"ok": True}, False))
     await store.put_context("ctx:r:b@1", b'{"b": 2}')
     await store.put_result("res:r:b@1", b"not json")
-    assert _outcome(lambda: store.context_payload_at_now(pointer)) == _outcome(
-        lambda: store.get_context_payload_now(key_from_pointer(pointer)))
-    assert _outcome(lambda: store.result_payload_at_now(pointer)) == _outcome(
-        lambda: store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX)))
+    store.put_result_payload_now("res:r:big@1", JsonPayload.of({"s": "x" * 100}, False))
+    for wait in (0, 30, 31):
+        await trio.sleep(wait)
+        if wait == 30:
+            store.put_result_payload_now("res:r:late@1", JsonPayload.of({"late": 1}, False))
+        # at last "a", "b" and "big" have expired, not yet purged (no write since)
+        assert _outcome(lambda: store.context_payload_at_now(pointer)) == _outcome(
+            lambda: store.get_context_payload_now(key_from_pointer(pointer)))
+        assert _outcome(lambda: store.result_payload_at_now(pointer)) == _outcome(
+            lambda: store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX)))
+        for limit in (10, 1000):  # ``result_output_at_now``: the output and whether too large
+            def general(limit: int = limit) -> Any:
+                data = store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))
+                return data.value_or_text(), data.too_large(limit)
+
+            assert _output(lambda limit=limit: store.result_output_at_now(pointer, limit)) \
+                == _output(general)
     for read_bytes, get in ((store.get_context, store.get_context_payload),
                             (store.get_result, store.get_result_payload)):
         try:

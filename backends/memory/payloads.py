@@ -8,16 +8,22 @@ payload, read back as the very bytes).
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
 the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
-clock; it is asked directly from then on, not looked up on every call). Expired
+clock; it is asked directly from then on, not looked up on every call: for Trio's own
+``SystemClock``, that is ``perf_counter``, which differs from it by a fixed offset; a store
+without a TTL asks it only for the reads at a pointer, and its entries never expire). Expired
 entries read as missing and are purged as later writes happen, so memory stays bounded by the
 entries written within one TTL.
 """
 
 from __future__ import annotations
 
+import marshal
 import math
+import re
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
+from typing import Any
 
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
@@ -34,62 +40,97 @@ from cordtrio.payloads import (
 DEFAULT_TTL_SECONDS = 24 * 3600.0
 _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
 _Entry = tuple[_Parts, float]  # the parts and when they expire
-_SCHEME_LENGTH = len(POINTER_SCHEME)
+_NEVER = math.inf  # when an entry of a store without a TTL expires
+_HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
+_EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
 
 
-def _writer(prefix: str) -> Callable[[MemoryPayloadStore, str, JsonPayload], None]:
+def _key_rule(prefix: str) -> Callable[[str], object]:
+    """``check_payload_key(key, prefix)``'s common case as one C-level match (None when it
+    is not that case): the prefix, then no line break or NUL, and no white space (as
+    ``str.strip`` sees it: ``\\s`` is ``str.isspace``) or NUL as the last character."""
+    return re.compile(re.escape(prefix) + r"[^\n\r\x00]*[^\s\x00]").fullmatch
+
+
+def _writer(prefix: str, compact: bool | None = None
+            ) -> Callable[[MemoryPayloadStore, str, Any], None]:
     """The write of a payload at a key of the ``prefix`` half of the namespace
-    (``PayloadPointerError`` for any other key, and nothing is stored)."""
+    (``PayloadPointerError`` for any other key, and nothing is stored). With ``compact``
+    (True or False) it takes a value instead, made a payload as ``JsonPayload.of(value,
+    compact)`` before anything else (its errors before the key's)."""
+    half = _HALVES[prefix]
+    common_key = _key_rule(prefix)
+    empty = None if compact is None else _EMPTY_PARTS[not compact]
+    of, separators = JsonPayload.of, bool(compact)
 
-    def put(store: MemoryPayloadStore, key: str, payload: JsonPayload) -> None:
-        parts = payload.parts
-        # ``check_payload_key``'s common case, tested here without its call (two payloads
-        # are written per engine step): a printable key has no line break, NUL or
-        # whitespace but spaces, so it is unchanged by ``strip`` unless it ends with a
-        # space. Anything else gets the call and its error.
-        if not (key.__class__ is str and key.startswith(prefix) and key.isprintable()
-                and key[-1] != " " and key != prefix):
-            check_payload_key(key, prefix)
+    def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
+        if empty is None:
+            parts = data.parts
+        elif data.__class__ is dict and not data:  # the commonest job input, without a call
+            parts = empty
+        else:
+            parts = of(data, separators).parts
+        if key.__class__ is not str or common_key(key) is None:
+            check_payload_key(key, prefix)  # its error (a str subclass is refused too)
+        pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
+        entries = store._halves[half]
         ttl = store._ttl
         if ttl is None:
-            store._data[key] = (parts, 0.0)
+            entries[pointer] = (parts, _NEVER)
             return
         now = (store._clock_now or store._time)()
         if now >= store._purge_at:
             store._purge(now)
-        data = store._data
-        if key in data:  # its earlier place in the purge order is left behind
-            store._left_behind[key] = store._left_behind.get(key, 0) + 1
-        data[key] = (parts, now + ttl)
-        store._order.append(key)
+        if pointer in entries:  # its earlier place in the purge order is left behind
+            store._left_behind[pointer] = store._left_behind.get(pointer, 0) + 1
+        entries[pointer] = (parts, now + ttl)
+        store._order.append(pointer)
 
     return put
 
 
 def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, str], JsonPayload]:
-    """The read of the payload a pointer to a ``prefix`` key names, in one frame when the
-    key is stored (only checked keys are stored: it needs no check again); any other
-    pointer takes the general path, ``key_from_pointer(pointer, pointer_prefix)``, and its
-    errors."""
-    start = POINTER_SCHEME + prefix
+    """The read of the payload a pointer to a ``prefix`` key names: one dict lookup of the
+    pointer itself when it is that of a stored entry (only checked keys are stored, in the
+    half of their prefix: it needs no check again); any other pointer takes the general
+    path, ``key_from_pointer(pointer, pointer_prefix)``, and its errors."""
+    half = _HALVES[prefix]
 
     def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
-        if pointer.__class__ is str and pointer.startswith(start):
-            key = pointer[_SCHEME_LENGTH:]
-            entry = store._data.get(key)
-            if entry is not None:
-                if store._ttl is not None and \
-                        entry[1] <= (store._clock_now or store._time)():
-                    raise NotFoundError(f"payload {key!r} not found")
-                payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-                payload.parts = entry[0]
-                return payload
+        try:
+            entry = store._halves[half].get(pointer)
+        except TypeError:  # not hashable: not a pointer (the general path says so)
+            entry = None
+        if entry is not None and entry[1] > (store._clock_now or store._time)():
+            payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
+            payload.parts = entry[0]
+            return payload
         return _payload(store._get(key_from_pointer(pointer, pointer_prefix), prefix))
 
     return read
 
 
+def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any, bool]:
+    """What the engine records of the result a result pointer names (SPEC §8): the
+    payload's ``(value_or_text(), too_large(limit))``, read as ``result_payload_at_now``
+    reads it. A snapshot within ``limit`` (most results) is decoded here, without the
+    payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
+    try:
+        entry = store._halves[1].get(pointer)
+    except TypeError:  # not hashable: not a pointer (the general path says so)
+        entry = None
+    if entry is not None and entry[1] > (store._clock_now or store._time)():
+        parts = entry[0]
+        if parts[2] <= limit and parts[1] is not None:  # ``too_large``'s first test
+            return _loads(parts[1]), False
+        payload = _payload(parts)
+    else:
+        payload = _payload(store._get(key_from_pointer(pointer, RESULT_PREFIX), RESULT_PREFIX))
+    return payload.value_or_text(), payload.too_large(limit)
+
+
 _put_context, _put_result = _writer(CONTEXT_PREFIX), _writer(RESULT_PREFIX)
+_SCHEME_LENGTH = len(POINTER_SCHEME)
 
 
 class MemoryPayloadStore:
@@ -123,13 +164,15 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # key -> (JsonPayload.parts (bytes written as bytes: a text payload's), when it
-        # expires (0.0 without a TTL))
-        self._data: dict[str, _Entry] = {}
-        # The keys in write order, which with one TTL for every entry is expiry order; a key
-        # written again (or deleted) leaves its earlier place behind: counted here, so the
-        # purge skips it rather than stop there (a key only, not a pair with its time: one
-        # object fewer per write for the garbage collector to see).
+        # Per half of the namespace (``ctx:`` keys, ``res:`` keys), the entries by pointer
+        # (``redis://<key>``, what a read is given): pointer -> (JsonPayload.parts (bytes
+        # written as bytes: a text payload's), when it expires (``_NEVER`` without a TTL:
+        # a read at a pointer compares it with the clock without asking for the TTL))
+        self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
+        # The pointers in write order, which with one TTL for every entry is expiry order; a
+        # key written again (or deleted) leaves its earlier place behind: counted here, so
+        # the purge skips it rather than stop there (a pointer only, not a pair with its
+        # time: one object fewer per write for the garbage collector to see).
         self._order: deque[str] = deque()
         self._left_behind: dict[str, int] = {}
         self._purge_at = -math.inf  # when the oldest entry expires (a purge finds out)
@@ -159,8 +202,9 @@ class MemoryPayloadStore:
         """Remove ``key``; deleting a missing key is not an error."""
         await checkpoint_if_cancelled()
         key = check_payload_key(key)
-        if self._data.pop(key, None) is not None and self._ttl is not None:
-            self._left_behind[key] = self._left_behind.get(key, 0) + 1  # its place in order
+        pointer = POINTER_SCHEME + key
+        if self._entries_of(key).pop(pointer, None) is not None and self._ttl is not None:
+            self._left_behind[pointer] = self._left_behind.get(pointer, 0) + 1  # its place
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
@@ -188,11 +232,17 @@ class MemoryPayloadStore:
     """``put_context_payload(key, payload)``, not awaited."""
     put_result_payload_now = _put_result
     """``put_result_payload(key, payload)``, not awaited."""
+    put_context_value_now = _writer(CONTEXT_PREFIX, True)
+    """``put_context_payload_now(key, JsonPayload.of(value, True))`` in one call: how the
+    engine stores a job's input (``JsonPayload.of``'s errors, then the key's)."""
     context_payload_at_now = _reader(CONTEXT_PREFIX, "")
     """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
     input."""
     result_payload_at_now = _reader(RESULT_PREFIX, RESULT_PREFIX)
-    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``: how the
+    """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``."""
+    result_output_at_now = _output_at
+    """``(payload.value_or_text(), payload.too_large(limit))`` of
+    ``result_payload_at_now(pointer)`` (``result_output_at_now(pointer, limit)``): how the
     engine reads a result."""
 
     def get_context_payload_now(self, key: str) -> JsonPayload:
@@ -204,17 +254,30 @@ class MemoryPayloadStore:
     # ---------------------------------------------------------------------- entries
 
     def _time(self) -> float:
-        """Trio's clock (that of the first ``trio.run`` to ask: see the module docstring)."""
-        self._clock_now = now = current_clock().current_time
+        """Trio's clock (that of the first ``trio.run`` to ask: see the module docstring).
+        For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed),
+        ``perf_counter`` itself: the store only compares its own readings, which differ by
+        the same amounts on both, and a C function runs no Python frame (four clock reads
+        per engine step)."""
+        clock = current_clock()
+        cls = type(clock)
+        self._clock_now = now = perf_counter if (
+            cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
+            else clock.current_time
         return now()
+
+    def _entries_of(self, key: str) -> dict[str, _Entry]:
+        """The half of the entries that keeps ``key`` (a checked key)."""
+        return self._halves[not key.startswith(CONTEXT_PREFIX)]
 
     def _get(self, key: str, prefix: str) -> _Parts:
         """The entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
-        entry = self._data.get(key) if key.__class__ is str else None
-        if entry is None or not key.startswith(prefix):
-            # Only a key that passed ``check_payload_key`` is ever stored: a stored key
-            # with the right prefix needs no check; any other gets it (and its error).
+        entry = self._halves[_HALVES[prefix]].get(POINTER_SCHEME + key) \
+            if key.__class__ is str else None
+        if entry is None:
+            # Only a key that passed ``check_payload_key`` is ever stored, in the half of
+            # its prefix: a stored key needs no check; any other gets it (and its error).
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
@@ -224,22 +287,23 @@ class MemoryPayloadStore:
 
     def _purge(self, now: float) -> None:
         """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
-        data, order, left_behind = self._data, self._order, self._left_behind
+        order, left_behind = self._order, self._left_behind
         while order:
-            key = order[0]
-            behind = left_behind.get(key)
+            pointer = order[0]
+            behind = left_behind.get(pointer)
             if behind:  # a place the key left behind: its entry is further on (or gone)
                 if behind > 1:
-                    left_behind[key] = behind - 1
+                    left_behind[pointer] = behind - 1
                 else:
-                    del left_behind[key]
+                    del left_behind[pointer]
             else:
-                entry = data.get(key)
+                entries = self._entries_of(pointer[_SCHEME_LENGTH:])
+                entry = entries.get(pointer)
                 if entry is not None:
                     if entry[1] > now:
                         self._purge_at = entry[1]
                         return
-                    del data[key]
+                    del entries[pointer]
             order.popleft()
         assert self._ttl is not None
         self._purge_at = now + self._ttl  # no entry: none expires before the next one
@@ -247,7 +311,8 @@ class MemoryPayloadStore:
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
 _VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
-                  "context_payload_at_now", "result_payload_at_now")
+                  "context_payload_at_now", "result_payload_at_now", "put_context_value_now",
+                  "result_output_at_now")
 
 
 def _private(key: str, data: bytes) -> bytes:
@@ -271,6 +336,7 @@ def _text(parts: _Parts) -> bytes:
 
 _of_text = JsonPayload.of_text  # bytes written as bytes: kept as the text of a payload
 _new = object.__new__
+_loads = marshal.loads
 
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MemoryPayloadStore"]

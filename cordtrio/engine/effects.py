@@ -16,7 +16,7 @@ from typing import Any
 from .. import json_payloads
 from ..core.events import CancelJob, Dispatch, LoadedOutput, PublishAlert
 from ..core.plan import MAX_INLINE_OUTPUT_BYTES, SENDER_ID
-from ..errors import NotFoundError
+from ..errors import NotFoundError, PayloadPointerError
 from ..json_payloads import StorePath
 from ..model import WorkflowRun
 from ..payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, key_from_pointer
@@ -74,21 +74,20 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
 
 
 def store_payload_now(path: StorePath | None, effect: Dispatch) -> str | None:
-    """``store_payload`` into an in-process store (``StorePath.put_context_now``), not
-    awaited (a coroutine fewer per job). None when it must be awaited instead: another
-    store, or a write that failed in a way ``store_payload`` may wait out (it writes
-    again)."""
-    put_now = path.put_context_now if path is not None else None
-    if put_now is None or not effect.context_key:
+    """``store_payload`` into an in-process store (``StorePath.store_context_now``: the
+    input encoded and put in one call), not awaited (a coroutine fewer per job). None when
+    it must be awaited instead: another store, or a write that failed in a way
+    ``store_payload`` may wait out (it writes again)."""
+    store_now = path.store_context_now if path is not None else None
+    key = effect.context_key
+    if store_now is None or not key:
         return None
     try:
-        data = path.encode(effect.payload, True)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as exc:
+        store_now(key, effect.payload)  # the value's errors before the key's
+    except PayloadPointerError as exc:  # definite: a key outside the namespace
+        return f"store payload {key}: {exc}"
+    except (TypeError, ValueError) as exc:  # ``encode``'s: what ``json.dumps`` refuses
         return f"step input is not JSON: {exc}"
-    try:
-        put_now(effect.context_key, data)
-    except (ValueError, NotFoundError) as exc:  # definite (a key outside the namespace)
-        return f"store payload {effect.context_key}: {exc}"
     except Exception:
         return None
     return ""
@@ -136,20 +135,20 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
 
 
 def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
-    """``load_output`` from an in-process store (``StorePath.result_at_now``), not awaited
-    (a coroutine fewer per result). None when it must be awaited instead: another store, or
-    a read that failed in a way ``load_output`` may wait out (it reads again)."""
-    read_now = path.result_at_now
-    if read_now is None:
+    """``load_output`` from an in-process store (``StorePath.output_at_now``: the output
+    and whether it is too large, in one call), not awaited (a coroutine fewer per result).
+    None when it must be awaited instead: another store, or a read that failed in a way
+    ``load_output`` may wait out (it reads again)."""
+    output_now = path.output_at_now
+    if output_now is None:
         return None
     try:
-        data = read_now(result_ptr)
+        value, too_large = output_now(result_ptr, MAX_INLINE_OUTPUT_BYTES)
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception:
         return None
-    # positional (value, too_large): keywords cost ~1k instructions more per result
-    return LoadedOutput(data.value_or_text(), data.too_large(MAX_INLINE_OUTPUT_BYTES))
+    return LoadedOutput(value, too_large)  # positional: keywords cost more per result
 
 
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:

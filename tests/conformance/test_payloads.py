@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -148,6 +149,12 @@ async def test_memory_ttl_is_configurable_and_can_be_disabled(
     assert await forever.get_context("ctx:j") == b"x"
 
 
+def _stored_keys(store: MemoryPayloadStore) -> set[str]:
+    """The keys a memory store holds entries for, expired or not (its private halves, kept
+    by pointer)."""
+    return {key_from_pointer(pointer) for half in store._halves for pointer in half}
+
+
 async def test_memory_expired_entries_are_purged_by_later_writes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -156,7 +163,7 @@ async def test_memory_expired_entries_are_purged_by_later_writes(
         await store.put_result(f"res:{i}", b"x")
     await trio.sleep(61)
     await store.put_result("res:new", b"y")
-    assert set(store._data) == {"res:new"}
+    assert _stored_keys(store) == {"res:new"}
 
 
 async def test_memory_purge_passes_the_places_a_rewrite_or_delete_left_behind(
@@ -175,17 +182,17 @@ async def test_memory_purge_passes_the_places_a_rewrite_or_delete_left_behind(
     await store.put_result("res:late", b"1")  # expires at 90
     await trio.sleep(31)
     await store.put_result("res:new", b"1")  # at 61: "early" expired, nothing else
-    assert set(store._data) == {"res:again", "res:gone", "res:late", "res:new"}
+    assert _stored_keys(store) == {"res:again", "res:gone", "res:late", "res:new"}
     assert await store.get_result("res:again") == b"2"
     await trio.sleep(30)
     await store.put_result("res:last", b"1")  # at 91
-    assert set(store._data) == {"res:new", "res:last"}
+    assert _stored_keys(store) == {"res:new", "res:last"}
     with pytest.raises(NotFoundError):
         await store.get_result("res:again")
     await store.delete("res:new")
     await trio.sleep(60)
     await store.put_result("res:after", b"1")
-    assert set(store._data) == {"res:after"}
+    assert _stored_keys(store) == {"res:after"}
     assert not store._left_behind
 
 
@@ -201,3 +208,35 @@ async def test_memory_delete_removes_a_payload() -> None:
 async def test_memory_put_rejects_non_bytes() -> None:
     with pytest.raises(TypeError, match="ctx:j"):
         await MemoryPayloadStore().put_context("ctx:j", "text")  # type: ignore[arg-type]
+
+
+async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter() -> None:
+    """Under Trio's ``SystemClock`` (``offset + perf_counter()``, the offset fixed) the store
+    reads ``perf_counter`` itself; entries still expire a TTL after their write."""
+    clock = trio.lowlevel.current_clock()
+    offsets = {round(clock.current_time() - time.perf_counter(), 3) for _ in range(100)}
+    assert len(offsets) <= 2  # a fixed offset (rounding aside)
+    store = MemoryPayloadStore(ttl_seconds=0.05)
+    await store.put_result("res:j", b"x")
+    assert store._clock_now is time.perf_counter
+    assert await store.get_result("res:j") == b"x"
+    await trio.sleep(0.06)
+    with pytest.raises(NotFoundError):
+        await store.get_result("res:j")
+    await store.put_result("res:k", b"y")  # purges the expired entry
+    assert _stored_keys(store) == {"res:k"}
+
+
+async def test_memory_without_ttl_reads_at_a_pointer_forever(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reads at a pointer compare an entry's expiry with the clock without asking for
+    the TTL: a store without one keeps its entries expiring never."""
+    store = MemoryPayloadStore(ttl_seconds=None)
+    store.put_context_value_now("ctx:j", {"a": 1})
+    await store.put_result("res:j", b'{"b": 2}')
+    await trio.sleep(10 * DAY)
+    assert store.context_payload_at_now("redis://ctx:j").value() == {"a": 1}
+    assert store.result_payload_at_now("redis://res:j").value() == {"b": 2}
+    assert store.result_output_at_now("redis://res:j", 100) == ({"b": 2}, False)
+    assert _stored_keys(store) == {"ctx:j", "res:j"} and not store._order

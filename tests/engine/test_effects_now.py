@@ -11,6 +11,7 @@ import pytest
 from cordtrio import json_payloads
 from cordtrio.backends.memory import MemoryPayloadStore
 from cordtrio.core.events import Dispatch
+from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES
 from cordtrio.engine.effects import (
     load_output,
     load_output_now,
@@ -40,12 +41,26 @@ async def test_storing_a_payload_now_does_what_the_awaited_effect_does(
     assert store_payload_now(None, _dispatch("r:a@1", payload)) is None
 
 
+_RESULTS: list[Any] = [
+    {"ok": True}, {}, [1, {"x": None}], "text",
+    {"big": "x" * (MAX_INLINE_OUTPUT_BYTES + 1)},  # too large
+    {"n": list(range(10**7, 10**7 + 20_000))},  # its bound over the limit, its text within
+    b'{"c": 3}', b"not json", b"\xff\xfe", b"x" * (MAX_INLINE_OUTPUT_BYTES + 1),  # as bytes
+]
+
+
+@pytest.mark.parametrize("stored", _RESULTS)
 @pytest.mark.parametrize("pointer", ["redis://res:r:a@1", "redis://res:r:b@1",
                                      "redis://ctx:r:a@1", "redis://wf:run:r", "res:r:a@1"])
-async def test_loading_an_output_now_gives_what_the_awaited_effect_gives(pointer: str) -> None:
+async def test_loading_an_output_now_gives_what_the_awaited_effect_gives(
+        pointer: str, stored: Any) -> None:
     store = MemoryPayloadStore()
     path = json_payloads.path_for(store)
-    await path.put_result("res:r:a@1", path.encode({"ok": True}, False))
+    if isinstance(stored, bytes):
+        await store.put_result("res:r:a@1", stored)
+    else:
+        await path.put_result("res:r:a@1", path.encode(stored, False))
+    await path.put_context("ctx:r:a@1", path.encode({"in": 1}, True))
     now = load_output_now(path, pointer)
     assert now is not None and now == await load_output(path, pointer)
 
