@@ -65,6 +65,7 @@ def start_job(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
+        tx.state.started[job_id] = sr
     emit_job(tx, step, target, job_id, payload, parent, index, sr.item)
 
 

@@ -25,8 +25,9 @@ class PlainJob:
     dependents: tuple[str, ...]
     """``Plan.dependents``: the steps that depend on it."""
     result_quick: bool
-    """A result of it may take the short way: its dependents are all plain jobs and its
-    output is not validated."""
+    """A result of it may take the short way: its dependents are all plain jobs, its
+    output is not validated, and its id has no ``:`` (its job id then splits at its last
+    ``:`` as ``parse_job_id`` splits it)."""
     copies_input: bool
     """No ``input`` and no input schema: its job's input is a copy of the run's, which
     cannot fail to build."""
@@ -156,7 +157,8 @@ def _plain(
             step=step,
             position=i,
             dependents=after,
-            result_quick=sid not in checked_outputs and all(d in plain_jobs for d in after),
+            result_quick=(sid not in checked_outputs and ":" not in sid
+                          and all(d in plain_jobs for d in after)),
             copies_input=not (step.input or step.input_schema or step.input_schema_id),
             sole_dependency=deps[0] if len(deps) == 1 else "",
             writes_path=bool(step.output_path.strip()),

@@ -49,7 +49,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     """Decide ``ResultReceived(result, output)`` as ``apply_result`` + ``ready_pass``
     would; False, with nothing changed, when this is not the plain case."""
     run = tx.run
-    front = tx.state.frontier
+    state = tx.state
+    front = state.frontier
     if (result.status is not _JOB_SUCCEEDED or run.status is not _RUN_RUNNING
             or front is None or front.plan is not tx.plan):
         return False
@@ -59,38 +60,35 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         front.refresh(run, partial(may_act, tx))
     if front.live or front.failed or front.timed_out:
         return False
-    # ``parse_job_id``, inlined for the only shape this takes (``<run>:<step>@<digits>``,
-    # where splitting at the last ``@`` then the last ``:`` splits as it does)
+    # The StepRun the job set running, found by its id (``RunState.started``) rather than
+    # by parsing it: it is the run's step of that id (a present step's StepRun is never
+    # replaced), whose attempt the id's number is, as ``parse_job_id`` would find.
     job_id = result.job_id
+    started = state.started
     try:
-        head, _, number = job_id.rpartition("@")
-        run_id, colon, target = head.rpartition(":")
-    except (AttributeError, TypeError):  # not a string: free to test this way when it is
+        sr = started.get(job_id)
+    except TypeError:  # unhashable: not a job id
         return False
-    # (no ``@``: no ``:`` in ``head``, which is empty)
-    if not (colon and run_id and target and run_id == run.id and number.isdigit()):
+    if sr is None or sr.job_id != job_id or sr.status is not _RUNNING:
         return False
+    target = sr.step_id
     job = front.plan.plain.get(target)
-    steps = run.steps
-    sr = steps.get(target)
-    if (job is None or not job.result_quick or sr is None or sr.job_id != job_id
-            or sr.status is not _RUNNING or sr.children or sr.step_id != target):
+    if job is None or not job.result_quick:
         return False
     result_ptr = result.result_ptr
     loaded = output if output is not None and output.loaded and not output.error else None
     # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
     if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
         return False  # refused: the general path's business
+    steps = run.steps
     dependents = job.dependents
     for sid in dependents:
         if sid in steps:
             return False
+    del started[job_id]
 
     # ``apply_result`` → ``_succeeded`` → ``finish``, for a top-level step that succeeded
     now = tx.now
-    attempt = int(number)
-    if attempt > sr.attempts:  # ``max``, without its call (slow on this path)
-        sr.attempts = attempt
     changes = tx.changes
     if result_ptr:
         sr.output = result_ptr
@@ -195,6 +193,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         except CordtrioError:
             return False
     seen = front.seen
+    started = tx.state.started
     touched = tx.changes.steps
     now = tx.now
     run_id = run.id
@@ -217,6 +216,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         sr.item = None
         sr.children = {}
         steps[sid] = sr
+        started[job_id] = sr
         touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, step, sid, job_id, payload)
         seen[job.position] = _RUNNING
