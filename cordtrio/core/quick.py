@@ -193,7 +193,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         except CordtrioError:
             return False
     seen = front.seen
-    started = tx.state.started
+    in_flight = tx.state.started
     touched = tx.changes.steps
     now = tx.now
     run_id = run.id
@@ -216,7 +216,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         sr.item = None
         sr.children = {}
         steps[sid] = sr
-        started[job_id] = sr
+        in_flight[job_id] = sr
         touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, step, sid, job_id, payload)
         seen[job.position] = _RUNNING
