@@ -31,8 +31,7 @@ from .dispatch import build_payload, emit_job
 from .events import LoadedOutput, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
-from .plan import PlainJob
-from .ready import arm_run_timeout, may_act, ready_pass
+from .ready import _deps_succeeded, arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
 from .state import Tx, timeline_row
 from .status import set_run_status
@@ -124,7 +123,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     # the ready pass: only the dependents can have become ready
     run.updated_at = now  # what ``decide`` does of any event that changed the run
     changes.header = True
-    if dependents and not _start_plain(tx, front, dependents, target):
+    if dependents and not _start_plain(tx, front, dependents, target,
+                                       job.dependents_copy_input):
         # one fails instead of starting, which may start handlers: the general ready
         # pass, from where ``apply_result`` would leave it
         front.dirty.append(target)
@@ -153,7 +153,7 @@ def quick_start(tx: Tx) -> bool:
     arm_run_timeout(tx)
     front = Frontier.new(plan)  # ``Frontier.build`` of a run without steps
     tx.state.frontier = front
-    if not _start_plain(tx, front, roots):
+    if not _start_plain(tx, front, roots, "", plan.plain_roots_copy_input):
         ready_pass(tx)  # one fails instead of starting: the general pass from here
         return True
     front.live.clear()  # the roots, all started
@@ -161,45 +161,44 @@ def quick_start(tx: Tx) -> bool:
     return True
 
 
-def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str = "") -> bool:
+def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str = "",
+                 copied: bool = False) -> bool:
     """Start those of ``candidates`` (plain jobs without a StepRun, in definition order)
     whose dependencies all succeeded (``done`` just did), as ``_visit`` would one after the
     other, and count them in ``front``. False, having changed nothing, when one cannot
-    start (its input does not render or validate): every input is built before anything
-    starts, which gives the same inputs since starting a job changes nothing an input
-    reads."""
+    start (its input does not render or validate): every input that is not a copy of the
+    run's is built before anything starts, which gives the same inputs since starting a job
+    changes nothing an input reads. ``copied``: every candidate's input is such a copy
+    (``PlainJob.dependents_copy_input``): none can fail, and they start in one pass."""
     run = tx.run
     steps = run.steps
     jobs = front.plan.plain
-    ready: list[tuple[PlainJob, dict[str, Any]]] = []
-    for sid in candidates:
-        job = jobs[sid]
-        if job.sole_dependency != done:  # else its one dependency just succeeded
-            waits = False
-            for dep in job.step.depends_on:  # ``ready._deps_succeeded``, inlined
-                sr = steps.get(dep)
-                if sr is None or sr.status != _SUCCEEDED:
-                    waits = True
-                    break
-            if waits:
+    built: dict[str, dict[str, Any]] = {}
+    if not copied:
+        for sid in candidates:
+            job = jobs[sid]
+            if job.copies_input or (job.sole_dependency != done
+                                    and not _deps_succeeded(tx, job.step)):
                 continue
-        if job.copies_input:
-            ready.append((job, dict(run.input)))  # ``build_payload``'s plainest case
-            continue
-        step = job.step
-        try:
-            scope = build_scope(tx.plan, run, sid) if step.input else {}
-            ready.append((job, build_payload(tx.plan, run, step, scope, NO_ITEM)))
-        except CordtrioError:
-            return False
+            step = job.step
+            try:
+                scope = build_scope(tx.plan, run, sid) if step.input else {}
+                built[sid] = build_payload(tx.plan, run, step, scope, NO_ITEM)
+            except CordtrioError:
+                return False
     seen = front.seen
     in_flight = tx.state.started
     touched = tx.changes.steps
     now = tx.now
     run_id = run.id
-    for job, payload in ready:
-        step = job.step
-        sid = step.id
+    started = 0
+    for sid in candidates:
+        job = jobs[sid]
+        # (else its one dependency just succeeded; a candidate started here is running)
+        if job.sole_dependency != done and not _deps_succeeded(tx, job.step):
+            continue
+        # ``build_payload``'s plainest case, or the input built above
+        payload = dict(run.input) if job.copies_input else built[sid]
         job_id = f"{run_id}:{sid}@1"
         # the StepRun ``start_job`` makes of a new one, made so at once (its fields set
         # here, in field order: a third less than ``__init__``)
@@ -218,11 +217,11 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         steps[sid] = sr
         in_flight[job_id] = sr
         touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
-        emit_job(tx, step, sid, job_id, payload)
+        emit_job(tx, job.step, sid, job_id, payload)
         seen[job.position] = _RUNNING
+        started += 1
     # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
     # these counts; and the started jobs cannot act, nor can the steps depending on them.
-    started = len(ready)
     front.absent -= started
     front.unfinished += started
     return True
