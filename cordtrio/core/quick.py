@@ -10,7 +10,9 @@ says: which steps can move.
 
 ``quick_start`` and ``quick_result`` first check everything that makes the short way exact
 (for a result: no step in the frontier is live, no failure stands, the run is running, the
-step and its dependents are ``Plan.plain_jobs``, the dependents have no StepRun yet), and
+job is one of the run's started since its load (``RunState.started``: its StepRun, found
+without parsing its id) and still running, the step and its dependents are
+``Plan.plain_jobs``, the dependents have no StepRun yet), and
 return False having changed nothing when one does not hold: the general path then decides.
 Otherwise they give the same effects in the same order, the same changes and the same run
 as the general path (tests/properties/test_quick_properties.py replays random runs both
