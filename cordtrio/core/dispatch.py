@@ -54,6 +54,7 @@ def start_job(
     """``dispatch`` once the payload is built: ``sr`` becomes the running attempt
     ``job_id``, and the job's timeline event, ``Dispatch`` and timer are emitted."""
     target = sr.step_id
+    previous = sr.job_id
     sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
@@ -65,7 +66,9 @@ def start_job(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
-        tx.state.started[job_id] = sr
+        started = tx.state.started  # (``RunState.started``) this attempt's, not the last's
+        started.pop(previous, None)
+        started[job_id] = sr
     emit_job(tx, step, target, job_id, payload, parent, index, sr.item)
 
 

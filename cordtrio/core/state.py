@@ -156,8 +156,8 @@ class RunState:
     (``quick._start_plain``, ``dispatch.start_job``), so that the short way finds a
     result's step without parsing its id (``quick.quick_result``, which checks the StepRun
     is still that attempt's and running). A job's entry goes with its result
-    (``apply_result`` too); one whose attempt ended otherwise (a timeout, a
-    cancellation) stays and no longer matches."""
+    (``apply_result`` too) or its step's next attempt; one whose attempt ended otherwise
+    (a timeout, a cancellation) stays until then, and no longer matches."""
 
     def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
         idx = self.fanouts.get(step_id)
