@@ -86,10 +86,9 @@ def emit_job(
     tenth of what this costs."""
     run = tx.run
     plan = tx.plan
-    state = tx.state
-    jobs = state.jobs
+    jobs = tx.state.jobs
     if jobs is None:
-        jobs = state.jobs = RunJobs.of(plan, run)
+        jobs = tx.state.jobs = RunJobs.of(plan, run)
     if plan.has_payload_store:
         ctx_key = CONTEXT_PREFIX + job_id  # ``context_key()``
         pointer = POINTER_SCHEME + ctx_key

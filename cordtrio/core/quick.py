@@ -188,12 +188,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
                 built[sid] = build_payload(tx.plan, run, step, scope, NO_ITEM)
             except CordtrioError:
                 return False
-    seen = front.seen
-    in_flight = tx.state.started
-    touched = tx.changes.steps
-    now = tx.now
-    run_id = run.id
-    started = 0
+    started = 0  # (the loop reads ``tx``'s and ``front``'s parts in place: it mostly runs once)
     for sid in candidates:
         job = jobs[sid]
         # (else its one dependency just succeeded; a candidate started here is running)
@@ -201,13 +196,13 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
             continue
         # ``build_payload``'s plainest case, or the input built above
         payload = dict(run.input) if job.copies_input else built[sid]
-        job_id = f"{run_id}:{sid}@1"
+        job_id = f"{run.id}:{sid}@1"
         # the StepRun ``start_job`` makes of a new one, made so at once (its fields set
         # here, in field order: a third less than ``__init__``)
         sr = _new(StepRun)
         sr.step_id = sid
         sr.status = _RUNNING
-        sr.started_at = now
+        sr.started_at = tx.now
         sr.completed_at = sr.next_attempt_at = None
         sr.attempts = 1
         sr.input = payload
@@ -217,10 +212,10 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         sr.item = None
         sr.children = {}
         steps[sid] = sr
-        in_flight[job_id] = sr
-        touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
+        tx.state.started[job_id] = sr
+        tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, job.step, sid, job_id, payload)
-        seen[job.position] = _RUNNING
+        front.seen[job.position] = _RUNNING
         started += 1
     # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
     # these counts; and the started jobs cannot act, nor can the steps depending on them.
