@@ -54,6 +54,7 @@ def start_job(
     """``dispatch`` once the payload is built: ``sr`` becomes the running attempt
     ``job_id``, and the job's timeline event, ``Dispatch`` and timer are emitted."""
     target = sr.step_id
+    previous = sr.job_id
     sr.status = _RUNNING
     sr.started_at = tx.now
     sr.completed_at = None
@@ -65,6 +66,9 @@ def start_job(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
+        started = tx.state.started  # (``RunState.started``) this attempt's, not the last's
+        started.pop(previous, None)
+        started[job_id] = sr
     emit_job(tx, step, target, job_id, payload, parent, index, sr.item)
 
 
@@ -82,10 +86,9 @@ def emit_job(
     tenth of what this costs."""
     run = tx.run
     plan = tx.plan
-    state = tx.state
-    jobs = state.jobs
+    jobs = tx.state.jobs
     if jobs is None:
-        jobs = state.jobs = RunJobs.of(plan, run)
+        jobs = tx.state.jobs = RunJobs.of(plan, run)
     if plan.has_payload_store:
         ctx_key = CONTEXT_PREFIX + job_id  # ``context_key()``
         pointer = POINTER_SCHEME + ctx_key

@@ -25,8 +25,9 @@ class PlainJob:
     dependents: tuple[str, ...]
     """``Plan.dependents``: the steps that depend on it."""
     result_quick: bool
-    """A result of it may take the short way: its dependents are all plain jobs and its
-    output is not validated."""
+    """A result of it may take the short way: its dependents are all plain jobs, its
+    output is not validated, and its id has no ``:`` (its job id then splits at its last
+    ``:`` as ``parse_job_id`` splits it)."""
     copies_input: bool
     """No ``input`` and no input schema: its job's input is a copy of the run's, which
     cannot fail to build."""
@@ -34,6 +35,9 @@ class PlainJob:
     """Its only dependency; "" when it has none or several."""
     writes_path: bool
     """It has an ``output_path`` (its output is also written there)."""
+    dependents_copy_input: bool
+    """Its dependents are all plain jobs that ``copies_input``: starting them cannot fail
+    (``quick._start_plain`` then starts them in one pass)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Plan:
     plain_roots: tuple[str, ...] = ()
     """The ids of ``roots`` when they are all plain jobs (a new run's start takes the short
     way, ``core.quick``), else none."""
+    plain_roots_copy_input: bool = False
+    """``plain_roots`` all ``copies_input`` (``PlainJob.dependents_copy_input``, for a new
+    run's first steps)."""
     sinks: tuple[str, ...] | None = None
     """The steps nothing depends on, but ``on_error`` handlers, in definition order: the
     run's output is theirs (None: not worked out, ``status`` finds them)."""
@@ -110,6 +117,9 @@ class Plan:
         checked_outputs = frozenset(
             sid for sid, step in workflow.steps.items()
             if step.output_schema or step.output_schema_id.strip())
+        plain = _plain(workflow, order, plain_jobs, checked_outputs, dependents)
+        plain_roots = tuple(order[i] for i in roots) if all(
+            order[i] in plain_jobs for i in roots) else ()
         return cls(
             workflow=workflow,
             order=order,
@@ -124,9 +134,9 @@ class Plan:
             roots=roots,
             plain_jobs=plain_jobs,
             checked_outputs=checked_outputs,
-            plain=_plain(workflow, order, plain_jobs, checked_outputs, dependents),
-            plain_roots=tuple(order[i] for i in roots)
-            if all(order[i] in plain_jobs for i in roots) else (),
+            plain=plain,
+            plain_roots=plain_roots,
+            plain_roots_copy_input=all(plain[sid].copies_input for sid in plain_roots),
             sinks=tuple(sid for sid in order if sid not in dependents and sid not in sources),
         )
 
@@ -156,12 +166,20 @@ def _plain(
             step=step,
             position=i,
             dependents=after,
-            result_quick=sid not in checked_outputs and all(d in plain_jobs for d in after),
-            copies_input=not (step.input or step.input_schema or step.input_schema_id),
+            result_quick=(sid not in checked_outputs and ":" not in sid
+                          and all(d in plain_jobs for d in after)),
+            copies_input=_copies_input(step),
             sole_dependency=deps[0] if len(deps) == 1 else "",
             writes_path=bool(step.output_path.strip()),
+            dependents_copy_input=all(
+                d in plain_jobs and _copies_input(workflow.steps[d]) for d in after),
         )
     return out
+
+
+def _copies_input(step: Step) -> bool:
+    """``PlainJob.copies_input``."""
+    return not (step.input or step.input_schema or step.input_schema_id)
 
 
 def _rechecks(

@@ -10,7 +10,9 @@ says: which steps can move.
 
 ``quick_start`` and ``quick_result`` first check everything that makes the short way exact
 (for a result: no step in the frontier is live, no failure stands, the run is running, the
-step and its dependents are ``Plan.plain_jobs``, the dependents have no StepRun yet), and
+job is one of the run's started since its load (``RunState.started``: its StepRun, found
+without parsing its id) and still running, the step and its dependents are
+``Plan.plain_jobs``, the dependents have no StepRun yet), and
 return False having changed nothing when one does not hold: the general path then decides.
 Otherwise they give the same effects in the same order, the same changes and the same run
 as the general path (tests/properties/test_quick_properties.py replays random runs both
@@ -31,8 +33,7 @@ from .dispatch import build_payload, emit_job
 from .events import LoadedOutput, StepFinished
 from .frontier import Frontier
 from .outputs import record_output
-from .plan import PlainJob
-from .ready import arm_run_timeout, may_act, ready_pass
+from .ready import _deps_succeeded, arm_run_timeout, may_act, ready_pass
 from .scope import NO_ITEM, build_scope
 from .state import Tx, timeline_row
 from .status import set_run_status
@@ -49,7 +50,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     """Decide ``ResultReceived(result, output)`` as ``apply_result`` + ``ready_pass``
     would; False, with nothing changed, when this is not the plain case."""
     run = tx.run
-    front = tx.state.frontier
+    state = tx.state
+    front = state.frontier
     if (result.status is not _JOB_SUCCEEDED or run.status is not _RUN_RUNNING
             or front is None or front.plan is not tx.plan):
         return False
@@ -59,38 +61,35 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         front.refresh(run, partial(may_act, tx))
     if front.live or front.failed or front.timed_out:
         return False
-    # ``parse_job_id``, inlined for the only shape this takes (``<run>:<step>@<digits>``,
-    # where splitting at the last ``@`` then the last ``:`` splits as it does)
+    # The StepRun the job set running, found by its id (``RunState.started``) rather than
+    # by parsing it: it is the run's step of that id (a present step's StepRun is never
+    # replaced), whose attempt the id's number is, as ``parse_job_id`` would find.
     job_id = result.job_id
+    started = state.started
     try:
-        head, _, number = job_id.rpartition("@")
-        run_id, colon, target = head.rpartition(":")
-    except (AttributeError, TypeError):  # not a string: free to test this way when it is
+        sr = started.get(job_id)
+    except TypeError:  # unhashable: not a job id
         return False
-    # (no ``@``: no ``:`` in ``head``, which is empty)
-    if not (colon and run_id and target and run_id == run.id and number.isdigit()):
+    if sr is None or sr.job_id != job_id or sr.status is not _RUNNING:
         return False
+    target = sr.step_id
     job = front.plan.plain.get(target)
-    steps = run.steps
-    sr = steps.get(target)
-    if (job is None or not job.result_quick or sr is None or sr.job_id != job_id
-            or sr.status is not _RUNNING or sr.children or sr.step_id != target):
+    if job is None or not job.result_quick:
         return False
     result_ptr = result.result_ptr
     loaded = output if output is not None and output.loaded and not output.error else None
     # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
     if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
         return False  # refused: the general path's business
+    steps = run.steps
     dependents = job.dependents
     for sid in dependents:
         if sid in steps:
             return False
+    del started[job_id]
 
     # ``apply_result`` → ``_succeeded`` → ``finish``, for a top-level step that succeeded
     now = tx.now
-    attempt = int(number)
-    if attempt > sr.attempts:  # ``max``, without its call (slow on this path)
-        sr.attempts = attempt
     changes = tx.changes
     if result_ptr:
         sr.output = result_ptr
@@ -126,7 +125,8 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     # the ready pass: only the dependents can have become ready
     run.updated_at = now  # what ``decide`` does of any event that changed the run
     changes.header = True
-    if dependents and not _start_plain(tx, front, dependents, target):
+    if dependents and not _start_plain(tx, front, dependents, target,
+                                       job.dependents_copy_input):
         # one fails instead of starting, which may start handlers: the general ready
         # pass, from where ``apply_result`` would leave it
         front.dirty.append(target)
@@ -155,7 +155,7 @@ def quick_start(tx: Tx) -> bool:
     arm_run_timeout(tx)
     front = Frontier.new(plan)  # ``Frontier.build`` of a run without steps
     tx.state.frontier = front
-    if not _start_plain(tx, front, roots):
+    if not _start_plain(tx, front, roots, "", plan.plain_roots_copy_input):
         ready_pass(tx)  # one fails instead of starting: the general pass from here
         return True
     front.live.clear()  # the roots, all started
@@ -163,51 +163,46 @@ def quick_start(tx: Tx) -> bool:
     return True
 
 
-def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str = "") -> bool:
+def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str = "",
+                 copied: bool = False) -> bool:
     """Start those of ``candidates`` (plain jobs without a StepRun, in definition order)
     whose dependencies all succeeded (``done`` just did), as ``_visit`` would one after the
     other, and count them in ``front``. False, having changed nothing, when one cannot
-    start (its input does not render or validate): every input is built before anything
-    starts, which gives the same inputs since starting a job changes nothing an input
-    reads."""
+    start (its input does not render or validate): every input that is not a copy of the
+    run's is built before anything starts, which gives the same inputs since starting a job
+    changes nothing an input reads. ``copied``: every candidate's input is such a copy
+    (``PlainJob.dependents_copy_input``): none can fail, and they start in one pass."""
     run = tx.run
     steps = run.steps
     jobs = front.plan.plain
-    ready: list[tuple[PlainJob, dict[str, Any]]] = []
+    built: dict[str, dict[str, Any]] = {}
+    if not copied:
+        for sid in candidates:
+            job = jobs[sid]
+            if job.copies_input or (job.sole_dependency != done
+                                    and not _deps_succeeded(tx, job.step)):
+                continue
+            step = job.step
+            try:
+                scope = build_scope(tx.plan, run, sid) if step.input else {}
+                built[sid] = build_payload(tx.plan, run, step, scope, NO_ITEM)
+            except CordtrioError:
+                return False
+    started = 0  # (the loop reads ``tx``'s and ``front``'s parts in place: it mostly runs once)
     for sid in candidates:
         job = jobs[sid]
-        if job.sole_dependency != done:  # else its one dependency just succeeded
-            waits = False
-            for dep in job.step.depends_on:  # ``ready._deps_succeeded``, inlined
-                sr = steps.get(dep)
-                if sr is None or sr.status != _SUCCEEDED:
-                    waits = True
-                    break
-            if waits:
-                continue
-        if job.copies_input:
-            ready.append((job, dict(run.input)))  # ``build_payload``'s plainest case
+        # (else its one dependency just succeeded; a candidate started here is running)
+        if job.sole_dependency != done and not _deps_succeeded(tx, job.step):
             continue
-        step = job.step
-        try:
-            scope = build_scope(tx.plan, run, sid) if step.input else {}
-            ready.append((job, build_payload(tx.plan, run, step, scope, NO_ITEM)))
-        except CordtrioError:
-            return False
-    seen = front.seen
-    touched = tx.changes.steps
-    now = tx.now
-    run_id = run.id
-    for job, payload in ready:
-        step = job.step
-        sid = step.id
-        job_id = f"{run_id}:{sid}@1"
+        # ``build_payload``'s plainest case, or the input built above
+        payload = dict(run.input) if job.copies_input else built[sid]
+        job_id = f"{run.id}:{sid}@1"
         # the StepRun ``start_job`` makes of a new one, made so at once (its fields set
         # here, in field order: a third less than ``__init__``)
         sr = _new(StepRun)
         sr.step_id = sid
         sr.status = _RUNNING
-        sr.started_at = now
+        sr.started_at = tx.now
         sr.completed_at = sr.next_attempt_at = None
         sr.attempts = 1
         sr.input = payload
@@ -217,12 +212,13 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         sr.item = None
         sr.children = {}
         steps[sid] = sr
-        touched.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
-        emit_job(tx, step, sid, job_id, payload)
-        seen[job.position] = _RUNNING
+        tx.state.started[job_id] = sr
+        tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
+        emit_job(tx, job.step, sid, job_id, payload)
+        front.seen[job.position] = _RUNNING
+        started += 1
     # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
     # these counts; and the started jobs cannot act, nor can the steps depending on them.
-    started = len(ready)
     front.absent -= started
     front.unfinished += started
     return True

@@ -75,6 +75,8 @@ def apply_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     step, sr, parent = found
     if sr.job_id != result.job_id or sr.status != _RUNNING:
         return False  # a stale attempt, or a duplicate of one already handled
+    if not parent:
+        tx.state.started.pop(sr.job_id, None)  # (``RunState.started``) its result is here
     sr.attempts = max(sr.attempts, parsed[2])
     status = result.status
     message = result.error_message

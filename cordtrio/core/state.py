@@ -151,6 +151,13 @@ class RunState:
     (``quick.quick_start``), then fed by ``Tx.touch_step``."""
     jobs: RunJobs | None = None
     """What every job of the run says alike, found by its first (``dispatch.emit_job``)."""
+    started: dict[str, StepRun] = field(default_factory=dict)
+    """Top-level jobs started since the load, by job id: the StepRun each set running
+    (``quick._start_plain``, ``dispatch.start_job``), so that the short way finds a
+    result's step without parsing its id (``quick.quick_result``, which checks the StepRun
+    is still that attempt's and running). A job's entry goes with its result
+    (``apply_result`` too) or its step's next attempt; one whose attempt ended otherwise
+    (a timeout, a cancellation) stays until then, and no longer matches."""
 
     def fanout(self, step_id: str, now: datetime) -> FanoutIndex:
         idx = self.fanouts.get(step_id)

@@ -175,3 +175,55 @@ def test_every_kind_of_loaded_output_is_recorded_as_the_general_path_records_it(
     assert steps["a"] == {"result_ptr": "redis://res:run-1:a@1", "output": {"v": 1}}
     assert steps["b"] == {"result_ptr": "redis://res:run-1:b@1"}
     assert sim.run.context["out"] == {"b": "redis://res:run-1:b@1", "e": [1, "x"]}
+
+
+def test_a_step_id_with_a_colon_goes_the_general_path_as_it_reads_the_job_id() -> None:
+    """``parse_job_id`` splits a job id at its last ``:``: a result of step ``x:y`` is
+    stale to the general path, and the short way (which finds a StepRun by job id) does
+    not take it either. An ``@`` in a step id reads back as it was."""
+    wf = workflow(step("x:y"), step("a@b", depends_on=["x:y"]), step("c", depends_on=["a@b"]),
+                  validate=False)
+
+    sim, taken = _same_both_ways(wf, lambda sim: sim.succeed("run-1:x:y@1"))
+    assert taken == [False]
+    assert sim.status("x:y") == StepStatus.RUNNING  # stale, as the general path reads it
+    wf = workflow(step("a@b"), step("c", depends_on=["a@b"]))
+    sim, taken = _same_both_ways(wf, _succeed_all)
+    assert taken == [True, True]
+    assert sim.run.status == RunStatus.SUCCEEDED
+
+
+def test_a_job_started_before_a_load_goes_the_general_path_and_the_next_the_short_way() -> None:
+    """The jobs the short way knows by id (``RunState.started``) are those started since
+    the run was loaded: a result of one started before goes the general path."""
+    from cordtrio.core.state import RunState
+    from cordtrio.model import WorkflowRun
+
+    wf = workflow(step("a"), step("b", depends_on=["a"]), step("c", depends_on=["b"]))
+    sim = Sim(wf)
+    sim.start()
+    sim.state = RunState(WorkflowRun.from_dict(sim.run.to_dict()))  # as a store loads it
+    assert sim.state.started == {}
+    taken: list[bool] = []
+
+    def asked(*args: Any) -> bool:
+        answer = quick.quick_result(*args)
+        taken.append(answer)
+        return answer
+
+    with mock.patch.object(machine, "quick_result", asked):
+        sim.succeed("run-1:a@1")
+        assert sim.state.started.keys() == {"run-1:b@1"}
+        sim.succeed("run-1:b@1")
+        sim.succeed("run-1:c@1")
+    assert taken == [False, True, True]
+    assert sim.state.started == {}
+    assert sim.run.status == RunStatus.SUCCEEDED
+    # the same events decided the general way give the same run
+    slow = Sim(wf)
+    with (mock.patch.object(machine, "quick_result", lambda *_: False),
+          mock.patch.object(machine, "quick_start", lambda _tx: False)):
+        slow.start()
+        for job_id in ("run-1:a@1", "run-1:b@1", "run-1:c@1"):
+            slow.succeed(job_id)
+    assert slow.run.to_dict() == sim.run.to_dict()
