@@ -203,42 +203,44 @@ class RunTask:
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
         timers = self._timers
+        armed = self._armed  # the timers' heap: truthy while a timer is armed
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
         while True:
-            if not batch:
+            if queues_commands and _has_drain(batch):
+                batch = _without_drains(batch)
+                batch += await owner.take_commands(self.run_id)
+                if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                    await owner.acknowledge(self.run_id)
+            if batch:
+                try:
+                    await self._process(batch, plan, state)
+                except BaseException:
+                    self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
+                    raise
+                if queues_commands:
+                    await owner.acknowledge(self.run_id)  # persisted: the store may forget
+            # The next batch: what came in meanwhile (usually nothing: once or twice per
+            # step) and the timers due; else the task is idle and waits. The mailbox's one
+            # reader takes its items by handing it a new list (``Mailbox.items``): no call.
+            if mailbox.items:
+                batch, mailbox.items = mailbox.items, []
+            elif armed and (batch := timers.due()):
+                continue
+            else:
                 status = run.status
                 if status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
                 if status is _WAITING and self._parked() and owner.may_unload_idle():
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
-                if self._armed:
+                if armed:
                     self._set_alarm()
                 await mailbox.wait()
-                batch = mailbox.take_all()  # ``_take_ready`` inlined, as below
-                if self._armed:
-                    batch.extend(timers.due())
-                if not batch:  # a stale poke of the alarm
-                    continue
-            if queues_commands and _has_drain(batch):
-                batch = _without_drains(batch)
-                batch += await owner.take_commands(self.run_id)
-                if not batch:  # nothing, or only undecodable commands (dropped, logged)
-                    await owner.acknowledge(self.run_id)
-                    continue
-            try:
-                await self._process(batch, plan, state)
-            except BaseException:
-                self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
-                raise
-            if queues_commands:
-                await owner.acknowledge(self.run_id)  # persisted: the store may forget them
-            # ``_take_ready`` inlined: once or twice per step, and usually nothing is there
-            batch = mailbox.take_all() if mailbox.items else []
-            if self._armed:
-                batch.extend(timers.due())
+                batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
+            if armed:
+                batch += timers.due()
 
     def _parked(self) -> bool:
         """Waiting on an approval with no timer armed and no job or alert in flight: nothing
