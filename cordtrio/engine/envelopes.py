@@ -98,9 +98,10 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.items: list[Item] = []
-        """What waits to be taken (read-only outside: the run task's "anything there?"
-        after each batch is a plain truth test, not a method call; ``take_all`` hands the
-        list itself over and starts a new one)."""
+        """What waits to be taken, oldest first. Its one reader (the run task) takes them
+        without a call, ``batch, mailbox.items = mailbox.items, []`` (as ``take_all``
+        does): the list itself is handed over, and puts go to the new one. Nobody else
+        changes it."""
         self._reader: trio.lowlevel.Task | None = None
         self.closed = False
 
