@@ -88,6 +88,9 @@ log = logging.getLogger("cordtrio.engine")
 
 RESULT_QUEUE = "cordtrio-workflow-engine"
 
+_PROBE_KEY = "cordtrio-stall-probe"
+"""The idempotency key the stall watchdog looks up to see whether the store answers."""
+
 
 class Engine:
     """Runs workflows. Create it with ``open_engine``; all methods are Trio coroutines."""
@@ -132,8 +135,9 @@ class Engine:
         self._ended = EndedRuns(store)  # for a ``wait_run`` after the run ended
         self._plans: dict[tuple[str, Any], Plan] = {}
         self.alarm = Alarm()
-        self._stalls = StallWatch(
-            lambda: store.list_run_ids_by_status(RunStatus.RUNNING.value, 1))
+        # the watchdog's probe: one key read on any store (a listing by status sorts, or
+        # re-indexes, what it lists; the answer is not used, only whether one comes)
+        self._stalls = StallWatch(lambda: store.get_run_by_idempotency_key(_PROBE_KEY))
 
     # ------------------------------------------------------------------ public API
 
