@@ -287,11 +287,12 @@ class Engine:
                 await reply.wait()  # or StoreError from the watchdog (``stalls``)
             finally:
                 self._stalls.forget(reply)
-            if isinstance(envelope.error, (Redirect, LeaseLostError)):
-                continue  # the task ended just before our envelope; a new one takes it
-            if envelope.error is not None:
-                raise envelope.error
-            return
+            error = envelope.error
+            if error is None:
+                return
+            if not isinstance(error, (Redirect, LeaseLostError)):
+                raise error
+            # the task ended just before our envelope; a new one takes it
         raise CordtrioError(f"run {run_id}: could not deliver {type(event).__name__}")
 
     def deliver(self, run_id: str, envelope: Item, preload: Preload | None = None) -> None:
