@@ -327,8 +327,7 @@ class RunTask:
                 # alerts published, whose outcome the core must know before anything is
                 # persisted
                 timeline: list[TimelineEvent] = []
-                after: list[Effect] = []
-                failed: list[str] = []  # jobs whose payload could not be stored (rare)
+                after: list[Effect] = []  # a job whose payload was not stored is left out
                 staged = changes.payloads if wiring.stage_payloads else None
                 while True:
                     feedback: list[Event] = []
@@ -336,20 +335,21 @@ class RunTask:
                         cls = effect.__class__
                         if cls is TimelineEvent:
                             timeline.append(effect)
-                            continue
-                        after.append(effect)
-                        if cls is Dispatch:
+                        elif cls is Dispatch:
                             problem = store_payload_now(path, effect) if staged is None \
                                 else None
                             if problem is None:
                                 problem = await store_payload(path, effect, staged)
                             if problem:
-                                failed.append(effect.job_id)
                                 feedback.append(DispatchFailed(effect.target_id,
                                                                effect.job_id, problem))
-                        elif cls is PublishAlert:
-                            error = await publish_alert(wiring.bus, now, run_id, effect)
-                            feedback.append(AlertOutcome(effect.step_id, error))
+                            else:
+                                after.append(effect)
+                        else:
+                            after.append(effect)
+                            if cls is PublishAlert:
+                                error = await publish_alert(wiring.bus, now, run_id, effect)
+                                feedback.append(AlertOutcome(effect.step_id, error))
                     if not feedback:
                         break
                     effects = self._decide_more(feedback, changes)
@@ -372,8 +372,6 @@ class RunTask:
                 for effect in after:
                     cls = effect.__class__
                     if cls is Dispatch:
-                        if failed and effect.job_id in failed:
-                            continue
                         if wiring.config is None:  # ``publish_job`` without a config, inline
                             try:  # (``effects.packet``, inline)
                                 request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
