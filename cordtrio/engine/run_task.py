@@ -2,8 +2,8 @@
 
 The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
 a waiting task is woken by the put), folds them into the run with the pure core
-(``decide``), and executes the effects in a fixed order per batch (``_carry_out``: one
-pass over them before the write, one over the rest after it):
+(``decide``), and executes the effects in a fixed order per batch (``_process``, one
+frame per batch: one pass over them before the write, one over the rest after it):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -417,11 +417,11 @@ class RunTask:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
             # or they would wait forever (``fail_leftovers`` only sees unread envelopes).
-            error = exc if isinstance(exc, Exception) else CordtrioError(
+            failure = exc if isinstance(exc, Exception) else CordtrioError(
                 f"run {run_id}: engine stopped")
             for item in batch:
                 if isinstance(item, Envelope):
-                    item.error = item.error or error
+                    item.error = item.error or failure
                     if item.done is not None:
                         item.done.set()
             raise
