@@ -41,7 +41,7 @@ class Reply:
         self._set = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            trio.lowlevel.reschedule(waiter)
+            _reschedule(waiter)
 
     def interrupt(self, error: BaseException) -> None:
         """Raise ``error`` in the waiting caller now; the envelope stays with the run task
@@ -59,11 +59,11 @@ class Reply:
         it waits). Trio's own wait is returned, not wrapped in a coroutine of ours: one
         frame less to resume on every wake-up."""
         if self._set:
-            return trio.lowlevel.checkpoint_if_cancelled()
+            return _checkpoint_if_cancelled()
         if self._waiter is not None:
             raise RuntimeError("a Reply has one waiter")
-        self._waiter = trio.lowlevel.current_task()
-        return trio.lowlevel.wait_task_rescheduled(self._abort)
+        self._waiter = _current_task()
+        return _wait_task_rescheduled(self._abort)
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._waiter = None
@@ -123,7 +123,7 @@ class Mailbox:
         reader = self._reader
         if reader is not None:
             self._reader = None
-            trio.lowlevel.reschedule(reader)
+            _reschedule(reader)
 
     def take_all(self) -> list[Item]:
         """Everything waiting, oldest first (maybe nothing): the caller's to keep."""
