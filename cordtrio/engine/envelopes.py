@@ -41,7 +41,7 @@ class Reply:
         self._set = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            trio.lowlevel.reschedule(waiter)
+            _reschedule(waiter)
 
     def interrupt(self, error: BaseException) -> None:
         """Raise ``error`` in the waiting caller now; the envelope stays with the run task
@@ -59,11 +59,11 @@ class Reply:
         it waits). Trio's own wait is returned, not wrapped in a coroutine of ours: one
         frame less to resume on every wake-up."""
         if self._set:
-            return trio.lowlevel.checkpoint_if_cancelled()
+            return _checkpoint_if_cancelled()
         if self._waiter is not None:
             raise RuntimeError("a Reply has one waiter")
-        self._waiter = trio.lowlevel.current_task()
-        return trio.lowlevel.wait_task_rescheduled(self._abort)
+        self._waiter = _current_task()
+        return _wait_task_rescheduled(self._abort)
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._waiter = None
@@ -98,9 +98,10 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.items: list[Item] = []
-        """What waits to be taken (read-only outside: the run task's "anything there?"
-        after each batch is a plain truth test, not a method call; ``take_all`` hands the
-        list itself over and starts a new one)."""
+        """What waits to be taken, oldest first. Its one reader (the run task) takes them
+        without a call, ``batch, mailbox.items = mailbox.items, []`` (as ``take_all``
+        does): the list itself is handed over, and puts go to the new one. Nobody else
+        changes it."""
         self._reader: trio.lowlevel.Task | None = None
         self.closed = False
 
@@ -122,7 +123,7 @@ class Mailbox:
         reader = self._reader
         if reader is not None:
             self._reader = None
-            trio.lowlevel.reschedule(reader)
+            _reschedule(reader)
 
     def take_all(self) -> list[Item]:
         """Everything waiting, oldest first (maybe nothing): the caller's to keep."""

@@ -2,8 +2,8 @@
 
 The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
 a waiting task is woken by the put), folds them into the run with the pure core
-(``decide``), and executes the effects in a fixed order per batch (``_carry_out``: one
-pass over them before the write, one over the rest after it):
+(``decide``), and executes the effects in a fixed order per batch (``_process``, one
+frame per batch: one pass over them before the write, one over the rest after it):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -203,42 +203,44 @@ class RunTask:
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
         timers = self._timers
+        armed = self._armed  # the timers' heap: truthy while a timer is armed
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
         while True:
-            if not batch:
+            if queues_commands and _has_drain(batch):
+                batch = _without_drains(batch)
+                batch += await owner.take_commands(self.run_id)
+                if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                    await owner.acknowledge(self.run_id)
+            if batch:
+                try:
+                    await self._process(batch, plan, state)
+                except BaseException:
+                    self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
+                    raise
+                if queues_commands:
+                    await owner.acknowledge(self.run_id)  # persisted: the store may forget
+            # The next batch: what came in meanwhile (usually nothing: once or twice per
+            # step) and the timers due; else the task is idle and waits. The mailbox's one
+            # reader takes its items by handing it a new list (``Mailbox.items``): no call.
+            if mailbox.items:
+                batch, mailbox.items = mailbox.items, []
+            elif armed and (batch := timers.due()):
+                continue
+            else:
                 status = run.status
                 if status.is_terminal:
                     return  # idle and finished: the task ends, state stays in the store
                 if status is _WAITING and self._parked() and owner.may_unload_idle():
                     # idle until approved: the next envelope reloads it (W4 memory)
                     return
-                if self._armed:
+                if armed:
                     self._set_alarm()
                 await mailbox.wait()
-                batch = mailbox.take_all()  # ``_take_ready`` inlined, as below
-                if self._armed:
-                    batch.extend(timers.due())
-                if not batch:  # a stale poke of the alarm
-                    continue
-            if queues_commands and _has_drain(batch):
-                batch = _without_drains(batch)
-                batch += await owner.take_commands(self.run_id)
-                if not batch:  # nothing, or only undecodable commands (dropped, logged)
-                    await owner.acknowledge(self.run_id)
-                    continue
-            try:
-                await self._process(batch, plan, state)
-            except BaseException:
-                self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
-                raise
-            if queues_commands:
-                await owner.acknowledge(self.run_id)  # persisted: the store may forget them
-            # ``_take_ready`` inlined: once or twice per step, and usually nothing is there
-            batch = mailbox.take_all() if mailbox.items else []
-            if self._armed:
-                batch.extend(timers.due())
+                batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
+            if armed:
+                batch += timers.due()
 
     def _parked(self) -> bool:
         """Waiting on an approval with no timer armed and no job or alert in flight: nothing
@@ -268,12 +270,21 @@ class RunTask:
     # -------------------------------------------------------------------- one batch
 
     async def _process(self, batch: list[Item], plan: Plan, state: RunState) -> None:
-        """Decide each event of ``batch`` in turn, carry out all their effects together
-        (``_carry_out``), then answer the batch's API callers."""
+        """Apply one batch: decide each event of ``batch`` in turn, carry out all their
+        effects together in the order of the module docstring (one pass over them before
+        the write, one over the rest after it), then answer the batch's API callers.
+        Feedback (a payload not stored, a job not published, an alert's outcome) goes back
+        through the core, and its effects are carried out too, until nothing is left.
+
+        One frame for all of it: deciding and carrying out were two coroutines, one more
+        to create, enter and leave on every step. Effects are told apart by exact type: the
+        core builds each of its own class, and ``x.__class__ is C`` is an inline check where
+        ``isinstance`` is a call."""
         wiring = self._wiring
+        path, run_id = wiring.path, self.run_id
         effects: list[Effect]
         changes: RunChanges | None = None  # None until an event is decided
-        now: datetime
+        now: datetime  # when the core decided: the time of the bus messages sent
         waiting = False  # an API caller waits for an envelope of the batch
         for item in batch:
             if isinstance(item, Envelope):
@@ -284,7 +295,6 @@ class RunTask:
                 envelope, event = None, item
             if event.__class__ is ResultReceived and event.output is None:
                 result = event.result  # SPEC §8: the core needs a success's result payload
-                path = wiring.path
                 if result.status is _JOB_SUCCEEDED and result.result_ptr and \
                         path is not None:  # (the engine's own event: set in place)
                     loaded = load_output_now(path, result.result_ptr)
@@ -299,7 +309,7 @@ class RunTask:
             except Exception as exc:
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
-                    log.exception("run %s: core failed on %r", self.run_id, event)
+                    log.exception("run %s: core failed on %r", run_id, event)
                 if envelope is not None:
                     envelope.error = exc
                 continue
@@ -309,18 +319,109 @@ class RunTask:
                 effects += outcome.effects
                 changes.merge(outcome.changes)
         run = state.run
+        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
         try:
-            if changes is not None:
-                await self._carry_out(effects, changes, now, run)
+            while changes is not None:
+                # before the write: the timeline rows apart, the rest kept for after it; the
+                # jobs' payloads stored (or, ``staged``, handed to the run write) and notify
+                # alerts published, whose outcome the core must know before anything is
+                # persisted
+                timeline: list[TimelineEvent] = []
+                after: list[Effect] = []  # a job whose payload was not stored is left out
+                staged = changes.payloads if wiring.stage_payloads else None
+                while True:
+                    feedback: list[Event] = []
+                    for effect in effects:
+                        cls = effect.__class__
+                        if cls is TimelineEvent:
+                            timeline.append(effect)
+                        elif cls is Dispatch:
+                            problem = store_payload_now(path, effect) if staged is None \
+                                else None
+                            if problem is None:
+                                problem = await store_payload(path, effect, staged)
+                            if problem:
+                                feedback.append(DispatchFailed(effect.target_id,
+                                                               effect.job_id, problem))
+                            else:
+                                after.append(effect)
+                        else:
+                            after.append(effect)
+                            if cls is PublishAlert:
+                                error = await publish_alert(wiring.bus, now, run_id, effect)
+                                feedback.append(AlertOutcome(effect.step_id, error))
+                    if not feedback:
+                        break
+                    effects = self._decide_more(feedback, changes)
+                # state and timeline in one atomic write: a crash keeps both or neither
+                # (``_persist``'s first try inlined: one coroutine fewer per batch)
+                if changes.header or changes:  # (a step writes its header: no ``__bool__``)
+                    try:
+                        save_now = wiring.save_now
+                        if save_now is not None:
+                            save_now(run, changes, timeline)
+                        else:
+                            await self.owner.save_changes(run, changes, timeline)
+                    except Exception as exc:
+                        await self._persist(changes, timeline, exc)
+                elif timeline:
+                    await self._persist(changes, timeline)
+                # after the write, in the order the core gave them: publish the jobs (a
+                # failure is fed back), their hooks, the other hooks, cancels, timers
+                feedback = []
+                for effect in after:
+                    cls = effect.__class__
+                    if cls is Dispatch:
+                        if wiring.config is None:  # ``publish_job`` without a config, inline
+                            try:  # (``effects.packet``, inline)
+                                request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
+                                                    effect.request)
+                                publish_now = wiring.publish_now
+                                if publish_now is None or not publish_now(SUBJECT_SUBMIT,
+                                                                          request):
+                                    await wiring.bus.publish(SUBJECT_SUBMIT, request)
+                                problem = ""
+                            except Exception as exc:
+                                problem = f"publish {effect.job_id}: {exc}"
+                        else:
+                            problem = await publish_job(wiring.bus, now, wiring.config,
+                                                        run_id, run, effect)
+                        if problem:
+                            feedback.append(DispatchFailed(effect.target_id, effect.job_id,
+                                                           problem))
+                        elif not effect.again and \
+                                (on_dispatched := wiring.on_dispatched) is not None:
+                            try:
+                                on_dispatched(run_id, effect.target_id, effect.job_id)
+                            except Exception:
+                                log.exception("on_step_dispatched hook failed for %s",
+                                              effect.job_id)
+                    elif cls is StepFinished:
+                        if (on_finished := wiring.on_finished) is not None:
+                            try:
+                                on_finished(run_id, effect.step_id, effect.status)
+                            except Exception:
+                                log.exception("on_step_finished hook failed for %s/%s",
+                                              run_id, effect.step_id)
+                    elif cls is CancelJob:
+                        await publish_cancel(wiring.bus, now, run_id, effect)
+                    elif cls is ArmTimer:
+                        self._timers.arm(effect, wiring.now())
+                if not feedback:
+                    break
+                changes = RunChanges()
+                effects = self._decide_more(feedback, changes)
+                if not effects and not changes:
+                    break
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
             # or they would wait forever (``fail_leftovers`` only sees unread envelopes).
-            error = exc if isinstance(exc, Exception) else CordtrioError(
-                f"run {self.run_id}: engine stopped")
+            failure = exc if isinstance(exc, Exception) else CordtrioError(
+                f"run {run_id}: engine stopped")
             for item in batch:
                 if isinstance(item, Envelope):
-                    item.error = item.error or error
+                    item.error = item.error or failure
                     if item.done is not None:
                         item.done.set()
             raise
@@ -329,112 +430,7 @@ class RunTask:
                 if isinstance(item, Envelope) and item.done is not None:
                     item.done.set()
         if run.status.is_terminal:
-            self._finish = self.host.run_finished(self.run_id) or self._finish
-
-    async def _carry_out(self, effects: list[Effect], changes: RunChanges, now: datetime,
-                         run: WorkflowRun) -> None:
-        """Carry out the effects of a batch in the order of the module docstring: one pass
-        before the write, one after it over what is left. Feedback (a payload not stored, a
-        job not published, an alert's outcome) goes back through the core, and its effects
-        are carried out too, until nothing is left. ``now``: when the core decided, the
-        time of the bus messages sent. Effects are told apart by exact type: the core
-        builds each of its own class, and ``x.__class__ is C`` is an inline check where
-        ``isinstance`` is a call."""
-        wiring = self._wiring
-        path, run_id = wiring.path, self.run_id
-        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
-        while True:
-            # before the write: the timeline rows apart, the rest kept for after it; the
-            # jobs' payloads stored (or, ``staged``, handed to the run write) and notify
-            # alerts published, whose outcome the core must know before anything is persisted
-            timeline: list[TimelineEvent] = []
-            after: list[Effect] = []
-            failed: list[str] = []  # jobs whose payload could not be stored (rare)
-            staged = changes.payloads if wiring.stage_payloads else None
-            while True:
-                feedback: list[Event] = []
-                for effect in effects:
-                    cls = effect.__class__
-                    if cls is TimelineEvent:
-                        timeline.append(effect)
-                        continue
-                    after.append(effect)
-                    if cls is Dispatch:
-                        problem = store_payload_now(path, effect) if staged is None \
-                            else None
-                        if problem is None:
-                            problem = await store_payload(path, effect, staged)
-                        if problem:
-                            failed.append(effect.job_id)
-                            feedback.append(DispatchFailed(effect.target_id,
-                                                           effect.job_id, problem))
-                    elif cls is PublishAlert:
-                        error = await publish_alert(wiring.bus, now, run_id, effect)
-                        feedback.append(AlertOutcome(effect.step_id, error))
-                if not feedback:
-                    break
-                effects = self._decide_more(feedback, changes)
-            # state and timeline in one atomic write: a crash keeps both or neither
-            # (``_persist``'s first try inlined: one coroutine fewer per batch)
-            if changes.header or changes:  # (a step writes its header: no ``__bool__`` call)
-                try:
-                    save_now = wiring.save_now
-                    if save_now is not None:
-                        save_now(run, changes, timeline)
-                    else:
-                        await self.owner.save_changes(run, changes, timeline)
-                except Exception as exc:
-                    await self._persist(changes, timeline, exc)
-            elif timeline:
-                await self._persist(changes, timeline)
-            # after the write, in the order the core gave them: publish the jobs (a
-            # failure is fed back), their hooks, the other hooks, cancels, timers
-            feedback = []
-            for effect in after:
-                cls = effect.__class__
-                if cls is Dispatch:
-                    if failed and effect.job_id in failed:
-                        continue
-                    if wiring.config is None:  # ``publish_job`` without a config, inline
-                        try:  # (``effects.packet``, inline)
-                            request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
-                                                effect.request)
-                            publish_now = wiring.publish_now
-                            if publish_now is None or not publish_now(SUBJECT_SUBMIT,
-                                                                      request):
-                                await wiring.bus.publish(SUBJECT_SUBMIT, request)
-                            problem = ""
-                        except Exception as exc:
-                            problem = f"publish {effect.job_id}: {exc}"
-                    else:
-                        problem = await publish_job(wiring.bus, now, wiring.config, run_id,
-                                                    run, effect)
-                    if problem:
-                        feedback.append(DispatchFailed(effect.target_id, effect.job_id,
-                                                       problem))
-                    elif not effect.again and (on_dispatched := wiring.on_dispatched) is not None:
-                        try:
-                            on_dispatched(run_id, effect.target_id, effect.job_id)
-                        except Exception:
-                            log.exception("on_step_dispatched hook failed for %s",
-                                          effect.job_id)
-                elif cls is StepFinished:
-                    if (on_finished := wiring.on_finished) is not None:
-                        try:
-                            on_finished(run_id, effect.step_id, effect.status)
-                        except Exception:
-                            log.exception("on_step_finished hook failed for %s/%s", run_id,
-                                          effect.step_id)
-                elif cls is CancelJob:
-                    await publish_cancel(wiring.bus, now, run_id, effect)
-                elif cls is ArmTimer:
-                    self._timers.arm(effect, wiring.now())
-            if not feedback:
-                return
-            changes = RunChanges()
-            effects = self._decide_more(feedback, changes)
-            if not effects and not changes:
-                return
+            self._finish = self.host.run_finished(run_id) or self._finish
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
         """Feed shell feedback to the core; merge its changes, return its effects."""

@@ -88,6 +88,9 @@ log = logging.getLogger("cordtrio.engine")
 
 RESULT_QUEUE = "cordtrio-workflow-engine"
 
+_PROBE_KEY = "cordtrio-stall-probe"
+"""The idempotency key the stall watchdog looks up to see whether the store answers."""
+
 
 class Engine:
     """Runs workflows. Create it with ``open_engine``; all methods are Trio coroutines."""
@@ -132,8 +135,9 @@ class Engine:
         self._ended = EndedRuns(store)  # for a ``wait_run`` after the run ended
         self._plans: dict[tuple[str, Any], Plan] = {}
         self.alarm = Alarm()
-        self._stalls = StallWatch(
-            lambda: store.list_run_ids_by_status(RunStatus.RUNNING.value, 1))
+        # the watchdog's probe: one key read on any store (a listing by status sorts, or
+        # re-indexes, what it lists; the answer is not used, only whether one comes)
+        self._stalls = StallWatch(lambda: store.get_run_by_idempotency_key(_PROBE_KEY))
 
     # ------------------------------------------------------------------ public API
 
@@ -283,11 +287,12 @@ class Engine:
                 await reply.wait()  # or StoreError from the watchdog (``stalls``)
             finally:
                 self._stalls.forget(reply)
-            if isinstance(envelope.error, (Redirect, LeaseLostError)):
-                continue  # the task ended just before our envelope; a new one takes it
-            if envelope.error is not None:
-                raise envelope.error
-            return
+            error = envelope.error
+            if error is None:
+                return
+            if not isinstance(error, (Redirect, LeaseLostError)):
+                raise error
+            # the task ended just before our envelope; a new one takes it
         raise CordtrioError(f"run {run_id}: could not deliver {type(event).__name__}")
 
     def deliver(self, run_id: str, envelope: Item, preload: Preload | None = None) -> None:

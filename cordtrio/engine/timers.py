@@ -14,7 +14,7 @@ from datetime import datetime
 import trio
 
 from ..core.events import ArmTimer, TimerFired
-from .envelopes import Envelope, Mailbox
+from .envelopes import Envelope, Item, Mailbox
 
 
 @dataclass(order=True, slots=True)
@@ -57,9 +57,10 @@ class Timers:
                                          TimerFired(effect.kind, effect.target,
                                                     effect.job_id), effect.at))
 
-    def due(self) -> list[Envelope]:
-        """Envelopes of the timers whose deadline has passed, removed from the heap."""
-        out: list[Envelope] = []
+    def due(self) -> list[Item]:
+        """Envelopes of the timers whose deadline has passed, removed from the heap (as a
+        batch of the run task's mailbox items)."""
+        out: list[Item] = []
         heap = self.heap
         if not heap:
             return out

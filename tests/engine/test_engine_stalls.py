@@ -39,6 +39,10 @@ class DownStore(MemoryStore):
         self._check()
         return await super().list_run_ids_by_status(*args, **kw)
 
+    async def get_run_by_idempotency_key(self, key: str) -> str | None:
+        self._check()
+        return await super().get_run_by_idempotency_key(key)
+
 
 async def test_a_call_stuck_on_a_store_outage_fails_with_the_store_error(
         bus, payloads, autojump_clock):
