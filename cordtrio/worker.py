@@ -113,6 +113,10 @@ class Worker:
         self._put_result_now = path.put_result_now
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
+        self._slots = 0
+        """Slot tasks alive (see ``_slot``): started one at a time, as they are needed."""
+        self._idle = 0
+        """Slots holding no job (waiting for one, or about to)."""
         self._ack: Callable[[str], None] | None = None
         """The job inbox's ``ack`` on a ``JobBus`` (taken once serving starts)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
@@ -180,8 +184,7 @@ class Worker:
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
-                for _ in range(self.max_concurrency):
-                    slots.start_soon(self._slot, submits, slots)
+                self._add_slot(submits, slots)  # the others as the jobs need them
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -191,12 +194,25 @@ class Worker:
             if isinstance(payload, JobCancel):
                 self.cancel_job(payload.job_id, payload.reason)
 
+    def _add_slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
+                  slots: trio.Nursery) -> None:
+        self._slots += 1
+        self._idle += 1
+        slots.start_soon(self._slot, submits, slots)
+
     async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
                     slots: trio.Nursery) -> None:
-        """One of ``max_concurrency`` long-lived tasks: takes a job request from the bus
-        only when idle (so jobs this worker cannot start yet stay with the bus, and with
-        other members of the queue group), runs it, reports it, and takes the next; until
-        the submit channel ends.
+        """One of up to ``max_concurrency`` long-lived tasks: takes a job request from the
+        bus only when idle (so jobs this worker cannot start yet stay with the bus, and
+        with other members of the queue group), runs it, reports it, and takes the next;
+        until the submit channel ends.
+
+        Slots are started as they are needed, not all at once: a slot that takes a job
+        while no other slot is idle starts one more (up to ``max_concurrency``), so one
+        always waits for the next job while there is room for it. Handlers that never wait
+        (most of them, in a burst) are all run by the first slot or two; a worker whose
+        jobs do wait grows to its concurrency. Starting, and at the end cancelling, a slot
+        costs more than the no-op jobs it would run.
 
         Its jobs share one cancel scope (entering and leaving a scope costs more than the
         rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
@@ -233,6 +249,8 @@ class Worker:
                             except trio.WouldBlock:
                                 packet = await receive()
                     except trio.EndOfChannel:
+                        self._slots -= 1
+                        self._idle -= 1
                         return
                     request = packet.payload
                     if not isinstance(request, JobRequest):
@@ -250,6 +268,9 @@ class Worker:
                     trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
+                    self._idle -= 1
+                    if not self._idle and self._slots < self.max_concurrency:
+                        self._add_slot(submits, slots)  # one waits for the next job
                     try:
                         budget = request.budget
                         if budget is None or budget.deadline_ms <= 0:
@@ -269,6 +290,7 @@ class Worker:
                     publishing = self._report(trace_id, started, result)
                     if publishing is not None:
                         await publishing
+                    self._idle += 1
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can
@@ -286,6 +308,8 @@ class Worker:
                 publishing = self._report(trace_id, started, result)
                 if publishing is not None:
                     await publishing
+            if entry.reason is not None:
+                self._idle += 1
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
