@@ -28,6 +28,7 @@ from time import perf_counter
 from typing import Any
 
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from . import json_payloads
 from ._nursery import open_service_nursery
@@ -115,10 +116,16 @@ class Worker:
         self._jobs: dict[str, _Running] = {}
         self._slots = 0
         """Slot tasks alive (see ``_slot``): started one at a time, as they are needed."""
-        self._idle = 0
-        """Slots holding no job (waiting for one, or about to)."""
+        self._grow_at = 0
+        """Jobs running when every slot is busy: the slots alive, less those awaiting the
+        bus to publish a result (the others run a job, registered in ``_jobs``, or wait
+        for one). A slot that starts a job and finds this many running starts one more."""
         self._ack: Callable[[str], None] | None = None
         """The job inbox's ``ack`` on a ``JobBus`` (taken once serving starts)."""
+        self._report_now: Callable[[BusPacket], bool] | None = None
+        """The job inbox's ``report_now`` (publish a result and ack its job in one call),
+        when it has one and the bus offers ``publish_now`` itself (taken once serving
+        starts)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
@@ -181,6 +188,8 @@ class Worker:
             if isinstance(self._bus, JobBus):
                 self._ack = submits.ack
                 submits.on_lost = self._job_lost
+                if self._publish_now is not None:  # not through a wrapper: it sees each
+                    self._report_now = getattr(submits, "report_now", None)
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
@@ -196,9 +205,10 @@ class Worker:
 
     def _add_slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
                   slots: trio.Nursery) -> None:
-        self._slots += 1
-        self._idle += 1
-        slots.start_soon(self._slot, submits, slots)
+        if self._slots < self.max_concurrency:
+            self._slots += 1
+            self._grow_at += 1
+            slots.start_soon(self._slot, submits, slots)
 
     async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
                     slots: trio.Nursery) -> None:
@@ -229,10 +239,13 @@ class Worker:
         clean = contextvars.copy_context()
         handlers = self._handlers
         running = self._jobs
-        # A burst already buffered is taken without a schedule point: by ``receive_nowait``
-        # first, or by ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised
-        # and caught on every job that finds the inbox empty)
-        receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
+        # A burst already buffered is taken without a schedule point: from the inbox's
+        # ``ready`` jobs after a cancellation check (``LocalJobInbox``), else by
+        # ``receive_nowait`` first, or by ``receive`` itself on an inbox that does so (no
+        # ``WouldBlock`` raised and caught on every job that finds the inbox empty)
+        ready = getattr(submits, "ready", None)
+        receive_nowait = None if ready is not None \
+            or getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         now = self._now
@@ -241,7 +254,10 @@ class Worker:
                 entry = _Running(scope)
                 while True:  # jobs, until the scope is cancelled or the context changed
                     try:
-                        if receive_nowait is None:
+                        if ready:
+                            await checkpoint_if_cancelled()
+                            packet = ready.popleft()  # nothing ran since the check
+                        elif receive_nowait is None:
                             packet = await receive()
                         else:
                             try:
@@ -250,7 +266,7 @@ class Worker:
                                 packet = await receive()
                     except trio.EndOfChannel:
                         self._slots -= 1
-                        self._idle -= 1
+                        self._grow_at -= 1
                         return
                     request = packet.payload
                     if not isinstance(request, JobRequest):
@@ -268,8 +284,7 @@ class Worker:
                     trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
-                    self._idle -= 1
-                    if not self._idle and self._slots < self.max_concurrency:
+                    if len(running) >= self._grow_at:  # no other slot is idle
                         self._add_slot(submits, slots)  # one waits for the next job
                     try:
                         budget = request.budget
@@ -290,7 +305,6 @@ class Worker:
                     publishing = self._report(trace_id, started, result)
                     if publishing is not None:
                         await publishing
-                    self._idle += 1
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can
@@ -308,8 +322,6 @@ class Worker:
                 publishing = self._report(trace_id, started, result)
                 if publishing is not None:
                     await publishing
-            if entry.reason is not None:
-                self._idle += 1
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
@@ -345,6 +357,9 @@ class Worker:
         if publish_now is None:
             return self._publish(packet, result)
         try:
+            report_now = self._report_now  # published and acknowledged in one call
+            if report_now is not None and report_now(packet):
+                return None
             if not publish_now(SUBJECT_RESULT, packet):
                 return self._publish(packet, result)
         except Exception:
@@ -356,12 +371,16 @@ class Worker:
         return None
 
     async def _publish(self, packet: BusPacket, result: JobResult) -> None:
-        """``_report``'s awaited publish, then the acknowledgement."""
+        """``_report``'s awaited publish, then the acknowledgement. Its slot counts as busy
+        meanwhile (``_grow_at``)."""
+        self._grow_at -= 1
         try:
             await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
             self._not_published(result)
             return
+        finally:
+            self._grow_at += 1
         if self._ack is not None:
             self._ack(result.job_id)
 
