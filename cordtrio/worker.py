@@ -193,7 +193,7 @@ class Worker:
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
-                self._add_slot(submits, slots)  # the others as the jobs need them
+                self._add_slots(submits, slots, 1)  # the others as the jobs need them
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -203,9 +203,10 @@ class Worker:
             if isinstance(payload, JobCancel):
                 self.cancel_job(payload.job_id, payload.reason)
 
-    def _add_slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
-                  slots: trio.Nursery) -> None:
-        if self._slots < self.max_concurrency:
+    def _add_slots(self, submits: trio.abc.ReceiveChannel[BusPacket],
+                   slots: trio.Nursery, n: int) -> None:
+        """Start ``n`` more slots, as far as ``max_concurrency`` allows."""
+        for _ in range(min(n, self.max_concurrency - self._slots)):
             self._slots += 1
             self._grow_at += 1
             slots.start_soon(self._slot, submits, slots)
@@ -219,10 +220,12 @@ class Worker:
 
         Slots are started as they are needed, not all at once: a slot that takes a job
         while no other slot is idle starts one more (up to ``max_concurrency``), so one
-        always waits for the next job while there is room for it. Handlers that never wait
-        (most of them, in a burst) are all run by the first slot or two; a worker whose
-        jobs do wait grows to its concurrency. Starting, and at the end cancelling, a slot
-        costs more than the no-op jobs it would run.
+        always waits for the next job while there is room for it, or, with jobs buffered,
+        one per buffered job up to doubling the slots. Handlers that never wait (most of
+        them, in a burst) are all run by the first slot or two, one after the other; a
+        worker whose handlers wait grows to its concurrency in a few scheduling rounds.
+        Starting, and at the end cancelling, a slot costs more than the no-op jobs it
+        would run.
 
         Its jobs share one cancel scope (entering and leaving a scope costs more than the
         rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
@@ -285,7 +288,11 @@ class Worker:
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     if len(running) >= self._grow_at:  # no other slot is idle
-                        self._add_slot(submits, slots)  # one waits for the next job
+                        # one waits for the next job; as many as are buffered, up to
+                        # twice the slots, when handlers wait (else they would not all
+                        # be busy): a burst of waiting jobs starts in a few rounds
+                        self._add_slots(submits, slots,
+                                        min(len(ready), self._slots) if ready else 1)
                     try:
                         budget = request.budget
                         if budget is None or budget.deadline_ms <= 0:

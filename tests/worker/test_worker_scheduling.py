@@ -96,6 +96,29 @@ async def test_slots_start_as_jobs_need_them_up_to_max_concurrency(
         assert (started, worker._slots) == (22, 8)
 
 
+async def test_a_burst_of_waiting_jobs_starts_in_a_few_scheduling_rounds(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """Slots started as needed double with jobs buffered: 64 handlers that wait are all
+    running after a handful of rounds, not one round per slot."""
+    release = trio.Event()
+
+    async def gated(job: Job) -> None:
+        await release.wait()
+
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: gated}, max_concurrency=64, prefetch=0
+    ) as worker:
+        for i in range(64):
+            await submit(bus, make_request(f"r:w[{i}]@1"))
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        assert (worker.running, worker._slots) == (64, 64)
+        release.set()
+        for _ in range(64):
+            await next_result(channel)
+
+
 async def test_unknown_topic_is_ignored(
     bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
 ) -> None:
