@@ -221,7 +221,8 @@ class Worker:
         Slots are started as they are needed, not all at once: a slot that takes a job
         while no other slot is idle starts one more (up to ``max_concurrency``), so one
         always waits for the next job while there is room for it, or, with jobs buffered,
-        one per buffered job up to doubling the slots. Handlers that never wait (most of
+        one per buffered job up to doubling the slots (doubling them on an inbox that does
+        not show its buffer). Handlers that never wait (most of
         them, in a burst) are all run by the first slot or two, one after the other; a
         worker whose handlers wait grows to its concurrency in a few scheduling rounds.
         Starting, and at the end cancelling, a slot costs more than the no-op jobs it
@@ -290,9 +291,10 @@ class Worker:
                     if len(running) >= self._grow_at:  # no other slot is idle
                         # one waits for the next job; as many as are buffered, up to
                         # twice the slots, when handlers wait (else they would not all
-                        # be busy): a burst of waiting jobs starts in a few rounds
-                        self._add_slots(submits, slots,
-                                        min(len(ready), self._slots) if ready else 1)
+                        # be busy): a burst of waiting jobs starts in a few rounds (twice
+                        # the slots when the inbox does not show what it buffers)
+                        self._add_slots(submits, slots, self._slots if ready is None
+                                        else max(1, min(len(ready), self._slots)))
                     try:
                         budget = request.budget
                         if budget is None or budget.deadline_ms <= 0:

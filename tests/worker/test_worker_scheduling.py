@@ -28,6 +28,7 @@ from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.protocol import (
     JobStatus,
 )
+from cordtrio.testing import PlainBus
 from cordtrio.worker import Job, open_worker
 
 # --------------------------------------------------------------------------- scheduling
@@ -96,18 +97,21 @@ async def test_slots_start_as_jobs_need_them_up_to_max_concurrency(
         assert (started, worker._slots) == (22, 8)
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["job-queues", "queue-group"])
 async def test_a_burst_of_waiting_jobs_starts_in_a_few_scheduling_rounds(
-    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock, plain: bool
 ) -> None:
     """Slots started as needed double with jobs buffered: 64 handlers that wait are all
-    running after a handful of rounds, not one round per slot."""
+    running after a handful of rounds, not one round per slot; on a plain bus too (a
+    queue group's channel, which does not show what it buffers)."""
     release = trio.Event()
 
     async def gated(job: Job) -> None:
         await release.wait()
 
     async with results(bus) as channel, open_worker(
-        bus, payloads, {TOPIC: gated}, max_concurrency=64, prefetch=0
+        PlainBus(bus) if plain else bus, payloads, {TOPIC: gated}, max_concurrency=64,
+        prefetch=0,
     ) as worker:
         for i in range(64):
             await submit(bus, make_request(f"r:w[{i}]@1"))
