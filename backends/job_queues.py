@@ -100,6 +100,13 @@ class _Topic:
     queue: deque[QueuedJob] = field(default_factory=deque)
     consumers: list[Consumer] = field(default_factory=list)
     turn: int = 0
+    only: Consumer | None = None
+    """The one consumer, when there is exactly one (a worker pool per topic, usually):
+    ``offer`` then skips the round robin. Set with ``consumers``."""
+
+    def set_consumers(self, consumers: list[Consumer]) -> None:
+        self.consumers = consumers
+        self.only = consumers[0] if len(consumers) == 1 else None
 
 
 def worker_lost_result(job_id: str, deliveries: int) -> JobResult:
@@ -174,9 +181,8 @@ class JobQueues:
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = _Topic()
-        consumers = t.consumers
-        if len(consumers) == 1:  # one worker (pool) for the topic: ``_next_consumer`` inlined
-            only = consumers[0]
+        only = t.only
+        if only is not None:  # one worker (pool) for the topic: ``_next_consumer`` inlined
             consumer = only if len(only.held) < only.capacity else None
         else:
             consumer = self._next_consumer(t)
@@ -199,7 +205,8 @@ class JobQueues:
             raise ValueError("a job consumer needs at least one topic")
         consumer = Consumer(frozenset(topics), capacity, handle)
         for name in consumer.topics:
-            self._topic(name).consumers.append(consumer)
+            t = self._topic(name)
+            t.set_consumers([*t.consumers, consumer])
         return consumer, self._fill(consumer)
 
     def ack(self, consumer: Consumer, job_id: str) -> list[Assignment]:
@@ -237,7 +244,7 @@ class JobQueues:
         for name in consumer.topics:
             t = self._topics.get(name)
             if t is not None:
-                t.consumers = [c for c in t.consumers if c is not consumer]
+                t.set_consumers([c for c in t.consumers if c is not consumer])
                 self._forget_if_idle(name, t)
         lost: list[LostJob] = []
         back: dict[str, list[QueuedJob]] = {}

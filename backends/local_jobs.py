@@ -41,9 +41,16 @@ class LocalJobInbox:
     """``receive`` takes a buffered job without a schedule point (it is only a cancellation
     point then), so a reader may call it without trying ``receive_nowait`` first."""
 
-    def __init__(self, acknowledge: Callable[[Consumer, str], None]) -> None:
+    def __init__(self, acknowledge: Callable[[Consumer, str], None],
+                 report: Callable[[Consumer, BusPacket], bool] | None = None) -> None:
         self._acknowledge = acknowledge
+        self._report = report
         self._jobs: deque[BusPacket] = deque()
+        self.ready = self._jobs
+        """The jobs delivered and not yet received, oldest first. A reader may take one
+        with ``ready.popleft()`` after ``trio.lowlevel.checkpoint_if_cancelled()``, which
+        is what ``receive`` does with a buffered job (two frames fewer on every job a
+        worker finds waiting); when it is empty, ``receive`` waits (or ends)."""
         self._readers: deque[Task] = deque()  # waiting readers, longest waiting first
         self._closed = False
         self._consumer: Consumer | None = None
@@ -51,6 +58,11 @@ class LocalJobInbox:
         self.ack: Callable[[str], None] = _no_consumer
         """``ack(job_id)``: the job's result is published. The host's ``acknowledge`` with
         the consumer bound (once it is set), called without a frame of its own."""
+        self.report_now: Callable[[BusPacket], bool] | None = None
+        """``report_now(packet)``, on a host that offers it: publish a job's result packet
+        and acknowledge its job in one call, without awaiting; False, having done
+        nothing, when the host cannot take the packet at once (then ``publish`` it and
+        ``ack``). The host's ``report`` with the consumer bound, once it is set."""
 
     @property
     def consumer(self) -> Consumer | None:
@@ -61,6 +73,9 @@ class LocalJobInbox:
     def consumer(self, consumer: Consumer | None) -> None:
         self._consumer = consumer
         self.ack = _no_consumer if consumer is None else partial(self._acknowledge, consumer)
+        report = self._report
+        self.report_now = None if consumer is None or report is None \
+            else partial(report, consumer)
 
     def deliver(self, packet: BusPacket) -> None:
         """Hand the consumer a job (the host's side). A closed inbox is leaving: its

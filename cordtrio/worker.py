@@ -28,6 +28,7 @@ from time import perf_counter
 from typing import Any
 
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from . import json_payloads
 from ._nursery import open_service_nursery
@@ -113,8 +114,18 @@ class Worker:
         self._put_result_now = path.put_result_now
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
+        self._slots = 0
+        """Slot tasks alive (see ``_slot``): started one at a time, as they are needed."""
+        self._grow_at = 0
+        """Jobs running when every slot is busy: the slots alive, less those awaiting the
+        bus to publish a result (the others run a job, registered in ``_jobs``, or wait
+        for one). A slot that starts a job and finds this many running starts one more."""
         self._ack: Callable[[str], None] | None = None
         """The job inbox's ``ack`` on a ``JobBus`` (taken once serving starts)."""
+        self._report_now: Callable[[BusPacket], bool] | None = None
+        """The job inbox's ``report_now`` (publish a result and ack its job in one call),
+        when it has one and the bus offers ``publish_now`` itself (taken once serving
+        starts)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
@@ -177,11 +188,12 @@ class Worker:
             if isinstance(self._bus, JobBus):
                 self._ack = submits.ack
                 submits.on_lost = self._job_lost
+                if self._publish_now is not None:  # not through a wrapper: it sees each
+                    self._report_now = getattr(submits, "report_now", None)
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
-                for _ in range(self.max_concurrency):
-                    slots.start_soon(self._slot, submits, slots)
+                self._add_slots(submits, slots, 1)  # the others as the jobs need them
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -191,12 +203,30 @@ class Worker:
             if isinstance(payload, JobCancel):
                 self.cancel_job(payload.job_id, payload.reason)
 
+    def _add_slots(self, submits: trio.abc.ReceiveChannel[BusPacket],
+                   slots: trio.Nursery, n: int) -> None:
+        """Start ``n`` more slots, as far as ``max_concurrency`` allows."""
+        for _ in range(min(n, self.max_concurrency - self._slots)):
+            self._slots += 1
+            self._grow_at += 1
+            slots.start_soon(self._slot, submits, slots)
+
     async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
                     slots: trio.Nursery) -> None:
-        """One of ``max_concurrency`` long-lived tasks: takes a job request from the bus
-        only when idle (so jobs this worker cannot start yet stay with the bus, and with
-        other members of the queue group), runs it, reports it, and takes the next; until
-        the submit channel ends.
+        """One of up to ``max_concurrency`` long-lived tasks: takes a job request from the
+        bus only when idle (so jobs this worker cannot start yet stay with the bus, and
+        with other members of the queue group), runs it, reports it, and takes the next;
+        until the submit channel ends.
+
+        Slots are started as they are needed, not all at once: a slot that takes a job
+        while no other slot is idle starts one more (up to ``max_concurrency``), so one
+        always waits for the next job while there is room for it, or, with jobs buffered,
+        one per buffered job up to doubling the slots (doubling them on an inbox that does
+        not show its buffer). Handlers that never wait (most of
+        them, in a burst) are all run by the first slot or two, one after the other; a
+        worker whose handlers wait grows to its concurrency in a few scheduling rounds.
+        Starting, and at the end cancelling, a slot costs more than the no-op jobs it
+        would run.
 
         Its jobs share one cancel scope (entering and leaving a scope costs more than the
         rest of a no-op job): ``cancel_job`` cancels it, which stops exactly the job it
@@ -213,10 +243,13 @@ class Worker:
         clean = contextvars.copy_context()
         handlers = self._handlers
         running = self._jobs
-        # A burst already buffered is taken without a schedule point: by ``receive_nowait``
-        # first, or by ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised
-        # and caught on every job that finds the inbox empty)
-        receive_nowait = None if getattr(submits, "receive_takes_ready_job", False) \
+        # A burst already buffered is taken without a schedule point: from the inbox's
+        # ``ready`` jobs after a cancellation check (``LocalJobInbox``), else by
+        # ``receive_nowait`` first, or by ``receive`` itself on an inbox that does so (no
+        # ``WouldBlock`` raised and caught on every job that finds the inbox empty)
+        ready = getattr(submits, "ready", None)
+        receive_nowait = None if ready is not None \
+            or getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         now = self._now
@@ -225,7 +258,10 @@ class Worker:
                 entry = _Running(scope)
                 while True:  # jobs, until the scope is cancelled or the context changed
                     try:
-                        if receive_nowait is None:
+                        if ready:
+                            await checkpoint_if_cancelled()
+                            packet = ready.popleft()  # nothing ran since the check
+                        elif receive_nowait is None:
                             packet = await receive()
                         else:
                             try:
@@ -233,6 +269,8 @@ class Worker:
                             except trio.WouldBlock:
                                 packet = await receive()
                     except trio.EndOfChannel:
+                        self._slots -= 1
+                        self._grow_at -= 1
                         return
                     request = packet.payload
                     if not isinstance(request, JobRequest):
@@ -250,6 +288,13 @@ class Worker:
                     trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
+                    if len(running) >= self._grow_at:  # no other slot is idle
+                        # one waits for the next job; as many as are buffered, up to
+                        # twice the slots, when handlers wait (else they would not all
+                        # be busy): a burst of waiting jobs starts in a few rounds (twice
+                        # the slots when the inbox does not show what it buffers)
+                        self._add_slots(submits, slots, self._slots if ready is None
+                                        else max(1, min(len(ready), self._slots)))
                     try:
                         budget = request.budget
                         if budget is None or budget.deadline_ms <= 0:
@@ -321,6 +366,9 @@ class Worker:
         if publish_now is None:
             return self._publish(packet, result)
         try:
+            report_now = self._report_now  # published and acknowledged in one call
+            if report_now is not None and report_now(packet):
+                return None
             if not publish_now(SUBJECT_RESULT, packet):
                 return self._publish(packet, result)
         except Exception:
@@ -332,12 +380,16 @@ class Worker:
         return None
 
     async def _publish(self, packet: BusPacket, result: JobResult) -> None:
-        """``_report``'s awaited publish, then the acknowledgement."""
+        """``_report``'s awaited publish, then the acknowledgement. Its slot counts as busy
+        meanwhile (``_grow_at``)."""
+        self._grow_at -= 1
         try:
             await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
             self._not_published(result)
             return
+        finally:
+            self._grow_at += 1
         if self._ack is not None:
             self._ack(result.job_id)
 

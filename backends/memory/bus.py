@@ -149,6 +149,8 @@ class MemoryBus(OffersPublishNow):
         self._direct: dict[str, Callable[[BusPacket], None]] = {}
         self._direct_now: dict[str, Callable[[BusPacket], None]] = {}
         self._jobs_alone = not codec
+        self._result_now: Callable[[BusPacket], None] | None = None
+        """``sys.job.result``'s callback in ``_direct_now``: a worker's ``report_now``."""
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -277,7 +279,8 @@ class MemoryBus(OffersPublishNow):
         """Take jobs of ``topics`` for the duration of the block, at most ``capacity``
         unacknowledged at once (see ``JobInbox``). Leaving the block hands every job not
         acknowledged back to its queue (or, past the redelivery bound, reports it lost)."""
-        inbox = LocalJobInbox(self._acknowledge)
+        inbox = LocalJobInbox(self._acknowledge, self._report_now if self._reports_now()
+                              else None)
         consumer, assignments = self.jobs.add(topics, capacity, inbox)
         inbox.consumer = consumer
         self._hand_out(assignments)
@@ -292,6 +295,29 @@ class MemoryBus(OffersPublishNow):
                     await self._report_lost(lost)
 
     # ------------------------------------------------------------------------ internals
+
+    def _reports_now(self) -> bool:
+        """Whether a worker's inbox may publish results with ``_report_now``: not on a
+        bus that changes ``publish`` or ``publish_now`` (it must see every result)."""
+        cls = type(self)
+        return cls.publish is MemoryBus.publish and cls.publish_now is MemoryBus.publish_now
+
+    def _report_now(self, consumer: Consumer, packet: BusPacket) -> bool:
+        """A worker's result ``packet``, published as ``publish_now(sys.job.result)``
+        would (to a ``listen`` callback alone: the engine's), and its job acknowledged,
+        in one call (``LocalJobInbox.report_now``, every job). False, having done
+        nothing, when anyone else (or no one) listens: then ``publish`` and ``ack``."""
+        deliver = self._result_now
+        if deliver is None:
+            return False
+        try:
+            deliver(packet)
+        except Exception:
+            log.exception("a bus listener failed on a packet")
+        assignments = self.jobs.ack(consumer, packet.payload.job_id)  # type: ignore[union-attr]
+        if assignments:  # none: nothing was queued, so no publisher waits for room
+            self._hand_out(assignments)
+        return True
 
     def _acknowledge(self, consumer: Consumer, job_id: str) -> None:
         assignments = self.jobs.ack(consumer, job_id)
@@ -348,6 +374,7 @@ class MemoryBus(OffersPublishNow):
         self._direct_now = {key: call for key, call in direct.items()
                             if key not in (SUBJECT_SUBMIT, SUBJECT_CANCEL)}
         self._jobs_alone = SUBJECT_SUBMIT not in self._exact and not self._wildcards
+        self._result_now = self._direct_now.get(SUBJECT_RESULT)
 
     @staticmethod
     def _add_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send

@@ -19,7 +19,14 @@ from worker_kit import (
 )
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
-from cordtrio.protocol import SUBJECT_PROGRESS, JobProgress, JobStatus
+from cordtrio.protocol import (
+    SUBJECT_PROGRESS,
+    SUBJECT_RESULT,
+    BusPacket,
+    JobProgress,
+    JobResult,
+    JobStatus,
+)
 from cordtrio.worker import Job, open_worker
 
 
@@ -134,3 +141,50 @@ async def test_a_job_the_bus_takes_back_is_stopped_and_not_reported(
         assert stopped == ["r:s@1"]
         assert (w.lost, w.handled, w.running) == (1, 0, 0)
         await assert_no_more_results(channel)
+
+
+async def test_a_result_handed_to_the_engines_listener_acknowledges_its_job_at_once(
+    payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """With the engine's ``listen`` callback alone on ``sys.job.result``, a result is
+    published and its job acknowledged in one call (``report_now``); a bus that changes
+    ``publish`` sees every result through it, and acknowledges the same way."""
+
+    class Observed(MemoryBus):
+        published: list[str] = []
+
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            self.published.append(subject)
+            await super().publish(subject, packet)
+
+    await _three_results_through_a_listener(MemoryBus(), payloads)
+    await _three_results_through_a_listener(Observed(), payloads)
+    assert Observed.published.count(SUBJECT_RESULT) == 3
+
+
+async def _three_results_through_a_listener(bus: MemoryBus,
+                                            payloads: MemoryPayloadStore) -> None:
+    got: list[JobResult] = []
+    owned: list[bool] = []
+
+    def on_result(packet: BusPacket) -> None:
+        assert isinstance(packet.payload, JobResult)
+        got.append(packet.payload)
+        owned.append(bus.jobs.owns(packet.payload.job_id))  # acknowledged after this
+
+    async with (
+        bus.listen(SUBJECT_RESULT, "engine", on_result),
+        open_worker(bus, payloads, {TOPIC: echo}) as worker,
+    ):
+        for i in range(3):
+            await submit(bus, make_request(f"r:s{i}@1"))
+        with trio.fail_after(WAIT):
+            while len(got) < 3:
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert bus.jobs.held == 0 and not any(bus.jobs.owns(r.job_id) for r in got)
+        # the one call on the bus itself; never past a bus that changes ``publish``
+        assert (worker._report_now is not None) == (type(bus) is MemoryBus)
+    assert [r.status for r in got] == [JobStatus.SUCCEEDED] * 3
+    assert owned == [True] * 3
+    assert worker.succeeded == 3

@@ -28,6 +28,7 @@ from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.protocol import (
     JobStatus,
 )
+from cordtrio.testing import PlainBus
 from cordtrio.worker import Job, open_worker
 
 # --------------------------------------------------------------------------- scheduling
@@ -58,6 +59,68 @@ async def test_max_concurrency_caps_running_handlers(
     assert peak == limit
     assert sorted(r.job_id for r in done) == sorted(f"r:s[{i}]@1" for i in range(jobs))
     assert all(r.status == JobStatus.SUCCEEDED for r in done)
+
+
+async def test_slots_start_as_jobs_need_them_up_to_max_concurrency(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """A burst of handlers that never wait is run by the first slots in turn; handlers
+    that wait make the worker start slots up to its concurrency, never beyond, and every
+    job still runs as soon as there is room for it."""
+    release = trio.Event()
+    started = 0
+
+    async def gated(job: Job) -> None:
+        nonlocal started
+        started += 1
+        if job.request.env.get("wait"):
+            await release.wait()
+
+    async with results(bus) as channel, open_worker(
+        bus, payloads, {TOPIC: gated}, max_concurrency=8, prefetch=20
+    ) as worker:
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker._slots == 1
+        for i in range(10):
+            await submit(bus, make_request(f"r:q[{i}]@1"))
+        for _ in range(10):
+            await next_result(channel)
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker._slots <= 2  # one ran them, one waited for more
+        for i in range(12):
+            await submit(bus, make_request(f"r:w[{i}]@1", env={"wait": "1"}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (worker.running, worker._slots, started) == (8, 8, 18)
+        release.set()
+        for _ in range(12):
+            assert (await next_result(channel)).status == JobStatus.SUCCEEDED
+        assert (started, worker._slots) == (22, 8)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["job-queues", "queue-group"])
+async def test_a_burst_of_waiting_jobs_starts_in_a_few_scheduling_rounds(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock, plain: bool
+) -> None:
+    """Slots started as needed double with jobs buffered: 64 handlers that wait are all
+    running after a handful of rounds, not one round per slot; on a plain bus too (a
+    queue group's channel, which does not show what it buffers)."""
+    release = trio.Event()
+
+    async def gated(job: Job) -> None:
+        await release.wait()
+
+    async with results(bus) as channel, open_worker(
+        PlainBus(bus) if plain else bus, payloads, {TOPIC: gated}, max_concurrency=64,
+        prefetch=0,
+    ) as worker:
+        for i in range(64):
+            await submit(bus, make_request(f"r:w[{i}]@1"))
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        assert (worker.running, worker._slots) == (64, 64)
+        release.set()
+        for _ in range(64):
+            await next_result(channel)
 
 
 async def test_unknown_topic_is_ignored(
