@@ -13,7 +13,10 @@ payload store, no retries: what cordtrio costs above this is the price of what i
 (durable state, the pure core, payloads, acknowledgements, cancellation, hooks).
 
 ``--compare`` measures, in one process and interleaved for ``--rounds`` rounds, the floor,
-the floor doing every W1 step's SPEC duties with plain objects (``floor+duties``,
+the floor with its pool started as jobs need it (``floor, pool grown``: as cordtrio's worker
+starts its slots, so that a burst of no-op jobs is run by a few workers without a task
+switch per job), the floor doing every W1 step's SPEC duties with plain objects
+(``floor+duties``,
 ``benchmarks.floor_duties``: what the duties cost written the leanest way), the floor
 carrying cordtrio's own core, memory store and payload store (``floor+core``,
 ``benchmarks.floor_core``: what the parts cost without the shell around them) and
@@ -108,6 +111,42 @@ async def _worker(jobs: trio.MemoryReceiveChannel[_Job]) -> None:
         job.reply_to.put(await _noop(job))
 
 
+class _GrownPool:
+    """The floor's pool started as jobs need it, as cordtrio's worker starts its slots: one
+    worker at first, one more whenever a worker takes a job while none other is waiting,
+    up to ``limit``. A burst of jobs that never wait is then run by one or two workers that
+    take each buffered job without a task switch."""
+
+    def __init__(self, nursery: trio.Nursery, jobs: trio.MemoryReceiveChannel[_Job],
+                 limit: int) -> None:
+        self.nursery, self.jobs, self.limit = nursery, jobs, limit
+        self.started = 0
+        self.waiting = 0
+
+    def grow(self) -> None:
+        if self.waiting == 0 and self.started < self.limit:
+            self.started += 1
+            self.nursery.start_soon(self.work)
+
+    async def work(self) -> None:
+        jobs = self.jobs
+        while True:
+            try:
+                job = jobs.receive_nowait()
+            except trio.WouldBlock:
+                self.waiting += 1
+                try:
+                    job = await jobs.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self.waiting -= 1
+            except trio.EndOfChannel:
+                return
+            self.grow()
+            job.reply_to.put(await _noop(job))
+
+
 class _Signal:
     """Set once; its one waiter is woken directly (a submit's reply, a run's finish)."""
 
@@ -183,17 +222,24 @@ class _Floor:
         self.finished.pop(run_id).set()
 
 
-async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
+async def drive_floor(runs: int, steps: int = CHAIN_STEPS, *,
+                      grown: bool = False) -> dict[str, float]:
     """One drive of the floor in W1's shape (runs submitted from 64 tasks, each returning
     once its run started, then every run waited for): ``runs`` runs of ``steps`` chained
-    no-op jobs. Returns steps/s (wall clock, as the harness measures it), CPU µs and task
-    switches per step."""
+    no-op jobs, by a pool of ``WORKERS`` workers started at once, or (``grown``) started as
+    jobs need them. Returns steps/s (wall clock, as the harness measures it), CPU µs and
+    task switches per step, and how many workers ran."""
     gc.collect()  # start clean, as the cordtrio sample does
     switches = TaskSteps()
     async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
         floor = _Floor(run_tasks, steps)
-        for _ in range(WORKERS):
-            workers.start_soon(_worker, floor.receive)
+        pool = _GrownPool(workers, floor.receive, WORKERS)
+        if grown:
+            pool.grow()
+        else:
+            for _ in range(WORKERS):
+                workers.start_soon(_worker, floor.receive)
+            pool.started = WORKERS
         await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
         trio.lowlevel.add_instrument(switches)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -206,7 +252,7 @@ async def drive_floor(runs: int, steps: int = CHAIN_STEPS) -> dict[str, float]:
     total = runs * steps
     return {"steps": total, "seconds": wall, "steps_per_s": total / wall,
             "cpu_us_per_step": 1e6 * cpu / total,
-            "task_switches_per_step": switches.steps / total}
+            "task_switches_per_step": switches.steps / total, "workers": pool.started}
 
 
 def cordtrio_w1(size: int) -> float:
@@ -236,12 +282,14 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     from .floor_core import drive_floor_core  # imports cordtrio's parts: not for the floor
     from .floor_duties import drive_floor_duties
 
-    samples: dict[str, list[float]] = {"floor": [], "floor+duties": [], "floor+core": [],
-                                       "cordtrio": []}
+    samples: dict[str, list[float]] = {"floor": [], "floor, pool grown": [],
+                                       "floor+duties": [], "floor+core": [], "cordtrio": []}
     if against:
         samples["against"] = []
     for r in range(rounds):
         samples["floor"].append(trio.run(drive_floor, size)["steps_per_s"])
+        samples["floor, pool grown"].append(
+            trio.run(partial(drive_floor, size, grown=True))["steps_per_s"])
         samples["floor+duties"].append(trio.run(drive_floor_duties, size)["steps_per_s"])
         gc.collect()
         samples["floor+core"].append(trio.run(drive_floor_core, size)["steps_per_s"])
@@ -256,6 +304,7 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     # On a shared machine the load drifts between rounds: a ratio within each round (its
     # samples close in time), then their median, is steadier than a ratio of medians.
     pairs = {"cordtrio/floor": ("cordtrio", "floor"),
+             "cordtrio/floor, pool grown": ("cordtrio", "floor, pool grown"),
              "floor+duties/floor": ("floor+duties", "floor"),
              "floor+core/floor": ("floor+core", "floor"),
              "cordtrio/floor+duties": ("cordtrio", "floor+duties"),

@@ -240,16 +240,31 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert (data["workload"], data["backend"], data["size"], data["rounds"]) == (
         "w1", "memory", 3, 2)
     samples = data["samples_steps_per_s"]
-    assert set(samples) == {"floor", "floor+duties", "floor+core", "cordtrio"}
+    assert set(samples) == {"floor", "floor, pool grown", "floor+duties", "floor+core",
+                            "cordtrio"}
     assert all(len(v) == 2 for v in samples.values())
     assert data["ratio_to_floor"]["floor"] == 1.0
     assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
         data["median_steps_per_s"]["cordtrio"] / data["median_steps_per_s"]["floor"])
     assert data["ratio_cordtrio_to_against"] is None
     assert set(data["median_of_round_ratios"]) == {
-        "cordtrio/floor", "floor+duties/floor", "floor+core/floor", "cordtrio/floor+duties",
-        "cordtrio/floor+core"}
+        "cordtrio/floor", "cordtrio/floor, pool grown", "floor+duties/floor",
+        "floor+core/floor", "cordtrio/floor+duties", "cordtrio/floor+core"}
     assert "x floor" in capsys.readouterr().out
+
+
+def test_floor_pool_grown_as_jobs_need_it_runs_w1_with_fewer_task_switches() -> None:
+    import trio
+
+    from benchmarks.floor import WORKERS, drive_floor
+
+    whole = trio.run(drive_floor, 50)
+    grown = trio.run(partial(drive_floor, 50, grown=True))
+    assert grown["steps"] == whole["steps"] == 50 * CHAIN_STEPS  # every run succeeded
+    # Workers started at once each wait for a job (a switch per job); a pool grown as
+    # needed takes buffered jobs without one, with a few workers.
+    assert whole["workers"] == WORKERS and 1 <= grown["workers"] < WORKERS
+    assert grown["task_switches_per_step"] <= whole["task_switches_per_step"]
 
 
 def test_floor_parts_adds_cordtrio_parts_one_at_a_time(
