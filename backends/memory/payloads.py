@@ -177,8 +177,10 @@ class MemoryPayloadStore:
         self._left_behind: dict[str, int] = {}
         self._purge_at = -math.inf  # when the oldest entry expires (a purge finds out)
         # Trio's clock reading, once known (see the module docstring); until then ``_time``
-        # finds it (not a bound method kept here: that would make the store a cycle)
-        self._clock_now: Callable[[], float] | None = None
+        # finds it (not a bound method kept here: that would make the store a cycle). A
+        # store without a TTL never needs the clock: its entries expire at infinity, so a
+        # read compares with a constant (``float()``, 0.0) and works outside Trio too.
+        self._clock_now: Callable[[], float] | None = float if self._ttl is None else None
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()

@@ -212,19 +212,31 @@ async def test_memory_put_rejects_non_bytes() -> None:
 
 async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter() -> None:
     """Under Trio's ``SystemClock`` (``offset + perf_counter()``, the offset fixed) the store
-    reads ``perf_counter`` itself; entries still expire a TTL after their write."""
+    reads ``perf_counter`` itself: an entry expires a TTL after its write on that scale, and
+    an entry past it is gone (checked by the readings, without waiting in real time)."""
     clock = trio.lowlevel.current_clock()
     offsets = {round(clock.current_time() - time.perf_counter(), 3) for _ in range(100)}
     assert len(offsets) <= 2  # a fixed offset (rounding aside)
-    store = MemoryPayloadStore(ttl_seconds=0.05)
+    store = MemoryPayloadStore(ttl_seconds=30)
+    before = time.perf_counter()
     await store.put_result("res:j", b"x")
+    after = time.perf_counter()
     assert store._clock_now is time.perf_counter
+    (pointer, (_, expires)), = store._halves[1].items()
+    assert before + 30 <= expires <= after + 30
     assert await store.get_result("res:j") == b"x"
-    await trio.sleep(0.06)
+    store._halves[1][pointer] = (store._halves[1][pointer][0], before - 1)  # now past
     with pytest.raises(NotFoundError):
         await store.get_result("res:j")
-    await store.put_result("res:k", b"y")  # purges the expired entry
-    assert _stored_keys(store) == {"res:k"}
+
+
+def test_memory_without_ttl_reads_at_a_pointer_outside_trio() -> None:
+    """A store without a TTL never reads the clock: its reads at a pointer work in plain
+    synchronous code (a tool, a test) as its writes do."""
+    store = MemoryPayloadStore(ttl_seconds=None)
+    store.put_context_value_now("ctx:j", {"a": 1})
+    assert store.context_payload_at_now("redis://ctx:j").value() == {"a": 1}
+    assert store.get_context_payload_now("ctx:j").value() == {"a": 1}
 
 
 async def test_memory_without_ttl_reads_at_a_pointer_forever(
