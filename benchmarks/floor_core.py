@@ -146,12 +146,10 @@ class _FloorCore:
         event: Event = Start()
         while True:
             outcome = decide(plan, state, event, self.clock.now())
-            timeline: list[TimelineEvent] = []
+            timeline: list[TimelineEvent] = outcome.rows
             jobs: list[_Job] = []
             for effect in outcome.effects:
-                if isinstance(effect, TimelineEvent):
-                    timeline.append(effect)
-                elif isinstance(effect, Dispatch):
+                if isinstance(effect, Dispatch):
                     if path is None or path.put_context_now is None:
                         jobs.append(_Job(effect.request, effect.payload, mailbox))
                         continue

@@ -140,15 +140,14 @@ def emit_job(
     order.context_key = ctx_key
     order.again = again
     effects = tx.effects
+    effects.append(order)
     if again:
-        effects.append(order)
         return
     data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
     if parent:
         data["foreach_index"] = index
-    event = timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target, job_id,
-                         _RUNNING_TEXT, "", "", data)
-    effects += (event, order)  # one call for two
+    tx.rows.append(timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target,
+                                job_id, _RUNNING_TEXT, "", "", data))
     if timeout > 0 and not plan.starts_reported:
         effects.append(
             ArmTimer(tx.now + timedelta(seconds=float(timeout)),

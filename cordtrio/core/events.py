@@ -13,9 +13,10 @@ them. Two hold a dict or a document, so they were never hashable anyway; nothing
 ``LoadedOutput`` or ``StepFinished``. The core makes ``Dispatch`` and ``StepFinished``
 on its hot path with their fields set one by one, without ``__init__`` (a third less).
 
-A ``TimelineEvent`` among the effects is itself the instruction to record it (persisted
-with the batch's state): no wrapper object, which cost as much as the event (two per W1
-step).
+Timeline rows are not effects: ``decide`` returns them apart (``Outcome.rows``), each
+``TimelineEvent`` itself the instruction to record it with the batch's state (no wrapper
+object, which cost as much as the row), so that the shell hands them to the write as they
+are and goes over the effects alone, one by one, in the core's order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from ..model import StepStatus, TimelineEvent
+from ..model import StepStatus
 from ..protocol import JobRequest, JobResult, SystemAlert
 
 # ------------------------------------------------------------------------------ events
@@ -180,4 +181,4 @@ class StepFinished:
     status: StepStatus
 
 
-Effect = Dispatch | PublishAlert | CancelJob | TimelineEvent | ArmTimer | StepFinished
+Effect = Dispatch | PublishAlert | CancelJob | ArmTimer | StepFinished

@@ -49,15 +49,14 @@ def finish(
         tx.touch_child(parent, target)
     else:
         tx.touch_step(target)
-    effects = tx.effects
     if timeline:
         # ``tx.timeline`` inlined (every step ends here): the fields positionally, in
         # ``TimelineEvent``'s order; a StrEnum's str() is its value
         run = tx.run
-        effects.append(TimelineEvent(
+        tx.rows.append(TimelineEvent(
             tx.now, timeline, run.id, run.workflow_id, target, sr.job_id, str(status),
             result_ptr, message, {}))
-    effects.append(StepFinished(target, status))
+    tx.effects.append(StepFinished(target, status))
     if parent:
         _child_finished(tx, parent, sr, previous, status, message)
     elif status in _FAILED_OR_TIMED_OUT:

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Step, StepType, Workflow
+from ..model import Step, StepStatus, StepType, Workflow
+from .events import StepFinished
 
 MAX_INLINE_OUTPUT_BYTES = 256 * 1024
 """Outputs up to this size are copied into ``context.steps``; larger ones keep the pointer."""
@@ -38,6 +39,9 @@ class PlainJob:
     dependents_copy_input: bool
     """Its dependents are all plain jobs that ``copies_input``: starting them cannot fail
     (``quick._start_plain`` then starts them in one pass)."""
+    succeeded: StepFinished
+    """The ``StepFinished`` of its success, made once for every run's (an effect is a
+    value nothing changes once it is built)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def _plain(
             writes_path=bool(step.output_path.strip()),
             dependents_copy_input=all(
                 d in plain_jobs and _copies_input(workflow.steps[d]) for d in after),
+            succeeded=StepFinished(sid, StepStatus.SUCCEEDED),
         )
     return out
 

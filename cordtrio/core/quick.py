@@ -30,7 +30,7 @@ from ..model import RunStatus, StepRun, StepStatus
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
-from .events import LoadedOutput, StepFinished
+from .events import LoadedOutput
 from .frontier import Frontier
 from .outputs import record_output
 from .ready import _deps_succeeded, arm_run_timeout, may_act, ready_pass
@@ -113,14 +113,10 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     if sr.error:
         sr.error = {}
     changes.steps.add(target)
-    effects = tx.effects
-    # the ``step_completed`` row and the hook's effect, their fields set one by one
-    event = timeline_row(now, "step_completed", run.id, run.workflow_id, target, job_id,
-                         _SUCCEEDED_TEXT, result_ptr, "", {})
-    finished = _new(StepFinished)
-    finished.step_id = target
-    finished.status = _SUCCEEDED
-    effects += (event, finished)  # one call for two
+    # the ``step_completed`` row, and the hook's effect (the plan's: the same every time)
+    tx.rows.append(timeline_row(now, "step_completed", run.id, run.workflow_id, target,
+                                job_id, _SUCCEEDED_TEXT, result_ptr, "", {}))
+    tx.effects.append(job.succeeded)
 
     # the ready pass: only the dependents can have become ready
     run.updated_at = now  # what ``decide`` does of any event that changed the run

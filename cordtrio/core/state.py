@@ -170,10 +170,14 @@ class RunState:
 
 @dataclass(slots=True)
 class Outcome:
-    """What one event did: effects for the shell, and the parts of the run that changed."""
+    """What one event did: effects for the shell, the timeline rows to record with the
+    changes (apart from the effects: the shell writes them all together, and it need not
+    tell them from the effects it carries out one by one), and the parts of the run that
+    changed."""
 
     effects: list[Effect] = field(default_factory=list)
     changes: RunChanges = field(default_factory=RunChanges)
+    rows: list[TimelineEvent] = field(default_factory=list)
 
 
 class Tx(Outcome):
@@ -192,6 +196,7 @@ class Tx(Outcome):
         self.state = state
         self.now = now
         self.effects: list[Effect] = []
+        self.rows: list[TimelineEvent] = []
         self.run: WorkflowRun = run
         """``state.run``, read a score of times per event: an attribute, not a property."""
         self.changes = _no_changes(run.status)  # ``previous_status``: the run's status now
@@ -223,7 +228,7 @@ class Tx(Outcome):
         data: dict[str, Any] | None = None,
     ) -> None:
         run = self.run
-        self.effects.append(timeline_row(self.now, type_, run.id, run.workflow_id, step_id,
+        self.rows.append(timeline_row(self.now, type_, run.id, run.workflow_id, step_id,
                                          job_id, status, result_ptr, message, data or {}))
 
 

@@ -283,6 +283,7 @@ class RunTask:
         wiring = self._wiring
         path, run_id = wiring.path, self.run_id
         effects: list[Effect]
+        rows: list[TimelineEvent]  # the timeline rows, written with the changes
         changes: RunChanges | None = None  # None until an event is decided
         now: datetime  # when the core decided: the time of the bus messages sent
         waiting = False  # an API caller waits for an envelope of the batch
@@ -314,28 +315,26 @@ class RunTask:
                     envelope.error = exc
                 continue
             if changes is None:  # the first decided: the core's own, fresh for every decide
-                effects, changes = outcome.effects, outcome.changes
+                effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
             else:
                 effects += outcome.effects
+                rows += outcome.rows
                 changes.merge(outcome.changes)
         run = state.run
         effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
         try:
             while changes is not None:
-                # before the write: the timeline rows apart, the rest kept for after it; the
-                # jobs' payloads stored (or, ``staged``, handed to the run write) and notify
-                # alerts published, whose outcome the core must know before anything is
-                # persisted
-                timeline: list[TimelineEvent] = []
-                after: list[Effect] = []  # a job whose payload was not stored is left out
+                # before the write: the jobs' payloads stored (or, ``staged``, handed to the
+                # run write) and notify alerts published, whose outcome the core must know
+                # before anything is persisted; ``after``, the effects to carry out after
+                # the write: all of them but a job whose payload was not stored
+                after = effects
                 staged = changes.payloads if wiring.stage_payloads else None
                 while True:
                     feedback: list[Event] = []
                     for effect in effects:
                         cls = effect.__class__
-                        if cls is TimelineEvent:
-                            timeline.append(effect)
-                        elif cls is Dispatch:
+                        if cls is Dispatch:
                             problem = store_payload_now(path, effect) if staged is None \
                                 else None
                             if problem is None:
@@ -343,29 +342,27 @@ class RunTask:
                             if problem:
                                 feedback.append(DispatchFailed(effect.target_id,
                                                                effect.job_id, problem))
-                            else:
-                                after.append(effect)
-                        else:
-                            after.append(effect)
-                            if cls is PublishAlert:
-                                error = await publish_alert(wiring.bus, now, run_id, effect)
-                                feedback.append(AlertOutcome(effect.step_id, error))
+                                after = [e for e in after if e is not effect]
+                        elif cls is PublishAlert:
+                            error = await publish_alert(wiring.bus, now, run_id, effect)
+                            feedback.append(AlertOutcome(effect.step_id, error))
                     if not feedback:
                         break
-                    effects = self._decide_more(feedback, changes)
+                    effects = self._decide_more(feedback, changes, rows)
+                    after = after + effects
                 # state and timeline in one atomic write: a crash keeps both or neither
                 # (``_persist``'s first try inlined: one coroutine fewer per batch)
                 if changes.header or changes:  # (a step writes its header: no ``__bool__``)
                     try:
                         save_now = wiring.save_now
                         if save_now is not None:
-                            save_now(run, changes, timeline)
+                            save_now(run, changes, rows)
                         else:
-                            await self.owner.save_changes(run, changes, timeline)
+                            await self.owner.save_changes(run, changes, rows)
                     except Exception as exc:
-                        await self._persist(changes, timeline, exc)
-                elif timeline:
-                    await self._persist(changes, timeline)
+                        await self._persist(changes, rows, exc)
+                elif rows:
+                    await self._persist(changes, rows)
                 # after the write, in the order the core gave them: publish the jobs (a
                 # failure is fed back), their hooks, the other hooks, cancels, timers
                 feedback = []
@@ -410,8 +407,9 @@ class RunTask:
                 if not feedback:
                     break
                 changes = RunChanges()
-                effects = self._decide_more(feedback, changes)
-                if not effects and not changes:
+                rows = []
+                effects = self._decide_more(feedback, changes, rows)
+                if not effects and not changes and not rows:
                     break
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
@@ -432,13 +430,16 @@ class RunTask:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
 
-    def _decide_more(self, events: Iterable[Event], changes: RunChanges) -> list[Effect]:
-        """Feed shell feedback to the core; merge its changes, return its effects."""
+    def _decide_more(self, events: Iterable[Event], changes: RunChanges,
+                     rows: list[TimelineEvent]) -> list[Effect]:
+        """Feed shell feedback to the core; merge its changes and timeline rows into
+        ``changes`` and ``rows``, return its effects."""
         assert self.plan is not None and self.state is not None
         effects: list[Effect] = []
         for event in events:
             outcome = decide(self.plan, self.state, event, self._wiring.now())
             effects.extend(outcome.effects)
+            rows.extend(outcome.rows)
             changes.merge(outcome.changes)
         return effects
 

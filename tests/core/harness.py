@@ -138,12 +138,13 @@ class Sim:
         out = decide(self.plan, self.state, event, self.now)
         self.outcomes.append(out)
         self.effects.extend(out.effects)
+        for row in out.rows:  # the run task hands them to the write as they are
+            assert type(row) is TimelineEvent, f"timeline row of another class: {row!r}"
+        self.timeline.extend(out.rows)
         for eff in out.effects:
             # the engine tells effects apart by exact type: a subclass would be dropped
             assert type(eff) in _EFFECT_TYPES, f"effect of no Effect class: {eff!r}"
             match eff:
-                case TimelineEvent():
-                    self.timeline.append(eff)
                 case Dispatch():
                     self.dispatches.append(eff)
                 case CancelJob():

@@ -74,14 +74,14 @@ def test_timeline_fills_every_field_by_name() -> None:
     tx = Tx(sim.plan, sim.state, T0)
     tx.timeline("t", step_id="s", job_id="j", status="st", result_ptr="p", message="m",
                 data={"k": 1})
-    [effect] = tx.effects
-    assert isinstance(effect, TimelineEvent)
+    [effect] = tx.rows
+    assert isinstance(effect, TimelineEvent) and not tx.effects
     ev = effect
     assert (ev.time, ev.type, ev.run_id, ev.workflow_id, ev.step_id, ev.job_id, ev.status,
             ev.result_ptr, ev.message, ev.data) == (
         T0, "t", sim.run.id, sim.run.workflow_id, "s", "j", "st", "p", "m", {"k": 1})
     tx.timeline("u")
-    second = tx.effects[1]
+    second = tx.rows[1]
     assert isinstance(second, TimelineEvent) and second.data == {}
 
 

@@ -161,7 +161,7 @@ def test_objects_the_core_makes_at_once_are_what_their_init_makes() -> None:
     sim.succeed("run-1:a@1", {"v": 1})
     sim.succeed("run-1:b@1", {"v": 2})
     kinds = set()
-    for effect in sim.effects:
+    for effect in [*sim.timeline, *sim.effects]:
         if isinstance(effect, (TimelineEvent, Dispatch, StepFinished)):
             _made_as_init_makes(effect)
             kinds.add(type(effect))

@@ -153,6 +153,7 @@ def check_stale_is_noop(sim: Simulation, step: Fed, out: Outcome) -> None:
     if step.kind != "stale":
         return
     assert not out.effects, sim.fail_text(f"stale result gave effects {out.effects!r}")
+    assert not out.rows, sim.fail_text(f"stale result gave timeline rows {out.rows!r}")
     assert not out.changes, sim.fail_text(f"stale result changed {out.changes!r}")
     assert sim.run.to_dict() == step.before, sim.fail_text("stale result changed the run")
 
@@ -173,6 +174,8 @@ def check_reload_equivalent(sim: Simulation, step: Fed, out: Outcome) -> None:
         f"reloaded state gave effects\n  {_summarise(other.effects)}\nlive state gave\n"
         f"  {_summarise(out.effects)}"
     )
+    assert repr(other.rows) == repr(out.rows), sim.fail_text(
+        "reloaded state gave other timeline rows")
     assert fresh.run.to_dict() == sim.run.to_dict(), sim.fail_text(
         "reloaded state ended in a different run"
     )

@@ -132,6 +132,7 @@ class Simulation:
     trace: list[str] = field(default_factory=list)
     log: list[Fed] = field(default_factory=list)
     effect_log: list[list[Effect]] = field(default_factory=list)
+    row_log: list[list[TimelineEvent]] = field(default_factory=list)
     started: bool = False
     flakiness_choices: tuple[int, ...] = FLAKINESS
     flakiness: int = 0
@@ -166,6 +167,7 @@ class Simulation:
             self.started = True
         self.log.append(step)
         self.effect_log.append(out.effects)
+        self.row_log.append(out.rows)
         self._absorb(out.effects)
         self.note(step, _summarise(out.effects))
         for check in self.checks:
@@ -194,7 +196,7 @@ class Simulation:
                     heapq.heappush(self.timers, (eff.at, self._seq, eff))
                 case PublishAlert(step_id=sid):
                     self.alerts.append(sid)
-                case TimelineEvent() | StepFinished():
+                case StepFinished():
                     pass
 
     def _check_jobs_agree(self) -> None:

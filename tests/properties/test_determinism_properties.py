@@ -26,10 +26,13 @@ def test_same_events_give_same_effects(wf: Workflow, run_input: dict[str, Any],
     sim = simulate(data, wf, run_input)
     plan = Plan.build(workflow_copy(wf))
     state = RunState(new_run(wf, sim.run_id, run_input))
-    for i, (step, effects) in enumerate(zip(sim.log, sim.effect_log, strict=True)):
+    for i, (step, effects, rows) in enumerate(zip(sim.log, sim.effect_log, sim.row_log,
+                                                  strict=True)):
         if step.kind == "reload":
             state = reloaded(state)
         again = decide(plan, state, step.event, step.now)
+        assert repr(again.rows) == repr(rows), sim.fail_text(
+            f"event {i} ({step.kind} {_describe(step.event)}) gave different timeline rows")
         assert repr(again.effects) == repr(effects), sim.fail_text(
             f"event {i} ({step.kind} {_describe(step.event)}) gave different effects:\n"
             f"  first:  {_summarise(effects)}\n  second: {_summarise(again.effects)}"

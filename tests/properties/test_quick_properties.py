@@ -45,6 +45,8 @@ def _replay_without_short_way(wf: Workflow, run_input: dict[str, Any], data: Any
             what = f"event {i} ({step.kind} {_describe(step.event)})"
             assert repr(again.effects) == repr(outcomes[i].effects), sim.fail_text(
                 f"{what}: effects differ")
+            assert repr(again.rows) == repr(outcomes[i].rows), sim.fail_text(
+                f"{what}: timeline rows differ")
             assert _changes(again) == _changes(outcomes[i]), sim.fail_text(
                 f"{what}: changes differ")
             assert state.run.to_dict() == runs[i], sim.fail_text(f"{what}: runs differ")
