@@ -62,8 +62,9 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     if front.live or front.failed or front.timed_out:
         return False
     # The StepRun the job set running, found by its id (``RunState.started``) rather than
-    # by parsing it: it is the run's step of that id (a present step's StepRun is never
-    # replaced), whose attempt the id's number is, as ``parse_job_id`` would find.
+    # by parsing it: the run's step of that id (checked: a StepRun kept under another key,
+    # or replaced by a caller, is the general path's business), whose attempt the id's
+    # number is, as ``parse_job_id`` would find.
     job_id = result.job_id
     started = state.started
     try:
@@ -74,7 +75,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return False
     target = sr.step_id
     job = front.plan.plain.get(target)
-    if job is None or not job.result_quick:
+    if job is None or not job.result_quick or run.steps.get(target) is not sr:
         return False
     result_ptr = result.result_ptr
     loaded = output if output is not None and output.loaded and not output.error else None

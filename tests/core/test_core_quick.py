@@ -227,3 +227,27 @@ def test_a_job_started_before_a_load_goes_the_general_path_and_the_next_the_shor
         for job_id in ("run-1:a@1", "run-1:b@1", "run-1:c@1"):
             slow.succeed(job_id)
     assert slow.run.to_dict() == sim.run.to_dict()
+
+
+def test_a_started_job_whose_step_was_replaced_goes_the_general_path() -> None:
+    """The short way applies a result only to the StepRun its job started, still kept
+    under its step's id; if that entry was replaced, the general path decides (a stale
+    result there)."""
+    from cordtrio.model import StepRun
+
+    wf = workflow(step("a"), step("b", depends_on=["a"]))
+    sim = Sim(wf)
+    sim.start()
+    started = sim.state.started["run-1:a@1"]
+    sim.run.steps["a"] = StepRun.from_dict(started.to_dict())  # equal, not the same object
+    taken: list[bool] = []
+
+    def asked(*args: Any) -> bool:
+        answer = quick.quick_result(*args)
+        taken.append(answer)
+        return answer
+
+    with mock.patch.object(machine, "quick_result", asked):
+        sim.succeed("run-1:a@1")
+    assert taken == [False]
+    assert started.status is StepStatus.RUNNING  # the replaced object was not touched
