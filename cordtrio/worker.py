@@ -33,7 +33,8 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from ._nursery import open_service_nursery
-from .job import Handler, Job, JobDenied
+from .job import Handler, Job, JobDenied, item_of
+from .payloads import POINTER_SCHEME, RESULT_PREFIX
 from .ports import Bus, JobBus, PayloadStore
 from .protocol import (
     SUBJECT_CANCEL,
@@ -44,10 +45,12 @@ from .protocol import (
     JobResult,
     JobStatus,
 )
-from .worker_jobs import JobRunner
+from .worker_jobs import JobFailed, JobRunner, invalid_input, not_serializable
 from .worker_report import Reporter
 
 logger = logging.getLogger("cordtrio.worker")
+
+_SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
 
 QUEUE_PREFIX = "cordtrio-worker:"
 
@@ -98,7 +101,6 @@ class Worker:
         """Jobs the bus took back from this worker (its connection was reset)."""
         self._bus = bus
         self._runner = JobRunner(payloads, worker_id)
-        self._execute = self._runner.execute
         self._reporter = reporter = Reporter(bus, worker_id)
         self._report = reporter.report
         self._handlers = dict(handlers)
@@ -244,6 +246,8 @@ class Worker:
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         now = self._now
+        runner = self._runner
+        encode, read_now, put_now = runner.encode, runner.read_input_now, runner.put_result_now
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -286,13 +290,66 @@ class Worker:
                         # the slots when the inbox does not show what it buffers)
                         self._add_slots(submits, slots, self._slots if ready is None
                                         else max(1, min(len(ready), self._slots)))
+                    # The job, the common way here (no frame of its own): its input, its
+                    # handler, its output stored; anything else is ``runner``'s, and every
+                    # failure a ``JobFailed`` with its result.
                     try:
                         budget = request.budget
-                        if budget is None or budget.deadline_ms <= 0:
-                            result = await self._execute(request, handler, 0)
-                        else:
+                        deadline_ms = 0 if budget is None else budget.deadline_ms
+                        if deadline_ms > 0:  # the engine times the step from its start
                             await self._reporter.report_start(trace_id, job_id)
-                            result = await self._execute(request, handler, budget.deadline_ms)
+                        ptr = request.context_ptr
+                        if not ptr:
+                            data = {}
+                        else:
+                            if read_now is None:
+                                raw = await runner.load_input(request)
+                            else:
+                                try:
+                                    raw = read_now(ptr)  # an in-process store: no await
+                                except Exception as exc:
+                                    raw = await runner.load_input(request, exc)
+                            try:
+                                data = raw.value()
+                            except ValueError as exc:
+                                raise invalid_input(request,
+                                                    f"is not valid JSON: {exc}") from None
+                            if data.__class__ is not dict and not isinstance(data, dict):
+                                raise invalid_input(
+                                    request, "is not a JSON object "
+                                    f"(got {type(data).__name__})")
+                        # ``item_of`` only when there is an item to find (most jobs have
+                        # none)
+                        job = Job(request, data, item_of(request, data)
+                                  if "item" in data or "foreach_item" in request.env
+                                  else None)
+                        if deadline_ms <= 0:
+                            try:
+                                output = await handler(job)
+                            except Exception as exc:
+                                raise JobFailed(runner.handler_failed(request, exc)) \
+                                    from None
+                        else:
+                            output = await runner.run_with_deadline(handler, job,
+                                                                    deadline_ms)
+                        try:
+                            body = encode(output, False)  # not compact
+                        except (TypeError, ValueError) as exc:
+                            raise not_serializable(job_id, exc) from None
+                        key = RESULT_PREFIX + job_id  # ``result_key``, without the call
+                        # an unreachable store is waited out (SPEC §13)
+                        if put_now is None:
+                            await runner.store_result(key, body, job_id)
+                        else:
+                            try:
+                                put_now(key, body)  # an in-process store: nothing to await
+                            except Exception as exc:
+                                await runner.store_result(key, body, job_id, exc)
+                        # by position (``result_ptr``): keyword arguments to a class cost
+                        # more; ``pointer_for_key`` without the call
+                        result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
+                    except JobFailed as failed:
+                        result = failed.result
                     finally:
                         del running[job_id]
                     # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
@@ -326,7 +383,6 @@ class Worker:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
 
-
     async def _published(self, publishing: Awaitable[None]) -> None:
         """Await a result's publish (``Reporter.report``): its slot counts as busy
         meanwhile (``_grow_at``), so a slow bus slows intake."""
@@ -335,6 +391,7 @@ class Worker:
             await publishing
         finally:
             self._grow_at += 1
+
 
 def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
     """What a worker times jobs with: Trio's clock (a ``MockClock`` in tests), or, for
