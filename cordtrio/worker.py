@@ -45,7 +45,7 @@ from .protocol import (
     JobResult,
     JobStatus,
 )
-from .worker_jobs import JobFailed, JobRunner, invalid_input, not_serializable
+from .worker_jobs import JobFailed, JobRunner, invalid_input
 from .worker_report import Reporter
 
 logger = logging.getLogger("cordtrio.worker")
@@ -247,7 +247,8 @@ class Worker:
         receive = submits.receive
         now = self._now
         runner = self._runner
-        encode, read_now, put_now = runner.encode, runner.read_input_now, runner.put_result_now
+        input_now, read_now = runner.input_now, runner.read_input_now
+        store_now = runner.store_result_now
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -301,7 +302,10 @@ class Worker:
                         ptr = request.context_ptr
                         if not ptr:
                             data = {}
-                        else:
+                        elif input_now is not None and \
+                                (data := input_now(ptr)).__class__ is dict:
+                            pass  # an in-process snapshot, its value read in one call
+                        else:  # the payload, then its value
                             if read_now is None:
                                 raw = await runner.load_input(request)
                             else:
@@ -332,19 +336,14 @@ class Worker:
                         else:
                             output = await runner.run_with_deadline(handler, job,
                                                                     deadline_ms)
-                        try:
-                            body = encode(output, False)  # not compact
-                        except (TypeError, ValueError) as exc:
-                            raise not_serializable(job_id, exc) from None
                         key = RESULT_PREFIX + job_id  # ``result_key``, without the call
-                        # an unreachable store is waited out (SPEC §13)
-                        if put_now is None:
-                            await runner.store_result(key, body, job_id)
+                        if store_now is None:
+                            await runner.store_output(key, output, job_id)
                         else:
                             try:
-                                put_now(key, body)  # an in-process store: nothing to await
-                            except Exception as exc:
-                                await runner.store_result(key, body, job_id, exc)
+                                store_now(key, output)  # in process: encoded and stored
+                            except Exception:  # the two apart, each with its own error
+                                await runner.store_output(key, output, job_id)
                         # by position (``result_ptr``): keyword arguments to a class cost
                         # more; ``pointer_for_key`` without the call
                         result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)

@@ -43,6 +43,10 @@ class JobRunner:
         self.encode = path.encode
         self.read_input_now = path.context_at_now
         self.put_result_now = path.put_result_now
+        # an in-process store's one-call input read (None unless a snapshot) and output
+        # write (None: encode, then ``put_result_now`` or ``store_result``)
+        self.input_now = path.input_at_now
+        self.store_result_now = path.store_result_now
 
     async def load_input(self, request: JobRequest, error: Exception | None = None
                          ) -> json_payloads.JsonPayload:
@@ -83,6 +87,22 @@ class JobRunner:
         if error is not None:
             raise JobFailed(self.handler_failed(job.request, error))
         return output
+
+    async def store_output(self, key: str, output: Any, job_id: str) -> None:
+        """Store the handler's ``output`` at ``key``: encoded (``JobFailed`` if JSON cannot
+        hold it), then stored (``store_result``)."""
+        try:
+            body = self.encode(output, False)  # not compact
+        except (TypeError, ValueError) as exc:
+            raise not_serializable(job_id, exc) from None
+        put_now = self.put_result_now
+        if put_now is None:
+            await self.store_result(key, body, job_id)
+            return
+        try:
+            put_now(key, body)  # an in-process store: nothing to await
+        except Exception as exc:
+            await self.store_result(key, body, job_id, exc)
 
     async def store_result(self, key: str, body: Any, job_id: str,
                            error: Exception | None = None) -> None:
