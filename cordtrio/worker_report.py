@@ -76,20 +76,25 @@ class Reporter:
         returned (await it at once). A result that cannot be published is logged and not
         acknowledged: the bus hands the job to another worker once this one's connection
         is reset, or when it leaves."""
-        result.worker_id = self.worker_id
+        worker_id = result.worker_id = self.worker_id
         result.execution_ms = int((self.now() - started) * 1000)
         if result.status is _SUCCEEDED:
             self.succeeded += 1
         else:
             self.failed += 1
-        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
+        packet = BusPacket(trace_id, worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
+        report_now = self.report_now  # published and acknowledged in one call (only set
+        if report_now is not None:    # with the bus's own ``publish_now``)
+            try:
+                if report_now(packet):
+                    return None
+            except Exception:
+                self._not_published(result)
+                return None
         publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
         if publish_now is None:
             return self._publish(packet, result)
         try:
-            report_now = self.report_now  # published and acknowledged in one call
-            if report_now is not None and report_now(packet):
-                return None
             if not publish_now(SUBJECT_RESULT, packet):
                 return self._publish(packet, result)
         except Exception:
