@@ -300,12 +300,13 @@ class Worker:
                         if deadline_ms > 0:  # the engine times the step from its start
                             await self._reporter.report_start(trace_id, job_id)
                         ptr = request.context_ptr
-                        if not ptr:
-                            data = {}
-                        elif input_now is not None and \
-                                (data := input_now(ptr)).__class__ is dict:
-                            pass  # an in-process snapshot, its value read in one call
-                        else:  # the payload, then its value
+                        data: Any = {}
+                        if ptr:
+                            try:  # an in-process snapshot's value, in one call
+                                data = input_now(ptr) if input_now is not None else None
+                            except Exception:  # (its errors are the general read's)
+                                data = None
+                        if data.__class__ is not dict:  # else: the payload, then its value
                             if read_now is None:
                                 raw = await runner.load_input(request)
                             else:
