@@ -216,9 +216,9 @@ class JobQueues:
         if job is None:
             return []
         # a held job is the one indexed (a consumer that goes away lets go of every job
-        # it held, and only an ack forgets a held one)
+        # it held, and only an ack forgets a held one); the job itself is dropped with it
+        # (nothing reaches it any more: its ``holder`` is left as it was)
         del self._jobs[job_id]
-        job.holder = None
         # nothing queued anywhere (the usual case under capacity): nothing to hand on
         return self._fill(consumer) if self.pending and consumer.active else []
 

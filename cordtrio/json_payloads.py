@@ -340,6 +340,12 @@ class StorePath(NamedTuple):
     store_context_now: Callable[[str, Any], None] | None = None
     """``put_context_now(key, encode(value, True))`` in one call (``store_context_now(key,
     value)``): ``encode``'s errors, then ``put_context_now``'s."""
+    store_result_now: Callable[[str, Any], None] | None = None
+    """``put_result_now(key, encode(value, False))`` in one call (``store_result_now(key,
+    value)``): ``encode``'s errors, then ``put_result_now``'s."""
+    input_at_now: Callable[[str], Any] | None = None
+    """``context_at_now(ptr).value()`` in one call when the input is an in-process
+    snapshot (most job inputs), else None: then read it with ``context_at_now``."""
 
 
 def path_for(payloads: PayloadStore) -> StorePath:
@@ -354,7 +360,9 @@ def path_for(payloads: PayloadStore) -> StorePath:
                                  put_result_now=store.put_result_payload_now,
                                  result_at_now=store.result_payload_at_now,
                                  output_at_now=store.result_output_at_now,
-                                 store_context_now=store.put_context_value_now)
+                                 store_context_now=store.put_context_value_now,
+                                 store_result_now=store.put_result_value_now,
+                                 input_at_now=store.context_value_at_now)
         return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),

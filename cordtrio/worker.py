@@ -1,5 +1,8 @@
 """The worker side: consume job requests from the bus, run user handlers, report results.
 
+This module is the worker itself: its slot tasks and what they share (``worker_jobs``
+runs one job, ``worker_report`` hands its result over).
+
 A worker is a bus, a payload store and a mapping ``topic -> async handler``::
 
     async def resize(job: Job) -> dict: ...
@@ -23,38 +26,33 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from . import json_payloads
 from ._nursery import open_service_nursery
 from .job import Handler, Job, JobDenied, item_of
-from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
-from .ports import Bus, JobBus, PayloadStore, own_call
+from .payloads import POINTER_SCHEME, RESULT_PREFIX
+from .ports import Bus, JobBus, PayloadStore
 from .protocol import (
-    PROTOCOL_VERSION,
     SUBJECT_CANCEL,
-    SUBJECT_PROGRESS,
-    SUBJECT_RESULT,
     SUBJECT_SUBMIT,
     BusPacket,
     JobCancel,
-    JobProgress,
     JobRequest,
     JobResult,
     JobStatus,
 )
-from .retry import retry_after
+from .worker_jobs import JobFailed, JobRunner, invalid_input
+from .worker_report import Reporter
 
 logger = logging.getLogger("cordtrio.worker")
 
-QUEUE_PREFIX = "cordtrio-worker:"
-
 _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
+
+QUEUE_PREFIX = "cordtrio-worker:"
 
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
@@ -101,17 +99,10 @@ class Worker:
         self.prefetch = prefetch
         self.lost = 0
         """Jobs the bus took back from this worker (its connection was reset)."""
-        self.succeeded = 0
-        self.failed = 0
         self._bus = bus
-        # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
-        self._publish_now = own_call(bus, "publishes_now", "publish_now")
-        self._payloads = payloads
-        self._path = path = json_payloads.path_for(payloads)  # how this store takes payloads
-        # the three calls every job makes, taken from the path once (None: await the path's)
-        self._encode = path.encode
-        self._read_input_now = path.context_at_now
-        self._put_result_now = path.put_result_now
+        self._runner = JobRunner(payloads, worker_id)
+        self._reporter = reporter = Reporter(bus, worker_id)
+        self._report = reporter.report
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._slots = 0
@@ -120,17 +111,21 @@ class Worker:
         """Jobs running when every slot is busy: the slots alive, less those awaiting the
         bus to publish a result (the others run a job, registered in ``_jobs``, or wait
         for one). A slot that starts a job and finds this many running starts one more."""
-        self._ack: Callable[[str], None] | None = None
-        """The job inbox's ``ack`` on a ``JobBus`` (taken once serving starts)."""
-        self._report_now: Callable[[BusPacket], bool] | None = None
-        """The job inbox's ``report_now`` (publish a result and ack its job in one call),
-        when it has one and the bus offers ``publish_now`` itself (taken once serving
-        starts)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
         # cancels out): no frame at all.
         self._now: Callable[[], float] = trio.current_time
+
+    @property
+    def succeeded(self) -> int:
+        """Jobs finished with status succeeded."""
+        return self._reporter.succeeded
+
+    @property
+    def failed(self) -> int:
+        """Jobs finished with any other status: failed, denied, timeout, cancelled."""
+        return self._reporter.failed
 
     @property
     def handled(self) -> int:
@@ -179,17 +174,15 @@ class Worker:
         return self._bus.subscribe(SUBJECT_SUBMIT, queue=self.queue)
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
-        self._now = _duration_clock(trio.lowlevel.current_clock())
+        self._now = self._reporter.now = _duration_clock(trio.lowlevel.current_clock())
         async with (
             self._submits() as submits,
             self._bus.subscribe(SUBJECT_CANCEL) as cancels,
             trio.open_nursery() as nursery,
         ):
             if isinstance(self._bus, JobBus):
-                self._ack = submits.ack
+                self._reporter.take_inbox(submits)
                 submits.on_lost = self._job_lost
-                if self._publish_now is not None:  # not through a wrapper: it sees each
-                    self._report_now = getattr(submits, "report_now", None)
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
@@ -253,6 +246,9 @@ class Worker:
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
         now = self._now
+        runner = self._runner
+        input_now, read_now = runner.input_now, runner.read_input_now
+        store_now = runner.store_result_now
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -295,13 +291,65 @@ class Worker:
                         # the slots when the inbox does not show what it buffers)
                         self._add_slots(submits, slots, self._slots if ready is None
                                         else max(1, min(len(ready), self._slots)))
+                    # The job, the common way here (no frame of its own): its input, its
+                    # handler, its output stored; anything else is ``runner``'s, and every
+                    # failure a ``JobFailed`` with its result.
                     try:
                         budget = request.budget
-                        if budget is None or budget.deadline_ms <= 0:
-                            result = await self._execute(request, handler, 0)
+                        deadline_ms = 0 if budget is None else budget.deadline_ms
+                        if deadline_ms > 0:  # the engine times the step from its start
+                            await self._reporter.report_start(trace_id, job_id)
+                        ptr = request.context_ptr
+                        data: Any = {}
+                        if ptr:
+                            try:  # an in-process snapshot's value, in one call
+                                data = input_now(ptr) if input_now is not None else None
+                            except Exception:  # (its errors are the general read's)
+                                data = None
+                        if data.__class__ is not dict:  # else: the payload, then its value
+                            if read_now is None:
+                                raw = await runner.load_input(request)
+                            else:
+                                try:
+                                    raw = read_now(ptr)  # an in-process store: no await
+                                except Exception as exc:
+                                    raw = await runner.load_input(request, exc)
+                            try:
+                                data = raw.value()
+                            except ValueError as exc:
+                                raise invalid_input(request,
+                                                    f"is not valid JSON: {exc}") from None
+                            if data.__class__ is not dict and not isinstance(data, dict):
+                                raise invalid_input(
+                                    request, "is not a JSON object "
+                                    f"(got {type(data).__name__})")
+                        # ``item_of`` only when there is an item to find (most jobs have
+                        # none)
+                        job = Job(request, data, item_of(request, data)
+                                  if "item" in data or "foreach_item" in request.env
+                                  else None)
+                        if deadline_ms <= 0:
+                            try:
+                                output = await handler(job)
+                            except Exception as exc:
+                                raise JobFailed(runner.handler_failed(request, exc)) \
+                                    from None
                         else:
-                            await self._report_start(trace_id, job_id)
-                            result = await self._execute(request, handler, budget.deadline_ms)
+                            output = await runner.run_with_deadline(handler, job,
+                                                                    deadline_ms)
+                        key = RESULT_PREFIX + job_id  # ``result_key``, without the call
+                        if store_now is None:
+                            await runner.store_output(key, output, job_id)
+                        else:
+                            try:
+                                store_now(key, output)  # in process: encoded and stored
+                            except Exception:  # the two apart, each with its own error
+                                await runner.store_output(key, output, job_id)
+                        # by position (``result_ptr``): keyword arguments to a class cost
+                        # more; ``pointer_for_key`` without the call
+                        result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
+                    except JobFailed as failed:
+                        result = failed.result
                     finally:
                         del running[job_id]
                     # Cancelled, and the handler swallowed the Cancelled: ``cancel_job`` and
@@ -313,7 +361,7 @@ class Worker:
                     # intake instead of piling up finished jobs.
                     publishing = self._report(trace_id, started, result)
                     if publishing is not None:
-                        await publishing
+                        await self._published(publishing)
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can
@@ -330,179 +378,19 @@ class Worker:
                 )
                 publishing = self._report(trace_id, started, result)
                 if publishing is not None:
-                    await publishing
+                    await self._published(publishing)
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
 
-    async def _report_start(self, trace_id: str, job_id: str) -> None:
-        """Tell the engine the job started (SPEC §6: a step's timeout counts from here, not
-        from its dispatch). Only jobs with a deadline need it, so only they pay for it."""
-        progress = JobProgress(job_id, status=JobStatus.RUNNING,
-                               message=f"started by {self.worker_id}")
-        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
-                           progress)
-        try:
-            await self._bus.publish(SUBJECT_PROGRESS, packet)
-        except Exception:
-            logger.warning("worker %s: publishing the start of job %s failed",
-                           self.worker_id, job_id, exc_info=True)
-
-    def _report(self, trace_id: str, started: float, result: JobResult
-                ) -> Awaitable[None] | None:
-        """Count ``result``, publish it, then acknowledge the job: at once on a bus that
-        takes it without awaiting (``ports.PublishNow``: None then), else in the awaitable
-        returned (await it at once). A result that cannot be published is logged and not
-        acknowledged: the bus hands the job to another worker once this one's connection
-        is reset, or when it leaves."""
-        result.worker_id = self.worker_id
-        result.execution_ms = int((self._now() - started) * 1000)
-        if result.status is _SUCCEEDED:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
-        publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
-        if publish_now is None:
-            return self._publish(packet, result)
-        try:
-            report_now = self._report_now  # published and acknowledged in one call
-            if report_now is not None and report_now(packet):
-                return None
-            if not publish_now(SUBJECT_RESULT, packet):
-                return self._publish(packet, result)
-        except Exception:
-            self._not_published(result)
-            return None
-        ack = self._ack
-        if ack is not None:
-            ack(result.job_id)
-        return None
-
-    async def _publish(self, packet: BusPacket, result: JobResult) -> None:
-        """``_report``'s awaited publish, then the acknowledgement. Its slot counts as busy
-        meanwhile (``_grow_at``)."""
+    async def _published(self, publishing: Awaitable[None]) -> None:
+        """Await a result's publish (``Reporter.report``): its slot counts as busy
+        meanwhile (``_grow_at``), so a slow bus slows intake."""
         self._grow_at -= 1
         try:
-            await self._bus.publish(SUBJECT_RESULT, packet)
-        except Exception:
-            self._not_published(result)
-            return
+            await publishing
         finally:
             self._grow_at += 1
-        if self._ack is not None:
-            self._ack(result.job_id)
-
-    def _not_published(self, result: JobResult) -> None:
-        logger.exception("worker %s: publishing the result of job %s failed",
-                         self.worker_id, result.job_id)
-
-    async def _execute(self, request: JobRequest, handler: Handler,
-                       deadline_ms: int) -> JobResult:
-        """Load the input, run the handler (under ``deadline_ms``, the request's budget, when
-        it is positive), store its output; every outcome is a result."""
-        job_id = request.job_id
-        ptr = request.context_ptr
-        data: Any
-        if ptr:
-            try:
-                read_now = self._read_input_now  # an in-process store: no await
-                try:
-                    if read_now is not None:
-                        raw = read_now(ptr)
-                    else:
-                        raw = await self._path.get_context(key_from_pointer(ptr))
-                except Exception as exc:
-                    key = key_from_pointer(ptr)
-                    raw = await retry_after(
-                        exc, lambda: self._path.get_context(key),
-                        f"worker {self.worker_id}: load input {ptr}")
-            except Exception as exc:
-                return _failure(
-                    JobStatus.FAILED, type(exc).__name__,
-                    f"job {job_id}: cannot load input from {ptr}: {exc}", job_id,
-                )
-            try:
-                data = raw.value()
-            except ValueError as exc:
-                return _failure(
-                    JobStatus.FAILED, "InvalidInput",
-                    f"job {job_id}: input at {ptr} is not valid JSON: {exc}", job_id,
-                )
-            if not isinstance(data, dict):
-                return _failure(
-                    JobStatus.FAILED, "InvalidInput",
-                    f"job {job_id}: input at {ptr} is not a JSON object "
-                    f"(got {type(data).__name__})", job_id,
-                )
-        else:
-            data = {}
-        # ``item_of`` only when there is an item to find (most jobs have none)
-        item = item_of(request, data) if "item" in data or "foreach_item" in request.env \
-            else None
-        job = Job(request, data, item)
-
-        output: Any
-        if deadline_ms > 0:
-            error: Exception | None = None
-            with trio.move_on_after(deadline_ms / 1000) as deadline:
-                try:
-                    output = await handler(job)
-                except Exception as exc:
-                    error = exc
-            if deadline.cancel_called:  # even if the handler swallowed the Cancelled
-                return _failure(
-                    JobStatus.TIMEOUT, "DeadlineExceeded",
-                    f"deadline of {deadline_ms} ms exceeded", job_id,
-                )
-            if error is not None:
-                return self._handler_failed(request, error)
-        else:
-            try:
-                output = await handler(job)
-            except Exception as exc:
-                return self._handler_failed(request, exc)
-
-        try:
-            body = self._encode(output, False)  # not compact
-        except (TypeError, ValueError) as exc:
-            return _failure(
-                JobStatus.FAILED, "ResultNotSerializable",
-                f"job {job_id}: handler returned a value that is not JSON-serializable: {exc}",
-                job_id,
-            )
-        key = RESULT_PREFIX + job_id  # ``result_key``, without the call
-        try:
-            # an unreachable store is waited out (SPEC §13); only a definite error fails
-            try:
-                put_now = self._put_result_now
-                if put_now is not None:
-                    put_now(key, body)  # an in-process store: nothing to await
-                else:
-                    await self._path.put_result(key, body)
-            except Exception as exc:
-                await retry_after(
-                    exc, lambda: self._path.put_result(key, body),
-                    f"worker {self.worker_id}: store result {key}")
-        except Exception as exc:
-            logger.exception("worker %s: storing the result of job %s at %s failed",
-                             self.worker_id, job_id, key)
-            return _failure(
-                JobStatus.FAILED, type(exc).__name__,
-                f"job {job_id}: storing the result at {key} failed: {exc}", job_id,
-            )
-        # by position (``result_ptr``): keyword arguments to a class cost more
-        return JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)  # ``pointer_for_key``
-
-    def _handler_failed(self, request: JobRequest, error: Exception) -> JobResult:
-        """The result of a handler that raised ``error``: denied (``JobDenied``) or failed."""
-        status = JobStatus.DENIED if isinstance(error, JobDenied) else JobStatus.FAILED
-        if status == JobStatus.FAILED:  # with its traceback, for the operator
-            logger.info("worker %s: job %s (topic %s) failed: %s: %s",
-                        self.worker_id, request.job_id, request.topic,
-                        type(error).__name__, error, exc_info=error)
-        return _failure(status, type(error).__name__, str(error) or type(error).__name__,
-                        request.job_id)
 
 
 def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
@@ -513,10 +401,6 @@ def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
     if cls.__name__ == "SystemClock" and cls.__module__.startswith("trio."):
         return perf_counter
     return clock.current_time
-
-
-def _failure(status: JobStatus, code: str, message: str, job_id: str) -> JobResult:
-    return JobResult(job_id, status, error_code=code, error_message=message)
 
 
 def default_queue(topics: Mapping[str, Any] | frozenset[str]) -> str:

@@ -162,6 +162,31 @@ def _output(call: Callable[[], Any]) -> Any:
         return (type(exc), str(exc))
 
 
+@pytest.mark.parametrize("value", [
+    {"ok": True}, {}, [1, "x"], None, "text", {"nested": {"a": [1, 2.5, None]}},
+    {"bad": object()}, {1: "int key"}, float("nan"), {"s": "x" * 5000},
+])
+@pytest.mark.parametrize("key", ["res:r:a@1", "ctx:r:a@1", "res:", "res:a\nb", "res:a "])
+def test_storing_a_result_value_in_one_call_is_encoding_then_storing(
+        value: Any, key: str) -> None:
+    """``put_result_value_now(key, value)`` stores, or fails, as
+    ``put_result_payload_now(key, JsonPayload.of(value, False))``: the encoding's errors
+    first, then the key's."""
+    from cordtrio.backends.memory import MemoryPayloadStore
+    from cordtrio.json_payloads import JsonPayload
+
+    def outcome(call: Callable[[MemoryPayloadStore], None]) -> Any:
+        store = MemoryPayloadStore(ttl_seconds=None)
+        try:
+            call(store)
+        except Exception as exc:
+            return (type(exc), str(exc))
+        return [({p: e[0] for p, e in half.items()}) for half in store._halves]
+
+    assert outcome(lambda store: store.put_result_value_now(key, value)) == outcome(
+        lambda store: store.put_result_payload_now(key, JsonPayload.of(value, False)))
+
+
 @pytest.mark.parametrize("pointer", _POINTERS)
 async def test_reading_a_payload_at_a_pointer_is_the_general_read(
         pointer: Any, autojump_clock: trio.testing.MockClock) -> None:
@@ -190,6 +215,12 @@ async def test_reading_a_payload_at_a_pointer_is_the_general_read(
             lambda: store.get_context_payload_now(key_from_pointer(pointer)))
         assert _outcome(lambda: store.result_payload_at_now(pointer)) == _outcome(
             lambda: store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX)))
+        # ``context_value_at_now``: the input's value, or None (then read the payload)
+        value = store.context_value_at_now(pointer)
+        if value is not None:
+            assert ("value", value) == _outcome(lambda: store.context_payload_at_now(pointer))
+        elif pointer == "redis://ctx:r:a@1" and wait == 0:  # a live snapshot: read at once
+            raise AssertionError("context_value_at_now missed a live snapshot")
         for limit in (10, 1000):  # ``result_output_at_now``: the output and whether too large
             def general(limit: int = limit) -> Any:
                 data = store.get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))

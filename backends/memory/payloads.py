@@ -129,6 +129,22 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     return payload.value_or_text(), payload.too_large(limit)
 
 
+def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
+    """The value of the job input a context pointer names, when it is a snapshot live in
+    this store (what the engine stores): ``context_payload_at_now(pointer).value()`` in
+    one call, without the payload object or its call; None for anything else (then read
+    it that way: ``tests/test_memory_fast_paths.py`` compares)."""
+    try:
+        entry = store._halves[0].get(pointer)
+    except TypeError:  # not hashable: not a pointer
+        return None
+    if entry is not None and entry[1] > (store._clock_now or store._time)():
+        frozen = entry[0][1]
+        if frozen is not None:
+            return _loads(frozen)
+    return None
+
+
 _put_context, _put_result = _writer(CONTEXT_PREFIX), _writer(RESULT_PREFIX)
 _SCHEME_LENGTH = len(POINTER_SCHEME)
 
@@ -240,6 +256,12 @@ class MemoryPayloadStore:
     context_payload_at_now = _reader(CONTEXT_PREFIX, "")
     """``get_context_payload_now(key_from_pointer(pointer))``: how a worker reads its
     input."""
+    put_result_value_now = _writer(RESULT_PREFIX, False)
+    """``put_result_payload_now(key, JsonPayload.of(value, False))`` in one call: how a
+    worker stores a job's output (``JsonPayload.of``'s errors, then the key's)."""
+    context_value_at_now = _input_at
+    """``context_payload_at_now(pointer).value()`` when the input is a live snapshot, else
+    None (``context_value_at_now(pointer)``): how a worker reads its input."""
     result_payload_at_now = _reader(RESULT_PREFIX, RESULT_PREFIX)
     """``get_result_payload_now(key_from_pointer(pointer, RESULT_PREFIX))``."""
     result_output_at_now = _output_at
@@ -314,7 +336,7 @@ class MemoryPayloadStore:
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
 _VALUE_METHODS = (*(f"{name}_payload{now}" for name in _BYTES_METHODS for now in ("", "_now")),
                   "context_payload_at_now", "result_payload_at_now", "put_context_value_now",
-                  "result_output_at_now")
+                  "result_output_at_now", "put_result_value_now", "context_value_at_now")
 
 
 def _private(key: str, data: bytes) -> bytes:

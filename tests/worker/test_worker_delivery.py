@@ -184,7 +184,7 @@ async def _three_results_through_a_listener(bus: MemoryBus,
         await trio.testing.wait_all_tasks_blocked()
         assert bus.jobs.held == 0 and not any(bus.jobs.owns(r.job_id) for r in got)
         # the one call on the bus itself; never past a bus that changes ``publish``
-        assert (worker._report_now is not None) == (type(bus) is MemoryBus)
+        assert (worker._reporter.report_now is not None) == (type(bus) is MemoryBus)
     assert [r.status for r in got] == [JobStatus.SUCCEEDED] * 3
     assert owned == [True] * 3
     assert worker.succeeded == 3

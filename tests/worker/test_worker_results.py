@@ -247,11 +247,33 @@ async def test_input_that_is_not_a_json_object_reports_failed(
         await submit(bus, make_request("r:ptr@1", context_ptr="s3://elsewhere"))
         foreign = await next_result(channel)
 
-    for result, ptr in ((bad, "redis://ctx:bad"), (listed, "redis://ctx:list"),
-                        (foreign, "s3://elsewhere")):
+    for result, ptr, code in ((bad, "redis://ctx:bad", "InvalidInput"),
+                              (listed, "redis://ctx:list", "InvalidInput"),
+                              (foreign, "s3://elsewhere", "PayloadPointerError")):
         assert result.status == JobStatus.FAILED
         assert ptr in result.error_message
         assert result.job_id in result.error_message
+        assert result.error_code == code  # "not JSON" and "key refused" kept apart
+
+
+async def test_a_refused_result_key_is_the_stores_error_not_the_outputs(
+    bus: MemoryBus, payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """The output is stored in one call on an in-process store: a key the store refuses
+    still fails as the store's error, an output JSON cannot hold as the output's."""
+    async def opaque(job: Job) -> object:
+        return {"handle": object()}
+
+    async with results(bus) as channel, \
+            open_worker(bus, payloads, {TOPIC: echo, "other": opaque}):
+        await submit(bus, make_request("r:s@1 "))  # ``res:r:s@1 ``: refused
+        refused = await next_result(channel)
+        await submit(bus, make_request("r:t@1 ", topic="other"))
+        opaque_result = await next_result(channel)
+
+    assert (refused.status, refused.error_code) == (JobStatus.FAILED, "PayloadPointerError")
+    assert (opaque_result.status, opaque_result.error_code) == (
+        JobStatus.FAILED, "ResultNotSerializable")
 
 
 async def test_a_result_store_outage_is_waited_out(
