@@ -106,7 +106,7 @@ class Worker:
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
         self._slots = 0
-        """Slot tasks alive (see ``_slot``): started one at a time, as they are needed."""
+        """Slot tasks alive: started as they are needed (see ``_slot`` and ``_add_slots``)."""
         self._grow_at = 0
         """Jobs running when every slot is busy: the slots alive, less those awaiting the
         bus to publish a result (the others run a job, registered in ``_jobs``, or wait
