@@ -276,10 +276,11 @@ class RunTask:
         Feedback (a payload not stored, a job not published, an alert's outcome) goes back
         through the core, and its effects are carried out too, until nothing is left.
 
-        One frame for all of it: deciding and carrying out were two coroutines, one more
-        to create, enter and leave on every step. Effects are told apart by exact type: the
-        core builds each of its own class, and ``x.__class__ is C`` is an inline check where
-        ``isinstance`` is a call."""
+        Deciding and the pass before the write share this frame (one coroutine fewer to
+        create, enter and leave on every step); the pass after the write is its own
+        (``_after_write``), so that each part reads alone. Effects are told apart by exact
+        type: the core builds each of its own class, and ``x.__class__ is C`` is an inline
+        check where ``isinstance`` is a call."""
         wiring = self._wiring
         path, run_id = wiring.path, self.run_id
         effects: list[Effect]
@@ -363,47 +364,7 @@ class RunTask:
                         await self._persist(changes, rows, exc)
                 elif rows:
                     await self._persist(changes, rows)
-                # after the write, in the order the core gave them: publish the jobs (a
-                # failure is fed back), their hooks, the other hooks, cancels, timers
-                feedback = []
-                for effect in after:
-                    cls = effect.__class__
-                    if cls is Dispatch:
-                        if wiring.config is None:  # ``publish_job`` without a config, inline
-                            try:  # (``effects.packet``, inline)
-                                request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
-                                                    effect.request)
-                                publish_now = wiring.publish_now
-                                if publish_now is None or not publish_now(SUBJECT_SUBMIT,
-                                                                          request):
-                                    await wiring.bus.publish(SUBJECT_SUBMIT, request)
-                                problem = ""
-                            except Exception as exc:
-                                problem = f"publish {effect.job_id}: {exc}"
-                        else:
-                            problem = await publish_job(wiring.bus, now, wiring.config,
-                                                        run_id, run, effect)
-                        if problem:
-                            feedback.append(DispatchFailed(effect.target_id, effect.job_id,
-                                                           problem))
-                        elif not effect.again and \
-                                (on_dispatched := wiring.on_dispatched) is not None:
-                            try:
-                                on_dispatched(run_id, effect.target_id, effect.job_id)
-                            except Exception:
-                                log.exception("on_step_dispatched hook failed for %s",
-                                              effect.job_id)
-                    elif cls is StepFinished:
-                        if (on_finished := wiring.on_finished) is not None:
-                            try:
-                                on_finished(run_id, effect.step_id, effect.status)
-                            except Exception:
-                                log.exception("on_step_finished hook failed for %s/%s",
-                                              run_id, effect.step_id)
-                    elif cls is CancelJob:
-                        await publish_cancel(wiring.bus, now, run_id, effect)
-                    elif cls is ArmTimer:
-                        self._timers.arm(effect, wiring.now())
+                feedback = await self._after_write(after, run, now)
                 if not feedback:
                     break
                 changes = RunChanges()
@@ -429,6 +390,50 @@ class RunTask:
                     item.done.set()
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
+
+    async def _after_write(self, after: list[Effect], run: WorkflowRun,
+                           now: datetime) -> list[Event]:
+        """Carry out what comes after the write, in the order the core gave it: publish
+        the jobs, their hooks, the other hooks, cancels, timers. Returns the feedback for
+        the core (a job that could not be published)."""
+        wiring, run_id = self._wiring, self.run_id
+        feedback: list[Event] = []
+        effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
+        for effect in after:
+            cls = effect.__class__
+            if cls is Dispatch:
+                if wiring.config is None:  # ``publish_job`` without a config, inline
+                    try:  # (``effects.packet``, inline)
+                        request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
+                                            effect.request)
+                        publish_now = wiring.publish_now
+                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, request):
+                            await wiring.bus.publish(SUBJECT_SUBMIT, request)
+                        problem = ""
+                    except Exception as exc:
+                        problem = f"publish {effect.job_id}: {exc}"
+                else:
+                    problem = await publish_job(wiring.bus, now, wiring.config, run_id, run,
+                                                effect)
+                if problem:
+                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
+                elif not effect.again and (on_dispatched := wiring.on_dispatched) is not None:
+                    try:
+                        on_dispatched(run_id, effect.target_id, effect.job_id)
+                    except Exception:
+                        log.exception("on_step_dispatched hook failed for %s", effect.job_id)
+            elif cls is StepFinished:
+                if (on_finished := wiring.on_finished) is not None:
+                    try:
+                        on_finished(run_id, effect.step_id, effect.status)
+                    except Exception:
+                        log.exception("on_step_finished hook failed for %s/%s",
+                                      run_id, effect.step_id)
+            elif cls is CancelJob:
+                await publish_cancel(wiring.bus, now, run_id, effect)
+            elif cls is ArmTimer:
+                self._timers.arm(effect, wiring.now())
+        return feedback
 
     def _decide_more(self, events: Iterable[Event], changes: RunChanges,
                      rows: list[TimelineEvent]) -> list[Effect]:
