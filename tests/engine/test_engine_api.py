@@ -310,7 +310,7 @@ async def test_a_run_that_ended_before_the_wait_is_answered_without_a_read(
     assert got.to_dict() == stored
     again = await engine.wait_run(run_id)  # given once: the next caller reads the store
     assert reads == [run_id, run_id] and again is not got and again.to_dict() == stored
-    assert run_id not in engine._finished  # nothing registered, nothing left behind
+    assert run_id not in engine._waits.finishes  # nothing registered, nothing left behind
 
 
 async def test_a_run_deleted_after_it_ended_is_not_found(engine, store, save):
