@@ -94,24 +94,26 @@ class Mailbox:
     woken directly (no memory channel: no buffer object, no ``ParkingLot`` per run).
     Unbounded on purpose (see docs/architecture.md, *Backpressure*). One reader."""
 
-    __slots__ = ("_reader", "closed", "items")
+    __slots__ = ("_reader", "items")
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         """What waits to be taken, oldest first. Its one reader (the run task) takes them
         without a call, ``batch, mailbox.items = mailbox.items, []`` (as ``take_all``
         does): the list itself is handed over, and puts go to the new one. Nobody else
-        changes it."""
+        changes it. Once closed, a ``_Closed`` list that refuses every put."""
         self._reader: trio.lowlevel.Task | None = None
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def closed(self) -> bool:
+        return self.items.__class__ is _Closed
+
     def put(self, item: Item) -> None:
-        """Hand ``item`` over; ``trio.BrokenResourceError`` once the task closed it."""
-        if self.closed:
-            raise trio.BrokenResourceError("the run task has let go of its mailbox")
+        """Hand ``item`` over; ``trio.BrokenResourceError`` once the task closed it (the
+        closed mailbox's list refuses it: no check of our own on every put)."""
         self.items.append(item)
         reader = self._reader
         if reader is not None:
@@ -135,8 +137,8 @@ class Mailbox:
 
     def close(self) -> list[Item]:
         """No more puts; returns what was never taken."""
-        self.closed = True
-        return self.take_all()
+        items, self.items = self.items, _Closed()
+        return items if items.__class__ is not _Closed else []
 
     def wait(self) -> Awaitable[None]:
         """Until something is in the mailbox: await it at once (Trio's own wait, as in
@@ -151,6 +153,15 @@ class Mailbox:
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._reader = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Closed(list[Item]):
+    """A closed mailbox's items: always empty, every put refused."""
+
+    __slots__ = ()
+
+    def append(self, item: Item) -> None:
+        raise trio.BrokenResourceError("the run task has let go of its mailbox")
 
 
 @dataclass(slots=True)

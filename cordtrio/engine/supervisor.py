@@ -250,7 +250,7 @@ class Engine:
             envelope = Envelope(event, done=reply)
             self.deliver(run_id, envelope, preload)
             preload = None  # a retry goes to a new task: it reads the store
-            self._stalls.watch(reply, run_id, type(event).__name__)
+            self._stalls.watch(reply, run_id, event)
             try:
                 await reply.wait()  # or StoreError from the watchdog (``stalls``)
             finally:
@@ -289,25 +289,32 @@ class Engine:
 
     def _on_result(self, packet: BusPacket) -> None:
         """A job result from the bus, to its run's task as a bare event (nobody waits for
-        it): every job step, so ``run_id_of`` and ``deliver`` are inlined for a run whose
-        task is active; anything else takes the general way below."""
+        it). Every job step comes here: a result whose run has a task here goes straight
+        into its mailbox (the run id is the job id up to its last ``:``; a job id without
+        one gives "": should a run "" have a task, its core ignores the result, as the
+        general way does); anything else — no packet, no ``JobResult``, a run with no
+        task here — takes ``_route_result``."""
+        result: Any  # anything, until its class is checked
         try:
             result = packet.payload
-        except AttributeError:  # not a packet: nothing to route
+            task = self._runs[result.job_id.rpartition(":")[0]]
+        except Exception:  # (AttributeError, TypeError, KeyError)
+            self._route_result(packet)
             return
-        if not isinstance(result, JobResult):
-            return
-        try:
-            head = result.job_id.rpartition(":")[0]  # "" for no ":" (no run)
-        except (AttributeError, TypeError):  # not a string: ``run_id_of`` says no run
-            return
-        task = self._runs.get(head) if head else None
-        if task is not None:
+        if result.__class__ is JobResult:  # (a subclass: the general way)
             task.mailbox.put(ResultReceived(result))
-            return
-        run_id = run_id_of(result)
-        if run_id is not None:
-            self.deliver(run_id, ResultReceived(result))
+        else:
+            self._route_result(packet)
+
+    def _route_result(self, packet: BusPacket) -> None:
+        """``_on_result``'s general way: a result for a run without a task here starts
+        one (which, in multi-engine mode, hands it to the run's owner); anything that is
+        not a job result for a run is ignored."""
+        result = getattr(packet, "payload", None)
+        if isinstance(result, JobResult):
+            run_id = run_id_of(result)
+            if run_id is not None:
+                self.deliver(run_id, ResultReceived(result))
 
     # ------------------------------------------------------------------ RunHost
 
