@@ -84,10 +84,12 @@ class RunWaits:
         waited for it, and wake the callers still waiting — a task can end with its run
         unfinished (it crashed, its run or workflow was deleted): they re-read the store
         (and poll)."""
+        run_id = task.run_id
         if task.ended is not None:
             # a terminal run stays as its task left it (``ended_runs``)
-            self.ended.keep(task.run_id, task.ended)
-        self.run_finished(task.run_id)
+            self.ended.keep(run_id, task.ended)
+        if run_id in self.finishes:  # (usually not: woken when the run ended)
+            self.run_finished(run_id)
 
 
 __all__ = ["RunWaits"]
