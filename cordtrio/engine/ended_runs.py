@@ -26,7 +26,8 @@ ENDED_KEPT = 1024
 
 class EndedRuns(dict[str, WorkflowRun]):
     """The final runs of runs that ended here with nobody waiting, by run id, oldest first
-    (a dict: ``in`` and ``len``, asked on every ``wait_run`` and new task, are its own)."""
+    (a dict: ``in``, asked on every ``wait_run``, and ``pop``, a new task's forgetting its
+    run's, are its own)."""
 
     __slots__ = ("_presence",)
 
@@ -42,10 +43,6 @@ class EndedRuns(dict[str, WorkflowRun]):
         if len(self) >= ENDED_KEPT:
             del self[next(iter(self))]
         self[run_id] = run
-
-    def drop(self, run_id: str) -> None:
-        """Forget the run's kept final run (a new task may change the run)."""
-        self.pop(run_id, None)
 
     async def take(self, run_id: str) -> WorkflowRun | None:
         """The kept final run (to the first caller only), if the run is still stored;

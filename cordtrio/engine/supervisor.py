@@ -269,8 +269,8 @@ class Engine:
         store). Never blocks."""
         task = self._runs.get(run_id)
         if task is None:
-            if self._ended:
-                self._ended.drop(run_id)  # the new task may change the run
+            if self._ended:  # the new task may change the run: forget its kept final run
+                self._ended.pop(run_id, None)
             # (made at the first run: ``open_engine`` has set the ownership by then)
             wiring = self._wiring or self._wire()
             task = RunTask(self, run_id, preload, wiring)
