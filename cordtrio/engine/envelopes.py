@@ -5,9 +5,10 @@ a run task's ``Mailbox``, what a new task may start from (``Preload``), and how
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Generator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import outcome
 import trio
@@ -21,6 +22,27 @@ _reschedule = trio.lowlevel.reschedule
 _current_task = trio.lowlevel.current_task
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+
+
+class _Woken(outcome.Outcome[None]):
+    """What a woken waiter's wait returns: None, as the ``outcome.Value(None)`` Trio makes
+    for every ``reschedule`` that names no outcome — but one object for every wake-up (a
+    ``Value`` is built, checked and marked used for each one; a constant None needs none
+    of that)."""
+
+    __slots__ = ()
+
+    def unwrap(self) -> None:
+        return None
+
+    def send(self, gen: Generator[Any, None, Any]) -> Any:
+        return gen.send(None)
+
+    async def asend(self, agen: AsyncGenerator[Any, None]) -> Any:
+        return await agen.asend(None)
+
+
+_WOKEN = _Woken()
 
 
 class Reply:
@@ -41,7 +63,7 @@ class Reply:
         self._set = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            _reschedule(waiter)
+            _reschedule(waiter, _WOKEN)
 
     def interrupt(self, error: BaseException) -> None:
         """Raise ``error`` in the waiting caller now; the envelope stays with the run task
@@ -118,14 +140,14 @@ class Mailbox:
         reader = self._reader
         if reader is not None:
             self._reader = None
-            _reschedule(reader)
+            _reschedule(reader, _WOKEN)
 
     def poke(self) -> None:
         """Wake the waiting task with nothing new (a timer of its run is due)."""
         reader = self._reader
         if reader is not None:
             self._reader = None
-            _reschedule(reader)
+            _reschedule(reader, _WOKEN)
 
     def take_all(self) -> list[Item]:
         """Everything waiting, oldest first (maybe nothing): the caller's to keep."""
