@@ -24,40 +24,31 @@ ENDED_KEPT = 1024
 """Final runs an engine keeps for ``wait_run`` calls that come after the run ended."""
 
 
-class EndedRuns:
-    """The final runs of runs that ended here with nobody waiting, oldest first."""
+class EndedRuns(dict[str, WorkflowRun]):
+    """The final runs of runs that ended here with nobody waiting, by run id, oldest first
+    (a dict: ``in``, asked on every ``wait_run``, and ``pop``, a new task's forgetting its
+    run's, are its own)."""
 
-    __slots__ = ("_presence", "_runs")
+    __slots__ = ("_presence",)
 
     def __init__(self, store: object) -> None:
+        super().__init__()
         self._presence = store if isinstance(store, RunPresence) else None
-        self._runs: dict[str, WorkflowRun] = {}
-
-    def __contains__(self, run_id: str) -> bool:
-        return run_id in self._runs
-
-    def __len__(self) -> int:
-        return len(self._runs)
 
     def keep(self, run_id: str, run: WorkflowRun) -> None:
         """Keep ``run`` for the next ``wait_run`` (nothing, over a store that cannot tell
         a deleted run)."""
         if self._presence is None:
             return
-        runs = self._runs
-        if len(runs) >= ENDED_KEPT:
-            del runs[next(iter(runs))]
-        runs[run_id] = run
-
-    def drop(self, run_id: str) -> None:
-        """Forget the run's kept final run (a new task may change the run)."""
-        self._runs.pop(run_id, None)
+        if len(self) >= ENDED_KEPT:
+            del self[next(iter(self))]
+        self[run_id] = run
 
     async def take(self, run_id: str) -> WorkflowRun | None:
         """The kept final run (to the first caller only), if the run is still stored;
         None: nothing kept, or deleted since (the caller reads the store, which raises the
         store's own ``NotFoundError``)."""
-        final = self._runs.pop(run_id, None)
+        final = self.pop(run_id, None)
         if final is None or self._presence is None:
             return None
         if await self._presence.missing_runs([run_id]):

@@ -5,9 +5,10 @@ a run task's ``Mailbox``, what a new task may start from (``Preload``), and how
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Generator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import outcome
 import trio
@@ -21,6 +22,27 @@ _reschedule = trio.lowlevel.reschedule
 _current_task = trio.lowlevel.current_task
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+
+
+class _Woken(outcome.Outcome[None]):
+    """What a woken waiter's wait returns: None, as the ``outcome.Value(None)`` Trio makes
+    for every ``reschedule`` that names no outcome — but one object for every wake-up (a
+    ``Value`` is built, checked and marked used for each one; a constant None needs none
+    of that)."""
+
+    __slots__ = ()
+
+    def unwrap(self) -> None:
+        return None
+
+    def send(self, gen: Generator[Any, None, Any]) -> Any:
+        return gen.send(None)
+
+    async def asend(self, agen: AsyncGenerator[Any, None]) -> Any:
+        return await agen.asend(None)
+
+
+_WOKEN = _Woken()
 
 
 class Reply:
@@ -41,7 +63,7 @@ class Reply:
         self._set = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            _reschedule(waiter)
+            _reschedule(waiter, _WOKEN)
 
     def interrupt(self, error: BaseException) -> None:
         """Raise ``error`` in the waiting caller now; the envelope stays with the run task
@@ -94,36 +116,38 @@ class Mailbox:
     woken directly (no memory channel: no buffer object, no ``ParkingLot`` per run).
     Unbounded on purpose (see docs/architecture.md, *Backpressure*). One reader."""
 
-    __slots__ = ("_reader", "closed", "items")
+    __slots__ = ("_reader", "items")
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         """What waits to be taken, oldest first. Its one reader (the run task) takes them
         without a call, ``batch, mailbox.items = mailbox.items, []`` (as ``take_all``
         does): the list itself is handed over, and puts go to the new one. Nobody else
-        changes it."""
+        changes it. Once closed, a ``_Closed`` list that refuses every put."""
         self._reader: trio.lowlevel.Task | None = None
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def closed(self) -> bool:
+        return self.items.__class__ is _Closed
+
     def put(self, item: Item) -> None:
-        """Hand ``item`` over; ``trio.BrokenResourceError`` once the task closed it."""
-        if self.closed:
-            raise trio.BrokenResourceError("the run task has let go of its mailbox")
+        """Hand ``item`` over; ``trio.BrokenResourceError`` once the task closed it (the
+        closed mailbox's list refuses it: no check of our own on every put)."""
         self.items.append(item)
         reader = self._reader
         if reader is not None:
             self._reader = None
-            _reschedule(reader)
+            _reschedule(reader, _WOKEN)
 
     def poke(self) -> None:
         """Wake the waiting task with nothing new (a timer of its run is due)."""
         reader = self._reader
         if reader is not None:
             self._reader = None
-            _reschedule(reader)
+            _reschedule(reader, _WOKEN)
 
     def take_all(self) -> list[Item]:
         """Everything waiting, oldest first (maybe nothing): the caller's to keep."""
@@ -135,8 +159,8 @@ class Mailbox:
 
     def close(self) -> list[Item]:
         """No more puts; returns what was never taken."""
-        self.closed = True
-        return self.take_all()
+        items, self.items = self.items, _Closed()
+        return items if items.__class__ is not _Closed else []
 
     def wait(self) -> Awaitable[None]:
         """Until something is in the mailbox: await it at once (Trio's own wait, as in
@@ -151,6 +175,15 @@ class Mailbox:
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._reader = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Closed(list[Item]):
+    """A closed mailbox's items: always empty, every put refused."""
+
+    __slots__ = ()
+
+    def append(self, item: Item) -> None:
+        raise trio.BrokenResourceError("the run task has let go of its mailbox")
 
 
 @dataclass(slots=True)

@@ -88,9 +88,10 @@ class Ownership(Protocol):
     applied (``acknowledge``). False: ``take_commands`` and ``acknowledge`` do nothing."""
 
 
-    async def create_run(self, run: WorkflowRun) -> None:
+    def create_run(self, run: WorkflowRun) -> Awaitable[None]:
         """Create the run ``submit`` built (``store.create_run``; in multi-engine mode taking
-        its lease in the same write when the store can: ``ports.LeasedRunCreate``)."""
+        its lease in the same write when the store can: ``ports.LeasedRunCreate``): await
+        the result (an implementation may hand over the store's own call)."""
 
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
         """The run ``submit`` just created, if a new task may start from it instead of

@@ -32,13 +32,12 @@ class SingleEngine:
     def __init__(self, store: Store, router: RunRouter) -> None:
         self.store = store
         self.router = router
+        # creating a run is the store's own call (no coroutine of ours around it)
+        self.create_run: Callable[[WorkflowRun], Awaitable[None]] = store.create_run
         # The store's write called without awaiting it (``ports.WritesNow``), or None
         self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
                                         None] | None = own_call(
             store, "writes_now", "save_run_changes_now")
-
-    async def create_run(self, run: WorkflowRun) -> None:
-        await self.store.create_run(run)
 
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
         return created

@@ -25,15 +25,6 @@ STALL_PROBE_SEC = 1.0
 """An API call whose event is not applied after this long checks that the store answers."""
 
 
-class _Call:
-    __slots__ = ("check_at", "run_id", "what")
-
-    def __init__(self, check_at: float, run_id: str, what: str) -> None:
-        self.check_at = check_at
-        self.run_id = run_id
-        self.what = what
-
-
 class StallWatch:
     """Probes the store for API calls waiting longer than ``period`` (see the module
     docstring); ``probe`` is the cheap store read."""
@@ -42,17 +33,21 @@ class StallWatch:
                  period: float = STALL_PROBE_SEC) -> None:
         self._probe = probe
         self._period = period
-        self._calls: dict[Reply, _Call] = {}
+        # each waiting call: when to check on it, its run, and its event (named in the
+        # error only: a tuple, not an object, for every API call)
+        self._calls: dict[Reply, tuple[float, str, object]] = {}
         self._idle = trio.lowlevel.ParkingLot()
         # Trio's clock, asked directly (set by ``run``): ``trio.current_time()`` costs two
         # frames more on every API call
         self._now: Callable[[], float] = trio.current_time
 
-    def watch(self, reply: Reply, run_id: str, what: str) -> None:
-        """Watch the caller waiting on ``reply`` (until ``forget``)."""
-        if not self._calls:
+    def watch(self, reply: Reply, run_id: str, event: object) -> None:
+        """Watch the caller waiting on ``reply`` for ``event`` to be applied to its run
+        (until ``forget``)."""
+        calls = self._calls
+        if not calls:
             self._idle.unpark_all()
-        self._calls[reply] = _Call(self._now() + self._period, run_id, what)
+        calls[reply] = (self._now() + self._period, run_id, event)
 
     def forget(self, reply: Reply) -> None:
         self._calls.pop(reply, None)
@@ -65,28 +60,29 @@ class StallWatch:
             if not calls:
                 await self._idle.park()
                 continue
-            await trio.sleep_until(min(c.check_at for c in calls.values()))
+            await trio.sleep_until(min(call[0] for call in calls.values()))
             now = trio.current_time()
-            stalled = [(r, c) for r, c in calls.items() if c.check_at <= now]
+            stalled = [(r, c) for r, c in calls.items() if c[0] <= now]
             if not stalled:
                 continue
             try:
                 await self._probe()
             except Exception as exc:
-                for reply, call in stalled:
+                for reply, (_, run_id, event) in stalled:
                     if calls.pop(reply, None) is None or reply.is_set():
                         continue
                     if isinstance(exc, StoreError):
                         error: Exception = StoreError(
-                            f"run {call.run_id}: {call.what} not confirmed, the store is not "
-                            f"answering: {exc}")
+                            f"run {run_id}: {type(event).__name__} not confirmed, the store "
+                            f"is not answering: {exc}")
                         error.__cause__ = exc
                     else:
                         error = exc
                     reply.interrupt(error)
             else:
-                for _, call in stalled:
-                    call.check_at = now + self._period
+                for reply, (_, run_id, event) in stalled:
+                    if reply in calls:  # (not forgotten during the probe)
+                        calls[reply] = (now + self._period, run_id, event)
 
 
 __all__ = ["STALL_PROBE_SEC", "StallWatch"]

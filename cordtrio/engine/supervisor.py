@@ -13,7 +13,9 @@ another engine is forwarded through the store. API calls for a run another engin
 return once the command is checked and queued; the owner applies it asynchronously.
 
 The engine is its run tasks' ``host.RunHost`` and its ownership strategy's
-``host.RunRouter``; neither sees more of it.
+``host.RunRouter``; neither sees more of it. What it delegates lives beside it: creating
+runs (``submission``), ``wait_run``'s waiters (``waits``), compiled workflows
+(``plans``), listening to the bus and the resend sweep (``feeds``).
 """
 
 from __future__ import annotations
@@ -33,26 +35,22 @@ from ..core.events import (
     CancelRun,
     Event,
     JobStarted,
-    ResendDue,
     ResultReceived,
     Start,
 )
-from ..core.plan import Plan
 from ..errors import (
     CordtrioError,
     CorruptDataError,
     LeaseLostError,
-    NotFoundError,
     RunFailedError,
     ValidationError,
 )
 from ..json_payloads import path_for
-from ..model import RunStatus, Workflow, WorkflowRun
+from ..model import RunStatus, WorkflowRun
 from ..ports import (
     Bus,
     Clock,
     ConfigProvider,
-    DirectBus,
     JobBus,
     PayloadStore,
     RunLeases,
@@ -67,26 +65,25 @@ from ..protocol import (
     JobResult,
     JobStatus,
 )
-from ..retry import retrying
 from .effects import commits_payloads
-from .ended_runs import EndedRuns
-from .envelopes import Envelope, Finish, Item, Preload, Redirect, Reply
+from .envelopes import Envelope, Item, Preload, Redirect, Reply
+from .feeds import listen, resend_sweep, run_id_of
 from .gc_tuning import long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
 from .leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .ownership import SingleEngine
+from .plans import PlanCache
 from .run_task import RunTask, RunWiring
 from .stalls import StallWatch
 from .submission import create_rerun, random_run_id, submit_run
 from .timers import Alarm
 from .unreadable import fail_unreadable, load_run
+from .waits import RunWaits
 
 DEFAULT_RESEND_AFTER = 60.0
 """Seconds without a result after which a job is published again (``open_engine``)."""
 
 log = logging.getLogger("cordtrio.engine")
-
-RESULT_QUEUE = "cordtrio-workflow-engine"
 
 _PROBE_KEY = "cordtrio-stall-probe"
 """The idempotency key the stall watchdog looks up to see whether the store answers."""
@@ -131,9 +128,14 @@ class Engine:
         self._new_id = new_id
         self._runs: dict[str, RunTask] = {}
         self._wiring: RunWiring | None = None  # what every run task uses (``deliver``)
-        self._finished: dict[str, Finish] = {}
-        self._ended = EndedRuns(store)  # for a ``wait_run`` after the run ended
-        self._plans: dict[tuple[str, Any], Plan] = {}
+        self._waits = RunWaits(store, self._runs)  # ``wait_run``'s callers, ended runs
+        self._ended = self._waits.ended
+        self.run_finished = self._waits.run_finished  # ``RunHost``: wake its waiters
+        self.plan_for = PlanCache(
+            store, schemas, has_payload_store=payloads is not None,
+            starts_reported=self.starts_reported, resend_after=self.resend_after).plan_for
+        """``RunHost``: the workflow compiled for execution, cached per version
+        (``plans.PlanCache.plan_for``)."""
         self.alarm = Alarm()
         # the watchdog's probe: one key read on any store (a listing by status sorts, or
         # re-indexes, what it lists; the answer is not used, only whether one comes)
@@ -167,7 +169,7 @@ class Engine:
         """Fold a job result into its run (SPEC §6). Never raises for bad input: results
         with unusable job ids, for unknown or finished runs, stale or duplicate, are
         ignored."""
-        run_id = _run_id_of(result)
+        run_id = run_id_of(result)
         if run_id is None:
             log.debug("ignoring result with unusable job id %r", getattr(result, "job_id", None))
             return
@@ -234,44 +236,10 @@ class Engine:
 
     async def wait_run(self, run_id: str, *, poll_interval: float = 1.0) -> WorkflowRun:
         """Return the run once it is terminal. Woken by this engine's run task; a run not
-        active here (driven by another engine) is re-read every ``poll_interval`` s.
-
-        A run this engine is driving is not read while it is unfinished (the task's state
-        says so), and the task that finished it hands its final state to the first waiter
-        once it has let go of the run (``Finish``): no store read at all then."""
-        if run_id not in self._runs and run_id not in self._finished:
-            # Nobody drives or awaits the run here (usually: it finished before the call):
-            # the final run its task kept, or one read, answers, without a ``Finish`` to
-            # register and drop. Not finished: the loop below registers, then reads again
-            # (nothing ends unseen in between).
-            if run_id in self._ended:
-                final = await self._ended.take(run_id)
-                if final is not None:
-                    return final
-            run = await self.store.get_run(run_id)
-            if run.status.is_terminal:
-                return run
-        while True:
-            finished = self._finished.get(run_id)
-            if finished is None:
-                finished = self._finished[run_id] = Finish()
-            task = self._runs.get(run_id)
-            if task is not None and task.unfinished():
-                await finished.event.wait()  # set by the run's task when the run ends
-            else:
-                run = await self.store.get_run(run_id)
-                if run.status.is_terminal:
-                    if run_id not in self._runs and self._finished.get(run_id) is finished:
-                        del self._finished[run_id]  # no task to pop it: do not keep it
-                    return run
-                if run_id in self._runs:
-                    await finished.event.wait()
-                else:
-                    with trio.move_on_after(poll_interval):
-                        await finished.event.wait()
-            final = finished.take()
-            if final is not None:
-                return final
+        active here (driven by another engine) is re-read every ``poll_interval`` s
+        (``waits``: a run driven here is not read while it is unfinished, and a finished
+        one is handed over by its task, not read back)."""
+        return await self._waits.wait(run_id, poll_interval)
 
     # ------------------------------------------------------------------ routing
 
@@ -282,7 +250,7 @@ class Engine:
             envelope = Envelope(event, done=reply)
             self.deliver(run_id, envelope, preload)
             preload = None  # a retry goes to a new task: it reads the store
-            self._stalls.watch(reply, run_id, type(event).__name__)
+            self._stalls.watch(reply, run_id, event)
             try:
                 await reply.wait()  # or StoreError from the watchdog (``stalls``)
             finally:
@@ -301,8 +269,8 @@ class Engine:
         store). Never blocks."""
         task = self._runs.get(run_id)
         if task is None:
-            if self._ended:
-                self._ended.drop(run_id)  # the new task may change the run
+            if self._ended:  # the new task may change the run: forget its kept final run
+                self._ended.pop(run_id, None)
             # (made at the first run: ``open_engine`` has set the ownership by then)
             wiring = self._wiring or self._wire()
             task = RunTask(self, run_id, preload, wiring)
@@ -321,37 +289,39 @@ class Engine:
 
     def _on_result(self, packet: BusPacket) -> None:
         """A job result from the bus, to its run's task as a bare event (nobody waits for
-        it): every job step, so ``_run_id_of`` and ``deliver`` are inlined for a run whose
-        task is active; anything else takes the general way below."""
+        it). Every job step comes here: a result whose run has a task here goes straight
+        into its mailbox (the run id is the job id up to its last ``:``; a job id without
+        one gives "": should a run "" have a task, its core ignores the result, as the
+        general way does); anything else — no packet, no ``JobResult``, a run with no
+        task here — takes ``_route_result``."""
+        result: Any  # anything, until its class is checked
         try:
             result = packet.payload
-        except AttributeError:  # not a packet: nothing to route
+            task = self._runs[result.job_id.rpartition(":")[0]]
+        except Exception:  # (AttributeError, TypeError, KeyError)
+            self._route_result(packet)
             return
-        if not isinstance(result, JobResult):
-            return
-        try:
-            head = result.job_id.rpartition(":")[0]  # "" for no ":" (no run)
-        except (AttributeError, TypeError):  # not a string: ``_run_id_of`` says no run
-            return
-        task = self._runs.get(head) if head else None
-        if task is not None:
+        if result.__class__ is JobResult:  # (a subclass: the general way)
             task.mailbox.put(ResultReceived(result))
-            return
-        run_id = _run_id_of(result)
-        if run_id is not None:
-            self.deliver(run_id, ResultReceived(result))
+        else:
+            self._route_result(packet)
+
+    def _route_result(self, packet: BusPacket) -> None:
+        """``_on_result``'s general way: a result for a run without a task here starts
+        one (which, in multi-engine mode, hands it to the run's owner); anything that is
+        not a job result for a run is ignored."""
+        result = getattr(packet, "payload", None)
+        if isinstance(result, JobResult):
+            run_id = run_id_of(result)
+            if run_id is not None:
+                self.deliver(run_id, ResultReceived(result))
 
     # ------------------------------------------------------------------ RunHost
 
     def run_exited(self, task: object) -> None:
         if isinstance(task, RunTask) and self._runs.get(task.run_id) is task:
             del self._runs[task.run_id]
-            if task.ended is not None:
-                # a terminal run stays as its task left it (``ended_runs``)
-                self._ended.keep(task.run_id, task.ended)
-            # A task can end with its run unfinished (it crashed, its run or workflow was
-            # deleted): wake ``wait_run`` callers so they re-read the store (and poll).
-            self.run_finished(task.run_id)
+            self._waits.task_exited(task)
 
     async def load_run(self, run_id: str) -> WorkflowRun:
         return await load_run(self.store, run_id)
@@ -361,96 +331,19 @@ class Engine:
             return False
         return await fail_unreadable(self.store, run_id, error)
 
-    def run_finished(self, run_id: str) -> Finish | None:
-        """Wake the run's ``wait_run`` callers; returns their ``Finish`` (None: nobody
-        waits) so the task can hand them the final run when it lets go of it."""
-        finished = self._finished.pop(run_id, None)
-        if finished is not None:
-            finished.event.set()
-        return finished
-
-    async def plan_for(self, workflow_id: str, workflow: Workflow | None = None) -> Plan:
-        """The workflow compiled for execution, with its registry schemas resolved;
-        cached per workflow version (``updated_at``). ``workflow``: the definition the
-        caller just read (``submit``), used instead of reading it again."""
-        if workflow is None or workflow.id != workflow_id:
-            workflow = await retrying(lambda: self.store.get_workflow(workflow_id),
-                                      f"load workflow {workflow_id}")
-        key = (workflow.id, workflow.updated_at)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
-        probe = Plan.build(workflow)
-        resolved: dict[str, dict[str, Any] | None] | None = None
-        if self.schemas is not None:
-            resolved = {}
-            for schema_id in sorted(probe.schema_ids()):
-                try:
-                    resolved[schema_id] = await self.schemas.get(schema_id)
-                except NotFoundError:
-                    resolved[schema_id] = None
-        plan = Plan.build(workflow, schemas=resolved, has_payload_store=self.payloads is not None,
-                          starts_reported=self.starts_reported,
-                          resend_after=self.resend_after)
-        if len(self._plans) > 1024:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
-
-    # ------------------------------------------------------------------ background
-
     @property
     def starts_reported(self) -> bool:
         """Workers report job starts (SPEC §13: over a bus with job queues, cordtrio's
         workers do): a step's ``timeout_sec`` counts from its job's start."""
         return isinstance(self.bus, JobBus)
 
-    async def _consume_results(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Route job results to their runs: from within the publisher's call on a bus in
-        this process (``DirectBus``: no task in between), else from a subscription."""
-        if isinstance(self.bus, DirectBus):
-            async with self.bus.listen(SUBJECT_RESULT, RESULT_QUEUE, self._on_result):
-                task_status.started()
-                await trio.sleep_forever()
-        async with self.bus.subscribe(SUBJECT_RESULT, queue=RESULT_QUEUE) as channel:
-            task_status.started()
-            async for packet in channel:
-                self._on_result(packet)
-
-    async def _resend_loop(self) -> None:
-        """Every ``resend_after`` seconds, have each active run publish again its jobs
-        that have had no result for that long (SPEC §13; ``core.commands.resend_due``):
-        one sweep for the whole engine, nothing per job."""
-        while True:
-            await trio.sleep(self.resend_after)
-            for run_id in tuple(self._runs):
-                self.deliver(run_id, Envelope(ResendDue()))
-
-    async def _consume_starts(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Feed workers' start acknowledgements (``JobProgress`` RUNNING) to their runs."""
-        if isinstance(self.bus, DirectBus):
-            async with self.bus.listen(SUBJECT_PROGRESS, RESULT_QUEUE, self._on_progress):
-                task_status.started()
-                await trio.sleep_forever()
-        async with self.bus.subscribe(SUBJECT_PROGRESS, queue=RESULT_QUEUE) as channel:
-            task_status.started()
-            async for packet in channel:
-                self._on_progress(packet)
-
     def _on_progress(self, packet: BusPacket) -> None:
+        """A worker's start acknowledgement, to its run's task (SPEC §13)."""
         payload = getattr(packet, "payload", None)
         if isinstance(payload, JobProgress) and payload.status == JobStatus.RUNNING:
-            run_id = _run_id_of(payload)
+            run_id = run_id_of(payload)
             if run_id is not None:
                 self.deliver(run_id, Envelope(JobStarted(payload.job_id)))
-
-
-def _run_id_of(result: object) -> str | None:
-    job_id = getattr(result, "job_id", None)
-    if not isinstance(job_id, str) or ":" not in job_id:
-        return None
-    run_id = job_id.rpartition(":")[0]
-    return run_id or None
 
 
 @asynccontextmanager
@@ -525,11 +418,12 @@ async def open_engine(
             await engine.ownership.start(nursery)
             await nursery.start(engine._stalls.run)
             await nursery.start(engine.alarm.run)
-            await nursery.start(engine._consume_results)
+            await nursery.start(listen, bus, SUBJECT_RESULT, engine._on_result)
             if engine.starts_reported:
-                await nursery.start(engine._consume_starts)
+                await nursery.start(listen, bus, SUBJECT_PROGRESS, engine._on_progress)
             if engine.resend_after > 0:
-                nursery.start_soon(engine._resend_loop)
+                nursery.start_soon(resend_sweep, engine.resend_after, engine._runs,
+                                   engine.deliver)
             if recover:
                 # every started, non-terminal run in the store (SPEC §12); in multi-engine
                 # mode those nobody holds (and runs with queued commands), again every ttl/2

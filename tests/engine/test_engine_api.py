@@ -310,7 +310,7 @@ async def test_a_run_that_ended_before_the_wait_is_answered_without_a_read(
     assert got.to_dict() == stored
     again = await engine.wait_run(run_id)  # given once: the next caller reads the store
     assert reads == [run_id, run_id] and again is not got and again.to_dict() == stored
-    assert run_id not in engine._finished  # nothing registered, nothing left behind
+    assert run_id not in engine._waits.finishes  # nothing registered, nothing left behind
 
 
 async def test_a_run_deleted_after_it_ended_is_not_found(engine, store, save):
@@ -328,9 +328,9 @@ async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, 
     await save(step("a"))
     run_id = await engine.submit(WF)
     await succeed(engine, f"{run_id}:a@1")
-    first = engine._ended._runs[run_id]
+    first = engine._ended[run_id]
     await engine.cancel_run(run_id)  # a terminal run is left as it is, by a new task
-    assert engine._ended._runs[run_id] is not first
+    assert engine._ended[run_id] is not first
     reads = count_reads(store)
     got = await engine.wait_run(run_id)
     assert reads == [] and got.to_dict() == (await store.get_run(run_id)).to_dict()

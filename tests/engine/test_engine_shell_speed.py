@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -17,7 +19,7 @@ from test_engine_kit import WF, step
 
 from cordtrio.backends.memory import MemoryBus, MemoryStore
 from cordtrio.core.events import Start
-from cordtrio.engine import open_engine
+from cordtrio.engine import envelopes, open_engine
 from cordtrio.engine.envelopes import Envelope, Mailbox, Reply
 from cordtrio.engine.gc_tuning import GEN0_THRESHOLD
 from cordtrio.engine.ownership import SingleEngine
@@ -79,6 +81,44 @@ async def test_waiting_on_a_full_mailbox_or_a_set_reply_is_only_a_cancellation_p
         scope.cancel()
         await box.wait()
     assert scope.cancelled_caught
+
+
+async def test_every_wake_up_of_a_mailbox_or_a_reply_returns_none_as_trio_would() -> None:
+    """A woken wait gets one shared outcome (``envelopes._WOKEN``), not a new
+    ``outcome.Value(None)`` per wake-up: it gives what that ``Value`` gives, any number of
+    times."""
+    box, replies = Mailbox(), [Reply(), Reply()]
+    woken: list[object] = []
+
+    async def reader() -> None:
+        for _ in range(3):
+            woken.append(await box.wait())
+            box.take_all()
+        for reply in replies:
+            woken.append(await reply.wait())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for _ in range(3):
+            await trio.testing.wait_all_tasks_blocked()
+            box.put(Envelope(Start()))
+        for reply in replies:
+            await trio.testing.wait_all_tasks_blocked()
+            reply.set()
+    assert woken == [None] * 5
+    value = outcome.Value(None)
+
+    def gen() -> Generator[int, None, object]:
+        got = yield 1
+        return got
+
+    for one in (envelopes._WOKEN, envelopes._WOKEN, value):
+        g = gen()
+        next(g)
+        with pytest.raises(StopIteration) as stop:
+            one.send(g)
+        assert stop.value.value is None
+    assert envelopes._WOKEN.unwrap() is None
 
 
 async def test_a_reply_raises_what_interrupts_it() -> None:
