@@ -6,12 +6,14 @@ value equality, so a simulation can record, compare and replay them, and nothing
 one once it is built.
 
 Commands, timers and cancellations are frozen (hashable values: tests compare sets of
-timers). The four built on every job result (``ResultReceived``, ``LoadedOutput``,
-``Dispatch``, ``StepFinished``) are not frozen: a frozen dataclass's ``__init__`` sets each
-field through ``object.__setattr__``, ~4x the cost, and a W1 result builds four to six of
-them. Two hold a dict or a document, so they were never hashable anyway; nothing hashes
-``LoadedOutput`` or ``StepFinished``. The core makes ``Dispatch`` and ``StepFinished``
-on its hot path with their fields set one by one, without ``__init__`` (a third less).
+timers). The three built on every job result (``ResultReceived``, ``LoadedOutput``,
+``Dispatch``) are not frozen: a frozen dataclass's ``__init__`` sets each field through
+``object.__setattr__``, ~4x the cost, and a W1 result builds several. Two hold a dict or a
+document, so they were never hashable anyway; nothing hashes ``LoadedOutput``. The core
+makes ``Dispatch`` on its hot path with its fields set one by one, without ``__init__`` (a
+third less). ``StepFinished`` is frozen: a plain job's success shares one, made once per
+workflow version (``PlainJob.succeeded``), by every run of it — frozen, no run can change
+another's.
 
 Timeline rows are not effects: ``decide`` returns them apart (``Outcome.rows``), each
 ``TimelineEvent`` itself the instruction to record it with the batch's state (no wrapper
@@ -173,7 +175,7 @@ class ArmTimer:
     job_id: str = ""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class StepFinished:
     """Call the ``on_step_finished`` hook."""
 

@@ -121,7 +121,7 @@ def test_cancel_of_a_terminal_run_changes_nothing():
     sim.feed(CancelRun())
     before = sim.run.to_dict()
     out = sim.feed(CancelRun())
-    assert out.effects == [] and not out.changes
+    assert out.effects == [] and out.rows == [] and not out.changes
     assert sim.run.to_dict() == before
 
 
@@ -304,7 +304,7 @@ def test_recover_of_a_created_never_started_run_leaves_it_pending():
     run = WorkflowRun(id="run-1", workflow_id="wf1", org_id="org1")
     sim = Sim(wf, run=run)
     out = sim.feed(Recover())
-    assert out.effects == []
+    assert out.effects == [] and out.rows == []
     assert sim.run.status == RunStatus.PENDING
     sim.start()
     assert sim.dispatched() == ["run-1:a@1"]
@@ -316,7 +316,7 @@ def test_recover_of_a_terminal_run_does_nothing():
         "a": StepRun(step_id="a", status=StepStatus.FAILED)})
     sim = Sim(workflow(step("a")), run=run)
     out = sim.feed(Recover())
-    assert out.effects == [] and not out.changes
+    assert out.effects == [] and out.rows == [] and not out.changes
 
 
 # ------------------------------------------------------------------ job starts (SPEC §6, §13)
@@ -355,7 +355,7 @@ def test_starts_of_stale_unknown_or_untimed_jobs_change_nothing():
     for job_id in ("run-1:slow@7", "other-run:slow@1", "run-1:nope@1", "garbage",
                    "run-1:free@1"):
         out = sim.feed(JobStarted(job_id))
-        assert out.effects == [] and not out.changes, job_id
+        assert out.effects == [] and out.rows == [] and not out.changes, job_id
 
 
 # ------------------------------------------------------------------ resending (SPEC §13)

@@ -43,6 +43,7 @@ def _same_both_ways(wf: Workflow, play: Callable[[Sim], None]) -> tuple[Sim, lis
     assert len(fast.outcomes) == len(slow.outcomes)
     for a, b in zip(fast.outcomes, slow.outcomes, strict=True):
         assert repr(a.effects) == repr(b.effects)
+        assert repr(a.rows) == repr(b.rows)
         assert a.changes == b.changes
     assert fast.run.to_dict() == slow.run.to_dict()
     return fast, taken

@@ -53,7 +53,7 @@ def test_terminal_run_is_never_touched():
         run = WorkflowRun(id="r", workflow_id="wf1", status=status)
         sim = Sim(workflow(step("a")), run=run)
         out = sim.start()
-        assert out.effects == []
+        assert out.effects == [] and out.rows == []
         assert not out.changes
         assert sim.run.steps == {}
         assert sim.run.status == status

@@ -39,7 +39,7 @@ def _sim(**step_kw):
 def _unchanged(sim, job_id, status=JobStatus.SUCCEEDED):
     before = sim.run.to_dict()
     out = sim.result(job_id, status, result_ptr="redis://res:x")
-    assert out.effects == [] and not out.changes
+    assert out.effects == [] and out.rows == [] and not out.changes
     assert sim.run.to_dict() == before
 
 
@@ -310,7 +310,7 @@ def test_step_timeout_for_an_old_job_does_nothing():
     sim.advance(1)
     assert sim.job("s") == "run-1:s@2"
     out = sim.feed(TimerFired(TimerKind.STEP_TIMEOUT, "s", "run-1:s@1"))
-    assert out.effects == [] and not out.changes
+    assert out.effects == [] and out.rows == [] and not out.changes
     assert sim.status("s") == StepStatus.RUNNING
 
 

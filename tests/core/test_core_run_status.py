@@ -119,7 +119,7 @@ def test_late_result_after_run_timeout_is_ignored():
     sim = _timed()
     sim.advance(60)
     out = sim.succeed("run-1:a@1")
-    assert out.effects == []
+    assert out.effects == [] and out.rows == []
     assert sim.run.status == R.TIMED_OUT
 
 

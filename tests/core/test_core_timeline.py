@@ -147,9 +147,9 @@ def _made_as_init_makes(obj: object) -> None:
 
 
 def test_objects_the_core_makes_at_once_are_what_their_init_makes() -> None:
-    """The hot path makes its rows, StepRuns, ``Dispatch``/``StepFinished`` effects, Tx,
-    RunChanges and a new run's Frontier without their ``__init__``; each has exactly its
-    class's fields."""
+    """The hot path makes its rows, StepRuns, ``Dispatch`` effects, Tx, RunChanges and a
+    new run's Frontier without their ``__init__`` (and shares a plain job's frozen
+    ``StepFinished`` of success); each has exactly its class's fields."""
     from cordtrio.core.events import Dispatch, StepFinished
     from cordtrio.core.state import Tx
     from cordtrio.ports import RunChanges

@@ -29,6 +29,23 @@ def test_effects_compare_by_value_and_timers_stay_hashable():
             job_id="run-1:a@1", env={"run_id": "run-1"}),
         payload={"x": 1}, context_key="ctx:run-1:a@1")
     assert StepFinished("a", StepStatus.FAILED) != StepFinished("a", StepStatus.CANCELLED)
+
+
+def test_a_plain_jobs_shared_success_cannot_be_changed_by_a_run() -> None:
+    """Every run of a workflow version hands the same ``StepFinished`` of a plain job's
+    success to the shell: it is frozen, so no run (hook, driver) can change another's."""
+    import dataclasses
+
+    import pytest
+
+    sim = Sim(workflow(step("a"), step("b", depends_on=["a"])))
+    shared = sim.plan.plain["a"].succeeded
+    sim.start()
+    sim.succeed("run-1:a@1")
+    assert any(e is shared for e in sim.effects)  # the one the shell was handed
+    assert shared == StepFinished("a", StepStatus.SUCCEEDED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        shared.status = StepStatus.FAILED  # type: ignore[misc]
     at = T0 + timedelta(seconds=5)
     assert len({ArmTimer(at, TimerKind.WAKE, "a"), ArmTimer(at, TimerKind.WAKE, "a")}) == 1
     assert len({TimerFired(TimerKind.WAKE, "a"), TimerFired(TimerKind.WAKE, "a")}) == 1

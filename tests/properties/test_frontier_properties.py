@@ -102,7 +102,8 @@ def check_frontier(sim: Simulation, step: Fed, out: Outcome) -> None:
             if i in fresh.live:
                 continue
             acted = ready._visit(probe_tx, sid, False)
-            assert not acted and not probe_tx.effects and not probe_tx.changes, (
+            assert not acted and not probe_tx.effects and not probe_tx.rows \
+                and not probe_tx.changes, (
                 f"{sid} left out of the frontier but its visit acted\n{where}")
         assert copied.run.to_dict() == before, f"a left-out visit changed the run\n{where}"
 
@@ -161,6 +162,8 @@ def test_incremental_ready_pass_decides_like_the_full_walk(
             what = f"event {i} ({step.kind} {_describe(step.event)})"
             assert repr(again.effects) == repr(outcomes[i].effects), sim.fail_text(
                 f"{what}: effects differ")
+            assert repr(again.rows) == repr(outcomes[i].rows), sim.fail_text(
+                f"{what}: timeline rows differ")
             assert _changes(again) == _changes(outcomes[i]), sim.fail_text(
                 f"{what}: changes differ")
     assert state.run.to_dict() == sim.run.to_dict()

@@ -67,6 +67,7 @@ def test_a_terminal_run_never_changes(wf: Workflow, run_input: dict[str, Any],
         out = sim.feed("after end", late)
         if out is not None:
             assert not out.effects, sim.fail_text(f"terminal run gave effects {out.effects!r}")
+            assert not out.rows, sim.fail_text(f"terminal run gave timeline rows {out.rows!r}")
             assert not out.changes, sim.fail_text(f"terminal run changed {out.changes!r}")
         assert sim.run.to_dict() == frozen, sim.fail_text(f"terminal run changed by {late!r}")
 
