@@ -291,18 +291,17 @@ class RunTask:
         now: datetime  # when the core decided: the time of the bus messages sent
         waiting = False  # an API caller waits for an envelope of the batch
         for item in batch:
-            event: Event | JobResult  # a bare job result: ``decide_result``'s, else decide's
             if item.__class__ is JobResult:  # a job result from the bus: nobody waits for it
                 envelope: Envelope | None = None
                 result: JobResult | None = item  # type: ignore[assignment]
-                event = item
             else:
+                event: Event
                 if isinstance(item, Envelope):
                     envelope = item
                     event = item.event
                     waiting = waiting or item.done is not None
                 else:  # a bare event: nobody waits for it
-                    envelope, event = None, item
+                    envelope, event = None, item  # type: ignore[assignment]
                 # a result given without its payload (an API call, a forwarded one) is
                 # decided as a bare one; one with its payload as an event
                 result = event.result if event.__class__ is ResultReceived and \
@@ -321,11 +320,11 @@ class RunTask:
                 if result is not None:
                     outcome = decide_result(plan, state, result, output, now)
                 else:
-                    outcome = decide(plan, state, event, now)  # type: ignore[arg-type]
+                    outcome = decide(plan, state, event, now)
             except Exception as exc:
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
-                    log.exception("run %s: core failed on %r", run_id, event)
+                    log.exception("run %s: core failed on %r", run_id, item)
                 if envelope is not None:
                     envelope.error = exc
                 continue
