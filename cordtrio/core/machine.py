@@ -1,9 +1,14 @@
-"""``decide``: the one entry point of the pure core.
+"""``decide``: the entry point of the pure core, and ``decide_result``: its job results'.
 
 (plan, run state, event, now) → effects, with the run state updated in place and the parts
 that changed recorded in ``Outcome.changes`` (so the store writes only those). No I/O, no
 clock, no randomness: the same inputs always give the same outputs, which is what makes
 simulation and property tests cheap.
+
+``decide_result(plan, state, result, output, now)`` decides a job result given bare, as
+``decide`` decides ``ResultReceived(result, output)`` (which it calls): the engine's run task
+hands the core every result from the bus this way, without an event object to build, fill
+in and dispatch on (tests/properties/test_quick_properties.py compares both entries).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..model import RunStatus
+from ..protocol import JobResult
 from .commands import (
     alert_outcome,
     approve,
@@ -29,6 +35,7 @@ from .events import (
     DispatchFailed,
     Event,
     JobStarted,
+    LoadedOutput,
     Recover,
     ResendDue,
     ResultReceived,
@@ -50,51 +57,64 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     ``NotFoundError``/``InvalidStateError`` before changing anything. Results and timers
     never raise: stale or foreign ones change nothing (SPEC §6).
     """
-    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
     # the most frequent event first, tested without the ``match`` (a class pattern reads its
     # attributes through a generic lookup)
     if event.__class__ is ResultReceived or isinstance(event, ResultReceived):
-        if quick_result(tx, event.result, event.output):
-            return tx  # the short way always changes the run: its header is marked
-        if apply_result(tx, event.result, event.output):
+        return decide_result(plan, state, event.result, event.output, now)
+    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+    match event:  # each case is an isinstance check
+        case Start():
+            if not quick_start(tx):
+                ready_pass(tx)
+        case Recover():
+            recover(tx)
+            if state.run.status != RunStatus.PENDING:  # a created, never started run waits
+                ready_pass(tx)
+        case JobStarted(job_id=job_id):
+            job_started(tx, job_id)
+        case Approve(step_id=step_id, approved=approved):
+            approve(tx, step_id, approved)
             ready_pass(tx)
-    else:
-        match event:  # each case is an isinstance check
-            case Start():
-                if not quick_start(tx):
-                    ready_pass(tx)
-            case Recover():
-                recover(tx)
-                if state.run.status != RunStatus.PENDING:  # a created, never started run waits
-                    ready_pass(tx)
-            case JobStarted(job_id=job_id):
-                job_started(tx, job_id)
-            case Approve(step_id=step_id, approved=approved):
-                approve(tx, step_id, approved)
-                ready_pass(tx)
-            case CancelRun(reason=reason):
-                cancel(tx, reason)
-            case TimerFired(kind=TimerKind.WAKE):
-                ready_pass(tx)
-            case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
-                step_timeout(tx, target, job_id)
-                ready_pass(tx)
-            case ResendDue():
-                resend_due(tx)
-            case TimerFired(kind=TimerKind.RUN_TIMEOUT):
-                run_timeout(tx)
-            case DispatchFailed(target_id=target, job_id=job_id, message=message):
-                dispatch_failed(tx, target, job_id, message)
-                ready_pass(tx)
-            case AlertOutcome(step_id=step_id, error=error):
-                alert_outcome(tx, step_id, error)
-                ready_pass(tx)
-            case _:
-                raise TypeError(f"decide: unknown event {event!r}")
+        case CancelRun(reason=reason):
+            cancel(tx, reason)
+        case TimerFired(kind=TimerKind.WAKE):
+            ready_pass(tx)
+        case TimerFired(kind=TimerKind.STEP_TIMEOUT, target=target, job_id=job_id):
+            step_timeout(tx, target, job_id)
+            ready_pass(tx)
+        case ResendDue():
+            resend_due(tx)
+        case TimerFired(kind=TimerKind.RUN_TIMEOUT):
+            run_timeout(tx)
+        case DispatchFailed(target_id=target, job_id=job_id, message=message):
+            dispatch_failed(tx, target, job_id, message)
+            ready_pass(tx)
+        case AlertOutcome(step_id=step_id, error=error):
+            alert_outcome(tx, step_id, error)
+            ready_pass(tx)
+        case _:
+            raise TypeError(f"decide: unknown event {event!r}")
     if tx.changes:
         state.run.updated_at = now
         tx.changes.header = True
     return tx
 
 
-__all__ = ["Outcome", "decide"]
+def decide_result(plan: Plan, state: RunState, result: JobResult,
+                  output: LoadedOutput | None, now: datetime) -> Outcome:
+    """Apply the job result ``result`` (with its result payload ``output``, as the shell
+    loaded it, or None) to ``state`` at ``now``: what ``decide`` does of
+    ``ResultReceived(result, output)``. Never raises for a stale or foreign result: it
+    changes nothing (SPEC §6)."""
+    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+    if quick_result(tx, result, output):
+        return tx  # the short way always changes the run: its header is marked
+    if apply_result(tx, result, output):
+        ready_pass(tx)
+    if tx.changes:
+        state.run.updated_at = now
+        tx.changes.header = True
+    return tx
+
+
+__all__ = ["Outcome", "decide", "decide_result"]

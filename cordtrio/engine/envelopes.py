@@ -1,7 +1,7 @@
 """What travels between the engine's API, its result consumer and a run's task: envelopes
-(an event plus a way to wait for it: ``Reply``), or bare events nobody waits for (``Item``),
-a run task's ``Mailbox``, what a new task may start from (``Preload``), and how
-``wait_run`` learns that a run finished (``Finish``)."""
+(an event plus a way to wait for it: ``Reply``), or bare events and job results nobody
+waits for (``Item``), a run task's ``Mailbox``, what a new task may start from
+(``Preload``), and how ``wait_run`` learns that a run finished (``Finish``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import trio
 from ..core.events import Event
 from ..errors import CordtrioError
 from ..model import Workflow, WorkflowRun
+from ..protocol import JobResult
 
 # Trio's calls, looked up once (``trio.lowlevel.x`` costs two lookups more on every call)
 _reschedule = trio.lowlevel.reschedule
@@ -104,11 +105,13 @@ class Envelope:
     queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
 
 
-Item = Envelope | Event
+Item = Envelope | Event | JobResult
 """What a ``Mailbox`` holds: an ``Envelope``, or a bare event that nobody waits for and that
-is neither a timer nor a drain request (a job result from the bus: no envelope built for
-it, nothing to answer). A run task puts a bare event in an envelope only when it hands it
-on (``RunTask.take_leftovers``, ``in_flight``)."""
+is neither a timer nor a drain request, or a bare ``JobResult`` (a job result from the bus:
+no envelope and no ``ResultReceived`` built for it, nothing to answer: the run task hands
+it to the core's ``decide_result`` as it is). A run task puts a bare item in an envelope
+(a job result as ``ResultReceived``) only when it hands it on
+(``RunTask.take_leftovers``, ``in_flight``)."""
 
 
 class Mailbox:

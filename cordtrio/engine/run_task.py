@@ -2,8 +2,9 @@
 
 The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
 a waiting task is woken by the put), folds them into the run with the pure core
-(``decide``), and executes the effects in a fixed order per batch (``_process``, one
-frame per batch: one pass over them before the write, one over the rest after it):
+(``decide``; a bare job result with ``decide_result``: no event built for it), and
+executes the effects in a fixed order per batch (``_process``, one frame per batch: one
+pass over them before the write, one over the rest after it):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -38,18 +39,19 @@ from ..core.events import (
     DispatchFailed,
     Effect,
     Event,
+    LoadedOutput,
     PublishAlert,
     Recover,
     ResultReceived,
     StepFinished,
 )
-from ..core.machine import decide
+from ..core.machine import decide, decide_result
 from ..core.plan import SENDER_ID, Plan
 from ..core.state import RunState
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
-from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobStatus
+from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobResult, JobStatus
 from ..ratelog import rate_limited
 from ..retry import retry_after
 from .effects import (
@@ -140,15 +142,15 @@ class RunTask:
     @property
     def in_flight(self) -> list[Envelope]:
         """The batch being applied when the task stopped (empty between batches), its bare
-        events in envelopes (once: ``let_go`` may answer them)."""
+        events and job results in envelopes (once: ``let_go`` may answer them)."""
         batch = self._batch
         for i, item in enumerate(batch):
             if not isinstance(item, Envelope):
-                batch[i] = Envelope(item)
+                batch[i] = _enveloped(item)
         return cast(list[Envelope], batch)
 
     def take_leftovers(self) -> list[Envelope]:
-        return [item if isinstance(item, Envelope) else Envelope(item)
+        return [item if isinstance(item, Envelope) else _enveloped(item)
                 for item in self.mailbox.close()]
 
     def fail_leftovers(self, error: BaseException | None = None) -> None:
@@ -289,29 +291,40 @@ class RunTask:
         now: datetime  # when the core decided: the time of the bus messages sent
         waiting = False  # an API caller waits for an envelope of the batch
         for item in batch:
-            if isinstance(item, Envelope):
-                envelope: Envelope | None = item
-                event = item.event
-                waiting = waiting or item.done is not None
-            else:  # a bare event: nobody waits for it
-                envelope, event = None, item
-            if event.__class__ is ResultReceived and event.output is None:
-                result = event.result  # SPEC §8: the core needs a success's result payload
-                if result.status is _JOB_SUCCEEDED and result.result_ptr and \
-                        path is not None:  # (the engine's own event: set in place)
-                    loaded = load_output_now(path, result.result_ptr)
-                    event.output = loaded if loaded is not None else \
-                        await load_output(path, result.result_ptr)
+            if item.__class__ is JobResult:  # a job result from the bus: nobody waits for it
+                envelope: Envelope | None = None
+                result: JobResult | None = item  # type: ignore[assignment]
+            else:
+                event: Event
+                if isinstance(item, Envelope):
+                    envelope = item
+                    event = item.event
+                    waiting = waiting or item.done is not None
+                else:  # a bare event: nobody waits for it
+                    envelope, event = None, item  # type: ignore[assignment]
+                # a result given without its payload (an API call, a forwarded one) is
+                # decided as a bare one; one with its payload as an event
+                result = event.result if event.__class__ is ResultReceived and \
+                    event.output is None else None  # type: ignore[union-attr]
+            output: LoadedOutput | None = None
+            if result is not None and result.status is _JOB_SUCCEEDED and result.result_ptr \
+                    and path is not None:  # SPEC §8: the core needs a success's payload
+                output = load_output_now(path, result.result_ptr)
+                if output is None:
+                    output = await load_output(path, result.result_ptr)
             now = wiring.now()
             if envelope is not None and envelope.fired_at is not None and \
                     envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
-                outcome = decide(plan, state, event, now)
+                if result is not None:
+                    outcome = decide_result(plan, state, result, output, now)
+                else:
+                    outcome = decide(plan, state, event, now)
             except Exception as exc:
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
-                    log.exception("run %s: core failed on %r", run_id, event)
+                    log.exception("run %s: core failed on %r", run_id, item)
                 if envelope is not None:
                     envelope.error = exc
                 continue
@@ -476,6 +489,12 @@ class RunTask:
 # module globals: several times cheaper than the enum lookup
 _WAITING = RunStatus.WAITING
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
+
+
+def _enveloped(item: Event | JobResult) -> Envelope:
+    """A bare mailbox item in an envelope, to hand on (to another engine, as a leftover): a
+    bare job result as the event it stands for, ``ResultReceived``."""
+    return Envelope(ResultReceived(item) if isinstance(item, JobResult) else item)
 
 
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)

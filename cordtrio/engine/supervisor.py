@@ -288,12 +288,13 @@ class Engine:
         return run_id in self._runs
 
     def _on_result(self, packet: BusPacket) -> None:
-        """A job result from the bus, to its run's task as a bare event (nobody waits for
-        it). Every job step comes here: a result whose run has a task here goes straight
-        into its mailbox (the run id is the job id up to its last ``:``; a job id without
-        one gives "": should a run "" have a task, its core ignores the result, as the
-        general way does); anything else — no packet, no ``JobResult``, a run with no
-        task here — takes ``_route_result``."""
+        """A job result from the bus, to its run's task as it is (nobody waits for it: no
+        envelope, no event built; the task hands it to the core's ``decide_result``). Every
+        job step comes here: a result whose run has a task here goes straight into its
+        mailbox (the run id is the job id up to its last ``:``; a job id without one gives
+        "": should a run "" have a task, its core ignores the result, as the general way
+        does); anything else — no packet, no ``JobResult``, a run with no task here —
+        takes ``_route_result``."""
         result: Any  # anything, until its class is checked
         try:
             result = packet.payload
@@ -302,14 +303,15 @@ class Engine:
             self._route_result(packet)
             return
         if result.__class__ is JobResult:  # (a subclass: the general way)
-            task.mailbox.put(ResultReceived(result))
+            task.mailbox.put(result)
         else:
             self._route_result(packet)
 
     def _route_result(self, packet: BusPacket) -> None:
         """``_on_result``'s general way: a result for a run without a task here starts
-        one (which, in multi-engine mode, hands it to the run's owner); anything that is
-        not a job result for a run is ignored."""
+        one (which, in multi-engine mode, hands it to the run's owner), as a bare
+        ``ResultReceived`` (a subclass of ``JobResult`` too); anything that is not a job
+        result for a run is ignored."""
         result = getattr(packet, "payload", None)
         if isinstance(result, JobResult):
             run_id = run_id_of(result)

@@ -379,8 +379,9 @@ async def test_a_run_task_stops_at_once_when_its_lease_is_lost(store) -> None:
 
 
 async def test_a_result_reaches_its_run_bare_and_leaves_it_in_an_envelope(store) -> None:
-    """A job result goes into the run's mailbox as a bare event (nobody waits for it);
-    what the task hands on (forwarding to another engine) is an envelope again."""
+    """A job result goes into the run's mailbox bare (the ``JobResult`` itself, or a bare
+    event: nobody waits for it); what the task hands on (forwarding to another engine) is
+    an envelope of a ``ResultReceived`` again."""
     from test_run_host import Host
 
     from cordtrio.backends.memory import MemoryBus
@@ -388,12 +389,34 @@ async def test_a_result_reaches_its_run_bare_and_leaves_it_in_an_envelope(store)
     from cordtrio.engine.run_task import RunTask
 
     task = RunTask(Host(store, MemoryBus()), "r1")
-    result = ResultReceived(JobResult(job_id="r1:a@1", status=JobStatus.SUCCEEDED))
-    task.mailbox.put(result)
+    bare = JobResult(job_id="r1:a@1", status=JobStatus.SUCCEEDED)
+    event = ResultReceived(JobResult(job_id="r1:b@1", status=JobStatus.SUCCEEDED))
+    task.mailbox.put(bare)
+    task.mailbox.put(event)
     task.mailbox.put(Envelope(Start()))
     left = task.take_leftovers()
-    assert [type(e) for e in left] == [Envelope, Envelope]
-    assert left[0].event is result and left[0].done is None and not left[0].drain
+    assert [type(e) for e in left] == [Envelope, Envelope, Envelope]
+    assert left[0].event == ResultReceived(bare) and left[0].event.result is bare
+    assert left[1].event is event
+    assert all(e.done is None and not e.drain for e in left[:2])
+
+
+async def test_an_interrupted_batchs_bare_job_results_are_handed_on_as_events(store) -> None:
+    """A batch cut short (lease lost, engine closing) is handed on from ``in_flight``: its
+    bare job results in envelopes of ``ResultReceived``, as forwarding expects."""
+    from test_run_host import Host
+
+    from cordtrio.backends.memory import MemoryBus
+    from cordtrio.core.events import ResultReceived
+    from cordtrio.engine.run_task import RunTask
+
+    task = RunTask(Host(store, MemoryBus()), "r1")
+    bare = JobResult(job_id="r1:a@1", status=JobStatus.SUCCEEDED)
+    start = Envelope(Start())
+    task._batch = [bare, start]
+    unapplied = task.in_flight
+    assert unapplied[1] is start and unapplied[0].event == ResultReceived(bare)
+    assert task.in_flight[0] is unapplied[0]  # wrapped once
 
 
 async def test_an_engines_hooks_are_fixed_for_its_life() -> None:

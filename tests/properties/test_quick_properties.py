@@ -1,10 +1,13 @@
 """The short ways of deciding a new run's start and a job result (``cordtrio.core.quick``)
 decide exactly like the general path (``ready_pass``, ``apply_result`` then ``ready_pass``):
 replaying a run with the short ways turned off gives the same effects in the same order,
-the same changes and the same run, event after event."""
+the same changes and the same run, event after event. And the core's entry for a bare job
+result (``decide_result``, the engine's for every result from the bus) decides like
+``decide`` given ``ResultReceived``."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 from unittest import mock
 
@@ -14,7 +17,8 @@ from sim_driver import COMMON, _describe, examples, new_run, reloaded, simulate
 from strategies import run_inputs, workflows
 
 from cordtrio.core import machine
-from cordtrio.core.machine import Outcome, decide
+from cordtrio.core.events import ResultReceived
+from cordtrio.core.machine import Outcome, decide, decide_result
 from cordtrio.core.plan import Plan
 from cordtrio.core.state import RunState
 from cordtrio.model import Workflow
@@ -26,6 +30,13 @@ def _changes(out: Outcome) -> tuple[Any, ...]:
 
 
 def _replay_without_short_way(wf: Workflow, run_input: dict[str, Any], data: Any) -> None:
+    _replay(wf, run_input, data, short_ways=False)
+
+
+def _replay(wf: Workflow, run_input: dict[str, Any], data: Any, *, short_ways: bool) -> None:
+    """Simulate a run (``decide`` on every event), then replay its events on a new state,
+    and compare each outcome and run: ``short_ways=False``, with the short ways turned off;
+    True, with the short ways on and every job result given bare to ``decide_result``."""
     outcomes: list[Outcome] = []
     runs: list[dict[str, Any]] = []
 
@@ -36,12 +47,20 @@ def _replay_without_short_way(wf: Workflow, run_input: dict[str, Any], data: Any
     sim = simulate(data, wf, run_input, record)
     plan = Plan.build(wf)
     state = RunState(new_run(wf, sim.run_id, run_input))
-    with (mock.patch.object(machine, "quick_start", lambda _tx: False),
-          mock.patch.object(machine, "quick_result", lambda *_: False)):
+    with ExitStack() as short_ways_off:
+        if not short_ways:
+            short_ways_off.enter_context(
+                mock.patch.object(machine, "quick_start", lambda _tx: False))
+            short_ways_off.enter_context(
+                mock.patch.object(machine, "quick_result", lambda *_: False))
         for i, step in enumerate(sim.log):
             if step.kind == "reload":
                 state = reloaded(state)
-            again = decide(plan, state, step.event, step.now)
+            event = step.event
+            if short_ways and isinstance(event, ResultReceived):
+                again = decide_result(plan, state, event.result, event.output, step.now)
+            else:
+                again = decide(plan, state, event, step.now)
             what = f"event {i} ({step.kind} {_describe(step.event)})"
             assert repr(again.effects) == repr(outcomes[i].effects), sim.fail_text(
                 f"{what}: effects differ")
@@ -66,3 +85,12 @@ def test_short_way_decides_like_the_general_path_on_job_heavy_workflows(
     wf: Workflow, run_input: dict[str, Any], data: Any
 ) -> None:
     _replay_without_short_way(wf, run_input, data)
+
+
+@settings(COMMON, max_examples=examples(150))
+@given(wf=workflows(kinds=("worker", "worker", "worker", "gated", "for_each", "approval")),
+       run_input=run_inputs(), data=st.data())
+def test_a_bare_job_result_is_decided_like_its_event(
+    wf: Workflow, run_input: dict[str, Any], data: Any
+) -> None:
+    _replay(wf, run_input, data, short_ways=True)
