@@ -30,6 +30,7 @@ encoded bytes).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class JobQueues:
         self.max_pending = max_pending
         self._jobs: dict[str, QueuedJob] = {}
         self._topics: dict[str, _Topic] = {}
-        self._seq = 0
+        self._next_seq = itertools.count(1).__next__
+        """The next job's ``seq``: the order of publication."""
         self.pending = 0
         """Jobs queued, waiting for a consumer with room."""
         self.redelivered = 0
@@ -177,23 +179,14 @@ class JobQueues:
         if job_id in jobs:
             self.duplicates += 1
             return None
-        seq = self._seq = self._seq + 1
         t = self._topics.get(topic)
-        if t is None:
-            t = self._topics[topic] = _Topic()
-        only = t.only
-        if only is not None:  # one worker (pool) for the topic: ``_next_consumer`` inlined
-            consumer = only if len(only.held) < only.capacity else None
-        else:
-            consumer = self._next_consumer(t)
-        if consumer is None:
-            job = jobs[job_id] = QueuedJob(job_id, topic, item, seq)
-            t.queue.append(job)
-            self.pending += 1
-            return None
-        # held at once, delivered once (no ``Assignment``: this runs for every job)
-        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
-                                                               consumer)
+        consumer = None if t is None else t.only
+        if consumer is None or len(consumer.held) >= consumer.capacity:
+            return self._offer_to_any(job_id, topic, item, t)
+        # The usual job: its topic's one consumer (a worker's pool) has room. Held at
+        # once, delivered once.
+        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(
+            job_id, topic, item, self._next_seq(), 1, consumer)
         return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
@@ -272,6 +265,23 @@ class JobQueues:
         return assignments, lost
 
     # ------------------------------------------------------------------ internals
+
+    def _offer_to_any(self, job_id: str, topic: str, item: Any, t: _Topic | None
+                      ) -> QueuedJob | None:
+        """``offer`` when the topic has no consumer, several, or one without room: the
+        round robin over those with room, else the job's queue."""
+        seq = self._next_seq()
+        if t is None:
+            t = self._topics[topic] = _Topic()
+        consumer = None if t.only is not None else self._next_consumer(t)
+        if consumer is None:
+            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, seq)
+            t.queue.append(job)
+            self.pending += 1
+            return None
+        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq,
+                                                                     1, consumer)
+        return job
 
     def _topic(self, name: str) -> _Topic:
         t = self._topics.get(name)
