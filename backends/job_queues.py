@@ -101,13 +101,6 @@ class _Topic:
     queue: deque[QueuedJob] = field(default_factory=deque)
     consumers: list[Consumer] = field(default_factory=list)
     turn: int = 0
-    only: Consumer | None = None
-    """The one consumer, when there is exactly one (a worker pool per topic, usually):
-    ``offer`` then skips the round robin. Set with ``consumers``."""
-
-    def set_consumers(self, consumers: list[Consumer]) -> None:
-        self.consumers = consumers
-        self.only = consumers[0] if len(consumers) == 1 else None
 
 
 def worker_lost_result(job_id: str, deliveries: int) -> JobResult:
@@ -137,6 +130,9 @@ class JobQueues:
         self.max_pending = max_pending
         self._jobs: dict[str, QueuedJob] = {}
         self._topics: dict[str, _Topic] = {}
+        self._sole: dict[str, Consumer] = {}
+        """The one consumer of each topic that has exactly one (a worker pool per topic,
+        usually): ``offer`` then skips the round robin. Set with a topic's consumers."""
         self._next_seq = itertools.count(1).__next__
         """The next job's ``seq``: the order of publication."""
         self.pending = 0
@@ -179,10 +175,9 @@ class JobQueues:
         if job_id in jobs:
             self.duplicates += 1
             return None
-        t = self._topics.get(topic)
-        consumer = None if t is None else t.only
+        consumer = self._sole.get(topic)
         if consumer is None or len(consumer.held) >= consumer.capacity:
-            return self._offer_to_any(job_id, topic, item, t)
+            return self._offer_to_any(job_id, topic, item, consumer)
         # The usual job: its topic's one consumer (a worker's pool) has room. Held at
         # once, delivered once.
         job = jobs[job_id] = consumer.held[job_id] = QueuedJob(
@@ -199,7 +194,7 @@ class JobQueues:
         consumer = Consumer(frozenset(topics), capacity, handle)
         for name in consumer.topics:
             t = self._topic(name)
-            t.set_consumers([*t.consumers, consumer])
+            self._set_consumers(name, t, [*t.consumers, consumer])
         return consumer, self._fill(consumer)
 
     def ack(self, consumer: Consumer, job_id: str) -> list[Assignment]:
@@ -237,7 +232,7 @@ class JobQueues:
         for name in consumer.topics:
             t = self._topics.get(name)
             if t is not None:
-                t.set_consumers([c for c in t.consumers if c is not consumer])
+                self._set_consumers(name, t, [c for c in t.consumers if c is not consumer])
                 self._forget_if_idle(name, t)
         lost: list[LostJob] = []
         back: dict[str, list[QueuedJob]] = {}
@@ -266,14 +261,13 @@ class JobQueues:
 
     # ------------------------------------------------------------------ internals
 
-    def _offer_to_any(self, job_id: str, topic: str, item: Any, t: _Topic | None
+    def _offer_to_any(self, job_id: str, topic: str, item: Any, sole: Consumer | None
                       ) -> QueuedJob | None:
-        """``offer`` when the topic has no consumer, several, or one without room: the
-        round robin over those with room, else the job's queue."""
+        """``offer`` when the topic has no consumer, several, or one without room
+        (``sole``): the round robin over those with room, else the job's queue."""
         seq = self._next_seq()
-        if t is None:
-            t = self._topics[topic] = _Topic()
-        consumer = None if t.only is not None else self._next_consumer(t)
+        t = self._topic(topic)
+        consumer = None if sole is not None else self._next_consumer(t)
         if consumer is None:
             job = self._jobs[job_id] = QueuedJob(job_id, topic, item, seq)
             t.queue.append(job)
@@ -288,6 +282,13 @@ class JobQueues:
         if t is None:
             t = self._topics[name] = _Topic()
         return t
+
+    def _set_consumers(self, name: str, t: _Topic, consumers: list[Consumer]) -> None:
+        t.consumers = consumers
+        if len(consumers) == 1:
+            self._sole[name] = consumers[0]
+        else:
+            self._sole.pop(name, None)
 
     def _forget_if_idle(self, name: str, t: _Topic) -> None:
         if not t.consumers and not t.queue:
