@@ -30,6 +30,7 @@ encoded bytes).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -100,13 +101,6 @@ class _Topic:
     queue: deque[QueuedJob] = field(default_factory=deque)
     consumers: list[Consumer] = field(default_factory=list)
     turn: int = 0
-    only: Consumer | None = None
-    """The one consumer, when there is exactly one (a worker pool per topic, usually):
-    ``offer`` then skips the round robin. Set with ``consumers``."""
-
-    def set_consumers(self, consumers: list[Consumer]) -> None:
-        self.consumers = consumers
-        self.only = consumers[0] if len(consumers) == 1 else None
 
 
 def worker_lost_result(job_id: str, deliveries: int) -> JobResult:
@@ -136,7 +130,11 @@ class JobQueues:
         self.max_pending = max_pending
         self._jobs: dict[str, QueuedJob] = {}
         self._topics: dict[str, _Topic] = {}
-        self._seq = 0
+        self._sole: dict[str, Consumer] = {}
+        """The one consumer of each topic that has exactly one (a worker pool per topic,
+        usually): ``offer`` then skips the round robin. Set with a topic's consumers."""
+        self._next_seq = itertools.count(1).__next__
+        """The next job's ``seq``: the order of publication."""
         self.pending = 0
         """Jobs queued, waiting for a consumer with room."""
         self.redelivered = 0
@@ -177,23 +175,13 @@ class JobQueues:
         if job_id in jobs:
             self.duplicates += 1
             return None
-        seq = self._seq = self._seq + 1
-        t = self._topics.get(topic)
-        if t is None:
-            t = self._topics[topic] = _Topic()
-        only = t.only
-        if only is not None:  # one worker (pool) for the topic: ``_next_consumer`` inlined
-            consumer = only if len(only.held) < only.capacity else None
-        else:
-            consumer = self._next_consumer(t)
-        if consumer is None:
-            job = jobs[job_id] = QueuedJob(job_id, topic, item, seq)
-            t.queue.append(job)
-            self.pending += 1
-            return None
-        # held at once, delivered once (no ``Assignment``: this runs for every job)
-        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq, 1,
-                                                               consumer)
+        consumer = self._sole.get(topic)
+        if consumer is None or len(consumer.held) >= consumer.capacity:
+            return self._offer_to_any(job_id, topic, item, consumer)
+        # The usual job: its topic's one consumer (a worker's pool) has room. Held at
+        # once, delivered once.
+        job = jobs[job_id] = consumer.held[job_id] = QueuedJob(
+            job_id, topic, item, self._next_seq(), 1, consumer)
         return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
@@ -206,7 +194,7 @@ class JobQueues:
         consumer = Consumer(frozenset(topics), capacity, handle)
         for name in consumer.topics:
             t = self._topic(name)
-            t.set_consumers([*t.consumers, consumer])
+            self._set_consumers(name, t, [*t.consumers, consumer])
         return consumer, self._fill(consumer)
 
     def ack(self, consumer: Consumer, job_id: str) -> list[Assignment]:
@@ -244,7 +232,7 @@ class JobQueues:
         for name in consumer.topics:
             t = self._topics.get(name)
             if t is not None:
-                t.set_consumers([c for c in t.consumers if c is not consumer])
+                self._set_consumers(name, t, [c for c in t.consumers if c is not consumer])
                 self._forget_if_idle(name, t)
         lost: list[LostJob] = []
         back: dict[str, list[QueuedJob]] = {}
@@ -273,11 +261,34 @@ class JobQueues:
 
     # ------------------------------------------------------------------ internals
 
+    def _offer_to_any(self, job_id: str, topic: str, item: Any, sole: Consumer | None
+                      ) -> QueuedJob | None:
+        """``offer`` when the topic has no consumer, several, or one without room
+        (``sole``): the round robin over those with room, else the job's queue."""
+        seq = self._next_seq()
+        t = self._topic(topic)
+        consumer = None if sole is not None else self._next_consumer(t)
+        if consumer is None:
+            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, seq)
+            t.queue.append(job)
+            self.pending += 1
+            return None
+        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq,
+                                                                     1, consumer)
+        return job
+
     def _topic(self, name: str) -> _Topic:
         t = self._topics.get(name)
         if t is None:
             t = self._topics[name] = _Topic()
         return t
+
+    def _set_consumers(self, name: str, t: _Topic, consumers: list[Consumer]) -> None:
+        t.consumers = consumers
+        if len(consumers) == 1:
+            self._sole[name] = consumers[0]
+        else:
+            self._sole.pop(name, None)
 
     def _forget_if_idle(self, name: str, t: _Topic) -> None:
         if not t.consumers and not t.queue:

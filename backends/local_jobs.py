@@ -46,6 +46,13 @@ class LocalJobInbox:
         self._acknowledge = acknowledge
         self._report = report
         self._jobs: deque[BusPacket] = deque()
+        self._buffer = self._jobs.append
+        self.deliver: Callable[[BusPacket], None] = self._buffer
+        """``deliver(packet)``: hand the consumer a job (the host's side). The buffer's own
+        ``append`` while no reader waits and the inbox is open (every job a busy worker
+        is handed: no frame of the inbox's own); ``_hand_to_reader`` while readers wait;
+        a no-op once closed (the inbox is leaving: its consumer is removed right after,
+        which hands its jobs on)."""
         self.ready = self._jobs
         """The jobs delivered and not yet received, oldest first. A reader may take one
         with ``ready.popleft()`` after ``trio.lowlevel.checkpoint_if_cancelled()``, which
@@ -77,16 +84,13 @@ class LocalJobInbox:
         self.report_now = None if consumer is None or report is None \
             else partial(report, consumer)
 
-    def deliver(self, packet: BusPacket) -> None:
-        """Hand the consumer a job (the host's side). A closed inbox is leaving: its
-        consumer is removed right after, which hands its jobs on."""
-        if self._closed:
-            return
+    def _hand_to_reader(self, packet: BusPacket) -> None:
+        """``deliver`` while readers wait: the one waiting longest gets ``packet``; the
+        buffer takes the next job once none waits."""
         readers = self._readers
-        if readers:
-            reschedule(readers.popleft(), outcome.Value(packet))
-        else:
-            self._jobs.append(packet)
+        reschedule(readers.popleft(), outcome.Value(packet))
+        if not readers:
+            self.deliver = self._buffer
 
     def receive_nowait(self) -> BusPacket:
         """A buffered job; ``trio.WouldBlock`` when there is none (``trio.EndOfChannel``
@@ -109,9 +113,12 @@ class LocalJobInbox:
         task = current_task()
         readers = self._readers
         readers.append(task)
+        self.deliver = self._hand_to_reader
 
         def abort(_: object) -> Abort:
             readers.remove(task)  # (a scan, only when a waiting reader is cancelled)
+            if not readers and not self._closed:
+                self.deliver = self._buffer
             return Abort.SUCCEEDED
 
         return wait_task_rescheduled(abort)  # type: ignore[no-any-return]
@@ -124,6 +131,7 @@ class LocalJobInbox:
         """No more jobs: a reader gets what is buffered, then ``EndOfChannel`` (readers
         waiting now get it at once)."""
         self._closed = True
+        self.deliver = _drop
         readers, self._readers = self._readers, deque()
         for reader in readers:
             reschedule(reader, outcome.Error(trio.EndOfChannel()))
@@ -136,6 +144,11 @@ class LocalJobInbox:
             return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+
+def _drop(packet: BusPacket) -> None:
+    """``deliver`` once closed: the job is dropped here (its consumer is removed next,
+    which hands every job it held on)."""
 
 
 def _no_consumer(job_id: str) -> None:

@@ -208,9 +208,11 @@ class MemoryBus(OffersPublishNow):
             if not self._jobs_alone:
                 return False
             request = packet.payload
-            jobs = self.jobs
-            if request.__class__ is not JobRequest or jobs.pending >= jobs.max_pending:
+            if request.__class__ is not JobRequest:
                 return False
+            jobs = self.jobs
+            if jobs.pending and jobs.pending >= jobs.max_pending:  # ``jobs.full``: none queued,
+                return False                                         # the usual case
             # ``_queue_job``, inlined: this runs for every job
             job = jobs.offer(request.job_id, request.topic, packet)  # type: ignore[union-attr]
             if job is not None:

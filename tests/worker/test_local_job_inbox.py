@@ -3,6 +3,7 @@ when they receive from it directly, without trying ``receive_nowait`` first."""
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime
 
 import pytest
@@ -90,6 +91,31 @@ async def test_a_cancelled_reader_leaves_the_queue_of_readers() -> None:
     job = _packet("a")
     inbox.deliver(job)  # nobody waits: buffered, not handed to the cancelled reader
     assert inbox.receive_nowait() is job
+
+
+async def test_deliver_hands_to_readers_while_they_wait_and_buffers_otherwise() -> None:
+    """``deliver`` is the buffer's ``append`` while no reader waits and a hand-over while
+    some do: each switch happens as the last reader is served, cancelled or closed."""
+    inbox = _inbox()
+    got: list[str] = []
+    scope = trio.CancelScope()
+
+    async def reader(cancellable: bool) -> None:
+        with scope if cancellable else trio.CancelScope():
+            got.append((await inbox.receive()).payload.job_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, True)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(reader, False)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()  # the first reader leaves; the second still waits
+        await trio.testing.wait_all_tasks_blocked()
+        inbox.deliver(_packet("a"))  # to the waiting reader
+        inbox.deliver(_packet("b"))  # nobody waits any more: buffered
+    assert got == ["a"]
+    assert inbox.receive_nowait().payload.job_id == "b"
+    assert inbox.ready == deque()
 
 
 async def test_close_ends_waiting_readers_and_leaves_buffered_jobs_to_read() -> None:
