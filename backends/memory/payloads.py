@@ -43,6 +43,7 @@ _Entry = tuple[_Parts, float]  # the parts and when they expire
 _NEVER = math.inf  # when an entry of a store without a TTL expires
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
 _EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
+_EMPTY_FROZEN = _EMPTY_PARTS[0][1]  # their snapshot, known by its identity (``value()``)
 
 
 def _key_rule(prefix: str) -> Callable[[str], object]:
@@ -140,6 +141,8 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
         return None
     if entry is not None and entry[1] > (store._clock_now or store._time)():
         frozen = entry[0][1]
+        if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
+            return {}
         if frozen is not None:
             return _loads(frozen)
     return None
