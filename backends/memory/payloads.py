@@ -75,16 +75,14 @@ def _writer(prefix: str, compact: bool | None = None
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
         entries = store._halves[half]
-        ttl = store._ttl
-        if ttl is None:
-            entries[pointer] = (parts, _NEVER)
-            return
+        # One path with a TTL or without (then the clock reads 0.0, entries live forever,
+        # the purge never comes and the purge order keeps nothing)
         now = (store._clock_now or store._time)()
         if now >= store._purge_at:
             store._purge(now)
         if pointer in entries:  # its earlier place in the purge order is left behind
-            store._left_behind[pointer] = store._left_behind.get(pointer, 0) + 1
-        entries[pointer] = (parts, now + ttl)
+            store._leave_place(pointer)
+        entries[pointer] = (parts, now + store._lifetime)
         store._order.append(pointer)
 
     return put
@@ -192,9 +190,13 @@ class MemoryPayloadStore:
         # key written again (or deleted) leaves its earlier place behind: counted here, so
         # the purge skips it rather than stop there (a pointer only, not a pair with its
         # time: one object fewer per write for the garbage collector to see).
-        self._order: deque[str] = deque()
+        # A store without a TTL keeps no order (``maxlen=0``: an append keeps nothing) and
+        # never purges: its entries live ``_lifetime`` (infinity) after the clock's 0.0.
+        self._order: deque[str] = deque(maxlen=None if self._ttl is not None else 0)
         self._left_behind: dict[str, int] = {}
-        self._purge_at = -math.inf  # when the oldest entry expires (a purge finds out)
+        self._lifetime = self._ttl if self._ttl is not None else _NEVER
+        # when the oldest entry expires (a purge finds out)
+        self._purge_at = -math.inf if self._ttl is not None else _NEVER
         # Trio's clock reading, once known (see the module docstring); until then ``_time``
         # finds it (not a bound method kept here: that would make the store a cycle). A
         # store without a TTL never needs the clock: its entries expire at infinity, so a
@@ -224,8 +226,8 @@ class MemoryPayloadStore:
         await checkpoint_if_cancelled()
         key = check_payload_key(key)
         pointer = POINTER_SCHEME + key
-        if self._entries_of(key).pop(pointer, None) is not None and self._ttl is not None:
-            self._left_behind[pointer] = self._left_behind.get(pointer, 0) + 1  # its place
+        if self._entries_of(key).pop(pointer, None) is not None:
+            self._leave_place(pointer)
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
@@ -311,6 +313,12 @@ class MemoryPayloadStore:
         if self._ttl is not None and entry[1] <= (self._clock_now or self._time)():
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]
+
+    def _leave_place(self, pointer: str) -> None:
+        """A stored entry is written again or deleted: its place in the purge order is left
+        behind, for the purge to pass (a store without a TTL keeps no order)."""
+        if self._ttl is not None:
+            self._left_behind[pointer] = self._left_behind.get(pointer, 0) + 1
 
     def _purge(self, now: float) -> None:
         """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
