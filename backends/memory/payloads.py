@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+from weakref import ref
 
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
@@ -77,7 +78,7 @@ def _writer(prefix: str, compact: bool | None = None
         entries = store._halves[half]
         # One path with a TTL or without (then the clock reads 0.0, entries live forever,
         # the purge never comes and the purge order keeps nothing)
-        now = (store._clock_now or store._time)()
+        now = store._clock_now()
         if now >= store._purge_at:
             store._purge(now)
         if pointer in entries:  # its earlier place in the purge order is left behind
@@ -100,7 +101,7 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
             entry = store._halves[half].get(pointer)
         except TypeError:  # not hashable: not a pointer (the general path says so)
             entry = None
-        if entry is not None and entry[1] > (store._clock_now or store._time)():
+        if entry is not None and entry[1] > store._clock_now():
             payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
             payload.parts = entry[0]
             return payload
@@ -118,7 +119,7 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
         entry = store._halves[1].get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
-    if entry is not None and entry[1] > (store._clock_now or store._time)():
+    if entry is not None and entry[1] > store._clock_now():
         parts = entry[0]
         if parts[2] <= limit and parts[1] is not None:  # ``too_large``'s first test
             return _loads(parts[1]), False
@@ -137,7 +138,7 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
         entry = store._halves[0].get(pointer)
     except TypeError:  # not hashable: not a pointer
         return None
-    if entry is not None and entry[1] > (store._clock_now or store._time)():
+    if entry is not None and entry[1] > store._clock_now():
         frozen = entry[0][1]
         if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
             return {}
@@ -197,11 +198,12 @@ class MemoryPayloadStore:
         self._lifetime = self._ttl if self._ttl is not None else _NEVER
         # when the oldest entry expires (a purge finds out)
         self._purge_at = -math.inf if self._ttl is not None else _NEVER
-        # Trio's clock reading, once known (see the module docstring); until then ``_time``
-        # finds it (not a bound method kept here: that would make the store a cycle). A
-        # store without a TTL never needs the clock: its entries expire at infinity, so a
-        # read compares with a constant (``float()``, 0.0) and works outside Trio too.
-        self._clock_now: Callable[[], float] | None = float if self._ttl is None else None
+        # Trio's clock reading, once known (see the module docstring); until then a
+        # ``_FirstClockRead`` finds it. A store without a TTL never needs the clock: its
+        # entries expire at infinity, so a read compares with a constant (``float()``,
+        # 0.0) and works outside Trio too.
+        self._clock_now: Callable[[], float] = float if self._ttl is None \
+            else _FirstClockRead(self)
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
@@ -282,19 +284,6 @@ class MemoryPayloadStore:
 
     # ---------------------------------------------------------------------- entries
 
-    def _time(self) -> float:
-        """Trio's clock (that of the first ``trio.run`` to ask: see the module docstring).
-        For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed),
-        ``perf_counter`` itself: the store only compares its own readings, which differ by
-        the same amounts on both, and a C function runs no Python frame (four clock reads
-        per engine step)."""
-        clock = current_clock()
-        cls = type(clock)
-        self._clock_now = now = perf_counter if (
-            cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
-            else clock.current_time
-        return now()
-
     def _entries_of(self, key: str) -> dict[str, _Entry]:
         """The half of the entries that keeps ``key`` (a checked key)."""
         return self._halves[not key.startswith(CONTEXT_PREFIX)]
@@ -310,7 +299,7 @@ class MemoryPayloadStore:
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None and entry[1] <= (self._clock_now or self._time)():
+        if self._ttl is not None and entry[1] <= self._clock_now():
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]
 
@@ -342,6 +331,32 @@ class MemoryPayloadStore:
             order.popleft()
         assert self._ttl is not None
         self._purge_at = now + self._ttl  # no entry: none expires before the next one
+
+
+class _FirstClockRead:
+    """A store's first clock reading: it finds Trio's clock (that of the first ``trio.run``
+    to ask: see the module docstring) and makes it the store's ``_clock_now``, so every
+    later reading is one call of the clock itself, not a test of whether it is known yet.
+    For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed), that is
+    ``perf_counter``: the store only compares its own readings, which differ by the same
+    amounts on both, and a C function runs no Python frame (four clock reads per engine
+    step). It holds the store weakly (a bound method would make the store a cycle)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryPayloadStore) -> None:
+        self._store = ref(store)
+
+    def __call__(self) -> float:
+        clock = current_clock()
+        cls = type(clock)
+        now = perf_counter if (
+            cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
+            else clock.current_time
+        store = self._store()
+        if store is not None:
+            store._clock_now = now
+        return now()
 
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")
