@@ -116,7 +116,7 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     reads it. A snapshot within ``limit`` (most results) is decoded here, without the
     payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
     try:
-        entry = store._halves[1].get(pointer)
+        entry = store._results.get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
     if entry is not None and entry[1] > store._clock_now():
@@ -135,7 +135,7 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     one call, without the payload object or its call; None for anything else (then read
     it that way: ``tests/test_memory_fast_paths.py`` compares)."""
     try:
-        entry = store._halves[0].get(pointer)
+        entry = store._contexts.get(pointer)
     except TypeError:  # not hashable: not a pointer
         return None
     if entry is not None and entry[1] > store._clock_now():
@@ -187,6 +187,7 @@ class MemoryPayloadStore:
         # written as bytes: a text payload's), when it expires (``_NEVER`` without a TTL:
         # a read at a pointer compares it with the clock without asking for the TTL))
         self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
+        self._contexts, self._results = self._halves  # each by name (a read per engine step)
         # The pointers in write order, which with one TTL for every entry is expiry order; a
         # key written again (or deleted) leaves its earlier place behind: counted here, so
         # the purge skips it rather than stop there (a pointer only, not a pair with its
