@@ -29,7 +29,7 @@ from weakref import ref
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
-from cordtrio.json_payloads import JsonPayload
+from cordtrio.json_payloads import JsonPayload, parts_of
 from cordtrio.payloads import (
     CONTEXT_PREFIX,
     POINTER_SCHEME,
@@ -63,7 +63,7 @@ def _writer(prefix: str, compact: bool | None = None
     half = _HALVES[prefix]
     common_key = _key_rule(prefix)
     empty = None if compact is None else _EMPTY_PARTS[not compact]
-    of, separators = JsonPayload.of, bool(compact)
+    separators = bool(compact)
 
     def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
         if empty is None:
@@ -71,7 +71,7 @@ def _writer(prefix: str, compact: bool | None = None
         elif data.__class__ is dict and not data:  # the commonest job input, without a call
             parts = empty
         else:
-            parts = of(data, separators).parts
+            parts = parts_of(data, separators)  # ``JsonPayload.of(data, compact).parts``
         if key.__class__ is not str or common_key(key) is None:
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
