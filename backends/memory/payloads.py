@@ -10,7 +10,7 @@ backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: 
 the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
 clock; it is asked directly from then on, not looked up on every call: for Trio's own
 ``SystemClock``, that is ``perf_counter``, which differs from it by a fixed offset; a store
-without a TTL asks it only for the reads at a pointer, and its entries never expire). Expired
+without a TTL never asks it: its clock reads 0.0 and its entries never expire). Expired
 entries read as missing and are purged as later writes happen, so memory stays bounded by the
 entries written within one TTL.
 """
