@@ -137,52 +137,10 @@ class JsonPayload:
     @classmethod
     def of(cls, value: Any, compact: bool) -> JsonPayload:
         """``value`` as a payload (``compact``: a job input's separators). Raises
-        ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
-        # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles):
-        # that takes the JSON path. What it accepts but JSON does not (tuples, sets, bytes,
-        # keys that are not strings...) is told by the walk. A plain value's text is at
-        # most 7 bytes per byte of its marshal (version 2: no shared references; the worst
-        # case is ``false`` and its separator for the one byte of ``False`` in a list).
-        if value.__class__ is dict:
-            if not value:
-                # the commonest job input (a run without input, a step without ``input``):
-                # one payload made once, its text set so nothing ever changes it
-                return _EMPTY_COMPACT if compact else _EMPTY_DEFAULT
-            # A map of string keys to leaves (most results, most inputs) is plain JSON, told
-            # by two C-level passes over its keys and values, and marshal takes it.
-            if _KEY_TYPES.issuperset(map(type, value)) and \
-                    _LEAVES.issuperset(map(type, value.values())):
-                frozen = _dumps(value, 2)
-                size = len(frozen)
-                if size < _SHORT_FROZEN:
-                    payload = _new(cls)
-                    payload.parts = (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
-                    return payload
-                return cls._by_marshal(value, frozen, compact)
-        try:
-            frozen = _dumps(value, 2)
-        except ValueError:
-            return cls._by_text(value, compact)
-        return cls._by_marshal(value, frozen, compact)
-
-    @classmethod
-    def _by_marshal(cls, value: Any, frozen: bytes, compact: bool) -> JsonPayload:
-        """``of(value, compact)`` for a value marshal took as ``frozen``."""
-        size = len(frozen)
-        if size < _SHORT_FROZEN:
-            if _plain(value, 0):
-                return cls(None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
-        else:
-            bound = _bound(value, 0)
-            if bound >= 0:
-                return cls(None, frozen, bound, compact)
-        return cls._by_text(value, compact)
-
-    @classmethod
-    def _by_text(cls, value: Any, compact: bool) -> JsonPayload:
-        """``of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
-        text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
-        return cls(text, None, len(text), compact)
+        ``TypeError``/``ValueError`` exactly as ``json.dumps`` does (``parts_of``)."""
+        payload = _new(cls)
+        payload.parts = parts_of(value, compact)
+        return payload
 
     @classmethod
     def of_text(cls, data: bytes) -> JsonPayload:
@@ -240,6 +198,58 @@ class JsonPayload:
 _EMPTY_FROZEN = _dumps({}, 2)  # the empty payloads' snapshot, known by its identity
 _EMPTY_COMPACT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, True)
 _EMPTY_DEFAULT = JsonPayload(b"{}", _EMPTY_FROZEN, 2, False)
+
+
+_Parts = tuple[bytes | None, bytes | None, int, bool]
+
+
+def parts_of(value: Any, compact: bool) -> _Parts:
+    """``JsonPayload.of(value, compact).parts``, without the payload object: what a store
+    keeps (``MemoryPayloadStore`` stores a value in one call). Raises ``TypeError``/
+    ``ValueError`` exactly as ``json.dumps`` does."""
+    # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles): that
+    # takes the JSON path. What it accepts but JSON does not (tuples, sets, bytes, keys that
+    # are not strings...) is told by the walk. A plain value's text is at most 7 bytes per
+    # byte of its marshal (version 2: no shared references; the worst case is ``false`` and
+    # its separator for the one byte of ``False`` in a list).
+    if value.__class__ is dict:
+        if not value:
+            # the commonest job input (a run without input, a step without ``input``): the
+            # parts of one payload made once, its text set so nothing ever changes them
+            return _EMPTY_COMPACT.parts if compact else _EMPTY_DEFAULT.parts
+        # A map of string keys to leaves (most results, most inputs) is plain JSON, told by
+        # two C-level passes over its keys and values, and marshal takes it.
+        if _KEY_TYPES.issuperset(map(type, value)) and \
+                _LEAVES.issuperset(map(type, value.values())):
+            frozen = _dumps(value, 2)
+            size = len(frozen)
+            if size < _SHORT_FROZEN:
+                return (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+            return _by_marshal(value, frozen, compact)
+    try:
+        frozen = _dumps(value, 2)
+    except ValueError:
+        return _by_text(value, compact)
+    return _by_marshal(value, frozen, compact)
+
+
+def _by_marshal(value: Any, frozen: bytes, compact: bool) -> _Parts:
+    """``parts_of(value, compact)`` for a value marshal took as ``frozen``."""
+    size = len(frozen)
+    if size < _SHORT_FROZEN:
+        if _plain(value, 0):
+            return (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+    else:
+        bound = _bound(value, 0)
+        if bound >= 0:
+            return (None, frozen, bound, compact)
+    return _by_text(value, compact)
+
+
+def _by_text(value: Any, compact: bool) -> _Parts:
+    """``parts_of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
+    text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    return (text, None, len(text), compact)
 
 
 class ValuePayloads(Protocol):
@@ -376,6 +386,7 @@ __all__ = [
     "encode",
     "get_context",
     "get_result",
+    "parts_of",
     "path_for",
     "put_context",
     "put_result",

@@ -145,6 +145,7 @@ _POINTERS: list[Any] = [
     "redis://ctx:a\nb", "redis://wf:x", "http://ctx:r:a@1", "redis://res:r:a@1\x00", 7, None,
     b"redis://ctx:r:a@1", type("Pointer", (str,), {})("redis://ctx:r:a@1"),
     ["redis://res:r:a@1"], "redis://res:r:late@1", "redis://res:r:big@1",
+    "redis://ctx:r:empty@1",
 ]
 
 
@@ -206,6 +207,7 @@ async def test_reading_a_payload_at_a_pointer_is_the_general_read(
     await store.put_context("ctx:r:b@1", b'{"b": 2}')
     await store.put_result("res:r:b@1", b"not json")
     store.put_result_payload_now("res:r:big@1", JsonPayload.of({"s": "x" * 100}, False))
+    store.put_context_value_now("ctx:r:empty@1", {})  # the shared empty snapshot
     for wait in (0, 30, 31):
         await trio.sleep(wait)
         if wait == 30:
@@ -219,7 +221,9 @@ async def test_reading_a_payload_at_a_pointer_is_the_general_read(
         value = store.context_value_at_now(pointer)
         if value is not None:
             assert ("value", value) == _outcome(lambda: store.context_payload_at_now(pointer))
-        elif pointer == "redis://ctx:r:a@1" and wait == 0:  # a live snapshot: read at once
+            value["mutated"] = True  # a fresh copy: the stored input is unchanged
+            assert store.context_value_at_now(pointer) != value
+        elif pointer in ("redis://ctx:r:a@1", "redis://ctx:r:empty@1") and wait == 0:
             raise AssertionError("context_value_at_now missed a live snapshot")
         for limit in (10, 1000):  # ``result_output_at_now``: the output and whether too large
             def general(limit: int = limit) -> Any:

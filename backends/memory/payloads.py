@@ -10,7 +10,7 @@ backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: 
 the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
 clock; it is asked directly from then on, not looked up on every call: for Trio's own
 ``SystemClock``, that is ``perf_counter``, which differs from it by a fixed offset; a store
-without a TTL never reads it: its entries never expire). Expired
+without a TTL never asks it: its clock reads 0.0 and its entries never expire). Expired
 entries read as missing and are purged as later writes happen, so memory stays bounded by the
 entries written within one TTL.
 """
@@ -24,11 +24,12 @@ from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+from weakref import ref
 
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
-from cordtrio.json_payloads import JsonPayload
+from cordtrio.json_payloads import JsonPayload, parts_of
 from cordtrio.payloads import (
     CONTEXT_PREFIX,
     POINTER_SCHEME,
@@ -43,6 +44,7 @@ _Entry = tuple[_Parts, float]  # the parts and when they expire
 _NEVER = math.inf  # when an entry of a store without a TTL expires
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
 _EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
+_EMPTY_FROZEN = _EMPTY_PARTS[0][1]  # their snapshot, known by its identity (``value()``)
 
 
 def _key_rule(prefix: str) -> Callable[[str], object]:
@@ -61,7 +63,7 @@ def _writer(prefix: str, compact: bool | None = None
     half = _HALVES[prefix]
     common_key = _key_rule(prefix)
     empty = None if compact is None else _EMPTY_PARTS[not compact]
-    of, separators = JsonPayload.of, bool(compact)
+    separators = bool(compact)
 
     def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
         if empty is None:
@@ -69,21 +71,19 @@ def _writer(prefix: str, compact: bool | None = None
         elif data.__class__ is dict and not data:  # the commonest job input, without a call
             parts = empty
         else:
-            parts = of(data, separators).parts
+            parts = parts_of(data, separators)  # ``JsonPayload.of(data, compact).parts``
         if key.__class__ is not str or common_key(key) is None:
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
         entries = store._halves[half]
-        ttl = store._ttl
-        if ttl is None:
-            entries[pointer] = (parts, _NEVER)
-            return
-        now = (store._clock_now or store._time)()
+        # One path with a TTL or without (then the clock reads 0.0, entries live forever,
+        # the purge never comes and the purge order keeps nothing)
+        now = store._clock_now()
         if now >= store._purge_at:
             store._purge(now)
         if pointer in entries:  # its earlier place in the purge order is left behind
-            store._left_behind[pointer] = store._left_behind.get(pointer, 0) + 1
-        entries[pointer] = (parts, now + ttl)
+            store._leave_place(pointer)
+        entries[pointer] = (parts, now + store._lifetime)
         store._order.append(pointer)
 
     return put
@@ -101,7 +101,7 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
             entry = store._halves[half].get(pointer)
         except TypeError:  # not hashable: not a pointer (the general path says so)
             entry = None
-        if entry is not None and entry[1] > (store._clock_now or store._time)():
+        if entry is not None and entry[1] > store._clock_now():
             payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
             payload.parts = entry[0]
             return payload
@@ -116,10 +116,10 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     reads it. A snapshot within ``limit`` (most results) is decoded here, without the
     payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
     try:
-        entry = store._halves[1].get(pointer)
+        entry = store._results.get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
-    if entry is not None and entry[1] > (store._clock_now or store._time)():
+    if entry is not None and entry[1] > store._clock_now():
         parts = entry[0]
         if parts[2] <= limit and parts[1] is not None:  # ``too_large``'s first test
             return _loads(parts[1]), False
@@ -135,11 +135,13 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     one call, without the payload object or its call; None for anything else (then read
     it that way: ``tests/test_memory_fast_paths.py`` compares)."""
     try:
-        entry = store._halves[0].get(pointer)
+        entry = store._contexts.get(pointer)
     except TypeError:  # not hashable: not a pointer
         return None
-    if entry is not None and entry[1] > (store._clock_now or store._time)():
+    if entry is not None and entry[1] > store._clock_now():
         frozen = entry[0][1]
+        if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
+            return {}
         if frozen is not None:
             return _loads(frozen)
     return None
@@ -185,18 +187,24 @@ class MemoryPayloadStore:
         # written as bytes: a text payload's), when it expires (``_NEVER`` without a TTL:
         # a read at a pointer compares it with the clock without asking for the TTL))
         self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
+        self._contexts, self._results = self._halves  # each by name (a read per engine step)
         # The pointers in write order, which with one TTL for every entry is expiry order; a
         # key written again (or deleted) leaves its earlier place behind: counted here, so
         # the purge skips it rather than stop there (a pointer only, not a pair with its
         # time: one object fewer per write for the garbage collector to see).
-        self._order: deque[str] = deque()
+        # A store without a TTL keeps no order (``maxlen=0``: an append keeps nothing) and
+        # never purges: its entries live ``_lifetime`` (infinity) after the clock's 0.0.
+        self._order: deque[str] = deque(maxlen=None if self._ttl is not None else 0)
         self._left_behind: dict[str, int] = {}
-        self._purge_at = -math.inf  # when the oldest entry expires (a purge finds out)
-        # Trio's clock reading, once known (see the module docstring); until then ``_time``
-        # finds it (not a bound method kept here: that would make the store a cycle). A
-        # store without a TTL never needs the clock: its entries expire at infinity, so a
-        # read compares with a constant (``float()``, 0.0) and works outside Trio too.
-        self._clock_now: Callable[[], float] | None = float if self._ttl is None else None
+        self._lifetime = self._ttl if self._ttl is not None else _NEVER
+        # when the oldest entry expires (a purge finds out)
+        self._purge_at = -math.inf if self._ttl is not None else _NEVER
+        # Trio's clock reading, once known (see the module docstring); until then a
+        # ``_FirstClockRead`` finds it. A store without a TTL never needs the clock: its
+        # entries expire at infinity, so a read compares with a constant (``float()``,
+        # 0.0) and works outside Trio too.
+        self._clock_now: Callable[[], float] = float if self._ttl is None \
+            else _FirstClockRead(self)
 
     async def put_context(self, key: str, data: bytes) -> None:
         await checkpoint_if_cancelled()
@@ -221,8 +229,8 @@ class MemoryPayloadStore:
         await checkpoint_if_cancelled()
         key = check_payload_key(key)
         pointer = POINTER_SCHEME + key
-        if self._entries_of(key).pop(pointer, None) is not None and self._ttl is not None:
-            self._left_behind[pointer] = self._left_behind.get(pointer, 0) + 1  # its place
+        if self._entries_of(key).pop(pointer, None) is not None:
+            self._leave_place(pointer)
 
     # ------------------------------------------------ json_payloads.ValuePayloads
 
@@ -277,19 +285,6 @@ class MemoryPayloadStore:
 
     # ---------------------------------------------------------------------- entries
 
-    def _time(self) -> float:
-        """Trio's clock (that of the first ``trio.run`` to ask: see the module docstring).
-        For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed),
-        ``perf_counter`` itself: the store only compares its own readings, which differ by
-        the same amounts on both, and a C function runs no Python frame (four clock reads
-        per engine step)."""
-        clock = current_clock()
-        cls = type(clock)
-        self._clock_now = now = perf_counter if (
-            cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
-            else clock.current_time
-        return now()
-
     def _entries_of(self, key: str) -> dict[str, _Entry]:
         """The half of the entries that keeps ``key`` (a checked key)."""
         return self._halves[not key.startswith(CONTEXT_PREFIX)]
@@ -305,9 +300,15 @@ class MemoryPayloadStore:
             check_payload_key(key, prefix)
         if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None and entry[1] <= (self._clock_now or self._time)():
+        if self._ttl is not None and entry[1] <= self._clock_now():
             raise NotFoundError(f"payload {key!r} not found")
         return entry[0]
+
+    def _leave_place(self, pointer: str) -> None:
+        """A stored entry is written again or deleted: its place in the purge order is left
+        behind, for the purge to pass (a store without a TTL keeps no order)."""
+        if self._ttl is not None:
+            self._left_behind[pointer] = self._left_behind.get(pointer, 0) + 1
 
     def _purge(self, now: float) -> None:
         """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
@@ -331,6 +332,32 @@ class MemoryPayloadStore:
             order.popleft()
         assert self._ttl is not None
         self._purge_at = now + self._ttl  # no entry: none expires before the next one
+
+
+class _FirstClockRead:
+    """A store's first clock reading: it finds Trio's clock (that of the first ``trio.run``
+    to ask: see the module docstring) and makes it the store's ``_clock_now``, so every
+    later reading is one call of the clock itself, not a test of whether it is known yet.
+    For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed), that is
+    ``perf_counter``: the store only compares its own readings, which differ by the same
+    amounts on both, and a C function runs no Python frame (four clock reads per engine
+    step). It holds the store weakly (a bound method would make the store a cycle)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryPayloadStore) -> None:
+        self._store = ref(store)
+
+    def __call__(self) -> float:
+        clock = current_clock()
+        cls = type(clock)
+        now = perf_counter if (
+            cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
+            else clock.current_time
+        store = self._store()
+        if store is not None:
+            store._clock_now = now
+        return now()
 
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")

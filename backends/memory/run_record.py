@@ -53,6 +53,9 @@ class RunRecord:
     header: HeaderSnapshot  # every field but steps, context and input
     input: Frozen | None  # kept once: it never changes after creation (None: empty)
     steps: dict[str, StepSnapshot]
+    # The run's timeline as ``Timelines`` keeps it (``Timelines.kept``), given when the store
+    # creates the run: its writes append there without a look-up.
+    events: list[TimelineEvent]
     # None rather than an empty dict (64 bytes each, per parked run: W4)
     children: dict[str, dict[str, ChildSnapshot]] | None = None
     context_steps: dict[str, Frozen] | None = None  # None: the context has no "steps" map
@@ -65,14 +68,13 @@ class RunRecord:
     status: str = ""
     org_id: str = ""
     workflow_id: str = ""
-    # The run's timeline as ``Timelines`` keeps it (``Timelines.kept``), once a write of the
-    # store's own has appended to it: no look-up per write.
-    events: list[TimelineEvent] | None = None
 
     @classmethod
-    def of(cls, run: WorkflowRun) -> RunRecord:
-        """A record holding a copy of every part of ``run``."""
-        record = cls(freeze_header(run), freeze(run.input) if run.input else None, {})
+    def of(cls, run: WorkflowRun, events: list[TimelineEvent] | None = None) -> RunRecord:
+        """A record holding a copy of every part of ``run``, its timeline kept in ``events``
+        (``Timelines.kept``; a list of its own if None)."""
+        record = cls(freeze_header(run), freeze(run.input) if run.input else None, {},
+                     [] if events is None else events)
         if run.steps or run.context:  # a new run has neither: its record is complete
             record.copy_body(run)
         return record

@@ -176,7 +176,7 @@ class MemoryStore(MemoryRunLeases):
             run.created_at = self._now()
         if run.updated_at is None:
             run.updated_at = run.created_at
-        record = RunRecord.of(run)
+        record = RunRecord.of(run, self._timelines.kept(run.id))
         self._runs[run.id] = record
         self._index.written(run.id, record, record.header, True)
         if run.idempotency_key:
@@ -239,10 +239,7 @@ class MemoryStore(MemoryRunLeases):
             index.dirty[run.id] = record
         record.write_changes(run, changes)
         if timeline:
-            kept = record.events
-            if kept is None:
-                kept = record.events = self._timelines.kept(run.id)
-            self._timelines.add(kept, timeline)
+            self._timelines.add(record.events, timeline)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         await trio.lowlevel.checkpoint_if_cancelled()
