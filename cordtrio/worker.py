@@ -34,7 +34,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from ._nursery import open_service_nursery
 from .job import Handler, Job, JobDenied, item_of
-from .payloads import POINTER_SCHEME, RESULT_PREFIX
+from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, PayloadStore
 from .protocol import (
     SUBJECT_CANCEL,
@@ -53,6 +53,9 @@ logger = logging.getLogger("cordtrio.worker")
 _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
 
 QUEUE_PREFIX = "cordtrio-worker:"
+
+_ALL_STARTED = 1 << 40
+"""Added to ``Worker._grow_at`` once every slot is started: no count of jobs reaches it."""
 
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
@@ -110,7 +113,8 @@ class Worker:
         self._grow_at = 0
         """Jobs running when every slot is busy: the slots alive, less those awaiting the
         bus to publish a result (the others run a job, registered in ``_jobs``, or wait
-        for one). A slot that starts a job and finds this many running starts one more."""
+        for one). A slot that starts a job and finds this many running starts one more
+        (never once all are started: ``_ALL_STARTED`` is added then)."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
@@ -198,10 +202,14 @@ class Worker:
 
     def _add_slots(self, submits: trio.abc.ReceiveChannel[BusPacket],
                    slots: trio.Nursery, n: int) -> None:
-        """Start ``n`` more slots, as far as ``max_concurrency`` allows."""
+        """Start ``n`` more slots, as far as ``max_concurrency`` allows. Once all are
+        started, ``_grow_at`` is raised past any number of jobs running: a worker whose
+        slots are all busy (a saturated one, on every job) does not call this again."""
         for _ in range(min(n, self.max_concurrency - self._slots)):
             self._slots += 1
             self._grow_at += 1
+            if self._slots == self.max_concurrency:
+                self._grow_at += _ALL_STARTED
             slots.start_soon(self._slot, submits, slots)
 
     async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
@@ -307,13 +315,11 @@ class Worker:
                             except Exception:  # (its errors are the general read's)
                                 data = None
                         if data.__class__ is not dict:  # else: the payload, then its value
-                            if read_now is None:
-                                raw = await runner.load_input(request)
-                            else:
-                                try:
-                                    raw = read_now(ptr)  # an in-process store: no await
-                                except Exception as exc:
-                                    raw = await runner.load_input(request, exc)
+                            try:  # an in-process store: no await; else the store's own
+                                raw = read_now(ptr) if read_now is not None \
+                                    else await runner.get_context(key_from_pointer(ptr))
+                            except Exception as exc:  # waited out, or the job's failure
+                                raw = await runner.load_input(request, exc)
                             try:
                                 data = raw.value()
                             except ValueError as exc:
@@ -338,13 +344,13 @@ class Worker:
                             output = await runner.run_with_deadline(handler, job,
                                                                     deadline_ms)
                         key = RESULT_PREFIX + job_id  # ``result_key``, without the call
-                        if store_now is None:
-                            await runner.store_output(key, output, job_id)
-                        else:
-                            try:
-                                store_now(key, output)  # in process: encoded and stored
-                            except Exception:  # the two apart, each with its own error
-                                await runner.store_output(key, output, job_id)
+                        try:  # out of process: encoded, then awaited; else in one call
+                            if store_now is None:
+                                await runner.put_result(key, runner.encode(output, False))
+                            else:
+                                store_now(key, output)
+                        except Exception as exc:  # the encoding's or the store's: told apart
+                            await runner.store_output(key, output, job_id, exc)
                         # by position (``result_ptr``): keyword arguments to a class cost
                         # more; ``pointer_for_key`` without the call
                         result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
@@ -360,8 +366,12 @@ class Worker:
                     # The slot is busy until the result is published, so a slow bus slows
                     # intake instead of piling up finished jobs.
                     publishing = self._report(trace_id, started, result)
-                    if publishing is not None:
-                        await self._published(publishing)
+                    if publishing is not None:  # ``_published``, without its frame
+                        self._grow_at -= 1
+                        try:
+                            await publishing
+                        finally:
+                            self._grow_at += 1
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can

@@ -38,32 +38,28 @@ class JobRunner:
     def __init__(self, payloads: PayloadStore, worker_id: str) -> None:
         self.worker_id = worker_id
         self._path = path = json_payloads.path_for(payloads)  # how this store takes payloads
-        # the three calls every job makes, taken from the path once (None: ``load_input``
-        # and ``store_result`` await the path's)
-        self.encode = path.encode
-        self.read_input_now = path.context_at_now
-        self.put_result_now = path.put_result_now
-        # an in-process store's one-call input read (None unless a snapshot) and output
-        # write (None: encode, then ``put_result_now`` or ``store_result``)
+        # what a slot calls on every job, taken from the path once: an in-process store's
+        # reads and write without an await (``input_now``: None unless the input is a
+        # snapshot; ``read_input_now``, ``store_result_now``: None for a store out of
+        # process), else the store's awaited read and write of the encoded output
         self.input_now = path.input_at_now
+        self.read_input_now = path.context_at_now
         self.store_result_now = path.store_result_now
+        self.get_context = path.get_context
+        self.encode = path.encode
+        self.put_result = path.put_result
 
-    async def load_input(self, request: JobRequest, error: Exception | None = None
+    async def load_input(self, request: JobRequest, error: Exception
                          ) -> json_payloads.JsonPayload:
-        """The input at ``request.context_ptr``, awaited from the store (after ``error``
-        from the slot's own read, if any: a store that cannot be reached is waited out);
-        ``JobFailed`` if it cannot be had."""
+        """The input at ``request.context_ptr`` after ``error`` from the slot's own read
+        (the store's, or a bad pointer): a store that cannot be reached is waited out
+        (``retry_after``); ``JobFailed`` if the input cannot be had."""
         ptr = request.context_ptr
         try:
-            try:
-                if error is not None:
-                    raise error
-                return await self._path.get_context(key_from_pointer(ptr))
-            except Exception as exc:
-                key = key_from_pointer(ptr)
-                return await retry_after(
-                    exc, lambda: self._path.get_context(key),
-                    f"worker {self.worker_id}: load input {ptr}")
+            key = key_from_pointer(ptr)
+            return await retry_after(
+                error, lambda: self._path.get_context(key),
+                f"worker {self.worker_id}: load input {ptr}")
         except Exception as exc:
             raise JobFailed(failure(
                 JobStatus.FAILED, type(exc).__name__,
@@ -88,36 +84,26 @@ class JobRunner:
             raise JobFailed(self.handler_failed(job.request, error))
         return output
 
-    async def store_output(self, key: str, output: Any, job_id: str) -> None:
-        """Store the handler's ``output`` at ``key``: encoded (``JobFailed`` if JSON cannot
-        hold it), then stored (``store_result``)."""
+    async def store_output(self, key: str, output: Any, job_id: str, error: Exception
+                           ) -> None:
+        """Store the handler's ``output`` at ``key`` after ``error`` from the slot's own
+        attempt (its encoding or its write): ``JobFailed`` if JSON cannot hold ``output``,
+        else the write's error is waited out (``store_result``)."""
         try:
             body = self.encode(output, False)  # not compact
         except (TypeError, ValueError) as exc:
             raise not_serializable(job_id, exc) from None
-        put_now = self.put_result_now
-        if put_now is None:
-            await self.store_result(key, body, job_id)
-            return
-        try:
-            put_now(key, body)  # an in-process store: nothing to await
-        except Exception as exc:
-            await self.store_result(key, body, job_id, exc)
+        await self.store_result(key, body, job_id, error)
 
-    async def store_result(self, key: str, body: Any, job_id: str,
-                           error: Exception | None = None) -> None:
-        """Store the output ``body`` at ``key``, awaited (after ``error`` from the slot's
-        own write, if any: a store that cannot be reached is waited out, SPEC §13);
+    async def store_result(self, key: str, body: Any, job_id: str, error: Exception
+                           ) -> None:
+        """Store the output ``body`` at ``key`` after ``error`` from the first write: a
+        store that cannot be reached is waited out (``retry_after``, SPEC §13);
         ``JobFailed`` on a definite error."""
         try:
-            try:
-                if error is not None:
-                    raise error
-                await self._path.put_result(key, body)
-            except Exception as exc:
-                await retry_after(
-                    exc, lambda: self._path.put_result(key, body),
-                    f"worker {self.worker_id}: store result {key}")
+            await retry_after(
+                error, lambda: self._path.put_result(key, body),
+                f"worker {self.worker_id}: store result {key}")
         except Exception as exc:
             logger.exception("worker %s: storing the result of job %s at %s failed",
                              self.worker_id, job_id, key)

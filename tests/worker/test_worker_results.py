@@ -298,6 +298,30 @@ async def test_a_result_store_outage_is_waited_out(
     assert any("res:r:a@1" in record.getMessage() for record in caplog.records)
 
 
+async def test_a_one_call_result_write_that_fails_is_waited_out(
+    bus: MemoryBus, autojump_clock: MockClock
+) -> None:
+    """An in-process store's one-call write (encoded and stored) failing with backend
+    trouble is not the job's failure: the write is waited out as an awaited one is."""
+    class OnceDown(MemoryPayloadStore):
+        down = True
+
+        def put_result_value_now(self, key: str, value: object) -> None:
+            if self.down:
+                self.down = False
+                raise OSError("store restarting")
+            MemoryPayloadStore.put_result_value_now(self, key, value)
+
+    OnceDown.calls_now = True  # its one-call write still used, like the class it derives from
+    payloads = OnceDown()
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}):
+        await submit(bus, make_request("r:a@1"))
+        result = await next_result(channel)
+    assert result.status == JobStatus.SUCCEEDED
+    assert not payloads.down
+    assert json.loads(await payloads.get_result(result_key("r:a@1"))) == {"echo": {}}
+
+
 async def test_a_definite_result_store_error_reports_failed_and_worker_survives(
     bus: MemoryBus, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
