@@ -54,9 +54,6 @@ _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member cos
 
 QUEUE_PREFIX = "cordtrio-worker:"
 
-_ALL_STARTED = 1 << 40
-"""Added to ``Worker._grow_at`` once every slot is started: no count of jobs reaches it."""
-
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
 
@@ -113,8 +110,8 @@ class Worker:
         self._grow_at = 0
         """Jobs running when every slot is busy: the slots alive, less those awaiting the
         bus to publish a result (the others run a job, registered in ``_jobs``, or wait
-        for one). A slot that starts a job and finds this many running starts one more
-        (never once all are started: ``_ALL_STARTED`` is added then)."""
+        for one). A slot that starts a job and finds this many running starts one more,
+        while there is room for one."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
@@ -202,14 +199,10 @@ class Worker:
 
     def _add_slots(self, submits: trio.abc.ReceiveChannel[BusPacket],
                    slots: trio.Nursery, n: int) -> None:
-        """Start ``n`` more slots, as far as ``max_concurrency`` allows. Once all are
-        started, ``_grow_at`` is raised past any number of jobs running: a worker whose
-        slots are all busy (a saturated one, on every job) does not call this again."""
+        """Start ``n`` more slots, as far as ``max_concurrency`` allows."""
         for _ in range(min(n, self.max_concurrency - self._slots)):
             self._slots += 1
             self._grow_at += 1
-            if self._slots == self.max_concurrency:
-                self._grow_at += _ALL_STARTED
             slots.start_soon(self._slot, submits, slots)
 
     async def _slot(self, submits: trio.abc.ReceiveChannel[BusPacket],
@@ -292,7 +285,9 @@ class Worker:
                     trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
-                    if len(running) >= self._grow_at:  # no other slot is idle
+                    # no other slot is idle, and one more may start (a saturated worker,
+                    # every slot started, does not ask on every job)
+                    if len(running) >= self._grow_at and self._slots < self.max_concurrency:
                         # one waits for the next job; as many as are buffered, up to
                         # twice the slots, when handlers wait (else they would not all
                         # be busy): a burst of waiting jobs starts in a few rounds (twice

@@ -94,10 +94,7 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
             ready_pass(tx)
         case _:
             raise TypeError(f"decide: unknown event {event!r}")
-    if tx.changes:
-        state.run.updated_at = now
-        tx.changes.header = True
-    return tx
+    return _header_marked(tx)
 
 
 def decide_result(plan: Plan, state: RunState, result: JobResult,
@@ -111,8 +108,13 @@ def decide_result(plan: Plan, state: RunState, result: JobResult,
         return tx  # the short way always changes the run: its header is marked
     if apply_result(tx, result, output):
         ready_pass(tx)
+    return _header_marked(tx)
+
+
+def _header_marked(tx: Tx) -> Outcome:
+    """``tx``, its run's header stamped and marked for the write if anything changed."""
     if tx.changes:
-        state.run.updated_at = now
+        tx.run.updated_at = tx.now
         tx.changes.header = True
     return tx
 

@@ -4,7 +4,8 @@ and deciding exactly like the general path, including when a dependent cannot st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
@@ -16,9 +17,10 @@ from cordtrio.model import RetryConfig, RunStatus, StepStatus, Workflow
 from cordtrio.protocol import JobStatus
 
 
-def _drive(wf: Workflow, short_way: bool, play: Callable[[Sim], None]) -> tuple[Sim, list[bool]]:
-    """Play ``play`` on a new run, with the short way on or off; what ``quick_result``
-    answered each time it was asked."""
+@contextmanager
+def _answers(short_way: bool = True) -> Iterator[list[bool]]:
+    """The short way on or off while inside; yields what ``quick_result`` answered each
+    time it was asked."""
     taken: list[bool] = []
 
     def asked(*args: Any) -> bool:
@@ -29,9 +31,16 @@ def _drive(wf: Workflow, short_way: bool, play: Callable[[Sim], None]) -> tuple[
     def start(tx: Any) -> bool:
         return quick.quick_start(tx) if short_way else False
 
-    sim = Sim(wf, run_input={"k": 1})
     with (mock.patch.object(machine, "quick_result", asked),
           mock.patch.object(machine, "quick_start", start)):
+        yield taken
+
+
+def _drive(wf: Workflow, short_way: bool, play: Callable[[Sim], None]) -> tuple[Sim, list[bool]]:
+    """Play ``play`` on a new run, with the short way on or off; what ``quick_result``
+    answered each time it was asked."""
+    sim = Sim(wf, run_input={"k": 1})
+    with _answers(short_way) as taken:
         sim.start()
         play(sim)
     return sim, taken
@@ -205,14 +214,7 @@ def test_a_job_started_before_a_load_goes_the_general_path_and_the_next_the_shor
     sim.start()
     sim.state = RunState(WorkflowRun.from_dict(sim.run.to_dict()))  # as a store loads it
     assert sim.state.started == {}
-    taken: list[bool] = []
-
-    def asked(*args: Any) -> bool:
-        answer = quick.quick_result(*args)
-        taken.append(answer)
-        return answer
-
-    with mock.patch.object(machine, "quick_result", asked):
+    with _answers() as taken:
         sim.succeed("run-1:a@1")
         assert sim.state.started.keys() == {"run-1:b@1"}
         sim.succeed("run-1:b@1")
@@ -222,8 +224,7 @@ def test_a_job_started_before_a_load_goes_the_general_path_and_the_next_the_shor
     assert sim.run.status == RunStatus.SUCCEEDED
     # the same events decided the general way give the same run
     slow = Sim(wf)
-    with (mock.patch.object(machine, "quick_result", lambda *_: False),
-          mock.patch.object(machine, "quick_start", lambda _tx: False)):
+    with _answers(short_way=False):
         slow.start()
         for job_id in ("run-1:a@1", "run-1:b@1", "run-1:c@1"):
             slow.succeed(job_id)
@@ -241,14 +242,7 @@ def test_a_started_job_whose_step_was_replaced_goes_the_general_path() -> None:
     sim.start()
     started = sim.state.started["run-1:a@1"]
     sim.run.steps["a"] = StepRun.from_dict(started.to_dict())  # equal, not the same object
-    taken: list[bool] = []
-
-    def asked(*args: Any) -> bool:
-        answer = quick.quick_result(*args)
-        taken.append(answer)
-        return answer
-
-    with mock.patch.object(machine, "quick_result", asked):
+    with _answers() as taken:
         sim.succeed("run-1:a@1")
     assert taken == [False]
     assert started.status is StepStatus.RUNNING  # the replaced object was not touched
