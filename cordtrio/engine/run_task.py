@@ -45,9 +45,9 @@ from ..core.events import (
     ResultReceived,
     StepFinished,
 )
-from ..core.machine import decide, decide_result
+from ..core.machine import decide, decide_in, decide_result, decide_result_in
 from ..core.plan import SENDER_ID, Plan
-from ..core.state import RunState
+from ..core.state import RunState, Tx
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
@@ -209,6 +209,9 @@ class RunTask:
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
+        # the working area of each batch's first event, renewed for each (``Tx.renew``):
+        # a batch is done with it when the next begins
+        tx = Tx(plan, state, _NO_TIME)
         while True:
             if queues_commands and _has_drain(batch):
                 batch = _without_drains(batch)
@@ -217,7 +220,7 @@ class RunTask:
                     await owner.acknowledge(self.run_id)
             if batch:
                 try:
-                    await self._process(batch, plan, state)
+                    await self._process(batch, plan, state, tx)
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
@@ -271,7 +274,8 @@ class RunTask:
 
     # -------------------------------------------------------------------- one batch
 
-    async def _process(self, batch: list[Item], plan: Plan, state: RunState) -> None:
+    async def _process(self, batch: list[Item], plan: Plan, state: RunState, tx: Tx
+                       ) -> None:
         """Apply one batch: decide each event of ``batch`` in turn, carry out all their
         effects together in the order of the module docstring (one pass over them before
         the write, one over the rest after it), then answer the batch's API callers.
@@ -317,10 +321,13 @@ class RunTask:
                     envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
-                if result is not None:
-                    outcome = decide_result(plan, state, result, output, now)
+                if changes is not None:  # not the batch's first: a working area of its own
+                    outcome = decide(plan, state, event, now) if result is None else \
+                        decide_result(plan, state, result, output, now)
+                elif result is not None:  # the task's working area, renewed
+                    outcome = decide_result_in(tx.renew(now), result, output)
                 else:
-                    outcome = decide(plan, state, event, now)
+                    outcome = decide_in(tx.renew(now), event)
             except Exception as exc:
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
@@ -488,6 +495,7 @@ class RunTask:
 
 # module globals: several times cheaper than the enum lookup
 _WAITING = RunStatus.WAITING
+_NO_TIME = datetime.min  # a working area's time until it is renewed for an event
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
