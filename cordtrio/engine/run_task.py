@@ -313,7 +313,7 @@ class RunTask:
             output: LoadedOutput | None = None
             if result is not None and result.status is _JOB_SUCCEEDED and result.result_ptr \
                     and path is not None:  # SPEC §8: the core needs a success's payload
-                output = load_output_now(path, result.result_ptr)
+                output = load_output_now(path, result.result_ptr, wiring.output)
                 if output is None:
                     output = await load_output(path, result.result_ptr)
             now = wiring.now()
