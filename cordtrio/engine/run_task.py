@@ -63,7 +63,17 @@ from .effects import (
     store_payload,
     store_payload_now,
 )
-from .envelopes import Envelope, Finish, Item, Mailbox, Preload, Redirect
+from .envelopes import (
+    Envelope,
+    Finish,
+    Item,
+    Mailbox,
+    Preload,
+    Redirect,
+    enveloped,
+    has_drain,
+    without_drains,
+)
 from .host import RunHost, RunWiring
 from .timers import Timers
 
@@ -146,11 +156,11 @@ class RunTask:
         batch = self._batch
         for i, item in enumerate(batch):
             if not isinstance(item, Envelope):
-                batch[i] = _enveloped(item)
+                batch[i] = enveloped(item)
         return cast(list[Envelope], batch)
 
     def take_leftovers(self) -> list[Envelope]:
-        return [item if isinstance(item, Envelope) else _enveloped(item)
+        return [item if isinstance(item, Envelope) else enveloped(item)
                 for item in self.mailbox.close()]
 
     def fail_leftovers(self, error: BaseException | None = None) -> None:
@@ -196,11 +206,11 @@ class RunTask:
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
         queues_commands = self._wiring.queues_commands  # else no drain requests, no acks
-        if self._created and not (queues_commands and _has_drain(ready)):
+        if self._created and not (queues_commands and has_drain(ready)):
             batch = ready  # a run submit just created: nothing queued for it (fresh_run)
         else:
             inbox: list[Item] = [*await owner.take_commands(self.run_id)]
-            batch = inbox + _without_drains(ready)
+            batch = inbox + without_drains(ready)
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
@@ -213,8 +223,8 @@ class RunTask:
         # a batch is done with it when the next begins
         tx = Tx(plan, state, _NO_TIME)
         while True:
-            if queues_commands and _has_drain(batch):
-                batch = _without_drains(batch)
+            if queues_commands and has_drain(batch):
+                batch = without_drains(batch)
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
                     await owner.acknowledge(self.run_id)
@@ -506,25 +516,7 @@ _NO_TIME = datetime.min  # a working area's time until it is renewed for an even
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
-def _enveloped(item: Event | JobResult) -> Envelope:
-    """A bare mailbox item in an envelope, to hand on (to another engine, as a leftover): a
-    bare job result as the event it stands for, ``ResultReceived``."""
-    return Envelope(ResultReceived(item) if isinstance(item, JobResult) else item)
-
-
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
-
-
-def _has_drain(batch: list[Item]) -> bool:
-    """A request to apply the run's queued commands is among ``batch`` (multi-engine)."""
-    for item in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
-        if isinstance(item, Envelope) and item.drain:
-            return True
-    return False
-
-
-def _without_drains(batch: list[Item]) -> list[Item]:
-    return [item for item in batch if not (isinstance(item, Envelope) and item.drain)]
 
 
 __all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "RunWiring", "load_output"]
