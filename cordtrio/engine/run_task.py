@@ -394,7 +394,7 @@ class RunTask:
                         await self._persist(changes, rows, exc)
                 elif rows:
                     await self._persist(changes, rows)
-                feedback = await self._after_write(after, run, now)
+                feedback = await self._after_write(after, run, now, wiring, run_id)
                 if not feedback:
                     break
                 changes = RunChanges()
@@ -421,12 +421,12 @@ class RunTask:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
 
-    async def _after_write(self, after: list[Effect], run: WorkflowRun,
-                           now: datetime) -> list[Event]:
+    async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
+                           wiring: RunWiring, run_id: str) -> list[Event]:
         """Carry out what comes after the write, in the order the core gave it: publish
-        the jobs, their hooks, the other hooks, cancels, timers. Returns the feedback for
-        the core (a job that could not be published)."""
-        wiring, run_id = self._wiring, self.run_id
+        the jobs, their hooks, the other hooks, cancels, timers (``wiring`` and ``run_id``:
+        the task's, as ``_process`` has them at hand). Returns the feedback for the core
+        (a job that could not be published)."""
         feedback: list[Event] = []
         effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
         for effect in after:
