@@ -6,9 +6,14 @@ clock, no randomness: the same inputs always give the same outputs, which is wha
 simulation and property tests cheap.
 
 ``decide_result(plan, state, result, output, now)`` decides a job result given bare, as
-``decide`` decides ``ResultReceived(result, output)`` (which it calls): the engine's run task
-hands the core every result from the bus this way, without an event object to build, fill
-in and dispatch on (tests/properties/test_quick_properties.py compares both entries).
+``decide`` decides ``ResultReceived(result, output)`` (both through ``decide_result_in``):
+the engine's run task hands the core every result from the bus this way, without an event
+object to build, fill in and dispatch on (tests/properties/test_quick_properties.py
+compares both entries).
+
+Each makes a new working area (``Tx``), which it returns as the outcome; ``decide_in`` and
+``decide_result_in`` decide in one given, which a run task renews for each batch's first
+event (``Tx.renew``) rather than making one per event (the same test compares the ways).
 """
 
 from __future__ import annotations
