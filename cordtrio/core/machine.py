@@ -6,9 +6,14 @@ clock, no randomness: the same inputs always give the same outputs, which is wha
 simulation and property tests cheap.
 
 ``decide_result(plan, state, result, output, now)`` decides a job result given bare, as
-``decide`` decides ``ResultReceived(result, output)`` (which it calls): the engine's run task
-hands the core every result from the bus this way, without an event object to build, fill
-in and dispatch on (tests/properties/test_quick_properties.py compares both entries).
+``decide`` decides ``ResultReceived(result, output)`` (both through ``decide_result_in``):
+the engine's run task hands the core every result from the bus this way, without an event
+object to build, fill in and dispatch on (tests/properties/test_quick_properties.py
+compares both entries).
+
+Each makes a new working area (``Tx``), which it returns as the outcome; ``decide_in`` and
+``decide_result_in`` decide in one given, which a run task renews for each batch's first
+event (``Tx.renew``) rather than making one per event (the same test compares the ways).
 """
 
 from __future__ import annotations
@@ -57,11 +62,17 @@ def decide(plan: Plan, state: RunState, event: Event, now: datetime) -> Outcome:
     ``NotFoundError``/``InvalidStateError`` before changing anything. Results and timers
     never raise: stale or foreign ones change nothing (SPEC §6).
     """
+    return decide_in(Tx(plan, state, now), event)
+
+
+def decide_in(tx: Tx, event: Event) -> Outcome:
+    """``decide`` in the working area ``tx`` (new, or ``Tx.renew``ed: the run task renews
+    one per run rather than making one per event), returned as the outcome."""
     # the most frequent event first, tested without the ``match`` (a class pattern reads its
     # attributes through a generic lookup)
     if event.__class__ is ResultReceived or isinstance(event, ResultReceived):
-        return decide_result(plan, state, event.result, event.output, now)
-    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+        return decide_result_in(tx, event.result, event.output)
+    state = tx.state
     match event:  # each case is an isinstance check
         case Start():
             if not quick_start(tx):
@@ -103,7 +114,12 @@ def decide_result(plan: Plan, state: RunState, result: JobResult,
     loaded it, or None) to ``state`` at ``now``: what ``decide`` does of
     ``ResultReceived(result, output)``. Never raises for a stale or foreign result: it
     changes nothing (SPEC §6)."""
-    tx = Tx(plan, state, now)  # its changes' ``previous_status``: the run's status now
+    return decide_result_in(Tx(plan, state, now), result, output)
+
+
+def decide_result_in(tx: Tx, result: JobResult, output: LoadedOutput | None) -> Outcome:
+    """``decide_result`` in the working area ``tx`` (new, or ``Tx.renew``ed), returned as
+    the outcome."""
     if quick_result(tx, result, output):
         return tx  # the short way always changes the run: its header is marked
     if apply_result(tx, result, output):
@@ -119,4 +135,4 @@ def _header_marked(tx: Tx) -> Outcome:
     return tx
 
 
-__all__ = ["Outcome", "decide", "decide_result"]
+__all__ = ["Outcome", "decide", "decide_in", "decide_result", "decide_result_in"]

@@ -201,6 +201,30 @@ class Tx(Outcome):
         """``state.run``, read a score of times per event: an attribute, not a property."""
         self.changes = _no_changes(run.status)  # ``previous_status``: the run's status now
 
+    def renew(self, now: datetime) -> Tx:
+        """This working area, as a new one for its run at ``now`` would be: for a shell
+        done with all its last ``decide`` handed over (the run task renews its own for the
+        first job result of every batch: no ``Tx``, ``RunChanges``, sets or dicts made per
+        step). The lists and any filled set or map are replaced, not emptied, but the
+        changes record itself is reset: an earlier outcome kept is not one any more.
+        Returns ``self`` (tests/core/test_core_tx.py compares it with a new one)."""
+        self.now = now
+        self.effects = []
+        self.rows = []
+        changes = self.changes
+        changes.header = False
+        changes.previous_status = self.run.status
+        changes.steps = set()  # (both nearly always filled: not tested first)
+        changes.context_steps = set()
+        if changes.children:
+            changes.children = {}
+        if changes.context_keys:
+            changes.context_keys = set()
+        if changes.payloads:
+            changes.payloads = {}
+        changes.lease_owner = None
+        return self
+
     def touch_step(self, step_id: str) -> None:
         """Record that ``step_id``'s StepRun changed: for the store, and for the frontier."""
         self.changes.steps.add(step_id)

@@ -134,21 +134,24 @@ async def publish_cancel(bus: Bus, now: datetime, run_id: str, effect: CancelJob
                     exc_info=True)
 
 
-def load_output_now(path: StorePath, result_ptr: str) -> LoadedOutput | None:
+def load_output_now(path: StorePath, result_ptr: str, into: LoadedOutput
+                    ) -> LoadedOutput | None:
     """``load_output`` from an in-process store (``StorePath.output_at_now``: the output
-    and whether it is too large, in one call), not awaited (a coroutine fewer per result).
-    None when it must be awaited instead: another store, or a read that failed in a way
-    ``load_output`` may wait out (it reads again)."""
+    and whether it is too large, in one call), not awaited (a coroutine fewer per result),
+    into ``into`` (loaded, without error: a caller's, filled again for every result it
+    hands the core before the next; a failed read gives a new one). None when it must be
+    awaited instead: another store, or a read that failed in a way ``load_output`` may
+    wait out (it reads again)."""
     output_now = path.output_at_now
     if output_now is None:
         return None
     try:
-        value, too_large = output_now(result_ptr, MAX_INLINE_OUTPUT_BYTES)
+        into.value, into.too_large = output_now(result_ptr, MAX_INLINE_OUTPUT_BYTES)
     except (ValueError, NotFoundError) as exc:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception:
         return None
-    return LoadedOutput(value, too_large)  # positional: keywords cost more per result
+    return into
 
 
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:

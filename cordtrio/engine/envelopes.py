@@ -13,7 +13,7 @@ from typing import Any
 import outcome
 import trio
 
-from ..core.events import Event
+from ..core.events import Event, ResultReceived
 from ..errors import CordtrioError
 from ..model import Workflow, WorkflowRun
 from ..protocol import JobResult
@@ -219,4 +219,23 @@ class Redirect(CordtrioError):
     """The run's task ended before applying the envelope; deliver it again."""
 
 
-__all__ = ["Envelope", "Finish", "Item", "Mailbox", "Preload", "Redirect", "Reply"]
+def enveloped(item: Event | JobResult) -> Envelope:
+    """A bare mailbox item in an envelope, to hand on (to another engine, as a leftover): a
+    bare job result as the event it stands for, ``ResultReceived``."""
+    return Envelope(ResultReceived(item) if isinstance(item, JobResult) else item)
+
+
+def has_drain(batch: list[Item]) -> bool:
+    """A request to apply the run's queued commands is among ``batch`` (multi-engine)."""
+    for item in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
+        if isinstance(item, Envelope) and item.drain:
+            return True
+    return False
+
+
+def without_drains(batch: list[Item]) -> list[Item]:
+    return [item for item in batch if not (isinstance(item, Envelope) and item.drain)]
+
+
+__all__ = ["Envelope", "Finish", "Item", "Mailbox", "Preload", "Redirect", "Reply",
+           "enveloped", "has_drain", "without_drains"]

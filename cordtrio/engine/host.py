@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ..core.events import LoadedOutput
 from ..core.plan import Plan
 from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
@@ -183,9 +184,8 @@ class RunWiring:
     the ownership's calls, the bus's publish without awaiting, the payload store's calls,
     the hooks and the clock."""
 
-    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "owner", "path",
-                 "publish_now", "queues_commands", "save_now",
-                 "stage_payloads")
+    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "output", "owner",
+                 "path", "publish_now", "queues_commands", "save_now", "stage_payloads")
 
     def __init__(self, host: RunHost) -> None:
         owner = self.owner = host.ownership
@@ -209,6 +209,10 @@ class RunWiring:
         self.on_dispatched = host.on_step_dispatched
         self.on_finished = host.on_step_finished
         self.now: Callable[[], datetime] = host.clock.now
+        # the output a result payload read in process is loaded into, for the core
+        # (``effects.load_output_now``): one per engine, as a task loads and decides a
+        # result without an await between them, and the core keeps nothing of it
+        self.output = LoadedOutput()
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",

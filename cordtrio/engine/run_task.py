@@ -45,9 +45,9 @@ from ..core.events import (
     ResultReceived,
     StepFinished,
 )
-from ..core.machine import decide, decide_result
+from ..core.machine import decide, decide_in, decide_result, decide_result_in
 from ..core.plan import SENDER_ID, Plan
-from ..core.state import RunState
+from ..core.state import RunState, Tx
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
@@ -63,7 +63,17 @@ from .effects import (
     store_payload,
     store_payload_now,
 )
-from .envelopes import Envelope, Finish, Item, Mailbox, Preload, Redirect
+from .envelopes import (
+    Envelope,
+    Finish,
+    Item,
+    Mailbox,
+    Preload,
+    Redirect,
+    enveloped,
+    has_drain,
+    without_drains,
+)
 from .host import RunHost, RunWiring
 from .timers import Timers
 
@@ -146,11 +156,11 @@ class RunTask:
         batch = self._batch
         for i, item in enumerate(batch):
             if not isinstance(item, Envelope):
-                batch[i] = _enveloped(item)
+                batch[i] = enveloped(item)
         return cast(list[Envelope], batch)
 
     def take_leftovers(self) -> list[Envelope]:
-        return [item if isinstance(item, Envelope) else _enveloped(item)
+        return [item if isinstance(item, Envelope) else enveloped(item)
                 for item in self.mailbox.close()]
 
     def fail_leftovers(self, error: BaseException | None = None) -> None:
@@ -196,11 +206,11 @@ class RunTask:
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
         queues_commands = self._wiring.queues_commands  # else no drain requests, no acks
-        if self._created and not (queues_commands and _has_drain(ready)):
+        if self._created and not (queues_commands and has_drain(ready)):
             batch = ready  # a run submit just created: nothing queued for it (fresh_run)
         else:
             inbox: list[Item] = [*await owner.take_commands(self.run_id)]
-            batch = inbox + _without_drains(ready)
+            batch = inbox + without_drains(ready)
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
         mailbox = self.mailbox
@@ -209,15 +219,18 @@ class RunTask:
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
+        # the working area of each batch's first event, renewed for each (``Tx.renew``):
+        # a batch is done with it when the next begins
+        tx = Tx(plan, state, _NO_TIME)
         while True:
-            if queues_commands and _has_drain(batch):
-                batch = _without_drains(batch)
+            if queues_commands and has_drain(batch):
+                batch = without_drains(batch)
                 batch += await owner.take_commands(self.run_id)
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
                     await owner.acknowledge(self.run_id)
             if batch:
                 try:
-                    await self._process(batch, plan, state)
+                    await self._process(batch, plan, state, tx)
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
@@ -271,7 +284,8 @@ class RunTask:
 
     # -------------------------------------------------------------------- one batch
 
-    async def _process(self, batch: list[Item], plan: Plan, state: RunState) -> None:
+    async def _process(self, batch: list[Item], plan: Plan, state: RunState, tx: Tx
+                       ) -> None:
         """Apply one batch: decide each event of ``batch`` in turn, carry out all their
         effects together in the order of the module docstring (one pass over them before
         the write, one over the rest after it), then answer the batch's API callers.
@@ -309,7 +323,7 @@ class RunTask:
             output: LoadedOutput | None = None
             if result is not None and result.status is _JOB_SUCCEEDED and result.result_ptr \
                     and path is not None:  # SPEC §8: the core needs a success's payload
-                output = load_output_now(path, result.result_ptr)
+                output = load_output_now(path, result.result_ptr, wiring.output)
                 if output is None:
                     output = await load_output(path, result.result_ptr)
             now = wiring.now()
@@ -317,10 +331,13 @@ class RunTask:
                     envelope.fired_at > now:
                 now = envelope.fired_at  # a timer never fires "early" by float rounding
             try:
-                if result is not None:
-                    outcome = decide_result(plan, state, result, output, now)
+                if changes is not None:  # not the batch's first: a working area of its own
+                    outcome = decide(plan, state, event, now) if result is None else \
+                        decide_result(plan, state, result, output, now)
+                elif result is not None:  # the task's working area, renewed
+                    outcome = decide_result_in(tx.renew(now), result, output)
                 else:
-                    outcome = decide(plan, state, event, now)
+                    outcome = decide_in(tx.renew(now), event)
             except Exception as exc:
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
@@ -377,7 +394,7 @@ class RunTask:
                         await self._persist(changes, rows, exc)
                 elif rows:
                     await self._persist(changes, rows)
-                feedback = await self._after_write(after, run, now)
+                feedback = await self._after_write(after, run, now, wiring, run_id)
                 if not feedback:
                     break
                 changes = RunChanges()
@@ -404,21 +421,27 @@ class RunTask:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
 
-    async def _after_write(self, after: list[Effect], run: WorkflowRun,
-                           now: datetime) -> list[Event]:
+    async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
+                           wiring: RunWiring, run_id: str) -> list[Event]:
         """Carry out what comes after the write, in the order the core gave it: publish
-        the jobs, their hooks, the other hooks, cancels, timers. Returns the feedback for
-        the core (a job that could not be published)."""
-        wiring, run_id = self._wiring, self.run_id
+        the jobs, their hooks, the other hooks, cancels, timers (``wiring`` and ``run_id``:
+        the task's, as ``_process`` has them at hand). Returns the feedback for the core
+        (a job that could not be published)."""
         feedback: list[Event] = []
         effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
         for effect in after:
             cls = effect.__class__
             if cls is Dispatch:
                 if wiring.config is None:  # ``publish_job`` without a config, inline
-                    try:  # (``effects.packet``, inline)
-                        request = BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION,
-                                            effect.request)
+                    try:  # (``effects.packet``, inline, its fields set one by one: a
+                        # third less than ``__init__``; tests/engine/test_engine_api.py
+                        # compares the packet with ``BusPacket(...)``'s)
+                        request = _new(BusPacket)
+                        request.trace_id = run_id
+                        request.sender_id = SENDER_ID
+                        request.created_at = now
+                        request.protocol_version = PROTOCOL_VERSION
+                        request.payload = effect.request
                         publish_now = wiring.publish_now
                         if publish_now is None or not publish_now(SUBJECT_SUBMIT, request):
                             await wiring.bus.publish(SUBJECT_SUBMIT, request)
@@ -488,28 +511,12 @@ class RunTask:
 
 # module globals: several times cheaper than the enum lookup
 _WAITING = RunStatus.WAITING
+_new = object.__new__
+_NO_TIME = datetime.min  # a working area's time until it is renewed for an event
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
-def _enveloped(item: Event | JobResult) -> Envelope:
-    """A bare mailbox item in an envelope, to hand on (to another engine, as a leftover): a
-    bare job result as the event it stands for, ``ResultReceived``."""
-    return Envelope(ResultReceived(item) if isinstance(item, JobResult) else item)
-
-
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
-
-
-def _has_drain(batch: list[Item]) -> bool:
-    """A request to apply the run's queued commands is among ``batch`` (multi-engine)."""
-    for item in batch:  # noqa: SIM110 (any() and a generator cost more, every batch)
-        if isinstance(item, Envelope) and item.drain:
-            return True
-    return False
-
-
-def _without_drains(batch: list[Item]) -> list[Item]:
-    return [item for item in batch if not (isinstance(item, Envelope) and item.drain)]
 
 
 __all__ = ["Envelope", "Finish", "Preload", "Redirect", "RunTask", "RunWiring", "load_output"]

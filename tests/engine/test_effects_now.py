@@ -10,7 +10,7 @@ import pytest
 
 from cordtrio import json_payloads
 from cordtrio.backends.memory import MemoryPayloadStore
-from cordtrio.core.events import Dispatch
+from cordtrio.core.events import Dispatch, LoadedOutput
 from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES
 from cordtrio.engine.effects import (
     load_output,
@@ -61,8 +61,10 @@ async def test_loading_an_output_now_gives_what_the_awaited_effect_gives(
     else:
         await path.put_result("res:r:a@1", path.encode(stored, False))
     await path.put_context("ctx:r:a@1", path.encode({"in": 1}, True))
-    now = load_output_now(path, pointer)
+    into = LoadedOutput("an earlier result's", True)  # filled again, or left
+    now = load_output_now(path, pointer, into)
     assert now is not None and now == await load_output(path, pointer)
+    assert now is into if not now.error else into == LoadedOutput("an earlier result's", True)
 
 
 async def test_another_store_is_awaited() -> None:
@@ -71,5 +73,5 @@ async def test_another_store_is_awaited() -> None:
             return await super().get_result_payload(key)
 
     path = json_payloads.path_for(Counting())
-    assert load_output_now(path, "redis://res:r:a@1") is None
+    assert load_output_now(path, "redis://res:r:a@1", LoadedOutput()) is None
     assert store_payload_now(path, _dispatch("r:a@1", {})) is None

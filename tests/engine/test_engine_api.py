@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,11 +19,18 @@ from test_engine_kit import (
     timeline_types,
 )
 
-from cordtrio.backends.memory import MemoryStore
+from cordtrio.backends.memory import MemoryBus, MemoryStore
+from cordtrio.core.plan import SENDER_ID
 from cordtrio.engine import ended_runs, open_engine
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, StepStatus, StepType
-from cordtrio.protocol import SUBJECT_SUBMIT, JobCancel, JobRequest
+from cordtrio.protocol import (
+    PROTOCOL_VERSION,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+)
 
 # ------------------------------------------------------------------ read-your-writes
 
@@ -49,6 +57,30 @@ async def test_handle_job_result_is_read_your_writes(store, bus, payloads, save)
         assert isinstance(nxt, JobRequest) and nxt.job_id == f"{run_id}:b@1"
         assert run.steps["b"].input == {"got": 7}
         assert "step_dispatched" in await timeline_types(store, run_id, "b")
+
+
+async def test_a_job_goes_out_in_the_packet_its_init_would_make(store, payloads, save):
+    """The run task makes a job's packet with its fields set one by one
+    (``RunTask._after_write``): every field is set, as ``BusPacket(...)`` sets it."""
+
+    class Recording(MemoryBus):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[BusPacket] = []
+
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            if subject == SUBJECT_SUBMIT:
+                self.sent.append(packet)
+            await super().publish(subject, packet)
+
+    await save(step("a"))
+    bus = Recording()
+    async with open_engine(store, bus, payloads=payloads) as engine:
+        run_id = await engine.submit(WF, {"k": 1})
+    [packet] = bus.sent
+    assert isinstance(packet.created_at, datetime) and packet.payload.job_id == f"{run_id}:a@1"
+    assert packet == BusPacket(run_id, SENDER_ID, packet.created_at, PROTOCOL_VERSION,
+                               packet.payload)
 
 
 # ------------------------------------------------------------------ start_run
