@@ -428,6 +428,29 @@ def _walk(cls: type, data: Any, where: str) -> Any:
         raise ProtocolError(f"{where}: {exc}") from None
 
 
+class _Encoders(dict[type, tuple[str, Callable[[Any], dict[str, Any]]] | None]):
+    """Per payload class: its tag and its ``_to_plain`` (``encode_packet``: one lookup);
+    None for any other class. Filled as classes are met (a codec is compiled once used)."""
+
+    def __missing__(self, cls: type) -> tuple[str, Callable[[Any], dict[str, Any]]] | None:
+        tag = _PAYLOAD_TAGS.get(cls)
+        if tag is None:
+            return None
+        coded = self[cls] = (tag, _plan(cls).encode)
+        return coded
+
+
+class _Decoders(dict[str, Callable[[Any, str], Any]]):
+    """Per payload tag: its class's ``_from_plain`` (``decode_packet``: one lookup)."""
+
+    def __missing__(self, tag: str) -> Callable[[Any, str], Any]:
+        decode = self[tag] = _plan(_PAYLOAD_TYPES[tag]).decode
+        return decode
+
+
+_ENCODERS = _Encoders()
+_DECODERS = _Decoders()
+
 _envelope = itemgetter("trace_id", "sender_id", "created_at", "protocol_version")
 
 
@@ -459,12 +482,12 @@ def encode_packet(packet: BusPacket) -> bytes:
     }
     payload = packet.payload
     if payload is not None:
-        tag = _PAYLOAD_TAGS.get(payload.__class__)
-        if tag is None:
+        coded = _ENCODERS[payload.__class__]
+        if coded is None:
             raise ProtocolError(
                 f"encode_packet: unknown payload type {type(payload).__name__}"
             )
-        body[tag] = _to_plain(payload)
+        body[coded[0]] = coded[1](payload)
     try:
         return cbor2.dumps(body)
     except Exception as exc:
@@ -510,7 +533,7 @@ def decode_packet(data: bytes) -> BusPacket:
                 raise ProtocolError(f"decode_packet: more than one payload: "
                                     f"{[tag for tag in _PAYLOAD_TYPES if tag in tags]}")
             (tag,) = tags
-            payload = _from_plain(_PAYLOAD_TYPES[tag], body[tag], tag)
+            payload = _DECODERS[tag](body[tag], tag)
         return BusPacket(trace_id, sender_id, created, version, payload)
     except ProtocolError:
         raise

@@ -125,6 +125,7 @@ class CommandBatcher:
         self._waking = False  # a sender was woken and has not taken the queue yet
         self._reconnecting = 0  # batches waiting out a lost connection
         self._holds = redis.command_timeout is not None  # calls wait for a batch in flight
+        self._eager = not self._holds  # calls go without waiting for a batch in flight
         self._closed = False
         self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
@@ -138,8 +139,8 @@ class CommandBatcher:
         queue = self._queue
         queue.append(entry)
         # a sender in flight takes the queue when its reply is in (module doc)
-        if not self._waking and (len(self._idle) == MAX_IN_FLIGHT or len(queue) >= MAX_BATCH
-                                 or self._reconnecting or not self._holds):
+        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
+                                 or len(queue) >= MAX_BATCH):
             self._wake()
         return await trio.lowlevel.wait_task_rescheduled(entry.abort)
 
@@ -147,6 +148,7 @@ class CommandBatcher:
         """A batch in flight starts (True) or ends (False) a wait for a lost connection:
         meanwhile the calls queued behind it are sent without waiting for it."""
         self._reconnecting += 1 if waiting else -1
+        self._eager = bool(self._reconnecting) or not self._holds
         if waiting and self._queue and not self._waking:
             self._wake()
 
