@@ -54,6 +54,7 @@ scheduling tick as one non-transactional pipeline.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.exceptions as rx
@@ -129,9 +130,12 @@ class CommandBatcher:
         self._closed = False
         self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
-    async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any:
-        """``client.<method>(*args, **kwargs)`` in the next pipeline; its reply or error."""
+    def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """``client.<method>(*args, **kwargs)`` in the next pipeline: queued now, for the
+        calling task to await at once (its reply or error). A plain function handing back
+        the wait, not a coroutine of its own: the caller's wake-up would pass through one
+        more frame."""
         if self._closed:
             raise StoreError(f"redis {self._redis.url}: {what}: connection closing "
                              f"(key {key!r})")
@@ -142,7 +146,7 @@ class CommandBatcher:
         if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
                                  or len(queue) >= MAX_BATCH):
             self._wake()
-        return await trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return trio.lowlevel.wait_task_rescheduled(entry.abort)
 
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch in flight starts (True) or ends (False) a wait for a lost connection:
