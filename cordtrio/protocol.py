@@ -9,11 +9,12 @@ raises ``ProtocolError`` and nothing else, so a transport can drop a foreign fra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import cbor2
@@ -255,14 +256,43 @@ _USUAL: dict[str, str] = {
 }
 
 
+_KEEP_EMPTY = "v is False or (v.__class__ not in _PLAIN_TYPES and isinstance(v, IntEnum))"
+"""When an empty (falsy) value still goes on the wire: ``False`` and every ``IntEnum``."""
+_EMPTY_CLASS: dict[str, str] = {_STR: "str", _INT: "int", _NUMBER: "int", _STR_MAP: "dict",
+                                _STR_LIST: "list"}
+"""The class of a field's usual empty value, by kind: such a value is dropped at once."""
+
+
+def _at(expr: str, arg: str) -> str:
+    """``expr`` (a test of a value ``v``) of the variable ``arg``."""
+    return re.sub(r"\bv\b", arg, expr)
+
+
+def _usual_empty(cls: type, name: str, kind: Any, env: dict[str, Any], i: int) -> str:
+    """The generated encoder's first test of an empty value ``v`` (ending in ``and``, or
+    ``""``): one that rules out ``_KEEP_EMPTY`` for the value a field usually holds when
+    empty (``""`` for a string, ``None`` for a nested document); an enum field's member
+    is kept at once (``e{i}``: its enum)."""
+    enum = _ENUMS.get((cls, name))
+    if enum is not None:
+        env[f"e{i}"] = enum
+        return f"v.__class__ is e{i} or "
+    if (cls, name) in _NESTED:
+        return "v is not None and "
+    empty = _EMPTY_CLASS.get(kind) if kind.__class__ is str else None
+    return f"v.__class__ is not {empty} and " if empty else ""
+
+
 def _compile(cls: type, kinds: dict[str, Any]
              ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any, str], Any]]:
     """Straight-line ``_to_plain`` and ``_from_plain`` for one class, generated once from
     its fields (as ``dataclasses`` generates ``__init__``): a loop over the fields costs
     the engine and a worker more on every packet than the packet's own CBOR.
 
-    Encoding writes each field in order unless it is empty (``False`` and every
-    ``IntEnum`` member are kept: cbor2 writes an ``IntEnum`` as its number). Decoding takes
+    Encoding reads every field in one ``attrgetter`` call and writes each in order unless
+    it is empty (``False`` and every ``IntEnum`` member are kept: cbor2 writes an
+    ``IntEnum`` as its number); an empty value of the class the field's empty value
+    usually has (``""``, ``0``, ``None``...) is dropped after one test. Decoding takes
     each field from the map (its default when absent) if its value has the usual class of
     its kind, converting enums and nested documents; at the first value that does not,
     it hands the map to ``_walk``, which goes field by field in the map's order and
@@ -271,16 +301,22 @@ def _compile(cls: type, kinds: dict[str, Any]
                            "_walk": _walk, "_is_str_map": _is_str_map,
                            "_is_str_list": _is_str_list, "_PLAIN_TYPES": _PLAIN_TYPES,
                            "IntEnum": IntEnum, "_MISSING": _MISSING, "ProtocolError": ProtocolError}
-    enc = ["def encode(obj):", " out = {}"]
+    names = [f.name for f in fields(cls)]
+    # the fields read in one C call (``attrgetter``), each kept when truthy, else when
+    # ``_KEEP_EMPTY`` says so, tested after the class its empty value usually has
+    env["_get"] = attrgetter(*names)
+    unpacked = "".join(f"v{i}, " for i in range(len(names)))
+    enc = ["def encode(obj):", f" ({unpacked}) = _get(obj)" if len(names) > 1
+           else " v0 = _get(obj)", " out = {}"]
     dec = ["def decode(data, where):", " if data.__class__ is not dict:",
-           "  return _walk(cls, data, where)"]
+           "  return _walk(cls, data, where)", " get = data.get"]
     args = []
     for i, f in enumerate(fields(cls)):
         name, kind, arg = f.name, kinds[f.name], f"v{i}"
-        enc += [f" v = obj.{name}",
-                " if v or v is False or (v.__class__ not in _PLAIN_TYPES"
-                " and isinstance(v, IntEnum)):",
-                f"  out[{name!r}] = {'_to_plain(v)' if (cls, name) in _NESTED else 'v'}"]
+        value = f"_to_plain({arg})" if (cls, name) in _NESTED else arg
+        empty = _at(_usual_empty(cls, name, kind, env, i) + f"({_KEEP_EMPTY})", arg)
+        enc += [f" if {arg}: out[{name!r}] = {value}",
+                f" elif {empty}: out[{name!r}] = {value}"]
         if callable(f.default_factory):
             # a factory makes a map or list: a nested document or an enum here would be
             # taken as it came (the general walk converts them)
@@ -288,28 +324,29 @@ def _compile(cls: type, kinds: dict[str, Any]
                 raise TypeError(f"{cls.__name__}.{name}: a default factory for a nested "
                                 "document or an enum is not supported by the codec")
             env[f"new{i}"] = f.default_factory
-            dec.append(f" v = data.get({name!r}, _MISSING)")
-            dec.append(f" if v is _MISSING: v = new{i}()")
+            dec.append(f" {arg} = get({name!r}, _MISSING)")
+            dec.append(f" if {arg} is _MISSING: {arg} = new{i}()")
             if kind in _USUAL:
-                dec.append(f" elif not ({_USUAL[kind]}): return _walk(cls, data, where)")
+                dec.append(f" elif not ({_at(_USUAL[kind], arg)}):"
+                           " return _walk(cls, data, where)")
         else:
             env[f"d{i}"] = f.default
-            dec.append(f" v = data.get({name!r}, d{i})")
+            dec.append(f" {arg} = get({name!r}, d{i})")
             if kind.__class__ is dict:  # an enum: its members by number
                 env[f"m{i}"] = kind
-                dec.append(f" if v.__class__ is int: v = m{i}.get(v, v)")
-                dec.append(f" elif v is not d{i}: return _walk(cls, data, where)")
+                dec.append(f" if {arg}.__class__ is int: {arg} = m{i}.get({arg}, {arg})")
+                dec.append(f" elif {arg} is not d{i}: return _walk(cls, data, where)")
             elif kind.__class__ is str:
-                if kind in _USUAL:  # (else _ANY: anything goes)
-                    dec.append(f" if v is not d{i} and not ({_USUAL[kind]}):")
+                if kind in _USUAL:  # (else _ANY: anything goes); the class first: a
+                    # present value usually has it, and so has the default
+                    dec.append(f" if not ({_at(_USUAL[kind], arg)}) and {arg} is not d{i}:")
                     dec.append("  return _walk(cls, data, where)")
             else:  # a nested document (its default: None)
                 env[f"k{i}"] = kind
-                dec += [" if v is not None:", "  if v.__class__ is not dict:",
+                dec += [f" if {arg} is not None:", f"  if {arg}.__class__ is not dict:",
                         "   return _walk(cls, data, where)",
-                        f"  try: v = _from_plain(k{i}, v, where + {'.' + name!r})",
+                        f"  try: {arg} = _from_plain(k{i}, {arg}, where + {'.' + name!r})",
                         "  except ProtocolError: return _walk(cls, data, where)"]
-        dec.append(f" {arg} = v")
         args.append(arg)
     enc.append(" return out")
     dec.append(f" return cls({', '.join(args)})")
@@ -391,6 +428,29 @@ def _walk(cls: type, data: Any, where: str) -> Any:
         raise ProtocolError(f"{where}: {exc}") from None
 
 
+class _Encoders(dict[type, tuple[str, Callable[[Any], dict[str, Any]]] | None]):
+    """Per payload class: its tag and its ``_to_plain`` (``encode_packet``: one lookup);
+    None for any other class. Filled as classes are met (a codec is compiled once used)."""
+
+    def __missing__(self, cls: type) -> tuple[str, Callable[[Any], dict[str, Any]]] | None:
+        tag = _PAYLOAD_TAGS.get(cls)
+        if tag is None:
+            return None
+        coded = self[cls] = (tag, _plan(cls).encode)
+        return coded
+
+
+class _Decoders(dict[str, Callable[[Any, str], Any]]):
+    """Per payload tag: its class's ``_from_plain`` (``decode_packet``: one lookup)."""
+
+    def __missing__(self, tag: str) -> Callable[[Any, str], Any]:
+        decode = self[tag] = _plan(_PAYLOAD_TYPES[tag]).decode
+        return decode
+
+
+_ENCODERS = _Encoders()
+_DECODERS = _Decoders()
+
 _envelope = itemgetter("trace_id", "sender_id", "created_at", "protocol_version")
 
 
@@ -422,12 +482,12 @@ def encode_packet(packet: BusPacket) -> bytes:
     }
     payload = packet.payload
     if payload is not None:
-        tag = _PAYLOAD_TAGS.get(payload.__class__)
-        if tag is None:
+        coded = _ENCODERS[payload.__class__]
+        if coded is None:
             raise ProtocolError(
                 f"encode_packet: unknown payload type {type(payload).__name__}"
             )
-        body[tag] = _to_plain(payload)
+        body[coded[0]] = coded[1](payload)
     try:
         return cbor2.dumps(body)
     except Exception as exc:
@@ -473,7 +533,7 @@ def decode_packet(data: bytes) -> BusPacket:
                 raise ProtocolError(f"decode_packet: more than one payload: "
                                     f"{[tag for tag in _PAYLOAD_TYPES if tag in tags]}")
             (tag,) = tags
-            payload = _from_plain(_PAYLOAD_TYPES[tag], body[tag], tag)
+            payload = _DECODERS[tag](body[tag], tag)
         return BusPacket(trace_id, sender_id, created, version, payload)
     except ProtocolError:
         raise

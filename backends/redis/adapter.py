@@ -43,8 +43,9 @@ from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_pe
 class CommandBatcher(Protocol):
     """What the adapter hands its commands to once batching is on (``batcher.py``)."""
 
-    async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any: ...
+    def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """The command, queued now; the caller awaits what it returns at once."""
 
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch starts (True) or ends (False) a wait for a lost connection."""

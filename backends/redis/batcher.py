@@ -54,6 +54,7 @@ scheduling tick as one non-transactional pipeline.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.exceptions as rx
@@ -125,12 +126,16 @@ class CommandBatcher:
         self._waking = False  # a sender was woken and has not taken the queue yet
         self._reconnecting = 0  # batches waiting out a lost connection
         self._holds = redis.command_timeout is not None  # calls wait for a batch in flight
+        self._eager = not self._holds  # calls go without waiting for a batch in flight
         self._closed = False
         self._senders = [self._loop.create_task(self._sender()) for _ in range(MAX_IN_FLIGHT)]
 
-    async def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any:
-        """``client.<method>(*args, **kwargs)`` in the next pipeline; its reply or error."""
+    def call(self, what: str, key: str, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """``client.<method>(*args, **kwargs)`` in the next pipeline: queued now, for the
+        calling task to await at once (its reply or error). A plain function handing back
+        the wait, not a coroutine of its own: the caller's wake-up would pass through one
+        more frame."""
         if self._closed:
             raise StoreError(f"redis {self._redis.url}: {what}: connection closing "
                              f"(key {key!r})")
@@ -138,15 +143,16 @@ class CommandBatcher:
         queue = self._queue
         queue.append(entry)
         # a sender in flight takes the queue when its reply is in (module doc)
-        if not self._waking and (len(self._idle) == MAX_IN_FLIGHT or len(queue) >= MAX_BATCH
-                                 or self._reconnecting or not self._holds):
+        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
+                                 or len(queue) >= MAX_BATCH):
             self._wake()
-        return await trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return trio.lowlevel.wait_task_rescheduled(entry.abort)
 
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch in flight starts (True) or ends (False) a wait for a lost connection:
         meanwhile the calls queued behind it are sent without waiting for it."""
         self._reconnecting += 1 if waiting else -1
+        self._eager = bool(self._reconnecting) or not self._holds
         if waiting and self._queue and not self._waking:
             self._wake()
 

@@ -82,7 +82,11 @@ class RedisPayloadStore:
     async def get_context(self, key: str) -> bytes:
         key = check_payload_key(key, CONTEXT_PREFIX)
         self._reads_contexts = True
-        return await self._get_kept(key)
+        kept = self._take_kept(key)
+        if kept is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return kept
+        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     async def put_result(self, key: str, data: bytes) -> None:
         await self._put_kept(check_payload_key(key, RESULT_PREFIX), data, self._reads_results)
@@ -90,7 +94,11 @@ class RedisPayloadStore:
     async def get_result(self, key: str) -> bytes:
         key = check_payload_key(key, RESULT_PREFIX)
         self._reads_results = True
-        return await self._get_kept(key)
+        kept = self._take_kept(key)
+        if kept is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return kept
+        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     def committing(self, payloads: Mapping[str, bytes]) -> None:
         """A run write is about to store these job inputs (``RedisStore``): until it
@@ -118,17 +126,17 @@ class RedisPayloadStore:
         await self._put(key, data)
         self._remember(key, bytes(data), self._until(sent_at))
 
-    async def _get_kept(self, key: str) -> bytes:
+    def _take_kept(self, key: str) -> bytes | None:
         """The payload kept since this process wrote it (taken: once; not once Redis may
-        have expired it), else Redis's."""
+        have expired it), else None: the reader asks Redis. (Not a coroutine of its own:
+        a reader waiting for Redis would pass its wake-up through one more frame.)"""
         kept = self._recent.pop(key, None)
         if kept is not None:
             data, until = kept
             self._recent_bytes -= len(data)
             if clock() < until:
-                await trio.lowlevel.checkpoint_if_cancelled()
                 return data
-        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
+        return None
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""

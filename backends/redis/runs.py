@@ -192,6 +192,11 @@ class RedisRuns(RedisRunIndex):
         pipelined ``EXISTS`` per id, one round trip."""
         if not run_ids:
             return []
+        if len(run_ids) == 1:  # a waiter's check of one ended run: one batched command,
+            run_id = run_ids[0]  # without the pipeline's lists (the same reply or error)
+            key = run_key(run_id)
+            found = await self._redis.call_plain("check runs exist", key, "exists", (key,), {})
+            return [] if found else [run_id]
         keys = [run_key(rid) for rid in run_ids]
         replies = await self._redis.pipeline(
             "check runs exist", keys[0], [("exists", (k,)) for k in keys], transaction=False)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -147,11 +148,12 @@ class LeaseKeeper:
         if count:
             await self.ack(run_id, count)
 
-    async def save_changes(self, run: WorkflowRun, changes: RunChanges,
-                           events: list[TimelineEvent]) -> None:
-        """The run's state write, fenced by the lease."""
+    def save_changes(self, run: WorkflowRun, changes: RunChanges,
+                     events: list[TimelineEvent]) -> Awaitable[None]:
+        """The run's state write, fenced by the lease: the store's own call, to be awaited
+        (no coroutine of its own: the task's every wait passes through each frame)."""
         changes.lease_owner = self.owner
-        await self.runs_store.save_run_changes(run, changes, events)
+        return self.runs_store.save_run_changes(run, changes, events)
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         fenced = RunChanges(lease_owner=self.owner)
