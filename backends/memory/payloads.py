@@ -46,7 +46,7 @@ _Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload's ``parts
 # An entry as kept: its parts, or ``kept_of``'s snapshot bytes alone for those of the
 # separators of its half (compact in the ``ctx:`` half, the default ones in ``res:``)
 _Entry = _Parts | bytes
-_NEVER = math.inf  # when an entry of a store without a TTL expires
+_NEVER = math.inf  # when a store without a TTL purges: never
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
 _COMPACT = (True, False)  # the separators of the snapshots kept as bytes alone, by half
 _EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
@@ -91,8 +91,7 @@ def _writer(prefix: str, compact: bool | None = None
         if pointer in entries:  # its earlier place in the purge order is left behind
             store._leave_place(pointer)
         entries[pointer] = kept
-        store._order.append(pointer)
-        store._expiries.append(now + store._lifetime)
+        store._order.extend((pointer, now))  # its place in the purge order, and its time
 
     return put
 
@@ -216,16 +215,13 @@ class MemoryPayloadStore:
         self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
         self._contexts, self._results = self._halves  # each by name (a read per engine step)
         # The pointers in write order, which with one TTL for every entry is expiry order,
-        # and their expiry times, in the same order (two deques rather than one of pairs:
-        # the garbage collector tracks a pair, never a float). A key written again (or
-        # deleted) leaves its earlier place behind: counted here, so the purge skips it.
-        # A store without a TTL keeps no order (``maxlen=0``: an append keeps nothing) and
-        # never purges: the clock reads 0.0, the next expiry is infinity.
-        keep = None if self._ttl is not None else 0
-        self._order: deque[str] = deque(maxlen=keep)
-        self._expiries: deque[float] = deque(maxlen=keep)
+        # each followed by the clock's reading at that write: pointer, time, pointer, time...
+        # (flat rather than pairs: the garbage collector tracks a pair, never a float). A key
+        # written again (or deleted) leaves its earlier place behind: counted here, so the
+        # purge skips it. A store without a TTL keeps no order (``maxlen=0``: nothing is
+        # kept) and never purges: its clock reads 0.0, the next expiry is infinity.
+        self._order: deque[str | float] = deque(maxlen=None if self._ttl is not None else 0)
         self._left_behind: dict[str, int] = {}
-        self._lifetime = self._ttl if self._ttl is not None else _NEVER
         # when the oldest place in the order expires (a purge is due then)
         self._purge_at = -math.inf if self._ttl is not None else _NEVER
         # Trio's clock reading, once known (see the module docstring); until then a
@@ -341,14 +337,16 @@ class MemoryPayloadStore:
 
     def _purge(self, now: float) -> None:
         """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
-        order, expiries, left_behind = self._order, self._expiries, self._left_behind
-        while expiries:
-            expiry = expiries[0]
+        order, left_behind = self._order, self._left_behind
+        assert self._ttl is not None
+        ttl = self._ttl
+        while order:
+            expiry = order[1] + ttl  # type: ignore[operator]
             if expiry > now:
                 self._purge_at = expiry
                 return
-            pointer = order.popleft()
-            expiries.popleft()
+            pointer: Any = order.popleft()
+            order.popleft()  # its time
             behind = left_behind.get(pointer)
             if behind:  # a place the key left behind: its entry is further on (or gone)
                 if behind > 1:
@@ -357,8 +355,7 @@ class MemoryPayloadStore:
                     del left_behind[pointer]
             else:
                 del self._entries_of(pointer[_SCHEME_LENGTH:])[pointer]
-        assert self._ttl is not None
-        self._purge_at = now + self._ttl  # no entry: none expires before the next one
+        self._purge_at = now + ttl  # no entry: none expires before the next one
 
 
 class _FirstClockRead:

@@ -254,10 +254,12 @@ async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter()
     await store.put_result("res:j", b"x")
     after = time.perf_counter()
     assert store._clock_now is time.perf_counter
-    (expires,) = store._expiries  # when the one entry expires (kept apart, in write order)
+    (_, written) = store._order  # the one entry's place in the purge order, and its time
+    expires = written + 30
     assert before + 30 <= expires <= after + 30
     assert await store.get_result("res:j") == b"x"
-    store._expiries[0] = store._purge_at = before - 1  # now past
+    store._order[1] = before - 31  # written long ago: now past its expiry
+    store._purge_at = before - 1
     with pytest.raises(NotFoundError):
         await store.get_result("res:j")
     assert _stored_keys(store) == set()  # purged by the read
