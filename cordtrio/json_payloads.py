@@ -42,7 +42,9 @@ _SCALARS = frozenset({int, float, bool, type(None)})  # JSON's leaves but string
 _LEAVES = frozenset({str, *_SCALARS})
 _KEY_TYPES = frozenset({str})  # a plain map's keys
 _SHORT_FROZEN = 2 * _MAX_INT_BITS // 15  # no int above _MAX_INT_BITS marshals this short
-_TEXT_PER_FROZEN_BYTE = 7  # a plain value's JSON text is at most 7 x its marshal's length
+TEXT_PER_FROZEN_BYTE = 7
+"""A plain value's JSON text is at most this many times as long as its marshal (the bound
+of a snapshot ``kept_of`` gives as bytes alone)."""
 _new = object.__new__
 _dumps, _loads = marshal.dumps, marshal.loads
 
@@ -139,7 +141,7 @@ class JsonPayload:
         """``value`` as a payload (``compact``: a job input's separators). Raises
         ``TypeError``/``ValueError`` exactly as ``json.dumps`` does (``parts_of``)."""
         payload = _new(cls)
-        payload.parts = parts_of(value, compact)
+        payload.parts = parts_of_kept(kept_of(value, compact), compact)  # ``parts_of``
         return payload
 
     @classmethod
@@ -204,9 +206,24 @@ _Parts = tuple[bytes | None, bytes | None, int, bool]
 
 
 def parts_of(value: Any, compact: bool) -> _Parts:
-    """``JsonPayload.of(value, compact).parts``, without the payload object: what a store
-    keeps (``MemoryPayloadStore`` stores a value in one call). Raises ``TypeError``/
-    ``ValueError`` exactly as ``json.dumps`` does."""
+    """``JsonPayload.of(value, compact).parts``, without the payload object. Raises
+    ``TypeError``/``ValueError`` exactly as ``json.dumps`` does."""
+    return parts_of_kept(kept_of(value, compact), compact)
+
+
+def parts_of_kept(kept: bytes | _Parts, compact: bool) -> _Parts:
+    """The ``parts`` ``kept`` (from ``kept_of(value, compact)``) stands for."""
+    if kept.__class__ is bytes:
+        return (None, kept, TEXT_PER_FROZEN_BYTE * len(kept), compact)  # type: ignore[arg-type]
+    return kept  # type: ignore[return-value]
+
+
+def kept_of(value: Any, compact: bool) -> bytes | _Parts:
+    """``parts_of(value, compact)`` as a store may keep it (``MemoryPayloadStore`` stores a
+    value in one call): the snapshot bytes alone for a value whose marshal is short (most
+    payloads: ``parts_of_kept(kept, compact)`` gives the parts back), else the parts. Bytes
+    are never tracked by the cyclic garbage collector, which a tuple is until it has seen it
+    once (stores keep payloads for a day). Raises as ``parts_of``."""
     # ``marshal`` refuses what it cannot encode (unknown objects, subclasses, cycles): that
     # takes the JSON path. What it accepts but JSON does not (tuples, sets, bytes, keys that
     # are not strings...) is told by the walk. A plain value's text is at most 7 bytes per
@@ -222,9 +239,8 @@ def parts_of(value: Any, compact: bool) -> _Parts:
         if _KEY_TYPES.issuperset(map(type, value)) and \
                 _LEAVES.issuperset(map(type, value.values())):
             frozen = _dumps(value, 2)
-            size = len(frozen)
-            if size < _SHORT_FROZEN:
-                return (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+            if len(frozen) < _SHORT_FROZEN:
+                return frozen
             return _by_marshal(value, frozen, compact)
     try:
         frozen = _dumps(value, 2)
@@ -233,12 +249,11 @@ def parts_of(value: Any, compact: bool) -> _Parts:
     return _by_marshal(value, frozen, compact)
 
 
-def _by_marshal(value: Any, frozen: bytes, compact: bool) -> _Parts:
-    """``parts_of(value, compact)`` for a value marshal took as ``frozen``."""
-    size = len(frozen)
-    if size < _SHORT_FROZEN:
+def _by_marshal(value: Any, frozen: bytes, compact: bool) -> bytes | _Parts:
+    """``kept_of(value, compact)`` for a value marshal took as ``frozen``."""
+    if len(frozen) < _SHORT_FROZEN:
         if _plain(value, 0):
-            return (None, frozen, _TEXT_PER_FROZEN_BYTE * size, compact)
+            return frozen
     else:
         bound = _bound(value, 0)
         if bound >= 0:
@@ -247,7 +262,7 @@ def _by_marshal(value: Any, frozen: bytes, compact: bool) -> _Parts:
 
 
 def _by_text(value: Any, compact: bool) -> _Parts:
-    """``parts_of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
+    """``kept_of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
     text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
     return (text, None, len(text), compact)
 
@@ -380,13 +395,16 @@ def path_for(payloads: PayloadStore) -> StorePath:
 
 
 __all__ = [
+    "TEXT_PER_FROZEN_BYTE",
     "JsonPayload",
     "StorePath",
     "ValuePayloads",
     "encode",
     "get_context",
     "get_result",
+    "kept_of",
     "parts_of",
+    "parts_of_kept",
     "path_for",
     "put_context",
     "put_result",

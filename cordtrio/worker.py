@@ -54,6 +54,10 @@ _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member cos
 
 QUEUE_PREFIX = "cordtrio-worker:"
 
+_UNCHECKED_JOBS = 7
+"""Buffered jobs a slot takes one after the other without a cancellation check between
+them (``Worker._slot``): at most this many more run once the slot is cancelled."""
+
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
 
@@ -238,10 +242,12 @@ class Worker:
         handlers = self._handlers
         running = self._jobs
         # A burst already buffered is taken without a schedule point: from the inbox's
-        # ``ready`` jobs after a cancellation check (``LocalJobInbox``), else by
-        # ``receive_nowait`` first, or by ``receive`` itself on an inbox that does so (no
-        # ``WouldBlock`` raised and caught on every job that finds the inbox empty)
+        # ``ready`` jobs (``LocalJobInbox``), with a cancellation check before every
+        # ``_UNCHECKED_JOBS + 1``-th of them, else by ``receive_nowait`` first, or by
+        # ``receive`` itself on an inbox that does so (no ``WouldBlock`` raised and caught
+        # on every job that finds the inbox empty)
         ready = getattr(submits, "ready", None)
+        unchecked = 0  # ready jobs the slot may still take before its next check
         receive_nowait = None if ready is not None \
             or getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
@@ -256,8 +262,17 @@ class Worker:
                 while True:  # jobs, until the scope is cancelled or the context changed
                     try:
                         if ready:
-                            await checkpoint_if_cancelled()
-                            packet = ready.popleft()  # nothing ran since the check
+                            # A cancellation check before one ready job in so many, not
+                            # before every one (a check costs more than a no-op job): a
+                            # slot running an endless burst of jobs that never wait still
+                            # stops within ``_UNCHECKED_JOBS`` jobs once cancelled (a job
+                            # that waits, or a slot that parks, meets a check anyway)
+                            if unchecked:
+                                unchecked -= 1
+                            else:
+                                await checkpoint_if_cancelled()
+                                unchecked = _UNCHECKED_JOBS
+                            packet = ready.popleft()  # (not empty: nothing ran since)
                         elif receive_nowait is None:
                             packet = await receive()
                         else:

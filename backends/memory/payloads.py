@@ -3,15 +3,18 @@ or as ``JsonPayload`` values (``cordtrio.json_payloads``): the engine and a work
 process then hand each other plain JSON values without formatting or parsing text. Either
 form can be read either way (the bytes are the JSON text the bytes path would have stored).
 Every entry is kept as a payload's ``parts`` (bytes written as bytes: those of a text
-payload, read back as the very bytes).
+payload, read back as the very bytes), or, for most values, as their snapshot bytes alone
+(``json_payloads.kept_of``): an object the cyclic garbage collector never tracks.
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
 the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
 clock; it is asked directly from then on, not looked up on every call: for Trio's own
 ``SystemClock``, that is ``perf_counter``, which differs from it by a fixed offset; a store
-without a TTL never asks it: its clock reads 0.0 and its entries never expire). Expired
-entries read as missing and are purged as later writes happen, so memory stays bounded by the
+without a TTL never asks it: its clock reads 0.0 and its entries never expire). With one TTL
+for every entry, expiry order is write order: the expiry times are kept apart, in write
+order, and every read and write first purges the entries expired by then (once the clock
+passes the next expiry), so an entry present is live, and memory stays bounded by the
 entries written within one TTL.
 """
 
@@ -29,7 +32,7 @@ from weakref import ref
 from trio.lowlevel import checkpoint_if_cancelled, current_clock
 
 from cordtrio.errors import NotFoundError
-from cordtrio.json_payloads import JsonPayload, parts_of
+from cordtrio.json_payloads import TEXT_PER_FROZEN_BYTE, JsonPayload, kept_of, parts_of_kept
 from cordtrio.payloads import (
     CONTEXT_PREFIX,
     POINTER_SCHEME,
@@ -39,10 +42,13 @@ from cordtrio.payloads import (
 )
 
 DEFAULT_TTL_SECONDS = 24 * 3600.0
-_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload as kept (``parts``)
-_Entry = tuple[_Parts, float]  # the parts and when they expire
-_NEVER = math.inf  # when an entry of a store without a TTL expires
+_Parts = tuple[bytes | None, bytes | None, int, bool]  # a JsonPayload's ``parts``
+# An entry as kept: its parts, or ``kept_of``'s snapshot bytes alone for those of the
+# separators of its half (compact in the ``ctx:`` half, the default ones in ``res:``)
+_Entry = _Parts | bytes
+_NEVER = math.inf  # when a store without a TTL purges: never
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
+_COMPACT = (True, False)  # the separators of the snapshots kept as bytes alone, by half
 _EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
 _EMPTY_FROZEN = _EMPTY_PARTS[0][1]  # their snapshot, known by its identity (``value()``)
 
@@ -63,15 +69,16 @@ def _writer(prefix: str, compact: bool | None = None
     half = _HALVES[prefix]
     common_key = _key_rule(prefix)
     empty = None if compact is None else _EMPTY_PARTS[not compact]
+    assert compact is None or compact is _COMPACT[half]  # (what its bytes alone stand for)
     separators = bool(compact)
 
     def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
         if empty is None:
-            parts = data.parts
+            kept = data.parts
         elif data.__class__ is dict and not data:  # the commonest job input, without a call
-            parts = empty
-        else:
-            parts = parts_of(data, separators)  # ``JsonPayload.of(data, compact).parts``
+            kept = empty
+        else:  # ``JsonPayload.of(data, compact).parts``, as kept
+            kept = kept_of(data, separators)
         if key.__class__ is not str or common_key(key) is None:
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
@@ -83,8 +90,8 @@ def _writer(prefix: str, compact: bool | None = None
             store._purge(now)
         if pointer in entries:  # its earlier place in the purge order is left behind
             store._leave_place(pointer)
-        entries[pointer] = (parts, now + store._lifetime)
-        store._order.append(pointer)
+        entries[pointer] = kept
+        store._order.extend((pointer, now))  # its place in the purge order, and its time
 
     return put
 
@@ -95,15 +102,19 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
     half of their prefix: it needs no check again); any other pointer takes the general
     path, ``key_from_pointer(pointer, pointer_prefix)``, and its errors."""
     half = _HALVES[prefix]
+    compact = _COMPACT[half]
 
     def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
+        now = store._clock_now()  # entries expired by now are purged first
+        if now >= store._purge_at:
+            store._purge(now)
         try:
             entry = store._halves[half].get(pointer)
         except TypeError:  # not hashable: not a pointer (the general path says so)
             entry = None
-        if entry is not None and entry[1] > store._clock_now():
+        if entry is not None:
             payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
-            payload.parts = entry[0]
+            payload.parts = entry if entry.__class__ is tuple else _parts(entry, compact)
             return payload
         return _payload(store._get(key_from_pointer(pointer, pointer_prefix), prefix))
 
@@ -115,15 +126,23 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     payload's ``(value_or_text(), too_large(limit))``, read as ``result_payload_at_now``
     reads it. A snapshot within ``limit`` (most results) is decoded here, without the
     payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
+    now = store._clock_now()  # entries expired by now are purged first
+    if now >= store._purge_at:
+        store._purge(now)
+    entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
         entry = store._results.get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
-    if entry is not None and entry[1] > store._clock_now():
-        parts = entry[0]
-        if parts[2] <= limit and parts[1] is not None:  # ``too_large``'s first test
-            return _loads(parts[1]), False
-        payload = _payload(parts)
+    if entry is not None:
+        if entry.__class__ is bytes:  # a snapshot alone (``kept_of``)
+            if TEXT_PER_FROZEN_BYTE * len(entry) <= limit:  # ``too_large``'s first test
+                return _loads(entry), False
+            payload = _payload(_parts(entry, False))
+        elif entry[2] <= limit and entry[1] is not None:  # ``too_large``'s first test
+            return _loads(entry[1]), False
+        else:
+            payload = _payload(entry)
     else:
         payload = _payload(store._get(key_from_pointer(pointer, RESULT_PREFIX), RESULT_PREFIX))
     return payload.value_or_text(), payload.too_large(limit)
@@ -134,16 +153,23 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     this store (what the engine stores): ``context_payload_at_now(pointer).value()`` in
     one call, without the payload object or its call; None for anything else (then read
     it that way: ``tests/test_memory_fast_paths.py`` compares)."""
+    now = store._clock_now()  # entries expired by now are purged first
+    if now >= store._purge_at:
+        store._purge(now)
+    entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
         entry = store._contexts.get(pointer)
     except TypeError:  # not hashable: not a pointer
         return None
-    if entry is not None and entry[1] > store._clock_now():
-        frozen = entry[0][1]
-        if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
-            return {}
-        if frozen is not None:
-            return _loads(frozen)
+    if entry is None:
+        return None
+    if entry.__class__ is bytes:  # a snapshot alone (``kept_of``)
+        return _loads(entry)
+    frozen = entry[1]
+    if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
+        return {}
+    if frozen is not None:
+        return _loads(frozen)
     return None
 
 
@@ -182,22 +208,21 @@ class MemoryPayloadStore:
 
     def __init__(self, *, ttl_seconds: float | None = DEFAULT_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds if ttl_seconds is not None and ttl_seconds > 0 else None
-        # Per half of the namespace (``ctx:`` keys, ``res:`` keys), the entries by pointer
-        # (``redis://<key>``, what a read is given): pointer -> (JsonPayload.parts (bytes
-        # written as bytes: a text payload's), when it expires (``_NEVER`` without a TTL:
-        # a read at a pointer compares it with the clock without asking for the TTL))
+        # Per half of the namespace (``ctx:`` keys, ``res:`` keys), the live entries by
+        # pointer (``redis://<key>``, what a read is given): pointer -> JsonPayload.parts
+        # (bytes written as bytes: a text payload's), or its snapshot alone (``_Entry``).
+        # No expiry time of its own: every read and write purges the expired entries first.
         self._halves: tuple[dict[str, _Entry], dict[str, _Entry]] = ({}, {})
         self._contexts, self._results = self._halves  # each by name (a read per engine step)
-        # The pointers in write order, which with one TTL for every entry is expiry order; a
-        # key written again (or deleted) leaves its earlier place behind: counted here, so
-        # the purge skips it rather than stop there (a pointer only, not a pair with its
-        # time: one object fewer per write for the garbage collector to see).
-        # A store without a TTL keeps no order (``maxlen=0``: an append keeps nothing) and
-        # never purges: its entries live ``_lifetime`` (infinity) after the clock's 0.0.
-        self._order: deque[str] = deque(maxlen=None if self._ttl is not None else 0)
+        # The pointers in write order, which with one TTL for every entry is expiry order,
+        # each followed by the clock's reading at that write: pointer, time, pointer, time...
+        # (flat rather than pairs: the garbage collector tracks a pair, never a float). A key
+        # written again (or deleted) leaves its earlier place behind: counted here, so the
+        # purge skips it. A store without a TTL keeps no order (``maxlen=0``: nothing is
+        # kept) and never purges: its clock reads 0.0, the next expiry is infinity.
+        self._order: deque[str | float] = deque(maxlen=None if self._ttl is not None else 0)
         self._left_behind: dict[str, int] = {}
-        self._lifetime = self._ttl if self._ttl is not None else _NEVER
-        # when the oldest entry expires (a purge finds out)
+        # when the oldest place in the order expires (a purge is due then)
         self._purge_at = -math.inf if self._ttl is not None else _NEVER
         # Trio's clock reading, once known (see the module docstring); until then a
         # ``_FirstClockRead`` finds it. A store without a TTL never needs the clock: its
@@ -290,19 +315,19 @@ class MemoryPayloadStore:
         return self._halves[not key.startswith(CONTEXT_PREFIX)]
 
     def _get(self, key: str, prefix: str) -> _Parts:
-        """The entry at ``key``, a key of the ``prefix`` half of the namespace
+        """The parts of the entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
-        entry = self._halves[_HALVES[prefix]].get(POINTER_SCHEME + key) \
-            if key.__class__ is str else None
+        now = self._clock_now()  # entries expired by now are purged first
+        if now >= self._purge_at:
+            self._purge(now)
+        half = _HALVES[prefix]
+        entry = self._halves[half].get(POINTER_SCHEME + key) if key.__class__ is str else None
         if entry is None:
             # Only a key that passed ``check_payload_key`` is ever stored, in the half of
             # its prefix: a stored key needs no check; any other gets it (and its error).
             check_payload_key(key, prefix)
-        if entry is None:
             raise NotFoundError(f"payload {key!r} not found")
-        if self._ttl is not None and entry[1] <= self._clock_now():
-            raise NotFoundError(f"payload {key!r} not found")
-        return entry[0]
+        return entry if entry.__class__ is tuple else _parts(entry, _COMPACT[half])
 
     def _leave_place(self, pointer: str) -> None:
         """A stored entry is written again or deleted: its place in the purge order is left
@@ -313,8 +338,15 @@ class MemoryPayloadStore:
     def _purge(self, now: float) -> None:
         """Drop the entries expired at ``now``, oldest first; O(1) amortised per write."""
         order, left_behind = self._order, self._left_behind
+        assert self._ttl is not None
+        ttl = self._ttl
         while order:
-            pointer = order[0]
+            expiry = order[1] + ttl  # type: ignore[operator]
+            if expiry > now:
+                self._purge_at = expiry
+                return
+            pointer: Any = order.popleft()
+            order.popleft()  # its time
             behind = left_behind.get(pointer)
             if behind:  # a place the key left behind: its entry is further on (or gone)
                 if behind > 1:
@@ -322,16 +354,8 @@ class MemoryPayloadStore:
                 else:
                     del left_behind[pointer]
             else:
-                entries = self._entries_of(pointer[_SCHEME_LENGTH:])
-                entry = entries.get(pointer)
-                if entry is not None:
-                    if entry[1] > now:
-                        self._purge_at = entry[1]
-                        return
-                    del entries[pointer]
-            order.popleft()
-        assert self._ttl is not None
-        self._purge_at = now + self._ttl  # no entry: none expires before the next one
+                del self._entries_of(pointer[_SCHEME_LENGTH:])[pointer]
+        self._purge_at = now + ttl  # no entry: none expires before the next one
 
 
 class _FirstClockRead:
@@ -379,6 +403,9 @@ def _payload(parts: _Parts) -> JsonPayload:
     payload = _new(JsonPayload)  # ``JsonPayload.of_parts``, without the call
     payload.parts = parts
     return payload
+
+
+_parts = parts_of_kept  # an entry kept as bytes alone, as its parts
 
 
 def _text(parts: _Parts) -> bytes:

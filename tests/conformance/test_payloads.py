@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -166,6 +167,37 @@ async def test_memory_expired_entries_are_purged_by_later_writes(
     assert _stored_keys(store) == {"res:new"}
 
 
+async def test_memory_expired_entries_are_purged_by_reads_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every read, by key or at a pointer, purges what has expired before it looks: an
+    entry present is live, and an expired one reads as missing."""
+    store = MemoryPayloadStore(ttl_seconds=60)
+    reads: list[Callable[[], Any]] = [
+        lambda: store.get_context_payload_now("ctx:j"),
+        lambda: store.context_payload_at_now("redis://ctx:j"),
+        lambda: store.get_result_payload_now("res:j"),
+        lambda: store.result_payload_at_now("redis://res:j"),
+        lambda: store.result_output_at_now("redis://res:j", 1000),
+    ]
+    for read in reads:
+        store.put_context_value_now("ctx:j", {"a": 1})
+        store.put_result_value_now("res:j", {"b": 2})
+        await trio.sleep(59)
+        read()  # still live
+        assert store.context_value_at_now("redis://ctx:j") == {"a": 1}
+        await trio.sleep(1)  # now expired
+        with pytest.raises(NotFoundError):
+            read()
+        assert _stored_keys(store) == set()
+    store.put_context_value_now("ctx:j", {"a": 1})
+    await trio.sleep(60)
+    assert store.context_value_at_now("redis://ctx:j") is None
+    assert _stored_keys(store) == set()
+    with pytest.raises(NotFoundError):
+        await store.get_context("ctx:j")
+
+
 async def test_memory_purge_passes_the_places_a_rewrite_or_delete_left_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -222,12 +254,15 @@ async def test_memory_expiry_under_trios_own_clock_is_measured_by_perf_counter()
     await store.put_result("res:j", b"x")
     after = time.perf_counter()
     assert store._clock_now is time.perf_counter
-    (pointer, (_, expires)), = store._halves[1].items()
+    (_, written) = store._order  # the one entry's place in the purge order, and its time
+    expires = written + 30
     assert before + 30 <= expires <= after + 30
     assert await store.get_result("res:j") == b"x"
-    store._halves[1][pointer] = (store._halves[1][pointer][0], before - 1)  # now past
+    store._order[1] = before - 31  # written long ago: now past its expiry
+    store._purge_at = before - 1
     with pytest.raises(NotFoundError):
         await store.get_result("res:j")
+    assert _stored_keys(store) == set()  # purged by the read
 
 
 def test_memory_without_ttl_reads_at_a_pointer_outside_trio() -> None:

@@ -7,6 +7,7 @@ hour" cost nothing, and a result that never comes fails at ``fail_after``.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -25,11 +26,14 @@ from worker_kit import (
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 from cordtrio.protocol import (
     SUBJECT_CANCEL,
+    SUBJECT_RESULT,
+    SUBJECT_SUBMIT,
     BusPacket,
     JobCancel,
+    JobResult,
     JobStatus,
 )
-from cordtrio.worker import Job, open_worker
+from cordtrio.worker import _UNCHECKED_JOBS, Job, Worker, open_worker
 
 
 async def test_job_cancel_cancels_the_handler_and_reports_cancelled(
@@ -156,3 +160,78 @@ async def test_cancel_for_unknown_or_finished_job_is_ignored(
         # ... and the worker still serves.
         await submit(bus, make_request("r:t@1"))
         assert (await next_result(channel)).status == JobStatus.SUCCEEDED
+
+
+
+_BURST = 1000
+OnJob = Callable[[Job, int, trio.CancelScope, Worker], None]
+
+
+async def _endless_burst(on_job: OnJob) -> tuple[list[str], list[JobResult]]:
+    """A worker of one slot whose no-op handler publishes the next job every time (at once,
+    ``publish_now``: no checkpoint) and calls ``on_job(job, jobs_run, outer, worker)``
+    (``outer``: a scope around the worker); results reach a ``listen`` callback (no
+    checkpoint either), so nothing but the slot's own cancellation checks can stop it. The
+    handler stops publishing after ``_BURST`` jobs: a slot that never checked would end
+    there (and the test fail) rather than hang. The jobs run and the results reported."""
+    bus, store = MemoryBus(), MemoryPayloadStore()
+    ran: list[str] = []
+    reported: list[JobResult] = []
+    outer = trio.CancelScope()
+
+    async def handler(job: Job) -> dict[str, Any]:
+        ran.append(job.job_id)
+        if len(ran) < _BURST:
+            assert bus.publish_now(SUBJECT_SUBMIT, BusPacket(
+                payload=make_request(f"r:s@{len(ran) + 1}")))
+        on_job(job, len(ran), outer, worker)
+        return {}
+
+    def on_result(packet: BusPacket) -> None:
+        assert isinstance(packet.payload, JobResult)
+        reported.append(packet.payload)
+
+    async with bus.listen(SUBJECT_RESULT, "engine", on_result):
+        with outer:
+            async with open_worker(bus, store, {TOPIC: handler}, max_concurrency=1) as worker:
+                await submit(bus, make_request("r:s@1"))
+                with trio.fail_after(WAIT):
+                    while len(ran) < _BURST:
+                        await trio.sleep(1)
+    return ran, reported
+
+
+async def test_a_slot_in_an_endless_burst_of_ready_jobs_stops_soon_once_shut_down(
+    autojump_clock: MockClock,
+) -> None:
+    """A slot takes buffered jobs without a schedule point, and checks for cancellation
+    only before one in so many of them: shut down in the middle of an endless burst of jobs
+    that never wait, it still stops within that many jobs."""
+
+    def shut_down_at_100(job: Job, jobs_run: int, outer: trio.CancelScope,
+                         worker: Worker) -> None:
+        if jobs_run == 100:
+            outer.cancel()
+
+    ran, reported = await _endless_burst(shut_down_at_100)
+    assert 100 <= len(ran) <= 100 + _UNCHECKED_JOBS + 1 < _BURST
+    assert [r.status for r in reported] == [JobStatus.SUCCEEDED] * len(reported)
+    assert len(ran) - 1 <= len(reported) <= len(ran)
+
+
+async def test_cancel_job_in_an_endless_burst_of_ready_jobs_cancels_that_job_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """``cancel_job`` of the job a slot runs in a burst of jobs that never wait: that job
+    is reported cancelled, and the slot goes on with the next ones."""
+
+    def cancel_job_100(job: Job, jobs_run: int, outer: trio.CancelScope,
+                       worker: Worker) -> None:
+        if jobs_run == 100:
+            assert worker.cancel_job(job.job_id, "enough")
+
+    ran, reported = await _endless_burst(cancel_job_100)
+    assert len(ran) == len(reported) == _BURST
+    assert [r.job_id for r in reported if r.status != JobStatus.SUCCEEDED] == ["r:s@100"]
+    assert reported[99].status == JobStatus.CANCELLED
+    assert reported[99].error_message == "cancelled: enough"
