@@ -309,8 +309,7 @@ class Engine:
             self._route_result(packet)
             return
         if result.__class__ is JobResult:  # (a subclass: the general way)
-            if self._read_then is not None and result.status is _SUCCEEDED and \
-                    result.result_ptr:
+            if self._read_then is not None and result.status is _SUCCEEDED:
                 self._read_output(task.mailbox, result)
             else:
                 task.mailbox.put(result)
@@ -324,16 +323,23 @@ class Engine:
         in its place, and the reply wakes the task with both (one wake-up per result
         instead of two). If the read cannot start (a pointer outside the payload
         namespace, not a string, a store not batching) the task is woken at once and reads
-        it itself, as it does a bare result."""
+        it itself, as it does a bare result (one without a pointer: it reads nothing)."""
+        try:
+            ptr = result.result_ptr
+            key = key_from_pointer(ptr, RESULT_PREFIX) if ptr else None
+        except Exception:  # not a pointer of the namespace: the task's load says why
+            key = None
+        if key is None:
+            mailbox.put(result)
+            return
         read = ResultRead(result, mailbox)
         mailbox.hold(read)
         try:
-            started = self._read_then(  # type: ignore[misc]
-                key_from_pointer(result.result_ptr, RESULT_PREFIX), read.loaded)
+            started = self._read_then(key, read.loaded)  # type: ignore[misc]
         except Exception:
             started = False
         if not started:
-            read.loaded(None)
+            read.loaded(None)  # wakes the task, which reads it
 
     def _route_result(self, packet: BusPacket) -> None:
         """``_on_result``'s general way: a result for a run without a task here starts
