@@ -114,10 +114,11 @@ class RedisPayloadStore:
         caller reads with ``get_result``). ``ValueError`` for a key outside ``res:``."""
         key = check_payload_key(key, RESULT_PREFIX)
         self._reads_results = True
-        kept = self._take_kept(key)
-        if kept is not None:
-            done(kept)
-            return True
+        if self._recent:  # (nothing kept: a worker in another process)
+            kept = self._take_kept(key)
+            if kept is not None:
+                done(kept)
+                return True
         return self._redis.call_then("get payload", key, "get", (key,), done)
 
     def committing(self, payloads: Mapping[str, bytes]) -> None:
