@@ -246,3 +246,30 @@ async def test_a_task_taking_a_result_before_its_read_waits_for_it() -> None:
     read.loaded(b"1")  # a second reply is ignored
     assert read.output is not None and read.output.value == "text"
     await read.wait()  # done: no wait
+
+
+async def test_a_run_losing_its_lease_with_a_read_pending_hands_the_result_on() -> None:
+    """Multi-engine: the task waits for a result's read (a cancel woke it) and loses its
+    lease: the result is handed on bare with the batch (``in_flight``), the cancel's caller
+    retries, and whoever drives the run next applies the result first, reading its output
+    itself; the early read's late reply changes nothing."""
+    store, bus, payloads = MemoryStore(), MemoryBus(), DeferredPayloads()
+    with trio.fail_after(10):
+        async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]
+                               clock=TrioWallClock(), new_id=lambda: "r1",
+                               engine_id="e1", recover=False) as engine, \
+                tapping(bus, SUBJECT_SUBMIT) as tap:
+            assert engine.leases is not None
+            run_id, job_id = await _one_step_run(store, bus, engine, tap)
+            ptr = await put_output(payloads, job_id, {"x": 1})  # type: ignore[arg-type]
+            await _result(bus, ok(job_id, ptr))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.cancel_run, run_id)
+                await trio.testing.wait_all_tasks_blocked()
+                task = engine._runs[run_id]
+                assert payloads.reads == 0 and len(payloads.pending) == 1
+                task.lease_lost()
+            payloads.answer()  # the early read's reply, after the task let go
+            run = await engine.wait_run(run_id, poll_interval=0.01)
+    assert run.status == RunStatus.SUCCEEDED and _out(run) == {"x": 1}
+    assert payloads.reads == 1  # read by the task that applied the handed-on result
