@@ -300,7 +300,8 @@ class Engine:
         mailbox (the run id is the job id up to its last ``:``; a job id without one gives
         "": should a run "" have a task, its core ignores the result, as the general way
         does); anything else — no packet, no ``JobResult``, a run with no task here —
-        takes ``_route_result``."""
+        takes ``_route_result``. Over a payload store read out of process, a succeeded
+        result's output is read first (``_read_output``)."""
         result: Any  # anything, until its class is checked
         try:
             result = packet.payload
