@@ -368,6 +368,11 @@ class StorePath(NamedTuple):
     store_result_now: Callable[[str, Any], None] | None = None
     """``put_result_now(key, encode(value, False))`` in one call (``store_result_now(key,
     value)``): ``encode``'s errors, then ``put_result_now``'s."""
+    result_then: Callable[[str, Callable[[bytes | None], None]], bool] | None = None
+    """A bytes store's read of a result *key* whose reply goes to a callback
+    (``result_then(key, done)``: ``done(data)``, ``done(None)`` if it failed; False if it
+    cannot be read so), when the store offers it (``reads_results_then``,
+    ``RedisPayloadStore.get_result_then``); else None."""
     input_at_now: Callable[[str], Any] | None = None
     """``context_at_now(ptr).value()`` in one call when the input is an in-process
     snapshot (most job inputs), else None: then read it with ``context_at_now``."""
@@ -391,7 +396,8 @@ def path_for(payloads: PayloadStore) -> StorePath:
         return path
     return StorePath(partial(encode, payloads), partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
-                     partial(get_result, payloads))
+                     partial(get_result, payloads),
+                     result_then=own_call(payloads, "reads_results_then", "get_result_then"))
 
 
 __all__ = [

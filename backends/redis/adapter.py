@@ -47,6 +47,10 @@ class CommandBatcher(Protocol):
              kwargs: dict[str, Any]) -> Awaitable[Any]:
         """The command, queued now; the caller awaits what it returns at once."""
 
+    def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                  done: Callable[[Any], None]) -> bool:
+        """The command, queued now; its reply (None if it failed) goes to ``done``."""
+
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch starts (True) or ends (False) a wait for a lost connection."""
 
@@ -339,6 +343,14 @@ class RedisAdapter:
         if batcher is not None:
             return batcher.call(what, key, method, args, kwargs)
         return self.call(what, key, method, *args, **kwargs)
+
+    def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                  done: Callable[[Any], None]) -> bool:
+        """``call_plain`` (no keyword arguments) whose reply goes to ``done`` instead of
+        being awaited (``batcher.CommandBatcher.call_then``: None if it failed); False,
+        with nothing sent, when commands are not batched (or the batcher is closing)."""
+        batcher = self._batcher
+        return batcher is not None and batcher.call_then(what, key, method, args, done)
 
     async def script(self, what: str, key: str, source: str, keys: list[str],
                      args: list[Any], *, plain: bool = False) -> Any:

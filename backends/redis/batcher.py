@@ -54,7 +54,8 @@ scheduling tick as one non-transactional pipeline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions as rx
@@ -69,6 +70,8 @@ from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
 
 _current_task = trio.lowlevel.current_task
+log = logging.getLogger(__name__)
+_NO_KWARGS: dict[str, Any] = {}  # a ``_Then``'s (never changed)
 
 MAX_IN_FLIGHT = BATCH_CONNECTIONS
 """Pipelines the batcher has in flight at once (each holds one connection, which the
@@ -114,6 +117,37 @@ class _Call:
             trio.lowlevel.reschedule(task, Error(error))
 
 
+class _Then(_Call):
+    """A queued command whose reply goes to a callback, not to a waiting task
+    (``CommandBatcher.call_then``): ``done(reply)``, or ``done(None)`` when it failed."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                 done: Callable[[Any], None]) -> None:
+        # (``_Call``'s fields set here, without its ``__init__``: one call fewer per read)
+        self.what = what
+        self.key = key
+        self.method = method
+        self.args = args
+        self.kwargs = _NO_KWARGS
+        self.task = None  # nobody waits: ``answer`` hands the reply on
+        self.done: Callable[[Any], None] | None = done
+
+    def answer(self, reply: Any) -> None:
+        """Hand ``reply`` (None for an error) to the callback, once; what it raises is
+        logged, never the batch's."""
+        done, self.done = self.done, None
+        if done is not None:
+            try:
+                done(None if isinstance(reply, BaseException) else reply)
+            except Exception:
+                log.exception("redis: a reply's callback failed (key %r)", self.key)
+
+    def fail(self, error: BaseException) -> None:
+        self.answer(error)
+
+
 class CommandBatcher:
     """Queues ``call``s and sends each tick's worth as one pipeline (see the module doc)."""
 
@@ -147,6 +181,21 @@ class CommandBatcher:
                                  or len(queue) >= MAX_BATCH):
             self._wake()
         return trio.lowlevel.wait_task_rescheduled(entry.abort)
+
+    def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
+                  done: Callable[[Any], None]) -> bool:
+        """``call`` (no keyword arguments) whose reply, or None if it failed, is handed to
+        ``done`` by the sender instead of waking a caller: for a reply no task waits for
+        (``RedisPayloadStore.get_result_then``). ``done`` must not block; it is called
+        once (also when the batcher closes). False, with nothing queued, once closing."""
+        if self._closed:
+            return False
+        queue = self._queue
+        queue.append(_Then(what, key, method, args, done))
+        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
+                                 or len(queue) >= MAX_BATCH):
+            self._wake()
+        return True
 
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch in flight starts (True) or ends (False) a wait for a lost connection:
@@ -237,8 +286,10 @@ class CommandBatcher:
             reschedule = trio.lowlevel.reschedule
             for c, reply in zip(calls, replies, strict=True):
                 task = c.task  # inline, once per call of every batch: a reply wakes its caller
-                if task is None:
-                    continue  # cancelled: stopped waiting
+                if task is None:  # cancelled: stopped waiting; or a callback's
+                    if c.__class__ is _Then:
+                        c.answer(reply)  # type: ignore[attr-defined]
+                    continue
                 c.task = None
                 if not isinstance(reply, Exception):
                     reschedule(task, Value(reply))

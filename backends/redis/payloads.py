@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -99,6 +99,27 @@ class RedisPayloadStore:
             await trio.lowlevel.checkpoint_if_cancelled()
             return kept
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
+
+    reads_results_then = True
+    """``get_result_then`` is offered (``json_payloads.path_for``; a subclass that changes
+    ``get_result`` should turn it off)."""
+
+    def get_result_then(self, key: str, done: Callable[[bytes | None], None]) -> bool:
+        """``get_result`` whose answer is handed to ``done`` rather than awaited: the
+        payload, or None when the read failed or found nothing (read it again with
+        ``get_result`` for the error). For an engine that reads a result before the run
+        task it is for wakes (``Engine._on_result``): the reply of the batched ``GET``
+        calls ``done``, from the batcher's sender; a payload kept here, at once. False,
+        with nothing read and ``done`` never called, when reads are not batched (the
+        caller reads with ``get_result``). ``ValueError`` for a key outside ``res:``."""
+        key = check_payload_key(key, RESULT_PREFIX)
+        self._reads_results = True
+        if self._recent:  # (nothing kept: a worker in another process)
+            kept = self._take_kept(key)
+            if kept is not None:
+                done(kept)
+                return True
+        return self._redis.call_then("get payload", key, "get", (key,), done)
 
     def committing(self, payloads: Mapping[str, bytes]) -> None:
         """A run write is about to store these job inputs (``RedisStore``): until it

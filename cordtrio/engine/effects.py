@@ -154,6 +154,14 @@ def load_output_now(path: StorePath, result_ptr: str, into: LoadedOutput
     return into
 
 
+def output_of(data: bytes) -> LoadedOutput:
+    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8): JSON, else the
+    raw string; too large for the run, or not."""
+    payload = json_payloads.JsonPayload.of_text(data)
+    return LoadedOutput(value=payload.value_or_text(),
+                        too_large=payload.too_large(MAX_INLINE_OUTPUT_BYTES))
+
+
 def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
     """The engine's envelope for a bus message about ``run_id`` (traced by the run id), sent
     at ``now`` (the time the run task decided at: one clock read per event, not per
@@ -184,6 +192,7 @@ __all__ = [
     "commits_payloads",
     "load_output",
     "load_output_now",
+    "output_of",
     "packet",
     "publish_alert",
     "publish_cancel",

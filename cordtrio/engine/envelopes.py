@@ -13,10 +13,11 @@ from typing import Any
 import outcome
 import trio
 
-from ..core.events import Event, ResultReceived
+from ..core.events import Event, LoadedOutput, ResultReceived
 from ..errors import CordtrioError
 from ..model import Workflow, WorkflowRun
 from ..protocol import JobResult
+from .effects import output_of
 
 # Trio's calls, looked up once (``trio.lowlevel.x`` costs two lookups more on every call)
 _reschedule = trio.lowlevel.reschedule
@@ -105,13 +106,65 @@ class Envelope:
     queued: bool = False  # multi-engine: taken from the run's inbox (acknowledged there)
 
 
-Item = Envelope | Event | JobResult
+class ResultRead:
+    """A job result from the bus whose output (SPEC §8) is being read for its run task
+    before the task wakes (``Engine._on_result``): it waits in the task's mailbox, in its
+    place among the other items, without waking the task; the read's reply fills it
+    (``loaded``) and wakes the task, which then has the result and its output together
+    (one wake-up per result, not one for the result and one for its read).
+
+    ``output`` stays None if the read failed: the task then loads the output itself, as
+    for a bare ``JobResult`` (with its retries and errors). A task that takes it before
+    its reply waits for that (``wait``): results and commands are applied in the order
+    they came. Handed on unapplied (``enveloped``), it is the bare result again."""
+
+    __slots__ = ("_mailbox", "_waiter", "done", "output", "result")
+
+    def __init__(self, result: JobResult, mailbox: Mailbox) -> None:
+        self.result = result
+        self.output: LoadedOutput | None = None
+        self.done = False  # the read answered (or failed)
+        self._mailbox = mailbox
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def loaded(self, data: bytes | None) -> None:
+        """The read's reply (None: it failed); later calls are ignored. Wakes the run task
+        (never raises: called by the payload store's reader)."""
+        if self.done:
+            return
+        self.done = True
+        if data is not None:
+            try:
+                output: LoadedOutput | None = output_of(data)
+            except Exception:  # (not expected) the task reads it itself
+                output = None
+            self.output = output
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            _reschedule(waiter, _WOKEN)
+        else:
+            self._mailbox.poke()
+
+    def wait(self) -> Awaitable[None]:
+        """Until ``loaded`` (the run task took it before its reply): await it at once."""
+        if self.done:
+            return _checkpoint_if_cancelled()
+        self._waiter = _current_task()
+        return _wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+Item = Envelope | Event | JobResult | ResultRead
 """What a ``Mailbox`` holds: an ``Envelope``, or a bare event that nobody waits for and that
 is neither a timer nor a drain request, or a bare ``JobResult`` (a job result from the bus:
 no envelope and no ``ResultReceived`` built for it, nothing to answer: the run task hands
-it to the core's ``decide_result`` as it is). A run task puts a bare item in an envelope
-(a job result as ``ResultReceived``) only when it hands it on
-(``RunTask.take_leftovers``, ``in_flight``)."""
+it to the core's ``decide_result`` as it is), or such a result with its output being read
+(``ResultRead``). A run task puts a bare item in an envelope (a job result as
+``ResultReceived``) only when it hands it on (``RunTask.take_leftovers``, ``in_flight``)."""
 
 
 class Mailbox:
@@ -144,6 +197,11 @@ class Mailbox:
         if reader is not None:
             self._reader = None
             _reschedule(reader, _WOKEN)
+
+    def hold(self, item: Item) -> None:
+        """``put`` without waking the task: for a ``ResultRead``, which wakes it once
+        read (``trio.BrokenResourceError`` once closed, as ``put``)."""
+        self.items.append(item)
 
     def poke(self) -> None:
         """Wake the waiting task with nothing new (a timer of its run is due)."""
@@ -219,9 +277,12 @@ class Redirect(CordtrioError):
     """The run's task ended before applying the envelope; deliver it again."""
 
 
-def enveloped(item: Event | JobResult) -> Envelope:
+def enveloped(item: Event | JobResult | ResultRead) -> Envelope:
     """A bare mailbox item in an envelope, to hand on (to another engine, as a leftover): a
-    bare job result as the event it stands for, ``ResultReceived``."""
+    bare job result as the event it stands for, ``ResultReceived``; one being read as the
+    bare result (whoever applies it reads its output)."""
+    if isinstance(item, ResultRead):
+        item = item.result
     return Envelope(ResultReceived(item) if isinstance(item, JobResult) else item)
 
 
@@ -238,4 +299,4 @@ def without_drains(batch: list[Item]) -> list[Item]:
 
 
 __all__ = ["Envelope", "Finish", "Item", "Mailbox", "Preload", "Redirect", "Reply",
-           "enveloped", "has_drain", "without_drains"]
+           "ResultRead", "enveloped", "has_drain", "without_drains"]

@@ -70,6 +70,7 @@ from .envelopes import (
     Mailbox,
     Preload,
     Redirect,
+    ResultRead,
     enveloped,
     has_drain,
     without_drains,
@@ -305,9 +306,16 @@ class RunTask:
         now: datetime  # when the core decided: the time of the bus messages sent
         waiting = False  # an API caller waits for an envelope of the batch
         for item in batch:
+            output: LoadedOutput | None = None
             if item.__class__ is JobResult:  # a job result from the bus: nobody waits for it
                 envelope: Envelope | None = None
                 result: JobResult | None = item  # type: ignore[assignment]
+            elif item.__class__ is ResultRead:  # one with its output read (or failing to)
+                envelope = None
+                if not item.done:  # type: ignore[union-attr]
+                    await item.wait()  # type: ignore[union-attr]
+                result = item.result  # type: ignore[union-attr]
+                output = item.output  # type: ignore[union-attr]
             else:
                 event: Event
                 if isinstance(item, Envelope):
@@ -320,9 +328,9 @@ class RunTask:
                 # decided as a bare one; one with its payload as an event
                 result = event.result if event.__class__ is ResultReceived and \
                     event.output is None else None  # type: ignore[union-attr]
-            output: LoadedOutput | None = None
-            if result is not None and result.status is _JOB_SUCCEEDED and result.result_ptr \
-                    and path is not None:  # SPEC §8: the core needs a success's payload
+            if output is None and result is not None and result.status is _JOB_SUCCEEDED \
+                    and result.result_ptr and path is not None:
+                # SPEC §8: the core needs a success's payload (read here unless read early)
                 output = load_output_now(path, result.result_ptr, wiring.output)
                 if output is None:
                     output = await load_output(path, result.result_ptr)

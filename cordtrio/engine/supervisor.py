@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..json_payloads import path_for
 from ..model import RunStatus, WorkflowRun
+from ..payloads import RESULT_PREFIX, key_from_pointer
 from ..ports import (
     Bus,
     Clock,
@@ -66,7 +67,7 @@ from ..protocol import (
     JobStatus,
 )
 from .effects import commits_payloads
-from .envelopes import Envelope, Item, Preload, Redirect, Reply
+from .envelopes import Envelope, Item, Mailbox, Preload, Redirect, Reply, ResultRead
 from .feeds import listen, resend_sweep, run_id_of
 from .gc_tuning import long_lived_gc
 from .host import Ownership, StepDispatchedHook, StepFinishedHook
@@ -84,6 +85,8 @@ DEFAULT_RESEND_AFTER = 60.0
 """Seconds without a result after which a job is published again (``open_engine``)."""
 
 log = logging.getLogger("cordtrio.engine")
+
+_SUCCEEDED = JobStatus.SUCCEEDED
 
 _PROBE_KEY = "cordtrio-stall-probe"
 """The idempotency key the stall watchdog looks up to see whether the store answers."""
@@ -120,6 +123,9 @@ class Engine:
         """Job inputs go into the run writes (``run_task``), not a put of their own."""
         self.payload_path = path_for(payloads) if payloads is not None else None
         """The payload store's calls, picked once for every run task (``path_for``)."""
+        self._read_then = self.payload_path.result_then if self.payload_path is not None \
+            and self.payload_path.output_at_now is None else None
+        """Results' outputs read before their run tasks wake (``_read_output``)."""
         self.schemas = schemas
         self.config = config
         self.clock = clock
@@ -294,7 +300,8 @@ class Engine:
         mailbox (the run id is the job id up to its last ``:``; a job id without one gives
         "": should a run "" have a task, its core ignores the result, as the general way
         does); anything else — no packet, no ``JobResult``, a run with no task here —
-        takes ``_route_result``."""
+        takes ``_route_result``. Over a payload store read out of process, a succeeded
+        result's output is read first (``_read_output``)."""
         result: Any  # anything, until its class is checked
         try:
             result = packet.payload
@@ -303,9 +310,37 @@ class Engine:
             self._route_result(packet)
             return
         if result.__class__ is JobResult:  # (a subclass: the general way)
-            task.mailbox.put(result)
+            if self._read_then is not None and result.status is _SUCCEEDED:
+                self._read_output(task.mailbox, result)
+            else:
+                task.mailbox.put(result)
         else:
             self._route_result(packet)
+
+    def _read_output(self, mailbox: Mailbox, result: JobResult) -> None:
+        """Have the output of a succeeded ``result`` read (SPEC §8) before its run task
+        wakes, from a payload store whose read's reply can go to a callback
+        (``StorePath.result_then``): the result waits in the mailbox as a ``ResultRead``,
+        in its place, and the reply wakes the task with both (one wake-up per result
+        instead of two). If the read cannot start (a pointer outside the payload
+        namespace, not a string, a store not batching) the task is woken at once and reads
+        it itself, as it does a bare result (one without a pointer: it reads nothing)."""
+        try:
+            ptr = result.result_ptr
+            key = key_from_pointer(ptr, RESULT_PREFIX) if ptr else None
+        except Exception:  # not a pointer of the namespace: the task's load says why
+            key = None
+        if key is None:
+            mailbox.put(result)
+            return
+        read = ResultRead(result, mailbox)
+        mailbox.hold(read)
+        try:
+            started = self._read_then(key, read.loaded)  # type: ignore[misc]
+        except Exception:
+            started = False
+        if not started:
+            read.loaded(None)  # wakes the task, which reads it
 
     def _route_result(self, packet: BusPacket) -> None:
         """``_on_result``'s general way: a result for a run without a task here starts

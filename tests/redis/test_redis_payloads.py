@@ -14,7 +14,7 @@ from cordtrio.backends.redis import RedisBackends
 from cordtrio.backends.redis import payloads as payloads_module
 from cordtrio.backends.redis.payloads import RedisPayloadStore
 from cordtrio.backends.redis.testing import CommandCounter
-from cordtrio.errors import LeaseLostError, NotFoundError, StoreError
+from cordtrio.errors import CordtrioError, LeaseLostError, NotFoundError, StoreError
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 from cordtrio.ports import RunChanges
 
@@ -234,3 +234,72 @@ async def test_kept_payloads_are_not_answered_once_redis_may_have_expired_them(
     assert await payloads.get_context("ctx:late") == b"3"
     assert counter.counts["get"] == 2
     counter.close()
+
+
+async def _read_then(store: RedisPayloadStore, key: str) -> tuple[bool, list[Any]]:
+    """``get_result_then(key)``: whether it started, and what its callback got."""
+    import trio
+
+    got: list[Any] = []
+    answered = trio.Event()
+
+    def done(data: bytes | None) -> None:
+        got.append(data)
+        answered.set()
+
+    started = store.get_result_then(key, done)
+    if started:
+        with trio.fail_after(10):
+            await answered.wait()
+    return started, got
+
+
+async def test_a_result_read_then_hands_getresults_answer_to_its_callback(
+        redis: RedisBackends) -> None:
+    """What an engine reads before the run task wakes: the payload, or None where
+    ``get_result`` raises (the task reads again for the error); a kept one at once."""
+    store = redis.payloads
+    await RedisPayloadStore(redis.redis).put_result("res:t", b'{"a": 1}')  # not kept here
+    assert await _read_then(store, "res:t") == (True, [b'{"a": 1}'])
+    assert await store.get_result("res:t") == b'{"a": 1}'
+    assert await _read_then(store, "res:missing") == (True, [None])
+    await redis.redis.call("push", "res:list", "rpush", "res:list", "x")
+    assert await _read_then(store, "res:list") == (True, [None])  # WRONGTYPE
+    with pytest.raises(CordtrioError):
+        await store.get_result("res:list")
+    await store.put_result("res:kept", b"k")  # this store reads results: kept
+    counter = CommandCounter(redis.redis)
+    assert await _read_then(store, "res:kept") == (True, [b"k"])
+    assert counter.counts["get"] == 0 and counter.counts["mget"] == 0
+    counter.close()
+    with pytest.raises(ValueError):
+        store.get_result_then("secret:token", lambda data: None)
+
+
+async def test_concurrent_reads_then_go_as_one_mget(redis: RedisBackends) -> None:
+    import trio
+
+    store = redis.payloads
+    for i in range(5):
+        await RedisPayloadStore(redis.redis).put_result(f"res:m{i}", str(i).encode())
+    counter = CommandCounter(redis.redis)
+    got: dict[int, Any] = {}
+    for i in range(5):
+        assert store.get_result_then(f"res:m{i}", lambda data, i=i: got.__setitem__(i, data))
+    with trio.fail_after(10):
+        while len(got) < 5:
+            await trio.sleep(0.001)
+    assert got == {i: str(i).encode() for i in range(5)}
+    assert counter.counts["mget"] == 1 and counter.counts["get"] == 0
+    counter.close()
+
+
+async def test_no_result_is_read_then_once_the_connection_closed() -> None:
+    import fakeredis
+
+    from cordtrio.backends.redis import connect
+
+    async with connect("fakeredis", client=fakeredis.FakeAsyncRedis(
+            server=fakeredis.FakeServer())) as backends:
+        store = backends.payloads
+    assert await _read_then(store, "res:late") == (False, [])
