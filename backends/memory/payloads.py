@@ -105,9 +105,10 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
     compact = _COMPACT[half]
 
     def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
-        now = store._clock_now()  # entries expired by now are purged first
-        if now >= store._purge_at:
-            store._purge(now)
+        # entries expired by now are purged first (a store with none kept, or without a
+        # TTL, never asks the clock: it may be read outside Trio)
+        if store._order and store._clock_now() >= store._purge_at:
+            store._purge(store._clock_now())
         try:
             entry = store._halves[half].get(pointer)
         except TypeError:  # not hashable: not a pointer (the general path says so)
@@ -126,9 +127,10 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     payload's ``(value_or_text(), too_large(limit))``, read as ``result_payload_at_now``
     reads it. A snapshot within ``limit`` (most results) is decoded here, without the
     payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
-    now = store._clock_now()  # entries expired by now are purged first
-    if now >= store._purge_at:
-        store._purge(now)
+    # entries expired by now are purged first (a store with none kept, or without a
+    # TTL, never asks the clock: it may be read outside Trio)
+    if store._order and store._clock_now() >= store._purge_at:
+        store._purge(store._clock_now())
     entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
         entry = store._results.get(pointer)
@@ -153,9 +155,10 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     this store (what the engine stores): ``context_payload_at_now(pointer).value()`` in
     one call, without the payload object or its call; None for anything else (then read
     it that way: ``tests/test_memory_fast_paths.py`` compares)."""
-    now = store._clock_now()  # entries expired by now are purged first
-    if now >= store._purge_at:
-        store._purge(now)
+    # entries expired by now are purged first (a store with none kept, or without a
+    # TTL, never asks the clock: it may be read outside Trio)
+    if store._order and store._clock_now() >= store._purge_at:
+        store._purge(store._clock_now())
     entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
         entry = store._contexts.get(pointer)
@@ -317,9 +320,10 @@ class MemoryPayloadStore:
     def _get(self, key: str, prefix: str) -> _Parts:
         """The parts of the entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
-        now = self._clock_now()  # entries expired by now are purged first
-        if now >= self._purge_at:
-            self._purge(now)
+        # entries expired by now are purged first (a store with none kept, or without a
+        # TTL, never asks the clock: it may be read outside Trio)
+        if self._order and self._clock_now() >= self._purge_at:
+            self._purge(self._clock_now())
         half = _HALVES[prefix]
         entry = self._halves[half].get(POINTER_SCHEME + key) if key.__class__ is str else None
         if entry is None:

@@ -82,6 +82,7 @@ class RedisPayloadStore:
     async def get_context(self, key: str) -> bytes:
         key = check_payload_key(key, CONTEXT_PREFIX)
         self._reads_contexts = True
+        # (the read inline in each: a frame of its own would be one more on every read)
         kept = self._take_kept(key)
         if kept is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -101,8 +102,14 @@ class RedisPayloadStore:
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
     reads_results_then = True
-    """``get_result_then`` is offered (``json_payloads.path_for``; a subclass that changes
-    ``get_result`` should turn it off)."""
+    """``get_result_then`` is offered (``json_payloads.path_for``). False in a subclass that
+    overrides ``get_result`` but not ``get_result_then`` (to count or fail reads: the
+    engine's reads then all go through the method it overrides)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "get_result" in cls.__dict__ and "get_result_then" not in cls.__dict__:
+            cls.reads_results_then = False
 
     def get_result_then(self, key: str, done: Callable[[bytes | None], None]) -> bool:
         """``get_result`` whose answer is handed to ``done`` rather than awaited: the

@@ -127,6 +127,9 @@ class ResultRead:
         self._mailbox = mailbox
         self._waiter: trio.lowlevel.Task | None = None
 
+    def __repr__(self) -> str:  # (a log line names the job, as a bare result's does)
+        return f"ResultRead({self.result!r})"
+
     def loaded(self, data: bytes | None) -> None:
         """The read's reply (None: it failed); later calls are ignored. Wakes the run task
         (never raises: called by the payload store's reader)."""

@@ -253,6 +253,11 @@ class RunTask:
                     return
                 if armed:
                     self._set_alarm()
+                # nothing of the last batch kept alive while the run waits: its effects and
+                # rows, nor the engine's last loaded output (a task fills it and decides
+                # with no await between: none is using it now)
+                tx.release()
+                self._wiring.output.value = None
                 await mailbox.wait()
                 batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
             if armed:

@@ -274,6 +274,20 @@ def test_memory_without_ttl_reads_at_a_pointer_outside_trio() -> None:
     assert store.get_context_payload_now("ctx:j").value() == {"a": 1}
 
 
+def test_memory_with_a_ttl_and_nothing_stored_reads_outside_trio() -> None:
+    """A store with a TTL that keeps nothing does not ask the clock on a read either: a
+    missing payload is reported as missing (not a "must be called from Trio" error), and
+    the store is not bound to any ``trio.run``'s clock by it."""
+    store = MemoryPayloadStore(ttl_seconds=30)
+    with pytest.raises(NotFoundError):
+        store.get_result_payload_now("res:j")
+    assert store.context_value_at_now("redis://ctx:j") is None
+    with pytest.raises(NotFoundError):
+        store.result_payload_at_now("redis://res:j")
+    with pytest.raises(NotFoundError):
+        store.result_output_at_now("redis://res:j", 100)
+
+
 async def test_memory_without_ttl_reads_at_a_pointer_forever(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -43,3 +43,19 @@ def test_a_renewed_working_area_is_a_new_one_and_leaves_what_it_handed_over() ->
     # what the last event handed over is not emptied under its holder
     assert handed == (["effect"], ["row"], {"a"}, {"fan": {"fan[0]"}}, {"a"}, {"out"},
                       {"ctx:run-1:a@1": b"{}"})
+
+
+def test_a_released_working_area_keeps_nothing_of_its_last_event_and_renews() -> None:
+    sim = Sim(workflow(step("a")))
+    sim.start()
+    tx = Tx(sim.plan, sim.state, T0)
+    tx.effects.append("effect")  # type: ignore[arg-type]
+    tx.rows.append("row")  # type: ignore[arg-type]
+    tx.changes.payloads["ctx:run-1:a@1"] = b"{" + b" " * 1000 + b"}"
+    handed = (tx.effects, tx.rows, tx.changes.payloads)
+
+    tx.release()
+    assert (tx.effects, tx.rows, tx.changes.payloads) == ([], [], {})
+    assert handed == (["effect"], ["row"], {"ctx:run-1:a@1": b"{" + b" " * 1000 + b"}"})
+    later = T0 + timedelta(seconds=1)
+    assert _parts(tx.renew(later)) == _parts(Tx(sim.plan, sim.state, later))

@@ -430,3 +430,35 @@ async def test_an_engines_hooks_are_fixed_for_its_life() -> None:
         assert engine.on_step_finished is None
         with pytest.raises(AttributeError):
             engine.on_step_dispatched = None  # type: ignore[misc]
+
+
+async def test_a_waiting_run_task_keeps_nothing_of_its_last_batch_alive(store, payloads,
+                                                                        save) -> None:
+    """A run waiting on a long job: its task keeps no effect of the batch that started the
+    job (a job's ``Dispatch``: its request and rendered input), and the engine keeps no
+    output it loaded for a result (the last one may be large)."""
+    from cordtrio.core.events import Dispatch
+
+    await save(step("a"), step("b", depends_on=["a"], topic="job.slow"))
+    bus = MemoryBus()
+    big = {"blob": "x" * 100_000}
+
+    async def first(job: Any) -> dict[str, Any]:
+        return big
+
+    async def slow(job: Any) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with open_engine(store, bus, payloads=payloads) as engine, \
+            open_worker(bus, payloads, {"job.test": first, "job.slow": slow}):
+        run_id = await engine.submit(WF)
+        await trio.testing.wait_all_tasks_blocked()
+        run = await store.get_run(run_id)
+        assert run.steps["b"].status is StepStatus.RUNNING  # waiting on the slow job
+        kept = [o for o in gc.get_objects()
+                if type(o) is Dispatch and o.job_id.startswith(run_id)]
+        assert kept == []
+        wiring = engine._wiring
+        assert wiring is not None and wiring.output.value is None
+        await engine.cancel_run(run_id)

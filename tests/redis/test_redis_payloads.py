@@ -303,3 +303,24 @@ async def test_no_result_is_read_then_once_the_connection_closed() -> None:
             server=fakeredis.FakeServer())) as backends:
         store = backends.payloads
     assert await _read_then(store, "res:late") == (False, [])
+
+
+def test_a_subclass_that_overrides_get_result_gets_every_result_read() -> None:
+    """A store subclass that changes ``get_result`` (to count or fail reads) is not
+    bypassed by the engine's early reads (``get_result_then``): they are turned off for it,
+    unless it changes ``get_result_then`` too."""
+
+    class Counting(RedisPayloadStore):
+        async def get_result(self, key: str) -> bytes:
+            return await super().get_result(key)
+
+    class Both(RedisPayloadStore):
+        async def get_result(self, key: str) -> bytes:
+            return await super().get_result(key)
+
+        def get_result_then(self, key: str, done: Any) -> bool:
+            return super().get_result_then(key, done)
+
+    assert RedisPayloadStore.reads_results_then is True
+    assert Counting.reads_results_then is False
+    assert Both.reads_results_then is True
