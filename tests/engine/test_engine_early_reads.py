@@ -188,7 +188,10 @@ async def test_a_command_after_a_result_being_read_is_applied_after_it() -> None
             assert run.status == RunStatus.SUCCEEDED and _out(run) == {"x": 1}
 
 
-async def test_an_engine_closing_with_a_read_pending_leaves_nothing_behind() -> None:
+async def test_an_engine_closes_with_a_read_pending_and_its_late_reply_is_harmless() -> None:
+    """The engine closes (no task of its own waits on the read: nothing to cancel), the
+    result stays unapplied (the run is still running in the store, for the next engine to
+    recover), and the read's reply coming afterwards wakes nobody and raises nothing."""
     store, bus, payloads = MemoryStore(), MemoryBus(), DeferredPayloads()
     with trio.fail_after(10):
         async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]

@@ -534,3 +534,63 @@ async def test_a_one_command_pipeline_is_batched_and_answers_as_redis_py_would(
     assert batched == general
     assert batched[:3] == [[1], [0], [1]]
     assert batched[5] == (RedisDataError, True, True)
+
+
+async def test_a_callback_call_gets_its_reply_or_none_and_never_raises_into_the_batch(
+        redis: RedisBackends, caplog: pytest.LogCaptureFixture) -> None:
+    """``call_then``: the reply goes to the callback once, None when the command failed
+    (an error reply, a batch that failed); a callback that raises is logged and the other
+    calls of its batch still get their replies."""
+    batcher = redis.redis._batcher
+    assert batcher is not None
+    await redis.payloads.put_result("res:ok", b"fine")
+    await redis.redis.call("setup", "res:h", "hset", "res:h", "field", "value")
+    got: dict[str, list[Any]] = {"ok": [], "wrongtype": [], "missing": [], "after": []}
+
+    def broken(reply: Any) -> None:
+        raise ZeroDivisionError("a callback bug")
+
+    with trio.fail_after(DEADLINE):
+        assert batcher.call_then("get", "res:ok", "get", ("res:ok",), got["ok"].append)
+        assert batcher.call_then("get", "res:h", "get", ("res:h",), got["wrongtype"].append)
+        assert batcher.call_then("get", "res:x", "get", ("res:x",), broken)
+        assert batcher.call_then("get", "res:no", "get", ("res:no",), got["missing"].append)
+        # an awaited call after them in the same tick: its reply comes after theirs
+        assert await redis.payloads.get_result("res:ok") == b"fine"
+    assert got["ok"] == [b"fine"] and got["wrongtype"] == [None] and got["missing"] == [None]
+    assert "a reply's callback failed" in caplog.text
+
+    # a batch that fails as a whole answers None to its callbacks
+    adapter = redis.redis
+    original = adapter.run_batch
+
+    async def broken_once(what: str, batch: Any) -> Any:
+        adapter.run_batch = original  # type: ignore[method-assign]
+        raise ZeroDivisionError("a bug")
+
+    adapter.run_batch = broken_once  # type: ignore[method-assign]
+    with trio.fail_after(DEADLINE):
+        assert batcher.call_then("get", "res:ok", "get", ("res:ok",), got["after"].append)
+        while not got["after"]:
+            await trio.sleep(0.01)
+    assert got["after"] == [None]
+
+
+async def test_callback_calls_queued_when_the_batcher_closes_are_answered_once(
+        redis: RedisBackends) -> None:
+    """Each callback call queued before the close is answered once (its reply if it went
+    out first, else None); one made after the close is refused (False) and never
+    answered."""
+    batcher = redis.redis._batcher
+    assert batcher is not None
+    await redis.payloads.put_result("res:a", b"a")
+    got: list[Any] = []
+    with trio.fail_after(DEADLINE):
+        assert batcher.call_then("get", "res:a", "get", ("res:a",), got.append)
+        assert batcher.call_then("get", "res:a", "get", ("res:a",), got.append)
+        await batcher.aclose()  # type: ignore[attr-defined]
+        await trio.sleep(0.05)  # (a late reply, if any, would land here)
+    assert len(got) == 2 and all(reply in (None, b"a") for reply in got)
+    assert batcher.call_then("get", "res:a", "get", ("res:a",), got.append) is False
+    await trio.sleep(0.05)
+    assert len(got) == 2
