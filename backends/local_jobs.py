@@ -27,7 +27,7 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from cordtrio.protocol import BusPacket
+from cordtrio.protocol import BusPacket, JobResult
 
 from .job_queues import Consumer
 
@@ -42,7 +42,7 @@ class LocalJobInbox:
     point then), so a reader may call it without trying ``receive_nowait`` first."""
 
     def __init__(self, acknowledge: Callable[[Consumer, str], None],
-                 report: Callable[[Consumer, BusPacket], bool] | None = None) -> None:
+                 report: Callable[[Consumer, JobResult], bool] | None = None) -> None:
         self._acknowledge = acknowledge
         self._report = report
         self._jobs: deque[BusPacket] = deque()
@@ -65,11 +65,12 @@ class LocalJobInbox:
         self.ack: Callable[[str], None] = _no_consumer
         """``ack(job_id)``: the job's result is published. The host's ``acknowledge`` with
         the consumer bound (once it is set), called without a frame of its own."""
-        self.report_now: Callable[[BusPacket], bool] | None = None
-        """``report_now(packet)``, on a host that offers it: publish a job's result packet
-        and acknowledge its job in one call, without awaiting; False, having done
-        nothing, when the host cannot take the packet at once (then ``publish`` it and
-        ``ack``). The host's ``report`` with the consumer bound, once it is set."""
+        self.report_now: Callable[[JobResult], bool] | None = None
+        """``report_now(result)``, on a host that offers it: hand a job's result to the
+        one listener of results, bare (no packet), and acknowledge its job in one call,
+        without awaiting; False, having done nothing, when the host cannot (then publish
+        it in a packet and ``ack``). The host's ``report`` with the consumer bound, once
+        it is set."""
 
     @property
     def consumer(self) -> Consumer | None:

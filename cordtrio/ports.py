@@ -388,7 +388,12 @@ class JobBus(Bus, Protocol):
 class DirectBus(Protocol):
     """A bus in the listener's own process (``MemoryBus``), which can hand a packet to a
     callback from within ``publish`` instead of through a subscription channel: the
-    engine routes job results into run mailboxes without a task of its own in between."""
+    engine routes job results into run mailboxes without a task of its own in between.
+
+    Optional: a true ``listens_for_payloads`` says ``listen`` also takes
+    ``on_payload=callable``, which does what ``callback`` does with a packet's payload
+    alone; the bus may then hand it a payload with no packet built (``MemoryBus``: a
+    worker's result, while the callback alone listens to its subject)."""
 
     def listen(
         self, subject: str, queue: str, callback: Callable[[BusPacket], None]

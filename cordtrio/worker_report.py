@@ -41,10 +41,10 @@ class Reporter:
         self._publish_now = own_call(bus, "publishes_now", "publish_now")
         self.ack: Callable[[str], None] | None = None
         """The job inbox's ``ack`` on a ``JobBus`` (set once serving starts)."""
-        self.report_now: Callable[[BusPacket], bool] | None = None
-        """The job inbox's ``report_now`` (publish a result and ack its job in one call),
-        when it has one and the bus offers ``publish_now`` itself (set once serving
-        starts)."""
+        self.report_now: Callable[[JobResult], bool] | None = None
+        """The job inbox's ``report_now`` (hand a bare result to the bus's one listener
+        of results and ack its job in one call), when it has one and the bus offers
+        ``publish_now`` itself (set once serving starts)."""
         self.now: Callable[[], float] = trio.current_time
         """What jobs are timed with (``execution_ms``): set once serving starts."""
 
@@ -75,22 +75,23 @@ class Reporter:
         takes it without awaiting (``ports.PublishNow``: None then), else in the awaitable
         returned (await it at once). A result that cannot be published is logged and not
         acknowledged: the bus hands the job to another worker once this one's connection
-        is reset, or when it leaves."""
+        is reset, or when it leaves. A bus whose only listener of results takes them bare
+        (``report_now``) gets no packet: nobody would read more than ``result``."""
         worker_id = result.worker_id = self.worker_id
         result.execution_ms = int((self.now() - started) * 1000)
         if result.status is _SUCCEEDED:
             self.succeeded += 1
         else:
             self.failed += 1
-        packet = BusPacket(trace_id, worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
-        report_now = self.report_now  # published and acknowledged in one call (only set
-        if report_now is not None:    # with the bus's own ``publish_now``)
+        report_now = self.report_now  # handed over and acknowledged in one call, with no
+        if report_now is not None:    # packet (only set with the bus's own ``publish_now``)
             try:
-                if report_now(packet):
+                if report_now(result):
                     return None
             except Exception:
                 self._not_published(result)
                 return None
+        packet = BusPacket(trace_id, worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
         publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
         if publish_now is None:
             return self._publish(packet, result)

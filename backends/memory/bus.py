@@ -11,7 +11,9 @@
   longer than it, like NATS' full wildcard. ``*`` has no special meaning.
 * ``listen`` is a subscription that is a callback, called from within ``publish`` (no
   buffer, no task: the engine routes results into run mailboxes with it). It never makes
-  ``publish`` wait; an exception it raises is logged, not raised in the publisher.
+  ``publish`` wait; an exception it raises is logged, not raised in the publisher. One
+  that says it reads a packet's payload alone (``on_payload``) gets a worker's job result
+  bare, with no packet built, while it is its subject's only listener.
 * A subscriber whose channel is closed (it left its ``subscribe`` block, or closed the
   receive channel itself) is dropped silently; publishing to a subject nobody listens to is
   not an error.
@@ -38,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
@@ -52,6 +55,7 @@ from cordtrio.protocol import (
     BusPacket,
     JobCancel,
     JobRequest,
+    JobResult,
     decode_packet,
     encode_packet,
 )
@@ -107,12 +111,15 @@ class _Wait:
 
 
 class _Callback:
-    """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it."""
+    """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it.
+    ``on_payload``, when given, takes a packet's payload alone (see ``MemoryBus.listen``)."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("callback", "on_payload")
 
-    def __init__(self, callback: Callable[[BusPacket], None]) -> None:
+    def __init__(self, callback: Callable[[BusPacket], None],
+                 on_payload: Callable[[Any], None] | None = None) -> None:
         self.callback = callback
+        self.on_payload = on_payload
 
     def send_nowait(self, packet: BusPacket) -> None:
         try:
@@ -150,7 +157,10 @@ class MemoryBus(OffersPublishNow):
         self._direct_now: dict[str, Callable[[BusPacket], None]] = {}
         self._jobs_alone = not codec
         self._result_now: Callable[[BusPacket], None] | None = None
-        """``sys.job.result``'s callback in ``_direct_now``: a worker's ``report_now``."""
+        """``sys.job.result``'s callback in ``_direct_now``."""
+        self._result_bare: Callable[[Any], None] | None = None
+        """That callback's ``on_payload``, when it has one: a worker's ``report_now``
+        hands it the bare result, no packet built."""
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Deliver ``packet`` to the subject's subscribers.
@@ -259,14 +269,21 @@ class MemoryBus(OffersPublishNow):
             self._remove(table, key, queue, send)
             send.close()
 
+    listens_for_payloads = True
+    """``listen`` takes ``on_payload`` (``ports.DirectBus``)."""
+
     @asynccontextmanager
     async def listen(
-        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None], *,
+        on_payload: Callable[[Any], None] | None = None,
     ) -> AsyncIterator[None]:
         """Call ``callback(packet)`` from ``publish`` for the duration of the block, as a
         subscriber of ``subject`` (in queue group ``queue``: ``""`` for none) would receive
-        ``packet`` (``DirectBus``)."""
-        send = _Callback(callback)
+        ``packet`` (``DirectBus``). ``on_payload(payload)``, when given, must do what
+        ``callback`` does with a packet of that payload (it reads nothing else of it): a
+        worker's result then reaches it bare, with no packet built for it, while this
+        callback is the subject's only listener (``_report_now``)."""
+        send = _Callback(callback, on_payload)
         table, key = self._table_for(subject)
         self._add(table, key, queue, send)  # type: ignore[arg-type]
         try:
@@ -304,19 +321,21 @@ class MemoryBus(OffersPublishNow):
         cls = type(self)
         return cls.publish is MemoryBus.publish and cls.publish_now is MemoryBus.publish_now
 
-    def _report_now(self, consumer: Consumer, packet: BusPacket) -> bool:
-        """A worker's result ``packet``, published as ``publish_now(sys.job.result)``
-        would (to a ``listen`` callback alone: the engine's), and its job acknowledged,
-        in one call (``LocalJobInbox.report_now``, every job). False, having done
-        nothing, when anyone else (or no one) listens: then ``publish`` and ``ack``."""
-        deliver = self._result_now
+    def _report_now(self, consumer: Consumer, result: JobResult) -> bool:
+        """A worker's ``result``, handed bare to the ``on_payload`` of the one ``listen``
+        callback of ``sys.job.result`` (the engine's), and its job acknowledged, in one
+        call (``LocalJobInbox.report_now``, every job): no packet is built, since no one
+        would read more than its payload. False, having done nothing, when anyone else
+        (or no one) listens, or the callback takes packets alone: then the worker
+        publishes a packet and acknowledges the job."""
+        deliver = self._result_bare
         if deliver is None:
             return False
         try:
-            deliver(packet)
+            deliver(result)
         except Exception:
             log.exception("a bus listener failed on a packet")
-        assignments = self.jobs.ack(consumer, packet.payload.job_id)  # type: ignore[union-attr]
+        assignments = self.jobs.ack(consumer, result.job_id)
         if assignments:  # none: nothing was queued, so no publisher waits for room
             self._hand_out(assignments)
         return True
@@ -377,6 +396,10 @@ class MemoryBus(OffersPublishNow):
                             if key not in (SUBJECT_SUBMIT, SUBJECT_CANCEL)}
         self._jobs_alone = SUBJECT_SUBMIT not in self._exact and not self._wildcards
         self._result_now = self._direct_now.get(SUBJECT_RESULT)
+        self._result_bare = None
+        if self._result_now is not None:
+            (group,) = self._exact[SUBJECT_RESULT].groups.values()
+            self._result_bare = group.members[0].on_payload  # type: ignore[attr-defined]
 
     @staticmethod
     def _add_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send

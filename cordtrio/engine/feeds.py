@@ -22,13 +22,22 @@ RESULT_QUEUE = "cordtrio-workflow-engine"
 
 
 async def listen(bus: Bus, subject: str, on_packet: Callable[[BusPacket], None], *,
+                 on_payload: Callable[[Any], None] | None = None,
                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Call ``on_packet`` with every packet of ``subject`` (in queue group
     ``RESULT_QUEUE``) until cancelled: from within the publisher's call on a bus in this
     process (``DirectBus``: no task in between), else from a subscription. For
-    ``nursery.start``: started once the engine listens."""
+    ``nursery.start``: started once the engine listens. ``on_payload``, which does what
+    ``on_packet`` does from a packet's payload alone, is offered to a bus that takes it
+    (``DirectBus.listens_for_payloads``): one that may then hand it a payload with no
+    packet built around it."""
     if isinstance(bus, DirectBus):
-        async with bus.listen(subject, RESULT_QUEUE, on_packet):
+        if on_payload is not None and getattr(bus, "listens_for_payloads", False):
+            listening = bus.listen(subject, RESULT_QUEUE, on_packet,
+                                   on_payload=on_payload)  # type: ignore[call-arg]
+        else:
+            listening = bus.listen(subject, RESULT_QUEUE, on_packet)
+        async with listening:
             task_status.started()
             await trio.sleep_forever()
     async with bus.subscribe(subject, queue=RESULT_QUEUE) as channel:

@@ -24,6 +24,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -294,20 +295,25 @@ class Engine:
         return run_id in self._runs
 
     def _on_result(self, packet: BusPacket) -> None:
+        """A packet of ``sys.job.result``: its payload, to ``_on_job_result`` (which
+        reads nothing else of it)."""
+        self._on_job_result(getattr(packet, "payload", None))
+
+    def _on_job_result(self, result: Any) -> None:
         """A job result from the bus, to its run's task as it is (nobody waits for it: no
         envelope, no event built; the task hands it to the core's ``decide_result``). Every
-        job step comes here: a result whose run has a task here goes straight into its
-        mailbox (the run id is the job id up to its last ``:``; a job id without one gives
-        "": should a run "" have a task, its core ignores the result, as the general way
-        does); anything else — no packet, no ``JobResult``, a run with no task here —
-        takes ``_route_result``. Over a payload store read out of process, a succeeded
-        result's output is read first (``_read_output``)."""
-        result: Any  # anything, until its class is checked
+        job step comes here, from ``_on_result`` or, on a bus in this process where the
+        engine alone listens to results, straight from the worker with no packet built
+        (``feeds.listen``'s ``on_payload``). A result whose run has a task here goes
+        straight into its mailbox (the run id is the job id up to its last ``:``; a job
+        id without one gives "": should a run "" have a task, its core ignores the
+        result, as the general way does); anything else — no ``JobResult``, a run with no
+        task here — takes ``_route_result``. Over a payload store read out of process, a
+        succeeded result's output is read first (``_read_output``)."""
         try:
-            result = packet.payload
             task = self._runs[result.job_id.rpartition(":")[0]]
         except Exception:  # (AttributeError, TypeError, KeyError)
-            self._route_result(packet)
+            self._route_result(result)
             return
         if result.__class__ is JobResult:  # (a subclass: the general way)
             if self._read_then is not None and result.status is _SUCCEEDED:
@@ -315,7 +321,7 @@ class Engine:
             else:
                 task.mailbox.put(result)
         else:
-            self._route_result(packet)
+            self._route_result(result)
 
     def _read_output(self, mailbox: Mailbox, result: JobResult) -> None:
         """Have the output of a succeeded ``result`` read (SPEC §8) before its run task
@@ -342,12 +348,11 @@ class Engine:
         if not started:
             read.loaded(None)  # wakes the task, which reads it
 
-    def _route_result(self, packet: BusPacket) -> None:
-        """``_on_result``'s general way: a result for a run without a task here starts
+    def _route_result(self, result: object) -> None:
+        """``_on_job_result``'s general way: a result for a run without a task here starts
         one (which, in multi-engine mode, hands it to the run's owner), as a bare
         ``ResultReceived`` (a subclass of ``JobResult`` too); anything that is not a job
         result for a run is ignored."""
-        result = getattr(packet, "payload", None)
         if isinstance(result, JobResult):
             run_id = run_id_of(result)
             if run_id is not None:
@@ -455,7 +460,8 @@ async def open_engine(
             await engine.ownership.start(nursery)
             await nursery.start(engine._stalls.run)
             await nursery.start(engine.alarm.run)
-            await nursery.start(listen, bus, SUBJECT_RESULT, engine._on_result)
+            await nursery.start(partial(listen, bus, SUBJECT_RESULT, engine._on_result,
+                                        on_payload=engine._on_job_result))
             if engine.starts_reported:
                 await nursery.start(listen, bus, SUBJECT_PROGRESS, engine._on_progress)
             if engine.resend_after > 0:

@@ -11,7 +11,7 @@ from cordtrio.backends.memory import MemoryBus
 from cordtrio.engine import open_engine
 from cordtrio.engine.supervisor import DEFAULT_RESEND_AFTER, Engine
 from cordtrio.model import RunStatus, StepStatus
-from cordtrio.protocol import BusPacket, JobStatus
+from cordtrio.protocol import JobResult, JobStatus
 from cordtrio.worker import Job, open_worker
 
 
@@ -46,15 +46,15 @@ async def test_a_result_lost_on_the_way_is_recovered_by_running_the_job_again(
         runs.append(job.job_id)
         return {"n": len(runs)}
 
-    original = Engine._on_result
+    original = Engine._on_job_result
 
-    def lossy(engine: Engine, packet: BusPacket) -> None:  # the first result goes nowhere
-        if lose_first[0] and packet.payload.status == JobStatus.SUCCEEDED:
+    def lossy(engine: Engine, result: JobResult) -> None:  # the first result goes nowhere
+        if lose_first[0] and result.status == JobStatus.SUCCEEDED:
             lose_first[0] = False
             return
-        original(engine, packet)
+        original(engine, result)
 
-    monkeypatch.setattr(Engine, "_on_result", lossy)
+    monkeypatch.setattr(Engine, "_on_job_result", lossy)
     async with (
         open_engine(store, bus, payloads=payloads) as engine,
         open_worker(bus, payloads, {"job.test": handler}),
