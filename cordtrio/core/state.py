@@ -271,7 +271,8 @@ def timeline_row(time: datetime, type_: str, run_id: str, workflow_id: str, step
                  data: dict[str, Any]) -> TimelineEvent:
     """A timeline row with its fields set one by one rather than passed to ``__init__``: a
     third less, and a step makes two or three (tests/core/test_core_timeline.py compares
-    rows made so with ``TimelineEvent(...)``'s)."""
+    rows made so with ``TimelineEvent(...)``'s). A row without data gets ``NO_DATA``, the
+    shared read-only empty map, rather than a ``{}`` of its own."""
     event = _new(TimelineEvent)
     event.time = time
     event.type = type_
