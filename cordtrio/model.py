@@ -8,6 +8,9 @@ field helpers are in ``fields``.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Any
+
 from .fields import json_copy as json_copy  # stores import it from here
 from .run_doc import _TERMINAL_RUN as _TERMINAL_RUN
 from .run_doc import _TERMINAL_STEP as _TERMINAL_STEP
@@ -30,6 +33,14 @@ from .workflow_doc import (
     load_workflow,
 )
 from .workflow_doc import _load_yaml as _load_yaml
+
+NO_DATA: Any = MappingProxyType({})
+"""The ``data`` of a ``TimelineEvent`` without any, as the engine's core makes it and the
+memory store keeps it: one shared read-only empty map, so that the two or three rows of every
+step need no map of their own (nor a store a pass to drop theirs). Falsy like ``{}``: every
+reader copies ``data`` only when it is not empty (``to_dict``, the stores' encoders and
+reads), so no store or API reader is ever handed this map; and read-only, so nobody holding
+a row can change another's."""
 
 __all__ = [
     "TERMINAL_RUN_STATUSES",

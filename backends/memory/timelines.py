@@ -4,13 +4,13 @@ The store keeps ``TimelineEvent`` objects that nobody else holds, and copies on 
 
 * An event the engine writes with ``save_run_changes_now`` is handed over
   (``ports.WritesNow``: the caller never touches it again), so it is kept as it is: no field
-  is read on append but its time (one without gets the clock's now) and its data (an
-  empty map is dropped for a shared one: parked runs keep a few such events each). Every
-  engine step appends two or three events; taking each apart into a row cost ~90
-  bytecodes an event.
+  is read on append but its time (one without gets the clock's now). The engine's core
+  gives an event without data the shared read-only ``model.NO_DATA`` (parked runs keep a
+  few such events each: no empty map of their own). Every engine step appends two or
+  three events; taking each apart into a row cost ~90 bytecodes an event.
 * An event given to any other method (``append_timeline_event(s)``, an awaited
   ``save_run_changes``) is still the caller's: a private copy is kept (``private``), so
-  mutating it afterwards changes nothing stored.
+  mutating it afterwards changes nothing stored (one without data keeps ``NO_DATA``).
 
 Reading builds fresh ``TimelineEvent``s equal to what a ``to_dict``/``from_dict`` round trip
 gives (``_read``): the time in UTC, a text field that is not a plain string (an enum member
@@ -22,25 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from itertools import filterfalse
 from operator import attrgetter
-from types import MappingProxyType
 from typing import Any
 
 from cordtrio.errors import ValidationError
 from cordtrio.fields import json_copy
-from cordtrio.model import TimelineEvent
+from cordtrio.model import NO_DATA, TimelineEvent
 from cordtrio.ports import TIMELINE_CAP
 from cordtrio.timeutil import parse_ts
 
-_NO_DATA: Any = MappingProxyType({})
-"""The data of every kept event without any: read-only (never handed out either: a read
-makes a fresh map)."""
-
-
 _ALL_BUT_NEWEST = slice(-TIMELINE_CAP)  # what trimming a timeline to its newest removes
 _time_of = attrgetter("time")
-_data_of = attrgetter("data")
 
 
 def _text(value: Any) -> str:
@@ -70,7 +62,7 @@ def private(event: TimelineEvent) -> TimelineEvent:
         time = _time(time)
     return TimelineEvent(time, event.type, event.run_id, event.workflow_id,
                          event.step_id, event.job_id, event.status, event.result_ptr,
-                         event.message, json_copy(data) if data else {})
+                         event.message, json_copy(data) if data else NO_DATA)
 
 
 def _read(event: TimelineEvent, run_id: str) -> TimelineEvent:
@@ -114,14 +106,13 @@ class Timelines:
     def add(self, kept: list[TimelineEvent], events: Sequence[TimelineEvent]) -> None:
         """Keep ``events`` (handed over: nobody else holds them) at the end of ``kept`` (a
         run's list, from ``kept``), in order; those without ``time`` get the clock's now (an
-        empty ``run_id`` reads back as the run's id)."""
+        empty ``run_id`` reads back as the run's id). Their data is kept as it is (a read
+        copies it): the core's events without any share the read-only ``NO_DATA``."""
         if None in map(_time_of, events):  # (the loops in C: two or three events a step)
             now = self._now()
             for event in events:
                 if event.time is None:
                     event.time = now
-        for event in filterfalse(_data_of, events):  # most events: no data, and their own
-            event.data = _NO_DATA  # empty map need not be kept (64 bytes)
         kept += events
         del kept[_ALL_BUT_NEWEST]  # (nothing while the run has at most ``TIMELINE_CAP``)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
 from ..expr import render
-from ..model import Step, StepRun, StepStatus, WorkflowRun
+from ..model import NO_DATA, Step, StepRun, StepStatus, WorkflowRun
 from ..payloads import CONTEXT_PREFIX, POINTER_SCHEME
 from ..protocol import ActorType, Budget, JobMetadata, JobRequest
 from ..schemas import validate_value
@@ -143,9 +143,9 @@ def emit_job(
     effects.append(order)
     if again:
         return
-    data: dict[str, Any] = {"context_ptr": pointer} if pointer else {}
+    data: dict[str, Any] = {"context_ptr": pointer} if pointer else NO_DATA
     if parent:
-        data["foreach_index"] = index
+        data = {**data, "foreach_index": index}
     tx.rows.append(timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target,
                                 job_id, _RUNNING_TEXT, "", "", data))
     if timeout > 0 and not plan.starts_reported:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..model import StepRun, StepStatus, TimelineEvent
+from ..model import NO_DATA, StepRun, StepStatus, TimelineEvent
 from .events import CancelJob, StepFinished
 from .outputs import record_inline_output
 from .state import Tx, child_id, child_index
@@ -55,7 +55,7 @@ def finish(
         run = tx.run
         tx.rows.append(TimelineEvent(
             tx.now, timeline, run.id, run.workflow_id, target, sr.job_id, str(status),
-            result_ptr, message, {}))
+            result_ptr, message, NO_DATA))
     tx.effects.append(StepFinished(target, status))
     if parent:
         _child_finished(tx, parent, sr, previous, status, message)

@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from ..errors import CordtrioError
-from ..model import RunStatus, StepRun, StepStatus
+from ..model import NO_DATA, RunStatus, StepRun, StepStatus
 from ..payloads import RESULT_PREFIX, pointer_problem
 from ..protocol import JobResult, JobStatus
 from .dispatch import build_payload, emit_job
@@ -116,7 +116,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     changes.steps.add(target)
     # the ``step_completed`` row, and the hook's effect (the plan's: the same every time)
     tx.rows.append(timeline_row(now, "step_completed", run.id, run.workflow_id, target,
-                                job_id, _SUCCEEDED_TEXT, result_ptr, "", {}))
+                                job_id, _SUCCEEDED_TEXT, result_ptr, "", NO_DATA))
     tx.effects.append(job.succeeded)
 
     # the ready pass: only the dependents can have become ready

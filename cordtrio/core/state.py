@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..model import StepRun, StepStatus, TimelineEvent, WorkflowRun
+from ..model import NO_DATA, StepRun, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
 from ..protocol import JobPriority
 from .events import Effect
@@ -263,7 +263,7 @@ class Tx(Outcome):
     ) -> None:
         run = self.run
         self.rows.append(timeline_row(self.now, type_, run.id, run.workflow_id, step_id,
-                                         job_id, status, result_ptr, message, data or {}))
+                                         job_id, status, result_ptr, message, data or NO_DATA))
 
 
 def timeline_row(time: datetime, type_: str, run_id: str, workflow_id: str, step_id: str,
@@ -271,7 +271,8 @@ def timeline_row(time: datetime, type_: str, run_id: str, workflow_id: str, step
                  data: dict[str, Any]) -> TimelineEvent:
     """A timeline row with its fields set one by one rather than passed to ``__init__``: a
     third less, and a step makes two or three (tests/core/test_core_timeline.py compares
-    rows made so with ``TimelineEvent(...)``'s)."""
+    rows made so with ``TimelineEvent(...)``'s). A row without data gets ``NO_DATA``, the
+    shared read-only empty map, rather than a ``{}`` of its own."""
     event = _new(TimelineEvent)
     event.time = time
     event.type = type_

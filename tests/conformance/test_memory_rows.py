@@ -169,3 +169,28 @@ async def test_a_runs_timeline_is_one_list_whichever_way_events_come() -> None:
         assert got == ([] if again else ["e0"]) + ["e1", "e2", "e3", "e4"]
         await store.delete_run("r")
         assert await store.list_timeline_events("r") == []
+
+
+async def test_the_shared_empty_data_of_kept_events_never_reaches_a_reader() -> None:
+    """Events without data are kept with the shared read-only ``NO_DATA`` (the engine's
+    handed over so, any other's copied so); every read gets a fresh map of its own, which
+    its reader may change without changing what is stored or ``NO_DATA``."""
+    from cordtrio.backends.memory import MemoryStore
+    from cordtrio.model import NO_DATA, TimelineEvent
+
+    store = MemoryStore()
+    run = WorkflowRun(id="r", workflow_id="wf", created_at=T1)
+    await store.create_run(run)
+    store.save_run_changes_now(run, RunChanges(), [TimelineEvent(T1, "now", "r", data=NO_DATA)])
+    await store.save_run_changes(run, RunChanges(), [TimelineEvent(T1, "saved", "r")])
+    await store.append_timeline_events("r", [TimelineEvent(T1, "appended", "r")])
+    kept = store._timelines.kept("r")
+    assert [e.data for e in kept] == [NO_DATA] * 3
+    assert all(e.data is NO_DATA for e in kept)
+    for _ in range(2):
+        got = await store.list_timeline_events("r")
+        assert [e.type for e in got] == ["now", "saved", "appended"]
+        for e in got:
+            assert type(e.data) is dict and e.data == {}
+            e.data["x"] = 1
+    assert len(NO_DATA) == 0

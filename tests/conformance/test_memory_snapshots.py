@@ -11,7 +11,7 @@ import pytest
 from store_builders import at, big_run
 
 from cordtrio.backends.memory import MemoryStore
-from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent
+from cordtrio.model import NO_DATA, RunStatus, StepRun, StepStatus, TimelineEvent
 from cordtrio.ports import RunChanges
 
 
@@ -164,10 +164,11 @@ async def test_an_event_whose_time_is_no_datetime_is_refused_and_nothing_is_kept
 
 
 async def test_the_shared_empty_data_of_kept_events_cannot_be_changed() -> None:
-    """Kept events without data share one read-only map: nobody can write into it."""
+    """Kept events without data share one read-only map (``NO_DATA``, as the engine's core
+    makes them): nobody can write into it."""
     store = MemoryStore()
     await store.create_run(big_run())
-    event = TimelineEvent(time=at(1), type="run_status", run_id="run-1")
+    event = TimelineEvent(time=at(1), type="run_status", run_id="run-1", data=NO_DATA)
     store.save_run_changes_now(await store.get_run("run-1"), RunChanges(), [event])
     with pytest.raises(TypeError):
         event.data["x"] = 1

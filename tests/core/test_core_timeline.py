@@ -180,3 +180,33 @@ def test_objects_the_core_makes_at_once_are_what_their_init_makes() -> None:
     tx = Tx(sim.plan, sim.state, sim.now)
     assert (tx.effects, tx.changes) == ([], RunChanges(previous_status=sim.run.status))
     assert (tx.plan, tx.state, tx.now, tx.run) == (sim.plan, sim.state, sim.now, sim.run)
+
+
+def test_rows_without_data_share_one_read_only_empty_map() -> None:
+    """The core gives every row without data the one ``NO_DATA``: read-only (no row can
+    change another's), empty and falsy as ``{}`` is, left out of the row's document; a row
+    with data has a map of its own."""
+    import json
+
+    import pytest
+
+    from cordtrio.model import NO_DATA
+
+    sim = Sim(workflow(step("a"), step("fan", for_each="input.xs", depends_on=["a"])),
+              run_input={"xs": [1]})
+    sim.start()
+    sim.succeed("run-1:a@1")
+    sim.succeed("run-1:fan[0]@1")
+    bare = [ev for ev in sim.timeline if not ev.data]
+    assert {ev.type for ev in bare} >= {"step_completed", "run_status"}
+    for ev in bare:
+        assert ev.data is NO_DATA, ev
+        assert "data" not in ev.to_dict()
+        json.dumps(ev.to_dict())
+    with pytest.raises(TypeError):
+        bare[0].data["x"] = 1  # type: ignore[index]
+    assert NO_DATA == {} and not NO_DATA
+    [fan] = sim.events("step_dispatched", "fan[0]")
+    assert type(fan.data) is dict and fan.data["foreach_index"] == 0
+    with_data = [ev.data for ev in sim.timeline if ev.data]
+    assert len({id(d) for d in with_data}) == len(with_data)

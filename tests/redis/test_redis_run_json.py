@@ -301,3 +301,16 @@ def test_a_header_written_again_after_any_change_is_the_header_document(
               lambda: dumps(run.header_dict(with_input=False), "where"))
         _same(lambda: header_json(run, "where"),  # the kept texts, if any
               lambda: dumps(run.header_dict(with_input=False), "where"))
+
+
+def test_an_event_with_the_shared_empty_data_is_written_as_one_without_data() -> None:
+    """The core's rows without data carry the read-only ``NO_DATA``: written as an empty
+    map's (no ``data`` field), the general way too."""
+    from cordtrio.model import NO_DATA
+
+    shared = TimelineEvent(time=T0, type="step_completed", data=NO_DATA)
+    own = TimelineEvent(time=T0, type="step_completed")
+    expected = _stored_event(own, "r", "now")
+    assert b'"data"' not in expected
+    assert event_json(shared, "r", "now", "w") == expected
+    assert _stored_event(shared, "r", "now") == expected
