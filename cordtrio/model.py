@@ -8,7 +8,6 @@ field helpers are in ``fields``.
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
 from .fields import json_copy as json_copy  # stores import it from here
@@ -34,15 +33,44 @@ from .workflow_doc import (
 )
 from .workflow_doc import _load_yaml as _load_yaml
 
-NO_DATA: Any = MappingProxyType({})
+
+class _NoData(dict[str, Any]):
+    """An empty map nobody can change: a ``dict`` to every reader (``isinstance``, ``json``,
+    ``==``), whose mutators raise ``TypeError``; copied (``copy``, ``deepcopy``, ``pickle``),
+    it is a plain ``{}``."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # a new one (``type(d)(...)``, as ``dataclasses.asdict`` makes its copies) is a
+        # plain ``dict``: only ``NO_DATA`` itself is read-only
+        return dict(*args, **kwargs)
+
+    def _refuse(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("a timeline event's shared empty data cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[()]]:
+        return dict, ()
+
+    def __copy__(self) -> dict[str, Any]:
+        return {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {}
+
+
+NO_DATA: dict[str, Any] = dict.__new__(_NoData)
 """The ``data`` of a ``TimelineEvent`` without any, as the engine's core makes it and the
-memory store keeps it: one shared read-only empty map, so that the two or three rows of every
-step need no map of their own (nor a store a pass to drop theirs). Falsy like ``{}``: every
-reader copies ``data`` only when it is not empty (``to_dict``, the stores' encoders and
-reads), so no store or API reader is ever handed this map; and read-only, so nobody holding
-a row can change another's."""
+memory store keeps it: one shared empty map, so that the two or three rows of every step
+need no map of their own (nor a store a pass to drop theirs). A ``dict`` that cannot be
+changed: a store or reader handed a row may read, encode, copy or pickle its data as any
+empty ``dict`` (a copy is a plain ``{}``), and nobody holding a row can change another's."""
 
 __all__ = [
+    "NO_DATA",
     "TERMINAL_RUN_STATUSES",
     "TERMINAL_STEP_STATUSES",
     "RetryConfig",

@@ -270,7 +270,14 @@ class MemoryBus(OffersPublishNow):
             send.close()
 
     listens_for_payloads = True
-    """``listen`` takes ``on_payload`` (``ports.DirectBus``)."""
+    """``listen`` takes ``on_payload`` (``ports.DirectBus``). False in a subclass that
+    overrides ``listen`` (to watch or wrap what its callbacks get: they then get every
+    result as a packet, as that ``listen`` expects)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "listen" in cls.__dict__:
+            cls.listens_for_payloads = False
 
     @asynccontextmanager
     async def listen(

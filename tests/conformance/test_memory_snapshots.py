@@ -163,13 +163,14 @@ async def test_an_event_whose_time_is_no_datetime_is_refused_and_nothing_is_kept
     assert [e.type for e in await store.list_timeline_events("run-1")] == ["run_status"]
 
 
-async def test_the_shared_empty_data_of_kept_events_cannot_be_changed() -> None:
+async def test_an_event_with_the_shared_empty_data_reads_back_with_a_map_of_its_own() -> None:
     """Kept events without data share one read-only map (``NO_DATA``, as the engine's core
-    makes them): nobody can write into it."""
+    makes them); a read hands out a fresh, changeable ``{}``, never that map."""
     store = MemoryStore()
     await store.create_run(big_run())
     event = TimelineEvent(time=at(1), type="run_status", run_id="run-1", data=NO_DATA)
     store.save_run_changes_now(await store.get_run("run-1"), RunChanges(), [event])
-    with pytest.raises(TypeError):
-        event.data["x"] = 1
-    assert (await store.list_timeline_events("run-1"))[0].data == {}
+    (read,) = await store.list_timeline_events("run-1")
+    assert read.data == {} and read.data is not NO_DATA and type(read.data) is dict
+    read.data["x"] = 1
+    assert (await store.list_timeline_events("run-1"))[0].data == {} and NO_DATA == {}

@@ -210,3 +210,35 @@ def test_rows_without_data_share_one_read_only_empty_map() -> None:
     assert type(fan.data) is dict and fan.data["foreach_index"] == 0
     with_data = [ev.data for ev in sim.timeline if ev.data]
     assert len({id(d) for d in with_data}) == len(with_data)
+
+
+def test_the_shared_empty_data_is_an_empty_dict_to_every_reader_and_copies_plainly() -> None:
+    """A store or reader handed a row may treat its shared empty data as any empty
+    ``dict``: encode it, copy it, pickle it, ``asdict`` its row; every copy is a plain,
+    changeable ``{}``; the shared map itself refuses every change."""
+    import copy
+    import dataclasses
+    import json
+    import pickle
+
+    import pytest
+
+    from cordtrio.model import NO_DATA, TimelineEvent
+
+    row = TimelineEvent(type="run_status", run_id="r", data=NO_DATA)
+    assert isinstance(NO_DATA, dict) and json.dumps(NO_DATA) == "{}"
+    copies = [copy.copy(NO_DATA), copy.deepcopy(NO_DATA), pickle.loads(pickle.dumps(NO_DATA)),
+              dataclasses.asdict(row)["data"], copy.deepcopy(row).data,
+              pickle.loads(pickle.dumps(row)).data]
+    for made in copies:
+        assert type(made) is dict and made == {} and made is not NO_DATA
+        made["x"] = 1  # a copy is the holder's own
+    for change in (lambda: NO_DATA.__setitem__("x", 1), lambda: NO_DATA.update(x=1),
+                   lambda: NO_DATA.setdefault("x", 1), lambda: NO_DATA.pop("x", None),
+                   NO_DATA.clear, NO_DATA.popitem, lambda: NO_DATA.__delitem__("x")):
+        with pytest.raises(TypeError):
+            change()
+    shared = NO_DATA
+    with pytest.raises(TypeError):
+        shared |= {"x": 1}
+    assert NO_DATA == {} and NO_DATA | {"x": 1} == {"x": 1}

@@ -119,3 +119,54 @@ async def test_a_listener_taking_payloads_gets_them_bare_only_while_alone() -> N
             assert packets == [packet] and tap == [packet]
         assert inbox.report_now(result)
         assert bare == [result, result] and packets == [packet]
+
+
+async def test_no_bare_result_while_anyone_else_could_see_results() -> None:
+    """A second member of the engine's queue group, a wildcard subscriber, a plain
+    callback on the subject: each makes the worker publish a packet (``report_now`` does
+    nothing); once it leaves, results go bare again."""
+
+    bus = MemoryBus()
+    bare: list[Any] = []
+    result = JobResult(job_id="r:a@1", status=JobStatus.SUCCEEDED)
+    others = {
+        "same group": lambda: bus.listen(SUBJECT_RESULT, "engine", lambda p: None),
+        "wildcard": lambda: bus.subscribe(">"),
+        "subject wildcard": lambda: bus.subscribe("sys.>"),
+        "plain callback": lambda: bus.listen(SUBJECT_RESULT, "", lambda p: None),
+    }
+    async with (
+        bus.listen(SUBJECT_RESULT, "engine", lambda p: None, on_payload=bare.append),
+        bus.consume_jobs(["job.test"], capacity=1) as inbox,
+    ):
+        assert inbox.report_now is not None
+        for name, other in others.items():
+            async with other():
+                assert not inbox.report_now(result), name
+            assert inbox.report_now(result), name
+        assert len(bare) == len(others)
+
+
+async def test_a_bus_whose_listen_is_changed_gets_every_result_as_a_packet(
+        store, payloads, save, monkeypatch):
+    """A ``MemoryBus`` subclass that changes ``listen`` (to watch what its callbacks get)
+    is never handed bare results: its callbacks see every result as a packet."""
+    from contextlib import asynccontextmanager
+
+    seen: list[BusPacket] = []
+
+    class Watching(MemoryBus):
+        @asynccontextmanager
+        async def listen(self, subject: str, queue: str, callback: Any):  # type: ignore[override]
+            def watched(packet: BusPacket) -> None:
+                seen.append(packet)
+                callback(packet)
+
+            async with super().listen(subject, queue, watched):
+                yield
+
+    assert Watching.listens_for_payloads is False and MemoryBus.listens_for_payloads
+    run = await _run_two_steps(store, Watching(), payloads, save)
+    assert run.status == RunStatus.SUCCEEDED
+    assert [p.payload.job_id for p in seen if isinstance(p.payload, JobResult)] == [
+        f"{run.id}:a@1", f"{run.id}:b@1"]
