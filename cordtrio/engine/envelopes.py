@@ -108,7 +108,7 @@ class Envelope:
 
 class ResultRead:
     """A job result from the bus whose output (SPEC §8) is being read for its run task
-    before the task wakes (``Engine._on_result``): it waits in the task's mailbox, in its
+    before the task wakes (``Engine._on_job_result``): it waits in the task's mailbox, in its
     place among the other items, without waking the task; the read's reply fills it
     (``loaded``) and wakes the task, which then has the result and its output together
     (one wake-up per result, not one for the result and one for its read).
