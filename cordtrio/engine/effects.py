@@ -155,9 +155,13 @@ def load_output_now(path: StorePath, result_ptr: str, into: LoadedOutput
 
 
 def output_of(data: bytes) -> LoadedOutput:
-    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8): JSON, else the
-    raw string; too large for the run, or not."""
-    payload = json_payloads.JsonPayload.of_text(data)
+    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8)."""
+    return _loaded(json_payloads.JsonPayload.of_text(data))
+
+
+def _loaded(payload: json_payloads.JsonPayload) -> LoadedOutput:
+    """A result payload read, as the core takes it: JSON, else the raw string; too large
+    for the run, or not."""
     return LoadedOutput(value=payload.value_or_text(),
                         too_large=payload.too_large(MAX_INLINE_OUTPUT_BYTES))
 
@@ -184,8 +188,7 @@ async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
         return LoadedOutput(error=str(exc), loaded=False)
     except Exception as exc:
         return LoadedOutput(error=f"load {result_ptr}: {exc}", loaded=False)
-    return LoadedOutput(value=data.value_or_text(),
-                        too_large=data.too_large(MAX_INLINE_OUTPUT_BYTES))
+    return _loaded(data)
 
 
 __all__ = [

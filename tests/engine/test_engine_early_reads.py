@@ -8,7 +8,9 @@ result."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -67,6 +69,31 @@ class DeferredPayloads:
         done(None if fail else self.data.get(key))
 
 
+@dataclass
+class _OneJob:
+    """An engine over memory backends and ``payloads``, with one single-step run whose job
+    has been dispatched (its id ``job_id``)."""
+
+    store: MemoryStore
+    bus: MemoryBus
+    engine: Any
+    run_id: str
+    job_id: str
+
+    async def succeed(self, ptr: Any) -> None:
+        """Publish the job's success with the result pointer ``ptr``."""
+        await _result(self.bus, ok(self.job_id, ptr))
+
+
+@asynccontextmanager
+async def _one_job(payloads: DeferredPayloads) -> AsyncIterator[_OneJob]:
+    store, bus = MemoryStore(), MemoryBus()
+    async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]
+                           clock=TrioWallClock(), new_id=lambda: "r1") as engine, \
+            tapping(bus, SUBJECT_SUBMIT) as tap:
+        yield _OneJob(store, bus, engine, *await _one_step_run(store, bus, engine, tap))
+
+
 async def _one_step_run(store: MemoryStore, bus: MemoryBus, engine: Any, tap: Tap
                         ) -> tuple[str, str]:
     await store.save_workflow(_wf())
@@ -90,23 +117,20 @@ async def _drive(payloads: DeferredPayloads, ptr_of: Callable[[str, str], Any],
                  answer: bool | None) -> tuple[WorkflowRun, DeferredPayloads]:
     """One single-step run whose job succeeds with the pointer ``ptr_of(job_id, ptr)``;
     ``answer``: answer the early read (True), fail it (False), or expect none (None)."""
-    store, bus = MemoryStore(), MemoryBus()
     with trio.fail_after(10):
-        async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]
-                               clock=TrioWallClock(), new_id=lambda: "r1") as engine, \
-                tapping(bus, SUBJECT_SUBMIT) as tap:
-            run_id, job_id = await _one_step_run(store, bus, engine, tap)
-            ptr = await put_output(payloads, job_id, {"x": 1})  # type: ignore[arg-type]
-            await _result(bus, ok(job_id, ptr_of(job_id, ptr)))
+        async with _one_job(payloads) as one:
+            ptr = await put_output(payloads, one.job_id, {"x": 1})  # type: ignore[arg-type]
+            await one.succeed(ptr_of(one.job_id, ptr))
             if answer is None:
                 assert payloads.pending == []
             else:
                 assert len(payloads.pending) == 1 and payloads.reads == 0
                 payloads.answer(fail=not answer)
             await trio.testing.wait_all_tasks_blocked()
-            if (await store.get_run(run_id)).status.is_terminal:
-                return await engine.wait_run(run_id), payloads  # the task's run: outputs
-            return await store.get_run(run_id), payloads
+            if (await one.store.get_run(one.run_id)).status.is_terminal:
+                # the task's run: outputs
+                return await one.engine.wait_run(one.run_id), payloads
+            return await one.store.get_run(one.run_id), payloads
 
 
 def _out(run: WorkflowRun) -> Any:
@@ -164,27 +188,24 @@ async def test_bad_pointers_are_not_read_early_and_end_as_the_general_path_does(
 async def test_a_command_after_a_result_being_read_is_applied_after_it() -> None:
     """A cancel that arrives while the result's read is pending waits behind the result,
     as it would behind a bare result: the run succeeds (the cancel finds it finished)."""
-    store, bus, payloads = MemoryStore(), MemoryBus(), DeferredPayloads()
+    payloads = DeferredPayloads()
     with trio.fail_after(10):
-        async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]
-                               clock=TrioWallClock(), new_id=lambda: "r1") as engine, \
-                tapping(bus, SUBJECT_SUBMIT) as tap:
-            run_id, job_id = await _one_step_run(store, bus, engine, tap)
-            ptr = await put_output(payloads, job_id, {"x": 1})  # type: ignore[arg-type]
-            await _result(bus, ok(job_id, ptr))
+        async with _one_job(payloads) as one:
+            ptr = await put_output(payloads, one.job_id, {"x": 1})  # type: ignore[arg-type]
+            await one.succeed(ptr)
             cancelled = trio.Event()
 
             async def cancel() -> None:
-                await engine.cancel_run(run_id)
+                await one.engine.cancel_run(one.run_id)
                 cancelled.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel)
                 await trio.testing.wait_all_tasks_blocked()
                 assert not cancelled.is_set()  # behind the result being read
-                assert (await store.get_run(run_id)).status == RunStatus.RUNNING
+                assert (await one.store.get_run(one.run_id)).status == RunStatus.RUNNING
                 payloads.answer()
-            run = await engine.wait_run(run_id)
+            run = await one.engine.wait_run(one.run_id)
             assert run.status == RunStatus.SUCCEEDED and _out(run) == {"x": 1}
 
 
@@ -192,17 +213,14 @@ async def test_an_engine_closes_with_a_read_pending_and_its_late_reply_is_harmle
     """The engine closes (no task of its own waits on the read: nothing to cancel), the
     result stays unapplied (the run is still running in the store, for the next engine to
     recover), and the read's reply coming afterwards wakes nobody and raises nothing."""
-    store, bus, payloads = MemoryStore(), MemoryBus(), DeferredPayloads()
+    payloads = DeferredPayloads()
     with trio.fail_after(10):
-        async with open_engine(store, bus, payloads=payloads,  # type: ignore[arg-type]
-                               clock=TrioWallClock(), new_id=lambda: "r1") as engine, \
-                tapping(bus, SUBJECT_SUBMIT) as tap:
-            run_id, job_id = await _one_step_run(store, bus, engine, tap)
-            ptr = await put_output(payloads, job_id, {"x": 1})  # type: ignore[arg-type]
-            await _result(bus, ok(job_id, ptr))
+        async with _one_job(payloads) as one:
+            ptr = await put_output(payloads, one.job_id, {"x": 1})  # type: ignore[arg-type]
+            await one.succeed(ptr)
             assert len(payloads.pending) == 1
         payloads.answer()  # a reply after the engine closed: nobody to wake, no error
-    assert (await store.get_run(run_id)).status == RunStatus.RUNNING  # result not applied
+    assert (await one.store.get_run(one.run_id)).status == RunStatus.RUNNING  # not applied
 
 
 async def test_a_result_being_read_is_handed_on_as_the_bare_result() -> None:
