@@ -172,8 +172,8 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
     run = tx.run
     steps = run.steps
     jobs = front.plan.plain
-    built: dict[str, dict[str, Any]] = {}
     if not copied:
+        built: dict[str, dict[str, Any]] = {}
         for sid in candidates:
             job = jobs[sid]
             if job.copies_input or (job.sole_dependency != done
@@ -211,7 +211,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         steps[sid] = sr
         tx.state.started[job_id] = sr
         tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
-        emit_job(tx, job.step, sid, job_id, payload)
+        emit_job(tx, job.shape, sid, job_id, payload)
         front.seen[job.position] = _RUNNING
         started += 1
     # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
