@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
 from ..errors import CordtrioError, ExpressionError, NotFoundError, ValidationError
@@ -14,7 +13,7 @@ from ..protocol import ActorType, Budget, JobMetadata, JobRequest
 from ..schemas import validate_value
 from .events import ArmTimer, Dispatch, TimerKind
 from .finish import finish
-from .plan import Plan
+from .plan import JobShape, Plan, job_shape
 from .scope import NO_ITEM, build_scope
 from .state import RunJobs, Tx, timeline_row
 
@@ -69,21 +68,21 @@ def start_job(
         started = tx.state.started  # (``RunState.started``) this attempt's, not the last's
         started.pop(previous, None)
         started[job_id] = sr
-    emit_job(tx, step, target, job_id, payload, parent, index, sr.item)
+    emit_job(tx, job_shape(tx.plan, step), target, job_id, payload, parent, index, sr.item)
 
 
 def emit_job(
-    tx: Tx, step: Step, target: str, job_id: str, payload: dict[str, Any], parent: str = "",
-    index: int | str = -1, item: Any = None, *, again: bool = False,
+    tx: Tx, shape: JobShape, target: str, job_id: str, payload: dict[str, Any],
+    parent: str = "", index: int | str = -1, item: Any = None, *, again: bool = False,
 ) -> None:
-    """The effects of starting ``job_id`` for ``target`` (a step, or with ``parent`` the
-    for-each child ``index`` of ``item``): its timeline event, ``Dispatch`` and timer.
-    ``again``: the same attempt published once more (``redispatch``): its ``Dispatch``
-    alone.
+    """The effects of starting ``job_id`` for ``target`` (a step, ``shape``'s, or with
+    ``parent`` the for-each child ``index`` of ``item``): its timeline event, ``Dispatch``
+    and timer. ``again``: the same attempt published once more (``redispatch``): its
+    ``Dispatch`` alone.
 
-    The job (SPEC §5) is built here, from what the run's jobs share (``RunJobs``), rather
-    than by a function of its own: every job is started here, and one call less is a
-    tenth of what this costs."""
+    The job (SPEC §5) is built here, from what the run's jobs share (``RunJobs``) and what
+    the step's share (``JobShape``), rather than by a function of its own: every job is
+    started here, and one call less is a tenth of what this costs."""
     run = tx.run
     plan = tx.plan
     jobs = tx.state.jobs
@@ -94,36 +93,36 @@ def emit_job(
         pointer = POINTER_SCHEME + ctx_key
     else:
         ctx_key = pointer = ""
-    wf_id = plan.workflow.id
-    env = {**jobs.env, "step_id": target}
+    wf_id = jobs.workflow_id
+    env = jobs.env.copy()  # (a copy of a dict, then one key set in its place: the
+    env["step_id"] = target  # fastest way to a new map of eight keys)
     if parent:
         env["foreach_index"] = str(index)
         env["foreach_item"] = _ITEM_JSON.encode(item)
     labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
-    if step.worker_id:
-        labels["worker_id"] = step.worker_id
-    if step.route_labels:
-        labels.update(step.route_labels)
-    if jobs.dry_run:
-        labels["dry_run"] = "true"
-    # ``build_meta``'s own first test, without the call (the common case: nothing to say)
-    meta = build_meta(run, step) if step.meta is not None or run.org_id else None
-    timeout = step.timeout_sec
+    meta = None
+    if not (shape.plain and jobs.plain):  # the common case: nothing more to say
+        if shape.labels is not None:
+            labels.update(shape.labels)
+        if jobs.dry_run:
+            labels["dry_run"] = "true"
+        if shape.has_meta or run.org_id:  # ``build_meta``'s own first test
+            meta = build_meta(run, shape.step)
     # Its fields set one by one rather than passed to ``__init__`` (fifteen arguments,
     # whose defaults it tests): half the cost. tests/core/test_core_dispatch.py compares
     # a request made here with ``JobRequest(...)``'s, so a field added there shows here.
     request = _new(JobRequest)
     request.job_id = job_id
-    request.topic = step.topic or f"job.workflow.{wf_id}"
+    request.topic = shape.topic
     request.priority = jobs.priority
     request.context_ptr = pointer
-    request.adapter_id = step.worker_id
+    request.adapter_id = shape.adapter_id
     request.env = env
     request.parent_job_id = ""
     request.workflow_id = wf_id
     request.step_index = 0
     request.memory_id = jobs.memory_id
-    request.budget = Budget(deadline_ms=int(timeout * 1000)) if timeout > 0 else None
+    request.budget = Budget(deadline_ms=shape.deadline_ms) if shape.deadline_ms else None
     request.tenant_id = run.org_id
     request.principal_id = meta.actor_id if meta is not None and meta.actor_id else ""
     request.labels = labels
@@ -132,7 +131,7 @@ def emit_job(
     # their ``__init__`` (tests/core/test_core_timeline.py compares such objects with
     # ``__init__``'s)
     order = _new(Dispatch)
-    order.step_id = step.id
+    order.step_id = shape.step_id
     order.target_id = target
     order.job_id = job_id
     order.request = request
@@ -148,11 +147,8 @@ def emit_job(
         data = {**data, "foreach_index": index}
     tx.rows.append(timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target,
                                 job_id, _RUNNING_TEXT, "", "", data))
-    if timeout > 0 and not plan.starts_reported:
-        effects.append(
-            ArmTimer(tx.now + timedelta(seconds=float(timeout)),
-                     TimerKind.STEP_TIMEOUT, target, job_id)
-        )
+    if shape.timer:  # (a positive timeout, or None)
+        effects.append(ArmTimer(tx.now + shape.timer, TimerKind.STEP_TIMEOUT, target, job_id))
 
 
 def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:
@@ -161,7 +157,8 @@ def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:
     ignores it if it still owns the job; a worker that runs it twice is at-least-once."""
     payload = sr.input if isinstance(sr.input, dict) else {}
     index = sr.step_id.rpartition("[")[2].rstrip("]") if parent else -1
-    emit_job(tx, step, sr.step_id, sr.job_id, payload, parent, index, sr.item, again=True)
+    emit_job(tx, job_shape(tx.plan, step), sr.step_id, sr.job_id, payload, parent, index,
+             sr.item, again=True)
 
 
 def build_payload(

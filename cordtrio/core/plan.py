@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ..model import Step, StepStatus, StepType, Workflow
@@ -13,6 +14,54 @@ MAX_INLINE_OUTPUT_BYTES = 256 * 1024
 """Outputs up to this size are copied into ``context.steps``; larger ones keep the pointer."""
 
 SENDER_ID = "workflow-engine"
+
+
+@dataclass(frozen=True, slots=True)
+class JobShape:
+    """What every job of a step says alike, whatever its run or attempt (SPEC §5), as
+    ``dispatch.emit_job`` reads it: found once per workflow (``Plan.shapes``) rather than
+    tested and looked up on every job."""
+
+    step: Step
+    step_id: str
+    topic: str
+    """``step.topic``, or the workflow's default topic."""
+    adapter_id: str
+    """``step.worker_id``."""
+    labels: Mapping[str, str] | None
+    """The job's labels beyond ``workflow_id``, ``run_id`` and ``step_id``, in the order
+    they are set (``worker_id``, then ``route_labels``); None: none."""
+    deadline_ms: int
+    """The job's ``Budget`` deadline (0: no budget)."""
+    timer: timedelta | None
+    """The step's timeout when it is armed at the dispatch (not when workers report their
+    starts: it counts from there); None: no timer."""
+    has_meta: bool
+    """``step.meta`` is set (``build_meta`` has something to say even without a tenant)."""
+    plain: bool
+    """Neither ``labels`` nor ``has_meta``: with ``RunJobs.plain``, a job has only the
+    three labels and no metadata."""
+
+    @classmethod
+    def of(cls, workflow_id: str, step: Step, starts_reported: bool) -> JobShape:
+        labels: dict[str, str] = {}
+        if step.worker_id:
+            labels["worker_id"] = step.worker_id
+        if step.route_labels:
+            labels.update(step.route_labels)
+        timeout = step.timeout_sec
+        return cls(
+            step=step,
+            step_id=step.id,
+            topic=step.topic or f"job.workflow.{workflow_id}",
+            adapter_id=step.worker_id,
+            labels=labels or None,
+            deadline_ms=int(timeout * 1000) if timeout > 0 else 0,
+            timer=timedelta(seconds=float(timeout))
+            if timeout > 0 and not starts_reported else None,
+            has_meta=step.meta is not None,
+            plain=not labels and step.meta is None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +91,8 @@ class PlainJob:
     succeeded: StepFinished
     """The ``StepFinished`` of its success, made once for every run's (an effect is a
     value nothing changes once it is built)."""
+    shape: JobShape
+    """``Plan.shapes``' (what its jobs say alike)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +141,9 @@ class Plan:
     sinks: tuple[str, ...] | None = None
     """The steps nothing depends on, but ``on_error`` handlers, in definition order: the
     run's output is theirs (None: not worked out, ``status`` finds them)."""
+    shapes: Mapping[str, JobShape] = field(default_factory=dict)
+    """Per step, what its jobs say alike (``job_shape`` reads it, or works it out for a
+    plan made without)."""
 
     @classmethod
     def build(
@@ -121,7 +175,9 @@ class Plan:
         checked_outputs = frozenset(
             sid for sid, step in workflow.steps.items()
             if step.output_schema or step.output_schema_id.strip())
-        plain = _plain(workflow, order, plain_jobs, checked_outputs, dependents)
+        shapes = {sid: JobShape.of(workflow.id, step, starts_reported)
+                  for sid, step in workflow.steps.items()}
+        plain = _plain(workflow, order, plain_jobs, checked_outputs, dependents, shapes)
         plain_roots = tuple(order[i] for i in roots) if all(
             order[i] in plain_jobs for i in roots) else ()
         return cls(
@@ -142,6 +198,7 @@ class Plan:
             plain_roots=plain_roots,
             plain_roots_copy_input=all(plain[sid].copies_input for sid in plain_roots),
             sinks=tuple(sid for sid in order if sid not in dependents and sid not in sources),
+            shapes=shapes,
         )
 
     def schema_ids(self) -> set[str]:
@@ -157,6 +214,7 @@ class Plan:
 def _plain(
     workflow: Workflow, order: tuple[str, ...], plain_jobs: frozenset[str],
     checked_outputs: frozenset[str], dependents: Mapping[str, list[str]],
+    shapes: Mapping[str, JobShape],
 ) -> dict[str, PlainJob]:
     """``Plan.plain``."""
     out: dict[str, PlainJob] = {}
@@ -178,8 +236,18 @@ def _plain(
             dependents_copy_input=all(
                 d in plain_jobs and _copies_input(workflow.steps[d]) for d in after),
             succeeded=StepFinished(sid, StepStatus.SUCCEEDED),
+            shape=shapes[sid],
         )
     return out
+
+
+def job_shape(plan: Plan, step: Step) -> JobShape:
+    """``plan.shapes``' for ``step``, or worked out now (a plan made without, a step that
+    is not the workflow's)."""
+    shape = plan.shapes.get(step.id)
+    if shape is None or shape.step is not step:
+        shape = JobShape.of(plan.workflow.id, step, plan.starts_reported)
+    return shape
 
 
 def _copies_input(step: Step) -> bool:

@@ -97,7 +97,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         if not job.writes_path:
             # ``record_output``'s common case, without its call: the entry, and its change
             ctx_steps = run.context.get("steps")
-            if type(ctx_steps) is not dict:  # ``_steps_map``: a run's first output
+            if ctx_steps.__class__ is not dict:  # ``_steps_map``: a run's first output
                 ctx_steps = run.context["steps"] = {}
             if loaded is not None and not loaded.too_large:
                 ctx_steps[target] = {"result_ptr": result_ptr, "output": loaded.value}
@@ -172,8 +172,8 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
     run = tx.run
     steps = run.steps
     jobs = front.plan.plain
-    built: dict[str, dict[str, Any]] = {}
     if not copied:
+        built: dict[str, dict[str, Any]] = {}
         for sid in candidates:
             job = jobs[sid]
             if job.copies_input or (job.sole_dependency != done
@@ -185,7 +185,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
                 built[sid] = build_payload(tx.plan, run, step, scope, NO_ITEM)
             except CordtrioError:
                 return False
-    started = 0  # (the loop reads ``tx``'s and ``front``'s parts in place: it mostly runs once)
+    # (the loop reads ``tx``'s and ``front``'s parts in place: it mostly runs once)
     for sid in candidates:
         job = jobs[sid]
         # (else its one dependency just succeeded; a candidate started here is running)
@@ -211,11 +211,10 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         steps[sid] = sr
         tx.state.started[job_id] = sr
         tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
-        emit_job(tx, job.step, sid, job_id, payload)
+        emit_job(tx, job.shape, sid, job_id, payload)
+        # What ``Frontier.absorb`` would make of the touch (never put in ``front.dirty``):
+        # these counts; and the started job cannot act, nor can the steps depending on it.
         front.seen[job.position] = _RUNNING
-        started += 1
-    # What ``Frontier.absorb`` would make of the touches (never put in ``front.dirty``):
-    # these counts; and the started jobs cannot act, nor can the steps depending on them.
-    front.absent -= started
-    front.unfinished += started
+        front.absent -= 1
+        front.unfinished += 1
     return True

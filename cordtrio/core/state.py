@@ -108,9 +108,13 @@ class RunJobs:
 
     env: dict[str, str]
     """The job's ``env`` but its ``step_id`` (in its place, empty)."""
+    workflow_id: str
     priority: JobPriority
     memory_id: str
     dry_run: bool
+    plain: bool
+    """Not ``dry_run``, and the run has no ``org_id``: with ``JobShape.plain``, a job has
+    only the three labels and no metadata."""
 
     @classmethod
     def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:
@@ -137,7 +141,8 @@ class RunJobs:
         dry_run = run.dry_run or run.metadata.get("dry_run") == "true"
         if dry_run:
             env["dry_run"] = "true"
-        return cls(env, priority, memory_id, dry_run)
+        return cls(env, plan.workflow.id, priority, memory_id, dry_run,
+                   not dry_run and not run.org_id)
 
 
 @dataclass

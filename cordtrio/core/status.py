@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..model import RunStatus, StepStatus, WorkflowRun
+from ..model import NO_DATA, RunStatus, StepStatus, WorkflowRun
 from .finish import stop_everything
 from .plan import Plan
-from .state import Tx
+from .state import Tx, timeline_row
 
 # Module constants: reading ``RunStatus.X`` costs an enum descriptor call on Python 3.11.
 _RUNNING, _SUCCEEDED = RunStatus.RUNNING, RunStatus.SUCCEEDED
@@ -82,7 +82,9 @@ def set_run_status(tx: Tx, status: RunStatus, *, message: str = "") -> None:
             run.output = _run_output(tx.plan, run)
         elif status in _STOPS and not run.error:
             run.error = _run_error(tx.plan, run, message)
-    tx.timeline("run_status", status=str(status), message=message)  # a StrEnum: its value
+    # (``tx.timeline``'s row, without its keywords; ``str`` of a StrEnum: its value)
+    tx.rows.append(timeline_row(tx.now, "run_status", run.id, run.workflow_id, "", "",
+                                str(status), "", message, NO_DATA))
     if status in _STOPS:
         stop_everything(tx, reason=f"workflow run {status.value}")
 

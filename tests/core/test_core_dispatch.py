@@ -253,3 +253,36 @@ def test_dispatch_failure_for_another_attempt_is_ignored():
     sim = _one()
     sim.feed(DispatchFailed("s", "run-1:s@0", "old"))
     assert sim.status("s") == StepStatus.RUNNING
+
+
+def test_a_plain_request_without_tenant_is_the_init_one():
+    # no org, no labels beyond the three, no meta: the short way through ``emit_job``
+    req = _req(_one(wf_kw={"org_id": ""}))
+    assert req == JobRequest(
+        job_id="run-1:s@1", topic="job.test", priority=JobPriority.BATCH,
+        context_ptr="redis://ctx:run-1:s@1", env=req.env, workflow_id="wf1",
+        memory_id="run:run-1", labels={"workflow_id": "wf1", "run_id": "run-1", "step_id": "s"})
+    assert req.meta is None and req.tenant_id == "" and req.env["tenant_id"] == ""
+
+
+def test_route_labels_are_set_after_worker_id():
+    req = _req(_one(worker_id="w1", route_labels={"worker_id": "w2", "step_id": "x"}))
+    assert req.labels == {"workflow_id": "wf1", "run_id": "run-1", "step_id": "x",
+                          "worker_id": "w2"}
+
+
+def test_job_shapes_are_the_plans_or_worked_out():
+    from dataclasses import replace
+
+    from cordtrio.core.plan import JobShape, Plan, job_shape
+
+    wf = workflow(step("s", worker_id="w1", timeout_sec=2, route_labels={"g": "1"}),
+                  validate=False)
+    plan = Plan.build(wf)
+    s = wf.steps["s"]
+    assert job_shape(plan, s) is plan.shapes["s"] is plan.plain["s"].shape
+    assert plan.shapes["s"] == JobShape.of(wf.id, s, False)
+    other = replace(s, topic="t2")  # not the workflow's step: worked out for it
+    assert job_shape(plan, other).topic == "t2"
+    assert job_shape(Plan.build(wf, starts_reported=True), s).timer is None
+    assert job_shape(replace(plan, shapes={}), s) == plan.shapes["s"]
