@@ -45,6 +45,9 @@ _SHORT_FROZEN = 2 * _MAX_INT_BITS // 15  # no int above _MAX_INT_BITS marshals t
 TEXT_PER_FROZEN_BYTE = 7
 """A plain value's JSON text is at most this many times as long as its marshal (the bound
 of a snapshot ``kept_of`` gives as bytes alone)."""
+KEPT_TEXT_BOUND = TEXT_PER_FROZEN_BYTE * _SHORT_FROZEN
+"""No snapshot ``kept_of`` gives as bytes alone stands for a text this long (it is shorter
+than ``_SHORT_FROZEN``): a limit at least this is never passed by one."""
 _new = object.__new__
 _dumps, _loads = marshal.dumps, marshal.loads
 
@@ -401,6 +404,7 @@ def path_for(payloads: PayloadStore) -> StorePath:
 
 
 __all__ = [
+    "KEPT_TEXT_BOUND",
     "TEXT_PER_FROZEN_BYTE",
     "JsonPayload",
     "StorePath",

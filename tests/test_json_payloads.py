@@ -147,6 +147,18 @@ def test_any_json_value_reads_back_and_measures_as_its_text(value: Any, compact:
     assert not JsonPayload.of(value, compact=compact).too_large(len(text))
 
 
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("value", PLAIN + ODD + WORST_TEXT_PER_BYTE)
+def test_a_snapshot_kept_alone_stands_for_a_text_within_the_bound(value: Any,
+                                                                   compact: bool) -> None:
+    """The memory store reads a result kept as bytes alone without measuring it when the
+    limit is at least ``KEPT_TEXT_BOUND``."""
+    kept = json_payloads.kept_of(value, compact)
+    if type(kept) is bytes:
+        assert len(JsonPayload.of(value, compact=compact).text()) < \
+            json_payloads.KEPT_TEXT_BOUND
+
+
 async def test_the_memory_store_reads_either_form_either_way() -> None:
     store = MemoryPayloadStore()
     assert store.takes_json_payloads
