@@ -188,6 +188,8 @@ class Worker:
             if isinstance(self._bus, JobBus):
                 self._reporter.take_inbox(submits)
                 submits.on_lost = self._job_lost
+                if hasattr(submits, "bare_jobs"):  # (``LocalJobInbox``: see ``_slot``)
+                    submits.bare_jobs = True
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
@@ -284,9 +286,14 @@ class Worker:
                         self._slots -= 1
                         self._grow_at -= 1
                         return
-                    request = packet.payload
-                    if not isinstance(request, JobRequest):
-                        continue
+                    if packet.__class__ is not BusPacket and not isinstance(packet,
+                                                                            BusPacket):
+                        # a job request the bus kept bare (``LocalJobInbox.bare_jobs``):
+                        request = packet.item  # the bus's job, ``trace_id`` beside it
+                    else:
+                        request = packet.payload
+                        if not isinstance(request, JobRequest):
+                            continue
                     handler = handlers.get(request.topic)
                     if handler is None:  # a job for another worker's topic set
                         continue
