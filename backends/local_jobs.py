@@ -29,7 +29,7 @@ from trio.lowlevel import (
 
 from cordtrio.protocol import BusPacket, JobResult
 
-from .job_queues import Consumer
+from .job_queues import Consumer, QueuedJob
 
 
 class LocalJobInbox:
@@ -40,6 +40,9 @@ class LocalJobInbox:
     receive_takes_ready_job = True
     """``receive`` takes a buffered job without a schedule point (it is only a cancellation
     point then), so a reader may call it without trying ``receive_nowait`` first."""
+
+    bare_job_type = QueuedJob
+    """What ``receive`` returns for a job request kept bare (``bare_jobs``)."""
 
     def __init__(self, acknowledge: Callable[[Consumer, str], None],
                  report: Callable[[Consumer, JobResult], bool] | None = None) -> None:

@@ -255,6 +255,8 @@ class Worker:
             or getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
+        # what the inbox hands over for a job request kept bare (``_serve`` asks for them)
+        bare_job = getattr(submits, "bare_job_type", None)
         now = self._now
         runner = self._runner
         input_now, read_now = runner.input_now, runner.read_input_now
@@ -287,8 +289,7 @@ class Worker:
                         self._slots -= 1
                         self._grow_at -= 1
                         return
-                    if packet.__class__ is not BusPacket and not isinstance(packet,
-                                                                            BusPacket):
+                    if packet.__class__ is bare_job:
                         # a job request the bus kept bare (``LocalJobInbox.bare_jobs``):
                         request = packet.item  # the bus's job, ``trace_id`` beside it
                     else:
