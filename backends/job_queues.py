@@ -25,7 +25,9 @@ Every bus backend that hosts delivery (``MemoryBus``, the nng router) keeps one
 
 No I/O, no clock, no Trio: methods return what the host must do (``Assignment``s to send,
 ``LostJob``s to report). ``item`` is whatever the host delivers (a packet object or its
-encoded bytes).
+encoded bytes), or a job request kept bare, with its packet's other fields beside it
+(``QueuedJob.trace_id``, ``sender_id``, ``created_at``: the host builds the packet only
+for whoever wants one).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import itertools
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cordtrio.protocol import JobResult, JobStatus
@@ -49,7 +52,10 @@ DEFAULT_MAX_PENDING = 100_000
 
 @dataclass(eq=False, slots=True)
 class QueuedJob:
-    """One job request owned by the queues: queued (``holder is None``) or held."""
+    """One job request owned by the queues: queued (``holder is None``) or held.
+
+    ``trace_id``, ``sender_id`` and ``created_at``: the fields of the packet of a request
+    kept bare (``item`` is then the request itself; see ``JobQueues.offer``)."""
 
     job_id: str
     topic: str
@@ -58,6 +64,9 @@ class QueuedJob:
     deliveries: int = 0
     holder: Consumer | None = None
     cancelled: bool = False
+    trace_id: str = ""
+    sender_id: str = ""
+    created_at: datetime | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +103,8 @@ class LostJob:
     topic: str
     item: Any
     deliveries: int
+    trace_id: str = ""
+    """The job's ``QueuedJob.trace_id`` (a request kept bare)."""
 
 
 @dataclass(slots=True)
@@ -166,22 +177,27 @@ class JobQueues:
 
     # ------------------------------------------------------------------ changes
 
-    def offer(self, job_id: str, topic: str, item: Any) -> QueuedJob | None:
+    def offer(self, job_id: str, topic: str, item: Any, trace_id: str = "",
+              sender_id: str = "", created_at: datetime | None = None) -> QueuedJob | None:
         """A job request was published: queue it, and hand it to a consumer with room if
         there is one: the job is returned then, held by that consumer (``holder``), for the
         host to deliver ``item`` to (no ``Assignment`` made: this runs for every job). None
-        when it waits in its queue; a duplicate of a queued or held job is ignored (None)."""
+        when it waits in its queue; a duplicate of a queued or held job is ignored (None).
+        ``trace_id``, ``sender_id``, ``created_at``: those of its packet, for a request
+        kept bare (``item``: the request itself)."""
         jobs = self._jobs
         if job_id in jobs:
             self.duplicates += 1
             return None
         consumer = self._sole.get(topic)
         if consumer is None or len(consumer.held) >= consumer.capacity:
-            return self._offer_to_any(job_id, topic, item, consumer)
+            return self._offer_to_any(job_id, topic, item, consumer, trace_id, sender_id,
+                                      created_at)
         # The usual job: its topic's one consumer (a worker's pool) has room. Held at
         # once, delivered once.
         job = jobs[job_id] = consumer.held[job_id] = QueuedJob(
-            job_id, topic, item, self._next_seq(), 1, consumer)
+            job_id, topic, item, self._next_seq(), 1, consumer, False, trace_id, sender_id,
+            created_at)
         return job
 
     def add(self, topics: Collection[str], capacity: int, handle: Any = None
@@ -245,7 +261,8 @@ class JobQueues:
             elif job.deliveries > self.max_redeliveries:
                 del self._jobs[job.job_id]
                 self.lost += 1
-                lost.append(LostJob(job.job_id, job.topic, job.item, job.deliveries))
+                lost.append(LostJob(job.job_id, job.topic, job.item, job.deliveries,
+                                    job.trace_id))
             else:
                 self.redelivered += 1
                 back.setdefault(job.topic, []).append(job)
@@ -261,20 +278,24 @@ class JobQueues:
 
     # ------------------------------------------------------------------ internals
 
-    def _offer_to_any(self, job_id: str, topic: str, item: Any, sole: Consumer | None
+    def _offer_to_any(self, job_id: str, topic: str, item: Any, sole: Consumer | None,
+                      trace_id: str, sender_id: str, created_at: datetime | None
                       ) -> QueuedJob | None:
         """``offer`` when the topic has no consumer, several, or one without room
         (``sole``): the round robin over those with room, else the job's queue."""
         seq = self._next_seq()
         t = self._topic(topic)
         consumer = None if sole is not None else self._next_consumer(t)
+        job = QueuedJob(job_id, topic, item, seq, 0, None, False, trace_id, sender_id,
+                        created_at)
+        self._jobs[job_id] = job
         if consumer is None:
-            job = self._jobs[job_id] = QueuedJob(job_id, topic, item, seq)
             t.queue.append(job)
             self.pending += 1
             return None
-        job = self._jobs[job_id] = consumer.held[job_id] = QueuedJob(job_id, topic, item, seq,
-                                                                     1, consumer)
+        job.deliveries = 1
+        job.holder = consumer
+        consumer.held[job_id] = job
         return job
 
     def _topic(self, name: str) -> _Topic:

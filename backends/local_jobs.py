@@ -29,7 +29,7 @@ from trio.lowlevel import (
 
 from cordtrio.protocol import BusPacket, JobResult
 
-from .job_queues import Consumer
+from .job_queues import Consumer, QueuedJob
 
 
 class LocalJobInbox:
@@ -41,14 +41,18 @@ class LocalJobInbox:
     """``receive`` takes a buffered job without a schedule point (it is only a cancellation
     point then), so a reader may call it without trying ``receive_nowait`` first."""
 
+    bare_job_type = QueuedJob
+    """What ``receive`` returns for a job request kept bare (``bare_jobs``)."""
+
     def __init__(self, acknowledge: Callable[[Consumer, str], None],
                  report: Callable[[Consumer, JobResult], bool] | None = None) -> None:
         self._acknowledge = acknowledge
         self._report = report
-        self._jobs: deque[BusPacket] = deque()
+        self._jobs: deque[Any] = deque()
         self._buffer = self._jobs.append
-        self.deliver: Callable[[BusPacket], None] = self._buffer
-        """``deliver(packet)``: hand the consumer a job (the host's side). The buffer's own
+        self.deliver: Callable[[Any], None] = self._buffer
+        """``deliver(packet)``: hand the consumer a job (the host's side): a packet, or
+        the host's job itself for a reader that takes it bare (``bare_jobs``). The buffer's own
         ``append`` while no reader waits and the inbox is open (every job a busy worker
         is handed: no frame of the inbox's own); ``_hand_to_reader`` while readers wait;
         a no-op once closed (the inbox is leaving: its consumer is removed right after,
@@ -58,6 +62,11 @@ class LocalJobInbox:
         with ``ready.popleft()`` after ``trio.lowlevel.checkpoint_if_cancelled()``, which
         is what ``receive`` does with a buffered job (two frames fewer on every job a
         worker finds waiting); when it is empty, ``receive`` waits (or ends)."""
+        self.bare_jobs = False
+        """Set by a reader that takes a job request kept bare (``MemoryBus.submit_now``) as
+        the host's job itself: its ``item`` the ``JobRequest``, its ``trace_id`` that of
+        the packet it was not put in (a cordtrio ``Worker``: no packet built for the
+        jobs it is handed). Else every job is handed over in a packet."""
         self._readers: deque[Task] = deque()  # waiting readers, longest waiting first
         self._closed = False
         self._consumer: Consumer | None = None

@@ -51,6 +51,7 @@ from .worker_report import Reporter
 logger = logging.getLogger("cordtrio.worker")
 
 _SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
+_new = object.__new__
 
 QUEUE_PREFIX = "cordtrio-worker:"
 
@@ -188,6 +189,8 @@ class Worker:
             if isinstance(self._bus, JobBus):
                 self._reporter.take_inbox(submits)
                 submits.on_lost = self._job_lost
+                if hasattr(submits, "bare_jobs"):  # (``LocalJobInbox``: see ``_slot``)
+                    submits.bare_jobs = True
             nursery.start_soon(self._listen_cancels, cancels)
             task_status.started(self)
             async with trio.open_nursery() as slots:
@@ -252,6 +255,8 @@ class Worker:
             or getattr(submits, "receive_takes_ready_job", False) \
             else getattr(submits, "receive_nowait", None)
         receive = submits.receive
+        # what the inbox hands over for a job request kept bare (``_serve`` asks for them)
+        bare_job = getattr(submits, "bare_job_type", None)
         now = self._now
         runner = self._runner
         input_now, read_now = runner.input_now, runner.read_input_now
@@ -284,9 +289,13 @@ class Worker:
                         self._slots -= 1
                         self._grow_at -= 1
                         return
-                    request = packet.payload
-                    if not isinstance(request, JobRequest):
-                        continue
+                    if packet.__class__ is bare_job:
+                        # a job request the bus kept bare (``LocalJobInbox.bare_jobs``):
+                        request = packet.item  # the bus's job, ``trace_id`` beside it
+                    else:
+                        request = packet.payload
+                        if not isinstance(request, JobRequest):
+                            continue
                     handler = handlers.get(request.topic)
                     if handler is None:  # a job for another worker's topic set
                         continue
@@ -361,9 +370,17 @@ class Worker:
                                 store_now(key, output)
                         except Exception as exc:  # the encoding's or the store's: told apart
                             await runner.store_output(key, output, job_id, exc)
-                        # by position (``result_ptr``): keyword arguments to a class cost
-                        # more; ``pointer_for_key`` without the call
-                        result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
+                        # its fields set one by one (``pointer_for_key`` without the
+                        # call), as ``JobResult(job_id, SUCCEEDED, ptr)`` sets them: a
+                        # third less than ``__init__`` (tests/worker/test_worker_results.py
+                        # compares them); ``worker_id`` and ``execution_ms`` are
+                        # ``report``'s, at once
+                        result = _new(JobResult)
+                        result.job_id = job_id
+                        result.status = _SUCCEEDED
+                        result.result_ptr = POINTER_SCHEME + key
+                        result.error_code = result.error_message = ""
+                        result.artifact_ptrs = []
                     except JobFailed as failed:
                         result = failed.result
                     finally:

@@ -1,7 +1,7 @@
 """The in-process job path's calls that skip a layer give what the general calls give.
 
-``MemoryBus.publish_now`` against an awaited ``publish``, under every kind of subscription
-that changes what a publish does.
+``MemoryBus.publish_now`` and ``submit_now`` against an awaited ``publish``, under every
+kind of subscription that changes what a publish does.
 """
 
 from __future__ import annotations
@@ -249,3 +249,36 @@ async def test_reading_a_payload_at_a_pointer_is_the_general_read(
         except Exception as exc:
             got = (type(exc), str(exc))
         assert got == expected
+
+
+@pytest.mark.parametrize("subs, codec", _SETUPS)
+async def test_submit_now_does_what_publishing_the_packet_does_or_nothing(
+        subs: list[tuple[str, str, str]], codec: bool) -> None:
+    """``MemoryBus.submit_now`` (a job request kept bare, no packet built) against an
+    awaited ``publish`` of its packet: the same subscribers see the same, the same jobs
+    are queued, and a consumer that takes packets is handed the same packet."""
+    seen_now: list[Any] = []
+    seen: list[Any] = []
+    async with _bus(subs, codec, seen_now) as (fast, fast_handles), \
+            _bus(subs, codec, seen) as (general, general_handles):
+        before = _state(fast, seen_now, fast_handles)
+        packet = _packet(JobRequest("r:a@1", "jobs"))
+        request = packet.payload
+        assert isinstance(request, JobRequest) and packet.created_at is not None
+        if not fast.submit_now(request, packet.trace_id, packet.created_at,
+                               packet.sender_id):
+            assert _state(fast, seen_now, fast_handles) == before  # nothing done
+            await fast.publish(SUBJECT_SUBMIT, packet)
+        await general.publish(SUBJECT_SUBMIT, _packet(JobRequest("r:a@1", "jobs")))
+        await trio.lowlevel.checkpoint()
+        assert _state(fast, seen_now, fast_handles) == _state(general, seen, general_handles)
+        handed: list[list[BusPacket]] = []
+        for handles in (fast_handles, general_handles):
+            inbox = handles[0]
+            inbox.ack("r:p@1")  # the queued jobs are handed on, one by one
+            got = [inbox.receive_nowait()]
+            inbox.ack("r:q@1")
+            got.append(inbox.receive_nowait())
+            handed.append(got)
+        assert handed[0] == handed[1]
+        assert [p.payload.job_id for p in handed[0]] == ["r:q@1", "r:a@1"]

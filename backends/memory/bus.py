@@ -24,7 +24,10 @@ worker that consumes that topic with ``consume_jobs``; it waits there while no s
 has room, and a worker that leaves without acknowledging a job hands it back to the queue
 for the next one. Plain subscribers of ``sys.job.submit`` still see every request (a
 monitoring tap), but taking a job is ``consume_jobs``' business. A ``JobCancel`` on
-``sys.job.cancel`` drops a job still queued.
+``sys.job.cancel`` drops a job still queued. While the job queues alone take
+``sys.job.submit``, the engine hands them each request bare (``submit_now``): no packet is
+built unless a consumer that is not a cordtrio worker takes the job (it gets the packet,
+built then, as it would have been published).
 
 By default the packet *object* is handed to every subscriber, so receivers must treat packets
 as immutable. ``MemoryBus(codec=True)`` instead encodes each packet once with
@@ -67,6 +70,7 @@ from ..job_queues import (
     Consumer,
     JobQueues,
     LostJob,
+    QueuedJob,
     worker_lost_result,
 )
 from ..local_jobs import LocalJobInbox
@@ -237,6 +241,27 @@ class MemoryBus(OffersPublishNow):
             log.exception("a bus listener failed on a packet")
         return True
 
+    def submit_now(self, request: JobRequest, trace_id: str, created_at: datetime,
+                   sender_id: str) -> bool:
+        """``publish_now(SUBJECT_SUBMIT, BusPacket(trace_id, sender_id, created_at,
+        PROTOCOL_VERSION, request))`` with no packet built (the engine's every job): the
+        job queues keep the request bare, the packet's other fields beside it
+        (``QueuedJob``), and a worker that takes jobs bare (``LocalJobInbox.bare_jobs``) is
+        handed the job itself; anyone else is handed the packet, built then. Only while the
+        job queues alone take job requests (``publish_now``'s rule: nobody else could see
+        the packet); False, having done nothing, otherwise."""
+        if not self._jobs_alone:
+            return False
+        jobs = self.jobs
+        if jobs.pending and jobs.pending >= jobs.max_pending:  # ``jobs.full``: none queued,
+            return False                                         # the usual case
+        job = jobs.offer(request.job_id, request.topic, request, trace_id, sender_id,
+                         created_at)
+        if job is not None:
+            inbox: LocalJobInbox = job.holder.handle  # type: ignore[union-attr]
+            inbox.deliver(job if inbox.bare_jobs else _packet_of(job))
+        return True
+
     def _queue_job(self, request: JobRequest, item: BusPacket | bytes) -> None:
         """Offer a job request to the job queues; one handed to a waiting consumer at once
         goes straight into its inbox. ``item`` is what the queues keep: the packet, or its
@@ -355,18 +380,21 @@ class MemoryBus(OffersPublishNow):
     def _hand_out(self, assignments: Collection[Assignment]) -> None:
         for a in assignments:
             inbox: LocalJobInbox = a.consumer.handle
-            inbox.deliver(_deliverable(a.job.item))
+            job = a.job
+            inbox.deliver(_deliverable(job.item) if job.item.__class__ is not JobRequest
+                          else job if inbox.bare_jobs else _packet_of(job))
         if self._room and not self.jobs.full:
             self._room.unpark_all()
 
     async def _report_lost(self, lost: list[LostJob]) -> None:
         for job in lost:
-            packet = _deliverable(job.item)
+            trace_id = job.trace_id if job.item.__class__ is JobRequest \
+                else _deliverable(job.item).trace_id
             log.warning("job %s: its worker was lost %d times; reported as failed",
                         job.job_id, job.deliveries)
             result = worker_lost_result(job.job_id, job.deliveries)
             await self.publish(SUBJECT_RESULT, BusPacket(
-                packet.trace_id, "cordtrio-bus", datetime.now(UTC), PROTOCOL_VERSION, result))
+                trace_id, "cordtrio-bus", datetime.now(UTC), PROTOCOL_VERSION, result))
 
     def _table_for(self, subject: str) -> tuple[dict[str, _Listeners], str]:
         if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):
@@ -531,6 +559,12 @@ def _deliverable(item: BusPacket | bytes) -> BusPacket:
     """A queued job's packet for one delivery: the packet itself, or a copy decoded from
     its encoding when the bus encodes packets."""
     return item if isinstance(item, BusPacket) else decode_packet(item)
+
+
+def _packet_of(job: QueuedJob) -> BusPacket:
+    """The packet of a job request kept bare (``MemoryBus.submit_now``), for a consumer
+    that takes packets: the one the engine would have published."""
+    return BusPacket(job.trace_id, job.sender_id, job.created_at, PROTOCOL_VERSION, job.item)
 
 
 __all__ = ["DEFAULT_MAX_BUFFER", "MemoryBus"]

@@ -27,6 +27,7 @@ from ..core.plan import Plan
 from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
 from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges, own_call
+from ..protocol import JobRequest
 from .envelopes import Envelope, Finish
 from .timers import Alarm
 
@@ -185,7 +186,8 @@ class RunWiring:
     the hooks and the clock."""
 
     __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "output", "owner",
-                 "path", "publish_now", "queues_commands", "save_now", "stage_payloads")
+                 "path", "publish_now", "queues_commands", "save_now", "stage_payloads",
+                 "submit_now")
 
     def __init__(self, host: RunHost) -> None:
         owner = self.owner = host.ownership
@@ -200,6 +202,10 @@ class RunWiring:
             None = getattr(owner, "save_changes_now", None)
         self.bus = host.bus
         self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
+        # ``MemoryBus.submit_now``: a job request handed over bare, no packet built for it
+        # (the bus keeps the packet's fields), under ``publish_now``'s rules
+        self.submit_now: Callable[[JobRequest, str, datetime, str], bool] | None = \
+            own_call(host.bus, "publishes_now", "submit_now")
         # the payload store's calls (``json_payloads.path_for``): an optional host
         # attribute, set by the engine for all its run tasks
         payloads = host.payloads

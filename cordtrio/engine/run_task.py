@@ -446,18 +446,24 @@ class RunTask:
             cls = effect.__class__
             if cls is Dispatch:
                 if wiring.config is None:  # ``publish_job`` without a config, inline
-                    try:  # (``effects.packet``, inline, its fields set one by one: a
-                        # third less than ``__init__``; tests/engine/test_engine_api.py
-                        # compares the packet with ``BusPacket(...)``'s)
-                        request = _new(BusPacket)
-                        request.trace_id = run_id
-                        request.sender_id = SENDER_ID
-                        request.created_at = now
-                        request.protocol_version = PROTOCOL_VERSION
-                        request.payload = effect.request
-                        publish_now = wiring.publish_now
-                        if publish_now is None or not publish_now(SUBJECT_SUBMIT, request):
-                            await wiring.bus.publish(SUBJECT_SUBMIT, request)
+                    try:  # handed over bare when the bus can (no packet built: it keeps
+                        # the packet's fields), else (``effects.packet``, inline, its fields
+                        # set one by one: a third less than ``__init__``;
+                        # tests/engine/test_engine_api.py compares the packet with
+                        # ``BusPacket(...)``'s)
+                        submit_now = wiring.submit_now
+                        if submit_now is None or not submit_now(effect.request, run_id, now,
+                                                                SENDER_ID):
+                            request = _new(BusPacket)
+                            request.trace_id = run_id
+                            request.sender_id = SENDER_ID
+                            request.created_at = now
+                            request.protocol_version = PROTOCOL_VERSION
+                            request.payload = effect.request
+                            publish_now = wiring.publish_now
+                            if publish_now is None or not publish_now(SUBJECT_SUBMIT,
+                                                                      request):
+                                await wiring.bus.publish(SUBJECT_SUBMIT, request)
                         problem = ""
                     except Exception as exc:
                         problem = f"publish {effect.job_id}: {exc}"

@@ -58,6 +58,10 @@ async def test_success_stores_json_result_and_publishes_succeeded_with_pointer(
     assert result.result_ptr == "redis://res:run-1:a@1"
     assert result.worker_id == "w1"
     assert result.error_message == ""
+    # the slot sets a success's fields one by one: every one as ``__init__`` sets it
+    assert result == JobResult("run-1:a@1", JobStatus.SUCCEEDED, "redis://res:run-1:a@1",
+                               "w1", result.execution_ms)
+    assert result.artifact_ptrs == []
     assert packet.trace_id == "trace-1"
     assert packet.sender_id == "w1"
     assert packet.protocol_version == 1
