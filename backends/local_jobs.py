@@ -102,8 +102,8 @@ class LocalJobInbox:
         if not readers:
             self.deliver = self._buffer
 
-    def receive_nowait(self) -> BusPacket:
-        """A buffered job; ``trio.WouldBlock`` when there is none (``trio.EndOfChannel``
+    def receive_nowait(self) -> BusPacket | QueuedJob:
+        """A buffered job (a packet, or with ``bare_jobs`` maybe the host's job); ``trio.WouldBlock`` when there is none (``trio.EndOfChannel``
         once closed and empty)."""
         if self._jobs:
             return self._jobs.popleft()
@@ -111,7 +111,7 @@ class LocalJobInbox:
             raise trio.EndOfChannel
         raise trio.WouldBlock
 
-    def receive(self) -> Coroutine[Any, Any, BusPacket]:
+    def receive(self) -> Coroutine[Any, Any, BusPacket | QueuedJob]:
         """The next job (await it at once): a buffered one (a cancellation point, not a
         schedule point), else wait for one; ``trio.EndOfChannel`` once closed and empty.
 
@@ -133,7 +133,7 @@ class LocalJobInbox:
 
         return wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
-    async def _take(self) -> BusPacket:
+    async def _take(self) -> BusPacket | QueuedJob:
         await checkpoint_if_cancelled()
         return self.receive_nowait()  # nothing ran since the check: still there
 
@@ -149,7 +149,7 @@ class LocalJobInbox:
     def __aiter__(self) -> LocalJobInbox:
         return self
 
-    async def __anext__(self) -> BusPacket:
+    async def __anext__(self) -> BusPacket | QueuedJob:
         try:
             return await self.receive()
         except trio.EndOfChannel:

@@ -363,6 +363,11 @@ class JobInbox(Protocol):
     and they went to another worker), it calls ``on_lost(job_id)`` for each one that was
     already received, so that the worker stops them without reporting; jobs not yet
     received are simply never returned by ``receive``.
+
+    An inbox in the worker's own process may offer more (``LocalJobInbox``): a reader that
+    sets its ``bare_jobs`` is handed a job request the bus kept bare as the bus's own job
+    (of class ``bare_job_type``, whose ``item`` is the request and which keeps the
+    packet's fields) instead of a packet; every other reader gets packets.
     """
 
     on_lost: Callable[[str], None] | None
@@ -406,8 +411,8 @@ class PublishNow(Protocol):
     without being awaited: ``publish_now`` does what ``publish`` would, with no
     cancellation check, when nothing can make it wait, and returns False having done
     nothing otherwise; only when ``publishes_now`` is true (False in a subclass that
-    changes ``publish``). The engine publishes job requests, and a worker results, with it
-    first."""
+    changes ``publish``). A worker publishes its results with it first; the engine its job
+    requests when the bus cannot take them bare (``MemoryBus.submit_now``)."""
 
     publishes_now: bool
 

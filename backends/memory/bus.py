@@ -211,10 +211,11 @@ class MemoryBus(OffersPublishNow):
             await self._wait_for_room(waits, packet, wire)
 
     def publish_now(self, subject: str, packet: BusPacket) -> bool:
-        """``publish`` without awaiting it (no cancellation check) for the two packets of
-        every job step, when nothing can make it wait: a job request the job queues alone
-        take (they have room, nobody subscribes to its subject), or a packet a ``listen``
-        callback alone takes (a job result for the engine). False, having done nothing,
+        """``publish`` without awaiting it (no cancellation check) for the packets of a job
+        step, when nothing can make it wait: a job request the job queues alone take (they
+        have room, nobody subscribes to its subject; the engine hands such a request bare
+        instead, ``submit_now``), or a packet a ``listen`` callback alone takes (a job
+        result for the engine). False, having done nothing,
         for anything else: then await ``publish``."""
         if packet.__class__ is not BusPacket:
             return False

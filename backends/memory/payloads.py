@@ -55,9 +55,7 @@ _Entry = _Parts | bytes
 _NEVER = math.inf  # when a store without a TTL purges: never
 _HALVES = {CONTEXT_PREFIX: 0, RESULT_PREFIX: 1}  # which of ``_halves`` keeps a prefix's keys
 _COMPACT = (True, False)  # the separators of the snapshots kept as bytes alone, by half
-_EMPTY_PARTS = (JsonPayload.of({}, True).parts, JsonPayload.of({}, False).parts)
-_EMPTY_INPUT = _EMPTY_PARTS[0]  # how the empty job input (``{}``) is kept
-_EMPTY_FROZEN = _EMPTY_INPUT[1]  # their snapshot, known by its identity (``value()``)
+_EMPTY_INPUT = JsonPayload.of({}, True).parts  # how the empty job input (``{}``) is kept
 
 
 def _key_rule(prefix: str) -> Callable[[str], object]:
@@ -77,7 +75,7 @@ def _writer(prefix: str, compact: bool | None = None
     common_key = _key_rule(prefix)
     # the commonest job input, ``{}``, is told without a call (``kept_of`` knows it too: a
     # result, rarely empty, goes straight there)
-    empty = _EMPTY_PARTS[0] if compact else None
+    empty = _EMPTY_INPUT if compact else None
     assert compact is None or compact is _COMPACT[half]  # (what its bytes alone stand for)
     separators = bool(compact)
     of_value = compact is not None
@@ -182,8 +180,6 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     if entry.__class__ is bytes:  # a snapshot alone (``kept_of``)
         return _loads(entry)
     frozen = entry[1]
-    if frozen is _EMPTY_FROZEN:  # the shared empty input (most jobs'): no ``loads``
-        return {}
     if frozen is not None:
         return _loads(frozen)
     return None

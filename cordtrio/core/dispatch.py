@@ -122,7 +122,7 @@ def emit_job(
     request.workflow_id = wf_id
     request.step_index = 0
     request.memory_id = jobs.memory_id
-    request.budget = Budget(deadline_ms=shape.deadline_ms) if shape.deadline_ms else None
+    request.budget = Budget(deadline_ms=shape.deadline_ms) if shape.timed else None
     request.tenant_id = run.org_id
     request.principal_id = meta.actor_id if meta is not None and meta.actor_id else ""
     request.labels = labels
@@ -147,7 +147,7 @@ def emit_job(
         data = {**data, "foreach_index": index}
     tx.rows.append(timeline_row(tx.now, "step_dispatched", run.id, run.workflow_id, target,
                                 job_id, _RUNNING_TEXT, "", "", data))
-    if shape.timer:  # (a positive timeout, or None)
+    if shape.timer is not None:  # (a positive timeout)
         effects.append(ArmTimer(tx.now + shape.timer, TimerKind.STEP_TIMEOUT, target, job_id))
 
 

@@ -31,13 +31,18 @@ class JobShape:
     labels: Mapping[str, str] | None
     """The job's labels beyond ``workflow_id``, ``run_id`` and ``step_id``, in the order
     they are set (``worker_id``, then ``route_labels``); None: none."""
+    timed: bool
+    """The step has a timeout (``timeout_sec > 0``): its jobs carry a ``Budget``, even one
+    whose deadline rounds to 0 ms."""
     deadline_ms: int
-    """The job's ``Budget`` deadline (0: no budget)."""
+    """That ``Budget``'s deadline."""
     timer: timedelta | None
     """The step's timeout when it is armed at the dispatch (not when workers report their
-    starts: it counts from there); None: no timer."""
+    starts: it counts from there); None: no timer (a timeout too short to be told from
+    zero is still a timer: ``timedelta(0)``)."""
     has_meta: bool
-    """``step.meta`` is set (``build_meta`` has something to say even without a tenant)."""
+    """``step.meta`` is set (``build_meta`` may then have something to say without a
+    tenant)."""
     plain: bool
     """Neither ``labels`` nor ``has_meta``: with ``RunJobs.plain``, a job has only the
     three labels and no metadata."""
@@ -56,6 +61,7 @@ class JobShape:
             topic=step.topic or f"job.workflow.{workflow_id}",
             adapter_id=step.worker_id,
             labels=labels or None,
+            timed=timeout > 0,
             deadline_ms=int(timeout * 1000) if timeout > 0 else 0,
             timer=timedelta(seconds=float(timeout))
             if timeout > 0 and not starts_reported else None,
@@ -164,19 +170,19 @@ class Plan:
                 sources.setdefault(step.on_error, []).append(sid)
             for dep in dict.fromkeys(step.depends_on):  # a dependency named twice counts once
                 dependents.setdefault(dep, []).append(sid)
+        shapes = _shapes(workflow, starts_reported)
         plain_jobs = frozenset(
             sid for sid, step in workflow.steps.items()
             if isinstance(step.type, StepType) and step.type.is_worker_like
             and not step.condition and not step.for_each and sid not in sources
             and not (sid.endswith("]") and "[" in sid)  # could read as a child's id
+            and sid in shapes
         )
         roots = tuple(i for i, sid in enumerate(order)
                       if not workflow.steps[sid].depends_on and sid not in sources)
         checked_outputs = frozenset(
             sid for sid, step in workflow.steps.items()
             if step.output_schema or step.output_schema_id.strip())
-        shapes = {sid: JobShape.of(workflow.id, step, starts_reported)
-                  for sid, step in workflow.steps.items()}
         plain = _plain(workflow, order, plain_jobs, checked_outputs, dependents, shapes)
         plain_roots = tuple(order[i] for i in roots) if all(
             order[i] in plain_jobs for i in roots) else ()
@@ -209,6 +215,20 @@ class Plan:
                 if sid:
                     ids.add(sid)
         return ids
+
+
+def _shapes(workflow: Workflow, starts_reported: bool) -> dict[str, JobShape]:
+    """``Plan.shapes``: of the steps that run as jobs. A step whose fields cannot make one
+    (a definition built without validation) has none: ``job_shape`` then fails where its
+    job is made, as the step's own failure, not the whole plan's."""
+    shapes: dict[str, JobShape] = {}
+    for sid, step in workflow.steps.items():
+        if isinstance(step.type, StepType) and step.type.is_worker_like:
+            try:
+                shapes[sid] = JobShape.of(workflow.id, step, starts_reported)
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                continue
+    return shapes
 
 
 def _plain(

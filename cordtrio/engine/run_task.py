@@ -460,7 +460,9 @@ class RunTask:
                             request.created_at = now
                             request.protocol_version = PROTOCOL_VERSION
                             request.payload = effect.request
-                            publish_now = wiring.publish_now
+                            # (a bus that hands requests over bare takes a packet at
+                            # once on the same terms: refused bare, it is awaited)
+                            publish_now = wiring.publish_now if submit_now is None else None
                             if publish_now is None or not publish_now(SUBJECT_SUBMIT,
                                                                       request):
                                 await wiring.bus.publish(SUBJECT_SUBMIT, request)

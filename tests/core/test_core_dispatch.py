@@ -271,18 +271,47 @@ def test_route_labels_are_set_after_worker_id():
                           "worker_id": "w2"}
 
 
-def test_job_shapes_are_the_plans_or_worked_out():
+def test_a_step_replaced_after_the_plan_gets_a_job_of_its_own_fields():
+    """A step that is not the plan's (a caller's replacement) makes its job from its own
+    fields, not from what the plan worked out for the step of that id."""
     from dataclasses import replace
 
-    from cordtrio.core.plan import JobShape, Plan, job_shape
+    from cordtrio.core.plan import Plan, job_shape
 
     wf = workflow(step("s", worker_id="w1", timeout_sec=2, route_labels={"g": "1"}),
                   validate=False)
     plan = Plan.build(wf)
-    s = wf.steps["s"]
-    assert job_shape(plan, s) is plan.shapes["s"] is plan.plain["s"].shape
-    assert plan.shapes["s"] == JobShape.of(wf.id, s, False)
-    other = replace(s, topic="t2")  # not the workflow's step: worked out for it
-    assert job_shape(plan, other).topic == "t2"
-    assert job_shape(Plan.build(wf, starts_reported=True), s).timer is None
-    assert job_shape(replace(plan, shapes={}), s) == plan.shapes["s"]
+    other = replace(wf.steps["s"], topic="t2", worker_id="w2", route_labels={},
+                    timeout_sec=0)
+    shape = job_shape(plan, other)
+    assert (shape.topic, shape.adapter_id, shape.labels, shape.timed, shape.timer) == \
+        ("t2", "w2", {"worker_id": "w2"}, False, None)
+    assert job_shape(Plan.build(wf, starts_reported=True), wf.steps["s"]).timer is None
+
+
+def test_a_timeout_shorter_than_a_millisecond_still_budgets_and_times_out():
+    """SPEC §6: any positive ``timeout_sec`` is a timeout, even one whose deadline rounds
+    to 0 ms or whose timer is due at once."""
+    for timeout in (0.0004, 1e-7):
+        sim = _one(timeout_sec=timeout)
+        assert _req(sim).budget == Budget(deadline_ms=0)
+        sim.advance(0.001)
+        assert sim.run.steps["s"].status == StepStatus.TIMED_OUT, timeout
+
+
+def test_a_step_whose_fields_cannot_make_a_job_fails_alone_when_it_would_start():
+    """A definition built without validation whose job step has a bad timeout: the plan
+    is made (the other steps run), the bad step's job fails where it would be made."""
+    import pytest
+
+    from cordtrio.core.plan import Plan
+
+    wf = workflow(step("ok"), step("bad", timeout_sec=None, depends_on=["ok"]),
+                  validate=False)
+    plan = Plan.build(wf)
+    assert "bad" not in plan.shapes and "bad" not in plan.plain_jobs
+    sim = Sim(wf)
+    sim.start()
+    assert [d.step_id for d in sim.dispatches] == ["ok"]
+    with pytest.raises(TypeError):
+        sim.succeed(sim.job("ok"))
