@@ -90,8 +90,9 @@ class Consumer:
 class Assignment:
     """Deliver ``job`` to ``consumer`` (it now holds the job): its ``item``, a packet; for
     a request the bus kept bare, what the host hands such a consumer (``MemoryBus``: the
-    job itself to a reader that takes it bare, else the packet built from it). Not frozen: one is made
-    for every job, and a frozen dataclass sets each field through ``object.__setattr__``."""
+    job itself to a reader that takes it bare, else the packet built from it). Not frozen:
+    one is made for every job, and a frozen dataclass sets each field through
+    ``object.__setattr__``."""
 
     consumer: Consumer
     job: QueuedJob

@@ -103,8 +103,9 @@ class LocalJobInbox:
             self.deliver = self._buffer
 
     def receive_nowait(self) -> BusPacket | QueuedJob:
-        """A buffered job (a packet, or with ``bare_jobs`` maybe the host's job); ``trio.WouldBlock`` when there is none (``trio.EndOfChannel``
-        once closed and empty)."""
+        """A buffered job (a packet, or with ``bare_jobs`` maybe the host's job);
+        ``trio.WouldBlock`` when there is none (``trio.EndOfChannel`` once closed and
+        empty)."""
         if self._jobs:
             return self._jobs.popleft()
         if self._closed:
