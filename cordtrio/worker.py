@@ -259,6 +259,8 @@ class Worker:
         bare_job = getattr(submits, "bare_job_type", None)
         now = self._now
         runner = self._runner
+        reporter, worker_id = self._reporter, self.worker_id
+        report_now = reporter.report_now  # (set before the first slot starts)
         input_now, read_now = runner.input_now, runner.read_input_now
         store_now = runner.store_result_now
         while True:
@@ -390,15 +392,31 @@ class Worker:
                     # scope's ``cancel_called``, which reads the clock).
                     if entry.reason is not None:
                         break
-                    # The slot is busy until the result is published, so a slow bus slows
-                    # intake instead of piling up finished jobs.
-                    publishing = self._report(trace_id, started, result)
-                    if publishing is not None:  # ``_published``, without its frame
-                        self._grow_at -= 1
-                        try:
-                            await publishing
-                        finally:
-                            self._grow_at += 1
+                    # ``Reporter.report`` without its frame (every job): stamped, counted,
+                    # and handed to the bus's one listener of results and acknowledged in
+                    # one call (``report_now``) when it can; else published in a packet
+                    # (tests/worker/test_worker_results.py compares the two ways)
+                    result.worker_id = worker_id
+                    result.execution_ms = int((now() - started) * 1000)
+                    if result.status is _SUCCEEDED:
+                        reporter.succeeded += 1
+                    else:
+                        reporter.failed += 1
+                    try:
+                        reported = report_now is not None and report_now(result)
+                    except Exception:
+                        reporter.not_published(result)
+                        reported = True
+                    if not reported:
+                        # The slot is busy until the result is published, so a slow bus
+                        # slows intake instead of piling up finished jobs.
+                        publishing = reporter.publish(trace_id, result)
+                        if publishing is not None:  # ``_published``, without its frame
+                            self._grow_at -= 1
+                            try:
+                                await publishing
+                            finally:
+                                self._grow_at += 1
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can
