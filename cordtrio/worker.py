@@ -260,7 +260,8 @@ class Worker:
         now = self._now
         runner = self._runner
         reporter, worker_id = self._reporter, self.worker_id
-        report_now = reporter.report_now  # (set before the first slot starts)
+        # (set before the first slot starts; a stand-in saying "not now" without it)
+        report_now = reporter.report_now or _not_now
         input_now, read_now = runner.input_now, runner.read_input_now
         store_now = runner.store_result_now
         while True:
@@ -308,7 +309,6 @@ class Worker:
                         logger.debug("worker %s: duplicate of running job %s dropped",
                                      self.worker_id, job_id)
                         continue
-                    trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     # no other slot is idle, and one more may start (a saturated worker,
@@ -327,7 +327,7 @@ class Worker:
                         budget = request.budget
                         deadline_ms = 0 if budget is None else budget.deadline_ms
                         if deadline_ms > 0:  # the engine times the step from its start
-                            await self._reporter.report_start(trace_id, job_id)
+                            await reporter.report_start(packet.trace_id, job_id)
                         ptr = request.context_ptr
                         data: Any = {}
                         if ptr:
@@ -403,14 +403,14 @@ class Worker:
                     else:
                         reporter.failed += 1
                     try:
-                        reported = report_now is not None and report_now(result)
+                        reported = report_now(result)
                     except Exception:
                         reporter.not_published(result)
                         reported = True
                     if not reported:
                         # The slot is busy until the result is published, so a slow bus
                         # slows intake instead of piling up finished jobs.
-                        publishing = reporter.publish(trace_id, result)
+                        publishing = reporter.publish(packet.trace_id, result)
                         if publishing is not None:  # ``_published``, without its frame
                             self._grow_at -= 1
                             try:
@@ -431,7 +431,7 @@ class Worker:
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
                 )
-                publishing = self._report(trace_id, started, result)
+                publishing = self._report(packet.trace_id, started, result)
                 if publishing is not None:
                     await self._published(publishing)
             if contextvars.copy_context() != clean:
@@ -446,6 +446,12 @@ class Worker:
             await publishing
         finally:
             self._grow_at += 1
+
+
+def _not_now(result: JobResult) -> bool:
+    """``report_now`` of an inbox or a bus that cannot hand a result over bare: publish
+    it in a packet."""
+    return False
 
 
 def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
