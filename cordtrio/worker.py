@@ -329,12 +329,14 @@ class Worker:
                         if deadline_ms > 0:  # the engine times the step from its start
                             await reporter.report_start(packet.trace_id, job_id)
                         ptr = request.context_ptr
-                        data: Any = {}
+                        data: Any
                         if ptr:
                             try:  # an in-process snapshot's value, in one call
                                 data = input_now(ptr) if input_now is not None else None
                             except Exception:  # (its errors are the general read's)
                                 data = None
+                        else:  # no input: an empty one
+                            data = {}
                         if data.__class__ is not dict:  # else: the payload, then its value
                             try:  # an in-process store: no await; else the store's own
                                 raw = read_now(ptr) if read_now is not None \
@@ -350,11 +352,15 @@ class Worker:
                                 raise invalid_input(
                                     request, "is not a JSON object "
                                     f"(got {type(data).__name__})")
-                        # ``item_of`` only when there is an item to find (most jobs have
-                        # none)
-                        job = Job(request, data, item_of(request, data)
-                                  if "item" in data or "foreach_item" in request.env
-                                  else None)
+                        # ``Job(request, data, item)``, its fields set one by one (a third
+                        # less than ``__init__``; tests/worker/test_worker_results.py
+                        # compares them), ``item_of`` only when there is an item to find
+                        # (most jobs have none)
+                        job = _new(Job)
+                        job.request = request
+                        job.input = data
+                        job.item = item_of(request, data) \
+                            if "item" in data or "foreach_item" in request.env else None
                         if deadline_ms <= 0:
                             try:
                                 output = await handler(job)

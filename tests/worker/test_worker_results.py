@@ -104,6 +104,11 @@ async def test_handler_sees_input_item_and_job_ids(
     assert without_input.input == {}
     assert without_input.item == [1, "two"]
     assert without_input.attempt == 1
+    # the slot sets a job's fields one by one: every one as ``__init__`` sets it
+    for job in seen:
+        assert job.__class__ is Job
+        assert job == Job(job.request, job.input, job.item)
+        assert vars(job) == vars(Job.from_request(job.request, job.input))
 
 
 def test_job_properties_without_env_or_attempt_suffix() -> None:
