@@ -259,6 +259,9 @@ class Worker:
         bare_job = getattr(submits, "bare_job_type", None)
         now = self._now
         runner = self._runner
+        reporter, worker_id = self._reporter, self.worker_id
+        # (set before the first slot starts; a stand-in saying "not now" without it)
+        report_now = reporter.report_now or _not_now
         input_now, read_now = runner.input_now, runner.read_input_now
         store_now = runner.store_result_now
         while True:
@@ -306,7 +309,6 @@ class Worker:
                         logger.debug("worker %s: duplicate of running job %s dropped",
                                      self.worker_id, job_id)
                         continue
-                    trace_id = packet.trace_id
                     started = now()
                     running[job_id] = entry  # registered now, so an early cancel finds it
                     # no other slot is idle, and one more may start (a saturated worker,
@@ -325,14 +327,16 @@ class Worker:
                         budget = request.budget
                         deadline_ms = 0 if budget is None else budget.deadline_ms
                         if deadline_ms > 0:  # the engine times the step from its start
-                            await self._reporter.report_start(trace_id, job_id)
+                            await reporter.report_start(packet.trace_id, job_id)
                         ptr = request.context_ptr
-                        data: Any = {}
+                        data: Any
                         if ptr:
                             try:  # an in-process snapshot's value, in one call
                                 data = input_now(ptr) if input_now is not None else None
                             except Exception:  # (its errors are the general read's)
                                 data = None
+                        else:  # no input: an empty one
+                            data = {}
                         if data.__class__ is not dict:  # else: the payload, then its value
                             try:  # an in-process store: no await; else the store's own
                                 raw = read_now(ptr) if read_now is not None \
@@ -348,11 +352,15 @@ class Worker:
                                 raise invalid_input(
                                     request, "is not a JSON object "
                                     f"(got {type(data).__name__})")
-                        # ``item_of`` only when there is an item to find (most jobs have
-                        # none)
-                        job = Job(request, data, item_of(request, data)
-                                  if "item" in data or "foreach_item" in request.env
-                                  else None)
+                        # ``Job(request, data, item)``, its fields set one by one (a third
+                        # less than ``__init__``; tests/worker/test_worker_results.py
+                        # compares them), ``item_of`` only when there is an item to find
+                        # (most jobs have none)
+                        job = _new(Job)
+                        job.request = request
+                        job.input = data
+                        job.item = item_of(request, data) \
+                            if "item" in data or "foreach_item" in request.env else None
                         if deadline_ms <= 0:
                             try:
                                 output = await handler(job)
@@ -390,15 +398,31 @@ class Worker:
                     # scope's ``cancel_called``, which reads the clock).
                     if entry.reason is not None:
                         break
-                    # The slot is busy until the result is published, so a slow bus slows
-                    # intake instead of piling up finished jobs.
-                    publishing = self._report(trace_id, started, result)
-                    if publishing is not None:  # ``_published``, without its frame
-                        self._grow_at -= 1
-                        try:
-                            await publishing
-                        finally:
-                            self._grow_at += 1
+                    # ``Reporter.report`` without its frame (every job): stamped, counted,
+                    # and handed to the bus's one listener of results and acknowledged in
+                    # one call (``report_now``) when it can; else published in a packet
+                    # (tests/worker/test_worker_results.py compares the two ways)
+                    result.worker_id = worker_id
+                    result.execution_ms = int((now() - started) * 1000)
+                    if result.status is _SUCCEEDED:
+                        reporter.succeeded += 1
+                    else:
+                        reporter.failed += 1
+                    try:
+                        reported = report_now(result)
+                    except Exception:
+                        reporter.not_published(result)
+                        reported = True
+                    if not reported:
+                        # The slot is busy until the result is published, so a slow bus
+                        # slows intake instead of piling up finished jobs.
+                        publishing = reporter.publish(packet.trace_id, result)
+                        if publishing is not None:  # ``_published``, without its frame
+                            self._grow_at -= 1
+                            try:
+                                await publishing
+                            finally:
+                                self._grow_at += 1
                     if contextvars.copy_context() != clean:
                         break
             # Left with a reason: the job in progress was cancelled (only a running job can
@@ -413,7 +437,7 @@ class Worker:
                     error_code="JobCancelled",
                     error_message=f"cancelled: {entry.reason or 'no reason given'}",
                 )
-                publishing = self._report(trace_id, started, result)
+                publishing = self._report(packet.trace_id, started, result)
                 if publishing is not None:
                     await self._published(publishing)
             if contextvars.copy_context() != clean:
@@ -428,6 +452,12 @@ class Worker:
             await publishing
         finally:
             self._grow_at += 1
+
+
+def _not_now(result: JobResult) -> bool:
+    """``report_now`` of an inbox or a bus that cannot hand a result over bare: publish
+    it in a packet."""
+    return False
 
 
 def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:

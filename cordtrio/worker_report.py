@@ -79,7 +79,7 @@ class Reporter:
         (``report_now``) gets no packet: nobody would read more than ``result``.
         ``result``'s ``worker_id`` and ``execution_ms`` are set here (a slot's result of a
         job that succeeded has them set nowhere else)."""
-        worker_id = result.worker_id = self.worker_id
+        result.worker_id = self.worker_id
         result.execution_ms = int((self.now() - started) * 1000)
         if result.status is _SUCCEEDED:
             self.succeeded += 1
@@ -91,9 +91,16 @@ class Reporter:
                 if report_now(result):
                     return None
             except Exception:
-                self._not_published(result)
+                self.not_published(result)
                 return None
-        packet = BusPacket(trace_id, worker_id, datetime.now(UTC), PROTOCOL_VERSION, result)
+        return self.publish(trace_id, result)
+
+    def publish(self, trace_id: str, result: JobResult) -> Awaitable[None] | None:
+        """``report``'s publish of a stamped and counted ``result`` in a packet, then the
+        acknowledgement: at once on a bus that takes it without awaiting (None then), else
+        in the awaitable returned (await it at once)."""
+        packet = BusPacket(trace_id, self.worker_id, datetime.now(UTC), PROTOCOL_VERSION,
+                           result)
         publish_now = self._publish_now  # ``ports.PublishNow``: an in-process bus
         if publish_now is None:
             return self._publish(packet, result)
@@ -101,7 +108,7 @@ class Reporter:
             if not publish_now(SUBJECT_RESULT, packet):
                 return self._publish(packet, result)
         except Exception:
-            self._not_published(result)
+            self.not_published(result)
             return None
         ack = self.ack
         if ack is not None:
@@ -113,12 +120,13 @@ class Reporter:
         try:
             await self._bus.publish(SUBJECT_RESULT, packet)
         except Exception:
-            self._not_published(result)
+            self.not_published(result)
             return
         if self.ack is not None:
             self.ack(result.job_id)
 
-    def _not_published(self, result: JobResult) -> None:
+    def not_published(self, result: JobResult) -> None:
+        """Log that ``result`` could not be handed over (its job is not acknowledged)."""
         logger.exception("worker %s: publishing the result of job %s failed",
                          self.worker_id, result.job_id)
 

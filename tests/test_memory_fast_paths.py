@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from cordtrio.backends.job_queues import JobQueues, QueuedJob
 from cordtrio.backends.memory import MemoryBus
 from cordtrio.protocol import (
     SUBJECT_CANCEL,
@@ -282,3 +284,22 @@ async def test_submit_now_does_what_publishing_the_packet_does_or_nothing(
             handed.append(got)
         assert handed[0] == handed[1]
         assert [p.payload.job_id for p in handed[0]] == ["r:q@1", "r:a@1"]
+
+
+def test_a_job_handed_to_its_topics_one_consumer_is_the_queued_job_init_makes() -> None:
+    """``JobQueues.offer`` sets the fields of the usual job (held at once by its topic's
+    one consumer) one by one: each as ``QueuedJob.__init__`` sets it."""
+    queues = JobQueues()
+    consumer, _ = queues.add(["jobs"], 2, "inbox")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    request = JobRequest("r:a@1", "jobs")
+    job = queues.offer("r:a@1", "jobs", request, "r", "engine-1", at)
+    assert job is not None and job.__class__ is QueuedJob
+    expected = QueuedJob("r:a@1", "jobs", request, job.seq, 1, consumer, False, "r",
+                         "engine-1", at)
+    for f in fields(QueuedJob):
+        assert getattr(job, f.name) == getattr(expected, f.name), f.name
+    assert queues.get("r:a@1") is job and consumer.held == {"r:a@1": job}
+    later = queues.offer("r:b@1", "jobs", request)  # a packet's job: the defaults
+    assert later is not None and later.seq > job.seq
+    assert (later.trace_id, later.sender_id, later.created_at) == ("", "", None)

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC
+from typing import Any
 
 import pytest
 import trio
@@ -103,6 +104,11 @@ async def test_handler_sees_input_item_and_job_ids(
     assert without_input.input == {}
     assert without_input.item == [1, "two"]
     assert without_input.attempt == 1
+    # the slot sets a job's fields one by one: every one as ``__init__`` sets it
+    for job in seen:
+        assert job.__class__ is Job
+        assert job == Job(job.request, job.input, job.item)
+        assert vars(job) == vars(Job.from_request(job.request, job.input))
 
 
 def test_job_properties_without_env_or_attempt_suffix() -> None:
@@ -407,3 +413,57 @@ async def _one_result_lost(bus: MemoryBus, payloads: MemoryPayloadStore,
     assert kept.job_id == "r:kept@1"
     assert w.handled == 2
     assert any("r:lost@1" in record.getMessage() for record in caplog.records)
+
+
+# ------------------------------------------------------------------ both ways of reporting
+
+
+async def _reported(bus: MemoryBus, payloads: MemoryPayloadStore, bare: bool
+                    ) -> tuple[list[Any], tuple[int, int, int]]:
+    """What an engine-like listener of results is handed for three jobs (one succeeds,
+    one fails, one is denied), and the worker's counters: taken ``bare`` (the listener's
+    ``on_payload``: the slot's own report, no packet) or as packets (``Reporter``'s)."""
+    got: list[Any] = []
+
+    async def work(job: Job) -> dict[str, Any]:
+        if job.input.get("fail"):
+            raise RuntimeError("boom")
+        if job.input.get("deny"):
+            raise JobDenied("no")
+        return {"ok": True}
+
+    def take(packet: BusPacket) -> None:
+        got.append(("packet", packet.trace_id, packet.payload))
+
+    def take_bare(result: Any) -> None:
+        got.append(("bare", result))
+
+    async with bus.listen(SUBJECT_RESULT, "engines", take,
+                          on_payload=take_bare if bare else None), \
+            open_worker(bus, payloads, {TOPIC: work}, worker_id="w1") as worker:
+        for n, data in enumerate([{}, {"fail": True}, {"deny": True}]):
+            await submit_with_input(bus, payloads, f"run-1:s{n}@1", data)
+        with trio.fail_after(WAIT):
+            while len(got) < 3:
+                await trio.sleep(0.01)
+        counters = (worker.handled, worker.succeeded, worker.failed)
+        assert bus.jobs.held == 0  # every job acknowledged
+    return got, counters
+
+
+async def test_a_result_handed_over_bare_is_the_one_published_in_a_packet(
+    payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """The slot stamps, counts and hands a result to the bus's one listener itself
+    (``Reporter.report`` without its frame): the same results and counters as
+    ``Reporter.report``'s packets."""
+    bare, bare_counters = await _reported(MemoryBus(), payloads, True)
+    packed, packed_counters = await _reported(MemoryBus(), payloads, False)
+    assert [kind for kind, *_ in bare] == ["bare"] * 3
+    assert [kind for kind, *_ in packed] == ["packet"] * 3
+    assert [trace for _, trace, _ in packed] == ["trace-1"] * 3
+    assert [r for _, r in bare] == [r for _, _, r in packed]
+    assert [r.worker_id for _, r in bare] == ["w1"] * 3
+    assert [r.status for _, r in bare] == [JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                           JobStatus.DENIED]
+    assert bare_counters == packed_counters == (3, 1, 2)
