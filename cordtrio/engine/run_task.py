@@ -3,8 +3,9 @@
 The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
 a waiting task is woken by the put), folds them into the run with the pure core
 (``decide``; a bare job result with ``decide_result``: no event built for it), and
-executes the effects in a fixed order per batch (``_process``, one frame per batch: one
-pass over them before the write, one over the rest after it):
+executes the effects in a fixed order per batch (``_process``; ``_carry_out``: one pass
+over them before the write, one over the rest after it; a batch of one job result, the
+commonest, on a short path, ``_apply_result``, tested against the general one):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -231,7 +232,13 @@ class RunTask:
                     await owner.acknowledge(self.run_id)
             if batch:
                 try:
-                    await self._process(batch, plan, state, tx)
+                    # most batches: one job result from the bus, alone (``_apply_result``)
+                    item = batch[0]
+                    if (item.__class__ is JobResult or item.__class__ is ResultRead) and \
+                            len(batch) == 1:
+                        await self._apply_result(item, tx)  # type: ignore[arg-type]
+                    else:
+                        await self._process(batch, plan, state, tx)
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
@@ -298,11 +305,10 @@ class RunTask:
         Feedback (a payload not stored, a job not published, an alert's outcome) goes back
         through the core, and its effects are carried out too, until nothing is left.
 
-        Deciding and the pass before the write share this frame (one coroutine fewer to
-        create, enter and leave on every step); the pass after the write is its own
-        (``_after_write``), so that each part reads alone. Effects are told apart by exact
-        type: the core builds each of its own class, and ``x.__class__ is C`` is an inline
-        check where ``isinstance`` is a call."""
+        The effects are carried out by ``_carry_out`` (a batch of one job result from the
+        bus, the commonest, is applied by ``_apply_result`` instead). Effects are told
+        apart by exact type: the core builds each of its own class, and ``x.__class__ is
+        C`` is an inline check where ``isinstance`` is a call."""
         wiring = self._wiring
         path, run_id = wiring.path, self.run_id
         effects: list[Effect]
@@ -365,56 +371,9 @@ class RunTask:
                 rows += outcome.rows
                 changes.merge(outcome.changes)
         run = state.run
-        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
         try:
-            while changes is not None:
-                # before the write: the jobs' payloads stored (or, ``staged``, handed to the
-                # run write) and notify alerts published, whose outcome the core must know
-                # before anything is persisted; ``after``, the effects to carry out after
-                # the write: all of them but a job whose payload was not stored
-                after = effects
-                staged = changes.payloads if wiring.stage_payloads else None
-                while True:
-                    feedback: list[Event] = []
-                    for effect in effects:
-                        cls = effect.__class__
-                        if cls is Dispatch:
-                            problem = store_payload_now(path, effect) if staged is None \
-                                else None
-                            if problem is None:
-                                problem = await store_payload(path, effect, staged)
-                            if problem:
-                                feedback.append(DispatchFailed(effect.target_id,
-                                                               effect.job_id, problem))
-                                after = [e for e in after if e is not effect]
-                        elif cls is PublishAlert:
-                            error = await publish_alert(wiring.bus, now, run_id, effect)
-                            feedback.append(AlertOutcome(effect.step_id, error))
-                    if not feedback:
-                        break
-                    effects = self._decide_more(feedback, changes, rows)
-                    after = after + effects
-                # state and timeline in one atomic write: a crash keeps both or neither
-                # (``_persist``'s first try inlined: one coroutine fewer per batch)
-                if changes.header or changes:  # (a step writes its header: no ``__bool__``)
-                    try:
-                        save_now = wiring.save_now
-                        if save_now is not None:
-                            save_now(run, changes, rows)
-                        else:
-                            await self.owner.save_changes(run, changes, rows)
-                    except Exception as exc:
-                        await self._persist(changes, rows, exc)
-                elif rows:
-                    await self._persist(changes, rows)
-                feedback = await self._after_write(after, run, now, wiring, run_id)
-                if not feedback:
-                    break
-                changes = RunChanges()
-                rows = []
-                effects = self._decide_more(feedback, changes, rows)
-                if not effects and not changes and not rows:
-                    break
+            if changes is not None:
+                await self._carry_out(effects, rows, changes, now, effects)
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
@@ -434,12 +393,169 @@ class RunTask:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
 
+    async def _carry_out(self, effects: list[Effect], rows: list[TimelineEvent],
+                         changes: RunChanges, now: datetime, pending: list[Effect]) -> None:
+        """Carry out a batch's ``effects`` (decided at ``now``) and write ``changes`` and
+        ``rows``, in the order of the module docstring: the pass before the write over
+        ``pending`` (those of ``effects`` whose part before the write is still to do: all
+        of them, unless ``_apply_result`` did it for some), the write, the pass after it
+        (``_after_write``); feedback goes back through the core, and its effects are
+        carried out too, until nothing is left."""
+        wiring = self._wiring
+        path, run_id = wiring.path, self.run_id
+        run = self.state.run  # type: ignore[union-attr]
+        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
+        while True:
+            # before the write: the jobs' payloads stored (or, ``staged``, handed to the
+            # run write) and notify alerts published, whose outcome the core must know
+            # before anything is persisted; ``after``, the effects to carry out after
+            # the write: all of them but a job whose payload was not stored
+            after = effects
+            staged = changes.payloads if wiring.stage_payloads else None
+            while True:
+                feedback: list[Event] = []
+                for effect in pending:
+                    cls = effect.__class__
+                    if cls is Dispatch:
+                        problem = store_payload_now(path, effect) if staged is None \
+                            else None
+                        if problem is None:
+                            problem = await store_payload(path, effect, staged)
+                        if problem:
+                            feedback.append(DispatchFailed(effect.target_id,
+                                                           effect.job_id, problem))
+                            after = [e for e in after if e is not effect]
+                    elif cls is PublishAlert:
+                        error = await publish_alert(wiring.bus, now, run_id, effect)
+                        feedback.append(AlertOutcome(effect.step_id, error))
+                if not feedback:
+                    break
+                pending = self._decide_more(feedback, changes, rows)
+                after = after + pending
+            # state and timeline in one atomic write: a crash keeps both or neither
+            # (``_persist``'s first try inlined: one coroutine fewer per batch)
+            if changes.header or changes:  # (a step writes its header: no ``__bool__``)
+                try:
+                    save_now = wiring.save_now
+                    if save_now is not None:
+                        save_now(run, changes, rows)
+                    else:
+                        await self.owner.save_changes(run, changes, rows)
+                except Exception as exc:
+                    await self._persist(changes, rows, exc)
+            elif rows:
+                await self._persist(changes, rows)
+            feedback = await self._after_write(after, run, now, wiring, run_id)
+            if not feedback:
+                return
+            changes = RunChanges()
+            rows = []
+            effects = pending = self._decide_more(feedback, changes, rows)
+            if not effects and not changes and not rows:
+                return
+
+    async def _apply_result(self, item: JobResult | ResultRead, tx: Tx) -> None:
+        """``_process`` for the commonest batch: one job result from the bus, alone (no
+        envelope to answer, no event to tell apart, one ``decide``). When the task's
+        wiring writes and hands jobs over at once (``RunWiring.quick``) and the effects are
+        only jobs to start, whose inputs the payload store takes at once, and steps
+        finished, the batch is carried out here, in one frame: inputs stored, the write,
+        the jobs handed over and the hooks called. Anything else (an input not stored at
+        once, another effect, a job refused bare, feedback) goes on the general way
+        (``_carry_out``, ``_after_write``) from where this stopped.
+        tests/engine/test_run_task_paths.py compares the two ways."""
+        wiring = self._wiring
+        path = wiring.path
+        if item.__class__ is ResultRead:
+            if not item.done:  # type: ignore[union-attr]
+                await item.wait()  # type: ignore[union-attr]
+            result: JobResult = item.result  # type: ignore[union-attr]
+            output: LoadedOutput | None = item.output  # type: ignore[union-attr]
+        else:
+            result, output = item, None  # type: ignore[assignment]
+        if output is None and result.status is _JOB_SUCCEEDED and result.result_ptr \
+                and path is not None:
+            # SPEC §8: the core needs a success's payload (read here unless read early)
+            output = load_output_now(path, result.result_ptr, wiring.output)
+            if output is None:
+                output = await load_output(path, result.result_ptr)
+        now = wiring.now()
+        run = tx.run
+        try:
+            outcome = decide_result_in(tx.renew(now), result, output)
+        except Exception as exc:
+            if not isinstance(exc, CordtrioError):
+                # a core bug must not kill the engine or other runs
+                log.exception("run %s: core failed on %r", self.run_id, item)
+        else:
+            effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
+            effect: Any = None  # told apart by exact type (``x.__class__ is C``)
+            if wiring.quick:
+                for effect in effects:  # before the write: the jobs' inputs stored
+                    cls = effect.__class__
+                    if cls is Dispatch:
+                        if store_payload_now(path, effect) != "":
+                            break  # not stored at once, or refused: ``_carry_out``'s way
+                    elif cls is not StepFinished:
+                        break
+                else:
+                    effect = None
+            if effect is not None or not wiring.quick:
+                await self._carry_out(effects, rows, changes, now,
+                                      effects[effects.index(effect):] if effect else effects)
+            else:  # state and timeline in one write, then the jobs and hooks, in order
+                if changes.header or changes:
+                    try:
+                        wiring.save_now(run, changes, rows)  # type: ignore[misc]
+                    except Exception as exc:
+                        await self._persist(changes, rows, exc)
+                elif rows:
+                    await self._persist(changes, rows)
+                run_id = self.run_id
+                feedback: list[Event] = _NO_FEEDBACK
+                failed: Exception | None = None
+                for effect in effects:
+                    if effect.__class__ is Dispatch:
+                        try:
+                            sent = wiring.submit_now(  # type: ignore[misc]
+                                effect.request, run_id, now, SENDER_ID)
+                        except Exception as exc:
+                            sent, failed = False, exc
+                        if not sent:  # refused bare (having done nothing), or failed
+                            feedback = await self._after_write(
+                                effects[effects.index(effect):], run, now, wiring, run_id,
+                                failed)
+                            break
+                        if not effect.again and (on_dispatched := wiring.on_dispatched) \
+                                is not None:
+                            try:
+                                on_dispatched(run_id, effect.target_id, effect.job_id)
+                            except Exception:
+                                log.exception("on_step_dispatched hook failed for %s",
+                                              effect.job_id)
+                    elif (on_finished := wiring.on_finished) is not None:  # StepFinished
+                        try:
+                            on_finished(run_id, effect.step_id, effect.status)
+                        except Exception:
+                            log.exception("on_step_finished hook failed for %s/%s",
+                                          run_id, effect.step_id)
+                if feedback:  # a job not published: through the core, the general way
+                    changes = RunChanges()
+                    rows = []
+                    effects = self._decide_more(feedback, changes, rows)
+                    if effects or changes or rows:
+                        await self._carry_out(effects, rows, changes, now, effects)
+        if run.status.is_terminal:
+            self._finish = self.host.run_finished(self.run_id) or self._finish
+
     async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
-                           wiring: RunWiring, run_id: str) -> list[Event]:
+                           wiring: RunWiring, run_id: str, failed: Exception | None = None
+                           ) -> list[Event]:
         """Carry out what comes after the write, in the order the core gave it: publish
         the jobs, their hooks, the other hooks, cancels, timers (``wiring`` and ``run_id``:
-        the task's, as ``_process`` has them at hand). Returns the feedback for the core
-        (a job that could not be published)."""
+        the task's, as ``_process`` has them at hand; ``failed``: handing the first job
+        over bare already failed so, in ``_apply_result``). Returns the feedback for the
+        core (a job that could not be published)."""
         feedback: list[Event] = []
         effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
         for effect in after:
@@ -451,6 +567,8 @@ class RunTask:
                         # set one by one: a third less than ``__init__``;
                         # tests/engine/test_engine_api.py compares the packet with
                         # ``BusPacket(...)``'s)
+                        if failed is not None:
+                            raise failed
                         submit_now = wiring.submit_now
                         if submit_now is None or not submit_now(effect.request, run_id, now,
                                                                 SENDER_ID):
@@ -468,6 +586,7 @@ class RunTask:
                                 await wiring.bus.publish(SUBJECT_SUBMIT, request)
                         problem = ""
                     except Exception as exc:
+                        failed = None
                         problem = f"publish {effect.job_id}: {exc}"
                 else:
                     problem = await publish_job(wiring.bus, now, wiring.config, run_id, run,
@@ -537,6 +656,7 @@ _NO_TIME = datetime.min  # a working area's time until it is renewed for an even
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
+_NO_FEEDBACK: list[Event] = []  # (never changed)
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
 
 
