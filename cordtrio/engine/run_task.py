@@ -221,8 +221,7 @@ class RunTask:
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
-        # the working area of each batch's first event, renewed for each (``Tx.renew``):
-        # a batch is done with it when the next begins
+        # the working area of each batch's first event, renewed after each (``Tx.renew``)
         tx = Tx(plan, state, _NO_TIME)
         while True:
             if queues_commands and has_drain(batch):
@@ -247,9 +246,14 @@ class RunTask:
             # The next batch: what came in meanwhile (usually nothing: once or twice per
             # step) and the timers due; else the task is idle and waits. The mailbox's one
             # reader takes its items by handing it a new list (``Mailbox.items``): no call.
+            # The working area is renewed for the next batch, now that the last is done
+            # with it (the next only sets its time): nothing of the last batch is kept
+            # alive by it while the run waits (its effects and rows, the jobs' inputs).
             if mailbox.items:
                 batch, mailbox.items = mailbox.items, []
+                tx.renew(_NO_TIME)
             elif armed and (batch := timers.due()):
+                tx.renew(_NO_TIME)
                 continue
             else:
                 status = run.status
@@ -260,10 +264,9 @@ class RunTask:
                     return
                 if armed:
                     self._set_alarm()
-                # nothing of the last batch kept alive while the run waits: its effects and
-                # rows, nor the engine's last loaded output (a task fills it and decides
-                # with no await between: none is using it now)
-                tx.release()
+                # nor the engine's last loaded output (a task fills it and decides with no
+                # await between: none is using it now)
+                tx.renew(_NO_TIME)
                 self._wiring.output.value = None
                 await mailbox.wait()
                 batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
@@ -353,11 +356,13 @@ class RunTask:
                 if changes is not None:  # not the batch's first: a working area of its own
                     outcome = decide(plan, state, event, now) if result is None else \
                         decide_result(plan, state, result, output, now)
-                elif result is not None:  # the task's working area, renewed
-                    outcome = decide_result_in(tx.renew(now), result, output)
-                else:
-                    outcome = decide_in(tx.renew(now), event)
+                else:  # the task's working area (renewed after the last batch)
+                    tx.now = now
+                    outcome = decide_in(tx, event) if result is None else \
+                        decide_result_in(tx, result, output)
             except Exception as exc:
+                if changes is None:  # the working area afresh for the next event
+                    tx.renew(_NO_TIME)
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
                     log.exception("run %s: core failed on %r", run_id, item)
@@ -479,10 +484,10 @@ class RunTask:
             output = load_output_now(path, result.result_ptr, wiring.output)
             if output is None:
                 output = await load_output(path, result.result_ptr)
-        now = wiring.now()
+        tx.now = now = wiring.now()  # (the working area renewed after the last batch)
         run = tx.run
         try:
-            outcome = decide_result_in(tx.renew(now), result, output)
+            outcome = decide_result_in(tx, result, output)
         except Exception as exc:
             if not isinstance(exc, CordtrioError):
                 # a core bug must not kill the engine or other runs
