@@ -494,7 +494,7 @@ class RunTask:
                 log.exception("run %s: core failed on %r", self.run_id, item)
         else:
             effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
-            effect: Any = None  # told apart by exact type (``x.__class__ is C``)
+            effect: Any = _ALL  # told apart by exact type (``x.__class__ is C``)
             if wiring.quick:
                 for effect in effects:  # before the write: the jobs' inputs stored
                     cls = effect.__class__
@@ -505,9 +505,9 @@ class RunTask:
                         break
                 else:
                     effect = None
-            if effect is not None or not wiring.quick:
-                await self._carry_out(effects, rows, changes, now,
-                                      effects[effects.index(effect):] if effect else effects)
+            if effect is not None:  # the rest the general way, from ``effect`` on
+                await self._carry_out(effects, rows, changes, now, effects if effect is _ALL
+                                      else effects[effects.index(effect):])
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
                     try:
@@ -517,19 +517,15 @@ class RunTask:
                 elif rows:
                     await self._persist(changes, rows)
                 run_id = self.run_id
-                feedback: list[Event] = _NO_FEEDBACK
-                failed: Exception | None = None
                 for effect in effects:
                     if effect.__class__ is Dispatch:
                         try:
                             sent = wiring.submit_now(  # type: ignore[misc]
                                 effect.request, run_id, now, SENDER_ID)
                         except Exception as exc:
-                            sent, failed = False, exc
-                        if not sent:  # refused bare (having done nothing), or failed
-                            feedback = await self._after_write(
-                                effects[effects.index(effect):], run, now, wiring, run_id,
-                                failed)
+                            sent = exc  # (the job is not published: ``_after_write`` says so)
+                        if sent is not True:  # refused bare (having done nothing), or failed
+                            await self._after_refused(effects, effect, run, now, sent or None)
                             break
                         if not effect.again and (on_dispatched := wiring.on_dispatched) \
                                 is not None:
@@ -544,14 +540,23 @@ class RunTask:
                         except Exception:
                             log.exception("on_step_finished hook failed for %s/%s",
                                           run_id, effect.step_id)
-                if feedback:  # a job not published: through the core, the general way
-                    changes = RunChanges()
-                    rows = []
-                    effects = self._decide_more(feedback, changes, rows)
-                    if effects or changes or rows:
-                        await self._carry_out(effects, rows, changes, now, effects)
         if run.status.is_terminal:
             self._finish = self.host.run_finished(self.run_id) or self._finish
+
+    async def _after_refused(self, effects: list[Effect], effect: Dispatch,
+                             run: WorkflowRun, now: datetime, failed: Exception | None
+                             ) -> None:
+        """``_apply_result``'s pass after the write, gone on the general way from the job
+        ``effect`` on (refused bare, or its hand-over raised ``failed``): ``_after_write``,
+        then its feedback through the core."""
+        feedback = await self._after_write(effects[effects.index(effect):], run, now,
+                                           self._wiring, self.run_id, failed)
+        if feedback:  # a job not published
+            changes = RunChanges()
+            rows: list[TimelineEvent] = []
+            effects = self._decide_more(feedback, changes, rows)
+            if effects or changes or rows:
+                await self._carry_out(effects, rows, changes, now, effects)
 
     async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
                            wiring: RunWiring, run_id: str, failed: Exception | None = None
@@ -661,7 +666,7 @@ _NO_TIME = datetime.min  # a working area's time until it is renewed for an even
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 
-_NO_FEEDBACK: list[Event] = []  # (never changed)
+_ALL: Any = object()  # (``_apply_result``: none of the effects carried out yet)
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
 
 
