@@ -208,10 +208,12 @@ class Tx(Outcome):
 
     def renew(self, now: datetime) -> Tx:
         """This working area, as a new one for its run at ``now`` would be: for a shell
-        done with all its last ``decide`` handed over (the run task renews its own for the
-        first event of every batch: no ``Tx``, ``RunChanges``, sets or dicts made per
-        step). The lists and any filled set or map are replaced, not emptied, but the
-        changes record itself is reset: an earlier outcome kept is not one any more.
+        done with all its last ``decide`` handed over (the run task renews its own once a
+        batch is done with it, and sets only ``now`` for the next: no ``Tx``,
+        ``RunChanges``, sets or dicts made per step; nothing the last batch handed over is
+        kept alive by it while the run waits: a job's rendered input, say, for as long as
+        the job runs). The lists and any filled set or map are replaced, not emptied, but
+        the changes record itself is reset: an earlier outcome kept is not one any more.
         Returns ``self`` (tests/core/test_core_tx.py compares it with a new one)."""
         self.now = now
         self.effects = []
@@ -229,16 +231,6 @@ class Tx(Outcome):
             changes.payloads = {}
         changes.lease_owner = None
         return self
-
-    def release(self) -> None:
-        """Let go of what the last ``decide`` handed over (its effects, rows and staged job
-        inputs), for a shell that keeps this working area while its run waits: a job's
-        rendered input, say, is not kept alive by it for as long as the job runs. ``renew``
-        makes it a working area again."""
-        self.effects = []
-        self.rows = []
-        if self.changes.payloads:
-            self.changes.payloads = {}
 
     def touch_step(self, step_id: str) -> None:
         """Record that ``step_id``'s StepRun changed: for the store, and for the frontier."""

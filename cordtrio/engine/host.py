@@ -186,8 +186,8 @@ class RunWiring:
     the hooks and the clock."""
 
     __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "output", "owner",
-                 "path", "publish_now", "queues_commands", "save_now", "stage_payloads",
-                 "submit_now")
+                 "path", "publish_now", "queues_commands", "quick", "save_now",
+                 "stage_payloads", "submit_now")
 
     def __init__(self, host: RunHost) -> None:
         owner = self.owner = host.ownership
@@ -219,6 +219,10 @@ class RunWiring:
         # (``effects.load_output_now``): one per engine, as a task loads and decides a
         # result without an await between them, and the core keeps nothing of it
         self.output = LoadedOutput()
+        # a run is written and its jobs handed over bare, at once, with no configuration
+        # to look up: ``RunTask._apply_result`` carries out a plain result's effects itself
+        self.quick: bool = self.save_now is not None and self.submit_now is not None and \
+            self.config is None and not self.stage_payloads
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",

@@ -3,8 +3,9 @@
 The task receives envelopes (commands) and bare job results in its ``Mailbox`` (unbounded;
 a waiting task is woken by the put), folds them into the run with the pure core
 (``decide``; a bare job result with ``decide_result``: no event built for it), and
-executes the effects in a fixed order per batch (``_process``, one frame per batch: one
-pass over them before the write, one over the rest after it):
+executes the effects in a fixed order per batch (``_process``, then ``_carry_out``: one
+pass over them before the write, one over the rest after it; a batch of one job result,
+the commonest, on a short path, ``_apply_result``, tested against the general one):
 
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
@@ -18,51 +19,30 @@ Timers live in the task (``timers.Timers``: a heap of deadlines on Trio's clock)
 they end with the task — the run's lifetime — all at once. The task runs in its own
 cancel scope, the run's cancellation in the shell: cancelling it (a lost lease, in
 multi-engine mode) stops the run's task at once.
-The effects' I/O is in ``effects``; envelopes and the API's hand-over objects in
-``envelopes``; what every task of an engine shares in ``host.RunWiring``.
+How a batch's effects are carried out (and the short path) is in ``batches``, their I/O
+in ``effects``; envelopes and the API's hand-over objects in ``envelopes``; what every
+task of an engine shares in ``host.RunWiring``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import trio
 
-from ..core.events import (
-    AlertOutcome,
-    ArmTimer,
-    CancelJob,
-    Dispatch,
-    DispatchFailed,
-    Effect,
-    Event,
-    LoadedOutput,
-    PublishAlert,
-    Recover,
-    ResultReceived,
-    StepFinished,
-)
+from ..core.events import Effect, Event, LoadedOutput, Recover, ResultReceived
 from ..core.machine import decide, decide_in, decide_result, decide_result_in
-from ..core.plan import SENDER_ID, Plan
+from ..core.plan import Plan
 from ..core.state import RunState, Tx
 from ..errors import CordtrioError, CorruptDataError, LeaseLostError
 from ..model import RunStatus, StepStatus, TimelineEvent, WorkflowRun
 from ..ports import RunChanges
-from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobResult, JobStatus
+from ..protocol import JobResult, JobStatus
 from ..ratelog import rate_limited
-from ..retry import retry_after
-from .effects import (
-    load_output,
-    load_output_now,
-    publish_alert,
-    publish_cancel,
-    publish_job,
-    store_payload,
-    store_payload_now,
-)
+from .batches import BatchEffects
+from .effects import load_output, load_output_now
 from .envelopes import (
     Envelope,
     Finish,
@@ -81,7 +61,7 @@ from .timers import Timers
 log = logging.getLogger("cordtrio.engine")
 
 
-class RunTask:
+class RunTask(BatchEffects):
     """Owns one run while it is active in this engine (``host.OwnedRun`` for the
     engine's ownership strategy)."""
 
@@ -220,8 +200,7 @@ class RunTask:
         plan, state = self.plan, self.state
         assert plan is not None
         run = state.run  # the core changes it in place, never replaces it
-        # the working area of each batch's first event, renewed for each (``Tx.renew``):
-        # a batch is done with it when the next begins
+        # the working area of each batch's first event, renewed after each (``Tx.renew``)
         tx = Tx(plan, state, _NO_TIME)
         while True:
             if queues_commands and has_drain(batch):
@@ -231,7 +210,13 @@ class RunTask:
                     await owner.acknowledge(self.run_id)
             if batch:
                 try:
-                    await self._process(batch, plan, state, tx)
+                    # most batches: one job result from the bus, alone (``_apply_result``)
+                    item = batch[0]
+                    if (item.__class__ is JobResult or item.__class__ is ResultRead) and \
+                            len(batch) == 1:
+                        await self._apply_result(item, tx)  # type: ignore[arg-type]
+                    else:
+                        await self._process(batch, plan, state, tx)
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
@@ -240,9 +225,14 @@ class RunTask:
             # The next batch: what came in meanwhile (usually nothing: once or twice per
             # step) and the timers due; else the task is idle and waits. The mailbox's one
             # reader takes its items by handing it a new list (``Mailbox.items``): no call.
+            # The working area is renewed for the next batch, now that the last is done
+            # with it (the next only sets its time): nothing of the last batch is kept
+            # alive by it while the run waits (its effects and rows, the jobs' inputs).
             if mailbox.items:
                 batch, mailbox.items = mailbox.items, []
+                tx.renew(_NO_TIME)
             elif armed and (batch := timers.due()):
+                tx.renew(_NO_TIME)
                 continue
             else:
                 status = run.status
@@ -253,10 +243,9 @@ class RunTask:
                     return
                 if armed:
                     self._set_alarm()
-                # nothing of the last batch kept alive while the run waits: its effects and
-                # rows, nor the engine's last loaded output (a task fills it and decides
-                # with no await between: none is using it now)
-                tx.release()
+                # nor the engine's last loaded output (a task fills it and decides with no
+                # await between: none is using it now)
+                tx.renew(_NO_TIME)
                 self._wiring.output.value = None
                 await mailbox.wait()
                 batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
@@ -298,11 +287,10 @@ class RunTask:
         Feedback (a payload not stored, a job not published, an alert's outcome) goes back
         through the core, and its effects are carried out too, until nothing is left.
 
-        Deciding and the pass before the write share this frame (one coroutine fewer to
-        create, enter and leave on every step); the pass after the write is its own
-        (``_after_write``), so that each part reads alone. Effects are told apart by exact
-        type: the core builds each of its own class, and ``x.__class__ is C`` is an inline
-        check where ``isinstance`` is a call."""
+        The effects are carried out by ``_carry_out`` (a batch of one job result from the
+        bus, the commonest, is applied by ``_apply_result`` instead). Effects are told
+        apart by exact type: the core builds each of its own class, and ``x.__class__ is
+        C`` is an inline check where ``isinstance`` is a call."""
         wiring = self._wiring
         path, run_id = wiring.path, self.run_id
         effects: list[Effect]
@@ -347,11 +335,13 @@ class RunTask:
                 if changes is not None:  # not the batch's first: a working area of its own
                     outcome = decide(plan, state, event, now) if result is None else \
                         decide_result(plan, state, result, output, now)
-                elif result is not None:  # the task's working area, renewed
-                    outcome = decide_result_in(tx.renew(now), result, output)
-                else:
-                    outcome = decide_in(tx.renew(now), event)
+                else:  # the task's working area (renewed after the last batch)
+                    tx.now = now
+                    outcome = decide_in(tx, event) if result is None else \
+                        decide_result_in(tx, result, output)
             except Exception as exc:
+                if changes is None:  # the working area afresh for the next event
+                    tx.renew(_NO_TIME)
                 if not isinstance(exc, CordtrioError):
                     # a core bug must not kill the engine or other runs
                     log.exception("run %s: core failed on %r", run_id, item)
@@ -365,56 +355,9 @@ class RunTask:
                 rows += outcome.rows
                 changes.merge(outcome.changes)
         run = state.run
-        effect: Any  # told apart by exact type below (``x.__class__ is C``: not narrowed)
         try:
-            while changes is not None:
-                # before the write: the jobs' payloads stored (or, ``staged``, handed to the
-                # run write) and notify alerts published, whose outcome the core must know
-                # before anything is persisted; ``after``, the effects to carry out after
-                # the write: all of them but a job whose payload was not stored
-                after = effects
-                staged = changes.payloads if wiring.stage_payloads else None
-                while True:
-                    feedback: list[Event] = []
-                    for effect in effects:
-                        cls = effect.__class__
-                        if cls is Dispatch:
-                            problem = store_payload_now(path, effect) if staged is None \
-                                else None
-                            if problem is None:
-                                problem = await store_payload(path, effect, staged)
-                            if problem:
-                                feedback.append(DispatchFailed(effect.target_id,
-                                                               effect.job_id, problem))
-                                after = [e for e in after if e is not effect]
-                        elif cls is PublishAlert:
-                            error = await publish_alert(wiring.bus, now, run_id, effect)
-                            feedback.append(AlertOutcome(effect.step_id, error))
-                    if not feedback:
-                        break
-                    effects = self._decide_more(feedback, changes, rows)
-                    after = after + effects
-                # state and timeline in one atomic write: a crash keeps both or neither
-                # (``_persist``'s first try inlined: one coroutine fewer per batch)
-                if changes.header or changes:  # (a step writes its header: no ``__bool__``)
-                    try:
-                        save_now = wiring.save_now
-                        if save_now is not None:
-                            save_now(run, changes, rows)
-                        else:
-                            await self.owner.save_changes(run, changes, rows)
-                    except Exception as exc:
-                        await self._persist(changes, rows, exc)
-                elif rows:
-                    await self._persist(changes, rows)
-                feedback = await self._after_write(after, run, now, wiring, run_id)
-                if not feedback:
-                    break
-                changes = RunChanges()
-                rows = []
-                effects = self._decide_more(feedback, changes, rows)
-                if not effects and not changes and not rows:
-                    break
+            if changes is not None:
+                await self._carry_out(effects, rows, changes, now, effects)
         except BaseException as exc:
             # The task is going down (a definite store error such as the run having been
             # deleted, a shell bug, or the engine closing): answer this batch's callers too,
@@ -434,105 +377,9 @@ class RunTask:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(run_id) or self._finish
 
-    async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
-                           wiring: RunWiring, run_id: str) -> list[Event]:
-        """Carry out what comes after the write, in the order the core gave it: publish
-        the jobs, their hooks, the other hooks, cancels, timers (``wiring`` and ``run_id``:
-        the task's, as ``_process`` has them at hand). Returns the feedback for the core
-        (a job that could not be published)."""
-        feedback: list[Event] = []
-        effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
-        for effect in after:
-            cls = effect.__class__
-            if cls is Dispatch:
-                if wiring.config is None:  # ``publish_job`` without a config, inline
-                    try:  # handed over bare when the bus can (no packet built: it keeps
-                        # the packet's fields), else (``effects.packet``, inline, its fields
-                        # set one by one: a third less than ``__init__``;
-                        # tests/engine/test_engine_api.py compares the packet with
-                        # ``BusPacket(...)``'s)
-                        submit_now = wiring.submit_now
-                        if submit_now is None or not submit_now(effect.request, run_id, now,
-                                                                SENDER_ID):
-                            request = _new(BusPacket)
-                            request.trace_id = run_id
-                            request.sender_id = SENDER_ID
-                            request.created_at = now
-                            request.protocol_version = PROTOCOL_VERSION
-                            request.payload = effect.request
-                            # (a bus that hands requests over bare takes a packet at
-                            # once on the same terms: refused bare, it is awaited)
-                            publish_now = wiring.publish_now if submit_now is None else None
-                            if publish_now is None or not publish_now(SUBJECT_SUBMIT,
-                                                                      request):
-                                await wiring.bus.publish(SUBJECT_SUBMIT, request)
-                        problem = ""
-                    except Exception as exc:
-                        problem = f"publish {effect.job_id}: {exc}"
-                else:
-                    problem = await publish_job(wiring.bus, now, wiring.config, run_id, run,
-                                                effect)
-                if problem:
-                    feedback.append(DispatchFailed(effect.target_id, effect.job_id, problem))
-                elif not effect.again and (on_dispatched := wiring.on_dispatched) is not None:
-                    try:
-                        on_dispatched(run_id, effect.target_id, effect.job_id)
-                    except Exception:
-                        log.exception("on_step_dispatched hook failed for %s", effect.job_id)
-            elif cls is StepFinished:
-                if (on_finished := wiring.on_finished) is not None:
-                    try:
-                        on_finished(run_id, effect.step_id, effect.status)
-                    except Exception:
-                        log.exception("on_step_finished hook failed for %s/%s",
-                                      run_id, effect.step_id)
-            elif cls is CancelJob:
-                await publish_cancel(wiring.bus, now, run_id, effect)
-            elif cls is ArmTimer:
-                self._timers.arm(effect, wiring.now())
-        return feedback
-
-    def _decide_more(self, events: Iterable[Event], changes: RunChanges,
-                     rows: list[TimelineEvent]) -> list[Effect]:
-        """Feed shell feedback to the core; merge its changes and timeline rows into
-        ``changes`` and ``rows``, return its effects."""
-        assert self.plan is not None and self.state is not None
-        effects: list[Effect] = []
-        for event in events:
-            outcome = decide(self.plan, self.state, event, self._wiring.now())
-            effects.extend(outcome.effects)
-            rows.extend(outcome.rows)
-            changes.merge(outcome.changes)
-        return effects
-
-    async def _persist(self, changes: RunChanges, events: list[TimelineEvent],
-                       failure: Exception | None = None) -> None:
-        """Write ``changes`` and ``events`` (just the events when nothing else changed),
-        retried until it works (only a definite error ends it); ``failure``: the first try
-        of the write already failed with it."""
-        assert self.state is not None
-        run = self.state.run
-        owner = self.owner
-        if changes:
-            if failure is None:
-                try:
-                    await owner.save_changes(run, changes, events)
-                    return
-                except Exception as exc:
-                    failure = exc
-            await retry_after(failure, lambda: owner.save_changes(run, changes, events),
-                              f"save run {self.run_id}")
-        elif events:
-            try:
-                await owner.append_timeline(run, events)
-            except Exception as exc:
-                await retry_after(exc, lambda: owner.append_timeline(run, events),
-                                  f"append timeline of run {self.run_id}")
-
 
 # module globals: several times cheaper than the enum lookup
 _WAITING = RunStatus.WAITING
-_new = object.__new__
 _NO_TIME = datetime.min  # a working area's time until it is renewed for an event
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 

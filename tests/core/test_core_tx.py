@@ -1,4 +1,4 @@
-"""A working area renewed (``Tx.renew``, the run task's for each batch's first event) is
+"""A working area renewed (``Tx.renew``, the run task's once each batch is done with it) is
 as a new one would be: nothing of its last event shows through."""
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def test_a_renewed_working_area_is_a_new_one_and_leaves_what_it_handed_over() ->
                       {"ctx:run-1:a@1": b"{}"})
 
 
-def test_a_released_working_area_keeps_nothing_of_its_last_event_and_renews() -> None:
+def test_a_renewed_working_area_keeps_nothing_of_its_last_event_until_its_next() -> None:
+    """The run task renews its working area once a batch is done with it (at no time yet),
+    then sets only the next batch's time: nothing of the last event is kept alive while
+    the run waits, and it is then as a new one for the next."""
     sim = Sim(workflow(step("a")))
     sim.start()
     tx = Tx(sim.plan, sim.state, T0)
@@ -54,8 +57,9 @@ def test_a_released_working_area_keeps_nothing_of_its_last_event_and_renews() ->
     tx.changes.payloads["ctx:run-1:a@1"] = b"{" + b" " * 1000 + b"}"
     handed = (tx.effects, tx.rows, tx.changes.payloads)
 
-    tx.release()
+    tx.renew(T0)
     assert (tx.effects, tx.rows, tx.changes.payloads) == ([], [], {})
     assert handed == (["effect"], ["row"], {"ctx:run-1:a@1": b"{" + b" " * 1000 + b"}"})
     later = T0 + timedelta(seconds=1)
-    assert _parts(tx.renew(later)) == _parts(Tx(sim.plan, sim.state, later))
+    tx.now = later
+    assert _parts(tx) == _parts(Tx(sim.plan, sim.state, later))
