@@ -381,8 +381,8 @@ class Worker:
                         # its fields set one by one (``pointer_for_key`` without the
                         # call), as ``JobResult(job_id, SUCCEEDED, ptr)`` sets them: a
                         # third less than ``__init__`` (tests/worker/test_worker_results.py
-                        # compares them); ``worker_id`` and ``execution_ms`` are
-                        # ``report``'s, at once
+                        # compares them); ``worker_id`` and ``execution_ms`` are set
+                        # below, as ``Reporter.report`` sets them
                         result = _new(JobResult)
                         result.job_id = job_id
                         result.status = _SUCCEEDED

@@ -77,8 +77,9 @@ class Reporter:
         acknowledged: the bus hands the job to another worker once this one's connection
         is reset, or when it leaves. A bus whose only listener of results takes them bare
         (``report_now``) gets no packet: nobody would read more than ``result``.
-        ``result``'s ``worker_id`` and ``execution_ms`` are set here (a slot's result of a
-        job that succeeded has them set nowhere else)."""
+        ``result``'s ``worker_id`` and ``execution_ms`` are set here. A worker's slot does
+        the same for every job's result without this call (tests/worker/
+        test_worker_results.py compares the two); this reports a cancelled job's."""
         result.worker_id = self.worker_id
         result.execution_ms = int((self.now() - started) * 1000)
         if result.status is _SUCCEEDED:

@@ -164,8 +164,10 @@ class BatchEffects:
                 log.exception("run %s: core failed on %r", self.run_id, item)
         else:
             effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
-            effect: Any = _ALL  # told apart by exact type (``x.__class__ is C``)
-            if wiring.quick:
+            effect: Any  # told apart by exact type (``x.__class__ is C``)
+            quick = wiring.quick
+            stop = 0  # where the general way takes over (``len(effects)``: nowhere)
+            if quick:
                 for effect in effects:  # before the write: the jobs' inputs stored
                     cls = effect.__class__
                     if cls is Dispatch:
@@ -173,11 +175,9 @@ class BatchEffects:
                             break  # not stored at once, or refused: ``_carry_out``'s way
                     elif cls is not StepFinished:
                         break
-                else:
-                    effect = None
-            if effect is not None:  # the rest the general way, from ``effect`` on
-                await self._carry_out(effects, rows, changes, now, effects if effect is _ALL
-                                      else effects[effects.index(effect):])
+                    stop += 1
+            if not quick or stop < len(effects):  # the rest the general way, from there
+                await self._carry_out(effects, rows, changes, now, effects[stop:])
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
                     try:
@@ -187,15 +187,17 @@ class BatchEffects:
                 elif rows:
                     await self._persist(changes, rows)
                 run_id = self.run_id
-                for effect in effects:
+                for position, effect in enumerate(effects):
                     if effect.__class__ is Dispatch:
                         try:
-                            sent = wiring.submit_now(  # type: ignore[misc]
+                            taken = wiring.submit_now(  # type: ignore[misc]
                                 effect.request, run_id, now, SENDER_ID)
+                            refused: Exception | bool = True
                         except Exception as exc:
-                            sent = exc  # (the job is not published: ``_after_write`` says so)
-                        if sent is not True:  # refused bare (having done nothing), or failed
-                            await self._after_refused(effects, effect, run, now, sent or None)
+                            # (the job is not published: ``_after_write`` says so)
+                            taken, refused = False, exc
+                        if not taken:  # refused bare (having done nothing), or failed
+                            await self._after_refused(effects, position, run, now, refused)
                             break
                         if not effect.again and (on_dispatched := wiring.on_dispatched) \
                                 is not None:
@@ -213,14 +215,14 @@ class BatchEffects:
         if run.status.is_terminal:
             self._finish = self.host.run_finished(self.run_id) or self._finish
 
-    async def _after_refused(self, effects: list[Effect], effect: Dispatch,
-                             run: WorkflowRun, now: datetime, failed: Exception | None
+    async def _after_refused(self, effects: list[Effect], position: int,
+                             run: WorkflowRun, now: datetime, refused: Exception | bool
                              ) -> None:
         """``_apply_result``'s pass after the write, gone on the general way from the job
-        ``effect`` on (refused bare, or its hand-over raised ``failed``): ``_after_write``,
-        then its feedback through the core."""
-        feedback = await self._after_write(effects[effects.index(effect):], run, now,
-                                           self._wiring, self.run_id, failed)
+        at ``position`` on (``refused`` bare: True, or the exception its hand-over
+        raised): ``_after_write``, then its feedback through the core."""
+        feedback = await self._after_write(effects[position:], run, now,
+                                           self._wiring, self.run_id, refused)
         if feedback:  # a job not published
             changes = RunChanges()
             rows: list[TimelineEvent] = []
@@ -229,13 +231,14 @@ class BatchEffects:
                 await self._carry_out(effects, rows, changes, now, effects)
 
     async def _after_write(self, after: list[Effect], run: WorkflowRun, now: datetime,
-                           wiring: RunWiring, run_id: str, failed: Exception | None = None
-                           ) -> list[Event]:
+                           wiring: RunWiring, run_id: str,
+                           refused: Exception | bool = False) -> list[Event]:
         """Carry out what comes after the write, in the order the core gave it: publish
         the jobs, their hooks, the other hooks, cancels, timers (``wiring`` and ``run_id``:
-        the task's, as ``_process`` has them at hand; ``failed``: handing the first job
-        over bare already failed so, in ``_apply_result``). Returns the feedback for the
-        core (a job that could not be published)."""
+        the task's, as ``_process`` has them at hand; ``refused``: the first job was
+        offered bare already, in ``_apply_result``, and refused (True) or failed so (an
+        exception): it is not offered again). Returns the feedback for the core (a job
+        that could not be published)."""
         feedback: list[Event] = []
         effect: Any  # told apart by exact type (``x.__class__ is C``: not narrowed)
         for effect in after:
@@ -247,11 +250,16 @@ class BatchEffects:
                         # set one by one: a third less than ``__init__``;
                         # tests/engine/test_engine_api.py compares the packet with
                         # ``BusPacket(...)``'s)
-                        if failed is not None:
-                            raise failed
                         submit_now = wiring.submit_now
-                        if submit_now is None or not submit_now(effect.request, run_id, now,
-                                                                SENDER_ID):
+                        if refused is not False:  # offered bare already (the first job)
+                            offered, refused = refused, False
+                            if offered is not True:
+                                raise offered
+                            taken = False
+                        else:
+                            taken = submit_now is not None and submit_now(
+                                effect.request, run_id, now, SENDER_ID)
+                        if not taken:
                             request = _new(BusPacket)
                             request.trace_id = run_id
                             request.sender_id = SENDER_ID
@@ -266,7 +274,6 @@ class BatchEffects:
                                 await wiring.bus.publish(SUBJECT_SUBMIT, request)
                         problem = ""
                     except Exception as exc:
-                        failed = None
                         problem = f"publish {effect.job_id}: {exc}"
                 else:
                     problem = await publish_job(wiring.bus, now, wiring.config, run_id, run,
@@ -332,6 +339,5 @@ class BatchEffects:
 # module globals: several times cheaper than the enum lookup
 _new = object.__new__
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
-_ALL: Any = object()  # (``_apply_result``: none of the effects carried out yet)
 
 __all__ = ["BatchEffects"]

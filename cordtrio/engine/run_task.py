@@ -211,28 +211,27 @@ class RunTask(BatchEffects):
             if batch:
                 try:
                     # most batches: one job result from the bus, alone (``_apply_result``)
-                    item = batch[0]
-                    if (item.__class__ is JobResult or item.__class__ is ResultRead) and \
-                            len(batch) == 1:
-                        await self._apply_result(item, tx)  # type: ignore[arg-type]
+                    # (the item not kept in a name: it would stay alive while the task waits)
+                    if (batch[0].__class__ is JobResult or batch[0].__class__ is ResultRead) \
+                            and len(batch) == 1:
+                        await self._apply_result(batch[0], tx)  # type: ignore[arg-type]
                     else:
                         await self._process(batch, plan, state, tx)
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
+                # The working area renewed for the next batch, now that this one is done
+                # with it (the next only sets its time): nothing of this batch is kept
+                # alive by it while the run waits (its effects and rows, the jobs' inputs).
+                tx.renew(_NO_TIME)
                 if queues_commands:
                     await owner.acknowledge(self.run_id)  # persisted: the store may forget
             # The next batch: what came in meanwhile (usually nothing: once or twice per
             # step) and the timers due; else the task is idle and waits. The mailbox's one
             # reader takes its items by handing it a new list (``Mailbox.items``): no call.
-            # The working area is renewed for the next batch, now that the last is done
-            # with it (the next only sets its time): nothing of the last batch is kept
-            # alive by it while the run waits (its effects and rows, the jobs' inputs).
             if mailbox.items:
                 batch, mailbox.items = mailbox.items, []
-                tx.renew(_NO_TIME)
             elif armed and (batch := timers.due()):
-                tx.renew(_NO_TIME)
                 continue
             else:
                 status = run.status
@@ -244,9 +243,10 @@ class RunTask(BatchEffects):
                 if armed:
                     self._set_alarm()
                 # nor the engine's last loaded output (a task fills it and decides with no
-                # await between: none is using it now)
-                tx.renew(_NO_TIME)
+                # await between: none is using it now), nor the last batch (a result read
+                # early holds its output)
                 self._wiring.output.value = None
+                batch = _NOTHING  # (replaced below, never added to)
                 await mailbox.wait()
                 batch, mailbox.items = mailbox.items, []  # (empty: a stale alarm poke)
             if armed:

@@ -74,7 +74,6 @@ async def test_a_plain_consumer_gets_the_packet_the_engine_would_publish(
     equal to the one the engine publishes when it cannot hand the job bare (a subscriber
     of ``sys.job.submit`` sees that one)."""
     await save(step("a"))
-    got: dict[str, BusPacket] = {}
     for tapped in (False, True):
         bus = MemoryBus()
         async with (
@@ -98,7 +97,6 @@ async def test_a_plain_consumer_gets_the_packet_the_engine_would_publish(
                     packet = await inbox.receive()
             if tapped:
                 assert packet is seen
-            got[str(tapped)] = packet
             assert packet.__class__ is BusPacket
             assert packet == BusPacket(run_id, SENDER_ID, packet.created_at, PROTOCOL_VERSION,
                                        packet.payload)

@@ -438,6 +438,7 @@ async def test_a_waiting_run_task_keeps_nothing_of_its_last_batch_alive(store, p
     job (a job's ``Dispatch``: its request and rendered input), and the engine keeps no
     output it loaded for a result (the last one may be large)."""
     from cordtrio.core.events import Dispatch
+    from cordtrio.protocol import JobResult
 
     await save(step("a"), step("b", depends_on=["a"], topic="job.slow"))
     bus = MemoryBus()
@@ -456,9 +457,18 @@ async def test_a_waiting_run_task_keeps_nothing_of_its_last_batch_alive(store, p
         await trio.testing.wait_all_tasks_blocked()
         run = await store.get_run(run_id)
         assert run.steps["b"].status is StepStatus.RUNNING  # waiting on the slow job
-        kept = [o for o in gc.get_objects()
-                if type(o) is Dispatch and o.job_id.startswith(run_id)]
+        objects = gc.get_objects()
+        kept = [o for o in objects if type(o) is Dispatch and o.job_id.startswith(run_id)]
         assert kept == []
+        # nor the job result it applied last (its last batch): the worker's slot that
+        # made it may still hold it, nothing else
+        results = [o for o in objects if type(o) is JobResult and o.job_id.startswith(run_id)]
+        holders = [r for o in results for r in gc.get_referrers(o)
+                   if r is not objects and r is not results and not (
+                       getattr(r, "cr_code", None) is not None
+                       and r.cr_code.co_filename.endswith("worker.py"))]
+        assert holders == []
+        del objects, results, holders
         wiring = engine._wiring
         assert wiring is not None and wiring.output.value is None
         await engine.cancel_run(run_id)

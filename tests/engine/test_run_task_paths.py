@@ -2,7 +2,8 @@
 (``RunTask._apply_result``: on the in-memory backends, its effects carried out in one
 frame) and any other batch on the general one (``RunTask._process``). The two must do the
 same: here the same runs are driven both ways, with a real worker, and everything the
-engine leaves behind is compared (the runs, their timelines, the hooks, the jobs sent).
+engine leaves behind is compared (the runs, their timelines, each run's hooks and the
+jobs sent and run, in order).
 
 The short path stops and goes on the general way for what it does not carry out itself
 (a retry's timer, a job refused bare, a hand-over that fails, feedback through the core):
@@ -21,7 +22,7 @@ from test_engine_kit import T0, WF, step, tapping, workflow
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.engine.run_task import RunTask
-from cordtrio.model import RetryConfig, Step
+from cordtrio.model import RetryConfig, Step, StepType
 from cordtrio.protocol import SUBJECT_SUBMIT
 from cordtrio.worker import Job, open_worker
 
@@ -50,6 +51,16 @@ def _retried() -> list[Step]:
             step("z", depends_on=["flaky"])]
 
 
+def _mixed() -> list[Step]:
+    """A result whose effects the short path stops in the middle of: a job, a delay's
+    timer, a job, a notification (its alert's outcome fed back through the core)."""
+    return [step("a"), step("b", depends_on=["a"]),
+            step("d", type=StepType.DELAY, delay_sec=5, depends_on=["a"]),
+            step("c", depends_on=["a"]),
+            step("n", type=StepType.NOTIFY, input={"message": "hi"}, depends_on=["a"]),
+            step("e", depends_on=["b", "d", "c", "n"])]
+
+
 def _failing() -> list[Step]:
     return [step("a"), step("bad", depends_on=["a"]), step("z", depends_on=["bad"])]
 
@@ -63,9 +74,14 @@ async def _drive(steps: list[Step], runs: int = 3, *, tap: bool = False, refuse:
     not awaited fails on that call; ``hooks_fail``: the hooks raise for step ``b``."""
     store = MemoryStore() if fail_write < 0 else _FailingStore(fail_write)
     payloads = MemoryPayloadStore()
-    bus = MemoryBus() if refuse < 0 else _BreakingBus(refuse)
+    bus = _RecordingBus() if refuse < 0 else _BreakingBus(refuse)
     await store.save_workflow(workflow(*steps))
     hooks: list[tuple[str, ...]] = []
+    ran: list[str] = []  # the jobs the worker ran, in order
+
+    async def handler(job: Job) -> dict[str, Any]:
+        ran.append(job.job_id)
+        return await _handler(job)
 
     def hook(*call: Any) -> None:
         hooks.append(call)
@@ -78,7 +94,7 @@ async def _drive(steps: list[Step], runs: int = 3, *, tap: bool = False, refuse:
                     on_step_finished=lambda r, s, st: hook("finished", r, s, st),
                     ) as engine,
         tapping(bus, SUBJECT_SUBMIT) if tap else _nothing(),
-        open_worker(bus, payloads, {"job.test": _handler}, worker_id="w1"),
+        open_worker(bus, payloads, {"job.test": handler}, worker_id="w1"),
     ):
         ids = [await engine.submit(WF, {"n": i}) for i in range(runs)]
         with trio.fail_after(3600):
@@ -105,7 +121,17 @@ async def _drive(steps: list[Step], runs: int = 3, *, tap: bool = False, refuse:
         "timelines": [plain(sorted(((e.step_id, e.type, e.job_id, e.status, e.message,
                                      e.data) for e in events), key=lambda row: row[0]))
                       for events in timelines],
-        "hooks": sorted(plain(hook) for hook in hooks),
+        # each run's dispatches in their order (its parallel steps are dispatched in
+        # definition order); what finished and what the worker ran in any order (it may
+        # run parallel steps in either order), each once
+        "dispatched": [plain([h for h in hooks if h[1] == run_id and h[0] == "dispatched"])
+                       for run_id in ids],
+        "finished": [plain(sorted(h for h in hooks if h[1] == run_id and h[0] == "finished"))
+                     for run_id in ids],
+        "ran": [plain(sorted(job for job in ran if job.startswith(f"{run_id}:")))
+                for run_id in ids],
+        "sent": [plain([job for job in bus.sent if job.startswith(f"{run_id}:")])
+                 for run_id in ids],
     }
 
 
@@ -127,7 +153,21 @@ class _FailingStore(MemoryStore):
 _FailingStore.writes_now = True  # (turned off for a subclass that overrides the write)
 
 
-class _BreakingBus(MemoryBus):
+class _RecordingBus(MemoryBus):
+    """Keeps the ids of the job requests it took bare, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def submit_now(self, request: Any, *args: Any) -> bool:
+        taken = super().submit_now(request, *args)
+        if taken:
+            self.sent.append(request.job_id)
+        return taken
+
+
+class _BreakingBus(_RecordingBus):
     """Its bare hand-over of a job request fails once, on call ``refuse`` (from 0)."""
 
     def __init__(self, refuse: int) -> None:
@@ -178,6 +218,8 @@ def _counting_short(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     (_fan, {}),
     (_retried, {}),  # a retry's timer: the short path stops at ``ArmTimer``
     (_failing, {}),
+    (_mixed, {}),  # the short path stops part-way: after a job, at a delay's timer
+    (_mixed, {"tap": True}),
     (_chain, {"tap": True}),  # every job refused bare: ``_after_write`` sends packets
     # (one run where a failure is counted: which run's call it hits depends on how the
     # runs' tasks take turns, which the two ways may change)

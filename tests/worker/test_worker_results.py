@@ -467,3 +467,33 @@ async def test_a_result_handed_over_bare_is_the_one_published_in_a_packet(
     assert [r.status for _, r in bare] == [JobStatus.SUCCEEDED, JobStatus.FAILED,
                                            JobStatus.DENIED]
     assert bare_counters == packed_counters == (3, 1, 2)
+
+
+async def test_the_slot_reports_what_reporter_report_reports(
+    payloads: MemoryPayloadStore, autojump_clock: MockClock
+) -> None:
+    """The slot's own report of every job against ``Reporter.report`` (which reports a
+    cancelled job's result) called for the same results: the same result handed to the
+    listener, the same counters, every job acknowledged."""
+    from cordtrio.worker_report import Reporter
+
+    slot_got, slot_counters = await _reported(MemoryBus(), payloads, True)
+    bus = MemoryBus()
+    got: list[Any] = []
+    async with bus.listen(SUBJECT_RESULT, "engines", lambda packet: got.append(packet),
+                          on_payload=got.append), \
+            bus.consume_jobs([TOPIC], capacity=8) as inbox:
+        reporter = Reporter(bus, "w1")
+        reporter.take_inbox(inbox)
+        assert reporter.report_now is not None  # the bare way, as the slot's
+        for _, result in slot_got:
+            await submit_with_input(bus, payloads, result.job_id, {})
+            packet = await inbox.receive()
+            assert packet.payload.job_id == result.job_id
+            unstamped = JobResult(result.job_id, result.status, result.result_ptr,
+                                  error_code=result.error_code,
+                                  error_message=result.error_message)
+            assert reporter.report(packet.trace_id, trio.current_time(), unstamped) is None
+        assert bus.jobs.held == 0  # every job acknowledged
+    assert got == [result for _, result in slot_got]
+    assert (reporter.succeeded, reporter.failed) == slot_counters[1:]
