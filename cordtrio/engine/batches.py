@@ -164,10 +164,8 @@ class BatchEffects:
                 log.exception("run %s: core failed on %r", self.run_id, item)
         else:
             effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
-            effect: Any  # told apart by exact type (``x.__class__ is C``)
-            quick = wiring.quick
-            stop = 0  # where the general way takes over (``len(effects)``: nowhere)
-            if quick:
+            effect: Any = _ALL  # told apart by exact type (``x.__class__ is C``)
+            if wiring.quick:
                 for effect in effects:  # before the write: the jobs' inputs stored
                     cls = effect.__class__
                     if cls is Dispatch:
@@ -175,9 +173,11 @@ class BatchEffects:
                             break  # not stored at once, or refused: ``_carry_out``'s way
                     elif cls is not StepFinished:
                         break
-                    stop += 1
-            if not quick or stop < len(effects):  # the rest the general way, from there
-                await self._carry_out(effects, rows, changes, now, effects[stop:])
+                else:
+                    effect = None
+            if effect is not None:  # the rest the general way, from ``effect`` on
+                await self._carry_out(effects, rows, changes, now, effects if effect is _ALL
+                                      else effects[_position(effects, effect):])
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
                     try:
@@ -187,17 +187,19 @@ class BatchEffects:
                 elif rows:
                     await self._persist(changes, rows)
                 run_id = self.run_id
-                for position, effect in enumerate(effects):
+                for effect in effects:
                     if effect.__class__ is Dispatch:
                         try:
                             taken = wiring.submit_now(  # type: ignore[misc]
                                 effect.request, run_id, now, SENDER_ID)
-                            refused: Exception | bool = True
                         except Exception as exc:
                             # (the job is not published: ``_after_write`` says so)
-                            taken, refused = False, exc
-                        if not taken:  # refused bare (having done nothing), or failed
-                            await self._after_refused(effects, position, run, now, refused)
+                            taken = exc
+                        if not taken or (taken.__class__ is not bool and \
+                                isinstance(taken, Exception)):
+                            # refused bare (having done nothing: True), or failed
+                            await self._after_refused(effects, _position(effects, effect),
+                                                      run, now, taken or True)
                             break
                         if not effect.again and (on_dispatched := wiring.on_dispatched) \
                                 is not None:
@@ -341,3 +343,15 @@ _new = object.__new__
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 __all__ = ["BatchEffects"]
+
+
+_ALL: Any = object()  # (``_apply_result``: none of the effects carried out yet)
+
+
+def _position(effects: list[Effect], effect: Effect) -> int:
+    """Where ``effect`` is in ``effects`` (by identity: effects are values, and two jobs'
+    may be equal)."""
+    for position, other in enumerate(effects):
+        if other is effect:
+            return position
+    raise ValueError(f"{effect!r} is not among the batch's effects")
