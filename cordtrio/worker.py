@@ -1,7 +1,9 @@
 """The worker side: consume job requests from the bus, run user handlers, report results.
 
-This module is the worker itself: its slot tasks and what they share (``worker_jobs``
-runs one job, ``worker_report`` hands its result over).
+This module is the worker's serving side: ``open_worker`` / ``serve_worker`` and the slot
+tasks, where every job runs (``worker_state`` holds what the worker is: its settings,
+counters, and the jobs in progress with their cancellation; ``worker_jobs`` runs the rest
+of a job, ``worker_report`` hands its result over).
 
 A worker is a bus, a payload store and a mapping ``topic -> async handler``::
 
@@ -40,13 +42,12 @@ from .protocol import (
     SUBJECT_CANCEL,
     SUBJECT_SUBMIT,
     BusPacket,
-    JobCancel,
     JobRequest,
     JobResult,
     JobStatus,
 )
-from .worker_jobs import JobFailed, JobRunner, invalid_input
-from .worker_report import Reporter
+from .worker_jobs import JobFailed, invalid_input
+from .worker_state import DEFAULT_PREFETCH, WorkerState, _Running
 
 logger = logging.getLogger("cordtrio.worker")
 
@@ -59,115 +60,14 @@ _UNCHECKED_JOBS = 7
 """Buffered jobs a slot takes one after the other without a cancellation check between
 them (``Worker._slot``): at most this many more run once the slot is cancelled."""
 
-DEFAULT_PREFETCH = 4
-"""Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
-
-
-class _Running:
-    """A job in progress: the cancel scope that stops it (its slot's, see ``Worker._slot``)
-    and the reason once cancelled.
-
-    One per turn of a slot (one cancel scope), registered for each job the turn runs, one
-    after the other. A turn ends when its job is cancelled, so ``reason`` and ``lost`` are
-    set at most once."""
-
-    __slots__ = ("lost", "reason", "scope")
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self.scope = scope
-        self.reason: str | None = None
-        self.lost = False  # the bus took the job back: stop without reporting
-
-
-class Worker:
-    """A running worker: identity, counters, and the jobs it is executing.
+class Worker(WorkerState):
+    """A running worker: identity, counters, and the jobs it is executing (``WorkerState``),
+    served by up to ``max_concurrency`` slot tasks (``_slot``).
 
     Counters: ``handled`` (jobs finished with any status), ``succeeded``, ``failed`` (finished
     with any other status: failed, denied, timeout, cancelled) and ``running`` (in progress
     now). Jobs interrupted by the worker's own shutdown are not counted as handled.
     """
-
-    def __init__(
-        self,
-        bus: Bus,
-        payloads: PayloadStore,
-        handlers: Mapping[str, Handler],
-        *,
-        worker_id: str,
-        max_concurrency: int,
-        queue: str,
-        prefetch: int = DEFAULT_PREFETCH,
-    ) -> None:
-        self.worker_id = worker_id
-        self.queue = queue
-        self.max_concurrency = max_concurrency
-        self.prefetch = prefetch
-        self.lost = 0
-        """Jobs the bus took back from this worker (its connection was reset)."""
-        self._bus = bus
-        self._runner = JobRunner(payloads, worker_id)
-        self._reporter = reporter = Reporter(bus, worker_id)
-        self._report = reporter.report
-        self._handlers = dict(handlers)
-        self._jobs: dict[str, _Running] = {}
-        self._slots = 0
-        """Slot tasks alive: started as they are needed (see ``_slot`` and ``_add_slots``)."""
-        self._grow_at = 0
-        """Jobs running when every slot is busy: the slots alive, less those awaiting the
-        bus to publish a result (the others run a job, registered in ``_jobs``, or wait
-        for one). A slot that starts a job and finds this many running starts one more,
-        while there is room for one."""
-        # Trio's clock, asked directly (set when serving starts): two frames fewer than
-        # ``trio.current_time()`` at each job's start and report. Only durations are taken
-        # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
-        # cancels out): no frame at all.
-        self._now: Callable[[], float] = trio.current_time
-
-    @property
-    def succeeded(self) -> int:
-        """Jobs finished with status succeeded."""
-        return self._reporter.succeeded
-
-    @property
-    def failed(self) -> int:
-        """Jobs finished with any other status: failed, denied, timeout, cancelled."""
-        return self._reporter.failed
-
-    @property
-    def handled(self) -> int:
-        """Jobs finished with any status: ``succeeded + failed`` (counted once, by status)."""
-        return self.succeeded + self.failed
-
-    @property
-    def running(self) -> int:
-        """Jobs in progress now: those registered for ``cancel_job`` (counted by the map
-        that holds them, not beside it)."""
-        return len(self._jobs)
-
-    @property
-    def topics(self) -> frozenset[str]:
-        """The topics this worker has handlers for."""
-        return frozenset(self._handlers)
-
-    def cancel_job(self, job_id: str, reason: str = "") -> bool:
-        """Cancel a running job (reported as CANCELLED). False if it is not running here."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            return False
-        if entry.reason is None:
-            entry.reason = reason or ""
-        entry.scope.cancel()
-        return True
-
-    def _job_lost(self, job_id: str) -> None:
-        """The bus handed ``job_id`` to another worker: stop it here, report nothing."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            return
-        entry.lost = True
-        if entry.reason is None:
-            entry.reason = "the bus took the job back"
-        entry.scope.cancel()
 
     # ------------------------------------------------------------------------- serving
 
@@ -197,12 +97,6 @@ class Worker:
                 self._add_slots(submits, slots, 1)  # the others as the jobs need them
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
-
-    async def _listen_cancels(self, cancels: trio.abc.ReceiveChannel[BusPacket]) -> None:
-        async for packet in cancels:
-            payload = packet.payload
-            if isinstance(payload, JobCancel):
-                self.cancel_job(payload.job_id, payload.reason)
 
     def _add_slots(self, submits: trio.abc.ReceiveChannel[BusPacket],
                    slots: trio.Nursery, n: int) -> None:
