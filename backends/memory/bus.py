@@ -33,6 +33,10 @@ By default the packet *object* is handed to every subscriber, so receivers must 
 as immutable. ``MemoryBus(codec=True)`` instead encodes each packet once with
 ``encode_packet`` and gives each subscriber its own ``decode_packet`` copy, which exercises
 the wire format in tests.
+
+Who is subscribed to what, and how a packet reaches them with backpressure, lives in
+``subscribers.py`` (``Subscribers``, this bus's base class); this module is the bus's API
+and the job hand-over.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,65 +77,14 @@ from ..job_queues import (
     worker_lost_result,
 )
 from ..local_jobs import LocalJobInbox
+from .subscribers import Callback, Subscribers, Wait
 
 DEFAULT_MAX_BUFFER = 1024
 
 log = logging.getLogger("cordtrio.bus")
 
-_Send = trio.MemorySendChannel[BusPacket]
 
-
-@dataclass(eq=False, slots=True)
-class _Group:
-    """Queue-group members of one subscription subject; ``turn`` is the next in rotation."""
-
-    members: tuple[_Send, ...] = ()
-    turn: int = 0
-
-
-@dataclass(slots=True)
-class _Listeners:
-    """Everyone subscribed under one subscription subject. Tuples are replaced, never
-    mutated, so a publish can iterate them across awaits."""
-
-    plain: tuple[_Send, ...] = ()
-    groups: dict[str, _Group] = field(default_factory=dict)
-
-    def empty(self) -> bool:
-        return not self.plain and not self.groups
-
-
-@dataclass(slots=True)
-class _Wait:
-    """A listener that had no room for a packet: a plain subscriber (``send``) or a queue
-    group (``group``) of subscription ``key`` in ``table``."""
-
-    table: dict[str, _Listeners]
-    key: str
-    queue: str
-    group: _Group | None
-    send: _Send | None
-
-
-class _Callback:
-    """A ``listen`` subscriber, in the place of a send channel: ``send_nowait`` calls it.
-    ``on_payload``, when given, takes a packet's payload alone (see ``MemoryBus.listen``)."""
-
-    __slots__ = ("callback", "on_payload")
-
-    def __init__(self, callback: Callable[[BusPacket], None],
-                 on_payload: Callable[[Any], None] | None = None) -> None:
-        self.callback = callback
-        self.on_payload = on_payload
-
-    def send_nowait(self, packet: BusPacket) -> None:
-        try:
-            self.callback(packet)
-        except Exception:
-            log.exception("a bus listener failed on a packet")
-
-
-class MemoryBus(OffersPublishNow):
+class MemoryBus(Subscribers, OffersPublishNow):
     """A process-local bus implementing the ``JobBus`` port (see the module docstring).
 
     ``max_redeliveries`` and ``max_pending`` configure the job queues (``jobs``, whose
@@ -146,13 +98,11 @@ class MemoryBus(OffersPublishNow):
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        self._codec = codec
-        self._exact: dict[str, _Listeners] = {}
-        self._wildcards: dict[str, _Listeners] = {}  # prefix before ">" -> listeners
+        super().__init__(codec)  # the subscription tables (``subscribers.py``)
         self.jobs = JobQueues(max_redeliveries=max_redeliveries, max_pending=max_pending)
         self._room = trio.lowlevel.ParkingLot()  # publishers waiting for queue space
         # Subjects whose one listener is a ``listen`` callback (one engine's job results):
-        # ``publish`` calls that callback straight away (as ``_Callback.send_nowait`` does,
+        # ``publish`` calls that callback straight away (as ``Callback.send_nowait`` does,
         # one call fewer). Rebuilt whenever anyone (un)subscribes, with what ``publish_now``
         # may do on its own: those callbacks but ``sys.job.cancel``'s (a cancel also drops a
         # queued job), and whether the job queues alone take ``sys.job.submit``. Neither
@@ -200,7 +150,7 @@ class MemoryBus(OffersPublishNow):
         listeners = self._exact.get(subject)
         if listeners is None and not self._wildcards:
             return  # no subscriber (a job request, taken by the job queues alone)
-        waits: list[_Wait] = []
+        waits: list[Wait] = []
         if listeners is not None:
             self._offer(subject, listeners, packet, wire, self._exact, waits)
         if self._wildcards:
@@ -316,7 +266,7 @@ class MemoryBus(OffersPublishNow):
         ``callback`` does with a packet of that payload (it reads nothing else of it): a
         worker's result then reaches it bare, with no packet built for it, while this
         callback is the subject's only listener (``_report_now``)."""
-        send = _Callback(callback, on_payload)
+        send = Callback(callback, on_payload)
         table, key = self._table_for(subject)
         self._add(table, key, queue, send)  # type: ignore[arg-type]
         try:
@@ -397,19 +347,6 @@ class MemoryBus(OffersPublishNow):
             await self.publish(SUBJECT_RESULT, BusPacket(
                 trace_id, "cordtrio-bus", datetime.now(UTC), PROTOCOL_VERSION, result))
 
-    def _table_for(self, subject: str) -> tuple[dict[str, _Listeners], str]:
-        if subject.endswith(">") and (len(subject) == 1 or subject[-2] == "."):
-            return self._wildcards, subject[:-1]
-        return self._exact, subject
-
-    def _add(self, table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
-        self._add_listener(table, key, queue, send)
-        self._refresh_direct()
-
-    def _remove(self, table: dict[str, _Listeners], key: str, queue: str, send: _Send) -> None:
-        self._remove_listener(table, key, queue, send)
-        self._refresh_direct()
-
     def _refresh_direct(self) -> None:
         """Find the subjects ``publish`` may hand straight to a callback: exactly one
         listener, a ``listen`` callback in a queue group, and no wildcard subscription
@@ -419,7 +356,7 @@ class MemoryBus(OffersPublishNow):
             if listeners.plain or len(listeners.groups) != 1:
                 continue
             (group,) = listeners.groups.values()
-            if len(group.members) != 1 or not isinstance(group.members[0], _Callback):
+            if len(group.members) != 1 or not isinstance(group.members[0], Callback):
                 continue
             if any(len(key) > len(prefix) and key.startswith(prefix)
                    for prefix in self._wildcards):
@@ -436,124 +373,6 @@ class MemoryBus(OffersPublishNow):
         if self._result_now is not None:
             (group,) = self._exact[SUBJECT_RESULT].groups.values()
             self._result_bare = group.members[0].on_payload  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _add_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send
-                      ) -> None:
-        listeners = table.setdefault(key, _Listeners())
-        if queue:
-            group = listeners.groups.setdefault(queue, _Group())
-            group.members = (*group.members, send)
-        else:
-            listeners.plain = (*listeners.plain, send)
-
-    @staticmethod
-    def _remove_listener(table: dict[str, _Listeners], key: str, queue: str, send: _Send
-                         ) -> None:
-        listeners = table.get(key)
-        if listeners is None:
-            return
-        if queue:
-            group = listeners.groups.get(queue)
-            if group is not None:
-                group.members = tuple(m for m in group.members if m is not send)
-                if not group.members:
-                    del listeners.groups[queue]
-        else:
-            listeners.plain = tuple(m for m in listeners.plain if m is not send)
-        if listeners.empty() and table.get(key) is listeners:
-            del table[key]
-
-    def _copy(self, packet: BusPacket, wire: bytes | None) -> BusPacket:
-        return packet if wire is None else decode_packet(wire)
-
-    def _offer(
-        self,
-        key: str,
-        listeners: _Listeners,
-        packet: BusPacket,
-        wire: bytes | None,
-        table: dict[str, _Listeners],
-        waits: list[_Wait],
-    ) -> None:
-        """Deliver to every listener of one set that has room (and to one member of each
-        queue group); add those whose buffers are full to ``waits``."""
-        for send in listeners.plain:
-            try:
-                send.send_nowait(self._copy(packet, wire))
-            except trio.WouldBlock:
-                waits.append(_Wait(table, key, "", None, send))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._remove(table, key, "", send)
-        if listeners.groups:
-            for queue, group in tuple(listeners.groups.items()):
-                if not self._offer_to_group(key, queue, group, packet, wire, table):
-                    waits.append(_Wait(table, key, queue, group, None))
-
-    def _offer_to_group(
-        self,
-        key: str,
-        queue: str,
-        group: _Group,
-        packet: BusPacket,
-        wire: bytes | None,
-        table: dict[str, _Listeners],
-    ) -> bool:
-        """Hand the packet to the first member with room, starting at the one whose turn
-        it is: True when one took it (or the group has emptied), False when all are full."""
-        members = group.members
-        if len(members) == 1:  # the usual group (one engine's result consumer): no turns
-            try:
-                members[0].send_nowait(self._copy(packet, wire))
-                group.turn = 0
-                return True
-            except trio.WouldBlock:
-                return False
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._remove(table, key, queue, members[0])
-        while group.members:
-            members = group.members
-            n = len(members)
-            start = group.turn % n
-            for i in range(n):
-                send = members[(start + i) % n]
-                try:
-                    send.send_nowait(self._copy(packet, wire))
-                except trio.WouldBlock:
-                    continue
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._remove(table, key, queue, send)
-                    continue
-                group.turn = (start + i + 1) % n
-                return True
-            if group.members is members:
-                return False
-            # dead members were dropped: try the survivors again
-        return True
-
-    async def _wait_for_room(self, waits: list[_Wait], packet: BusPacket,
-                             wire: bytes | None) -> None:
-        """Wait, in turn, until each full listener takes the packet (a queue group: the
-        member whose turn it is, unless another one has room by then)."""
-        for w in waits:
-            if w.group is None:
-                assert w.send is not None
-                try:
-                    await w.send.send(self._copy(packet, wire))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._remove(w.table, w.key, "", w.send)
-                continue
-            group = w.group
-            while not self._offer_to_group(w.key, w.queue, group, packet, wire, w.table):
-                members = group.members
-                start = group.turn % len(members)
-                send = members[start]
-                group.turn = (start + 1) % len(members)
-                try:
-                    await send.send(self._copy(packet, wire))
-                    break
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._remove(w.table, w.key, w.queue, send)
 
 
 def _deliverable(item: BusPacket | bytes) -> BusPacket:
