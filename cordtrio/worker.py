@@ -219,8 +219,11 @@ class Worker(WorkerState):
                     # failure a ``JobFailed`` with its result.
                     try:
                         budget = request.budget
-                        deadline_ms = 0 if budget is None else budget.deadline_ms
-                        if deadline_ms > 0:  # the engine times the step from its start
+                        if budget is None:
+                            deadline_ms = 0
+                        else:  # a step with a timeout: the engine times it from its start
+                            # (reported even for a deadline under a millisecond, 0 here)
+                            deadline_ms = budget.deadline_ms
                             await reporter.report_start(packet.trace_id, job_id)
                         ptr = request.context_ptr
                         data: Any

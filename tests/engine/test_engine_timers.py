@@ -186,3 +186,23 @@ async def test_workflow_timeout_times_the_run_out(
     assert (events[-1].status, events[-1].message) == ("timed_out", "run timed out")
     await trio.sleep(3600)
     assert engine.active_runs == 0 and len(cancels.payloads) == 3
+
+
+async def test_a_timeout_under_a_millisecond_times_out_a_job_a_worker_runs(
+        store, bus, payloads, clock, save, autojump_clock):
+    """SPEC §6: a positive ``timeout_sec`` too short for a whole millisecond of deadline
+    (its job's ``Budget(deadline_ms=0)``) still counts: the worker reports the job's start,
+    and the engine times the step from there."""
+    from cordtrio.worker import open_worker
+
+    async def hang(job: object) -> dict[str, object]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    await save(step("slow", timeout_sec=0.0004))
+    async with open_engine(store, bus, payloads=payloads, clock=clock) as engine, \
+            open_worker(bus, payloads, {"job.test": hang}):
+        run_id = await engine.submit(WF)
+        with trio.fail_after(60):
+            run = await engine.wait_run(run_id)
+    assert run.steps["slow"].status == StepStatus.TIMED_OUT
