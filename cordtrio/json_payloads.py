@@ -50,6 +50,8 @@ KEPT_TEXT_BOUND = TEXT_PER_FROZEN_BYTE * _SHORT_FROZEN
 than ``_SHORT_FROZEN``): a limit at least this is never passed by one."""
 _new = object.__new__
 _dumps, _loads = marshal.dumps, marshal.loads
+_decode = json.JSONDecoder().decode
+"""``json.loads`` of a text, as ``json.loads`` itself decodes it (no options given)."""
 
 
 def _bound(value: Any, depth: int) -> int:
@@ -171,6 +173,11 @@ class JsonPayload:
             return _loads(frozen)
         text = self.parts[0]
         assert text is not None
+        if text.__class__ is bytes and text.startswith(b"{") and text[1:2] != b"\x00":
+            # a JSON object in UTF-8 (every job input): what ``json.loads`` does with
+            # it, without its Python-level ``detect_encoding`` and argument checks
+            # (tests/test_json_payloads.py compares the two)
+            return _decode(text.decode("utf-8", "surrogatepass"))
         return json.loads(text)
 
     def value_or_text(self) -> Any:

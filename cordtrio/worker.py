@@ -35,6 +35,7 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from ._nursery import open_service_nursery
+from .engine.gc_tuning import long_lived_gc
 from .job import Handler, Job, JobDenied, item_of
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, PayloadStore
@@ -408,14 +409,17 @@ async def serve_worker(
     max_concurrency: int = 64,
     queue: str | None = None,
     prefetch: int = DEFAULT_PREFETCH,
+    tune_gc: bool = True,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a worker until cancelled; for ``nursery.start``, which returns the ``Worker``
     once both subscriptions are active. Returns on its own only if the bus closes the
-    submit channel (after the jobs in progress have reported)."""
+    submit channel (after the jobs in progress have reported). ``tune_gc`` as for
+    ``open_worker``."""
     worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue,
                           prefetch)
-    await worker._serve(task_status)
+    with long_lived_gc(tune_gc):
+        await worker._serve(task_status)
 
 
 @asynccontextmanager
@@ -428,6 +432,7 @@ async def open_worker(
     max_concurrency: int = 64,
     queue: str | None = None,
     prefetch: int = DEFAULT_PREFETCH,
+    tune_gc: bool = True,
 ) -> AsyncIterator[Worker]:
     """Serve ``handlers`` for the duration of the block and yield the ``Worker``.
 
@@ -438,12 +443,19 @@ async def open_worker(
     ``sys.job.submit``. ``worker_id`` defaults to a random ``worker-<hex>``. Leaving the
     block cancels the handlers still running (no result is published for them: their jobs
     go back to the bus for another worker) and unsubscribes.
+
+    ``tune_gc`` (default True): while the worker serves, CPython's cyclic garbage collector
+    runs less often, as while an engine is open (``open_engine(tune_gc=...)``,
+    ``cordtrio.engine.gc_tuning``; undone when the last such engine or worker closes). A
+    worker allocates a few dozen short-lived objects per job: with the default thresholds
+    the collector took ~15 % of a worker process's CPU. False leaves the collector alone.
     """
     worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue,
                           prefetch)
-    async with open_service_nursery() as nursery:
-        await nursery.start(worker._serve)  # subscriptions active from here on
-        yield worker
+    with long_lived_gc(tune_gc):
+        async with open_service_nursery() as nursery:
+            await nursery.start(worker._serve)  # subscriptions active from here on
+            yield worker
 
 
 __all__ = ["Handler", "Job", "JobDenied", "Worker", "default_queue", "open_worker",

@@ -48,6 +48,38 @@ def test_a_payload_reads_back_what_a_json_round_trip_gives(value: Any, compact: 
     assert payload.value_or_text() == expected
 
 
+TEXTS: list[bytes] = [
+    b"{}", b'{"a":1}', b'{"a": [1, 2.5, "x", null]} ', '{"\u00e9": "\u2603"}'.encode(),
+    b'{"s": "\\ud800"}', '{"raw": "\ud800"}'.encode("utf-8", "surrogatepass"),
+    b"{", b"{,}", b'{"a":1} x', b"{\xff}", b"{\x00\x00\x00", b"[1]", b" {}", b"1",
+    '\ufeff{"bom": 1}'.encode(), '{"le": 1}'.encode("utf-16-le"),
+    '{"be": 1}'.encode("utf-16-be"), '{"u32": 1}'.encode("utf-32-le"),
+]
+
+
+def _loads_or_error(read: Any) -> Any:
+    try:
+        return ("value", read())
+    except ValueError as exc:
+        return ("error", type(exc), str(exc))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_text_reads_back_as_json_loads_reads_it(text: bytes) -> None:
+    # ``value`` decodes a UTF-8 object itself, every other text with ``json.loads``
+    assert _loads_or_error(JsonPayload.of_text(text).value) == \
+        _loads_or_error(lambda: json.loads(text))
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+def test_any_object_text_reads_back_as_json_loads_reads_it(value: Any) -> None:
+    for text in (json.dumps({"v": value}).encode(),
+                 json.dumps({"v": value}, ensure_ascii=False).encode("utf-8", "surrogatepass")):
+        assert _loads_or_error(JsonPayload.of_text(text).value) == \
+            _loads_or_error(lambda text=text: json.loads(text))
+
+
 def test_nan_reads_back_as_nan() -> None:
     assert math.isnan(JsonPayload.of(math.nan, compact=True).value())
     assert JsonPayload.of([math.nan], compact=True).text() == b"[NaN]"

@@ -1,4 +1,6 @@
-"""The cyclic garbage collector tuned for a long-lived engine (``open_engine(tune_gc=...)``).
+"""The cyclic garbage collector tuned for a long-lived engine (``open_engine(tune_gc=...)``),
+and for a worker (``open_worker(tune_gc=...)``, ``serve_worker``: same counting, same
+thresholds; a worker allocates a few dozen short-lived objects per job).
 
 A busy engine allocates many short-lived container objects per step (envelopes, effects,
 decoded packets); with CPython's default generation-0 threshold (700) the collector runs

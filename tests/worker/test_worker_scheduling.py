@@ -7,7 +7,9 @@ hour" cost nothing, and a result that never comes fails at ``fail_after``.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
@@ -25,11 +27,12 @@ from worker_kit import (
 )
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
+from cordtrio.engine.gc_tuning import GEN0_THRESHOLD
 from cordtrio.protocol import (
     JobStatus,
 )
 from cordtrio.testing import PlainBus
-from cordtrio.worker import Job, open_worker
+from cordtrio.worker import Job, open_worker, serve_worker
 
 # --------------------------------------------------------------------------- scheduling
 
@@ -235,3 +238,19 @@ async def test_bad_arguments_are_rejected(
     with pytest.raises(ValueError, match="handler"):
         async with open_worker(bus, payloads, {}):
             pass
+
+
+async def test_the_worker_tunes_the_collector_while_it_serves_unless_told_not_to(
+    bus: MemoryBus, payloads: MemoryPayloadStore
+) -> None:
+    before = gc.get_threshold()
+    async with open_worker(bus, payloads, {TOPIC: echo}):
+        assert gc.get_threshold()[0] == max(GEN0_THRESHOLD, before[0])
+    assert gc.get_threshold() == before
+    async with open_worker(bus, payloads, {TOPIC: echo}, tune_gc=False):
+        assert gc.get_threshold() == before
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_worker, bus, payloads, {TOPIC: echo}))
+        assert gc.get_threshold()[0] == max(GEN0_THRESHOLD, before[0])
+        nursery.cancel_scope.cancel()
+    assert gc.get_threshold() == before
