@@ -40,6 +40,20 @@ def _request(job_id: str = "r1:a@1") -> JobRequest:
     return JobRequest(job_id=job_id, topic=TOPIC, context_ptr="", budget=Budget(0))
 
 
+async def _one_run(store: Any, bus: MemoryBus, payloads: Any, handler: Any) -> str:
+    """One run of the saved workflow, with an engine and a worker (``w1``) serving
+    ``handler``, to its success; its id."""
+    async with (
+        open_engine(store, bus, payloads=payloads) as engine,
+        open_worker(bus, payloads, {TOPIC: handler}, worker_id="w1"),
+    ):
+        run_id = await engine.submit(WF)
+        with trio.fail_after(WAIT):
+            run = await engine.wait_run(run_id)
+    assert run.status == RunStatus.SUCCEEDED
+    return run_id
+
+
 async def test_the_worker_takes_the_engines_jobs_bare(store, payloads, save) -> None:
     """Engine and worker alone on the bus: every request is kept bare by the queues (no
     packet), and the run succeeds."""
@@ -53,14 +67,7 @@ async def test_the_worker_takes_the_engines_jobs_bare(store, payloads, save) -> 
         return {"ok": job.job_id}
 
     await save(step("a"), step("b", depends_on=["a"]))
-    async with (
-        open_engine(store, bus, payloads=payloads) as engine,
-        open_worker(bus, payloads, {TOPIC: handler}, worker_id="w1"),
-    ):
-        run_id = await engine.submit(WF)
-        with trio.fail_after(WAIT):
-            run = await engine.wait_run(run_id)
-    assert run.status == RunStatus.SUCCEEDED
+    run_id = await _one_run(store, bus, payloads, handler)
     assert [k[0].__class__ for k in kept] == [JobRequest, JobRequest]  # no packet
     for _item, trace_id, sender_id, created_at in kept:
         assert (trace_id, sender_id) == (run_id, SENDER_ID)
@@ -197,13 +204,8 @@ async def test_a_bare_jobs_progress_and_result_packets_carry_its_run(
     async with (
         bus.listen(SUBJECT_PROGRESS, "", progress.append),
         bus.listen(SUBJECT_RESULT, "", results.append),
-        open_engine(store, bus, payloads=payloads) as engine,
-        open_worker(bus, payloads, {TOPIC: handler}, worker_id="w1"),
     ):
-        run_id = await engine.submit(WF)
-        with trio.fail_after(WAIT):
-            run = await engine.wait_run(run_id)
-    assert run.status == RunStatus.SUCCEEDED
+        run_id = await _one_run(store, bus, payloads, handler)
     assert [(p.trace_id, p.sender_id) for p in progress] == [(run_id, "w1")]
     assert isinstance(progress[0].payload, JobProgress)
     assert [(p.trace_id, p.sender_id) for p in results] == [(run_id, "w1")]
