@@ -301,6 +301,11 @@ def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | b
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
 
+def _encode_bytes(value: Any, compact: bool) -> bytes:
+    """``encode`` for a store that takes bytes (``path_for``'s: its store told apart once)."""
+    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+
+
 # The four calls below return the store's own awaitable rather than awaiting it in a
 # coroutine of their own: one coroutine fewer on each of the four payload calls of a step.
 
@@ -404,7 +409,7 @@ def path_for(payloads: PayloadStore) -> StorePath:
                                  store_result_now=store.put_result_value_now,
                                  input_at_now=store.context_value_at_now)
         return path
-    return StorePath(partial(encode, payloads), partial(get_context, payloads),
+    return StorePath(_encode_bytes, partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
                      partial(get_result, payloads),
                      result_then=own_call(payloads, "reads_results_then", "get_result_then"))

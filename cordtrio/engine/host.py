@@ -28,6 +28,7 @@ from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
 from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges, own_call
 from ..protocol import JobRequest
+from .effects import packets_now
 from .envelopes import Envelope, Finish
 from .timers import Alarm
 
@@ -204,8 +205,11 @@ class RunWiring:
         self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
         # ``MemoryBus.submit_now``: a job request handed over bare, no packet built for it
         # (the bus keeps the packet's fields), under ``publish_now``'s rules
+        # (else, on a bus that publishes at once, ``effects.packets_now``: the request
+        # in a packet, published at once, under the same terms)
         self.submit_now: Callable[[JobRequest, str, datetime, str], bool] | None = \
-            own_call(host.bus, "publishes_now", "submit_now")
+            own_call(host.bus, "publishes_now", "submit_now") or (
+                packets_now(self.publish_now) if self.publish_now is not None else None)
         # the payload store's calls (``json_payloads.path_for``): an optional host
         # attribute, set by the engine for all its run tasks
         payloads = host.payloads
@@ -219,10 +223,10 @@ class RunWiring:
         # (``effects.load_output_now``): one per engine, as a task loads and decides a
         # result without an await between them, and the core keeps nothing of it
         self.output = LoadedOutput()
-        # a run is written and its jobs handed over bare, at once, with no configuration
-        # to look up: ``RunTask._apply_result`` carries out a plain result's effects itself
-        self.quick: bool = self.save_now is not None and self.submit_now is not None and \
-            self.config is None and not self.stage_payloads
+        # no configuration to look up for a job: ``RunTask._apply_result`` carries out a
+        # plain result's effects itself (inputs stored at once or staged for the write,
+        # the write, the jobs handed over, the hooks)
+        self.quick: bool = self.config is None and self.submit_now is not None
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",
