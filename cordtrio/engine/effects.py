@@ -172,8 +172,10 @@ def load_output_now(path: StorePath, result_ptr: str, into: LoadedOutput
 
 
 def output_of(data: bytes) -> LoadedOutput:
-    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8)."""
-    return _loaded(json_payloads.JsonPayload.of_text(data))
+    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8): ``_loaded``
+    of ``JsonPayload.of_text(data)``, without the payload object (its text is ``data``)."""
+    return LoadedOutput(value=json_payloads.value_or_text_of(data),
+                        too_large=len(data) > MAX_INLINE_OUTPUT_BYTES)
 
 
 def _loaded(payload: json_payloads.JsonPayload) -> LoadedOutput:

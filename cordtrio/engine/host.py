@@ -112,7 +112,8 @@ class Ownership(Protocol):
         commands cannot be queued); acknowledged by ``acknowledge`` once applied."""
 
     async def acknowledge(self, run_id: str) -> None:
-        """The batch that applied the commands taken last is persisted: drop them."""
+        """The batch that applied the commands taken last is persisted: drop them (called
+        after a batch that took commands, not after every batch)."""
 
     def save_changes(self, run: WorkflowRun, changes: RunChanges,
                      events: list[TimelineEvent]) -> Awaitable[None]:

@@ -187,10 +187,15 @@ class RunTask(BatchEffects):
         # one arriving during it: that one is applied next).
         ready = self._take_ready()
         queues_commands = self._wiring.queues_commands  # else no drain requests, no acks
+        # commands were taken from the store since the last acknowledgement: the next
+        # batch done acknowledges them (``Ownership.acknowledge``; a batch that took none
+        # has nothing to acknowledge)
+        taken = False
         if self._created and not (queues_commands and has_drain(ready)):
             batch = ready  # a run submit just created: nothing queued for it (fresh_run)
         else:
             inbox: list[Item] = [*await owner.take_commands(self.run_id)]
+            taken = queues_commands
             batch = inbox + without_drains(ready)
         if not self._created:  # a run ``submit`` just created has nothing to re-arm yet
             batch.insert(0, Envelope(Recover()))
@@ -206,7 +211,9 @@ class RunTask(BatchEffects):
             if queues_commands and has_drain(batch):
                 batch = without_drains(batch)
                 batch += await owner.take_commands(self.run_id)
+                taken = True
                 if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                    taken = False
                     await owner.acknowledge(self.run_id)
             if batch:
                 try:
@@ -224,8 +231,9 @@ class RunTask(BatchEffects):
                 # with it (the next only sets its time): nothing of this batch is kept
                 # alive by it while the run waits (its effects and rows, the jobs' inputs).
                 tx.renew(_NO_TIME)
-                if queues_commands:
-                    await owner.acknowledge(self.run_id)  # persisted: the store may forget
+                if taken:  # persisted: the store may forget them
+                    taken = False
+                    await owner.acknowledge(self.run_id)
             # The next batch: what came in meanwhile (usually nothing: once or twice per
             # step) and the timers due; else the task is idle and waits. The mailbox's one
             # reader takes its items by handing it a new list (``Mailbox.items``): no call.
