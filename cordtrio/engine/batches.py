@@ -170,11 +170,11 @@ class BatchEffects:
             if wiring.quick:
                 # before the write: the jobs' inputs stored at once, or staged for the
                 # write (a store that commits them)
-                stage = wiring.stage_payloads
                 for effect in effects:
                     cls = effect.__class__
                     if cls is Dispatch:
-                        if (stage_payload(path, effect, changes.payloads) if stage
+                        if (stage_payload(path, effect, changes.payloads)
+                                if wiring.stage_payloads
                                 else store_payload_now(path, effect)) != "":
                             break  # not stored at once, or refused: ``_carry_out``'s way
                     elif cls is not StepFinished:
@@ -186,10 +186,9 @@ class BatchEffects:
                                       else effects[_position(effects, effect):])
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
-                    save_now = wiring.save_now
                     try:
-                        if save_now is not None:
-                            save_now(run, changes, rows)
+                        if wiring.save_now is not None:
+                            wiring.save_now(run, changes, rows)
                         else:  # (fenced by a lease, or a store out of process)
                             await self.owner.save_changes(run, changes, rows)
                     except Exception as exc:
@@ -205,8 +204,7 @@ class BatchEffects:
                         except Exception as exc:
                             # (the job is not published: ``_after_write`` says so)
                             taken = exc
-                        if not taken or (taken.__class__ is not bool and \
-                                isinstance(taken, Exception)):
+                        if taken is not True and (not taken or isinstance(taken, Exception)):
                             # refused bare (having done nothing: True), or failed
                             await self._after_refused(effects, _position(effects, effect),
                                                       run, now, taken or True)

@@ -208,25 +208,31 @@ class RunTask(BatchEffects):
         # the working area of each batch's first event, renewed after each (``Tx.renew``)
         tx = Tx(plan, state, _NO_TIME)
         while True:
-            if queues_commands and has_drain(batch):
-                batch = without_drains(batch)
-                batch += await owner.take_commands(self.run_id)
-                taken = True
-                if not batch:  # nothing, or only undecodable commands (dropped, logged)
-                    taken = False
-                    await owner.acknowledge(self.run_id)
-            if batch:
+            if len(batch) == 1 and (batch[0].__class__ is JobResult or
+                                    batch[0].__class__ is ResultRead):
+                # most batches: one job result from the bus, alone (``_apply_result``; no
+                # drain request, nothing else to tell apart)
+                # (the item not kept in a name: it would stay alive while the task waits)
                 try:
-                    # most batches: one job result from the bus, alone (``_apply_result``)
-                    # (the item not kept in a name: it would stay alive while the task waits)
-                    if (batch[0].__class__ is JobResult or batch[0].__class__ is ResultRead) \
-                            and len(batch) == 1:
-                        await self._apply_result(batch[0], tx)  # type: ignore[arg-type]
-                    else:
-                        await self._process(batch, plan, state, tx)
+                    await self._apply_result(batch[0], tx)  # type: ignore[arg-type]
                 except BaseException:
                     self._batch = batch  # ``in_flight``, for ``Ownership.let_go``
                     raise
+            else:
+                if queues_commands and has_drain(batch):
+                    batch = without_drains(batch)
+                    batch += await owner.take_commands(self.run_id)
+                    taken = True
+                    if not batch:  # nothing, or only undecodable commands (dropped, logged)
+                        taken = False
+                        await owner.acknowledge(self.run_id)
+                if batch:
+                    try:
+                        await self._process(batch, plan, state, tx)
+                    except BaseException:
+                        self._batch = batch
+                        raise
+            if batch:
                 # The working area renewed for the next batch, now that this one is done
                 # with it (the next only sets its time): nothing of this batch is kept
                 # alive by it while the run waits (its effects and rows, the jobs' inputs).
