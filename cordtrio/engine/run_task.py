@@ -208,8 +208,7 @@ class RunTask(BatchEffects):
         # the working area of each batch's first event, renewed after each (``Tx.renew``)
         tx = Tx(plan, state, _NO_TIME)
         while True:
-            if len(batch) == 1 and (batch[0].__class__ is JobResult or
-                                    batch[0].__class__ is ResultRead):
+            if len(batch) == 1 and batch[0].__class__ in _RESULTS:
                 # most batches: one job result from the bus, alone (``_apply_result``; no
                 # drain request, nothing else to tell apart)
                 # (the item not kept in a name: it would stay alive while the task waits)
@@ -396,6 +395,7 @@ class RunTask(BatchEffects):
 _WAITING = RunStatus.WAITING
 _NO_TIME = datetime.min  # a working area's time until it is renewed for an event
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
+_RESULTS = frozenset((JobResult, ResultRead))  # a job result from the bus (read early or not)
 
 
 _NOTHING: list[Item] = []  # no batch in flight (never changed: ``in_flight`` sees no item)
