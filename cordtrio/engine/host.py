@@ -59,6 +59,12 @@ class OwnedRun(Protocol):
         """What ended the task, for the callers still waiting (None: nothing went wrong)."""
 
     @property
+    def shielded(self) -> bool:
+        """``let_go`` is called within the task's own cancel scope, shielded from outside
+        cancellation with the ownership's ``cleanup_timeout`` as its deadline (a task that
+        ended as it should, over an ownership that has one): it needs no scope of its own."""
+
+    @property
     def in_flight(self) -> list[Envelope]:
         """The batch being applied when the task stopped (empty between batches)."""
 
@@ -187,9 +193,9 @@ class RunWiring:
     the ownership's calls, the bus's publish without awaiting, the payload store's calls,
     the hooks and the clock."""
 
-    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "output", "owner",
-                 "path", "publish_now", "queues_commands", "quick", "save_now",
-                 "stage_payloads", "submit_now")
+    __slots__ = ("bus", "cleanup", "config", "now", "on_dispatched", "on_finished",
+                 "output", "owner", "path", "publish_now", "queues_commands", "quick",
+                 "save_now", "stage_payloads", "submit_now")
 
     def __init__(self, host: RunHost) -> None:
         owner = self.owner = host.ownership
@@ -199,6 +205,10 @@ class RunWiring:
         # ``Ownership.queues_commands``: drain requests come, applied batches are
         # acknowledged; not for an engine alone on its store (nothing to do for either)
         self.queues_commands: bool = getattr(owner, "queues_commands", True)
+        # ``Ownership.cleanup_timeout`` (optional): seconds a task that ended as it should
+        # has to let go of its run, shielded from outside cancellation, in its own scope
+        # (``RunTask.run``; None: ``let_go`` needs no such time, or takes care of it)
+        self.cleanup: float | None = getattr(owner, "cleanup_timeout", None)
         # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
         self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
             None = getattr(owner, "save_changes_now", None)
