@@ -187,11 +187,7 @@ class JsonPayload:
         if parts[1] is not None:
             return _loads(parts[1])
         assert parts[0] is not None
-        text = parts[0].decode("utf-8", errors="replace")
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return value_or_text_of(parts[0])
 
     def text(self) -> bytes:
         """The JSON text, as the bytes path stores it."""
@@ -205,6 +201,18 @@ class JsonPayload:
     def too_large(self, limit: int) -> bool:
         """The text is longer than ``limit`` bytes."""
         return self.parts[2] > limit and len(self.text()) > limit
+
+
+def value_or_text_of(data: bytes) -> Any:
+    """``JsonPayload.of_text(data).value_or_text()``, without the payload object (a result
+    the engine read as bytes): the JSON value of ``data``, else its text (decoded, bad
+    bytes replaced). Decoded as ``json.loads`` decodes a text, without its argument
+    checks (a text it refuses for a byte order mark, the decoder refuses too)."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return _decode(text)
+    except ValueError:
+        return text
 
 
 _EMPTY_FROZEN = _dumps({}, 2)  # the empty payloads' snapshot, known by its identity
@@ -301,6 +309,11 @@ def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | b
     return (_COMPACT if compact else _DEFAULT).encode(value).encode()
 
 
+def _encode_bytes(value: Any, compact: bool) -> bytes:
+    """``encode`` for a store that takes bytes (``path_for``'s: its store told apart once)."""
+    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+
+
 # The four calls below return the store's own awaitable rather than awaiting it in a
 # coroutine of their own: one coroutine fewer on each of the four payload calls of a step.
 
@@ -381,7 +394,8 @@ class StorePath(NamedTuple):
     result_then: Callable[[str, Callable[[bytes | None], None]], bool] | None = None
     """A bytes store's read of a result *key* whose reply goes to a callback
     (``result_then(key, done)``: ``done(data)``, ``done(None)`` if it failed; False if it
-    cannot be read so), when the store offers it (``reads_results_then``,
+    cannot be read so; ``ValueError``, nothing read, for a key outside ``res:``: the
+    engine hands it the key unchecked), when the store offers it (``reads_results_then``,
     ``RedisPayloadStore.get_result_then``); else None."""
     input_at_now: Callable[[str], Any] | None = None
     """``context_at_now(ptr).value()`` in one call when the input is an in-process
@@ -404,7 +418,7 @@ def path_for(payloads: PayloadStore) -> StorePath:
                                  store_result_now=store.put_result_value_now,
                                  input_at_now=store.context_value_at_now)
         return path
-    return StorePath(partial(encode, payloads), partial(get_context, payloads),
+    return StorePath(_encode_bytes, partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
                      partial(get_result, payloads),
                      result_then=own_call(payloads, "reads_results_then", "get_result_then"))
@@ -425,4 +439,5 @@ __all__ = [
     "path_for",
     "put_context",
     "put_result",
+    "value_or_text_of",
 ]

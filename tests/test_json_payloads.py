@@ -374,3 +374,28 @@ async def test_the_memory_store_writes_exactly_the_keys_the_namespace_rule_passe
             except Exception as exc:
                 got = (type(exc), str(exc))
             assert got == expected
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":1}', b"[1, 2]", b"3", b'"s"', b"null", b"not json", b"", b"\xff\xfe{}",
+    b"\xef\xbb\xbf{}",  # a byte order mark: json.loads refuses the text, the decoder too
+    b'{"a": NaN}', b"{} x", b'{"big": "' + b"x" * 70_000 + b'"}',
+])
+def test_a_result_read_as_bytes_is_loaded_as_its_payload_would_be(data: bytes) -> None:
+    """``effects.output_of`` (the engine's early read of a result, as bytes) loads what a
+    ``JsonPayload`` of the same text would give (``value_or_text``, ``too_large``), and
+    ``value_or_text_of`` is ``json.loads`` of the text, else the text."""
+    from cordtrio.core.plan import MAX_INLINE_OUTPUT_BYTES
+    from cordtrio.engine.effects import output_of
+
+    payload = JsonPayload.of_text(data)
+    output = output_of(data)
+    assert (output.value, output.too_large, output.error, output.loaded) == (
+        payload.value_or_text(), payload.too_large(MAX_INLINE_OUTPUT_BYTES), "", True)
+    text = data.decode("utf-8", errors="replace")
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        expected = text
+    value = json_payloads.value_or_text_of(data)
+    assert value == expected or (value != value and expected != expected)

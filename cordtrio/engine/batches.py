@@ -37,7 +37,7 @@ from ..core.state import RunState, Tx
 from ..errors import CordtrioError
 from ..model import TimelineEvent, WorkflowRun
 from ..ports import RunChanges
-from ..protocol import PROTOCOL_VERSION, SUBJECT_SUBMIT, BusPacket, JobResult, JobStatus
+from ..protocol import SUBJECT_SUBMIT, JobResult, JobStatus
 from ..retry import retry_after
 from .effects import (
     load_output,
@@ -45,6 +45,8 @@ from .effects import (
     publish_alert,
     publish_cancel,
     publish_job,
+    request_packet,
+    stage_payload,
     store_payload,
     store_payload_now,
 )
@@ -93,9 +95,9 @@ class BatchEffects:
                     cls = effect.__class__
                     if cls is Dispatch:
                         problem = store_payload_now(path, effect) if staged is None \
-                            else None
-                        if problem is None:
-                            problem = await store_payload(path, effect, staged)
+                            else stage_payload(path, effect, staged)
+                        if problem is None:  # (not stored at once: awaited)
+                            problem = await store_payload(path, effect)
                         if problem:
                             feedback.append(DispatchFailed(effect.target_id,
                                                            effect.job_id, problem))
@@ -166,10 +168,14 @@ class BatchEffects:
             effects, rows, changes = outcome.effects, outcome.rows, outcome.changes
             effect: Any = _ALL  # told apart by exact type (``x.__class__ is C``)
             if wiring.quick:
-                for effect in effects:  # before the write: the jobs' inputs stored
+                # before the write: the jobs' inputs stored at once, or staged for the
+                # write (a store that commits them)
+                for effect in effects:
                     cls = effect.__class__
                     if cls is Dispatch:
-                        if store_payload_now(path, effect) != "":
+                        if (stage_payload(path, effect, changes.payloads)
+                                if wiring.stage_payloads
+                                else store_payload_now(path, effect)) != "":
                             break  # not stored at once, or refused: ``_carry_out``'s way
                     elif cls is not StepFinished:
                         break
@@ -181,7 +187,10 @@ class BatchEffects:
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
                     try:
-                        wiring.save_now(run, changes, rows)  # type: ignore[misc]
+                        if wiring.save_now is not None:
+                            wiring.save_now(run, changes, rows)
+                        else:  # (fenced by a lease, or a store out of process)
+                            await self.owner.save_changes(run, changes, rows)
                     except Exception as exc:
                         await self._persist(changes, rows, exc)
                 elif rows:
@@ -195,8 +204,7 @@ class BatchEffects:
                         except Exception as exc:
                             # (the job is not published: ``_after_write`` says so)
                             taken = exc
-                        if not taken or (taken.__class__ is not bool and \
-                                isinstance(taken, Exception)):
+                        if taken is not True and (not taken or isinstance(taken, Exception)):
                             # refused bare (having done nothing: True), or failed
                             await self._after_refused(effects, _position(effects, effect),
                                                       run, now, taken or True)
@@ -248,10 +256,7 @@ class BatchEffects:
             if cls is Dispatch:
                 if wiring.config is None:  # ``publish_job`` without a config, inline
                     try:  # handed over bare when the bus can (no packet built: it keeps
-                        # the packet's fields), else (``effects.packet``, inline, its fields
-                        # set one by one: a third less than ``__init__``;
-                        # tests/engine/test_engine_api.py compares the packet with
-                        # ``BusPacket(...)``'s)
+                        # the packet's fields), else in a packet (``request_packet``)
                         submit_now = wiring.submit_now
                         if refused is not False:  # offered bare already (the first job)
                             offered, refused = refused, False
@@ -262,12 +267,7 @@ class BatchEffects:
                             taken = submit_now is not None and submit_now(
                                 effect.request, run_id, now, SENDER_ID)
                         if not taken:
-                            request = _new(BusPacket)
-                            request.trace_id = run_id
-                            request.sender_id = SENDER_ID
-                            request.created_at = now
-                            request.protocol_version = PROTOCOL_VERSION
-                            request.payload = effect.request
+                            request = request_packet(now, run_id, effect.request)
                             # (a bus that hands requests over bare takes a packet at
                             # once on the same terms: refused bare, it is awaited)
                             publish_now = wiring.publish_now if submit_now is None else None
@@ -339,7 +339,6 @@ class BatchEffects:
 
 
 # module globals: several times cheaper than the enum lookup
-_new = object.__new__
 _JOB_SUCCEEDED = JobStatus.SUCCEEDED
 
 __all__ = ["BatchEffects"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..protocol import (
     SUBJECT_WORKFLOW_EVENT,
     BusPacket,
     JobCancel,
+    JobRequest,
 )
 from ..retry import retry_after
 
@@ -48,6 +50,8 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
     unreachable store is waited out (SPEC §13); only a definite error is reported. With
     ``staged`` (the store commits the payloads, ``commits_payloads``) the payload is only
     encoded and put there, for the run write that persists the dispatch to carry."""
+    if staged is not None:
+        return stage_payload(path, effect, staged)
     if not effect.context_key or path is None:
         return ""
     try:
@@ -55,13 +59,6 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
     except (TypeError, ValueError) as exc:
         return f"step input is not JSON: {exc}"
     key = effect.context_key
-    if staged is not None:
-        try:
-            staged[check_payload_key(key, CONTEXT_PREFIX)] = (
-                data.text() if isinstance(data, json_payloads.JsonPayload) else data)
-        except ValueError as exc:
-            return f"store payload {key}: {exc}"
-        return ""
     try:
         try:
             await path.put_context(key, data)
@@ -69,6 +66,26 @@ async def store_payload(path: StorePath | None, effect: Dispatch,
             await retry_after(exc, lambda: path.put_context(key, data),
                               f"store payload {key}")
     except Exception as exc:
+        return f"store payload {key}: {exc}"
+    return ""
+
+
+def stage_payload(path: StorePath | None, effect: Dispatch, staged: dict[str, bytes]
+                  ) -> str:
+    """``store_payload`` for a store that commits the payloads (``commits_payloads``): the
+    job's input encoded and put into ``staged``, for the run write that persists the
+    dispatch to carry. No I/O: a plain call (no coroutine per job)."""
+    key = effect.context_key
+    if not key or path is None:
+        return ""
+    try:
+        data = path.encode(effect.payload, True)  # compact
+    except (TypeError, ValueError) as exc:
+        return f"step input is not JSON: {exc}"
+    try:
+        staged[check_payload_key(key, CONTEXT_PREFIX)] = (
+            data.text() if isinstance(data, json_payloads.JsonPayload) else data)
+    except ValueError as exc:
         return f"store payload {key}: {exc}"
     return ""
 
@@ -155,8 +172,10 @@ def load_output_now(path: StorePath, result_ptr: str, into: LoadedOutput
 
 
 def output_of(data: bytes) -> LoadedOutput:
-    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8)."""
-    return _loaded(json_payloads.JsonPayload.of_text(data))
+    """What ``load_output`` makes of the payload ``data`` it read (SPEC §8): ``_loaded``
+    of ``JsonPayload.of_text(data)``, without the payload object (its text is ``data``)."""
+    return LoadedOutput(value=json_payloads.value_or_text_of(data),
+                        too_large=len(data) > MAX_INLINE_OUTPUT_BYTES)
 
 
 def _loaded(payload: json_payloads.JsonPayload) -> LoadedOutput:
@@ -171,6 +190,43 @@ def packet(now: datetime, run_id: str, payload: Any) -> BusPacket:
     at ``now`` (the time the run task decided at: one clock read per event, not per
     message)."""
     return BusPacket(run_id, SENDER_ID, now, PROTOCOL_VERSION, payload)
+
+
+def request_packet(now: datetime, run_id: str, request: JobRequest) -> BusPacket:
+    """``packet(now, run_id, request)`` for a job request, its fields set one by one (a
+    third less than ``__init__``; tests/engine/test_engine_api.py compares the packet with
+    ``BusPacket(...)``'s)."""
+    packet = _new(BusPacket)
+    packet.trace_id = run_id
+    packet.sender_id = SENDER_ID
+    packet.created_at = now
+    packet.protocol_version = PROTOCOL_VERSION
+    packet.payload = request
+    return packet
+
+
+_new = object.__new__
+
+
+def packets_now(publish_now: Callable[[str, BusPacket], bool]
+                ) -> Callable[[JobRequest, str, datetime, str], bool]:
+    """A ``submit_now`` (``MemoryBus.submit_now``'s terms: True, handed over; False,
+    refused having done nothing, to be published awaited; or it raises) for a bus that
+    publishes packets at once but takes no bare job request (``ports.PublishNow``: the
+    nng router in the engine's process): the request in its packet (``request_packet``),
+    through ``publish_now``. A run task then hands every job over one way."""
+
+    def submit_now(request: JobRequest, run_id: str, now: datetime, sender_id: str
+                   ) -> bool:
+        packet = _new(BusPacket)  # (``request_packet``, inline: one call fewer per job)
+        packet.trace_id = run_id
+        packet.sender_id = sender_id
+        packet.created_at = now
+        packet.protocol_version = PROTOCOL_VERSION
+        packet.payload = request
+        return publish_now(SUBJECT_SUBMIT, packet)
+
+    return submit_now
 
 
 async def load_output(path: StorePath, result_ptr: str) -> LoadedOutput:
@@ -197,9 +253,12 @@ __all__ = [
     "load_output_now",
     "output_of",
     "packet",
+    "packets_now",
     "publish_alert",
     "publish_cancel",
     "publish_job",
+    "request_packet",
+    "stage_payload",
     "store_payload",
     "store_payload_now",
 ]

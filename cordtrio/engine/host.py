@@ -28,6 +28,7 @@ from ..json_payloads import StorePath, path_for
 from ..model import StepStatus, TimelineEvent, Workflow, WorkflowRun
 from ..ports import Bus, Clock, ConfigProvider, PayloadStore, RunChanges, own_call
 from ..protocol import JobRequest
+from .effects import packets_now
 from .envelopes import Envelope, Finish
 from .timers import Alarm
 
@@ -56,6 +57,12 @@ class OwnedRun(Protocol):
     @property
     def error(self) -> BaseException | None:
         """What ended the task, for the callers still waiting (None: nothing went wrong)."""
+
+    @property
+    def shielded(self) -> bool:
+        """``let_go`` is called within the task's own cancel scope, shielded from outside
+        cancellation with the ownership's ``cleanup_timeout`` as its deadline (a task that
+        ended as it should, over an ownership that has one): it needs no scope of its own."""
 
     @property
     def in_flight(self) -> list[Envelope]:
@@ -111,7 +118,8 @@ class Ownership(Protocol):
         commands cannot be queued); acknowledged by ``acknowledge`` once applied."""
 
     async def acknowledge(self, run_id: str) -> None:
-        """The batch that applied the commands taken last is persisted: drop them."""
+        """The batch that applied the commands taken last is persisted: drop them (called
+        after a batch that took commands, not after every batch)."""
 
     def save_changes(self, run: WorkflowRun, changes: RunChanges,
                      events: list[TimelineEvent]) -> Awaitable[None]:
@@ -185,9 +193,9 @@ class RunWiring:
     the ownership's calls, the bus's publish without awaiting, the payload store's calls,
     the hooks and the clock."""
 
-    __slots__ = ("bus", "config", "now", "on_dispatched", "on_finished", "output", "owner",
-                 "path", "publish_now", "queues_commands", "quick", "save_now",
-                 "stage_payloads", "submit_now")
+    __slots__ = ("bus", "cleanup", "config", "now", "on_dispatched", "on_finished",
+                 "output", "owner", "path", "publish_now", "queues_commands", "quick",
+                 "save_now", "stage_payloads", "submit_now")
 
     def __init__(self, host: RunHost) -> None:
         owner = self.owner = host.ownership
@@ -197,6 +205,10 @@ class RunWiring:
         # ``Ownership.queues_commands``: drain requests come, applied batches are
         # acknowledged; not for an engine alone on its store (nothing to do for either)
         self.queues_commands: bool = getattr(owner, "queues_commands", True)
+        # ``Ownership.cleanup_timeout`` (optional): seconds a task that ended as it should
+        # has to let go of its run, shielded from outside cancellation, in its own scope
+        # (``RunTask.run``; None: ``let_go`` needs no such time, or takes care of it)
+        self.cleanup: float | None = getattr(owner, "cleanup_timeout", None)
         # ``SingleEngine.save_changes_now``: a store write not awaited (in-process store)
         self.save_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]], None] | \
             None = getattr(owner, "save_changes_now", None)
@@ -204,8 +216,11 @@ class RunWiring:
         self.publish_now = own_call(host.bus, "publishes_now", "publish_now")  # PublishNow
         # ``MemoryBus.submit_now``: a job request handed over bare, no packet built for it
         # (the bus keeps the packet's fields), under ``publish_now``'s rules
+        # (else, on a bus that publishes at once, ``effects.packets_now``: the request
+        # in a packet, published at once, under the same terms)
         self.submit_now: Callable[[JobRequest, str, datetime, str], bool] | None = \
-            own_call(host.bus, "publishes_now", "submit_now")
+            own_call(host.bus, "publishes_now", "submit_now") or (
+                packets_now(self.publish_now) if self.publish_now is not None else None)
         # the payload store's calls (``json_payloads.path_for``): an optional host
         # attribute, set by the engine for all its run tasks
         payloads = host.payloads
@@ -219,10 +234,10 @@ class RunWiring:
         # (``effects.load_output_now``): one per engine, as a task loads and decides a
         # result without an await between them, and the core keeps nothing of it
         self.output = LoadedOutput()
-        # a run is written and its jobs handed over bare, at once, with no configuration
-        # to look up: ``RunTask._apply_result`` carries out a plain result's effects itself
-        self.quick: bool = self.save_now is not None and self.submit_now is not None and \
-            self.config is None and not self.stage_payloads
+        # no configuration to look up for a job: ``RunTask._apply_result`` carries out a
+        # plain result's effects itself (inputs stored at once or staged for the write,
+        # the write, the jobs handed over, the hooks)
+        self.quick: bool = self.config is None and self.submit_now is not None
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",

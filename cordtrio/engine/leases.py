@@ -62,6 +62,9 @@ class LeaseKeeper:
     implementing ``RunLeases``)."""
 
     queues_commands = True
+    cleanup_timeout = CLEANUP_TIMEOUT
+    """A task that ended as it should lets go in its own scope, shielded, with this time
+    (``OwnedRun.shielded``; others get a scope of their own here, ``let_go``)."""
 
     def __init__(self, store: Store, leases: RunLeases, router: RunRouter, owner: str,
                  ttl: float) -> None:
@@ -181,17 +184,14 @@ class LeaseKeeper:
                         envelope.done.set()
             if self.crashed:
                 return
-            # one shielded scope with the cleanup's deadline (not a shield plus a
-            # ``move_on_after``: a cancel scope fewer per run)
-            with trio.CancelScope(shield=True,
-                                  deadline=trio.current_time() + CLEANUP_TIMEOUT):
-                if owned:
-                    await self._drop_poison(run, unacked)
-                    await self.release(run)
-                    await forward_results(self, run_id, [*unapplied, *leftovers])
-                else:  # never held, or the keeper found the lease gone
-                    await forward_results(self, run_id, unapplied)
-                    await forward_as_guest(self, self.runs_store, run_id, leftovers)
+            if run.shielded:  # in the task's own scope, shielded with the cleanup's time
+                await self._clean_up(run, owned, unacked, unapplied, leftovers)
+            else:
+                # one shielded scope with the cleanup's deadline (not a shield plus a
+                # ``move_on_after``: a cancel scope fewer per run)
+                with trio.CancelScope(shield=True,
+                                      deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                    await self._clean_up(run, owned, unacked, unapplied, leftovers)
         finally:
             for envelope in run.in_flight:
                 if envelope.done is not None:
@@ -199,6 +199,19 @@ class LeaseKeeper:
             if self.closing.get(run_id) is closing:
                 del self.closing[run_id]
             closing.set()
+
+    async def _clean_up(self, run: OwnedRun, owned: bool, unacked: int,
+                        unapplied: list[Envelope], leftovers: list[Envelope]) -> None:
+        """``let_go``'s part that waits on the store, shielded: the lease released and
+        what was not applied handed on (to the run's inbox)."""
+        run_id = run.run_id
+        if owned:
+            await self._drop_poison(run, unacked)
+            await self.release(run)
+            await forward_results(self, run_id, [*unapplied, *leftovers])
+        else:  # never held, or the keeper found the lease gone
+            await forward_results(self, run_id, unapplied)
+            await forward_as_guest(self, self.runs_store, run_id, leftovers)
 
     async def _drop_poison(self, run: OwnedRun, unacked: int) -> None:
         """Acknowledge commands nobody can apply, so the run is not re-activated for them

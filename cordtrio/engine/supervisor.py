@@ -48,7 +48,7 @@ from ..errors import (
 )
 from ..json_payloads import path_for
 from ..model import RunStatus, WorkflowRun
-from ..payloads import RESULT_PREFIX, key_from_pointer
+from ..payloads import POINTER_SCHEME
 from ..ports import (
     Bus,
     Clock,
@@ -88,6 +88,7 @@ DEFAULT_RESEND_AFTER = 60.0
 log = logging.getLogger("cordtrio.engine")
 
 _SUCCEEDED = JobStatus.SUCCEEDED
+_SCHEME_LENGTH = len(POINTER_SCHEME)
 
 _PROBE_KEY = "cordtrio-stall-probe"
 """The idempotency key the stall watchdog looks up to see whether the store answers."""
@@ -329,21 +330,23 @@ class Engine:
         (``StorePath.result_then``): the result waits in the mailbox as a ``ResultRead``,
         in its place, and the reply wakes the task with both (one wake-up per result
         instead of two). If the read cannot start (a pointer outside the payload
-        namespace, not a string, a store not batching) the task is woken at once and reads
-        it itself, as it does a bare result (one without a pointer: it reads nothing)."""
-        try:
-            ptr = result.result_ptr
-            key = key_from_pointer(ptr, RESULT_PREFIX) if ptr else None
-        except Exception:  # not a pointer of the namespace: the task's load says why
-            key = None
-        if key is None:
+        namespace, a store not batching) the task is woken at once and reads it itself,
+        as it does a bare result (one without a pointer, or not a string: at once).
+
+        The key is the pointer's without its scheme (``key_from_pointer``'s), checked by
+        the store's read itself (every payload store refuses a key outside its half of
+        the namespace, ``check_payload_key``), not here first as well: a pointer it
+        refuses is the task's to read, whose ``load_output`` says why."""
+        ptr = result.result_ptr
+        if not ptr or ptr.__class__ is not str:
             mailbox.put(result)
             return
         read = ResultRead(result, mailbox)
         mailbox.hold(read)
         try:
-            started = self._read_then(key, read.loaded)  # type: ignore[misc]
-        except Exception:
+            started = self._read_then(  # type: ignore[misc]
+                ptr[_SCHEME_LENGTH:] if ptr.startswith(POINTER_SCHEME) else ptr, read.loaded)
+        except Exception:  # (a key outside ``res:``: ``PayloadPointerError``)
             started = False
         if not started:
             read.loaded(None)  # wakes the task, which reads it

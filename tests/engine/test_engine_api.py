@@ -83,6 +83,29 @@ async def test_a_job_goes_out_in_the_packet_its_init_would_make(store, payloads,
                                packet.payload)
 
 
+def test_a_job_published_at_once_goes_out_in_the_packet_its_init_would_make() -> None:
+    """``effects.packets_now`` (a bus that publishes at once but takes no bare request)
+    makes a job's packet with its fields set one by one, as ``request_packet`` and
+    ``BusPacket(...)`` make it; and says what ``publish_now`` says."""
+    from cordtrio.engine.effects import packets_now, request_packet
+
+    sent: list[tuple[str, BusPacket]] = []
+    answers = [True, False]
+
+    def publish_now(subject: str, packet: BusPacket) -> bool:
+        sent.append((subject, packet))
+        return answers.pop(0)
+
+    submit_now = packets_now(publish_now)
+    request = JobRequest(job_id="r:a@1", topic="job.a")
+    now = datetime(2024, 1, 2, 3, 4, 5)
+    assert submit_now(request, "r", now, SENDER_ID) is True
+    assert submit_now(request, "r", now, SENDER_ID) is False
+    expected = BusPacket("r", SENDER_ID, now, PROTOCOL_VERSION, request)
+    assert sent == [(SUBJECT_SUBMIT, expected)] * 2
+    assert request_packet(now, "r", request) == expected
+
+
 # ------------------------------------------------------------------ start_run
 
 

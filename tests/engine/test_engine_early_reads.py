@@ -23,6 +23,7 @@ from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.engine.envelopes import Envelope, Mailbox, ResultRead, enveloped
 from cordtrio.errors import NotFoundError
 from cordtrio.model import RunStatus, WorkflowRun
+from cordtrio.payloads import RESULT_PREFIX, check_payload_key
 from cordtrio.protocol import SUBJECT_RESULT, SUBJECT_SUBMIT, BusPacket, JobResult, JobStatus
 
 
@@ -58,6 +59,7 @@ class DeferredPayloads:
         self.data.pop(key, None)
 
     def get_result_then(self, key: str, done: Callable[[bytes | None], None]) -> bool:
+        key = check_payload_key(key, RESULT_PREFIX)  # (as every payload store checks it)
         if self.refuse:
             return False
         self.pending.append((key, done))

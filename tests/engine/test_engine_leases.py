@@ -396,3 +396,42 @@ async def test_a_run_that_ended_before_the_wait_is_answered_without_a_read_by_it
         with pytest.raises(NotFoundError):
             await a.wait_run(third)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_finished_run_lets_go_of_its_lease_in_its_own_scope(
+        store, bus, payloads, clock, autojump_clock, monkeypatch) -> None:
+    """A task that ended as it should releases its run's lease from its own cancel scope,
+    shielded with the cleanup's deadline (``OwnedRun.shielded``: no scope of the keeper's
+    own); one whose lease was lost lets go the other way, in a scope of the keeper's."""
+    from cordtrio.engine.leases import LeaseKeeper
+
+    shielded: list[tuple[bool, bool, float]] = []
+    real = LeaseKeeper.let_go
+
+    async def spy(self: LeaseKeeper, run: Any) -> None:
+        scope = run.scope
+        shielded.append((run.shielded, scope.shield,
+                         scope.deadline - trio.current_time()))
+        await real(self, run)
+
+    monkeypatch.setattr(LeaseKeeper, "let_go", spy)
+    await store.save_workflow(workflow(step("a")))
+    async with open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                           lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+        assert await store.lease_owner(run_id) == "A"
+        await a.handle_job_result(ok(f"{run_id}:a@1"))
+        assert (await a.wait_run(run_id)).status == RunStatus.SUCCEEDED
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.active_runs == 0
+        assert await store.lease_owner(run_id) is None  # released as the task ended
+        assert shielded == [(True, True, LeaseKeeper.cleanup_timeout)]
+        shielded.clear()
+        # a lost lease: the task's scope is cancelled, the keeper shields its own
+        other = await a.submit(WF)
+        await store.release_lease(other, "A")
+        assert await store.acquire_lease(other, "X", 3600)
+        await trio.sleep(TTL / 3 + 0.1)  # one renewal period
+        assert a.active_runs == 0
+        [(own, _, _)] = shielded
+        assert not own and await store.lease_owner(other) == "X"

@@ -66,15 +66,21 @@ def _failing() -> list[Step]:
 
 
 async def _drive(steps: list[Step], runs: int = 3, *, tap: bool = False, refuse: int = -1,
-                 fail_write: int = -1, hooks_fail: bool = False) -> dict[str, Any]:
+                 fail_write: int = -1, hooks_fail: bool = False, committing: bool = False
+                 ) -> dict[str, Any]:
     """Drive ``runs`` runs of ``steps`` to their end with a worker; what the engine left
     behind, with run ids replaced by their order of submission. ``tap``: another
     subscriber of job requests (the bus then refuses them bare); ``refuse``: the bus's
     bare hand-over raises on that call (counted from 0); ``fail_write``: the store's write
-    not awaited fails on that call; ``hooks_fail``: the hooks raise for step ``b``."""
-    store = MemoryStore() if fail_write < 0 else _FailingStore(fail_write)
+    not awaited fails on that call; ``hooks_fail``: the hooks raise for step ``b``;
+    ``committing``: the engine wired as on Redis with the nng router in its process (job
+    inputs staged for the run write, which is awaited, job requests published in packets
+    at once)."""
     payloads = MemoryPayloadStore()
-    bus = _RecordingBus() if refuse < 0 else _BreakingBus(refuse)
+    store = _CommittingStore(payloads) if committing else MemoryStore() if fail_write < 0 \
+        else _FailingStore(fail_write)
+    bus = (_PacketBus(refuse) if committing else _RecordingBus() if refuse < 0
+           else _BreakingBus(refuse))
     await store.save_workflow(workflow(*steps))
     hooks: list[tuple[str, ...]] = []
     ran: list[str] = []  # the jobs the worker ran, in order
@@ -181,6 +187,49 @@ class _BreakingBus(_RecordingBus):
         return super().submit_now(*args)
 
 
+class _CommittingStore(MemoryStore):
+    """Writes the job inputs staged in a run's changes with them (``ports.PayloadCommit``,
+    as the Redis store does), awaited (as on Redis: no write not awaited)."""
+
+    def __init__(self, payloads: MemoryPayloadStore) -> None:
+        super().__init__()
+        self.payloads = payloads
+
+    def commits_payloads_of(self, payloads: object) -> bool:
+        return payloads is self.payloads
+
+    async def save_run_changes(self, run: Any, changes: Any, timeline: Any = ()) -> None:
+        for key, data in changes.payloads.items():
+            await self.payloads.put_context(key, data)
+        await super().save_run_changes(run, changes, timeline)
+
+
+class _PacketBus(MemoryBus):
+    """Takes job requests in packets only, at once when it can (``publish_now``, as the
+    nng router in the engine's process; no bare hand-over); its hand-over raises on call
+    ``refuse`` (from 0). Keeps the ids of the job requests it took at once, in order."""
+
+    submit_now = None  # type: ignore[assignment]
+
+    def __init__(self, refuse: int = -1) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+        self.refuse = refuse
+
+    def publish_now(self, subject: str, packet: Any) -> bool:
+        if subject == SUBJECT_SUBMIT:
+            self.refuse -= 1
+            if self.refuse == -1:
+                raise RuntimeError("bus broke")
+        taken = super().publish_now(subject, packet)
+        if taken and subject == SUBJECT_SUBMIT:
+            self.sent.append(packet.payload.job_id)
+        return taken
+
+
+_PacketBus.publishes_now = True  # (turned off for a subclass that overrides ``publish_now``)
+
+
 class _nothing:
     async def __aenter__(self) -> None:
         return None
@@ -201,15 +250,21 @@ def _general_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def _counting_short(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the batches the short path applies (it must be taken, for the test to mean
     anything)."""
-    taken = [0]
+    taken = [0, 0]  # the batches on the short path; the general way's passes
     real = RunTask._apply_result
+    carry_out = RunTask._carry_out
 
     async def counted(self: RunTask, item: Any, tx: Any) -> None:
-        assert self._wiring.quick  # the engine's in-memory wiring: the whole short path
+        assert self._wiring.quick  # no configuration to look up: the whole short path
         taken[0] += 1
         await real(self, item, tx)
 
+    async def general(self: RunTask, *args: Any) -> None:
+        taken[1] += 1
+        await carry_out(self, *args)
+
     monkeypatch.setattr(RunTask, "_apply_result", counted)
+    monkeypatch.setattr(RunTask, "_carry_out", general)
     return taken
 
 
@@ -228,6 +283,16 @@ def _counting_short(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     (_chain, {"fail_write": 2, "runs": 1}),  # a write fails once: written again, awaited
     (_chain, {"hooks_fail": True}),  # hooks that raise: logged, nothing else changes
     (_fan, {"hooks_fail": True}),
+    # wired as on Redis with the nng router: staged inputs, awaited writes, packets
+    (_chain, {"committing": True}),
+    (_fan, {"committing": True}),
+    (_retried, {"committing": True}),
+    (_failing, {"committing": True}),
+    (_mixed, {"committing": True}),
+    (_chain, {"committing": True, "tap": True}),  # every job refused at once: awaited
+    (_chain, {"committing": True, "refuse": 1, "runs": 1}),
+    (_fan, {"committing": True, "refuse": 2, "runs": 1}),
+    (_fan, {"committing": True, "hooks_fail": True}),
 ])
 async def test_the_short_path_does_what_the_general_one_does(
         steps: Any, options: dict[str, Any], autojump_clock: trio.testing.MockClock,
@@ -236,6 +301,10 @@ async def test_the_short_path_does_what_the_general_one_does(
         taken = _counting_short(patched)
         short = await _drive(steps(), **options)
     assert taken[0] >= options.get("runs", 3)  # (results may come together: one batch)
+    if steps is _chain and not options.get("tap") and options.get("refuse", -1) < 0:
+        # a chain's results all the short way: the general one carries out only the
+        # first steps' (a run's start)
+        assert taken[1] < taken[0]
     with monkeypatch.context() as patched:
         _general_only(patched)
         general = await _drive(steps(), **options)
