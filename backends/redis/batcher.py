@@ -49,9 +49,10 @@ scheduling tick as one non-transactional pipeline.
   and the call sent once more. ``RedisAdapter.script``'s calls of those scripts are queued
   as such (``script``: function number, keys, arguments; no ``EVALSHA`` tuple built to be
   taken apart again) and merged even when alone in a batch, so their callers never meet
-  ``NOSCRIPT`` and await the batcher's wait itself (no coroutine frame of the adapter's). The plain ``GET``s of a batch (payloads, mostly) go as one
-  ``MGET``; a key it finds no string at is asked again with ``GET`` (``MGET`` answers nil
-  for a key of another type, where ``GET`` fails), so each caller gets what ``GET`` gives.
+  ``NOSCRIPT`` and await the batcher's wait itself (no coroutine frame of the adapter's).
+  The plain ``GET``s of a batch (payloads, mostly) go as one ``MGET``; a key it finds no
+  string at is asked again with ``GET`` (``MGET`` answers nil for a key of another type,
+  where ``GET`` fails), so each caller gets what ``GET`` gives.
 """
 
 from __future__ import annotations
@@ -407,8 +408,8 @@ class CommandBatcher:
         if isinstance(reply, Exception):
             return [reply] * len(group.members)
         values = list(reply)
-        again = [i for i, v in enumerate(values) if v is None]
-        if again:
+        if None in values:  # (usually not: a missing key)
+            again = [i for i, v in enumerate(values) if v is None]
             members = group.members
             more = await self._redis.run_batch(
                 f"{members[again[0]].what} (+{len(again) - 1} batched)",

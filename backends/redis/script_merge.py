@@ -120,7 +120,11 @@ class MergedScripts:
         """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
         if not isinstance(reply, list) or len(reply) != count:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
-        out: list[Any] = []
+        # the usual reply: every call answered ``{1, value}`` (no item looked at twice)
+        out: list[Any] = [item[1] for item in reply if len(item) == 2 and item[0] == 1]
+        if len(out) == count:
+            return out
+        out = []
         for item in reply:
             value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
             if item and item[0] == 1:
