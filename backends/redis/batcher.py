@@ -285,12 +285,14 @@ class CommandBatcher:
         try:
             groups, calls = (self._merge(batch) if len(batch) > 1 or first.method == "script"
                              else ([], batch))
-            if groups:
-                sent = [*(g.call for g in groups), *calls]
+            if groups:  # each group as its one command (the kind is its method), first
+                commands = [(g.kind, g.args, _NO_KWARGS) for g in groups]
+                commands += [(c.method, c.args, c.kwargs) for c in calls]
             else:
-                calls = sent = batch
+                calls = batch
+                commands = [(c.method, c.args, c.kwargs) for c in batch]
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
-                                            [(c.method, c.args, c.kwargs) for c in sent])
+                                            commands)
             if groups:
                 merged, replies = replies[:len(groups)], replies[len(groups):]
                 for group, reply in zip(groups, merged, strict=True):
@@ -367,16 +369,11 @@ class CommandBatcher:
         groups: list[_Group] = []
         lone_eval = len(evals) == 1 and not scripted
         if evals and not lone_eval:
-            group = _Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
-                                        scripts.merged_args(members), _NO_KWARGS), "evalsha")
-            group.sets = sets
-            groups.append(group)
+            groups.append(_Group(evals, scripts.merged_args(members), "evalsha", sets))
         else:
             rest += evals
         if len(gets) > 1:
-            groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
-                                             ([c.args[0] for c in gets],), _NO_KWARGS),
-                                 "mget"))
+            groups.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
         else:
             rest += gets
         if len(rest) > 1 and (lone_eval or len(gets) == 1):
@@ -392,7 +389,7 @@ class CommandBatcher:
         if isinstance(reply, rx.NoScriptError):
             _, reply = await self._redis.run_batch(
                 f"{group.members[0].what} (load the merged scripts)",
-                [("script_load", (scripts.source,), {}), ("evalsha", group.call.args, {})])
+                [("script_load", (scripts.source,), {}), ("evalsha", group.args, {})])
         if isinstance(reply, Exception):  # the whole call failed: each caller gets it
             return [reply] * len(group.members)
         replies = scripts.replies(reply, len(group.members))
@@ -420,16 +417,21 @@ class CommandBatcher:
 
 
 class _Group:
-    """Calls of one batch sent as one command (``call``), split back by ``kind``."""
+    """Calls of one batch sent as one command, ``kind`` (its method: ``evalsha``, ``mget``)
+    with ``args``, whose reply is split back among the ``members``; ``sets``: the members
+    that are payload SETs (``script_merge``: their reply is ``True``)."""
 
-    __slots__ = ("call", "kind", "members", "sets")
+    __slots__ = ("args", "kind", "members", "sets")
 
-    def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
-        call.task = None  # nobody waits on it: its reply is split among the members
+    def __init__(self, members: list[_Call], args: tuple[Any, ...], kind: str,
+                 sets: list[int]) -> None:
         self.members = members
-        self.sets: list[int] = []  # the members that are payload SETs (script_merge)
-        self.call = call
+        self.args = args
         self.kind = kind
+        self.sets = sets
+
+
+_NO_SETS: list[int] = []  # an MGET group's ``sets`` (never changed)
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]
