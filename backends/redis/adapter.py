@@ -53,8 +53,7 @@ class CommandBatcher(Protocol):
 
     def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
                ) -> Awaitable[Any] | None:
-        """A call of one of the scripts it merges, queued now; the caller awaits what it
-        returns at once (None, with nothing queued: not one of those)."""
+        """A script it merges, queued now, to be awaited at once (else None)."""
 
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch starts (True) or ends (False) a wait for a lost connection."""
@@ -360,13 +359,10 @@ class RedisAdapter:
     def script(self, what: str, key: str, source: str, keys: list[str],
                args: list[Any], *, plain: bool = False) -> Awaitable[Any]:
         """Run the Lua ``source`` (``EVALSHA``, atomic on the server) on ``keys``/``args``, to
-        be awaited. Batched like ``call`` when it can be; one of the scripts the batcher
-        merges (an engine step's write, a create, a lease release) is queued as such
-        (``CommandBatcher.script``) and its wait handed back as it is (as ``call`` does);
-        any other, or one the batcher does not take, is a coroutine (``_script``): a server
-        that does not know the script yet (``NOSCRIPT``) gets it loaded.
-        ``plain``: the caller built ``keys``/``args`` of plain types only (``str``, ``bytes``,
-        ``int``, ``float``), so they are not checked one by one (a step write has ~50)."""
+        be awaited. A script the batcher merges (a step write, a create, a lease release)
+        is queued as such (``CommandBatcher.script``), its wait handed back as ``call``
+        does; any other goes through ``_script``. ``plain``: ``keys``/``args`` are of plain
+        types only (``str``, ``bytes``, ``int``, ``float``): not checked one by one."""
         batcher = self._batcher
         if batcher is not None and (plain or (_PLAIN.issuperset(map(type, keys))
                                               and _PLAIN.issuperset(map(type, args)))):
@@ -377,8 +373,8 @@ class RedisAdapter:
 
     async def _script(self, what: str, key: str, source: str, keys: list[str],
                       args: list[Any], *, plain: bool = False) -> Any:
-        """``script`` not merged: a lone ``EVALSHA`` (batched if it can be), loaded by
-        redis-py's ``Script`` on the direct path if the server does not know it."""
+        """``script`` not merged: an ``EVALSHA`` batched like ``call`` when it can be; a
+        server that does not know the script (``NOSCRIPT``) gets it loaded."""
         batcher = self._batcher
         sha = self._shas.get(source)
         if sha is None:
