@@ -51,6 +51,10 @@ class CommandBatcher(Protocol):
                   done: Callable[[Any], None]) -> bool:
         """The command, queued now; its reply (None if it failed) goes to ``done``."""
 
+    def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
+               ) -> Awaitable[Any] | None:
+        """A script it merges, queued now, to be awaited at once (else None)."""
+
     def reconnect_wait(self, waiting: bool) -> None:
         """A batch starts (True) or ends (False) a wait for a lost connection."""
 
@@ -352,13 +356,25 @@ class RedisAdapter:
         batcher = self._batcher
         return batcher is not None and batcher.call_then(what, key, method, args, done)
 
-    async def script(self, what: str, key: str, source: str, keys: list[str],
-                     args: list[Any], *, plain: bool = False) -> Any:
-        """Run the Lua ``source`` (``EVALSHA``, atomic on the server) on ``keys``/``args``.
-        Batched like ``call`` when it can be; a server that does not know the script yet
-        (``NOSCRIPT``) gets it loaded by redis-py's ``Script`` on the direct path.
-        ``plain``: the caller built ``keys``/``args`` of plain types only (``str``, ``bytes``,
-        ``int``, ``float``), so they are not checked one by one (a step write has ~50)."""
+    def script(self, what: str, key: str, source: str, keys: list[str],
+               args: list[Any], *, plain: bool = False) -> Awaitable[Any]:
+        """Run the Lua ``source`` (``EVALSHA``, atomic on the server) on ``keys``/``args``, to
+        be awaited. A script the batcher merges (a step write, a create, a lease release)
+        is queued as such (``CommandBatcher.script``), its wait handed back as ``call``
+        does; any other goes through ``_script``. ``plain``: ``keys``/``args`` are of plain
+        types only (``str``, ``bytes``, ``int``, ``float``): not checked one by one."""
+        batcher = self._batcher
+        if batcher is not None and (plain or (_PLAIN.issuperset(map(type, keys))
+                                              and _PLAIN.issuperset(map(type, args)))):
+            wait = batcher.script(what, key, source, keys, args)
+            if wait is not None:
+                return wait
+        return self._script(what, key, source, keys, args, plain=plain)
+
+    async def _script(self, what: str, key: str, source: str, keys: list[str],
+                      args: list[Any], *, plain: bool = False) -> Any:
+        """``script`` not merged: an ``EVALSHA`` batched like ``call`` when it can be; a
+        server that does not know the script (``NOSCRIPT``) gets it loaded."""
         batcher = self._batcher
         sha = self._shas.get(source)
         if sha is None:

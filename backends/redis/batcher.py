@@ -46,9 +46,13 @@ scheduling tick as one non-transactional pipeline.
   ``SET key value EX ttl``s (payload writes, ``script_merge.set_ex_args``) go as one
   ``EVALSHA`` of a script that runs each call in turn, each with its own reply or error.
   Should the server not know that script (``NOSCRIPT``: restarted, flushed), it is loaded
-  and the call sent once more. The plain ``GET``s of a batch (payloads, mostly) go as one
-  ``MGET``; a key it finds no string at is asked again with ``GET`` (``MGET`` answers nil
-  for a key of another type, where ``GET`` fails), so each caller gets what ``GET`` gives.
+  and the call sent once more. ``RedisAdapter.script``'s calls of those scripts are queued
+  as such (``script``: function number, keys, arguments; no ``EVALSHA`` tuple built to be
+  taken apart again) and merged even when alone in a batch, so their callers never meet
+  ``NOSCRIPT`` and await the batcher's wait itself (no coroutine frame of the adapter's).
+  The plain ``GET``s of a batch (payloads, mostly) go as one ``MGET``; a key it finds no
+  string at is asked again with ``GET`` (``MGET`` answers nil for a key of another type,
+  where ``GET`` fails), so each caller gets what ``GET`` gives.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from cordtrio.errors import CordtrioError, StoreError
 from . import reply_watch
 from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
 from .reply_watch import ReplyWatch
-from .script_merge import MERGED, SET_EX_SHA, MergedScripts, set_ex_args
+from .script_merge import MERGED, SET_EX_SHA, Member, MergedScripts, set_ex_args
 
 _current_task = trio.lowlevel.current_task
 log = logging.getLogger(__name__)
@@ -154,6 +158,7 @@ class CommandBatcher:
     def __init__(self, redis: RedisAdapter, scripts: MergedScripts = MERGED) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._script_numbers = scripts.by_source
         self._loop = redis.loop
         self._queue: list[_Call] = []
         self._idle: list[asyncio.Future[None]] = []  # the idle senders' wake-up futures
@@ -177,6 +182,26 @@ class CommandBatcher:
         queue = self._queue
         queue.append(entry)
         # a sender in flight takes the queue when its reply is in (module doc)
+        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
+                                 or len(queue) >= MAX_BATCH):
+            self._wake()
+        return trio.lowlevel.wait_task_rescheduled(entry.abort)
+
+    def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
+               ) -> Awaitable[Any] | None:
+        """A call of one of the merged scripts (``script_merge.MERGED``: ``source``, on
+        ``keys``/``args`` of plain types), queued as a member of the next batch's merged
+        ``EVALSHA`` (merged even when alone in its batch), for the calling task to await at
+        once; None, with nothing queued, for any other script or once closing. Its caller
+        never meets ``NOSCRIPT``: the batch loads the merged script and sends it again
+        (``_split_scripts``). Queued as its function number, keys and arguments: no
+        ``EVALSHA`` argument tuple built, to be taken apart again when merged."""
+        number = self._script_numbers.get(source)
+        if number is None or self._closed:
+            return None
+        entry = _Call(what, key, "script", (number, keys, args), _NO_KWARGS)
+        queue = self._queue
+        queue.append(entry)
         if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
                                  or len(queue) >= MAX_BATCH):
             self._wake()
@@ -258,13 +283,16 @@ class CommandBatcher:
         redis = self._redis
         first = batch[0]
         try:
-            groups, calls = self._merge(batch) if len(batch) > 1 else ([], batch)
-            if groups:
-                sent = [*(g.call for g in groups), *calls]
+            groups, calls = (self._merge(batch) if len(batch) > 1 or first.method == "script"
+                             else ([], batch))
+            if groups:  # each group as its one command (the kind is its method), first
+                commands = [(g.kind, g.args, _NO_KWARGS) for g in groups]
+                commands += [(c.method, c.args, c.kwargs) for c in calls]
             else:
-                calls = sent = batch
+                calls = batch
+                commands = [(c.method, c.args, c.kwargs) for c in batch]
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
-                                            [(c.method, c.args, c.kwargs) for c in sent])
+                                            commands)
             if groups:
                 merged, replies = replies[:len(groups)], replies[len(groups):]
                 for group, reply in zip(groups, merged, strict=True):
@@ -307,14 +335,20 @@ class CommandBatcher:
         may make the next, and Redis must apply them in the order they were made)."""
         scripts = self._scripts
         evals: list[_Call] = []
-        evals_args: list[tuple[Any, ...]] = []
+        members: list[Member] = []
         sets: list[int] = []  # which of evals are payload SETs (their reply: True)
         gets: list[_Call] = []
         rest: list[_Call] = []
         numbers = scripts.numbers
         merge_sets = SET_EX_SHA in numbers
+        scripted = False  # a ``script`` call: merged even alone (it has no EVALSHA of its own)
         for c in batch:
             method = c.method
+            if method == "script":
+                evals.append(c)
+                members.append(c.args)  # type: ignore[arg-type]  # (number, keys, args)
+                scripted = True
+                continue
             if method == "get":
                 if len(c.args) == 1 and not c.kwargs:
                     gets.append(c)
@@ -322,30 +356,27 @@ class CommandBatcher:
             elif method == "evalsha":
                 if c.args[0] in numbers:  # ``scripts.mergeable``
                     evals.append(c)
-                    evals_args.append(c.args)
+                    members.append(scripts.member(c.args))
                     continue
             elif method == "set" and merge_sets:
                 args = set_ex_args(method, c.args, c.kwargs)
                 if args is not None:
                     sets.append(len(evals))
                     evals.append(c)
-                    evals_args.append(args)
+                    members.append(scripts.member(args))
                     continue
             rest.append(c)
         groups: list[_Group] = []
-        if len(evals) > 1:
-            group = _Group(evals, _Call(evals[0].what, evals[0].key, "evalsha",
-                                        scripts.call_args(evals_args), {}), "evalsha")
-            group.sets = sets
-            groups.append(group)
+        lone_eval = len(evals) == 1 and not scripted
+        if evals and not lone_eval:
+            groups.append(_Group(evals, scripts.merged_args(members), "evalsha", sets))
         else:
             rest += evals
         if len(gets) > 1:
-            groups.append(_Group(gets, _Call(gets[0].what, gets[0].key, "mget",
-                                             ([c.args[0] for c in gets],), {}), "mget"))
+            groups.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
         else:
             rest += gets
-        if len(rest) > 1 and (len(evals) == 1 or len(gets) == 1):
+        if len(rest) > 1 and (lone_eval or len(gets) == 1):
             # a lone call of a mergeable kind was put last: back to its place
             merged = {id(c) for g in groups for c in g.members}
             rest = [c for c in batch if id(c) not in merged]
@@ -358,7 +389,7 @@ class CommandBatcher:
         if isinstance(reply, rx.NoScriptError):
             _, reply = await self._redis.run_batch(
                 f"{group.members[0].what} (load the merged scripts)",
-                [("script_load", (scripts.source,), {}), ("evalsha", group.call.args, {})])
+                [("script_load", (scripts.source,), {}), ("evalsha", group.args, {})])
         if isinstance(reply, Exception):  # the whole call failed: each caller gets it
             return [reply] * len(group.members)
         replies = scripts.replies(reply, len(group.members))
@@ -374,8 +405,8 @@ class CommandBatcher:
         if isinstance(reply, Exception):
             return [reply] * len(group.members)
         values = list(reply)
-        again = [i for i, v in enumerate(values) if v is None]
-        if again:
+        if None in values:  # (usually not: a missing key)
+            again = [i for i, v in enumerate(values) if v is None]
             members = group.members
             more = await self._redis.run_batch(
                 f"{members[again[0]].what} (+{len(again) - 1} batched)",
@@ -386,16 +417,21 @@ class CommandBatcher:
 
 
 class _Group:
-    """Calls of one batch sent as one command (``call``), split back by ``kind``."""
+    """Calls of one batch sent as one command, ``kind`` (its method: ``evalsha``, ``mget``)
+    with ``args``, whose reply is split back among the ``members``; ``sets``: the members
+    that are payload SETs (``script_merge``: their reply is ``True``)."""
 
-    __slots__ = ("call", "kind", "members", "sets")
+    __slots__ = ("args", "kind", "members", "sets")
 
-    def __init__(self, members: list[_Call], call: _Call, kind: str) -> None:
-        call.task = None  # nobody waits on it: its reply is split among the members
+    def __init__(self, members: list[_Call], args: tuple[Any, ...], kind: str,
+                 sets: list[int]) -> None:
         self.members = members
-        self.sets: list[int] = []  # the members that are payload SETs (script_merge)
-        self.call = call
+        self.args = args
         self.kind = kind
+        self.sets = sets
+
+
+_NO_SETS: list[int] = []  # an MGET group's ``sets`` (never changed)
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]

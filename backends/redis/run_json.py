@@ -13,7 +13,7 @@ bytes or the error ``dumps`` gives (tested against it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from json.encoder import encode_basestring
 from operator import attrgetter
@@ -187,37 +187,69 @@ def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes
 
 
 _EVENT_FIELDS: Callable[[TimelineEvent], tuple[Any, ...]] = attrgetter(
-    "time", "type", "run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr",
-    "message", "data")
-"""An event's fields, read in one C call."""
+    "type", "run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr", "message",
+    "data")
+"""An event's fields but its time, read in one C call."""
+
+_NOT_YET: Any = object()
+"""No event's text made yet (``event_docs``: nothing to reuse)."""
+
+
+def event_docs(events: Iterable[TimelineEvent], run_id: str,
+               now_text: Callable[[], str | None], where: Where) -> list[bytes]:
+    """The timeline texts of ``events`` as the run's timeline stores them (each as
+    ``event_json``), with ``now_text()`` (asked once, for the first event without a time)
+    as the time of those that have none.
+
+    The events of one write are stamped with the same time and name the same run and
+    workflow: their texts are made once per write, for the first event, and reused while
+    the next event holds the very same objects."""
+    docs: list[bytes] = []
+    now: str | None = None
+    last_at = last_named = last_wf = _NOT_YET
+    time = pair = ""
+    for event in events:
+        at = event.time
+        if at is None and now is None:
+            now = now_text()
+        try:
+            (kind, named, wf_id, step_id, job_id, status, result_ptr, text,
+             data_value) = _EVENT_FIELDS(event)
+            if at is None:
+                time = _esc(now)
+                last_at = _NOT_YET
+            elif at is not last_at:
+                time = f'"{_cached(at) or _stamp(at)}"'
+                last_at = at
+            if named is not last_named or wf_id is not last_wf:
+                pair = ((f',"run_id":{_QUOTED[named]}' if named else "")
+                        + (f',"workflow_id":{_QUOTED[wf_id]}' if wf_id else ""))
+                last_named, last_wf = named, wf_id
+            step = f',"step_id":{_QUOTED[step_id]}' if step_id else ""
+            job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
+            st = f',"status":{_QUOTED[status]}' if status else ""
+            result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
+            message = f',"message":{_esc(text)}' if text else ""
+            data = f',"data":{encode_value(data_value)}' if data_value else ""
+            owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
+            docs.append(f'{{"time":{time},"type":{_QUOTED[kind]}{pair}{step}{job}'
+                        f'{st}{result}{message}{data}{owner}}}'.encode())
+        except _UNEXPECTED:
+            last_at = last_named = last_wf = _NOT_YET
+            doc = event.to_dict()
+            if not doc.get("time"):
+                doc["time"] = now
+            if not doc.get("run_id"):
+                doc["run_id"] = run_id
+            docs.append(dumps(doc, where))
+    return docs
 
 
 def event_json(event: TimelineEvent, run_id: str, now: str | None, where: Where) -> bytes:
     """A timeline event as the run's timeline stores it: ``event.to_dict()`` with ``now``
     as its time if it has none and ``run_id`` (last) if it names no run (built as
-    ``header_json``)."""
-    try:
-        (at, kind, named, wf_id, step_id, job_id, status, result_ptr, text,
-         data_value) = _EVENT_FIELDS(event)
-        time = _esc(now) if at is None else f'"{_cached(at) or _stamp(at)}"'
-        rid = f',"run_id":{_QUOTED[named]}' if named else ""
-        wf = f',"workflow_id":{_QUOTED[wf_id]}' if wf_id else ""
-        step = f',"step_id":{_QUOTED[step_id]}' if step_id else ""
-        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
-        st = f',"status":{_QUOTED[status]}' if status else ""
-        result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
-        message = f',"message":{_esc(text)}' if text else ""
-        data = f',"data":{encode_value(data_value)}' if data_value else ""
-        owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
-        return (f'{{"time":{time},"type":{_QUOTED[kind]}{rid}{wf}{step}{job}'
-                f'{st}{result}{message}{data}{owner}}}').encode()
-    except _UNEXPECTED:
-        doc = event.to_dict()
-        if not doc.get("time"):
-            doc["time"] = now
-        if not doc.get("run_id"):
-            doc["run_id"] = run_id
-        return dumps(doc, where)
+    ``header_json``; ``event_docs`` of one event)."""
+    return event_docs((event,), run_id, lambda: now, where)[0]
 
 
-__all__ = ["event_json", "header_json", "step_json"]
+__all__ = ["event_docs", "event_json", "header_json", "step_json"]

@@ -63,6 +63,11 @@ return out
 """
 
 
+Member = tuple[str, Sequence[Any], Sequence[Any]]
+"""One call in a merged call: its script's function number (as text), its keys, its
+arguments."""
+
+
 def _sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
@@ -81,24 +86,33 @@ class MergedScripts:
         self.sha = _sha(self.source)
         self.numbers = {_sha(body): str(i) for i, body in enumerate(sources, start=1)}
         """Each script's function number in the merged script (by SHA), as the head's text."""
+        self.by_source = {body: str(i) for i, body in enumerate(sources, start=1)}
+        """The same numbers by script text (``RedisAdapter.script``'s calls: no SHA needed)."""
 
     def mergeable(self, method: str, args: tuple[Any, ...]) -> bool:
         """Is this batched call an ``EVALSHA`` of one of the scripts?"""
         return method == "evalsha" and args[0] in self.numbers
 
+    def member(self, call: tuple[Any, ...]) -> Member:
+        """An ``evalsha`` argument tuple (``(sha, numkeys, *keys, *args)``) of one of the
+        scripts as a member of a merged call (slices of the tuple: no unpacked copy)."""
+        end = 2 + int(call[1])
+        return self.numbers[call[0]], call[2:end], call[end:]
+
     def call_args(self, calls: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
         """The ``EVALSHA`` arguments of the merged script for these ``evalsha`` argument
         tuples (``(sha, numkeys, *keys, *args)``)."""
+        return self.merged_args([self.member(call) for call in calls])
+
+    def merged_args(self, members: Sequence[Member]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` arguments of the merged script running ``members`` in turn."""
         keys: list[Any] = []
-        head: list[str] = [COUNTS[len(calls)]]
+        head: list[str] = [COUNTS[len(members)]]
         rest: list[Any] = []
-        number = self.numbers
-        for call in calls:  # slices of each call's tuple: no unpacked copy of it first
-            nk = int(call[1])
-            end = 2 + nk
-            keys += call[2:end]
-            rest += call[end:]
-            head += (number[call[0]], COUNTS[nk], COUNTS[len(call) - end])
+        for number, call_keys, call_args in members:
+            keys += call_keys
+            rest += call_args
+            head += (number, COUNTS[len(call_keys)], COUNTS[len(call_args)])
         return (self.sha, COUNTS[len(keys)], *keys, " ".join(head), *rest)
 
     @staticmethod
@@ -106,7 +120,11 @@ class MergedScripts:
         """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
         if not isinstance(reply, list) or len(reply) != count:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
-        out: list[Any] = []
+        # the usual reply: every call answered ``{1, value}`` (no item looked at twice)
+        out: list[Any] = [item[1] for item in reply if len(item) == 2 and item[0] == 1]
+        if len(out) == count:
+            return out
+        out = []
         for item in reply:
             value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
             if item and item[0] == 1:

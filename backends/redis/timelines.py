@@ -19,7 +19,7 @@ from .adapter import RedisDataError
 from .base import RedisStoreBase
 from .keys import timeline_key
 from .run_hash import loads
-from .run_json import event_json
+from .run_json import event_docs
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,13 @@ class RedisTimelines(RedisStoreBase):
     def _timeline_docs(self, run_id: str, events: Sequence[TimelineEvent]) -> list[bytes]:
         if not run_id:
             raise ValidationError("run id required")
-        now: str | None = None
-        docs: list[bytes] = []
-        for event in events:
-            if event.time is None and now is None:
-                now = format_ts(self._now())
-            docs.append(event_json(event, run_id, now, ("run {!r}: timeline event", run_id)))
-        return docs
+        if not events:
+            return []
+        return event_docs(events, run_id, self._now_text, ("run {!r}: timeline event", run_id))
+
+    def _now_text(self) -> str | None:
+        """The time of timeline events that have none."""
+        return format_ts(self._now())
 
     async def list_timeline_events(
         self, run_id: str, limit: int = DEFAULT_TIMELINE_LIMIT

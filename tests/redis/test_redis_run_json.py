@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cordtrio.backends.redis.run_hash import dumps
-from cordtrio.backends.redis.run_json import event_json, header_json, step_json
+from cordtrio.backends.redis.run_json import event_docs, event_json, header_json, step_json
 from cordtrio.errors import ValidationError
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 
@@ -119,6 +119,39 @@ def test_event_json_writes_the_stored_event(event: TimelineEvent) -> None:
     now = "2026-12-03T10:00:00Z"
     _same(lambda: event_json(event, "run-1", now, "where"),
           lambda: _stored_event(event, "run-1", now))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(range(len(EVENTS) + 3)), max_size=8))
+def test_events_of_one_write_are_each_written_as_alone(picks: list[int]) -> None:
+    """``event_docs`` reuses one event's time and run/workflow texts for the next while
+    it holds the same objects: each text is still the one stored for that event alone,
+    whatever events come before it (odd ones, ones without a time, other runs)."""
+    shared = dataclasses.replace(EVENTS[1])  # the same objects as EVENTS[1], another event
+    same_run = TimelineEvent(time=EVENTS[1].time, type="t", run_id=EVENTS[1].run_id,
+                             workflow_id=EVENTS[1].workflow_id, step_id="s2")
+    no_time = TimelineEvent(type="t", run_id=EVENTS[1].run_id, workflow_id="w")
+    pool = [*EVENTS, shared, same_run, no_time]
+    events = [pool[i] for i in picks]
+    asked: list[int] = []
+
+    def now() -> str:
+        asked.append(1)
+        return "2026-12-03T10:00:00Z"
+
+    try:
+        expected: Any = [_stored_event(e, "run-1", "2026-12-03T10:00:00Z") for e in events]
+    except ValidationError as exc:
+        expected = exc
+    try:
+        got: Any = event_docs(events, "run-1", now, "where")
+    except ValidationError as exc:
+        got = exc
+    if isinstance(expected, ValidationError):
+        assert str(got) == str(expected)
+    else:
+        assert got == expected
+        assert len(asked) == (1 if any(e.time is None for e in events) else 0)
 
 
 def test_a_value_that_is_not_json_fails_as_dumps_fails_and_leaves_nothing_behind() -> None:

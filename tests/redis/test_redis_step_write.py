@@ -243,3 +243,12 @@ async def test_a_step_writes_ranks_follow_its_first_in_write_order(
     assert redis.store._last_rank == first + 3
     stored = await redis.store.get_run(run.id)
     assert list(stored.steps) == ["s0", "s1", "s2"]
+
+
+def test_step_keys_are_the_key_functions_keys() -> None:
+    from cordtrio.backends.redis.keys import run_key, timeline_key
+    from cordtrio.backends.redis.leases import lease_key
+    from cordtrio.backends.redis.step_write import step_keys
+
+    for run_id in ("r1", "run:é"):
+        assert step_keys(run_id) == [run_key(run_id), lease_key(run_id), timeline_key(run_id)]
