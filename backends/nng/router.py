@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pynng
 import trio
@@ -33,7 +34,14 @@ import trio
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.ports import OffersPublishNow
-from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket, JobCancel, JobRequest
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    encode_packet,
+)
 
 from ..job_queues import DEFAULT_MAX_PENDING, DEFAULT_MAX_REDELIVERIES, JobQueues
 from ..local_jobs import LocalJobInbox
@@ -154,18 +162,21 @@ class NngRouter(OffersPublishNow):
         job queues alone take: they have room and nobody subscribes to its subject, so
         nothing can make it wait (the engine's job requests, ``ports.PublishNow``). False,
         having done nothing, for anything else: then await ``publish``."""
+        table = self._delivery.table
         if (subject != SUBJECT_SUBMIT or packet.__class__ is not BusPacket or self.closed
-                or not self._delivery.table.unheard(subject)):
+                or subject in table.exact or table.wild):  # ``not table.unheard(subject)``
             return False
-        payload = packet.payload
+        payload: Any = packet.payload
         jobs = self._jobs
-        if payload.__class__ is not JobRequest or jobs.queues.full:
-            return False
+        queues = jobs.queues
+        if payload.__class__ is not JobRequest or queues.pending >= queues.max_pending:
+            return False  # (or the queues are ``full``)
         try:
-            wire = encode_for_bus(subject, packet, self._max_packet)
+            wire = encode_packet(packet)  # ``encode_for_bus``, the packet checked above
         except ProtocolError:
             return False  # ``publish`` raises it
-        assert isinstance(payload, JobRequest)
+        if len(wire) > self._max_packet:
+            return False  # ``publish`` raises it
         jobs.offer(payload.job_id, payload.topic, wire)
         return True
 

@@ -120,9 +120,16 @@ class Delivery:
         """Hand the packet to every subscriber with room now (a remote plain subscriber
         without room gets it queued here); return what must wait. ``packet``: ``wire``
         already decoded by the caller, which does not keep it: the first local subscriber
-        handed the packet now takes it instead of decoding a copy of its own."""
+        handed the packet now takes it instead of decoding a copy of its own. A subject
+        whose one listener is a ``listen`` callback (``_Table.sole``: the engine's
+        results) is that call alone, as the loops below would make it."""
+        table = self.table
+        sole = table.sole.get(subject)
+        if sole is not None:
+            self._push(sole, wire, packet)
+            return []
         waits: list[Callable[[], Awaitable[None]]] = []
-        for listeners in self.table.match(subject):
+        for listeners in table.match(subject):
             for sub in listeners.plain:
                 if not sub.alive:
                     continue

@@ -83,10 +83,10 @@ class JobDelivery:
         if job is not None and job.holder is not None:
             handle = job.holder.handle
             if handle.__class__ is _RemoteConsumer:  # ``hand_out`` of this one job, inlined
+                # (no ``room`` to notify: an offer queues or hands out, never takes a
+                # queued job, and publishers wait for room only while the queues are full)
                 self._router._conns.send(handle.peer,
                                          {"op": "job", "cid": handle.cid, "packet": wire})
-                if not self.queues.full:
-                    self.room.notify()
             else:
                 self.hand_out((Assignment(job.holder, job),))
 
@@ -146,7 +146,9 @@ class JobDelivery:
             self.hand_out(self.queues.ack(consumer, job_id))
 
     def hand_out(self, assignments: Collection[Assignment]) -> None:
-        todo = deque(assignments) if assignments else None  # an ack usually frees no job
+        if not assignments:  # an ack usually frees no job (and takes none from a queue:
+            return           # no room for waiting publishers)
+        todo = deque(assignments)
         while todo:
             a = todo.popleft()
             wire: bytes = a.job.item
