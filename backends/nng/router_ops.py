@@ -75,9 +75,15 @@ class OpHandler:
             return
         if not peer.authed:
             ops = self._router._gate.authenticate(peer, ops)
+        on_pub = self._on_pub
         for op in ops:
             try:
-                self._on_op(peer, op)
+                # a publish, the usual op, without ``_on_op``'s dispatch (which takes the
+                # same branch for it)
+                if op.__class__ is dict and op.get("op") == "pub":
+                    on_pub(peer, op)
+                else:
+                    self._on_op(peer, op)
             except FrameError as exc:
                 self._garbage(peer, "op", exc)
 
