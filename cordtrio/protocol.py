@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from itertools import compress
 from operator import attrgetter, itemgetter, or_, truth
-from typing import Any
+from typing import Any, Literal, overload
 
 import cbor2
 
@@ -559,8 +559,16 @@ def encode_packet(packet: BusPacket) -> bytes:
         raise ProtocolError(f"encode_packet: {exc}") from None
 
 
-def decode_packet(data: bytes) -> BusPacket:
-    """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``."""
+@overload
+def decode_packet(data: bytes) -> BusPacket: ...
+@overload
+def decode_packet(data: bytes, bare: Literal[True]) -> Payload | None: ...
+
+
+def decode_packet(data: bytes, bare: bool = False) -> BusPacket | Payload | None:
+    """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``.
+    ``bare``: return the packet's payload alone, the rest checked as for the packet
+    (for a reader of the payload alone: no packet built)."""
     if data.__class__ is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
@@ -599,6 +607,8 @@ def decode_packet(data: bytes) -> BusPacket:
                                     f"{[tag for tag in _PAYLOAD_TYPES if tag in tags]}")
             (tag,) = tags
             payload = _DECODERS[tag](body[tag], tag)
+        if bare:
+            return payload
         return BusPacket(trace_id, sender_id, created, version, payload)
     except ProtocolError:
         raise

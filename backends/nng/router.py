@@ -196,19 +196,34 @@ class NngRouter(OffersPublishNow):
         finally:
             inbox.close()
 
+    listens_for_payloads = True
+    """``listen`` takes ``on_payload`` (``ports.DirectBus``). False in a subclass that
+    overrides ``listen`` (its callbacks then get every packet, as that ``listen``
+    expects)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "listen" in cls.__dict__:
+            cls.listens_for_payloads = False
+
     @asynccontextmanager
     async def listen(
-        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None], *,
+        on_payload: Callable[[Any], None] | None = None,
     ) -> AsyncIterator[None]:
         """Call ``callback(packet)`` for the duration of the block, as a subscriber of
         ``subject`` (in queue group ``queue``: ``""`` for none) in this process would
         receive ``packet``, from within the delivery: no buffer, no task, never makes a
         publisher wait (``ports.DirectBus``; the engine routes job results with it). An
-        exception it raises is logged."""
+        exception it raises is logged. ``on_payload(payload)``, when given, must do what
+        ``callback`` does with a packet of that payload (it reads nothing else of it): a
+        client's result or progress then reaches it with no packet built, while this
+        listener is its subject's only one (the packet is decoded for the holder rule
+        anyway)."""
         check_subject("listen", subject, queue)
         if self.closed:
             raise trio.ClosedResourceError("the nng router is closed")
-        sub = self._delivery.add_callback(subject, queue, callback)
+        sub = self._delivery.add_callback(subject, queue, callback, on_payload)
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ from cordtrio.protocol import BusPacket
 from ..job_queues import Consumer, JobQueues
 from ._common import RecentIds
 from .frames import Op
-from .table import _Peer, _Sub
+from .table import _Peer, _Sub, _Table
 
 
 class PeerLinks(Protocol):
@@ -62,6 +62,9 @@ class DeliveryPart(Protocol):
     def deliver(self, subject: str, wire: bytes, packet: BusPacket | None = None
                 ) -> list[Callable[[], Awaitable[None]]]: ...
     def bounce(self, subject: str, queue: str, wire: bytes) -> None: ...
+    def hand_payload(self, sub: _Sub, payload: Any) -> None: ...
+    @property
+    def table(self) -> _Table: ...
 
 
 class JobsPart(Protocol):
@@ -80,7 +83,7 @@ class JobsPart(Protocol):
     def ack_held(self, consumer: Consumer, job_id: str) -> None: ...
     def remove_consumer(self, consumer: Consumer) -> None: ...
     def holder_refusal(self, peer: _Peer, kind: type, subject: str, wire: bytes,
-                       claimed: str) -> tuple[str, BusPacket | None, Consumer | None]: ...
+                       claimed: str, bare: bool = False) -> tuple[str, Any, Consumer | None]: ...
 
 
 class GatePart(Protocol):

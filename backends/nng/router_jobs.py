@@ -15,7 +15,7 @@ import contextlib
 from collections import deque
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -203,22 +203,22 @@ class JobDelivery:
     # ------------------------------------------------------------------ the holder rule
 
     def holder_refusal(self, peer: _Peer, kind: type, subject: str, wire: bytes,
-                       claimed: str) -> tuple[str, BusPacket | None, Consumer | None]:
+                       claimed: str, bare: bool = False) -> tuple[str, Any, Consumer | None]:
         """Why ``peer`` may not publish this result or progress (``kind``: the payload
         class its subject carries, ``HELD_PAYLOADS``; "" if it may): only the connection
         holding the job may (a job not held here is anybody's). With it, the packet as
-        decoded for the check (None if refused), which the caller may hand to a
-        subscriber instead of decoding it again, and the consumer holding the job (None
-        when no consumer of this connection holds it), whose acknowledgement the result
-        may carry."""
+        decoded for the check (None if refused; ``bare``: its payload alone, no packet
+        built), which the caller may hand to a subscriber instead of decoding it again,
+        and the consumer holding the job (None when no consumer of this connection holds
+        it), whose acknowledgement the result may carry."""
         try:  # (small packets: a pointer to the output, not the output)
-            packet = decode_packet(wire)
+            packet: Any = decode_packet(wire, True) if bare else decode_packet(wire)
         except ProtocolError as exc:
             raise FrameError(f"a packet on {subject!r} does not decode: {exc}") from None
-        payload = packet.payload
+        payload = packet if bare else packet.payload
         if payload.__class__ is not kind and not isinstance(payload, kind):
             return f"not a {kind.__name__}", None, None
-        job_id = payload.job_id  # type: ignore[union-attr]
+        job_id = payload.job_id  # type: ignore[attr-defined]
         if claimed and claimed != job_id:
             return f"the packet is about job {job_id}, the op says {claimed}", None, None
         job = self.queues._jobs.get(job_id)  # ``queues.get``

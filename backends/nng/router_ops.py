@@ -53,6 +53,7 @@ class OpHandler:
 
     def __init__(self, router: RouterHost) -> None:
         self._router = router
+        self._sole = router._delivery.table.sole  # (updated in place, never replaced)
 
     async def receive_loop(self) -> None:
         await self._router._io.receive_forever(self._on_message, "nng router", RECV_BATCH)
@@ -155,7 +156,7 @@ class OpHandler:
         # the usual op passes these class checks; any other goes through the field helpers,
         # which raise for it (in this order) or take it
         if (pid.__class__ is not int or subject.__class__ is not str or not subject
-                or wire.__class__ is not bytes or not wire or not 0xA0 <= wire[0] <= 0xBF):
+                or wire.__class__ is not bytes or not wire or wire[0] >> 5 != 5):  # 0xA0-0xBF
             pid = int_field(op, "pid")
             subject = str_field(op, "subject", empty=False)
             wire = packet_field(op)
@@ -170,14 +171,22 @@ class OpHandler:
                 cid = op["ack"]
                 if cid.__class__ is not int:
                     cid = int_field(op, "ack")
+            # the subject's one listener reads payloads alone (the engine's results): the
+            # packet is decoded bare, and handed to it as ``fan_out`` would hand it
+            sole = self._sole.get(subject)
+            bare = sole is not None and sole.on_payload is not None
             reason, packet, holder = router._jobs.holder_refusal(peer, kind, subject, wire,
-                                                                 job_id)
+                                                                 job_id, bare)
             if not reason:
                 # acknowledged by the consumer found holding the job, if it is that one (no
                 # other consumer holds it: acknowledging it there would do nothing)
-                self.fan_out(peer, pid, subject, wire, packet,
-                             (holder, job_id) if cid is not None and holder is not None
-                             and holder.handle.cid == cid else None)
+                ack = (holder, job_id) if cid is not None and holder is not None \
+                    and holder.handle.cid == cid else None
+                if bare:
+                    router._delivery.hand_payload(sole, packet)  # type: ignore[arg-type]
+                    self._handed_out(peer, pid, ack)
+                else:
+                    self.fan_out(peer, pid, subject, wire, packet, ack)
                 return
             router._gate.forbid(peer, subject, reason)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pynng
 import trio
@@ -110,6 +110,7 @@ class _Sub:
     sid: int = 0
     inbox: Inbox | None = None
     callback: Callable[[BusPacket], None] | None = None
+    on_payload: Callable[[Any], None] | None = None  # a callback's, for payloads alone
     room: int | None = None  # None: unbounded
     alive: bool = True
     group: _Group | None = None
