@@ -85,7 +85,8 @@ def decode_shape(cls: type, names: tuple[str, ...], kinds: dict[str, Any],
     of a map, a list or a nested document decide."""
     unpacked = "".join(f"v{i}, " for i in range(len(names)))
     lines = ["def shape(vals, data, where):", f" ({unpacked}) = vals"]
-    local: dict[str, Any] = dict(env)
+    local: dict[str, Any] = {**env, "_ONLY_STR": frozenset({str}), "_map": map,
+                             "_type": type}
     for i, (name, c) in enumerate(zip(names, key, strict=True)):
         kind, arg = kinds[name], f"v{i}"
         if name in factories and c is object:  # absent (the marker): a new map or list
@@ -107,7 +108,10 @@ def decode_shape(cls: type, names: tuple[str, ...], kinds: dict[str, Any],
         elif kind == "str_map":
             if c is not dict:
                 return None
-            lines.append(f" if not _is_str_map({arg}): return _walk(cls, data, where)")
+            # ``_is_str_map``'s C passes first (decoded CBOR text is exactly ``str``)
+            lines.append(f" if not (_ONLY_STR.issuperset(_map(_type, {arg})) and "
+                         f"_ONLY_STR.issuperset(_map(_type, {arg}.values()))) "
+                         f"and not _is_str_map({arg}): return _walk(cls, data, where)")
         elif kind == "str_list":
             if c is not list:
                 return None
