@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum
-from operator import attrgetter, itemgetter
-from typing import Any
+from itertools import compress
+from operator import attrgetter, itemgetter, or_, truth
+from typing import Any, Literal, overload
 
 import cbor2
 
+from .codec_shapes import MAX_SHAPES, EncodeShape, decode_shape, learn_encode
 from .errors import ProtocolError
 from .fields import RECENT_TS_TEXTS
 from .timeutil import format_ts, parse_ts
@@ -352,7 +354,70 @@ def _compile(cls: type, kinds: dict[str, Any]
     dec.append(f" return cls({', '.join(args)})")
     source = "\n".join(enc) + "\n" + "\n".join(dec)
     exec(compile(source, f"<cordtrio.protocol codec of {cls.__name__}>", "exec"), env)
-    return env["encode"], env["decode"]
+    if len(names) < 2:
+        return env["encode"], env["decode"]
+    return _by_shape(cls, kinds, env, env["encode"], env["decode"])
+
+
+def _by_shape(cls: type, kinds: dict[str, Any], env: dict[str, Any],
+              encode_fields: Callable[[Any], dict[str, Any]],
+              decode_fields: Callable[[Any, str], Any],
+              ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any, str], Any]]:
+    """``encode_fields`` and ``decode_fields`` (``_compile``'s field-by-field code) behind
+    the short ways of the shapes met before (``codec_shapes``): a value's shape is the
+    tuple of its fields' classes, read in one C call."""
+    names = tuple(f.name for f in fields(cls))
+    nested = {name: kind for (c, name), kind in _NESTED.items() if c is cls}
+    factories = {f.name: f.default_factory for f in fields(cls)
+                 if callable(f.default_factory)}
+    defaults = {f.name: _MISSING if f.name in factories else f.default for f in fields(cls)}
+    eshapes: dict[tuple[type, ...], EncodeShape | tuple[()]] = {}
+    dshapes: dict[tuple[type, ...], Callable[[tuple[Any, ...], Any, str], Any]] = {}
+
+    def encode_new(obj: Any, vals: tuple[Any, ...], shape: Any) -> dict[str, Any]:
+        if shape is None:  # (a shape not learnt, ``()``, goes field by field every time)
+            if len(eshapes) >= MAX_SHAPES:
+                eshapes.clear()  # (odd values met first do not keep the usual out)
+            key = tuple(map(type, vals))
+            eshapes[key] = learn_encode(key, names, nested)
+        return encode_fields(obj)
+
+    def decode_new(data: Any, where: str, vals: tuple[Any, ...]) -> Any:
+        if len(dshapes) >= MAX_SHAPES:
+            dshapes.clear()
+        key = tuple(map(type, vals))
+        dshapes[key] = decode_shape(cls, names, kinds, factories, defaults, key, env) \
+            or (lambda vals, data, where: decode_fields(data, where))
+        return decode_fields(data, where)
+
+    local = {"_get": env["_get"], "_eshapes": eshapes, "_dshapes": dshapes,
+             "_encode_new": encode_new, "_decode_new": decode_new, "_to_plain": _to_plain,
+             "_walk": _walk, "cls": cls, "_names": names,
+             "_defaults": tuple(defaults[name] for name in names), "_tuple": tuple,
+             "_map": map, "_type": type, "_dict": dict, "_zip": zip, "_compress": compress,
+             "_or": or_, "_truth": truth}
+    source = "\n".join([
+        "def encode(obj):",
+        " vals = _get(obj)",
+        " shape = _eshapes.get(_tuple(_map(_type, vals)))",
+        " if not shape: return _encode_new(obj, vals, shape)",
+        " out = _dict(_compress(_zip(_names, vals), _map(_or, _map(_truth, vals), shape[0])))",
+        " if shape[1]:",
+        "  for name, doc in shape[1]: out[name] = _to_plain(out[name])",
+        " return out",
+        "def decode(data, where):",
+        " if data.__class__ is not dict:",
+        "  return _walk(cls, data, where)",
+        " vals = _tuple(_map(data.get, _names, _defaults))",
+        " shape = _dshapes.get(_tuple(_map(_type, vals)))",
+        " if shape is None: return _decode_new(data, where, vals)",
+        " return shape(vals, data, where)",
+    ])
+    exec(compile(source, f"<cordtrio.protocol codec of {cls.__name__}, by shape>", "exec"),
+         local)
+    local["encode"].shapes = eshapes  # (for tests: the shapes learnt)
+    local["decode"].shapes = dshapes
+    return local["encode"], local["decode"]
 
 
 def _to_plain(obj: Any) -> dict[str, Any]:
@@ -494,8 +559,16 @@ def encode_packet(packet: BusPacket) -> bytes:
         raise ProtocolError(f"encode_packet: {exc}") from None
 
 
-def decode_packet(data: bytes) -> BusPacket:
-    """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``."""
+@overload
+def decode_packet(data: bytes) -> BusPacket: ...
+@overload
+def decode_packet(data: bytes, bare: Literal[True]) -> Payload | None: ...
+
+
+def decode_packet(data: bytes, bare: bool = False) -> BusPacket | Payload | None:
+    """Parse CBOR bytes into a packet. Anything malformed raises ``ProtocolError``.
+    ``bare``: return the packet's payload alone, the rest checked as for the packet
+    (for a reader of the payload alone: no packet built)."""
     if data.__class__ is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ProtocolError(f"decode_packet: expected bytes, got {type(data).__name__}")
@@ -534,6 +607,8 @@ def decode_packet(data: bytes) -> BusPacket:
                                     f"{[tag for tag in _PAYLOAD_TYPES if tag in tags]}")
             (tag,) = tags
             payload = _DECODERS[tag](body[tag], tag)
+        if bare:
+            return payload
         return BusPacket(trace_id, sender_id, created, version, payload)
     except ProtocolError:
         raise

@@ -13,6 +13,7 @@ import copy
 from dataclasses import fields
 from datetime import UTC
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any
 
 import cbor2
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from cordtrio.errors import ProtocolError
 from cordtrio.protocol import (
+    _PLANS,
     ActorType,
     Budget,
     BusPacket,
@@ -99,17 +101,37 @@ any_document = st.one_of([documents(cls) for cls in DOCUMENT_CLASSES])
 @given(any_document)
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_wire_map_is_the_field_by_field_one_for_any_values(doc: Any) -> None:
-    try:
-        expected = plain_to_plain(doc)
-    except Exception as exc:  # a nested value that is no document: the same error
+    # twice: a value of a shape met for the first time goes field by field, then by its
+    # shape (``codec_shapes``)
+    for _ in range(2):
         try:
-            _to_plain(doc)
-        except Exception as got:
-            assert type(got) is type(exc) and str(got) == str(exc)
-        else:
-            raise AssertionError("_to_plain took what the plain rule refuses") from None
-        return
-    assert same_items(_to_plain(doc), expected)
+            expected = plain_to_plain(doc)
+        except Exception as exc:  # a nested value that is no document: the same error
+            try:
+                _to_plain(doc)
+            except Exception as got:
+                assert type(got) is type(exc) and str(got) == str(exc)
+            else:
+                raise AssertionError("_to_plain took what the plain rule refuses") from None
+            continue
+        assert same_items(_to_plain(doc), expected)
+
+
+def test_the_usual_shapes_are_learnt_and_taken_by_shape() -> None:
+    result = JobResult("r:s@1", JobStatus.SUCCEEDED, "res:r:s@1", "w", 3)
+    request = JobRequest("r:s@1", "t", env={"a": "b"}, labels={"c": "d"},
+                         budget=Budget(deadline_ms=5))
+    for doc in (result, request, JobResult("r:s@1", JobStatus.FAILED, error_code="E")):
+        encode, decode = _PLANS[type(doc)].encode, _PLANS[type(doc)].decode
+        encode.shapes.clear()  # type: ignore[attr-defined]
+        decode.shapes.clear()  # type: ignore[attr-defined]
+        for _ in range(2):
+            wire = _to_plain(doc)
+            assert same_items(wire, plain_to_plain(doc))
+            assert same_items(_from_plain(type(doc), wire, "where"), doc)
+        assert tuple(map(type, attrgetter(*(f.name for f in fields(doc)))(doc))) \
+            in encode.shapes  # type: ignore[attr-defined]
+        assert len(decode.shapes) == 1  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -146,11 +168,12 @@ def test_a_wire_map_decodes_as_the_field_by_field_walk_decodes_it(
     cls: type, data: dict[Any, Any]
 ) -> None:
     before = copy.deepcopy(data)
-    got = decoded_or_error(_from_plain, cls, data, "where")
-    assert data == before  # the decoded map is left as it was
     expected = decoded_or_error(_walk, cls, data, "where")
-    assert got[0] == expected[0]
-    assert same_items(got[1], expected[1]) if got[0] == "ok" else got[1] == expected[1]
+    for _ in range(2):  # field by field for a new shape, then by its shape
+        got = decoded_or_error(_from_plain, cls, data, "where")
+        assert data == before  # the decoded map is left as it was
+        assert got[0] == expected[0]
+        assert same_items(got[1], expected[1]) if got[0] == "ok" else got[1] == expected[1]
 
 
 ON_THE_WIRE: dict[type, st.SearchStrategy[Any]] = {
@@ -183,7 +206,7 @@ def test_a_usual_map_with_one_value_changed_decodes_as_the_walk_decodes_it(
     case: tuple[type, dict[str, Any], tuple[str, Any]]
 ) -> None:
     cls, data, (name, value) = case
-    for changed in (data, {**data, name: value}):
+    for changed in (data, {**data, name: value}, data, {**data, name: value}):
         got = decoded_or_error(_from_plain, cls, changed, "where")
         expected = decoded_or_error(_walk, cls, changed, "where")
         assert got[0] == expected[0]

@@ -117,3 +117,14 @@ def take_frame(outbox: deque[Any], first: list[Op] | None = None,
             size += len(packet)
         size += 32
     return encode_frame(ops), packets
+
+
+def take_counted_frame(outbox: deque[Op], packet_bytes: int) -> tuple[bytes, int]:
+    """``take_frame(outbox)`` for an outbox whose ops' packets are ``packet_bytes`` long in
+    all (the router's, ``_Peer.outbox_bytes``): when they fit in one frame, every op is
+    taken in one call, as ``take_frame`` would take them one by one (tested)."""
+    if packet_bytes + 32 * len(outbox) < BATCH_BYTES:
+        ops = list(outbox)
+        outbox.clear()
+        return encode_frame(ops), packet_bytes
+    return take_frame(outbox)

@@ -23,8 +23,9 @@ import pynng
 import trio
 
 from cordtrio._nursery import open_service_nursery
-from cordtrio.errors import CordtrioError
-from cordtrio.protocol import BusPacket
+from cordtrio.errors import CordtrioError, ProtocolError
+from cordtrio.ports import OffersPublishNow
+from cordtrio.protocol import SUBJECT_RESULT, BusPacket
 from cordtrio.ratelog import rate_limited
 
 from ._auth import check_token
@@ -54,7 +55,7 @@ CLOSE_TIMEOUT = 2.0
 _Channel = TypeVar("_Channel", Inbox, JobChannel)
 
 
-class NngBus:
+class NngBus(OffersPublishNow):
     """A ``Bus`` over a connection to an ``NngRouter``; open it with ``open_nng_bus``.
 
     ``connected`` tells whether the router is reachable (and has accepted this client)
@@ -86,6 +87,23 @@ class NngBus:
         self._jobs = JobConsumers(self)
 
     # ------------------------------------------------------------------ Bus
+
+    def publish_now(self, subject: str, packet: BusPacket) -> bool:
+        """``publish`` of a worker's result for a job this client received, without
+        waiting for the router's ``puback`` (``ports.PublishNow``): the result carries
+        its job's acknowledgement, so the router acknowledges the job once it has handed
+        the result out, and nothing is left to the caller once it is queued (the
+        worker's ``ack`` sends nothing). A result the router refuses is logged and its
+        job is unacknowledged again, as when ``publish`` raises. False, having done
+        nothing, for any other packet (or past ``max_in_flight``): then await
+        ``publish``."""
+        if subject != SUBJECT_RESULT or packet.__class__ is not BusPacket or self.closed:
+            return False
+        try:
+            wire = encode_for_bus(subject, packet, self._max_packet)
+        except ProtocolError:
+            return False  # ``publish`` raises it
+        return self._pubsub.publish_now(subject, packet, wire)
 
     async def publish(self, subject: str, packet: BusPacket) -> None:
         """Send ``packet`` through the router; returns once every subscriber has been

@@ -67,14 +67,19 @@ class JobConsumers:
         """Every consumer's ``jobs`` op, for a new connection."""
         return (self._jobs_op(inbox) for inbox in self.consumers.values())
 
-    def ride(self, job_id: str) -> int:
+    def ride(self, job_id: str, queued: bool = False) -> int:
         """The result of ``job_id`` is being published: the ``cid`` of the consumer that
         received it (its ``pub`` carries the acknowledgement, ``JobChannel.ride``), 0 if
         none did."""
         for cid, inbox in self.consumers.items():
-            if inbox.ride(job_id):
+            if inbox.ride(job_id, queued):
                 return cid
         return 0
+
+    def landed(self, cid: int, job_id: str) -> None:
+        inbox = self.consumers.get(cid)
+        if inbox is not None:
+            inbox.landed(job_id)
 
     def carry(self, cid: int, job_id: str) -> bool:
         """The result's ``pub`` is being written: True if it carries the acknowledgement of

@@ -34,6 +34,7 @@ from cordtrio.protocol import (
     encode_packet,
 )
 
+from ._io import log
 from .client_host import Pending
 from .frames import Op
 from .inbox import Inbox
@@ -68,7 +69,7 @@ class _Publish:
     job_id: str = ""  # the job a job-queue packet is about (the router reads no packets)
     topic: str = ""  # a job request's topic
     ride: int = 0  # a result's: the consumer whose job it acknowledges (``JobChannel.ride``)
-    done: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event | None = field(default_factory=trio.Event)  # None: ``publish_now``'s
     acked: bool = False
     error: str | None = None
 
@@ -122,7 +123,7 @@ class Subscriptions:
             self.pubs[pid] = pub
             bus._link.queue(Pending("pub", pid))
             try:
-                await pub.done.wait()
+                await pub.done.wait()  # type: ignore[union-attr]
             finally:
                 self.pubs.pop(pid, None)
                 if ride and (pub.error is not None or not pub.acked):
@@ -135,12 +136,52 @@ class Subscriptions:
         if not pub.acked:
             raise trio.ClosedResourceError(f"publish {subject!r}: the nng bus was closed")
 
+    def publish_now(self, subject: str, packet: BusPacket, wire: bytes) -> bool:
+        """``publish`` of a worker's result for a job received here (its ``pub`` carries
+        the job's acknowledgement) without waiting for the ``puback``: queued, True; the
+        ``puback`` settles it (``_settle``). False, having done nothing, for any other
+        packet or with every in-flight slot taken: then await ``publish``."""
+        bus = self._bus
+        job_id, topic = _job_fields(subject, packet)
+        if not job_id or subject != SUBJECT_RESULT or bus.closed:
+            return False
+        try:
+            self._in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        ride = bus._jobs.ride(job_id, True)
+        if not ride:
+            self._in_flight.release()
+            return False
+        pid = next(bus._ids)
+        self.pubs[pid] = _Publish(subject, wire, job_id, topic, ride, None)
+        bus._link.queue(Pending("pub", pid))
+        return True
+
+    def _settle(self, pid: int, pub: _Publish) -> None:
+        """A ``publish_now`` result is out (its job acknowledged by the router), refused
+        (its job unacknowledged again: the router hands it to another worker once this
+        connection is reset, as after a ``publish`` that raised), or the bus closed."""
+        self.pubs.pop(pid, None)
+        self._in_flight.release()
+        jobs = self._bus._jobs
+        if pub.acked and pub.error is None:
+            jobs.landed(pub.ride, pub.job_id)
+            return
+        jobs.unride(pub.ride, pub.job_id)
+        log.error("nng bus: the result of job %s was not published: %s", pub.job_id,
+                  f"the router rejected the packet: {pub.error}" if pub.acked
+                  else "the nng bus was closed")
+
     def puback(self, pid: int, error: object) -> None:
         pub = self.pubs.get(pid)
         if pub is not None:
             pub.error = error if isinstance(error, str) else None
             pub.acked = True
-            pub.done.set()
+            if pub.done is None:
+                self._settle(pid, pub)
+            else:
+                pub.done.set()
 
     def pending_pubs(self) -> Iterator[Pending]:
         """The publishes still unconfirmed, to send again on a new connection."""
@@ -239,8 +280,11 @@ class Subscriptions:
     def end(self) -> None:
         """The bus is closing: publishes and subscribes waiting give up, subscribers read
         what is buffered, then ``EndOfChannel``."""
-        for pub in self.pubs.values():
-            pub.done.set()
+        for pid, pub in tuple(self.pubs.items()):
+            if pub.done is None:
+                self._settle(pid, pub)
+            else:
+                pub.done.set()
         for acked in self._subacks.values():
             acked.set()
         for sub in self.subs.values():

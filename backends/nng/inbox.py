@@ -160,7 +160,8 @@ class JobChannel:
         self._items: deque[tuple[str, BusPacket]] = deque()
         self._received: set[str] = set()
         # received, their result on its way with their ack: True once its ``pub`` carries it
-        self._riding: dict[str, bool] = {}
+        # (None: queued by ``publish_now``, before its ``pub`` is written)
+        self._riding: dict[str, bool | None] = {}
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._ended = False
@@ -238,19 +239,30 @@ class JobChannel:
             self._received.discard(job_id)
             if self.on_ack is not None:
                 self.on_ack(job_id)
-        elif job_id in self._riding and not self._riding.pop(job_id) \
-                and self.on_ack is not None:
-            self.on_ack(job_id)  # acknowledged before its result's ``pub`` went out: not in it
+        elif job_id in self._riding:
+            carried = self._riding[job_id]
+            if carried is None:  # its result's ``pub`` is queued to carry it (``landed``)
+                return
+            del self._riding[job_id]
+            if not carried and self.on_ack is not None:
+                self.on_ack(job_id)  # acknowledged before its result's ``pub`` went out
 
-    def ride(self, job_id: str) -> bool:
+    def ride(self, job_id: str, queued: bool = False) -> bool:
         """The job's result is being published: its ``pub`` carries the acknowledgement (the
         router acknowledges the job once it has handed the result out), so ``ack`` sends
-        nothing. False if the job is not one received here."""
+        nothing. False if the job is not one received here. ``queued``: the ``pub`` is
+        queued and nobody waits for its ``puback`` (``NngBus.publish_now``): ``ack`` does
+        nothing at all, even before the ``pub`` is written; ``landed`` forgets the job once
+        the result is out."""
         if job_id not in self._received:
             return False
         self._received.discard(job_id)
-        self._riding[job_id] = False
+        self._riding[job_id] = None if queued else False
         return True
+
+    def landed(self, job_id: str) -> None:
+        """The result of a job that rode with it has been handed out by the router."""
+        self._riding.pop(job_id, None)
 
     def riding(self, job_id: str) -> bool:
         return job_id in self._riding

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pynng
 import trio
@@ -33,7 +34,14 @@ import trio
 from cordtrio._nursery import open_service_nursery
 from cordtrio.errors import CordtrioError, ProtocolError
 from cordtrio.ports import OffersPublishNow
-from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket, JobCancel, JobRequest
+from cordtrio.protocol import (
+    SUBJECT_CANCEL,
+    SUBJECT_SUBMIT,
+    BusPacket,
+    JobCancel,
+    JobRequest,
+    encode_packet,
+)
 
 from ..job_queues import DEFAULT_MAX_PENDING, DEFAULT_MAX_REDELIVERIES, JobQueues
 from ..local_jobs import LocalJobInbox
@@ -154,18 +162,21 @@ class NngRouter(OffersPublishNow):
         job queues alone take: they have room and nobody subscribes to its subject, so
         nothing can make it wait (the engine's job requests, ``ports.PublishNow``). False,
         having done nothing, for anything else: then await ``publish``."""
+        table = self._delivery.table
         if (subject != SUBJECT_SUBMIT or packet.__class__ is not BusPacket or self.closed
-                or not self._delivery.table.unheard(subject)):
+                or subject in table.exact or table.wild):  # ``not table.unheard(subject)``
             return False
-        payload = packet.payload
+        payload: Any = packet.payload
         jobs = self._jobs
-        if payload.__class__ is not JobRequest or jobs.queues.full:
-            return False
+        queues = jobs.queues
+        if payload.__class__ is not JobRequest or queues.pending >= queues.max_pending:
+            return False  # (or the queues are ``full``)
         try:
-            wire = encode_for_bus(subject, packet, self._max_packet)
+            wire = encode_packet(packet)  # ``encode_for_bus``, the packet checked above
         except ProtocolError:
             return False  # ``publish`` raises it
-        assert isinstance(payload, JobRequest)
+        if len(wire) > self._max_packet:
+            return False  # ``publish`` raises it
         jobs.offer(payload.job_id, payload.topic, wire)
         return True
 
@@ -185,19 +196,34 @@ class NngRouter(OffersPublishNow):
         finally:
             inbox.close()
 
+    listens_for_payloads = True
+    """``listen`` takes ``on_payload`` (``ports.DirectBus``). False in a subclass that
+    overrides ``listen`` (its callbacks then get every packet, as that ``listen``
+    expects)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "listen" in cls.__dict__:
+            cls.listens_for_payloads = False
+
     @asynccontextmanager
     async def listen(
-        self, subject: str, queue: str, callback: Callable[[BusPacket], None]
+        self, subject: str, queue: str, callback: Callable[[BusPacket], None], *,
+        on_payload: Callable[[Any], None] | None = None,
     ) -> AsyncIterator[None]:
         """Call ``callback(packet)`` for the duration of the block, as a subscriber of
         ``subject`` (in queue group ``queue``: ``""`` for none) in this process would
         receive ``packet``, from within the delivery: no buffer, no task, never makes a
         publisher wait (``ports.DirectBus``; the engine routes job results with it). An
-        exception it raises is logged."""
+        exception it raises is logged. ``on_payload(payload)``, when given, must do what
+        ``callback`` does with a packet of that payload (it reads nothing else of it): a
+        client's result or progress then reaches it with no packet built, while this
+        listener is its subject's only one (the packet is decoded for the holder rule
+        anyway)."""
         check_subject("listen", subject, queue)
         if self.closed:
             raise trio.ClosedResourceError("the nng router is closed")
-        sub = self._delivery.add_callback(subject, queue, callback)
+        sub = self._delivery.add_callback(subject, queue, callback, on_payload)
         try:
             yield
         finally:

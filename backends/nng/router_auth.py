@@ -19,9 +19,11 @@ from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, BusPacket
 from ._auth import RateLimited, new_nonce, verify
 from ._io import log
 from .frames import Op
+from .router_jobs import HELD_PAYLOADS
 from .table import remote_address
 
 if TYPE_CHECKING:
+    from ..job_queues import Consumer
     from .router_host import RouterHost
     from .table import _Peer
 
@@ -81,25 +83,37 @@ class Gate:
     # ------------------------------------------------------------------ forbidden ops
 
     def refused(self, peer: _Peer, subject: str, wire: bytes, claimed: str
-                ) -> tuple[str, BusPacket | None]:
+                ) -> tuple[str, BusPacket | None, Consumer | None]:
         """Why ``peer`` may not publish this job packet ("" if it may): job results and
         progress only from the connection holding the job (the router's own process may
         publish anything); on a router with a token, no job requests or cancels from a
         connection that takes jobs. Counted, logged (rate-limited). With it, the packet
-        if the check decoded it (``JobDelivery.holder_refusal``)."""
-        if subject in (SUBJECT_SUBMIT, SUBJECT_CANCEL):
-            if self.token is None or not peer.consumers:
-                return "", None
-            reason = "a connection that takes jobs may not publish job requests or cancels"
-            packet = None
+        if the check decoded it and the consumer holding its job
+        (``JobDelivery.holder_refusal``)."""
+        kind = HELD_PAYLOADS.get(subject)
+        if kind is None:
+            reason = self.order_refusal(peer, subject)
+            packet = holder = None
         else:
-            reason, packet = self._router._jobs.holder_refusal(peer, subject, wire, claimed)
-            if not reason:
-                return reason, packet
+            reason, packet, holder = self._router._jobs.holder_refusal(
+                peer, kind, subject, wire, claimed)
+        if reason:
+            self.forbid(peer, subject, reason)
+        return reason, packet, holder
+
+    def order_refusal(self, peer: _Peer, subject: str) -> str:
+        """Why ``peer`` may not publish a job request or cancel ("" if it may, or if
+        ``subject`` is neither)."""
+        if (subject != SUBJECT_SUBMIT and subject != SUBJECT_CANCEL) or self.token is None \
+                or not peer.consumers:
+            return ""
+        return "a connection that takes jobs may not publish job requests or cancels"
+
+    def forbid(self, peer: _Peer, subject: str, reason: str) -> None:
+        """Count and log (rate-limited) a packet refused for ``reason``."""
         self.forbidden_ops += 1
         self._forbidden_log.log(logging.WARNING, "nng router: dropped a packet on %r "
                                 "from client pipe %d: %s", subject, peer.id, reason)
-        return reason, packet
 
 
 __all__ = ["DENIED_LINGER", "Gate"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -50,11 +50,14 @@ class Delivery:
         self._local.add(sub)
         return inbox
 
-    def add_callback(self, subject: str, queue: str,
-                     callback: Callable[[BusPacket], None]) -> _Sub:
+    def add_callback(self, subject: str, queue: str, callback: Callable[[BusPacket], None],
+                     on_payload: Callable[[Any], None] | None = None) -> _Sub:
         """A ``listen`` subscriber: ``callback`` gets each packet from within the delivery
-        (its own decoded copy), with no buffer and no room to wait for."""
-        sub = _Sub(subject, queue, callback=callback)
+        (its own decoded copy), with no buffer and no room to wait for; ``on_payload``,
+        which does what ``callback`` does with a packet's payload alone, the payload of a
+        result or progress packet decoded without a packet built while it is the one
+        listener of its subject (``OpHandler._on_pub``, ``hand_payload``)."""
+        sub = _Sub(subject, queue, callback=callback, on_payload=on_payload)
         self.table.add(sub)
         self._local.add(sub)
         return sub
@@ -120,9 +123,16 @@ class Delivery:
         """Hand the packet to every subscriber with room now (a remote plain subscriber
         without room gets it queued here); return what must wait. ``packet``: ``wire``
         already decoded by the caller, which does not keep it: the first local subscriber
-        handed the packet now takes it instead of decoding a copy of its own."""
+        handed the packet now takes it instead of decoding a copy of its own. A subject
+        whose one listener is a ``listen`` callback (``_Table.sole``: the engine's
+        results) is that call alone, as the loops below would make it."""
+        table = self.table
+        sole = table.sole.get(subject)
+        if sole is not None:
+            self._push(sole, wire, packet)
+            return []
         waits: list[Callable[[], Awaitable[None]]] = []
-        for listeners in self.table.match(subject):
+        for listeners in table.match(subject):
             for sub in listeners.plain:
                 if not sub.alive:
                     continue
@@ -212,6 +222,14 @@ class Delivery:
             except Exception:
                 log.exception("nng router: a bus listener failed on a packet")
         return taken
+
+    def hand_payload(self, sub: _Sub, payload: Any) -> None:
+        """``deliver`` of a packet to ``sub``, its subject's one listener (``_Table.sole``),
+        as its ``on_payload`` reads it: the packet's ``payload`` alone."""
+        try:
+            sub.on_payload(payload)  # type: ignore[misc]
+        except Exception:
+            log.exception("nng router: a bus listener failed on a packet")
 
     def add_room(self, sub: _Sub, n: int) -> None:
         if sub.room is not None and sub.alive:

@@ -15,7 +15,7 @@ import contextlib
 from collections import deque
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .table import _Peer
 
 
-_HELD_PAYLOADS: dict[str, type[JobResult] | type[JobProgress]] = {
+HELD_PAYLOADS: dict[str, type[JobResult] | type[JobProgress]] = {
     SUBJECT_RESULT: JobResult, SUBJECT_PROGRESS: JobProgress}
 """The packets only the connection holding their job may publish, by subject."""
 
@@ -83,10 +83,10 @@ class JobDelivery:
         if job is not None and job.holder is not None:
             handle = job.holder.handle
             if handle.__class__ is _RemoteConsumer:  # ``hand_out`` of this one job, inlined
+                # (no ``room`` to notify: an offer queues or hands out, never takes a
+                # queued job, and publishers wait for room only while the queues are full)
                 self._router._conns.send(handle.peer,
                                          {"op": "job", "cid": handle.cid, "packet": wire})
-                if not self.queues.full:
-                    self.room.notify()
             else:
                 self.hand_out((Assignment(job.holder, job),))
 
@@ -141,12 +141,19 @@ class JobDelivery:
         if consumer is not None:
             self.hand_out(self.queues.ack(consumer, job_id))
 
+    def ack_held(self, consumer: Consumer, job_id: str) -> None:
+        """``ack_remote`` of the consumer found holding ``job_id`` (``holder_refusal``): a
+        consumer gone since holds nothing, and acknowledges nothing."""
+        self.hand_out(self.queues.ack(consumer, job_id))
+
     def _acknowledge(self, consumer: Consumer, job_id: str) -> None:
         if not self._router.closed:
             self.hand_out(self.queues.ack(consumer, job_id))
 
     def hand_out(self, assignments: Collection[Assignment]) -> None:
-        todo = deque(assignments) if assignments else None  # an ack usually frees no job
+        if not assignments:  # an ack usually frees no job (and takes none from a queue:
+            return           # no room for waiting publishers)
+        todo = deque(assignments)
         while todo:
             a = todo.popleft()
             wire: bytes = a.job.item
@@ -195,33 +202,34 @@ class JobDelivery:
 
     # ------------------------------------------------------------------ the holder rule
 
-    def holder_refusal(self, peer: _Peer, subject: str, wire: bytes, claimed: str
-                       ) -> tuple[str, BusPacket | None]:
-        """Why ``peer`` may not publish this result or progress ("" if it may): only the
-        connection holding the job may (a job not held here is anybody's). With it, the
-        packet as decoded for the check (None if it was not decoded), which the caller may
-        hand to a subscriber instead of decoding it again."""
-        kind = _HELD_PAYLOADS.get(subject)
-        if kind is None:
-            return "", None
+    def holder_refusal(self, peer: _Peer, kind: type, subject: str, wire: bytes,
+                       claimed: str, bare: bool = False) -> tuple[str, Any, Consumer | None]:
+        """Why ``peer`` may not publish this result or progress (``kind``: the payload
+        class its subject carries, ``HELD_PAYLOADS``; "" if it may): only the connection
+        holding the job may (a job not held here is anybody's). With it, the packet as
+        decoded for the check (None if refused; ``bare``: its payload alone, no packet
+        built), which the caller may hand to a subscriber instead of decoding it again,
+        and the consumer holding the job (None when no consumer of this connection holds
+        it), whose acknowledgement the result may carry."""
         try:  # (small packets: a pointer to the output, not the output)
-            packet = decode_packet(wire)
+            packet: Any = decode_packet(wire, True) if bare else decode_packet(wire)
         except ProtocolError as exc:
             raise FrameError(f"a packet on {subject!r} does not decode: {exc}") from None
-        payload = packet.payload
+        payload = packet if bare else packet.payload
         if payload.__class__ is not kind and not isinstance(payload, kind):
-            return f"not a {kind.__name__}", None
-        job_id = payload.job_id  # type: ignore[union-attr]
+            return f"not a {kind.__name__}", None, None
+        job_id = payload.job_id  # type: ignore[attr-defined]
         if claimed and claimed != job_id:
-            return f"the packet is about job {job_id}, the op says {claimed}", None
-        job = self.queues.get(job_id)
-        if job is None:
-            return "", packet  # not held here: acknowledged already, or from before a restart
+            return f"the packet is about job {job_id}, the op says {claimed}", None, None
+        job = self.queues._jobs.get(job_id)  # ``queues.get``
+        if job is None:  # not held here: acknowledged already, or from before a restart
+            return "", packet, None
         holder = job.holder
-        handle = holder.handle if holder is not None else None
-        if handle.__class__ is _RemoteConsumer and handle.peer is peer:
-            return "", packet
-        return f"job {job_id} is not held by this connection", None
+        if holder is not None:
+            handle = holder.handle
+            if handle.__class__ is _RemoteConsumer and handle.peer is peer:
+                return "", packet, holder
+        return f"job {job_id} is not held by this connection", None, None
 
 
-__all__ = ["JobDelivery"]
+__all__ = ["HELD_PAYLOADS", "JobDelivery"]

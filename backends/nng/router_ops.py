@@ -31,8 +31,10 @@ from .frames import (
     op_name,
     str_field,
 )
+from .router_jobs import HELD_PAYLOADS
 
 if TYPE_CHECKING:
+    from ..job_queues import Consumer
     from .router_host import RouterHost
     from .table import _Peer
 
@@ -51,6 +53,7 @@ class OpHandler:
 
     def __init__(self, router: RouterHost) -> None:
         self._router = router
+        self._sole = router._delivery.table.sole  # (updated in place, never replaced)
 
     async def receive_loop(self) -> None:
         await self._router._io.receive_forever(self._on_message, "nng router", RECV_BATCH)
@@ -73,9 +76,15 @@ class OpHandler:
             return
         if not peer.authed:
             ops = self._router._gate.authenticate(peer, ops)
+        on_pub = self._on_pub
         for op in ops:
             try:
-                self._on_op(peer, op)
+                # a publish, the usual op, without ``_on_op``'s dispatch (which takes the
+                # same branch for it)
+                if op.__class__ is dict and op.get("op") == "pub":
+                    on_pub(peer, op)
+                else:
+                    self._on_op(peer, op)
             except FrameError as exc:
                 self._garbage(peer, "op", exc)
 
@@ -147,42 +156,64 @@ class OpHandler:
         # the usual op passes these class checks; any other goes through the field helpers,
         # which raise for it (in this order) or take it
         if (pid.__class__ is not int or subject.__class__ is not str or not subject
-                or wire.__class__ is not bytes or not wire or not 0xA0 <= wire[0] <= 0xBF):
+                or wire.__class__ is not bytes or not wire or wire[0] >> 5 != 5):  # 0xA0-0xBF
             pid = int_field(op, "pid")
             subject = str_field(op, "subject", empty=False)
             wire = packet_field(op)
         job_id = op.get("jid", "")
         if job_id.__class__ is not str:
             job_id = str_field(op, "jid")
-        # a worker's result may carry its job's acknowledgement (the consumer's ``cid``)
-        ack = None
-        if job_id and subject == SUBJECT_RESULT and "ack" in op:
-            ack = op["ack"]
-            if ack.__class__ is not int:
-                ack = int_field(op, "ack")
-        reason, packet = router._gate.refused(peer, subject, wire, job_id)
-        if reason:
-            router._conns.send(peer, {"op": "puback", "pid": pid,
-                                      "error": f"forbidden: {reason}"})
-            return
-        if subject == SUBJECT_SUBMIT and job_id:
-            topic = str_field(op, "topic", empty=False)
-            if router._jobs.queues.full:  # no puback until the queues have room
-                assert router._nursery is not None
-                router._nursery.start_soon(router._jobs.publish_later, peer, pid, subject,
-                                           wire, job_id, topic)
+        kind = HELD_PAYLOADS.get(subject)
+        if kind is not None:  # a result or progress: the holder rule (``Gate.refused``)
+            # a worker's result may carry its job's acknowledgement (the consumer's ``cid``)
+            cid = None
+            if job_id and subject == SUBJECT_RESULT and "ack" in op:
+                cid = op["ack"]
+                if cid.__class__ is not int:
+                    cid = int_field(op, "ack")
+            # the subject's one listener reads payloads alone (the engine's results): the
+            # packet is decoded bare, and handed to it as ``fan_out`` would hand it
+            sole = self._sole.get(subject)
+            bare = sole is not None and sole.on_payload is not None
+            reason, packet, holder = router._jobs.holder_refusal(peer, kind, subject, wire,
+                                                                 job_id, bare)
+            if not reason:
+                # acknowledged by the consumer found holding the job, if it is that one (no
+                # other consumer holds it: acknowledging it there would do nothing)
+                ack = (holder, job_id) if cid is not None and holder is not None \
+                    and holder.handle.cid == cid else None
+                if bare:
+                    router._delivery.hand_payload(sole, packet)  # type: ignore[arg-type]
+                    self._handed_out(peer, pid, ack)
+                else:
+                    self.fan_out(peer, pid, subject, wire, packet, ack)
                 return
-            router._jobs.offer(job_id, topic, wire)
-        elif subject == SUBJECT_CANCEL and job_id:
-            router._jobs.cancel(job_id)
-        self.fan_out(peer, pid, subject, wire, packet,
-                     None if ack is None else (ack, job_id))
+            router._gate.forbid(peer, subject, reason)
+        else:
+            reason = router._gate.order_refusal(peer, subject)
+            if not reason:
+                if subject == SUBJECT_SUBMIT and job_id:
+                    topic = str_field(op, "topic", empty=False)
+                    if router._jobs.queues.full:  # no puback until the queues have room
+                        assert router._nursery is not None
+                        router._nursery.start_soon(router._jobs.publish_later, peer, pid,
+                                                   subject, wire, job_id, topic)
+                        return
+                    router._jobs.offer(job_id, topic, wire)
+                elif subject == SUBJECT_CANCEL and job_id:
+                    router._jobs.cancel(job_id)
+                self.fan_out(peer, pid, subject, wire)
+                return
+            router._gate.forbid(peer, subject, reason)
+        router._conns.send(peer, {"op": "puback", "pid": pid, "error": f"forbidden: {reason}"})
 
     def fan_out(self, peer: _Peer, pid: int, subject: str, wire: bytes,
-                packet: BusPacket | None = None, ack: tuple[int, str] | None = None) -> None:
+                packet: BusPacket | None = None, ack: tuple[Consumer, str] | None = None
+                ) -> None:
         """Deliver a client's publish (``packet``: ``wire`` decoded already, for a local
         subscriber to take); ``puback`` once every subscriber has it, and then acknowledge
-        the job ``ack`` names (consumer ``cid``, job id): a result that carried it."""
+        the job ``ack`` names (the consumer holding it, job id): a result that carried
+        it."""
         router = self._router
         waits = router._delivery.deliver(subject, wire, packet)
         if waits:
@@ -193,17 +224,17 @@ class OpHandler:
 
     async def _finish_publish(
         self, peer: _Peer, pid: int, waits: list[Callable[[], Awaitable[None]]],
-        ack: tuple[int, str] | None,
+        ack: tuple[Consumer, str] | None,
     ) -> None:
         for wait in waits:
             await wait()
         self._handed_out(peer, pid, ack)
 
-    def _handed_out(self, peer: _Peer, pid: int, ack: tuple[int, str] | None) -> None:
+    def _handed_out(self, peer: _Peer, pid: int, ack: tuple[Consumer, str] | None) -> None:
         router = self._router
         router._conns.send(peer, {"op": "puback", "pid": pid})
         if ack is not None and not peer.closed:
-            router._jobs.ack_remote(peer, *ack)
+            router._jobs.ack_held(*ack)
 
 
 __all__ = ["OpHandler", "packet_field"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pynng
 import trio
 
-from ._common import WINDOW, RecentIds, Wakeup, take_frame
+from ._common import WINDOW, RecentIds, Wakeup, take_counted_frame
 from ._io import log
 from .frames import PROTO, Op
 from .table import _Peer, remote_address
@@ -52,11 +52,13 @@ class Peers:
             return
         packet = op.get("packet")
         if packet is not None:
-            queued = peer.queued_bytes + len(packet)
+            size = len(packet)
+            queued = peer.queued_bytes + size
             if queued > self._router.max_pending_bytes:
                 self.over_bound(peer, packet)  # cuts it off
                 return
             peer.queued_bytes = queued
+            peer.outbox_bytes += size
         peer.outbox.append(op)
         if not peer.queued:  # (else the writer has it in its queue already)
             self.kick(peer)
@@ -82,8 +84,9 @@ class Peers:
             peer.queued = False
             if not peer.can_send():
                 continue
-            frame, packet_bytes = take_frame(peer.outbox)
+            frame, packet_bytes = take_counted_frame(peer.outbox, peer.outbox_bytes)
             peer.queued_bytes -= packet_bytes
+            peer.outbox_bytes -= packet_bytes
             peer.sent += 1
             peer.last_sent = trio.current_time()
             try:
@@ -108,6 +111,7 @@ class Peers:
     def close(self, peer: _Peer) -> None:
         peer.closed = True
         peer.outbox.clear()
+        peer.outbox_bytes = 0
         for sub in tuple(peer.subs.values()):
             self._router._delivery.drop_sub(sub)
         peer.queued_bytes = 0
@@ -134,6 +138,7 @@ class Peers:
         for peer in tuple(self.by_pipe.values()):
             peer.closed = True
             peer.outbox.clear()
+            peer.outbox_bytes = 0
         self.by_pipe.clear()
 
     # ------------------------------------------------------------------ cut-offs
@@ -154,6 +159,7 @@ class Peers:
             return
         peer.doomed = reason
         peer.outbox.clear()
+        peer.outbox_bytes = 0
         if slow:
             self.slow_consumers += 1
         nursery = self._router._nursery

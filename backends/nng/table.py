@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pynng
 import trio
@@ -49,6 +49,7 @@ class _Peer:
         self.last_heard = now  # Trio clock: the last frame from the client
         self.last_sent = now  # the last frame handed to nng for it
         self.queued_bytes = 0  # packet bytes waiting for it (outbox and pending)
+        self.outbox_bytes = 0  # the packet bytes of the ops in ``outbox``
         self.doomed = ""  # why it is about to be cut off (nothing more is queued for it)
         self.authed = True  # proved it holds the token (always, on a router without one)
         self.nonce = b""  # the challenge of its hello, with a token
@@ -109,6 +110,7 @@ class _Sub:
     sid: int = 0
     inbox: Inbox | None = None
     callback: Callable[[BusPacket], None] | None = None
+    on_payload: Callable[[Any], None] | None = None  # a callback's, for payloads alone
     room: int | None = None  # None: unbounded
     alive: bool = True
     group: _Group | None = None
@@ -149,11 +151,17 @@ def split_subject(subject: str) -> tuple[bool, str]:
 
 class _Table:
     """Subject → listeners, with ``>`` wildcards as in ``MemoryBus``. Tuples are replaced,
-    never mutated, so a delivery can iterate them across awaits."""
+    never mutated, so a delivery can iterate them across awaits.
+
+    ``sole``: the subjects whose one listener is a ``listen`` callback (alone, or the one
+    member of its subject's one queue group) while no wildcard subscription exists: a
+    delivery on such a subject is a call of that callback (the engine's results), kept
+    up to date by ``add`` and ``remove``."""
 
     def __init__(self) -> None:
         self.exact: dict[str, _Listeners] = {}
         self.wild: dict[str, _Listeners] = {}
+        self.sole: dict[str, _Sub] = {}
 
     def add(self, sub: _Sub) -> None:
         wild, key = split_subject(sub.subject)
@@ -165,6 +173,7 @@ class _Table:
             group.notify()
         else:
             listeners.plain = (*listeners.plain, sub)
+        self._find_sole(wild, key)
 
     def remove(self, sub: _Sub) -> None:
         wild, key = split_subject(sub.subject)
@@ -183,6 +192,33 @@ class _Table:
             listeners.plain = tuple(m for m in listeners.plain if m is not sub)
         if listeners.empty():
             del table[key]
+        self._find_sole(wild, key)
+
+    def _find_sole(self, wild: bool, key: str) -> None:
+        """Keep ``sole`` right after a change of ``key``'s listeners."""
+        if wild:  # any wildcard may match any subject: no subject has a sole listener
+            self.sole.clear()
+            if not self.wild:
+                for subject in self.exact:
+                    self._find_sole(False, subject)
+            return
+        listeners = self.exact.get(key)
+        sole = None
+        if listeners is not None and not self.wild:
+            members: tuple[_Sub, ...] = listeners.plain
+            if not members and len(listeners.groups) == 1:
+                (group,) = listeners.groups.values()
+                members = group.members
+            elif listeners.groups:
+                members = ()
+            if len(members) == 1 and members[0].callback is not None:
+                sole = members[0]
+                if sole.group is not None:
+                    sole.group.turn = 0  # (where a delivery to a group of one leaves it)
+        if sole is None:
+            self.sole.pop(key, None)
+        else:
+            self.sole[key] = sole
 
     def group(self, subject: str, queue: str) -> _Group | None:
         wild, key = split_subject(subject)

@@ -112,3 +112,65 @@ def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_ow
     assert channel.carry("b")  # its pub carries the acknowledgement
     channel.ack("b")
     assert sent == ["a"] and channel.held == 0
+
+
+def test_a_result_queued_without_waiting_keeps_its_job_until_it_has_landed() -> None:
+    """``ride(queued=True)`` (``NngBus.publish_now``): the worker's ``ack`` right after
+    sends nothing and keeps the job riding, so its ``pub`` still carries the
+    acknowledgement when written; ``landed`` forgets it, ``unride`` (refused) makes it
+    received and unacknowledged again."""
+    channel = JobChannel(1, frozenset({"job.a"}), 2)
+    sent: list[str] = []
+    channel.on_ack = sent.append
+    for n in ("a", "b"):
+        channel.put(n, job(f"r:{n}@1"))
+        channel.receive_nowait()
+    assert channel.ride("a", True) and channel.ride("b", True)
+    channel.ack("a")
+    channel.ack("b")
+    assert sent == [] and channel.held == 2
+    assert channel.carry("a") and channel.carry("b")
+    channel.landed("a")
+    channel.unride("b")
+    assert channel.held == 1 and not channel.riding("a") and not channel.riding("b")
+    channel.ack("b")
+    assert sent == ["b"] and channel.held == 0
+
+
+async def test_publish_now_queues_a_workers_result_and_the_router_acknowledges_it(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A result for a job received here is queued with its acknowledgement and the call
+    returns at once; anything else is left to ``publish`` (False). A result the router
+    refuses is logged and its job is unacknowledged again."""
+    caplog.set_level(logging.ERROR, logger="cordtrio.bus.nng")
+    async with (
+        open_nng_router(url, **FAST) as router,
+        router.subscribe(SUBJECT_RESULT) as results,
+        clients(router.urls[0], 2) as (bus, other),
+        bus.consume_jobs(["job.a"], capacity=2) as inbox,
+        other.consume_jobs(["job.b"], capacity=1) as other_inbox,
+    ):
+        assert bus.publishes_now
+        await router.publish(SUBJECT_SUBMIT, job("r:a@1"))
+        await router.publish(SUBJECT_SUBMIT, job("r:b@1", "job.b"))
+        with trio.fail_after(WAIT):
+            assert job_id_of(await inbox.receive()) == "r:a@1"
+            assert job_id_of(await other_inbox.receive()) == "r:b@1"
+        assert not bus.publish_now(SUBJECT_RESULT, done("r:zz@1"))  # not received here
+        assert not bus.publish_now(SUBJECT_SUBMIT, job("r:c@1"))
+        assert bus.publish_now(SUBJECT_RESULT, done("r:a@1"))
+        inbox.ack("r:a@1")  # sends nothing: the result carries it
+        with trio.fail_after(WAIT):
+            assert result(await results.receive()).job_id == "r:a@1"
+        await eventually(lambda: router.jobs.get("r:a@1") is None, "the riding ack")
+        await eventually(lambda: inbox.held == 0, "the puback")
+        assert router.held_jobs == 1
+        # held by ``other``: refused by the holder rule (the job is ``bus``'s: pretend)
+        inbox.put("r:b@1", job("r:b@1", "job.b"))
+        inbox.receive_nowait()
+        assert bus.publish_now(SUBJECT_RESULT, done("r:b@1"))
+        inbox.ack("r:b@1")
+        await eventually(lambda: "was not published" in caplog.text, "the refusal logged")
+        assert inbox.held == 1 and router.held_jobs == 1  # received, unacknowledged again
+        assert router.forbidden_ops == 1

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import trio
@@ -17,10 +18,12 @@ from cordtrio.backends.nng import NngBus, NngRouter, open_nng_bus, open_nng_rout
 from cordtrio.ports import DirectBus, PublishNow, own_call
 from cordtrio.protocol import (
     SUBJECT_CANCEL,
+    SUBJECT_PROGRESS,
     SUBJECT_RESULT,
     SUBJECT_SUBMIT,
     BusPacket,
     JobCancel,
+    JobProgress,
     JobRequest,
     JobResult,
     JobStatus,
@@ -169,3 +172,51 @@ async def test_a_result_decoded_for_the_holder_check_reaches_local_subscribers_e
     expected = decode_packet(encode_packet(result("r:a@1")))
     assert packets == [expected] * 3
     assert len({id(p) for p in packets}) == 3
+
+
+@pytest.mark.parametrize("company", ["alone", "with a subscriber"])
+async def test_a_listener_of_payloads_alone_gets_what_its_packet_callback_would(
+    url: str, company: str
+) -> None:
+    """``listen(on_payload=...)``: alone on its subject, a client's result (held or not
+    held here) and progress reach ``on_payload`` with no packet built, equal to the payload
+    of the packet the callback gets otherwise; with another subscriber, the callback gets
+    the packet; the router's own publishes go to the callback either way."""
+    packets: list[BusPacket] = []
+    payloads: list[object] = []
+    progress = BusPacket("t", "worker", datetime(2030, 1, 1, tzinfo=UTC),
+                         payload=JobProgress(job_id="r:b@1", percent=5))
+    async with router_and_client(url) as (router, client), AsyncExitStack() as stack:
+        assert router.listens_for_payloads
+        inbox = await stack.enter_async_context(client.consume_jobs(["job.a"], capacity=1))
+        for subject in (SUBJECT_RESULT, SUBJECT_PROGRESS):
+            await stack.enter_async_context(router.listen(
+                subject, "engines", packets.append, on_payload=payloads.append))
+        if company != "alone":
+            for subject in (SUBJECT_RESULT, SUBJECT_PROGRESS):
+                await stack.enter_async_context(router.subscribe(subject))
+        await router.publish(SUBJECT_SUBMIT, job("r:a@1"))
+        with trio.fail_after(WAIT):
+            await inbox.receive()
+        await client.publish(SUBJECT_RESULT, result("r:a@1"))  # held by the client
+        inbox.ack("r:a@1")
+        await client.publish(SUBJECT_RESULT, result("r:z@1"))  # held nowhere
+        await client.publish(SUBJECT_PROGRESS, progress)
+        await router.publish(SUBJECT_RESULT, result("r:y@1"))
+        await eventually(lambda: router.held_jobs == 0, "the job acknowledged")
+    sent = [result("r:a@1"), result("r:z@1"), progress]
+    expected = [decode_packet(encode_packet(p)) for p in sent]
+    if company == "alone":
+        assert payloads == [p.payload for p in expected]
+        assert packets == [decode_packet(encode_packet(result("r:y@1")))]
+    else:
+        assert payloads == []
+        assert packets == [*expected, decode_packet(encode_packet(result("r:y@1")))]
+
+
+async def test_a_router_subclass_that_changes_listen_takes_no_payloads(url: str) -> None:
+    class Watched(NngRouter):
+        def listen(self, *args: Any, **kwargs: Any) -> Any:
+            return super().listen(*args, **kwargs)
+
+    assert NngRouter.listens_for_payloads and not Watched.listens_for_payloads

@@ -14,7 +14,7 @@ import pytest
 from nng_waits import WAIT
 
 from cordtrio.backends.nng import open_nng_bus, open_nng_router
-from cordtrio.backends.nng._common import BATCH_BYTES, take_frame
+from cordtrio.backends.nng._common import BATCH_BYTES, take_counted_frame, take_frame
 from cordtrio.backends.nng.frames import FrameError, bytes_field, int_field, op_name, str_field
 from cordtrio.backends.nng.router_ops import packet_field
 from cordtrio.backends.nng.table import _Peer
@@ -104,6 +104,22 @@ def test_a_frame_takes_the_ops_and_counts_the_packet_bytes_of_the_plain_rule(
         assert cbor2.loads(frame) == expected_ops
         assert packet_bytes == expected_bytes
         assert len(outbox) == len(plain_outbox)
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [10, 20], [BATCH_BYTES - 40, 1, 1],
+                                   [BATCH_BYTES - 100, 1], [BATCH_BYTES // 3] * 7,
+                                   [None, 5, None] * 3])
+def test_a_counted_frame_is_the_frame_take_frame_makes(sizes: list[int | None]) -> None:
+    ops = [{"op": "msg", "sid": i} if n is None else {"op": "job", "cid": i, "packet": b"x" * n}
+           for i, n in enumerate(sizes)]
+    outbox, plain_outbox = deque(ops), deque(ops)
+    counted = sum(n or 0 for n in sizes)
+    while outbox or plain_outbox:
+        frame, packet_bytes = take_counted_frame(outbox, counted)
+        expected, expected_bytes = take_frame(plain_outbox)
+        assert (frame, packet_bytes) == (expected, expected_bytes)
+        assert list(outbox) == list(plain_outbox)
+        counted -= packet_bytes
 
 
 def plain_client_checks(op: Any) -> None:
