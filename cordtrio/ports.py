@@ -407,12 +407,16 @@ class DirectBus(Protocol):
 
 @runtime_checkable
 class PublishNow(Protocol):
-    """A bus in the publisher's own process (``MemoryBus``) that can deliver some packets
-    without being awaited: ``publish_now`` does what ``publish`` would, with no
-    cancellation check, when nothing can make it wait, and returns False having done
-    nothing otherwise; only when ``publishes_now`` is true (False in a subclass that
-    changes ``publish``). A worker publishes its results with it first; the engine its job
-    requests when the bus cannot take them bare (``MemoryBus.submit_now``)."""
+    """A bus that can take some packets without being awaited: ``publish_now`` publishes
+    the packet with no cancellation check when nothing can make it wait, and returns
+    False having done nothing otherwise; only when ``publishes_now`` is true (False in a
+    subclass that changes ``publish``). In the publisher's own process (``MemoryBus``, the
+    nng router) it does what ``publish`` would; a client connection (``NngBus``) takes a
+    worker's result for a job it received, settled when the router confirms it. A worker
+    publishes its results with it first; the engine its job requests when the bus cannot
+    take them bare (``MemoryBus.submit_now``) and ``publishes_requests_now`` is true (a
+    bus that would refuse every job request says False: the engine then awaits
+    ``publish`` without trying)."""
 
     publishes_now: bool
 
@@ -426,6 +430,7 @@ class OffersPublishNow:
     it overrides)."""
 
     publishes_now = True
+    publishes_requests_now = True  # (``PublishNow``: False where no job request is taken)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

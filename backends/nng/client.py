@@ -66,6 +66,10 @@ class NngBus(OffersPublishNow):
     counts connections dropped because the router was not heard from in time.
     """
 
+    publishes_requests_now = False
+    """``publish_now`` takes a worker's results only (``ports.PublishNow``): an engine on
+    this bus awaits ``publish`` for its job requests without trying it first."""
+
     def __init__(self, address: str, sock: pynng.Socket, *, max_in_flight: int = MAX_IN_FLIGHT,
                  max_packet: int = MAX_PACKET,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL,

@@ -218,9 +218,12 @@ class RunWiring:
         # (the bus keeps the packet's fields), under ``publish_now``'s rules
         # (else, on a bus that publishes at once, ``effects.packets_now``: the request
         # in a packet, published at once, under the same terms)
+        # (``PublishNow.publishes_requests_now``: a bus that takes a worker's results at
+        # once but refuses every job request, as an nng client, gets none)
         self.submit_now: Callable[[JobRequest, str, datetime, str], bool] | None = \
             own_call(host.bus, "publishes_now", "submit_now") or (
-                packets_now(self.publish_now) if self.publish_now is not None else None)
+                packets_now(self.publish_now) if self.publish_now is not None
+                and getattr(host.bus, "publishes_requests_now", True) else None)
         # the payload store's calls (``json_payloads.path_for``): an optional host
         # attribute, set by the engine for all its run tasks
         payloads = host.payloads

@@ -510,6 +510,11 @@ async def test_an_engine_and_workers_on_their_own_connections_run_a_fan_out(
                     open_worker(other_worker_bus, payloads, handlers, worker_id="w2") as w2:
                 run_id = await engine.submit("wf", {"n": 10})
                 run = await engine.wait_run(run_id)
+                # job requests handed over at once in the router's process; a client
+                # connection refuses them all, so its engine does not try (it awaits)
+                wiring = engine._wiring
+                assert wiring is not None
+                assert (wiring.submit_now is not None) == (engine_on == "router")
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.context["steps"]["sum"]["output"] == {"total": sum(i * i for i in range(10))}
     assert w1.handled + w2.handled == 12
