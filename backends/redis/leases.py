@@ -53,12 +53,16 @@ def lease_key(run_id: str) -> str:
     return _LEASE + run_id
 
 
+_INBOX = PREFIX + "inbox:"
+_PROCESSING = PREFIX + "processing:"
+
+
 def inbox_key(run_id: str) -> str:
-    return PREFIX + "inbox:" + run_id
+    return _INBOX + run_id
 
 
 def processing_key(run_id: str) -> str:
-    return PREFIX + "processing:" + run_id
+    return _PROCESSING + run_id
 
 
 def wake_key(owner: str) -> str:
@@ -276,10 +280,10 @@ class RedisRunLeases:
         return {ids[int(i) - 1] for i in lost}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
-        await self._script("release lease", RELEASE_SCRIPT,
-                           [lease_key(run_id), inbox_key(run_id), COMMANDS_QUEUE,
-                            processing_key(run_id)],
-                           [owner, run_id])
+        key = _LEASE + run_id  # (every run lets go once: the keys written out here)
+        await self._redis.script(
+            "release lease", key, RELEASE_SCRIPT,
+            [key, _INBOX + run_id, COMMANDS_QUEUE, _PROCESSING + run_id], [owner, run_id])
 
     async def lease_owner(self, run_id: str) -> str | None:
         key = lease_key(run_id)
