@@ -185,7 +185,7 @@ class RedisAdapter:
         self._shas: dict[str, str] = {}
         self._loading: dict[str, trio.Event] = {}  # SCRIPT LOADs in flight, by SHA
         self.on_command: Callable[[tuple[Any, ...]], None] | None = None
-        """Called with each command a script carries as arguments (``CommandRecorder``) and
+        """Called with each command a script carries as arguments (a create, a fenced write) and
         each command a batch sends (``run_batch``): ``testing.CommandCounter`` counts them."""
 
     def start_batching(self, batcher: CommandBatcher) -> None:

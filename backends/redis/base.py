@@ -54,11 +54,16 @@ class RedisStoreBase:
         """With a retention, a run written in a terminal status gets ``EXPIRE`` on its hash,
         its timeline and its idempotency key — queued after those writes, in the same
         transaction or script (no extra round trip)."""
+        for _, key, ttl in self._retention_commands(run, status):
+            pipe.expire(key, ttl)
+
+    def _retention_commands(self, run: WorkflowRun, status: str) -> list[tuple[str, str, int]]:
+        """``_queue_retention``'s ``EXPIRE`` commands as argument tuples (none for a run
+        not finished, or without a retention)."""
         ttl = self.retention_seconds
         if ttl is None or status not in TERMINAL_STATUSES:
-            return
-        for key in retention_keys(run):
-            pipe.expire(key, ttl)
+            return []
+        return [("EXPIRE", key, ttl) for key in retention_keys(run)]
 
     def _rank(self) -> bytes:
         """A fresh insertion rank: increasing within this process, and across processes as

@@ -34,7 +34,7 @@ first (``step_write.py``), in the same round trip.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .adapter import RedisAdapter
@@ -53,12 +53,16 @@ def lease_key(run_id: str) -> str:
     return _LEASE + run_id
 
 
+_INBOX = PREFIX + "inbox:"
+_PROCESSING = PREFIX + "processing:"
+
+
 def inbox_key(run_id: str) -> str:
-    return PREFIX + "inbox:" + run_id
+    return _INBOX + run_id
 
 
 def processing_key(run_id: str) -> str:
-    return PREFIX + "processing:" + run_id
+    return _PROCESSING + run_id
 
 
 def wake_key(owner: str) -> str:
@@ -169,88 +173,18 @@ def _split(args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return [head + rest[i:i + step] for i in range(0, len(rest), step)]
 
 
-class CommandRecorder:
-    """Stands in for a redis-py pipeline to collect the commands ``queue(pipe)`` issues, as
-    the argument tuples redis-py would build: the calls a run create makes
-    (``hset(key, mapping=...)``, ``zadd(key, mapping)``...) are recorded directly — redis-py's
-    command methods cost several times more — and any other call goes through a real
-    (never executed) redis-py pipeline."""
-
-    def __init__(self, redis: RedisAdapter) -> None:
-        self._redis = redis
-        self.commands: list[tuple[Any, ...]] = []
-
-    def _add(self, args: tuple[Any, ...]) -> None:
-        self.commands.append(args)
-        hook = self._redis.on_command
-        if hook is not None:
-            hook(args)
-
-    def hexists(self, name: str, key: str) -> None:
-        self._add(("HEXISTS", name, key))
-
-    def hsetnx(self, name: str, key: str, value: Any) -> None:
-        self._add(("HSETNX", name, key, value))
-
-    def hdel(self, name: str, *keys: str) -> None:
-        self._add(("HDEL", name, *keys))
-
-    def zrem(self, name: str, *values: Any) -> None:
-        self._add(("ZREM", name, *values))
-
-    def sadd(self, name: str, *values: Any) -> None:
-        self._add(("SADD", name, *values))
-
-    def srem(self, name: str, *values: Any) -> None:
-        self._add(("SREM", name, *values))
-
-    def rpush(self, name: str, *values: Any) -> None:
-        self._add(("RPUSH", name, *values))
-
-    def ltrim(self, name: str, start: int, end: int) -> None:
-        self._add(("LTRIM", name, start, end))
-
-    def hset(self, name: str, key: Any = None, value: Any = None, mapping: Any = None,
-             **more: Any) -> None:
-        if key is not None or value is not None or more or not mapping:
-            self._fallback("hset", (name, key, value, mapping), more)
-            return
-        pieces: list[Any] = ["HSET", name]
-        for pair in mapping.items():
-            pieces.extend(pair)
-        self._add(tuple(pieces))
-
-    def zadd(self, name: str, mapping: Any, **flags: Any) -> None:
-        if any(flags.values()) or not mapping:
-            self._fallback("zadd", (name, mapping), flags)
-            return
-        pieces: list[Any] = ["ZADD", name]
-        for member, score in mapping.items():
-            pieces.append(score)
-            pieces.append(member)
-        self._add(tuple(pieces))
-
-    def _fallback(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        # (a CommandCounter sees these through the client's pipeline: no on_command here)
-        pipe = self._redis.client.pipeline(transaction=False)  # only queues: no I/O
-        getattr(pipe, method)(*args, **kwargs)
-        self.commands.extend(tuple(cargs) for cargs, _options in pipe.command_stack)
-        pipe.command_stack.clear()
-
-    def __getattr__(self, method: str) -> Callable[..., None]:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda *args, **kwargs: self._fallback(method, args, kwargs)
-
-
-def _packed(redis: RedisAdapter, head: list[Any], queue: Callable[[Any], None]) -> list[Any]:
-    """``head``, then each command ``queue(pipe)`` puts on a pipeline as its length and its
-    words (split when long): the arguments of ``IF_ABSENT_SCRIPT``."""
-    recorder = CommandRecorder(redis)
-    queue(recorder)
+def _packed(redis: RedisAdapter, head: list[Any],
+            commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """``head``, then each command (its argument tuple, as redis-py would send it: the
+    name, then its words) as its length and its words (split when long): the arguments of
+    ``IF_ABSENT_SCRIPT``. The adapter's ``on_command`` (``testing.CommandCounter``) is told
+    each command."""
     argv: list[Any] = head
     append, extend = argv.append, argv.extend
-    for args in recorder.commands:
+    hook = redis.on_command
+    for args in commands:
+        if hook is not None:
+            hook(args)
         if len(args) <= MAX_SCRIPT_COMMAND_ARGS:
             append(len(args))
             extend(args)
@@ -293,12 +227,15 @@ CREATED, CREATED_UNLEASED = 1, 2
 
 
 async def commands_if_absent(
-    redis: RedisAdapter, what: str, key: str, queue: Callable[[Any], None],
+    redis: RedisAdapter, what: str, key: str, commands: Iterable[tuple[Any, ...]],
     lease: tuple[str, str, float] | None = None,
 ) -> int:
-    """Run the commands ``queue(pipe)`` puts on a pipeline in one Lua script, only if ``key``
-    does not exist: a create in one round trip, atomic like ``WATCH``/``MULTI``/``EXEC``
-    and, unlike it, batched with other calls (``RedisAdapter.script``). ``lease`` =
+    """Run ``commands`` (argument tuples: ``("HSET", key, field, value, ...)``) in one Lua
+    script, only if ``key`` does not exist: a create in one round trip, atomic like
+    ``WATCH``/``MULTI``/``EXEC`` and, unlike it, batched with other calls
+    (``RedisAdapter.script``). The commands are built as tuples, not queued on a pipeline
+    (or a stand-in for one): a create is done once per run, and redis-py's command methods
+    cost several times more than the tuples they make. ``lease`` =
     (lease key, owner, ttl): the owner takes that lease in the same script (``SET NX PX``).
     0 if ``key`` existed (nothing written), ``CREATED``, or ``CREATED_UNLEASED`` when another
     owner held the lease."""
@@ -308,7 +245,7 @@ async def commands_if_absent(
         lease_key_, owner, ttl = lease
         keys, head = [key, lease_key_], [owner, _ms(ttl)]
     return int(await redis.script(what, key, IF_ABSENT_SCRIPT, keys,
-                                  _packed(redis, head, queue)))
+                                  _packed(redis, head, commands)))
 
 
 def _ms(ttl: float) -> int:
@@ -343,10 +280,10 @@ class RedisRunLeases:
         return {ids[int(i) - 1] for i in lost}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
-        await self._script("release lease", RELEASE_SCRIPT,
-                           [lease_key(run_id), inbox_key(run_id), COMMANDS_QUEUE,
-                            processing_key(run_id)],
-                           [owner, run_id])
+        key = _LEASE + run_id  # (every run lets go once: the keys written out here)
+        await self._redis.script(
+            "release lease", key, RELEASE_SCRIPT,
+            [key, _INBOX + run_id, COMMANDS_QUEUE, _PROCESSING + run_id], [owner, run_id])
 
     async def lease_owner(self, run_id: str) -> str | None:
         key = lease_key(run_id)

@@ -91,6 +91,21 @@ class RedisRunIndex(RedisStoreBase):
     """Mixin of ``RedisStore``: queue index moves for run writes; count and list runs."""
 
     @staticmethod
+    def _index_commands(run: WorkflowRun, status: str, *, previous: tuple[str, ...],
+                        ) -> list[tuple[Any, ...]]:
+        """``_queue_index``'s commands as argument tuples, for a script that carries them
+        (a create, ``leases.commands_if_absent``): the same moves, in the same order
+        (tests/redis/test_redis_create.py compares the two)."""
+        removed, added, score, active = index_moves(run, status, previous)
+        rid = run.id
+        commands: list[tuple[Any, ...]] = [("ZREM", name, rid) for name in removed]
+        for name in added:
+            commands.append(("ZADD", name, score, rid))
+        if active is not None:
+            commands.append((active[0], active[1], rid))
+        return commands
+
+    @staticmethod
     def _queue_index(
         pipe: Any, run: WorkflowRun, status: str, *, previous: tuple[str, ...],
         sync_active: bool = False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
@@ -119,21 +120,21 @@ class RedisRuns(RedisRunIndex):
             run.created_at = self._now()
         if run.updated_at is None:
             run.updated_at = run.created_at
-        key = run_key(run.id)
+        rid = run.id
+        key = run_key(rid)
         fields = self._whole_run(run)
         status = status_text(run.status)
-
-        def queue(pipe: Any) -> None:
-            pipe.hset(key, mapping=fields)
-            pipe.zadd(runs_by_workflow_key(run.workflow_id), {run.id: ts_score(run.created_at)})
-            self._queue_index(pipe, run, status, previous=())
-            if run.idempotency_key:
-                pipe.set(idempotency_key(run.idempotency_key), run.id, nx=True)
-            self._queue_retention(pipe, run, status)
-
+        commands: list[tuple[Any, ...]] = [
+            ("HSET", key, *chain.from_iterable(fields.items())),
+            ("ZADD", runs_by_workflow_key(run.workflow_id), ts_score(run.created_at), rid),
+            *self._index_commands(run, status, previous=()),
+        ]
+        if run.idempotency_key:
+            commands.append(("SET", idempotency_key(run.idempotency_key), rid, "NX"))
+        commands += self._retention_commands(run, status)
         # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
         # the adapter can batch with other calls, with the same all-or-nothing outcome.
-        done = await commands_if_absent(self._redis, "create run", key, queue, lease)
+        done = await commands_if_absent(self._redis, "create run", key, commands, lease)
         if not done:
             raise InvalidStateError(f"run {run.id!r} already exists")
         self._mirror.put(run, fields)

@@ -169,6 +169,7 @@ class LeaseKeeper:
         run_id = run.run_id
         closing = self.closing[run_id] = trio.Event()
         unacked = self._unacked.pop(run_id, 0)
+        unapplied: list[Envelope] = []
         try:
             owned = self.held.get(run_id) is run
             leftovers = run.take_leftovers()
@@ -193,7 +194,8 @@ class LeaseKeeper:
                                       deadline=trio.current_time() + CLEANUP_TIMEOUT):
                     await self._clean_up(run, owned, unacked, unapplied, leftovers)
         finally:
-            for envelope in run.in_flight:
+            # (``in_flight``'s list, enveloped already: the same object every time)
+            for envelope in unapplied or run.in_flight:
                 if envelope.done is not None:
                     envelope.done.set()
             if self.closing.get(run_id) is closing:
@@ -206,9 +208,11 @@ class LeaseKeeper:
         what was not applied handed on (to the run's inbox)."""
         run_id = run.run_id
         if owned:
-            await self._drop_poison(run, unacked)
+            if run.unloadable is not None or run.crashed:
+                await self._drop_poison(run, unacked)
             await self.release(run)
-            await forward_results(self, run_id, [*unapplied, *leftovers])
+            if unapplied or leftovers:  # (usually neither: a run that ended as it should)
+                await forward_results(self, run_id, [*unapplied, *leftovers])
         else:  # never held, or the keeper found the lease gone
             await forward_results(self, run_id, unapplied)
             await forward_as_guest(self, self.runs_store, run_id, leftovers)

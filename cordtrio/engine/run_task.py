@@ -149,6 +149,8 @@ class RunTask(BatchEffects):
         """The batch being applied when the task stopped (empty between batches), its bare
         events and job results in envelopes (once: ``let_go`` may answer them)."""
         batch = self._batch
+        if not batch:  # (between batches, as a task that ended as it should)
+            return cast(list[Envelope], batch)
         for i, item in enumerate(batch):
             if not isinstance(item, Envelope):
                 batch[i] = enveloped(item)
