@@ -191,7 +191,7 @@ class LeaseKeeper:
                 # one shielded scope with the cleanup's deadline (not a shield plus a
                 # ``move_on_after``: a cancel scope fewer per run)
                 with trio.CancelScope(shield=True,
-                                      deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                                      deadline=trio.current_time() + self.cleanup_timeout):
                     await self._clean_up(run, owned, unacked, unapplied, leftovers)
         finally:
             # (``in_flight``'s list, enveloped already: the same object every time)

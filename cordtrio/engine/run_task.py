@@ -121,10 +121,14 @@ class RunTask(BatchEffects):
                     self.host.run_exited(self)
                     await self.owner.let_go(self)
         except LeaseLostError as exc:
+            if self.shielded:  # from ``let_go``, after the run ended: as in ``finally``
+                raise
             self.lost = True
             rate_limited(log).warning("lease lost", "run %s: %s; another engine drives it "
                                       "now", self.run_id, exc)
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
+            if self.shielded:  # (``let_go``'s own error goes on, as from ``finally``)
+                raise
             if not isinstance(exc, CorruptDataError) or not await self.host.mark_unreadable(
                     self.run_id, exc):
                 log.exception("run %s: task crashed; the run stays in the store", self.run_id)

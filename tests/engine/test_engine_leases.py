@@ -435,3 +435,54 @@ async def test_a_finished_run_lets_go_of_its_lease_in_its_own_scope(
         assert a.active_runs == 0
         [(own, _, _)] = shielded
         assert not own and await store.lease_owner(other) == "X"
+
+
+@pytest.mark.parametrize("outside", ["hangs", "cancelled"])
+async def test_a_finished_runs_let_go_is_shielded_and_bounded_by_the_cleanup_time(
+        store, bus, payloads, clock, autojump_clock, monkeypatch, outside: str) -> None:
+    """The let-go of a run that ended as it should, in the run's own scope: a lease release
+    that hangs is cut at the cleanup's time (the task ends, the next task for the run is not
+    held up), and the engine closing meanwhile does not cut it short."""
+    from cordtrio.engine.leases import LeaseKeeper
+
+    released: list[float] = []
+    real = store.release_lease
+
+    async def release_lease(run_id: str, owner: str) -> bool:
+        started = trio.current_time()
+        if outside == "hangs":
+            await trio.sleep_forever()
+        await trio.sleep(1)  # slow, within the cleanup's time
+        released.append(trio.current_time() - started)
+        return bool(await real(run_id, owner))
+
+    await store.save_workflow(workflow(step("a")))
+    async with trio.open_nursery() as nursery:
+        closed = trio.Event()
+
+        async def engine(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async with open_engine(store, bus, payloads=payloads, clock=clock,
+                                   engine_id="A", lease_ttl=TTL, multi_engine=True) as a:
+                task_status.started(a)
+                await trio.sleep_forever()
+            closed.set()
+
+        a = await nursery.start(engine)
+        run_id = await a.submit(WF)
+        monkeypatch.setattr(store, "release_lease", release_lease)
+        start = trio.current_time()
+        await a.handle_job_result(ok(f"{run_id}:a@1"))
+        assert (await a.wait_run(run_id)).status == RunStatus.SUCCEEDED
+        if outside == "cancelled":  # the engine closes while the release waits
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        else:
+            with trio.fail_after(LeaseKeeper.cleanup_timeout + 1):
+                while a.active_runs or a.ownership.closing:
+                    await trio.sleep(0.1)
+            assert trio.current_time() - start >= LeaseKeeper.cleanup_timeout
+            assert await store.lease_owner(run_id) == "A"  # left to expire
+            nursery.cancel_scope.cancel()
+    if outside == "cancelled":
+        assert released == [1.0]  # the release went through, shielded
+        assert await store.lease_owner(run_id) is None
