@@ -397,6 +397,11 @@ class StorePath(NamedTuple):
     cannot be read so; ``ValueError``, nothing read, for a key outside ``res:``: the
     engine hands it the key unchecked), when the store offers it (``reads_results_then``,
     ``RedisPayloadStore.get_result_then``); else None."""
+    result_put_then: Callable[[str, Any, Callable[[Any], None]], bool] | None = None
+    """A bytes store's write of a result (``result_put_then(key, data, done)``, ``data``
+    made by this path's ``encode``) whose outcome goes to a callback: ``done(reply)``, a
+    true reply once stored, None if it failed; False if it cannot be written so. When the
+    store offers it (``writes_results_then``, ``RedisPayloadStore.put_result_then``)."""
     input_at_now: Callable[[str], Any] | None = None
     """``context_at_now(ptr).value()`` in one call when the input is an in-process
     snapshot (most job inputs), else None: then read it with ``context_at_now``."""
@@ -421,7 +426,9 @@ def path_for(payloads: PayloadStore) -> StorePath:
     return StorePath(_encode_bytes, partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
                      partial(get_result, payloads),
-                     result_then=own_call(payloads, "reads_results_then", "get_result_then"))
+                     result_then=own_call(payloads, "reads_results_then", "get_result_then"),
+                     result_put_then=own_call(payloads, "writes_results_then",
+                                              "put_result_then"))
 
 
 __all__ = [

@@ -28,6 +28,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -93,9 +94,13 @@ class Worker(WorkerState):
                 if hasattr(submits, "bare_jobs"):  # (``LocalJobInbox``: see ``_slot``)
                     submits.bare_jobs = True
             nursery.start_soon(self._listen_cancels, cancels)
-            task_status.started(self)
-            async with trio.open_nursery() as slots:
-                self._add_slots(submits, slots, 1)  # the others as the jobs need them
+            self._tasks = nursery  # (for results reported by their write's reply)
+            try:
+                task_status.started(self)
+                async with trio.open_nursery() as slots:
+                    self._add_slots(submits, slots, 1)  # the others as the jobs need them
+            finally:
+                self._tasks = None
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -159,6 +164,8 @@ class Worker(WorkerState):
         report_now = reporter.report_now or _not_now
         input_now, read_now = runner.input_now, runner.read_input_now
         store_now = runner.store_result_now
+        put_then, encode = runner.put_result_then, runner.encode
+        stored = self._stored
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -269,9 +276,22 @@ class Worker(WorkerState):
                             output = await runner.run_with_deadline(handler, job,
                                                                     deadline_ms)
                         key = RESULT_PREFIX + job_id  # ``result_key``, without the call
-                        try:  # out of process: encoded, then awaited; else in one call
+                        try:  # out of process: encoded, then written; else in one call
                             if store_now is None:
-                                await runner.put_result(key, runner.encode(output, False))
+                                body = encode(output, False)
+                                # reported by the write's reply (``_stored``), the slot
+                                # free for its next job meanwhile; else awaited here. Not
+                                # for a job cancelled already (its handler swallowed it):
+                                # that one is reported cancelled, below.
+                                if put_then is not None and entry.reason is None \
+                                        and put_then(key, body, partial(
+                                            stored, packet.trace_id, job_id, started, key,
+                                            body)):
+                                    # (``finally`` unregisters it)
+                                    if contextvars.copy_context() == clean:
+                                        continue
+                                    break  # the context changed: a clean slot goes on
+                                await runner.put_result(key, body)
                             else:
                                 store_now(key, output)
                         except Exception as exc:  # the encoding's or the store's: told apart
@@ -341,6 +361,45 @@ class Worker(WorkerState):
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
+
+    def _stored(self, trace_id: str, job_id: str, started: float, key: str, body: Any,
+                reply: Any) -> None:
+        """The reply of a job's result write (``put_result_then``): report the job as its
+        slot would have (None: the write failed, and is awaited again: waited out, or the
+        job's failure). Nothing once the worker has stopped serving: the job was not
+        acknowledged, so the bus hands it to another worker."""
+        tasks = self._tasks
+        if tasks is None:
+            return
+        if reply is None:
+            tasks.start_soon(self._store_again, trace_id, job_id, started, key, body)
+            return
+        result = _new(JobResult)  # ``JobResult(job_id, SUCCEEDED, ptr)``, as the slot does
+        result.job_id = job_id
+        result.status = _SUCCEEDED
+        result.result_ptr = POINTER_SCHEME + key
+        result.error_code = result.error_message = ""
+        result.artifact_ptrs = []
+        publishing = self._report(trace_id, started, result)
+        if publishing is not None:
+            tasks.start_soon(self._published, publishing)
+
+    async def _store_again(self, trace_id: str, job_id: str, started: float, key: str,
+                           body: Any) -> None:
+        """A result write that failed (``_stored``), awaited once more, then reported: a
+        store that cannot be reached is waited out, a definite error is the job's."""
+        runner = self._runner
+        try:
+            try:
+                await runner.put_result(key, body)
+            except Exception as exc:
+                await runner.store_result(key, body, job_id, exc)
+            result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
+        except JobFailed as failed:
+            result = failed.result
+        publishing = self._report(trace_id, started, result)
+        if publishing is not None:
+            await self._published(publishing)
 
     async def _published(self, publishing: Awaitable[None]) -> None:
         """Await a result's publish (``Reporter.report``): its slot counts as busy

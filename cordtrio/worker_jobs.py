@@ -48,6 +48,8 @@ class JobRunner:
         self.get_context = path.get_context
         self.encode = path.encode
         self.put_result = path.put_result
+        # a store out of process whose writes may report through a callback (None: await)
+        self.put_result_then = path.result_put_then
 
     async def load_input(self, request: JobRequest, error: Exception
                          ) -> json_payloads.JsonPayload:

@@ -84,6 +84,9 @@ class WorkerState:
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
         # cancels out): no frame at all.
         self._now: Callable[[], float] = trio.current_time
+        self._tasks: trio.Nursery | None = None
+        """Where a result whose write failed is written again and reported (``Worker.
+        _stored``): the serving nursery, while the slots run."""
 
     @property
     def succeeded(self) -> int:
