@@ -29,10 +29,37 @@ from typing import Any, NamedTuple, Protocol
 
 from .ports import PayloadStore, own_call
 
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _text_of(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` without its Python frames (two, ~85 bytecodes on every payload):
+    the C encoder ``JSONEncoder.iterencode`` builds on every call, built the same way, each
+    call too (its ``markers``, the containers being encoded, by which it tells a cycle,
+    must start empty: an encoding that raised leaves entries in it). ``encoder.encode``
+    itself without the C encoder, or for settings it does not take.
+    tests/test_json_payloads.py compares them."""
+    if _make_encoder is None or encoder.indent is not None or not encoder.check_circular:
+        return encoder.encode
+    settings = (encoder.default,
+                json.encoder.encode_basestring_ascii if encoder.ensure_ascii  # type: ignore[attr-defined]
+                else json.encoder.encode_basestring,  # type: ignore[attr-defined]
+                encoder.indent, encoder.key_separator, encoder.item_separator,
+                encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    make, join = _make_encoder, "".join
+
+    def text(value: Any) -> str:
+        return join(make({}, *settings)(value, 0))
+
+    return text
+
+
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """What the engine stores job inputs with (``json.dumps(..., separators=(",", ":"))``)."""
 _DEFAULT = json.JSONEncoder()
 """What the worker stores results with (``json.dumps(value)``)."""
+_COMPACT_TEXT = _text_of(_COMPACT)
+_DEFAULT_TEXT = _text_of(_DEFAULT)
 
 _MAX_DEPTH = 64  # deeper values take the JSON path (which sees cycles and recursion limits)
 _MAX_INT_BITS = 4000  # ~1200 digits: far below the int-to-str digit limit json.dumps hits
@@ -194,7 +221,7 @@ class JsonPayload:
         text, frozen, _, compact = self.parts
         if text is None:
             assert frozen is not None
-            text = (_COMPACT if compact else _DEFAULT).encode(_loads(frozen)).encode()
+            text = (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(_loads(frozen)).encode()
             self.parts = (text, frozen, len(text), compact)
         return text
 
@@ -281,7 +308,7 @@ def _by_marshal(value: Any, frozen: bytes, compact: bool) -> bytes | _Parts:
 
 def _by_text(value: Any, compact: bool) -> _Parts:
     """``kept_of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
-    text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    text = (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
     return (text, None, len(text), compact)
 
 
@@ -306,12 +333,12 @@ def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | b
     (``compact`` may be passed by position: a keyword argument costs more on every job.)"""
     if getattr(payloads, "takes_json_payloads", False):
         return JsonPayload.of(value, compact)
-    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    return (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
 
 
 def _encode_bytes(value: Any, compact: bool) -> bytes:
     """``encode`` for a store that takes bytes (``path_for``'s: its store told apart once)."""
-    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    return (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
 
 
 # The four calls below return the store's own awaitable rather than awaiting it in a

@@ -399,3 +399,26 @@ def test_a_result_read_as_bytes_is_loaded_as_its_payload_would_be(data: bytes) -
         expected = text
     value = json_payloads.value_or_text_of(data)
     assert value == expected or (value != value and expected != expected)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_c_encoders_text_is_the_encoders_own(compact: bool) -> None:
+    """``_text_of(encoder)`` (its C encoder, called directly) gives ``encoder.encode``'s
+    text for every value, and raises what it raises; a failed encoding leaves nothing
+    behind for the next (a cycle is still told apart from a value seen twice)."""
+    encoder = json.JSONEncoder(separators=(",", ":")) if compact else json.JSONEncoder()
+    text = json_payloads._text_of(encoder)
+    assert text is not encoder.encode  # (the C encoder is there)
+    shared = [1]
+    for value in [*PLAIN, *ODD[:2], "plain", "\u2603", math.nan, -math.inf, 3,
+                  {"twice": [shared, shared]}]:
+        assert text(value) == encoder.encode(value)
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for bad in [object(), {"x": {1, 2}}, [1, b"bytes"], cycle, {"k": {"deep": cycle}}]:
+        with pytest.raises((TypeError, ValueError)) as raised:
+            text(bad)
+        with pytest.raises(type(raised.value)) as expected:
+            encoder.encode(bad)
+        assert str(raised.value) == str(expected.value)
+        assert text({"after": [shared, shared]}) == encoder.encode({"after": [shared, shared]})
