@@ -22,6 +22,7 @@ payload's own methods on a store that has them (``ValuePayloads``), the bytes ot
 from __future__ import annotations
 
 import json
+import json.scanner
 import marshal
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -77,8 +78,23 @@ KEPT_TEXT_BOUND = TEXT_PER_FROZEN_BYTE * _SHORT_FROZEN
 than ``_SHORT_FROZEN``): a limit at least this is never passed by one."""
 _new = object.__new__
 _dumps, _loads = marshal.dumps, marshal.loads
-_decode = json.JSONDecoder().decode
-"""``json.loads`` of a text, as ``json.loads`` itself decodes it (no options given)."""
+_full_decode = json.JSONDecoder().decode
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` of a text, as ``json.loads`` itself decodes it (no options given). A
+    text that is one JSON value with nothing around it (every payload stored) is scanned
+    by the decoder's own scanner directly, without ``JSONDecoder.decode``'s two Python
+    frames and whitespace passes; anything else, and every error, by ``decode`` itself
+    (tests/test_json_payloads.py compares them)."""
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass  # not the plain case: ``decode`` decides (and names the error)
+    return _full_decode(text)
 
 
 def _bound(value: Any, depth: int) -> int:

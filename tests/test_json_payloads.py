@@ -422,3 +422,22 @@ def test_the_c_encoders_text_is_the_encoders_own(compact: bool) -> None:
             encoder.encode(bad)
         assert str(raised.value) == str(expected.value)
         assert text({"after": [shared, shared]}) == encoder.encode({"after": [shared, shared]})
+
+
+def test_the_scanned_decode_is_the_decoders_own() -> None:
+    """``_decode`` (the decoder's scanner, called directly on a text with nothing around
+    its value) gives ``JSONDecoder().decode``'s value (``json.loads``' but for its byte
+    order mark check) for every text, and raises what it raises."""
+    decode = json.JSONDecoder().decode
+    texts = [json.dumps(v) for v in PLAIN if not isinstance(v, float)]
+    texts += ['{"a": 1}', ' {"a": 1}', '{"a": 1} ', '{"a": 1}\n', "1", "-0.5",
+              '"s"', "[1, 2]", "{}", "[]", "null", '{"n": 1e400}']
+    for text in texts:
+        assert json_payloads._decode(text) == decode(text) == json.loads(text), text
+    for bad in ["", " ", "{", '{"a": 1} x', '{"a": 1}{}', "nope", '{"a": 1,}', "[1] 2",
+                "\ufeff{}"]:
+        with pytest.raises(ValueError) as raised:
+            json_payloads._decode(bad)
+        with pytest.raises(ValueError) as expected:
+            decode(bad)
+        assert str(raised.value) == str(expected.value)
