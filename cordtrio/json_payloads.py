@@ -445,6 +445,11 @@ class StorePath(NamedTuple):
     made by this path's ``encode``) whose outcome goes to a callback: ``done(reply)``, a
     true reply once stored, None if it failed; False if it cannot be written so. When the
     store offers it (``writes_results_then``, ``RedisPayloadStore.put_result_then``)."""
+    context_at: Callable[[str], Awaitable[bytes]] | None = None
+    """A bytes store's read of the job input a context *pointer* names, in one call
+    (``context_at(ptr)``: ``payloads.get_context(key_from_pointer(ptr))``, the same
+    errors), when the store offers it (``reads_contexts_at``, ``RedisPayloadStore.
+    get_context_at``); else None."""
     input_at_now: Callable[[str], Any] | None = None
     """``context_at_now(ptr).value()`` in one call when the input is an in-process
     snapshot (most job inputs), else None: then read it with ``context_at_now``."""
@@ -471,7 +476,8 @@ def path_for(payloads: PayloadStore) -> StorePath:
                      partial(get_result, payloads),
                      result_then=own_call(payloads, "reads_results_then", "get_result_then"),
                      result_put_then=own_call(payloads, "writes_results_then",
-                                              "put_result_then"))
+                                              "put_result_then"),
+                     context_at=own_call(payloads, "reads_contexts_at", "get_context_at"))
 
 
 __all__ = [

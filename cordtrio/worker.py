@@ -38,6 +38,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 from ._nursery import open_service_nursery
 from .engine.gc_tuning import long_lived_gc
 from .job import Handler, Job, JobDenied, item_of
+from .json_payloads import JsonPayload
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, PayloadStore
 from .protocol import (
@@ -163,6 +164,7 @@ class Worker(WorkerState):
         # (set before the first slot starts; a stand-in saying "not now" without it)
         report_now = reporter.report_now or _not_now
         input_now, read_now = runner.input_now, runner.read_input_now
+        context_at, of_text = runner.context_at, JsonPayload.of_text
         store_now = runner.store_result_now
         put_then, encode = runner.put_result_then, runner.encode
         stored = self._stored
@@ -244,8 +246,12 @@ class Worker(WorkerState):
                             data = {}
                         if data.__class__ is not dict:  # else: the payload, then its value
                             try:  # an in-process store: no await; else the store's own
-                                raw = read_now(ptr) if read_now is not None \
-                                    else await runner.get_context(key_from_pointer(ptr))
+                                if read_now is not None:
+                                    raw = read_now(ptr)
+                                elif context_at is not None:  # by its pointer, in one call
+                                    raw = of_text(await context_at(ptr))
+                                else:
+                                    raw = await runner.get_context(key_from_pointer(ptr))
                             except Exception as exc:  # waited out, or the job's failure
                                 raw = await runner.load_input(request, exc)
                             try:

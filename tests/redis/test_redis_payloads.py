@@ -400,3 +400,39 @@ def test_a_subclass_that_overrides_put_result_gets_every_result_write() -> None:
 
     assert RedisPayloadStore.writes_results_then is True
     assert Counting.writes_results_then is False
+
+
+@pytest.mark.parametrize("ptr", [
+    "redis://ctx:j1", "ctx:j1", "redis://ctx:missing", "redis://res:j1", "res:j1",
+    "redis://ctx:", "redis://ctx:j1 ", " redis://ctx:j1", "redis://ctx:a\nb", "redis://",
+    "", "secret:token", "redis://secret:token", "redis://ctx:j1\x00",
+])
+async def test_a_job_input_read_by_its_pointer_is_the_keys_read(
+        redis: RedisBackends, ptr: str) -> None:
+    """``get_context_at(ptr)`` (a worker's read, the key checked once) answers and fails
+    as ``get_context(key_from_pointer(ptr))`` does."""
+    from cordtrio.payloads import key_from_pointer
+
+    store = RedisPayloadStore(redis.redis)
+    await store.put_context("ctx:j1", b'{"in": 1}')
+    await store.put_result("res:j1", b'{"out": 1}')
+
+    async def general() -> bytes:
+        return await store.get_context(key_from_pointer(ptr))
+
+    outcomes = []
+    for read in (lambda: store.get_context_at(ptr), general):
+        try:
+            outcomes.append(("value", await read()))
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_subclass_that_overrides_get_context_gets_every_input_read() -> None:
+    class Counting(RedisPayloadStore):
+        async def get_context(self, key: str) -> bytes:
+            return await super().get_context(key)
+
+    assert RedisPayloadStore.reads_contexts_at is True
+    assert Counting.reads_contexts_at is False

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
-from cordtrio.payloads import RESULT_PREFIX, check_payload_key
+from cordtrio.payloads import RESULT_PREFIX, check_payload_key, key_from_pointer
 
 
 @pytest.fixture(params=[False, True], ids=["objects", "wire"])
@@ -34,11 +34,16 @@ class BytesPayloads(MemoryPayloadStore):
 
 class ThenPayloads(BytesPayloads):
     """``BytesPayloads`` whose result writes report to a callback (``put_result_then``,
-    as ``RedisPayloadStore``'s): a worker's slot goes on without waiting for the write,
+    as ``RedisPayloadStore``'s), and whose job inputs are read by their pointer
+    (``get_context_at``, as its): a worker's slot goes on without waiting for the write,
     and the job is reported by the callback (``Worker._stored``). The write is done by a
     task of its own, later; a write that fails hands None to the callback."""
 
     writes_results_then = True
+    reads_contexts_at = True  # and reads a job's input by its pointer, in one call
+
+    async def get_context_at(self, ptr: str) -> bytes:
+        return await self.get_context(key_from_pointer(ptr))
 
     def put_result_then(self, key: str, data: bytes, done: Callable[[Any], None]) -> bool:
         check_payload_key(key, RESULT_PREFIX)
