@@ -18,6 +18,7 @@ from trio.testing import MockClock
 from worker_kit import (
     TOPIC,
     WAIT,
+    ThenPayloads,
     assert_no_more_results,
     echo,
     make_request,
@@ -511,8 +512,6 @@ async def test_a_result_write_reported_by_its_reply_that_fails_is_written_again(
     """A result write whose outcome goes to a callback (``put_result_then``) and fails is
     written again, awaited: backend trouble is waited out (the job succeeds), a definite
     error is the job's failure; the worker goes on either way."""
-    from conftest import ThenPayloads
-
     class FlakyThen(ThenPayloads):
         outcomes = {"res:r:a@1": [OSError("connection reset"), OSError("connection reset")],
                     "res:r:b@1": [ValidationError("payload res:r:b@1: too large")] * 3}
@@ -543,8 +542,6 @@ async def test_a_result_written_after_the_worker_left_is_not_reported(
 ) -> None:
     """A result whose write's reply comes once the worker has left is not reported: its
     job was never acknowledged, so the bus hands it to another worker."""
-    from conftest import ThenPayloads
-
     class SlowThen(ThenPayloads):
         async def _write_then(self, key: str, data: bytes, done: Callable[[Any], None]
                               ) -> None:
