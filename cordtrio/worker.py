@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from time import perf_counter
@@ -367,54 +367,6 @@ class Worker(WorkerState):
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
-
-    def _stored(self, trace_id: str, job_id: str, started: float, key: str, body: Any,
-                reply: Any) -> None:
-        """The reply of a job's result write (``put_result_then``): report the job as its
-        slot would have (None: the write failed, and is awaited again: waited out, or the
-        job's failure). Nothing once the worker has stopped serving: the job was not
-        acknowledged, so the bus hands it to another worker."""
-        tasks = self._tasks
-        if tasks is None:
-            return
-        if reply is None:
-            tasks.start_soon(self._store_again, trace_id, job_id, started, key, body)
-            return
-        result = _new(JobResult)  # ``JobResult(job_id, SUCCEEDED, ptr)``, as the slot does
-        result.job_id = job_id
-        result.status = _SUCCEEDED
-        result.result_ptr = POINTER_SCHEME + key
-        result.error_code = result.error_message = ""
-        result.artifact_ptrs = []
-        publishing = self._report(trace_id, started, result)
-        if publishing is not None:
-            tasks.start_soon(self._published, publishing)
-
-    async def _store_again(self, trace_id: str, job_id: str, started: float, key: str,
-                           body: Any) -> None:
-        """A result write that failed (``_stored``), awaited once more, then reported: a
-        store that cannot be reached is waited out, a definite error is the job's."""
-        runner = self._runner
-        try:
-            try:
-                await runner.put_result(key, body)
-            except Exception as exc:
-                await runner.store_result(key, body, job_id, exc)
-            result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
-        except JobFailed as failed:
-            result = failed.result
-        publishing = self._report(trace_id, started, result)
-        if publishing is not None:
-            await self._published(publishing)
-
-    async def _published(self, publishing: Awaitable[None]) -> None:
-        """Await a result's publish (``Reporter.report``): its slot counts as busy
-        meanwhile (``_grow_at``), so a slow bus slows intake."""
-        self._grow_at -= 1
-        try:
-            await publishing
-        finally:
-            self._grow_at += 1
 
 
 def _not_now(result: JobResult) -> bool:
