@@ -22,6 +22,7 @@ payload's own methods on a store that has them (``ValuePayloads``), the bytes ot
 from __future__ import annotations
 
 import json
+import json.scanner
 import marshal
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -29,10 +30,37 @@ from typing import Any, NamedTuple, Protocol
 
 from .ports import PayloadStore, own_call
 
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _text_of(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` without its Python frames (two, ~85 bytecodes on every payload):
+    the C encoder ``JSONEncoder.iterencode`` builds on every call, built the same way, each
+    call too (its ``markers``, the containers being encoded, by which it tells a cycle,
+    must start empty: an encoding that raised leaves entries in it). ``encoder.encode``
+    itself without the C encoder, or for settings it does not take.
+    tests/test_json_payloads.py compares them."""
+    if _make_encoder is None or encoder.indent is not None or not encoder.check_circular:
+        return encoder.encode
+    settings = (encoder.default,
+                json.encoder.encode_basestring_ascii if encoder.ensure_ascii  # type: ignore[attr-defined]
+                else json.encoder.encode_basestring,  # type: ignore[attr-defined]
+                encoder.indent, encoder.key_separator, encoder.item_separator,
+                encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    make, join = _make_encoder, "".join
+
+    def text(value: Any) -> str:
+        return join(make({}, *settings)(value, 0))
+
+    return text
+
+
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """What the engine stores job inputs with (``json.dumps(..., separators=(",", ":"))``)."""
 _DEFAULT = json.JSONEncoder()
 """What the worker stores results with (``json.dumps(value)``)."""
+_COMPACT_TEXT = _text_of(_COMPACT)
+_DEFAULT_TEXT = _text_of(_DEFAULT)
 
 _MAX_DEPTH = 64  # deeper values take the JSON path (which sees cycles and recursion limits)
 _MAX_INT_BITS = 4000  # ~1200 digits: far below the int-to-str digit limit json.dumps hits
@@ -50,8 +78,23 @@ KEPT_TEXT_BOUND = TEXT_PER_FROZEN_BYTE * _SHORT_FROZEN
 than ``_SHORT_FROZEN``): a limit at least this is never passed by one."""
 _new = object.__new__
 _dumps, _loads = marshal.dumps, marshal.loads
-_decode = json.JSONDecoder().decode
-"""``json.loads`` of a text, as ``json.loads`` itself decodes it (no options given)."""
+_full_decode = json.JSONDecoder().decode
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` of a text, as ``json.loads`` itself decodes it (no options given). A
+    text that is one JSON value with nothing around it (every payload stored) is scanned
+    by the decoder's own scanner directly, without ``JSONDecoder.decode``'s two Python
+    frames and whitespace passes; anything else, and every error, by ``decode`` itself
+    (tests/test_json_payloads.py compares them)."""
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass  # not the plain case: ``decode`` decides (and names the error)
+    return _full_decode(text)
 
 
 def _bound(value: Any, depth: int) -> int:
@@ -194,7 +237,7 @@ class JsonPayload:
         text, frozen, _, compact = self.parts
         if text is None:
             assert frozen is not None
-            text = (_COMPACT if compact else _DEFAULT).encode(_loads(frozen)).encode()
+            text = (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(_loads(frozen)).encode()
             self.parts = (text, frozen, len(text), compact)
         return text
 
@@ -281,7 +324,7 @@ def _by_marshal(value: Any, frozen: bytes, compact: bool) -> bytes | _Parts:
 
 def _by_text(value: Any, compact: bool) -> _Parts:
     """``kept_of(value, compact)`` by the JSON text (what is not plain JSON, or too deep)."""
-    text = (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    text = (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
     return (text, None, len(text), compact)
 
 
@@ -306,12 +349,12 @@ def encode(payloads: PayloadStore, value: Any, compact: bool) -> JsonPayload | b
     (``compact`` may be passed by position: a keyword argument costs more on every job.)"""
     if getattr(payloads, "takes_json_payloads", False):
         return JsonPayload.of(value, compact)
-    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    return (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
 
 
 def _encode_bytes(value: Any, compact: bool) -> bytes:
     """``encode`` for a store that takes bytes (``path_for``'s: its store told apart once)."""
-    return (_COMPACT if compact else _DEFAULT).encode(value).encode()
+    return (_COMPACT_TEXT if compact else _DEFAULT_TEXT)(value).encode()
 
 
 # The four calls below return the store's own awaitable rather than awaiting it in a
@@ -397,6 +440,16 @@ class StorePath(NamedTuple):
     cannot be read so; ``ValueError``, nothing read, for a key outside ``res:``: the
     engine hands it the key unchecked), when the store offers it (``reads_results_then``,
     ``RedisPayloadStore.get_result_then``); else None."""
+    result_put_then: Callable[[str, Any, Callable[[Any], None]], bool] | None = None
+    """A bytes store's write of a result (``result_put_then(key, data, done)``, ``data``
+    made by this path's ``encode``) whose outcome goes to a callback: ``done(reply)``, a
+    true reply once stored, None if it failed; False if it cannot be written so. When the
+    store offers it (``writes_results_then``, ``RedisPayloadStore.put_result_then``)."""
+    context_at: Callable[[str], Awaitable[bytes]] | None = None
+    """A bytes store's read of the job input a context *pointer* names, in one call
+    (``context_at(ptr)``: ``payloads.get_context(key_from_pointer(ptr))``, the same
+    errors), when the store offers it (``reads_contexts_at``, ``RedisPayloadStore.
+    get_context_at``); else None."""
     input_at_now: Callable[[str], Any] | None = None
     """``context_at_now(ptr).value()`` in one call when the input is an in-process
     snapshot (most job inputs), else None: then read it with ``context_at_now``."""
@@ -421,7 +474,10 @@ def path_for(payloads: PayloadStore) -> StorePath:
     return StorePath(_encode_bytes, partial(get_context, payloads),
                      partial(put_result, payloads), partial(put_context, payloads),
                      partial(get_result, payloads),
-                     result_then=own_call(payloads, "reads_results_then", "get_result_then"))
+                     result_then=own_call(payloads, "reads_results_then", "get_result_then"),
+                     result_put_then=own_call(payloads, "writes_results_then",
+                                              "put_result_then"),
+                     context_at=own_call(payloads, "reads_contexts_at", "get_context_at"))
 
 
 __all__ = [

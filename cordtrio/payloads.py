@@ -83,6 +83,16 @@ def key_from_pointer(ptr: str, prefix: str = "") -> str:
     return check_payload_key(key, prefix, pointer=ptr)
 
 
+def context_key_at(ptr: str) -> str:
+    """``check_payload_key(key_from_pointer(ptr), CONTEXT_PREFIX)``, the key of a job
+    input's pointer, checked once (a worker reads one per job): the same key, and the
+    same errors, as the two calls."""
+    try:
+        return key_from_pointer(ptr, CONTEXT_PREFIX)
+    except PayloadPointerError:  # (the two calls, for their own error)
+        return check_payload_key(key_from_pointer(ptr), CONTEXT_PREFIX)
+
+
 def pointer_problem(ptr: str, prefix: str = "") -> str:
     """Why ``ptr`` is refused (``key_from_pointer``'s message), or ``""`` when it is fine."""
     if (ptr.__class__ is str and len(ptr) > _SHORTEST_POINTER
@@ -104,6 +114,7 @@ __all__ = [
     "RESULT_PREFIX",
     "check_payload_key",
     "context_key",
+    "context_key_at",
     "key_from_pointer",
     "pointer_for_key",
     "pointer_problem",

@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -37,6 +38,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 from ._nursery import open_service_nursery
 from .engine.gc_tuning import long_lived_gc
 from .job import Handler, Job, JobDenied, item_of
+from .json_payloads import JsonPayload
 from .payloads import POINTER_SCHEME, RESULT_PREFIX, key_from_pointer
 from .ports import Bus, JobBus, PayloadStore
 from .protocol import (
@@ -93,9 +95,13 @@ class Worker(WorkerState):
                 if hasattr(submits, "bare_jobs"):  # (``LocalJobInbox``: see ``_slot``)
                     submits.bare_jobs = True
             nursery.start_soon(self._listen_cancels, cancels)
-            task_status.started(self)
-            async with trio.open_nursery() as slots:
-                self._add_slots(submits, slots, 1)  # the others as the jobs need them
+            self._tasks = nursery  # (for results reported by their write's reply)
+            try:
+                task_status.started(self)
+                async with trio.open_nursery() as slots:
+                    self._add_slots(submits, slots, 1)  # the others as the jobs need them
+            finally:
+                self._tasks = None
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -158,7 +164,10 @@ class Worker(WorkerState):
         # (set before the first slot starts; a stand-in saying "not now" without it)
         report_now = reporter.report_now or _not_now
         input_now, read_now = runner.input_now, runner.read_input_now
+        context_at, of_text = runner.context_at, JsonPayload.of_text
         store_now = runner.store_result_now
+        put_then, encode = runner.put_result_then, runner.encode
+        stored = self._stored
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -237,8 +246,12 @@ class Worker(WorkerState):
                             data = {}
                         if data.__class__ is not dict:  # else: the payload, then its value
                             try:  # an in-process store: no await; else the store's own
-                                raw = read_now(ptr) if read_now is not None \
-                                    else await runner.get_context(key_from_pointer(ptr))
+                                if read_now is not None:
+                                    raw = read_now(ptr)
+                                elif context_at is not None:  # by its pointer, in one call
+                                    raw = of_text(await context_at(ptr))
+                                else:
+                                    raw = await runner.get_context(key_from_pointer(ptr))
                             except Exception as exc:  # waited out, or the job's failure
                                 raw = await runner.load_input(request, exc)
                             try:
@@ -269,9 +282,22 @@ class Worker(WorkerState):
                             output = await runner.run_with_deadline(handler, job,
                                                                     deadline_ms)
                         key = RESULT_PREFIX + job_id  # ``result_key``, without the call
-                        try:  # out of process: encoded, then awaited; else in one call
+                        try:  # out of process: encoded, then written; else in one call
                             if store_now is None:
-                                await runner.put_result(key, runner.encode(output, False))
+                                body = encode(output, False)
+                                # reported by the write's reply (``_stored``), the slot
+                                # free for its next job meanwhile; else awaited here. Not
+                                # for a job cancelled already (its handler swallowed it):
+                                # that one is reported cancelled, below.
+                                if put_then is not None and entry.reason is None \
+                                        and put_then(key, body, partial(
+                                            stored, packet.trace_id, job_id, started, key,
+                                            body)):
+                                    # (``finally`` unregisters it)
+                                    if contextvars.copy_context() == clean:
+                                        continue
+                                    break  # the context changed: a clean slot goes on
+                                await runner.put_result(key, body)
                             else:
                                 store_now(key, output)
                         except Exception as exc:  # the encoding's or the store's: told apart
@@ -341,15 +367,6 @@ class Worker(WorkerState):
             if contextvars.copy_context() != clean:
                 clean.run(slots.start_soon, self._slot, submits, slots)  # a clean slot
                 return
-
-    async def _published(self, publishing: Awaitable[None]) -> None:
-        """Await a result's publish (``Reporter.report``): its slot counts as busy
-        meanwhile (``_grow_at``), so a slow bus slows intake."""
-        self._grow_at -= 1
-        try:
-            await publishing
-        finally:
-            self._grow_at += 1
 
 
 def _not_now(result: JobResult) -> bool:

@@ -46,8 +46,11 @@ class JobRunner:
         self.read_input_now = path.context_at_now
         self.store_result_now = path.store_result_now
         self.get_context = path.get_context
+        self.context_at = path.context_at  # a bytes store's read by pointer, else None
         self.encode = path.encode
         self.put_result = path.put_result
+        # a store out of process whose writes may report through a callback (None: await)
+        self.put_result_then = path.result_put_then
 
     async def load_input(self, request: JobRequest, error: Exception
                          ) -> json_payloads.JsonPayload:

@@ -39,6 +39,8 @@ class Reporter:
         self._bus = bus
         # an in-process bus's own delivery, tried before awaiting ``publish`` (``PublishNow``)
         self._publish_now = own_call(bus, "publishes_now", "publish_now")
+        # a result it takes carries its job's acknowledgement (nng): no ``ack`` after it
+        self._ack_after_now = not getattr(bus, "acks_results_now", False)
         self.ack: Callable[[str], None] | None = None
         """The job inbox's ``ack`` on a ``JobBus`` (set once serving starts)."""
         self.report_now: Callable[[JobResult], bool] | None = None
@@ -112,7 +114,7 @@ class Reporter:
             self.not_published(result)
             return None
         ack = self.ack
-        if ack is not None:
+        if ack is not None and self._ack_after_now:
             ack(result.job_id)
         return None
 

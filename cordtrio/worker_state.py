@@ -2,22 +2,28 @@
 
 ``WorkerState`` is the base of ``Worker``: its identity and settings, its counters, the
 registry of the jobs in progress, and their cancellation (``cancel_job``, a job the bus
-took back, ``JobCancel`` messages from ``sys.job.cancel``). Kept apart so that
+took back, ``JobCancel`` messages from ``sys.job.cancel``), and the report of a job whose
+result write answers by callback (``_stored``). Kept apart so that
 ``worker.py`` holds the serving side only: the slot tasks, where every job runs, and
 ``open_worker`` / ``serve_worker``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import trio
 
 from .job import Handler
+from .payloads import POINTER_SCHEME
 from .ports import Bus, PayloadStore
-from .protocol import BusPacket, JobCancel
-from .worker_jobs import JobRunner
+from .protocol import BusPacket, JobCancel, JobResult, JobStatus
+from .worker_jobs import JobFailed, JobRunner
 from .worker_report import Reporter
+
+_SUCCEEDED = JobStatus.SUCCEEDED  # a module global: reading the enum member costs a call
+_new = object.__new__
 
 DEFAULT_PREFETCH = 4
 """Jobs a worker holds beyond ``max_concurrency`` (SPEC §13: a small, bounded prefetch)."""
@@ -84,6 +90,9 @@ class WorkerState:
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
         # cancels out): no frame at all.
         self._now: Callable[[], float] = trio.current_time
+        self._tasks: trio.Nursery | None = None
+        """Where a result whose write failed is written again and reported (``Worker.
+        _stored``): the serving nursery, while the slots run."""
 
     @property
     def succeeded(self) -> int:
@@ -130,6 +139,54 @@ class WorkerState:
         if entry.reason is None:
             entry.reason = "the bus took the job back"
         entry.scope.cancel()
+
+    def _stored(self, trace_id: str, job_id: str, started: float, key: str, body: Any,
+                reply: Any) -> None:
+        """The reply of a job's result write (``put_result_then``): report the job as its
+        slot would have (None: the write failed, and is awaited again: waited out, or the
+        job's failure). Nothing once the worker has stopped serving: the job was not
+        acknowledged, so the bus hands it to another worker."""
+        tasks = self._tasks
+        if tasks is None:
+            return
+        if reply is None:
+            tasks.start_soon(self._store_again, trace_id, job_id, started, key, body)
+            return
+        result = _new(JobResult)  # ``JobResult(job_id, SUCCEEDED, ptr)``, as the slot does
+        result.job_id = job_id
+        result.status = _SUCCEEDED
+        result.result_ptr = POINTER_SCHEME + key
+        result.error_code = result.error_message = ""
+        result.artifact_ptrs = []
+        publishing = self._report(trace_id, started, result)
+        if publishing is not None:
+            tasks.start_soon(self._published, publishing)
+
+    async def _store_again(self, trace_id: str, job_id: str, started: float, key: str,
+                           body: Any) -> None:
+        """A result write that failed (``_stored``), awaited once more, then reported: a
+        store that cannot be reached is waited out, a definite error is the job's."""
+        runner = self._runner
+        try:
+            try:
+                await runner.put_result(key, body)
+            except Exception as exc:
+                await runner.store_result(key, body, job_id, exc)
+            result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
+        except JobFailed as failed:
+            result = failed.result
+        publishing = self._report(trace_id, started, result)
+        if publishing is not None:
+            await self._published(publishing)
+
+    async def _published(self, publishing: Awaitable[None]) -> None:
+        """Await a result's publish (``Reporter.report``): its slot counts as busy
+        meanwhile (``_grow_at``), so a slow bus slows intake."""
+        self._grow_at -= 1
+        try:
+            await publishing
+        finally:
+            self._grow_at += 1
 
     async def _listen_cancels(self, cancels: trio.abc.ReceiveChannel[BusPacket]) -> None:
         """Cancel the jobs that ``JobCancel`` messages on ``sys.job.cancel`` name."""

@@ -399,3 +399,45 @@ def test_a_result_read_as_bytes_is_loaded_as_its_payload_would_be(data: bytes) -
         expected = text
     value = json_payloads.value_or_text_of(data)
     assert value == expected or (value != value and expected != expected)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_c_encoders_text_is_the_encoders_own(compact: bool) -> None:
+    """``_text_of(encoder)`` (its C encoder, called directly) gives ``encoder.encode``'s
+    text for every value, and raises what it raises; a failed encoding leaves nothing
+    behind for the next (a cycle is still told apart from a value seen twice)."""
+    encoder = json.JSONEncoder(separators=(",", ":")) if compact else json.JSONEncoder()
+    text = json_payloads._text_of(encoder)
+    assert text is not encoder.encode  # (the C encoder is there)
+    shared = [1]
+    for value in [*PLAIN, *ODD[:2], "plain", "\u2603", math.nan, -math.inf, 3,
+                  {"twice": [shared, shared]}]:
+        assert text(value) == encoder.encode(value)
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for bad in [object(), {"x": {1, 2}}, [1, b"bytes"], cycle, {"k": {"deep": cycle}}]:
+        with pytest.raises((TypeError, ValueError)) as raised:
+            text(bad)
+        with pytest.raises(type(raised.value)) as expected:
+            encoder.encode(bad)
+        assert str(raised.value) == str(expected.value)
+        assert text({"after": [shared, shared]}) == encoder.encode({"after": [shared, shared]})
+
+
+def test_the_scanned_decode_is_the_decoders_own() -> None:
+    """``_decode`` (the decoder's scanner, called directly on a text with nothing around
+    its value) gives ``JSONDecoder().decode``'s value (``json.loads``' but for its byte
+    order mark check) for every text, and raises what it raises."""
+    decode = json.JSONDecoder().decode
+    texts = [json.dumps(v) for v in PLAIN if not isinstance(v, float)]
+    texts += ['{"a": 1}', ' {"a": 1}', '{"a": 1} ', '{"a": 1}\n', "1", "-0.5",
+              '"s"', "[1, 2]", "{}", "[]", "null", '{"n": 1e400}']
+    for text in texts:
+        assert json_payloads._decode(text) == decode(text) == json.loads(text), text
+    for bad in ["", " ", "{", '{"a": 1} x', '{"a": 1}{}', "nope", '{"a": 1,}', "[1] 2",
+                "\ufeff{}"]:
+        with pytest.raises(ValueError) as raised:
+            json_payloads._decode(bad)
+        with pytest.raises(ValueError) as expected:
+            decode(bad)
+        assert str(raised.value) == str(expected.value)

@@ -92,6 +92,11 @@ class NngBus(OffersPublishNow):
 
     # ------------------------------------------------------------------ Bus
 
+    acks_results_now = True
+    """A worker's result that ``publish_now`` took carries its job's acknowledgement: the
+    worker makes no ``ack`` of its own after it (``Reporter.publish``), which would do
+    nothing (``JobChannel.ack`` of a job riding with its result)."""
+
     def publish_now(self, subject: str, packet: BusPacket) -> bool:
         """``publish`` of a worker's result for a job this client received, without
         waiting for the router's ``puback`` (``ports.PublishNow``): the result carries

@@ -142,8 +142,12 @@ class Subscriptions:
         ``puback`` settles it (``_settle``). False, having done nothing, for any other
         packet or with every in-flight slot taken: then await ``publish``."""
         bus = self._bus
-        job_id, topic = _job_fields(subject, packet)
-        if not job_id or subject != SUBJECT_RESULT or bus.closed:
+        payload = packet.payload  # ``_job_fields`` of a result, without the call
+        if subject != SUBJECT_RESULT or bus.closed or (
+                payload.__class__ is not JobResult and not isinstance(payload, JobResult)):
+            return False
+        job_id = payload.job_id
+        if not job_id:
             return False
         try:
             self._in_flight.acquire_nowait()
@@ -154,7 +158,7 @@ class Subscriptions:
             self._in_flight.release()
             return False
         pid = next(bus._ids)
-        self.pubs[pid] = _Publish(subject, wire, job_id, topic, ride, None)
+        self.pubs[pid] = _Publish(subject, wire, job_id, "", ride, None)
         bus._link.queue(Pending("pub", pid))
         return True
 

@@ -146,8 +146,9 @@ class Inbox(trio.abc.ReceiveChannel[BusPacket]):
 class JobChannel:
     """A worker's job inbox on an nng bus client (the ``JobInbox`` port).
 
-    Jobs arrive (``put``) at most ``capacity`` unacknowledged at once; ``receive`` hands
-    them out in order and remembers them as *received* until ``ack``. When the client's
+    Jobs arrive (``put``) at most ``capacity`` unacknowledged at once; ``receive`` (or a
+    reader's own ``ready.popleft()``) hands them out in order, each *received* until
+    ``ack``. When the client's
     connection is reset, the router takes back every job it had delivered on it: ``reset``
     calls ``on_lost`` for each received, unacknowledged one (the worker stops it without
     reporting) and forgets those not received yet, which are never returned.
@@ -157,7 +158,14 @@ class JobChannel:
         self.cid = cid
         self.topics = topics
         self.capacity = capacity
-        self._items: deque[tuple[str, BusPacket]] = deque()
+        self._items: deque[BusPacket] = deque()
+        self.ready = self._items
+        """The jobs delivered and not taken yet, in order: a reader may take one with
+        ``popleft`` itself, as ``receive_nowait`` would (a worker's slot, a burst of jobs
+        taken without a call each; ``Worker._slot``)."""
+        # delivered and not acknowledged (a job counts as received from its delivery on:
+        # one taken from ``ready`` is the reader's without a call; ``reset`` tells those
+        # still buffered apart)
         self._received: set[str] = set()
         # received, their result on its way with their ack: True once its ``pub`` carries it
         # (None: queued by ``publish_now``, before its ``pub`` is written)
@@ -179,19 +187,22 @@ class JobChannel:
     @property
     def held(self) -> int:
         """Jobs delivered on the current connection and not acknowledged."""
-        return len(self._items) + len(self._received) + len(self._riding)
+        return len(self._received) + len(self._riding)
 
     def put(self, job_id: str, packet: BusPacket) -> None:
+        """A job delivered (``packet.payload`` is its ``JobRequest``, ``job_id`` its id)."""
         if self._closed or self._ended:
             return
-        self._items.append((job_id, packet))
+        self._received.add(job_id)
+        self._items.append(packet)
         self._lot.unpark()
 
     def reset(self) -> list[str]:
         """The connection these jobs came on is gone: drop what was not received, report
         what was received and not acknowledged to ``on_lost``; return those ids."""
+        buffered = {packet.payload.job_id for packet in self._items}  # type: ignore[union-attr]
         self._items.clear()
-        lost = sorted(self._received | self._riding.keys())
+        lost = sorted((self._received - buffered) | self._riding.keys())
         self._received.clear()
         self._riding.clear()
         if self.on_lost is not None:
@@ -208,9 +219,7 @@ class JobChannel:
 
     def receive_nowait(self) -> BusPacket:
         if self._items:
-            job_id, packet = self._items.popleft()
-            self._received.add(job_id)
-            return packet
+            return self._items.popleft()
         if self._closed or self._ended:
             raise trio.EndOfChannel
         raise trio.WouldBlock

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from cordtrio.errors import NotFoundError
-from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key
+from cordtrio.payloads import CONTEXT_PREFIX, RESULT_PREFIX, check_payload_key, context_key_at
 
 from .adapter import RedisAdapter
 
@@ -89,6 +89,18 @@ class RedisPayloadStore:
             return kept
         return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
 
+    async def get_context_at(self, ptr: str) -> bytes:
+        """``get_context(key_from_pointer(ptr))`` (the same answers and errors) in one call,
+        the key checked once: a worker's read of each job's input (``json_payloads.
+        StorePath.context_at``; tests/redis/test_redis_payloads.py compares the two)."""
+        key = context_key_at(ptr)
+        self._reads_contexts = True
+        kept = self._take_kept(key)
+        if kept is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return kept
+        return _found(key, await self._redis.call_plain("get payload", key, "get", (key,), {}))
+
     async def put_result(self, key: str, data: bytes) -> None:
         await self._put_kept(check_payload_key(key, RESULT_PREFIX), data, self._reads_results)
 
@@ -106,10 +118,37 @@ class RedisPayloadStore:
     overrides ``get_result`` but not ``get_result_then`` (to count or fail reads: the
     engine's reads then all go through the method it overrides)."""
 
+    reads_contexts_at = True
+    """``get_context_at`` is offered (``json_payloads.path_for``). False in a subclass that
+    overrides ``get_context`` but not ``get_context_at``."""
+
+    writes_results_then = True
+    """``put_result_then`` is offered (``json_payloads.path_for``). False in a subclass
+    that overrides ``put_result`` but not ``put_result_then``."""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "get_result" in cls.__dict__ and "get_result_then" not in cls.__dict__:
             cls.reads_results_then = False
+        if "put_result" in cls.__dict__ and "put_result_then" not in cls.__dict__:
+            cls.writes_results_then = False
+        if "get_context" in cls.__dict__ and "get_context_at" not in cls.__dict__:
+            cls.reads_contexts_at = False
+
+    def put_result_then(self, key: str, data: bytes, done: Callable[[Any], None]) -> bool:
+        """``put_result`` whose outcome is handed to ``done`` rather than awaited: a true
+        reply once stored, None when the write failed (write it again with ``put_result``
+        for the error). For a worker that reports a job once its result is stored without
+        its slot waiting for the write (``Worker._stored``): the reply of the batched
+        ``SET`` calls ``done``, from the batcher's sender. False, with nothing written and
+        ``done`` never called, when writes are not batched, or when this store keeps what
+        it writes for its own reads (an engine reads results through it: ``put_result``
+        remembers them). ``PayloadPointerError`` for a key outside ``res:``."""
+        key = check_payload_key(key, RESULT_PREFIX)
+        if self._reads_results or data.__class__ is not bytes:
+            return False
+        return self._redis.call_then("put payload", key, "set", (key, data, self.ttl_seconds),
+                                     done)
 
     def get_result_then(self, key: str, done: Callable[[bytes | None], None]) -> bool:
         """``get_result`` whose answer is handed to ``done`` rather than awaited: the

@@ -150,10 +150,17 @@ def set_ex_args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[Any, ...] | None:
     """The ``EVALSHA`` arguments of ``SET_EX_SCRIPT`` doing the call ``client.<method>(*args,
     **kwargs)`` if it is a ``SET key value ex=<seconds>`` (whose reply, ``OK``, the caller
-    gets as ``True``, as redis-py gives it); else None."""
-    if method != "set" or len(args) != 2 or len(kwargs) != 1:
+    gets as ``True``, as redis-py gives it); else None. The TTL may also come third by
+    position, with no keyword argument (a write whose reply goes to a callback,
+    ``RedisPayloadStore.put_result_then``: ``call_then`` takes none)."""
+    if method != "set":
         return None
-    ex = kwargs.get("ex")
+    if len(args) == 3 and not kwargs:
+        ex = args[2]
+    elif len(args) == 2 and len(kwargs) == 1:
+        ex = kwargs.get("ex")
+    else:
+        return None
     if type(ex) is not int or ex <= 0:  # an invalid TTL fails alone, with SET's own error
         return None
     return (SET_EX_SHA, 1, args[0], args[1], COUNTS[ex])  # the TTL as text: packed as is

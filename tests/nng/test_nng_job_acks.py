@@ -96,6 +96,27 @@ def test_a_job_channel_takes_an_acknowledgement_riding_back_when_its_result_fail
     assert channel.held == 0 and not channel.riding("b")
 
 
+def test_a_job_taken_from_ready_is_received_and_a_buffered_one_is_not_lost() -> None:
+    """A reader may take a job with ``ready.popleft()`` (a worker's slot) as with
+    ``receive_nowait``: received from then on (acknowledged, riding, lost on a reset);
+    one still buffered at a reset is forgotten, not lost (it never started)."""
+    channel = JobChannel(1, frozenset({"job.a"}), 4)
+    sent: list[str] = []
+    lost: list[str] = []
+    channel.on_ack, channel.on_lost = sent.append, lost.append
+    for n in ("a", "b", "c", "d"):
+        channel.put(f"r:{n}@1", job(f"r:{n}@1"))
+    assert channel.buffered == 4 and channel.held == 4
+    assert channel.ready.popleft().payload.job_id == "r:a@1"
+    assert channel.receive_nowait().payload.job_id == "r:b@1"
+    assert channel.ready.popleft().payload.job_id == "r:c@1"
+    channel.ack("r:a@1")
+    assert sent == ["r:a@1"] and channel.held == 3
+    assert channel.ride("r:b@1")
+    assert channel.reset() == ["r:b@1", "r:c@1"] and lost == ["r:b@1", "r:c@1"]
+    assert channel.buffered == 0 and channel.held == 0
+
+
 def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_own() -> None:
     """``ack`` while the result's ``pub`` waits to be written: the ``pub`` no longer
     carries the acknowledgement, so ``ack`` sends it; once the ``pub`` carries it, ``ack``

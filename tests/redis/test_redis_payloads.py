@@ -324,3 +324,115 @@ def test_a_subclass_that_overrides_get_result_gets_every_result_read() -> None:
     assert RedisPayloadStore.reads_results_then is True
     assert Counting.reads_results_then is False
     assert Both.reads_results_then is True
+
+
+async def _write_then(store: RedisPayloadStore, key: str, data: bytes
+                      ) -> tuple[bool, list[Any]]:
+    """``put_result_then(key, data)``: whether it started, and what its callback got."""
+    import trio
+
+    got: list[Any] = []
+    answered = trio.Event()
+
+    def done(reply: Any) -> None:
+        got.append(reply)
+        answered.set()
+
+    started = store.put_result_then(key, data, done)
+    if started:
+        with trio.fail_after(10):
+            await answered.wait()
+    return started, got
+
+
+async def test_a_result_write_then_hands_sets_reply_to_its_callback(
+        redis: RedisBackends) -> None:
+    """What a worker's slot does not wait for: a true reply once the result is stored,
+    with its TTL, as ``put_result`` stores it; concurrent writes merged in one script call.
+    Not offered by a store that reads results (it keeps what it writes)."""
+    import trio
+
+    store = RedisPayloadStore(redis.redis)  # a worker's own: it reads no results
+    started, got = await _write_then(store, "res:w", b'{"a": 1}')
+    assert started and got and got[0]
+    assert await read_from_redis(redis, "res:w") == b'{"a": 1}'
+    ttl = await redis.redis.run("ttl", lambda c: c.ttl("res:w"))
+    assert 0 < ttl <= store.ttl_seconds  # type: ignore[operator]
+    counter = CommandCounter(redis.redis)
+    replies: dict[int, Any] = {}
+    for i in range(3):
+        assert store.put_result_then(f"res:w{i}", b"%d" % i,
+                                     lambda reply, i=i: replies.__setitem__(i, reply))
+    with trio.fail_after(10):
+        while len(replies) < 3:
+            await trio.sleep(0.001)
+    assert all(replies.values())
+    assert counter.counts["set"] == 0 and counter.counts["evalsha"] == 1
+    counter.close()
+    for i in range(3):
+        assert await read_from_redis(redis, f"res:w{i}") == b"%d" % i
+    forever = RedisPayloadStore(redis.redis, ttl_seconds=None)
+    assert (await _write_then(forever, "res:f", b"f"))[0]
+    assert await redis.redis.run("ttl", lambda c: c.ttl("res:f")) == -1  # no expiry
+    with pytest.raises(ValueError):
+        store.put_result_then("secret:token", b"x", lambda reply: None)
+    reader = redis.payloads
+    with pytest.raises(NotFoundError):
+        await reader.get_result("res:none")  # reads results from now on: keeps its writes
+    assert await _write_then(reader, "res:r", b"r") == (False, [])
+
+
+async def test_no_result_is_written_then_once_the_connection_closed() -> None:
+    import fakeredis
+
+    from cordtrio.backends.redis import connect
+
+    async with connect("fakeredis", client=fakeredis.FakeAsyncRedis(
+            server=fakeredis.FakeServer())) as backends:
+        store = RedisPayloadStore(backends.redis)
+    assert await _write_then(store, "res:late", b"x") == (False, [])
+
+
+def test_a_subclass_that_overrides_put_result_gets_every_result_write() -> None:
+    class Counting(RedisPayloadStore):
+        async def put_result(self, key: str, data: bytes) -> None:
+            await super().put_result(key, data)
+
+    assert RedisPayloadStore.writes_results_then is True
+    assert Counting.writes_results_then is False
+
+
+@pytest.mark.parametrize("ptr", [
+    "redis://ctx:j1", "ctx:j1", "redis://ctx:missing", "redis://res:j1", "res:j1",
+    "redis://ctx:", "redis://ctx:j1 ", " redis://ctx:j1", "redis://ctx:a\nb", "redis://",
+    "", "secret:token", "redis://secret:token", "redis://ctx:j1\x00",
+])
+async def test_a_job_input_read_by_its_pointer_is_the_keys_read(
+        redis: RedisBackends, ptr: str) -> None:
+    """``get_context_at(ptr)`` (a worker's read, the key checked once) answers and fails
+    as ``get_context(key_from_pointer(ptr))`` does."""
+    from cordtrio.payloads import key_from_pointer
+
+    store = RedisPayloadStore(redis.redis)
+    await store.put_context("ctx:j1", b'{"in": 1}')
+    await store.put_result("res:j1", b'{"out": 1}')
+
+    async def general() -> bytes:
+        return await store.get_context(key_from_pointer(ptr))
+
+    outcomes = []
+    for read in (lambda: store.get_context_at(ptr), general):
+        try:
+            outcomes.append(("value", await read()))
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_subclass_that_overrides_get_context_gets_every_input_read() -> None:
+    class Counting(RedisPayloadStore):
+        async def get_context(self, key: str) -> bytes:
+            return await super().get_context(key)
+
+    assert RedisPayloadStore.reads_contexts_at is True
+    assert Counting.reads_contexts_at is False

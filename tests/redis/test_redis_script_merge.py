@@ -190,6 +190,9 @@ async def test_payload_writes_ride_in_the_merged_script(redis: RedisBackends) ->
     (("k", b"v"), {"ex": 0}, False),  # refused by the server: fails alone, as itself
     (("k", b"v"), {"ex": 60, "nx": True}, False),
     (("k", b"v"), {"px": 60}, False),
+    (("k", b"v", 60), {}, True),  # the TTL by position (``put_result_then``)
+    (("k", b"v", None), {}, False),
+    (("k", b"v", 60), {"nx": True}, False),
 ])
 def test_only_plain_payload_writes_merge(args: tuple[Any, ...], kwargs: dict[str, Any],
                                          merged: bool) -> None:

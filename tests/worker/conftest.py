@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from worker_kit import BytesPayloads, ThenPayloads
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
 
@@ -20,18 +21,12 @@ class AwaitedPayloads(MemoryPayloadStore):
     calls_now = False
 
 
-class BytesPayloads(MemoryPayloadStore):
-    """The memory payload store taking bytes only (``takes_json_payloads``): a worker
-    encodes and decodes every payload itself, as with the Redis store."""
-
-    takes_json_payloads = False
-
-
-@pytest.fixture(params=[MemoryPayloadStore, AwaitedPayloads, BytesPayloads],
-                ids=["in-process", "awaited", "bytes"])
+@pytest.fixture(params=[MemoryPayloadStore, AwaitedPayloads, BytesPayloads, ThenPayloads],
+                ids=["in-process", "awaited", "bytes", "then"])
 def payloads(request: pytest.FixtureRequest) -> MemoryPayloadStore:
     """A worker reads its input and stores its result in one call each when the store is
-    in its process, by the awaited calls otherwise, by bytes with a store of bytes: every
-    worker test runs each way, so the ways cannot drift apart."""
+    in its process, by the awaited calls otherwise, by bytes with a store of bytes, and
+    reports a result from its write's callback with a store that offers one: every worker
+    test runs each way, so the ways cannot drift apart."""
     store: MemoryPayloadStore = request.param()
     return store

@@ -18,6 +18,7 @@ from trio.testing import MockClock
 from worker_kit import (
     TOPIC,
     WAIT,
+    ThenPayloads,
     assert_no_more_results,
     echo,
     make_request,
@@ -448,6 +449,9 @@ async def _reported(bus: MemoryBus, payloads: MemoryPayloadStore, bare: bool
                 await trio.sleep(0.01)
         counters = (worker.handled, worker.succeeded, worker.failed)
         assert bus.jobs.held == 0  # every job acknowledged
+    # in the jobs' order (a result reported by its write's reply may come after a later
+    # job's failure)
+    got.sort(key=lambda entry: entry[-1].job_id)
     return got, counters
 
 
@@ -497,3 +501,64 @@ async def test_the_slot_reports_what_reporter_report_reports(
         assert bus.jobs.held == 0  # every job acknowledged
     assert got == [result for _, result in slot_got]
     assert (reporter.succeeded, reporter.failed) == slot_counters[1:]
+
+
+# ------------------------------------------------- a result reported by its write's reply
+
+
+async def test_a_result_write_reported_by_its_reply_that_fails_is_written_again(
+    bus: MemoryBus, autojump_clock: MockClock
+) -> None:
+    """A result write whose outcome goes to a callback (``put_result_then``) and fails is
+    written again, awaited: backend trouble is waited out (the job succeeds), a definite
+    error is the job's failure; the worker goes on either way."""
+    class FlakyThen(ThenPayloads):
+        outcomes = {"res:r:a@1": [OSError("connection reset"), OSError("connection reset")],
+                    "res:r:b@1": [ValidationError("payload res:r:b@1: too large")] * 3}
+
+        async def put_result(self, key: str, data: bytes) -> None:
+            if self.outcomes.get(key):
+                raise self.outcomes[key].pop(0)
+            await super().put_result(key, data)
+
+    FlakyThen.writes_results_then = True  # its callback writes still used
+    payloads = FlakyThen()
+    async with results(bus) as channel, open_worker(bus, payloads, {TOPIC: echo}) as worker:
+        await submit(bus, make_request("r:a@1"))
+        first = await next_result(channel)
+        await submit(bus, make_request("r:b@1"))
+        second = await next_result(channel)
+        await submit(bus, make_request("r:c@1"))
+        third = await next_result(channel)
+    assert first.status == JobStatus.SUCCEEDED  # the first write's reply, then twice down
+    assert json.loads(await payloads.get_result(result_key("r:a@1"))) == {"echo": {}}
+    assert (second.status, second.error_code) == (JobStatus.FAILED, "ValidationError")
+    assert third.status == JobStatus.SUCCEEDED
+    assert (worker.handled, worker.succeeded, worker.failed) == (3, 2, 1)
+
+
+async def test_a_result_written_after_the_worker_left_is_not_reported(
+    autojump_clock: MockClock
+) -> None:
+    """A result whose write's reply comes once the worker has left is not reported: its
+    job was never acknowledged, so the bus hands it to another worker."""
+    class SlowThen(ThenPayloads):
+        async def _write_then(self, key: str, data: bytes, done: Callable[[Any], None]
+                              ) -> None:
+            await trio.sleep(10)
+            await super()._write_then(key, data, done)
+
+    bus = MemoryBus()
+    payloads = SlowThen()
+    async with results(bus) as channel:
+        async with open_worker(bus, payloads, {TOPIC: echo}) as worker:
+            await submit(bus, make_request("r:a@1"))
+            await trio.sleep(1)  # run, its result being written
+        await trio.sleep(20)  # written now, the worker gone
+        await assert_no_more_results(channel)
+        assert bus.jobs.owns("r:a@1")  # not acknowledged: still the bus's
+    assert worker.handled == 0
+    async with results(bus) as channel, open_worker(bus, MemoryPayloadStore(),
+                                                    {TOPIC: echo}):
+        again = await next_result(channel)  # another worker runs it
+    assert (again.job_id, again.status) == ("r:a@1", JobStatus.SUCCEEDED)

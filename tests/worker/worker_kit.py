@@ -5,7 +5,7 @@ clock, so a result that never comes fails fast instead of hanging)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +13,13 @@ import pytest
 import trio
 
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
-from cordtrio.payloads import context_key, pointer_for_key
+from cordtrio.payloads import (
+    RESULT_PREFIX,
+    check_payload_key,
+    context_key,
+    key_from_pointer,
+    pointer_for_key,
+)
 from cordtrio.protocol import (
     SUBJECT_RESULT,
     SUBJECT_SUBMIT,
@@ -82,3 +88,36 @@ async def assert_no_more_results(channel: trio.abc.ReceiveChannel[BusPacket]) ->
 async def echo(job: Job) -> dict[str, Any]:
     return {"echo": job.input}
 
+
+class BytesPayloads(MemoryPayloadStore):
+    """The memory payload store taking bytes only (``takes_json_payloads``): a worker
+    encodes and decodes every payload itself, as with the Redis store."""
+
+    takes_json_payloads = False
+
+
+class ThenPayloads(BytesPayloads):
+    """``BytesPayloads`` whose result writes report to a callback (``put_result_then``,
+    as ``RedisPayloadStore``'s), and whose job inputs are read by their pointer
+    (``get_context_at``, as its): a worker's slot goes on without waiting for the write,
+    and the job is reported by the callback (``Worker._stored``). The write is done by a
+    task of its own, later; a write that fails hands None to the callback."""
+
+    writes_results_then = True
+    reads_contexts_at = True  # and reads a job's input by its pointer, in one call
+
+    async def get_context_at(self, ptr: str) -> bytes:
+        return await self.get_context(key_from_pointer(ptr))
+
+    def put_result_then(self, key: str, data: bytes, done: Callable[[Any], None]) -> bool:
+        check_payload_key(key, RESULT_PREFIX)
+        trio.lowlevel.spawn_system_task(self._write_then, key, data, done)
+        return True
+
+    async def _write_then(self, key: str, data: bytes, done: Callable[[Any], None]) -> None:
+        try:
+            await self.put_result(key, data)
+        except Exception:
+            done(None)
+        else:
+            done(True)
