@@ -70,7 +70,6 @@ from cordtrio.errors import CordtrioError, StoreError
 
 from . import reply_watch
 from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
-from .loop_tuning import after_trio_tasks
 from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, Member, MergedScripts, set_ex_args
 
@@ -88,10 +87,6 @@ at once. Small enough that the engine works on the replies of one pipeline while
 server runs the next: with hundreds of runs in step, one pipeline carrying every command
 of a tick left the engine idle for the server's whole turn (W1 on Redis, 1,500 runs,
 alternated: ~13 % more steps/s at 64 than at 1,000, a few more hops per step)."""
-
-
-AFTER_CALLERS = True
-"""A sender that woke callers with its replies takes the queue only once they ran."""
 
 
 class _Call:
@@ -261,11 +256,8 @@ class CommandBatcher:
                 del self._queue[:MAX_BATCH]
                 if self._queue:
                     self._wake()  # the rest: another sender's pipeline
-                if batch and await self._send(batch) and self._queue and AFTER_CALLERS \
-                        and not self._eager:
-                    after = after_trio_tasks(self._loop)
-                    if after is not None:
-                        await after
+                if batch:
+                    await self._send(batch)
         finally:
             if watch is not None:
                 watch.close()
@@ -286,9 +278,8 @@ class CommandBatcher:
         for c in batch:
             c.fail(StoreError(f"redis {url}: {c.what}: connection closing (key {c.key!r})"))
 
-    async def _send(self, batch: list[_Call]) -> bool:
-        """Send ``batch`` (asyncio side) and wake each caller with its reply or error; True
-        if it woke a caller with a reply."""
+    async def _send(self, batch: list[_Call]) -> None:
+        """Send ``batch`` (asyncio side) and wake each caller with its reply or error."""
         redis = self._redis
         first = batch[0]
         try:
@@ -313,17 +304,14 @@ class CommandBatcher:
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.fail(redis._final_error(exc, c.what, c.key))
-            return False
         except Exception as exc:  # not a backend error (a bug): every caller gets it, as
             for c in batch:       # it would alone; the batcher (and the connection) live on
                 c.fail(exc)
-            return False
         except BaseException:  # CancelledError: the connection is closing
             self._fail_closing(batch)
             raise
         else:
             reschedule = trio.lowlevel.reschedule
-            woke = False
             for c, reply in zip(calls, replies, strict=True):
                 task = c.task  # inline, once per call of every batch: a reply wakes its caller
                 if task is None:  # cancelled: stopped waiting; or a callback's
@@ -331,7 +319,6 @@ class CommandBatcher:
                         c.answer(reply)  # type: ignore[attr-defined]
                     continue
                 c.task = None
-                woke = True
                 if not isinstance(reply, Exception):
                     reschedule(task, Value(reply))
                 elif isinstance(reply, rx.NoScriptError):
@@ -339,7 +326,6 @@ class CommandBatcher:
                 else:
                     reschedule(task, Error(reply if isinstance(reply, CordtrioError)
                                            else redis.translate(reply, c.what, c.key)))
-            return woke
 
     def _merge(self, batch: list[_Call]) -> tuple[list[_Group], list[_Call]]:
         """The calls of ``batch`` that go as one command (two or more of a kind): the

@@ -54,14 +54,8 @@ def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> Non
     alarm = _TimerAlarm(loop)
     nursery.start_soon(alarm.run)
     loop._q_recv = held  # ``one`` takes what ``main_loop_one`` received from here first
-    after_tasks: list[asyncio.Future[None]] = []
-    loop.cordtrio_after_tasks = after_tasks  # ``after_trio_tasks``
-    checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
     async def main_loop_one(no_wait: bool = False) -> None:
-        if after_tasks and not no_wait:
-            await _let_trio_tasks_run(after_tasks, checkpoint)
-            no_wait = bool(queued)  # (the callbacks of the futures it resolved)
         if not no_wait and held.item is None and not (timers and timers[0]._when
                                                       <= loop.time()):
             if timers:
@@ -74,31 +68,6 @@ def run_ready_callbacks_per_tick(loop: Any, budget: int = DRAIN_PER_TICK) -> Non
             await one(True)
 
     loop._main_loop_one = main_loop_one
-
-
-async def _let_trio_tasks_run(after_tasks: list[asyncio.Future[None]], checkpoint: Any
-                              ) -> None:
-    """Resolve the futures of ``after_tasks`` once every Trio task runnable now has run:
-    the loop's task yields twice (Trio runs a batch of runnable tasks in either order, so
-    after one yield it may run before them; after two, it runs after all of them)."""
-    await checkpoint()
-    await checkpoint()
-    futures = after_tasks[:]
-    after_tasks.clear()
-    for future in futures:
-        if not future.done():  # (cancelled: its task is stopping)
-            future.set_result(None)
-
-
-def after_trio_tasks(loop: Any) -> asyncio.Future[None] | None:
-    """A future of ``loop`` (tuned by ``run_ready_callbacks_per_tick``) resolved once every
-    Trio task runnable now has had its turn; None on a loop left as it was."""
-    after_tasks = getattr(loop, "cordtrio_after_tasks", None)
-    if after_tasks is None:
-        return None
-    future: asyncio.Future[None] = loop.create_future()
-    after_tasks.append(future)
-    return future
 
 
 class _HeldBack:
@@ -194,5 +163,5 @@ def check_callbacks_as_asyncio_does(loop: Any) -> None:
     loop._check_callback = check_callback
 
 
-__all__ = ["DRAIN_PER_TICK", "after_trio_tasks", "check_callbacks_as_asyncio_does",
-           "run_ready_callbacks_per_tick", "watch_fds_without_synchronizing"]
+__all__ = ["DRAIN_PER_TICK", "check_callbacks_as_asyncio_does", "run_ready_callbacks_per_tick",
+           "watch_fds_without_synchronizing"]
