@@ -283,24 +283,25 @@ class CommandBatcher:
         redis = self._redis
         first = batch[0]
         try:
-            groups, calls = (self._merge(batch) if len(batch) > 1 or first.method == "script"
-                             else ([], batch))
-            if groups:  # each group as its one command (the kind is its method), first
-                commands = [(g.kind, g.args, _NO_KWARGS) for g in groups]
-                commands += [(c.method, c.args, c.kwargs) for c in calls]
-            else:
-                calls = batch
-                commands = [(c.method, c.args, c.kwargs) for c in batch]
+            units: list[_Call | _Group] | list[_Call] = (
+                self._merge(batch) if len(batch) > 1 or first.method == "script" else batch)
+            commands = [(u.kind, u.args, _NO_KWARGS) if isinstance(u, _Group)
+                        else (u.method, u.args, u.kwargs) for u in units]
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
                                             commands)
-            if groups:
-                merged, replies = replies[:len(groups)], replies[len(groups):]
-                for group, reply in zip(groups, merged, strict=True):
-                    calls += group.members
-                    if group.kind == "evalsha":
-                        replies += await self._split_scripts(group, reply)
+            calls = batch
+            if units is not batch:  # merged: each member's reply split out of its group's
+                calls, merged, replies = [], replies, []
+                for unit, reply in zip(units, merged, strict=True):
+                    if isinstance(unit, _Group):
+                        calls += unit.members
+                        if unit.kind == "evalsha":
+                            replies += await self._split_scripts(unit, reply)
+                        else:
+                            replies += await self._split_gets(unit, reply)
                     else:
-                        replies += await self._split_gets(group, reply)
+                        calls.append(unit)
+                        replies.append(reply)
         except _BACKEND_ERRORS as exc:
             for c in batch:
                 c.fail(redis._final_error(exc, c.what, c.key))
@@ -327,60 +328,74 @@ class CommandBatcher:
                     reschedule(task, Error(reply if isinstance(reply, CordtrioError)
                                            else redis.translate(reply, c.what, c.key)))
 
-    def _merge(self, batch: list[_Call]) -> tuple[list[_Group], list[_Call]]:
-        """The calls of ``batch`` that go as one command (two or more of a kind): the
-        store's scripts as one ``EVALSHA``, plain ``GET``s as one ``MGET``; and the calls
-        sent as they are. The merged calls go first, then the others in the batch's order
-        (a caller's calls can meet in one batch: one cancelled while its call was queued
-        may make the next, and Redis must apply them in the order they were made)."""
+    def _merge(self, batch: list[_Call]) -> list[_Call | _Group]:
+        """What ``batch`` is sent as, in order: the calls that go as one command (the
+        store's scripts and payload ``SET``s as one ``EVALSHA``, plain ``GET``s as one
+        ``MGET``) and the calls sent as they are. A caller's calls can meet in one batch
+        (one cancelled while its call was queued may make the next), and Redis must apply
+        them in the order they were made: calls are merged only between two calls sent
+        as they are (``_segment``), never across one."""
+        units: list[_Call | _Group] = []
+        start = 0
+        for i, c in enumerate(batch):
+            if not self._mergeable(c):
+                if i > start:
+                    self._segment(batch[start:i], units)
+                units.append(c)
+                start = i + 1
+        if start < len(batch):
+            self._segment(batch[start:] if start else batch, units)
+        return units
+
+    def _mergeable(self, c: _Call) -> bool:
+        """Whether ``c`` can go in a merged command (``_segment``)."""
+        method = c.method
+        if method == "script":
+            return True
+        if method == "get":
+            return len(c.args) == 1 and not c.kwargs
+        if method == "evalsha":
+            return c.args[0] in self._scripts.numbers  # ``scripts.mergeable``
+        return method == "set" and SET_EX_SHA in self._scripts.numbers and \
+            set_ex_args(method, c.args, c.kwargs) is not None
+
+    def _segment(self, calls: list[_Call], units: list[_Call | _Group]) -> None:
+        """Mergeable ``calls`` (no call sent as it is between them) as units: their
+        scripts and ``SET``s as one ``EVALSHA`` (a ``script`` call always: it has no
+        ``EVALSHA`` of its own), then their ``GET``s as one ``MGET``; a lone ``EVALSHA``,
+        ``SET`` or ``GET`` as it is. The writes go before the reads: a read
+        moved after a write is another caller's (concurrent with it) or a cancelled one's
+        (nobody reads its reply)."""
         scripts = self._scripts
         evals: list[_Call] = []
         members: list[Member] = []
         sets: list[int] = []  # which of evals are payload SETs (their reply: True)
         gets: list[_Call] = []
-        rest: list[_Call] = []
-        numbers = scripts.numbers
-        merge_sets = SET_EX_SHA in numbers
-        scripted = False  # a ``script`` call: merged even alone (it has no EVALSHA of its own)
-        for c in batch:
+        scripted = False
+        for c in calls:
             method = c.method
             if method == "script":
-                evals.append(c)
-                members.append(c.args)  # type: ignore[arg-type]  # (number, keys, args)
                 scripted = True
+                members.append(c.args)  # type: ignore[arg-type]  # (number, keys, args)
+            elif method == "get":
+                gets.append(c)
                 continue
-            if method == "get":
-                if len(c.args) == 1 and not c.kwargs:
-                    gets.append(c)
-                    continue
             elif method == "evalsha":
-                if c.args[0] in numbers:  # ``scripts.mergeable``
-                    evals.append(c)
-                    members.append(scripts.member(c.args))
-                    continue
-            elif method == "set" and merge_sets:
+                members.append(scripts.member(c.args))
+            else:  # a payload ``SET``
+                sets.append(len(evals))
                 args = set_ex_args(method, c.args, c.kwargs)
-                if args is not None:
-                    sets.append(len(evals))
-                    evals.append(c)
-                    members.append(scripts.member(args))
-                    continue
-            rest.append(c)
-        groups: list[_Group] = []
-        lone_eval = len(evals) == 1 and not scripted
-        if evals and not lone_eval:
-            groups.append(_Group(evals, scripts.merged_args(members), "evalsha", sets))
+                assert args is not None  # (``_mergeable``)
+                members.append(scripts.member(args))
+            evals.append(c)
+        if len(evals) > 1 or scripted:
+            units.append(_Group(evals, scripts.merged_args(members), "evalsha", sets))
         else:
-            rest += evals
+            units += evals  # a lone EVALSHA or SET, as it is
         if len(gets) > 1:
-            groups.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
+            units.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
         else:
-            rest += gets
-        if len(rest) > 1 and (lone_eval or len(gets) == 1):
-            # a lone call of a mergeable kind was put last: back to its place
-            merged = {id(c) for g in groups for c in g.members}
-            rest = [c for c in batch if id(c) not in merged]
-        return groups, rest
+            units += gets
 
     async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
         """Each script call's reply; the merged script sent once more after loading it if

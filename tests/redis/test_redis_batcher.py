@@ -437,26 +437,50 @@ async def test_a_lone_call_is_sent_as_it_is_as_the_general_path_would(
     assert MERGED.mergeable("evalsha", (sha,))  # a kind the batcher merges
     for method, args, kwargs in [("get", ("k",), {}), ("set", ("k", b"v"), {"ex": 60}),
                                  ("evalsha", (sha, 1, "k", "owner"), {})]:
-        assert batcher._merge([_Call("w", "k", method, args, kwargs)])[0] == []
+        call = _Call("w", "k", method, args, kwargs)
+        assert batcher._merge([call]) == [call]
     await redis.payloads.put_result("res:lone", b"lone")
     assert await redis.payloads.get_result("res:lone") == b"lone"
 
 
+def _sent(units: list[Any]) -> list[Any]:
+    """``_merge``'s units as what is sent: a group by its kind and members' methods."""
+    return [(u.kind, [m.method for m in u.members]) if hasattr(u, "members") else u.method
+            for u in units]
+
+
 async def test_calls_not_merged_go_in_the_order_they_were_made(
         redis: RedisBackends) -> None:
-    """A lone call of a mergeable kind is sent where it stood among the calls not merged: a
-    caller cancelled while its ``SET`` was queued may delete the key next, in the same batch,
-    and the key must not come back."""
+    """Calls are merged only between two calls sent as they are, never across one: a caller
+    cancelled while its ``SET`` was queued may delete the key next, in the same batch, and
+    the key must not come back; nor may a delete made first remove a later ``SET`` or be
+    applied after the caller's next script call (a store script call goes as a merged
+    ``EVALSHA`` even alone, in its place)."""
     from cordtrio.backends.redis.batcher import _Call
+    from cordtrio.backends.redis.leases import RELEASE_SCRIPT
+    from cordtrio.backends.redis.script_merge import MERGED
 
     batcher: Any = redis.redis._batcher
+    number = MERGED.by_source[RELEASE_SCRIPT]
     batch = [_Call("w", "a", "get", ("a",), {}),
              _Call("w", "res:k", "set", ("res:k", b"v"), {"ex": 60}),
              _Call("w", "res:k", "delete", ("res:k",), {}),
              _Call("w", "b", "get", ("b",), {})]
-    groups, rest = batcher._merge(batch)
-    assert [g.kind for g in groups] == ["mget"]
-    assert [c.method for c in rest] == ["set", "delete"]
+    assert _sent(batcher._merge(batch)) == ["set", "get", "delete", "get"]
+    batch = [_Call("w", "k", "delete", ("k",), {}),
+             _Call("w", "k", "script", (number, ["k"], ["owner"]), {})]
+    assert _sent(batcher._merge(batch)) == ["delete", ("evalsha", ["script"])]
+    batch = [_Call("w", "res:k", "delete", ("res:k",), {}),
+             _Call("w", "res:k", "set", ("res:k", b"v"), {"ex": 60}),
+             _Call("w2", "r", "script", (number, ["r"], ["o"]), {})]
+    assert _sent(batcher._merge(batch)) == ["delete", ("evalsha", ["set", "script"])]
+    # with nothing sent as it is, one EVALSHA and one MGET (the writes first)
+    batch = [_Call("w", "a", "get", ("a",), {}),
+             _Call("w", "res:k", "set", ("res:k", b"v"), {"ex": 60}),
+             _Call("w2", "r", "script", (number, ["r"], ["o"]), {}),
+             _Call("w", "b", "get", ("b",), {})]
+    assert _sent(batcher._merge(batch)) == [("evalsha", ["set", "script"]),
+                                            ("mget", ["get", "get"])]
 
 
 async def test_a_call_with_plain_arguments_answers_as_the_checked_call(
