@@ -1,6 +1,6 @@
 """The packet codec's short ways, per *shape*: the classes of a payload's field values.
 
-``protocol._compile`` generates, per payload class, an encoder and a decoder that test
+``codec_fields._compile`` generates, per payload class, an encoder and a decoder that test
 every field in turn. Most packets of one kind have one shape (a job request's fields are a
 few strings, two maps, an enum and ``None``s; a result's a few strings, an enum and an
 int), and what a field's tests conclude depends on its value's class alone, except for
@@ -24,7 +24,10 @@ plain rules, for any value in any field.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from enum import IntEnum
+from itertools import compress
+from operator import or_, truth
 from typing import Any
 
 MAX_SHAPES = 64
@@ -37,7 +40,7 @@ _FIELD_CLASSES: dict[str, frozenset[type]] = {
     "str": frozenset({str}), "int": frozenset({int}), "bool": frozenset({bool}),
     "number": frozenset({int, float}),
 }
-"""The classes a decoded value of a plain kind may have (``protocol._USUAL``)."""
+"""The classes a decoded value of a plain kind may have (``codec_fields._USUAL``)."""
 
 
 def _is_enum(c: type) -> bool:
@@ -127,4 +130,68 @@ def decode_shape(cls: type, names: tuple[str, ...], kinds: dict[str, Any],
     return local["shape"]  # type: ignore[no-any-return]
 
 
-__all__ = ["MAX_SHAPES", "EncodeShape", "decode_shape", "learn_encode"]
+def by_shape(cls: type, kinds: dict[str, Any], nested: dict[str, type],
+             env: dict[str, Any],
+             encode_fields: Callable[[Any], dict[str, Any]],
+             decode_fields: Callable[[Any, str], Any],
+             ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any, str], Any]]:
+    """``encode_fields`` and ``decode_fields`` (``_compile``'s field-by-field code) behind
+    the short ways of the shapes met before: a value's shape is the tuple of its fields'
+    classes, read in one C call. ``nested``: the fields holding a nested document, and
+    its class; ``env``: the generated code's names (``_get``, ``_to_plain``, ``_walk``,
+    ``_MISSING``...)."""
+    names = tuple(f.name for f in fields(cls))
+    factories = {f.name: f.default_factory for f in fields(cls)
+                 if callable(f.default_factory)}
+    missing = env["_MISSING"]
+    defaults = {f.name: missing if f.name in factories else f.default for f in fields(cls)}
+    eshapes: dict[tuple[type, ...], EncodeShape | tuple[()]] = {}
+    dshapes: dict[tuple[type, ...], Callable[[tuple[Any, ...], Any, str], Any]] = {}
+
+    def encode_new(obj: Any, vals: tuple[Any, ...], shape: Any) -> dict[str, Any]:
+        if shape is None:  # (a shape not learnt, ``()``, goes field by field every time)
+            if len(eshapes) >= MAX_SHAPES:
+                eshapes.clear()  # (odd values met first do not keep the usual out)
+            key = tuple(map(type, vals))
+            eshapes[key] = learn_encode(key, names, nested)
+        return encode_fields(obj)
+
+    def decode_new(data: Any, where: str, vals: tuple[Any, ...]) -> Any:
+        if len(dshapes) >= MAX_SHAPES:
+            dshapes.clear()
+        key = tuple(map(type, vals))
+        dshapes[key] = decode_shape(cls, names, kinds, factories, defaults, key, env) \
+            or (lambda vals, data, where: decode_fields(data, where))
+        return decode_fields(data, where)
+
+    local = {"_get": env["_get"], "_eshapes": eshapes, "_dshapes": dshapes,
+             "_encode_new": encode_new, "_decode_new": decode_new, "_to_plain": env["_to_plain"],
+             "_walk": env["_walk"], "cls": cls, "_names": names,
+             "_defaults": tuple(defaults[name] for name in names), "_tuple": tuple,
+             "_map": map, "_type": type, "_dict": dict, "_zip": zip, "_compress": compress,
+             "_or": or_, "_truth": truth}
+    source = "\n".join([
+        "def encode(obj):",
+        " vals = _get(obj)",
+        " shape = _eshapes.get(_tuple(_map(_type, vals)))",
+        " if not shape: return _encode_new(obj, vals, shape)",
+        " out = _dict(_compress(_zip(_names, vals), _map(_or, _map(_truth, vals), shape[0])))",
+        " if shape[1]:",
+        "  for name, doc in shape[1]: out[name] = _to_plain(out[name])",
+        " return out",
+        "def decode(data, where):",
+        " if data.__class__ is not dict:",
+        "  return _walk(cls, data, where)",
+        " vals = _tuple(_map(data.get, _names, _defaults))",
+        " shape = _dshapes.get(_tuple(_map(_type, vals)))",
+        " if shape is None: return _decode_new(data, where, vals)",
+        " return shape(vals, data, where)",
+    ])
+    exec(compile(source, f"<cordtrio.protocol codec of {cls.__name__}, by shape>", "exec"),
+         local)
+    local["encode"].shapes = eshapes  # (for tests: the shapes learnt)
+    local["decode"].shapes = dshapes
+    return local["encode"], local["decode"]
+
+
+__all__ = ["MAX_SHAPES", "EncodeShape", "by_shape", "decode_shape", "learn_encode"]

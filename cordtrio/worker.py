@@ -338,8 +338,15 @@ class Worker(WorkerState):
                         reporter.not_published(result)
                         reported = True
                     if not reported:
-                        # The slot is busy until the result is published, so a slow bus
-                        # slows intake instead of piling up finished jobs.
+                        # Awaited only when the bus did not take the result at once (no
+                        # ``publish_now``, or it refused: on nng, every in-flight slot
+                        # taken): then the slot is busy until the bus has it
+                        # (``_grow_at``), and a slow bus slows intake. A result handed over
+                        # at once (``report_now``; nng's ``publish_now``, settled later by
+                        # the router's confirmation) or written by callback (``put_then``
+                        # above, reported by ``_stored``) leaves the slot free for its next
+                        # job at once: a slow bus or store then keeps those jobs
+                        # unacknowledged, within the job inbox's capacity.
                         publishing = reporter.publish(packet.trace_id, result)
                         if publishing is not None:  # ``_published``, without its frame
                             self._grow_at -= 1

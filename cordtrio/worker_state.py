@@ -180,8 +180,9 @@ class WorkerState:
             await self._published(publishing)
 
     async def _published(self, publishing: Awaitable[None]) -> None:
-        """Await a result's publish (``Reporter.report``): its slot counts as busy
-        meanwhile (``_grow_at``), so a slow bus slows intake."""
+        """Await a result's publish that the bus did not take at once (``Reporter.
+        report``): its slot counts as busy meanwhile (``_grow_at``), so a slow bus slows
+        intake through it (a result taken at once frees its slot at once)."""
         self._grow_at -= 1
         try:
             await publishing

@@ -1,4 +1,5 @@
-"""The packet codec's generated per-class code against its plain rules (cordtrio.protocol).
+"""The packet codec's generated per-class code against its plain rules (cordtrio.protocol,
+cordtrio.codec_fields, cordtrio.codec_shapes).
 
 Encoding and decoding run straight-line code generated once per payload class; decoding
 hands any map it does not take as usual to the field-by-field walk, and reads the envelope
@@ -20,9 +21,9 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cordtrio.codec_fields import _PLANS, _from_plain, _to_plain, _walk
 from cordtrio.errors import ProtocolError
 from cordtrio.protocol import (
-    _PLANS,
     ActorType,
     Budget,
     BusPacket,
@@ -35,9 +36,6 @@ from cordtrio.protocol import (
     JobResult,
     JobStatus,
     SystemAlert,
-    _from_plain,
-    _to_plain,
-    _walk,
     decode_packet,
     encode_packet,
 )

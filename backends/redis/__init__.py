@@ -14,9 +14,10 @@ deviates from the original are described in ``cordtrio.backends.redis.store``.
 
 from __future__ import annotations
 
-from .adapter import RedisAdapter, RedisDataError, mask_url
+from .adapter import RedisAdapter
 from .connection import CONNECT_TIMEOUT, RedisBackends, connect
 from .payloads import RedisPayloadStore
+from .redis_errors import RedisDataError, mask_url
 from .schemas import RedisSchemaRegistry
 from .store import RedisStore
 

@@ -2,7 +2,8 @@
 
 Every Redis call of the backend goes through ``RedisAdapter``: it runs an asyncio coroutine on
 the trio-asyncio loop opened by ``connect`` (``loop.run_aio_coroutine``) and translates what
-can go wrong into cordtrio's errors, so no raw redis-py or asyncio exception escapes:
+can go wrong into cordtrio's errors (``redis_errors``), so no raw redis-py or asyncio
+exception escapes:
 
 * connection trouble (refused, reset, timeouts, a loading or read-only server, any other
   server error) → ``StoreError`` naming the URL (password masked). ``StoreError`` is what the
@@ -29,15 +30,21 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rx
 import trio
 
-from cordtrio.errors import CordtrioError, CorruptDataError, StoreError
+from cordtrio.errors import CordtrioError, StoreError
 
 from . import lean_pipeline, reply_watch
 from .loop_tuning import check_callbacks_as_asyncio_does, run_ready_callbacks_per_tick
+from .redis_errors import (
+    BACKEND_ERRORS,
+    is_disconnect,
+    mask_url,
+    translate,
+    url_secrets,
+)
 
 
 class CommandBatcher(Protocol):
@@ -66,73 +73,11 @@ MAX_WATCH_RETRIES = 50
 """Optimistic (WATCH) transactions retried this often before giving up with StoreError."""
 
 
-class RedisDataError(CorruptDataError):
-    """The value under a Redis key is not what cordtrio stores there: corrupt JSON, a missing
-    part, or a key of the wrong Redis type. The message names the key. Not transient."""
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (in the userinfo or a ``password=`` query item) masked."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable redis URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostport}"
-    query = "&".join(
-        (item.split("=", 1)[0] + "=***") if item.lower().startswith("password=") else item
-        for item in parts.query.split("&")
-    ) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets(url: str) -> list[str]:
-    """The password(s) in ``url``, to be scrubbed from any message that might echo them."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    out: list[str] = []
-    if parts.password:
-        out += [parts.password, unquote(parts.password)]
-    for item in parts.query.split("&"):
-        if item.lower().startswith("password="):
-            value = item.split("=", 1)[1]
-            out += [value, unquote(value)]
-    return [s for s in out if s]
-
-
-# What the client and its loop raise for backend trouble. Anything else (a TypeError...) is a
-# bug and propagates unchanged rather than being retried forever as "transient".
-_BACKEND_ERRORS = (rx.RedisError, OSError, asyncio.TimeoutError, RuntimeError, EOFError)
-
-
 RECONNECT_TIMEOUT = 3.0
 """Seconds a call keeps retrying a lost connection before it fails with ``StoreError``."""
 
 _RECONNECT_DELAY = 0.05  # first backoff between reconnection attempts, doubling...
 _RECONNECT_DELAY_CAP = 0.5  # ...up to this
-
-# Errors that are not a lost connection although redis-py files them under ConnectionError:
-# retrying a wrong password or a missing permission cannot help.
-_NOT_A_DISCONNECT = (rx.AuthenticationError, rx.AuthorizationError,
-                     rx.ExternalAuthProviderError)
-
-
-def is_wrongtype(exc: BaseException) -> bool:
-    return isinstance(exc, rx.ResponseError) and "WRONGTYPE" in str(exc)
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """True for a connection that is down (refused, reset, closed, the server still loading
-    its data, the pool exhausted): worth waiting for. False for timeouts and auth errors."""
-    if isinstance(exc, _NOT_A_DISCONNECT):
-        return False
-    return isinstance(exc, rx.ConnectionError | ConnectionError)
 
 
 BATCHABLE = frozenset({
@@ -176,7 +121,7 @@ class RedisAdapter:
         self.client = client
         self.loop = loop
         self.url = mask_url(url)
-        self._secrets = _secrets(url)
+        self._secrets = url_secrets(url)
         self.reconnect_timeout = reconnect_timeout
         self.command_timeout = command_timeout
         self._batcher: CommandBatcher | None = None
@@ -209,7 +154,7 @@ class RedisAdapter:
         pipelines/transactions that either ran whole or not at all)."""
         try:
             return await self._run_raw(what, fn, reconnect=reconnect)
-        except _BACKEND_ERRORS as exc:
+        except BACKEND_ERRORS as exc:
             raise self._final_error(exc, what, key, reconnect) from None
 
     def _final_error(self, exc: BaseException, what: str, key: str,
@@ -249,7 +194,7 @@ class RedisAdapter:
                 with trio.move_on_after(self.command_timeout):
                     return await attempt()
                 raise TimeoutError(f"no reply within {self.command_timeout:g}s")
-            except _BACKEND_ERRORS as exc:
+            except BACKEND_ERRORS as exc:
                 now = trio.current_time()
                 if give_up_at is None:
                     give_up_at = now + self.reconnect_timeout
@@ -297,7 +242,7 @@ class RedisAdapter:
                 if watch is not None and watch.timed_out():
                     raise TimeoutError(f"no reply within {watch.timeout:g}s") from None
                 raise
-            except _BACKEND_ERRORS as exc:
+            except BACKEND_ERRORS as exc:
                 now = self.loop.time()
                 if give_up_at is None:
                     give_up_at = now + self.reconnect_timeout
@@ -485,24 +430,8 @@ class RedisAdapter:
     # ----------------------------------------------------------------------- errors
 
     def translate(self, exc: BaseException, what: str, key: str = "") -> CordtrioError:
-        """The cordtrio error for a redis-py/asyncio/OS exception."""
-        if isinstance(exc, CordtrioError):
-            return exc
-        text = self._scrub(str(exc) or type(exc).__name__)
-        if is_wrongtype(exc):
-            return RedisDataError(
-                f"redis key {key!r} holds the wrong kind of value for {what} ({text})"
-            )
-        if isinstance(exc, rx.DataError):
-            return RedisDataError(f"redis key {key!r}: {what}: cannot encode value ({text})")
-        return StoreError(f"redis {self.url}: {what}: {type(exc).__name__}: {text}")
+        """The cordtrio error for a redis-py/asyncio/OS exception (``redis_errors``)."""
+        return translate(exc, what, key, self.url, self._secrets)
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-__all__ = ["BATCHABLE", "RECONNECT_TIMEOUT", "RedisAdapter", "RedisDataError",
-           "check_callbacks_as_asyncio_does", "is_disconnect", "is_wrongtype", "mask_url",
+__all__ = ["BATCHABLE", "RECONNECT_TIMEOUT", "RedisAdapter", "check_callbacks_as_asyncio_does",
            "run_ready_callbacks_per_tick"]

@@ -69,7 +69,8 @@ from outcome import Error, Value
 from cordtrio.errors import CordtrioError, StoreError
 
 from . import reply_watch
-from .adapter import _BACKEND_ERRORS, BATCH_CONNECTIONS, RedisAdapter
+from .adapter import BATCH_CONNECTIONS, RedisAdapter
+from .redis_errors import BACKEND_ERRORS
 from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, Member, MergedScripts, set_ex_args
 
@@ -302,7 +303,7 @@ class CommandBatcher:
                     else:
                         calls.append(unit)
                         replies.append(reply)
-        except _BACKEND_ERRORS as exc:
+        except BACKEND_ERRORS as exc:
             for c in batch:
                 c.fail(redis._final_error(exc, c.what, c.key))
         except Exception as exc:  # not a backend error (a bug): every caller gets it, as

@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from cordtrio.errors import CordtrioError, StoreError
 from cordtrio.ports import Clock
 
-from .adapter import RECONNECT_TIMEOUT, RedisAdapter, mask_url
+from .adapter import RECONNECT_TIMEOUT, RedisAdapter
 from .base import DEFAULT_RETENTION_SECONDS
 from .batcher import CommandBatcher
 from .loop_tuning import (
@@ -26,6 +26,7 @@ from .loop_tuning import (
     watch_fds_without_synchronizing,
 )
 from .payloads import DEFAULT_TTL_SECONDS, RedisPayloadStore
+from .redis_errors import mask_url
 from .schemas import RedisSchemaRegistry
 from .script_merge import MERGED
 from .store import RedisStore

@@ -19,7 +19,6 @@ from cordtrio.ports import (
 )
 
 from . import payloads as payload_store
-from .adapter import RedisDataError
 from .keys import (
     CTX_STEPS_MARKER,
     CTXSTEP,
@@ -37,6 +36,7 @@ from .keys import (
 )
 from .leases import lease_key
 from .payloads import RedisPayloadStore
+from .redis_errors import RedisDataError
 from .run_hash import FieldOps, dumps, ordered, text
 from .run_index import RUN_STATUSES, RedisRunIndex
 from .run_json import header_json, step_json

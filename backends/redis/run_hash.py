@@ -15,8 +15,8 @@ from typing import Any
 from cordtrio.errors import ValidationError
 from cordtrio.model import StepRun, WorkflowRun
 
-from .adapter import RedisDataError
 from .keys import CHILD, CTX, CTXSTEP, HEADER, INPUT, ORD, STEP, child_prefix, unescape
+from .redis_errors import RedisDataError
 
 
 def _unserialisable(value: Any) -> Any:

@@ -17,7 +17,6 @@ from cordtrio.ports import (
 )
 from cordtrio.ratelog import RateLimitedLog
 
-from .adapter import RedisDataError
 from .base import TERMINAL_STATUSES, RedisStoreBase
 from .keys import (
     RUNS_ALL,
@@ -26,6 +25,7 @@ from .keys import (
     runs_by_status_key,
     runs_by_workflow_key,
 )
+from .redis_errors import RedisDataError
 from .run_hash import assemble, text
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from cordtrio.model import RunStatus, WorkflowRun
 from cordtrio.ports import status_text
 from cordtrio.timeutil import format_ts, parse_ts
 
-from .adapter import RedisDataError
 from .keys import (
     CTX_STEPS_MARKER,
     EMPTY_MAP,
@@ -35,6 +34,7 @@ from .keys import (
     timeline_key,
 )
 from .leases import CREATED, commands_if_absent, lease_key
+from .redis_errors import RedisDataError
 from .run_hash import assemble, assemble_named, dumps, field_names, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
 from .run_json import header_json, step_json

@@ -9,7 +9,8 @@ from typing import Any
 from cordtrio.errors import NotFoundError, ValidationError
 from cordtrio.schemas import check_schema, validate_value
 
-from .adapter import RedisAdapter, RedisDataError
+from .adapter import RedisAdapter
+from .redis_errors import RedisDataError
 
 DEFAULT_LIST_LIMIT = 100
 SCHEMA_INDEX = "schema:index"

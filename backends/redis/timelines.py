@@ -15,9 +15,9 @@ from cordtrio.ports import (
 )
 from cordtrio.timeutil import format_ts
 
-from .adapter import RedisDataError
 from .base import RedisStoreBase
 from .keys import timeline_key
+from .redis_errors import RedisDataError
 from .run_hash import loads
 from .run_json import event_docs
 

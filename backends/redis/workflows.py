@@ -14,13 +14,13 @@ from cordtrio.ports import DEFAULT_WORKFLOW_LIMIT
 from cordtrio.timeutil import format_ts, parse_ts
 from cordtrio.validation import validate_workflow
 
-from .adapter import RedisDataError
 from .base import RedisStoreBase
 from .keys import (
     WF_INDEX_ALL,
     workflow_key,
     workflow_org_index,
 )
+from .redis_errors import RedisDataError
 from .run_hash import dumps, loads, text
 
 log = logging.getLogger(__name__)

@@ -4,15 +4,18 @@ result's ``pub``, checked by the router, and the client's bookkeeping of it."""
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import trio
 from nng_job_clients import FAST, RawClient, clients, job, job_id_of, result
 from nng_waits import WAIT, eventually
 
-from cordtrio.backends.nng import open_nng_router
+from cordtrio.backends.nng import open_nng_bus, open_nng_router
 from cordtrio.backends.nng.inbox import JobChannel
+from cordtrio.backends.nng.testing import paused
 from cordtrio.protocol import (
     SUBJECT_RESULT,
     SUBJECT_SUBMIT,
@@ -195,3 +198,100 @@ async def test_publish_now_queues_a_workers_result_and_the_router_acknowledges_i
         await eventually(lambda: "was not published" in caplog.text, "the refusal logged")
         assert inbox.held == 1 and router.held_jobs == 1  # received, unacknowledged again
         assert router.forbidden_ops == 1
+
+
+async def test_a_queued_result_still_unconfirmed_when_the_bus_closes_gives_its_job_back(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The router waits for room before it confirms the result; the bus closes first: the
+    job is received and unacknowledged again (no longer riding) and the loss is logged."""
+    caplog.set_level(logging.ERROR, logger="cordtrio.bus.nng")
+    async with (
+        open_nng_router(url) as router,
+        router.subscribe(SUBJECT_RESULT, max_buffer=1) as results,
+        AsyncExitStack() as consumers,
+    ):
+        async with AsyncExitStack() as buses:  # left before the consumer's block is
+            (bus,) = await buses.enter_async_context(clients(router.urls[0], 1))
+            inbox = await consumers.enter_async_context(
+                bus.consume_jobs(["job.a"], capacity=1))
+            await router.publish(SUBJECT_RESULT, done("r:x@1"))  # the room is taken
+            await router.publish(SUBJECT_SUBMIT, job("r:a@1"))
+            with trio.fail_after(WAIT):
+                assert job_id_of(await inbox.receive()) == "r:a@1"
+            assert bus.publish_now(SUBJECT_RESULT, done("r:a@1"))
+            inbox.ack("r:a@1")  # sends nothing: the result carries it
+            assert inbox.riding("r:a@1")
+        assert not inbox.riding("r:a@1") and inbox.held == 1
+        assert "the result of job r:a@1 was not published: the nng bus was closed" \
+            in caplog.text
+        await eventually(lambda: router.pending_jobs == 1, "the job back in its queue")
+        assert result(results.receive_nowait()).job_id == "r:x@1"
+
+
+async def test_a_queued_result_resent_after_a_reset_no_longer_carries_its_acknowledgement(
+    url: str,
+) -> None:
+    """The connection drops before the result's ``pub`` is written: the router took the
+    job back (the worker is told it is lost) and hands it out again; the ``pub`` re-sent on
+    the new connection goes without the ``ack`` (the job no longer rides), so the result
+    is published and the job handed out again stays unacknowledged."""
+    lost: list[str] = []
+    written: list[dict[str, Any]] = []
+    async with (
+        open_nng_router(url) as router,
+        router.subscribe(SUBJECT_RESULT) as results,
+        clients(router.urls[0], 1) as (bus,),
+        bus.consume_jobs(["job.a"], capacity=1) as inbox,
+    ):
+        inbox.on_lost = lost.append
+        resolve = bus._pubsub.resolve
+
+        def recorded(item: Any) -> Any:
+            op = resolve(item)
+            if op is not None and op["op"] == "pub":
+                written.append(op)
+            return op
+
+        bus._pubsub.resolve = recorded  # type: ignore[method-assign]
+        await router.publish(SUBJECT_SUBMIT, job("r:a@1"))
+        with trio.fail_after(WAIT):
+            assert job_id_of(await inbox.receive()) == "r:a@1"
+        with paused(bus):  # nothing is written
+            assert bus.publish_now(SUBJECT_RESULT, done("r:a@1"))
+            inbox.ack("r:a@1")
+            for peer in tuple(router._peers.values()):
+                peer.pipe.close()  # the network drops the connection
+            await eventually(lambda: lost == ["r:a@1"] and bus.connections == 2
+                             and router.pending_jobs == 1, "the reset and the redial")
+        assert not inbox.riding("r:a@1") and written == []
+        with trio.fail_after(WAIT):
+            assert result(await results.receive()).job_id == "r:a@1"
+            assert job_id_of(await inbox.receive()) == "r:a@1"  # handed out again
+        await eventually(lambda: not bus._pubsub.pubs, "the puback")
+        assert [op["jid"] for op in written] == ["r:a@1"] and "ack" not in written[0]
+        assert router.jobs.get("r:a@1") is not None and router.held_jobs == 1
+        assert inbox.held == 1
+
+
+async def test_publish_now_does_nothing_with_every_in_flight_slot_taken(url: str) -> None:
+    async with (
+        open_nng_router(url) as router,
+        router.subscribe(SUBJECT_RESULT, max_buffer=0) as results,
+        open_nng_bus(router.urls[0], connect_timeout=WAIT, max_in_flight=1) as bus,
+        bus.consume_jobs(["job.a"], capacity=2) as inbox,
+    ):
+        for n in ("a", "b"):
+            await router.publish(SUBJECT_SUBMIT, job(f"r:{n}@1"))
+            with trio.fail_after(WAIT):
+                assert job_id_of(await inbox.receive()) == f"r:{n}@1"
+        assert bus.publish_now(SUBJECT_RESULT, done("r:a@1"))  # waits for room: no puback
+        assert not bus.publish_now(SUBJECT_RESULT, done("r:b@1"))
+        assert not inbox.riding("r:b@1") and inbox.held == 2 and len(bus._pubsub.pubs) == 1
+        with trio.fail_after(WAIT):
+            assert result(await results.receive()).job_id == "r:a@1"
+        await eventually(lambda: not bus._pubsub.pubs, "the puback freeing the slot")
+        assert bus.publish_now(SUBJECT_RESULT, done("r:b@1"))
+        with trio.fail_after(WAIT):
+            assert result(await results.receive()).job_id == "r:b@1"
+        await eventually(lambda: router.held_jobs == 0, "both jobs acknowledged")

@@ -220,3 +220,45 @@ async def test_a_router_subclass_that_changes_listen_takes_no_payloads(url: str)
             return super().listen(*args, **kwargs)
 
     assert NngRouter.listens_for_payloads and not Watched.listens_for_payloads
+
+
+@pytest.mark.parametrize("change", ["the listener leaves", "a wildcard subscription",
+                                    "a second subscriber", "a second group member"])
+async def test_a_change_of_the_results_listeners_between_two_results_reaches_who_it_must(
+    url: str, change: str
+) -> None:
+    """The first result goes to the one listener alone, as a payload; after the change the
+    second reaches exactly the listeners there are then: nobody once it left, the listener
+    (as a packet) and the new subscriber when one came, one member of the group."""
+    payloads: list[object] = []
+    packets: list[BusPacket] = []
+    others: list[BusPacket] = []
+    async with router_and_client(url) as (router, client), AsyncExitStack() as stack:
+        listening = AsyncExitStack()
+        await listening.enter_async_context(router.listen(
+            SUBJECT_RESULT, "engines", packets.append, on_payload=payloads.append))
+        await client.publish(SUBJECT_RESULT, result("r:a@1"))
+        assert payloads == [result("r:a@1").payload] and packets == []
+        newcomer = None
+        if change == "the listener leaves":
+            await listening.aclose()
+        elif change == "a wildcard subscription":
+            newcomer = await stack.enter_async_context(router.subscribe("sys.job.>"))
+        elif change == "a second subscriber":
+            newcomer = await stack.enter_async_context(router.subscribe(SUBJECT_RESULT))
+        else:
+            await stack.enter_async_context(router.listen(SUBJECT_RESULT, "engines",
+                                                          others.append))
+        await client.publish(SUBJECT_RESULT, result("r:b@1"))
+        second = decode_packet(encode_packet(result("r:b@1")))
+        if change == "the listener leaves":
+            assert payloads == [result("r:a@1").payload] and packets == []
+        elif newcomer is not None:
+            assert payloads == [result("r:a@1").payload] and packets == [second]
+            assert newcomer.receive_nowait() == second
+            with pytest.raises(trio.WouldBlock):
+                newcomer.receive_nowait()
+        else:  # no longer alone: a packet, to one member of the group
+            assert payloads == [result("r:a@1").payload]
+            assert [*packets, *others] == [second]
+        await listening.aclose()
