@@ -11,8 +11,13 @@ scheduling tick as one non-transactional pipeline.
   translated with its own ``what``/``key`` (the pipeline runs with
   ``raise_on_error=False``); a lost connection is retried for the whole batch as ``run``
   retries a lone call, then each caller gets the ``StoreError`` it would have got alone.
-* **No ordering is added or lost**: a task awaits its call before it issues the next, so
-  one task's commands stay in order; commands of different tasks were concurrent anyway.
+* **No ordering is added or lost**: a caller's calls go out in the order it made them
+  (a task awaits its call before it issues the next, unless it was cancelled while its
+  call was queued; a ``call_then`` caller's next call comes after the first was queued)
+  and merged calls never jump a call sent as it is (``_merge``); commands of different
+  callers were concurrent anyway. One exception: should the server not know the merged
+  script (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``), the merged call is sent
+  again after the rest of its batch has run.
   The pipeline is not a transaction — nothing atomic goes through here (``MULTI``/``EXEC``
   and scripts written for atomicity are sent by the store as they were).
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
@@ -51,8 +56,10 @@ scheduling tick as one non-transactional pipeline.
   taken apart again) and merged even when alone in a batch, so their callers never meet
   ``NOSCRIPT`` and await the batcher's wait itself (no coroutine frame of the adapter's).
   The plain ``GET``s of a batch (payloads, mostly) go as one ``MGET``; a key it finds no
-  string at is asked again with ``GET`` (``MGET`` answers nil for a key of another type,
-  where ``GET`` fails), so each caller gets what ``GET`` gives.
+  string at is asked again with ``GET`` once the batch has run (``MGET`` answers nil for
+  a key of another type, where ``GET`` fails), so each caller gets what ``GET`` gives.
+  Calls are merged only between two calls sent as they are: a batch with other commands
+  is sent as runs of mergeable calls (one ``EVALSHA`` and one ``MGET`` each) between them.
 """
 
 from __future__ import annotations
