@@ -81,8 +81,8 @@ class WorkerState:
         """Jobs whose handler returned and whose result is being written, reported by the
         write's reply (``_stored``, the callback each maps to): still in progress, so
         ``cancel_job`` and a job the bus took back find them, and a worker that stops
-        when its submit channel ends waits for them (``_drain``). At most the bus's
-        capacity of unacknowledged jobs (``max_concurrency + prefetch``)."""
+        when its submit channel ends waits for them (``_drain``). On a ``JobBus``, at
+        most its capacity of unacknowledged jobs (``max_concurrency + prefetch``)."""
         self._drained: trio.Event | None = None
         """Set once ``_writing`` is empty, when ``_drain`` waits for it."""
         self._slots = 0
@@ -90,7 +90,7 @@ class WorkerState:
         ``Worker._add_slots``)."""
         self._grow_at = 0
         """Jobs running in slots (``_jobs``) when every slot is busy: the slots alive, less
-        those awaiting the bus to publish a cancelled job's result (the others run a job,
+        those awaiting the bus to publish their job's result (the others run a job,
         registered in ``_jobs``, or wait for one). A slot that starts a job and finds this
         many running starts one more, while there is room for one. A result written and
         reported by callback (``_writing``) holds no slot, and counts for nothing here."""
