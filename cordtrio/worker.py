@@ -95,13 +95,16 @@ class Worker(WorkerState):
                 if hasattr(submits, "bare_jobs"):  # (``LocalJobInbox``: see ``_slot``)
                     submits.bare_jobs = True
             nursery.start_soon(self._listen_cancels, cancels)
-            self._tasks = nursery  # (for results reported by their write's reply)
-            try:
-                task_status.started(self)
-                async with trio.open_nursery() as slots:
-                    self._add_slots(submits, slots, 1)  # the others as the jobs need them
-            finally:
-                self._tasks = None
+            # (the reports of results written by callback: ``_stored``)
+            async with trio.open_nursery() as self._tasks:
+                try:
+                    task_status.started(self)
+                    async with trio.open_nursery() as slots:
+                        self._add_slots(submits, slots, 1)  # the others as jobs need them
+                    await self._drain()  # the results still being written, reported
+                finally:
+                    self._tasks = None
+                    self._writing.clear()  # (cancelled: their replies report nothing)
             # The submit channel ended (bus closed) and every job has reported: stop.
             nursery.cancel_scope.cancel()
 
@@ -167,7 +170,7 @@ class Worker(WorkerState):
         context_at, of_text = runner.context_at, JsonPayload.of_text
         store_now = runner.store_result_now
         put_then, encode = runner.put_result_then, runner.encode
-        stored = self._stored
+        stored, writing = self._stored, self._writing
         while True:
             with trio.CancelScope() as scope:
                 entry = _Running(scope)
@@ -289,18 +292,21 @@ class Worker(WorkerState):
                                 # free for its next job meanwhile; else awaited here. Not
                                 # for a job cancelled already (its handler swallowed it):
                                 # that one is reported cancelled, below.
-                                if put_then is not None and entry.reason is None \
-                                        and put_then(key, body, partial(
-                                            stored, packet.trace_id, job_id, started, key,
-                                            body)):
-                                    # (``finally`` unregisters it)
-                                    if contextvars.copy_context() == clean:
-                                        continue
-                                    break  # the context changed: a clean slot goes on
+                                # Registered as being written first (``_writing``:
+                                # ``finally`` unregisters it as running).
+                                if put_then is not None and entry.reason is None:
+                                    writing[job_id] = done = partial(
+                                        stored, packet.trace_id, job_id, started, key, body)
+                                    if put_then(key, body, done):
+                                        if contextvars.copy_context() == clean:
+                                            continue
+                                        break  # the context changed: a clean slot goes on
+                                    del writing[job_id]
                                 await runner.put_result(key, body)
                             else:
                                 store_now(key, output)
                         except Exception as exc:  # the encoding's or the store's: told apart
+                            writing.pop(job_id, None)  # (a ``put_then`` that raised)
                             await runner.store_output(key, output, job_id, exc)
                         # its fields set one by one (``pointer_for_key`` without the
                         # call), as ``JobResult(job_id, SUCCEEDED, ptr)`` sets them: a
@@ -438,7 +444,8 @@ async def serve_worker(
 ) -> None:
     """Run a worker until cancelled; for ``nursery.start``, which returns the ``Worker``
     once both subscriptions are active. Returns on its own only if the bus closes the
-    submit channel (after the jobs in progress have reported). ``tune_gc`` as for
+    submit channel (after the jobs in progress have reported, the results still being
+    written once they are stored). ``tune_gc`` as for
     ``open_worker``."""
     worker = _make_worker(bus, payloads, handlers, worker_id, max_concurrency, queue,
                           prefetch)
@@ -465,8 +472,9 @@ async def open_worker(
     topic of ``handlers`` and holds at most ``max_concurrency + prefetch`` jobs; on another
     bus it joins the queue group ``queue`` (default ``default_queue(handlers)``) of
     ``sys.job.submit``. ``worker_id`` defaults to a random ``worker-<hex>``. Leaving the
-    block cancels the handlers still running (no result is published for them: their jobs
-    go back to the bus for another worker) and unsubscribes.
+    block cancels the handlers still running and the results still being written (no
+    result is published for them: their jobs go back to the bus for another worker) and
+    unsubscribes.
 
     ``tune_gc`` (default True): while the worker serves, CPython's cyclic garbage collector
     runs less often, as while an engine is open (``open_engine(tune_gc=...)``,

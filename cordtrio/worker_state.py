@@ -3,9 +3,9 @@
 ``WorkerState`` is the base of ``Worker``: its identity and settings, its counters, the
 registry of the jobs in progress, and their cancellation (``cancel_job``, a job the bus
 took back, ``JobCancel`` messages from ``sys.job.cancel``), and the report of a job whose
-result write answers by callback (``_stored``). Kept apart so that
-``worker.py`` holds the serving side only: the slot tasks, where every job runs, and
-``open_worker`` / ``serve_worker``.
+result write answers by callback (``_stored``), registered (``_writing``) until then.
+Kept apart so that ``worker.py`` holds the serving side only: the slot tasks, where
+every job runs, and ``open_worker`` / ``serve_worker``.
 """
 
 from __future__ import annotations
@@ -77,22 +77,32 @@ class WorkerState:
         self._report = reporter.report
         self._handlers = dict(handlers)
         self._jobs: dict[str, _Running] = {}
+        self._writing: dict[str, Callable[[Any], None]] = {}
+        """Jobs whose handler returned and whose result is being written, reported by the
+        write's reply (``_stored``, the callback each maps to): still in progress, so
+        ``cancel_job`` and a job the bus took back find them, and a worker that stops
+        when its submit channel ends waits for them (``_drain``). On a ``JobBus``, at
+        most its capacity of unacknowledged jobs (``max_concurrency + prefetch``)."""
+        self._drained: trio.Event | None = None
+        """Set once ``_writing`` is empty, when ``_drain`` waits for it."""
         self._slots = 0
         """Slot tasks alive: started as they are needed (see ``Worker._slot`` and
         ``Worker._add_slots``)."""
         self._grow_at = 0
-        """Jobs running when every slot is busy: the slots alive, less those awaiting the
-        bus to publish a result (the others run a job, registered in ``_jobs``, or wait
-        for one). A slot that starts a job and finds this many running starts one more,
-        while there is room for one."""
+        """Jobs running in slots (``_jobs``) when every slot is busy: the slots alive, less
+        those awaiting the bus to publish their job's result (the others run a job,
+        registered in ``_jobs``, or wait for one). A slot that starts a job and finds this
+        many running starts one more, while there is room for one. A result written and
+        reported by callback (``_writing``) holds no slot, and counts for nothing here."""
         # Trio's clock, asked directly (set when serving starts): two frames fewer than
         # ``trio.current_time()`` at each job's start and report. Only durations are taken
         # from it (``execution_ms``), so Trio's own clock is ``perf_counter`` (its offset
         # cancels out): no frame at all.
         self._now: Callable[[], float] = trio.current_time
         self._tasks: trio.Nursery | None = None
-        """Where a result whose write failed is written again and reported (``Worker.
-        _stored``): the serving nursery, while the slots run."""
+        """Where a result whose write answered is published, or written again and reported
+        (``Worker._stored``): a nursery of the worker's own, while it serves (until every
+        write in flight has answered, when it stops as its submit channel ends)."""
 
     @property
     def succeeded(self) -> int:
@@ -111,9 +121,9 @@ class WorkerState:
 
     @property
     def running(self) -> int:
-        """Jobs in progress now: those registered for ``cancel_job`` (counted by the map
-        that holds them, not beside it)."""
-        return len(self._jobs)
+        """Jobs in progress now: those registered for ``cancel_job`` (counted by the maps
+        that hold them, not beside them): running, or their result being written."""
+        return len(self._jobs) + len(self._writing)
 
     @property
     def topics(self) -> frozenset[str]:
@@ -121,10 +131,25 @@ class WorkerState:
         return frozenset(self._handlers)
 
     def cancel_job(self, job_id: str, reason: str = "") -> bool:
-        """Cancel a running job (reported as CANCELLED). False if it is not running here."""
+        """Cancel a running job (reported as CANCELLED). False if it is not running here.
+
+        A job is running until it is reported: a job whose handler returned and whose
+        result is still being written (``_writing``) is reported CANCELLED at once, as
+        one whose write is awaited in its slot is (the write is not taken back: its reply
+        reports nothing). Once reported, a cancel comes too late: False."""
         entry = self._jobs.get(job_id)
         if entry is None:
-            return False
+            done = self._writing.get(job_id)
+            if done is None:
+                return False
+            self._written(job_id)
+            trace_id, _, started = done.args[:3]  # type: ignore[attr-defined]
+            result = JobResult(job_id, JobStatus.CANCELLED, error_code="JobCancelled",
+                               error_message=f"cancelled: {reason or 'no reason given'}")
+            publishing = self._report(trace_id, started, result)
+            if publishing is not None and self._tasks is not None:
+                self._tasks.start_soon(_awaited, publishing)
+            return True
         if entry.reason is None:
             entry.reason = reason or ""
         entry.scope.cancel()
@@ -134,6 +159,9 @@ class WorkerState:
         """The bus handed ``job_id`` to another worker: stop it here, report nothing."""
         entry = self._jobs.get(job_id)
         if entry is None:
+            if job_id in self._writing:  # its result is not reported (the write goes on)
+                self._written(job_id)
+                self.lost += 1
             return
         entry.lost = True
         if entry.reason is None:
@@ -144,14 +172,18 @@ class WorkerState:
                 reply: Any) -> None:
         """The reply of a job's result write (``put_result_then``): report the job as its
         slot would have (None: the write failed, and is awaited again: waited out, or the
-        job's failure). Nothing once the worker has stopped serving: the job was not
-        acknowledged, so the bus hands it to another worker."""
-        tasks = self._tasks
-        if tasks is None:
+        job's failure). Nothing for a job no longer registered (``_writing``): cancelled
+        (reported so already), taken back by the bus, or the worker was cancelled (not
+        acknowledged: the bus hands the job to another worker)."""
+        writing, tasks = self._writing, self._tasks  # (``_tasks`` set while jobs are)
+        if job_id not in writing or tasks is None:
             return
-        if reply is None:
+        if reply is None:  # (still registered meanwhile)
             tasks.start_soon(self._store_again, trace_id, job_id, started, key, body)
             return
+        del writing[job_id]
+        if not writing and self._drained is not None:
+            self._drained.set()
         result = _new(JobResult)  # ``JobResult(job_id, SUCCEEDED, ptr)``, as the slot does
         result.job_id = job_id
         result.status = _SUCCEEDED
@@ -159,13 +191,14 @@ class WorkerState:
         result.error_code = result.error_message = ""
         result.artifact_ptrs = []
         publishing = self._report(trace_id, started, result)
-        if publishing is not None:
-            tasks.start_soon(self._published, publishing)
+        if publishing is not None:  # (holding no slot: ``_grow_at`` is not lowered)
+            tasks.start_soon(_awaited, publishing)
 
     async def _store_again(self, trace_id: str, job_id: str, started: float, key: str,
                            body: Any) -> None:
         """A result write that failed (``_stored``), awaited once more, then reported: a
-        store that cannot be reached is waited out, a definite error is the job's."""
+        store that cannot be reached is waited out, a definite error is the job's. Not
+        reported if the job was cancelled or taken back meanwhile."""
         runner = self._runner
         try:
             try:
@@ -175,14 +208,32 @@ class WorkerState:
             result = JobResult(job_id, _SUCCEEDED, POINTER_SCHEME + key)
         except JobFailed as failed:
             result = failed.result
+        if job_id not in self._writing:
+            return
+        self._written(job_id)
         publishing = self._report(trace_id, started, result)
         if publishing is not None:
-            await self._published(publishing)
+            await publishing
+
+    def _written(self, job_id: str) -> None:
+        """``job_id``'s result write is no longer awaited (``_writing``)."""
+        writing = self._writing
+        del writing[job_id]
+        if not writing and self._drained is not None:
+            self._drained.set()
+
+    async def _drain(self) -> None:
+        """Wait until every result being written is reported (``_writing``; the worker
+        stops as its submit channel ended)."""
+        if self._writing:
+            self._drained = trio.Event()
+            await self._drained.wait()
 
     async def _published(self, publishing: Awaitable[None]) -> None:
         """Await a result's publish that the bus did not take at once (``Reporter.
-        report``): its slot counts as busy meanwhile (``_grow_at``), so a slow bus slows
-        intake through it (a result taken at once frees its slot at once)."""
+        report``) in a slot: the slot counts as busy meanwhile (``_grow_at``), so a slow
+        bus slows intake through it (a result taken at once, or reported by a write's
+        callback, frees its slot at once)."""
         self._grow_at -= 1
         try:
             await publishing
@@ -195,6 +246,11 @@ class WorkerState:
             payload = packet.payload
             if isinstance(payload, JobCancel):
                 self.cancel_job(payload.job_id, payload.reason)
+
+
+async def _awaited(publishing: Awaitable[None]) -> None:
+    """A result's publish (``Reporter.report``) awaited in a task of its own."""
+    await publishing
 
 
 __all__ = ["DEFAULT_PREFETCH", "WorkerState"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any
 
@@ -38,7 +39,7 @@ from cordtrio.protocol import (
     JobResult,
     JobStatus,
 )
-from cordtrio.worker import Job, JobDenied, open_worker
+from cordtrio.worker import Job, JobDenied, open_worker, serve_worker
 
 # ------------------------------------------------------------------------------- success
 
@@ -562,3 +563,133 @@ async def test_a_result_written_after_the_worker_left_is_not_reported(
                                                     {TOPIC: echo}):
         again = await next_result(channel)  # another worker runs it
     assert (again.job_id, again.status) == ("r:a@1", JobStatus.SUCCEEDED)
+
+
+class _SlowThen(ThenPayloads):
+    """Result writes answered 10 s after they are queued."""
+
+    async def _write_then(self, key: str, data: bytes, done: Callable[[Any], None]) -> None:
+        await trio.sleep(10)
+        await super()._write_then(key, data, done)
+
+
+class _EndingBus(MemoryBus):
+    """A memory bus whose worker's job inbox a test can end (``EndOfChannel``), as a
+    bus that closes ends it."""
+
+    inbox: Any = None
+
+    @asynccontextmanager
+    async def consume_jobs(self, topics: Collection[str], *, capacity: int
+                           ) -> AsyncIterator[Any]:
+        async with super().consume_jobs(topics, capacity=capacity) as inbox:
+            self.inbox = inbox
+            yield inbox
+
+
+class _EndingSlowBus(_EndingBus):
+    """The same, each result published a second after it is handed over (awaited)."""
+
+    async def publish(self, subject: str, packet: BusPacket) -> None:
+        if subject == SUBJECT_RESULT:
+            await trio.sleep(1)
+        await super().publish(subject, packet)
+
+
+@pytest.mark.parametrize("bus_type", [_EndingBus, _EndingSlowBus],
+                         ids=["published-now", "published-awaited"])
+async def test_a_worker_whose_submit_channel_ends_reports_the_results_being_written(
+    autojump_clock: MockClock, bus_type: type[_EndingBus]
+) -> None:
+    """A worker stops on its own once its submit channel ends, after every job in
+    progress has reported: those whose result is still being written too, once it is
+    stored (none of them is run again)."""
+    bus = bus_type()
+    handled: list[str] = []
+
+    async def counted(job: Job) -> dict[str, Any]:
+        handled.append(job.job_id)
+        return await echo(job)
+
+    payloads = _SlowThen()
+    async with results(bus) as channel, trio.open_nursery() as nursery:
+        worker = await nursery.start(serve_worker, bus, payloads, {TOPIC: counted})
+        for i in range(3):
+            await submit(bus, make_request(f"r:a@{i}"))
+        await trio.sleep(1)  # run, their results being written
+        assert (len(handled), worker.running, worker.handled) == (3, 3, 0)
+        started = trio.current_time()
+        bus.inbox.close()
+        got = [await next_result(channel) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert not nursery.child_tasks  # the worker returned, once they were reported
+    assert trio.current_time() - started >= 9
+    assert [r.status for r in got] == [JobStatus.SUCCEEDED] * 3
+    assert (worker.handled, worker.running, bus.jobs.held) == (3, 0, 0)
+    async with results(bus) as channel, open_worker(bus, MemoryPayloadStore(),
+                                                    {TOPIC: counted}):
+        await assert_no_more_results(channel)  # nothing left to run again
+    assert sorted(handled) == ["r:a@0", "r:a@1", "r:a@2"]
+
+
+async def test_a_job_cancelled_while_its_result_is_written_is_reported_cancelled(
+    bus: MemoryBus, autojump_clock: MockClock
+) -> None:
+    """A job is running until it is reported: cancelled while its result is being
+    written (its handler returned), it is reported cancelled at once, and the write's
+    reply reports nothing more."""
+    async with results(bus) as channel, open_worker(bus, _SlowThen(), {TOPIC: echo}
+                                                    ) as worker:
+        await submit(bus, make_request("r:a@1"))
+        await trio.sleep(1)  # run, its result being written
+        assert worker.running == 1
+        assert worker.cancel_job("r:a@1", "user asked")
+        result = await next_result(channel)
+        assert (result.status, result.error_message) == (JobStatus.CANCELLED,
+                                                         "cancelled: user asked")
+        assert worker.running == 0 and not worker.cancel_job("r:a@1")
+        await trio.sleep(20)  # the write answered
+        await assert_no_more_results(channel)
+        assert bus.jobs.held == 0
+    assert (worker.handled, worker.succeeded, worker.failed) == (1, 0, 1)
+
+
+async def test_a_job_taken_back_while_its_result_is_written_is_not_reported(
+    bus: MemoryBus, autojump_clock: MockClock
+) -> None:
+    """A job the bus takes back (its connection reset: ``on_lost``) while its result is
+    being written is counted lost and not reported, as one taken back while it runs."""
+    async with results(bus) as channel, open_worker(bus, _SlowThen(), {TOPIC: echo}
+                                                    ) as worker:
+        await submit(bus, make_request("r:a@1"))
+        await trio.sleep(1)  # run, its result being written
+        worker._job_lost("r:a@1")  # what the bus's inbox calls
+        assert (worker.lost, worker.running) == (1, 0)
+        await trio.sleep(20)  # the write answered
+        await assert_no_more_results(channel)
+        assert bus.jobs.owns("r:a@1")  # not acknowledged
+    assert worker.handled == 0
+
+
+async def test_results_published_from_their_writes_reply_hold_no_slot(
+    autojump_clock: MockClock
+) -> None:
+    """A result reported by its write's reply is published by a task of the worker's,
+    not in a slot: a slow publish of it starts no more slots while one is idle."""
+
+    class SlowBus(MemoryBus):
+        async def publish(self, subject: str, packet: BusPacket) -> None:
+            if subject == SUBJECT_RESULT:
+                await trio.sleep(5)
+            await super().publish(subject, packet)
+
+    bus = SlowBus()
+    async with results(bus) as channel, open_worker(bus, ThenPayloads(), {TOPIC: echo},
+                                                    max_concurrency=8) as worker:
+        for i in range(6):
+            await submit(bus, make_request(f"r:a@{i}"))
+            await trio.sleep(0.5)  # run and written; its result being published
+        for _ in range(6):
+            await next_result(channel)
+        assert worker._slots <= 2  # one ran them, one waited for more
+        assert worker._grow_at == worker._slots
