@@ -15,9 +15,11 @@ scheduling tick as one non-transactional pipeline.
   (a task awaits its call before it issues the next, unless it was cancelled while its
   call was queued; a ``call_then`` caller's next call comes after the first was queued)
   and merged calls never jump a call sent as it is (``_merge``); commands of different
-  callers were concurrent anyway. One exception: should the server not know the merged
-  script (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``), the merged call is sent
-  again after the rest of its batch has run.
+  callers were concurrent anyway. A batch with a command that may write after a merged
+  call loads the merged script first (``SCRIPT LOAD``, ~7 KB), so that a server that does
+  not know it (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``) cannot make the merged
+  call be sent again after that command; elsewhere it is sent again after the batch (only
+  reads come after it).
   The pipeline is not a transaction — nothing atomic goes through here (``MULTI``/``EXEC``
   and scripts written for atomicity are sent by the store as they were).
 * **Cancellation**: a cancelled caller stops waiting; its command may still run (as a lone
@@ -66,7 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.exceptions as rx
@@ -295,8 +297,14 @@ class CommandBatcher:
                 self._merge(batch) if len(batch) > 1 or first.method == "script" else batch)
             commands = [(u.kind, u.args, _NO_KWARGS) if isinstance(u, _Group)
                         else (u.method, u.args, u.kwargs) for u in units]
+            loads = units is not batch and _writes_after_script(units)
+            if loads:  # the merged script loaded first: it cannot miss (NOSCRIPT) and be
+                # sent again after the writes that came after it in the batch
+                commands.insert(0, ("script_load", (self._scripts.source,), _NO_KWARGS))
             replies = await redis.run_batch(f"{first.what} (+{len(batch) - 1} batched)",
                                             commands)
+            if loads:
+                del replies[0]
             calls = batch
             if units is not batch:  # merged: each member's reply split out of its group's
                 calls, merged, replies = [], replies, []
@@ -455,6 +463,23 @@ class _Group:
 
 
 _NO_SETS: list[int] = []  # an MGET group's ``sets`` (never changed)
+
+_READS = frozenset(("get", "exists"))
+"""Commands sent as they are that write nothing (the batches' usual reads)."""
+
+
+def _writes_after_script(units: Sequence[_Call | _Group]) -> bool:
+    """Whether a merged script call is followed, in ``units``, by a command that may write
+    (anything but an ``MGET`` or a ``_READS`` call): should the server not know the
+    script, sending it again after the batch would apply it after those writes."""
+    scripted = False
+    for unit in units:
+        if isinstance(unit, _Group):
+            if unit.kind == "evalsha":
+                scripted = True
+        elif scripted and unit.method not in _READS:
+            return True
+    return False
 
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "CommandBatcher"]

@@ -618,3 +618,33 @@ async def test_callback_calls_queued_when_the_batcher_closes_are_answered_once(
     assert batcher.call_then("get", "res:a", "get", ("res:a",), got.append) is False
     await trio.sleep(0.05)
     assert len(got) == 2
+
+
+async def test_a_write_after_a_merged_call_stays_after_it_when_the_server_forgot_the_script(
+        redis: RedisBackends) -> None:
+    """A server that does not know the merged script (restarted, ``SCRIPT FLUSH``): a
+    caller's ``SET`` (merged) then its ``DEL`` of the same key, in one batch, are applied in
+    that order (the script is loaded ahead of the batch, not the merged call sent again
+    after the ``DEL``), and each gets its reply."""
+    batcher = redis.redis._batcher
+    assert batcher is not None
+    await redis.redis.run("flush the scripts", lambda c: c.script_flush())
+    got: dict[str, Any] = {}
+    done = trio.Event()
+
+    def reply(name: str) -> Any:
+        def answer(value: Any) -> None:
+            got[name] = value
+            if len(got) == 3:
+                done.set()
+        return answer
+
+    with trio.fail_after(DEADLINE):
+        assert batcher.call_then("w", "res:k", "set", ("res:k", b"v", 60), reply("set k"))
+        assert batcher.call_then("w", "res:j", "set", ("res:j", b"v", 60), reply("set j"))
+        assert batcher.call_then("w", "res:k", "delete", ("res:k",), reply("delete k"))
+        await done.wait()
+    assert got == {"set k": True, "set j": True, "delete k": 1}
+    assert await redis.payloads.get_result("res:j") == b"v"
+    with pytest.raises(NotFoundError):
+        await redis.payloads.get_result("res:k")
