@@ -189,12 +189,7 @@ class CommandBatcher:
             raise StoreError(f"redis {self._redis.url}: {what}: connection closing "
                              f"(key {key!r})")
         entry = _Call(what, key, method, args, kwargs)
-        queue = self._queue
-        queue.append(entry)
-        # a sender in flight takes the queue when its reply is in (module doc)
-        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
-                                 or len(queue) >= MAX_BATCH):
-            self._wake()
+        self._enqueue(entry)
         return trio.lowlevel.wait_task_rescheduled(entry.abort)
 
     def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
@@ -210,11 +205,7 @@ class CommandBatcher:
         if number is None or self._closed:
             return None
         entry = _Call(what, key, "script", (number, keys, args), _NO_KWARGS)
-        queue = self._queue
-        queue.append(entry)
-        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
-                                 or len(queue) >= MAX_BATCH):
-            self._wake()
+        self._enqueue(entry)
         return trio.lowlevel.wait_task_rescheduled(entry.abort)
 
     def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
@@ -225,11 +216,7 @@ class CommandBatcher:
         once (also when the batcher closes). False, with nothing queued, once closing."""
         if self._closed:
             return False
-        queue = self._queue
-        queue.append(_Then(what, key, method, args, done))
-        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
-                                 or len(queue) >= MAX_BATCH):
-            self._wake()
+        self._enqueue(_Then(what, key, method, args, done))
         return True
 
     def reconnect_wait(self, waiting: bool) -> None:
@@ -238,6 +225,15 @@ class CommandBatcher:
         self._reconnecting += 1 if waiting else -1
         self._eager = bool(self._reconnecting) or not self._holds
         if waiting and self._queue and not self._waking:
+            self._wake()
+
+    def _enqueue(self, entry: _Call) -> None:
+        """Queue ``entry`` for the next batch; wake a sender unless one in flight takes the
+        queue when its reply is in (module doc)."""
+        queue = self._queue
+        queue.append(entry)
+        if not self._waking and (self._eager or len(self._idle) == MAX_IN_FLIGHT
+                                 or len(queue) >= MAX_BATCH):
             self._wake()
 
     def _wake(self) -> None:
