@@ -120,16 +120,22 @@ def test_a_job_taken_from_ready_is_received_and_a_buffered_one_is_not_lost() -> 
     assert channel.buffered == 0 and channel.held == 0
 
 
-def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_own() -> None:
-    """``ack`` while the result's ``pub`` waits to be written: the ``pub`` no longer
-    carries the acknowledgement, so ``ack`` sends it; once the ``pub`` carries it, ``ack``
-    sends nothing."""
+def _two_jobs_received() -> tuple[JobChannel, list[str]]:
+    """A job channel that received jobs ``a`` and ``b`` (held), and the acks it sends."""
     channel = JobChannel(1, frozenset({"job.a"}), 2)
     sent: list[str] = []
     channel.on_ack = sent.append
     for n in ("a", "b"):
         channel.put(n, job(f"r:{n}@1"))
         channel.receive_nowait()
+    return channel, sent
+
+
+def test_a_job_acknowledged_before_its_result_goes_out_is_acknowledged_on_its_own() -> None:
+    """``ack`` while the result's ``pub`` waits to be written: the ``pub`` no longer
+    carries the acknowledgement, so ``ack`` sends it; once the ``pub`` carries it, ``ack``
+    sends nothing."""
+    channel, sent = _two_jobs_received()
     assert channel.ride("a") and channel.ride("b")
     channel.ack("a")  # before its pub was written
     assert sent == ["a"] and not channel.carry("a") and channel.held == 1
@@ -143,12 +149,7 @@ def test_a_result_queued_without_waiting_keeps_its_job_until_it_has_landed() -> 
     sends nothing and keeps the job riding, so its ``pub`` still carries the
     acknowledgement when written; ``landed`` forgets it, ``unride`` (refused) makes it
     received and unacknowledged again."""
-    channel = JobChannel(1, frozenset({"job.a"}), 2)
-    sent: list[str] = []
-    channel.on_ack = sent.append
-    for n in ("a", "b"):
-        channel.put(n, job(f"r:{n}@1"))
-        channel.receive_nowait()
+    channel, sent = _two_jobs_received()
     assert channel.ride("a", True) and channel.ride("b", True)
     channel.ack("a")
     channel.ack("b")
