@@ -176,10 +176,11 @@ class _FloorCore:
 
 
 async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool = True,
-                           payloads: bool = True) -> dict[str, float]:
+                           payloads: bool = True,
+                           count_switches: bool = True) -> dict[str, float | None]:
     """One drive in W1's shape (as ``floor.drive_floor``) through cordtrio's core and,
     unless turned off, its memory store and payload store. Returns steps/s, CPU µs and
-    task switches per step."""
+    task switches per step (None without ``count_switches``, as ``drive_floor``)."""
     if steps != CHAIN_STEPS:
         raise ValueError(f"the W1 workflow has {CHAIN_STEPS} steps")
     gc.collect()
@@ -188,7 +189,7 @@ async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool =
     await runs_store.save_workflow(workflow)
     plan = Plan.build(await runs_store.get_workflow(workflow.id),
                       has_payload_store=payloads)
-    switches = TaskSteps()
+    switches = TaskSteps() if count_switches else None
     with long_lived_gc():
         async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
             floor = _FloorCore(run_tasks, plan, runs_store if store else None,
@@ -196,19 +197,21 @@ async def drive_floor_core(runs: int, steps: int = CHAIN_STEPS, *, store: bool =
             for _ in range(WORKERS):
                 workers.start_soon(_worker, floor.receive, floor.path)
             await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
-            trio.lowlevel.add_instrument(switches)
+            if switches is not None:
+                trio.lowlevel.add_instrument(switches)
             wall, cpu = time.perf_counter(), time.process_time()
             for run_id in await submit_many(floor.submit, runs):
                 run = await floor.wait_run(run_id)
                 if run.status != RunStatus.SUCCEEDED:
                     raise RuntimeError(f"run {run_id} ended {run.status.value}")
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            trio.lowlevel.remove_instrument(switches)
+            if switches is not None:
+                trio.lowlevel.remove_instrument(switches)
             floor.send.close()
     total = runs * steps
     return {"steps": total, "seconds": wall, "steps_per_s": total / wall,
             "cpu_us_per_step": 1e6 * cpu / total,
-            "task_switches_per_step": switches.steps / total}
+            "task_switches_per_step": switches.steps / total if switches else None}
 
 
 __all__ = ["drive_floor_core"]

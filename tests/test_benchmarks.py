@@ -253,6 +253,37 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert "x floor" in capsys.readouterr().out
 
 
+def test_floor_comparisons_time_every_drive_without_an_instrument(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Trio instrument runs on every task step (a tenth of the floor's time): the drives
+    a comparison times carry none, as cordtrio's samples carry none; the floor alone still
+    reports its task switches, counted in a drive of its own."""
+    import trio
+
+    from benchmarks.floor import drive_floor
+    from benchmarks.floor import main as floor_main
+    from benchmarks.floor_core import drive_floor_core
+
+    assert trio.run(partial(drive_floor, 2, count_switches=False))[
+        "task_switches_per_step"] is None
+    assert trio.run(partial(drive_floor_core, 2, count_switches=False))[
+        "task_switches_per_step"] is None
+    added: list[object] = []
+    real_add = trio.lowlevel.add_instrument
+
+    def add(instrument: trio.abc.Instrument) -> None:
+        added.append(instrument)
+        real_add(instrument)
+
+    monkeypatch.setattr(trio.lowlevel, "add_instrument", add)
+    assert floor_main(["--compare", "--rounds", "1", "--size", "2"]) == 0
+    assert floor_main(["--parts", "--rounds", "1", "--size", "2"]) == 0
+    assert added == []
+    assert floor_main(["--size", "2"]) == 0
+    assert len(added) == 1  # the counted drive
+    assert "task switches per step" in capsys.readouterr().out
+
+
 def test_floor_pool_grown_as_jobs_need_it_runs_w1_with_fewer_task_switches() -> None:
     import trio
 
