@@ -133,7 +133,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     front.unfinished -= 1
     # ``update_run_status`` for a running run; without a call while steps are left and none
     # waits (no failure stands: checked above)
-    if front.waiting or not (front.unfinished or front.absent):
+    if front.waiting or not front.unfinished:
         status = front.run_status(run)
         if status != _RUN_RUNNING:
             set_run_status(tx, status)
@@ -213,8 +213,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, job.shape, sid, job_id, payload)
         # What ``Frontier.absorb`` would make of the touch (never put in ``front.dirty``):
-        # these counts; and the started job cannot act, nor can the steps depending on it.
+        # its status seen (a step without a StepRun that starts stays ``unfinished``); and
+        # the started job cannot act, nor can the steps depending on it.
         front.seen[job.position] = _RUNNING
-        front.absent -= 1
-        front.unfinished += 1
     return True
