@@ -75,14 +75,16 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return False
     target = sr.step_id
     job = front.plan.plain.get(target)
-    if job is None or not job.result_quick or run.steps.get(target) is not sr:
+    steps = run.steps
+    if job is None or not job.result_quick or steps.get(target) is not sr:
         return False
     result_ptr = result.result_ptr
-    loaded = output if output is not None and output.loaded and not output.error else None
-    # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
-    if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
-        return False  # refused: the general path's business
-    steps = run.steps
+    if output is not None and output.loaded and not output.error:
+        loaded = output  # read by the shell: at a pointer of the payload namespace
+    else:
+        loaded = None
+        if result_ptr and pointer_problem(result_ptr, RESULT_PREFIX):
+            return False  # refused: the general path's business
     dependents = job.dependents
     for sid in dependents:
         if sid in steps:
