@@ -99,18 +99,11 @@ def emit_job(
     if parent:
         env["foreach_index"] = str(index)
         env["foreach_item"] = _ITEM_JSON.encode(item)
-    labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
-    meta = None
-    if not (shape.plain and jobs.plain):  # the common case: nothing more to say
-        if shape.labels is not None:
-            labels.update(shape.labels)
-        if jobs.dry_run:
-            labels["dry_run"] = "true"
-        if shape.has_meta or run.org_id:  # ``build_meta``'s own first test
-            meta = build_meta(run, shape.step)
     # Its fields set one by one rather than passed to ``__init__`` (fifteen arguments,
-    # whose defaults it tests): half the cost. tests/core/test_core_dispatch.py compares
-    # a request made here with ``JobRequest(...)``'s, so a field added there shows here.
+    # whose defaults it tests): half the cost; those of a plain job (``JobShape.plain``,
+    # ``RunJobs.plain``: the common case), and then what any other says more.
+    # tests/core/test_core_dispatch.py compares a request made here with
+    # ``JobRequest(...)``'s, so a field added there shows here.
     request = _new(JobRequest)
     request.job_id = job_id
     request.topic = shape.topic
@@ -122,11 +115,13 @@ def emit_job(
     request.workflow_id = wf_id
     request.step_index = 0
     request.memory_id = jobs.memory_id
-    request.budget = Budget(deadline_ms=shape.deadline_ms) if shape.timed else None
+    request.budget = None
     request.tenant_id = run.org_id
-    request.principal_id = meta.actor_id if meta is not None and meta.actor_id else ""
-    request.labels = labels
-    request.meta = meta
+    request.principal_id = ""
+    request.labels = {"workflow_id": wf_id, "run_id": run.id, "step_id": target}
+    request.meta = None
+    if not (shape.plain and jobs.plain):
+        _say_more(request, run, shape, jobs.dry_run)
     # its ``Dispatch`` and ``step_dispatched`` row made the same way: a third less than
     # their ``__init__`` (tests/core/test_core_timeline.py compares such objects with
     # ``__init__``'s)
@@ -149,6 +144,22 @@ def emit_job(
                                 job_id, _RUNNING_TEXT, "", "", data))
     if shape.timer is not None:  # (a positive timeout)
         effects.append(ArmTimer(tx.now + shape.timer, TimerKind.STEP_TIMEOUT, target, job_id))
+
+
+def _say_more(request: JobRequest, run: WorkflowRun, shape: JobShape, dry_run: bool
+              ) -> None:
+    """What the job ``request`` says beyond a plain job's (``emit_job``): more labels, a
+    budget, its metadata and actor."""
+    if shape.labels is not None:
+        request.labels.update(shape.labels)
+    if dry_run:
+        request.labels["dry_run"] = "true"
+    if shape.timed:
+        request.budget = Budget(deadline_ms=shape.deadline_ms)
+    if shape.has_meta or run.org_id:  # ``build_meta``'s own first test
+        meta = request.meta = build_meta(run, shape.step)
+        if meta is not None and meta.actor_id:
+            request.principal_id = meta.actor_id
 
 
 def redispatch(tx: Tx, step: Step, sr: StepRun, *, parent: str = "") -> None:

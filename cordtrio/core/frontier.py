@@ -47,8 +47,9 @@ class Frontier:
     steps touched since then; ``recheck`` the positions whose liveness may have changed (a
     touched step and the steps depending on it); ``live`` is exact after ``refresh``. The
     counts are over the workflow's steps that have a StepRun (``busy_handlers``: triggered
-    on_error handlers not terminal yet), except ``absent``: counted steps (not on_error
-    handlers) with no StepRun yet.
+    on_error handlers not terminal yet), except ``unfinished``, which also counts the
+    steps (not on_error handlers) with no StepRun yet: the run cannot succeed while one is
+    left, and starting one leaves the count as it is.
     """
 
     plan: Plan
@@ -57,8 +58,7 @@ class Frontier:
     failed: int = 0  # failed or cancelled
     timed_out: int = 0
     waiting: int = 0
-    unfinished: int = 0  # pending or running
-    absent: int = 0
+    unfinished: int = 0  # pending or running, or (not a handler) no StepRun yet
     busy_handlers: int = 0
     dirty: list[str] = field(default_factory=list)
     recheck: set[int] = field(default_factory=set)
@@ -90,8 +90,8 @@ class Frontier:
         front.plan = plan
         front.live = set(plan.roots)
         front.seen = [None] * len(order)
-        front.failed = front.timed_out = front.waiting = front.unfinished = 0
-        front.absent = len(order) - len(plan.handlers)
+        front.failed = front.timed_out = front.waiting = 0
+        front.unfinished = len(order) - len(plan.handlers)
         front.busy_handlers = 0
         front.dirty = []
         front.recheck = set()
@@ -117,9 +117,7 @@ class Frontier:
                     self._count(sid, old, -1)
                     self._count(sid, status, 1)
                 else:  # ``_count`` inlined for the common moves of a counted step
-                    if old is None:
-                        self.absent -= 1
-                    elif old is _RUNNING or old is _PENDING:
+                    if old is None or old is _RUNNING or old is _PENDING:
                         self.unfinished -= 1
                     else:
                         self._count(sid, old, -1)
@@ -168,7 +166,7 @@ class Frontier:
             return _RUN_TIMED_OUT
         if self.waiting:
             return _RUN_WAITING
-        if not self.absent and not self.unfinished:
+        if not self.unfinished:
             return _RUN_SUCCEEDED
         return _RUN_RUNNING
 
@@ -176,7 +174,7 @@ class Frontier:
         handler = sid in self.plan.handlers
         if status is None:
             if not handler:
-                self.absent += sign
+                self.unfinished += sign
             return
         if status == _SUCCEEDED:
             return

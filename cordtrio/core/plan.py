@@ -44,8 +44,8 @@ class JobShape:
     """``step.meta`` is set (``build_meta`` may then have something to say without a
     tenant)."""
     plain: bool
-    """Neither ``labels`` nor ``has_meta``: with ``RunJobs.plain``, a job has only the
-    three labels and no metadata."""
+    """Neither ``labels`` nor ``has_meta`` nor ``timed``: with ``RunJobs.plain``, a job
+    has only the three labels, no budget and no metadata."""
 
     @classmethod
     def of(cls, workflow_id: str, step: Step, starts_reported: bool) -> JobShape:
@@ -55,18 +55,18 @@ class JobShape:
         if step.route_labels:
             labels.update(step.route_labels)
         timeout = step.timeout_sec
+        timed = timeout > 0
         return cls(
             step=step,
             step_id=step.id,
             topic=step.topic or f"job.workflow.{workflow_id}",
             adapter_id=step.worker_id,
             labels=labels or None,
-            timed=timeout > 0,
-            deadline_ms=int(timeout * 1000) if timeout > 0 else 0,
-            timer=timedelta(seconds=float(timeout))
-            if timeout > 0 and not starts_reported else None,
+            timed=timed,
+            deadline_ms=int(timeout * 1000) if timed else 0,
+            timer=timedelta(seconds=float(timeout)) if timed and not starts_reported else None,
             has_meta=step.meta is not None,
-            plain=not labels and step.meta is None,
+            plain=not labels and step.meta is None and not timed,
         )
 
 

@@ -75,14 +75,16 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
         return False
     target = sr.step_id
     job = front.plan.plain.get(target)
-    if job is None or not job.result_quick or run.steps.get(target) is not sr:
+    steps = run.steps
+    if job is None or not job.result_quick or steps.get(target) is not sr:
         return False
     result_ptr = result.result_ptr
-    loaded = output if output is not None and output.loaded and not output.error else None
-    # a pointer the shell read at is one of the payload namespace (``LoadedOutput``)
-    if result_ptr and loaded is None and pointer_problem(result_ptr, RESULT_PREFIX):
-        return False  # refused: the general path's business
-    steps = run.steps
+    if output is not None and output.loaded and not output.error:
+        loaded = output  # read by the shell: at a pointer of the payload namespace
+    else:
+        loaded = None
+        if result_ptr and pointer_problem(result_ptr, RESULT_PREFIX):
+            return False  # refused: the general path's business
     dependents = job.dependents
     for sid in dependents:
         if sid in steps:
@@ -133,7 +135,7 @@ def quick_result(tx: Tx, result: JobResult, output: LoadedOutput | None) -> bool
     front.unfinished -= 1
     # ``update_run_status`` for a running run; without a call while steps are left and none
     # waits (no failure stands: checked above)
-    if front.waiting or not (front.unfinished or front.absent):
+    if front.waiting or not front.unfinished:
         status = front.run_status(run)
         if status != _RUN_RUNNING:
             set_run_status(tx, status)
@@ -213,8 +215,7 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
         tx.changes.steps.add(sid)  # ``tx.touch_step`` but for the frontier, made exact below
         emit_job(tx, job.shape, sid, job_id, payload)
         # What ``Frontier.absorb`` would make of the touch (never put in ``front.dirty``):
-        # these counts; and the started job cannot act, nor can the steps depending on it.
+        # its status seen (a step without a StepRun that starts stays ``unfinished``); and
+        # the started job cannot act, nor can the steps depending on it.
         front.seen[job.position] = _RUNNING
-        front.absent -= 1
-        front.unfinished += 1
     return True

@@ -114,7 +114,7 @@ class RunJobs:
     dry_run: bool
     plain: bool
     """Not ``dry_run``, and the run has no ``org_id``: with ``JobShape.plain``, a job has
-    only the three labels and no metadata."""
+    only the three labels, no budget and no metadata."""
 
     @classmethod
     def of(cls, plan: Plan, run: WorkflowRun) -> RunJobs:

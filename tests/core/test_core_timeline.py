@@ -176,7 +176,7 @@ def test_objects_the_core_makes_at_once_are_what_their_init_makes() -> None:
     front = Frontier.new(plan)
     _made_as_init_makes(front)
     assert front == Frontier(plan=plan, live=set(plan.roots), seen=[None] * len(plan.order),
-                             absent=len(plan.order) - len(plan.handlers))
+                             unfinished=len(plan.order) - len(plan.handlers))
     tx = Tx(sim.plan, sim.state, sim.now)
     assert (tx.effects, tx.changes) == ([], RunChanges(previous_status=sim.run.status))
     assert (tx.plan, tx.state, tx.now, tx.run) == (sim.plan, sim.state, sim.now, sim.run)

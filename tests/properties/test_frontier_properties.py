@@ -48,18 +48,18 @@ def _snapshot(front: Frontier) -> Frontier:
 
 
 def _counts(front: Frontier) -> tuple[int, ...]:
-    return (front.failed, front.timed_out, front.waiting, front.unfinished, front.absent,
+    return (front.failed, front.timed_out, front.waiting, front.unfinished,
             front.busy_handlers)
 
 
 def _recount(plan: Plan, run: WorkflowRun) -> tuple[int, ...]:
     """``_counts`` written out from the run (independently of ``Frontier._count``)."""
-    failed = timed_out = waiting = unfinished = absent = busy = 0
+    failed = timed_out = waiting = unfinished = busy = 0
     for sid in plan.order:
         sr = run.steps.get(sid)
         handler = sid in plan.handlers
         if sr is None:
-            absent += not handler
+            unfinished += not handler
             continue
         status = sr.status
         if status in (StepStatus.FAILED, StepStatus.CANCELLED):
@@ -71,7 +71,7 @@ def _recount(plan: Plan, run: WorkflowRun) -> tuple[int, ...]:
         elif status != StepStatus.SUCCEEDED:
             unfinished += 1
         busy += handler and not status.is_terminal
-    return (failed, timed_out, waiting, unfinished, absent, busy)
+    return (failed, timed_out, waiting, unfinished, busy)
 
 
 def check_frontier(sim: Simulation, step: Fed, out: Outcome) -> None:
