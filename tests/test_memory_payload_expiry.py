@@ -123,3 +123,25 @@ def test_reads_find_exactly_the_live_entries(ops: list[tuple[str, Any, Any]]) ->
             assert _stored(store) == alive  # purged by that read or write
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_clock_is_the_first_writers_not_a_readers_before_it() -> None:
+    """Reads before anything is kept do not ask any clock: a store read under one
+    ``trio.run`` and first written under another measures its entries' expiry on the
+    writer's clock (the reader's, an hour ahead, would have expired them at once)."""
+    store = MemoryPayloadStore(ttl_seconds=TTL)
+
+    async def read_first() -> None:
+        assert store.context_value_at_now("redis://ctx:j") is None
+
+    async def write_then_wait() -> None:
+        store.put_context_value_now("ctx:j", {"a": 1})
+        await trio.sleep(TTL - 1)
+        assert store.context_value_at_now("redis://ctx:j") == {"a": 1}
+        await trio.sleep(1)
+        assert store.context_value_at_now("redis://ctx:j") is None
+
+    ahead = trio.testing.MockClock(autojump_threshold=0)
+    ahead.jump(3600)
+    trio.run(read_first, clock=ahead)
+    trio.run(write_then_wait, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -8,7 +8,7 @@ payload, read back as the very bytes), or, for most values, as their snapshot by
 
 Entries expire ``ttl_seconds`` after their last write (default 24 h, like the Redis
 backend), measured on Trio's clock so ``MockClock`` can skip the time in tests: the clock of
-the ``trio.run`` that first writes or reads with a TTL (a store's expiry times are on that
+the ``trio.run`` that first writes with a TTL (a store's expiry times are on that
 clock; it is asked directly from then on, not looked up on every call: for Trio's own
 ``SystemClock``, that is ``perf_counter``, which differs from it by a fixed offset; a store
 without a TTL never asks it: its clock reads 0.0 and its entries never expire). With one TTL
@@ -73,27 +73,27 @@ def _writer(prefix: str, compact: bool | None = None
     compact)`` before anything else (its errors before the key's)."""
     half = _HALVES[prefix]
     common_key = _key_rule(prefix)
-    # the commonest job input, ``{}``, is told without a call (``kept_of`` knows it too: a
-    # result, rarely empty, goes straight there)
+    # what is kept of the data: a payload's parts, or a value's (``JsonPayload.of(value,
+    # compact).parts``, as kept); the commonest job input, ``{}``, told without a call
+    # (``kept_of`` knows it too: a result, rarely empty, goes straight there)
+    keep: Callable[[Any, bool], _Entry] = _parts_given if compact is None else kept_of
     empty = _EMPTY_INPUT if compact else None
     assert compact is None or compact is _COMPACT[half]  # (what its bytes alone stand for)
     separators = bool(compact)
-    of_value = compact is not None
 
     def put(store: MemoryPayloadStore, key: str, data: Any) -> None:
-        if not of_value:
-            kept = data.parts
-        elif empty is not None and data.__class__ is dict and not data:
+        kept: _Entry
+        if empty is not None and data.__class__ is dict and not data:
             kept = empty
-        else:  # ``JsonPayload.of(data, compact).parts``, as kept
-            kept = kept_of(data, separators)
+        else:
+            kept = keep(data, separators)
         if key.__class__ is not str or common_key(key) is None:
             check_payload_key(key, prefix)  # its error (a str subclass is refused too)
         pointer = POINTER_SCHEME + key  # entries are kept by pointer: a read looks it up
         entries = store._halves[half]
         # One path with a TTL or without (then the clock reads 0.0, entries live forever,
         # the purge never comes and the purge order keeps nothing)
-        now = store._clock_now()
+        now = store._write_now()
         if now >= store._purge_at:
             store._purge(now)
         if pointer in entries:  # its earlier place in the purge order is left behind
@@ -113,9 +113,9 @@ def _reader(prefix: str, pointer_prefix: str) -> Callable[[MemoryPayloadStore, s
     compact = _COMPACT[half]
 
     def read(store: MemoryPayloadStore, pointer: str) -> JsonPayload:
-        # entries expired by now are purged first (a store with none kept, or without a
-        # TTL, never asks the clock: it may be read outside Trio)
-        if store._order and store._clock_now() >= store._purge_at:
+        # entries expired by now are purged first (a store that has kept nothing yet, or
+        # without a TTL, never asks Trio's clock: it may be read outside Trio)
+        if store._clock_now() >= store._purge_at:
             store._purge(store._clock_now())
         try:
             entry = store._halves[half].get(pointer)
@@ -135,27 +135,26 @@ def _output_at(store: MemoryPayloadStore, pointer: str, limit: int) -> tuple[Any
     payload's ``(value_or_text(), too_large(limit))``, read as ``result_payload_at_now``
     reads it. A snapshot within ``limit`` (most results) is decoded here, without the
     payload object or its two calls (``tests/engine/test_effects_now.py`` compares)."""
-    # entries expired by now are purged first (a store with none kept, or without a
-    # TTL, never asks the clock: it may be read outside Trio)
-    if store._order and store._clock_now() >= store._purge_at:
+    # entries expired by now are purged first (a store that has kept nothing yet, or
+    # without a TTL, never asks Trio's clock: it may be read outside Trio)
+    if store._clock_now() >= store._purge_at:
         store._purge(store._clock_now())
     entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
         entry = store._results.get(pointer)
     except TypeError:  # not hashable: not a pointer (the general path says so)
         entry = None
-    if entry is not None:
-        if entry.__class__ is bytes:  # a snapshot alone (``kept_of``)
-            # ``too_large``'s first test (passed by all when ``limit`` is the engine's)
-            if limit >= KEPT_TEXT_BOUND or TEXT_PER_FROZEN_BYTE * len(entry) <= limit:
-                return _loads(entry), False
-            payload = _payload(_parts(entry, False))
-        elif entry[2] <= limit and entry[1] is not None:  # ``too_large``'s first test
-            return _loads(entry[1]), False
-        else:
-            payload = _payload(entry)
-    else:
+    if entry.__class__ is bytes:  # a snapshot alone (``kept_of``): most results
+        # ``too_large``'s first test (passed by all when ``limit`` is the engine's)
+        if limit >= KEPT_TEXT_BOUND or TEXT_PER_FROZEN_BYTE * len(entry) <= limit:
+            return _loads(entry), False
+        payload = _payload(_parts(entry, False))
+    elif entry is None:
         payload = _payload(store._get(key_from_pointer(pointer, RESULT_PREFIX), RESULT_PREFIX))
+    elif entry[2] <= limit and entry[1] is not None:  # ``too_large``'s first test
+        return _loads(entry[1]), False
+    else:
+        payload = _payload(entry)
     return payload.value_or_text(), payload.too_large(limit)
 
 
@@ -164,9 +163,9 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     this store (what the engine stores): ``context_payload_at_now(pointer).value()`` in
     one call, without the payload object or its call; None for anything else (then read
     it that way: ``tests/test_memory_fast_paths.py`` compares)."""
-    # entries expired by now are purged first (a store with none kept, or without a
-    # TTL, never asks the clock: it may be read outside Trio)
-    if store._order and store._clock_now() >= store._purge_at:
+    # entries expired by now are purged first (a store that has kept nothing yet, or
+    # without a TTL, never asks Trio's clock: it may be read outside Trio)
+    if store._clock_now() >= store._purge_at:
         store._purge(store._clock_now())
     entry: Any  # (an ``_Entry``: mypy does not narrow by ``__class__``)
     try:
@@ -183,6 +182,11 @@ def _input_at(store: MemoryPayloadStore, pointer: str) -> Any:
     if frozen is not None:
         return _loads(frozen)
     return None
+
+
+def _parts_given(payload: JsonPayload, separators: bool) -> _Parts:
+    """A payload as kept (``_writer``'s ``keep`` for a payload): its parts."""
+    return payload.parts
 
 
 _put_context, _put_result = _writer(CONTEXT_PREFIX), _writer(RESULT_PREFIX)
@@ -234,13 +238,17 @@ class MemoryPayloadStore:
         # kept) and never purges: its clock reads 0.0, the next expiry is infinity.
         self._order: deque[str | float] = deque(maxlen=None if self._ttl is not None else 0)
         self._left_behind: dict[str, int] = {}
-        # when the oldest place in the order expires (a purge is due then)
-        self._purge_at = -math.inf if self._ttl is not None else _NEVER
-        # Trio's clock reading, once known (see the module docstring); until then a
-        # ``_FirstClockRead`` finds it. A store without a TTL never needs the clock: its
-        # entries expire at infinity, so a read compares with a constant (``float()``,
-        # 0.0) and works outside Trio too.
-        self._clock_now: Callable[[], float] = float if self._ttl is None \
+        # when the oldest place in the order expires (a purge is due then): never while
+        # nothing is kept (the first write's clock reading sets it)
+        self._purge_at = _NEVER
+        # Trio's clock reading, once known (see the module docstring): a write's first
+        # reading (``_write_now``, a ``_FirstClockRead`` until then) finds it and makes it
+        # both. Until a store has kept anything, a read compares with a constant
+        # (``float()``, 0.0), nothing being there to expire: it works outside Trio too, and
+        # does not bind the store to a ``trio.run``'s clock. A store without a TTL never
+        # needs the clock: its entries expire at infinity, its clock is that constant.
+        self._clock_now: Callable[[], float] = float
+        self._write_now: Callable[[], float] = float if self._ttl is None \
             else _FirstClockRead(self)
 
     async def put_context(self, key: str, data: bytes) -> None:
@@ -329,9 +337,9 @@ class MemoryPayloadStore:
     def _get(self, key: str, prefix: str) -> _Parts:
         """The parts of the entry at ``key``, a key of the ``prefix`` half of the namespace
         (``PayloadPointerError`` for any other key, before ``NotFoundError``)."""
-        # entries expired by now are purged first (a store with none kept, or without a
-        # TTL, never asks the clock: it may be read outside Trio)
-        if self._order and self._clock_now() >= self._purge_at:
+        # entries expired by now are purged first (a store that has kept nothing yet, or
+        # without a TTL, never asks Trio's clock: it may be read outside Trio)
+        if self._clock_now() >= self._purge_at:
             self._purge(self._clock_now())
         half = _HALVES[prefix]
         entry = self._halves[half].get(POINTER_SCHEME + key) if key.__class__ is str else None
@@ -372,9 +380,10 @@ class MemoryPayloadStore:
 
 
 class _FirstClockRead:
-    """A store's first clock reading: it finds Trio's clock (that of the first ``trio.run``
-    to ask: see the module docstring) and makes it the store's ``_clock_now``, so every
-    later reading is one call of the clock itself, not a test of whether it is known yet.
+    """A store's first clock reading, by its first write: it finds Trio's clock (that of the
+    first ``trio.run`` to write: see the module docstring) and makes it the store's
+    ``_write_now`` and ``_clock_now``, so every later reading is one call of the clock
+    itself, not a test of whether it is known yet.
     For Trio's own ``SystemClock`` (``offset + perf_counter()``, its offset fixed), that is
     ``perf_counter``: the store only compares its own readings, which differ by the same
     amounts on both, and a C function runs no Python frame (four clock reads per engine
@@ -391,10 +400,13 @@ class _FirstClockRead:
         now = perf_counter if (
             cls.__name__ == "SystemClock" and cls.__module__.startswith("trio.")) \
             else clock.current_time
+        reading = now()
         store = self._store()
         if store is not None:
-            store._clock_now = now
-        return now()
+            store._write_now = store._clock_now = now
+            assert store._ttl is not None
+            store._purge_at = reading + store._ttl  # nothing kept: this write's expires first
+        return reading
 
 
 _BYTES_METHODS = ("put_context", "get_context", "put_result", "get_result")

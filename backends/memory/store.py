@@ -248,7 +248,7 @@ class MemoryStore(MemoryRunLeases):
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Those of ``run_ids`` that are not stored (``ports.RunPresence``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        return [rid for rid in run_ids if rid not in self._runs]
+        return [*itertools.filterfalse(self._runs.__contains__, run_ids)]
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
