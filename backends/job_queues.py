@@ -52,6 +52,9 @@ DEFAULT_MAX_PENDING = 100_000
 
 _new = object.__new__
 
+_NONE: tuple[Assignment, ...] = ()
+"""No job handed out (what ``ack`` usually returns)."""
+
 @dataclass(eq=False, slots=True)
 class QueuedJob:
     """One job request owned by the queues: queued (``holder is None``) or held.
@@ -229,18 +232,20 @@ class JobQueues:
             self._set_consumers(name, t, [*t.consumers, consumer])
         return consumer, self._fill(consumer)
 
-    def ack(self, consumer: Consumer, job_id: str) -> list[Assignment]:
+    def ack(self, consumer: Consumer, job_id: str) -> Collection[Assignment]:
         """``consumer`` is done with ``job_id`` (its result is published): forget the job
-        and fill the freed slot. Unknown ids (already redelivered elsewhere) are ignored."""
+        and fill the freed slot; the jobs handed to it then (usually none: ``()``, one
+        object for every ack, no list made). Unknown ids (already redelivered elsewhere)
+        are ignored."""
         job = consumer.held.pop(job_id, None)
         if job is None:
-            return []
+            return _NONE
         # a held job is the one indexed (a consumer that goes away lets go of every job
         # it held, and only an ack forgets a held one); the job itself is dropped with it
         # (nothing reaches it any more: its ``holder`` is left as it was)
         del self._jobs[job_id]
         # nothing queued anywhere (the usual case under capacity): nothing to hand on
-        return self._fill(consumer) if self.pending and consumer.active else []
+        return self._fill(consumer) if self.pending and consumer.active else _NONE
 
     def cancel(self, job_id: str) -> bool:
         """The job was cancelled: drop it if queued, never redeliver it if held. True when

@@ -4,6 +4,7 @@ timestamps and timers together (hours of backoff pass instantly and consistently
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from time import perf_counter
 
 import trio
 
@@ -23,8 +24,11 @@ class TrioWallClock:
 
     def __init__(self, start: datetime | None = None) -> None:
         # ``trio.current_time()`` is this clock's reading: asked directly, two frames fewer
-        # on every timestamp (an engine takes one per batch of events)
-        self._trio_now = trio.lowlevel.current_clock().current_time
+        # on every timestamp (an engine takes one per batch of events); over Trio's own
+        # clock, ``perf_counter`` itself, its offset added to ``_shift`` below (no frame)
+        clock = trio.lowlevel.current_clock()
+        offset = perf_counter_offset(clock)
+        self._trio_now = clock.current_time if offset is None else perf_counter
         if start is not None:
             self._wall0, self._trio0 = start.astimezone(UTC), trio.current_time()
         else:
@@ -34,8 +38,9 @@ class TrioWallClock:
                 self._wall0, self._trio0 = datetime.now(UTC), trio.current_time()
                 _ANCHOR.set((self._wall0, self._trio0))
         self._ts0 = self._wall0.timestamp()
-        # the anchor's POSIX time minus its Trio time: now = this + Trio's time
-        self._shift = self._ts0 - self._trio0
+        # the anchor's POSIX time minus its Trio time: now = this + Trio's time (Trio's
+        # time less its clock's offset, when ``_trio_now`` is ``perf_counter``)
+        self._shift = self._ts0 - self._trio0 + (offset or 0.0)
 
     def now(self) -> datetime:
         # ``fromtimestamp`` on a POSIX time: a third of the cost of adding a ``timedelta``
@@ -45,6 +50,17 @@ class TrioWallClock:
 
 
 _fromtimestamp = datetime.fromtimestamp
+
+
+def perf_counter_offset(clock: trio.abc.Clock) -> float | None:
+    """How far ``clock`` is ahead of ``time.perf_counter()``, for Trio's own
+    ``SystemClock`` (its reading is ``offset + perf_counter()``): a reader of Trio's time
+    may call ``perf_counter`` itself, a C function, and add this. None for any other
+    clock (a ``MockClock``): read it."""
+    cls = type(clock)
+    if cls.__name__ == "SystemClock" and cls.__module__.startswith("trio."):
+        return clock.offset  # type: ignore[attr-defined, no-any-return]
+    return None
 
 
 class SystemClock:

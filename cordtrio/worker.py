@@ -36,6 +36,7 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from ._nursery import open_service_nursery
+from .clock import perf_counter_offset
 from .engine.gc_tuning import long_lived_gc
 from .job import Handler, Job, JobDenied, item_of
 from .json_payloads import JsonPayload
@@ -392,10 +393,7 @@ def _duration_clock(clock: trio.abc.Clock) -> Callable[[], float]:
     """What a worker times jobs with: Trio's clock (a ``MockClock`` in tests), or, for
     Trio's own ``SystemClock`` (``offset + perf_counter()``), ``perf_counter`` itself: a
     duration is the same on both, and a C function runs no Python frame."""
-    cls = type(clock)
-    if cls.__name__ == "SystemClock" and cls.__module__.startswith("trio."):
-        return perf_counter
-    return clock.current_time
+    return clock.current_time if perf_counter_offset(clock) is None else perf_counter
 
 
 def default_queue(topics: Mapping[str, Any] | frozenset[str]) -> str:

@@ -303,3 +303,18 @@ def test_a_job_handed_to_its_topics_one_consumer_is_the_queued_job_init_makes() 
     later = queues.offer("r:b@1", "jobs", request)  # a packet's job: the defaults
     assert later is not None and later.seq > job.seq
     assert (later.trace_id, later.sender_id, later.created_at) == ("", "", None)
+
+
+def test_an_ack_that_hands_out_nothing_makes_no_list() -> None:
+    """``JobQueues.ack`` hands back one shared empty tuple when it hands out no job (the
+    usual ack: nothing queued), and the jobs it handed to the consumer when one waited."""
+    queues = JobQueues()
+    consumer, _ = queues.add(["jobs"], 1, "inbox")
+    assert queues.offer("r:a@1", "jobs", JobRequest("r:a@1", "jobs")) is not None
+    none_queued = queues.ack(consumer, "r:a@1")
+    unknown = queues.ack(consumer, "r:x@1")
+    assert none_queued == () and none_queued is unknown
+    assert queues.offer("r:b@1", "jobs", JobRequest("r:b@1", "jobs")) is not None
+    assert queues.offer("r:c@1", "jobs", JobRequest("r:c@1", "jobs")) is None  # queued
+    handed = queues.ack(consumer, "r:b@1")
+    assert [(a.consumer, a.job.job_id) for a in handed] == [(consumer, "r:c@1")]
