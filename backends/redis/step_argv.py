@@ -28,7 +28,7 @@ from cordtrio.ports import RunChanges, child_order_key
 from .base import TERMINAL_STATUSES, retention_keys
 from .keys import CTX, CTX_STEPS_MARKER, CTXSTEP, HEADER, ORD, SAVED, STEP, child_field
 from .run_hash import dumps, ordered
-from .run_index import RUN_STATUSES, index_moves, run_status_text
+from .run_index import index_moves, previous_statuses, run_status_text
 from .run_json import header_json, step_json
 from .step_write import COUNTS, NO_VALUE
 
@@ -115,8 +115,7 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
         if steps_map:
             known.add(CTX_STEPS_MARKER)
         if ranked:
-            known.update(names)
-            known.update(ords)  # the new ranks (the others are there)
+            known.update(names, ords)  # (the new ranks: the others are there)
         if token:
             known.add(SAVED)
         expected = COUNTS[len(known) - held]
@@ -128,9 +127,8 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
     commands: list[Any] = []
     if changes.header:
         status = run_status_text(run.status)
-        prev = changes.previous_status
         removed, added, stamp, active = index_moves(
-            run, status, RUN_STATUSES if prev is None else (run_status_text(prev),))
+            run, status, previous_statuses(changes.previous_status))
         score = repr(stamp)
         if active is not None:
             commands += (3, *active, rid)
