@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import redis.exceptions as rx
@@ -62,6 +63,8 @@ end
 return out
 """
 
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 Member = tuple[str, Sequence[Any], Sequence[Any]]
 """One call in a merged call: its script's function number (as text), its keys, its
@@ -120,11 +123,11 @@ class MergedScripts:
         """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
         if not isinstance(reply, list) or len(reply) != count:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
-        # the usual reply: every call answered ``{1, value}`` (no item looked at twice)
-        out: list[Any] = [item[1] for item in reply if len(item) == 2 and item[0] == 1]
-        if len(out) == count:
-            return out
-        out = []
+        # the usual reply: every call answered ``{1, value}`` (told and taken in C: a
+        # merged call carries up to a batch's calls)
+        if list(map(len, reply)) == [2] * count and list(map(_first, reply)) == [1] * count:
+            return list(map(_second, reply))
+        out: list[Any] = []
         for item in reply:
             value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
             if item and item[0] == 1:
