@@ -54,12 +54,13 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
     deletes: set[str] | None = None  # a set, as ``FieldOps.deletes``: the same order
     header = header_json(run, ("run {!r}", rid)) if changes.header else None
     steps = run.steps
-    if changes.steps:
-        for sid in ordered(changes.steps, steps):
-            sr = steps.get(sid)
-            if sr is None:
-                return None  # removed, with its children: by prefix
-            ranked += (STEP + sid, step_json(sr, ("run {!r} step {!r}", rid, sid),
+    changed = changes.steps
+    if changed:
+        if not changed <= steps.keys():
+            return None  # a step removed, with its children: by prefix
+        # in the run's order (``ordered``'s, all of them in the run: no call, no lookups)
+        for sid in filter(changed.__contains__, steps) if len(changed) > 1 else changed:
+            ranked += (STEP + sid, step_json(steps[sid], ("run {!r} step {!r}", rid, sid),
                                              with_children=False))
     if changes.children:
         for parent in changes.children:
