@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -65,6 +66,7 @@ return out
 
 
 _first, _second = itemgetter(0), itemgetter(1)
+_number_of, _keys_of, _args_of = itemgetter(0), itemgetter(1), itemgetter(2)  # a Member's
 
 Member = tuple[str, Sequence[Any], Sequence[Any]]
 """One call in a merged call: its script's function number (as text), its keys, its
@@ -109,14 +111,14 @@ class MergedScripts:
 
     def merged_args(self, members: Sequence[Member]) -> tuple[Any, ...]:
         """The ``EVALSHA`` arguments of the merged script running ``members`` in turn."""
-        keys: list[Any] = []
-        head: list[str] = [COUNTS[len(members)]]
-        rest: list[Any] = []
-        for number, call_keys, call_args in members:
-            keys += call_keys
-            rest += call_args
-            head += (number, COUNTS[len(call_keys)], COUNTS[len(call_args)])
-        return (self.sha, COUNTS[len(keys)], *keys, " ".join(head), *rest)
+        # each member's parts taken in C: a merged call carries up to a batch's calls
+        keys = list(chain.from_iterable(map(_keys_of, members)))
+        key_counts = map(COUNTS.__getitem__, map(len, map(_keys_of, members)))
+        arg_counts = map(COUNTS.__getitem__, map(len, map(_args_of, members)))
+        head = chain((COUNTS[len(members)],), chain.from_iterable(
+            zip(map(_number_of, members), key_counts, arg_counts, strict=True)))
+        return (self.sha, COUNTS[len(keys)], *keys, " ".join(head),
+                *chain.from_iterable(map(_args_of, members)))
 
     @staticmethod
     def replies(reply: Any, count: int) -> list[Any]:

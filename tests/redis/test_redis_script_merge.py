@@ -226,3 +226,10 @@ def test_a_merged_reply_is_each_calls_reply_or_error(reply: list[Any],
     assert [f"error: {r}" if isinstance(r, rx.ResponseError) else r for r in got] == expected
     with pytest.raises(rx.ResponseError, match="unexpected reply"):
         MERGED.replies(reply, len(reply) + 1)
+
+
+def test_merged_args_lay_out_the_head_then_each_calls_keys_and_arguments() -> None:
+    members = [("1", ["a", "b"], [1, b"2", "3"]), ("3", ("k",), ()), ("4", ["x"], ["v"])]
+    assert MERGED.merged_args(members) == (
+        MERGED.sha, "4", "a", "b", "k", "x", "3 1 2 3 3 1 0 4 1 1", 1, b"2", "3", "v")
+    assert MERGED.merged_args([]) == (MERGED.sha, "0", "0")
