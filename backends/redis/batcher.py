@@ -84,6 +84,7 @@ from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, Member, MergedScripts, set_ex_args
 
 _current_task = trio.lowlevel.current_task
+_wait = trio.lowlevel.wait_task_rescheduled
 log = logging.getLogger(__name__)
 _NO_KWARGS: dict[str, Any] = {}  # a ``_Then``'s (never changed)
 
@@ -190,7 +191,7 @@ class CommandBatcher:
                              f"(key {key!r})")
         entry = _Call(what, key, method, args, kwargs)
         self._enqueue(entry)
-        return trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return _wait(entry.abort)
 
     def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
                ) -> Awaitable[Any] | None:
@@ -206,7 +207,7 @@ class CommandBatcher:
             return None
         entry = _Call(what, key, "script", (number, keys, args), _NO_KWARGS)
         self._enqueue(entry)
-        return trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return _wait(entry.abort)
 
     def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
                   done: Callable[[Any], None]) -> bool:

@@ -36,6 +36,10 @@ _NONE: tuple[()] = ()
 _FLAGS = {True: "k", False: "n"}
 """A ranked field's flag by whether the mirror holds its rank ("k": ranked if it has no
 rank; "n": ranked now)."""
+_MARKED = {"hm": (HEADER, CTX_STEPS_MARKER), "h": (HEADER,), "m": (CTX_STEPS_MARKER,),
+           NO_VALUE: ()}
+"""The unranked fields the marks of a write (the last word of its ``shape``) have the script
+write."""
 
 
 def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
@@ -99,6 +103,8 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
                                                    ("run {!r} context.steps.{}", rid, sk)))
                 else:
                     deletes = _add(deletes, CTXSTEP + sk)
+    marks = ("hm" if steps_map else "h") if header is not None else ("m" if steps_map
+                                                                      else NO_VALUE)
     # ranks: a field is new when the mirror has no rank of it (without one: rank if absent)
     count = len(ranked) >> 1
     if known is None:
@@ -111,12 +117,7 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
         if deletes:
             known.difference_update(deletes, [ORD + f for f in deletes])
         held = len(known)
-        if header is not None:
-            known.add(HEADER)
-        if steps_map:
-            known.add(CTX_STEPS_MARKER)
-        if ranked:
-            known.update(names, ords)  # (the new ranks: the others are there)
+        known.update(names, ords, _MARKED[marks])  # (the new ranks: the others are there)
         if token:
             known.add(SAVED)
         expected = COUNTS[len(known) - held]
@@ -145,8 +146,6 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
             if type(data) is not bytes or type(key) is not str:
                 plain = False
             payloads += (key, data)
-    marks = ("hm" if steps_map else "h") if header is not None else ("m" if steps_map
-                                                                      else NO_VALUE)
     # (an int's text in an f-string is made in C: no ``COUNTS`` lookup needed)
     shape = (f"{token or NO_VALUE} {count} 0 {len(deletes) if deletes else 0}"
              f" {len(docs)} {len(added)} {len(removed)} {len(payloads) >> 1}"
