@@ -35,7 +35,7 @@ _CORRUPT_LOG = RateLimitedLog(log)
 
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
-_ONE_STATUS = {s: (s._value_,) for s in RunStatus}
+_ONE_STATUS: dict[object, tuple[str, ...]] = {s: (s._value_,) for s in RunStatus}
 
 
 def previous_statuses(previous: object) -> tuple[str, ...]:
@@ -44,7 +44,7 @@ def previous_statuses(previous: object) -> tuple[str, ...]:
     tuple kept per status: every step's write asks.)"""
     if previous is None:
         return RUN_STATUSES
-    return _ONE_STATUS.get(previous) or (status_text(previous),)  # type: ignore[arg-type]
+    return _ONE_STATUS.get(previous) or (status_text(previous),)
 
 
 def _is_terminal(status: str) -> bool:
