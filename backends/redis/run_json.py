@@ -19,7 +19,7 @@ from json.encoder import encode_basestring
 from operator import attrgetter
 from typing import Any
 
-from cordtrio.fields import RECENT_TS_TEXTS, timestamp_text
+from cordtrio.fields import RECENT_TS_TEXTS, new_timestamp_text
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 
 from .run_hash import Where, dumps, encode_value
@@ -28,9 +28,9 @@ _esc: Callable[[Any], str] = encode_basestring
 """The string escape of ``dumps`` (``ensure_ascii=False``); raises TypeError on a non-string,
 which sends the part down the general path."""
 
-_stamp: Callable[[datetime], str] = timestamp_text  # type: ignore[assignment]
-"""A timestamp's text (``timestamp_text``, cached; never None for a datetime). Timestamps (ISO
-8601) and status values never need escaping: they are quoted as they are."""
+_stamp: Callable[[datetime], str] = new_timestamp_text
+"""The text of a timestamp its cache lacks (``timestamp_text``'s, kept there). Timestamps
+(ISO 8601) and status values never need escaping: they are quoted as they are."""
 
 _cached = RECENT_TS_TEXTS.get
 """``timestamp_text``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a

@@ -246,6 +246,8 @@ def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> N
         sr = StepRun(step_id="s", started_at=ts)
         assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
         assert (cache.get(ts) or fields.timestamp_text(ts)) == format_ts(ts)
+        assert fields.new_timestamp_text(ts) == format_ts(ts)  # (also when it was kept)
+        assert cache[ts] == format_ts(ts)
 
 
 def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
