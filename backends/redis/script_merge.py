@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import redis.exceptions as rx
@@ -64,9 +62,6 @@ end
 return out
 """
 
-
-_first, _second = itemgetter(0), itemgetter(1)
-_number_of, _keys_of, _args_of = itemgetter(0), itemgetter(1), itemgetter(2)  # a Member's
 
 Member = tuple[str, Sequence[Any], Sequence[Any]]
 """One call in a merged call: its script's function number (as text), its keys, its
@@ -111,25 +106,25 @@ class MergedScripts:
 
     def merged_args(self, members: Sequence[Member]) -> tuple[Any, ...]:
         """The ``EVALSHA`` arguments of the merged script running ``members`` in turn."""
-        # each member's parts taken in C: a merged call carries up to a batch's calls
-        keys = list(chain.from_iterable(map(_keys_of, members)))
-        key_counts = map(COUNTS.__getitem__, map(len, map(_keys_of, members)))
-        arg_counts = map(COUNTS.__getitem__, map(len, map(_args_of, members)))
-        head = chain((COUNTS[len(members)],), chain.from_iterable(
-            zip(map(_number_of, members), key_counts, arg_counts, strict=True)))
-        return (self.sha, COUNTS[len(keys)], *keys, " ".join(head),
-                *chain.from_iterable(map(_args_of, members)))
+        keys: list[Any] = []
+        head: list[str] = [COUNTS[len(members)]]
+        rest: list[Any] = []
+        for number, call_keys, call_args in members:
+            keys += call_keys
+            rest += call_args
+            head += (number, COUNTS[len(call_keys)], COUNTS[len(call_args)])
+        return (self.sha, COUNTS[len(keys)], *keys, " ".join(head), *rest)
 
     @staticmethod
     def replies(reply: Any, count: int) -> list[Any]:
         """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
         if not isinstance(reply, list) or len(reply) != count:
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
-        # the usual reply: every call answered ``{1, value}`` (told and taken in C: a
-        # merged call carries up to a batch's calls)
-        if list(map(len, reply)) == [2] * count and list(map(_first, reply)) == [1] * count:
-            return list(map(_second, reply))
-        out: list[Any] = []
+        # the usual reply: every call answered ``{1, value}`` (no item looked at twice)
+        out: list[Any] = [item[1] for item in reply if len(item) == 2 and item[0] == 1]
+        if len(out) == count:
+            return out
+        out = []
         for item in reply:
             value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
             if item and item[0] == 1:
