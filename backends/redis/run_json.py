@@ -41,11 +41,10 @@ _QUOTED_MAX = 8192
 
 class _Quoted(dict[Any, str]):
     """The escaped texts of the ids a step writes again and again (the run's and workflow's
-    id in the header and every event, step and job ids, statuses, event types):
-    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions), and a step
-    writes ~18 of them. A miss escapes (a non-string raises, as ``_esc`` does). Emptied
-    when full; with hundreds of runs in flight a job id is written again (its completion)
-    after a few thousand other ids."""
+    id in its header, a step's id, event types; the optional id fields: ``_Pieces``):
+    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions). A miss
+    escapes (a non-string raises, as ``_esc`` does). Emptied when full; with hundreds of
+    runs in flight an id is written again after a few thousand other ids."""
 
     def __missing__(self, value: Any) -> str:
         text = _esc(value)
@@ -62,8 +61,8 @@ class _Pieces(_Quoted):
     """The texts ``,"<name>":<escaped value>`` of one optional field by value (``""`` for an
     empty one: the field is left out), for the id fields written again and again (a run's
     id and workflow in every event, a step's id and status, a job's id in its step and its
-    two events): one dict lookup puts the whole field in place, where an escape lookup
-    and a test and a string built around it took three times the instructions. A value
+    two events): one dict lookup puts the whole field in place, where an escape lookup,
+    a test and a string built around it took twice the instructions. A value
     that is not a string raises as ``_esc`` does; the cache is emptied when full, as
     ``_QUOTED``."""
 
