@@ -37,8 +37,8 @@ def json_copy(value: Any) -> Any:
 
 RECENT_TS_TEXTS: dict[datetime, str] = {}
 """The texts ``timestamp_text`` made last, for hot writers to look up first (a hit is one
-``dict.get``, not a call): ``RECENT_TS_TEXTS.get(ts) or timestamp_text(ts)``. Read it, never
-write it; the dict is never replaced, only emptied."""
+``dict.get``, not a call): ``RECENT_TS_TEXTS.get(ts) or new_timestamp_text(ts)``. Read it,
+never write it; the dict is never replaced, only emptied."""
 _TS_OLD: dict[datetime, str] = {}  # the previous generation: hot entries survive a flip
 _TS_CACHE_MAX = 2048
 """Entries per generation: both full hold ~650 KB. Bounded memory matters (W4), but so do
@@ -54,19 +54,25 @@ def timestamp_text(value: datetime | None) -> str | None:
     if value is None:
         return None
     text = RECENT_TS_TEXTS.get(value)
+    return text if text is not None else new_timestamp_text(value)
+
+
+def new_timestamp_text(value: datetime) -> str:
+    """``timestamp_text`` of a timestamp ``RECENT_TS_TEXTS`` does not hold, kept there: for
+    hot writers, which look there first themselves (a step's write stamps a new ``now``;
+    its miss is not looked up twice)."""
+    text = _TS_OLD.get(value)
     if text is None:
-        text = _TS_OLD.get(value)
-        if text is None:
-            if value.tzinfo is UTC:
-                text = value.isoformat()[:-6] + "Z"  # "+00:00" -> "Z"
-            else:
-                text = format_ts(value)
-                assert text is not None
-        if len(RECENT_TS_TEXTS) >= _TS_CACHE_MAX:
-            _TS_OLD.clear()
-            _TS_OLD.update(RECENT_TS_TEXTS)
-            RECENT_TS_TEXTS.clear()
-        RECENT_TS_TEXTS[value] = text
+        if value.tzinfo is UTC:
+            text = value.isoformat()[:-6] + "Z"  # "+00:00" -> "Z"
+        else:
+            text = format_ts(value)
+            assert text is not None
+    if len(RECENT_TS_TEXTS) >= _TS_CACHE_MAX:
+        _TS_OLD.clear()
+        _TS_OLD.update(RECENT_TS_TEXTS)
+        RECENT_TS_TEXTS.clear()
+    RECENT_TS_TEXTS[value] = text
     return text
 
 

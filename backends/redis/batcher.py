@@ -84,6 +84,7 @@ from .reply_watch import ReplyWatch
 from .script_merge import MERGED, SET_EX_SHA, Member, MergedScripts, set_ex_args
 
 _current_task = trio.lowlevel.current_task
+_wait = trio.lowlevel.wait_task_rescheduled
 log = logging.getLogger(__name__)
 _NO_KWARGS: dict[str, Any] = {}  # a ``_Then``'s (never changed)
 
@@ -190,7 +191,7 @@ class CommandBatcher:
                              f"(key {key!r})")
         entry = _Call(what, key, method, args, kwargs)
         self._enqueue(entry)
-        return trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return _wait(entry.abort)
 
     def script(self, what: str, key: str, source: str, keys: list[Any], args: list[Any]
                ) -> Awaitable[Any] | None:
@@ -206,7 +207,7 @@ class CommandBatcher:
             return None
         entry = _Call(what, key, "script", (number, keys, args), _NO_KWARGS)
         self._enqueue(entry)
-        return trio.lowlevel.wait_task_rescheduled(entry.abort)
+        return _wait(entry.abort)
 
     def call_then(self, what: str, key: str, method: str, args: tuple[Any, ...],
                   done: Callable[[Any], None]) -> bool:
@@ -346,68 +347,35 @@ class CommandBatcher:
         ``MGET``) and the calls sent as they are. A caller's calls can meet in one batch
         (one cancelled while its call was queued may make the next), and Redis must apply
         them in the order they were made: calls are merged only between two calls sent
-        as they are (``_segment``), never across one."""
+        as they are (a ``_Segment`` each), never across one. Each call is looked at once."""
         units: list[_Call | _Group] = []
-        start = 0
-        for i, c in enumerate(batch):
-            if not self._mergeable(c):
-                if i > start:
-                    self._segment(batch[start:i], units)
-                units.append(c)
-                start = i + 1
-        if start < len(batch):
-            self._segment(batch[start:] if start else batch, units)
-        return units
-
-    def _mergeable(self, c: _Call) -> bool:
-        """Whether ``c`` can go in a merged command (``_segment``)."""
-        method = c.method
-        if method == "script":
-            return True
-        if method == "get":
-            return len(c.args) == 1 and not c.kwargs
-        if method == "evalsha":
-            return c.args[0] in self._scripts.numbers  # ``scripts.mergeable``
-        return method == "set" and SET_EX_SHA in self._scripts.numbers and \
-            set_ex_args(method, c.args, c.kwargs) is not None
-
-    def _segment(self, calls: list[_Call], units: list[_Call | _Group]) -> None:
-        """Mergeable ``calls`` (no call sent as it is between them) as units: their
-        scripts and ``SET``s as one ``EVALSHA`` (a ``script`` call always: it has no
-        ``EVALSHA`` of its own), then their ``GET``s as one ``MGET``; a lone ``EVALSHA``,
-        ``SET`` or ``GET`` as it is. The writes go before the reads: a read
-        moved after a write is another caller's (concurrent with it) or a cancelled one's
-        (nobody reads its reply)."""
         scripts = self._scripts
-        evals: list[_Call] = []
-        members: list[Member] = []
-        sets: list[int] = []  # which of evals are payload SETs (their reply: True)
-        gets: list[_Call] = []
-        scripted = False
-        for c in calls:
+        numbers = scripts.numbers
+        segment = _Segment()
+        for c in batch:
             method = c.method
-            if method == "script":
-                scripted = True
-                members.append(c.args)  # type: ignore[arg-type]  # (number, keys, args)
-            elif method == "get":
-                gets.append(c)
+            if method == "script":  # (number, keys, args): a member as it is
+                segment.scripted = True
+                segment.members.append(c.args)  # type: ignore[arg-type]
+            elif method == "get" and len(c.args) == 1 and not c.kwargs:
+                segment.gets.append(c)
                 continue
-            elif method == "evalsha":
-                members.append(scripts.member(c.args))
-            else:  # a payload ``SET``
-                sets.append(len(evals))
-                args = set_ex_args(method, c.args, c.kwargs)
-                assert args is not None  # (``_mergeable``)
-                members.append(scripts.member(args))
-            evals.append(c)
-        if len(evals) > 1 or scripted:
-            units.append(_Group(evals, scripts.merged_args(members), "evalsha", sets))
-        else:
-            units += evals  # a lone EVALSHA or SET, as it is
-        if len(gets) > 1:
-            units.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
-        else:
-            units += gets
+            elif method == "evalsha" and c.args[0] in numbers:  # ``scripts.mergeable``
+                segment.members.append(scripts.member(c.args))
+            else:
+                args = (set_ex_args(method, c.args, c.kwargs) if SET_EX_SHA in numbers
+                        else None)
+                if args is None:  # sent as it is: the calls before it go first
+                    if segment.gets or segment.evals:
+                        segment.units(scripts, units)
+                        segment = _Segment()
+                    units.append(c)
+                    continue
+                segment.sets.append(len(segment.evals))  # a payload ``SET``
+                segment.members.append(scripts.member(args))
+            segment.evals.append(c)
+        segment.units(scripts, units)
+        return units
 
     async def _split_scripts(self, group: _Group, reply: Any) -> list[Any]:
         """Each script call's reply; the merged script sent once more after loading it if
@@ -441,6 +409,38 @@ class CommandBatcher:
             for i, value in zip(again, more, strict=True):
                 values[i] = value
         return values
+
+
+class _Segment:
+    """Mergeable calls of a batch with no call sent as it is between them (``_merge``):
+    their scripts and ``SET``s (``evals``, as merged-script ``members``; ``sets``: which
+    of them are payload ``SET``s, whose reply is ``True``) and their ``GET``s."""
+
+    __slots__ = ("evals", "gets", "members", "scripted", "sets")
+
+    def __init__(self) -> None:
+        self.evals: list[_Call] = []
+        self.members: list[Member] = []
+        self.sets: list[int] = []
+        self.gets: list[_Call] = []
+        self.scripted = False  # a ``script`` call: it has no ``EVALSHA`` of its own
+
+    def units(self, scripts: MergedScripts, units: list[_Call | _Group]) -> None:
+        """Add the segment's units to ``units``: its scripts and ``SET``s as one ``EVALSHA``
+        (always with a ``script`` call among them), then its ``GET``s as one ``MGET``; a
+        lone ``EVALSHA``, ``SET`` or ``GET`` as it is. The writes go before the reads: a
+        read moved after a write is another caller's (concurrent with it) or a cancelled
+        one's (nobody reads its reply)."""
+        evals, gets = self.evals, self.gets
+        if len(evals) > 1 or self.scripted:
+            units.append(_Group(evals, scripts.merged_args(self.members), "evalsha",
+                                self.sets))
+        else:
+            units += evals  # a lone EVALSHA or SET, as it is
+        if len(gets) > 1:
+            units.append(_Group(gets, ([c.args[0] for c in gets],), "mget", _NO_SETS))
+        else:
+            units += gets
 
 
 class _Group:

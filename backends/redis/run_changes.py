@@ -38,7 +38,7 @@ from .leases import lease_key
 from .payloads import RedisPayloadStore
 from .redis_errors import RedisDataError
 from .run_hash import FieldOps, dumps, ordered, text
-from .run_index import RUN_STATUSES, RedisRunIndex
+from .run_index import RedisRunIndex, previous_statuses
 from .run_json import header_json, step_json
 from .step_argv import step_argv
 from .step_write import NOT_FOUND, STEP_SCRIPT, report_step_commands, step_keys
@@ -130,12 +130,6 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             raise NotFoundError(f"run {run.id!r} not found")
         raise self._lost(run, reply[1], owner)
 
-    @staticmethod
-    def _previous(changes: RunChanges) -> tuple[str, ...]:
-        """The status zsets the run may be in before a header write."""
-        prev = changes.previous_status
-        return RUN_STATUSES if prev is None else (status_text(prev),)
-
     def _committed_ttl(self) -> int | None:
         if not self._commits_payloads:
             raise ValueError("RunChanges.payloads given, but no payload store is committed "
@@ -179,7 +173,8 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
             pipe.multi()
             self._queue_ops(pipe, key, ops)
             if changes.header:
-                self._queue_index(pipe, run, status, previous=self._previous(changes))
+                self._queue_index(pipe, run, status,
+                                  previous=previous_statuses(changes.previous_status))
             self._queue_timeline(pipe, run.id, docs)
             if changes.header:
                 self._queue_retention(pipe, run, status)

@@ -35,6 +35,16 @@ _CORRUPT_LOG = RateLimitedLog(log)
 
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
+_ONE_STATUS: dict[object, tuple[str, ...]] = {s: (s._value_,) for s in RunStatus}
+
+
+def previous_statuses(previous: object) -> tuple[str, ...]:
+    """The status zsets a run may be in before a header write: its previous status's
+    (``RunChanges.previous_status``), or all of them when it is not known (None). (The
+    tuple kept per status: every step's write asks.)"""
+    if previous is None:
+        return RUN_STATUSES
+    return _ONE_STATUS.get(previous) or (status_text(previous),)
 
 
 def _is_terminal(status: str) -> bool:

@@ -19,7 +19,7 @@ from json.encoder import encode_basestring
 from operator import attrgetter
 from typing import Any
 
-from cordtrio.fields import RECENT_TS_TEXTS, timestamp_text
+from cordtrio.fields import RECENT_TS_TEXTS, new_timestamp_text
 from cordtrio.model import RunStatus, StepRun, StepStatus, TimelineEvent, WorkflowRun
 
 from .run_hash import Where, dumps, encode_value
@@ -28,9 +28,9 @@ _esc: Callable[[Any], str] = encode_basestring
 """The string escape of ``dumps`` (``ensure_ascii=False``); raises TypeError on a non-string,
 which sends the part down the general path."""
 
-_stamp: Callable[[datetime], str] = timestamp_text  # type: ignore[assignment]
-"""A timestamp's text (``timestamp_text``, cached; never None for a datetime). Timestamps (ISO
-8601) and status values never need escaping: they are quoted as they are."""
+_stamp: Callable[[datetime], str] = new_timestamp_text
+"""The text of a timestamp its cache lacks (``timestamp_text``'s, kept there). Timestamps
+(ISO 8601) and status values never need escaping: they are quoted as they are."""
 
 _cached = RECENT_TS_TEXTS.get
 """``timestamp_text``'s cache, looked up first (``_cached(ts) or _stamp(ts)``): a hit costs a
@@ -41,11 +41,10 @@ _QUOTED_MAX = 8192
 
 class _Quoted(dict[Any, str]):
     """The escaped texts of the ids a step writes again and again (the run's and workflow's
-    id in the header and every event, step and job ids, statuses, event types):
-    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions), and a step
-    writes ~18 of them. A miss escapes (a non-string raises, as ``_esc`` does). Emptied
-    when full; with hundreds of runs in flight a job id is written again (its completion)
-    after a few thousand other ids."""
+    id in its header, a step's id, event types; the optional id fields: ``_Pieces``):
+    ``_QUOTED[v]`` is a dict lookup instead of an escape (~1k instructions). A miss
+    escapes (a non-string raises, as ``_esc`` does). Emptied when full; with hundreds of
+    runs in flight an id is written again after a few thousand other ids."""
 
     def __missing__(self, value: Any) -> str:
         text = _esc(value)
@@ -56,6 +55,34 @@ class _Quoted(dict[Any, str]):
 
 
 _QUOTED = _Quoted()
+
+
+class _Pieces(_Quoted):
+    """The texts ``,"<name>":<escaped value>`` of one optional field by value (``""`` for an
+    empty one: the field is left out), for the id fields written again and again (a run's
+    id and workflow in every event, a step's id and status, a job's id in its step and its
+    two events): one dict lookup puts the whole field in place, where an escape lookup,
+    a test and a string built around it took twice the instructions. A value
+    that is not a string raises as ``_esc`` does; the cache is emptied when full, as
+    ``_QUOTED``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.prefix = f',"{name}":'
+
+    def __missing__(self, value: Any) -> str:
+        text = f"{self.prefix}{_esc(value)}" if value else ""
+        if len(self) >= _QUOTED_MAX:
+            self.clear()
+        self[value] = text
+        return text
+
+
+_RUN_ID = _Pieces("run_id")
+_WORKFLOW_ID = _Pieces("workflow_id")
+_STEP_ID = _Pieces("step_id")
+_JOB_ID = _Pieces("job_id")
+_STATUS = _Pieces("status")
 
 
 _UNEXPECTED = (TypeError, ValueError, AttributeError)
@@ -163,7 +190,8 @@ def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes
         if type(tries) is not int:
             raise TypeError("attempts")  # a bool or an int enum: the encoder decides
         attempts = f',"attempts":{tries}' if tries else ""
-        st = f'"{status._value_}"' if type(status) is StepStatus else _esc(str(status.value))
+        st = (_STATUS[status] if type(status) is StepStatus
+              else f',"status":{_esc(str(status.value))}')
         started = ("" if started_at is None
                    else f',"started_at":"{_cached(started_at) or _stamp(started_at)}"')
         completed = ("" if completed_at is None else
@@ -173,26 +201,25 @@ def step_json(sr: StepRun, where: Where, *, with_children: bool = True) -> bytes
         given = f',"input":{encode_value(given_input)}' if given_input else ""
         output = "" if out is None else f',"output":{_text(out)}'
         error = f',"error":{encode_value(err)}' if err else ""
-        job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
         item = "" if item_value is None else f',"item":{_text(item_value)}'
         kids = ""
         if with_children and children:
             docs = {cid: c.to_dict() for cid, c in children.items()}
             kids = f',"children":{encode_value(docs)}'
         sid = _QUOTED[step_id]
-        return (f'{{"step_id":{sid},"status":{st}{started}{completed}{retry}'
-                f'{attempts}{given}{output}{error}{job}{item}{kids}}}').encode()
+        return (f'{{"step_id":{sid}{st}{started}{completed}{retry}'
+                f'{attempts}{given}{output}{error}{_JOB_ID[job_id]}{item}{kids}}}').encode()
     except _UNEXPECTED:
         return dumps(sr.to_dict(with_children=with_children), where)
 
 
 _EVENT_FIELDS: Callable[[TimelineEvent], tuple[Any, ...]] = attrgetter(
-    "type", "run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr", "message",
-    "data")
-"""An event's fields but its time, read in one C call."""
+    "time", "type", "run_id", "workflow_id", "step_id", "job_id", "status", "result_ptr",
+    "message", "data")
+"""An event's fields, read in one C call."""
 
 _NOT_YET: Any = object()
-"""No event's text made yet (``event_docs``: nothing to reuse)."""
+"""No event's time text made yet (``event_docs``: nothing to reuse)."""
 
 
 def event_docs(events: Iterable[TimelineEvent], run_id: str,
@@ -201,41 +228,36 @@ def event_docs(events: Iterable[TimelineEvent], run_id: str,
     ``event_json``), with ``now_text()`` (asked once, for the first event without a time)
     as the time of those that have none.
 
-    The events of one write are stamped with the same time and name the same run and
-    workflow: their texts are made once per write, for the first event, and reused while
-    the next event holds the very same objects."""
+    The events of one write are stamped with the same time: its text is made once per
+    write, for the first event, and reused while the next event holds the very same
+    object."""
     docs: list[bytes] = []
     now: str | None = None
-    last_at = last_named = last_wf = _NOT_YET
-    time = pair = ""
+    last_at = _NOT_YET
+    time = ""
     for event in events:
-        at = event.time
-        if at is None and now is None:
-            now = now_text()
         try:
-            (kind, named, wf_id, step_id, job_id, status, result_ptr, text,
+            (at, kind, named, wf_id, step_id, job_id, status, result_ptr, text,
              data_value) = _EVENT_FIELDS(event)
-            if at is None:
-                time = _esc(now)
-                last_at = _NOT_YET
-            elif at is not last_at:
-                time = f'"{_cached(at) or _stamp(at)}"'
+            if at is not last_at:
+                if at is None:
+                    if now is None:
+                        now = now_text()
+                    time = _esc(now)
+                else:
+                    time = f'"{_cached(at) or _stamp(at)}"'
                 last_at = at
-            if named is not last_named or wf_id is not last_wf:
-                pair = ((f',"run_id":{_QUOTED[named]}' if named else "")
-                        + (f',"workflow_id":{_QUOTED[wf_id]}' if wf_id else ""))
-                last_named, last_wf = named, wf_id
-            step = f',"step_id":{_QUOTED[step_id]}' if step_id else ""
-            job = f',"job_id":{_QUOTED[job_id]}' if job_id else ""
-            st = f',"status":{_QUOTED[status]}' if status else ""
             result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
             message = f',"message":{_esc(text)}' if text else ""
             data = f',"data":{encode_value(data_value)}' if data_value else ""
-            owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
-            docs.append(f'{{"time":{time},"type":{_QUOTED[kind]}{pair}{step}{job}'
-                        f'{st}{result}{message}{data}{owner}}}'.encode())
+            owner = "" if named else _RUN_ID[run_id]
+            docs.append(f'{{"time":{time},"type":{_QUOTED[kind]}{_RUN_ID[named]}'
+                        f'{_WORKFLOW_ID[wf_id]}{_STEP_ID[step_id]}{_JOB_ID[job_id]}'
+                        f'{_STATUS[status]}{result}{message}{data}{owner}}}'.encode())
         except _UNEXPECTED:
-            last_at = last_named = last_wf = _NOT_YET
+            last_at = _NOT_YET
+            if event.time is None and now is None:
+                now = now_text()
             doc = event.to_dict()
             if not doc.get("time"):
                 doc["time"] = now

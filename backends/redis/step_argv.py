@@ -28,7 +28,7 @@ from cordtrio.ports import RunChanges, child_order_key
 from .base import TERMINAL_STATUSES, retention_keys
 from .keys import CTX, CTX_STEPS_MARKER, CTXSTEP, HEADER, ORD, SAVED, STEP, child_field
 from .run_hash import dumps, ordered
-from .run_index import RUN_STATUSES, index_moves, run_status_text
+from .run_index import index_moves, previous_statuses, run_status_text
 from .run_json import header_json, step_json
 from .step_write import COUNTS, NO_VALUE
 
@@ -36,6 +36,10 @@ _NONE: tuple[()] = ()
 _FLAGS = {True: "k", False: "n"}
 """A ranked field's flag by whether the mirror holds its rank ("k": ranked if it has no
 rank; "n": ranked now)."""
+_MARKED = {"hm": (HEADER, CTX_STEPS_MARKER), "h": (HEADER,), "m": (CTX_STEPS_MARKER,),
+           NO_VALUE: ()}
+"""The unranked fields the marks of a write (the last word of its ``shape``) have the script
+write."""
 
 
 def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
@@ -54,12 +58,13 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
     deletes: set[str] | None = None  # a set, as ``FieldOps.deletes``: the same order
     header = header_json(run, ("run {!r}", rid)) if changes.header else None
     steps = run.steps
-    if changes.steps:
-        for sid in ordered(changes.steps, steps):
-            sr = steps.get(sid)
-            if sr is None:
-                return None  # removed, with its children: by prefix
-            ranked += (STEP + sid, step_json(sr, ("run {!r} step {!r}", rid, sid),
+    changed = changes.steps
+    if changed:
+        if not changed <= steps.keys():
+            return None  # a step removed, with its children: by prefix
+        # in the run's order (``ordered``'s, all of them in the run: no call, no lookups)
+        for sid in filter(changed.__contains__, steps) if len(changed) > 1 else changed:
+            ranked += (STEP + sid, step_json(steps[sid], ("run {!r} step {!r}", rid, sid),
                                              with_children=False))
     if changes.children:
         for parent in changes.children:
@@ -98,6 +103,8 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
                                                    ("run {!r} context.steps.{}", rid, sk)))
                 else:
                     deletes = _add(deletes, CTXSTEP + sk)
+    marks = ("hm" if steps_map else "h") if header is not None else ("m" if steps_map
+                                                                      else NO_VALUE)
     # ranks: a field is new when the mirror has no rank of it (without one: rank if absent)
     count = len(ranked) >> 1
     if known is None:
@@ -110,13 +117,7 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
         if deletes:
             known.difference_update(deletes, [ORD + f for f in deletes])
         held = len(known)
-        if header is not None:
-            known.add(HEADER)
-        if steps_map:
-            known.add(CTX_STEPS_MARKER)
-        if ranked:
-            known.update(names)
-            known.update(ords)  # the new ranks (the others are there)
+        known.update(names, ords, _MARKED[marks])  # (the new ranks: the others are there)
         if token:
             known.add(SAVED)
         expected = COUNTS[len(known) - held]
@@ -128,9 +129,8 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
     commands: list[Any] = []
     if changes.header:
         status = run_status_text(run.status)
-        prev = changes.previous_status
         removed, added, stamp, active = index_moves(
-            run, status, RUN_STATUSES if prev is None else (run_status_text(prev),))
+            run, status, previous_statuses(changes.previous_status))
         score = repr(stamp)
         if active is not None:
             commands += (3, *active, rid)
@@ -146,8 +146,6 @@ def step_argv(run: WorkflowRun, changes: RunChanges, owner: str, token: str,
             if type(data) is not bytes or type(key) is not str:
                 plain = False
             payloads += (key, data)
-    marks = ("hm" if steps_map else "h") if header is not None else ("m" if steps_map
-                                                                      else NO_VALUE)
     # (an int's text in an f-string is made in C: no ``COUNTS`` lookup needed)
     shape = (f"{token or NO_VALUE} {count} 0 {len(deletes) if deletes else 0}"
              f" {len(docs)} {len(added)} {len(removed)} {len(payloads) >> 1}"

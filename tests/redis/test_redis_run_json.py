@@ -246,6 +246,8 @@ def test_timestamp_texts_are_the_same_from_the_cache_and_across_its_flips() -> N
         sr = StepRun(step_id="s", started_at=ts)
         assert step_json(sr, "w") == dumps(sr.to_dict(), "w")
         assert (cache.get(ts) or fields.timestamp_text(ts)) == format_ts(ts)
+        assert fields.new_timestamp_text(ts) == format_ts(ts)  # (also when it was kept)
+        assert cache[ts] == format_ts(ts)
 
 
 def test_escaped_ids_are_the_same_from_the_cache_and_after_it_empties() -> None:
@@ -347,3 +349,29 @@ def test_an_event_with_the_shared_empty_data_is_written_as_one_without_data() ->
     assert b'"data"' not in expected
     assert event_json(shared, "r", "now", "w") == expected
     assert _stored_event(shared, "r", "now") == expected
+
+
+def test_field_pieces_are_the_fields_texts_from_the_cache_and_after_it_empties() -> None:
+    """An optional id field (``_Pieces``: run, workflow, step and job ids, statuses) is
+    looked up as its whole text: ``,"name":<escaped>``, or nothing for an empty value; a
+    string equal to a cached one of another type gives the same text; a value that is not
+    a string raises (the general path writes it) and is not kept; emptied when full."""
+    from cordtrio.backends.redis import run_json
+
+    pieces = run_json._JOB_ID
+    for _ in range(2):  # a miss, then a hit
+        assert pieces["j\u2028\""] == ',"job_id":"j\u2028\\""'
+        assert pieces[""] == pieces[None] == pieces[0] == ""
+    assert pieces["red"] == pieces[Colour.RED] == ',"job_id":"red"'
+    with pytest.raises(TypeError):
+        pieces[Level.HIGH]
+    assert Level.HIGH not in pieces
+    for i in range(run_json._QUOTED_MAX + 1):
+        assert pieces[f"j-{i}"] == f',"job_id":"j-{i}"'
+    assert len(pieces) <= run_json._QUOTED_MAX and run_json._JOB_ID is pieces
+    event = TimelineEvent(time=T0, type="step_completed", run_id="r", job_id="j-0",
+                          status=Colour.RED)  # emptied since: a miss again
+    _same(lambda: event_json(event, "run-1", None, "w"),
+          lambda: _stored_event(event, "run-1", "unused"))
+    sr = StepRun(step_id="s", status=StepStatus.RUNNING, job_id=Level.HIGH)  # type: ignore[arg-type]
+    _same(lambda: step_json(sr, "w"), lambda: dumps(sr.to_dict(), "w"))

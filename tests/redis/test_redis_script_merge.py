@@ -210,3 +210,26 @@ def test_the_merged_head_is_one_text_argument() -> None:
     assert put == (SET_EX_SHA, 1, "res:x", b"v", "86400")
     assert MERGED.call_args([step, put]) == (
         MERGED.sha, "4", "k1", "k2", "k3", "res:x", "2 1 3 2 4 1 2", "a", b"b", b"v", "86400")
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ([[1, b"a"], [1, 2], [1, [b"x"]]], [b"a", 2, [b"x"]]),  # the usual reply
+    ([[1, b"a"], [1], [1, 0]], [b"a", None, 0]),  # a nil reply: {1}
+    ([[1, b"a"], [0, b"ERR boom"], [1, 1]], [b"a", "error: ERR boom", 1]),  # its own error
+    ([[1, b"a"], [2, b"x"], [1, 1]], [b"a", "error: x", 1]),
+])
+def test_a_merged_reply_is_each_calls_reply_or_error(reply: list[Any],
+                                                     expected: list[Any]) -> None:
+    import redis.exceptions as rx
+
+    got = MERGED.replies(reply, len(reply))
+    assert [f"error: {r}" if isinstance(r, rx.ResponseError) else r for r in got] == expected
+    with pytest.raises(rx.ResponseError, match="unexpected reply"):
+        MERGED.replies(reply, len(reply) + 1)
+
+
+def test_merged_args_lay_out_the_head_then_each_calls_keys_and_arguments() -> None:
+    members = [("1", ["a", "b"], [1, b"2", "3"]), ("3", ("k",), ()), ("4", ["x"], ["v"])]
+    assert MERGED.merged_args(members) == (
+        MERGED.sha, "4", "a", "b", "k", "x", "3 1 2 3 3 1 0 4 1 1", 1, b"2", "3", "v")
+    assert MERGED.merged_args([]) == (MERGED.sha, "0", "0")

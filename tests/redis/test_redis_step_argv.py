@@ -223,3 +223,13 @@ def test_index_moves_are_those_queued_one_by_one(status: str, sync_active: bool)
                                        sync_active=sync_active)
             _queue_index_as_written_before(want, run, status, previous, sync_active)
             assert got.commands == want.commands
+
+
+@pytest.mark.parametrize("previous", [None, *RunStatus, "running", " Running", "unknown"])
+def test_previous_statuses_are_the_status_zsets_a_run_may_be_in(previous: Any) -> None:
+    from cordtrio.backends.redis.run_index import RUN_STATUSES, previous_statuses
+    from cordtrio.ports import status_text
+
+    expected = RUN_STATUSES if previous is None else (status_text(previous),)
+    assert previous_statuses(previous) == expected
+    assert previous_statuses(previous) == expected  # (kept per status)
