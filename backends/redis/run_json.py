@@ -250,7 +250,9 @@ def event_docs(events: Iterable[TimelineEvent], run_id: str,
             result = f',"result_ptr":{_esc(result_ptr)}' if result_ptr else ""
             message = f',"message":{_esc(text)}' if text else ""
             data = f',"data":{encode_value(data_value)}' if data_value else ""
-            owner = "" if named else _RUN_ID[run_id]
+            # the write's run id for an event that names none, even an empty one (None:
+            # the general path's ``null``); not ``_RUN_ID``, which leaves an empty one out
+            owner = "" if named else f',"run_id":{_QUOTED[run_id]}'
             docs.append(f'{{"time":{time},"type":{_QUOTED[kind]}{_RUN_ID[named]}'
                         f'{_WORKFLOW_ID[wf_id]}{_STEP_ID[step_id]}{_JOB_ID[job_id]}'
                         f'{_STATUS[status]}{result}{message}{data}{owner}}}'.encode())

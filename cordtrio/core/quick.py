@@ -166,7 +166,8 @@ def _start_plain(tx: Tx, front: Frontier, candidates: Iterable[str], done: str =
                  copied: bool = False) -> bool:
     """Start those of ``candidates`` (plain jobs without a StepRun, in definition order)
     whose dependencies all succeeded (``done`` just did), as ``_visit`` would one after the
-    other, and count them in ``front``. False, having changed nothing, when one cannot
+    other, and mark them running in ``front`` (its count of steps left to finish stays as
+    it is: a started job is still one). False, having changed nothing, when one cannot
     start (its input does not render or validate): every input that is not a copy of the
     run's is built before anything starts, which gives the same inputs since starting a job
     changes nothing an input reads. ``copied``: every candidate's input is such a copy

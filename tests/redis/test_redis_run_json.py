@@ -121,11 +121,20 @@ def test_event_json_writes_the_stored_event(event: TimelineEvent) -> None:
           lambda: _stored_event(event, "run-1", now))
 
 
+@pytest.mark.parametrize("run_id", ["", None, "run-1"])
+def test_an_event_naming_no_run_is_given_the_writes_run_id_even_an_empty_one(
+        run_id: Any) -> None:
+    event = TimelineEvent(time=T0, type="t", step_id="s")
+    assert event_json(event, run_id, "now", "where") == dumps(
+        {**event.to_dict(), "run_id": run_id}, "where")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(range(len(EVENTS) + 3)), max_size=8))
 def test_events_of_one_write_are_each_written_as_alone(picks: list[int]) -> None:
-    """``event_docs`` reuses one event's time and run/workflow texts for the next while
-    it holds the same objects: each text is still the one stored for that event alone,
+    """``event_docs`` reuses one event's time for the next while it holds the same
+    object (its id fields' texts are kept per value): each text is still the one stored
+    for that event alone,
     whatever events come before it (odd ones, ones without a time, other runs)."""
     shared = dataclasses.replace(EVENTS[1])  # the same objects as EVENTS[1], another event
     same_run = TimelineEvent(time=EVENTS[1].time, type="t", run_id=EVENTS[1].run_id,
