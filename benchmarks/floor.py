@@ -288,7 +288,8 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
     from .floor_duties import drive_floor_duties
 
     samples: dict[str, list[float]] = {"floor": [], "floor, pool grown": [],
-                                       "floor+duties": [], "floor+core": [], "cordtrio": []}
+                                       "floor+duties": [], "floor+duties, design": [],
+                                       "floor+core": [], "cordtrio": []}
     if against:
         samples["against"] = []
     # Every drive timed without a Trio instrument, as cordtrio's samples are
@@ -298,6 +299,8 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
         samples["floor, pool grown"].append(
             trio.run(partial(timed_floor, grown=True))["steps_per_s"])
         samples["floor+duties"].append(trio.run(drive_floor_duties, size)["steps_per_s"])
+        samples["floor+duties, design"].append(
+            trio.run(partial(drive_floor_duties, size, design=True))["steps_per_s"])
         gc.collect()
         samples["floor+core"].append(
             trio.run(partial(drive_floor_core, size, count_switches=False))["steps_per_s"])
@@ -316,6 +319,8 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
              "floor+duties/floor": ("floor+duties", "floor"),
              "floor+core/floor": ("floor+core", "floor"),
              "cordtrio/floor+duties": ("cordtrio", "floor+duties"),
+             "floor+duties, design/floor": ("floor+duties, design", "floor"),
+             "cordtrio/floor+duties, design": ("cordtrio", "floor+duties, design"),
              "cordtrio/floor+core": ("cordtrio", "floor+core")}
     if against:
         pairs["cordtrio/against"] = ("cordtrio", "against")

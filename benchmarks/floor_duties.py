@@ -22,6 +22,9 @@ cost of its own structure rather than of the duties:
 * worker: take the job, read its input (a copy), run the no-op handler, store its result
   at ``res:<job>``, answer in a packet, acknowledge.
 
+With ``design=True`` it is shaped as cordtrio is besides (a cancel scope per run task, the
+worker pool grown as jobs need it): the smallest program of cordtrio's design doing them.
+
 It knows W1's workflow by heart (a chain, no conditions, no templates, no retries, no
 cancellation, no timers, no recovery, one engine) and skips every check a well-formed run
 never fails: what cordtrio does beyond it is generality and safety; what it costs beyond
@@ -36,7 +39,7 @@ import marshal
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -178,7 +181,12 @@ Hook = Callable[..., None]
 
 
 class _FloorDuties:
-    def __init__(self, run_tasks: trio.Nursery, dispatched: Hook, finished: Hook) -> None:
+    def __init__(self, run_tasks: trio.Nursery, dispatched: Hook, finished: Hook,
+                 workers: trio.Nursery | None = None) -> None:
+        """``workers``: the pool is grown there as jobs need it (``design``)."""
+        self.workers = workers
+        self.started_workers = 0
+        self.waiting_workers = 0
         self.store = _Store()
         self.payloads = _Payloads()
         self.finished: dict[str, _Signal] = {}
@@ -189,12 +197,18 @@ class _FloorDuties:
         self.ids = 0
 
     async def submit(self) -> str:
+        return await self._submit(self.run)
+
+    async def submit_scoped(self) -> str:
+        return await self._submit(self.scoped_run)
+
+    async def _submit(self, task: Callable[[_Run, _Signal], Awaitable[None]]) -> str:
         self.ids += 1
         run = _Run(f"run-{self.ids}", "bench-w1", datetime.now(UTC))
         self.store.create(run)
         self.finished[run.id] = _Signal()
         started = _Signal()
-        self.run_tasks.start_soon(self.run, run, started)
+        self.run_tasks.start_soon(task, run, started)
         await started.wait()
         return run.id
 
@@ -228,6 +242,19 @@ class _FloorDuties:
             self.unacked[job_id] = packet
             self.send.send_nowait(packet)
             self.on_dispatched(run.id, packet.payload.env["step_id"], job_id)
+
+    async def scoped_run(self, run: _Run, started: _Signal) -> None:
+        """``run`` in a cancel scope of its own: the run's cancellation, as the engine's
+        run tasks have it (``design``)."""
+        with trio.CancelScope():
+            await self.run(run, started)
+
+    def grow(self) -> None:
+        """One more worker when a worker took a job while none other waits (``design``)."""
+        if self.workers is not None and self.waiting_workers == 0 \
+                and self.started_workers < WORKERS:
+            self.started_workers += 1
+            self.workers.start_soon(self.worker, f"worker-{self.started_workers}")
 
     async def run(self, run: _Run, started: _Signal) -> None:
         """One run's task: start the roots, then fold each result in (SPEC §5, §6, §8)."""
@@ -277,12 +304,16 @@ class _FloorDuties:
             try:
                 packet = jobs.receive_nowait()
             except trio.WouldBlock:
+                self.waiting_workers += 1
                 try:
                     packet = await jobs.receive()
                 except trio.EndOfChannel:
                     return
+                finally:
+                    self.waiting_workers -= 1
             except trio.EndOfChannel:
                 return
+            self.grow()
             request: _Request = packet.payload
             if request.job_id not in unacked:
                 continue
@@ -303,10 +334,15 @@ async def _noop(data: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def drive_floor_duties(runs: int) -> dict[str, float]:
+async def drive_floor_duties(runs: int, *, design: bool = False) -> dict[str, float]:
     """One drive in W1's shape (as ``floor.drive_floor``) doing every step's duties, with
     latency hooks like the harness's and the engine's garbage-collector tuning. Returns
-    steps/s (wall clock) and CPU µs per step."""
+    steps/s (wall clock), CPU µs per step and how many workers ran.
+
+    ``design``: shaped as cordtrio is as well — each run task in a cancel scope of its own
+    (the design's: a run's cancel scope is its cancellation), and the worker pool grown as
+    jobs need it (as a cordtrio worker starts its slots) instead of started whole: the
+    smallest program of cordtrio's design doing W1's duties."""
     gc.collect()
     sent: dict[tuple[str, str], float] = {}
     latencies: list[float] = []
@@ -321,12 +357,18 @@ async def drive_floor_duties(runs: int) -> dict[str, float]:
 
     with long_lived_gc():
         async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
-            floor = _FloorDuties(run_tasks, dispatched, finished)
-            for i in range(WORKERS):
-                workers.start_soon(floor.worker, f"worker-{i}")
+            floor = _FloorDuties(run_tasks, dispatched, finished,
+                                 workers if design else None)
+            if design:
+                floor.grow()
+            else:
+                for i in range(WORKERS):
+                    workers.start_soon(floor.worker, f"worker-{i}")
+                floor.started_workers = WORKERS
             await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
             wall, cpu = time.perf_counter(), time.process_time()
-            for run_id in await submit_many(floor.submit, runs):
+            submit = floor.submit_scoped if design else floor.submit
+            for run_id in await submit_many(submit, runs):
                 status = await floor.wait_run(run_id)
                 if status != "succeeded":
                     raise RuntimeError(f"run {run_id} ended {status}")
@@ -336,7 +378,7 @@ async def drive_floor_duties(runs: int) -> dict[str, float]:
     if len(latencies) != total:
         raise RuntimeError(f"{len(latencies)} steps finished, expected {total}")
     return {"steps": total, "seconds": wall, "steps_per_s": total / wall,
-            "cpu_us_per_step": 1e6 * cpu / total}
+            "cpu_us_per_step": 1e6 * cpu / total, "workers": floor.started_workers}
 
 
 __all__ = ["drive_floor_duties"]

@@ -222,7 +222,7 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import trio
 
-    from benchmarks.floor import drive_floor
+    from benchmarks.floor import WORKERS, drive_floor
     from benchmarks.floor import main as floor_main
     from benchmarks.floor_core import drive_floor_core
     from benchmarks.floor_duties import drive_floor_duties
@@ -230,6 +230,9 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     alone = trio.run(drive_floor, 3)
     duties = trio.run(drive_floor_duties, 3)  # every run and step finished, or it raises
     assert duties["steps"] == 3 * CHAIN_STEPS and duties["steps_per_s"] > 0
+    design = trio.run(partial(drive_floor_duties, 3, design=True))
+    assert design["steps"] == 3 * CHAIN_STEPS and design["steps_per_s"] > 0
+    assert duties["workers"] == WORKERS and 1 <= design["workers"] < WORKERS  # grown
     with_core = trio.run(drive_floor_core, 3)  # every run succeeded, or it raises
     assert with_core["steps"] == 3 * CHAIN_STEPS and with_core["task_switches_per_step"] > 0
     assert alone["steps"] == 3 * CHAIN_STEPS
@@ -240,8 +243,8 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert (data["workload"], data["backend"], data["size"], data["rounds"]) == (
         "w1", "memory", 3, 2)
     samples = data["samples_steps_per_s"]
-    assert set(samples) == {"floor", "floor, pool grown", "floor+duties", "floor+core",
-                            "cordtrio"}
+    assert set(samples) == {"floor", "floor, pool grown", "floor+duties",
+                            "floor+duties, design", "floor+core", "cordtrio"}
     assert all(len(v) == 2 for v in samples.values())
     assert data["ratio_to_floor"]["floor"] == 1.0
     assert data["ratio_to_floor"]["cordtrio"] == pytest.approx(
@@ -249,7 +252,8 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
     assert data["ratio_cordtrio_to_against"] is None
     assert set(data["median_of_round_ratios"]) == {
         "cordtrio/floor", "cordtrio/floor, pool grown", "floor+duties/floor",
-        "floor+core/floor", "cordtrio/floor+duties", "cordtrio/floor+core"}
+        "floor+core/floor", "cordtrio/floor+duties", "floor+duties, design/floor",
+        "cordtrio/floor+duties, design", "cordtrio/floor+core"}
     assert "x floor" in capsys.readouterr().out
 
 
