@@ -4,6 +4,8 @@
     python -m benchmarks.floor --compare --rounds 7     # floor vs cordtrio, interleaved
     python -m benchmarks.floor --compare --rounds 7 --against ../other-checkout \\
         --against-python ../other-venv/bin/python --out benchmarks/results/floor.json
+    python -m benchmarks.floor --ratios --rounds 7 --against ../other-checkout \\
+        --against-python ../other-venv/bin/python   # each version's ratio, in its process
 
 The floor is the leanest standalone Trio program of W1's shape: N runs x 5 dependent no-op
 jobs, one task per run, a worker pool over a memory channel, a dict as the store. A worker
@@ -25,7 +27,14 @@ cordtrio's in-memory W1 through the same harness code as ``python -m benchmarks`
 steps/s of each and their ratios to the floor. ``--against DIR`` adds, in the same rounds,
 W1 measured by another checkout's own harness (``python -m benchmarks`` run in ``DIR`` with
 ``--against-python``, one sample per round), so that two versions and the floor are
-compared in one sitting. ``--out`` writes every sample and the medians as JSON.
+compared in one sitting (that process between the drives of each round slows the floor:
+the ratios of one such run are not those of a run without it). ``--ratios`` measures, with
+``--against``, each version's ratio to the floor inside that version's own process
+(``benchmarks/floor_ratio.py``: the floor program, ``benchmarks/floor_program.py``, loaded
+by its path beside the version's own W1, alternated there), the two processes alternated
+round by round: a version's ratio to the floor holds on any machine, so it compares with a
+ratio measured elsewhere against the same program. ``--out`` writes every sample and the
+medians as JSON.
 """
 
 from __future__ import annotations
@@ -33,231 +42,36 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections import deque
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from . import floor_program as program
 from .measure import run_sample
 from .switches import TaskSteps
-from .workloads import CHAIN_STEPS, WORKLOADS, submit_many
-
-WORKERS = 256
-"""Worker tasks in the pool (the in-process worker's ``max_concurrency`` in the harness)."""
-
-
-class _Mailbox:
-    """A run task's inbox: a deque and the parked reader, woken directly by ``put``."""
-
-    __slots__ = ("items", "reader")
-
-    def __init__(self) -> None:
-        self.items: deque[Any] = deque()  # a result, in whatever form the drive sends it
-        self.reader: trio.lowlevel.Task | None = None
-
-    def put(self, item: Any) -> None:
-        self.items.append(item)
-        reader = self.reader
-        if reader is not None:
-            self.reader = None
-            trio.lowlevel.reschedule(reader)
-
-    async def get(self) -> Any:
-        if not self.items:
-            self.reader = trio.lowlevel.current_task()
-
-            def abort(_: object) -> trio.lowlevel.Abort:
-                self.reader = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        return self.items.popleft()
-
-
-@dataclass(slots=True)
-class _Job:
-    job_id: str
-    input: dict[str, Any]
-    reply_to: _Mailbox
-
-
-async def _noop(job: _Job) -> dict[str, Any]:
-    return {"ok": True}
-
-
-async def _worker(jobs: trio.MemoryReceiveChannel[_Job]) -> None:
-    """Take jobs (waiting only when none is buffered), run them, answer in the mailbox."""
-    while True:
-        try:
-            job = jobs.receive_nowait()
-        except trio.WouldBlock:
-            try:
-                job = await jobs.receive()
-            except trio.EndOfChannel:
-                return
-        except trio.EndOfChannel:
-            return
-        job.reply_to.put(await _noop(job))
-
-
-class _GrownPool:
-    """The floor's pool started as jobs need it, as cordtrio's worker starts its slots: one
-    worker at first, one more whenever a worker takes a job while none other is waiting,
-    up to ``limit``. A burst of jobs that never wait is then run by one or two workers that
-    take each buffered job without a task switch."""
-
-    def __init__(self, nursery: trio.Nursery, jobs: trio.MemoryReceiveChannel[_Job],
-                 limit: int) -> None:
-        self.nursery, self.jobs, self.limit = nursery, jobs, limit
-        self.started = 0
-        self.waiting = 0
-
-    def grow(self) -> None:
-        if self.waiting == 0 and self.started < self.limit:
-            self.started += 1
-            self.nursery.start_soon(self.work)
-
-    async def work(self) -> None:
-        jobs = self.jobs
-        while True:
-            try:
-                job = jobs.receive_nowait()
-            except trio.WouldBlock:
-                self.waiting += 1
-                try:
-                    job = await jobs.receive()
-                except trio.EndOfChannel:
-                    return
-                finally:
-                    self.waiting -= 1
-            except trio.EndOfChannel:
-                return
-            self.grow()
-            job.reply_to.put(await _noop(job))
-
-
-class _Signal:
-    """Set once; its one waiter is woken directly (a submit's reply, a run's finish)."""
-
-    __slots__ = ("is_set", "waiter")
-
-    def __init__(self) -> None:
-        self.is_set = False
-        self.waiter: trio.lowlevel.Task | None = None
-
-    def set(self) -> None:
-        self.is_set = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            trio.lowlevel.reschedule(waiter)
-
-    async def wait(self) -> None:
-        if self.is_set:
-            return
-        self.waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-
-class _Floor:
-    """The store, the job channel and the run tasks' nursery of one drive."""
-
-    def __init__(self, run_tasks: trio.Nursery, steps: int) -> None:
-        self.store: dict[str, dict[str, Any]] = {}
-        self.finished: dict[str, _Signal] = {}
-        self.send, self.receive = trio.open_memory_channel[_Job](math.inf)
-        self.run_tasks = run_tasks
-        self.steps = steps
-        self.ids = 0
-
-    async def submit(self) -> str:
-        """Create the run, start its task, return once the task has started it."""
-        self.ids += 1
-        run_id = f"run-{self.ids}"
-        self.store[run_id] = {"status": "pending", "steps": {}}
-        self.finished[run_id] = _Signal()
-        started = _Signal()
-        self.run_tasks.start_soon(self.run, run_id, started)
-        await started.wait()
-        return run_id
-
-    async def wait_run(self, run_id: str) -> dict[str, Any]:
-        finished = self.finished.get(run_id)
-        if finished is not None:
-            await finished.wait()
-        return self.store[run_id]
-
-    async def run(self, run_id: str, started: _Signal) -> None:
-        """One run's task: dispatch each step, wait for its result, record it."""
-        record = self.store[run_id]
-        record["status"] = "running"
-        steps = record["steps"]
-        mailbox = _Mailbox()
-        output: dict[str, Any] = {}
-        for i in range(self.steps):
-            step_id = f"s{i}"
-            job_id = f"{run_id}:{step_id}@1"
-            steps[step_id] = {"status": "running", "job_id": job_id}
-            self.send.send_nowait(_Job(job_id, {"previous": output}, mailbox))
-            if i == 0:
-                started.set()
-            output = await mailbox.get()
-            steps[step_id] = {"status": "succeeded", "job_id": job_id, "output": output}
-        record["status"] = "succeeded"
-        self.finished.pop(run_id).set()
+from .workloads import CHAIN_STEPS, WORKLOADS
 
 
 async def drive_floor(runs: int, steps: int = CHAIN_STEPS, *, grown: bool = False,
                       count_switches: bool = True) -> dict[str, float | None]:
-    """One drive of the floor in W1's shape (runs submitted from 64 tasks, each returning
-    once its run started, then every run waited for): ``runs`` runs of ``steps`` chained
-    no-op jobs, by a pool of ``WORKERS`` workers started at once, or (``grown``) started as
-    jobs need them. Returns steps/s (wall clock, as the harness measures it), CPU µs and
-    task switches per step (None without ``count_switches``: the counting instrument runs
-    on every task step and slows the floor by about a tenth, so timed comparisons leave it
-    out, as cordtrio's samples do), and how many workers ran."""
-    gc.collect()  # start clean, as the cordtrio sample does
+    """``floor_program.drive_floor``, with the task switches per step counted (None
+    without ``count_switches``: the counting instrument runs on every task step and slows
+    the floor by about a tenth, so timed comparisons leave it out, as cordtrio's samples
+    do)."""
     switches = TaskSteps() if count_switches else None
-    async with trio.open_nursery() as workers, trio.open_nursery() as run_tasks:
-        floor = _Floor(run_tasks, steps)
-        pool = _GrownPool(workers, floor.receive, WORKERS)
-        if grown:
-            pool.grow()
-        else:
-            for _ in range(WORKERS):
-                workers.start_soon(_worker, floor.receive)
-            pool.started = WORKERS
-        await trio.lowlevel.checkpoint()  # the pool is waiting for jobs
-        if switches is not None:
-            trio.lowlevel.add_instrument(switches)
-        wall, cpu = time.perf_counter(), time.process_time()
-        for run_id in await submit_many(floor.submit, runs):
-            record = await floor.wait_run(run_id)
-            assert record["status"] == "succeeded"
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if switches is not None:
-            trio.lowlevel.remove_instrument(switches)
-        floor.send.close()
-    total = runs * steps
-    return {"steps": total, "seconds": wall, "steps_per_s": total / wall,
-            "cpu_us_per_step": 1e6 * cpu / total,
-            "task_switches_per_step": switches.steps / total if switches else None,
-            "workers": pool.started}
+    result: dict[str, float | None] = {
+        **await program.drive_floor(runs, steps, grown=grown, instrument=switches)}
+    result["task_switches_per_step"] = (switches.steps / (runs * steps) if switches
+                                        else None)
+    return result
 
 
 def cordtrio_w1(size: int) -> float:
@@ -336,6 +150,48 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
                 for label, (a, b) in pairs.items()}}
 
 
+def own_process_ratio(checkout: str, python: str, size: int) -> dict[str, Any]:
+    """One round of ``floor_ratio.py`` run in ``checkout`` by ``python``: the floor and
+    that checkout's in-memory W1, alternated in that one process."""
+    done = subprocess.run(
+        [python, str(Path(__file__).with_name("floor_ratio.py")), "--rounds", "1",
+         "--size", str(size)],
+        cwd=checkout, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def ratios(rounds: int, size: int, against: str, against_python: str = "",
+           report: Any = print) -> dict[str, Any]:
+    """cordtrio's ratio to the floor, of this checkout and of ``against``, each measured in
+    its own process (``floor_ratio.py``: the floor and that version's W1 alternated there,
+    nothing else between them), the two processes alternated for ``rounds`` rounds. A
+    version's ratio to the floor holds on any machine, so it compares with one measured
+    elsewhere against the same floor program."""
+    here = str(Path(__file__).resolve().parent.parent)
+    versions = {"this": (here, sys.executable),
+                "against": (against, against_python or sys.executable)}
+    rounds_of: dict[str, list[dict[str, Any]]] = {name: [] for name in versions}
+    for r in range(rounds):
+        for name, (checkout, python) in versions.items():
+            rounds_of[name].append(own_process_ratio(checkout, python, size))
+        report(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{name}: floor {done[-1]['floor_median']:,.0f}, cordtrio "
+            f"{done[-1]['cordtrio_median']:,.0f} ({done[-1]['median_of_round_ratios']:.3f})"
+            for name, done in rounds_of.items()))
+    result: dict[str, Any] = {"workload": "w1", "backend": "memory", "size": size,
+                              "rounds": rounds, "against": against, "versions": {}}
+    for name, done in rounds_of.items():
+        result["versions"][name] = {
+            "floor_steps_per_s": [d["floor_median"] for d in done],
+            "cordtrio_steps_per_s": [d["cordtrio_median"] for d in done],
+            "ratio_to_floor": statistics.median(d["median_of_round_ratios"] for d in done)}
+    versions_done = result["versions"]
+    result["this_over_against"] = (versions_done["this"]["ratio_to_floor"]
+                                   / versions_done["against"]["ratio_to_floor"])
+    return result
+
+
 PARTS = {  # name: drive_floor_core's options (what of cordtrio the floor carries)
     "floor+core": {"store": False, "payloads": False},
     "floor+core+store": {"store": True, "payloads": False},
@@ -387,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", action="store_true",
                         help="what cordtrio's core, store, payloads and shell each add to "
                              "the floor (interleaved rounds)")
+    parser.add_argument("--ratios", action="store_true",
+                        help="cordtrio's ratio to the floor of this checkout and of "
+                             "--against, each measured in its own process")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds of --compare or --parts (5)")
+                        help="rounds of --compare, --parts or --ratios (5)")
     parser.add_argument("--against", default="",
                         help="another checkout whose harness measures W1 in the same rounds")
     parser.add_argument("--against-python", default="",
@@ -397,11 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 1 or args.rounds < 1:
         parser.error("--size and --rounds must be >= 1")
-    if args.against and not args.compare:
-        parser.error("--against needs --compare")
-    if args.parts and args.compare:
-        parser.error("--parts and --compare are separate measurements")
-    if args.parts:
+    if args.against and not (args.compare or args.ratios):
+        parser.error("--against needs --compare or --ratios")
+    if args.ratios and not args.against:
+        parser.error("--ratios needs --against")
+    if args.parts + args.compare + args.ratios > 1:
+        parser.error("--parts, --compare and --ratios are separate measurements")
+    if args.ratios:
+        result = ratios(args.rounds, args.size, args.against, args.against_python)
+        for name, version in result["versions"].items():
+            label = f"{name} ({args.against})" if name == "against" else name
+            print(f"{label:>24}: cordtrio {version['ratio_to_floor']:.3f} x floor "
+                  "(median of the per-round ratios)")
+        print(f"this / against: {result['this_over_against']:.2f} x")
+    elif args.parts:
         result = parts(args.rounds, args.size)
         for name, us in result["median_us_per_step"].items():
             print(f"{name:>26}: median {result['median_steps_per_s'][name]:>9,.0f} steps/s  "

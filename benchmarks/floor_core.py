@@ -46,9 +46,9 @@ from cordtrio.model import RunStatus, TimelineEvent, WorkflowRun
 from cordtrio.payloads import POINTER_SCHEME, RESULT_PREFIX
 from cordtrio.protocol import JobRequest, JobResult, JobStatus
 
-from .floor import WORKERS, _Mailbox, _Signal
+from .floor_program import WORKERS, _Mailbox, _Signal, submit_many
 from .switches import TaskSteps
-from .workloads import CHAIN_STEPS, WORKLOADS, submit_many
+from .workloads import CHAIN_STEPS, WORKLOADS
 
 
 class _Job:

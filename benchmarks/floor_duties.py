@@ -47,8 +47,8 @@ import trio
 
 from cordtrio.engine.gc_tuning import long_lived_gc
 
-from .floor import WORKERS, _Mailbox, _Signal
-from .workloads import CHAIN_STEPS, submit_many
+from .floor_program import WORKERS, _Mailbox, _Signal, submit_many
+from .workloads import CHAIN_STEPS
 
 TTL_SECONDS = 24 * 3600.0
 _POINTER = "redis://"

@@ -19,6 +19,8 @@ import trio
 
 from cordtrio import Engine, Job, RunStatus, Workflow
 
+from .floor_program import submit_many
+
 NOOP = "bench.noop"
 FLAKY = "bench.flaky"
 
@@ -123,24 +125,6 @@ async def _wait_all(engine: Engine, run_ids: list[str]) -> None:
         if run.status != RunStatus.SUCCEEDED:
             raise RuntimeError(f"benchmark run {run_id} ended {run.status.value}, "
                                "expected succeeded")
-
-
-async def submit_many(submit: Callable[[], Awaitable[str]], runs: int,
-                      concurrency: int = 64) -> list[str]:
-    """Call ``submit`` ``runs`` times from ``concurrency`` tasks: many in flight, as many
-    clients would; the ids in the order the calls returned."""
-    ids: list[str] = []
-
-    async def submitter(n: int) -> None:
-        for _ in range(n):
-            ids.append(await submit())
-
-    async with trio.open_nursery() as nursery:
-        for k in range(concurrency):
-            share = runs // concurrency + (1 if k < runs % concurrency else 0)
-            if share:
-                nursery.start_soon(submitter, share)
-    return ids
 
 
 async def _submit_many(engine: Engine, wf: Workflow, runs: int) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ TINY = {"w1": 4, "w2": 7, "w3": 2, "w4": 5, "w5": 3}
 STEPS = {"w1": 4 * CHAIN_STEPS, "w2": 7 + 1, "w3": 2 * (BRANCHES * BRANCH_STEPS + 1),
          "w4": 2 * 5, "w5": 3 * CHAIN_STEPS}
 RUNS = {"w1": 4, "w2": 1, "w3": 2, "w4": 5, "w5": 3}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
@@ -222,10 +224,11 @@ def test_floor_drives_w1_shape_and_compares_with_cordtrio(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import trio
 
-    from benchmarks.floor import WORKERS, drive_floor
+    from benchmarks.floor import drive_floor
     from benchmarks.floor import main as floor_main
     from benchmarks.floor_core import drive_floor_core
     from benchmarks.floor_duties import drive_floor_duties
+    from benchmarks.floor_program import WORKERS
 
     alone = trio.run(drive_floor, 3)
     duties = trio.run(drive_floor_duties, 3)  # every run and step finished, or it raises
@@ -288,10 +291,51 @@ def test_floor_comparisons_time_every_drive_without_an_instrument(
     assert "task switches per step" in capsys.readouterr().out
 
 
+def test_the_floor_program_loads_by_its_path_without_cordtrio_or_the_harness() -> None:
+    """Another checkout's interpreter loads the floor program by its path (``floor_ratio``):
+    it must import nothing of cordtrio or of this ``benchmarks`` package, and drive W1's
+    shape alone."""
+    code = (
+        "import sys, functools, trio\n"
+        "sys.path.insert(0, 'benchmarks')\n"
+        "import floor_ratio\n"
+        "program = floor_ratio.load_floor_program()\n"
+        "done = trio.run(functools.partial(program.drive_floor, 3, floor_ratio.W1_STEPS))\n"
+        "assert done['steps'] == 3 * floor_ratio.W1_STEPS, done\n"
+        "mine = [m for m in sys.modules if m.split('.')[0] in ('cordtrio', 'benchmarks')]\n"
+        "assert not mine, mine\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_floor_ratios_measure_each_version_in_its_own_process(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ratios`` runs ``floor_ratio.py`` in each checkout, by its interpreter (here:
+    this checkout against itself), and reports each version's ratio to the floor."""
+    from benchmarks.floor import main as floor_main
+    from benchmarks.floor import ratios
+    from benchmarks.floor_ratio import W1_STEPS
+
+    assert W1_STEPS == CHAIN_STEPS
+    result = ratios(1, 3, str(ROOT), sys.executable, report=lambda _: None)
+    for version in result["versions"].values():
+        assert len(version["floor_steps_per_s"]) == len(version["cordtrio_steps_per_s"]) == 1
+        assert version["ratio_to_floor"] == pytest.approx(
+            version["cordtrio_steps_per_s"][0] / version["floor_steps_per_s"][0])
+    assert result["this_over_against"] == pytest.approx(
+        result["versions"]["this"]["ratio_to_floor"]
+        / result["versions"]["against"]["ratio_to_floor"])
+    with pytest.raises(SystemExit):
+        floor_main(["--ratios"])  # needs --against
+    with pytest.raises(SystemExit):
+        floor_main(["--ratios", "--compare", "--against", str(ROOT)])
+    capsys.readouterr()
+
+
 def test_floor_pool_grown_as_jobs_need_it_runs_w1_with_fewer_task_switches() -> None:
     import trio
 
-    from benchmarks.floor import WORKERS, drive_floor
+    from benchmarks.floor import drive_floor
+    from benchmarks.floor_program import WORKERS
 
     whole = trio.run(drive_floor, 50)
     grown = trio.run(partial(drive_floor, 50, grown=True))
