@@ -207,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             TimeElapsedColumn(), console=console, transient=False))
         overall = progress.add_task("samples", total=total)
         current = progress.add_task("", total=1)
-        for workload, backend, size in todo:
-            expected = _expected_steps(workload, size)
-            for rep in range(args.repeat):
+        # Round by round: each round measures every (workload, backend, size) once, then
+        # each peer's, so that a ratio compares samples taken minutes apart at most, not a
+        # first half of the invocation with its second (these machines' load drifts).
+        failed: set[tuple[str, str, int]] = set()
+        for rep in range(args.repeat):
+            for workload, backend, size in todo:
+                if (workload.name, backend, size) in failed:
+                    continue
+                expected = _expected_steps(workload, size)
                 progress.update(current, description=f"{workload.name} {backend} size {size:,} "
                                 f"rep {rep + 1}/{args.repeat}", total=expected, completed=0)
 
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     sample = trio.run(run_sample, workload, backend, size, redis, tick)
+                    sample.round = rep
                     samples.append(sample)
                     _log_sample(progress, sample, rep, args.repeat)
                 except Exception as exc:
@@ -232,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"{type(exc).__name__}: {exc}")
                     console.print(traceback.format_exc(limit=3), style="dim")
                     progress.advance(overall, args.repeat - rep)
-                    break
+                    failed.add((workload.name, backend, size))
+                    continue
                 progress.advance(overall)
-        _run_peers(peer_todo, args.repeat, redis, progress, overall, current, samples, note)
+            peer_todo = _run_peers(peer_todo, rep, args.repeat, redis, progress, overall,
+                                   current, samples, note)
 
     summaries = summarize(samples)
     titles = {name: w.summary for name, w in WORKLOADS.items()}
@@ -276,6 +285,7 @@ def _sample_checkout(checkout: Against, workload: Workload, backend: str, size: 
     except Exception as exc:
         note(f"{workload.name} on {backend} size {size} by {checkout.checkout} failed: {exc}")
         return
+    sample.round = rep
     samples.append(sample)
     _log_sample(progress, sample, rep, repeat)
 
@@ -285,13 +295,18 @@ def _expected_steps(workload: Workload, size: int) -> int:
     return size + 1 if workload.name == "w2" else size * per_run
 
 
-def _run_peers(todo: list[tuple[Peer, Workload, int]], repeat: int, redis: RedisStats | None,
-               progress: Progress, overall: Any, current: Any, samples: list[Sample],
-               note: Any) -> None:
-    """Each peer in one session (its workers started once), its workloads in order."""
+def _run_peers(todo: list[tuple[Peer, Workload, int]], rep: int, repeat: int,
+               redis: RedisStats | None, progress: Progress, overall: Any, current: Any,
+               samples: list[Sample], note: Any) -> list[tuple[Peer, Workload, int]]:
+    """Round ``rep`` of the peers: each in a session of its own (its workers started for
+    the round: a peer's workers must not outlive it, as the next round's samples flush the
+    shared redis-server), one sample of each of its workloads. Returns what is left to
+    measure in later rounds (a peer that failed is dropped, and its remaining rounds are
+    counted done)."""
     by_peer: dict[str, list[tuple[Peer, Workload, int]]] = {}
     for item in todo:
         by_peer.setdefault(item[0].name, []).append(item)
+    left: list[tuple[Peer, Workload, int]] = []
     for name, items in by_peer.items():
         peer = items[0][0]
         progress.update(current, description=f"starting {name}", total=1, completed=0)
@@ -299,14 +314,17 @@ def _run_peers(todo: list[tuple[Peer, Workload, int]], repeat: int, redis: Redis
             with peer.session(redis, note) as session:
                 for _, workload, size in items:
                     progress.update(current, description=f"{workload.name} {name} size "
-                                    f"{size:,} x {repeat}", completed=0)
-                    done = session.run(workload.name, size, repeat)
-                    samples.extend(done)
-                    for rep, sample in enumerate(done):
+                                    f"{size:,} rep {rep + 1}/{repeat}", completed=0)
+                    for sample in session.run(workload.name, size, 1):
+                        sample.round = rep
+                        samples.append(sample)
                         _log_sample(progress, sample, rep, repeat)
-                    progress.advance(overall, repeat)
+                    progress.advance(overall)
+            left += items
         except Exception as exc:
             note(f"peer {name} failed: {type(exc).__name__}: {exc}")
+            progress.advance(overall, len(items) * (repeat - rep))
+    return left
 
 
 def _interrupt_on_sigterm() -> None:

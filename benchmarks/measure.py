@@ -42,6 +42,9 @@ class Sample:
     peak_rss_mib: float | None = None
     redis_commands: dict[str, int] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
+    round: int | None = None
+    """Which round of the invocation it was taken in (its repetition), for the per-round
+    ratios of samples taken side by side (``report.ratio_rows``)."""
 
     @property
     def steps_per_s(self) -> float:

@@ -176,23 +176,38 @@ def ratio_rows(summaries: Sequence[Summary], peers: Sequence[str]) -> list[dict[
                 rows.append({"workload": peer.workload, "size": ours.size,
                              "peer_size": peer.size, "cordtrio_backend": ours.backend,
                              "peer": peer.backend, "cordtrio_steps_per_s": ours_rate,
-                             "peer_steps_per_s": theirs, "ratio": ours_rate / theirs})
+                             "peer_steps_per_s": theirs, "ratio": ours_rate / theirs,
+                             "ratio_per_round": per_round_ratio(ours, peer)})
     return rows
 
 
+def per_round_ratio(ours: Summary, theirs: Summary) -> float | None:
+    """The median of ``ours``/``theirs`` over the rounds both were measured in (their
+    samples taken side by side): steadier than the ratio of the medians when the
+    machine's load drifts during the invocation. None without such a round."""
+    by_round = {s.round: s.steps_per_s for s in theirs.samples
+                if s.round is not None and s.steps_per_s}
+    ratios = [s.steps_per_s / by_round[s.round] for s in ours.samples
+              if s.round in by_round and s.steps_per_s]
+    return statistics.median(ratios) if ratios else None
+
+
 def ratio_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="cordtrio / peer, same invocation (median steps/s)",
+    table = Table(title="cordtrio / peer, same invocation (median steps/s; per round: the "
+                  "median of the ratios of the samples taken side by side)",
                   title_justify="left")
     for col in ("workload", "size", "cordtrio backend", "cordtrio steps/s", "peer",
-                "peer steps/s", "ratio"):
-        table.add_column(col, justify="right" if "steps" in col or col in ("size", "ratio")
-                         else "left")
+                "peer steps/s", "ratio", "per round"):
+        table.add_column(col, justify="right" if "steps" in col
+                         or col in ("size", "ratio", "per round") else "left")
     for r in rows:
         size = f"{r['size']:,}" + ("" if r["peer_size"] == r["size"]
                                    else f" (peer {r['peer_size']:,})")
+        per_round = r.get("ratio_per_round")
         table.add_row(r["workload"], size, r["cordtrio_backend"],
                       f"{r['cordtrio_steps_per_s']:,.0f}", r["peer"],
-                      f"{r['peer_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x")
+                      f"{r['peer_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x",
+                      "—" if per_round is None else f"{per_round:.2f}x")
     return table
 
 

@@ -103,6 +103,70 @@ def test_redis_command_counts_and_peer_ratios() -> None:
         ("prefect (local)", "redis", 10, 7), ("prefect (local)", "memory", 1000, 7)]
 
 
+def test_peer_ratios_per_round_pair_the_samples_taken_side_by_side() -> None:
+    """The machine's load drifts: the median of the per-round ratios pairs each sample
+    with the peer's of the same round, where the ratio of the medians does not."""
+    ours = [Sample("w1", "redis", 10, 100, 10, 100 / rate, round=r)
+            for r, rate in enumerate((100.0, 200.0, 300.0))]
+    theirs = [Sample("w1", "celery (solo)", 10, 100, 10, 100 / rate, round=r)
+              for r, rate in enumerate((10.0, 40.0, 30.0))]
+    [row] = ratio_rows(summarize([*ours, *theirs]), ["celery (solo)"])
+    assert row["ratio"] == pytest.approx(200 / 30)  # the medians'
+    assert row["ratio_per_round"] == pytest.approx(10.0)  # median of 10, 5 and 10
+    unpaired = [Sample("w1", "celery (solo)", 10, 100, 10, 1.0)]  # no round
+    [row] = ratio_rows(summarize([*ours, *unpaired]), ["celery (solo)"])
+    assert row["ratio_per_round"] is None
+
+
+def test_an_invocation_measures_round_by_round_peers_included(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round measures every cordtrio sample, then each peer's in a session of the
+    round's own (the next round's samples flush the server a peer's workers would use);
+    every sample says its round."""
+    import contextlib
+
+    import benchmarks.__main__ as harness
+
+    log: list[tuple[str, int]] = []
+    real_run_sample = harness.run_sample
+
+    async def logged_run_sample(workload: Any, backend: str, size: int,
+                                *args: Any) -> Sample:
+        log.append(("cordtrio", size))
+        return await real_run_sample(workload, backend, size, *args)
+
+    class FakeSession:
+        def run(self, workload: str, size: int, repeat: int) -> list[Sample]:
+            log.append(("peer", size))
+            return [Sample(workload, "fake", size, size * CHAIN_STEPS, size, 1.0)
+                    for _ in range(repeat)]
+
+    class FakePeer:
+        name = key = "fake"
+        workloads = ("w1",)
+        needs_redis = False
+
+        def unavailable(self) -> str | None:
+            return None
+
+        @contextlib.contextmanager
+        def session(self, redis: Any, note: Any) -> Any:
+            log.append(("session", 0))
+            yield FakeSession()
+
+    monkeypatch.setattr(harness, "run_sample", logged_run_sample)
+    monkeypatch.setattr(harness, "all_peers", lambda: {"fake": FakePeer})
+    out = tmp_path / "rounds.json"
+    assert main(["--workload", "w1", "--backend", "memory", "--size", "w1=3", "--repeat",
+                 "2", "--peers", "fake", "--out", str(out)]) == 0
+    assert log == [("cordtrio", 3), ("session", 0), ("peer", 3)] * 2
+    data = json.loads(out.read_text())
+    for result in data["results"]:
+        assert [sample["round"] for sample in result["samples"]] == [0, 1]
+    [row] = data["ratios"]
+    assert row["peer"] == "fake" and row["ratio_per_round"] > 0
+
+
 def test_process_cpu_is_read_from_proc_and_unknown_processes_read_as_none() -> None:
     import os
 
