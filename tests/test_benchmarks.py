@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from functools import partial
@@ -393,6 +394,31 @@ def test_floor_ratios_measure_each_version_in_its_own_process(
     with pytest.raises(SystemExit):
         floor_main(["--ratios", "--compare", "--against", str(ROOT)])
     capsys.readouterr()
+
+
+def test_instructions_per_step_are_a_large_drive_less_a_small_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """valgrind counts the instructions of two drives in the checkout (its own harness, run
+    by the drive script's path); a step's are their difference over the steps between."""
+    from benchmarks import instructions
+
+    if instructions.valgrind() is None:
+        message = "valgrind is not installed (apt-get install valgrind)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert instructions.W1_STEPS == CHAIN_STEPS
+    figures = instructions.per_step(str(ROOT), sys.executable, 2, 6)
+    assert figures["instructions_large"] > figures["instructions_small"] > 0
+    assert figures["instructions_per_step"] == pytest.approx(
+        (figures["instructions_large"] - figures["instructions_small"]) / (4 * CHAIN_STEPS))
+    with pytest.raises(RuntimeError, match=f"{tmp_path}: valgrind run failed"):
+        instructions.count(str(tmp_path), sys.executable, 2)  # no harness there
+    monkeypatch.setattr(instructions, "valgrind", lambda: None)
+    with pytest.raises(SystemExit):
+        instructions.main([])  # says that valgrind is missing
+    with pytest.raises(RuntimeError, match="valgrind is not installed"):
+        instructions.count(str(ROOT), sys.executable, 2)
 
 
 def test_floor_pool_grown_as_jobs_need_it_runs_w1_with_fewer_task_switches() -> None:
