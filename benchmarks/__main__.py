@@ -47,7 +47,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .against import Against, against_rows, against_table, this_checkout
+from .against import Against, against_rows, against_table, python_path, this_checkout
 from .backends import BACKENDS, NEEDS_REDIS
 from .measure import RedisStats, Sample, run_sample
 from .peers import Peer, all_peers
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.against_python and not args.against:
         parser.error("--against-python needs --against")
-    against = Against(args.against, args.against_python or sys.executable) \
+    against = Against(args.against, python_path(args.against_python or sys.executable)) \
         if args.against else None
 
     console = Console()
@@ -301,8 +301,8 @@ def _run_peers(todo: list[tuple[Peer, Workload, int]], rep: int, repeat: int,
     """Round ``rep`` of the peers: each in a session of its own (its workers started for
     the round: a peer's workers must not outlive it, as the next round's samples flush the
     shared redis-server), one sample of each of its workloads. Returns what is left to
-    measure in later rounds (a peer that failed is dropped, and its remaining rounds are
-    counted done)."""
+    measure in later rounds: a workload that failed is dropped, and one a session that
+    failed did not run (its remaining rounds counted done)."""
     by_peer: dict[str, list[tuple[Peer, Workload, int]]] = {}
     for item in todo:
         by_peer.setdefault(item[0].name, []).append(item)
@@ -310,20 +310,30 @@ def _run_peers(todo: list[tuple[Peer, Workload, int]], rep: int, repeat: int,
     for name, items in by_peer.items():
         peer = items[0][0]
         progress.update(current, description=f"starting {name}", total=1, completed=0)
+        untried = list(items)
         try:
             with peer.session(redis, note) as session:
-                for _, workload, size in items:
+                while untried:
+                    item = untried.pop(0)
+                    _, workload, size = item
                     progress.update(current, description=f"{workload.name} {name} size "
                                     f"{size:,} rep {rep + 1}/{repeat}", completed=0)
-                    for sample in session.run(workload.name, size, 1):
+                    try:
+                        done = session.run(workload.name, size, 1)
+                    except Exception as exc:  # this workload only: the others go on
+                        note(f"peer {name}: {workload.name} size {size} failed: "
+                             f"{type(exc).__name__}: {exc}")
+                        progress.advance(overall, repeat - rep)
+                        continue
+                    for sample in done:
                         sample.round = rep
                         samples.append(sample)
                         _log_sample(progress, sample, rep, repeat)
                     progress.advance(overall)
-            left += items
-        except Exception as exc:
+                    left.append(item)
+        except Exception as exc:  # the session itself: what it did not run is dropped
             note(f"peer {name} failed: {type(exc).__name__}: {exc}")
-            progress.advance(overall, len(items) * (repeat - rep))
+            progress.advance(overall, len(untried) * (repeat - rep))
     return left
 
 

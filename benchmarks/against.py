@@ -15,6 +15,7 @@ measured seconds apart, so the steadier figure).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -27,7 +28,14 @@ from rich.table import Table
 
 from .measure import Sample
 from .report import AGAINST_SUFFIX as SUFFIX
-from .report import Summary
+from .report import Summary, round_ratios
+
+
+def python_path(python: str) -> str:
+    """An interpreter given as a path, made absolute: the other checkout's processes run in
+    its directory, where a relative path would name something else. A bare name (found on
+    ``PATH``) is left as it is."""
+    return os.path.abspath(python) if os.sep in python else python
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,11 @@ def against_rows(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
         if other is None:
             continue
         mine, their = ours.median("steps_per_s"), other.median("steps_per_s")
-        pairs = [a.steps_per_s / b.steps_per_s
-                 for a, b in zip(ours.samples, other.samples, strict=False) if b.steps_per_s]
+        # each repetition's pair by its round (a version that failed one leaves no pair,
+        # rather than shifting the later ones); by position for samples without rounds
+        pairs = round_ratios(ours.samples, other.samples) or [
+            a.steps_per_s / b.steps_per_s
+            for a, b in zip(ours.samples, other.samples, strict=False) if b.steps_per_s]
         if not mine or not their or not pairs:
             continue
         rows.append({"workload": ours.workload, "backend": ours.backend, "size": ours.size,

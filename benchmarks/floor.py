@@ -55,6 +55,7 @@ from typing import Any
 import trio
 
 from . import floor_program as program
+from .against import python_path
 from .measure import run_sample
 from .switches import TaskSteps
 from .workloads import CHAIN_STEPS, WORKLOADS
@@ -150,13 +151,25 @@ def compare(rounds: int, size: int, against: str = "", against_python: str = "",
                 for label, (a, b) in pairs.items()}}
 
 
-def own_process_ratio(checkout: str, python: str, size: int) -> dict[str, Any]:
+SUBPROCESS_TIMEOUT = 900.0
+"""Seconds a version's process of ``--ratios`` may take before it is called hung."""
+
+
+def own_process_ratio(checkout: str, python: str, size: int, first: str = "floor"
+                      ) -> dict[str, Any]:
     """One round of ``floor_ratio.py`` run in ``checkout`` by ``python``: the floor and
-    that checkout's in-memory W1, alternated in that one process."""
-    done = subprocess.run(
-        [python, str(Path(__file__).with_name("floor_ratio.py")), "--rounds", "1",
-         "--size", str(size)],
-        cwd=checkout, check=True, capture_output=True, text=True)
+    that checkout's in-memory W1 (``first`` first), alternated in that one process."""
+    try:
+        done = subprocess.run(
+            [python, str(Path(__file__).with_name("floor_ratio.py")), "--rounds", "1",
+             "--size", str(size), "--first", first],
+            cwd=checkout, capture_output=True, text=True, check=False,
+            timeout=SUBPROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{checkout}: no answer within {SUBPROCESS_TIMEOUT:.0f} s") from None
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:]) or "no output"
+        raise RuntimeError(f"{checkout}: exit {done.returncode}: {tail}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -170,11 +183,15 @@ def ratios(rounds: int, size: int, against: str, against_python: str = "",
     elsewhere against the same floor program."""
     here = str(Path(__file__).resolve().parent.parent)
     versions = {"this": (here, sys.executable),
-                "against": (against, against_python or sys.executable)}
+                "against": (against, python_path(against_python or sys.executable))}
     rounds_of: dict[str, list[dict[str, Any]]] = {name: [] for name in versions}
+    names = list(versions)
     for r in range(rounds):
-        for name, (checkout, python) in versions.items():
-            rounds_of[name].append(own_process_ratio(checkout, python, size))
+        # the versions' order, and which of the floor and W1 comes first, swap every round
+        first = "cordtrio" if r % 2 else "floor"
+        for name in names[::-1] if r % 2 else names:
+            checkout, python = versions[name]
+            rounds_of[name].append(own_process_ratio(checkout, python, size, first))
         report(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{name}: floor {done[-1]['floor_median']:,.0f}, cordtrio "
             f"{done[-1]['cordtrio_median']:,.0f} ({done[-1]['median_of_round_ratios']:.3f})"

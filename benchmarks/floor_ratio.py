@@ -6,7 +6,8 @@ Run by its path with a checkout's root as the working directory and that checkou
 interpreter, it loads the floor program (``floor_program.py``, beside this file) by its
 path and that checkout's own harness (``benchmarks.workloads``, ``benchmarks.measure``),
 then alternates, for ``--rounds`` rounds, one drive of the floor and one sample of the
-checkout's in-memory W1, and prints their medians and the median of the per-round ratios as
+checkout's in-memory W1 (the order swapped every round, ``--first`` first), and prints
+their medians and the median of the per-round ratios as
 one JSON object. Nothing else runs between the two samples of a round, so the ratio of a
 version to the floor holds on any machine: two versions' ratios, each measured this way
 (``python -m benchmarks.floor --ratios``), compare them with each other and with a ratio
@@ -44,8 +45,9 @@ def load_floor_program() -> Any:
     return module
 
 
-def measure(rounds: int, size: int) -> dict[str, Any]:
-    """Alternate the floor and this checkout's in-memory W1 for ``rounds`` rounds."""
+def measure(rounds: int, size: int, first: str = "floor") -> dict[str, Any]:
+    """Alternate the floor and this checkout's in-memory W1 for ``rounds`` rounds, ``first``
+    ("floor" or "cordtrio") first in the first round, the other first in the next."""
     import trio
 
     sys.path.insert(0, os.getcwd())  # the checkout's own harness and cordtrio
@@ -55,11 +57,20 @@ def measure(rounds: int, size: int) -> dict[str, Any]:
     program = load_floor_program()
     floor: list[float] = []
     cordtrio: list[float] = []
-    for _ in range(rounds):
+    def drive_floor() -> None:
         floor.append(trio.run(functools.partial(
             program.drive_floor, size, W1_STEPS))["steps_per_s"])
-        gc.collect()  # what the floor's drive left, cleared as before a harness sample
+
+    def drive_cordtrio() -> None:
+        gc.collect()  # what came before, cleared as before a harness sample
         cordtrio.append(trio.run(run_sample, WORKLOADS["w1"], "memory", size).steps_per_s)
+
+    order = [drive_floor, drive_cordtrio]
+    if first == "cordtrio":
+        order.reverse()
+    for r in range(rounds):
+        for drive in order[::-1] if r % 2 else order:
+            drive()
     return {"size": size, "rounds": rounds, "floor_steps_per_s": floor,
             "cordtrio_steps_per_s": cordtrio,
             "floor_median": statistics.median(floor),
@@ -77,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--first", choices=("floor", "cordtrio"), default="floor",
+                        help="which drive comes first in the first round (then they swap)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.size < 1:
         parser.error("--rounds and --size must be >= 1")
-    print(json.dumps(measure(args.rounds, args.size)))
+    print(json.dumps(measure(args.rounds, args.size, args.first)))
     return 0
 
 

@@ -34,9 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .against import python_path
+
 DRIVE = Path(__file__).with_name("instructions_drive.py")
 ROOT = Path(__file__).resolve().parent.parent
 W1_STEPS = 5  # W1's chain (``benchmarks.workloads.CHAIN_STEPS``)
+SUBPROCESS_TIMEOUT = 1800.0
+"""Seconds one counted process may take (valgrind runs it some 50 times slower)."""
 _TOTAL = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -50,11 +54,15 @@ def count(checkout: str, python: str, runs: int) -> int:
     tool = valgrind()
     if tool is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
-    done = subprocess.run(
-        [tool, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         python, str(DRIVE), str(runs)],
-        cwd=checkout, capture_output=True, text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"})
+    try:
+        done = subprocess.run(
+            [tool, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+             python, str(DRIVE), str(runs)],
+            cwd=checkout, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+            env={**os.environ, "PYTHONHASHSEED": "0"})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{checkout}: valgrind run gave no answer within "
+                           f"{SUBPROCESS_TIMEOUT:.0f} s") from None
     found = _TOTAL.search(done.stderr)
     if done.returncode != 0 or found is None:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
@@ -90,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("valgrind is not installed (apt-get install valgrind)")
     versions = {"this": per_step(str(ROOT), sys.executable, args.small, args.large)}
     if args.against:
-        versions["against"] = per_step(args.against, args.against_python or sys.executable,
-                                       args.small, args.large)
+        versions["against"] = per_step(
+            args.against, python_path(args.against_python or sys.executable), args.small,
+            args.large)
     for name, figures in versions.items():
         label = f"{name} ({args.against})" if name == "against" else name
         print(f"{label:>24}: {figures['instructions_per_step']:>12,.0f} instructions per "

@@ -181,14 +181,19 @@ def ratio_rows(summaries: Sequence[Summary], peers: Sequence[str]) -> list[dict[
     return rows
 
 
-def per_round_ratio(ours: Summary, theirs: Summary) -> float | None:
-    """The median of ``ours``/``theirs`` over the rounds both were measured in (their
-    samples taken side by side): steadier than the ratio of the medians when the
-    machine's load drifts during the invocation. None without such a round."""
-    by_round = {s.round: s.steps_per_s for s in theirs.samples
+def round_ratios(ours: Sequence[Sample], theirs: Sequence[Sample]) -> list[float]:
+    """``ours``/``theirs`` steps/s for each round both were measured in (their samples
+    taken side by side), in ``ours``' order; empty when no round is shared."""
+    by_round = {s.round: s.steps_per_s for s in theirs
                 if s.round is not None and s.steps_per_s}
-    ratios = [s.steps_per_s / by_round[s.round] for s in ours.samples
-              if s.round in by_round and s.steps_per_s]
+    return [s.steps_per_s / by_round[s.round] for s in ours
+            if s.round is not None and s.round in by_round and s.steps_per_s]
+
+
+def per_round_ratio(ours: Summary, theirs: Summary) -> float | None:
+    """The median of ``round_ratios``: steadier than the ratio of the medians when the
+    machine's load drifts during the invocation. None without a shared round."""
+    ratios = round_ratios(ours.samples, theirs.samples)
     return statistics.median(ratios) if ratios else None
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from functools import partial
@@ -166,6 +165,65 @@ def test_an_invocation_measures_round_by_round_peers_included(
         assert [sample["round"] for sample in result["samples"]] == [0, 1]
     [row] = data["ratios"]
     assert row["peer"] == "fake" and row["ratio_per_round"] > 0
+
+
+def test_a_peer_workload_that_fails_is_dropped_alone_and_pairs_follow_rounds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's workload that fails leaves its other workloads measured in every round; and
+    this/other ratios pair samples by round, so a missing one shifts no later pair."""
+    import contextlib
+
+    import benchmarks.__main__ as harness
+
+    runs: list[tuple[str, int]] = []
+
+    class FakeSession:
+        def run(self, workload: str, size: int, repeat: int) -> list[Sample]:
+            runs.append((workload, size))
+            if workload == "w2":
+                raise RuntimeError("no chord today")
+            return [Sample(workload, "fake", size, size * CHAIN_STEPS, size, 1.0)]
+
+    class FakePeer:
+        name = key = "fake"
+        workloads = ("w1", "w2")
+        needs_redis = False
+
+        def unavailable(self) -> str | None:
+            return None
+
+        @contextlib.contextmanager
+        def session(self, redis: Any, note: Any) -> Any:
+            yield FakeSession()
+
+    monkeypatch.setattr(harness, "all_peers", lambda: {"fake": FakePeer})
+    out = tmp_path / "peer.json"
+    assert main(["--workload", "w1,w2", "--backend", "memory", "--size", "w1=2", "--size",
+                 "w2=3", "--repeat", "2", "--peers", "fake", "--out", str(out)]) == 0
+    assert runs == [("w1", 2), ("w2", 3), ("w1", 2)]  # w2 dropped after its failure
+    data = json.loads(out.read_text())
+    assert any("w2 size 3 failed" in n for n in data["notes"])
+    [fake] = [r for r in data["results"] if r["backend"] == "fake"]
+    assert [sample["round"] for sample in fake["samples"]] == [0, 1]
+
+    ours = [Sample("w1", "redis", 10, 50, 10, s, round=r)
+            for r, s in enumerate((1.0, 2.0, 4.0))]
+    theirs = [Sample("w1", "redis (against)", 10, 50, 10, 2.0, round=r) for r in (0, 2)]
+    [row] = against_rows(summarize([*ours, *theirs]))
+    assert row["ratios"] == [2.0, 0.5]  # rounds 0 and 2; round 1 has no pair
+
+
+def test_a_relative_interpreter_is_made_absolute_and_a_failed_version_says_why(
+        tmp_path: Path) -> None:
+    """Another checkout's processes run in its directory: a relative interpreter path is
+    resolved first. A version whose process fails names its checkout and its error."""
+    from benchmarks.against import python_path
+    from benchmarks.floor import own_process_ratio
+
+    assert python_path("venv/bin/python") == str(Path.cwd() / "venv/bin/python")
+    assert python_path("python3") == "python3"
+    with pytest.raises(RuntimeError, match=f"(?s){tmp_path}: exit 1: .*ModuleNotFoundError"):
+        own_process_ratio(str(tmp_path), sys.executable, 2)  # no harness there
 
 
 def test_process_cpu_is_read_from_proc_and_unknown_processes_read_as_none() -> None:
@@ -401,10 +459,11 @@ def test_instructions_per_step_are_a_large_drive_less_a_small_one(
     """valgrind counts the instructions of two drives in the checkout (its own harness, run
     by the drive script's path); a step's are their difference over the steps between."""
     from benchmarks import instructions
+    from cordtrio.backends.redis.testing import in_ci
 
     if instructions.valgrind() is None:
         message = "valgrind is not installed (apt-get install valgrind)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     assert instructions.W1_STEPS == CHAIN_STEPS
