@@ -124,5 +124,5 @@ def this_checkout(python: str) -> Against:
     return Against(str(Path(__file__).resolve().parents[1]), python, "")
 
 
-__all__ = ["SUFFIX", "Against", "against_rows", "against_table", "sample_from_json",
-           "this_checkout"]
+__all__ = ["SUFFIX", "Against", "against_rows", "against_table", "python_path",
+           "sample_from_json", "this_checkout"]

@@ -55,7 +55,7 @@ from typing import Any
 import trio
 
 from . import floor_program as program
-from .against import python_path
+from .against import Against, python_path, this_checkout
 from .measure import run_sample
 from .switches import TaskSteps
 from .workloads import CHAIN_STEPS, WORKLOADS
@@ -181,17 +181,17 @@ def ratios(rounds: int, size: int, against: str, against_python: str = "",
     nothing else between them), the two processes alternated for ``rounds`` rounds. A
     version's ratio to the floor holds on any machine, so it compares with one measured
     elsewhere against the same floor program."""
-    here = str(Path(__file__).resolve().parent.parent)
-    versions = {"this": (here, sys.executable),
-                "against": (against, python_path(against_python or sys.executable))}
+    versions = {"this": this_checkout(sys.executable),
+                "against": Against(against, python_path(against_python or sys.executable))}
     rounds_of: dict[str, list[dict[str, Any]]] = {name: [] for name in versions}
     names = list(versions)
     for r in range(rounds):
         # the versions' order, and which of the floor and W1 comes first, swap every round
         first = "cordtrio" if r % 2 else "floor"
         for name in names[::-1] if r % 2 else names:
-            checkout, python = versions[name]
-            rounds_of[name].append(own_process_ratio(checkout, python, size, first))
+            version = versions[name]
+            rounds_of[name].append(
+                own_process_ratio(version.checkout, version.python, size, first))
         report(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{name}: floor {done[-1]['floor_median']:,.0f}, cordtrio "
             f"{done[-1]['cordtrio_median']:,.0f} ({done[-1]['median_of_round_ratios']:.3f})"

@@ -34,10 +34,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .against import python_path
+from .against import python_path, this_checkout
 
 DRIVE = Path(__file__).with_name("instructions_drive.py")
-ROOT = Path(__file__).resolve().parent.parent
 W1_STEPS = 5  # W1's chain (``benchmarks.workloads.CHAIN_STEPS``)
 SUBPROCESS_TIMEOUT = 1800.0
 """Seconds one counted process may take (valgrind runs it some 50 times slower)."""
@@ -96,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--against-python needs --against")
     if valgrind() is None:
         parser.error("valgrind is not installed (apt-get install valgrind)")
-    versions = {"this": per_step(str(ROOT), sys.executable, args.small, args.large)}
+    this = this_checkout(sys.executable)
+    versions = {"this": per_step(this.checkout, this.python, args.small, args.large)}
     if args.against:
         versions["against"] = per_step(
             args.against, python_path(args.against_python or sys.executable), args.small,
