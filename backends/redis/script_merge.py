@@ -16,7 +16,9 @@ parses one. Calls stay independent:
 Argument layout of the merged script: ``ARGV[1]`` = its *head*, one space-separated text: the
 number of calls ``n``, then per call its function's number, its key count and its argument
 count (``3 n`` numbers); then every call's arguments one after the other; ``KEYS`` = every
-call's keys one after the other. Its reply: per call ``{1, reply}`` or ``{0, error message}``.
+call's keys one after the other. Its reply: the calls that failed (``{call number, error
+message, ...}``, usually empty), then each call's reply (nil for a failed one), so that the
+usual reply is split with one slice, no item looked at.
 
 The head is one argument, of texts of cached counts, rather than ``3 n + 1`` integer
 arguments: the client packs each argument (~1.6k instructions with hiredis) and turns each
@@ -40,7 +42,8 @@ local head = {}
 for word in string.gmatch(ARGV[1], '%S+') do head[#head + 1] = tonumber(word) end
 local n = head[1]
 local ki, ai = 1, 2
-local out = {}
+local failed = {}
+local out = {failed}
 for c = 0, n - 1 do
   local f = F[head[2 + 3 * c]]
   local nk, na = head[3 + 3 * c], head[4 + 3 * c]
@@ -53,10 +56,13 @@ for c = 0, n - 1 do
   ki, ai = ki + nk, ai + na
   local ok, res = pcall(f, keys, args)
   if ok then
-    out[c + 1] = {1, res}
+    if res == nil then res = false end  -- (nil would end the reply's array: false is nil)
+    out[c + 2] = res
   else
     if type(res) == 'table' then res = res.err or res.message or 'script error' end
-    out[c + 1] = {0, tostring(res)}
+    failed[#failed + 1] = c + 1
+    failed[#failed + 1] = tostring(res)
+    out[c + 2] = false
   end
 end
 return out
@@ -118,20 +124,15 @@ class MergedScripts:
     @staticmethod
     def replies(reply: Any, count: int) -> list[Any]:
         """Each call's reply, or its error as a ``redis.exceptions.ResponseError``."""
-        if not isinstance(reply, list) or len(reply) != count:
+        if (not isinstance(reply, list) or len(reply) != count + 1
+                or not isinstance(reply[0], list) or len(reply[0]) % 2):
             raise rx.ResponseError(f"merged script: unexpected reply {reply!r:.200}")
-        # the usual reply: every call answered ``{1, value}`` (no item looked at twice)
-        out: list[Any] = [item[1] for item in reply if len(item) == 2 and item[0] == 1]
-        if len(out) == count:
-            return out
-        out = []
-        for item in reply:
-            value = item[1] if len(item) > 1 else None  # a nil reply: {1} (Lua drops nil)
-            if item and item[0] == 1:
-                out.append(value)
-            else:
-                text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-                out.append(rx.ResponseError(text))
+        failed = reply[0]
+        out = reply[1:]
+        for i in range(0, len(failed), 2):  # (usually none)
+            number, value = failed[i], failed[i + 1]
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            out[number - 1] = rx.ResponseError(text)
         return out
 
 

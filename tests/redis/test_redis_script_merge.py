@@ -213,19 +213,21 @@ def test_the_merged_head_is_one_text_argument() -> None:
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
-    ([[1, b"a"], [1, 2], [1, [b"x"]]], [b"a", 2, [b"x"]]),  # the usual reply
-    ([[1, b"a"], [1], [1, 0]], [b"a", None, 0]),  # a nil reply: {1}
-    ([[1, b"a"], [0, b"ERR boom"], [1, 1]], [b"a", "error: ERR boom", 1]),  # its own error
-    ([[1, b"a"], [2, b"x"], [1, 1]], [b"a", "error: x", 1]),
+    ([[], b"a", 2, [b"x"]], [b"a", 2, [b"x"]]),  # the usual reply: no call failed
+    ([[], b"a", None, 0], [b"a", None, 0]),  # a nil reply
+    ([[2, b"ERR boom"], b"a", None, 1], [b"a", "error: ERR boom", 1]),  # its own error
+    ([[1, "x", 3, b"y"], None, 2, None], ["error: x", 2, "error: y"]),
 ])
 def test_a_merged_reply_is_each_calls_reply_or_error(reply: list[Any],
                                                      expected: list[Any]) -> None:
     import redis.exceptions as rx
 
-    got = MERGED.replies(reply, len(reply))
+    got = MERGED.replies(list(reply), len(reply) - 1)
     assert [f"error: {r}" if isinstance(r, rx.ResponseError) else r for r in got] == expected
     with pytest.raises(rx.ResponseError, match="unexpected reply"):
-        MERGED.replies(reply, len(reply) + 1)
+        MERGED.replies(reply, len(reply))
+    with pytest.raises(rx.ResponseError, match="unexpected reply"):
+        MERGED.replies([[1], *reply[1:]], len(reply) - 1)  # a failed call without its error
 
 
 def test_merged_args_lay_out_the_head_then_each_calls_keys_and_arguments() -> None:
