@@ -83,12 +83,26 @@ class RunChanges:
     """Job input payloads (context key → bytes) to write in the same atomic write as the
     changes that dispatch their jobs. Only for a store that commits the engine's payload
     store (``PayloadCommit``): the engine then stores no payload of its own first."""
+    created: str = ""
+    """Non-empty: the run is not in the store yet, and this write creates all of it (every
+    part of ``run`` as it is now, whatever the parts named, its index entries, the
+    timeline and payloads with it), or writes nothing if the run already exists
+    (``InvalidStateError``). Only for a store that says it can (``CreatingWrites``). The
+    text is the write's token, unique to it: a try of the same write that finds the run
+    created by an earlier try of it (whose reply was lost) succeeds without writing again.
+    With ``lease_owner``, the owner takes the run's lease in the same write, for
+    ``lease_ttl`` seconds (a lease another owner holds: nothing is written,
+    ``LeaseLostError``). It makes the record truthy: a creating write is always made."""
+    lease_ttl: float = 0.0
+    """With ``created`` and ``lease_owner``: how long the lease taken with the create lasts
+    (seconds)."""
 
     def __init__(
         self, header: bool = False, steps: set[str] | None = None,
         children: dict[str, set[str]] | None = None, context_steps: set[str] | None = None,
         context_keys: set[str] | None = None, previous_status: RunStatus | None = None,
         lease_owner: str | None = None, payloads: dict[str, bytes] | None = None,
+        created: str = "", lease_ttl: float = 0.0,
     ) -> None:
         # Written out rather than generated: one is made per engine step, and the generated
         # ``__init__`` (default factories) costs about twice as much.
@@ -100,6 +114,8 @@ class RunChanges:
         self.previous_status = previous_status
         self.lease_owner = lease_owner
         self.payloads = {} if payloads is None else payloads
+        self.created = created
+        self.lease_ttl = lease_ttl
 
     @classmethod
     def none_yet(cls, previous_status: RunStatus | None) -> RunChanges:
@@ -115,6 +131,8 @@ class RunChanges:
         changes.previous_status = previous_status
         changes.lease_owner = None
         changes.payloads = {}
+        changes.created = ""
+        changes.lease_ttl = 0.0
         return changes
 
     def ordered_children(self, parent: str) -> list[str]:
@@ -138,7 +156,7 @@ class RunChanges:
     def __bool__(self) -> bool:
         return bool(
             self.header or self.steps or self.children or self.context_steps or self.context_keys
-            or self.payloads
+            or self.payloads or self.created
         )
 
 
@@ -192,6 +210,20 @@ class PayloadCommit(Protocol):
     once, when it opens, whether its payload store is one of those."""
 
     def commits_payloads_of(self, payloads: object) -> bool: ...
+
+
+@runtime_checkable
+class CreatingWrites(Protocol):
+    """Optional for stores: ``save_run_changes`` (and ``save_run_changes_now``, where
+    offered) can create the run it writes (``RunChanges.created``), when
+    ``creates_runs_on_write`` is true — False in a subclass that observes creates
+    (overrides ``create_run`` or ``create_run_leased``: those then stay the way runs are
+    created). The engine asks once, when it opens. A store with it lets ``Engine.submit``
+    skip a write: the run's first write, its start, creates it (see docs/architecture.md,
+    *A submitted run*). A wrapper that passes ``save_run_changes`` on with its arguments as
+    they are may say so too; one that does not must not."""
+
+    creates_runs_on_write: bool
 
 
 @runtime_checkable
@@ -459,6 +491,7 @@ __all__ = [
     "Bus",
     "Clock",
     "ConfigProvider",
+    "CreatingWrites",
     "JobBus",
     "JobInbox",
     "LeasedRunCreate",
