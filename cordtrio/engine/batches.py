@@ -112,9 +112,15 @@ class BatchEffects:
                 after = after + pending
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
-            if self.creating:  # the run's first write: it creates the run (``_create``)
-                await self._create(changes, rows)
-            elif changes.header or changes:  # (a step writes its header: no ``__bool__``)
+            if self.creating:
+                # The run's first write, which creates it, whole (``submit`` built it
+                # without writing it): always made, and retried with the same token, so a
+                # try whose reply was lost does not make the next fail. Only this pass
+                # makes it: the first batch of a run not created yet is the start
+                # ``submit`` sent (an envelope, never ``_apply_result``'s), and a task
+                # whose first batch wrote nothing ends (``RunTask._loop``).
+                changes.created = self.creating
+            if changes.header or changes:  # (a step writes its header: no ``__bool__``)
                 try:
                     save_now = wiring.save_now
                     if save_now is not None:
@@ -123,6 +129,8 @@ class BatchEffects:
                         await self.owner.save_changes(run, changes, rows)
                 except Exception as exc:
                     await self._persist(changes, rows, exc)
+                if changes.created:  # the run is stored now (the record may be the
+                    changes.created = self.creating = ""  # task's working area's: reused)
             elif rows:
                 await self._persist(changes, rows)
             feedback = await self._after_write(after, run, now, wiring, run_id)
@@ -315,20 +323,6 @@ class BatchEffects:
             rows.extend(outcome.rows)
             changes.merge(outcome.changes)
         return effects
-
-    async def _create(self, changes: RunChanges, rows: list[TimelineEvent]) -> None:
-        """The run's first write, which creates it, whole (``RunChanges.created``;
-        ``submit`` built the run without writing it): retried as any write, the same
-        token each time, so a try whose reply was lost does not make the next one fail.
-        Always made, even for a batch that changed nothing. Only ``_carry_out`` makes it:
-        the first batch of a run not created yet is the start ``submit`` sent (an envelope,
-        never ``_apply_result``'s), and a task whose first batch wrote nothing ends."""
-        changes.created = self.creating
-        try:
-            await self._persist(changes, rows)
-        finally:
-            changes.created = ""  # (the record may be the task's working area's: reused)
-        self.creating = ""
 
     async def _persist(self, changes: RunChanges, events: list[TimelineEvent],
                        failure: Exception | None = None) -> None:

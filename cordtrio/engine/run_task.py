@@ -11,7 +11,7 @@ the commonest, on a short path, ``_apply_result``, tested against the general on
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
    storing job payloads and publishing notify alerts (their failures are fed back);
 3. persist the changed parts of the run and the timeline (retried until it works; the
-   first write of a run ``submit`` did not write creates it, ``BatchEffects._create``);
+   first write of a run ``submit`` did not write creates it, in ``_carry_out``);
 4. publish job requests (a failure is fed back and persisted in a further round) and job
    cancels; call hooks; arm timers;
 5. acknowledge the envelopes (read-your-writes for the public API).

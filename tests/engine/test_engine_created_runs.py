@@ -132,30 +132,28 @@ async def test_a_creating_write_retried_after_a_lost_reply_applies_once(
         assert len(submits.job_ids) == 1
 
 
+class Refusing(MemoryStore):
+    """Refuses every creating write for good, as a store check would."""
+
+    async def save_run_changes(self, run: WorkflowRun, changes: RunChanges,
+                               timeline: Sequence[TimelineEvent] = ()) -> None:
+        if changes.created:
+            raise InvalidStateError(f"run {run.id!r}: refused for the test")
+        await super().save_run_changes(run, changes, timeline)
+
+
 async def test_a_refused_start_creates_no_run(
         bus: MemoryBus, payloads: MemoryPayloadStore, clock: TrioWallClock,
-        submits: Tap, autojump_clock: object) -> None:
-    """A start the store refuses for good (here: the workflow id is empty, as only a store
-    check finds it) leaves no run behind and ends the task."""
-    store = MemoryStore()
+        submits: Tap, autojump_clock: object, caplog: pytest.LogCaptureFixture) -> None:
+    store = Refusing()
     await store.save_workflow(workflow(step("a")))
-
-    async with open_engine(store, bus, payloads=payloads, clock=clock,
-                           new_id=fixed_ids("r1")) as engine:
-        original = store.save_run_changes
-
-        async def refuse(run: WorkflowRun, changes: RunChanges,
-                         timeline: Sequence[TimelineEvent] = ()) -> None:
-            if changes.created:
-                raise InvalidStateError(f"run {run.id!r}: refused for the test")
-            await original(run, changes, timeline)
-
-        store.save_run_changes = refuse  # type: ignore[method-assign]
+    async with open_engine(store, bus, payloads=payloads, clock=clock) as engine:
         with pytest.raises(InvalidStateError, match="refused for the test"):
             await engine.submit(WF)
         assert engine.active_runs == 0
         assert await store.list_run_ids_by_status("running") == []
         assert submits.job_ids == []
+    assert "crashed" not in caplog.text
 
 
 async def test_multi_engine_submit_holds_the_lease_it_created_with_the_run(
