@@ -84,18 +84,13 @@ class RunChanges:
     changes that dispatch their jobs. Only for a store that commits the engine's payload
     store (``PayloadCommit``): the engine then stores no payload of its own first."""
     created: str = ""
-    """Non-empty: the run is not in the store yet, and this write creates all of it (every
-    part of ``run`` as it is now, whatever the parts named, its index entries, the
-    timeline and payloads with it), or writes nothing if the run already exists
-    (``InvalidStateError``). Only for a store that says it can (``CreatingWrites``). The
-    text is the write's token, unique to it: a try of the same write that finds the run
-    created by an earlier try of it (whose reply was lost) succeeds without writing again.
-    With ``lease_owner``, the owner takes the run's lease in the same write, for
-    ``lease_ttl`` seconds (a lease another owner holds: nothing is written,
-    ``LeaseLostError``). It makes the record truthy: a creating write is always made."""
+    """Non-empty (a store with ``CreatingWrites``): the run is not stored yet; this write
+    creates all of it (whatever the parts named), with its indexes, timeline and payloads,
+    or nothing if it exists (``InvalidStateError``) — unless an earlier try of this very
+    write created it (the text is the write's token): then it succeeds. With
+    ``lease_owner`` the lease is taken in it, for ``lease_ttl`` s (another owner's: nothing
+    written, ``LeaseLostError``). It makes the record truthy."""
     lease_ttl: float = 0.0
-    """With ``created`` and ``lease_owner``: how long the lease taken with the create lasts
-    (seconds)."""
 
     def __init__(
         self, header: bool = False, steps: set[str] | None = None,
@@ -214,14 +209,11 @@ class PayloadCommit(Protocol):
 
 @runtime_checkable
 class CreatingWrites(Protocol):
-    """Optional for stores: ``save_run_changes`` (and ``save_run_changes_now``, where
-    offered) can create the run it writes (``RunChanges.created``), when
-    ``creates_runs_on_write`` is true — False in a subclass that observes creates
-    (overrides ``create_run`` or ``create_run_leased``: those then stay the way runs are
-    created). The engine asks once, when it opens. A store with it lets ``Engine.submit``
-    skip a write: the run's first write, its start, creates it (see docs/architecture.md,
-    *A submitted run*). A wrapper that passes ``save_run_changes`` on with its arguments as
-    they are may say so too; one that does not must not."""
+    """Optional for stores: ``save_run_changes`` (and ``save_run_changes_now``) creates the
+    run with ``RunChanges.created`` when ``creates_runs_on_write`` is true (False in a
+    subclass overriding ``create_run`` or ``create_run_leased``: it observes creates).
+    ``Engine.submit`` then writes nothing: the run's start creates it (docs/architecture.md,
+    *A submitted run*). A wrapper may say so only if it passes the write on as it is."""
 
     creates_runs_on_write: bool
 
