@@ -83,12 +83,21 @@ class RunChanges:
     """Job input payloads (context key → bytes) to write in the same atomic write as the
     changes that dispatch their jobs. Only for a store that commits the engine's payload
     store (``PayloadCommit``): the engine then stores no payload of its own first."""
+    created: str = ""
+    """Non-empty (a store with ``CreatingWrites``): the run is not stored yet; this write
+    creates all of it (whatever the parts named), with its indexes, timeline and payloads,
+    or nothing if it exists (``InvalidStateError``) — unless an earlier try of this very
+    write created it (the text is the write's token): then it succeeds. With
+    ``lease_owner`` the lease is taken in it, for ``lease_ttl`` s (another owner's: nothing
+    written, ``LeaseLostError``). It makes the record truthy."""
+    lease_ttl: float = 0.0
 
     def __init__(
         self, header: bool = False, steps: set[str] | None = None,
         children: dict[str, set[str]] | None = None, context_steps: set[str] | None = None,
         context_keys: set[str] | None = None, previous_status: RunStatus | None = None,
         lease_owner: str | None = None, payloads: dict[str, bytes] | None = None,
+        created: str = "", lease_ttl: float = 0.0,
     ) -> None:
         # Written out rather than generated: one is made per engine step, and the generated
         # ``__init__`` (default factories) costs about twice as much.
@@ -100,6 +109,8 @@ class RunChanges:
         self.previous_status = previous_status
         self.lease_owner = lease_owner
         self.payloads = {} if payloads is None else payloads
+        self.created = created
+        self.lease_ttl = lease_ttl
 
     @classmethod
     def none_yet(cls, previous_status: RunStatus | None) -> RunChanges:
@@ -115,6 +126,8 @@ class RunChanges:
         changes.previous_status = previous_status
         changes.lease_owner = None
         changes.payloads = {}
+        changes.created = ""
+        changes.lease_ttl = 0.0
         return changes
 
     def ordered_children(self, parent: str) -> list[str]:
@@ -138,7 +151,7 @@ class RunChanges:
     def __bool__(self) -> bool:
         return bool(
             self.header or self.steps or self.children or self.context_steps or self.context_keys
-            or self.payloads
+            or self.payloads or self.created
         )
 
 
@@ -192,6 +205,17 @@ class PayloadCommit(Protocol):
     once, when it opens, whether its payload store is one of those."""
 
     def commits_payloads_of(self, payloads: object) -> bool: ...
+
+
+@runtime_checkable
+class CreatingWrites(Protocol):
+    """Optional for stores: ``save_run_changes`` (and ``save_run_changes_now``) creates the
+    run with ``RunChanges.created`` when ``creates_runs_on_write`` is true (False in a
+    subclass overriding ``create_run`` or ``create_run_leased``: it observes creates).
+    ``Engine.submit`` then writes nothing: the run's start creates it (docs/architecture.md,
+    *A submitted run*). A wrapper may say so only if it passes the write on as it is."""
+
+    creates_runs_on_write: bool
 
 
 @runtime_checkable
@@ -459,6 +483,7 @@ __all__ = [
     "Bus",
     "Clock",
     "ConfigProvider",
+    "CreatingWrites",
     "JobBus",
     "JobInbox",
     "LeasedRunCreate",

@@ -68,6 +68,8 @@ class RunRecord:
     status: str = ""
     org_id: str = ""
     workflow_id: str = ""
+    # the token of the write that created the run (``RunChanges.created``; "": another way)
+    created_by: str = ""
 
     @classmethod
     def of(cls, run: WorkflowRun, events: list[TimelineEvent] | None = None) -> RunRecord:

@@ -26,6 +26,9 @@ checks them):
   ``created_at`` on their first save (kept on later saves) and ``updated_at`` on every save.
 * ``create_run`` of an existing id raises ``InvalidStateError``; ``update_run``,
   ``save_run_changes`` and ``delete_*`` of a missing id raise ``NotFoundError``.
+* ``save_run_changes`` with ``RunChanges.created`` creates the run (all of it, whatever the
+  parts named, with its timeline and, fenced, its lease) or raises ``InvalidStateError``
+  if it exists — unless that very write (its token) created it: then it does nothing.
 * ``create_run`` of a run with an ``idempotency_key`` also claims that key (set-if-absent);
   ``delete_run`` releases the key if it still points at the deleted run.
 * Timeline appends do not require the run to exist; an event without ``run_id`` gets the one
@@ -41,7 +44,7 @@ from datetime import datetime
 import trio
 
 from cordtrio.clock import SystemClock
-from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
+from cordtrio.errors import InvalidStateError, LeaseLostError, NotFoundError, ValidationError
 from cordtrio.model import (
     TimelineEvent,
     Workflow,
@@ -82,10 +85,18 @@ class MemoryStore(MemoryRunLeases):
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
 
+    creates_runs_on_write = True
+    """``save_run_changes`` creates the run when ``RunChanges.created`` says so
+    (``ports.CreatingWrites``). False in a subclass that overrides ``create_run`` or
+    ``create_run_leased`` (to count or fail creates: those then stay the way runs are
+    created)."""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "save_run_changes" in cls.__dict__ or "save_run_changes_now" in cls.__dict__:
             cls.writes_now = False
+        if "create_run" in cls.__dict__ or "create_run_leased" in cls.__dict__:
+            cls.creates_runs_on_write = False
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -166,6 +177,10 @@ class MemoryStore(MemoryRunLeases):
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._insert(run)
+
+    def _insert(self, run: WorkflowRun) -> RunRecord:
+        """``create_run`` after its checkpoint: the new run's record, stored and indexed."""
         if not run.id:
             raise ValidationError("run id required")
         if not run.workflow_id:
@@ -181,16 +196,45 @@ class MemoryStore(MemoryRunLeases):
         self._index.written(run.id, record, record.header, True)
         if run.idempotency_key:
             self._idempotency.setdefault(run.idempotency_key, run.id)
+        return record
 
     async def create_run_leased(self, run: WorkflowRun, owner: str, ttl: float) -> bool:
         """``create_run`` and, with no checkpoint between, ``owner`` takes the run's lease
         (``ports.LeasedRunCreate``); False when another owner held it (created anyway)."""
         await self.create_run(run)
+        return self._take_lease(run.id, owner, ttl)
+
+    def _create_changed(self, run: WorkflowRun, changes: RunChanges,
+                        timeline: Sequence[TimelineEvent]) -> None:
+        """``save_run_changes`` of a write that creates the run (``changes.created``): all
+        of it, with its timeline and (``lease_owner``) its lease, or nothing. The run
+        created by an earlier try of this very write (its token): nothing more to do."""
+        token = changes.created
+        owner = changes.lease_owner
+        existing = self._runs.get(run.id)
+        if existing is not None:
+            if existing.created_by == token:
+                return
+            raise InvalidStateError(f"run {run.id!r} already exists")
+        if owner is not None:
+            holder = self._lease_book.holder(run.id)
+            if holder is not None and holder != owner:
+                raise LeaseLostError(f"run {run.id}: lease held by {holder}, not {owner}; "
+                                     "not created")
+        record = self._insert(run)
+        record.created_by = token
+        if timeline:
+            self._timelines.add(record.events, timeline)
+        if owner is not None:
+            self._take_lease(run.id, owner, changes.lease_ttl)
+
+    def _take_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        """``owner`` takes the run's lease for ``ttl`` s (False: another owner holds it)."""
         book = self._lease_book
-        holder = book.holder(run.id)
+        holder = book.holder(run_id)
         if holder is not None and holder != owner:
             return False
-        book.leases[run.id] = (owner, trio.current_time() + ttl)
+        book.leases[run_id] = (owner, trio.current_time() + ttl)
         return True
 
     async def update_run(self, run: WorkflowRun) -> None:
@@ -220,6 +264,9 @@ class MemoryStore(MemoryRunLeases):
     ) -> None:
         """``save_run_changes``, not awaited (no cancellation check), the ``timeline`` events
         handed over to the store, which keeps them as they are (``ports.WritesNow``)."""
+        if changes.created:
+            self._create_changed(run, changes, timeline)
+            return
         if changes.lease_owner is not None:
             self._check_fence(run.id, changes.lease_owner)
         try:  # ``_record`` inlined: one write per engine step

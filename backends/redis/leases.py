@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .adapter import RedisAdapter
+from .keys import SAVED
 from .run_hash import text
 
 PREFIX = "cordtrio:"
@@ -198,6 +199,9 @@ def _packed(redis: RedisAdapter, head: list[Any],
 IF_ABSENT_SCRIPT = """
 local unpack = unpack or table.unpack
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], '""" + SAVED + """') == ARGV[3] then
+    return 1
+  end
   return 0
 end
 local done = 1
@@ -205,12 +209,14 @@ if ARGV[1] ~= '' then
   if not redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then
     if redis.call('GET', KEYS[2]) == ARGV[1] then
       redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+    elseif ARGV[4] ~= '' then
+      return 3
     else
       done = 2
     end
   end
 end
-local i = 3
+local i = 5
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
@@ -218,17 +224,22 @@ while i <= #ARGV do
 end
 return done
 """
-"""Only if ``KEYS[1]`` does not exist (else 0): take the lease ``KEYS[2]`` for ``ARGV[1]``
-(unless it is empty) for ``ARGV[2]`` ms, then run the commands packed from ``ARGV[3]`` on;
-1, or 2 when another owner held the lease (the commands ran all the same)."""
+"""Only if ``KEYS[1]`` does not exist (else 0 — or 1 when its ``saved`` field holds the
+token ``ARGV[3]``: this very write was applied before, its reply lost): take the lease
+``KEYS[2]`` for ``ARGV[1]`` (unless it is empty) for ``ARGV[2]`` ms, then run the
+commands packed from ``ARGV[5]`` on; 1, or 2 when another owner held the lease (the
+commands ran all the same) — 3, nothing written, when ``ARGV[4]`` is not empty (the lease
+must come with the create)."""
 
-CREATED, CREATED_UNLEASED = 1, 2
-"""``commands_if_absent``'s replies when it wrote (0: the key existed, nothing written)."""
+CREATED, CREATED_UNLEASED, NOT_LEASED = 1, 2, 3
+"""``commands_if_absent``'s replies when it wrote, or (``NOT_LEASED``) wrote nothing for
+want of the lease (0: the key existed, nothing written)."""
 
 
 async def commands_if_absent(
     redis: RedisAdapter, what: str, key: str, commands: Iterable[tuple[Any, ...]],
-    lease: tuple[str, str, float] | None = None,
+    lease: tuple[str, str, float] | None = None, *, token: str = "",
+    lease_required: bool = False,
 ) -> int:
     """Run ``commands`` (argument tuples: ``("HSET", key, field, value, ...)``) in one Lua
     script, only if ``key`` does not exist: a create in one round trip, atomic like
@@ -238,12 +249,16 @@ async def commands_if_absent(
     cost several times more than the tuples they make. ``lease`` =
     (lease key, owner, ttl): the owner takes that lease in the same script (``SET NX PX``).
     0 if ``key`` existed (nothing written), ``CREATED``, or ``CREATED_UNLEASED`` when another
-    owner held the lease."""
+    owner held the lease — ``NOT_LEASED`` instead, nothing written, with
+    ``lease_required``. ``token``: the write's own (the commands write it to the hash's
+    ``saved`` field): a ``key`` holding it was created by this very write, sent before
+    (``CREATED``, nothing written again)."""
+    flags = [token, "1" if lease_required else ""]
     if lease is None:
-        keys, head = [key], ["", 0]
+        keys, head = [key], ["", 0, *flags]
     else:
         lease_key_, owner, ttl = lease
-        keys, head = [key, lease_key_], [owner, _ms(ttl)]
+        keys, head = [key, lease_key_], [owner, _ms(ttl), *flags]
     return int(await redis.script(what, key, IF_ABSENT_SCRIPT, keys,
                                   _packed(redis, head, commands)))
 
@@ -345,6 +360,6 @@ class RedisRunLeases:
         return [text(reply[1])]
 
 
-__all__ = ["COMMANDS_QUEUE", "CREATED", "CREATED_UNLEASED", "IF_ABSENT_SCRIPT",
+__all__ = ["COMMANDS_QUEUE", "CREATED", "CREATED_UNLEASED", "IF_ABSENT_SCRIPT", "NOT_LEASED",
            "RELEASE_SCRIPT", "RedisRunLeases", "commands_if_absent", "inbox_key", "lease_key",
            "processing_key", "wake_key"]

@@ -38,8 +38,9 @@ from .leases import lease_key
 from .payloads import RedisPayloadStore
 from .redis_errors import RedisDataError
 from .run_hash import FieldOps, dumps, ordered, text
-from .run_index import RedisRunIndex, previous_statuses
+from .run_index import previous_statuses
 from .run_json import header_json, step_json
+from .runs import RedisRuns
 from .step_argv import step_argv
 from .step_write import NOT_FOUND, STEP_SCRIPT, report_step_commands, step_keys
 from .timelines import RedisTimelines
@@ -51,9 +52,19 @@ C: ``next``): ``STEP_SCRIPT`` applies a write whose token the run hash already h
 once."""
 
 
-class RedisRunChanges(RedisRunIndex, RedisTimelines):
+class RedisRunChanges(RedisRuns, RedisTimelines):
     """Mixin of ``RedisStore``: partial, optionally lease-fenced run writes, with the job
-    input payloads they dispatch (``ports.PayloadCommit``)."""
+    input payloads they dispatch (``ports.PayloadCommit``); and a write that creates the
+    run (``ports.CreatingWrites``: the create script of ``RedisRuns``)."""
+
+    creates_runs_on_write = True
+    """False in a subclass that overrides ``create_run`` or ``create_run_leased`` (to count
+    or fail creates: those then stay the way runs are created), as in ``MemoryStore``."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "create_run" in cls.__dict__ or "create_run_leased" in cls.__dict__:
+            cls.creates_runs_on_write = False
 
     _commits_payloads = False  # a payload store was accepted by ``commits_payloads_of``
     _payload_ttl: int | None = None  # and its TTL
@@ -84,6 +95,9 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         deleted. Indexes move only when ``changes.header`` is set. Fenced by the run's
         lease when ``changes.lease_owner`` is set."""
         docs = self._timeline_docs(run.id, timeline)
+        if changes.created:
+            await self._create_changed(run, changes, docs)
+            return
         owner = changes.lease_owner
         if owner is None and not changes.header and not changes:  # (a step: the header)
             # Nothing to write, but a missing run is still an error.
@@ -129,6 +143,25 @@ class RedisRunChanges(RedisRunIndex, RedisTimelines):
         if reply[0] == NOT_FOUND:
             raise NotFoundError(f"run {run.id!r} not found")
         raise self._lost(run, reply[1], owner)
+
+    async def _create_changed(self, run: WorkflowRun, changes: RunChanges,
+                              docs: list[bytes]) -> None:
+        """``save_run_changes`` of a write that creates the run (``changes.created``): the
+        create script (``_create``) with the write's token, timeline and job inputs, and,
+        fenced (``lease_owner``), the run's lease taken in it."""
+        owner = changes.lease_owner
+        payloads = changes.payloads
+        then: list[tuple[Any, ...]] = []
+        if payloads:
+            ttl = self._committed_ttl()
+            then = [("SET", key, data) if ttl is None else ("SET", key, data, "EX", ttl)
+                    for key, data in payloads.items()]
+            sent_at = self._committing(payloads)
+        await self._create(
+            run, None if owner is None else (lease_key(run.id), owner, changes.lease_ttl),
+            token=changes.created, docs=docs, then=then)
+        if payloads:
+            self._committed(payloads, sent_at)
 
     def _committed_ttl(self) -> int | None:
         if not self._commits_payloads:

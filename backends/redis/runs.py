@@ -10,9 +10,9 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from cordtrio.errors import InvalidStateError, NotFoundError, ValidationError
+from cordtrio.errors import InvalidStateError, LeaseLostError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, WorkflowRun
-from cordtrio.ports import status_text
+from cordtrio.ports import TIMELINE_CAP, status_text
 from cordtrio.timeutil import format_ts, parse_ts
 
 from .keys import (
@@ -22,6 +22,7 @@ from .keys import (
     INPUT,
     ORD,
     RUNS_ALL,
+    SAVED,
     active_runs_key,
     child_field,
     ctx_field,
@@ -33,7 +34,7 @@ from .keys import (
     step_field,
     timeline_key,
 )
-from .leases import CREATED, commands_if_absent, lease_key
+from .leases import CREATED, NOT_LEASED, commands_if_absent, lease_key
 from .redis_errors import RedisDataError
 from .run_hash import assemble, assemble_named, dumps, field_names, loads, text
 from .run_index import RUN_STATUSES, RedisRunIndex, ts_score
@@ -109,7 +110,15 @@ class RedisRuns(RedisRunIndex):
         (``ports.LeasedRunCreate``); False when another owner held it (created anyway)."""
         return await self._create(run, (lease_key(run.id), owner, ttl)) == CREATED
 
-    async def _create(self, run: WorkflowRun, lease: tuple[str, str, float] | None) -> int:
+    async def _create(self, run: WorkflowRun, lease: tuple[str, str, float] | None, *,
+                      token: str = "", docs: Sequence[bytes] = (),
+                      then: Sequence[tuple[Any, ...]] = ()) -> int:
+        """The create script (``commands_if_absent``): the whole run, its index entries
+        (its workflow's, its status's: previous, none) and its retention, taking ``lease``
+        with it. A creating write (``save_run_changes``, ``RunChanges.created``) adds its
+        ``token`` (the hash's ``saved`` field, which a step write's replaces), its timeline
+        ``docs`` and the commands ``then`` (its job inputs), and needs the lease: none
+        taken, nothing is written (``LeaseLostError``)."""
         if not run.id:
             raise ValidationError("run id required")
         if not run.workflow_id:
@@ -123,6 +132,8 @@ class RedisRuns(RedisRunIndex):
         rid = run.id
         key = run_key(rid)
         fields = self._whole_run(run)
+        if token:
+            fields[SAVED] = token.encode()
         status = status_text(run.status)
         commands: list[tuple[Any, ...]] = [
             ("HSET", key, *chain.from_iterable(fields.items())),
@@ -131,12 +142,21 @@ class RedisRuns(RedisRunIndex):
         ]
         if run.idempotency_key:
             commands.append(("SET", idempotency_key(run.idempotency_key), rid, "NX"))
+        if docs:  # (before the retention, which expires the timeline too)
+            # a new run's timeline: the newest ``TIMELINE_CAP`` events are all it keeps
+            commands.append(("RPUSH", timeline_key(rid), *docs[-TIMELINE_CAP:]))
         commands += self._retention_commands(run, status)
+        commands += then
         # One script (EXISTS, then the writes), not WATCH + MULTI/EXEC: one round trip that
         # the adapter can batch with other calls, with the same all-or-nothing outcome.
-        done = await commands_if_absent(self._redis, "create run", key, commands, lease)
+        done = await commands_if_absent(self._redis, "create run", key, commands, lease,
+                                        token=token, lease_required=bool(token))
         if not done:
             raise InvalidStateError(f"run {run.id!r} already exists")
+        if done == NOT_LEASED:
+            assert lease is not None
+            raise LeaseLostError(f"run {run.id}: lease held by another owner, not "
+                                 f"{lease[1]}; not created")
         self._mirror.put(run, fields)
         return done
 

@@ -36,9 +36,9 @@ only the fields an event changed — O(1) whatever the size of the run:
   order is stored: a new field gets a fresh rank (a nanosecond-clock based counter), an
   existing one keeps its rank, a deleted one loses it. ``header``, ``input`` and the
   ``ctx:steps`` map marker have no rank (a map ``steps`` always comes last);
-* ``saved`` — the token of the last step write (``step_write``): a write the adapter sends
-  again after a lost reply finds it there and is not applied twice. No rank; run reads
-  ignore it.
+* ``saved`` — the token of the last step write (``step_write``), or of the write that
+  created the run: a write the adapter or the engine sends again after a lost reply finds
+  it there and is not applied twice. No rank; run reads ignore it.
 
 Payloads (``ctx:<job>``/``res:<job>``) are in ``payloads.py``, schemas (``schema:<id>``,
 ``schema:index``) in ``schemas.py``.
@@ -71,7 +71,12 @@ another workflow or org (the engine never changes those); ``update_run`` does.
 
 ``create_run`` is one Lua script (``EXISTS``, then the writes — one round trip, batched by
 the adapter with other calls); ``create_run_leased`` (``ports.LeasedRunCreate``, the
-multi-engine submit) takes the run's lease in the same script (``SET NX PX``);
+multi-engine submit with an idempotency key) takes the run's lease in the same script
+(``SET NX PX``); a ``save_run_changes`` that creates the run (``RunChanges.created``,
+``ports.CreatingWrites``: an engine's submit, its start written with the run) is the same
+script with the write's token in the ``saved`` field (a resend that finds it there is
+done), its timeline events and job inputs, and, fenced, the lease, which it must get
+(else nothing is written: ``LeaseLostError``);
 ``update_run``, ``delete_run``, ``save_workflow`` and ``delete_workflow`` are optimistic
 transactions (``WATCH``, read what the index moves need, ``MULTI``/``EXEC``).
 
@@ -125,8 +130,8 @@ from .workflows import RedisWorkflows
 
 class RedisStore(
     RedisWorkflows,
-    RedisRuns,
     RedisRunChanges,
+    RedisRuns,
     RedisRunIndex,
     RedisTimelines,
     RedisIdempotency,

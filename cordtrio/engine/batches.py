@@ -69,6 +69,7 @@ class BatchEffects:
     _wiring: RunWiring
     _timers: Timers
     _finish: Finish | None
+    creating: str  # the run is not stored yet: the token of the write to create it
 
     async def _carry_out(self, effects: list[Effect], rows: list[TimelineEvent],
                          changes: RunChanges, now: datetime, pending: list[Effect]) -> None:
@@ -111,6 +112,14 @@ class BatchEffects:
                 after = after + pending
             # state and timeline in one atomic write: a crash keeps both or neither
             # (``_persist``'s first try inlined: one coroutine fewer per batch)
+            if self.creating:
+                # The run's first write, which creates it, whole (``submit`` built it
+                # without writing it): always made, and retried with the same token, so a
+                # try whose reply was lost does not make the next fail. Only this pass
+                # makes it: the first batch of a run not created yet is the start
+                # ``submit`` sent (an envelope, never ``_apply_result``'s), and a task
+                # whose first batch wrote nothing ends (``RunTask._loop``).
+                changes.created = self.creating
             if changes.header or changes:  # (a step writes its header: no ``__bool__``)
                 try:
                     save_now = wiring.save_now
@@ -120,6 +129,8 @@ class BatchEffects:
                         await self.owner.save_changes(run, changes, rows)
                 except Exception as exc:
                     await self._persist(changes, rows, exc)
+                if changes.created:  # the run is stored now (the record may be the
+                    changes.created = self.creating = ""  # task's working area's: reused)
             elif rows:
                 await self._persist(changes, rows)
             feedback = await self._after_write(after, run, now, wiring, run_id)

@@ -253,10 +253,14 @@ class _Closed(list[Item]):
 @dataclass(slots=True)
 class Preload:
     """What a new run task may start from instead of reading the store: the workflow
-    ``submit`` just read, and (single-engine only) the run it just created."""
+    ``submit`` just read, and the run it just created (when nothing else can have reached
+    it: ``Ownership.fresh_run``) or built without writing it (``creating``)."""
 
     run: WorkflowRun | None
     workflow: Workflow
+    creating: str = ""
+    """Non-empty: ``run`` is not in the store yet; the task's first write creates it, with
+    this token (``RunChanges.created``)."""
 
 
 class Finish:

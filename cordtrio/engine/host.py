@@ -55,6 +55,11 @@ class OwnedRun(Protocol):
         """Why the run or its workflow could not be loaded (None: it was)."""
 
     @property
+    def creating(self) -> str:
+        """Non-empty while the run is not in the store yet: the task's first write creates
+        it (``RunChanges.created``, this text its token); nothing to acquire before it."""
+
+    @property
     def error(self) -> BaseException | None:
         """What ended the task, for the callers still waiting (None: nothing went wrong)."""
 
@@ -102,6 +107,11 @@ class Ownership(Protocol):
         its lease in the same write when the store can: ``ports.LeasedRunCreate``): await
         the result (an implementation may hand over the store's own call)."""
 
+    creates_on_write: bool
+    """The store can create a run with its first write (``ports.CreatingWrites``):
+    ``submit`` then writes nothing, and the run task's first write creates the run (in
+    multi-engine mode taking its lease with it)."""
+
     def fresh_run(self, created: WorkflowRun | None) -> WorkflowRun | None:
         """The run ``submit`` just created, if a new task may start from it instead of
         reading the store (None: it must read). A task that starts from it takes no
@@ -111,7 +121,9 @@ class Ownership(Protocol):
         """Whether a run waiting on nothing but a command may end its task (W4 memory)."""
 
     async def acquire(self, run: OwnedRun) -> bool:
-        """Take the run for ``run``'s task; False when another engine drives it."""
+        """Take the run for ``run``'s task; False when another engine drives it. A run not
+        created yet (``OwnedRun.creating``) is taken by its creating write: held from
+        here on, with nothing asked of the store."""
 
     async def take_commands(self, run_id: str) -> list[Envelope]:
         """The commands queued for the run in the store, marked ``queued`` (none when
@@ -125,7 +137,9 @@ class Ownership(Protocol):
                      events: list[TimelineEvent]) -> Awaitable[None]:
         """Persist ``changes`` and the timeline ``events`` in one write, as the run's
         driver (refused with ``LeaseLostError`` when it no longer is): await the result
-        (an implementation may hand over the store's own call, one coroutine fewer)."""
+        (an implementation may hand over the store's own call, one coroutine fewer). A
+        creating write (``changes.created``) that the store refuses fails with a definite
+        error (``InvalidStateError``: the run exists, or another engine holds its lease)."""
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         """Append timeline ``events`` of a batch that changed nothing else."""

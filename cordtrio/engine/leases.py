@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from ..core.events import Start
-from ..errors import CordtrioError, LeaseLostError, ProtocolError
+from ..errors import CordtrioError, InvalidStateError, LeaseLostError, ProtocolError
 from ..model import RunStatus, TimelineEvent, WorkflowRun
 from ..ports import LeasedRunCreate, RunChanges, RunLeases, RunPresence, Store
 from ..ratelog import RateLimitedLog
@@ -75,6 +75,9 @@ class LeaseKeeper:
         # ``LeasedRunCreate``, told once: a runtime protocol check walks the protocol's
         # members, and every run submitted would pay for it
         self._leased_create = isinstance(store, LeasedRunCreate)
+        # ``ports.CreatingWrites``, told once: a submitted run is created by its first
+        # write, which takes the lease with it
+        self.creates_on_write: bool = bool(getattr(store, "creates_runs_on_write", False))
         self.store = leases
         self.owner = owner
         self.ttl = float(ttl)
@@ -85,6 +88,9 @@ class LeaseKeeper:
         # runs ``create_run`` took the lease of, with when (Trio's clock), until a task of
         # the run acquires it
         self._leased_at_create: dict[str, float] = {}
+        # the tasks of runs not created yet (``OwnedRun.creating``), held from their
+        # creating write on (``held``): not renewed before it, nor reported lost
+        self._creating: dict[str, OwnedRun] = {}
         self._log = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ Ownership
@@ -121,6 +127,9 @@ class LeaseKeeper:
         event = self.closing.get(run_id)
         if event is not None:
             await event.wait()
+        if run.creating:  # its creating write takes the lease (``save_changes``)
+            self._creating[run_id] = run
+            return True
         since = self._leased_at_create.pop(run_id, None)
         if since is not None:
             if trio.current_time() - since < self.ttl / 3:
@@ -154,9 +163,26 @@ class LeaseKeeper:
     def save_changes(self, run: WorkflowRun, changes: RunChanges,
                      events: list[TimelineEvent]) -> Awaitable[None]:
         """The run's state write, fenced by the lease: the store's own call, to be awaited
-        (no coroutine of its own: the task's every wait passes through each frame)."""
+        (no coroutine of its own: the task's every wait passes through each frame); a
+        creating write takes the lease (``_create``)."""
         changes.lease_owner = self.owner
+        if changes.created:
+            return self._create(run, changes, events)
         return self.runs_store.save_run_changes(run, changes, events)
+
+    async def _create(self, run: WorkflowRun, changes: RunChanges,
+                      events: list[TimelineEvent]) -> None:
+        """The write that creates the run and takes its lease for ``ttl``: its task holds
+        the run once it is done. A lease another engine holds (never so for a fresh id)
+        is a definite refusal: nothing was written."""
+        changes.lease_ttl = self.ttl
+        try:
+            await self.runs_store.save_run_changes(run, changes, events)
+        except LeaseLostError as exc:
+            raise InvalidStateError(f"run {run.id!r} not created: {exc}") from exc
+        task = self._creating.pop(run.id, None)
+        if task is not None:
+            self.held[run.id] = task
 
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         fenced = RunChanges(lease_owner=self.owner)
@@ -171,7 +197,8 @@ class LeaseKeeper:
         unacked = self._unacked.pop(run_id, 0)
         unapplied: list[Envelope] = []
         try:
-            owned = self.held.get(run_id) is run
+            # (a run never created is this task's too: nobody else can have it)
+            owned = self.held.get(run_id) is run or self._creating.get(run_id) is run
             leftovers = run.take_leftovers()
             unapplied = run.in_flight  # a batch interrupted (lease lost, engine closing)
             for envelope in unapplied:
@@ -239,9 +266,15 @@ class LeaseKeeper:
     # ------------------------------------------------------------------ the store
 
     async def release(self, run: OwnedRun) -> None:
-        if self.held.get(run.run_id) is not run:
+        run_id = run.run_id
+        if self.held.get(run_id) is run:
+            del self.held[run_id]
+        elif self._creating.get(run_id) is run:
+            # its creating write failed, or was cut short (the engine closing) not knowing
+            # whether it went through: a lease it took is released all the same
+            del self._creating[run_id]
+        else:
             return
-        del self.held[run.run_id]
         if self.crashed:
             return  # a simulated crash leaves its leases to expire
         try:

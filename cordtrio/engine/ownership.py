@@ -34,6 +34,8 @@ class SingleEngine:
         self.router = router
         # creating a run is the store's own call (no coroutine of ours around it)
         self.create_run: Callable[[WorkflowRun], Awaitable[None]] = store.create_run
+        # ``ports.CreatingWrites``, told once: a submitted run is created by its first write
+        self.creates_on_write: bool = bool(getattr(store, "creates_runs_on_write", False))
         # The store's write called without awaiting it (``ports.WritesNow``), or None
         self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
                                         None] | None = own_call(
@@ -46,7 +48,7 @@ class SingleEngine:
         return True
 
     async def acquire(self, run: OwnedRun) -> bool:
-        return True
+        return True  # (a run not created yet too: its first write creates it)
 
     async def take_commands(self, run_id: str) -> list[Envelope]:
         return []

@@ -10,7 +10,8 @@ the commonest, on a short path, ``_apply_result``, tested against the general on
 1. load result payloads the core needs (before deciding);
 2. *pre-commit* effects whose outcome the core must know before anything is persisted:
    storing job payloads and publishing notify alerts (their failures are fed back);
-3. persist the changed parts of the run and the timeline (retried until it works);
+3. persist the changed parts of the run and the timeline (retried until it works; the
+   first write of a run ``submit`` did not write creates it, in ``_carry_out``);
 4. publish job requests (a failure is fed back and persisted in a further round) and job
    cancels; call hooks; arm timers;
 5. acknowledge the envelopes (read-your-writes for the public API).
@@ -67,6 +68,7 @@ class RunTask(BatchEffects):
 
     # what most tasks never change, as class defaults: not set again for every run
     _created = False  # started from the run ``submit`` created, not the store
+    creating = ""  # the run is not stored yet: the token of the write to create it
     _finish: Finish | None = None  # wait_run callers woken by this task's finish
     ended: WorkflowRun | None = None  # the final run, when nobody waited for it
     _alarm_at = -1.0  # the deadline the engine's alarm will poke the mailbox at
@@ -129,6 +131,11 @@ class RunTask(BatchEffects):
         except Exception as exc:  # a shell bug must not take the engine (other runs) down
             if self.shielded:  # (``let_go``'s own error goes on, as from ``finally``)
                 raise
+            if self.creating and isinstance(exc, CordtrioError):
+                # the store refused to create the run (its id is taken, say): nothing was
+                # written, and ``submit`` fails with the reason; nothing crashed
+                self.error = exc
+                return
             if not isinstance(exc, CorruptDataError) or not await self.host.mark_unreadable(
                     self.run_id, exc):
                 log.exception("run %s: task crashed; the run stays in the store", self.run_id)
@@ -174,9 +181,11 @@ class RunTask(BatchEffects):
                     item.done.set()
 
     async def _load(self) -> bool:
+        preload, self._preload = self._preload, None
+        if preload is not None and preload.creating:
+            self.creating = preload.creating  # (held without asking the store: ``acquire``)
         if not await self.owner.acquire(self):
             return False  # another engine owns the run: ``let_go`` forwards to it
-        preload, self._preload = self._preload, None
         try:
             if preload is not None and preload.run is not None:
                 run = preload.run
@@ -259,6 +268,10 @@ class RunTask(BatchEffects):
                 if taken:  # persisted: the store may forget them
                     taken = False
                     await owner.acknowledge(self.run_id)
+                if self.creating:
+                    # the batch (the start ``submit`` sent) wrote nothing, so created
+                    # nothing: the core refused it, and its caller was told why
+                    return
             # The next batch: what came in meanwhile (usually nothing: once or twice per
             # step) and the timers due; else the task is idle and waits. The mailbox's one
             # reader takes its items by handing it a new list (``Mailbox.items``): no call.

@@ -28,6 +28,12 @@ def random_run_id() -> str:
     return uuid4_text(os.urandom(16))
 
 
+def random_write_token() -> str:
+    """A token for the write that creates a run (``RunChanges.created``): 16 random hex
+    digits, unique to the write."""
+    return os.urandom(8).hex()
+
+
 _PARTS = operator.itemgetter(slice(0, 8), slice(8, 12), slice(13, 16), 16, slice(17, 20),
                              slice(20, 32))
 """The groups of a UUID's 32 hex digits (less the version digit), and its variant digit."""
@@ -48,12 +54,15 @@ class Submitted:
     """What ``submit_run`` did: the run's id, whether it needs a ``Start``, and what it read
     and wrote on the way — the workflow, and the run when this call created it — so the
     engine's run task need not read them back (``RunTask``'s ``preload``). The workflow may
-    be the store's own (``ports.SharedWorkflows``): read it, never change it."""
+    be the store's own (``ports.SharedWorkflows``): read it, never change it. ``creating``
+    (non-empty: the token of the write that is to create it): the run was built, not
+    written (``submit_run``'s ``deferred``)."""
 
     run_id: str
     needs_start: bool
     workflow: Workflow
     created: WorkflowRun | None = None
+    creating: str = ""
 
 
 async def submit_run(
@@ -70,6 +79,7 @@ async def submit_run(
     dry_run: bool,
     triggered_by: str,
     create: Callable[[WorkflowRun], Awaitable[None]] | None = None,
+    deferred: bool = False,
 ) -> Submitted:
     """Validate ``input`` against the workflow's ``input_schema`` and create the pending run.
 
@@ -80,7 +90,11 @@ async def submit_run(
     submit claimed the key, then failed to create the run and to release the key — a crash,
     the store gone) is honoured: the run is created under that id now, so the key never
     points at nothing. ``create`` creates the run (default ``store.create_run``; the engine
-    passes its ownership's, which may take the run's lease with it)."""
+    passes its ownership's, which may take the run's lease with it).
+
+    ``deferred`` (without an ``idempotency_key`` only: with one, the key's claim needs the
+    run written): the run is built and checked but not written; the caller's first write of
+    it creates it (``Submitted.creating``, its token: ``RunChanges.created``)."""
     # read-only here and in the run task (its plan): a store that can lend its definition
     # (``SharedWorkflows``) need not copy it for every run
     # (``getattr``: a runtime protocol's ``isinstance`` costs more than the copy saved)
@@ -117,6 +131,8 @@ async def submit_run(
     )
     if dry_run:
         run.labels["dry_run"] = "true"
+    if deferred and not idempotency_key:
+        return Submitted(run.id, True, workflow, run, creating=random_write_token())
     if idempotency_key and not claimed and not await store.try_set_run_idempotency_key(
             idempotency_key, run.id):
         existing = await store.get_run_by_idempotency_key(idempotency_key)

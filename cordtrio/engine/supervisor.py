@@ -42,6 +42,7 @@ from ..core.events import (
 from ..errors import (
     CordtrioError,
     CorruptDataError,
+    InvalidStateError,
     LeaseLostError,
     RunFailedError,
     ValidationError,
@@ -217,18 +218,28 @@ class Engine:
         """Validate ``input`` against the workflow's ``input_schema``, create the run and
         start it. With an ``idempotency_key`` already used, return that run's id and create
         nothing."""
+        ownership = self.ownership
         done = await submit_run(
             self.store, self.clock, self._new_id, workflow_id, input, org_id=org_id,
             team_id=team_id, idempotency_key=idempotency_key, labels=labels,
-            dry_run=dry_run, triggered_by=triggered_by,
-            create=self.ownership.create_run)
+            dry_run=dry_run, triggered_by=triggered_by, create=ownership.create_run,
+            # over a store whose first write of a run can create it, the run is not
+            # written here: its start creates it, in one write (no key: a key's claim
+            # needs the run written first)
+            deferred=ownership.creates_on_write)
         if done.needs_start:
-            # The run task starts from what submit just read and wrote, not a re-read. The
-            # run itself only when nothing can have reached it in between: single-engine
-            # mode, or a lease taken with the create (else another engine may take the run,
-            # or a Client command reach it, between the create and the start).
-            run = self.ownership.fresh_run(done.created)
-            await self._call(done.run_id, Start(), Preload(run, done.workflow))
+            if done.creating:  # the run task's first write, the start, creates the run
+                if done.run_id in self._runs:  # (an id generator gave an id in use)
+                    raise InvalidStateError(f"run {done.run_id!r} already exists")
+                preload = Preload(done.created, done.workflow, done.creating)
+            else:
+                # The run task starts from what submit just read and wrote, not a re-read.
+                # The run itself only when nothing can have reached it in between:
+                # single-engine mode, or a lease taken with the create (else another engine
+                # may take the run, or a Client command reach it, between the create and
+                # the start).
+                preload = Preload(ownership.fresh_run(done.created), done.workflow)
+            await self._call(done.run_id, Start(), preload)
         return done.run_id
 
     async def run(self, workflow_id: str, input: dict[str, Any] | None = None,
