@@ -83,12 +83,18 @@ class RunChanges:
     """Job input payloads (context key → bytes) to write in the same atomic write as the
     changes that dispatch their jobs. Only for a store that commits the engine's payload
     store (``PayloadCommit``): the engine then stores no payload of its own first."""
+    release_lease: bool = False
+    """With ``lease_owner``: the write also releases the run's lease (as ``release_lease``
+    does, in the same atomic step, only if it is written: the owner holds the lease) — the
+    run's last write, the one that makes it terminal. Not a change, like ``lease_owner``;
+    ignored on an unfenced write."""
 
     def __init__(
         self, header: bool = False, steps: set[str] | None = None,
         children: dict[str, set[str]] | None = None, context_steps: set[str] | None = None,
         context_keys: set[str] | None = None, previous_status: RunStatus | None = None,
         lease_owner: str | None = None, payloads: dict[str, bytes] | None = None,
+        release_lease: bool = False,
     ) -> None:
         # Written out rather than generated: one is made per engine step, and the generated
         # ``__init__`` (default factories) costs about twice as much.
@@ -100,6 +106,7 @@ class RunChanges:
         self.previous_status = previous_status
         self.lease_owner = lease_owner
         self.payloads = {} if payloads is None else payloads
+        self.release_lease = release_lease
 
     @classmethod
     def none_yet(cls, previous_status: RunStatus | None) -> RunChanges:
@@ -115,6 +122,7 @@ class RunChanges:
         changes.previous_status = previous_status
         changes.lease_owner = None
         changes.payloads = {}
+        changes.release_lease = False
         return changes
 
     def ordered_children(self, parent: str) -> list[str]:
