@@ -328,6 +328,7 @@ COUNTS = _Texts()
 
 
 _KEY_PREFIXES = (run_key(""), lease_key(""), timeline_key(""))
+_RELEASE_PREFIXES = (inbox_key(""), processing_key(""))
 
 
 def step_keys(run_id: str) -> list[str]:
@@ -341,7 +342,10 @@ def step_keys(run_id: str) -> list[str]:
 def releasing_step_keys(run_id: str) -> list[str]:
     """``STEP_SCRIPT``'s keys for a write that releases the lease (once per run): those of
     ``step_keys``, then the run's inbox and processing list and the commands queue."""
-    return [*step_keys(run_id), inbox_key(run_id), processing_key(run_id), COMMANDS_QUEUE]
+    run, lease, timeline = _KEY_PREFIXES
+    inbox, processing = _RELEASE_PREFIXES
+    return [run + run_id, lease + run_id, timeline + run_id, inbox + run_id,
+            processing + run_id, COMMANDS_QUEUE]
 
 
 __all__ = ["COUNTS", "NOT_FOUND", "STEP_SCRIPT", "releasing_step_keys", "report_step_commands",

@@ -356,7 +356,10 @@ def _last_write(changes: RunChanges, after: list[Effect]) -> None:
     ``RunChanges.release_lease``; ``leases.LeaseKeeper``), unless a job is to be published
     after it (dispatched by an event of the batch before another ended the run): that
     needs the lease still. Cancels and hooks do not."""
-    changes.release_lease = not any(effect.__class__ is Dispatch for effect in after)
+    for effect in after:
+        if effect.__class__ is Dispatch:
+            return
+    changes.release_lease = True
 
 
 def _position(effects: list[Effect], effect: Effect) -> int:

@@ -190,7 +190,9 @@ class LeaseKeeper:
         reply lost) and released the lease: the next try, while the lease is trusted (it
         cannot have expired and changed hands), takes it again if it is free, rather than
         be refused by its own release (and leave what follows the write — job cancels —
-        undone)."""
+        undone). Free, it was released by that try: another engine may have taken it and
+        let go meanwhile, but a finished run is never changed again, so the try writes
+        what is stored (its timeline rows, as any write sent again, twice)."""
         run_id = run.id
         task = self.held.pop(run_id, None)
         if task is not None:

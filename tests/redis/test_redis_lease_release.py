@@ -93,3 +93,12 @@ async def test_the_last_write_sent_again_after_a_lost_reply_is_written_once(
     assert [e.type for e in await redis.store.list_timeline_events(run.id)] == ["run_status"]
     assert (await redis.store.get_run(run.id)).to_dict() == run.to_dict()
     assert not await raw(redis, "exists", lease_key(run.id))
+
+
+def test_releasing_step_keys_are_the_key_functions_keys() -> None:
+    from cordtrio.backends.redis.leases import inbox_key, processing_key
+    from cordtrio.backends.redis.step_write import releasing_step_keys, step_keys
+
+    for run_id in ("run-1", "a:b"):
+        assert releasing_step_keys(run_id) == [
+            *step_keys(run_id), inbox_key(run_id), processing_key(run_id), COMMANDS_QUEUE]
