@@ -91,13 +91,18 @@ class RunChanges:
     ``lease_owner`` the lease is taken in it, for ``lease_ttl`` s (another owner's: nothing
     written, ``LeaseLostError``). It makes the record truthy."""
     lease_ttl: float = 0.0
+    release_lease: bool = False
+    """With ``lease_owner``: the write also releases the run's lease (as ``release_lease``
+    does, in the same atomic step, only if it is written: the owner holds the lease) — the
+    run's last write, the one that makes it terminal. Not a change, like ``lease_owner``;
+    ignored on an unfenced write."""
 
     def __init__(
         self, header: bool = False, steps: set[str] | None = None,
         children: dict[str, set[str]] | None = None, context_steps: set[str] | None = None,
         context_keys: set[str] | None = None, previous_status: RunStatus | None = None,
         lease_owner: str | None = None, payloads: dict[str, bytes] | None = None,
-        created: str = "", lease_ttl: float = 0.0,
+        created: str = "", lease_ttl: float = 0.0, release_lease: bool = False,
     ) -> None:
         # Written out rather than generated: one is made per engine step, and the generated
         # ``__init__`` (default factories) costs about twice as much.
@@ -111,6 +116,7 @@ class RunChanges:
         self.payloads = {} if payloads is None else payloads
         self.created = created
         self.lease_ttl = lease_ttl
+        self.release_lease = release_lease
 
     @classmethod
     def none_yet(cls, previous_status: RunStatus | None) -> RunChanges:
@@ -128,6 +134,7 @@ class RunChanges:
         changes.payloads = {}
         changes.created = ""
         changes.lease_ttl = 0.0
+        changes.release_lease = False
         return changes
 
     def ordered_children(self, parent: str) -> list[str]:

@@ -80,6 +80,11 @@ class MemoryRunLeases:
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         await trio.lowlevel.checkpoint()
+        self._release(run_id, owner)
+
+    def _release(self, run_id: str, owner: str) -> None:
+        """``release_lease`` after its checkpoint (also the end of a fenced write with
+        ``RunChanges.release_lease``: one atomic step with it)."""
         book = self._lease_book
         if book.holder(run_id) == owner:
             del book.leases[run_id]

@@ -287,6 +287,8 @@ class MemoryStore(MemoryRunLeases):
         record.write_changes(run, changes)
         if timeline:
             self._timelines.add(record.events, timeline)
+        if changes.release_lease and changes.lease_owner is not None:
+            self._release(run.id, changes.lease_owner)  # (fenced: held until now)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -15,8 +15,9 @@ Keys (all under ``cordtrio:``, apart from SPEC §11's ``wf:``/``ctx:``/``res:``/
 Every check-and-act is one Lua script (atomic on the server): acquiring (``SET`` when free
 or already ours), renewing many leases (``PEXPIRE`` those still ours — one round trip for all
 of an engine's runs), releasing (compare-and-delete; a non-empty inbox is then queued for any
-engine) and pushing a command (append, then wake the holder read in the same script, or queue
-the run for any engine — so a command is never left with nobody told). The inbox is at-least-once:
+engine; a run write that releases does the same: ``hand_on_lua``) and pushing a command
+(append, then wake the holder read in the same script, or queue the run for any engine — so
+a command is never left with nobody told). The inbox is at-least-once:
 ``take_commands`` moves the inbox onto the run's processing list (``RENAME`` when that is
 empty) and returns the processing list, and ``ack_commands`` trims it (``LTRIM``, fenced by
 the lease) once the batch that applied them is persisted — so commands an owner took and
@@ -29,7 +30,8 @@ that never comes back leaves nothing behind for long. The push script names the 
 key from the lease's value, so the layout is for a single Redis server, not Redis Cluster.
 
 Fenced writes (``RunChanges.lease_owner``): the run write's own script checks the lease
-first (``step_write.py``), in the same round trip.
+first (``step_write.py``), in the same round trip; with ``RunChanges.release_lease`` (a
+finished run's last write) it releases the lease at its end, as ``release_lease`` does.
 """
 
 from __future__ import annotations
@@ -91,12 +93,21 @@ end
 return lost
 """
 
-RELEASE_SCRIPT = """
+
+def hand_on_lua(lease: str, inbox: str, processing: str, queue: str, run_id: str) -> str:
+    """Lua that drops the lease (its holder checked already) and, when the run's inbox or
+    processing list holds commands, queues the run for any engine: the release of
+    ``RELEASE_SCRIPT`` and of a run write that releases (``step_write``). The arguments
+    are Lua expressions (``KEYS[1]``...)."""
+    return f"""redis.call('DEL', {lease})
+if redis.call('EXISTS', {inbox}, {processing}) > 0 then
+  redis.call('RPUSH', {queue}, {run_id})
+end"""
+
+
+RELEASE_SCRIPT = f"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('EXISTS', KEYS[2], KEYS[4]) > 0 then
-    redis.call('RPUSH', KEYS[3], ARGV[2])
-  end
+{hand_on_lua("KEYS[1]", "KEYS[2]", "KEYS[4]", "KEYS[3]", "ARGV[2]")}
   return 1
 end
 return 0
@@ -295,7 +306,7 @@ class RedisRunLeases:
         return {ids[int(i) - 1] for i in lost}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
-        key = _LEASE + run_id  # (every run lets go once: the keys written out here)
+        key = _LEASE + run_id  # (the keys written out here: no calls)
         await self._redis.script(
             "release lease", key, RELEASE_SCRIPT,
             [key, _INBOX + run_id, COMMANDS_QUEUE, _PROCESSING + run_id], [owner, run_id])
@@ -361,5 +372,5 @@ class RedisRunLeases:
 
 
 __all__ = ["COMMANDS_QUEUE", "CREATED", "CREATED_UNLEASED", "IF_ABSENT_SCRIPT", "NOT_LEASED",
-           "RELEASE_SCRIPT", "RedisRunLeases", "commands_if_absent", "inbox_key", "lease_key",
-           "processing_key", "wake_key"]
+           "RELEASE_SCRIPT", "RedisRunLeases", "commands_if_absent", "hand_on_lua", "inbox_key",
+           "lease_key", "processing_key", "wake_key"]

@@ -1,6 +1,7 @@
 """``save_run_changes``, the engine's hot path: write only the run-hash fields an event changed,
 with the step's timeline, index moves and dispatched job inputs, in one purpose-built script
-(``step_write``; fenced by the run's lease in multi-engine mode), see ``store.py``.
+(``step_write``; fenced by the run's lease in multi-engine mode, and releasing it with a
+finished run's last write: ``RunChanges.release_lease``), see ``store.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .keys import (
     run_key,
     step_field,
 )
-from .leases import lease_key
+from .leases import COMMANDS_QUEUE, RELEASE_SCRIPT, inbox_key, lease_key, processing_key
 from .payloads import RedisPayloadStore
 from .redis_errors import RedisDataError
 from .run_hash import FieldOps, dumps, ordered, text
@@ -42,7 +43,13 @@ from .run_index import previous_statuses
 from .run_json import header_json, step_json
 from .runs import RedisRuns
 from .step_argv import step_argv
-from .step_write import NOT_FOUND, STEP_SCRIPT, report_step_commands, step_keys
+from .step_write import (
+    NOT_FOUND,
+    STEP_SCRIPT,
+    releasing_step_keys,
+    report_step_commands,
+    step_keys,
+)
 from .timelines import RedisTimelines
 
 _TOKEN_PREFIX = os.urandom(6).hex()
@@ -93,7 +100,8 @@ class RedisRunChanges(RedisRuns, RedisTimelines):
         module docstring), the payloads it carries, and append ``timeline``: one script
         (``step_write``), no read before it. A named part that is absent from ``run`` is
         deleted. Indexes move only when ``changes.header`` is set. Fenced by the run's
-        lease when ``changes.lease_owner`` is set."""
+        lease when ``changes.lease_owner`` is set, and releasing it too with
+        ``changes.release_lease``."""
         docs = self._timeline_docs(run.id, timeline)
         if changes.created:
             await self._create_changed(run, changes, docs)
@@ -107,7 +115,8 @@ class RedisRunChanges(RedisRuns, RedisTimelines):
             return
         if changes.header and run.updated_at is None:
             run.updated_at = self._now()
-        keys = step_keys(run.id)
+        keys = releasing_step_keys(run.id) if changes.release_lease and owner else \
+            step_keys(run.id)
         key = keys[0]
         token = next(_WRITE_TOKENS)  # the same bytes when the adapter sends it again
         known = self._mirror.get(run) if changes.header else None
@@ -122,7 +131,7 @@ class RedisRunChanges(RedisRuns, RedisTimelines):
                                                 docs)
                 return
             if self._redis.on_command is not None:
-                report_step_commands(built[0], key, self._redis.on_command)
+                report_step_commands(built[0], keys, self._redis.on_command)
             if changes.payloads:
                 sent_at = self._committing(changes.payloads)
             reply = await self._redis.script(
@@ -190,7 +199,8 @@ class RedisRunChanges(RedisRuns, RedisTimelines):
         """``save_run_changes`` when parts are removed by prefix (a step with its children,
         the whole ``context["steps"]`` map): the field names are read with ``HKEYS`` in a
         ``WATCH`` transaction on the run (and the lease, read before ``MULTI``, when
-        fenced), then the writes go in its ``MULTI``/``EXEC``."""
+        fenced), then the writes go in its ``MULTI``/``EXEC`` (with the release script,
+        ``changes.release_lease``)."""
         key = run_key(run.id)
         lease = lease_key(run.id)
         owner = changes.lease_owner
@@ -213,6 +223,10 @@ class RedisRunChanges(RedisRuns, RedisTimelines):
                 self._queue_retention(pipe, run, status)
             for payload_key, data in changes.payloads.items():
                 pipe.set(payload_key, data, ex=ttl)
+            if owner is not None and changes.release_lease:
+                rid = run.id
+                pipe.eval(RELEASE_SCRIPT, 4, lease, inbox_key(rid), COMMANDS_QUEUE,
+                          processing_key(rid), owner, rid)
             await pipe.execute()
 
         watched = [key] if owner is None else [lease, key]

@@ -8,7 +8,8 @@ other runs' calls into one pipeline (and one merged ``EVALSHA``: ``script_merge`
 script does the minimum on the server:
 
 1. fenced writes (multi-engine mode) first check the lease: ``GET`` — not held, nothing is
-   written and the holder is returned;
+   written and the holder is returned (unless the write's token, below, says this very
+   write was applied while it was held: a write that released the lease, sent again);
    then the write's token (``SAVED``, unique per write, written with the fields): when the
    hash already holds it, this very write was applied before — its reply was lost with the
    connection and the adapter sent it again — and nothing is applied twice (the timeline
@@ -30,7 +31,12 @@ script does the minimum on the server:
 5. the index moves (``ZREM`` from the previous status zset, ``ZADD`` to the new one and
    ``wf:runs:all``), the other commands the index and retention queue (``SADD``/``SREM``
    of the active set, ``EXPIRE``), sent as plain commands (length, then words), as
-   ``leases.commands_if_absent`` does, and the payload ``SET``s.
+   ``leases.commands_if_absent`` does, and the payload ``SET``s;
+6. a write that releases the lease (``RunChanges.release_lease``: a finished run's last
+   write, fenced; its keys then include the run's inbox, processing list and the commands
+   queue) drops it last, as ``leases.release_lease`` does (``DEL``; ``EXISTS`` of the
+   inbox and processing list, and ``RPUSH`` of the run to the commands queue if either
+   holds commands): the engine then sends no release of its own.
 
 The arguments are laid out for the packer: each one costs the client ~1-2k instructions
 to pack (a float score ~7k), and an engine step sends one write per step (a chain step:
@@ -54,7 +60,7 @@ from typing import Any
 from cordtrio.ports import TIMELINE_CAP
 
 from .keys import CTX_STEPS_MARKER, EMPTY_MAP, HEADER, ORD, SAVED, run_key, timeline_key
-from .leases import lease_key
+from .leases import COMMANDS_QUEUE, hand_on_lua, inbox_key, lease_key, processing_key
 
 NOT_FOUND = 2
 """``STEP_SCRIPT``'s first reply element when the run does not exist (1: written, with
@@ -83,15 +89,18 @@ local function call_in_slices(cmd, key, list)
   return last
 end
 local owner = ARGV[1]
-if owner ~= '' then
-  local holder = redis.call('GET', KEYS[2])
-  if holder ~= owner then
-    return {0, holder or ''}
-  end
-end
 local shape = {}
 for word in string.gmatch(ARGV[2], '%S+') do shape[#shape + 1] = word end
 local token = shape[1]
+if owner ~= '' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder ~= owner then
+    if token ~= '-' and redis.call('HGET', KEYS[1], SAVED) == token then
+      return {1, 1}  -- applied while it was held (and released it, maybe): sent again
+    end
+    return {0, holder or ''}
+  end
+end
 if token ~= '-' and redis.call('HGET', KEYS[1], SAVED) == token then
   return {1, 1}
 end
@@ -239,16 +248,22 @@ for j = p0, c0 - 1, 2 do
     redis.call('SET', ARGV[j], ARGV[j + 1], 'EX', ttl)
   end
 end
+if #KEYS > 3 then
+""" + hand_on_lua("KEYS[2]", "KEYS[4]", "KEYS[5]", "KEYS[6]",
+                  "string.sub(KEYS[1], RUN_ID_AT)") + """
+end
 return {1, resynced}
 """
 
 
-def report_step_commands(argv: list[Any], key: str,
+def report_step_commands(argv: list[Any], keys: list[str],
                          report: Callable[[tuple[Any, ...]], None]) -> None:
     """Tell ``report`` (the adapter's ``on_command``: ``testing.CommandCounter``) each
-    command ``STEP_SCRIPT`` runs on the run at ``key`` with ``argv`` (``step_argv``'s), read
-    from the arguments as the script reads them; not the conditional ``LTRIM``, nor the
+    command ``STEP_SCRIPT`` runs with ``keys`` (``step_keys``') and ``argv``
+    (``step_argv``'s), read from the arguments as the script reads them; not the
+    conditional ``LTRIM`` and ``RPUSH`` (of a run released with commands left), nor the
     reads of a resync."""
+    key = keys[0]
     shape = argv[1].split()
     token, expected, ttl, score, marks = shape[0], shape[8], shape[9], shape[10], shape[13]
     nr, nu, nd, nt, nz, nx, npay = map(int, shape[1:8])
@@ -290,6 +305,9 @@ def report_step_commands(argv: list[Any], key: str,
         n = argv[at]
         report(tuple(argv[at + 1:at + 1 + n]))
         at += 1 + n
+    if len(keys) > len(_KEY_PREFIXES):  # the lease released
+        report(("DEL", keys[1]))
+        report(("EXISTS", keys[3], keys[4]))
 
 
 _RUN_KEY_PREFIX = len(run_key(""))
@@ -310,6 +328,7 @@ COUNTS = _Texts()
 
 
 _KEY_PREFIXES = (run_key(""), lease_key(""), timeline_key(""))
+_RELEASE_PREFIXES = (inbox_key(""), processing_key(""))
 
 
 def step_keys(run_id: str) -> list[str]:
@@ -320,4 +339,14 @@ def step_keys(run_id: str) -> list[str]:
     return [run + run_id, lease + run_id, timeline + run_id]
 
 
-__all__ = ["COUNTS", "NOT_FOUND", "STEP_SCRIPT", "report_step_commands", "step_keys"]
+def releasing_step_keys(run_id: str) -> list[str]:
+    """``STEP_SCRIPT``'s keys for a write that releases the lease (once per run): those of
+    ``step_keys``, then the run's inbox and processing list and the commands queue."""
+    run, lease, timeline = _KEY_PREFIXES
+    inbox, processing = _RELEASE_PREFIXES
+    return [run + run_id, lease + run_id, timeline + run_id, inbox + run_id,
+            processing + run_id, COMMANDS_QUEUE]
+
+
+__all__ = ["COUNTS", "NOT_FOUND", "STEP_SCRIPT", "releasing_step_keys", "report_step_commands",
+           "step_keys"]

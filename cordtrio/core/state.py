@@ -230,6 +230,7 @@ class Tx(Outcome):
         if changes.payloads:
             changes.payloads = {}
         changes.lease_owner = None
+        changes.release_lease = False
         return self
 
     def touch_step(self, step_id: str) -> None:

@@ -121,6 +121,8 @@ class BatchEffects:
                 # whose first batch wrote nothing ends (``RunTask._loop``).
                 changes.created = self.creating
             if changes.header or changes:  # (a step writes its header: no ``__bool__``)
+                if run.status.is_terminal:
+                    _last_write(changes, after)
                 try:
                     save_now = wiring.save_now
                     if save_now is not None:
@@ -197,6 +199,8 @@ class BatchEffects:
                                       else effects[_position(effects, effect):])
             else:  # state and timeline in one write, then the jobs and hooks, in order
                 if changes.header or changes:
+                    if run.status.is_terminal:
+                        _last_write(changes, effects)
                     try:
                         if wiring.save_now is not None:
                             wiring.save_now(run, changes, rows)
@@ -356,6 +360,17 @@ __all__ = ["BatchEffects"]
 
 
 _ALL: Any = object()  # (``_apply_result``: none of the effects carried out yet)
+
+
+def _last_write(changes: RunChanges, after: list[Effect]) -> None:
+    """The write of a terminal run may release the run's lease with it (multi-engine mode:
+    ``RunChanges.release_lease``; ``leases.LeaseKeeper``), unless a job is to be published
+    after it (dispatched by an event of the batch before another ended the run): that
+    needs the lease still. Cancels and hooks do not."""
+    for effect in after:
+        if effect.__class__ is Dispatch:
+            return
+    changes.release_lease = True
 
 
 def _position(effects: list[Effect], effect: Effect) -> int:

@@ -12,6 +12,17 @@ Used when the store implements ``cordtrio.ports.RunLeases``. Each engine has an
   with ``save_run_changes`` and ``RunChanges.lease_owner`` set to its id, which the store
   refuses (``LeaseLostError``) when the lease is no longer this engine's, so a paused
   engine cannot overwrite its successor's state.
+* A run's last write — a write of a terminal run with no job to publish after it — releases
+  the lease with it (``RunChanges.release_lease``, asked for by the run task: no release
+  of its own when the task lets go), unless the batch it writes applied commands taken
+  from the inbox: their acknowledgement, after the write, needs the lease (the task then
+  releases it as it lets go). The run leaves the renewals as that write is issued: a
+  renewal must not take the lease its own write released for lost and cancel the task
+  while it carries out what follows the write (job cancels, hooks). The write stays
+  fenced, so nothing is written without the lease, and anything the task would write
+  after it is refused (``LeaseLostError``): what it was applying is handed on as for a
+  lost lease, to a new task that takes the free lease (``_save_last``: a try whose reply
+  was lost).
 * The owner is woken (``wait_wakeups``) when something lands in a run's inbox; it takes and
   applies the commands. A new owner drains the inbox before anything else.
 * The inbox is at-least-once: taking commands moves them to the run's processing list, and
@@ -38,7 +49,7 @@ from ..errors import CordtrioError, InvalidStateError, LeaseLostError, ProtocolE
 from ..model import RunStatus, TimelineEvent, WorkflowRun
 from ..ports import LeasedRunCreate, RunChanges, RunLeases, RunPresence, Store
 from ..ratelog import RateLimitedLog
-from ..retry import retrying
+from ..retry import is_transient, retrying
 from ..wire_commands import decode_command
 from .envelopes import Envelope, Redirect
 from .forwarding import forward_as_guest, forward_results
@@ -52,6 +63,9 @@ DEFAULT_LEASE_TTL = 15.0
 SCAN_PAGE = 1_000_000
 UNLEASED_CHUNK = 1_000
 WAKE_WAIT_MAX = 5.0
+TRUSTED = 0.9
+"""The share of the ttl the leases are trusted for after the last renewal that went
+through: past it, they may have expired (their tasks are stopped)."""
 CLEANUP_TIMEOUT = 5.0
 """Seconds a finishing run task may spend forwarding leftovers and releasing its lease."""
 
@@ -82,6 +96,8 @@ class LeaseKeeper:
         self.owner = owner
         self.ttl = float(ttl)
         self.held: dict[str, OwnedRun] = {}
+        # run tasks whose write releasing the lease was issued (out of ``held``: not renewed)
+        self.releasing: dict[str, OwnedRun] = {}
         self.closing: dict[str, trio.Event] = {}
         self.crashed = False
         self._unacked: dict[str, int] = {}  # commands taken per run, not acknowledged
@@ -91,6 +107,10 @@ class LeaseKeeper:
         # the tasks of runs not created yet (``OwnedRun.creating``), held from their
         # creating write on (``held``): not renewed before it, nor reported lost
         self._creating: dict[str, OwnedRun] = {}
+        # when the latest renewal went through (Trio's clock); and, for a run whose write
+        # releasing the lease failed, until when its lease is trusted (``_save_last``)
+        self._renewed_at = trio.current_time()
+        self._unsure: dict[str, float] = {}
         self._log = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ Ownership
@@ -163,11 +183,17 @@ class LeaseKeeper:
     def save_changes(self, run: WorkflowRun, changes: RunChanges,
                      events: list[TimelineEvent]) -> Awaitable[None]:
         """The run's state write, fenced by the lease: the store's own call, to be awaited
-        (no coroutine of its own: the task's every wait passes through each frame); a
-        creating write takes the lease (``_create``)."""
+        (no coroutine of its own: the task's every wait passes through each frame). A
+        creating write takes the lease (``_create``); the write of a terminal run releases
+        it (see the module docstring)."""
         changes.lease_owner = self.owner
-        if changes.created:
+        if changes.created:  # (the create keeps the lease: ``let_go`` releases it)
+            changes.release_lease = False
             return self._create(run, changes, events)
+        if changes.release_lease:  # the run's last write (``BatchEffects``)
+            if not self._unacked.get(run.id):
+                return self._save_last(run, changes, events)
+            changes.release_lease = False  # acknowledged after it: under the lease
         return self.runs_store.save_run_changes(run, changes, events)
 
     async def _create(self, run: WorkflowRun, changes: RunChanges,
@@ -184,21 +210,53 @@ class LeaseKeeper:
         if task is not None:
             self.held[run.id] = task
 
+    async def _save_last(self, run: WorkflowRun, changes: RunChanges,
+                         events: list[TimelineEvent]) -> None:
+        """``save_changes`` of a terminal run: the write releases the lease. The run leaves
+        the renewals as it is issued. A try that failed may yet have been applied (its
+        reply lost) and released the lease: the next try, while the lease is trusted (it
+        cannot have expired and changed hands), takes it again if it is free, rather than
+        be refused by its own release (and leave what follows the write — job cancels —
+        undone). Free, it was released by that try: another engine may have taken it and
+        let go meanwhile, but a finished run is never changed again, so the try writes
+        what is stored (its timeline rows, as any write sent again, twice)."""
+        run_id = run.id
+        task = self.held.pop(run_id, None)
+        if task is not None:
+            self.releasing[run_id] = task
+            # trusted as long as the keeper trusts every lease it holds (``keep``)
+            sure_until = self._renewed_at + self.ttl * TRUSTED
+        else:
+            sure_until = self._unsure.pop(run_id, 0.0)
+        try:
+            if task is None and trio.current_time() < sure_until and \
+                    not await self.store.acquire_lease(run_id, self.owner, self.ttl):
+                raise LeaseLostError(f"run {run_id}: lease lost by engine {self.owner} "
+                                     "before its last write was done; not written")
+            await self.runs_store.save_run_changes(run, changes, events)
+        except Exception as exc:
+            if is_transient(exc):  # retried (``RunTask._persist``): see above
+                self._unsure[run_id] = sure_until
+            raise
+
     async def append_timeline(self, run: WorkflowRun, events: list[TimelineEvent]) -> None:
         fenced = RunChanges(lease_owner=self.owner)
         await self.runs_store.save_run_changes(run, fenced, events)
 
     async def let_go(self, run: OwnedRun) -> None:
-        """Hand what was not applied to the run's owner and release the lease. Runs with no
-        checkpoint before the leftovers are taken, so no envelope slips between this task
-        and the next one for the run."""
+        """Hand what was not applied to the run's owner and release the lease (unless the
+        run's last write did). Runs with no checkpoint before the leftovers are taken, so
+        no envelope slips between this task and the next one for the run."""
         run_id = run.run_id
         closing = self.closing[run_id] = trio.Event()
         unacked = self._unacked.pop(run_id, 0)
+        if self._unsure:
+            self._unsure.pop(run_id, None)
         unapplied: list[Envelope] = []
         try:
             # (a run never created is this task's too: nobody else can have it)
-            owned = self.held.get(run_id) is run or self._creating.get(run_id) is run
+            owned = self.held.get(run_id) is run or self.releasing.get(run_id) is run or \
+                self._creating.get(run_id) is run
             leftovers = run.take_leftovers()
             unapplied = run.in_flight  # a batch interrupted (lease lost, engine closing)
             for envelope in unapplied:
@@ -237,7 +295,12 @@ class LeaseKeeper:
         if owned:
             if run.unloadable is not None or run.crashed:
                 await self._drop_poison(run, unacked)
-            await self.release(run)
+            if run.shielded and self.releasing.get(run_id) is run:
+                # ended as it should: every write it issued was done, the last one (of the
+                # terminal run) releasing the lease
+                del self.releasing[run_id]
+            else:
+                await self.release(run)
             if unapplied or leftovers:  # (usually neither: a run that ended as it should)
                 await forward_results(self, run_id, [*unapplied, *leftovers])
         else:  # never held, or the keeper found the lease gone
@@ -266,9 +329,13 @@ class LeaseKeeper:
     # ------------------------------------------------------------------ the store
 
     async def release(self, run: OwnedRun) -> None:
+        """Release the lease ``run``'s task holds, or may still hold: a write releasing it
+        was issued, but the task did not end as it should (that write may have failed)."""
         run_id = run.run_id
         if self.held.get(run_id) is run:
             del self.held[run_id]
+        elif self.releasing.get(run_id) is run:
+            del self.releasing[run_id]
         elif self._creating.get(run_id) is run:
             # its creating write failed, or was cut short (the engine closing) not knowing
             # whether it went through: a lease it took is released all the same
@@ -278,10 +345,10 @@ class LeaseKeeper:
         if self.crashed:
             return  # a simulated crash leaves its leases to expire
         try:
-            await self.store.release_lease(run.run_id, self.owner)
+            await self.store.release_lease(run_id, self.owner)
         except Exception:
             log.warning("run %s: could not release its lease (it expires in %gs)",
-                        run.run_id, self.ttl, exc_info=True)
+                        run_id, self.ttl, exc_info=True)
 
     async def forward(self, run_id: str, data: bytes) -> None:
         """Queue an encoded command in the run's inbox (waking the owner)."""
@@ -346,13 +413,13 @@ class LeaseKeeper:
             except Exception as exc:
                 self._log.warning("renew", "engine %s: renewing %d leases failed: %r",
                                   self.owner, len(ids), exc)
-                if trio.current_time() - last_ok >= self.ttl * 0.9:
+                if trio.current_time() - last_ok >= self.ttl * TRUSTED:
                     lost = set(ids)  # they may have expired: stop acting on every run
                     last_ok = trio.current_time()
                 else:
                     continue
             else:
-                last_ok = trio.current_time()
+                last_ok = self._renewed_at = trio.current_time()
             gone = [i for i in ids if i in lost and i in self.held]  # stable order
             if gone:
                 await self._report_lost(gone)

@@ -107,6 +107,8 @@ class ObservedStore(FlakyStore):
             self.sim.on_saved(run)
         if timeline:
             self.sim.on_timeline(run.id, timeline)
+        if changes.release_lease and changes.lease_owner is not None:  # released with it
+            self.sim.check.lease_released(run.id, changes.lease_owner)
 
 
 class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):

@@ -191,6 +191,45 @@ async def test_a_fenced_write_needs_the_lease(store: Store) -> None:
     assert [e.type for e in await store.list_timeline_events("r1")] == ["step_dispatched"] * 2
 
 
+@pytest.mark.parametrize("removing", [False, True], ids=["step-write", "removing-a-step"])
+async def test_a_fenced_write_may_release_the_lease(store: Store, removing: bool) -> None:
+    """``RunChanges.release_lease`` (a finished run's last write): the lease is released
+    with the write, as ``release_lease`` does — a command left for the run goes to any
+    engine — and only by a write that is done: one refused releases nothing; an unfenced
+    write ignores it. (``removing``: a write that removes a step with its children.)"""
+    assert isinstance(store, RunLeases)
+    await store.save_workflow(workflow())
+    r = run("r1", RunStatus.RUNNING)
+    r.steps["old"] = StepRun(step_id="old", status=StepStatus.SUCCEEDED)
+    await store.create_run(r)
+    r.status = RunStatus.SUCCEEDED
+    last = RunChanges(header=True, steps={"old"} if removing else set(),
+                      previous_status=RunStatus.RUNNING, lease_owner="A", release_lease=True)
+    if removing:
+        del r.steps["old"]
+    event = TimelineEvent(run_id="r1", type="run_status", status="succeeded")
+    await store.acquire_lease("r1", "B", TTL)
+    with pytest.raises(LeaseLostError, match="B"):
+        await store.save_run_changes(r, last, [event])
+    assert await store.lease_owner("r1") == "B"  # refused: nothing released
+    await store.release_lease("r1", "B")
+    await store.acquire_lease("r1", "A", TTL)
+    await store.push_command("r1", b"late")
+    assert await store.wait_wakeups("A", 1.0) == ["r1"]  # A was told, and finishes
+    await store.save_run_changes(r, last, [event])
+    assert await store.lease_owner("r1") is None
+    stored = await store.get_run("r1")
+    assert stored.status == RunStatus.SUCCEEDED and ("old" in stored.steps) is not removing
+    assert await store.list_run_ids_by_status("succeeded") == ["r1"]
+    assert await store.wait_wakeups("B", 1.0) == ["r1"]  # the command, for any engine
+    with pytest.raises(LeaseLostError):  # released: a later write of A is refused
+        await store.save_run_changes(r, RunChanges(header=True, lease_owner="A"), [event])
+    await store.acquire_lease("r1", "A", TTL)
+    await store.save_run_changes(r, RunChanges(header=True, release_lease=True), [event])
+    assert await store.lease_owner("r1") == "A"  # unfenced: not released
+    assert len(await store.list_timeline_events("r1")) == 2
+
+
 async def test_a_fenced_write_to_a_missing_run_is_not_found(store: Store) -> None:
     assert isinstance(store, RunLeases)
     await store.acquire_lease("ghost", "A", TTL)

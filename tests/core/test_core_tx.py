@@ -15,7 +15,7 @@ def _parts(tx: Tx) -> tuple[object, ...]:
     c = tx.changes
     return (tx.plan, tx.state, tx.run, tx.now, tx.effects, tx.rows, c.header, c.steps,
             c.children, c.context_steps, c.context_keys, c.previous_status, c.lease_owner,
-            c.payloads)
+            c.payloads, c.release_lease)
 
 
 def test_a_renewed_working_area_is_a_new_one_and_leaves_what_it_handed_over() -> None:
@@ -32,6 +32,7 @@ def test_a_renewed_working_area_is_a_new_one_and_leaves_what_it_handed_over() ->
     changes.context_keys.add("out")
     changes.payloads["ctx:run-1:a@1"] = b"{}"
     changes.lease_owner = "engine-1"
+    changes.release_lease = True
     handed = (tx.effects, tx.rows, changes.steps, changes.children, changes.context_steps,
               changes.context_keys, changes.payloads)
     sim.run.status = RunStatus.WAITING

@@ -442,7 +442,9 @@ async def test_a_finished_runs_let_go_is_shielded_and_bounded_by_the_cleanup_tim
         store, bus, payloads, clock, autojump_clock, monkeypatch, outside: str) -> None:
     """The let-go of a run that ended as it should, in the run's own scope: a lease release
     that hangs is cut at the cleanup's time (the task ends, the next task for the run is not
-    held up), and the engine closing meanwhile does not cut it short."""
+    held up), and the engine closing meanwhile does not cut it short. (A task that finished
+    its run released the lease with its last write; one that loaded the finished run, for a
+    late command, releases it as it lets go.)"""
     from cordtrio.engine.leases import LeaseKeeper
 
     released: list[float] = []
@@ -469,10 +471,13 @@ async def test_a_finished_runs_let_go_is_shielded_and_bounded_by_the_cleanup_tim
 
         a = await nursery.start(engine)
         run_id = await a.submit(WF)
-        monkeypatch.setattr(store, "release_lease", release_lease)
-        start = trio.current_time()
         await a.handle_job_result(ok(f"{run_id}:a@1"))
         assert (await a.wait_run(run_id)).status == RunStatus.SUCCEEDED
+        await trio.testing.wait_all_tasks_blocked()
+        assert await store.lease_owner(run_id) is None and a.active_runs == 0
+        monkeypatch.setattr(store, "release_lease", release_lease)
+        start = trio.current_time()
+        await a.cancel_run(run_id)  # a late command: a task loads the finished run
         if outside == "cancelled":  # the engine closes while the release waits
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()

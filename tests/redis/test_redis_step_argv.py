@@ -18,7 +18,7 @@ from cordtrio.backends.redis.adapter import RedisAdapter
 from cordtrio.backends.redis.keys import HEADER, ORD, run_key
 from cordtrio.backends.redis.payloads import RedisPayloadStore
 from cordtrio.backends.redis.step_argv import step_argv
-from cordtrio.backends.redis.step_write import report_step_commands
+from cordtrio.backends.redis.step_write import report_step_commands, step_keys
 from cordtrio.backends.redis.store import RedisStore
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 from cordtrio.ports import RunChanges
@@ -114,7 +114,7 @@ def _both(store: RedisStore, run: WorkflowRun, changes: RunChanges, known: set[s
                            run_key(run.id), docs, heard.append)
     assert direct is not None
     told: list[tuple[Any, ...]] = []
-    report_step_commands(direct[0], run_key(run.id), told.append)
+    report_step_commands(direct[0], step_keys(run.id), told.append)
     assert sorted(map(repr, told)) == sorted(map(repr, heard))  # the commands counted
     assert direct[1] is general[1]
     assert [(type(a), a) for a in direct[0]] == [(type(a), a) for a in general[0]]
