@@ -107,6 +107,8 @@ class LeaseKeeper:
         # the tasks of runs not created yet (``OwnedRun.creating``), held from their
         # creating write on (``held``): not renewed before it, nor reported lost
         self._creating: dict[str, OwnedRun] = {}
+        # when each such run's creating write was first tried (Trio's clock; ``_create``)
+        self._create_sent: dict[str, float] = {}
         # when the latest renewal went through (Trio's clock); and, for a run whose write
         # releasing the lease failed, until when its lease is trusted (``_save_last``)
         self._renewed_at = trio.current_time()
@@ -169,7 +171,17 @@ class LeaseKeeper:
     async def take_commands(self, run_id: str) -> list[Envelope]:
         """The run's unacknowledged commands, marked ``queued``; counted for the next
         ``acknowledge`` (a take returns every unacknowledged command, so the count is the
-        latest take's)."""
+        latest take's). After the run's last write released the lease, commands queued
+        since are taken under the lease taken again; taken by another engine, that one was
+        woken for them, and this task takes none."""
+        task = self.releasing.get(run_id)
+        if task is not None:
+            if not await retrying(
+                    functools.partial(self.store.acquire_lease, run_id, self.owner, self.ttl),
+                    f"acquire lease of run {run_id}"):
+                return []
+            del self.releasing[run_id]
+            self.held[run_id] = task
         envelopes, self._unacked[run_id] = await self.take_inbox(run_id)
         for envelope in envelopes:
             envelope.queued = True
@@ -200,15 +212,40 @@ class LeaseKeeper:
                       events: list[TimelineEvent]) -> None:
         """The write that creates the run and takes its lease for ``ttl``: its task holds
         the run once it is done. A lease another engine holds (never so for a fresh id)
-        is a definite refusal: nothing was written."""
+        is a definite refusal: nothing was written.
+
+        A try whose reply was lost may have created the run and taken the lease all the
+        same; the run is not renewed until the write is done, so a later try that finds
+        the run its own may find the lease lapsed, and taken over by another engine, which
+        may have written the run since: once a try is older than a third of the TTL (as
+        ``acquire`` trusts a lease taken with a create), the lease is taken again, or the
+        task stops as for a lost lease — its start then goes to the run's owner, and its
+        caller gets the run it submitted."""
         changes.lease_ttl = self.ttl
+        run_id = run.id
+        first = self._create_sent.get(run_id)  # (set: an earlier try failed)
+        if first is None:
+            self._create_sent[run_id] = trio.current_time()
         try:
             await self.runs_store.save_run_changes(run, changes, events)
-        except LeaseLostError as exc:
-            raise InvalidStateError(f"run {run.id!r} not created: {exc}") from exc
-        task = self._creating.pop(run.id, None)
+        except LeaseLostError as exc:  # (the run did not exist: nothing written)
+            raise InvalidStateError(f"run {run_id!r} not created: {exc}") from exc
+        except InvalidStateError:
+            if first is None:
+                raise  # the first try: the id is another run's
+            # an earlier try created it, and another engine has written it since
+            raise LeaseLostError(f"run {run_id}: created by an earlier try of its first "
+                                 f"write, and written since by an engine other than "
+                                 f"{self.owner}") from None
+        first = self._create_sent.pop(run_id)
+        if trio.current_time() - first >= self.ttl / 3 and not await retrying(
+                functools.partial(self.store.acquire_lease, run_id, self.owner, self.ttl),
+                f"acquire lease of run {run_id}"):
+            raise LeaseLostError(f"run {run_id}: created by engine {self.owner}, whose lease "
+                                 "lapsed before the write was done")
+        task = self._creating.pop(run_id, None)
         if task is not None:
-            self.held[run.id] = task
+            self.held[run_id] = task
 
     async def _save_last(self, run: WorkflowRun, changes: RunChanges,
                          events: list[TimelineEvent]) -> None:
@@ -340,6 +377,7 @@ class LeaseKeeper:
             # its creating write failed, or was cut short (the engine closing) not knowing
             # whether it went through: a lease it took is released all the same
             del self._creating[run_id]
+            self._create_sent.pop(run_id, None)
         else:
             return
         if self.crashed:

@@ -7,6 +7,10 @@
   Trio time it was published.
 * ``save`` — store a workflow built from steps.
 * ``watchdog`` — fails a test that hangs instead of hanging the suite.
+
+Every test starts with the process-wide rate-limited logs empty (``ratelog.rate_limited``
+keeps a window per message on the real clock: a warning one test logged would be dropped in
+the next).
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ import trio
 import trio.testing
 from test_engine_kit import T0, Tap, tapping, workflow
 
+from cordtrio import ratelog
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore, MemoryStore
 from cordtrio.engine import TrioWallClock, open_engine
 from cordtrio.engine.supervisor import Engine
 from cordtrio.model import Step, Workflow
 from cordtrio.ports import Bus
 from cordtrio.protocol import SUBJECT_CANCEL, SUBJECT_SUBMIT, SUBJECT_WORKFLOW_EVENT
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limited_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelog, "_SHARED", {})
+
 
 WATCHDOG_VIRTUAL = 8 * 3600.0  # under MockClock: longer than any test's virtual time
 WATCHDOG_REAL = 10.0

@@ -231,3 +231,51 @@ async def test_multi_engine_an_id_another_engine_drives_fails_the_submit(
     assert submits.job_ids == []
     assert await store.lease_owner("r1") == "B"
     assert (await store.get_run("r1")).steps == {}
+
+
+class SlowLostReply(Writes):
+    """The first creating write is applied, then its reply comes back ``late`` seconds
+    later as a failure (a reply lost, found out by a timeout)."""
+
+    late = 2 * TTL
+
+    async def save_run_changes(self, run: WorkflowRun, changes: RunChanges,
+                               timeline: Sequence[TimelineEvent] = ()) -> None:
+        await MemoryStore.save_run_changes(self, run, changes, timeline)
+        if changes.created and self.late:
+            await trio.sleep(self.late)
+            self.late = 0
+            raise StoreError(f"run {run.id}: reply lost (the write was applied)")
+
+
+async def test_a_creating_write_retried_after_its_lease_lapsed_does_not_drive_the_run(
+        bus: MemoryBus, payloads: MemoryPayloadStore, clock: TrioWallClock,
+        autojump_clock: object) -> None:
+    """Engine A's creating write is applied but its reply is lost for two TTLs: the lease
+    it took lapses (a run is not renewed before its first write is done) and engine B takes
+    the run over. A's retry finds the run its own, but A no longer holds the lease: it does
+    not dispatch the job, and its submit returns the run, which B drives."""
+    store = SlowLostReply()
+    await store.save_workflow(workflow(step("a")))
+    dispatched: list[tuple[str, str | None]] = []
+
+    def hook(name: str) -> Any:
+        def on_dispatched(run_id: str, step_id: str, job_id: str) -> None:
+            dispatched.append((name, store._lease_book.holder(run_id)))
+        return on_dispatched
+
+    async with (
+        open_engine(store, bus, payloads=payloads, clock=clock, engine_id="B",
+                    lease_ttl=TTL, multi_engine=True, on_step_dispatched=hook("B")) as b,
+        open_engine(store, bus, payloads=payloads, clock=clock, engine_id="A",
+                    lease_ttl=TTL, multi_engine=True, recover=False,
+                    on_step_dispatched=hook("A")) as a,
+    ):
+        run_id = await a.submit(WF)
+        assert await store.lease_owner(run_id) == "B"
+        assert all(name == holder for name, holder in dispatched), dispatched
+        assert not [name for name, _ in dispatched if name == "A"]
+        assert not a.ownership.held and not a.ownership._creating
+        assert not a.ownership._create_sent
+        await b.handle_job_result(ok(f"{run_id}:a@1"))
+        assert (await b.wait_run(run_id)).status == RunStatus.SUCCEEDED

@@ -270,3 +270,41 @@ async def test_a_write_after_the_last_is_refused_and_handed_to_a_new_task(
         assert a.active_runs == 0 and not a.ownership.releasing and not a.ownership.held
         assert await store.lease_owner(run_id) is None
         assert (await a.wait_run(run_id)).status == RunStatus.SUCCEEDED
+
+
+async def test_a_command_queued_after_the_last_write_is_taken_under_the_lease_again(
+        payloads, clock, autojump_clock, caplog) -> None:
+    """The run's last write released the lease; while its task still publishes a job
+    cancel, a command lands in the run's inbox and wakes the task: it takes the lease
+    again before it takes the command (taking it is a store write), applies and
+    acknowledges it, and lets go — nothing left queued, no lease reported lost."""
+    store = ReleaseCounting()
+    await store.save_workflow(workflow(step("a"), step("b")))
+    cancelling = trio.Event()
+
+    class SlowCancels(MemoryBus):
+        async def publish(self, subject: str, packet: Any) -> None:
+            if subject == SUBJECT_CANCEL:
+                cancelling.set()
+                await trio.sleep(1.0)
+            await super().publish(subject, packet)
+
+    async with open_engine(store, SlowCancels(), payloads=payloads, clock=clock,
+                           engine_id="A", lease_ttl=TTL, multi_engine=True) as a:
+        run_id = await a.submit(WF)
+
+        async def late_command() -> None:
+            await cancelling.wait()  # after the releasing write, before the task ends
+            assert store.releasing_writes == [run_id]
+            assert await store.lease_owner(run_id) is None
+            await store.push_command(run_id, encode_command(CancelRun()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(late_command)
+            await a.handle_job_result(fail(f"{run_id}:a@1"))
+        await trio.sleep(TTL / 4)  # well before any takeover scan
+        assert await store.runs_with_commands() == []
+        assert a.active_runs == 0 and not a.ownership.releasing and not a.ownership.held
+        assert await store.lease_owner(run_id) is None
+        assert "lease lost" not in caplog.text
+        assert (await a.wait_run(run_id)).status == RunStatus.FAILED
