@@ -119,13 +119,18 @@ async def submitter(sim: Sim) -> None:
         await trio.sleep(sim.rng.uniform(0.0, sc.horizon / max(2 * sc.runs, 1)))
         wf = sim.workflows[sim.rng.choice(wf_ids)]
         payload = sc.inputs(sim.rng, wf)
+        # Half the runs are submitted without an idempotency key when an engine takes
+        # them (created by their first write, ``ports.CreatingWrites``); a failed such
+        # submit is sent again, and may leave a run nobody accepted, as for any client.
+        keyed = sim.rng_keys.random() < 0.5
         key = f"sim-{sim.seed}-{i}"
         while True:
             how, api = await _via(sim)
             run_id: str | None = None
             with trio.move_on_after(60):
                 try:
-                    run_id = await api.submit(wf.id, payload, idempotency_key=key,
+                    run_id = await api.submit(wf.id, payload, idempotency_key=key
+                                              if keyed or how else None,
                                               triggered_by="simulation")
                 except (CordtrioError, RuntimeError) as exc:
                     sim.line(f"submit {key} failed{how}: {type(exc).__name__}")

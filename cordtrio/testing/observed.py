@@ -87,6 +87,7 @@ class ObservedStore(FlakyStore):
                          read_fail_rate=sim.store_read_fail_rate,
                          on_fault=sim.on_store_fault)
         self.sim = sim
+        self._creating_tokens: set[str] = set()  # the creating writes applied (``_saved``)
 
     def _written(self, method: str, *args: Any) -> None:
         # reported as soon as it is applied: its reply may yet be lost, or the engine
@@ -98,8 +99,16 @@ class ObservedStore(FlakyStore):
         else:
             self.sim.on_timeline(*args)
 
+    def _created(self, run: WorkflowRun, changes: RunChanges) -> None:
+        self.sim.on_created(run)
+
     def _saved(self, run: WorkflowRun, changes: RunChanges,
                timeline: Sequence[TimelineEvent]) -> None:
+        if changes.created:  # a write that creates the run (``ports.CreatingWrites``)
+            if changes.created in self._creating_tokens:
+                return  # a try of it after a lost reply: the store found it done
+            self._creating_tokens.add(changes.created)
+            self._created(run, changes)
         if changes or changes.lease_owner is None:  # not a (fenced) timeline-only append
             if changes.lease_owner is not None:
                 self.sim.check.acted(run.id, changes.lease_owner, "wrote",
@@ -113,7 +122,14 @@ class ObservedStore(FlakyStore):
 
 class ObservedLeaseStore(ObservedStore, FlakyLeaseStore):
     """``ObservedStore`` over a store with run leases: the lease calls that succeed tell
-    the ``single_owner`` check who holds what until when."""
+    the ``single_owner`` check who holds what until when (a creating write's too)."""
+
+    def _created(self, run: WorkflowRun, changes: RunChanges) -> None:
+        super()._created(run, changes)
+        owner = changes.lease_owner
+        if owner is not None and self.sim.check.lease_held(
+                run.id, owner, trio.current_time() + changes.lease_ttl):
+            self.sim.line(f"lease {run.id} taken by {owner}")
 
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         got = await super().acquire_lease(run_id, owner, ttl)

@@ -124,6 +124,7 @@ class Sim:
         self.store_read_fail_rate = sc.store_read_fail_rate
         self.rng_workers = stream("workers")
         self.rng_ids = stream("ids")
+        self.rng_keys = stream("keys")  # which submits go without an idempotency key
         self.trace: list[str] = []
         self.failure: tuple[str, str] | None = None
         self.check = Invariants(sc.workflows, self.fail, self.trace)

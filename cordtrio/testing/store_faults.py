@@ -80,6 +80,12 @@ class FlakyStore:
     def total_failures(self) -> int:
         return sum(self.failures.values())
 
+    @property
+    def creates_runs_on_write(self) -> bool:
+        """The inner store's (``ports.CreatingWrites``): a write that creates a run fails,
+        or loses its reply, as any write does."""
+        return bool(getattr(self.inner, "creates_runs_on_write", False))
+
     async def _maybe_fail(self, method: str, run_id: str) -> None:
         if self.active and self.fail_rate > 0 and self._rng.random() < self.fail_rate:
             self.failures[method] += 1

@@ -30,8 +30,8 @@ def test_two_engines_under_faults_with_crashes() -> None:
 
 
 def test_two_engines_trace_lease_takeovers_and_stay_deterministic() -> None:
-    first = simulate(3, engines=2, faults="heavy", crash=3)
-    second = simulate(3, engines=2, faults="heavy", crash=3)
+    first = simulate(4, engines=2, faults="heavy", crash=3)
+    second = simulate(4, engines=2, faults="heavy", crash=3)
     assert first.trace_hash == second.trace_hash
     text = "\n".join(first.trace)
     assert "engine open e0" in text and "engine open e1" in text
@@ -47,11 +47,11 @@ def test_two_engines_trace_lease_takeovers_and_stay_deterministic() -> None:
 
 def test_two_engines_same_trace_in_another_process() -> None:
     code = ("from cordtrio.testing import simulate; "
-            "print(simulate(3, engines=2, faults='heavy', crash=3).trace_hash)")
+            "print(simulate(4, engines=2, faults='heavy', crash=3).trace_hash)")
     env = {**os.environ, "PYTHONHASHSEED": "777"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout.strip()
-    assert out == simulate(3, engines=2, faults="heavy", crash=3).trace_hash
+    assert out == simulate(4, engines=2, faults="heavy", crash=3).trace_hash
 
 
 def test_engines_need_the_memory_store() -> None:
