@@ -225,6 +225,26 @@ class CreatingWrites(Protocol):
     creates_runs_on_write: bool
 
 
+class CreatesRunsOnWrite:
+    """Base of a store that is ``CreatingWrites``: says so, unless a subclass overrides
+    ``create_run`` or ``create_run_leased`` (to count, stall or fail creates: those then
+    stay the way runs are created)."""
+
+    creates_runs_on_write = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("create_run", "create_run_leased"):  # overridden, not first defined
+            if name in cls.__dict__ and any(hasattr(base, name) for base in cls.__bases__):
+                cls.creates_runs_on_write = False
+
+
+def creates_runs_on_write(store: object) -> bool:
+    """Whether ``store`` creates a run with the write of its start (``CreatingWrites``;
+    an attribute read, where a runtime protocol check walks the protocol's members)."""
+    return bool(getattr(store, "creates_runs_on_write", False))
+
+
 @runtime_checkable
 class SharedWorkflows(Protocol):
     """A store in the engine's own process (``MemoryStore``) that can lend a definition

@@ -56,6 +56,7 @@ from cordtrio.ports import (
     DEFAULT_TIMELINE_LIMIT,
     DEFAULT_WORKFLOW_LIMIT,
     Clock,
+    CreatesRunsOnWrite,
     RunChanges,
     status_text,
 )
@@ -68,7 +69,7 @@ from .run_record import RunRecord
 from .timelines import Timelines, private
 
 
-class MemoryStore(MemoryRunLeases):
+class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     """Workflows, runs (with their indexes), timelines and idempotency keys, in memory; and
     run leases with command inboxes (``RunLeases``, see ``leases.py``) for several engines.
 
@@ -85,18 +86,10 @@ class MemoryStore(MemoryRunLeases):
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
 
-    creates_runs_on_write = True
-    """``save_run_changes`` creates the run when ``RunChanges.created`` says so
-    (``ports.CreatingWrites``). False in a subclass that overrides ``create_run`` or
-    ``create_run_leased`` (to count or fail creates: those then stay the way runs are
-    created)."""
-
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "save_run_changes" in cls.__dict__ or "save_run_changes_now" in cls.__dict__:
             cls.writes_now = False
-        if "create_run" in cls.__dict__ or "create_run_leased" in cls.__dict__:
-            cls.creates_runs_on_write = False
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()

@@ -14,6 +14,7 @@ from typing import Any
 from cordtrio.errors import LeaseLostError, NotFoundError
 from cordtrio.model import StepRun, TimelineEvent, WorkflowRun
 from cordtrio.ports import (
+    CreatesRunsOnWrite,
     RunChanges,
     child_order_key,
     status_text,
@@ -59,19 +60,10 @@ C: ``next``): ``STEP_SCRIPT`` applies a write whose token the run hash already h
 once."""
 
 
-class RedisRunChanges(RedisRuns, RedisTimelines):
+class RedisRunChanges(RedisRuns, RedisTimelines, CreatesRunsOnWrite):
     """Mixin of ``RedisStore``: partial, optionally lease-fenced run writes, with the job
     input payloads they dispatch (``ports.PayloadCommit``); and a write that creates the
     run (``ports.CreatingWrites``: the create script of ``RedisRuns``)."""
-
-    creates_runs_on_write = True
-    """False in a subclass that overrides ``create_run`` or ``create_run_leased`` (to count
-    or fail creates: those then stay the way runs are created), as in ``MemoryStore``."""
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "create_run" in cls.__dict__ or "create_run_leased" in cls.__dict__:
-            cls.creates_runs_on_write = False
 
     _commits_payloads = False  # a payload store was accepted by ``commits_payloads_of``
     _payload_ttl: int | None = None  # and its TTL

@@ -45,7 +45,7 @@ import trio
 
 from ..errors import CordtrioError, InvalidStateError, LeaseLostError, ProtocolError
 from ..model import TimelineEvent, WorkflowRun
-from ..ports import LeasedRunCreate, RunChanges, RunLeases, Store
+from ..ports import LeasedRunCreate, RunChanges, RunLeases, Store, creates_runs_on_write
 from ..ratelog import RateLimitedLog
 from ..retry import is_transient, retrying
 from ..wire_commands import decode_command
@@ -84,7 +84,7 @@ class LeaseKeeper(LeaseUpkeep):
         self._leased_create = isinstance(store, LeasedRunCreate)
         # ``ports.CreatingWrites``, told once: a submitted run is created by its first
         # write, which takes the lease with it
-        self.creates_on_write: bool = bool(getattr(store, "creates_runs_on_write", False))
+        self.creates_on_write: bool = creates_runs_on_write(store)
         self.store = leases
         self.owner = owner
         self.ttl = float(ttl)

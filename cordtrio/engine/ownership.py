@@ -16,7 +16,7 @@ import trio
 
 from ..core.events import Start
 from ..model import RunStatus, TimelineEvent, WorkflowRun
-from ..ports import RunChanges, Store, own_call
+from ..ports import RunChanges, Store, creates_runs_on_write, own_call
 from ..retry import retrying
 from .envelopes import Envelope
 from .host import OwnedRun, RunRouter
@@ -35,7 +35,7 @@ class SingleEngine:
         # creating a run is the store's own call (no coroutine of ours around it)
         self.create_run: Callable[[WorkflowRun], Awaitable[None]] = store.create_run
         # ``ports.CreatingWrites``, told once: a submitted run is created by its first write
-        self.creates_on_write: bool = bool(getattr(store, "creates_runs_on_write", False))
+        self.creates_on_write: bool = creates_runs_on_write(store)
         # The store's write called without awaiting it (``ports.WritesNow``), or None
         self.save_changes_now: Callable[[WorkflowRun, RunChanges, list[TimelineEvent]],
                                         None] | None = own_call(

@@ -30,7 +30,7 @@ import trio
 
 from ..errors import StoreError
 from ..model import TimelineEvent, Workflow, WorkflowRun
-from ..ports import RunChanges, RunLeases, Store
+from ..ports import RunChanges, RunLeases, Store, creates_runs_on_write
 
 __all__ = ["FLAKY_METHODS", "FLAKY_READS", "AmbiguousStoreError", "FlakyLeaseStore",
            "FlakyStore", "flaky_store"]
@@ -84,7 +84,7 @@ class FlakyStore:
     def creates_runs_on_write(self) -> bool:
         """The inner store's (``ports.CreatingWrites``): a write that creates a run fails,
         or loses its reply, as any write does."""
-        return bool(getattr(self.inner, "creates_runs_on_write", False))
+        return creates_runs_on_write(self.inner)
 
     async def _maybe_fail(self, method: str, run_id: str) -> None:
         if self.active and self.fail_rate > 0 and self._rng.random() < self.fail_rate:
