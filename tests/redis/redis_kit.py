@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from cordtrio.backends.redis import RedisBackends
 from cordtrio.model import RunStatus, StepRun, StepStatus, WorkflowRun
 
@@ -23,3 +25,17 @@ async def a_run(r: RedisBackends) -> WorkflowRun:
     run.steps["s0"] = StepRun(step_id="s0", status=StepStatus.RUNNING, attempts=1)
     await r.store.create_run(run)
     return run
+
+
+def scripts_sent_twice(r: RedisBackends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every script call the store makes is sent twice, as the adapter sends a write again
+    when the connection broke before its reply came: the first is applied, its reply lost
+    (``monkeypatch.undo()`` ends it)."""
+    adapter = r.store._redis
+    script = adapter.script
+
+    async def twice(*args: object, **kwargs: bool) -> object:
+        await script(*args, **kwargs)  # applied; its reply lost with the connection
+        return await script(*args, **kwargs)  # the same bytes, sent again
+
+    monkeypatch.setattr(adapter, "script", twice)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from redis_kit import a_run, raw
+from redis_kit import a_run, raw, scripts_sent_twice
 
 from cordtrio.backends.redis import RedisBackends
 from cordtrio.backends.redis.leases import COMMANDS_QUEUE, lease_key
@@ -79,14 +79,7 @@ async def test_the_last_write_sent_again_after_a_lost_reply_is_written_once(
     — but its token shows it is the same write, applied: it is reported written."""
     run = await a_run(redis)
     assert await redis.store.acquire_lease(run.id, "engine-a", 30.0)
-    adapter = redis.store._redis
-    script = adapter.script
-
-    async def twice(*args: object, **kwargs: bool) -> object:
-        await script(*args, **kwargs)  # applied; its reply lost with the connection
-        return await script(*args, **kwargs)  # the same bytes, sent again
-
-    monkeypatch.setattr(adapter, "script", twice)
+    scripts_sent_twice(redis, monkeypatch)
     await redis.store.save_run_changes(run, last_write(run), [EVENT])
     monkeypatch.undo()
     assert await redis.store.lease_owner(run.id) is None

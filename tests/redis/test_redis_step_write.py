@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 import trio
-from redis_kit import T0, a_run, raw
+from redis_kit import T0, a_run, raw, scripts_sent_twice
 
 from cordtrio import open_engine
 from cordtrio.backends.memory import MemoryBus, MemoryPayloadStore
@@ -92,14 +92,7 @@ async def test_a_step_write_sent_again_after_a_lost_reply_is_applied_once(
     server may have applied it already. The timeline append must not happen twice."""
     assert redis.store.commits_payloads_of(redis.payloads)
     run = await a_run(redis)
-    adapter = redis.store._redis
-    script = adapter.script
-
-    async def twice(*args: object, **kwargs: bool) -> object:
-        await script(*args, **kwargs)  # applied; its reply lost with the connection
-        return await script(*args, **kwargs)  # the same bytes, sent again
-
-    monkeypatch.setattr(adapter, "script", twice)
+    scripts_sent_twice(redis, monkeypatch)
     await redis.store.save_run_changes(run, dispatch_next(run), [EVENT])
     run.steps["s1"].status = StepStatus.SUCCEEDED
     await redis.store.save_run_changes(
