@@ -81,6 +81,8 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     """
 
     writes_now = True
+    runs_deleted = 0
+    """Runs deleted through this store (``ports.RunPresence``)."""
     """``save_run_changes_now`` may be called instead of awaiting ``save_run_changes``
     (``ports.WritesNow``): a single engine then skips a coroutine and a cancellation check
     per step. False in a subclass that overrides either (to count, stall or fail writes:
@@ -294,6 +296,7 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
+        self.runs_deleted += 1  # (``ports.RunPresence``: tried, counted)
         await trio.lowlevel.checkpoint_if_cancelled()
         record = self._record(run_id)
         del self._runs[run_id]

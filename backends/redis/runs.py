@@ -101,6 +101,9 @@ def _parse_or_none(value: Any) -> datetime | None:
 class RedisRuns(RedisRunIndex):
     """Mixin of ``RedisStore``: create, overwrite, read and delete whole runs."""
 
+    runs_deleted = 0
+    """Runs deleted through this store (``ports.RunPresence``)."""
+
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
         await self._create(run, None)
@@ -292,6 +295,7 @@ class RedisRuns(RedisRunIndex):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
+        self.runs_deleted += 1  # (``ports.RunPresence``: tried, counted)
         key = run_key(run_id)
 
         async def txn(pipe: Any) -> None:

@@ -4,9 +4,20 @@ A run that ends with nobody waiting is usually waited for soon after (``Engine.r
 the benchmarks' harness submit, then wait): reading it back from the store would cost a
 full run read. The engine keeps the final run its task held instead — at most
 ``ENDED_KEPT``, oldest dropped first — and gives it to the next ``wait_run``, once (the
-caller may change what it gets), after asking the store whether the run still exists
-(``ports.RunPresence``: a deleted run is read, and not found, as before). A new task for
-the run here drops it (the task may change the run).
+caller may change what it gets). A new task for the run here drops it (the task may
+change the run).
+
+A run deleted since is not found, as a read would find: a deletion made through the same
+store object (any ``delete_run`` of it: the store counts them, ``runs_deleted``) makes the
+next take ask the store whether the run still exists (``ports.RunPresence``), and so does
+a kept run older than ``ENDED_TRUSTED`` seconds (or the store's retention, if shorter).
+Within that time of its end, a run deleted by another process (another connection to the
+server) may still be answered from here: as with an update written behind the engine's
+back, the one ``wait_run`` that takes the kept run does not see it. Asking every time
+cost a round trip per ``wait_run`` of a finished run (a waiter taking its runs one after
+another, as the harness and ``Engine.run`` do, paid one lone round trip each: ~13 % of
+W1's time on ``redis-nng``, docs/decisions.md). A store that does not count its
+deletions is asked every time.
 
 This holds with several engines on one store too: a terminal run is never changed again
 (SPEC §9: cancelling it changes nothing, approving needs a waiting step, a rerun is a new
@@ -17,23 +28,36 @@ already there gets anyway (``Finish``).
 
 from __future__ import annotations
 
+from typing import Any
+
+import trio
+
 from ..model import WorkflowRun
 from ..ports import RunPresence
 
 ENDED_KEPT = 1024
 """Final runs an engine keeps for ``wait_run`` calls that come after the run ended."""
 
+ENDED_TRUSTED = 2.0
+"""Seconds after its end (Trio's clock) a kept run is answered without asking the store
+whether it still exists, unless a run was deleted through the store since it was kept."""
 
-class EndedRuns(dict[str, WorkflowRun]):
-    """The final runs of runs that ended here with nobody waiting, by run id, oldest first
-    (a dict: ``in``, asked on every ``wait_run``, and ``pop``, a new task's forgetting its
-    run's, are its own)."""
 
-    __slots__ = ("_presence",)
+class EndedRuns(dict[str, tuple[WorkflowRun, float, int]]):
+    """The final runs of runs that ended here with nobody waiting, by run id, oldest first,
+    each with when it was kept and the store's count of deletions then (a dict: ``in``,
+    asked on every ``wait_run``, and ``pop``, a new task's forgetting its run's, are its
+    own)."""
+
+    __slots__ = ("_presence", "_store", "_trusted")
 
     def __init__(self, store: object) -> None:
         super().__init__()
         self._presence = store if isinstance(store, RunPresence) else None
+        self._store: Any = store
+        retention = getattr(store, "retention_seconds", None)
+        self._trusted = ENDED_TRUSTED if not retention else min(ENDED_TRUSTED,
+                                                                float(retention))
 
     def keep(self, run_id: str, run: WorkflowRun) -> None:
         """Keep ``run`` for the next ``wait_run`` (nothing, over a store that cannot tell
@@ -42,18 +66,21 @@ class EndedRuns(dict[str, WorkflowRun]):
             return
         if len(self) >= ENDED_KEPT:
             del self[next(iter(self))]
-        self[run_id] = run
+        self[run_id] = (run, trio.current_time(), getattr(self._store, "runs_deleted", -1))
 
     async def take(self, run_id: str) -> WorkflowRun | None:
         """The kept final run (to the first caller only), if the run is still stored;
         None: nothing kept, or deleted since (the caller reads the store, which raises the
         store's own ``NotFoundError``)."""
-        final = self.pop(run_id, None)
-        if final is None or self._presence is None:
+        kept = self.pop(run_id, None)
+        if kept is None or self._presence is None:
             return None
-        if await self._presence.missing_runs([run_id]):
+        final, at, deletions = kept
+        trusted = deletions >= 0 and deletions == getattr(self._store, "runs_deleted", -1) \
+            and trio.current_time() - at < self._trusted
+        if not trusted and await self._presence.missing_runs([run_id]):
             return None
         return final
 
 
-__all__ = ["ENDED_KEPT", "EndedRuns"]
+__all__ = ["ENDED_KEPT", "ENDED_TRUSTED", "EndedRuns"]

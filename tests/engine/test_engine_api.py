@@ -377,6 +377,63 @@ async def test_a_run_deleted_after_it_ended_is_not_found(engine, store, save):
         await engine.wait_run(run_id)
 
 
+def count_presence_checks(store: MemoryStore) -> list[list[str]]:
+    """The run ids ``store.missing_runs`` is asked about from now on."""
+    asked: list[list[str]] = []
+    missing_runs = store.missing_runs
+
+    async def counted(run_ids: Any) -> list[str]:
+        asked.append(list(run_ids))
+        return await missing_runs(run_ids)
+
+    store.missing_runs = counted  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_run_that_just_ended_is_answered_without_asking_the_store(
+        engine, store, save):
+    await save(step("a"))
+    run_id = await engine.submit(WF)
+    await succeed(engine, f"{run_id}:a@1")
+    asked, reads = count_presence_checks(store), count_reads(store)
+    assert (await engine.wait_run(run_id)).status == RunStatus.SUCCEEDED
+    assert asked == [] and reads == []
+
+
+async def test_a_deletion_through_the_store_makes_the_next_kept_run_checked(
+        engine, store, save):
+    """Any run deleted through the engine's store object (not only the one waited for)
+    makes the next take of a kept run ask the store whether it still exists."""
+    await save(step("a"))
+    first, second = await engine.submit(WF), await engine.submit(WF)
+    for run_id in (first, second):
+        await succeed(engine, f"{run_id}:a@1")
+    await store.delete_run(first)
+    asked = count_presence_checks(store)
+    assert (await engine.wait_run(second)).status == RunStatus.SUCCEEDED
+    assert asked == [[second]]
+    with pytest.raises(NotFoundError):
+        await engine.wait_run(first)
+
+
+async def test_a_deletion_elsewhere_is_seen_once_the_kept_run_is_old(
+        engine, store, save, autojump_clock):
+    """A deletion the engine's store object did not make (another process's) is not seen
+    within ``ENDED_TRUSTED`` seconds of the run's end; after that the store is asked."""
+    await save(step("a"))
+    fresh, old = await engine.submit(WF), await engine.submit(WF)
+    for run_id in (fresh, old):
+        await succeed(engine, f"{run_id}:a@1")
+    for run_id in (fresh, old):
+        await store.delete_run(run_id)
+        store.runs_deleted -= 1  # as another process's deletion: not counted here
+    got = await engine.wait_run(fresh)  # within the trusted time: the final run it kept
+    assert got.id == fresh and got.status == RunStatus.SUCCEEDED
+    await trio.sleep(ended_runs.ENDED_TRUSTED)
+    with pytest.raises(NotFoundError):
+        await engine.wait_run(old)
+
+
 async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, save):
     """A new task may change the run: what it kept is dropped when it starts, and the new
     task's own final run (loaded from the store) is kept when it ends."""

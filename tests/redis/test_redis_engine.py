@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import fakeredis
+import pytest
 import trio
 
 from cordtrio import Job, open_engine, open_worker
 from cordtrio.backends.memory import MemoryBus
-from cordtrio.backends.redis import RedisBackends
+from cordtrio.backends.redis import RedisBackends, connect
+from cordtrio.engine import ended_runs
+from cordtrio.errors import NotFoundError
 from cordtrio.model import RetryConfig, RunStatus, Step, StepStatus, StepType, Workflow
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -163,3 +167,67 @@ async def test_a_backoff_is_re_armed_by_a_new_engine_on_the_autojump_clock(
             run = await second.wait_run(run_id)
     check_succeeded(run)
     assert 300 <= trio.current_time() - t0 < 400  # the backoff, from the stored next_attempt_at
+
+
+async def _finished_with_nobody_waiting(engine: Any, wf_id: str) -> str:
+    """A run of ``wf_id`` submitted, run to its end and let go of, with nobody waiting
+    for it: the engine keeps its final run for the next ``wait_run``."""
+    run_id = await engine.submit(wf_id)
+    while engine.is_active(run_id) or run_id not in engine._ended:
+        await trio.sleep(0.001)  # (the worker's job and the writes: real I/O)
+    return run_id
+
+
+async def _noop(job: Job) -> dict[str, Any]:
+    return {}
+
+
+ONE_STEP = Workflow(id="one", steps={"a": Step(id="a", topic="job.noop")})
+
+
+async def test_a_deletion_through_another_connection_is_seen_once_the_kept_run_is_old(
+        redis_server: Any, monkeypatch: Any) -> None:
+    """A real server, the run deleted through a second connection (as another process
+    would): the ``wait_run`` that takes the run this engine just finished answers from
+    what it kept; once a kept run is older than ``ENDED_TRUSTED`` (0 here), the store is
+    asked, and the run is not found."""
+    bus = MemoryBus()
+    async with connect(redis_server.url) as redis, connect(redis_server.url) as other:
+        await redis.redis.call("flushall", "", "flushall")
+        await redis.store.save_workflow(ONE_STEP)
+        with trio.fail_after(DEADLINE):
+            async with open_worker(bus, redis.payloads, {"job.noop": _noop}):
+                async with open_engine(redis.store, bus, payloads=redis.payloads) as engine:
+                    run_id = await _finished_with_nobody_waiting(engine, "one")
+                    await other.store.delete_run(run_id)
+                    assert (await engine.wait_run(run_id)).status == RunStatus.SUCCEEDED
+                monkeypatch.setattr(ended_runs, "ENDED_TRUSTED", 0.0)
+                async with open_engine(redis.store, bus, payloads=redis.payloads) as engine:
+                    run_id = await _finished_with_nobody_waiting(engine, "one")
+                    await other.store.delete_run(run_id)
+                    with pytest.raises(NotFoundError):
+                        await engine.wait_run(run_id)
+
+
+async def test_a_kept_run_is_trusted_no_longer_than_the_store_keeps_finished_runs(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A store that keeps finished runs for less than ``ENDED_TRUSTED`` (1 s here) bounds
+    how long a kept run is answered without asking: a second after its end, a deletion
+    elsewhere is seen (fakeredis, two clients of one server, on the autojump clock)."""
+    server = fakeredis.FakeServer()
+    bus = MemoryBus()
+    async with (
+        connect("fakeredis", client=fakeredis.FakeAsyncRedis(server=server),
+                retention_seconds=1) as redis,
+        connect("fakeredis", client=fakeredis.FakeAsyncRedis(server=server)) as other,
+    ):
+        await redis.store.save_workflow(ONE_STEP)
+        async with (
+            open_worker(bus, redis.payloads, {"job.noop": _noop}),
+            open_engine(redis.store, bus, payloads=redis.payloads) as engine,
+        ):
+            run_id = await _finished_with_nobody_waiting(engine, "one")
+            await other.store.delete_run(run_id)
+            await trio.sleep(1.0)
+            with pytest.raises(NotFoundError):
+                await engine.wait_run(run_id)
