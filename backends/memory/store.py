@@ -81,12 +81,12 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     """
 
     writes_now = True
-    runs_deleted = 0
-    """Runs deleted through this store (``ports.RunPresence``)."""
     """``save_run_changes_now`` may be called instead of awaiting ``save_run_changes``
     (``ports.WritesNow``): a single engine then skips a coroutine and a cancellation check
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
+    runs_deleted = 0
+    """Runs deleted through this store (``ports.RunPresence``)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
