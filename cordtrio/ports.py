@@ -280,9 +280,10 @@ class WritesNow(Protocol):
 class RunPresence(Protocol):
     """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
     whose data vanished (a Redis restarted without persistence) from leases taken over.
-    Such a store may also count the runs deleted through it (an ``int`` attribute
-    ``runs_deleted``, raised by each ``delete_run``): the engine then answers a
-    ``wait_run`` for a run it just finished without asking (``engine/ended_runs.py``)."""
+    Such a store may also count the deletions made through it (an ``int`` attribute
+    ``runs_deleted``, raised as each ``delete_run`` starts and again as it ends): the
+    engine then answers a ``wait_run`` for a run it just finished without asking, unless
+    the count moved since the run's last write went (``engine/ended_runs.py``)."""
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]: ...
 

@@ -86,7 +86,7 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
     runs_deleted = 0
-    """Runs deleted through this store (``ports.RunPresence``)."""
+    """Raised as each ``delete_run`` starts and as it ends (``ports.RunPresence``)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -296,15 +296,18 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        self.runs_deleted += 1  # (``ports.RunPresence``: tried, counted)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        record = self._record(run_id)
-        del self._runs[run_id]
-        self._index.remove(run_id, record)
-        self._timelines.drop(run_id)
-        key = header_idempotency_key(record.header)
-        if key and self._idempotency.get(key) == run_id:
-            del self._idempotency[key]
+        self.runs_deleted += 1  # (``ports.RunPresence``: as it starts, and as it ends)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            record = self._record(run_id)
+            del self._runs[run_id]
+            self._index.remove(run_id, record)
+            self._timelines.drop(run_id)
+            key = header_idempotency_key(record.header)
+            if key and self._idempotency.get(key) == run_id:
+                del self._idempotency[key]
+        finally:
+            self.runs_deleted += 1
 
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""

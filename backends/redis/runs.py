@@ -102,7 +102,7 @@ class RedisRuns(RedisRunIndex):
     """Mixin of ``RedisStore``: create, overwrite, read and delete whole runs."""
 
     runs_deleted = 0
-    """Runs deleted through this store (``ports.RunPresence``)."""
+    """Raised as each ``delete_run`` starts and as it ends (``ports.RunPresence``)."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
@@ -295,7 +295,7 @@ class RedisRuns(RedisRunIndex):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        self.runs_deleted += 1  # (``ports.RunPresence``: tried, counted)
+        self.runs_deleted += 1  # (``ports.RunPresence``: as it starts, and as it ends)
         key = run_key(run_id)
 
         async def txn(pipe: Any) -> None:
@@ -321,7 +321,10 @@ class RedisRuns(RedisRunIndex):
                 pipe.delete(idempotency_key(idem))
             await pipe.execute()
 
-        await self._redis.transaction("delete run", key, [key], txn)
+        try:
+            await self._redis.transaction("delete run", key, [key], txn)
+        finally:
+            self.runs_deleted += 1
 
 
     @staticmethod

@@ -70,6 +70,7 @@ class BatchEffects:
     _timers: Timers
     _finish: Finish | None
     creating: str  # the run is not stored yet: the token of the write to create it
+    final_mark: tuple[float, int] | None  # taken as the run's last write went
 
     async def _carry_out(self, effects: list[Effect], rows: list[TimelineEvent],
                          changes: RunChanges, now: datetime, pending: list[Effect]) -> None:
@@ -123,6 +124,7 @@ class BatchEffects:
             if changes.header or changes:  # (a step writes its header: no ``__bool__``)
                 if run.status.is_terminal:
                     _last_write(changes, after)
+                    self.final_mark = wiring.final_mark()
                 try:
                     save_now = wiring.save_now
                     if save_now is not None:
@@ -201,6 +203,7 @@ class BatchEffects:
                 if changes.header or changes:
                     if run.status.is_terminal:
                         _last_write(changes, effects)
+                        self.final_mark = wiring.final_mark()
                     try:
                         if wiring.save_now is not None:
                             wiring.save_now(run, changes, rows)

@@ -7,17 +7,21 @@ full run read. The engine keeps the final run its task held instead — at most
 caller may change what it gets). A new task for the run here drops it (the task may
 change the run).
 
-A run deleted since is not found, as a read would find: a deletion made through the same
-store object (any ``delete_run`` of it: the store counts them, ``runs_deleted``) makes the
-next take ask the store whether the run still exists (``ports.RunPresence``), and so does
-a kept run older than ``ENDED_TRUSTED`` seconds (or the store's retention, if shorter).
-Within that time of its end, a run deleted by another process (another connection to the
-server) may still be answered from here: as with an update written behind the engine's
-back, the one ``wait_run`` that takes the kept run does not see it. Asking every time
-cost a round trip per ``wait_run`` of a finished run (a waiter taking its runs one after
-another, as the harness and ``Engine.run`` do, paid one lone round trip each: ~13 % of
-W1's time on ``redis-nng``, docs/decisions.md). A store that does not count its
-deletions is asked every time.
+A run deleted since is not found, as a read would find. The run task takes a ``mark`` as
+it sends the run's last write: the time, and the store's count of deletions made through
+that store object (``runs_deleted``: raised as each ``delete_run`` starts and again as it
+ends, so one on its way then counts too). A take asks the store whether the run still
+exists (``ports.RunPresence``) when that count has moved since the mark (any run deleted
+through the store), when the mark is older than ``ENDED_TRUSTED`` seconds (or the
+store's retention, if shorter: the run may have expired), or when there is no mark (the
+task wrote no final state). Otherwise, within two seconds of its last write, a run deleted
+through another store object (another connection, another process) may still be answered
+from here: as with an update written behind the engine's back, the one ``wait_run`` that
+takes the kept run does not see it. Asking every time cost a round trip per ``wait_run``
+of a finished run (a waiter taking its runs one after another, as the harness and
+``Engine.run``'s callers do, paid one lone round trip each: ~11 % of W1's time on
+``redis-nng``, docs/decisions.md). A store that does not count its deletions is asked
+every time.
 
 This holds with several engines on one store too: a terminal run is never changed again
 (SPEC §9: cancelling it changes nothing, approving needs a waiting step, a rerun is a new
@@ -39,8 +43,11 @@ ENDED_KEPT = 1024
 """Final runs an engine keeps for ``wait_run`` calls that come after the run ended."""
 
 ENDED_TRUSTED = 2.0
-"""Seconds after its end (Trio's clock) a kept run is answered without asking the store
-whether it still exists, unless a run was deleted through the store since it was kept."""
+"""Seconds after its last write was sent (Trio's clock) a kept run is answered without
+asking the store whether it still exists, unless a deletion through the store was made
+since or was on its way then."""
+
+_UNMARKED = (0.0, -1)  # a final run its task did not write: the store is asked
 
 
 class EndedRuns(dict[str, tuple[WorkflowRun, float, int]]):
@@ -59,14 +66,21 @@ class EndedRuns(dict[str, tuple[WorkflowRun, float, int]]):
         self._trusted = ENDED_TRUSTED if not retention else min(ENDED_TRUSTED,
                                                                 float(retention))
 
-    def keep(self, run_id: str, run: WorkflowRun) -> None:
-        """Keep ``run`` for the next ``wait_run`` (nothing, over a store that cannot tell
-        a deleted run)."""
+    def mark(self) -> tuple[float, int]:
+        """Now and the store's count of deletions (-1: it keeps none), taken by a run task
+        as it sends its run's last write: what ``keep`` trusts a final run from."""
+        return trio.current_time(), getattr(self._store, "runs_deleted", -1)
+
+    def keep(self, run_id: str, run: WorkflowRun, mark: tuple[float, int] | None) -> None:
+        """Keep ``run`` for the next ``wait_run``, with the ``mark`` taken as its last
+        write went (None: it wrote none, the store is asked) — nothing, over a store that
+        cannot tell a deleted run."""
         if self._presence is None:
             return
         if len(self) >= ENDED_KEPT:
             del self[next(iter(self))]
-        self[run_id] = (run, trio.current_time(), getattr(self._store, "runs_deleted", -1))
+        at, deletions = mark or _UNMARKED
+        self[run_id] = (run, at, deletions)
 
     async def take(self, run_id: str) -> WorkflowRun | None:
         """The kept final run (to the first caller only), if the run is still stored;

@@ -207,7 +207,8 @@ class RunWiring:
     the ownership's calls, the bus's publish without awaiting, the payload store's calls,
     the hooks and the clock."""
 
-    __slots__ = ("bus", "cleanup", "config", "now", "on_dispatched", "on_finished",
+    __slots__ = ("bus", "cleanup", "config", "final_mark", "now", "on_dispatched",
+                 "on_finished",
                  "output", "owner", "path", "publish_now", "queues_commands", "quick",
                  "save_now", "stage_payloads", "submit_now")
 
@@ -247,6 +248,10 @@ class RunWiring:
         self.on_dispatched = host.on_step_dispatched
         self.on_finished = host.on_step_finished
         self.now: Callable[[], datetime] = host.clock.now
+        # the time and the store's count of deletions as a run's last write goes
+        # (``ended_runs.EndedRuns.mark``: an optional host attribute, set by the engine)
+        self.final_mark: Callable[[], tuple[float, int]] = getattr(
+            host, "ended_mark", _unmarked)
         # the output a result payload read in process is loaded into, for the core
         # (``effects.load_output_now``): one per engine, as a task loads and decides a
         # result without an await between them, and the core keeps nothing of it
@@ -255,6 +260,10 @@ class RunWiring:
         # plain result's effects itself (inputs stored at once or staged for the write,
         # the write, the jobs handed over, the hooks)
         self.quick: bool = self.config is None and self.submit_now is not None
+
+
+def _unmarked() -> tuple[float, int]:
+    return 0.0, -1  # (no count of deletions: the store is asked)
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",

@@ -79,6 +79,7 @@ class RunTask(BatchEffects):
     crashed = False
     error: BaseException | None = None  # what crashed the task
     shielded = False  # letting go in the run's own scope, shielded (``OwnedRun.shielded``)
+    final_mark: tuple[float, int] | None = None  # as the last write went (``EndedRuns``)
 
     def __init__(self, host: RunHost, run_id: str, preload: Preload | None = None,
                  wiring: RunWiring | None = None) -> None:

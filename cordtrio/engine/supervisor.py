@@ -139,6 +139,7 @@ class Engine:
         self._wiring: RunWiring | None = None  # what every run task uses (``deliver``)
         self._waits = RunWaits(store, self._runs)  # ``wait_run``'s callers, ended runs
         self._ended = self._waits.ended
+        self.ended_mark = self._ended.mark  # (``RunWiring.final_mark``)
         self.run_finished = self._waits.run_finished  # ``RunHost``: wake its waiters
         self.plan_for = PlanCache(
             store, schemas, has_payload_store=payloads is not None,

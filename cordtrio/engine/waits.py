@@ -87,7 +87,7 @@ class RunWaits:
         run_id = task.run_id
         if task.ended is not None:
             # a terminal run stays as its task left it (``ended_runs``)
-            self.ended.keep(run_id, task.ended)
+            self.ended.keep(run_id, task.ended, task.final_mark)
         if run_id in self.finishes:  # (usually not: woken when the run ended)
             self.run_finished(run_id)
 

@@ -21,6 +21,7 @@ from cordtrio.backends.redis import RedisBackends, connect
 from cordtrio.engine import ended_runs
 from cordtrio.errors import NotFoundError
 from cordtrio.model import RetryConfig, RunStatus, Step, StepStatus, StepType, Workflow
+from cordtrio.protocol import JobResult, JobStatus
 
 ITEMS = ["a", "b", "c", "d", "e"]
 DEADLINE = 30  # seconds: a run that does not finish fails the test instead of hanging it
@@ -185,6 +186,10 @@ async def _noop(job: Job) -> dict[str, Any]:
 ONE_STEP = Workflow(id="one", steps={"a": Step(id="a", topic="job.noop")})
 
 
+def ok(job_id: str) -> JobResult:
+    return JobResult(job_id=job_id, status=JobStatus.SUCCEEDED)
+
+
 async def test_a_deletion_through_another_connection_is_seen_once_the_kept_run_is_old(
         redis_server: Any, monkeypatch: Any) -> None:
     """A real server, the run deleted through a second connection (as another process
@@ -231,3 +236,31 @@ async def test_a_kept_run_is_trusted_no_longer_than_the_store_keeps_finished_run
             await trio.sleep(1.0)
             with pytest.raises(NotFoundError):
                 await engine.wait_run(run_id)
+
+
+async def test_a_deletion_through_the_engine_s_store_as_the_run_ends_is_seen(
+        redis: RedisBackends) -> None:
+    """A deletion through the engine's own store object, made while the result that ends
+    the run is applied (its transaction lands after the run's last write), is seen by the
+    ``wait_run`` that comes after: the run is not found. Each round starts the deletion a
+    few schedule points later."""
+    await redis.store.save_workflow(ONE_STEP)
+    with trio.fail_after(DEADLINE):
+        async with open_engine(redis.store, MemoryBus(), payloads=redis.payloads) as engine:
+            for delay in range(6):
+                run_id = await engine.submit("one")
+
+                async def delete(run_id: str = run_id, delay: int = delay) -> None:
+                    for _ in range(delay):
+                        await trio.lowlevel.checkpoint()
+                    await redis.store.delete_run(run_id)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(engine.handle_job_result, ok(f"{run_id}:a@1"))
+                    nursery.start_soon(delete)
+                while engine.is_active(run_id):
+                    await trio.sleep(0.001)
+                with pytest.raises(NotFoundError):
+                    await redis.store.get_run(run_id)
+                with pytest.raises(NotFoundError):
+                    await engine.wait_run(run_id)
