@@ -280,10 +280,11 @@ class WritesNow(Protocol):
 class RunPresence(Protocol):
     """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
     whose data vanished (a Redis restarted without persistence) from leases taken over.
-    Such a store may also count the deletions made through it (an ``int`` attribute
-    ``runs_deleted``, raised as each ``delete_run`` starts and again as it ends): the
-    engine then answers a ``wait_run`` for a run it just finished without asking, unless
-    the count moved since the run's last write went (``engine/ended_runs.py``)."""
+    Such a store may also count the deletions made through it (``int`` attributes:
+    ``runs_deleted``, the ``delete_run`` calls ended, and ``runs_deleting``, those under
+    way): the engine then answers a ``wait_run`` for a run it just finished without
+    asking, unless a deletion ended since the run's last write went or one is under way
+    (``engine/ended_runs.py``)."""
 
     async def missing_runs(self, run_ids: Sequence[str]) -> list[str]: ...
 

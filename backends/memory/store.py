@@ -86,7 +86,9 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
     runs_deleted = 0
-    """Raised as each ``delete_run`` starts and as it ends (``ports.RunPresence``)."""
+    """``delete_run`` calls ended (``ports.RunPresence``)."""
+    runs_deleting = 0
+    """``delete_run`` calls under way (``ports.RunPresence``)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -296,7 +298,7 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        self.runs_deleted += 1  # (``ports.RunPresence``: as it starts, and as it ends)
+        self.runs_deleting += 1  # (``ports.RunPresence``: in flight, then counted)
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             record = self._record(run_id)
@@ -307,6 +309,7 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
             if key and self._idempotency.get(key) == run_id:
                 del self._idempotency[key]
         finally:
+            self.runs_deleting -= 1
             self.runs_deleted += 1
 
     async def count_active_runs(self, org_id: str) -> int:

@@ -102,7 +102,9 @@ class RedisRuns(RedisRunIndex):
     """Mixin of ``RedisStore``: create, overwrite, read and delete whole runs."""
 
     runs_deleted = 0
-    """Raised as each ``delete_run`` starts and as it ends (``ports.RunPresence``)."""
+    """``delete_run`` calls ended (``ports.RunPresence``)."""
+    runs_deleting = 0
+    """``delete_run`` calls under way (``ports.RunPresence``)."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
@@ -295,7 +297,6 @@ class RedisRuns(RedisRunIndex):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        self.runs_deleted += 1  # (``ports.RunPresence``: as it starts, and as it ends)
         key = run_key(run_id)
 
         async def txn(pipe: Any) -> None:
@@ -321,9 +322,11 @@ class RedisRuns(RedisRunIndex):
                 pipe.delete(idempotency_key(idem))
             await pipe.execute()
 
+        self.runs_deleting += 1  # (``ports.RunPresence``: in flight, then counted)
         try:
             await self._redis.transaction("delete run", key, [key], txn)
         finally:
+            self.runs_deleting -= 1
             self.runs_deleted += 1
 
 

@@ -8,17 +8,18 @@ caller may change what it gets). A new task for the run here drops it (the task 
 change the run).
 
 A run deleted since is not found, as a read would find. The run task takes a ``mark`` as
-it sends the run's last write: the time, and the store's count of deletions made through
-that store object (``runs_deleted``: raised as each ``delete_run`` starts and again as it
-ends, so one on its way then counts too). A take asks the store whether the run still
-exists (``ports.RunPresence``) when that count has moved since the mark (any run deleted
-through the store), when the mark is older than ``ENDED_TRUSTED`` seconds (or the
-store's retention, if shorter: the run may have expired), or when there is no mark (the
-task wrote no final state). Otherwise, within two seconds of its last write, a run deleted
-through another store object (another connection, another process) may still be answered
-from here: as with an update written behind the engine's back, the one ``wait_run`` that
-takes the kept run does not see it. Asking every time cost a round trip per ``wait_run``
-of a finished run (a waiter taking its runs one after another, as the harness and
+it sends the run's last write: the time, and the store's count of the ``delete_run``
+calls made through that store object that have ended (``runs_deleted``). A take asks the
+store whether the run still exists (``ports.RunPresence``) when that count has moved
+since the mark or a ``delete_run`` is under way (``runs_deleting``: one that started
+before the mark may land after the last write) — any run's deletion through the store —,
+when the mark is older than ``ENDED_TRUSTED`` seconds (or the store's retention, if
+shorter: the run may have expired), or when there is no mark (the task wrote no final
+state). Otherwise, within two seconds of its last write, a run deleted through another
+store object (another connection, another process) may still be answered from here: as
+with an update written behind the engine's back, the one ``wait_run`` that takes the
+kept run does not see it. Asking every time cost a round trip per ``wait_run`` of a
+finished run (a waiter taking its runs one after another, as the harness and
 ``Engine.run``'s callers do, paid one lone round trip each: ~11 % of W1's time on
 ``redis-nng``, docs/decisions.md). A store that does not count its deletions is asked
 every time.
@@ -44,17 +45,17 @@ ENDED_KEPT = 1024
 
 ENDED_TRUSTED = 2.0
 """Seconds after its last write was sent (Trio's clock) a kept run is answered without
-asking the store whether it still exists, unless a deletion through the store was made
-since or was on its way then."""
+asking the store whether it still exists, unless a deletion through the store ended since
+or is under way."""
 
 _UNMARKED = (0.0, -1)  # a final run its task did not write: the store is asked
 
 
 class EndedRuns(dict[str, tuple[WorkflowRun, float, int]]):
     """The final runs of runs that ended here with nobody waiting, by run id, oldest first,
-    each with when it was kept and the store's count of deletions then (a dict: ``in``,
-    asked on every ``wait_run``, and ``pop``, a new task's forgetting its run's, are its
-    own)."""
+    each with its task's ``mark`` (the time and the store's count of deletions as the
+    run's last write went; a dict: ``in``, asked on every ``wait_run``, and ``pop``, a new
+    task's forgetting its run's, are its own)."""
 
     __slots__ = ("_presence", "_store", "_trusted")
 
@@ -90,7 +91,9 @@ class EndedRuns(dict[str, tuple[WorkflowRun, float, int]]):
         if kept is None or self._presence is None:
             return None
         final, at, deletions = kept
-        trusted = deletions >= 0 and deletions == getattr(self._store, "runs_deleted", -1) \
+        store = self._store
+        trusted = deletions >= 0 and deletions == getattr(store, "runs_deleted", -1) \
+            and not getattr(store, "runs_deleting", 1) \
             and trio.current_time() - at < self._trusted
         if not trusted and await self._presence.missing_runs([run_id]):
             return None

@@ -17,6 +17,7 @@ from test_engine_kit import (
     step,
     succeed,
     timeline_types,
+    workflow,
 )
 
 from cordtrio.backends.memory import MemoryBus, MemoryStore
@@ -433,6 +434,38 @@ async def test_a_deletion_elsewhere_is_seen_once_the_kept_run_is_old(
     await trio.sleep(ended_runs.ENDED_TRUSTED)
     with pytest.raises(NotFoundError):
         await engine.wait_run(old)
+
+
+async def test_a_deletion_after_the_last_write_before_its_reply_is_seen(bus, payloads):
+    """The run's last write is applied and its reply is on its way (a store out of
+    process) when the run is deleted through the same store object: the mark the task
+    took as it sent the write is older than the deletion, which is seen."""
+
+    class SlowReplies(MemoryStore):
+        written = trio.Event()
+        deleted = trio.Event()
+
+        async def save_run_changes(self, run: Any, changes: Any, timeline: Any = ()) -> None:
+            await super().save_run_changes(run, changes, timeline)
+            if run.status.is_terminal:
+                self.written.set()
+                await self.deleted.wait()  # the reply on its way back
+
+    store = SlowReplies()
+    await store.save_workflow(workflow(step("a")))
+    async with open_engine(store, bus, payloads=payloads) as engine:
+        run_id = await engine.submit(WF)
+
+        async def delete() -> None:
+            await store.written.wait()
+            await store.delete_run(run_id)
+            store.deleted.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(delete)
+            await succeed(engine, f"{run_id}:a@1")
+        with pytest.raises(NotFoundError):
+            await engine.wait_run(run_id)
 
 
 async def test_a_new_task_for_an_ended_run_replaces_the_kept_run(engine, store, save):

@@ -14,6 +14,7 @@ from typing import Any
 import fakeredis
 import pytest
 import trio
+import trio.testing
 
 from cordtrio import Job, open_engine, open_worker
 from cordtrio.backends.memory import MemoryBus
@@ -264,3 +265,39 @@ async def test_a_deletion_through_the_engine_s_store_as_the_run_ends_is_seen(
                     await redis.store.get_run(run_id)
                 with pytest.raises(NotFoundError):
                     await engine.wait_run(run_id)
+
+
+async def test_a_deletion_under_way_through_the_engine_s_store_is_seen(
+        redis: RedisBackends) -> None:
+    """A deletion through the engine's own store object that started before the run's last
+    write, landed after it and has not returned yet when ``wait_run`` comes (its reply on
+    the way): the run is not found."""
+    await redis.store.save_workflow(ONE_STEP)
+    adapter = redis.store._redis
+    transaction = adapter.transaction
+    go, landed, reply = trio.Event(), trio.Event(), trio.Event()
+
+    async def delayed(what: str, key: str, watch: Any, fn: Any) -> Any:
+        if what != "delete run":
+            return await transaction(what, key, watch, fn)
+        await go.wait()  # the request on its way
+        result = await transaction(what, key, watch, fn)
+        landed.set()
+        await reply.wait()  # the reply on its way back
+        return result
+
+    adapter.transaction = delayed
+    with trio.fail_after(DEADLINE):
+        async with open_engine(redis.store, MemoryBus(), payloads=redis.payloads) as engine:
+            run_id = await engine.submit("one")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(redis.store.delete_run, run_id)
+                await trio.testing.wait_all_tasks_blocked()
+                await engine.handle_job_result(ok(f"{run_id}:a@1"))
+                while engine.is_active(run_id):
+                    await trio.sleep(0.001)
+                go.set()
+                await landed.wait()
+                with pytest.raises(NotFoundError):
+                    await engine.wait_run(run_id)
+                reply.set()
