@@ -9,8 +9,8 @@ write, so a crash never keeps one without the other) and ``append_timeline_event
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -239,6 +239,25 @@ class CreatesRunsOnWrite:
                 cls.creates_runs_on_write = False
 
 
+class CountsDeletions:
+    """Base of a store that counts the deletions made through it (``RunPresence``):
+    ``runs_deleted``, the ``delete_run`` calls ended, and ``runs_deleting``, those under
+    way; ``delete_run`` does its work inside ``deleting()``."""
+
+    runs_deleted = 0
+    runs_deleting = 0
+
+    @contextmanager
+    def deleting(self) -> Iterator[None]:
+        """A ``delete_run`` under way, then ended (however it ends: it may have landed)."""
+        self.runs_deleting += 1
+        try:
+            yield
+        finally:
+            self.runs_deleting -= 1
+            self.runs_deleted += 1
+
+
 def creates_runs_on_write(store: object) -> bool:
     """Whether ``store`` creates a run with the write of its start (``CreatingWrites``;
     an attribute read, where a runtime protocol check walks the protocol's members)."""
@@ -280,7 +299,7 @@ class WritesNow(Protocol):
 class RunPresence(Protocol):
     """Optional for stores: which runs are gone. The lease keeper uses it to tell runs
     whose data vanished (a Redis restarted without persistence) from leases taken over.
-    Such a store may also count the deletions made through it (``int`` attributes:
+    Such a store may also count the deletions made through it (``CountsDeletions``:
     ``runs_deleted``, the ``delete_run`` calls ended, and ``runs_deleting``, those under
     way): the engine then answers a ``wait_run`` for a run it just finished without
     asking, unless a deletion ended since the run's last write went or one is under way
@@ -515,6 +534,7 @@ __all__ = [
     "Bus",
     "Clock",
     "ConfigProvider",
+    "CountsDeletions",
     "CreatingWrites",
     "JobBus",
     "JobInbox",

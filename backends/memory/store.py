@@ -56,6 +56,7 @@ from cordtrio.ports import (
     DEFAULT_TIMELINE_LIMIT,
     DEFAULT_WORKFLOW_LIMIT,
     Clock,
+    CountsDeletions,
     CreatesRunsOnWrite,
     RunChanges,
     status_text,
@@ -69,7 +70,7 @@ from .run_record import RunRecord
 from .timelines import Timelines, private
 
 
-class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
+class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite, CountsDeletions):
     """Workflows, runs (with their indexes), timelines and idempotency keys, in memory; and
     run leases with command inboxes (``RunLeases``, see ``leases.py``) for several engines.
 
@@ -85,10 +86,6 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
     (``ports.WritesNow``): a single engine then skips a coroutine and a cancellation check
     per step. False in a subclass that overrides either (to count, stall or fail writes:
     those go through the method it overrides)."""
-    runs_deleted = 0
-    """``delete_run`` calls ended (``ports.RunPresence``)."""
-    runs_deleting = 0
-    """``delete_run`` calls under way (``ports.RunPresence``)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -298,8 +295,7 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
 
     async def delete_run(self, run_id: str) -> None:
         """Remove the run from every index, with its timeline and its idempotency key."""
-        self.runs_deleting += 1  # (``ports.RunPresence``: in flight, then counted)
-        try:
+        with self.deleting():  # (counted: ``ports.CountsDeletions``)
             await trio.lowlevel.checkpoint_if_cancelled()
             record = self._record(run_id)
             del self._runs[run_id]
@@ -308,9 +304,6 @@ class MemoryStore(MemoryRunLeases, CreatesRunsOnWrite):
             key = header_idempotency_key(record.header)
             if key and self._idempotency.get(key) == run_id:
                 del self._idempotency[key]
-        finally:
-            self.runs_deleting -= 1
-            self.runs_deleted += 1
 
     async def count_active_runs(self, org_id: str) -> int:
         """Number of non-terminal runs of ``org_id``."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from cordtrio.errors import InvalidStateError, LeaseLostError, NotFoundError, ValidationError
 from cordtrio.model import RunStatus, WorkflowRun
-from cordtrio.ports import TIMELINE_CAP, status_text
+from cordtrio.ports import TIMELINE_CAP, CountsDeletions, status_text
 from cordtrio.timeutil import format_ts, parse_ts
 
 from .keys import (
@@ -98,13 +98,8 @@ def _parse_or_none(value: Any) -> datetime | None:
         return None
 
 
-class RedisRuns(RedisRunIndex):
+class RedisRuns(RedisRunIndex, CountsDeletions):
     """Mixin of ``RedisStore``: create, overwrite, read and delete whole runs."""
-
-    runs_deleted = 0
-    """``delete_run`` calls ended (``ports.RunPresence``)."""
-    runs_deleting = 0
-    """``delete_run`` calls under way (``ports.RunPresence``)."""
 
     async def create_run(self, run: WorkflowRun) -> None:
         """Store a new run and index it. Raises ``InvalidStateError`` if the id exists."""
@@ -322,12 +317,8 @@ class RedisRuns(RedisRunIndex):
                 pipe.delete(idempotency_key(idem))
             await pipe.execute()
 
-        self.runs_deleting += 1  # (``ports.RunPresence``: in flight, then counted)
-        try:
+        with self.deleting():  # (counted: ``ports.CountsDeletions``)
             await self._redis.transaction("delete run", key, [key], txn)
-        finally:
-            self.runs_deleting -= 1
-            self.runs_deleted += 1
 
 
     @staticmethod

@@ -250,7 +250,7 @@ class RunWiring:
         self.now: Callable[[], datetime] = host.clock.now
         # the time and the store's count of deletions as a run's last write goes
         # (``ended_runs.EndedRuns.mark``: an optional host attribute, set by the engine)
-        self.final_mark: Callable[[], tuple[float, int]] = getattr(
+        self.final_mark: Callable[[], tuple[float, int] | None] = getattr(
             host, "ended_mark", _unmarked)
         # the output a result payload read in process is loaded into, for the core
         # (``effects.load_output_now``): one per engine, as a task loads and decides a
@@ -262,8 +262,8 @@ class RunWiring:
         self.quick: bool = self.config is None and self.submit_now is not None
 
 
-def _unmarked() -> tuple[float, int]:
-    return 0.0, -1  # (no count of deletions: the store is asked)
+def _unmarked() -> None:
+    return None  # (no mark: the store is asked)
 
 
 __all__ = ["OwnedRun", "Ownership", "RunHost", "RunRouter", "RunWiring",
